@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: the CPU wheel is on disk here, and an unpinned torch
+# would pull gigabytes of CUDA packages.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots]"
+	touch $(STAMP)
+
+demo: setup
+	rm -rf runs/demo-cartpole
+	$(BIN)/pgrad train ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-cartpole
+	$(BIN)/pgrad eval runs/demo-cartpole --episodes 10 --deterministic
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[bench,mujoco]"
+	$(BIN)/python benchmarks/bench_ppo.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from pgrad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The algorithm registry and the contract every on-policy algorithm meets.
+
+The one training loop (``pgrad.train``) only ever calls what ``OnPolicyAlgorithm`` lists, so an
+algorithm is a small file: its config, its loss, ``prepare`` and ``update``. Nothing inherits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pgrad.algos.ppo import PPO, PPOConfig
+from pgrad.errors import ConfigError
+from pgrad.nets import ActingPolicy, ActionSpec
+from pgrad.rollout import Batch, Rollout
+
+
+class OnPolicyAlgorithm(Protocol):
+    name: str
+
+    @property
+    def rollout_length(self) -> int: ...  # steps per env per rollout
+
+    @property
+    def gamma(self) -> float: ...  # for reward scaling
+
+    def acting_policy(self) -> ActingPolicy: ...
+
+    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]: ...
+
+    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]: ...
+
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    summary: str
+    config_cls: type
+    build: Callable[[Any, int, ActionSpec], OnPolicyAlgorithm]
+    action_kinds: tuple[str, ...] = ("discrete", "continuous")
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
+}
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{name}' (allowed: {', '.join(sorted(ALGORITHMS))})")
+    return ALGORITHMS[name]

@@ -1,0 +1,163 @@
+"""The ``pgrad`` command line: train, resume, eval, list.
+
+Every user error (bad config value, unknown key/algorithm/environment, malformed YAML, broken
+checkpoint) is printed as one line ``pgrad: error: ...`` with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pgrad import __version__
+from pgrad.errors import PgradError, TrainingHalted
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        print(f"pgrad: error: {message} (see 'pgrad {self.prog.split()[-1]} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pgrad", description="Policy-gradient reinforcement learning.")
+    parser.add_argument("--version", action="version", version=f"pgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train an agent")
+    train.add_argument("algo", help="algorithm name (see 'pgrad list')")
+    train.add_argument("--env", help="Gymnasium id or entry point 'module:Class'")
+    train.add_argument("--config", type=Path, help="YAML file with env:, run: and <algo>: sections")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--total-steps", type=int)
+    train.add_argument("--run-dir", type=Path)
+    train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
+    resume.add_argument("--quiet", action="store_true")
+
+    evaluate = sub.add_parser("eval", help="evaluate a run's policy")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--deterministic", action="store_true", help="act with the mode, not a sample")
+    evaluate.add_argument("--checkpoint", default="latest", help="latest, best or a checkpoint name")
+    evaluate.add_argument("--video", type=Path, metavar="DIR", help="record episodes as MP4 (needs pgrad[video])")
+    evaluate.add_argument("--seed", type=int)
+
+    sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
+    return parser
+
+
+def _print_summary(result, config, preset_source: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = result.last_metrics
+    table = Table(title=f"pgrad {config.algo} on {config.env.id}", show_header=False)
+    rows = [
+        ("run folder", str(result.run_dir)),
+        ("env steps", f"{result.steps:,}"),
+        ("updates", f"{result.updates:,}"),
+        ("wall time", f"{result.seconds:.1f} s"),
+        ("steps/s (overall)", f"{result.steps / max(result.seconds, 1e-9):,.0f}"),
+    ]
+    for key, label in [
+        ("rollout/return_mean", "return (last episodes, mean)"),
+        ("rollout/return_max", "return (last episodes, max)"),
+        ("diagnostics/approx_kl", "approx KL"),
+        ("diagnostics/entropy", "entropy"),
+        ("diagnostics/explained_variance", "explained variance"),
+    ]:
+        if key in metrics:
+            rows.append((label, f"{metrics[key]:.4g}"))
+    rows.append(("checkpoint", str(result.checkpoint)))
+    if preset_source:
+        rows.append(("preset", preset_source))
+    if result.interrupted:
+        rows.append(("stopped early", f"continue with: pgrad resume {result.run_dir}"))
+    for label, value in rows:
+        table.add_row(label, value)
+    Console().print(table)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pgrad.runs import default_run_dir, resolve_config
+    from pgrad.train import Trainer
+
+    config, preset_source = resolve_config(
+        args.algo, args.env, args.config, args.set, args.seed, args.total_steps, use_preset=not args.no_preset
+    )
+    run_dir = args.run_dir or default_run_dir(config)
+    trainer = Trainer(config, run_dir, console=not args.quiet)
+    result = trainer.train()
+    if not args.quiet:
+        _print_summary(result, config, preset_source)
+    print(f"run folder: {result.run_dir}")
+    return 130 if trainer.stop_requested else 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from pgrad.runs import load_run_config
+    from pgrad.train import Trainer
+
+    config = load_run_config(args.run_dir, args.total_steps)
+    trainer = Trainer(config, args.run_dir, resume=True, console=not args.quiet)
+    result = trainer.train()
+    if not args.quiet:
+        _print_summary(result, config, None)
+    print(f"run folder: {result.run_dir}")
+    return 130 if trainer.stop_requested else 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pgrad.evaluate import evaluate
+
+    result = evaluate(args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed)
+    mode = "deterministic" if args.deterministic else "stochastic"
+    print(
+        f"evaluation ({mode}, {len(result.returns)} episodes, {result.checkpoint.name}): "
+        f"mean return {result.mean:.2f} +- {result.std:.2f} (min {min(result.returns):.1f}, max {max(result.returns):.1f})"
+    )
+    print(f"run folder: {args.run_dir}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from pgrad.algos import ALGORITHMS
+    from pgrad.config import EnvConfig, RunConfig, field_docs
+    from pgrad.presets import PRESETS
+
+    def section(title: str, cls: type) -> None:
+        print(f"  [{title}]")
+        for name, default, doc in field_docs(cls):
+            print(f"    {name:<22} {default!s:<14} {doc}")
+
+    print("algorithms:")
+    for spec in ALGORITHMS.values():
+        print(f"\n{spec.name}: {spec.summary} (actions: {', '.join(spec.action_kinds)})")
+        section(spec.name, spec.config_cls)
+    print("\nshared sections:")
+    section("env", EnvConfig)
+    section("run", RunConfig)
+    print("\npresets (applied when --env matches; --no-preset to skip):")
+    for (algo, env_id), preset in PRESETS.items():
+        print(f"  {algo:<6} {env_id:<16} {preset.source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval, "list": _cmd_list}
+    try:
+        return handlers[args.command](args)
+    except TrainingHalted as exc:
+        print(f"pgrad: halted: {exc}", file=sys.stderr)
+        return 3
+    except PgradError as exc:
+        print(f"pgrad: error: {exc}", file=sys.stderr)
+        return 2

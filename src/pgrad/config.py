@@ -1,0 +1,336 @@
+"""Typed, validated configuration.
+
+Every setting is a field of a frozen dataclass with a default and a one-line doc (``param``).
+Values are type-checked and range-checked on construction, so a bad value fails before any
+environment is built or any file is written. The same classes drive ``pgrad list`` and the
+YAML/``--set`` parsing, and the resolved config is saved to every run folder.
+
+Precedence when a run is built: field defaults < environment preset < ``--config`` file <
+``--set key=value`` < explicit flags (``--seed``, ``--total-steps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from pgrad.errors import ConfigError
+
+
+def param(default: Any, doc: str) -> Any:
+    """A config field with its one-line documentation (shown by ``pgrad list``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------------------------
+# type checking and range checks
+# --------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, value converted to the declared type). Strict: no str->number guessing."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, converted = _coerce(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        item_type = typing.get_args(tp)[0]
+        converted = []
+        for item in value:
+            ok, item = _coerce(item, item_type)
+            if not ok:
+                return False, value
+            converted.append(item)
+        return True, tuple(converted)
+    if origin is dict:
+        return isinstance(value, dict), dict(value) if isinstance(value, dict) else value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+class Checked:
+    """Mixin for frozen config dataclasses: type-checks every field, then calls ``validate``.
+
+    Subclasses set ``SECTION`` (the prefix in error messages) and implement ``validate`` with
+    the range checks below, each of which names the field and the allowed values.
+    """
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            ok, converted = _coerce(value, hints[f.name])
+            if not ok:
+                raise ConfigError(
+                    f"{self._name(f.name)} must be {_type_name(hints[f.name])}; got {value!r}"
+                )
+            object.__setattr__(self, f.name, converted)
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _name(self, field_name: str) -> str:
+        return f"{self.SECTION}.{field_name}" if self.SECTION else field_name
+
+    def _fail(self, field_name: str, allowed: str) -> typing.NoReturn:
+        raise ConfigError(
+            f"{self._name(field_name)} must be {allowed}; got {getattr(self, field_name)!r}"
+        )
+
+    def check_range(
+        self,
+        name: str,
+        low: float | None = None,
+        high: float | None = None,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> None:
+        value = getattr(self, name)
+        if value is None:
+            return
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            if low is not None and high is not None:
+                allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            elif low is not None:
+                allowed = f"{'>' if low_open else '>='} {low}"
+            else:
+                allowed = f"{'<' if high_open else '<='} {high}"
+            self._fail(name, allowed)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def field_docs(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default, doc) for every field of a config class, for ``pgrad list``."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((f.name, default, f.metadata.get("doc", "")))
+    return rows
+
+
+def build(cls: type, data: dict[str, Any], section: str) -> Any:
+    """Construct ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"section '{section}' must be a mapping of key: value; got {data!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(
+                f"unknown key '{section}.{key}'{suggestion} (allowed: {', '.join(names)})"
+            )
+    return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# shared sections: environment and run
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EnvConfig(Checked):
+    """Which environment, how many copies, and how observations/rewards/actions are treated."""
+
+    SECTION: ClassVar[str] = "env"
+
+    id: str = param("CartPole-v1", "Gymnasium id (e.g. CartPole-v1) or entry point 'module:Class'")
+    num_envs: int = param(8, "number of parallel environment copies")
+    vectorization: Literal["auto", "sync", "async", "native"] = param(
+        "auto", "auto: the env's own vectorised version if it has one, else sync"
+    )
+    norm_obs: bool = param(False, "normalise observations by running mean/std (frozen at eval)")
+    norm_reward: bool = param(False, "scale rewards by the running std of the discounted return")
+    clip_obs: float = param(10.0, "clip normalised observations to [-clip_obs, clip_obs]")
+    clip_reward: float = param(10.0, "clip scaled rewards to [-clip_reward, clip_reward]")
+    rescale_actions: bool = param(
+        True, "Box actions: policy acts in [-1, 1], mapped linearly to the bounds, then clipped"
+    )
+    max_episode_steps: int | None = param(None, "override the env's time limit (truncation)")
+    kwargs: dict[str, Any] = param({}, "keyword arguments passed to the environment constructor")
+
+    def validate(self) -> None:
+        if not self.id.strip():
+            self._fail("id", "a Gymnasium id or 'module:Class'")
+        self.check_range("num_envs", 1)
+        self.check_range("clip_obs", 0, low_open=True)
+        self.check_range("clip_reward", 0, low_open=True)
+        self.check_range("max_episode_steps", 1)
+
+
+@dataclass(frozen=True)
+class RunConfig(Checked):
+    """Length of the run, seeding, threads, checkpoints and logging."""
+
+    SECTION: ClassVar[str] = "run"
+
+    total_steps: int = param(100_000, "environment steps to train for (all envs together)")
+    seed: int = param(1, "seed for Python, NumPy, torch and the environments")
+    torch_threads: int = param(1, "torch intra-op threads (1 is fastest for small networks)")
+    checkpoint_every: int = param(25_000, "write a checkpoint every this many env steps")
+    keep_checkpoints: int = param(3, "how many recent checkpoints to keep (the best is kept too)")
+    episode_window: int = param(20, "recent episodes used for return statistics")
+    progress: bool = param(True, "show a progress bar on a terminal")
+    tensorboard: bool = param(True, "write TensorBoard event files when tensorboard is installed")
+
+    def validate(self) -> None:
+        self.check_range("total_steps", 1)
+        self.check_range("seed", 0)
+        self.check_range("torch_threads", 1)
+        self.check_range("checkpoint_every", 1)
+        self.check_range("keep_checkpoints", 1)
+        self.check_range("episode_window", 1)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole run
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """An algorithm name plus its three sections. Cross-section rules are checked here."""
+
+    algo: str
+    env: EnvConfig
+    run: RunConfig
+    algo_config: Any
+
+    def __post_init__(self) -> None:
+        check = getattr(self.algo_config, "check_with_env", None)
+        if check is not None:
+            check(self.env)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.algo,
+            "env": self.env.to_dict(),
+            "run": self.run.to_dict(),
+            self.algo: self.algo_config.to_dict(),
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML config file; a missing or malformed file is a ConfigError naming the problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections; got {type(data).__name__}")
+    return data
+
+
+def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str, Any]]:
+    """Turn ``["clip_eps=0.1", "env.num_envs=4"]`` into ``{"ppo": {...}, "env": {...}}``.
+
+    A bare key is looked up in every section (names are unique across sections); the value is
+    read as YAML, so ``0.1`` is a number, ``true`` a bool, ``[64, 64]`` a list.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value; got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in sections:
+                raise ConfigError(
+                    f"unknown section '{section}' in --set {key}; allowed: {', '.join(sections)}"
+                )
+        else:
+            owners = [s for s, cls in sections.items() if name_in(cls, key)]
+            if not owners:
+                every = sorted({f.name for cls in sections.values() for f in dataclasses.fields(cls)})
+                hint = difflib.get_close_matches(key, every, n=1)
+                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(f"unknown key '{key}' in --set{suggestion}")
+            section, name = owners[0], key
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def name_in(cls: type, name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cls))
+
+
+def merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Merge section mappings; later layers win key by key."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            if isinstance(values, dict):
+                out.setdefault(section, {}).update(values)
+            else:
+                out[section] = values
+    return out

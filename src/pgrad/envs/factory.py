@@ -1,0 +1,142 @@
+"""Building vector environments from an ``EnvConfig``, and adapting their spaces to the policy."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from pgrad.config import EnvConfig
+from pgrad.errors import ConfigError
+from pgrad.nets import ActionSpec
+
+
+def _load_entry_point(entry_point: str) -> Callable[..., gym.Env]:
+    module_name, _, attr = entry_point.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"env.id: module '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def _registered_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
+    try:
+        return gym.spec(env_id)
+    except Exception:  # gymnasium raises several error types (and ImportError for 'module:id')
+        return None
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail early, with a helpful line, on an id that is neither registered nor an entry point."""
+    if _registered_spec(env_id) is not None:
+        return
+    if ":" in env_id:
+        _load_entry_point(env_id)
+        return
+    import difflib
+
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"env.id: unknown environment '{env_id}'{hint} (allowed: a registered Gymnasium id, "
+        "or an entry point 'package.module:Class')"
+    )
+
+
+def make_vector_env(
+    cfg: EnvConfig,
+    num_envs: int | None = None,
+    render_mode: str | None = None,
+    vectorization: str | None = None,
+) -> gym.vector.VectorEnv:
+    """A Gymnasium vector env with next-step autoreset (the loop masks the reset step)."""
+    check_env_id(cfg.id)
+    count = num_envs or cfg.num_envs
+    mode = vectorization or cfg.vectorization
+    kwargs: dict[str, Any] = dict(cfg.kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    spec = _registered_spec(cfg.id)
+
+    if spec is None:  # an entry point 'module:Class'
+        factory = _load_entry_point(cfg.id)
+
+        def make_one() -> gym.Env:
+            env = factory(**kwargs)
+            if cfg.max_episode_steps is not None:
+                env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
+            return env
+
+        vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
+        if mode == "native":
+            raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
+        return vector_cls([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    if mode == "native" and spec.vector_entry_point is None:
+        raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
+    if mode == "auto":
+        mode = "vector_entry_point" if spec.vector_entry_point is not None and render_mode is None else "sync"
+    elif mode == "native":
+        mode = "vector_entry_point"
+    vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    try:
+        envs = gym.make_vec(cfg.id, num_envs=count, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"env.kwargs: {cfg.id} rejected its arguments: {exc}") from None
+    autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if autoreset != AutoresetMode.NEXT_STEP:
+        raise ConfigError(f"env.id: '{cfg.id}' uses autoreset mode {autoreset}; pgrad needs next-step autoreset")
+    return envs
+
+
+class SpaceAdapter:
+    """Flattens observations to float32 vectors and turns policy actions into env actions.
+
+    Box actions: with ``rescale`` the policy acts in [-1, 1] and a = low + (u + 1)(high - low)/2;
+    either way the result is clipped to the bounds (the unclipped action is what is learned from).
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, rescale: bool) -> None:
+        if isinstance(observation_space, gym.spaces.Box):
+            self.obs_dim = int(np.prod(observation_space.shape))
+            self.one_hot = 0
+        elif isinstance(observation_space, gym.spaces.Discrete):
+            self.obs_dim = int(observation_space.n)
+            self.one_hot = int(observation_space.n)
+        else:
+            raise ConfigError(
+                f"env.id: observation space {observation_space} is not supported (allowed: Box, Discrete)"
+            )
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.action = ActionSpec("discrete", int(action_space.n))
+            self.low = self.high = None
+        elif isinstance(action_space, gym.spaces.Box):
+            self.action = ActionSpec("continuous", int(np.prod(action_space.shape)))
+            self.low = action_space.low.astype(np.float32).ravel()
+            self.high = action_space.high.astype(np.float32).ravel()
+            self.shape = action_space.shape
+        else:
+            raise ConfigError(f"env.id: action space {action_space} is not supported (allowed: Discrete, Box)")
+        self.rescale = rescale and self.low is not None and bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+
+    def observations(self, obs: np.ndarray) -> np.ndarray:
+        if self.one_hot:
+            return np.eye(self.one_hot, dtype=np.float32)[np.asarray(obs, dtype=np.int64)]
+        return np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], self.obs_dim)
+
+    def env_actions(self, actions: np.ndarray) -> np.ndarray:
+        if self.low is None:
+            return actions
+        if self.rescale:
+            actions = self.low + (actions + 1.0) * 0.5 * (self.high - self.low)
+        return np.clip(actions, self.low, self.high).reshape((actions.shape[0], *self.shape))

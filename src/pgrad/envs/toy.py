@@ -1,0 +1,40 @@
+"""A scripted environment whose returns can be worked out by hand, for tests.
+
+Every episode lasts ``episode_length`` steps and pays ``reward`` each step, whatever the action.
+The observation is the step index within the episode, so a critic that is a known function of
+the observation gives known values. The last step ends the episode as ``terminated`` or as
+``truncated`` (a time limit), so the two cases can be told apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+
+class ScriptedEnv(gym.Env):
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self, episode_length: int = 3, reward: float = 1.0, ending: Literal["terminated", "truncated"] = "terminated"
+    ) -> None:
+        self.episode_length = episode_length
+        self.reward = reward
+        self.ending = ending
+        self.observation_space = gym.spaces.Box(0.0, float(episode_length), shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        end = self.t >= self.episode_length
+        terminated = end and self.ending == "terminated"
+        truncated = end and self.ending == "truncated"
+        return np.array([float(self.t)], np.float32), self.reward, terminated, truncated, {}

@@ -1,0 +1,88 @@
+"""Return and advantage estimators: pure functions over time-major ``[T, B]`` NumPy arrays.
+
+Conventions used by every function here:
+- ``rewards[t]`` is the reward for the action taken at step ``t``.
+- ``terminated[t]``: the episode ended at ``t`` in a terminal state; nothing follows, V = 0.
+- ``truncated[t]``: the episode was cut at ``t`` (time limit); the future still had value, so the
+  target bootstraps from ``next_values[t]`` = V(final observation).
+- ``next_values[t]`` is V(s_{t+1}), the value of the observation that followed step ``t``
+  (the final observation when the episode ended at ``t``).
+
+Both flags stop the recursion (the next row belongs to another episode); only ``terminated``
+removes the bootstrap. Treating truncation as termination biases values low near time limits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_done(terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+    return np.logical_or(terminated, truncated)
+
+
+def discounted_returns(
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    next_values: np.ndarray | None = None,
+) -> np.ndarray:
+    """Reward-to-go G_t = r_t + gamma * G_{t+1}, restarting at episode boundaries.
+
+    With ``next_values`` given, a truncated step (and the last row, if its episode is still
+    running) bootstraps: G_t = r_t + gamma * V(s_{t+1}). Without it, they bootstrap from 0,
+    which is the Monte Carlo return of REINFORCE over complete episodes.
+    """
+    rewards = np.asarray(rewards)
+    steps = rewards.shape[0]
+    done = _as_done(terminated, truncated)
+    if next_values is None:
+        next_values = np.zeros_like(rewards)
+    returns = np.zeros_like(rewards)
+    # G after the last row: bootstrap from V(s_T) unless that episode just terminated.
+    following = next_values[steps - 1] * (1.0 - terminated[steps - 1])
+    for t in reversed(range(steps)):
+        bootstrap = next_values[t] * (1.0 - terminated[t])
+        following = np.where(done[t], bootstrap, following)
+        returns[t] = rewards[t] + gamma * following
+        following = returns[t]
+    return returns
+
+
+def gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimation (Schulman et al., 2016).
+
+        delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t)
+        A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},   done = terminated | truncated
+
+    Returns ``(advantages, returns)`` with ``returns = advantages + values`` (the TD(lambda)
+    target for the critic).
+    """
+    rewards = np.asarray(rewards)
+    not_terminated = 1.0 - np.asarray(terminated, dtype=rewards.dtype)
+    not_done = 1.0 - _as_done(terminated, truncated).astype(rewards.dtype)
+    deltas = rewards + gamma * not_terminated * next_values - values
+    advantages = np.zeros_like(rewards)
+    running = np.zeros_like(rewards[0])
+    decay = gamma * gae_lambda
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + decay * not_done[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """1 - Var[target - prediction] / Var[target]: 1 is perfect, 0 is no better than a constant."""
+    target_var = float(np.var(targets))
+    if target_var == 0.0:
+        return float("nan")
+    return 1.0 - float(np.var(targets - predictions)) / target_var

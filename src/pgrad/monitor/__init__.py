@@ -1,0 +1,1 @@
+"""Where metrics and events go: files, TensorBoard, the console."""

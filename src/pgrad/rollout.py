@@ -1,0 +1,213 @@
+"""Collecting on-policy experience, and the frozen batch that learning reads from.
+
+Gymnasium 1.x vector envs autoreset on the *next* step: after a step that ends an episode, the
+returned observation is the episode's final observation, and the following ``step`` call ignores
+its action, resets that sub-env and returns the first observation with reward 0. pgrad keeps that
+layout and marks the reset step ``valid = False``; every loss averages over valid steps only.
+It also means ``obs[t + 1]`` is the final observation when an episode ended at ``t``, so the
+critic's value of it is exactly the bootstrap a truncated episode needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgrad.envs.factory import SpaceAdapter
+from pgrad.envs.normalize import ObsNormalizer, RewardScaler
+from pgrad.nets import ActingPolicy
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Time-major arrays from ``T`` steps of ``B`` environments."""
+
+    obs: np.ndarray  # [T + 1, B, obs_dim] normalised; obs[T] is the observation after the last step
+    actions: np.ndarray  # [T, B] (discrete) or [T, B, action_dim]
+    rewards: np.ndarray  # [T, B] after reward scaling
+    terminated: np.ndarray  # [T, B] bool
+    truncated: np.ndarray  # [T, B] bool
+    valid: np.ndarray  # [T, B] bool; False on the step Gymnasium spends on an autoreset
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def num_envs(self) -> int:
+        return int(self.rewards.shape[1])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Flat ``[N]`` tensors that an update reads; ``minibatches`` shuffles and slices them."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor  # log pi_old(a|s) at collection time
+    values: torch.Tensor  # V_old(s) at collection time
+    advantages: torch.Tensor
+    returns: torch.Tensor  # critic targets
+    mask: torch.Tensor  # 1.0 for valid steps, 0.0 for autoreset steps
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def select(self, index: torch.Tensor | slice) -> Batch:
+        return Batch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def minibatches(self, size: int, rng: np.random.Generator) -> Iterator[Batch]:
+        """One pass over the batch in random order, ``len(self) // size`` minibatches of ``size``."""
+        order = torch.from_numpy(rng.permutation(len(self)))
+        for start in range(0, len(self) - size + 1, size):
+            yield self.select(order[start : start + size])
+
+    def with_advantages(self, advantages: torch.Tensor) -> Batch:
+        return replace(self, advantages=advantages)
+
+
+@dataclass
+class EpisodeStats:
+    """Returns and lengths of recently finished episodes (undiscounted, unscaled rewards)."""
+
+    window: int
+    returns: deque[float]
+    lengths: deque[int]
+    count: int = 0
+
+    @classmethod
+    def empty(cls, window: int) -> EpisodeStats:
+        return cls(window, deque(maxlen=window), deque(maxlen=window))
+
+    def add(self, episode_return: float, length: int) -> None:
+        self.returns.append(episode_return)
+        self.lengths.append(length)
+        self.count += 1
+
+    def summary(self) -> dict[str, float]:
+        if not self.returns:
+            return {"rollout/episodes": float(self.count)}
+        returns = np.asarray(self.returns)
+        return {
+            "rollout/return_mean": float(returns.mean()),
+            "rollout/return_median": float(np.median(returns)),
+            "rollout/return_min": float(returns.min()),
+            "rollout/return_max": float(returns.max()),
+            "rollout/return_std": float(returns.std()),
+            "rollout/length_mean": float(np.mean(self.lengths)),
+            "rollout/episodes": float(self.count),
+        }
+
+
+class RolloutCollector:
+    """Steps a vector env with an acting policy and records a ``Rollout``.
+
+    Owns the state that lives between rollouts: the current observation, which sub-envs will
+    autoreset on their next step, running episode returns, and the normalisers.
+    """
+
+    def __init__(
+        self,
+        envs: Any,
+        adapter: SpaceAdapter,
+        obs_normalizer: ObsNormalizer,
+        reward_scaler: RewardScaler,
+        episode_window: int,
+    ) -> None:
+        self.envs = envs
+        self.adapter = adapter
+        self.obs_normalizer = obs_normalizer
+        self.reward_scaler = reward_scaler
+        self.num_envs = envs.num_envs
+        self.episodes = EpisodeStats.empty(episode_window)
+        self.raw_obs: np.ndarray | None = None
+        self.autoreset_pending = np.zeros(self.num_envs, bool)
+        self.episode_return = np.zeros(self.num_envs, np.float64)
+        self.episode_length = np.zeros(self.num_envs, np.int64)
+        self.env_seconds = 0.0
+
+    def reset(self, seed: int) -> None:
+        obs, _ = self.envs.reset(seed=seed)
+        self.envs.action_space.seed(seed)
+        self.raw_obs = self.adapter.observations(obs)
+        self.autoreset_pending[:] = False
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
+
+    def collect(self, policy: ActingPolicy, rng: np.random.Generator, num_steps: int) -> Rollout:
+        assert self.raw_obs is not None, "call reset() first"
+        num_envs, obs_dim = self.num_envs, self.adapter.obs_dim
+        obs = np.zeros((num_steps + 1, num_envs, obs_dim), np.float32)
+        action_shape = () if self.adapter.action.kind == "discrete" else (self.adapter.action.size,)
+        actions = np.zeros((num_steps, num_envs, *action_shape), np.int64 if not action_shape else np.float32)
+        rewards = np.zeros((num_steps, num_envs), np.float32)
+        terminated = np.zeros((num_steps, num_envs), bool)
+        truncated = np.zeros((num_steps, num_envs), bool)
+        valid = np.zeros((num_steps, num_envs), bool)
+        env_seconds = 0.0
+
+        for t in range(num_steps):
+            obs[t] = self.obs_normalizer(self.raw_obs, update=True)
+            actions[t] = policy.sample(obs[t], rng)
+            started = time.perf_counter()
+            next_obs, reward, term, trunc, _ = self.envs.step(self.adapter.env_actions(actions[t]))
+            env_seconds += time.perf_counter() - started
+            is_valid = ~self.autoreset_pending
+            done = np.logical_or(term, trunc)
+            valid[t] = is_valid
+            terminated[t] = term
+            truncated[t] = trunc
+            rewards[t] = self.reward_scaler(np.asarray(reward, np.float64), done, is_valid)
+            self._track_episodes(np.asarray(reward, np.float64), done, is_valid)
+            self.autoreset_pending = done
+            self.raw_obs = self.adapter.observations(next_obs)
+
+        obs[num_steps] = self.obs_normalizer(self.raw_obs, update=False)
+        self.env_seconds += env_seconds
+        return Rollout(obs, actions, rewards, terminated, truncated, valid)
+
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
+        self.episode_return += np.where(valid, reward, 0.0)
+        self.episode_length += valid
+        for index in np.flatnonzero(done):
+            self.episodes.add(float(self.episode_return[index]), int(self.episode_length[index]))
+        self.episode_return[done] = 0.0
+        self.episode_length[done] = 0
+
+    # ---- checkpoint support -------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            "raw_obs": self.raw_obs,
+            "autoreset_pending": self.autoreset_pending,
+            "episode_return": self.episode_return,
+            "episode_length": self.episode_length,
+            "reward_running_return": self.reward_scaler.running_return,
+        }
+        for name, value in self.obs_normalizer.stats.state().items():
+            arrays[f"obs_norm_{name}"] = value
+        for name, value in self.reward_scaler.stats.state().items():
+            arrays[f"reward_norm_{name}"] = value
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.raw_obs = arrays["raw_obs"].astype(np.float32)
+        self.autoreset_pending = arrays["autoreset_pending"].astype(bool)
+        self.episode_return = arrays["episode_return"].astype(np.float64)
+        self.episode_length = arrays["episode_length"].astype(np.int64)
+        self.reward_scaler.running_return = arrays["reward_running_return"].astype(np.float64)
+        self.obs_normalizer.stats.load({k[len("obs_norm_"):]: v for k, v in arrays.items() if k.startswith("obs_norm_")})
+        self.reward_scaler.stats.load({k[len("reward_norm_"):]: v for k, v in arrays.items() if k.startswith("reward_norm_")})
+
+    def episode_state(self) -> dict[str, Any]:
+        return {"returns": list(self.episodes.returns), "lengths": list(self.episodes.lengths), "count": self.episodes.count}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        self.episodes.returns.extend(state["returns"])
+        self.episodes.lengths.extend(state["lengths"])
+        self.episodes.count = state["count"]

@@ -1,0 +1,81 @@
+"""Resolving a run's configuration from its layers, and reading it back from a run folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pgrad.algos import get_algorithm
+from pgrad.config import EnvConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
+from pgrad.envs.factory import check_env_id
+from pgrad.errors import ConfigError
+from pgrad.presets import preset_for
+
+
+def sections_for(algo: str) -> dict[str, type]:
+    return {"env": EnvConfig, "run": RunConfig, algo: get_algorithm(algo).config_cls}
+
+
+def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
+    sections = sections_for(algo)
+    for key in data:
+        if key != "algo" and key not in sections:
+            raise ConfigError(f"unknown section '{key}' (allowed: {', '.join(sections)})")
+    return TrainConfig(
+        algo=algo,
+        env=build(EnvConfig, data.get("env", {}), "env"),
+        run=build(RunConfig, data.get("run", {}), "run"),
+        algo_config=build(sections[algo], data.get(algo, {}), algo),
+    )
+
+
+def resolve_config(
+    algo: str,
+    env_id: str | None = None,
+    config_file: Path | None = None,
+    sets: list[str] | None = None,
+    seed: int | None = None,
+    total_steps: int | None = None,
+    use_preset: bool = True,
+) -> tuple[TrainConfig, str | None]:
+    """defaults < preset < config file < --set < flags. Returns the config and the preset's source."""
+    get_algorithm(algo)
+    file_layer = load_yaml(config_file) if config_file is not None else {}
+    if "algo" in file_layer and file_layer["algo"] != algo:
+        raise ConfigError(f"config file {config_file} is for algorithm '{file_layer['algo']}', not '{algo}'")
+    file_layer = {k: v for k, v in file_layer.items() if k != "algo"}
+    set_layer = parse_set(sets or [], sections_for(algo))
+    flag_layer: dict[str, dict[str, Any]] = {"env": {}, "run": {}}
+    if env_id is not None:
+        flag_layer["env"]["id"] = env_id
+    if seed is not None:
+        flag_layer["run"]["seed"] = seed
+    if total_steps is not None:
+        flag_layer["run"]["total_steps"] = total_steps
+    chosen_env = merge(file_layer, set_layer, flag_layer).get("env", {}).get("id", EnvConfig().id)
+    preset = preset_for(algo, chosen_env) if use_preset else None
+    layers = merge(preset.values if preset else {}, file_layer, set_layer, flag_layer)
+    config = config_from_dict(layers, algo)
+    check_env_id(config.env.id)
+    return config, preset.source if preset else None
+
+
+def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfig:
+    """The config a run folder was started with (optionally with a new total step count)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a pgrad run folder (no config.yaml)")
+    data = load_yaml(path)
+    algo = data.get("algo")
+    if not isinstance(algo, str):
+        raise ConfigError(f"{path} does not name its algorithm")
+    if total_steps is not None:
+        data.setdefault("run", {})["total_steps"] = total_steps
+    return config_from_dict(data, algo)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe_env = config.env.id.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{config.algo}-{safe_env}-s{config.run.seed}-{stamp}"
