@@ -86,3 +86,58 @@ def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
     if target_var == 0.0:
         return float("nan")
     return 1.0 - float(np.var(targets - predictions)) / target_var
+
+
+def nstep_returns(
+    rewards: np.ndarray,
+    next_values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    n: int,
+) -> np.ndarray:
+    """n-step bootstrapped return (the TD target of n-step actor-critic and A2C).
+
+        G_t^(n) = sum_{k<m} gamma^k r_{t+k} + gamma^m * bootstrap
+
+    The window ends after ``m <= n`` steps, at the first of: n steps, the end of the episode, the
+    end of the rollout. bootstrap = 0 if the episode terminated at step t+m-1, else
+    ``next_values[t+m-1]`` (V(s_{t+n}), V(final observation) on truncation, V(s_T) at the end of
+    the rollout). ``n = 1`` is the TD(0) target; ``n >= T`` equals
+    ``discounted_returns(..., next_values)``, the classic A2C return.
+
+    Cost is O(T * n) vectorised over B (n is a rollout length, so small).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    rewards = np.asarray(rewards)
+    steps = rewards.shape[0]
+    done = _as_done(terminated, truncated)
+    not_terminated = 1.0 - np.asarray(terminated, dtype=rewards.dtype)
+    returns = np.zeros_like(rewards)
+    for t in range(steps):
+        total = np.zeros_like(rewards[0])
+        discount = 1.0
+        open_window = np.ones(rewards.shape[1:], bool)  # episode still running inside the window
+        last = min(t + n, steps) - 1
+        for i in range(t, last + 1):
+            total = total + open_window * discount * rewards[i]
+            discount *= gamma
+            # An episode that ends at i bootstraps from its final observation unless it terminated.
+            ends_here = open_window & (done[i] | (i == last))
+            total = total + ends_here * discount * not_terminated[i] * next_values[i]
+            open_window = open_window & ~done[i]
+        returns[t] = total
+    return returns
+
+
+def td_targets(
+    rewards: np.ndarray, next_values: np.ndarray, terminated: np.ndarray, gamma: float
+) -> np.ndarray:
+    """One-step TD target y_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}).
+
+    Truncation needs no flag here: ``next_values[t]`` is already V(final observation).
+    Equal to ``nstep_returns(..., n=1)``.
+    """
+    rewards = np.asarray(rewards)
+    return rewards + gamma * (1.0 - np.asarray(terminated, dtype=rewards.dtype)) * next_values
