@@ -1,0 +1,70 @@
+"""The command line end to end: train -> run folder contents -> eval -> resume -> list."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from pgrad.cli import main
+
+
+def test_train_eval_resume_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "ppo", "--env", "CartPole-v1", "--seed", "3", "--total-steps", "2048", "--run-dir", str(run),
+                 "--set", "num_epochs=2", "--set", "run.checkpoint_every=1024", "--quiet"])
+    assert code == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["algo"] == "ppo" and config["ppo"]["num_epochs"] == 2 and config["ppo"]["gamma"] == 0.98  # preset
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in lines] == [256 * i for i in range(1, 9)]
+    for key in ("train/policy_loss", "diagnostics/approx_kl", "diagnostics/clip_fraction", "diagnostics/entropy",
+                "diagnostics/explained_variance", "diagnostics/grad_norm", "train/learning_rate",
+                "perf/steps_per_second", "perf/wall_seconds", "rollout/return_mean", "rollout/return_median"):
+        assert key in lines[-1], key
+    events = [json.loads(line)["kind"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events[0] == "run.started" and events[-1] == "run.finished" and "checkpoint" in events
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    capsys.readouterr()
+
+    assert main(["eval", str(run), "--episodes", "3", "--deterministic"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation (deterministic, 3 episodes, step_0000002048): mean return" in out
+
+    assert main(["resume", str(run), "--total-steps", "3072", "--quiet"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 3072 and len(lines) == 12
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["total_steps"] == 3072
+
+
+def test_sigint_writes_a_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pgrad", "train", "ppo", "--env", "CartPole-v1", "--total-steps", "10000000",
+         "--run-dir", str(run), "--quiet", "--set", "run.tensorboard=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "run.interrupted"
+    stopped_at = events[-1]["step"]
+    assert (run / "checkpoints" / f"step_{stopped_at:010d}").is_dir()
+    assert main(["resume", str(run), "--total-steps", str(stopped_at + 512), "--quiet"]) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == stopped_at + 512
+
+
+def test_list_documents_every_field(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for text in ("ppo:", "clip_eps", "ratio clipped to [1 - clip_eps, 1 + clip_eps]", "[env]", "num_envs", "[run]",
+                 "torch_threads", "CartPole-v1", "rl-baselines3-zoo"):
+        assert text in out, text
