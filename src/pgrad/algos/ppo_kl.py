@@ -1,0 +1,219 @@
+"""PPO with an adaptive KL penalty (Schulman et al., 2017, section 4), the paper's second variant.
+
+Instead of clipping the ratio, the surrogate is penalised by beta * KL(pi_old || pi), and beta
+follows the measured KL: after each update, with d = E_s[KL(pi_old(.|s) || pi(.|s))] over the
+batch, beta doubles when d > 1.5 * target_kl and halves when d < target_kl / 1.5. beta is part
+of the run's state (``extra_state``), so a resumed run continues with the same beta.
+The KL is analytic (``distributions.kl``): pi_old's distribution parameters for every sample are
+taken once, before the first epoch, from the same network that collected the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule, masked_mean, normalize_advantages
+from pgrad.config import Checked, EnvConfig, param
+from pgrad.distributions import Categorical, DiagGaussian
+from pgrad.errors import ConfigError
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.optim import detach_distribution
+from pgrad.rollout import Batch, Rollout
+
+
+@dataclass(frozen=True)
+class PPOKLConfig(Checked):
+    """PPO-with-adaptive-KL-penalty hyper-parameters. The PPO paper's d_targ is ``target_kl``."""
+
+    SECTION: ClassVar[str] = "ppo_kl"
+
+    num_steps: int = param(128, "steps per environment per rollout (batch = num_steps x env.num_envs)")
+    num_epochs: int = param(10, "passes over each batch")
+    minibatch_size: int = param(64, "samples per gradient step; must divide the batch")
+    learning_rate: float = param(3e-4, "Adam learning rate (initial value when annealed)")
+    anneal_lr: bool = param(True, "anneal the learning rate linearly to 0 over run.total_steps")
+    adam_eps: float = param(1e-5, "Adam epsilon")
+    gamma: float = param(0.99, "discount factor")
+    gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
+    target_kl: float = param(
+        0.01,
+        "after each update the batch KL(pi_old || pi) is measured: beta doubles if it is > 1.5 x target_kl, "
+        "halves if it is < target_kl / 1.5",
+    )
+    kl_coef_init: float = param(1.0, "initial KL penalty coefficient beta")
+    ent_coef: float = param(0.0, "entropy bonus coefficient")
+    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
+    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip")
+    norm_adv: bool = param(True, "normalise advantages per minibatch")
+    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
+    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
+    shared_network: bool = param(False, "share the MLP torso between actor and critic")
+    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+
+    def validate(self) -> None:
+        for name in ("num_steps", "num_epochs", "minibatch_size"):
+            self.check_range(name, 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("adam_eps", 0, low_open=True)
+        self.check_range("gamma", 0, 1)
+        self.check_range("gae_lambda", 0, 1)
+        self.check_range("target_kl", 0, low_open=True)
+        self.check_range("kl_coef_init", 0, low_open=True)
+        self.check_range("ent_coef", 0)
+        self.check_range("vf_coef", 0)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            self._fail("hidden_sizes", "a non-empty list of positive integers")
+
+    def check_with_env(self, env: EnvConfig) -> None:
+        batch = self.num_steps * env.num_envs
+        if self.minibatch_size > batch or batch % self.minibatch_size:
+            raise ConfigError(
+                f"ppo_kl.minibatch_size must divide the batch num_steps x env.num_envs = "
+                f"{self.num_steps} x {env.num_envs} = {batch}; got {self.minibatch_size}"
+            )
+
+
+def adapt_kl_coef(kl_coef: float, kl: float, target_kl: float) -> float:
+    """The PPO paper's rule: beta * 2 if d > 1.5 d_targ, beta / 2 if d < d_targ / 1.5, else beta."""
+    if kl > 1.5 * target_kl:
+        return kl_coef * 2.0
+    if kl < target_kl / 1.5:
+        return kl_coef / 2.0
+    return kl_coef
+
+
+def ppo_kl_loss(
+    dist: Categorical | DiagGaussian,
+    old_dist: Categorical | DiagGaussian,
+    values: torch.Tensor,
+    batch: Batch,
+    kl_coef: float,
+    config: PPOKLConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = -E[r A] + beta E[KL(pi_old || pi)] + c_v E[(V - R)^2] - c_e E[H(pi)].
+
+    r = pi(a|s) / pi_old(a|s); the KL is analytic, per state, against ``old_dist`` (detached).
+    Means run over valid steps only.
+    """
+    mask = batch.mask
+    log_ratio = dist.log_prob(batch.actions) - batch.log_probs
+    ratio = log_ratio.exp()
+    advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
+    surrogate = masked_mean(ratio * advantages, mask)
+    kl = masked_mean(old_dist.kl(dist), mask)
+    policy_loss = -surrogate + kl_coef * kl
+    value_loss = masked_mean((values - batch.returns).pow(2), mask)
+    entropy = masked_mean(dist.entropy(), mask)
+
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    with torch.no_grad():
+        stats = {
+            "train/policy_loss": policy_loss.detach(),
+            "train/surrogate": surrogate.detach(),
+            "train/value_loss": value_loss.detach(),
+            "diagnostics/entropy": entropy.detach(),
+            "diagnostics/minibatch_kl": kl.detach(),
+            "diagnostics/approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+        }
+    return loss, stats
+
+
+def select_distribution(dist: Categorical | DiagGaussian, index: torch.Tensor) -> Categorical | DiagGaussian:
+    """The rows ``index`` of a batched distribution."""
+    if isinstance(dist, Categorical):
+        return Categorical(dist.log_probs[index])
+    return DiagGaussian(dist.mean[index], dist.log_std[index])
+
+
+class PPOKL:
+    """The adaptive-KL PPO learner: an actor-critic, its optimiser, and the penalty coefficient beta."""
+
+    name = "ppo_kl"
+
+    def __init__(self, config: PPOKLConfig, obs_dim: int, action: ActionSpec) -> None:
+        self.config = config
+        self.model = ActorCritic(
+            obs_dim, action, config.hidden_sizes, config.activation, config.shared_network, config.log_std_init
+        )
+        self.parameters = list(self.model.parameters())
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+        self.kl_coef = config.kl_coef_init
+
+    @property
+    def rollout_length(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def gamma(self) -> float:
+        return self.config.gamma
+
+    def acting_policy(self) -> ActingPolicy:
+        return self.model.acting_policy()
+
+    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
+        return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda)
+
+    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+        """``num_epochs`` passes of minibatch steps with the current beta, then beta adapts to the KL."""
+        config = self.config
+        learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        with torch.no_grad():
+            old_dist = detach_distribution(self.model.distribution(batch.obs))
+
+        history: list[dict[str, torch.Tensor]] = []
+        grad_norms: list[float] = []
+        for _ in range(config.num_epochs):
+            order = torch.from_numpy(rng.permutation(len(batch)))
+            for start in range(0, len(batch) - config.minibatch_size + 1, config.minibatch_size):
+                index = order[start : start + config.minibatch_size]
+                minibatch = batch.select(index)
+                dist, values = self.model(minibatch.obs)
+                loss, stats = ppo_kl_loss(
+                    dist, select_distribution(old_dist, index), values, minibatch, self.kl_coef, config
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norms.append(clip_gradients(self.parameters, config.max_grad_norm)[0])
+                self.optimizer.step()
+                history.append(stats)
+
+        with torch.no_grad():
+            batch_kl = float(masked_mean(old_dist.kl(self.model.distribution(batch.obs)), batch.mask))
+        kl_coef_used = self.kl_coef
+        self.kl_coef = adapt_kl_coef(self.kl_coef, batch_kl, config.target_kl)
+
+        metrics = {key: float(torch.stack([h[key] for h in history]).mean()) for key in history[0]}
+        metrics.update(
+            {
+                "train/learning_rate": learning_rate,
+                "train/kl_coef": kl_coef_used,
+                "train/kl_coef_next": self.kl_coef,
+                "train/gradient_steps": float(len(history)),
+                "diagnostics/kl": batch_kl,
+                "diagnostics/grad_norm": float(np.mean(grad_norms)),
+            }
+        )
+        if self.model.log_std is not None:
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+        return metrics
+
+    # ---- checkpoint contract ------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def extra_state(self) -> dict[str, Any]:
+        # beta is a float updated by doubling/halving; JSON keeps a double exactly (repr round-trips).
+        return {"kl_coef": self.kl_coef}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl_coef = float(state["kl_coef"])
