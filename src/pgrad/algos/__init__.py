@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from pgrad.algos.ppo import PPO, PPOConfig
+from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
+from pgrad.algos.trpo import NPGConfig, TRPOConfig, build_npg, build_trpo
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec
 from pgrad.rollout import Batch, Rollout
@@ -54,6 +56,11 @@ class AlgorithmSpec:
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
+    "trpo": AlgorithmSpec(
+        "trpo", "Trust Region Policy Optimization (natural step + line search)", TRPOConfig, build_trpo
+    ),
+    "npg": AlgorithmSpec("npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, build_npg),
+    "ppo_kl": AlgorithmSpec("ppo_kl", "PPO with an adaptive KL penalty (PPO paper, variant 2)", PPOKLConfig, PPOKL),
 }
 
 
