@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from pgrad.algos.a2c import A2C, A2CConfig
+from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
 from pgrad.algos.trpo import NPGConfig, TRPOConfig, build_npg, build_trpo
@@ -56,6 +58,11 @@ class AlgorithmSpec:
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
+    "actor_critic": AlgorithmSpec(
+        "actor_critic", "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
+        ActorCriticConfig, ActorCriticAlgorithm,
+    ),
+    "a2c": AlgorithmSpec("a2c", "Advantage actor-critic, synchronous (n-step or GAE advantages)", A2CConfig, A2C),
     "trpo": AlgorithmSpec(
         "trpo", "Trust Region Policy Optimization (natural step + line search)", TRPOConfig, build_trpo
     ),

@@ -1,0 +1,167 @@
+"""Advantage actor-critic, synchronous (A2C; Mnih et al. 2016, the synchronous variant of A3C).
+
+A2C is the PPO loop with one epoch, one minibatch and another loss: every ``num_steps`` steps of
+``env.num_envs`` environments, one gradient step on the whole batch with
+
+    L = -E[log pi(a|s) A] + vf_coef E[(V(s) - R)^2] - ent_coef E[H(pi(.|s))]
+
+where A and R come from GAE (``gae_lambda``; 1.0 gives the classic A2C return bootstrapped from
+V(s_T)) or from n-step returns. Defaults are Stable-Baselines3's: RMSprop (alpha 0.99, eps 1e-5),
+lr 7e-4, n_steps 5, gamma 0.99, gae_lambda 1.0, ent_coef 0.0, vf_coef 0.5, max_grad_norm 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from pgrad.algos.actor_critic import nstep_batch
+from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule, masked_mean, normalize_advantages
+from pgrad.config import Checked, param
+from pgrad.distributions import Categorical, DiagGaussian
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.rollout import Batch, Rollout
+
+
+@dataclass(frozen=True)
+class A2CConfig(Checked):
+    """A2C hyper-parameters. Defaults follow Stable-Baselines3's A2C."""
+
+    SECTION: ClassVar[str] = "a2c"
+
+    num_steps: int = param(5, "steps per environment per update (batch = num_steps x env.num_envs)")
+    advantage: Literal["gae", "nstep"] = param(
+        "gae", "gae: GAE(gamma, gae_lambda); nstep: n-step returns with n = nstep_horizon, A = G - V(s)"
+    )
+    nstep_horizon: int | None = param(None, "n of the n-step return (None: num_steps, bootstrap from V(s_T))")
+    gamma: float = param(0.99, "discount factor")
+    gae_lambda: float = param(1.0, "GAE lambda (1.0: the classic A2C return)")
+    learning_rate: float = param(7e-4, "learning rate (initial value when annealed)")
+    anneal_lr: bool = param(False, "anneal the learning rate linearly to 0 over run.total_steps")
+    optimizer: Literal["rmsprop", "adam"] = param("rmsprop", "RMSprop (as SB3/A3C) or Adam")
+    rms_alpha: float = param(0.99, "RMSprop smoothing constant")
+    optimizer_eps: float = param(1e-5, "RMSprop/Adam epsilon")
+    ent_coef: float = param(0.0, "entropy bonus coefficient")
+    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
+    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip")
+    norm_adv: bool = param(False, "normalise advantages over the batch")
+    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
+    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
+    shared_network: bool = param(False, "share the MLP torso between actor and critic")
+    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+
+    def validate(self) -> None:
+        self.check_range("num_steps", 1)
+        self.check_range("nstep_horizon", 1)
+        self.check_range("gamma", 0, 1)
+        self.check_range("gae_lambda", 0, 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
+        self.check_range("optimizer_eps", 0, low_open=True)
+        self.check_range("ent_coef", 0)
+        self.check_range("vf_coef", 0)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            self._fail("hidden_sizes", "a non-empty list of positive integers")
+
+
+def a2c_loss(
+    dist: Categorical | DiagGaussian, values: torch.Tensor, batch: Batch, config: A2CConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = -E[log pi(a|s) A] + vf_coef E[(V(s) - R)^2] - ent_coef E[H(pi(.|s))].
+
+    A and R are constants (computed in ``prepare`` without gradients), so the critic regresses on
+    a detached bootstrapped target. Means run over valid steps only.
+    """
+    mask = batch.mask
+    advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
+    policy_loss = -masked_mean(dist.log_prob(batch.actions) * advantages, mask)
+    value_loss = masked_mean((values - batch.returns).pow(2), mask)
+    entropy = masked_mean(dist.entropy(), mask)
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    stats = {
+        "train/policy_loss": policy_loss.detach(),
+        "train/value_loss": value_loss.detach(),
+        "diagnostics/entropy": entropy.detach(),
+    }
+    return loss, stats
+
+
+class A2C:
+    """The A2C learner: an actor-critic, RMSprop or Adam, ``prepare`` and a one-step ``update``."""
+
+    name = "a2c"
+
+    def __init__(self, config: A2CConfig, obs_dim: int, action: ActionSpec) -> None:
+        self.config = config
+        self.model = ActorCritic(
+            obs_dim, action, config.hidden_sizes, config.activation, config.shared_network, config.log_std_init
+        )
+        self.parameters = list(self.model.parameters())
+        if config.optimizer == "rmsprop":
+            self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(
+                self.parameters, lr=config.learning_rate, alpha=config.rms_alpha, eps=config.optimizer_eps, foreach=True
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                self.parameters, lr=config.learning_rate, eps=config.optimizer_eps, foreach=True
+            )
+
+    @property
+    def rollout_length(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def gamma(self) -> float:
+        return self.config.gamma
+
+    def acting_policy(self) -> ActingPolicy:
+        return self.model.acting_policy()
+
+    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
+        config = self.config
+        if config.advantage == "gae":
+            return actor_critic_batch(self.model, rollout, config.gamma, config.gae_lambda)
+        horizon = config.nstep_horizon or config.num_steps
+        return nstep_batch(self.model, rollout, config.gamma, horizon)
+
+    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+        """One gradient step on the whole batch (one epoch, one minibatch)."""
+        config = self.config
+        learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        dist, values = self.model(batch.obs)
+        loss, stats = a2c_loss(dist, values, batch, config)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm, clipped = clip_gradients(self.parameters, config.max_grad_norm)
+        self.optimizer.step()
+        metrics = {key: float(value) for key, value in stats.items()}
+        metrics.update(
+            {
+                "train/learning_rate": learning_rate,
+                "train/gradient_steps": 1.0,
+                "diagnostics/grad_norm": grad_norm,
+                "diagnostics/grad_norm_clipped": clipped,
+            }
+        )
+        if self.model.log_std is not None:
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+        return metrics
+
+    # ---- checkpoint contract ------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
