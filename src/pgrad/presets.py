@@ -93,6 +93,95 @@ PRESETS: dict[tuple[str, str], Preset] = {
             },
         },
     ),
+    ("trpo", "CartPole-v1"): Preset(
+        "rl-baselines3-zoo hyperparams/trpo.yml, CartPole-v1 (2 envs, n_steps 512, batch_size 512, cg_damping 1e-3, "
+        "gae_lambda 0.98, lr 1e-3, n_critic_updates 20); other values sb3-contrib TRPO defaults",
+        {
+            "env": {"num_envs": 2},
+            "run": {"total_steps": 100_000},
+            "trpo": {
+                "num_steps": 512,
+                "minibatch_size": 512,
+                "gamma": 0.99,
+                "gae_lambda": 0.98,
+                "cg_damping": 1e-3,
+                "learning_rate": 1e-3,
+                "value_epochs": 20,
+                "max_kl": 0.01,
+            },
+        },
+    ),
+    ("trpo", "Pendulum-v1"): Preset(
+        "rl-baselines3-zoo hyperparams/trpo.yml, Pendulum-v1 (2 envs, n_steps 1024, gamma 0.9, n_critic_updates 15) "
+        "without gSDE (pgrad has none); other values sb3-contrib TRPO defaults",
+        {
+            "env": {"num_envs": 2},
+            "run": {"total_steps": 100_000},
+            "trpo": {"num_steps": 1024, "minibatch_size": 128, "gamma": 0.9, "value_epochs": 15},
+        },
+    ),
+    ("npg", "CartPole-v1"): Preset(
+        "the trpo CartPole-v1 preset (rl-baselines3-zoo trpo.yml) without the line search",
+        {
+            "env": {"num_envs": 2},
+            "run": {"total_steps": 100_000},
+            "npg": {
+                "num_steps": 512,
+                "minibatch_size": 512,
+                "gamma": 0.99,
+                "gae_lambda": 0.98,
+                "cg_damping": 1e-3,
+                "learning_rate": 1e-3,
+                "value_epochs": 20,
+                "max_kl": 0.01,
+            },
+        },
+    ),
+    ("npg", "Pendulum-v1"): Preset(
+        "the trpo Pendulum-v1 preset (rl-baselines3-zoo trpo.yml, without gSDE) without the line search",
+        {
+            "env": {"num_envs": 2},
+            "run": {"total_steps": 100_000},
+            "npg": {"num_steps": 1024, "minibatch_size": 128, "gamma": 0.9, "value_epochs": 15},
+        },
+    ),
+    ("ppo_kl", "CartPole-v1"): Preset(
+        "the ppo CartPole-v1 preset (rl-baselines3-zoo ppo.yml: 8 envs, n_steps 32, 20 epochs, lr lin 1e-3) with "
+        "the KL penalty in place of the clip; target_kl 0.01 and beta0 1 as in the PPO paper",
+        {
+            "env": {"num_envs": 8},
+            "run": {"total_steps": 100_000},
+            "ppo_kl": {
+                "num_steps": 32,
+                "minibatch_size": 256,
+                "num_epochs": 20,
+                "gamma": 0.98,
+                "gae_lambda": 0.8,
+                "learning_rate": 1e-3,
+                "anneal_lr": True,
+                "target_kl": 0.01,
+                "kl_coef_init": 1.0,
+            },
+        },
+    ),
+    ("ppo_kl", "Pendulum-v1"): Preset(
+        "the ppo Pendulum-v1 preset (rl-baselines3-zoo ppo.yml: 4 envs, n_steps 1024, gamma 0.9, lr 1e-3, "
+        "10 epochs, normalised obs) with the KL penalty in place of the clip",
+        {
+            "env": {"num_envs": 4, "norm_obs": True},
+            "run": {"total_steps": 200_000},
+            "ppo_kl": {
+                "num_steps": 1024,
+                "minibatch_size": 64,
+                "num_epochs": 10,
+                "gamma": 0.9,
+                "gae_lambda": 0.95,
+                "learning_rate": 1e-3,
+                "anneal_lr": True,
+                "target_kl": 0.01,
+            },
+        },
+    ),
 }
 
 
