@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from pgrad import __version__
 from pgrad.errors import PgradError, TrainingHalted
@@ -85,6 +86,13 @@ def _print_summary(result, config, preset_source: str | None) -> None:
     Console().print(table)
 
 
+def _trainer_for(algo: str, default: type) -> Any:
+    """The algorithm's own trainer where it has one (A3C runs asynchronous workers), else ``default``."""
+    from pgrad.algos import get_algorithm
+
+    return get_algorithm(algo).trainer or default
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pgrad.runs import default_run_dir, resolve_config
     from pgrad.train import Trainer
@@ -93,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.algo, args.env, args.config, args.set, args.seed, args.total_steps, use_preset=not args.no_preset
     )
     run_dir = args.run_dir or default_run_dir(config)
-    trainer = Trainer(config, run_dir, console=not args.quiet)
+    trainer = _trainer_for(config.algo, Trainer)(config, run_dir, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
         _print_summary(result, config, preset_source)
@@ -106,7 +114,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from pgrad.train import Trainer
 
     config = load_run_config(args.run_dir, args.total_steps)
-    trainer = Trainer(config, args.run_dir, resume=True, console=not args.quiet)
+    trainer = _trainer_for(config.algo, Trainer)(config, args.run_dir, resume=True, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
         _print_summary(result, config, None)

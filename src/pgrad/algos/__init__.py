@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.a2c import A2C, A2CConfig
+from pgrad.algos.a3c import A3C, A3CConfig, A3CTrainer
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
@@ -54,6 +55,10 @@ class AlgorithmSpec:
     config_cls: type
     build: Callable[[Any, int, ActionSpec], OnPolicyAlgorithm]
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
+    # For an algorithm that cannot run on the synchronous loop (A3C): called instead of
+    # pgrad.train.Trainer as trainer(config, run_dir, resume, console); the result has the
+    # Trainer's .train() -> TrainResult and .stop_requested. None: pgrad.train.Trainer.
+    trainer: Callable[..., Any] | None = None
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -68,6 +73,10 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     ),
     "npg": AlgorithmSpec("npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, build_npg),
     "ppo_kl": AlgorithmSpec("ppo_kl", "PPO with an adaptive KL penalty (PPO paper, variant 2)", PPOKLConfig, PPOKL),
+    "a3c": AlgorithmSpec(
+        "a3c", "Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)", A3CConfig, A3C,
+        trainer=A3CTrainer,
+    ),
 }
 
 

@@ -1,0 +1,535 @@
+"""Asynchronous advantage actor-critic, A3C (Mnih et al., 2016), on one machine.
+
+``num_workers`` processes each own an environment copy (``env.num_envs`` sub-envs per worker)
+and a local copy of the network. A worker repeatedly copies the shared parameters into its local
+network, collects a short ``num_steps`` rollout, computes the A2C loss gradient on its local
+network, and applies that gradient to the shared parameters with a shared optimizer, without
+waiting for the other workers (Hogwild-style: Recht et al., 2011). The loss is A2C's
+(``pgrad.algos.a2c.a2c_loss``: policy gradient with n-step/GAE advantages, value regression on
+the detached n-step return, entropy bonus), then global gradient clipping. Parameters and optimizer
+statistics live in shared memory, so every worker's step moves the same model.
+
+The main process does not learn: it is the coordinator (``A3CTrainer``). It starts the workers,
+reads their reports from a queue, writes ``metrics.jsonl`` / ``events.jsonl`` with the same
+names as the synchronous algorithms, saves checkpoints in the same format, and stops the run at
+``run.total_steps`` (a shared step counter), on Ctrl-C/SIGTERM (workers stop after their current
+update, then a checkpoint is written), or when a worker raises (its traceback is reported, the
+others are stopped, a checkpoint is written and the run ends with an error).
+
+Resume is not bit-exact, by nature: the order in which asynchronous gradients land is decided
+by the OS scheduler. A checkpoint restores the model, the optimizer statistics, the step and
+update counters, the episode history and the observation/reward normaliser statistics; worker
+environments are re-seeded from (seed, worker, step) rather than restored.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from pgrad import __version__
+from pgrad.checkpoint import (
+    CheckpointStore,
+    load_checkpoint,
+    numpy_to_tensors,
+    optimizer_from_parts,
+    optimizer_to_parts,
+    tensors_to_numpy,
+)
+from pgrad.config import Checked, EnvConfig, TrainConfig, param
+from pgrad.envs.factory import SpaceAdapter, make_vector_env
+from pgrad.envs.normalize import RunningMeanStd
+from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
+from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, tensorboard_sink
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.rollout import EpisodeStats
+
+
+@dataclass(frozen=True)
+class A3CConfig(Checked):
+    """A3C hyper-parameters. Defaults follow the A3C paper's n-step setting (t_max = 5, RMSprop)."""
+
+    SECTION: ClassVar[str] = "a3c"
+
+    num_workers: int = param(2, "asynchronous worker processes (each with its own env copy and local network)")
+    num_steps: int = param(5, "steps per environment per worker update (t_max of the paper)")
+    learning_rate: float = param(7e-4, "shared optimizer learning rate (initial value when annealed)")
+    anneal_lr: bool = param(False, "anneal the learning rate linearly to 0 over run.total_steps")
+    optimizer: Literal["rmsprop", "adam"] = param("rmsprop", "shared optimizer; its statistics live in shared memory")
+    rms_alpha: float = param(0.99, "RMSprop smoothing constant")
+    optimizer_eps: float = param(1e-5, "optimizer epsilon (RMSprop or Adam)")
+    gamma: float = param(0.99, "discount factor")
+    gae_lambda: float = param(1.0, "GAE lambda; 1.0 gives the paper's n-step returns bootstrapped from V(s_T)")
+    ent_coef: float = param(0.01, "entropy bonus coefficient")
+    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
+    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip, applied to each worker's gradient")
+    norm_adv: bool = param(False, "normalise advantages within each worker's batch")
+    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
+    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
+    shared_network: bool = param(False, "share the MLP torso between actor and critic")
+    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+    state_dependent_std: bool = param(False, "Gaussian log std from the network (clamped) instead of a free parameter")
+    report_every: int = param(20, "worker updates between two reports to the coordinator (one metrics row each)")
+    shutdown_timeout: float = param(10.0, "seconds to wait for workers to stop before terminating them")
+    fail_worker_at_step: int | None = param(
+        None, "test/drill only: worker 0 raises once the shared step count reaches this (None: off)"
+    )
+
+    def validate(self) -> None:
+        self.check_range("num_workers", 1)
+        self.check_range("num_steps", 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
+        self.check_range("optimizer_eps", 0, low_open=True)
+        self.check_range("gamma", 0, 1)
+        self.check_range("gae_lambda", 0, 1)
+        self.check_range("ent_coef", 0)
+        self.check_range("vf_coef", 0)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("report_every", 1)
+        self.check_range("shutdown_timeout", 0, low_open=True)
+        self.check_range("fail_worker_at_step", 0)
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            self._fail("hidden_sizes", "a non-empty list of positive integers")
+
+    def check_with_env(self, env: EnvConfig) -> None:
+        if env.vectorization == "async":
+            raise ConfigError(
+                "env.vectorization must be auto, sync or native for a3c (its workers are already processes); "
+                "got 'async'"
+            )
+
+
+# ---- the shared optimizer --------------------------------------------------------------------
+
+def build_optimizer(parameters: list[torch.nn.Parameter], config: A3CConfig) -> torch.optim.Optimizer:
+    """A plain torch optimizer; ``share_optimizer_state`` turns its statistics into shared memory."""
+    # foreach: one kernel per operation over all tensors; both variants update the state in place.
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.optimizer_eps, foreach=True)
+    return torch.optim.RMSprop(
+        parameters, lr=config.learning_rate, alpha=config.rms_alpha, eps=config.optimizer_eps, foreach=True
+    )
+
+
+def share_optimizer_state(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Create the optimizer's per-parameter state now and move it into shared memory.
+
+    torch creates optimizer state lazily at the first ``step``; a worker would then create
+    private statistics. One step on zero gradients creates torch's own state (whatever keys this
+    torch version uses) without moving any parameter (Adam and RMSprop updates are proportional
+    to the gradient, and there is no weight decay); its step counters are then reset to 0.
+    Existing state (a resumed run) is kept. Returns the per-parameter state dicts, in parameter
+    order, for ``attach_optimizer_state`` in the workers.
+    """
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if any(p not in optimizer.state for p in parameters):
+        saved_grads = [p.grad for p in parameters]
+        for p in parameters:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        for p, grad in zip(parameters, saved_grads, strict=True):
+            p.grad = grad
+        for p in parameters:
+            optimizer.state[p]["step"].zero_()
+    for p in parameters:
+        for value in optimizer.state[p].values():
+            if isinstance(value, torch.Tensor):
+                value.share_memory_()
+    return [optimizer.state[p] for p in parameters]
+
+
+def attach_optimizer_state(optimizer: torch.optim.Optimizer, states: list[dict[str, Any]]) -> None:
+    """Make ``optimizer`` (built over the shared parameters in a worker) use the shared statistics.
+
+    Adam and RMSprop update their state tensors in place, so every worker's step reads and writes
+    the same moments (without a lock: Hogwild).
+    """
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(parameters) != len(states):
+        raise ValueError(f"optimizer has {len(parameters)} parameters but {len(states)} shared states were given")
+    for p, state in zip(parameters, states, strict=True):
+        optimizer.state[p] = state
+
+
+class A3C:
+    """The learner's state: the shared actor-critic and its shared optimizer.
+
+    This is what checkpoints and ``pgrad eval`` see (``modules()``, ``optimizers()``,
+    ``acting_policy()``). Learning itself happens in the workers (``pgrad.algos.a3c_worker``),
+    so A3C has no ``prepare``/``update`` and runs on ``A3CTrainer``, not on ``pgrad.train.Trainer``.
+    """
+
+    name = "a3c"
+
+    def __init__(self, config: A3CConfig, obs_dim: int, action: ActionSpec) -> None:
+        self.config = config
+        self.model = build_model(config, obs_dim, action)
+        self.optimizer = build_optimizer(list(self.model.parameters()), config)
+
+    @property
+    def rollout_length(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def gamma(self) -> float:
+        return self.config.gamma
+
+    def acting_policy(self) -> ActingPolicy:
+        return self.model.acting_policy()
+
+    def share_memory(self) -> list[dict[str, Any]]:
+        """Move parameters and optimizer statistics to shared memory (before workers start)."""
+        self.model.share_memory()
+        return share_optimizer_state(self.optimizer)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def build_model(config: A3CConfig, obs_dim: int, action: ActionSpec) -> ActorCritic:
+    return ActorCritic(
+        obs_dim,
+        action,
+        config.hidden_sizes,
+        config.activation,
+        config.shared_network,
+        config.log_std_init,
+        config.state_dependent_std,
+    )
+
+
+def worker_seed(seed: int, worker: int, start_step: int) -> int:
+    """Each worker, and each resumption of a run, gets its own stream of env and action seeds."""
+    return int(np.random.SeedSequence([seed, worker, start_step]).generate_state(1)[0])
+
+
+# ---- the coordinator ------------------------------------------------------------------------
+
+class A3CTrainer:
+    """Runs an A3C run: starts the workers, supervises them, logs and checkpoints.
+
+    Same constructor, ``train()`` and ``stop_requested`` as ``pgrad.train.Trainer``, so the
+    command line treats both alike (``AlgorithmSpec.trainer``).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
+        self.config = config
+        self.algo_config: A3CConfig = config.algo_config
+        self.run_dir = Path(run_dir)
+        self.store = CheckpointStore(self.run_dir, config.run.keep_checkpoints)
+        if not resume and self.store.index()["latest"] is not None:
+            raise ConfigError(
+                f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}' "
+                "or choose another --run-dir"
+            )
+        torch.set_num_threads(config.run.torch_threads)
+        random.seed(config.run.seed)
+        np.random.seed(config.run.seed)
+        torch.manual_seed(config.run.seed)
+        probe = make_vector_env(config.env, num_envs=1)  # the spaces, and env errors before any process starts
+        self.adapter = SpaceAdapter(
+            probe.single_observation_space, probe.single_action_space, config.env.rescale_actions
+        )
+        probe.close()
+        self.algo = A3C(self.algo_config, self.adapter.obs_dim, self.adapter.action)
+        self.episodes = EpisodeStats.empty(config.run.episode_window)
+        self.normalizers: dict[int, dict[str, np.ndarray]] = {-1: fresh_normalizer_arrays(self.adapter.obs_dim)}
+        self.step = self.updates = self.last_checkpoint_step = 0
+        self.elapsed_before = 0.0
+        self.stop_requested = False
+        self.failure: str | None = None
+        self.workers: list[Any] = []
+        self.finished: set[int] = set()
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(self.run_dir / "config.yaml")
+        label = f"{config.algo} {config.env.id}"
+        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label)
+        self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
+        self.sinks: list[Any] = [JsonlSink(self.run_dir / "metrics.jsonl")]
+        if config.run.tensorboard:
+            board = tensorboard_sink(self.run_dir / "tb")
+            if board is not None:
+                self.sinks.append(board)
+        if resume:
+            self.load(self.store.path("latest"))
+        else:
+            workers = self.algo_config.num_workers
+            message = f"{config.algo} on {config.env.id}, seed {config.run.seed}, {workers} workers"
+            self.events.emit("run.started", 0, message, version=__version__)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def normalizer_arrays(self) -> dict[str, np.ndarray]:
+        """Observation/reward normaliser statistics of the lowest-numbered worker that reported.
+
+        Every worker estimates the same statistics from its own env copy; one worker's are saved
+        (as the trainer's ``collector.obs_norm_*`` tensors, which ``pgrad eval`` reads), and a
+        resumed run starts every worker from them.
+        """
+        return self.normalizers[min(self.normalizers)]
+
+    def checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"module.model.{k}": v for k, v in self.algo.model.state_dict().items()}
+        optimizer_tensors, optimizer_state = optimizer_to_parts("optim.optimizer", self.algo.optimizer)
+        tensors.update(optimizer_tensors)
+        tensors.update(numpy_to_tensors("collector", self.normalizer_arrays()))
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {
+            "pgrad_version": __version__,
+            "algo": self.config.algo,
+            "step": self.step,
+            "updates": self.updates,
+            "elapsed_seconds": self.elapsed_before + (time.perf_counter() - self.started),
+            "config": self.config.to_dict(),
+            "optimizers": {"optimizer": optimizer_state},
+            "env_state": None,  # worker environments are re-seeded on resume (module docstring)
+            "episodes": {"returns": list(self.episodes.returns), "lengths": list(self.episodes.lengths),
+                         "count": self.episodes.count},
+            "algo_state": {"num_workers": self.algo_config.num_workers},
+        }
+        return tensors, state
+
+    def save_checkpoint(self, score: float | None) -> Path:
+        # Workers keep stepping while the tensors are copied: a checkpoint is a Hogwild snapshot.
+        tensors, state = self.checkpoint_parts()
+        path = self.store.save(self.step, tensors, state, score)
+        self.last_checkpoint_step = self.step
+        self.events.emit("checkpoint", self.step, f"saved {path.name}", path=str(path), score=score, healthy=True)
+        return path
+
+    def load(self, path: Path) -> None:
+        tensors, state = load_checkpoint(path)
+        if state.get("algo") != self.config.algo:
+            raise CheckpointError(f"checkpoint {path} is for algorithm {state.get('algo')!r}, not {self.config.algo!r}")
+        try:
+            self.algo.model.load_state_dict(
+                {k[len("module.model."):]: v for k, v in tensors.items() if k.startswith("module.model.")}
+            )
+            optimizer_from_parts("optim.optimizer", self.algo.optimizer, tensors, state["optimizers"]["optimizer"])
+            arrays = tensors_to_numpy("collector", tensors)
+            self.normalizers = {-1: {k: arrays[k] for k in fresh_normalizer_arrays(self.adapter.obs_dim)}}
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
+        self.episodes.returns.extend(state["episodes"]["returns"])
+        self.episodes.lengths.extend(state["episodes"]["lengths"])
+        self.episodes.count = state["episodes"]["count"]
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.updates = state["step"], state["updates"]
+        self.elapsed_before = state["elapsed_seconds"]
+        self.last_checkpoint_step = self.step
+        self.events.emit("run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)",
+                         path=str(path))
+
+    # ---- workers ----------------------------------------------------------------------------
+    def _start_workers(self) -> None:
+        from pgrad.algos.a3c_worker import SharedHandles, worker_main
+
+        context = mp.get_context("spawn")  # fork is unsafe once torch has started threads
+        self.stop_event = context.Event()
+        self.messages = context.Queue()
+        self.step_counter = context.Value("q", self.step)
+        self.update_counter = context.Value("q", self.updates)
+        optimizer_states = self.algo.share_memory()
+        shared = SharedHandles(
+            self.algo.model, optimizer_states, self.step_counter, self.update_counter, self.stop_event, self.messages
+        )
+        # Started with SIGINT ignored, which survives exec: Ctrl-C in a terminal reaches the whole
+        # process group, and only the coordinator may act on it (it then stops the workers).
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for worker in range(self.algo_config.num_workers):
+                process = context.Process(
+                    target=worker_main,
+                    args=(worker, self.config, shared, self.normalizer_arrays(), self.step, os.getpid()),
+                    name=f"pgrad-a3c-worker-{worker}",
+                    daemon=True,
+                )
+                process.start()
+                self.workers.append(process)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        pids = ", ".join(str(p.pid) for p in self.workers)
+        self.events.emit("workers.started", self.step, f"{len(self.workers)} workers (pids {pids})",
+                         pids=[p.pid for p in self.workers])
+
+    def _supervise(self, stop_at_step: int | None) -> None:
+        """Read reports until the workers finish, one fails, a stop is requested or ``stop_at_step``."""
+        every = self.config.run.checkpoint_every
+        while not self.stop_requested and self.failure is None and len(self.finished) < len(self.workers):
+            self._receive(timeout=0.1)
+            self._check_alive()
+            if stop_at_step is not None and self.step_counter.value >= stop_at_step:
+                return
+            if self.step - self.last_checkpoint_step >= every and self.failure is None:
+                self.save_checkpoint(self.episodes.summary().get("rollout/return_mean"))
+
+    def _receive(self, timeout: float) -> None:
+        """Handle every waiting message; wait up to ``timeout`` seconds for the first one."""
+        try:
+            message = self.messages.get(timeout=timeout) if timeout > 0 else self.messages.get_nowait()
+            while True:
+                self._handle(*message)
+                message = self.messages.get_nowait()
+        except queue.Empty:
+            pass
+        self.step, self.updates = self.step_counter.value, self.update_counter.value
+
+    def _handle(self, kind: str, worker: int, payload: Any) -> None:
+        if kind == "report":
+            self._write_metrics(worker, payload)
+        elif kind == "done":
+            self.finished.add(worker)
+        elif kind == "error":
+            self.finished.add(worker)
+            last_line = payload.strip().splitlines()[-1]
+            if self.failure is None:
+                self.failure = f"a3c worker {worker} failed: {last_line}"
+            self.events.emit("critical.worker_failed", self.step_counter.value, f"worker {worker} raised {last_line}",
+                             worker=worker, traceback=payload)
+
+    def _check_alive(self) -> None:
+        """A worker that died without a word (killed, out of memory) is a failure too."""
+        for worker, process in enumerate(self.workers):
+            if worker in self.finished or process.exitcode is None:
+                continue
+            self._receive(timeout=0.5)  # its last messages may still be in the pipe
+            if worker not in self.finished:
+                self.finished.add(worker)
+                reason = f"a3c worker {worker} (pid {process.pid}) exited with code {process.exitcode} without a report"
+                self.failure = self.failure or reason
+                self.events.emit("critical.worker_failed", self.step, reason, worker=worker, exitcode=process.exitcode)
+
+    def _stop_workers(self) -> None:
+        """Ask every worker to stop, wait up to ``shutdown_timeout``, then terminate stragglers."""
+        if not self.workers:
+            return
+        self.stop_event.set()
+        deadline = time.monotonic() + self.algo_config.shutdown_timeout
+        while any(p.is_alive() for p in self.workers) and time.monotonic() < deadline:
+            self._receive(timeout=0.05)  # keep draining: a worker exits only once its queue is flushed
+        for worker, process in enumerate(self.workers):
+            if process.is_alive():
+                process.terminate()
+                self.events.emit("warning.worker_terminated", self.step, f"worker {worker} did not stop in time",
+                                 worker=worker)
+        for process in self.workers:
+            process.join(timeout=2.0)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=2.0)
+        self._receive(timeout=0)
+        self.messages.close()
+        self.messages.cancel_join_thread()
+
+    # ---- metrics ----------------------------------------------------------------------------
+    def _write_metrics(self, worker: int, payload: dict[str, Any]) -> None:
+        from pgrad.train import resident_memory_mb  # late: pgrad.train imports pgrad.algos
+
+        for episode_return, length in zip(payload["episode_returns"], payload["episode_lengths"], strict=True):
+            self.episodes.add(episode_return, length)
+        self.normalizers[worker] = payload["normalizers"]
+        self.normalizers.pop(-1, None)
+        now = time.perf_counter()
+        step, updates = self.step_counter.value, self.update_counter.value
+        mark_time, mark_step = self.rate_mark
+        if now - mark_time >= 1.0 or self.steps_per_second is None:  # rate over >= 1 s windows
+            self.steps_per_second = (step - mark_step) / max(now - mark_time, 1e-9)
+            if now - mark_time >= 1.0:
+                self.rate_mark = (now, step)
+        metrics = {
+            "step": step,
+            "update": updates,
+            "worker": worker,
+            **self.episodes.summary(),
+            **payload["metrics"],
+            "train/gradient_steps": float(payload["updates"]),
+            "perf/steps_per_second": self.steps_per_second,
+            "perf/update_seconds": payload["seconds"] / max(payload["updates"], 1),
+            "perf/env_seconds": payload["env_seconds"],
+            "perf/wall_seconds": self.elapsed_before + now - self.started,
+            "perf/rss_mb": resident_memory_mb(),
+            "perf/workers_alive": float(sum(p.is_alive() for p in self.workers)),
+        }
+        for sink in self.sinks:
+            sink.write(metrics)
+        self.console.update(metrics)
+        self.last_metrics = metrics
+
+    # ---- the run ----------------------------------------------------------------------------
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def train(self, stop_at_step: int | None = None) -> Any:
+        """Train to ``run.total_steps`` (or stop at ``stop_at_step``); returns a ``pgrad.train.TrainResult``.
+
+        Raises ``TrainingHalted`` after a clean shutdown and a checkpoint if a worker failed.
+        """
+        from pgrad.train import TrainResult  # late: pgrad.train imports pgrad.algos
+
+        self.started = time.perf_counter()
+        self.rate_mark = (self.started, self.step)
+        self.steps_per_second: float | None = None
+        self.last_metrics: dict[str, Any] = {}
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._start_workers()
+            for sig in previous:
+                signal.signal(sig, self._request_stop)
+            self._supervise(stop_at_step)
+        finally:
+            self._stop_workers()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        checkpoint = None
+        if self.last_checkpoint_step != self.step or self.store.index()["latest"] is None:
+            checkpoint = self.save_checkpoint(self.episodes.summary().get("rollout/return_mean"))
+        checkpoint = checkpoint or self.store.path("latest")
+        total = self.config.run.total_steps
+        if self.failure is not None:
+            self.events.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
+            self.close()
+            raise TrainingHalted(
+                f"{self.failure} (traceback in {self.run_dir / 'events.jsonl'}); checkpoint {checkpoint.name} saved"
+            )
+        if self.stop_requested:
+            message = f"stopped on request; continue with 'pgrad resume {self.run_dir}'"
+            self.events.emit("run.interrupted", self.step, message)
+        elif self.step >= total:
+            self.events.emit("run.finished", self.step, "reached run.total_steps")
+        self.close()
+        seconds = self.elapsed_before + time.perf_counter() - self.started
+        interrupted = self.step < total
+        return TrainResult(self.run_dir, self.step, self.updates, seconds, interrupted, self.last_metrics, checkpoint)
+
+    def close(self) -> None:
+        self.console.close()
+        for sink in self.sinks:
+            sink.close()
+        self.events.close()
+
+
+def fresh_normalizer_arrays(obs_dim: int) -> dict[str, np.ndarray]:
+    """Normaliser statistics before any data, under the names ``RolloutCollector.state_arrays`` uses."""
+    arrays = {f"obs_norm_{k}": v for k, v in RunningMeanStd((obs_dim,)).state().items()}
+    arrays.update({f"reward_norm_{k}": v for k, v in RunningMeanStd(()).state().items()})
+    return arrays

@@ -1,0 +1,212 @@
+"""One A3C worker process: sync from the shared model, collect, differentiate locally, apply to shared.
+
+Runs in a process started with the 'spawn' method, so everything it gets arrives pickled:
+the shared model and optimizer statistics travel as shared-memory tensors (torch's
+multiprocessing reductions), the counters and the stop event as ``multiprocessing`` objects.
+
+Messages to the coordinator (a ``multiprocessing`` queue), each a tuple:
+- ``("report", worker, payload)`` every ``report_every`` updates and once at the end;
+- ``("error", worker, traceback_text)`` if anything raises (the worker then exits with code 1);
+- ``("done", worker, None)`` after a clean stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgrad.algos.a2c import a2c_loss
+from pgrad.algos.a3c import A3CConfig, attach_optimizer_state, build_model, build_optimizer, worker_seed
+from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule
+from pgrad.config import TrainConfig
+from pgrad.envs.factory import SpaceAdapter, make_vector_env
+from pgrad.envs.normalize import ObsNormalizer, RewardScaler
+from pgrad.nets import ActorCritic
+from pgrad.rollout import Rollout, RolloutCollector
+
+
+@dataclass
+class SharedHandles:
+    """What every worker shares with the coordinator and the other workers."""
+
+    model: ActorCritic  # parameters in shared memory
+    optimizer_states: list[dict[str, Any]]  # optimizer statistics in shared memory, in parameter order
+    step_counter: Any  # multiprocessing.Value('q'): env steps taken by all workers
+    update_counter: Any  # multiprocessing.Value('q'): gradient steps applied by all workers
+    stop: Any  # multiprocessing.Event: set by the coordinator to stop every worker
+    messages: Any  # multiprocessing.Queue to the coordinator
+
+
+def worker_main(
+    worker: int,
+    config: TrainConfig,
+    shared: SharedHandles,
+    normalizer_arrays: dict[str, np.ndarray],
+    start_step: int,
+    parent_pid: int,
+) -> None:
+    """Process entry point. Never raises: an exception is sent to the coordinator as text."""
+    # Ctrl-C reaches the whole process group; only the coordinator decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _run(worker, config, shared, normalizer_arrays, start_step, parent_pid)
+    except BaseException:
+        shared.messages.put(("error", worker, traceback.format_exc()))
+        raise SystemExit(1) from None
+    shared.messages.put(("done", worker, None))
+
+
+def _run(
+    worker: int,
+    config: TrainConfig,
+    shared: SharedHandles,
+    normalizer_arrays: dict[str, np.ndarray],
+    start_step: int,
+    parent_pid: int,
+) -> None:
+    algo: A3CConfig = config.algo_config
+    torch.set_num_threads(config.run.torch_threads)
+    seed = worker_seed(config.run.seed, worker, start_step)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    envs = make_vector_env(config.env)
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
+    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
+    reward_scaler = RewardScaler(envs.num_envs, algo.gamma, config.env.clip_reward, config.env.norm_reward)
+    obs_normalizer.stats.load(_with_prefix(normalizer_arrays, "obs_norm_"))
+    reward_scaler.stats.load(_with_prefix(normalizer_arrays, "reward_norm_"))
+    collector = RolloutCollector(envs, adapter, obs_normalizer, reward_scaler, config.run.episode_window)
+    collector.reset(seed % 2**31)
+
+    local = build_model(algo, adapter.obs_dim, adapter.action)
+    local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
+    optimizer = build_optimizer(list(shared.model.parameters()), algo)
+    attach_optimizer_state(optimizer, shared.optimizer_states)
+    report = Report(worker)
+    reported_episodes = 0  # episodes already sent to the coordinator
+    total = config.run.total_steps
+    try:
+        while not shared.stop.is_set() and shared.step_counter.value < total and os.getppid() == parent_pid:
+            started = time.perf_counter()
+            copy_parameters(shared_parameters, local_parameters)
+            updates_at_sync = shared.update_counter.value
+            env_seconds = collector.env_seconds
+            rollout = collector.collect(local.acting_policy(), rng, algo.num_steps)
+            report.env_seconds += collector.env_seconds - env_seconds
+            with shared.step_counter.get_lock():
+                shared.step_counter.value += rollout.num_steps * rollout.num_envs
+                step = shared.step_counter.value
+            if algo.fail_worker_at_step is not None and worker == 0 and step >= algo.fail_worker_at_step:
+                raise RuntimeError(f"injected failure: a3c.fail_worker_at_step={algo.fail_worker_at_step} reached")
+            learning_rate = linear_schedule(algo.learning_rate, min(step / total, 1.0), algo.anneal_lr)
+            stats = gradient_step(local, shared.model, optimizer, rollout, algo, learning_rate)
+            with shared.update_counter.get_lock():
+                shared.update_counter.value += 1
+                stats["diagnostics/staleness"] = float(shared.update_counter.value - updates_at_sync - 1)
+            report.add(stats, time.perf_counter() - started)
+            if report.updates >= algo.report_every:
+                shared.messages.put(("report", worker, report.payload(step, collector, reported_episodes)))
+                reported_episodes = collector.episodes.count
+                report = Report(worker)
+        if report.updates:
+            final = report.payload(shared.step_counter.value, collector, reported_episodes)
+            shared.messages.put(("report", worker, final))
+    finally:
+        envs.close()
+
+
+def copy_parameters(source: list[torch.nn.Parameter], target: list[torch.nn.Parameter]) -> None:
+    """target <- source, in place (the ActorCritic has no buffers; a state_dict round trip is 20x slower)."""
+    with torch.no_grad():
+        for source_tensor, target_tensor in zip(source, target, strict=True):
+            target_tensor.copy_(source_tensor)
+
+
+def _with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
+
+
+def gradient_step(
+    local: ActorCritic,
+    shared_model: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    config: A3CConfig,
+    learning_rate: float,
+) -> dict[str, float]:
+    """Differentiate the A2C loss on the local copy, clip, and apply the gradient to the shared model.
+
+    The local copy holds the parameters the rollout was collected with, so the gradient is
+    consistent even while other workers move the shared parameters.
+    """
+    batch, batch_stats = actor_critic_batch(local, rollout, config.gamma, config.gae_lambda)
+    dist, values = local(batch.obs)
+    # The A2C loss reads only norm_adv, vf_coef and ent_coef, which A3CConfig names the same.
+    loss, loss_stats = a2c_loss(dist, values, batch, config)  # type: ignore[arg-type]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite A3C loss {float(loss)}: {({k: float(v) for k, v in loss_stats.items()})}")
+    local.zero_grad(set_to_none=True)
+    loss.backward()
+    local_parameters = list(local.parameters())
+    grad_norm, clipped_norm = clip_gradients(local_parameters, config.max_grad_norm)
+    for local_parameter, shared_parameter in zip(local_parameters, shared_model.parameters(), strict=True):
+        shared_parameter.grad = local_parameter.grad
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    optimizer.step()
+    stats = {key: float(value) for key, value in loss_stats.items()}
+    stats.update(batch_stats)
+    stats.update(
+        {
+            "train/learning_rate": learning_rate,
+            "diagnostics/grad_norm": grad_norm,
+            "diagnostics/grad_norm_clipped": clipped_norm,
+        }
+    )
+    if local.log_std is not None:
+        stats["diagnostics/log_std_mean"] = float(local.log_std.mean())
+    return stats
+
+
+class Report:
+    """Sums of per-update statistics between two messages to the coordinator."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+        self.updates = 0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.seconds = 0.0
+        self.env_seconds = 0.0
+
+    def add(self, stats: dict[str, float], seconds: float) -> None:
+        self.updates += 1
+        self.seconds += seconds
+        for key, value in stats.items():
+            if np.isfinite(value):  # explained variance is NaN on a constant-return batch
+                self.sums[key] = self.sums.get(key, 0.0) + value
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def payload(self, step: int, collector: RolloutCollector, reported_episodes: int) -> dict[str, Any]:
+        """Mean statistics, the episodes finished since the last report, and normaliser statistics."""
+        episodes = collector.episodes
+        new = min(episodes.count - reported_episodes, len(episodes.returns))
+        arrays = collector.state_arrays()
+        return {
+            "step": step,
+            "updates": self.updates,
+            "metrics": {key: total / self.counts[key] for key, total in self.sums.items()},
+            "seconds": self.seconds,
+            "env_seconds": self.env_seconds,
+            "episode_returns": list(episodes.returns)[len(episodes.returns) - new :],
+            "episode_lengths": list(episodes.lengths)[len(episodes.lengths) - new :],
+            "normalizers": {k: v for k, v in arrays.items() if k.startswith(("obs_norm_", "reward_norm_"))},
+        }
