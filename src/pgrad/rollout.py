@@ -172,6 +172,63 @@ class RolloutCollector:
         self.env_seconds += env_seconds
         return Rollout(obs, actions, rewards, terminated, truncated, valid)
 
+    def collect_episodes(
+        self, policy: ActingPolicy, rng: np.random.Generator, num_episodes: int, max_steps: int = 100_000
+    ) -> Rollout:
+        """Whole episodes for Monte Carlo methods (REINFORCE), as a ``Rollout`` of variable length T.
+
+        All copies are reset, then copy i runs exactly quota_i = num_episodes // B (+1 for the first
+        num_episodes % B copies) episodes. A fixed quota per copy, not "the first N episodes to end",
+        keeps the sample unbiased: stopping at the first N finishers over-represents short episodes.
+        The vector env steps all copies together, so steps after a copy's quota are recorded but
+        marked invalid, like autoreset steps; the rollout ends when every quota is met, so every valid
+        step belongs to a completed episode. ``max_steps`` (per copy) guards against episodes that
+        never end.
+        """
+        obs, _ = self.envs.reset()  # no seed: each copy continues its own generator (exact on resume)
+        self.raw_obs = self.adapter.observations(obs)
+        self.autoreset_pending[:] = False
+        self.episode_return[:] = 0.0
+        self.episode_length[:] = 0
+        self.reward_scaler.running_return[:] = 0.0
+        share, extra = divmod(num_episodes, self.num_envs)
+        quota = share + (np.arange(self.num_envs) < extra)
+        finished = np.zeros(self.num_envs, np.int64)
+        columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated")}
+        valid: list[np.ndarray] = []
+        env_seconds = 0.0
+        while (finished < quota).any():
+            if len(valid) >= max_steps:
+                raise RuntimeError(f"episodes did not end within {max_steps} steps; set env.max_episode_steps")
+            step_obs = self.obs_normalizer(self.raw_obs, update=True)
+            actions = policy.sample(step_obs, rng)
+            started = time.perf_counter()
+            next_obs, reward, term, trunc, _ = self.envs.step(self.adapter.env_actions(actions))
+            env_seconds += time.perf_counter() - started
+            reward = np.asarray(reward, np.float64)
+            done = np.logical_or(term, trunc)
+            counted = ~self.autoreset_pending & (finished < quota)
+            scaled_reward = self.reward_scaler(reward, done, counted)
+            for name, value in zip(columns, (step_obs, actions, scaled_reward, term, trunc), strict=True):
+                columns[name].append(np.asarray(value))
+            valid.append(counted)
+            self._track_episodes(reward, done & counted, counted)
+            finished += done & counted
+            self.autoreset_pending = done
+            self.raw_obs = self.adapter.observations(next_obs)
+
+        columns["obs"].append(self.obs_normalizer(self.raw_obs, update=False))
+        self.env_seconds += env_seconds
+        arrays = {name: np.stack(values) for name, values in columns.items()}
+        return Rollout(
+            arrays["obs"].astype(np.float32),
+            arrays["actions"],
+            arrays["rewards"].astype(np.float32),
+            arrays["terminated"].astype(bool),
+            arrays["truncated"].astype(bool),
+            np.stack(valid),
+        )
+
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
         self.episode_return += np.where(valid, reward, 0.0)
         self.episode_length += valid

@@ -205,7 +205,12 @@ class Trainer:
     def train_one_update(self) -> dict[str, Any]:
         started = time.perf_counter()
         env_seconds_before = self.collector.env_seconds
-        rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
+        # Monte Carlo algorithms (REINFORCE) ask for whole episodes instead of a fixed rollout length.
+        episodes = getattr(self.algo, "episodes_per_update", None)
+        if episodes is not None:
+            rollout = self.collector.collect_episodes(self.algo.acting_policy(), self.rng, episodes)
+        else:
+            rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
         collected = time.perf_counter()
         self.step += rollout.num_steps * rollout.num_envs
         self.updates += 1

@@ -18,6 +18,7 @@ from pgrad.algos.a3c import A3C, A3CConfig, A3CTrainer
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
+from pgrad.algos.reinforce import Reinforce, ReinforceConfig
 from pgrad.algos.trpo import NPGConfig, TRPOConfig, build_npg, build_trpo
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec
@@ -63,6 +64,10 @@ class AlgorithmSpec:
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
+    "reinforce": AlgorithmSpec(
+        "reinforce", "REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
+        ReinforceConfig, Reinforce,
+    ),
     "actor_critic": AlgorithmSpec(
         "actor_critic", "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
         ActorCriticConfig, ActorCriticAlgorithm,
