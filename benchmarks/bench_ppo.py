@@ -1,0 +1,227 @@
+"""pgrad PPO against Stable-Baselines3 PPO on the same machine, in the same process, alternating.
+
+CartPole-v1 with the rl-zoo hyper-parameters (8 envs, n_steps 32, minibatch 256, gae_lambda 0.8,
+gamma 0.98, 20 epochs, ent_coef 0, learning rate 1e-3 and clip 0.2 both annealed linearly,
+100k steps), seeds 1-5, one torch thread. Per seed: env steps and wall-clock seconds until the
+mean return of the last 20 training episodes first reaches 475, steps per second, and a final
+deterministic evaluation over 20 episodes. HalfCheetah-v5 (1 env, n_steps 2048, 10 epochs,
+minibatch 64, 50k steps): steps per second. Pendulum-v1: pgrad's preset, evaluation at 200k.
+
+    .venv/bin/python benchmarks/bench_ppo.py                 # everything (~15 min here)
+    .venv/bin/python benchmarks/bench_ppo.py --seeds 1 2 --skip-pendulum   # quicker
+
+Needs the 'bench' and 'mujoco' extras: pip install -e '.[bench,mujoco]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pgrad.evaluate import evaluate
+from pgrad.monitor.sinks import read_jsonl
+from pgrad.runs import resolve_config
+from pgrad.train import Trainer
+
+TARGET = 475.0
+WINDOW = 20
+
+
+# ---- pgrad -------------------------------------------------------------------------------------
+
+def run_pgrad(env_id: str, seed: int, total: int, sets: list[str], preset: bool, eval_episodes: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        config, _ = resolve_config(
+            "ppo", env_id, sets=["run.progress=false", "run.tensorboard=false", *sets], seed=seed,
+            total_steps=total, use_preset=preset,
+        )
+        trainer = Trainer(config, Path(tmp) / "run", console=False)
+        started = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - started
+        steps_to, seconds_to = None, None
+        for row in read_jsonl(Path(tmp) / "run" / "metrics.jsonl"):
+            if row.get("rollout/episodes", 0) >= WINDOW and row.get("rollout/return_mean", -1e9) >= TARGET:
+                steps_to, seconds_to = row["step"], row["perf/wall_seconds"]
+                break
+        evaluation = evaluate(Path(tmp) / "run", episodes=eval_episodes, deterministic=True) if eval_episodes else None
+    return {
+        "steps_to_target": steps_to,
+        "seconds_to_target": seconds_to,
+        "steps_per_second": result.steps / seconds,
+        "eval_mean": evaluation.mean if evaluation else None,
+    }
+
+
+# ---- Stable-Baselines3 ------------------------------------------------------------------------
+
+def run_sb3(env_id: str, seed: int, total: int, kwargs: dict, n_envs: int, eval_episodes: int) -> dict:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    class FirstReach(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.returns: deque[float] = deque(maxlen=WINDOW)
+            self.steps_to = self.seconds_to = None
+
+        def _on_training_start(self) -> None:
+            self.started = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.returns.append(info["episode"]["r"])
+            if self.steps_to is None and len(self.returns) == WINDOW and np.mean(self.returns) >= TARGET:
+                self.steps_to, self.seconds_to = self.num_timesteps, time.perf_counter() - self.started
+            return True
+
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    callback = FirstReach()
+    started = time.perf_counter()
+    model.learn(total_timesteps=total, callback=callback)
+    seconds = time.perf_counter() - started
+    eval_mean = None
+    if eval_episodes:
+        eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1_000_003)
+        eval_mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
+    return {
+        "steps_to_target": callback.steps_to,
+        "seconds_to_target": callback.seconds_to,
+        "steps_per_second": model.num_timesteps / seconds,
+        "eval_mean": eval_mean,
+    }
+
+
+def linear(initial: float):
+    return lambda progress_remaining: progress_remaining * initial
+
+
+CARTPOLE_PGRAD = [
+    "env.num_envs=8", "num_steps=32", "minibatch_size=256", "gae_lambda=0.8", "gamma=0.98", "num_epochs=20",
+    "ent_coef=0.0", "learning_rate=0.001", "anneal_lr=true", "clip_eps=0.2", "anneal_clip=true",
+]
+CARTPOLE_SB3 = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
+                    learning_rate=linear(1e-3), clip_range=linear(0.2))
+CHEETAH_PGRAD = ["env.num_envs=1", "num_steps=2048", "num_epochs=10", "minibatch_size=64", "run.checkpoint_every=1000000"]
+CHEETAH_SB3 = dict(n_steps=2048, n_epochs=10, batch_size=64)
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def cartpole(seeds: list[int], lines: list[str]) -> None:
+    rows = []
+    for index, seed in enumerate(seeds):
+        order = ["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]
+        results = {}
+        for lib in order:
+            if lib == "pgrad":
+                results[lib] = run_pgrad("CartPole-v1", seed, 100_000, CARTPOLE_PGRAD, False, 20)
+            else:
+                results[lib] = run_sb3("CartPole-v1", seed, 100_000, CARTPOLE_SB3, 8, 20)
+            print(f"  seed {seed} {lib}: {json.dumps(results[lib])}", flush=True)
+        rows.append((seed, results))
+    lines += [
+        "| seed | lib | steps to 475 | seconds to 475 | steps/s | eval mean (20 ep, det.) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for seed, results in rows:
+        for lib in ("pgrad", "sb3"):
+            r = results[lib]
+            lines.append(f"| {seed} | {lib} | {fmt(r['steps_to_target'], 'd')} | {fmt(r['seconds_to_target'], '.2f')} "
+                         f"| {r['steps_per_second']:.0f} | {fmt(r['eval_mean'], '.1f')} |")
+
+    def median(lib: str, key: str):
+        values = [r[lib][key] for _, r in rows if r[lib][key] is not None]
+        return statistics.median(values) if values else None
+
+    summary = {key: (median("pgrad", key), median("sb3", key)) for key in ("seconds_to_target", "steps_to_target", "steps_per_second")}
+    lines.append("")
+    lines.append("| median over seeds | pgrad | SB3 | ratio pgrad / SB3 |")
+    lines.append("|---|---:|---:|---:|")
+    for key, (ours, theirs) in summary.items():
+        ratio = ours / theirs if ours is not None and theirs else None
+        lines.append(f"| {key} | {fmt(ours, '.2f')} | {fmt(theirs, '.2f')} | {fmt(ratio, '.3f')} |")
+    reached = {lib: sum(r[lib]["steps_to_target"] is not None for _, r in rows) for lib in ("pgrad", "sb3")}
+    lines.append(f"\nSeeds reaching 475: pgrad {reached['pgrad']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}.")
+
+
+def halfcheetah(seeds: list[int], lines: list[str]) -> None:
+    lines += ["| seed | pgrad steps/s | SB3 steps/s | ratio |", "|---:|---:|---:|---:|"]
+    ratios = []
+    for index, seed in enumerate(seeds):
+        results = {}
+        for lib in (["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]):
+            if lib == "pgrad":
+                results[lib] = run_pgrad("HalfCheetah-v5", seed, 50_000, CHEETAH_PGRAD, False, 0)
+            else:
+                results[lib] = run_sb3("HalfCheetah-v5", seed, 50_000, CHEETAH_SB3, 1, 0)
+        ratio = results["pgrad"]["steps_per_second"] / results["sb3"]["steps_per_second"]
+        ratios.append(ratio)
+        print(f"  HalfCheetah seed {seed}: {results}", flush=True)
+        lines.append(f"| {seed} | {results['pgrad']['steps_per_second']:.0f} | {results['sb3']['steps_per_second']:.0f} | {ratio:.2f}x |")
+    lines.append(f"\nMedian speed-up on HalfCheetah-v5: {statistics.median(ratios):.2f}x SB3's steps per second.")
+
+
+def pendulum(seeds: list[int], lines: list[str]) -> None:
+    lines += ["| seed | eval mean (20 ep, det.) after 200k steps | steps/s |", "|---:|---:|---:|"]
+    means = []
+    for seed in seeds:
+        result = run_pgrad("Pendulum-v1", seed, 200_000, [], True, 20)
+        means.append(result["eval_mean"])
+        print(f"  Pendulum seed {seed}: {result}", flush=True)
+        lines.append(f"| {seed} | {result['eval_mean']:.1f} | {result['steps_per_second']:.0f} |")
+    lines.append(f"\nMedian evaluation return: {statistics.median(means):.1f} (target >= -250).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--cheetah-seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-cartpole", action="store_true")
+    parser.add_argument("--skip-cheetah", action="store_true")
+    parser.add_argument("--skip-pendulum", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/ppo.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    import stable_baselines3
+
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"stable-baselines3 {stable_baselines3.__version__}, one torch thread, {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
+    if not args.skip_cartpole:
+        lines += ["### PPO, CartPole-v1 (rl-zoo settings, 100k steps)", ""]
+        cartpole(args.seeds, lines)
+        lines.append("")
+    if not args.skip_cheetah:
+        lines += ["### PPO, HalfCheetah-v5 (1 env, n_steps 2048, 10 epochs, minibatch 64, 50k steps)", ""]
+        halfcheetah(args.cheetah_seeds, lines)
+        lines.append("")
+    if not args.skip_pendulum:
+        lines += ["### PPO, Pendulum-v1 (pgrad preset, 200k steps)", ""]
+        pendulum(args.seeds[:3], lines)
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
