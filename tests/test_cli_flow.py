@@ -68,3 +68,18 @@ def test_list_documents_every_field(capsys):
     for text in ("ppo:", "clip_eps", "ratio clipped to [1 - clip_eps, 1 + clip_eps]", "[env]", "num_envs", "[run]",
                  "torch_threads", "CartPole-v1", "rl-baselines3-zoo"):
         assert text in out, text
+
+
+def test_video_without_moviepy_is_a_clear_error(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("moviepy") is not None:
+        import pytest
+
+        pytest.skip("moviepy is installed")
+    run = tmp_path / "run"
+    assert main(["train", "ppo", "--env", "CartPole-v1", "--total-steps", "256", "--run-dir", str(run), "--quiet",
+                 "--set", "run.tensorboard=false", "--set", "num_epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--video", str(tmp_path / "video")]) == 2
+    assert "--video needs moviepy: pip install 'pgrad[video]'" in capsys.readouterr().err
