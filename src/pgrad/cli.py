@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path)
     train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    train.add_argument(
+        "--inject", action="append", default=[], metavar="KIND@STEP[:DURATION]",
+        help="fault drill (repeatable): lr_spike@20000, nan_grad@15000, reward_flip@10000:5000",
+    )
 
     resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
     resume.add_argument("run_dir", type=Path)
@@ -97,8 +101,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pgrad.runs import default_run_dir, resolve_config
     from pgrad.train import Trainer
 
+    sets = args.set + ([f"guard.inject={args.inject!r}"] if args.inject else [])
     config, preset_source = resolve_config(
-        args.algo, args.env, args.config, args.set, args.seed, args.total_steps, use_preset=not args.no_preset
+        args.algo, args.env, args.config, sets, args.seed, args.total_steps, use_preset=not args.no_preset
     )
     run_dir = args.run_dir or default_run_dir(config)
     trainer = _trainer_for(config.algo, Trainer)(config, run_dir, console=not args.quiet)

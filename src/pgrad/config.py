@@ -236,18 +236,84 @@ class RunConfig(Checked):
         self.check_range("episode_window", 1)
 
 
+@dataclass(frozen=True)
+class GuardConfig(Checked):
+    """The production guard: alert thresholds, recovery actions, periodic evaluation, fault drills."""
+
+    SECTION: ClassVar[str] = "guard"
+
+    enabled: bool = param(True, "check alert rules and take recovery actions after every update")
+    warmup_updates: int = param(10, "updates before the 'after warm-up' rules (low clip fraction, low EV) apply")
+    history_window: int = param(20, "updates in the running medians of gradient norm and steps/s")
+    kl_warning: float = param(0.05, "approx KL above this: warning")
+    kl_critical: float = param(0.1, "approx KL above this: critical (rollback when rollback_on_kl)")
+    clip_fraction_high: float = param(0.5, "clip fraction above this: warning")
+    clip_fraction_low: float = param(0.05, "clip fraction below this after warm-up: warning")
+    explained_variance_low: float = param(0.3, "explained variance below this after warm-up: warning")
+    entropy_collapse: float = param(0.5, "entropy below this fraction of its starting value: warning")
+    log_std_min: float = param(-5.0, "mean Gaussian log-std below this: warning")
+    grad_norm_spike: float = param(10.0, "gradient norm above this multiple of its running median: warning")
+    sps_drop: float = param(0.5, "steps/s down more than this fraction from its running median: warning")
+    rollback_on_kl: bool = param(True, "on critical KL, restore the last healthy checkpoint and cut the lr")
+    lr_cut: float = param(0.5, "learning-rate multiplier applied by every rollback")
+    max_recoveries: int = param(3, "rollbacks allowed per run; one more stops the run with a report")
+    skip_nonfinite: bool = param(True, "skip optimizer steps whose gradients hold NaN/Inf")
+    nonfinite_window: int = param(100, "recent optimizer steps over which non-finite ones are counted")
+    nonfinite_halt: float = param(0.01, "halt when more than this fraction of that window was non-finite")
+    dump_episodes: int = param(100, "recent trajectories written to the run folder when the run halts")
+    eval_every: int = param(25_000, "evaluate every this many env steps on separate envs (0: off)")
+    eval_episodes: int = param(5, "episodes per evaluation (deterministic policy, frozen normaliser)")
+    eval_min_return: float | None = param(None, "evaluation return below this is a collapse (None: off)")
+    eval_max_drop: float | None = param(
+        0.5, "evaluation return below best - eval_max_drop x |best| is a collapse (None: off)"
+    )
+    eval_patience: int = param(2, "consecutive collapsed evaluations before reloading the best checkpoint")
+    rollback_on_eval: bool = param(True, "on an evaluation collapse, reload the best checkpoint and cut the lr")
+    inject: tuple[str, ...] = param((), "fault drills KIND@STEP[:DURATION]: lr_spike, nan_grad, reward_flip")
+    lr_spike_factor: float = param(100.0, "learning-rate multiplier of the lr_spike drill")
+
+    def validate(self) -> None:
+        from pgrad.monitor.faults import parse_fault
+
+        self.check_range("warmup_updates", 0)
+        self.check_range("history_window", 5)
+        self.check_range("kl_warning", 0, low_open=True)
+        self.check_range("kl_critical", self.kl_warning, low_open=True)
+        self.check_range("clip_fraction_high", 0, 1)
+        self.check_range("clip_fraction_low", 0, self.clip_fraction_high)
+        self.check_range("entropy_collapse", 0, 1)
+        self.check_range("grad_norm_spike", 1, low_open=True)
+        self.check_range("sps_drop", 0, 1, low_open=True, high_open=True)
+        self.check_range("lr_cut", 0, 1, low_open=True)
+        self.check_range("max_recoveries", 0)
+        self.check_range("nonfinite_window", 1)
+        self.check_range("nonfinite_halt", 0, 1)
+        self.check_range("dump_episodes", 0)
+        self.check_range("eval_every", 0)
+        self.check_range("eval_episodes", 1)
+        self.check_range("eval_max_drop", 0, 1, low_open=True)
+        self.check_range("eval_patience", 1)
+        self.check_range("lr_spike_factor", 0, low_open=True)
+        for text in self.inject:
+            try:
+                parse_fault(text)
+            except ValueError as exc:
+                raise ConfigError(f"guard.inject: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # the whole run
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """An algorithm name plus its three sections. Cross-section rules are checked here."""
+    """An algorithm name plus its sections (env, run, the algorithm's, guard). Cross-section rules are checked here."""
 
     algo: str
     env: EnvConfig
     run: RunConfig
     algo_config: Any
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         check = getattr(self.algo_config, "check_with_env", None)
@@ -260,6 +326,7 @@ class TrainConfig:
             "env": self.env.to_dict(),
             "run": self.run.to_dict(),
             self.algo: self.algo_config.to_dict(),
+            "guard": self.guard.to_dict(),
         }
 
     def save(self, path: Path) -> None:

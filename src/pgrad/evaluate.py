@@ -10,10 +10,9 @@ import torch
 
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, tensors_to_numpy
 from pgrad.errors import ConfigError
+from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
 from pgrad.train import algo_gamma, build_algorithm, build_environment
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never reuse training seeds
 
 
 @dataclass
@@ -45,7 +44,7 @@ def evaluate(
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
     tensors, _ = load_checkpoint(checkpoint)
     torch.set_num_threads(config.run.torch_threads)
-    num_envs = 1 if video_dir is not None else min(episodes, 10)
+    num_envs = 1 if video_dir is not None else eval_num_envs(episodes)
     render = "rgb_array" if video_dir is not None else None
     if video_dir is not None:
         try:
@@ -61,38 +60,22 @@ def evaluate(
         {k[len("obs_norm_"):]: v for k, v in tensors_to_numpy("collector", tensors).items() if k.startswith("obs_norm_")}
     )
     policy = algo.acting_policy()
-    rng = np.random.default_rng(EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed))
-
-    # Each sub-env runs a fixed quota so short episodes are not over-represented.
-    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
-    done_count = np.zeros(num_envs, int)
-    returns: list[float] = []
-    lengths: list[int] = []
-    episode_return = np.zeros(num_envs)
-    episode_length = np.zeros(num_envs, int)
-    pending_reset = np.zeros(num_envs, bool)
+    eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
     frames: list[np.ndarray] = []
-    raw, _ = env.envs.reset(seed=EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed))
-    while (done_count < quota).any():
-        obs = env.obs_normalizer(env.adapter.observations(raw), update=False)
-        actions = policy.mode(obs) if deterministic else policy.sample(obs, rng)
-        raw, reward, terminated, truncated, _ = env.envs.step(env.adapter.env_actions(actions))
-        if video_dir is not None:
-            frames.append(env.envs.envs[0].render())
-        active = ~pending_reset & (done_count < quota)
-        episode_return += np.where(active, reward, 0.0)
-        episode_length += active
-        done = np.logical_or(terminated, truncated)
-        for index in np.flatnonzero(done & active):
-            returns.append(float(episode_return[index]))
-            lengths.append(int(episode_length[index]))
-            done_count[index] += 1
-            if video_dir is not None:
-                _save_video(frames, Path(video_dir), len(returns) - 1, env.envs.metadata.get("render_fps", 30))
-                frames = []
-        episode_return[done] = 0.0
-        episode_length[done] = 0
-        pending_reset = done
+    videos_saved: list[int] = []
+
+    def record(finished: np.ndarray) -> None:
+        # One sub-env when recording: a finished episode closes the current video.
+        frames.append(env.envs.envs[0].render())
+        if finished.size:
+            _save_video(frames, Path(video_dir), len(videos_saved), env.envs.metadata.get("render_fps", 30))
+            videos_saved.append(1)
+            frames.clear()
+
+    returns, lengths = run_episodes(
+        policy, env.envs, env.adapter, env.obs_normalizer, episodes, deterministic, eval_seed,
+        record if video_dir is not None else None,
+    )
     env.envs.close()
     return EvalResult(returns, lengths, checkpoint)
 

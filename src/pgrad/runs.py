@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from pgrad.algos import get_algorithm
-from pgrad.config import EnvConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
+from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
 from pgrad.envs.factory import check_env_id
 from pgrad.errors import ConfigError
 from pgrad.presets import preset_for
 
 
 def sections_for(algo: str) -> dict[str, type]:
-    return {"env": EnvConfig, "run": RunConfig, algo: get_algorithm(algo).config_cls}
+    return {"env": EnvConfig, "run": RunConfig, algo: get_algorithm(algo).config_cls, "guard": GuardConfig}
 
 
 def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
@@ -27,6 +27,7 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
         env=build(EnvConfig, data.get("env", {}), "env"),
         run=build(RunConfig, data.get("run", {}), "run"),
         algo_config=build(sections[algo], data.get(algo, {}), algo),
+        guard=build(GuardConfig, data.get("guard", {}), "guard"),
     )
 
 

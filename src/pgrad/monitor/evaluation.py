@@ -1,0 +1,71 @@
+"""Playing whole episodes with an acting policy and a frozen observation normaliser.
+
+Used by ``pgrad eval`` (a saved policy) and by the trainer's periodic evaluation (the live policy,
+on environments separate from the training ones, so training's env state and RNG are untouched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pgrad.envs.factory import SpaceAdapter
+from pgrad.envs.normalize import ObsNormalizer
+from pgrad.nets import ActingPolicy
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never reuse training seeds
+
+
+def run_episodes(
+    policy: ActingPolicy,
+    envs: Any,
+    adapter: SpaceAdapter,
+    obs_normalizer: ObsNormalizer,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+    on_step: Callable[[np.ndarray], None] | None = None,
+) -> tuple[list[float], list[int]]:
+    """Play ``episodes`` episodes on the vector env ``envs``; returns (returns, lengths).
+
+    Each sub-env plays a fixed quota (episodes split evenly), so short episodes are not
+    over-represented. The normaliser is read, never updated. Gymnasium's next-step autoreset
+    step (reward 0) is not counted. ``on_step(finished)`` is called after every env step with the
+    indices of the sub-envs whose counted episode just ended (used to cut videos).
+    """
+    num_envs = envs.num_envs
+    rng = np.random.default_rng(seed)
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    done_count = np.zeros(num_envs, int)
+    returns: list[float] = []
+    lengths: list[int] = []
+    episode_return = np.zeros(num_envs)
+    episode_length = np.zeros(num_envs, int)
+    pending_reset = np.zeros(num_envs, bool)
+    raw, _ = envs.reset(seed=seed)
+    while (done_count < quota).any():
+        obs = obs_normalizer(adapter.observations(raw), update=False)
+        actions = policy.mode(obs) if deterministic else policy.sample(obs, rng)
+        raw, reward, terminated, truncated, _ = envs.step(adapter.env_actions(actions))
+        active = ~pending_reset & (done_count < quota)
+        episode_return += np.where(active, reward, 0.0)
+        episode_length += active
+        done = np.logical_or(terminated, truncated)
+        finished = np.flatnonzero(done & active)
+        for index in finished:
+            returns.append(float(episode_return[index]))
+            lengths.append(int(episode_length[index]))
+            done_count[index] += 1
+        if on_step is not None:
+            on_step(finished)
+        episode_return[done] = 0.0
+        episode_length[done] = 0
+        pending_reset = done
+    return returns, lengths
+
+
+def eval_num_envs(episodes: int) -> int:
+    """Sub-envs for an evaluation of ``episodes`` episodes (at most 10)."""
+    return min(episodes, 10)

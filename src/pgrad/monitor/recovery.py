@@ -1,0 +1,209 @@
+"""Recovery actions and the state the guard keeps between updates.
+
+The trainer (``pgrad.train``) calls these; everything here works for any algorithm that keeps its
+learnable state in ``modules()`` and ``optimizers()`` (the ``OnPolicyAlgorithm`` contract):
+
+- ``OptimizerGuard`` hooks every torch optimizer of the algorithm. Before each ``step`` it applies
+  the guard's learning-rate scale (halved by each rollback) and any drill, checks the gradients,
+  and, when they hold NaN/Inf, drops them so the step changes nothing (torch optimizers skip
+  parameters whose ``.grad`` is None). No algorithm has to know about it.
+- ``restore_learner`` loads model, optimizer and normaliser statistics from a checkpoint and leaves
+  the rest (env step counter, environments, RNG streams, drills already fired) where it is: a rollback
+  undoes learning, not experience.
+- ``TrajectoryRecorder`` keeps the last N episodes so a halted run can leave them behind as ``.npz``.
+- ``GuardState`` is what of this lives in the checkpoint JSON, so resume stays exact.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgrad.checkpoint import load_checkpoint, optimizer_from_parts, tensors_to_numpy
+from pgrad.config import GuardConfig
+from pgrad.monitor.faults import ActiveFaults
+from pgrad.rollout import Batch, Rollout, RolloutCollector
+
+
+@dataclass
+class GuardState:
+    """Guard state that changes training, saved in every checkpoint."""
+
+    lr_scale: float = 1.0
+    recoveries: int = 0
+    recent_steps: list[int] = field(default_factory=list)  # 1 = that optimizer step was non-finite
+    fired: list[str] = field(default_factory=list)  # one-shot drills already fired
+    best_eval: float | None = None  # best confirmed evaluation return (see Trainer.after_evaluation)
+    last_eval: float | None = None
+    eval_collapses: int = 0  # consecutive collapsed evaluations
+    next_eval_step: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GuardState:
+        return cls(**data) if data else cls()
+
+
+def nonfinite_fraction(state: GuardState, config: GuardConfig) -> float:
+    """Non-finite optimizer steps among the last ``nonfinite_window``, over the full window size
+    (so one bad step in a fresh run is 1/window, not 1/1)."""
+    return sum(state.recent_steps[-config.nonfinite_window:]) / config.nonfinite_window
+
+
+def should_halt(state: GuardState, config: GuardConfig) -> bool:
+    return nonfinite_fraction(state, config) > config.nonfinite_halt
+
+
+def eval_collapsed(eval_return: float, best: float | None, config: GuardConfig) -> bool:
+    """Below the absolute floor ``eval_min_return``, or below best - eval_max_drop x |best|."""
+    if config.eval_min_return is not None and eval_return < config.eval_min_return:
+        return True
+    if best is None or config.eval_max_drop is None:
+        return False
+    return eval_return < best - config.eval_max_drop * abs(best)
+
+
+def gradients_finite(parameters: list[torch.Tensor]) -> bool:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return True
+    # The 2-norm is NaN/Inf exactly when some entry is (or the squares overflow, which is just as bad).
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
+
+
+def parameters_finite(modules: dict[str, torch.nn.Module]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for module in modules.values() for p in module.parameters())
+
+
+class OptimizerGuard:
+    """Step pre/post hooks on the algorithm's optimizers (see the module docstring)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], state: GuardState, config: GuardConfig) -> None:
+        self.state = state
+        self.config = config
+        self.faults = ActiveFaults()
+        self.nan_steps_left = 0
+        self.steps = 0  # optimizer steps in the current update
+        self.skipped = 0  # of which non-finite
+        self.saved_lrs: list[float] = []
+        self.handles = []
+        for optimizer in optimizers:
+            self.handles.append(optimizer.register_step_pre_hook(self.before_step))
+            self.handles.append(optimizer.register_step_post_hook(self.after_step))
+
+    def start_update(self, faults: ActiveFaults) -> None:
+        self.faults = faults
+        self.nan_steps_left = faults.nan_grad_steps
+        self.steps = self.skipped = 0
+
+    def before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.nan_steps_left:
+            for p in parameters:
+                p.grad.fill_(float("nan"))
+            self.nan_steps_left -= 1 if self.nan_steps_left > 0 else 0
+        finite = gradients_finite(parameters)
+        self.steps += 1
+        self.state.recent_steps = self.state.recent_steps[-(self.config.nonfinite_window - 1):] + [int(not finite)]
+        if not finite:
+            self.skipped += 1
+            if self.config.skip_nonfinite:
+                for p in parameters:
+                    p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
+        scale = self.state.lr_scale * self.faults.lr_factor
+        self.saved_lrs = [group["lr"] for group in optimizer.param_groups]
+        if scale != 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * scale
+
+    def after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # Put the algorithm's own learning rate back, so its schedule never compounds the scale.
+        for group, lr in zip(optimizer.param_groups, self.saved_lrs, strict=True):
+            group["lr"] = lr
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def restore_learner(path: Path, algo: Any, collector: RolloutCollector) -> int:
+    """Load model, optimizer, algorithm extra state and normaliser statistics from checkpoint ``path``.
+
+    Returns the checkpoint's env step. Environments, episode bookkeeping, RNG streams and the
+    step counter are left as they are.
+    """
+    tensors, state = load_checkpoint(path)
+    for name, module in algo.modules().items():
+        prefix = f"module.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for name, optimizer in algo.optimizers().items():
+        optimizer_from_parts(f"optim.{name}", optimizer, tensors, state["optimizers"][name])
+    algo.load_extra_state(state["algo_state"])
+    arrays = tensors_to_numpy("collector", tensors)
+    collector.obs_normalizer.stats.load(
+        {k[len("obs_norm_"):]: v for k, v in arrays.items() if k.startswith("obs_norm_")}
+    )
+    collector.reward_scaler.stats.load(
+        {k[len("reward_norm_"):]: v for k, v in arrays.items() if k.startswith("reward_norm_")}
+    )
+    return int(state["step"])
+
+
+# ---- what a halted run leaves behind -----------------------------------------------------------
+
+TRAJECTORY_FIELDS = ("obs", "actions", "rewards", "terminated", "truncated", "valid")
+
+
+class TrajectoryRecorder:
+    """The last ``capacity`` finished episodes of training, cut from the rollouts (time-major arrays)."""
+
+    def __init__(self, num_envs: int, capacity: int) -> None:
+        self.finished: deque[dict[str, np.ndarray]] = deque(maxlen=max(capacity, 1))
+        self.partial: list[list[dict[str, np.ndarray]]] = [[] for _ in range(num_envs)]
+        self.enabled = capacity > 0
+
+    def add(self, rollout: Rollout) -> None:
+        if not self.enabled:
+            return
+        done = (rollout.terminated | rollout.truncated) & rollout.valid
+        for env in range(rollout.num_envs):
+            start = 0
+            for end in np.flatnonzero(done[:, env]) + 1:
+                self.partial[env].append(self._piece(rollout, env, start, end))
+                self.finished.append({k: np.concatenate([p[k] for p in self.partial[env]]) for k in TRAJECTORY_FIELDS})
+                self.partial[env] = []
+                start = end
+            if start < rollout.num_steps:
+                self.partial[env] = self.partial[env][-255:] + [self._piece(rollout, env, start, rollout.num_steps)]
+
+    @staticmethod
+    def _piece(rollout: Rollout, env: int, start: int, end: int) -> dict[str, np.ndarray]:
+        return {k: getattr(rollout, k)[start:end, env] for k in TRAJECTORY_FIELDS}
+
+    def save(self, path: Path) -> int:
+        """Write the episodes to one ``.npz`` (no object arrays: loads with allow_pickle=False).
+
+        Episode i is rows ``episode_start[i] : episode_start[i] + episode_length[i]`` of each field.
+        """
+        episodes = list(self.finished)
+        lengths = np.array([len(e["rewards"]) for e in episodes], np.int64)
+        arrays = {
+            k: np.concatenate([e[k] for e in episodes]) if episodes else np.zeros(0, np.float32)
+            for k in TRAJECTORY_FIELDS
+        }
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if episodes else lengths
+        np.savez(path, episode_start=starts, episode_length=lengths, **arrays)
+        return len(episodes)
+
+
+def save_batch(batch: Batch, path: Path) -> None:
+    """The update's batch (flat tensors) as a pickle-free ``.npz``."""
+    tensors = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    np.savez(path, **{name: t.detach().numpy() for name, t in tensors.items() if isinstance(t, torch.Tensor)})
