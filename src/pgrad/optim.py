@@ -27,14 +27,15 @@ def flat_parameters(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def set_flat_parameters(parameters: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
     """Write the vector ``flat`` back into ``parameters`` in place (the inverse of ``flat_parameters``)."""
+    total = sum(p.numel() for p in parameters)
+    if flat.numel() != total:
+        raise ValueError(f"flat vector has {flat.numel()} entries, the parameters {total}")
     offset = 0
     with torch.no_grad():
         for parameter in parameters:
             size = parameter.numel()
             parameter.copy_(flat[offset : offset + size].view_as(parameter))
             offset += size
-    if offset != flat.numel():
-        raise ValueError(f"flat vector has {flat.numel()} entries, the parameters {offset}")
 
 
 def flat_grad(

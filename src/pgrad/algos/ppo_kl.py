@@ -201,7 +201,7 @@ class PPOKL:
             }
         )
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------

@@ -266,7 +266,7 @@ class NaturalGradient:
         )
         metrics["train/learning_rate"] = learning_rate
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------
