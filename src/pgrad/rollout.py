@@ -64,9 +64,11 @@ class Batch:
 
     def minibatches(self, size: int, rng: np.random.Generator) -> Iterator[Batch]:
         """One pass over the batch in random order, ``len(self) // size`` minibatches of ``size``."""
-        order = torch.from_numpy(rng.permutation(len(self)))
+        # Gather every field once per pass, then hand out contiguous slices (views, no copies):
+        # the same minibatches as indexing each one, with 7 gathers per epoch instead of per step.
+        shuffled = self.select(torch.from_numpy(rng.permutation(len(self))))
         for start in range(0, len(self) - size + 1, size):
-            yield self.select(order[start : start + size])
+            yield shuffled.select(slice(start, start + size))
 
     def with_advantages(self, advantages: torch.Tensor) -> Batch:
         return replace(self, advantages=advantages)

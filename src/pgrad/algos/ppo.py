@@ -14,7 +14,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule, masked_mean, normalize_advantages
+from pgrad.algos.common import (
+    actor_critic_batch,
+    adam,
+    clip_gradients,
+    linear_schedule,
+    masked_mean,
+    normalize_advantages,
+)
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -137,7 +144,7 @@ class PPO:
             config.state_dependent_std,
         )
         self.parameters = list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+        self.optimizer = adam(self.parameters, config.learning_rate, config.adam_eps)
 
     @property
     def rollout_length(self) -> int:
