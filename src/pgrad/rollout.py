@@ -232,12 +232,14 @@ class RolloutCollector:
         )
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
-        self.episode_return += np.where(valid, reward, 0.0)
+        # Autoreset steps pay reward 0, so adding the raw reward is exact; only the length needs the mask.
+        self.episode_return += reward
         self.episode_length += valid
-        for index in np.flatnonzero(done):
-            self.episodes.add(float(self.episode_return[index]), int(self.episode_length[index]))
-        self.episode_return[done] = 0.0
-        self.episode_length[done] = 0
+        if done.any():
+            for index in np.flatnonzero(done):
+                self.episodes.add(float(self.episode_return[index]), int(self.episode_length[index]))
+            self.episode_return[done] = 0.0
+            self.episode_length[done] = 0
 
     # ---- checkpoint support -------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -128,6 +128,10 @@ class SpaceAdapter:
         else:
             raise ConfigError(f"env.id: action space {action_space} is not supported (allowed: Discrete, Box)")
         self.rescale = rescale and self.low is not None and bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+        if self.rescale:
+            # a = low + (u + 1)(high - low)/2 = u * scale + offset
+            self.scale = 0.5 * (self.high - self.low)
+            self.offset = self.low + self.scale
 
     def observations(self, obs: np.ndarray) -> np.ndarray:
         if self.one_hot:
@@ -138,5 +142,6 @@ class SpaceAdapter:
         if self.low is None:
             return actions
         if self.rescale:
-            actions = self.low + (actions + 1.0) * 0.5 * (self.high - self.low)
-        return np.clip(actions, self.low, self.high).reshape((actions.shape[0], *self.shape))
+            actions = actions * self.scale + self.offset
+        # minimum/maximum: same result as np.clip, a few microseconds cheaper per step
+        return np.minimum(np.maximum(actions, self.low), self.high).reshape((actions.shape[0], *self.shape))
