@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int)
 
     sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
+
+    doctor = sub.add_parser("doctor", help="diagnose a run: symptoms, where they started, likely causes, fixes")
+    doctor.add_argument("run_dir", type=Path)
+
+    report = sub.add_parser("report", help="HTML report and PNG plots of a run, guard events marked")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
+
+    compare = sub.add_parser("compare", help="overlay the return curves of several runs in one PNG")
+    compare.add_argument("run_dirs", type=Path, nargs="+")
+    compare.add_argument("--out", type=Path, default=Path("compare.png"), help="PNG to write (default: compare.png)")
     return parser
 
 
@@ -142,7 +153,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.algos import ALGORITHMS
-    from pgrad.config import EnvConfig, RunConfig, field_docs
+    from pgrad.config import EnvConfig, GuardConfig, RunConfig, field_docs
     from pgrad.presets import PRESETS
 
     def section(title: str, cls: type) -> None:
@@ -157,15 +168,58 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("\nshared sections:")
     section("env", EnvConfig)
     section("run", RunConfig)
+    section("guard", GuardConfig)
     print("\npresets (applied when --env matches; --no-preset to skip):")
     for (algo, env_id), preset in PRESETS.items():
         print(f"  {algo:<6} {env_id:<16} {preset.source}")
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0 for a clean bill, 1 when problems were found (so scripts and CI can act on it)."""
+    from pgrad.monitor.doctor import doctor
+
+    findings, text = doctor(args.run_dir)
+    print(text)
+    return 1 if findings else 0
+
+
+def _plots_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PgradError("plots need matplotlib: pip install 'pgrad[plots]'") from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _plots_available()
+    from pgrad.monitor.report import report
+
+    path, panels = report(args.run_dir, args.out)
+    print(f"report: {path} ({len(panels)} panels; PNGs beside it)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    _plots_available()
+    from pgrad.monitor.report import compare
+
+    path, curves = compare(args.run_dirs, args.out)
+    for run, (steps, returns) in curves.items():
+        if returns.size:
+            print(f"{run}: {int(steps[-1])} steps, final return {returns[-1]:.1f}, best {returns.max():.1f}")
+        else:
+            print(f"{run}: no episodes finished yet")
+    print(f"plot: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval, "list": _cmd_list}
+    handlers = {
+        "train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval, "list": _cmd_list,
+        "doctor": _cmd_doctor, "report": _cmd_report, "compare": _cmd_compare,
+    }
     try:
         return handlers[args.command](args)
     except TrainingHalted as exc:

@@ -1,0 +1,275 @@
+"""``pgrad doctor RUN_DIR``: read a run's metrics and events, name what went wrong, when, why, and what to do.
+
+Alert rules (``pgrad.monitor.alerts``) judge one update as it happens; the doctor judges the whole
+run afterwards, so it can ask questions an alert cannot: did the return ever improve after the
+entropy collapsed? did the loss keep falling while the return stood still? Each check is a pure
+function ``check(history, events, config) -> Finding | None``; add one by appending it to ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgrad.config import GuardConfig
+from pgrad.monitor.alerts import CLIP_FRACTION, ENTROPY, EXPLAINED_VARIANCE, GRAD_NORM, KL, NONFINITE_STEPS, number
+from pgrad.monitor.sinks import read_jsonl
+
+Metrics = dict[str, Any]
+RETURN = "rollout/return_mean"
+VALUE_LOSS = "train/value_loss"
+CLIP_NEAR_ZERO = 0.005  # a median clip fraction below this: the ratio never leaves [1 - eps, 1 + eps]
+MIN_UPDATES = 12  # whole-run checks need this many updates to say anything
+
+
+@dataclass(frozen=True)
+class Finding:
+    symptom: str
+    severity: str  # "critical" or "warning"
+    update: int  # the update where it started
+    step: int
+    evidence: str
+    cause: str
+    fix: str
+
+
+def values(history: list[Metrics], key: str) -> np.ndarray:
+    """The metric per update as floats (NaN where absent)."""
+    return np.array([np.nan if (v := number(m, key)) is None else v for m in history], dtype=float)
+
+
+def smoothed(x: np.ndarray) -> np.ndarray:
+    """Trailing mean over ~5% of the run (at least 3 updates), ignoring NaN."""
+    width = max(3, len(x) // 20)
+    out = np.full(len(x), np.nan)
+    for i in range(len(x)):
+        window = x[max(0, i - width + 1): i + 1]
+        if np.isfinite(window).any():
+            out[i] = np.nanmean(window)
+    return out
+
+
+def improved(before: float, after: float) -> bool:
+    """``after`` is more than 10% (of |before|, at least 1) above ``before``."""
+    return after > before + 0.1 * max(abs(before), 1.0)
+
+
+def _at(history: list[Metrics], index: int) -> tuple[int, int]:
+    entry = history[index]
+    return int(entry.get("update", index + 1)), int(entry.get("step", 0))
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+
+def check_nonfinite(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    for i, m in enumerate(history):
+        bad = [k for k in m if k.startswith("train/") and k.endswith("loss") and not math.isfinite(number(m, k) or 0.0)]
+        grad = number(m, GRAD_NORM)
+        if grad is not None and not math.isfinite(grad):
+            bad.append(GRAD_NORM)
+        if (number(m, NONFINITE_STEPS) or 0.0) > 0:
+            bad.append(f"{number(m, NONFINITE_STEPS):.0f} skipped optimizer steps")
+        if bad:
+            update, step = _at(history, i)
+            halted = any(e.get("kind") == "critical.halted" for e in events)
+            return Finding(
+                "loss or gradients went NaN/Inf", "critical", update, step,
+                f"non-finite: {', '.join(bad)}" + ("; the run was halted" if halted else ""),
+                "a step too large for the loss surface (learning rate), exploding gradients, or extreme "
+                "advantages/rewards",
+                "lower learning_rate, keep max_grad_norm clipping on (e.g. 0.5), normalise advantages "
+                "(norm_adv) and rewards (env.norm_reward); inspect halt_batch.npz if the run halted",
+            )
+    return None
+
+
+def check_kl(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    kl = values(history, KL)
+    high = np.flatnonzero(kl > config.kl_warning)
+    if not high.size or (high.size < max(3, 0.1 * len(kl)) and not (kl > config.kl_critical).any()):
+        return None
+    update, step = _at(history, int(high[0]))
+    return Finding(
+        "KL too high", "critical" if (kl > config.kl_critical).any() else "warning", update, step,
+        f"approx KL > {config.kl_warning} in {high.size} of {len(kl)} updates (max {np.nanmax(kl):.3g})",
+        "each update moves the policy too far: learning rate, epochs or minibatch count too high",
+        "lower learning_rate or num_epochs, set target_kl (e.g. 0.02) for early stopping, or lower clip_eps",
+    )
+
+
+def check_clip_fraction(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    clip = values(history, CLIP_FRACTION)[config.warmup_updates:]
+    if np.isfinite(clip).sum() < MIN_UPDATES:
+        return None
+    median = float(np.nanmedian(clip))
+    if median < CLIP_NEAR_ZERO:
+        stuck, where = "near 0", np.flatnonzero(smoothed(clip) < CLIP_NEAR_ZERO)
+        cause = "the policy barely changes per update: learning rate too low, or clip_eps annealed to nothing"
+        fix = "raise learning_rate or num_epochs; check anneal_clip/anneal_lr"
+    elif median > config.clip_fraction_high:
+        stuck, where = "near 1", np.flatnonzero(smoothed(clip) > config.clip_fraction_high)
+        cause = "most samples leave the trust region every update: steps far too large"
+        fix = "lower learning_rate or num_epochs, or raise clip_eps"
+    else:
+        return None
+    update, step = _at(history, config.warmup_updates + int(where[0]) if where.size else config.warmup_updates)
+    return Finding(f"clip fraction stuck {stuck}", "warning", update, step,
+                   f"median clip fraction {median:.3g} after warm-up", cause, fix)
+
+
+def check_value_lag(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    ev = values(history, EXPLAINED_VARIANCE)
+    half = ev[len(ev) // 2:]
+    if len(ev) < MIN_UPDATES or not np.isfinite(half).any():
+        return None
+    median = float(np.nanmedian(half))
+    if median >= config.explained_variance_low:
+        return None
+    low = np.flatnonzero(smoothed(ev) < config.explained_variance_low)
+    start = int(low[low >= config.warmup_updates][0]) if (low >= config.warmup_updates).any() else len(ev) // 2
+    update, step = _at(history, start)
+    return Finding(
+        "value function lagging", "warning", update, step,
+        f"explained variance median {median:.3g} over the second half (< {config.explained_variance_low})",
+        "the critic cannot follow the returns: too little value training, unscaled rewards, or too short a horizon",
+        "raise vf_coef or num_epochs, normalise rewards (env.norm_reward), use a separate critic network",
+    )
+
+
+def check_entropy_collapse(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    entropy, ret = values(history, ENTROPY), smoothed(values(history, RETURN))
+    if len(entropy) < MIN_UPDATES or not np.isfinite(entropy[0]) or entropy[0] <= 0:
+        return None
+    below = np.flatnonzero(entropy < config.entropy_collapse * entropy[0])
+    if not below.size:
+        return None
+    start = int(below[0])
+    at_collapse = ret[start] if np.isfinite(ret[start]) else np.nanmin(ret)
+    if not np.isfinite(at_collapse) or improved(at_collapse, float(np.nanmax(ret[start:]))):
+        return None  # the return kept climbing after the entropy fell: that is convergence, not collapse
+    update, step = _at(history, start)
+    return Finding(
+        "entropy collapse", "warning", update, step,
+        f"entropy {entropy[start]:.3g} < {config.entropy_collapse} x its start {entropy[0]:.3g}, and the return "
+        f"did not improve afterwards (about {at_collapse:.4g})",
+        "the policy became nearly deterministic before it found a good behaviour (premature convergence)",
+        "raise ent_coef (e.g. 0.01), lower learning_rate, or raise log_std_init for Gaussian policies",
+    )
+
+
+def check_plateau(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    ret, loss = smoothed(values(history, RETURN)), values(history, VALUE_LOSS)
+    n = len(ret)
+    if n < MIN_UPDATES or not np.isfinite(ret).any() or not np.isfinite(loss).any():
+        return None
+    early = float(np.nanmean(ret[: n // 4])) if np.isfinite(ret[: n // 4]).any() else float(np.nanmin(ret))
+    late_best = float(np.nanmax(ret[n // 2:]))
+    first_loss, last_loss = np.nanmedian(loss[: n // 4]), np.nanmedian(loss[-n // 4:])
+    if improved(early, late_best) or not last_loss < 0.5 * first_loss:
+        return None
+    start = next(i for i in range(n) if np.isfinite(ret[i]) and not improved(ret[i], float(np.nanmax(ret[i:]))))
+    update, step = _at(history, start)
+    return Finding(
+        "return plateau while the loss falls", "warning", update, step,
+        f"return stays near {early:.4g} while the value loss fell from {first_loss:.3g} to {last_loss:.3g}",
+        "the losses are being minimised but the policy learns nothing useful: reward scale off, the value loss "
+        "dominating the shared gradient, or too little exploration",
+        "normalise or rescale rewards (env.norm_reward), lower vf_coef or use separate actor/critic networks, "
+        "raise ent_coef",
+    )
+
+
+def check_return_collapse(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    ret = smoothed(values(history, RETURN))
+    if len(ret) < MIN_UPDATES or not np.isfinite(ret).any():
+        return None
+    peak_index = int(np.nanargmax(ret))
+    peak, start_value = float(ret[peak_index]), float(ret[np.flatnonzero(np.isfinite(ret))[0]])
+    drop = config.eval_max_drop if config.eval_max_drop is not None else 0.5
+    threshold = peak - drop * abs(peak)
+    after = np.flatnonzero(ret[peak_index:] < threshold)
+    if not improved(start_value, peak) or not after.size or not ret[-1] < threshold:
+        return None
+    update, step = _at(history, peak_index + int(after[0]))
+    peak_update, peak_step = _at(history, peak_index)
+    return Finding(
+        "return collapse after a peak", "critical", update, step,
+        f"return peaked at {peak:.4g} (update {peak_update}, step {peak_step}) and ended at {ret[-1]:.4g}",
+        "catastrophic forgetting or a destructive update (too large a step), or a change in the reward",
+        "lower learning_rate, anneal it (anneal_lr), set target_kl; evaluate and use the best checkpoint "
+        "('pgrad eval RUN --checkpoint best')",
+    )
+
+
+Check = Callable[[list[Metrics], list[Metrics], GuardConfig], "Finding | None"]
+CHECKS: tuple[Check, ...] = (
+    check_nonfinite,
+    check_kl,
+    check_return_collapse,
+    check_entropy_collapse,
+    check_plateau,
+    check_clip_fraction,
+    check_value_lag,
+)
+
+
+def diagnose(history: list[Metrics], events: list[Metrics], config: GuardConfig | None = None) -> list[Finding]:
+    """Every finding for a run, critical first, each list in the order the problems started."""
+    config = config or GuardConfig()
+    if not history:
+        return []
+    findings = [f for check in CHECKS if (f := check(history, events, config)) is not None]
+    return sorted(findings, key=lambda f: (f.severity != "critical", f.update))
+
+
+def guard_actions(events: list[Metrics]) -> list[str]:
+    """What the guard did during the run (drills, rollbacks, halts), one line each."""
+    kinds = ("drill.", "recovery.", "critical.halted", "critical.recovery_cap")
+    return [f"step {e.get('step')}: {e.get('kind')}: {e.get('message')}" for e in events
+            if str(e.get("kind", "")).startswith(kinds)]
+
+
+def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding], actions: list[str]) -> str:
+    steps = history[-1].get("step", 0) if history else 0
+    lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} env steps"]
+    if not history:
+        return lines[0] + "\nno metrics yet (metrics.jsonl is empty)"
+    if not findings:
+        lines.append("healthy: no problems found")
+    for f in findings:
+        lines += [
+            f"[{f.severity}] {f.symptom}: since update {f.update} (step {f.step})",
+            f"    evidence: {f.evidence}",
+            f"    likely cause: {f.cause}",
+            f"    fix: {f.fix}",
+        ]
+    if actions:
+        lines.append("guard actions:")
+        lines += [f"    {line}" for line in actions]
+    return "\n".join(lines)
+
+
+def load_run(run_dir: Path) -> tuple[list[Metrics], list[Metrics], GuardConfig]:
+    """A run folder's metric history, its events and its guard thresholds (defaults if unreadable)."""
+    from pgrad.errors import PgradError
+    from pgrad.runs import load_run_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise PgradError(f"{run_dir} is not a pgrad run folder (no metrics.jsonl)")
+    try:
+        config = load_run_config(run_dir).guard
+    except PgradError:
+        config = GuardConfig()
+    return read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl"), config
+
+
+def doctor(run_dir: Path) -> tuple[list[Finding], str]:
+    history, events, config = load_run(run_dir)
+    findings = diagnose(history, events, config)
+    return findings, format_report(Path(run_dir), history, findings, guard_actions(events))

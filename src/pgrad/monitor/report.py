@@ -1,0 +1,210 @@
+"""``pgrad report RUN_DIR`` and ``pgrad compare RUN ...``: plots of a run over env steps.
+
+The report is one HTML file that needs no network (every image is embedded as base64 PNG) plus
+the PNGs themselves: return (training episodes and evaluations), approx KL, clip fraction, entropy,
+explained variance, gradient norm, value loss, learning rate and steps/s. Guard events are marked
+on every panel: critical alerts (red), recoveries (magenta), drills (blue, dashed), halts (black);
+warnings as small orange ticks along the bottom. The plotting functions return what they drew
+(``PanelData``), read back from the matplotlib artists, so tests check the figure, not a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgrad.monitor.doctor import diagnose, format_report, guard_actions, load_run
+from pgrad.monitor.sinks import read_jsonl
+
+# (file name, title, metric keys drawn on the panel)
+PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("return", "episode return", ("rollout/return_mean", "eval/return_mean")),
+    ("approx_kl", "approx KL", ("diagnostics/approx_kl",)),
+    ("clip_fraction", "clip fraction", ("diagnostics/clip_fraction",)),
+    ("entropy", "entropy", ("diagnostics/entropy",)),
+    ("explained_variance", "explained variance", ("diagnostics/explained_variance",)),
+    ("grad_norm", "gradient norm (before clipping)", ("diagnostics/grad_norm",)),
+    ("value_loss", "value loss", ("train/value_loss",)),
+    ("learning_rate", "learning rate", ("train/learning_rate",)),
+    ("steps_per_second", "steps per second", ("perf/steps_per_second",)),
+)
+LOG_PANELS = ("approx_kl", "grad_norm", "value_loss", "learning_rate")
+MARKER_STYLES = {  # event kind prefix -> (colour, line style)
+    "critical.": ("tab:red", "-"),
+    "recovery.": ("magenta", "-"),
+    "drill.": ("tab:blue", "--"),
+}
+
+
+@dataclass
+class PanelData:
+    name: str
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # label -> (steps, values)
+    markers: list[tuple[float, str]] = field(default_factory=list)  # (step, event kind) drawn as vertical lines
+    warnings: list[float] = field(default_factory=list)  # steps of warning ticks
+
+
+def metric_series(history: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of every update that logged ``key`` (non-finite values kept as NaN)."""
+    steps, vals = [], []
+    for m in history:
+        if key in m:
+            try:
+                vals.append(float(m[key]))
+            except (TypeError, ValueError):
+                vals.append(np.nan)
+            steps.append(float(m["step"]))
+    return np.asarray(steps), np.asarray(vals)
+
+
+def marker_kind(kind: str) -> str | None:
+    return next((prefix for prefix in MARKER_STYLES if kind.startswith(prefix)), None)
+
+
+def draw_panel(
+    ax: Any, name: str, title: str, keys: tuple[str, ...], history: list[dict], events: list[dict]
+) -> PanelData:
+    """Draw one panel; return what was drawn, read back from the axes."""
+    for key in keys:
+        steps, vals = metric_series(history, key)
+        if steps.size:
+            style = "o-" if key.startswith("eval/") else "-"
+            ax.plot(steps, vals, style, label=key, markersize=3, linewidth=1.2)
+    for event in events:
+        prefix = marker_kind(str(event.get("kind", "")))
+        if prefix is not None:
+            colour, linestyle = MARKER_STYLES[prefix]
+            ax.axvline(float(event["step"]), color=colour, linestyle=linestyle, linewidth=1.0, alpha=0.8,
+                       label=f"_event:{event['kind']}")
+    warning_steps = [float(e["step"]) for e in events if str(e.get("kind", "")).startswith("warning.")]
+    if warning_steps:
+        ax.plot(warning_steps, np.zeros(len(warning_steps)), "|", color="orange", markersize=8,
+                transform=ax.get_xaxis_transform(), label="_warnings")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("env steps", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if len(keys) > 1:
+        ax.legend(fontsize=7)
+    data = read_panel(ax, name)
+    if name in LOG_PANELS and data.series:
+        plotted = np.concatenate([y for _, y in data.series.values()])
+        plotted = plotted[np.isfinite(plotted)]
+        if plotted.size and (plotted > 0).all():
+            ax.set_yscale("log")
+    return data
+
+
+def read_panel(ax: Any, name: str) -> PanelData:
+    data = PanelData(name)
+    for line in ax.lines:
+        label = str(line.get_label())
+        if label.startswith("_event:"):
+            data.markers.append((float(np.asarray(line.get_xdata())[0]), label[len("_event:"):]))
+        elif label == "_warnings":
+            data.warnings = [float(x) for x in line.get_xdata()]
+        elif not label.startswith("_"):
+            data.series[label] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+    return data
+
+
+def _figure_png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_run(
+    history: list[dict], events: list[dict], out_dir: Path, label: str
+) -> tuple[list[PanelData], dict[str, bytes]]:
+    """One PNG per panel plus ``overview.png`` (all panels), written to ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images: dict[str, bytes] = {}
+    panels = []
+    overview, axes = plt.subplots(3, 3, figsize=(15, 10))
+    for (name, title, keys), overview_ax in zip(PANELS, axes.flat, strict=True):
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        panels.append(draw_panel(ax, name, title, keys, history, events))
+        draw_panel(overview_ax, name, title, keys, history, events)
+        images[name] = _figure_png(fig)
+        plt.close(fig)
+    overview.suptitle(f"{label}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)",
+                      fontsize=10)
+    overview.tight_layout()
+    images["overview"] = _figure_png(overview)
+    plt.close(overview)
+    for name, png in images.items():
+        (out_dir / f"{name}.png").write_bytes(png)
+    return panels, images
+
+
+def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict]) -> str:
+    def img(name: str) -> str:
+        data = base64.b64encode(images[name]).decode("ascii")
+        return f'<img alt="{name}" src="data:image/png;base64,{data}">'
+
+    rows = "".join(
+        f"<tr><td>{e.get('step')}</td><td>{html.escape(str(e.get('kind')))}</td>"
+        f"<td>{html.escape(str(e.get('message')))}</td></tr>"
+        for e in events if str(e.get("kind", "")).split(".")[0] in ("critical", "recovery", "drill", "warning")
+    )
+    panels = "".join(f"<h3>{html.escape(name)}</h3>{img(name)}" for name in images if name != "overview")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
+        "img{max-width:100%}td{padding:2px 8px;vertical-align:top;font-size:90%}pre{background:#f4f4f4;padding:1em}"
+        "</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{img('overview')}"
+        f"<h2>doctor</h2><pre>{html.escape(doctor_text)}</pre>"
+        f"<h2>guard events</h2><table><tr><th>step</th><th>kind</th><th>message</th></tr>{rows}</table>"
+        f"<h2>panels</h2>{panels}</body></html>"
+    )
+
+
+def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[PanelData]]:
+    """Write ``report.html`` and the PNGs (default: ``RUN_DIR/report``); returns the HTML path and panels."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    history, events, config = load_run(run_dir)
+    panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}")
+    findings = diagnose(history, events, config)
+    doctor_text = format_report(run_dir, history, findings, guard_actions(events))
+    path = out_dir / "report.html"
+    path.write_text(render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
+    return path, panels
+
+
+def compare(run_dirs: list[Path], out_path: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Overlay the return curves of several runs in one PNG; returns its path and the plotted curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    curves = {}
+    for run_dir in run_dirs:
+        history = read_jsonl(Path(run_dir) / "metrics.jsonl")
+        steps, vals = metric_series(history, "rollout/return_mean")
+        ax.plot(steps, vals, label=str(run_dir), linewidth=1.2)
+        curves[str(run_dir)] = (steps, vals)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return (training episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out_path, curves
