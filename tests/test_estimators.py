@@ -133,3 +133,36 @@ def test_explained_variance_values():
     assert explained_variance(targets, targets) == pytest.approx(1.0)
     assert explained_variance(np.full(4, targets.mean()), targets) == pytest.approx(0.0)
     assert np.isnan(explained_variance(targets, np.ones(4)))
+
+
+def test_vtrace_on_policy_equals_bootstrapped_lambda_one_return():
+    # Guide value: pi = mu and rho_bar = c_bar = 1 -> V-trace targets = bootstrapped lambda=1 returns.
+    from pgrad.estimators import vtrace
+
+    rng = np.random.default_rng(3)
+    steps, envs = 7, 3
+    rewards = rng.normal(size=(steps, envs))
+    values = rng.normal(size=(steps, envs))
+    next_values = np.concatenate([values[1:], rng.normal(size=(1, envs))])
+    terminated = rng.random((steps, envs)) < 0.15
+    truncated = (rng.random((steps, envs)) < 0.15) & ~terminated
+    next_values = np.where(truncated, rng.normal(size=(steps, envs)), next_values)  # V(final obs)
+    vs, pg_advantages = vtrace(np.zeros((steps, envs)), rewards, values, next_values, terminated, truncated, 0.9)
+    expected = discounted_returns(rewards, terminated, truncated, 0.9, next_values=next_values)
+    np.testing.assert_allclose(vs, expected, rtol=1e-12)
+    _, gae_returns = gae(rewards, values, next_values, terminated, truncated, 0.9, 1.0)
+    np.testing.assert_allclose(vs, gae_returns, rtol=1e-12)
+    # and the policy-gradient advantage is r + gamma v_{t+1} - V = the lambda=1 advantage
+    np.testing.assert_allclose(pg_advantages, expected - values, rtol=1e-10, atol=1e-12)
+
+
+def test_vtrace_clips_importance_weights_by_hand():
+    # One step, terminated: v = V + min(rho_bar, pi/mu) (r - V). pi/mu = e^2 is clipped to 1.
+    from pgrad.estimators import vtrace
+
+    one = np.ones((1, 1))
+    vs, adv = vtrace(2.0 * one, 3.0 * one, 1.0 * one, 0 * one, one.astype(bool), 0 * one > 0, 0.9)
+    assert vs[0, 0] == pytest.approx(1.0 + 1.0 * (3.0 - 1.0))
+    vs, adv = vtrace(np.log(0.5) * one, 3.0 * one, 1.0 * one, 0 * one, one.astype(bool), 0 * one > 0, 0.9)
+    assert vs[0, 0] == pytest.approx(1.0 + 0.5 * 2.0)
+    assert adv[0, 0] == pytest.approx(0.5 * 2.0)

@@ -141,3 +141,45 @@ def td_targets(
     """
     rewards = np.asarray(rewards)
     return rewards + gamma * (1.0 - np.asarray(terminated, dtype=rewards.dtype)) * next_values
+
+
+def vtrace(
+    log_rhos: np.ndarray,
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    lam: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """V-trace off-policy targets (Espeholt et al., 2018, IMPALA).
+
+        rho_t = min(rho_bar, pi/mu),  c_t = lam * min(c_bar, pi/mu),  log_rhos = log pi - log mu
+        delta_t = rho_t (r_t + gamma (1 - terminated_t) V(s_{t+1}) - V(s_t))
+        v_t - V(s_t) = delta_t + gamma c_t (1 - done_t) (v_{t+1} - V(s_{t+1}))
+        policy-gradient advantage_t = rho_t (r_t + gamma (1 - terminated_t) v_{t+1} - V(s_t))
+
+    where v_{t+1} is V(final observation) after a truncation and V(s_T) past the last row.
+    With pi = mu and rho_bar = c_bar = lam = 1 the targets are the bootstrapped Monte Carlo
+    (lambda = 1) returns. Returns ``(vs, pg_advantages)``.
+    """
+    rhos = np.exp(log_rhos)
+    clipped_rhos = np.minimum(rho_bar, rhos)
+    cs = lam * np.minimum(c_bar, rhos)
+    not_terminated = 1.0 - np.asarray(terminated, dtype=rewards.dtype)
+    done = _as_done(terminated, truncated)
+    not_done = 1.0 - done.astype(rewards.dtype)
+    deltas = clipped_rhos * (rewards + gamma * not_terminated * next_values - values)
+    corrections = np.zeros_like(rewards)
+    running = np.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + gamma * cs[t] * not_done[t] * running
+        corrections[t] = running
+    vs = values + corrections
+    next_vs = np.concatenate([vs[1:], next_values[-1:]])
+    next_vs = np.where(done, next_values, next_vs)
+    pg_advantages = clipped_rhos * (rewards + gamma * not_terminated * next_vs - values)
+    return vs, pg_advantages
