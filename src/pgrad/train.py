@@ -351,8 +351,8 @@ class Trainer:
         if state.recoveries >= guard.max_recoveries:
             message = (
                 f"{reason}, and this run already used its {guard.max_recoveries} recoveries (guard.max_recoveries); "
-                f"stopping instead of looping. What happened: {self.run_dir / 'events.jsonl'}; "
-                f"diagnose with 'pgrad doctor {self.run_dir}'"
+                f"stopping instead of looping. Earlier recoveries: {'; '.join(state.recovery_log) or 'none'}. "
+                f"Events: {self.run_dir / 'events.jsonl'}; diagnose with 'pgrad doctor {self.run_dir}'"
             )
             self.events.emit("critical.recovery_cap", self.step, message, recoveries=state.recoveries)
             raise TrainingHalted(message)
@@ -365,6 +365,7 @@ class Trainer:
                 continue
         state.lr_scale *= guard.lr_cut
         state.recoveries += 1
+        state.recovery_log.append(f"step {self.step}: {reason}")
         state.eval_collapses = 0
         state.last_eval = None
         if path is None:

@@ -42,6 +42,7 @@ class GuardState:
     last_eval: float | None = None
     eval_collapses: int = 0  # consecutive collapsed evaluations
     next_eval_step: int = 0
+    recovery_log: list[str] = field(default_factory=list)  # "step N: reason" per recovery, for the final report
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

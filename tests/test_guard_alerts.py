@@ -1,0 +1,242 @@
+"""Alert rules on synthetic metric histories, the guard config, drills, and the optimizer hooks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pgrad.config import GuardConfig
+from pgrad.errors import ConfigError
+from pgrad.monitor import alerts
+from pgrad.monitor.faults import FaultSpec, faults_for_update, parse_fault
+from pgrad.monitor.recovery import (
+    GuardState,
+    OptimizerGuard,
+    TrajectoryRecorder,
+    eval_collapsed,
+    nonfinite_fraction,
+    should_halt,
+)
+from pgrad.rollout import Rollout
+
+CONFIG = GuardConfig()
+
+
+def history(n: int, **series: object) -> list[dict]:
+    """n updates; each keyword is a metric name (with '__' for '/') and a list or constant."""
+    rows = []
+    for i in range(n):
+        row = {"step": 256 * (i + 1), "update": i + 1}
+        for key, value in series.items():
+            row[key.replace("__", "/")] = value[i] if isinstance(value, list) else value
+        rows.append(row)
+    return rows
+
+
+def fired(rule, rows, config=CONFIG):
+    return rule(rows, config)
+
+
+# ---- each rule: fires on the bad history, stays quiet on the good one ------------------------
+
+def test_kl_warning_and_critical_levels():
+    assert fired(alerts.kl_rule, history(3, diagnostics__approx_kl=0.01)) is None
+    warning = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.01, 0.01, 0.07]))
+    assert (warning.level, warning.rule, warning.value, warning.threshold) == ("warning", "kl", 0.07, 0.05)
+    critical = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.01, 0.01, 0.2]))
+    assert (critical.level, critical.threshold, critical.metric) == ("critical", 0.1, "diagnostics/approx_kl")
+
+
+def test_clip_fraction_high_any_time_low_only_after_warmup():
+    assert fired(alerts.clip_fraction_rule, history(2, diagnostics__clip_fraction=0.6)).threshold == 0.5
+    early = history(CONFIG.warmup_updates, diagnostics__clip_fraction=0.01)
+    assert fired(alerts.clip_fraction_rule, early) is None  # still warming up
+    late = history(CONFIG.warmup_updates + 1, diagnostics__clip_fraction=0.01)
+    alert = fired(alerts.clip_fraction_rule, late)
+    assert (alert.level, alert.threshold) == ("warning", 0.05)
+    assert fired(alerts.clip_fraction_rule, history(20, diagnostics__clip_fraction=0.1)) is None
+
+
+def test_explained_variance_after_warmup():
+    assert fired(alerts.explained_variance_rule, history(5, diagnostics__explained_variance=0.1)) is None
+    alert = fired(alerts.explained_variance_rule, history(11, diagnostics__explained_variance=0.1))
+    assert alert.value == 0.1 and alert.threshold == 0.3
+    assert fired(alerts.explained_variance_rule, history(11, diagnostics__explained_variance=0.9)) is None
+
+
+def test_entropy_collapse_against_the_starting_value():
+    entropy = [0.69, 0.6, 0.5, 0.36]
+    assert fired(alerts.entropy_collapse_rule, history(4, diagnostics__entropy=entropy)) is None  # 0.36 > 0.345
+    alert = fired(alerts.entropy_collapse_rule, history(4, diagnostics__entropy=[0.69, 0.6, 0.5, 0.3]))
+    assert alert.threshold == pytest.approx(0.345) and alert.rule == "entropy_collapse"
+    # A Gaussian's differential entropy can start negative: no ratio rule there.
+    assert fired(alerts.entropy_collapse_rule, history(3, diagnostics__entropy=[-1.0, -2.0, -5.0])) is None
+
+
+def test_log_std_floor():
+    assert fired(alerts.log_std_rule, history(2, diagnostics__log_std_mean=-4.9)) is None
+    assert fired(alerts.log_std_rule, history(2, diagnostics__log_std_mean=-5.1)).threshold == -5.0
+    assert fired(alerts.log_std_rule, history(2, diagnostics__entropy=1.0)) is None  # discrete: no log-std
+
+
+def test_grad_norm_spike_against_running_median():
+    norms = [1.0, 0.5, 1.0, 3.0, 1.0, 1.0]  # running median 1.0
+    rows = history(7, diagnostics__grad_norm=norms + [10.5])
+    alert = fired(alerts.grad_norm_rule, rows)
+    assert alert.threshold == pytest.approx(10.0 * np.median(norms)) and alert.value == 10.5
+    assert fired(alerts.grad_norm_rule, history(7, diagnostics__grad_norm=norms + [9.0])) is None
+    assert fired(alerts.grad_norm_rule, history(3, diagnostics__grad_norm=[1.0, 1.0, 100.0])) is None  # < 5 values
+
+
+def test_steps_per_second_drop():
+    rows = history(8, perf__steps_per_second=[1000.0] * 7 + [400.0])
+    alert = fired(alerts.steps_per_second_rule, rows)
+    assert alert.threshold == pytest.approx(500.0) and alert.level == "warning"
+    assert fired(alerts.steps_per_second_rule, history(8, perf__steps_per_second=[1000.0] * 7 + [600.0])) is None
+
+
+@pytest.mark.parametrize(
+    "latest, metric",
+    [
+        ({"train/policy_loss": float("nan")}, "train/policy_loss"),
+        ({"train/value_loss": "inf"}, "train/value_loss"),  # how metrics.jsonl stores Inf
+        ({"diagnostics/nonfinite_steps": 2.0}, "diagnostics/nonfinite_steps"),
+        ({"diagnostics/grad_norm": float("inf")}, "diagnostics/grad_norm"),
+        ({"diagnostics/params_finite": 0.0}, "diagnostics/params_finite"),
+    ],
+)
+def test_nonfinite_is_critical(latest, metric):
+    rows = history(2, train__policy_loss=0.1) + [{"step": 768, "update": 3, **latest}]
+    alert = fired(alerts.nonfinite_rule, rows)
+    assert (alert.level, alert.rule, alert.metric) == ("critical", "nonfinite", metric)
+
+
+def test_nonfinite_quiet_on_finite_history():
+    rows = history(3, train__policy_loss=0.1, diagnostics__nonfinite_steps=0.0, diagnostics__params_finite=1.0)
+    assert fired(alerts.nonfinite_rule, rows) is None
+
+
+def test_check_alerts_lists_critical_first_and_thresholds_come_from_config():
+    rows = history(12, diagnostics__approx_kl=0.2, diagnostics__explained_variance=0.0)
+    found = alerts.check_alerts(rows, CONFIG)
+    assert [a.rule for a in found] == ["kl", "explained_variance"] and found[0].level == "critical"
+    relaxed = GuardConfig(kl_warning=0.3, kl_critical=0.5, explained_variance_low=-1.0)
+    assert alerts.check_alerts(rows, relaxed) == []
+
+
+# ---- config and drills ---------------------------------------------------------------------------
+
+def test_guard_config_rejects_bad_values_with_the_field_name():
+    with pytest.raises(ConfigError, match="guard.kl_critical"):
+        GuardConfig(kl_warning=0.2, kl_critical=0.1)
+    with pytest.raises(ConfigError, match="guard.lr_cut"):
+        GuardConfig(lr_cut=1.5)
+    with pytest.raises(ConfigError, match="guard.inject.*lr_spike"):
+        GuardConfig(inject=("lr_spiek@100",))
+
+
+def test_parse_fault():
+    assert parse_fault("lr_spike@20000") == FaultSpec("lr_spike", 20000, 1)
+    assert parse_fault("reward_flip@10000:5000") == FaultSpec("reward_flip", 10000, 5000)
+    for bad in ("nan_grad", "nan_grad@x", "nan_grad@10:0", "boom@1"):
+        with pytest.raises(ValueError):
+            parse_fault(bad)
+
+
+def test_one_shot_drill_fires_once_in_the_update_that_reaches_its_step():
+    specs = (parse_fault("lr_spike@1000"), parse_fault("nan_grad@1000"))
+    fired_set: set[str] = set()
+    before = faults_for_update(specs, 0, 768, fired_set, 100.0)
+    assert before.lr_factor == 1.0 and before.nan_grad_steps == 0 and not before.started
+    hit = faults_for_update(specs, 768, 1024, fired_set, 100.0)
+    assert hit.lr_factor == 100.0 and hit.nan_grad_steps == 1 and len(hit.started) == 2
+    again = faults_for_update(specs, 1024, 1280, fired_set, 100.0)
+    assert again.lr_factor == 1.0 and again.nan_grad_steps == 0
+
+
+def test_window_drill_fires_in_every_update_inside_the_window():
+    specs = (parse_fault("reward_flip@1000:600"), parse_fault("nan_grad@1000:600"))
+    fired_set: set[str] = set()
+    flags = [faults_for_update(specs, s, s + 256, fired_set, 100.0) for s in range(0, 2048, 256)]
+    # [1000, 1600): the update straddling 1000 and those starting at 1024, 1280, 1536
+    assert [f.flip_reward for f in flags] == [False, False, False, True, True, True, True, False]
+    assert [f.nan_grad_steps for f in flags][3:7] == [-1, -1, -1, -1]
+    assert sum(len(f.started) for f in flags) == 2  # announced once each
+
+
+# ---- recovery decisions --------------------------------------------------------------------------
+
+def test_eval_collapse_relative_and_absolute():
+    config = GuardConfig(eval_max_drop=0.5)
+    assert eval_collapsed(240.0, 500.0, config) and not eval_collapsed(260.0, 500.0, config)
+    assert eval_collapsed(-350.0, -200.0, config) and not eval_collapsed(-290.0, -200.0, config)  # |best|
+    assert not eval_collapsed(0.0, None, config)
+    assert eval_collapsed(5.0, None, GuardConfig(eval_min_return=10.0, eval_max_drop=None))
+
+
+def test_nonfinite_fraction_over_the_full_window():
+    config = GuardConfig(nonfinite_window=100, nonfinite_halt=0.01)
+    state = GuardState(recent_steps=[0] * 20 + [1])
+    assert nonfinite_fraction(state, config) == 0.01 and not should_halt(state, config)  # one bad step: skip only
+    state.recent_steps.append(1)
+    assert should_halt(state, config)
+
+
+def _model_and_grads(optimizer_cls=torch.optim.SGD, lr=0.1):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = optimizer_cls(model.parameters(), lr=lr)
+    model(torch.ones(4, 3)).pow(2).sum().backward()
+    return model, optimizer
+
+
+def test_optimizer_guard_scales_the_learning_rate_exactly():
+    model, optimizer = _model_and_grads()
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    guard = OptimizerGuard([optimizer], GuardState(lr_scale=0.25), GuardConfig())
+    optimizer.step()
+    for p, p0, g in zip(model.parameters(), before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * 0.25 * g)
+    assert optimizer.param_groups[0]["lr"] == 0.1  # the algorithm's own rate is put back
+    guard.remove()
+
+
+def test_optimizer_guard_skips_a_nonfinite_step_without_touching_adam_state():
+    model, optimizer = _model_and_grads(torch.optim.Adam)
+    state = GuardState()
+    guard = OptimizerGuard([optimizer], state, GuardConfig())
+    next(model.parameters()).grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert all(torch.equal(p, p0) for p, p0 in zip(model.parameters(), before, strict=True))
+    assert optimizer.state_dict()["state"] == {} and guard.skipped == 1 and state.recent_steps == [1]
+    model(torch.ones(4, 3)).pow(2).sum().backward()  # a finite step afterwards goes through
+    optimizer.step()
+    assert not torch.equal(next(model.parameters()), before[0]) and state.recent_steps == [1, 0]
+
+
+def test_trajectory_recorder_cuts_episodes_and_saves_without_pickle(tmp_path):
+    steps, envs = 6, 2
+    done = np.zeros((steps, envs), bool)
+    done[1, 0] = done[4, 0] = done[3, 1] = True
+    valid = np.ones((steps, envs), bool)
+    valid[2, 0] = valid[5, 0] = valid[4, 1] = False  # autoreset steps after each done
+    rollout = Rollout(
+        obs=np.arange((steps + 1) * envs * 2, dtype=np.float32).reshape(steps + 1, envs, 2),
+        actions=np.zeros((steps, envs), np.int64),
+        rewards=np.arange(steps * envs, dtype=np.float32).reshape(steps, envs),
+        terminated=done, truncated=np.zeros_like(done), valid=valid,
+    )
+    recorder = TrajectoryRecorder(envs, capacity=10)
+    recorder.add(rollout)
+    assert recorder.save(tmp_path / "t.npz") == 3
+    data = np.load(tmp_path / "t.npz", allow_pickle=False)
+    assert data["episode_length"].tolist() == [2, 3, 4]  # env 0: steps 0-1 and 2-4; env 1: steps 0-3
+    assert data["rewards"][:2].tolist() == [0.0, 2.0]  # rewards[t, 0] = 2 t
+    start = data["episode_start"][1]
+    assert data["rewards"][start:start + 3].tolist() == [4.0, 6.0, 8.0] and not data["valid"][start]
+    assert math.isclose(float(data["obs"][0, 0]), 0.0)
