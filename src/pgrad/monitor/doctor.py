@@ -150,8 +150,11 @@ def check_entropy_collapse(history: list[Metrics], events: list[Metrics], config
         return None
     start = int(below[0])
     at_collapse = ret[start] if np.isfinite(ret[start]) else np.nanmin(ret)
+    first = ret[np.flatnonzero(np.isfinite(ret))[0]] if np.isfinite(ret).any() else np.nan
     if not np.isfinite(at_collapse) or improved(at_collapse, float(np.nanmax(ret[start:]))):
         return None  # the return kept climbing after the entropy fell: that is convergence, not collapse
+    if improved(first, at_collapse):
+        return None  # the policy had already learned when it settled: convergence again
     update, step = _at(history, start)
     return Finding(
         "entropy collapse", "warning", update, step,
