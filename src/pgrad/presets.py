@@ -93,6 +93,58 @@ PRESETS: dict[tuple[str, str], Preset] = {
             },
         },
     ),
+    ("reinforce", "CartPole-v1"): Preset(
+        "tuned here (no standard reference): 8 envs, 8 whole episodes per update, value baseline, "
+        "normalised weights, lr 5e-3 policy / 3e-3 value (benchmarks/RESULTS_a2c_reinforce.md)",
+        {
+            "env": {"num_envs": 8},
+            "run": {"total_steps": 500_000},
+            "reinforce": {
+                "num_episodes": 8,
+                "gamma": 0.99,
+                "learning_rate": 0.005,
+                "value_learning_rate": 0.003,
+                "baseline": True,
+                "normalize_returns": True,
+            },
+        },
+    ),
+    ("actor_critic", "CartPole-v1"): Preset(
+        "tuned here: 8 envs x 8 steps per update, 5-step targets (TD(0), nstep_horizon 1, learns more "
+        "slowly and less stably on CartPole), Adam 1e-3 for actor and critic",
+        {
+            "env": {"num_envs": 8},
+            "run": {"total_steps": 100_000},
+            "actor_critic": {"num_steps": 8, "nstep_horizon": 5, "gamma": 0.99},
+        },
+    ),
+    ("a2c", "CartPole-v1"): Preset(
+        "rl-baselines3-zoo hyperparams/a2c.yml, CartPole-v1: 8 envs, ent_coef 0.0, 500k steps, otherwise SB3 "
+        "A2C defaults (RMSprop 7e-4, n_steps 5, gamma 0.99, gae_lambda 1.0)",
+        {
+            "env": {"num_envs": 8},
+            "run": {"total_steps": 500_000},
+            "a2c": {"num_steps": 5, "ent_coef": 0.0},
+        },
+    ),
+    ("a2c", "Pendulum-v1"): Preset(
+        "rl-baselines3-zoo hyperparams/a2c.yml, Pendulum-v1 (8 envs, n_steps 8, gamma 0.9, gae_lambda 0.9, "
+        "vf_coef 0.4, lin_7e-4, log_std_init -2, normalised obs and reward) without gSDE",
+        {
+            "env": {"num_envs": 8, "norm_obs": True, "norm_reward": True},
+            "run": {"total_steps": 1_000_000},
+            "a2c": {
+                "num_steps": 8,
+                "gamma": 0.9,
+                "gae_lambda": 0.9,
+                "vf_coef": 0.4,
+                "ent_coef": 0.0,
+                "learning_rate": 7e-4,
+                "anneal_lr": True,
+                "log_std_init": -2.0,
+            },
+        },
+    ),
     ("trpo", "CartPole-v1"): Preset(
         "rl-baselines3-zoo hyperparams/trpo.yml, CartPole-v1 (2 envs, n_steps 512, batch_size 512, cg_damping 1e-3, "
         "gae_lambda 0.98, lr 1e-3, n_critic_updates 20); other values sb3-contrib TRPO defaults",

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from pgrad.algos.actor_critic import nstep_batch
-from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule, masked_mean, normalize_advantages
+from pgrad.algos.common import clip_gradients, linear_schedule, normalize_advantages
 from pgrad.config import Checked, param
 from pgrad.distributions import Categorical, DiagGaussian
+from pgrad.estimators import explained_variance, gae
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.rollout import Batch, Rollout
 
@@ -76,18 +77,57 @@ def a2c_loss(
     A and R are constants (computed in ``prepare`` without gradients), so the critic regresses on
     a detached bootstrapped target. Means run over valid steps only.
     """
-    mask = batch.mask
-    advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
-    policy_loss = -masked_mean(dist.log_prob(batch.actions) * advantages, mask)
-    value_loss = masked_mean((values - batch.returns).pow(2), mask)
-    entropy = masked_mean(dist.entropy(), mask)
-    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    # E over valid steps as one weighted sum, w = mask / #valid (fewer autograd nodes than three
+    # masked means: at 40 samples per update the op count, not the arithmetic, is the cost).
+    weights = batch.mask / batch.mask.sum().clamp(min=1.0)
+    advantages = normalize_advantages(batch.advantages, batch.mask) if config.norm_adv else batch.advantages
+    policy_loss = -(dist.log_prob(batch.actions) * advantages * weights).sum()
+    value_loss = ((values - batch.returns).pow(2) * weights).sum()
+    if config.ent_coef > 0.0:
+        entropy = (dist.entropy() * weights).sum()
+        loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    else:  # a diagnostic only: keep it out of the backward pass
+        with torch.no_grad():
+            entropy = (dist.entropy() * weights).sum()
+        loss = policy_loss + config.vf_coef * value_loss
     stats = {
         "train/policy_loss": policy_loss.detach(),
         "train/value_loss": value_loss.detach(),
         "diagnostics/entropy": entropy.detach(),
     }
     return loss, stats
+
+
+def a2c_batch(model: ActorCritic, rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Batch, dict[str, float]]:
+    """GAE advantages and returns from one gradient-free critic forward over all T + 1 observations.
+
+    Leaner than ``actor_critic_batch``: A2C has no importance ratio, so log pi_old is not computed
+    (``log_probs`` is left at 0); at 40 samples per update the skipped actor forward is ~10% of the time.
+    """
+    steps, envs = rollout.num_steps, rollout.num_envs
+    obs = torch.from_numpy(rollout.obs.reshape((steps + 1) * envs, -1))
+    with torch.no_grad():
+        values = model.value(obs)
+    values_tm = values.numpy().reshape(steps + 1, envs)
+    advantages, returns = gae(
+        rollout.rewards, values_tm[:-1], values_tm[1:], rollout.terminated, rollout.truncated, gamma, gae_lambda
+    )
+    valid = rollout.valid
+    advantages = np.where(valid, advantages, 0.0).astype(np.float32)
+    batch = Batch(
+        obs=obs[: steps * envs],
+        actions=torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])),
+        log_probs=torch.zeros(steps * envs),
+        values=values[: steps * envs],
+        advantages=torch.from_numpy(advantages.reshape(-1)),
+        returns=torch.from_numpy(returns.astype(np.float32).reshape(-1)),
+        mask=torch.from_numpy(valid.reshape(-1).astype(np.float32)),
+    )
+    stats = {
+        "diagnostics/advantage_mean": float(advantages.mean()),
+        "diagnostics/explained_variance": explained_variance(values_tm[:-1][valid], returns[valid]),
+    }
+    return batch, stats
 
 
 class A2C:
@@ -124,7 +164,7 @@ class A2C:
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         config = self.config
         if config.advantage == "gae":
-            return actor_critic_batch(self.model, rollout, config.gamma, config.gae_lambda)
+            return a2c_batch(self.model, rollout, config.gamma, config.gae_lambda)
         horizon = config.nstep_horizon or config.num_steps
         return nstep_batch(self.model, rollout, config.gamma, horizon)
 

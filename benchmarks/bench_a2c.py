@@ -1,0 +1,238 @@
+"""pgrad A2C against Stable-Baselines3 A2C, and pgrad REINFORCE / actor-critic, on CartPole-v1.
+
+A2C: rl-zoo CartPole-v1 settings (8 envs, ent_coef 0.0, otherwise SB3 defaults: RMSprop lr 7e-4,
+alpha 0.99, eps 1e-5, n_steps 5, gamma 0.99, gae_lambda 1.0, vf_coef 0.5, max_grad_norm 0.5, no
+normalisation), the two libraries in the same process, alternating which goes first per seed, one
+torch thread. Per seed: env steps and wall-clock seconds of training until the mean return of the
+last 20 training episodes first reaches 475 (each run stops there; budget capped at --cap steps).
+Wall-clock is counted from the start of training (pgrad: ``Trainer.train``; SB3: ``learn``) to
+the update at which the target is first seen; both check once per update (every 40 steps).
+pgrad runs with its production guard off (no periodic evaluation), as SB3 has none.
+
+REINFORCE with a value baseline and actor-critic (5-step targets): pgrad's CartPole presets, the
+same measurement.
+
+    .venv/bin/python benchmarks/bench_a2c.py                      # seeds 1-5 (~30 min on 2 shared cores)
+    .venv/bin/python benchmarks/bench_a2c.py --seeds 1 --cap 200000   # a quick check
+
+Needs the 'bench' extra: pip install -e '.[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgrad.errors import ConfigError
+from pgrad.runs import resolve_config
+from pgrad.train import Trainer
+
+TARGET = 475.0
+WINDOW = 20
+ENV_ID = "CartPole-v1"
+
+
+class StopAtTarget:
+    """A metrics sink that records the first update whose last-20-episode mean reaches the target,
+    then asks the trainer to stop (as Ctrl-C would: finish the update, checkpoint, return)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.steps: int | None = None
+        self.seconds: float | None = None
+
+    def write(self, metrics: dict[str, Any]) -> None:
+        episodes, mean = metrics.get("rollout/episodes", 0), metrics.get("rollout/return_mean", -math.inf)
+        reached = episodes >= WINDOW and mean >= TARGET
+        if reached and self.steps is None:
+            self.steps, self.seconds = int(metrics["step"]), float(metrics["perf/wall_seconds"])
+            self.trainer.stop_requested = True
+
+    def close(self) -> None:
+        pass
+
+
+def pgrad_config(algo: str, seed: int, cap: int):
+    base = ["run.progress=false", "run.tensorboard=false", "run.checkpoint_every=1000000000"]
+    try:  # the production guard, where this version of pgrad has one
+        return resolve_config(algo, ENV_ID, sets=[*base, "guard.enabled=false", "guard.eval_every=0"],
+                              seed=seed, total_steps=cap)[0]
+    except ConfigError:
+        return resolve_config(algo, ENV_ID, sets=base, seed=seed, total_steps=cap)[0]
+
+
+def run_pgrad(algo: str, seed: int, cap: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(pgrad_config(algo, seed, cap), Path(tmp) / "run", console=False)
+        stop = StopAtTarget(trainer)
+        trainer.sinks.append(stop)
+        result = trainer.train()
+    return {"steps": stop.steps, "seconds": stop.seconds, "steps_per_second": result.steps / result.seconds}
+
+
+def run_sb3(seed: int, cap: int) -> dict[str, Any]:
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    class StopAtTargetSB3(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.returns: deque[float] = deque(maxlen=WINDOW)
+            self.steps: int | None = None
+            self.seconds: float | None = None
+
+        def _on_training_start(self) -> None:
+            self.started = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.returns.append(info["episode"]["r"])
+            # Checked once per update, as pgrad does (an update is n_steps = 5 vector steps).
+            if self.n_calls % self.model.n_steps == 0 and len(self.returns) == WINDOW:
+                if np.mean(self.returns) >= TARGET:
+                    self.steps, self.seconds = self.num_timesteps, time.perf_counter() - self.started
+                    return False
+            return True
+
+    env = make_vec_env(ENV_ID, n_envs=8, seed=seed)
+    model = A2C("MlpPolicy", env, ent_coef=0.0, seed=seed, device="cpu", verbose=0)
+    callback = StopAtTargetSB3()
+    started = time.perf_counter()
+    model.learn(total_timesteps=cap, callback=callback)
+    seconds = time.perf_counter() - started
+    return {"steps": callback.steps, "seconds": callback.seconds, "steps_per_second": model.num_timesteps / seconds}
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "not reached" if value is None else format(value, spec)
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """Median with unreached runs counted as +inf (so it is None when half or more did not reach)."""
+    ordered = [math.inf if v is None else v for v in values]
+    result = statistics.median(ordered)
+    return None if math.isinf(result) else result
+
+
+def a2c_section(seeds: list[int], cap: int, lines: list[str]) -> None:
+    rows = []
+    for index, seed in enumerate(seeds):
+        results: dict[str, dict[str, Any]] = {}
+        for lib in (["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]):
+            results[lib] = run_pgrad("a2c", seed, cap) if lib == "pgrad" else run_sb3(seed, cap)
+            print(f"  a2c seed {seed} {lib}: {results[lib]}", flush=True)
+        rows.append((seed, results))
+    lines += [
+        f"### A2C vs SB3 A2C, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} (cap {cap:,} steps)",
+        "",
+        "| seed | pgrad steps | pgrad s | pgrad steps/s | SB3 steps | SB3 s | SB3 steps/s | time ratio pgrad/SB3 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = []
+    for seed, r in rows:
+        ours, theirs = r["pgrad"], r["sb3"]
+        ratio = ours["seconds"] / theirs["seconds"] if ours["seconds"] and theirs["seconds"] else None
+        ratios.append(ratio)
+        lines.append(
+            f"| {seed} | {fmt(ours['steps'], ',d')} | {fmt(ours['seconds'], '.1f')} | {ours['steps_per_second']:,.0f} "
+            f"| {fmt(theirs['steps'], ',d')} | {fmt(theirs['seconds'], '.1f')} | {theirs['steps_per_second']:,.0f} "
+            f"| {fmt(ratio, '.3f')} |"
+        )
+    med = {lib: {key: median_or_none([r[lib][key] for _, r in rows]) for key in ("steps", "seconds")}
+           for lib in ("pgrad", "sb3")}
+    sps = {lib: statistics.median(r[lib]["steps_per_second"] for _, r in rows) for lib in ("pgrad", "sb3")}
+    ratio_of_medians = (med["pgrad"]["seconds"] / med["sb3"]["seconds"]
+                        if med["pgrad"]["seconds"] and med["sb3"]["seconds"] else None)
+    reached = {lib: sum(r[lib]["steps"] is not None for _, r in rows) for lib in ("pgrad", "sb3")}
+    known = [x for x in ratios if x is not None]
+    per_seed = fmt(statistics.median(known), ".3f") if known else "-"
+    lines += [
+        "",
+        "| median over seeds | pgrad | SB3 | pgrad / SB3 |",
+        "|---|---:|---:|---:|",
+        f"| seconds to {TARGET:.0f} | {fmt(med['pgrad']['seconds'], '.1f')} | {fmt(med['sb3']['seconds'], '.1f')} "
+        f"| {fmt(ratio_of_medians, '.3f')} |",
+        f"| env steps to {TARGET:.0f} | {fmt(med['pgrad']['steps'], ',.0f')} | {fmt(med['sb3']['steps'], ',.0f')} | |",
+        f"| steps/s | {sps['pgrad']:,.0f} | {sps['sb3']:,.0f} | {sps['pgrad'] / sps['sb3']:.2f}x |",
+        "",
+        f"Seeds reaching {TARGET:.0f}: pgrad {reached['pgrad']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}. "
+        f"Median of the per-seed time ratios (seeds where both reached): {per_seed}. "
+        f"Acceptance (pgrad median wall-clock <= 1/2 of SB3's): "
+        f"{'met' if ratio_of_medians is not None and ratio_of_medians <= 0.5 else 'NOT met'}.",
+        "",
+    ]
+
+
+def pgrad_only_section(algo: str, title: str, seeds: list[int], cap: int, lines: list[str]) -> None:
+    rows = []
+    for seed in seeds:
+        result = run_pgrad(algo, seed, cap)
+        print(f"  {algo} seed {seed}: {result}", flush=True)
+        rows.append((seed, result))
+    lines += [
+        f"### {title}, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} (cap {cap:,} steps)",
+        "",
+        "| seed | env steps | seconds | steps/s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for seed, r in rows:
+        row = f"| {seed} | {fmt(r['steps'], ',d')} | {fmt(r['seconds'], '.1f')} | {r['steps_per_second']:,.0f} |"
+        lines.append(row)
+    steps = median_or_none([r["steps"] for _, r in rows])
+    seconds = median_or_none([r["seconds"] for _, r in rows])
+    reached = sum(r["steps"] is not None for _, r in rows)
+    lines += ["", f"Median: {fmt(steps, ',.0f')} env steps, {fmt(seconds, '.1f')} s; "
+              f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.", ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--cap", type=int, default=500_000, help="env-step budget per run")
+    parser.add_argument("--skip-a2c", action="store_true")
+    parser.add_argument("--skip-reinforce", action="store_true")
+    parser.add_argument("--skip-actor-critic", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_a2c_reinforce.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    import stable_baselines3
+
+    lines = [
+        "## A2C, REINFORCE and actor-critic on CartPole-v1",
+        "",
+        f"Command: `.venv/bin/python {' '.join(['benchmarks/bench_a2c.py', *sys.argv[1:]])}`  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.platform()}, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"stable-baselines3 {stable_baselines3.__version__}; one torch thread; the machine's 2 cores were shared "
+        "with other work, so absolute times are noisy (the A2C comparison alternates libraries per seed).",
+        "",
+    ]
+    if not args.skip_a2c:
+        a2c_section(args.seeds, args.cap, lines)
+    if not args.skip_reinforce:
+        pgrad_only_section("reinforce", "REINFORCE with a value baseline (pgrad preset)", args.seeds, args.cap, lines)
+    if not args.skip_actor_critic:
+        pgrad_only_section("actor_critic", "Actor-critic, 5-step targets (pgrad preset)", args.seeds, args.cap, lines)
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
