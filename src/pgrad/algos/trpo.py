@@ -41,7 +41,7 @@ from pgrad.optim import (
 from pgrad.rollout import Batch, Rollout
 
 
-def _natural_gradient_config(section: str, line_search_default: bool, summary: str) -> type:
+def _natural_gradient_config(section: str, line_search_default: bool, max_kl_default: float, summary: str) -> type:
     """The config class for ``section``; TRPO and NPG share every field and differ in defaults."""
 
     @dataclass(frozen=True)
@@ -52,7 +52,11 @@ def _natural_gradient_config(section: str, line_search_default: bool, summary: s
         gamma: float = param(0.99, "discount factor")
         gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
         norm_adv: bool = param(True, "normalise advantages over the whole batch before the policy step")
-        max_kl: float = param(0.01, "trust region: mean KL(pi_old || pi_new) allowed per policy step")
+        max_kl: float = param(
+            max_kl_default,
+            "mean KL(pi_old || pi_new) per policy step: the trust-region bound (line search), and the KL of the "
+            "quadratic model the step is scaled to",
+        )
         line_search: bool = param(
             line_search_default,
             "backtracking line search: accept a step only if it raises the surrogate and keeps KL <= max_kl "
@@ -100,10 +104,13 @@ def _natural_gradient_config(section: str, line_search_default: bool, summary: s
 
 
 TRPOConfig = _natural_gradient_config(
-    "trpo", True, "TRPO hyper-parameters. Defaults follow sb3-contrib TRPO (max_kl is its target_kl)."
+    "trpo", True, 0.01, "TRPO hyper-parameters. Defaults follow sb3-contrib TRPO (max_kl is its target_kl)."
 )
+# Without the line search nothing catches a step whose true KL overshoots the quadratic model, so NPG
+# defaults to half the TRPO step (max_kl 0.005): on CartPole-v1 (seeds 1, 2) it reached 475 in 56k/50k
+# steps, against not reached/81k with 0.01.
 NPGConfig = _natural_gradient_config(
-    "npg", False, "Natural policy gradient: the TRPO step scaled to max_kl, without the line search."
+    "npg", False, 0.005, "Natural policy gradient: the TRPO step scaled to max_kl, without the line search."
 )
 
 
