@@ -368,15 +368,19 @@ class Trainer:
         state.recovery_log.append(f"step {self.step}: {reason}")
         state.eval_collapses = 0
         state.last_eval = None
+        restored: dict[str, Any] = {}
         if path is None:
-            restored = "no healthy checkpoint yet, kept the current weights"
+            summary = "no healthy checkpoint yet, kept the current weights"
         else:
-            restored = f"restored {path.name} (step {restore_learner(path, self.algo, self.collector)})"
+            restored = restore_learner(path, self.algo, self.collector)
+            summary = f"restored {path.name} (step {restored['step']})"
         self.events.emit(
             "recovery.rollback", self.step,
-            f"{reason}: {restored}; learning rate x{state.lr_scale:g} (recovery {state.recoveries} of "
+            f"{reason}: {summary}; learning rate x{state.lr_scale:g} (recovery {state.recoveries} of "
             f"{guard.max_recoveries})",
-            checkpoint=str(path) if path else None, lr_scale=state.lr_scale, recoveries=state.recoveries, reason=reason,
+            checkpoint=str(path) if path else None, restored_step=restored.get("step"),
+            restored_score=restored.get("score"), restored_healthy=restored.get("healthy"),
+            lr_scale=state.lr_scale, recoveries=state.recoveries, reason=reason,
         )
         self.announced.clear()
         self.healthy = True

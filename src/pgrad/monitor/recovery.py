@@ -134,11 +134,11 @@ class OptimizerGuard:
             handle.remove()
 
 
-def restore_learner(path: Path, algo: Any, collector: RolloutCollector) -> int:
+def restore_learner(path: Path, algo: Any, collector: RolloutCollector) -> dict[str, Any]:
     """Load model, optimizer, algorithm extra state and normaliser statistics from checkpoint ``path``.
 
-    Returns the checkpoint's env step. Environments, episode bookkeeping, RNG streams and the
-    step counter are left as they are.
+    Returns the checkpoint's JSON state (step, score, health mark, ...). Environments, episode
+    bookkeeping, RNG streams and the step counter are left as they are.
     """
     tensors, state = load_checkpoint(path)
     for name, module in algo.modules().items():
@@ -154,7 +154,7 @@ def restore_learner(path: Path, algo: Any, collector: RolloutCollector) -> int:
     collector.reward_scaler.stats.load(
         {k[len("reward_norm_"):]: v for k, v in arrays.items() if k.startswith("reward_norm_")}
     )
-    return int(state["step"])
+    return state
 
 
 # ---- what a halted run leaves behind -----------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Acceptance drills for the production guard, on real short CartPole-v1 runs (PPO preset, seed 1).
+
+Each run injects one fault with the drill option and checks what the guard did: the events it wrote,
+the checkpoint it restored, the learning rate it left, and what the run achieved afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pgrad.cli import main
+from pgrad.errors import TrainingHalted
+from pgrad.monitor.sinks import read_jsonl
+from pgrad.runs import resolve_config
+from pgrad.train import Trainer
+
+QUIET = ["run.progress=false", "run.tensorboard=false"]
+
+
+def train(run_dir: Path, total_steps: int, *sets: str, stop_at: int | None = None, resume: bool = False) -> Trainer:
+    config, _ = resolve_config("ppo", "CartPole-v1", sets=QUIET + list(sets), seed=1, total_steps=total_steps)
+    trainer = Trainer(config, run_dir, resume=resume, console=False)
+    trainer.train(stop_at_step=stop_at)
+    return trainer
+
+
+def events(run_dir: Path, prefix: str) -> list[dict]:
+    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["kind"].startswith(prefix)]
+
+
+def evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [(m["step"], m["eval/return_mean"]) for m in rows if "eval/return_mean" in m]
+
+
+def test_lr_spike_triggers_kl_alert_rollback_and_halved_lr_then_recovers(tmp_path):
+    run = tmp_path / "spike"
+    trainer = train(run, 40_000, "eval_every=2560", "checkpoint_every=2560", "inject=[lr_spike@20000]")
+    (drill,) = events(run, "drill.lr_spike")
+    (kl,) = [e for e in events(run, "critical.kl") if e["step"] == drill["step"]]
+    assert kl["value"] > 0.1
+    (rollback,) = events(run, "recovery.rollback")
+    assert rollback["step"] == drill["step"] and rollback["lr_scale"] == 0.5
+    assert rollback["restored_healthy"] and rollback["restored_step"] < 20_000
+    assert trainer.step >= 40_000 and trainer.guard_state.lr_scale == 0.5  # training went on, at half the rate
+    before = [r for s, r in evaluations(run) if s < drill["step"]]
+    final = evaluations(run)[-1][1]
+    assert final >= 0.9 * max(before), (final, before)
+
+
+def test_one_nonfinite_gradient_is_skipped_and_logged(tmp_path):
+    run = tmp_path / "one_nan"
+    trainer = train(run, 4096, "inject=[nan_grad@2000]")
+    (alert,) = events(run, "critical.nonfinite")
+    skipped = [m for m in read_jsonl(run / "metrics.jsonl") if m["diagnostics/nonfinite_steps"] > 0]
+    assert [m["step"] for m in skipped] == [alert["step"]] and skipped[0]["diagnostics/nonfinite_steps"] == 1.0
+    assert events(run, "run.finished") and trainer.step >= 4096
+    assert all(torch.isfinite(p).all() for p in trainer.algo.model.parameters())
+    assert not events(run, "recovery.") and not events(run, "critical.halted")
+
+
+def test_repeated_nonfinite_gradients_halt_with_exit_3_and_dumps(tmp_path, capsys):
+    run = tmp_path / "many_nan"
+    code = main(["train", "ppo", "--env", "CartPole-v1", "--run-dir", str(run), "--total-steps", "6000", "--quiet",
+                 "--set", "run.tensorboard=false", "--inject", "nan_grad@3000:2000"])
+    assert code == 3
+    assert "NaN/Inf gradients" in capsys.readouterr().err
+    trajectories = np.load(run / "halt_trajectories.npz", allow_pickle=False)
+    lengths = trajectories["episode_length"]
+    assert 0 < len(lengths) <= 100 and lengths.sum() == len(trajectories["rewards"]) == len(trajectories["obs"])
+    assert np.all(trajectories["rewards"][trajectories["valid"]] == 1.0)  # CartPole pays 1 per valid step
+    batch = np.load(run / "halt_batch.npz", allow_pickle=False)
+    assert batch["obs"].shape == (256, 4) and set(batch.files) >= {"actions", "advantages", "returns", "mask"}
+    (halt,) = events(run, "critical.halted")
+    assert halt["step"] <= 3072 + 256
+
+
+def test_reward_flip_collapses_evaluation_and_reloads_the_best_checkpoint(tmp_path):
+    run = tmp_path / "flip"
+    trainer = train(run, 20_480, "eval_every=2048", "checkpoint_every=100000", "inject=[reward_flip@10000:5000]")
+    (rollback,) = events(run, "recovery.rollback")
+    assert "evaluation return collapsed" in rollback["message"] and rollback["lr_scale"] == 0.5
+    collapses = events(run, "warning.eval_collapse")
+    assert len(collapses) == 2 and all(e["step"] > 10_000 for e in collapses)
+    best_before = max(r for s, r in evaluations(run) if s < 10_000)
+    assert rollback["restored_healthy"] and rollback["restored_score"] == best_before
+    assert max(r for s, r in evaluations(run) if s < rollback["step"]) == best_before
+    assert trainer.guard_state.recoveries == 1
+
+
+def test_recovery_cap_stops_a_run_that_keeps_failing(tmp_path):
+    run = tmp_path / "cap"
+    with pytest.raises(TrainingHalted, match="already used its 2 recoveries"):
+        train(run, 20_000, "checkpoint_every=1024", "lr_spike_factor=1000", "max_recoveries=2",
+              "inject=[lr_spike@4000:100000]")
+    assert len(events(run, "recovery.rollback")) == 2
+    (cap,) = events(run, "critical.recovery_cap")
+    assert "Earlier recoveries: step" in cap["message"]
+    assert json.loads((run / "checkpoints" / "index.json").read_text())["latest"] < "step_0000004096"
+
+
+def test_resume_is_exact_across_a_rollback(tmp_path):
+    sets = ("checkpoint_every=1024", "eval_every=1024", "lr_spike_factor=1000", "inject=[lr_spike@4000]")
+    whole = train(tmp_path / "a", 6144, *sets)
+    train(tmp_path / "b", 6144, *sets, stop_at=3072)
+    resumed = train(tmp_path / "b", 6144, *sets, resume=True)
+    assert len(events(tmp_path / "a", "recovery.rollback")) == len(events(tmp_path / "b", "recovery.rollback")) == 1
+    assert resumed.guard_state == whole.guard_state
+    for name, tensor in whole.algo.model.state_dict().items():
+        assert torch.equal(tensor, resumed.algo.model.state_dict()[name]), name
