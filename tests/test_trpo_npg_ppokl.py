@@ -14,7 +14,7 @@ import torch
 from pgrad.algos.common import masked_mean
 from pgrad.algos.ppo import PPOConfig, ppo_loss
 from pgrad.algos.ppo_kl import adapt_kl_coef
-from pgrad.algos.trpo import backtracking_line_search, trust_region_step
+from pgrad.algos.trpo import NPGConfig, TRPOConfig, backtracking_line_search, policy_step, trust_region_step
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.nets import ActionSpec, ActorCritic
 from pgrad.optim import (
@@ -320,3 +320,28 @@ def test_resume_is_bit_exact(tmp_path, algo, sets):
         history = [row["train/kl_coef"] for row in logged(tmp_path / "a")]
         assert len(set(history)) > 1
         assert [row["train/kl_coef"] for row in logged(tmp_path / "b")] == history
+
+
+def test_npg_step_has_the_kl_of_its_quadratic_model_and_trpo_without_line_search_is_npg():
+    # The step is scaled so that 1/2 (b s)^T (F + d I) (b s) = max_kl; for a small step the true KL is its
+    # quadratic part, so KL(step) ~= max_kl - d/2 |b s|^2 (the damping's share of the model).
+    def step(config) -> tuple[dict[str, float], torch.Tensor]:
+        model = tiny_model("discrete")
+        params = policy_parameters(model)
+        generator = torch.Generator().manual_seed(9)
+        obs = torch.randn(32, 4, generator=generator, dtype=torch.float64)
+        actions = torch.randint(0, 3, (32,), generator=generator)
+        with torch.no_grad():
+            log_probs = model.distribution(obs).log_prob(actions)
+        zeros, ones = torch.zeros(32, dtype=torch.float64), torch.ones(32, dtype=torch.float64)
+        advantages = torch.randn(32, generator=generator, dtype=torch.float64)
+        metrics = policy_step(model, params, Batch(obs, actions, log_probs, zeros, advantages, zeros, ones), config)
+        return metrics, flat_parameters(params)
+
+    npg_metrics, npg_params = step(NPGConfig(max_kl=1e-8, cg_damping=0.01, cg_iterations=60))
+    expected = 1e-8 - 0.5 * 0.01 * npg_metrics["train/step_norm"] ** 2
+    assert npg_metrics["diagnostics/cg_residual"] < 1e-8
+    assert npg_metrics["diagnostics/kl_after_step"] == pytest.approx(expected, rel=1e-3)
+    assert npg_metrics["train/surrogate_improvement"] > 0 and npg_metrics["train/line_search_steps"] == 0
+    trpo_metrics, trpo_params = step(TRPOConfig(max_kl=1e-8, cg_damping=0.01, cg_iterations=60, line_search=False))
+    assert torch.equal(trpo_params, npg_params) and trpo_metrics == npg_metrics

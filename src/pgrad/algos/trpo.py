@@ -169,7 +169,13 @@ def trust_region_step(
 def policy_step(
     model: ActorCritic, parameters: list[torch.nn.Parameter], batch: Batch, config: Any
 ) -> dict[str, float]:
-    """One TRPO (``config.line_search``) or NPG step on the policy parameters; returns its metrics."""
+    """One TRPO (``config.line_search``) or NPG step on the policy parameters; returns its metrics.
+
+    Metrics: ``diagnostics/kl_after_step`` the exact mean KL(pi_old || pi_new) of the step kept (0 when
+    the line search kept the old parameters), ``train/line_search_steps`` the candidates rejected
+    before the accepted one (``backtrack_iters`` when all were), ``train/surrogate_improvement``
+    L(theta_new) - L(theta_old), ``diagnostics/cg_residual`` ||g - (F + damping I) s||.
+    """
     mask = batch.mask
     advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
     dist = model.distribution(batch.obs)
@@ -190,12 +196,13 @@ def policy_step(
             return float(masked_mean(ratio * advantages, mask)), float(masked_mean(old_dist.kl(new_dist), mask))
 
     surrogate_before = float(surrogate.detach())
+    before = flat_parameters(parameters)
     if config.line_search:
         result = backtracking_line_search(
             parameters, step, evaluate, surrogate_before, config.max_kl, config.backtrack_coef, config.backtrack_iters
         )
     else:
-        set_flat_parameters(parameters, flat_parameters(parameters) + step)
+        set_flat_parameters(parameters, before + step)
         surrogate_after, kl_after = evaluate()
         result = LineSearchResult(True, 0, surrogate_after, kl_after)
     return {
@@ -203,7 +210,7 @@ def policy_step(
         "train/surrogate_improvement": result.surrogate - surrogate_before,
         "train/line_search_steps": float(result.backtracks),
         "train/line_search_accepted": float(result.accepted),
-        "train/step_norm": float(step.norm()) if result.accepted else 0.0,
+        "train/step_norm": float((flat_parameters(parameters) - before).norm()),
         "diagnostics/kl_after_step": result.kl,
         "diagnostics/approx_kl": result.kl,
         "diagnostics/cg_residual": cg_residual,
