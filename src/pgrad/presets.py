@@ -235,6 +235,15 @@ PRESETS: dict[tuple[str, str], Preset] = {
             },
         },
     ),
+    ("a3c", "CartPole-v1"): Preset(
+        "the a2c CartPole-v1 preset's shape (8 envs per worker, n_steps 5, RMSprop, ent_coef 0) with gamma 0.98 and "
+        "lr 1.5e-3, tuned here for 2 workers (benchmarks/RESULTS_a3c.md)",
+        {
+            "env": {"num_envs": 8},
+            "run": {"total_steps": 200_000},
+            "a3c": {"num_workers": 2, "num_steps": 5, "gamma": 0.98, "learning_rate": 1.5e-3, "ent_coef": 0.0},
+        },
+    ),
 }
 
 

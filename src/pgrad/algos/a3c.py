@@ -24,6 +24,7 @@ environments are re-seeded from (seed, worker, step) rather than restored.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import random
@@ -112,54 +113,90 @@ class A3CConfig(Checked):
 
 # ---- the shared optimizer --------------------------------------------------------------------
 
-def build_optimizer(parameters: list[torch.nn.Parameter], config: A3CConfig) -> torch.optim.Optimizer:
-    """A plain torch optimizer; ``share_optimizer_state`` turns its statistics into shared memory."""
-    # foreach: one kernel per operation over all tensors; both variants update the state in place.
-    if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.optimizer_eps, foreach=True)
-    return torch.optim.RMSprop(
-        parameters, lr=config.learning_rate, alpha=config.rms_alpha, eps=config.optimizer_eps, foreach=True
-    )
+class SharedOptimizer:
+    """RMSprop or Adam whose statistics live in shared memory and exist from the start.
 
+    Why not ``torch.optim`` in the workers: torch creates optimizer state lazily, per process, at
+    the first ``step`` (each worker would get private statistics), and constructing any
+    ``torch.optim`` optimizer imports ``torch._dynamo``, about 3 s of CPU per spawned worker.
+    The updates are torch's (tested against ``torch.optim.RMSprop`` / ``torch.optim.Adam``):
 
-def share_optimizer_state(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """Create the optimizer's per-parameter state now and move it into shared memory.
+        RMSprop:  v <- alpha v + (1 - alpha) g^2;              p <- p - lr g / (sqrt(v) + eps)
+        Adam:     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  t <- t + 1
+                  p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-    torch creates optimizer state lazily at the first ``step``; a worker would then create
-    private statistics. One step on zero gradients creates torch's own state (whatever keys this
-    torch version uses) without moving any parameter (Adam and RMSprop updates are proportional
-    to the gradient, and there is no weight decay); its step counters are then reset to 0.
-    Existing state (a resumed run) is kept. Returns the per-parameter state dicts, in parameter
-    order, for ``attach_optimizer_state`` in the workers.
+    State names and ``state_dict()`` layout are torch's, so ``pgrad.checkpoint.optimizer_to_parts``
+    and ``optimizer_from_parts`` save and load it like any other optimizer. Workers step without a
+    lock (Hogwild): concurrent updates of the same statistics may interleave.
     """
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    if any(p not in optimizer.state for p in parameters):
-        saved_grads = [p.grad for p in parameters]
-        for p in parameters:
-            p.grad = torch.zeros_like(p)
-        optimizer.step()
-        for p, grad in zip(parameters, saved_grads, strict=True):
-            p.grad = grad
-        for p in parameters:
-            optimizer.state[p]["step"].zero_()
-    for p in parameters:
-        for value in optimizer.state[p].values():
-            if isinstance(value, torch.Tensor):
-                value.share_memory_()
-    return [optimizer.state[p] for p in parameters]
 
+    def __init__(
+        self,
+        parameters: list[torch.nn.Parameter],
+        config: A3CConfig,
+        states: list[dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.parameters = parameters
+        self.kind = config.optimizer
+        self.hyper: dict[str, Any] = {"lr": config.learning_rate, "eps": config.optimizer_eps}
+        if self.kind == "rmsprop":
+            self.hyper["alpha"] = config.rms_alpha
+        else:
+            self.hyper["betas"] = (0.9, 0.999)  # torch's defaults
+        self.states = states if states is not None else [self._fresh_state(p) for p in parameters]
+        if len(self.states) != len(parameters):
+            raise ValueError(f"{len(parameters)} parameters but {len(self.states)} optimizer states")
 
-def attach_optimizer_state(optimizer: torch.optim.Optimizer, states: list[dict[str, Any]]) -> None:
-    """Make ``optimizer`` (built over the shared parameters in a worker) use the shared statistics.
+    def _fresh_state(self, parameter: torch.Tensor) -> dict[str, torch.Tensor]:
+        state = {"step": torch.zeros((), dtype=torch.float32)}
+        if self.kind == "rmsprop":
+            state["square_avg"] = torch.zeros_like(parameter)
+        else:
+            state["exp_avg"] = torch.zeros_like(parameter)
+            state["exp_avg_sq"] = torch.zeros_like(parameter)
+        return state
 
-    Adam and RMSprop update their state tensors in place, so every worker's step reads and writes
-    the same moments (without a lock: Hogwild).
-    """
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    if len(parameters) != len(states):
-        raise ValueError(f"optimizer has {len(parameters)} parameters but {len(states)} shared states were given")
-    for p, state in zip(parameters, states, strict=True):
-        optimizer.state[p] = state
+    def share_memory(self) -> list[dict[str, torch.Tensor]]:
+        """Move every statistic into shared memory; returns the states to hand to the workers."""
+        for state in self.states:
+            for tensor in state.values():
+                tensor.share_memory_()
+        return self.states
+
+    @torch.no_grad()
+    def step(self, gradients: list[torch.Tensor | None], learning_rate: float) -> None:
+        """Apply ``gradients`` (one per parameter, None for an unused one) to the parameters."""
+        eps = self.hyper["eps"]
+        for parameter, grad, state in zip(self.parameters, gradients, self.states, strict=True):
+            if grad is None:
+                continue
+            state["step"] += 1
+            if self.kind == "rmsprop":
+                alpha = self.hyper["alpha"]
+                square_avg = state["square_avg"].mul_(alpha).addcmul_(grad, grad, value=1.0 - alpha)
+                parameter.addcdiv_(grad, square_avg.sqrt().add_(eps), value=-learning_rate)
+            else:
+                beta1, beta2 = self.hyper["betas"]
+                step = float(state["step"])
+                state["exp_avg"].lerp_(grad, 1.0 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1.0 - beta2**step)).add_(eps)
+                parameter.addcdiv_(state["exp_avg"], denom, value=-learning_rate / (1.0 - beta1**step))
+
+    def state_dict(self) -> dict[str, Any]:
+        group = {**self.hyper, "params": list(range(len(self.parameters)))}
+        return {"state": dict(enumerate(self.states)), "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Copy saved statistics into the existing (possibly shared) tensors."""
+        saved = state_dict["state"]
+        if sorted(saved) != list(range(len(self.parameters))):
+            raise ValueError(f"optimizer state covers parameters {sorted(saved)}, not 0..{len(self.parameters) - 1}")
+        for index, state in enumerate(self.states):
+            if set(saved[index]) != set(state):
+                raise ValueError(f"optimizer state {index} has {sorted(saved[index])}, expected {sorted(state)}")
+            for key, tensor in state.items():
+                tensor.copy_(torch.as_tensor(saved[index][key]).reshape(tensor.shape))
 
 
 class A3C:
@@ -175,7 +212,7 @@ class A3C:
     def __init__(self, config: A3CConfig, obs_dim: int, action: ActionSpec) -> None:
         self.config = config
         self.model = build_model(config, obs_dim, action)
-        self.optimizer = build_optimizer(list(self.model.parameters()), config)
+        self.optimizer = SharedOptimizer(list(self.model.parameters()), config)
 
     @property
     def rollout_length(self) -> int:
@@ -188,16 +225,16 @@ class A3C:
     def acting_policy(self) -> ActingPolicy:
         return self.model.acting_policy()
 
-    def share_memory(self) -> list[dict[str, Any]]:
+    def share_memory(self) -> list[dict[str, torch.Tensor]]:
         """Move parameters and optimizer statistics to shared memory (before workers start)."""
         self.model.share_memory()
-        return share_optimizer_state(self.optimizer)
+        return self.optimizer.share_memory()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"optimizer": self.optimizer}
+    def optimizers(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer}  # duck-types torch's state_dict()/load_state_dict()
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -290,7 +327,7 @@ class A3CTrainer:
 
     def checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"module.model.{k}": v for k, v in self.algo.model.state_dict().items()}
-        optimizer_tensors, optimizer_state = optimizer_to_parts("optim.optimizer", self.algo.optimizer)
+        optimizer_tensors, optimizer_state = optimizer_to_parts("optim.optimizer", self.algo.optimizer)  # type: ignore[arg-type]
         tensors.update(optimizer_tensors)
         tensors.update(numpy_to_tensors("collector", self.normalizer_arrays()))
         tensors["rng.torch"] = torch.get_rng_state()
@@ -325,7 +362,9 @@ class A3CTrainer:
             self.algo.model.load_state_dict(
                 {k[len("module.model."):]: v for k, v in tensors.items() if k.startswith("module.model.")}
             )
-            optimizer_from_parts("optim.optimizer", self.algo.optimizer, tensors, state["optimizers"]["optimizer"])
+            optimizer_from_parts(
+                "optim.optimizer", self.algo.optimizer, tensors, state["optimizers"]["optimizer"]  # type: ignore[arg-type]
+            )
             arrays = tensors_to_numpy("collector", tensors)
             self.normalizers = {-1: {k: arrays[k] for k in fresh_normalizer_arrays(self.adapter.obs_dim)}}
         except (KeyError, RuntimeError, ValueError) as exc:

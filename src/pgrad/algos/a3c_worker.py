@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.a2c import a2c_loss
-from pgrad.algos.a3c import A3CConfig, attach_optimizer_state, build_model, build_optimizer, worker_seed
+from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model, worker_seed
 from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
@@ -57,10 +58,18 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _run(worker, config, shared, normalizer_arrays, start_step, parent_pid)
+        shared.messages.put(("done", worker, None))
+        exit_code = 0
     except BaseException:
         shared.messages.put(("error", worker, traceback.format_exc()))
-        raise SystemExit(1) from None
-    shared.messages.put(("done", worker, None))
+        exit_code = 1
+    # Leave without interpreter teardown, which takes seconds once torch is loaded: flush the
+    # queue to the coordinator, then exit (the worker holds no files; its envs are closed).
+    shared.messages.close()
+    shared.messages.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def _run(
@@ -88,8 +97,8 @@ def _run(
 
     local = build_model(algo, adapter.obs_dim, adapter.action)
     local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
-    optimizer = build_optimizer(list(shared.model.parameters()), algo)
-    attach_optimizer_state(optimizer, shared.optimizer_states)
+
+    optimizer = SharedOptimizer(shared_parameters, algo, shared.optimizer_states)
     report = Report(worker)
     reported_episodes = 0  # episodes already sent to the coordinator
     total = config.run.total_steps
@@ -107,7 +116,7 @@ def _run(
             if algo.fail_worker_at_step is not None and worker == 0 and step >= algo.fail_worker_at_step:
                 raise RuntimeError(f"injected failure: a3c.fail_worker_at_step={algo.fail_worker_at_step} reached")
             learning_rate = linear_schedule(algo.learning_rate, min(step / total, 1.0), algo.anneal_lr)
-            stats = gradient_step(local, shared.model, optimizer, rollout, algo, learning_rate)
+            stats = gradient_step(local, optimizer, rollout, algo, learning_rate)
             with shared.update_counter.get_lock():
                 shared.update_counter.value += 1
                 stats["diagnostics/staleness"] = float(shared.update_counter.value - updates_at_sync - 1)
@@ -136,8 +145,7 @@ def _with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.nda
 
 def gradient_step(
     local: ActorCritic,
-    shared_model: ActorCritic,
-    optimizer: torch.optim.Optimizer,
+    optimizer: SharedOptimizer,
     rollout: Rollout,
     config: A3CConfig,
     learning_rate: float,
@@ -157,11 +165,7 @@ def gradient_step(
     loss.backward()
     local_parameters = list(local.parameters())
     grad_norm, clipped_norm = clip_gradients(local_parameters, config.max_grad_norm)
-    for local_parameter, shared_parameter in zip(local_parameters, shared_model.parameters(), strict=True):
-        shared_parameter.grad = local_parameter.grad
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
-    optimizer.step()
+    optimizer.step([p.grad for p in local_parameters], learning_rate)
     stats = {key: float(value) for key, value in loss_stats.items()}
     stats.update(batch_stats)
     stats.update(
