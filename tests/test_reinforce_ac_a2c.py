@@ -52,8 +52,8 @@ def test_baseline_keeps_the_expected_gradient_and_lowers_its_variance():
     true_gradient = probs * (BANDIT_MEANS - (probs * BANDIT_MEANS).sum())
     value = float((probs * BANDIT_MEANS).sum())  # b = V = E[r], the state value
 
-    without = bandit_gradient_estimates(0.0, 4000, 4, seed=0)
-    with_baseline = bandit_gradient_estimates(value, 4000, 4, seed=0)
+    without = bandit_gradient_estimates(0.0, 2000, 4, seed=0)
+    with_baseline = bandit_gradient_estimates(value, 2000, 4, seed=0)
     for estimates in (without, with_baseline):
         standard_error = estimates.std(0) / math.sqrt(len(estimates))
         assert torch.all((estimates.mean(0) - true_gradient).abs() < 4 * standard_error + 1e-6)

@@ -75,7 +75,8 @@ def a2c_loss(
     """L = -E[log pi(a|s) A] + vf_coef E[(V(s) - R)^2] - ent_coef E[H(pi(.|s))].
 
     A and R are constants (computed in ``prepare`` without gradients), so the critic regresses on
-    a detached bootstrapped target. Means run over valid steps only.
+    a detached bootstrapped target. Means run over valid steps only. Reads only ``norm_adv``,
+    ``vf_coef`` and ``ent_coef`` from ``config`` (A3C passes its own config with those names).
     """
     # E over valid steps as one weighted sum, w = mask / #valid (fewer autograd nodes than three
     # masked means: at 40 samples per update the op count, not the arithmetic, is the cost).
