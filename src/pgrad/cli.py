@@ -88,9 +88,12 @@ def _print_summary(result, config, preset_source: str | None) -> None:
         ("diagnostics/approx_kl", "approx KL"),
         ("diagnostics/entropy", "entropy"),
         ("diagnostics/explained_variance", "explained variance"),
+        ("eval/return_mean", "evaluation return (deterministic)"),
     ]:
         if key in metrics:
             rows.append((label, f"{metrics[key]:.4g}"))
+    if metrics.get("diagnostics/recoveries"):
+        rows.append(("guard", f"{metrics['diagnostics/recoveries']:.0f} recoveries, lr x{metrics['train/lr_scale']:g}"))
     rows.append(("checkpoint", str(result.checkpoint)))
     if preset_source:
         rows.append(("preset", preset_source))

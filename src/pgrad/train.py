@@ -90,7 +90,9 @@ class Environment:
     reward_scaler: RewardScaler
 
 
-def build_environment(config: TrainConfig, gamma: float, num_envs: int | None = None, **make_kwargs: Any) -> Environment:
+def build_environment(
+    config: TrainConfig, gamma: float, num_envs: int | None = None, **make_kwargs: Any
+) -> Environment:
     envs = make_vector_env(config.env, num_envs=num_envs, **make_kwargs)
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
     obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
@@ -141,7 +143,9 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config.save(self.run_dir / "config.yaml")
-        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, f"{config.algo} {config.env.id}")
+        self.console = ConsoleDisplay(
+            config.run.total_steps, 0, config.run.progress and console, f"{config.algo} {config.env.id}"
+        )
         self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
         self.sinks: list[Any] = [JsonlSink(self.run_dir / "metrics.jsonl")]
         if config.run.tensorboard:
@@ -151,7 +155,9 @@ class Trainer:
         if resume:
             self.load(self.store.path("latest"))
         else:
-            self.events.emit("run.started", 0, f"{config.algo} on {config.env.id}, seed {config.run.seed}", version=__version__)
+            self.events.emit(
+                "run.started", 0, f"{config.algo} on {config.env.id}, seed {config.run.seed}", version=__version__
+            )
 
     # ---- checkpoints ----------------------------------------------------------------------
     def checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -210,7 +216,9 @@ class Trainer:
         if state["env_state"] is not None:
             env_state.restore(self.env.envs, state["env_state"])
         else:
-            self.events.emit("warning.env_state", state["step"], "environment state was not captured; environments were re-seeded")
+            self.events.emit(
+                "warning.env_state", state["step"], "environment state was not captured; environments were re-seeded"
+            )
         self.algo.load_extra_state(state["algo_state"])
         self.set_guard_state(GuardState.from_dict(state.get("guard")))
         self.history = [m for m in read_jsonl(self.run_dir / "metrics.jsonl") if m.get("step", 0) <= state["step"]]
@@ -228,6 +236,7 @@ class Trainer:
         self.drills = tuple(parse_fault(text) for text in guard.inject)
         self.history: list[dict[str, Any]] = []  # every update's metrics, what the alert rules read
         self.announced: dict[str, int] = {}  # "level.rule" -> update it was last announced at
+        self.shown: set[str] = set()  # warnings already shown on the console
         self.eval_env: Environment | None = None
         self.last_batch: Any = None
         self.healthy = True
@@ -264,14 +273,17 @@ class Trainer:
         alerts = check_alerts(self.history, self.config.guard)
         metrics["diagnostics/alerts"] = float(len(alerts))
         for alert in alerts:
-            # Critical alerts are always announced; a warning once per history_window updates.
-            last = self.announced.get(f"{alert.level}.{alert.rule}")
+            # Critical alerts are always announced. A warning is logged once per history_window updates,
+            # and shown on the console only the first time (its repeats are in events.jsonl).
+            kind = f"{alert.level}.{alert.rule}"
+            last = self.announced.get(kind)
             if alert.level == "critical" or last is None or self.updates - last >= self.config.guard.history_window:
-                self.announced[f"{alert.level}.{alert.rule}"] = self.updates
+                self.announced[kind] = self.updates
                 self.events.emit(
-                    f"{alert.level}.{alert.rule}", self.step, alert.message,
+                    kind, self.step, alert.message, show=alert.level == "critical" or kind not in self.shown,
                     metric=alert.metric, value=alert.value, threshold=alert.threshold,
                 )
+                self.shown.add(kind)
         return alerts
 
     def evaluate_if_due(self, metrics: dict[str, Any]) -> bool:
@@ -467,7 +479,9 @@ class Trainer:
             checkpoint = self.save_checkpoint(self.checkpoint_score(metrics), self.healthy)
         interrupted = self.step < total
         if self.stop_requested:
-            self.events.emit("run.interrupted", self.step, f"stopped on request; continue with 'pgrad resume {self.run_dir}'")
+            self.events.emit(
+                "run.interrupted", self.step, f"stopped on request; continue with 'pgrad resume {self.run_dir}'"
+            )
         elif not interrupted:
             self.events.emit("run.finished", self.step, "reached run.total_steps")
         self.close()

@@ -237,13 +237,16 @@ def guard_actions(events: list[Metrics]) -> list[str]:
             if str(e.get("kind", "")).startswith(kinds)]
 
 
-def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding], actions: list[str]) -> str:
+def format_report(
+    run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics]
+) -> str:
     steps = history[-1].get("step", 0) if history else 0
     lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} env steps"]
     if not history:
         return lines[0] + "\nno metrics yet (metrics.jsonl is empty)"
     if not findings:
         lines.append("healthy: no problems found")
+    recoveries = [e for e in events if str(e.get("kind", "")).startswith("recovery.")]
     for f in findings:
         lines += [
             f"[{f.severity}] {f.symptom}: since update {f.update} (step {f.step})",
@@ -251,6 +254,10 @@ def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding]
             f"    likely cause: {f.cause}",
             f"    fix: {f.fix}",
         ]
+        handled = [e for e in recoveries if e.get("step", -1) >= f.step]
+        if handled:
+            lines.append(f"    guard: {handled[0]['kind']} at step {handled[0]['step']} (see below)")
+    actions = guard_actions(events)
     if actions:
         lines.append("guard actions:")
         lines += [f"    {line}" for line in actions]
@@ -275,4 +282,4 @@ def load_run(run_dir: Path) -> tuple[list[Metrics], list[Metrics], GuardConfig]:
 def doctor(run_dir: Path) -> tuple[list[Finding], str]:
     history, events, config = load_run(run_dir)
     findings = diagnose(history, events, config)
-    return findings, format_report(Path(run_dir), history, findings, guard_actions(events))
+    return findings, format_report(Path(run_dir), history, findings, events)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.monitor.doctor import diagnose, format_report, guard_actions, load_run
+from pgrad.monitor.doctor import diagnose, format_report, load_run
 from pgrad.monitor.sinks import read_jsonl
 
 # (file name, title, metric keys drawn on the panel)
@@ -179,7 +179,7 @@ def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Panel
     history, events, config = load_run(run_dir)
     panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}")
     findings = diagnose(history, events, config)
-    doctor_text = format_report(run_dir, history, findings, guard_actions(events))
+    doctor_text = format_report(run_dir, history, findings, events)
     path = out_dir / "report.html"
     path.write_text(render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
     return path, panels

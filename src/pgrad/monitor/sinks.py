@@ -64,10 +64,11 @@ class EventLog:
         self.handle = open(path, "a", buffering=1)
         self.echo = echo
 
-    def emit(self, kind: str, step: int, message: str, **data: Any) -> dict[str, Any]:
+    def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> dict[str, Any]:
+        """Write one event; ``show=False`` keeps it off the console (repeated warnings)."""
         event = {"time": time.time(), "step": step, "kind": kind, "message": message, **data}
         self.handle.write(json.dumps({k: _clean(v) for k, v in event.items()}) + "\n")
-        if self.echo is not None:
+        if self.echo is not None and show:
             self.echo(kind, step, message)
         return event
 
