@@ -8,15 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a3c import A3CConfig, A3CTrainer, SharedOptimizer
+from pgrad.algos.a3c import A3C, A3CConfig, A3CTrainer, SharedOptimizer, build_model
+from pgrad.algos.a3c_worker import copy_parameters, gradient_step
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, optimizer_from_parts, optimizer_to_parts
 from pgrad.cli import main
+from pgrad.envs.factory import SpaceAdapter, make_vector_env
+from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.errors import ConfigError
 from pgrad.evaluate import evaluate
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.rollout import RolloutCollector
 from pgrad.runs import load_run_config, resolve_config
 
 
@@ -188,3 +193,33 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_c
     assert [e["kind"] for e in events][-3:] == ["workers.started", "checkpoint", "run.finished"]
     assert any(e["kind"] == "run.resumed" and e["step"] == stopped_at for e in events)
     assert stopped_at + 4000 <= events[-1]["step"] <= stopped_at + 4000 + 2 * 8 * 5
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_worker_step_moves_only_the_shared_parameters_by_the_rmsprop_closed_form(env_id):
+    """First RMSprop step: v = (1 - alpha) g^2, so each entry moves by lr g / (sqrt(1 - alpha) |g| + eps),
+    i.e. by lr / sqrt(1 - alpha) wherever |g| >> eps. The worker's local copy does not move."""
+    config, _ = resolve_config("a3c", env_id, sets=["env.num_envs=2", "num_steps=8"], use_preset=False)
+    algo_config = config.algo_config
+    envs = make_vector_env(config.env)
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
+    collector = RolloutCollector(envs, adapter, ObsNormalizer((adapter.obs_dim,), 10.0, False),
+                                 RewardScaler(2, 0.99, 10.0, False), 20)
+    collector.reset(3)
+    learner = A3C(algo_config, adapter.obs_dim, adapter.action)
+    shared_states = learner.share_memory()
+    local = build_model(algo_config, adapter.obs_dim, adapter.action)
+    copy_parameters(list(learner.model.parameters()), list(local.parameters()))
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    rollout = collector.collect(local.acting_policy(), np.random.default_rng(3), algo_config.num_steps)
+    stats = gradient_step(local, SharedOptimizer(list(learner.model.parameters()), algo_config, shared_states),
+                          rollout, algo_config, 0.01)
+    envs.close()
+
+    largest = max(float((p.detach() - b).abs().max()) for p, b in zip(learner.model.parameters(), before, strict=True))
+    assert largest == pytest.approx(0.01 / (1 - algo_config.rms_alpha) ** 0.5, rel=1e-3)
+    for p, b in zip(local.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), b)
+    assert all(float(state["step"]) == 1.0 for state in learner.optimizer.states)
+    assert np.isfinite(stats["train/policy_loss"]) and stats["diagnostics/grad_norm"] > 0
+    assert ("diagnostics/log_std_mean" in stats) == (env_id == "Pendulum-v1")

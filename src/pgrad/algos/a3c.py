@@ -548,7 +548,7 @@ class A3CTrainer:
             self.events.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
             self.close()
             raise TrainingHalted(
-                f"{self.failure} (traceback in {self.run_dir / 'events.jsonl'}); checkpoint {checkpoint.name} saved"
+                f"{self.failure} (details in {self.run_dir / 'events.jsonl'}); checkpoint {checkpoint.name} saved"
             )
         if self.stop_requested:
             message = f"stopped on request; continue with 'pgrad resume {self.run_dir}'"

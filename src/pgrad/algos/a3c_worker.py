@@ -176,7 +176,7 @@ def gradient_step(
         }
     )
     if local.log_std is not None:
-        stats["diagnostics/log_std_mean"] = float(local.log_std.mean())
+        stats["diagnostics/log_std_mean"] = float(local.log_std.detach().mean())
     return stats
 
 
