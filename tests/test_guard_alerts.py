@@ -233,10 +233,30 @@ def test_trajectory_recorder_cuts_episodes_and_saves_without_pickle(tmp_path):
     )
     recorder = TrajectoryRecorder(envs, capacity=10)
     recorder.add(rollout)
-    assert recorder.save(tmp_path / "t.npz") == 3
+    assert recorder.save(tmp_path / "t.npz") == 5
     data = np.load(tmp_path / "t.npz", allow_pickle=False)
-    assert data["episode_length"].tolist() == [2, 3, 4]  # env 0: steps 0-1 and 2-4; env 1: steps 0-3
+    # finished: env 0 steps 0-1 and 2-4, env 1 steps 0-3; then the open ones: env 0 step 5, env 1 steps 4-5
+    assert data["episode_length"].tolist() == [2, 3, 4, 1, 2]
+    assert data["episode_finished"].tolist() == [True, True, True, False, False]
     assert data["rewards"][:2].tolist() == [0.0, 2.0]  # rewards[t, 0] = 2 t
     start = data["episode_start"][1]
     assert data["rewards"][start:start + 3].tolist() == [4.0, 6.0, 8.0] and not data["valid"][start]
     assert math.isclose(float(data["obs"][0, 0]), 0.0)
+
+
+def test_trajectory_recorder_keeps_the_most_recent_and_bounds_open_episodes(tmp_path):
+    from pgrad.monitor.recovery import MAX_OPEN_STEPS
+
+    steps = 2000
+    never_done = np.zeros((steps, 1), bool)
+    rollout = Rollout(
+        obs=np.zeros((steps + 1, 1, 3), np.float32), actions=np.zeros((steps, 1), np.int64),
+        rewards=np.ones((steps, 1), np.float32), terminated=never_done, truncated=never_done,
+        valid=np.ones((steps, 1), bool),
+    )
+    recorder = TrajectoryRecorder(1, capacity=2)
+    for _ in range(5):
+        recorder.add(rollout)
+    assert sum(len(p["rewards"]) for p in recorder.partial[0]) <= MAX_OPEN_STEPS
+    assert recorder.save(tmp_path / "open.npz") == 1
+    assert np.load(tmp_path / "open.npz", allow_pickle=False)["episode_length"].tolist() == [4000]

@@ -160,6 +160,7 @@ def restore_learner(path: Path, algo: Any, collector: RolloutCollector) -> dict[
 # ---- what a halted run leaves behind -----------------------------------------------------------
 
 TRAJECTORY_FIELDS = ("obs", "actions", "rewards", "terminated", "truncated", "valid")
+MAX_OPEN_STEPS = 5000  # an unfinished episode keeps at most about this many recent steps per env
 
 
 class TrajectoryRecorder:
@@ -178,11 +179,14 @@ class TrajectoryRecorder:
             start = 0
             for end in np.flatnonzero(done[:, env]) + 1:
                 self.partial[env].append(self._piece(rollout, env, start, end))
-                self.finished.append({k: np.concatenate([p[k] for p in self.partial[env]]) for k in TRAJECTORY_FIELDS})
+                self.finished.append(self._join(self.partial[env]))
                 self.partial[env] = []
                 start = end
             if start < rollout.num_steps:
-                self.partial[env] = self.partial[env][-255:] + [self._piece(rollout, env, start, rollout.num_steps)]
+                self.partial[env].append(self._piece(rollout, env, start, rollout.num_steps))
+                # Bound memory for episodes that never end: keep their most recent pieces only.
+                while len(self.partial[env]) > 1 and sum(len(p["rewards"]) for p in self.partial[env]) > MAX_OPEN_STEPS:
+                    self.partial[env].pop(0)
 
     @staticmethod
     def _piece(rollout: Rollout, env: int, start: int, end: int) -> dict[str, np.ndarray]:
@@ -191,17 +195,25 @@ class TrajectoryRecorder:
     def save(self, path: Path) -> int:
         """Write the episodes to one ``.npz`` (no object arrays: loads with allow_pickle=False).
 
-        Episode i is rows ``episode_start[i] : episode_start[i] + episode_length[i]`` of each field.
+        The finished episodes come first, then each env's unfinished one (``episode_finished`` False),
+        at most ``capacity`` in all, the most recent kept. Episode i is rows
+        ``episode_start[i] : episode_start[i] + episode_length[i]`` of each field.
         """
-        episodes = list(self.finished)
+        open_episodes = [self._join(pieces) for pieces in self.partial if pieces]
+        episodes = (list(self.finished) + open_episodes)[-self.finished.maxlen:]
+        finished = np.arange(len(episodes)) < len(episodes) - min(len(open_episodes), len(episodes))
         lengths = np.array([len(e["rewards"]) for e in episodes], np.int64)
         arrays = {
             k: np.concatenate([e[k] for e in episodes]) if episodes else np.zeros(0, np.float32)
             for k in TRAJECTORY_FIELDS
         }
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if episodes else lengths
-        np.savez(path, episode_start=starts, episode_length=lengths, **arrays)
+        starts = (np.cumsum(lengths) - lengths).astype(np.int64)
+        np.savez(path, episode_start=starts, episode_length=lengths, episode_finished=finished, **arrays)
         return len(episodes)
+
+    @staticmethod
+    def _join(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {k: np.concatenate([p[k] for p in pieces]) for k in TRAJECTORY_FIELDS}
 
 
 def save_batch(batch: Batch, path: Path) -> None:
