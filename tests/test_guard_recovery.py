@@ -113,3 +113,38 @@ def test_resume_is_exact_across_a_rollback(tmp_path):
     assert resumed.guard_state == whole.guard_state
     for name, tensor in whole.algo.model.state_dict().items():
         assert torch.equal(tensor, resumed.algo.model.state_dict()[name]), name
+
+
+def test_rollback_skips_a_checkpoint_marked_unhealthy(tmp_path):
+    # A checkpoint every update; the NaN step makes the update ending at 2048 critical, so its checkpoint is
+    # marked unhealthy, and the KL rollback one update later must land on the one before it.
+    run = tmp_path / "health"
+    train(run, 2816, "checkpoint_every=256", "eval_every=0", "lr_spike_factor=1000",
+          "inject=[nan_grad@2000, lr_spike@2100]")
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    assert index["entries"]["step_0000002048"]["healthy"] is False
+    (rollback,) = events(run, "recovery.rollback")
+    assert rollback["step"] == 2304 and rollback["restored_step"] == 1792 and rollback["restored_healthy"]
+
+
+def test_restore_learner_brings_back_model_optimizer_and_normaliser(tmp_path):
+    from pgrad.monitor.recovery import restore_learner
+
+    trainer = train(tmp_path / "restore", 2048, "env.norm_obs=true", "env.norm_reward=true", "eval_every=0")
+    path = trainer.store.path("latest")
+    model = {k: v.clone() for k, v in trainer.algo.model.state_dict().items()}
+    adam = {k: v["exp_avg"].clone() for k, v in trainer.algo.optimizer.state_dict()["state"].items()}
+    obs_mean = trainer.collector.obs_normalizer.stats.state()["mean"].copy()
+    reward_var = trainer.collector.reward_scaler.stats.state()["var"].copy()
+    with torch.no_grad():
+        for p in trainer.algo.model.parameters():
+            p.add_(1.0)
+    for state in trainer.algo.optimizer.state.values():
+        state["exp_avg"].zero_()
+    trainer.collector.obs_normalizer.stats.update(np.full((64, 4), 100.0))
+    trainer.collector.reward_scaler.stats.update(np.full(64, 100.0))
+    assert restore_learner(path, trainer.algo, trainer.collector)["step"] == 2048
+    assert all(torch.equal(v, trainer.algo.model.state_dict()[k]) for k, v in model.items())
+    assert all(torch.equal(v, trainer.algo.optimizer.state_dict()["state"][k]["exp_avg"]) for k, v in adam.items())
+    np.testing.assert_array_equal(trainer.collector.obs_normalizer.stats.state()["mean"], obs_mean)
+    np.testing.assert_array_equal(trainer.collector.reward_scaler.stats.state()["var"], reward_var)
