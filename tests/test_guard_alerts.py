@@ -127,6 +127,23 @@ def test_check_alerts_lists_critical_first_and_thresholds_come_from_config():
     assert alerts.check_alerts(rows, relaxed) == []
 
 
+def test_bounded_history_gives_the_same_alerts_as_the_full_one():
+    rng = np.random.default_rng(0)
+    n = 300
+    full = history(
+        n,
+        diagnostics__entropy=list(0.7 * np.exp(-np.arange(n) / 200)),
+        diagnostics__grad_norm=list(rng.lognormal(0, 1, n)),
+        perf__steps_per_second=list(rng.normal(1000, 300, n)),
+        diagnostics__clip_fraction=list(rng.uniform(0, 0.1, n)),
+    )
+    bounded: list[dict] = []
+    for i in range(n):
+        bounded = alerts.bounded_history(bounded + [full[i]], CONFIG)
+        assert len(bounded) <= max(CONFIG.history_window, CONFIG.warmup_updates) + 2
+        assert alerts.check_alerts(bounded, CONFIG) == alerts.check_alerts(full[: i + 1], CONFIG), i
+
+
 # ---- config and drills ---------------------------------------------------------------------------
 
 def test_guard_config_rejects_bad_values_with_the_field_name():

@@ -34,7 +34,7 @@ from pgrad.envs import state as env_state
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
-from pgrad.monitor.alerts import Alert, check_alerts
+from pgrad.monitor.alerts import Alert, bounded_history, check_alerts
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.monitor.faults import faults_for_update, parse_fault
 from pgrad.monitor.recovery import (
@@ -221,7 +221,8 @@ class Trainer:
             )
         self.algo.load_extra_state(state["algo_state"])
         self.set_guard_state(GuardState.from_dict(state.get("guard")))
-        self.history = [m for m in read_jsonl(self.run_dir / "metrics.jsonl") if m.get("step", 0) <= state["step"]]
+        logged = read_jsonl(self.run_dir / "metrics.jsonl")
+        self.history = bounded_history([m for m in logged if m.get("step", 0) <= state["step"]], self.config.guard)
         self.step, self.updates = state["step"], state["updates"]
         self.elapsed_before = state["elapsed_seconds"]
         self.last_checkpoint_step = self.step
@@ -234,7 +235,7 @@ class Trainer:
         self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard_state, guard)
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, guard.dump_episodes)
         self.drills = tuple(parse_fault(text) for text in guard.inject)
-        self.history: list[dict[str, Any]] = []  # every update's metrics, what the alert rules read
+        self.history: list[dict[str, Any]] = []  # recent metrics (and the first), what the alert rules read
         self.announced: dict[str, int] = {}  # "level.rule" -> update it was last announced at
         self.shown: set[str] = set()  # warnings already shown on the console
         self.eval_env: Environment | None = None
@@ -267,7 +268,7 @@ class Trainer:
         metrics["diagnostics/nonfinite_steps"] = float(self.optimizer_guard.skipped)
         metrics["diagnostics/params_finite"] = float(parameters_finite(self.algo.modules()))
         metrics["diagnostics/recoveries"] = float(self.guard_state.recoveries)
-        self.history.append(metrics)
+        self.history = bounded_history(self.history + [metrics], self.config.guard)
         if not self.config.guard.enabled:
             return []
         alerts = check_alerts(self.history, self.config.guard)

@@ -187,6 +187,14 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def bounded_history(history: list[Metrics], config: GuardConfig) -> list[Metrics]:
+    """All the rules need, in bounded memory: the first update (the starting entropy) and the last
+    max(history_window, warmup_updates) + 1 updates (running medians, warm-up count). The rules
+    give the same alerts on it as on the full history."""
+    keep = max(config.history_window, config.warmup_updates) + 1
+    return history if len(history) <= keep + 1 else history[:1] + history[-keep:]
+
+
 def check_alerts(history: list[Metrics], config: GuardConfig, rules: tuple[Rule, ...] = RULES) -> list[Alert]:
     """Every alert the newest entry of ``history`` raises, critical first."""
     if not history:
