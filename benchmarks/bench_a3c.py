@@ -1,4 +1,5 @@
-"""A3C with 2 asynchronous workers on CartPole-v1: env steps and wall-clock to a return of 475.
+"""A3C on CartPole-v1 (2 asynchronous workers, and other counts for comparison): env steps and
+wall-clock to a return of 475.
 
 Per seed: a fresh run (the ('a3c', 'CartPole-v1') preset unless --no-preset, plus any --set),
 stopped as soon as the mean return of the last 20 training episodes (all workers pooled) first
@@ -7,8 +8,9 @@ from the run's metrics.jsonl (wall-clock from the start of ``train()``, so it in
 the worker processes), the whole call's wall-clock including building the trainer, and a final
 deterministic evaluation (20 episodes) of the checkpoint written when the run stopped.
 
-    .venv/bin/python benchmarks/bench_a3c.py                       # seeds 1-5, ~2 min here
-    .venv/bin/python benchmarks/bench_a3c.py --seeds 1 2 --set learning_rate=1e-3
+    .venv/bin/python benchmarks/bench_a3c.py                       # 2 workers, seeds 1-5, ~2 min here
+    .venv/bin/python benchmarks/bench_a3c.py --workers 2 1         # and 1 worker, for comparison
+    .venv/bin/python benchmarks/bench_a3c.py --seeds 1 2 --set learning_rate=0.001
 
 Asynchronous runs are not reproducible step for step: the same seed gives different numbers on
 every run (the OS decides the order in which gradients land), and wall-clock depends on how busy
@@ -93,18 +95,10 @@ def median(values: list[float | None]) -> float | None:
     return None if result == float("inf") else result
 
 
-def write_table(rows: list[dict], args: argparse.Namespace, command: str, path: Path) -> str:
+def section(workers: int, rows: list[dict]) -> list[str]:
     reached = [r for r in rows if r["steps_to_target"] is not None]
-    preset = "none" if args.no_preset else "('a3c', 'CartPole-v1') in src/pgrad/presets.py"
-    overrides = f", --set {' '.join(args.set)}" if args.set else ""
     lines = [
-        "# A3C (2 workers) on CartPole-v1: steps and wall-clock to a last-20-episode mean of 475",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average at the end: {os.getloadavg()[0]:.1f}), torch {torch.__version__}, 1 torch thread per process. "
-        f"Preset: {preset}{overrides}. Cap: {args.max_steps:,} env steps.",
+        f"## {workers} worker{'s' if workers > 1 else ''}",
         "",
         "| seed | env steps to 475 | wall-clock to 475 (s) | whole call (s) | steps/s | eval mean (20 ep) |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -118,10 +112,31 @@ def write_table(rows: list[dict], args: argparse.Namespace, command: str, path: 
         "",
         f"Reached 475: {len(reached)} of {len(rows)} seeds. "
         f"Median env steps to 475: {fmt(median([r['steps_to_target'] for r in rows]), ',.0f')}; "
-        f"median wall-clock to 475: {fmt(median([r['seconds_to_target'] for r in rows]), '.1f')} s "
-        "(from the start of train(), worker start-up included; a seed that did not reach 475 counts as infinite).",
+        f"median wall-clock to 475: {fmt(median([r['seconds_to_target'] for r in rows]), '.1f')} s.",
         "",
-        "Asynchronous runs are not reproducible step for step; rerunning gives different numbers for the same seeds.",
+    ]
+    return lines
+
+
+def write_results(results: dict[int, list[dict]], args: argparse.Namespace, command: str, path: Path) -> str:
+    preset = "none" if args.no_preset else "('a3c', 'CartPole-v1') in src/pgrad/presets.py"
+    overrides = f", --set {' '.join(args.set)}" if args.set else ""
+    lines = [
+        "# A3C on CartPole-v1: env steps and wall-clock to a last-20-episode mean of 475",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+        f"(load average at the end: {os.getloadavg()[0]:.1f}), torch {torch.__version__}, 1 torch thread per process. "
+        f"Preset: {preset}{overrides}. Cap: {args.max_steps:,} env steps. Wall-clock is measured from the start of "
+        "train(), so it includes starting the worker processes; a seed that never reaches 475 counts as infinite "
+        "in the medians. Evaluation: the checkpoint written when the run stopped, 20 deterministic episodes.",
+        "",
+    ]
+    for workers, rows in results.items():
+        lines += section(workers, rows)
+    lines += [
+        "Asynchronous runs are not reproducible step for step: rerunning gives different numbers for the same seeds.",
         "",
     ]
     text = "\n".join(lines)
@@ -132,22 +147,25 @@ def write_table(rows: list[dict], args: argparse.Namespace, command: str, path: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts to run, one table each")
     parser.add_argument("--max-steps", type=int, default=500_000)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-preset", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_a3c.md"))
     args = parser.parse_args()
-    rows = []
-    for seed in args.seeds:
-        row = run_seed(seed, args.max_steps, args.set, not args.no_preset)
-        print(row, flush=True)
-        rows.append(row)
+    results: dict[int, list[dict]] = {}
+    for workers in args.workers:
+        for seed in args.seeds:
+            row = run_seed(seed, args.max_steps, [*args.set, f"num_workers={workers}"], not args.no_preset)
+            print({"workers": workers, **row}, flush=True)
+            results.setdefault(workers, []).append(row)
     command = "python benchmarks/bench_a3c.py " + " ".join(
-        [f"--seeds {' '.join(map(str, args.seeds))}", f"--max-steps {args.max_steps}"]
+        [f"--seeds {' '.join(map(str, args.seeds))}", f"--workers {' '.join(map(str, args.workers))}",
+         f"--max-steps {args.max_steps}"]
         + [f"--set {item}" for item in args.set]
         + (["--no-preset"] if args.no_preset else [])
     )
-    print(write_table(rows, args, command, args.out))
+    print(write_results(results, args, command, args.out))
 
 
 if __name__ == "__main__":
