@@ -259,7 +259,7 @@ class GuardConfig(Checked):
     max_recoveries: int = param(3, "rollbacks allowed per run; one more stops the run with a report")
     skip_nonfinite: bool = param(True, "skip optimizer steps whose gradients hold NaN/Inf")
     nonfinite_window: int = param(100, "recent optimizer steps over which non-finite ones are counted")
-    nonfinite_halt: float = param(0.01, "halt when more than this fraction of that window was non-finite")
+    nonfinite_halt: float = param(0.01, "halt when more than this fraction of that window was non-finite (1: never)")
     dump_episodes: int = param(100, "recent trajectories written to the run folder when the run halts")
     eval_every: int = param(25_000, "evaluate every this many env steps on separate envs (0: off)")
     eval_episodes: int = param(5, "episodes per evaluation (deterministic policy, frozen normaliser)")
