@@ -94,6 +94,13 @@ def test_config_errors_name_the_field():
         resolve_config("a3c", "CartPole-v1", sets=["env.vectorization=async"])
 
 
+def test_guard_drills_are_refused_not_ignored(tmp_path):
+    config, _ = resolve_config("a3c", "CartPole-v1", sets=["guard.inject=[lr_spike@100]"])
+    with pytest.raises(ConfigError, match=r"guard.inject drills run on the synchronous trainer only"):
+        A3CTrainer(config, tmp_path / "run", console=False)
+    assert not (tmp_path / "run").exists()
+
+
 # ---- whole runs ----------------------------------------------------------------------------------
 
 def test_two_workers_learn_cartpole(tmp_path, quiet_sets):

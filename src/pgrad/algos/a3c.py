@@ -266,7 +266,12 @@ class A3CTrainer:
     """Runs an A3C run: starts the workers, supervises them, logs and checkpoints.
 
     Same constructor, ``train()`` and ``stop_requested`` as ``pgrad.train.Trainer``, so the
-    command line treats both alike (``AlgorithmSpec.trainer``).
+    command line treats both alike (``AlgorithmSpec.trainer``). Workers are started with 'spawn',
+    which re-imports the main module: a script that trains A3C needs ``if __name__ == "__main__":``.
+
+    Not applied here: the synchronous trainer's guard (``guard`` section: alert rules, rollbacks,
+    periodic evaluation, drills). A3C stops on a worker error, including a non-finite loss; its
+    drill is ``a3c.fail_worker_at_step``, and ``guard.inject`` is refused rather than ignored.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
@@ -278,6 +283,10 @@ class A3CTrainer:
             raise ConfigError(
                 f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}' "
                 "or choose another --run-dir"
+            )
+        if config.guard.inject:
+            raise ConfigError(
+                "guard.inject drills run on the synchronous trainer only; for a3c use a3c.fail_worker_at_step"
             )
         torch.set_num_threads(config.run.torch_threads)
         random.seed(config.run.seed)
