@@ -125,6 +125,19 @@ def test_actor_critic_target_is_detached():
     assert (ours - full).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_actor_critic_separate_learning_rates_cover_every_parameter_once(shared):
+    config = ActorCriticConfig(shared_network=shared, actor_learning_rate=1e-3, critic_learning_rate=5e-3)
+    algo = ActorCriticAlgorithm(config, 4, ActionSpec("continuous", 2))
+    actor = {id(p) for group in algo.actor_optimizer.param_groups for p in group["params"]}
+    critic = {id(p) for group in algo.critic_optimizer.param_groups for p in group["params"]}
+    assert not actor & critic and actor | critic == {id(p) for p in algo.model.parameters()}
+    assert id(algo.model.log_std) in actor and all(id(p) in critic for p in algo.model.value_head.parameters())
+    torso = {id(p) for p in algo.model.actor_torso.parameters()}
+    assert torso <= actor  # a shared torso learns at the actor's rate
+    assert algo.actor_optimizer.param_groups[0]["lr"] == 1e-3 and algo.critic_optimizer.param_groups[0]["lr"] == 5e-3
+
+
 # ---- prepare on hand-made rollouts ---------------------------------------------------------------
 
 def hand_rollout() -> Rollout:
