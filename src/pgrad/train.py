@@ -91,9 +91,9 @@ class Environment:
 
 
 def build_environment(
-    config: TrainConfig, gamma: float, num_envs: int | None = None, **make_kwargs: Any
+    config: TrainConfig, gamma: float, num_envs: int | None = None, render_mode: str | None = None
 ) -> Environment:
-    envs = make_vector_env(config.env, num_envs=num_envs, **make_kwargs)
+    envs = make_vector_env(config.env, num_envs=num_envs, render_mode=render_mode)
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
     obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
     reward_scaler = RewardScaler(envs.num_envs, gamma, config.env.clip_reward, config.env.norm_reward)
