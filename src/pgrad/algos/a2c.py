@@ -191,7 +191,7 @@ class A2C:
             }
         )
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------

@@ -185,7 +185,7 @@ class ActorCriticAlgorithm:
         metrics["train/critic_learning_rate"] = config.critic_learning_rate
         metrics["train/gradient_steps"] = 1.0
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------

@@ -178,7 +178,7 @@ class Reinforce:
         metrics["train/learning_rate"] = config.learning_rate
         metrics["train/batch_size"] = float(len(batch))
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.mean())
+            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------
