@@ -18,7 +18,7 @@ from pgrad.checkpoint import CheckpointStore, load_checkpoint, optimizer_from_pa
 from pgrad.cli import main
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
-from pgrad.errors import ConfigError
+from pgrad.errors import ConfigError, TrainingHalted
 from pgrad.evaluate import evaluate
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.rollout import RolloutCollector
@@ -230,3 +230,23 @@ def test_a_worker_step_moves_only_the_shared_parameters_by_the_rmsprop_closed_fo
     assert all(float(state["step"]) == 1.0 for state in learner.optimizer.states)
     assert np.isfinite(stats["train/policy_loss"]) and stats["diagnostics/grad_norm"] > 0
     assert ("diagnostics/log_std_mean" in stats) == (env_id == "Pendulum-v1")
+
+
+def test_stuck_workers_are_detected_terminated_and_the_run_fails_cleanly(tmp_path, quiet_sets):
+    run = tmp_path / "run"
+    config, _ = resolve_config(
+        "a3c", "a3c_stuck_env:StuckCartPole",
+        sets=[*quiet_sets, "env.num_envs=1", "env.kwargs={stuck_after: 300}", "stall_timeout=2",
+              "shutdown_timeout=1", "report_every=5"],
+        total_steps=10_000_000, use_preset=False,
+    )
+    trainer = A3CTrainer(config, run, console=False)
+    started = time.perf_counter()
+    with pytest.raises(TrainingHalted, match=r"a3c worker \d \(pid \d+\) sent nothing for \d+ s \(stuck\?\)"):
+        trainer.train()
+    assert time.perf_counter() - started < 30
+    kinds = [e["kind"] for e in read_jsonl(run / "events.jsonl")]
+    assert "critical.worker_stalled" in kinds and "warning.worker_terminated" in kinds and kinds[-1] == "run.failed"
+    assert not any(process_alive(pid) for pid in worker_pids(run))
+    # Each worker counted its steps up to the hang (300 env steps plus autoreset steps, in updates of 5).
+    assert 0 < load_checkpoint(CheckpointStore(run, 3).path("latest"))[1]["step"] < 2 * 400

@@ -82,6 +82,9 @@ class A3CConfig(Checked):
     state_dependent_std: bool = param(False, "Gaussian log std from the network (clamped) instead of a free parameter")
     report_every: int = param(20, "worker updates between two reports to the coordinator (one metrics row each)")
     shutdown_timeout: float = param(10.0, "seconds to wait for workers to stop before terminating them")
+    stall_timeout: float = param(
+        120.0, "seconds without a message (workers report every report_every updates) after which a worker is stuck"
+    )
     fail_worker_at_step: int | None = param(
         None, "test/drill only: worker 0 raises once the shared step count reaches this (None: off)"
     )
@@ -99,6 +102,7 @@ class A3CConfig(Checked):
         self.check_range("max_grad_norm", 0, low_open=True)
         self.check_range("report_every", 1)
         self.check_range("shutdown_timeout", 0, low_open=True)
+        self.check_range("stall_timeout", 0, low_open=True)
         self.check_range("fail_worker_at_step", 0)
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             self._fail("hidden_sizes", "a non-empty list of positive integers")
@@ -262,6 +266,11 @@ def worker_seed(seed: int, worker: int, start_step: int) -> int:
 
 # ---- the coordinator ------------------------------------------------------------------------
 
+# Before its first message a worker is importing torch and building its envs, which takes seconds
+# on a busy machine; it counts as stuck only after this long (then after a3c.stall_timeout).
+STARTUP_SECONDS = 300.0
+
+
 class A3CTrainer:
     """Runs an A3C run: starts the workers, supervises them, logs and checkpoints.
 
@@ -305,7 +314,9 @@ class A3CTrainer:
         self.stop_requested = False
         self.failure: str | None = None
         self.workers: list[Any] = []
-        self.finished: set[int] = set()
+        self.finished: set[int] = set()  # workers that said done, failed, died or stalled
+        self.last_heard: dict[int, float] = {}  # worker -> monotonic time of its last message
+        self.started_workers: set[int] = set()  # workers that have imported everything and begun
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config.save(self.run_dir / "config.yaml")
@@ -414,6 +425,7 @@ class A3CTrainer:
                 )
                 process.start()
                 self.workers.append(process)
+                self.last_heard[worker] = time.monotonic()
         finally:
             signal.signal(signal.SIGINT, handler)
         pids = ", ".join(str(p.pid) for p in self.workers)
@@ -443,7 +455,10 @@ class A3CTrainer:
         self.step, self.updates = self.step_counter.value, self.update_counter.value
 
     def _handle(self, kind: str, worker: int, payload: Any) -> None:
-        if kind == "report":
+        self.last_heard[worker] = time.monotonic()
+        if kind == "started":
+            self.started_workers.add(worker)
+        elif kind == "report":
             self._write_metrics(worker, payload)
         elif kind == "done":
             self.finished.add(worker)
@@ -456,9 +471,20 @@ class A3CTrainer:
                              worker=worker, traceback=payload)
 
     def _check_alive(self) -> None:
-        """A worker that died without a word (killed, out of memory) is a failure too."""
+        """A worker that died without a word (killed, out of memory) or went silent is a failure too."""
         for worker, process in enumerate(self.workers):
-            if worker in self.finished or process.exitcode is None:
+            if worker in self.finished:
+                continue
+            silent = time.monotonic() - self.last_heard[worker]
+            limit = self.algo_config.stall_timeout
+            if worker not in self.started_workers:
+                limit = max(limit, STARTUP_SECONDS)
+            if process.exitcode is None and silent > limit:
+                self.finished.add(worker)
+                reason = f"a3c worker {worker} (pid {process.pid}) sent nothing for {silent:.0f} s (stuck?)"
+                self.failure = self.failure or reason
+                self.events.emit("critical.worker_stalled", self.step, reason, worker=worker)
+            if process.exitcode is None:
                 continue
             self._receive(timeout=0.5)  # its last messages may still be in the pipe
             if worker not in self.finished:
@@ -475,17 +501,18 @@ class A3CTrainer:
         deadline = time.monotonic() + self.algo_config.shutdown_timeout
         while any(p.is_alive() for p in self.workers) and time.monotonic() < deadline:
             self._receive(timeout=0.05)  # keep draining: a worker exits only once its queue is flushed
-        for worker, process in enumerate(self.workers):
-            if process.is_alive():
-                process.terminate()
-                self.events.emit("warning.worker_terminated", self.step, f"worker {worker} did not stop in time",
-                                 worker=worker)
+        stragglers = [worker for worker, process in enumerate(self.workers) if process.is_alive()]
+        for worker in stragglers:
+            self.workers[worker].terminate()
+            self.events.emit("warning.worker_terminated", self.step, f"worker {worker} did not stop in time",
+                             worker=worker)
         for process in self.workers:
             process.join(timeout=2.0)
             if process.is_alive():
                 process.kill()
                 process.join(timeout=2.0)
-        self._receive(timeout=0)
+        if not stragglers:  # a worker killed in the middle of a put could leave half a message to block on
+            self._receive(timeout=0)
         self.messages.close()
         self.messages.cancel_join_thread()
 

@@ -5,6 +5,7 @@ the shared model and optimizer statistics travel as shared-memory tensors (torch
 multiprocessing reductions), the counters and the stop event as ``multiprocessing`` objects.
 
 Messages to the coordinator (a ``multiprocessing`` queue), each a tuple:
+- ``("started", worker, pid)`` once everything is imported;
 - ``("report", worker, payload)`` every ``report_every`` updates and once at the end;
 - ``("error", worker, traceback_text)`` if anything raises (the worker then exits with code 1);
 - ``("done", worker, None)`` after a clean stop.
@@ -56,6 +57,7 @@ def worker_main(
     """Process entry point. Never raises: an exception is sent to the coordinator as text."""
     # Ctrl-C reaches the whole process group; only the coordinator decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    shared.messages.put(("started", worker, os.getpid()))
     try:
         _run(worker, config, shared, normalizer_arrays, start_step, parent_pid)
         shared.messages.put(("done", worker, None))
