@@ -88,15 +88,8 @@ def _run(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    envs = make_vector_env(config.env)
-    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
-    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
-    reward_scaler = RewardScaler(envs.num_envs, algo.gamma, config.env.clip_reward, config.env.norm_reward)
-    obs_normalizer.stats.load(_with_prefix(normalizer_arrays, "obs_norm_"))
-    reward_scaler.stats.load(_with_prefix(normalizer_arrays, "reward_norm_"))
-    collector = RolloutCollector(envs, adapter, obs_normalizer, reward_scaler, config.run.episode_window)
-    collector.reset(seed % 2**31)
-
+    collector = make_collector(config, normalizer_arrays, seed % 2**31)
+    adapter = collector.adapter
     local = build_model(algo, adapter.obs_dim, adapter.action)
     local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
 
@@ -121,6 +114,7 @@ def _run(
             stats = gradient_step(local, optimizer, rollout, algo, learning_rate)
             with shared.update_counter.get_lock():
                 shared.update_counter.value += 1
+                # Staleness: updates other workers applied between this worker's copy and its own step.
                 stats["diagnostics/staleness"] = float(shared.update_counter.value - updates_at_sync - 1)
             report.add(stats, time.perf_counter() - started)
             if report.updates >= algo.report_every:
@@ -131,7 +125,21 @@ def _run(
             final = report.payload(shared.step_counter.value, collector, reported_episodes)
             shared.messages.put(("report", worker, final))
     finally:
-        envs.close()
+        collector.envs.close()
+
+
+def make_collector(config: TrainConfig, normalizer_arrays: dict[str, np.ndarray], seed: int) -> RolloutCollector:
+    """This worker's env copy and normalisers (starting from the coordinator's statistics), reset with ``seed``."""
+    envs = make_vector_env(config.env)
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
+    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
+    env = config.env
+    reward_scaler = RewardScaler(envs.num_envs, config.algo_config.gamma, env.clip_reward, env.norm_reward)
+    obs_normalizer.stats.load(_with_prefix(normalizer_arrays, "obs_norm_"))
+    reward_scaler.stats.load(_with_prefix(normalizer_arrays, "reward_norm_"))
+    collector = RolloutCollector(envs, adapter, obs_normalizer, reward_scaler, config.run.episode_window)
+    collector.reset(seed)
+    return collector
 
 
 def copy_parameters(source: list[torch.nn.Parameter], target: list[torch.nn.Parameter]) -> None:
