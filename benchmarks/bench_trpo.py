@@ -18,6 +18,7 @@ updates).
 
     .venv/bin/python benchmarks/bench_trpo.py                     # seeds 1-5 (~30 min on 2 shared cores)
     .venv/bin/python benchmarks/bench_trpo.py --seeds 1 --skip-pendulum   # a quick check
+    .venv/bin/python benchmarks/bench_trpo.py --skip-cartpole --pendulum-algos ppo_kl --pendulum-steps 200000
 
 Needs the 'bench' extra: pip install -e '.[bench]'.
 """
@@ -214,13 +215,14 @@ def pgrad_to_target(algo: str, seeds: list[int], cap: int, lines: list[str]) -> 
               f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.", ""]
 
 
-def pendulum(seeds: list[int], budget: int, lines: list[str]) -> None:
-    runners = {
-        "pgrad trpo": lambda seed: run_pgrad("trpo", "Pendulum-v1", seed, budget, False),
-        "pgrad npg": lambda seed: run_pgrad("npg", "Pendulum-v1", seed, budget, False),
-        "pgrad ppo_kl": lambda seed: run_pgrad("ppo_kl", "Pendulum-v1", seed, budget, False),
-        "sb3-contrib TRPO": lambda seed: run_sb3("Pendulum-v1", seed, budget, False),
+def pendulum(seeds: list[int], budget: int, names: list[str], lines: list[str]) -> None:
+    every = {
+        "trpo": lambda seed: run_pgrad("trpo", "Pendulum-v1", seed, budget, False),
+        "npg": lambda seed: run_pgrad("npg", "Pendulum-v1", seed, budget, False),
+        "ppo_kl": lambda seed: run_pgrad("ppo_kl", "Pendulum-v1", seed, budget, False),
+        "sb3": lambda seed: run_sb3("Pendulum-v1", seed, budget, False),
     }
+    runners = {("sb3-contrib TRPO" if name == "sb3" else f"pgrad {name}"): every[name] for name in names}
     finals: dict[str, list[float | None]] = {name: [] for name in runners}
     speeds: dict[str, list[float]] = {name: [] for name in runners}
     for seed in seeds:
@@ -251,6 +253,9 @@ def main() -> None:
     parser.add_argument("--skip-sb3", action="store_true", help="pgrad TRPO only on CartPole")
     parser.add_argument("--skip-others", action="store_true", help="no npg / ppo_kl on CartPole")
     parser.add_argument("--skip-pendulum", action="store_true")
+    parser.add_argument("--skip-cartpole", action="store_true")
+    parser.add_argument("--pendulum-algos", nargs="+", default=["trpo", "npg", "ppo_kl", "sb3"],
+                        choices=["trpo", "npg", "ppo_kl", "sb3"], help="sb3 = sb3-contrib TRPO")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_trpo.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -269,15 +274,17 @@ def main() -> None:
         "libraries per seed).",
         "",
     ]
-    if args.skip_sb3:
+    if args.skip_cartpole:
+        pass
+    elif args.skip_sb3:
         pgrad_to_target("trpo", args.seeds, args.cap, lines)
     else:
         trpo_vs_sb3(args.seeds, args.cap, lines)
-    if not args.skip_others:
+    if not args.skip_others and not args.skip_cartpole:
         pgrad_to_target("npg", args.seeds, args.cap, lines)
         pgrad_to_target("ppo_kl", args.seeds, args.cap, lines)
     if not args.skip_pendulum:
-        pendulum(args.seeds, args.pendulum_steps, lines)
+        pendulum(args.seeds, args.pendulum_steps, args.pendulum_algos, lines)
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
