@@ -7,14 +7,18 @@ network, and applies that gradient to the shared parameters with a shared optimi
 waiting for the other workers (Hogwild-style: Recht et al., 2011). The loss is A2C's
 (``pgrad.algos.a2c.a2c_loss``: policy gradient with n-step/GAE advantages, value regression on
 the detached n-step return, entropy bonus), then global gradient clipping. Parameters and optimizer
-statistics live in shared memory, so every worker's step moves the same model.
+statistics live in shared memory, so every worker's step moves the same model. Rollouts come from
+``pgrad.rollout.RolloutCollector`` and targets from ``pgrad.algos.common.actor_critic_batch``, as
+for the synchronous algorithms: the Gymnasium autoreset step is masked out of the loss, and a
+truncated episode bootstraps from V(final observation).
 
 The main process does not learn: it is the coordinator (``A3CTrainer``). It starts the workers,
 reads their reports from a queue, writes ``metrics.jsonl`` / ``events.jsonl`` with the same
 names as the synchronous algorithms, saves checkpoints in the same format, and stops the run at
 ``run.total_steps`` (a shared step counter), on Ctrl-C/SIGTERM (workers stop after their current
-update, then a checkpoint is written), or when a worker raises (its traceback is reported, the
-others are stopped, a checkpoint is written and the run ends with an error).
+update, then a checkpoint is written), or when a worker raises, dies or stops reporting (its
+traceback or exit code is reported, the others are stopped, stragglers are terminated after
+``shutdown_timeout``, a checkpoint is written and the run ends with ``TrainingHalted``, exit code 3).
 
 Resume is not bit-exact, by nature: the order in which asynchronous gradients land is decided
 by the OS scheduler. A checkpoint restores the model, the optimizer statistics, the step and
