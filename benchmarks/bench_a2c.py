@@ -14,6 +14,8 @@ same measurement.
 
     .venv/bin/python benchmarks/bench_a2c.py                      # seeds 1-5 (~30 min on 2 shared cores)
     .venv/bin/python benchmarks/bench_a2c.py --seeds 1 --cap 200000   # a quick check
+    .venv/bin/python benchmarks/bench_a2c.py --seeds 1 2 3 --skip-a2c --skip-reinforce --skip-actor-critic \
+        --pendulum 200000 --out benchmarks/out/pendulum_a2c_reinforce.md   # continuous actions only
 
 Needs the 'bench' extra: pip install -e '.[bench]'.
 """
@@ -198,6 +200,29 @@ def pgrad_only_section(algo: str, title: str, seeds: list[int], cap: int, lines:
               f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.", ""]
 
 
+def pendulum_section(seeds: list[int], budget: int, lines: list[str]) -> None:
+    """Continuous actions at a fixed budget: the mean of the last 20 training episodes at the end."""
+    lines += [
+        f"### Pendulum-v1 at a fixed budget of {budget:,} steps (pgrad presets or defaults; random policy ~ -1200)",
+        "",
+        "| algorithm | " + " | ".join(f"seed {seed}" for seed in seeds) + " | median | steps/s (median) |",
+        "|---|" + "---:|" * (len(seeds) + 2),
+    ]
+    for algo in ("a2c", "actor_critic", "reinforce"):
+        returns, speeds = [], []
+        for seed in seeds:
+            config = resolve_config(algo, "Pendulum-v1", sets=["run.progress=false", "run.tensorboard=false"],
+                                    seed=seed, total_steps=budget)[0]
+            with tempfile.TemporaryDirectory() as tmp:
+                result = Trainer(config, Path(tmp) / "run", console=False).train()
+            returns.append(result.last_metrics["rollout/return_mean"])
+            speeds.append(result.steps / result.seconds)
+            print(f"  pendulum {algo} seed {seed}: {returns[-1]:.1f}", flush=True)
+        cells = " | ".join(f"{r:.1f}" for r in returns)
+        lines.append(f"| {algo} | {cells} | {statistics.median(returns):.1f} | {statistics.median(speeds):,.0f} |")
+    lines.append("")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -205,6 +230,7 @@ def main() -> None:
     parser.add_argument("--skip-a2c", action="store_true")
     parser.add_argument("--skip-reinforce", action="store_true")
     parser.add_argument("--skip-actor-critic", action="store_true")
+    parser.add_argument("--pendulum", type=int, metavar="STEPS", help="also run Pendulum-v1 at this fixed budget")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_a2c_reinforce.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -227,6 +253,8 @@ def main() -> None:
         pgrad_only_section("reinforce", "REINFORCE with a value baseline (pgrad preset)", args.seeds, args.cap, lines)
     if not args.skip_actor_critic:
         pgrad_only_section("actor_critic", "Actor-critic, 5-step targets (pgrad preset)", args.seeds, args.cap, lines)
+    if args.pendulum:
+        pendulum_section(args.seeds, args.pendulum, lines)
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
