@@ -274,6 +274,28 @@ def test_trajectory_recorder_keeps_the_most_recent_and_bounds_open_episodes(tmp_
     recorder = TrajectoryRecorder(1, capacity=2)
     for _ in range(5):
         recorder.add(rollout)
-    assert sum(len(p["rewards"]) for p in recorder.partial[0]) <= MAX_OPEN_STEPS
+    assert recorder.steps_kept <= MAX_OPEN_STEPS
     assert recorder.save(tmp_path / "open.npz") == 1
     assert np.load(tmp_path / "open.npz", allow_pickle=False)["episode_length"].tolist() == [4000]
+
+
+def test_trajectory_recorder_keeps_complete_recent_episodes_across_rollouts(tmp_path):
+    # Episodes of length 3 (done at t = 2 mod 4, autoreset step after), split across rollouts of 5.
+    def rollout(offset: int) -> Rollout:
+        t = np.arange(offset, offset + 5)
+        done = (t % 4 == 2)[:, None]
+        return Rollout(
+            obs=np.zeros((6, 1, 1), np.float32), actions=np.zeros((5, 1), np.int64),
+            rewards=t[:, None].astype(np.float32), terminated=done, truncated=np.zeros_like(done),
+            valid=(t % 4 != 3)[:, None],
+        )
+
+    recorder = TrajectoryRecorder(1, capacity=2)
+    for offset in range(0, 40, 5):
+        recorder.add(rollout(offset))
+    assert recorder.save(tmp_path / "t.npz") == 2
+    data = np.load(tmp_path / "t.npz", allow_pickle=False)
+    # the two most recent complete episodes: steps 31-34 (autoreset 31) and 35-38; then open step 39
+    # (capacity 2 keeps the last two of finished + open: 35-38 and 39)
+    assert data["rewards"].tolist() == [35.0, 36.0, 37.0, 38.0, 39.0]
+    assert data["episode_finished"].tolist() == [True, False]

@@ -112,13 +112,15 @@ def explained_variance_rule(history: list[Metrics], config: GuardConfig) -> Aler
 def entropy_collapse_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     """Entropy below ``entropy_collapse`` x its first value (only for a positive starting entropy:
     a Gaussian's differential entropy can start negative, where a ratio means nothing)."""
-    values = series(history, ENTROPY)
-    if len(values) < 2 or not math.isfinite(values[0]) or values[0] <= 0 or not math.isfinite(values[-1]):
+    # Only the first and the newest values matter: no need to walk the whole history.
+    start = next((v for v in (number(m, ENTROPY) for m in history[:-1]) if v is not None), None)
+    latest = number(history[-1], ENTROPY)
+    if start is None or latest is None or not math.isfinite(start) or start <= 0 or not math.isfinite(latest):
         return None
-    threshold = config.entropy_collapse * values[0]
-    if values[-1] < threshold:
-        return Alert("warning", "entropy_collapse", f"entropy {values[-1]:.3g} < {config.entropy_collapse} x its "
-                     f"starting value {values[0]:.3g}: exploration has collapsed", ENTROPY, values[-1], threshold)
+    threshold = config.entropy_collapse * start
+    if latest < threshold:
+        return Alert("warning", "entropy_collapse", f"entropy {latest:.3g} < {config.entropy_collapse} x its "
+                     f"starting value {start:.3g}: exploration has collapsed", ENTROPY, latest, threshold)
     return None
 
 

@@ -81,7 +81,10 @@ def gradients_finite(parameters: list[torch.Tensor]) -> bool:
 
 
 def parameters_finite(modules: dict[str, torch.nn.Module]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for module in modules.values() for p in module.parameters())
+    # One reduction over per-tensor sums (as for gradients): ~20 us, against ~300 us for an
+    # isfinite().all() per tensor with its Python round trip.
+    sums = [p.detach().sum() for module in modules.values() for p in module.parameters()]
+    return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
 
 
 class OptimizerGuard:
@@ -165,33 +168,61 @@ MAX_OPEN_STEPS = 5000  # an unfinished episode keeps at most about this many rec
 
 
 class TrajectoryRecorder:
-    """The last ``capacity`` finished episodes of training, cut from the rollouts (time-major arrays)."""
+    """The last ``capacity`` finished episodes of training, for the dump a halted run leaves behind.
+
+    Recording must cost next to nothing on every update, while the dump happens at most once: so
+    ``add`` only keeps a reference to the rollout (rollouts are never written after they are made)
+    and counts its finished episodes, dropping the oldest rollouts once the newer ones hold
+    ``capacity`` episodes (or, for episodes that never end, ``MAX_OPEN_STEPS`` steps per env).
+    ``save`` cuts the kept rollouts into episodes.
+    """
 
     def __init__(self, num_envs: int, capacity: int) -> None:
-        self.finished: deque[dict[str, np.ndarray]] = deque(maxlen=max(capacity, 1))
-        self.partial: list[list[dict[str, np.ndarray]]] = [[] for _ in range(num_envs)]
+        self.num_envs = num_envs
+        self.capacity = max(capacity, 1)
         self.enabled = capacity > 0
+        self.rollouts: deque[tuple[Rollout, int]] = deque()  # (rollout, episodes finished in it)
+        self.finished_kept = 0
+        self.steps_kept = 0  # per env
+        self.dropped = False
 
     def add(self, rollout: Rollout) -> None:
         if not self.enabled:
             return
-        done = (rollout.terminated | rollout.truncated) & rollout.valid
-        for env in range(rollout.num_envs):
-            start = 0
-            for end in np.flatnonzero(done[:, env]) + 1:
-                self.partial[env].append(self._piece(rollout, env, start, end))
-                self.finished.append(self._join(self.partial[env]))
-                self.partial[env] = []
-                start = end
-            if start < rollout.num_steps:
-                self.partial[env].append(self._piece(rollout, env, start, rollout.num_steps))
-                # Bound memory for episodes that never end: keep their most recent pieces only.
-                while len(self.partial[env]) > 1 and sum(len(p["rewards"]) for p in self.partial[env]) > MAX_OPEN_STEPS:
-                    self.partial[env].pop(0)
+        finished = int(np.count_nonzero((rollout.terminated | rollout.truncated) & rollout.valid))
+        self.rollouts.append((rollout, finished))
+        self.finished_kept += finished
+        self.steps_kept += rollout.num_steps
+        while len(self.rollouts) > 1 and (
+            self.finished_kept - self.rollouts[0][1] >= self.capacity or self.steps_kept > MAX_OPEN_STEPS
+        ):
+            oldest, count = self.rollouts.popleft()
+            self.finished_kept -= count
+            self.steps_kept -= oldest.num_steps
+            self.dropped = True
 
-    @staticmethod
-    def _piece(rollout: Rollout, env: int, start: int, end: int) -> dict[str, np.ndarray]:
-        return {k: getattr(rollout, k)[start:end, env] for k in TRAJECTORY_FIELDS}
+    def _episodes(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        """(finished episodes, each env's unfinished one), each a dict of time-major arrays.
+
+        An episode is cut after its last step; the autoreset step that follows opens the next one.
+        Once old rollouts were dropped, each env's first piece lacks its beginning: it is left out
+        if it ended, and kept (as the unfinished episode) if it never did.
+        """
+        joined = {
+            k: np.concatenate([getattr(r, k)[: r.num_steps] for r, _ in self.rollouts]) for k in TRAJECTORY_FIELDS
+        }
+        done = (joined["terminated"] | joined["truncated"]) & joined["valid"]
+        finished, unfinished = [], []
+        for env in range(done.shape[1]):
+            ends = list(np.flatnonzero(done[:, env]) + 1)
+            starts = [0, *ends]
+            for index, (start, end) in enumerate(zip(starts[:-1], ends, strict=True)):
+                if index == 0 and self.dropped:
+                    continue
+                finished.append({k: v[start:end, env] for k, v in joined.items()})
+            if starts[-1] < done.shape[0]:
+                unfinished.append({k: v[starts[-1]:, env] for k, v in joined.items()})
+        return finished, unfinished
 
     def save(self, path: Path) -> int:
         """Write the episodes to one ``.npz`` (no object arrays: loads with allow_pickle=False).
@@ -200,21 +231,17 @@ class TrajectoryRecorder:
         at most ``capacity`` in all, the most recent kept. Episode i is rows
         ``episode_start[i] : episode_start[i] + episode_length[i]`` of each field.
         """
-        open_episodes = [self._join(pieces) for pieces in self.partial if pieces]
-        episodes = (list(self.finished) + open_episodes)[-self.finished.maxlen:]
-        finished = np.arange(len(episodes)) < len(episodes) - min(len(open_episodes), len(episodes))
+        finished, unfinished = self._episodes() if self.rollouts else ([], [])
+        episodes = (finished + unfinished)[-self.capacity:]
+        is_finished = np.arange(len(episodes)) < len(episodes) - min(len(unfinished), len(episodes))
         lengths = np.array([len(e["rewards"]) for e in episodes], np.int64)
         arrays = {
             k: np.concatenate([e[k] for e in episodes]) if episodes else np.zeros(0, np.float32)
             for k in TRAJECTORY_FIELDS
         }
         starts = (np.cumsum(lengths) - lengths).astype(np.int64)
-        np.savez(path, episode_start=starts, episode_length=lengths, episode_finished=finished, **arrays)
+        np.savez(path, episode_start=starts, episode_length=lengths, episode_finished=is_finished, **arrays)
         return len(episodes)
-
-    @staticmethod
-    def _join(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {k: np.concatenate([p[k] for p in pieces]) for k in TRAJECTORY_FIELDS}
 
 
 def save_batch(batch: Batch, path: Path) -> None:
