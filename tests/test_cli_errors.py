@@ -107,3 +107,16 @@ def test_no_traceback_from_subprocess(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "pgrad: error: ppo.gamma must be in [0, 1]; got 2.0"
     assert not Path(tmp_path, "runs").exists()
+
+
+def test_numbers_in_scientific_notation_are_numbers(tmp_path):
+    # YAML 1.1 reads 3e-3 (no dot) as a string; pgrad reads it as the number it is.
+    from pgrad.runs import resolve_config
+
+    config, _ = resolve_config("ppo", "CartPole-v1", sets=["learning_rate=3e-3", "run.total_steps=1e5"])
+    assert config.algo_config.learning_rate == 0.003
+    assert config.run.total_steps == 100_000 and isinstance(config.run.total_steps, int)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("ppo:\n  learning_rate: 2.5e-4\n  ent_coef: 1e-2\nrun:\n  total_steps: 2e4\n")
+    config, _ = resolve_config("ppo", "CartPole-v1", config_file=yaml_file)
+    assert config.algo_config.ent_coef == 0.01 and config.run.total_steps == 20_000

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,19 @@ def _type_name(tp: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number_from_text(value: Any) -> float | None:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; a number written that way is still a number.
+    Integral floats (``1e5``) count too. Anything else: None."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, float):
+        return value
+    return None
+
+
 def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     """Return (ok, value converted to the declared type). Strict: no str->number guessing."""
     origin = typing.get_origin(tp)
@@ -81,8 +95,14 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
+        number = _number_from_text(value)
+        if isinstance(number, float) and number.is_integer() and abs(number) < 2**53:
+            return True, int(number)  # 1e5 or 100000.0 written for an integer field
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
+        number = _number_from_text(value)
+        if number is not None:
+            return True, number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
         return True, float(value)
