@@ -18,11 +18,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from pgrad.algos.actor_critic import nstep_batch
 from pgrad.algos.common import clip_gradients, linear_schedule, normalize_advantages
 from pgrad.config import Checked, param
 from pgrad.distributions import Categorical, DiagGaussian
-from pgrad.estimators import explained_variance, gae
+from pgrad.estimators import explained_variance, gae, nstep_returns
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.rollout import Batch, Rollout
 
@@ -74,7 +73,7 @@ def a2c_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = -E[log pi(a|s) A] + vf_coef E[(V(s) - R)^2] - ent_coef E[H(pi(.|s))].
 
-    A and R are constants (computed in ``prepare`` without gradients), so the critic regresses on
+    A and R are constants (NumPy, from detached values in ``prepare``), so the critic regresses on
     a detached bootstrapped target. Means run over valid steps only. Reads only ``norm_adv``,
     ``vf_coef`` and ``ent_coef`` from ``config`` (A3C passes its own config with those names).
     """
@@ -99,36 +98,32 @@ def a2c_loss(
     return loss, stats
 
 
-def a2c_batch(model: ActorCritic, rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Batch, dict[str, float]]:
-    """GAE advantages and returns from one gradient-free critic forward over all T + 1 observations.
+def a2c_forward(model: ActorCritic, rollout: Rollout) -> tuple[Categorical | DiagGaussian, torch.Tensor]:
+    """pi(.|s_t) for the T steps and V(s) for all T + 1 observations, in one forward with gradients.
 
-    Leaner than ``actor_critic_batch``: A2C has no importance ratio, so log pi_old is not computed
-    (``log_probs`` is left at 0); at 40 samples per update the skipped actor forward is ~10% of the time.
+    A2C takes one gradient step per rollout, so the forward that gives the bootstrap values for
+    the targets is also the forward the loss differentiates: the targets use the values detached,
+    the loss the same tensors with their graph (no second, gradient-free pass).
     """
     steps, envs = rollout.num_steps, rollout.num_envs
     obs = torch.from_numpy(rollout.obs.reshape((steps + 1) * envs, -1))
-    with torch.no_grad():
-        values = model.value(obs)
-    values_tm = values.numpy().reshape(steps + 1, envs)
-    advantages, returns = gae(
-        rollout.rewards, values_tm[:-1], values_tm[1:], rollout.terminated, rollout.truncated, gamma, gae_lambda
-    )
-    valid = rollout.valid
-    advantages = np.where(valid, advantages, 0.0).astype(np.float32)
-    batch = Batch(
-        obs=obs[: steps * envs],
-        actions=torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])),
-        log_probs=torch.zeros(steps * envs),
-        values=values[: steps * envs],
-        advantages=torch.from_numpy(advantages.reshape(-1)),
-        returns=torch.from_numpy(returns.astype(np.float32).reshape(-1)),
-        mask=torch.from_numpy(valid.reshape(-1).astype(np.float32)),
-    )
-    stats = {
-        "diagnostics/advantage_mean": float(advantages.mean()),
-        "diagnostics/explained_variance": explained_variance(values_tm[:-1][valid], returns[valid]),
-    }
-    return batch, stats
+    return model.distribution(obs[: steps * envs]), model.value(obs)
+
+
+def a2c_targets(values_tm: np.ndarray, rollout: Rollout, config: A2CConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(advantages, returns) [T, B] from the critic's values ``values_tm`` [T + 1, B].
+
+    gae: GAE(gamma, gae_lambda), R = A + V(s). nstep: R = G^(n) (``nstep_returns``), A = R - V(s).
+    ``values_tm[1:]`` are the bootstraps: V(s_{t+1}), V(final observation) where an episode ended
+    at t, and V(s_T) after the last step.
+    """
+    if config.advantage == "gae":
+        return gae(rollout.rewards, values_tm[:-1], values_tm[1:], rollout.terminated, rollout.truncated,
+                   config.gamma, config.gae_lambda)
+    horizon = config.nstep_horizon or config.num_steps
+    next_values = values_tm[1:]
+    returns = nstep_returns(rollout.rewards, next_values, rollout.terminated, rollout.truncated, config.gamma, horizon)
+    return returns - values_tm[:-1], returns
 
 
 class A2C:
@@ -150,6 +145,8 @@ class A2C:
             self.optimizer = torch.optim.Adam(
                 self.parameters, lr=config.learning_rate, eps=config.optimizer_eps, foreach=True
             )
+        # The graph of prepare's forward, kept for the update of the batch it built: (batch, pi, V).
+        self.pending: tuple[Batch, Categorical | DiagGaussian, torch.Tensor] | None = None
 
     @property
     def rollout_length(self) -> int:
@@ -163,11 +160,33 @@ class A2C:
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        config = self.config
-        if config.advantage == "gae":
-            return a2c_batch(self.model, rollout, config.gamma, config.gae_lambda)
-        horizon = config.nstep_horizon or config.num_steps
-        return nstep_batch(self.model, rollout, config.gamma, horizon)
+        """Targets from one forward with gradients; ``update`` differentiates that same forward.
+
+        Advantages of autoreset steps are zeroed and the mask keeps them out of the loss. The
+        forward's graph is kept for the ``update`` of this batch (nothing changes the parameters
+        in between); ``update`` of any other batch runs its own forward.
+        """
+        steps, envs = rollout.num_steps, rollout.num_envs
+        dist, values = a2c_forward(self.model, rollout)
+        values_tm = values.detach().numpy().reshape(steps + 1, envs)
+        advantages, returns = a2c_targets(values_tm, rollout, self.config)
+        valid = rollout.valid
+        advantages = np.where(valid, advantages, 0.0).astype(np.float32)
+        batch = Batch(
+            obs=torch.from_numpy(rollout.obs[:steps].reshape(steps * envs, -1)),
+            actions=torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])),
+            log_probs=torch.zeros(steps * envs),  # no importance ratio in A2C: log pi_old is not needed
+            values=values.detach()[: steps * envs],
+            advantages=torch.from_numpy(advantages.reshape(-1)),
+            returns=torch.from_numpy(returns.astype(np.float32).reshape(-1)),
+            mask=torch.from_numpy(valid.reshape(-1).astype(np.float32)),
+        )
+        self.pending = (batch, dist, values[: steps * envs])
+        stats = {
+            "diagnostics/advantage_mean": float(advantages.mean()),
+            "diagnostics/explained_variance": explained_variance(values_tm[:-1][valid], returns[valid]),
+        }
+        return batch, stats
 
     def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
         """One gradient step on the whole batch (one epoch, one minibatch)."""
@@ -175,7 +194,11 @@ class A2C:
         learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        dist, values = self.model(batch.obs)
+        pending, self.pending = self.pending, None
+        if pending is not None and pending[0] is batch:
+            dist, values = pending[1], pending[2]
+        else:
+            dist, values = self.model(batch.obs)
         loss, stats = a2c_loss(dist, values, batch, config)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -38,8 +38,21 @@ def adam(parameters: list[nn.Parameter], learning_rate: float, eps: float) -> to
 
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> tuple[float, float]:
-    """Global L2 gradient clipping. Returns the norm before and after clipping."""
-    before = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True))
+    """Global L2 gradient clipping, g <- g * min(max_norm / (||g|| + 1e-6), 1), as
+    ``torch.nn.utils.clip_grad_norm_``. Returns the norm before and after clipping.
+
+    The same arithmetic without the library's per-call grouping, and without the multiplication
+    by exactly 1.0 when the norm is clearly below ``max_norm`` (x * 1.0 == x, so the gradients are
+    bit-identical); ~3x cheaper for small networks, where the op count is the cost.
+    """
+    with torch.no_grad():
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return 0.0, 0.0
+        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        before = float(total_norm)
+        if not before < 0.999 * max_norm:  # near or above the limit, or NaN: the library's exact float32 path
+            torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
     return before, min(before, max_norm)
 
 
