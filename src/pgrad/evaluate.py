@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, tensors_to_numpy
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
+from pgrad.threads import set_threads
 from pgrad.train import algo_gamma, build_algorithm, build_environment
 
 
@@ -43,7 +43,7 @@ def evaluate(
     config = load_run_config(run_dir)
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
     tensors, _ = load_checkpoint(checkpoint)
-    torch.set_num_threads(config.run.torch_threads)
+    set_threads(config.run.torch_threads)
     num_envs = 1 if video_dir is not None else eval_num_envs(episodes)
     render = "rgb_array" if video_dir is not None else None
     if video_dir is not None:

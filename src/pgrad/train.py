@@ -50,6 +50,7 @@ from pgrad.monitor.recovery import (
 )
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, read_jsonl, tensorboard_sink
 from pgrad.rollout import RolloutCollector
+from pgrad.threads import set_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -125,7 +126,7 @@ class Trainer:
                 f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}' "
                 "or choose another --run-dir"
             )
-        torch.set_num_threads(config.run.torch_threads)
+        set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
         self.env = build_environment(config, algo_gamma(config))
         self.algo = build_algorithm(config, self.env.adapter)

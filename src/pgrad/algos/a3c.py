@@ -58,6 +58,7 @@ from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, tensorboard_sink
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.rollout import EpisodeStats
+from pgrad.threads import set_threads
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ class A3CTrainer:
             raise ConfigError(
                 "guard.inject drills run on the synchronous trainer only; for a3c use a3c.fail_worker_at_step"
             )
-        torch.set_num_threads(config.run.torch_threads)
+        set_threads(config.run.torch_threads)
         random.seed(config.run.seed)
         np.random.seed(config.run.seed)
         torch.manual_seed(config.run.seed)

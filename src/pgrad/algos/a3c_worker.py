@@ -32,6 +32,7 @@ from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.nets import ActorCritic
 from pgrad.rollout import Rollout, RolloutCollector
+from pgrad.threads import set_threads
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _run(
     parent_pid: int,
 ) -> None:
     algo: A3CConfig = config.algo_config
-    torch.set_num_threads(config.run.torch_threads)
+    set_threads(config.run.torch_threads)
     seed = worker_seed(config.run.seed, worker, start_step)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
