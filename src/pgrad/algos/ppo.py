@@ -22,6 +22,7 @@ from pgrad.algos.common import (
     masked_mean,
     normalize_advantages,
 )
+from pgrad.algos.ppo_grad import NumpyActorCritic
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -60,6 +61,9 @@ class PPOConfig(Checked):
     shared_network: bool = param(False, "share the MLP torso between actor and critic")
     log_std_init: float = param(0.0, "initial log std of Gaussian policies")
     state_dependent_std: bool = param(False, "Gaussian log std from the network (clamped) instead of a free parameter")
+    hand_gradients: bool = param(
+        True, "compute the gradient with the hand-derived NumPy code (ppo_grad.py; equals autograd, ~3x faster)"
+    )
 
     def validate(self) -> None:
         self.check_range("num_steps", 1)
@@ -145,6 +149,8 @@ class PPO:
         )
         self.parameters = list(self.model.parameters())
         self.optimizer = adam(self.parameters, config.learning_rate, config.adam_eps)
+        use_hand = config.hand_gradients and NumpyActorCritic.supports(self.model)
+        self.hand_gradients = NumpyActorCritic(self.model) if use_hand else None
 
     @property
     def rollout_length(self) -> int:
@@ -168,25 +174,23 @@ class PPO:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
 
-        history: list[dict[str, torch.Tensor]] = []
+        history: list[dict[str, float]] = []
         grad_norms: list[float] = []
         stopped_early = False
         for _ in range(config.num_epochs):
             for minibatch in batch.minibatches(config.minibatch_size, rng):
-                dist, values = self.model(minibatch.obs)
-                loss, stats = ppo_loss(dist, values, minibatch, clip_eps, config)
-                if config.target_kl is not None and float(stats["diagnostics/approx_kl"]) > 1.5 * config.target_kl:
+                # Sets every parameter's .grad to dL/dparameter and returns the loss statistics.
+                stats = self._gradients(minibatch, clip_eps)
+                if config.target_kl is not None and stats["diagnostics/approx_kl"] > 1.5 * config.target_kl:
                     stopped_early = True
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 grad_norms.append(clip_gradients(self.parameters, config.max_grad_norm)[0])
                 self.optimizer.step()
                 history.append(stats)
             if stopped_early:
                 break
 
-        metrics = {key: float(torch.stack([h[key] for h in history]).mean()) for key in history[0]} if history else {}
+        metrics = {key: float(np.mean([h[key] for h in history])) for key in history[0]} if history else {}
         norms = np.asarray(grad_norms) if grad_norms else np.zeros(1)
         metrics.update(
             {
@@ -201,6 +205,20 @@ class PPO:
         if self.model.log_std is not None:
             metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
         return metrics
+
+    def _gradients(self, minibatch: Batch, clip_eps: float) -> dict[str, float]:
+        if self.hand_gradients is not None:
+            config = self.config
+            return self.hand_gradients.loss_and_gradients(
+                minibatch.obs.numpy(), minibatch.actions.numpy(), minibatch.log_probs.numpy(),
+                minibatch.values.numpy(), minibatch.advantages.numpy(), minibatch.returns.numpy(),
+                minibatch.mask.numpy(), clip_eps, config.clip_vf, config.ent_coef, config.vf_coef, config.norm_adv,
+            )
+        dist, values = self.model(minibatch.obs)
+        loss, stats = ppo_loss(dist, values, minibatch, clip_eps, self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return {key: float(value) for key, value in stats.items()}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
