@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,9 @@ class EpisodeStats:
     returns: deque[float]
     lengths: deque[int]
     count: int = 0
+    # summary() at the count it was computed for: the trainer asks every update, but late in
+    # training an episode ends only every few updates (the statistics cost ~30 us per call).
+    cached: tuple[int, dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, window: int) -> EpisodeStats:
@@ -93,10 +96,12 @@ class EpisodeStats:
         self.count += 1
 
     def summary(self) -> dict[str, float]:
+        if self.cached is not None and self.cached[0] == self.count:
+            return dict(self.cached[1])
         if not self.returns:
             return {"rollout/episodes": float(self.count)}
         returns = np.asarray(self.returns)
-        return {
+        summary = {
             "rollout/return_mean": float(returns.mean()),
             "rollout/return_median": float(np.median(returns)),
             "rollout/return_min": float(returns.min()),
@@ -105,6 +110,8 @@ class EpisodeStats:
             "rollout/length_mean": float(np.mean(self.lengths)),
             "rollout/episodes": float(self.count),
         }
+        self.cached = (self.count, summary)
+        return dict(summary)
 
 
 class RolloutCollector:
@@ -145,32 +152,38 @@ class RolloutCollector:
     def collect(self, policy: ActingPolicy, rng: np.random.Generator, num_steps: int) -> Rollout:
         assert self.raw_obs is not None, "call reset() first"
         num_envs, obs_dim = self.num_envs, self.adapter.obs_dim
-        obs = np.zeros((num_steps + 1, num_envs, obs_dim), np.float32)
+        obs = np.empty((num_steps + 1, num_envs, obs_dim), np.float32)
         action_shape = () if self.adapter.action.kind == "discrete" else (self.adapter.action.size,)
-        actions = np.zeros((num_steps, num_envs, *action_shape), np.int64 if not action_shape else np.float32)
-        rewards = np.zeros((num_steps, num_envs), np.float32)
-        terminated = np.zeros((num_steps, num_envs), bool)
-        truncated = np.zeros((num_steps, num_envs), bool)
-        valid = np.zeros((num_steps, num_envs), bool)
+        actions = np.empty((num_steps, num_envs, *action_shape), np.int64 if not action_shape else np.float32)
+        rewards = np.empty((num_steps, num_envs), np.float32)
+        terminated = np.empty((num_steps, num_envs), bool)
+        truncated = np.empty((num_steps, num_envs), bool)
+        valid = np.empty((num_steps, num_envs), bool)
+        # Fresh arrays per rollout (a Rollout may still be read after the next collect starts).
+        # The loop runs once per vector step, so it does no work a disabled normaliser would undo.
+        normalize_obs, scale_rewards = self.obs_normalizer.enabled, self.reward_scaler.enabled
+        envs, adapter, clock = self.envs, self.adapter, time.perf_counter
         env_seconds = 0.0
 
         for t in range(num_steps):
-            obs[t] = self.obs_normalizer(self.raw_obs, update=True)
-            actions[t] = policy.sample(obs[t], rng)
-            started = time.perf_counter()
-            next_obs, reward, term, trunc, _ = self.envs.step(self.adapter.env_actions(actions[t]))
-            env_seconds += time.perf_counter() - started
+            obs[t] = self.obs_normalizer(self.raw_obs, update=True) if normalize_obs else self.raw_obs
+            step_actions = policy.sample(obs[t], rng)
+            actions[t] = step_actions
+            started = clock()
+            next_obs, reward, term, trunc, _ = envs.step(adapter.env_actions(step_actions))
+            env_seconds += clock() - started
+            reward = np.asarray(reward, np.float64)
             is_valid = ~self.autoreset_pending
-            done = np.logical_or(term, trunc)
+            done = term | trunc
             valid[t] = is_valid
             terminated[t] = term
             truncated[t] = trunc
-            rewards[t] = self.reward_scaler(np.asarray(reward, np.float64), done, is_valid)
-            self._track_episodes(np.asarray(reward, np.float64), done, is_valid)
+            rewards[t] = self.reward_scaler(reward, done, is_valid) if scale_rewards else reward
+            self._track_episodes(reward, done, is_valid)
             self.autoreset_pending = done
-            self.raw_obs = self.adapter.observations(next_obs)
+            self.raw_obs = adapter.observations(next_obs)
 
-        obs[num_steps] = self.obs_normalizer(self.raw_obs, update=False)
+        obs[num_steps] = self.obs_normalizer(self.raw_obs, update=False) if normalize_obs else self.raw_obs
         self.env_seconds += env_seconds
         return Rollout(obs, actions, rewards, terminated, truncated, valid)
 
@@ -262,13 +275,15 @@ class RolloutCollector:
         self.episode_return = arrays["episode_return"].astype(np.float64)
         self.episode_length = arrays["episode_length"].astype(np.int64)
         self.reward_scaler.running_return = arrays["reward_running_return"].astype(np.float64)
-        self.obs_normalizer.stats.load({k[len("obs_norm_"):]: v for k, v in arrays.items() if k.startswith("obs_norm_")})
-        self.reward_scaler.stats.load({k[len("reward_norm_"):]: v for k, v in arrays.items() if k.startswith("reward_norm_")})
+        for prefix, stats in (("obs_norm_", self.obs_normalizer.stats), ("reward_norm_", self.reward_scaler.stats)):
+            stats.load({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
 
     def episode_state(self) -> dict[str, Any]:
-        return {"returns": list(self.episodes.returns), "lengths": list(self.episodes.lengths), "count": self.episodes.count}
+        episodes = self.episodes
+        return {"returns": list(episodes.returns), "lengths": list(episodes.lengths), "count": episodes.count}
 
     def load_episode_state(self, state: dict[str, Any]) -> None:
         self.episodes.returns.extend(state["returns"])
         self.episodes.lengths.extend(state["lengths"])
         self.episodes.count = state["count"]
+        self.episodes.cached = None
