@@ -13,7 +13,7 @@ import torch
 
 from pgrad.algos.common import masked_mean
 from pgrad.algos.ppo import PPOConfig, ppo_loss
-from pgrad.algos.ppo_kl import adapt_kl_coef
+from pgrad.algos.ppo_kl import PPOKLConfig, adapt_kl_coef, ppo_kl_loss
 from pgrad.algos.trpo import NPGConfig, TRPOConfig, backtracking_line_search, policy_step, trust_region_step
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.nets import ActionSpec, ActorCritic
@@ -345,3 +345,26 @@ def test_npg_step_has_the_kl_of_its_quadratic_model_and_trpo_without_line_search
     assert npg_metrics["train/surrogate_improvement"] > 0 and npg_metrics["train/line_search_steps"] == 0
     trpo_metrics, trpo_params = step(TRPOConfig(max_kl=1e-8, cg_damping=0.01, cg_iterations=60, line_search=False))
     assert torch.equal(trpo_params, npg_params) and trpo_metrics == npg_metrics
+
+
+def test_ppo_kl_loss_matches_its_definition():
+    # L = -E[r A] + beta E[KL(pi_old || pi)] + c_v E[(V - R)^2] - c_e E[H], over valid steps only.
+    generator = torch.Generator().manual_seed(10)
+    new_logits, old_logits = torch.randn(6, 3, generator=generator), torch.randn(6, 3, generator=generator)
+    actions = torch.randint(0, 3, (6,), generator=generator)
+    advantages, returns = torch.randn(6, generator=generator), torch.randn(6, generator=generator)
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    dist, old = Categorical(new_logits), Categorical(old_logits)
+    batch = Batch(torch.zeros(6, 4), actions, old.log_prob(actions), returns, advantages, returns, mask)
+    config = PPOKLConfig(norm_adv=False, vf_coef=0.7, ent_coef=0.05)
+    loss, stats = ppo_kl_loss(dist, old, returns + 0.3, batch, 0.8, config)  # V - R = 0.3
+
+    p_new, p_old = new_logits.softmax(-1), old_logits.softmax(-1)
+    valid = mask.bool()
+    ratio = p_new[torch.arange(6), actions] / p_old[torch.arange(6), actions]
+    kl = (p_old * (p_old.log() - p_new.log())).sum(-1)  # KL(pi_old || pi), old first
+    entropy = -(p_new * p_new.log()).sum(-1)
+    expected = (-(ratio * advantages)[valid].mean() + 0.8 * kl[valid].mean()
+                + 0.7 * (0.3**2) - 0.05 * entropy[valid].mean())
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(stats["diagnostics/minibatch_kl"]) == pytest.approx(float(kl[valid].mean()), rel=1e-5)
