@@ -120,3 +120,14 @@ def test_numbers_in_scientific_notation_are_numbers(tmp_path):
     yaml_file.write_text("ppo:\n  learning_rate: 2.5e-4\n  ent_coef: 1e-2\nrun:\n  total_steps: 2e4\n")
     config, _ = resolve_config("ppo", "CartPole-v1", config_file=yaml_file)
     assert config.algo_config.ent_coef == 0.01 and config.run.total_steps == 20_000
+
+
+def test_trainer_refuses_an_algorithm_with_its_own_trainer(tmp_path):
+    from pgrad.errors import ConfigError
+    from pgrad.runs import resolve_config
+    from pgrad.train import Trainer
+
+    config, _ = resolve_config("a3c", "CartPole-v1")
+    with pytest.raises(ConfigError, match="algorithm 'a3c' runs with its own trainer \\(A3CTrainer\\)"):
+        Trainer(config, tmp_path / "run", console=False)
+    assert not (tmp_path / "run").exists()

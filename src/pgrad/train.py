@@ -118,6 +118,12 @@ def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgor
 
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
+        own_trainer = get_algorithm(config.algo).trainer
+        if own_trainer is not None:
+            raise ConfigError(
+                f"algorithm '{config.algo}' runs with its own trainer ({own_trainer.__name__}), not the "
+                f"synchronous loop; 'pgrad train {config.algo}' picks it"
+            )
         self.config = config
         self.run_dir = Path(run_dir)
         self.store = CheckpointStore(self.run_dir, config.run.keep_checkpoints)

@@ -26,6 +26,10 @@ from pgrad.rollout import Batch, Rollout
 
 
 class OnPolicyAlgorithm(Protocol):
+    """What the loop calls. An algorithm that learns from whole episodes (REINFORCE) also has an
+    ``episodes_per_update: int`` attribute; the trainer then collects that many complete episodes
+    instead of ``rollout_length`` steps per env (see ``RolloutCollector.collect_episodes``)."""
+
     name: str
 
     @property
