@@ -95,3 +95,19 @@ def test_async_env_state_is_not_captured():
         assert env_state.capture(envs) is None
     finally:
         envs.close()
+
+
+def test_native_cartpole_episode_returns_equal_lengths():
+    # CartPole pays 1 per step: a return that differs from the length would mean the autoreset
+    # step (reward 0 by Gymnasium's contract) leaked into the statistics.
+    from pgrad.envs.normalize import ObsNormalizer, RewardScaler
+    from pgrad.nets import ActorCritic
+    from pgrad.rollout import RolloutCollector
+
+    envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=4))
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
+    collector = RolloutCollector(envs, adapter, ObsNormalizer((4,), 10.0, False), RewardScaler(4, 0.99, 10.0, False), 50)
+    collector.reset(seed=0)
+    collector.collect(ActorCritic(4, adapter.action).acting_policy(), np.random.default_rng(0), 200)
+    assert collector.episodes.count >= 20
+    assert list(collector.episodes.returns) == [float(n) for n in collector.episodes.lengths]
