@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a2c import A2C, A2CConfig, a2c_loss
+from pgrad.algos.a2c import A2C, A2CConfig, a2c_hand_gradients, a2c_loss, numpy_forward
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig, actor_critic_loss
+from pgrad.algos.ppo_grad import NumpyActorCritic
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig, reinforce_loss
 from pgrad.config import EnvConfig
 from pgrad.distributions import Categorical
@@ -318,3 +319,44 @@ def test_resume_is_exact(algo, total, tmp_path, quiet_sets):
         for index, state in optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(other[index][key])), (name, key)
+
+
+# ---- A2C's hand-derived gradient equals autograd of a2c_loss --------------------------------------
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("norm_adv", [False, True])
+def test_a2c_hand_gradients_equal_autograd(kind, shared, activation, norm_adv):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    action = ActionSpec(kind, 3 if kind == "discrete" else 2)
+    config = A2CConfig(ent_coef=0.01, vf_coef=0.7, norm_adv=norm_adv, hidden_sizes=(16, 8), activation=activation,
+                       shared_network=shared, log_std_init=-0.3)
+    algo = A2C(config, 5, action)
+    with torch.no_grad():  # a policy far from uniform, so every term has a sizeable gradient
+        algo.model.policy_head.weight.mul_(50.0)
+    n = 48
+    actions = rng.integers(0, 3, size=n) if kind == "discrete" else rng.normal(size=(n, 2)).astype(np.float32)
+    batch = Batch(
+        obs=torch.from_numpy(rng.normal(size=(n, 5)).astype(np.float32)),
+        actions=torch.from_numpy(actions),
+        log_probs=torch.zeros(n),
+        values=torch.zeros(n),
+        advantages=torch.from_numpy(rng.normal(size=n).astype(np.float32)),
+        returns=torch.from_numpy(rng.normal(size=n).astype(np.float32)),
+        mask=torch.from_numpy((rng.random(n) > 0.15).astype(np.float32)),
+    )
+    dist, values = algo.model(batch.obs)
+    loss, stats = a2c_loss(dist, values, batch, config)
+    algo.model.zero_grad()
+    loss.backward()
+    expected = {name: p.grad.clone() for name, p in algo.model.named_parameters()}
+    algo.model.zero_grad(set_to_none=True)
+
+    net = NumpyActorCritic(algo.model)
+    hand = a2c_hand_gradients(net, numpy_forward(net, batch.obs.numpy(), n), batch, config)
+    for name, p in algo.model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=2e-6, msg=name)
+    for key, value in stats.items():
+        assert hand[key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key

@@ -8,6 +8,11 @@ A2C is the PPO loop with one epoch, one minibatch and another loss: every ``num_
 where A and R come from GAE (``gae_lambda``; 1.0 gives the classic A2C return bootstrapped from
 V(s_T)) or from n-step returns. Defaults are Stable-Baselines3's: RMSprop (alpha 0.99, eps 1e-5),
 lr 7e-4, n_steps 5, gamma 0.99, gae_lambda 1.0, ent_coef 0.0, vf_coef 0.5, max_grad_norm 0.5.
+
+Per update there is one forward over the T + 1 observations: its values give the targets and its
+log-probabilities and values the loss. The gradient of ``a2c_loss`` is computed by hand in NumPy
+(``a2c_hand_gradients``, checked against autograd in the tests) unless ``hand_gradients=false``:
+at 40 samples per update autograd's per-op overhead, not arithmetic, is the cost.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.common import clip_gradients, linear_schedule, normalize_advantages
+from pgrad.algos.ppo_grad import LOG_SQRT_2PI, NumpyActorCritic, _set
 from pgrad.config import Checked, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import explained_variance, gae, nstep_returns
@@ -52,6 +58,9 @@ class A2CConfig(Checked):
     activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
     shared_network: bool = param(False, "share the MLP torso between actor and critic")
     log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+    hand_gradients: bool = param(
+        True, "compute the gradient with hand-derived NumPy code (a2c_hand_gradients; equals autograd, faster)"
+    )
 
     def validate(self) -> None:
         self.check_range("num_steps", 1)
@@ -126,6 +135,84 @@ def a2c_targets(values_tm: np.ndarray, rollout: Rollout, config: A2CConfig) -> t
     return returns - values_tm[:-1], returns
 
 
+@dataclass(frozen=True)
+class NumpyForward:
+    """One NumPy forward over all T + 1 observations, kept for the hand-derived backward."""
+
+    actor: list[np.ndarray]  # the actor torso's input and layer outputs, (T + 1) B rows each
+    critic: list[np.ndarray]  # the critic torso's (the actor's when the torso is shared)
+    head: np.ndarray  # policy head output for the T B steps: logits or Gaussian means
+    values: np.ndarray  # V(s), (T + 1) B rows
+
+
+def numpy_forward(net: NumpyActorCritic, obs: np.ndarray, num_samples: int) -> NumpyForward:
+    """``model(obs)`` in NumPy with every activation kept (the weights are views, never stale)."""
+    model = net.model
+    actor = net._torso(net.actor_layers, obs)
+    critic = actor if net.critic_layers is None else net._torso(net.critic_layers, obs)
+    head_w, head_b = model.policy_head.weight.detach().numpy(), model.policy_head.bias.detach().numpy()
+    value_w, value_b = model.value_head.weight.detach().numpy(), model.value_head.bias.detach().numpy()
+    head = actor[-1][:num_samples] @ head_w.T + head_b
+    return NumpyForward(actor, critic, head, critic[-1] @ value_w[0] + value_b[0])
+
+
+def a2c_hand_gradients(
+    net: NumpyActorCritic, forward: NumpyForward, batch: Batch, config: A2CConfig
+) -> dict[str, float]:
+    """Set every ``.grad`` to dL/dparameter of ``a2c_loss`` (same L, same statistics), in NumPy.
+
+    With w = mask / #valid: dL/dlog pi_i = -w_i A_i; dL/dV_i = 2 vf_coef w_i (V_i - R_i);
+    categorical: dlog pi/dz = onehot(a) - p, dH/dz = -p (log p + H);
+    Gaussian: dlog pi/dmu = (a - mu) / sigma^2, dlog pi/dlog sigma = ((a - mu) / sigma)^2 - 1, dH/dlog sigma = 1.
+    ``tests/test_reinforce_ac_a2c.py`` checks value and gradient against autograd of ``a2c_loss``.
+    """
+    model, n = net.model, len(batch)
+    mask, advantages, actions = batch.mask.numpy(), batch.advantages.numpy(), batch.actions.numpy()
+    weights = mask / max(float(mask.sum()), 1.0)
+    if config.norm_adv:  # normalize_advantages: masked mean and std
+        mean = float(weights @ advantages)
+        advantages = (advantages - mean) / (np.sqrt(weights @ (advantages - mean) ** 2) + 1e-8)
+    d_log_probs = -weights * advantages
+    if net.discrete:
+        shifted = forward.head - forward.head.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        p, rows = np.exp(log_p), np.arange(n)
+        log_probs, entropy = log_p[rows, actions], -(p * log_p).sum(axis=1)
+        d_head = -d_log_probs[:, None] * p
+        d_head[rows, actions] += d_log_probs
+        d_head += (config.ent_coef * weights)[:, None] * p * (log_p + entropy[:, None])
+    else:
+        log_std = model.log_std.detach().numpy()
+        z = (actions - forward.head) * np.exp(-log_std)
+        log_probs = (-0.5 * z * z - log_std - LOG_SQRT_2PI).sum(axis=1)
+        entropy = np.full(n, (log_std + 0.5 + LOG_SQRT_2PI).sum(), dtype=np.float32)
+        d_head = d_log_probs[:, None] * z * np.exp(-log_std)
+        _set(model.log_std, d_log_probs @ (z * z - 1.0) - config.ent_coef * float(weights.sum()))
+    error = forward.values[:n] - batch.returns.numpy()
+    d_values = 2.0 * config.vf_coef * weights * error
+
+    actor, critic = [x[:n] for x in forward.actor], [x[:n] for x in forward.critic]
+    _set(model.policy_head.weight, d_head.T @ actor[-1])
+    _set(model.policy_head.bias, d_head.sum(axis=0))
+    _set(model.value_head.weight, (d_values @ critic[-1])[None, :])
+    _set(model.value_head.bias, np.array([d_values.sum()], dtype=np.float32))
+    for layer in net.actor_layers + (net.critic_layers or []):
+        _set(layer.weight, None)
+        _set(layer.bias, None)
+    d_actor = d_head @ model.policy_head.weight.detach().numpy()
+    d_critic = d_values[:, None] * model.value_head.weight.detach().numpy()
+    if net.critic_layers is None:
+        net._torso_backward(net.actor_layers, actor, d_actor + d_critic)
+    else:
+        net._torso_backward(net.actor_layers, actor, d_actor)
+        net._torso_backward(net.critic_layers, critic, d_critic)
+    return {
+        "train/policy_loss": -float(weights @ (log_probs * advantages)),
+        "train/value_loss": float(weights @ (error * error)),
+        "diagnostics/entropy": float(weights @ entropy),
+    }
+
+
 class A2C:
     """The A2C learner: an actor-critic, RMSprop or Adam, ``prepare`` and a one-step ``update``."""
 
@@ -145,8 +232,11 @@ class A2C:
             self.optimizer = torch.optim.Adam(
                 self.parameters, lr=config.learning_rate, eps=config.optimizer_eps, foreach=True
             )
-        # The graph of prepare's forward, kept for the update of the batch it built: (batch, pi, V).
-        self.pending: tuple[Batch, Categorical | DiagGaussian, torch.Tensor] | None = None
+        use_hand = config.hand_gradients and NumpyActorCritic.supports(self.model)
+        self.numpy_net = NumpyActorCritic(self.model) if use_hand else None
+        # prepare's forward, kept for the update of the batch it built: (batch, NumPy activations)
+        # for hand gradients, else (batch, (pi, V) with their autograd graph).
+        self.pending: tuple[Batch, Any] | None = None
 
     @property
     def rollout_length(self) -> int:
@@ -160,15 +250,23 @@ class A2C:
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        """Targets from one forward with gradients; ``update`` differentiates that same forward.
+        """Targets from one forward; ``update`` differentiates that same forward.
 
-        Advantages of autoreset steps are zeroed and the mask keeps them out of the loss. The
-        forward's graph is kept for the ``update`` of this batch (nothing changes the parameters
-        in between); ``update`` of any other batch runs its own forward.
+        The forward is NumPy with its activations kept (hand gradients) or torch with its autograd
+        graph; either way it is kept for the ``update`` of this batch (nothing changes the
+        parameters in between), and ``update`` of any other batch runs its own forward. Advantages
+        of autoreset steps are zeroed and the mask keeps them out of the loss.
         """
         steps, envs = rollout.num_steps, rollout.num_envs
-        dist, values = a2c_forward(self.model, rollout)
-        values_tm = values.detach().numpy().reshape(steps + 1, envs)
+        if self.numpy_net is not None:
+            obs = rollout.obs.reshape((steps + 1) * envs, -1)
+            forward: Any = numpy_forward(self.numpy_net, obs, steps * envs)
+            values = forward.values
+        else:
+            dist, values_with_graph = a2c_forward(self.model, rollout)
+            forward = (dist, values_with_graph[: steps * envs])
+            values = values_with_graph.detach().numpy()
+        values_tm = values.reshape(steps + 1, envs)
         advantages, returns = a2c_targets(values_tm, rollout, self.config)
         valid = rollout.valid
         advantages = np.where(valid, advantages, 0.0).astype(np.float32)
@@ -176,12 +274,12 @@ class A2C:
             obs=torch.from_numpy(rollout.obs[:steps].reshape(steps * envs, -1)),
             actions=torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])),
             log_probs=torch.zeros(steps * envs),  # no importance ratio in A2C: log pi_old is not needed
-            values=values.detach()[: steps * envs],
+            values=torch.from_numpy(values[: steps * envs]),
             advantages=torch.from_numpy(advantages.reshape(-1)),
             returns=torch.from_numpy(returns.astype(np.float32).reshape(-1)),
             mask=torch.from_numpy(valid.reshape(-1).astype(np.float32)),
         )
-        self.pending = (batch, dist, values[: steps * envs])
+        self.pending = (batch, forward)
         stats = {
             "diagnostics/advantage_mean": float(advantages.mean()),
             "diagnostics/explained_variance": explained_variance(values_tm[:-1][valid], returns[valid]),
@@ -194,17 +292,20 @@ class A2C:
         learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        pending, self.pending = self.pending, None
-        if pending is not None and pending[0] is batch:
-            dist, values = pending[1], pending[2]
+        forward = self.pending[1] if self.pending is not None and self.pending[0] is batch else None
+        self.pending = None
+        if self.numpy_net is not None:
+            if forward is None:
+                forward = numpy_forward(self.numpy_net, batch.obs.numpy(), len(batch))
+            metrics = a2c_hand_gradients(self.numpy_net, forward, batch, config)
         else:
-            dist, values = self.model(batch.obs)
-        loss, stats = a2c_loss(dist, values, batch, config)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            dist, values = forward if forward is not None else self.model(batch.obs)
+            loss, stats = a2c_loss(dist, values, batch, config)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            metrics = {key: float(value) for key, value in stats.items()}
         grad_norm, clipped = clip_gradients(self.parameters, config.max_grad_norm)
         self.optimizer.step()
-        metrics = {key: float(value) for key, value in stats.items()}
         metrics.update(
             {
                 "train/learning_rate": learning_rate,
