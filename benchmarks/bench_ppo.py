@@ -5,8 +5,9 @@ gamma 0.98, 20 epochs, ent_coef 0, learning rate 1e-3 and clip 0.2 both annealed
 100k steps), seeds 1-5, one torch thread. Per seed: env steps and wall-clock seconds until the
 mean return of the last 20 training episodes first reaches 475, steps per second, and a final
 deterministic evaluation over 20 episodes. HalfCheetah-v5 (1 env, n_steps 2048, 10 epochs,
-minibatch 64, 50k steps): steps per second. Pendulum-v1: pgrad's preset, evaluation at 200k. "Reaches 475" is checked for both libraries once
-per rollout (pgrad logs one metrics line per update; SB3 through a callback at rollout end).
+minibatch 64, 50k steps): steps per second. Pendulum-v1: pgrad's preset, evaluation at 200k.
+"Reaches 475" is checked for both libraries once per rollout (pgrad logs one metrics line per
+update; SB3 is checked by a callback at rollout end).
 
     .venv/bin/python benchmarks/bench_ppo.py                 # everything (~15 min here)
     .venv/bin/python benchmarks/bench_ppo.py --seeds 1 2 --skip-pendulum   # quicker
@@ -39,11 +40,16 @@ WINDOW = 20
 
 # ---- pgrad -------------------------------------------------------------------------------------
 
+
 def run_pgrad(env_id: str, seed: int, total: int, sets: list[str], preset: bool, eval_episodes: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config, _ = resolve_config(
-            "ppo", env_id, sets=["run.progress=false", "run.tensorboard=false", *sets], seed=seed,
-            total_steps=total, use_preset=preset,
+            "ppo",
+            env_id,
+            sets=["run.progress=false", "run.tensorboard=false", *sets],
+            seed=seed,
+            total_steps=total,
+            use_preset=preset,
         )
         trainer = Trainer(config, Path(tmp) / "run", console=False)
         started = time.perf_counter()
@@ -64,6 +70,7 @@ def run_pgrad(env_id: str, seed: int, total: int, sets: list[str], preset: bool,
 
 
 # ---- Stable-Baselines3 ------------------------------------------------------------------------
+
 
 def run_sb3(env_id: str, seed: int, total: int, kwargs: dict, n_envs: int, eval_episodes: int) -> dict:
     from stable_baselines3 import PPO
@@ -115,12 +122,35 @@ def linear(initial: float):
 
 
 CARTPOLE_PGRAD = [
-    "env.num_envs=8", "num_steps=32", "minibatch_size=256", "gae_lambda=0.8", "gamma=0.98", "num_epochs=20",
-    "ent_coef=0.0", "learning_rate=0.001", "anneal_lr=true", "clip_eps=0.2", "anneal_clip=true",
+    "env.num_envs=8",
+    "num_steps=32",
+    "minibatch_size=256",
+    "gae_lambda=0.8",
+    "gamma=0.98",
+    "num_epochs=20",
+    "ent_coef=0.0",
+    "learning_rate=0.001",
+    "anneal_lr=true",
+    "clip_eps=0.2",
+    "anneal_clip=true",
 ]
-CARTPOLE_SB3 = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-                    learning_rate=linear(1e-3), clip_range=linear(0.2))
-CHEETAH_PGRAD = ["env.num_envs=1", "num_steps=2048", "num_epochs=10", "minibatch_size=64", "run.checkpoint_every=1000000"]
+CARTPOLE_SB3 = dict(
+    n_steps=32,
+    batch_size=256,
+    gae_lambda=0.8,
+    gamma=0.98,
+    n_epochs=20,
+    ent_coef=0.0,
+    learning_rate=linear(1e-3),
+    clip_range=linear(0.2),
+)
+CHEETAH_PGRAD = [
+    "env.num_envs=1",
+    "num_steps=2048",
+    "num_epochs=10",
+    "minibatch_size=64",
+    "run.checkpoint_every=1000000",
+]
 CHEETAH_SB3 = dict(n_steps=2048, n_epochs=10, batch_size=64)
 
 
@@ -147,14 +177,19 @@ def cartpole(seeds: list[int], lines: list[str]) -> None:
     for seed, results in rows:
         for lib in ("pgrad", "sb3"):
             r = results[lib]
-            lines.append(f"| {seed} | {lib} | {fmt(r['steps_to_target'], 'd')} | {fmt(r['seconds_to_target'], '.2f')} "
-                         f"| {r['steps_per_second']:.0f} | {fmt(r['eval_mean'], '.1f')} |")
+            lines.append(
+                f"| {seed} | {lib} | {fmt(r['steps_to_target'], 'd')} | {fmt(r['seconds_to_target'], '.2f')} "
+                f"| {r['steps_per_second']:.0f} | {fmt(r['eval_mean'], '.1f')} |"
+            )
 
     def median(lib: str, key: str):
         values = [r[lib][key] for _, r in rows if r[lib][key] is not None]
         return statistics.median(values) if values else None
 
-    summary = {key: (median("pgrad", key), median("sb3", key)) for key in ("seconds_to_target", "steps_to_target", "steps_per_second")}
+    summary = {
+        key: (median("pgrad", key), median("sb3", key))
+        for key in ("seconds_to_target", "steps_to_target", "steps_per_second")
+    }
     lines.append("")
     lines.append("| median over seeds | pgrad | SB3 | ratio pgrad / SB3 |")
     lines.append("|---|---:|---:|---:|")
@@ -170,7 +205,7 @@ def halfcheetah(seeds: list[int], lines: list[str]) -> None:
     ratios = []
     for index, seed in enumerate(seeds):
         results = {}
-        for lib in (["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]):
+        for lib in ["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]:
             if lib == "pgrad":
                 results[lib] = run_pgrad("HalfCheetah-v5", seed, 50_000, CHEETAH_PGRAD, False, 0)
             else:
@@ -178,7 +213,8 @@ def halfcheetah(seeds: list[int], lines: list[str]) -> None:
         ratio = results["pgrad"]["steps_per_second"] / results["sb3"]["steps_per_second"]
         ratios.append(ratio)
         print(f"  HalfCheetah seed {seed}: {results}", flush=True)
-        lines.append(f"| {seed} | {results['pgrad']['steps_per_second']:.0f} | {results['sb3']['steps_per_second']:.0f} | {ratio:.2f}x |")
+        ours, theirs = results["pgrad"]["steps_per_second"], results["sb3"]["steps_per_second"]
+        lines.append(f"| {seed} | {ours:.0f} | {theirs:.0f} | {ratio:.2f}x |")
     lines.append(f"\nMedian speed-up on HalfCheetah-v5: {statistics.median(ratios):.2f}x SB3's steps per second.")
 
 

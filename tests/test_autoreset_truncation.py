@@ -14,7 +14,9 @@ from pgrad.rollout import RolloutCollector
 
 
 def collector_for(ending: str, num_envs: int = 1, length: int = 3) -> RolloutCollector:
-    cfg = EnvConfig(id="pgrad.envs.toy:ScriptedEnv", num_envs=num_envs, kwargs={"episode_length": length, "ending": ending})
+    cfg = EnvConfig(
+        id="pgrad.envs.toy:ScriptedEnv", num_envs=num_envs, kwargs={"episode_length": length, "ending": ending}
+    )
     envs = make_vector_env(cfg)
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
     collector = RolloutCollector(

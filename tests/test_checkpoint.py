@@ -60,7 +60,9 @@ def test_resume_is_bit_exact(tmp_path, env_id, total, extra):
     actual_moments = resumed.algo.optimizer.state_dict()["state"]
     for index, moments in expected_moments.items():
         assert torch.equal(moments["exp_avg_sq"], actual_moments[index]["exp_avg_sq"])
-    np.testing.assert_array_equal(uninterrupted.collector.obs_normalizer.stats.mean, resumed.collector.obs_normalizer.stats.mean)
+    np.testing.assert_array_equal(
+        uninterrupted.collector.obs_normalizer.stats.mean, resumed.collector.obs_normalizer.stats.mean
+    )
 
 
 def write_small_checkpoint(directory: Path) -> None:

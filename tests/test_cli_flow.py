@@ -13,16 +13,43 @@ from pgrad.cli import main
 
 def test_train_eval_resume_through_the_cli(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", "ppo", "--env", "CartPole-v1", "--seed", "3", "--total-steps", "2048", "--run-dir", str(run),
-                 "--set", "num_epochs=2", "--set", "run.checkpoint_every=1024", "--quiet"])
+    code = main(
+        [
+            "train",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--seed",
+            "3",
+            "--total-steps",
+            "2048",
+            "--run-dir",
+            str(run),
+            "--set",
+            "num_epochs=2",
+            "--set",
+            "run.checkpoint_every=1024",
+            "--quiet",
+        ]
+    )
     assert code == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["algo"] == "ppo" and config["ppo"]["num_epochs"] == 2 and config["ppo"]["gamma"] == 0.98  # preset
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in lines] == [256 * i for i in range(1, 9)]
-    for key in ("train/policy_loss", "diagnostics/approx_kl", "diagnostics/clip_fraction", "diagnostics/entropy",
-                "diagnostics/explained_variance", "diagnostics/grad_norm", "train/learning_rate",
-                "perf/steps_per_second", "perf/wall_seconds", "rollout/return_mean", "rollout/return_median"):
+    for key in (
+        "train/policy_loss",
+        "diagnostics/approx_kl",
+        "diagnostics/clip_fraction",
+        "diagnostics/entropy",
+        "diagnostics/explained_variance",
+        "diagnostics/grad_norm",
+        "train/learning_rate",
+        "perf/steps_per_second",
+        "perf/wall_seconds",
+        "rollout/return_mean",
+        "rollout/return_median",
+    ):
         assert key in lines[-1], key
     events = [json.loads(line)["kind"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert events[0] == "run.started" and events[-1] == "run.finished" and "checkpoint" in events
@@ -42,9 +69,25 @@ def test_train_eval_resume_through_the_cli(tmp_path, capsys):
 def test_sigint_writes_a_checkpoint_and_resume_continues(tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pgrad", "train", "ppo", "--env", "CartPole-v1", "--total-steps", "10000000",
-         "--run-dir", str(run), "--quiet", "--set", "run.tensorboard=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pgrad",
+            "train",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--total-steps",
+            "10000000",
+            "--run-dir",
+            str(run),
+            "--quiet",
+            "--set",
+            "run.tensorboard=false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
@@ -65,8 +108,17 @@ def test_sigint_writes_a_checkpoint_and_resume_continues(tmp_path):
 def test_list_documents_every_field(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for text in ("ppo:", "clip_eps", "ratio clipped to [1 - clip_eps, 1 + clip_eps]", "[env]", "num_envs", "[run]",
-                 "torch_threads", "CartPole-v1", "rl-baselines3-zoo"):
+    for text in (
+        "ppo:",
+        "clip_eps",
+        "ratio clipped to [1 - clip_eps, 1 + clip_eps]",
+        "[env]",
+        "num_envs",
+        "[run]",
+        "torch_threads",
+        "CartPole-v1",
+        "rl-baselines3-zoo",
+    ):
         assert text in out, text
 
 
@@ -78,8 +130,26 @@ def test_video_without_moviepy_is_a_clear_error(tmp_path, capsys):
 
         pytest.skip("moviepy is installed")
     run = tmp_path / "run"
-    assert main(["train", "ppo", "--env", "CartPole-v1", "--total-steps", "256", "--run-dir", str(run), "--quiet",
-                 "--set", "run.tensorboard=false", "--set", "num_epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "ppo",
+                "--env",
+                "CartPole-v1",
+                "--total-steps",
+                "256",
+                "--run-dir",
+                str(run),
+                "--quiet",
+                "--set",
+                "run.tensorboard=false",
+                "--set",
+                "num_epochs=1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(run), "--video", str(tmp_path / "video")]) == 2
     assert "--video needs moviepy: pip install 'pgrad[video]'" in capsys.readouterr().err

@@ -35,7 +35,9 @@ def test_unsupported_spaces_are_named():
         SpaceAdapter(gym.spaces.Box(-1, 1, (1,)), gym.spaces.MultiBinary(3), rescale=True)
 
 
-@pytest.mark.parametrize(("mode", "expected"), [("auto", "CartPoleVectorEnv"), ("sync", "SyncVectorEnv"), ("async", "AsyncVectorEnv")])
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("auto", "CartPoleVectorEnv"), ("sync", "SyncVectorEnv"), ("async", "AsyncVectorEnv")]
+)
 def test_vectorization_modes(mode, expected):
     envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=2, vectorization=mode))
     try:
@@ -84,7 +86,7 @@ def test_env_state_capture_restores_trajectories_exactly(env_id):
     for action in actions:
         a = first.step(action)
         b = copy.step(action)
-        for x, y in zip(a[:4], b[:4]):
+        for x, y in zip(a[:4], b[:4], strict=True):
             np.testing.assert_array_equal(x, y)
 
 
@@ -106,7 +108,9 @@ def test_native_cartpole_episode_returns_equal_lengths():
 
     envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=4))
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
-    collector = RolloutCollector(envs, adapter, ObsNormalizer((4,), 10.0, False), RewardScaler(4, 0.99, 10.0, False), 50)
+    collector = RolloutCollector(
+        envs, adapter, ObsNormalizer((4,), 10.0, False), RewardScaler(4, 0.99, 10.0, False), 50
+    )
     collector.reset(seed=0)
     collector.collect(ActorCritic(4, adapter.action).acting_policy(), np.random.default_rng(0), 200)
     assert collector.episodes.count >= 20

@@ -86,8 +86,12 @@ def test_masked_steps_do_not_affect_the_loss():
     actions = torch.tensor([0, 1, 1, 0])
     base = dict(obs=torch.zeros(4, 1), actions=actions, log_probs=torch.full((4,), -0.7), values=torch.zeros(4))
     returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    a = Batch(**base, advantages=torch.tensor([1.0, -1.0, 0.5, 99.0]), returns=returns, mask=torch.tensor([1.0, 1, 1, 0]))
-    b = Batch(**base, advantages=torch.tensor([1.0, -1.0, 0.5, -5.0]), returns=returns, mask=torch.tensor([1.0, 1, 1, 0]))
+    a = Batch(
+        **base, advantages=torch.tensor([1.0, -1.0, 0.5, 99.0]), returns=returns, mask=torch.tensor([1.0, 1, 1, 0])
+    )
+    b = Batch(
+        **base, advantages=torch.tensor([1.0, -1.0, 0.5, -5.0]), returns=returns, mask=torch.tensor([1.0, 1, 1, 0])
+    )
     config = PPOConfig()
     loss_a, _ = ppo_loss(Categorical(logits), torch.zeros(4), a, 0.2, config)
     loss_b, _ = ppo_loss(Categorical(logits), torch.zeros(4), b, 0.2, config)
@@ -96,7 +100,11 @@ def test_masked_steps_do_not_affect_the_loss():
 
 def test_target_kl_stops_the_update_early():
     torch.manual_seed(0)
-    ppo = PPO(PPOConfig(num_epochs=50, minibatch_size=32, learning_rate=0.05, target_kl=0.001, anneal_lr=False), 4, ActionSpec("discrete", 2))
+    ppo = PPO(
+        PPOConfig(num_epochs=50, minibatch_size=32, learning_rate=0.05, target_kl=0.001, anneal_lr=False),
+        4,
+        ActionSpec("discrete", 2),
+    )
     n = 64
     obs = torch.randn(n, 4)
     actions = torch.randint(0, 2, (n,))
@@ -109,8 +117,18 @@ def test_target_kl_stops_the_update_early():
 
 
 def test_learning_rate_and_clip_annealing():
-    ppo = PPO(PPOConfig(num_epochs=1, minibatch_size=8, learning_rate=1e-3, anneal_clip=True), 2, ActionSpec("discrete", 2))
-    batch = Batch(torch.zeros(8, 2), torch.zeros(8, dtype=torch.long), torch.full((8,), -0.69), torch.zeros(8), torch.randn(8), torch.zeros(8), torch.ones(8))
+    ppo = PPO(
+        PPOConfig(num_epochs=1, minibatch_size=8, learning_rate=1e-3, anneal_clip=True), 2, ActionSpec("discrete", 2)
+    )
+    batch = Batch(
+        torch.zeros(8, 2),
+        torch.zeros(8, dtype=torch.long),
+        torch.full((8,), -0.69),
+        torch.zeros(8),
+        torch.randn(8),
+        torch.zeros(8),
+        torch.ones(8),
+    )
     stats = ppo.update(batch, progress=0.75, rng=np.random.default_rng(0))
     assert stats["train/learning_rate"] == pytest.approx(2.5e-4)
     assert stats["train/clip_eps"] == pytest.approx(0.05)

@@ -99,6 +99,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
 
 # ---- optimizer state <-> (tensors, json) -----------------------------------------------------
 
+
 def optimizer_to_parts(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer's state_dict into tensors (for safetensors) and plain values (for JSON)."""
     state_dict = optimizer.state_dict()
@@ -120,7 +121,7 @@ def optimizer_from_parts(
     head = f"{prefix}.state."
     for key, value in tensors.items():
         if key.startswith(head):
-            param_id, name = key[len(head):].split(".", 1)
+            param_id, name = key[len(head) :].split(".", 1)
             state.setdefault(int(param_id), {})[name] = value
     for param_id, values in parts["plain_state"].items():
         state.setdefault(int(param_id), {}).update(values)
@@ -133,10 +134,11 @@ def numpy_to_tensors(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, to
 
 def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     head = f"{prefix}."
-    return {key[len(head):]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
+    return {key[len(head) :]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
 
 
 # ---- a run's checkpoint folder ----------------------------------------------------------------
+
 
 class CheckpointStore:
     """``RUN_DIR/checkpoints``: step-named checkpoints, the last ``keep`` kept plus the best.
@@ -159,7 +161,12 @@ class CheckpointStore:
             raise CheckpointError(f"{path} is corrupted ({exc})") from None
 
     def save(
-        self, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], score: float | None, healthy: bool = True
+        self,
+        step: int,
+        tensors: dict[str, torch.Tensor],
+        state: dict[str, Any],
+        score: float | None,
+        healthy: bool = True,
     ) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:010d}"

@@ -148,7 +148,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     mode = "deterministic" if args.deterministic else "stochastic"
     print(
         f"evaluation ({mode}, {len(result.returns)} episodes, {result.checkpoint.name}): "
-        f"mean return {result.mean:.2f} +- {result.std:.2f} (min {min(result.returns):.1f}, max {max(result.returns):.1f})"
+        f"mean return {result.mean:.2f} +- {result.std:.2f} "
+        f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
     )
     print(f"run folder: {args.run_dir}")
     return 0

@@ -55,9 +55,13 @@ def evaluate(
     algo = build_algorithm(config, env.adapter)
     for name, module in algo.modules().items():
         prefix = f"module.{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     env.obs_normalizer.stats.load(
-        {k[len("obs_norm_"):]: v for k, v in tensors_to_numpy("collector", tensors).items() if k.startswith("obs_norm_")}
+        {
+            k[len("obs_norm_") :]: v
+            for k, v in tensors_to_numpy("collector", tensors).items()
+            if k.startswith("obs_norm_")
+        }
     )
     policy = algo.acting_policy()
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
@@ -73,7 +77,13 @@ def evaluate(
             frames.clear()
 
     returns, lengths = run_episodes(
-        policy, env.envs, env.adapter, env.obs_normalizer, episodes, deterministic, eval_seed,
+        policy,
+        env.envs,
+        env.adapter,
+        env.obs_normalizer,
+        episodes,
+        deterministic,
+        eval_seed,
         record if video_dir is not None else None,
     )
     env.envs.close()

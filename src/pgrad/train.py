@@ -221,7 +221,12 @@ class Trainer:
         version, internal, gauss = state["rng_python"]
         random.setstate((version, tuple(internal), gauss))
         if state["env_state"] is not None:
-            env_state.restore(self.env.envs, state["env_state"])
+            try:
+                env_state.restore(self.env.envs, state["env_state"])
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {path}: its environment state does not fit {self.config.env.id} ({exc})"
+                ) from None
         else:
             self.events.emit(
                 "warning.env_state", state["step"], "environment state was not captured; environments were re-seeded"

@@ -20,7 +20,9 @@ def _load_entry_point(entry_point: str) -> Callable[..., gym.Env]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc}") from None
+        raise ConfigError(
+            f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"env.id: module '{module_name}' has no callable '{attr}'")
@@ -127,7 +129,9 @@ class SpaceAdapter:
             self.shape = action_space.shape
         else:
             raise ConfigError(f"env.id: action space {action_space} is not supported (allowed: Discrete, Box)")
-        self.rescale = rescale and self.low is not None and bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+        self.rescale = (
+            rescale and self.low is not None and bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+        )
         if self.rescale:
             # a = low + (u + 1)(high - low)/2 = u * scale + offset
             self.scale = 0.5 * (self.high - self.low)

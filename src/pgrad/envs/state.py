@@ -121,8 +121,8 @@ def restore(envs: Any, state: dict[str, Any]) -> None:
     layers = _chain(envs)
     if len(layers) != len(state["layers"]):
         raise ValueError("environment wrappers differ from the checkpoint's")
-    for layer, layer_state in zip(layers, state["layers"]):
+    for layer, layer_state in zip(layers, state["layers"], strict=True):
         _restore_layer(layer, layer_state)
-    for env, env_state in zip(getattr(layers[-1], "envs", []), state.get("sub_envs", [])):
-        for layer, layer_state in zip(_chain(env), env_state):
+    for env, env_state in zip(getattr(layers[-1], "envs", []), state.get("sub_envs", []), strict=True):
+        for layer, layer_state in zip(_chain(env), env_state, strict=True):
             _restore_layer(layer, layer_state)
