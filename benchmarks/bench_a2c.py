@@ -12,7 +12,7 @@ pgrad runs with its production guard off (no periodic evaluation), as SB3 has no
 REINFORCE with a value baseline and actor-critic (5-step targets): pgrad's CartPole presets, the
 same measurement.
 
-    .venv/bin/python benchmarks/bench_a2c.py                      # seeds 1-5 (~30 min on 2 shared cores)
+    .venv/bin/python benchmarks/bench_a2c.py                      # seeds 1-5 (~5 min on 2 shared cores)
     .venv/bin/python benchmarks/bench_a2c.py --seeds 1 --cap 200000   # a quick check
     .venv/bin/python benchmarks/bench_a2c.py --seeds 1 2 3 --skip-a2c --skip-reinforce --skip-actor-critic \
         --pendulum 200000 --out benchmarks/out/pendulum_a2c_reinforce.md   # continuous actions only
