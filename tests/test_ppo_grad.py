@@ -1,4 +1,4 @@
-"""The hand-derived PPO gradient (ppo_grad.py) equals autograd of ppo_loss, and so does its loss."""
+"""The hand-derived PPO gradient (ppo_hand_gradients) equals autograd of ppo_loss, and so does its loss."""
 
 import itertools
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.ppo import PPOConfig, ppo_loss
-from pgrad.algos.ppo_grad import NumpyActorCritic
+from pgrad.algos.numpy_grad import NumpyActorCritic
+from pgrad.algos.ppo import PPOConfig, ppo_hand_gradients, ppo_loss
 from pgrad.nets import ActionSpec, ActorCritic
 from pgrad.rollout import Batch
 
@@ -52,10 +52,7 @@ def test_hand_gradients_equal_autograd(kind, shared, activation, clip_vf, norm_a
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
-    hand = NumpyActorCritic(model).loss_and_gradients(
-        batch.obs.numpy(), batch.actions.numpy(), batch.log_probs.numpy(), batch.values.numpy(),
-        batch.advantages.numpy(), batch.returns.numpy(), batch.mask.numpy(), 0.2, clip_vf, 0.01, 0.7, norm_adv,
-    )
+    hand = ppo_hand_gradients(NumpyActorCritic(model), batch, 0.2, config)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=2e-6, msg=name)
     for key, value in stats.items():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a2c import A2C, A2CConfig, a2c_hand_gradients, a2c_loss, numpy_forward
+from pgrad.algos.a2c import A2C, A2CConfig, a2c_hand_gradients, a2c_loss
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig, actor_critic_loss
-from pgrad.algos.ppo_grad import NumpyActorCritic
+from pgrad.algos.numpy_grad import NumpyActorCritic
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig, reinforce_loss
 from pgrad.config import EnvConfig
 from pgrad.distributions import Categorical
@@ -355,7 +355,7 @@ def test_a2c_hand_gradients_equal_autograd(kind, shared, activation, norm_adv):
     algo.model.zero_grad(set_to_none=True)
 
     net = NumpyActorCritic(algo.model)
-    hand = a2c_hand_gradients(net, numpy_forward(net, batch.obs.numpy(), n), batch, config)
+    hand = a2c_hand_gradients(net, net.forward(batch.obs.numpy(), n), batch, config)
     for name, p in algo.model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=2e-6, msg=name)
     for key, value in stats.items():

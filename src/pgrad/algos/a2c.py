@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from pgrad.algos.common import clip_gradients, linear_schedule, normalize_advantages
-from pgrad.algos.ppo_grad import LOG_SQRT_2PI, NumpyActorCritic, _set
+from pgrad.algos.numpy_grad import Forward, NumpyActorCritic
+from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.config import Checked, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import explained_variance, gae, nstep_returns
@@ -135,81 +136,29 @@ def a2c_targets(values_tm: np.ndarray, rollout: Rollout, config: A2CConfig) -> t
     return returns - values_tm[:-1], returns
 
 
-@dataclass(frozen=True)
-class NumpyForward:
-    """One NumPy forward over all T + 1 observations, kept for the hand-derived backward."""
-
-    actor: list[np.ndarray]  # the actor torso's input and layer outputs, (T + 1) B rows each
-    critic: list[np.ndarray]  # the critic torso's (the actor's when the torso is shared)
-    head: np.ndarray  # policy head output for the T B steps: logits or Gaussian means
-    values: np.ndarray  # V(s), (T + 1) B rows
-
-
-def numpy_forward(net: NumpyActorCritic, obs: np.ndarray, num_samples: int) -> NumpyForward:
-    """``model(obs)`` in NumPy with every activation kept (the weights are views, never stale)."""
-    model = net.model
-    actor = net._torso(net.actor_layers, obs)
-    critic = actor if net.critic_layers is None else net._torso(net.critic_layers, obs)
-    head_w, head_b = model.policy_head.weight.detach().numpy(), model.policy_head.bias.detach().numpy()
-    value_w, value_b = model.value_head.weight.detach().numpy(), model.value_head.bias.detach().numpy()
-    head = actor[-1][:num_samples] @ head_w.T + head_b
-    return NumpyForward(actor, critic, head, critic[-1] @ value_w[0] + value_b[0])
-
-
 def a2c_hand_gradients(
-    net: NumpyActorCritic, forward: NumpyForward, batch: Batch, config: A2CConfig
+    net: NumpyActorCritic, forward: Forward, batch: Batch, config: A2CConfig
 ) -> dict[str, float]:
     """Set every ``.grad`` to dL/dparameter of ``a2c_loss`` (same L, same statistics), in NumPy.
 
-    With w = mask / #valid: dL/dlog pi_i = -w_i A_i; dL/dV_i = 2 vf_coef w_i (V_i - R_i);
-    categorical: dlog pi/dz = onehot(a) - p, dH/dz = -p (log p + H);
-    Gaussian: dlog pi/dmu = (a - mu) / sigma^2, dlog pi/dlog sigma = ((a - mu) / sigma)^2 - 1, dH/dlog sigma = 1.
-    ``tests/test_reinforce_ac_a2c.py`` checks value and gradient against autograd of ``a2c_loss``.
+    With w = mask / #valid: dL/dlog pi_i = -w_i A_i and dL/dV_i = 2 vf_coef w_i (V_i - R_i);
+    ``numpy_grad`` carries them through the heads and torsos. ``tests/test_reinforce_ac_a2c.py``
+    checks value and gradient against autograd of ``a2c_loss``.
     """
-    model, n = net.model, len(batch)
+    n = len(batch)
     mask, advantages, actions = batch.mask.numpy(), batch.advantages.numpy(), batch.actions.numpy()
     weights = mask / max(float(mask.sum()), 1.0)
-    if config.norm_adv:  # normalize_advantages: masked mean and std
-        mean = float(weights @ advantages)
-        advantages = (advantages - mean) / (np.sqrt(weights @ (advantages - mean) ** 2) + 1e-8)
+    if config.norm_adv:
+        advantages = normalize_numpy(advantages, weights)
+    terms = net.policy_terms(forward.head[:n], actions)
     d_log_probs = -weights * advantages
-    if net.discrete:
-        shifted = forward.head - forward.head.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        p, rows = np.exp(log_p), np.arange(n)
-        log_probs, entropy = log_p[rows, actions], -(p * log_p).sum(axis=1)
-        d_head = -d_log_probs[:, None] * p
-        d_head[rows, actions] += d_log_probs
-        d_head += (config.ent_coef * weights)[:, None] * p * (log_p + entropy[:, None])
-    else:
-        log_std = model.log_std.detach().numpy()
-        z = (actions - forward.head) * np.exp(-log_std)
-        log_probs = (-0.5 * z * z - log_std - LOG_SQRT_2PI).sum(axis=1)
-        entropy = np.full(n, (log_std + 0.5 + LOG_SQRT_2PI).sum(), dtype=np.float32)
-        d_head = d_log_probs[:, None] * z * np.exp(-log_std)
-        _set(model.log_std, d_log_probs @ (z * z - 1.0) - config.ent_coef * float(weights.sum()))
+    d_head = net.head_gradient(terms, actions, d_log_probs, config.ent_coef, weights)
     error = forward.values[:n] - batch.returns.numpy()
-    d_values = 2.0 * config.vf_coef * weights * error
-
-    actor, critic = [x[:n] for x in forward.actor], [x[:n] for x in forward.critic]
-    _set(model.policy_head.weight, d_head.T @ actor[-1])
-    _set(model.policy_head.bias, d_head.sum(axis=0))
-    _set(model.value_head.weight, (d_values @ critic[-1])[None, :])
-    _set(model.value_head.bias, np.array([d_values.sum()], dtype=np.float32))
-    for layer in net.actor_layers + (net.critic_layers or []):
-        _set(layer.weight, None)
-        _set(layer.bias, None)
-    d_actor = d_head @ model.policy_head.weight.detach().numpy()
-    d_critic = d_values[:, None] * model.value_head.weight.detach().numpy()
-    if net.critic_layers is None:
-        net._torso_backward(net.actor_layers, actor, d_actor + d_critic)
-    else:
-        net._torso_backward(net.actor_layers, actor, d_actor)
-        net._torso_backward(net.critic_layers, critic, d_critic)
+    net.backward(forward, d_head, 2.0 * config.vf_coef * weights * error)
     return {
-        "train/policy_loss": -float(weights @ (log_probs * advantages)),
+        "train/policy_loss": -float(weights @ (terms.log_probs * advantages)),
         "train/value_loss": float(weights @ (error * error)),
-        "diagnostics/entropy": float(weights @ entropy),
+        "diagnostics/entropy": float(weights @ terms.entropy),
     }
 
 
@@ -260,7 +209,7 @@ class A2C:
         steps, envs = rollout.num_steps, rollout.num_envs
         if self.numpy_net is not None:
             obs = rollout.obs.reshape((steps + 1) * envs, -1)
-            forward: Any = numpy_forward(self.numpy_net, obs, steps * envs)
+            forward: Any = self.numpy_net.forward(obs, steps * envs)
             values = forward.values
         else:
             dist, values_with_graph = a2c_forward(self.model, rollout)
@@ -296,7 +245,7 @@ class A2C:
         self.pending = None
         if self.numpy_net is not None:
             if forward is None:
-                forward = numpy_forward(self.numpy_net, batch.obs.numpy(), len(batch))
+                forward = self.numpy_net.forward(batch.obs.numpy(), len(batch))
             metrics = a2c_hand_gradients(self.numpy_net, forward, batch, config)
         else:
             dist, values = forward if forward is not None else self.model(batch.obs)

@@ -22,7 +22,8 @@ from pgrad.algos.common import (
     masked_mean,
     normalize_advantages,
 )
-from pgrad.algos.ppo_grad import NumpyActorCritic
+from pgrad.algos.numpy_grad import NumpyActorCritic
+from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -62,7 +63,7 @@ class PPOConfig(Checked):
     log_std_init: float = param(0.0, "initial log std of Gaussian policies")
     state_dependent_std: bool = param(False, "Gaussian log std from the network (clamped) instead of a free parameter")
     hand_gradients: bool = param(
-        True, "compute the gradient with the hand-derived NumPy code (ppo_grad.py; equals autograd, ~3x faster)"
+        True, "compute the gradient by hand in NumPy (ppo_hand_gradients; equals autograd, ~2x faster)"
     )
 
     def validate(self) -> None:
@@ -129,6 +130,52 @@ def ppo_loss(
             "diagnostics/clip_fraction": masked_mean(((ratio - 1.0).abs() > clip_eps).float(), mask),
         }
     return loss, stats
+
+
+def ppo_hand_gradients(
+    net: NumpyActorCritic, minibatch: Batch, clip_eps: float, config: PPOConfig
+) -> dict[str, float]:
+    """Set every ``.grad`` to the gradient of ``ppo_loss`` and return its statistics, in NumPy.
+
+    With w = mask / #valid (sum_i w_i = 1) and A the (normalised) advantages:
+        dL/dlog pi_i = -w_i A_i r_i [r_i A_i <= clip(r_i) A_i]   (zero where the clip is active)
+        dL/dV_i      = 2 c_v w_i (V_i - R_i), or through the clipped value when that branch is larger
+    ``numpy_grad`` carries these through the heads and torsos; tests/test_ppo_grad.py checks value
+    and gradient against autograd of ``ppo_loss``.
+    """
+    mask, actions, returns = minibatch.mask.numpy(), minibatch.actions.numpy(), minibatch.returns.numpy()
+    weights = mask / max(float(mask.sum()), 1.0)
+    advantages = minibatch.advantages.numpy()
+    if config.norm_adv:
+        advantages = normalize_numpy(advantages, weights)
+    forward = net.forward(minibatch.obs.numpy())
+    terms = net.policy_terms(forward.head, actions)
+    log_ratio = terms.log_probs - minibatch.log_probs.numpy()
+    ratio = np.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = np.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    d_log_probs = -weights * advantages * ratio * (unclipped <= clipped)
+    d_head = net.head_gradient(terms, actions, d_log_probs, config.ent_coef, weights)
+
+    error = forward.values - returns
+    if config.clip_vf is None:
+        value_loss = float(weights @ (error * error))
+        d_values = 2.0 * config.vf_coef * weights * error
+    else:
+        delta = forward.values - minibatch.values.numpy()
+        clipped_error = minibatch.values.numpy() + np.clip(delta, -config.clip_vf, config.clip_vf) - returns
+        use_clipped = clipped_error * clipped_error > error * error
+        value_loss = float(weights @ np.where(use_clipped, clipped_error**2, error**2))
+        inside = np.abs(delta) <= config.clip_vf
+        d_values = 2.0 * config.vf_coef * weights * np.where(use_clipped, clipped_error * inside, error)
+    net.backward(forward, d_head, d_values)
+    return {
+        "train/policy_loss": -float(weights @ np.minimum(unclipped, clipped)),
+        "train/value_loss": value_loss,
+        "diagnostics/entropy": float(weights @ terms.entropy),
+        "diagnostics/approx_kl": float(weights @ ((ratio - 1.0) - log_ratio)),
+        "diagnostics/clip_fraction": float(weights @ (np.abs(ratio - 1.0) > clip_eps).astype(np.float32)),
+    }
 
 
 class PPO:
@@ -208,12 +255,7 @@ class PPO:
 
     def _gradients(self, minibatch: Batch, clip_eps: float) -> dict[str, float]:
         if self.hand_gradients is not None:
-            config = self.config
-            return self.hand_gradients.loss_and_gradients(
-                minibatch.obs.numpy(), minibatch.actions.numpy(), minibatch.log_probs.numpy(),
-                minibatch.values.numpy(), minibatch.advantages.numpy(), minibatch.returns.numpy(),
-                minibatch.mask.numpy(), clip_eps, config.clip_vf, config.ent_coef, config.vf_coef, config.norm_adv,
-            )
+            return ppo_hand_gradients(self.hand_gradients, minibatch, clip_eps, self.config)
         dist, values = self.model(minibatch.obs)
         loss, stats = ppo_loss(dist, values, minibatch, clip_eps, self.config)
         self.optimizer.zero_grad(set_to_none=True)
