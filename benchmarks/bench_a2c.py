@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--skip-reinforce", action="store_true")
     parser.add_argument("--skip-actor-critic", action="store_true")
     parser.add_argument("--pendulum", type=int, metavar="STEPS", help="also run Pendulum-v1 at this fixed budget")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_a2c_reinforce.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/a2c_reinforce.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
 

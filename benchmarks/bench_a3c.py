@@ -140,6 +140,7 @@ def write_results(results: dict[int, list[dict]], args: argparse.Namespace, comm
         "",
     ]
     text = "\n".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
 
@@ -151,7 +152,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=500_000)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-preset", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_a3c.md"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("out") / "a3c.md")
     args = parser.parse_args()
     results: dict[int, list[dict]] = {}
     for workers in args.workers:

@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--skip-cartpole", action="store_true")
     parser.add_argument("--pendulum-algos", nargs="+", default=["trpo", "npg", "ppo_kl", "sb3"],
                         choices=["trpo", "npg", "ppo_kl", "sb3"], help="sb3 = sb3-contrib TRPO")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_trpo.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/trpo.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
 

@@ -105,7 +105,7 @@ def test_guard_drills_are_refused_not_ignored(tmp_path):
 
 def test_two_workers_learn_cartpole(tmp_path, quiet_sets):
     """The preset (8 envs per worker, n = 5, RMSprop 1.5e-3, gamma 0.98) reaches 475 in ~50k steps
-    (benchmarks/RESULTS_a3c.md). Returns often dip between 20k and 40k steps before they climb to
+    (benchmarks/RESULTS.md). Returns often dip between 20k and 40k steps before they climb to
     500. Asynchronous runs differ even from one seed: in 16 trial runs of this test the last-20 mean
     at 50k steps was 222-500 (median 500) and the checkpoint evaluated at 500 in 10 of 10."""
     run = tmp_path / "run"

@@ -95,7 +95,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ),
     ("reinforce", "CartPole-v1"): Preset(
         "tuned here (no standard reference): 8 envs, 8 whole episodes per update, value baseline, "
-        "normalised weights, lr 5e-3 policy / 3e-3 value (benchmarks/RESULTS_a2c_reinforce.md)",
+        "normalised weights, lr 5e-3 policy / 3e-3 value (benchmarks/RESULTS.md)",
         {
             "env": {"num_envs": 8},
             "run": {"total_steps": 500_000},
@@ -184,7 +184,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ),
     ("npg", "CartPole-v1"): Preset(
         "the trpo CartPole-v1 preset (rl-baselines3-zoo trpo.yml) without the line search, and with npg's own "
-        "max_kl 0.005 (half the step; measured in benchmarks/RESULTS_trpo.md)",
+        "max_kl 0.005 (half the step; measured in benchmarks/RESULTS.md)",
         {
             "env": {"num_envs": 2},
             "run": {"total_steps": 100_000},
@@ -230,7 +230,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo_kl", "Pendulum-v1"): Preset(
         "the ppo Pendulum-v1 preset (rl-baselines3-zoo ppo.yml: 4 envs, n_steps 1024, gamma 0.9, 10 epochs, "
         "normalised obs) with the KL penalty in place of the clip, and the PPO paper's lr 3e-4: with 1e-3 the "
-        "unclipped surrogate shrank log std to -2 and 3 of 5 seeds stalled near -800 (benchmarks/RESULTS_trpo.md)",
+        "unclipped surrogate shrank log std to -2 and 3 of 5 seeds stalled near -800 (benchmarks/RESULTS.md)",
         {
             "env": {"num_envs": 4, "norm_obs": True},
             "run": {"total_steps": 200_000},
@@ -248,7 +248,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ),
     ("a3c", "CartPole-v1"): Preset(
         "the a2c CartPole-v1 preset's shape (8 envs per worker, n_steps 5, RMSprop, ent_coef 0) with gamma 0.98 and "
-        "lr 1.5e-3, tuned here for 2 workers (benchmarks/RESULTS_a3c.md)",
+        "lr 1.5e-3, tuned here for 2 workers (benchmarks/RESULTS.md)",
         {
             "env": {"num_envs": 8},
             "run": {"total_steps": 200_000},
