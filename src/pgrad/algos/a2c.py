@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from pgrad.algos.common import clip_gradients, linear_schedule, normalize_advantages
+from pgrad.algos.common import adam, clip_gradients, linear_schedule, normalize_advantages
 from pgrad.algos.numpy_grad import Forward, NumpyActorCritic
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.config import Checked, param
@@ -178,9 +178,7 @@ class A2C:
                 self.parameters, lr=config.learning_rate, alpha=config.rms_alpha, eps=config.optimizer_eps, foreach=True
             )
         else:
-            self.optimizer = torch.optim.Adam(
-                self.parameters, lr=config.learning_rate, eps=config.optimizer_eps, foreach=True
-            )
+            self.optimizer = adam(self.parameters, config.learning_rate, config.optimizer_eps)
         use_hand = config.hand_gradients and NumpyActorCritic.supports(self.model)
         self.numpy_net = NumpyActorCritic(self.model) if use_hand else None
         # prepare's forward, kept for the update of the batch it built: (batch, NumPy activations)

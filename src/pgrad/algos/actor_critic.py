@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgrad.algos.common import clip_gradients, masked_mean, normalize_advantages
+from pgrad.algos.common import adam, clip_gradients, masked_mean, normalize_advantages
 from pgrad.config import Checked, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import explained_variance, nstep_returns
@@ -145,12 +145,8 @@ class ActorCriticAlgorithm:
         )
         actor_parameters, critic_parameters = actor_and_critic_parameters(self.model)
         self.parameters = actor_parameters + critic_parameters
-        self.actor_optimizer = torch.optim.Adam(
-            actor_parameters, lr=config.actor_learning_rate, eps=config.adam_eps, foreach=True
-        )
-        self.critic_optimizer = torch.optim.Adam(
-            critic_parameters, lr=config.critic_learning_rate, eps=config.adam_eps, foreach=True
-        )
+        self.actor_optimizer = adam(actor_parameters, config.actor_learning_rate, config.adam_eps)
+        self.critic_optimizer = adam(critic_parameters, config.critic_learning_rate, config.adam_eps)
 
     @property
     def rollout_length(self) -> int:

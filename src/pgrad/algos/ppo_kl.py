@@ -16,7 +16,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule, masked_mean, normalize_advantages
+from pgrad.algos.common import (
+    actor_critic_batch,
+    adam,
+    clip_gradients,
+    linear_schedule,
+    masked_mean,
+    normalize_advantages,
+)
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -141,7 +148,7 @@ class PPOKL:
             obs_dim, action, config.hidden_sizes, config.activation, config.shared_network, config.log_std_init
         )
         self.parameters = list(self.model.parameters())
-        self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate, eps=config.adam_eps, foreach=True)
+        self.optimizer = adam(self.parameters, config.learning_rate, config.adam_eps)
         self.kl_coef = config.kl_coef_init
 
     @property

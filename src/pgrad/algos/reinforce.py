@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.actor_critic import actor_and_critic_parameters
-from pgrad.algos.common import clip_gradients, masked_mean, normalize_advantages
+from pgrad.algos.common import adam, clip_gradients, masked_mean, normalize_advantages
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -96,12 +96,8 @@ class Reinforce:
         # Separate torsos: the baseline's regression must not move the policy.
         self.model = ActorCritic(obs_dim, action, config.hidden_sizes, config.activation, False, config.log_std_init)
         self.policy_parameters, self.value_parameters = actor_and_critic_parameters(self.model)
-        self.optimizer = torch.optim.Adam(
-            self.policy_parameters, lr=config.learning_rate, eps=config.adam_eps, foreach=True
-        )
-        self.value_optimizer = torch.optim.Adam(
-            self.value_parameters, lr=config.value_learning_rate, eps=config.adam_eps, foreach=True
-        )
+        self.optimizer = adam(self.policy_parameters, config.learning_rate, config.adam_eps)
+        self.value_optimizer = adam(self.value_parameters, config.value_learning_rate, config.adam_eps)
 
     @property
     def episodes_per_update(self) -> int:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from pgrad.algos.common import actor_critic_batch, linear_schedule, masked_mean, normalize_advantages
+from pgrad.algos.common import actor_critic_batch, adam, linear_schedule, masked_mean, normalize_advantages
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
@@ -250,9 +250,7 @@ class NaturalGradient:
         self.value_parameters = [p for module in critic for p in module.parameters()]
         value_ids = {id(p) for p in self.value_parameters}
         self.policy_parameters = [p for p in self.model.parameters() if id(p) not in value_ids]
-        self.value_optimizer = torch.optim.Adam(
-            self.value_parameters, lr=config.learning_rate, eps=config.adam_eps, foreach=True
-        )
+        self.value_optimizer = adam(self.value_parameters, config.learning_rate, config.adam_eps)
 
     @property
     def rollout_length(self) -> int:
