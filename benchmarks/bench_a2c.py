@@ -35,13 +35,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_common import (  # run as a script: benchmarks/ is on sys.path
+    TARGET,
+    WINDOW,
+    fmt,
+    median_or_none,
+    paired_seed_table,
+)
 
 from pgrad.errors import ConfigError
 from pgrad.runs import resolve_config
 from pgrad.train import Trainer
 
-TARGET = 475.0
-WINDOW = 20
 ENV_ID = "CartPole-v1"
 
 
@@ -118,17 +123,6 @@ def run_sb3(seed: int, cap: int) -> dict[str, Any]:
     return {"steps": callback.steps, "seconds": callback.seconds, "steps_per_second": model.num_timesteps / seconds}
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "not reached" if value is None else format(value, spec)
-
-
-def median_or_none(values: list[float | None]) -> float | None:
-    """Median with unreached runs counted as +inf (so it is None when half or more did not reach)."""
-    ordered = [math.inf if v is None else v for v in values]
-    result = statistics.median(ordered)
-    return None if math.isinf(result) else result
-
-
 def a2c_section(seeds: list[int], cap: int, lines: list[str]) -> None:
     rows = []
     for index, seed in enumerate(seeds):
@@ -137,30 +131,12 @@ def a2c_section(seeds: list[int], cap: int, lines: list[str]) -> None:
             results[lib] = run_pgrad("a2c", seed, cap) if lib == "pgrad" else run_sb3(seed, cap)
             print(f"  a2c seed {seed} {lib}: {results[lib]}", flush=True)
         rows.append((seed, results))
-    lines += [
-        f"### A2C vs SB3 A2C, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} (cap {cap:,} steps)",
-        "",
-        "| seed | pgrad steps | pgrad s | pgrad steps/s | SB3 steps | SB3 s | SB3 steps/s | time ratio pgrad/SB3 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    ratios = []
-    for seed, r in rows:
-        ours, theirs = r["pgrad"], r["sb3"]
-        ratio = ours["seconds"] / theirs["seconds"] if ours["seconds"] and theirs["seconds"] else None
-        ratios.append(ratio)
-        lines.append(
-            f"| {seed} | {fmt(ours['steps'], ',d')} | {fmt(ours['seconds'], '.1f')} | {ours['steps_per_second']:,.0f} "
-            f"| {fmt(theirs['steps'], ',d')} | {fmt(theirs['seconds'], '.1f')} | {theirs['steps_per_second']:,.0f} "
-            f"| {fmt(ratio, '.3f')} |"
-        )
-    med = {lib: {key: median_or_none([r[lib][key] for _, r in rows]) for key in ("steps", "seconds")}
-           for lib in ("pgrad", "sb3")}
-    sps = {lib: statistics.median(r[lib]["steps_per_second"] for _, r in rows) for lib in ("pgrad", "sb3")}
-    ratio_of_medians = (med["pgrad"]["seconds"] / med["sb3"]["seconds"]
-                        if med["pgrad"]["seconds"] and med["sb3"]["seconds"] else None)
-    reached = {lib: sum(r[lib]["steps"] is not None for _, r in rows) for lib in ("pgrad", "sb3")}
-    known = [x for x in ratios if x is not None]
-    per_seed = fmt(statistics.median(known), ".3f") if known else "-"
+    table, summary = paired_seed_table(rows)
+    title = f"### A2C vs SB3 A2C, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} (cap {cap:,} steps)"
+    lines += [title, "", *table]
+    med, sps, reached = summary.median, summary.steps_per_second, summary.reached
+    ratio_of_medians = summary.ratio("seconds")
+    per_seed = fmt(summary.per_seed_ratio, ".3f") if summary.per_seed_ratio is not None else "-"
     lines += [
         "",
         "| median over seeds | pgrad | SB3 | pgrad / SB3 |",

@@ -26,7 +26,6 @@ Needs the 'bench' extra: pip install -e '.[bench]'.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import statistics
 import sys
@@ -38,13 +37,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_common import (  # run as a script: benchmarks/ is on sys.path
+    TARGET,
+    WINDOW,
+    fmt,
+    median_or_none,
+    paired_seed_table,
+)
 
 from pgrad.errors import ConfigError
 from pgrad.runs import resolve_config
 from pgrad.train import Trainer
-
-TARGET = 475.0
-WINDOW = 20
 
 
 class FirstReach:
@@ -129,16 +132,6 @@ def run_sb3(env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[st
             "steps_per_second": model.num_timesteps / seconds}
 
 
-def fmt(value: float | None, spec: str) -> str:
-    return "not reached" if value is None else format(value, spec)
-
-
-def median_or_none(values: list[float | None]) -> float | None:
-    """Median with unreached runs as +inf: None when half or more of the seeds did not reach."""
-    result = statistics.median([math.inf if v is None else v for v in values])
-    return None if math.isinf(result) else result
-
-
 def trpo_vs_sb3(seeds: list[int], cap: int, lines: list[str]) -> None:
     rows = []
     for index, seed in enumerate(seeds):
@@ -150,32 +143,15 @@ def trpo_vs_sb3(seeds: list[int], cap: int, lines: list[str]) -> None:
                 results[lib] = run_sb3("CartPole-v1", seed, cap, True)
             print(f"  trpo CartPole seed {seed} {lib}: {results[lib]}", flush=True)
         rows.append((seed, results))
+    table, summary = paired_seed_table(rows)
     lines += [
         f"### TRPO vs sb3-contrib TRPO, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} "
         f"(cap {cap:,} steps)",
         "",
-        "| seed | pgrad steps | pgrad s | pgrad steps/s | SB3 steps | SB3 s | SB3 steps/s | time ratio pgrad/SB3 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *table,
     ]
-    ratios = []
-    for seed, r in rows:
-        ours, theirs = r["pgrad"], r["sb3"]
-        ratio = ours["seconds"] / theirs["seconds"] if ours["seconds"] and theirs["seconds"] else None
-        ratios.append(ratio)
-        lines.append(
-            f"| {seed} | {fmt(ours['steps'], ',d')} | {fmt(ours['seconds'], '.1f')} | {ours['steps_per_second']:,.0f} "
-            f"| {fmt(theirs['steps'], ',d')} | {fmt(theirs['seconds'], '.1f')} | {theirs['steps_per_second']:,.0f} "
-            f"| {fmt(ratio, '.3f')} |"
-        )
-    med = {lib: {key: median_or_none([r[lib][key] for _, r in rows]) for key in ("steps", "seconds")}
-           for lib in ("pgrad", "sb3")}
-    sps = {lib: statistics.median(r[lib]["steps_per_second"] for _, r in rows) for lib in ("pgrad", "sb3")}
-    time_ratio = med["pgrad"]["seconds"] / med["sb3"]["seconds"] if med["pgrad"]["seconds"] and med["sb3"]["seconds"] \
-        else None
-    step_ratio = med["pgrad"]["steps"] / med["sb3"]["steps"] if med["pgrad"]["steps"] and med["sb3"]["steps"] \
-        else None
-    reached = {lib: sum(r[lib]["steps"] is not None for _, r in rows) for lib in ("pgrad", "sb3")}
-    known = [x for x in ratios if x is not None]
+    med, sps, reached = summary.median, summary.steps_per_second, summary.reached
+    time_ratio, step_ratio = summary.ratio("seconds"), summary.ratio("steps")
     accepted = med["pgrad"]["steps"] is not None and med["pgrad"]["steps"] <= 100_000
     lines += [
         "",
@@ -189,7 +165,7 @@ def trpo_vs_sb3(seeds: list[int], cap: int, lines: list[str]) -> None:
         "",
         f"Seeds reaching {TARGET:.0f}: pgrad {reached['pgrad']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}. "
         f"Median of per-seed time ratios (seeds where both reached): "
-        f"{fmt(statistics.median(known), '.3f') if known else '-'}. "
+        f"{fmt(summary.per_seed_ratio, '.3f') if summary.per_seed_ratio is not None else '-'}. "
         f"Acceptance (pgrad TRPO reaches {TARGET:.0f} within 100k env steps, median of the seeds): "
         f"{'met' if accepted else 'NOT met'}.",
         "",
