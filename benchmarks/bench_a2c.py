@@ -5,7 +5,7 @@ alpha 0.99, eps 1e-5, n_steps 5, gamma 0.99, gae_lambda 1.0, vf_coef 0.5, max_gr
 normalisation), the two libraries in the same process, alternating which goes first per seed, one
 torch thread. Per seed: env steps and wall-clock seconds of training until the mean return of the
 last 20 training episodes first reaches 475 (each run stops there; budget capped at --cap steps).
-Wall-clock is counted from the start of training (pgrad: ``Trainer.train``; SB3: ``learn``) to
+Wall-clock is counted from the start of training (pgrad: ``OnPolicyRunner.train``; SB3: ``learn``) to
 the update at which the target is first seen; both check once per update (every 40 steps).
 pgrad runs with its production guard off (no periodic evaluation), as SB3 has none.
 
@@ -44,8 +44,8 @@ from bench_common import (  # run as a script: benchmarks/ is on sys.path
 )
 
 from pgrad.errors import ConfigError
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 ENV_ID = "CartPole-v1"
 
@@ -54,7 +54,7 @@ class StopAtTarget:
     """A metrics sink that records the first update whose last-20-episode mean reaches the target,
     then asks the trainer to stop (as Ctrl-C would: finish the update, checkpoint, return)."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: OnPolicyRunner) -> None:
         self.trainer = trainer
         self.steps: int | None = None
         self.seconds: float | None = None
@@ -81,7 +81,7 @@ def pgrad_config(algo: str, seed: int, cap: int):
 
 def run_pgrad(algo: str, seed: int, cap: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(pgrad_config(algo, seed, cap), Path(tmp) / "run", console=False)
+        trainer = OnPolicyRunner(pgrad_config(algo, seed, cap), Path(tmp) / "run", console=False)
         stop = StopAtTarget(trainer)
         trainer.sinks.append(stop)
         result = trainer.train()
@@ -190,7 +190,7 @@ def pendulum_section(seeds: list[int], budget: int, lines: list[str]) -> None:
             config = resolve_config(algo, "Pendulum-v1", sets=["run.progress=false", "run.tensorboard=false"],
                                     seed=seed, total_steps=budget)[0]
             with tempfile.TemporaryDirectory() as tmp:
-                result = Trainer(config, Path(tmp) / "run", console=False).train()
+                result = OnPolicyRunner(config, Path(tmp) / "run", console=False).train()
             returns.append(result.last_metrics["rollout/return_mean"])
             speeds.append(result.steps / result.seconds)
             print(f"  pendulum {algo} seed {seed}: {returns[-1]:.1f}", flush=True)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from pgrad.algos.a3c import A3CTrainer
 from pgrad.evaluate import evaluate
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.runners.asynchronous import A3CRunner
 from pgrad.runs import resolve_config
 
 TARGET = 475.0
@@ -47,7 +47,7 @@ def first_reach(metrics_path: Path) -> tuple[int, float] | None:
     return None
 
 
-def stop_on_target(trainer: A3CTrainer, metrics_path: Path, done: threading.Event) -> None:
+def stop_on_target(trainer: A3CRunner, metrics_path: Path, done: threading.Event) -> None:
     """Watch metrics.jsonl and ask the trainer to stop (as Ctrl-C would) once the target is reached."""
     while not done.wait(0.2):
         if first_reach(metrics_path) is not None:
@@ -63,7 +63,7 @@ def run_seed(seed: int, max_steps: int, sets: list[str], preset: bool) -> dict:
             "a3c", "CartPole-v1", sets=["run.progress=false", "run.tensorboard=false", *sets], seed=seed,
             total_steps=max_steps, use_preset=preset,
         )
-        trainer = A3CTrainer(config, run_dir, console=False)
+        trainer = A3CRunner(config, run_dir, console=False)
         done = threading.Event()
         watcher = threading.Thread(target=stop_on_target, args=(trainer, run_dir / "metrics.jsonl", done), daemon=True)
         watcher.start()

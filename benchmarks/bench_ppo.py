@@ -31,8 +31,8 @@ import torch
 
 from pgrad.evaluate import evaluate
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 TARGET = 475.0
 WINDOW = 20
@@ -51,7 +51,7 @@ def run_pgrad(env_id: str, seed: int, total: int, sets: list[str], preset: bool,
             total_steps=total,
             use_preset=preset,
         )
-        trainer = Trainer(config, Path(tmp) / "run", console=False)
+        trainer = OnPolicyRunner(config, Path(tmp) / "run", console=False)
         started = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - started

@@ -3,7 +3,7 @@
 CartPole-v1, to a target: per seed, env steps and wall-clock seconds of training until the mean
 return of the last 20 training episodes first reaches 475 (the run stops there; --cap steps at
 most). Both libraries check once per update, after the update; wall-clock is counted from the
-start of training (pgrad: ``Trainer.train``; SB3: ``learn``). TRPO settings are rl-baselines3-zoo
+start of training (pgrad: ``OnPolicyRunner.train``; SB3: ``learn``). TRPO settings are rl-baselines3-zoo
 hyperparams/trpo.yml for CartPole-v1 on both sides (2 envs, n_steps 512, value minibatch 512,
 cg_damping 1e-3, gae_lambda 0.98, gamma 0.99, value lr 1e-3, 20 value epochs; sb3-contrib defaults
 for the rest: 15 CG iterations, max KL 0.01, line search 0.8 x 10), 64x64 tanh separate
@@ -46,15 +46,15 @@ from bench_common import (  # run as a script: benchmarks/ is on sys.path
 )
 
 from pgrad.errors import ConfigError
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 
 class FirstReach:
     """A pgrad metrics sink: remembers the first update whose last-20-episode mean reached TARGET and,
     with ``stop``, asks the trainer to stop there (as Ctrl-C would). Also keeps the last mean."""
 
-    def __init__(self, trainer: Trainer, stop: bool) -> None:
+    def __init__(self, trainer: OnPolicyRunner, stop: bool) -> None:
         self.trainer, self.stop = trainer, stop
         self.steps: int | None = None
         self.seconds: float | None = None
@@ -81,7 +81,7 @@ def pgrad_config(algo: str, env_id: str, seed: int, steps: int):
 
 def run_pgrad(algo: str, env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(pgrad_config(algo, env_id, seed, steps), Path(tmp) / "run", console=False)
+        trainer = OnPolicyRunner(pgrad_config(algo, env_id, seed, steps), Path(tmp) / "run", console=False)
         probe = FirstReach(trainer, stop_at_target)
         trainer.sinks.append(probe)
         result = trainer.train()

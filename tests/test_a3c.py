@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a3c import A3C, A3CConfig, A3CTrainer, SharedOptimizer, build_model
-from pgrad.algos.a3c_worker import copy_parameters, gradient_step
+from pgrad.algos.a3c import A3C, A3CConfig, SharedOptimizer, build_model
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, optimizer_from_parts, optimizer_to_parts
 from pgrad.cli import main
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
@@ -22,6 +21,8 @@ from pgrad.errors import ConfigError, TrainingHalted
 from pgrad.evaluate import evaluate
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.rollout import RolloutCollector
+from pgrad.runners.a3c_worker import copy_parameters, gradient_step
+from pgrad.runners.asynchronous import A3CRunner
 from pgrad.runs import load_run_config, resolve_config
 
 
@@ -97,7 +98,7 @@ def test_config_errors_name_the_field():
 def test_guard_drills_are_refused_not_ignored(tmp_path):
     config, _ = resolve_config("a3c", "CartPole-v1", sets=["guard.inject=[lr_spike@100]"])
     with pytest.raises(ConfigError, match=r"guard.inject drills run on the synchronous trainer only"):
-        A3CTrainer(config, tmp_path / "run", console=False)
+        A3CRunner(config, tmp_path / "run", console=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -111,7 +112,7 @@ def test_two_workers_learn_cartpole(tmp_path, quiet_sets):
     run = tmp_path / "run"
     started = time.perf_counter()
     config, _ = resolve_config("a3c", "CartPole-v1", sets=quiet_sets, seed=1, total_steps=50_000)
-    result = A3CTrainer(config, run, console=False).train()
+    result = A3CRunner(config, run, console=False).train()
     elapsed = time.perf_counter() - started
     assert elapsed < 40, f"took {elapsed:.1f} s"
     assert 50_000 <= result.steps <= 50_000 + 2 * 8 * 5 and not result.interrupted
@@ -185,7 +186,7 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_c
     tensors, state = load_checkpoint(checkpoint)
 
     # Resume restores model, optimizer statistics and counters before any worker starts ...
-    trainer = A3CTrainer(load_run_config(run), run, resume=True, console=False)
+    trainer = A3CRunner(load_run_config(run), run, resume=True, console=False)
     for name, value in trainer.algo.model.state_dict().items():
         torch.testing.assert_close(value, tensors[f"module.model.{name}"], rtol=0, atol=0)
     for index, optimizer_state in enumerate(trainer.algo.optimizer.states):
@@ -245,7 +246,7 @@ def test_stuck_workers_are_detected_terminated_and_the_run_fails_cleanly(tmp_pat
               "shutdown_timeout=1", "report_every=5"],
         total_steps=10_000_000, use_preset=False,
     )
-    trainer = A3CTrainer(config, run, console=False)
+    trainer = A3CRunner(config, run, console=False)
     started = time.perf_counter()
     with pytest.raises(TrainingHalted, match=r"a3c worker \d \(pid \d+\) sent nothing for \d+ s \(stuck\?\)"):
         trainer.train()

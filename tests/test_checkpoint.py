@@ -10,8 +10,8 @@ import torch
 
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, save_checkpoint
 from pgrad.errors import CheckpointError
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 SENTINEL = Path("/tmp/pgrad-pickle-executed")
 
@@ -29,7 +29,7 @@ def small_config(env_id: str, total_steps: int, extra: list[str]):
     return config
 
 
-def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
+def parameters(trainer: OnPolicyRunner) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.algo.model.state_dict().items()}
 
 
@@ -42,13 +42,13 @@ def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
 )
 def test_resume_is_bit_exact(tmp_path, env_id, total, extra):
     config = small_config(env_id, total, extra)
-    uninterrupted = Trainer(config, tmp_path / "a", console=False)
+    uninterrupted = OnPolicyRunner(config, tmp_path / "a", console=False)
     uninterrupted.train()
 
-    first = Trainer(config, tmp_path / "b", console=False)
+    first = OnPolicyRunner(config, tmp_path / "b", console=False)
     first.train(stop_at_step=total // 2)  # as if killed right after a checkpoint
     assert first.step < total
-    resumed = Trainer(config, tmp_path / "b", resume=True, console=False)
+    resumed = OnPolicyRunner(config, tmp_path / "b", resume=True, console=False)
     resumed.train()
 
     assert resumed.step == uninterrupted.step
@@ -148,8 +148,8 @@ def test_new_run_refuses_a_folder_that_holds_a_run(tmp_path):
     from pgrad.errors import ConfigError
 
     config = small_config("CartPole-v1", 512, ["ppo.num_epochs=1"])
-    Trainer(config, tmp_path, console=False).train()
+    OnPolicyRunner(config, tmp_path, console=False).train()
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     with pytest.raises(ConfigError, match="already holds a run"):
-        Trainer(config, tmp_path, console=False)
+        OnPolicyRunner(config, tmp_path, console=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before

@@ -124,10 +124,10 @@ def test_numbers_in_scientific_notation_are_numbers(tmp_path):
 
 def test_trainer_refuses_an_algorithm_with_its_own_trainer(tmp_path):
     from pgrad.errors import ConfigError
+    from pgrad.runners.on_policy import OnPolicyRunner
     from pgrad.runs import resolve_config
-    from pgrad.train import Trainer
 
     config, _ = resolve_config("a3c", "CartPole-v1")
-    with pytest.raises(ConfigError, match="algorithm 'a3c' runs with its own trainer \\(A3CTrainer\\)"):
-        Trainer(config, tmp_path / "run", console=False)
+    with pytest.raises(ConfigError, match="algorithm 'a3c' needs the asynchronous runner"):
+        OnPolicyRunner(config, tmp_path / "run", console=False)
     assert not (tmp_path / "run").exists()

@@ -16,15 +16,17 @@ import torch
 from pgrad.cli import main
 from pgrad.errors import TrainingHalted
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 QUIET = ["run.progress=false", "run.tensorboard=false"]
 
 
-def train(run_dir: Path, total_steps: int, *sets: str, stop_at: int | None = None, resume: bool = False) -> Trainer:
+def train(
+    run_dir: Path, total_steps: int, *sets: str, stop_at: int | None = None, resume: bool = False
+) -> OnPolicyRunner:
     config, _ = resolve_config("ppo", "CartPole-v1", sets=QUIET + list(sets), seed=1, total_steps=total_steps)
-    trainer = Trainer(config, run_dir, resume=resume, console=False)
+    trainer = OnPolicyRunner(config, run_dir, resume=resume, console=False)
     trainer.train(stop_at_step=stop_at)
     return trainer
 
@@ -41,8 +43,9 @@ def evaluations(run_dir: Path) -> list[tuple[int, float]]:
 def test_lr_spike_triggers_kl_alert_rollback_and_halved_lr_then_recovers(tmp_path):
     run = tmp_path / "spike"
     # Evaluation collapses are their own test; here only the KL path may act.
-    trainer = train(run, 40_000, "eval_every=2560", "checkpoint_every=2560", "rollback_on_eval=false",
-                    "inject=[lr_spike@20000]")
+    trainer = train(
+        run, 40_000, "eval_every=2560", "checkpoint_every=2560", "rollback_on_eval=false", "inject=[lr_spike@20000]"
+    )
     (drill,) = events(run, "drill.lr_spike")
     (kl,) = [e for e in events(run, "critical.kl") if e["step"] == drill["step"]]
     assert kl["value"] > 0.1
@@ -68,8 +71,23 @@ def test_one_nonfinite_gradient_is_skipped_and_logged(tmp_path):
 
 def test_repeated_nonfinite_gradients_halt_with_exit_3_and_dumps(tmp_path, capsys):
     run = tmp_path / "many_nan"
-    code = main(["train", "ppo", "--env", "CartPole-v1", "--run-dir", str(run), "--total-steps", "6000", "--quiet",
-                 "--set", "run.tensorboard=false", "--inject", "nan_grad@3000:2000"])
+    code = main(
+        [
+            "train",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--run-dir",
+            str(run),
+            "--total-steps",
+            "6000",
+            "--quiet",
+            "--set",
+            "run.tensorboard=false",
+            "--inject",
+            "nan_grad@3000:2000",
+        ]
+    )
     assert code == 3
     assert "NaN/Inf gradients" in capsys.readouterr().err
     trajectories = np.load(run / "halt_trajectories.npz", allow_pickle=False)
@@ -98,8 +116,14 @@ def test_reward_flip_collapses_evaluation_and_reloads_the_best_checkpoint(tmp_pa
 def test_recovery_cap_stops_a_run_that_keeps_failing(tmp_path):
     run = tmp_path / "cap"
     with pytest.raises(TrainingHalted, match="already used its 2 recoveries"):
-        train(run, 20_000, "checkpoint_every=1024", "lr_spike_factor=1000", "max_recoveries=2",
-              "inject=[lr_spike@4000:100000]")
+        train(
+            run,
+            20_000,
+            "checkpoint_every=1024",
+            "lr_spike_factor=1000",
+            "max_recoveries=2",
+            "inject=[lr_spike@4000:100000]",
+        )
     assert len(events(run, "recovery.rollback")) == 2
     (cap,) = events(run, "critical.recovery_cap")
     assert "Earlier recoveries: step" in cap["message"]
@@ -121,8 +145,14 @@ def test_rollback_skips_a_checkpoint_marked_unhealthy(tmp_path):
     # A checkpoint every update; the NaN step makes the update ending at 2048 critical, so its checkpoint is
     # marked unhealthy, and the KL rollback one update later must land on the one before it.
     run = tmp_path / "health"
-    train(run, 2816, "checkpoint_every=256", "eval_every=0", "lr_spike_factor=1000",
-          "inject=[nan_grad@2000, lr_spike@2100]")
+    train(
+        run,
+        2816,
+        "checkpoint_every=256",
+        "eval_every=0",
+        "lr_spike_factor=1000",
+        "inject=[nan_grad@2000, lr_spike@2100]",
+    )
     index = json.loads((run / "checkpoints" / "index.json").read_text())
     assert index["entries"]["step_0000002048"]["healthy"] is False
     (rollback,) = events(run, "recovery.rollback")

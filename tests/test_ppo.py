@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from pgrad.algos.contract import UpdateContext
 from pgrad.algos.ppo import PPO, PPOConfig, ppo_loss
 from pgrad.distributions import Categorical
 from pgrad.nets import ActionSpec
 from pgrad.rollout import Batch
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 
 def one_sample_batch(old_log_prob: float, advantage: float, mask: float = 1.0) -> Batch:
@@ -111,7 +112,7 @@ def test_target_kl_stops_the_update_early():
     with torch.no_grad():
         old = ppo.model.distribution(obs).log_prob(actions)
     batch = Batch(obs, actions, old, torch.zeros(n), torch.randn(n), torch.randn(n), torch.ones(n))
-    stats = ppo.update(batch, progress=0.0, rng=np.random.default_rng(0))
+    stats = ppo.update(batch, UpdateContext(progress=0.0, lr_scale=1.0, rng=np.random.default_rng(0)))
     assert stats["train/stopped_early"] == 1.0
     assert 1 <= stats["train/gradient_steps"] < 100
 
@@ -129,7 +130,7 @@ def test_learning_rate_and_clip_annealing():
         torch.zeros(8),
         torch.ones(8),
     )
-    stats = ppo.update(batch, progress=0.75, rng=np.random.default_rng(0))
+    stats = ppo.update(batch, UpdateContext(progress=0.75, lr_scale=1.0, rng=np.random.default_rng(0)))
     assert stats["train/learning_rate"] == pytest.approx(2.5e-4)
     assert stats["train/clip_eps"] == pytest.approx(0.05)
     assert ppo.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
@@ -139,7 +140,7 @@ def train(env_id: str, total: int, tmp_path, extra=()):
     config, _ = resolve_config(
         "ppo", env_id, sets=["run.progress=false", "run.tensorboard=false", *extra], seed=1, total_steps=total
     )
-    trainer = Trainer(config, tmp_path, console=False)
+    trainer = OnPolicyRunner(config, tmp_path, console=False)
     return trainer.train()
 
 
@@ -155,3 +156,34 @@ def test_ppo_runs_on_pendulum_with_finite_metrics(tmp_path):
     for key in ("train/policy_loss", "train/value_loss", "diagnostics/approx_kl", "diagnostics/log_std_mean"):
         assert np.isfinite(metrics[key]), key
     assert metrics["step"] == 4096
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "ppo_kl", "trpo", "reinforce", "actor_critic"])
+def test_update_applies_the_context_lr_scale_and_reports_the_rate_it_used(algo):
+    """The guard's lr scale arrives explicitly; the optimizer runs at scale x schedule and says so."""
+    from pgrad.builders import build_algorithm, build_environment
+
+    config, _ = resolve_config(algo, "CartPole-v1", sets=["env.num_envs=2"], use_preset=False)
+    env = build_environment(config, 0.99)
+    learner = build_algorithm(config, env.adapter)
+    from pgrad.rollout import RolloutCollector
+
+    collector = RolloutCollector(env.envs, env.adapter, env.obs_normalizer, env.reward_scaler, 5)
+    collector.reset(0)
+    rng = np.random.default_rng(0)
+    if getattr(learner, "episodes_per_update", None) is not None:
+        rollout = collector.collect_episodes(learner.acting_policy(), rng, learner.episodes_per_update)
+    else:
+        rollout = collector.collect(learner.acting_policy(), rng, learner.rollout_length)
+    batch, _ = learner.prepare(rollout)
+    metrics = learner.update(batch, UpdateContext(progress=0.5, lr_scale=0.25, rng=rng))
+    env.envs.close()
+    algo_config = config.algo_config
+    if algo == "actor_critic":
+        assert metrics["train/actor_learning_rate"] == pytest.approx(0.25 * algo_config.actor_learning_rate)
+        assert metrics["train/critic_learning_rate"] == pytest.approx(0.25 * algo_config.critic_learning_rate)
+        return
+    base = algo_config.learning_rate * (0.5 if getattr(algo_config, "anneal_lr", False) else 1.0)
+    assert metrics["train/learning_rate"] == pytest.approx(0.25 * base)
+    optimizer = next(iter(learner.optimizers().values()))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * base)

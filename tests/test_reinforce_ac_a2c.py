@@ -20,8 +20,8 @@ from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.errors import ConfigError
 from pgrad.nets import ActionSpec
 from pgrad.rollout import Batch, Rollout, RolloutCollector
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 # ---- the baseline: unbiased, lower variance ----------------------------------------------------
 
@@ -248,7 +248,7 @@ def test_reinforce_needs_an_episode_per_env():
 class StopAt:
     """A metrics sink that stops training once the last-20-episode mean reaches ``threshold``."""
 
-    def __init__(self, trainer: Trainer, threshold: float) -> None:
+    def __init__(self, trainer: OnPolicyRunner, threshold: float) -> None:
         self.trainer, self.threshold, self.reached_at = trainer, threshold, None
 
     def write(self, metrics: dict) -> None:
@@ -268,7 +268,7 @@ class StopAt:
 )
 def test_learns_cartpole_from_fixed_seed(algo, budget, tmp_path, quiet_sets):
     config, _ = resolve_config(algo, "CartPole-v1", sets=quiet_sets, seed=1, total_steps=budget)
-    trainer = Trainer(config, tmp_path, console=False)
+    trainer = OnPolicyRunner(config, tmp_path, console=False)
     stop = StopAt(trainer, 150.0)
     trainer.sinks.append(stop)
     trainer.train()
@@ -285,7 +285,7 @@ def test_learns_cartpole_from_fixed_seed(algo, budget, tmp_path, quiet_sets):
 )
 def test_takes_updates_on_pendulum_with_finite_metrics(algo, sets, tmp_path, quiet_sets):
     config, _ = resolve_config(algo, "Pendulum-v1", sets=[*quiet_sets, *sets], seed=1, total_steps=1600)
-    trainer = Trainer(config, tmp_path, console=False)
+    trainer = OnPolicyRunner(config, tmp_path, console=False)
     before = {k: v.clone() for k, v in trainer.algo.model.state_dict().items()}
     result = trainer.train()
     assert result.updates >= 2
@@ -303,12 +303,12 @@ def test_takes_updates_on_pendulum_with_finite_metrics(algo, sets, tmp_path, qui
 def test_resume_is_exact(algo, total, tmp_path, quiet_sets):
     sets = [*quiet_sets, "run.checkpoint_every=100000000"]
     config, _ = resolve_config(algo, "CartPole-v1", sets=sets, seed=3, total_steps=total)
-    straight = Trainer(config, tmp_path / "straight", console=False)
+    straight = OnPolicyRunner(config, tmp_path / "straight", console=False)
     straight.train()
-    first = Trainer(config, tmp_path / "split", console=False)
+    first = OnPolicyRunner(config, tmp_path / "split", console=False)
     first.train(stop_at_step=total // 2)
     assert 0 < first.step < total
-    resumed = Trainer(config, tmp_path / "split", resume=True, console=False)
+    resumed = OnPolicyRunner(config, tmp_path / "split", resume=True, console=False)
     resumed.train()
     assert resumed.step == straight.step
     expected, got = straight.algo.model.state_dict(), resumed.algo.model.state_dict()

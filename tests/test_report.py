@@ -12,8 +12,8 @@ import pytest
 from pgrad.cli import main
 from pgrad.monitor.report import PANELS, compare, report
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def drilled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sets = ["run.progress=false", "run.tensorboard=false", "checkpoint_every=1024", "eval_every=2048",
             "lr_spike_factor=1000", "inject=[lr_spike@3000]"]
     config, _ = resolve_config("ppo", "CartPole-v1", sets=sets, seed=1, total_steps=6144)
-    Trainer(config, run, console=False).train()
+    OnPolicyRunner(config, run, console=False).train()
     return run
 
 

@@ -26,8 +26,8 @@ from pgrad.optim import (
     set_flat_parameters,
 )
 from pgrad.rollout import Batch
+from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.train import Trainer
 
 
 def random_spd(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -36,6 +36,7 @@ def random_spd(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 # ---- conjugate gradient and the trust-region step ------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_conjugate_gradient_equals_linalg_solve(seed):
@@ -68,6 +69,7 @@ def test_trust_region_step_has_quadratic_kl_equal_to_max_kl():
 
 
 # ---- Fisher-vector product against the explicit Fisher matrix -----------------------------
+
 
 def tiny_model(kind: str) -> ActorCritic:
     torch.manual_seed(0)
@@ -149,6 +151,7 @@ def test_flat_parameters_round_trip():
 
 # ---- analytic KL against Monte Carlo --------------------------------------------------------
 
+
 def test_categorical_kl_matches_monte_carlo():
     generator = torch.Generator().manual_seed(6)
     p = Categorical(torch.randn(2, 5, generator=generator))
@@ -172,6 +175,7 @@ def test_gaussian_kl_matches_monte_carlo():
 
 
 # ---- line search -----------------------------------------------------------------------------
+
 
 def surrogate_problem():
     """A tiny categorical policy, a batch of states/actions/advantages, and evaluate() as TRPO uses it."""
@@ -230,6 +234,7 @@ def test_line_search_backtracks_until_the_kl_bound_holds():
 
 # ---- adaptive KL penalty and the PPO guide value ---------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("kl", "expected"),
     [(0.02, 2.0), (0.0151, 2.0), (0.015, 1.0), (0.01, 1.0), (0.0067, 1.0), (0.0066, 0.5), (0.0, 0.5)],
@@ -259,10 +264,13 @@ def test_ppo_clipped_objective_gradient_is_zero_at_ratio_1_3():
 
 # ---- the shared loop: learning, Pendulum, resume ---------------------------------------------
 
-def train(algo: str, env_id: str, run_dir: Path, steps: int, extra: list[str], stop_at: int | None = None) -> Trainer:
+
+def train(
+    algo: str, env_id: str, run_dir: Path, steps: int, extra: list[str], stop_at: int | None = None
+) -> OnPolicyRunner:
     sets = ["run.progress=false", "run.tensorboard=false", "run.checkpoint_every=100000000", "run.seed=1"] + extra
     config, _ = resolve_config(algo, env_id, sets=sets, total_steps=steps)
-    trainer = Trainer(config, run_dir, console=False)
+    trainer = OnPolicyRunner(config, run_dir, console=False)
     trainer.train(stop_at_step=stop_at)
     return trainer
 
@@ -303,10 +311,12 @@ def test_resume_is_bit_exact(tmp_path, algo, sets):
     uninterrupted = train(algo, "CartPole-v1", tmp_path / "a", total, sets)
     train(algo, "CartPole-v1", tmp_path / "b", total, sets, stop_at=total // 2)
     config, _ = resolve_config(
-        algo, "CartPole-v1", sets=["run.progress=false", "run.tensorboard=false",
-                                   "run.checkpoint_every=100000000", "run.seed=1"] + sets, total_steps=total
+        algo,
+        "CartPole-v1",
+        sets=["run.progress=false", "run.tensorboard=false", "run.checkpoint_every=100000000", "run.seed=1"] + sets,
+        total_steps=total,
     )
-    resumed = Trainer(config, tmp_path / "b", resume=True, console=False)
+    resumed = OnPolicyRunner(config, tmp_path / "b", resume=True, console=False)
     resumed.train()
     assert resumed.step == uninterrupted.step == total
     expected, actual = uninterrupted.algo.model.state_dict(), resumed.algo.model.state_dict()
@@ -364,7 +374,8 @@ def test_ppo_kl_loss_matches_its_definition():
     ratio = p_new[torch.arange(6), actions] / p_old[torch.arange(6), actions]
     kl = (p_old * (p_old.log() - p_new.log())).sum(-1)  # KL(pi_old || pi), old first
     entropy = -(p_new * p_new.log()).sum(-1)
-    expected = (-(ratio * advantages)[valid].mean() + 0.8 * kl[valid].mean()
-                + 0.7 * (0.3**2) - 0.05 * entropy[valid].mean())
+    expected = (
+        -(ratio * advantages)[valid].mean() + 0.8 * kl[valid].mean() + 0.7 * (0.3**2) - 0.05 * entropy[valid].mean()
+    )
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert float(stats["diagnostics/minibatch_kl"]) == pytest.approx(float(kl[valid].mean()), rel=1e-5)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from pgrad import __version__
 from pgrad.errors import PgradError, TrainingHalted
@@ -104,23 +103,16 @@ def _print_summary(result, config, preset_source: str | None) -> None:
     Console().print(table)
 
 
-def _trainer_for(algo: str, default: type) -> Any:
-    """The algorithm's own trainer where it has one (A3C runs asynchronous workers), else ``default``."""
-    from pgrad.algos import get_algorithm
-
-    return get_algorithm(algo).trainer or default
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pgrad.runners import runner_for
     from pgrad.runs import default_run_dir, resolve_config
-    from pgrad.train import Trainer
 
     sets = args.set + ([f"guard.inject={args.inject!r}"] if args.inject else [])
     config, preset_source = resolve_config(
         args.algo, args.env, args.config, sets, args.seed, args.total_steps, use_preset=not args.no_preset
     )
     run_dir = args.run_dir or default_run_dir(config)
-    trainer = _trainer_for(config.algo, Trainer)(config, run_dir, console=not args.quiet)
+    trainer = runner_for(config)(config, run_dir, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
         _print_summary(result, config, preset_source)
@@ -129,11 +121,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    from pgrad.runners import runner_for
     from pgrad.runs import load_run_config
-    from pgrad.train import Trainer
 
     config = load_run_config(args.run_dir, args.total_steps)
-    trainer = _trainer_for(config.algo, Trainer)(config, args.run_dir, resume=True, console=not args.quiet)
+    trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
         _print_summary(result, config, None)
@@ -156,9 +148,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from pgrad.algos import ALGORITHMS
     from pgrad.config import EnvConfig, GuardConfig, RunConfig, field_docs
     from pgrad.presets import PRESETS
+    from pgrad.registry import ALGORITHMS
 
     def section(title: str, cls: type) -> None:
         print(f"  [{title}]")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pgrad.builders import algo_gamma, build_algorithm, build_environment
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, tensors_to_numpy
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
-from pgrad.train import algo_gamma, build_algorithm, build_environment
 
 
 @dataclass

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgrad.algos import get_algorithm
 from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
 from pgrad.envs.factory import check_env_id
 from pgrad.errors import ConfigError
 from pgrad.presets import preset_for
+from pgrad.registry import get_algorithm
 
 
 def sections_for(algo: str) -> dict[str, type]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.common import adam, clip_gradients, linear_schedule, normalize_advantages
+from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import Forward, NumpyActorCritic
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.config import Checked, param
@@ -233,10 +234,10 @@ class A2C:
         }
         return batch, stats
 
-    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """One gradient step on the whole batch (one epoch, one minibatch)."""
         config = self.config
-        learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
+        learning_rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         forward = self.pending[1] if self.pending is not None and self.pending[0] is batch else None

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pgrad.algos.common import adam, clip_gradients, masked_mean, normalize_advantages
+from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import explained_variance, nstep_returns
@@ -162,9 +163,14 @@ class ActorCriticAlgorithm:
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         return nstep_batch(self.model, rollout, self.config.gamma, self.config.nstep_horizon)
 
-    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """One gradient step of actor and critic on the whole batch."""
         config = self.config
+        actor_rate = config.actor_learning_rate * context.lr_scale
+        critic_rate = config.critic_learning_rate * context.lr_scale
+        for optimizer, rate in ((self.actor_optimizer, actor_rate), (self.critic_optimizer, critic_rate)):
+            for group in optimizer.param_groups:
+                group["lr"] = rate
         dist, values = self.model(batch.obs)
         loss, stats = actor_critic_loss(dist, values, batch, config)
         self.actor_optimizer.zero_grad(set_to_none=True)
@@ -177,8 +183,8 @@ class ActorCriticAlgorithm:
             metrics["diagnostics/grad_norm_clipped"] = clipped
         self.actor_optimizer.step()
         self.critic_optimizer.step()
-        metrics["train/actor_learning_rate"] = config.actor_learning_rate
-        metrics["train/critic_learning_rate"] = config.critic_learning_rate
+        metrics["train/actor_learning_rate"] = actor_rate
+        metrics["train/critic_learning_rate"] = critic_rate
         metrics["train/gradient_steps"] = 1.0
         if self.model.log_std is not None:
             metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())

@@ -22,6 +22,7 @@ from pgrad.algos.common import (
     masked_mean,
     normalize_advantages,
 )
+from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import NumpyActorCritic
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.config import Checked, EnvConfig, param
@@ -213,11 +214,11 @@ class PPO:
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda)
 
-    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
-        """``num_epochs`` passes of minibatch steps; ``progress`` in [0, 1] drives the annealing."""
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
+        """``num_epochs`` passes of minibatch steps; ``context.progress`` in [0, 1] drives the annealing."""
         config = self.config
-        learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
-        clip_eps = linear_schedule(config.clip_eps, progress, config.anneal_clip)
+        learning_rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
+        clip_eps = linear_schedule(config.clip_eps, context.progress, config.anneal_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
 
@@ -225,7 +226,7 @@ class PPO:
         grad_norms: list[float] = []
         stopped_early = False
         for _ in range(config.num_epochs):
-            for minibatch in batch.minibatches(config.minibatch_size, rng):
+            for minibatch in batch.minibatches(config.minibatch_size, context.rng):
                 # Sets every parameter's .grad to dL/dparameter and returns the loss statistics.
                 stats = self._gradients(minibatch, clip_eps)
                 if config.target_kl is not None and stats["diagnostics/approx_kl"] > 1.5 * config.target_kl:

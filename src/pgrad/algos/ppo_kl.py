@@ -24,6 +24,7 @@ from pgrad.algos.common import (
     masked_mean,
     normalize_advantages,
 )
+from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -165,10 +166,10 @@ class PPOKL:
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda)
 
-    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """``num_epochs`` passes of minibatch steps with the current beta, then beta adapts to the KL."""
         config = self.config
-        learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
+        learning_rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         with torch.no_grad():
@@ -177,7 +178,7 @@ class PPOKL:
         history: list[dict[str, torch.Tensor]] = []
         grad_norms: list[float] = []
         for _ in range(config.num_epochs):
-            order = torch.from_numpy(rng.permutation(len(batch)))
+            order = torch.from_numpy(context.rng.permutation(len(batch)))
             for start in range(0, len(batch) - config.minibatch_size + 1, config.minibatch_size):
                 index = order[start : start + config.minibatch_size]
                 minibatch = batch.select(index)

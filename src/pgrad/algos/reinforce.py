@@ -21,6 +21,7 @@ import torch
 
 from pgrad.algos.actor_critic import actor_and_critic_parameters
 from pgrad.algos.common import adam, clip_gradients, masked_mean, normalize_advantages
+from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
@@ -149,9 +150,14 @@ class Reinforce:
         }
         return batch, stats
 
-    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """One policy-gradient step, then ``value_epochs`` regression steps of the baseline."""
         config = self.config
+        learning_rate = config.learning_rate * context.lr_scale
+        value_learning_rate = config.value_learning_rate * context.lr_scale
+        for optimizer, rate in ((self.optimizer, learning_rate), (self.value_optimizer, value_learning_rate)):
+            for group in optimizer.param_groups:
+                group["lr"] = rate
         weights = batch.advantages
         if config.normalize_returns:
             weights = normalize_advantages(weights, batch.mask)
@@ -171,7 +177,7 @@ class Reinforce:
                 value_loss.backward()
                 self.value_optimizer.step()
             metrics["train/value_loss"] = float(value_loss.detach())
-        metrics["train/learning_rate"] = config.learning_rate
+        metrics["train/learning_rate"] = learning_rate
         metrics["train/batch_size"] = float(len(batch))
         if self.model.log_std is not None:
             metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.common import actor_critic_batch, adam, linear_schedule, masked_mean, normalize_advantages
+from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
@@ -266,15 +267,15 @@ class NaturalGradient:
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda)
 
-    def update(self, batch: Batch, progress: float, rng: np.random.Generator) -> dict[str, float]:
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """The policy step first (on the batch's advantages), then the value regression."""
         config = self.config
         metrics = policy_step(self.model, self.policy_parameters, batch, config)
-        learning_rate = linear_schedule(config.learning_rate, progress, config.anneal_lr)
+        learning_rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
         for group in self.value_optimizer.param_groups:
             group["lr"] = learning_rate
         metrics["train/value_loss"] = fit_value(
-            self.model, self.value_optimizer, batch, config.value_epochs, config.minibatch_size, rng
+            self.model, self.value_optimizer, batch, config.value_epochs, config.minibatch_size, context.rng
         )
         metrics["train/learning_rate"] = learning_rate
         if self.model.log_std is not None:

@@ -17,20 +17,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pgrad import metric_names as names
 from pgrad.config import GuardConfig
 
 Metrics = dict[str, Any]
 Level = Literal["warning", "critical"]
 
-KL = "diagnostics/approx_kl"
-CLIP_FRACTION = "diagnostics/clip_fraction"
-EXPLAINED_VARIANCE = "diagnostics/explained_variance"
-ENTROPY = "diagnostics/entropy"
-LOG_STD = "diagnostics/log_std_mean"
-GRAD_NORM = "diagnostics/grad_norm"
-STEPS_PER_SECOND = "perf/steps_per_second"
-NONFINITE_STEPS = "diagnostics/nonfinite_steps"
-PARAMS_FINITE = "diagnostics/params_finite"
+KL = names.APPROX_KL
+CLIP_FRACTION = names.CLIP_FRACTION
+EXPLAINED_VARIANCE = names.EXPLAINED_VARIANCE
+ENTROPY = names.ENTROPY
+LOG_STD = names.LOG_STD
+GRAD_NORM = names.GRAD_NORM
+STEPS_PER_SECOND = names.STEPS_PER_SECOND
+NONFINITE_STEPS = names.NONFINITE_STEPS
+PARAMS_FINITE = names.PARAMS_FINITE
 
 
 @dataclass(frozen=True)

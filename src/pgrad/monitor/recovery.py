@@ -1,12 +1,13 @@
 """Recovery actions and the state the guard keeps between updates.
 
-The trainer (``pgrad.train``) calls these; everything here works for any algorithm that keeps its
+The trainer (``pgrad.runners.on_policy``) calls these; everything here works for any algorithm that keeps its
 learnable state in ``modules()`` and ``optimizers()`` (the ``OnPolicyAlgorithm`` contract):
 
-- ``OptimizerGuard`` hooks every torch optimizer of the algorithm. Before each ``step`` it applies
-  the guard's learning-rate scale (halved by each rollback) and any drill, checks the gradients,
-  and, when they hold NaN/Inf, drops them so the step changes nothing (torch optimizers skip
-  parameters whose ``.grad`` is None). No algorithm has to know about it.
+- ``OptimizerGuard`` hooks every torch optimizer of the algorithm, for one job only: before each
+  ``step`` it applies the ``nan_grad`` drill, checks the gradients and, when they hold NaN/Inf,
+  drops them so the step changes nothing (torch optimizers skip parameters whose ``.grad`` is
+  None). The learning-rate scale is not its business: it reaches the algorithm explicitly, in the
+  ``UpdateContext`` of each update.
 - ``restore_learner`` loads model, optimizer and normaliser statistics from a checkpoint and leaves
   the rest (env step counter, environments, RNG streams, drills already fired) where it is: a rollback
   undoes learning, not experience.
@@ -38,7 +39,7 @@ class GuardState:
     recoveries: int = 0
     recent_steps: list[int] = field(default_factory=list)  # 1 = that optimizer step was non-finite
     fired: list[str] = field(default_factory=list)  # one-shot drills already fired
-    best_eval: float | None = None  # best confirmed evaluation return (see Trainer.after_evaluation)
+    best_eval: float | None = None  # best confirmed evaluation return (see OnPolicyRunner.after_evaluation)
     last_eval: float | None = None
     eval_collapses: int = 0  # consecutive collapsed evaluations
     next_eval_step: int = 0
@@ -97,11 +98,9 @@ class OptimizerGuard:
         self.nan_steps_left = 0
         self.steps = 0  # optimizer steps in the current update
         self.skipped = 0  # of which non-finite
-        self.saved_lrs: list[float] = []
         self.handles = []
         for optimizer in optimizers:
             self.handles.append(optimizer.register_step_pre_hook(self.before_step))
-            self.handles.append(optimizer.register_step_post_hook(self.after_step))
 
     def start_update(self, faults: ActiveFaults) -> None:
         self.faults = faults
@@ -122,16 +121,6 @@ class OptimizerGuard:
             if self.config.skip_nonfinite:
                 for p in parameters:
                     p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
-        scale = self.state.lr_scale * self.faults.lr_factor
-        self.saved_lrs = [group["lr"] for group in optimizer.param_groups]
-        if scale != 1.0:
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr"] * scale
-
-    def after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        # Put the algorithm's own learning rate back, so its schedule never compounds the scale.
-        for group, lr in zip(optimizer.param_groups, self.saved_lrs, strict=True):
-            group["lr"] = lr
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -1,6 +1,6 @@
 """The one on-policy training loop: collect -> prepare -> update -> log -> checkpoint.
 
-Every on-policy algorithm runs through ``Trainer``; an algorithm only supplies what
+Every on-policy algorithm runs through ``OnPolicyRunner``; an algorithm only supplies what
 ``pgrad.algos.OnPolicyAlgorithm`` lists. The trainer owns everything else: environments,
 normalisers, seeding, the step counter, metrics, checkpoints, and stopping cleanly on
 Ctrl-C/SIGTERM (finish the current update, write a checkpoint, exit).
@@ -8,11 +8,9 @@ Ctrl-C/SIGTERM (finish the current update, write a checkpoint, exit).
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ import numpy as np
 import torch
 
 from pgrad import __version__
-from pgrad.algos import OnPolicyAlgorithm, get_algorithm
+from pgrad.algos.contract import UpdateContext
+from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment
 from pgrad.checkpoint import (
     CheckpointStore,
     load_checkpoint,
@@ -31,8 +30,6 @@ from pgrad.checkpoint import (
 )
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
-from pgrad.envs.factory import SpaceAdapter, make_vector_env
-from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
 from pgrad.monitor.alerts import Alert, bounded_history, check_alerts
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
@@ -49,80 +46,19 @@ from pgrad.monitor.recovery import (
     should_halt,
 )
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, read_jsonl, tensorboard_sink
+from pgrad.registry import get_algorithm
 from pgrad.rollout import RolloutCollector
+from pgrad.runners.context import TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resident_memory_mb() -> float:
-    """Current resident set size; falls back to the peak where /proc is absent."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    updates: int
-    seconds: float
-    interrupted: bool
-    last_metrics: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Path | None = None
-
-
-@dataclass
-class Environment:
-    """What the trainer and the evaluator both build from an ``EnvConfig``."""
-
-    envs: Any
-    adapter: SpaceAdapter
-    obs_normalizer: ObsNormalizer
-    reward_scaler: RewardScaler
-
-
-def build_environment(
-    config: TrainConfig, gamma: float, num_envs: int | None = None, render_mode: str | None = None
-) -> Environment:
-    envs = make_vector_env(config.env, num_envs=num_envs, render_mode=render_mode)
-    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
-    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
-    reward_scaler = RewardScaler(envs.num_envs, gamma, config.env.clip_reward, config.env.norm_reward)
-    return Environment(envs, adapter, obs_normalizer, reward_scaler)
-
-
-def algo_gamma(config: TrainConfig) -> float:
-    """The discount the reward scaler uses: the algorithm's own gamma (0.99 if it has none)."""
-    return float(getattr(config.algo_config, "gamma", 0.99))
-
-
-def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm:
-    spec = get_algorithm(config.algo)
-    if adapter.action.kind not in spec.action_kinds:
-        raise ConfigError(
-            f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "
-            f"(it supports: {', '.join(spec.action_kinds)})"
-        )
-    return spec.build(config.algo_config, adapter.obs_dim, adapter.action)
-
-
-class Trainer:
+class OnPolicyRunner:
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
-        own_trainer = get_algorithm(config.algo).trainer
-        if own_trainer is not None:
+        kind = get_algorithm(config.algo).kind
+        if kind != "on_policy":
             raise ConfigError(
-                f"algorithm '{config.algo}' runs with its own trainer ({own_trainer.__name__}), not the "
-                f"synchronous loop; 'pgrad train {config.algo}' picks it"
+                f"algorithm '{config.algo}' needs the {kind} runner, not the synchronous on-policy loop; "
+                f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
         self.run_dir = Path(run_dir)
@@ -273,9 +209,6 @@ class Trainer:
 
     def check_guard(self, metrics: dict[str, Any]) -> list[Alert]:
         """Add the guard's own diagnostics to ``metrics`` and run the alert rules on the history."""
-        scale = self.guard_state.lr_scale * self.optimizer_guard.faults.lr_factor
-        if "train/learning_rate" in metrics:  # report the rate the optimizer actually used
-            metrics["train/learning_rate"] *= scale
         metrics["train/lr_scale"] = self.guard_state.lr_scale
         metrics["diagnostics/nonfinite_steps"] = float(self.optimizer_guard.skipped)
         metrics["diagnostics/params_finite"] = float(parameters_finite(self.algo.modules()))
@@ -441,8 +374,12 @@ class Trainer:
         self.updates += 1
         self.before_update(rollout)  # drills (reward flip, lr spike, NaN gradients) and the trajectory record
         batch, batch_stats = self.algo.prepare(rollout)
-        progress = min(self.step / self.config.run.total_steps, 1.0)
-        update_stats = self.algo.update(batch, progress, self.rng)
+        context = UpdateContext(
+            progress=min(self.step / self.config.run.total_steps, 1.0),
+            lr_scale=self.guard_state.lr_scale * self.optimizer_guard.faults.lr_factor,
+            rng=self.rng,
+        )
+        update_stats = self.algo.update(batch, context)
         self.last_batch = batch
         finished = time.perf_counter()
         return {

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pgrad.algos.a2c import a2c_loss
-from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model, worker_seed
+from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model
 from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
@@ -33,6 +33,11 @@ from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.nets import ActorCritic
 from pgrad.rollout import Rollout, RolloutCollector
 from pgrad.threads import set_threads
+
+
+def worker_seed(seed: int, worker: int, start_step: int) -> int:
+    """Each worker, and each resumption of a run, gets its own stream of env and action seeds."""
+    return int(np.random.SeedSequence([seed, worker, start_step]).generate_state(1)[0])
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""What an on-policy algorithm receives from the loop that runs it, and what it must provide.
+
+The loop (``pgrad.runners``) only ever calls what ``OnPolicyAlgorithm`` lists, so an algorithm is
+a small file: its config, its loss, ``prepare`` and ``update``. Nothing inherits. Everything the
+loop decides for the algorithm (schedule progress, the guard's learning-rate scale, the RNG)
+arrives explicitly in an ``UpdateContext``; no hook changes an optimizer behind its back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pgrad.nets import ActingPolicy
+from pgrad.rollout import Batch, Rollout
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """The loop's inputs to one ``update``."""
+
+    progress: float  # env steps done / run.total_steps, in [0, 1]; drives every linear schedule
+    lr_scale: float  # multiplies every learning rate the algorithm uses (guard rollbacks x drills)
+    rng: np.random.Generator  # the run's RNG: minibatch order and any other sampling in the update
+
+
+class OnPolicyAlgorithm(Protocol):
+    """What the loop calls. An algorithm that learns from whole episodes (REINFORCE) also has an
+    ``episodes_per_update: int`` attribute; the loop then collects that many complete episodes
+    instead of ``rollout_length`` steps per env (see ``RolloutCollector.collect_episodes``).
+
+    ``update`` must report the learning rate(s) it really used (after ``context.lr_scale``) under
+    ``train/learning_rate`` (or ``train/actor_learning_rate`` / ``train/critic_learning_rate``).
+    """
+
+    name: str
+
+    @property
+    def rollout_length(self) -> int: ...  # steps per env per rollout
+
+    @property
+    def gamma(self) -> float: ...  # for reward scaling
+
+    def acting_policy(self) -> ActingPolicy: ...
+
+    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]: ...
+
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]: ...
+
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...

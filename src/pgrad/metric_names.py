@@ -1,0 +1,32 @@
+"""Names of the metrics that rules, recovery and reports read, in one place.
+
+A rule that reads a misspelt metric name would silently never fire; every reader and every writer
+of these metrics uses the constants below instead of spelling the string.
+"""
+
+from __future__ import annotations
+
+# written by the algorithms
+APPROX_KL = "diagnostics/approx_kl"
+CLIP_FRACTION = "diagnostics/clip_fraction"
+EXPLAINED_VARIANCE = "diagnostics/explained_variance"
+ENTROPY = "diagnostics/entropy"
+LOG_STD = "diagnostics/log_std_mean"
+GRAD_NORM = "diagnostics/grad_norm"
+GRAD_NORM_CLIPPED = "diagnostics/grad_norm_clipped"
+LEARNING_RATE = "train/learning_rate"
+POLICY_LOSS = "train/policy_loss"
+VALUE_LOSS = "train/value_loss"
+
+# written by the runners
+STEP = "step"
+UPDATE = "update"
+RETURN_MEAN = "rollout/return_mean"
+STEPS_PER_SECOND = "perf/steps_per_second"
+LR_SCALE = "train/lr_scale"
+NONFINITE_STEPS = "diagnostics/nonfinite_steps"
+PARAMS_FINITE = "diagnostics/params_finite"
+RECOVERIES = "diagnostics/recoveries"
+ALERTS = "diagnostics/alerts"
+EVAL_RETURN_MEAN = "eval/return_mean"
+EVAL_RETURN_STD = "eval/return_std"

@@ -1,0 +1,65 @@
+"""The algorithm registry: name -> config class, builder, the kind of loop that runs it.
+
+The registry holds no trainer: ``kind`` tells the CLI which runner to use (``pgrad.runners``), so
+algorithms never import the loop and the loop never imports a particular algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pgrad.algos.a2c import A2C, A2CConfig
+from pgrad.algos.a3c import A3C, A3CConfig
+from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
+from pgrad.algos.contract import OnPolicyAlgorithm
+from pgrad.algos.ppo import PPO, PPOConfig
+from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
+from pgrad.algos.reinforce import Reinforce, ReinforceConfig
+from pgrad.algos.trpo import NPGConfig, TRPOConfig, build_npg, build_trpo
+from pgrad.errors import ConfigError
+from pgrad.nets import ActionSpec
+
+# on_policy: the synchronous collect -> prepare -> update loop (pgrad.runners.on_policy);
+# asynchronous: Hogwild workers around shared parameters (pgrad.runners.asynchronous).
+LoopKind = Literal["on_policy", "asynchronous"]
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    summary: str
+    config_cls: type
+    build: Callable[[Any, int, ActionSpec], OnPolicyAlgorithm]
+    action_kinds: tuple[str, ...] = ("discrete", "continuous")
+    kind: LoopKind = "on_policy"
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
+    "reinforce": AlgorithmSpec(
+        "reinforce", "REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
+        ReinforceConfig, Reinforce,
+    ),
+    "actor_critic": AlgorithmSpec(
+        "actor_critic", "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
+        ActorCriticConfig, ActorCriticAlgorithm,
+    ),
+    "a2c": AlgorithmSpec("a2c", "Advantage actor-critic, synchronous (n-step or GAE advantages)", A2CConfig, A2C),
+    "trpo": AlgorithmSpec(
+        "trpo", "Trust Region Policy Optimization (natural step + line search)", TRPOConfig, build_trpo
+    ),
+    "npg": AlgorithmSpec("npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, build_npg),
+    "ppo_kl": AlgorithmSpec("ppo_kl", "PPO with an adaptive KL penalty (PPO paper, variant 2)", PPOKLConfig, PPOKL),
+    "a3c": AlgorithmSpec(
+        "a3c", "Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)", A3CConfig, A3C,
+        kind="asynchronous",
+    ),
+}
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{name}' (allowed: {', '.join(sorted(ALGORITHMS))})")
+    return ALGORITHMS[name]
