@@ -153,3 +153,80 @@ def test_new_run_refuses_a_folder_that_holds_a_run(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         OnPolicyRunner(config, tmp_path, console=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+# ---- the one schema: TrainState, and checkpoints written before it ------------------------------
+
+FORMAT1_RUN = Path(__file__).parent / "data" / "ppo-cartpole-format1"
+
+
+def test_train_state_round_trips_through_its_parts(tmp_path):
+    from pgrad.checkpoint import TrainState, read_train_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    state = TrainState(
+        algo="ppo",
+        step=7,
+        updates=2,
+        elapsed_seconds=1.5,
+        config={"algo": "ppo"},
+        modules={"model": model.state_dict()},
+        optimizers={"optimizer": optimizer.state_dict()},
+        collector={"raw_obs": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        normalizers={
+            "obs": {"mean": np.ones(3), "var": np.full(3, 2.0), "count": np.array(5.0)},
+            "reward": {"mean": np.zeros(()), "var": np.ones(()), "count": np.array(1.0)},
+        },
+        rng_torch=torch.get_rng_state(),
+        rng_numpy={"x": 1},
+        rng_python=[3, [1, 2], None],
+        episodes={"returns": [1.0], "lengths": [1], "count": 1},
+        algo_state={"kl_coef": 0.5},
+        guard={"recoveries": 1},
+    )
+    path = CheckpointStore(tmp_path, 3).save_state(state, score=4.0, healthy=False)
+    loaded = read_train_state(path)
+    assert (loaded.algo, loaded.step, loaded.updates, loaded.score, loaded.healthy) == ("ppo", 7, 2, 4.0, False)
+    assert all(torch.equal(loaded.modules["model"][k], v) for k, v in model.state_dict().items())
+    restored = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.01)
+    restored.load_state_dict(loaded.optimizers["optimizer"])
+    assert torch.equal(restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert np.array_equal(loaded.collector["raw_obs"], state.collector["raw_obs"])
+    assert set(loaded.normalizers) == {"obs", "reward"}
+    assert np.array_equal(loaded.normalizers["obs"]["var"], np.full(3, 2.0))
+    assert (loaded.algo_state, loaded.guard, loaded.rng_python) == (
+        {"kl_coef": 0.5},
+        {"recoveries": 1},
+        [3, [1, 2], None],
+    )
+
+
+def test_a_checkpoint_missing_a_field_is_refused_naming_it(tmp_path):
+    from pgrad.checkpoint import read_train_state
+    from pgrad.errors import CheckpointError
+
+    path = CheckpointStore(tmp_path, 3).save(1, {"w": torch.zeros(1)}, {"algo": "ppo"}, None)
+    with pytest.raises(CheckpointError, match="malformed: KeyError: 'optimizers'"):
+        read_train_state(path)
+
+
+def test_a_run_folder_from_before_the_trunk_change_still_evaluates_and_resumes(tmp_path):
+    """tests/data/ppo-cartpole-format1 was written by pgrad at commit 19b6824 (format 1, flat config).
+    Its deterministic evaluation then printed 28.00 +- 5.35 over 3 episodes with --seed 0."""
+    import shutil
+
+    from pgrad.evaluate import evaluate
+    from pgrad.runners.on_policy import OnPolicyRunner
+    from pgrad.runs import load_run_config
+
+    result = evaluate(FORMAT1_RUN, episodes=3, deterministic=True, seed=0)
+    assert result.mean == pytest.approx(28.0) and result.std == pytest.approx(5.35, abs=0.01)
+    run = tmp_path / "old-run"
+    shutil.copytree(FORMAT1_RUN, run)
+    runner = OnPolicyRunner(load_run_config(run, total_steps=768), run, resume=True, console=False)
+    assert runner.step == 512
+    outcome = runner.train()
+    assert outcome.steps == 768 and not outcome.interrupted

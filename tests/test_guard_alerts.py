@@ -10,8 +10,8 @@ import torch
 
 from pgrad.config import GuardConfig
 from pgrad.errors import ConfigError
+from pgrad.faults import FaultSpec, faults_for_update, parse_fault
 from pgrad.monitor import alerts
-from pgrad.monitor.faults import FaultSpec, faults_for_update, parse_fault
 from pgrad.monitor.recovery import (
     GuardState,
     OptimizerGuard,

@@ -175,7 +175,11 @@ def test_restore_learner_brings_back_model_optimizer_and_normaliser(tmp_path):
         state["exp_avg"].zero_()
     trainer.collector.obs_normalizer.stats.update(np.full((64, 4), 100.0))
     trainer.collector.reward_scaler.stats.update(np.full(64, 100.0))
-    assert restore_learner(path, trainer.algo, trainer.collector)["step"] == 2048
+    from pgrad.checkpoint import read_train_state
+
+    state = read_train_state(path)
+    assert state.step == 2048
+    restore_learner(state, path, trainer.algo, trainer.collector)
     assert all(torch.equal(v, trainer.algo.model.state_dict()[k]) for k, v in model.items())
     assert all(torch.equal(v, trainer.algo.optimizer.state_dict()["state"][k]["exp_avg"]) for k, v in adam.items())
     np.testing.assert_array_equal(trainer.collector.obs_normalizer.stats.state()["mean"], obs_mean)

@@ -10,6 +10,12 @@ Writes are atomic: the directory is written under a temporary name, flushed, the
 ``checkpoints/index.json`` (also replaced atomically) names the latest and best checkpoints.
 Loading checks the format version and the checksum before parsing tensors, and parses them
 with safetensors, which has no code path that unpickles.
+
+``TrainState`` is the one schema of what a checkpoint holds; ``TrainState.to_parts`` and
+``TrainState.from_parts`` are the only code that knows the key layout (runners, evaluation and the
+guard's recovery never spell a key). Tensor keys:
+``module.<name>.<param>``, ``optim.<name>.state.<param id>.<slot>``, ``collector.<array>``
+(environment-side arrays and normaliser statistics, ``obs_norm_*`` / ``reward_norm_*``), ``rng.torch``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +107,10 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
 # ---- optimizer state <-> (tensors, json) -----------------------------------------------------
 
 
-def optimizer_to_parts(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_state_to_parts(
+    prefix: str, state_dict: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer's state_dict into tensors (for safetensors) and plain values (for JSON)."""
-    state_dict = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
     for param_id, param_state in state_dict["state"].items():
@@ -114,9 +122,7 @@ def optimizer_to_parts(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[d
     return tensors, {"param_groups": state_dict["param_groups"], "plain_state": plain}
 
 
-def optimizer_from_parts(
-    prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], parts: dict[str, Any]
-) -> None:
+def _optimizer_state_from_parts(prefix: str, tensors: dict[str, torch.Tensor], parts: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     head = f"{prefix}.state."
     for key, value in tensors.items():
@@ -125,7 +131,15 @@ def optimizer_from_parts(
             state.setdefault(int(param_id), {})[name] = value
     for param_id, values in parts["plain_state"].items():
         state.setdefault(int(param_id), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": parts["param_groups"]})
+    return {"state": state, "param_groups": parts["param_groups"]}
+
+
+def optimizer_to_parts(prefix: str, optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return _optimizer_state_to_parts(prefix, optimizer.state_dict())
+
+
+def optimizer_from_parts(prefix: str, optimizer: Any, tensors: dict[str, torch.Tensor], parts: dict[str, Any]) -> None:
+    optimizer.load_state_dict(_optimizer_state_from_parts(prefix, tensors, parts))
 
 
 def numpy_to_tensors(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -135,6 +149,157 @@ def numpy_to_tensors(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, to
 def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     head = f"{prefix}."
     return {key[len(head) :]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
+
+
+# ---- the typed train state -----------------------------------------------------------------
+
+# normaliser name in TrainState.normalizers -> prefix of its arrays under ``collector.``
+NORMALIZER_PREFIXES = {"obs": "obs_norm_", "reward": "reward_norm_"}
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, by meaning rather than by key.
+
+    ``modules`` and ``optimizers`` are torch ``state_dict``s by name (the names an algorithm gives
+    in ``modules()`` / ``optimizers()``). ``collector`` holds the environment-side arrays of the
+    rollout collector (current observations, autoreset flags, episode accumulators, the reward
+    scaler's running return); ``normalizers`` the running statistics of the observation and reward
+    normalisers (``{"obs": RunningMeanStd.state(), "reward": ...}``), which evaluation and recovery
+    need without the rest. ``rng_numpy`` / ``rng_python`` are None where a
+    runner has no such stream of its own (A3C's workers re-seed).
+    """
+
+    algo: str
+    step: int
+    updates: int
+    elapsed_seconds: float
+    config: dict[str, Any]
+    modules: dict[str, dict[str, torch.Tensor]]
+    optimizers: dict[str, dict[str, Any]]
+    collector: dict[str, np.ndarray] = field(default_factory=dict)
+    normalizers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    rng_torch: torch.Tensor | None = None
+    rng_numpy: dict[str, Any] | None = None
+    rng_python: list[Any] | None = None
+    env_state: Any = None
+    episodes: dict[str, Any] = field(default_factory=dict)
+    algo_state: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)
+    pgrad_version: str = ""
+    # written by CheckpointStore.save, read back on load
+    score: float | None = None
+    healthy: bool = True
+
+    def to_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors for safetensors, plain values for state.json)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, state_dict in self.modules.items():
+            tensors.update({f"module.{name}.{key}": value for key, value in state_dict.items()})
+        optimizers = {}
+        for name, state_dict in self.optimizers.items():
+            optimizer_tensors, optimizers[name] = _optimizer_state_to_parts(f"optim.{name}", state_dict)
+            tensors.update(optimizer_tensors)
+        arrays = dict(self.collector)
+        for name, stats in self.normalizers.items():
+            arrays.update({f"{NORMALIZER_PREFIXES[name]}{key}": value for key, value in stats.items()})
+        tensors.update(numpy_to_tensors("collector", arrays))
+        if self.rng_torch is not None:
+            tensors["rng.torch"] = self.rng_torch
+        state = {
+            "pgrad_version": self.pgrad_version,
+            "algo": self.algo,
+            "step": self.step,
+            "updates": self.updates,
+            "elapsed_seconds": self.elapsed_seconds,
+            "config": self.config,
+            "rng_numpy": self.rng_numpy,
+            "rng_python": self.rng_python,
+            "optimizers": optimizers,
+            "env_state": self.env_state,
+            "episodes": self.episodes,
+            "algo_state": self.algo_state,
+            "guard": self.guard,
+        }
+        return tensors, state
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], state: dict[str, Any], source: Path) -> TrainState:
+        """The inverse of ``to_parts``; a missing or mistyped entry is a ``CheckpointError`` naming it."""
+        try:
+            modules: dict[str, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("module."):
+                    name, param = key[len("module.") :].split(".", 1)
+                    modules.setdefault(name, {})[param] = value
+            optimizers = {
+                name: _optimizer_state_from_parts(f"optim.{name}", tensors, parts)
+                for name, parts in state["optimizers"].items()
+            }
+            arrays = tensors_to_numpy("collector", tensors)
+            normalizers: dict[str, dict[str, np.ndarray]] = {}
+            for name, prefix in NORMALIZER_PREFIXES.items():
+                stats = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                if stats:
+                    normalizers[name] = stats
+            prefixes = tuple(NORMALIZER_PREFIXES.values())
+            collector = {k: v for k, v in arrays.items() if not k.startswith(prefixes)}
+            return cls(
+                algo=str(state["algo"]),
+                step=int(state["step"]),
+                updates=int(state["updates"]),
+                elapsed_seconds=float(state["elapsed_seconds"]),
+                config=state.get("config") or {},
+                modules=modules,
+                optimizers=optimizers,
+                collector=collector,
+                normalizers=normalizers,
+                rng_torch=tensors.get("rng.torch"),
+                rng_numpy=state.get("rng_numpy"),
+                rng_python=state.get("rng_python"),
+                env_state=state.get("env_state"),
+                episodes=state.get("episodes") or {},
+                algo_state=state.get("algo_state") or {},
+                guard=state.get("guard") or {},
+                pgrad_version=str(state.get("pgrad_version", "")),
+                score=state.get("score"),
+                healthy=bool(state.get("healthy", True)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {source} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def read_train_state(directory: Path) -> TrainState:
+    """Load and verify one checkpoint folder into a ``TrainState``."""
+    tensors, state = load_checkpoint(directory)
+    return TrainState.from_parts(tensors, state, Path(directory))
+
+
+def load_modules(modules: dict[str, torch.nn.Module], state: TrainState, source: Path) -> None:
+    """Fill ``modules`` from the checkpoint's state dicts; a shape or name mismatch is one clear line."""
+    for name, module in modules.items():
+        if name not in state.modules:
+            raise CheckpointError(f"checkpoint {source} has no weights for module '{name}'")
+        try:
+            module.load_state_dict(state.modules[name])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise CheckpointError(
+                f"checkpoint {source}: module '{name}' does not fit this configuration "
+                f"({' '.join(line.strip() for line in first[:3])})"
+            ) from None
+
+
+def load_optimizers(optimizers: dict[str, Any], state: TrainState, source: Path) -> None:
+    for name, optimizer in optimizers.items():
+        if name not in state.optimizers:
+            raise CheckpointError(f"checkpoint {source} has no state for optimizer '{name}'")
+        try:
+            optimizer.load_state_dict(state.optimizers[name])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {source}: optimizer '{name}' does not fit this configuration ({exc})"
+            ) from None
 
 
 # ---- a run's checkpoint folder ----------------------------------------------------------------
@@ -159,6 +324,11 @@ class CheckpointStore:
             return json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} is corrupted ({exc})") from None
+
+    def save_state(self, train_state: TrainState, score: float | None, healthy: bool = True) -> Path:
+        """Write ``train_state`` as checkpoint ``step_<step>`` and update the index."""
+        tensors, state = train_state.to_parts()
+        return self.save(train_state.step, tensors, state, score, healthy)
 
     def save(
         self,

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from pgrad.errors import ConfigError
+from pgrad.faults import parse_fault
 
 
 def param(default: Any, doc: str) -> Any:
@@ -293,8 +294,6 @@ class GuardConfig(Checked):
     lr_spike_factor: float = param(100.0, "learning-rate multiplier of the lr_spike drill")
 
     def validate(self) -> None:
-        from pgrad.monitor.faults import parse_fault
-
         self.check_range("warmup_updates", 0)
         self.check_range("history_window", 5)
         self.check_range("kl_warning", 0, low_open=True)

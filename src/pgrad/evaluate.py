@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pgrad.builders import algo_gamma, build_algorithm, build_environment
-from pgrad.checkpoint import CheckpointStore, load_checkpoint, tensors_to_numpy
+from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
@@ -42,7 +42,7 @@ def evaluate(
         raise ConfigError(f"--episodes must be >= 1; got {episodes}")
     config = load_run_config(run_dir)
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
-    tensors, _ = load_checkpoint(checkpoint)
+    state = read_train_state(checkpoint)
     set_threads(config.run.torch_threads)
     num_envs = 1 if video_dir is not None else eval_num_envs(episodes)
     render = "rgb_array" if video_dir is not None else None
@@ -53,16 +53,9 @@ def evaluate(
             raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
     env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
     algo = build_algorithm(config, env.adapter)
-    for name, module in algo.modules().items():
-        prefix = f"module.{name}."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    env.obs_normalizer.stats.load(
-        {
-            k[len("obs_norm_") :]: v
-            for k, v in tensors_to_numpy("collector", tensors).items()
-            if k.startswith("obs_norm_")
-        }
-    )
+    load_modules(algo.modules(), state, checkpoint)
+    if "obs" in state.normalizers:
+        env.obs_normalizer.stats.load(state.normalizers["obs"])
     policy = algo.acting_policy()
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
     frames: list[np.ndarray] = []

@@ -39,12 +39,16 @@ class AlgorithmSpec:
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
     "reinforce": AlgorithmSpec(
-        "reinforce", "REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
-        ReinforceConfig, Reinforce,
+        "reinforce",
+        "REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
+        ReinforceConfig,
+        Reinforce,
     ),
     "actor_critic": AlgorithmSpec(
-        "actor_critic", "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
-        ActorCriticConfig, ActorCriticAlgorithm,
+        "actor_critic",
+        "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
+        ActorCriticConfig,
+        ActorCriticAlgorithm,
     ),
     "a2c": AlgorithmSpec("a2c", "Advantage actor-critic, synchronous (n-step or GAE advantages)", A2CConfig, A2C),
     "trpo": AlgorithmSpec(
@@ -53,7 +57,10 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "npg": AlgorithmSpec("npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, build_npg),
     "ppo_kl": AlgorithmSpec("ppo_kl", "PPO with an adaptive KL penalty (PPO paper, variant 2)", PPOKLConfig, PPOKL),
     "a3c": AlgorithmSpec(
-        "a3c", "Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)", A3CConfig, A3C,
+        "a3c",
+        "Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)",
+        A3CConfig,
+        A3C,
         kind="asynchronous",
     ),
 }

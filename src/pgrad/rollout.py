@@ -256,18 +256,14 @@ class RolloutCollector:
 
     # ---- checkpoint support -------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {
+        """The environment-side arrays (not the normaliser statistics: see ``normalizer_state``)."""
+        return {
             "raw_obs": self.raw_obs,
             "autoreset_pending": self.autoreset_pending,
             "episode_return": self.episode_return,
             "episode_length": self.episode_length,
             "reward_running_return": self.reward_scaler.running_return,
         }
-        for name, value in self.obs_normalizer.stats.state().items():
-            arrays[f"obs_norm_{name}"] = value
-        for name, value in self.reward_scaler.stats.state().items():
-            arrays[f"reward_norm_{name}"] = value
-        return arrays
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.raw_obs = arrays["raw_obs"].astype(np.float32)
@@ -275,8 +271,14 @@ class RolloutCollector:
         self.episode_return = arrays["episode_return"].astype(np.float64)
         self.episode_length = arrays["episode_length"].astype(np.int64)
         self.reward_scaler.running_return = arrays["reward_running_return"].astype(np.float64)
-        for prefix, stats in (("obs_norm_", self.obs_normalizer.stats), ("reward_norm_", self.reward_scaler.stats)):
-            stats.load({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+    def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """Running statistics of the observation and reward normalisers (``TrainState.normalizers``)."""
+        return {"obs": self.obs_normalizer.stats.state(), "reward": self.reward_scaler.stats.state()}
+
+    def load_normalizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        self.obs_normalizer.stats.load(state["obs"])
+        self.reward_scaler.stats.load(state["reward"])
 
     def episode_state(self) -> dict[str, Any]:
         episodes = self.episodes

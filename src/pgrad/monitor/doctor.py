@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.config import GuardConfig
+from pgrad.config import GuardConfig, build, load_yaml
+from pgrad.errors import PgradError
 from pgrad.monitor.alerts import CLIP_FRACTION, ENTROPY, EXPLAINED_VARIANCE, GRAD_NORM, KL, NONFINITE_STEPS, number
 from pgrad.monitor.sinks import read_jsonl
 
@@ -266,14 +267,13 @@ def format_report(
 
 def load_run(run_dir: Path) -> tuple[list[Metrics], list[Metrics], GuardConfig]:
     """A run folder's metric history, its events and its guard thresholds (defaults if unreadable)."""
-    from pgrad.errors import PgradError
-    from pgrad.runs import load_run_config
-
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise PgradError(f"{run_dir} is not a pgrad run folder (no metrics.jsonl)")
+    # Only the guard section is read (no algorithm registry, no environment): the doctor works on
+    # any run folder, whatever algorithm wrote it.
     try:
-        config = load_run_config(run_dir).guard
+        config = build(GuardConfig, load_yaml(run_dir / "config.yaml").get("guard", {}), "guard")
     except PgradError:
         config = GuardConfig()
     return read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl"), config

@@ -8,7 +8,7 @@ learnable state in ``modules()`` and ``optimizers()`` (the ``OnPolicyAlgorithm``
   drops them so the step changes nothing (torch optimizers skip parameters whose ``.grad`` is
   None). The learning-rate scale is not its business: it reaches the algorithm explicitly, in the
   ``UpdateContext`` of each update.
-- ``restore_learner`` loads model, optimizer and normaliser statistics from a checkpoint and leaves
+- ``restore_learner`` loads model, optimizer and normaliser statistics from a ``TrainState`` and leaves
   the rest (env step counter, environments, RNG streams, drills already fired) where it is: a rollback
   undoes learning, not experience.
 - ``TrajectoryRecorder`` keeps the last N episodes so a halted run can leave them behind as ``.npz``.
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgrad.checkpoint import load_checkpoint, optimizer_from_parts, tensors_to_numpy
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import GuardConfig
-from pgrad.monitor.faults import ActiveFaults
+from pgrad.faults import ActiveFaults
 from pgrad.rollout import Batch, Rollout, RolloutCollector
 
 
@@ -127,27 +127,17 @@ class OptimizerGuard:
             handle.remove()
 
 
-def restore_learner(path: Path, algo: Any, collector: RolloutCollector) -> dict[str, Any]:
-    """Load model, optimizer, algorithm extra state and normaliser statistics from checkpoint ``path``.
+def restore_learner(state: TrainState, source: Path, algo: Any, collector: RolloutCollector) -> None:
+    """Load model, optimizer, algorithm extra state and normaliser statistics from a checkpoint.
 
-    Returns the checkpoint's JSON state (step, score, health mark, ...). Environments, episode
-    bookkeeping, RNG streams and the step counter are left as they are.
+    Environments, episode bookkeeping, RNG streams and the step counter are left as they are: a
+    rollback undoes learning, not experience.
     """
-    tensors, state = load_checkpoint(path)
-    for name, module in algo.modules().items():
-        prefix = f"module.{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    for name, optimizer in algo.optimizers().items():
-        optimizer_from_parts(f"optim.{name}", optimizer, tensors, state["optimizers"][name])
-    algo.load_extra_state(state["algo_state"])
-    arrays = tensors_to_numpy("collector", tensors)
-    collector.obs_normalizer.stats.load(
-        {k[len("obs_norm_"):]: v for k, v in arrays.items() if k.startswith("obs_norm_")}
-    )
-    collector.reward_scaler.stats.load(
-        {k[len("reward_norm_"):]: v for k, v in arrays.items() if k.startswith("reward_norm_")}
-    )
-    return state
+    load_modules(algo.modules(), state, source)
+    load_optimizers(algo.optimizers(), state, source)
+    algo.load_extra_state(state.algo_state)
+    if state.normalizers:
+        collector.load_normalizer_state(state.normalizers)
 
 
 # ---- what a halted run leaves behind -----------------------------------------------------------

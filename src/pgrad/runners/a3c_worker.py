@@ -27,9 +27,8 @@ import torch
 from pgrad.algos.a2c import a2c_loss
 from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model
 from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule
+from pgrad.builders import algo_gamma, build_environment
 from pgrad.config import TrainConfig
-from pgrad.envs.factory import SpaceAdapter, make_vector_env
-from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.nets import ActorCritic
 from pgrad.rollout import Rollout, RolloutCollector
 from pgrad.threads import set_threads
@@ -56,7 +55,7 @@ def worker_main(
     worker: int,
     config: TrainConfig,
     shared: SharedHandles,
-    normalizer_arrays: dict[str, np.ndarray],
+    normalizer_state: dict[str, dict[str, np.ndarray]],
     start_step: int,
     parent_pid: int,
 ) -> None:
@@ -65,7 +64,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shared.messages.put(("started", worker, os.getpid()))
     try:
-        _run(worker, config, shared, normalizer_arrays, start_step, parent_pid)
+        _run(worker, config, shared, normalizer_state, start_step, parent_pid)
         shared.messages.put(("done", worker, None))
         exit_code = 0
     except BaseException:
@@ -84,7 +83,7 @@ def _run(
     worker: int,
     config: TrainConfig,
     shared: SharedHandles,
-    normalizer_arrays: dict[str, np.ndarray],
+    normalizer_state: dict[str, dict[str, np.ndarray]],
     start_step: int,
     parent_pid: int,
 ) -> None:
@@ -94,7 +93,7 @@ def _run(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    collector = make_collector(config, normalizer_arrays, seed % 2**31)
+    collector = make_collector(config, normalizer_state, seed % 2**31)
     adapter = collector.adapter
     local = build_model(algo, adapter.obs_dim, adapter.action)
     local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
@@ -134,16 +133,15 @@ def _run(
         collector.envs.close()
 
 
-def make_collector(config: TrainConfig, normalizer_arrays: dict[str, np.ndarray], seed: int) -> RolloutCollector:
+def make_collector(
+    config: TrainConfig, normalizer_state: dict[str, dict[str, np.ndarray]], seed: int
+) -> RolloutCollector:
     """This worker's env copy and normalisers (starting from the coordinator's statistics), reset with ``seed``."""
-    envs = make_vector_env(config.env)
-    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
-    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
-    env = config.env
-    reward_scaler = RewardScaler(envs.num_envs, config.algo_config.gamma, env.clip_reward, env.norm_reward)
-    obs_normalizer.stats.load(_with_prefix(normalizer_arrays, "obs_norm_"))
-    reward_scaler.stats.load(_with_prefix(normalizer_arrays, "reward_norm_"))
-    collector = RolloutCollector(envs, adapter, obs_normalizer, reward_scaler, config.run.episode_window)
+    env = build_environment(config, algo_gamma(config))
+    collector = RolloutCollector(
+        env.envs, env.adapter, env.obs_normalizer, env.reward_scaler, config.run.episode_window
+    )
+    collector.load_normalizer_state(normalizer_state)
     collector.reset(seed)
     return collector
 
@@ -153,10 +151,6 @@ def copy_parameters(source: list[torch.nn.Parameter], target: list[torch.nn.Para
     with torch.no_grad():
         for source_tensor, target_tensor in zip(source, target, strict=True):
             target_tensor.copy_(source_tensor)
-
-
-def _with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
 
 
 def gradient_step(
@@ -176,7 +170,9 @@ def gradient_step(
     # The A2C loss reads only norm_adv, vf_coef and ent_coef, which A3CConfig names the same.
     loss, loss_stats = a2c_loss(dist, values, batch, config)  # type: ignore[arg-type]
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite A3C loss {float(loss)}: {({k: float(v) for k, v in loss_stats.items()})}")
+        raise FloatingPointError(
+            f"non-finite A3C loss {float(loss)}: { ({k: float(v) for k, v in loss_stats.items()}) }"
+        )
     local.zero_grad(set_to_none=True)
     loss.backward()
     local_parameters = list(local.parameters())
@@ -219,7 +215,6 @@ class Report:
         """Mean statistics, the episodes finished since the last report, and normaliser statistics."""
         episodes = collector.episodes
         new = min(episodes.count - reported_episodes, len(episodes.returns))
-        arrays = collector.state_arrays()
         return {
             "step": step,
             "updates": self.updates,
@@ -228,5 +223,5 @@ class Report:
             "env_seconds": self.env_seconds,
             "episode_returns": list(episodes.returns)[len(episodes.returns) - new :],
             "episode_lengths": list(episodes.lengths)[len(episodes.lengths) - new :],
-            "normalizers": {k: v for k, v in arrays.items() if k.startswith(("obs_norm_", "reward_norm_"))},
+            "normalizers": collector.normalizer_state(),
         }

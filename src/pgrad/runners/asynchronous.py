@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import signal
 import time
 from pathlib import Path
@@ -25,21 +24,12 @@ import torch.multiprocessing as mp
 
 from pgrad import __version__
 from pgrad.algos.a3c import A3C, A3CConfig
-from pgrad.checkpoint import (
-    CheckpointStore,
-    load_checkpoint,
-    numpy_to_tensors,
-    optimizer_from_parts,
-    optimizer_to_parts,
-    tensors_to_numpy,
-)
+from pgrad.builders import algo_gamma, build_environment
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import TrainConfig
-from pgrad.envs.factory import SpaceAdapter, make_vector_env
-from pgrad.envs.normalize import RunningMeanStd
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
-from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, tensorboard_sink
 from pgrad.rollout import EpisodeStats
-from pgrad.runners.context import TrainResult, resident_memory_mb
+from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
 # ---- the coordinator ------------------------------------------------------------------------
@@ -52,9 +42,10 @@ STARTUP_SECONDS = 300.0
 class A3CRunner:
     """Runs an A3C run: starts the workers, supervises them, logs and checkpoints.
 
-    Same constructor, ``train()`` and ``stop_requested`` as ``pgrad.runners.on_policy.OnPolicyRunner``, so the
-    command line treats both alike (``AlgorithmSpec.trainer``). Workers are started with 'spawn',
-    which re-imports the main module: a script that trains A3C needs ``if __name__ == "__main__":``.
+    Same constructor, ``train()`` and ``stop_requested`` as ``OnPolicyRunner``, and the same
+    ``RunContext`` and ``TrainState``, so the command line treats both alike (``runner_for``).
+    Workers are started with 'spawn', which re-imports the main module: a script that trains A3C
+    needs ``if __name__ == "__main__":``.
 
     Not applied here: the synchronous trainer's guard (``guard`` section: alert rules, rollbacks,
     periodic evaluation, drills). A3C stops on a worker error, including a non-finite loss; its
@@ -64,118 +55,92 @@ class A3CRunner:
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
         self.config = config
         self.algo_config: A3CConfig = config.algo_config
-        self.run_dir = Path(run_dir)
-        self.store = CheckpointStore(self.run_dir, config.run.keep_checkpoints)
-        if not resume and self.store.index()["latest"] is not None:
-            raise ConfigError(
-                f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}' "
-                "or choose another --run-dir"
-            )
+        self.run = RunContext(config, run_dir, resume)
+        self.run_dir = self.run.run_dir
         if config.guard.inject:
             raise ConfigError(
                 "guard.inject drills run on the synchronous trainer only; for a3c use a3c.fail_worker_at_step"
             )
         set_threads(config.run.torch_threads)
-        random.seed(config.run.seed)
-        np.random.seed(config.run.seed)
-        torch.manual_seed(config.run.seed)
-        probe = make_vector_env(config.env, num_envs=1)  # the spaces, and env errors before any process starts
-        self.adapter = SpaceAdapter(
-            probe.single_observation_space, probe.single_action_space, config.env.rescale_actions
-        )
-        probe.close()
+        seed_everything(config.run.seed)
+        probe = build_environment(config, algo_gamma(config), num_envs=1)  # env errors before any process starts
+        self.adapter = probe.adapter
+        # Statistics before any data, in case no worker reports before the first checkpoint.
+        self.normalizers: dict[int, dict[str, dict[str, np.ndarray]]] = {
+            -1: {"obs": probe.obs_normalizer.stats.state(), "reward": probe.reward_scaler.stats.state()}
+        }
+        probe.envs.close()
         self.algo = A3C(self.algo_config, self.adapter.obs_dim, self.adapter.action)
         self.episodes = EpisodeStats.empty(config.run.episode_window)
-        self.normalizers: dict[int, dict[str, np.ndarray]] = {-1: fresh_normalizer_arrays(self.adapter.obs_dim)}
-        self.step = self.updates = self.last_checkpoint_step = 0
-        self.elapsed_before = 0.0
-        self.stop_requested = False
+        self.step = self.updates = 0
         self.failure: str | None = None
         self.workers: list[Any] = []
         self.finished: set[int] = set()  # workers that said done, failed, died or stalled
         self.last_heard: dict[int, float] = {}  # worker -> monotonic time of its last message
         self.started_workers: set[int] = set()  # workers that have imported everything and begun
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(self.run_dir / "config.yaml")
-        label = f"{config.algo} {config.env.id}"
-        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label)
-        self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
-        self.sinks: list[Any] = [JsonlSink(self.run_dir / "metrics.jsonl")]
-        if config.run.tensorboard:
-            board = tensorboard_sink(self.run_dir / "tb")
-            if board is not None:
-                self.sinks.append(board)
+        self.run.open(console, f"{config.algo} {config.env.id}")
         if resume:
-            self.load(self.store.path("latest"))
+            self.load()
         else:
-            workers = self.algo_config.num_workers
-            message = f"{config.algo} on {config.env.id}, seed {config.run.seed}, {workers} workers"
-            self.events.emit("run.started", 0, message, version=__version__)
+            self.run.started_event(f", {self.algo_config.num_workers} workers")
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.run.stop_requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self.run.stop_requested = value
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def normalizer_arrays(self) -> dict[str, np.ndarray]:
+    def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Observation/reward normaliser statistics of the lowest-numbered worker that reported.
 
         Every worker estimates the same statistics from its own env copy; one worker's are saved
-        (as the trainer's ``collector.obs_norm_*`` tensors, which ``pgrad eval`` reads), and a
-        resumed run starts every worker from them.
+        (``TrainState.normalizers``, which ``pgrad eval`` reads), and a resumed run starts every
+        worker from them.
         """
         return self.normalizers[min(self.normalizers)]
 
-    def checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"module.model.{k}": v for k, v in self.algo.model.state_dict().items()}
-        optimizer_tensors, optimizer_state = optimizer_to_parts("optim.optimizer", self.algo.optimizer)  # type: ignore[arg-type]
-        tensors.update(optimizer_tensors)
-        tensors.update(numpy_to_tensors("collector", self.normalizer_arrays()))
-        tensors["rng.torch"] = torch.get_rng_state()
-        state = {
-            "pgrad_version": __version__,
-            "algo": self.config.algo,
-            "step": self.step,
-            "updates": self.updates,
-            "elapsed_seconds": self.elapsed_before + (time.perf_counter() - self.started),
-            "config": self.config.to_dict(),
-            "optimizers": {"optimizer": optimizer_state},
-            "env_state": None,  # worker environments are re-seeded on resume (module docstring)
-            "episodes": {"returns": list(self.episodes.returns), "lengths": list(self.episodes.lengths),
-                         "count": self.episodes.count},
-            "algo_state": {"num_workers": self.algo_config.num_workers},
-        }
-        return tensors, state
+    def train_state(self) -> TrainState:
+        # Workers keep stepping while the tensors are copied: a checkpoint is a Hogwild snapshot.
+        episodes = self.episodes
+        return TrainState(
+            algo=self.config.algo,
+            step=self.step,
+            updates=self.updates,
+            elapsed_seconds=self.run.elapsed(),
+            config=self.config.to_dict(),
+            modules={"model": self.algo.model.state_dict()},
+            optimizers={"optimizer": self.algo.optimizer.state_dict()},
+            normalizers=self.normalizer_state(),
+            rng_torch=torch.get_rng_state(),
+            env_state=None,  # worker environments are re-seeded on resume (pgrad.algos.a3c)
+            episodes={"returns": list(episodes.returns), "lengths": list(episodes.lengths), "count": episodes.count},
+            algo_state={"num_workers": self.algo_config.num_workers},
+            pgrad_version=__version__,
+        )
 
     def save_checkpoint(self, score: float | None) -> Path:
-        # Workers keep stepping while the tensors are copied: a checkpoint is a Hogwild snapshot.
-        tensors, state = self.checkpoint_parts()
-        path = self.store.save(self.step, tensors, state, score)
-        self.last_checkpoint_step = self.step
-        self.events.emit("checkpoint", self.step, f"saved {path.name}", path=str(path), score=score, healthy=True)
-        return path
+        return self.run.save_checkpoint(self.train_state(), score)
 
-    def load(self, path: Path) -> None:
-        tensors, state = load_checkpoint(path)
-        if state.get("algo") != self.config.algo:
-            raise CheckpointError(f"checkpoint {path} is for algorithm {state.get('algo')!r}, not {self.config.algo!r}")
-        try:
-            self.algo.model.load_state_dict(
-                {k[len("module.model."):]: v for k, v in tensors.items() if k.startswith("module.model.")}
-            )
-            optimizer_from_parts(
-                "optim.optimizer", self.algo.optimizer, tensors, state["optimizers"]["optimizer"]  # type: ignore[arg-type]
-            )
-            arrays = tensors_to_numpy("collector", tensors)
-            self.normalizers = {-1: {k: arrays[k] for k in fresh_normalizer_arrays(self.adapter.obs_dim)}}
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
-        self.episodes.returns.extend(state["episodes"]["returns"])
-        self.episodes.lengths.extend(state["episodes"]["lengths"])
-        self.episodes.count = state["episodes"]["count"]
-        torch.set_rng_state(tensors["rng.torch"])
-        self.step, self.updates = state["step"], state["updates"]
-        self.elapsed_before = state["elapsed_seconds"]
-        self.last_checkpoint_step = self.step
-        self.events.emit("run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)",
-                         path=str(path))
+    def load(self) -> None:
+        state, path = self.run.latest_state()
+        load_modules({"model": self.algo.model}, state, path)
+        load_optimizers({"optimizer": self.algo.optimizer}, state, path)
+        if set(state.normalizers) != {"obs", "reward"}:
+            raise CheckpointError(f"checkpoint {path} has no normaliser statistics")
+        self.normalizers = {-1: state.normalizers}
+        self.episodes.returns.extend(state.episodes["returns"])
+        self.episodes.lengths.extend(state.episodes["lengths"])
+        self.episodes.count = state.episodes["count"]
+        if state.rng_torch is not None:
+            torch.set_rng_state(state.rng_torch)
+        self.step, self.updates = state.step, state.updates
+        self.run.emit(
+            "run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)", path=str(path)
+        )
 
     # ---- workers ----------------------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -197,7 +162,7 @@ class A3CRunner:
             for worker in range(self.algo_config.num_workers):
                 process = context.Process(
                     target=worker_main,
-                    args=(worker, self.config, shared, self.normalizer_arrays(), self.step, os.getpid()),
+                    args=(worker, self.config, shared, self.normalizer_state(), self.step, os.getpid()),
                     name=f"pgrad-a3c-worker-{worker}",
                     daemon=True,
                 )
@@ -207,8 +172,12 @@ class A3CRunner:
         finally:
             signal.signal(signal.SIGINT, handler)
         pids = ", ".join(str(p.pid) for p in self.workers)
-        self.events.emit("workers.started", self.step, f"{len(self.workers)} workers (pids {pids})",
-                         pids=[p.pid for p in self.workers])
+        self.run.emit(
+            "workers.started",
+            self.step,
+            f"{len(self.workers)} workers (pids {pids})",
+            pids=[p.pid for p in self.workers],
+        )
 
     def _supervise(self, stop_at_step: int | None) -> None:
         """Read reports until the workers finish, one fails, a stop is requested or ``stop_at_step``."""
@@ -218,7 +187,7 @@ class A3CRunner:
             self._check_alive()
             if stop_at_step is not None and self.step_counter.value >= stop_at_step:
                 return
-            if self.step - self.last_checkpoint_step >= every and self.failure is None:
+            if self.step - self.run.last_checkpoint_step >= every and self.failure is None:
                 self.save_checkpoint(self.episodes.summary().get("rollout/return_mean"))
 
     def _receive(self, timeout: float) -> None:
@@ -245,8 +214,13 @@ class A3CRunner:
             last_line = payload.strip().splitlines()[-1]
             if self.failure is None:
                 self.failure = f"a3c worker {worker} failed: {last_line}"
-            self.events.emit("critical.worker_failed", self.step_counter.value, f"worker {worker} raised {last_line}",
-                             worker=worker, traceback=payload)
+            self.run.emit(
+                "critical.worker_failed",
+                self.step_counter.value,
+                f"worker {worker} raised {last_line}",
+                worker=worker,
+                traceback=payload,
+            )
 
     def _check_alive(self) -> None:
         """A worker that died without a word (killed, out of memory) or went silent is a failure too."""
@@ -261,7 +235,7 @@ class A3CRunner:
                 self.finished.add(worker)
                 reason = f"a3c worker {worker} (pid {process.pid}) sent nothing for {silent:.0f} s (stuck?)"
                 self.failure = self.failure or reason
-                self.events.emit("critical.worker_stalled", self.step, reason, worker=worker)
+                self.run.emit("critical.worker_stalled", self.step, reason, worker=worker)
             if process.exitcode is None:
                 continue
             self._receive(timeout=0.5)  # its last messages may still be in the pipe
@@ -269,7 +243,7 @@ class A3CRunner:
                 self.finished.add(worker)
                 reason = f"a3c worker {worker} (pid {process.pid}) exited with code {process.exitcode} without a report"
                 self.failure = self.failure or reason
-                self.events.emit("critical.worker_failed", self.step, reason, worker=worker, exitcode=process.exitcode)
+                self.run.emit("critical.worker_failed", self.step, reason, worker=worker, exitcode=process.exitcode)
 
     def _stop_workers(self) -> None:
         """Ask every worker to stop, wait up to ``shutdown_timeout``, then terminate stragglers."""
@@ -282,8 +256,9 @@ class A3CRunner:
         stragglers = [worker for worker, process in enumerate(self.workers) if process.is_alive()]
         for worker in stragglers:
             self.workers[worker].terminate()
-            self.events.emit("warning.worker_terminated", self.step, f"worker {worker} did not stop in time",
-                             worker=worker)
+            self.run.emit(
+                "warning.worker_terminated", self.step, f"worker {worker} did not stop in time", worker=worker
+            )
         for process in self.workers:
             process.join(timeout=2.0)
             if process.is_alive():
@@ -318,69 +293,43 @@ class A3CRunner:
             "perf/steps_per_second": self.steps_per_second,
             "perf/update_seconds": payload["seconds"] / max(payload["updates"], 1),
             "perf/env_seconds": payload["env_seconds"],
-            "perf/wall_seconds": self.elapsed_before + now - self.started,
+            "perf/wall_seconds": self.run.elapsed(),
             "perf/rss_mb": resident_memory_mb(),
             "perf/workers_alive": float(sum(p.is_alive() for p in self.workers)),
         }
-        for sink in self.sinks:
-            sink.write(metrics)
-        self.console.update(metrics)
+        self.run.log(metrics)
         self.last_metrics = metrics
 
     # ---- the run ----------------------------------------------------------------------------
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self.stop_requested = True
-
-    def train(self, stop_at_step: int | None = None) -> Any:
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` (or stop at ``stop_at_step``); returns a ``TrainResult``.
 
         Raises ``TrainingHalted`` after a clean shutdown and a checkpoint if a worker failed.
         """
-
-        self.started = time.perf_counter()
-        self.rate_mark = (self.started, self.step)
+        self.run.started = time.perf_counter()
+        self.rate_mark = (self.run.started, self.step)
         self.steps_per_second: float | None = None
         self.last_metrics: dict[str, Any] = {}
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self._start_workers()
-            for sig in previous:
-                signal.signal(sig, self._request_stop)
-            self._supervise(stop_at_step)
-        finally:
-            self._stop_workers()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # A second Ctrl-C does not interrupt: the coordinator must still stop its workers.
+        with self.run.stop_signals(second_interrupts=False):
+            try:
+                self._start_workers()
+                self._supervise(stop_at_step)
+            finally:
+                self._stop_workers()
         checkpoint = None
-        if self.last_checkpoint_step != self.step or self.store.index()["latest"] is None:
+        if self.run.needs_final_checkpoint(self.step):
             checkpoint = self.save_checkpoint(self.episodes.summary().get("rollout/return_mean"))
-        checkpoint = checkpoint or self.store.path("latest")
-        total = self.config.run.total_steps
+        checkpoint = checkpoint or self.run.store.path("latest")
         if self.failure is not None:
-            self.events.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
+            self.run.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
             self.close()
             raise TrainingHalted(
                 f"{self.failure} (details in {self.run_dir / 'events.jsonl'}); checkpoint {checkpoint.name} saved"
             )
-        if self.stop_requested:
-            message = f"stopped on request; continue with 'pgrad resume {self.run_dir}'"
-            self.events.emit("run.interrupted", self.step, message)
-        elif self.step >= total:
-            self.events.emit("run.finished", self.step, "reached run.total_steps")
+        result = self.run.finish(self.step, self.updates, self.last_metrics, checkpoint)
         self.close()
-        seconds = self.elapsed_before + time.perf_counter() - self.started
-        interrupted = self.step < total
-        return TrainResult(self.run_dir, self.step, self.updates, seconds, interrupted, self.last_metrics, checkpoint)
+        return result
 
     def close(self) -> None:
-        self.console.close()
-        for sink in self.sinks:
-            sink.close()
-        self.events.close()
-
-
-def fresh_normalizer_arrays(obs_dim: int) -> dict[str, np.ndarray]:
-    """Normaliser statistics before any data, under the names ``RolloutCollector.state_arrays`` uses."""
-    arrays = {f"obs_norm_{k}": v for k, v in RunningMeanStd((obs_dim,)).state().items()}
-    arrays.update({f"reward_norm_{k}": v for k, v in RunningMeanStd(()).state().items()})
-    return arrays
+        self.run.close()
