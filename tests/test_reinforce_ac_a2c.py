@@ -260,7 +260,6 @@ class StopAt:
         pass
 
 
-@pytest.mark.slow  # to 150; tests/test_learning_smoke.py keeps runs to 100 in CI
 @pytest.mark.parametrize(
     ("algo", "budget"),
     # Seed 1 with the CartPole presets reaches 150 at about 13k (a2c), 13k (actor_critic) and 24k
