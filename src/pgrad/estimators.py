@@ -195,8 +195,9 @@ def vtrace(
 
 
 # ---- torch twins ---------------------------------------------------------------------------------
-# The same equations as above, over tensors. Flags may be bool or 0/1 floats; they are cast to the
-# rewards' dtype (or to bool) on the rewards' device, so float32 on a GPU stays float32 on that GPU.
+# The same equations as above, over tensors on one device. Flags may be bool or 0/1 floats; they
+# are cast to the rewards' dtype (or to bool) and nothing moves between devices, so float32 on a GPU
+# stays float32 on that GPU.
 # Rows are gathered in a list and stacked rather than written in place, so a caller that needs
 # gradients through a target (e.g. a learned value in V-trace) gets them.
 
