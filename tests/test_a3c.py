@@ -41,6 +41,7 @@ def worker_pids(run: Path) -> list[int]:
 
 # ---- the shared optimizer ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["rmsprop", "adam"])
 def test_shared_optimizer_steps_like_torch(kind):
     config = A3CConfig(optimizer=kind, learning_rate=0.01, rms_alpha=0.9, optimizer_eps=1e-5)
@@ -104,17 +105,17 @@ def test_guard_drills_are_refused_not_ignored(tmp_path):
 
 # ---- whole runs ----------------------------------------------------------------------------------
 
-def test_two_workers_learn_cartpole(tmp_path, quiet_sets):
+
+@pytest.mark.slow  # 50k steps; tests/test_learning_smoke.py keeps a short A3C learning run in CI
+def test_two_workers_learn_cartpole(tmp_path, quiet_sets, hang_guard):
     """The preset (8 envs per worker, n = 5, RMSprop 1.5e-3, gamma 0.98) reaches 475 in ~50k steps
     (benchmarks/RESULTS.md). Returns often dip between 20k and 40k steps before they climb to
     500. Asynchronous runs differ even from one seed: in 16 trial runs of this test the last-20 mean
     at 50k steps was 222-500 (median 500) and the checkpoint evaluated at 500 in 10 of 10."""
     run = tmp_path / "run"
-    started = time.perf_counter()
     config, _ = resolve_config("a3c", "CartPole-v1", sets=quiet_sets, seed=1, total_steps=50_000)
-    result = A3CRunner(config, run, console=False).train()
-    elapsed = time.perf_counter() - started
-    assert elapsed < 40, f"took {elapsed:.1f} s"
+    with hang_guard(600):  # a hang guard, not a speed test: the run takes about 10 s
+        result = A3CRunner(config, run, console=False).train()
     assert 50_000 <= result.steps <= 50_000 + 2 * 8 * 5 and not result.interrupted
 
     rows = read_jsonl(run / "metrics.jsonl")
@@ -124,9 +125,18 @@ def test_two_workers_learn_cartpole(tmp_path, quiet_sets):
     assert best >= 150, best
     assert {row["worker"] for row in rows} == {0, 1}
     assert [row["step"] for row in rows] == sorted(row["step"] for row in rows)
-    for key in ("train/policy_loss", "train/value_loss", "train/learning_rate", "diagnostics/entropy",
-                "diagnostics/grad_norm", "diagnostics/explained_variance", "diagnostics/staleness",
-                "perf/steps_per_second", "perf/wall_seconds", "rollout/return_median"):
+    for key in (
+        "train/policy_loss",
+        "train/value_loss",
+        "train/learning_rate",
+        "diagnostics/entropy",
+        "diagnostics/grad_norm",
+        "diagnostics/explained_variance",
+        "diagnostics/staleness",
+        "perf/steps_per_second",
+        "perf/wall_seconds",
+        "rollout/return_median",
+    ):
         assert key in rows[-1], key
     kinds = [event["kind"] for event in read_jsonl(run / "events.jsonl")]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished" and "checkpoint" in kinds
@@ -139,41 +149,84 @@ def test_two_workers_learn_cartpole(tmp_path, quiet_sets):
     assert state["step"] == result.steps and "collector.obs_norm_mean" in tensors
 
 
-def test_a_worker_that_raises_is_reported_and_the_run_exits_nonzero_within_seconds(tmp_path):
+def test_a_worker_that_raises_stops_the_run_with_exit_3_and_every_worker_stopped(tmp_path):
     run = tmp_path / "run"
-    started = time.time()
+    # 10M steps would take hours: the run must end because of the failure. The subprocess timeout
+    # is a hang guard only (TimeoutExpired fails the test); the run itself takes a few seconds.
     completed = subprocess.run(
-        [sys.executable, "-m", "pgrad", "train", "a3c", "--env", "CartPole-v1", "--run-dir", str(run), "--quiet",
-         "--total-steps", "10000000", "--set", "fail_worker_at_step=2000", "--set", "run.tensorboard=false"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pgrad",
+            "train",
+            "a3c",
+            "--env",
+            "CartPole-v1",
+            "--run-dir",
+            str(run),
+            "--quiet",
+            "--total-steps",
+            "10000000",
+            "--set",
+            "fail_worker_at_step=2000",
+            "--set",
+            "run.tensorboard=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    elapsed = time.time() - started
     assert completed.returncode == 3, completed.stderr
     assert "a3c worker 0 failed: RuntimeError: injected failure: a3c.fail_worker_at_step=2000" in completed.stderr
     events = read_jsonl(run / "events.jsonl")
+    kinds = [e["kind"] for e in events]
     failure = next(e for e in events if e["kind"] == "critical.worker_failed")
     assert failure["worker"] == 0 and "Traceback" in failure["traceback"] and "a3c_worker.py" in failure["traceback"]
-    assert events[-1]["kind"] == "run.failed"
-    assert elapsed < 30, f"took {elapsed:.1f} s in all"
-    assert started + elapsed - failure["time"] < 10, "more than 10 s from the failure to the end of the process"
+    assert failure["step"] >= 2000
+    # The failure stopped the run: after it come only the final checkpoint and run.failed. The
+    # healthy worker left on the stop request (none had to be terminated), and no worker outlived
+    # the coordinator.
+    assert kinds[kinds.index("critical.worker_failed") + 1 :] in (["checkpoint", "run.failed"], ["run.failed"])
+    assert "warning.worker_terminated" not in kinds and "critical.worker_stalled" not in kinds
+    assert kinds.count("critical.worker_failed") == 1
     assert not any(process_alive(pid) for pid in worker_pids(run))
     # What the run had learned is kept: a checkpoint written after the failure, resumable.
-    load_checkpoint(CheckpointStore(run, 3).path("latest"))
+    _, state = load_checkpoint(CheckpointStore(run, 3).path("latest"))
+    assert state["step"] == events[-1]["step"] >= failure["step"]
 
 
 def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_count(tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pgrad", "train", "a3c", "--env", "CartPole-v1", "--run-dir", str(run), "--quiet",
-         "--total-steps", "10000000", "--set", "run.tensorboard=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "pgrad",
+            "train",
+            "a3c",
+            "--env",
+            "CartPole-v1",
+            "--run-dir",
+            str(run),
+            "--quiet",
+            "--total-steps",
+            "10000000",
+            "--set",
+            "run.tensorboard=false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and len(read_jsonl(run / "metrics.jsonl")) < 4:
+    # Wait for 4 metrics rows; the deadline is a hang guard, not a speed test.
+    deadline = time.monotonic() + 300
+    while len(read_jsonl(run / "metrics.jsonl")) < 4:
+        assert time.monotonic() < deadline and process.poll() is None, "hang guard: no metrics"
         time.sleep(0.2)
     # Ctrl-C in a terminal signals the whole process group: the workers must leave it to the coordinator.
     os.killpg(process.pid, signal.SIGINT)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)  # hang guard: TimeoutExpired fails the test
     assert process.returncode == 130, err
     events = read_jsonl(run / "events.jsonl")
     assert events[-1]["kind"] == "run.interrupted"
@@ -216,8 +269,9 @@ def test_a_worker_step_moves_only_the_shared_parameters_by_the_rmsprop_closed_fo
     algo_config = config.algo_config
     envs = make_vector_env(config.env)
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
-    collector = RolloutCollector(envs, adapter, ObsNormalizer((adapter.obs_dim,), 10.0, False),
-                                 RewardScaler(2, 0.99, 10.0, False), 20)
+    collector = RolloutCollector(
+        envs, adapter, ObsNormalizer((adapter.obs_dim,), 10.0, False), RewardScaler(2, 0.99, 10.0, False), 20
+    )
     collector.reset(3)
     learner = A3C(algo_config, adapter.obs_dim, adapter.action)
     shared_states = learner.share_memory()
@@ -225,8 +279,9 @@ def test_a_worker_step_moves_only_the_shared_parameters_by_the_rmsprop_closed_fo
     copy_parameters(list(learner.model.parameters()), list(local.parameters()))
     before = [p.detach().clone() for p in learner.model.parameters()]
     rollout = collector.collect(local.acting_policy(), np.random.default_rng(3), algo_config.num_steps)
-    stats = gradient_step(local, SharedOptimizer(list(learner.model.parameters()), algo_config, shared_states),
-                          rollout, algo_config, 0.01)
+    stats = gradient_step(
+        local, SharedOptimizer(list(learner.model.parameters()), algo_config, shared_states), rollout, algo_config, 0.01
+    )
     envs.close()
 
     largest = max(float((p.detach() - b).abs().max()) for p, b in zip(learner.model.parameters(), before, strict=True))
@@ -238,21 +293,36 @@ def test_a_worker_step_moves_only_the_shared_parameters_by_the_rmsprop_closed_fo
     assert ("diagnostics/log_std_mean" in stats) == (env_id == "Pendulum-v1")
 
 
-def test_stuck_workers_are_detected_terminated_and_the_run_fails_cleanly(tmp_path, quiet_sets):
+def test_stuck_workers_are_detected_terminated_and_the_run_fails_cleanly(tmp_path, quiet_sets, hang_guard):
     run = tmp_path / "run"
     config, _ = resolve_config(
-        "a3c", "a3c_stuck_env:StuckCartPole",
-        sets=[*quiet_sets, "env.num_envs=1", "env.kwargs={stuck_after: 300}", "stall_timeout=2",
-              "shutdown_timeout=1", "report_every=5"],
-        total_steps=10_000_000, use_preset=False,
+        "a3c",
+        "a3c_stuck_env:StuckCartPole",
+        sets=[
+            *quiet_sets,
+            "env.num_envs=1",
+            "env.kwargs={stuck_after: 300}",
+            "stall_timeout=2",
+            "shutdown_timeout=1",
+            "report_every=5",
+        ],
+        total_steps=10_000_000,
+        use_preset=False,
     )
     trainer = A3CRunner(config, run, console=False)
-    started = time.perf_counter()
-    with pytest.raises(TrainingHalted, match=r"a3c worker \d \(pid \d+\) sent nothing for \d+ s \(stuck\?\)"):
+    # The workers hang for an hour; the guard fails the test if the runner waits on them instead
+    # of giving up after stall_timeout (it takes a few seconds).
+    with (
+        hang_guard(300),
+        pytest.raises(TrainingHalted, match=r"a3c worker \d \(pid \d+\) sent nothing for \d+ s \(stuck\?\)"),
+    ):
         trainer.train()
-    assert time.perf_counter() - started < 30
-    kinds = [e["kind"] for e in read_jsonl(run / "events.jsonl")]
+    events = read_jsonl(run / "events.jsonl")
+    kinds = [e["kind"] for e in events]
     assert "critical.worker_stalled" in kinds and "warning.worker_terminated" in kinds and kinds[-1] == "run.failed"
+    # A hung worker ignores the stop request, so every stalled worker was terminated.
+    stalled = {e["worker"] for e in events if e["kind"] == "critical.worker_stalled"}
+    assert stalled <= {e["worker"] for e in events if e["kind"] == "warning.worker_terminated"}
     assert not any(process_alive(pid) for pid in worker_pids(run))
     # Each worker counted its steps up to the hang (300 env steps plus autoreset steps, in updates of 5).
     assert 0 < load_checkpoint(CheckpointStore(run, 3).path("latest"))[1]["step"] < 2 * 400

@@ -40,6 +40,7 @@ def evaluations(run_dir: Path) -> list[tuple[int, float]]:
     return [(m["step"], m["eval/return_mean"]) for m in rows if "eval/return_mean" in m]
 
 
+@pytest.mark.slow  # 40k steps and a learning assertion; the KL rollback path is also in the resume and cap drills
 def test_lr_spike_triggers_kl_alert_rollback_and_halved_lr_then_recovers(tmp_path):
     run = tmp_path / "spike"
     # Evaluation collapses are their own test; here only the KL path may act.
@@ -100,6 +101,7 @@ def test_repeated_nonfinite_gradients_halt_with_exit_3_and_dumps(tmp_path, capsy
     assert halt["step"] <= 3072 + 256
 
 
+@pytest.mark.slow  # 20k steps; needs a policy that has learned before the flip
 def test_reward_flip_collapses_evaluation_and_reloads_the_best_checkpoint(tmp_path):
     run = tmp_path / "flip"
     trainer = train(run, 20_480, "eval_every=2048", "checkpoint_every=100000", "inject=[reward_flip@10000:5000]")

@@ -144,6 +144,7 @@ def train(env_id: str, total: int, tmp_path, extra=()):
     return trainer.train()
 
 
+@pytest.mark.slow  # 50k steps; tests/test_learning_smoke.py keeps a short PPO run in CI
 def test_ppo_learns_cartpole_from_fixed_seed(tmp_path):
     # The rl-zoo preset; 50k steps (~8 s here). Threshold well below what it reaches (~450+).
     result = train("CartPole-v1", 50_000, tmp_path)

@@ -281,6 +281,7 @@ def logged(run_dir: Path) -> list[dict]:
 
 # Budgets and thresholds for seed 1 on the presets. Measured first crossings: trpo 150 at 21.5k steps,
 # npg 150 at 15.4k, ppo_kl 200 at 13.3k (with a 20k-step learning-rate anneal); an untrained policy scores ~20.
+@pytest.mark.slow  # 20-30k steps each; tests/test_learning_smoke.py keeps short runs in CI
 @pytest.mark.parametrize(
     ("algo", "budget", "threshold"),
     [("trpo", 30_720, 150.0), ("npg", 30_720, 150.0), ("ppo_kl", 20_480, 200.0)],

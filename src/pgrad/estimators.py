@@ -1,4 +1,11 @@
-"""Return and advantage estimators: pure functions over time-major ``[T, B]`` NumPy arrays.
+"""Return and advantage estimators: pure functions over time-major ``[T, B]`` arrays.
+
+Each estimator comes twice: over NumPy arrays (``gae``) and over torch tensors (``gae_torch``).
+The twins compute the same recursions and are tested equal to each other; the torch ones stay on the
+tensors' device and dtype (no ``.numpy()``, no host round trip), so a GPU learner need not copy its
+rollout to the CPU to estimate advantages. Separate functions rather than one that dispatches on
+type: each has one exact signature for the type checker and callers, NumPy float64 keeps its
+precision, and neither pays for a runtime type test.
 
 Conventions used by every function here:
 - ``rewards[t]`` is the reward for the action taken at step ``t``.
@@ -15,10 +22,13 @@ removes the bootstrap. Treating truncation as termination biases values low near
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 
 def _as_done(terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
-    return np.logical_or(terminated, truncated)
+    done: np.ndarray = np.logical_or(terminated, truncated)
+    return done
 
 
 def discounted_returns(
@@ -131,16 +141,15 @@ def nstep_returns(
     return returns
 
 
-def td_targets(
-    rewards: np.ndarray, next_values: np.ndarray, terminated: np.ndarray, gamma: float
-) -> np.ndarray:
+def td_targets(rewards: np.ndarray, next_values: np.ndarray, terminated: np.ndarray, gamma: float) -> np.ndarray:
     """One-step TD target y_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}).
 
     Truncation needs no flag here: ``next_values[t]`` is already V(final observation).
     Equal to ``nstep_returns(..., n=1)``.
     """
     rewards = np.asarray(rewards)
-    return rewards + gamma * (1.0 - np.asarray(terminated, dtype=rewards.dtype)) * next_values
+    targets: np.ndarray = rewards + gamma * (1.0 - np.asarray(terminated, dtype=rewards.dtype)) * next_values
+    return targets
 
 
 def vtrace(
@@ -181,5 +190,152 @@ def vtrace(
     vs = values + corrections
     next_vs = np.concatenate([vs[1:], next_values[-1:]])
     next_vs = np.where(done, next_values, next_vs)
+    pg_advantages = clipped_rhos * (rewards + gamma * not_terminated * next_vs - values)
+    return vs, pg_advantages
+
+
+# ---- torch twins ---------------------------------------------------------------------------------
+# The same equations as above, over tensors on one device. Flags may be bool or 0/1 floats; they
+# are cast to the rewards' dtype (or to bool) and nothing moves between devices, so float32 on a GPU
+# stays float32 on that GPU.
+# Rows are gathered in a list and stacked rather than written in place, so a caller that needs
+# gradients through a target (e.g. a learned value in V-trace) gets them.
+
+
+def _flags_torch(terminated: Tensor, truncated: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(1 - terminated, done)`` with ``1 - terminated`` in ``like``'s dtype and ``done`` boolean."""
+    done = torch.logical_or(terminated.bool(), truncated.bool())
+    return 1.0 - terminated.to(like.dtype), done
+
+
+def discounted_returns_torch(
+    rewards: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    next_values: Tensor | None = None,
+) -> Tensor:
+    """Torch twin of :func:`discounted_returns`: G_t = r_t + gamma * G_{t+1}, restarting at episode
+    boundaries; bootstraps from ``next_values`` on truncation and past the last row when given."""
+    not_terminated, done = _flags_torch(terminated, truncated, rewards)
+    if next_values is None:
+        next_values = torch.zeros_like(rewards)
+    bootstraps = next_values * not_terminated
+    following = bootstraps[-1]
+    returns: list[Tensor] = []
+    for t in reversed(range(rewards.shape[0])):
+        following = rewards[t] + gamma * torch.where(done[t], bootstraps[t], following)
+        returns.append(following)
+    return torch.stack(returns[::-1])
+
+
+def gae_torch(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Torch twin of :func:`gae`; returns ``(advantages, advantages + values)``.
+
+    delta_t = r_t + gamma (1 - terminated_t) V(s_{t+1}) - V(s_t);  A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
+    """
+    not_terminated, done = _flags_torch(terminated, truncated, rewards)
+    not_done = (~done).to(rewards.dtype)
+    deltas = rewards + gamma * not_terminated * next_values - values
+    decay = gamma * gae_lambda
+    running = torch.zeros_like(rewards[0])
+    advantages: list[Tensor] = []
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + decay * not_done[t] * running
+        advantages.append(running)
+    stacked = torch.stack(advantages[::-1])
+    return stacked, stacked + values
+
+
+def explained_variance_torch(predictions: Tensor, targets: Tensor) -> float:
+    """Torch twin of :func:`explained_variance` (population variances, as ``np.var``).
+
+    Returns a Python float, which synchronises with the device once: it is a logged diagnostic.
+    """
+    target_var = float(torch.var(targets, correction=0))
+    if target_var == 0.0:
+        return float("nan")
+    return 1.0 - float(torch.var(targets - predictions, correction=0)) / target_var
+
+
+def nstep_returns_torch(
+    rewards: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    n: int,
+) -> Tensor:
+    """Torch twin of :func:`nstep_returns`: G_t^(n) = sum_{k<m} gamma^k r_{t+k} + gamma^m * bootstrap,
+    the window ending at n steps, the end of the episode or the end of the rollout."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    not_terminated, done = _flags_torch(terminated, truncated, rewards)
+    not_done = (~done).to(rewards.dtype)
+    bootstraps = not_terminated * next_values
+    steps = rewards.shape[0]
+    returns: list[Tensor] = []
+    for t in range(steps):
+        total = torch.zeros_like(rewards[0])
+        discount = 1.0
+        open_window = torch.ones_like(rewards[0])  # 1 while the episode still runs inside the window
+        last = min(t + n, steps) - 1
+        for i in range(t, last + 1):
+            total = total + open_window * discount * rewards[i]
+            discount *= gamma
+            # An episode that ends at i bootstraps from its final observation unless it terminated;
+            # at the window's last row every open episode bootstraps.
+            ends_here = open_window if i == last else open_window * done[i].to(rewards.dtype)
+            total = total + ends_here * discount * bootstraps[i]
+            open_window = open_window * not_done[i]
+        returns.append(total)
+    return torch.stack(returns)
+
+
+def td_targets_torch(rewards: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
+    """Torch twin of :func:`td_targets`: y_t = r_t + gamma (1 - terminated_t) V(s_{t+1})."""
+    return rewards + gamma * (1.0 - terminated.to(rewards.dtype)) * next_values
+
+
+def vtrace_torch(
+    log_rhos: Tensor,
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    lam: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Torch twin of :func:`vtrace` (IMPALA V-trace targets); returns ``(vs, pg_advantages)``.
+
+    rho_t = min(rho_bar, pi/mu),  c_t = lam min(c_bar, pi/mu)
+    v_t - V(s_t) = rho_t delta_t + gamma c_t (1 - done_t) (v_{t+1} - V(s_{t+1}))
+    """
+    rhos = torch.exp(log_rhos)
+    clipped_rhos = torch.clamp(rhos, max=rho_bar)
+    cs = lam * torch.clamp(rhos, max=c_bar)
+    not_terminated, done = _flags_torch(terminated, truncated, rewards)
+    not_done = (~done).to(rewards.dtype)
+    deltas = clipped_rhos * (rewards + gamma * not_terminated * next_values - values)
+    running = torch.zeros_like(rewards[0])
+    corrections: list[Tensor] = []
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + gamma * cs[t] * not_done[t] * running
+        corrections.append(running)
+    vs = values + torch.stack(corrections[::-1])
+    # v_{t+1}: the next row's target inside an episode; V(final observation) where it ended; V(s_T)
+    # past the last row.
+    next_vs = torch.where(done, next_values, torch.cat([vs[1:], next_values[-1:]]))
     pg_advantages = clipped_rhos * (rewards + gamma * not_terminated * next_vs - values)
     return vs, pg_advantages
