@@ -257,6 +257,7 @@ class RolloutCollector:
     # ---- checkpoint support -------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The environment-side arrays (not the normaliser statistics: see ``normalizer_state``)."""
+        assert self.raw_obs is not None, "call reset() first"
         return {
             "raw_obs": self.raw_obs,
             "autoreset_pending": self.autoreset_pending,

@@ -93,6 +93,14 @@ class A3CRunner:
     def stop_requested(self, value: bool) -> None:
         self.run.stop_requested = value
 
+    @property
+    def sinks(self) -> list[Any]:
+        return self.run.sinks
+
+    @property
+    def store(self) -> Any:
+        return self.run.store
+
     # ---- checkpoints ----------------------------------------------------------------------
     def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Observation/reward normaliser statistics of the lowest-numbered worker that reported.

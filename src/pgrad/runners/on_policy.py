@@ -111,7 +111,7 @@ class OnPolicyRunner:
             collector=self.collector.state_arrays(),
             normalizers=self.collector.normalizer_state(),
             rng_torch=torch.get_rng_state(),
-            rng_numpy=self.rng.bit_generator.state,
+            rng_numpy=dict(self.rng.bit_generator.state),
             rng_python=[python_state[0], list(python_state[1]), python_state[2]],
             env_state=env_state.capture(self.env.envs),
             episodes=self.collector.episode_state(),
@@ -132,9 +132,11 @@ class OnPolicyRunner:
             self.collector.load_state_arrays(state.collector)
             self.collector.load_normalizer_state(state.normalizers)
             self.collector.load_episode_state(state.episodes)
+            if state.rng_torch is None or state.rng_numpy is None or state.rng_python is None:
+                raise KeyError("rng state")
             torch.set_rng_state(state.rng_torch)
             self.rng.bit_generator.state = state.rng_numpy
-            version, internal, gauss = state.rng_python  # type: ignore[misc]
+            version, internal, gauss = state.rng_python
             random.setstate((version, tuple(internal), gauss))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
