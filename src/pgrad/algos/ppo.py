@@ -31,7 +31,17 @@ from pgrad.algos.numpy_grad import GradientBackend, NumpyActorCritic, choose_gra
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
-from pgrad.metric_names import APPROX_KL, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD
+from pgrad.metric_names import (
+    APPROX_KL,
+    CLIP_FRACTION,
+    ENTROPY,
+    GRAD_NORM,
+    GRAD_NORM_CLIPPED,
+    LEARNING_RATE,
+    LOG_STD,
+    POLICY_LOSS,
+    VALUE_LOSS,
+)
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.rollout import Batch, Rollout
 
@@ -185,11 +195,11 @@ def ppo_hand_gradients(
         d_values = 2.0 * vf_coef * weights * np.where(use_clipped, clipped_error * inside, error)
     net.backward(forward, d_head, d_values)
     return {
-        "train/policy_loss": -float(weights @ np.minimum(unclipped, clipped)),
-        "train/value_loss": critic_loss,
-        "diagnostics/entropy": float(weights @ terms.entropy),
-        "diagnostics/approx_kl": float(weights @ ((ratio - 1.0) - log_ratio)),
-        "diagnostics/clip_fraction": float(weights @ (np.abs(ratio - 1.0) > clip_eps).astype(np.float32)),
+        POLICY_LOSS: -float(weights @ np.minimum(unclipped, clipped)),
+        VALUE_LOSS: critic_loss,
+        ENTROPY: float(weights @ terms.entropy),
+        APPROX_KL: float(weights @ ((ratio - 1.0) - log_ratio)),
+        CLIP_FRACTION: float(weights @ (np.abs(ratio - 1.0) > clip_eps).astype(np.float32)),
     }
 
 

@@ -177,13 +177,12 @@ def gradient_step(
     terms = a2c_batch_loss(
         dist, values, batch, vf_coef=config.vf_coef, ent_coef=config.ent_coef, norm_adv=config.norm_adv
     )
-    loss_stats = {key: float(value) for key, value in terms.metrics().items()}
+    stats = {key: float(value) for key, value in terms.metrics().items()}
     if not torch.isfinite(terms.loss):
-        raise FloatingPointError(f"non-finite A3C loss {float(terms.loss)}: {loss_stats}")
+        raise FloatingPointError(f"non-finite A3C loss {float(terms.loss)}: {stats}")
     local_parameters = list(local.parameters())
     grad_norm, clipped_norm = backward(local_parameters, terms.loss, config.max_grad_norm)  # type: ignore[misc]
     optimizer.step([p.grad for p in local_parameters], learning_rate)
-    stats = dict(loss_stats)
     stats.update(batch_stats)
     stats.update(
         {
