@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a3c import A3C, A3CConfig, SharedOptimizer, build_model
+from pgrad.algos.a3c import A3C, SharedOptimizer, build_model
 from pgrad.checkpoint import CheckpointStore, load_checkpoint, optimizer_from_parts, optimizer_to_parts
 from pgrad.cli import main
+from pgrad.config import OptimizerConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.errors import ConfigError, TrainingHalted
@@ -44,7 +45,7 @@ def worker_pids(run: Path) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["rmsprop", "adam"])
 def test_shared_optimizer_steps_like_torch(kind):
-    config = A3CConfig(optimizer=kind, learning_rate=0.01, rms_alpha=0.9, optimizer_eps=1e-5)
+    config = OptimizerConfig(kind=kind, learning_rate=0.01, rms_alpha=0.9, eps=1e-5)
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(3, 2, generator=generator), torch.randn(4, generator=generator)]
     ours = [torch.nn.Parameter(p.clone()) for p in start]
@@ -71,7 +72,7 @@ def test_shared_optimizer_steps_like_torch(kind):
 
 
 def test_optimizer_state_round_trips_through_checkpoint_parts_into_shared_memory():
-    config = A3CConfig(optimizer="adam")
+    config = OptimizerConfig(kind="adam")
     parameters = [torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.zeros(2, 2))]
     source = SharedOptimizer(parameters, config)
     for _ in range(3):
@@ -279,13 +280,12 @@ def test_a_worker_step_moves_only_the_shared_parameters_by_the_rmsprop_closed_fo
     copy_parameters(list(learner.model.parameters()), list(local.parameters()))
     before = [p.detach().clone() for p in learner.model.parameters()]
     rollout = collector.collect(local.acting_policy(), np.random.default_rng(3), algo_config.num_steps)
-    stats = gradient_step(
-        local, SharedOptimizer(list(learner.model.parameters()), algo_config, shared_states), rollout, algo_config, 0.01
-    )
+    shared_optimizer = SharedOptimizer(list(learner.model.parameters()), algo_config.optimizer, shared_states)
+    stats = gradient_step(local, shared_optimizer, rollout, algo_config, 0.01)
     envs.close()
 
     largest = max(float((p.detach() - b).abs().max()) for p, b in zip(learner.model.parameters(), before, strict=True))
-    assert largest == pytest.approx(0.01 / (1 - algo_config.rms_alpha) ** 0.5, rel=1e-3)
+    assert largest == pytest.approx(0.01 / (1 - algo_config.optimizer.rms_alpha) ** 0.5, rel=1e-3)
     for p, b in zip(local.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)
     assert all(float(state["step"]) == 1.0 for state in learner.optimizer.states)

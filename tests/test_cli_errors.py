@@ -21,11 +21,11 @@ def run_cli(capsys, *args):
         (["--set", "clip_eps=1.5"], "ppo.clip_eps must be in (0, 1); got 1.5"),
         (["--set", "clip_eps=0"], "ppo.clip_eps must be in (0, 1); got 0.0"),
         (["--set", "gamma=1.2"], "ppo.gamma must be in [0, 1]; got 1.2"),
-        (["--set", "learning_rate=-0.001"], "ppo.learning_rate must be > 0; got -0.001"),
+        (["--set", "learning_rate=-0.001"], "ppo.optimizer.learning_rate must be > 0; got -0.001"),
         (["--set", "num_epochs=abc"], "ppo.num_epochs must be an integer; got 'abc'"),
         (["--set", "num_epochs=2.5"], "ppo.num_epochs must be an integer; got 2.5"),
-        (["--set", "anneal_lr=3"], "ppo.anneal_lr must be true/false; got 3"),
-        (["--set", "activation=sigmoid"], "ppo.activation must be one of 'tanh', 'relu'; got 'sigmoid'"),
+        (["--set", "anneal_lr=3"], "ppo.optimizer.anneal_lr must be true/false; got 3"),
+        (["--set", "activation=sigmoid"], "ppo.network.activation must be one of 'tanh', 'relu'; got 'sigmoid'"),
         (["--set", "env.num_envs=0"], "env.num_envs must be >= 1; got 0"),
         (
             ["--set", "minibatch_size=100"],
@@ -114,7 +114,7 @@ def test_numbers_in_scientific_notation_are_numbers(tmp_path):
     from pgrad.runs import resolve_config
 
     config, _ = resolve_config("ppo", "CartPole-v1", sets=["learning_rate=3e-3", "run.total_steps=1e5"])
-    assert config.algo_config.learning_rate == 0.003
+    assert config.algo_config.optimizer.learning_rate == 0.003
     assert config.run.total_steps == 100_000 and isinstance(config.run.total_steps, int)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("ppo:\n  learning_rate: 2.5e-4\n  ent_coef: 1e-2\nrun:\n  total_steps: 2e4\n")

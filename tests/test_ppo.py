@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pgrad.algos.common import LossTerms
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.ppo import PPO, PPOConfig, ppo_loss
+from pgrad.config import OptimizerConfig
 from pgrad.distributions import Categorical
 from pgrad.nets import ActionSpec
 from pgrad.rollout import Batch
@@ -27,23 +29,42 @@ def one_sample_batch(old_log_prob: float, advantage: float, mask: float = 1.0) -
     )
 
 
+def batch_loss(
+    dist, values, batch: Batch, clip_eps: float = 0.2, *, norm_adv=True, vf_coef=0.5, ent_coef=0.0, clip_vf=None
+) -> LossTerms:
+    """``ppo_loss`` of a distribution and values on a ``Batch``."""
+    return ppo_loss(
+        log_probs=dist.log_prob(batch.actions),
+        old_log_probs=batch.log_probs,
+        advantages=batch.advantages,
+        values=values,
+        returns=batch.returns,
+        entropy=dist.entropy(),
+        mask=batch.mask,
+        clip_eps=clip_eps,
+        vf_coef=vf_coef,
+        ent_coef=ent_coef,
+        norm_adv=norm_adv,
+        clip_vf=clip_vf,
+        old_values=batch.values,
+    )
+
+
 def test_clipped_objective_has_zero_gradient_beyond_the_clip():
     # ratio 1.3, eps 0.2, advantage +1: min(1.3, 1.2) = 1.2 is constant in theta -> zero gradient.
     logits = torch.tensor([[0.0, 0.0]], requires_grad=True)
     dist = Categorical(logits)
     old = dist.log_prob(torch.tensor([0])).item() - math.log(1.3)
-    config = PPOConfig(norm_adv=False, vf_coef=0.0)
-    loss, stats = ppo_loss(dist, torch.zeros(1), one_sample_batch(old, 1.0), 0.2, config)
-    loss.backward()
+    terms = batch_loss(dist, torch.zeros(1), one_sample_batch(old, 1.0), norm_adv=False, vf_coef=0.0)
+    terms.loss.backward()
     assert torch.count_nonzero(logits.grad) == 0
-    assert loss.item() == pytest.approx(-1.2)
-    assert stats["diagnostics/clip_fraction"].item() == 1.0
+    assert terms.loss.item() == pytest.approx(-1.2)
+    assert terms.clip_fraction.item() == 1.0
     # Inside the clip range (ratio 1.1) the gradient is the plain surrogate's: nonzero.
     logits.grad = None
     dist = Categorical(logits)
     old = dist.log_prob(torch.tensor([0])).item() - math.log(1.1)
-    loss, _ = ppo_loss(dist, torch.zeros(1), one_sample_batch(old, 1.0), 0.2, config)
-    loss.backward()
+    batch_loss(dist, torch.zeros(1), one_sample_batch(old, 1.0), norm_adv=False, vf_coef=0.0).loss.backward()
     assert torch.count_nonzero(logits.grad) > 0
 
 
@@ -52,7 +73,7 @@ def test_negative_advantage_is_clipped_below():
     logits = torch.tensor([[0.3, -0.2]], requires_grad=True)
     dist = Categorical(logits)
     old = dist.log_prob(torch.tensor([0])).item() - math.log(0.7)
-    loss, _ = ppo_loss(dist, torch.zeros(1), one_sample_batch(old, -1.0), 0.2, PPOConfig(norm_adv=False, vf_coef=0.0))
+    loss = batch_loss(dist, torch.zeros(1), one_sample_batch(old, -1.0), norm_adv=False, vf_coef=0.0).loss
     loss.backward()
     assert loss.item() == pytest.approx(0.8)
     assert torch.count_nonzero(logits.grad) == 0
@@ -67,8 +88,7 @@ def test_loss_matches_definition_on_random_batch():
     old = dist.log_prob(actions) + 0.3 * torch.randn(n)
     values = torch.randn(n)
     batch = Batch(torch.zeros(n, 1), actions, old, torch.randn(n), torch.randn(n), torch.randn(n), torch.ones(n))
-    config = PPOConfig(norm_adv=True, vf_coef=0.7, ent_coef=0.01, clip_vf=0.5)
-    loss, stats = ppo_loss(dist, values, batch, 0.2, config)
+    terms = batch_loss(dist, values, batch, norm_adv=True, vf_coef=0.7, ent_coef=0.01, clip_vf=0.5)
 
     ratio = (dist.log_prob(actions) - old).exp()
     adv = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std(unbiased=False) + 1e-8)
@@ -76,9 +96,13 @@ def test_loss_matches_definition_on_random_batch():
     clipped_v = batch.values + (values - batch.values).clamp(-0.5, 0.5)
     value = torch.max((values - batch.returns) ** 2, (clipped_v - batch.returns) ** 2).mean()
     entropy = dist.entropy().mean()
-    assert loss.item() == pytest.approx((policy + 0.7 * value - 0.01 * entropy).item(), rel=1e-5)
+    assert terms.loss.item() == pytest.approx((policy + 0.7 * value - 0.01 * entropy).item(), rel=1e-5)
+    assert terms.policy_loss.item() == pytest.approx(policy.item(), rel=1e-5)
+    assert terms.value_loss.item() == pytest.approx(value.item(), rel=1e-5)
     approx_kl = ((ratio - 1) - (dist.log_prob(actions) - old)).mean()
-    assert stats["diagnostics/approx_kl"].item() == pytest.approx(approx_kl.item(), rel=1e-5)
+    assert terms.approx_kl.item() == pytest.approx(approx_kl.item(), rel=1e-5)
+    clipped = ((ratio - 1).abs() > 0.2).float().mean()
+    assert terms.clip_fraction.item() == pytest.approx(clipped.item())
 
 
 def test_masked_steps_do_not_affect_the_loss():
@@ -93,16 +117,20 @@ def test_masked_steps_do_not_affect_the_loss():
     b = Batch(
         **base, advantages=torch.tensor([1.0, -1.0, 0.5, -5.0]), returns=returns, mask=torch.tensor([1.0, 1, 1, 0])
     )
-    config = PPOConfig()
-    loss_a, _ = ppo_loss(Categorical(logits), torch.zeros(4), a, 0.2, config)
-    loss_b, _ = ppo_loss(Categorical(logits), torch.zeros(4), b, 0.2, config)
+    loss_a = batch_loss(Categorical(logits), torch.zeros(4), a).loss
+    loss_b = batch_loss(Categorical(logits), torch.zeros(4), b).loss
     assert loss_a.item() == pytest.approx(loss_b.item())
 
 
 def test_target_kl_stops_the_update_early():
     torch.manual_seed(0)
     ppo = PPO(
-        PPOConfig(num_epochs=50, minibatch_size=32, learning_rate=0.05, target_kl=0.001, anneal_lr=False),
+        PPOConfig(
+            num_epochs=50,
+            minibatch_size=32,
+            target_kl=0.001,
+            optimizer=OptimizerConfig(learning_rate=0.05, anneal_lr=False),
+        ),
         4,
         ActionSpec("discrete", 2),
     )
@@ -119,7 +147,9 @@ def test_target_kl_stops_the_update_early():
 
 def test_learning_rate_and_clip_annealing():
     ppo = PPO(
-        PPOConfig(num_epochs=1, minibatch_size=8, learning_rate=1e-3, anneal_clip=True), 2, ActionSpec("discrete", 2)
+        PPOConfig(num_epochs=1, minibatch_size=8, anneal_clip=True, optimizer={"learning_rate": 1e-3}),
+        2,
+        ActionSpec("discrete", 2),
     )
     batch = Batch(
         torch.zeros(8, 2),
@@ -181,10 +211,11 @@ def test_update_applies_the_context_lr_scale_and_reports_the_rate_it_used(algo):
     env.envs.close()
     algo_config = config.algo_config
     if algo == "actor_critic":
-        assert metrics["train/actor_learning_rate"] == pytest.approx(0.25 * algo_config.actor_learning_rate)
-        assert metrics["train/critic_learning_rate"] == pytest.approx(0.25 * algo_config.critic_learning_rate)
+        assert metrics["train/actor_learning_rate"] == pytest.approx(0.25 * algo_config.optimizer.learning_rate)
+        assert metrics["train/critic_learning_rate"] == pytest.approx(0.25 * algo_config.critic_optimizer.learning_rate)
         return
-    base = algo_config.learning_rate * (0.5 if getattr(algo_config, "anneal_lr", False) else 1.0)
+    optimizer_config = algo_config.value_optimizer if algo == "trpo" else algo_config.optimizer
+    base = optimizer_config.learning_rate * (0.5 if optimizer_config.anneal_lr else 1.0)
     assert metrics["train/learning_rate"] == pytest.approx(0.25 * base)
     optimizer = next(iter(learner.optimizers().values()))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * base)

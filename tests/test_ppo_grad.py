@@ -1,4 +1,6 @@
-"""The hand-derived PPO gradient (ppo_hand_gradients) equals autograd of ppo_loss, and so does its loss."""
+"""The NumPy backend's PPO gradient (ppo_hand_gradients) equals autograd of ppo_loss, and so do its
+loss terms; the backend is chosen (auto) only where it implements the setting, and refused (numpy)
+elsewhere with a ConfigError that names the field."""
 
 import itertools
 
@@ -7,7 +9,9 @@ import pytest
 import torch
 
 from pgrad.algos.numpy_grad import NumpyActorCritic
-from pgrad.algos.ppo import PPOConfig, ppo_hand_gradients, ppo_loss
+from pgrad.algos.ppo import PPO, PPOConfig, ppo_hand_gradients, ppo_loss
+from pgrad.config import NetworkConfig
+from pgrad.errors import ConfigError
 from pgrad.nets import ActionSpec, ActorCritic
 from pgrad.rollout import Batch
 
@@ -42,27 +46,46 @@ def test_hand_gradients_equal_autograd(kind, shared, activation, clip_vf, norm_a
     model = ActorCritic(5, action, (16, 8), activation, shared=shared, log_std_init=-0.3)
     with torch.no_grad():  # larger policy weights than the 0.01 init, so ratios move
         model.policy_head.weight.mul_(50.0)
-    config = PPOConfig(clip_vf=clip_vf, ent_coef=0.01, vf_coef=0.7, norm_adv=norm_adv)
+    coefficients = dict(clip_eps=0.2, vf_coef=0.7, ent_coef=0.01, norm_adv=norm_adv, clip_vf=clip_vf)
     batch = random_batch(model, kind, 64, rng)
 
     dist, values = model(batch.obs)
-    loss, stats = ppo_loss(dist, values, batch, 0.2, config)
+    terms = ppo_loss(
+        log_probs=dist.log_prob(batch.actions), old_log_probs=batch.log_probs, advantages=batch.advantages,
+        values=values, returns=batch.returns, entropy=dist.entropy(), mask=batch.mask, old_values=batch.values,
+        **coefficients,
+    )
     model.zero_grad()
-    loss.backward()
+    terms.loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
-    hand = ppo_hand_gradients(NumpyActorCritic(model), batch, 0.2, config)
+    hand = ppo_hand_gradients(NumpyActorCritic(model), batch, **coefficients)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=2e-6, msg=name)
-    for key, value in stats.items():
+    metrics = terms.metrics()
+    assert set(hand) == set(metrics)
+    for key, value in metrics.items():
         assert hand[key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
     assert 0.0 < hand["diagnostics/clip_fraction"] < 1.0  # both branches of the clip were exercised
 
 
-def test_hand_gradients_are_the_default_and_state_dependent_std_falls_back():
-    from pgrad.algos.ppo import PPO
+def test_auto_picks_numpy_on_the_cpu_and_autograd_where_numpy_lacks_the_setting():
+    discrete, continuous = ActionSpec("discrete", 2), ActionSpec("continuous", 2)
+    assert PPO(PPOConfig(), 4, discrete).gradient_backend == "numpy"
+    assert PPO(PPOConfig(gradient_backend="autograd"), 4, discrete).numpy_net is None
+    state_dependent = NetworkConfig(state_dependent_std=True)
+    assert PPO(PPOConfig(network=state_dependent), 4, continuous).gradient_backend == "autograd"
 
-    assert PPO(PPOConfig(), 4, ActionSpec("discrete", 2)).hand_gradients is not None
-    assert PPO(PPOConfig(hand_gradients=False), 4, ActionSpec("discrete", 2)).hand_gradients is None
-    assert PPO(PPOConfig(state_dependent_std=True), 4, ActionSpec("continuous", 2)).hand_gradients is None
+
+def test_numpy_backend_refuses_what_it_does_not_implement():
+    with pytest.raises(ConfigError) as error:
+        PPOConfig(gradient_backend="numpy", network=NetworkConfig(state_dependent_std=True))
+    assert str(error.value) == (
+        "ppo.gradient_backend must be 'auto' or 'autograd' when network.state_dependent_std is true "
+        "(the backend has a state-independent log std only); got 'numpy'"
+    )
+    # The device is only known when the learner is built; the refusal comes before anything touches CUDA.
+    with pytest.raises(ConfigError, match=r"ppo.gradient_backend must be 'auto' or 'autograd' when run.device is "
+                                          r"'cuda:0' \(the backend runs on the CPU only\); got 'numpy'"):
+        PPO(PPOConfig(gradient_backend="numpy"), 4, ActionSpec("discrete", 2), "cuda:0")

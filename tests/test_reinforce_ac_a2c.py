@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a2c import A2C, A2CConfig, a2c_hand_gradients, a2c_loss
+from pgrad.algos.a2c import A2C, A2CConfig, a2c_batch_loss, a2c_hand_gradients
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig, actor_critic_loss
 from pgrad.algos.numpy_grad import NumpyActorCritic
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig, reinforce_loss
-from pgrad.config import EnvConfig
+from pgrad.config import EnvConfig, NetworkConfig
 from pgrad.distributions import Categorical
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
@@ -40,8 +40,11 @@ def bandit_gradient_estimates(baseline: float, batches: int, batch_size: int, se
         actions = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
         rewards = BANDIT_MEANS[actions] + BANDIT_NOISE * torch.randn(batch_size, generator=generator)
         dist = Categorical(logits.expand(batch_size, 3))
-        loss, _ = reinforce_loss(dist, actions, rewards - baseline, ent_coef=0.0)
-        (gradient,) = torch.autograd.grad(-loss, logits)  # ascent direction
+        terms = reinforce_loss(
+            log_probs=dist.log_prob(actions), weights=rewards - baseline, entropy=dist.entropy(),
+            mask=torch.ones(batch_size), ent_coef=0.0, norm_adv=False,
+        )
+        (gradient,) = torch.autograd.grad(-terms.loss, logits)  # ascent direction
         estimates.append(gradient)
     return torch.stack(estimates)
 
@@ -85,16 +88,21 @@ def two_step_batch(mask: tuple[float, ...] = (1.0, 1.0)) -> Batch:
 def test_a2c_loss_hand_value():
     # pi uniform over 2 actions: log pi = log 0.5, H = log 2.
     # policy = -mean(log 0.5 * [1, -2]) = log(0.5) / 2; value = mean([0.25, 1]) = 0.625.
-    config = A2CConfig(vf_coef=0.5, ent_coef=0.1)
-    loss, stats = a2c_loss(Categorical(torch.zeros(2, 2)), torch.tensor([0.5, 1.0]), two_step_batch(), config)
+    terms = a2c_batch_loss(
+        Categorical(torch.zeros(2, 2)), torch.tensor([0.5, 1.0]), two_step_batch(), vf_coef=0.5, ent_coef=0.1,
+        norm_adv=False,
+    )
     expected = math.log(0.5) / 2 + 0.5 * 0.625 - 0.1 * math.log(2)
-    assert float(loss) == pytest.approx(expected, rel=1e-6)
-    assert float(stats["train/value_loss"]) == pytest.approx(0.625)
+    assert float(terms.loss) == pytest.approx(expected, rel=1e-6)
+    assert float(terms.value_loss) == pytest.approx(0.625)
+    assert float(terms.entropy) == pytest.approx(math.log(2))
 
 
 def test_a2c_loss_ignores_masked_steps():
-    config = A2CConfig(vf_coef=0.5, ent_coef=0.0)
-    masked, _ = a2c_loss(Categorical(torch.zeros(2, 2)), torch.tensor([0.5, 1.0]), two_step_batch((1.0, 0.0)), config)
+    masked = a2c_batch_loss(
+        Categorical(torch.zeros(2, 2)), torch.tensor([0.5, 1.0]), two_step_batch((1.0, 0.0)), vf_coef=0.5,
+        ent_coef=0.0, norm_adv=False,
+    ).loss
     # Only the first step: -log(0.5) * 1 + 0.5 * 0.25.
     assert float(masked) == pytest.approx(-math.log(0.5) + 0.125, rel=1e-6)
 
@@ -103,7 +111,7 @@ def test_actor_critic_target_is_detached():
     """The critic's gradient is the semi-gradient (V(s) - y) grad V(s), even when y = r + gamma V(s')
     is built with gradients from the same critic; the full gradient would differ."""
     torch.manual_seed(0)
-    config = ActorCriticConfig(vf_coef=1.0, ent_coef=0.0, hidden_sizes=(8,))
+    config = ActorCriticConfig(vf_coef=1.0, ent_coef=0.0, network=NetworkConfig(hidden_sizes=(8,)))
     algo = ActorCriticAlgorithm(config, 3, ActionSpec("discrete", 2))
     obs, next_obs = torch.randn(5, 3), torch.randn(5, 3)
     rewards = torch.randn(5)
@@ -119,7 +127,13 @@ def test_actor_critic_target_is_detached():
     def with_grad_target() -> torch.Tensor:
         return rewards + 0.9 * algo.model.value(next_obs)
 
-    ours = critic_gradient(with_grad_target(), lambda d, v, b: actor_critic_loss(d, v, b, config)[0])
+    def ours_loss(d, v, b):
+        return actor_critic_loss(
+            log_probs=d.log_prob(b.actions), advantages=b.advantages, values=v, returns=b.returns,
+            entropy=d.entropy(), mask=b.mask, vf_coef=1.0, ent_coef=0.0, norm_adv=False,
+        ).loss
+
+    ours = critic_gradient(with_grad_target(), ours_loss)
     semi = critic_gradient(with_grad_target().detach(), lambda d, v, b: ((v - b.returns) ** 2).mean())
     full = critic_gradient(with_grad_target(), lambda d, v, b: ((v - b.returns) ** 2).mean())
     torch.testing.assert_close(ours, semi)
@@ -128,7 +142,11 @@ def test_actor_critic_target_is_detached():
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_actor_critic_separate_learning_rates_cover_every_parameter_once(shared):
-    config = ActorCriticConfig(shared_network=shared, actor_learning_rate=1e-3, critic_learning_rate=5e-3)
+    config = ActorCriticConfig(
+        network=NetworkConfig(shared_network=shared),
+        optimizer={"learning_rate": 1e-3},
+        critic_optimizer={"learning_rate": 5e-3},
+    )
     algo = ActorCriticAlgorithm(config, 4, ActionSpec("continuous", 2))
     actor = {id(p) for group in algo.actor_optimizer.param_groups for p in group["params"]}
     critic = {id(p) for group in algo.critic_optimizer.param_groups for p in group["params"]}
@@ -331,8 +349,8 @@ def test_a2c_hand_gradients_equal_autograd(kind, shared, activation, norm_adv):
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     action = ActionSpec(kind, 3 if kind == "discrete" else 2)
-    config = A2CConfig(ent_coef=0.01, vf_coef=0.7, norm_adv=norm_adv, hidden_sizes=(16, 8), activation=activation,
-                       shared_network=shared, log_std_init=-0.3)
+    network = NetworkConfig(hidden_sizes=(16, 8), activation=activation, shared_network=shared, log_std_init=-0.3)
+    config = A2CConfig(ent_coef=0.01, vf_coef=0.7, norm_adv=norm_adv, network=network)
     algo = A2C(config, 5, action)
     with torch.no_grad():  # a policy far from uniform, so every term has a sizeable gradient
         algo.model.policy_head.weight.mul_(50.0)
@@ -348,15 +366,18 @@ def test_a2c_hand_gradients_equal_autograd(kind, shared, activation, norm_adv):
         mask=torch.from_numpy((rng.random(n) > 0.15).astype(np.float32)),
     )
     dist, values = algo.model(batch.obs)
-    loss, stats = a2c_loss(dist, values, batch, config)
+    terms = a2c_batch_loss(dist, values, batch, vf_coef=0.7, ent_coef=0.01, norm_adv=norm_adv)
     algo.model.zero_grad()
-    loss.backward()
+    terms.loss.backward()
     expected = {name: p.grad.clone() for name, p in algo.model.named_parameters()}
     algo.model.zero_grad(set_to_none=True)
 
     net = NumpyActorCritic(algo.model)
-    hand = a2c_hand_gradients(net, net.forward(batch.obs.numpy(), n), batch, config)
+    hand = a2c_hand_gradients(net, net.forward(batch.obs.numpy(), n), batch, vf_coef=0.7, ent_coef=0.01,
+                              norm_adv=norm_adv)
     for name, p in algo.model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=2e-6, msg=name)
-    for key, value in stats.items():
+    metrics = terms.metrics()
+    assert set(hand) == set(metrics)
+    for key, value in metrics.items():
         assert hand[key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pgrad.algos.common import masked_mean
-from pgrad.algos.ppo import PPOConfig, ppo_loss
-from pgrad.algos.ppo_kl import PPOKLConfig, adapt_kl_coef, ppo_kl_loss
+from pgrad.algos.ppo import ppo_loss
+from pgrad.algos.ppo_kl import adapt_kl_coef, ppo_kl_loss
 from pgrad.algos.trpo import NPGConfig, TRPOConfig, backtracking_line_search, policy_step, trust_region_step
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.nets import ActionSpec, ActorCritic
@@ -245,17 +245,18 @@ def test_adaptive_kl_coef_doubles_and_halves_by_the_rule(kl, expected):
 
 
 def test_ppo_clipped_objective_gradient_is_zero_at_ratio_1_3():
-    config = PPOConfig(norm_adv=False, vf_coef=0.0, ent_coef=0.0)
-
     def gradient(ratio: float) -> torch.Tensor:
         logits = torch.tensor([[0.2, -0.4, 0.1]], requires_grad=True)
         dist = Categorical(logits)
         actions = torch.tensor([1])
         old_log_probs = dist.log_prob(actions).detach() - math.log(ratio)
         one = torch.ones(1)
-        batch = Batch(torch.zeros(1, 4), actions, old_log_probs, one * 0, one, one * 0, one)
-        loss, _ = ppo_loss(dist, torch.zeros(1), batch, 0.2, config)
-        (grad,) = torch.autograd.grad(loss, logits)
+        terms = ppo_loss(
+            log_probs=dist.log_prob(actions), old_log_probs=old_log_probs, advantages=one, values=one * 0,
+            returns=one * 0, entropy=dist.entropy(), mask=one, clip_eps=0.2, vf_coef=0.0, ent_coef=0.0,
+            norm_adv=False,
+        )
+        (grad,) = torch.autograd.grad(terms.loss, logits)
         return grad
 
     assert torch.equal(gradient(1.3), torch.zeros(1, 3))  # min(1.3 A, 1.2 A) = 1.2 A is constant
@@ -367,8 +368,11 @@ def test_ppo_kl_loss_matches_its_definition():
     mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     dist, old = Categorical(new_logits), Categorical(old_logits)
     batch = Batch(torch.zeros(6, 4), actions, old.log_prob(actions), returns, advantages, returns, mask)
-    config = PPOKLConfig(norm_adv=False, vf_coef=0.7, ent_coef=0.05)
-    loss, stats = ppo_kl_loss(dist, old, returns + 0.3, batch, 0.8, config)  # V - R = 0.3
+    terms = ppo_kl_loss(
+        log_probs=dist.log_prob(actions), old_log_probs=batch.log_probs, advantages=advantages, kl=old.kl(dist),
+        values=returns + 0.3, returns=returns, entropy=dist.entropy(), mask=mask, kl_coef=0.8, vf_coef=0.7,
+        ent_coef=0.05, norm_adv=False,
+    )  # V - R = 0.3
 
     p_new, p_old = new_logits.softmax(-1), old_logits.softmax(-1)
     valid = mask.bool()
@@ -378,5 +382,7 @@ def test_ppo_kl_loss_matches_its_definition():
     expected = (
         -(ratio * advantages)[valid].mean() + 0.8 * kl[valid].mean() + 0.7 * (0.3**2) - 0.05 * entropy[valid].mean()
     )
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    assert float(stats["diagnostics/minibatch_kl"]) == pytest.approx(float(kl[valid].mean()), rel=1e-5)
+    assert float(terms.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms.kl) == pytest.approx(float(kl[valid].mean()), rel=1e-5)
+    assert float(terms.surrogate) == pytest.approx(float((ratio * advantages)[valid].mean()), rel=1e-5)
+    assert float(terms.metrics()["diagnostics/minibatch_kl"]) == pytest.approx(float(kl[valid].mean()), rel=1e-5)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from pgrad.algos.contract import OnPolicyAlgorithm
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
@@ -43,10 +45,11 @@ def algo_gamma(config: TrainConfig) -> float:
 
 
 def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm:
+    """The algorithm's learner, its model on ``run.device`` (the acting policy stays NumPy on the CPU)."""
     spec = get_algorithm(config.algo)
     if adapter.action.kind not in spec.action_kinds:
         raise ConfigError(
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "
             f"(it supports: {', '.join(spec.action_kinds)})"
         )
-    return spec.build(config.algo_config, adapter.obs_dim, adapter.action)
+    return spec.build(config.algo_config, adapter.obs_dim, adapter.action, torch.device(config.run.device))

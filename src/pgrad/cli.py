@@ -155,7 +155,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     def section(title: str, cls: type) -> None:
         print(f"  [{title}]")
         for name, default, doc in field_docs(cls):
-            print(f"    {name:<22} {default!s:<14} {doc}")
+            print(f"    {name:<30} {default!s:<14} {doc}")
 
     print("algorithms:")
     for spec in ALGORITHMS.values():

@@ -49,6 +49,8 @@ def _type_name(tp: Any) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
+    if _is_section(tp):
+        return f"a mapping of {tp.SECTION} settings"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
@@ -125,6 +127,8 @@ class Checked:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            if _is_section(hints[f.name]) and isinstance(value, dict):
+                value = self._nested(f, hints[f.name], value)
             ok, converted = _coerce(value, hints[f.name])
             if not ok:
                 raise ConfigError(
@@ -135,6 +139,19 @@ class Checked:
 
     def validate(self) -> None:  # pragma: no cover - overridden
         pass
+
+    def _nested(self, f: dataclasses.Field, cls: type, data: dict[str, Any]) -> Any:
+        """A nested section (``network``, ``optimizer``) given as a mapping: its keys over this
+        class's default for it, so ``ppo: {optimizer: {eps: 1e-8}}`` keeps PPO's learning rate.
+        Errors name the full path (``ppo.optimizer.eps``), the one ``--set`` takes."""
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        base = default.to_dict() if isinstance(default, Checked) else {}
+        path = self._name(f.name)
+        try:
+            return build(cls, {**base, **data}, path)
+        except ConfigError as exc:
+            message, own = str(exc), f"{cls.SECTION}."
+            raise ConfigError(path + message[len(own) - 1 :] if message.startswith(own) else message) from None
 
     def _name(self, field_name: str) -> str:
         return f"{self.SECTION}.{field_name}" if self.SECTION else field_name
@@ -171,17 +188,44 @@ class Checked:
         out = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            if isinstance(value, Checked):
+                value = value.to_dict()
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
 def field_docs(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, doc) for every field of a config class, for ``pgrad list``."""
+    """(name, default, doc) for every field of a config class, for ``pgrad list``; a nested section's
+    fields as ``network.hidden_sizes`` with the defaults this class gives them."""
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((f.name, default, f.metadata.get("doc", "")))
+        if isinstance(default, Checked):
+            for name, _, doc in field_docs(type(default)):
+                rows.append((f"{f.name}.{name}", getattr(default, name), doc))
+        else:
+            rows.append((f.name, default, f.metadata.get("doc", "")))
     return rows
+
+
+def _is_section(tp: Any) -> bool:
+    """A nested config section: a ``Checked`` dataclass used as a field type."""
+    return isinstance(tp, type) and issubclass(tp, Checked)
+
+
+def section_paths(cls: type, name: str) -> list[str]:
+    """Where the field ``name`` lives in ``cls``: ``["clip_eps"]``, ``["optimizer.learning_rate"]``,
+    or several paths when two nested sections both have it (actor_critic's two optimizers)."""
+    if name_in(cls, name):
+        return [name]
+    hints = typing.get_type_hints(cls)
+    return [f"{section}.{name}" for section in _nested_names(cls) if name_in(hints[section], name)]
+
+
+def _nested_names(cls: type) -> list[str]:
+    """The nested sections of a config class (``network``, ``optimizer``, ...)."""
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if _is_section(hints[f.name])]
 
 
 def build(cls: type, data: dict[str, Any], section: str) -> Any:
@@ -197,6 +241,48 @@ def build(cls: type, data: dict[str, Any], section: str) -> Any:
                 f"unknown key '{section}.{key}'{suggestion} (allowed: {', '.join(names)})"
             )
     return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# sections nested in the algorithms' configs: the network and the optimizer
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NetworkConfig(Checked):
+    """The actor-critic MLP: every algorithm's ``network`` section (``--set network.hidden_sizes=[128,128]``)."""
+
+    SECTION: ClassVar[str] = "network"
+
+    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
+    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
+    shared_network: bool = param(False, "share the MLP torso between actor and critic")
+    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+    state_dependent_std: bool = param(
+        False, "Gaussian log std from the policy head (clamped) instead of a free parameter"
+    )
+
+    def validate(self) -> None:
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            self._fail("hidden_sizes", "a non-empty list of positive integers")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(Checked):
+    """One optimizer: every algorithm's ``optimizer`` section (actor_critic and reinforce also have
+    ``critic_optimizer`` / ``value_optimizer``; TRPO and NPG only ``value_optimizer``)."""
+
+    SECTION: ClassVar[str] = "optimizer"
+
+    kind: Literal["adam", "rmsprop"] = param("adam", "adam, or rmsprop (SB3's A2C and the A3C paper)")
+    learning_rate: float = param(3e-4, "learning rate (the initial value when annealed)")
+    anneal_lr: bool = param(False, "anneal the learning rate linearly to 0 over run.total_steps")
+    eps: float = param(1e-5, "epsilon added to the denominator (1e-5, not torch's 1e-8, as in the baselines)")
+    rms_alpha: float = param(0.99, "RMSprop smoothing constant (kind rmsprop only)")
+
+    def validate(self) -> None:
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("eps", 0, low_open=True)
+        self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +333,16 @@ class RunConfig(Checked):
     episode_window: int = param(20, "recent episodes used for return statistics")
     progress: bool = param(True, "show a progress bar on a terminal")
     tensorboard: bool = param(True, "write TensorBoard event files when tensorboard is installed")
+    device: str = param("cpu", "torch device of the learner: cpu, cuda or cuda:N (acting stays NumPy on the CPU)")
 
     def validate(self) -> None:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            self._fail("device", "'cpu', 'cuda' or 'cuda:N'")
+        if self.device != "cpu":
+            import torch  # only for a CUDA device: keep torch out of plain config parsing
+
+            if not torch.cuda.is_available():
+                self._fail("device", "'cpu' here (torch.cuda.is_available() is false: no GPU or a CPU-only torch)")
         self.check_range("total_steps", 1)
         self.check_range("seed", 0)
         self.check_range("torch_threads", 1)
@@ -375,8 +469,10 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str, Any]]:
     """Turn ``["clip_eps=0.1", "env.num_envs=4"]`` into ``{"ppo": {...}, "env": {...}}``.
 
-    A bare key is looked up in every section (names are unique across sections); the value is
-    read as YAML, so ``0.1`` is a number, ``true`` a bool, ``[64, 64]`` a list.
+    A bare key is looked up in every section (names are unique across sections), then in the
+    nested sections of each (``hidden_sizes`` is ``ppo.network.hidden_sizes``); a nested section
+    may be named without its owner (``network.hidden_sizes``). The value is read as YAML, so
+    ``0.1`` is a number, ``true`` a bool, ``[64, 64]`` a list.
     """
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -391,18 +487,32 @@ def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str
         if "." in key:
             section, name = key.split(".", 1)
             if section not in sections:
-                raise ConfigError(
-                    f"unknown section '{section}' in --set {key}; allowed: {', '.join(sections)}"
-                )
+                owners = [s for s, cls in sections.items() if section in _nested_names(cls)]
+                if len(owners) != 1:
+                    raise ConfigError(
+                        f"unknown section '{section}' in --set {key}; allowed: {', '.join(sections)}"
+                    )
+                section, name = owners[0], key
         else:
             owners = [s for s, cls in sections.items() if name_in(cls, key)]
-            if not owners:
-                every = sorted({f.name for cls in sections.values() for f in dataclasses.fields(cls)})
-                hint = difflib.get_close_matches(key, every, n=1)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise ConfigError(f"unknown key '{key}' in --set{suggestion}")
-            section, name = owners[0], key
-        out.setdefault(section, {})[name] = value
+            if owners:
+                section, name = owners[0], key
+            else:
+                paths = [(s, path) for s, cls in sections.items() for path in section_paths(cls, key)]
+                if not paths:
+                    every = sorted({f.name for cls in sections.values() for f in dataclasses.fields(cls)})
+                    hint = difflib.get_close_matches(key, every, n=1)
+                    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                    raise ConfigError(f"unknown key '{key}' in --set{suggestion}")
+                if len(paths) > 1:
+                    choices = ", ".join(f"{s}.{path}" for s, path in paths)
+                    raise ConfigError(f"key '{key}' in --set is ambiguous; use one of {choices}")
+                section, name = paths[0]
+        *parents, leaf = name.split(".")
+        target = out.setdefault(section, {})
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
     return out
 
 
@@ -411,12 +521,20 @@ def name_in(cls: type, name: str) -> bool:
 
 
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Merge section mappings; later layers win key by key."""
-    out: dict[str, dict[str, Any]] = {}
+    """Merge section mappings; later layers win key by key, at every depth (a preset's
+    ``ppo.optimizer.learning_rate`` survives a ``--set ppo.optimizer.eps=...``)."""
+    out: dict[str, Any] = {}
     for layer in layers:
-        for section, values in layer.items():
-            if isinstance(values, dict):
-                out.setdefault(section, {}).update(values)
-            else:
-                out[section] = values
+        _merge_into(out, layer)
     return out
+
+
+def _merge_into(target: dict[str, Any], layer: dict[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict):
+            existing = target.get(key)
+            if not isinstance(existing, dict):
+                existing = target[key] = {}
+            _merge_into(existing, value)
+        else:
+            target[key] = value

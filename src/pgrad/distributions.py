@@ -65,7 +65,7 @@ class DiagGaussian:
         return self.mean
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype)
+        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
         return self.mean + noise * torch.exp(self.log_std)
 
 
@@ -91,7 +91,8 @@ class TanhGaussian:
         return self.log_prob_pre_tanh(pre_tanh)
 
     def rsample_with_log_prob(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.randn(self.base.mean.shape, generator=generator, dtype=self.base.mean.dtype)
+        mean = self.base.mean
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         pre_tanh = self.base.mean + noise * torch.exp(self.base.log_std)
         return torch.tanh(pre_tanh), self.log_prob_pre_tanh(pre_tanh)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pgrad.config import NetworkConfig
 from pgrad.distributions import Categorical, DiagGaussian
 
 Activation = Literal["tanh", "relu"]
@@ -85,6 +86,19 @@ class ActorCritic(nn.Module):
                 with torch.no_grad():
                     self.policy_head.bias[action.size:] = float(log_std_init)
 
+    @classmethod
+    def from_config(cls, obs_dim: int, action: ActionSpec, network: NetworkConfig) -> ActorCritic:
+        """The actor-critic a ``network`` section describes (on the CPU; ``.to(device)`` moves it)."""
+        return cls(
+            obs_dim,
+            action,
+            network.hidden_sizes,
+            network.activation,
+            network.shared_network,
+            network.log_std_init,
+            network.state_dependent_std,
+        )
+
     def _distribution(self, head: torch.Tensor) -> Categorical | DiagGaussian:
         if self.action.kind == "discrete":
             return Categorical(head)
@@ -135,12 +149,14 @@ class ActingPolicy:
 
     @classmethod
     def from_actor(cls, model: ActorCritic) -> ActingPolicy:
+        """A NumPy copy of the actor, wherever the learner lives (``.cpu()`` is a no-op on the CPU)."""
+
         def arrays(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
             # Stored transposed so a batch [B, in] multiplies as obs @ W.
-            return (layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
+            return (layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy().copy())
 
         linears = [m for m in model.actor_torso if isinstance(m, nn.Linear)]
-        log_std = None if model.log_std is None else model.log_std.detach().numpy().copy()
+        log_std = None if model.log_std is None else model.log_std.detach().cpu().numpy().copy()
         return cls(
             [arrays(layer) for layer in linears],
             arrays(model.policy_head),

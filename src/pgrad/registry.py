@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from pgrad.algos.a2c import A2C, A2CConfig
 from pgrad.algos.a3c import A3C, A3CConfig
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
@@ -17,7 +19,7 @@ from pgrad.algos.contract import OnPolicyAlgorithm
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig
-from pgrad.algos.trpo import NPGConfig, TRPOConfig, build_npg, build_trpo
+from pgrad.algos.trpo import NaturalGradient, NPGConfig, TRPOConfig
 from pgrad.errors import ConfigError
 from pgrad.nets import ActionSpec
 
@@ -31,7 +33,8 @@ class AlgorithmSpec:
     name: str
     summary: str
     config_cls: type
-    build: Callable[[Any, int, ActionSpec], OnPolicyAlgorithm]
+    # (the algorithm's config, observation size, action space, run.device) -> the learner
+    build: Callable[[Any, int, ActionSpec, torch.device], OnPolicyAlgorithm]
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
     kind: LoopKind = "on_policy"
 
@@ -52,9 +55,11 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     ),
     "a2c": AlgorithmSpec("a2c", "Advantage actor-critic, synchronous (n-step or GAE advantages)", A2CConfig, A2C),
     "trpo": AlgorithmSpec(
-        "trpo", "Trust Region Policy Optimization (natural step + line search)", TRPOConfig, build_trpo
+        "trpo", "Trust Region Policy Optimization (natural step + line search)", TRPOConfig, NaturalGradient
     ),
-    "npg": AlgorithmSpec("npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, build_npg),
+    "npg": AlgorithmSpec(
+        "npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, NaturalGradient
+    ),
     "ppo_kl": AlgorithmSpec("ppo_kl", "PPO with an adaptive KL penalty (PPO paper, variant 2)", PPOKLConfig, PPOKL),
     "a3c": AlgorithmSpec(
         "a3c",

@@ -21,6 +21,8 @@ import torch
 
 from pgrad.envs.factory import SpaceAdapter
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
+from pgrad.estimators import explained_variance
+from pgrad.metric_names import EXPLAINED_VARIANCE
 from pgrad.nets import ActingPolicy
 
 
@@ -46,13 +48,14 @@ class Rollout:
 
 @dataclass(frozen=True)
 class Batch:
-    """Flat ``[N]`` tensors that an update reads; ``minibatches`` shuffles and slices them."""
+    """Flat ``[N]`` tensors that an update reads (on the learner's device); ``minibatches``
+    shuffles and slices them. ``rollout_to_batch`` builds one from a ``Rollout``."""
 
     obs: torch.Tensor
     actions: torch.Tensor
-    log_probs: torch.Tensor  # log pi_old(a|s) at collection time
+    log_probs: torch.Tensor  # log pi_old(a|s) at collection time (zeros where an algorithm needs none)
     values: torch.Tensor  # V_old(s) at collection time
-    advantages: torch.Tensor
+    advantages: torch.Tensor  # 0 on invalid steps
     returns: torch.Tensor  # critic targets
     mask: torch.Tensor  # 1.0 for valid steps, 0.0 for autoreset steps
 
@@ -62,16 +65,68 @@ class Batch:
     def select(self, index: torch.Tensor | slice) -> Batch:
         return Batch(*(getattr(self, f.name)[index] for f in fields(self)))
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device`` (itself when every tensor is already there)."""
+        device = torch.device(device)
+        if all(getattr(self, f.name).device == device for f in fields(self)):
+            return self
+        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
     def minibatches(self, size: int, rng: np.random.Generator) -> Iterator[Batch]:
         """One pass over the batch in random order, ``len(self) // size`` minibatches of ``size``."""
         # Gather every field once per pass, then hand out contiguous slices (views, no copies):
         # the same minibatches as indexing each one, with 7 gathers per epoch instead of per step.
-        shuffled = self.select(torch.from_numpy(rng.permutation(len(self))))
+        order = torch.from_numpy(rng.permutation(len(self))).to(self.obs.device)
+        shuffled = self.select(order)
         for start in range(0, len(self) - size + 1, size):
             yield shuffled.select(slice(start, start + size))
 
     def with_advantages(self, advantages: torch.Tensor) -> Batch:
         return replace(self, advantages=advantages)
+
+
+def rollout_to_batch(
+    rollout: Rollout,
+    values: np.ndarray,
+    advantages: np.ndarray,
+    returns: np.ndarray,
+    log_probs: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    valid_only: bool = False,
+) -> tuple[Batch, dict[str, float]]:
+    """The one way a ``Rollout`` becomes a ``Batch``: flattened time-major, with its statistics.
+
+    ``values`` [T + 1, B] are V(s) for every observation (the last row only bootstraps), and
+    ``advantages``, ``returns`` [T, B] the targets an estimator made from them; ``log_probs`` [T * B]
+    are log pi_old(a|s) (None: zeros, for algorithms without an importance ratio). Advantages of
+    invalid (autoreset) steps are zeroed and masked out; ``valid_only`` drops those steps instead
+    (REINFORCE's whole episodes). The statistics cover valid steps only: advantage mean and
+    (population) std, the explained variance of V as a predictor of the returns, the valid fraction.
+    """
+    steps, envs = rollout.num_steps, rollout.num_envs
+    valid = rollout.valid
+    advantages = np.where(valid, advantages, 0.0).astype(np.float32)
+    returns = returns.astype(np.float32)
+    flat_valid = valid.reshape(-1)
+    batch = Batch(
+        obs=torch.from_numpy(rollout.obs[:steps].reshape(steps * envs, -1)),
+        actions=torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])),
+        log_probs=torch.zeros(steps * envs) if log_probs is None else log_probs,
+        values=torch.from_numpy(np.ascontiguousarray(values[:-1]).reshape(-1)),
+        advantages=torch.from_numpy(advantages.reshape(-1)),
+        returns=torch.from_numpy(returns.reshape(-1)),
+        mask=torch.from_numpy(flat_valid.astype(np.float32)),
+    )
+    if valid_only:
+        batch = batch.select(torch.from_numpy(np.flatnonzero(flat_valid)))
+    valid_advantages = advantages[valid]
+    stats = {
+        "diagnostics/advantage_mean": float(valid_advantages.mean()) if valid_advantages.size else 0.0,
+        "diagnostics/advantage_std": float(valid_advantages.std()) if valid_advantages.size else 0.0,
+        EXPLAINED_VARIANCE: explained_variance(values[:-1][valid], returns[valid]),
+        "diagnostics/valid_fraction": float(valid.mean()),
+    }
+    return batch.to(device), stats
 
 
 @dataclass

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pgrad.algos.upgrade import upgrade_algo_section
 from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
 from pgrad.envs.factory import check_env_id
 from pgrad.errors import ConfigError
@@ -46,6 +47,8 @@ def resolve_config(
     if "algo" in file_layer and file_layer["algo"] != algo:
         raise ConfigError(f"config file {config_file} is for algorithm '{file_layer['algo']}', not '{algo}'")
     file_layer = {k: v for k, v in file_layer.items() if k != "algo"}
+    if algo in file_layer:  # a config file written before the nested network/optimizer sections
+        file_layer[algo] = upgrade_algo_section(algo, file_layer[algo])
     set_layer = parse_set(sets or [], sections_for(algo))
     flag_layer: dict[str, dict[str, Any]] = {"env": {}, "run": {}}
     if env_id is not None:
@@ -73,6 +76,8 @@ def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfi
         raise ConfigError(f"{path} does not name its algorithm")
     if total_steps is not None:
         data.setdefault("run", {})["total_steps"] = total_steps
+    if algo in data:  # saved before the nested network/optimizer sections
+        data[algo] = upgrade_algo_section(algo, data[algo])
     return config_from_dict(data, algo)
 
 

@@ -7,10 +7,11 @@ network, and applies that gradient to the shared parameters with a shared optimi
 waiting for the other workers (Hogwild-style: Recht et al., 2011). The loss is A2C's
 (``pgrad.algos.a2c.a2c_loss``: policy gradient with n-step/GAE advantages, value regression on
 the detached n-step return, entropy bonus), then global gradient clipping. Parameters and optimizer
-statistics live in shared memory, so every worker's step moves the same model. Rollouts come from
-``pgrad.rollout.RolloutCollector`` and targets from ``pgrad.algos.common.actor_critic_batch``, as
-for the synchronous algorithms: the Gymnasium autoreset step is masked out of the loss, and a
-truncated episode bootstraps from V(final observation).
+statistics live in shared memory, so every worker's step moves the same model; that memory is the
+CPU's, so A3C runs on ``run.device: cpu`` only. Rollouts come from ``pgrad.rollout.RolloutCollector``
+and batches from ``pgrad.rollout.rollout_to_batch``, as for the synchronous algorithms: the
+Gymnasium autoreset step is masked out of the loss, and a truncated episode bootstraps from
+V(final observation).
 
 The main process does not learn: it is the coordinator (``A3CRunner``). It starts the workers,
 reads their reports from a queue, writes ``metrics.jsonl`` / ``events.jsonl`` with the same
@@ -30,11 +31,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
-from pgrad.config import Checked, EnvConfig, param
+from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 
@@ -47,22 +48,17 @@ class A3CConfig(Checked):
 
     num_workers: int = param(2, "asynchronous worker processes (each with its own env copy and local network)")
     num_steps: int = param(5, "steps per environment per worker update (t_max of the paper)")
-    learning_rate: float = param(7e-4, "shared optimizer learning rate (initial value when annealed)")
-    anneal_lr: bool = param(False, "anneal the learning rate linearly to 0 over run.total_steps")
-    optimizer: Literal["rmsprop", "adam"] = param("rmsprop", "shared optimizer; its statistics live in shared memory")
-    rms_alpha: float = param(0.99, "RMSprop smoothing constant")
-    optimizer_eps: float = param(1e-5, "optimizer epsilon (RMSprop or Adam)")
     gamma: float = param(0.99, "discount factor")
     gae_lambda: float = param(1.0, "GAE lambda; 1.0 gives the paper's n-step returns bootstrapped from V(s_T)")
     ent_coef: float = param(0.01, "entropy bonus coefficient")
     vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
     max_grad_norm: float = param(0.5, "global L2 gradient-norm clip, applied to each worker's gradient")
     norm_adv: bool = param(False, "normalise advantages within each worker's batch")
-    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
-    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
-    shared_network: bool = param(False, "share the MLP torso between actor and critic")
-    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
-    state_dependent_std: bool = param(False, "Gaussian log std from the network (clamped) instead of a free parameter")
+    network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
+    optimizer: OptimizerConfig = param(
+        OptimizerConfig(kind="rmsprop", learning_rate=7e-4, eps=1e-5, rms_alpha=0.99),
+        "the shared optimizer (its statistics live in shared memory): RMSprop, lr 7e-4, alpha 0.99, eps 1e-5",
+    )
     report_every: int = param(20, "worker updates between two reports to the coordinator (one metrics row each)")
     shutdown_timeout: float = param(10.0, "seconds to wait for workers to stop before terminating them")
     stall_timeout: float = param(
@@ -75,9 +71,6 @@ class A3CConfig(Checked):
     def validate(self) -> None:
         self.check_range("num_workers", 1)
         self.check_range("num_steps", 1)
-        self.check_range("learning_rate", 0, low_open=True)
-        self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
-        self.check_range("optimizer_eps", 0, low_open=True)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("ent_coef", 0)
@@ -87,8 +80,6 @@ class A3CConfig(Checked):
         self.check_range("shutdown_timeout", 0, low_open=True)
         self.check_range("stall_timeout", 0, low_open=True)
         self.check_range("fail_worker_at_step", 0)
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
 
     def check_with_env(self, env: EnvConfig) -> None:
         if env.vectorization == "async":
@@ -120,12 +111,12 @@ class SharedOptimizer:
     def __init__(
         self,
         parameters: list[torch.nn.Parameter],
-        config: A3CConfig,
+        config: OptimizerConfig,
         states: list[dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.parameters = parameters
-        self.kind = config.optimizer
-        self.hyper: dict[str, Any] = {"lr": config.learning_rate, "eps": config.optimizer_eps}
+        self.kind = config.kind
+        self.hyper: dict[str, Any] = {"lr": config.learning_rate, "eps": config.eps}
         if self.kind == "rmsprop":
             self.hyper["alpha"] = config.rms_alpha
         else:
@@ -196,10 +187,17 @@ class A3C:
 
     name = "a3c"
 
-    def __init__(self, config: A3CConfig, obs_dim: int, action: ActionSpec) -> None:
+    def __init__(
+        self, config: A3CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
+        if torch.device(device).type != "cpu":
+            raise ConfigError(
+                "run.device must be 'cpu' for a3c (its workers share parameters in CPU shared memory); "
+                f"got {str(device)!r}"
+            )
         self.config = config
         self.model = build_model(config, obs_dim, action)
-        self.optimizer = SharedOptimizer(list(self.model.parameters()), config)
+        self.optimizer = SharedOptimizer(list(self.model.parameters()), config.optimizer)
 
     @property
     def rollout_length(self) -> int:
@@ -231,12 +229,5 @@ class A3C:
 
 
 def build_model(config: A3CConfig, obs_dim: int, action: ActionSpec) -> ActorCritic:
-    return ActorCritic(
-        obs_dim,
-        action,
-        config.hidden_sizes,
-        config.activation,
-        config.shared_network,
-        config.log_std_init,
-        config.state_dependent_std,
-    )
+    """The shared model and each worker's local copy: the same ``network`` section, on the CPU."""
+    return ActorCritic.from_config(obs_dim, action, config.network)

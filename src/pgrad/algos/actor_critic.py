@@ -7,26 +7,36 @@ The critic V_w learns by semi-gradient regression on a bootstrapped target that 
 
 and the actor follows -E[log pi(a_t|s_t) A_t]. The target is computed in ``prepare`` from values
 taken without gradients, so no gradient flows through V_w(s_{t+n}) (the "detached target").
-Actor and critic have their own Adam optimisers and learning rates; with ``shared_network`` the
-shared torso belongs to the actor's optimiser and also receives vf_coef x the critic's gradient.
+Actor and critic have their own optimisers (``optimizer``, ``critic_optimizer``); with
+``network.shared_network`` the shared torso belongs to the actor's optimiser and also receives
+vf_coef x the critic's gradient.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from pgrad.algos.common import adam, clip_gradients, masked_mean, normalize_advantages
+from pgrad.algos.common import (
+    LossTerms,
+    evaluate_rollout,
+    make_optimizer,
+    masked_mean,
+    mean_metrics,
+    normalize_advantages,
+    optimizer_step,
+    scheduled_learning_rate,
+    value_loss,
+)
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, param
-from pgrad.distributions import Categorical, DiagGaussian
-from pgrad.estimators import explained_variance, nstep_returns
+from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
+from pgrad.estimators import nstep_returns
+from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LOG_STD
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
-from pgrad.rollout import Batch, Rollout
+from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
 @dataclass(frozen=True)
@@ -38,89 +48,54 @@ class ActorCriticConfig(Checked):
     num_steps: int = param(8, "steps per environment per update (batch = num_steps x env.num_envs)")
     nstep_horizon: int = param(1, "n of the n-step target: 1 is TD(0); windows are cut at the rollout end")
     gamma: float = param(0.99, "discount factor")
-    actor_learning_rate: float = param(1e-3, "Adam learning rate of the actor")
-    critic_learning_rate: float = param(1e-3, "Adam learning rate of the critic")
-    adam_eps: float = param(1e-5, "Adam epsilon")
     ent_coef: float = param(0.0, "entropy bonus coefficient")
     vf_coef: float = param(0.5, "value loss weight (matters for a shared torso; with separate nets Adam rescales it)")
     max_grad_norm: float | None = param(0.5, "global L2 gradient-norm clip over actor and critic (None: off)")
     norm_adv: bool = param(False, "normalise advantages over the batch")
-    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
-    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
-    shared_network: bool = param(False, "share the MLP torso between actor and critic")
-    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+    network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
+    optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=1e-3, eps=1e-5), "the actor's optimizer (a shared torso's too): Adam, lr 1e-3"
+    )
+    critic_optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=1e-3, eps=1e-5), "the critic's optimizer: Adam, lr 1e-3"
+    )
 
     def validate(self) -> None:
         self.check_range("num_steps", 1)
         self.check_range("nstep_horizon", 1)
         self.check_range("gamma", 0, 1)
-        self.check_range("actor_learning_rate", 0, low_open=True)
-        self.check_range("critic_learning_rate", 0, low_open=True)
-        self.check_range("adam_eps", 0, low_open=True)
         self.check_range("ent_coef", 0)
         self.check_range("vf_coef", 0, low_open=True)
         self.check_range("max_grad_norm", 0, low_open=True)
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
-
-
-def nstep_batch(model: ActorCritic, rollout: Rollout, gamma: float, horizon: int) -> tuple[Batch, dict[str, float]]:
-    """One batched, gradient-free forward; targets R = G^(n) (``nstep_returns``) and A = R - V(s).
-
-    ``values[1:]`` are the bootstraps: V(s_{t+1}), V(final observation) where an episode ended at t,
-    and V(s_T) after the last step. Advantages of autoreset steps are zeroed and masked.
-    """
-    steps, envs = rollout.num_steps, rollout.num_envs
-    obs = torch.from_numpy(rollout.obs.reshape((steps + 1) * envs, -1))
-    actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:]))
-    with torch.no_grad():
-        log_probs = model.distribution(obs[: steps * envs]).log_prob(actions)
-        values = model.value(obs)
-    values_tm = values.numpy().reshape(steps + 1, envs)
-    returns = nstep_returns(rollout.rewards, values_tm[1:], rollout.terminated, rollout.truncated, gamma, horizon)
-    valid = rollout.valid
-    advantages = np.where(valid, returns - values_tm[:-1], 0.0).astype(np.float32)
-    batch = Batch(
-        obs=obs[: steps * envs],
-        actions=actions,
-        log_probs=log_probs,
-        values=values[: steps * envs],
-        advantages=torch.from_numpy(advantages.reshape(-1)),
-        returns=torch.from_numpy(returns.astype(np.float32).reshape(-1)),
-        mask=torch.from_numpy(valid.reshape(-1).astype(np.float32)),
-    )
-    valid_adv = advantages[valid]
-    stats = {
-        "diagnostics/advantage_mean": float(valid_adv.mean()) if valid_adv.size else 0.0,
-        "diagnostics/advantage_std": float(valid_adv.std()) if valid_adv.size else 0.0,
-        "diagnostics/explained_variance": explained_variance(values_tm[:-1][valid], returns[valid]),
-        "diagnostics/valid_fraction": float(valid.mean()),
-    }
-    return batch, stats
 
 
 def actor_critic_loss(
-    dist: Categorical | DiagGaussian, values: torch.Tensor, batch: Batch, config: ActorCriticConfig
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    *,
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    vf_coef: float,
+    ent_coef: float,
+    norm_adv: bool,
+) -> LossTerms:
     """L = -E[log pi(a|s) A] + vf_coef E[(V_w(s) - sg(y))^2] - ent_coef E[H(pi(.|s))].
 
-    sg = stop-gradient: y (``batch.returns``) and A are detached here as well, so a caller that
-    built them with gradients still gets the semi-gradient TD update. Means over valid steps.
+    sg = stop-gradient: y (``returns``) and A are detached here, so a caller that built them with
+    gradients still gets the semi-gradient TD update. Every tensor has the shape of ``mask``;
+    E[.] is the mean over entries with mask = 1 (the same equation as ``a2c_loss``, written with
+    masked means).
     """
-    mask = batch.mask
-    advantages = batch.advantages.detach()
-    if config.norm_adv:
+    advantages = advantages.detach()
+    if norm_adv:
         advantages = normalize_advantages(advantages, mask)
-    policy_loss = -masked_mean(dist.log_prob(batch.actions) * advantages, mask)
-    value_loss = masked_mean((values - batch.returns.detach()).pow(2), mask)
-    entropy = masked_mean(dist.entropy(), mask)
-    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-    stats = {
-        "train/policy_loss": policy_loss.detach(),
-        "train/value_loss": value_loss.detach(),
-        "diagnostics/entropy": entropy.detach(),
-    }
-    return loss, stats
+    policy_loss = -masked_mean(log_probs * advantages, mask)
+    critic_loss = value_loss(values, returns.detach(), mask)
+    mean_entropy = masked_mean(entropy, mask)
+    loss = policy_loss + vf_coef * critic_loss - ent_coef * mean_entropy
+    return LossTerms(loss=loss, policy_loss=policy_loss, value_loss=critic_loss, entropy=mean_entropy)
 
 
 def actor_and_critic_parameters(model: ActorCritic) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -135,19 +110,20 @@ def actor_and_critic_parameters(model: ActorCritic) -> tuple[list[nn.Parameter],
 
 
 class ActorCriticAlgorithm:
-    """The actor-critic learner: separate Adam optimisers for actor and critic, one step per rollout."""
+    """The actor-critic learner: separate optimisers for actor and critic, one step per rollout."""
 
     name = "actor_critic"
 
-    def __init__(self, config: ActorCriticConfig, obs_dim: int, action: ActionSpec) -> None:
+    def __init__(
+        self, config: ActorCriticConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
-        self.model = ActorCritic(
-            obs_dim, action, config.hidden_sizes, config.activation, config.shared_network, config.log_std_init
-        )
+        self.device = torch.device(device)
+        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
         actor_parameters, critic_parameters = actor_and_critic_parameters(self.model)
         self.parameters = actor_parameters + critic_parameters
-        self.actor_optimizer = adam(actor_parameters, config.actor_learning_rate, config.adam_eps)
-        self.critic_optimizer = adam(critic_parameters, config.critic_learning_rate, config.adam_eps)
+        self.actor_optimizer = make_optimizer(actor_parameters, config.optimizer)
+        self.critic_optimizer = make_optimizer(critic_parameters, config.critic_optimizer)
 
     @property
     def rollout_length(self) -> int:
@@ -161,33 +137,42 @@ class ActorCriticAlgorithm:
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        return nstep_batch(self.model, rollout, self.config.gamma, self.config.nstep_horizon)
+        """One gradient-free pass; targets R = G^(n) (``nstep_returns``) and A = R - V(s)."""
+        config = self.config
+        values, log_probs = evaluate_rollout(self.model, rollout, self.device)
+        returns = nstep_returns(
+            rollout.rewards, values[1:], rollout.terminated, rollout.truncated, config.gamma, config.nstep_horizon
+        )
+        return rollout_to_batch(rollout, values, returns - values[:-1], returns, log_probs, self.device)
 
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """One gradient step of actor and critic on the whole batch."""
         config = self.config
-        actor_rate = config.actor_learning_rate * context.lr_scale
-        critic_rate = config.critic_learning_rate * context.lr_scale
-        for optimizer, rate in ((self.actor_optimizer, actor_rate), (self.critic_optimizer, critic_rate)):
-            for group in optimizer.param_groups:
-                group["lr"] = rate
+        actor_rate = scheduled_learning_rate(self.actor_optimizer, config.optimizer, context)
+        critic_rate = scheduled_learning_rate(self.critic_optimizer, config.critic_optimizer, context)
         dist, values = self.model(batch.obs)
-        loss, stats = actor_critic_loss(dist, values, batch, config)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics = {key: float(value) for key, value in stats.items()}
-        if config.max_grad_norm is not None:
-            grad_norm, clipped = clip_gradients(self.parameters, config.max_grad_norm)
-            metrics["diagnostics/grad_norm"] = grad_norm
-            metrics["diagnostics/grad_norm_clipped"] = clipped
-        self.actor_optimizer.step()
-        self.critic_optimizer.step()
+        terms = actor_critic_loss(
+            log_probs=dist.log_prob(batch.actions),
+            advantages=batch.advantages,
+            values=values,
+            returns=batch.returns,
+            entropy=dist.entropy(),
+            mask=batch.mask,
+            vf_coef=config.vf_coef,
+            ent_coef=config.ent_coef,
+            norm_adv=config.norm_adv,
+        )
+        metrics = mean_metrics([terms.metrics()])
+        norms = optimizer_step(
+            (self.actor_optimizer, self.critic_optimizer), self.parameters, terms.loss, config.max_grad_norm
+        )
+        if norms is not None:
+            metrics[GRAD_NORM], metrics[GRAD_NORM_CLIPPED] = norms
         metrics["train/actor_learning_rate"] = actor_rate
         metrics["train/critic_learning_rate"] = critic_rate
         metrics["train/gradient_steps"] = 1.0
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
+            metrics[LOG_STD] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------

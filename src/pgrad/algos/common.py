@@ -1,26 +1,123 @@
-"""Pieces several algorithms share, as plain functions (no base class)."""
+"""Pieces several algorithms share, as plain functions (no base class): masked statistics, the
+named loss terms, the optimizer (built from an ``OptimizerConfig``, scheduled, stepped) and the
+learner's gradient-free pass over a rollout.
+
+Every function here works on tensors of any shape with a mask of the same shape (1 valid, 0 not),
+on any device: the same code serves ``[N]`` environment steps on the CPU and ``[B, T]`` tokens
+on a GPU.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from pgrad.estimators import explained_variance, gae
+from pgrad import metric_names as names
+from pgrad.algos.contract import UpdateContext
+from pgrad.config import OptimizerConfig
+from pgrad.estimators import gae
 from pgrad.nets import ActorCritic
-from pgrad.rollout import Batch, Rollout
+from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the entries where ``mask`` is 1 (autoreset steps carry mask 0)."""
+    """Mean over the entries where ``mask`` is 1 (autoreset steps, padding tokens carry mask 0)."""
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(A - mean) / (std + eps) over the valid entries of one minibatch."""
+    """(A - mean) / (std + eps), mean and (population) std over the valid entries."""
     mean = masked_mean(advantages, mask)
     var = masked_mean((advantages - mean).pow(2), mask)
     return (advantages - mean) / (var.sqrt() + eps)
+
+
+def value_loss(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_values: torch.Tensor | None = None,
+    clip_vf: float | None = None,
+) -> torch.Tensor:
+    """E[(V - R)^2] over valid entries; with ``clip_vf`` = c (PPO's clipped value loss)
+    E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)]."""
+    error = (values - returns).pow(2)
+    if clip_vf is not None:
+        if old_values is None:
+            raise ValueError("clip_vf needs old_values")
+        clipped = old_values + (values - old_values).clamp(-clip_vf, clip_vf)
+        error = torch.max(error, (clipped - returns).pow(2))
+    return masked_mean(error, mask)
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """What a loss function returns: the scalar to differentiate and its named parts.
+
+    Terms a loss does not have stay None. ``metrics()`` names them for the logs (detached tensors;
+    the caller decides when to copy them to the host, once per update rather than per step).
+    """
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    approx_kl: torch.Tensor | None = None  # E[(r - 1) - log r], from the sampled actions
+    clip_fraction: torch.Tensor | None = None
+    kl: torch.Tensor | None = None  # analytic E[KL(pi_old || pi)] (PPO-KL's penalty)
+    surrogate: torch.Tensor | None = None  # E[r A] (PPO-KL, TRPO)
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        named = {
+            names.POLICY_LOSS: self.policy_loss,
+            "train/surrogate": self.surrogate,
+            names.VALUE_LOSS: self.value_loss,
+            names.ENTROPY: self.entropy,
+            "diagnostics/minibatch_kl": self.kl,
+            names.APPROX_KL: self.approx_kl,
+            names.CLIP_FRACTION: self.clip_fraction,
+        }
+        return {key: value.detach() for key, value in named.items() if value is not None}
+
+
+def mean_metrics(history: list[dict[str, torch.Tensor | float]]) -> dict[str, float]:
+    """Per-key means over the steps of one update, as floats; tensors go to the host once per key."""
+    if not history:
+        return {}
+    out = {}
+    for key in history[0]:
+        values = [row[key] for row in history]
+        if isinstance(values[0], torch.Tensor):
+            array = torch.stack(values).cpu().numpy().astype(np.float64)  # type: ignore[arg-type]
+        else:
+            array = np.asarray(values, np.float64)
+        out[key] = float(array.mean())
+    return out
+
+
+# ---- optimizers -------------------------------------------------------------------------------
+
+def adam(parameters: list[nn.Parameter], learning_rate: float, eps: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where torch has it (~15 % faster per small-network step on the
+    CPU here than the multi-tensor path), else the multi-tensor one."""
+    try:
+        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, foreach=True)
+
+
+def make_optimizer(parameters: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimizer an ``OptimizerConfig`` describes (Adam with torch's betas, or RMSprop)."""
+    if config.kind == "rmsprop":
+        return torch.optim.RMSprop(
+            parameters, lr=config.learning_rate, alpha=config.rms_alpha, eps=config.eps, foreach=True
+        )
+    return adam(parameters, config.learning_rate, config.eps)
 
 
 def linear_schedule(initial: float, progress: float, anneal: bool) -> float:
@@ -28,13 +125,15 @@ def linear_schedule(initial: float, progress: float, anneal: bool) -> float:
     return initial * max(1.0 - progress, 0.0) if anneal else initial
 
 
-def adam(parameters: list[nn.Parameter], learning_rate: float, eps: float) -> torch.optim.Adam:
-    """Adam with the fused CPU kernel where torch has it (~15 % faster per small-network step
-    here than the multi-tensor path), else the multi-tensor one."""
-    try:
-        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(parameters, lr=learning_rate, eps=eps, foreach=True)
+def scheduled_learning_rate(
+    optimizer: torch.optim.Optimizer, config: OptimizerConfig, context: UpdateContext
+) -> float:
+    """Set ``optimizer``'s rate to its schedule times the guard's scale, and return that rate:
+    lr = learning_rate x (1 - progress if anneal_lr) x context.lr_scale."""
+    rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    return rate
 
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> tuple[float, float]:
@@ -56,42 +155,67 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> tuple[flo
     return before, min(before, max_norm)
 
 
-def actor_critic_batch(
-    model: ActorCritic, rollout: Rollout, gamma: float, gae_lambda: float
-) -> tuple[Batch, dict[str, float]]:
-    """Evaluate the rollout once with the learner and attach GAE advantages and returns.
+def backward(
+    parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float | None
+) -> tuple[float, float] | None:
+    """Set every parameter's ``.grad`` to d loss / d parameter (earlier gradients dropped), then clip.
 
-    One batched forward gives log pi_old(a|s) for the T steps and V(s) for all T + 1 observations; V(obs[T]) and
-    V(final observations) bootstrap through ``next_values = values[1:]`` (see ``pgrad.rollout``).
-    Advantages of autoreset steps are zeroed; the mask keeps them out of every loss.
+    ``loss=None``: the gradients are already set (the NumPy backend writes them); only clip.
+    Returns (norm before, norm after) clipping, or None when ``max_grad_norm`` is None (no clip).
+    """
+    if loss is not None:
+        for parameter in parameters:
+            parameter.grad = None
+        loss.backward()
+    return None if max_grad_norm is None else clip_gradients(parameters, max_grad_norm)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    parameters: list[nn.Parameter],
+    loss: torch.Tensor | None,
+    max_grad_norm: float | None,
+) -> tuple[float, float] | None:
+    """One step: gradients of ``loss`` (or those already set, ``loss=None``), global-norm clipping
+    over ``parameters``, then every optimizer steps (actor-critic has one for the actor and one
+    for the critic, clipped together). Returns ``backward``'s (norm before, norm after) or None."""
+    norms = backward(parameters, loss, max_grad_norm)
+    for each in (optimizer,) if isinstance(optimizer, torch.optim.Optimizer) else optimizer:
+        each.step()
+    return norms
+
+
+# ---- the learner's pass over a rollout --------------------------------------------------------
+
+def evaluate_rollout(
+    model: ActorCritic, rollout: Rollout, device: torch.device, with_log_probs: bool = True
+) -> tuple[np.ndarray, torch.Tensor | None]:
+    """One gradient-free pass of the learner over a rollout: V(s) for all T + 1 observations, as a
+    ``[T + 1, B]`` NumPy array for the estimators, and log pi(a_t|s_t) for the T steps (on ``device``).
+
+    ``values[1:]`` are the bootstraps: V(s_{t+1}), V(final observation) where an episode ended at
+    t (see ``pgrad.rollout``), and V(s_T) after the last step.
     """
     steps, envs = rollout.num_steps, rollout.num_envs
-    obs = torch.from_numpy(rollout.obs.reshape((steps + 1) * envs, -1))
-    actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:]))
+    obs = torch.from_numpy(rollout.obs.reshape((steps + 1) * envs, -1)).to(device)
+    log_probs = None
     with torch.no_grad():
-        log_probs = model.distribution(obs[: steps * envs]).log_prob(actions)
+        if with_log_probs:
+            actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:]))
+            log_probs = model.distribution(obs[: steps * envs]).log_prob(actions.to(device))
         values = model.value(obs)
-    values_tm = values.numpy().reshape(steps + 1, envs)
+    return values.cpu().numpy().reshape(steps + 1, envs), log_probs
+
+
+def actor_critic_batch(
+    model: ActorCritic, rollout: Rollout, gamma: float, gae_lambda: float, device: torch.device | str = "cpu"
+) -> tuple[Batch, dict[str, float]]:
+    """The GAE batch of PPO, PPO-KL, TRPO/NPG and the A3C workers: log pi_old and V from one
+    gradient-free pass (``evaluate_rollout``), GAE(gamma, lambda) advantages and returns A + V
+    (``estimators.gae``: terminated and truncated apart), assembled by ``rollout_to_batch``."""
+    device = torch.device(device)
+    values, log_probs = evaluate_rollout(model, rollout, device)
     advantages, returns = gae(
-        rollout.rewards, values_tm[:-1], values_tm[1:], rollout.terminated, rollout.truncated, gamma, gae_lambda
+        rollout.rewards, values[:-1], values[1:], rollout.terminated, rollout.truncated, gamma, gae_lambda
     )
-    valid = rollout.valid
-    advantages = np.where(valid, advantages, 0.0).astype(np.float32)
-    returns = returns.astype(np.float32)
-    batch = Batch(
-        obs=obs[: steps * envs],
-        actions=actions,
-        log_probs=log_probs,
-        values=values[: steps * envs],
-        advantages=torch.from_numpy(advantages.reshape(-1)),
-        returns=torch.from_numpy(returns.reshape(-1)),
-        mask=torch.from_numpy(valid.reshape(-1).astype(np.float32)),
-    )
-    valid_adv = advantages[valid]
-    stats = {
-        "diagnostics/advantage_mean": float(valid_adv.mean()) if valid_adv.size else 0.0,
-        "diagnostics/advantage_std": float(valid_adv.std()) if valid_adv.size else 0.0,
-        "diagnostics/explained_variance": explained_variance(values_tm[:-1][valid], returns[valid]),
-        "diagnostics/valid_fraction": float(valid.mean()),
-    }
-    return batch, stats
+    return rollout_to_batch(rollout, values, advantages, returns, log_probs, device)

@@ -11,23 +11,26 @@ taken once, before the first epoch, from the same network that collected the bat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from pgrad.algos.common import (
+    LossTerms,
     actor_critic_batch,
-    adam,
-    clip_gradients,
-    linear_schedule,
+    make_optimizer,
     masked_mean,
     normalize_advantages,
+    optimizer_step,
+    scheduled_learning_rate,
+    value_loss,
 )
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, EnvConfig, param
+from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
+from pgrad.metric_names import GRAD_NORM, LEARNING_RATE, LOG_STD
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.optim import detach_distribution
 from pgrad.rollout import Batch, Rollout
@@ -42,9 +45,6 @@ class PPOKLConfig(Checked):
     num_steps: int = param(128, "steps per environment per rollout (batch = num_steps x env.num_envs)")
     num_epochs: int = param(10, "passes over each batch")
     minibatch_size: int = param(64, "samples per gradient step; must divide the batch")
-    learning_rate: float = param(3e-4, "Adam learning rate (initial value when annealed)")
-    anneal_lr: bool = param(True, "anneal the learning rate linearly to 0 over run.total_steps")
-    adam_eps: float = param(1e-5, "Adam epsilon")
     gamma: float = param(0.99, "discount factor")
     gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
     target_kl: float = param(
@@ -57,16 +57,14 @@ class PPOKLConfig(Checked):
     vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
     max_grad_norm: float = param(0.5, "global L2 gradient-norm clip")
     norm_adv: bool = param(True, "normalise advantages per minibatch")
-    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
-    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
-    shared_network: bool = param(False, "share the MLP torso between actor and critic")
-    log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+    network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
+    optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=3e-4, anneal_lr=True, eps=1e-5), "Adam, lr 3e-4 annealed to 0, eps 1e-5"
+    )
 
     def validate(self) -> None:
         for name in ("num_steps", "num_epochs", "minibatch_size"):
             self.check_range(name, 1)
-        self.check_range("learning_rate", 0, low_open=True)
-        self.check_range("adam_eps", 0, low_open=True)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("target_kl", 0, low_open=True)
@@ -74,8 +72,6 @@ class PPOKLConfig(Checked):
         self.check_range("ent_coef", 0)
         self.check_range("vf_coef", 0)
         self.check_range("max_grad_norm", 0, low_open=True)
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
 
     def check_with_env(self, env: EnvConfig) -> None:
         batch = self.num_steps * env.num_envs
@@ -96,39 +92,48 @@ def adapt_kl_coef(kl_coef: float, kl: float, target_kl: float) -> float:
 
 
 def ppo_kl_loss(
-    dist: Categorical | DiagGaussian,
-    old_dist: Categorical | DiagGaussian,
+    *,
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    kl: torch.Tensor,
     values: torch.Tensor,
-    batch: Batch,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
     kl_coef: float,
-    config: PPOKLConfig,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = -E[r A] + beta E[KL(pi_old || pi)] + c_v E[(V - R)^2] - c_e E[H(pi)].
+    vf_coef: float,
+    ent_coef: float,
+    norm_adv: bool,
+) -> LossTerms:
+    """L = -E[r A] + beta E[KL(pi_old || pi)] + vf_coef E[(V - R)^2] - ent_coef E[H(pi)].
 
-    r = pi(a|s) / pi_old(a|s); the KL is analytic, per state, against ``old_dist`` (detached).
-    Means run over valid steps only.
+    r = exp(log pi(a|s) - log pi_old(a|s)); ``kl`` is the analytic KL(pi_old(.|s) || pi(.|s)) per
+    entry (against a detached pi_old), beta = ``kl_coef``. Every tensor has the shape of ``mask``;
+    E[.] is the mean over entries with mask = 1 (advantages normalised over them with ``norm_adv``).
+    Diagnostics: approx KL = E[(r - 1) - log r] from the sampled actions.
     """
-    mask = batch.mask
-    log_ratio = dist.log_prob(batch.actions) - batch.log_probs
+    log_ratio = log_probs - old_log_probs
     ratio = log_ratio.exp()
-    advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
+    if norm_adv:
+        advantages = normalize_advantages(advantages, mask)
     surrogate = masked_mean(ratio * advantages, mask)
-    kl = masked_mean(old_dist.kl(dist), mask)
-    policy_loss = -surrogate + kl_coef * kl
-    value_loss = masked_mean((values - batch.returns).pow(2), mask)
-    entropy = masked_mean(dist.entropy(), mask)
-
-    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    mean_kl = masked_mean(kl, mask)
+    policy_loss = -surrogate + kl_coef * mean_kl
+    critic_loss = value_loss(values, returns, mask)
+    mean_entropy = masked_mean(entropy, mask)
+    loss = policy_loss + vf_coef * critic_loss - ent_coef * mean_entropy
     with torch.no_grad():
-        stats = {
-            "train/policy_loss": policy_loss.detach(),
-            "train/surrogate": surrogate.detach(),
-            "train/value_loss": value_loss.detach(),
-            "diagnostics/entropy": entropy.detach(),
-            "diagnostics/minibatch_kl": kl.detach(),
-            "diagnostics/approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
-        }
-    return loss, stats
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+    return LossTerms(
+        loss=loss,
+        policy_loss=policy_loss,
+        value_loss=critic_loss,
+        entropy=mean_entropy,
+        approx_kl=approx_kl,
+        kl=mean_kl,
+        surrogate=surrogate,
+    )
 
 
 def select_distribution(dist: Categorical | DiagGaussian, index: torch.Tensor) -> Categorical | DiagGaussian:
@@ -143,13 +148,14 @@ class PPOKL:
 
     name = "ppo_kl"
 
-    def __init__(self, config: PPOKLConfig, obs_dim: int, action: ActionSpec) -> None:
+    def __init__(
+        self, config: PPOKLConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
-        self.model = ActorCritic(
-            obs_dim, action, config.hidden_sizes, config.activation, config.shared_network, config.log_std_init
-        )
+        self.device = torch.device(device)
+        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
-        self.optimizer = adam(self.parameters, config.learning_rate, config.adam_eps)
+        self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.kl_coef = config.kl_coef_init
 
     @property
@@ -164,33 +170,41 @@ class PPOKL:
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda)
+        """log pi_old and V from one gradient-free pass; GAE advantages and returns."""
+        return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda, self.device)
 
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """``num_epochs`` passes of minibatch steps with the current beta, then beta adapts to the KL."""
         config = self.config
-        learning_rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
+        learning_rate = scheduled_learning_rate(self.optimizer, config.optimizer, context)
         with torch.no_grad():
             old_dist = detach_distribution(self.model.distribution(batch.obs))
 
         history: list[dict[str, torch.Tensor]] = []
         grad_norms: list[float] = []
         for _ in range(config.num_epochs):
-            order = torch.from_numpy(context.rng.permutation(len(batch)))
+            order = torch.from_numpy(context.rng.permutation(len(batch))).to(self.device)
             for start in range(0, len(batch) - config.minibatch_size + 1, config.minibatch_size):
                 index = order[start : start + config.minibatch_size]
                 minibatch = batch.select(index)
                 dist, values = self.model(minibatch.obs)
-                loss, stats = ppo_kl_loss(
-                    dist, select_distribution(old_dist, index), values, minibatch, self.kl_coef, config
+                terms = ppo_kl_loss(
+                    log_probs=dist.log_prob(minibatch.actions),
+                    old_log_probs=minibatch.log_probs,
+                    advantages=minibatch.advantages,
+                    kl=select_distribution(old_dist, index).kl(dist),
+                    values=values,
+                    returns=minibatch.returns,
+                    entropy=dist.entropy(),
+                    mask=minibatch.mask,
+                    kl_coef=self.kl_coef,
+                    vf_coef=config.vf_coef,
+                    ent_coef=config.ent_coef,
+                    norm_adv=config.norm_adv,
                 )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norms.append(clip_gradients(self.parameters, config.max_grad_norm)[0])
-                self.optimizer.step()
-                history.append(stats)
+                norms = optimizer_step(self.optimizer, self.parameters, terms.loss, config.max_grad_norm)
+                grad_norms.append(norms[0])  # type: ignore[index]
+                history.append(terms.metrics())
 
         with torch.no_grad():
             batch_kl = float(masked_mean(old_dist.kl(self.model.distribution(batch.obs)), batch.mask))
@@ -200,16 +214,16 @@ class PPOKL:
         metrics = {key: float(torch.stack([h[key] for h in history]).mean()) for key in history[0]}
         metrics.update(
             {
-                "train/learning_rate": learning_rate,
+                LEARNING_RATE: learning_rate,
                 "train/kl_coef": kl_coef_used,
                 "train/kl_coef_next": self.kl_coef,
                 "train/gradient_steps": float(len(history)),
                 "diagnostics/kl": batch_kl,
-                "diagnostics/grad_norm": float(np.mean(grad_norms)),
+                GRAD_NORM: float(np.mean(grad_norms)),
             }
         )
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
+            metrics[LOG_STD] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------

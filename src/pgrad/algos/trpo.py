@@ -9,11 +9,12 @@ One policy step per batch:
 4. TRPO: backtracking line search over theta_old + c^i b s, i = 0, 1, ..., accepting the first
    candidate that raises L and keeps the mean KL(pi_old || pi_theta) <= max_kl; if none does, the
    old parameters stay. NPG: theta_old + b s, taken as it is.
-The value function is a separate network with its own Adam optimiser, fitted after the policy
-step by ``value_epochs`` passes of minibatch regression on the GAE returns.
+The value function is a separate network with its own optimiser (``value_optimizer``), fitted
+after the policy step by ``value_epochs`` passes of minibatch regression on the GAE returns.
 
-``trpo`` and ``npg`` are the same file, the same update functions and the same field list; only the
-defaults differ (``line_search``), so ``pgrad train trpo --set line_search=false`` is NPG.
+``trpo`` and ``npg`` are the same file, the same update functions and the same field list
+(``NaturalGradientConfig``); only the defaults differ (``line_search``, ``max_kl``), so
+``pgrad train trpo --set line_search=false`` is NPG.
 """
 
 from __future__ import annotations
@@ -21,15 +22,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from pgrad.algos.common import actor_critic_batch, adam, linear_schedule, masked_mean, normalize_advantages
+from pgrad.algos.common import (
+    actor_critic_batch,
+    make_optimizer,
+    masked_mean,
+    normalize_advantages,
+    optimizer_step,
+    scheduled_learning_rate,
+    value_loss,
+)
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, EnvConfig, param
+from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
+from pgrad.metric_names import APPROX_KL, ENTROPY, GRAD_NORM, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.optim import (
     conjugate_gradient,
@@ -42,77 +52,100 @@ from pgrad.optim import (
 from pgrad.rollout import Batch, Rollout
 
 
-def _natural_gradient_config(section: str, line_search_default: bool, max_kl_default: float, summary: str) -> type:
-    """The config class for ``section``; TRPO and NPG share every field and differ in defaults."""
+@dataclass(frozen=True)
+class NaturalGradientConfig(Checked):
+    """The fields TRPO and NPG share (``TRPOConfig`` and ``NPGConfig`` differ only in defaults)."""
 
-    @dataclass(frozen=True)
-    class NaturalGradientConfig(Checked):
-        SECTION: ClassVar[str] = section
+    SECTION: ClassVar[str] = "trpo"
 
-        num_steps: int = param(256, "steps per environment per rollout (8 envs x 256 = SB3-contrib's 2048)")
-        gamma: float = param(0.99, "discount factor")
-        gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
-        norm_adv: bool = param(True, "normalise advantages over the whole batch before the policy step")
-        max_kl: float = param(
-            max_kl_default,
-            "mean KL(pi_old || pi_new) per policy step: the trust-region bound (line search), and the KL of the "
-            "quadratic model the step is scaled to",
-        )
-        line_search: bool = param(
-            line_search_default,
-            "backtracking line search: accept a step only if it raises the surrogate and keeps KL <= max_kl "
-            "(false: natural policy gradient, the scaled step as it is)",
-        )
-        backtrack_coef: float = param(0.8, "line search: each rejected candidate step is shrunk by this factor")
-        backtrack_iters: int = param(10, "line search: candidate steps tried before keeping the old parameters")
-        cg_iterations: int = param(15, "conjugate-gradient iterations (Fisher-vector products) per step")
-        cg_damping: float = param(0.1, "Fisher damping: CG solves (F + cg_damping I) s = g")
-        cg_residual_tol: float = param(1e-10, "CG stops early once the residual norm falls to this")
-        learning_rate: float = param(1e-3, "value-function Adam learning rate (initial value when annealed)")
-        anneal_lr: bool = param(False, "anneal the value learning rate linearly to 0 over run.total_steps")
-        adam_eps: float = param(1e-5, "value-function Adam epsilon")
-        value_epochs: int = param(10, "passes of value regression over each batch")
-        minibatch_size: int = param(128, "value-regression minibatch size; must divide the batch")
-        hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes (separate policy and value nets)")
-        activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
-        log_std_init: float = param(0.0, "initial log std of Gaussian policies")
+    num_steps: int = param(256, "steps per environment per rollout (8 envs x 256 = SB3-contrib's 2048)")
+    gamma: float = param(0.99, "discount factor")
+    gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
+    norm_adv: bool = param(True, "normalise advantages over the whole batch before the policy step")
+    max_kl: float = param(
+        0.01,
+        "mean KL(pi_old || pi_new) per policy step: the trust-region bound (line search), and the KL of the "
+        "quadratic model the step is scaled to",
+    )
+    line_search: bool = param(
+        True,
+        "backtracking line search: accept a step only if it raises the surrogate and keeps KL <= max_kl "
+        "(false: natural policy gradient, the scaled step as it is)",
+    )
+    backtrack_coef: float = param(0.8, "line search: each rejected candidate step is shrunk by this factor")
+    backtrack_iters: int = param(10, "line search: candidate steps tried before keeping the old parameters")
+    cg_iterations: int = param(15, "conjugate-gradient iterations (Fisher-vector products) per step")
+    cg_damping: float = param(0.1, "Fisher damping: CG solves (F + cg_damping I) s = g")
+    cg_residual_tol: float = param(1e-10, "CG stops early once the residual norm falls to this")
+    value_epochs: int = param(10, "passes of value regression over each batch")
+    minibatch_size: int = param(128, "value-regression minibatch size; must divide the batch")
+    network: NetworkConfig = param(NetworkConfig(), "the policy and value MLPs (separate torsos)")
+    value_optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=1e-3, eps=1e-5),
+        "the value function's optimizer (the policy takes natural-gradient steps): Adam, lr 1e-3",
+    )
 
-        def validate(self) -> None:
-            for name in ("num_steps", "backtrack_iters", "cg_iterations", "value_epochs", "minibatch_size"):
-                self.check_range(name, 1)
-            self.check_range("gamma", 0, 1)
-            self.check_range("gae_lambda", 0, 1)
-            self.check_range("max_kl", 0, low_open=True)
-            self.check_range("backtrack_coef", 0, 1, low_open=True, high_open=True)
-            self.check_range("cg_damping", 0)
-            self.check_range("cg_residual_tol", 0)
-            self.check_range("learning_rate", 0, low_open=True)
-            self.check_range("adam_eps", 0, low_open=True)
-            if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-                self._fail("hidden_sizes", "a non-empty list of positive integers")
+    def validate(self) -> None:
+        for name in ("num_steps", "backtrack_iters", "cg_iterations", "value_epochs", "minibatch_size"):
+            self.check_range(name, 1)
+        self.check_range("gamma", 0, 1)
+        self.check_range("gae_lambda", 0, 1)
+        self.check_range("max_kl", 0, low_open=True)
+        self.check_range("backtrack_coef", 0, 1, low_open=True, high_open=True)
+        self.check_range("cg_damping", 0)
+        self.check_range("cg_residual_tol", 0)
+        if self.network.shared_network:
+            raise ConfigError(
+                f"{self.SECTION}.network.shared_network must be false (the natural step moves the policy "
+                "network alone); got True"
+            )
 
-        def check_with_env(self, env: EnvConfig) -> None:
-            batch = self.num_steps * env.num_envs
-            if self.minibatch_size > batch or batch % self.minibatch_size:
-                raise ConfigError(
-                    f"{section}.minibatch_size must divide the batch num_steps x env.num_envs = "
-                    f"{self.num_steps} x {env.num_envs} = {batch}; got {self.minibatch_size}"
-                )
-
-    NaturalGradientConfig.__doc__ = summary
-    NaturalGradientConfig.__name__ = NaturalGradientConfig.__qualname__ = f"{section.upper()}Config"
-    return NaturalGradientConfig
+    def check_with_env(self, env: EnvConfig) -> None:
+        batch = self.num_steps * env.num_envs
+        if self.minibatch_size > batch or batch % self.minibatch_size:
+            raise ConfigError(
+                f"{self.SECTION}.minibatch_size must divide the batch num_steps x env.num_envs = "
+                f"{self.num_steps} x {env.num_envs} = {batch}; got {self.minibatch_size}"
+            )
 
 
-TRPOConfig = _natural_gradient_config(
-    "trpo", True, 0.01, "TRPO hyper-parameters. Defaults follow sb3-contrib TRPO (max_kl is its target_kl)."
-)
-# Without the line search nothing catches a step whose true KL overshoots the quadratic model, so NPG
-# defaults to half the TRPO step (max_kl 0.005): on CartPole-v1 (seeds 1, 2) it reached 475 in 56k/50k
-# steps, against not reached/81k with 0.01.
-NPGConfig = _natural_gradient_config(
-    "npg", False, 0.005, "Natural policy gradient: the TRPO step scaled to max_kl, without the line search."
-)
+@dataclass(frozen=True)
+class TRPOConfig(NaturalGradientConfig):
+    """TRPO hyper-parameters. Defaults follow sb3-contrib TRPO (max_kl is its target_kl)."""
+
+    SECTION: ClassVar[str] = "trpo"
+
+
+@dataclass(frozen=True)
+class NPGConfig(NaturalGradientConfig):
+    """Natural policy gradient: the TRPO step scaled to max_kl, without the line search."""
+
+    SECTION: ClassVar[str] = "npg"
+
+    # Without the line search nothing catches a step whose true KL overshoots the quadratic model,
+    # so NPG defaults to half the TRPO step (max_kl 0.005): on CartPole-v1 (seeds 1, 2) it reached
+    # 475 in 56k/50k steps, against not reached/81k with 0.01.
+    max_kl: float = param(
+        0.005,
+        "mean KL(pi_old || pi_new) per policy step: the KL of the quadratic model the step is scaled to "
+        "(and the bound of the line search when line_search is true)",
+    )
+    line_search: bool = param(
+        False,
+        "backtracking line search: accept a step only if it raises the surrogate and keeps KL <= max_kl "
+        "(true: TRPO)",
+    )
+
+
+def trpo_surrogate(
+    *, log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """L(theta) = E[pi_theta(a|s) / pi_old(a|s) A], the mean over entries with mask = 1 (any shape).
+
+    The ratio is 1 at theta_old, its gradient is not: grad L(theta_old) = E[grad log pi(a|s) A],
+    the policy gradient. TRPO maximises L subject to E[KL(pi_old || pi_theta)] <= max_kl.
+    """
+    return masked_mean(torch.exp(log_probs - old_log_probs) * advantages, mask)
 
 
 @dataclass(frozen=True)
@@ -168,7 +201,7 @@ def trust_region_step(
 
 
 def policy_step(
-    model: ActorCritic, parameters: list[torch.nn.Parameter], batch: Batch, config: Any
+    model: ActorCritic, parameters: list[torch.nn.Parameter], batch: Batch, config: NaturalGradientConfig
 ) -> dict[str, float]:
     """One TRPO (``config.line_search``) or NPG step on the policy parameters; returns its metrics.
 
@@ -181,8 +214,9 @@ def policy_step(
     advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
     dist = model.distribution(batch.obs)
     old_dist = detach_distribution(dist)
-    # L(theta) = E[pi_theta(a|s) / pi_old(a|s) * A]; the ratio is 1 at theta_old, its gradient is not.
-    surrogate = masked_mean(torch.exp(dist.log_prob(batch.actions) - batch.log_probs) * advantages, mask)
+    surrogate = trpo_surrogate(
+        log_probs=dist.log_prob(batch.actions), old_log_probs=batch.log_probs, advantages=advantages, mask=mask
+    )
     mean_kl = masked_mean(old_dist.kl(dist), mask)
     surrogate_grad = flat_grad(surrogate, parameters, retain_graph=True)
     fisher_product = fisher_vector_product(mean_kl, parameters, config.cg_damping)
@@ -193,8 +227,11 @@ def policy_step(
     def evaluate() -> tuple[float, float]:
         with torch.no_grad():
             new_dist = model.distribution(batch.obs)
-            ratio = torch.exp(new_dist.log_prob(batch.actions) - batch.log_probs)
-            return float(masked_mean(ratio * advantages, mask)), float(masked_mean(old_dist.kl(new_dist), mask))
+            surrogate = trpo_surrogate(
+                log_probs=new_dist.log_prob(batch.actions), old_log_probs=batch.log_probs, advantages=advantages,
+                mask=mask,
+            )
+            return float(surrogate), float(masked_mean(old_dist.kl(new_dist), mask))
 
     surrogate_before = float(surrogate.detach())
     before = flat_parameters(parameters)
@@ -207,16 +244,16 @@ def policy_step(
         surrogate_after, kl_after = evaluate()
         result = LineSearchResult(True, 0, surrogate_after, kl_after)
     return {
-        "train/policy_loss": -surrogate_before,
+        POLICY_LOSS: -surrogate_before,
         "train/surrogate_improvement": result.surrogate - surrogate_before,
         "train/line_search_steps": float(result.backtracks),
         "train/line_search_accepted": float(result.accepted),
         "train/step_norm": float((flat_parameters(parameters) - before).norm()),
         "diagnostics/kl_after_step": result.kl,
-        "diagnostics/approx_kl": result.kl,
+        APPROX_KL: result.kl,
         "diagnostics/cg_residual": cg_residual,
-        "diagnostics/grad_norm": float(surrogate_grad.norm()),
-        "diagnostics/entropy": float(masked_mean(old_dist.entropy(), mask).detach()),
+        GRAD_NORM: float(surrogate_grad.norm()),
+        ENTROPY: float(masked_mean(old_dist.entropy(), mask).detach()),
     }
 
 
@@ -228,30 +265,33 @@ def fit_value(
     minibatch_size: int,
     rng: np.random.Generator,
 ) -> float:
-    """``epochs`` passes of Adam on E[(V(s) - R)^2] over valid steps; returns the mean loss."""
+    """``epochs`` passes of the optimizer on E[(V(s) - R)^2] over valid steps; returns the mean loss."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     losses = []
     for _ in range(epochs):
         for minibatch in batch.minibatches(minibatch_size, rng):
-            loss = masked_mean((model.value(minibatch.obs) - minibatch.returns).pow(2), minibatch.mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = value_loss(model.value(minibatch.obs), minibatch.returns, minibatch.mask)
+            optimizer_step(optimizer, parameters, loss, None)
             losses.append(loss.detach())
     return float(torch.stack(losses).mean())
 
 
 class NaturalGradient:
-    """The TRPO / NPG learner: a policy net stepped by natural gradients, a value net fitted by Adam."""
+    """The TRPO / NPG learner: a policy net stepped by natural gradients, a value net fitted by its
+    optimizer. ``name`` is the config's section: ``trpo`` or ``npg``."""
 
-    def __init__(self, name: str, config: Any, obs_dim: int, action: ActionSpec) -> None:
-        self.name = name
+    def __init__(
+        self, config: NaturalGradientConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
+        self.name = config.SECTION
         self.config = config
-        self.model = ActorCritic(obs_dim, action, config.hidden_sizes, config.activation, False, config.log_std_init)
+        self.device = torch.device(device)
+        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
         critic = [self.model.critic_torso, self.model.value_head]
         self.value_parameters = [p for module in critic for p in module.parameters()]
         value_ids = {id(p) for p in self.value_parameters}
         self.policy_parameters = [p for p in self.model.parameters() if id(p) not in value_ids]
-        self.value_optimizer = adam(self.value_parameters, config.learning_rate, config.adam_eps)
+        self.value_optimizer = make_optimizer(self.value_parameters, config.value_optimizer)
 
     @property
     def rollout_length(self) -> int:
@@ -265,21 +305,20 @@ class NaturalGradient:
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda)
+        """log pi_old and V from one gradient-free pass; GAE advantages and returns."""
+        return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda, self.device)
 
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """The policy step first (on the batch's advantages), then the value regression."""
         config = self.config
         metrics = policy_step(self.model, self.policy_parameters, batch, config)
-        learning_rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
-        for group in self.value_optimizer.param_groups:
-            group["lr"] = learning_rate
-        metrics["train/value_loss"] = fit_value(
+        learning_rate = scheduled_learning_rate(self.value_optimizer, config.value_optimizer, context)
+        metrics[VALUE_LOSS] = fit_value(
             self.model, self.value_optimizer, batch, config.value_epochs, config.minibatch_size, context.rng
         )
-        metrics["train/learning_rate"] = learning_rate
+        metrics[LEARNING_RATE] = learning_rate
         if self.model.log_std is not None:
-            metrics["diagnostics/log_std_mean"] = float(self.model.log_std.detach().mean())
+            metrics[LOG_STD] = float(self.model.log_std.detach().mean())
         return metrics
 
     # ---- checkpoint contract ------------------------------------------------------------
@@ -294,11 +333,3 @@ class NaturalGradient:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
-
-
-def build_trpo(config: Any, obs_dim: int, action: ActionSpec) -> NaturalGradient:
-    return NaturalGradient("trpo", config, obs_dim, action)
-
-
-def build_npg(config: Any, obs_dim: int, action: ActionSpec) -> NaturalGradient:
-    return NaturalGradient("npg", config, obs_dim, action)

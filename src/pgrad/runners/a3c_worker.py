@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgrad.algos.a2c import a2c_loss
+from pgrad.algos.a2c import a2c_batch_loss
 from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model
-from pgrad.algos.common import actor_critic_batch, clip_gradients, linear_schedule
+from pgrad.algos.common import actor_critic_batch, backward, linear_schedule
 from pgrad.builders import algo_gamma, build_environment
 from pgrad.config import TrainConfig
 from pgrad.nets import ActorCritic
@@ -98,7 +98,7 @@ def _run(
     local = build_model(algo, adapter.obs_dim, adapter.action)
     local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
 
-    optimizer = SharedOptimizer(shared_parameters, algo, shared.optimizer_states)
+    optimizer = SharedOptimizer(shared_parameters, algo.optimizer, shared.optimizer_states)
     report = Report(worker)
     reported_episodes = 0  # episodes already sent to the coordinator
     total = config.run.total_steps
@@ -115,7 +115,8 @@ def _run(
                 step = shared.step_counter.value
             if algo.fail_worker_at_step is not None and worker == 0 and step >= algo.fail_worker_at_step:
                 raise RuntimeError(f"injected failure: a3c.fail_worker_at_step={algo.fail_worker_at_step} reached")
-            learning_rate = linear_schedule(algo.learning_rate, min(step / total, 1.0), algo.anneal_lr)
+            rates = algo.optimizer
+            learning_rate = linear_schedule(rates.learning_rate, min(step / total, 1.0), rates.anneal_lr)
             stats = gradient_step(local, optimizer, rollout, algo, learning_rate)
             with shared.update_counter.get_lock():
                 shared.update_counter.value += 1
@@ -167,18 +168,15 @@ def gradient_step(
     """
     batch, batch_stats = actor_critic_batch(local, rollout, config.gamma, config.gae_lambda)
     dist, values = local(batch.obs)
-    # The A2C loss reads only norm_adv, vf_coef and ent_coef, which A3CConfig names the same.
-    loss, loss_stats = a2c_loss(dist, values, batch, config)  # type: ignore[arg-type]
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"non-finite A3C loss {float(loss)}: { ({k: float(v) for k, v in loss_stats.items()}) }"
-        )
-    local.zero_grad(set_to_none=True)
-    loss.backward()
+    terms = a2c_batch_loss(
+        dist, values, batch, vf_coef=config.vf_coef, ent_coef=config.ent_coef, norm_adv=config.norm_adv
+    )
+    stats = {key: float(value) for key, value in terms.metrics().items()}
+    if not torch.isfinite(terms.loss):
+        raise FloatingPointError(f"non-finite A3C loss {float(terms.loss)}: {stats}")
     local_parameters = list(local.parameters())
-    grad_norm, clipped_norm = clip_gradients(local_parameters, config.max_grad_norm)
+    grad_norm, clipped_norm = backward(local_parameters, terms.loss, config.max_grad_norm)  # type: ignore[misc]
     optimizer.step([p.grad for p in local_parameters], learning_rate)
-    stats = {key: float(value) for key, value in loss_stats.items()}
     stats.update(batch_stats)
     stats.update(
         {

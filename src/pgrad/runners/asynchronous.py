@@ -70,7 +70,7 @@ class A3CRunner:
             -1: {"obs": probe.obs_normalizer.stats.state(), "reward": probe.reward_scaler.stats.state()}
         }
         probe.envs.close()
-        self.algo = A3C(self.algo_config, self.adapter.obs_dim, self.adapter.action)
+        self.algo = A3C(self.algo_config, self.adapter.obs_dim, self.adapter.action, config.run.device)
         self.episodes = EpisodeStats.empty(config.run.episode_window)
         self.step = self.updates = 0
         self.failure: str | None = None

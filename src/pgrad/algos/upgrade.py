@@ -1,0 +1,81 @@
+"""Reading algorithm sections written before the nested ``network`` / ``optimizer`` layout.
+
+Saved ``config.yaml`` files (and hand-written ``--config`` files) from before had flat fields:
+``ppo: {hidden_sizes: [64, 64], learning_rate: 3e-4, adam_eps: 1e-5, hand_gradients: true}``.
+``upgrade_algo_section`` moves each of them to where it lives now
+(``ppo: {network: {hidden_sizes: ...}, optimizer: {learning_rate: ..., eps: ...}, gradient_backend: auto}``);
+a section already in the new layout comes back unchanged. Unknown keys are left alone, so the
+usual "unknown key" error still names them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+NETWORK_KEYS = ("hidden_sizes", "activation", "shared_network", "log_std_init", "state_dependent_std")
+
+# old flat key -> the paths it now sets, for the algorithms with one optimizer
+_ONE_OPTIMIZER = {
+    "learning_rate": ("optimizer.learning_rate",),
+    "anneal_lr": ("optimizer.anneal_lr",),
+    "adam_eps": ("optimizer.eps",),
+    "optimizer_eps": ("optimizer.eps",),
+    "rms_alpha": ("optimizer.rms_alpha",),
+}
+MOVED: dict[str, dict[str, tuple[str, ...]]] = {
+    "ppo": _ONE_OPTIMIZER,
+    "ppo_kl": _ONE_OPTIMIZER,
+    "a2c": _ONE_OPTIMIZER,
+    "a3c": _ONE_OPTIMIZER,
+    "actor_critic": {
+        "actor_learning_rate": ("optimizer.learning_rate",),
+        "critic_learning_rate": ("critic_optimizer.learning_rate",),
+        "adam_eps": ("optimizer.eps", "critic_optimizer.eps"),  # one epsilon served both optimizers
+    },
+    "reinforce": {
+        "learning_rate": ("optimizer.learning_rate",),
+        "value_learning_rate": ("value_optimizer.learning_rate",),
+        "adam_eps": ("optimizer.eps", "value_optimizer.eps"),
+    },
+    "trpo": {
+        "learning_rate": ("value_optimizer.learning_rate",),
+        "anneal_lr": ("value_optimizer.anneal_lr",),
+        "adam_eps": ("value_optimizer.eps",),
+    },
+}
+MOVED["npg"] = MOVED["trpo"]
+
+
+def upgrade_algo_section(algo: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The algorithm section ``data`` (of algorithm ``algo``) in the current nested layout.
+
+    Moves ``hidden_sizes``, ``activation``, ``shared_network``, ``log_std_init``,
+    ``state_dependent_std`` into ``network``; learning rates, ``anneal_lr``, ``adam_eps`` /
+    ``optimizer_eps`` (now ``eps``) and ``rms_alpha`` into the algorithm's optimizer section(s);
+    A2C/A3C's ``optimizer: rmsprop`` into ``optimizer.kind``; ``hand_gradients: true/false`` into
+    ``gradient_backend: auto/autograd``. Returns a new mapping; ``data`` is not modified.
+    """
+    if not isinstance(data, dict):
+        return data  # let the config builder report the malformed section
+    out = copy.deepcopy(data)
+    moves = {key: (f"network.{key}",) for key in NETWORK_KEYS} | MOVED.get(algo, {})
+    if isinstance(out.get("optimizer"), str):  # a2c / a3c: the optimizer's name
+        _put(out, "optimizer.kind", out.pop("optimizer"))
+    for key, paths in moves.items():
+        if key in out:
+            value = out.pop(key)
+            for path in paths:
+                _put(out, path, value)
+    if "hand_gradients" in out:
+        value = out.pop("hand_gradients")
+        out["gradient_backend"] = ("auto" if value else "autograd") if isinstance(value, bool) else value
+    return out
+
+
+def _put(data: dict[str, Any], path: str, value: Any) -> None:
+    section, name = path.split(".")
+    nested = data.get(section)
+    if not isinstance(nested, dict):
+        nested = data[section] = {}
+    nested[name] = value
