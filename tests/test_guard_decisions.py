@@ -1,0 +1,95 @@
+"""The guard as a decision object: metrics in, actions out, no loop, model or file involved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgrad import metric_names as names
+from pgrad.config import GuardConfig
+from pgrad.monitor.guard import Checkpoint, Guard, Halt, Rollback
+
+
+def healthy_metrics(step: int, kl: float = 0.01) -> dict[str, float]:
+    return {
+        names.STEP: step,
+        names.APPROX_KL: kl,
+        names.ENTROPY: 0.69,
+        names.PARAMS_FINITE: 1.0,
+        names.NONFINITE_STEPS: 0.0,
+        names.STEPS_PER_SECOND: 1000.0,
+        names.GRAD_NORM: 1.0,
+    }
+
+
+def run_update(
+    guard: Guard, step: int, metrics: dict[str, float], evaluation: float | None = None, checkpoint_due: bool = False
+) -> list:
+    guard.begin_update(step - 100, step)
+    guard.observe(metrics, updates=step // 100)
+    return guard.decide(metrics, step, evaluation, checkpoint_due)
+
+
+def test_a_healthy_update_asks_for_nothing_or_a_healthy_checkpoint():
+    guard = Guard(GuardConfig(eval_every=0), total_steps=10_000, run_dir=Path("run"))
+    assert run_update(guard, 100, healthy_metrics(100)) == []
+    metrics = {**healthy_metrics(200), names.RETURN_MEAN: 42.0}
+    assert run_update(guard, 200, metrics, checkpoint_due=True) == [Checkpoint(42.0, True)]
+
+
+def test_critical_kl_rolls_back_to_the_last_healthy_state_and_cuts_the_lr():
+    guard = Guard(GuardConfig(kl_critical=0.1, lr_cut=0.5), total_steps=10_000, run_dir=Path("run"))
+    actions = run_update(guard, 100, healthy_metrics(100, kl=0.5))
+    assert actions == [Rollback("last_healthy", "approx KL 0.5 > 0.1")]
+    assert guard.state.lr_scale == 0.5 and guard.state.recoveries == 1 and guard.lr_scale() == 0.5
+    assert guard.state.recovery_log == ["step 100: approx KL 0.5 > 0.1"]
+
+
+def test_past_the_recovery_cap_the_guard_halts_instead_of_looping():
+    guard = Guard(GuardConfig(max_recoveries=1), total_steps=10_000, run_dir=Path("run"))
+    assert isinstance(run_update(guard, 100, healthy_metrics(100, kl=0.5))[0], Rollback)
+    (halt,) = run_update(guard, 200, healthy_metrics(200, kl=0.5))
+    assert isinstance(halt, Halt) and halt.kind == "critical.recovery_cap" and not halt.dump
+    assert "already used its 1 recoveries" in halt.message and "step 100: approx KL" in halt.message
+
+
+def test_sustained_nonfinite_steps_halt_with_a_dump():
+    guard = Guard(GuardConfig(nonfinite_window=10, nonfinite_halt=0.1), total_steps=10_000, run_dir=Path("run"))
+    guard.state.recent_steps = [1, 1]  # what the optimizer hook records: two non-finite steps of the last 10
+    (halt,) = run_update(guard, 100, healthy_metrics(100))
+    assert halt == Halt("critical.halted", halt.message, dump=True) and "20% of the last 10" in halt.message
+
+
+def test_an_evaluation_collapse_reloads_the_best_only_after_patience_and_a_confirmed_best():
+    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=2)
+    guard = Guard(config, total_steps=100_000, run_dir=Path("run"))
+    # One lucky evaluation is not a reference: the best is confirmed by two in a row.
+    assert run_update(guard, 1000, healthy_metrics(1000), evaluation=300.0) == [Checkpoint(300.0, True)]
+    assert guard.state.best_eval is None
+    run_update(guard, 2000, healthy_metrics(2000), evaluation=200.0)
+    assert guard.state.best_eval == 200.0
+    assert run_update(guard, 3000, healthy_metrics(3000), evaluation=90.0) == [Checkpoint(90.0, True)]
+    assert [e.kind for e in guard.take_events()] == ["warning.eval_collapse"]
+    actions = run_update(guard, 4000, healthy_metrics(4000), evaluation=80.0)
+    assert actions == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row")]
+
+
+def test_drills_fire_once_and_scale_the_learning_rate_only_for_their_update():
+    config = GuardConfig(inject=("lr_spike@150",), lr_spike_factor=100.0)
+    guard = Guard(config, total_steps=10_000, run_dir=Path("run"))
+    guard.begin_update(0, 100)
+    assert guard.lr_scale() == 1.0
+    guard.begin_update(100, 200)
+    assert guard.lr_scale() == 100.0
+    assert [e.kind for e in guard.take_events()] == ["drill.lr_spike"]
+    guard.begin_update(200, 300)
+    assert guard.lr_scale() == 1.0 and guard.state.fired == ["lr_spike@150:1"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_disabled_guard_raises_no_alert_and_takes_no_action(enabled):
+    guard = Guard(GuardConfig(enabled=enabled), total_steps=10_000, run_dir=Path("run"))
+    actions = run_update(guard, 100, healthy_metrics(100, kl=0.5))
+    assert (actions != []) == enabled
+    assert (names.ALERTS in guard.history[-1]) == enabled
