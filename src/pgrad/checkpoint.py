@@ -321,9 +321,10 @@ class CheckpointStore:
         if not path.is_file():
             return {"latest": None, "best": None, "best_score": None, "entries": {}}
         try:
-            return json.loads(path.read_text())
+            index: dict[str, Any] = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} is corrupted ({exc})") from None
+        return index
 
     def save_state(self, train_state: TrainState, score: float | None, healthy: bool = True) -> Path:
         """Write ``train_state`` as checkpoint ``step_<step>`` and update the index."""
@@ -362,6 +363,7 @@ class CheckpointStore:
     def path(self, which: str = "latest") -> Path:
         """``latest``, ``best``, ``last_healthy`` or a checkpoint name."""
         index = self.index()
+        name: str | None
         if which == "last_healthy":
             healthy = [n for n, e in sorted(index["entries"].items()) if e.get("healthy")]
             name = healthy[-1] if healthy else None

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pgrad import __version__
 from pgrad.errors import PgradError, TrainingHalted
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         print(f"pgrad: error: {message} (see 'pgrad {self.prog.split()[-1]} --help')", file=sys.stderr)
         raise SystemExit(2)
 
@@ -36,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     train.add_argument(
-        "--inject", action="append", default=[], metavar="KIND@STEP[:DURATION]",
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND@STEP[:DURATION]",
         help="fault drill (repeatable): lr_spike@20000, nan_grad@15000, reward_flip@10000:5000",
     )
 
@@ -213,8 +217,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
-        "train": _cmd_train, "resume": _cmd_resume, "eval": _cmd_eval, "list": _cmd_list,
-        "doctor": _cmd_doctor, "report": _cmd_report, "compare": _cmd_compare,
+        "train": _cmd_train,
+        "resume": _cmd_resume,
+        "eval": _cmd_eval,
+        "list": _cmd_list,
+        "doctor": _cmd_doctor,
+        "report": _cmd_report,
+        "compare": _cmd_compare,
     }
     try:
         return handlers[args.command](args)

@@ -37,6 +37,7 @@ def param(default: Any, doc: str) -> Any:
 # type checking and range checks
 # --------------------------------------------------------------------------------------------
 
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -122,29 +123,30 @@ class Checked:
     """
 
     SECTION: ClassVar[str] = ""
+    # Declared so that the type checker sees every subclass as a dataclass (``dataclasses.fields``
+    # takes only those); each subclass is one, and the decorator sets the attribute.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if _is_section(hints[f.name]) and isinstance(value, dict):
                 value = self._nested(f, hints[f.name], value)
             ok, converted = _coerce(value, hints[f.name])
             if not ok:
-                raise ConfigError(
-                    f"{self._name(f.name)} must be {_type_name(hints[f.name])}; got {value!r}"
-                )
+                raise ConfigError(f"{self._name(f.name)} must be {_type_name(hints[f.name])}; got {value!r}")
             object.__setattr__(self, f.name, converted)
         self.validate()
 
     def validate(self) -> None:  # pragma: no cover - overridden
         pass
 
-    def _nested(self, f: dataclasses.Field, cls: type, data: dict[str, Any]) -> Any:
+    def _nested(self, f: dataclasses.Field[Any], cls: type[Checked], data: dict[str, Any]) -> Any:
         """A nested section (``network``, ``optimizer``) given as a mapping: its keys over this
         class's default for it, so ``ppo: {optimizer: {eps: 1e-8}}`` keeps PPO's learning rate.
         Errors name the full path (``ppo.optimizer.eps``), the one ``--set`` takes."""
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = _field_default(f)
         base = default.to_dict() if isinstance(default, Checked) else {}
         path = self._name(f.name)
         try:
@@ -157,9 +159,7 @@ class Checked:
         return f"{self.SECTION}.{field_name}" if self.SECTION else field_name
 
     def _fail(self, field_name: str, allowed: str) -> typing.NoReturn:
-        raise ConfigError(
-            f"{self._name(field_name)} must be {allowed}; got {getattr(self, field_name)!r}"
-        )
+        raise ConfigError(f"{self._name(field_name)} must be {allowed}; got {getattr(self, field_name)!r}")
 
     def check_range(
         self,
@@ -186,7 +186,7 @@ class Checked:
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Checked):
                 value = value.to_dict()
@@ -199,13 +199,22 @@ def field_docs(cls: type) -> list[tuple[str, Any, str]]:
     fields as ``network.hidden_sizes`` with the defaults this class gives them."""
     rows = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = _field_default(f)
         if isinstance(default, Checked):
             for name, _, doc in field_docs(type(default)):
                 rows.append((f"{f.name}.{name}", getattr(default, name), doc))
         else:
             rows.append((f.name, default, f.metadata.get("doc", "")))
     return rows
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value (a fresh one from its factory, for a list or a nested section)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"config field {f.name!r} has no default")
 
 
 def _is_section(tp: Any) -> bool:
@@ -237,15 +246,14 @@ def build(cls: type, data: dict[str, Any], section: str) -> Any:
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(
-                f"unknown key '{section}.{key}'{suggestion} (allowed: {', '.join(names)})"
-            )
+            raise ConfigError(f"unknown key '{section}.{key}'{suggestion} (allowed: {', '.join(names)})")
     return cls(**data)
 
 
 # --------------------------------------------------------------------------------------------
 # sections nested in the algorithms' configs: the network and the optimizer
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class NetworkConfig(Checked):
@@ -288,6 +296,7 @@ class OptimizerConfig(Checked):
 # --------------------------------------------------------------------------------------------
 # shared sections: environment and run
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class EnvConfig(Checked):
@@ -418,6 +427,7 @@ class GuardConfig(Checked):
 # the whole run
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     """An algorithm name plus its sections (env, run, the algorithm's, guard). Cross-section rules are checked here."""
@@ -489,9 +499,7 @@ def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str
             if section not in sections:
                 owners = [s for s, cls in sections.items() if section in _nested_names(cls)]
                 if len(owners) != 1:
-                    raise ConfigError(
-                        f"unknown section '{section}' in --set {key}; allowed: {', '.join(sections)}"
-                    )
+                    raise ConfigError(f"unknown section '{section}' in --set {key}; allowed: {', '.join(sections)}")
                 section, name = owners[0], key
         else:
             owners = [s for s, cls in sections.items() if name_in(cls, key)]

@@ -3,6 +3,9 @@ path (torch.distributions spends more time validating than computing for small b
 
 Each distribution gives ``log_prob(actions)``, ``entropy()``, ``kl(other)`` = KL(self || other)
 and ``mode()``. Log-probabilities are summed over action dimensions.
+
+``kl`` takes any ``PolicyDistribution`` (what ``ActorCritic.distribution`` returns, typed as the
+union) and raises TypeError when ``other`` is not of its own kind.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ class Categorical:
         # H = -sum_a p log p
         return -(self.log_probs.exp() * self.log_probs).sum(-1)
 
-    def kl(self, other: Categorical) -> torch.Tensor:
+    def kl(self, other: PolicyDistribution) -> torch.Tensor:
         # KL(p || q) = sum_a p (log p - log q)
+        if not isinstance(other, Categorical):
+            raise TypeError(f"KL(Categorical || {type(other).__name__}) is not defined")
         return (self.log_probs.exp() * (self.log_probs - other.log_probs)).sum(-1)
 
     def mode(self) -> torch.Tensor:
@@ -55,8 +60,10 @@ class DiagGaussian:
         # H = sum_i (log sigma_i + 0.5 log(2 pi e))
         return (self.log_std + 0.5 + LOG_SQRT_2PI).sum(-1)
 
-    def kl(self, other: DiagGaussian) -> torch.Tensor:
+    def kl(self, other: PolicyDistribution) -> torch.Tensor:
         # KL = sum_i log(s2/s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2
+        if not isinstance(other, DiagGaussian):
+            raise TypeError(f"KL(DiagGaussian || {type(other).__name__}) is not defined")
         var_ratio = torch.exp(2.0 * (self.log_std - other.log_std))
         mean_term = ((self.mean - other.mean) * torch.exp(-other.log_std)).pow(2)
         return (0.5 * (var_ratio + mean_term - 1.0) - (self.log_std - other.log_std)).sum(-1)
@@ -100,4 +107,6 @@ class TanhGaussian:
         return torch.tanh(self.base.mean)
 
 
+# What ActorCritic.distribution returns; the kinds that have a KL divergence between them.
+PolicyDistribution = Categorical | DiagGaussian
 Distribution = Categorical | DiagGaussian | TanhGaussian

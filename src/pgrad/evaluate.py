@@ -62,9 +62,10 @@ def evaluate(
     videos_saved: list[int] = []
 
     def record(finished: np.ndarray) -> None:
-        # One sub-env when recording: a finished episode closes the current video.
+        # One sub-env when recording: a finished episode closes the current video. (Only passed
+        # to run_episodes with a video_dir; the check is for the type checker.)
         frames.append(env.envs.envs[0].render())
-        if finished.size:
+        if finished.size and video_dir is not None:
             _save_video(frames, Path(video_dir), len(videos_saved), env.envs.metadata.get("render_fps", 30))
             videos_saved.append(1)
             frames.clear()

@@ -78,13 +78,14 @@ class ActorCritic(nn.Module):
         head_size = action.size * (2 if self.state_dependent_std else 1)
         self.policy_head = orthogonal_init(nn.Linear(width, head_size), 0.01)
         self.value_head = orthogonal_init(nn.Linear(width, 1), 1.0)
+        self.log_std: nn.Parameter | None
         if action.kind == "continuous" and not self.state_dependent_std:
             self.log_std = nn.Parameter(torch.full((action.size,), float(log_std_init)))
         else:
             self.log_std = None
             if self.state_dependent_std:
                 with torch.no_grad():
-                    self.policy_head.bias[action.size:] = float(log_std_init)
+                    self.policy_head.bias[action.size :] = float(log_std_init)
 
     @classmethod
     def from_config(cls, obs_dim: int, action: ActionSpec, network: NetworkConfig) -> ActorCritic:
@@ -105,6 +106,7 @@ class ActorCritic(nn.Module):
         if self.state_dependent_std:
             mean, log_std = head.split(self.action.size, dim=-1)
             return DiagGaussian(mean, log_std.clamp(*LOG_STD_BOUNDS))
+        assert self.log_std is not None  # continuous with a state-independent std: set in __init__
         return DiagGaussian(head, self.log_std)
 
     def forward(self, obs: torch.Tensor) -> tuple[Categorical | DiagGaussian, torch.Tensor]:
@@ -186,7 +188,7 @@ class ActingPolicy:
             logits = head - head.max(axis=-1, keepdims=True)
             probs = np.exp(logits)
             cdf = np.cumsum(probs, axis=-1)
-            draws = rng.random(head.shape[0])[:, None] * cdf[:, -1:]
+            draws = rng.random(len(head))[:, None] * cdf[:, -1:]
             return np.minimum((cdf < draws).sum(axis=-1), self.action.size - 1).astype(np.int64)
         mean, log_std = self._mean_log_std(head)
         noise = rng.standard_normal(mean.shape).astype(np.float32)

@@ -151,8 +151,15 @@ def a2c_targets(values_tm: np.ndarray, rollout: Rollout, config: A2CConfig) -> t
     at t, and V(s_T) after the last step.
     """
     if config.advantage == "gae":
-        return gae(rollout.rewards, values_tm[:-1], values_tm[1:], rollout.terminated, rollout.truncated,
-                   config.gamma, config.gae_lambda)
+        return gae(
+            rollout.rewards,
+            values_tm[:-1],
+            values_tm[1:],
+            rollout.terminated,
+            rollout.truncated,
+            config.gamma,
+            config.gae_lambda,
+        )
     horizon = config.nstep_horizon or config.num_steps
     next_values = values_tm[1:]
     returns = nstep_returns(rollout.rewards, next_values, rollout.terminated, rollout.truncated, config.gamma, horizon)
@@ -190,9 +197,7 @@ class A2C:
 
     name = "a2c"
 
-    def __init__(
-        self, config: A2CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, config: A2CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
         backend = choose_gradient_backend(config.gradient_backend, config.SECTION, config.network, action, str(device))
@@ -259,7 +264,7 @@ class A2C:
             dist, values = forward if forward is not None else self.model(batch.obs)
             terms = a2c_batch_loss(dist, values, batch, vf_coef=vf_coef, ent_coef=ent_coef, norm_adv=norm_adv)
             loss, metrics = terms.loss, mean_metrics([terms.metrics()])
-        grad_norm, clipped = optimizer_step(self.optimizer, self.parameters, loss, config.max_grad_norm)  # type: ignore[misc]
+        grad_norm, clipped = optimizer_step(self.optimizer, self.parameters, loss, config.max_grad_norm)
         metrics.update(
             {
                 LEARNING_RATE: learning_rate,

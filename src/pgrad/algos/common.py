@@ -9,8 +9,9 @@ on a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class LossTerms:
         return {key: value.detach() for key, value in named.items() if value is not None}
 
 
-def mean_metrics(history: list[dict[str, torch.Tensor | float]]) -> dict[str, float]:
+def mean_metrics(history: Sequence[Mapping[str, torch.Tensor | float]]) -> dict[str, float]:
     """Per-key means over the steps of one update, as floats; tensors go to the host once per key."""
     if not history:
         return {}
@@ -101,6 +102,7 @@ def mean_metrics(history: list[dict[str, torch.Tensor | float]]) -> dict[str, fl
 
 
 # ---- optimizers -------------------------------------------------------------------------------
+
 
 def adam(parameters: list[nn.Parameter], learning_rate: float, eps: float) -> torch.optim.Adam:
     """Adam with the fused kernel where torch has it (~15 % faster per small-network step on the
@@ -125,9 +127,7 @@ def linear_schedule(initial: float, progress: float, anneal: bool) -> float:
     return initial * max(1.0 - progress, 0.0) if anneal else initial
 
 
-def scheduled_learning_rate(
-    optimizer: torch.optim.Optimizer, config: OptimizerConfig, context: UpdateContext
-) -> float:
+def scheduled_learning_rate(optimizer: torch.optim.Optimizer, config: OptimizerConfig, context: UpdateContext) -> float:
     """Set ``optimizer``'s rate to its schedule times the guard's scale, and return that rate:
     lr = learning_rate x (1 - progress if anneal_lr) x context.lr_scale."""
     rate = linear_schedule(config.learning_rate, context.progress, config.anneal_lr) * context.lr_scale
@@ -155,6 +155,16 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> tuple[flo
     return before, min(before, max_norm)
 
 
+@overload
+def backward(
+    parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float
+) -> tuple[float, float]: ...
+@overload
+def backward(parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: None) -> None: ...
+@overload
+def backward(
+    parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float | None
+) -> tuple[float, float] | None: ...
 def backward(
     parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float | None
 ) -> tuple[float, float] | None:
@@ -170,6 +180,27 @@ def backward(
     return None if max_grad_norm is None else clip_gradients(parameters, max_grad_norm)
 
 
+@overload
+def optimizer_step(
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    parameters: list[nn.Parameter],
+    loss: torch.Tensor | None,
+    max_grad_norm: float,
+) -> tuple[float, float]: ...
+@overload
+def optimizer_step(
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    parameters: list[nn.Parameter],
+    loss: torch.Tensor | None,
+    max_grad_norm: None,
+) -> None: ...
+@overload
+def optimizer_step(
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    parameters: list[nn.Parameter],
+    loss: torch.Tensor | None,
+    max_grad_norm: float | None,
+) -> tuple[float, float] | None: ...
 def optimizer_step(
     optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     parameters: list[nn.Parameter],
@@ -186,6 +217,7 @@ def optimizer_step(
 
 
 # ---- the learner's pass over a rollout --------------------------------------------------------
+
 
 def evaluate_rollout(
     model: ActorCritic, rollout: Rollout, device: torch.device, with_log_probs: bool = True

@@ -72,6 +72,7 @@ def choose_gradient_backend(
         return "autograd"
     raise ConfigError(f"{section}.gradient_backend must be 'auto' or 'autograd' when {refusal}; got 'numpy'")
 
+
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)  # a Python float: keeps float32 arrays float32
 
 
@@ -153,7 +154,7 @@ class NumpyActorCritic:
             probs = np.exp(log_p)
             log_probs = log_p[np.arange(len(actions)), actions]
             return PolicyTerms(log_probs, -(probs * log_p).sum(axis=1), probs=probs, log_p=log_p)
-        log_std = self.model.log_std.detach().numpy()
+        log_std = self._log_std().detach().numpy()
         z = (actions - head) * np.exp(-log_std)
         log_probs = (-0.5 * z * z - log_std - LOG_SQRT_2PI).sum(axis=1)
         entropy = np.full(len(actions), (log_std + 0.5 + LOG_SQRT_2PI).sum(), dtype=np.float32)
@@ -165,13 +166,27 @@ class NumpyActorCritic:
         """dL/dhead for L = (terms in log pi with dL/dlog pi = d_log_probs) - ent_coef sum_i w_i H_i.
         For a Gaussian it also sets the gradient of the state-independent log std."""
         if self.discrete:
-            d_head = -d_log_probs[:, None] * terms.probs
+            probs, log_p = terms.probs, terms.log_p
+            if probs is None or log_p is None:
+                raise ValueError("categorical policy terms need probs and log_p (policy_terms sets them)")
+            d_head: np.ndarray = -d_log_probs[:, None] * probs  # numpy's stub types this product as Any
             d_head[np.arange(len(actions)), actions] += d_log_probs
-            d_head += (ent_coef * weights)[:, None] * terms.probs * (terms.log_p + terms.entropy[:, None])
+            d_head += (ent_coef * weights)[:, None] * probs * (log_p + terms.entropy[:, None])
             return d_head
         z = terms.z
-        set_grad(self.model.log_std, d_log_probs @ (z * z - 1.0) - ent_coef * float(weights.sum()))
-        return d_log_probs[:, None] * z * np.exp(-self.model.log_std.detach().numpy())
+        if z is None:
+            raise ValueError("Gaussian policy terms need z (policy_terms sets it)")
+        log_std = self._log_std()
+        set_grad(log_std, d_log_probs @ (z * z - 1.0) - ent_coef * float(weights.sum()))
+        # Annotated: numpy's stub types this product as Any.
+        d_mean: np.ndarray = d_log_probs[:, None] * z * np.exp(-log_std.detach().numpy())
+        return d_mean
+
+    def _log_std(self) -> nn.Parameter:
+        """The Gaussian policy's state-independent log std (the only kind this backend runs)."""
+        if self.model.log_std is None:
+            raise ValueError("the NumPy backend needs a state-independent log std (numpy_backend_refusal)")
+        return self.model.log_std
 
     def backward(self, forward: Forward, d_head: np.ndarray, d_values: np.ndarray) -> None:
         """Set the gradients of both heads and the torsos from dL/dhead and dL/dV (for the first
@@ -199,7 +214,10 @@ class NumpyActorCritic:
             y = outputs[index + 1]
             dz = grad * (1.0 - y * y) if self.tanh else grad * (y > 0)
             layer = layers[index]
-            layer.weight.grad.numpy()[...] += dz.T @ outputs[index]
-            layer.bias.grad.numpy()[...] += dz.sum(axis=0)
+            weight_grad, bias_grad = layer.weight.grad, layer.bias.grad
+            if weight_grad is None or bias_grad is None:  # backward zeroes them before it comes here
+                raise ValueError("_torso_backward adds to gradients that backward has set")
+            weight_grad.numpy()[...] += dz.T @ outputs[index]
+            bias_grad.numpy()[...] += dz.sum(axis=0)
             if index:
                 grad = dz @ layer.weight.detach().numpy()

@@ -208,9 +208,7 @@ class PPO:
 
     name = "ppo"
 
-    def __init__(
-        self, config: PPOConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, config: PPOConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
         self.gradient_backend = choose_gradient_backend(
@@ -253,21 +251,21 @@ class PPO:
                     stopped_early = True
                     break
                 norms = optimizer_step(self.optimizer, self.parameters, loss, config.max_grad_norm)
-                grad_norms.append(norms[0])  # type: ignore[index]
+                grad_norms.append(norms[0])
                 history.append(stats)
             if stopped_early:
                 break
 
         metrics = mean_metrics(history)
-        norms = np.asarray(grad_norms) if grad_norms else np.zeros(1)
+        norm_array = np.asarray(grad_norms) if grad_norms else np.zeros(1)
         metrics.update(
             {
                 LEARNING_RATE: learning_rate,
                 "train/clip_eps": clip_eps,
                 "train/gradient_steps": float(len(history)),
                 "train/stopped_early": float(stopped_early),
-                GRAD_NORM: float(norms.mean()),
-                GRAD_NORM_CLIPPED: float(np.minimum(norms, config.max_grad_norm).mean()),
+                GRAD_NORM: float(norm_array.mean()),
+                GRAD_NORM_CLIPPED: float(np.minimum(norm_array, config.max_grad_norm).mean()),
             }
         )
         if self.model.log_std is not None:
@@ -278,8 +276,13 @@ class PPO:
         config = self.config
         if self.numpy_net is not None:
             stats = ppo_hand_gradients(
-                self.numpy_net, minibatch, clip_eps=clip_eps, vf_coef=config.vf_coef, ent_coef=config.ent_coef,
-                norm_adv=config.norm_adv, clip_vf=config.clip_vf,
+                self.numpy_net,
+                minibatch,
+                clip_eps=clip_eps,
+                vf_coef=config.vf_coef,
+                ent_coef=config.ent_coef,
+                norm_adv=config.norm_adv,
+                clip_vf=config.clip_vf,
             )
             return None, stats
         terms = self.loss_terms(minibatch, clip_eps)

@@ -203,7 +203,7 @@ class PPOKL:
                     norm_adv=config.norm_adv,
                 )
                 norms = optimizer_step(self.optimizer, self.parameters, terms.loss, config.max_grad_norm)
-                grad_norms.append(norms[0])  # type: ignore[index]
+                grad_norms.append(norms[0])
                 history.append(terms.metrics())
 
         with torch.no_grad():

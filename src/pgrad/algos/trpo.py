@@ -132,8 +132,7 @@ class NPGConfig(NaturalGradientConfig):
     )
     line_search: bool = param(
         False,
-        "backtracking line search: accept a step only if it raises the surrogate and keeps KL <= max_kl "
-        "(true: TRPO)",
+        "backtracking line search: accept a step only if it raises the surrogate and keeps KL <= max_kl (true: TRPO)",
     )
 
 
@@ -228,7 +227,9 @@ def policy_step(
         with torch.no_grad():
             new_dist = model.distribution(batch.obs)
             surrogate = trpo_surrogate(
-                log_probs=new_dist.log_prob(batch.actions), old_log_probs=batch.log_probs, advantages=advantages,
+                log_probs=new_dist.log_prob(batch.actions),
+                old_log_probs=batch.log_probs,
+                advantages=advantages,
                 mask=mask,
             )
             return float(surrogate), float(masked_mean(old_dist.kl(new_dist), mask))
@@ -287,6 +288,8 @@ class NaturalGradient:
         self.config = config
         self.device = torch.device(device)
         self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        if self.model.critic_torso is None:  # validate refuses network.shared_network
+            raise ValueError(f"{self.name} needs separate policy and value torsos")
         critic = [self.model.critic_torso, self.model.value_head]
         self.value_parameters = [p for module in critic for p in module.parameters()]
         value_ids = {id(p) for p in self.value_parameters}

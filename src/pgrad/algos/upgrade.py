@@ -16,7 +16,7 @@ from typing import Any
 NETWORK_KEYS = ("hidden_sizes", "activation", "shared_network", "log_std_init", "state_dependent_std")
 
 # old flat key -> the paths it now sets, for the algorithms with one optimizer
-_ONE_OPTIMIZER = {
+_ONE_OPTIMIZER: dict[str, tuple[str, ...]] = {
     "learning_rate": ("optimizer.learning_rate",),
     "anneal_lr": ("optimizer.anneal_lr",),
     "adam_eps": ("optimizer.eps",),

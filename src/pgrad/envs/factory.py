@@ -119,23 +119,23 @@ class SpaceAdapter:
             raise ConfigError(
                 f"env.id: observation space {observation_space} is not supported (allowed: Box, Discrete)"
             )
+        self.low: np.ndarray | None = None  # Box bounds; None for Discrete actions
+        self.high: np.ndarray | None = None
+        self.rescale = False
         if isinstance(action_space, gym.spaces.Discrete):
             self.action = ActionSpec("discrete", int(action_space.n))
-            self.low = self.high = None
         elif isinstance(action_space, gym.spaces.Box):
             self.action = ActionSpec("continuous", int(np.prod(action_space.shape)))
-            self.low = action_space.low.astype(np.float32).ravel()
-            self.high = action_space.high.astype(np.float32).ravel()
-            self.shape = action_space.shape
+            low = action_space.low.astype(np.float32).ravel()
+            high = action_space.high.astype(np.float32).ravel()
+            self.low, self.high, self.shape = low, high, action_space.shape
+            self.rescale = rescale and bool(np.all(np.isfinite(low)) and np.all(np.isfinite(high)))
+            if self.rescale:
+                # a = low + (u + 1)(high - low)/2 = u * scale + offset
+                self.scale = 0.5 * (high - low)
+                self.offset = low + self.scale
         else:
             raise ConfigError(f"env.id: action space {action_space} is not supported (allowed: Discrete, Box)")
-        self.rescale = (
-            rescale and self.low is not None and bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
-        )
-        if self.rescale:
-            # a = low + (u + 1)(high - low)/2 = u * scale + offset
-            self.scale = 0.5 * (self.high - self.low)
-            self.offset = self.low + self.scale
 
     def observations(self, obs: np.ndarray) -> np.ndarray:
         if self.one_hot:
@@ -143,7 +143,7 @@ class SpaceAdapter:
         return np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], self.obs_dim)
 
     def env_actions(self, actions: np.ndarray) -> np.ndarray:
-        if self.low is None:
+        if self.low is None or self.high is None:
             return actions
         if self.rescale:
             actions = actions * self.scale + self.offset
