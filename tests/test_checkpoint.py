@@ -187,8 +187,14 @@ def test_train_state_round_trips_through_its_parts(tmp_path):
         algo_state={"kl_coef": 0.5},
         guard={"recoveries": 1},
     )
+    state.rollback_states = {"confirmed": state.learner()}
+    state.rollback_capture_step = 5
     path = CheckpointStore(tmp_path, 3).save_state(state, score=4.0, healthy=False)
     loaded = read_train_state(path)
+    rollback = loaded.rollback_states["confirmed"]
+    assert loaded.rollback_capture_step == 5 and set(loaded.rollback_states) == {"confirmed"}
+    assert all(torch.equal(rollback.modules["model"][k], v) for k, v in model.state_dict().items())
+    assert rollback.algo_state == {"kl_coef": 0.5} and np.array_equal(rollback.normalizers["obs"]["mean"], np.ones(3))
     assert (loaded.algo, loaded.step, loaded.updates, loaded.score, loaded.healthy) == ("ppo", 7, 2, 4.0, False)
     assert all(torch.equal(loaded.modules["model"][k], v) for k, v in model.state_dict().items())
     restored = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.01)
@@ -209,7 +215,7 @@ def test_a_checkpoint_missing_a_field_is_refused_naming_it(tmp_path):
     from pgrad.errors import CheckpointError
 
     path = CheckpointStore(tmp_path, 3).save(1, {"w": torch.zeros(1)}, {"algo": "ppo"}, None)
-    with pytest.raises(CheckpointError, match="malformed: KeyError: 'optimizers'"):
+    with pytest.raises(CheckpointError, match="malformed: KeyError: 'step'"):
         read_train_state(path)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from pgrad import metric_names as names
 from pgrad.config import GuardConfig
-from pgrad.monitor.guard import Checkpoint, Guard, Halt, Rollback
+from pgrad.monitor.guard import Checkpoint, Guard, Halt, Rollback, Snapshot
 
 
 def healthy_metrics(step: int, kl: float = 0.01) -> dict[str, float]:
@@ -33,9 +33,19 @@ def run_update(
 
 def test_a_healthy_update_asks_for_nothing_or_a_healthy_checkpoint():
     guard = Guard(GuardConfig(eval_every=0), total_steps=10_000, run_dir=Path("run"))
-    assert run_update(guard, 100, healthy_metrics(100)) == []
+    assert run_update(guard, 100, healthy_metrics(100)) == [Snapshot(True)]
     metrics = {**healthy_metrics(200), names.RETURN_MEAN: 42.0}
-    assert run_update(guard, 200, metrics, checkpoint_due=True) == [Checkpoint(42.0, True)]
+    assert run_update(guard, 200, metrics, checkpoint_due=True) == [Snapshot(True), Checkpoint(42.0, True)]
+
+
+def test_only_an_update_under_the_kl_warning_level_may_be_returned_to():
+    """A state taken as the damage starts must never be the one restored: KL between the warning and
+    the critical level is no alarm, but such a state is not kept as the rollback target either."""
+    guard = Guard(GuardConfig(kl_warning=0.05, kl_critical=0.1), total_steps=10_000, run_dir=Path("run"))
+    assert run_update(guard, 100, healthy_metrics(100, kl=0.07)) == [Snapshot(False)]
+    assert run_update(guard, 200, healthy_metrics(200, kl=float("nan"))) == [Snapshot(False)]
+    assert run_update(guard, 300, {**healthy_metrics(300), names.NONFINITE_STEPS: 1.0}) == [Snapshot(False)]
+    assert run_update(guard, 400, healthy_metrics(400, kl=0.05)) == [Snapshot(True)]
 
 
 def test_critical_kl_rolls_back_to_the_last_healthy_state_and_cuts_the_lr():
@@ -65,11 +75,12 @@ def test_an_evaluation_collapse_reloads_the_best_only_after_patience_and_a_confi
     config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=2)
     guard = Guard(config, total_steps=100_000, run_dir=Path("run"))
     # One lucky evaluation is not a reference: the best is confirmed by two in a row.
-    assert run_update(guard, 1000, healthy_metrics(1000), evaluation=300.0) == [Checkpoint(300.0, True)]
+    assert run_update(guard, 1000, healthy_metrics(1000), evaluation=300.0) == [Snapshot(True), Checkpoint(300.0, True)]
     assert guard.state.best_eval is None
     run_update(guard, 2000, healthy_metrics(2000), evaluation=200.0)
     assert guard.state.best_eval == 200.0
-    assert run_update(guard, 3000, healthy_metrics(3000), evaluation=90.0) == [Checkpoint(90.0, True)]
+    # A collapse under way: the checkpoint is kept, but neither it nor this state counts as healthy.
+    assert run_update(guard, 3000, healthy_metrics(3000), evaluation=90.0) == [Snapshot(False), Checkpoint(90.0, False)]
     assert [e.kind for e in guard.take_events()] == ["warning.eval_collapse"]
     actions = run_update(guard, 4000, healthy_metrics(4000), evaluation=80.0)
     assert actions == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row")]

@@ -143,22 +143,35 @@ def test_resume_is_exact_across_a_rollback(tmp_path):
         assert torch.equal(tensor, resumed.algo.model.state_dict()[name]), name
 
 
-def test_rollback_skips_a_checkpoint_marked_unhealthy(tmp_path):
-    # A checkpoint every update; the NaN step makes the update ending at 2048 critical, so its checkpoint is
-    # marked unhealthy, and the KL rollback one update later must land on the one before it.
-    run = tmp_path / "health"
-    train(
-        run,
-        2816,
-        "checkpoint_every=256",
-        "eval_every=0",
-        "lr_spike_factor=1000",
-        "inject=[nan_grad@2000, lr_spike@2100]",
-    )
+DAMAGE = [
+    "checkpoint_every=256",
+    "snapshot_every=256",
+    "eval_every=0",
+    "lr_spike_factor=1000",
+    "inject=[nan_grad@2000, lr_spike@2100]",
+]
+
+
+def test_rollback_returns_to_the_newest_confirmed_healthy_state_in_memory(tmp_path):
+    # The NaN step makes the update ending at 2048 critical; the lr spike one update later trips the KL
+    # rule at 2304. The state after 1792 was followed by that sick update, so it was never confirmed:
+    # the rollback lands on 1536, whose next update (1792) was healthy too.
+    run = tmp_path / "memory"
+    train(run, 2816, *DAMAGE)
     index = json.loads((run / "checkpoints" / "index.json").read_text())
     assert index["entries"]["step_0000002048"]["healthy"] is False
     (rollback,) = events(run, "recovery.rollback")
-    assert rollback["step"] == 2304 and rollback["restored_step"] == 1792 and rollback["restored_healthy"]
+    assert rollback["step"] == 2304 and rollback["restored_from"] == "memory" and rollback["restored_step"] == 1536
+
+
+def test_with_nothing_confirmed_in_memory_the_rollback_uses_the_newest_healthy_checkpoint(tmp_path):
+    # A spike in the second update (256 steps each): the state after the first is only a candidate, not
+    # confirmed yet, so the rollback falls back to disk, where the checkpoint at 256 is marked healthy.
+    run = tmp_path / "disk"
+    train(run, 1024, "checkpoint_every=256", "eval_every=0", "lr_spike_factor=1000", "inject=[lr_spike@300]")
+    (rollback,) = events(run, "recovery.rollback")
+    assert rollback["step"] == 512 and rollback["restored_from"] == "disk"
+    assert rollback["restored_step"] == 256 and rollback["restored_healthy"]
 
 
 def test_restore_learner_brings_back_model_optimizer_and_normaliser(tmp_path):
@@ -186,3 +199,24 @@ def test_restore_learner_brings_back_model_optimizer_and_normaliser(tmp_path):
     assert all(torch.equal(v, trainer.algo.optimizer.state_dict()["state"][k]["exp_avg"]) for k, v in adam.items())
     np.testing.assert_array_equal(trainer.collector.obs_normalizer.stats.state()["mean"], obs_mean)
     np.testing.assert_array_equal(trainer.collector.reward_scaler.stats.state()["var"], reward_var)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "trpo"])
+def test_on_a_healthy_run_the_guard_changes_nothing_but_its_own_evaluations(tmp_path, algo):
+    """Guard on (alerts, evaluations, in-memory healthy states, checkpoints) and guard off: the same
+    seed ends with bit-identical parameters. Evaluations use their own envs and seeds."""
+    finals = []
+    for enabled, eval_every in ((True, 1024), (False, 0)):
+        sets = [
+            *QUIET,
+            f"guard.enabled={str(enabled).lower()}",
+            f"guard.eval_every={eval_every}",
+            f"run.checkpoint_every={1024 if enabled else 10**8}",
+        ]
+        config, _ = resolve_config(algo, "CartPole-v1", sets=sets, seed=2, total_steps=4096)
+        trainer = OnPolicyRunner(config, tmp_path / f"{algo}-{enabled}", console=False)
+        trainer.train()
+        finals.append([p.detach().clone() for p in trainer.algo.model.parameters()])
+        if enabled:
+            assert not events(tmp_path / f"{algo}-{enabled}", "recovery")
+    assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))

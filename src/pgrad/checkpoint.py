@@ -15,7 +15,8 @@ with safetensors, which has no code path that unpickles.
 ``TrainState.from_parts`` are the only code that knows the key layout (runners, evaluation and the
 guard's recovery never spell a key). Tensor keys:
 ``module.<name>.<param>``, ``optim.<name>.state.<param id>.<slot>``, ``collector.<array>``
-(environment-side arrays and normaliser statistics, ``obs_norm_*`` / ``reward_norm_*``), ``rng.torch``.
+(environment-side arrays and normaliser statistics, ``obs_norm_*`` / ``reward_norm_*``), ``rng.torch``,
+and the guard's rollback states under ``rollback.<slot>.`` with the same learner layout.
 """
 
 from __future__ import annotations
@@ -158,16 +159,75 @@ NORMALIZER_PREFIXES = {"obs": "obs_norm_", "reward": "reward_norm_"}
 
 
 @dataclass
+class LearnerState:
+    """A learner without the run around it: what a guard rollback restores.
+
+    ``modules`` and ``optimizers`` are torch ``state_dict``s by name (the names an algorithm gives in
+    ``modules()`` / ``optimizers()``); ``normalizers`` the running statistics of the observation and
+    reward normalisers (``{"obs": RunningMeanStd.state(), "reward": ...}``); ``algo_state`` the
+    algorithm's own JSON state (e.g. PPO-KL's penalty coefficient).
+    """
+
+    step: int
+    modules: dict[str, dict[str, torch.Tensor]]
+    optimizers: dict[str, dict[str, Any]]
+    normalizers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    algo_state: dict[str, Any] = field(default_factory=dict)
+
+
+def _learner_to_parts(
+    prefix: str, learner: LearnerState, extra_arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors under ``<prefix>module.``, ``<prefix>optim.``, ``<prefix>collector.``; the optimizers'
+    plain values for JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, state_dict in learner.modules.items():
+        tensors.update({f"{prefix}module.{name}.{key}": value for key, value in state_dict.items()})
+    optimizers = {}
+    for name, state_dict in learner.optimizers.items():
+        optimizer_tensors, optimizers[name] = _optimizer_state_to_parts(f"{prefix}optim.{name}", state_dict)
+        tensors.update(optimizer_tensors)
+    arrays = dict(extra_arrays)
+    for name, stats in learner.normalizers.items():
+        arrays.update({f"{NORMALIZER_PREFIXES[name]}{key}": value for key, value in stats.items()})
+    tensors.update(numpy_to_tensors(f"{prefix}collector", arrays))
+    return tensors, optimizers
+
+
+def _learner_from_parts(
+    prefix: str, tensors: dict[str, torch.Tensor], optimizers: dict[str, Any], step: int, algo_state: dict[str, Any]
+) -> tuple[LearnerState, dict[str, np.ndarray]]:
+    """The inverse of ``_learner_to_parts``: the learner and the other ``collector.`` arrays."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    head = f"{prefix}module."
+    for key, value in tensors.items():
+        if key.startswith(head):
+            name, param = key[len(head) :].split(".", 1)
+            modules.setdefault(name, {})[param] = value
+    loaded = {
+        name: _optimizer_state_from_parts(f"{prefix}optim.{name}", tensors, parts) for name, parts in optimizers.items()
+    }
+    arrays = tensors_to_numpy(f"{prefix}collector", tensors)
+    normalizers: dict[str, dict[str, np.ndarray]] = {}
+    for name, normalizer_prefix in NORMALIZER_PREFIXES.items():
+        stats = {k[len(normalizer_prefix) :]: v for k, v in arrays.items() if k.startswith(normalizer_prefix)}
+        if stats:
+            normalizers[name] = stats
+    others = {k: v for k, v in arrays.items() if not k.startswith(tuple(NORMALIZER_PREFIXES.values()))}
+    return LearnerState(step, modules, loaded, normalizers, algo_state), others
+
+
+@dataclass
 class TrainState:
     """Everything a checkpoint holds, by meaning rather than by key.
 
-    ``modules`` and ``optimizers`` are torch ``state_dict``s by name (the names an algorithm gives
-    in ``modules()`` / ``optimizers()``). ``collector`` holds the environment-side arrays of the
-    rollout collector (current observations, autoreset flags, episode accumulators, the reward
-    scaler's running return); ``normalizers`` the running statistics of the observation and reward
-    normalisers (``{"obs": RunningMeanStd.state(), "reward": ...}``), which evaluation and recovery
-    need without the rest. ``rng_numpy`` / ``rng_python`` are None where a
-    runner has no such stream of its own (A3C's workers re-seed).
+    ``modules``, ``optimizers``, ``normalizers`` and ``algo_state`` are as in ``LearnerState``.
+    ``collector`` holds the environment-side arrays of the rollout collector (current observations,
+    autoreset flags, episode accumulators, the reward scaler's running return). ``rollback_states``
+    are the guard's in-memory healthy states by slot (``confirmed``, ``candidate``), kept so that a
+    resumed run rolls back exactly as the uninterrupted one would; ``rollback_capture_step`` is when
+    the last of them was captured. ``rng_numpy`` / ``rng_python`` are None where a runner has no such
+    stream of its own (A3C's workers re-seed).
     """
 
     algo: str
@@ -186,26 +246,30 @@ class TrainState:
     episodes: dict[str, Any] = field(default_factory=dict)
     algo_state: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] = field(default_factory=dict)
+    rollback_states: dict[str, LearnerState] = field(default_factory=dict)
+    rollback_capture_step: int | None = None
     pgrad_version: str = ""
     # written by CheckpointStore.save, read back on load
     score: float | None = None
     healthy: bool = True
 
+    def learner(self) -> LearnerState:
+        return LearnerState(self.step, self.modules, self.optimizers, self.normalizers, self.algo_state)
+
     def to_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors for safetensors, plain values for state.json)."""
-        tensors: dict[str, torch.Tensor] = {}
-        for name, state_dict in self.modules.items():
-            tensors.update({f"module.{name}.{key}": value for key, value in state_dict.items()})
-        optimizers = {}
-        for name, state_dict in self.optimizers.items():
-            optimizer_tensors, optimizers[name] = _optimizer_state_to_parts(f"optim.{name}", state_dict)
-            tensors.update(optimizer_tensors)
-        arrays = dict(self.collector)
-        for name, stats in self.normalizers.items():
-            arrays.update({f"{NORMALIZER_PREFIXES[name]}{key}": value for key, value in stats.items()})
-        tensors.update(numpy_to_tensors("collector", arrays))
+        tensors, optimizers = _learner_to_parts("", self.learner(), self.collector)
         if self.rng_torch is not None:
             tensors["rng.torch"] = self.rng_torch
+        rollback: dict[str, Any] = {"capture_step": self.rollback_capture_step, "slots": {}}
+        for slot, learner in self.rollback_states.items():
+            slot_tensors, slot_optimizers = _learner_to_parts(f"rollback.{slot}.", learner, {})
+            tensors.update(slot_tensors)
+            rollback["slots"][slot] = {
+                "step": learner.step,
+                "optimizers": slot_optimizers,
+                "algo_state": learner.algo_state,
+            }
         state = {
             "pgrad_version": self.pgrad_version,
             "algo": self.algo,
@@ -220,47 +284,45 @@ class TrainState:
             "episodes": self.episodes,
             "algo_state": self.algo_state,
             "guard": self.guard,
+            "rollback": rollback,
         }
         return tensors, state
 
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], state: dict[str, Any], source: Path) -> TrainState:
-        """The inverse of ``to_parts``; a missing or mistyped entry is a ``CheckpointError`` naming it."""
+        """The inverse of ``to_parts``; a missing or mistyped entry is a ``CheckpointError`` naming it.
+        Checkpoints written before rollback states existed load with none."""
         try:
-            modules: dict[str, dict[str, torch.Tensor]] = {}
-            for key, value in tensors.items():
-                if key.startswith("module."):
-                    name, param = key[len("module.") :].split(".", 1)
-                    modules.setdefault(name, {})[param] = value
-            optimizers = {
-                name: _optimizer_state_from_parts(f"optim.{name}", tensors, parts)
-                for name, parts in state["optimizers"].items()
+            step = int(state["step"])
+            own = {k: v for k, v in tensors.items() if not k.startswith("rollback.")}
+            learner, collector = _learner_from_parts("", own, state["optimizers"], step, state.get("algo_state") or {})
+            rollback = state.get("rollback") or {"capture_step": None, "slots": {}}
+            rollback_states = {
+                slot: _learner_from_parts(
+                    f"rollback.{slot}.", tensors, meta["optimizers"], int(meta["step"]), meta["algo_state"]
+                )[0]
+                for slot, meta in rollback["slots"].items()
             }
-            arrays = tensors_to_numpy("collector", tensors)
-            normalizers: dict[str, dict[str, np.ndarray]] = {}
-            for name, prefix in NORMALIZER_PREFIXES.items():
-                stats = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-                if stats:
-                    normalizers[name] = stats
-            prefixes = tuple(NORMALIZER_PREFIXES.values())
-            collector = {k: v for k, v in arrays.items() if not k.startswith(prefixes)}
+            capture_step = rollback["capture_step"]
             return cls(
                 algo=str(state["algo"]),
-                step=int(state["step"]),
+                step=step,
                 updates=int(state["updates"]),
                 elapsed_seconds=float(state["elapsed_seconds"]),
                 config=state.get("config") or {},
-                modules=modules,
-                optimizers=optimizers,
+                modules=learner.modules,
+                optimizers=learner.optimizers,
                 collector=collector,
-                normalizers=normalizers,
+                normalizers=learner.normalizers,
                 rng_torch=tensors.get("rng.torch"),
                 rng_numpy=state.get("rng_numpy"),
                 rng_python=state.get("rng_python"),
                 env_state=state.get("env_state"),
                 episodes=state.get("episodes") or {},
-                algo_state=state.get("algo_state") or {},
+                algo_state=learner.algo_state,
                 guard=state.get("guard") or {},
+                rollback_states=rollback_states,
+                rollback_capture_step=None if capture_step is None else int(capture_step),
                 pgrad_version=str(state.get("pgrad_version", "")),
                 score=state.get("score"),
                 healthy=bool(state.get("healthy", True)),

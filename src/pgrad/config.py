@@ -378,6 +378,9 @@ class GuardConfig(Checked):
     log_std_min: float = param(-5.0, "mean Gaussian log-std below this: warning")
     grad_norm_spike: float = param(10.0, "gradient norm above this multiple of its running median: warning")
     sps_drop: float = param(0.5, "steps/s down more than this fraction from its running median: warning")
+    snapshot_every: int = param(
+        2048, "capture the state a rollback returns to at most every this many env steps (confirmed by the next update)"
+    )
     rollback_on_kl: bool = param(True, "on critical KL, restore the last healthy checkpoint and cut the lr")
     lr_cut: float = param(0.5, "learning-rate multiplier applied by every rollback")
     max_recoveries: int = param(3, "rollbacks allowed per run; one more stops the run with a report")
@@ -407,6 +410,7 @@ class GuardConfig(Checked):
         self.check_range("grad_norm_spike", 1, low_open=True)
         self.check_range("sps_drop", 0, 1, low_open=True, high_open=True)
         self.check_range("lr_cut", 0, 1, low_open=True)
+        self.check_range("snapshot_every", 1)
         self.check_range("max_recoveries", 0)
         self.check_range("nonfinite_window", 1)
         self.check_range("nonfinite_halt", 0, 1)

@@ -75,6 +75,7 @@ def running_median(history: list[Metrics], key: str, window: int) -> float | Non
 
 # ---- the rules ------------------------------------------------------------------------------
 
+
 def kl_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     kl = number(history[-1], KL)
     if kl is None or not math.isfinite(kl):
@@ -92,11 +93,23 @@ def clip_fraction_rule(history: list[Metrics], config: GuardConfig) -> Alert | N
     if fraction is None or not math.isfinite(fraction):
         return None
     if fraction > config.clip_fraction_high:
-        return Alert("warning", "clip_fraction", f"clip fraction {fraction:.3g} > {config.clip_fraction_high}: "
-                     "most samples are clipped (steps too large)", CLIP_FRACTION, fraction, config.clip_fraction_high)
+        return Alert(
+            "warning",
+            "clip_fraction",
+            f"clip fraction {fraction:.3g} > {config.clip_fraction_high}: most samples are clipped (steps too large)",
+            CLIP_FRACTION,
+            fraction,
+            config.clip_fraction_high,
+        )
     if after_warmup(history, config) and fraction < config.clip_fraction_low:
-        return Alert("warning", "clip_fraction", f"clip fraction {fraction:.3g} < {config.clip_fraction_low}: "
-                     "the policy barely moves", CLIP_FRACTION, fraction, config.clip_fraction_low)
+        return Alert(
+            "warning",
+            "clip_fraction",
+            f"clip fraction {fraction:.3g} < {config.clip_fraction_low}: the policy barely moves",
+            CLIP_FRACTION,
+            fraction,
+            config.clip_fraction_low,
+        )
     return None
 
 
@@ -105,8 +118,14 @@ def explained_variance_rule(history: list[Metrics], config: GuardConfig) -> Aler
     if ev is None or not math.isfinite(ev) or not after_warmup(history, config):
         return None
     if ev < config.explained_variance_low:
-        return Alert("warning", "explained_variance", f"explained variance {ev:.3g} < {config.explained_variance_low}: "
-                     "the value function lags the returns", EXPLAINED_VARIANCE, ev, config.explained_variance_low)
+        return Alert(
+            "warning",
+            "explained_variance",
+            f"explained variance {ev:.3g} < {config.explained_variance_low}: the value function lags the returns",
+            EXPLAINED_VARIANCE,
+            ev,
+            config.explained_variance_low,
+        )
     return None
 
 
@@ -120,8 +139,15 @@ def entropy_collapse_rule(history: list[Metrics], config: GuardConfig) -> Alert 
         return None
     threshold = config.entropy_collapse * start
     if latest < threshold:
-        return Alert("warning", "entropy_collapse", f"entropy {latest:.3g} < {config.entropy_collapse} x its "
-                     f"starting value {start:.3g}: exploration has collapsed", ENTROPY, latest, threshold)
+        return Alert(
+            "warning",
+            "entropy_collapse",
+            f"entropy {latest:.3g} < {config.entropy_collapse} x its "
+            f"starting value {start:.3g}: exploration has collapsed",
+            ENTROPY,
+            latest,
+            threshold,
+        )
     return None
 
 
@@ -129,8 +155,14 @@ def log_std_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     log_std = number(history[-1], LOG_STD)
     if log_std is None or not math.isfinite(log_std) or log_std >= config.log_std_min:
         return None
-    return Alert("warning", "log_std", f"mean log-std {log_std:.3g} < {config.log_std_min}: the Gaussian policy "
-                 "is nearly deterministic", LOG_STD, log_std, config.log_std_min)
+    return Alert(
+        "warning",
+        "log_std",
+        f"mean log-std {log_std:.3g} < {config.log_std_min}: the Gaussian policy is nearly deterministic",
+        LOG_STD,
+        log_std,
+        config.log_std_min,
+    )
 
 
 def grad_norm_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
@@ -140,8 +172,14 @@ def grad_norm_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
         return None
     threshold = config.grad_norm_spike * median
     if norm > threshold:
-        return Alert("warning", "grad_norm", f"gradient norm {norm:.3g} > {config.grad_norm_spike} x its running "
-                     f"median {median:.3g}", GRAD_NORM, norm, threshold)
+        return Alert(
+            "warning",
+            "grad_norm",
+            f"gradient norm {norm:.3g} > {config.grad_norm_spike} x its running median {median:.3g}",
+            GRAD_NORM,
+            norm,
+            threshold,
+        )
     return None
 
 
@@ -152,8 +190,14 @@ def steps_per_second_rule(history: list[Metrics], config: GuardConfig) -> Alert 
         return None
     threshold = (1.0 - config.sps_drop) * median
     if sps < threshold:
-        return Alert("warning", "steps_per_second", f"{sps:.0f} steps/s, down more than {config.sps_drop:.0%} from "
-                     f"its running median {median:.0f}", STEPS_PER_SECOND, sps, threshold)
+        return Alert(
+            "warning",
+            "steps_per_second",
+            f"{sps:.0f} steps/s, down more than {config.sps_drop:.0%} from its running median {median:.0f}",
+            STEPS_PER_SECOND,
+            sps,
+            threshold,
+        )
     return None
 
 
@@ -167,8 +211,14 @@ def nonfinite_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
                 return Alert("critical", "nonfinite", f"{key} is {value}", key, value, 0.0)
     skipped = number(latest, NONFINITE_STEPS)
     if skipped:
-        return Alert("critical", "nonfinite", f"{skipped:.0f} optimizer step(s) had non-finite gradients and were "
-                     "skipped", NONFINITE_STEPS, skipped, 0.0)
+        return Alert(
+            "critical",
+            "nonfinite",
+            f"{skipped:.0f} optimizer step(s) had non-finite gradients and were skipped",
+            NONFINITE_STEPS,
+            skipped,
+            0.0,
+        )
     norm = number(latest, GRAD_NORM)
     if norm is not None and not math.isfinite(norm):
         return Alert("critical", "nonfinite", f"gradient norm is {norm}", GRAD_NORM, norm, 0.0)

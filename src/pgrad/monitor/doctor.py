@@ -49,7 +49,7 @@ def smoothed(x: np.ndarray) -> np.ndarray:
     width = max(3, len(x) // 20)
     out = np.full(len(x), np.nan)
     for i in range(len(x)):
-        window = x[max(0, i - width + 1): i + 1]
+        window = x[max(0, i - width + 1) : i + 1]
         if np.isfinite(window).any():
             out[i] = np.nanmean(window)
     return out
@@ -67,6 +67,7 @@ def _at(history: list[Metrics], index: int) -> tuple[int, int]:
 
 # ---- the checks ----------------------------------------------------------------------------------
 
+
 def check_nonfinite(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
     for i, m in enumerate(history):
         bad = [k for k in m if k.startswith("train/") and k.endswith("loss") and not math.isfinite(number(m, k) or 0.0)]
@@ -79,7 +80,10 @@ def check_nonfinite(history: list[Metrics], events: list[Metrics], config: Guard
             update, step = _at(history, i)
             halted = any(e.get("kind") == "critical.halted" for e in events)
             return Finding(
-                "loss or gradients went NaN/Inf", "critical", update, step,
+                "loss or gradients went NaN/Inf",
+                "critical",
+                update,
+                step,
                 f"non-finite: {', '.join(bad)}" + ("; the run was halted" if halted else ""),
                 "a step too large for the loss surface (learning rate), exploding gradients, or extreme "
                 "advantages/rewards",
@@ -96,7 +100,10 @@ def check_kl(history: list[Metrics], events: list[Metrics], config: GuardConfig)
         return None
     update, step = _at(history, int(high[0]))
     return Finding(
-        "KL too high", "critical" if (kl > config.kl_critical).any() else "warning", update, step,
+        "KL too high",
+        "critical" if (kl > config.kl_critical).any() else "warning",
+        update,
+        step,
         f"approx KL > {config.kl_warning} in {high.size} of {len(kl)} updates (max {np.nanmax(kl):.3g})",
         "each update moves the policy too far: learning rate, epochs or minibatch count too high",
         "lower learning_rate or num_epochs, set target_kl (e.g. 0.02) for early stopping, or lower clip_eps",
@@ -104,7 +111,7 @@ def check_kl(history: list[Metrics], events: list[Metrics], config: GuardConfig)
 
 
 def check_clip_fraction(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
-    clip = values(history, CLIP_FRACTION)[config.warmup_updates:]
+    clip = values(history, CLIP_FRACTION)[config.warmup_updates :]
     if np.isfinite(clip).sum() < MIN_UPDATES:
         return None
     median = float(np.nanmedian(clip))
@@ -119,13 +126,20 @@ def check_clip_fraction(history: list[Metrics], events: list[Metrics], config: G
     else:
         return None
     update, step = _at(history, config.warmup_updates + int(where[0]) if where.size else config.warmup_updates)
-    return Finding(f"clip fraction stuck {stuck}", "warning", update, step,
-                   f"median clip fraction {median:.3g} after warm-up", cause, fix)
+    return Finding(
+        f"clip fraction stuck {stuck}",
+        "warning",
+        update,
+        step,
+        f"median clip fraction {median:.3g} after warm-up",
+        cause,
+        fix,
+    )
 
 
 def check_value_lag(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
     ev = values(history, EXPLAINED_VARIANCE)
-    half = ev[len(ev) // 2:]
+    half = ev[len(ev) // 2 :]
     if len(ev) < MIN_UPDATES or not np.isfinite(half).any():
         return None
     median = float(np.nanmedian(half))
@@ -135,7 +149,10 @@ def check_value_lag(history: list[Metrics], events: list[Metrics], config: Guard
     start = int(low[low >= config.warmup_updates][0]) if (low >= config.warmup_updates).any() else len(ev) // 2
     update, step = _at(history, start)
     return Finding(
-        "value function lagging", "warning", update, step,
+        "value function lagging",
+        "warning",
+        update,
+        step,
         f"explained variance median {median:.3g} over the second half (< {config.explained_variance_low})",
         "the critic cannot follow the returns: too little value training, unscaled rewards, or too short a horizon",
         "raise vf_coef or num_epochs, normalise rewards (env.norm_reward), use a separate critic network",
@@ -158,7 +175,10 @@ def check_entropy_collapse(history: list[Metrics], events: list[Metrics], config
         return None  # the policy had already learned when it settled: convergence again
     update, step = _at(history, start)
     return Finding(
-        "entropy collapse", "warning", update, step,
+        "entropy collapse",
+        "warning",
+        update,
+        step,
         f"entropy {entropy[start]:.3g} < {config.entropy_collapse} x its start {entropy[0]:.3g}, and the return "
         f"did not improve afterwards (about {at_collapse:.4g})",
         "the policy became nearly deterministic before it found a good behaviour (premature convergence)",
@@ -172,14 +192,17 @@ def check_plateau(history: list[Metrics], events: list[Metrics], config: GuardCo
     if n < MIN_UPDATES or not np.isfinite(ret).any() or not np.isfinite(loss).any():
         return None
     early = float(np.nanmean(ret[: n // 4])) if np.isfinite(ret[: n // 4]).any() else float(np.nanmin(ret))
-    late_best = float(np.nanmax(ret[n // 2:]))
-    first_loss, last_loss = np.nanmedian(loss[: n // 4]), np.nanmedian(loss[-n // 4:])
+    late_best = float(np.nanmax(ret[n // 2 :]))
+    first_loss, last_loss = np.nanmedian(loss[: n // 4]), np.nanmedian(loss[-n // 4 :])
     if improved(early, late_best) or not last_loss < 0.5 * first_loss:
         return None
     start = next(i for i in range(n) if np.isfinite(ret[i]) and not improved(ret[i], float(np.nanmax(ret[i:]))))
     update, step = _at(history, start)
     return Finding(
-        "return plateau while the loss falls", "warning", update, step,
+        "return plateau while the loss falls",
+        "warning",
+        update,
+        step,
         f"return stays near {early:.4g} while the value loss fell from {first_loss:.3g} to {last_loss:.3g}",
         "the losses are being minimised but the policy learns nothing useful: reward scale off, the value loss "
         "dominating the shared gradient, or too little exploration",
@@ -202,7 +225,10 @@ def check_return_collapse(history: list[Metrics], events: list[Metrics], config:
     update, step = _at(history, peak_index + int(after[0]))
     peak_update, peak_step = _at(history, peak_index)
     return Finding(
-        "return collapse after a peak", "critical", update, step,
+        "return collapse after a peak",
+        "critical",
+        update,
+        step,
         f"return peaked at {peak:.4g} (update {peak_update}, step {peak_step}) and ended at {ret[-1]:.4g}",
         "catastrophic forgetting or a destructive update (too large a step), or a change in the reward",
         "lower learning_rate, anneal it (anneal_lr), set target_kl; evaluate and use the best checkpoint "
@@ -234,13 +260,14 @@ def diagnose(history: list[Metrics], events: list[Metrics], config: GuardConfig 
 def guard_actions(events: list[Metrics]) -> list[str]:
     """What the guard did during the run (drills, rollbacks, halts), one line each."""
     kinds = ("drill.", "recovery.", "critical.halted", "critical.recovery_cap")
-    return [f"step {e.get('step')}: {e.get('kind')}: {e.get('message')}" for e in events
-            if str(e.get("kind", "")).startswith(kinds)]
+    return [
+        f"step {e.get('step')}: {e.get('kind')}: {e.get('message')}"
+        for e in events
+        if str(e.get("kind", "")).startswith(kinds)
+    ]
 
 
-def format_report(
-    run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics]
-) -> str:
+def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics]) -> str:
     steps = history[-1].get("step", 0) if history else 0
     lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} env steps"]
     if not history:

@@ -58,6 +58,14 @@ class Rollback:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """After an update without a rollback or halt: ``healthy`` says whether the learner state may
+    become the state a later rollback returns to (see ``Guard.healthy_for_rollback``)."""
+
+    healthy: bool
+
+
+@dataclass(frozen=True)
 class Halt:
     """Stop the run (exit code 3). ``dump``: leave the recent trajectories and the batch behind."""
 
@@ -66,7 +74,7 @@ class Halt:
     dump: bool
 
 
-Action = Checkpoint | Rollback | Halt
+Action = Checkpoint | Rollback | Halt | Snapshot
 
 
 class Guard:
@@ -157,14 +165,28 @@ class Guard:
         if config.enabled and config.rollback_on_kl and critical_kl:
             reason = f"approx KL {metrics[names.APPROX_KL]:.3g} > {config.kl_critical}"
             return self._rollback("last_healthy", reason, step)
+        if evaluation is not None and self._evaluation_collapsed(evaluation):
+            reason = f"evaluation return collapsed for {state.eval_collapses} evaluations in a row"
+            return self._rollback("best", reason, step)
+        healthy = self.healthy_for_rollback(metrics)  # after the evaluation has been counted
+        actions: list[Action] = [Snapshot(healthy)] if config.enabled else []
         if evaluation is not None:
-            if self._evaluation_collapsed(evaluation):
-                reason = f"evaluation return collapsed for {state.eval_collapses} evaluations in a row"
-                return self._rollback("best", reason, step)
-            return [Checkpoint(evaluation, self.healthy)]
-        if checkpoint_due:
-            return [Checkpoint(self.checkpoint_score(metrics), self.healthy)]
-        return []
+            actions.append(Checkpoint(evaluation, healthy))
+        elif checkpoint_due:
+            actions.append(Checkpoint(self.checkpoint_score(metrics), healthy))
+        return actions
+
+    def healthy_for_rollback(self, metrics: dict[str, Any]) -> bool:
+        """Whether the state after this update may be returned to: no critical alert, finite
+        parameters and gradients, approx KL under the *warning* level (not just the critical one),
+        and no evaluation collapse under way. The runner confirms such a state only when the next
+        update passes this test too (``HealthyStates``)."""
+        if not self.healthy or self.state.eval_collapses:
+            return False
+        if metrics.get(names.NONFINITE_STEPS, 0.0):
+            return False
+        kl = metrics.get(names.APPROX_KL)
+        return kl is None or float(kl) <= self.config.kl_warning  # NaN compares False: not healthy
 
     # ---- the rules behind decide ------------------------------------------------------------
     def _evaluation_collapsed(self, eval_return: float) -> bool:

@@ -80,12 +80,25 @@ def draw_panel(
         prefix = marker_kind(str(event.get("kind", "")))
         if prefix is not None:
             colour, linestyle = MARKER_STYLES[prefix]
-            ax.axvline(float(event["step"]), color=colour, linestyle=linestyle, linewidth=1.0, alpha=0.8,
-                       label=f"_event:{event['kind']}")
+            ax.axvline(
+                float(event["step"]),
+                color=colour,
+                linestyle=linestyle,
+                linewidth=1.0,
+                alpha=0.8,
+                label=f"_event:{event['kind']}",
+            )
     warning_steps = [float(e["step"]) for e in events if str(e.get("kind", "")).startswith("warning.")]
     if warning_steps:
-        ax.plot(warning_steps, np.zeros(len(warning_steps)), "|", color="orange", markersize=8,
-                transform=ax.get_xaxis_transform(), label="_warnings")
+        ax.plot(
+            warning_steps,
+            np.zeros(len(warning_steps)),
+            "|",
+            color="orange",
+            markersize=8,
+            transform=ax.get_xaxis_transform(),
+            label="_warnings",
+        )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("env steps", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -106,7 +119,7 @@ def read_panel(ax: Any, name: str) -> PanelData:
     for line in ax.lines:
         label = str(line.get_label())
         if label.startswith("_event:"):
-            data.markers.append((float(np.asarray(line.get_xdata())[0]), label[len("_event:"):]))
+            data.markers.append((float(np.asarray(line.get_xdata())[0]), label[len("_event:") :]))
         elif label == "_warnings":
             data.warnings = [float(x) for x in line.get_xdata()]
         elif not label.startswith("_"):
@@ -139,8 +152,9 @@ def plot_run(
         draw_panel(overview_ax, name, title, keys, history, events)
         images[name] = _figure_png(fig)
         plt.close(fig)
-    overview.suptitle(f"{label}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)",
-                      fontsize=10)
+    overview.suptitle(
+        f"{label}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)", fontsize=10
+    )
     overview.tight_layout()
     images["overview"] = _figure_png(overview)
     plt.close(overview)
@@ -157,7 +171,8 @@ def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: 
     rows = "".join(
         f"<tr><td>{e.get('step')}</td><td>{html.escape(str(e.get('kind')))}</td>"
         f"<td>{html.escape(str(e.get('message')))}</td></tr>"
-        for e in events if str(e.get("kind", "")).split(".")[0] in ("critical", "recovery", "drill", "warning")
+        for e in events
+        if str(e.get("kind", "")).split(".")[0] in ("critical", "recovery", "drill", "warning")
     )
     panels = "".join(f"<h3>{html.escape(name)}</h3>{img(name)}" for name in images if name != "overview")
     return (

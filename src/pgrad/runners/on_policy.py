@@ -26,12 +26,14 @@ from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
-from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback
+from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
+    HealthyStates,
     OptimizerGuard,
     TrajectoryRecorder,
     parameters_finite,
+    restore_captured,
     restore_learner,
     save_batch,
 )
@@ -67,6 +69,7 @@ class OnPolicyRunner:
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
         self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard.state, config.guard)
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
+        self.healthy_states = HealthyStates(config.guard.snapshot_every)  # a rollback's first choice
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
 
@@ -117,6 +120,8 @@ class OnPolicyRunner:
             episodes=self.collector.episode_state(),
             algo_state=self.algo.extra_state(),
             guard=self.guard.state.to_dict(),
+            rollback_states=self.healthy_states.slots(),
+            rollback_capture_step=self.healthy_states.last_capture_step,
             pgrad_version=__version__,
         )
 
@@ -152,6 +157,7 @@ class OnPolicyRunner:
                 "warning.env_state", state.step, "environment state was not captured; environments were re-seeded"
             )
         self.algo.load_extra_state(state.algo_state)
+        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
         logged = read_jsonl(self.run_dir / "metrics.jsonl")
         self.guard.load(state.guard, [m for m in logged if m.get("step", 0) <= state.step])
         self.optimizer_guard.state = self.guard.state
@@ -171,14 +177,28 @@ class OnPolicyRunner:
                 self.roll_back(action)
             elif isinstance(action, Checkpoint):
                 self.save_checkpoint(action.score, action.healthy)
+            elif isinstance(action, Snapshot):
+                self.healthy_states.after_update(action.healthy, self.step, self.algo, self.collector)
 
     def roll_back(self, action: Rollback) -> None:
-        """Restore the learner from the checkpoint the guard chose (the guard cut the lr already)."""
-        sources = (action.source,) if action.source == "last_healthy" else (action.source, "last_healthy")
-        path = next((p for p in map(self.run.checkpoint_path, sources) if p is not None), None)
-        data: dict[str, Any] = {"checkpoint": str(path) if path else None}
+        """Restore the state the guard chose (it cut the learning rate already).
+
+        ``last_healthy``: the newest confirmed healthy state in memory, else the newest checkpoint
+        marked healthy. ``best``: the best-evaluated checkpoint, else the same as ``last_healthy``.
+        """
+        self.healthy_states.forget_candidate()
+        path = self.run.checkpoint_path("best") if action.source == "best" else None
+        memory = self.healthy_states.confirmed
+        if path is None and memory is not None:
+            restore_captured(memory, self.algo, self.collector)
+            summary = f"restored the healthy state of step {memory.step} from memory"
+            data: dict[str, Any] = {"checkpoint": None, "restored_step": memory.step, "restored_from": "memory"}
+            self.log_events([self.guard.rollback_event(action.reason, summary, data)])
+            return
+        path = path or self.run.checkpoint_path("last_healthy")
+        data = {"checkpoint": str(path) if path else None, "restored_from": "disk" if path else None}
         if path is None:
-            summary = "no healthy checkpoint yet, kept the current weights"
+            summary = "no healthy state yet, kept the current weights"
         else:
             restored = read_train_state(path)
             restore_learner(restored, path, self.algo, self.collector)
