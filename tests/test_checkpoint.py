@@ -1,5 +1,6 @@
 """Checkpoints: exact resume, never unpickling, clear errors, atomic writes, retention."""
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -187,7 +188,7 @@ def test_train_state_round_trips_through_its_parts(tmp_path):
         algo_state={"kl_coef": 0.5},
         guard={"recoveries": 1},
     )
-    state.rollback_states = {"confirmed": state.learner()}
+    state.rollback_states = {"confirmed": copy.deepcopy(state.learner())}  # a capture shares no storage
     state.rollback_capture_step = 5
     path = CheckpointStore(tmp_path, 3).save_state(state, score=4.0, healthy=False)
     loaded = read_train_state(path)
