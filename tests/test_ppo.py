@@ -219,3 +219,7 @@ def test_update_applies_the_context_lr_scale_and_reports_the_rate_it_used(algo):
     assert metrics["train/learning_rate"] == pytest.approx(0.25 * base)
     optimizer = next(iter(learner.optimizers().values()))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * base)
+    if algo == "trpo":  # the trust region scales with the guard's lr scale too
+        assert metrics["train/max_kl"] == pytest.approx(0.25 * algo_config.max_kl)
+        assert metrics["diagnostics/kl_after_step"] <= 0.25 * algo_config.max_kl + 1e-9
+        assert "diagnostics/grad_norm" not in metrics and metrics["diagnostics/surrogate_grad_norm"] > 0

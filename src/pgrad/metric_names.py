@@ -14,6 +14,7 @@ ENTROPY = "diagnostics/entropy"
 LOG_STD = "diagnostics/log_std_mean"
 GRAD_NORM = "diagnostics/grad_norm"
 GRAD_NORM_CLIPPED = "diagnostics/grad_norm_clipped"
+SURROGATE_GRAD_NORM = "diagnostics/surrogate_grad_norm"  # TRPO/NPG: no optimizer step, no clipping
 LEARNING_RATE = "train/learning_rate"
 POLICY_LOSS = "train/policy_loss"
 VALUE_LOSS = "train/value_loss"

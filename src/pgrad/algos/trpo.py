@@ -39,7 +39,15 @@ from pgrad.algos.common import (
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
-from pgrad.metric_names import APPROX_KL, ENTROPY, GRAD_NORM, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
+from pgrad.metric_names import (
+    APPROX_KL,
+    ENTROPY,
+    LEARNING_RATE,
+    LOG_STD,
+    POLICY_LOSS,
+    SURROGATE_GRAD_NORM,
+    VALUE_LOSS,
+)
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
 from pgrad.optim import (
     conjugate_gradient,
@@ -200,15 +208,23 @@ def trust_region_step(
 
 
 def policy_step(
-    model: ActorCritic, parameters: list[torch.nn.Parameter], batch: Batch, config: NaturalGradientConfig
+    model: ActorCritic,
+    parameters: list[torch.nn.Parameter],
+    batch: Batch,
+    config: NaturalGradientConfig,
+    max_kl: float | None = None,
 ) -> dict[str, float]:
     """One TRPO (``config.line_search``) or NPG step on the policy parameters; returns its metrics.
 
     Metrics: ``diagnostics/kl_after_step`` the exact mean KL(pi_old || pi_new) of the step kept (0 when
     the line search kept the old parameters), ``train/line_search_steps`` the candidates rejected
     before the accepted one (``backtrack_iters`` when all were), ``train/surrogate_improvement``
-    L(theta_new) - L(theta_old), ``diagnostics/cg_residual`` ||g - (F + damping I) s||.
+    L(theta_new) - L(theta_old), ``diagnostics/cg_residual`` ||g - (F + damping I) s||,
+    ``diagnostics/surrogate_grad_norm`` ||g|| (the policy takes no optimizer step, so there is no
+    clipped gradient norm to report). ``max_kl`` overrides ``config.max_kl`` (the runner scales the
+    trust region with the guard's learning-rate scale).
     """
+    max_kl = config.max_kl if max_kl is None else max_kl
     mask = batch.mask
     advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
     dist = model.distribution(batch.obs)
@@ -220,7 +236,7 @@ def policy_step(
     surrogate_grad = flat_grad(surrogate, parameters, retain_graph=True)
     fisher_product = fisher_vector_product(mean_kl, parameters, config.cg_damping)
     step, cg_residual = trust_region_step(
-        surrogate_grad, fisher_product, config.max_kl, config.cg_iterations, config.cg_residual_tol
+        surrogate_grad, fisher_product, max_kl, config.cg_iterations, config.cg_residual_tol
     )
 
     def evaluate() -> tuple[float, float]:
@@ -238,7 +254,7 @@ def policy_step(
     before = flat_parameters(parameters)
     if config.line_search:
         result = backtracking_line_search(
-            parameters, step, evaluate, surrogate_before, config.max_kl, config.backtrack_coef, config.backtrack_iters
+            parameters, step, evaluate, surrogate_before, max_kl, config.backtrack_coef, config.backtrack_iters
         )
     else:
         set_flat_parameters(parameters, before + step)
@@ -253,7 +269,8 @@ def policy_step(
         "diagnostics/kl_after_step": result.kl,
         APPROX_KL: result.kl,
         "diagnostics/cg_residual": cg_residual,
-        GRAD_NORM: float(surrogate_grad.norm()),
+        SURROGATE_GRAD_NORM: float(surrogate_grad.norm()),
+        "train/max_kl": max_kl,
         ENTROPY: float(masked_mean(old_dist.entropy(), mask).detach()),
     }
 
@@ -314,7 +331,9 @@ class NaturalGradient:
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """The policy step first (on the batch's advantages), then the value regression."""
         config = self.config
-        metrics = policy_step(self.model, self.policy_parameters, batch, config)
+        # The guard's scale (rollbacks halve it, the lr_spike drill multiplies it) applies to the trust
+        # region as to a learning rate: the natural step's length grows as sqrt(max_kl).
+        metrics = policy_step(self.model, self.policy_parameters, batch, config, config.max_kl * context.lr_scale)
         learning_rate = scheduled_learning_rate(self.value_optimizer, config.value_optimizer, context)
         metrics[VALUE_LOSS] = fit_value(
             self.model, self.value_optimizer, batch, config.value_epochs, config.minibatch_size, context.rng
