@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from pgrad.cli import main
@@ -60,9 +61,21 @@ def test_train_eval_resume_through_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "evaluation (deterministic, 3 episodes, step_0000002048): mean return" in out
 
+    # A total below the steps taken is refused before anything is written.
+    assert main(["resume", str(run), "--total-steps", "1024", "--quiet"]) == 2
+    assert "--total-steps 1024 is below the 2048 steps this run has already taken" in capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["total_steps"] == 2048
+
+    # A larger total extends the run; the schedules continue from step / new total (the preset
+    # anneals the learning rate 1e-3 -> 0), which the run.extended event states.
     assert main(["resume", str(run), "--total-steps", "3072", "--quiet"]) == 0
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 3072 and len(lines) == 12
+    first_after = json.loads(lines[8])
+    assert first_after["step"] == 2304
+    assert first_after["train/learning_rate"] == pytest.approx(1e-3 * (1 - 2304 / 3072))
+    extended = [json.loads(e) for e in (run / "events.jsonl").read_text().splitlines() if '"run.extended"' in e]
+    assert len(extended) == 1 and extended[0]["previous_total"] == 2048 and extended[0]["total"] == 3072
     assert yaml.safe_load((run / "config.yaml").read_text())["run"]["total_steps"] == 3072
 
 

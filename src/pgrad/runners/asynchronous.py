@@ -79,9 +79,10 @@ class A3CRunner:
         self.last_heard: dict[int, float] = {}  # worker -> monotonic time of its last message
         self.started_workers: set[int] = set()  # workers that have imported everything and begun
 
+        resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
-        if resume:
-            self.load()
+        if resume_from is not None:
+            self.load(*resume_from)
         else:
             self.run.started_event(f", {self.algo_config.num_workers} workers")
 
@@ -133,8 +134,7 @@ class A3CRunner:
     def save_checkpoint(self, score: float | None) -> Path:
         return self.run.save_checkpoint(self.train_state(), score)
 
-    def load(self) -> None:
-        state, path = self.run.latest_state()
+    def load(self, state: TrainState, path: Path) -> None:
         load_modules({"model": self.algo.model}, state, path)
         load_optimizers({"optimizer": self.algo.optimizer}, state, path)
         if set(state.normalizers) != {"obs", "reward"}:
@@ -149,6 +149,7 @@ class A3CRunner:
         self.run.emit(
             "run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)", path=str(path)
         )
+        self.run.note_new_total(state)
 
     # ---- workers ----------------------------------------------------------------------------
     def _start_workers(self) -> None:

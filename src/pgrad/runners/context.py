@@ -140,9 +140,42 @@ class RunContext:
         state = read_train_state(path)
         if state.algo != self.config.algo:
             raise CheckpointError(f"checkpoint {path} is for algorithm {state.algo!r}, not {self.config.algo!r}")
+        self.check_total(state)
         self.elapsed_before = state.elapsed_seconds
         self.last_checkpoint_step = state.step
         return state, path
+
+    def check_total(self, state: TrainState) -> None:
+        total = self.config.run.total_steps
+        if total < state.step:
+            saved = state.config.get("run", {}).get("total_steps")
+            raise ConfigError(
+                f"--total-steps {total} is below the {state.step} steps this run has already taken "
+                f"(its total was {saved}); give a total of at least {state.step}"
+            )
+
+    def note_new_total(self, state: TrainState) -> None:
+        """A resume with a larger ``--total-steps`` (``check_total`` refused a smaller one): say what
+        happens to the schedules.
+
+        Every schedule reads progress = step / run.total_steps, so after a raised total the
+        learning rate (and clip range) continue from the progress already made toward the *new*
+        total: a run that annealed to 0 over 50k steps and is extended to 100k resumes at half
+        its initial rate. This is not the same run as one started with the larger total (that one
+        annealed more slowly from its first update); only a resume with the same total is bit-exact.
+        """
+        saved = state.config.get("run", {}).get("total_steps")
+        total = self.config.run.total_steps
+        if saved is None or saved == total:
+            return
+        self.emit(
+            "run.extended",
+            state.step,
+            f"run.total_steps {saved} -> {total}: schedules continue from progress {state.step}/{total} "
+            f"= {state.step / total:.3f} (an uninterrupted {total}-step run would differ from its first update)",
+            previous_total=saved,
+            total=total,
+        )
 
     def checkpoint_path(self, which: str) -> Path | None:
         """``latest``, ``best``, ``last_healthy`` or None when there is no such checkpoint yet."""

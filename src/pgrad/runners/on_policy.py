@@ -73,9 +73,10 @@ class OnPolicyRunner:
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
 
+        resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
-        if resume:
-            self.load()
+        if resume_from is not None:
+            self.load(*resume_from)
         else:
             self.run.started_event()
 
@@ -128,9 +129,8 @@ class OnPolicyRunner:
     def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
         return self.run.save_checkpoint(self.train_state(), score, healthy)
 
-    def load(self) -> None:
+    def load(self, state: TrainState, path: Path) -> None:
         """Resume from the run's latest checkpoint: everything, exactly."""
-        state, path = self.run.latest_state()
         load_modules(self.algo.modules(), state, path)
         load_optimizers(self.algo.optimizers(), state, path)
         try:
@@ -163,6 +163,7 @@ class OnPolicyRunner:
         self.optimizer_guard.state = self.guard.state
         self.step, self.updates = state.step, state.updates
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
+        self.run.note_new_total(state)
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
     def log_events(self, events: list[Event]) -> None:
