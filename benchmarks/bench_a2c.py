@@ -66,6 +66,9 @@ class StopAtTarget:
             self.steps, self.seconds = int(metrics["step"]), float(metrics["perf/wall_seconds"])
             self.trainer.stop_requested = True
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

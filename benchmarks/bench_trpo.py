@@ -67,6 +67,9 @@ class FirstReach:
                 self.steps, self.seconds = int(metrics["step"]), float(metrics["perf/wall_seconds"])
                 self.trainer.stop_requested = self.stop
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -132,6 +132,8 @@ class OnPolicyRunner:
         return tensors, state
 
     def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
+        for sink in self.sinks:  # the buffered rows up to this step go to disk before the checkpoint exists
+            sink.flush()
         tensors, state = self.checkpoint_parts()
         path = self.store.save(self.step, tensors, state, score, healthy)
         self.last_checkpoint_step = self.step
@@ -422,6 +424,8 @@ class OnPolicyRunner:
             self.close()
             raise
         finally:
+            for sink in self.sinks:  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
+                sink.flush()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         checkpoint = None
