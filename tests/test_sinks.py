@@ -154,13 +154,21 @@ def test_events_encode_as_tensorboards_protobuf():
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     file = tfevents.ScalarEventFile.__new__(tfevents.ScalarEventFile)
-    file.pending, file.prefixes = [], {}
+    file.pending, file.plans = [], {}
     tags = ["train/loss", "x" * 200, "perf/é"]
     file.add_scalars(123456789, tags, [0.25, -3.0, 1e40], wall_time=1700000000.5)
     expected = Event(wall_time=1700000000.5, step=123456789, summary=Summary(value=[
         Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, [0.25, -3.0, math.inf], strict=True)
     ]))
     assert file.pending == [expected.SerializeToString()]
+    file.pending.clear()
+    file.add_scalars(7, tags, [1.5, math.nan, -2], wall_time=2.0)  # the same tags again: the cached layout
+    (again,) = file.pending
+    decoded = Event.FromString(again)
+    assert decoded.step == 7 and decoded.wall_time == 2.0
+    assert [v.tag for v in decoded.summary.value] == tags
+    values = [v.simple_value for v in decoded.summary.value]
+    assert values[0] == 1.5 and math.isnan(values[1]) and values[2] == -2.0
     version = Event(wall_time=1.5, step=0, file_version="brain.Event:2").SerializeToString()
     assert tfevents.event_bytes(1.5, 0, file_version="brain.Event:2") == version
     assert tfevents.event_bytes(1.5, -3) == Event(wall_time=1.5, step=-3).SerializeToString()

@@ -190,26 +190,51 @@ class ScalarEventFile:
         self.path = Path(logdir) / name
         self.handle = open(self.path, "wb", buffering=0)
         self.pending: list[bytes] = []  # serialised events not yet on disk
-        self.prefixes: dict[str, bytes] = {}
+        self.plans: dict[tuple[str, ...], list[tuple[struct.Struct, list, int, int]]] = {}
         self.pending.append(event_bytes(now, 0, file_version="brain.Event:2"))
         self.flush()
 
     def add_scalars(self, step: int, tags: list[str], values: list[float], wall_time: float) -> None:
-        with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as TensorBoard's writer gives
-            packed = np.asarray(values, dtype=np.float64).astype(np.float32).tobytes()
-        parts: list[bytes] = []
-        size = 0
+        """One update's scalars: an event (several past ``MAX_SUMMARY_BYTES``) at ``step``.
+
+        The same tags come back every update, so each tag list gets a plan: its events' layouts as
+        ``struct`` formats (prefix bytes, float, prefix bytes, float, ...), packed in one call per event.
+        Values beyond float32's range make ``struct`` refuse; they go through NumPy, which gives +-inf
+        (as TensorBoard's writer does)."""
+        key = tuple(tags)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self.plan(tags)
+        try:
+            bodies = self.pack(plan, values)
+        except (OverflowError, struct.error):
+            with np.errstate(over="ignore"):
+                bodies = self.pack(plan, np.asarray(values, dtype=np.float64).astype(np.float32).tolist())
+        self.pending.extend(event_bytes(wall_time, step, body) for body in bodies)
+
+    @staticmethod
+    def pack(plan: list[tuple[struct.Struct, list, int, int]], values: list[float]) -> list[bytes]:
+        bodies = []
+        for layout, args, first, last in plan:
+            args[1::2] = values[first:last]
+            bodies.append(layout.pack(*args))
+        return bodies
+
+    def plan(self, tags: list[str]) -> list[tuple[struct.Struct, list, int, int]]:
+        """Per event: its struct layout, an argument list with the prefixes in place, its tag range."""
+        plan = []
+        start, size, formats, args = 0, 0, [], []
         for index, tag in enumerate(tags):
-            prefix = self.prefixes.get(tag)
-            if prefix is None:
-                prefix = self.prefixes[tag] = _value_prefix(tag)
-            if size + len(prefix) + 4 > self.MAX_SUMMARY_BYTES and parts:
-                self.pending.append(event_bytes(wall_time, step, b"".join(parts)))
-                parts, size = [], 0
-            parts.append(prefix + packed[4 * index: 4 * index + 4])
+            prefix = _value_prefix(tag)
+            if size + len(prefix) + 4 > self.MAX_SUMMARY_BYTES and formats:
+                plan.append((struct.Struct("<" + "".join(formats)), args, start, index))
+                start, size, formats, args = index, 0, [], []
+            formats.append(f"{len(prefix)}sf")
+            args += [prefix, 0.0]
             size += len(prefix) + 4
-        if parts:
-            self.pending.append(event_bytes(wall_time, step, b"".join(parts)))
+        if formats:
+            plan.append((struct.Struct("<" + "".join(formats)), args, start, len(tags)))
+        return plan
 
     def flush(self) -> None:
         if self.pending and not self.handle.closed:
