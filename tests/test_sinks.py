@@ -37,7 +37,8 @@ def test_jsonl_rows_are_buffered_then_all_on_disk_in_order_after_flush(tmp_path)
         sink.write(row)
     sink.close()
     assert read_jsonl(path) == written
-    sink.close()  # twice is harmless
+    sink.close()  # twice is harmless, and so is a flush after close (the runner's train() may do both)
+    sink.flush()
 
 
 def test_jsonl_flushes_by_itself_every_flush_seconds(tmp_path):
@@ -191,6 +192,8 @@ def test_tensorboard_reads_every_scalar_after_close(tmp_path):
         sink.write(row)
         if i == 150:
             sink.flush()
+    sink.close()
+    sink.flush()
     sink.close()
     accumulator = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
     accumulator.Reload()
