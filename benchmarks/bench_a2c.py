@@ -7,7 +7,9 @@ torch thread. Per seed: env steps and wall-clock seconds of training until the m
 last 20 training episodes first reaches 475 (each run stops there; budget capped at --cap steps).
 Wall-clock is counted from the start of training (pgrad: ``OnPolicyRunner.train``; SB3: ``learn``) to
 the update at which the target is first seen; both check once per update (every 40 steps).
-pgrad runs with its production guard off (no periodic evaluation), as SB3 has none.
+pgrad runs twice per seed: as shipped (its defaults: TensorBoard, guard, periodic evaluation and
+checkpoints on; what a user gets) and bare (all of those off), the three runs' order rotating per seed.
+REINFORCE, actor-critic and Pendulum run bare.
 
 REINFORCE with a value baseline and actor-critic (5-step targets): pgrad's CartPole presets, the
 same measurement.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import sys
@@ -36,14 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 from bench_common import (  # run as a script: benchmarks/ is on sys.path
+    MODE_NOTE,
+    PGRAD_MODES,
     TARGET,
     WINDOW,
     fmt,
     median_or_none,
-    paired_seed_table,
+    rotated,
+    seed_table,
+    summary_lines,
 )
 
-from pgrad.errors import ConfigError
 from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
 
@@ -66,22 +72,21 @@ class StopAtTarget:
             self.steps, self.seconds = int(metrics["step"]), float(metrics["perf/wall_seconds"])
             self.trainer.stop_requested = True
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
-def pgrad_config(algo: str, seed: int, cap: int):
-    base = ["run.progress=false", "run.tensorboard=false", "run.checkpoint_every=1000000000"]
-    try:  # the production guard, where this version of pgrad has one
-        return resolve_config(algo, ENV_ID, sets=[*base, "guard.enabled=false", "guard.eval_every=0"],
-                              seed=seed, total_steps=cap)[0]
-    except ConfigError:
-        return resolve_config(algo, ENV_ID, sets=base, seed=seed, total_steps=cap)[0]
+def pgrad_config(algo: str, seed: int, cap: int, mode: str = "bare"):
+    sets = ["run.progress=false", *PGRAD_MODES[mode]]
+    return resolve_config(algo, ENV_ID, sets=sets, seed=seed, total_steps=cap)[0]
 
 
-def run_pgrad(algo: str, seed: int, cap: int) -> dict[str, Any]:
+def run_pgrad(algo: str, seed: int, cap: int, mode: str = "bare") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = OnPolicyRunner(pgrad_config(algo, seed, cap), Path(tmp) / "run", console=False)
+        trainer = OnPolicyRunner(pgrad_config(algo, seed, cap, mode), Path(tmp) / "run", console=False)
         stop = StopAtTarget(trainer)
         trainer.sinks.append(stop)
         result = trainer.train()
@@ -123,35 +128,28 @@ def run_sb3(seed: int, cap: int) -> dict[str, Any]:
     return {"steps": callback.steps, "seconds": callback.seconds, "steps_per_second": model.num_timesteps / seconds}
 
 
+LIBS = ["pgrad shipped", "pgrad bare"]
+
+
 def a2c_section(seeds: list[int], cap: int, lines: list[str]) -> None:
     rows = []
     for index, seed in enumerate(seeds):
         results: dict[str, dict[str, Any]] = {}
-        for lib in (["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]):
-            results[lib] = run_pgrad("a2c", seed, cap) if lib == "pgrad" else run_sb3(seed, cap)
-            print(f"  a2c seed {seed} {lib}: {results[lib]}", flush=True)
+        for lib in rotated([*LIBS, "sb3"], index):
+            if lib == "sb3":
+                results[lib] = run_sb3(seed, cap)
+            else:
+                results[lib] = run_pgrad("a2c", seed, cap, lib.split()[1])
+            print(f"  a2c seed {seed} {lib}: {results[lib]} (load {os.getloadavg()[0]:.1f})", flush=True)
         rows.append((seed, results))
-    table, summary = paired_seed_table(rows)
+    table, summary = seed_table(rows, LIBS)
     title = f"### A2C vs SB3 A2C, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} (cap {cap:,} steps)"
-    lines += [title, "", *table]
-    med, sps, reached = summary.median, summary.steps_per_second, summary.reached
-    ratio_of_medians = summary.ratio("seconds")
-    per_seed = fmt(summary.per_seed_ratio, ".3f") if summary.per_seed_ratio is not None else "-"
-    lines += [
-        "",
-        "| median over seeds | pgrad | SB3 | pgrad / SB3 |",
-        "|---|---:|---:|---:|",
-        f"| seconds to {TARGET:.0f} | {fmt(med['pgrad']['seconds'], '.1f')} | {fmt(med['sb3']['seconds'], '.1f')} "
-        f"| {fmt(ratio_of_medians, '.3f')} |",
-        f"| env steps to {TARGET:.0f} | {fmt(med['pgrad']['steps'], ',.0f')} | {fmt(med['sb3']['steps'], ',.0f')} | |",
-        f"| steps/s | {sps['pgrad']:,.0f} | {sps['sb3']:,.0f} | {sps['pgrad'] / sps['sb3']:.2f}x |",
-        "",
-        f"Seeds reaching {TARGET:.0f}: pgrad {reached['pgrad']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}. "
-        f"Median of the per-seed time ratios (seeds where both reached): {per_seed}. "
-        f"Acceptance (pgrad median wall-clock <= 1/2 of SB3's): "
-        f"{'met' if ratio_of_medians is not None and ratio_of_medians <= 0.5 else 'NOT met'}.",
-        "",
-    ]
+    lines += [title, "", MODE_NOTE, "", *table, "", *summary_lines(summary, LIBS)]
+    verdicts = []
+    for lib in LIBS:
+        ratio = summary.ratio(lib, "seconds")
+        verdicts.append(f"{lib} {fmt(ratio, '.3f')} ({'met' if ratio is not None and ratio <= 0.5 else 'NOT met'})")
+    lines += [f"Acceptance (pgrad median wall-clock <= 1/2 of SB3's): {'; '.join(verdicts)}.", ""]
 
 
 def pgrad_only_section(algo: str, title: str, seeds: list[int], cap: int, lines: list[str]) -> None:

@@ -1,6 +1,6 @@
 """What the benchmark scripts that compare pgrad with a reference library per seed share: the
-threshold, how missing values print, the median that counts an unreached seed as infinite, and the
-per-seed table with its medians."""
+threshold, how missing values print, the median that counts an unreached seed as infinite, pgrad's
+two modes (as shipped and bare), and the per-seed table with its medians."""
 
 from __future__ import annotations
 
@@ -23,46 +23,86 @@ def median_or_none(values: list[float | None]) -> float | None:
     return None if math.isinf(result) else result
 
 
+# ---- pgrad as shipped beside the bare loop ------------------------------------------------------
+
+# What a user runs is pgrad's defaults: TensorBoard, the guard, periodic evaluation and checkpoints
+# on. The bare loop has them off. Every speed table shows both against the reference's defaults.
+BARE_SETS = ["run.tensorboard=false", "guard.enabled=false", "guard.eval_every=0", "run.checkpoint_every=1000000000"]
+PGRAD_MODES = {"shipped": [], "bare": BARE_SETS}
+MODE_NOTE = (
+    "pgrad shipped: its defaults (TensorBoard, guard, evaluation every 25k steps, checkpoints every 25k "
+    f"steps); pgrad bare: `{' '.join(BARE_SETS)}`; SB3 with its own defaults."
+)
+
+
+def rotated(items: list[str], index: int) -> list[str]:
+    """``items`` rotated by ``index``: which library runs first changes from seed to seed."""
+    shift = index % len(items)
+    return items[shift:] + items[:shift]
+
+
 @dataclass
-class PairedSummary:
-    """Medians over seeds of a pgrad-vs-reference comparison (see ``paired_seed_table``)."""
+class SeedSummary:
+    """Medians over seeds of several pgrad modes against one reference (see ``seed_table``)."""
 
     median: dict[str, dict[str, float | None]]  # lib -> {"steps", "seconds"}
-    steps_per_second: dict[str, float]  # lib -> median steps/s
-    reached: dict[str, int]  # lib -> seeds that reached the target
-    per_seed_ratio: float | None  # median of pgrad/reference seconds over seeds where both reached
+    steps_per_second: dict[str, float]
+    reached: dict[str, int]
+    per_seed_ratio: dict[str, float | None]  # lib -> median over seeds (where both reached) of lib / reference s
 
-    def ratio(self, key: str) -> float | None:
-        ours, theirs = self.median["pgrad"][key], self.median["sb3"][key]
+    def ratio(self, lib: str, key: str, reference: str = "sb3") -> float | None:
+        ours, theirs = self.median[lib][key], self.median[reference][key]
         return ours / theirs if ours and theirs else None
 
 
-def paired_seed_table(rows: list[tuple[int, dict[str, dict[str, Any]]]]) -> tuple[list[str], PairedSummary]:
-    """The per-seed table (steps, seconds, steps/s for pgrad and SB3, and their time ratio) and the
-    medians. ``rows`` holds (seed, {"pgrad": result, "sb3": result}) with result keys ``steps``,
-    ``seconds`` (None when the target was not reached) and ``steps_per_second``."""
-    lines = [
-        "| seed | pgrad steps | pgrad s | pgrad steps/s | SB3 steps | SB3 s | SB3 steps/s | time ratio pgrad/SB3 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    ratios = []
+def seed_table(
+    rows: list[tuple[int, dict[str, dict[str, Any]]]], libs: list[str], reference: str = "sb3"
+) -> tuple[list[str], SeedSummary]:
+    """Per-seed table (steps and seconds to the target, steps/s, for each of ``libs`` and the reference,
+    and each lib's time ratio to the reference) and the medians. ``rows``: (seed, {lib: result}), result
+    keys ``steps``, ``seconds`` (None when the target was not reached) and ``steps_per_second``."""
+    names = [*libs, reference]
+    header = "| seed | " + " | ".join(f"{n} steps | {n} s | {n} steps/s" for n in names)
+    header += " | " + " | ".join(f"{n} / {reference}" for n in libs) + " |"
+    lines = [header, "|---:|" + "---:|" * (3 * len(names) + len(libs))]
+    ratios: dict[str, list[float]] = {lib: [] for lib in libs}
     for seed, r in rows:
-        ours, theirs = r["pgrad"], r["sb3"]
-        ratio = ours["seconds"] / theirs["seconds"] if ours["seconds"] and theirs["seconds"] else None
-        ratios.append(ratio)
-        lines.append(
-            f"| {seed} | {fmt(ours['steps'], ',d')} | {fmt(ours['seconds'], '.1f')} | {ours['steps_per_second']:,.0f} "
-            f"| {fmt(theirs['steps'], ',d')} | {fmt(theirs['seconds'], '.1f')} | {theirs['steps_per_second']:,.0f} "
-            f"| {fmt(ratio, '.3f')} |"
-        )
-    libs = ("pgrad", "sb3")
-    known = [x for x in ratios if x is not None]
-    summary = PairedSummary(
-        median={
-            lib: {key: median_or_none([r[lib][key] for _, r in rows]) for key in ("steps", "seconds")} for lib in libs
-        },
-        steps_per_second={lib: statistics.median(r[lib]["steps_per_second"] for _, r in rows) for lib in libs},
-        reached={lib: sum(r[lib]["steps"] is not None for _, r in rows) for lib in libs},
-        per_seed_ratio=statistics.median(known) if known else None,
+        cells = [f"{fmt(r[n]['steps'], ',d')} | {fmt(r[n]['seconds'], '.1f')} | {r[n]['steps_per_second']:,.0f}"
+                 for n in names]
+        ratio_cells = []
+        for lib in libs:
+            ours, theirs = r[lib]["seconds"], r[reference]["seconds"]
+            ratio = ours / theirs if ours and theirs else None
+            if ratio is not None:
+                ratios[lib].append(ratio)
+            ratio_cells.append(fmt(ratio, ".3f"))
+        lines.append(f"| {seed} | " + " | ".join(cells) + " | " + " | ".join(ratio_cells) + " |")
+    summary = SeedSummary(
+        median={n: {key: median_or_none([r[n][key] for _, r in rows]) for key in ("steps", "seconds")} for n in names},
+        steps_per_second={n: statistics.median(r[n]["steps_per_second"] for _, r in rows) for n in names},
+        reached={n: sum(r[n]["steps"] is not None for _, r in rows) for n in names},
+        per_seed_ratio={lib: statistics.median(ratios[lib]) if ratios[lib] else None for lib in libs},
     )
     return lines, summary
+
+
+def summary_lines(summary: SeedSummary, libs: list[str], reference: str = "sb3") -> list[str]:
+    """The medians table: seconds and env steps to the target and steps/s, each lib against the reference."""
+    names = [*libs, reference]
+    med, sps = summary.median, summary.steps_per_second
+    lines = [
+        "| median over seeds | " + " | ".join(names) + " | "
+        + " | ".join(f"{lib} / {reference}" for lib in libs) + " |",
+        "|---|" + "---:|" * (len(names) + len(libs)),
+        f"| seconds to {TARGET:.0f} | " + " | ".join(fmt(med[n]["seconds"], ".2f") for n in names) + " | "
+        + " | ".join(fmt(summary.ratio(lib, "seconds", reference), ".3f") for lib in libs) + " |",
+        f"| env steps to {TARGET:.0f} | " + " | ".join(fmt(med[n]["steps"], ",.0f") for n in names) + " | "
+        + " | ".join(fmt(summary.ratio(lib, "steps", reference), ".3f") for lib in libs) + " |",
+        "| steps/s | " + " | ".join(f"{sps[n]:,.0f}" for n in names) + " | "
+        + " | ".join(f"{sps[lib] / sps[reference]:.2f}x" for lib in libs) + " |",
+        "",
+        "Seeds reaching the target: " + ", ".join(f"{n} {summary.reached[n]}" for n in names) + ". "
+        "Median of the per-seed time ratios (seeds where both reached): "
+        + ", ".join(f"{lib} {fmt(summary.per_seed_ratio[lib], '.3f')}" for lib in libs) + ".",
+    ]
+    return lines

@@ -7,7 +7,10 @@ mean return of the last 20 training episodes first reaches 475, steps per second
 deterministic evaluation over 20 episodes. HalfCheetah-v5 (1 env, n_steps 2048, 10 epochs,
 minibatch 64, 50k steps): steps per second. Pendulum-v1: pgrad's preset, evaluation at 200k.
 "Reaches 475" is checked for both libraries once per rollout (pgrad logs one metrics line per
-update; SB3 is checked by a callback at rollout end).
+update; SB3 is checked by a callback at rollout end). On CartPole and HalfCheetah pgrad runs twice
+per seed: as shipped (its defaults: TensorBoard, guard, periodic evaluation and checkpoints on; what a
+user gets) and bare (all of those off), the three runs' order rotating per seed; SB3 runs with its
+defaults.
 
     .venv/bin/python benchmarks/bench_ppo.py                 # everything (~15 min here)
     .venv/bin/python benchmarks/bench_ppo.py --seeds 1 2 --skip-pendulum   # quicker
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import MODE_NOTE, PGRAD_MODES, rotated  # run as a script: benchmarks/ is on sys.path
 
 from pgrad.evaluate import evaluate
 from pgrad.monitor.sinks import read_jsonl
@@ -41,12 +46,14 @@ WINDOW = 20
 # ---- pgrad -------------------------------------------------------------------------------------
 
 
-def run_pgrad(env_id: str, seed: int, total: int, sets: list[str], preset: bool, eval_episodes: int) -> dict:
+def run_pgrad(
+    env_id: str, seed: int, total: int, sets: list[str], preset: bool, eval_episodes: int, mode: str = "shipped"
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config, _ = resolve_config(
             "ppo",
             env_id,
-            sets=["run.progress=false", "run.tensorboard=false", *sets],
+            sets=["run.progress=false", *PGRAD_MODES[mode], *sets],
             seed=seed,
             total_steps=total,
             use_preset=preset,
@@ -149,7 +156,6 @@ CHEETAH_PGRAD = [
     "num_steps=2048",
     "num_epochs=10",
     "minibatch_size=64",
-    "run.checkpoint_every=1000000",
 ]
 CHEETAH_SB3 = dict(n_steps=2048, n_epochs=10, batch_size=64)
 
@@ -158,24 +164,28 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+LIBS = ["pgrad shipped", "pgrad bare"]
+
+
 def cartpole(seeds: list[int], lines: list[str]) -> None:
     rows = []
     for index, seed in enumerate(seeds):
-        order = ["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]
         results = {}
-        for lib in order:
-            if lib == "pgrad":
-                results[lib] = run_pgrad("CartPole-v1", seed, 100_000, CARTPOLE_PGRAD, False, 20)
-            else:
+        for lib in rotated([*LIBS, "sb3"], index):
+            if lib == "sb3":
                 results[lib] = run_sb3("CartPole-v1", seed, 100_000, CARTPOLE_SB3, 8, 20)
-            print(f"  seed {seed} {lib}: {json.dumps(results[lib])}", flush=True)
+            else:
+                results[lib] = run_pgrad("CartPole-v1", seed, 100_000, CARTPOLE_PGRAD, False, 20, lib.split()[1])
+            print(f"  seed {seed} {lib}: {json.dumps(results[lib])} (load {os.getloadavg()[0]:.1f})", flush=True)
         rows.append((seed, results))
     lines += [
+        MODE_NOTE,
+        "",
         "| seed | lib | steps to 475 | seconds to 475 | steps/s | eval mean (20 ep, det.) |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for seed, results in rows:
-        for lib in ("pgrad", "sb3"):
+        for lib in [*LIBS, "sb3"]:
             r = results[lib]
             lines.append(
                 f"| {seed} | {lib} | {fmt(r['steps_to_target'], 'd')} | {fmt(r['seconds_to_target'], '.2f')} "
@@ -186,43 +196,57 @@ def cartpole(seeds: list[int], lines: list[str]) -> None:
         values = [r[lib][key] for _, r in rows if r[lib][key] is not None]
         return statistics.median(values) if values else None
 
-    summary = {
-        key: (median("pgrad", key), median("sb3", key))
-        for key in ("seconds_to_target", "steps_to_target", "steps_per_second")
-    }
     lines.append("")
-    lines.append("| median over seeds | pgrad | SB3 | ratio pgrad / SB3 |")
-    lines.append("|---|---:|---:|---:|")
-    for key, (ours, theirs) in summary.items():
-        ratio = ours / theirs if ours is not None and theirs else None
-        lines.append(f"| {key} | {fmt(ours, '.2f')} | {fmt(theirs, '.2f')} | {fmt(ratio, '.3f')} |")
-    reached = {lib: sum(r[lib]["steps_to_target"] is not None for _, r in rows) for lib in ("pgrad", "sb3")}
-    lines.append(f"\nSeeds reaching 475: pgrad {reached['pgrad']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}.")
+    lines.append("| median over seeds | pgrad shipped | pgrad bare | SB3 | shipped / SB3 | bare / SB3 |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for key in ("seconds_to_target", "steps_to_target", "steps_per_second"):
+        shipped, bare, theirs = median("pgrad shipped", key), median("pgrad bare", key), median("sb3", key)
+        ratios = [fmt(ours / theirs if ours is not None and theirs else None, ".3f") for ours in (shipped, bare)]
+        lines.append(
+            f"| {key} | {fmt(shipped, '.2f')} | {fmt(bare, '.2f')} | {fmt(theirs, '.2f')} | {ratios[0]} | {ratios[1]} |"
+        )
+    reached = {lib: sum(r[lib]["steps_to_target"] is not None for _, r in rows) for lib in [*LIBS, "sb3"]}
+    lines.append(
+        f"\nSeeds reaching 475: pgrad shipped {reached['pgrad shipped']}/{len(rows)}, "
+        f"pgrad bare {reached['pgrad bare']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}."
+    )
 
 
 def halfcheetah(seeds: list[int], lines: list[str]) -> None:
-    lines += ["| seed | pgrad steps/s | SB3 steps/s | ratio |", "|---:|---:|---:|---:|"]
-    ratios = []
+    lines += [
+        MODE_NOTE,
+        "",
+        "| seed | pgrad shipped steps/s | pgrad bare steps/s | SB3 steps/s | shipped / SB3 | bare / SB3 |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios: dict[str, list[float]] = {lib: [] for lib in LIBS}
     for index, seed in enumerate(seeds):
         results = {}
-        for lib in ["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]:
-            if lib == "pgrad":
-                results[lib] = run_pgrad("HalfCheetah-v5", seed, 50_000, CHEETAH_PGRAD, False, 0)
-            else:
+        for lib in rotated([*LIBS, "sb3"], index):
+            if lib == "sb3":
                 results[lib] = run_sb3("HalfCheetah-v5", seed, 50_000, CHEETAH_SB3, 1, 0)
-        ratio = results["pgrad"]["steps_per_second"] / results["sb3"]["steps_per_second"]
-        ratios.append(ratio)
-        print(f"  HalfCheetah seed {seed}: {results}", flush=True)
-        ours, theirs = results["pgrad"]["steps_per_second"], results["sb3"]["steps_per_second"]
-        lines.append(f"| {seed} | {ours:.0f} | {theirs:.0f} | {ratio:.2f}x |")
-    lines.append(f"\nMedian speed-up on HalfCheetah-v5: {statistics.median(ratios):.2f}x SB3's steps per second.")
+            else:
+                results[lib] = run_pgrad("HalfCheetah-v5", seed, 50_000, CHEETAH_PGRAD, False, 0, lib.split()[1])
+            print(f"  HalfCheetah seed {seed} {lib}: {results[lib]['steps_per_second']:.0f} steps/s "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        theirs = results["sb3"]["steps_per_second"]
+        for lib in LIBS:
+            ratios[lib].append(results[lib]["steps_per_second"] / theirs)
+        shipped, bare = results["pgrad shipped"]["steps_per_second"], results["pgrad bare"]["steps_per_second"]
+        lines.append(
+            f"| {seed} | {shipped:.0f} | {bare:.0f} | {theirs:.0f} | {shipped / theirs:.2f}x | {bare / theirs:.2f}x |"
+        )
+    lines.append(
+        f"\nMedian speed-up on HalfCheetah-v5: shipped {statistics.median(ratios['pgrad shipped']):.2f}x, "
+        f"bare {statistics.median(ratios['pgrad bare']):.2f}x SB3's steps per second."
+    )
 
 
 def pendulum(seeds: list[int], lines: list[str]) -> None:
     lines += ["| seed | eval mean (20 ep, det.) after 200k steps | steps/s |", "|---:|---:|---:|"]
     means = []
     for seed in seeds:
-        result = run_pgrad("Pendulum-v1", seed, 200_000, [], True, 20)
+        result = run_pgrad("Pendulum-v1", seed, 200_000, ["run.tensorboard=false"], True, 20)
         means.append(result["eval_mean"])
         print(f"  Pendulum seed {seed}: {result}", flush=True)
         lines.append(f"| {seed} | {result['eval_mean']:.1f} | {result['steps_per_second']:.0f} |")

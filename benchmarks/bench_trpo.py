@@ -8,7 +8,9 @@ hyperparams/trpo.yml for CartPole-v1 on both sides (2 envs, n_steps 512, value m
 cg_damping 1e-3, gae_lambda 0.98, gamma 0.99, value lr 1e-3, 20 value epochs; sb3-contrib defaults
 for the rest: 15 CG iterations, max KL 0.01, line search 0.8 x 10), 64x64 tanh separate
 policy/value nets. The two libraries run in the same process, alternating which goes first per
-seed, with one torch thread. NPG and adaptive-KL PPO use pgrad's presets.
+seed, with one torch thread. pgrad TRPO runs twice per seed: as shipped (its defaults: TensorBoard, guard,
+periodic evaluation and checkpoints on) and bare (all of those off), the three runs' order rotating per
+seed. NPG and adaptive-KL PPO use pgrad's presets and run bare.
 
 Pendulum-v1, at a fixed budget (--pendulum-steps): the mean return of the last 20 training
 episodes when the budget is spent, for pgrad trpo / npg / ppo_kl (their Pendulum presets with
@@ -26,6 +28,7 @@ Needs the 'bench' extra: pip install -e '.[bench]'.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -38,14 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 from bench_common import (  # run as a script: benchmarks/ is on sys.path
+    MODE_NOTE,
+    PGRAD_MODES,
     TARGET,
     WINDOW,
     fmt,
     median_or_none,
-    paired_seed_table,
+    rotated,
+    seed_table,
+    summary_lines,
 )
 
-from pgrad.errors import ConfigError
 from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
 
@@ -67,21 +73,23 @@ class FirstReach:
                 self.steps, self.seconds = int(metrics["step"]), float(metrics["perf/wall_seconds"])
                 self.trainer.stop_requested = self.stop
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
-def pgrad_config(algo: str, env_id: str, seed: int, steps: int):
-    base = ["run.progress=false", "run.tensorboard=false", "run.checkpoint_every=1000000000"]
-    try:  # switch off the production guard's periodic evaluation where this version of pgrad has one
-        return resolve_config(algo, env_id, sets=[*base, "guard.enabled=false"], seed=seed, total_steps=steps)[0]
-    except ConfigError:
-        return resolve_config(algo, env_id, sets=base, seed=seed, total_steps=steps)[0]
+def pgrad_config(algo: str, env_id: str, seed: int, steps: int, mode: str = "bare"):
+    sets = ["run.progress=false", *PGRAD_MODES[mode]]
+    return resolve_config(algo, env_id, sets=sets, seed=seed, total_steps=steps)[0]
 
 
-def run_pgrad(algo: str, env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[str, Any]:
+def run_pgrad(
+    algo: str, env_id: str, seed: int, steps: int, stop_at_target: bool, mode: str = "bare"
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = OnPolicyRunner(pgrad_config(algo, env_id, seed, steps), Path(tmp) / "run", console=False)
+        trainer = OnPolicyRunner(pgrad_config(algo, env_id, seed, steps, mode), Path(tmp) / "run", console=False)
         probe = FirstReach(trainer, stop_at_target)
         trainer.sinks.append(probe)
         result = trainer.train()
@@ -132,42 +140,34 @@ def run_sb3(env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[st
             "steps_per_second": model.num_timesteps / seconds}
 
 
+LIBS = ["pgrad shipped", "pgrad bare"]
+
+
 def trpo_vs_sb3(seeds: list[int], cap: int, lines: list[str]) -> None:
     rows = []
     for index, seed in enumerate(seeds):
         results = {}
-        for lib in ["pgrad", "sb3"] if index % 2 == 0 else ["sb3", "pgrad"]:
-            if lib == "pgrad":
-                results[lib] = run_pgrad("trpo", "CartPole-v1", seed, cap, True)
-            else:
+        for lib in rotated([*LIBS, "sb3"], index):
+            if lib == "sb3":
                 results[lib] = run_sb3("CartPole-v1", seed, cap, True)
-            print(f"  trpo CartPole seed {seed} {lib}: {results[lib]}", flush=True)
+            else:
+                results[lib] = run_pgrad("trpo", "CartPole-v1", seed, cap, True, lib.split()[1])
+            print(f"  trpo CartPole seed {seed} {lib}: {results[lib]} (load {os.getloadavg()[0]:.1f})", flush=True)
         rows.append((seed, results))
-    table, summary = paired_seed_table(rows)
+    table, summary = seed_table(rows, LIBS)
+    accepted = {lib: summary.median[lib]["steps"] is not None and summary.median[lib]["steps"] <= 100_000
+                for lib in LIBS}
     lines += [
         f"### TRPO vs sb3-contrib TRPO, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} "
         f"(cap {cap:,} steps)",
         "",
+        MODE_NOTE.replace("SB3 with its own defaults", "sb3-contrib TRPO with the same rl-zoo settings"),
+        "",
         *table,
-    ]
-    med, sps, reached = summary.median, summary.steps_per_second, summary.reached
-    time_ratio, step_ratio = summary.ratio("seconds"), summary.ratio("steps")
-    accepted = med["pgrad"]["steps"] is not None and med["pgrad"]["steps"] <= 100_000
-    lines += [
         "",
-        "| median over seeds | pgrad | SB3 | pgrad / SB3 |",
-        "|---|---:|---:|---:|",
-        f"| env steps to {TARGET:.0f} | {fmt(med['pgrad']['steps'], ',.0f')} | {fmt(med['sb3']['steps'], ',.0f')} "
-        f"| {fmt(step_ratio, '.3f')} |",
-        f"| seconds to {TARGET:.0f} | {fmt(med['pgrad']['seconds'], '.1f')} | {fmt(med['sb3']['seconds'], '.1f')} "
-        f"| {fmt(time_ratio, '.3f')} |",
-        f"| steps/s (whole run) | {sps['pgrad']:,.0f} | {sps['sb3']:,.0f} | {sps['pgrad'] / sps['sb3']:.2f}x |",
-        "",
-        f"Seeds reaching {TARGET:.0f}: pgrad {reached['pgrad']}/{len(rows)}, SB3 {reached['sb3']}/{len(rows)}. "
-        f"Median of per-seed time ratios (seeds where both reached): "
-        f"{fmt(summary.per_seed_ratio, '.3f') if summary.per_seed_ratio is not None else '-'}. "
+        *summary_lines(summary, LIBS),
         f"Acceptance (pgrad TRPO reaches {TARGET:.0f} within 100k env steps, median of the seeds): "
-        f"{'met' if accepted else 'NOT met'}.",
+        + ", ".join(f"{lib} {'met' if accepted[lib] else 'NOT met'}" for lib in LIBS) + ".",
         "",
     ]
 

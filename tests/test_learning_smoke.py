@@ -42,6 +42,9 @@ class StopAtReturn:
             self.reached_at = metrics["step"]
             self.runner.stop_requested = True
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

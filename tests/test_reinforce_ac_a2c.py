@@ -274,6 +274,9 @@ class StopAt:
             self.reached_at = self.reached_at or metrics["step"]
             self.trainer.stop_requested = True
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -11,11 +11,10 @@ Every threshold is a field of ``GuardConfig`` (section ``guard``), so users tune
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-
-import numpy as np
 
 from pgrad import metric_names as names
 from pgrad.config import GuardConfig
@@ -70,7 +69,8 @@ def after_warmup(history: list[Metrics], config: GuardConfig) -> bool:
 def running_median(history: list[Metrics], key: str, window: int) -> float | None:
     """Median of the ``window`` finite values before the newest entry (None with fewer than 5)."""
     values = [v for v in series(history[:-1], key)[-window:] if math.isfinite(v)]
-    return float(np.median(values)) if len(values) >= 5 else None
+    # statistics.median: the same value as np.median, ~2 us instead of ~12 us on 20 floats (every update)
+    return float(statistics.median(values)) if len(values) >= 5 else None
 
 
 # ---- the rules ------------------------------------------------------------------------------

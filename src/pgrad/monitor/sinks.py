@@ -1,15 +1,46 @@
 """Metric sinks. Metrics are flat ``{"group/name": float}`` dicts, one per update, with the
 groups ``rollout/``, ``train/``, ``diagnostics/``, ``perf/`` and ``eval/``.
+
+A sink has three methods (``MetricSink``): ``write(metrics)`` once per update, ``flush()`` to put
+everything written so far on disk (the runner calls it before every checkpoint, so a checkpoint's
+rows are in ``metrics.jsonl`` when the checkpoint exists), and ``close()`` (flushes, then releases
+the file). ``write`` must be cheap: it runs once per update, and an A2C update on CartPole takes
+~1.5 ms. So the file sinks buffer in memory and write every ``flush_seconds`` (and at
+``flush``/``close``), in the training thread. Not a writer thread: the work is Python (JSON and
+protobuf encoding) that holds the GIL, so a thread would not run beside the loop, only add a queue,
+locks and a shutdown path; batching is what makes it cheap (one ``write`` system call per batch, and
+the TensorBoard checksums of a whole batch in one NumPy pass, see ``pgrad.monitor.tfevents``).
+
+What survives what: Ctrl-C, a halt or an exception reaches ``close()`` through the runner; a second
+Ctrl-C or an exception that escapes it leaves the process, and a ``weakref.finalize`` hook writes the
+buffer at interpreter exit (or when the sink is garbage-collected). Only a hard kill (SIGKILL, power)
+loses rows, at most ``flush_seconds`` of them, and never rows from before the last checkpoint.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
 import time
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from pgrad.monitor.tfevents import ScalarEventFile
+
+FLUSH_SECONDS = 1.0  # the longest a written row stays in memory while training runs (tail -f shows it then)
+
+
+class MetricSink(Protocol):
+    """What the runners call on every sink (their ``sinks`` list)."""
+
+    def write(self, metrics: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _clean(value: Any) -> Any:
@@ -19,42 +50,74 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class JsonlSink:
-    """``metrics.jsonl``: one JSON object per update, flushed each time (tail -f friendly)."""
+def json_line(row: dict[str, Any]) -> str:
+    """One JSON line; NaN/Inf as the strings 'nan'/'inf'/'-inf'. ``json.dumps`` writes non-finite floats
+    as the tokens NaN/Infinity, so only a line that contains one of them needs the slower cleaning pass."""
+    text = json.dumps(row)
+    if "NaN" in text or "Infinity" in text:
+        text = json.dumps({k: _clean(v) for k, v in row.items()})
+    return text + "\n"
 
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "a", buffering=1)
+
+class JsonlSink:
+    """``metrics.jsonl``: one JSON object per update, on disk within ``flush_seconds`` (and at every
+    ``flush``/``close``)."""
+
+    def __init__(self, path: Path, flush_seconds: float = FLUSH_SECONDS) -> None:
+        self.handle = open(path, "a", buffering=1 << 16)
+        self.flush_seconds = flush_seconds
+        self.next_flush = time.monotonic() + flush_seconds
+        self._finalizer = weakref.finalize(self, self.handle.close)  # at exit: the buffer is not lost
 
     def write(self, metrics: dict[str, Any]) -> None:
-        self.handle.write(json.dumps({k: _clean(v) for k, v in metrics.items()}) + "\n")
+        self.handle.write(json_line(metrics))
+        if time.monotonic() >= self.next_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.handle.closed:
+            self.handle.flush()
+        self.next_flush = time.monotonic() + self.flush_seconds
 
     def close(self) -> None:
-        self.handle.close()
+        self._finalizer()  # closes (and so flushes) the file, once
 
 
 class TensorBoardSink:
-    """TensorBoard event files under ``RUN_DIR/tb``; every metric, grouped by its prefix."""
+    """TensorBoard event files under ``RUN_DIR/tb``: every numeric metric whose name has a group
+    (``group/name``), at the update's ``step``, one event per update; on disk within
+    ``flush_seconds`` and at every ``flush``/``close``."""
 
-    def __init__(self, path: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # needs the 'tensorboard' extra
-
-        self.writer = SummaryWriter(str(path))
+    def __init__(self, path: Path, flush_seconds: float = FLUSH_SECONDS) -> None:
+        self.file = ScalarEventFile(path)
+        self.flush_seconds = flush_seconds
+        self.next_flush = time.monotonic() + flush_seconds
+        self._finalizer = weakref.finalize(self, self.file.close)
 
     def write(self, metrics: dict[str, Any]) -> None:
-        step = int(metrics["step"])
+        tags, values = [], []
         for key, value in metrics.items():
             if "/" in key and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, step)
+                tags.append(key)
+                values.append(value)
+        self.file.add_scalars(int(metrics["step"]), tags, values, time.time())
+        if time.monotonic() >= self.next_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.next_flush = time.monotonic() + self.flush_seconds
 
     def close(self) -> None:
-        self.writer.close()
+        self._finalizer()
 
 
 def tensorboard_sink(path: Path) -> TensorBoardSink | None:
-    try:
-        return TensorBoardSink(path)
-    except ImportError:
+    """A TensorBoard sink when the ``tensorboard`` package is installed (to read the files), else None.
+    Writing needs nothing from it (``pgrad.monitor.tfevents``), so it is not imported."""
+    if importlib.util.find_spec("tensorboard") is None:
         return None
+    return TensorBoardSink(path)
 
 
 class EventLog:
@@ -67,7 +130,7 @@ class EventLog:
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> dict[str, Any]:
         """Write one event; ``show=False`` keeps it off the console (repeated warnings)."""
         event = {"time": time.time(), "step": step, "kind": kind, "message": message, **data}
-        self.handle.write(json.dumps({k: _clean(v) for k, v in event.items()}) + "\n")
+        self.handle.write(json_line(event))  # line-buffered: events are rare and must be on disk at once
         if self.echo is not None and show:
             self.echo(kind, step, message)
         return event
@@ -93,6 +156,9 @@ class ConsoleDisplay:
     """A rich progress bar on a terminal (steps, steps/s, recent return, time left); plain
     periodic lines when output is not a terminal (CI logs, files)."""
 
+    BAR_SECONDS = 0.1
+    LINE_SECONDS = 5.0
+
     def __init__(self, total_steps: int, start_step: int, enabled: bool, label: str) -> None:
         from rich.console import Console
 
@@ -101,6 +167,8 @@ class ConsoleDisplay:
         self.interactive = enabled and self.console.is_terminal
         self.enabled = enabled
         self.last_line = 0.0
+        self.last_bar = 0.0
+        self.unshown: dict[str, Any] | None = None  # the newest metrics the bar does not show yet
         self.progress = None
         if self.interactive:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -119,15 +187,29 @@ class ConsoleDisplay:
             self.progress.start()
 
     def update(self, metrics: dict[str, Any]) -> None:
-        step = int(metrics["step"])
+        """Called every update; the bar changes at most every ``BAR_SECONDS`` (rich redraws it 10 times a
+        second anyway), a plain line at most every ``LINE_SECONDS``, so most calls cost a clock read."""
+        now = time.monotonic()
+        if self.progress is not None:
+            self.unshown = metrics
+            if now - self.last_bar >= self.BAR_SECONDS:
+                self.show_bar()
+        elif self.enabled and now - self.last_line > self.LINE_SECONDS:
+            self.last_line = now
+            step, sps, ret = self.fields(metrics)
+            print(f"step {step:>9}/{self.total}  {sps:>6} steps/s  return {ret}", file=sys.stderr, flush=True)
+
+    def fields(self, metrics: dict[str, Any]) -> tuple[int, str, str]:
         ret = metrics.get("rollout/return_mean")
         ret_text = f"{ret:8.1f}" if isinstance(ret, float) else "       -"
-        sps = f"{metrics.get('perf/steps_per_second', 0.0):.0f}"
-        if self.progress is not None:
-            self.progress.update(self.task, completed=min(step, self.total), sps=sps, ret=ret_text)
-        elif self.enabled and time.monotonic() - self.last_line > 5.0:
-            self.last_line = time.monotonic()
-            print(f"step {step:>9}/{self.total}  {sps:>6} steps/s  return {ret_text}", file=sys.stderr, flush=True)
+        return int(metrics["step"]), f"{metrics.get('perf/steps_per_second', 0.0):.0f}", ret_text
+
+    def show_bar(self) -> None:
+        if self.progress is not None and self.unshown is not None:
+            step, sps, ret = self.fields(self.unshown)
+            self.progress.update(self.task, completed=min(step, self.total), sps=sps, ret=ret)
+            self.unshown = None
+            self.last_bar = time.monotonic()
 
     def message(self, kind: str, step: int, text: str) -> None:
         style = {"critical": "bold red", "warning": "yellow", "recovery": "bold magenta"}.get(kind.split(".")[0], "dim")
@@ -135,4 +217,5 @@ class ConsoleDisplay:
 
     def close(self) -> None:
         if self.progress is not None:
+            self.show_bar()
             self.progress.stop()

@@ -33,7 +33,7 @@ from pgrad import __version__
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
-from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, tensorboard_sink
+from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +81,7 @@ class RunContext:
         self.last_checkpoint_step = 0
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
-        self.sinks: list[Any] = []
+        self.sinks: list[MetricSink] = []
         self.console: ConsoleDisplay | None = None
         self.events: EventLog | None = None
 
@@ -117,9 +117,7 @@ class RunContext:
 
     def flush(self) -> None:
         for sink in self.sinks:
-            flush = getattr(sink, "flush", None)
-            if flush is not None:
-                flush()
+            sink.flush()
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started

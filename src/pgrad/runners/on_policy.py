@@ -318,6 +318,8 @@ class OnPolicyRunner:
         except TrainingHalted:
             self.close()
             raise
+        finally:
+            self.run.flush()  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
         checkpoint = None
         if self.run.needs_final_checkpoint(self.step):
             checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
