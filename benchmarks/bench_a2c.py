@@ -170,8 +170,12 @@ def pgrad_only_section(algo: str, title: str, seeds: list[int], cap: int, lines:
     steps = median_or_none([r["steps"] for _, r in rows])
     seconds = median_or_none([r["seconds"] for _, r in rows])
     reached = sum(r["steps"] is not None for _, r in rows)
-    lines += ["", f"Median: {fmt(steps, ',.0f')} env steps, {fmt(seconds, '.1f')} s; "
-              f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.", ""]
+    lines += [
+        "",
+        f"Median: {fmt(steps, ',.0f')} env steps, {fmt(seconds, '.1f')} s; "
+        f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.",
+        "",
+    ]
 
 
 def pendulum_section(seeds: list[int], budget: int, lines: list[str]) -> None:
@@ -185,8 +189,9 @@ def pendulum_section(seeds: list[int], budget: int, lines: list[str]) -> None:
     for algo in ("a2c", "actor_critic", "reinforce"):
         returns, speeds = [], []
         for seed in seeds:
-            config = resolve_config(algo, "Pendulum-v1", sets=["run.progress=false", "run.tensorboard=false"],
-                                    seed=seed, total_steps=budget)[0]
+            config = resolve_config(
+                algo, "Pendulum-v1", sets=["run.progress=false", "run.tensorboard=false"], seed=seed, total_steps=budget
+            )[0]
             with tempfile.TemporaryDirectory() as tmp:
                 result = OnPolicyRunner(config, Path(tmp) / "run", console=False).train()
             returns.append(result.last_metrics["rollout/return_mean"])

@@ -60,8 +60,12 @@ def run_seed(seed: int, max_steps: int, sets: list[str], preset: bool) -> dict:
         run_dir = Path(tmp) / "run"
         started = time.perf_counter()
         config, _ = resolve_config(
-            "a3c", "CartPole-v1", sets=["run.progress=false", "run.tensorboard=false", *sets], seed=seed,
-            total_steps=max_steps, use_preset=preset,
+            "a3c",
+            "CartPole-v1",
+            sets=["run.progress=false", "run.tensorboard=false", *sets],
+            seed=seed,
+            total_steps=max_steps,
+            use_preset=preset,
         )
         trainer = A3CRunner(config, run_dir, console=False)
         done = threading.Event()
@@ -161,8 +165,11 @@ def main() -> None:
             print({"workers": workers, **row}, flush=True)
             results.setdefault(workers, []).append(row)
     command = "python benchmarks/bench_a3c.py " + " ".join(
-        [f"--seeds {' '.join(map(str, args.seeds))}", f"--workers {' '.join(map(str, args.workers))}",
-         f"--max-steps {args.max_steps}"]
+        [
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--workers {' '.join(map(str, args.workers))}",
+            f"--max-steps {args.max_steps}",
+        ]
         + [f"--set {item}" for item in args.set]
         + (["--no-preset"] if args.no_preset else [])
     )

@@ -67,8 +67,10 @@ def seed_table(
     lines = [header, "|---:|" + "---:|" * (3 * len(names) + len(libs))]
     ratios: dict[str, list[float]] = {lib: [] for lib in libs}
     for seed, r in rows:
-        cells = [f"{fmt(r[n]['steps'], ',d')} | {fmt(r[n]['seconds'], '.1f')} | {r[n]['steps_per_second']:,.0f}"
-                 for n in names]
+        cells = [
+            f"{fmt(r[n]['steps'], ',d')} | {fmt(r[n]['seconds'], '.1f')} | {r[n]['steps_per_second']:,.0f}"
+            for n in names
+        ]
         ratio_cells = []
         for lib in libs:
             ours, theirs = r[lib]["seconds"], r[reference]["seconds"]
@@ -91,18 +93,31 @@ def summary_lines(summary: SeedSummary, libs: list[str], reference: str = "sb3")
     names = [*libs, reference]
     med, sps = summary.median, summary.steps_per_second
     lines = [
-        "| median over seeds | " + " | ".join(names) + " | "
-        + " | ".join(f"{lib} / {reference}" for lib in libs) + " |",
+        "| median over seeds | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{lib} / {reference}" for lib in libs)
+        + " |",
         "|---|" + "---:|" * (len(names) + len(libs)),
-        f"| seconds to {TARGET:.0f} | " + " | ".join(fmt(med[n]["seconds"], ".2f") for n in names) + " | "
-        + " | ".join(fmt(summary.ratio(lib, "seconds", reference), ".3f") for lib in libs) + " |",
-        f"| env steps to {TARGET:.0f} | " + " | ".join(fmt(med[n]["steps"], ",.0f") for n in names) + " | "
-        + " | ".join(fmt(summary.ratio(lib, "steps", reference), ".3f") for lib in libs) + " |",
-        "| steps/s | " + " | ".join(f"{sps[n]:,.0f}" for n in names) + " | "
-        + " | ".join(f"{sps[lib] / sps[reference]:.2f}x" for lib in libs) + " |",
+        f"| seconds to {TARGET:.0f} | "
+        + " | ".join(fmt(med[n]["seconds"], ".2f") for n in names)
+        + " | "
+        + " | ".join(fmt(summary.ratio(lib, "seconds", reference), ".3f") for lib in libs)
+        + " |",
+        f"| env steps to {TARGET:.0f} | "
+        + " | ".join(fmt(med[n]["steps"], ",.0f") for n in names)
+        + " | "
+        + " | ".join(fmt(summary.ratio(lib, "steps", reference), ".3f") for lib in libs)
+        + " |",
+        "| steps/s | "
+        + " | ".join(f"{sps[n]:,.0f}" for n in names)
+        + " | "
+        + " | ".join(f"{sps[lib] / sps[reference]:.2f}x" for lib in libs)
+        + " |",
         "",
         "Seeds reaching the target: " + ", ".join(f"{n} {summary.reached[n]}" for n in names) + ". "
         "Median of the per-seed time ratios (seeds where both reached): "
-        + ", ".join(f"{lib} {fmt(summary.per_seed_ratio[lib], '.3f')}" for lib in libs) + ".",
+        + ", ".join(f"{lib} {fmt(summary.per_seed_ratio[lib], '.3f')}" for lib in libs)
+        + ".",
     ]
     return lines

@@ -78,15 +78,21 @@ def main() -> None:
                 for variant in args.variants[shift:] + args.variants[:shift]:
                     r = run_once(algo, variant, seed, args.steps)
                     runs.setdefault((variant, seed), []).append(r)
-                    print(f"  {algo} seed {seed} {variant:>8} (repeat {repeat + 1}): wall {r['wall']:6.2f} s  "
-                          f"cpu {r['cpu']:6.2f} s  load {r['load']:.2f}", flush=True)
+                    print(
+                        f"  {algo} seed {seed} {variant:>8} (repeat {repeat + 1}): wall {r['wall']:6.2f} s  "
+                        f"cpu {r['cpu']:6.2f} s  load {r['load']:.2f}",
+                        flush=True,
+                    )
         # A seed's run is deterministic, so its repeats differ only by the machine's noise, which only
         # ever adds time: each (variant, seed) counts with its fastest repeat (wall and CPU separately).
         for variant in args.variants:
             for seed in args.seeds:
                 reps = runs[(variant, seed)]
-                best = {"wall": min(r["wall"] for r in reps), "cpu": min(r["cpu"] for r in reps),
-                        "load": max(r["load"] for r in reps)}
+                best = {
+                    "wall": min(r["wall"] for r in reps),
+                    "cpu": min(r["cpu"] for r in reps),
+                    "load": max(r["load"] for r in reps),
+                }
                 results.setdefault((algo, variant), []).append(best)
 
     loads = [r["load"] for rows in results.values() for r in rows]

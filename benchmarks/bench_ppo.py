@@ -227,8 +227,11 @@ def halfcheetah(seeds: list[int], lines: list[str]) -> None:
                 results[lib] = run_sb3("HalfCheetah-v5", seed, 50_000, CHEETAH_SB3, 1, 0)
             else:
                 results[lib] = run_pgrad("HalfCheetah-v5", seed, 50_000, CHEETAH_PGRAD, False, 0, lib.split()[1])
-            print(f"  HalfCheetah seed {seed} {lib}: {results[lib]['steps_per_second']:.0f} steps/s "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"  HalfCheetah seed {seed} {lib}: {results[lib]['steps_per_second']:.0f} steps/s "
+                f"(load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
         theirs = results["sb3"]["steps_per_second"]
         for lib in LIBS:
             ratios[lib].append(results[lib]["steps_per_second"] / theirs)

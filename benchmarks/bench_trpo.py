@@ -93,8 +93,12 @@ def run_pgrad(
         probe = FirstReach(trainer, stop_at_target)
         trainer.sinks.append(probe)
         result = trainer.train()
-    return {"steps": probe.steps, "seconds": probe.seconds, "final": probe.last_mean,
-            "steps_per_second": result.steps / result.seconds}
+    return {
+        "steps": probe.steps,
+        "seconds": probe.seconds,
+        "final": probe.last_mean,
+        "steps_per_second": result.steps / result.seconds,
+    }
 
 
 def run_sb3(env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[str, Any]:
@@ -125,8 +129,15 @@ def run_sb3(env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[st
             return not (stop_at_target and self.steps is not None)
 
     if env_id == "CartPole-v1":  # rl-zoo trpo.yml
-        settings = dict(n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99,
-                        learning_rate=1e-3, n_critic_updates=20)
+        settings = dict(
+            n_steps=512,
+            batch_size=512,
+            cg_damping=1e-3,
+            gae_lambda=0.98,
+            gamma=0.99,
+            learning_rate=1e-3,
+            n_critic_updates=20,
+        )
     else:  # rl-zoo trpo.yml Pendulum-v1 without gSDE
         settings = dict(n_steps=1024, gamma=0.9, n_critic_updates=15)
     env = make_vec_env(env_id, n_envs=2, seed=seed)
@@ -136,8 +147,12 @@ def run_sb3(env_id: str, seed: int, steps: int, stop_at_target: bool) -> dict[st
     model.learn(total_timesteps=steps, callback=callback)
     seconds = time.perf_counter() - started
     final = float(np.mean(callback.returns)) if len(callback.returns) == WINDOW else None
-    return {"steps": callback.steps, "seconds": callback.seconds, "final": final,
-            "steps_per_second": model.num_timesteps / seconds}
+    return {
+        "steps": callback.steps,
+        "seconds": callback.seconds,
+        "final": final,
+        "steps_per_second": model.num_timesteps / seconds,
+    }
 
 
 LIBS = ["pgrad shipped", "pgrad bare"]
@@ -155,8 +170,9 @@ def trpo_vs_sb3(seeds: list[int], cap: int, lines: list[str]) -> None:
             print(f"  trpo CartPole seed {seed} {lib}: {results[lib]} (load {os.getloadavg()[0]:.1f})", flush=True)
         rows.append((seed, results))
     table, summary = seed_table(rows, LIBS)
-    accepted = {lib: summary.median[lib]["steps"] is not None and summary.median[lib]["steps"] <= 100_000
-                for lib in LIBS}
+    accepted = {
+        lib: summary.median[lib]["steps"] is not None and summary.median[lib]["steps"] <= 100_000 for lib in LIBS
+    }
     lines += [
         f"### TRPO vs sb3-contrib TRPO, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} "
         f"(cap {cap:,} steps)",
@@ -167,7 +183,8 @@ def trpo_vs_sb3(seeds: list[int], cap: int, lines: list[str]) -> None:
         "",
         *summary_lines(summary, LIBS),
         f"Acceptance (pgrad TRPO reaches {TARGET:.0f} within 100k env steps, median of the seeds): "
-        + ", ".join(f"{lib} {'met' if accepted[lib] else 'NOT met'}" for lib in LIBS) + ".",
+        + ", ".join(f"{lib} {'met' if accepted[lib] else 'NOT met'}" for lib in LIBS)
+        + ".",
         "",
     ]
 
@@ -182,13 +199,19 @@ def pgrad_to_target(algo: str, seeds: list[int], cap: int, lines: list[str]) -> 
         "| seed | env steps | seconds | steps/s |",
         "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {seed} | {fmt(r['steps'], ',d')} | {fmt(r['seconds'], '.1f')} | {r['steps_per_second']:,.0f} |"
-              for seed, r in rows]
+    lines += [
+        f"| {seed} | {fmt(r['steps'], ',d')} | {fmt(r['seconds'], '.1f')} | {r['steps_per_second']:,.0f} |"
+        for seed, r in rows
+    ]
     steps = median_or_none([r["steps"] for _, r in rows])
     seconds = median_or_none([r["seconds"] for _, r in rows])
     reached = sum(r["steps"] is not None for _, r in rows)
-    lines += ["", f"Median: {fmt(steps, ',.0f')} env steps, {fmt(seconds, '.1f')} s; "
-              f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.", ""]
+    lines += [
+        "",
+        f"Median: {fmt(steps, ',.0f')} env steps, {fmt(seconds, '.1f')} s; "
+        f"seeds reaching {TARGET:.0f}: {reached}/{len(rows)}.",
+        "",
+    ]
 
 
 def pendulum(seeds: list[int], budget: int, names: list[str], lines: list[str]) -> None:
@@ -216,8 +239,11 @@ def pendulum(seeds: list[int], budget: int, names: list[str], lines: list[str]) 
     for name in runners:
         values = [v for v in finals[name] if v is not None]
         median = statistics.median(values) if values else None
-        lines.append(f"| {name} | " + " | ".join(fmt(v, '.0f') for v in finals[name])
-                     + f" | {fmt(median, '.0f')} | {statistics.median(speeds[name]):,.0f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(fmt(v, ".0f") for v in finals[name])
+            + f" | {fmt(median, '.0f')} | {statistics.median(speeds[name]):,.0f} |"
+        )
     lines += ["", "Random policy: about -1200; a good swing-up policy: about -150 to -200.", ""]
 
 
@@ -230,8 +256,13 @@ def main() -> None:
     parser.add_argument("--skip-others", action="store_true", help="no npg / ppo_kl on CartPole")
     parser.add_argument("--skip-pendulum", action="store_true")
     parser.add_argument("--skip-cartpole", action="store_true")
-    parser.add_argument("--pendulum-algos", nargs="+", default=["trpo", "npg", "ppo_kl", "sb3"],
-                        choices=["trpo", "npg", "ppo_kl", "sb3"], help="sb3 = sb3-contrib TRPO")
+    parser.add_argument(
+        "--pendulum-algos",
+        nargs="+",
+        default=["trpo", "npg", "ppo_kl", "sb3"],
+        choices=["trpo", "npg", "ppo_kl", "sb3"],
+        help="sb3 = sb3-contrib TRPO",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/trpo.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -22,9 +22,7 @@ from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import config_from_dict, resolve_config
 
 
-@pytest.mark.parametrize(
-    "key", ["hidden_sizes", "network.hidden_sizes", "ppo.network.hidden_sizes"]
-)
+@pytest.mark.parametrize("key", ["hidden_sizes", "network.hidden_sizes", "ppo.network.hidden_sizes"])
 def test_a_nested_field_is_set_by_its_name_its_section_or_its_full_path(key):
     config, _ = resolve_config("ppo", "CartPole-v1", sets=[f"{key}=[32, 16]"])
     assert config.algo_config.network == NetworkConfig(hidden_sizes=(32, 16))
@@ -78,7 +76,9 @@ def test_a3c_refuses_a_device_other_than_the_cpu():
 
 def test_device_cpu_runs_end_to_end(tmp_path):
     config, _ = resolve_config(
-        "ppo", "CartPole-v1", sets=["run.device=cpu", "run.progress=false", "run.tensorboard=false"],
+        "ppo",
+        "CartPole-v1",
+        sets=["run.device=cpu", "run.progress=false", "run.tensorboard=false"],
         total_steps=512,
     )
     trainer = OnPolicyRunner(config, tmp_path, console=False)
@@ -99,27 +99,43 @@ def test_saved_configs_load_back_equal(algo, env_id):
 
 
 def test_an_old_flat_section_upgrades_to_the_nested_layout():
-    old_ppo = {"num_steps": 32, "learning_rate": 1e-3, "anneal_lr": True, "adam_eps": 1e-5, "hidden_sizes": [64, 64],
-               "activation": "tanh", "shared_network": False, "log_std_init": 0.0, "state_dependent_std": False,
-               "hand_gradients": True}
+    old_ppo = {
+        "num_steps": 32,
+        "learning_rate": 1e-3,
+        "anneal_lr": True,
+        "adam_eps": 1e-5,
+        "hidden_sizes": [64, 64],
+        "activation": "tanh",
+        "shared_network": False,
+        "log_std_init": 0.0,
+        "state_dependent_std": False,
+        "hand_gradients": True,
+    }
     new = upgrade_algo_section("ppo", old_ppo)
     assert new == {
         "num_steps": 32,
         "optimizer": {"learning_rate": 1e-3, "anneal_lr": True, "eps": 1e-5},
-        "network": {"hidden_sizes": [64, 64], "activation": "tanh", "shared_network": False, "log_std_init": 0.0,
-                    "state_dependent_std": False},
+        "network": {
+            "hidden_sizes": [64, 64],
+            "activation": "tanh",
+            "shared_network": False,
+            "log_std_init": 0.0,
+            "state_dependent_std": False,
+        },
         "gradient_backend": "auto",
     }
     assert "learning_rate" in old_ppo  # the input is left alone
     assert upgrade_algo_section("ppo", new) == new  # the new layout passes through
-    assert upgrade_algo_section("a2c", {"optimizer": "adam", "optimizer_eps": 1e-7, "rms_alpha": 0.9,
-                                        "hand_gradients": False}) == {
-        "optimizer": {"kind": "adam", "eps": 1e-7, "rms_alpha": 0.9}, "gradient_backend": "autograd"
+    assert upgrade_algo_section(
+        "a2c", {"optimizer": "adam", "optimizer_eps": 1e-7, "rms_alpha": 0.9, "hand_gradients": False}
+    ) == {"optimizer": {"kind": "adam", "eps": 1e-7, "rms_alpha": 0.9}, "gradient_backend": "autograd"}
+    critic = upgrade_algo_section(
+        "actor_critic", {"actor_learning_rate": 1e-3, "critic_learning_rate": 5e-3, "adam_eps": 1e-6}
+    )
+    assert critic == {
+        "optimizer": {"learning_rate": 1e-3, "eps": 1e-6},
+        "critic_optimizer": {"learning_rate": 5e-3, "eps": 1e-6},
     }
-    critic = upgrade_algo_section("actor_critic", {"actor_learning_rate": 1e-3, "critic_learning_rate": 5e-3,
-                                                   "adam_eps": 1e-6})
-    assert critic == {"optimizer": {"learning_rate": 1e-3, "eps": 1e-6},
-                      "critic_optimizer": {"learning_rate": 5e-3, "eps": 1e-6}}
     assert upgrade_algo_section("trpo", {"learning_rate": 2e-3})["value_optimizer"] == {"learning_rate": 2e-3}
     assert upgrade_algo_section("reinforce", {"value_learning_rate": 2e-3}) == {
         "value_optimizer": {"learning_rate": 2e-3}
@@ -147,13 +163,22 @@ def test_trpo_and_npg_configs_are_static_classes_differing_only_in_defaults():
 
 
 def test_every_optimizer_is_scheduled_now_actor_critic_included():
-    config = ActorCriticConfig(optimizer={"anneal_lr": True, "learning_rate": 1e-3},
-                               critic_optimizer={"kind": "rmsprop", "learning_rate": 4e-3})
+    config = ActorCriticConfig(
+        optimizer={"anneal_lr": True, "learning_rate": 1e-3},
+        critic_optimizer={"kind": "rmsprop", "learning_rate": 4e-3},
+    )
     algo = ActorCriticAlgorithm(config, 3, ActionSpec("discrete", 2))
     assert isinstance(algo.critic_optimizer, torch.optim.RMSprop)
     n = 4
-    batch = Batch(torch.zeros(n, 3), torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.zeros(n),
-                  torch.ones(n), torch.ones(n), torch.ones(n))
+    batch = Batch(
+        torch.zeros(n, 3),
+        torch.zeros(n, dtype=torch.long),
+        torch.zeros(n),
+        torch.zeros(n),
+        torch.ones(n),
+        torch.ones(n),
+        torch.ones(n),
+    )
     metrics = algo.update(batch, UpdateContext(progress=0.5, lr_scale=0.5, rng=np.random.default_rng(0)))
     assert metrics["train/actor_learning_rate"] == pytest.approx(1e-3 * 0.5 * 0.5)
     assert metrics["train/critic_learning_rate"] == pytest.approx(4e-3 * 0.5)

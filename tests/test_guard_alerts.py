@@ -42,6 +42,7 @@ def fired(rule, rows, config=CONFIG):
 
 # ---- each rule: fires on the bad history, stays quiet on the good one ------------------------
 
+
 def test_kl_warning_and_critical_levels():
     assert fired(alerts.kl_rule, history(3, diagnostics__approx_kl=0.01)) is None
     warning = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.01, 0.01, 0.07]))
@@ -146,6 +147,7 @@ def test_bounded_history_gives_the_same_alerts_as_the_full_one():
 
 # ---- config and drills ---------------------------------------------------------------------------
 
+
 def test_guard_config_rejects_bad_values_with_the_field_name():
     with pytest.raises(ConfigError, match="guard.kl_critical"):
         GuardConfig(kl_warning=0.2, kl_critical=0.1)
@@ -185,6 +187,7 @@ def test_window_drill_fires_in_every_update_inside_the_window():
 
 
 # ---- recovery decisions --------------------------------------------------------------------------
+
 
 def test_eval_collapse_relative_and_absolute():
     config = GuardConfig(eval_max_drop=0.5)
@@ -247,7 +250,9 @@ def test_trajectory_recorder_cuts_episodes_and_saves_without_pickle(tmp_path):
         obs=np.arange((steps + 1) * envs * 2, dtype=np.float32).reshape(steps + 1, envs, 2),
         actions=np.zeros((steps, envs), np.int64),
         rewards=np.arange(steps * envs, dtype=np.float32).reshape(steps, envs),
-        terminated=done, truncated=np.zeros_like(done), valid=valid,
+        terminated=done,
+        truncated=np.zeros_like(done),
+        valid=valid,
     )
     recorder = TrajectoryRecorder(envs, capacity=10)
     recorder.add(rollout)
@@ -258,7 +263,7 @@ def test_trajectory_recorder_cuts_episodes_and_saves_without_pickle(tmp_path):
     assert data["episode_finished"].tolist() == [True, True, True, False, False]
     assert data["rewards"][:2].tolist() == [0.0, 2.0]  # rewards[t, 0] = 2 t
     start = data["episode_start"][1]
-    assert data["rewards"][start:start + 3].tolist() == [4.0, 6.0, 8.0] and not data["valid"][start]
+    assert data["rewards"][start : start + 3].tolist() == [4.0, 6.0, 8.0] and not data["valid"][start]
     assert math.isclose(float(data["obs"][0, 0]), 0.0)
 
 
@@ -268,8 +273,11 @@ def test_trajectory_recorder_keeps_the_most_recent_and_bounds_open_episodes(tmp_
     steps = 2000
     never_done = np.zeros((steps, 1), bool)
     rollout = Rollout(
-        obs=np.zeros((steps + 1, 1, 3), np.float32), actions=np.zeros((steps, 1), np.int64),
-        rewards=np.ones((steps, 1), np.float32), terminated=never_done, truncated=never_done,
+        obs=np.zeros((steps + 1, 1, 3), np.float32),
+        actions=np.zeros((steps, 1), np.int64),
+        rewards=np.ones((steps, 1), np.float32),
+        terminated=never_done,
+        truncated=never_done,
         valid=np.ones((steps, 1), bool),
     )
     recorder = TrajectoryRecorder(1, capacity=2)
@@ -286,8 +294,11 @@ def test_trajectory_recorder_keeps_complete_recent_episodes_across_rollouts(tmp_
         t = np.arange(offset, offset + 5)
         done = (t % 4 == 2)[:, None]
         return Rollout(
-            obs=np.zeros((6, 1, 1), np.float32), actions=np.zeros((5, 1), np.int64),
-            rewards=t[:, None].astype(np.float32), terminated=done, truncated=np.zeros_like(done),
+            obs=np.zeros((6, 1, 1), np.float32),
+            actions=np.zeros((5, 1), np.int64),
+            rewards=t[:, None].astype(np.float32),
+            terminated=done,
+            truncated=np.zeros_like(done),
             valid=(t % 4 != 3)[:, None],
         )
 

@@ -48,25 +48,55 @@ def call(name: str, t: dict[str, torch.Tensor]) -> LossTerms | torch.Tensor:
     common = {"mask": t["mask"]}
     if name == "ppo":
         return ppo_loss(
-            log_probs=t["log_probs"], old_log_probs=t["old_log_probs"], advantages=t["advantages"],
-            values=t["values"], returns=t["returns"], entropy=t["entropy"], clip_eps=0.2, vf_coef=0.7,
-            ent_coef=0.01, norm_adv=True, clip_vf=0.3, old_values=t["old_values"], **common,
+            log_probs=t["log_probs"],
+            old_log_probs=t["old_log_probs"],
+            advantages=t["advantages"],
+            values=t["values"],
+            returns=t["returns"],
+            entropy=t["entropy"],
+            clip_eps=0.2,
+            vf_coef=0.7,
+            ent_coef=0.01,
+            norm_adv=True,
+            clip_vf=0.3,
+            old_values=t["old_values"],
+            **common,
         )
     if name == "ppo_kl":
         return ppo_kl_loss(
-            log_probs=t["log_probs"], old_log_probs=t["old_log_probs"], advantages=t["advantages"], kl=t["kl"],
-            values=t["values"], returns=t["returns"], entropy=t["entropy"], kl_coef=0.8, vf_coef=0.7,
-            ent_coef=0.01, norm_adv=True, **common,
+            log_probs=t["log_probs"],
+            old_log_probs=t["old_log_probs"],
+            advantages=t["advantages"],
+            kl=t["kl"],
+            values=t["values"],
+            returns=t["returns"],
+            entropy=t["entropy"],
+            kl_coef=0.8,
+            vf_coef=0.7,
+            ent_coef=0.01,
+            norm_adv=True,
+            **common,
         )
     if name in ("a2c", "actor_critic"):
         loss = a2c_loss if name == "a2c" else actor_critic_loss
         return loss(
-            log_probs=t["log_probs"], advantages=t["advantages"], values=t["values"], returns=t["returns"],
-            entropy=t["entropy"], vf_coef=0.7, ent_coef=0.01, norm_adv=True, **common,
+            log_probs=t["log_probs"],
+            advantages=t["advantages"],
+            values=t["values"],
+            returns=t["returns"],
+            entropy=t["entropy"],
+            vf_coef=0.7,
+            ent_coef=0.01,
+            norm_adv=True,
+            **common,
         )
     if name == "reinforce":
         return reinforce_loss(
-            log_probs=t["log_probs"], weights=t["weights"], entropy=t["entropy"], ent_coef=0.01, norm_adv=True,
+            log_probs=t["log_probs"],
+            weights=t["weights"],
+            entropy=t["entropy"],
+            ent_coef=0.01,
+            norm_adv=True,
             **common,
         )
     return trpo_surrogate(
@@ -121,8 +151,17 @@ def test_ppo_guide_value_ratio_1_3_gradient_is_zero():
     log_probs = torch.tensor([math.log(1.3)], requires_grad=True)
     one, zero = torch.ones(1), torch.zeros(1)
     terms = ppo_loss(
-        log_probs=log_probs, old_log_probs=zero, advantages=one, values=zero, returns=zero, entropy=zero,
-        mask=one, clip_eps=0.2, vf_coef=0.5, ent_coef=0.0, norm_adv=False,
+        log_probs=log_probs,
+        old_log_probs=zero,
+        advantages=one,
+        values=zero,
+        returns=zero,
+        entropy=zero,
+        mask=one,
+        clip_eps=0.2,
+        vf_coef=0.5,
+        ent_coef=0.0,
+        norm_adv=False,
     )
     (gradient,) = torch.autograd.grad(terms.loss, log_probs)
     assert gradient.item() == 0.0
@@ -135,9 +174,18 @@ def test_ppo_loss_hand_values():
     # clipped value: V_old = 0.5, clip(2 - 0.5, -1, 1) -> 1.5, (1.5 - 1)^2 = 0.25 < 1, so 1 stays.
     log_probs = torch.tensor([math.log(0.9), 5.0])
     terms = ppo_loss(
-        log_probs=log_probs, old_log_probs=torch.zeros(2), advantages=torch.tensor([2.0, 100.0]),
-        values=torch.tensor([2.0, -9.0]), returns=torch.tensor([1.0, 9.0]), entropy=torch.tensor([0.6, 50.0]),
-        mask=torch.tensor([1.0, 0.0]), clip_eps=0.2, vf_coef=0.5, ent_coef=0.1, norm_adv=False, clip_vf=1.0,
+        log_probs=log_probs,
+        old_log_probs=torch.zeros(2),
+        advantages=torch.tensor([2.0, 100.0]),
+        values=torch.tensor([2.0, -9.0]),
+        returns=torch.tensor([1.0, 9.0]),
+        entropy=torch.tensor([0.6, 50.0]),
+        mask=torch.tensor([1.0, 0.0]),
+        clip_eps=0.2,
+        vf_coef=0.5,
+        ent_coef=0.1,
+        norm_adv=False,
+        clip_vf=1.0,
         old_values=torch.tensor([0.5, 0.0]),
     )
     assert terms.policy_loss.item() == pytest.approx(-1.8)
@@ -151,9 +199,15 @@ def test_ppo_loss_hand_values():
 def test_policy_gradient_losses_hand_values(loss):
     # pi uniform over 2 actions: log pi = log 0.5, H = log 2; A = [1, -2]; V - R = [-0.5, 1].
     terms = loss(
-        log_probs=torch.full((2,), math.log(0.5)), advantages=torch.tensor([1.0, -2.0]),
-        values=torch.tensor([0.5, 1.0]), returns=torch.tensor([1.0, 0.0]), entropy=torch.full((2,), math.log(2)),
-        mask=torch.ones(2), vf_coef=0.5, ent_coef=0.1, norm_adv=False,
+        log_probs=torch.full((2,), math.log(0.5)),
+        advantages=torch.tensor([1.0, -2.0]),
+        values=torch.tensor([0.5, 1.0]),
+        returns=torch.tensor([1.0, 0.0]),
+        entropy=torch.full((2,), math.log(2)),
+        mask=torch.ones(2),
+        vf_coef=0.5,
+        ent_coef=0.1,
+        norm_adv=False,
     )
     assert terms.policy_loss.item() == pytest.approx(math.log(0.5) / 2)
     assert terms.value_loss.item() == pytest.approx(0.625)
@@ -163,8 +217,12 @@ def test_policy_gradient_losses_hand_values(loss):
 def test_reinforce_loss_hand_value():
     # -(2 log 0.25 - 1 log 0.5) / 2 - 0.1 * (1 + 2) / 2; the masked third entry counts nowhere.
     terms = reinforce_loss(
-        log_probs=torch.tensor([math.log(0.25), math.log(0.5), -7.0]), weights=torch.tensor([2.0, -1.0, 50.0]),
-        entropy=torch.tensor([1.0, 2.0, 9.0]), mask=torch.tensor([1.0, 1.0, 0.0]), ent_coef=0.1, norm_adv=False,
+        log_probs=torch.tensor([math.log(0.25), math.log(0.5), -7.0]),
+        weights=torch.tensor([2.0, -1.0, 50.0]),
+        entropy=torch.tensor([1.0, 2.0, 9.0]),
+        mask=torch.tensor([1.0, 1.0, 0.0]),
+        ent_coef=0.1,
+        norm_adv=False,
     )
     policy = -(2 * math.log(0.25) - math.log(0.5)) / 2
     assert terms.policy_loss.item() == pytest.approx(policy)
@@ -173,8 +231,10 @@ def test_reinforce_loss_hand_value():
 
 def test_trpo_surrogate_hand_value():
     surrogate = trpo_surrogate(
-        log_probs=torch.log(torch.tensor([1.3, 0.7])), old_log_probs=torch.zeros(2),
-        advantages=torch.tensor([1.0, 2.0]), mask=torch.tensor([1.0, 0.0]),
+        log_probs=torch.log(torch.tensor([1.3, 0.7])),
+        old_log_probs=torch.zeros(2),
+        advantages=torch.tensor([1.0, 2.0]),
+        mask=torch.tensor([1.0, 0.0]),
     )
     assert surrogate.item() == pytest.approx(1.3)
 
@@ -193,6 +253,7 @@ def test_optimizer_step_clips_over_every_parameter_and_steps_every_optimizer():
 
 
 # ---- batch statistics ignore masked (autoreset) steps ------------------------------------------
+
 
 def masked_rollout() -> Rollout:
     """2 steps x 3 envs; env 1's second step is an autoreset step (invalid)."""

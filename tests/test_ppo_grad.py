@@ -31,7 +31,10 @@ def random_batch(model: ActorCritic, kind: str, n: int, rng: np.random.Generator
         old_values = values + torch.from_numpy(rng.normal(0, 0.5, size=n).astype(np.float32))
     mask = (rng.random(n) > 0.15).astype(np.float32)
     return Batch(
-        obs, actions, old, old_values,
+        obs,
+        actions,
+        old,
+        old_values,
         torch.from_numpy(rng.normal(size=n).astype(np.float32)),
         torch.from_numpy(rng.normal(size=n).astype(np.float32)),
         torch.from_numpy(mask),
@@ -51,8 +54,14 @@ def test_hand_gradients_equal_autograd(kind, shared, activation, clip_vf, norm_a
 
     dist, values = model(batch.obs)
     terms = ppo_loss(
-        log_probs=dist.log_prob(batch.actions), old_log_probs=batch.log_probs, advantages=batch.advantages,
-        values=values, returns=batch.returns, entropy=dist.entropy(), mask=batch.mask, old_values=batch.values,
+        log_probs=dist.log_prob(batch.actions),
+        old_log_probs=batch.log_probs,
+        advantages=batch.advantages,
+        values=values,
+        returns=batch.returns,
+        entropy=dist.entropy(),
+        mask=batch.mask,
+        old_values=batch.values,
         **coefficients,
     )
     model.zero_grad()
@@ -86,6 +95,9 @@ def test_numpy_backend_refuses_what_it_does_not_implement():
         "(the backend has a state-independent log std only); got 'numpy'"
     )
     # The device is only known when the learner is built; the refusal comes before anything touches CUDA.
-    with pytest.raises(ConfigError, match=r"ppo.gradient_backend must be 'auto' or 'autograd' when run.device is "
-                                          r"'cuda:0' \(the backend runs on the CPU only\); got 'numpy'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ppo.gradient_backend must be 'auto' or 'autograd' when run.device is "
+        r"'cuda:0' \(the backend runs on the CPU only\); got 'numpy'",
+    ):
         PPO(PPOConfig(gradient_backend="numpy"), 4, ActionSpec("discrete", 2), "cuda:0")

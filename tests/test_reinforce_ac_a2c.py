@@ -41,8 +41,12 @@ def bandit_gradient_estimates(baseline: float, batches: int, batch_size: int, se
         rewards = BANDIT_MEANS[actions] + BANDIT_NOISE * torch.randn(batch_size, generator=generator)
         dist = Categorical(logits.expand(batch_size, 3))
         terms = reinforce_loss(
-            log_probs=dist.log_prob(actions), weights=rewards - baseline, entropy=dist.entropy(),
-            mask=torch.ones(batch_size), ent_coef=0.0, norm_adv=False,
+            log_probs=dist.log_prob(actions),
+            weights=rewards - baseline,
+            entropy=dist.entropy(),
+            mask=torch.ones(batch_size),
+            ent_coef=0.0,
+            norm_adv=False,
         )
         (gradient,) = torch.autograd.grad(-terms.loss, logits)  # ascent direction
         estimates.append(gradient)
@@ -73,6 +77,7 @@ def estimates_variance(estimates: torch.Tensor) -> float:
 
 # ---- losses -----------------------------------------------------------------------------------
 
+
 def two_step_batch(mask: tuple[float, ...] = (1.0, 1.0)) -> Batch:
     return Batch(
         obs=torch.zeros(len(mask), 1),
@@ -89,7 +94,11 @@ def test_a2c_loss_hand_value():
     # pi uniform over 2 actions: log pi = log 0.5, H = log 2.
     # policy = -mean(log 0.5 * [1, -2]) = log(0.5) / 2; value = mean([0.25, 1]) = 0.625.
     terms = a2c_batch_loss(
-        Categorical(torch.zeros(2, 2)), torch.tensor([0.5, 1.0]), two_step_batch(), vf_coef=0.5, ent_coef=0.1,
+        Categorical(torch.zeros(2, 2)),
+        torch.tensor([0.5, 1.0]),
+        two_step_batch(),
+        vf_coef=0.5,
+        ent_coef=0.1,
         norm_adv=False,
     )
     expected = math.log(0.5) / 2 + 0.5 * 0.625 - 0.1 * math.log(2)
@@ -100,8 +109,12 @@ def test_a2c_loss_hand_value():
 
 def test_a2c_loss_ignores_masked_steps():
     masked = a2c_batch_loss(
-        Categorical(torch.zeros(2, 2)), torch.tensor([0.5, 1.0]), two_step_batch((1.0, 0.0)), vf_coef=0.5,
-        ent_coef=0.0, norm_adv=False,
+        Categorical(torch.zeros(2, 2)),
+        torch.tensor([0.5, 1.0]),
+        two_step_batch((1.0, 0.0)),
+        vf_coef=0.5,
+        ent_coef=0.0,
+        norm_adv=False,
     ).loss
     # Only the first step: -log(0.5) * 1 + 0.5 * 0.25.
     assert float(masked) == pytest.approx(-math.log(0.5) + 0.125, rel=1e-6)
@@ -118,8 +131,9 @@ def test_actor_critic_target_is_detached():
     value_params = list(algo.model.value_head.parameters())
 
     def critic_gradient(target: torch.Tensor, loss_fn) -> torch.Tensor:
-        batch = Batch(obs, torch.zeros(5, dtype=torch.long), torch.zeros(5), torch.zeros(5), torch.zeros(5),
-                      target, torch.ones(5))
+        batch = Batch(
+            obs, torch.zeros(5, dtype=torch.long), torch.zeros(5), torch.zeros(5), torch.zeros(5), target, torch.ones(5)
+        )
         dist, values = algo.model(obs)
         loss = loss_fn(dist, values, batch)
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, value_params)])
@@ -129,8 +143,15 @@ def test_actor_critic_target_is_detached():
 
     def ours_loss(d, v, b):
         return actor_critic_loss(
-            log_probs=d.log_prob(b.actions), advantages=b.advantages, values=v, returns=b.returns,
-            entropy=d.entropy(), mask=b.mask, vf_coef=1.0, ent_coef=0.0, norm_adv=False,
+            log_probs=d.log_prob(b.actions),
+            advantages=b.advantages,
+            values=v,
+            returns=b.returns,
+            entropy=d.entropy(),
+            mask=b.mask,
+            vf_coef=1.0,
+            ent_coef=0.0,
+            norm_adv=False,
         ).loss
 
     ours = critic_gradient(with_grad_target(), ours_loss)
@@ -158,6 +179,7 @@ def test_actor_critic_separate_learning_rates_cover_every_parameter_once(shared)
 
 
 # ---- prepare on hand-made rollouts ---------------------------------------------------------------
+
 
 def hand_rollout() -> Rollout:
     """One env, gamma 0.5: an episode of 2 steps that terminates (t = 0, 1), an autoreset step (t = 2),
@@ -229,6 +251,7 @@ def test_a2c_nstep_equals_gae_lambda_one_over_the_rollout():
 
 # ---- whole episodes ------------------------------------------------------------------------------
 
+
 def scripted_collector(num_envs: int, length: int) -> RolloutCollector:
     cfg = EnvConfig(id="pgrad.envs.toy:ScriptedEnv", num_envs=num_envs, kwargs={"episode_length": length})
     envs = make_vector_env(cfg)
@@ -262,6 +285,7 @@ def test_reinforce_needs_an_episode_per_env():
 
 
 # ---- learning, Pendulum, resume ------------------------------------------------------------------
+
 
 class StopAt:
     """A metrics sink that stops training once the last-20-episode mean reaches ``threshold``."""
@@ -344,6 +368,7 @@ def test_resume_is_exact(algo, total, tmp_path, quiet_sets):
 
 # ---- A2C's hand-derived gradient equals autograd of a2c_loss --------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -376,8 +401,9 @@ def test_a2c_hand_gradients_equal_autograd(kind, shared, activation, norm_adv):
     algo.model.zero_grad(set_to_none=True)
 
     net = NumpyActorCritic(algo.model)
-    hand = a2c_hand_gradients(net, net.forward(batch.obs.numpy(), n), batch, vf_coef=0.7, ent_coef=0.01,
-                              norm_adv=norm_adv)
+    hand = a2c_hand_gradients(
+        net, net.forward(batch.obs.numpy(), n), batch, vf_coef=0.7, ent_coef=0.01, norm_adv=norm_adv
+    )
     for name, p in algo.model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=2e-6, msg=name)
     metrics = terms.metrics()

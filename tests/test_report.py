@@ -19,8 +19,14 @@ from pgrad.runs import resolve_config
 @pytest.fixture(scope="module")
 def drilled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("report") / "run"
-    sets = ["run.progress=false", "run.tensorboard=false", "checkpoint_every=1024", "eval_every=2048",
-            "lr_spike_factor=1000", "inject=[lr_spike@3000]"]
+    sets = [
+        "run.progress=false",
+        "run.tensorboard=false",
+        "checkpoint_every=1024",
+        "eval_every=2048",
+        "lr_spike_factor=1000",
+        "inject=[lr_spike@3000]",
+    ]
     config, _ = resolve_config("ppo", "CartPole-v1", sets=sets, seed=1, total_steps=6144)
     OnPolicyRunner(config, run, console=False).train()
     return run
@@ -66,8 +72,11 @@ def test_compare_overlays_the_return_curves(drilled_run, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
     (other / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": m["step"], "rollout/return_mean": 2 * m["rollout/return_mean"]}) + "\n"
-                for m in rows if "rollout/return_mean" in m)
+        "".join(
+            json.dumps({"step": m["step"], "rollout/return_mean": 2 * m["rollout/return_mean"]}) + "\n"
+            for m in rows
+            if "rollout/return_mean" in m
+        )
     )
     out, curves = compare([drilled_run, other], tmp_path / "cmp.png")
     returns = np.array([m["rollout/return_mean"] for m in rows if "rollout/return_mean" in m])

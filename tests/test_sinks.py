@@ -21,8 +21,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def rows(n: int) -> list[dict]:
-    return [{"step": 40 * (i + 1), "update": i + 1, "train/loss": 0.5 / (i + 1), "perf/steps_per_second": 1e4 + i}
-            for i in range(n)]
+    return [
+        {"step": 40 * (i + 1), "update": i + 1, "train/loss": 0.5 / (i + 1), "perf/steps_per_second": 1e4 + i}
+        for i in range(n)
+    ]
 
 
 def test_jsonl_rows_are_buffered_then_all_on_disk_in_order_after_flush(tmp_path):
@@ -56,16 +58,22 @@ def test_jsonl_format_is_unchanged_nonfinite_as_strings(tmp_path):
     sink.write({"step": 2, "train/loss": 1.25, "flag": True, "none": None})
     sink.close()
     lines = path.read_text().splitlines()
-    assert json.loads(lines[0]) == {"step": 1, "train/loss": "nan", "train/x": "inf", "train/y": "-inf",
-                                    "n": "NaN-free"}
+    assert json.loads(lines[0]) == {
+        "step": 1,
+        "train/loss": "nan",
+        "train/x": "inf",
+        "train/y": "-inf",
+        "n": "NaN-free",
+    }
     assert lines[1] == json.dumps({"step": 2, "train/loss": 1.25, "flag": True, "none": None})
     assert "NaN" not in lines[0].replace("NaN-free", "")
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_rows_survive_an_uncaught_keyboard_interrupt(tmp_path):
@@ -74,8 +82,8 @@ def test_rows_survive_an_uncaught_keyboard_interrupt(tmp_path):
     result = _run_python(f"""
         from pathlib import Path
         from pgrad.monitor.sinks import JsonlSink, TensorBoardSink
-        sink = JsonlSink(Path({str(tmp_path / 'metrics.jsonl')!r}), flush_seconds=3600.0)
-        board = TensorBoardSink(Path({str(tmp_path / 'tb')!r}), flush_seconds=3600.0)
+        sink = JsonlSink(Path({str(tmp_path / "metrics.jsonl")!r}), flush_seconds=3600.0)
+        board = TensorBoardSink(Path({str(tmp_path / "tb")!r}), flush_seconds=3600.0)
         for i in range(1000):
             sink.write({{"step": i, "train/loss": float(i)}})
             board.write({{"step": i, "train/loss": float(i)}})
@@ -94,7 +102,7 @@ def test_a_hard_kill_keeps_the_flushed_rows(tmp_path):
         import os, signal
         from pathlib import Path
         from pgrad.monitor.sinks import JsonlSink
-        sink = JsonlSink(Path({str(tmp_path / 'metrics.jsonl')!r}), flush_seconds=3600.0)
+        sink = JsonlSink(Path({str(tmp_path / "metrics.jsonl")!r}), flush_seconds=3600.0)
         for i in range(300):
             sink.write({{"step": i}})
         sink.flush()
@@ -116,11 +124,11 @@ def _read_records(path: Path):
     data = path.read_bytes()
     offset = 0
     while offset < len(data):
-        header = data[offset: offset + 8]
+        header = data[offset : offset + 8]
         (length,) = struct.unpack("<Q", header)
-        (header_crc,) = struct.unpack("<I", data[offset + 8: offset + 12])
-        payload = data[offset + 12: offset + 12 + length]
-        (payload_crc,) = struct.unpack("<I", data[offset + 12 + length: offset + 16 + length])
+        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+        payload = data[offset + 12 : offset + 12 + length]
+        (payload_crc,) = struct.unpack("<I", data[offset + 12 + length : offset + 16 + length])
         assert header_crc == _masked(tfevents._crc32c_bytewise(header))
         assert payload_crc == _masked(tfevents._crc32c_bytewise(payload))
         yield payload
@@ -158,9 +166,13 @@ def test_events_encode_as_tensorboards_protobuf():
     file.pending, file.plans = [], {}
     tags = ["train/loss", "x" * 200, "perf/é"]
     file.add_scalars(123456789, tags, [0.25, -3.0, 1e40], wall_time=1700000000.5)
-    expected = Event(wall_time=1700000000.5, step=123456789, summary=Summary(value=[
-        Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, [0.25, -3.0, math.inf], strict=True)
-    ]))
+    expected = Event(
+        wall_time=1700000000.5,
+        step=123456789,
+        summary=Summary(
+            value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, [0.25, -3.0, math.inf], strict=True)]
+        ),
+    )
     assert file.pending == [expected.SerializeToString()]
     file.pending.clear()
     file.add_scalars(7, tags, [1.5, math.nan, -2], wall_time=2.0)  # the same tags again: the cached layout
@@ -184,8 +196,12 @@ def test_tensorboard_reads_every_scalar_after_close(tmp_path):
     names = [f"group{g}/metric_with_a_long_name_{k}" for g in range(3) for k in range(20)]  # split over events
     written = []
     for i in range(300):
-        row = {"step": 40 * (i + 1), "update": i + 1, "note": "text is skipped", **{n: i + k / 7
-               for k, n in enumerate(names)}}
+        row = {
+            "step": 40 * (i + 1),
+            "update": i + 1,
+            "note": "text is skipped",
+            **{n: i + k / 7 for k, n in enumerate(names)},
+        }
         if i % 50 == 0:
             row["eval/return_mean"] = float(i)  # present in some rows only
         written.append(row)

@@ -252,8 +252,16 @@ def test_ppo_clipped_objective_gradient_is_zero_at_ratio_1_3():
         old_log_probs = dist.log_prob(actions).detach() - math.log(ratio)
         one = torch.ones(1)
         terms = ppo_loss(
-            log_probs=dist.log_prob(actions), old_log_probs=old_log_probs, advantages=one, values=one * 0,
-            returns=one * 0, entropy=dist.entropy(), mask=one, clip_eps=0.2, vf_coef=0.0, ent_coef=0.0,
+            log_probs=dist.log_prob(actions),
+            old_log_probs=old_log_probs,
+            advantages=one,
+            values=one * 0,
+            returns=one * 0,
+            entropy=dist.entropy(),
+            mask=one,
+            clip_eps=0.2,
+            vf_coef=0.0,
+            ent_coef=0.0,
             norm_adv=False,
         )
         (grad,) = torch.autograd.grad(terms.loss, logits)
@@ -369,9 +377,18 @@ def test_ppo_kl_loss_matches_its_definition():
     dist, old = Categorical(new_logits), Categorical(old_logits)
     batch = Batch(torch.zeros(6, 4), actions, old.log_prob(actions), returns, advantages, returns, mask)
     terms = ppo_kl_loss(
-        log_probs=dist.log_prob(actions), old_log_probs=batch.log_probs, advantages=advantages, kl=old.kl(dist),
-        values=returns + 0.3, returns=returns, entropy=dist.entropy(), mask=mask, kl_coef=0.8, vf_coef=0.7,
-        ent_coef=0.05, norm_adv=False,
+        log_probs=dist.log_prob(actions),
+        old_log_probs=batch.log_probs,
+        advantages=advantages,
+        kl=old.kl(dist),
+        values=returns + 0.3,
+        returns=returns,
+        entropy=dist.entropy(),
+        mask=mask,
+        kl_coef=0.8,
+        vf_coef=0.7,
+        ent_coef=0.05,
+        norm_adv=False,
     )  # V - R = 0.3
 
     p_new, p_old = new_logits.softmax(-1), old_logits.softmax(-1)

@@ -91,6 +91,7 @@ class A3CConfig(Checked):
 
 # ---- the shared optimizer --------------------------------------------------------------------
 
+
 class SharedOptimizer:
     """RMSprop or Adam whose statistics live in shared memory and exist from the start.
 
@@ -187,9 +188,7 @@ class A3C:
 
     name = "a3c"
 
-    def __init__(
-        self, config: A3CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, config: A3CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
         if torch.device(device).type != "cpu":
             raise ConfigError(
                 "run.device must be 'cpu' for a3c (its workers share parameters in CPU shared memory); "
