@@ -82,10 +82,11 @@ def gradients_finite(parameters: list[torch.Tensor]) -> bool:
 
 
 def parameters_finite(modules: dict[str, torch.nn.Module]) -> bool:
-    # One reduction over per-tensor sums (as for gradients): ~20 us, against ~300 us for an
-    # isfinite().all() per tensor with its Python round trip.
-    sums = [p.detach().sum() for module in modules.values() for p in module.parameters()]
-    return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
+    """One reduction over all parameters: the sum of a tensor holding NaN/Inf is NaN/Inf (an overflow
+    of the sum itself would be just as broken). One cat and one sum, ~3x cheaper than a sum per tensor
+    stacked (measured on the A2C CartPole net), and it runs every update."""
+    flat = [p.detach().reshape(-1) for module in modules.values() for p in module.parameters()]
+    return bool(torch.isfinite(torch.cat(flat).sum())) if flat else True
 
 
 class OptimizerGuard:

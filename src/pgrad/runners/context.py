@@ -42,15 +42,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_rss_reading: tuple[float, float] | None = None  # (monotonic time, MiB) of the last /proc read
+
+
 def resident_memory_mb() -> float:
-    """Current resident set size; falls back to the peak where /proc is absent."""
+    """Current resident set size, read at most once a second (reading /proc costs ~50 us, and the
+    loop asks every update); falls back to the peak where /proc is absent."""
+    global _rss_reading
+    now = time.monotonic()
+    if _rss_reading is not None and now - _rss_reading[0] < 1.0:
+        return _rss_reading[1]
     try:
         with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            value = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _rss_reading = (now, value)
+    return value
 
 
 @dataclass

@@ -288,7 +288,8 @@ class OnPolicyRunner:
             **batch_stats,
             **update_stats,
             names.NONFINITE_STEPS: float(self.optimizer_guard.skipped),
-            names.PARAMS_FINITE: float(parameters_finite(self.algo.modules())),
+            # Read only by the guard's rules; a bare run (guard off) does not pay for it.
+            names.PARAMS_FINITE: float(parameters_finite(self.algo.modules())) if self.config.guard.enabled else 1.0,
             names.STEPS_PER_SECOND: rollout.num_steps * rollout.num_envs / (finished - started),
             "perf/rollout_seconds": collected - started,
             "perf/env_seconds": self.collector.env_seconds - env_seconds_before,
