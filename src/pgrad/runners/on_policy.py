@@ -72,6 +72,7 @@ class OnPolicyRunner:
         self.healthy_states = HealthyStates(config.guard.snapshot_every)  # a rollback's first choice
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
+        self.params_finite = 1.0
 
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
@@ -288,8 +289,7 @@ class OnPolicyRunner:
             **batch_stats,
             **update_stats,
             names.NONFINITE_STEPS: float(self.optimizer_guard.skipped),
-            # Read only by the guard's rules; a bare run (guard off) does not pay for it.
-            names.PARAMS_FINITE: float(parameters_finite(self.algo.modules())) if self.config.guard.enabled else 1.0,
+            names.PARAMS_FINITE: self.check_parameters(),
             names.STEPS_PER_SECOND: rollout.num_steps * rollout.num_envs / (finished - started),
             "perf/rollout_seconds": collected - started,
             "perf/env_seconds": self.collector.env_seconds - env_seconds_before,
@@ -297,6 +297,15 @@ class OnPolicyRunner:
             "perf/wall_seconds": self.run.elapsed_before + finished - self.run.started,
             "perf/rss_mb": resident_memory_mb(),
         }
+
+    def check_parameters(self) -> float:
+        """1.0 while every parameter is finite. Checked every 10th update, and after any update with a
+        skipped (non-finite) step: NaN/Inf parameters also make the next losses non-finite, which the
+        guard's rules read every update, so this is insurance, not the first line. Only the guard reads
+        it; a bare run (guard off) does not pay for it."""
+        if self.config.guard.enabled and (self.updates % 10 == 0 or self.optimizer_guard.skipped):
+            self.params_finite = float(parameters_finite(self.algo.modules()))
+        return self.params_finite
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` (or stop early at ``stop_at_step``, as a kill would)."""
