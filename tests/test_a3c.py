@@ -97,13 +97,6 @@ def test_config_errors_name_the_field():
         resolve_config("a3c", "CartPole-v1", sets=["env.vectorization=async"])
 
 
-def test_guard_drills_are_refused_not_ignored(tmp_path):
-    config, _ = resolve_config("a3c", "CartPole-v1", sets=["guard.inject=[lr_spike@100]"])
-    with pytest.raises(ConfigError, match=r"guard.inject drills run on the synchronous trainer only"):
-        A3CRunner(config, tmp_path / "run", console=False)
-    assert not (tmp_path / "run").exists()
-
-
 # ---- whole runs ----------------------------------------------------------------------------------
 
 
@@ -257,7 +250,8 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_c
     assert new_rows and min(row["step"] for row in new_rows) > stopped_at
     assert min(row["update"] for row in new_rows) > state["updates"]
     events = read_jsonl(run / "events.jsonl")
-    assert [e["kind"] for e in events][-3:] == ["workers.started", "checkpoint", "run.finished"]
+    kinds = [e["kind"] for e in events if not e["kind"].startswith("warning.")]  # the guard's warnings may come
+    assert kinds[-3:] == ["workers.started", "checkpoint", "run.finished"]
     assert any(e["kind"] == "run.resumed" and e["step"] == stopped_at for e in events)
     assert stopped_at + 4000 <= events[-1]["step"] <= stopped_at + 4000 + 2 * 8 * 5
 

@@ -214,6 +214,20 @@ class A3C:
         self.model.share_memory()
         return self.optimizer.share_memory()
 
+    def restore_in_place(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
+        """Copy saved weights and optimizer statistics into the model's and optimizer's own tensors.
+
+        What a guard rollback does: once ``share_memory`` has run, the workers hold these very
+        tensors, so the restore must write into them (``copy_``), never swap in new ones.
+        """
+        own = self.model.state_dict()  # views of the parameters' storage
+        if set(own) != set(model_state):
+            raise ValueError(f"model state has {sorted(model_state)}, expected {sorted(own)}")
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(model_state[name])
+        self.optimizer.load_state_dict(optimizer_state)  # copies into the existing statistics
+
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}
 
