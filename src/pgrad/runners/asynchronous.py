@@ -247,11 +247,13 @@ class A3CRunner:
         self.run.note_new_total(state)
 
     # ---- workers ----------------------------------------------------------------------------
-    def _start_workers(self) -> None:
-        from pgrad.runners.a3c_worker import SharedHandles, worker_main
+    def share(self) -> Any:
+        """Move the learner to shared memory and make the shared counters, flags and queue; returns
+        the ``SharedHandles`` every worker gets (no process is started here)."""
+        from pgrad.runners.a3c_worker import SharedHandles
 
         context = mp.get_context("spawn")  # fork is unsafe once torch has started threads
-        workers = self.algo_config.num_workers
+        self.context = context
         self.stop_event = context.Event()
         self.messages = context.Queue()
         self.step_counter = context.Value("q", self.step)
@@ -259,12 +261,12 @@ class A3CRunner:
         self.lr_scale = context.Value("d", self.guard.state.lr_scale)
         self.running = context.Event()
         self.running.set()
-        self.busy = context.Array("b", workers)
+        self.busy = context.Array("b", self.algo_config.num_workers)
         self.generation = context.Value("q", 0)
         drills = [parse_fault(text).text for text in self.config.guard.inject]
         self.fired = context.Array("b", [int(text in self.guard.state.fired) for text in drills])
         optimizer_states = self.algo.share_memory()
-        shared = SharedHandles(
+        return SharedHandles(
             self.algo.model,
             optimizer_states,
             self.step_counter,
@@ -277,6 +279,12 @@ class A3CRunner:
             self.generation,
             self.fired,
         )
+
+    def _start_workers(self) -> None:
+        from pgrad.runners.a3c_worker import worker_main
+
+        shared = self.share()
+        context, workers = self.context, self.algo_config.num_workers
         if self.healthy_states.candidate is not None:
             self.healthy_states.waiting = set(range(workers))
         # Started with SIGINT ignored, which survives exec: Ctrl-C in a terminal reaches the whole
@@ -538,12 +546,15 @@ class A3CRunner:
         text = payload["drill"]
         if text not in self.guard.state.fired:
             self.guard.state.fired = sorted([*self.guard.state.fired, text])
+        # Logged at the coordinator's step, like every event (events.jsonl stays in step order); the
+        # worker's step count when the drill fired is in the message and in ``fired_at``.
         self.run.emit(
             f"drill.{payload['kind']}",
-            payload["step"],
-            f"drill {text} started (worker {worker})",
+            self.step_counter.value,
+            f"drill {text} started (worker {worker}, step {payload['step']})",
             drill=text,
             worker=worker,
+            fired_at=payload["step"],
         )
 
     def _on_report(self, worker: int, payload: dict[str, Any]) -> None:
