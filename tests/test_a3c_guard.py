@@ -129,15 +129,20 @@ def test_drills_fire_once_across_workers_through_the_shared_flags():
     assert third.flip_reward and third.nan_grad_steps == 0 and fired == [1, 1, 1]
 
 
-def test_a_rollback_copies_the_healthy_state_into_the_shared_tensors_in_place(tmp_path):
-    """The restore the workers depend on: same storage, new values (no process is started)."""
+@pytest.mark.parametrize("source", ["memory", "disk"])
+def test_a_rollback_copies_the_healthy_state_into_the_shared_tensors_in_place(tmp_path, source):
+    """The restore the workers depend on: same storage, new values (no process is started). From the
+    confirmed healthy state in memory, or without one from the newest checkpoint marked healthy."""
     config, _ = resolve_config("a3c", "CartPole-v1", sets=QUIET, total_steps=10_000)
     runner = A3CRunner(config, tmp_path / "run", console=False)
     runner.share()
     shared = learner_tensors(runner.algo)
     storage = [t.data_ptr() for t in shared]
-    healthy = runner.capture(step=400)
-    runner.healthy_states.confirmed = healthy
+    if source == "memory":
+        runner.healthy_states.confirmed = runner.capture(step=400)
+    else:
+        runner.step = 400
+        runner.save_checkpoint(None, healthy=True)
     expected = clones(shared)
 
     # Damage: a few large optimizer steps, as an lr spike would take.
@@ -160,7 +165,7 @@ def test_a_rollback_copies_the_healthy_state_into_the_shared_tensors_in_place(tm
         assert torch.equal(tensor, saved)
     assert runner.lr_scale.value == 0.5 and runner.generation.value == 1  # workers read both every update
     (rollback,) = events(runner.run_dir, "recovery.rollback")
-    assert rollback["restored_from"] == "memory" and rollback["restored_step"] == 400
+    assert rollback["restored_from"] == source and rollback["restored_step"] == 400
     assert rollback["lr_scale"] == 0.5 and "approx KL 5 > 0.1" in rollback["message"]
     runner.close()
 
@@ -260,3 +265,31 @@ def test_sustained_nan_gradients_halt_a3c_with_exit_3_and_every_worker_stopped(t
     assert not any(process_alive(pid) for pid in worker_pids(run))
     (halted,) = events(run, "critical.halted")
     assert "workers were stopped" in halted["message"] and halted["step"] < 10_000
+
+
+@pytest.mark.slow  # 44k steps: the policy must have learned before the flip
+def test_reward_flip_on_a3c_collapses_evaluation_and_reloads_the_best_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    config, _ = resolve_config(
+        "a3c",
+        "CartPole-v1",
+        sets=[*QUIET, "eval_every=4000", "checkpoint_every=100000", "inject=[reward_flip@16000:16000]"],
+        seed=1,
+        total_steps=44_000,
+    )
+    runner = A3CRunner(config, run, console=False)
+    runner.train()
+    (drill,) = events(run, "drill.reward_flip")
+    rollbacks = events(run, "recovery.rollback")
+    assert rollbacks and "evaluation return collapsed" in rollbacks[0]["message"], rollbacks
+    # The best-evaluated checkpoint (possibly one written just after the flip began: its weights had not
+    # learned from flipped rewards yet), and the run goes on at half the rate.
+    rollback = rollbacks[0]
+    evaluations = [
+        (m["step"], m[names.EVAL_RETURN_MEAN]) for m in read_jsonl(run / "metrics.jsonl") if names.EVAL_RETURN_MEAN in m
+    ]
+    assert rollback["restored_from"] == "disk" and rollback["restored_healthy"]
+    assert rollback["restored_score"] == max(r for s, r in evaluations if s < rollback["step"])
+    assert rollback["lr_scale"] == 0.5 and events(run, "run.finished")
+    assert all(e["step"] > drill["fired_at"] for e in events(run, "warning.eval_collapse"))
+    assert runner.guard_state.recoveries == len(rollbacks)

@@ -21,6 +21,14 @@ update, then a checkpoint is written), or when a worker raises, dies or stops re
 traceback or exit code is reported, the others are stopped, stragglers are terminated after
 ``shutdown_timeout``, a checkpoint is written and the run ends with ``TrainingHalted``, exit code 3).
 
+The guard (``guard`` section) runs on every worker report, as on every update of the synchronous
+loop: alert rules, periodic evaluation, health-marked checkpoints, halts on sustained non-finite
+gradients (a worker skips a non-finite step: the shared parameters and statistics stay as they
+were), rollbacks that copy the last healthy state back into the shared tensors while the workers
+are paused, and the drills of ``guard.inject``. A2C's loss has no probability ratio, so each worker
+measures the approx KL of its update (local pre-step policy vs shared post-step policy on its batch)
+for the KL rule. Details in ``pgrad.runners.asynchronous`` and ``pgrad.runners.a3c_worker``.
+
 Resume is not bit-exact, by nature: the order in which asynchronous gradients land is decided
 by the OS scheduler. A checkpoint restores the model, the optimizer statistics, the step and
 update counters, the episode history and the observation/reward normaliser statistics; worker

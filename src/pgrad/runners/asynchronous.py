@@ -34,6 +34,7 @@ import os
 import queue
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -448,7 +449,15 @@ class A3CRunner:
             if isinstance(action, Rollback):
                 self.roll_back(action, step)
             elif isinstance(action, Checkpoint):
-                state = frozen if frozen is not None and action.score is not None else None
+                state = None
+                if frozen is not None and action.score is not None:
+                    # The evaluated weights, with the guard's state as decide left it (the evaluation counted).
+                    state = replace(
+                        frozen,
+                        guard=self.guard.state.to_dict(),
+                        rollback_states=self.healthy_states.slots(),
+                        rollback_capture_step=self.healthy_states.last_capture_step,
+                    )
                 self.save_checkpoint(action.score, action.healthy, state)
             elif isinstance(action, Snapshot):
                 self.healthy_states.after_report(
