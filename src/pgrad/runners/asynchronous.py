@@ -131,6 +131,7 @@ class A3CRunner:
         self.failure: str | None = None
         self.halted: tuple[Halt, int] | None = None  # the guard's halt and the step it was decided at
         self.judging = False  # reports are judged by the guard only while the workers are supervised
+        self.judged_reports = 0
         self.workers: list[Any] = []
         self.finished: set[int] = set()  # workers that said done, failed, died or stalled
         self.last_heard: dict[int, float] = {}  # worker -> monotonic time of its last message
@@ -582,7 +583,10 @@ class A3CRunner:
             self.last_metrics = metrics
             return
         step = metrics[names.STEP]
-        self.guard.observe(metrics, metrics[names.UPDATE])
+        # The guard counts rows, as the synchronous loop's updates (a warning repeats once per
+        # guard.history_window of them), not the workers' gradient steps (report_every per row).
+        self.judged_reports += 1
+        self.guard.observe(metrics, self.judged_reports)
         frozen = evaluation = None
         # The evaluation at run.total_steps is the final checkpoint's (every worker's last report is past it).
         if step < self.config.run.total_steps and self.guard.evaluation_due(step):
