@@ -97,13 +97,6 @@ def test_config_errors_name_the_field():
         resolve_config("a3c", "CartPole-v1", sets=["env.vectorization=async"])
 
 
-def test_guard_drills_are_refused_not_ignored(tmp_path):
-    config, _ = resolve_config("a3c", "CartPole-v1", sets=["guard.inject=[lr_spike@100]"])
-    with pytest.raises(ConfigError, match=r"guard.inject drills run on the synchronous trainer only"):
-        A3CRunner(config, tmp_path / "run", console=False)
-    assert not (tmp_path / "run").exists()
-
-
 # ---- whole runs ----------------------------------------------------------------------------------
 
 
@@ -124,8 +117,11 @@ def test_two_workers_learn_cartpole(tmp_path, quiet_sets, hang_guard):
     # final value alone is not a fair test of an asynchronous run (it was 139 once in CI, at a dip).
     best = max(row.get("rollout/return_mean", 0.0) for row in rows)
     assert best >= 150, best
-    assert {row["worker"] for row in rows} == {0, 1}
     assert [row["step"] for row in rows] == sorted(row["step"] for row in rows)
+    # One row per worker report, then the guard's evaluation at run.total_steps (a row of its own).
+    *reports, final = rows
+    assert {row["worker"] for row in reports} == {0, 1} and "worker" not in final
+    assert final["eval/return_mean"] > 0 and final["step"] == result.steps
     for key in (
         "train/policy_loss",
         "train/value_loss",
@@ -137,10 +133,16 @@ def test_two_workers_learn_cartpole(tmp_path, quiet_sets, hang_guard):
         "perf/steps_per_second",
         "perf/wall_seconds",
         "rollout/return_median",
+        "diagnostics/approx_kl",
+        "diagnostics/nonfinite_steps",
+        "diagnostics/params_finite",
+        "train/lr_scale",
     ):
-        assert key in rows[-1], key
+        assert key in reports[-1], key
     kinds = [event["kind"] for event in read_jsonl(run / "events.jsonl")]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished" and "checkpoint" in kinds
+    # A healthy run: the guard may warn, but it neither rolled back nor halted.
+    assert not [kind for kind in kinds if kind.startswith(("recovery.", "critical.", "drill."))], kinds
 
     # The coordinator's checkpoint holds what the workers learned in shared memory: it plays far
     # better than a random policy (~22); usually 500.
@@ -257,7 +259,8 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_c
     assert new_rows and min(row["step"] for row in new_rows) > stopped_at
     assert min(row["update"] for row in new_rows) > state["updates"]
     events = read_jsonl(run / "events.jsonl")
-    assert [e["kind"] for e in events][-3:] == ["workers.started", "checkpoint", "run.finished"]
+    kinds = [e["kind"] for e in events if not e["kind"].startswith("warning.")]  # the guard's warnings may come
+    assert kinds[-3:] == ["workers.started", "checkpoint", "run.finished"]
     assert any(e["kind"] == "run.resumed" and e["step"] == stopped_at for e in events)
     assert stopped_at + 4000 <= events[-1]["step"] <= stopped_at + 4000 + 2 * 8 * 5
 

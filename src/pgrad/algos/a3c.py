@@ -21,6 +21,14 @@ update, then a checkpoint is written), or when a worker raises, dies or stops re
 traceback or exit code is reported, the others are stopped, stragglers are terminated after
 ``shutdown_timeout``, a checkpoint is written and the run ends with ``TrainingHalted``, exit code 3).
 
+The guard (``guard`` section) runs on every worker report, as on every update of the synchronous
+loop: alert rules, periodic evaluation, health-marked checkpoints, halts on sustained non-finite
+gradients (a worker skips a non-finite step: the shared parameters and statistics stay as they
+were), rollbacks that copy the last healthy state back into the shared tensors while the workers
+are paused, and the drills of ``guard.inject``. A2C's loss has no probability ratio, so each worker
+measures the approx KL of its update (local pre-step policy vs shared post-step policy on its batch)
+for the KL rule. Details in ``pgrad.runners.asynchronous`` and ``pgrad.runners.a3c_worker``.
+
 Resume is not bit-exact, by nature: the order in which asynchronous gradients land is decided
 by the OS scheduler. A checkpoint restores the model, the optimizer statistics, the step and
 update counters, the episode history and the observation/reward normaliser statistics; worker
@@ -213,6 +221,20 @@ class A3C:
         """Move parameters and optimizer statistics to shared memory (before workers start)."""
         self.model.share_memory()
         return self.optimizer.share_memory()
+
+    def restore_in_place(self, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> None:
+        """Copy saved weights and optimizer statistics into the model's and optimizer's own tensors.
+
+        What a guard rollback does: once ``share_memory`` has run, the workers hold these very
+        tensors, so the restore must write into them (``copy_``), never swap in new ones.
+        """
+        own = self.model.state_dict()  # views of the parameters' storage
+        if set(own) != set(model_state):
+            raise ValueError(f"model state has {sorted(model_state)}, expected {sorted(own)}")
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(model_state[name])
+        self.optimizer.load_state_dict(optimizer_state)  # copies into the existing statistics
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}

@@ -2,11 +2,32 @@
 
 Runs in a process started with the 'spawn' method, so everything it gets arrives pickled:
 the shared model and optimizer statistics travel as shared-memory tensors (torch's
-multiprocessing reductions), the counters and the stop event as ``multiprocessing`` objects.
+multiprocessing reductions), the counters, flags and events as ``multiprocessing`` objects.
+
+One update, in order:
+
+1. wait while the coordinator holds the workers paused (``SharedHandles.running`` cleared, during a
+   rollback's restore), then mark this worker busy (``SharedHandles.busy``) for the whole update;
+2. copy the shared parameters into the local network and collect ``num_steps`` steps;
+3. advance the shared step counter and, under its lock, decide the fault drills of the update
+   (``guard.inject``: ``pgrad.faults.faults_for_update`` on the env steps this rollout covers, with
+   the one-shot drills' "fired" flags in shared memory, so each fires in exactly one worker);
+4. differentiate the A2C loss locally; a non-finite gradient (or the ``nan_grad`` drill) skips the
+   step: neither the shared parameters nor the shared optimizer statistics change, and the report
+   counts it. Otherwise the shared optimizer applies it at ``base_lr x lr_scale`` (the guard's scale,
+   a shared double the coordinator writes, times the ``lr_spike`` drill's factor);
+5. measure how far the step moved the policy: the approx KL ``E[(r - 1) - log r]`` between the local
+   (pre-step) policy and the shared (post-step) one on this batch's actions, PPO's estimator. A2C's
+   loss has no ratio, so this forward pass (~0.1 ms) is what gives the guard's KL rule something to
+   read. Under Hogwild the shared model may also hold other workers' steps made since the copy, so
+   it is the policy's move over this worker's update (``diagnostics/staleness`` updates of others
+   included), not of its gradient alone.
 
 Messages to the coordinator (a ``multiprocessing`` queue), each a tuple:
 - ``("started", worker, pid)`` once everything is imported;
-- ``("report", worker, payload)`` every ``report_every`` updates and once at the end;
+- ``("drill", worker, {"drill": text, "kind": kind, "step": step})`` when a drill fires here first;
+- ``("report", worker, payload)`` every ``report_every`` updates, once at the end, and early when
+  the coordinator restored the shared model (the report then holds only pre-restore updates);
 - ``("error", worker, traceback_text)`` if anything raises (the worker then exits with code 1);
 - ``("done", worker, None)`` after a clean stop.
 """
@@ -24,14 +45,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgrad import metric_names as names
 from pgrad.algos.a2c import a2c_batch_loss
 from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model
 from pgrad.algos.common import actor_critic_batch, backward, linear_schedule
 from pgrad.builders import algo_gamma, build_environment
 from pgrad.config import TrainConfig
+from pgrad.faults import ActiveFaults, FaultSpec, faults_for_update, parse_fault
 from pgrad.nets import ActorCritic
-from pgrad.rollout import Rollout, RolloutCollector
+from pgrad.rollout import Batch, Rollout, RolloutCollector
 from pgrad.threads import set_threads
+
+STALENESS = "diagnostics/staleness"
+# Per-update statistics whose largest value over a report's updates is reported too, under "<name>_max"
+# (the row's own value is the mean, what the guard's rules read). Not read by any rule: a single A3C
+# update's KL is a 40-sample estimate, and its maximum over 20 updates is too noisy to act on.
+REPORTED_MAX = {names.APPROX_KL: names.APPROX_KL + "_max"}
+# |log r| is clamped here before the KL estimate, so a policy that put ~0 probability on a taken action
+# gives a huge but finite KL (the rules ignore non-finite values) rather than inf.
+MAX_LOG_RATIO = 20.0
+PAUSE_POLL_SECONDS = 0.05
 
 
 def worker_seed(seed: int, worker: int, start_step: int) -> int:
@@ -46,9 +79,14 @@ class SharedHandles:
     model: ActorCritic  # parameters in shared memory
     optimizer_states: list[dict[str, Any]]  # optimizer statistics in shared memory, in parameter order
     step_counter: Any  # multiprocessing.Value('q'): env steps taken by all workers
-    update_counter: Any  # multiprocessing.Value('q'): gradient steps applied by all workers
+    update_counter: Any  # multiprocessing.Value('q'): worker updates (gradient steps applied or skipped)
     stop: Any  # multiprocessing.Event: set by the coordinator to stop every worker
     messages: Any  # multiprocessing.Queue to the coordinator
+    lr_scale: Any  # multiprocessing.Value('d'): the guard's learning-rate scale (rollback cuts)
+    running: Any  # multiprocessing.Event: cleared while the coordinator holds the workers paused
+    busy: Any  # multiprocessing.Array('b', num_workers): 1 while that worker is inside an update
+    generation: Any  # multiprocessing.Value('q'): how many times the coordinator restored the shared model
+    fired: Any  # multiprocessing.Array('b', len(guard.inject)): 1 once that one-shot drill has fired
 
 
 def worker_main(
@@ -79,6 +117,39 @@ def worker_main(
     os._exit(exit_code)
 
 
+def enter_update(shared: SharedHandles, worker: int, parent_pid: int) -> bool:
+    """Wait while the workers are paused, then mark this worker busy; False when it should stop instead.
+
+    The busy flag is raised *before* ``running`` is read again, and the coordinator clears
+    ``running`` *before* it reads the flags (both through locks), so either the coordinator sees
+    this worker busy and waits for its update to end, or this worker sees the pause and waits.
+    """
+    while True:
+        if shared.stop.is_set() or os.getppid() != parent_pid:
+            return False
+        if not shared.running.is_set():
+            shared.running.wait(PAUSE_POLL_SECONDS)
+            continue
+        shared.busy[worker] = 1
+        if shared.running.is_set():
+            return True
+        shared.busy[worker] = 0
+
+
+def drills_for_update(
+    drills: tuple[FaultSpec, ...], fired_flags: Any, first_step: int, step: int, lr_spike_factor: float
+) -> ActiveFaults:
+    """``faults_for_update`` with the "fired" flags in shared memory (call under the step counter's lock)."""
+    if not drills:
+        return ActiveFaults()
+    fired = {spec.text for index, spec in enumerate(drills) if fired_flags[index]}
+    faults = faults_for_update(drills, first_step, step, fired, lr_spike_factor)
+    for index, spec in enumerate(drills):
+        if spec.text in fired:
+            fired_flags[index] = 1
+    return faults
+
+
 def _run(
     worker: int,
     config: TrainConfig,
@@ -88,10 +159,12 @@ def _run(
     parent_pid: int,
 ) -> None:
     algo: A3CConfig = config.algo_config
+    guard = config.guard
     set_threads(config.run.torch_threads)
     seed = worker_seed(config.run.seed, worker, start_step)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    drills = tuple(parse_fault(text) for text in guard.inject)
 
     collector = make_collector(config, normalizer_state, seed % 2**31)
     adapter = collector.adapter
@@ -99,34 +172,61 @@ def _run(
     local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
 
     optimizer = SharedOptimizer(shared_parameters, algo.optimizer, shared.optimizer_states)
-    report = Report(worker)
+    report = Report(worker, shared.generation.value)
     reported_episodes = 0  # episodes already sent to the coordinator
     total = config.run.total_steps
     try:
-        while not shared.stop.is_set() and shared.step_counter.value < total and os.getppid() == parent_pid:
-            started = time.perf_counter()
-            copy_parameters(shared_parameters, local_parameters)
-            updates_at_sync = shared.update_counter.value
-            env_seconds = collector.env_seconds
-            rollout = collector.collect(local.acting_policy(), rng, algo.num_steps)
-            report.env_seconds += collector.env_seconds - env_seconds
-            with shared.step_counter.get_lock():
-                shared.step_counter.value += rollout.num_steps * rollout.num_envs
-                step = shared.step_counter.value
-            if algo.fail_worker_at_step is not None and worker == 0 and step >= algo.fail_worker_at_step:
-                raise RuntimeError(f"injected failure: a3c.fail_worker_at_step={algo.fail_worker_at_step} reached")
-            rates = algo.optimizer
-            learning_rate = linear_schedule(rates.learning_rate, min(step / total, 1.0), rates.anneal_lr)
-            stats = gradient_step(local, optimizer, rollout, algo, learning_rate)
-            with shared.update_counter.get_lock():
-                shared.update_counter.value += 1
-                # Staleness: updates other workers applied between this worker's copy and its own step.
-                stats["diagnostics/staleness"] = float(shared.update_counter.value - updates_at_sync - 1)
-            report.add(stats, time.perf_counter() - started)
+        while shared.step_counter.value < total and enter_update(shared, worker, parent_pid):
+            try:
+                if shared.generation.value != report.generation:
+                    # The coordinator restored the shared model: what this report holds happened before.
+                    if report.updates:
+                        stale = report.payload(shared.step_counter.value, collector, reported_episodes)
+                        shared.messages.put(("report", worker, stale))
+                        reported_episodes = collector.episodes.count
+                    report = Report(worker, shared.generation.value)
+                started = time.perf_counter()
+                synced_step = shared.step_counter.value  # when these weights were copied, by the step count
+                copy_parameters(shared_parameters, local_parameters)
+                updates_at_sync = shared.update_counter.value
+                env_seconds = collector.env_seconds
+                rollout = collector.collect(local.acting_policy(), rng, algo.num_steps)
+                report.env_seconds += collector.env_seconds - env_seconds
+                with shared.step_counter.get_lock():
+                    first_step = shared.step_counter.value
+                    shared.step_counter.value += rollout.num_steps * rollout.num_envs
+                    step = shared.step_counter.value
+                    faults = drills_for_update(drills, shared.fired, first_step, step, guard.lr_spike_factor)
+                for spec in faults.started:
+                    shared.messages.put(("drill", worker, {"drill": spec.text, "kind": spec.kind, "step": step}))
+                if algo.fail_worker_at_step is not None and worker == 0 and step >= algo.fail_worker_at_step:
+                    raise RuntimeError(f"injected failure: a3c.fail_worker_at_step={algo.fail_worker_at_step} reached")
+                if faults.flip_reward:  # what the agent learns from; episode returns keep the true reward
+                    np.negative(rollout.rewards, out=rollout.rewards)
+                rates = algo.optimizer
+                learning_rate = linear_schedule(rates.learning_rate, min(step / total, 1.0), rates.anneal_lr)
+                learning_rate *= shared.lr_scale.value * faults.lr_factor
+                stats = gradient_step(
+                    local,
+                    optimizer,
+                    rollout,
+                    algo,
+                    learning_rate,
+                    shared_model=shared.model,
+                    nan_grad=faults.nan_grad_steps != 0,
+                    skip_nonfinite=guard.skip_nonfinite,
+                )
+                with shared.update_counter.get_lock():
+                    shared.update_counter.value += 1
+                    # Staleness: updates other workers applied between this worker's copy and its own step.
+                    stats[STALENESS] = float(shared.update_counter.value - updates_at_sync - 1)
+            finally:
+                shared.busy[worker] = 0
+            report.add(stats, time.perf_counter() - started, synced_step)
             if report.updates >= algo.report_every:
                 shared.messages.put(("report", worker, report.payload(step, collector, reported_episodes)))
                 reported_episodes = collector.episodes.count
-                report = Report(worker)
+                report = Report(worker, report.generation)
         if report.updates:
             final = report.payload(shared.step_counter.value, collector, reported_episodes)
             shared.messages.put(("report", worker, final))
@@ -154,17 +254,42 @@ def copy_parameters(source: list[torch.nn.Parameter], target: list[torch.nn.Para
             target_tensor.copy_(source_tensor)
 
 
+def gradients_finite(gradients: list[torch.Tensor | None]) -> bool:
+    """No NaN/Inf in any gradient (one reduction over per-tensor sums, as ``pgrad.monitor.recovery``)."""
+    present = [g for g in gradients if g is not None]
+    return not present or bool(torch.isfinite(torch.stack([g.sum() for g in present])).all())
+
+
+def approx_kl(model: ActorCritic, batch: Batch) -> float:
+    """E[(r - 1) - log r] with r = pi(a|s) / pi_old(a|s) over the batch's valid steps (PPO's
+    estimator); ``batch.log_probs`` are pi_old's, the policy the batch was collected with."""
+    with torch.no_grad():
+        log_ratio = (model.distribution(batch.obs).log_prob(batch.actions) - batch.log_probs).clamp(
+            -MAX_LOG_RATIO, MAX_LOG_RATIO
+        )
+        weights = batch.mask / batch.mask.sum().clamp(min=1.0)
+        return float((((log_ratio.exp() - 1.0) - log_ratio) * weights).sum())
+
+
 def gradient_step(
     local: ActorCritic,
     optimizer: SharedOptimizer,
     rollout: Rollout,
     config: A3CConfig,
     learning_rate: float,
+    *,
+    shared_model: ActorCritic | None = None,
+    nan_grad: bool = False,
+    skip_nonfinite: bool = True,
 ) -> dict[str, float]:
     """Differentiate the A2C loss on the local copy, clip, and apply the gradient to the shared model.
 
     The local copy holds the parameters the rollout was collected with, so the gradient is
-    consistent even while other workers move the shared parameters.
+    consistent even while other workers move the shared parameters. ``nan_grad`` (the drill)
+    replaces the clipped gradient by NaN. A non-finite gradient is not applied when
+    ``skip_nonfinite`` (the shared parameters and optimizer statistics stay as they are); the stats
+    then say so (``NONFINITE_STEPS`` 1.0). With ``shared_model``, the stats hold the approx KL
+    between the local (pre-step) and the shared (post-step) policy on the batch.
     """
     batch, batch_stats = actor_critic_batch(local, rollout, config.gamma, config.gae_lambda)
     dist, values = local(batch.obs)
@@ -172,51 +297,84 @@ def gradient_step(
         dist, values, batch, vf_coef=config.vf_coef, ent_coef=config.ent_coef, norm_adv=config.norm_adv
     )
     stats = {key: float(value) for key, value in terms.metrics().items()}
-    if not torch.isfinite(terms.loss):
-        raise FloatingPointError(f"non-finite A3C loss {float(terms.loss)}: {stats}")
     local_parameters = list(local.parameters())
     grad_norm, clipped_norm = backward(local_parameters, terms.loss, config.max_grad_norm)  # type: ignore[misc]
-    optimizer.step([p.grad for p in local_parameters], learning_rate)
+    gradients = [p.grad for p in local_parameters]
+    if nan_grad:
+        for grad in gradients:
+            if grad is not None:
+                grad.fill_(float("nan"))
+    finite = gradients_finite(gradients)
+    if finite or not skip_nonfinite:
+        optimizer.step(gradients, learning_rate)
     stats.update(batch_stats)
     stats.update(
         {
-            "train/learning_rate": learning_rate,
-            "diagnostics/grad_norm": grad_norm,
-            "diagnostics/grad_norm_clipped": clipped_norm,
+            names.LEARNING_RATE: learning_rate,
+            names.GRAD_NORM: grad_norm,
+            names.GRAD_NORM_CLIPPED: clipped_norm,
+            names.NONFINITE_STEPS: float(not finite),
         }
     )
+    if shared_model is not None and (finite or not skip_nonfinite):
+        stats[names.APPROX_KL] = approx_kl(shared_model, batch)
     if local.log_std is not None:
-        stats["diagnostics/log_std_mean"] = float(local.log_std.detach().mean())
+        stats[names.LOG_STD] = float(local.log_std.detach().mean())
     return stats
 
 
 class Report:
-    """Sums of per-update statistics between two messages to the coordinator."""
+    """Per-update statistics between two messages to the coordinator: means (and maxima for
+    ``REPORTED_MAX``), and which updates were skipped as non-finite, in order.
 
-    def __init__(self, worker: int) -> None:
+    A skipped update counts in ``NONFINITE_STEPS`` (a count, not a mean) and in ``nonfinite``; its
+    other statistics (a NaN loss, the norm of a NaN gradient) are left out of the means.
+    """
+
+    def __init__(self, worker: int, generation: int = 0) -> None:
         self.worker = worker
+        self.generation = generation  # the shared model's restore count when this report began
         self.updates = 0
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.maxima: dict[str, float] = {}
+        self.nonfinite: list[int] = []  # per update: 1 = its gradient was non-finite
+        self.synced_step: int | None = None  # the shared step count when its first update copied the shared model
         self.seconds = 0.0
         self.env_seconds = 0.0
 
-    def add(self, stats: dict[str, float], seconds: float) -> None:
+    def add(self, stats: dict[str, float], seconds: float, synced_step: int = 0) -> None:
+        """One update's ``stats``; ``synced_step``: the shared step count when it copied the shared model."""
+        if self.synced_step is None:
+            self.synced_step = synced_step
         self.updates += 1
         self.seconds += seconds
+        skipped = bool(stats.get(names.NONFINITE_STEPS, 0.0))
+        self.nonfinite.append(int(skipped))
+        if skipped:
+            return
         for key, value in stats.items():
-            if np.isfinite(value):  # explained variance is NaN on a constant-return batch
-                self.sums[key] = self.sums.get(key, 0.0) + value
-                self.counts[key] = self.counts.get(key, 0) + 1
+            if key == names.NONFINITE_STEPS or not np.isfinite(value):  # EV is NaN on a constant-return batch
+                continue
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if key in REPORTED_MAX:
+                self.maxima[REPORTED_MAX[key]] = max(self.maxima.get(REPORTED_MAX[key], value), value)
 
     def payload(self, step: int, collector: RolloutCollector, reported_episodes: int) -> dict[str, Any]:
-        """Mean statistics, the episodes finished since the last report, and normaliser statistics."""
+        """Statistics, the episodes finished since the last report, and normaliser statistics."""
         episodes = collector.episodes
         new = min(episodes.count - reported_episodes, len(episodes.returns))
+        metrics = {key: total / self.counts[key] for key, total in self.sums.items()}
+        metrics.update(self.maxima)
+        metrics[names.NONFINITE_STEPS] = float(sum(self.nonfinite))
         return {
             "step": step,
             "updates": self.updates,
-            "metrics": {key: total / self.counts[key] for key, total in self.sums.items()},
+            "generation": self.generation,
+            "synced_step": self.synced_step if self.synced_step is not None else step,
+            "nonfinite": list(self.nonfinite),
+            "metrics": metrics,
             "seconds": self.seconds,
             "env_seconds": self.env_seconds,
             "episode_returns": list(episodes.returns)[len(episodes.returns) - new :],

@@ -7,6 +7,25 @@ the synchronous loop, saves checkpoints in the same format, and stops the run at
 update, then a checkpoint is written), or when a worker raises, dies or stops reporting (its
 traceback or exit code is reported, the others are stopped, stragglers are terminated after
 ``shutdown_timeout``, a checkpoint is written and the run ends with ``TrainingHalted``, exit code 3).
+
+The guard (``guard`` section) judges every report as the synchronous loop judges every update: one
+report (one worker's ``report_every`` updates) is one row of metrics, one ``Guard.observe`` and one
+``Guard.decide``, and the coordinator carries the decision out:
+
+- alerts are logged as events; evaluations (deterministic episodes, frozen normaliser) run on the
+  coordinator's own envs every ``guard.eval_every`` steps, on a copy of the weights taken with the
+  checkpoint they score; checkpoints carry the guard's health mark;
+- non-finite gradients are skipped in the workers and counted in their reports; the counts feed
+  ``GuardState.recent_steps``, and too many halt the run: the workers are stopped cleanly, then
+  ``TrainingHalted`` (exit code 3). No checkpoint is written after a halt;
+- a rollback pauses the workers between two updates (see ``A3CRunner.pause_workers``), copies the
+  newest confirmed healthy state (in memory, else the newest healthy checkpoint) into the shared
+  parameters and shared optimizer statistics in place, writes the guard's learning-rate scale to
+  the shared ``lr_scale`` the workers multiply their rate by, and lets the workers go on: each
+  copies the restored weights at the start of its next update. Reports that hold updates from
+  before the restore (``generation``) are logged but not judged;
+- drills (``guard.inject``) are decided in the workers from the shared step counter (see
+  ``pgrad.runners.a3c_worker``) and logged here as ``drill.*`` events.
 """
 
 from __future__ import annotations
@@ -15,6 +34,7 @@ import os
 import queue
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +43,17 @@ import torch
 import torch.multiprocessing as mp
 
 from pgrad import __version__
-from pgrad.algos.a3c import A3C, A3CConfig
-from pgrad.builders import algo_gamma, build_environment
-from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad import metric_names as names
+from pgrad.algos.a3c import A3C, A3CConfig, build_model
+from pgrad.builders import Environment, algo_gamma, build_environment
+from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimizers, read_train_state
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
+from pgrad.errors import CheckpointError, TrainingHalted
+from pgrad.faults import parse_fault
+from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
+from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
+from pgrad.monitor.recovery import HealthyStates, parameters_finite
+from pgrad.monitor.sinks import read_jsonl
 from pgrad.rollout import EpisodeStats
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
@@ -37,19 +63,52 @@ from pgrad.threads import set_threads
 # Before its first message a worker is importing torch and building its envs, which takes seconds
 # on a busy machine; it counts as stuck only after this long (then after a3c.stall_timeout).
 STARTUP_SECONDS = 300.0
+PAUSE_POLL_SECONDS = 0.001
+
+
+class WorkerConfirmedStates(HealthyStates):
+    """``HealthyStates`` for asynchronous reports: a candidate is confirmed only once *every* running
+    worker has sent a healthy report whose updates all started from weights copied at or after the
+    capture (by the shared step count), with no unhealthy report in between.
+
+    A report lags its updates by up to ``report_every`` of them, and the next report after a capture
+    may come from another worker whose updates mostly predate it; "the next report is healthy", the
+    synchronous rule, would confirm a state taken just as damage began in a worker that has not
+    reported yet.
+    """
+
+    def __init__(self, every: int) -> None:
+        super().__init__(every)
+        self.waiting: set[int] = set()  # workers whose healthy report the candidate still needs
+
+    def after_report(
+        self, healthy: bool, worker: int, synced_step: int, step: int, running: set[int], capture: Any
+    ) -> None:
+        """``capture()`` returns the ``LearnerState`` to hold (called only when one is taken)."""
+        if not healthy:
+            self.candidate = None
+            return
+        if self.candidate is not None and synced_step >= self.candidate.step:
+            self.waiting.discard(worker)
+            if not self.waiting & running:
+                self.confirmed, self.candidate = self.candidate, None
+        if self.candidate is None and (self.last_capture_step is None or step - self.last_capture_step >= self.every):
+            self.candidate = capture()
+            self.last_capture_step = step
+            self.waiting = set(running)
+
+    def load(self, slots: dict[str, Any], capture_step: int | None) -> None:
+        super().load(slots, capture_step)
+        self.waiting = set()  # filled with the running workers when they start
 
 
 class A3CRunner:
-    """Runs an A3C run: starts the workers, supervises them, logs and checkpoints.
+    """Runs an A3C run: starts the workers, supervises them, guards, logs and checkpoints.
 
     Same constructor, ``train()`` and ``stop_requested`` as ``OnPolicyRunner``, and the same
-    ``RunContext`` and ``TrainState``, so the command line treats both alike (``runner_for``).
-    Workers are started with 'spawn', which re-imports the main module: a script that trains A3C
-    needs ``if __name__ == "__main__":``.
-
-    Not applied here: the synchronous trainer's guard (``guard`` section: alert rules, rollbacks,
-    periodic evaluation, drills). A3C stops on a worker error, including a non-finite loss; its
-    drill is ``a3c.fail_worker_at_step``, and ``guard.inject`` is refused rather than ignored.
+    ``RunContext``, ``TrainState`` and ``Guard``, so the command line treats both alike
+    (``runner_for``). Workers are started with 'spawn', which re-imports the main module: a script
+    that trains A3C needs ``if __name__ == "__main__":``.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
@@ -57,10 +116,6 @@ class A3CRunner:
         self.algo_config: A3CConfig = config.algo_config
         self.run = RunContext(config, run_dir, resume)
         self.run_dir = self.run.run_dir
-        if config.guard.inject:
-            raise ConfigError(
-                "guard.inject drills run on the synchronous trainer only; for a3c use a3c.fail_worker_at_step"
-            )
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
         probe = build_environment(config, algo_gamma(config), num_envs=1)  # env errors before any process starts
@@ -74,10 +129,17 @@ class A3CRunner:
         self.episodes = EpisodeStats.empty(config.run.episode_window)
         self.step = self.updates = 0
         self.failure: str | None = None
+        self.halted: tuple[Halt, int] | None = None  # the guard's halt and the step it was decided at
+        self.judging = False  # reports are judged by the guard only while the workers are supervised
+        self.judged_reports = 0
         self.workers: list[Any] = []
         self.finished: set[int] = set()  # workers that said done, failed, died or stalled
         self.last_heard: dict[int, float] = {}  # worker -> monotonic time of its last message
         self.started_workers: set[int] = set()  # workers that have imported everything and begun
+        self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
+        self.healthy_states = WorkerConfirmedStates(config.guard.snapshot_every)  # a rollback's first choice
+        self.eval_env: Environment | None = None
+        self.eval_model: Any = None
 
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
@@ -102,6 +164,10 @@ class A3CRunner:
     def store(self) -> Any:
         return self.run.store
 
+    @property
+    def guard_state(self) -> Any:
+        return self.guard.state
+
     # ---- checkpoints ----------------------------------------------------------------------
     def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Observation/reward normaliser statistics of the lowest-numbered worker that reported.
@@ -112,27 +178,55 @@ class A3CRunner:
         """
         return self.normalizers[min(self.normalizers)]
 
-    def train_state(self) -> TrainState:
-        # Workers keep stepping while the tensors are copied: a checkpoint is a Hogwild snapshot.
+    def train_state(self, frozen: bool = False) -> TrainState:
+        """The checkpoint's content. Workers keep stepping while the tensors are copied: a checkpoint
+        is a Hogwild snapshot. ``frozen``: clone the shared tensors now (an evaluation plays exactly
+        the weights of the checkpoint that carries its score); otherwise they are read when written."""
         episodes = self.episodes
+        if frozen:
+            model_state, optimizer_state = self._cloned_learner()
+        else:
+            model_state, optimizer_state = self.algo.model.state_dict(), self.algo.optimizer.state_dict()
         return TrainState(
             algo=self.config.algo,
             step=self.step,
             updates=self.updates,
             elapsed_seconds=self.run.elapsed(),
             config=self.config.to_dict(),
-            modules={"model": self.algo.model.state_dict()},
-            optimizers={"optimizer": self.algo.optimizer.state_dict()},
+            modules={"model": model_state},
+            optimizers={"optimizer": optimizer_state},
             normalizers=self.normalizer_state(),
             rng_torch=torch.get_rng_state(),
             env_state=None,  # worker environments are re-seeded on resume (pgrad.algos.a3c)
             episodes={"returns": list(episodes.returns), "lengths": list(episodes.lengths), "count": episodes.count},
             algo_state={"num_workers": self.algo_config.num_workers},
+            guard=self.guard.state.to_dict(),
+            rollback_states=self.healthy_states.slots(),
+            rollback_capture_step=self.healthy_states.last_capture_step,
             pgrad_version=__version__,
         )
 
-    def save_checkpoint(self, score: float | None) -> Path:
-        return self.run.save_checkpoint(self.train_state(), score)
+    def _cloned_learner(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Copies of the shared model's and optimizer's state dicts (sharing no storage with them)."""
+        model_state = {key: value.detach().clone() for key, value in self.algo.model.state_dict().items()}
+        optimizer_state = self.algo.optimizer.state_dict()
+        optimizer_state["state"] = {
+            index: {key: tensor.clone() for key, tensor in group.items()}
+            for index, group in optimizer_state["state"].items()
+        }
+        return model_state, optimizer_state
+
+    def capture(self, step: int) -> LearnerState:
+        """The shared learner as a rollback may restore it (a Hogwild snapshot, like a checkpoint)."""
+        model_state, optimizer_state = self._cloned_learner()
+        normalizers = {
+            name: {key: np.copy(value) for key, value in stats.items()}
+            for name, stats in self.normalizer_state().items()
+        }
+        return LearnerState(step, {"model": model_state}, {"optimizer": optimizer_state}, normalizers)
+
+    def save_checkpoint(self, score: float | None, healthy: bool = True, state: TrainState | None = None) -> Path:
+        return self.run.save_checkpoint(state or self.train_state(), score, healthy)
 
     def load(self, state: TrainState, path: Path) -> None:
         load_modules({"model": self.algo.model}, state, path)
@@ -145,6 +239,9 @@ class A3CRunner:
         self.episodes.count = state.episodes["count"]
         if state.rng_torch is not None:
             torch.set_rng_state(state.rng_torch)
+        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
+        logged = read_jsonl(self.run_dir / "metrics.jsonl")
+        self.guard.load(state.guard, [m for m in logged if m.get(names.STEP, 0) <= state.step])
         self.step, self.updates = state.step, state.updates
         self.run.emit(
             "run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)", path=str(path)
@@ -152,23 +249,51 @@ class A3CRunner:
         self.run.note_new_total(state)
 
     # ---- workers ----------------------------------------------------------------------------
-    def _start_workers(self) -> None:
-        from pgrad.runners.a3c_worker import SharedHandles, worker_main
+    def share(self) -> Any:
+        """Move the learner to shared memory and make the shared counters, flags and queue; returns
+        the ``SharedHandles`` every worker gets (no process is started here)."""
+        from pgrad.runners.a3c_worker import SharedHandles
 
         context = mp.get_context("spawn")  # fork is unsafe once torch has started threads
+        self.context = context
         self.stop_event = context.Event()
         self.messages = context.Queue()
         self.step_counter = context.Value("q", self.step)
         self.update_counter = context.Value("q", self.updates)
+        self.lr_scale = context.Value("d", self.guard.state.lr_scale)
+        self.running = context.Event()
+        self.running.set()
+        self.busy = context.Array("b", self.algo_config.num_workers)
+        self.generation = context.Value("q", 0)
+        drills = [parse_fault(text).text for text in self.config.guard.inject]
+        self.fired = context.Array("b", [int(text in self.guard.state.fired) for text in drills])
         optimizer_states = self.algo.share_memory()
-        shared = SharedHandles(
-            self.algo.model, optimizer_states, self.step_counter, self.update_counter, self.stop_event, self.messages
+        return SharedHandles(
+            self.algo.model,
+            optimizer_states,
+            self.step_counter,
+            self.update_counter,
+            self.stop_event,
+            self.messages,
+            self.lr_scale,
+            self.running,
+            self.busy,
+            self.generation,
+            self.fired,
         )
+
+    def _start_workers(self) -> None:
+        from pgrad.runners.a3c_worker import worker_main
+
+        shared = self.share()
+        context, workers = self.context, self.algo_config.num_workers
+        if self.healthy_states.candidate is not None:
+            self.healthy_states.waiting = set(range(workers))
         # Started with SIGINT ignored, which survives exec: Ctrl-C in a terminal reaches the whole
         # process group, and only the coordinator may act on it (it then stops the workers).
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for worker in range(self.algo_config.num_workers):
+            for worker in range(workers):
                 process = context.Process(
                     target=worker_main,
                     args=(worker, self.config, shared, self.normalizer_state(), self.step, os.getpid()),
@@ -189,15 +314,19 @@ class A3CRunner:
         )
 
     def _supervise(self, stop_at_step: int | None) -> None:
-        """Read reports until the workers finish, one fails, a stop is requested or ``stop_at_step``."""
-        every = self.config.run.checkpoint_every
-        while not self.stop_requested and self.failure is None and len(self.finished) < len(self.workers):
-            self._receive(timeout=0.1)
-            self._check_alive()
-            if stop_at_step is not None and self.step_counter.value >= stop_at_step:
-                return
-            if self.step - self.run.last_checkpoint_step >= every and self.failure is None:
-                self.save_checkpoint(self.episodes.summary().get("rollout/return_mean"))
+        """Read reports until the workers finish, one fails, the guard halts, a stop is requested
+        or ``stop_at_step``."""
+        self.judging = True
+        try:
+            while not self.stop_requested and self.failure is None and self.halted is None:
+                if len(self.finished) >= len(self.workers):
+                    return
+                self._receive(timeout=0.1)
+                self._check_alive()
+                if stop_at_step is not None and self.step_counter.value >= stop_at_step:
+                    return
+        finally:
+            self.judging = False
 
     def _receive(self, timeout: float) -> None:
         """Handle every waiting message; wait up to ``timeout`` seconds for the first one."""
@@ -215,7 +344,9 @@ class A3CRunner:
         if kind == "started":
             self.started_workers.add(worker)
         elif kind == "report":
-            self._write_metrics(worker, payload)
+            self._on_report(worker, payload)
+        elif kind == "drill":
+            self._on_drill(worker, payload)
         elif kind == "done":
             self.finished.add(worker)
         elif kind == "error":
@@ -259,6 +390,7 @@ class A3CRunner:
         if not self.workers:
             return
         self.stop_event.set()
+        self.running.set()  # a worker held paused must see the stop
         deadline = time.monotonic() + self.algo_config.shutdown_timeout
         while any(p.is_alive() for p in self.workers) and time.monotonic() < deadline:
             self._receive(timeout=0.05)  # keep draining: a worker exits only once its queue is flushed
@@ -278,42 +410,230 @@ class A3CRunner:
         self.messages.close()
         self.messages.cancel_join_thread()
 
-    # ---- metrics ----------------------------------------------------------------------------
-    def _write_metrics(self, worker: int, payload: dict[str, Any]) -> None:
+    def running_workers(self) -> set[int]:
+        return {w for w, process in enumerate(self.workers) if w not in self.finished and process.is_alive()}
 
+    # ---- pausing the workers (rollbacks) -------------------------------------------------------
+    def pause_workers(self) -> list[int]:
+        """Hold every worker between two updates; returns the workers still inside one at the deadline.
+
+        Clears the shared ``running`` event, then waits until no live worker has its ``busy`` flag
+        up. A worker raises that flag before it copies the shared parameters and lowers it after its
+        gradient is applied (``a3c_worker.enter_update``), so once none is busy no update is in
+        flight: nothing computed from the weights about to be replaced can land on the restored
+        ones, and nothing writes the tensors while they are restored. The wait is at most one update
+        (a rollout of ``num_steps`` steps and a gradient step, milliseconds); a worker stuck inside
+        one (a hung env) is waited for ``shutdown_timeout`` at most, then left to the stall check.
+        """
+        self.running.clear()
+        deadline = time.monotonic() + self.algo_config.shutdown_timeout
+        while True:
+            busy = [w for w, process in enumerate(self.workers) if self.busy[w] and process.is_alive()]
+            if not busy or time.monotonic() >= deadline:
+                return busy
+            time.sleep(PAUSE_POLL_SECONDS)
+
+    def resume_workers(self) -> None:
+        self.running.set()
+
+    # ---- carrying out the guard's decisions ---------------------------------------------------
+    def log_events(self, events: list[Event], step: int) -> None:
+        for event in events:
+            self.run.emit(event.kind, step, event.message, show=event.show, **event.data)
+
+    def carry_out(self, actions: list[Action], worker: int, payload: dict[str, Any], frozen: TrainState | None) -> None:
+        step = int(payload.get("row_step", self.step))
+        for action in actions:
+            if isinstance(action, Halt):
+                self.halted = (action, step)
+                return
+            if isinstance(action, Rollback):
+                self.roll_back(action, step)
+            elif isinstance(action, Checkpoint):
+                state = None
+                if frozen is not None and action.score is not None:
+                    # The evaluated weights, with the guard's state as decide left it (the evaluation counted).
+                    state = replace(
+                        frozen,
+                        guard=self.guard.state.to_dict(),
+                        rollback_states=self.healthy_states.slots(),
+                        rollback_capture_step=self.healthy_states.last_capture_step,
+                    )
+                self.save_checkpoint(action.score, action.healthy, state)
+            elif isinstance(action, Snapshot):
+                self.healthy_states.after_report(
+                    action.healthy,
+                    worker,
+                    int(payload.get("synced_step", 0)),
+                    step,
+                    self.running_workers(),
+                    lambda: self.capture(step),
+                )
+
+    def roll_back(self, action: Rollback, step: int) -> None:
+        """Restore the state the guard chose into the shared tensors (it cut the learning rate already).
+
+        ``last_healthy``: the newest confirmed healthy state in memory, else the newest checkpoint
+        marked healthy. ``best``: the best-evaluated checkpoint, else the same as ``last_healthy``.
+        The workers are paused for the restore (``pause_workers``); their observation and reward
+        normalisers keep their statistics (they are the workers' own, and no gradient step moves them).
+        """
+        self.healthy_states.forget_candidate()
+        path = self.run.checkpoint_path("best") if action.source == "best" else None
+        memory = self.healthy_states.confirmed if path is None else None
+        if path is None and memory is None:
+            path = self.run.checkpoint_path("last_healthy")
+        restored = read_train_state(path) if path is not None else None  # read before the workers wait
+        data: dict[str, Any] = {"checkpoint": str(path) if path else None, "restored_from": None}
+        still_busy = self.pause_workers()
+        try:
+            if memory is not None:
+                self.algo.restore_in_place(memory.modules["model"], memory.optimizers["optimizer"])
+                summary = f"restored the healthy state of step {memory.step} from memory"
+                data.update(restored_from="memory", restored_step=memory.step)
+            elif restored is not None and path is not None:
+                load_modules({"model": self.algo.model}, restored, path)  # copies into the shared tensors
+                load_optimizers({"optimizer": self.algo.optimizer}, restored, path)
+                summary = f"restored {path.name} (step {restored.step})"
+                data.update(
+                    restored_from="disk",
+                    restored_step=restored.step,
+                    restored_score=restored.score,
+                    restored_healthy=restored.healthy,
+                )
+            else:
+                summary = "no healthy state yet, kept the current weights"
+            self.lr_scale.value = self.guard.state.lr_scale
+            with self.generation.get_lock():
+                self.generation.value += 1  # reports begun before now are not judged
+        finally:
+            self.resume_workers()
+        data.update(
+            paused_workers=sorted(self.running_workers() - set(still_busy)),
+            unpaused_workers=still_busy,
+            generation=self.generation.value,
+        )
+        if still_busy:
+            summary += f" (workers {still_busy} did not pause within {self.algo_config.shutdown_timeout:g} s)"
+        self.log_events([self.guard.rollback_event(action.reason, summary, data)], step)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> float:
+        """Deterministic episodes on the coordinator's own envs, with the weights and observation
+        statistics of ``state`` (frozen); adds ``eval/*`` metrics."""
+        guard = self.config.guard
+        started = time.perf_counter()
+        if self.eval_env is None:
+            self.eval_env = build_environment(
+                self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
+            )
+            self.eval_model = build_model(self.algo_config, self.adapter.obs_dim, self.adapter.action)
+        self.eval_model.load_state_dict(state.modules["model"])
+        self.eval_env.obs_normalizer.stats.load(state.normalizers["obs"])
+        returns, lengths = run_episodes(
+            self.eval_model.acting_policy(),
+            self.eval_env.envs,
+            self.eval_env.adapter,
+            self.eval_env.obs_normalizer,
+            guard.eval_episodes,
+            True,
+            EVAL_SEED_OFFSET + self.config.run.seed,
+        )
+        metrics.update(
+            {
+                names.EVAL_RETURN_MEAN: float(np.mean(returns)),
+                names.EVAL_RETURN_STD: float(np.std(returns)),
+                "eval/return_min": float(np.min(returns)),
+                "eval/return_max": float(np.max(returns)),
+                "eval/length_mean": float(np.mean(lengths)),
+                "perf/eval_seconds": time.perf_counter() - started,
+            }
+        )
+        return float(np.mean(returns))
+
+    # ---- reports --------------------------------------------------------------------------------
+    def _on_drill(self, worker: int, payload: dict[str, Any]) -> None:
+        text = payload["drill"]
+        if text not in self.guard.state.fired:
+            self.guard.state.fired = sorted([*self.guard.state.fired, text])
+        # Logged at the coordinator's step, like every event (events.jsonl stays in step order); the
+        # worker's step count when the drill fired is in the message and in ``fired_at``.
+        self.run.emit(
+            f"drill.{payload['kind']}",
+            self.step_counter.value,
+            f"drill {text} started (worker {worker}, step {payload['step']})",
+            drill=text,
+            worker=worker,
+            fired_at=payload["step"],
+        )
+
+    def _on_report(self, worker: int, payload: dict[str, Any]) -> None:
+        """Log one worker's report as a metrics row, and while supervising let the guard judge it.
+
+        Reports holding updates from before the latest restore (an older ``generation``) and those
+        drained while the workers stop are logged, and their non-finite steps counted, but not judged.
+        """
+        metrics = self._metrics_row(worker, payload)
+        window = self.config.guard.nonfinite_window
+        state = self.guard.state
+        state.recent_steps = (state.recent_steps + list(payload.get("nonfinite", [])))[-window:]
+        payload["row_step"] = metrics[names.STEP]
+        if not self.judging or self.halted is not None or payload.get("generation", 0) != self.generation.value:
+            self.run.log(metrics)
+            self.last_metrics = metrics
+            return
+        step = metrics[names.STEP]
+        # The guard counts rows, as the synchronous loop's updates (a warning repeats once per
+        # guard.history_window of them), not the workers' gradient steps (report_every per row).
+        self.judged_reports += 1
+        self.guard.observe(metrics, self.judged_reports)
+        frozen = evaluation = None
+        # The evaluation at run.total_steps is the final checkpoint's (every worker's last report is past it).
+        if step < self.config.run.total_steps and self.guard.evaluation_due(step):
+            frozen = self.train_state(frozen=True)
+            evaluation = self.evaluate(metrics, frozen)
+        self.run.log(metrics)
+        self.last_metrics = metrics
+        checkpoint_due = step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
+        actions = self.guard.decide(metrics, step, evaluation, checkpoint_due)
+        self.log_events(self.guard.take_events(), step)
+        self.carry_out(actions, worker, payload, frozen)
+
+    def _metrics_row(self, worker: int, payload: dict[str, Any]) -> dict[str, Any]:
         for episode_return, length in zip(payload["episode_returns"], payload["episode_lengths"], strict=True):
             self.episodes.add(episode_return, length)
         self.normalizers[worker] = payload["normalizers"]
         self.normalizers.pop(-1, None)
         now = time.perf_counter()
         step, updates = self.step_counter.value, self.update_counter.value
+        self.step, self.updates = step, updates
         mark_time, mark_step = self.rate_mark
         if now - mark_time >= 1.0 or self.steps_per_second is None:  # rate over >= 1 s windows
             self.steps_per_second = (step - mark_step) / max(now - mark_time, 1e-9)
             if now - mark_time >= 1.0:
                 self.rate_mark = (now, step)
-        metrics = {
-            "step": step,
-            "update": updates,
+        return {
+            names.STEP: step,
+            names.UPDATE: updates,
             "worker": worker,
             **self.episodes.summary(),
             **payload["metrics"],
+            names.PARAMS_FINITE: float(parameters_finite({"model": self.algo.model})),
             "train/gradient_steps": float(payload["updates"]),
-            "perf/steps_per_second": self.steps_per_second,
+            names.STEPS_PER_SECOND: self.steps_per_second,
             "perf/update_seconds": payload["seconds"] / max(payload["updates"], 1),
             "perf/env_seconds": payload["env_seconds"],
             "perf/wall_seconds": self.run.elapsed(),
             "perf/rss_mb": resident_memory_mb(),
             "perf/workers_alive": float(sum(p.is_alive() for p in self.workers)),
         }
-        self.run.log(metrics)
-        self.last_metrics = metrics
 
     # ---- the run ----------------------------------------------------------------------------
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` (or stop at ``stop_at_step``); returns a ``TrainResult``.
 
-        Raises ``TrainingHalted`` after a clean shutdown and a checkpoint if a worker failed.
+        Raises ``TrainingHalted`` (exit code 3) after a clean shutdown if the guard halted the run
+        (no checkpoint after the halt), or if a worker failed (with a checkpoint).
         """
         self.run.started = time.perf_counter()
         self.rate_mark = (self.run.started, self.step)
@@ -326,9 +646,11 @@ class A3CRunner:
                 self._supervise(stop_at_step)
             finally:
                 self._stop_workers()
+        if self.halted is not None:
+            self.halt(*self.halted)
         checkpoint = None
         if self.run.needs_final_checkpoint(self.step):
-            checkpoint = self.save_checkpoint(self.episodes.summary().get("rollout/return_mean"))
+            checkpoint = self._final_checkpoint()
         checkpoint = checkpoint or self.run.store.path("latest")
         if self.failure is not None:
             self.run.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
@@ -340,5 +662,33 @@ class A3CRunner:
         self.close()
         return result
 
+    def _final_checkpoint(self) -> Path:
+        """At the end of the run (evaluated when the guard's evaluation is due, as at run.total_steps)."""
+        if self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step):
+            frozen = self.train_state(frozen=True)
+            row: dict[str, Any] = {names.STEP: self.step, names.UPDATE: self.updates}
+            score = self.evaluate(row, frozen)
+            self.run.log(row)
+            return self.save_checkpoint(score, self.guard.healthy, frozen)
+        return self.save_checkpoint(self.guard.checkpoint_score(self.last_metrics), self.guard.healthy)
+
+    def halt(self, action: Halt, step: int) -> None:
+        """The guard's halt, once the workers have stopped: log why and raise ``TrainingHalted``."""
+        latest = self.run.checkpoint_path("latest")
+        message = action.message
+        if action.dump:
+            message = (
+                f"{message}. A3C keeps no trajectories in the coordinator, so nothing was dumped. Usual causes: "
+                f"learning rate too high, no gradient clipping, unnormalised rewards; see 'pgrad doctor {self.run_dir}'"
+            )
+        resume = f"'pgrad resume {self.run_dir}' continues from {latest.name}" if latest else "no checkpoint yet"
+        message = f"{message}; the workers were stopped ({resume})"
+        self.run.emit(action.kind, step, message, recoveries=self.guard.state.recoveries)
+        self.close()
+        raise TrainingHalted(message)
+
     def close(self) -> None:
+        if self.eval_env is not None:
+            self.eval_env.envs.close()
+            self.eval_env = None
         self.run.close()

@@ -1,0 +1,295 @@
+"""The guard on A3C: non-finite steps skipped in the workers and counted, sustained ones halting the
+run, an lr spike rolled back by restoring the shared tensors in place, and drills decided from the
+shared step counter. The process-free tests check the pieces; short runs check the whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pgrad import metric_names as names
+from pgrad.algos.a3c import A3C, build_model
+from pgrad.cli import main
+from pgrad.envs.factory import SpaceAdapter, make_vector_env
+from pgrad.envs.normalize import ObsNormalizer, RewardScaler
+from pgrad.faults import parse_fault
+from pgrad.monitor.sinks import read_jsonl
+from pgrad.rollout import RolloutCollector
+from pgrad.runners.a3c_worker import Report, copy_parameters, drills_for_update, gradient_step
+from pgrad.runners.asynchronous import A3CRunner
+from pgrad.runs import resolve_config
+from test_a3c import process_alive, worker_pids
+
+QUIET = ["run.progress=false", "run.tensorboard=false"]
+
+
+def events(run: Path, prefix: str) -> list[dict]:
+    return [e for e in read_jsonl(run / "events.jsonl") if e["kind"].startswith(prefix)]
+
+
+def learner_tensors(algo: A3C) -> list[torch.Tensor]:
+    """Every shared tensor: the parameters, then the optimizer statistics."""
+    return [*algo.model.parameters(), *(t for state in algo.optimizer.states for t in state.values())]
+
+
+def clones(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in tensors]
+
+
+# ---- the pieces, without processes ----------------------------------------------------------------
+
+
+def worker_setup(env_id: str = "CartPole-v1") -> tuple[A3C, Any, Any, Any]:
+    """A shared learner, a worker's local copy of it, and a rollout collected with that copy."""
+    config, _ = resolve_config("a3c", env_id, sets=["env.num_envs=2", "num_steps=8"], use_preset=False)
+    algo_config = config.algo_config
+    envs = make_vector_env(config.env)
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
+    collector = RolloutCollector(
+        envs, adapter, ObsNormalizer((adapter.obs_dim,), 10.0, False), RewardScaler(2, 0.99, 10.0, False), 20
+    )
+    collector.reset(3)
+    learner = A3C(algo_config, adapter.obs_dim, adapter.action)
+    learner.share_memory()
+    local = build_model(algo_config, adapter.obs_dim, adapter.action)
+    copy_parameters(list(learner.model.parameters()), list(local.parameters()))
+    rollout = collector.collect(local.acting_policy(), np.random.default_rng(3), algo_config.num_steps)
+    envs.close()
+    return learner, local, rollout, algo_config
+
+
+def test_a_nonfinite_gradient_is_skipped_leaving_shared_parameters_and_statistics_alone():
+    learner, local, rollout, algo_config = worker_setup()
+    before = clones(learner_tensors(learner))
+    stats = gradient_step(
+        local, learner.optimizer, rollout, algo_config, 0.01, shared_model=learner.model, nan_grad=True
+    )
+    assert stats[names.NONFINITE_STEPS] == 1.0 and names.APPROX_KL not in stats
+    for tensor, saved in zip(learner_tensors(learner), before, strict=True):
+        assert torch.equal(tensor, saved)  # not a parameter, not a square average, not a step count moved
+
+    # The same step with a finite gradient moves the shared model, and says how far (approx KL).
+    stats = gradient_step(local, learner.optimizer, rollout, algo_config, 0.01, shared_model=learner.model)
+    assert stats[names.NONFINITE_STEPS] == 0.0 and 0.0 < stats[names.APPROX_KL] < 1.0
+    assert float(learner.optimizer.states[0]["step"]) == 1.0
+
+
+def test_with_skip_nonfinite_off_a_nan_gradient_reaches_the_parameters():
+    learner, local, rollout, algo_config = worker_setup()
+    stats = gradient_step(
+        local,
+        learner.optimizer,
+        rollout,
+        algo_config,
+        0.01,
+        shared_model=learner.model,
+        nan_grad=True,
+        skip_nonfinite=False,
+    )
+    assert stats[names.NONFINITE_STEPS] == 1.0
+    assert not all(torch.isfinite(p).all() for p in learner.model.parameters())
+
+
+def test_a_report_counts_skipped_steps_and_leaves_their_statistics_out_of_the_means():
+    report = Report(worker=1, generation=2)
+    report.add({names.POLICY_LOSS: 1.0, names.APPROX_KL: 0.01, names.NONFINITE_STEPS: 0.0}, 0.1, synced_step=40)
+    report.add({names.POLICY_LOSS: float("nan"), names.NONFINITE_STEPS: 1.0}, 0.1, synced_step=80)
+    report.add({names.POLICY_LOSS: 3.0, names.APPROX_KL: 0.05, names.NONFINITE_STEPS: 0.0}, 0.1, synced_step=120)
+
+    class Episodes:
+        count, returns, lengths = 0, [], []
+
+    class Collector:
+        episodes = Episodes()
+
+        def normalizer_state(self) -> dict:
+            return {}
+
+    payload = report.payload(160, Collector(), 0)  # type: ignore[arg-type]
+    assert payload["nonfinite"] == [0, 1, 0] and payload["metrics"][names.NONFINITE_STEPS] == 1.0
+    assert payload["metrics"][names.POLICY_LOSS] == 2.0  # the NaN of the skipped step is not in the mean
+    assert payload["metrics"][names.APPROX_KL] == pytest.approx(0.03)
+    assert payload["metrics"][names.APPROX_KL + "_max"] == 0.05
+    assert (payload["generation"], payload["synced_step"], payload["updates"]) == (2, 40, 3)
+
+
+def test_drills_fire_once_across_workers_through_the_shared_flags():
+    drills = (parse_fault("lr_spike@100"), parse_fault("nan_grad@100:80"), parse_fault("reward_flip@300:100"))
+    fired = [0, 0, 0]  # what multiprocessing.Array('b', 3) holds, in the coordinator's order
+    first = drills_for_update(drills, fired, 80, 120, 100.0)  # worker 0's rollout covers [80, 120)
+    assert first.lr_factor == 100.0 and first.nan_grad_steps == -1 and not first.flip_reward
+    assert [spec.kind for spec in first.started] == ["lr_spike", "nan_grad"] and fired == [1, 1, 0]
+    second = drills_for_update(drills, fired, 120, 160, 100.0)  # worker 1, next: the one-shot spike is spent
+    assert second.lr_factor == 1.0 and second.nan_grad_steps == -1 and not second.started
+    third = drills_for_update(drills, fired, 300, 340, 100.0)
+    assert third.flip_reward and third.nan_grad_steps == 0 and fired == [1, 1, 1]
+
+
+@pytest.mark.parametrize("source", ["memory", "disk"])
+def test_a_rollback_copies_the_healthy_state_into_the_shared_tensors_in_place(tmp_path, source):
+    """The restore the workers depend on: same storage, new values (no process is started). From the
+    confirmed healthy state in memory, or without one from the newest checkpoint marked healthy."""
+    config, _ = resolve_config("a3c", "CartPole-v1", sets=QUIET, total_steps=10_000)
+    runner = A3CRunner(config, tmp_path / "run", console=False)
+    runner.share()
+    shared = learner_tensors(runner.algo)
+    storage = [t.data_ptr() for t in shared]
+    if source == "memory":
+        runner.healthy_states.confirmed = runner.capture(step=400)
+    else:
+        runner.step = 400
+        runner.save_checkpoint(None, healthy=True)
+    expected = clones(shared)
+
+    # Damage: a few large optimizer steps, as an lr spike would take.
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator) for p in runner.algo.model.parameters()]
+        runner.algo.optimizer.step(grads, 1.0)
+    assert not all(torch.equal(t, e) for t, e in zip(shared, expected, strict=True))
+
+    # A critical KL on a report: the guard decides a rollback, the runner carries it out.
+    metrics = {names.STEP: 800, names.UPDATE: 20, names.APPROX_KL: 5.0, names.PARAMS_FINITE: 1.0}
+    runner.guard.observe(metrics, 20)
+    actions = runner.guard.decide(metrics, 800, None, False)
+    runner.log_events(runner.guard.take_events(), 800)
+    runner.carry_out(actions, 0, {"row_step": 800, "generation": 0}, None)
+
+    after = learner_tensors(runner.algo)
+    for tensor, saved, pointer, original in zip(after, expected, storage, shared, strict=True):
+        assert tensor is original and tensor.data_ptr() == pointer and tensor.is_shared()
+        assert torch.equal(tensor, saved)
+    assert runner.lr_scale.value == 0.5 and runner.generation.value == 1  # workers read both every update
+    (rollback,) = events(runner.run_dir, "recovery.rollback")
+    assert rollback["restored_from"] == source and rollback["restored_step"] == 400
+    assert rollback["lr_scale"] == 0.5 and "approx KL 5 > 0.1" in rollback["message"]
+    runner.close()
+
+
+# ---- short runs ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drilled_run(tmp_path_factory) -> Path:
+    """One A3C CartPole run (2 workers, the preset) with two drills: one NaN gradient at 1000 steps and a
+    100x learning rate for the updates starting in [3600, 3800)."""
+    run = tmp_path_factory.mktemp("a3c_guard") / "run"
+    config, _ = resolve_config(
+        "a3c",
+        "CartPole-v1",
+        sets=[
+            *QUIET,
+            "report_every=10",
+            "snapshot_every=400",
+            "eval_every=3000",
+            "eval_episodes=2",
+            "checkpoint_every=3000",
+            "inject=[nan_grad@1000, lr_spike@3600:200]",
+        ],
+        seed=1,
+        total_steps=6000,
+    )
+    A3CRunner(config, run, console=False).train()  # neither drill may stop the run
+    return run
+
+
+def test_one_nan_gradient_on_a3c_is_skipped_and_logged_without_a_halt(drilled_run):
+    (drill,) = events(drilled_run, "drill.nan_grad")
+    assert drill["drill"] == "nan_grad@1000:1" and drill["fired_at"] >= 1000
+    rows = read_jsonl(drilled_run / "metrics.jsonl")
+    skipped = [row for row in rows if row.get(names.NONFINITE_STEPS, 0.0) > 0]
+    assert len(skipped) == 1 and skipped[0][names.NONFINITE_STEPS] == 1.0 and skipped[0]["worker"] == drill["worker"]
+    alerts = events(drilled_run, "critical.nonfinite")
+    assert [a["step"] for a in alerts] == [skipped[0]["step"]] and "skipped" in alerts[0]["message"]
+    assert all(row.get(names.PARAMS_FINITE, 1.0) == 1.0 for row in rows)
+    assert not events(drilled_run, "critical.halted") and events(drilled_run, "run.finished")
+
+
+def test_an_lr_spike_on_a3c_is_rolled_back_with_restored_weights_and_a_cut_learning_rate(drilled_run):
+    (drill,) = events(drilled_run, "drill.lr_spike")
+    rollbacks = events(drilled_run, "recovery.rollback")
+    assert rollbacks, "the spike was not rolled back"
+    rollback = rollbacks[0]
+    (kl,) = [e for e in events(drilled_run, "critical.kl") if e["step"] == rollback["step"]]
+    assert kl["value"] > 0.1 and rollback["step"] >= drill["fired_at"] and "approx KL" in rollback["reason"]
+    # The newest confirmed healthy state, from before the spike, with every worker paused for the copy.
+    assert rollback["restored_from"] == "memory" and rollback["restored_step"] < drill["fired_at"]
+    assert rollback["lr_scale"] == 0.5 and rollback["unpaused_workers"] == []
+    # The run went on at half the learning rate (the preset's 1.5e-3, not annealed), and no other rollback
+    # followed the spike (reports holding pre-restore updates are logged, not judged).
+    assert len(rollbacks) == 1
+    rows = read_jsonl(drilled_run / "metrics.jsonl")
+    later = [row for row in rows if row["step"] > rollback["step"] and names.LR_SCALE in row]
+    assert later and all(row[names.LR_SCALE] == 0.5 for row in later)
+    assert all(row[names.LEARNING_RATE] == pytest.approx(0.75e-3) for row in later)
+    assert events(drilled_run, "run.finished")[0]["step"] >= 6000
+
+
+def test_a3c_evaluates_and_marks_checkpoints_healthy_or_not(drilled_run):
+    rows = read_jsonl(drilled_run / "metrics.jsonl")
+    evaluated = [row["step"] for row in rows if names.EVAL_RETURN_MEAN in row]
+    assert len(evaluated) == 2 and evaluated[-1] >= 6000  # one mid-run (eval_every) and one at the end
+    checkpoints = events(drilled_run, "checkpoint")
+    assert checkpoints and all(isinstance(c["healthy"], bool) for c in checkpoints)
+    assert checkpoints[-1]["score"] is not None  # the final checkpoint carries the final evaluation
+
+
+def test_sustained_nan_gradients_halt_a3c_with_exit_3_and_every_worker_stopped(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "a3c",
+            "--env",
+            "CartPole-v1",
+            "--run-dir",
+            str(run),
+            "--quiet",
+            "--total-steps",
+            "10000000",  # the halt must end the run
+            "--inject",
+            "nan_grad@1000:10000000",
+            "--set",
+            "run.tensorboard=false",
+        ]
+    )
+    assert code == 3
+    assert "NaN/Inf gradients" in capsys.readouterr().err
+    kinds = [e["kind"] for e in read_jsonl(run / "events.jsonl")]
+    assert kinds[-1] == "critical.halted" and "critical.nonfinite" in kinds
+    assert "run.failed" not in kinds and "warning.worker_terminated" not in kinds
+    assert not any(process_alive(pid) for pid in worker_pids(run))
+    (halted,) = events(run, "critical.halted")
+    assert "workers were stopped" in halted["message"] and halted["step"] < 10_000
+
+
+@pytest.mark.slow  # 44k steps: the policy must have learned before the flip
+def test_reward_flip_on_a3c_collapses_evaluation_and_reloads_the_best_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    config, _ = resolve_config(
+        "a3c",
+        "CartPole-v1",
+        sets=[*QUIET, "eval_every=4000", "checkpoint_every=100000", "inject=[reward_flip@16000:16000]"],
+        seed=1,
+        total_steps=44_000,
+    )
+    runner = A3CRunner(config, run, console=False)
+    runner.train()
+    (drill,) = events(run, "drill.reward_flip")
+    rollbacks = events(run, "recovery.rollback")
+    assert rollbacks and "evaluation return collapsed" in rollbacks[0]["message"], rollbacks
+    # The best-evaluated checkpoint (possibly one written just after the flip began: its weights had not
+    # learned from flipped rewards yet), and the run goes on at half the rate.
+    rollback = rollbacks[0]
+    evaluations = [
+        (m["step"], m[names.EVAL_RETURN_MEAN]) for m in read_jsonl(run / "metrics.jsonl") if names.EVAL_RETURN_MEAN in m
+    ]
+    assert rollback["restored_from"] == "disk" and rollback["restored_healthy"]
+    assert rollback["restored_score"] == max(r for s, r in evaluations if s < rollback["step"])
+    assert rollback["lr_scale"] == 0.5 and events(run, "run.finished")
+    assert all(e["step"] > drill["fired_at"] for e in events(run, "warning.eval_collapse"))
+    assert runner.guard_state.recoveries == len(rollbacks)
