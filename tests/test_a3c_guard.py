@@ -232,7 +232,9 @@ def test_an_lr_spike_on_a3c_is_rolled_back_with_restored_weights_and_a_cut_learn
 def test_a3c_evaluates_and_marks_checkpoints_healthy_or_not(drilled_run):
     rows = read_jsonl(drilled_run / "metrics.jsonl")
     evaluated = [row["step"] for row in rows if names.EVAL_RETURN_MEAN in row]
-    assert len(evaluated) == 2 and evaluated[-1] >= 6000  # one mid-run (eval_every) and one at the end
+    # At least one mid-run evaluation (eval_every) and one at the end. The coordinator reads the shared
+    # step counter when a report arrives, so under load a crossing can be seen late: no exact count.
+    assert len(evaluated) >= 2 and evaluated[0] < 6000 <= evaluated[-1]
     checkpoints = events(drilled_run, "checkpoint")
     assert checkpoints and all(isinstance(c["healthy"], bool) for c in checkpoints)
     assert checkpoints[-1]["score"] is not None  # the final checkpoint carries the final evaluation
