@@ -111,3 +111,23 @@ def test_cli_doctor_prints_symptoms_and_exit_codes(tmp_path, capsys):
     assert "value function lagging: since update 11 (step 2816)" in out and "fix:" in out and "drill.lr_spike" in out
     assert main(["doctor", str(tmp_path / "fine")]) == 0
     assert "healthy: no problems found" in capsys.readouterr().out
+
+
+def test_doctor_explains_each_guard_warning_with_its_evidence(tmp_path):
+    from pgrad.monitor.doctor import explain_alerts
+
+    events = [
+        {
+            "step": 4096,
+            "kind": "warning.entropy_collapse",
+            "message": "entropy 0.3 < 0.5 x its starting value 0.69 while the return is not improving",
+            "value": 0.3,
+            "threshold": 0.345,
+            "return_now": 21.0,
+            "return_start": 20.0,
+        }
+    ]
+    lines = explain_alerts(events)
+    assert "warning.entropy_collapse: 1x, first at step 4096" in lines[0]
+    assert "return_now=21" in lines[1] and "return_start=20" in lines[1]
+    assert "ent_coef" in lines[2]

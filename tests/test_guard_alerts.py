@@ -51,30 +51,97 @@ def test_kl_warning_and_critical_levels():
     assert (critical.level, critical.threshold, critical.metric) == ("critical", 0.1, "diagnostics/approx_kl")
 
 
+STALLED = {"rollout__return_mean": 20.0, "rollout__return_std": 10.0}  # a return that never improved
+
+
 def test_clip_fraction_high_any_time_low_only_after_warmup():
     assert fired(alerts.clip_fraction_rule, history(2, diagnostics__clip_fraction=0.6)).threshold == 0.5
-    early = history(CONFIG.warmup_updates, diagnostics__clip_fraction=0.01)
+    early = history(CONFIG.warmup_updates, diagnostics__clip_fraction=0.01, **STALLED)
     assert fired(alerts.clip_fraction_rule, early) is None  # still warming up
-    late = history(CONFIG.warmup_updates + 1, diagnostics__clip_fraction=0.01)
+    late = history(CONFIG.warmup_updates + 1, diagnostics__clip_fraction=0.01, **STALLED)
     alert = fired(alerts.clip_fraction_rule, late)
     assert (alert.level, alert.threshold) == ("warning", 0.05)
-    assert fired(alerts.clip_fraction_rule, history(20, diagnostics__clip_fraction=0.1)) is None
+    assert alert.evidence["window_median"] == 0.01 and alert.evidence["return_now"] == 20.0
+    assert fired(alerts.clip_fraction_rule, history(20, diagnostics__clip_fraction=0.1, **STALLED)) is None
+
+
+def test_low_clip_fraction_is_one_quiet_update_or_an_annealed_rate_not_a_warning():
+    quiet_once = history(30, diagnostics__clip_fraction=[0.1] * 29 + [0.001], **STALLED)
+    assert fired(alerts.clip_fraction_rule, quiet_once) is None  # the window median is 0.1
+    # The learning rate annealed linearly to 0 (the CartPole preset): small steps were asked for.
+    n = 40
+    rate = [1e-3 * (1 - i / n) for i in range(n)]
+    clip = [0.1 * (1 - i / n) for i in range(n)]
+    annealed = history(n, diagnostics__clip_fraction=clip, train__learning_rate=rate, **STALLED)
+    assert fired(alerts.clip_fraction_rule, annealed) is None
+    constant = history(n, diagnostics__clip_fraction=clip, train__learning_rate=1e-3, **STALLED)
+    assert fired(alerts.clip_fraction_rule, constant).evidence["learning_rate_ratio"] == 1.0
+    # The same small steps while the return climbs: nothing is wrong.
+    rising = history(n, diagnostics__clip_fraction=clip, train__learning_rate=1e-3, rollout__return_mean=list(range(n)))
+    assert fired(alerts.clip_fraction_rule, rising) is None
+
+
+def test_warmup_is_a_share_of_the_run():
+    rows = history(30, diagnostics__clip_fraction=0.01, **STALLED)
+    for i, row in enumerate(rows):
+        row["train/progress"] = (i + 1) / 1000  # a long run: 30 updates are 3% of it
+    assert fired(alerts.clip_fraction_rule, rows) is None
+    rows[-1]["train/progress"] = 0.1
+    assert fired(alerts.clip_fraction_rule, rows) is not None
 
 
 def test_explained_variance_after_warmup():
-    assert fired(alerts.explained_variance_rule, history(5, diagnostics__explained_variance=0.1)) is None
-    alert = fired(alerts.explained_variance_rule, history(11, diagnostics__explained_variance=0.1))
-    assert alert.value == 0.1 and alert.threshold == 0.3
-    assert fired(alerts.explained_variance_rule, history(11, diagnostics__explained_variance=0.9)) is None
+    assert fired(alerts.explained_variance_rule, history(5, diagnostics__explained_variance=0.1, **STALLED)) is None
+    alert = fired(alerts.explained_variance_rule, history(11, diagnostics__explained_variance=0.1, **STALLED))
+    assert alert.value == 0.1 and alert.threshold == 0.3 and alert.evidence["return_std"] == 10.0
+    assert fired(alerts.explained_variance_rule, history(11, diagnostics__explained_variance=0.9, **STALLED)) is None
+
+
+def test_explained_variance_is_not_judged_on_flat_returns_or_while_the_return_rises():
+    # CartPole solved: every episode returns 500, the value targets hardly vary, EV is noise.
+    solved = history(40, diagnostics__explained_variance=-0.5, rollout__return_mean=500.0, rollout__return_std=0.0)
+    assert fired(alerts.explained_variance_rule, solved) is None
+    rising = history(40, diagnostics__explained_variance=0.1, rollout__return_mean=list(range(0, 400, 10)))
+    assert fired(alerts.explained_variance_rule, rising) is None
+    # One bad update among good ones: the window median decides.
+    spiky = history(40, diagnostics__explained_variance=[0.8] * 39 + [-3.0], **STALLED)
+    assert fired(alerts.explained_variance_rule, spiky) is None
 
 
 def test_entropy_collapse_against_the_starting_value():
     entropy = [0.69, 0.6, 0.5, 0.36]
-    assert fired(alerts.entropy_collapse_rule, history(4, diagnostics__entropy=entropy)) is None  # 0.36 > 0.345
-    alert = fired(alerts.entropy_collapse_rule, history(4, diagnostics__entropy=[0.69, 0.6, 0.5, 0.3]))
+    assert fired(alerts.entropy_collapse_rule, history(4, diagnostics__entropy=entropy, **STALLED)) is None
+    alert = fired(alerts.entropy_collapse_rule, history(4, diagnostics__entropy=[0.69, 0.6, 0.5, 0.3], **STALLED))
     assert alert.threshold == pytest.approx(0.345) and alert.rule == "entropy_collapse"
+    assert alert.evidence["entropy_start"] == 0.69 and alert.evidence["return_start"] == 20.0
     # A Gaussian's differential entropy can start negative: no ratio rule there.
-    assert fired(alerts.entropy_collapse_rule, history(3, diagnostics__entropy=[-1.0, -2.0, -5.0])) is None
+    assert fired(alerts.entropy_collapse_rule, history(3, diagnostics__entropy=[-1.0, -2.0, -5.0], **STALLED)) is None
+
+
+def test_entropy_falling_while_the_return_rises_is_convergence_while_it_stalls_a_collapse():
+    n = 60
+    entropy = list(0.69 * np.exp(-np.arange(n) / 20))  # below half the start after 14 updates
+    rng = np.random.default_rng(0)
+    rising = list(20 + 8 * np.arange(n) + rng.normal(0, 5, n))
+    assert (
+        fired(alerts.entropy_collapse_rule, history(n, diagnostics__entropy=entropy, rollout__return_mean=rising))
+        is None
+    )
+    solved = [min(500.0, 20 + 20 * i) for i in range(n)]  # learned, then flat at the cap: converged
+    assert (
+        fired(alerts.entropy_collapse_rule, history(n, diagnostics__entropy=entropy, rollout__return_mean=solved))
+        is None
+    )
+    stalled = list(20 + rng.normal(0, 1, n))  # never left the random policy's level
+    alert = fired(alerts.entropy_collapse_rule, history(n, diagnostics__entropy=entropy, rollout__return_mean=stalled))
+    assert alert is not None and alert.evidence["return_now"] < 30
+    # The first return arrives some updates in (no episode ended before): it is still the start.
+    late_first = [None] * 5 + stalled[5:]
+    rows = history(n, diagnostics__entropy=entropy, rollout__return_mean=late_first)
+    bounded: list[dict] = []
+    for row in rows:
+        bounded = alerts.bounded_history(bounded + [row], CONFIG)
+    assert alerts.entropy_collapse_rule(bounded, CONFIG) == alerts.entropy_collapse_rule(rows, CONFIG) is not None
 
 
 def test_log_std_floor():
@@ -83,20 +150,39 @@ def test_log_std_floor():
     assert fired(alerts.log_std_rule, history(2, diagnostics__entropy=1.0)) is None  # discrete: no log-std
 
 
-def test_grad_norm_spike_against_running_median():
-    norms = [1.0, 0.5, 1.0, 3.0, 1.0, 1.0]  # running median 1.0
-    rows = history(7, diagnostics__grad_norm=norms + [10.5])
+def test_grad_norm_spike_against_robust_running_statistics():
+    norms = [1.0, 0.5, 1.0, 3.0, 1.0, 1.0] * 4  # a full window of 20: median 1.0, MAD 0
+    window = norms[:20]
+    rows = history(21, diagnostics__grad_norm=window + [10.5])
     alert = fired(alerts.grad_norm_rule, rows)
-    assert alert.threshold == pytest.approx(10.0 * np.median(norms)) and alert.value == 10.5
-    assert fired(alerts.grad_norm_rule, history(7, diagnostics__grad_norm=norms + [9.0])) is None
-    assert fired(alerts.grad_norm_rule, history(3, diagnostics__grad_norm=[1.0, 1.0, 100.0])) is None  # < 5 values
+    assert alert.threshold == pytest.approx(10.0 * np.median(window)) and alert.value == 10.5
+    assert alert.level == "warning" and alert.evidence["median"] == 1.0
+    assert fired(alerts.grad_norm_rule, history(21, diagnostics__grad_norm=window + [9.0])) is None
+    assert (
+        fired(alerts.grad_norm_rule, history(7, diagnostics__grad_norm=[1.0] * 6 + [100.0])) is None
+    )  # no full window
+    # A norm that is noisy by nature: 10x the median is within its own spread (median + 10 x MAD).
+    noisy = [0.1, 10.0] * 10  # median 5.05, MAD 4.95
+    threshold = alerts.grad_norm_rule(history(21, diagnostics__grad_norm=noisy + [1e9]), CONFIG).threshold
+    assert threshold == pytest.approx(5.05 + 10 * 1.4826 * 4.95) and threshold > 10 * 5.05
+    # Gradients that shrank as the policy converged: a tenfold jump that stays under the first norm.
+    tiny = [5.0] + [0.001] * 20 + [0.02]
+    assert fired(alerts.grad_norm_rule, history(22, diagnostics__grad_norm=tiny)) is None
 
 
-def test_steps_per_second_drop():
-    rows = history(8, perf__steps_per_second=[1000.0] * 7 + [400.0])
+def test_a_spike_that_gradient_clipping_held_is_info():
+    rows = history(21, diagnostics__grad_norm=[1.0] * 20 + [30.0], diagnostics__grad_norm_clipped=[1.0] * 20 + [0.5])
+    alert = fired(alerts.grad_norm_rule, rows)
+    assert alert.level == "info" and alert.evidence["clipped"] == 0.5
+
+
+def test_steps_per_second_drop_is_info_and_must_last():
+    rows = history(30, perf__steps_per_second=[1000.0] * 25 + [400.0] * 5)
     alert = fired(alerts.steps_per_second_rule, rows)
-    assert alert.threshold == pytest.approx(500.0) and alert.level == "warning"
-    assert fired(alerts.steps_per_second_rule, history(8, perf__steps_per_second=[1000.0] * 7 + [600.0])) is None
+    assert alert.threshold == pytest.approx(500.0) and alert.level == "info"
+    blip = history(30, perf__steps_per_second=[1000.0] * 28 + [100.0] * 2)  # another job, briefly
+    assert fired(alerts.steps_per_second_rule, blip) is None
+    assert fired(alerts.steps_per_second_rule, history(30, perf__steps_per_second=[1000.0] * 25 + [600.0] * 5)) is None
 
 
 @pytest.mark.parametrize(
@@ -121,7 +207,7 @@ def test_nonfinite_quiet_on_finite_history():
 
 
 def test_check_alerts_lists_critical_first_and_thresholds_come_from_config():
-    rows = history(12, diagnostics__approx_kl=0.2, diagnostics__explained_variance=0.0)
+    rows = history(12, diagnostics__approx_kl=0.2, diagnostics__explained_variance=0.0, **STALLED)
     found = alerts.check_alerts(rows, CONFIG)
     assert [a.rule for a in found] == ["kl", "explained_variance"] and found[0].level == "critical"
     relaxed = GuardConfig(kl_warning=0.3, kl_critical=0.5, explained_variance_low=-1.0)
@@ -137,11 +223,16 @@ def test_bounded_history_gives_the_same_alerts_as_the_full_one():
         diagnostics__grad_norm=list(rng.lognormal(0, 1, n)),
         perf__steps_per_second=list(rng.normal(1000, 300, n)),
         diagnostics__clip_fraction=list(rng.uniform(0, 0.1, n)),
+        diagnostics__explained_variance=list(rng.uniform(-0.5, 0.6, n)),
+        rollout__return_mean=[None] * 7 + list(20 + rng.normal(0, 3, n - 7)),
+        rollout__return_std=10.0,
+        train__learning_rate=[1e-3 * (1 - i / n) for i in range(n)],
     )
     bounded: list[dict] = []
     for i in range(n):
         bounded = alerts.bounded_history(bounded + [full[i]], CONFIG)
-        assert len(bounded) <= max(CONFIG.history_window, CONFIG.warmup_updates) + 2
+        keep = max(CONFIG.history_window + CONFIG.sps_sustain, CONFIG.warmup_updates) + 1
+        assert len(bounded) <= keep + len(alerts.START_KEYS) + 1
         assert alerts.check_alerts(bounded, CONFIG) == alerts.check_alerts(full[: i + 1], CONFIG), i
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pgrad import metric_names as names
@@ -104,3 +105,64 @@ def test_a_disabled_guard_raises_no_alert_and_takes_no_action(enabled):
     actions = run_update(guard, 100, healthy_metrics(100, kl=0.5))
     assert (actions != []) == enabled
     assert (names.ALERTS in guard.history[-1]) == enabled
+
+
+def evaluation_run(guard: Guard, evaluations: list[list[float]], train_returns: list[float]) -> list:
+    """One evaluation per update (every 1000 steps); returns every action list."""
+    out = []
+    for i, (episodes, train) in enumerate(zip(evaluations, train_returns, strict=True)):
+        step = 1000 * (i + 1)
+        out.append(run_update(guard, step, {**healthy_metrics(step), names.RETURN_MEAN: train}, evaluation=episodes))
+    return out
+
+
+def test_noisy_evaluations_that_do_not_collapse_are_never_a_rollback():
+    """LunarLander-like: 5 deterministic episodes spread by ~100 around a mean that slowly rises;
+    the means swing by well over half of |best|, which the old rule read as collapses."""
+    rng = np.random.default_rng(0)
+    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=2)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        guard = Guard(config, total_steps=10**6, run_dir=Path("run"))
+        means = np.linspace(-150, 100, 30)
+        episodes = [list(m + rng.normal(0, 100, 5)) for m in means]
+        actions = evaluation_run(guard, episodes, list(np.linspace(-150, 150, 30)))
+        assert not any(isinstance(a, Rollback | Halt) for step in actions for a in step), seed
+
+
+def test_a_lucky_evaluation_against_a_rising_training_return_is_noise_not_a_collapse():
+    """The LunarLander seed-1 run: a confirmed reference, then evaluations well below it while the
+    training return improves. Logged as info (with the evidence), never counted."""
+    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=2)
+    guard = Guard(config, total_steps=10**6, run_dir=Path("run"))
+    spread = [-40.0, -20.0, 0.0, 20.0, 40.0]
+    evaluations = [[60.0 + d for d in spread], [50.0 + d for d in spread]] + [[-150.0 + d for d in spread]] * 3
+    actions = evaluation_run(guard, evaluations, [-120.0, -100.0, -60.0, -40.0, 0.0])
+    assert guard.state.best_eval == 50.0 and guard.state.best_eval_train == -100.0
+    assert not any(isinstance(a, Rollback) for step in actions for a in step)
+    drops = [e for e in guard.take_events() if e.kind == "info.eval_drop"]
+    assert drops and not drops[0].show and drops[0].data["train"] == -60.0
+    assert guard.state.eval_collapses == 0
+
+
+def test_a_real_collapse_under_noise_is_still_caught():
+    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=2)
+    guard = Guard(config, total_steps=10**6, run_dir=Path("run"))
+    rng = np.random.default_rng(3)
+    evaluations = [list(m + rng.normal(0, 30, 5)) for m in (200.0, 210.0, 205.0, -300.0, -320.0)]
+    actions = evaluation_run(guard, evaluations, [150.0, 160.0, 170.0, -200.0, -250.0])
+    assert actions[-1] == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row")]
+    (first, second) = [e for e in guard.take_events() if e.kind == "warning.eval_collapse"]
+    assert first.data["drop"] > first.data["noise"] > 0 and first.data["train"] == -200.0
+
+
+def test_a_drop_within_the_noise_of_the_episodes_is_not_a_collapse():
+    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=1, eval_needs_train_drop=False)
+    guard = Guard(config, total_steps=10**6, run_dir=Path("run"))
+    wide = [-100.0, -50.0, 0.0, 50.0, 100.0]  # standard error 35 per evaluation
+    evaluation_run(guard, [[40.0 + d for d in wide], [40.0 + d for d in wide]], [0.0, 0.0])
+    assert guard.state.best_eval == 40.0
+    assert evaluation_run(guard, [[-60.0 + d for d in wide]], [0.0]) == [[Snapshot(True), Checkpoint(-60.0, True)]]
+    assert guard.state.eval_collapses == 0  # a drop of 100 < 3 x sqrt(35^2 + 35^2) = 150
+    # No spread in this one: the noise is the reference's alone, 3 x 35 = 105 < a drop of 140.
+    assert isinstance(evaluation_run(guard, [[-100.0, -100.0, -100.0]], [0.0])[0][0], Rollback)

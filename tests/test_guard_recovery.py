@@ -220,3 +220,17 @@ def test_on_a_healthy_run_the_guard_changes_nothing_but_its_own_evaluations(tmp_
         if enabled:
             assert not events(tmp_path / f"{algo}-{enabled}", "recovery")
     assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))
+
+
+def test_lr_spike_drill_end_to_end_restores_the_weights_and_the_return_recovers(tmp_path):
+    """CI-sized acceptance drill: the spike's update is undone (the restored state is an earlier,
+    confirmed one, not the damaged weights), and evaluation afterwards is back near the level before."""
+    run = tmp_path / "ci_spike"
+    trainer = train(run, 12_288, "eval_every=2048", "inject=[lr_spike@6000]")
+    (drill,) = events(run, "drill.lr_spike")
+    (rollback,) = events(run, "recovery.rollback")
+    assert rollback["step"] == drill["step"] and rollback["restored_from"] == "memory"
+    assert rollback["restored_step"] < drill["step"]  # the weights were restored, not kept
+    before = max(r for s, r in evaluations(run) if s < drill["step"])
+    assert evaluations(run)[-1][1] >= 0.8 * before, (evaluations(run), before)
+    assert trainer.guard_state.recoveries == 1

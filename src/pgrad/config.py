@@ -368,16 +368,25 @@ class GuardConfig(Checked):
 
     enabled: bool = param(True, "check alert rules and take recovery actions after every update")
     warmup_updates: int = param(10, "updates before the 'after warm-up' rules (low clip fraction, low EV) apply")
-    history_window: int = param(20, "updates in the running medians of gradient norm and steps/s")
+    warmup_fraction: float = param(
+        0.1, "share of run.total_steps before the 'after warm-up' rules apply (as well as warmup_updates)"
+    )
+    history_window: int = param(20, "updates in the running medians (gradient norm, steps/s, clip fraction, EV)")
     kl_warning: float = param(0.05, "approx KL above this: warning")
     kl_critical: float = param(0.1, "approx KL above this: critical (rollback when rollback_on_kl)")
     clip_fraction_high: float = param(0.5, "clip fraction above this: warning")
     clip_fraction_low: float = param(0.05, "clip fraction below this after warm-up: warning")
-    explained_variance_low: float = param(0.3, "explained variance below this after warm-up: warning")
+    explained_variance_low: float = param(
+        0.3, "median explained variance over history_window below this after warm-up: warning"
+    )
+    flat_return_cv: float = param(
+        0.05, "episode-return std under this x |mean|: returns too flat for explained variance to mean anything"
+    )
     entropy_collapse: float = param(0.5, "entropy below this fraction of its starting value: warning")
     log_std_min: float = param(-5.0, "mean Gaussian log-std below this: warning")
     grad_norm_spike: float = param(10.0, "gradient norm above this multiple of its running median: warning")
-    sps_drop: float = param(0.5, "steps/s down more than this fraction from its running median: warning")
+    sps_drop: float = param(0.5, "steps/s down more than this fraction from its running median: info event")
+    sps_sustain: int = param(5, "updates the steps/s drop must last (their median is compared)")
     snapshot_every: int = param(
         2048, "capture the state a rollback returns to at most every this many env steps (confirmed by the next update)"
     )
@@ -394,6 +403,16 @@ class GuardConfig(Checked):
     eval_max_drop: float | None = param(
         0.5, "evaluation return below best - eval_max_drop x |best| is a collapse (None: off)"
     )
+    eval_noise_z: float = param(
+        3.0,
+        "a drop counts only beyond this many standard errors of the two evaluations' means "
+        "(std of the episode returns / sqrt(episodes)): noise is not a collapse",
+    )
+    eval_needs_train_drop: bool = param(
+        True,
+        "count an evaluation drop as a collapse only while the training return is below its level at the "
+        "reference evaluation too (a deterministic evaluation can swing while the policy improves)",
+    )
     eval_patience: int = param(2, "consecutive collapsed evaluations before reloading the best checkpoint")
     rollback_on_eval: bool = param(True, "on an evaluation collapse, reload the best checkpoint and cut the lr")
     inject: tuple[str, ...] = param((), "fault drills KIND@STEP[:DURATION]: lr_spike, nan_grad, reward_flip")
@@ -401,6 +420,7 @@ class GuardConfig(Checked):
 
     def validate(self) -> None:
         self.check_range("warmup_updates", 0)
+        self.check_range("warmup_fraction", 0, 1)
         self.check_range("history_window", 5)
         self.check_range("kl_warning", 0, low_open=True)
         self.check_range("kl_critical", self.kl_warning, low_open=True)
@@ -409,6 +429,9 @@ class GuardConfig(Checked):
         self.check_range("entropy_collapse", 0, 1)
         self.check_range("grad_norm_spike", 1, low_open=True)
         self.check_range("sps_drop", 0, 1, low_open=True, high_open=True)
+        self.check_range("sps_sustain", 1)
+        self.check_range("flat_return_cv", 0)
+        self.check_range("eval_noise_z", 0)
         self.check_range("lr_cut", 0, 1, low_open=True)
         self.check_range("snapshot_every", 1)
         self.check_range("max_recoveries", 0)

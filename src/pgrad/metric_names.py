@@ -29,5 +29,6 @@ NONFINITE_STEPS = "diagnostics/nonfinite_steps"
 PARAMS_FINITE = "diagnostics/params_finite"
 RECOVERIES = "diagnostics/recoveries"
 ALERTS = "diagnostics/alerts"
+PROGRESS = "train/progress"  # env steps / run.total_steps, written by the guard (warm-up is a share of the run)
 EVAL_RETURN_MEAN = "eval/return_mean"
 EVAL_RETURN_STD = "eval/return_std"

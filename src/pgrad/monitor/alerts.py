@@ -6,6 +6,14 @@ a running median). A rule returns an ``Alert`` or ``None``. To add a rule, write
 signature ``rule(history, config) -> Alert | None`` and append it to ``RULES``.
 
 Every threshold is a field of ``GuardConfig`` (section ``guard``), so users tune them per run.
+
+The rules are built to stay silent on healthy runs: a single update's diagnostic is noisy (A2C
+judges 40 samples), so the soft rules read the median of the recent window, not the newest value;
+"after warm-up" is a share of the run (``warmup_fraction``), not a fixed count of updates; and each
+soft rule asks whether the symptom matters right now (a low clip fraction while the learning rate
+anneals to zero, a low entropy while the return climbs, a low explained variance on returns that
+hardly vary, are all expected). A warning that fires carries its evidence (``Alert.evidence``),
+which goes to ``events.jsonl`` and which ``pgrad doctor`` explains.
 """
 
 from __future__ import annotations
@@ -13,14 +21,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pgrad import metric_names as names
 from pgrad.config import GuardConfig
 
 Metrics = dict[str, Any]
-Level = Literal["warning", "critical"]
+Level = Literal["info", "warning", "critical"]
 
 KL = names.APPROX_KL
 CLIP_FRACTION = names.CLIP_FRACTION
@@ -28,9 +36,15 @@ EXPLAINED_VARIANCE = names.EXPLAINED_VARIANCE
 ENTROPY = names.ENTROPY
 LOG_STD = names.LOG_STD
 GRAD_NORM = names.GRAD_NORM
+GRAD_NORM_CLIPPED = names.GRAD_NORM_CLIPPED
 STEPS_PER_SECOND = names.STEPS_PER_SECOND
 NONFINITE_STEPS = names.NONFINITE_STEPS
 PARAMS_FINITE = names.PARAMS_FINITE
+RETURN = names.RETURN_MEAN
+RETURN_STD = "rollout/return_std"
+LEARNING_RATE = names.LEARNING_RATE
+CLIP_EPS = "train/clip_eps"
+PROGRESS = names.PROGRESS
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class Alert:
     metric: str
     value: float
     threshold: float
+    evidence: dict[str, float] = field(default_factory=dict)  # what else the rule looked at
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +78,12 @@ def series(history: list[Metrics], key: str) -> list[float]:
 
 
 def after_warmup(history: list[Metrics], config: GuardConfig) -> bool:
-    return len(history) > config.warmup_updates
+    """Past ``warmup_updates`` updates *and* past ``warmup_fraction`` of the run (the guard writes
+    the run's progress into each entry; without it only the count of updates applies)."""
+    if len(history) <= config.warmup_updates:
+        return False
+    progress = number(history[-1], PROGRESS)
+    return progress is None or progress >= config.warmup_fraction
 
 
 def running_median(history: list[Metrics], key: str, window: int) -> float | None:
@@ -71,6 +91,47 @@ def running_median(history: list[Metrics], key: str, window: int) -> float | Non
     values = [v for v in series(history[:-1], key)[-window:] if math.isfinite(v)]
     # statistics.median: the same value as np.median, ~2 us instead of ~12 us on 20 floats (every update)
     return float(statistics.median(values)) if len(values) >= 5 else None
+
+
+def recent(history: list[Metrics], key: str, count: int) -> list[float]:
+    """The last ``count`` finite values of ``key``, the newest included."""
+    return [v for v in series(history, key)[-count:] if math.isfinite(v)]
+
+
+def recent_median(history: list[Metrics], key: str, count: int) -> float | None:
+    """Median of the last ``count`` finite values, the newest included (None without a full half)."""
+    values = recent(history, key, count)
+    return float(statistics.median(values)) if len(values) >= max(1, count // 2) else None
+
+
+def first_value(history: list[Metrics], key: str) -> float | None:
+    """The oldest finite value of ``key`` before the newest entry (the run's start: bounded
+    histories keep the first update)."""
+    return next((v for v in series(history[:-1], key) if math.isfinite(v)), None)
+
+
+def improved(before: float, after: float) -> bool:
+    """``after`` is more than 10% (of |before|, at least 1) above ``before`` (as ``pgrad doctor``)."""
+    return after > before + 0.1 * max(abs(before), 1.0)
+
+
+def return_improving(history: list[Metrics], config: GuardConfig) -> tuple[bool, dict[str, float]]:
+    """Whether the training return has improved: over the run (the recent median above the first
+    return) or within the recent window (its newer half above its older half). Evidence included."""
+    half = max(config.history_window // 2, 2)
+    latest = recent(history, RETURN, half)
+    now = float(statistics.median(latest)) if len(latest) >= min(3, half) else None
+    start = first_value(history, RETURN)
+    older_values = [v for v in series(history, RETURN)[-2 * half : -half] if math.isfinite(v)]
+    older = float(statistics.median(older_values)) if older_values else None
+    evidence = {
+        k: v for k, v in {"return_now": now, "return_start": start, "return_before": older}.items() if v is not None
+    }
+    if now is None:
+        return True, evidence  # no finished episodes to judge by: assume the best, stay silent
+    learned = start is not None and improved(start, now)
+    rising = older is not None and improved(older, now)
+    return learned or rising, evidence
 
 
 # ---- the rules ------------------------------------------------------------------------------
@@ -89,6 +150,13 @@ def kl_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
 
 
 def clip_fraction_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """High: the newest update clipped most samples (steps too large), any time.
+
+    Low ("the policy barely moves"): the median over the recent window is below
+    ``clip_fraction_low`` after warm-up, while the step size is still at least half its starting
+    value, and while the return is not improving. An annealed learning rate (or clip range) makes
+    a falling clip fraction the expected end of a run, small steps that still raise the return are
+    no problem, and one quiet update is noise."""
     fraction = number(history[-1], CLIP_FRACTION)
     if fraction is None or not math.isfinite(fraction):
         return None
@@ -101,54 +169,98 @@ def clip_fraction_rule(history: list[Metrics], config: GuardConfig) -> Alert | N
             fraction,
             config.clip_fraction_high,
         )
-    if after_warmup(history, config) and fraction < config.clip_fraction_low:
-        return Alert(
-            "warning",
-            "clip_fraction",
-            f"clip fraction {fraction:.3g} < {config.clip_fraction_low}: the policy barely moves",
-            CLIP_FRACTION,
-            fraction,
-            config.clip_fraction_low,
-        )
-    return None
+    if not after_warmup(history, config):
+        return None
+    median = recent_median(history, CLIP_FRACTION, config.history_window)
+    if median is None or median >= config.clip_fraction_low:
+        return None
+    evidence = {"window_median": median}
+    for key, name in ((LEARNING_RATE, "learning_rate"), (CLIP_EPS, "clip_eps")):
+        start, now = first_value(history, key), number(history[-1], key)
+        if start is not None and now is not None and start > 0:
+            if now < 0.5 * start:
+                return None  # annealed (or cut by a rollback): small steps are what was asked for
+            evidence[f"{name}_ratio"] = now / start
+    improving, more = return_improving(history, config)
+    if improving:
+        return None
+    evidence.update(more)
+    return Alert(
+        "warning",
+        "clip_fraction",
+        f"clip fraction median {median:.3g} over the last {config.history_window} updates < "
+        f"{config.clip_fraction_low} at full step size: the policy barely moves",
+        CLIP_FRACTION,
+        median,
+        config.clip_fraction_low,
+        evidence,
+    )
 
 
 def explained_variance_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """The median explained variance over the recent window is below ``explained_variance_low``
+    after warm-up, on returns that vary. When the episode returns hardly vary (their std under
+    ``flat_return_cv`` x |mean|: a task solved to its cap, CartPole at 500), the value targets are
+    nearly constant and EV = 1 - Var(residual)/Var(target) measures noise, not the critic. And only
+    while the return is not improving: a critic that lags a policy which keeps getting better is
+    not what holds it back (``pgrad doctor`` still reports a lag over the whole run)."""
     ev = number(history[-1], EXPLAINED_VARIANCE)
     if ev is None or not math.isfinite(ev) or not after_warmup(history, config):
         return None
-    if ev < config.explained_variance_low:
-        return Alert(
-            "warning",
-            "explained_variance",
-            f"explained variance {ev:.3g} < {config.explained_variance_low}: the value function lags the returns",
-            EXPLAINED_VARIANCE,
-            ev,
-            config.explained_variance_low,
-        )
-    return None
+    median = recent_median(history, EXPLAINED_VARIANCE, config.history_window)
+    if median is None or median >= config.explained_variance_low:
+        return None
+    mean = recent_median(history, RETURN, config.history_window)
+    spread = recent_median(history, RETURN_STD, config.history_window)
+    evidence = {"window_median": median}
+    if mean is not None and spread is not None:
+        evidence.update(return_mean=mean, return_std=spread)
+        if spread <= config.flat_return_cv * max(abs(mean), 1.0):
+            return None
+    improving, more = return_improving(history, config)
+    if improving:
+        return None
+    evidence.update(more)
+    return Alert(
+        "warning",
+        "explained_variance",
+        f"explained variance median {median:.3g} over the last {config.history_window} updates < "
+        f"{config.explained_variance_low}: the value function lags the returns",
+        EXPLAINED_VARIANCE,
+        median,
+        config.explained_variance_low,
+        evidence,
+    )
 
 
 def entropy_collapse_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
-    """Entropy below ``entropy_collapse`` x its first value (only for a positive starting entropy:
-    a Gaussian's differential entropy can start negative, where a ratio means nothing)."""
+    """Entropy below ``entropy_collapse`` x its first value while the return is not improving:
+    neither above the run's first return (the policy never learned) nor rising over the recent
+    window. A policy that grows deterministic as its return climbs, or once it has solved the task,
+    is converging, not collapsing. Only for a positive starting entropy: a Gaussian's
+    differential entropy can start negative, where a ratio means nothing."""
     # Only the first and the newest values matter: no need to walk the whole history.
     start = next((v for v in (number(m, ENTROPY) for m in history[:-1]) if v is not None), None)
     latest = number(history[-1], ENTROPY)
     if start is None or latest is None or not math.isfinite(start) or start <= 0 or not math.isfinite(latest):
         return None
     threshold = config.entropy_collapse * start
-    if latest < threshold:
-        return Alert(
-            "warning",
-            "entropy_collapse",
-            f"entropy {latest:.3g} < {config.entropy_collapse} x its "
-            f"starting value {start:.3g}: exploration has collapsed",
-            ENTROPY,
-            latest,
-            threshold,
-        )
-    return None
+    if latest >= threshold:
+        return None
+    improving, evidence = return_improving(history, config)
+    if improving:
+        return None
+    return Alert(
+        "warning",
+        "entropy_collapse",
+        f"entropy {latest:.3g} < {config.entropy_collapse} x its starting value {start:.3g} while the return "
+        f"is not improving (now {evidence.get('return_now', math.nan):.4g}, at the start "
+        f"{evidence.get('return_start', math.nan):.4g}): exploration has collapsed",
+        ENTROPY,
+        latest,
+        threshold,
+        {"entropy_start": start, **evidence},
+    )
 
 
 def log_std_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
@@ -166,37 +278,67 @@ def log_std_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
 
 
 def grad_norm_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """A spike against robust running statistics of the window before it: above
+    ``grad_norm_spike`` x the median *and* above the median + ``grad_norm_spike`` x the scaled
+    median absolute deviation (so a norm that is noisy by nature does not fire on its own noise),
+    and above the run's first gradient norm (gradients that shrank a thousandfold as the policy
+    converged may jump tenfold and still be tiny). Needs a full window: five early, still-growing
+    norms are no baseline. When gradient clipping held the step under that threshold
+    (``grad_norm_clipped``), the spike changed the weights no more than an ordinary update: an
+    info event, not a warning."""
     norm = number(history[-1], GRAD_NORM)
-    median = running_median(history, GRAD_NORM, config.history_window)
-    if norm is None or median is None or not math.isfinite(norm):
+    window = [v for v in series(history[:-1], GRAD_NORM)[-config.history_window :] if math.isfinite(v)]
+    if norm is None or not math.isfinite(norm) or len(window) < config.history_window:
         return None
-    threshold = config.grad_norm_spike * median
-    if norm > threshold:
-        return Alert(
-            "warning",
-            "grad_norm",
-            f"gradient norm {norm:.3g} > {config.grad_norm_spike} x its running median {median:.3g}",
-            GRAD_NORM,
-            norm,
-            threshold,
-        )
-    return None
+    median = float(statistics.median(window))
+    mad = 1.4826 * float(statistics.median(abs(v - median) for v in window))
+    start = first_value(history, GRAD_NORM)
+    threshold = max(config.grad_norm_spike * median, median + config.grad_norm_spike * mad, start or 0.0)
+    if not norm > threshold:
+        return None
+    clipped = number(history[-1], GRAD_NORM_CLIPPED)
+    contained = clipped is not None and math.isfinite(clipped) and clipped <= threshold
+    evidence = {"median": median, "mad": mad, "start": start or 0.0} | (
+        {"clipped": clipped} if clipped is not None else {}
+    )
+    return Alert(
+        "info" if contained else "warning",
+        "grad_norm",
+        f"gradient norm {norm:.3g} > {threshold:.3g} (running median {median:.3g}, MAD {mad:.3g})"
+        + (f"; clipping held the step to {clipped:.3g}" if contained else ""),
+        GRAD_NORM,
+        norm,
+        threshold,
+        evidence,
+    )
 
 
 def steps_per_second_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """Info, not a warning: the machine slowed down (another job on a shared machine), which says
+    nothing about training. Only a sustained drop counts: the median of the last ``sps_sustain``
+    updates below (1 - ``sps_drop``) x the median of the window before them."""
     sps = number(history[-1], STEPS_PER_SECOND)
-    median = running_median(history, STEPS_PER_SECOND, config.history_window)
-    if sps is None or median is None:
+    if sps is None:
         return None
+    values = [v for v in series(history, STEPS_PER_SECOND) if math.isfinite(v)]
+    now, before = (
+        values[-config.sps_sustain :],
+        values[-config.history_window - config.sps_sustain : -config.sps_sustain],
+    )
+    if len(now) < config.sps_sustain or len(before) < 5:
+        return None
+    current, median = float(statistics.median(now)), float(statistics.median(before))
     threshold = (1.0 - config.sps_drop) * median
-    if sps < threshold:
+    if current < threshold:
         return Alert(
-            "warning",
+            "info",
             "steps_per_second",
-            f"{sps:.0f} steps/s, down more than {config.sps_drop:.0%} from its running median {median:.0f}",
+            f"{current:.0f} steps/s over the last {config.sps_sustain} updates, down more than "
+            f"{config.sps_drop:.0%} from {median:.0f} (a busy machine slows training; it does not harm it)",
             STEPS_PER_SECOND,
-            sps,
+            current,
             threshold,
+            {"median_before": median},
         )
     return None
 
@@ -240,12 +382,25 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+START_KEYS = (ENTROPY, RETURN, LEARNING_RATE, CLIP_EPS, GRAD_NORM)  # the rules compare against their first values
+
+
 def bounded_history(history: list[Metrics], config: GuardConfig) -> list[Metrics]:
-    """All the rules need, in bounded memory: the first update (the starting entropy) and the last
-    max(history_window, warmup_updates) + 1 updates (running medians, warm-up count). The rules
-    give the same alerts on it as on the full history."""
-    keep = max(config.history_window, config.warmup_updates) + 1
-    return history if len(history) <= keep + 1 else history[:1] + history[-keep:]
+    """All the rules need, in bounded memory: the first update, the first update holding each of
+    ``START_KEYS`` (the starting entropy, return, learning rate, clip range: the first return may
+    come updates later, once an episode ends) and the last max(history_window + sps_sustain,
+    warmup_updates) + 1 updates (running medians, warm-up count). The rules give the same alerts
+    on it as on the full history."""
+    keep = max(config.history_window + config.sps_sustain, config.warmup_updates) + 1
+    if len(history) <= keep + 1:
+        return history
+    head = history[:-keep]
+    anchors = {0}
+    for key in START_KEYS:
+        index = next((i for i, m in enumerate(head) if (v := number(m, key)) is not None and math.isfinite(v)), None)
+        if index is not None:
+            anchors.add(index)
+    return [head[i] for i in sorted(anchors)] + history[-keep:]
 
 
 def check_alerts(history: list[Metrics], config: GuardConfig, rules: tuple[Rule, ...] = RULES) -> list[Alert]:
@@ -253,4 +408,5 @@ def check_alerts(history: list[Metrics], config: GuardConfig, rules: tuple[Rule,
     if not history:
         return []
     alerts = [alert for rule in rules if (alert := rule(history, config)) is not None]
-    return sorted(alerts, key=lambda a: a.level != "critical")
+    order = {"critical": 0, "warning": 1, "info": 2}
+    return sorted(alerts, key=lambda a: order[a.level])

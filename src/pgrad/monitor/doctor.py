@@ -267,6 +267,62 @@ def guard_actions(events: list[Metrics]) -> list[str]:
     ]
 
 
+# What each guard alert means and what to do, for the warnings a run logged (``events.jsonl``).
+ALERT_HELP: dict[str, tuple[str, str]] = {
+    "kl": ("the policy moved too far in one update", "lower learning_rate or num_epochs, or set target_kl"),
+    "clip_fraction": (
+        "high: most samples clipped (steps too large); low: the policy barely moves at full step size "
+        "while the return stalls",
+        "high: lower learning_rate/num_epochs; low: raise learning_rate or num_epochs",
+    ),
+    "explained_variance": (
+        "the critic explains little of the returns (window median) while the return does not improve",
+        "raise vf_coef or num_epochs, normalise rewards (env.norm_reward)",
+    ),
+    "entropy_collapse": (
+        "the policy became nearly deterministic while its return stalled near where it started",
+        "raise ent_coef, lower learning_rate, or raise log_std_init",
+    ),
+    "log_std": ("the Gaussian policy is nearly deterministic", "raise ent_coef or log_std_init"),
+    "grad_norm": (
+        "a gradient norm far above its recent median, its spread and the run's first norm",
+        "keep max_grad_norm clipping on; lower learning_rate if KL alerts follow",
+    ),
+    "steps_per_second": ("the machine slowed down (info only)", "nothing for training; check other jobs"),
+    "nonfinite": ("NaN/Inf in a loss, the gradients or the parameters", "see the non-finite finding above"),
+    "eval_collapse": (
+        "a deterministic evaluation fell below the confirmed best by more than guard.eval_max_drop x |best|, "
+        "beyond guard.eval_noise_z standard errors, while the training return fell too",
+        "two in a row reload the best checkpoint; if it recurs, lower learning_rate",
+    ),
+    "eval_drop": (
+        "an evaluation well below the best while the training return was not: noise (info only)",
+        "nothing; more guard.eval_episodes give steadier evaluations",
+    ),
+}
+
+
+def explain_alerts(events: list[Metrics]) -> list[str]:
+    """One entry per warning kind the guard logged: how often, the first occurrence with its
+    evidence (every field the event carries), and what it means."""
+    lines: list[str] = []
+    logged = [e for e in events if str(e.get("kind", "")).startswith(("warning.", "info."))]
+    for kind in dict.fromkeys(str(e["kind"]) for e in logged):
+        same = [e for e in logged if e["kind"] == kind]
+        first = same[0]
+        skip = {"time", "step", "kind", "message"}
+        evidence = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in first.items() if k not in skip
+        )
+        meaning, fix = ALERT_HELP.get(kind.split(".", 1)[1], ("", ""))
+        lines.append(f"    {kind}: {len(same)}x, first at step {first.get('step')}: {first.get('message')}")
+        if evidence:
+            lines.append(f"        evidence: {evidence}")
+        if meaning:
+            lines.append(f"        means: {meaning}; fix: {fix}")
+    return lines
+
+
 def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics]) -> str:
     steps = history[-1].get("step", 0) if history else 0
     lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} env steps"]
@@ -285,6 +341,10 @@ def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding]
         handled = [e for e in recoveries if e.get("step", -1) >= f.step]
         if handled:
             lines.append(f"    guard: {handled[0]['kind']} at step {handled[0]['step']} (see below)")
+    explained = explain_alerts(events)
+    if explained:
+        lines.append("guard warnings:")
+        lines += explained
     actions = guard_actions(events)
     if actions:
         lines.append("guard actions:")

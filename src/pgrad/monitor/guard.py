@@ -9,7 +9,8 @@ calls, once per update:
 2. ``observe(metrics, step, updates)``: adds the guard's own diagnostics to ``metrics``, runs the
    alert rules on the recent history and returns the alerts;
 3. ``evaluation_due(step)``: whether to run a deterministic evaluation now;
-4. ``decide(metrics, step, evaluation, checkpoint_due)``: the actions, in order of precedence:
+4. ``decide(metrics, step, evaluation, checkpoint_due)``: ``evaluation`` is the evaluation's
+   per-episode returns (or just their mean, then without noise information); the actions, in order of precedence:
    ``Halt`` (non-finite steps past the limit, or the recovery cap), ``Rollback`` (critical KL to
    the last healthy checkpoint; a confirmed evaluation collapse to the best one), ``Checkpoint``
    (with its health mark and score).
@@ -21,6 +22,9 @@ in ``GuardState`` and goes into every checkpoint, so a resumed run decides exact
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -77,6 +81,18 @@ class Halt:
 Action = Checkpoint | Rollback | Halt | Snapshot
 
 
+def evaluation_summary(evaluation: float | Sequence[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean) of an evaluation's episode returns; a bare mean has 0."""
+    if isinstance(evaluation, int | float):
+        return float(evaluation), 0.0
+    returns = [float(r) for r in evaluation]
+    if not returns:
+        raise ValueError("an evaluation needs at least one episode return")
+    mean = statistics.fmean(returns)
+    se = statistics.stdev(returns) / math.sqrt(len(returns)) if len(returns) > 1 else 0.0
+    return mean, se
+
+
 class Guard:
     def __init__(self, config: GuardConfig, total_steps: int, run_dir: Path) -> None:
         self.config = config
@@ -89,6 +105,7 @@ class Guard:
         self.alerts: list[Alert] = []  # the newest update's
         self.announced: dict[str, int] = {}  # "level.rule" -> update it was last logged at
         self.shown: set[str] = set()  # warnings already shown on the console
+        self.firing: set[str] = set()  # "level.rule" of the previous update's alerts
         self.healthy = True  # the newest update's health mark
         self.pending: list[Event] = []  # events decided outside ``decide`` (drills, alerts)
 
@@ -121,22 +138,38 @@ class Guard:
         ``PARAMS_FINITE``) and run the alert rules. Alerts to log are queued as events."""
         metrics[names.LR_SCALE] = self.state.lr_scale
         metrics[names.RECOVERIES] = float(self.state.recoveries)
+        step = metrics.get(names.STEP)
+        if isinstance(step, int | float) and self.total_steps > 0:
+            metrics[names.PROGRESS] = min(float(step) / self.total_steps, 1.0)
         self.history = bounded_history(self.history + [metrics], self.config)
         self.alerts = check_alerts(self.history, self.config) if self.config.enabled else []
         if self.config.enabled:
-            metrics[names.ALERTS] = float(len(self.alerts))
+            metrics[names.ALERTS] = float(sum(a.level != "info" for a in self.alerts))
         for alert in self.alerts:
-            # Critical alerts are always logged. A warning is logged once per history_window updates,
-            # and shown on the console only the first time (its repeats are in events.jsonl).
+            # Critical alerts are always logged. A warning or info event is logged when it starts, and
+            # repeated while it lasts at most once per max(history_window, 5% of the run's updates);
+            # a warning is shown on the console only the first time, an info event never.
             kind = f"{alert.level}.{alert.rule}"
             last = self.announced.get(kind)
-            if alert.level == "critical" or last is None or updates - last >= self.config.history_window:
+            due = alert.level == "critical" or last is None or updates - last >= self.repeat_every(metrics, updates)
+            if alert.level == "info":
+                due = due and kind not in self.firing
+            if due:
                 self.announced[kind] = updates
-                show = alert.level == "critical" or kind not in self.shown
-                data = {"metric": alert.metric, "value": alert.value, "threshold": alert.threshold}
+                show = alert.level == "critical" or (alert.level == "warning" and kind not in self.shown)
+                data = {"metric": alert.metric, "value": alert.value, "threshold": alert.threshold, **alert.evidence}
                 self.pending.append(Event(kind, alert.message, show, data))
                 self.shown.add(kind)
+        self.firing = {f"{alert.level}.{alert.rule}" for alert in self.alerts}
         return self.alerts
+
+    def repeat_every(self, metrics: dict[str, Any], updates: int) -> int:
+        """Updates between two logs of the same lasting warning: history_window, or 5% of the
+        updates this run will make (estimated from the steps per update so far) when that is more."""
+        step = metrics.get(names.STEP)
+        if not isinstance(step, int | float) or step <= 0 or updates <= 0:
+            return self.config.history_window
+        return max(self.config.history_window, int(0.05 * self.total_steps * updates / step))
 
     def evaluation_due(self, step: int) -> bool:
         """Every ``guard.eval_every`` env steps, and at the end of the run."""
@@ -152,9 +185,16 @@ class Guard:
         return None if self.config.eval_every else metrics.get(names.RETURN_MEAN)
 
     def decide(
-        self, metrics: dict[str, Any], step: int, evaluation: float | None, checkpoint_due: bool
+        self,
+        metrics: dict[str, Any],
+        step: int,
+        evaluation: float | Sequence[float] | None,
+        checkpoint_due: bool,
     ) -> list[Action]:
-        """Halt, roll back, or checkpoint (with its health mark), in that order of precedence."""
+        """Halt, roll back, or checkpoint (with its health mark), in that order of precedence.
+
+        ``evaluation``: the episode returns of this update's evaluation (a bare mean is accepted,
+        then the collapse rule has no noise estimate for it), or None."""
         config, state = self.config, self.state
         if config.enabled and should_halt(state, config):
             return [Halt("critical.halted", self._nonfinite_message(), dump=True)]
@@ -165,13 +205,16 @@ class Guard:
         if config.enabled and config.rollback_on_kl and critical_kl:
             reason = f"approx KL {metrics[names.APPROX_KL]:.3g} > {config.kl_critical}"
             return self._rollback("last_healthy", reason, step)
-        if evaluation is not None and self._evaluation_collapsed(evaluation):
+        summary = evaluation_summary(evaluation) if evaluation is not None else None
+        train_return = metrics.get(names.RETURN_MEAN)
+        train = float(train_return) if isinstance(train_return, int | float) and math.isfinite(train_return) else None
+        if summary is not None and self._evaluation_collapsed(*summary, train):
             reason = f"evaluation return collapsed for {state.eval_collapses} evaluations in a row"
             return self._rollback("best", reason, step)
         healthy = self.healthy_for_rollback(metrics)  # after the evaluation has been counted
         actions: list[Action] = [Snapshot(healthy)] if config.enabled else []
-        if evaluation is not None:
-            actions.append(Checkpoint(evaluation, healthy))
+        if summary is not None:
+            actions.append(Checkpoint(summary[0], healthy))
         elif checkpoint_due:
             actions.append(Checkpoint(self.checkpoint_score(metrics), healthy))
         return actions
@@ -189,17 +232,57 @@ class Guard:
         return kl is None or float(kl) <= self.config.kl_warning  # NaN compares False: not healthy
 
     # ---- the rules behind decide ------------------------------------------------------------
-    def _evaluation_collapsed(self, eval_return: float) -> bool:
-        """Track the best confirmed evaluation and count collapses; True once ``eval_patience`` is reached."""
+    def _evaluation_collapsed(self, eval_return: float, se: float, train: float | None) -> bool:
+        """Track the best confirmed evaluation and count collapses; True once ``eval_patience`` is reached.
+
+        A collapse is a drop below the reference by more than ``eval_max_drop`` x |reference| and
+        by more than ``eval_noise_z`` standard errors of the difference of the two means, so that
+        evaluations whose few episodes spread widely (LunarLander) do not read as collapses; and,
+        with ``eval_needs_train_drop``, only while the training return ``train`` is below what it
+        was at the reference evaluation: damage to the policy (a destructive update, a corrupted
+        reward) shows in the episodes it trains on as well, whereas a deterministic evaluation of a
+        policy that keeps improving can swing on its own."""
         state, config = self.state, self.config
-        if eval_collapsed(eval_return, state.best_eval, config):
+        collapsed = eval_collapsed(eval_return, state.best_eval, config, se, state.best_eval_se)
+        below_floor = config.eval_min_return is not None and eval_return < config.eval_min_return
+        if collapsed and not below_floor and config.eval_needs_train_drop:
+            reference = state.best_eval_train
+            if train is not None and reference is not None and train >= reference:
+                collapsed = False
+                self.pending.append(
+                    Event(
+                        "info.eval_drop",
+                        f"evaluation return {eval_return:.4g} +- {se:.3g} is below the confirmed best "
+                        f"{state.best_eval:.4g}, but the training return {train:.4g} is not below its "
+                        f"{reference:.4g} at that evaluation: evaluation noise, not a collapse",
+                        show=False,
+                        data={
+                            "value": eval_return,
+                            "se": se,
+                            "best": state.best_eval,
+                            "train": train,
+                            "best_train": reference,
+                        },
+                    )
+                )
+        if collapsed:
             state.eval_collapses += 1
+            best = "none" if state.best_eval is None else f"{state.best_eval:.4g} +- {state.best_eval_se:.3g}"
             self.pending.append(
                 Event(
                     "warning.eval_collapse",
-                    f"evaluation return {eval_return:.4g} (best {state.best_eval}); "
+                    f"evaluation return {eval_return:.4g} +- {se:.3g} (confirmed best {best}); "
                     f"{state.eval_collapses} of {config.eval_patience} before a reload",
-                    data={"value": eval_return, "best": state.best_eval},
+                    data={
+                        "value": eval_return,
+                        "se": se,
+                        "best": state.best_eval,
+                        "best_se": state.best_eval_se,
+                        "drop": None if state.best_eval is None else state.best_eval - eval_return,
+                        "noise": config.eval_noise_z * math.hypot(se, state.best_eval_se),
+                        "train": train,
+                        "best_train": state.best_eval_train,
+                    },
                 )
             )
         else:
@@ -207,9 +290,13 @@ class Guard:
         # The level to hold is the best *confirmed* one: two evaluations in a row at or above it, so one
         # lucky evaluation early in training does not make every later one look like a collapse.
         if self.healthy and state.last_eval is not None:
-            confirmed = min(eval_return, state.last_eval)
-            state.best_eval = confirmed if state.best_eval is None else max(state.best_eval, confirmed)
+            pair = ((eval_return, se, train), (state.last_eval, state.last_eval_se, state.last_eval_train))
+            confirmed, confirmed_se, confirmed_train = min(pair, key=lambda entry: entry[0])
+            if state.best_eval is None or confirmed > state.best_eval:
+                state.best_eval, state.best_eval_se, state.best_eval_train = confirmed, confirmed_se, confirmed_train
         state.last_eval = eval_return if self.healthy else None
+        state.last_eval_se = se if self.healthy else 0.0
+        state.last_eval_train = train if self.healthy else None
         return config.enabled and config.rollback_on_eval and state.eval_collapses >= config.eval_patience
 
     def _rollback(self, source: Literal["last_healthy", "best"], reason: str, step: int) -> list[Action]:

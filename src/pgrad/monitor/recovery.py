@@ -17,6 +17,7 @@ learnable state in ``modules()`` and ``optimizers()`` (the ``OnPolicyAlgorithm``
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,8 +40,12 @@ class GuardState:
     recoveries: int = 0
     recent_steps: list[int] = field(default_factory=list)  # 1 = that optimizer step was non-finite
     fired: list[str] = field(default_factory=list)  # one-shot drills already fired
-    best_eval: float | None = None  # best confirmed evaluation return (see OnPolicyRunner.after_evaluation)
+    best_eval: float | None = None  # best confirmed evaluation return (see Guard._evaluation_collapsed)
     last_eval: float | None = None
+    best_eval_se: float = 0.0  # standard errors of those means (std of the episode returns / sqrt(episodes))
+    last_eval_se: float = 0.0
+    best_eval_train: float | None = None  # the training return (rollout/return_mean) when those were taken
+    last_eval_train: float | None = None
     eval_collapses: int = 0  # consecutive collapsed evaluations
     next_eval_step: int = 0
     recovery_log: list[str] = field(default_factory=list)  # "step N: reason" per recovery, for the final report
@@ -63,13 +68,19 @@ def should_halt(state: GuardState, config: GuardConfig) -> bool:
     return nonfinite_fraction(state, config) > config.nonfinite_halt
 
 
-def eval_collapsed(eval_return: float, best: float | None, config: GuardConfig) -> bool:
-    """Below the absolute floor ``eval_min_return``, or below best - eval_max_drop x |best|."""
+def eval_collapsed(
+    eval_return: float, best: float | None, config: GuardConfig, se: float = 0.0, best_se: float = 0.0
+) -> bool:
+    """Below the absolute floor ``eval_min_return``; or below best - eval_max_drop x |best| *and*
+    by more than ``eval_noise_z`` standard errors of the difference, sqrt(se^2 + best_se^2) (``se``,
+    ``best_se``: standard errors of the two means, from the spread of their episode returns), so
+    a drop that is within the noise of a few episodes is not a collapse."""
     if config.eval_min_return is not None and eval_return < config.eval_min_return:
         return True
     if best is None or config.eval_max_drop is None:
         return False
-    return eval_return < best - config.eval_max_drop * abs(best)
+    drop = best - eval_return
+    return drop > config.eval_max_drop * abs(best) and drop > config.eval_noise_z * math.hypot(se, best_se)
 
 
 def gradients_finite(parameters: list[torch.Tensor]) -> bool:

@@ -227,8 +227,9 @@ class OnPolicyRunner:
         raise TrainingHalted(message)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any]) -> float:
-        """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics."""
+    def evaluate(self, metrics: dict[str, Any]) -> list[float]:
+        """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics
+        and returns the episode returns (the guard weighs a drop against their spread)."""
         guard = self.config.guard
         started = time.perf_counter()
         if self.eval_env is None:
@@ -254,7 +255,7 @@ class OnPolicyRunner:
                 "perf/eval_seconds": time.perf_counter() - started,
             }
         )
-        return float(np.mean(returns))
+        return [float(r) for r in returns]
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""The guard's drill matrix: inject a fault into a real run and check what the guard made of it.
+
+Each row is one run (preset, seed, drill) through the on-policy runner, guard on with its
+defaults. The final column is a deterministic evaluation of the run's last checkpoint over 10
+episodes (what ``pgrad eval RUN --episodes 10 --deterministic`` prints). Columns: rollbacks and
+where the restored weights came from (memory / disk), whether the run halted, and the verdict
+against the acceptance criterion of its group:
+
+- ``ppo-cartpole``: PPO CartPole-v1 preset, ``lr_spike`` at 10k, 20k, 40k of 100k: final >= 475;
+- ``ppo-pendulum``: PPO Pendulum-v1 preset, ``lr_spike`` at 50k of 200k: within 150 of the same
+  seed without the drill (that run is in the table too);
+- ``a2c``, ``trpo``: their CartPole-v1 presets, ``lr_spike`` at 20k: final >= 475;
+- ``flip``: PPO CartPole ``reward_flip@30000:5000``: an evaluation collapse, the best checkpoint
+  reloaded (restored step before the flip);
+- ``nan``: ``nan_grad@20000`` (one step: skipped, no halt) and ``nan_grad@20000:3000`` (sustained:
+  halt, exit 3, dumps written).
+
+    .venv/bin/python benchmarks/bench_guard.py                       # everything (~15 min here)
+    .venv/bin/python benchmarks/bench_guard.py --groups ppo-cartpole --seeds 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgrad.errors import TrainingHalted
+from pgrad.evaluate import evaluate
+from pgrad.monitor.sinks import read_jsonl
+from pgrad.runners.on_policy import OnPolicyRunner
+from pgrad.runs import resolve_config
+
+QUIET = ["run.progress=false", "run.tensorboard=false"]
+
+
+@dataclass(frozen=True)
+class Drill:
+    group: str
+    algo: str
+    env: str
+    seed: int
+    inject: str | None  # None: the same run without a drill (a reference)
+    total_steps: int | None = None  # None: the preset's
+
+
+def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
+    def pick(default: list[int]) -> list[int]:
+        return seeds or default
+
+    rows: list[Drill] = []
+    if "ppo-cartpole" in groups:
+        rows += [
+            Drill("ppo-cartpole", "ppo", "CartPole-v1", s, f"lr_spike@{at}")
+            for s in pick([1, 2, 3, 4, 5])
+            for at in (10_000, 20_000, 40_000)
+        ]
+    if "ppo-pendulum" in groups:
+        for s in pick([1, 2, 3]):
+            rows += [Drill("ppo-pendulum", "ppo", "Pendulum-v1", s, None)]
+            rows += [Drill("ppo-pendulum", "ppo", "Pendulum-v1", s, "lr_spike@50000")]
+    for algo in ("a2c", "trpo"):
+        if algo in groups:
+            rows += [Drill(algo, algo, "CartPole-v1", s, "lr_spike@20000") for s in pick([1, 2, 3])]
+    if "flip" in groups:
+        rows += [Drill("flip", "ppo", "CartPole-v1", s, "reward_flip@30000:5000") for s in pick([1, 2, 3])]
+    if "nan" in groups:
+        for s in pick([1]):
+            rows += [Drill("nan", "ppo", "CartPole-v1", s, "nan_grad@20000", 40_000)]
+            rows += [Drill("nan", "ppo", "CartPole-v1", s, "nan_grad@20000:3000", 40_000)]
+    return rows
+
+
+def run(drill: Drill, folder: Path) -> dict[str, Any]:
+    sets = QUIET + ([f"guard.inject=[{drill.inject}]"] if drill.inject else [])
+    config, _ = resolve_config(drill.algo, drill.env, sets=sets, seed=drill.seed, total_steps=drill.total_steps)
+    run_dir = folder / f"{drill.group}-{drill.algo}-{drill.seed}-{(drill.inject or 'none').replace('@', '_')}"
+    started = time.perf_counter()
+    halted = False
+    try:
+        OnPolicyRunner(config, run_dir, console=False).train()
+    except TrainingHalted:
+        halted = True
+    seconds = time.perf_counter() - started
+    events = read_jsonl(run_dir / "events.jsonl")
+    rollbacks = [e for e in events if e["kind"] == "recovery.rollback"]
+    final = None if halted else evaluate(run_dir, episodes=10, deterministic=True).mean
+    return {
+        "drill": drill,
+        "seconds": seconds,
+        "halted": halted,
+        "halt_kind": next((e["kind"] for e in events if e["kind"].startswith("critical.h")), None),
+        "dumps": (run_dir / "halt_trajectories.npz").is_file() and (run_dir / "halt_batch.npz").is_file(),
+        "rollbacks": rollbacks,
+        "skipped": sum(e["kind"] == "critical.nonfinite" for e in events),
+        "warnings": sum(e["kind"].startswith("warning.") for e in events),
+        "final": final,
+    }
+
+
+def verdict(result: dict[str, Any], reference: dict[tuple[str, int], float]) -> str:
+    drill: Drill = result["drill"]
+    final, rollbacks = result["final"], result["rollbacks"]
+    if drill.group == "nan":
+        sustained = ":" in (drill.inject or "")
+        if sustained:
+            return "ok" if result["halted"] and result["dumps"] else "FAIL (no halt/dumps)"
+        return "ok" if not result["halted"] and result["skipped"] >= 1 else "FAIL"
+    if drill.inject is None:
+        return "reference"
+    if drill.group == "flip":
+        flip_at = int(drill.inject.split("@")[1].split(":")[0])
+        restored = [r for r in rollbacks if "evaluation" in r.get("reason", "")]
+        ok = bool(restored) and all((r.get("restored_step") or 10**9) < flip_at for r in restored)
+        return "ok" if ok else "FAIL (no reload of a pre-flip checkpoint)"
+    if drill.group == "ppo-pendulum":
+        ref = reference.get((drill.env, drill.seed))
+        if ref is None or final is None:
+            return "?"
+        return "ok" if final >= ref - 150 else f"FAIL ({final - ref:+.0f})"
+    return "ok" if final is not None and final >= 475 else "FAIL (< 475)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    all_groups = ["ppo-cartpole", "ppo-pendulum", "a2c", "trpo", "flip", "nan"]
+    parser.add_argument("--groups", nargs="+", default=all_groups, choices=all_groups)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_guard_") as tmp:
+        for drill in matrix(args.groups, args.seeds):
+            result = run(drill, Path(tmp))
+            results.append(result)
+            print(f"# {drill.group} {drill.algo} seed {drill.seed} {drill.inject}: final {result['final']}", flush=True)
+    reference = {
+        (r["drill"].env, r["drill"].seed): r["final"]
+        for r in results
+        if r["drill"].inject is None and r["final"] is not None
+    }
+    print(
+        "| group | algo | env | seed | drill | rollbacks (restored from) | halted | warnings "
+        "| final eval (10) | s | verdict |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        d: Drill = r["drill"]
+        sources = ", ".join(f"{x.get('restored_from')}@{x.get('restored_step')}" for x in r["rollbacks"]) or "-"
+        final = "-" if r["final"] is None else f"{r['final']:.1f}"
+        halted = r["halt_kind"] or "no"
+        print(
+            f"| {d.group} | {d.algo} | {d.env} | {d.seed} | {d.inject or 'none'} | {len(r['rollbacks'])} ({sources}) "
+            f"| {halted} | {r['warnings']} | {final} | {r['seconds']:.0f} | {verdict(r, reference)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
