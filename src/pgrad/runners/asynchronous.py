@@ -518,9 +518,10 @@ class A3CRunner:
         self.log_events([self.guard.rollback_event(action.reason, summary, data)], step)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> float:
+    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> list[float]:
         """Deterministic episodes on the coordinator's own envs, with the weights and observation
-        statistics of ``state`` (frozen); adds ``eval/*`` metrics."""
+        statistics of ``state`` (frozen); adds ``eval/*`` metrics and returns the episode returns
+        (the guard weighs a drop against their spread)."""
         guard = self.config.guard
         started = time.perf_counter()
         if self.eval_env is None:
@@ -549,7 +550,7 @@ class A3CRunner:
                 "perf/eval_seconds": time.perf_counter() - started,
             }
         )
-        return float(np.mean(returns))
+        return [float(r) for r in returns]
 
     # ---- reports --------------------------------------------------------------------------------
     def _on_drill(self, worker: int, payload: dict[str, Any]) -> None:
@@ -649,8 +650,11 @@ class A3CRunner:
         if self.halted is not None:
             self.halt(*self.halted)
         checkpoint = None
-        if self.run.needs_final_checkpoint(self.step):
-            checkpoint = self._final_checkpoint()
+        # The run's last evaluation goes with the final checkpoint, even when a periodic checkpoint
+        # was already written at this step (reports can carry the step past run.total_steps).
+        evaluate = self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step)
+        if evaluate or self.run.needs_final_checkpoint(self.step):
+            checkpoint = self._final_checkpoint(evaluate)
         checkpoint = checkpoint or self.run.store.path("latest")
         if self.failure is not None:
             self.run.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
@@ -662,12 +666,12 @@ class A3CRunner:
         self.close()
         return result
 
-    def _final_checkpoint(self) -> Path:
-        """At the end of the run (evaluated when the guard's evaluation is due, as at run.total_steps)."""
-        if self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step):
+    def _final_checkpoint(self, evaluate: bool) -> Path:
+        """At the end of the run; with ``evaluate`` (the guard's evaluation is due) it carries the score."""
+        if evaluate:
             frozen = self.train_state(frozen=True)
             row: dict[str, Any] = {names.STEP: self.step, names.UPDATE: self.updates}
-            score = self.evaluate(row, frozen)
+            score = float(np.mean(self.evaluate(row, frozen)))
             self.run.log(row)
             return self.save_checkpoint(score, self.guard.healthy, frozen)
         return self.save_checkpoint(self.guard.checkpoint_score(self.last_metrics), self.guard.healthy)
