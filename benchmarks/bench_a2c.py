@@ -64,12 +64,15 @@ class StopAtTarget:
         self.trainer = trainer
         self.steps: int | None = None
         self.seconds: float | None = None
+        self.cpu_started = time.process_time()
+        self.cpu: float | None = None
 
     def write(self, metrics: dict[str, Any]) -> None:
         episodes, mean = metrics.get("rollout/episodes", 0), metrics.get("rollout/return_mean", -math.inf)
         reached = episodes >= WINDOW and mean >= TARGET
         if reached and self.steps is None:
             self.steps, self.seconds = int(metrics["step"]), float(metrics["perf/wall_seconds"])
+            self.cpu = time.process_time() - self.cpu_started
             self.trainer.stop_requested = True
 
     def flush(self) -> None:
@@ -89,8 +92,14 @@ def run_pgrad(algo: str, seed: int, cap: int, mode: str = "bare") -> dict[str, A
         trainer = OnPolicyRunner(pgrad_config(algo, seed, cap, mode), Path(tmp) / "run", console=False)
         stop = StopAtTarget(trainer)
         trainer.sinks.append(stop)
+        stop.cpu_started = time.process_time()
         result = trainer.train()
-    return {"steps": stop.steps, "seconds": stop.seconds, "steps_per_second": result.steps / result.seconds}
+    return {
+        "steps": stop.steps,
+        "seconds": stop.seconds,
+        "cpu": stop.cpu,
+        "steps_per_second": result.steps / result.seconds,
+    }
 
 
 def run_sb3(seed: int, cap: int) -> dict[str, Any]:
@@ -106,7 +115,8 @@ def run_sb3(seed: int, cap: int) -> dict[str, Any]:
             self.seconds: float | None = None
 
         def _on_training_start(self) -> None:
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+            self.cpu: float | None = None
 
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
@@ -116,6 +126,7 @@ def run_sb3(seed: int, cap: int) -> dict[str, Any]:
             if self.n_calls % self.model.n_steps == 0 and len(self.returns) == WINDOW:
                 if np.mean(self.returns) >= TARGET:
                     self.steps, self.seconds = self.num_timesteps, time.perf_counter() - self.started
+                    self.cpu = time.process_time() - self.cpu_started
                     return False
             return True
 
@@ -125,7 +136,12 @@ def run_sb3(seed: int, cap: int) -> dict[str, Any]:
     started = time.perf_counter()
     model.learn(total_timesteps=cap, callback=callback)
     seconds = time.perf_counter() - started
-    return {"steps": callback.steps, "seconds": callback.seconds, "steps_per_second": model.num_timesteps / seconds}
+    return {
+        "steps": callback.steps,
+        "seconds": callback.seconds,
+        "cpu": callback.cpu,
+        "steps_per_second": model.num_timesteps / seconds,
+    }
 
 
 LIBS = ["pgrad shipped", "pgrad bare"]
@@ -145,6 +161,20 @@ def a2c_section(seeds: list[int], cap: int, lines: list[str]) -> None:
     table, summary = seed_table(rows, LIBS)
     title = f"### A2C vs SB3 A2C, CartPole-v1, to a last-{WINDOW}-episode mean of {TARGET:.0f} (cap {cap:,} steps)"
     lines += [title, "", MODE_NOTE, "", *table, "", *summary_lines(summary, LIBS)]
+    # CPU seconds (time.process_time, the whole process) to the target, beside the wall seconds above.
+    names = [*LIBS, "sb3"]
+    cpu_med = {n: median_or_none([r[n]["cpu"] for _, r in rows]) for n in names}
+    per_seed = "; ".join(f"{seed}: " + " / ".join(fmt(r[n]["cpu"], ".1f") for n in names) for seed, r in rows)
+    cpu_ratios = ", ".join(
+        f"{lib} / sb3 {fmt(cpu_med[lib] / cpu_med['sb3'] if cpu_med[lib] and cpu_med['sb3'] else None, '.3f')}"
+        for lib in LIBS
+    )
+    lines += [
+        "",
+        f"CPU seconds to {TARGET:.0f} ({' / '.join(names)}), per seed: {per_seed}. Medians: "
+        + " / ".join(fmt(cpu_med[n], ".2f") for n in names)
+        + f"; {cpu_ratios}.",
+    ]
     verdicts = []
     for lib in LIBS:
         ratio = summary.ratio(lib, "seconds")
