@@ -87,9 +87,12 @@ def last_values(history: list[Metrics], key: str, count: int, skip_newest: bool 
     for metrics in entries:
         if len(values) == count:
             break
-        value = number(metrics, key)
-        if value is not None:
-            values.append(value)
+        value = metrics.get(key)
+        if type(value) is not float:  # the common case skips the call: this loop runs ~100 times an update
+            value = number(metrics, key)
+            if value is None:
+                continue
+        values.append(value)
     values.reverse()
     return values
 
