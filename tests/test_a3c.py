@@ -182,7 +182,7 @@ def test_a_worker_that_raises_stops_the_run_with_exit_3_and_every_worker_stopped
     assert completed.returncode == 3, completed.stderr
     assert "a3c worker 0 failed: RuntimeError: injected failure: a3c.fail_worker_at_step=2000" in completed.stderr
     events = read_jsonl(run / "events.jsonl")
-    kinds = [e["kind"] for e in events]
+    kinds = [e["kind"] for e in events if not e["kind"].startswith("info.")]  # info events may come any time
     failure = next(e for e in events if e["kind"] == "critical.worker_failed")
     assert failure["worker"] == 0 and "Traceback" in failure["traceback"] and "a3c_worker.py" in failure["traceback"]
     assert failure["step"] >= 2000
@@ -259,7 +259,7 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_c
     assert new_rows and min(row["step"] for row in new_rows) > stopped_at
     assert min(row["update"] for row in new_rows) > state["updates"]
     events = read_jsonl(run / "events.jsonl")
-    kinds = [e["kind"] for e in events if not e["kind"].startswith("warning.")]  # the guard's warnings may come
+    kinds = [e["kind"] for e in events if not e["kind"].startswith(("warning.", "info."))]  # the guard may log these
     assert kinds[-3:] == ["workers.started", "checkpoint", "run.finished"]
     assert any(e["kind"] == "run.resumed" and e["step"] == stopped_at for e in events)
     assert stopped_at + 4000 <= events[-1]["step"] <= stopped_at + 4000 + 2 * 8 * 5
