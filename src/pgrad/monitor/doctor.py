@@ -343,7 +343,7 @@ def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding]
             lines.append(f"    guard: {handled[0]['kind']} at step {handled[0]['step']} (see below)")
     explained = explain_alerts(events)
     if explained:
-        lines.append("guard warnings:")
+        lines.append("guard warnings and info events:")
         lines += explained
     actions = guard_actions(events)
     if actions:
