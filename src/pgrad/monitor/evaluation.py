@@ -6,11 +6,13 @@ on environments separate from the training ones, so training's env state and RNG
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from pgrad import metric_names as names
 from pgrad.envs.factory import SpaceAdapter
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.nets import ActingPolicy
@@ -81,3 +83,30 @@ def run_episodes(
 def eval_num_envs(episodes: int) -> int:
     """Sub-envs for an evaluation of ``episodes`` episodes (at most 10)."""
     return min(episodes, 10)
+
+
+def periodic_evaluation(
+    policy: ActingPolicy,
+    envs: Any,
+    adapter: SpaceAdapter,
+    obs_normalizer: ObsNormalizer,
+    episodes: int,
+    seed: int,
+    metrics: dict[str, Any],
+) -> list[float]:
+    """The guard's evaluation, for every runner: ``episodes`` deterministic episodes seeded with
+    ``EVAL_SEED_OFFSET + seed``; adds the ``eval/*`` metrics (and ``perf/eval_seconds``) to ``metrics``
+    and returns the episode returns (the guard weighs a drop against their spread)."""
+    started = time.perf_counter()
+    returns, lengths = run_episodes(policy, envs, adapter, obs_normalizer, episodes, True, EVAL_SEED_OFFSET + seed)
+    metrics.update(
+        {
+            names.EVAL_RETURN_MEAN: float(np.mean(returns)),
+            names.EVAL_RETURN_STD: float(np.std(returns)),
+            "eval/return_min": float(np.min(returns)),
+            "eval/return_max": float(np.max(returns)),
+            "eval/length_mean": float(np.mean(lengths)),
+            "perf/eval_seconds": time.perf_counter() - started,
+        }
+    )
+    return [float(r) for r in returns]

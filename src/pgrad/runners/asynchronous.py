@@ -50,7 +50,7 @@ from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimi
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, TrainingHalted
 from pgrad.faults import parse_fault
-from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
+from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, parameters_finite
 from pgrad.monitor.sinks import read_jsonl
@@ -523,7 +523,6 @@ class A3CRunner:
         statistics of ``state`` (frozen); adds ``eval/*`` metrics and returns the episode returns
         (the guard weighs a drop against their spread)."""
         guard = self.config.guard
-        started = time.perf_counter()
         if self.eval_env is None:
             self.eval_env = build_environment(
                 self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
@@ -531,26 +530,15 @@ class A3CRunner:
             self.eval_model = build_model(self.algo_config, self.adapter.obs_dim, self.adapter.action)
         self.eval_model.load_state_dict(state.modules["model"])
         self.eval_env.obs_normalizer.stats.load(state.normalizers["obs"])
-        returns, lengths = run_episodes(
+        return periodic_evaluation(
             self.eval_model.acting_policy(),
             self.eval_env.envs,
             self.eval_env.adapter,
             self.eval_env.obs_normalizer,
             guard.eval_episodes,
-            True,
-            EVAL_SEED_OFFSET + self.config.run.seed,
+            self.config.run.seed,
+            metrics,
         )
-        metrics.update(
-            {
-                names.EVAL_RETURN_MEAN: float(np.mean(returns)),
-                names.EVAL_RETURN_STD: float(np.std(returns)),
-                "eval/return_min": float(np.min(returns)),
-                "eval/return_max": float(np.max(returns)),
-                "eval/length_mean": float(np.mean(lengths)),
-                "perf/eval_seconds": time.perf_counter() - started,
-            }
-        )
-        return [float(r) for r in returns]
 
     # ---- reports --------------------------------------------------------------------------------
     def _on_drill(self, worker: int, payload: dict[str, Any]) -> None:

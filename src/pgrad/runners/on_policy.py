@@ -25,7 +25,7 @@ from pgrad.checkpoint import TrainState, load_modules, load_optimizers, read_tra
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
-from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
+from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
@@ -231,31 +231,19 @@ class OnPolicyRunner:
         """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics
         and returns the episode returns (the guard weighs a drop against their spread)."""
         guard = self.config.guard
-        started = time.perf_counter()
         if self.eval_env is None:
             self.eval_env = build_environment(
                 self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
-        returns, lengths = run_episodes(
+        return periodic_evaluation(
             self.algo.acting_policy(),
             self.eval_env.envs,
             self.eval_env.adapter,
             self.collector.obs_normalizer,
             guard.eval_episodes,
-            True,
-            EVAL_SEED_OFFSET + self.config.run.seed,
+            self.config.run.seed,
+            metrics,
         )
-        metrics.update(
-            {
-                names.EVAL_RETURN_MEAN: float(np.mean(returns)),
-                names.EVAL_RETURN_STD: float(np.std(returns)),
-                "eval/return_min": float(np.min(returns)),
-                "eval/return_max": float(np.max(returns)),
-                "eval/length_mean": float(np.mean(lengths)),
-                "perf/eval_seconds": time.perf_counter() - started,
-            }
-        )
-        return [float(r) for r in returns]
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:
