@@ -10,8 +10,14 @@ against the acceptance criterion of its group:
 - ``ppo-pendulum``: PPO Pendulum-v1 preset, ``lr_spike`` at 50k of 200k: within 150 of the same
   seed without the drill (that run is in the table too);
 - ``a2c``, ``trpo``: their CartPole-v1 presets, ``lr_spike`` at 20k: final >= 475;
-- ``flip``: PPO CartPole ``reward_flip@30000:5000``: an evaluation collapse, the best checkpoint
-  reloaded (restored step before the flip);
+- ``flip``: PPO CartPole ``reward_flip@15000:10000``, seeds 1-5, with ``guard.eval_every=10000``:
+  where the flip collapsed the policy (the training return fell below half its level at the flip),
+  the collapse is detected and a pre-damage checkpoint reloaded (saved before the flip, or evaluated
+  at least as well as the best evaluation before it); where it did not, no reload is needed. Why
+  these settings: a flip can only be caught against a confirmed evaluation from before it (the
+  default schedule has its first at 25k, confirmed ~2.5k later), and it only damages a policy that
+  still sees episodes end (a CartPole policy at 500 is truncated, never terminated, and a negated
+  constant reward gives it nothing to unlearn: flips at 30k left 4 of 5 seeds untouched);
 - ``nan``: ``nan_grad@20000`` (one step: skipped, no halt) and ``nan_grad@20000:3000`` (sustained:
   halt, exit 3, dumps written).
 
@@ -45,6 +51,7 @@ class Drill:
     seed: int
     inject: str | None  # None: the same run without a drill (a reference)
     total_steps: int | None = None  # None: the preset's
+    sets: tuple[str, ...] = ()  # the group's own settings
 
 
 def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
@@ -66,7 +73,10 @@ def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
         if algo in groups:
             rows += [Drill(algo, algo, "CartPole-v1", s, "lr_spike@20000") for s in pick([1, 2, 3])]
     if "flip" in groups:
-        rows += [Drill("flip", "ppo", "CartPole-v1", s, "reward_flip@30000:5000") for s in pick([1, 2, 3])]
+        rows += [
+            Drill("flip", "ppo", "CartPole-v1", s, "reward_flip@15000:10000", sets=("guard.eval_every=10000",))
+            for s in pick([1, 2, 3, 4, 5])
+        ]
     if "nan" in groups:
         for s in pick([1]):
             rows += [Drill("nan", "ppo", "CartPole-v1", s, "nan_grad@20000", 40_000)]
@@ -75,7 +85,7 @@ def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
 
 
 def run(drill: Drill, folder: Path) -> dict[str, Any]:
-    sets = QUIET + ([f"guard.inject=[{drill.inject}]"] if drill.inject else [])
+    sets = QUIET + list(drill.sets) + ([f"guard.inject=[{drill.inject}]"] if drill.inject else [])
     config, _ = resolve_config(drill.algo, drill.env, sets=sets, seed=drill.seed, total_steps=drill.total_steps)
     run_dir = folder / f"{drill.group}-{drill.algo}-{drill.seed}-{(drill.inject or 'none').replace('@', '_')}"
     started = time.perf_counter()
@@ -88,6 +98,7 @@ def run(drill: Drill, folder: Path) -> dict[str, Any]:
     events = read_jsonl(run_dir / "events.jsonl")
     rollbacks = [e for e in events if e["kind"] == "recovery.rollback"]
     final = None if halted else evaluate(run_dir, episodes=10, deterministic=True).mean
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     return {
         "drill": drill,
         "seconds": seconds,
@@ -98,12 +109,14 @@ def run(drill: Drill, folder: Path) -> dict[str, Any]:
         "skipped": sum(e["kind"] == "critical.nonfinite" for e in events),
         "warnings": sum(e["kind"].startswith("warning.") for e in events),
         "final": final,
+        "train": [(m["step"], m["rollout/return_mean"]) for m in metrics if m.get("rollout/return_mean") is not None],
+        "evaluations": [(m["step"], m["eval/return_mean"]) for m in metrics if "eval/return_mean" in m],
     }
 
 
 def verdict(result: dict[str, Any], reference: dict[tuple[str, int], float]) -> str:
     drill: Drill = result["drill"]
-    final, rollbacks = result["final"], result["rollbacks"]
+    final = result["final"]
     if drill.group == "nan":
         sustained = ":" in (drill.inject or "")
         if sustained:
@@ -112,16 +125,37 @@ def verdict(result: dict[str, Any], reference: dict[tuple[str, int], float]) -> 
     if drill.inject is None:
         return "reference"
     if drill.group == "flip":
-        flip_at = int(drill.inject.split("@")[1].split(":")[0])
-        restored = [r for r in rollbacks if "evaluation" in r.get("reason", "")]
-        ok = bool(restored) and all((r.get("restored_step") or 10**9) < flip_at for r in restored)
-        return "ok" if ok else "FAIL (no reload of a pre-flip checkpoint)"
+        return flip_verdict(result)
     if drill.group == "ppo-pendulum":
         ref = reference.get((drill.env, drill.seed))
         if ref is None or final is None:
             return "?"
         return "ok" if final >= ref - 150 else f"FAIL ({final - ref:+.0f})"
     return "ok" if final is not None and final >= 475 else "FAIL (< 475)"
+
+
+def flip_verdict(result: dict[str, Any]) -> str:
+    """Caught where it collapsed the policy: an evaluation-collapse reload of a pre-damage checkpoint."""
+    flip_at = int(result["drill"].inject.split("@")[1].split(":")[0])
+    before = [r for s, r in result["train"] if s <= flip_at]
+    after = [r for s, r in result["train"] if s > flip_at]
+    if not before or not after:
+        return "?"
+    level, low = before[-1], min(after)
+    reloads = [r for r in result["rollbacks"] if "evaluation" in r.get("reason", "")]
+    if low >= 0.5 * level:
+        return f"ok (no collapse: training return {level:.0f} -> min {low:.0f}{', reloaded' if reloads else ''})"
+    best_before = max((r for s, r in result["evaluations"] if s <= flip_at), default=None)
+
+    def pre_damage(rollback: dict[str, Any]) -> bool:
+        step, score = rollback.get("restored_step"), rollback.get("restored_score")
+        return step is not None and (
+            step <= flip_at or (score is not None and best_before is not None and score >= best_before)
+        )
+
+    if reloads and pre_damage(reloads[0]):
+        return f"ok (collapse {level:.0f} -> {low:.0f} caught at {reloads[0]['step']})"
+    return f"FAIL (collapse {level:.0f} -> {low:.0f}, no reload of a pre-damage checkpoint)"
 
 
 def main() -> None:

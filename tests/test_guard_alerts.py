@@ -402,3 +402,45 @@ def test_trajectory_recorder_keeps_complete_recent_episodes_across_rollouts(tmp_
     # (capacity 2 keeps the last two of finished + open: 35-38 and 39)
     assert data["rewards"].tolist() == [35.0, 36.0, 37.0, 38.0, 39.0]
     assert data["episode_finished"].tolist() == [True, False]
+
+
+def test_update_size_spike_is_critical_against_robust_running_statistics():
+    """A learning-rate spike moves a parameter group ~100x further than the updates before it;
+    annealing, noise and a short history do not fire. Thresholds: update_spike = 10 here."""
+    config = GuardConfig(update_spike=10.0)
+    window = [0.02, 0.018, 0.021, 0.019, 0.02] * 4  # median 0.02, MAD 0.001 x 1.4826
+    rows = history(21, diagnostics__update_norm__value_optimizer=window + [2.0], diagnostics__update_norm__step=0.1)
+    alert = alerts.update_size_rule(rows, config)
+    assert alert.level == "critical" and alert.rule == "update_size" and alert.value == 2.0
+    assert alert.metric == "diagnostics/update_norm/value_optimizer" and alert.message.startswith("value_optimizer")
+    assert alert.threshold == pytest.approx(10 * 0.02) and alert.evidence["median"] == 0.02
+    quiet = history(21, diagnostics__update_norm__optimizer=window + [0.19])
+    assert alerts.update_size_rule(quiet, config) is None
+    short = history(9, diagnostics__update_norm__optimizer=[0.02] * 8 + [2.0])  # fewer than history_window // 2
+    assert alerts.update_size_rule(short, config) is None
+    assert alerts.update_size_rule(history(11, diagnostics__update_norm__o=[0.02] * 10 + [2.0]), config) is not None
+    annealed = list(np.linspace(0.02, 0.0005, 60))  # a linear schedule shrinks every update
+    assert all(
+        alerts.update_size_rule(history(i + 1, diagnostics__update_norm__o=annealed[: i + 1]), config) is None
+        for i in range(60)
+    )
+    noisy = [0.001, 0.1] * 10  # a size that is noisy by nature: 10x its median is within its spread
+    assert alerts.update_size_rule(history(21, diagnostics__update_norm__o=noisy + [0.6]), config) is None
+    assert alerts.update_size_rule(history(21, diagnostics__update_norm__o=[0.0] * 20 + [0.1]), config) is None
+
+
+def test_update_size_is_judged_per_unit_of_clipped_gradient():
+    """A2C late in a healthy run: tiny gradients for thousands of updates, then one terminal
+    transition whose gradient (clipped to 0.5) is 100x the usual; RMSprop's step grows with it.
+    Per unit of gradient that step is ordinary. A learning rate x100 on an ordinary gradient is not."""
+    config = GuardConfig(update_spike=10.0)
+    sizes, grads = [0.002] * 20, [0.005] * 20
+    healthy = history(
+        21, diagnostics__update_norm__optimizer=sizes + [0.3], diagnostics__grad_norm_clipped=grads + [0.5]
+    )
+    assert alerts.update_size_rule(healthy, config) is None
+    spike = history(
+        21, diagnostics__update_norm__optimizer=sizes + [0.2], diagnostics__grad_norm_clipped=grads + [0.005]
+    )
+    alert = alerts.update_size_rule(spike, config)
+    assert alert is not None and alert.value == pytest.approx(0.2 / 0.005) and "per unit" in alert.message

@@ -84,7 +84,7 @@ def test_an_evaluation_collapse_reloads_the_best_only_after_patience_and_a_confi
     assert run_update(guard, 3000, healthy_metrics(3000), evaluation=90.0) == [Snapshot(False), Checkpoint(90.0, False)]
     assert [e.kind for e in guard.take_events()] == ["warning.eval_collapse"]
     actions = run_update(guard, 4000, healthy_metrics(4000), evaluation=80.0)
-    assert actions == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row")]
+    assert actions == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row over 1000 steps")]
 
 
 def test_drills_fire_once_and_scale_the_learning_rate_only_for_their_update():
@@ -151,13 +151,15 @@ def test_a_real_collapse_under_noise_is_still_caught():
     rng = np.random.default_rng(3)
     evaluations = [list(m + rng.normal(0, 30, 5)) for m in (200.0, 210.0, 205.0, -300.0, -320.0)]
     actions = evaluation_run(guard, evaluations, [150.0, 160.0, 170.0, -200.0, -250.0])
-    assert actions[-1] == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row")]
+    assert actions[-1] == [Rollback("best", "evaluation return collapsed for 2 evaluations in a row over 1000 steps")]
     (first, second) = [e for e in guard.take_events() if e.kind == "warning.eval_collapse"]
     assert first.data["drop"] > first.data["noise"] > 0 and first.data["train"] == -200.0
 
 
 def test_a_drop_within_the_noise_of_the_episodes_is_not_a_collapse():
-    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=1, eval_needs_train_drop=False)
+    config = GuardConfig(
+        eval_every=1000, eval_max_drop=0.5, eval_patience=1, eval_needs_train_drop=False, eval_collapse_span=0
+    )
     guard = Guard(config, total_steps=10**6, run_dir=Path("run"))
     wide = [-100.0, -50.0, 0.0, 50.0, 100.0]  # standard error 35 per evaluation
     evaluation_run(guard, [[40.0 + d for d in wide], [40.0 + d for d in wide]], [0.0, 0.0])
@@ -166,3 +168,73 @@ def test_a_drop_within_the_noise_of_the_episodes_is_not_a_collapse():
     assert guard.state.eval_collapses == 0  # a drop of 100 < 3 x sqrt(35^2 + 35^2) = 150
     # No spread in this one: the noise is the reference's alone, 3 x 35 = 105 < a drop of 140.
     assert isinstance(evaluation_run(guard, [[-100.0, -100.0, -100.0]], [0.0])[0][0], Rollback)
+
+
+CRITIC = f"{names.UPDATE_NORM}/value_optimizer"
+
+
+def test_a_critical_update_size_spike_rolls_back_like_a_critical_kl():
+    """TRPO whose critic took one huge step: the policy's KL stays small, the parameters jumped."""
+    guard = Guard(GuardConfig(eval_every=0, update_spike=10.0), total_steps=100_000, run_dir=Path("run"))
+    for step in range(100, 2100, 100):
+        assert run_update(guard, step, {**healthy_metrics(step), CRITIC: 0.02}) == [Snapshot(True)]
+    (action,) = run_update(guard, 2100, {**healthy_metrics(2100, kl=0.005), CRITIC: 1.5})
+    assert isinstance(action, Rollback) and action.source == "last_healthy"
+    assert action.reason == "update size 1.5 > 0.2 (10x its running median 0.02)"
+    assert guard.state.lr_scale == 0.5
+    off = Guard(GuardConfig(eval_every=0, rollback_on_update_spike=False), total_steps=100_000, run_dir=Path("run"))
+    for step in range(100, 2100, 100):
+        run_update(off, step, {**healthy_metrics(step), CRITIC: 0.02})
+    assert run_update(off, 2100, {**healthy_metrics(2100), CRITIC: 1.5}) == [Snapshot(False)]
+
+
+def test_early_evaluations_confirm_a_new_best_and_follow_a_training_return_drop():
+    """Scheduled every 10,000 steps; early ones at most every 1,000 (eval_recheck 0.1), each for a reason."""
+    config = GuardConfig(eval_every=10_000, eval_recheck=0.1)
+    guard = Guard(config, total_steps=100_000, run_dir=Path("run"))
+
+    def update(step: int, train: float, evaluation: float | None = None) -> bool:
+        metrics = {**healthy_metrics(step), names.RETURN_MEAN: train}
+        guard.begin_update(step - 500, step)
+        guard.observe(metrics, updates=step // 500)
+        due = guard.evaluation_due(step)
+        guard.decide(metrics, step, [evaluation] * 5 if due and evaluation is not None else None, False)
+        return due
+
+    assert not update(9_500, 100.0)
+    assert update(10_000, 100.0, 200.0)  # scheduled; 200 is not confirmed yet
+    assert not update(10_500, 100.0)  # too soon after the last evaluation
+    assert update(11_000, 110.0, 210.0)  # early: confirm the new best
+    assert [e.data["reason"] for e in guard.take_events() if e.kind == "info.eval_early"] == ["confirm"]
+    assert guard.state.best_eval == 200.0 and guard.state.best_eval_train == 100.0
+    assert not any(update(step, 90.0) for step in range(11_500, 15_000, 500))  # a dip of 10%: nothing to check
+    assert update(15_000, 40.0, 20.0)  # the training return fell below half its level at the best
+    assert guard.state.eval_collapses == 1
+    assert not update(15_500, 30.0)
+    assert update(16_000, 30.0, 15.0)  # rechecked within 1,000 steps, not 10,000
+    assert guard.state.eval_collapses == 2 and guard.state.recoveries == 0  # a dip must last eval_collapse_span
+    assert update(17_000, 30.0, 15.0) and guard.state.recoveries == 0
+    assert update(18_000, 30.0, 15.0)  # 3,000 steps... still under 0.5 x 10,000
+    assert update(19_000, 30.0, 15.0) and update(20_000, 30.0, 15.0)  # 5,000 steps collapsed: reload the best
+    events = guard.take_events()
+    reasons = [e.data["reason"] for e in events if e.kind == "info.eval_early"]
+    assert reasons == ["train_drop", "collapse", "collapse", "collapse", "collapse"]
+    assert guard.state.recoveries == 1
+    quiet = Guard(GuardConfig(eval_every=10_000, eval_recheck=0.0), total_steps=100_000, run_dir=Path("run"))
+    guard = quiet
+    assert update(10_000, 100.0, 200.0) and not any(update(s, 1.0, 0.0) for s in range(10_500, 20_000, 500))
+
+
+def test_a_dip_the_run_climbs_out_of_by_itself_is_never_reloaded():
+    """A2C on CartPole: from 500 to under 100 and back within a few thousand steps. Rechecked every
+    1,000 steps, collapsed twice in a row, but back before eval_collapse_span x eval_every."""
+    config = GuardConfig(eval_every=10_000, eval_recheck=0.1, eval_collapse_span=0.5)
+    guard = Guard(config, total_steps=10**6, run_dir=Path("run"))
+    steps = [10_000, 11_000, 20_000, 21_000, 22_000, 23_000, 24_000, 30_000]
+    evaluations = [500.0, 500.0, 90.0, 60.0, 80.0, 300.0, 500.0, 500.0]
+    trains = [480.0, 490.0, 300.0, 70.0, 90.0, 250.0, 450.0, 490.0]
+    for step, evaluation, train in zip(steps, evaluations, trains, strict=True):
+        metrics = {**healthy_metrics(step), names.RETURN_MEAN: train}
+        actions = run_update(guard, step, metrics, evaluation=[evaluation] * 5)
+        assert not any(isinstance(a, Rollback | Halt) for a in actions), step
+    assert guard.state.recoveries == 0 and guard.state.eval_collapses == 0

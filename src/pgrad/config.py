@@ -385,12 +385,21 @@ class GuardConfig(Checked):
     entropy_collapse: float = param(0.5, "entropy below this fraction of its starting value: warning")
     log_std_min: float = param(-5.0, "mean Gaussian log-std below this: warning")
     grad_norm_spike: float = param(10.0, "gradient norm above this multiple of its running median: warning")
+    update_spike: float = param(
+        25.0,
+        "an update that moves a parameter group (per unit of clipped gradient) more than this multiple of its "
+        "running median (and of its spread): critical (rollback when rollback_on_update_spike). Measured: healthy "
+        "runs <= 7x (PPO, TRPO), <= 22x (A2C); a 100x learning-rate spike 33-118x",
+    )
     sps_drop: float = param(0.5, "steps/s down more than this fraction from its running median: info event")
     sps_sustain: int = param(5, "updates the steps/s drop must last (their median is compared)")
     snapshot_every: int = param(
         2048, "capture the state a rollback returns to at most every this many env steps (confirmed by the next update)"
     )
     rollback_on_kl: bool = param(True, "on critical KL, restore the last healthy checkpoint and cut the lr")
+    rollback_on_update_spike: bool = param(
+        True, "on a critical update-size spike, restore the last healthy state and cut the lr"
+    )
     lr_cut: float = param(0.5, "learning-rate multiplier applied by every rollback")
     max_recoveries: int = param(3, "rollbacks allowed per run; one more stops the run with a report")
     skip_nonfinite: bool = param(True, "skip optimizer steps whose gradients hold NaN/Inf")
@@ -413,6 +422,16 @@ class GuardConfig(Checked):
         "count an evaluation drop as a collapse only while the training return is below its level at the "
         "reference evaluation too (a deterministic evaluation can swing while the policy improves)",
     )
+    eval_collapse_span: float = param(
+        0.5,
+        "reload only a collapse that lasted this fraction of eval_every (every evaluation in between collapsed): "
+        "a dip the run climbs out of by itself is not worth a reload and a cut learning rate",
+    )
+    eval_recheck: float = param(
+        0.1,
+        "evaluate early, at most every this fraction of eval_every, to confirm a new best, to settle a collapse, or "
+        "when the training return fell below half its level at the confirmed best (0: only on schedule)",
+    )
     eval_patience: int = param(2, "consecutive collapsed evaluations before reloading the best checkpoint")
     rollback_on_eval: bool = param(True, "on an evaluation collapse, reload the best checkpoint and cut the lr")
     inject: tuple[str, ...] = param((), "fault drills KIND@STEP[:DURATION]: lr_spike, nan_grad, reward_flip")
@@ -428,6 +447,7 @@ class GuardConfig(Checked):
         self.check_range("clip_fraction_low", 0, self.clip_fraction_high)
         self.check_range("entropy_collapse", 0, 1)
         self.check_range("grad_norm_spike", 1, low_open=True)
+        self.check_range("update_spike", 1, low_open=True)
         self.check_range("sps_drop", 0, 1, low_open=True, high_open=True)
         self.check_range("sps_sustain", 1)
         self.check_range("flat_return_cv", 0)
@@ -442,6 +462,8 @@ class GuardConfig(Checked):
         self.check_range("eval_episodes", 1)
         self.check_range("eval_max_drop", 0, 1, low_open=True)
         self.check_range("eval_patience", 1)
+        self.check_range("eval_recheck", 0, 1)
+        self.check_range("eval_collapse_span", 0)
         self.check_range("lr_spike_factor", 0, low_open=True)
         for text in self.inject:
             try:

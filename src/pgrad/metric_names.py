@@ -27,6 +27,7 @@ STEPS_PER_SECOND = "perf/steps_per_second"
 LR_SCALE = "train/lr_scale"
 NONFINITE_STEPS = "diagnostics/nonfinite_steps"
 PARAMS_FINITE = "diagnostics/params_finite"
+UPDATE_NORM = "diagnostics/update_norm"  # + "/<group>": ||theta_after - theta_before|| per optimizer (or "step")
 RECOVERIES = "diagnostics/recoveries"
 ALERTS = "diagnostics/alerts"
 PROGRESS = "train/progress"  # env steps / run.total_steps, written by the guard (warm-up is a share of the run)

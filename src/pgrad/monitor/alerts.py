@@ -45,6 +45,7 @@ RETURN_STD = "rollout/return_std"
 LEARNING_RATE = names.LEARNING_RATE
 CLIP_EPS = "train/clip_eps"
 PROGRESS = names.PROGRESS
+UPDATE_NORM = names.UPDATE_NORM
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,66 @@ def grad_norm_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     )
 
 
+def update_size_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """A destructive update: a parameter group moved (``update_norm/<group>``, ||theta_after -
+    theta_before|| of the parameters one optimizer owns, or of those a natural-gradient step moves)
+    more than ``update_spike`` x the median of the window before it, and more than the median +
+    ``update_spike`` x its scaled median absolute deviation.
+
+    Per unit of gradient where the algorithm clips its gradients (``grad_norm_clipped``): RMSprop and
+    Adam divide by a running RMS of the gradients, so after thousands of tiny late-run gradients one
+    large (clipped) gradient moves A2C's weights 150x its median step on a healthy run, while the
+    step *per unit of gradient* stays within ~20x; a learning rate gone wrong multiplies exactly
+    that ratio. Without clipping (TRPO's critic, its natural-gradient policy step) the raw size: a
+    trust region and a fixed-rate critic keep it within ~3x of its median on healthy runs. This is
+    what the policy's KL cannot see: a critic wrecked by one huge step while the policy barely moved.
+    Needs ``history_window`` // 2 earlier updates (TRPO's 20th update is at 20k steps)."""
+    latest = history[-1]
+    clipped = number(latest, GRAD_NORM_CLIPPED)
+    worst: Alert | None = None
+    for key in latest:
+        if not key.startswith(UPDATE_NORM + "/"):
+            continue
+        size = _step_per_gradient(latest, key)
+        if size is None:
+            continue
+        window = [v for m in history[-config.history_window - 1 : -1] if (v := _step_per_gradient(m, key)) is not None]
+        if len(window) < config.history_window // 2:
+            continue
+        median = float(statistics.median(window))
+        mad = 1.4826 * float(statistics.median(abs(v - median) for v in window))
+        threshold = max(config.update_spike * median, median + config.update_spike * mad)
+        if (
+            threshold <= 0
+            or not size > threshold
+            or (worst is not None and size / threshold <= worst.value / worst.threshold)
+        ):
+            continue
+        unit = " per unit of (clipped) gradient" if clipped is not None else ""
+        worst = Alert(
+            "critical",
+            "update_size",
+            f"{key.rsplit('/', 1)[1]} moved {size:.3g}{unit} in one update, {size / max(median, 1e-12):.3g}x its "
+            f"running median {median:.3g} (threshold {threshold:.3g}): a destructive step (learning rate or "
+            "optimizer state gone wrong)",
+            key,
+            size,
+            threshold,
+            {"median": median, "mad": mad},
+        )
+    return worst
+
+
+def _step_per_gradient(metrics: Metrics, key: str) -> float | None:
+    size = number(metrics, key)
+    if size is None or not math.isfinite(size):
+        return None
+    clipped = number(metrics, GRAD_NORM_CLIPPED)
+    if clipped is None:
+        return size
+    return size / clipped if math.isfinite(clipped) and clipped > 0 else None
+
+
 def steps_per_second_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     """Info, not a warning: the machine slowed down (another job on a shared machine), which says
     nothing about training. Only a sustained drop counts: the median of the last ``sps_sustain``
@@ -399,6 +460,7 @@ RULES: tuple[Rule, ...] = (
     entropy_collapse_rule,
     log_std_rule,
     grad_norm_rule,
+    update_size_rule,
     steps_per_second_rule,
 )
 

@@ -288,6 +288,17 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "a gradient norm far above its recent median, its spread and the run's first norm",
         "keep max_grad_norm clipping on; lower learning_rate if KL alerts follow",
     ),
+    "update_size": (
+        "one update moved a parameter group (per unit of clipped gradient) an order of magnitude further than "
+        "its recent median: a learning rate or optimizer state gone wrong; the guard restored the last healthy "
+        "state",
+        "lower learning_rate; if it recurs on a healthy run, raise guard.update_spike",
+    ),
+    "eval_early": (
+        "an evaluation ahead of the schedule: to confirm the first reference, to follow a collapse, or because "
+        "the training return fell below half its level at the confirmed best (info only)",
+        "nothing; guard.eval_recheck sets how often (0: only on schedule)",
+    ),
     "steps_per_second": ("the machine slowed down (info only)", "nothing for training; check other jobs"),
     "nonfinite": ("NaN/Inf in a loss, the gradients or the parameters", "see the non-finite finding above"),
     "eval_collapse": (
@@ -306,7 +317,7 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
     """One entry per warning kind the guard logged: how often, the first occurrence with its
     evidence (every field the event carries), and what it means."""
     lines: list[str] = []
-    logged = [e for e in events if str(e.get("kind", "")).startswith(("warning.", "info."))]
+    logged = [e for e in events if str(e.get("kind", "")).startswith(("critical.update_size", "warning.", "info."))]
     for kind in dict.fromkeys(str(e["kind"]) for e in logged):
         same = [e for e in logged if e["kind"] == kind]
         first = same[0]

@@ -11,9 +11,9 @@ calls, once per update:
 3. ``evaluation_due(step)``: whether to run a deterministic evaluation now;
 4. ``decide(metrics, step, evaluation, checkpoint_due)``: ``evaluation`` is the evaluation's
    per-episode returns (or just their mean, then without noise information); the actions, in order of precedence:
-   ``Halt`` (non-finite steps past the limit, or the recovery cap), ``Rollback`` (critical KL to
-   the last healthy checkpoint; a confirmed evaluation collapse to the best one), ``Checkpoint``
-   (with its health mark and score).
+   ``Halt`` (non-finite steps past the limit, or the recovery cap), ``Rollback`` (critical KL or a
+   critical update-size spike to the last healthy state; a confirmed evaluation collapse to the
+   best one), ``Checkpoint`` (with its health mark and score).
 
 Every action carries the events to log; the runner logs them and carries the action out
 (restores a checkpoint, writes one, dumps the evidence and stops). What changes training lives
@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pgrad import metric_names as names
 from pgrad.config import GuardConfig
 from pgrad.faults import ActiveFaults, faults_for_update, parse_fault
-from pgrad.monitor.alerts import Alert, bounded_history, check_alerts
+from pgrad.monitor.alerts import Alert, bounded_history, check_alerts, number
 from pgrad.monitor.recovery import GuardState, eval_collapsed, nonfinite_fraction, should_halt
 
 
@@ -172,13 +172,49 @@ class Guard:
         return max(self.config.history_window, int(0.05 * self.total_steps * updates / step))
 
     def evaluation_due(self, step: int) -> bool:
-        """Every ``guard.eval_every`` env steps, and at the end of the run."""
+        """Every ``guard.eval_every`` env steps and at the end of the run; and early, at most every
+        ``eval_recheck`` x ``eval_every`` steps, while an evaluation has something to settle (see
+        ``recheck_reason``). Evaluations run on their own envs with their own seeds: an extra one
+        costs time, never changes training."""
         every = self.config.eval_every
-        if not every or (step < self.state.next_eval_step and step < self.total_steps):
+        if not every:
             return False
+        scheduled = step >= self.state.next_eval_step or step >= self.total_steps
+        if not scheduled:
+            reason = self.recheck_reason() if step >= self.state.next_recheck_step else None
+            if reason is None:
+                return False
+            message = f"early evaluation ({reason}; next scheduled at step {self.state.next_eval_step})"
+            self.pending.append(Event("info.eval_early", message, show=False, data={"reason": reason}))
         while self.state.next_eval_step <= step:
             self.state.next_eval_step += every
+        self.state.next_recheck_step = step + max(int(self.config.eval_recheck * every), 1)
         return True
+
+    def recheck_reason(self) -> str | None:
+        """Why an evaluation should not wait for the schedule, or None:
+
+        - ``confirm``: there is no confirmed best yet, only one evaluation; a best counts once a second
+          evaluation holds it (a lucky one is not a reference), and waiting ``eval_every`` for that
+          leaves the run without a reference to detect a collapse against (later bests are confirmed
+          on schedule: rechecking every new best would double the evaluations of a rising run);
+        - ``collapse``: the last evaluation counted as a collapse; the next one decides whether it
+          is one (``eval_patience``) before more damage is trained in;
+        - ``train_drop``: the training return has fallen below its level at the confirmed best by
+          more than ``eval_max_drop`` x |that level|: a corrupted reward or a damaged policy shows in
+          the episodes it trains on long before the next scheduled evaluation."""
+        config, state = self.config, self.state
+        if not config.enabled or config.eval_recheck <= 0:
+            return None
+        if state.eval_collapses:
+            return "collapse"
+        if state.last_eval is not None and state.best_eval is None:
+            return "confirm"
+        reference = state.best_eval_train
+        train = number(self.history[-1], names.RETURN_MEAN) if self.history else None
+        if reference is None or train is None or config.eval_max_drop is None:
+            return None
+        return "train_drop" if train < reference - config.eval_max_drop * abs(reference) else None
 
     def checkpoint_score(self, metrics: dict[str, Any]) -> float | None:
         """With evaluation on, only evaluated checkpoints carry a score (best = best evaluation)."""
@@ -201,15 +237,26 @@ class Guard:
         self.healthy = metrics.get(names.PARAMS_FINITE, 1.0) == 1.0 and not any(
             a.level == "critical" for a in self.alerts
         )
-        critical_kl = any(a.rule == "kl" and a.level == "critical" for a in self.alerts)
-        if config.enabled and config.rollback_on_kl and critical_kl:
-            reason = f"approx KL {metrics[names.APPROX_KL]:.3g} > {config.kl_critical}"
-            return self._rollback("last_healthy", reason, step)
+        if config.enabled:
+            for alert in self.alerts:
+                if alert.level != "critical":
+                    continue
+                if alert.rule == "kl" and config.rollback_on_kl:
+                    return self._rollback("last_healthy", f"approx KL {alert.value:.3g} > {config.kl_critical}", step)
+                if alert.rule == "update_size" and config.rollback_on_update_spike:
+                    reason = (
+                        f"update size {alert.value:.3g} > {alert.threshold:.3g} "
+                        f"({config.update_spike:g}x its running median {alert.evidence['median']:.3g})"
+                    )
+                    return self._rollback("last_healthy", reason, step)
         summary = evaluation_summary(evaluation) if evaluation is not None else None
         train_return = metrics.get(names.RETURN_MEAN)
         train = float(train_return) if isinstance(train_return, int | float) and math.isfinite(train_return) else None
-        if summary is not None and self._evaluation_collapsed(*summary, train):
-            reason = f"evaluation return collapsed for {state.eval_collapses} evaluations in a row"
+        if summary is not None and self._evaluation_collapsed(*summary, train, step):
+            reason = (
+                f"evaluation return collapsed for {state.eval_collapses} evaluations in a row "
+                f"over {step - (state.collapse_since or step)} steps"
+            )
             return self._rollback("best", reason, step)
         healthy = self.healthy_for_rollback(metrics)  # after the evaluation has been counted
         actions: list[Action] = [Snapshot(healthy)] if config.enabled else []
@@ -232,8 +279,13 @@ class Guard:
         return kl is None or float(kl) <= self.config.kl_warning  # NaN compares False: not healthy
 
     # ---- the rules behind decide ------------------------------------------------------------
-    def _evaluation_collapsed(self, eval_return: float, se: float, train: float | None) -> bool:
-        """Track the best confirmed evaluation and count collapses; True once ``eval_patience`` is reached.
+    def _evaluation_collapsed(self, eval_return: float, se: float, train: float | None, step: int) -> bool:
+        """Track the best confirmed evaluation and count collapses; True once ``eval_patience``
+        evaluations in a row have collapsed over at least ``eval_collapse_span`` x ``eval_every``
+        env steps. The span is what tells a collapse worth a reload from a dip the run climbs out of
+        by itself: A2C on CartPole falls from 500 to under 100 and is back within ~5k steps, where
+        a corrupted reward keeps the policy down for as long as it lasts; reloading (and cutting the
+        learning rate) for a dip harms a healthy run.
 
         A collapse is a drop below the reference by more than ``eval_max_drop`` x |reference| and
         by more than ``eval_noise_z`` standard errors of the difference of the two means, so that
@@ -266,6 +318,8 @@ class Guard:
                     )
                 )
         if collapsed:
+            if not state.eval_collapses:
+                state.collapse_since = step
             state.eval_collapses += 1
             best = "none" if state.best_eval is None else f"{state.best_eval:.4g} +- {state.best_eval_se:.3g}"
             self.pending.append(
@@ -286,7 +340,7 @@ class Guard:
                 )
             )
         else:
-            state.eval_collapses = 0
+            state.eval_collapses, state.collapse_since = 0, None
         # The level to hold is the best *confirmed* one: two evaluations in a row at or above it, so one
         # lucky evaluation early in training does not make every later one look like a collapse.
         if self.healthy and state.last_eval is not None:
@@ -297,7 +351,13 @@ class Guard:
         state.last_eval = eval_return if self.healthy else None
         state.last_eval_se = se if self.healthy else 0.0
         state.last_eval_train = train if self.healthy else None
-        return config.enabled and config.rollback_on_eval and state.eval_collapses >= config.eval_patience
+        lasted = step - (state.collapse_since if state.collapse_since is not None else step)
+        return (
+            config.enabled
+            and config.rollback_on_eval
+            and state.eval_collapses >= config.eval_patience
+            and lasted >= config.eval_collapse_span * config.eval_every
+        )
 
     def _rollback(self, source: Literal["last_healthy", "best"], reason: str, step: int) -> list[Action]:
         """Cut the learning rate and count the recovery, or stop at the cap."""
@@ -312,7 +372,7 @@ class Guard:
         state.lr_scale *= config.lr_cut
         state.recoveries += 1
         state.recovery_log.append(f"step {step}: {reason}")
-        state.eval_collapses = 0
+        state.eval_collapses, state.collapse_since = 0, None
         state.last_eval = None
         self.announced.clear()
         self.healthy = True

@@ -47,7 +47,9 @@ class GuardState:
     best_eval_train: float | None = None  # the training return (rollout/return_mean) when those were taken
     last_eval_train: float | None = None
     eval_collapses: int = 0  # consecutive collapsed evaluations
+    collapse_since: int | None = None  # the step of the first of them
     next_eval_step: int = 0
+    next_recheck_step: int = 0  # the earliest step for an early evaluation (see Guard.evaluation_due)
     recovery_log: list[str] = field(default_factory=list)  # "step N: reason" per recovery, for the final report
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +92,28 @@ def gradients_finite(parameters: list[torch.Tensor]) -> bool:
     # A sum is NaN/Inf when some entry is (or when it overflows, which is just as broken); per-tensor sums
     # are the cheapest such reduction (~50 us for a small MLP, against ~90 us for the global norm).
     return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
+
+
+def update_groups(algo: Any) -> dict[str, list[torch.Tensor]]:
+    """The learner's parameters grouped by what moves them: one group per optimizer (named after
+    it) and ``step`` for those no optimizer owns (TRPO's and NPG's policy, moved by a natural-gradient
+    step). An update's size is measured per group, so a critic wrecked by one huge optimizer step is
+    not hidden by a policy that barely moved."""
+    owned: set[int] = set()
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, optimizer in algo.optimizers().items():
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        owned.update(id(p) for p in params)
+        groups[name] = params
+    rest = [p for module in algo.modules().values() for p in module.parameters() if id(p) not in owned]
+    if rest:
+        groups["step"] = rest
+    return {name: params for name, params in groups.items() if params}
+
+
+def flat_copy(parameters: list[torch.Tensor]) -> torch.Tensor:
+    """One detached flat copy (one cat, ~5 us for the CartPole nets)."""
+    return torch.cat([p.detach().reshape(-1) for p in parameters])
 
 
 def parameters_finite(modules: dict[str, torch.nn.Module]) -> bool:
