@@ -16,9 +16,11 @@ from pgrad.monitor.recovery import (
     GuardState,
     OptimizerGuard,
     TrajectoryRecorder,
+    UpdateSizes,
     eval_collapsed,
     nonfinite_fraction,
     should_halt,
+    update_groups,
 )
 from pgrad.rollout import Rollout
 
@@ -444,3 +446,31 @@ def test_update_size_is_judged_per_unit_of_clipped_gradient():
     )
     alert = alerts.update_size_rule(spike, config)
     assert alert is not None and alert.value == pytest.approx(0.2 / 0.005) and "per unit" in alert.message
+
+
+def test_update_sizes_per_group_follow_in_place_updates_and_loads():
+    """One group per optimizer, 'step' for parameters no optimizer owns (TRPO's policy); the size is
+    ||after - before|| of exactly that group, also after a load_state_dict (parameters stay in place)."""
+
+    class Learner:
+        def __init__(self) -> None:
+            self.policy, self.critic = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1)
+            self.critic_optimizer = torch.optim.Adam(self.critic.parameters())
+
+        def modules(self):
+            return {"policy": self.policy, "critic": self.critic}
+
+        def optimizers(self):
+            return {"value_optimizer": self.critic_optimizer}
+
+    learner = Learner()
+    sizes = UpdateSizes(update_groups(learner))
+    assert set(sizes.views) == {"value_optimizer", "step"}
+    sizes.start()
+    with torch.no_grad():
+        learner.critic.weight.add_(torch.tensor([[3.0, 0.0, 4.0]]))  # norm 5
+    assert sizes.finish() == pytest.approx({"value_optimizer": 5.0, "step": 0.0})
+    sizes.start()
+    state = {k: v + 1.0 for k, v in learner.policy.state_dict().items()}  # 8 entries each +1: norm sqrt(8)
+    learner.policy.load_state_dict(state)
+    assert sizes.finish() == pytest.approx({"value_optimizer": 0.0, "step": math.sqrt(8)})

@@ -111,9 +111,51 @@ def update_groups(algo: Any) -> dict[str, list[torch.Tensor]]:
     return {name: params for name, params in groups.items() if params}
 
 
-def flat_copy(parameters: list[torch.Tensor]) -> torch.Tensor:
-    """One detached flat copy (one cat, ~5 us for the CartPole nets)."""
-    return torch.cat([p.detach().reshape(-1) for p in parameters])
+class UpdateSizes:
+    """||theta_after - theta_before|| per parameter group (``update_groups``), measured around each
+    update: ``start()`` before it, ``finish()`` after. Parameters are updated in place (optimizers,
+    ``load_state_dict``), so flat views taken once stay valid; each call concatenates them into a
+    preallocated buffer. ~8 us of CPU per update for the A2C CartPole net with NumPy views (a fresh
+    ``torch.cat`` per group and call was ~50 us, ~3 % of an A2C update); a torch buffer off the CPU."""
+
+    def __init__(self, groups: dict[str, list[torch.Tensor]]) -> None:
+        self.on_cpu = all(p.device.type == "cpu" for params in groups.values() for p in params)
+        self.views: dict[str, list[Any]] = {}
+        self.before: dict[str, Any] = {}
+        self.after: dict[str, Any] = {}
+        for name, params in groups.items():
+            flat = [p.detach().reshape(-1) for p in params]
+            size = sum(v.numel() for v in flat)
+            if self.on_cpu:
+                self.views[name] = [v.numpy() for v in flat]
+                self.before[name] = np.empty(size, dtype=self.views[name][0].dtype)
+                self.after[name] = np.empty_like(self.before[name])
+            else:
+                self.views[name] = flat
+                self.before[name] = torch.empty(size, dtype=flat[0].dtype, device=flat[0].device)
+                self.after[name] = torch.empty_like(self.before[name])
+
+    def start(self) -> None:
+        for name, views in self.views.items():
+            self._concatenate(views, self.before[name])
+
+    def finish(self) -> dict[str, float]:
+        sizes = {}
+        for name, views in self.views.items():
+            after, before = self.after[name], self.before[name]
+            self._concatenate(views, after)
+            if self.on_cpu:
+                np.subtract(after, before, out=after)
+                sizes[name] = float(np.sqrt(np.dot(after, after)))
+            else:
+                sizes[name] = float(torch.linalg.vector_norm(after.sub_(before)))
+        return sizes
+
+    def _concatenate(self, views: list[Any], out: Any) -> None:
+        if self.on_cpu:
+            np.concatenate(views, out=out)
+        else:
+            torch.cat(views, out=out)
 
 
 def parameters_finite(modules: dict[str, torch.nn.Module]) -> bool:

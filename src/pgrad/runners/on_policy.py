@@ -32,7 +32,7 @@ from pgrad.monitor.recovery import (
     HealthyStates,
     OptimizerGuard,
     TrajectoryRecorder,
-    flat_copy,
+    UpdateSizes,
     parameters_finite,
     restore_captured,
     restore_learner,
@@ -69,7 +69,7 @@ class OnPolicyRunner:
         self.step = 0
         self.updates = 0
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
-        self.size_groups = update_groups(self.algo) if config.guard.enabled else {}
+        self.update_sizes = UpdateSizes(update_groups(self.algo)) if config.guard.enabled else None
         self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard.state, config.guard)
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
         self.healthy_states = HealthyStates(config.guard.snapshot_every)  # a rollback's first choice
@@ -272,11 +272,12 @@ class OnPolicyRunner:
             progress=min(self.step / self.config.run.total_steps, 1.0), lr_scale=self.guard.lr_scale(), rng=self.rng
         )
         # The update's size per parameter group, for the guard's spike rule: ||theta_after - theta_before||.
-        before = {name: flat_copy(params) for name, params in self.size_groups.items()}
+        if self.update_sizes is not None:
+            self.update_sizes.start()
         update_stats = self.algo.update(batch, context)
-        for name, params in self.size_groups.items():
-            moved = torch.linalg.vector_norm(flat_copy(params) - before[name])
-            update_stats[f"{names.UPDATE_NORM}/{name}"] = float(moved)
+        if self.update_sizes is not None:
+            for name, size in self.update_sizes.finish().items():
+                update_stats[f"{names.UPDATE_NORM}/{name}"] = size
         self.last_batch = batch
         finished = time.perf_counter()
         return {
