@@ -22,8 +22,10 @@ and the guard's rollback states under ``rollback.<slot>.`` with the same learner
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,28 @@ FORMAT_VERSION = 1
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 INDEX = "index.json"
+# The only names pgrad gives checkpoints; an index naming anything else was not written by pgrad.
+CHECKPOINT_NAME = re.compile(r"step_\d{10}")
+
+
+def inside_run(root: Path, name: str, what: str) -> Path:
+    """``root / name``, refused unless it stays inside ``root``.
+
+    A run folder may come from someone else, so every name read from it (index entries, ``latest``,
+    ``best``) is data: an absolute path, a ``..`` or a symlink that leads out of ``root`` would make
+    pgrad read (or, when pruning, delete) files the user never pointed it at. ``what`` names the
+    field in the error. The check follows symlinks: ``root`` itself may be a symlink the user chose.
+    """
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise CheckpointError(f"{what} must be a name inside {root}; got {name!r}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise CheckpointError(f"{what} must be a name inside {root} (no absolute path, no '..'); got {name!r}")
+    path = root / relative
+    base = root.resolve()
+    if not path.resolve().is_relative_to(base) or path.resolve() == base:
+        raise CheckpointError(f"{what} ({name!r}) leads outside {root} through a symlink; refusing to use it")
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -66,43 +90,128 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
     """Write one checkpoint atomically to ``directory`` (which must not exist yet)."""
     tmp = directory.with_name(f".tmp-{directory.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    _remove(tmp)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
     full_state = {"format_version": FORMAT_VERSION, **state, "tensors_sha256": _sha256(tmp / TENSORS)}
+    key = integrity_key()
+    if key is not None:
+        full_state[HMAC_FIELD] = _hmac(key, full_state)
     _fsync_write(tmp / STATE, json.dumps(full_state))
-    if directory.exists():
-        shutil.rmtree(directory)
+    _remove(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder; a symlink in its place is unlinked, never followed."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+# ---- integrity: SHA-256 detects corruption; an HMAC key detects tampering ------------------------
+
+# The SHA-256 of the tensor file sits in the unsigned state.json: anyone who edits the tensors can
+# recompute it. It detects accidents (a truncated copy, a flipped bit), not an adversary. With a
+# secret key in this environment variable, every checkpoint written carries an HMAC-SHA256 over
+# state.json (which holds that SHA-256, so it covers the tensors too), and every checkpoint read
+# must carry a valid one: tamper evidence for whoever holds the key.
+KEY_VARIABLE = "PGRAD_CHECKPOINT_KEY"
+HMAC_FIELD = "hmac_sha256"
+# state.json holds counters, config, RNG and environment state: kilobytes for every built-in env.
+# The bound keeps a hostile file from making the loader allocate without limit.
+MAX_STATE_BYTES = 64 * 2**20
+
+
+def integrity_key() -> bytes | None:
+    key = os.environ.get(KEY_VARIABLE)
+    return key.encode() if key else None
+
+
+def _hmac(key: bytes, state: dict[str, Any]) -> str:
+    # Through JSON once, so that the writer (int keys, tuples) and the reader (what JSON gave back)
+    # sign the same canonical text.
+    body = json.loads(json.dumps({k: v for k, v in state.items() if k != HMAC_FIELD}))
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint. Raises ``CheckpointError`` with the reason if it is unusable."""
     directory = Path(directory)
-    state_path, tensor_path = directory / STATE, directory / TENSORS
+    state_path = inside_run(directory, STATE, f"checkpoint file {STATE}")
+    tensor_path = inside_run(directory, TENSORS, f"checkpoint file {TENSORS}")
     if not state_path.is_file() or not tensor_path.is_file():
         raise CheckpointError(f"checkpoint {directory} is incomplete: it needs {STATE} and {TENSORS}")
+    size = state_path.stat().st_size
+    if size > MAX_STATE_BYTES:
+        raise CheckpointError(
+            f"checkpoint {directory}: {STATE} is {size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads"
+        )
     try:
-        state = json.loads(state_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {directory}: {STATE} is corrupted ({exc})") from None
+        state = json.loads(state_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: {STATE} is corrupted ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         found = state.get("format_version") if isinstance(state, dict) else None
         raise CheckpointError(
             f"checkpoint {directory} has format version {found!r}; this pgrad reads version {FORMAT_VERSION}"
         )
+    key = integrity_key()
+    if key is not None:
+        recorded = state.get(HMAC_FIELD)
+        if not isinstance(recorded, str) or not hmac.compare_digest(recorded, _hmac(key, state)):
+            what = "carries no HMAC" if recorded is None else "has an HMAC that does not match"
+            raise CheckpointError(
+                f"checkpoint {directory} {what} under {KEY_VARIABLE} (written without this key, or tampered "
+                "with); refusing to load it"
+            )
     if _sha256(tensor_path) != state.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint {directory}: {TENSORS} does not match the checksum recorded in {STATE} "
-            "(corrupted or tampered with); refusing to load it"
+            "(corrupted); refusing to load it"
         )
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {directory}: {TENSORS} is not a valid safetensors file ({exc})") from None
+    check_plain_arrays(state.get("env_state"), f"checkpoint {directory}: {STATE} env_state")
     return tensors, state
+
+
+# A NumPy array in JSON (pgrad.envs.state) is rebuilt with its recorded dtype; a dtype like U10000000
+# would make 13 KB of JSON allocate gigabytes. Real env state uses numbers, bools and short strings.
+MAX_ITEM_BYTES = 64
+
+
+def check_plain_arrays(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse, before anything is allocated, any encoded array or scalar whose dtype is not a plain
+    NumPy dtype of at most ``MAX_ITEM_BYTES`` bytes per item, or whose shape does not match its data."""
+    if depth > 100:
+        raise CheckpointError(f"{where} is nested more than 100 levels deep")
+    if isinstance(value, list):
+        for item in value:
+            check_plain_arrays(item, where, depth + 1)
+        return
+    if not isinstance(value, dict):
+        return
+    if "dtype" in value and ("__ndarray__" in value or "__npscalar__" in value):
+        try:
+            dtype = np.dtype(value["dtype"])
+        except (TypeError, ValueError, SyntaxError):
+            raise CheckpointError(f"{where} holds an array of unknown dtype {value['dtype']!r}") from None
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize > MAX_ITEM_BYTES:
+            raise CheckpointError(
+                f"{where} holds an array of dtype {value['dtype']!r} (allowed: plain dtypes of at most "
+                f"{MAX_ITEM_BYTES} bytes per item)"
+            )
+        if "__ndarray__" in value:
+            shape = value.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+                raise CheckpointError(f"{where} holds an array with shape {shape!r} (allowed: a list of sizes)")
+    for item in value.values():
+        check_plain_arrays(item, where, depth + 1)
 
 
 # ---- optimizer state <-> (tensors, json) -----------------------------------------------------
@@ -375,18 +484,24 @@ class CheckpointStore:
     """
 
     def __init__(self, run_dir: Path, keep: int) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / "checkpoints"
         self.keep = keep
 
+    def _check_root(self) -> None:
+        """``checkpoints/`` must not be a symlink out of the run folder (pruning deletes in it)."""
+        inside_run(self.run_dir, "checkpoints", "the checkpoints folder")
+
     def index(self) -> dict[str, Any]:
+        self._check_root()
         path = self.root / INDEX
         if not path.is_file():
             return {"latest": None, "best": None, "best_score": None, "entries": {}}
         try:
-            index: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            index = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path} is corrupted ({exc})") from None
-        return index
+        return _checked_index(index, path)
 
     def save_state(self, train_state: TrainState, score: float | None, healthy: bool = True) -> Path:
         """Write ``train_state`` as checkpoint ``step_<step>`` and update the index."""
@@ -401,6 +516,7 @@ class CheckpointStore:
         score: float | None,
         healthy: bool = True,
     ) -> Path:
+        self._check_root()
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:010d}"
         save_checkpoint(self.root / name, tensors, {**state, "healthy": healthy, "score": score})
@@ -419,11 +535,16 @@ class CheckpointStore:
         for name in names[: max(len(names) - self.keep, 0)]:
             if name in protected:
                 continue
-            shutil.rmtree(self.root / name, ignore_errors=True)
+            # The index was checked on reading: names are step_<10 digits>, so neither absolute
+            # nor '..'. The one way out is a symlink: it is never followed, only its entry goes.
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
             del index["entries"][name]
 
     def path(self, which: str = "latest") -> Path:
-        """``latest``, ``best``, ``last_healthy`` or a checkpoint name."""
+        """``latest``, ``best``, ``last_healthy`` or a checkpoint name; always a folder inside
+        ``checkpoints/`` (see ``inside_run``)."""
         index = self.index()
         name: str | None
         if which == "last_healthy":
@@ -431,6 +552,34 @@ class CheckpointStore:
             name = healthy[-1] if healthy else None
         else:
             name = index.get(which, which) if which in ("latest", "best") else which
-        if not name or not (self.root / name).is_dir():
+        if not name:
             raise CheckpointError(f"no {which} checkpoint in {self.root}")
-        return self.root / name
+        path = inside_run(self.root, name, f"checkpoint {which!r}")
+        if not path.is_dir():
+            raise CheckpointError(f"no {which} checkpoint in {self.root}")
+        return path
+
+
+def _checked_index(index: Any, path: Path) -> dict[str, Any]:
+    """``index.json`` as pgrad writes it, or a ``CheckpointError`` naming the first field that is not.
+
+    Every checkpoint name must be ``step_<10 digits>``: pgrad writes no other, and a name like
+    ``/home/you`` or ``../../x`` would otherwise be loaded, or deleted when old checkpoints are pruned.
+    """
+    allowed = "step_<10 digits> (a folder inside checkpoints/)"
+    if not isinstance(index, dict) or not isinstance(index.get("entries", {}), dict):
+        raise CheckpointError(f"{path} must be a mapping with 'latest', 'best' and 'entries'; it is not")
+    index.setdefault("entries", {})
+    for key in ("latest", "best"):
+        value = index.setdefault(key, None)
+        if value is not None and not (isinstance(value, str) and CHECKPOINT_NAME.fullmatch(value)):
+            raise CheckpointError(f"{path}: '{key}' must be {allowed} or null; got {value!r}")
+    score = index.setdefault("best_score", None)
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise CheckpointError(f"{path}: 'best_score' must be a number or null; got {score!r}")
+    for name, entry in index["entries"].items():
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(f"{path}: entry {name!r} must be named {allowed}")
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: entry {name!r} must be a mapping (step, healthy, score); got {entry!r}")
+    return index

@@ -1,0 +1,111 @@
+"""A run folder from someone else is data, never code (issue 13, the security and input rows).
+
+Each test edits a small trained run the way an attacker or a careless user would, then runs the
+command line in-process: the answer is one line and exit code 2, nothing runs that the user did not
+choose, and nothing outside the run folder is read or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pgrad.cli import main
+
+QUIET = ["--set", "run.progress=false", "--set", "run.tensorboard=false", "--set", "guard.eval_every=0"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err.strip()
+
+
+def one_line_error(code: int, err: str, *expected: str) -> None:
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("pgrad: error: "), err
+    for text in expected:
+        assert text in err, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1024-step PPO CartPole run with three checkpoints (512, 768, 1024), trained once per module."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    code = main(
+        ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "1024", "--run-dir", str(run), "--quiet"]
+        + [*QUIET, "--set", "run.checkpoint_every=256"]
+    )
+    assert code == 0
+    return run
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run, to be vandalised."""
+    copy = tmp_path / "received"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def edit_json(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# ---- rows 1 and 18: paths from a run folder stay inside it ------------------------------------
+
+
+@pytest.mark.parametrize("bad_name", ["VICTIM", "../../VICTIM", "step_0000000001/../../../VICTIM"])
+def test_resume_never_deletes_outside_the_run_folder(capsys, run, tmp_path, bad_name):
+    victim = tmp_path / "VICTIM"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    name = str(victim) if bad_name == "VICTIM" else bad_name
+    edit_json(
+        run / "checkpoints" / "index.json",
+        lambda index: index["entries"].update({name: {"step": 0, "healthy": True, "score": None}}),
+    )
+    code, err = run_cli(capsys, "resume", str(run), "--total-steps", "1280", "--quiet")
+    one_line_error(code, err, "index.json: entry", "must be named step_<10 digits>")
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("field", ["latest", "best"])
+def test_index_pointing_outside_the_run_is_refused(capsys, run, tmp_path, field):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    edit_json(run / "checkpoints" / "index.json", lambda index: index.update({field: "../../other/checkpoints/x"}))
+    code, err = run_cli(capsys, "eval", str(run), "--checkpoint", field, "--episodes", "1")
+    one_line_error(code, err, f"'{field}' must be step_<10 digits>")
+
+
+def test_checkpoint_symlinked_out_of_the_run_is_refused(capsys, run, tmp_path):
+    """A name that looks right but is a symlink to another run's checkpoint is not loaded."""
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    latest = run / "checkpoints" / "step_0000001024"
+    shutil.rmtree(latest)
+    latest.symlink_to(other / "checkpoints" / "step_0000001024")
+    code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
+    one_line_error(code, err, "checkpoint 'latest' ('step_0000001024') leads outside", "through a symlink")
+
+
+def test_pruning_unlinks_a_symlink_and_never_follows_it(run, tmp_path):
+    """An old checkpoint replaced by a symlink to a folder elsewhere: pruning drops the entry and
+    leaves that folder alone."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    oldest = run / "checkpoints" / "step_0000000512"
+    shutil.rmtree(oldest)
+    oldest.symlink_to(victim)
+    code = main(["resume", str(run), "--total-steps", "1280", "--quiet"])
+    assert code == 0
+    assert (victim / "precious.txt").read_text() == "keep me"
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    assert "step_0000000512" not in index["entries"]
