@@ -109,3 +109,26 @@ def test_pruning_unlinks_a_symlink_and_never_follows_it(run, tmp_path):
     assert (victim / "precious.txt").read_text() == "keep me"
     index = json.loads((run / "checkpoints" / "index.json").read_text())
     assert "step_0000000512" not in index["entries"]
+
+
+# ---- row 17: report.html escapes what it reads ---------------------------------------------
+
+
+def test_report_escapes_every_value_and_skips_malformed_events(capsys, run):
+    pytest.importorskip("matplotlib")
+    from pgrad.monitor.report import render_html
+
+    page = render_html("t", {"overview": b""}, "", [{"step": "<script>1</script>", "kind": "critical.kl"}])
+    assert "<script>" not in page and "&lt;script&gt;1&lt;/script&gt;" in page
+
+    with open(run / "events.jsonl", "a") as events:
+        events.write(json.dumps({"step": "<script>alert(1)</script>", "kind": "critical.kl", "message": "x"}) + "\n")
+        events.write(json.dumps({"step": 8, "kind": "critical.kl", "message": "<img src=x onerror=alert(2)>"}) + "\n")
+        events.write("5\n")
+    code, _ = run_cli(capsys, "report", str(run))
+    assert code == 0
+    page = (run / "report" / "report.html").read_text()
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page  # a well-formed event is shown, escaped
+    code, _ = run_cli(capsys, "doctor", str(run))
+    assert code in (0, 1)  # a diagnosis, not a traceback

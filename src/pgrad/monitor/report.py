@@ -166,10 +166,11 @@ def plot_run(
 def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict]) -> str:
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
-        return f'<img alt="{name}" src="data:image/png;base64,{data}">'
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
+    # Every value from the run folder is escaped: events.jsonl may come from someone else.
     rows = "".join(
-        f"<tr><td>{e.get('step')}</td><td>{html.escape(str(e.get('kind')))}</td>"
+        f"<tr><td>{html.escape(str(e.get('step')))}</td><td>{html.escape(str(e.get('kind')))}</td>"
         f"<td>{html.escape(str(e.get('message')))}</td></tr>"
         for e in events
         if str(e.get("kind", "")).split(".")[0] in ("critical", "recovery", "drill", "warning")
