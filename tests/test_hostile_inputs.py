@@ -132,3 +132,30 @@ def test_report_escapes_every_value_and_skips_malformed_events(capsys, run):
     assert "&lt;img src=x onerror=alert(2)&gt;" in page  # a well-formed event is shown, escaped
     code, _ = run_cli(capsys, "doctor", str(run))
     assert code in (0, 1)  # a diagnosis, not a traceback
+
+
+# ---- row 15: numbers are finite, seeds in range --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--seed", "4294967296"], "run.seed must be in [0, 4294967295]; got 4294967296"),
+        (["--seed", "-1"], "run.seed must be in [0, 4294967295]; got -1"),
+        (["--set", "clip_eps=.nan"], "ppo.clip_eps must be a finite number; got nan"),
+        (["--set", "guard.kl_critical=.nan"], "guard.kl_critical must be a finite number; got nan"),
+        (["--set", "gamma=.inf"], "ppo.gamma must be a finite number; got inf"),
+        (["--set", "guard.eval_min_return=-.inf"], "guard.eval_min_return must be a finite number; got -inf"),
+        (["--set", "ppo.optimizer.learning_rate=1e999"], "ppo.optimizer.learning_rate must be a finite number"),
+        (["--set", "env.num_envs=100000000000000000000"], "env.num_envs must be an integer in [-2**63, 2**63)"),
+    ],
+)
+def test_non_finite_numbers_and_out_of_range_seeds(capsys, tmp_path, args, expected):
+    code, err = run_cli(capsys, "train", "ppo", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "r"), *args)
+    one_line_error(code, err, expected)
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_seed_out_of_range(capsys, run):
+    code, err = run_cli(capsys, "eval", str(run), "--seed", "4294967296")
+    one_line_error(code, err, "--seed must be in [0, 4294967295]; got 4294967296")

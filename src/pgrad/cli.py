@@ -138,8 +138,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from pgrad.errors import ConfigError
     from pgrad.evaluate import evaluate
 
+    if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
+        raise ConfigError(f"--seed must be in [0, 4294967295]; got {args.seed}")
     result = evaluate(args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed)
     mode = "deterministic" if args.deterministic else "stochastic"
     print(

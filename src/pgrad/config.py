@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -115,6 +116,24 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return isinstance(value, tp), value
 
 
+# Integers go on to NumPy and torch as int64 (seeds as uint32, checked where they are declared).
+INT64_LIMIT = 2**63
+
+
+def _unbounded_number(value: Any) -> str | None:
+    """What a number must be instead, when ``value`` (or an item of it) is NaN, infinite or too big
+    for int64; else None. A NaN passes every ``<``/``>`` range check (every comparison is false),
+    so ``clip_eps=.nan`` would train on NaN losses and ``guard.kl_critical=.nan`` would switch the
+    KL alert off: no field takes one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_LIMIT <= value < INT64_LIMIT:
+        return "an integer in [-2**63, 2**63)"
+    if isinstance(value, tuple):
+        return next((bad for bad in map(_unbounded_number, value) if bad is not None), None)
+    return None
+
+
 class Checked:
     """Mixin for frozen config dataclasses: type-checks every field, then calls ``validate``.
 
@@ -136,6 +155,9 @@ class Checked:
             ok, converted = _coerce(value, hints[f.name])
             if not ok:
                 raise ConfigError(f"{self._name(f.name)} must be {_type_name(hints[f.name])}; got {value!r}")
+            bad = _unbounded_number(converted)
+            if bad is not None:
+                raise ConfigError(f"{self._name(f.name)} must be {bad}; got {value!r}")
             object.__setattr__(self, f.name, converted)
         self.validate()
 
@@ -353,7 +375,7 @@ class RunConfig(Checked):
             if not torch.cuda.is_available():
                 self._fail("device", "'cpu' here (torch.cuda.is_available() is false: no GPU or a CPU-only torch)")
         self.check_range("total_steps", 1)
-        self.check_range("seed", 0)
+        self.check_range("seed", 0, 2**32 - 1)  # NumPy's seed range
         self.check_range("torch_threads", 1)
         self.check_range("checkpoint_every", 1)
         self.check_range("keep_checkpoints", 1)
