@@ -159,3 +159,59 @@ def test_non_finite_numbers_and_out_of_range_seeds(capsys, tmp_path, args, expec
 def test_eval_seed_out_of_range(capsys, run):
     code, err = run_cli(capsys, "eval", str(run), "--seed", "4294967296")
     one_line_error(code, err, "--seed must be in [0, 4294967295]; got 4294967296")
+
+
+# ---- row 14 and row 4's config part: config values are plain data --------------------------
+
+ALIAS_BOMB = """env:
+  id: CartPole-v1
+  kwargs:
+    a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (ALIAS_BOMB, "at line 5, column 12: alias '*a' (aliases are not allowed in pgrad configs)"),
+        ("env:\n  kwargs:\n    when: 2024-01-01\n", "env.kwargs.when must be plain data"),
+        ("env:\n  kwargs:\n    blob: !!binary aGVsbG8=\n", "env.kwargs.blob must be plain data"),
+        ("env:\n  kwargs:\n    tags: !!set {a, b}\n", "env.kwargs.tags must be plain data"),
+        ("env:\n  kwargs:\n    deep: [{at: 2024-01-01T10:00:00}]\n", "env.kwargs.deep[0].at must be plain data"),
+        ("env:\n  kwargs:\n    1: x\n", "env.kwargs must have text keys; got key 1"),
+    ],
+)
+def test_config_values_are_plain_data(capsys, tmp_path, text, expected):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    code, err = run_cli(capsys, "train", "ppo", "--config", str(config), "--run-dir", str(tmp_path / "r"))
+    one_line_error(code, err, expected)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_received_config_yaml_with_an_alias_bomb_is_refused(capsys, run):
+    text = (run / "config.yaml").read_text().replace("  kwargs: {}\n", "\n".join(ALIAS_BOMB.splitlines()[2:]) + "\n")
+    (run / "config.yaml").write_text(text)
+    code, err = run_cli(capsys, "resume", str(run), "--total-steps", "1280", "--quiet")
+    one_line_error(code, err, "alias '*a' (aliases are not allowed in pgrad configs)")
+
+
+def test_env_kwargs_from_python_are_bounded():
+    from pgrad.config import MAX_PLAIN_VALUES, EnvConfig
+    from pgrad.errors import ConfigError
+
+    shared = list(range(1000))
+    with pytest.raises(ConfigError, match=f"env.kwargs must hold at most {MAX_PLAIN_VALUES} values"):
+        EnvConfig(kwargs={"x": [shared] * 200})
+
+
+def test_non_utf8_config_file(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"env:\n  id: Cart\xffPole-v1\n")
+    code, err = run_cli(capsys, "train", "ppo", "--config", str(config))
+    one_line_error(code, err, f"config file {config} is not UTF-8 text (byte 0xff at offset 15)")

@@ -272,6 +272,39 @@ def build(cls: type, data: dict[str, Any], section: str) -> Any:
     return cls(**data)
 
 
+# Environment kwargs are copied into config.yaml and every checkpoint's state.json: a bound on
+# their size keeps a shared reference (a YAML alias, a list repeated in Python) from expanding there.
+MAX_PLAIN_VALUES = 100_000
+
+
+def check_plain_data(value: Any, name: str) -> None:
+    """``value`` must be plain data that YAML and JSON both round-trip: text, numbers, true/false,
+    null, lists and mappings with text keys, at most ``MAX_PLAIN_VALUES`` values in all. YAML's
+    dates, ``!!binary`` and ``!!set`` (and tuples, bytes, objects from the Python API) are refused
+    naming the field: a checkpoint could not save them, and the run would be lost at the first one."""
+    count = 0
+    stack: list[tuple[str, Any]] = [(name, value)]
+    while stack:
+        path, item = stack.pop()
+        count += 1
+        if count > MAX_PLAIN_VALUES:
+            raise ConfigError(f"{name} must hold at most {MAX_PLAIN_VALUES} values (are YAML aliases expanding?)")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"{path} must have text keys; got key {key!r}")
+                stack.append((f"{path}.{key}", child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+        elif item is not None and not isinstance(item, (str, bool, int, float)):
+            is_date = type(item).__name__ in ("date", "datetime")
+            kind = {"bytes": "binary data", "set": "a set"}.get(type(item).__name__, f"a {type(item).__name__}")
+            raise ConfigError(
+                f"{path} must be plain data (text, number, true/false, null, list, mapping); got "
+                + (f"a date {item} (quote it to keep it as text)" if is_date else f"{kind} {item!r}")
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # sections nested in the algorithms' configs: the network and the optimizer
 # --------------------------------------------------------------------------------------------
@@ -348,6 +381,7 @@ class EnvConfig(Checked):
         self.check_range("clip_obs", 0, low_open=True)
         self.check_range("clip_reward", 0, low_open=True)
         self.check_range("max_episode_steps", 1)
+        check_plain_data(self.kwargs, "env.kwargs")
 
 
 @dataclass(frozen=True)
@@ -505,14 +539,39 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: ``*name`` repeats a node by reference, so a few hundred
+    bytes of nested aliases (an "alias bomb") stand for gigabytes once written out as JSON in every
+    checkpoint. A config file has no need for them; each is refused with its line and column."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"alias '*{event.anchor}' (aliases are not allowed in pgrad configs)", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to plain data, refusing aliases (see ``_PlainLoader``). Raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_PlainLoader)  # a SafeLoader subclass: builds no Python objects
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file; a missing or malformed file is a ConfigError naming the problem."""
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -540,7 +599,7 @@ def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if "." in key:
