@@ -213,5 +213,94 @@ def test_env_kwargs_from_python_are_bounded():
 def test_non_utf8_config_file(capsys, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_bytes(b"env:\n  id: Cart\xffPole-v1\n")
-    code, err = run_cli(capsys, "train", "ppo", "--config", str(config))
+    code, err = run_cli(capsys, "train", "ppo", "--config", str(config), "--run-dir", str(tmp_path / "r"))
     one_line_error(code, err, f"config file {config} is not UTF-8 text (byte 0xff at offset 15)")
+
+
+# ---- row 2 and row 16's env rows: a run folder's env entry point runs nothing unasked -------
+
+
+def plant_command(run: Path, marker: Path) -> None:
+    text = (run / "config.yaml").read_text()
+    text = text.replace("  id: CartPole-v1\n", "  id: os:system\n")
+    text = text.replace("  kwargs: {}\n", f"  kwargs:\n    command: touch {marker}\n")
+    (run / "config.yaml").write_text(text)
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_received_entry_point_env_needs_trust(capsys, run, tmp_path, command):
+    marker = tmp_path / "MARKER"
+    plant_command(run, marker)
+    extra = ["--episodes", "1"] if command == "eval" else ["--quiet"]
+    code, err = run_cli(capsys, command, str(run), *extra)
+    one_line_error(code, err, "env.id 'os:system' is an entry point", "pass --trust-env-code")
+    assert not marker.exists()
+    # Trusting the folder still never calls what is not an environment.
+    code, err = run_cli(capsys, command, str(run), *extra, "--trust-env-code")
+    one_line_error(code, err, "'os:system' is a builtin_function_or_method, not an environment")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "expected"),
+    [
+        (":Foo", "env.id: entry point ':Foo' must be 'package.module:Class'"),
+        ("os:", "env.id: entry point 'os:' must be"),
+        ("os:getcwd", "env.id: 'os:getcwd' is a builtin_function_or_method, not an environment"),
+        ("shutil:rmtree", "env.id: 'shutil:rmtree' is a function, not an environment"),
+        ("os:path", "env.id: 'os:path' is a module, not an environment"),
+        ("pgrad.envs.toy:Nope", "module 'pgrad.envs.toy' has no callable 'Nope'"),
+    ],
+)
+def test_entry_points_must_name_an_environment(capsys, tmp_path, env_id, expected):
+    code, err = run_cli(capsys, "train", "ppo", "--env", env_id, "--run-dir", str(tmp_path / "r"))
+    one_line_error(code, err, expected)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("env: 5\n", "section 'env' in config file"),
+        ("env:\n  id: 5\n", "env.id must be a string; got 5"),
+        ("5\n", "must be a mapping of sections; got int"),
+    ],
+)
+def test_env_section_of_the_wrong_type(capsys, tmp_path, text, expected):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    code, err = run_cli(capsys, "train", "ppo", "--config", str(config), "--run-dir", str(tmp_path / "r"))
+    one_line_error(code, err, expected)
+    assert not (tmp_path / "r").exists()
+
+
+ANNOTATED_FACTORY = """
+import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+if "HostileCorridor-v0" not in gym.registry:
+    gym.register("HostileCorridor-v0", entry_point=CartPoleEnv, max_episode_steps=50)
+
+
+def make_env(**kwargs) -> gym.Env:
+    return CartPoleEnv(**kwargs)
+
+
+def make_unannotated(**kwargs):
+    return CartPoleEnv(**kwargs)
+"""
+
+
+def test_gymnasium_module_env_id_form_and_annotated_factories(capsys, tmp_path, monkeypatch):
+    (tmp_path / "hostile_envs_mod.py").write_text(ANNOTATED_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for env_id in ("hostile_envs_mod:HostileCorridor-v0", "hostile_envs_mod:make_env"):
+        run = tmp_path / env_id.replace(":", "_")
+        code = main(["train", "ppo", "--env", env_id, "--total-steps", "256", "--run-dir", str(run), "--quiet", *QUIET])
+        assert code == 0, capsys.readouterr().err
+        # The user trusts the folder they trained themselves.
+        assert main(["eval", str(run), "--episodes", "1", "--trust-env-code"]) == 0
+    code, err = run_cli(
+        capsys, "train", "ppo", "--env", "hostile_envs_mod:make_unannotated", "--run-dir", str(tmp_path / "r")
+    )
+    one_line_error(code, err, "'hostile_envs_mod:make_unannotated' is a function, not an environment")

@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
+    resume.add_argument(
+        "--trust-env-code",
+        action="store_true",
+        help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
+    )
 
     evaluate = sub.add_parser("eval", help="evaluate a run's policy")
     evaluate.add_argument("run_dir", type=Path)
@@ -56,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="latest", help="latest, best or a checkpoint name")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="record episodes as MP4 (needs pgrad[video])")
     evaluate.add_argument("--seed", type=int)
+    evaluate.add_argument(
+        "--trust-env-code",
+        action="store_true",
+        help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
+    )
 
     sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
 
@@ -128,7 +138,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from pgrad.runners import runner_for
     from pgrad.runs import load_run_config
 
-    config = load_run_config(args.run_dir, args.total_steps)
+    config = load_run_config(args.run_dir, args.total_steps, args.trust_env_code)
     trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
@@ -143,7 +153,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
         raise ConfigError(f"--seed must be in [0, 4294967295]; got {args.seed}")
-    result = evaluate(args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed)
+    result = evaluate(
+        args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed, args.trust_env_code
+    )
     mode = "deterministic" if args.deterministic else "stochastic"
     print(
         f"evaluation ({mode}, {len(result.returns)} episodes, {result.checkpoint.name}): "

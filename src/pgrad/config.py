@@ -581,6 +581,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections; got {type(data).__name__}")
+    for key, value in data.items():  # checked here: merging with other layers would drop `env: 5` silently
+        if key != "algo" and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"section '{key}' in config file {path} must be a mapping of key: value; got {value!r}")
     return data
 
 

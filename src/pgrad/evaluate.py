@@ -37,10 +37,11 @@ def evaluate(
     which: str = "latest",
     video_dir: Path | None = None,
     seed: int | None = None,
+    trust_env_code: bool = False,
 ) -> EvalResult:
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1; got {episodes}")
-    config = load_run_config(run_dir)
+    config = load_run_config(run_dir, trust_env_code=trust_env_code)
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
     state = read_train_state(checkpoint)
     set_threads(config.run.torch_threads)
