@@ -12,8 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from pgrad.cli import main
+from pgrad.errors import CheckpointError
 
 QUIET = ["--set", "run.progress=false", "--set", "run.tensorboard=false", "--set", "guard.eval_every=0"]
 
@@ -304,3 +306,143 @@ def test_gymnasium_module_env_id_form_and_annotated_factories(capsys, tmp_path, 
         capsys, "train", "ppo", "--env", "hostile_envs_mod:make_unannotated", "--run-dir", str(tmp_path / "r")
     )
     one_line_error(code, err, "'hostile_envs_mod:make_unannotated' is a function, not an environment")
+
+
+# ---- rows 3, 16 and 19: checkpoints validated before use -----------------------------------
+
+
+def vandalise(run: Path, tensors=None, state=None) -> None:  # type: ignore[no-untyped-def]
+    """Edit the latest checkpoint and recompute its SHA-256, as anyone can (it is not a signature)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    folder = run / "checkpoints" / "step_0000001024"
+    loaded = load_file(str(folder / "tensors.safetensors"))
+    if tensors is not None:
+        tensors(loaded)
+    save_file(loaded, str(folder / "tensors.safetensors"))
+    data = json.loads((folder / "state.json").read_text())
+    if state is not None:
+        state(data)
+    data["tensors_sha256"] = hashlib.sha256((folder / "tensors.safetensors").read_bytes()).hexdigest()
+    (folder / "state.json").write_text(json.dumps(data))
+
+
+def first_key(tensors: dict, suffix: str) -> str:
+    return next(key for key in tensors if key.endswith(suffix))
+
+
+def set_lr(data: dict, value: object) -> None:
+    data["optimizers"]["optimizer"]["param_groups"][0]["lr"] = value
+
+
+@pytest.mark.parametrize(
+    ("tensors", "state", "expected"),
+    [
+        (  # row 3: the fused-Adam segfault
+            lambda t: t.update({first_key(t, ".exp_avg"): torch.zeros(1)}),
+            None,
+            "optimizer 'optimizer' state does not fit: state.0.exp_avg has shape (1,) dtype float32; "
+            "its parameter needs shape (64, 4) dtype float32",
+        ),
+        (
+            lambda t: t.update({first_key(t, ".exp_avg_sq"): t[first_key(t, ".exp_avg_sq")].double()}),
+            None,
+            "state.0.exp_avg_sq has shape (64, 4) dtype float64",
+        ),
+        (lambda t: t.update({first_key(t, ".step"): torch.zeros(5)}), None, "state.0.step must be a single number"),
+        (
+            lambda t: t.update({first_key(t, ".exp_avg").replace("exp_avg", "bogus"): torch.zeros(1)}),
+            None,
+            "state.0.bogus is not a slot this optimizer keeps",
+        ),
+        (
+            lambda t: t.update({"rollback.confirmed.optim.optimizer.state.0.exp_avg": torch.zeros(1)}),
+            None,
+            "(rollback slot confirmed): optimizer 'optimizer' state does not fit",
+        ),
+        (lambda t: t.update({first_key(t, "episode_length"): torch.zeros(1)}), None, "collector.episode_length"),
+        (None, lambda s: set_lr(s, "abc"), "param_groups[0].lr must be a number; got 'abc'"),
+        (None, lambda s: set_lr(s, float("nan")), "param_groups[0].lr must be a number; got nan"),
+        (None, lambda s: s["optimizers"]["optimizer"].update(param_groups=5), "param_groups must be a list of 1"),
+        (None, lambda s: s.update(step="abc"), "is malformed: ValueError"),
+        (None, lambda s: s.update(guard=[1]), "'guard' must be a mapping; got [1]"),
+        (None, lambda s: s["guard"].update(lr_scale="x"), "guard state field 'lr_scale' must be"),
+        (None, lambda s: s.update(episodes={"returns": "x"}), "'episodes' must hold lists of returns"),
+        (None, lambda s: s.update(rng_python=[3, [1, 2], None]), "does not fit this configuration"),
+        (  # row 19: 13 KB of JSON that would allocate gigabytes
+            None,
+            lambda s: s["env_state"]["layers"][0].update(
+                bomb={"__ndarray__": ["a"] * 200, "dtype": "U10000000", "shape": [200]}
+            ),
+            "env_state holds an array of dtype 'U10000000' (allowed: plain dtypes of at most 64 bytes per item)",
+        ),
+    ],
+)
+def test_resume_validates_every_checkpoint_tensor_and_field(capsys, run, tensors, state, expected):
+    vandalise(run, tensors, state)
+    code, err = run_cli(capsys, "resume", str(run), "--total-steps", "1280", "--quiet")
+    one_line_error(code, err, expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda t: t.update({first_key(t, "actor_torso.0.weight"): torch.zeros(3)}), "has shape (3,) dtype float32"),
+        (
+            lambda t: t.update({first_key(t, "actor_torso.0.bias"): t[first_key(t, "actor_torso.0.bias")].half()}),
+            "'actor_torso.0.bias' has shape (64,) dtype float16; this configuration needs shape (64,) dtype float32",
+        ),
+        (lambda t: t.pop(first_key(t, "actor_torso.0.bias")), "missing: actor_torso.0.bias"),
+    ],
+)
+def test_eval_of_wrong_shaped_weights(capsys, run, change, expected):
+    vandalise(run, change)
+    code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
+    one_line_error(code, err, "module 'model'", expected)
+
+
+def test_oversized_state_json_is_refused_before_parsing(capsys, run, monkeypatch):
+    monkeypatch.setattr("pgrad.checkpoint.MAX_STATE_BYTES", 1000)
+    code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
+    one_line_error(code, err, "state.json is", "bytes, over the 1000 bytes pgrad reads")
+
+
+def test_integrity_key_gives_tamper_evidence(capsys, run, tmp_path, monkeypatch):
+    """Without a key, a recomputed SHA-256 passes (corruption detection only); with
+    PGRAD_CHECKPOINT_KEY, a checkpoint must carry a matching HMAC."""
+    from pgrad.checkpoint import KEY_VARIABLE, load_checkpoint, save_checkpoint
+
+    monkeypatch.setenv(KEY_VARIABLE, "s3cret")
+    signed = save_checkpoint(tmp_path / "signed", {"w": torch.ones(3)}, {"step": 1})
+    tensors, state = load_checkpoint(signed)
+    assert torch.equal(tensors["w"], torch.ones(3)) and state["step"] == 1
+
+    # The received run was written without the key: refused while the key is set.
+    code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
+    one_line_error(code, err, "carries no HMAC under PGRAD_CHECKPOINT_KEY")
+
+    state_path = signed / "state.json"
+    data = json.loads(state_path.read_text())
+    data["step"] = 2  # tampered, SHA-256 still fine (the tensors did not change)
+    state_path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="has an HMAC that does not match"):
+        load_checkpoint(signed)
+    monkeypatch.setenv(KEY_VARIABLE, "another key")
+    data["step"] = 1
+    state_path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="has an HMAC that does not match"):
+        load_checkpoint(signed)
+
+
+@pytest.mark.parametrize("command", ["eval", "resume", "doctor", "report", "train"])
+def test_a_run_dir_that_is_a_file(capsys, tmp_path, command):
+    path = tmp_path / "afile"
+    path.write_text("not a run")
+    args = ["train", "ppo", "--run-dir", str(path)] if command == "train" else [command, str(path)]
+    if command == "report":
+        pytest.importorskip("matplotlib")
+    code, err = run_cli(capsys, *args)
+    one_line_error(code, err, str(path))
+    assert path.read_text() == "not a run"

@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,6 +404,10 @@ class TrainState:
         """The inverse of ``to_parts``; a missing or mistyped entry is a ``CheckpointError`` naming it.
         Checkpoints written before rollback states existed load with none."""
         try:
+            _check_episodes(state.get("episodes") or {})
+            for key in ("algo_state", "guard"):
+                if not isinstance(state.get(key) or {}, dict):
+                    raise TypeError(f"'{key}' must be a mapping; got {state[key]!r:.60}")
             step = int(state["step"])
             own = {k: v for k, v in tensors.items() if not k.startswith("rollback.")}
             learner, collector = _learner_from_parts("", own, state["optimizers"], step, state.get("algo_state") or {})
@@ -440,17 +446,32 @@ class TrainState:
             raise CheckpointError(f"checkpoint {source} is malformed: {type(exc).__name__}: {exc}") from None
 
 
+def _check_episodes(episodes: Any) -> None:
+    """The episode history a resume continues its return statistics from: numbers only."""
+    if not isinstance(episodes, dict):
+        raise TypeError(f"'episodes' must be a mapping; got {episodes!r:.60}")
+    returns, lengths = episodes.get("returns", []), episodes.get("lengths", [])
+    numbers = isinstance(returns, list) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) for r in returns
+    )
+    counts = isinstance(lengths, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in lengths)
+    count = episodes.get("count", 0)
+    if not numbers or not counts or not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError("'episodes' must hold lists of returns (numbers) and lengths (integers) and a count")
+
+
 def read_train_state(directory: Path) -> TrainState:
     """Load and verify one checkpoint folder into a ``TrainState``."""
     tensors, state = load_checkpoint(directory)
     return TrainState.from_parts(tensors, state, Path(directory))
 
 
-def load_modules(modules: dict[str, torch.nn.Module], state: TrainState, source: Path) -> None:
+def load_modules(modules: dict[str, torch.nn.Module], state: TrainState | LearnerState, source: Path) -> None:
     """Fill ``modules`` from the checkpoint's state dicts; a shape or name mismatch is one clear line."""
     for name, module in modules.items():
         if name not in state.modules:
             raise CheckpointError(f"checkpoint {source} has no weights for module '{name}'")
+        check_module_state(name, module, state.modules[name], source)
         try:
             module.load_state_dict(state.modules[name])
         except RuntimeError as exc:
@@ -461,16 +482,185 @@ def load_modules(modules: dict[str, torch.nn.Module], state: TrainState, source:
             ) from None
 
 
-def load_optimizers(optimizers: dict[str, Any], state: TrainState, source: Path) -> None:
+def load_optimizers(optimizers: dict[str, Any], state: TrainState | LearnerState, source: Path) -> None:
     for name, optimizer in optimizers.items():
         if name not in state.optimizers:
             raise CheckpointError(f"checkpoint {source} has no state for optimizer '{name}'")
+        check_optimizer_state(name, optimizer, state.optimizers[name], source)
         try:
             optimizer.load_state_dict(state.optimizers[name])
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(
                 f"checkpoint {source}: optimizer '{name}' does not fit this configuration ({exc})"
             ) from None
+
+
+# ---- checking a checkpoint against what it will fill, before anything is copied ------------------
+#
+# torch copies a saved tensor into a parameter with a silent dtype cast, and an optimizer takes
+# whatever moments it is given: an undersized Adam moment then broadcasts into NaN updates or, in
+# the fused kernels, reads and writes out of bounds. So every tensor's name, shape and dtype is
+# checked against the module or optimizer it will fill, and a mismatch is one line naming it.
+
+# The per-parameter slots each optimizer keeps (torch's names; pgrad's SharedOptimizer uses them too).
+OPTIMIZER_SLOTS = {
+    "adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+    "rmsprop": {"step", "square_avg", "momentum_buffer", "grad_avg"},
+}
+
+
+def _describe(tensor: Any) -> str:
+    if isinstance(tensor, torch.Tensor):
+        return f"shape {tuple(tensor.shape)} dtype {str(tensor.dtype).removeprefix('torch.')}"
+    return f"a {type(tensor).__name__}"
+
+
+def check_module_state(name: str, module: torch.nn.Module, saved: Any, source: Path) -> None:
+    """Every tensor of ``module`` present in ``saved`` with its shape and dtype, and nothing else."""
+    own = module.state_dict()
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {source}: module '{name}' weights are not a mapping")
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {source}: module '{name}' does not fit this configuration "
+            f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})"
+        )
+    for key, tensor in own.items():
+        value = saved[key]
+        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
+            raise CheckpointError(
+                f"checkpoint {source}: module '{name}' tensor '{key}' has {_describe(value)}; "
+                f"this configuration needs {_describe(tensor)}"
+            )
+
+
+def _optimizer_parameters(optimizer: Any) -> list[list[torch.Tensor]]:
+    """The parameters an optimizer fills, by group (torch optimizers and pgrad's SharedOptimizer)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if groups is not None:
+        return [list(group["params"]) for group in groups]
+    return [list(optimizer.parameters)]
+
+
+def check_optimizer_state(name: str, optimizer: Any, saved: Any, source: Path) -> None:
+    """The saved optimizer state fits ``optimizer``: as many groups and parameters, hyper-parameters
+    of the same types, known slot names, and every moment shaped and typed like its parameter
+    (``step`` a single number)."""
+
+    def fail(detail: str) -> typing.NoReturn:
+        raise CheckpointError(f"checkpoint {source}: optimizer '{name}' state does not fit: {detail}")
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        fail("it is not a mapping with 'state' and 'param_groups'")
+    own_groups = optimizer.state_dict()["param_groups"]
+    saved_groups = saved.get("param_groups")
+    parameters = _optimizer_parameters(optimizer)
+    if not isinstance(saved_groups, list) or len(saved_groups) != len(own_groups):
+        fail(f"param_groups must be a list of {len(own_groups)} groups; got {saved_groups!r:.80}")
+    by_id: dict[Any, torch.Tensor] = {}
+    for index, (own, group, params) in enumerate(zip(own_groups, saved_groups, parameters, strict=True)):
+        # A key torch added since the checkpoint was written may be missing (torch fills in its
+        # default); a key this optimizer does not have is refused.
+        if not isinstance(group, dict) or "params" not in group or not set(group) <= set(own):
+            fail(f"param_groups[{index}] must be a mapping with 'params' and keys among {sorted(own)}")
+        ids = group["params"]
+        if not isinstance(ids, list) or len(ids) != len(params) or not all(isinstance(i, int) for i in ids):
+            fail(f"param_groups[{index}].params must list {len(params)} parameter ids")
+        by_id.update(zip(ids, params, strict=True))
+        for key, value in own.items():
+            if key != "params" and key in group and not _same_kind(value, group[key]):
+                fail(f"param_groups[{index}].{key} must be {_kind(value)}; got {group[key]!r:.80}")
+    slots = OPTIMIZER_SLOTS.get(getattr(optimizer, "kind", "") or type(optimizer).__name__.lower())
+    for param_id, values in saved["state"].items():
+        try:
+            parameter = by_id[int(param_id)]
+        except (KeyError, ValueError, TypeError):
+            fail(f"state for parameter {param_id!r}, which no param_group lists")
+        if not isinstance(values, dict):
+            fail(f"state of parameter {param_id} is not a mapping")
+        for slot, value in values.items():
+            where = f"state.{param_id}.{slot}"
+            if slots is not None and slot not in slots:
+                fail(f"{where} is not a slot this optimizer keeps (allowed: {', '.join(sorted(slots))})")
+            if slot == "step":
+                ok = (isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point()) or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                )
+                if not ok:
+                    fail(f"{where} must be a single number; got {_describe(value)}")
+            elif not (
+                isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.dtype == parameter.dtype
+            ):
+                fail(f"{where} has {_describe(value)}; its parameter needs {_describe(parameter)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _same_kind(own: Any, saved: Any) -> bool:
+    """Whether a saved hyper-parameter has the type of the optimizer's own (JSON turns tuples into lists)."""
+    if isinstance(own, bool) or own is None:
+        return type(saved) is type(own)
+    if isinstance(own, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(own, (list, tuple)):
+        return (
+            isinstance(saved, (list, tuple))
+            and len(saved) == len(own)
+            and all(_same_kind(a, b) for a, b in zip(own, saved, strict=True))
+        )
+    if isinstance(own, torch.Tensor):  # a tensor learning rate (capturable optimizers)
+        return isinstance(saved, (torch.Tensor, int, float)) and not isinstance(saved, bool)
+    return isinstance(saved, type(own))
+
+
+def check_arrays_fit(own: dict[str, Any], saved: dict[str, Any], what: str, source: Path) -> None:
+    """Saved arrays (or mappings of arrays, for the normalisers) shaped like this run's own; extra
+    names are refused, so is a missing one."""
+    if set(own) != set(saved):
+        raise CheckpointError(
+            f"checkpoint {source}: {what} holds {sorted(saved)}; this configuration needs {sorted(own)}"
+        )
+    for key, value in own.items():
+        if isinstance(value, dict):
+            check_arrays_fit(value, saved[key], f"{what}.{key}", source)
+            continue
+        mine, theirs = np.asarray(value), saved[key]
+        # A scalar (a normaliser's count) may come back from the tensor file as one element.
+        fits = isinstance(theirs, np.ndarray) and (theirs.shape == mine.shape or (mine.ndim == 0 and theirs.size == 1))
+        if not fits or theirs.dtype.kind not in "biuf":
+            raise CheckpointError(
+                f"checkpoint {source}: {what}.{key} has {_describe_array(theirs)}; this configuration needs "
+                f"{_describe_array(mine)}"
+            )
+
+
+def _describe_array(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"shape {value.shape} dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
+def check_rollback_states(modules: dict[str, Any], optimizers: dict[str, Any], state: TrainState, source: Path) -> None:
+    """The guard's rollback states in a checkpoint are restored later, mid-run: check them now."""
+    for slot, learner in state.rollback_states.items():
+        where = Path(f"{source} (rollback slot {slot})")
+        for name, module in modules.items():
+            if name not in learner.modules:
+                raise CheckpointError(f"checkpoint {where} has no weights for module '{name}'")
+            check_module_state(name, module, learner.modules[name], where)
+        for name, optimizer in optimizers.items():
+            if name not in learner.optimizers:
+                raise CheckpointError(f"checkpoint {where} has no state for optimizer '{name}'")
+            check_optimizer_state(name, optimizer, learner.optimizers[name], where)
 
 
 # ---- a run's checkpoint folder ----------------------------------------------------------------

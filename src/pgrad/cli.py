@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pgrad import __version__
-from pgrad.errors import PgradError, TrainingHalted
+from pgrad.errors import ConfigError, PgradError, TrainingHalted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.algo, args.env, args.config, sets, args.seed, args.total_steps, use_preset=not args.no_preset
     )
     run_dir = args.run_dir or default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
     trainer = runner_for(config)(config, run_dir, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
@@ -148,7 +150,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pgrad.errors import ConfigError
     from pgrad.evaluate import evaluate
 
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
