@@ -9,7 +9,11 @@ Layout of one checkpoint, a directory ``checkpoints/step_<10 digits>/``:
 Writes are atomic: the directory is written under a temporary name, flushed, then renamed.
 ``checkpoints/index.json`` (also replaced atomically) names the latest and best checkpoints.
 Loading checks the format version and the checksum before parsing tensors, and parses them
-with safetensors, which has no code path that unpickles.
+with safetensors, which has no code path that unpickles. The SHA-256 detects corruption only (it
+sits in the unsigned state.json); with ``PGRAD_CHECKPOINT_KEY`` set, an HMAC gives tamper evidence.
+A run folder may come from someone else: every name read from it stays inside it (``inside_run``),
+and every tensor is checked against what it fills before it is copied (``check_module_state``,
+``check_optimizer_state``).
 
 ``TrainState`` is the one schema of what a checkpoint holds; ``TrainState.to_parts`` and
 ``TrainState.from_parts`` are the only code that knows the key layout (runners, evaluation and the
