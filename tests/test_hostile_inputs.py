@@ -446,3 +446,20 @@ def test_a_run_dir_that_is_a_file(capsys, tmp_path, command):
     code, err = run_cli(capsys, *args)
     one_line_error(code, err, str(path))
     assert path.read_text() == "not a run"
+
+
+def test_doctor_and_report_stay_inside_the_run_folder(capsys, run, tmp_path):
+    pytest.importorskip("matplotlib")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run / "report").symlink_to(elsewhere)
+    code, err = run_cli(capsys, "report", str(run))
+    one_line_error(code, err, "the report folder ('report') leads outside")
+    assert not any(elsewhere.iterdir())
+    (run / "report").unlink()
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"step": 1, "kind": "critical.kl", "message": "a secret"}\n')
+    (run / "events.jsonl").unlink()
+    (run / "events.jsonl").symlink_to(secret)
+    code, err = run_cli(capsys, "doctor", str(run))
+    one_line_error(code, err, "events.jsonl ('events.jsonl') leads outside")

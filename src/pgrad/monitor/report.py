@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pgrad.checkpoint import inside_run
 from pgrad.monitor.doctor import diagnose, format_report, load_run
 from pgrad.monitor.sinks import read_jsonl
 
@@ -191,8 +192,10 @@ def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: 
 def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[PanelData]]:
     """Write ``report.html`` and the PNGs (default: ``RUN_DIR/report``); returns the HTML path and panels."""
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     history, events, config = load_run(run_dir)
+    # The default output folder is inside the run; a 'report' symlink there must not send the
+    # files somewhere else (an --out the user gives is theirs to choose).
+    out_dir = Path(out_dir) if out_dir is not None else inside_run(run_dir, "report", "the report folder")
     panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}")
     findings = diagnose(history, events, config)
     doctor_text = format_report(run_dir, history, findings, events)
