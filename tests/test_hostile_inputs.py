@@ -463,3 +463,11 @@ def test_doctor_and_report_stay_inside_the_run_folder(capsys, run, tmp_path):
     (run / "events.jsonl").symlink_to(secret)
     code, err = run_cli(capsys, "doctor", str(run))
     one_line_error(code, err, "events.jsonl ('events.jsonl') leads outside")
+
+
+def test_compare_skips_malformed_rows(capsys, run, tmp_path):
+    pytest.importorskip("matplotlib")
+    with open(run / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps({"step": "<b>", "rollout/return_mean": 1.0}) + "\n[]\n")
+    code, _ = run_cli(capsys, "compare", str(run), "--out", str(tmp_path / "c.png"))
+    assert code == 0 and (tmp_path / "c.png").is_file()

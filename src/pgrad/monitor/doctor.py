@@ -366,10 +366,14 @@ def load_run(run_dir: Path) -> tuple[list[Metrics], list[Metrics], GuardConfig]:
         config = build(GuardConfig, load_yaml(run_dir / "config.yaml").get("guard", {}), "guard")
     except PgradError:
         config = GuardConfig()
-    return _rows(read_jsonl(run_dir / "metrics.jsonl")), _rows(read_jsonl(run_dir / "events.jsonl")), config
+    return (
+        well_formed_rows(read_jsonl(run_dir / "metrics.jsonl")),
+        well_formed_rows(read_jsonl(run_dir / "events.jsonl")),
+        config,
+    )
 
 
-def _rows(rows: list[Any]) -> list[Metrics]:
+def well_formed_rows(rows: list[Any]) -> list[Metrics]:
     """The rows pgrad could have written: mappings whose ``step`` is a whole number (and whose
     ``kind``, for an event, is text). A run folder may come from someone else; a row like
     ``{"step": "<script>"}`` or ``5`` is skipped rather than plotted, diagnosed or put in HTML."""

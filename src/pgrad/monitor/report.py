@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pgrad.checkpoint import inside_run
-from pgrad.monitor.doctor import diagnose, format_report, load_run
+from pgrad.monitor.doctor import diagnose, format_report, load_run, well_formed_rows
 from pgrad.monitor.sinks import read_jsonl
 
 # (file name, title, metric keys drawn on the panel)
@@ -214,7 +214,7 @@ def compare(run_dirs: list[Path], out_path: Path) -> tuple[Path, dict[str, tuple
     fig, ax = plt.subplots(figsize=(8, 4.5))
     curves = {}
     for run_dir in run_dirs:
-        history = read_jsonl(Path(run_dir) / "metrics.jsonl")
+        history = well_formed_rows(read_jsonl(inside_run(Path(run_dir), "metrics.jsonl", "metrics.jsonl")))
         steps, vals = metric_series(history, "rollout/return_mean")
         ax.plot(steps, vals, label=str(run_dir), linewidth=1.2)
         curves[str(run_dir)] = (steps, vals)
