@@ -471,3 +471,22 @@ def test_compare_skips_malformed_rows(capsys, run, tmp_path):
         metrics.write(json.dumps({"step": "<b>", "rollout/return_mean": 1.0}) + "\n[]\n")
     code, _ = run_cli(capsys, "compare", str(run), "--out", str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c.png").is_file()
+
+
+def test_optimizer_kernel_choice_is_this_machines_not_the_checkpoints(run):
+    """A checkpoint from a torch without fused Adam resumes; none can switch a kernel on or off."""
+
+    def other_machine(data: dict) -> None:
+        data["optimizers"]["optimizer"]["param_groups"][0].update(fused=None, foreach=None, capturable=True)
+
+    vandalise(run, state=other_machine)
+    from pgrad.runners.on_policy import OnPolicyRunner
+    from pgrad.runs import load_run_config
+
+    runner = OnPolicyRunner(load_run_config(run, total_steps=1280), run, resume=True, console=False)
+    try:
+        group = runner.algo.optimizer.param_groups[0]
+        assert group["capturable"] is False
+        assert group["fused"] is True or group["foreach"] is True  # pgrad's own choice (algos/common.py)
+    finally:
+        runner.close()

@@ -492,7 +492,7 @@ def load_optimizers(optimizers: dict[str, Any], state: TrainState | LearnerState
             raise CheckpointError(f"checkpoint {source} has no state for optimizer '{name}'")
         check_optimizer_state(name, optimizer, state.optimizers[name], source)
         try:
-            optimizer.load_state_dict(state.optimizers[name])
+            optimizer.load_state_dict(_own_implementation(optimizer, state.optimizers[name]))
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(
                 f"checkpoint {source}: optimizer '{name}' does not fit this configuration ({exc})"
@@ -539,6 +539,21 @@ def check_module_state(name: str, module: torch.nn.Module, saved: Any, source: P
             )
 
 
+# How an optimizer computes (fused/foreach kernels, CUDA-graph capture) is this machine's choice, not
+# the checkpoint's: a checkpoint from a torch without fused Adam loads here, and none can switch a
+# kernel on. These keys keep the optimizer's own values.
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _own_implementation(optimizer: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    own_groups = optimizer.state_dict()["param_groups"]
+    groups = [
+        {**group, **{key: own[key] for key in IMPLEMENTATION_KEYS if key in own}}
+        for own, group in zip(own_groups, saved["param_groups"], strict=True)
+    ]
+    return {**saved, "param_groups": groups}
+
+
 def _optimizer_parameters(optimizer: Any) -> list[list[torch.Tensor]]:
     """The parameters an optimizer fills, by group (torch optimizers and pgrad's SharedOptimizer)."""
     groups = getattr(optimizer, "param_groups", None)
@@ -573,7 +588,7 @@ def check_optimizer_state(name: str, optimizer: Any, saved: Any, source: Path) -
             fail(f"param_groups[{index}].params must list {len(params)} parameter ids")
         by_id.update(zip(ids, params, strict=True))
         for key, value in own.items():
-            if key != "params" and key in group and not _same_kind(value, group[key]):
+            if key not in ("params", *IMPLEMENTATION_KEYS) and key in group and not _same_kind(value, group[key]):
                 fail(f"param_groups[{index}].{key} must be {_kind(value)}; got {group[key]!r:.80}")
     slots = OPTIMIZER_SLOTS.get(getattr(optimizer, "kind", "") or type(optimizer).__name__.lower())
     for param_id, values in saved["state"].items():
