@@ -490,3 +490,13 @@ def test_optimizer_kernel_choice_is_this_machines_not_the_checkpoints(run):
         assert group["fused"] is True or group["foreach"] is True  # pgrad's own choice (algos/common.py)
     finally:
         runner.close()
+
+
+def test_oversized_config_and_index_are_refused(capsys, run, monkeypatch):
+    monkeypatch.setattr("pgrad.config.MAX_CONFIG_BYTES", 100)
+    code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
+    one_line_error(code, err, "bytes; pgrad reads at most 100")
+    monkeypatch.undo()
+    monkeypatch.setattr("pgrad.checkpoint.MAX_STATE_BYTES", 100)
+    code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
+    one_line_error(code, err, "index.json is", "over the 100 bytes pgrad reads")

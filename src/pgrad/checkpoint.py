@@ -706,6 +706,10 @@ class CheckpointStore:
         path = self.root / INDEX
         if not path.is_file():
             return {"latest": None, "best": None, "best_score": None, "entries": {}}
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise CheckpointError(
+                f"{path} is {path.stat().st_size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads"
+            )
         try:
             index = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

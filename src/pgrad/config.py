@@ -553,6 +553,10 @@ class _PlainLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+# A resolved config is a few kilobytes; the bound keeps a received config.yaml from being a memory bomb.
+MAX_CONFIG_BYTES = 4 * 2**20
+
+
 def parse_yaml(text: str) -> Any:
     """YAML text to plain data, refusing aliases (see ``_PlainLoader``). Raises ``yaml.YAMLError``."""
     return yaml.load(text, Loader=_PlainLoader)  # a SafeLoader subclass: builds no Python objects
@@ -561,6 +565,9 @@ def parse_yaml(text: str) -> Any:
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file; a missing or malformed file is a ConfigError naming the problem."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {size} bytes; pgrad reads at most {MAX_CONFIG_BYTES}")
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
