@@ -83,7 +83,7 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
     if not isinstance(algo, str):
         raise ConfigError(f"{path} does not name its algorithm")
     if total_steps is not None:
-        data.setdefault("run", {})["total_steps"] = total_steps
+        data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
     if algo in data:  # saved before the nested network/optimizer sections
         data[algo] = upgrade_algo_section(algo, data[algo])
     config = config_from_dict(data, algo)
