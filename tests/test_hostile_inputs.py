@@ -33,14 +33,23 @@ def one_line_error(code: int, err: str, *expected: str) -> None:
         assert text in err, err
 
 
+@pytest.fixture(autouse=True)
+def no_integrity_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests choose when a checkpoint key is set; one in the caller's environment would sign
+    or refuse their checkpoints."""
+    monkeypatch.delenv("PGRAD_CHECKPOINT_KEY", raising=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1024-step PPO CartPole run with three checkpoints (512, 768, 1024), trained once per module."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    code = main(
-        ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "1024", "--run-dir", str(run), "--quiet"]
-        + [*QUIET, "--set", "run.checkpoint_every=256"]
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PGRAD_CHECKPOINT_KEY", raising=False)
+        code = main(
+            ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "1024", "--run-dir", str(run), "--quiet"]
+            + [*QUIET, "--set", "run.checkpoint_every=256"]
+        )
     assert code == 0
     return run
 
@@ -500,3 +509,14 @@ def test_oversized_config_and_index_are_refused(capsys, run, monkeypatch):
     monkeypatch.setattr("pgrad.checkpoint.MAX_STATE_BYTES", 100)
     code, err = run_cli(capsys, "eval", str(run), "--episodes", "1")
     one_line_error(code, err, "index.json is", "over the 100 bytes pgrad reads")
+
+
+def test_a_signed_run_trains_resumes_and_evaluates_with_its_key(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRAD_CHECKPOINT_KEY", "s3cret")
+    run = tmp_path / "signed"
+    train = ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "512", "--run-dir", str(run), "--quiet"]
+    assert main([*train, *QUIET, "--set", "run.checkpoint_every=256"]) == 0
+    assert main(["resume", str(run), "--total-steps", "768", "--quiet"]) == 0
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    state = json.loads((run / "checkpoints" / "step_0000000768" / "state.json").read_text())
+    assert len(state["hmac_sha256"]) == 64
