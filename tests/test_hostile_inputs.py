@@ -520,3 +520,15 @@ def test_a_signed_run_trains_resumes_and_evaluates_with_its_key(capsys, tmp_path
     assert main(["eval", str(run), "--episodes", "1"]) == 0
     state = json.loads((run / "checkpoints" / "step_0000000768" / "state.json").read_text())
     assert len(state["hmac_sha256"]) == 64
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "metrics.jsonl", "config.yaml", "halt_batch.npz"])
+def test_resume_never_writes_through_a_symlink_out_of_the_run(capsys, run, tmp_path, name):
+    target = tmp_path / "bashrc"
+    target.write_text("precious\n")
+    if (run / name).exists():
+        (run / name).unlink()
+    (run / name).symlink_to(target)
+    code, err = run_cli(capsys, "resume", str(run), "--total-steps", "1280", "--quiet")
+    one_line_error(code, err, f"{name} ('{name}') leads outside")
+    assert target.read_text() == "precious\n"

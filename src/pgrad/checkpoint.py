@@ -117,6 +117,26 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
+# Everything pgrad reads or writes at the top of a run folder. A received folder may hold any of them
+# as a symlink to a file elsewhere, which a resume would then overwrite or append to.
+RUN_FOLDER_ENTRIES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "events.jsonl",
+    "tb",
+    "checkpoints",
+    "halt_trajectories.npz",
+    "halt_batch.npz",
+    "report",
+)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Every entry pgrad uses in ``run_dir`` resolves inside it (see ``inside_run``)."""
+    for name in RUN_FOLDER_ENTRIES:
+        inside_run(Path(run_dir), name, name)
+
+
 # ---- integrity: SHA-256 detects corruption; an HMAC key detects tampering ------------------------
 
 # The SHA-256 of the tensor file sits in the unsigned state.json: anyone who edits the tensors can

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pgrad.algos.upgrade import upgrade_algo_section
-from pgrad.checkpoint import inside_run
+from pgrad.checkpoint import check_run_folder
 from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
 from pgrad.envs.factory import check_env_id, is_entry_point
 from pgrad.errors import ConfigError
@@ -75,7 +75,8 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
     """
     if not Path(run_dir).is_dir():
         raise ConfigError(f"{run_dir} is not a pgrad run folder (not a directory)")
-    path = inside_run(Path(run_dir), "config.yaml", "config.yaml")
+    check_run_folder(Path(run_dir))  # resume writes into these: none may be a symlink out
+    path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a pgrad run folder (no config.yaml)")
     data = load_yaml(path)
