@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pgrad.builders import algo_gamma, build_algorithm, build_environment
-from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
+from pgrad.checkpoint import CheckpointStore, check_arrays_fit, load_modules, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
@@ -56,6 +56,7 @@ def evaluate(
     algo = build_algorithm(config, env.adapter)
     load_modules(algo.modules(), state, checkpoint)
     if "obs" in state.normalizers:
+        check_arrays_fit(env.obs_normalizer.stats.state(), state.normalizers["obs"], "normalizers.obs", checkpoint)
         env.obs_normalizer.stats.load(state.normalizers["obs"])
     policy = algo.acting_policy()
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
