@@ -377,7 +377,7 @@ def set_lr(data: dict, value: object) -> None:
         (None, lambda s: s["optimizers"]["optimizer"].update(param_groups=5), "param_groups must be a list of 1"),
         (None, lambda s: s.update(step="abc"), "is malformed: ValueError"),
         (None, lambda s: s.update(guard=[1]), "'guard' must be a mapping; got [1]"),
-        (None, lambda s: s["guard"].update(lr_scale="x"), "guard state field 'lr_scale' must be"),
+        (None, lambda s: s["guard"].update(lr_scale="x"), "guard state field 'lr_scale' must be float; got 'x'"),
         (None, lambda s: s.update(episodes={"returns": "x"}), "'episodes' must hold lists of returns"),
         (None, lambda s: s.update(rng_python=[3, [1, 2], None]), "does not fit this configuration"),
         (  # row 19: 13 KB of JSON that would allocate gigabytes

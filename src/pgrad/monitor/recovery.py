@@ -68,7 +68,9 @@ class GuardState:
             if key not in hints:
                 raise ValueError(f"the guard state has an unknown field {key!r}")
             if not _fits(value, hints[key]):
-                raise ValueError(f"guard state field {key!r} must be {hints[key]}; got {value!r:.60}")
+                hint = hints[key]
+                allowed = hint.__name__ if isinstance(hint, type) else str(hint)  # int, float | None, list[int]
+                raise ValueError(f"guard state field {key!r} must be {allowed}; got {value!r:.60}")
         return cls(**data)
 
 
