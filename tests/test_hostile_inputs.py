@@ -536,3 +536,12 @@ def test_resume_never_writes_through_a_symlink_out_of_the_run(capsys, run, tmp_p
     code, err = run_cli(capsys, "resume", str(run), "--total-steps", "1280", "--quiet")
     one_line_error(code, err, f"{name} ('{name}') leads outside")
     assert target.read_text() == "precious\n"
+
+
+def test_a_checkpoint_too_large_to_read_back_is_refused_before_writing(tmp_path, monkeypatch):
+    from pgrad.checkpoint import save_checkpoint
+
+    monkeypatch.setattr("pgrad.checkpoint.MAX_STATE_BYTES", 1000)
+    with pytest.raises(CheckpointError, match="'env_state' alone is"):
+        save_checkpoint(tmp_path / "step_0000000001", {"w": torch.ones(1)}, {"step": 1, "env_state": "x" * 2000})
+    assert not any(tmp_path.iterdir())

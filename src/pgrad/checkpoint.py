@@ -95,6 +95,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
     """Write one checkpoint atomically to ``directory`` (which must not exist yet)."""
+    _check_state_size(state)
     tmp = directory.with_name(f".tmp-{directory.name}")
     _remove(tmp)
     tmp.mkdir(parents=True)
@@ -107,6 +108,20 @@ def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: di
     _remove(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def _check_state_size(state: dict[str, Any]) -> None:
+    """Refuse, before writing, a state.json larger than loading accepts: such a checkpoint could
+    never be resumed or evaluated. (An environment keeping a data set in its attributes is the
+    usual cause: its state is captured field by field.)"""
+    size = len(json.dumps(state))
+    if size > MAX_STATE_BYTES:
+        sizes = {key: len(json.dumps(value)) for key, value in state.items()}
+        largest = max(sizes, key=sizes.__getitem__)
+        raise CheckpointError(
+            f"checkpoint state would be {size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads back "
+            f"('{largest}' alone is {sizes[largest]} bytes)"
+        )
 
 
 def _remove(path: Path) -> None:
