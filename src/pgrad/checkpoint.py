@@ -9,7 +9,11 @@ Layout of one checkpoint, a directory ``checkpoints/step_<10 digits>/``:
 Writes are atomic: the directory is written under a temporary name, flushed, then renamed.
 ``checkpoints/index.json`` (also replaced atomically) names the latest and best checkpoints.
 Loading checks the format version and the checksum before parsing tensors, and parses them
-with safetensors, which has no code path that unpickles.
+with safetensors, which has no code path that unpickles. The SHA-256 detects corruption only (it
+sits in the unsigned state.json); with ``PGRAD_CHECKPOINT_KEY`` set, an HMAC gives tamper evidence.
+A run folder may come from someone else: every name read from it stays inside it (``inside_run``),
+and every tensor is checked against what it fills before it is copied (``check_module_state``,
+``check_optimizer_state``).
 
 ``TrainState`` is the one schema of what a checkpoint holds; ``TrainState.to_parts`` and
 ``TrainState.from_parts`` are the only code that knows the key layout (runners, evaluation and the
@@ -22,9 +26,13 @@ and the guard's rollback states under ``rollback.<slot>.`` with the same learner
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import math
 import os
+import re
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +48,28 @@ FORMAT_VERSION = 1
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 INDEX = "index.json"
+# The only names pgrad gives checkpoints; an index naming anything else was not written by pgrad.
+CHECKPOINT_NAME = re.compile(r"step_\d{10}")
+
+
+def inside_run(root: Path, name: str, what: str) -> Path:
+    """``root / name``, refused unless it stays inside ``root``.
+
+    A run folder may come from someone else, so every name read from it (index entries, ``latest``,
+    ``best``) is data: an absolute path, a ``..`` or a symlink that leads out of ``root`` would make
+    pgrad read (or, when pruning, delete) files the user never pointed it at. ``what`` names the
+    field in the error. The check follows symlinks: ``root`` itself may be a symlink the user chose.
+    """
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise CheckpointError(f"{what} must be a name inside {root}; got {name!r}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise CheckpointError(f"{what} must be a name inside {root} (no absolute path, no '..'); got {name!r}")
+    path = root / relative
+    base = root.resolve()
+    if not path.resolve().is_relative_to(base) or path.resolve() == base:
+        raise CheckpointError(f"{what} ({name!r}) leads outside {root} through a symlink; refusing to use it")
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -65,44 +95,164 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
     """Write one checkpoint atomically to ``directory`` (which must not exist yet)."""
+    _check_state_size(state)
     tmp = directory.with_name(f".tmp-{directory.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    _remove(tmp)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
     full_state = {"format_version": FORMAT_VERSION, **state, "tensors_sha256": _sha256(tmp / TENSORS)}
+    key = integrity_key()
+    if key is not None:
+        full_state[HMAC_FIELD] = _hmac(key, full_state)
     _fsync_write(tmp / STATE, json.dumps(full_state))
-    if directory.exists():
-        shutil.rmtree(directory)
+    _remove(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def _check_state_size(state: dict[str, Any]) -> None:
+    """Refuse, before writing, a state.json larger than loading accepts: such a checkpoint could
+    never be resumed or evaluated. (An environment keeping a data set in its attributes is the
+    usual cause: its state is captured field by field.)"""
+    size = len(json.dumps(state))
+    if size > MAX_STATE_BYTES:
+        sizes = {key: len(json.dumps(value)) for key, value in state.items()}
+        largest = max(sizes, key=sizes.__getitem__)
+        raise CheckpointError(
+            f"checkpoint state would be {size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads back "
+            f"('{largest}' alone is {sizes[largest]} bytes)"
+        )
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder; a symlink in its place is unlinked, never followed."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+# Everything pgrad reads or writes at the top of a run folder. A received folder may hold any of them
+# as a symlink to a file elsewhere, which a resume would then overwrite or append to.
+RUN_FOLDER_ENTRIES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "events.jsonl",
+    "tb",
+    "checkpoints",
+    "halt_trajectories.npz",
+    "halt_batch.npz",
+    "report",
+)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Every entry pgrad uses in ``run_dir`` resolves inside it (see ``inside_run``)."""
+    for name in RUN_FOLDER_ENTRIES:
+        inside_run(Path(run_dir), name, name)
+
+
+# ---- integrity: SHA-256 detects corruption; an HMAC key detects tampering ------------------------
+
+# The SHA-256 of the tensor file sits in the unsigned state.json: anyone who edits the tensors can
+# recompute it. It detects accidents (a truncated copy, a flipped bit), not an adversary. With a
+# secret key in this environment variable, every checkpoint written carries an HMAC-SHA256 over
+# state.json (which holds that SHA-256, so it covers the tensors too), and every checkpoint read
+# must carry a valid one: tamper evidence for whoever holds the key.
+KEY_VARIABLE = "PGRAD_CHECKPOINT_KEY"
+HMAC_FIELD = "hmac_sha256"
+# state.json holds counters, config, RNG and environment state: kilobytes for every built-in env.
+# The bound keeps a hostile file from making the loader allocate without limit.
+MAX_STATE_BYTES = 64 * 2**20
+
+
+def integrity_key() -> bytes | None:
+    key = os.environ.get(KEY_VARIABLE)
+    return key.encode() if key else None
+
+
+def _hmac(key: bytes, state: dict[str, Any]) -> str:
+    # Through JSON once, so that the writer (int keys, tuples) and the reader (what JSON gave back)
+    # sign the same canonical text.
+    body = json.loads(json.dumps({k: v for k, v in state.items() if k != HMAC_FIELD}))
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint. Raises ``CheckpointError`` with the reason if it is unusable."""
     directory = Path(directory)
-    state_path, tensor_path = directory / STATE, directory / TENSORS
+    state_path = inside_run(directory, STATE, f"checkpoint file {STATE}")
+    tensor_path = inside_run(directory, TENSORS, f"checkpoint file {TENSORS}")
     if not state_path.is_file() or not tensor_path.is_file():
         raise CheckpointError(f"checkpoint {directory} is incomplete: it needs {STATE} and {TENSORS}")
+    size = state_path.stat().st_size
+    if size > MAX_STATE_BYTES:
+        raise CheckpointError(
+            f"checkpoint {directory}: {STATE} is {size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads"
+        )
     try:
-        state = json.loads(state_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {directory}: {STATE} is corrupted ({exc})") from None
+        state = json.loads(state_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {directory}: {STATE} is corrupted ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         found = state.get("format_version") if isinstance(state, dict) else None
         raise CheckpointError(
             f"checkpoint {directory} has format version {found!r}; this pgrad reads version {FORMAT_VERSION}"
         )
+    key = integrity_key()
+    if key is not None:
+        recorded = state.get(HMAC_FIELD)
+        if not isinstance(recorded, str) or not hmac.compare_digest(recorded, _hmac(key, state)):
+            what = "carries no HMAC" if recorded is None else "has an HMAC that does not match"
+            raise CheckpointError(
+                f"checkpoint {directory} {what} under {KEY_VARIABLE} (written without this key, or tampered "
+                "with); refusing to load it"
+            )
     if _sha256(tensor_path) != state.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint {directory}: {TENSORS} does not match the checksum recorded in {STATE} "
-            "(corrupted or tampered with); refusing to load it"
+            "(corrupted); refusing to load it"
         )
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {directory}: {TENSORS} is not a valid safetensors file ({exc})") from None
+    check_plain_arrays(state.get("env_state"), f"checkpoint {directory}: {STATE} env_state")
     return tensors, state
+
+
+# A NumPy array in JSON (pgrad.envs.state) is rebuilt with its recorded dtype; a dtype like U10000000
+# would make 13 KB of JSON allocate gigabytes. Real env state uses numbers, bools and short strings.
+MAX_ITEM_BYTES = 64
+
+
+def check_plain_arrays(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse, before anything is allocated, any encoded array or scalar whose dtype is not a plain
+    NumPy dtype of at most ``MAX_ITEM_BYTES`` bytes per item, or whose shape does not match its data."""
+    if depth > 100:
+        raise CheckpointError(f"{where} is nested more than 100 levels deep")
+    if isinstance(value, list):
+        for item in value:
+            check_plain_arrays(item, where, depth + 1)
+        return
+    if not isinstance(value, dict):
+        return
+    if "dtype" in value and ("__ndarray__" in value or "__npscalar__" in value):
+        try:
+            dtype = np.dtype(value["dtype"])
+        except (TypeError, ValueError, SyntaxError):
+            raise CheckpointError(f"{where} holds an array of unknown dtype {value['dtype']!r}") from None
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize > MAX_ITEM_BYTES:
+            raise CheckpointError(
+                f"{where} holds an array of dtype {value['dtype']!r} (allowed: plain dtypes of at most "
+                f"{MAX_ITEM_BYTES} bytes per item)"
+            )
+        if "__ndarray__" in value:
+            shape = value.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+                raise CheckpointError(f"{where} holds an array with shape {shape!r} (allowed: a list of sizes)")
+    for item in value.values():
+        check_plain_arrays(item, where, depth + 1)
 
 
 # ---- optimizer state <-> (tensors, json) -----------------------------------------------------
@@ -293,6 +443,10 @@ class TrainState:
         """The inverse of ``to_parts``; a missing or mistyped entry is a ``CheckpointError`` naming it.
         Checkpoints written before rollback states existed load with none."""
         try:
+            _check_episodes(state.get("episodes") or {})
+            for key in ("algo_state", "guard"):
+                if not isinstance(state.get(key) or {}, dict):
+                    raise TypeError(f"'{key}' must be a mapping; got {state[key]!r:.60}")
             step = int(state["step"])
             own = {k: v for k, v in tensors.items() if not k.startswith("rollback.")}
             learner, collector = _learner_from_parts("", own, state["optimizers"], step, state.get("algo_state") or {})
@@ -331,17 +485,32 @@ class TrainState:
             raise CheckpointError(f"checkpoint {source} is malformed: {type(exc).__name__}: {exc}") from None
 
 
+def _check_episodes(episodes: Any) -> None:
+    """The episode history a resume continues its return statistics from: numbers only."""
+    if not isinstance(episodes, dict):
+        raise TypeError(f"'episodes' must be a mapping; got {episodes!r:.60}")
+    returns, lengths = episodes.get("returns", []), episodes.get("lengths", [])
+    numbers = isinstance(returns, list) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) for r in returns
+    )
+    counts = isinstance(lengths, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in lengths)
+    count = episodes.get("count", 0)
+    if not numbers or not counts or not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError("'episodes' must hold lists of returns (numbers) and lengths (integers) and a count")
+
+
 def read_train_state(directory: Path) -> TrainState:
     """Load and verify one checkpoint folder into a ``TrainState``."""
     tensors, state = load_checkpoint(directory)
     return TrainState.from_parts(tensors, state, Path(directory))
 
 
-def load_modules(modules: dict[str, torch.nn.Module], state: TrainState, source: Path) -> None:
+def load_modules(modules: dict[str, torch.nn.Module], state: TrainState | LearnerState, source: Path) -> None:
     """Fill ``modules`` from the checkpoint's state dicts; a shape or name mismatch is one clear line."""
     for name, module in modules.items():
         if name not in state.modules:
             raise CheckpointError(f"checkpoint {source} has no weights for module '{name}'")
+        check_module_state(name, module, state.modules[name], source)
         try:
             module.load_state_dict(state.modules[name])
         except RuntimeError as exc:
@@ -352,16 +521,200 @@ def load_modules(modules: dict[str, torch.nn.Module], state: TrainState, source:
             ) from None
 
 
-def load_optimizers(optimizers: dict[str, Any], state: TrainState, source: Path) -> None:
+def load_optimizers(optimizers: dict[str, Any], state: TrainState | LearnerState, source: Path) -> None:
     for name, optimizer in optimizers.items():
         if name not in state.optimizers:
             raise CheckpointError(f"checkpoint {source} has no state for optimizer '{name}'")
+        check_optimizer_state(name, optimizer, state.optimizers[name], source)
         try:
-            optimizer.load_state_dict(state.optimizers[name])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            optimizer.load_state_dict(_own_implementation(optimizer, state.optimizers[name]))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(
                 f"checkpoint {source}: optimizer '{name}' does not fit this configuration ({exc})"
             ) from None
+
+
+# ---- checking a checkpoint against what it will fill, before anything is copied ------------------
+#
+# torch copies a saved tensor into a parameter with a silent dtype cast, and an optimizer takes
+# whatever moments it is given: an undersized Adam moment then broadcasts into NaN updates or, in
+# the fused kernels, reads and writes out of bounds. So every tensor's name, shape and dtype is
+# checked against the module or optimizer it will fill, and a mismatch is one line naming it.
+
+# The per-parameter slots each optimizer keeps (torch's names; pgrad's SharedOptimizer uses them too).
+OPTIMIZER_SLOTS = {
+    "adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+    "rmsprop": {"step", "square_avg", "momentum_buffer", "grad_avg"},
+}
+
+
+def _describe(tensor: Any) -> str:
+    if isinstance(tensor, torch.Tensor):
+        return f"shape {tuple(tensor.shape)} dtype {str(tensor.dtype).removeprefix('torch.')}"
+    return f"a {type(tensor).__name__}"
+
+
+def check_module_state(name: str, module: torch.nn.Module, saved: Any, source: Path) -> None:
+    """Every tensor of ``module`` present in ``saved`` with its shape and dtype, and nothing else."""
+    own = module.state_dict()
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {source}: module '{name}' weights are not a mapping")
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {source}: module '{name}' does not fit this configuration "
+            f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})"
+        )
+    for key, tensor in own.items():
+        value = saved[key]
+        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
+            raise CheckpointError(
+                f"checkpoint {source}: module '{name}' tensor '{key}' has {_describe(value)}; "
+                f"this configuration needs {_describe(tensor)}"
+            )
+
+
+# How an optimizer computes (fused/foreach kernels, CUDA-graph capture) is this machine's choice, not
+# the checkpoint's: a checkpoint from a torch without fused Adam loads here, and none can switch a
+# kernel on. These keys keep the optimizer's own values.
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _own_implementation(optimizer: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    own_groups = optimizer.state_dict()["param_groups"]
+    groups = [
+        {**group, **{key: own[key] for key in IMPLEMENTATION_KEYS if key in own}}
+        for own, group in zip(own_groups, saved["param_groups"], strict=True)
+    ]
+    return {**saved, "param_groups": groups}
+
+
+def _optimizer_parameters(optimizer: Any) -> list[list[torch.Tensor]]:
+    """The parameters an optimizer fills, by group (torch optimizers and pgrad's SharedOptimizer)."""
+    groups = getattr(optimizer, "param_groups", None)
+    if groups is not None:
+        return [list(group["params"]) for group in groups]
+    return [list(optimizer.parameters)]
+
+
+def check_optimizer_state(name: str, optimizer: Any, saved: Any, source: Path) -> None:
+    """The saved optimizer state fits ``optimizer``: as many groups and parameters, hyper-parameters
+    of the same types, known slot names, and every moment shaped and typed like its parameter
+    (``step`` a single number)."""
+
+    def fail(detail: str) -> typing.NoReturn:
+        raise CheckpointError(f"checkpoint {source}: optimizer '{name}' state does not fit: {detail}")
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        fail("it is not a mapping with 'state' and 'param_groups'")
+    own_groups = optimizer.state_dict()["param_groups"]
+    saved_groups = saved.get("param_groups")
+    parameters = _optimizer_parameters(optimizer)
+    if not isinstance(saved_groups, list) or len(saved_groups) != len(own_groups):
+        fail(f"param_groups must be a list of {len(own_groups)} groups; got {saved_groups!r:.80}")
+    by_id: dict[Any, torch.Tensor] = {}
+    for index, (own, group, params) in enumerate(zip(own_groups, saved_groups, parameters, strict=True)):
+        # A key torch added since the checkpoint was written may be missing (torch fills in its
+        # default); a key this optimizer does not have is refused.
+        if not isinstance(group, dict) or "params" not in group or not set(group) <= set(own):
+            fail(f"param_groups[{index}] must be a mapping with 'params' and keys among {sorted(own)}")
+        ids = group["params"]
+        if not isinstance(ids, list) or len(ids) != len(params) or not all(isinstance(i, int) for i in ids):
+            fail(f"param_groups[{index}].params must list {len(params)} parameter ids")
+        by_id.update(zip(ids, params, strict=True))
+        for key, value in own.items():
+            if key not in ("params", *IMPLEMENTATION_KEYS) and key in group and not _same_kind(value, group[key]):
+                fail(f"param_groups[{index}].{key} must be {_kind(value)}; got {group[key]!r:.80}")
+    slots = OPTIMIZER_SLOTS.get(getattr(optimizer, "kind", "") or type(optimizer).__name__.lower())
+    for param_id, values in saved["state"].items():
+        try:
+            parameter = by_id[int(param_id)]
+        except (KeyError, ValueError, TypeError):
+            fail(f"state for parameter {param_id!r}, which no param_group lists")
+        if not isinstance(values, dict):
+            fail(f"state of parameter {param_id} is not a mapping")
+        for slot, value in values.items():
+            where = f"state.{param_id}.{slot}"
+            if slots is not None and slot not in slots:
+                fail(f"{where} is not a slot this optimizer keeps (allowed: {', '.join(sorted(slots))})")
+            if slot == "step":
+                ok = (isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point()) or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                )
+                if not ok:
+                    fail(f"{where} must be a single number; got {_describe(value)}")
+            elif not (
+                isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.dtype == parameter.dtype
+            ):
+                fail(f"{where} has {_describe(value)}; its parameter needs {_describe(parameter)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _same_kind(own: Any, saved: Any) -> bool:
+    """Whether a saved hyper-parameter has the type of the optimizer's own (JSON turns tuples into lists)."""
+    if isinstance(own, bool) or own is None:
+        return type(saved) is type(own)
+    if isinstance(own, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(own, (list, tuple)):
+        return (
+            isinstance(saved, (list, tuple))
+            and len(saved) == len(own)
+            and all(_same_kind(a, b) for a, b in zip(own, saved, strict=True))
+        )
+    if isinstance(own, torch.Tensor):  # a tensor learning rate (capturable optimizers)
+        return isinstance(saved, (torch.Tensor, int, float)) and not isinstance(saved, bool)
+    return isinstance(saved, type(own))
+
+
+def check_arrays_fit(own: dict[str, Any], saved: dict[str, Any], what: str, source: Path) -> None:
+    """Saved arrays (or mappings of arrays, for the normalisers) shaped like this run's own; extra
+    names are refused, so is a missing one."""
+    if set(own) != set(saved):
+        raise CheckpointError(
+            f"checkpoint {source}: {what} holds {sorted(saved)}; this configuration needs {sorted(own)}"
+        )
+    for key, value in own.items():
+        if isinstance(value, dict):
+            check_arrays_fit(value, saved[key], f"{what}.{key}", source)
+            continue
+        mine, theirs = np.asarray(value), saved[key]
+        # A scalar (a normaliser's count) may come back from the tensor file as one element.
+        fits = isinstance(theirs, np.ndarray) and (theirs.shape == mine.shape or (mine.ndim == 0 and theirs.size == 1))
+        if not fits or theirs.dtype.kind not in "biuf":
+            raise CheckpointError(
+                f"checkpoint {source}: {what}.{key} has {_describe_array(theirs)}; this configuration needs "
+                f"{_describe_array(mine)}"
+            )
+
+
+def _describe_array(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"shape {value.shape} dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
+def check_rollback_states(modules: dict[str, Any], optimizers: dict[str, Any], state: TrainState, source: Path) -> None:
+    """The guard's rollback states in a checkpoint are restored later, mid-run: check them now."""
+    for slot, learner in state.rollback_states.items():
+        where = Path(f"{source} (rollback slot {slot})")
+        for name, module in modules.items():
+            if name not in learner.modules:
+                raise CheckpointError(f"checkpoint {where} has no weights for module '{name}'")
+            check_module_state(name, module, learner.modules[name], where)
+        for name, optimizer in optimizers.items():
+            if name not in learner.optimizers:
+                raise CheckpointError(f"checkpoint {where} has no state for optimizer '{name}'")
+            check_optimizer_state(name, optimizer, learner.optimizers[name], where)
 
 
 # ---- a run's checkpoint folder ----------------------------------------------------------------
@@ -375,18 +728,28 @@ class CheckpointStore:
     """
 
     def __init__(self, run_dir: Path, keep: int) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / "checkpoints"
         self.keep = keep
 
+    def _check_root(self) -> None:
+        """``checkpoints/`` must not be a symlink out of the run folder (pruning deletes in it)."""
+        inside_run(self.run_dir, "checkpoints", "the checkpoints folder")
+
     def index(self) -> dict[str, Any]:
+        self._check_root()
         path = self.root / INDEX
         if not path.is_file():
             return {"latest": None, "best": None, "best_score": None, "entries": {}}
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise CheckpointError(
+                f"{path} is {path.stat().st_size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads"
+            )
         try:
-            index: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            index = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path} is corrupted ({exc})") from None
-        return index
+        return _checked_index(index, path)
 
     def save_state(self, train_state: TrainState, score: float | None, healthy: bool = True) -> Path:
         """Write ``train_state`` as checkpoint ``step_<step>`` and update the index."""
@@ -401,6 +764,7 @@ class CheckpointStore:
         score: float | None,
         healthy: bool = True,
     ) -> Path:
+        self._check_root()
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:010d}"
         save_checkpoint(self.root / name, tensors, {**state, "healthy": healthy, "score": score})
@@ -419,11 +783,16 @@ class CheckpointStore:
         for name in names[: max(len(names) - self.keep, 0)]:
             if name in protected:
                 continue
-            shutil.rmtree(self.root / name, ignore_errors=True)
+            # The index was checked on reading: names are step_<10 digits>, so neither absolute
+            # nor '..'. The one way out is a symlink: it is never followed, only its entry goes.
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
             del index["entries"][name]
 
     def path(self, which: str = "latest") -> Path:
-        """``latest``, ``best``, ``last_healthy`` or a checkpoint name."""
+        """``latest``, ``best``, ``last_healthy`` or a checkpoint name; always a folder inside
+        ``checkpoints/`` (see ``inside_run``)."""
         index = self.index()
         name: str | None
         if which == "last_healthy":
@@ -431,6 +800,34 @@ class CheckpointStore:
             name = healthy[-1] if healthy else None
         else:
             name = index.get(which, which) if which in ("latest", "best") else which
-        if not name or not (self.root / name).is_dir():
+        if not name:
             raise CheckpointError(f"no {which} checkpoint in {self.root}")
-        return self.root / name
+        path = inside_run(self.root, name, f"checkpoint {which!r}")
+        if not path.is_dir():
+            raise CheckpointError(f"no {which} checkpoint in {self.root}")
+        return path
+
+
+def _checked_index(index: Any, path: Path) -> dict[str, Any]:
+    """``index.json`` as pgrad writes it, or a ``CheckpointError`` naming the first field that is not.
+
+    Every checkpoint name must be ``step_<10 digits>``: pgrad writes no other, and a name like
+    ``/home/you`` or ``../../x`` would otherwise be loaded, or deleted when old checkpoints are pruned.
+    """
+    allowed = "step_<10 digits> (a folder inside checkpoints/)"
+    if not isinstance(index, dict) or not isinstance(index.get("entries", {}), dict):
+        raise CheckpointError(f"{path} must be a mapping with 'latest', 'best' and 'entries'; it is not")
+    index.setdefault("entries", {})
+    for key in ("latest", "best"):
+        value = index.setdefault(key, None)
+        if value is not None and not (isinstance(value, str) and CHECKPOINT_NAME.fullmatch(value)):
+            raise CheckpointError(f"{path}: '{key}' must be {allowed} or null; got {value!r}")
+    score = index.setdefault("best_score", None)
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise CheckpointError(f"{path}: 'best_score' must be a number or null; got {score!r}")
+    for name, entry in index["entries"].items():
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(f"{path}: entry {name!r} must be named {allowed}")
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: entry {name!r} must be a mapping (step, healthy, score); got {entry!r}")
+    return index

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pgrad import __version__
-from pgrad.errors import PgradError, TrainingHalted
+from pgrad.errors import ConfigError, PgradError, TrainingHalted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
+    resume.add_argument(
+        "--trust-env-code",
+        action="store_true",
+        help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
+    )
 
     evaluate = sub.add_parser("eval", help="evaluate a run's policy")
     evaluate.add_argument("run_dir", type=Path)
@@ -56,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="latest", help="latest, best or a checkpoint name")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="record episodes as MP4 (needs pgrad[video])")
     evaluate.add_argument("--seed", type=int)
+    evaluate.add_argument(
+        "--trust-env-code",
+        action="store_true",
+        help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
+    )
 
     sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
 
@@ -116,6 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.algo, args.env, args.config, sets, args.seed, args.total_steps, use_preset=not args.no_preset
     )
     run_dir = args.run_dir or default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
     trainer = runner_for(config)(config, run_dir, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
@@ -128,7 +140,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from pgrad.runners import runner_for
     from pgrad.runs import load_run_config
 
-    config = load_run_config(args.run_dir, args.total_steps)
+    config = load_run_config(args.run_dir, args.total_steps, args.trust_env_code)
     trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
     result = trainer.train()
     if not args.quiet:
@@ -140,7 +152,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pgrad.evaluate import evaluate
 
-    result = evaluate(args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed)
+    if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
+        raise ConfigError(f"--seed must be in [0, 4294967295]; got {args.seed}")
+    result = evaluate(
+        args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed, args.trust_env_code
+    )
     mode = "deterministic" if args.deterministic else "stochastic"
     print(
         f"evaluation ({mode}, {len(result.returns)} episodes, {result.checkpoint.name}): "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -115,6 +116,24 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return isinstance(value, tp), value
 
 
+# Integers go on to NumPy and torch as int64 (seeds as uint32, checked where they are declared).
+INT64_LIMIT = 2**63
+
+
+def _unbounded_number(value: Any) -> str | None:
+    """What a number must be instead, when ``value`` (or an item of it) is NaN, infinite or too big
+    for int64; else None. A NaN passes every ``<``/``>`` range check (every comparison is false),
+    so ``clip_eps=.nan`` would train on NaN losses and ``guard.kl_critical=.nan`` would switch the
+    KL alert off: no field takes one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_LIMIT <= value < INT64_LIMIT:
+        return "an integer in [-2**63, 2**63)"
+    if isinstance(value, tuple):
+        return next((bad for bad in map(_unbounded_number, value) if bad is not None), None)
+    return None
+
+
 class Checked:
     """Mixin for frozen config dataclasses: type-checks every field, then calls ``validate``.
 
@@ -136,6 +155,9 @@ class Checked:
             ok, converted = _coerce(value, hints[f.name])
             if not ok:
                 raise ConfigError(f"{self._name(f.name)} must be {_type_name(hints[f.name])}; got {value!r}")
+            bad = _unbounded_number(converted)
+            if bad is not None:
+                raise ConfigError(f"{self._name(f.name)} must be {bad}; got {value!r}")
             object.__setattr__(self, f.name, converted)
         self.validate()
 
@@ -250,6 +272,39 @@ def build(cls: type, data: dict[str, Any], section: str) -> Any:
     return cls(**data)
 
 
+# Environment kwargs are copied into config.yaml and every checkpoint's state.json: a bound on
+# their size keeps a shared reference (a YAML alias, a list repeated in Python) from expanding there.
+MAX_PLAIN_VALUES = 100_000
+
+
+def check_plain_data(value: Any, name: str) -> None:
+    """``value`` must be plain data that YAML and JSON both round-trip: text, numbers, true/false,
+    null, lists and mappings with text keys, at most ``MAX_PLAIN_VALUES`` values in all. YAML's
+    dates, ``!!binary`` and ``!!set`` (and tuples, bytes, objects from the Python API) are refused
+    naming the field: a checkpoint could not save them, and the run would be lost at the first one."""
+    count = 0
+    stack: list[tuple[str, Any]] = [(name, value)]
+    while stack:
+        path, item = stack.pop()
+        count += 1
+        if count > MAX_PLAIN_VALUES:
+            raise ConfigError(f"{name} must hold at most {MAX_PLAIN_VALUES} values (are YAML aliases expanding?)")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"{path} must have text keys; got key {key!r}")
+                stack.append((f"{path}.{key}", child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+        elif item is not None and not isinstance(item, (str, bool, int, float)):
+            is_date = type(item).__name__ in ("date", "datetime")
+            kind = {"bytes": "binary data", "set": "a set"}.get(type(item).__name__, f"a {type(item).__name__}")
+            raise ConfigError(
+                f"{path} must be plain data (text, number, true/false, null, list, mapping); got "
+                + (f"a date {item} (quote it to keep it as text)" if is_date else f"{kind} {item!r}")
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # sections nested in the algorithms' configs: the network and the optimizer
 # --------------------------------------------------------------------------------------------
@@ -326,6 +381,7 @@ class EnvConfig(Checked):
         self.check_range("clip_obs", 0, low_open=True)
         self.check_range("clip_reward", 0, low_open=True)
         self.check_range("max_episode_steps", 1)
+        check_plain_data(self.kwargs, "env.kwargs")
 
 
 @dataclass(frozen=True)
@@ -353,7 +409,7 @@ class RunConfig(Checked):
             if not torch.cuda.is_available():
                 self._fail("device", "'cpu' here (torch.cuda.is_available() is false: no GPU or a CPU-only torch)")
         self.check_range("total_steps", 1)
-        self.check_range("seed", 0)
+        self.check_range("seed", 0, 2**32 - 1)  # NumPy's seed range
         self.check_range("torch_threads", 1)
         self.check_range("checkpoint_every", 1)
         self.check_range("keep_checkpoints", 1)
@@ -505,14 +561,46 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: ``*name`` repeats a node by reference, so a few hundred
+    bytes of nested aliases (an "alias bomb") stand for gigabytes once written out as JSON in every
+    checkpoint. A config file has no need for them; each is refused with its line and column."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"alias '*{event.anchor}' (aliases are not allowed in pgrad configs)", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+# A resolved config is a few kilobytes; the bound keeps a received config.yaml from being a memory bomb.
+MAX_CONFIG_BYTES = 4 * 2**20
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to plain data, refusing aliases (see ``_PlainLoader``). Raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_PlainLoader)  # a SafeLoader subclass: builds no Python objects
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file; a missing or malformed file is a ConfigError naming the problem."""
     try:
-        text = Path(path).read_text()
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {size} bytes; pgrad reads at most {MAX_CONFIG_BYTES}")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -522,6 +610,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections; got {type(data).__name__}")
+    for key, value in data.items():  # checked here: merging with other layers would drop `env: 5` silently
+        if key != "algo" and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"section '{key}' in config file {path} must be a mapping of key: value; got {value!r}")
     return data
 
 
@@ -540,7 +631,7 @@ def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if "." in key:

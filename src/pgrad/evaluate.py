@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pgrad.builders import algo_gamma, build_algorithm, build_environment
-from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
+from pgrad.checkpoint import CheckpointStore, check_arrays_fit, load_modules, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
@@ -37,10 +37,11 @@ def evaluate(
     which: str = "latest",
     video_dir: Path | None = None,
     seed: int | None = None,
+    trust_env_code: bool = False,
 ) -> EvalResult:
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1; got {episodes}")
-    config = load_run_config(run_dir)
+    config = load_run_config(run_dir, trust_env_code=trust_env_code)
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
     state = read_train_state(checkpoint)
     set_threads(config.run.torch_threads)
@@ -55,6 +56,7 @@ def evaluate(
     algo = build_algorithm(config, env.adapter)
     load_modules(algo.modules(), state, checkpoint)
     if "obs" in state.normalizers:
+        check_arrays_fit(env.obs_normalizer.stats.state(), state.normalizers["obs"], "normalizers.obs", checkpoint)
         env.obs_normalizer.stats.load(state.normalizers["obs"])
     policy = algo.acting_policy()
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)

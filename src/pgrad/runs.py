@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pgrad.algos.upgrade import upgrade_algo_section
+from pgrad.checkpoint import check_run_folder
 from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
-from pgrad.envs.factory import check_env_id
+from pgrad.envs.factory import check_env_id, is_entry_point
 from pgrad.errors import ConfigError
 from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
@@ -65,8 +66,16 @@ def resolve_config(
     return config, preset.source if preset else None
 
 
-def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfig:
-    """The config a run folder was started with (optionally with a new total step count)."""
+def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_code: bool = False) -> TrainConfig:
+    """The config a run folder was started with (optionally with a new total step count).
+
+    A run folder may come from someone else: an entry-point env ('module:attr') in its config.yaml
+    would import that module and call what it names, so it is refused unless ``trust_env_code``
+    (``--trust-env-code``) says the user chose to run it.
+    """
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir} is not a pgrad run folder (not a directory)")
+    check_run_folder(Path(run_dir))  # resume writes into these: none may be a symlink out
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a pgrad run folder (no config.yaml)")
@@ -75,10 +84,16 @@ def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfi
     if not isinstance(algo, str):
         raise ConfigError(f"{path} does not name its algorithm")
     if total_steps is not None:
-        data.setdefault("run", {})["total_steps"] = total_steps
+        data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
     if algo in data:  # saved before the nested network/optimizer sections
         data[algo] = upgrade_algo_section(algo, data[algo])
-    return config_from_dict(data, algo)
+    config = config_from_dict(data, algo)
+    if is_entry_point(config.env.id) and not trust_env_code:
+        raise ConfigError(
+            f"{path}: env.id '{config.env.id}' is an entry point: loading it imports module "
+            f"'{config.env.id.split(':')[0]}' and runs its code; if you trust this run folder, pass --trust-env-code"
+        )
+    return config
 
 
 def default_run_dir(config: TrainConfig) -> Path:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -14,19 +16,60 @@ from pgrad.config import EnvConfig
 from pgrad.errors import ConfigError
 from pgrad.nets import ActionSpec
 
+# 'package.module:Class', 'package.module:make_env' or Gymnasium's own 'package.module:EnvId' (the
+# module registers EnvId when imported). Anything else is refused before anything is imported.
+_ENTRY_POINT = re.compile(r"(?P<module>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_][\w.\-/]*)")
+_ENTRY_POINT_FORMS = (
+    "'package.module:Class' (a gymnasium.Env subclass), 'package.module:make_env' (a function annotated "
+    "to return a gymnasium.Env) or 'package.module:EnvId' (a module that registers EnvId)"
+)
 
-def _load_entry_point(entry_point: str) -> Callable[..., gym.Env]:
-    module_name, _, attr = entry_point.partition(":")
+
+def is_entry_point(env_id: str) -> bool:
+    """True for 'module:attr' ids: building one imports and runs code from that module."""
+    return ":" in env_id
+
+
+def _load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
+    """The env class or factory an entry point names, or None for Gymnasium's 'module:EnvId' form.
+
+    What it names is checked before it is ever called: a ``gymnasium.Env`` subclass, or a Python
+    function whose return annotation is one. ``os:system`` or ``os:getcwd`` would otherwise be
+    called with the env kwargs as arguments.
+    """
+    match = _ENTRY_POINT.fullmatch(entry_point)
+    if match is None:
+        raise ConfigError(f"env.id: entry point {entry_point!r} must be {_ENTRY_POINT_FORMS}")
+    module_name, attr = match["module"], match["attr"]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc}"
         ) from None
+    except Exception as exc:  # the module's own code failed while importing
+        raise ConfigError(f"env.id: importing module '{module_name}' failed: {type(exc).__name__}: {exc}") from None
+    if attr in gym.registry:  # Gymnasium's form: importing the module registered the id
+        return None
     factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"env.id: module '{module_name}' has no callable '{attr}'")
-    return factory
+    if factory is None:
+        raise ConfigError(f"env.id: module '{module_name}' has no callable '{attr}' (nor registers an env '{attr}')")
+    if inspect.isclass(factory) and issubclass(factory, gym.Env):
+        return cast(Callable[..., gym.Env], factory)
+    if inspect.isfunction(factory) and _returns_env(factory):
+        return cast(Callable[..., gym.Env], factory)
+    raise ConfigError(
+        f"env.id: '{entry_point}' is a {type(factory).__name__}, not an environment; it must be {_ENTRY_POINT_FORMS}"
+    )
+
+
+def _returns_env(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` is annotated to return a ``gymnasium.Env`` (or a subclass)."""
+    try:
+        returned = inspect.signature(function, eval_str=True).return_annotation
+    except Exception:  # an annotation that does not evaluate: not declared as an env factory
+        return False
+    return inspect.isclass(returned) and issubclass(returned, gym.Env)
 
 
 def _registered_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
@@ -38,10 +81,10 @@ def _registered_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
 
 def check_env_id(env_id: str) -> None:
     """Fail early, with a helpful line, on an id that is neither registered nor an entry point."""
-    if _registered_spec(env_id) is not None:
-        return
-    if ":" in env_id:
+    if is_entry_point(env_id):  # checked before Gymnasium would import its module
         _load_entry_point(env_id)
+        return
+    if _registered_spec(env_id) is not None:
         return
     import difflib
 
@@ -61,15 +104,17 @@ def make_vector_env(
 ) -> gym.vector.VectorEnv:
     """A Gymnasium vector env with next-step autoreset (the loop masks the reset step)."""
     check_env_id(cfg.id)
+    env_id, factory = cfg.id, None
+    if is_entry_point(cfg.id):
+        factory = _load_entry_point(cfg.id)
+        if factory is None:  # 'module:EnvId': importing the module registered EnvId
+            env_id = cfg.id.split(":", 1)[1]
     count = num_envs or cfg.num_envs
     mode = vectorization or cfg.vectorization
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    spec = _registered_spec(cfg.id)
-
-    if spec is None:  # an entry point 'module:Class'
-        factory = _load_entry_point(cfg.id)
+    if factory is not None:  # an entry point 'module:Class' or 'module:make_env'
 
         def make_one() -> gym.Env:
             env = factory(**kwargs)
@@ -82,6 +127,8 @@ def make_vector_env(
             raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
         return vector_cls([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP)
 
+    spec = _registered_spec(env_id)
+    assert spec is not None, "check_env_id found it registered"
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if mode == "native" and spec.vector_entry_point is None:
@@ -92,7 +139,7 @@ def make_vector_env(
         mode = "vector_entry_point"
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
     try:
-        envs = gym.make_vec(cfg.id, num_envs=count, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+        envs = gym.make_vec(env_id, num_envs=count, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"env.kwargs: {cfg.id} rejected its arguments: {exc}") from None
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)

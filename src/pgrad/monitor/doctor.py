@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pgrad.checkpoint import inside_run
 from pgrad.config import GuardConfig, build, load_yaml
 from pgrad.errors import PgradError
 from pgrad.monitor.alerts import CLIP_FRACTION, ENTROPY, EXPLAINED_VARIANCE, GRAD_NORM, KL, NONFINITE_STEPS, number
@@ -368,13 +369,33 @@ def load_run(run_dir: Path) -> tuple[list[Metrics], list[Metrics], GuardConfig]:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise PgradError(f"{run_dir} is not a pgrad run folder (no metrics.jsonl)")
+    for name in ("metrics.jsonl", "events.jsonl", "config.yaml"):  # symlinks out of a received folder
+        inside_run(run_dir, name, name)
     # Only the guard section is read (no algorithm registry, no environment): the doctor works on
     # any run folder, whatever algorithm wrote it.
     try:
         config = build(GuardConfig, load_yaml(run_dir / "config.yaml").get("guard", {}), "guard")
     except PgradError:
         config = GuardConfig()
-    return read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl"), config
+    return (
+        well_formed_rows(read_jsonl(run_dir / "metrics.jsonl")),
+        well_formed_rows(read_jsonl(run_dir / "events.jsonl")),
+        config,
+    )
+
+
+def well_formed_rows(rows: list[Any]) -> list[Metrics]:
+    """The rows pgrad could have written: mappings whose ``step`` is a whole number (and whose
+    ``kind``, for an event, is text). A run folder may come from someone else; a row like
+    ``{"step": "<script>"}`` or ``5`` is skipped rather than plotted, diagnosed or put in HTML."""
+    return [
+        row
+        for row in rows
+        if isinstance(row, dict)
+        and isinstance(row.get("step"), int)
+        and not isinstance(row.get("step"), bool)
+        and isinstance(row.get("kind", ""), str)
+    ]
 
 
 def doctor(run_dir: Path) -> tuple[list[Finding], str]:

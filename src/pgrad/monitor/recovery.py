@@ -18,6 +18,8 @@ learnable state in ``modules()`` and ``optimizers()`` (the ``OnPolicyAlgorithm``
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -57,7 +59,37 @@ class GuardState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> GuardState:
-        return cls(**data) if data else cls()
+        """The saved state; a field that is unknown or of the wrong type (a checkpoint from someone
+        else) is a ``ValueError`` naming it, before it can change training."""
+        if not data:
+            return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"the guard state must be a mapping; got {data!r:.60}")
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if key not in hints:
+                raise ValueError(f"the guard state has an unknown field {key!r}")
+            if not _fits(value, hints[key]):
+                hint = hints[key]
+                allowed = hint.__name__ if isinstance(hint, type) else str(hint)  # int, float | None, list[int]
+                raise ValueError(f"guard state field {key!r} must be {allowed}; got {value!r:.60}")
+        return cls(**data)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a ``GuardState`` field's annotation (float, int, list[...], X | None)."""
+    if annotation is type(None):
+        return value is None
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if typing.get_origin(annotation) is list:
+        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+    if isinstance(value, bool):
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation)
 
 
 def nonfinite_fraction(state: GuardState, config: GuardConfig) -> float:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.monitor.doctor import diagnose, format_report, load_run
+from pgrad.checkpoint import inside_run
+from pgrad.monitor.doctor import diagnose, format_report, load_run, well_formed_rows
 from pgrad.monitor.sinks import read_jsonl
 
 # (file name, title, metric keys drawn on the panel)
@@ -166,10 +167,11 @@ def plot_run(
 def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict]) -> str:
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
-        return f'<img alt="{name}" src="data:image/png;base64,{data}">'
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
+    # Every value from the run folder is escaped: events.jsonl may come from someone else.
     rows = "".join(
-        f"<tr><td>{e.get('step')}</td><td>{html.escape(str(e.get('kind')))}</td>"
+        f"<tr><td>{html.escape(str(e.get('step')))}</td><td>{html.escape(str(e.get('kind')))}</td>"
         f"<td>{html.escape(str(e.get('message')))}</td></tr>"
         for e in events
         if str(e.get("kind", "")).split(".")[0] in ("critical", "recovery", "drill", "warning")
@@ -190,8 +192,10 @@ def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: 
 def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[PanelData]]:
     """Write ``report.html`` and the PNGs (default: ``RUN_DIR/report``); returns the HTML path and panels."""
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     history, events, config = load_run(run_dir)
+    # The default output folder is inside the run; a 'report' symlink there must not send the
+    # files somewhere else (an --out the user gives is theirs to choose).
+    out_dir = Path(out_dir) if out_dir is not None else inside_run(run_dir, "report", "the report folder")
     panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}")
     findings = diagnose(history, events, config)
     doctor_text = format_report(run_dir, history, findings, events)
@@ -210,7 +214,7 @@ def compare(run_dirs: list[Path], out_path: Path) -> tuple[Path, dict[str, tuple
     fig, ax = plt.subplots(figsize=(8, 4.5))
     curves = {}
     for run_dir in run_dirs:
-        history = read_jsonl(Path(run_dir) / "metrics.jsonl")
+        history = well_formed_rows(read_jsonl(inside_run(Path(run_dir), "metrics.jsonl", "metrics.jsonl")))
         steps, vals = metric_series(history, "rollout/return_mean")
         ax.plot(steps, vals, label=str(run_dir), linewidth=1.2)
         curves[str(run_dir)] = (steps, vals)

@@ -46,9 +46,17 @@ from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.a3c import A3C, A3CConfig, build_model
 from pgrad.builders import Environment, algo_gamma, build_environment
-from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimizers, read_train_state
+from pgrad.checkpoint import (
+    LearnerState,
+    TrainState,
+    check_arrays_fit,
+    check_rollback_states,
+    load_modules,
+    load_optimizers,
+    read_train_state,
+)
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, TrainingHalted
+from pgrad.errors import CheckpointError, PgradError, TrainingHalted
 from pgrad.faults import parse_fault
 from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
@@ -144,7 +152,11 @@ class A3CRunner:
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
         if resume_from is not None:
-            self.load(*resume_from)
+            try:
+                self.load(*resume_from)
+            except PgradError:
+                self.close()  # a refused checkpoint leaves no file or environment open
+                raise
         else:
             self.run.started_event(f", {self.algo_config.num_workers} workers")
 
@@ -231,8 +243,10 @@ class A3CRunner:
     def load(self, state: TrainState, path: Path) -> None:
         load_modules({"model": self.algo.model}, state, path)
         load_optimizers({"optimizer": self.algo.optimizer}, state, path)
+        check_rollback_states({"model": self.algo.model}, {"optimizer": self.algo.optimizer}, state, path)
         if set(state.normalizers) != {"obs", "reward"}:
             raise CheckpointError(f"checkpoint {path} has no normaliser statistics")
+        check_arrays_fit(self.normalizer_state(), state.normalizers, "normalizers", path)
         self.normalizers = {-1: state.normalizers}
         self.episodes.returns.extend(state.episodes["returns"])
         self.episodes.lengths.extend(state.episodes["lengths"])
@@ -241,7 +255,10 @@ class A3CRunner:
             torch.set_rng_state(state.rng_torch)
         self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
         logged = read_jsonl(self.run_dir / "metrics.jsonl")
-        self.guard.load(state.guard, [m for m in logged if m.get(names.STEP, 0) <= state.step])
+        try:
+            self.guard.load(state.guard, [m for m in logged if m.get(names.STEP, 0) <= state.step])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
         self.step, self.updates = state.step, state.updates
         self.run.emit(
             "run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)", path=str(path)

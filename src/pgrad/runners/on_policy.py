@@ -21,10 +21,17 @@ from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
 from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment
-from pgrad.checkpoint import TrainState, load_modules, load_optimizers, read_train_state
+from pgrad.checkpoint import (
+    TrainState,
+    check_arrays_fit,
+    check_rollback_states,
+    load_modules,
+    load_optimizers,
+    read_train_state,
+)
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
-from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
+from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
@@ -80,7 +87,11 @@ class OnPolicyRunner:
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
         if resume_from is not None:
-            self.load(*resume_from)
+            try:
+                self.load(*resume_from)
+            except PgradError:
+                self.close()  # a refused checkpoint leaves no file or environment open
+                raise
         else:
             self.run.started_event()
 
@@ -137,6 +148,11 @@ class OnPolicyRunner:
         """Resume from the run's latest checkpoint: everything, exactly."""
         load_modules(self.algo.modules(), state, path)
         load_optimizers(self.algo.optimizers(), state, path)
+        # Checked before anything else is restored: a wrongly shaped array would load, then break
+        # the run later with a traceback far from its cause.
+        check_rollback_states(self.algo.modules(), self.algo.optimizers(), state, path)
+        check_arrays_fit(self.collector.state_arrays(), state.collector, "collector", path)
+        check_arrays_fit(self.collector.normalizer_state(), state.normalizers, "normalizers", path)
         try:
             self.collector.load_state_arrays(state.collector)
             self.collector.load_normalizer_state(state.normalizers)
@@ -160,10 +176,13 @@ class OnPolicyRunner:
             self.run.emit(
                 "warning.env_state", state.step, "environment state was not captured; environments were re-seeded"
             )
-        self.algo.load_extra_state(state.algo_state)
-        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
         logged = read_jsonl(self.run_dir / "metrics.jsonl")
-        self.guard.load(state.guard, [m for m in logged if m.get("step", 0) <= state.step])
+        try:
+            self.algo.load_extra_state(state.algo_state)
+            self.guard.load(state.guard, [m for m in logged if m.get("step", 0) <= state.step])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
+        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
         self.optimizer_guard.state = self.guard.state
         self.step, self.updates = state.step, state.updates
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
