@@ -326,7 +326,9 @@ class Guard:
                 Event(
                     "warning.eval_collapse",
                     f"evaluation return {eval_return:.4g} +- {se:.3g} (confirmed best {best}); "
-                    f"{state.eval_collapses} of {config.eval_patience} before a reload",
+                    f"collapsed {state.eval_collapses} time(s) in a row over {step - (state.collapse_since or step)} steps "
+                    f"(a reload needs {config.eval_patience} over >= "
+                    f"{config.eval_collapse_span * config.eval_every:.0f} steps)",
                     data={
                         "value": eval_return,
                         "se": se,
