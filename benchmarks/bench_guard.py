@@ -103,7 +103,7 @@ def run(drill: Drill, folder: Path) -> dict[str, Any]:
         "drill": drill,
         "seconds": seconds,
         "halted": halted,
-        "halt_kind": next((e["kind"] for e in events if e["kind"].startswith("critical.h")), None),
+        "halt_kind": next((e["kind"] for e in events if e["kind"] in ("critical.halted", "critical.recovery_cap")), None),
         "dumps": (run_dir / "halt_trajectories.npz").is_file() and (run_dir / "halt_batch.npz").is_file(),
         "rollbacks": rollbacks,
         "skipped": sum(e["kind"] == "critical.nonfinite" for e in events),

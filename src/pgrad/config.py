@@ -457,6 +457,11 @@ class GuardConfig(Checked):
         True, "on a critical update-size spike, restore the last healthy state and cut the lr"
     )
     lr_cut: float = param(0.5, "learning-rate multiplier applied by every rollback")
+    lr_cut_duration: float = param(
+        0.1,
+        "the first rollback's cut lasts this fraction of run.total_steps, then the rate is restored (a one-off "
+        "fault); after a second recovery every cut stays (0: cuts always stay)",
+    )
     max_recoveries: int = param(3, "rollbacks allowed per run; one more stops the run with a report")
     skip_nonfinite: bool = param(True, "skip optimizer steps whose gradients hold NaN/Inf")
     nonfinite_window: int = param(100, "recent optimizer steps over which non-finite ones are counted")
@@ -479,7 +484,7 @@ class GuardConfig(Checked):
         "reference evaluation too (a deterministic evaluation can swing while the policy improves)",
     )
     eval_collapse_span: float = param(
-        0.5,
+        1.0,
         "reload only a collapse that lasted this fraction of eval_every (every evaluation in between collapsed): "
         "a dip the run climbs out of by itself is not worth a reload and a cut learning rate",
     )
@@ -509,6 +514,7 @@ class GuardConfig(Checked):
         self.check_range("flat_return_cv", 0)
         self.check_range("eval_noise_z", 0)
         self.check_range("lr_cut", 0, 1, low_open=True)
+        self.check_range("lr_cut_duration", 0, 1)
         self.check_range("snapshot_every", 1)
         self.check_range("max_recoveries", 0)
         self.check_range("nonfinite_window", 1)

@@ -136,9 +136,11 @@ class Guard:
     def observe(self, metrics: dict[str, Any], updates: int) -> list[Alert]:
         """Add the guard's diagnostics to ``metrics`` (the runner has set ``NONFINITE_STEPS`` and
         ``PARAMS_FINITE``) and run the alert rules. Alerts to log are queued as events."""
+        step = metrics.get(names.STEP)
+        if isinstance(step, int | float):
+            self._lift_lr_cut(int(step))
         metrics[names.LR_SCALE] = self.state.lr_scale
         metrics[names.RECOVERIES] = float(self.state.recoveries)
-        step = metrics.get(names.STEP)
         if isinstance(step, int | float) and self.total_steps > 0:
             metrics[names.PROGRESS] = min(float(step) / self.total_steps, 1.0)
         self.history = bounded_history(self.history + [metrics], self.config)
@@ -162,6 +164,27 @@ class Guard:
                 self.shown.add(kind)
         self.firing = {f"{alert.level}.{alert.rule}" for alert in self.alerts}
         return self.alerts
+
+    def _lift_lr_cut(self, step: int) -> None:
+        """A single rollback's learning-rate cut lasts ``lr_cut_duration`` x ``run.total_steps`` env
+        steps, then the rate is back to what it was. One destructive update (a spike, a bad batch) is
+        a one-off: the rollback removed it, and a rate halved for the rest of the run only slows
+        learning (A2C at half its rate dips for longer, and those dips read as collapses). A second
+        recovery shows the fault recurs: from then on every cut stays."""
+        state = self.state
+        if state.lr_restore_step is None or step < state.lr_restore_step:
+            return
+        state.lr_restore_step = None
+        if state.recoveries != 1 or state.lr_scale >= 1.0:
+            return
+        before, state.lr_scale = state.lr_scale, 1.0
+        self.pending.append(
+            Event(
+                "recovery.lr_restored",
+                f"learning rate x{before:g} -> x1: no recovery since the rollback at {state.recovery_log[-1]}",
+                data={"lr_scale": 1.0, "before": before},
+            )
+        )
 
     def repeat_every(self, metrics: dict[str, Any], updates: int) -> int:
         """Updates between two logs of the same lasting warning: history_window, or 5% of the
@@ -322,11 +345,16 @@ class Guard:
                 state.collapse_since = step
             state.eval_collapses += 1
             best = "none" if state.best_eval is None else f"{state.best_eval:.4g} +- {state.best_eval_se:.3g}"
+            # Info while it lasts: a collapse the run climbs out of within the span is part of healthy
+            # learning (A2C's dips), and the reload, when it comes, is logged (and shown) on its own.
+            lasted = step - (state.collapse_since or step)
+            lasting = lasted >= config.eval_collapse_span * config.eval_every
+            level = "warning" if lasting and not (config.enabled and config.rollback_on_eval) else "info"
             self.pending.append(
                 Event(
-                    "warning.eval_collapse",
+                    f"{level}.eval_collapse",
                     f"evaluation return {eval_return:.4g} +- {se:.3g} (confirmed best {best}); "
-                    f"collapsed {state.eval_collapses} time(s) in a row over {step - (state.collapse_since or step)} steps "
+                    f"collapsed {state.eval_collapses} time(s) in a row over {lasted} steps "
                     f"(a reload needs {config.eval_patience} over >= "
                     f"{config.eval_collapse_span * config.eval_every:.0f} steps)",
                     data={
@@ -373,6 +401,8 @@ class Guard:
             return [Halt("critical.recovery_cap", message, dump=False)]
         state.lr_scale *= config.lr_cut
         state.recoveries += 1
+        duration = int(config.lr_cut_duration * self.total_steps)
+        state.lr_restore_step = step + duration if state.recoveries == 1 and duration > 0 else None
         state.recovery_log.append(f"step {step}: {reason}")
         state.eval_collapses, state.collapse_since = 0, None
         state.last_eval = None

@@ -39,6 +39,7 @@ class GuardState:
     """Guard state that changes training, saved in every checkpoint."""
 
     lr_scale: float = 1.0
+    lr_restore_step: int | None = None  # when the first rollback's learning-rate cut is lifted (Guard.observe)
     recoveries: int = 0
     recent_steps: list[int] = field(default_factory=list)  # 1 = that optimizer step was non-finite
     fired: list[str] = field(default_factory=list)  # one-shot drills already fired

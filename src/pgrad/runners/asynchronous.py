@@ -593,6 +593,8 @@ class A3CRunner:
         # guard.history_window of them), not the workers' gradient steps (report_every per row).
         self.judged_reports += 1
         self.guard.observe(metrics, self.judged_reports)
+        if self.lr_scale.value != self.guard.state.lr_scale:  # the first rollback's cut lifted
+            self.lr_scale.value = self.guard.state.lr_scale
         frozen = evaluation = None
         # The evaluation at run.total_steps is the final checkpoint's (every worker's last report is past it).
         if step < self.config.run.total_steps and self.guard.evaluation_due(step):
