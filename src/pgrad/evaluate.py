@@ -10,7 +10,7 @@ import numpy as np
 from pgrad.builders import algo_gamma, build_algorithm, build_environment
 from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.errors import ConfigError
-from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
+from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
 
@@ -79,6 +79,7 @@ def evaluate(
         deterministic,
         eval_seed,
         record if video_dir is not None else None,
+        max_episode_steps=episode_step_cap(config),
     )
     env.envs.close()
     return EvalResult(returns, lengths, checkpoint)
