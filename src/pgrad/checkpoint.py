@@ -59,23 +59,61 @@ def _fsync_write(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    _fsync_write(tmp, json.dumps(data, indent=1))
+    try:
+        _fsync_write(tmp, json.dumps(data, indent=1))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {_reason(exc)}") from None
     os.replace(tmp, path)
 
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
-    """Write one checkpoint atomically to ``directory`` (which must not exist yet)."""
+    """Write one checkpoint atomically to ``directory`` (which must not exist yet).
+
+    A write error (disk full, quota, permissions) removes the temporary folder and raises a one-line
+    ``CheckpointError`` before anything else is touched: the checkpoints already there stay as they were.
+    """
     tmp = directory.with_name(f".tmp-{directory.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-    full_state = {"format_version": FORMAT_VERSION, **state, "tensors_sha256": _sha256(tmp / TENSORS)}
-    _fsync_write(tmp / STATE, json.dumps(full_state))
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
+        full_state = {"format_version": FORMAT_VERSION, **state, "tensors_sha256": _sha256(tmp / TENSORS)}
+        _fsync_write(tmp / STATE, json.dumps(full_state))
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {directory.name} in {directory.parent}: {_reason(exc)}"
+        ) from None
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error as its message (``No space left on device``), without the path noise of ``str(exc)``."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]]:
+    """The newest checkpoint folder under ``root`` that loads and verifies, whatever ``index.json`` says.
+
+    The index can lag the folders (a kill between the atomic rename of a new checkpoint and the index
+    update) and the newest checkpoint can be damaged (a disk error, an edit); a resume then takes the
+    newest one that is whole. Folders are ``step_<10 digits>``, so their names sort by step; symlinks are
+    not followed. Returns the state, its folder, and the (name, reason) of every newer one skipped.
+    """
+    names = sorted((p.name for p in Path(root).glob("step_*") if p.is_dir() and not p.is_symlink()), reverse=True)
+    skipped: list[tuple[str, str]] = []
+    for name in names:
+        try:
+            return read_train_state(Path(root) / name), Path(root) / name, skipped
+        except CheckpointError as exc:
+            skipped.append((name, str(exc)))
+    detail = f"; unusable: {'; '.join(reason for _, reason in skipped)}" if skipped else ""
+    raise CheckpointError(f"no loadable checkpoint in {root}{detail}")
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -412,6 +450,17 @@ class CheckpointStore:
         self._prune(index)
         write_json_atomic(self.root / INDEX, index)
         return self.root / name
+
+    def adopt(self, name: str, step: int, healthy: bool, score: float | None) -> None:
+        """Make ``name`` (a checkpoint a resume found and loaded) the index's latest, listing it if the
+        index did not (or could not be read); the other entries stay."""
+        try:
+            index = self.index()
+        except CheckpointError:
+            index = {"latest": None, "best": None, "best_score": None, "entries": {}}
+        index["latest"] = name
+        index.setdefault("entries", {})[name] = {"step": step, "healthy": healthy, "score": score}
+        write_json_atomic(self.root / INDEX, index)
 
     def _prune(self, index: dict[str, Any]) -> None:
         names = sorted(index["entries"])
