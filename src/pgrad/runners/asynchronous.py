@@ -50,7 +50,7 @@ from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimi
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, TrainingHalted
 from pgrad.faults import parse_fault
-from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, parameters_finite
 from pgrad.monitor.sinks import read_jsonl
@@ -111,10 +111,12 @@ class A3CRunner:
     that trains A3C needs ``if __name__ == "__main__":``.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
         self.config = config
         self.algo_config: A3CConfig = config.algo_config
-        self.run = RunContext(config, run_dir, resume)
+        self.run = RunContext(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
@@ -518,7 +520,7 @@ class A3CRunner:
         self.log_events([self.guard.rollback_event(action.reason, summary, data)], step)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> list[float]:
+    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> list[float] | None:
         """Deterministic episodes on the coordinator's own envs, with the weights and observation
         statistics of ``state`` (frozen); adds ``eval/*`` metrics and returns the episode returns
         (the guard weighs a drop against their spread)."""
@@ -538,6 +540,8 @@ class A3CRunner:
             guard.eval_episodes,
             self.config.run.seed,
             metrics,
+            max_episode_steps=episode_step_cap(self.config),
+            should_stop=lambda: self.run.stop_requested,
         )
 
     # ---- reports --------------------------------------------------------------------------------
@@ -628,6 +632,13 @@ class A3CRunner:
         self.rate_mark = (self.run.started, self.step)
         self.steps_per_second: float | None = None
         self.last_metrics: dict[str, Any] = {}
+        try:
+            return self._train(stop_at_step)
+        except BaseException:  # a failed checkpoint write, an error while supervising: files closed, lock released
+            self.close()
+            raise
+
+    def _train(self, stop_at_step: int | None) -> TrainResult:
         # A second Ctrl-C does not interrupt: the coordinator must still stop its workers.
         with self.run.stop_signals(second_interrupts=False):
             try:
@@ -659,7 +670,8 @@ class A3CRunner:
         if evaluate:
             frozen = self.train_state(frozen=True)
             row: dict[str, Any] = {names.STEP: self.step, names.UPDATE: self.updates}
-            score = float(np.mean(self.evaluate(row, frozen)))
+            returns = self.evaluate(row, frozen)
+            score = None if returns is None else float(np.mean(returns))
             self.run.log(row)
             return self.save_checkpoint(score, self.guard.healthy, frozen)
         return self.save_checkpoint(self.guard.checkpoint_score(self.last_metrics), self.guard.healthy)

@@ -25,7 +25,7 @@ from pgrad.checkpoint import TrainState, load_modules, load_optimizers, read_tra
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
-from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
@@ -45,7 +45,9 @@ from pgrad.threads import set_threads
 
 
 class OnPolicyRunner:
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
         kind = get_algorithm(config.algo).kind
         if kind != "on_policy":
             raise ConfigError(
@@ -53,7 +55,7 @@ class OnPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = RunContext(config, run_dir, resume)
+        self.run = RunContext(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
@@ -227,9 +229,10 @@ class OnPolicyRunner:
         raise TrainingHalted(message)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any]) -> list[float]:
+    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
         """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics
-        and returns the episode returns (the guard weighs a drop against their spread)."""
+        and returns the episode returns (the guard weighs a drop against their spread). None when a
+        Ctrl-C or SIGTERM cut it short: the loop then checkpoints and stops as after any update."""
         guard = self.config.guard
         if self.eval_env is None:
             self.eval_env = build_environment(
@@ -243,6 +246,8 @@ class OnPolicyRunner:
             guard.eval_episodes,
             self.config.run.seed,
             metrics,
+            max_episode_steps=episode_step_cap(self.config),
+            should_stop=lambda: self.run.stop_requested,
         )
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -303,26 +308,30 @@ class OnPolicyRunner:
         total = self.config.run.total_steps
         try:
             with self.run.stop_signals():
-                while self.step < total and not self.run.stop_requested:
-                    metrics = self.train_one_update()
-                    self.guard.observe(metrics, self.updates)
-                    evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
-                    self.run.log(metrics)
-                    checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
-                    actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
-                    self.log_events(self.guard.take_events())
-                    self.carry_out(actions, metrics)
-                    if stop_at_step is not None and self.step >= stop_at_step:
-                        break
-        except TrainingHalted:
+                try:
+                    while self.step < total and not self.run.stop_requested:
+                        metrics = self.train_one_update()
+                        self.guard.observe(metrics, self.updates)
+                        evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
+                        self.run.log(metrics)
+                        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
+                        actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
+                        self.log_events(self.guard.take_events())
+                        self.carry_out(actions, metrics)
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
+                # The final checkpoint takes a moment; a signal now (the second Ctrl-C of an impatient user)
+                # must not cut it short and leave the run without its last state.
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        except BaseException:  # a halt, a failed checkpoint write, a second Ctrl-C: files closed, lock released
             self.close()
             raise
-        finally:
-            self.run.flush()  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
-        checkpoint = None
-        if self.run.needs_final_checkpoint(self.step):
-            checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
-        result = self.run.finish(self.step, self.updates, metrics, checkpoint)
         self.close()
         return result
 

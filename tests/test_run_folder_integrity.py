@@ -1,0 +1,284 @@
+"""Run folders that stay consistent under kills, signals, full disks, concurrent runs and careless reuse
+(issue 13, part B): every failure is one clear line, and nothing that was logged or checkpointed is lost."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgrad.cli import main
+
+QUIET = ["--quiet", "--set", "run.tensorboard=false"]
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err.strip()
+
+
+def train_args(run: Path, total: int, *extra: str) -> list[str]:
+    return ["train", "ppo", "--env", "CartPole-v1", "--total-steps", str(total), "--run-dir", str(run), *QUIET, *extra]
+
+
+def rows(path: Path) -> list[dict]:
+    """Every line must parse: a half-written or glued line fails the test."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgrad", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def has_event(run: Path, kind: str) -> bool:
+    path = run / "events.jsonl"
+    return path.is_file() and f'"kind": "{kind}"' in path.read_text()
+
+
+# ---- row 5: every evaluation has a step cap; a signal during one still checkpoints --------------------
+
+
+def test_evaluation_of_an_env_without_time_limit_ends(tmp_path):
+    # CliffWalking-v1 has no time limit and an untrained deterministic policy never reaches the goal:
+    # the end-of-run evaluation used to loop forever.
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pgrad",
+            *train_args(run, 512, "--env", "CliffWalking-v1", "--set", "guard.eval_max_steps=50"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    last = rows(run / "metrics.jsonl")[-1]
+    assert last["eval/length_mean"] <= 50
+    assert has_event(run, "run.finished")
+
+
+def test_sigterm_during_a_long_evaluation_checkpoints_and_exits_130(tmp_path):
+    run = tmp_path / "run"
+    process = spawn(*train_args(run, 512, "--env", "CliffWalking-v1", "--set", "guard.eval_max_steps=100000000"))
+    try:
+        wait_for(lambda: has_event(run, "run.started"))
+        time.sleep(3.0)  # the one update takes well under a second: the evaluation is running now
+        assert not (run / "metrics.jsonl").read_text()  # its row is logged after the evaluation
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    events = rows(run / "events.jsonl")
+    assert events[-1]["kind"] == "run.interrupted"
+    assert (run / "checkpoints" / f"step_{events[-1]['step']:010d}").is_dir()
+
+
+def test_double_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    run = tmp_path / "run"
+    process = spawn(*train_args(run, 512, "--env", "CliffWalking-v1", "--set", "guard.eval_max_steps=100000000"))
+    try:
+        wait_for(lambda: has_event(run, "run.started"))
+        time.sleep(2.0)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+# ---- row 6: one run per folder at a time -----------------------------------------------------------
+
+
+def test_a_second_train_or_resume_of_a_folder_in_use_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    process = spawn(*train_args(run, 10_000_000, "--set", "run.checkpoint_every=1024"))
+    try:
+        wait_for(lambda: (run / "checkpoints" / "index.json").is_file())
+        for args in (train_args(run, 2048), train_args(run, 2048, "--overwrite"), ["resume", str(run), "--quiet"]):
+            code, err = cli(capsys, *args)
+            assert code == 2, err
+            assert err == (
+                f"pgrad: error: run folder {run} is in use by another pgrad run (pid {process.pid}); "
+                "wait for it to end or stop it, or choose another --run-dir"
+            )
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    steps = [row["step"] for row in rows(run / "metrics.jsonl")]
+    assert steps == sorted(set(steps))  # one writer: no interleaved or repeated rows
+    # the lock dies with its holder: the folder can be resumed now
+    assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", str(steps[-1] + 256))[0] == 0
+
+
+# ---- row 7: a non-empty folder that is not a run is refused unless --overwrite ---------------------
+
+
+def test_a_foreign_non_empty_folder_is_refused_and_overwrite_keeps_other_files(tmp_path, capsys):
+    run = tmp_path / "P"
+    run.mkdir()
+    (run / "config.yaml").write_text("mine\n")
+    (run / "notes.txt").write_text("keep me\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("x")
+    (run / "tb").symlink_to(outside)  # --overwrite must remove the link, never what it points to
+
+    code, err = cli(capsys, *train_args(run, 512))
+    assert code == 2
+    assert err.startswith(
+        f"pgrad: error: run folder {run} is not empty and holds no pgrad run (config.yaml, notes.txt, tb)"
+    )
+    assert "--overwrite" in err and "\n" not in err
+    assert (run / "config.yaml").read_text() == "mine\n"
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt", "tb"]  # no lock file left behind
+
+    assert cli(capsys, *train_args(run, 512, "--overwrite"))[0] == 0
+    assert "algo: ppo" in (run / "config.yaml").read_text()
+    assert (run / "notes.txt").read_text() == "keep me\n"
+    assert (outside / "precious").is_file()
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512]
+
+    # a folder that holds a run: resume it, or --overwrite starts afresh
+    code, err = cli(capsys, *train_args(run, 512))
+    assert code == 2 and "already holds a run" in err
+    assert cli(capsys, *train_args(run, 256, "--overwrite"))[0] == 0
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["index.json", "step_0000000256"]
+
+
+# ---- rows 11 and 13: resume cuts the logs back to its checkpoint -----------------------------------
+
+
+def test_resume_repairs_a_half_written_last_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 512))[0] == 0
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 4352, "upd')
+    with open(run / "events.jsonl", "a") as handle:
+        handle.write('{"time": 17, "st')
+    assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", "768")[0] == 0
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768]
+    events = rows(run / "events.jsonl")
+    kinds = [event["kind"] for event in events]
+    assert "run.resumed" in kinds and kinds[-1] == "run.finished"
+    truncated = [event for event in events if event["kind"] == "run.logs_truncated"]
+    assert truncated[0]["dropped"]["metrics.jsonl"] == {"after_checkpoint": 0, "unreadable": 1}
+
+
+def test_resume_after_a_kill_logs_no_step_twice(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "2048", "--run-dir", str(run), "--quiet"]
+    assert main([*args, "--set", "run.checkpoint_every=1024"]) == 0
+    # As if killed just before the checkpoint at 2048: its rows and events (up to 2048) are on disk,
+    # the newest checkpoint is the one at 1024.
+    checkpoints = run / "checkpoints"
+    import shutil
+
+    shutil.rmtree(checkpoints / "step_0000002048")
+    index = json.loads((checkpoints / "index.json").read_text())
+    index["latest"] = "step_0000001024"
+    del index["entries"]["step_0000002048"]
+    (checkpoints / "index.json").write_text(json.dumps(index))
+    capsys.readouterr()
+
+    assert main(["resume", str(run), "--quiet", "--total-steps", "2560"]) == 0
+    steps = [row["step"] for row in rows(run / "metrics.jsonl")]
+    assert steps == list(range(256, 2561, 256))
+    event_steps = [event["step"] for event in rows(run / "events.jsonl")]
+    assert event_steps == sorted(event_steps)
+    accumulator = EventAccumulator(str(run / "tb"))
+    accumulator.Reload()
+    tb_steps = [event.step for event in accumulator.Scalars("rollout/return_mean")]
+    assert tb_steps == list(range(256, 2561, 256))
+
+
+# ---- row 12: the newest loadable checkpoint, whatever the index says --------------------------------
+
+
+def test_resume_finds_a_checkpoint_the_index_does_not_list(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 512))[0] == 0
+    (run / "checkpoints" / "index.json").unlink()  # killed between the rename and the index update
+    assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", "768")[0] == 0
+    repaired = [event for event in rows(run / "events.jsonl") if event["kind"] == "run.index_repaired"]
+    assert repaired and repaired[0]["used"] == "step_0000000512"
+    assert json.loads((run / "checkpoints" / "index.json").read_text())["latest"] == "step_0000000768"
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768]
+
+
+def test_resume_skips_a_corrupt_latest_for_the_previous_good_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 1024, "--set", "run.checkpoint_every=512"))[0] == 0
+    tensors = run / "checkpoints" / "step_0000001024" / "tensors.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-8:] = b"\xff" * 8
+    tensors.write_bytes(bytes(data))
+    assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", "1280")[0] == 0
+    events = rows(run / "events.jsonl")
+    skipped = [event for event in events if event["kind"] == "run.checkpoint_skipped"]
+    assert skipped and skipped[0]["checkpoint"] == "step_0000001024"
+    resumed = [event for event in events if event["kind"] == "run.resumed"]
+    assert resumed[-1]["step"] == 512
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768, 1024, 1280]
+
+
+# ---- row 10: a full disk during a checkpoint -----------------------------------------------------------
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(tmp_path, capsys, monkeypatch):
+    import pgrad.checkpoint
+
+    real_save = pgrad.checkpoint.save_file
+    calls = []
+
+    def save_until_full(tensors, path):
+        calls.append(path)
+        if len(calls) > 1:
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real_save(tensors, path)
+
+    monkeypatch.setattr(pgrad.checkpoint, "save_file", save_until_full)
+    run = tmp_path / "run"
+    code, err = cli(capsys, *train_args(run, 1024, "--set", "run.checkpoint_every=512"))
+    assert code == 2
+    assert err == (
+        f"pgrad: error: could not write checkpoint step_0000001024 in {run / 'checkpoints'}: No space left on "
+        f"device; the last good checkpoint step_0000000512 is kept ('pgrad resume {run}' continues from it)"
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["index.json", "step_0000000512"]
+    failed = [event for event in rows(run / "events.jsonl") if event["kind"] == "run.checkpoint_failed"]
+    assert failed and failed[0]["step"] == 1024
+    monkeypatch.setattr(pgrad.checkpoint, "save_file", real_save)
+    assert cli(capsys, "resume", str(run), "--quiet")[0] == 0
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768, 1024]
