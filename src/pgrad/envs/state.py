@@ -7,30 +7,46 @@ attributes are kept: NumPy arrays, numbers, booleans, None, tuples/lists of thos
 generators (as their bit-generator state). MuJoCo environments add their simulator state
 (qpos, qvel, act, time). Everything is JSON.
 
-This covers Gymnasium's classic-control and MuJoCo environments, their native vector versions
-and ``SyncVectorEnv``. ``AsyncVectorEnv`` keeps its envs in other processes; it is not captured
-(``capture`` returns None) and a resumed run re-seeds those environments instead.
+This covers Gymnasium's classic-control, toy-text and MuJoCo environments, their native vector
+versions and ``SyncVectorEnv``: arrays of every non-object dtype are kept (numbers and booleans as
+lists; bytes, strings, datetimes, complex numbers and records as their raw bytes in base64, so
+FrozenLake's and Taxi's maps save too). What cannot be kept is named before training starts
+(``inexact_reason``): Box2D worlds (LunarLander, BipedalWalker, CarRacing) are C++ objects with no
+plain state to read, and ``AsyncVectorEnv`` keeps its envs in other processes (``capture`` returns
+None). A resumed run then restarts those environments' episodes instead of continuing them.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import numpy as np
 
 _SCALARS = (bool, int, float, str, type(None), np.bool_, np.integer, np.floating)
+_LIST_KINDS = "biuf"  # dtype kinds whose .tolist() is JSON (bool, int, uint, float); the rest go as bytes
 
 
 def _encode(value: Any) -> Any:
     """JSON-able form of a plain value, or raise TypeError if it is not plain."""
     if isinstance(value, np.ndarray):
-        if value.dtype == object:
+        if value.dtype.hasobject:
             raise TypeError("object array")
+        if value.dtype.names is not None:  # records: dtype.str would lose the fields
+            raise TypeError("structured array")
+        if value.dtype.kind not in _LIST_KINDS:
+            return _array_bytes(value)
         return {"__ndarray__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
     if isinstance(value, np.random.Generator):
         return {"__generator__": value.bit_generator.state}
+    if isinstance(value, np.generic) and value.dtype.kind in "SUMmc":
+        return {**_array_bytes(np.asarray(value)), "scalar": True}
     if isinstance(value, (np.bool_, np.integer, np.floating)):
         return {"__npscalar__": value.item(), "dtype": str(value.dtype)}
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, complex):
+        return {"__complex__": [value.real, value.imag]}
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, (tuple, list)):
@@ -39,8 +55,27 @@ def _encode(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def _array_bytes(value: np.ndarray) -> dict[str, Any]:
+    """An array as its raw bytes: exact for every dtype without objects (``dtype.str`` keeps the byte order)."""
+    data = np.ascontiguousarray(value).tobytes()
+    return {
+        "__ndarray_bytes__": base64.b64encode(data).decode("ascii"),
+        "dtype": value.dtype.str,
+        "shape": list(value.shape),
+    }
+
+
 def _decode(value: Any, current: Any) -> Any:
     if isinstance(value, dict):
+        if "__ndarray_bytes__" in value:
+            array = np.frombuffer(base64.b64decode(value["__ndarray_bytes__"]), dtype=np.dtype(value["dtype"]))
+            array = array.reshape(value["shape"]).copy()
+            return array[()] if value.get("scalar") else array
+        if "__bytes__" in value:
+            return base64.b64decode(value["__bytes__"])
+        if "__complex__" in value:
+            real, imag = value["__complex__"]
+            return complex(real, imag)
         if "__ndarray__" in value:
             return np.array(value["__ndarray__"], dtype=value["dtype"]).reshape(value["shape"])
         if "__generator__" in value:
@@ -77,6 +112,79 @@ def _layer_state(obj: Any) -> dict[str, Any]:
             "time": float(data.time),
         }
     return state
+
+
+# Attributes ``capture`` skips without losing anything a resumed episode depends on: spaces (their
+# generators only serve .sample(), which training never calls), construction arguments, fixed tables
+# built from them (toy-text's transition table P), MuJoCo's model, renderer and data (qpos, qvel, act
+# and time are captured separately), rendering surfaces, and the env checker's record of its last call.
+_NOT_STATE = frozenset(
+    {
+        "action_space",
+        "observation_space",
+        "single_action_space",
+        "single_observation_space",
+        "autoreset_mode",
+        "env_fns",
+        "_saved_kwargs",
+        "_ezpickle_args",
+        "_ezpickle_kwargs",
+        "observation_structure",
+        "P",
+        "model",
+        "mujoco_renderer",
+        "clock",
+        "surf",
+        "screen",
+        "window",
+        "viewer",
+        "_previous_data",
+    }
+)
+
+
+def _missed(obj: Any) -> list[str]:
+    """Attributes of one layer that hold state ``capture`` cannot keep, as ``name (type)``."""
+    missed = []
+    for name, value in vars(obj).items():
+        if name in ("env", "envs", "spec", "metadata") or name in _NOT_STATE:
+            continue
+        if name == "data" and hasattr(value, "qpos"):  # MuJoCo's, captured as __mujoco__
+            continue
+        try:
+            _encode(value)
+        except TypeError:
+            missed.append(f"{name} ({type(value).__name__})")
+    return missed
+
+
+def inexact_reason(envs: Any) -> str | None:
+    """Why a resume cannot put these environments back exactly where they were, or None when it can.
+
+    Said before training starts, so nobody finds out after a resume: the state that cannot be saved
+    without pickle (Box2D bodies and worlds are C++ objects), or async vectorisation.
+    """
+    from gymnasium.vector import AsyncVectorEnv
+
+    layers = _chain(envs)
+    if any(isinstance(layer, AsyncVectorEnv) for layer in layers):
+        return (
+            "env.vectorization=async keeps the environments in worker processes, whose state is not saved; "
+            "a resume restarts their episodes (use sync or native vectorisation for an exact resume)"
+        )
+    sub_envs = getattr(layers[-1], "envs", [])
+    missed: dict[str, list[str]] = {}
+    for layer in layers + (_chain(sub_envs[0]) if len(sub_envs) else []):
+        names = _missed(layer)
+        if names:
+            missed.setdefault(type(layer).__name__, []).extend(names)
+    if not missed:
+        return None
+    what = "; ".join(f"{owner}: {', '.join(names)}" for owner, names in missed.items())
+    return (
+        f"its state is not all plain data ({what}) and cannot be saved without pickle; "
+        "a resume restarts the episodes in progress instead of continuing them"
+    )
 
 
 def _restore_layer(obj: Any, state: dict[str, Any]) -> None:
