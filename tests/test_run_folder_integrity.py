@@ -282,3 +282,111 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(t
     monkeypatch.setattr(pgrad.checkpoint, "save_file", real_save)
     assert cli(capsys, "resume", str(run), "--quiet")[0] == 0
     assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768, 1024]
+
+
+# ---- row 4: env state always saves; what cannot be saved exactly is said before training ----------------
+
+
+class OddStateEnv:
+    """An env holding state JSON has no type for: bytes, datetimes, complex numbers, records."""
+
+    def __init__(self) -> None:
+        import gymnasium as gym
+        import numpy as np
+
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,))
+        self.action_space = gym.spaces.Discrete(2)
+        self.metadata: dict = {}
+        self.render_mode = None
+        self.spec = None
+        self.np_random = np.random.default_rng(0)
+        self.when = np.array(["2024-01-01T00:00", "2025-06-30T12:30"], dtype="datetime64[m]")
+        self.phase = np.array([1 + 2j, -0.5j])
+        self.tag = b"\x00\xffraw"
+        self.record = np.zeros(2, dtype=[("x", "<f4"), ("n", "<i2")])
+        self.map = np.array([[b"S", b"F"], [b"H", b"G"]], dtype="S1")
+        self.scalar_phase = np.complex64(3 - 1j)
+        self.delta = 0.5 + 1.5j
+
+
+def test_env_state_with_non_json_types_round_trips_exactly():
+    import numpy as np
+
+    from pgrad.envs import state as env_state
+
+    original, fresh = OddStateEnv(), OddStateEnv()
+    original.when += np.timedelta64(7, "m")
+    original.phase *= 3
+    original.tag = b"\x01changed"
+    original.record["n"] = [4, -5]
+    original.map[0, 0] = b"X"
+    original.scalar_phase = np.complex64(2j)
+    original.delta = -1j
+    saved = json.loads(json.dumps(env_state._layer_state(original)))  # through JSON, as in state.json
+    env_state._restore_layer(fresh, saved)
+    for name in ("when", "phase", "map"):
+        got, want = getattr(fresh, name), getattr(original, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    assert fresh.tag == original.tag and fresh.delta == original.delta
+    assert fresh.scalar_phase == original.scalar_phase and fresh.scalar_phase.dtype == np.complex64
+    # records are not kept (their field layout has no plain form here): named, so a run says so up front
+    assert env_state._missed(original) == ["record (ndarray)"]
+
+
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "Taxi-v4"])
+def test_toy_text_runs_checkpoint_and_resume_bit_exactly(tmp_path, env_id):
+    import torch
+
+    from pgrad.runners.on_policy import OnPolicyRunner
+    from pgrad.runs import resolve_config
+
+    sets = ["run.progress=false", "run.tensorboard=false", "ppo.num_epochs=1"]
+    config, _ = resolve_config("ppo", env_id, sets=sets, total_steps=1024)
+    uninterrupted = OnPolicyRunner(config, tmp_path / "a", console=False)
+    uninterrupted.train()
+    first = OnPolicyRunner(config, tmp_path / "b", console=False)
+    first.train(stop_at_step=512)
+    resumed = OnPolicyRunner(config, tmp_path / "b", resume=True, console=False)
+    resumed.train()
+    expected, actual = uninterrupted.algo.modules(), resumed.algo.modules()
+    for name in expected:
+        for key, value in expected[name].state_dict().items():
+            assert torch.equal(value, actual[name].state_dict()[key]), (name, key)
+    assert not has_event(tmp_path / "b", "warning.resume_inexact")
+
+
+def test_box2d_env_says_before_training_that_resume_is_not_exact(tmp_path, capsys):
+    pytest.importorskip("Box2D")
+    run = tmp_path / "run"
+    args = train_args(run, 256, "--set", "ppo.num_steps=128", "--set", "env.num_envs=2")
+    code, err = cli(capsys, *[a if a != "CartPole-v1" else "LunarLander-v3" for a in args])
+    assert code == 0
+    warning = [line for line in err.splitlines() if line.startswith("pgrad: warning:")]
+    assert warning == [
+        "pgrad: warning: resume will not be exact for LunarLander-v3: its state is not all plain data "
+        "(LunarLander: world (b2World), moon (b2Body), lander (b2Body), legs (list), drawlist (list)) and "
+        "cannot be saved without pickle; a resume restarts the episodes in progress instead of continuing them"
+    ]
+    kinds = [event["kind"] for event in rows(run / "events.jsonl")]
+    assert kinds.index("warning.resume_inexact") < kinds.index("checkpoint")  # before any training result
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", "512")
+    assert code == 0 and "pgrad: warning: resume will not be exact for LunarLander-v3" in err
+    restarted = [event for event in rows(run / "events.jsonl") if event["kind"] == "run.envs_restarted"]
+    assert len(restarted) == 1 and restarted[0]["step"] == 256
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512]
+
+
+# ---- row 9: an async resume restarts its episodes instead of mixing saved and fresh ones -------------
+
+
+def test_async_resume_restarts_episodes_consistently(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = cli(capsys, *train_args(run, 512, "--set", "env.vectorization=async"))
+    assert code == 0 and "pgrad: warning: resume will not be exact for CartPole-v1: env.vectorization=async" in err
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", "1024")
+    assert code == 0, err
+    events = rows(run / "events.jsonl")
+    restarted = [event for event in events if event["kind"] == "run.envs_restarted"]
+    assert len(restarted) == 1 and restarted[0]["step"] == 512
+    first_after = rows(run / "metrics.jsonl")[2]
+    assert first_after["step"] == 768

@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -201,6 +202,12 @@ class RunContext:
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> None:
         assert self.events is not None, "RunContext.open first"
         self.events.emit(kind, step, message, show=show, **data)
+
+    def warn(self, kind: str, step: int, message: str) -> None:
+        """An event and one ``pgrad: warning:`` line on stderr, shown even with ``--quiet`` (which only
+        silences progress): for what the user must know before the run goes on."""
+        self.emit(kind, step, message, show=False)
+        print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
 
     def started_event(self, detail: str = "") -> None:
         config = self.config

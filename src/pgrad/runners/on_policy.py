@@ -78,10 +78,15 @@ class OnPolicyRunner:
 
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
+        self.inexact = env_state.inexact_reason(self.env.envs)
         if resume_from is not None:
             self.load(*resume_from)
         else:
             self.run.started_event()
+        if self.inexact is not None:  # said before training starts, not discovered after a resume
+            self.run.warn(
+                "warning.resume_inexact", self.step, f"resume will not be exact for {config.env.id}: {self.inexact}"
+            )
 
     # ---- what tests, benchmarks and the CLI reach through the runner -------------------------
     @property
@@ -148,7 +153,7 @@ class OnPolicyRunner:
             random.setstate((version, tuple(internal), gauss))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
-        if state.env_state is not None:
+        if state.env_state is not None and self.inexact is None:
             try:
                 env_state.restore(self.env.envs, state.env_state)
             except (ValueError, AttributeError, TypeError) as exc:
@@ -156,9 +161,7 @@ class OnPolicyRunner:
                     f"checkpoint {path}: its environment state does not fit {self.config.env.id} ({exc})"
                 ) from None
         else:
-            self.run.emit(
-                "warning.env_state", state.step, "environment state was not captured; environments were re-seeded"
-            )
+            self.restart_episodes(state.step)
         self.algo.load_extra_state(state.algo_state)
         self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
         logged = read_jsonl(self.run_dir / "metrics.jsonl")
@@ -167,6 +170,26 @@ class OnPolicyRunner:
         self.step, self.updates = state.step, state.updates
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
         self.run.note_new_total(state)
+
+    def restart_episodes(self, step: int) -> None:
+        """Resume without the environments' state (async workers, Box2D worlds): start fresh episodes.
+
+        Restoring the saved observations and episode counters onto environments that were only reset
+        would pair each env's first transition with an observation from another episode; instead
+        every env is reset, with a seed drawn from (run.seed, step) so the episodes differ from the
+        run's first ones, and the episodes in progress at the checkpoint are dropped (their partial
+        returns never reach the statistics). The reward scaler's running returns restart with them.
+        """
+        seed = int(np.random.SeedSequence([self.config.run.seed, step]).generate_state(1)[0])
+        self.collector.reset(seed)
+        self.collector.reward_scaler.running_return[:] = 0.0
+        self.run.emit(
+            "run.envs_restarted",
+            step,
+            f"environments restarted with seed {seed}: their state could not be saved "
+            f"({self.inexact or 'not captured'}); the episodes in progress at the checkpoint were dropped",
+            seed=seed,
+        )
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
     def log_events(self, events: list[Event]) -> None:
