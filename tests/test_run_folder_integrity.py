@@ -390,3 +390,125 @@ def test_async_resume_restarts_episodes_consistently(tmp_path, capsys):
     assert len(restarted) == 1 and restarted[0]["step"] == 512
     first_after = rows(run / "metrics.jsonl")[2]
     assert first_after["step"] == 768
+
+
+# ---- row 8: Ctrl-C to the process group with async envs ------------------------------------------------
+
+
+def test_ctrl_c_to_the_process_group_with_async_envs_checkpoints_and_exits_130(tmp_path):
+    run = tmp_path / "run"
+    args = train_args(run, 10_000_000, "--set", "env.vectorization=async")
+    # A terminal sends Ctrl-C to the whole foreground process group: the env workers get it too.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pgrad", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").is_file() and bool((run / "metrics.jsonl").read_text()))
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "KeyboardInterrupt" not in err
+    events = rows(run / "events.jsonl")
+    assert events[-1]["kind"] == "run.interrupted"
+    assert (run / "checkpoints" / f"step_{events[-1]['step']:010d}").is_dir()
+
+
+# ---- new-user items: an env that raises, wrong kwargs, --video without rgb_array --------------------------
+
+
+class RaisingEnv:
+    """A CartPole-shaped env whose sensor fails after 100 steps (per sub-env)."""
+
+    metadata: dict = {"render_modes": []}
+    render_mode = None
+    spec = None
+
+    def __init__(self) -> None:
+        import gymnasium as gym
+        import numpy as np
+
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.steps = 0
+        self.np_random = np.random.default_rng(0)
+
+    def reset(self, *, seed=None, options=None):
+        import numpy as np
+
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        import numpy as np
+
+        self.steps += 1
+        if self.steps > 100:
+            raise RuntimeError("sensor cable unplugged\nsecond line of detail")
+        return np.zeros(1, np.float32), 1.0, self.steps % 10 == 0, False, {}
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def unwrapped(self):
+        return self
+
+
+SMALL_ENTRY_POINT_RUN = ["--set", "env.num_envs=2", "--set", "ppo.num_steps=64", "--set", "ppo.minibatch_size=64"]
+
+
+def test_an_env_raising_in_step_is_one_line_naming_env_and_step_and_keeps_the_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = train_args(run, 1024, "--env", "test_run_folder_integrity:RaisingEnv", *SMALL_ENTRY_POINT_RUN)
+    code, err = cli(capsys, *args, "--set", "run.checkpoint_every=128")
+    assert code == 3
+    assert err == (
+        "pgrad: halted: env test_run_folder_integrity:RaisingEnv raised RuntimeError: sensor cable unplugged "
+        "while collecting the rollout after env step 128; the last checkpoint step_0000000128 is kept "
+        f"('pgrad resume {run}' continues from it)"
+    )
+    assert [event["kind"] for event in rows(run / "events.jsonl")][-1] == "run.env_failed"
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == [128]
+
+
+@pytest.mark.parametrize(
+    ("env_args", "expected"),
+    [
+        (
+            ["--env", "FrozenLake-v1", "--set", "env.kwargs={map_name: 9x9}"],
+            "pgrad: error: env FrozenLake-v1 with env.kwargs {'map_name': '9x9'} could not be created: KeyError: '9x9'",
+        ),
+        (
+            ["--env", "pgrad.envs.toy:ScriptedEnv", "--set", "env.kwargs={lenght: 3}"],
+            "pgrad: error: env pgrad.envs.toy:ScriptedEnv with env.kwargs {'lenght': 3} could not be created: "
+            "TypeError: ScriptedEnv.__init__() got an unexpected keyword argument 'lenght'",
+        ),
+    ],
+)
+def test_wrong_env_kwargs_are_one_line(tmp_path, capsys, env_args, expected):
+    run = tmp_path / "run"
+    code, err = cli(capsys, *train_args(run, 256, *env_args))
+    assert (code, err) == (2, expected)
+    assert not run.exists()
+
+
+def test_video_of_an_env_without_rgb_array_rendering_is_one_line(tmp_path, capsys, monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "moviepy", types.ModuleType("moviepy"))  # installed or not
+    run = tmp_path / "run"
+    args = train_args(run, 128, "--env", "pgrad.envs.toy:ScriptedEnv", *SMALL_ENTRY_POINT_RUN)
+    assert cli(capsys, *args)[0] == 0
+    code, err = cli(capsys, "eval", str(run), "--episodes", "1", "--video", str(tmp_path / "video"))
+    assert code == 2
+    assert err == (
+        "pgrad: error: --video needs an env that renders with render_mode='rgb_array'; env "
+        "pgrad.envs.toy:ScriptedEnv could not be created: TypeError: ScriptedEnv.__init__() got an unexpected "
+        "keyword argument 'render_mode'"
+    )

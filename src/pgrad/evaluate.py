@@ -51,7 +51,12 @@ def evaluate(
             import moviepy  # noqa: F401
         except ImportError:
             raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
-    env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
+    try:
+        env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
+    except ConfigError as exc:
+        if video_dir is None:
+            raise
+        raise ConfigError(f"--video needs an env that renders with render_mode='rgb_array'; {exc}") from None
     algo = build_algorithm(config, env.adapter)
     load_modules(algo.modules(), state, checkpoint)
     if "obs" in state.normalizers:
@@ -64,7 +69,14 @@ def evaluate(
     def record(finished: np.ndarray) -> None:
         # One sub-env when recording: a finished episode closes the current video. (Only passed
         # to run_episodes with a video_dir; the check is for the type checker.)
-        frames.append(env.envs.envs[0].render())
+        frame = env.envs.envs[0].render()
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+            env.envs.close()
+            raise ConfigError(
+                f"--video: env {config.env.id} gave no rgb_array frame from render() "
+                f"(got {type(frame).__name__}); it does not support render_mode='rgb_array'"
+            )
+        frames.append(frame)
         if finished.size and video_dir is not None:
             _save_video(frames, Path(video_dir), len(videos_saved), env.envs.metadata.get("render_fps", 30))
             videos_saved.append(1)

@@ -20,11 +20,11 @@ import torch
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
-from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment
+from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment, env_label, one_line
 from pgrad.checkpoint import TrainState, load_modules, load_optimizers, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
-from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
+from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
@@ -65,7 +65,11 @@ class OnPolicyRunner:
             self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
         )
         self.rng = np.random.default_rng(config.run.seed)
-        self.collector.reset(config.run.seed)
+        try:
+            self.collector.reset(config.run.seed)
+        except Exception as exc:  # the env's own reset: nothing is written yet, so a plain one-line error
+            self.env.envs.close()
+            raise ConfigError(f"{env_label(config)} failed on its first reset: {one_line(exc)}") from None
         self.step = 0
         self.updates = 0
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
@@ -261,17 +265,36 @@ class OnPolicyRunner:
             self.eval_env = build_environment(
                 self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
-        return periodic_evaluation(
-            self.algo.acting_policy(),
-            self.eval_env.envs,
-            self.eval_env.adapter,
-            self.collector.obs_normalizer,
-            guard.eval_episodes,
-            self.config.run.seed,
-            metrics,
-            max_episode_steps=episode_step_cap(self.config),
-            should_stop=lambda: self.run.stop_requested,
+        try:
+            return periodic_evaluation(
+                self.algo.acting_policy(),
+                self.eval_env.envs,
+                self.eval_env.adapter,
+                self.collector.obs_normalizer,
+                guard.eval_episodes,
+                self.config.run.seed,
+                metrics,
+                max_episode_steps=episode_step_cap(self.config),
+                should_stop=lambda: self.run.stop_requested,
+            )
+        except PgradError:
+            raise
+        except Exception as exc:
+            raise self.env_failed(exc, "during the evaluation") from None
+
+    def env_failed(self, exc: Exception, where: str) -> TrainingHalted:
+        """An exception from the environment (or anything else in collection): one line naming the env and
+        the step, a ``run.env_failed`` event, and the run stopped with its last checkpoint kept (the state
+        in the middle of a failed rollout is not one to save)."""
+        latest = self.run.checkpoint_path("latest")
+        kept = (
+            f"the last checkpoint {latest.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
+            if latest is not None
+            else "no checkpoint was written yet"
         )
+        message = f"{env_label(self.config)} raised {one_line(exc)} {where} after env step {self.step}; {kept}"
+        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__)
+        return TrainingHalted(message)
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:
@@ -279,10 +302,13 @@ class OnPolicyRunner:
         env_seconds_before = self.collector.env_seconds
         # Monte Carlo algorithms (REINFORCE) ask for whole episodes instead of a fixed rollout length.
         episodes = getattr(self.algo, "episodes_per_update", None)
-        if episodes is not None:
-            rollout = self.collector.collect_episodes(self.algo.acting_policy(), self.rng, episodes)
-        else:
-            rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
+        try:
+            if episodes is not None:
+                rollout = self.collector.collect_episodes(self.algo.acting_policy(), self.rng, episodes)
+            else:
+                rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
+        except Exception as exc:
+            raise self.env_failed(exc, "while collecting the rollout") from None
         collected = time.perf_counter()
         first_step = self.step
         self.step += rollout.num_steps * rollout.num_envs
