@@ -512,3 +512,29 @@ def test_video_of_an_env_without_rgb_array_rendering_is_one_line(tmp_path, capsy
         "pgrad.envs.toy:ScriptedEnv could not be created: TypeError: ScriptedEnv.__init__() got an unexpected "
         "keyword argument 'render_mode'"
     )
+
+
+def test_kill_9_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path, capsys):
+    run = tmp_path / "run"
+    process = spawn(*train_args(run, 10_000_000, "--set", "run.checkpoint_every=4096"))
+    index = run / "checkpoints" / "index.json"
+
+    def rows_past_the_checkpoint() -> bool:
+        if not index.is_file():
+            return False
+        latest = json.loads(index.read_text())["entries"]
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+        return bool(steps) and steps[-1] > max(entry["step"] for entry in latest.values()) + 256
+
+    try:
+        wait_for(rows_past_the_checkpoint)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", str(logged[-1] + 512))
+    assert code == 0, err
+    steps = [row["step"] for row in rows(run / "metrics.jsonl")]
+    assert steps == list(range(256, logged[-1] + 513, 256))
+    assert has_event(run, "run.logs_truncated")
