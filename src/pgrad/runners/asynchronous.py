@@ -639,21 +639,22 @@ class A3CRunner:
             raise
 
     def _train(self, stop_at_step: int | None) -> TrainResult:
-        # A second Ctrl-C does not interrupt: the coordinator must still stop its workers.
+        # A second Ctrl-C does not interrupt: the coordinator must still stop its workers, and then write
+        # the final checkpoint (a signal during the final evaluation ends the evaluation, not the run's save).
         with self.run.stop_signals(second_interrupts=False):
             try:
                 self._start_workers()
                 self._supervise(stop_at_step)
             finally:
                 self._stop_workers()
-        if self.halted is not None:
-            self.halt(*self.halted)
-        checkpoint = None
-        # The run's last evaluation goes with the final checkpoint, even when a periodic checkpoint
-        # was already written at this step (reports can carry the step past run.total_steps).
-        evaluate = self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step)
-        if evaluate or self.run.needs_final_checkpoint(self.step):
-            checkpoint = self._final_checkpoint(evaluate)
+            if self.halted is not None:
+                self.halt(*self.halted)
+            checkpoint = None
+            # The run's last evaluation goes with the final checkpoint, even when a periodic checkpoint
+            # was already written at this step (reports can carry the step past run.total_steps).
+            evaluate = self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step)
+            if evaluate or self.run.needs_final_checkpoint(self.step):
+                checkpoint = self._final_checkpoint(evaluate)
         checkpoint = checkpoint or self.run.store.path("latest")
         if self.failure is not None:
             self.run.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
