@@ -41,7 +41,7 @@ import torch
 from pgrad import __version__
 from pgrad.checkpoint import CheckpointStore, TrainState, newest_loadable
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError
+from pgrad.errors import CheckpointError, ConfigError, PgradError
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
 
 
@@ -106,6 +106,7 @@ class RunContext:
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
         self.sinks: list[MetricSink] = []
+        self.broken_sinks: list[MetricSink] = []  # sinks whose write failed (disk full), closed by ``close``
         self.console: ConsoleDisplay | None = None
         self.events: EventLog | None = None
 
@@ -201,7 +202,30 @@ class RunContext:
 
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> None:
         assert self.events is not None, "RunContext.open first"
-        self.events.emit(kind, step, message, show=show, **data)
+        try:
+            self.events.emit(kind, step, message, show=show, **data)
+        except OSError as exc:
+            raise self.write_failed(exc, step) from None
+
+    def write_failed(self, exc: OSError, step: int) -> PgradError:
+        """A log write failed (disk full, quota): one line naming the folder, the reason and the checkpoint
+        that is kept, and a ``run.write_failed`` event if the event log can still take one."""
+        # nothing more goes to files that cannot be written (a later flush would only fail again); ``close``
+        # still closes them
+        self.broken_sinks, self.sinks = [*self.broken_sinks, *self.sinks], []
+        kept = self.checkpoint_path("latest")
+        where = f" ({Path(exc.filename).name})" if exc.filename else ""
+        message = f"could not write the logs of {self.run_dir}: {exc.strerror or exc}{where}; " + (
+            f"the last good checkpoint {kept.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
+            if kept is not None
+            else "no checkpoint of this run was written yet"
+        )
+        if self.events is not None:
+            try:
+                self.events.emit("run.write_failed", step, message, show=False)
+            except OSError:
+                pass  # the event log is on the same full disk: the line on stderr is what is left
+        return PgradError(message)
 
     def warn(self, kind: str, step: int, message: str) -> None:
         """An event and one ``pgrad: warning:`` line on stderr, shown even with ``--quiet`` (which only
@@ -216,14 +240,20 @@ class RunContext:
 
     def log(self, metrics: dict[str, Any]) -> None:
         """One row of metrics to every sink and the progress bar."""
-        for sink in self.sinks:
-            sink.write(metrics)
+        try:
+            for sink in self.sinks:
+                sink.write(metrics)
+        except OSError as exc:
+            raise self.write_failed(exc, int(metrics.get("step", 0))) from None
         if self.console is not None:
             self.console.update(metrics)
 
     def flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
+        try:
+            for sink in self.sinks:
+                sink.flush()
+        except OSError as exc:
+            raise self.write_failed(exc, self.last_checkpoint_step) from None
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -352,16 +382,22 @@ class RunContext:
         )
 
     def close(self) -> None:
-        if self.console is not None:
-            self.console.close()
-        for sink in self.sinks:
-            sink.close()
-        self.sinks = []
-        if self.events is not None:
-            self.events.close()
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        """Close everything, even after a write error (closing flushes, and a full disk fails that flush
+        again: what could not be written is lost either way, and the error was reported already)."""
+        try:
+            if self.console is not None:
+                self.console.close()
+            for sink in [*self.sinks, *self.broken_sinks, self.events]:
+                try:
+                    if sink is not None:
+                        sink.close()
+                except OSError:
+                    pass
+            self.sinks, self.broken_sinks = [], []
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
 
 # What a run writes into its folder: all that ``--overwrite`` deletes.
