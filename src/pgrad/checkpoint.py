@@ -59,61 +59,23 @@ def _fsync_write(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        _fsync_write(tmp, json.dumps(data, indent=1))
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {path}: {_reason(exc)}") from None
+    _fsync_write(tmp, json.dumps(data, indent=1))
     os.replace(tmp, path)
 
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
-    """Write one checkpoint atomically to ``directory`` (which must not exist yet).
-
-    A write error (disk full, quota, permissions) removes the temporary folder and raises a one-line
-    ``CheckpointError`` before anything else is touched: the checkpoints already there stay as they were.
-    """
+    """Write one checkpoint atomically to ``directory`` (which must not exist yet)."""
     tmp = directory.with_name(f".tmp-{directory.name}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
-        full_state = {"format_version": FORMAT_VERSION, **state, "tensors_sha256": _sha256(tmp / TENSORS)}
-        _fsync_write(tmp / STATE, json.dumps(full_state))
-    except (OSError, SafetensorError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint {directory.name} in {directory.parent}: {_reason(exc)}"
-        ) from None
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))
+    full_state = {"format_version": FORMAT_VERSION, **state, "tensors_sha256": _sha256(tmp / TENSORS)}
+    _fsync_write(tmp / STATE, json.dumps(full_state))
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
-
-
-def _reason(exc: BaseException) -> str:
-    """An OS error as its message (``No space left on device``), without the path noise of ``str(exc)``."""
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]]:
-    """The newest checkpoint folder under ``root`` that loads and verifies, whatever ``index.json`` says.
-
-    The index can lag the folders (a kill between the atomic rename of a new checkpoint and the index
-    update) and the newest checkpoint can be damaged (a disk error, an edit); a resume then takes the
-    newest one that is whole. Folders are ``step_<10 digits>``, so their names sort by step; symlinks are
-    not followed. Returns the state, its folder, and the (name, reason) of every newer one skipped.
-    """
-    names = sorted((p.name for p in Path(root).glob("step_*") if p.is_dir() and not p.is_symlink()), reverse=True)
-    skipped: list[tuple[str, str]] = []
-    for name in names:
-        try:
-            return read_train_state(Path(root) / name), Path(root) / name, skipped
-        except CheckpointError as exc:
-            skipped.append((name, str(exc)))
-    detail = f"; unusable: {'; '.join(reason for _, reason in skipped)}" if skipped else ""
-    raise CheckpointError(f"no loadable checkpoint in {root}{detail}")
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -188,6 +150,52 @@ def numpy_to_tensors(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, to
 def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     head = f"{prefix}."
     return {key[len(head) :]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
+
+
+# ---- after a kill or a failed write ------------------------------------------------------------
+
+
+def remove_partial_writes(root: Path) -> None:
+    """Delete what an interrupted write left in ``checkpoints/``: ``.tmp-step_*`` folders and the index's
+    temporary file. Only the run holding the folder's lock calls this, so none of them is being written."""
+    root = Path(root)
+    for path in root.glob(".tmp-step_*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    (root / f".{INDEX}.tmp").unlink(missing_ok=True)
+
+
+def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]]:
+    """The newest checkpoint folder under ``root`` that loads and verifies, whatever ``index.json`` says.
+
+    The index can lag the folders (a kill between the atomic rename of a new checkpoint and the index
+    update) and the newest checkpoint can be damaged (a disk error, an edit); a resume then takes the
+    newest one that is whole. Folders are ``step_<10 digits>``, so their names sort by step; symlinks are
+    not followed. Returns the state, its folder, and the (name, reason) of every newer one skipped.
+    """
+    names = sorted((p.name for p in Path(root).glob("step_*") if p.is_dir() and not p.is_symlink()), reverse=True)
+    skipped: list[tuple[str, str]] = []
+    for name in names:
+        try:
+            return read_train_state(Path(root) / name), Path(root) / name, skipped
+        except CheckpointError as exc:
+            skipped.append((name, str(exc)))
+    detail = f"; unusable: {'; '.join(reason for _, reason in skipped)}" if skipped else ""
+    raise CheckpointError(f"no loadable checkpoint in {root}{detail}")
+
+
+def adopt_checkpoint(store: CheckpointStore, name: str, step: int, healthy: bool, score: float | None) -> None:
+    """Make ``name`` (a checkpoint a resume found and loaded) the index's latest, listing it if the index
+    did not (or could not be read); the other entries stay."""
+    try:
+        index = store.index()
+    except CheckpointError:
+        index = {"latest": None, "best": None, "best_score": None, "entries": {}}
+    index["latest"] = name
+    index.setdefault("entries", {})[name] = {"step": step, "healthy": healthy, "score": score}
+    write_json_atomic(store.root / INDEX, index)
 
 
 # ---- the typed train state -----------------------------------------------------------------
@@ -450,17 +458,6 @@ class CheckpointStore:
         self._prune(index)
         write_json_atomic(self.root / INDEX, index)
         return self.root / name
-
-    def adopt(self, name: str, step: int, healthy: bool, score: float | None) -> None:
-        """Make ``name`` (a checkpoint a resume found and loaded) the index's latest, listing it if the
-        index did not (or could not be read); the other entries stay."""
-        try:
-            index = self.index()
-        except CheckpointError:
-            index = {"latest": None, "best": None, "best_score": None, "entries": {}}
-        index["latest"] = name
-        index.setdefault("entries", {})[name] = {"step": step, "healthy": healthy, "score": score}
-        write_json_atomic(self.root / INDEX, index)
 
     def _prune(self, index: dict[str, Any]) -> None:
         names = sorted(index["entries"])

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from pgrad import __version__
-from pgrad.checkpoint import CheckpointStore, TrainState, newest_loadable
+from pgrad.checkpoint import CheckpointStore, TrainState, adopt_checkpoint, newest_loadable, remove_partial_writes
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError, PgradError
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
@@ -194,7 +195,7 @@ class RunContext:
                 self.clear_previous_run()
             return {}
         if self.index_repair is not None:
-            self.store.adopt(*self.index_repair)
+            adopt_checkpoint(self.store, *self.index_repair)
         return {
             name: truncate_jsonl(self.run_dir / name, self.last_checkpoint_step)
             for name in ("metrics.jsonl", "events.jsonl")
@@ -266,9 +267,11 @@ class RunContext:
         self.flush()
         try:
             path = self.store.save_state(state, score, healthy)
-        except CheckpointError as exc:
+        except (OSError, SafetensorError) as exc:
+            remove_partial_writes(self.store.root)
             kept = self.checkpoint_path("latest")
-            message = f"{exc}; " + (
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = f"could not write checkpoint step_{state.step:010d} in {self.store.root}: {reason}; " + (
                 f"the last good checkpoint {kept.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
                 if kept is not None
                 else "no checkpoint of this run was written yet"
