@@ -153,7 +153,7 @@ def test_a_foreign_non_empty_folder_is_refused_and_overwrite_keeps_other_files(t
     code, err = cli(capsys, *train_args(run, 512))
     assert code == 2
     assert err.startswith(
-        f"pgrad: error: run folder {run} is not empty and holds no pgrad run (config.yaml, notes.txt, tb)"
+        f"pgrad: error: run folder {run} is not empty and holds no run to resume (config.yaml, notes.txt, tb)"
     )
     assert "--overwrite" in err and "\n" not in err
     assert (run / "config.yaml").read_text() == "mine\n"
@@ -229,6 +229,8 @@ def test_resume_finds_a_checkpoint_the_index_does_not_list(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli(capsys, *train_args(run, 512))[0] == 0
     (run / "checkpoints" / "index.json").unlink()  # killed between the rename and the index update
+    code, err = cli(capsys, *train_args(run, 512))
+    assert code == 2 and "already holds a run; continue it with 'pgrad resume" in err
     assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", "768")[0] == 0
     repaired = [event for event in rows(run / "events.jsonl") if event["kind"] == "run.index_repaired"]
     assert repaired and repaired[0]["used"] == "step_0000000512"

@@ -125,6 +125,8 @@ class RunContext:
             holds_run = self.store.index()["latest"] is not None
         except CheckpointError:
             holds_run = True  # an unreadable index: still a run's folder
+        # a checkpoint the index does not list yet (a kill before the index update) is resumable too
+        holds_run = holds_run or any(self.store.root.glob("step_*"))
         if holds_run:
             raise ConfigError(
                 f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}', "
@@ -134,7 +136,7 @@ class RunContext:
         if present:
             shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
             raise ConfigError(
-                f"run folder {self.run_dir} is not empty and holds no pgrad run ({shown}); choose another "
+                f"run folder {self.run_dir} is not empty and holds no run to resume ({shown}); choose another "
                 f"--run-dir, or pass --overwrite to replace pgrad's files there ({', '.join(RUN_FILES)}; "
                 "other files are kept)"
             )
