@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +294,10 @@ class OnPolicyRunner:
             else "no checkpoint was written yet"
         )
         message = f"{env_label(self.config)} raised {one_line(exc)} {where} after env step {self.step}; {kept}"
-        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__)
+        # the full traceback goes to the event (the console gets one line): a bug in a custom env, or in
+        # pgrad's collection code, can still be found
+        trace = "".join(traceback.format_exception(exc))
+        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__, traceback=trace)
         return TrainingHalted(message)
 
     # ---- the loop ---------------------------------------------------------------------------
