@@ -12,8 +12,11 @@ versions and ``SyncVectorEnv``: arrays of every non-object dtype are kept (numbe
 lists; bytes, strings, datetimes, complex numbers and records as their raw bytes in base64, so
 FrozenLake's and Taxi's maps save too). What cannot be kept is named before training starts
 (``inexact_reason``): Box2D worlds (LunarLander, BipedalWalker, CarRacing) are C++ objects with no
-plain state to read, and ``AsyncVectorEnv`` keeps its envs in other processes (``capture`` returns
-None). A resumed run then restarts those environments' episodes instead of continuing them.
+plain state to read. A resumed run then restarts those environments' episodes instead of continuing them.
+
+``AsyncVectorEnv`` keeps its envs in worker processes: there each env's outermost layer is
+``StateAccess`` (added by ``make_vector_env``), which captures and restores its own chain in the worker
+when asked through ``AsyncVectorEnv.call``/``set_attr``, and replays the worker's pending autoreset.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 _SCALARS = (bool, int, float, str, type(None), np.bool_, np.integer, np.floating)
@@ -158,6 +162,65 @@ def _missed(obj: Any) -> list[str]:
     return missed
 
 
+class StateAccess(gym.Wrapper):
+    """The outermost layer of every env of an ``AsyncVectorEnv``: its state, read and restored in the worker.
+
+    ``pgrad_capture`` returns the captured chain below it; ``pgrad_apply`` restores the state put in
+    ``pgrad_incoming`` (one per worker, through ``AsyncVectorEnv.set_attr``). Both run through the vector
+    env's pipes between pgrad's own processes; what comes from a checkpoint is the JSON of ``capture``.
+
+    The one piece of worker state no layer holds is the worker's own next-step autoreset flag (a local
+    variable of Gymnasium's worker loop): after an episode ends, the worker's next ``step`` is a reset. A
+    resumed worker starts with that flag off, so this layer remembers whether the last step ended an
+    episode (``ended_last_step``, captured with the rest) and, after a restore, turns the first ``step``
+    into the reset the worker would have done: ``env.reset()``, reward 0, neither terminated nor truncated.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.ended_last_step = False
+        self.reset_on_next_step = False
+        self.pgrad_incoming: dict[str, Any] | None = None
+
+    def reset(self, **kwargs: Any) -> Any:
+        self.ended_last_step = self.reset_on_next_step = False
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> Any:
+        if self.reset_on_next_step:
+            self.ended_last_step = self.reset_on_next_step = False
+            observation, info = self.env.reset()
+            return observation, 0, False, False, info
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self.ended_last_step = bool(terminated or truncated)
+        return observation, reward, terminated, truncated, info
+
+    def pgrad_capture(self) -> dict[str, Any]:
+        return {"ended_last_step": self.ended_last_step, "layers": [_layer_state(layer) for layer in _chain(self.env)]}
+
+    def pgrad_apply(self) -> None:
+        state, self.pgrad_incoming = self.pgrad_incoming, None
+        if state is None:
+            raise ValueError("no state to restore")
+        layers = _chain(self.env)
+        if len(layers) != len(state["layers"]):
+            raise ValueError("environment wrappers differ from the checkpoint's")
+        for layer, layer_state in zip(layers, state["layers"], strict=True):
+            _restore_layer(layer, layer_state)
+        self.ended_last_step = self.reset_on_next_step = bool(state["ended_last_step"])
+
+    def pgrad_missed(self) -> list[str]:
+        return [f"{type(layer).__name__}: {name}" for layer in _chain(self.env) for name in _missed(layer)]
+
+
+def _async_workers(envs: Any) -> Any:
+    """The ``AsyncVectorEnv`` whose envs carry ``StateAccess``, or None."""
+    from gymnasium.vector import AsyncVectorEnv
+
+    base = _chain(envs)[-1]
+    return base if isinstance(base, AsyncVectorEnv) and getattr(base, "pgrad_state_access", False) else None
+
+
 def inexact_reason(envs: Any) -> str | None:
     """Why a resume cannot put these environments back exactly where they were, or None when it can.
 
@@ -167,6 +230,15 @@ def inexact_reason(envs: Any) -> str | None:
     from gymnasium.vector import AsyncVectorEnv
 
     layers = _chain(envs)
+    workers = _async_workers(envs)
+    if workers is not None:
+        in_worker: list[str] = workers.call("pgrad_missed")[0]
+        if not in_worker:
+            return None
+        return (
+            f"its state is not all plain data ({'; '.join(in_worker)}) and cannot be saved without pickle; "
+            "a resume restarts the episodes in progress instead of continuing them"
+        )
     if any(isinstance(layer, AsyncVectorEnv) for layer in layers):
         return (
             "env.vectorization=async keeps the environments in worker processes, whose state is not saved; "
@@ -215,6 +287,9 @@ def capture(envs: Any) -> dict[str, Any] | None:
     from gymnasium.vector import AsyncVectorEnv
 
     layers = _chain(envs)
+    workers = _async_workers(envs)
+    if workers is not None:  # the vector env itself holds nothing to restore; each worker's env does
+        return {"async_sub_envs": list(workers.call("pgrad_capture"))}
     if any(isinstance(layer, AsyncVectorEnv) for layer in layers):
         return None
     state: dict[str, Any] = {"layers": [_layer_state(layer) for layer in layers]}
@@ -226,6 +301,15 @@ def capture(envs: Any) -> dict[str, Any] | None:
 
 def restore(envs: Any, state: dict[str, Any]) -> None:
     """Put a freshly made (and reset) vector env back into a captured state."""
+    workers = _async_workers(envs)
+    if "async_sub_envs" in state or workers is not None:
+        if workers is None or "async_sub_envs" not in state:
+            raise ValueError("the checkpoint's environments and these differ in env.vectorization")
+        if len(state["async_sub_envs"]) != workers.num_envs:
+            raise ValueError(f"the checkpoint has {len(state['async_sub_envs'])} environments, not {workers.num_envs}")
+        workers.set_attr("pgrad_incoming", list(state["async_sub_envs"]))
+        workers.call("pgrad_apply")
+        return
     layers = _chain(envs)
     if len(layers) != len(state["layers"]):
         raise ValueError("environment wrappers differ from the checkpoint's")

@@ -177,7 +177,8 @@ class OnPolicyRunner:
         self.run.note_new_total(state)
 
     def restart_episodes(self, step: int) -> None:
-        """Resume without the environments' state (async workers, Box2D worlds): start fresh episodes.
+        """Resume without the environments' state (Box2D worlds; async runs checkpointed before their
+        workers' envs were captured): start fresh episodes.
 
         Restoring the saved observations and episode counters onto environments that were only reset
         would pair each env's first transition with an observation from another episode; instead
