@@ -585,3 +585,17 @@ def test_disk_full_while_logging_is_one_line_and_keeps_the_last_checkpoint(tmp_p
     monkeypatch.setattr(sinks.JsonlSink, "flush", real_flush)
     assert cli(capsys, "resume", str(run), "--quiet")[0] == 0  # the lock was released; nothing lost before 1024
     assert [row["step"] for row in rows(run / "metrics.jsonl")] == list(range(256, 2049, 256))
+
+
+def test_video_of_an_async_run_renders_in_this_process(tmp_path, capsys, monkeypatch):
+    import types
+
+    import pgrad.evaluate
+
+    monkeypatch.setitem(sys.modules, "moviepy", types.ModuleType("moviepy"))
+    saved = []
+    monkeypatch.setattr(pgrad.evaluate, "_save_video", lambda frames, folder, index, fps: saved.append(len(frames)))
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 256, "--set", "env.vectorization=async"))[0] == 0
+    assert cli(capsys, "eval", str(run), "--episodes", "1", "--video", str(tmp_path / "video"))[0] == 0
+    assert len(saved) == 1 and saved[0] > 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ def evaluate(
             import moviepy  # noqa: F401
         except ImportError:
             raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
+    if video_dir is not None and config.env.vectorization != "sync":
+        # frames are read from the one sub-env in this process: an async worker's env cannot be rendered here
+        config = replace(config, env=replace(config.env, vectorization="sync"))
     try:
         env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
     except ConfigError as exc:
