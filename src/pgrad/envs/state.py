@@ -4,8 +4,8 @@ Exact resume needs the environments exactly where they were: physical state, ste
 autoreset flags and random generators. Pickling would execute code on load, so instead every
 layer of every environment (vector env, wrappers, the base env) is walked and its *plain*
 attributes are kept: NumPy arrays, numbers, booleans, None, tuples/lists of those, and NumPy
-generators (as their bit-generator state). MuJoCo environments add their simulator state
-(qpos, qvel, act, time). Everything is JSON.
+generators (as their bit-generator state). MuJoCo environments add their simulator data
+(every array of ``MjData``, see ``_mujoco_state``). Everything is JSON.
 
 This covers Gymnasium's classic-control, toy-text and MuJoCo environments, their native vector
 versions and ``SyncVectorEnv``: arrays of every non-object dtype are kept (numbers and booleans as
@@ -109,19 +109,56 @@ def _layer_state(obj: Any) -> dict[str, Any]:
             continue
     data = getattr(obj, "data", None)
     if data is not None and hasattr(data, "qpos") and hasattr(data, "qvel"):
-        state["__mujoco__"] = {
-            "qpos": _encode(np.array(data.qpos)),
-            "qvel": _encode(np.array(data.qvel)),
-            "act": _encode(np.array(data.act)),
-            "time": float(data.time),
-        }
+        state["__mujoco__"] = _mujoco_state(data)
     return state
+
+
+def _mujoco_state(data: Any) -> dict[str, Any]:
+    """Every array of a MuJoCo ``MjData``, as raw bytes, and its time.
+
+    Not only the integration state (qpos, qvel, act): the solver's warm start changes the next step's
+    result, and Gymnasium's envs read derived quantities (body positions, contact forces) that the last
+    ``mj_step`` computed at the state *before* its integration, so recomputing them (``mj_forward``)
+    gives other rewards (Ant, Hopper). Restoring all arrays, with no ``mj_forward``, continues exactly;
+    the constraint arrays whose size changes with the contacts are recomputed by the next step anyway.
+    Tens of kilobytes per env.
+    """
+    arrays = {}
+    for name in dir(data):
+        if name.startswith("_"):
+            continue
+        try:
+            value = getattr(data, name)
+        except Exception:  # some accessors need arguments or are not available in this build
+            continue
+        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+            arrays[name] = _array_bytes(value)
+    return {"arrays": arrays, "time": float(data.time)}
+
+
+def _restore_mujoco(model: Any, data: Any, value: dict[str, Any]) -> None:
+    if "arrays" not in value:  # a checkpoint written before whole-MjData states: integration state only
+        data.qpos[:] = _decode(value["qpos"], None)
+        data.qvel[:] = _decode(value["qvel"], None)
+        if data.act.size:
+            data.act[:] = _decode(value["act"], None)
+        data.time = value["time"]
+        import mujoco  # only MuJoCo envs reach here
+
+        mujoco.mj_forward(model, data)
+        return
+    for name, saved in value["arrays"].items():
+        target = getattr(data, name, None) if name.isidentifier() and not name.startswith("_") else None
+        array = _decode(saved, None)
+        if isinstance(target, np.ndarray) and isinstance(array, np.ndarray) and target.shape == array.shape:
+            target[...] = array  # contact-sized arrays of another shape are recomputed by the next step
+    data.time = value["time"]
 
 
 # Attributes ``capture`` skips without losing anything a resumed episode depends on: spaces (their
 # generators only serve .sample(), which training never calls), construction arguments, fixed tables
-# built from them (toy-text's transition table P), MuJoCo's model, renderer and data (qpos, qvel, act
-# and time are captured separately), rendering surfaces, and the env checker's record of its last call.
+# built from them (toy-text's transition table P), MuJoCo's model, renderer and data (its arrays are
+# captured separately), rendering surfaces, and the env checker's record of its last call.
 _NOT_STATE = frozenset(
     {
         "action_space",
@@ -262,15 +299,7 @@ def inexact_reason(envs: Any) -> str | None:
 def _restore_layer(obj: Any, state: dict[str, Any]) -> None:
     for name, value in state.items():
         if name == "__mujoco__":
-            data = obj.data
-            data.qpos[:] = _decode(value["qpos"], None)
-            data.qvel[:] = _decode(value["qvel"], None)
-            if data.act.size:
-                data.act[:] = _decode(value["act"], None)
-            data.time = value["time"]
-            import mujoco  # only MuJoCo envs reach here
-
-            mujoco.mj_forward(obj.model, data)
+            _restore_mujoco(obj.model, obj.data, value)
             continue
         setattr(obj, name, _decode(value, getattr(obj, name, None)))
 
