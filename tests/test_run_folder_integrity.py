@@ -601,11 +601,19 @@ def test_video_of_an_async_run_renders_in_this_process(tmp_path, capsys, monkeyp
     assert len(saved) == 1 and saved[0] > 1
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "Ant-v5"])
-def test_mujoco_env_state_continues_bit_exactly(env_id):
-    # Hopper and Ant diverged after a restore of qpos/qvel/act + mj_forward: the solver's warm start and the
-    # stale body positions Ant's reward reads were not restored
-    pytest.importorskip("mujoco")
+BUILTIN_EXACT = [
+    *["CartPole-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1", "Acrobot-v1"],
+    *["FrozenLake-v1", "FrozenLake8x8-v1", "Taxi-v4", "CliffWalking-v1", "Blackjack-v1"],
+    # Hopper and Ant diverged after a restore of qpos/qvel/act + mj_forward: the solver's warm start and
+    # the stale body positions Ant's reward reads were not restored
+    *["Hopper-v5", "Ant-v5", "HalfCheetah-v5", "Walker2d-v5", "Reacher-v5", "InvertedDoublePendulum-v5"],
+]
+
+
+@pytest.mark.parametrize("env_id", BUILTIN_EXACT)
+def test_builtin_env_state_continues_bit_exactly(env_id):
+    if env_id.endswith("-v5"):
+        pytest.importorskip("mujoco")
     import numpy as np
 
     from pgrad.config import EnvConfig
@@ -628,3 +636,17 @@ def test_mujoco_env_state_continues_bit_exactly(env_id):
             np.testing.assert_array_equal(x, y)
     first.close()
     copy.close()
+
+
+@pytest.mark.parametrize("env_id", ["LunarLander-v3", "BipedalWalker-v3", "CarRacing-v3"])
+def test_box2d_envs_are_named_inexact(env_id):
+    pytest.importorskip("Box2D")
+    from pgrad.config import EnvConfig
+    from pgrad.envs import state as env_state
+    from pgrad.envs.factory import make_vector_env
+
+    envs = make_vector_env(EnvConfig(id=env_id, num_envs=1))
+    envs.reset(seed=0)
+    reason = env_state.inexact_reason(envs)
+    envs.close()
+    assert reason is not None and "world (b2World)" in reason
