@@ -247,13 +247,33 @@ def test_resume_skips_a_corrupt_latest_for_the_previous_good_one(tmp_path, capsy
     data = bytearray(tensors.read_bytes())
     data[-8:] = b"\xff" * 8
     tensors.write_bytes(bytes(data))
-    assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", "1280")[0] == 0
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", "1280")
+    assert code == 0
+    assert err == (
+        "pgrad: warning: skipped checkpoint step_0000001024: tensors.safetensors does not match the checksum "
+        "recorded in state.json"
+    )
     events = rows(run / "events.jsonl")
     skipped = [event for event in events if event["kind"] == "run.checkpoint_skipped"]
     assert skipped and skipped[0]["checkpoint"] == "step_0000001024"
     resumed = [event for event in events if event["kind"] == "run.resumed"]
     assert resumed[-1]["step"] == 512
     assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768, 1024, 1280]
+
+
+def test_a_whole_latest_checkpoint_that_does_not_load_is_refused_not_skipped(tmp_path, capsys):
+    # Damage is skipped; a checkpoint that is whole but does not load (here another format version; also
+    # invalid fields or a failed HMAC) was written or edited on purpose, so the user hears of it.
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 1024, "--set", "run.checkpoint_every=512"))[0] == 0
+    state_path = run / "checkpoints" / "step_0000001024" / "state.json"
+    state_path.write_text(state_path.read_text().replace('"format_version": 1', '"format_version": 99'))
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", "1280")
+    assert code == 2
+    assert err == (
+        f"pgrad: error: checkpoint {run / 'checkpoints' / 'step_0000001024'} has format version 99; "
+        "this pgrad reads version 1"
+    )
 
 
 # ---- row 10: a full disk during a checkpoint -----------------------------------------------------------

@@ -173,7 +173,11 @@ class RunContext:
                     board.purge_from(self.last_checkpoint_step + 1)
                 self.sinks.append(board)
         for kind, message, data in self.resume_notes:
-            self.emit(kind, self.last_checkpoint_step, message, **data)
+            if kind == "run.checkpoint_skipped":  # the user should know a newer checkpoint was passed over
+                self.emit(kind, self.last_checkpoint_step, message, show=False, **data)
+                print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                self.emit(kind, self.last_checkpoint_step, message, **data)
         if any(dropped.values()):
             counts = ", ".join(
                 f"{name}: {after} rows past it, {bad} unreadable" for name, (after, bad) in dropped.items()
@@ -287,15 +291,13 @@ class RunContext:
     def latest_state(self) -> tuple[TrainState, Path]:
         """The checkpoint a resume starts from, checked to belong to this algorithm: the newest one that
         loads, even when ``index.json`` does not list it yet or the newer ones are damaged (each skip and
-        the index repair become events once ``open`` has the event log)."""
-        try:
-            listed = self.store.index()["latest"]
-        except CheckpointError as exc:
-            listed = None
-            self.resume_notes.append(("run.index_unreadable", str(exc), {}))
+        the index repair become events once ``open`` has the event log, and each skip a warning line)."""
+        listed = self.store.index()["latest"]  # an unreadable or invalid index is refused, not rebuilt
         state, path, skipped = newest_loadable(self.store.root)
         for name, reason in skipped:
-            self.resume_notes.append(("run.checkpoint_skipped", f"skipped {name}: {reason}", {"checkpoint": name}))
+            self.resume_notes.append(
+                ("run.checkpoint_skipped", f"skipped checkpoint {name}: {reason}", {"checkpoint": name})
+            )
         if path.name != listed:
             self.resume_notes.append(
                 (
