@@ -51,9 +51,17 @@ def evaluate(
             import moviepy  # noqa: F401
         except ImportError:
             raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
-    if video_dir is not None and config.env.vectorization != "sync":
-        # frames are read from the one sub-env in this process: an async worker's env cannot be rendered here
-        config = replace(config, env=replace(config.env, vectorization="sync"))
+    if video_dir is not None:
+        if config.env.vectorization != "sync":
+            # frames are read from the one sub-env in this process: an async worker's env cannot render here
+            config = replace(config, env=replace(config.env, vectorization="sync"))
+        probe = build_environment(config, algo_gamma(config), num_envs=1)
+        modes = list(probe.envs.metadata.get("render_modes") or [])
+        probe.envs.close()
+        if "rgb_array" not in modes:
+            raise ConfigError(
+                f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})"
+            )
     try:
         env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
     except ConfigError as exc:
