@@ -545,6 +545,58 @@ def test_video_of_an_env_without_rgb_array_rendering_is_one_line(tmp_path, capsy
     assert not (tmp_path / "video").exists()
 
 
+def test_kill_9_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path, capsys):
+    run = tmp_path / "run"
+    process = spawn(*train_args(run, 10_000_000, "--set", "run.checkpoint_every=4096"))
+    index = run / "checkpoints" / "index.json"
+
+    def rows_past_the_checkpoint() -> bool:
+        if not index.is_file():
+            return False
+        latest = json.loads(index.read_text())["entries"]
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+        return bool(steps) and steps[-1] > max(entry["step"] for entry in latest.values()) + 256
+
+    try:
+        wait_for(rows_past_the_checkpoint)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", str(logged[-1] + 512))
+    assert code == 0, err
+    steps = [row["step"] for row in rows(run / "metrics.jsonl")]
+    assert steps == list(range(256, logged[-1] + 513, 256))
+    assert has_event(run, "run.logs_truncated")
+
+
+def test_disk_full_while_logging_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    from pgrad.monitor import sinks
+
+    real_flush = sinks.JsonlSink.flush
+    flushes = []
+
+    def flush_until_full(self):
+        flushes.append(1)
+        if len(flushes) >= 3:  # the flush before the third checkpoint
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "metrics.jsonl"))
+        real_flush(self)
+
+    monkeypatch.setattr(sinks.JsonlSink, "flush", flush_until_full)
+    run = tmp_path / "run"
+    code, err = cli(capsys, *train_args(run, 2048, "--set", "run.checkpoint_every=512"))
+    assert code == 2
+    assert err == (
+        f"pgrad: error: could not write the logs of {run}: No space left on device (metrics.jsonl); the last "
+        f"good checkpoint step_0000001024 is kept ('pgrad resume {run}' continues from it)"
+    )
+    assert [event["kind"] for event in rows(run / "events.jsonl")].count("run.write_failed") == 1
+    monkeypatch.setattr(sinks.JsonlSink, "flush", real_flush)
+    assert cli(capsys, "resume", str(run), "--quiet")[0] == 0  # the lock was released; nothing lost before 1024
+    assert [row["step"] for row in rows(run / "metrics.jsonl")] == list(range(256, 2049, 256))
+
+
 def test_video_of_an_async_run_renders_in_this_process(tmp_path, capsys, monkeypatch):
     import types
 
