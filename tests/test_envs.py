@@ -90,13 +90,24 @@ def test_env_state_capture_restores_trajectories_exactly(env_id):
             np.testing.assert_array_equal(x, y)
 
 
-def test_async_env_state_is_not_captured():
-    envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=2, vectorization="async"))
+def test_async_env_state_is_captured_in_the_workers():
+    cfg = EnvConfig(id="CartPole-v1", num_envs=2, vectorization="async")
+    first, copy = make_vector_env(cfg), make_vector_env(cfg)
     try:
-        envs.reset(seed=0)
-        assert env_state.capture(envs) is None
+        first.reset(seed=0)
+        for _ in range(30):
+            first.step(first.action_space.sample())
+        saved = env_state.capture(first)
+        assert saved is not None and len(saved["async_sub_envs"]) == 2
+        copy.reset(seed=99)
+        env_state.restore(copy, saved)
+        for _ in range(100):
+            action = first.action_space.sample()
+            for x, y in zip(first.step(action)[:4], copy.step(action)[:4], strict=True):
+                np.testing.assert_array_equal(x, y)
     finally:
-        envs.close()
+        first.close()
+        copy.close()
 
 
 def test_native_cartpole_episode_returns_equal_lengths():

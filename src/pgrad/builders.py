@@ -6,6 +6,10 @@ thing from the same config.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +19,7 @@ from pgrad.algos.contract import OnPolicyAlgorithm
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
-from pgrad.errors import ConfigError
+from pgrad.errors import ConfigError, PgradError
 from pgrad.registry import get_algorithm
 
 
@@ -29,14 +33,51 @@ class Environment:
     reward_scaler: RewardScaler
 
 
+@contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """SIGINT ignored while worker processes start (they inherit it, across exec too), then restored.
+
+    Ctrl-C in a terminal signals the whole process group: async env workers would die of it mid-step
+    (a KeyboardInterrupt traceback from each, then BrokenPipe), before the trainer could take its
+    clean stop with a checkpoint. Only the trainer acts on Ctrl-C; it closes its workers itself.
+    Signal handlers can only be set from the main thread; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def build_environment(
     config: TrainConfig, gamma: float, num_envs: int | None = None, render_mode: str | None = None
 ) -> Environment:
-    envs = make_vector_env(config.env, num_envs=num_envs, render_mode=render_mode)
+    try:
+        with _sigint_ignored_by_children():
+            envs = make_vector_env(config.env, num_envs=num_envs, render_mode=render_mode)
+    except PgradError:
+        raise
+    except Exception as exc:  # the env's own constructor: wrong kwargs give TypeError, KeyError, ValueError...
+        raise ConfigError(f"{env_label(config)} could not be created: {one_line(exc)}") from None
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
     obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
     reward_scaler = RewardScaler(envs.num_envs, gamma, config.env.clip_reward, config.env.norm_reward)
     return Environment(envs, adapter, obs_normalizer, reward_scaler)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: an exception from code pgrad does not own, fit for one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def env_label(config: TrainConfig) -> str:
+    """``env CartPole-v1`` and, when set, its kwargs (the usual suspects when an env fails)."""
+    kwargs = f" with env.kwargs {dict(config.env.kwargs)}" if config.env.kwargs else ""
+    return f"env {config.env.id}{kwargs}"
 
 
 def algo_gamma(config: TrainConfig) -> float:

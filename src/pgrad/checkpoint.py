@@ -302,6 +302,82 @@ def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str,
     return {key[len(head) :]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
 
 
+# ---- after a kill or a failed write ------------------------------------------------------------
+
+
+def remove_partial_writes(root: Path) -> None:
+    """Delete what an interrupted write left in ``checkpoints/``: ``.tmp-step_*`` folders and the index's
+    temporary file. Only the run holding the folder's lock calls this, so none of them is being written."""
+    root = Path(root)
+    for path in root.glob(".tmp-step_*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    (root / f".{INDEX}.tmp").unlink(missing_ok=True)
+
+
+def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]]:
+    """The newest whole checkpoint folder under ``root``, whatever ``index.json`` says.
+
+    The index can lag the folders (a kill between the atomic rename of a new checkpoint and the index
+    update), and the newest checkpoint can be damaged (a disk error, a truncated copy): a resume then
+    takes the newest one that is whole. Damaged means incomplete, an unreadable ``state.json`` or tensors
+    that do not match their checksum (``damage``); those are skipped, and so are symlinks (never
+    followed). A whole checkpoint that does not load (another format version, invalid fields, a failed
+    HMAC) is not skipped: that is no accident, and its error is raised. Folders are
+    ``step_<10 digits>``, so their names sort by step. Returns the state, its folder, and the
+    (name, reason) of every newer folder skipped.
+    """
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(Path(root).glob("step_*"), reverse=True):
+        if path.is_symlink():
+            skipped.append((path.name, "a symlink (never followed)"))
+            continue
+        if not path.is_dir():
+            continue
+        reason = damage(path)
+        if reason is not None:
+            skipped.append((path.name, reason))
+            continue
+        return read_train_state(path), path, skipped
+    detail = f"; skipped: {'; '.join(f'{name}: {reason}' for name, reason in skipped)}" if skipped else ""
+    raise CheckpointError(f"no whole checkpoint in {root}{detail}")
+
+
+# state.json files larger than this are not parsed to look for damage (loading bounds them itself)
+_DAMAGE_CHECK_BYTES = 64 * 2**20
+
+
+def damage(directory: Path) -> str | None:
+    """Why a checkpoint folder is damaged (what a disk error or an interrupted copy leaves), or None."""
+    state_path, tensor_path = directory / STATE, directory / TENSORS
+    if not state_path.is_file() or not tensor_path.is_file():
+        return f"incomplete (it needs {STATE} and {TENSORS})"
+    if state_path.stat().st_size > _DAMAGE_CHECK_BYTES:
+        return None
+    try:
+        state = json.loads(state_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return f"{STATE} is not readable JSON"
+    recorded = state.get("tensors_sha256") if isinstance(state, dict) else None
+    if isinstance(recorded, str) and _sha256(tensor_path) != recorded:
+        return f"{TENSORS} does not match the checksum recorded in {STATE}"
+    return None
+
+
+def adopt_checkpoint(store: CheckpointStore, name: str, step: int, healthy: bool, score: float | None) -> None:
+    """Make ``name`` (a checkpoint a resume found and loaded) the index's latest, listing it if the index
+    did not (or could not be read); the other entries stay."""
+    try:
+        index = store.index()
+    except CheckpointError:
+        index = {"latest": None, "best": None, "best_score": None, "entries": {}}
+    index["latest"] = name
+    index.setdefault("entries", {})[name] = {"step": step, "healthy": healthy, "score": score}
+    write_json_atomic(store.root / INDEX, index)
+
+
 # ---- the typed train state -----------------------------------------------------------------
 
 # normaliser name in TrainState.normalizers -> prefix of its arrays under ``collector.``

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--total-steps", type=int)
     train.add_argument("--run-dir", type=Path)
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start in a --run-dir that is not empty: first delete an earlier run's files there "
+        "(config.yaml, metrics.jsonl, events.jsonl, checkpoints/, tb/, report/, halt_*.npz); other files are kept",
+    )
     train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     train.add_argument(
@@ -128,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
-    trainer = runner_for(config)(config, run_dir, console=not args.quiet)
+    trainer = runner_for(config)(config, run_dir, console=not args.quiet, overwrite=args.overwrite)
     result = trainer.train()
     if not args.quiet:
         _print_summary(result, config, preset_source)
@@ -249,3 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     except PgradError as exc:
         print(f"pgrad: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one before a run started
+        run_dir = getattr(args, "run_dir", None)
+        where = f"; 'pgrad resume {run_dir}' continues from its last checkpoint" if run_dir else ""
+        print(f"pgrad: interrupted: stopped at once without a final checkpoint{where}", file=sys.stderr)
+        return 130

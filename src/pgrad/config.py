@@ -469,6 +469,11 @@ class GuardConfig(Checked):
     dump_episodes: int = param(100, "recent trajectories written to the run folder when the run halts")
     eval_every: int = param(25_000, "evaluate every this many env steps on separate envs (0: off)")
     eval_episodes: int = param(5, "episodes per evaluation (deterministic policy, frozen normaliser)")
+    eval_max_steps: int = param(
+        1000,
+        "step cap of one evaluation episode when the env has no time limit (env.max_episode_steps or its "
+        "registered limit wins); a capped episode counts as truncated, so no evaluation loops forever",
+    )
     eval_min_return: float | None = param(None, "evaluation return below this is a collapse (None: off)")
     eval_max_drop: float | None = param(
         0.5, "evaluation return below best - eval_max_drop x |best| is a collapse (None: off)"
@@ -522,6 +527,7 @@ class GuardConfig(Checked):
         self.check_range("dump_episodes", 0)
         self.check_range("eval_every", 0)
         self.check_range("eval_episodes", 1)
+        self.check_range("eval_max_steps", 1)
         self.check_range("eval_max_drop", 0, 1, low_open=True)
         self.check_range("eval_patience", 1)
         self.check_range("eval_recheck", 0, 1)

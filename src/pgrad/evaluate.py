@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import numpy as np
 from pgrad.builders import algo_gamma, build_algorithm, build_environment
 from pgrad.checkpoint import CheckpointStore, check_arrays_fit, load_modules, read_train_state
 from pgrad.errors import ConfigError
-from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, eval_num_envs, run_episodes
+from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
 
@@ -52,7 +52,23 @@ def evaluate(
             import moviepy  # noqa: F401
         except ImportError:
             raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
-    env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
+    if video_dir is not None:
+        if config.env.vectorization != "sync":
+            # frames are read from the one sub-env in this process: an async worker's env cannot render here
+            config = replace(config, env=replace(config.env, vectorization="sync"))
+        probe = build_environment(config, algo_gamma(config), num_envs=1)
+        modes = list(probe.envs.metadata.get("render_modes") or [])
+        probe.envs.close()
+        if "rgb_array" not in modes:
+            raise ConfigError(
+                f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})"
+            )
+    try:
+        env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
+    except ConfigError as exc:
+        if video_dir is None:
+            raise
+        raise ConfigError(f"--video needs an env that renders with render_mode='rgb_array'; {exc}") from None
     algo = build_algorithm(config, env.adapter)
     load_modules(algo.modules(), state, checkpoint)
     if "obs" in state.normalizers:
@@ -66,7 +82,14 @@ def evaluate(
     def record(finished: np.ndarray) -> None:
         # One sub-env when recording: a finished episode closes the current video. (Only passed
         # to run_episodes with a video_dir; the check is for the type checker.)
-        frames.append(env.envs.envs[0].render())
+        frame = env.envs.envs[0].render()
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+            env.envs.close()
+            raise ConfigError(
+                f"--video: env {config.env.id} gave no rgb_array frame from render() "
+                f"(got {type(frame).__name__}); it does not support render_mode='rgb_array'"
+            )
+        frames.append(frame)
         if finished.size and video_dir is not None:
             _save_video(frames, Path(video_dir), len(videos_saved), env.envs.metadata.get("render_fps", 30))
             videos_saved.append(1)
@@ -81,6 +104,7 @@ def evaluate(
         deterministic,
         eval_seed,
         record if video_dir is not None else None,
+        max_episode_steps=episode_step_cap(config),
     )
     env.envs.close()
     return EvalResult(returns, lengths, checkpoint)

@@ -13,6 +13,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from pgrad.config import EnvConfig
+from pgrad.envs.state import StateAccess
 from pgrad.errors import ConfigError
 from pgrad.nets import ActionSpec
 
@@ -120,12 +121,12 @@ def make_vector_env(
             env = factory(**kwargs)
             if cfg.max_episode_steps is not None:
                 env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
-            return env
+            return StateAccess(env) if mode == "async" else env
 
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
         if mode == "native":
             raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
-        return vector_cls([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP)
+        return _mark_async(vector_cls([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP))
 
     spec = _registered_spec(env_id)
     assert spec is not None, "check_env_id found it registered"
@@ -138,13 +139,25 @@ def make_vector_env(
     elif mode == "native":
         mode = "vector_entry_point"
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    # each async worker's env gets the layer that saves and restores it (pgrad.envs.state)
+    wrappers = [StateAccess] if mode == "async" else None
     try:
-        envs = gym.make_vec(env_id, num_envs=count, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+        envs = gym.make_vec(
+            env_id, num_envs=count, vectorization_mode=mode, vector_kwargs=vector_kwargs, wrappers=wrappers, **kwargs
+        )
     except TypeError as exc:
         raise ConfigError(f"env.kwargs: {cfg.id} rejected its arguments: {exc}") from None
+    _mark_async(envs)
     autoreset = envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if autoreset != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: '{cfg.id}' uses autoreset mode {autoreset}; pgrad needs next-step autoreset")
+    return envs
+
+
+def _mark_async(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
+    """Flag an ``AsyncVectorEnv`` whose envs carry ``StateAccess`` (what ``pgrad.envs.state`` looks for)."""
+    if isinstance(envs, gym.vector.AsyncVectorEnv):
+        envs.pgrad_state_access = True  # type: ignore[attr-defined]
     return envs
 
 

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from pgrad import metric_names as names
+from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.nets import ActingPolicy
@@ -29,6 +31,8 @@ def run_episodes(
     deterministic: bool,
     seed: int,
     on_step: Callable[[np.ndarray], None] | None = None,
+    max_episode_steps: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[float], list[int]]:
     """Play ``episodes`` episodes on the vector env ``envs``; returns (returns, lengths).
 
@@ -36,6 +40,11 @@ def run_episodes(
     over-represented. The normaliser is read, never updated. Gymnasium's next-step autoreset
     step (reward 0) is not counted. ``on_step(finished)`` is called after every env step with the
     indices of the sub-envs whose counted episode just ended (used to cut videos).
+
+    ``max_episode_steps`` caps every episode: one that reaches it without ending counts as truncated
+    there and its sub-env is reset, so an env without a time limit (CliffWalking) cannot loop forever
+    under a policy that never reaches the goal. ``should_stop()`` is asked after every step; when it
+    says yes (a Ctrl-C or SIGTERM during the evaluation) the episodes finished so far are returned.
     """
     num_envs = envs.num_envs
     rng = np.random.default_rng(seed)
@@ -75,9 +84,39 @@ def run_episodes(
         elif resetting:
             active = done_count < quota
             resetting = False
+        if max_episode_steps is not None and (episode_length >= max_episode_steps).any():
+            capped = (episode_length >= max_episode_steps) & active
+            for index in np.flatnonzero(capped):
+                returns.append(float(episode_return[index]))
+                lengths.append(int(episode_length[index]))
+                done_count[index] += 1
+            remaining -= int(capped.sum())
+            finished = np.union1d(finished, np.flatnonzero(capped))
+            reset = episode_length >= max_episode_steps
+            episode_return[reset] = 0.0
+            episode_length[reset] = 0
+            # a fresh episode on those sub-envs (unseeded: their generators carry on from the evaluation's seed)
+            raw, _ = envs.reset(options={"reset_mask": reset})
+            active = (done_count < quota) & ~done  # reset sub-envs were not done: they play on
         if on_step is not None:
             on_step(finished)
+        if should_stop is not None and should_stop():
+            break
     return returns, lengths
+
+
+def episode_step_cap(config: TrainConfig) -> int:
+    """The step cap of an evaluation episode: the env's own time limit (``env.max_episode_steps``, else
+    the registered one), else ``guard.eval_max_steps``. With a time limit the env truncates first and
+    the cap never acts; without one (CliffWalking-v1, Blackjack-v1, most entry points) it is what ends
+    an episode the policy never finishes."""
+    if config.env.max_episode_steps is not None:
+        return config.env.max_episode_steps
+    try:
+        limit = gym.spec(config.env.id).max_episode_steps
+    except Exception:  # an entry point 'module:Class' or an id gymnasium does not know: no registered limit
+        limit = None
+    return int(limit) if limit else config.guard.eval_max_steps
 
 
 def eval_num_envs(episodes: int) -> int:
@@ -93,12 +132,27 @@ def periodic_evaluation(
     episodes: int,
     seed: int,
     metrics: dict[str, Any],
-) -> list[float]:
+    max_episode_steps: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[float] | None:
     """The guard's evaluation, for every runner: ``episodes`` deterministic episodes seeded with
-    ``EVAL_SEED_OFFSET + seed``; adds the ``eval/*`` metrics (and ``perf/eval_seconds``) to ``metrics``
-    and returns the episode returns (the guard weighs a drop against their spread)."""
+    ``EVAL_SEED_OFFSET + seed``, each capped at ``max_episode_steps``; adds the ``eval/*`` metrics (and
+    ``perf/eval_seconds``) to ``metrics`` and returns the episode returns (the guard weighs a drop against
+    their spread). None when ``should_stop`` cut it short: a partial evaluation is no evaluation."""
     started = time.perf_counter()
-    returns, lengths = run_episodes(policy, envs, adapter, obs_normalizer, episodes, True, EVAL_SEED_OFFSET + seed)
+    returns, lengths = run_episodes(
+        policy,
+        envs,
+        adapter,
+        obs_normalizer,
+        episodes,
+        True,
+        EVAL_SEED_OFFSET + seed,
+        max_episode_steps=max_episode_steps,
+        should_stop=should_stop,
+    )
+    if len(returns) < episodes:
+        return None
     metrics.update(
         {
             names.EVAL_RETURN_MEAN: float(np.mean(returns)),

@@ -94,8 +94,12 @@ def evaluation_summary(evaluation: float | Sequence[float]) -> tuple[float, floa
 
 
 class Guard:
-    def __init__(self, config: GuardConfig, total_steps: int, run_dir: Path) -> None:
+    def __init__(self, config: GuardConfig, total_steps: int, run_dir: Path, early_evaluations: bool = True) -> None:
         self.config = config
+        # Off for A3C: its reports reach the guard after the shared weights have moved on, so the health
+        # mark of a checkpoint written between schedule points could belong to weights a late report
+        # will show damaged; on schedule, evaluations are few and far from a drill's window.
+        self.early_evaluations = early_evaluations
         self.total_steps = total_steps
         self.run_dir = run_dir
         self.state = GuardState(next_eval_step=config.eval_every)
@@ -227,7 +231,7 @@ class Guard:
           more than ``eval_max_drop`` x |that level|: a corrupted reward or a damaged policy shows in
           the episodes it trains on long before the next scheduled evaluation."""
         config, state = self.config, self.state
-        if not config.enabled or config.eval_recheck <= 0:
+        if not config.enabled or config.eval_recheck <= 0 or not self.early_evaluations:
             return None
         if state.eval_collapses:
             return "collapse"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 import weakref
@@ -111,6 +112,12 @@ class TensorBoardSink:
     def close(self) -> None:
         self._finalizer()
 
+    def purge_from(self, step: int) -> None:
+        """Tell TensorBoard to forget this run's events at ``step`` and later (a resume from the checkpoint
+        before ``step``: the killed run's rows past it are logged again by the resumed run)."""
+        self.file.add_restart(step, time.time())
+        self.flush()
+
 
 def tensorboard_sink(path: Path) -> TensorBoardSink | None:
     """A TensorBoard sink when the ``tensorboard`` package is installed (to read the files), else None.
@@ -150,6 +157,45 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:
+    """Cut a metrics or events file back to ``last_step`` before a resumed run appends to it.
+
+    A killed run may have logged rows after its last checkpoint; the resumed run logs those steps again,
+    so they are dropped here (otherwise steps repeat and go backwards, and the doctor counts updates
+    twice). A half-written last line (a kill in mid-write) is dropped too: left in place, the resumed
+    run's first line would be glued onto it and lost with it. Lines whose step is not a number are
+    kept as they are (this does not judge them). The file is replaced atomically, and only when something
+    is dropped. Returns (rows after ``last_step``, unreadable lines) dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0, 0
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    kept: list[str] = []
+    after = unreadable = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            unreadable += 1
+            continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and step > last_step:
+            after += 1
+            continue
+        kept.append(line)
+    if after or unreadable or (text and not text.endswith("\n")):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as handle:
+            handle.write("".join(f"{line}\n" for line in kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return after, unreadable
 
 
 class ConsoleDisplay:

@@ -213,6 +213,12 @@ class ScalarEventFile:
                 bodies = self.pack(plan, np.asarray(values, dtype=np.float64).astype(np.float32).tolist())
         self.pending.extend(event_bytes(wall_time, step, body) for body in bodies)
 
+    def add_restart(self, step: int, wall_time: float) -> None:
+        """A ``SessionLog.START`` event at ``step`` (Event field 7, status 1): TensorBoard's readers then
+        drop every event they have read with a step >= ``step`` (the purge a resumed run needs; the
+        files keep their bytes)."""
+        self.pending.append(event_bytes(wall_time, step) + _field_bytes(7, b"\x08\x01"))
+
     @staticmethod
     def pack(plan: list[tuple[struct.Struct, list, int, int]], values: list[float]) -> list[bytes]:
         bodies = []

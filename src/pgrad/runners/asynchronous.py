@@ -58,7 +58,7 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, PgradError, TrainingHalted
 from pgrad.faults import parse_fault
-from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, parameters_finite
 from pgrad.monitor.sinks import read_jsonl
@@ -119,10 +119,12 @@ class A3CRunner:
     that trains A3C needs ``if __name__ == "__main__":``.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
         self.config = config
         self.algo_config: A3CConfig = config.algo_config
-        self.run = RunContext(config, run_dir, resume)
+        self.run = RunContext(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
@@ -144,7 +146,7 @@ class A3CRunner:
         self.finished: set[int] = set()  # workers that said done, failed, died or stalled
         self.last_heard: dict[int, float] = {}  # worker -> monotonic time of its last message
         self.started_workers: set[int] = set()  # workers that have imported everything and begun
-        self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
+        self.guard = Guard(config.guard, config.run.total_steps, self.run_dir, early_evaluations=False)
         self.healthy_states = WorkerConfirmedStates(config.guard.snapshot_every)  # a rollback's first choice
         self.eval_env: Environment | None = None
         self.eval_model: Any = None
@@ -535,7 +537,7 @@ class A3CRunner:
         self.log_events([self.guard.rollback_event(action.reason, summary, data)], step)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> list[float]:
+    def evaluate(self, metrics: dict[str, Any], state: TrainState) -> list[float] | None:
         """Deterministic episodes on the coordinator's own envs, with the weights and observation
         statistics of ``state`` (frozen); adds ``eval/*`` metrics and returns the episode returns
         (the guard weighs a drop against their spread)."""
@@ -555,6 +557,8 @@ class A3CRunner:
             guard.eval_episodes,
             self.config.run.seed,
             metrics,
+            max_episode_steps=episode_step_cap(self.config),
+            should_stop=lambda: self.run.stop_requested,
         )
 
     # ---- reports --------------------------------------------------------------------------------
@@ -647,21 +651,29 @@ class A3CRunner:
         self.rate_mark = (self.run.started, self.step)
         self.steps_per_second: float | None = None
         self.last_metrics: dict[str, Any] = {}
-        # A second Ctrl-C does not interrupt: the coordinator must still stop its workers.
+        try:
+            return self._train(stop_at_step)
+        except BaseException:  # a failed checkpoint write, an error while supervising: files closed, lock released
+            self.close()
+            raise
+
+    def _train(self, stop_at_step: int | None) -> TrainResult:
+        # A second Ctrl-C does not interrupt: the coordinator must still stop its workers, and then write
+        # the final checkpoint (a signal during the final evaluation ends the evaluation, not the run's save).
         with self.run.stop_signals(second_interrupts=False):
             try:
                 self._start_workers()
                 self._supervise(stop_at_step)
             finally:
                 self._stop_workers()
-        if self.halted is not None:
-            self.halt(*self.halted)
-        checkpoint = None
-        # The run's last evaluation goes with the final checkpoint, even when a periodic checkpoint
-        # was already written at this step (reports can carry the step past run.total_steps).
-        evaluate = self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step)
-        if evaluate or self.run.needs_final_checkpoint(self.step):
-            checkpoint = self._final_checkpoint(evaluate)
+            if self.halted is not None:
+                self.halt(*self.halted)
+            checkpoint = None
+            # The run's last evaluation goes with the final checkpoint, even when a periodic checkpoint
+            # was already written at this step (reports can carry the step past run.total_steps).
+            evaluate = self.failure is None and not self.stop_requested and self.guard.evaluation_due(self.step)
+            if evaluate or self.run.needs_final_checkpoint(self.step):
+                checkpoint = self._final_checkpoint(evaluate)
         checkpoint = checkpoint or self.run.store.path("latest")
         if self.failure is not None:
             self.run.emit("run.failed", self.step, f"{self.failure}; continue with 'pgrad resume {self.run_dir}'")
@@ -678,7 +690,8 @@ class A3CRunner:
         if evaluate:
             frozen = self.train_state(frozen=True)
             row: dict[str, Any] = {names.STEP: self.step, names.UPDATE: self.updates}
-            score = float(np.mean(self.evaluate(row, frozen)))
+            returns = self.evaluate(row, frozen)
+            score = None if returns is None else float(np.mean(returns))
             self.run.log(row)
             return self.save_checkpoint(score, self.guard.healthy, frozen)
         return self.save_checkpoint(self.guard.checkpoint_score(self.last_metrics), self.guard.healthy)

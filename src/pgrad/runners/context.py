@@ -3,7 +3,12 @@
 Every runner (the on-policy loop, A3C's coordinator, and the off-policy, language-model and Ray
 loops to come) uses it instead of opening files itself:
 
-- the folder and its saved ``config.yaml`` (a second ``train`` into a folder that holds a run is refused);
+- the folder and its saved ``config.yaml`` (a second ``train`` into a folder that holds a run, or into
+  any non-empty folder without ``--overwrite``, is refused);
+- an exclusive lock on the folder (``.pgrad.lock``, ``fcntl.flock``) from ``open`` to ``close``: a
+  second train or resume of the same folder gets one line naming the holder's pid;
+- on resume, the newest checkpoint that loads (even when ``index.json`` lags or the latest is damaged)
+  and logs cut back to its step (``metrics.jsonl``, ``events.jsonl``, TensorBoard's purge marker);
 - the console (progress bar), ``events.jsonl`` and the metric sinks (JSONL, TensorBoard);
 - the checkpoint store, written and read as a typed ``TrainState`` (``pgrad.checkpoint``);
 - Ctrl-C / SIGTERM: the first asks for a clean stop (finish the update, checkpoint, exit 130),
@@ -16,10 +21,14 @@ bad input fails with one line and leaves no folder behind.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import shutil
 import signal
+import sys
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,12 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from pgrad import __version__
-from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
+from pgrad.checkpoint import CheckpointStore, TrainState, adopt_checkpoint, newest_loadable, remove_partial_writes
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError
-from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink
+from pgrad.errors import CheckpointError, ConfigError, PgradError
+from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
 
 
 def seed_everything(seed: int) -> None:
@@ -77,29 +87,81 @@ class TrainResult:
 class RunContext:
     """A run folder, its logs and its checkpoints (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool = False) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.store = CheckpointStore(self.run_dir, config.run.keep_checkpoints)
-        if not resume and self.store.index()["latest"] is not None:
-            raise ConfigError(
-                f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}' "
-                "or choose another --run-dir"
-            )
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"run folder {self.run_dir} is a file, not a folder; choose another --run-dir")
+        RunLock.probe(self.run_dir)  # a folder in use: say so first (``open`` takes the lock for real)
+        if not resume:
+            self.check_new_folder()  # again under the lock in ``open``: another run may start in between
+        self.lock: RunLock | None = None
+        self.resume_notes: list[tuple[str, str, dict[str, Any]]] = []  # events for ``open`` to write
+        self.index_repair: tuple[str, int, bool, float | None] | None = None  # a checkpoint for the index
         self.stop_requested = False
+        self.second_interrupts = True
         self.last_checkpoint_step = 0
         self.started = time.perf_counter()
         self.elapsed_before = 0.0
         self.sinks: list[MetricSink] = []
+        self.broken_sinks: list[MetricSink] = []  # sinks whose write failed (disk full), closed by ``close``
         self.console: ConsoleDisplay | None = None
         self.events: EventLog | None = None
 
     # ---- the folder and its logs ----------------------------------------------------------
+    def check_new_folder(self) -> None:
+        """A new run goes into a missing or empty folder, or with ``--overwrite`` into any folder.
+
+        A folder holding a run (a checkpoint index naming a latest checkpoint) is continued with
+        ``pgrad resume``; any other non-empty folder is someone's data (a config.yaml, old metrics) that a
+        new run would overwrite or append to, so it is refused unless ``--overwrite`` says so.
+        """
+        if self.overwrite or not self.run_dir.is_dir():
+            return
+        try:
+            holds_run = self.store.index()["latest"] is not None
+        except CheckpointError:
+            holds_run = True  # an unreadable index: still a run's folder
+        # a checkpoint the index does not list yet (a kill before the index update) is resumable too
+        holds_run = holds_run or any(self.store.root.glob("step_*"))
+        if holds_run:
+            raise ConfigError(
+                f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}', "
+                "choose another --run-dir, or pass --overwrite to replace it"
+            )
+        present = sorted(p.name for p in self.run_dir.iterdir() if p.name != RunLock.NAME)
+        if present:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise ConfigError(
+                f"run folder {self.run_dir} is not empty and holds no run to resume ({shown}); choose another "
+                f"--run-dir, or pass --overwrite to replace pgrad's files there ({', '.join(RUN_FILES)}; "
+                "other files are kept)"
+            )
+
+    def clear_previous_run(self) -> None:
+        """``--overwrite``: delete what an earlier run wrote here (``RUN_FILES``), nothing else. A
+        symlink is removed as a link, never followed: nothing outside the folder is touched."""
+        for name in RUN_FILES:
+            path = self.run_dir / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+
     def open(self, console: bool, label: str) -> None:
-        """Create the folder, save the config, open console, events and sinks."""
+        """Create and lock the folder, save the config, open console, events and sinks; on resume first
+        cut the logs back to the checkpoint's step."""
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock.acquire(self.run_dir)
+        try:
+            dropped = self.prepare_folder()
+        except BaseException:
+            self.lock.release()
+            raise
         config.save(self.run_dir / "config.yaml")
         self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label)
         self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
@@ -107,11 +169,76 @@ class RunContext:
         if config.run.tensorboard:
             board = tensorboard_sink(self.run_dir / "tb")
             if board is not None:
+                if self.resume:
+                    board.purge_from(self.last_checkpoint_step + 1)
                 self.sinks.append(board)
+        for kind, message, data in self.resume_notes:
+            if kind == "run.checkpoint_skipped":  # the user should know a newer checkpoint was passed over
+                self.emit(kind, self.last_checkpoint_step, message, show=False, **data)
+                print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                self.emit(kind, self.last_checkpoint_step, message, **data)
+        if any(dropped.values()):
+            counts = ", ".join(
+                f"{name}: {after} rows past it, {bad} unreadable" for name, (after, bad) in dropped.items()
+            )
+            self.emit(
+                "run.logs_truncated",
+                self.last_checkpoint_step,
+                f"logs cut back to the checkpoint's step {self.last_checkpoint_step} ({counts}); "
+                "the resumed run logs those steps again",
+                dropped={
+                    name: {"after_checkpoint": after, "unreadable": bad} for name, (after, bad) in dropped.items()
+                },
+            )
+
+    def prepare_folder(self) -> dict[str, tuple[int, int]]:
+        """Under the lock: a new run checks (and with ``--overwrite`` clears) the folder; a resume cuts
+        ``metrics.jsonl`` and ``events.jsonl`` back to its checkpoint's step. Returns what was dropped."""
+        if not self.resume:
+            self.check_new_folder()
+            if self.overwrite:
+                self.clear_previous_run()
+            return {}
+        if self.index_repair is not None:
+            adopt_checkpoint(self.store, *self.index_repair)
+        return {
+            name: truncate_jsonl(self.run_dir / name, self.last_checkpoint_step)
+            for name in ("metrics.jsonl", "events.jsonl")
+        }
 
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> None:
         assert self.events is not None, "RunContext.open first"
-        self.events.emit(kind, step, message, show=show, **data)
+        try:
+            self.events.emit(kind, step, message, show=show, **data)
+        except OSError as exc:
+            raise self.write_failed(exc, step) from None
+
+    def write_failed(self, exc: OSError, step: int) -> PgradError:
+        """A log write failed (disk full, quota): one line naming the folder, the reason and the checkpoint
+        that is kept, and a ``run.write_failed`` event if the event log can still take one."""
+        # nothing more goes to files that cannot be written (a later flush would only fail again); ``close``
+        # still closes them
+        self.broken_sinks, self.sinks = [*self.broken_sinks, *self.sinks], []
+        kept = self.checkpoint_path("latest")
+        where = f" ({Path(exc.filename).name})" if exc.filename else ""
+        message = f"could not write the logs of {self.run_dir}: {exc.strerror or exc}{where}; " + (
+            f"the last good checkpoint {kept.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
+            if kept is not None
+            else "no checkpoint of this run was written yet"
+        )
+        if self.events is not None:
+            try:
+                self.events.emit("run.write_failed", step, message, show=False)
+            except OSError:
+                pass  # the event log is on the same full disk: the line on stderr is what is left
+        return PgradError(message)
+
+    def warn(self, kind: str, step: int, message: str) -> None:
+        """An event and one ``pgrad: warning:`` line on stderr, shown even with ``--quiet`` (which only
+        silences progress): for what the user must know before the run goes on."""
+        self.emit(kind, step, message, show=False)
+        print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
 
     def started_event(self, detail: str = "") -> None:
         config = self.config
@@ -120,14 +247,20 @@ class RunContext:
 
     def log(self, metrics: dict[str, Any]) -> None:
         """One row of metrics to every sink and the progress bar."""
-        for sink in self.sinks:
-            sink.write(metrics)
+        try:
+            for sink in self.sinks:
+                sink.write(metrics)
+        except OSError as exc:
+            raise self.write_failed(exc, int(metrics.get("step", 0))) from None
         if self.console is not None:
             self.console.update(metrics)
 
     def flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
+        try:
+            for sink in self.sinks:
+                sink.flush()
+        except OSError as exc:
+            raise self.write_failed(exc, self.last_checkpoint_step) from None
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -135,17 +268,46 @@ class RunContext:
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, state: TrainState, score: float | None, healthy: bool = True) -> Path:
         """Write ``state`` (its step names the checkpoint), log it, and flush the sinks with it, so
-        the logs on disk reach at least as far as the newest checkpoint."""
+        the logs on disk reach at least as far as the newest checkpoint. A write error (disk full) is a
+        ``run.checkpoint_failed`` event and one line naming the checkpoint that is kept."""
         self.flush()
-        path = self.store.save_state(state, score, healthy)
+        try:
+            path = self.store.save_state(state, score, healthy)
+        except (OSError, SafetensorError) as exc:
+            remove_partial_writes(self.store.root)
+            kept = self.checkpoint_path("latest")
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = f"could not write checkpoint step_{state.step:010d} in {self.store.root}: {reason}; " + (
+                f"the last good checkpoint {kept.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
+                if kept is not None
+                else "no checkpoint of this run was written yet"
+            )
+            self.emit("run.checkpoint_failed", state.step, message, kept=str(kept) if kept else None)
+            raise CheckpointError(message) from None
         self.last_checkpoint_step = state.step
         self.emit("checkpoint", state.step, f"saved {path.name}", path=str(path), score=score, healthy=healthy)
         return path
 
     def latest_state(self) -> tuple[TrainState, Path]:
-        """The checkpoint a resume starts from, checked to belong to this algorithm."""
-        path = self.store.path("latest")
-        state = read_train_state(path)
+        """The checkpoint a resume starts from, checked to belong to this algorithm: the newest one that
+        loads, even when ``index.json`` does not list it yet or the newer ones are damaged (each skip and
+        the index repair become events once ``open`` has the event log, and each skip a warning line)."""
+        listed = self.store.index()["latest"]  # an unreadable or invalid index is refused, not rebuilt
+        state, path, skipped = newest_loadable(self.store.root)
+        for name, reason in skipped:
+            self.resume_notes.append(
+                ("run.checkpoint_skipped", f"skipped checkpoint {name}: {reason}", {"checkpoint": name})
+            )
+        if path.name != listed:
+            self.resume_notes.append(
+                (
+                    "run.index_repaired",
+                    f"index.json named {listed} as the latest checkpoint; resuming from {path.name}, the newest "
+                    "that loads",
+                    {"listed": listed, "used": path.name},
+                )
+            )
+            self.index_repair = (path.name, state.step, state.healthy, state.score)
         if state.algo != self.config.algo:
             raise CheckpointError(f"checkpoint {path} is for algorithm {state.algo!r}, not {self.config.algo!r}")
         self.check_total(state)
@@ -202,7 +364,7 @@ class RunContext:
         one raises KeyboardInterrupt (the user means now)."""
 
         def request_stop(signum: int, frame: Any) -> None:
-            if self.stop_requested and second_interrupts:
+            if self.stop_requested and second_interrupts and self.second_interrupts:
                 raise KeyboardInterrupt
             self.stop_requested = True
 
@@ -227,10 +389,83 @@ class RunContext:
         )
 
     def close(self) -> None:
-        if self.console is not None:
-            self.console.close()
-        for sink in self.sinks:
-            sink.close()
-        self.sinks = []
-        if self.events is not None:
-            self.events.close()
+        """Close everything, even after a write error (closing flushes, and a full disk fails that flush
+        again: what could not be written is lost either way, and the error was reported already)."""
+        try:
+            if self.console is not None:
+                self.console.close()
+            for sink in [*self.sinks, *self.broken_sinks, self.events]:
+                try:
+                    if sink is not None:
+                        sink.close()
+                except OSError:
+                    pass
+            self.sinks, self.broken_sinks = [], []
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+
+# What a run writes into its folder: all that ``--overwrite`` deletes.
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "events.jsonl",
+    "checkpoints",
+    "tb",
+    "report",
+    "halt_trajectories.npz",
+    "halt_batch.npz",
+)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.pgrad.lock``, held by the process that trains into the folder.
+
+    flock, not a pid file: the kernel releases it when the process dies, even by SIGKILL, so a
+    crash never leaves a stale lock. The holder writes its pid into the file for the refusal message.
+    """
+
+    NAME = ".pgrad.lock"
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._finalizer = weakref.finalize(self, handle.close)  # a runner dropped without close()
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RunLock:
+        handle = open(Path(run_dir) / cls.NAME, "a+")
+        cls._lock_or_refuse(handle, run_dir)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return cls(handle)
+
+    @classmethod
+    def probe(cls, run_dir: Path) -> None:
+        """Refuse a folder whose lock is held, creating nothing (a refused run leaves no file behind)."""
+        try:
+            handle = open(Path(run_dir) / cls.NAME)
+        except OSError:  # no lock file (or no folder): nobody holds it
+            return
+        cls._lock_or_refuse(handle, run_dir)
+        handle.close()
+
+    @staticmethod
+    def _lock_or_refuse(handle: Any, run_dir: Path) -> None:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise ConfigError(
+                f"run folder {run_dir} is in use by another pgrad run ({who}); wait for it to end or stop it, "
+                "or choose another --run-dir"
+            ) from None
+
+    def release(self) -> None:
+        self._finalizer()  # closing the file releases the flock

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
-from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment
+from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment, env_label, one_line
 from pgrad.checkpoint import (
     TrainState,
     check_arrays_fit,
@@ -32,7 +33,7 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
-from pgrad.monitor.evaluation import eval_num_envs, periodic_evaluation
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
@@ -54,7 +55,9 @@ from pgrad.threads import set_threads
 
 
 class OnPolicyRunner:
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True) -> None:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
         kind = get_algorithm(config.algo).kind
         if kind != "on_policy":
             raise ConfigError(
@@ -62,7 +65,7 @@ class OnPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = RunContext(config, run_dir, resume)
+        self.run = RunContext(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
@@ -72,7 +75,11 @@ class OnPolicyRunner:
             self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
         )
         self.rng = np.random.default_rng(config.run.seed)
-        self.collector.reset(config.run.seed)
+        try:
+            self.collector.reset(config.run.seed)
+        except Exception as exc:  # the env's own reset: nothing is written yet, so a plain one-line error
+            self.env.envs.close()
+            raise ConfigError(f"{env_label(config)} failed on its first reset: {one_line(exc)}") from None
         self.step = 0
         self.updates = 0
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
@@ -86,6 +93,7 @@ class OnPolicyRunner:
 
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
+        self.inexact = env_state.inexact_reason(self.env.envs)
         if resume_from is not None:
             try:
                 self.load(*resume_from)
@@ -94,6 +102,10 @@ class OnPolicyRunner:
                 raise
         else:
             self.run.started_event()
+        if self.inexact is not None:  # said before training starts, not discovered after a resume
+            self.run.warn(
+                "warning.resume_inexact", self.step, f"resume will not be exact for {config.env.id}: {self.inexact}"
+            )
 
     # ---- what tests, benchmarks and the CLI reach through the runner -------------------------
     @property
@@ -165,7 +177,7 @@ class OnPolicyRunner:
             random.setstate((version, tuple(internal), gauss))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
-        if state.env_state is not None:
+        if state.env_state is not None and self.inexact is None:
             try:
                 env_state.restore(self.env.envs, state.env_state)
             except (ValueError, AttributeError, TypeError) as exc:
@@ -173,9 +185,7 @@ class OnPolicyRunner:
                     f"checkpoint {path}: its environment state does not fit {self.config.env.id} ({exc})"
                 ) from None
         else:
-            self.run.emit(
-                "warning.env_state", state.step, "environment state was not captured; environments were re-seeded"
-            )
+            self.restart_episodes(state.step)
         logged = read_jsonl(self.run_dir / "metrics.jsonl")
         try:
             self.algo.load_extra_state(state.algo_state)
@@ -187,6 +197,27 @@ class OnPolicyRunner:
         self.step, self.updates = state.step, state.updates
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
         self.run.note_new_total(state)
+
+    def restart_episodes(self, step: int) -> None:
+        """Resume without the environments' state (Box2D worlds; async runs checkpointed before their
+        workers' envs were captured): start fresh episodes.
+
+        Restoring the saved observations and episode counters onto environments that were only reset
+        would pair each env's first transition with an observation from another episode; instead
+        every env is reset, with a seed drawn from (run.seed, step) so the episodes differ from the
+        run's first ones, and the episodes in progress at the checkpoint are dropped (their partial
+        returns never reach the statistics). The reward scaler's running returns restart with them.
+        """
+        seed = int(np.random.SeedSequence([self.config.run.seed, step]).generate_state(1)[0])
+        self.collector.reset(seed)
+        self.collector.reward_scaler.running_return[:] = 0.0
+        self.run.emit(
+            "run.envs_restarted",
+            step,
+            f"environments restarted with seed {seed}: their state could not be saved "
+            f"({self.inexact or 'not captured'}); the episodes in progress at the checkpoint were dropped",
+            seed=seed,
+        )
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
     def log_events(self, events: list[Event]) -> None:
@@ -249,23 +280,48 @@ class OnPolicyRunner:
         raise TrainingHalted(message)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any]) -> list[float]:
+    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
         """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics
-        and returns the episode returns (the guard weighs a drop against their spread)."""
+        and returns the episode returns (the guard weighs a drop against their spread). None when a
+        Ctrl-C or SIGTERM cut it short: the loop then checkpoints and stops as after any update."""
         guard = self.config.guard
         if self.eval_env is None:
             self.eval_env = build_environment(
                 self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
-        return periodic_evaluation(
-            self.algo.acting_policy(),
-            self.eval_env.envs,
-            self.eval_env.adapter,
-            self.collector.obs_normalizer,
-            guard.eval_episodes,
-            self.config.run.seed,
-            metrics,
+        try:
+            return periodic_evaluation(
+                self.algo.acting_policy(),
+                self.eval_env.envs,
+                self.eval_env.adapter,
+                self.collector.obs_normalizer,
+                guard.eval_episodes,
+                self.config.run.seed,
+                metrics,
+                max_episode_steps=episode_step_cap(self.config),
+                should_stop=lambda: self.run.stop_requested,
+            )
+        except PgradError:
+            raise
+        except Exception as exc:
+            raise self.env_failed(exc, "during the evaluation") from None
+
+    def env_failed(self, exc: Exception, where: str) -> TrainingHalted:
+        """An exception from the environment (or anything else in collection): one line naming the env and
+        the step, a ``run.env_failed`` event, and the run stopped with its last checkpoint kept (the state
+        in the middle of a failed rollout is not one to save)."""
+        latest = self.run.checkpoint_path("latest")
+        kept = (
+            f"the last checkpoint {latest.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
+            if latest is not None
+            else "no checkpoint was written yet"
         )
+        message = f"{env_label(self.config)} raised {one_line(exc)} {where} after env step {self.step}; {kept}"
+        # the full traceback goes to the event (the console gets one line): a bug in a custom env, or in
+        # pgrad's collection code, can still be found
+        trace = "".join(traceback.format_exception(exc))
+        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__, traceback=trace)
+        return TrainingHalted(message)
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:
@@ -273,10 +329,13 @@ class OnPolicyRunner:
         env_seconds_before = self.collector.env_seconds
         # Monte Carlo algorithms (REINFORCE) ask for whole episodes instead of a fixed rollout length.
         episodes = getattr(self.algo, "episodes_per_update", None)
-        if episodes is not None:
-            rollout = self.collector.collect_episodes(self.algo.acting_policy(), self.rng, episodes)
-        else:
-            rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
+        try:
+            if episodes is not None:
+                rollout = self.collector.collect_episodes(self.algo.acting_policy(), self.rng, episodes)
+            else:
+                rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
+        except Exception as exc:
+            raise self.env_failed(exc, "while collecting the rollout") from None
         collected = time.perf_counter()
         first_step = self.step
         self.step += rollout.num_steps * rollout.num_envs
@@ -331,26 +390,30 @@ class OnPolicyRunner:
         total = self.config.run.total_steps
         try:
             with self.run.stop_signals():
-                while self.step < total and not self.run.stop_requested:
-                    metrics = self.train_one_update()
-                    self.guard.observe(metrics, self.updates)
-                    evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
-                    self.run.log(metrics)
-                    checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
-                    actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
-                    self.log_events(self.guard.take_events())
-                    self.carry_out(actions, metrics)
-                    if stop_at_step is not None and self.step >= stop_at_step:
-                        break
-        except TrainingHalted:
+                try:
+                    while self.step < total and not self.run.stop_requested:
+                        metrics = self.train_one_update()
+                        self.guard.observe(metrics, self.updates)
+                        evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
+                        self.run.log(metrics)
+                        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
+                        actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
+                        self.log_events(self.guard.take_events())
+                        self.carry_out(actions, metrics)
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
+                # The final checkpoint takes a moment; a signal now (the second Ctrl-C of an impatient user)
+                # must not cut it short and leave the run without its last state.
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        except BaseException:  # a halt, a failed checkpoint write, a second Ctrl-C: files closed, lock released
             self.close()
             raise
-        finally:
-            self.run.flush()  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
-        checkpoint = None
-        if self.run.needs_final_checkpoint(self.step):
-            checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
-        result = self.run.finish(self.step, self.updates, metrics, checkpoint)
         self.close()
         return result
 
