@@ -10,14 +10,16 @@ against the acceptance criterion of its group:
 - ``ppo-pendulum``: PPO Pendulum-v1 preset, ``lr_spike`` at 50k of 200k: within 150 of the same
   seed without the drill (that run is in the table too);
 - ``a2c``, ``trpo``: their CartPole-v1 presets, ``lr_spike`` at 20k: final >= 475;
-- ``flip``: PPO CartPole ``reward_flip@15000:10000``, seeds 1-5, with ``guard.eval_every=10000``:
-  where the flip collapsed the policy (the training return fell below half its level at the flip),
-  the collapse is detected and a pre-damage checkpoint reloaded (saved before the flip, or evaluated
-  at least as well as the best evaluation before it); where it did not, no reload is needed. Why
-  these settings: a flip can only be caught against a confirmed evaluation from before it (the
-  default schedule has its first at 25k, confirmed ~2.5k later), and it only damages a policy that
-  still sees episodes end (a CartPole policy at 500 is truncated, never terminated, and a negated
-  constant reward gives it nothing to unlearn: flips at 30k left 4 of 5 seeds untouched);
+- ``flip``: PPO CartPole ``reward_flip@15000:30000`` (a reward corrupted for 30k steps), seeds 1-5,
+  with ``guard.eval_every=10000``: where the flip collapsed the policy for longer than the guard's
+  ``eval_collapse_span`` (the training return below half its level at the flip for 10k steps), the
+  collapse is detected and a pre-damage checkpoint reloaded (saved before the flip, or evaluated at
+  least as well as the best evaluation before it); a shorter dip the run climbs out of by itself is
+  left alone by design. Why these settings: a flip can only be caught against a confirmed evaluation
+  from before it (the default schedule has its first at 25k, confirmed ~2.5k later), and it only
+  damages a policy that still sees episodes end (a CartPole policy at 500 is truncated, never
+  terminated, and a negated constant reward gives it nothing to unlearn: flips at 30k left 4 of 5
+  seeds untouched);
 - ``nan``: ``nan_grad@20000`` (one step: skipped, no halt) and ``nan_grad@20000:3000`` (sustained:
   halt, exit 3, dumps written).
 
@@ -74,7 +76,7 @@ def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
             rows += [Drill(algo, algo, "CartPole-v1", s, "lr_spike@20000") for s in pick([1, 2, 3])]
     if "flip" in groups:
         rows += [
-            Drill("flip", "ppo", "CartPole-v1", s, "reward_flip@15000:10000", sets=("guard.eval_every=10000",))
+            Drill("flip", "ppo", "CartPole-v1", s, "reward_flip@15000:30000", sets=("guard.eval_every=10000",))
             for s in pick([1, 2, 3, 4, 5])
         ]
     if "nan" in groups:
@@ -103,7 +105,9 @@ def run(drill: Drill, folder: Path) -> dict[str, Any]:
         "drill": drill,
         "seconds": seconds,
         "halted": halted,
-        "halt_kind": next((e["kind"] for e in events if e["kind"] in ("critical.halted", "critical.recovery_cap")), None),
+        "halt_kind": next(
+            (e["kind"] for e in events if e["kind"] in ("critical.halted", "critical.recovery_cap")), None
+        ),
         "dumps": (run_dir / "halt_trajectories.npz").is_file() and (run_dir / "halt_batch.npz").is_file(),
         "rollbacks": rollbacks,
         "skipped": sum(e["kind"] == "critical.nonfinite" for e in events),
@@ -145,6 +149,15 @@ def flip_verdict(result: dict[str, Any]) -> str:
     reloads = [r for r in result["rollbacks"] if "evaluation" in r.get("reason", "")]
     if low >= 0.5 * level:
         return f"ok (no collapse: training return {level:.0f} -> min {low:.0f}{', reloaded' if reloads else ''})"
+    span = 10_000  # guard.eval_collapse_span x guard.eval_every of this group
+    below = [s for s, r in result["train"] if s > flip_at and r < 0.5 * level]
+    longest, start, last = 0, None, None
+    for s in below:  # the longest run of consecutive logged steps below half the level
+        start = s if last is None or s - last > 2_048 else start
+        last = s
+        longest = max(longest, s - start)
+    if not reloads and longest < span:
+        return f"ok (dip {level:.0f} -> {low:.0f} for {longest} steps < {span}: left alone)"
     best_before = max((r for s, r in result["evaluations"] if s <= flip_at), default=None)
 
     def pre_damage(rollback: dict[str, Any]) -> bool:

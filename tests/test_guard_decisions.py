@@ -260,3 +260,27 @@ def test_the_first_rollbacks_cut_is_lifted_after_its_duration_a_second_ones_stay
     run_update(permanent, 100, healthy_metrics(100, kl=0.5))
     run_update(permanent, 9_000, healthy_metrics(9_000))
     assert permanent.state.lr_scale == 0.5
+
+
+def test_an_evaluation_reload_keeps_the_learning_rate_and_past_the_cap_is_skipped_not_a_halt():
+    """A reload after a lasting collapse returns to the best state; nothing says the step size caused
+    it. Past guard.max_recoveries a run whose evaluations keep collapsing goes on (stopping saves
+    nothing); a run that keeps blowing up (critical KL) still stops."""
+    config = GuardConfig(eval_every=1000, eval_max_drop=0.5, eval_patience=2, eval_recheck=0.0, max_recoveries=1)
+    guard = Guard(config, total_steps=100_000, run_dir=Path("run"))
+
+    def evaluate(step: int, value: float, train: float) -> list:
+        return run_update(guard, step, {**healthy_metrics(step), names.RETURN_MEAN: train}, evaluation=[value] * 5)
+
+    for step, value, train in ((1000, 200.0, 150.0), (2000, 200.0, 150.0), (3000, 20.0, 10.0)):
+        evaluate(step, value, train)
+    (action,) = evaluate(4000, 20.0, 10.0)
+    assert isinstance(action, Rollback) and action.source == "best"
+    assert guard.state.lr_scale == 1.0 and guard.state.recoveries == 1 and guard.state.lr_cuts == 0
+    for step, value, train in ((5000, 200.0, 150.0), (6000, 200.0, 150.0), (7000, 20.0, 10.0)):
+        evaluate(step, value, train)
+    actions = evaluate(8000, 20.0, 10.0)
+    assert not any(isinstance(a, Rollback | Halt) for a in actions)
+    assert [e.kind for e in guard.take_events() if e.kind.startswith("warning.")] == ["warning.recovery_budget"]
+    (halt,) = run_update(guard, 10_000, healthy_metrics(10_000, kl=0.5))
+    assert isinstance(halt, Halt) and halt.kind == "critical.recovery_cap"

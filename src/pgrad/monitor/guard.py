@@ -174,12 +174,12 @@ class Guard:
         steps, then the rate is back to what it was. One destructive update (a spike, a bad batch) is
         a one-off: the rollback removed it, and a rate halved for the rest of the run only slows
         learning (A2C at half its rate dips for longer, and those dips read as collapses). A second
-        recovery shows the fault recurs: from then on every cut stays."""
+        cut shows the fault recurs: from then on every cut stays."""
         state = self.state
         if state.lr_restore_step is None or step < state.lr_restore_step:
             return
         state.lr_restore_step = None
-        if state.recoveries != 1 or state.lr_scale >= 1.0:
+        if state.lr_cuts != 1 or state.lr_scale >= 1.0:
             return
         before, state.lr_scale = state.lr_scale, 1.0
         self.pending.append(
@@ -394,19 +394,39 @@ class Guard:
         )
 
     def _rollback(self, source: Literal["last_healthy", "best"], reason: str, step: int) -> list[Action]:
-        """Cut the learning rate and count the recovery, or stop at the cap."""
+        """Count the recovery and, for a destructive update (``last_healthy``), cut the learning rate;
+        at the cap, stop, or for an evaluation collapse, keep going without the reload.
+
+        A reload of the best checkpoint after a lasting evaluation collapse keeps the learning rate:
+        nothing the guard saw says the step size caused it (a corrupted reward, a run that forgot),
+        and a cut rate only makes a run that dips by nature (A2C) dip for longer. Past the cap, a run
+        that keeps blowing up (KL, update size) stops; one whose evaluations keep collapsing is not
+        stopped by the guard (stopping it saves nothing): the reload is skipped, with a warning."""
         state, config = self.state, self.config
         if state.recoveries >= config.max_recoveries:
+            if source == "best":
+                state.eval_collapses, state.collapse_since = 0, None
+                self.pending.append(
+                    Event(
+                        "warning.recovery_budget",
+                        f"{reason}; not reloaded: this run already used its {config.max_recoveries} recoveries "
+                        "(guard.max_recoveries); training goes on",
+                        data={"recoveries": state.recoveries},
+                    )
+                )
+                return []
             message = (
                 f"{reason}, and this run already used its {config.max_recoveries} recoveries (guard.max_recoveries); "
                 f"stopping instead of looping. Earlier recoveries: {'; '.join(state.recovery_log) or 'none'}. "
                 f"Events: {self.run_dir / 'events.jsonl'}; diagnose with 'pgrad doctor {self.run_dir}'"
             )
             return [Halt("critical.recovery_cap", message, dump=False)]
-        state.lr_scale *= config.lr_cut
         state.recoveries += 1
-        duration = int(config.lr_cut_duration * self.total_steps)
-        state.lr_restore_step = step + duration if state.recoveries == 1 and duration > 0 else None
+        if source == "last_healthy":
+            state.lr_scale *= config.lr_cut
+            state.lr_cuts += 1
+            duration = int(config.lr_cut_duration * self.total_steps)
+            state.lr_restore_step = step + duration if state.lr_cuts == 1 and duration > 0 else None
         state.recovery_log.append(f"step {step}: {reason}")
         state.eval_collapses, state.collapse_since = 0, None
         state.last_eval = None

@@ -41,6 +41,7 @@ class GuardState:
     lr_scale: float = 1.0
     lr_restore_step: int | None = None  # when the first rollback's learning-rate cut is lifted (Guard.observe)
     recoveries: int = 0
+    lr_cuts: int = 0  # rollbacks that cut the learning rate (KL, update size); evaluation reloads do not
     recent_steps: list[int] = field(default_factory=list)  # 1 = that optimizer step was non-finite
     fired: list[str] = field(default_factory=list)  # one-shot drills already fired
     best_eval: float | None = None  # best confirmed evaluation return (see Guard._evaluation_collapsed)
