@@ -284,3 +284,23 @@ def test_an_evaluation_reload_keeps_the_learning_rate_and_past_the_cap_is_skippe
     assert [e.kind for e in guard.take_events() if e.kind.startswith("warning.")] == ["warning.recovery_budget"]
     (halt,) = run_update(guard, 10_000, healthy_metrics(10_000, kl=0.5))
     assert isinstance(halt, Halt) and halt.kind == "critical.recovery_cap"
+
+
+def test_only_scheduled_and_confirming_evaluations_write_checkpoints():
+    """A checkpoint's score makes it a reload target; an evaluation that follows a collapse or a falling
+    training return evaluates a policy no reload would return to."""
+    guard = Guard(GuardConfig(eval_every=10_000, eval_recheck=0.1), total_steps=100_000, run_dir=Path("run"))
+
+    def update(step: int, train: float, evaluation: float) -> list:
+        metrics = {**healthy_metrics(step), names.RETURN_MEAN: train}
+        guard.begin_update(step - 1_000, step)
+        guard.observe(metrics, updates=step // 1_000)
+        due = guard.evaluation_due(step)
+        return guard.decide(metrics, step, [evaluation] * 5 if due else None, False)
+
+    checkpoints = {}
+    for step, train, evaluation in ((10_000, 100.0, 200.0), (11_000, 100.0, 200.0), (12_000, 30.0, 20.0)):
+        checkpoints[step] = [a for a in update(step, train, evaluation) if isinstance(a, Checkpoint)]
+    assert checkpoints[10_000] == [Checkpoint(200.0, True)]  # on schedule
+    assert checkpoints[11_000] == [Checkpoint(200.0, True)]  # early, confirming the first reference
+    assert guard.early_reason == "train_drop" and checkpoints[12_000] == []

@@ -100,6 +100,7 @@ class Guard:
         # mark of a checkpoint written between schedule points could belong to weights a late report
         # will show damaged; on schedule, evaluations are few and far from a drill's window.
         self.early_evaluations = early_evaluations
+        self.early_reason: str | None = None  # why the newest evaluation came early (None: on schedule)
         self.total_steps = total_steps
         self.run_dir = run_dir
         self.state = GuardState(next_eval_step=config.eval_every)
@@ -207,8 +208,9 @@ class Guard:
         if not every:
             return False
         scheduled = step >= self.state.next_eval_step or step >= self.total_steps
+        self.early_reason = None
         if not scheduled:
-            reason = self.recheck_reason() if step >= self.state.next_recheck_step else None
+            reason = self.early_reason = self.recheck_reason() if step >= self.state.next_recheck_step else None
             if reason is None:
                 return False
             message = f"early evaluation ({reason}; next scheduled at step {self.state.next_eval_step})"
@@ -287,7 +289,10 @@ class Guard:
             return self._rollback("best", reason, step)
         healthy = self.healthy_for_rollback(metrics)  # after the evaluation has been counted
         actions: list[Action] = [Snapshot(healthy)] if config.enabled else []
-        if summary is not None:
+        # Every evaluation on schedule writes a checkpoint with its score (the best one is what a reload
+        # returns to), and so does one confirming the first reference; one that follows a collapse or a
+        # falling training return evaluates a policy no reload would return to: no checkpoint unless due.
+        if summary is not None and self.early_reason in (None, "confirm"):
             actions.append(Checkpoint(summary[0], healthy))
         elif checkpoint_due:
             actions.append(Checkpoint(self.checkpoint_score(metrics), healthy))
