@@ -365,8 +365,8 @@ def update_size_rule(history: list[Metrics], config: GuardConfig) -> Alert | Non
         if size is None:
             continue
         window = [v for m in history[-config.history_window - 1 : -1] if (v := _step_per_gradient(m, key)) is not None]
-        if len(window) < config.history_window // 2:
-            continue
+        if len(window) < config.history_window // 2 or size <= config.update_spike * min(window):
+            continue  # under update_spike x the window's minimum, so under it x the median: the common case
         median = float(statistics.median(window))
         mad = 1.4826 * float(statistics.median(abs(v - median) for v in window))
         threshold = max(config.update_spike * median, median + config.update_spike * mad)
@@ -392,13 +392,17 @@ def update_size_rule(history: list[Metrics], config: GuardConfig) -> Alert | Non
 
 
 def _step_per_gradient(metrics: Metrics, key: str) -> float | None:
-    size = number(metrics, key)
+    size = metrics.get(key)
+    if type(size) is not float:  # the fast path skips number(): this runs ~20 times per group and update
+        size = number(metrics, key)
     if size is None or not math.isfinite(size):
         return None
-    clipped = number(metrics, GRAD_NORM_CLIPPED)
+    clipped = metrics.get(GRAD_NORM_CLIPPED)
     if clipped is None:
         return size
-    return size / clipped if math.isfinite(clipped) and clipped > 0 else None
+    if type(clipped) is not float:
+        clipped = number(metrics, GRAD_NORM_CLIPPED)
+    return size / clipped if clipped is not None and math.isfinite(clipped) and clipped > 0 else None
 
 
 def steps_per_second_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
