@@ -223,19 +223,24 @@ def test_an_lr_spike_on_a3c_is_rolled_back_with_restored_weights_and_a_cut_learn
     assert rollback["restored_from"] in ("memory", "disk") and rollback["restored_step"] < drill["fired_at"]
     assert rollback["lr_scale"] == 0.5 and rollback["unpaused_workers"] == []
     # The run went on at half the learning rate (the preset's 1.5e-3, not annealed) for guard.lr_cut_duration
-    # of the run, then at the full rate again (the workers read the shared scale), and no other rollback
-    # followed the spike (reports holding pre-restore updates are logged, not judged).
-    assert len(rollbacks) == 1
-    (lifted,) = events(drilled_run, "recovery.lr_restored")
-    assert lifted["step"] >= rollback["step"] + 900 and lifted["before"] == 0.5
+    # (900 steps), then at the full rate again (the workers read the shared scale). Reports holding
+    # pre-restore updates are logged, not judged. On a busy machine the rollback can come so late that the
+    # run ends within those 900 steps (no lift), and A3C at the full rate again can cross the critical KL on
+    # its own (a second rollback, whose cut stays); none comes between the spike's rollback and the lift.
     rows = read_jsonl(drilled_run / "metrics.jsonl")
-    cut = [row for row in rows if rollback["step"] < row["step"] < lifted["step"]]
-    assert all(row[names.LR_SCALE] == 0.5 for row in cut if names.LR_SCALE in row)  # judged reports (maybe none)
-    assert any(row.get(names.LEARNING_RATE) == pytest.approx(0.75e-3) for row in cut)  # the workers' own rate
-    # The guard's scale is back to 1 (the workers read it at their next update; reports already under way
-    # when it was lifted still carry the halved rate, so the rates they log are not asserted here).
     judged = [row for row in rows if names.LR_SCALE in row]
-    assert judged[-1][names.LR_SCALE] == 1.0
+    lifted = events(drilled_run, "recovery.lr_restored")
+    if not lifted:
+        assert len(rollbacks) == 1 and judged[-1]["step"] < rollback["step"] + 900
+        assert all(row[names.LR_SCALE] == 0.5 for row in judged if row["step"] > rollback["step"])
+    else:
+        (lift,) = lifted
+        assert not [r for r in rollbacks[1:] if r["step"] < lift["step"]]
+        assert lift["step"] >= rollback["step"] + 900 and lift["before"] == 0.5
+        cut = [row for row in rows if rollback["step"] < row["step"] < lift["step"]]
+        assert all(row[names.LR_SCALE] == 0.5 for row in cut if names.LR_SCALE in row)
+        assert any(row.get(names.LEARNING_RATE) == pytest.approx(0.75e-3) for row in cut)  # the workers' own rate
+        assert judged[-1][names.LR_SCALE] == (1.0 if len(rollbacks) == 1 else 0.5)
     assert events(drilled_run, "run.finished")[0]["step"] >= 6000
 
 
