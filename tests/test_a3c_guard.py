@@ -189,7 +189,7 @@ def drilled_run(tmp_path_factory) -> Path:
             "eval_episodes=2",
             "checkpoint_every=3000",
             "inject=[nan_grad@1000, lr_spike@3600:200]",
-            "lr_cut_duration=0.15",  # 900 steps at the halved rate: reports show it, and it ends before the run
+            "lr_cut_duration=0",  # the cut stays: its lift is the guard's (test_guard_decisions), timing-free
         ],
         seed=1,
         total_steps=6000,
@@ -222,25 +222,13 @@ def test_an_lr_spike_on_a3c_is_rolled_back_with_restored_weights_and_a_cut_learn
     # before the spike, and the newest healthy checkpoint (3000) is the one restored: both are pre-spike.
     assert rollback["restored_from"] in ("memory", "disk") and rollback["restored_step"] < drill["fired_at"]
     assert rollback["lr_scale"] == 0.5 and rollback["unpaused_workers"] == []
-    # The run went on at half the learning rate (the preset's 1.5e-3, not annealed) for guard.lr_cut_duration
-    # (900 steps), then at the full rate again (the workers read the shared scale). Reports holding
-    # pre-restore updates are logged, not judged. On a busy machine the rollback can come so late that the
-    # run ends within those 900 steps (no lift), and A3C at the full rate again can cross the critical KL on
-    # its own (a second rollback, whose cut stays); none comes between the spike's rollback and the lift.
+    # The run went on at half the learning rate (the preset's 1.5e-3, not annealed), and no other rollback
+    # followed the spike (reports holding pre-restore updates are logged, not judged).
+    assert len(rollbacks) == 1
     rows = read_jsonl(drilled_run / "metrics.jsonl")
-    judged = [row for row in rows if names.LR_SCALE in row]
-    lifted = events(drilled_run, "recovery.lr_restored")
-    if not lifted:
-        assert len(rollbacks) == 1 and judged[-1]["step"] < rollback["step"] + 900
-        assert all(row[names.LR_SCALE] == 0.5 for row in judged if row["step"] > rollback["step"])
-    else:
-        (lift,) = lifted
-        assert not [r for r in rollbacks[1:] if r["step"] < lift["step"]]
-        assert lift["step"] >= rollback["step"] + 900 and lift["before"] == 0.5
-        cut = [row for row in rows if rollback["step"] < row["step"] < lift["step"]]
-        assert all(row[names.LR_SCALE] == 0.5 for row in cut if names.LR_SCALE in row)
-        assert any(row.get(names.LEARNING_RATE) == pytest.approx(0.75e-3) for row in cut)  # the workers' own rate
-        assert judged[-1][names.LR_SCALE] == (1.0 if len(rollbacks) == 1 else 0.5)
+    later = [row for row in rows if row["step"] > rollback["step"] and names.LR_SCALE in row]
+    assert later and all(row[names.LR_SCALE] == 0.5 for row in later)
+    assert all(row[names.LEARNING_RATE] == pytest.approx(0.75e-3) for row in later)
     assert events(drilled_run, "run.finished")[0]["step"] >= 6000
 
 
