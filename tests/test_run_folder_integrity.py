@@ -402,6 +402,25 @@ def test_box2d_env_says_before_training_that_resume_is_not_exact(tmp_path, capsy
     assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512]
 
 
+def test_an_env_holding_a_data_set_is_not_copied_into_every_checkpoint(tmp_path, capsys):
+    """Row 14: a 5 MiB table held by the env would go into every state.json; it is not captured, and the
+    run says before training that resume restarts the episodes, naming the attribute."""
+    run = tmp_path / "run"
+    args = [
+        "train", "ppo", "--env", "pgrad.envs.toy:ScriptedEnv", "--total-steps", "256", "--run-dir", str(run), *QUIET,
+        "--set", "env.kwargs={data_set_mib: 5}", *SMALL_ENTRY_POINT_RUN,
+    ]  # fmt: skip
+    code, err = cli(capsys, *args)
+    assert code == 0
+    (warning,) = [line for line in err.splitlines() if line.startswith("pgrad: warning:")]
+    assert "resume will not be exact for pgrad.envs.toy:ScriptedEnv: its state is" in warning
+    assert "largest: data_set" in warning and "a data set held by the env?" in warning
+    states = list((run / "checkpoints").glob("step_*/state.json"))
+    assert states and all(path.stat().st_size < 2**20 for path in states)  # not 5 MiB each
+    code, err = cli(capsys, "resume", str(run), "--quiet", "--total-steps", "512", "--trust-env-code")
+    assert code == 0 and [event for event in rows(run / "events.jsonl") if event["kind"] == "run.envs_restarted"]
+
+
 # ---- row 9: an async resume is exact: each worker's env is saved and restored in its worker -----------
 
 

@@ -22,6 +22,7 @@ when asked through ``AsyncVectorEnv.call``/``set_attr``, and replays the worker'
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import gymnasium as gym
@@ -281,6 +282,9 @@ def inexact_reason(envs: Any) -> str | None:
             "env.vectorization=async keeps the environments in worker processes, whose state is not saved; "
             "a resume restarts their episodes (use sync or native vectorisation for an exact resume)"
         )
+    too_large = _too_large(envs)
+    if too_large is not None:
+        return too_large
     sub_envs = getattr(layers[-1], "envs", [])
     missed: dict[str, list[str]] = {}
     for layer in layers + (_chain(sub_envs[0]) if len(sub_envs) else []):
@@ -293,6 +297,36 @@ def inexact_reason(envs: Any) -> str | None:
     return (
         f"its state is not all plain data ({what}) and cannot be saved without pickle; "
         "a resume restarts the episodes in progress instead of continuing them"
+    )
+
+
+MAX_STATE_BYTES = 4 * 2**20  # an env state beyond this is a data set, not a position in an episode
+
+
+def _too_large(envs: Any) -> str | None:
+    """Why the environments' state is too large to copy into every checkpoint, or None.
+
+    Measured once, before training: an env that holds a data set (a table of prices, a map, an
+    image) would copy it into every checkpoint's ``state.json`` (a 16 MB data set in each of 40
+    checkpoints), when what a resume needs is where each episode stands. Such an env is not
+    captured; the warning names its largest attributes."""
+    state = capture(envs)
+    if state is None:
+        return None
+    size = len(json.dumps(state))
+    if size <= MAX_STATE_BYTES:
+        return None
+    attributes: dict[str, int] = {}
+    for layers in [state["layers"], *state.get("sub_envs", [])]:
+        for layer in layers:
+            for name, value in layer.items():
+                attributes[name] = attributes.get(name, 0) + len(json.dumps(value))
+    largest = sorted(attributes.items(), key=lambda item: -item[1])[:3]
+    named = ", ".join(f"{name} {bytes_ / 2**20:.1f} MiB" for name, bytes_ in largest)
+    return (
+        f"its state is {size / 2**20:.1f} MiB (largest: {named}), more than {MAX_STATE_BYTES // 2**20} MiB to copy "
+        "into every checkpoint (a data set held by the env?); it is not saved, and a resume restarts the episodes "
+        "in progress instead of continuing them"
     )
 
 

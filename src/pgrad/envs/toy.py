@@ -18,11 +18,17 @@ class ScriptedEnv(gym.Env):
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(
-        self, episode_length: int = 3, reward: float = 1.0, ending: Literal["terminated", "truncated"] = "terminated"
+        self,
+        episode_length: int = 3,
+        reward: float = 1.0,
+        ending: Literal["terminated", "truncated"] = "terminated",
+        data_set_mib: float = 0.0,
     ) -> None:
         self.episode_length = episode_length
         self.reward = reward
         self.ending = ending
+        # A table the env reads but never changes (prices, a map): what an env holding a data set looks like.
+        self.data_set = np.zeros(int(data_set_mib * 2**20 / 8), np.float64)
         self.observation_space = gym.spaces.Box(0.0, float(episode_length), shape=(1,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(2)
         self.t = 0

@@ -144,7 +144,7 @@ class OnPolicyRunner:
             rng_torch=torch.get_rng_state(),
             rng_numpy=dict(self.rng.bit_generator.state),
             rng_python=[python_state[0], list(python_state[1]), python_state[2]],
-            env_state=env_state.capture(self.env.envs),
+            env_state=None if self.inexact is not None else env_state.capture(self.env.envs),
             episodes=self.collector.episode_state(),
             algo_state=self.algo.extra_state(),
             guard=self.guard.state.to_dict(),
