@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d]"
 	touch $(STAMP)
 
 demo: setup
