@@ -192,7 +192,7 @@ def drilled_run(tmp_path_factory) -> Path:
             "lr_cut_duration=0",  # the cut stays: its lift is the guard's (test_guard_decisions), timing-free
         ],
         seed=1,
-        total_steps=6000,
+        total_steps=8000,  # room after the rollback for judged reports, however late it comes
     )
     A3CRunner(config, run, console=False).train()  # neither drill may stop the run
     return run
