@@ -284,7 +284,7 @@ class Guard:
         if summary is not None and self._evaluation_collapsed(*summary, train, step):
             reason = (
                 f"evaluation return collapsed for {state.eval_collapses} evaluations in a row "
-                f"over {step - (state.collapse_since or step)} steps"
+                f"over {self._collapse_length(step)} steps"
             )
             return self._rollback("best", reason, step)
         healthy = self.healthy_for_rollback(metrics)  # after the evaluation has been counted
@@ -356,7 +356,7 @@ class Guard:
             best = "none" if state.best_eval is None else f"{state.best_eval:.4g} +- {state.best_eval_se:.3g}"
             # Info while it lasts: a collapse the run climbs out of within the span is part of healthy
             # learning (A2C's dips), and the reload, when it comes, is logged (and shown) on its own.
-            lasted = step - (state.collapse_since or step)
+            lasted = self._collapse_length(step)
             lasting = lasted >= config.eval_collapse_span * config.eval_every
             level = "warning" if lasting and not (config.enabled and config.rollback_on_eval) else "info"
             self.pending.append(
@@ -390,13 +390,18 @@ class Guard:
         state.last_eval = eval_return if self.healthy else None
         state.last_eval_se = se if self.healthy else 0.0
         state.last_eval_train = train if self.healthy else None
-        lasted = step - (state.collapse_since if state.collapse_since is not None else step)
+        lasted = self._collapse_length(step)
         return (
             config.enabled
             and config.rollback_on_eval
             and state.eval_collapses >= config.eval_patience
             and lasted >= config.eval_collapse_span * config.eval_every
         )
+
+    def _collapse_length(self, step: int) -> int:
+        """Env steps since the first of the consecutive collapsed evaluations (0 when none)."""
+        since = self.state.collapse_since
+        return step - since if since is not None else 0
 
     def _rollback(self, source: Literal["last_healthy", "best"], reason: str, step: int) -> list[Action]:
         """Count the recovery and, for a destructive update (``last_healthy``), cut the learning rate;
