@@ -97,3 +97,26 @@ def test_reward_scaler_ignores_autoreset_steps():
     count = scaler.stats.count
     scaler(np.array([0.0]), np.array([False]), np.array([False]))  # autoreset step
     assert scaler.stats.count == count
+
+
+def test_final_observations_stay_out_of_the_observation_statistics():
+    # The final observation (3) is only acted on in the autoreset step, whose action Gymnasium
+    # ignores; like SB3's VecNormalize, the statistics count the observations that start steps of
+    # an episode (reset observations included), never the final one.
+    collector = collector_for("terminated")
+    collector.obs_normalizer = ObsNormalizer((1,), 10.0, True)
+    collector.collect(value_model({}).acting_policy(), np.random.default_rng(0), num_steps=8)
+    stats = collector.obs_normalizer.stats
+    # acted on: 0 1 2 [3] 0 1 2 [3]; counted: 0 1 2 0 1 2 (plus the prior's 1e-4 weight)
+    assert stats.count == pytest.approx(6.0, abs=1e-3)
+    assert stats.mean[0] == pytest.approx(1.0, abs=1e-3)
+    assert stats.var[0] == pytest.approx(2.0 / 3.0, abs=1e-3)
+
+
+def test_observation_statistics_update_only_the_rows_marked():
+    normalizer = ObsNormalizer((1,), 10.0, True)
+    normalizer(np.array([[1.0], [100.0], [3.0]], np.float32), np.array([True, False, True]))
+    assert normalizer.stats.count == pytest.approx(2.0, abs=1e-3)
+    assert normalizer.stats.mean[0] == pytest.approx(2.0, abs=1e-3)
+    normalizer(np.array([[50.0], [60.0], [70.0]], np.float32), np.array([False, False, False]))
+    assert normalizer.stats.count == pytest.approx(2.0, abs=1e-3)

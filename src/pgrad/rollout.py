@@ -221,7 +221,8 @@ class RolloutCollector:
         env_seconds = 0.0
 
         for t in range(num_steps):
-            obs[t] = self.obs_normalizer(self.raw_obs, update=True) if normalize_obs else self.raw_obs
+            # A final observation (autoreset pending) is normalised but not counted in the statistics.
+            obs[t] = self.obs_normalizer(self.raw_obs, ~self.autoreset_pending) if normalize_obs else self.raw_obs
             step_actions = policy.sample(obs[t], rng)
             actions[t] = step_actions
             started = clock()
@@ -270,7 +271,7 @@ class RolloutCollector:
         while (finished < quota).any():
             if len(valid) >= max_steps:
                 raise RuntimeError(f"episodes did not end within {max_steps} steps; set env.max_episode_steps")
-            step_obs = self.obs_normalizer(self.raw_obs, update=True)
+            step_obs = self.obs_normalizer(self.raw_obs, ~self.autoreset_pending)
             actions = policy.sample(step_obs, rng)
             started = time.perf_counter()
             next_obs, reward, term, trunc, _ = self.envs.step(self.adapter.env_actions(actions))

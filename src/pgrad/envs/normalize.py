@@ -40,7 +40,13 @@ class RunningMeanStd:
 
 
 class ObsNormalizer:
-    """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip); statistics updated while training."""
+    """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip); statistics updated while training.
+
+    ``update`` is a bool for all rows, or a bool per row: the collector leaves out the final
+    observation of an episode (it is only acted on in Gymnasium's autoreset step, whose action is
+    ignored). SB3's VecNormalize never sees final observations either; counting them skews the
+    statistics towards the states episodes end in (a fallen Hopper: +10 % std on some dimensions).
+    """
 
     def __init__(self, shape: tuple[int, ...], clip: float, enabled: bool, epsilon: float = 1e-8) -> None:
         self.stats = RunningMeanStd(shape)
@@ -48,10 +54,12 @@ class ObsNormalizer:
         self.enabled = enabled
         self.epsilon = epsilon
 
-    def __call__(self, obs: np.ndarray, update: bool) -> np.ndarray:
+    def __call__(self, obs: np.ndarray, update: bool | np.ndarray) -> np.ndarray:
         if not self.enabled:
             return obs.astype(np.float32, copy=False)
-        if update:
+        if isinstance(update, np.ndarray):
+            self.stats.update(obs if update.all() else obs[update])
+        elif update:
             self.stats.update(obs)
         scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
