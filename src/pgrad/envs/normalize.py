@@ -42,10 +42,12 @@ class RunningMeanStd:
 class ObsNormalizer:
     """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip); statistics updated while training.
 
-    ``update`` is a bool for all rows, or a bool per row: the collector leaves out the final
-    observation of an episode (it is only acted on in Gymnasium's autoreset step, whose action is
-    ignored). SB3's VecNormalize never sees final observations either; counting them skews the
-    statistics towards the states episodes end in (a fallen Hopper: +10 % std on some dimensions).
+    The collector counts each observation once, when the environment returns it (``observe``), and
+    normalises it with ``update=False`` when it is used, as SB3's VecNormalize does: the bootstrap
+    observation after a rollout's last step is normalised with statistics that include it, and an
+    episode's final observation is never counted (it is only acted on in Gymnasium's autoreset step,
+    whose action is ignored; counting it skews the statistics towards the states episodes end in,
+    +10 % std on some dimensions of a young Hopper policy).
     """
 
     def __init__(self, shape: tuple[int, ...], clip: float, enabled: bool, epsilon: float = 1e-8) -> None:
@@ -54,12 +56,15 @@ class ObsNormalizer:
         self.enabled = enabled
         self.epsilon = epsilon
 
-    def __call__(self, obs: np.ndarray, update: bool | np.ndarray) -> np.ndarray:
+    def observe(self, obs: np.ndarray, counted: np.ndarray | None = None) -> None:
+        """Add the rows of ``obs`` to the statistics (only those where ``counted`` is True, if given)."""
+        if self.enabled:
+            self.stats.update(obs if counted is None or counted.all() else obs[counted])
+
+    def __call__(self, obs: np.ndarray, update: bool) -> np.ndarray:
         if not self.enabled:
             return obs.astype(np.float32, copy=False)
-        if isinstance(update, np.ndarray):
-            self.stats.update(obs if update.all() else obs[update])
-        elif update:
+        if update:
             self.stats.update(obs)
         scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
