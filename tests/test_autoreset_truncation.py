@@ -97,3 +97,33 @@ def test_reward_scaler_ignores_autoreset_steps():
     count = scaler.stats.count
     scaler(np.array([0.0]), np.array([False]), np.array([False]))  # autoreset step
     assert scaler.stats.count == count
+
+
+def test_observation_statistics_count_arrivals_but_never_a_final_observation():
+    # As SB3's VecNormalize: every observation is counted once, when the env returns it (the reset
+    # observations too), except an episode's final observation, which is only acted on in the
+    # autoreset step whose action Gymnasium ignores.
+    collector = collector_for("terminated")
+    collector.obs_normalizer = ObsNormalizer((1,), 10.0, True)
+    collector.reset(seed=0)
+    rollout = collector.collect(value_model({}).acting_policy(), np.random.default_rng(0), num_steps=8)
+    stats = collector.obs_normalizer.stats
+    # returned by reset and the 8 steps: 0 | 1 2 [3] 0 1 2 [3] 0 -- the bootstrap observation 0 included
+    counted = np.array([0.0, 1, 2, 0, 1, 2, 0])
+    assert stats.count == pytest.approx(len(counted), abs=1e-3)
+    assert stats.mean[0] == pytest.approx(counted.mean(), abs=1e-3)
+    assert stats.var[0] == pytest.approx(counted.var(), abs=1e-3)
+    # the bootstrap observation is normalised with the statistics that include it
+    expected = (0.0 - stats.mean[0]) / np.sqrt(stats.var[0] + 1e-8)
+    assert rollout.obs[8, 0, 0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_observe_counts_only_the_rows_marked():
+    normalizer = ObsNormalizer((1,), 10.0, True)
+    normalizer.observe(np.array([[1.0], [100.0], [3.0]], np.float32), np.array([True, False, True]))
+    assert normalizer.stats.count == pytest.approx(2.0, abs=1e-3)
+    assert normalizer.stats.mean[0] == pytest.approx(2.0, abs=1e-3)
+    normalizer.observe(np.array([[50.0], [60.0], [70.0]], np.float32), np.array([False, False, False]))
+    assert normalizer.stats.count == pytest.approx(2.0, abs=1e-3)
+    normalizer(np.array([[50.0]], np.float32), update=False)
+    assert normalizer.stats.count == pytest.approx(2.0, abs=1e-3)

@@ -306,3 +306,18 @@ def test_batch_to_the_device_it_is_on_is_the_batch_itself():
     assert batch.to("cpu") is batch
     moved = batch.to("meta")
     assert moved.obs.device.type == "meta" and moved.obs.shape == batch.obs.shape
+
+
+def test_advantage_normalisation_uses_the_sample_std_of_the_valid_entries():
+    # SB3 and CleanRL divide by torch's std() (n - 1); the population std made every PPO policy
+    # gradient 0.8 % larger than theirs at minibatch 64 (tests/test_sb3_parity.py compares whole updates).
+    from pgrad.algos.common import normalize_advantages
+    from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
+
+    advantages = torch.tensor([1.0, -2.0, 0.5, 4.0, 9.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    valid = advantages[:4]
+    expected = (valid - valid.mean()) / (valid.std() + 1e-8)
+    torch.testing.assert_close(normalize_advantages(advantages, mask)[:4], expected)
+    weights = (mask / mask.sum()).numpy()
+    np.testing.assert_allclose(normalize_numpy(advantages.numpy(), weights)[:4], expected.numpy(), rtol=1e-6)

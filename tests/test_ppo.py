@@ -91,7 +91,7 @@ def test_loss_matches_definition_on_random_batch():
     terms = batch_loss(dist, values, batch, norm_adv=True, vf_coef=0.7, ent_coef=0.01, clip_vf=0.5)
 
     ratio = (dist.log_prob(actions) - old).exp()
-    adv = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std(unbiased=False) + 1e-8)
+    adv = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
     policy = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
     clipped_v = batch.values + (values - batch.values).clamp(-0.5, 0.5)
     value = torch.max((values - batch.returns) ** 2, (clipped_v - batch.returns) ** 2).mean()

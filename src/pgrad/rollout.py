@@ -200,6 +200,7 @@ class RolloutCollector:
         obs, _ = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
         self.raw_obs = self.adapter.observations(obs)
+        self.obs_normalizer.observe(self.raw_obs)
         self.autoreset_pending[:] = False
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
@@ -221,7 +222,7 @@ class RolloutCollector:
         env_seconds = 0.0
 
         for t in range(num_steps):
-            obs[t] = self.obs_normalizer(self.raw_obs, update=True) if normalize_obs else self.raw_obs
+            obs[t] = self.obs_normalizer(self.raw_obs, update=False) if normalize_obs else self.raw_obs
             step_actions = policy.sample(obs[t], rng)
             actions[t] = step_actions
             started = clock()
@@ -237,6 +238,8 @@ class RolloutCollector:
             self._track_episodes(reward, done, is_valid)
             self.autoreset_pending = done
             self.raw_obs = adapter.observations(next_obs)
+            if normalize_obs:  # counted on arrival, final observations never (see ObsNormalizer)
+                self.obs_normalizer.observe(self.raw_obs, ~done)
 
         obs[num_steps] = self.obs_normalizer(self.raw_obs, update=False) if normalize_obs else self.raw_obs
         self.env_seconds += env_seconds
@@ -257,6 +260,7 @@ class RolloutCollector:
         """
         obs, _ = self.envs.reset()  # no seed: each copy continues its own generator (exact on resume)
         self.raw_obs = self.adapter.observations(obs)
+        self.obs_normalizer.observe(self.raw_obs)
         self.autoreset_pending[:] = False
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
@@ -270,7 +274,7 @@ class RolloutCollector:
         while (finished < quota).any():
             if len(valid) >= max_steps:
                 raise RuntimeError(f"episodes did not end within {max_steps} steps; set env.max_episode_steps")
-            step_obs = self.obs_normalizer(self.raw_obs, update=True)
+            step_obs = self.obs_normalizer(self.raw_obs, update=False)
             actions = policy.sample(step_obs, rng)
             started = time.perf_counter()
             next_obs, reward, term, trunc, _ = self.envs.step(self.adapter.env_actions(actions))
@@ -286,6 +290,7 @@ class RolloutCollector:
             finished += done & counted
             self.autoreset_pending = done
             self.raw_obs = self.adapter.observations(next_obs)
+            self.obs_normalizer.observe(self.raw_obs, ~done)
 
         columns["obs"].append(self.obs_normalizer(self.raw_obs, update=False))
         self.env_seconds += env_seconds

@@ -31,9 +31,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(A - mean) / (std + eps), mean and (population) std over the valid entries."""
-    mean = masked_mean(advantages, mask)
-    var = masked_mean((advantages - mean).pow(2), mask)
+    """(A - mean) / (std + eps), mean and std over the n valid entries; the std is the sample one,
+    sum (A - mean)^2 / (n - 1), as SB3 and CleanRL compute it (torch's ``std()``), so that the same
+    minibatch gives the same step (the population std made the policy gradient 0.8 % larger at n 64)."""
+    count = mask.sum()
+    mean = (advantages * mask).sum() / count.clamp(min=1.0)
+    var = ((advantages - mean).pow(2) * mask).sum() / (count - 1.0).clamp(min=1.0)
     return (advantages - mean) / (var.sqrt() + eps)
 
 

@@ -88,9 +88,12 @@ def set_grad(parameter: torch.Tensor, grad: np.ndarray | None) -> None:
 
 
 def normalize_advantages(advantages: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(A - mean) / (std + 1e-8) with the masked weights, as ``algos.common.normalize_advantages``."""
+    """(A - mean) / (std + 1e-8) with the masked weights (w = mask / n), sample std as
+    ``algos.common.normalize_advantages``: sum_i w_i (A_i - mean)^2 x n / (n - 1)."""
     mean = float(weights @ advantages)
-    return (advantages - mean) / (np.sqrt(weights @ (advantages - mean) ** 2) + 1e-8)
+    count = np.count_nonzero(weights)
+    correction = count / (count - 1) if count > 1 else 1.0
+    return (advantages - mean) / (np.sqrt(weights @ (advantages - mean) ** 2 * correction) + 1e-8)
 
 
 @dataclass
