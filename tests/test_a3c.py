@@ -260,7 +260,11 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint_and_resume_continues_the_c
     assert min(row["update"] for row in new_rows) > state["updates"]
     events = read_jsonl(run / "events.jsonl")
     kinds = [e["kind"] for e in events if not e["kind"].startswith(("warning.", "info."))]  # the guard may log these
-    assert kinds[-3:] == ["workers.started", "checkpoint", "run.finished"]
+    # After the workers start again: checkpoints only (a periodic one too when the stop came late,
+    # under load, just before a checkpoint_every boundary), then the end.
+    resumed_tail = kinds[len(kinds) - 1 - kinds[::-1].index("workers.started") :]
+    assert resumed_tail[-2:] == ["checkpoint", "run.finished"]
+    assert set(resumed_tail[1:-1]) == {"checkpoint"}, resumed_tail
     assert any(e["kind"] == "run.resumed" and e["step"] == stopped_at for e in events)
     assert stopped_at + 4000 <= events[-1]["step"] <= stopped_at + 4000 + 2 * 8 * 5
 
