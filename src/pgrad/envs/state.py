@@ -336,6 +336,11 @@ def _restore_layer(obj: Any, state: dict[str, Any]) -> None:
             _restore_mujoco(obj.model, obj.data, value)
             continue
         setattr(obj, name, _decode(value, getattr(obj, name, None)))
+    # A layer that wrote into something not captured here (domain randomisation writes its draws into the
+    # MuJoCo model, which is never saved) says so with this method, and writes it again from its attributes.
+    restored = getattr(obj, "pgrad_restored", None)
+    if callable(restored):
+        restored()
 
 
 def _chain(env: Any) -> list[Any]:
