@@ -291,3 +291,56 @@ def test_off_by_default_adds_no_layer():
     envs = make_vector_env(EnvConfig(id="Hopper-v5", num_envs=1, vectorization="sync"))
     assert not any(isinstance(layer, DomainRandomization) for layer in env_state._chain(envs.envs[0]))
     envs.close()
+
+
+# ---- robustness evaluation: pgrad eval --randomize ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hopper_run(tmp_path_factory):
+    from pgrad.cli import main
+
+    run_dir = tmp_path_factory.mktemp("robust") / "run"
+    sets = ["env.num_envs=1", "ppo.num_steps=256", "ppo.num_epochs=1", "randomize.mass=0.2", "randomize.action_delay=1"]
+    argv = ["train", "ppo", "--env", "Hopper-v5", "--no-preset", "--total-steps", "256", "--quiet"]
+    assert main([*argv, "--run-dir", str(run_dir), *[f"--set={item}" for item in sets]]) == 0
+    return run_dir
+
+
+def test_eval_on_perturbed_physics(hopper_run, capsys):
+    from pgrad.cli import main
+    from pgrad.evaluate import evaluate
+
+    assert main(["eval", str(hopper_run), "--episodes", "2", "--deterministic", "--randomize", "mass=1.3"]) == 0
+    assert "evaluation (deterministic, physics mass x1.3, 2 episodes" in capsys.readouterr().out
+    nominal = evaluate(hopper_run, episodes=2)  # the default is nominal physics, not the training ranges
+    assert nominal.physics.active == []
+    light = evaluate(hopper_run, episodes=2, physics=RandomizeConfig(mass=[0.5, 0.5]))
+    again = evaluate(hopper_run, episodes=2, physics=RandomizeConfig(mass=[0.5, 0.5]))
+    assert light.returns != nominal.returns and light.returns == again.returns
+
+
+def test_parse_perturbation():
+    from pgrad.envs.randomize import describe, parse_perturbation
+
+    trained = RandomizeConfig(mass=0.2, action_delay=2, curriculum_steps=1000, curriculum_start=0.1)
+    fixed = parse_perturbation(["mass=1.3", "friction=0.5:1.5", "obs_noise=0.05", "action_delay=2"], trained)
+    assert fixed.scale_range("mass") == (1.3, 1.3) and fixed.scale_range("friction") == (0.5, 1.5)
+    assert fixed.obs_noise == 0.05 and fixed.delay_range() == (2, 2)
+    assert describe(fixed) == "mass x1.3, friction x[0.5, 1.5], obs_noise std 0.05, action_delay 2 steps"
+    as_trained = parse_perturbation(["train"], trained)  # the full ranges: no curriculum at evaluation
+    assert as_trained.scale_range("mass") == (0.8, 1.2) and as_trained.curriculum_steps == 0
+    assert parse_perturbation(["train", "mass=1.5"], trained).scale_range("mass") == (1.5, 1.5)
+    assert describe(RandomizeConfig()) == "nominal"
+    for bad, message in [
+        ("mass", "expected NAME=SCALE"),
+        ("weight=1.2", "expected NAME=SCALE"),
+        ("mass=abc", "is not a number"),
+        ("mass=0:1", r"0 < LOW <= HIGH"),
+        ("mass=1.2:0.8", r"0 < LOW <= HIGH"),
+        ("action_delay=1.5", "whole number of steps"),
+        ("obs_noise=0:1", "one number"),
+        ("obs_noise=-1", r"--randomize: obs_noise must be >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_perturbation([bad], trained)

@@ -366,10 +366,10 @@ class RandomizeConfig(Checked):
     SECTION: ClassVar[str] = "randomize"
 
     mass: float | tuple[float, ...] = param(
-        0.0, "body-mass scale half-width (or [low, high]); each body independently, inertia scaled with it"
+        0.0, "body-mass scale half-width (0.2: +-20 %) or [low, high]; each body independently, inertia with it"
     )
     friction: float | tuple[float, ...] = param(
-        0.0, "friction scale half-width (or [low, high]); each geom's friction coefficients independently"
+        0.0, "friction scale half-width (0.5: +-50 %) or [low, high]; each geom's coefficients independently"
     )
     damping: float | tuple[float, ...] = param(
         0.0, "joint-damping scale half-width (or [low, high]); each degree of freedom independently"

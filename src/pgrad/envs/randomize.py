@@ -201,3 +201,64 @@ def draw_metrics(draws: list[dict[str, Any]]) -> dict[str, float]:
         if drawn:
             metrics[f"randomize/{metric}"] = float(np.mean(drawn))
     return metrics
+
+
+def parse_perturbation(items: list[str], trained: RandomizeConfig) -> RandomizeConfig:
+    """``pgrad eval --randomize`` items to the physics an evaluation runs on.
+
+    ``mass=1.3``: every body's mass x 1.3 (a number is a fixed scale here, not a half-width);
+    ``friction=0.5:1.5``: each geom's scale drawn from U(0.5, 1.5) every episode; ``obs_noise=0.05``: the
+    noise std; ``action_delay=2`` or ``action_delay=0:3``: the delay in steps; ``train``: the run's own
+    ``env.randomize`` ranges at their full width. Items combine (``train`` first, then the others over it).
+    """
+    fields: dict[str, Any] = {}
+    for item in items:
+        if item.strip() == "train":
+            fields.update({k: v for k, v in trained.to_dict().items() if not k.startswith("curriculum")})
+            continue
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        allowed = (*SCALES, "obs_noise", "action_delay")
+        if not sep or name not in allowed:
+            raise ConfigError(
+                f"--randomize {item!r}: expected NAME=SCALE or NAME=LOW:HIGH with NAME one of {', '.join(allowed)}, "
+                "or 'train' (the run's own ranges)"
+            )
+        try:
+            bounds = [float(part) for part in text.split(":")]
+        except ValueError:
+            raise ConfigError(f"--randomize {item!r}: {text!r} is not a number or LOW:HIGH") from None
+        if name == "obs_noise":
+            if len(bounds) != 1:
+                raise ConfigError(f"--randomize {item!r}: obs_noise takes one number, the noise std")
+            fields[name] = bounds[0]
+        elif len(bounds) in (1, 2):
+            low, high = bounds[0], bounds[-1]
+            if not (0 <= low <= high if name == "action_delay" else 0 < low <= high) or not np.isfinite(high):
+                floor = "0 <=" if name == "action_delay" else "0 <"
+                raise ConfigError(f"--randomize {item!r}: {name} must be a value or LOW:HIGH with {floor} LOW <= HIGH")
+            if name == "action_delay" and not (low.is_integer() and high.is_integer()):
+                raise ConfigError(f"--randomize {item!r}: action_delay is a whole number of steps")
+            fields[name] = [int(low), int(high)] if name == "action_delay" else [low, high]
+        else:
+            raise ConfigError(f"--randomize {item!r}: expected one number or LOW:HIGH")
+    try:
+        return RandomizeConfig(**fields)
+    except ConfigError as exc:
+        raise ConfigError(f"--randomize: {str(exc).replace(RandomizeConfig.SECTION + '.', '', 1)}") from None
+
+
+def describe(config: RandomizeConfig) -> str:
+    """One line for the physics an evaluation ran on: ``mass x1.3, friction x[0.5, 1.5]`` or ``nominal``."""
+    parts = []
+    for name in config.active:
+        if name in SCALES:
+            low, high = config.scale_range(name)
+            parts.append(f"{name} x{low:g}" if low == high else f"{name} x[{low:g}, {high:g}]")
+        elif name == "obs_noise":
+            parts.append(f"obs_noise std {config.obs_noise:g}")
+        else:
+            low_delay, high_delay = config.delay_range()
+            delay = f"{low_delay}" if low_delay == high_delay else f"{low_delay}-{high_delay}"
+            parts.append(f"action_delay {delay} steps")
+    return ", ".join(parts) or "nominal"
