@@ -344,3 +344,17 @@ def test_parse_perturbation():
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_perturbation([bad], trained)
+
+
+def test_list_shows_the_section_and_a_top_level_section_in_a_file_says_where_it_goes(capsys, tmp_path):
+    from pgrad.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "randomize.mass" in out and "randomize.curriculum_steps" in out
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("randomize:\n  mass: 0.2\n")
+    assert main(["train", "ppo", "--env", "Hopper-v5", "--config", str(config_file)]) == 2
+    assert "unknown section 'randomize' (allowed: env, run, ppo, guard); 'randomize' belongs under 'env:'" in (
+        capsys.readouterr().err
+    )
