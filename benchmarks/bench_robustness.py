@@ -11,7 +11,7 @@ fixed scales of one parameter at a time (every body's mass x 0.5 ... x 1.5, and 
 Writes a markdown table (mean return +- std per scale) to ``--out`` and stdout, and one figure (a
 panel per env and parameter: return against scale, one line per training variant) to ``--plot``.
 
-    .venv/bin/python benchmarks/bench_robustness.py                     # 300k steps per run (hours on 2 cores)
+    .venv/bin/python benchmarks/bench_robustness.py                     # 300k steps per run, 4 runs
     .venv/bin/python benchmarks/bench_robustness.py --budget 5000 --episodes 2 --scales 0.5 1 1.5  # a smoke test
 
 Needs the 'mujoco' and 'plots' extras. The trained runs stay under ``--runs`` (re-evaluate them with
