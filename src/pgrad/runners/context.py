@@ -202,9 +202,12 @@ class RunContext:
             return {}
         if self.index_repair is not None:
             adopt_checkpoint(self.store, *self.index_repair)
+        # randomization.jsonl: only runs with domain randomisation have one (pgrad.envs.randomize)
+        logs = ["metrics.jsonl", "events.jsonl", "randomization.jsonl"]
         return {
             name: truncate_jsonl(self.run_dir / name, self.last_checkpoint_step)
-            for name in ("metrics.jsonl", "events.jsonl")
+            for name in logs
+            if name != "randomization.jsonl" or (self.run_dir / name).is_file()
         }
 
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> None:
@@ -412,6 +415,7 @@ RUN_FILES = (
     "config.yaml",
     "metrics.jsonl",
     "events.jsonl",
+    "randomization.jsonl",
     "checkpoints",
     "tb",
     "report",
