@@ -178,7 +178,7 @@ class RunContext:
                 print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
             else:
                 self.emit(kind, self.last_checkpoint_step, message, **data)
-        if any(dropped.values()):
+        if any(after or bad for after, bad in dropped.values()):  # a (0, 0) pair is truthy: count the rows
             counts = ", ".join(
                 f"{name}: {after} rows past it, {bad} unreadable" for name, (after, bad) in dropped.items()
             )
