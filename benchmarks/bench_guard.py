@@ -209,10 +209,11 @@ def main() -> None:
     all_groups = ["ppo-cartpole", "ppo-pendulum", "a2c", "trpo", "flip", "nan", "healthy"]
     parser.add_argument("--groups", nargs="+", default=all_groups, choices=all_groups)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--algos", nargs="+", default=None, help="only the rows of these algorithms")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_guard_") as tmp:
-        for drill in matrix(args.groups, args.seeds):
+        for drill in [d for d in matrix(args.groups, args.seeds) if args.algos is None or d.algo in args.algos]:
             result = run(drill, Path(tmp))
             results.append(result)
             print(f"# {drill.group} {drill.algo} seed {drill.seed} {drill.inject}: final {result['final']}", flush=True)
