@@ -119,7 +119,8 @@ def run(drill: Drill, folder: Path) -> dict[str, Any]:
     config, _ = resolve_config(
         drill.algo, drill.env, sets=sets, seed=drill.seed, total_steps=drill.total_steps, use_preset=drill.preset
     )
-    run_dir = folder / f"{drill.group}-{drill.algo}-{drill.seed}-{(drill.inject or 'none').replace('@', '_')}"
+    drilled = (drill.inject or "none").replace("@", "_")
+    run_dir = folder / f"{drill.group}-{drill.algo}-{drill.env}-{drill.seed}-{drilled}"  # one folder per row
     started = time.perf_counter()
     halted = False
     try:
