@@ -595,7 +595,11 @@ def test_kill_9_after_a_checkpoint_then_resume_logs_every_step_once(tmp_path, ca
     assert code == 0, err
     steps = [row["step"] for row in rows(run / "metrics.jsonl")]
     assert steps == list(range(256, logged[-1] + 513, 256))
-    assert has_event(run, "run.logs_truncated")
+    # The kill can land just after another checkpoint (the poll and the kill race): then there is
+    # nothing to cut. Rows past the checkpoint the run resumed from are always cut, and said so.
+    resumed_from = [e["step"] for e in rows(run / "events.jsonl") if e["kind"] == "run.resumed"][-1]
+    if logged[-1] > resumed_from:
+        assert has_event(run, "run.logs_truncated")
 
 
 def test_disk_full_while_logging_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
