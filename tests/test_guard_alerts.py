@@ -47,8 +47,14 @@ def fired(rule, rows, config=CONFIG):
 
 def test_kl_warning_and_critical_levels():
     assert fired(alerts.kl_rule, history(3, diagnostics__approx_kl=0.01)) is None
-    warning = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.01, 0.01, 0.07]))
+    # One update between the levels is info (healthy PPO CartPole, seed 3: 0.054 and 0.092 once each) ...
+    single = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.01, 0.01, 0.07]))
+    assert (single.level, single.rule, single.value, single.threshold) == ("info", "kl", 0.07, 0.05)
+    assert "single update" in single.message
+    # ... a KL that stays up (the median of the last three above the level) is a warning.
+    warning = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.06, 0.01, 0.07]))
     assert (warning.level, warning.rule, warning.value, warning.threshold) == ("warning", "kl", 0.07, 0.05)
+    assert warning.evidence["median_last_3"] == 0.06
     critical = fired(alerts.kl_rule, history(3, diagnostics__approx_kl=[0.01, 0.01, 0.2]))
     assert (critical.level, critical.threshold, critical.metric) == ("critical", 0.1, "diagnostics/approx_kl")
 
