@@ -19,8 +19,8 @@ Two groups:
 
 Runs are interleaved: the pgrad and SB3 runs of one (env, seed) are started together on the two
 worker processes (``--jobs 2``), so both see the same machine load. Every run is its own process
-with one torch thread. Raw results go to ``benchmarks/out/parity_<group>.json`` and the learning
-curves to ``benchmarks/plots/parity_<env>.png``; the tables print as markdown.
+with one torch thread. Raw results go to ``benchmarks/data/parity_<group>.json`` and the learning
+curves to ``benchmarks/plots/<group>_<env>.png``; the tables print as markdown.
 
     .venv/bin/python benchmarks/bench_parity.py                       # parity group (~35 min here)
     .venv/bin/python benchmarks/bench_parity.py --groups presets      # 1M-step presets (~25 min)
@@ -363,8 +363,8 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")
         with context.Pool(args.jobs, maxtasksperchild=1) as pool:
             done = pool.map(run_job, jobs, chunksize=1)
-        (HERE / "out").mkdir(exist_ok=True)
-        out = HERE / "out" / f"parity_{group}.json"
+        (HERE / "data").mkdir(exist_ok=True)
+        out = HERE / "data" / f"parity_{group}.json"  # tracked: the tables and plots can be redrawn from it
         out.write_text(json.dumps([asdict(j) for j in done]))
         lines = parity_tables(done) if group == "parity" else preset_table(done)
         print("\n".join(lines))
