@@ -147,13 +147,13 @@ class ReplayBuffer:
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The written rows and the ring's position, for ``TrainState.replay`` (safetensors)."""
         arrays = {name: getattr(self, name)[: self.size] for name in FIELDS}
-        arrays["position"] = np.array(self.position, np.int64)
-        arrays["size"] = np.array(self.size, np.int64)
+        arrays["position"] = np.array([self.position], np.int64)  # shape [1]: what safetensors gives back
+        arrays["size"] = np.array([self.size], np.int64)
         return arrays
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Put saved rows back; shapes are checked first (a checkpoint may come from another config)."""
-        size, position = int(arrays["size"]), int(arrays["position"])
+        size, position = int(arrays["size"].reshape(-1)[0]), int(arrays["position"].reshape(-1)[0])
         if not 0 <= size <= self.capacity or not 0 <= position < self.capacity:
             raise ValueError(f"replay size {size} / position {position} do not fit a capacity of {self.capacity}")
         for name in FIELDS:
