@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pgrad import metric_names as names
 from pgrad.config import Checked, EnvConfig, param
 from pgrad.errors import ConfigError
 
@@ -175,9 +176,9 @@ def q_statistics(q_values: list[torch.Tensor], target: torch.Tensor) -> dict[str
     """Q mean/min/max over the batch (first critic) and the mean absolute TD error |Q_1 - y|."""
     q = q_values[0].detach()
     return {
-        "q/mean": q.mean(),
-        "q/min": q.min(),
-        "q/max": q.max(),
-        "q/td_error": (q - target).abs().mean(),
+        names.Q_MEAN: q.mean(),
+        names.Q_MIN: q.min(),
+        names.Q_MAX: q.max(),
+        names.TD_ERROR: (q - target).abs().mean(),
         "q/target_mean": target.mean(),
     }

@@ -34,6 +34,7 @@ from pgrad.algos.off_policy import (
     twin_min_target,
 )
 from pgrad.config import Checked, EnvConfig, param
+from pgrad.metric_names import ALPHA
 from pgrad.nets import ActionSpec, QNetworks, SquashedActingPolicy, SquashedGaussianActor
 from pgrad.replay import TransitionBatch
 
@@ -157,7 +158,7 @@ class SAC:
             {
                 "train/critic_loss": loss_q.detach(),
                 "train/actor_loss": loss_pi.detach(),
-                "train/alpha": alpha,
+                ALPHA: alpha,
                 "train/entropy": -log_prob_pi.detach().mean(),  # E[-log pi(a~|s)]: the policy's entropy estimate
             }
         )

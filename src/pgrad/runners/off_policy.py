@@ -126,6 +126,7 @@ class OffPolicyRunner:
         self.updates = 0  # gradient steps
         self.rows = 0  # log rows: what the guard counts as updates
         self.refill_target = 1  # transitions the buffer must hold before updates (more after a resume without it)
+        self.reward_abs_max = 0.0  # largest |reward| stored: r_max of the guard's Q bound r_max / (1 - gamma)
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
         self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard.state, config.guard)
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
@@ -190,13 +191,17 @@ class OffPolicyRunner:
             rng_python=[python_state[0], list(python_state[1]), python_state[2]],
             env_state=None if self.inexact is not None else env_state.capture(self.env.envs),
             episodes=self.collector.episode_state(),
-            algo_state={**self.algo.extra_state(), "loop": {"rows": self.rows, "refill_target": self.refill_target}},
+            algo_state={**self.algo.extra_state(), "loop": self.loop_state()},
             guard=self.guard.state.to_dict(),
             rollback_states=self.healthy_states.slots(),
             rollback_capture_step=self.healthy_states.last_capture_step,
             replay=self.buffer.state_arrays() if self.loop.save_buffer else {},
             pgrad_version=__version__,
         )
+
+    def loop_state(self) -> dict[str, Any]:
+        """The loop's own counters (JSON, under ``algo_state["loop"]``)."""
+        return {"rows": self.rows, "refill_target": self.refill_target, "reward_abs_max": self.reward_abs_max}
 
     def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
         return self.run.save_checkpoint(self.train_state(), score, healthy)
@@ -219,6 +224,7 @@ class OffPolicyRunner:
             random.setstate((version, tuple(internal), gauss))
             loop_state = dict(state.algo_state.get("loop") or {})
             self.rows = int(loop_state.get("rows", 0))
+            self.reward_abs_max = float(loop_state.get("reward_abs_max", 0.0))
             self.algo.load_extra_state({k: v for k, v in state.algo_state.items() if k != "loop"})
             if state.replay:
                 self.buffer.load_state_arrays(state.replay)
@@ -386,6 +392,9 @@ class OffPolicyRunner:
                 np.negative(rollout.rewards, out=rollout.rewards)
             self.step += rollout.num_steps * num_envs
             self.buffer.add_rollout(rollout)
+            self.reward_abs_max = max(
+                self.reward_abs_max, float(np.abs(rollout.rewards[rollout.valid]).max(initial=0.0))
+            )
             self.recorder.add(rollout)
             # as SB3: random actions while step < learning_starts, updates once step > learning_starts
             if self.step <= loop.learning_starts or self.buffer.size < self.refill_target:
@@ -416,6 +425,7 @@ class OffPolicyRunner:
             "train/update_to_data": gradient_steps / max(env_steps, 1),
             "replay/size": float(self.buffer.size),
             "replay/fill": self.buffer.size / self.buffer.capacity,
+            **self.q_bound(),
             names.NONFINITE_STEPS: float(self.optimizer_guard.skipped),
             names.PARAMS_FINITE: self.check_parameters(),
             names.STEPS_PER_SECOND: env_steps / max(finished - started, 1e-9),
@@ -425,6 +435,14 @@ class OffPolicyRunner:
             "perf/rss_mb": resident_memory_mb(),
         }
         return metrics
+
+    def q_bound(self) -> dict[str, float]:
+        """r_max / (1 - gamma): no discounted return of rewards bounded by r_max exceeds it (the guard's
+        Q-divergence rule); absent for gamma = 1 or before a reward was stored."""
+        gamma = self.algo.gamma
+        if gamma >= 1.0 or self.reward_abs_max <= 0.0:
+            return {}
+        return {names.Q_BOUND: self.reward_abs_max / (1.0 - gamma)}
 
     def check_parameters(self) -> float:
         """1.0 while every parameter is finite (one reduction per log row, or after a skipped step)."""
