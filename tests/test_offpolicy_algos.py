@@ -11,6 +11,7 @@ from pgrad.algos.contract import UpdateContext
 from pgrad.algos.ddpg import DDPG, DDPGConfig
 from pgrad.algos.sac import SAC, SACConfig
 from pgrad.algos.td3 import TD3, TD3Config
+from pgrad.monitor.guard import Rollback
 from pgrad.nets import ActionSpec
 from pgrad.replay import ReplayBuffer
 from pgrad.runners.off_policy import OffPolicyRunner
@@ -114,3 +115,33 @@ def test_nan_gradient_drill_is_skipped_and_leaves_finite_weights(tmp_path):
     assert all(torch.isfinite(p).all() for m in runner.algo.modules().values() for p in m.parameters())
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert "drill.nan_grad" in kinds and "critical.nonfinite" in kinds and "run.finished" in kinds
+
+
+def test_rollback_restores_the_confirmed_healthy_learner_and_keeps_the_buffer(tmp_path):
+    sets = [
+        "run.progress=false",
+        "run.tensorboard=false",
+        "env.num_envs=1",
+        "sac.hidden_sizes=[16, 16]",
+        "sac.loop.batch_size=32",
+        "sac.loop.log_every=200",
+        "guard.snapshot_every=200",
+    ]
+    config, _ = resolve_config("sac", "Pendulum-v1", sets=sets, total_steps=800)
+    runner = OffPolicyRunner(config, tmp_path / "run", console=False)
+    runner.train(stop_at_step=600)
+    confirmed = runner.healthy_states.confirmed
+    assert confirmed is not None and confirmed.step == 400
+    with torch.no_grad():
+        for module in runner.algo.modules().values():
+            for parameter in module.parameters():
+                parameter.add_(1.0)  # the damage a rollback must undo
+    buffer_size = runner.buffer.size
+    logged = []
+    runner.log_events = logged.extend  # train() closed the run folder; keep the rollback's event here
+    runner.carry_out([Rollback("last_healthy", "test")])
+    assert logged[0].kind == "recovery.rollback" and "from memory" in logged[0].message
+    for name, module in runner.algo.modules().items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, confirmed.modules[name][key]), f"{name}.{key}"
+    assert runner.buffer.size == buffer_size  # a rollback undoes learning, not experience

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from pgrad.algos.off_policy import OffPolicyLoopConfig
 from pgrad.nets import ActingPolicy, Actor
 from pgrad.replay import TransitionBatch
 from pgrad.rollout import Batch, Rollout
@@ -74,7 +75,7 @@ class OffPolicyAlgorithm(Protocol):
     name: str
 
     @property
-    def loop(self) -> Any: ...  # an OffPolicyLoopConfig
+    def loop(self) -> OffPolicyLoopConfig: ...
 
     @property
     def gamma(self) -> float: ...
