@@ -46,7 +46,7 @@ def moved(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
 
 def test_td3_updates_actor_and_targets_only_every_policy_delay_steps():
     torch.manual_seed(0)
-    algo = TD3(TD3Config(hidden_sizes=(16,), policy_delay=2, tau=0.5), 3, ActionSpec("continuous", 2))
+    algo = TD3(TD3Config(network={"hidden_sizes": (16,)}, policy_delay=2, tau=0.5), 3, ActionSpec("continuous", 2))
     actor, target_actor, target_critics = (
         snapshot(algo.actor),
         snapshot(algo.target_actor),
@@ -66,7 +66,7 @@ def test_td3_updates_actor_and_targets_only_every_policy_delay_steps():
 
 def test_ddpg_moves_everything_every_step():
     torch.manual_seed(0)
-    algo = DDPG(DDPGConfig(hidden_sizes=(16,)), 3, ActionSpec("continuous", 2))
+    algo = DDPG(DDPGConfig(network={"hidden_sizes": (16,)}), 3, ActionSpec("continuous", 2))
     before = [snapshot(m) for m in (algo.actor, algo.critic, algo.target_actor, algo.target_critic)]
     metrics = algo.update(batch(), CONTEXT)
     for old, module in zip(before, (algo.actor, algo.critic, algo.target_actor, algo.target_critic), strict=True):
@@ -76,13 +76,15 @@ def test_ddpg_moves_everything_every_step():
 
 def test_sac_fixed_alpha_stays_and_learned_alpha_moves_toward_the_target():
     torch.manual_seed(0)
-    fixed = SAC(SACConfig(hidden_sizes=(16,), alpha=0.05), 3, ActionSpec("continuous", 2))
+    fixed = SAC(SACConfig(network={"hidden_sizes": (16,)}, alpha=0.05), 3, ActionSpec("continuous", 2))
     for _ in range(3):
         metrics = fixed.update(batch(), CONTEXT)
     assert float(metrics["train/alpha"]) == pytest.approx(0.05) and "train/alpha_loss" not in metrics
-    learned = SAC(SACConfig(hidden_sizes=(16,), target_entropy=-10.0), 3, ActionSpec("continuous", 2))
+    learned = SAC(SACConfig(network={"hidden_sizes": (16,)}, target_entropy=-10.0), 3, ActionSpec("continuous", 2))
     assert learned.target_entropy == -10.0
-    assert SAC(SACConfig(hidden_sizes=(16,)), 3, ActionSpec("continuous", 2)).target_entropy == -2.0  # -|A|
+    assert (
+        SAC(SACConfig(network={"hidden_sizes": (16,)}), 3, ActionSpec("continuous", 2)).target_entropy == -2.0
+    )  # -|A|
     # the fresh policy's entropy is far above -10: alpha must fall from 1 (lr 3e-4 per step)
     for _ in range(3):
         metrics = learned.update(batch(), CONTEXT)
@@ -90,7 +92,7 @@ def test_sac_fixed_alpha_stays_and_learned_alpha_moves_toward_the_target():
 
 
 def test_guard_lr_scale_reaches_every_optimizer():
-    algo = SAC(SACConfig(hidden_sizes=(16,)), 3, ActionSpec("continuous", 2))
+    algo = SAC(SACConfig(network={"hidden_sizes": (16,)}), 3, ActionSpec("continuous", 2))
     algo.update(batch(), UpdateContext(progress=0.0, lr_scale=0.5, rng=np.random.default_rng(0)))
     for optimizer in algo.optimizers().values():
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-4)
@@ -102,7 +104,7 @@ def test_nan_gradient_drill_is_skipped_and_leaves_finite_weights(tmp_path):
         "run.progress=false",
         "run.tensorboard=false",
         "env.num_envs=1",
-        "sac.hidden_sizes=[16, 16]",
+        "sac.network.hidden_sizes=[16, 16]",
         "sac.loop.batch_size=32",
         "sac.loop.log_every=200",
         "guard.inject=['nan_grad@300']",
@@ -122,7 +124,7 @@ def test_rollback_restores_the_confirmed_healthy_learner_and_keeps_the_buffer(tm
         "run.progress=false",
         "run.tensorboard=false",
         "env.num_envs=1",
-        "sac.hidden_sizes=[16, 16]",
+        "sac.network.hidden_sizes=[16, 16]",
         "sac.loop.batch_size=32",
         "sac.loop.log_every=200",
         "guard.snapshot_every=200",

@@ -19,7 +19,7 @@ from pgrad.runs import resolve_config
 QUIET = ["run.progress=false", "run.tensorboard=false"]
 SMALL = {
     algo: [
-        f"{algo}.hidden_sizes=[32, 32]",
+        f"{algo}.network.hidden_sizes=[32, 32]",
         f"{algo}.loop.batch_size=32",
         f"{algo}.loop.learning_starts=200",
         f"{algo}.loop.log_every=200",
@@ -151,7 +151,16 @@ def test_train_eval_list_through_the_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for text in ("sac:", "td3:", "ddpg:", "loop.buffer_size", "target_policy_noise", "alpha_init", "(SB3: 3e-4)"):
+    for text in (
+        "sac:",
+        "td3:",
+        "ddpg:",
+        "loop.buffer_size",
+        "target_policy_noise",
+        "alpha_init",
+        "(SB3: 0.005)",
+        "network.hidden_sizes",
+    ):
         assert text in out, text
 
 
@@ -195,7 +204,7 @@ def run_cli(capsys, *args):
             ["td3.exploration_noise=pink"],
             "td3.exploration_noise must be one of 'gaussian', 'ornstein_uhlenbeck', 'none'; got 'pink'",
         ),
-        ("ddpg", ["ddpg.learning_rate=0"], "ddpg.learning_rate must be > 0; got 0.0"),
+        ("ddpg", ["learning_rate=0"], "ddpg.optimizer.learning_rate must be > 0; got 0.0"),
         ("ddpg", ["env.norm_obs=true"], "env.norm_obs must be false for ddpg"),
         ("sac", ["env.norm_reward=true"], "env.norm_reward must be false for sac"),
     ],

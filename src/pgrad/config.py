@@ -348,6 +348,39 @@ class OptimizerConfig(Checked):
         self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
 
 
+@dataclass(frozen=True)
+class OffPolicyLoopConfig(Checked):
+    """The replay buffer and the collect/update schedule. Defaults are SB3's (``OffPolicyAlgorithm``
+    and each of SAC/TD3/DDPG: buffer_size 1e6, batch_size 256, learning_starts 100, train_freq 1,
+    gradient_steps 1)."""
+
+    SECTION: ClassVar[str] = "loop"
+
+    buffer_size: int = param(1_000_000, "replay capacity in transitions (SB3: 1e6)")
+    save_buffer: bool = param(
+        True,
+        "save the replay buffer with every checkpoint (safetensors), so resume is exact; false for very large "
+        "buffers: a resume then refills it before updating again, and says so",
+    )
+    batch_size: int = param(256, "transitions per gradient step, drawn uniformly with replacement (SB3: 256)")
+    learning_starts: int = param(
+        100, "env steps (all envs together) of uniformly random actions before the first update (SB3: 100)"
+    )
+    train_freq: int = param(1, "env steps per env between two rounds of updates (SB3: 1)")
+    gradient_steps: int = param(1, "gradient steps per round of updates (SB3: 1)")
+    log_every: int = param(
+        1000, "env steps between two rows of metrics; the guard judges each row (alerts, rollback, evaluation)"
+    )
+
+    def validate(self) -> None:
+        self.check_range("buffer_size", 1)
+        self.check_range("batch_size", 1)
+        self.check_range("learning_starts", 0)
+        self.check_range("train_freq", 1)
+        self.check_range("gradient_steps", 1)
+        self.check_range("log_every", 1)
+
+
 # --------------------------------------------------------------------------------------------
 # shared sections: environment and run
 # --------------------------------------------------------------------------------------------

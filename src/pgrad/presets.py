@@ -270,7 +270,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
         {
             "env": {"num_envs": 1},
             "run": {"total_steps": 20_000},
-            "sac": {"learning_rate": 1e-3, "hidden_sizes": [64, 64]},
+            "sac": {"optimizer": {"learning_rate": 1e-3}, "network": {"hidden_sizes": [64, 64]}},
         },
     ),
     ("td3", "Pendulum-v1"): Preset(
@@ -282,10 +282,10 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "run": {"total_steps": 20_000},
             "td3": {
                 "gamma": 0.98,
-                "learning_rate": 1e-3,
+                "optimizer": {"learning_rate": 1e-3},
                 "exploration_noise": "gaussian",
                 "exploration_std": 0.1,
-                "hidden_sizes": [64, 64],
+                "network": {"hidden_sizes": [64, 64]},
                 "loop": {"learning_starts": 1000},
             },
         },
@@ -299,10 +299,10 @@ PRESETS: dict[tuple[str, str], Preset] = {
             "run": {"total_steps": 20_000},
             "ddpg": {
                 "gamma": 0.98,
-                "learning_rate": 1e-3,
+                "optimizer": {"learning_rate": 1e-3},
                 "exploration_noise": "gaussian",
                 "exploration_std": 0.1,
-                "hidden_sizes": [64, 64],
+                "network": {"hidden_sizes": [64, 64]},
                 "loop": {"buffer_size": 200_000, "learning_starts": 1000},
             },
         },

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pgrad.algos.off_policy import OffPolicyLoopConfig
+from pgrad.config import OffPolicyLoopConfig
 from pgrad.nets import ActingPolicy, Actor
 from pgrad.replay import TransitionBatch
 from pgrad.rollout import Batch, Rollout

@@ -14,21 +14,22 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from pgrad.algos.common import adam
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
-    OffPolicyLoopConfig,
+    QNetworkConfig,
     check_off_policy_env,
     critic_loss,
     deterministic_actor_loss,
     frozen_copy,
+    make_optimizers,
     polyak_update,
     q_statistics,
-    set_learning_rate,
+    schedule_learning_rates,
     step,
     twin_min_target,
 )
-from pgrad.config import Checked, EnvConfig, param
+from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
+from pgrad.metric_names import LEARNING_RATE
 from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, QNetworks, SquashedActingPolicy
 from pgrad.replay import TransitionBatch
 
@@ -43,14 +44,19 @@ class DDPGConfig(Checked):
 
     gamma: float = param(0.99, "discount factor (SB3: 0.99)")
     tau: float = param(0.005, "Polyak coefficient of the targets (SB3: 0.005)")
-    learning_rate: float = param(1e-3, "Adam learning rate of actor and critic (SB3: 1e-3)")
     exploration_noise: Literal["gaussian", "ornstein_uhlenbeck", "none"] = param(
         "gaussian", "noise on the actor's action while training (SB3: none; its zoo: gaussian 0.1; DDPG paper: OU)"
     )
     exploration_std: float = param(0.1, "sigma of the exploration noise, in [-1, 1] action units (SB3 zoo: 0.1)")
     ou_theta: float = param(0.15, "mean reversion of the Ornstein-Uhlenbeck noise (SB3, DDPG paper: 0.15)")
-    hidden_sizes: tuple[int, ...] = param((400, 300), "hidden layers of actor and critic (SB3: 400, 300)")
-    activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
+    network: QNetworkConfig = param(
+        QNetworkConfig(hidden_sizes=(400, 300)),
+        "actor and critic: 400x300 ReLU MLPs (SB3 td3/policies.py, used by DDPG)",
+    )
+    optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=1e-3, eps=1e-8),
+        "one Adam each for actor and critic: lr 1e-3, eps 1e-8 (SB3's DDPG: torch's Adam defaults)",
+    )
     loop: OffPolicyLoopConfig = param(
         OffPolicyLoopConfig(), "replay buffer and schedule (SB3: 1e6, batch 256, learning_starts 100, 1 step per step)"
     )
@@ -58,11 +64,8 @@ class DDPGConfig(Checked):
     def validate(self) -> None:
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
-        self.check_range("learning_rate", 0, low_open=True)
         self.check_range("exploration_std", 0)
         self.check_range("ou_theta", 0)
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
 
     def check_with_env(self, env: EnvConfig) -> None:
         check_off_policy_env(self.SECTION, env)
@@ -78,14 +81,17 @@ class DDPG:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.actor = DeterministicActor(obs_dim, action.size, config.hidden_sizes, config.activation).to(self.device)
-        self.critic = QNetworks(obs_dim, action.size, config.hidden_sizes, config.activation, 1).to(self.device)
+        hidden, activation = config.network.hidden_sizes, config.network.activation
+        self.actor = DeterministicActor(obs_dim, action.size, hidden, activation).to(self.device)
+        self.critic = QNetworks(obs_dim, action.size, hidden, activation, 1).to(self.device)
         self.target_actor = frozen_copy(self.actor)
         self.target_critic = frozen_copy(self.critic)
         self.actor_parameters = list(self.actor.parameters())
         self.critic_parameters = list(self.critic.parameters())
-        self.actor_optimizer = adam(self.actor_parameters, config.learning_rate, 1e-8)
-        self.critic_optimizer = adam(self.critic_parameters, config.learning_rate, 1e-8)
+        self.actor_optimizer, self.critic_optimizer = make_optimizers(
+            config.optimizer, self.actor_parameters, self.critic_parameters
+        )
+        self.learning_rate = config.optimizer.learning_rate
         self.noise = ExplorationNoise(config.exploration_noise, config.exploration_std, theta=config.ou_theta)
 
     @property
@@ -101,9 +107,9 @@ class DDPG:
 
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
         config = self.config
-        rate = config.learning_rate * context.lr_scale
-        set_learning_rate(self.actor_optimizer, rate)
-        set_learning_rate(self.critic_optimizer, rate)
+        self.learning_rate = schedule_learning_rates(
+            [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
+        )
         with torch.no_grad():
             next_q = self.target_critic(batch.next_obs, self.target_actor(batch.next_obs))
             target = twin_min_target(batch.rewards, batch.terminated, next_q, config.gamma)
@@ -127,7 +133,7 @@ class DDPG:
         }
 
     def learning_rate_metrics(self) -> dict[str, float]:
-        return {"train/learning_rate": float(self.actor_optimizer.param_groups[0]["lr"])}
+        return {LEARNING_RATE: self.learning_rate}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -1,7 +1,7 @@
 """What DDPG, TD3 and SAC share, as plain functions and one config section (no base class).
 
-- ``OffPolicyLoopConfig``: the replay buffer and the schedule of the off-policy loop
-  (``pgrad.runners.off_policy``), the ``loop`` section of each of the three configs;
+- ``QNetworkConfig``: their ``network`` section (``pgrad.config.OffPolicyLoopConfig`` is their ``loop``
+  section: the replay buffer and the schedule of ``pgrad.runners.off_policy``);
 - the targets and losses, pure functions of tensors with the equation in each docstring;
 - Polyak averaging of target networks, gradient norms, the learning-rate scale.
 
@@ -12,47 +12,31 @@ bootstraps from Q(s', .), s' being its true final observation (see ``pgrad.repla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from pgrad import metric_names as names
-from pgrad.config import Checked, EnvConfig, param
+from pgrad.algos.common import make_optimizer, scheduled_learning_rate
+from pgrad.algos.contract import UpdateContext
+from pgrad.config import Checked, EnvConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class OffPolicyLoopConfig(Checked):
-    """The replay buffer and the collect/update schedule. Defaults are SB3's (``OffPolicyAlgorithm``
-    and each of SAC/TD3/DDPG: buffer_size 1e6, batch_size 256, learning_starts 100, train_freq 1,
-    gradient_steps 1)."""
+class QNetworkConfig(Checked):
+    """The actor and critic MLPs of DDPG, TD3 and SAC: each algorithm's ``network`` section
+    (``--set network.hidden_sizes=[64,64]``). Plain MLPs with torch's default initialisation, as SB3."""
 
-    SECTION: ClassVar[str] = "loop"
+    SECTION: ClassVar[str] = "network"
 
-    buffer_size: int = param(1_000_000, "replay capacity in transitions (SB3: 1e6)")
-    save_buffer: bool = param(
-        True,
-        "save the replay buffer with every checkpoint (safetensors), so resume is exact; false for very large "
-        "buffers: a resume then refills it before updating again, and says so",
-    )
-    batch_size: int = param(256, "transitions per gradient step, drawn uniformly with replacement (SB3: 256)")
-    learning_starts: int = param(
-        100, "env steps (all envs together) of uniformly random actions before the first update (SB3: 100)"
-    )
-    train_freq: int = param(1, "env steps per env between two rounds of updates (SB3: 1)")
-    gradient_steps: int = param(1, "gradient steps per round of updates (SB3: 1)")
-    log_every: int = param(
-        1000, "env steps between two rows of metrics; the guard judges each row (alerts, rollback, evaluation)"
-    )
+    hidden_sizes: tuple[int, ...] = param((256, 256), "hidden layers of the actor and of each critic")
+    activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
 
     def validate(self) -> None:
-        self.check_range("buffer_size", 1)
-        self.check_range("batch_size", 1)
-        self.check_range("learning_starts", 0)
-        self.check_range("train_freq", 1)
-        self.check_range("gradient_steps", 1)
-        self.check_range("log_every", 1)
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            self._fail("hidden_sizes", "a non-empty list of positive integers")
 
 
 def check_off_policy_env(section: str, env: EnvConfig) -> None:
@@ -156,9 +140,19 @@ def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
     return norm
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = rate
+def make_optimizers(config: OptimizerConfig, *parameter_groups: list[nn.Parameter]) -> list[torch.optim.Optimizer]:
+    """One optimizer per parameter group (actor, critics, temperature), all from the ``optimizer`` section."""
+    return [make_optimizer(parameters, config) for parameters in parameter_groups]
+
+
+def schedule_learning_rates(
+    optimizers: list[torch.optim.Optimizer], config: OptimizerConfig, context: UpdateContext
+) -> float:
+    """lr = learning_rate x (1 - progress if anneal_lr) x context.lr_scale on every optimizer; returns it."""
+    rate = 0.0
+    for optimizer in optimizers:
+        rate = scheduled_learning_rate(optimizer, config, context)
+    return rate
 
 
 def step(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:

@@ -18,23 +18,23 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from pgrad.algos.common import adam
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
-    OffPolicyLoopConfig,
+    QNetworkConfig,
     check_off_policy_env,
     critic_loss,
     frozen_copy,
+    make_optimizers,
     polyak_update,
     q_statistics,
     sac_actor_loss,
-    set_learning_rate,
+    schedule_learning_rates,
     step,
     temperature_loss,
     twin_min_target,
 )
-from pgrad.config import Checked, EnvConfig, param
-from pgrad.metric_names import ALPHA
+from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
+from pgrad.metric_names import ALPHA, LEARNING_RATE
 from pgrad.nets import ActionSpec, QNetworks, SquashedActingPolicy, SquashedGaussianActor
 from pgrad.replay import TransitionBatch
 
@@ -47,15 +47,17 @@ class SACConfig(Checked):
 
     gamma: float = param(0.99, "discount factor (SB3: 0.99)")
     tau: float = param(0.005, "Polyak coefficient of the target critics: theta' <- tau theta + (1 - tau) theta' (SB3)")
-    learning_rate: float = param(3e-4, "Adam learning rate of actor, critics and temperature (SB3: 3e-4)")
     alpha: float | Literal["auto"] = param(
         "auto", "entropy temperature: 'auto' learns log alpha toward target_entropy; a number fixes it (SB3: auto)"
     )
     alpha_init: float = param(1.0, "initial temperature when learned (SB3: 1.0, 'auto_1.0')")
     target_entropy: float | Literal["auto"] = param("auto", "entropy target of the learned alpha; 'auto' = -|A| (SB3)")
     target_update_interval: int = param(1, "gradient steps between two Polyak updates of the targets (SB3: 1)")
-    hidden_sizes: tuple[int, ...] = param((256, 256), "hidden layers of actor and each critic (SB3: [256, 256])")
-    activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
+    network: QNetworkConfig = param(QNetworkConfig(), "actor and twin critics: 256x256 ReLU MLPs (SB3 sac/policies.py)")
+    optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=3e-4, eps=1e-8),
+        "one Adam each for actor, critics and temperature: lr 3e-4, eps 1e-8 (SB3's SAC: torch's Adam defaults)",
+    )
     loop: OffPolicyLoopConfig = param(
         OffPolicyLoopConfig(), "replay buffer and schedule (SB3: 1e6, batch 256, learning_starts 100, 1 step per step)"
     )
@@ -63,13 +65,10 @@ class SACConfig(Checked):
     def validate(self) -> None:
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
-        self.check_range("learning_rate", 0, low_open=True)
         if not isinstance(self.alpha, str):
             self.check_range("alpha", 0)
         self.check_range("alpha_init", 0, low_open=True)
         self.check_range("target_update_interval", 1)
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
 
     def check_with_env(self, env: EnvConfig) -> None:
         check_off_policy_env(self.SECTION, env)
@@ -83,14 +82,12 @@ class SAC:
     def __init__(self, config: SACConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        size = action.size
-        self.actor = SquashedGaussianActor(obs_dim, size, config.hidden_sizes, config.activation).to(self.device)
-        self.critics = QNetworks(obs_dim, size, config.hidden_sizes, config.activation, 2).to(self.device)
+        size, hidden, activation = action.size, config.network.hidden_sizes, config.network.activation
+        self.actor = SquashedGaussianActor(obs_dim, size, hidden, activation).to(self.device)
+        self.critics = QNetworks(obs_dim, size, hidden, activation, 2).to(self.device)
         self.target_critics = frozen_copy(self.critics)
         self.actor_parameters = list(self.actor.parameters())
         self.critic_parameters = list(self.critics.parameters())
-        self.actor_optimizer = adam(self.actor_parameters, config.learning_rate, 1e-8)
-        self.critic_optimizer = adam(self.critic_parameters, config.learning_rate, 1e-8)
         self.learn_alpha = config.alpha == "auto"
         self.target_entropy = -float(size) if config.target_entropy == "auto" else float(config.target_entropy)
         initial = config.alpha_init if self.learn_alpha else float(config.alpha)
@@ -99,7 +96,10 @@ class SAC:
             {"log_alpha": torch.nn.Parameter(torch.tensor(math.log(max(initial, 1e-30)), device=self.device))}
         )
         self.temperature.requires_grad_(self.learn_alpha)
-        self.alpha_optimizer = adam([self.temperature["log_alpha"]], config.learning_rate, 1e-8)
+        self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer = make_optimizers(
+            config.optimizer, self.actor_parameters, self.critic_parameters, [self.temperature["log_alpha"]]
+        )
+        self.learning_rate = config.optimizer.learning_rate
         self.gradient_steps = 0
 
     @property
@@ -121,9 +121,7 @@ class SAC:
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
         """One gradient step on ``batch``; metrics as tensors (the loop averages them per log row)."""
         config = self.config
-        rate = config.learning_rate * context.lr_scale
-        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
-            set_learning_rate(optimizer, rate)
+        self.learning_rate = schedule_learning_rates(list(self.optimizers().values()), config.optimizer, context)
         metrics: dict[str, Any] = {}
 
         actions_pi, log_prob_pi = self.actor(batch.obs).rsample_with_log_prob()
@@ -165,7 +163,7 @@ class SAC:
         return metrics
 
     def learning_rate_metrics(self) -> dict[str, float]:
-        return {"train/learning_rate": float(self.actor_optimizer.param_groups[0]["lr"])}
+        return {LEARNING_RATE: self.learning_rate}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:

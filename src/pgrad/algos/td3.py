@@ -15,22 +15,23 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from pgrad.algos.common import adam
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
-    OffPolicyLoopConfig,
+    QNetworkConfig,
     check_off_policy_env,
     critic_loss,
     deterministic_actor_loss,
     frozen_copy,
+    make_optimizers,
     polyak_update,
     q_statistics,
-    set_learning_rate,
+    schedule_learning_rates,
     smoothed_target_actions,
     step,
     twin_min_target,
 )
-from pgrad.config import Checked, EnvConfig, param
+from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
+from pgrad.metric_names import LEARNING_RATE
 from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, QNetworks, SquashedActingPolicy
 from pgrad.replay import TransitionBatch
 
@@ -45,7 +46,6 @@ class TD3Config(Checked):
 
     gamma: float = param(0.99, "discount factor (SB3: 0.99)")
     tau: float = param(0.005, "Polyak coefficient of the targets (SB3: 0.005)")
-    learning_rate: float = param(1e-3, "Adam learning rate of actor and critics (SB3: 1e-3)")
     policy_delay: int = param(2, "critic steps per actor and target update (SB3, TD3 paper: 2)")
     target_policy_noise: float = param(0.2, "std of the target smoothing noise, in [-1, 1] action units (SB3: 0.2)")
     target_noise_clip: float = param(0.5, "the smoothing noise is clipped to +-this (SB3: 0.5)")
@@ -53,10 +53,14 @@ class TD3Config(Checked):
         "gaussian", "noise on the actor's action while training (SB3: none; its zoo and the TD3 paper: gaussian 0.1)"
     )
     exploration_std: float = param(0.1, "sigma of the exploration noise, in [-1, 1] action units (TD3 paper: 0.1)")
-    hidden_sizes: tuple[int, ...] = param(
-        (400, 300), "hidden layers of actor and each critic (SB3, TD3 paper: 400, 300)"
+    network: QNetworkConfig = param(
+        QNetworkConfig(hidden_sizes=(400, 300)),
+        "actor and twin critics: 400x300 ReLU MLPs (SB3 td3/policies.py, TD3 paper)",
     )
-    activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
+    optimizer: OptimizerConfig = param(
+        OptimizerConfig(learning_rate=1e-3, eps=1e-8),
+        "one Adam each for actor and critics: lr 1e-3, eps 1e-8 (SB3's TD3: torch's Adam defaults)",
+    )
     loop: OffPolicyLoopConfig = param(
         OffPolicyLoopConfig(), "replay buffer and schedule (SB3: 1e6, batch 256, learning_starts 100, 1 step per step)"
     )
@@ -64,13 +68,10 @@ class TD3Config(Checked):
     def validate(self) -> None:
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
-        self.check_range("learning_rate", 0, low_open=True)
         self.check_range("policy_delay", 1)
         self.check_range("target_policy_noise", 0)
         self.check_range("target_noise_clip", 0)
         self.check_range("exploration_std", 0)
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
 
     def check_with_env(self, env: EnvConfig) -> None:
         check_off_policy_env(self.SECTION, env)
@@ -84,14 +85,17 @@ class TD3:
     def __init__(self, config: TD3Config, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        self.actor = DeterministicActor(obs_dim, action.size, config.hidden_sizes, config.activation).to(self.device)
-        self.critics = QNetworks(obs_dim, action.size, config.hidden_sizes, config.activation, 2).to(self.device)
+        hidden, activation = config.network.hidden_sizes, config.network.activation
+        self.actor = DeterministicActor(obs_dim, action.size, hidden, activation).to(self.device)
+        self.critics = QNetworks(obs_dim, action.size, hidden, activation, 2).to(self.device)
         self.target_actor = frozen_copy(self.actor)
         self.target_critics = frozen_copy(self.critics)
         self.actor_parameters = list(self.actor.parameters())
         self.critic_parameters = list(self.critics.parameters())
-        self.actor_optimizer = adam(self.actor_parameters, config.learning_rate, 1e-8)
-        self.critic_optimizer = adam(self.critic_parameters, config.learning_rate, 1e-8)
+        self.actor_optimizer, self.critic_optimizer = make_optimizers(
+            config.optimizer, self.actor_parameters, self.critic_parameters
+        )
+        self.learning_rate = config.optimizer.learning_rate
         self.noise = ExplorationNoise(config.exploration_noise, config.exploration_std)
         self.gradient_steps = 0
 
@@ -108,9 +112,9 @@ class TD3:
 
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
         config = self.config
-        rate = config.learning_rate * context.lr_scale
-        set_learning_rate(self.actor_optimizer, rate)
-        set_learning_rate(self.critic_optimizer, rate)
+        self.learning_rate = schedule_learning_rates(
+            [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
+        )
         with torch.no_grad():
             next_actions = smoothed_target_actions(
                 self.target_actor(batch.next_obs), config.target_policy_noise, config.target_noise_clip
@@ -137,7 +141,7 @@ class TD3:
         return metrics
 
     def learning_rate_metrics(self) -> dict[str, float]:
-        return {"train/learning_rate": float(self.actor_optimizer.param_groups[0]["lr"])}
+        return {LEARNING_RATE: self.learning_rate}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -58,10 +58,8 @@ def upgrade_algo_section(algo: str, data: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(data, dict):
         return data  # let the config builder report the malformed section
-    if algo not in MOVED:  # an algorithm born after the change (sac, td3, ddpg): nothing to move
-        return data
     out = copy.deepcopy(data)
-    moves = {key: (f"network.{key}",) for key in NETWORK_KEYS} | MOVED[algo]
+    moves = {key: (f"network.{key}",) for key in NETWORK_KEYS} | MOVED.get(algo, {})
     if isinstance(out.get("optimizer"), str):  # a2c / a3c: the optimizer's name
         _put(out, "optimizer.kind", out.pop("optimizer"))
     for key, paths in moves.items():
