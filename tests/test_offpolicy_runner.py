@@ -223,3 +223,16 @@ def test_discrete_action_env_is_refused(capsys, tmp_path, algo):
     assert code == 2
     assert f"algorithm '{algo}' does not support discrete actions of CartPole-v1 (it supports: continuous)" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_report_draws_the_off_policy_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pgrad.monitor.report import OFF_POLICY_PANELS, report
+
+    OffPolicyRunner(small_config("sac", 600), tmp_path / "run", console=False).train()
+    _, panels = report(tmp_path / "run")
+    assert [p.name for p in panels] == [name for name, _, _ in OFF_POLICY_PANELS]
+    q_panel = panels[1]
+    steps, values = q_panel.series["q/mean"]
+    assert list(steps) == [400.0, 600.0] and np.isfinite(values).all()  # the first row had no update yet
+    assert set(q_panel.series) == {"q/mean", "q/min", "q/max"}
