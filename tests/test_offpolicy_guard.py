@@ -84,3 +84,15 @@ def test_rules_stay_silent_on_on_policy_metrics():
     """An on-policy row carries none of the off-policy metrics: none of the new rules fires."""
     history = [{names.STEP: 100 * i, names.APPROX_KL: 0.01, names.ENTROPY: 0.6} for i in range(1, 30)]
     assert not [a for a in check_alerts(history, CONFIG) if a.rule in ("q_divergence", "q_growth", "td_error", "alpha")]
+
+
+def test_doctor_explains_the_off_policy_alerts():
+    from pgrad.monitor.doctor import explain_alerts
+
+    events = [
+        {"step": 3000, "kind": "critical.q_divergence", "message": "|Q| reached 2e+05", "bound": 1630.0},
+        {"step": 4000, "kind": "warning.alpha", "message": "alpha collapsed"},
+    ]
+    text = "\n".join(explain_alerts(events))
+    assert "critical.q_divergence: 1x, first at step 3000" in text and "bound=1630" in text
+    assert "over-estimates" in text and "target_entropy" in text
