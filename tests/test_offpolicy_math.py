@@ -157,3 +157,13 @@ def test_ornstein_uhlenbeck_noise_is_correlated_and_resumes_from_its_state():
     again.load(saved)
     rng.bit_generator.state = state
     np.testing.assert_array_equal(again((1, 1), rng), expected)
+
+
+def test_ornstein_uhlenbeck_noise_restarts_with_each_episode():
+    noise = ExplorationNoise("ornstein_uhlenbeck", 0.3)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        noise((2, 1), rng)
+    assert noise.process is not None and np.all(noise.process != 0.0)
+    noise.end_episodes(np.array([True, False]))
+    assert noise.process[0, 0] == 0.0 and noise.process[1, 0] != 0.0

@@ -236,3 +236,14 @@ def test_report_draws_the_off_policy_panels(tmp_path):
     steps, values = q_panel.series["q/mean"]
     assert list(steps) == [400.0, 600.0] and np.isfinite(values).all()  # the first row had no update yet
     assert set(q_panel.series) == {"q/mean", "q/min", "q/max"}
+
+
+def test_train_freq_and_gradient_steps_set_the_update_to_data_ratio(tmp_path):
+    config = small_config("td3", 800, ["td3.loop.train_freq=4", "td3.loop.gradient_steps=2"])
+    runner = OffPolicyRunner(config, tmp_path / "run", console=False)
+    runner.train()
+    # rounds of 4 steps x 2 envs = 8 env steps, 2 gradient steps each; updates once step > 200
+    assert runner.updates == 2 * (800 - 200) // 8
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["train/update_to_data"] == pytest.approx(0.25)
+    assert last["train/gradient_steps"] == runner.updates

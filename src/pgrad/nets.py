@@ -328,6 +328,12 @@ class ExplorationNoise:
         ).astype(np.float32)
         return self.process.copy()
 
+    def end_episodes(self, done: np.ndarray) -> None:
+        """Restart the OU process of the envs whose episode ended (``done``: [num_envs] bool), as SB3
+        does: a new episode starts without the previous one's correlated drift."""
+        if self.process is not None and done.any():
+            self.process[done] = 0.0
+
     def state(self) -> list[list[float]] | None:
         return None if self.process is None else self.process.tolist()
 

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from pgrad.algos.contract import UpdateContext
@@ -112,6 +113,9 @@ class SAC:
 
     def acting_policy(self) -> SquashedActingPolicy:
         return self.actor.acting_policy()
+
+    def end_episodes(self, done: np.ndarray) -> None:
+        pass  # SAC's exploration (a fresh Gaussian draw per step) carries nothing across steps
 
     def alpha(self) -> torch.Tensor:
         return (

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from pgrad.algos.contract import UpdateContext
@@ -109,6 +110,9 @@ class TD3:
 
     def acting_policy(self) -> SquashedActingPolicy:
         return self.actor.acting_policy(self.noise)
+
+    def end_episodes(self, done: np.ndarray) -> None:
+        self.noise.end_episodes(done)
 
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
         config = self.config

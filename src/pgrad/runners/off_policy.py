@@ -391,6 +391,7 @@ class OffPolicyRunner:
             if faults.flip_reward:
                 np.negative(rollout.rewards, out=rollout.rewards)
             self.step += rollout.num_steps * num_envs
+            self.algo.end_episodes(((rollout.terminated | rollout.truncated) & rollout.valid).any(axis=0))
             self.buffer.add_rollout(rollout)
             self.reward_abs_max = max(
                 self.reward_abs_max, float(np.abs(rollout.rewards[rollout.valid]).max(initial=0.0))
