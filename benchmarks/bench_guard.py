@@ -21,7 +21,11 @@ against the acceptance criterion of its group:
   terminated, and a negated constant reward gives it nothing to unlearn: flips at 30k left 4 of 5
   seeds untouched);
 - ``nan``: ``nan_grad@20000`` (one step: skipped, no halt) and ``nan_grad@20000:3000`` (sustained:
-  halt, exit 3, dumps written).
+  halt, exit 3, dumps written);
+- ``healthy`` (item 3, no drill): the ppo, a2c and trpo CartPole-v1 presets, the ppo Acrobot-v1 preset
+  and PPO on LunarLander-v3 with rl-baselines3-zoo's settings (500k), seeds 1-3: no warning, no
+  rollback, no stop. (The Pendulum preset's healthy runs are ``ppo-pendulum``'s reference rows; Hopper
+  with SB3's defaults is in ``bench_parity.py``, whose table counts recoveries and warnings.)
 
     .venv/bin/python benchmarks/bench_guard.py                       # everything (~15 min here)
     .venv/bin/python benchmarks/bench_guard.py --groups ppo-cartpole --seeds 1 2
@@ -43,6 +47,17 @@ from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
 
 QUIET = ["run.progress=false", "run.tensorboard=false"]
+# rl-baselines3-zoo's PPO settings for LunarLander (the issue's healthy run that the old guard wrecked)
+LUNAR_ZOO = (
+    "env.num_envs=16",
+    "ppo.num_steps=1024",
+    "ppo.minibatch_size=64",
+    "ppo.num_epochs=4",
+    "ppo.gamma=0.999",
+    "ppo.gae_lambda=0.98",
+    "ppo.ent_coef=0.01",
+    "ppo.optimizer.anneal_lr=false",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class Drill:
     inject: str | None  # None: the same run without a drill (a reference)
     total_steps: int | None = None  # None: the preset's
     sets: tuple[str, ...] = ()  # the group's own settings
+    preset: bool = True  # False: --no-preset (the settings are all in ``sets``)
 
 
 def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
@@ -79,6 +95,18 @@ def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
             Drill("flip", "ppo", "CartPole-v1", s, "reward_flip@15000:30000", sets=("guard.eval_every=10000",))
             for s in pick([1, 2, 3, 4, 5])
         ]
+    if "healthy" in groups:
+        for algo, env in (
+            ("ppo", "CartPole-v1"),
+            ("a2c", "CartPole-v1"),
+            ("trpo", "CartPole-v1"),
+            ("ppo", "Acrobot-v1"),
+        ):
+            rows += [Drill("healthy", algo, env, s, None) for s in pick([1, 2, 3])]
+        rows += [
+            Drill("healthy", "ppo", "LunarLander-v3", s, None, 500_000, LUNAR_ZOO, preset=False)
+            for s in pick([1, 2, 3])
+        ]
     if "nan" in groups:
         for s in pick([1]):
             rows += [Drill("nan", "ppo", "CartPole-v1", s, "nan_grad@20000", 40_000)]
@@ -88,7 +116,9 @@ def matrix(groups: list[str], seeds: list[int] | None) -> list[Drill]:
 
 def run(drill: Drill, folder: Path) -> dict[str, Any]:
     sets = QUIET + list(drill.sets) + ([f"guard.inject=[{drill.inject}]"] if drill.inject else [])
-    config, _ = resolve_config(drill.algo, drill.env, sets=sets, seed=drill.seed, total_steps=drill.total_steps)
+    config, _ = resolve_config(
+        drill.algo, drill.env, sets=sets, seed=drill.seed, total_steps=drill.total_steps, use_preset=drill.preset
+    )
     run_dir = folder / f"{drill.group}-{drill.algo}-{drill.seed}-{(drill.inject or 'none').replace('@', '_')}"
     started = time.perf_counter()
     halted = False
@@ -126,6 +156,9 @@ def verdict(result: dict[str, Any], reference: dict[tuple[str, int], float]) -> 
         if sustained:
             return "ok" if result["halted"] and result["dumps"] else "FAIL (no halt/dumps)"
         return "ok" if not result["halted"] and result["skipped"] >= 1 else "FAIL"
+    if drill.group == "healthy":
+        quiet = result["warnings"] == result["skipped"] == 0 and not result["rollbacks"] and not result["halted"]
+        return "ok (silent)" if quiet else "FAIL (a healthy run warned, was rolled back or stopped)"
     if drill.inject is None:
         return "reference"
     if drill.group == "flip":
@@ -173,13 +206,14 @@ def flip_verdict(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    all_groups = ["ppo-cartpole", "ppo-pendulum", "a2c", "trpo", "flip", "nan"]
+    all_groups = ["ppo-cartpole", "ppo-pendulum", "a2c", "trpo", "flip", "nan", "healthy"]
     parser.add_argument("--groups", nargs="+", default=all_groups, choices=all_groups)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--algos", nargs="+", default=None, help="only the rows of these algorithms")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_guard_") as tmp:
-        for drill in matrix(args.groups, args.seeds):
+        for drill in [d for d in matrix(args.groups, args.seeds) if args.algos is None or d.algo in args.algos]:
             result = run(drill, Path(tmp))
             results.append(result)
             print(f"# {drill.group} {drill.algo} seed {drill.seed} {drill.inject}: final {result['final']}", flush=True)

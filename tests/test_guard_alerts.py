@@ -448,6 +448,31 @@ def test_update_size_is_judged_per_unit_of_clipped_gradient():
     assert alert is not None and alert.value == pytest.approx(0.2 / 0.005) and "per unit" in alert.message
 
 
+def test_a_groups_own_gradient_norm_takes_precedence_over_the_clipped_one():
+    """TRPO's critic (Adam, no clipping) on a healthy CartPole run, seed 3: once it has converged its
+    steps are ~1/1000 of their early size and one episode that ends badly moves it 77-280x its median
+    step (measured; the raw rule stopped that healthy run with the recovery cap). Per unit of its own
+    gradient norm that step is ordinary; the lr_spike drill's step is 118x per unit (52x raw)."""
+    config = GuardConfig()
+    sizes, grads = [0.0005] * 20, [0.05] * 20
+    late_spike = history(
+        21,
+        diagnostics__update_norm__value_optimizer=sizes + [0.143],
+        diagnostics__group_grad_norm__value_optimizer=grads + [20.0],
+        diagnostics__grad_norm_clipped=[1.0] * 21,  # another group's clipped norm: not this group's unit
+    )
+    assert alerts.update_size_rule(late_spike, config) is None
+    raw = history(21, diagnostics__update_norm__value_optimizer=sizes + [0.143])
+    assert alerts.update_size_rule(raw, config) is not None  # what the raw rule made of it
+    lr_spike = history(
+        21,
+        diagnostics__update_norm__value_optimizer=sizes + [0.06],
+        diagnostics__group_grad_norm__value_optimizer=grads + [0.05],
+    )
+    alert = alerts.update_size_rule(lr_spike, config)
+    assert alert is not None and alert.value == pytest.approx(0.06 / 0.05) and "per unit of gradient" in alert.message
+
+
 def test_update_sizes_per_group_follow_in_place_updates_and_loads():
     """One group per optimizer, 'step' for parameters no optimizer owns (TRPO's policy); the size is
     ||after - before|| of exactly that group, also after a load_state_dict (parameters stay in place)."""

@@ -196,6 +196,14 @@ def test_resume_repairs_a_half_written_last_line(tmp_path, capsys):
     assert truncated[0]["dropped"]["metrics.jsonl"] == {"after_checkpoint": 0, "unreadable": 1}
 
 
+def test_a_resume_with_nothing_to_cut_logs_no_truncation(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 512))[0] == 0
+    assert cli(capsys, "resume", str(run), "--quiet", "--total-steps", "768")[0] == 0
+    kinds = [event["kind"] for event in rows(run / "events.jsonl")]
+    assert "run.resumed" in kinds and "run.logs_truncated" not in kinds
+
+
 def test_resume_after_a_kill_logs_no_step_twice(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

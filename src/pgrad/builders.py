@@ -10,13 +10,13 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
 
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
-from pgrad.config import TrainConfig
+from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.errors import ConfigError, PgradError
@@ -66,6 +66,12 @@ def build_environment(
     obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
     reward_scaler = RewardScaler(envs.num_envs, gamma, config.env.clip_reward, config.env.norm_reward)
     return Environment(envs, adapter, obs_normalizer, reward_scaler)
+
+
+def nominal_physics(config: TrainConfig) -> TrainConfig:
+    """``config`` with domain randomisation off (``env.randomize`` at its defaults): evaluations measure the
+    policy on the env's own physics unless asked otherwise (``pgrad eval --randomize``)."""
+    return replace(config, env=replace(config.env, randomize=RandomizeConfig()))
 
 
 def one_line(exc: BaseException) -> str:

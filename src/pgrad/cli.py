@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="record episodes as MP4 (needs pgrad[video])")
     evaluate.add_argument("--seed", type=int)
     evaluate.add_argument(
+        "--randomize",
+        action="append",
+        default=[],
+        metavar="NAME=SCALE|NAME=LOW:HIGH|train",
+        help="evaluate on perturbed physics (MuJoCo envs; repeatable): mass=1.3 (every mass x1.3), "
+        "friction=0.5:1.5 (drawn per geom and episode), damping, actuator_gain, obs_noise=STD, "
+        "action_delay=STEPS; 'train': the run's own env.randomize ranges. Default: nominal physics",
+    )
+    evaluate.add_argument(
         "--trust-env-code",
         action="store_true",
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
@@ -160,10 +169,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
         raise ConfigError(f"--seed must be in [0, 4294967295]; got {args.seed}")
+    physics = None
+    if args.randomize:
+        from pgrad.envs.randomize import parse_perturbation
+        from pgrad.runs import load_run_config
+
+        trained = load_run_config(args.run_dir, trust_env_code=args.trust_env_code).env.randomize
+        physics = parse_perturbation(args.randomize, trained)
     result = evaluate(
-        args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.video, args.seed, args.trust_env_code
+        args.run_dir,
+        args.episodes,
+        args.deterministic,
+        args.checkpoint,
+        args.video,
+        args.seed,
+        args.trust_env_code,
+        physics,
     )
     mode = "deterministic" if args.deterministic else "stochastic"
+    if result.physics.active:
+        from pgrad.envs.randomize import describe
+
+        mode += f", physics {describe(result.physics)}"
     print(
         f"evaluation ({mode}, {len(result.returns)} episodes, {result.checkpoint.name}): "
         f"mean return {result.mean:.2f} +- {result.std:.2f} "

@@ -387,6 +387,77 @@ class OffPolicyLoopConfig(Checked):
 
 
 @dataclass(frozen=True)
+class RandomizeConfig(Checked):
+    """Domain randomisation of a MuJoCo env (``env.randomize``, ``--set randomize.mass=0.2``): physical
+    parameters redrawn at every episode reset, observation noise and action delay. Off by default.
+
+    A scale field is a half-width ``w``, each element drawn from U(1 - w, 1 + w) (0: off), or an explicit
+    range ``[low, high]`` (``[1.3, 1.3]``: a fixed scale, as ``pgrad eval --randomize mass=1.3`` uses).
+    Scales multiply the model's nominal values, read once when the env is built. The usual sim-to-real
+    recipe: mass 0.2, friction 0.5 (``pgrad.envs.randomize``)."""
+
+    SECTION: ClassVar[str] = "randomize"
+
+    mass: float | tuple[float, ...] = param(
+        0.0, "body-mass scale half-width (0.2: +-20 %) or [low, high]; each body independently, inertia with it"
+    )
+    friction: float | tuple[float, ...] = param(
+        0.0, "friction scale half-width (0.5: +-50 %) or [low, high]; each geom's coefficients independently"
+    )
+    damping: float | tuple[float, ...] = param(
+        0.0, "joint-damping scale half-width (or [low, high]); each degree of freedom independently"
+    )
+    actuator_gain: float | tuple[float, ...] = param(
+        0.0, "actuator gear (torque per unit of control) scale half-width (or [low, high]); each actuator"
+    )
+    obs_noise: float = param(0.0, "std of Gaussian noise added to every observation, every step (obs units)")
+    action_delay: int | tuple[int, ...] = param(
+        0, "action delay in steps: each episode draws k from {0..action_delay} (or [low, high]); 0: off"
+    )
+    curriculum_steps: int = param(
+        0, "widen the ranges linearly from curriculum_start to full over this many env steps (0: full at once)"
+    )
+    curriculum_start: float = param(0.0, "fraction of the full ranges at step 0 when curriculum_steps > 0")
+
+    SCALES: ClassVar[tuple[str, ...]] = ("mass", "friction", "damping", "actuator_gain")
+
+    def validate(self) -> None:
+        for name in self.SCALES:
+            value = getattr(self, name)
+            fits = len(value) == 2 and 0 < value[0] <= value[1] if isinstance(value, tuple) else 0 <= value < 1
+            if not fits:  # a scale of 0 or below would zero a mass or flip a friction
+                self._fail(name, "a half-width in [0, 1) or a range [low, high] with 0 < low <= high")
+        self.check_range("obs_noise", 0)
+        delay = self.action_delay
+        if not (len(delay) == 2 and 0 <= delay[0] <= delay[1] if isinstance(delay, tuple) else delay >= 0):
+            self._fail("action_delay", "a step count >= 0 or a range [low, high] with 0 <= low <= high")
+        self.check_range("curriculum_steps", 0)
+        self.check_range("curriculum_start", 0, 1)
+
+    def scale_range(self, name: str) -> tuple[float, float]:
+        """The full [low, high] of one scale parameter (``SCALES``): (1, 1) when off."""
+        value = getattr(self, name)
+        if isinstance(value, tuple):
+            return float(value[0]), float(value[1])
+        return 1.0 - value, 1.0 + value
+
+    def delay_range(self) -> tuple[int, int]:
+        if isinstance(self.action_delay, tuple):
+            return int(self.action_delay[0]), int(self.action_delay[1])
+        return 0, int(self.action_delay)
+
+    @property
+    def active(self) -> list[str]:
+        """The fields that change anything (a scale range other than [1, 1], noise, a delay)."""
+        on = [name for name in self.SCALES if self.scale_range(name) != (1.0, 1.0)]
+        if self.obs_noise > 0:
+            on.append("obs_noise")
+        if self.delay_range() != (0, 0):
+            on.append("action_delay")
+        return on
+
+
+@dataclass(frozen=True)
 class EnvConfig(Checked):
     """Which environment, how many copies, and how observations/rewards/actions are treated."""
 
@@ -406,6 +477,7 @@ class EnvConfig(Checked):
     )
     max_episode_steps: int | None = param(None, "override the env's time limit (truncation)")
     kwargs: dict[str, Any] = param({}, "keyword arguments passed to the environment constructor")
+    randomize: RandomizeConfig = param(RandomizeConfig(), "domain randomisation (MuJoCo envs only)")
 
     def validate(self) -> None:
         if not self.id.strip():

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pgrad.builders import algo_gamma, build_algorithm, build_environment
+from pgrad.builders import algo_gamma, build_algorithm, build_environment, nominal_physics
 from pgrad.checkpoint import CheckpointStore, check_arrays_fit, load_modules, read_train_state
+from pgrad.config import RandomizeConfig
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
 from pgrad.runs import load_run_config
@@ -20,6 +21,7 @@ class EvalResult:
     returns: list[float]
     lengths: list[int]
     checkpoint: Path
+    physics: RandomizeConfig  # what the episodes ran on (defaults: nominal)
 
     @property
     def mean(self) -> float:
@@ -38,10 +40,15 @@ def evaluate(
     video_dir: Path | None = None,
     seed: int | None = None,
     trust_env_code: bool = False,
+    physics: RandomizeConfig | None = None,
 ) -> EvalResult:
+    """``physics``: domain randomisation for the evaluation envs (``pgrad eval --randomize``, robustness
+    sweeps); None evaluates on the env's nominal physics, whatever the run trained on."""
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1; got {episodes}")
-    config = load_run_config(run_dir, trust_env_code=trust_env_code)
+    config = nominal_physics(load_run_config(run_dir, trust_env_code=trust_env_code))
+    if physics is not None:
+        config = replace(config, env=replace(config.env, randomize=physics))
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
     state = read_train_state(checkpoint)
     set_threads(config.run.torch_threads)
@@ -107,7 +114,7 @@ def evaluate(
         max_episode_steps=episode_step_cap(config),
     )
     env.envs.close()
-    return EvalResult(returns, lengths, checkpoint)
+    return EvalResult(returns, lengths, checkpoint, config.env.randomize)
 
 
 def _save_video(frames: list[np.ndarray], folder: Path, index: int, fps: int) -> None:

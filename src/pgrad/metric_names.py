@@ -15,6 +15,9 @@ LOG_STD = "diagnostics/log_std_mean"
 GRAD_NORM = "diagnostics/grad_norm"
 GRAD_NORM_CLIPPED = "diagnostics/grad_norm_clipped"
 SURROGATE_GRAD_NORM = "diagnostics/surrogate_grad_norm"  # TRPO/NPG: no optimizer step, no clipping
+# + "/<group>": mean gradient norm of one optimizer's steps in the update, where that optimizer does not
+# clip (TRPO/NPG's critic); the update-size rule measures that group per unit of it
+GROUP_GRAD_NORM = "diagnostics/group_grad_norm"
 LEARNING_RATE = "train/learning_rate"
 POLICY_LOSS = "train/policy_loss"
 # written by the off-policy algorithms (DDPG, TD3, SAC), per log row

@@ -195,9 +195,13 @@ class RolloutCollector:
         self.episode_return = np.zeros(self.num_envs, np.float64)
         self.episode_length = np.zeros(self.num_envs, np.int64)
         self.env_seconds = 0.0
+        # Domain randomisation's draws of the episodes started since the runner last took them
+        # (``take_randomize_draws``): one {"env": i, parameter: value(s)} per episode.
+        self.randomize_draws: list[dict[str, Any]] = []
 
     def reset(self, seed: int) -> None:
-        obs, _ = self.envs.reset(seed=seed)
+        obs, infos = self.envs.reset(seed=seed)
+        self._record_draws(infos)
         self.envs.action_space.seed(seed)
         self.raw_obs = self.adapter.observations(obs)
         self.obs_normalizer.observe(self.raw_obs)
@@ -226,8 +230,10 @@ class RolloutCollector:
             step_actions = policy.sample(obs[t], rng)
             actions[t] = step_actions
             started = clock()
-            next_obs, reward, term, trunc, _ = envs.step(adapter.env_actions(step_actions))
+            next_obs, reward, term, trunc, infos = envs.step(adapter.env_actions(step_actions))
             env_seconds += clock() - started
+            if "randomize" in infos:  # some env reset with new physics (pgrad.envs.randomize)
+                self._record_draws(infos)
             reward = np.asarray(reward, np.float64)
             is_valid = ~self.autoreset_pending
             done = term | trunc
@@ -258,7 +264,8 @@ class RolloutCollector:
         step belongs to a completed episode. ``max_steps`` (per copy) guards against episodes that
         never end.
         """
-        obs, _ = self.envs.reset()  # no seed: each copy continues its own generator (exact on resume)
+        obs, infos = self.envs.reset()  # no seed: each copy continues its own generator (exact on resume)
+        self._record_draws(infos)
         self.raw_obs = self.adapter.observations(obs)
         self.obs_normalizer.observe(self.raw_obs)
         self.autoreset_pending[:] = False
@@ -277,8 +284,10 @@ class RolloutCollector:
             step_obs = self.obs_normalizer(self.raw_obs, update=False)
             actions = policy.sample(step_obs, rng)
             started = time.perf_counter()
-            next_obs, reward, term, trunc, _ = self.envs.step(self.adapter.env_actions(actions))
+            next_obs, reward, term, trunc, infos = self.envs.step(self.adapter.env_actions(actions))
             env_seconds += time.perf_counter() - started
+            if "randomize" in infos:
+                self._record_draws(infos)
             reward = np.asarray(reward, np.float64)
             done = np.logical_or(term, trunc)
             counted = ~self.autoreset_pending & (finished < quota)
@@ -303,6 +312,20 @@ class RolloutCollector:
             arrays["truncated"].astype(bool),
             np.stack(valid),
         )
+
+    def _record_draws(self, infos: dict[str, Any]) -> None:
+        """The draws in the reset info of the envs that just reset (the vector env stacks each parameter
+        across envs and marks which envs carry it in ``_randomize``)."""
+        draws = infos.get("randomize")
+        if draws is None:
+            return
+        for index in np.flatnonzero(infos["_randomize"]):
+            values = {name: np.asarray(value[index]).tolist() for name, value in draws.items() if name[0] != "_"}
+            self.randomize_draws.append({"env": int(index), **values})
+
+    def take_randomize_draws(self) -> list[dict[str, Any]]:
+        draws, self.randomize_draws = self.randomize_draws, []
+        return draws
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
         # Autoreset steps pay reward 0, so adding the raw reward is exact; only the length needs the mask.

@@ -8,7 +8,7 @@ from typing import Any
 
 from pgrad.algos.upgrade import upgrade_algo_section
 from pgrad.checkpoint import check_run_folder
-from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, parse_set
+from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, name_in, parse_set
 from pgrad.envs.factory import check_env_id, is_entry_point
 from pgrad.errors import ConfigError
 from pgrad.presets import preset_for
@@ -23,7 +23,10 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
     sections = sections_for(algo)
     for key in data:
         if key != "algo" and key not in sections:
-            raise ConfigError(f"unknown section '{key}' (allowed: {', '.join(sections)})")
+            # a nested section written at the top (randomize: instead of env: {randomize: ...}): say where it goes
+            owners = [name for name, cls in sections.items() if name_in(cls, str(key))]
+            hint = f"; '{key}' belongs under '{owners[0]}:'" if len(owners) == 1 else ""
+            raise ConfigError(f"unknown section '{key}' (allowed: {', '.join(sections)}){hint}")
     return TrainConfig(
         algo=algo,
         env=build(EnvConfig, data.get("env", {}), "env"),

@@ -42,6 +42,7 @@ from pgrad.errors import ConfigError
 from pgrad.metric_names import (
     APPROX_KL,
     ENTROPY,
+    GROUP_GRAD_NORM,
     LEARNING_RATE,
     LOG_STD,
     POLICY_LOSS,
@@ -282,16 +283,19 @@ def fit_value(
     epochs: int,
     minibatch_size: int,
     rng: np.random.Generator,
-) -> float:
-    """``epochs`` passes of the optimizer on E[(V(s) - R)^2] over valid steps; returns the mean loss."""
+) -> tuple[float, float]:
+    """``epochs`` passes of the optimizer on E[(V(s) - R)^2] over valid steps; returns the mean loss and
+    the mean gradient norm of its steps (measured, never clipped: the guard's update-size rule reads the
+    critic's move per unit of gradient, see ``pgrad.monitor.alerts.update_size_rule``)."""
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    losses = []
+    losses, grad_norms = [], []
     for _ in range(epochs):
         for minibatch in batch.minibatches(minibatch_size, rng):
             loss = value_loss(model.value(minibatch.obs), minibatch.returns, minibatch.mask)
-            optimizer_step(optimizer, parameters, loss, None)
+            norm_before, _ = optimizer_step(optimizer, parameters, loss, math.inf)  # inf: measure, do not clip
             losses.append(loss.detach())
-    return float(torch.stack(losses).mean())
+            grad_norms.append(norm_before)
+    return float(torch.stack(losses).mean()), sum(grad_norms) / len(grad_norms)
 
 
 class NaturalGradient:
@@ -335,7 +339,7 @@ class NaturalGradient:
         # region as to a learning rate: the natural step's length grows as sqrt(max_kl).
         metrics = policy_step(self.model, self.policy_parameters, batch, config, config.max_kl * context.lr_scale)
         learning_rate = scheduled_learning_rate(self.value_optimizer, config.value_optimizer, context)
-        metrics[VALUE_LOSS] = fit_value(
+        metrics[VALUE_LOSS], metrics[f"{GROUP_GRAD_NORM}/value_optimizer"] = fit_value(
             self.model, self.value_optimizer, batch, config.value_epochs, config.minibatch_size, context.rng
         )
         metrics[LEARNING_RATE] = learning_rate

@@ -115,12 +115,15 @@ def make_vector_env(
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
+    randomize = _randomizer(cfg, count)
     if factory is not None:  # an entry point 'module:Class' or 'module:make_env'
 
         def make_one() -> gym.Env:
             env = factory(**kwargs)
             if cfg.max_episode_steps is not None:
                 env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
+            if randomize is not None:
+                env = randomize(env)
             return StateAccess(env) if mode == "async" else env
 
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
@@ -138,12 +141,23 @@ def make_vector_env(
         mode = "vector_entry_point" if spec.vector_entry_point is not None and render_mode is None else "sync"
     elif mode == "native":
         mode = "vector_entry_point"
+    if mode == "vector_entry_point" and randomize is not None:  # MuJoCo envs have no native vector version
+        raise ConfigError(
+            f"env.randomize.{cfg.randomize.active[0]}: domain randomisation needs a MuJoCo environment (built by "
+            f"sync or async vectorisation); {cfg.id} is not one"
+        )
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
-    # each async worker's env gets the layer that saves and restores it (pgrad.envs.state)
-    wrappers = [StateAccess] if mode == "async" else None
+    # Each env's layers, innermost first: domain randomisation, then (each async worker's env) the layer that
+    # saves and restores it (pgrad.envs.state), which must be outermost.
+    wrappers = [layer for layer in (randomize, StateAccess if mode == "async" else None) if layer is not None]
     try:
         envs = gym.make_vec(
-            env_id, num_envs=count, vectorization_mode=mode, vector_kwargs=vector_kwargs, wrappers=wrappers, **kwargs
+            env_id,
+            num_envs=count,
+            vectorization_mode=mode,
+            vector_kwargs=vector_kwargs,
+            wrappers=wrappers or None,
+            **kwargs,
         )
     except TypeError as exc:
         raise ConfigError(f"env.kwargs: {cfg.id} rejected its arguments: {exc}") from None
@@ -152,6 +166,18 @@ def make_vector_env(
     if autoreset != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: '{cfg.id}' uses autoreset mode {autoreset}; pgrad needs next-step autoreset")
     return envs
+
+
+def _randomizer(cfg: EnvConfig, num_envs: int) -> Callable[[gym.Env], gym.Wrapper] | None:
+    """The domain-randomisation layer ``env.randomize`` asks for, or None when it is off."""
+    if not cfg.randomize.active:
+        return None
+    from pgrad.envs.randomize import DomainRandomization
+
+    def randomize(env: gym.Env) -> gym.Wrapper:
+        return DomainRandomization(env, cfg.randomize, steps_per_env_step=num_envs)
+
+    return randomize
 
 
 def _mark_async(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:

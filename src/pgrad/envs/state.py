@@ -14,6 +14,9 @@ FrozenLake's and Taxi's maps save too). What cannot be kept is named before trai
 (``inexact_reason``): Box2D worlds (LunarLander, BipedalWalker, CarRacing) are C++ objects with no
 plain state to read. A resumed run then restarts those environments' episodes instead of continuing them.
 
+A layer that wrote into something never captured (domain randomisation writes its draws into the MuJoCo
+model) defines ``pgrad_restored()``; it is called after that layer's attributes are restored.
+
 ``AsyncVectorEnv`` keeps its envs in worker processes: there each env's outermost layer is
 ``StateAccess`` (added by ``make_vector_env``), which captures and restores its own chain in the worker
 when asked through ``AsyncVectorEnv.call``/``set_attr``, and replays the worker's pending autoreset.
@@ -336,6 +339,11 @@ def _restore_layer(obj: Any, state: dict[str, Any]) -> None:
             _restore_mujoco(obj.model, obj.data, value)
             continue
         setattr(obj, name, _decode(value, getattr(obj, name, None)))
+    # A layer that wrote into something not captured here (domain randomisation writes its draws into the
+    # MuJoCo model, which is never saved) says so with this method, and writes it again from its attributes.
+    restored = getattr(obj, "pgrad_restored", None)
+    if callable(restored):
+        restored()
 
 
 def _chain(env: Any) -> list[Any]:

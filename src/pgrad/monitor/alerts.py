@@ -46,6 +46,7 @@ LEARNING_RATE = names.LEARNING_RATE
 CLIP_EPS = "train/clip_eps"
 PROGRESS = names.PROGRESS
 UPDATE_NORM = names.UPDATE_NORM
+GROUP_GRAD_NORM = names.GROUP_GRAD_NORM
 
 
 @dataclass(frozen=True)
@@ -347,14 +348,16 @@ def update_size_rule(history: list[Metrics], config: GuardConfig) -> Alert | Non
     more than ``update_spike`` x the median of the window before it, and more than the median +
     ``update_spike`` x its scaled median absolute deviation.
 
-    Per unit of gradient where the algorithm clips its gradients (``grad_norm_clipped``): RMSprop and
-    Adam divide by a running RMS of the gradients, so after thousands of tiny late-run gradients one
-    large (clipped) gradient moves A2C's weights 150x its median step on a healthy run, while the
-    step *per unit of gradient* stays within ~20x; a learning rate gone wrong multiplies exactly
-    that ratio. Without clipping (TRPO's critic, its natural-gradient policy step) the raw size: a
-    trust region and a fixed-rate critic keep it within ~3x of its median on healthy runs. This is
-    what the policy's KL cannot see: a critic wrecked by one huge step while the policy barely moved.
-    Needs ``history_window`` // 2 earlier updates (TRPO's 20th update is at 20k steps)."""
+    Per unit of gradient wherever a gradient norm is measured: the group's own
+    (``group_grad_norm/<group>``, TRPO/NPG's critic, which does not clip), else the update's clipped
+    one (``grad_norm_clipped``). RMSprop and Adam divide by a running RMS of the gradients, so once a
+    critic has converged its steps shrink to ~1/1000 of their early size and one large gradient (an
+    episode that ends badly) moves it 80-280x its median step on a healthy run (A2C's CartPole preset;
+    TRPO's, seed 3), while the step *per unit of gradient* stays within ~20x; a learning rate gone
+    wrong multiplies exactly that ratio. Without any gradient norm (the natural-gradient policy step)
+    the raw size: the trust region keeps it within ~3x of its median on healthy runs. This is what the
+    policy's KL cannot see: a critic wrecked by one huge step while the policy barely moved. Needs
+    ``history_window`` // 2 earlier updates (TRPO's 20th update is at 20k steps)."""
     latest = history[-1]
     clipped = number(latest, GRAD_NORM_CLIPPED)
     worst: Alert | None = None
@@ -376,7 +379,9 @@ def update_size_rule(history: list[Metrics], config: GuardConfig) -> Alert | Non
             or (worst is not None and size / threshold <= worst.value / worst.threshold)
         ):
             continue
-        unit = " per unit of (clipped) gradient" if clipped is not None else ""
+        per_group = number(latest, f"{GROUP_GRAD_NORM}/{key.rsplit('/', 1)[1]}")
+        unit = " per unit of gradient" if per_group is not None else ""
+        unit = " per unit of (clipped) gradient" if clipped is not None and per_group is None else unit
         worst = Alert(
             "critical",
             "update_size",
@@ -397,6 +402,10 @@ def _step_per_gradient(metrics: Metrics, key: str) -> float | None:
         size = number(metrics, key)
     if size is None or not math.isfinite(size):
         return None
+    group_norm = metrics.get(GROUP_GRAD_NORM + key[len(UPDATE_NORM) :])  # ".../update_norm/<group>"
+    if group_norm is not None:
+        norm = number(metrics, GROUP_GRAD_NORM + key[len(UPDATE_NORM) :])
+        return size / norm if norm is not None and math.isfinite(norm) and norm > 0 else None
     clipped = metrics.get(GRAD_NORM_CLIPPED)
     if clipped is None:
         return size

@@ -191,6 +191,7 @@ def _run(
                 updates_at_sync = shared.update_counter.value
                 env_seconds = collector.env_seconds
                 rollout = collector.collect(local.acting_policy(), rng, algo.num_steps)
+                collector.take_randomize_draws()  # env.randomize draws are not logged by A3C: not kept either
                 report.env_seconds += collector.env_seconds - env_seconds
                 with shared.step_counter.get_lock():
                     first_step = shared.step_counter.value

@@ -45,7 +45,7 @@ import torch.multiprocessing as mp
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.a3c import A3C, A3CConfig, build_model
-from pgrad.builders import Environment, algo_gamma, build_environment
+from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import (
     LearnerState,
     TrainState,
@@ -543,8 +543,8 @@ class A3CRunner:
         (the guard weighs a drop against their spread)."""
         guard = self.config.guard
         if self.eval_env is None:
-            self.eval_env = build_environment(
-                self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
+            self.eval_env = build_environment(  # nominal physics, as the on-policy runner's evaluation
+                nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
             self.eval_model = build_model(self.algo_config, self.adapter.obs_dim, self.adapter.action)
         self.eval_model.load_state_dict(state.modules["model"])

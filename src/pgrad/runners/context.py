@@ -178,7 +178,7 @@ class RunContext:
                 print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
             else:
                 self.emit(kind, self.last_checkpoint_step, message, **data)
-        if any(dropped.values()):
+        if any(after or bad for after, bad in dropped.values()):  # a (0, 0) pair is truthy: count the rows
             counts = ", ".join(
                 f"{name}: {after} rows past it, {bad} unreadable" for name, (after, bad) in dropped.items()
             )
@@ -202,9 +202,12 @@ class RunContext:
             return {}
         if self.index_repair is not None:
             adopt_checkpoint(self.store, *self.index_repair)
+        # randomization.jsonl: only runs with domain randomisation have one (pgrad.envs.randomize)
+        logs = ["metrics.jsonl", "events.jsonl", "randomization.jsonl"]
         return {
             name: truncate_jsonl(self.run_dir / name, self.last_checkpoint_step)
-            for name in ("metrics.jsonl", "events.jsonl")
+            for name in logs
+            if name != "randomization.jsonl" or (self.run_dir / name).is_file()
         }
 
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> None:
@@ -412,6 +415,7 @@ RUN_FILES = (
     "config.yaml",
     "metrics.jsonl",
     "events.jsonl",
+    "randomization.jsonl",
     "checkpoints",
     "tb",
     "report",

@@ -21,7 +21,15 @@ import torch
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
-from pgrad.builders import Environment, algo_gamma, build_algorithm, build_environment, env_label, one_line
+from pgrad.builders import (
+    Environment,
+    algo_gamma,
+    build_algorithm,
+    build_environment,
+    env_label,
+    nominal_physics,
+    one_line,
+)
 from pgrad.checkpoint import (
     TrainState,
     check_arrays_fit,
@@ -32,6 +40,7 @@ from pgrad.checkpoint import (
 )
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
+from pgrad.envs.randomize import draw_metrics
 from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
@@ -47,7 +56,7 @@ from pgrad.monitor.recovery import (
     save_batch,
     update_groups,
 )
-from pgrad.monitor.sinks import read_jsonl
+from pgrad.monitor.sinks import JsonlSink, read_jsonl
 from pgrad.registry import get_algorithm
 from pgrad.rollout import Batch, RolloutCollector
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
@@ -90,6 +99,7 @@ class OnPolicyRunner:
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
         self.params_finite = 1.0
+        self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
 
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
@@ -165,6 +175,7 @@ class OnPolicyRunner:
         check_rollback_states(self.algo.modules(), self.algo.optimizers(), state, path)
         check_arrays_fit(self.collector.state_arrays(), state.collector, "collector", path)
         check_arrays_fit(self.collector.normalizer_state(), state.normalizers, "normalizers", path)
+        self.collector.take_randomize_draws()  # the fresh envs' first draws: the restored episodes replace them
         try:
             self.collector.load_state_arrays(state.collector)
             self.collector.load_normalizer_state(state.normalizers)
@@ -286,8 +297,9 @@ class OnPolicyRunner:
         Ctrl-C or SIGTERM cut it short: the loop then checkpoints and stops as after any update."""
         guard = self.config.guard
         if self.eval_env is None:
+            # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
             self.eval_env = build_environment(
-                self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
+                nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
         try:
             return periodic_evaluation(
@@ -362,6 +374,7 @@ class OnPolicyRunner:
             names.STEP: self.step,
             names.UPDATE: self.updates,
             **self.collector.episodes.summary(),
+            **self.log_randomize_draws(),
             **batch_stats,
             **update_stats,
             names.NONFINITE_STEPS: float(self.optimizer_guard.skipped),
@@ -373,6 +386,19 @@ class OnPolicyRunner:
             "perf/wall_seconds": self.run.elapsed_before + finished - self.run.started,
             "perf/rss_mb": resident_memory_mb(),
         }
+
+    def log_randomize_draws(self) -> dict[str, float]:
+        """Domain randomisation's draws of the episodes started in this update: one row per episode in
+        ``randomization.jsonl`` (step = the update's last step, the env's index, its scales, delay, noise std),
+        and their summary as ``randomize/*`` metrics. Nothing when env.randomize is off."""
+        draws = self.collector.take_randomize_draws()
+        if not draws:
+            return {}
+        if self.randomization_log is None:
+            self.randomization_log = JsonlSink(self.run_dir / "randomization.jsonl")
+        for draw in draws:
+            self.randomization_log.write({"step": self.step, **draw})
+        return draw_metrics(draws)
 
     def check_parameters(self) -> float:
         """1.0 while every parameter is finite. Checked every 10th update, and after any update with a
@@ -419,6 +445,8 @@ class OnPolicyRunner:
 
     def close(self) -> None:
         self.optimizer_guard.remove()
+        if self.randomization_log is not None:
+            self.randomization_log.close()
         if self.eval_env is not None:
             self.eval_env.envs.close()
             self.eval_env = None

@@ -1,0 +1,157 @@
+"""Robustness to physics: PPO trained with and without domain randomisation, evaluated on perturbed physics.
+
+For each env (Hopper-v5 and HalfCheetah-v5 by default) PPO trains twice with SB3's defaults as pgrad
+spells them (no preset: 1 env, n_steps 2048, minibatch 64, 10 epochs, lr 3e-4 constant, observations
+and rewards normalised): once on the nominal physics, once with ``env.randomize`` (mass +-20 %,
+friction +-50 %, damping +-50 %, actuator gain +-20 % by default). Each policy is then evaluated
+(deterministic, ``--episodes`` episodes per point, the same evaluation seeds for every point) on a grid of
+fixed scales of one parameter at a time (every body's mass x 0.5 ... x 1.5, and so on), through the same
+``pgrad.evaluate.evaluate(..., physics=...)`` that ``pgrad eval RUN --randomize mass=1.3`` calls.
+
+Writes a markdown table (mean return +- std per scale) to ``--out`` and stdout, and one figure (a
+panel per env and parameter: return against scale, one line per training variant) to ``--plot``.
+
+    .venv/bin/python benchmarks/bench_robustness.py                     # 300k steps per run, 4 runs
+    .venv/bin/python benchmarks/bench_robustness.py --budget 5000 --episodes 2 --scales 0.5 1 1.5  # a smoke test
+
+Needs the 'mujoco' and 'plots' extras. The trained runs stay under ``--runs`` (re-evaluate them with
+``pgrad eval RUN --randomize mass=1.3``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pgrad.config import RandomizeConfig
+from pgrad.evaluate import evaluate
+from pgrad.runners.on_policy import OnPolicyRunner
+from pgrad.runs import resolve_config
+
+# SB3's PPO defaults as pgrad settings (run without the env's preset).
+SB3_DEFAULTS = [
+    "env.num_envs=1",
+    "env.norm_obs=true",
+    "env.norm_reward=true",
+    "ppo.num_steps=2048",
+    "ppo.minibatch_size=64",
+    "ppo.num_epochs=10",
+    "ppo.optimizer.learning_rate=3e-4",
+    "ppo.optimizer.anneal_lr=false",
+]
+# Training only: no periodic evaluation or guard (they cost time and are not what is compared); the
+# final checkpoint is what gets evaluated.
+QUIET = ["run.progress=false", "run.tensorboard=false", "guard.enabled=false", "guard.eval_every=0"]
+DEFAULT_RANDOMIZE = ["mass=0.2", "friction=0.5", "damping=0.5", "actuator_gain=0.2"]
+PARAMETERS = ("mass", "friction", "damping", "actuator_gain")
+
+
+def train(env_id: str, variant: str, randomize: list[str], budget: int, seed: int, runs: Path) -> Path:
+    run_dir = runs / f"{env_id}-{variant}-s{seed}"
+    sets = [*QUIET, *SB3_DEFAULTS, *(f"randomize.{item}" for item in randomize)]
+    config, _ = resolve_config("ppo", env_id, sets=sets, seed=seed, total_steps=budget, use_preset=False)
+    started = time.perf_counter()
+    result = OnPolicyRunner(config, run_dir, console=False, overwrite=True).train()
+    print(f"  trained {env_id} {variant}: {result.steps:,} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    return run_dir
+
+
+def sweep(run_dir: Path, scales: list[float], episodes: int) -> dict[str, list[tuple[float, float]]]:
+    """(mean, std) of the evaluation return at every scale of every parameter, the others nominal."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for name in PARAMETERS:
+        out[name] = []
+        for scale in scales:
+            physics = RandomizeConfig(**{name: [scale, scale]})  # a fixed scale; 1.0 is the nominal env
+            result = evaluate(run_dir, episodes=episodes, deterministic=True, physics=physics)
+            out[name].append((result.mean, result.std))
+    return out
+
+
+def markdown(results: dict[str, dict[str, dict[str, list[tuple[float, float]]]]], scales: list[float]) -> list[str]:
+    lines = []
+    for env_id, variants in results.items():
+        lines += [f"### {env_id}: evaluation return against the scale of one parameter", ""]
+        lines.append("| parameter | trained | " + " | ".join(f"x{scale:g}" for scale in scales) + " |")
+        lines.append("|---|---|" + "---:|" * len(scales))
+        for name in PARAMETERS:
+            for variant, sweeps in variants.items():
+                cells = " | ".join(f"{mean:.0f} +- {std:.0f}" for mean, std in sweeps[name])
+                lines.append(f"| {name} | {variant} | {cells} |")
+        lines.append("")
+    return lines
+
+
+def plot(results: dict[str, dict[str, dict[str, list[tuple[float, float]]]]], scales: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(results)
+    figure, axes = plt.subplots(
+        len(envs), len(PARAMETERS), figsize=(4 * len(PARAMETERS), 3.2 * len(envs)), squeeze=False
+    )
+    for row, env_id in enumerate(envs):
+        for column, name in enumerate(PARAMETERS):
+            axis = axes[row][column]
+            for variant, sweeps in results[env_id].items():
+                means, stds = (np.array(values) for values in zip(*sweeps[name], strict=True))
+                axis.errorbar(scales, means, yerr=stds, marker="o", capsize=3, label=variant)
+            axis.axvline(1.0, color="grey", linewidth=0.5)
+            axis.set_title(f"{env_id}: {name}")
+            axis.set_xlabel("scale of the nominal value")
+            if column == 0:
+                axis.set_ylabel("evaluation return")
+    axes[0][0].legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=300_000, help="env steps per training run")
+    parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per grid point")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
+    parser.add_argument(
+        "--randomize", nargs="+", default=DEFAULT_RANDOMIZE, metavar="FIELD=VALUE", help="env.randomize of the run"
+    )
+    parser.add_argument("--runs", type=Path, default=Path("benchmarks/out/robustness"), help="run folders")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/robustness.md"))
+    parser.add_argument("--plot", type=Path, default=Path("benchmarks/plots/robustness.png"))
+    args = parser.parse_args()
+
+    variants = {"nominal": [], "randomised": args.randomize}
+    results: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {}
+    for env_id in args.envs:
+        results[env_id] = {}
+        for variant, randomize in variants.items():
+            run_dir = train(env_id, variant, randomize, args.budget, args.seed, args.runs)
+            results[env_id][variant] = sweep(run_dir, args.scales, args.episodes)
+    header = [
+        "## Robustness: PPO with and without domain randomisation",
+        "",
+        f"{args.budget:,} steps per run, seed {args.seed}, SB3's PPO defaults (`{' '.join(SB3_DEFAULTS)}`); "
+        f"randomised: `{' '.join(args.randomize)}`. Deterministic evaluation, {args.episodes} episodes per point, "
+        "one parameter scaled at a time (every element by the same factor), the others nominal.",
+        "",
+    ]
+    lines = header + markdown(results, args.scales)
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"scales": args.scales, "results": results}, indent=1))
+    plot(results, args.scales, args.plot)
+    print(f"table: {args.out}; plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
