@@ -28,7 +28,15 @@ import torch
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
-from pgrad.builders import Environment, algo_gamma, build_environment, build_off_policy_algorithm, env_label, one_line
+from pgrad.builders import (
+    Environment,
+    algo_gamma,
+    build_environment,
+    build_off_policy_algorithm,
+    env_label,
+    nominal_physics,
+    one_line,
+)
 from pgrad.checkpoint import (
     TrainState,
     check_arrays_fit,
@@ -39,6 +47,7 @@ from pgrad.checkpoint import (
 )
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
+from pgrad.envs.randomize import draw_metrics
 from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
@@ -51,7 +60,7 @@ from pgrad.monitor.recovery import (
     restore_captured,
     restore_learner,
 )
-from pgrad.monitor.sinks import read_jsonl
+from pgrad.monitor.sinks import JsonlSink, read_jsonl
 from pgrad.registry import get_algorithm
 from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
@@ -134,6 +143,7 @@ class OffPolicyRunner:
         self.eval_env: Environment | None = None
         self.last_batch: TransitionBatch | None = None
         self.params_finite = 1.0
+        self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
 
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
@@ -212,6 +222,7 @@ class OffPolicyRunner:
         load_optimizers(self.algo.optimizers(), state, path)
         check_rollback_states(self.algo.modules(), self.algo.optimizers(), state, path)
         check_arrays_fit(self.collector.state_arrays(), state.collector, "collector", path)
+        self.collector.take_randomize_draws()  # the fresh envs' first draws: the restored episodes replace them
         try:
             self.collector.load_state_arrays(state.collector)
             self.collector.load_normalizer_state(state.normalizers)
@@ -331,8 +342,9 @@ class OffPolicyRunner:
     def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
         guard = self.config.guard
         if self.eval_env is None:
+            # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
             self.eval_env = build_environment(
-                self.config, algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
+                nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
         try:
             return periodic_evaluation(
@@ -420,6 +432,7 @@ class OffPolicyRunner:
             names.STEP: self.step,
             names.UPDATE: self.rows,
             **self.collector.episodes.summary(),
+            **self.log_randomize_draws(),
             **aggregate(history),
             **(self.algo.learning_rate_metrics() if gradient_steps else {}),
             "train/gradient_steps": float(self.updates),
@@ -436,6 +449,18 @@ class OffPolicyRunner:
             "perf/rss_mb": resident_memory_mb(),
         }
         return metrics
+
+    def log_randomize_draws(self) -> dict[str, float]:
+        """Domain randomisation's draws of the episodes started in this row: one line per episode in
+        ``randomization.jsonl`` and their ``randomize/*`` summary, as the on-policy loop logs them."""
+        draws = self.collector.take_randomize_draws()
+        if not draws:
+            return {}
+        if self.randomization_log is None:
+            self.randomization_log = JsonlSink(self.run_dir / "randomization.jsonl")
+        for draw in draws:
+            self.randomization_log.write({"step": self.step, **draw})
+        return draw_metrics(draws)
 
     def q_bound(self) -> dict[str, float]:
         """r_max / (1 - gamma): no discounted return of rewards bounded by r_max exceeds it (the guard's
@@ -485,6 +510,8 @@ class OffPolicyRunner:
 
     def close(self) -> None:
         self.optimizer_guard.remove()
+        if self.randomization_log is not None:
+            self.randomization_log.close()
         if self.eval_env is not None:
             self.eval_env.envs.close()
             self.eval_env = None
