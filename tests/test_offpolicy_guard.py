@@ -25,6 +25,7 @@ def row(step: int, q_mean: float = -50.0, td: float = 1.0, alpha: float = 0.2, b
         names.Q_BOUND: bound,
         names.TD_ERROR: td,
         names.ALPHA: alpha,
+        names.ALPHA_LOSS: 0.1,
         names.PARAMS_FINITE: 1.0,
         names.NONFINITE_STEPS: 0.0,
     }
@@ -63,6 +64,8 @@ def test_alpha_collapse_and_explosion(alpha, fires):
     assert (alert is not None) == fires
     if fires:
         assert alert.level == "warning" and alert.rule == "alpha"
+        fixed = {k: v for k, v in row(1000, alpha=alpha).items() if k != names.ALPHA_LOSS}
+        assert alpha_rule([fixed], CONFIG) is None  # a fixed temperature (no alpha loss) is the user's choice
 
 
 def test_a_diverging_critic_rolls_back_to_the_last_healthy_state():

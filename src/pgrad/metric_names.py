@@ -26,6 +26,7 @@ Q_MIN = "q/min"
 Q_MAX = "q/max"
 TD_ERROR = "q/td_error"
 ALPHA = "train/alpha"
+ALPHA_LOSS = "train/alpha_loss"  # SAC, only while the temperature is learned
 VALUE_LOSS = "train/value_loss"
 
 # written by the runners

@@ -11,6 +11,7 @@ bootstraps from Q(s', .), s' being its true final observation (see ``pgrad.repla
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -124,8 +125,6 @@ def polyak_update(source: nn.Module, target: nn.Module, tau: float) -> None:
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A target network: a copy of ``module`` that no optimizer owns and autograd ignores."""
-    import copy
-
     target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target

@@ -35,7 +35,7 @@ from pgrad.algos.off_policy import (
     twin_min_target,
 )
 from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
-from pgrad.metric_names import ALPHA, LEARNING_RATE
+from pgrad.metric_names import ALPHA, ALPHA_LOSS, LEARNING_RATE
 from pgrad.nets import ActionSpec, QNetworks, SquashedActingPolicy, SquashedGaussianActor
 from pgrad.replay import TransitionBatch
 
@@ -132,7 +132,7 @@ class SAC:
         if self.learn_alpha:
             log_alpha = self.temperature["log_alpha"]
             alpha_loss = temperature_loss(log_alpha, log_prob_pi, self.target_entropy)
-            metrics["train/alpha_loss"] = alpha_loss.detach()
+            metrics[ALPHA_LOSS] = alpha_loss.detach()
             alpha = log_alpha.detach().exp()  # this step's alpha: the one before its own update, as SB3
             step(self.alpha_optimizer, [log_alpha], alpha_loss)
         else:

@@ -473,7 +473,7 @@ def nonfinite_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
 # ---- off-policy rules (DDPG, TD3, SAC): they read metrics only the off-policy loop writes ----------
 
 Q_MEAN, Q_MIN, Q_MAX, Q_BOUND = names.Q_MEAN, names.Q_MIN, names.Q_MAX, names.Q_BOUND
-TD_ERROR, ALPHA = names.TD_ERROR, names.ALPHA
+TD_ERROR, ALPHA, ALPHA_LOSS = names.TD_ERROR, names.ALPHA, names.ALPHA_LOSS
 
 
 def q_divergence_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
@@ -543,9 +543,10 @@ def td_error_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
 def alpha_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     """Warning: SAC's learned temperature left [``alpha_min``, ``alpha_max``]. Collapsed, the entropy
     bonus is gone and exploration with it; exploded, the reward no longer matters (usually a target
-    entropy the policy cannot reach, or log pi broken by a saturated tanh)."""
+    entropy the policy cannot reach, or log pi broken by a saturated tanh). Only a learned temperature
+    (a row with ``train/alpha_loss``): a fixed one is the user's choice."""
     alpha = number(history[-1], ALPHA)
-    if alpha is None or not math.isfinite(alpha):
+    if alpha is None or not math.isfinite(alpha) or ALPHA_LOSS not in history[-1]:
         return None
     if alpha < config.alpha_min:
         return Alert(
