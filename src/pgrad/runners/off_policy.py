@@ -10,7 +10,11 @@ dropped at each optimizer step by the ``OptimizerGuard`` hook, as on-policy.
 
 The run folder, logs, checkpoints and Ctrl-C belong to the ``RunContext``; checkpoints are the typed
 ``TrainState``, with the replay buffer in the safetensors file (``loop.save_buffer``), so a resume
-continues bit for bit.
+continues bit for bit. Ctrl-C is honoured after the current round of updates: the row then logged is
+shorter than ``loop.log_every``, so the resumed run's rows (and the guard's judgements on them) fall
+at other steps than an uninterrupted run's; the learner itself continues exactly unless the guard acts
+(a rollback, a lifted learning-rate cut) at one of those steps. A stop at a row boundary (a kill after
+a checkpoint, ``train(stop_at_step=...)`` at a multiple of ``loop.log_every``) is exact in every respect.
 """
 
 from __future__ import annotations
