@@ -26,7 +26,7 @@ LAYERS: list[list[str]] = [
     ["pgrad.config"],
     ["pgrad.nets"],
     ["pgrad.envs"],
-    ["pgrad.rollout"],
+    ["pgrad.rollout", "pgrad.replay"],
     ["pgrad.algos"],
     ["pgrad.registry", "pgrad.checkpoint"],
     ["pgrad.builders", "pgrad.runs"],

@@ -11,11 +11,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from pgrad.algos.contract import OnPolicyAlgorithm
+from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
@@ -91,8 +91,9 @@ def algo_gamma(config: TrainConfig) -> float:
     return float(getattr(config.algo_config, "gamma", 0.99))
 
 
-def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm:
-    """The algorithm's learner, its model on ``run.device`` (the acting policy stays NumPy on the CPU)."""
+def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm | OffPolicyAlgorithm:
+    """The algorithm's learner, its model on ``run.device`` (the acting policy stays NumPy on the CPU);
+    an action space the algorithm does not support (a discrete env for SAC) is one line naming both."""
     spec = get_algorithm(config.algo)
     if adapter.action.kind not in spec.action_kinds:
         raise ConfigError(
@@ -100,3 +101,14 @@ def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgor
             f"(it supports: {', '.join(spec.action_kinds)})"
         )
     return spec.build(config.algo_config, adapter.obs_dim, adapter.action, torch.device(config.run.device))
+
+
+def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm:
+    """``build_learner`` for the loops of on-policy kind (and for ``pgrad eval``, which only reads
+    ``modules`` and ``acting_policy``, what every kind has)."""
+    return cast(OnPolicyAlgorithm, build_learner(config, adapter))
+
+
+def build_off_policy_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OffPolicyAlgorithm:
+    """``build_learner`` for the off-policy loop (its runner checked the algorithm's kind)."""
+    return cast(OffPolicyAlgorithm, build_learner(config, adapter))

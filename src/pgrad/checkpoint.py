@@ -20,6 +20,7 @@ and every tensor is checked against what it fills before it is copied (``check_m
 guard's recovery never spell a key). Tensor keys:
 ``module.<name>.<param>``, ``optim.<name>.state.<param id>.<slot>``, ``collector.<array>``
 (environment-side arrays and normaliser statistics, ``obs_norm_*`` / ``reward_norm_*``), ``rng.torch``,
+``replay.<array>`` (the off-policy replay buffer),
 and the guard's rollback states under ``rollback.<slot>.`` with the same learner layout.
 """
 
@@ -453,7 +454,8 @@ class TrainState:
     are the guard's in-memory healthy states by slot (``confirmed``, ``candidate``), kept so that a
     resumed run rolls back exactly as the uninterrupted one would; ``rollback_capture_step`` is when
     the last of them was captured. ``rng_numpy`` / ``rng_python`` are None where a runner has no such
-    stream of its own (A3C's workers re-seed).
+    stream of its own (A3C's workers re-seed). ``replay`` is the off-policy replay buffer's written rows
+    and ring position (``ReplayBuffer.state_arrays``; empty when not saved, ``loop.save_buffer``).
     """
 
     algo: str
@@ -474,6 +476,7 @@ class TrainState:
     guard: dict[str, Any] = field(default_factory=dict)
     rollback_states: dict[str, LearnerState] = field(default_factory=dict)
     rollback_capture_step: int | None = None
+    replay: dict[str, np.ndarray] = field(default_factory=dict)
     pgrad_version: str = ""
     # written by CheckpointStore.save, read back on load
     score: float | None = None
@@ -487,6 +490,7 @@ class TrainState:
         tensors, optimizers = _learner_to_parts("", self.learner(), self.collector)
         if self.rng_torch is not None:
             tensors["rng.torch"] = self.rng_torch
+        tensors.update(numpy_to_tensors("replay", self.replay))
         rollback: dict[str, Any] = {"capture_step": self.rollback_capture_step, "slots": {}}
         for slot, learner in self.rollback_states.items():
             slot_tensors, slot_optimizers = _learner_to_parts(f"rollback.{slot}.", learner, {})
@@ -553,6 +557,7 @@ class TrainState:
                 guard=state.get("guard") or {},
                 rollback_states=rollback_states,
                 rollback_capture_step=None if capture_step is None else int(capture_step),
+                replay=tensors_to_numpy("replay", tensors),
                 pgrad_version=str(state.get("pgrad_version", "")),
                 score=state.get("score"),
                 healthy=bool(state.get("healthy", True)),

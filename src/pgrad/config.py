@@ -348,6 +348,39 @@ class OptimizerConfig(Checked):
         self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
 
 
+@dataclass(frozen=True)
+class OffPolicyLoopConfig(Checked):
+    """The replay buffer and the collect/update schedule. Defaults are SB3's (``OffPolicyAlgorithm``
+    and each of SAC/TD3/DDPG: buffer_size 1e6, batch_size 256, learning_starts 100, train_freq 1,
+    gradient_steps 1)."""
+
+    SECTION: ClassVar[str] = "loop"
+
+    buffer_size: int = param(1_000_000, "replay capacity in transitions (SB3: 1e6)")
+    save_buffer: bool = param(
+        True,
+        "save the replay buffer with every checkpoint (safetensors), so resume is exact; false for very large "
+        "buffers: a resume then refills it before updating again, and says so",
+    )
+    batch_size: int = param(256, "transitions per gradient step, drawn uniformly with replacement (SB3: 256)")
+    learning_starts: int = param(
+        100, "env steps (all envs together) of uniformly random actions before the first update (SB3: 100)"
+    )
+    train_freq: int = param(1, "env steps per env between two rounds of updates (SB3: 1)")
+    gradient_steps: int = param(1, "gradient steps per round of updates (SB3: 1)")
+    log_every: int = param(
+        1000, "env steps between two rows of metrics; the guard judges each row (alerts, rollback, evaluation)"
+    )
+
+    def validate(self) -> None:
+        self.check_range("buffer_size", 1)
+        self.check_range("batch_size", 1)
+        self.check_range("learning_starts", 0)
+        self.check_range("train_freq", 1)
+        self.check_range("gradient_steps", 1)
+        self.check_range("log_every", 1)
+
+
 # --------------------------------------------------------------------------------------------
 # shared sections: environment and run
 # --------------------------------------------------------------------------------------------
@@ -572,6 +605,21 @@ class GuardConfig(Checked):
     )
     eval_patience: int = param(2, "consecutive collapsed evaluations before reloading the best checkpoint")
     rollback_on_eval: bool = param(True, "on an evaluation collapse, reload the best checkpoint and cut the lr")
+    q_bound_factor: float = param(
+        2.0,
+        "off-policy: |Q| above this x r_max / (1 - gamma) (r_max: largest |reward| stored) is critical, a diverging "
+        "critic (rollback when rollback_on_q_divergence); the margin covers SAC's entropy bonus",
+    )
+    rollback_on_q_divergence: bool = param(
+        True, "off-policy: on a critical Q divergence, restore the last healthy state and cut the lr"
+    )
+    q_growth: float = param(2.0, "off-policy: |Q mean| growing this many times per row for q_growth_rows rows: warning")
+    q_growth_rows: int = param(4, "off-policy: consecutive rows of q_growth that make the geometric-growth warning")
+    td_error_spike: float = param(
+        10.0, "off-policy: mean |TD error| above this x its running median (and MAD): warning"
+    )
+    alpha_min: float = param(1e-5, "SAC: learned temperature below this: warning (collapsed)")
+    alpha_max: float = param(100.0, "SAC: learned temperature above this: warning (exploding)")
     inject: tuple[str, ...] = param((), "fault drills KIND@STEP[:DURATION]: lr_spike, nan_grad, reward_flip")
     lr_spike_factor: float = param(100.0, "learning-rate multiplier of the lr_spike drill")
 
@@ -605,6 +653,12 @@ class GuardConfig(Checked):
         self.check_range("eval_recheck", 0, 1)
         self.check_range("eval_collapse_span", 0)
         self.check_range("lr_spike_factor", 0, low_open=True)
+        self.check_range("q_bound_factor", 1, low_open=True)
+        self.check_range("q_growth", 1, low_open=True)
+        self.check_range("q_growth_rows", 1)
+        self.check_range("td_error_spike", 1, low_open=True)
+        self.check_range("alpha_min", 0)
+        self.check_range("alpha_max", self.alpha_min, low_open=True)
         for text in self.inject:
             try:
                 parse_fault(text)

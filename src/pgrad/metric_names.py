@@ -20,6 +20,13 @@ SURROGATE_GRAD_NORM = "diagnostics/surrogate_grad_norm"  # TRPO/NPG: no optimize
 GROUP_GRAD_NORM = "diagnostics/group_grad_norm"
 LEARNING_RATE = "train/learning_rate"
 POLICY_LOSS = "train/policy_loss"
+# written by the off-policy algorithms (DDPG, TD3, SAC), per log row
+Q_MEAN = "q/mean"
+Q_MIN = "q/min"
+Q_MAX = "q/max"
+TD_ERROR = "q/td_error"
+ALPHA = "train/alpha"
+ALPHA_LOSS = "train/alpha_loss"  # SAC, only while the temperature is learned
 VALUE_LOSS = "train/value_loss"
 
 # written by the runners
@@ -34,5 +41,6 @@ UPDATE_NORM = "diagnostics/update_norm"  # + "/<group>": ||theta_after - theta_b
 RECOVERIES = "diagnostics/recoveries"
 ALERTS = "diagnostics/alerts"
 PROGRESS = "train/progress"  # env steps / run.total_steps, written by the guard (warm-up is a share of the run)
+Q_BOUND = "q/bound"  # off-policy loop: max |reward| stored / (1 - gamma)
 EVAL_RETURN_MEAN = "eval/return_mean"
 EVAL_RETURN_STD = "eval/return_std"

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from pgrad.config import NetworkConfig
-from pgrad.distributions import Categorical, DiagGaussian
+from pgrad.distributions import Categorical, DiagGaussian, TanhGaussian
 
 Activation = Literal["tanh", "relu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -199,3 +199,186 @@ class ActingPolicy:
         if self.action.kind == "discrete":
             return head.argmax(axis=-1).astype(np.int64)
         return self._mean_log_std(head)[0].astype(np.float32)
+
+
+# ---- off-policy networks (DDPG, TD3, SAC) ---------------------------------------------------------
+#
+# Plain MLPs with torch's default initialisation, as SB3 and CleanRL build them for these algorithms
+# (the orthogonal init above is the on-policy recipe). Every actor acts in [-1, 1]: the SpaceAdapter
+# maps that range onto the env's bounds (env.rescale_actions).
+
+
+class Actor(Protocol):
+    """What environments query: ``sample`` while training (exploring), ``mode`` for evaluation.
+    ``ActingPolicy`` (on-policy) and ``SquashedActingPolicy`` (off-policy) both are one."""
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+
+    def mode(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+def plain_mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, activation: Activation) -> nn.Sequential:
+    """Linear + activation layers, then a linear output layer; torch's default initialisation."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(in_dim, size), _ACTIVATIONS[activation]()]
+        in_dim = size
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class QNetworks(nn.Module):
+    """``count`` independent critics Q_i(s, a) = MLP_i([s, a]) (1 for DDPG, 2 for TD3 and SAC)."""
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...], activation: Activation, count: int
+    ) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(plain_mlp(obs_dim + action_dim, hidden_sizes, 1, activation) for _ in range(count))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> list[torch.Tensor]:
+        """[Q_1(s, a), ..., Q_count(s, a)], each of shape [N]."""
+        joint = torch.cat([obs, actions], dim=-1)
+        return [net(joint).squeeze(-1) for net in self.nets]
+
+    def first(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_1(s, a) alone (what drives DDPG's and TD3's actor)."""
+        return self.nets[0](torch.cat([obs, actions], dim=-1)).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """mu(s) = tanh(MLP(s)) in [-1, 1] (DDPG, TD3)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...], activation: Activation) -> None:
+        super().__init__()
+        self.activation = activation
+        self.net = plain_mlp(obs_dim, hidden_sizes, action_dim, activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs))
+
+    def acting_policy(self, noise: ExplorationNoise) -> SquashedActingPolicy:
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        return SquashedActingPolicy(
+            [_numpy_layer(layer) for layer in linears[:-1]], _numpy_layer(linears[-1]), self.activation, noise=noise
+        )
+
+
+class SquashedGaussianActor(nn.Module):
+    """a = tanh(u), u ~ N(mean(s), std(s)^2) (SAC): one torso, a mean head and a log-std head, the
+    log-std clamped to ``LOG_STD_BOUNDS`` (SB3's [-20, 2]). Deterministic action: tanh(mean(s))."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...], activation: Activation) -> None:
+        super().__init__()
+        self.activation = activation
+        self.torso = plain_mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], activation)
+        self.torso.append(_ACTIVATIONS[activation]())
+        self.mean = nn.Linear(hidden_sizes[-1], action_dim)
+        self.log_std = nn.Linear(hidden_sizes[-1], action_dim)
+
+    def forward(self, obs: torch.Tensor) -> TanhGaussian:
+        features = self.torso(obs)
+        return TanhGaussian(self.mean(features), self.log_std(features).clamp(*LOG_STD_BOUNDS))
+
+    def acting_policy(self) -> SquashedActingPolicy:
+        linears = [m for m in self.torso if isinstance(m, nn.Linear)]
+        return SquashedActingPolicy(
+            [_numpy_layer(layer) for layer in linears],
+            _numpy_layer(self.mean),
+            self.activation,
+            log_std_head=_numpy_layer(self.log_std),
+        )
+
+
+def _numpy_layer(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    # transposed so a batch [B, in] multiplies as obs @ W
+    return (layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy().copy())
+
+
+class ExplorationNoise:
+    """Noise added to a deterministic actor's action while training, in action units of [-1, 1].
+
+    ``gaussian``: eps ~ N(0, sigma^2) per step (TD3 paper, SB3 zoo). ``ornstein_uhlenbeck`` (DDPG
+    paper): x <- x + theta (0 - x) dt + sigma sqrt(dt) N(0, 1), one process per env and action
+    dimension; its state is checkpointed (``state``/``load``). ``none``: no noise."""
+
+    def __init__(
+        self,
+        kind: Literal["gaussian", "ornstein_uhlenbeck", "none"],
+        sigma: float,
+        theta: float = 0.15,
+        dt: float = 1e-2,
+    ) -> None:
+        self.kind = kind
+        self.sigma = sigma
+        self.theta = theta
+        self.dt = dt
+        self.process: np.ndarray | None = None  # OU state [num_envs, action_dim]
+
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "none":
+            return np.zeros(shape, np.float32)
+        draw = rng.standard_normal(shape).astype(np.float32)
+        if self.kind == "gaussian":
+            return self.sigma * draw
+        if self.process is None or self.process.shape != shape:
+            self.process = np.zeros(shape, np.float32)
+        self.process = (
+            self.process - self.theta * self.process * self.dt + self.sigma * np.sqrt(self.dt) * draw
+        ).astype(np.float32)
+        return self.process.copy()
+
+    def end_episodes(self, done: np.ndarray) -> None:
+        """Restart the OU process of the envs whose episode ended (``done``: [num_envs] bool), as SB3
+        does: a new episode starts without the previous one's correlated drift."""
+        if self.process is not None and done.any():
+            self.process[done] = 0.0
+
+    def state(self) -> list[list[float]] | None:
+        return None if self.process is None else self.process.tolist()
+
+    def load(self, state: list[list[float]] | None) -> None:
+        self.process = None if state is None else np.asarray(state, np.float32)
+
+
+class SquashedActingPolicy:
+    """An off-policy actor as NumPy arrays (see ``ActingPolicy`` for why NumPy).
+
+    Without ``log_std_head`` (DDPG, TD3): mode = tanh(head(s)), sample = clip(mode + noise, -1, 1).
+    With it (SAC): mode = tanh(mean(s)), sample = tanh(mean + std * N(0, 1))."""
+
+    def __init__(
+        self,
+        layers: list[tuple[np.ndarray, np.ndarray]],
+        head: tuple[np.ndarray, np.ndarray],
+        activation: Activation,
+        log_std_head: tuple[np.ndarray, np.ndarray] | None = None,
+        noise: ExplorationNoise | None = None,
+    ) -> None:
+        self.layers = layers
+        self.head = head
+        self.log_std_head = log_std_head
+        self.activation = np.tanh if activation == "tanh" else (lambda x: np.maximum(x, 0.0))
+        self.noise = noise
+
+    def _features(self, obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight, bias in self.layers:
+            x = self.activation(x @ weight + bias)
+        return x
+
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        features = self._features(obs)
+        return np.tanh(features @ self.head[0] + self.head[1]).astype(np.float32)
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        features = self._features(obs)
+        mean = features @ self.head[0] + self.head[1]
+        if self.log_std_head is None:
+            action = np.tanh(mean)
+            if self.noise is not None:
+                action = np.clip(action + self.noise(action.shape, rng), -1.0, 1.0)
+            return action.astype(np.float32)
+        log_std = np.clip(features @ self.log_std_head[0] + self.log_std_head[1], *LOG_STD_BOUNDS)
+        noise = rng.standard_normal(mean.shape).astype(np.float32)
+        return np.tanh(mean + np.exp(log_std) * noise).astype(np.float32)

@@ -15,17 +15,21 @@ import torch
 from pgrad.algos.a2c import A2C, A2CConfig
 from pgrad.algos.a3c import A3C, A3CConfig
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
-from pgrad.algos.contract import OnPolicyAlgorithm
+from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
+from pgrad.algos.ddpg import DDPG, DDPGConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig
+from pgrad.algos.sac import SAC, SACConfig
+from pgrad.algos.td3 import TD3, TD3Config
 from pgrad.algos.trpo import NaturalGradient, NPGConfig, TRPOConfig
 from pgrad.errors import ConfigError
 from pgrad.nets import ActionSpec
 
 # on_policy: the synchronous collect -> prepare -> update loop (pgrad.runners.on_policy);
-# asynchronous: Hogwild workers around shared parameters (pgrad.runners.asynchronous).
-LoopKind = Literal["on_policy", "asynchronous"]
+# asynchronous: Hogwild workers around shared parameters (pgrad.runners.asynchronous);
+# off_policy: act -> replay buffer -> sampled gradient steps (pgrad.runners.off_policy).
+LoopKind = Literal["on_policy", "asynchronous", "off_policy"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class AlgorithmSpec:
     summary: str
     config_cls: type
     # (the algorithm's config, observation size, action space, run.device) -> the learner
-    build: Callable[[Any, int, ActionSpec, torch.device], OnPolicyAlgorithm]
+    build: Callable[[Any, int, ActionSpec, torch.device], OnPolicyAlgorithm | OffPolicyAlgorithm]
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
     kind: LoopKind = "on_policy"
 
@@ -67,6 +71,30 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         A3CConfig,
         A3C,
         kind="asynchronous",
+    ),
+    "sac": AlgorithmSpec(
+        "sac",
+        "Soft Actor-Critic: squashed Gaussian policy, twin Q, learned entropy temperature (replay)",
+        SACConfig,
+        SAC,
+        action_kinds=("continuous",),
+        kind="off_policy",
+    ),
+    "td3": AlgorithmSpec(
+        "td3",
+        "Twin Delayed DDPG: twin Q min target, target policy smoothing, delayed actor updates (replay)",
+        TD3Config,
+        TD3,
+        action_kinds=("continuous",),
+        kind="off_policy",
+    ),
+    "ddpg": AlgorithmSpec(
+        "ddpg",
+        "Deep Deterministic Policy Gradient: deterministic tanh actor, one critic, target networks (replay)",
+        DDPGConfig,
+        DDPG,
+        action_kinds=("continuous",),
+        kind="off_policy",
     ),
 }
 

@@ -23,7 +23,7 @@ from pgrad.envs.factory import SpaceAdapter
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.estimators import explained_variance
 from pgrad.metric_names import EXPLAINED_VARIANCE
-from pgrad.nets import ActingPolicy
+from pgrad.nets import Actor
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ class RolloutCollector:
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
 
-    def collect(self, policy: ActingPolicy, rng: np.random.Generator, num_steps: int) -> Rollout:
+    def collect(self, policy: Actor, rng: np.random.Generator, num_steps: int) -> Rollout:
         assert self.raw_obs is not None, "call reset() first"
         num_envs, obs_dim = self.num_envs, self.adapter.obs_dim
         obs = np.empty((num_steps + 1, num_envs, obs_dim), np.float32)
@@ -252,7 +252,7 @@ class RolloutCollector:
         return Rollout(obs, actions, rewards, terminated, truncated, valid)
 
     def collect_episodes(
-        self, policy: ActingPolicy, rng: np.random.Generator, num_episodes: int, max_steps: int = 100_000
+        self, policy: Actor, rng: np.random.Generator, num_episodes: int, max_steps: int = 100_000
     ) -> Rollout:
         """Whole episodes for Monte Carlo methods (REINFORCE), as a ``Rollout`` of variable length T.
 

@@ -14,7 +14,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pgrad.nets import ActingPolicy
+from pgrad.config import OffPolicyLoopConfig
+from pgrad.nets import ActingPolicy, Actor
+from pgrad.replay import TransitionBatch
 from pgrad.rollout import Batch, Rollout
 
 
@@ -49,6 +51,42 @@ class OnPolicyAlgorithm(Protocol):
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]: ...
 
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]: ...
+
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+
+class OffPolicyAlgorithm(Protocol):
+    """What the off-policy loop (``pgrad.runners.off_policy``) calls: DDPG, TD3 and SAC.
+
+    The loop owns the replay buffer, the env steps and the schedule (``loop``: random actions until
+    ``learning_starts``, then ``gradient_steps`` calls of ``update`` every ``train_freq`` env steps); the
+    algorithm owns its networks, targets and optimizers. ``update`` is ONE gradient step on a sampled
+    batch and returns its metrics (tensors or floats; the loop averages them per log row, the ``*/min``
+    and ``*/max`` ones as minimum and maximum). ``acting_policy`` explores with ``sample`` (the
+    algorithm's own noise) and acts deterministically with ``mode``.
+    """
+
+    name: str
+
+    @property
+    def loop(self) -> OffPolicyLoopConfig: ...
+
+    @property
+    def gamma(self) -> float: ...
+
+    def acting_policy(self) -> Actor: ...
+
+    def end_episodes(self, done: np.ndarray) -> None: ...  # [num_envs] bool: reset per-episode exploration state
+
+    def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]: ...
+
+    def learning_rate_metrics(self) -> dict[str, float]: ...
 
     def modules(self) -> dict[str, torch.nn.Module]: ...
 

@@ -481,6 +481,105 @@ def nonfinite_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
     return None
 
 
+# ---- off-policy rules (DDPG, TD3, SAC): they read metrics only the off-policy loop writes ----------
+
+Q_MEAN, Q_MIN, Q_MAX, Q_BOUND = names.Q_MEAN, names.Q_MIN, names.Q_MAX, names.Q_BOUND
+TD_ERROR, ALPHA, ALPHA_LOSS = names.TD_ERROR, names.ALPHA, names.ALPHA_LOSS
+
+
+def q_divergence_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """Critical: a Q value beyond ``q_bound_factor`` x r_max / (1 - gamma) (``q/bound``, with r_max the
+    largest |reward| stored so far), which no discounted return of this env can reach: the critic is
+    bootstrapping from its own over-estimates. The factor leaves room for SAC's entropy bonus
+    (alpha |log pi| per step, also discounted). Warning: |Q mean| grew by ``q_growth`` x in each of the
+    last ``q_growth_rows`` rows (geometric growth, before it crosses the bound)."""
+    latest = history[-1]
+    bound = number(latest, Q_BOUND)
+    extreme = max((abs(v) for key in (Q_MIN, Q_MAX) if (v := number(latest, key)) is not None), default=None)
+    if bound is not None and extreme is not None and math.isfinite(bound) and bound > 0:
+        threshold = config.q_bound_factor * bound
+        if not extreme <= threshold:  # NaN too (the nonfinite rule names it first)
+            return Alert(
+                "critical",
+                "q_divergence",
+                f"|Q| reached {extreme:.4g}, beyond {config.q_bound_factor:g} x r_max / (1 - gamma) = {threshold:.4g}: "
+                "the critic is diverging (over-estimation feeding on itself)",
+                Q_MAX,
+                extreme,
+                threshold,
+                {"bound": bound},
+            )
+    means = [abs(v) for v in last_values(history, Q_MEAN, config.q_growth_rows + 1)]
+    if len(means) <= config.q_growth_rows or min(means) < 1e-3:
+        return None
+    ratios = [after / before for before, after in zip(means[:-1], means[1:], strict=False)]
+    if min(ratios) >= config.q_growth and means[-1] > 10.0:
+        return Alert(
+            "warning",
+            "q_growth",
+            f"|Q mean| grew {min(ratios):.3g}x or more in each of the last {config.q_growth_rows} rows, to "
+            f"{means[-1]:.4g}: geometric growth, the critic may be diverging",
+            Q_MEAN,
+            means[-1],
+            config.q_growth,
+            {"first": means[0]},
+        )
+    return None
+
+
+def td_error_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """Warning: the mean |TD error| of a row above ``td_error_spike`` x its running median and above the
+    median + ``td_error_spike`` x its scaled MAD (a critic knocked off its targets: a bad batch, a
+    learning-rate spike, a reward that changed scale)."""
+    value = number(history[-1], TD_ERROR)
+    window = [v for v in last_values(history, TD_ERROR, config.history_window, skip_newest=True) if math.isfinite(v)]
+    if value is None or not math.isfinite(value) or len(window) < max(5, config.history_window // 2):
+        return None
+    median = float(statistics.median(window))
+    mad = 1.4826 * float(statistics.median(abs(v - median) for v in window))
+    threshold = max(config.td_error_spike * median, median + config.td_error_spike * mad)
+    if threshold <= 0 or value <= threshold:
+        return None
+    return Alert(
+        "warning",
+        "td_error",
+        f"mean |TD error| {value:.3g} > {threshold:.3g} (running median {median:.3g}, MAD {mad:.3g})",
+        TD_ERROR,
+        value,
+        threshold,
+        {"median": median, "mad": mad},
+    )
+
+
+def alpha_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """Warning: SAC's learned temperature left [``alpha_min``, ``alpha_max``]. Collapsed, the entropy
+    bonus is gone and exploration with it; exploded, the reward no longer matters (usually a target
+    entropy the policy cannot reach, or log pi broken by a saturated tanh). Only a learned temperature
+    (a row with ``train/alpha_loss``): a fixed one is the user's choice."""
+    alpha = number(history[-1], ALPHA)
+    if alpha is None or not math.isfinite(alpha) or ALPHA_LOSS not in history[-1]:
+        return None
+    if alpha < config.alpha_min:
+        return Alert(
+            "warning",
+            "alpha",
+            f"entropy temperature alpha {alpha:.3g} < {config.alpha_min:g}: collapsed",
+            ALPHA,
+            alpha,
+            config.alpha_min,
+        )
+    if alpha > config.alpha_max:
+        return Alert(
+            "warning",
+            "alpha",
+            f"entropy temperature alpha {alpha:.3g} > {config.alpha_max:g}: exploding",
+            ALPHA,
+            alpha,
+            config.alpha_max,
+        )
+    return None
+
+
 Rule = Callable[[list[Metrics], GuardConfig], "Alert | None"]
 RULES: tuple[Rule, ...] = (
     nonfinite_rule,
@@ -492,6 +591,9 @@ RULES: tuple[Rule, ...] = (
     grad_norm_rule,
     update_size_rule,
     steps_per_second_rule,
+    q_divergence_rule,
+    td_error_rule,
+    alpha_rule,
 )
 
 

@@ -311,6 +311,24 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "an evaluation well below the best while the training return was not: noise (info only)",
         "nothing; more guard.eval_episodes give steadier evaluations",
     ),
+    # off-policy (DDPG, TD3, SAC)
+    "q_divergence": (
+        "a Q value beyond guard.q_bound_factor x r_max / (1 - gamma), which no return of this env reaches: the "
+        "critic bootstraps from its own over-estimates; the guard restored the last healthy state",
+        "lower the learning rate or tau, scale the rewards down; TD3's twin critics over-estimate less than DDPG",
+    ),
+    "q_growth": (
+        "|Q mean| multiplied by guard.q_growth or more row after row: geometric growth, divergence under way",
+        "lower the learning rate or tau; check the reward scale",
+    ),
+    "td_error": (
+        "the critic's mean |TD error| jumped an order of magnitude above its running median",
+        "lower the learning rate; check for a reward that changed scale",
+    ),
+    "alpha": (
+        "SAC's learned temperature collapsed (exploration gone) or exploded (the reward no longer matters)",
+        "set a reachable target_entropy, or fix alpha; an exploding alpha often means a saturated tanh policy",
+    ),
 }
 
 
@@ -318,7 +336,11 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
     """One entry per warning kind the guard logged: how often, the first occurrence with its
     evidence (every field the event carries), and what it means."""
     lines: list[str] = []
-    logged = [e for e in events if str(e.get("kind", "")).startswith(("critical.update_size", "warning.", "info."))]
+    logged = [
+        e
+        for e in events
+        if str(e.get("kind", "")).startswith(("critical.update_size", "critical.q_divergence", "warning.", "info."))
+    ]
     for kind in dict.fromkeys(str(e["kind"]) for e in logged):
         same = [e for e in logged if e["kind"] == kind]
         first = same[0]

@@ -17,13 +17,13 @@ from pgrad import metric_names as names
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter
 from pgrad.envs.normalize import ObsNormalizer
-from pgrad.nets import ActingPolicy
+from pgrad.nets import Actor
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never reuse training seeds
 
 
 def run_episodes(
-    policy: ActingPolicy,
+    policy: Actor,
     envs: Any,
     adapter: SpaceAdapter,
     obs_normalizer: ObsNormalizer,
@@ -125,7 +125,7 @@ def eval_num_envs(episodes: int) -> int:
 
 
 def periodic_evaluation(
-    policy: ActingPolicy,
+    policy: Actor,
     envs: Any,
     adapter: SpaceAdapter,
     obs_normalizer: ObsNormalizer,

@@ -35,7 +35,26 @@ PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("learning_rate", "learning rate", ("train/learning_rate",)),
     ("steps_per_second", "steps per second", ("perf/steps_per_second",)),
 )
-LOG_PANELS = ("approx_kl", "grad_norm", "value_loss", "learning_rate")
+# DDPG, TD3 and SAC (a run whose rows carry Q statistics): the replay learner's own diagnostics
+OFF_POLICY_PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("return", "episode return", ("rollout/return_mean", "eval/return_mean")),
+    ("q_values", "Q (first critic, sampled batch)", ("q/mean", "q/min", "q/max")),
+    ("td_error", "mean |TD error|", ("q/td_error",)),
+    ("critic_loss", "critic loss", ("train/critic_loss",)),
+    ("actor_loss", "actor loss", ("train/actor_loss",)),
+    ("grad_norm", "gradient norms", ("diagnostics/actor_grad_norm", "diagnostics/critic_grad_norm")),
+    ("alpha", "entropy temperature alpha (SAC)", ("train/alpha",)),
+    ("entropy", "entropy estimate E[-log pi] (SAC)", ("train/entropy",)),
+    ("steps_per_second", "steps per second", ("perf/steps_per_second",)),
+)
+LOG_PANELS = ("approx_kl", "grad_norm", "value_loss", "learning_rate", "td_error", "critic_loss", "alpha")
+
+
+def panels_for(history: list[dict[str, Any]]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """The off-policy panels for a run that logged Q statistics, else the on-policy ones."""
+    return OFF_POLICY_PANELS if any("q/mean" in row for row in history) else PANELS
+
+
 MARKER_STYLES = {  # event kind prefix -> (colour, line style)
     "critical.": ("tab:red", "-"),
     "recovery.": ("magenta", "-"),
@@ -147,7 +166,7 @@ def plot_run(
     images: dict[str, bytes] = {}
     panels = []
     overview, axes = plt.subplots(3, 3, figsize=(15, 10))
-    for (name, title, keys), overview_ax in zip(PANELS, axes.flat, strict=True):
+    for (name, title, keys), overview_ax in zip(panels_for(history), axes.flat, strict=True):
         fig, ax = plt.subplots(figsize=(7, 3.5))
         panels.append(draw_panel(ax, name, title, keys, history, events))
         draw_panel(overview_ax, name, title, keys, history, events)

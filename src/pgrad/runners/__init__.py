@@ -1,7 +1,8 @@
 """Runners: the loops that train an algorithm, chosen by the algorithm's kind (``pgrad.registry``).
 
 - ``on_policy``: the synchronous collect -> prepare -> update loop;
-- ``asynchronous``: A3C's coordinator and its Hogwild workers.
+- ``asynchronous``: A3C's coordinator and its Hogwild workers;
+- ``off_policy``: DDPG, TD3 and SAC: act, store in the replay buffer, sampled gradient steps.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def runner_for(config: TrainConfig) -> Any:
         from pgrad.runners.asynchronous import A3CRunner
 
         return A3CRunner
+    if kind == "off_policy":
+        from pgrad.runners.off_policy import OffPolicyRunner
+
+        return OffPolicyRunner
     from pgrad.runners.on_policy import OnPolicyRunner
 
     return OnPolicyRunner

@@ -1,0 +1,177 @@
+"""What DDPG, TD3 and SAC share, as plain functions and one config section (no base class).
+
+- ``QNetworkConfig``: their ``network`` section (``pgrad.config.OffPolicyLoopConfig`` is their ``loop``
+  section: the replay buffer and the schedule of ``pgrad.runners.off_policy``);
+- the targets and losses, pure functions of tensors with the equation in each docstring;
+- Polyak averaging of target networks, gradient norms, the learning-rate scale.
+
+Targets are written with ``terminated`` only: a transition cut by a time limit (truncated) still
+bootstraps from Q(s', .), s' being its true final observation (see ``pgrad.replay``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from pgrad import metric_names as names
+from pgrad.algos.common import make_optimizer, scheduled_learning_rate
+from pgrad.algos.contract import UpdateContext
+from pgrad.config import Checked, EnvConfig, OptimizerConfig, param
+from pgrad.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class QNetworkConfig(Checked):
+    """The actor and critic MLPs of DDPG, TD3 and SAC: each algorithm's ``network`` section
+    (``--set network.hidden_sizes=[64,64]``). Plain MLPs with torch's default initialisation, as SB3."""
+
+    SECTION: ClassVar[str] = "network"
+
+    hidden_sizes: tuple[int, ...] = param((256, 256), "hidden layers of the actor and of each critic")
+    activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
+
+    def validate(self) -> None:
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            self._fail("hidden_sizes", "a non-empty list of positive integers")
+
+
+def check_off_policy_env(section: str, env: EnvConfig) -> None:
+    """What the replay algorithms refuse in the env section, with the field named.
+
+    Normalised observations or rewards would be stored in the buffer under the statistics of the
+    moment and replayed later under others (SB3 stores raw values and normalises on sampling);
+    pgrad does not implement that, so it refuses rather than learn from stale scales."""
+    for name in ("norm_obs", "norm_reward"):
+        if getattr(env, name):
+            raise ConfigError(
+                f"env.{name} must be false for {section} (the replay buffer stores raw values; running "
+                f"normalisation would mix scales across the buffer); got true"
+            )
+
+
+# ---- targets and losses ----------------------------------------------------------------------
+
+
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) Q'(s', a'): bootstraps through truncation, not termination."""
+    return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def twin_min_target(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_qs: list[torch.Tensor],
+    gamma: float,
+    next_log_prob: torch.Tensor | None = None,
+    alpha: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) (min_i Q'_i(s', a') - alpha log pi(a'|s')) (TD3; SAC with the
+    entropy term). With one critic, min_i is that critic (DDPG)."""
+    next_q = torch.stack(next_qs).min(dim=0).values if len(next_qs) > 1 else next_qs[0]
+    if next_log_prob is not None:
+        next_q = next_q - alpha * next_log_prob
+    return td_target(rewards, terminated, next_q, gamma)
+
+
+def smoothed_target_actions(
+    target_actions: torch.Tensor, noise_std: float, noise_clip: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """TD3's target policy smoothing: a' = clip(mu'(s') + clip(eps, -c, c), -1, 1), eps ~ N(0, sigma^2)."""
+    noise = torch.randn(
+        target_actions.shape, generator=generator, dtype=target_actions.dtype, device=target_actions.device
+    )
+    noise = (noise * noise_std).clamp(-noise_clip, noise_clip)
+    return (target_actions + noise).clamp(-1.0, 1.0)
+
+
+def critic_loss(q_values: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """L_Q = sum_i E[(Q_i(s, a) - y)^2] (y carries no gradient)."""
+    return sum((torch.mean((q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+
+
+def sac_actor_loss(q_values: list[torch.Tensor], log_prob: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """L_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)], a~ = tanh(mean + std eps) reparameterised."""
+    q_min = torch.stack(q_values).min(dim=0).values
+    return torch.mean(alpha * log_prob - q_min)
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """L_alpha = -E[log alpha (log pi(a~|s) + H_target)] (log pi detached), as SB3.
+
+    dL/dlog alpha = E[-log pi] - H_target = (entropy estimate) - (target): gradient descent lowers alpha
+    while the policy's entropy is above the target and raises it while below. Learning log alpha
+    rather than alpha keeps alpha positive."""
+    return -torch.mean(log_alpha * (log_prob.detach() + target_entropy))
+
+
+def deterministic_actor_loss(q_value: torch.Tensor) -> torch.Tensor:
+    """L_mu = -E[Q_1(s, mu(s))] (DDPG, TD3: only the first critic drives the actor)."""
+    return -torch.mean(q_value)
+
+
+# ---- target networks, gradients, learning rates ------------------------------------------------
+
+
+def polyak_update(source: nn.Module, target: nn.Module, tau: float) -> None:
+    """theta' <- tau theta + (1 - tau) theta' for every parameter, in place (one fused lerp)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A target network: a copy of ``module`` that no optimizer owns and autograd ignores."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """||g||_2 over all gradients (a tensor: copied to the host once per log row, not per step)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    return norm
+
+
+def make_optimizers(config: OptimizerConfig, *parameter_groups: list[nn.Parameter]) -> list[torch.optim.Optimizer]:
+    """One optimizer per parameter group (actor, critics, temperature), all from the ``optimizer`` section."""
+    return [make_optimizer(parameters, config) for parameters in parameter_groups]
+
+
+def schedule_learning_rates(
+    optimizers: list[torch.optim.Optimizer], config: OptimizerConfig, context: UpdateContext
+) -> float:
+    """lr = learning_rate x (1 - progress if anneal_lr) x context.lr_scale on every optimizer; returns it."""
+    rate = 0.0
+    for optimizer in optimizers:
+        rate = scheduled_learning_rate(optimizer, config, context)
+    return rate
+
+
+def step(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+    """Gradients of ``loss`` (earlier ones dropped), one optimizer step; returns the gradient norm
+    (measured before the step; the guard's hook may have dropped non-finite gradients)."""
+    for parameter in parameters:
+        parameter.grad = None
+    loss.backward()
+    norm = gradient_norm(parameters)
+    optimizer.step()
+    return norm
+
+
+def q_statistics(q_values: list[torch.Tensor], target: torch.Tensor) -> dict[str, Any]:
+    """Q mean/min/max over the batch (first critic) and the mean absolute TD error |Q_1 - y|."""
+    q = q_values[0].detach()
+    return {
+        names.Q_MEAN: q.mean(),
+        names.Q_MIN: q.min(),
+        names.Q_MAX: q.max(),
+        names.TD_ERROR: (q - target).abs().mean(),
+        "q/target_mean": target.mean(),
+    }

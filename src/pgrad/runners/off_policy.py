@@ -1,0 +1,523 @@
+"""The one off-policy training loop (DDPG, TD3, SAC): act -> replay buffer -> sampled gradient steps.
+
+Per round: ``loop.train_freq`` steps of every env (uniformly random actions in [-1, 1] until
+``loop.learning_starts`` env steps, then the algorithm's exploring policy), their valid transitions
+into the ``ReplayBuffer``, then ``loop.gradient_steps`` calls of ``algorithm.update`` on uniform
+samples. Every ``loop.log_every`` env steps the rounds so far become one row of metrics, and that row
+is what the ``Guard`` judges: alerts, evaluation, rollback, halt, checkpoint, exactly as the on-policy
+loop does once per update (the guard does not know which loop runs it). Non-finite gradients are
+dropped at each optimizer step by the ``OptimizerGuard`` hook, as on-policy.
+
+The run folder, logs, checkpoints and Ctrl-C belong to the ``RunContext``; checkpoints are the typed
+``TrainState``, with the replay buffer in the safetensors file (``loop.save_buffer``), so a resume
+continues bit for bit. Ctrl-C is honoured after the current round of updates: the row then logged is
+shorter than ``loop.log_every``, so the resumed run's rows (and the guard's judgements on them) fall
+at other steps than an uninterrupted run's; the learner itself continues exactly unless the guard acts
+(a rollback, a lifted learning-rate cut) at one of those steps. A stop at a row boundary (a kill after
+a checkpoint, ``train(stop_at_step=...)`` at a multiple of ``loop.log_every``) is exact in every respect.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgrad import __version__
+from pgrad import metric_names as names
+from pgrad.algos.contract import UpdateContext
+from pgrad.builders import (
+    Environment,
+    algo_gamma,
+    build_environment,
+    build_off_policy_algorithm,
+    env_label,
+    nominal_physics,
+    one_line,
+)
+from pgrad.checkpoint import (
+    TrainState,
+    check_arrays_fit,
+    check_rollback_states,
+    load_modules,
+    load_optimizers,
+    read_train_state,
+)
+from pgrad.config import TrainConfig
+from pgrad.envs import state as env_state
+from pgrad.envs.randomize import draw_metrics
+from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
+from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
+from pgrad.monitor.recovery import (
+    GuardState,
+    HealthyStates,
+    OptimizerGuard,
+    TrajectoryRecorder,
+    parameters_finite,
+    restore_captured,
+    restore_learner,
+)
+from pgrad.monitor.sinks import JsonlSink, read_jsonl
+from pgrad.registry import get_algorithm
+from pgrad.replay import ReplayBuffer, TransitionBatch
+from pgrad.rollout import RolloutCollector
+from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
+from pgrad.threads import set_threads
+
+
+class UniformActor:
+    """Actions drawn uniformly from [-1, 1] (the rescaled action box) before ``learning_starts``."""
+
+    def __init__(self, action_dim: int) -> None:
+        self.action_dim = action_dim
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(-1.0, 1.0, (obs.shape[0], self.action_dim)).astype(np.float32)
+
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        return np.zeros((obs.shape[0], self.action_dim), np.float32)
+
+
+def aggregate(history: dict[str, list[Any]]) -> dict[str, float]:
+    """One value per metric over the gradient steps of a log row: ``*/min`` the minimum, ``*/max`` the
+    maximum, everything else the mean (tensors go to the host once per key)."""
+    out = {}
+    for key, values in history.items():
+        array = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).cpu().numpy()
+        if key.endswith("/min"):
+            out[key] = float(array.min())
+        elif key.endswith("/max"):
+            out[key] = float(array.max())
+        else:
+            out[key] = float(array.astype(np.float64).mean())
+    return out
+
+
+class OffPolicyRunner:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
+        kind = get_algorithm(config.algo).kind
+        if kind != "off_policy":
+            raise ConfigError(
+                f"algorithm '{config.algo}' needs the {kind} runner, not the off-policy loop; "
+                f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
+            )
+        self.config = config
+        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run_dir = self.run.run_dir
+        set_threads(config.run.torch_threads)
+        seed_everything(config.run.seed)
+        self.env = build_environment(config, algo_gamma(config))
+        try:
+            self.algo = build_off_policy_algorithm(config, self.env.adapter)
+        except PgradError:
+            self.env.envs.close()
+            raise
+        self.loop = self.algo.loop
+        self.device = torch.device(config.run.device)
+        self.collector = RolloutCollector(
+            self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
+        )
+        self.rng = np.random.default_rng(config.run.seed)
+        try:
+            self.collector.reset(config.run.seed)
+        except Exception as exc:  # the env's own reset: nothing is written yet, so a plain one-line error
+            self.env.envs.close()
+            raise ConfigError(f"{env_label(config)} failed on its first reset: {one_line(exc)}") from None
+        action_dim = self.env.adapter.action.size
+        self.buffer = ReplayBuffer(self.loop.buffer_size, self.env.adapter.obs_dim, action_dim)
+        self.random_actor = UniformActor(action_dim)
+        self.step = 0
+        self.updates = 0  # gradient steps
+        self.rows = 0  # log rows: what the guard counts as updates
+        self.refill_target = 1  # transitions the buffer must hold before updates (more after a resume without it)
+        self.reward_abs_max = 0.0  # largest |reward| stored: r_max of the guard's Q bound r_max / (1 - gamma)
+        self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
+        self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard.state, config.guard)
+        self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
+        self.healthy_states = HealthyStates(config.guard.snapshot_every)
+        self.eval_env: Environment | None = None
+        self.last_batch: TransitionBatch | None = None
+        self.params_finite = 1.0
+        self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
+
+        resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
+        self.run.open(console, f"{config.algo} {config.env.id}")
+        self.inexact = env_state.inexact_reason(self.env.envs)
+        if resume_from is not None:
+            try:
+                self.load(*resume_from)
+            except PgradError:
+                self.close()
+                raise
+        else:
+            self.run.started_event()
+            self.run.emit("replay.allocated", 0, self.buffer.describe(), bytes=self.buffer.nbytes)
+        if self.inexact is not None:
+            self.run.warn(
+                "warning.resume_inexact", self.step, f"resume will not be exact for {config.env.id}: {self.inexact}"
+            )
+
+    # ---- what tests, benchmarks and the CLI reach through the runner -------------------------
+    @property
+    def stop_requested(self) -> bool:
+        return self.run.stop_requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self.run.stop_requested = value
+
+    @property
+    def sinks(self) -> list[Any]:
+        return self.run.sinks
+
+    @property
+    def store(self) -> Any:
+        return self.run.store
+
+    @property
+    def guard_state(self) -> GuardState:
+        return self.guard.state
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def train_state(self) -> TrainState:
+        python_state = random.getstate()
+        return TrainState(
+            algo=self.config.algo,
+            step=self.step,
+            updates=self.updates,
+            elapsed_seconds=self.run.elapsed(),
+            config=self.config.to_dict(),
+            modules={name: module.state_dict() for name, module in self.algo.modules().items()},
+            optimizers={name: optimizer.state_dict() for name, optimizer in self.algo.optimizers().items()},
+            collector=self.collector.state_arrays(),
+            normalizers=self.collector.normalizer_state(),
+            rng_torch=torch.get_rng_state(),
+            rng_numpy=dict(self.rng.bit_generator.state),
+            rng_python=[python_state[0], list(python_state[1]), python_state[2]],
+            env_state=None if self.inexact is not None else env_state.capture(self.env.envs),
+            episodes=self.collector.episode_state(),
+            algo_state={**self.algo.extra_state(), "loop": self.loop_state()},
+            guard=self.guard.state.to_dict(),
+            rollback_states=self.healthy_states.slots(),
+            rollback_capture_step=self.healthy_states.last_capture_step,
+            replay=self.buffer.state_arrays() if self.loop.save_buffer else {},
+            pgrad_version=__version__,
+        )
+
+    def loop_state(self) -> dict[str, Any]:
+        """The loop's own counters (JSON, under ``algo_state["loop"]``)."""
+        return {"rows": self.rows, "refill_target": self.refill_target, "reward_abs_max": self.reward_abs_max}
+
+    def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
+        return self.run.save_checkpoint(self.train_state(), score, healthy)
+
+    def load(self, state: TrainState, path: Path) -> None:
+        """Resume from the run's latest checkpoint: learner, replay buffer, envs, RNG, guard, exactly."""
+        load_modules(self.algo.modules(), state, path)
+        load_optimizers(self.algo.optimizers(), state, path)
+        check_rollback_states(self.algo.modules(), self.algo.optimizers(), state, path)
+        check_arrays_fit(self.collector.state_arrays(), state.collector, "collector", path)
+        self.collector.take_randomize_draws()  # the fresh envs' first draws: the restored episodes replace them
+        try:
+            self.collector.load_state_arrays(state.collector)
+            self.collector.load_normalizer_state(state.normalizers)
+            self.collector.load_episode_state(state.episodes)
+            if state.rng_torch is None or state.rng_numpy is None or state.rng_python is None:
+                raise KeyError("rng state")
+            torch.set_rng_state(state.rng_torch)
+            self.rng.bit_generator.state = state.rng_numpy
+            version, internal, gauss = state.rng_python
+            random.setstate((version, tuple(internal), gauss))
+            loop_state = dict(state.algo_state.get("loop") or {})
+            self.rows = int(loop_state.get("rows", 0))
+            self.reward_abs_max = float(loop_state.get("reward_abs_max", 0.0))
+            self.algo.load_extra_state({k: v for k, v in state.algo_state.items() if k != "loop"})
+            if state.replay:
+                self.buffer.load_state_arrays(state.replay)
+                self.refill_target = int(loop_state.get("refill_target", 1))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
+        if state.env_state is not None and self.inexact is None:
+            try:
+                env_state.restore(self.env.envs, state.env_state)
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {path}: its environment state does not fit {self.config.env.id} ({exc})"
+                ) from None
+        else:
+            self.restart_episodes(state.step)
+        logged = read_jsonl(self.run_dir / "metrics.jsonl")
+        try:
+            self.guard.load(state.guard, [m for m in logged if m.get("step", 0) <= state.step])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
+        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
+        self.optimizer_guard.state = self.guard.state
+        self.step, self.updates = state.step, state.updates
+        self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
+        if not state.replay:
+            self.refill_target = min(max(self.loop.learning_starts, self.loop.batch_size), self.buffer.capacity)
+            self.run.warn(
+                "run.replay_refill",
+                self.step,
+                f"{path.name} holds no replay buffer (loop.save_buffer was false): refilling it with the current "
+                f"policy, no updates until it holds {self.refill_target} transitions; this resume is not exact",
+            )
+        self.run.note_new_total(state)
+
+    def restart_episodes(self, step: int) -> None:
+        """Resume without the environments' state: fresh episodes, seeded from (run.seed, step)."""
+        seed = int(np.random.SeedSequence([self.config.run.seed, step]).generate_state(1)[0])
+        self.collector.reset(seed)
+        self.run.emit(
+            "run.envs_restarted",
+            step,
+            f"environments restarted with seed {seed}: their state could not be saved "
+            f"({self.inexact or 'not captured'}); the episodes in progress at the checkpoint were dropped",
+            seed=seed,
+        )
+
+    # ---- carrying out the guard's decisions ---------------------------------------------------
+    def log_events(self, events: list[Event]) -> None:
+        for event in events:
+            self.run.emit(event.kind, self.step, event.message, show=event.show, **event.data)
+
+    def carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Halt):
+                self.halt(action)
+            elif isinstance(action, Rollback):
+                self.roll_back(action)
+            elif isinstance(action, Checkpoint):
+                self.save_checkpoint(action.score, action.healthy)
+            elif isinstance(action, Snapshot):
+                self.healthy_states.after_update(action.healthy, self.step, self.algo, self.collector)
+
+    def roll_back(self, action: Rollback) -> None:
+        """Restore the learner the guard chose (networks, targets, optimizers); the replay buffer and the
+        envs stay: a rollback undoes learning, not experience."""
+        self.healthy_states.forget_candidate()
+        path = self.run.checkpoint_path("best") if action.source == "best" else None
+        memory = self.healthy_states.confirmed
+        if path is None and memory is not None:
+            restore_captured(memory, self.algo, self.collector)
+            summary = f"restored the healthy state of step {memory.step} from memory"
+            data: dict[str, Any] = {"checkpoint": None, "restored_step": memory.step, "restored_from": "memory"}
+            self.log_events([self.guard.rollback_event(action.reason, summary, data)])
+            return
+        path = path or self.run.checkpoint_path("last_healthy")
+        data = {"checkpoint": str(path) if path else None, "restored_from": "disk" if path else None}
+        if path is None:
+            summary = "no healthy state yet, kept the current weights"
+        else:
+            restored = read_train_state(path)
+            restore_learner(restored, path, self.algo, self.collector)
+            summary = f"restored {path.name} (step {restored.step})"
+            data.update(restored_step=restored.step, restored_score=restored.score, restored_healthy=restored.healthy)
+        self.log_events([self.guard.rollback_event(action.reason, summary, data)])
+
+    def halt(self, action: Halt) -> None:
+        message = action.message
+        if action.dump:
+            trajectories, batch_path = self.run_dir / "halt_trajectories.npz", self.run_dir / "halt_batch.npz"
+            episodes = self.recorder.save(trajectories)
+            if self.last_batch is not None:
+                self.last_batch.save(batch_path)
+            message = (
+                f"{message}; wrote the last {episodes} episodes to {trajectories} and the last sampled batch to "
+                f"{batch_path} (np.load works without pickle). Usual causes: learning rate too high, rewards of a "
+                f"large scale; see 'pgrad doctor {self.run_dir}'"
+            )
+            self.run.emit(action.kind, self.step, message, trajectories=str(trajectories), batch=str(batch_path))
+        else:
+            self.run.emit(action.kind, self.step, message, recoveries=self.guard.state.recoveries)
+        raise TrainingHalted(message)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
+        guard = self.config.guard
+        if self.eval_env is None:
+            # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
+            self.eval_env = build_environment(
+                nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
+            )
+        try:
+            return periodic_evaluation(
+                self.algo.acting_policy(),
+                self.eval_env.envs,
+                self.eval_env.adapter,
+                self.collector.obs_normalizer,
+                guard.eval_episodes,
+                self.config.run.seed,
+                metrics,
+                max_episode_steps=episode_step_cap(self.config),
+                should_stop=lambda: self.run.stop_requested,
+            )
+        except PgradError:
+            raise
+        except Exception as exc:
+            raise self.env_failed(exc, "during the evaluation") from None
+
+    def env_failed(self, exc: Exception, where: str) -> TrainingHalted:
+        latest = self.run.checkpoint_path("latest")
+        kept = (
+            f"the last checkpoint {latest.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
+            if latest is not None
+            else "no checkpoint was written yet"
+        )
+        message = f"{env_label(self.config)} raised {one_line(exc)} {where} after env step {self.step}; {kept}"
+        trace = "".join(traceback.format_exception(exc))
+        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__, traceback=trace)
+        return TrainingHalted(message)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def row_end(self) -> int:
+        """The env step the current log row ends at: the next multiple of ``loop.log_every``, or the total."""
+        every = self.loop.log_every
+        return min((self.step // every + 1) * every, self.config.run.total_steps)
+
+    def train_one_row(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """Rounds of collect -> store -> update up to the end of this log row; its metrics."""
+        loop, num_envs = self.loop, self.env.envs.num_envs
+        started = time.perf_counter()
+        first_step, end = self.step, self.row_end()
+        if stop_at_step is not None:
+            end = min(end, max(stop_at_step, self.step + 1))
+        faults = self.guard.begin_update(first_step, end)  # drills: lr spike, NaN gradients, reward flip
+        self.optimizer_guard.start_update(faults)
+        env_seconds_before = self.collector.env_seconds
+        update_seconds = 0.0
+        history: dict[str, list[Any]] = defaultdict(list)
+        steps_before = self.updates
+        while self.step < end and not self.run.stop_requested:
+            policy = self.random_actor if self.step < loop.learning_starts else self.algo.acting_policy()
+            try:
+                rollout = self.collector.collect(policy, self.rng, loop.train_freq)
+            except Exception as exc:
+                raise self.env_failed(exc, "while collecting") from None
+            if faults.flip_reward:
+                np.negative(rollout.rewards, out=rollout.rewards)
+            self.step += rollout.num_steps * num_envs
+            self.algo.end_episodes(((rollout.terminated | rollout.truncated) & rollout.valid).any(axis=0))
+            self.buffer.add_rollout(rollout)
+            self.reward_abs_max = max(
+                self.reward_abs_max, float(np.abs(rollout.rewards[rollout.valid]).max(initial=0.0))
+            )
+            self.recorder.add(rollout)
+            # as SB3: random actions while step < learning_starts, updates once step > learning_starts
+            if self.step <= loop.learning_starts or self.buffer.size < self.refill_target:
+                continue
+            self.refill_target = 1
+            update_started = time.perf_counter()
+            context = UpdateContext(
+                progress=min(self.step / self.config.run.total_steps, 1.0), lr_scale=self.guard.lr_scale(), rng=self.rng
+            )
+            for _ in range(loop.gradient_steps):
+                batch = self.buffer.sample(loop.batch_size, self.rng, self.device)
+                for key, value in self.algo.update(batch, context).items():
+                    history[key].append(value)
+                self.updates += 1
+                self.last_batch = batch
+            update_seconds += time.perf_counter() - update_started
+        finished = time.perf_counter()
+        env_steps = self.step - first_step
+        gradient_steps = self.updates - steps_before
+        self.rows += 1
+        metrics: dict[str, Any] = {
+            names.STEP: self.step,
+            names.UPDATE: self.rows,
+            **self.collector.episodes.summary(),
+            **self.log_randomize_draws(),
+            **aggregate(history),
+            **(self.algo.learning_rate_metrics() if gradient_steps else {}),
+            "train/gradient_steps": float(self.updates),
+            "train/update_to_data": gradient_steps / max(env_steps, 1),
+            "replay/size": float(self.buffer.size),
+            "replay/fill": self.buffer.size / self.buffer.capacity,
+            **self.q_bound(),
+            names.NONFINITE_STEPS: float(self.optimizer_guard.skipped),
+            names.PARAMS_FINITE: self.check_parameters(),
+            names.STEPS_PER_SECOND: env_steps / max(finished - started, 1e-9),
+            "perf/env_seconds": self.collector.env_seconds - env_seconds_before,
+            "perf/update_seconds": update_seconds,
+            "perf/wall_seconds": self.run.elapsed_before + finished - self.run.started,
+            "perf/rss_mb": resident_memory_mb(),
+        }
+        return metrics
+
+    def log_randomize_draws(self) -> dict[str, float]:
+        """Domain randomisation's draws of the episodes started in this row: one line per episode in
+        ``randomization.jsonl`` and their ``randomize/*`` summary, as the on-policy loop logs them."""
+        draws = self.collector.take_randomize_draws()
+        if not draws:
+            return {}
+        if self.randomization_log is None:
+            self.randomization_log = JsonlSink(self.run_dir / "randomization.jsonl")
+        for draw in draws:
+            self.randomization_log.write({"step": self.step, **draw})
+        return draw_metrics(draws)
+
+    def q_bound(self) -> dict[str, float]:
+        """r_max / (1 - gamma): no discounted return of rewards bounded by r_max exceeds it (the guard's
+        Q-divergence rule); absent for gamma = 1 or before a reward was stored."""
+        gamma = self.algo.gamma
+        if gamma >= 1.0 or self.reward_abs_max <= 0.0:
+            return {}
+        return {names.Q_BOUND: self.reward_abs_max / (1.0 - gamma)}
+
+    def check_parameters(self) -> float:
+        """1.0 while every parameter is finite (one reduction per log row, or after a skipped step)."""
+        if self.config.guard.enabled:
+            self.params_finite = float(parameters_finite(self.algo.modules()))
+        return self.params_finite
+
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Train to ``run.total_steps`` (or stop early at ``stop_at_step``, as a kill would)."""
+        self.run.started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        total = self.config.run.total_steps
+        try:
+            with self.run.stop_signals():
+                try:
+                    while self.step < total and not self.run.stop_requested:
+                        metrics = self.train_one_row(stop_at_step)
+                        self.guard.observe(metrics, self.rows)
+                        evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
+                        self.run.log(metrics)
+                        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
+                        actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
+                        self.log_events(self.guard.take_events())
+                        self.carry_out(actions)
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        return result
+
+    def close(self) -> None:
+        self.optimizer_guard.remove()
+        if self.randomization_log is not None:
+            self.randomization_log.close()
+        if self.eval_env is not None:
+            self.eval_env.envs.close()
+            self.eval_env = None
+        self.run.close()
+        self.env.envs.close()
