@@ -78,6 +78,23 @@ def test_a_nonfinite_gradient_is_skipped_leaving_shared_parameters_and_statistic
     assert float(learner.optimizer.states[0]["step"]) == 1.0
 
 
+def test_the_kl_of_an_update_counts_this_workers_step_only_not_other_workers_steps_since_the_copy():
+    learner, local, rollout, algo_config = worker_setup()
+    # Another worker moves the shared policy after this worker's copy (as under Hogwild, often many times).
+    with torch.no_grad():
+        for parameter in learner.model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    shared_before = learner.model.distribution(torch.as_tensor(rollout.obs[:-1]).reshape(-1, rollout.obs.shape[-1]))
+    # A zero learning rate moves nothing, so this update's KL is exactly 0 whatever happened before it.
+    stats = gradient_step(local, learner.optimizer, rollout, algo_config, 0.0, shared_model=learner.model)
+    assert stats[names.APPROX_KL] == pytest.approx(0.0, abs=1e-7)
+    # A real step: the KL is the closed form KL(pi_before || pi_after) averaged over the batch's states.
+    stats = gradient_step(local, learner.optimizer, rollout, algo_config, 0.05, shared_model=learner.model)
+    after = learner.model.distribution(torch.as_tensor(rollout.obs[:-1]).reshape(-1, rollout.obs.shape[-1]))
+    expected = float(shared_before.kl(after).mean().detach())
+    assert expected > 1e-4 and stats[names.APPROX_KL] == pytest.approx(expected, rel=1e-4)
+
+
 def test_with_skip_nonfinite_off_a_nan_gradient_reaches_the_parameters():
     learner, local, rollout, algo_config = worker_setup()
     stats = gradient_step(

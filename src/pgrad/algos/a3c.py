@@ -26,8 +26,8 @@ loop: alert rules, periodic evaluation, health-marked checkpoints, halts on sust
 gradients (a worker skips a non-finite step: the shared parameters and statistics stay as they
 were), rollbacks that copy the last healthy state back into the shared tensors while the workers
 are paused, and the drills of ``guard.inject``. A2C's loss has no probability ratio, so each worker
-measures the approx KL of its update (local pre-step policy vs shared post-step policy on its batch)
-for the KL rule. Details in ``pgrad.runners.asynchronous`` and ``pgrad.runners.a3c_worker``.
+measures the KL of its own update (the shared policy just before vs just after its step, on its
+batch's states) for the KL rule. Details in ``pgrad.runners.asynchronous`` and ``pgrad.runners.a3c_worker``.
 
 Resume is not bit-exact, by nature: the order in which asynchronous gradients land is decided
 by the OS scheduler. A checkpoint restores the model, the optimizer statistics, the step and

@@ -16,12 +16,14 @@ One update, in order:
    step: neither the shared parameters nor the shared optimizer statistics change, and the report
    counts it. Otherwise the shared optimizer applies it at ``base_lr x lr_scale`` (the guard's scale,
    a shared double the coordinator writes, times the ``lr_spike`` drill's factor);
-5. measure how far the step moved the policy: the approx KL ``E[(r - 1) - log r]`` between the local
-   (pre-step) policy and the shared (post-step) one on this batch's actions, PPO's estimator. A2C's
-   loss has no ratio, so this forward pass (~0.1 ms) is what gives the guard's KL rule something to
-   read. Under Hogwild the shared model may also hold other workers' steps made since the copy, so
-   it is the policy's move over this worker's update (``diagnostics/staleness`` updates of others
-   included), not of its gradient alone.
+5. measure how far this worker's step moved the policy: the exact KL(pi_before || pi_after) of the
+   shared policy just before and just after the optimizer step, averaged over this batch's valid
+   states. A2C's loss has no ratio, so these two forward passes (~0.1 ms each) are what give the
+   guard's KL rule something to read. The local (pre-collection) copy is not the "before": under
+   Hogwild the shared model also holds the steps other workers made since the copy (often dozens
+   when the OS deschedules a worker), and counting those made a healthy run's KL cross
+   ``kl_critical`` (a CI failure: a rollback right after a resume). Only a step landing between the
+   two forward passes can still leak in.
 
 Messages to the coordinator (a ``multiprocessing`` queue), each a tuple:
 - ``("started", worker, pid)`` once everything is imported;
@@ -51,6 +53,7 @@ from pgrad.algos.a3c import A3CConfig, SharedOptimizer, build_model
 from pgrad.algos.common import actor_critic_batch, backward, linear_schedule
 from pgrad.builders import algo_gamma, build_environment
 from pgrad.config import TrainConfig
+from pgrad.distributions import PolicyDistribution
 from pgrad.faults import ActiveFaults, FaultSpec, faults_for_update, parse_fault
 from pgrad.nets import ActorCritic
 from pgrad.rollout import Batch, Rollout, RolloutCollector
@@ -59,11 +62,8 @@ from pgrad.threads import set_threads
 STALENESS = "diagnostics/staleness"
 # Per-update statistics whose largest value over a report's updates is reported too, under "<name>_max"
 # (the row's own value is the mean, what the guard's rules read). Not read by any rule: a single A3C
-# update's KL is a 40-sample estimate, and its maximum over 20 updates is too noisy to act on.
+# update's KL is an average over 40 states, and its maximum over 20 updates is too noisy to act on.
 REPORTED_MAX = {names.APPROX_KL: names.APPROX_KL + "_max"}
-# |log r| is clamped here before the KL estimate, so a policy that put ~0 probability on a taken action
-# gives a huge but finite KL (the rules ignore non-finite values) rather than inf.
-MAX_LOG_RATIO = 20.0
 PAUSE_POLL_SECONDS = 0.05
 
 
@@ -261,15 +261,13 @@ def gradients_finite(gradients: list[torch.Tensor | None]) -> bool:
     return not present or bool(torch.isfinite(torch.stack([g.sum() for g in present])).all())
 
 
-def approx_kl(model: ActorCritic, batch: Batch) -> float:
-    """E[(r - 1) - log r] with r = pi(a|s) / pi_old(a|s) over the batch's valid steps (PPO's
-    estimator); ``batch.log_probs`` are pi_old's, the policy the batch was collected with."""
+def update_kl(before: PolicyDistribution, model: ActorCritic, batch: Batch) -> float:
+    """KL(pi_before || pi_after) = E_s[KL(before(.|s) || model(.|s))] over the batch's valid states,
+    exact per state (``PolicyDistribution.kl``), where ``model`` holds the policy after the step."""
     with torch.no_grad():
-        log_ratio = (model.distribution(batch.obs).log_prob(batch.actions) - batch.log_probs).clamp(
-            -MAX_LOG_RATIO, MAX_LOG_RATIO
-        )
+        per_state = before.kl(model.distribution(batch.obs))
         weights = batch.mask / batch.mask.sum().clamp(min=1.0)
-        return float((((log_ratio.exp() - 1.0) - log_ratio) * weights).sum())
+        return float((per_state * weights).sum())
 
 
 def gradient_step(
@@ -289,8 +287,8 @@ def gradient_step(
     consistent even while other workers move the shared parameters. ``nan_grad`` (the drill)
     replaces the clipped gradient by NaN. A non-finite gradient is not applied when
     ``skip_nonfinite`` (the shared parameters and optimizer statistics stay as they are); the stats
-    then say so (``NONFINITE_STEPS`` 1.0). With ``shared_model``, the stats hold the approx KL
-    between the local (pre-step) and the shared (post-step) policy on the batch.
+    then say so (``NONFINITE_STEPS`` 1.0). With ``shared_model``, the stats hold the KL between the
+    shared policy just before and just after this step, on the batch's states (``update_kl``).
     """
     batch, batch_stats = actor_critic_batch(local, rollout, config.gamma, config.gae_lambda)
     dist, values = local(batch.obs)
@@ -306,7 +304,12 @@ def gradient_step(
             if grad is not None:
                 grad.fill_(float("nan"))
     finite = gradients_finite(gradients)
-    if finite or not skip_nonfinite:
+    applied = finite or not skip_nonfinite
+    measure_kl = shared_model is not None and applied
+    if measure_kl:
+        with torch.no_grad():
+            before = shared_model.distribution(batch.obs)  # type: ignore[union-attr]
+    if applied:
         optimizer.step(gradients, learning_rate)
     stats.update(batch_stats)
     stats.update(
@@ -317,8 +320,8 @@ def gradient_step(
             names.NONFINITE_STEPS: float(not finite),
         }
     )
-    if shared_model is not None and (finite or not skip_nonfinite):
-        stats[names.APPROX_KL] = approx_kl(shared_model, batch)
+    if measure_kl:
+        stats[names.APPROX_KL] = update_kl(before, shared_model, batch)  # type: ignore[arg-type]
     if local.log_std is not None:
         stats[names.LOG_STD] = float(local.log_std.detach().mean())
     return stats
