@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pgrad.cli import main
+from pgrad.errors import ConfigError
 from pgrad.runners import runner_for
 from pgrad.runners.off_policy import OffPolicyRunner
 from pgrad.runs import resolve_config
@@ -99,8 +100,8 @@ def test_resume_without_the_saved_buffer_refills_it_and_says_so(tmp_path, capsys
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert any(e["kind"] == "run.replay_refill" for e in events)
     # 300 rounds of 2 envs; updates paused until the buffer held 200 transitions again: rounds 1 (autoreset,
-    # nothing stored) to 100 hold 198, so rounds 101..300 update
-    assert resumed.updates == first.updates + 200
+    # nothing stored) to 100 hold 198, so rounds 101..300 update, 2 gradient steps each (one per env step)
+    assert resumed.updates == first.updates + 2 * 200
 
 
 def test_metrics_rows_hold_the_off_policy_diagnostics(tmp_path):
@@ -127,7 +128,7 @@ def test_metrics_rows_hold_the_off_policy_diagnostics(tmp_path):
     ):
         assert key in last, key
     assert last["q/min"] <= last["q/mean"] <= last["q/max"]
-    assert last["train/update_to_data"] == pytest.approx(0.5)  # 1 gradient step per round of 2 envs
+    assert last["train/update_to_data"] == pytest.approx(1.0)  # 2 gradient steps per round of 2 envs (-1)
     # 600 env steps less the autoreset step of each env after step 400 (the end of the first episodes)
     assert last["replay/size"] == 598 and last["replay/fill"] == pytest.approx(598 / 1_000_000)
     assert "q/mean" not in rows[0]  # the first row is all random actions (learning_starts 200)
@@ -247,6 +248,32 @@ def test_train_freq_and_gradient_steps_set_the_update_to_data_ratio(tmp_path):
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["train/update_to_data"] == pytest.approx(0.25)
     assert last["train/gradient_steps"] == runner.updates
+
+
+def test_by_default_there_is_one_gradient_step_per_env_step_whatever_the_number_of_envs(tmp_path):
+    config = small_config("sac", 800, ["env.num_envs=4", "sac.loop.train_freq=2"])
+    assert config.algo_config.loop.gradient_steps == -1
+    runner = OffPolicyRunner(config, tmp_path / "run", console=False)
+    runner.train()
+    # rounds of 2 steps x 4 envs = 8 env steps, 8 gradient steps each; updates once step > 200
+    assert runner.updates == 800 - 200
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["train/update_to_data"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "ddpg"])
+def test_replay_algorithms_default_to_one_env_as_sb3_and_the_user_can_raise_it(algo):
+    config, _ = resolve_config(algo, "HalfCheetah-v5", use_preset=False)
+    assert config.env.num_envs == 1  # the shared default (8) is the on-policy family's
+    config, _ = resolve_config(algo, "HalfCheetah-v5", sets=["env.num_envs=4"], use_preset=False)
+    assert config.env.num_envs == 4
+    assert resolve_config("ppo", "HalfCheetah-v5", use_preset=False)[0].env.num_envs == 8
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_gradient_steps_other_than_minus_one_or_positive_is_refused_naming_the_field(value):
+    with pytest.raises(ConfigError, match=r"gradient_steps.*-1 \(one per env step of the round\) or an integer >= 1"):
+        resolve_config("sac", "Pendulum-v1", sets=[f"sac.loop.gradient_steps={value}"])
 
 
 def test_domain_randomisation_resumes_exactly_and_logs_its_draws(tmp_path):

@@ -351,8 +351,10 @@ class OptimizerConfig(Checked):
 @dataclass(frozen=True)
 class OffPolicyLoopConfig(Checked):
     """The replay buffer and the collect/update schedule. Defaults are SB3's (``OffPolicyAlgorithm``
-    and each of SAC/TD3/DDPG: buffer_size 1e6, batch_size 256, learning_starts 100, train_freq 1,
-    gradient_steps 1)."""
+    and each of SAC/TD3/DDPG: buffer_size 1e6, batch_size 256, learning_starts 100, train_freq 1, one
+    gradient step per env step). ``gradient_steps=-1`` (the default) is SB3's -1: as many gradient
+    steps as env steps in the round (``train_freq x env.num_envs``), so the update-to-data ratio stays 1
+    when a user raises ``env.num_envs``; with SB3's single env it is SB3's ``gradient_steps=1``."""
 
     SECTION: ClassVar[str] = "loop"
 
@@ -367,7 +369,9 @@ class OffPolicyLoopConfig(Checked):
         100, "env steps (all envs together) of uniformly random actions before the first update (SB3: 100)"
     )
     train_freq: int = param(1, "env steps per env between two rounds of updates (SB3: 1)")
-    gradient_steps: int = param(1, "gradient steps per round of updates (SB3: 1)")
+    gradient_steps: int = param(
+        -1, "gradient steps per round of updates; -1: one per env step of the round, train_freq x num_envs (SB3's -1)"
+    )
     log_every: int = param(
         1000, "env steps between two rows of metrics; the guard judges each row (alerts, rollback, evaluation)"
     )
@@ -377,7 +381,8 @@ class OffPolicyLoopConfig(Checked):
         self.check_range("batch_size", 1)
         self.check_range("learning_starts", 0)
         self.check_range("train_freq", 1)
-        self.check_range("gradient_steps", 1)
+        if self.gradient_steps != -1 and self.gradient_steps < 1:
+            self._fail("gradient_steps", "-1 (one per env step of the round) or an integer >= 1")
         self.check_range("log_every", 1)
 
 

@@ -41,6 +41,9 @@ class AlgorithmSpec:
     build: Callable[[Any, int, ActionSpec, torch.device], OnPolicyAlgorithm | OffPolicyAlgorithm]
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
     kind: LoopKind = "on_policy"
+    # The algorithm's own default for env.num_envs where the shared one (8) does not suit it: the replay
+    # algorithms take SB3's single env. Below presets, config files and --set (pgrad.runs.resolve_config).
+    num_envs: int | None = None
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -79,6 +82,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         SAC,
         action_kinds=("continuous",),
         kind="off_policy",
+        num_envs=1,
     ),
     "td3": AlgorithmSpec(
         "td3",
@@ -87,6 +91,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         TD3,
         action_kinds=("continuous",),
         kind="off_policy",
+        num_envs=1,
     ),
     "ddpg": AlgorithmSpec(
         "ddpg",
@@ -95,6 +100,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         DDPG,
         action_kinds=("continuous",),
         kind="off_policy",
+        num_envs=1,
     ),
 }
 

@@ -45,8 +45,9 @@ def resolve_config(
     total_steps: int | None = None,
     use_preset: bool = True,
 ) -> tuple[TrainConfig, str | None]:
-    """defaults < preset < config file < --set < flags. Returns the config and the preset's source."""
-    get_algorithm(algo)
+    """defaults < the algorithm's env defaults < preset < config file < --set < flags. Returns the config
+    and the preset's source."""
+    spec = get_algorithm(algo)
     file_layer = load_yaml(config_file) if config_file is not None else {}
     if "algo" in file_layer and file_layer["algo"] != algo:
         raise ConfigError(f"config file {config_file} is for algorithm '{file_layer['algo']}', not '{algo}'")
@@ -63,7 +64,8 @@ def resolve_config(
         flag_layer["run"]["total_steps"] = total_steps
     chosen_env = merge(file_layer, set_layer, flag_layer).get("env", {}).get("id", EnvConfig().id)
     preset = preset_for(algo, chosen_env) if use_preset else None
-    layers = merge(preset.values if preset else {}, file_layer, set_layer, flag_layer)
+    algo_layer = {"env": {"num_envs": spec.num_envs}} if spec.num_envs is not None else {}
+    layers = merge(algo_layer, preset.values if preset else {}, file_layer, set_layer, flag_layer)
     config = config_from_dict(layers, algo)
     check_env_id(config.env.id)
     return config, preset.source if preset else None

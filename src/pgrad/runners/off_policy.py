@@ -3,10 +3,11 @@
 Per round: ``loop.train_freq`` steps of every env (uniformly random actions in [-1, 1] until
 ``loop.learning_starts`` env steps, then the algorithm's exploring policy), their valid transitions
 into the ``ReplayBuffer``, then ``loop.gradient_steps`` calls of ``algorithm.update`` on uniform
-samples. Every ``loop.log_every`` env steps the rounds so far become one row of metrics, and that row
-is what the ``Guard`` judges: alerts, evaluation, rollback, halt, checkpoint, exactly as the on-policy
-loop does once per update (the guard does not know which loop runs it). Non-finite gradients are
-dropped at each optimizer step by the ``OptimizerGuard`` hook, as on-policy.
+samples (-1, the default: one per env step of the round, as SB3's -1). Every ``loop.log_every`` env
+steps the rounds so far become one row of metrics, and that row is what the ``Guard`` judges:
+alerts, evaluation, rollback, halt, checkpoint, exactly as the on-policy loop does once per update
+(the guard does not know which loop runs it). Non-finite gradients are dropped at each optimizer
+step by the ``OptimizerGuard`` hook, as on-policy.
 
 The run folder, logs, checkpoints and Ctrl-C belong to the ``RunContext``; checkpoints are the typed
 ``TrainState``, with the replay buffer in the safetensors file (``loop.save_buffer``), so a resume
@@ -421,7 +422,8 @@ class OffPolicyRunner:
             context = UpdateContext(
                 progress=min(self.step / self.config.run.total_steps, 1.0), lr_scale=self.guard.lr_scale(), rng=self.rng
             )
-            for _ in range(loop.gradient_steps):
+            round_updates = loop.gradient_steps if loop.gradient_steps > 0 else rollout.num_steps * num_envs
+            for _ in range(round_updates):
                 batch = self.buffer.sample(loop.batch_size, self.rng, self.device)
                 for key, value in self.algo.update(batch, context).items():
                     history[key].append(value)
