@@ -113,7 +113,12 @@ def run_pgrad(job: Job) -> dict[str, Any]:
         root = Path(job.run_root) if job.run_root else Path(tmp)
         run_dir = root / f"{job.algo}-{job.env}-s{job.seed}"
         config, preset = resolve_config(
-            job.algo, job.env, sets=pgrad_sets(job), seed=job.seed, total_steps=job.total_steps
+            job.algo,
+            job.env,
+            sets=pgrad_sets(job),
+            seed=job.seed,
+            total_steps=job.total_steps,
+            use_preset=job.group == "pendulum",  # HalfCheetah: the defaults, SB3's, as the SB3 runs beside
         )
         # A run folder left by an earlier, interrupted invocation resumes (bit-exact, buffer included).
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())

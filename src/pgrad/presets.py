@@ -307,6 +307,56 @@ PRESETS: dict[tuple[str, str], Preset] = {
             },
         },
     ),
+    # MuJoCo and LunarLanderContinuous: rl-baselines3-zoo's values, SB3's defaults otherwise (one env,
+    # one gradient step per env step, batch 256, buffer 1e6).
+    **{
+        ("sac", env_id): Preset(
+            "rl-baselines3-zoo hyperparams/sac.yml, MuJoCo defaults (HalfCheetah-v3/Hopper-v3): 1M steps, "
+            "learning_starts 10000, SB3's SAC otherwise (256x256, lr 3e-4, alpha auto)",
+            {"run": {"total_steps": 1_000_000}, "sac": {"loop": {"learning_starts": 10_000}}},
+        )
+        for env_id in ("HalfCheetah-v5", "Hopper-v5")
+    },
+    **{
+        ("td3", env_id): Preset(
+            "rl-baselines3-zoo hyperparams/td3.yml, MuJoCo defaults (HalfCheetah-v4/Hopper-v4): 1M steps, "
+            "learning_starts 10000, Gaussian noise 0.1, lr 1e-3, batch 256, 400x300 (the last four are pgrad's "
+            "defaults too)",
+            {
+                "run": {"total_steps": 1_000_000},
+                "td3": {"exploration_noise": "gaussian", "exploration_std": 0.1, "loop": {"learning_starts": 10_000}},
+            },
+        )
+        for env_id in ("HalfCheetah-v5", "Hopper-v5")
+    },
+    ("sac", "LunarLanderContinuous-v3"): Preset(
+        "rl-baselines3-zoo hyperparams/sac.yml, LunarLanderContinuous-v2: 500k steps, lr 7.3e-4 annealed "
+        "linearly, tau 0.01, learning_starts 10000, 400x300 networks",
+        {
+            "run": {"total_steps": 500_000},
+            "sac": {
+                "tau": 0.01,
+                "network": {"hidden_sizes": [400, 300]},
+                "optimizer": {"learning_rate": 7.3e-4, "anneal_lr": True},
+                "loop": {"learning_starts": 10_000},
+            },
+        },
+    ),
+    ("td3", "LunarLanderContinuous-v3"): Preset(
+        "rl-baselines3-zoo hyperparams/td3.yml, LunarLanderContinuous-v2: 300k steps, gamma 0.98, buffer 2e5, "
+        "learning_starts 10000, Gaussian noise 0.1, lr 1e-3, 400x300; pgrad: one gradient step per env step "
+        "(zoo: a round of updates per episode, as many as its steps: the same ratio)",
+        {
+            "run": {"total_steps": 300_000},
+            "td3": {
+                "gamma": 0.98,
+                "exploration_noise": "gaussian",
+                "exploration_std": 0.1,
+                "optimizer": {"learning_rate": 1e-3},
+                "loop": {"buffer_size": 200_000, "learning_starts": 10_000},
+            },
+        },
+    ),
 }
 
 
