@@ -5,9 +5,10 @@ Three groups:
 - ``speed``: HalfCheetah-v5, SAC and TD3, pgrad as shipped (its defaults: guard, evaluation every 25k
   steps, checkpoints, TensorBoard; one env, one gradient step per env step, batch 256, SAC 256x256 and
   TD3 400x300 networks, one torch thread), pgrad bare (guard, evaluation, checkpoints and TensorBoard
-  off) and SB3 with its defaults (the same hyper-parameters; torch's default thread count, all cores),
-  and beside it SB3 on one torch thread (``sb3-1thread``): torch's thread pool loses badly when another
-  process holds a core, so on a shared machine SB3's default is the slower of the two. Each run
+  off), pgrad with ``run.torch_threads=2`` (what a user may raise it to), SB3 with its defaults (the
+  same hyper-parameters; torch's default thread count, all cores) and SB3 on one torch thread
+  (``sb3-1thread``): torch's thread pool loses badly when another process holds a core, so on a
+  shared machine SB3's default can be the slower of the two. Each run
   does ``--warmup`` env steps (learning starts at 100) and is then timed over ``--measure`` more: env
   steps per wall second and CPU milliseconds per env step (every thread of the process). The libraries
   run one after another, never together, their order rotating per round; the load average is noted
@@ -61,7 +62,7 @@ QUIET = ["run.progress=false", "run.tensorboard=false"]
 @dataclass
 class Job:
     group: str
-    lib: str  # "pgrad", "pgrad-bare", "sb3" or "sb3-1thread"
+    lib: str  # "pgrad", "pgrad-bare", "pgrad-2threads", "sb3" or "sb3-1thread"
     algo: str
     env: str
     seed: int
@@ -97,7 +98,8 @@ class RowClock:
 
 def pgrad_sets(job: Job) -> list[str]:
     if job.group == "speed":
-        return [*QUIET[:1], *(BARE_SETS if job.lib == "pgrad-bare" else [])]
+        extra = {"pgrad-bare": BARE_SETS, "pgrad-2threads": ["run.torch_threads=2"]}.get(job.lib, [])
+        return [*QUIET[:1], *extra]
     every = 2_000 if job.group == "pendulum" else 10_000
     # TensorBoard off only to save disk; evaluation every `every` steps, 10 episodes: the learning curve.
     return [*QUIET, f"guard.eval_every={every}", f"guard.eval_episodes={EVAL_EPISODES}"]
@@ -244,9 +246,9 @@ def speed_table(jobs: list[Job]) -> list[str]:
         )
     lines += [
         "",
-        "| algo | pgrad / sb3 (steps/s, median over rounds) | pgrad bare / sb3 | pgrad / sb3-1thread | "
-        "sb3 CPU per step / pgrad's |",
-        "|---|---:|---:|---:|---:|",
+        "| algo | pgrad / sb3 (steps/s, median over rounds) | pgrad bare / sb3 | pgrad 2 threads / sb3 | "
+        "pgrad / sb3-1thread | sb3 CPU per step / pgrad's |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for algo in sorted({job.algo for job in jobs}):
 
@@ -257,6 +259,7 @@ def speed_table(jobs: list[Job]) -> list[str]:
         lines.append(
             f"| {algo} | {median('pgrad', 'steps_per_second') / sb3:.2f}x | "
             f"{median('pgrad-bare', 'steps_per_second') / sb3:.2f}x | "
+            f"{median('pgrad-2threads', 'steps_per_second') / sb3:.2f}x | "
             f"{median('pgrad', 'steps_per_second') / median('sb3-1thread', 'steps_per_second'):.2f}x | "
             f"{median('sb3', 'cpu_ms_per_step') / median('pgrad', 'cpu_ms_per_step'):.2f}x |"
         )
@@ -307,10 +310,10 @@ def plot_curves(jobs: list[Job], path: Path) -> None:
 
 def speed(args: argparse.Namespace) -> list[str]:
     jobs = []
-    libs = ["pgrad", "pgrad-bare", "sb3", "sb3-1thread"]
+    libs = ["pgrad", "pgrad-bare", "pgrad-2threads", "sb3", "sb3-1thread"]
     for algo in args.algos or ["sac", "td3"]:
         for round_index in range(1, args.rounds + 1):
-            order = libs[round_index % 4 :] + libs[: round_index % 4]
+            order = libs[round_index % len(libs) :] + libs[: round_index % len(libs)]
             total = args.warmup + args.measure
             jobs += [Job("speed", lib, algo, "HalfCheetah-v5", round_index, total, args.warmup) for lib in order]
     done = run_all(jobs, 1)  # never two at once: the timing is the point
