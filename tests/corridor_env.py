@@ -43,3 +43,9 @@ def make_corridor(length: int = 5) -> gym.Env:
 
 if "Corridor-v0" not in gym.registry:
     gym.register("Corridor-v0", entry_point=Corridor, max_episode_steps=50)
+
+
+class ClaimsToRender(Corridor):
+    """Lists rgb_array in its metadata but its constructor takes no render_mode (a common slip)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}

@@ -103,7 +103,9 @@ def test_squashed_actor_and_discrete_observations(tmp_path):
     exported = onnx_actions(tmp_path / "sac" / "export" / "policy.onnx", obs)
     np.testing.assert_allclose(exported, sac.predict(obs)[0], rtol=0, atol=1e-5)
 
-    frozen = PPO("FrozenLake-v1", config={"env": {"num_envs": 2}, "run": QUIET, "ppo": PPO_SMALL}, run_dir=tmp_path / "fl")
+    frozen = PPO(
+        "FrozenLake-v1", config={"env": {"num_envs": 2}, "run": QUIET, "ppo": PPO_SMALL}, run_dir=tmp_path / "fl"
+    )
     frozen.learn(256)
     states = np.arange(16, dtype=np.int64)  # a Discrete observation: the graph one-hot encodes it
     assert main(["export", str(tmp_path / "fl"), "--format", "onnx"]) == 0
