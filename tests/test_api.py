@@ -168,6 +168,8 @@ def test_env_forms_id_instance_class_factory_and_vector_env(tmp_path):
     from corridor_env import Corridor
 
     instance = CountingSteps(gym.make("CartPole-v1"))
+    # the CartPole preset (8 envs, minibatch 256) does not fit one env: it is left out, not an error
+    assert PPO(gym.make("CartPole-v1")).preset_source is None
     agent = PPO(instance, config={**SMALL, "env": {}}, run_dir=tmp_path / "instance", use_preset=False)
     assert agent.config.env.id == "CartPole-v1" and agent.config.env.num_envs == 1
     agent.learn(128)
@@ -189,6 +191,10 @@ def test_env_forms_id_instance_class_factory_and_vector_env(tmp_path):
     assert by_factory.config.env.id.endswith("local_factory")
     by_factory.learn(128)
     assert set(made) == {6} and len(made) >= 3  # the spaces probe and the two training envs
+    # its run folder loads and acts without the factory: the spaces are in RUN_DIR/spaces.json
+    positions = np.arange(7, dtype=np.float32)[:, None]
+    reloaded = Agent.load(tmp_path / "factory")
+    np.testing.assert_array_equal(reloaded.predict(positions)[0], by_factory.predict(positions)[0])
 
     vector = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
     by_vector = PPO(vector, config={**SMALL, "env": {}}, run_dir=tmp_path / "vector", use_preset=False)

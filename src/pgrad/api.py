@@ -28,10 +28,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from pgrad.callbacks import Callback
-from pgrad.checkpoint import STATE, TENSORS, read_train_state, write_json_atomic
+from pgrad.checkpoint import STATE, TENSORS, read_train_state
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
 from pgrad.errors import ConfigError
-from pgrad.policy import SPACES, Policy, checkpoint_path, load_policy, space_to_dict
+from pgrad.policy import Policy, checkpoint_path, load_policy, write_spaces
+from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
 from pgrad.runners.context import TrainResult
 
@@ -64,7 +65,7 @@ class Agent:
     ``env``: a registered id (``"CartPole-v1"``), an entry point (``"pkg.module:Class"``, Gymnasium's
     ``"pkg.module:EnvId"``), a ``gymnasium.Env`` instance, class or factory, or a Gymnasium vector env.
     ``algo``: the algorithm (``pgrad list``); ``PPO``, ``A2C``... fix it. ``config``: nested sections as in a
-    config file (``{"ppo": {"rollout_length": 256}, "env": {"num_envs": 4}}``); ``sets``: ``--set`` overrides
+    config file (``{"ppo": {"num_steps": 256}, "env": {"num_envs": 4}}``); ``sets``: ``--set`` overrides
     (``["ppo.optimizer.learning_rate=1e-3"]``), applied after ``config``; ``env_kwargs``: the env
     constructor's keyword arguments (``env.kwargs``). ``run_dir``: the run folder (default
     ``runs/<algo>-<env>-s<seed>-<time>``, as the CLI); ``overwrite``: as ``--overwrite``. ``verbose``: the
@@ -110,6 +111,14 @@ class Agent:
                     f"env.num_envs: the env passed holds {self.source.num_envs} env(s), not {chosen}; "
                     "pass a class or factory to choose the count"
                 )
+            layer.setdefault("env", {})["num_envs"] = self.source.num_envs
+            # A preset's batch sizes are tuned for its env count (CartPole's: 8 envs x 32 steps, minibatch 256):
+            # an env object with another count trains on the defaults instead of a preset it would not fit.
+            preset = preset_for(algo, self.source.env_id) if use_preset else None
+            if preset is not None and preset.values.get("env", {}).get("num_envs", self.source.num_envs) != (
+                self.source.num_envs
+            ):
+                use_preset = False
         with kept_global_state():
             self.config, self.preset_source = resolve_config(
                 algo,
@@ -120,8 +129,6 @@ class Agent:
                 config_layer=layer,
                 check_env=self.source.new_factory is None,
             )
-            if self.source.num_envs is not None:  # over a preset's count too: the object decides
-                self.config = replace(self.config, env=replace(self.config.env, num_envs=self.source.num_envs))
             self.observation_space, self.action_space = self._spaces(env)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(self.config)
         self.overwrite = overwrite
@@ -192,6 +199,7 @@ class Agent:
             runner.run.callbacks = list(callbacks)
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
+            write_spaces(self.run_dir, self.observation_space, self.action_space)  # export/load need no env then
             self.policy, _, _ = load_policy(
                 result.checkpoint or self.run_dir, spaces=(self.observation_space, self.action_space)
             )
@@ -221,10 +229,7 @@ class Agent:
         if target.resolve() != self.last_result.checkpoint.resolve():
             for name in (TENSORS, STATE):
                 shutil.copyfile(self.last_result.checkpoint / name, target / name)
-        write_json_atomic(
-            target / SPACES,
-            {"observation": space_to_dict(self.observation_space), "action": space_to_dict(self.action_space)},
-        )
+        write_spaces(target, self.observation_space, self.action_space)
         return target
 
     @classmethod

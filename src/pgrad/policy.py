@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from pgrad.builders import algo_gamma, build_environment, build_learner
-from pgrad.checkpoint import CheckpointStore, TrainState, check_arrays_fit, load_modules, read_train_state
+from pgrad.checkpoint import (
+    CheckpointStore,
+    TrainState,
+    check_arrays_fit,
+    load_modules,
+    read_train_state,
+    write_json_atomic,
+)
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, is_entry_point
 from pgrad.envs.normalize import ObsNormalizer
@@ -32,7 +39,7 @@ from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError
 from pgrad.nets import Actor
 
-SPACES = "spaces.json"  # beside state.json in a saved agent
+SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a run folder trained by pgrad.api
 
 
 @dataclass
@@ -115,7 +122,9 @@ def spaces_of(
 ) -> tuple[gym.Space[Any], gym.Space[Any]]:
     """The observation and action spaces: from ``spaces.json`` when saved, else from one env built like the
     run's (``env_factory`` for an env handed over as a Python object)."""
-    saved = checkpoint / SPACES
+    # a saved agent holds spaces.json itself; a run folder trained through pgrad.api holds it at its top
+    # (RUN_DIR/checkpoints/step_N -> RUN_DIR/spaces.json)
+    saved = checkpoint / SPACES if (checkpoint / SPACES).is_file() else checkpoint.parent.parent / SPACES
     if saved.is_file():
         data = json.loads(saved.read_text())
         return space_from_dict(data["observation"]), space_from_dict(data["action"])
@@ -146,6 +155,13 @@ def load_policy(
     config = config_of(state)
     observation_space, action_space = spaces or spaces_of(checkpoint, config, env_factory, trust_env_code)
     return build_policy(config, state, checkpoint, observation_space, action_space), config, checkpoint
+
+
+def write_spaces(folder: Path, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
+    """``folder/spaces.json``: what ``predict`` and ``pgrad export`` need of the env, so they need no env."""
+    write_json_atomic(
+        Path(folder) / SPACES, {"observation": space_to_dict(observation_space), "action": space_to_dict(action_space)}
+    )
 
 
 # ---- spaces as JSON (Box and Discrete: what the adapter supports) -------------------------------------------

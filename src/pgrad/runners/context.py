@@ -445,6 +445,7 @@ RUN_FILES = (
     "report",
     "halt_trajectories.npz",
     "halt_batch.npz",
+    "spaces.json",  # written by pgrad.api's learn
 )
 
 
