@@ -224,3 +224,36 @@ def test_config_errors_are_one_line_and_name_the_field(tmp_path):
         small_ppo("CartPole-v1", tmp_path).learn(0)
     with pytest.raises(ConfigError, match="predict: this agent has no trained policy yet"):
         small_ppo("CartPole-v1", tmp_path).predict(np.zeros(4))
+
+
+def test_off_policy_runs_hear_callbacks_and_stop_too(tmp_path):
+    from pgrad.api import SAC
+
+    # a log row (what on_update hears) every 50 env steps; small batches keep the gradient steps cheap
+    loop = {"learning_starts": 50, "batch_size": 32, "log_every": 50, "buffer_size": 1000}
+    config = {"env": {"num_envs": 1}, "run": {"tensorboard": False}, "sac": {"loop": loop}}
+    agent = SAC("Pendulum-v1", config=config, run_dir=tmp_path / "sac", use_preset=False)
+    recorder = Recorder(stop_at=150)
+    agent.learn(5_000, callbacks=[recorder])
+    assert recorder.steps == [50, 100, 150] and agent.num_timesteps == 150
+    assert recorder.checkpoints == [(agent.last_result.checkpoint.name, agent.num_timesteps)]
+    assert "run.stopped_by_callback" in [event["kind"] for event in events(tmp_path / "sac")]
+
+
+def test_learn_from_another_thread(tmp_path):
+    """Signal handlers can only be set from the main thread: a run in a worker thread goes without them."""
+    import threading
+
+    agent = small_ppo("CartPole-v1", tmp_path)
+    failures: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            agent.learn(256)
+        except BaseException as exc:  # reported to the main thread below
+            failures.append(exc)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join(60)
+    assert not failures and agent.num_timesteps == 256

@@ -94,7 +94,11 @@ def test_pendulum_with_normalised_observations_equals_predict(tmp_path):
 def test_squashed_actor_and_discrete_observations(tmp_path):
     sac = SAC(
         "Pendulum-v1",
-        config={"env": {"num_envs": 1}, "run": QUIET, "sac": {"loop": {"learning_starts": 50, "batch_size": 32}}},
+        config={
+            "env": {"num_envs": 1},
+            "run": QUIET,
+            "sac": {"loop": {"learning_starts": 50, "batch_size": 32, "buffer_size": 1000}},
+        },
         run_dir=tmp_path / "sac",
         use_preset=False,
     ).learn(150)
