@@ -71,8 +71,11 @@ def test_learn_save_load_predict_round_trip(tmp_path):
         assert loaded.num_timesteps == 512 and loaded.algo == "ppo"
     with pytest.raises(ConfigError, match="holds a 'ppo' agent, not 'a3c'"):
         A3C.load(saved)
-    with pytest.raises(ConfigError, match="a saved agent is for acting"):
+    with pytest.raises(ConfigError, match="a saved agent, or a run folder's non-latest checkpoint, is for acting"):
         PPO.load(saved).learn(128)
+    # a run folder trains further from where it stopped, as 'pgrad resume --total-steps' would
+    resumed = PPO.load(tmp_path / "run").learn(128)
+    assert resumed.num_timesteps == 640 and "run.resumed" in [event["kind"] for event in events(tmp_path / "run")]
 
 
 def test_predict_one_observation_and_a_batch(tmp_path):

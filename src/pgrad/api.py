@@ -181,7 +181,8 @@ class Agent:
 
         if not self.trainable:
             raise ConfigError(
-                "learn: a saved agent is for acting (predict, export); to train further, load its run folder"
+                "learn: a saved agent, or a run folder's non-latest checkpoint, is for acting (predict, export); "
+                "to train further, load the run folder with checkpoint='latest'"
             )
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
@@ -244,8 +245,8 @@ class Agent:
     ) -> Agent:
         """A saved agent (``save``) or a run folder's ``checkpoint`` (latest, best or a name), ready to
         ``predict``. ``env`` is needed only where the spaces are not saved and the env cannot be rebuilt
-        from its id (an env passed as a Python object). A run folder can be trained further (``learn``
-        resumes it, with ``env`` if it was trained on a Python object); a saved agent cannot."""
+        from its id. A run folder loaded at its latest checkpoint can be trained further (``learn`` resumes it,
+        with ``env`` if it was trained on a Python object); a saved agent cannot."""
         path = Path(path)
         source = env_source(env, {}) if env is not None else None
         with kept_global_state():
@@ -263,7 +264,8 @@ class Agent:
         agent.num_timesteps = read_train_state(found).step
         agent.policy = policy
         agent.last_result = TrainResult(path, agent.num_timesteps, 0, 0.0, False, {}, found)
-        agent.trainable = agent._resume = (path / "config.yaml").is_file()
+        # learn resumes the run folder's latest checkpoint (as pgrad resume): only an agent loaded from it can
+        agent.trainable = agent._resume = (path / "config.yaml").is_file() and checkpoint == "latest"
         agent._rng = np.random.default_rng(config.run.seed)
         return agent
 
