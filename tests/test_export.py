@@ -117,6 +117,15 @@ def test_squashed_actor_and_discrete_observations(tmp_path):
     np.testing.assert_array_equal(exported, frozen.predict(states)[0])
 
 
-def test_export_errors_are_one_line(tmp_path, capsys):
+def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
     assert "is neither a pgrad run folder (config.yaml) nor a saved agent (state.json)" in capsys.readouterr().err
+    PPO("CartPole-v1", config={"env": {"num_envs": 2}, "run": QUIET, "ppo": PPO_SMALL}, run_dir=tmp_path / "r").learn(
+        128
+    )
+    assert main(["export", str(tmp_path / "r"), "--format", "onnx", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; name the file to write" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # as if the export extra were not installed
+    assert main(["export", str(tmp_path / "r"), "--format", "onnx"]) == 2
+    assert capsys.readouterr().err == "pgrad: error: --format onnx needs onnx: pip install 'pgrad[export]'\n"
+    assert not (tmp_path / "r" / "export" / "policy.onnx").exists()

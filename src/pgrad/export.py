@@ -236,11 +236,14 @@ def export(
     policy, config, checkpoint = load_policy(Path(path), which, trust_env_code=trust_env_code)
     chain = chain_of(policy)
     target = Path(out) if out is not None else Path(path) / "export" / f"policy{FORMATS[fmt]}"
+    if target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; name the file to write")
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
+        model = onnx_model(chain)  # first: without onnx installed, this is the one-line error
         import onnx
 
-        onnx.save(onnx_model(chain), str(target))
+        onnx.save(model, str(target))
     else:
         torchscript_module(chain).save(str(target))
     manifest = target.with_name(target.name + ".json")
