@@ -215,6 +215,8 @@ def test_config_errors_are_one_line_and_name_the_field(tmp_path):
         Agent("CartPole-v1")
     with pytest.raises(ConfigError, match="env.num_envs: the env passed holds 1 env\\(s\\), not 4"):
         PPO(gym.make("CartPole-v1"), config={"env": {"num_envs": 4}})
+    with pytest.raises(ConfigError, match="env.max_episode_steps: applies to envs built from an id; wrap the env"):
+        PPO(gym.make("CartPole-v1"), config={"env": {"max_episode_steps": 10}})
     with pytest.raises(ConfigError, match="a3c's workers build their envs in their own processes"):
         A3C(gym.make("CartPole-v1"))
     from corridor_env import Corridor

@@ -129,6 +129,8 @@ class Agent:
                 config_layer=layer,
                 check_env=self.source.new_factory is None,
             )
+            if self.source.new_factory is not None:
+                self._check_builder_settings()
             self.observation_space, self.action_space = self._spaces(env)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(self.config)
         self.overwrite = overwrite
@@ -152,6 +154,26 @@ class Agent:
             raise ConfigError(f"algo: name the algorithm (allowed: {', '.join(ALGORITHMS)})")
         get_algorithm(algo)  # an unknown name: one line listing the allowed ones
         return algo
+
+    def _check_builder_settings(self) -> None:
+        """The env sections that ``make_vector_env`` applies while building from an id have no effect on an env
+        passed as an object (it is built already, or built by the caller's own factory): refused, not ignored."""
+        env = self.config.env
+        if env.max_episode_steps is not None:
+            raise ConfigError(
+                "env.max_episode_steps: applies to envs built from an id; wrap the env passed in "
+                "gymnasium.wrappers.TimeLimit instead"
+            )
+        if env.randomize.active:
+            raise ConfigError(
+                f"env.randomize.{env.randomize.active[0]}: domain randomisation wraps MuJoCo envs built from an id; "
+                "pass the env id instead of an object"
+            )
+        if env.vectorization != "auto":
+            raise ConfigError(
+                f"env.vectorization: {env.vectorization!r} applies to envs built from an id; an env passed as an "
+                "object is stepped in this process (pass a vector env to choose)"
+            )
 
     @property
     def algo(self) -> str:
