@@ -22,6 +22,7 @@ LAYERS: list[list[str]] = [
         "pgrad.estimators",
         "pgrad.distributions",
         "pgrad.presets",
+        "pgrad.callbacks",
     ],
     ["pgrad.config"],
     ["pgrad.nets"],
@@ -29,9 +30,10 @@ LAYERS: list[list[str]] = [
     ["pgrad.rollout", "pgrad.replay"],
     ["pgrad.algos"],
     ["pgrad.registry", "pgrad.checkpoint"],
-    ["pgrad.builders", "pgrad.runs"],
+    ["pgrad.builders", "pgrad.runs", "pgrad.policy"],
     ["pgrad.monitor"],
-    ["pgrad.runners", "pgrad.evaluate"],
+    ["pgrad.runners", "pgrad.evaluate", "pgrad.export"],
+    ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],
 ]
 ROOT = Path(pgrad.__file__).parent

@@ -540,8 +540,9 @@ def test_an_env_raising_in_step_is_one_line_naming_env_and_step_and_keeps_the_ch
         ),
         (
             ["--env", "pgrad.envs.toy:ScriptedEnv", "--set", "env.kwargs={lenght: 3}"],
-            "pgrad: error: env pgrad.envs.toy:ScriptedEnv with env.kwargs {'lenght': 3} could not be created: "
-            "TypeError: ScriptedEnv.__init__() got an unexpected keyword argument 'lenght'",
+            # checked against the constructor's signature before anything is built (issue 12 item 3)
+            "pgrad: error: env.kwargs: pgrad.envs.toy:ScriptedEnv does not take 'lenght' "
+            "(its parameters: episode_length, reward, ending, data_set_mib, action)",
         ),
     ],
 )

@@ -19,6 +19,7 @@ from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
+from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, PgradError
 from pgrad.registry import get_algorithm
 
@@ -53,11 +54,20 @@ def _sigint_ignored_by_children() -> Iterator[None]:
 
 
 def build_environment(
-    config: TrainConfig, gamma: float, num_envs: int | None = None, render_mode: str | None = None
+    config: TrainConfig,
+    gamma: float,
+    num_envs: int | None = None,
+    render_mode: str | None = None,
+    env_factory: VectorEnvFactory | None = None,
 ) -> Environment:
+    """``env_factory``: an env handed over as a Python object (``pgrad.envs.sources``) builds the vector env
+    instead of ``config.env.id``; everything after it (adapter, normalisers) is the same."""
     try:
         with _sigint_ignored_by_children():
-            envs = make_vector_env(config.env, num_envs=num_envs, render_mode=render_mode)
+            if env_factory is not None:
+                envs = env_factory(num_envs or config.env.num_envs, render_mode)
+            else:
+                envs = make_vector_env(config.env, num_envs=num_envs, render_mode=render_mode)
     except PgradError:
         raise
     except Exception as exc:  # the env's own constructor: wrong kwargs give TypeError, KeyError, ValueError...

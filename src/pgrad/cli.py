@@ -1,4 +1,4 @@
-"""The ``pgrad`` command line: train, resume, eval, list.
+"""The ``pgrad`` command line: train, resume, eval, export, list, doctor, report, compare.
 
 Every user error (bad config value, unknown key/algorithm/environment, malformed YAML, broken
 checkpoint) is printed as one line ``pgrad: error: ...`` with exit code 2 and no traceback.
@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         "--trust-env-code",
         action="store_true",
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
+    )
+
+    export = sub.add_parser(
+        "export", help="write a run's policy as one ONNX or TorchScript file (raw observation in, env action out)"
+    )
+    export.add_argument("run_dir", type=Path, help="a run folder or an agent saved with pgrad.api's save()")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx needs pgrad[export]")
+    export.add_argument("--out", type=Path, help="file to write (default: RUN_DIR/export/policy.onnx or .pt)")
+    export.add_argument("--checkpoint", default="latest", help="latest, best or a checkpoint name")
+    export.add_argument(
+        "--trust-env-code",
+        action="store_true",
+        help="allow an entry-point env ('module:attr') from the run folder's config.yaml (built to read its spaces)",
     )
 
     sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
@@ -200,6 +213,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pgrad.export import export
+
+    path, manifest = export(args.run_dir, args.format, args.out, args.checkpoint, args.trust_env_code)
+    print(f"exported {args.format}: {path} (manifest {manifest.name})")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.config import EnvConfig, GuardConfig, RunConfig, field_docs
     from pgrad.presets import PRESETS
@@ -269,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "resume": _cmd_resume,
         "eval": _cmd_eval,
+        "export": _cmd_export,
         "list": _cmd_list,
         "doctor": _cmd_doctor,
         "report": _cmd_report,

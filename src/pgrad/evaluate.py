@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pgrad.builders import algo_gamma, build_algorithm, build_environment, nominal_physics
-from pgrad.checkpoint import CheckpointStore, check_arrays_fit, load_modules, read_train_state
+from pgrad.builders import algo_gamma, build_environment, nominal_physics
+from pgrad.checkpoint import CheckpointStore, read_train_state
 from pgrad.config import RandomizeConfig
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
+from pgrad.policy import build_policy
 from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
 
@@ -76,12 +77,8 @@ def evaluate(
         if video_dir is None:
             raise
         raise ConfigError(f"--video needs an env that renders with render_mode='rgb_array'; {exc}") from None
-    algo = build_algorithm(config, env.adapter)
-    load_modules(algo.modules(), state, checkpoint)
-    if "obs" in state.normalizers:
-        check_arrays_fit(env.obs_normalizer.stats.state(), state.normalizers["obs"], "normalizers.obs", checkpoint)
-        env.obs_normalizer.stats.load(state.normalizers["obs"])
-    policy = algo.acting_policy()
+    # the deployed chain (pgrad.policy): the same weights, frozen normaliser and action mapping as predict and export
+    policy = build_policy(config, state, checkpoint, env.envs.single_observation_space, env.envs.single_action_space)
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
     frames: list[np.ndarray] = []
     videos_saved: list[int] = []
@@ -103,10 +100,10 @@ def evaluate(
             frames.clear()
 
     returns, lengths = run_episodes(
-        policy,
+        policy.actor,
         env.envs,
-        env.adapter,
-        env.obs_normalizer,
+        policy.adapter,
+        policy.obs_normalizer,
         episodes,
         deterministic,
         eval_seed,

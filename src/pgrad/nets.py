@@ -144,6 +144,7 @@ class ActingPolicy:
     ) -> None:
         self.layers = layers
         self.head = head
+        self.activation_name = activation  # what pgrad.export writes into the graph
         self.activation = np.tanh if activation == "tanh" else (lambda x: np.maximum(x, 0.0))
         self.action = action
         self.log_std = log_std
@@ -358,6 +359,7 @@ class SquashedActingPolicy:
         self.layers = layers
         self.head = head
         self.log_std_head = log_std_head
+        self.activation_name = activation  # what pgrad.export writes into the graph
         self.activation = np.tanh if activation == "tanh" else (lambda x: np.maximum(x, 0.0))
         self.noise = noise
 

@@ -44,9 +44,12 @@ def resolve_config(
     seed: int | None = None,
     total_steps: int | None = None,
     use_preset: bool = True,
+    config_layer: dict[str, Any] | None = None,
+    check_env: bool = True,
 ) -> tuple[TrainConfig, str | None]:
-    """defaults < the algorithm's env defaults < preset < config file < --set < flags. Returns the config
-    and the preset's source."""
+    """defaults < the algorithm's env defaults < preset < config file < ``config_layer`` (the library's
+    nested dict) < --set < flags. Returns the config and the preset's source. ``check_env=False``:
+    env.id only labels an env handed over as a Python object (``pgrad.envs.sources``), nothing builds it."""
     spec = get_algorithm(algo)
     file_layer = load_yaml(config_file) if config_file is not None else {}
     if "algo" in file_layer and file_layer["algo"] != algo:
@@ -54,6 +57,11 @@ def resolve_config(
     file_layer = {k: v for k, v in file_layer.items() if k != "algo"}
     if algo in file_layer:  # a config file written before the nested network/optimizer sections
         file_layer[algo] = upgrade_algo_section(algo, file_layer[algo])
+    if config_layer:
+        for section, values in config_layer.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"config['{section}'] must be a mapping of key: value; got {values!r}")
+        file_layer = merge(file_layer, config_layer)
     set_layer = parse_set(sets or [], sections_for(algo))
     flag_layer: dict[str, dict[str, Any]] = {"env": {}, "run": {}}
     if env_id is not None:
@@ -67,7 +75,8 @@ def resolve_config(
     algo_layer = {"env": {"num_envs": spec.num_envs}} if spec.num_envs is not None else {}
     layers = merge(algo_layer, preset.values if preset else {}, file_layer, set_layer, flag_layer)
     config = config_from_dict(layers, algo)
-    check_env_id(config.env.id)
+    if check_env:
+        check_env_id(config.env.id)
     return config, preset.source if preset else None
 
 

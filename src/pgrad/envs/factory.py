@@ -31,7 +31,7 @@ def is_entry_point(env_id: str) -> bool:
     return ":" in env_id
 
 
-def _load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
+def load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
     """The env class or factory an entry point names, or None for Gymnasium's 'module:EnvId' form.
 
     What it names is checked before it is ever called: a ``gymnasium.Env`` subclass, or a Python
@@ -64,6 +64,48 @@ def _load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
     )
 
 
+def check_env_kwargs(make: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
+    """A keyword the env's constructor does not take is one line naming its parameters (instead of the
+    ``TypeError`` traceback from deep inside Gymnasium); a constructor with ``**kwargs`` takes anything."""
+    if not kwargs:
+        return
+    try:
+        signature = inspect.signature(make)
+    except (TypeError, ValueError):  # a builtin or C extension without a signature: let it decide
+        return
+    parameters = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key in kwargs:
+        if key not in accepted:
+            import difflib
+
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"env.kwargs: {label} does not take '{key}'{hint} "
+                f"(its parameters: {', '.join(accepted) if accepted else 'none'})"
+            )
+
+
+def _registered_creator(spec: gym.envs.registration.EnvSpec) -> Callable[..., Any] | None:
+    """The constructor a registered id calls, or None when it cannot be loaded without building the env."""
+    entry = spec.entry_point
+    if callable(entry):
+        return entry
+    if isinstance(entry, str):
+        try:
+            return cast(Callable[..., Any], gym.envs.registration.load_env_creator(entry))
+        except Exception:  # gymnasium reports a broken entry point itself when the env is made
+            return None
+    return None
+
+
 def _returns_env(function: Callable[..., Any]) -> bool:
     """Whether ``function`` is annotated to return a ``gymnasium.Env`` (or a subclass)."""
     try:
@@ -83,7 +125,7 @@ def _registered_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
 def check_env_id(env_id: str) -> None:
     """Fail early, with a helpful line, on an id that is neither registered nor an entry point."""
     if is_entry_point(env_id):  # checked before Gymnasium would import its module
-        _load_entry_point(env_id)
+        load_entry_point(env_id)
         return
     if _registered_spec(env_id) is not None:
         return
@@ -107,7 +149,7 @@ def make_vector_env(
     check_env_id(cfg.id)
     env_id, factory = cfg.id, None
     if is_entry_point(cfg.id):
-        factory = _load_entry_point(cfg.id)
+        factory = load_entry_point(cfg.id)
         if factory is None:  # 'module:EnvId': importing the module registered EnvId
             env_id = cfg.id.split(":", 1)[1]
     count = num_envs or cfg.num_envs
@@ -117,6 +159,7 @@ def make_vector_env(
         kwargs["render_mode"] = render_mode
     randomize = _randomizer(cfg, count)
     if factory is not None:  # an entry point 'module:Class' or 'module:make_env'
+        check_env_kwargs(factory, dict(cfg.kwargs), cfg.id)
 
         def make_one() -> gym.Env:
             env = factory(**kwargs)
@@ -133,6 +176,9 @@ def make_vector_env(
 
     spec = _registered_spec(env_id)
     assert spec is not None, "check_env_id found it registered"
+    creator = _registered_creator(spec)
+    if creator is not None:
+        check_env_kwargs(creator, dict(cfg.kwargs), cfg.id)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if mode == "native" and spec.vector_entry_point is None:

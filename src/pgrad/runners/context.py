@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ import torch
 from safetensors import SafetensorError
 
 from pgrad import __version__
+from pgrad.callbacks import Callback, stop_reason
 from pgrad.checkpoint import CheckpointStore, TrainState, adopt_checkpoint, newest_loadable, remove_partial_writes
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError, PgradError
@@ -102,6 +104,8 @@ class RunContext:
         self.resume_notes: list[tuple[str, str, dict[str, Any]]] = []  # events for ``open`` to write
         self.index_repair: tuple[str, int, bool, float | None] | None = None  # a checkpoint for the index
         self.stop_requested = False
+        self.callbacks: list[Callback] = []  # library use (pgrad.api): told of updates, evaluations, checkpoints
+        self.stopped_by: str | None = None  # the callback hook that asked to stop
         self.second_interrupts = True
         self.last_checkpoint_step = 0
         self.started = time.perf_counter()
@@ -257,6 +261,18 @@ class RunContext:
             raise self.write_failed(exc, int(metrics.get("step", 0))) from None
         if self.console is not None:
             self.console.update(metrics)
+        if self.callbacks:
+            self.ask_callbacks("on_update", dict(metrics))
+            if "eval/return_mean" in metrics:
+                self.ask_callbacks("on_evaluation", dict(metrics))
+
+    def ask_callbacks(self, hook: str, *args: Any) -> None:
+        """A hook that returns False stops the run as a Ctrl-C would (the loop ends after this update, with
+        its final checkpoint), but is recorded as ``run.stopped_by_callback``."""
+        reason = stop_reason(self.callbacks, hook, *args)
+        if reason is not None and self.stopped_by is None:
+            self.stopped_by = reason
+            self.stop_requested = True
 
     def flush(self) -> None:
         try:
@@ -289,6 +305,8 @@ class RunContext:
             raise CheckpointError(message) from None
         self.last_checkpoint_step = state.step
         self.emit("checkpoint", state.step, f"saved {path.name}", path=str(path), score=score, healthy=healthy)
+        if self.callbacks:
+            self.ask_callbacks("on_checkpoint", path, state.step)
         return path
 
     def latest_state(self) -> tuple[TrainState, Path]:
@@ -366,6 +384,10 @@ class RunContext:
         """While inside: SIGINT/SIGTERM set ``stop_requested``; with ``second_interrupts`` a second
         one raises KeyboardInterrupt (the user means now)."""
 
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread (a library caller may train in another)
+            return
+
         def request_stop(signum: int, frame: Any) -> None:
             if self.stop_requested and second_interrupts and self.second_interrupts:
                 raise KeyboardInterrupt
@@ -383,7 +405,9 @@ class RunContext:
         """The closing event and the result; call ``close`` after."""
         total = self.config.run.total_steps
         interrupted = step < total
-        if self.stop_requested:
+        if self.stopped_by is not None:
+            self.emit("run.stopped_by_callback", step, f"{self.stopped_by} returned False", callback=self.stopped_by)
+        elif self.stop_requested:
             self.emit("run.interrupted", step, f"stopped on request; continue with 'pgrad resume {self.run_dir}'")
         elif not interrupted:
             self.emit("run.finished", step, "reached run.total_steps")
@@ -421,6 +445,7 @@ RUN_FILES = (
     "report",
     "halt_trajectories.npz",
     "halt_batch.npz",
+    "spaces.json",  # written by pgrad.api's learn
 )
 
 

@@ -41,6 +41,7 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.randomize import draw_metrics
+from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
@@ -65,8 +66,16 @@ from pgrad.threads import set_threads
 
 class OnPolicyRunner:
     def __init__(
-        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        resume: bool = False,
+        console: bool = True,
+        overwrite: bool = False,
+        env_factory: VectorEnvFactory | None = None,
     ) -> None:
+        """``env_factory``: an env handed over as a Python object (``pgrad.api``), used for the training and
+        the evaluation envs instead of ``config.env.id``."""
         kind = get_algorithm(config.algo).kind
         if kind != "on_policy":
             raise ConfigError(
@@ -78,7 +87,8 @@ class OnPolicyRunner:
         self.run_dir = self.run.run_dir
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
-        self.env = build_environment(config, algo_gamma(config))
+        self.env_factory = env_factory
+        self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
         self.algo = build_algorithm(config, self.env.adapter)
         self.collector = RolloutCollector(
             self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
@@ -299,7 +309,10 @@ class OnPolicyRunner:
         if self.eval_env is None:
             # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
             self.eval_env = build_environment(
-                nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
+                nominal_physics(self.config),
+                algo_gamma(self.config),
+                num_envs=eval_num_envs(guard.eval_episodes),
+                env_factory=self.env_factory,
             )
         try:
             return periodic_evaluation(

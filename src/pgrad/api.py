@@ -1,0 +1,343 @@
+"""pgrad as a library, in the habits of Stable-Baselines3: ``PPO(env).learn(n)``, ``save``, ``load``, ``predict``.
+
+``from pgrad.api import PPO, Callback`` (the package root stays light: ``import pgrad`` loads no torch).
+
+A thin layer over what the command line runs: the config is resolved by ``pgrad.runs.resolve_config``
+(defaults < preset < ``config`` < ``sets``, every field validated with the CLI's one-line errors), training
+is the CLI's runner for the algorithm's kind (``pgrad.runners.runner_for``) with its run folder, guard and
+checkpoints, and ``predict`` is the deployed chain of ``pgrad.policy``. Nothing here is a second loop.
+
+Global state: a run seeds Python's ``random``, NumPy's and torch's global RNGs and sets torch's and BLAS's
+thread counts, as the CLI does (its exact resume depends on it). ``learn`` does that for the run only and
+puts all of it back when it returns, even when it fails; ``predict`` and ``load`` touch none of it.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from pgrad.callbacks import Callback
+from pgrad.checkpoint import STATE, TENSORS, read_train_state
+from pgrad.envs.sources import EnvLike, EnvSource, env_source
+from pgrad.errors import ConfigError
+from pgrad.policy import Policy, checkpoint_path, load_policy, write_spaces
+from pgrad.presets import preset_for
+from pgrad.registry import get_algorithm
+from pgrad.runners.context import TrainResult
+
+
+@contextmanager
+def kept_global_state() -> Iterator[None]:
+    """Run the block, then restore the global RNGs (``random``, NumPy, torch, CUDA if started) and the
+    torch and BLAS thread counts to what they were before it."""
+    python_rng = random.getstate()
+    numpy_rng = np.random.get_state()
+    torch_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    torch_threads = torch.get_num_threads()
+    blas = threadpool_limits(limits=None, user_api="blas")  # records the current limits, changes nothing
+    try:
+        yield
+    finally:
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
+        torch.set_rng_state(torch_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        torch.set_num_threads(torch_threads)
+        blas.restore_original_limits()
+
+
+class Agent:
+    """An algorithm, its environment, its run folder and (after ``learn`` or ``load``) its policy.
+
+    ``env``: a registered id (``"CartPole-v1"``), an entry point (``"pkg.module:Class"``, Gymnasium's
+    ``"pkg.module:EnvId"``), a ``gymnasium.Env`` instance, class or factory, or a Gymnasium vector env.
+    ``algo``: the algorithm (``pgrad list``); ``PPO``, ``A2C``... fix it. ``config``: nested sections as in a
+    config file (``{"ppo": {"num_steps": 256}, "env": {"num_envs": 4}}``); ``sets``: ``--set`` overrides
+    (``["ppo.optimizer.learning_rate=1e-3"]``), applied after ``config``; ``env_kwargs``: the env
+    constructor's keyword arguments (``env.kwargs``). ``run_dir``: the run folder (default
+    ``runs/<algo>-<env>-s<seed>-<time>``, as the CLI); ``overwrite``: as ``--overwrite``. ``verbose``: the
+    progress bar and event lines of the CLI.
+    """
+
+    algo_name: ClassVar[str | None] = None  # PPO, A2C, ... set it
+
+    def __init__(
+        self,
+        env: EnvLike,
+        *,
+        algo: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        sets: Sequence[str] = (),
+        seed: int | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
+        run_dir: str | Path | None = None,
+        overwrite: bool = False,
+        use_preset: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        from pgrad.runs import default_run_dir, resolve_config
+
+        algo = self._algorithm(algo)
+        layer: dict[str, Any] = {}
+        for section, values in (config or {}).items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"config['{section}'] must be a mapping of key: value; got {values!r}")
+            layer[section] = dict(values)
+        if env_kwargs is not None:
+            layer.setdefault("env", {})["kwargs"] = dict(env_kwargs)
+        self.source: EnvSource = env_source(env, dict(layer.get("env", {}).get("kwargs") or {}))
+        if self.source.new_factory is not None and get_algorithm(algo).kind == "asynchronous":
+            raise ConfigError(
+                f"env: {algo}'s workers build their envs in their own processes; pass an env id or an importable "
+                "'module:Class' instead of a Python object"
+            )
+        if self.source.num_envs is not None:
+            chosen = layer.get("env", {}).get("num_envs")
+            if chosen is not None and chosen != self.source.num_envs:
+                raise ConfigError(
+                    f"env.num_envs: the env passed holds {self.source.num_envs} env(s), not {chosen}; "
+                    "pass a class or factory to choose the count"
+                )
+            layer.setdefault("env", {})["num_envs"] = self.source.num_envs
+            # A preset's batch sizes are tuned for its env count (CartPole's: 8 envs x 32 steps, minibatch 256):
+            # an env object with another count trains on the defaults instead of a preset it would not fit.
+            preset = preset_for(algo, self.source.env_id) if use_preset else None
+            if preset is not None and preset.values.get("env", {}).get("num_envs", self.source.num_envs) != (
+                self.source.num_envs
+            ):
+                use_preset = False
+        with kept_global_state():
+            self.config, self.preset_source = resolve_config(
+                algo,
+                self.source.env_id,
+                sets=list(sets),
+                seed=seed,
+                use_preset=use_preset,
+                config_layer=layer,
+                check_env=self.source.new_factory is None,
+            )
+            if self.source.new_factory is not None:
+                self._check_builder_settings()
+            self.observation_space, self.action_space = self._spaces(env)
+        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(self.config)
+        self.overwrite = overwrite
+        self.verbose = verbose
+        self.num_timesteps = 0
+        self.policy: Policy | None = None
+        self.last_result: TrainResult | None = None
+        self.trainable = True  # False for a saved agent: it has no run folder to continue
+        self._resume = False  # a learn() wrote the run folder (or it was loaded): the next learn resumes it
+        self._rng = np.random.default_rng(self.config.run.seed)  # stochastic predict only; never the global RNG
+
+    @classmethod
+    def _algorithm(cls, algo: str | None) -> str:
+        if cls.algo_name is not None:
+            if algo is not None and algo != cls.algo_name:
+                raise ConfigError(f"algo: {cls.__name__} is '{cls.algo_name}'; use pgrad.Agent(env, algo='{algo}')")
+            return cls.algo_name
+        if algo is None:
+            from pgrad.registry import ALGORITHMS
+
+            raise ConfigError(f"algo: name the algorithm (allowed: {', '.join(ALGORITHMS)})")
+        get_algorithm(algo)  # an unknown name: one line listing the allowed ones
+        return algo
+
+    def _check_builder_settings(self) -> None:
+        """The env sections that ``make_vector_env`` applies while building from an id have no effect on an env
+        passed as an object (it is built already, or built by the caller's own factory): refused, not ignored."""
+        env = self.config.env
+        if env.max_episode_steps is not None:
+            raise ConfigError(
+                "env.max_episode_steps: applies to envs built from an id; wrap the env passed in "
+                "gymnasium.wrappers.TimeLimit instead"
+            )
+        if env.randomize.active:
+            raise ConfigError(
+                f"env.randomize.{env.randomize.active[0]}: domain randomisation wraps MuJoCo envs built from an id; "
+                "pass the env id instead of an object"
+            )
+        if env.vectorization != "auto":
+            raise ConfigError(
+                f"env.vectorization: {env.vectorization!r} applies to envs built from an id; an env passed as an "
+                "object is stepped in this process (pass a vector env to choose)"
+            )
+
+    @property
+    def algo(self) -> str:
+        return self.config.algo
+
+    def _spaces(self, env: EnvLike) -> tuple[gym.Space[Any], gym.Space[Any]]:
+        """The spaces, read before any training: an instance or vector env has them; an id, class or factory
+        builds one env (so a bad id or kwarg fails here, with the CLI's one-line error)."""
+        if isinstance(env, gym.vector.VectorEnv):
+            return env.single_observation_space, env.single_action_space
+        if isinstance(env, gym.Env):
+            return env.observation_space, env.action_space
+        from pgrad.builders import algo_gamma, build_environment
+
+        probe = build_environment(self.config, algo_gamma(self.config), num_envs=1, env_factory=self.source.factory())
+        try:
+            return probe.envs.single_observation_space, probe.envs.single_action_space
+        finally:
+            probe.envs.close()
+
+    # ---- training -------------------------------------------------------------------------------
+    def learn(self, total_steps: int, callbacks: Sequence[Callback] = ()) -> Agent:
+        """Train ``total_steps`` more env steps (all envs together) in the run folder; a second call continues
+        the same run exactly as ``pgrad resume --total-steps`` would. ``callbacks`` (``pgrad.Callback``) hear
+        of updates, evaluations and checkpoints, and stop the run by returning False. Returns ``self``."""
+        from pgrad.runners import runner_for
+
+        if not self.trainable:
+            raise ConfigError(
+                "learn: a saved agent, or a run folder's non-latest checkpoint, is for acting (predict, export); "
+                "to train further, load the run folder with checkpoint='latest'"
+            )
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
+        config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
+        factory = self.source.factory()
+        with kept_global_state():
+            runner = runner_for(config)(
+                config,
+                self.run_dir,
+                resume=self._resume,
+                console=self.verbose,
+                overwrite=self.overwrite and not self._resume,
+                **({"env_factory": factory} if factory is not None else {}),
+            )
+            runner.run.callbacks = list(callbacks)
+            result = runner.train()
+            self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
+            write_spaces(self.run_dir, self.observation_space, self.action_space)  # export/load need no env then
+            self.policy, _, _ = load_policy(
+                result.checkpoint or self.run_dir, spaces=(self.observation_space, self.action_space)
+            )
+        return self
+
+    # ---- acting ----------------------------------------------------------------------------------
+    def predict(self, observation: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        """The env action for one observation, or actions for a batch (one more leading axis), with the
+        normaliser and the action rescaling applied: what ``env.step`` takes. Returns ``(action, None)``
+        as SB3 does (the second item is its recurrent state; pgrad's policies have none), so
+        ``action, _ = model.predict(obs)`` ports unchanged. Unlike SB3 the default is deterministic."""
+        if self.policy is None:
+            raise ConfigError("predict: this agent has no trained policy yet; call learn() or load a saved one")
+        return self.policy.predict(observation, deterministic, self._rng), None
+
+    # ---- saving and loading ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the latest checkpoint to the folder ``path``: ``tensors.safetensors`` (weights, optimiser
+        moments, normaliser statistics), ``state.json`` (config, counters, RNG states) and ``spaces.json``:
+        the run folder's checkpoint format, no pickle. Returns the folder."""
+        if self.last_result is None or self.last_result.checkpoint is None:
+            raise ConfigError("save: nothing to save yet; call learn() first")
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / STATE).is_file())):
+            raise ConfigError(f"save: {target} exists and is not a saved pgrad agent; choose another path")
+        target.mkdir(parents=True, exist_ok=True)
+        if target.resolve() != self.last_result.checkpoint.resolve():
+            for name in (TENSORS, STATE):
+                shutil.copyfile(self.last_result.checkpoint / name, target / name)
+        write_spaces(target, self.observation_space, self.action_space)
+        return target
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        env: EnvLike | None = None,
+        *,
+        checkpoint: str = "latest",
+        trust_env_code: bool = False,
+        verbose: bool = False,
+    ) -> Agent:
+        """A saved agent (``save``) or a run folder's ``checkpoint`` (latest, best or a name), ready to
+        ``predict``. ``env`` is needed only where the spaces are not saved and the env cannot be rebuilt
+        from its id. A run folder loaded at its latest checkpoint can be trained further (``learn`` resumes it,
+        with ``env`` if it was trained on a Python object); a saved agent cannot."""
+        path = Path(path)
+        source = env_source(env, {}) if env is not None else None
+        with kept_global_state():
+            found = checkpoint_path(path, checkpoint)
+            policy, config, _ = load_policy(
+                found, env_factory=source.factory() if source else None, trust_env_code=trust_env_code
+            )
+        if cls.algo_name is not None and config.algo != cls.algo_name:
+            raise ConfigError(f"load: {found} holds a '{config.algo}' agent, not '{cls.algo_name}'")
+        agent = cls.__new__(cls)
+        agent.config, agent.preset_source = config, None
+        agent.source = source or EnvSource(config.env.id, None)
+        agent.observation_space, agent.action_space = policy.observation_space, policy.action_space
+        agent.run_dir, agent.overwrite, agent.verbose = path, False, verbose
+        agent.num_timesteps = read_train_state(found).step
+        agent.policy = policy
+        agent.last_result = TrainResult(path, agent.num_timesteps, 0, 0.0, False, {}, found)
+        # learn resumes the run folder's latest checkpoint (as pgrad resume): only an agent loaded from it can
+        agent.trainable = agent._resume = (path / "config.yaml").is_file() and checkpoint == "latest"
+        agent._rng = np.random.default_rng(config.run.seed)
+        return agent
+
+
+class PPO(Agent):
+    """Proximal Policy Optimization (clipped surrogate); ``pgrad train ppo``."""
+
+    algo_name = "ppo"
+
+
+class A2C(Agent):
+    """Advantage actor-critic, synchronous; ``pgrad train a2c``."""
+
+    algo_name = "a2c"
+
+
+class A3C(Agent):
+    """Asynchronous advantage actor-critic (worker processes; the env must be an id or importable entry point)."""
+
+    algo_name = "a3c"
+
+
+class TRPO(Agent):
+    """Trust region policy optimisation; ``pgrad train trpo``."""
+
+    algo_name = "trpo"
+
+
+class REINFORCE(Agent):
+    """Monte Carlo policy gradient; ``pgrad train reinforce``."""
+
+    algo_name = "reinforce"
+
+
+class SAC(Agent):
+    """Soft actor-critic (Box actions); ``pgrad train sac``."""
+
+    algo_name = "sac"
+
+
+class TD3(Agent):
+    """Twin delayed DDPG (Box actions); ``pgrad train td3``."""
+
+    algo_name = "td3"
+
+
+class DDPG(Agent):
+    """Deep deterministic policy gradient (Box actions); ``pgrad train ddpg``."""
+
+    algo_name = "ddpg"
+
+
+__all__ = ["A2C", "A3C", "DDPG", "PPO", "REINFORCE", "SAC", "TD3", "TRPO", "Agent", "Callback", "kept_global_state"]

@@ -1,0 +1,280 @@
+"""Exporting a trained policy for deployment: one ONNX or TorchScript file, raw observation in, env action out.
+
+The file holds the whole chain of ``pgrad.policy.Policy.predict`` with ``deterministic=True``:
+
+    x = flatten(obs)                     (one-hot for a Discrete observation space)
+    x = clip((x - mean) / sqrt(var + eps), -clip_obs, clip_obs)     (env.norm_obs; in float64, as NumPy)
+    h = act(... act(x W1 + b1) ...)      (the actor's torso, tanh or relu)
+    u = h Wh + bh                        (the head)
+    discrete:   a = argmax(u)
+    Gaussian:   a = mean(u)              (the first half of u for a state-dependent std)
+    squashed:   a = tanh(u)              (SAC, TD3, DDPG)
+    a = u * (high - low)/2 + (low + high)/2, then clip to [low, high]   (Box actions, env.rescale_actions)
+
+The ONNX graph is written operator by operator with ``onnx.helper`` (no tracing: the graph is exactly the
+list above, and the export needs neither onnxscript nor torch's deprecated TorchScript exporter). The
+TorchScript file is ``torch.jit.trace`` of a module that computes the same chain. Beside the file, a JSON
+manifest names the spaces, the pgrad version and the source checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pgrad import __version__
+from pgrad.checkpoint import read_train_state
+from pgrad.errors import ConfigError
+from pgrad.policy import Policy, load_policy, space_to_dict
+
+Format = Literal["onnx", "torchscript"]
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8  # readable by onnxruntime 1.14 and later, not only the newest
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The policy's arrays, in the order the exported graph applies them (see the module docstring)."""
+
+    obs_shape: tuple[int, ...]
+    one_hot: int  # n for a Discrete observation space, else 0
+    obs_dim: int
+    norm: tuple[np.ndarray, np.ndarray, float] | None  # mean, sqrt(var + eps) (float64), clip
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (W [in, out], b) float32
+    activation: str
+    head: tuple[np.ndarray, np.ndarray]
+    output: Literal["argmax", "mean", "first_half", "tanh"]
+    rescale: tuple[np.ndarray, np.ndarray] | None  # scale, offset
+    bounds: tuple[np.ndarray, np.ndarray] | None  # low, high (Box actions)
+    action_shape: tuple[int, ...]
+
+
+def chain_of(policy: Policy) -> Chain:
+    actor: Any = policy.actor
+    adapter = policy.adapter
+    normalizer = policy.obs_normalizer
+    norm = None
+    if normalizer.enabled:
+        stats = normalizer.stats
+        norm = (stats.mean.astype(np.float64), np.sqrt(stats.var + normalizer.epsilon), float(normalizer.clip))
+    if adapter.action.kind == "discrete":
+        output: Literal["argmax", "mean", "first_half", "tanh"] = "argmax"
+    elif hasattr(actor, "state_dependent_std"):  # ActingPolicy: the Gaussian's mean
+        output = "first_half" if actor.state_dependent_std else "mean"
+    else:  # SquashedActingPolicy
+        output = "tanh"
+    bounds = None if adapter.low is None or adapter.high is None else (adapter.low, adapter.high)
+    return Chain(
+        obs_shape=tuple(policy.observation_space.shape or ()),
+        one_hot=adapter.one_hot,
+        obs_dim=adapter.obs_dim,
+        norm=norm,
+        layers=[(w.astype(np.float32), b.astype(np.float32)) for w, b in actor.layers],
+        activation=actor.activation_name,
+        head=(actor.head[0].astype(np.float32), actor.head[1].astype(np.float32)),
+        output=output,
+        rescale=(adapter.scale, adapter.offset) if adapter.rescale else None,
+        bounds=bounds,
+        action_shape=tuple(policy.action_space.shape or ()),
+    )
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------------
+def onnx_model(chain: Chain) -> Any:
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise ConfigError("--format onnx needs onnx: pip install 'pgrad[export]'") from None
+    nodes: list[Any] = []
+    constants: list[Any] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        constants.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    if chain.one_hot:
+        obs = helper.make_tensor_value_info("observation", TensorProto.INT64, ["batch"])
+        x = node("Gather", [const("one_hot", np.eye(chain.one_hot, dtype=np.float32)), "observation"], "x", axis=0)
+    else:
+        obs = helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", *chain.obs_shape])
+        x = node("Reshape", ["observation", const("flat_shape", np.array([-1, chain.obs_dim], np.int64))], "x")
+    if chain.norm is not None:
+        mean, std, clip = chain.norm
+        x = node("Cast", [x], "x64", to=TensorProto.DOUBLE)
+        x = node("Sub", [x, const("obs_mean", mean)], "centred")
+        x = node("Div", [x, const("obs_std", std)], "scaled")
+        x = node("Max", [x, const("clip_low", np.array(-clip, np.float64))], "clipped_low")
+        x = node("Min", [x, const("clip_high", np.array(clip, np.float64))], "clipped")
+        x = node("Cast", [x], "normalised", to=TensorProto.FLOAT)
+    activation = {"tanh": "Tanh", "relu": "Relu"}[chain.activation]
+    for i, (weight, bias) in enumerate(chain.layers):
+        x = node("MatMul", [x, const(f"W{i}", weight)], f"mm{i}")
+        x = node("Add", [x, const(f"b{i}", bias)], f"pre{i}")
+        x = node(activation, [x], f"h{i}")
+    x = node("MatMul", [x, const("W_head", chain.head[0])], "mm_head")
+    x = node("Add", [x, const("b_head", chain.head[1])], "head")
+    if chain.output == "argmax":
+        node("ArgMax", [x], "action", axis=-1, keepdims=0)
+        action = helper.make_tensor_value_info("action", TensorProto.INT64, ["batch"])
+    else:
+        if chain.output == "first_half":
+            half = chain.head[1].shape[0] // 2
+            x = node(
+                "Slice",
+                [
+                    x,
+                    const("half_start", np.array([0], np.int64)),
+                    const("half_end", np.array([half], np.int64)),
+                    const("half_axis", np.array([1], np.int64)),
+                ],
+                "mean",
+            )
+        elif chain.output == "tanh":
+            x = node("Tanh", [x], "squashed")
+        if chain.rescale is not None:
+            x = node("Mul", [x, const("action_scale", chain.rescale[0])], "scaled_action")
+            x = node("Add", [x, const("action_offset", chain.rescale[1])], "rescaled")
+        if chain.bounds is not None:
+            x = node("Max", [x, const("action_low", chain.bounds[0])], "above_low")
+            x = node("Min", [x, const("action_high", chain.bounds[1])], "clipped_action")
+        node("Reshape", [x, const("action_shape", np.array([-1, *chain.action_shape], np.int64))], "action")
+        action = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", *chain.action_shape])
+    graph = helper.make_graph(nodes, "pgrad_policy", [obs], [action], initializer=constants)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        producer_name="pgrad",
+        producer_version=__version__,
+    )
+    model.ir_version = ONNX_IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+# ---- TorchScript ---------------------------------------------------------------------------------------
+class ExportedPolicy(torch.nn.Module):
+    """The chain as a torch module (for ``torch.jit.trace``); the same steps as the ONNX graph."""
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__()
+        self.chain = chain
+        self.act = torch.tanh if chain.activation == "tanh" else torch.relu
+        tensors: dict[str, np.ndarray] = {}
+        for i, (weight, bias) in enumerate(chain.layers):
+            tensors[f"W{i}"], tensors[f"b{i}"] = weight, bias
+        tensors["W_head"], tensors["b_head"] = chain.head
+        if chain.one_hot:
+            tensors["one_hot"] = np.eye(chain.one_hot, dtype=np.float32)
+        if chain.norm is not None:
+            tensors["obs_mean"], tensors["obs_std"] = chain.norm[0], chain.norm[1]
+        if chain.rescale is not None:
+            tensors["action_scale"], tensors["action_offset"] = chain.rescale
+        if chain.bounds is not None:
+            tensors["action_low"], tensors["action_high"] = chain.bounds
+        for name, value in tensors.items():
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        chain = self.chain
+        buffers = dict(self.named_buffers())
+        if chain.one_hot:
+            x = buffers["one_hot"][observation]
+        else:
+            x = observation.reshape(-1, chain.obs_dim)
+        if chain.norm is not None:
+            scaled = (x.double() - buffers["obs_mean"]) / buffers["obs_std"]
+            x = scaled.clamp(-chain.norm[2], chain.norm[2]).float()
+        for i in range(len(chain.layers)):
+            x = self.act(x @ buffers[f"W{i}"] + buffers[f"b{i}"])
+        x = x @ buffers["W_head"] + buffers["b_head"]
+        if chain.output == "argmax":
+            return x.argmax(dim=-1)
+        if chain.output == "first_half":
+            x = x[:, : chain.head[1].shape[0] // 2]
+        elif chain.output == "tanh":
+            x = torch.tanh(x)
+        if chain.rescale is not None:
+            x = x * buffers["action_scale"] + buffers["action_offset"]
+        if chain.bounds is not None:
+            x = torch.minimum(torch.maximum(x, buffers["action_low"]), buffers["action_high"])
+        return x.reshape(-1, *chain.action_shape)
+
+
+def torchscript_module(chain: Chain) -> Any:
+    example = torch.zeros((2,), dtype=torch.int64) if chain.one_hot else torch.zeros((2, *chain.obs_shape))
+    with warnings.catch_warnings():
+        # torch 2.10+ marks TorchScript deprecated; the format is still what C++ (libtorch) deployments load
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return torch.jit.trace(ExportedPolicy(chain).eval(), example)
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+def export(
+    path: Path,
+    fmt: str,
+    out: Path | None = None,
+    which: str = "latest",
+    trust_env_code: bool = False,
+) -> tuple[Path, Path]:
+    """Write the policy of a run folder's ``which`` checkpoint (or of a saved agent) as ``fmt``; returns the
+    file and its manifest (``<file>.json``). Default file: ``<path>/export/policy.onnx`` (or ``.pt``)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    policy, config, checkpoint = load_policy(Path(path), which, trust_env_code=trust_env_code)
+    chain = chain_of(policy)
+    target = Path(out) if out is not None else Path(path) / "export" / f"policy{FORMATS[fmt]}"
+    if target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; name the file to write")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        model = onnx_model(chain)  # first: without onnx installed, this is the one-line error
+        import onnx
+
+        onnx.save(model, str(target))
+    else:
+        torchscript_module(chain).save(str(target))
+    manifest = target.with_name(target.name + ".json")
+    action_dtype = "int64" if chain.output == "argmax" else "float32"
+    manifest.write_text(
+        json.dumps(
+            {
+                "format": fmt,
+                "file": target.name,
+                "pgrad_version": __version__,
+                "algo": config.algo,
+                "env_id": config.env.id,
+                "source_checkpoint": str(checkpoint),
+                "checkpoint_step": read_train_state(checkpoint).step,
+                "input": {
+                    "name": "observation",
+                    "dtype": "int64" if chain.one_hot else "float32",
+                    "shape": ["batch", *chain.obs_shape],
+                },
+                "output": {"name": "action", "dtype": action_dtype, "shape": ["batch", *chain.action_shape]},
+                "observation_space": space_to_dict(policy.observation_space),
+                "action_space": space_to_dict(policy.action_space),
+                "inside": {
+                    "obs_normalizer": chain.norm is not None,
+                    "action_rescaling": chain.rescale is not None,
+                    "action_clipping": chain.bounds is not None,
+                    "deterministic": True,
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return target, manifest

@@ -1,0 +1,191 @@
+"""A trained policy as it is deployed: the raw observation in, the env's action out.
+
+``Policy`` chains what training put between the env and the network, read from a checkpoint: the
+space adapter (flattening, one-hot for Discrete observations), the observation normaliser with its
+statistics frozen, the acting network, and the action mapping (a = low + (u + 1)(high - low)/2, then
+clipped to the bounds). ``predict`` is this chain in NumPy; ``pgrad.export`` writes the same chain into
+ONNX and TorchScript files, and the tests hold the two equal.
+
+Loading never runs code from the checkpoint: tensors come from safetensors, the rest from JSON, and the
+spaces from ``spaces.json`` when the checkpoint has one (an agent saved by ``pgrad.api``). A run folder
+without it builds one env to read its spaces, which for an entry-point env ('module:Class') imports
+that module: refused unless ``trust_env_code``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from pgrad.builders import algo_gamma, build_environment, build_learner
+from pgrad.checkpoint import (
+    CheckpointStore,
+    TrainState,
+    check_arrays_fit,
+    load_modules,
+    read_train_state,
+    write_json_atomic,
+)
+from pgrad.config import TrainConfig
+from pgrad.envs.factory import SpaceAdapter, is_entry_point
+from pgrad.envs.normalize import ObsNormalizer
+from pgrad.envs.sources import VectorEnvFactory
+from pgrad.errors import ConfigError
+from pgrad.nets import Actor
+
+SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a run folder trained by pgrad.api
+
+
+@dataclass
+class Policy:
+    observation_space: gym.Space[Any]
+    action_space: gym.Space[Any]
+    adapter: SpaceAdapter
+    obs_normalizer: ObsNormalizer
+    actor: Actor
+
+    def predict(self, obs: Any, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The env action for one observation (shaped like the observation space) or for a batch of them
+        (one more leading axis); stochastic actions (``deterministic=False``) draw from ``rng``."""
+        raw = np.asarray(obs)
+        single = self._is_single(raw)
+        batch = raw[None] if single else raw
+        features = self.obs_normalizer(self.adapter.observations(batch), update=False)
+        if deterministic:
+            actions = self.actor.mode(features)
+        else:
+            if rng is None:
+                raise ConfigError("predict: deterministic=False needs an rng (numpy.random.Generator) to sample with")
+            actions = self.actor.sample(features, rng)
+        env_actions = self.adapter.env_actions(actions)
+        return env_actions[0] if single else env_actions
+
+    def _is_single(self, obs: np.ndarray) -> bool:
+        shape = self.observation_space.shape or ()
+        if obs.shape == shape:
+            return True
+        if obs.ndim == len(shape) + 1 and obs.shape[1:] == shape:
+            return False
+        raise ConfigError(
+            f"predict: observation of shape {obs.shape} is neither one observation {shape} "
+            f"nor a batch (N, {', '.join(map(str, shape))}) of {self.observation_space}"
+        )
+
+
+def build_policy(
+    config: TrainConfig,
+    state: TrainState,
+    source: Path,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
+) -> Policy:
+    """The deployed chain from a checkpoint's weights and normaliser statistics. The learner built to hold
+    the weights draws its initial parameters from a forked torch RNG: loading touches no global state."""
+    adapter = SpaceAdapter(observation_space, action_space, config.env.rescale_actions)
+    with torch.random.fork_rng(devices=[]):
+        learner = build_learner(replace(config, run=replace(config.run, device="cpu")), adapter)
+    load_modules(learner.modules(), state, source)
+    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
+    if "obs" in state.normalizers:
+        check_arrays_fit(obs_normalizer.stats.state(), state.normalizers["obs"], "normalizers.obs", source)
+        obs_normalizer.stats.load(state.normalizers["obs"])
+    return Policy(observation_space, action_space, adapter, obs_normalizer, learner.acting_policy())
+
+
+def checkpoint_path(path: Path, which: str = "latest") -> Path:
+    """A saved agent (a folder with state.json) is its own checkpoint; a run folder gives its ``which``."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    if (path / "config.yaml").is_file():
+        return CheckpointStore(path, keep=1).path(which)
+    raise ConfigError(f"{path} is neither a pgrad run folder (config.yaml) nor a saved agent (state.json)")
+
+
+def config_of(state: TrainState) -> TrainConfig:
+    from pgrad.runs import config_from_dict
+
+    return config_from_dict(dict(state.config), state.algo)
+
+
+def spaces_of(
+    checkpoint: Path,
+    config: TrainConfig,
+    env_factory: VectorEnvFactory | None = None,
+    trust_env_code: bool = False,
+) -> tuple[gym.Space[Any], gym.Space[Any]]:
+    """The observation and action spaces: from ``spaces.json`` when saved, else from one env built like the
+    run's (``env_factory`` for an env handed over as a Python object)."""
+    # a saved agent holds spaces.json itself; a run folder trained through pgrad.api holds it at its top
+    # (RUN_DIR/checkpoints/step_N -> RUN_DIR/spaces.json)
+    saved = checkpoint / SPACES if (checkpoint / SPACES).is_file() else checkpoint.parent.parent / SPACES
+    if saved.is_file():
+        data = json.loads(saved.read_text())
+        return space_from_dict(data["observation"]), space_from_dict(data["action"])
+    if env_factory is None and is_entry_point(config.env.id) and not trust_env_code:
+        raise ConfigError(
+            f"env.id '{config.env.id}' is an entry point: reading its spaces imports module "
+            f"'{config.env.id.split(':')[0]}' and runs its code; if you trust this run, pass trust_env_code "
+            "(--trust-env-code), or the env itself (env=...)"
+        )
+    probe = build_environment(config, algo_gamma(config), num_envs=1, env_factory=env_factory)
+    try:
+        return probe.envs.single_observation_space, probe.envs.single_action_space
+    finally:
+        probe.envs.close()
+
+
+def load_policy(
+    path: Path,
+    which: str = "latest",
+    env_factory: VectorEnvFactory | None = None,
+    trust_env_code: bool = False,
+    spaces: tuple[gym.Space[Any], gym.Space[Any]] | None = None,
+) -> tuple[Policy, TrainConfig, Path]:
+    """The policy of a run folder's ``which`` checkpoint or of a saved agent, with its config and checkpoint.
+    ``spaces``: (observation, action) when the caller knows them (nothing is built then)."""
+    checkpoint = checkpoint_path(path, which)
+    state = read_train_state(checkpoint)
+    config = config_of(state)
+    observation_space, action_space = spaces or spaces_of(checkpoint, config, env_factory, trust_env_code)
+    return build_policy(config, state, checkpoint, observation_space, action_space), config, checkpoint
+
+
+def write_spaces(folder: Path, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
+    """``folder/spaces.json``: what ``predict`` and ``pgrad export`` need of the env, so they need no env."""
+    write_json_atomic(
+        Path(folder) / SPACES, {"observation": space_to_dict(observation_space), "action": space_to_dict(action_space)}
+    )
+
+
+# ---- spaces as JSON (Box and Discrete: what the adapter supports) -------------------------------------------
+def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
+    if isinstance(space, gym.spaces.Box):
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": str(space.dtype),
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+        }
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    raise ConfigError(f"space {space} is not supported (allowed: Box, Discrete)")
+
+
+def space_from_dict(data: dict[str, Any]) -> gym.Space[Any]:
+    kind = data.get("type")
+    if kind == "Box":
+        dtype = np.dtype(data["dtype"])
+        low = np.asarray(data["low"], dtype=dtype).reshape(data["shape"])
+        high = np.asarray(data["high"], dtype=dtype).reshape(data["shape"])
+        return gym.spaces.Box(low, high, dtype=dtype.type)
+    if kind == "Discrete":
+        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
+    raise ConfigError(f"{SPACES}: space type {kind!r} is not supported (allowed: Box, Discrete)")
