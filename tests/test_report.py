@@ -85,4 +85,4 @@ def test_compare_overlays_the_return_curves(drilled_run, tmp_path, capsys):
     np.testing.assert_array_equal(curves[str(other)][1], 2 * returns)
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(drilled_run), str(other), "--out", str(tmp_path / "c2.png")]) == 0
-    assert f"final return {2 * returns[-1]:.1f}" in capsys.readouterr().out
+    assert f"final rollout/return_mean {2 * returns[-1]:.1f}" in capsys.readouterr().out

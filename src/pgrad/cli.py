@@ -91,9 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
 
-    compare = sub.add_parser("compare", help="overlay the return curves of several runs in one PNG")
-    compare.add_argument("run_dirs", type=Path, nargs="+")
+    compare = sub.add_parser(
+        "compare", help="aggregate runs over seeds (mean, IQM, bootstrap intervals): a table and a PNG of the curves"
+    )
+    compare.add_argument("run_dirs", type=Path, nargs="+", help="run folders; same config but the seed: one group")
     compare.add_argument("--out", type=Path, default=Path("compare.png"), help="PNG to write (default: compare.png)")
+    compare.add_argument("--metric", default="rollout/return_mean", help="metric to aggregate (default: %(default)s)")
+    compare.add_argument("--statistic", choices=["iqm", "mean"], default="iqm", help="curve statistic in the plot")
+    compare.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval level (default: 0.95)")
     return parser
 
 
@@ -251,15 +256,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     _plots_available()
-    from pgrad.monitor.report import compare
+    from pgrad.monitor.compare import group_runs, plot_groups, read_curve, summarize, table_lines
 
-    path, curves = compare(args.run_dirs, args.out)
-    for run, (steps, returns) in curves.items():
-        if returns.size:
-            print(f"{run}: {int(steps[-1])} steps, final return {returns[-1]:.1f}, best {returns.max():.1f}")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1); got {args.confidence}")
+    curves = [read_curve(run_dir, args.metric) for run_dir in args.run_dirs]
+    for curve in curves:
+        if curve.values.size:
+            print(
+                f"{curve.run_dir}: {int(curve.steps[-1])} steps, final {args.metric} {curve.values[-1]:.1f}, "
+                f"best {curve.values.max():.1f}"
+            )
         else:
-            print(f"{run}: no episodes finished yet")
-    print(f"plot: {path}")
+            print(f"{curve.run_dir}: no {args.metric} logged yet")
+    groups = group_runs(curves)
+    print()
+    print("\n".join(table_lines(summarize(groups, args.confidence), args.metric, args.confidence)))
+    plot_groups(groups, args.out, args.metric, args.statistic, args.confidence)
+    print(f"plot: {args.out}")
     return 0
 
 
