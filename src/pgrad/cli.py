@@ -99,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="rollout/return_mean", help="metric to aggregate (default: %(default)s)")
     compare.add_argument("--statistic", choices=["iqm", "mean"], default="iqm", help="curve statistic in the plot")
     compare.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval level (default: 0.95)")
+    tune = sub.add_parser("tune", help="search hyper-parameters with Optuna; every trial is a run folder")
+    tune.add_argument("algo", help="algorithm name (see 'pgrad list')")
+    tune.add_argument("--env", help="Gymnasium id or entry point 'module:Class'")
+    tune.add_argument("--trials", type=int, default=20, help="number of trials (default: 20)")
+    tune.add_argument("--total-steps", type=int, help="env steps per trial (default: 20,000)")
+    tune.add_argument("--config", type=Path, help="YAML file with env:, run: and <algo>: sections")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix one field (not searched)")
+    tune.add_argument("--seed", type=int, help="seed of every trial's run and of the sampler")
+    tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
+    tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
+    tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     return parser
 
 
@@ -277,6 +288,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from pgrad.runs import default_run_dir, resolve_config
+    from pgrad.tune import DEFAULT_TRIAL_STEPS, trial_sets, tune
+
+    total = args.total_steps or DEFAULT_TRIAL_STEPS
+
+    def config_for(extra: list[str]):
+        sets = [*trial_sets(total), *extra]
+        return resolve_config(args.algo, args.env, args.config, sets, args.seed, total, use_preset=not args.no_preset)[
+            0
+        ]
+
+    first = config_for(args.set)  # a bad --set or env fails here, in one line, before any trial
+    tune_dir = args.tune_dir or default_run_dir(first).with_name("tune-" + default_run_dir(first).name)
+    result = tune(args.algo, config_for, args.set, args.trials, tune_dir, first.run.seed, args.pruner)
+    states = [row["state"] for row in result.trials]
+    print(
+        f"{len(states)} trials in {result.seconds:.0f} s ({states.count('complete')} complete, "
+        f"{states.count('pruned')} pruned, {states.count('invalid')} invalid, {states.count('halted')} halted)"
+    )
+    print(f"best: trial {result.best_number}, evaluation return {result.best_value:.1f}")
+    for key, value in result.best_params.items():
+        print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+    print(f"best config: {result.best_file} (pgrad train {args.algo} --config {result.best_file})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
@@ -287,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "doctor": _cmd_doctor,
         "report": _cmd_report,
         "compare": _cmd_compare,
+        "tune": _cmd_tune,
     }
     try:
         return handlers[args.command](args)
