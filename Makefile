@@ -11,11 +11,11 @@ setup: $(STAMP)
 # torch is pinned and installed first: the CPU wheel is on disk here, and an unpinned torch
 # would pull gigabytes of CUDA packages. The bench extra (Stable-Baselines3) is installed too: the
 # piece-by-piece PPO parity tests (tests/test_sb3_parity.py) compare against it and must run in CI;
-# tune for tests/test_tune.py (Optuna).
+# tune for tests/test_tune.py (Optuna), atari for the ALE test in tests/test_images.py.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,tune]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,tune,atari]"
 	touch $(STAMP)
 
 demo: setup

@@ -136,3 +136,26 @@ def test_bright_quadrant_pays_for_the_lit_quadrant() -> None:
     assert obs[row * 18 + 9, col * 18 + 9, 0] == 255 and obs.sum() == 255 * 18 * 18
     assert env.step(env.quadrant ^ 1)[1] == 0.0  # a wrong quadrant pays nothing (the image redraws)
     assert env.step(env.quadrant)[1] == 1.0
+
+
+def test_ale_games_get_the_standard_atari_layers_and_a_cnn() -> None:
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    from pgrad.builders import build_algorithm, build_environment
+
+    config, _ = resolve_config("ppo", "ALE/Pong-v5", sets=["env.num_envs=2"])
+    env = build_environment(config, 0.99)
+    try:
+        space = env.envs.single_observation_space
+        assert (space.shape, space.dtype) == ((4, 84, 84), np.uint8)  # 4 stacked 84x84 grayscale frames
+        assert isinstance(env.envs, gym.vector.SyncVectorEnv)  # not ALE's own vector env
+        assert env.adapter.obs_shape == ImageShape(4, 84, 84) and env.adapter.image_axes is None
+        inner = env.envs.envs[0].unwrapped
+        assert inner._frameskip == 1 and inner.ale.getFloat("repeat_action_probability") == 0.0  # NoFrameskip-v4
+        algo = build_algorithm(config, env.adapter)
+        assert isinstance(algo.model.actor_torso, NatureCNN) and algo.model.actor_torso.linear.in_features == 3136
+        obs, _ = env.envs.reset(seed=1)
+        _, rewards, *_ = env.envs.step(np.zeros(2, np.int64))
+        assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}  # rewards clipped to their sign
+    finally:
+        env.envs.close()
