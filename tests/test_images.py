@@ -159,3 +159,12 @@ def test_ale_games_get_the_standard_atari_layers_and_a_cnn() -> None:
         assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}  # rewards clipped to their sign
     finally:
         env.envs.close()
+
+
+def test_off_policy_algorithms_refuse_images_in_one_line() -> None:
+    from pgrad.builders import build_learner
+
+    config, _ = resolve_config("sac", "Pendulum-v1")
+    adapter = SpaceAdapter(box((36, 36, 3)), gym.spaces.Box(-1.0, 1.0, (1,)), rescale=True)
+    with pytest.raises(ConfigError, match="algorithm 'sac' has MLP networks only; the image observations of Pendulum"):
+        build_learner(config, adapter)
