@@ -31,7 +31,7 @@ LAYERS: list[list[str]] = [
     ["pgrad.registry", "pgrad.checkpoint"],
     ["pgrad.builders", "pgrad.runs"],
     ["pgrad.monitor"],
-    ["pgrad.runners", "pgrad.evaluate"],
+    ["pgrad.runners", "pgrad.evaluate", "pgrad.tune"],
     ["pgrad.cli", "pgrad.__main__"],
 ]
 ROOT = Path(pgrad.__file__).parent
