@@ -143,7 +143,9 @@ def test_ale_games_get_the_standard_atari_layers_and_a_cnn() -> None:
     pytest.importorskip("cv2")
     from pgrad.builders import build_algorithm, build_environment
 
-    config, _ = resolve_config("ppo", "ALE/Pong-v5", sets=["env.num_envs=2"])
+    config, source = resolve_config("ppo", "ALE/Pong-v5", sets=["env.num_envs=2"])
+    assert source is not None and source.startswith("CleanRL ppo_atari.py")  # the ALE/* preset
+    assert config.algo_config.network.shared_network and config.algo_config.clip_eps == 0.1
     env = build_environment(config, 0.99)
     try:
         space = env.envs.single_observation_space

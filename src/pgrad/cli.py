@@ -218,7 +218,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.config import EnvConfig, GuardConfig, RunConfig, field_docs
-    from pgrad.presets import PRESETS
+    from pgrad.presets import PATTERN_PRESETS, PRESETS
     from pgrad.registry import ALGORITHMS
 
     def section(title: str, cls: type) -> None:
@@ -235,7 +235,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     section("run", RunConfig)
     section("guard", GuardConfig)
     print("\npresets (applied when --env matches; --no-preset to skip):")
-    for (algo, env_id), preset in PRESETS.items():
+    for (algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
         print(f"  {algo:<6} {env_id:<16} {preset.source}")
     return 0
 
