@@ -14,7 +14,7 @@ from pgrad.cli import main
 from pgrad.errors import ConfigError
 from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
-from pgrad.tune import PrunerReport, nested, search_space, trial_sets
+from pgrad.tune import PrunerReport, nested, search_space, set_keys, trial_sets
 
 pytest.importorskip("optuna")
 
@@ -31,6 +31,16 @@ def test_nested_turns_set_keys_into_sections() -> None:
     assert nested({"ppo.optimizer.learning_rate": 1e-3, "ppo.gamma": 0.9, "env.num_envs": 4}) == {
         "ppo": {"optimizer": {"learning_rate": 1e-3}, "gamma": 0.9},
         "env": {"num_envs": 4},
+    }
+
+
+def test_set_keys_finds_the_full_key_of_a_bare_one() -> None:
+    sets = ["learning_rate=1e-3", "clip_eps=0.1", "env.num_envs=4", "network.hidden_sizes=[8]"]
+    assert set_keys("ppo", sets) == {
+        "ppo.optimizer.learning_rate",
+        "ppo.clip_eps",
+        "env.num_envs",
+        "ppo.network.hidden_sizes",
     }
 
 
@@ -76,7 +86,7 @@ def test_tune_cli_runs_trials_as_run_folders_and_writes_a_usable_best_config(
     code = main(
         ["tune", "ppo", "--env", "CartPole-v1", "--trials", "3", "--total-steps", "1024", "--tune-dir", str(tune_dir)]
         + sets
-        + ["--set", "ppo.num_epochs=2", "--pruner", "none"]
+        + ["--set", "num_epochs=2", "--pruner", "none"]  # a bare key: fixed all the same
     )
     out = capsys.readouterr().out
     assert code == 0, out

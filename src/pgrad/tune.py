@@ -89,6 +89,21 @@ def search_space(algo: str) -> tuple[Param, ...]:
     return tuple(space)
 
 
+def set_keys(algo: str, sets: list[str]) -> set[str]:
+    """The full keys ``--set`` items name, as the search space spells them: ``learning_rate=1e-3``
+    is ``ppo.optimizer.learning_rate`` (``parse_set`` finds a bare key's section, as for train)."""
+    from pgrad.config import parse_set
+    from pgrad.runs import sections_for
+
+    def leaves(data: dict[str, Any], prefix: str) -> set[str]:
+        keys: set[str] = set()
+        for key, value in data.items():
+            keys |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return keys
+
+    return leaves(parse_set(sets, sections_for(algo)), "")
+
+
 def suggest(trial: Any, space: tuple[Param, ...]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for param in space:
@@ -175,7 +190,7 @@ def tune(
     if tune_dir.exists() and (not tune_dir.is_dir() or any(tune_dir.iterdir())):
         raise ConfigError(f"--tune-dir {tune_dir} must be a new or empty folder")
     tune_dir.mkdir(parents=True, exist_ok=True)
-    fixed = {item.split("=", 1)[0].strip() for item in user_sets}
+    fixed = set_keys(algo, user_sets)
     space = tuple(param for param in search_space(algo) if param.key not in fixed)  # what --set fixes stays fixed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
