@@ -104,6 +104,7 @@ def test_tune_cli_runs_trials_as_run_folders_and_writes_a_usable_best_config(
     assert config.env.id == "CartPole-v1"
     assert config.algo_config.optimizer.learning_rate == best["params"]["ppo.optimizer.learning_rate"]
     assert config.algo_config.gae_lambda == best["params"]["ppo.gae_lambda"]
+    assert config.algo_config.num_epochs == 2 and config.env.num_envs == 4  # what --set fixed
 
 
 def test_tune_refuses_a_folder_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

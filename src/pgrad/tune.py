@@ -10,7 +10,7 @@ pruner the median rule after ``PRUNER_STARTUP_TRIALS`` complete trials.
 
 A sampled combination the config refuses (a minibatch larger than the batch) is skipped as pruned.
 Writes ``trials.jsonl`` (one row per trial: number, state, value, params, run folder) and
-``best.yaml``, a config file with the best trial's env and sampled values:
+``best.yaml``, a config file with the env, the ``--set`` values and the best trial's sampled values:
 ``pgrad train ALGO --config TUNE_DIR/best.yaml`` trains with them.
 """
 
@@ -25,9 +25,10 @@ from typing import Any, Literal
 
 import yaml
 
-from pgrad.config import TrainConfig
+from pgrad.config import TrainConfig, merge, parse_set
 from pgrad.errors import ConfigError, PgradError, TrainingHalted
 from pgrad.registry import get_algorithm
+from pgrad.runs import sections_for
 
 DEFAULT_TRIAL_STEPS = 20_000  # per trial, when neither --total-steps nor the config says otherwise
 EVALUATIONS_PER_TRIAL = 5  # guard.eval_every = total_steps / this, unless --set guard.eval_every=...
@@ -92,8 +93,6 @@ def search_space(algo: str) -> tuple[Param, ...]:
 def set_keys(algo: str, sets: list[str]) -> set[str]:
     """The full keys ``--set`` items name, as the search space spells them: ``learning_rate=1e-3``
     is ``ppo.optimizer.learning_rate`` (``parse_set`` finds a bare key's section, as for train)."""
-    from pgrad.config import parse_set
-    from pgrad.runs import sections_for
 
     def leaves(data: dict[str, Any], prefix: str) -> set[str]:
         keys: set[str] = set()
@@ -252,9 +251,10 @@ def tune(
     first_config = config_for([])
     best_file = tune_dir / "best.yaml"
     best_values = {key: value for key, value in best.params.items()}
-    best_file.write_text(
-        yaml.safe_dump({"algo": algo, "env": {"id": first_config.env.id}, **nested(best_values)}, sort_keys=True)
-    )
+    # the env, what --set fixed and the best values: what the trial trained with, less tuning's own settings
+    # (its step budget and evaluation schedule) and the --config file, which the user passes again
+    layers = merge({"env": {"id": first_config.env.id}}, parse_set(user_sets, sections_for(algo)), nested(best_values))
+    best_file.write_text(yaml.safe_dump({"algo": algo, **layers}, sort_keys=True))
     assert best.value is not None  # a complete trial
     return TuneResult(best.number, float(best.value), best_values, best_file, rows, time.perf_counter() - started)
 
