@@ -170,3 +170,22 @@ def test_off_policy_algorithms_refuse_images_in_one_line() -> None:
     adapter = SpaceAdapter(box((36, 36, 3)), gym.spaces.Box(-1.0, 1.0, (1,)), rescale=True)
     with pytest.raises(ConfigError, match="algorithm 'sac' has MLP networks only; the image observations of Pendulum"):
         build_learner(config, adapter)
+
+
+def test_an_image_run_resumes_bit_exactly(tmp_path: Path) -> None:
+    """Stopped at 256 steps and resumed to 512: the CNN's weights and Adam state equal an
+    uninterrupted run's (the env's state, the RNGs and the acting copy of the CNN all carry over)."""
+    sets = [*QUADRANT_SETTINGS, "env.num_envs=4", "run.checkpoint_every=100000000"]
+    config, _ = resolve_config("ppo", QUADRANT_ENV, sets=sets, seed=1, total_steps=512)
+    uninterrupted = OnPolicyRunner(config, tmp_path / "a", console=False)
+    uninterrupted.train()
+    OnPolicyRunner(config, tmp_path / "b", console=False).train(stop_at_step=256)
+    resumed = OnPolicyRunner(config, tmp_path / "b", resume=True, console=False)
+    resumed.train()
+    assert resumed.step == uninterrupted.step == 512
+    expected, actual = uninterrupted.algo.model.state_dict(), resumed.algo.model.state_dict()
+    assert "actor_torso.convs.0.weight" in expected
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    before = uninterrupted.algo.optimizers()["optimizer"].state_dict()["state"]
+    after = resumed.algo.optimizers()["optimizer"].state_dict()["state"]
+    assert all(torch.equal(before[i]["exp_avg_sq"], after[i]["exp_avg_sq"]) for i in before)
