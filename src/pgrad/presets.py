@@ -341,6 +341,8 @@ PATTERN_PRESETS: dict[tuple[str, str], Preset] = {
 def preset_for(algo: str, env_id: str) -> Preset | None:
     if (algo, env_id) in PRESETS:
         return PRESETS[(algo, env_id)]
+    if not isinstance(env_id, str):  # a config file's `id: 5`: the config check then names the field
+        return None
     matches = [
         preset for (name, pattern), preset in PATTERN_PRESETS.items() if name == algo and fnmatchcase(env_id, pattern)
     ]
