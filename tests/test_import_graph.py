@@ -32,7 +32,7 @@ LAYERS: list[list[str]] = [
     ["pgrad.registry", "pgrad.checkpoint"],
     ["pgrad.builders", "pgrad.runs", "pgrad.policy"],
     ["pgrad.monitor"],
-    ["pgrad.runners", "pgrad.evaluate", "pgrad.export"],
+    ["pgrad.runners", "pgrad.evaluate", "pgrad.export", "pgrad.tune"],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],
 ]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pgrad.cli import main
-from pgrad.monitor.report import PANELS, compare, report
+from pgrad.monitor.compare import group_runs, plot_groups, read_curve
+from pgrad.monitor.report import PANELS, report
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
@@ -67,7 +68,7 @@ def test_report_panels_hold_the_metrics_and_mark_the_events(drilled_run):
         assert (path.parent / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_overlays_the_return_curves(drilled_run, tmp_path, capsys):
+def test_compare_reads_and_draws_the_return_curves(drilled_run, tmp_path, capsys):
     rows = read_jsonl(drilled_run / "metrics.jsonl")
     other = tmp_path / "other"
     other.mkdir()
@@ -78,11 +79,18 @@ def test_compare_overlays_the_return_curves(drilled_run, tmp_path, capsys):
             if "rollout/return_mean" in m
         )
     )
-    out, curves = compare([drilled_run, other], tmp_path / "cmp.png")
+    curves = [read_curve(run, "rollout/return_mean") for run in (drilled_run, other)]
     returns = np.array([m["rollout/return_mean"] for m in rows if "rollout/return_mean" in m])
-    assert list(curves) == [str(drilled_run), str(other)]
-    np.testing.assert_array_equal(curves[str(drilled_run)][1], returns)
-    np.testing.assert_array_equal(curves[str(other)][1], 2 * returns)
-    assert out.read_bytes()[:4] == b"\x89PNG"
+    np.testing.assert_array_equal(curves[0].values, returns)
+    np.testing.assert_array_equal(curves[1].values, 2 * returns)
+    groups = group_runs(curves)  # other has no config.yaml: a group of its own
+    assert list(groups) == ["ppo CartPole-v1", str(other)]
+    drawn = plot_groups(groups, tmp_path / "cmp.png", "rollout/return_mean")
+    # one run per group: the curve drawn is the run's, interpolated onto the grid, and the band has no width
+    grid, value, low, high = drawn[str(other)]
+    np.testing.assert_allclose(value, np.interp(grid, curves[1].steps, 2 * returns))
+    np.testing.assert_allclose(low, value)
+    np.testing.assert_allclose(high, value)
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(drilled_run), str(other), "--out", str(tmp_path / "c2.png")]) == 0
-    assert f"final return {2 * returns[-1]:.1f}" in capsys.readouterr().out
+    assert f"final rollout/return_mean {2 * returns[-1]:.1f}" in capsys.readouterr().out

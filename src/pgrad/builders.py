@@ -21,6 +21,7 @@ from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, PgradError
+from pgrad.nets import ImageShape
 from pgrad.registry import get_algorithm
 
 
@@ -73,6 +74,12 @@ def build_environment(
     except Exception as exc:  # the env's own constructor: wrong kwargs give TypeError, KeyError, ValueError...
         raise ConfigError(f"{env_label(config)} could not be created: {one_line(exc)}") from None
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, config.env.rescale_actions)
+    if isinstance(adapter.obs_shape, ImageShape) and config.env.norm_obs:
+        envs.close()
+        raise ConfigError(
+            f"env.norm_obs must be false for the image observations of {config.env.id} "
+            "(the CNN scales pixels to [0, 1])"
+        )
     obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
     reward_scaler = RewardScaler(envs.num_envs, gamma, config.env.clip_reward, config.env.norm_reward)
     return Environment(envs, adapter, obs_normalizer, reward_scaler)
@@ -110,7 +117,12 @@ def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorit
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "
             f"(it supports: {', '.join(spec.action_kinds)})"
         )
-    return spec.build(config.algo_config, adapter.obs_dim, adapter.action, torch.device(config.run.device))
+    if isinstance(adapter.obs_shape, ImageShape) and spec.kind == "off_policy":
+        raise ConfigError(
+            f"algorithm '{config.algo}' has MLP networks only; the image observations of {config.env.id} need an "
+            "on-policy algorithm (ppo, a2c, a3c, trpo, ...) for a CNN"
+        )
+    return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
 
 
 def build_algorithm(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm:

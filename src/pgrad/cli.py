@@ -104,9 +104,25 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
 
-    compare = sub.add_parser("compare", help="overlay the return curves of several runs in one PNG")
-    compare.add_argument("run_dirs", type=Path, nargs="+")
+    compare = sub.add_parser(
+        "compare", help="aggregate runs over seeds (mean, IQM, bootstrap intervals): a table and a PNG of the curves"
+    )
+    compare.add_argument("run_dirs", type=Path, nargs="+", help="run folders; same config but the seed: one group")
     compare.add_argument("--out", type=Path, default=Path("compare.png"), help="PNG to write (default: compare.png)")
+    compare.add_argument("--metric", default="rollout/return_mean", help="metric to aggregate (default: %(default)s)")
+    compare.add_argument("--statistic", choices=["iqm", "mean"], default="iqm", help="curve statistic in the plot")
+    compare.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval level (default: 0.95)")
+    tune = sub.add_parser("tune", help="search hyper-parameters with Optuna; every trial is a run folder")
+    tune.add_argument("algo", help="algorithm name (see 'pgrad list')")
+    tune.add_argument("--env", help="Gymnasium id or entry point 'module:Class'")
+    tune.add_argument("--trials", type=int, default=20, help="number of trials (default: 20)")
+    tune.add_argument("--total-steps", type=int, help="env steps per trial (default: 20,000)")
+    tune.add_argument("--config", type=Path, help="YAML file with env:, run: and <algo>: sections")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix one field (not searched)")
+    tune.add_argument("--seed", type=int, help="seed of every trial's run and of the sampler")
+    tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
+    tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
+    tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     return parser
 
 
@@ -223,7 +239,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.config import EnvConfig, GuardConfig, RunConfig, field_docs
-    from pgrad.presets import PRESETS
+    from pgrad.presets import PATTERN_PRESETS, PRESETS
     from pgrad.registry import ALGORITHMS
 
     def section(title: str, cls: type) -> None:
@@ -240,7 +256,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     section("run", RunConfig)
     section("guard", GuardConfig)
     print("\npresets (applied when --env matches; --no-preset to skip):")
-    for (algo, env_id), preset in PRESETS.items():
+    for (algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
         print(f"  {algo:<6} {env_id:<16} {preset.source}")
     return 0
 
@@ -272,15 +288,51 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     _plots_available()
-    from pgrad.monitor.report import compare
+    from pgrad.monitor.compare import group_runs, plot_groups, read_curve, summarize, table_lines
 
-    path, curves = compare(args.run_dirs, args.out)
-    for run, (steps, returns) in curves.items():
-        if returns.size:
-            print(f"{run}: {int(steps[-1])} steps, final return {returns[-1]:.1f}, best {returns.max():.1f}")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1); got {args.confidence}")
+    curves = [read_curve(run_dir, args.metric) for run_dir in args.run_dirs]
+    for curve in curves:
+        if curve.values.size:
+            print(
+                f"{curve.run_dir}: {int(curve.steps[-1])} steps, final {args.metric} {curve.values[-1]:.1f}, "
+                f"best {curve.values.max():.1f}"
+            )
         else:
-            print(f"{run}: no episodes finished yet")
-    print(f"plot: {path}")
+            print(f"{curve.run_dir}: no {args.metric} logged yet")
+    groups = group_runs(curves)
+    print()
+    print("\n".join(table_lines(summarize(groups, args.confidence), args.metric, args.confidence)))
+    plot_groups(groups, args.out, args.metric, args.statistic, args.confidence)
+    print(f"plot: {args.out}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from pgrad.runs import default_run_dir, resolve_config
+    from pgrad.tune import DEFAULT_TRIAL_STEPS, trial_sets, tune
+
+    total = args.total_steps or DEFAULT_TRIAL_STEPS
+
+    def config_for(extra: list[str]):
+        sets = [*trial_sets(total), *extra]
+        return resolve_config(args.algo, args.env, args.config, sets, args.seed, total, use_preset=not args.no_preset)[
+            0
+        ]
+
+    first = config_for(args.set)  # a bad --set or env fails here, in one line, before any trial
+    tune_dir = args.tune_dir or default_run_dir(first).with_name("tune-" + default_run_dir(first).name)
+    result = tune(args.algo, config_for, args.set, args.trials, tune_dir, first.run.seed, args.pruner)
+    states = [row["state"] for row in result.trials]
+    print(
+        f"{len(states)} trials in {result.seconds:.0f} s ({states.count('complete')} complete, "
+        f"{states.count('pruned')} pruned, {states.count('invalid')} invalid, {states.count('halted')} halted)"
+    )
+    print(f"best: trial {result.best_number}, evaluation return {result.best_value:.1f}")
+    for key, value in result.best_params.items():
+        print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+    print(f"best config: {result.best_file} (pgrad train {args.algo} --config {result.best_file})")
     return 0
 
 
@@ -295,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "doctor": _cmd_doctor,
         "report": _cmd_report,
         "compare": _cmd_compare,
+        "tune": _cmd_tune,
     }
     try:
         return handlers[args.command](args)

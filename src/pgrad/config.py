@@ -508,6 +508,8 @@ class RunConfig(Checked):
     episode_window: int = param(20, "recent episodes used for return statistics")
     progress: bool = param(True, "show a progress bar on a terminal")
     tensorboard: bool = param(True, "write TensorBoard event files when tensorboard is installed")
+    wandb: bool = param(False, "send metrics to Weights & Biases (needs wandb; project: WANDB_PROJECT or pgrad)")
+    mlflow: bool = param(False, "send metrics and the config to MLflow (needs mlflow; MLFLOW_TRACKING_URI)")
     device: str = param("cpu", "torch device of the learner: cpu, cuda or cuda:N (acting stays NumPy on the CPU)")
 
     def validate(self) -> None:

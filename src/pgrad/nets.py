@@ -1,4 +1,4 @@
-"""Networks: MLP torsos with orthogonal initialisation, the actor-critic learner, and the
+"""Networks: MLP and CNN torsos with orthogonal initialisation, the actor-critic learner, and the
 acting-only policy.
 
 The learner (``ActorCritic``, torch) is what the optimiser updates. The acting policy
@@ -11,9 +11,10 @@ in one batched call after the rollout.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +36,32 @@ class ActionSpec:
     size: int
 
 
+class ImageShape(NamedTuple):
+    """An image observation as the policy sees it: channels first (the adapter transposes HxWxC)."""
+
+    channels: int
+    height: int
+    width: int
+
+
+# What an on-policy learner is built for: a flat float32 vector of this size, or an image (flattened
+# to C*H*W floats in the rollout, reshaped by the CNN torso).
+ObsShape = int | ImageShape
+
+NATURE_CNN_FEATURES = 512
+# Nature-DQN (Mnih et al., 2015) layers (out channels, kernel, stride); an image needs at least
+# 36x36 pixels for the three of them to leave one output pixel.
+NATURE_CNN_LAYERS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+NATURE_CNN_MIN_SIZE = 36
+
+
+def obs_size(obs_shape: ObsShape) -> int:
+    """How many floats one observation is in the rollout."""
+    if isinstance(obs_shape, ImageShape):
+        return obs_shape.channels * obs_shape.height * obs_shape.width
+    return obs_shape
+
+
 def orthogonal_init(layer: nn.Linear, gain: float) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
@@ -50,8 +77,50 @@ def mlp_torso(in_dim: int, hidden_sizes: tuple[int, ...], activation: Activation
     return nn.Sequential(*layers)
 
 
+class NatureCNN(nn.Module):
+    """The Nature-DQN torso on pixels scaled to [0, 1]: three ReLU convolutions, then a 512-unit
+    ReLU layer (the shape of SB3's ``NatureCNN`` and CleanRL's Atari PPO, orthogonal gain sqrt(2)).
+
+    Its input is the rollout's flat float32 row of C*H*W raw pixel values (0-255): keeping images
+    flat leaves the rollout, minibatching and checkpoints unchanged; the reshape here is free.
+    """
+
+    def __init__(self, image: ImageShape) -> None:
+        super().__init__()
+        if min(image.height, image.width) < NATURE_CNN_MIN_SIZE:
+            raise ValueError(f"the Nature CNN needs images of at least {NATURE_CNN_MIN_SIZE}x{NATURE_CNN_MIN_SIZE}")
+        self.image = image
+        convs: list[nn.Module] = []
+        channels = image.channels
+        for out_channels, kernel, stride in NATURE_CNN_LAYERS:
+            conv = nn.Conv2d(channels, out_channels, kernel, stride)
+            nn.init.orthogonal_(conv.weight, math.sqrt(2))
+            assert conv.bias is not None  # Conv2d has one unless bias=False
+            nn.init.zeros_(conv.bias)
+            convs += [conv, nn.ReLU()]
+            channels = out_channels
+        self.convs = nn.Sequential(*convs, nn.Flatten())
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, *image)).shape[1]
+        self.linear = orthogonal_init(nn.Linear(flat, NATURE_CNN_FEATURES), math.sqrt(2))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """[..., C*H*W] raw pixels -> [..., 512] features."""
+        leading = obs.shape[:-1]
+        pixels = obs.reshape(-1, *self.image) * (1.0 / 255.0)
+        return torch.relu(self.linear(self.convs(pixels))).reshape(*leading, NATURE_CNN_FEATURES)
+
+
+def make_torso(obs_shape: ObsShape, hidden_sizes: tuple[int, ...], activation: Activation) -> nn.Module:
+    """The Nature CNN for images (``hidden_sizes`` and ``activation`` are for vector observations:
+    the heads sit on the CNN's 512 features, as in SB3's ``CnnPolicy``), else an MLP."""
+    if isinstance(obs_shape, ImageShape):
+        return NatureCNN(obs_shape)
+    return mlp_torso(obs_shape, hidden_sizes, activation)
+
+
 class ActorCritic(nn.Module):
-    """Policy and state-value function, with separate or shared MLP torsos.
+    """Policy and state-value function, with separate or shared torsos (MLP, or CNN for images).
 
     Heads: policy head initialised with gain 0.01 (near-uniform initial policy), value head with
     gain 1. Gaussian policies use a state-independent learnable ``log_std`` by default, or a
@@ -60,7 +129,7 @@ class ActorCritic(nn.Module):
 
     def __init__(
         self,
-        obs_dim: int,
+        obs_shape: ObsShape,
         action: ActionSpec,
         hidden_sizes: tuple[int, ...] = (64, 64),
         activation: Activation = "tanh",
@@ -72,9 +141,13 @@ class ActorCritic(nn.Module):
         self.action = action
         self.activation = activation
         self.state_dependent_std = state_dependent_std and action.kind == "continuous"
-        width = hidden_sizes[-1] if hidden_sizes else obs_dim
-        self.actor_torso = mlp_torso(obs_dim, hidden_sizes, activation)
-        self.critic_torso = None if shared else mlp_torso(obs_dim, hidden_sizes, activation)
+        self.image = isinstance(obs_shape, ImageShape)
+        if isinstance(obs_shape, ImageShape):
+            width = NATURE_CNN_FEATURES
+        else:
+            width = hidden_sizes[-1] if hidden_sizes else obs_shape
+        self.actor_torso = make_torso(obs_shape, hidden_sizes, activation)
+        self.critic_torso = None if shared else make_torso(obs_shape, hidden_sizes, activation)
         head_size = action.size * (2 if self.state_dependent_std else 1)
         self.policy_head = orthogonal_init(nn.Linear(width, head_size), 0.01)
         self.value_head = orthogonal_init(nn.Linear(width, 1), 1.0)
@@ -88,10 +161,10 @@ class ActorCritic(nn.Module):
                     self.policy_head.bias[action.size :] = float(log_std_init)
 
     @classmethod
-    def from_config(cls, obs_dim: int, action: ActionSpec, network: NetworkConfig) -> ActorCritic:
+    def from_config(cls, obs_shape: ObsShape, action: ActionSpec, network: NetworkConfig) -> ActorCritic:
         """The actor-critic a ``network`` section describes (on the CPU; ``.to(device)`` moves it)."""
         return cls(
-            obs_dim,
+            obs_shape,
             action,
             network.hidden_sizes,
             network.activation,
@@ -130,7 +203,8 @@ class ActingPolicy:
     """The actor as NumPy arrays: ``sample`` for training rollouts, ``mode`` for evaluation.
 
     Sampling uses a NumPy ``Generator`` whose state is checkpointed, so a resumed run draws the
-    same actions as an uninterrupted one.
+    same actions as an uninterrupted one. An image policy keeps its CNN torso in torch (a frozen
+    CPU copy, ``image_torso``): convolutions are what torch is fast at; the head stays NumPy.
     """
 
     def __init__(
@@ -141,7 +215,9 @@ class ActingPolicy:
         action: ActionSpec,
         log_std: np.ndarray | None,
         state_dependent_std: bool,
+        image_torso: nn.Module | None = None,
     ) -> None:
+        self.image_torso = image_torso
         self.layers = layers
         self.head = head
         self.activation_name = activation  # what pgrad.export writes into the graph
@@ -158,7 +234,12 @@ class ActingPolicy:
             # Stored transposed so a batch [B, in] multiplies as obs @ W.
             return (layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy().copy())
 
-        linears = [m for m in model.actor_torso if isinstance(m, nn.Linear)]
+        image_torso = None
+        linears: list[nn.Linear] = []
+        if isinstance(model.actor_torso, NatureCNN):
+            image_torso = copy.deepcopy(model.actor_torso).cpu().requires_grad_(False)
+        else:
+            linears = [m for m in model.actor_torso.children() if isinstance(m, nn.Linear)]
         log_std = None if model.log_std is None else model.log_std.detach().cpu().numpy().copy()
         return cls(
             [arrays(layer) for layer in linears],
@@ -167,10 +248,14 @@ class ActingPolicy:
             model.action,
             log_std,
             model.state_dependent_std,
+            image_torso,
         )
 
     def _head(self, obs: np.ndarray) -> np.ndarray:
         x = obs
+        if self.image_torso is not None:
+            with torch.no_grad():
+                x = self.image_torso(torch.from_numpy(np.ascontiguousarray(obs, np.float32))).numpy()
         for weight, bias in self.layers:
             x = self.activation(x @ weight + bias)
         return x @ self.head[0] + self.head[1]

@@ -7,6 +7,7 @@ off with ``--no-preset``); config files and ``--set`` override it key by key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 
@@ -360,5 +361,39 @@ PRESETS: dict[tuple[str, str], Preset] = {
 }
 
 
+# Presets for a family of envs, by shell pattern (fnmatch); an exact entry in PRESETS wins.
+PATTERN_PRESETS: dict[tuple[str, str], Preset] = {
+    ("ppo", "ALE/*"): Preset(
+        "CleanRL ppo_atari.py (Huang et al. 2022): 8 envs, 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 "
+        "annealed, clip 0.1 (policy and value), ent 0.01, one CNN shared by actor and critic, 10M steps",
+        {
+            "env": {"num_envs": 8},
+            "run": {"total_steps": 10_000_000},
+            "ppo": {
+                "num_steps": 128,
+                "minibatch_size": 256,
+                "num_epochs": 4,
+                "gamma": 0.99,
+                "gae_lambda": 0.95,
+                "clip_eps": 0.1,
+                "clip_vf": 0.1,
+                "ent_coef": 0.01,
+                "vf_coef": 0.5,
+                "max_grad_norm": 0.5,
+                "network": {"shared_network": True},
+                "optimizer": {"learning_rate": 2.5e-4, "anneal_lr": True},
+            },
+        },
+    ),
+}
+
+
 def preset_for(algo: str, env_id: str) -> Preset | None:
-    return PRESETS.get((algo, env_id))
+    if (algo, env_id) in PRESETS:
+        return PRESETS[(algo, env_id)]
+    if not isinstance(env_id, str):  # a config file's `id: 5`: the config check then names the field
+        return None
+    matches = [
+        preset for (name, pattern), preset in PATTERN_PRESETS.items() if name == algo and fnmatchcase(env_id, pattern)
+    ]
+    return matches[0] if matches else None

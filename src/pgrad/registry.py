@@ -37,8 +37,10 @@ class AlgorithmSpec:
     name: str
     summary: str
     config_cls: type
-    # (the algorithm's config, observation size, action space, run.device) -> the learner
-    build: Callable[[Any, int, ActionSpec, torch.device], OnPolicyAlgorithm | OffPolicyAlgorithm]
+    # (the algorithm's config, observation shape, action space, run.device) -> the learner. The shape is
+    # an int (a vector's size), or an ImageShape for on-policy algorithms (builders refuses images for
+    # the off-policy ones, whose networks are MLPs).
+    build: Callable[[Any, Any, ActionSpec, torch.device], OnPolicyAlgorithm | OffPolicyAlgorithm]
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
     kind: LoopKind = "on_policy"
     # The algorithm's own default for env.num_envs where the shared one (8) does not suit it: the replay

@@ -38,7 +38,7 @@ from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import gae, nstep_returns
 from pgrad.metric_names import ENTROPY, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ImageShape, ObsShape
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
@@ -197,12 +197,17 @@ class A2C:
 
     name = "a2c"
 
-    def __init__(self, config: A2CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: A2CConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
         self.device = torch.device(device)
-        backend = choose_gradient_backend(config.gradient_backend, config.SECTION, config.network, action, str(device))
+        image = isinstance(obs_shape, ImageShape)
+        backend = choose_gradient_backend(
+            config.gradient_backend, config.SECTION, config.network, action, str(device), image
+        )
         self.gradient_backend = backend
-        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.numpy_net = NumpyActorCritic(self.model) if backend == "numpy" else None

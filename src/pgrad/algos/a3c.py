@@ -45,7 +45,7 @@ import torch
 
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 
 
 @dataclass(frozen=True)
@@ -196,14 +196,16 @@ class A3C:
 
     name = "a3c"
 
-    def __init__(self, config: A3CConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: A3CConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         if torch.device(device).type != "cpu":
             raise ConfigError(
                 "run.device must be 'cpu' for a3c (its workers share parameters in CPU shared memory); "
                 f"got {str(device)!r}"
             )
         self.config = config
-        self.model = build_model(config, obs_dim, action)
+        self.model = build_model(config, obs_shape, action)
         self.optimizer = SharedOptimizer(list(self.model.parameters()), config.optimizer)
 
     @property
@@ -249,6 +251,6 @@ class A3C:
         pass
 
 
-def build_model(config: A3CConfig, obs_dim: int, action: ActionSpec) -> ActorCritic:
+def build_model(config: A3CConfig, obs_shape: ObsShape, action: ActionSpec) -> ActorCritic:
     """The shared model and each worker's local copy: the same ``network`` section, on the CPU."""
-    return ActorCritic.from_config(obs_dim, action, config.network)
+    return ActorCritic.from_config(obs_shape, action, config.network)

@@ -35,7 +35,7 @@ from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
 from pgrad.estimators import nstep_returns
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LOG_STD
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
@@ -115,11 +115,11 @@ class ActorCriticAlgorithm:
     name = "actor_critic"
 
     def __init__(
-        self, config: ActorCriticConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+        self, config: ActorCriticConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         actor_parameters, critic_parameters = actor_and_critic_parameters(self.model)
         self.parameters = actor_parameters + critic_parameters
         self.actor_optimizer = make_optimizer(actor_parameters, config.optimizer)

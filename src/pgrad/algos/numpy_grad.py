@@ -41,8 +41,12 @@ NUMPY_ACTIVATIONS = ("tanh", "relu")
 NUMPY_ACTION_KINDS = ("discrete", "continuous")
 
 
-def numpy_backend_refusal(network: NetworkConfig, action: ActionSpec | None = None, device: str = "cpu") -> str | None:
+def numpy_backend_refusal(
+    network: NetworkConfig, action: ActionSpec | None = None, device: str = "cpu", image: bool = False
+) -> str | None:
     """Why the NumPy backend cannot run this setting (``field is value``), or None when it can."""
+    if image:
+        return "the observations are images (the backend has MLP torsos only, not the CNN)"
     if network.state_dependent_std:
         return "network.state_dependent_std is true (the backend has a state-independent log std only)"
     if network.activation not in NUMPY_ACTIVATIONS:
@@ -60,12 +64,13 @@ def choose_gradient_backend(
     network: NetworkConfig,
     action: ActionSpec | None = None,
     device: str = "cpu",
+    image: bool = False,
 ) -> Literal["autograd", "numpy"]:
     """``auto``: numpy when it implements everything in use, else autograd. ``numpy`` where it
     does not: a ConfigError naming the field, the reason and the allowed values."""
     if requested == "autograd":
         return "autograd"
-    refusal = numpy_backend_refusal(network, action, device)
+    refusal = numpy_backend_refusal(network, action, device, image)
     if refusal is None:
         return "numpy"
     if requested == "auto":
@@ -126,8 +131,8 @@ class NumpyActorCritic:
         self.discrete = model.action.kind == "discrete"
         self.tanh = model.activation == "tanh"
 
-        def linears(torso: nn.Sequential) -> list[nn.Linear]:
-            return [m for m in torso if isinstance(m, nn.Linear)]
+        def linears(torso: nn.Module) -> list[nn.Linear]:
+            return [m for m in torso.children() if isinstance(m, nn.Linear)]
 
         self.actor_layers = linears(model.actor_torso)
         self.critic_layers = None if model.critic_torso is None else linears(model.critic_torso)

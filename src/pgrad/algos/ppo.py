@@ -42,7 +42,7 @@ from pgrad.metric_names import (
     POLICY_LOSS,
     VALUE_LOSS,
 )
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ImageShape, ObsShape
 from pgrad.rollout import Batch, Rollout
 
 
@@ -208,13 +208,20 @@ class PPO:
 
     name = "ppo"
 
-    def __init__(self, config: PPOConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: PPOConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
         self.device = torch.device(device)
         self.gradient_backend = choose_gradient_backend(
-            config.gradient_backend, config.SECTION, config.network, action, str(self.device)
+            config.gradient_backend,
+            config.SECTION,
+            config.network,
+            action,
+            str(self.device),
+            isinstance(obs_shape, ImageShape),
         )
-        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.numpy_net = NumpyActorCritic(self.model) if self.gradient_backend == "numpy" else None

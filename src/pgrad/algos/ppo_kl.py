@@ -31,7 +31,7 @@ from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, par
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
 from pgrad.metric_names import GRAD_NORM, LEARNING_RATE, LOG_STD
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 from pgrad.optim import detach_distribution
 from pgrad.rollout import Batch, Rollout
 
@@ -149,11 +149,11 @@ class PPOKL:
     name = "ppo_kl"
 
     def __init__(
-        self, config: PPOKLConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+        self, config: PPOKLConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.kl_coef = config.kl_coef_init

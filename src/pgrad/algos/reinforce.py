@@ -35,7 +35,7 @@ from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, par
 from pgrad.errors import ConfigError
 from pgrad.estimators import discounted_returns
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, VALUE_LOSS
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
@@ -111,12 +111,12 @@ class Reinforce:
     name = "reinforce"
 
     def __init__(
-        self, config: ReinforceConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+        self, config: ReinforceConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
     ) -> None:
         self.config = config
         self.device = torch.device(device)
         # Separate torsos (validate refuses a shared one): the baseline's regression must not move the policy.
-        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         self.policy_parameters, self.value_parameters = actor_and_critic_parameters(self.model)
         self.optimizer = make_optimizer(self.policy_parameters, config.optimizer)
         self.value_optimizer = make_optimizer(self.value_parameters, config.value_optimizer)

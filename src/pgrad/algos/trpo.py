@@ -49,7 +49,7 @@ from pgrad.metric_names import (
     SURROGATE_GRAD_NORM,
     VALUE_LOSS,
 )
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 from pgrad.optim import (
     conjugate_gradient,
     detach_distribution,
@@ -303,12 +303,12 @@ class NaturalGradient:
     optimizer. ``name`` is the config's section: ``trpo`` or ``npg``."""
 
     def __init__(
-        self, config: NaturalGradientConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+        self, config: NaturalGradientConfig, obs_shape: ObsShape, action: ActionSpec, device: torch.device | str = "cpu"
     ) -> None:
         self.name = config.SECTION
         self.config = config
         self.device = torch.device(device)
-        self.model = ActorCritic.from_config(obs_dim, action, config.network).to(self.device)
+        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         if self.model.critic_torso is None:  # validate refuses network.shared_network
             raise ValueError(f"{self.name} needs separate policy and value torsos")
         critic = [self.model.critic_torso, self.model.value_head]

@@ -13,9 +13,10 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from pgrad.config import EnvConfig
+from pgrad.envs import atari
 from pgrad.envs.state import StateAccess
 from pgrad.errors import ConfigError
-from pgrad.nets import ActionSpec
+from pgrad.nets import NATURE_CNN_MIN_SIZE, ActionSpec, ImageShape, ObsShape
 
 # 'package.module:Class', 'package.module:make_env' or Gymnasium's own 'package.module:EnvId' (the
 # module registers EnvId when imported). Anything else is refused before anything is imported.
@@ -116,6 +117,7 @@ def _returns_env(function: Callable[..., Any]) -> bool:
 
 
 def _registered_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
+    atari.ensure_registered(env_id)
     try:
         return gym.spec(env_id)
     except Exception:  # gymnasium raises several error types (and ImportError for 'module:id')
@@ -181,6 +183,10 @@ def make_vector_env(
         check_env_kwargs(creator, dict(cfg.kwargs), cfg.id)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
+    is_atari = atari.is_atari(spec)
+    if is_atari:  # ALE's own vector env has its own preprocessing: the standard layers need sync or async
+        kwargs = atari.emulator_kwargs(kwargs)
+        mode = "sync" if mode == "auto" else mode
     if mode == "native" and spec.vector_entry_point is None:
         raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
     if mode == "auto":
@@ -193,9 +199,10 @@ def make_vector_env(
             f"sync or async vectorisation); {cfg.id} is not one"
         )
     vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
-    # Each env's layers, innermost first: domain randomisation, then (each async worker's env) the layer that
-    # saves and restores it (pgrad.envs.state), which must be outermost.
-    wrappers = [layer for layer in (randomize, StateAccess if mode == "async" else None) if layer is not None]
+    # Each env's layers, innermost first: Atari preprocessing, domain randomisation, then (each async worker's
+    # env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
+    layers = (atari.preprocess if is_atari else None, randomize, StateAccess if mode == "async" else None)
+    wrappers = [layer for layer in layers if layer is not None]
     try:
         envs = gym.make_vec(
             env_id,
@@ -233,20 +240,54 @@ def _mark_async(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
     return envs
 
 
+def image_layout(space: gym.spaces.Box) -> tuple[ImageShape, tuple[int, ...]] | None:
+    """(channels-first shape, axes that put one observation's channels first) for a uint8 image Box
+    of HxW, HxWxC or CxHxW at least ``NATURE_CNN_MIN_SIZE`` pixels a side; None for anything else
+    (smaller images are flattened into the MLP, as before). The channel axis of a 3-D image is the
+    smaller of the first and the last: (84, 84, 3) is HxWxC, (4, 84, 84) a CxHxW frame stack."""
+    shape = space.shape
+    axes: tuple[int, ...]
+    if space.dtype != np.uint8 or len(shape) not in (2, 3):
+        return None
+    if len(shape) == 2:
+        image, axes = ImageShape(1, shape[0], shape[1]), (0, 1)
+    elif shape[-1] < shape[0]:
+        image, axes = ImageShape(shape[2], shape[0], shape[1]), (2, 0, 1)
+    else:
+        image, axes = ImageShape(*shape), (0, 1, 2)
+    return (image, axes) if min(image.height, image.width) >= NATURE_CNN_MIN_SIZE else None
+
+
 class SpaceAdapter:
     """Flattens observations to float32 vectors and turns policy actions into env actions.
+
+    Image observations (``image_layout``) are flattened channels first and keep their raw 0-255
+    values: the policy's CNN torso scales them (``obs_shape`` tells the learner the image's shape).
 
     Box actions: with ``rescale`` the policy acts in [-1, 1] and a = low + (u + 1)(high - low)/2;
     either way the result is clipped to the bounds (the unclipped action is what is learned from).
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, rescale: bool) -> None:
+        self.image_axes: tuple[int, ...] | None = None  # per-observation transpose to channels first
+        self.obs_shape: ObsShape
+        if isinstance(observation_space, gym.spaces.Dict):
+            raise ConfigError(
+                f"env.id: Dict observation space with keys {', '.join(map(str, observation_space.spaces))} is not "
+                "supported (allowed: Box, Discrete); wrap the env in gymnasium.wrappers.FlattenObservation "
+                "or keep one key"
+            )
         if isinstance(observation_space, gym.spaces.Box):
             self.obs_dim = int(np.prod(observation_space.shape))
             self.one_hot = 0
+            layout = image_layout(observation_space)
+            self.obs_shape = self.obs_dim if layout is None else layout[0]
+            if layout is not None and layout[1] != tuple(range(len(layout[1]))):
+                self.image_axes = layout[1]
         elif isinstance(observation_space, gym.spaces.Discrete):
             self.obs_dim = int(observation_space.n)
             self.one_hot = int(observation_space.n)
+            self.obs_shape = self.obs_dim
         else:
             raise ConfigError(
                 f"env.id: observation space {observation_space} is not supported (allowed: Box, Discrete)"
@@ -272,6 +313,8 @@ class SpaceAdapter:
     def observations(self, obs: np.ndarray) -> np.ndarray:
         if self.one_hot:
             return np.eye(self.one_hot, dtype=np.float32)[np.asarray(obs, dtype=np.int64)]
+        if self.image_axes is not None:  # [B, H, W, C] -> [B, C, H, W]
+            obs = np.asarray(obs).transpose(0, *(axis + 1 for axis in self.image_axes))
         return np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], self.obs_dim)
 
     def env_actions(self, actions: np.ndarray) -> np.ndarray:

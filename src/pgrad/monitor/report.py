@@ -1,4 +1,4 @@
-"""``pgrad report RUN_DIR`` and ``pgrad compare RUN ...``: plots of a run over env steps.
+"""``pgrad report RUN_DIR``: plots of a run over env steps (``pgrad compare`` is ``pgrad.monitor.compare``).
 
 The report is one HTML file that needs no network (every image is embedded as base64 PNG) plus
 the PNGs themselves: return (training episodes and evaluations), approx KL, clip fraction, entropy,
@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from pgrad.checkpoint import inside_run
-from pgrad.monitor.doctor import diagnose, format_report, load_run, well_formed_rows
-from pgrad.monitor.sinks import read_jsonl
+from pgrad.monitor.doctor import diagnose, format_report, load_run
 
 # (file name, title, metric keys drawn on the panel)
 PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -221,28 +220,3 @@ def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Panel
     path = out_dir / "report.html"
     path.write_text(render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
     return path, panels
-
-
-def compare(run_dirs: list[Path], out_path: Path) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Overlay the return curves of several runs in one PNG; returns its path and the plotted curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    curves = {}
-    for run_dir in run_dirs:
-        history = well_formed_rows(read_jsonl(inside_run(Path(run_dir), "metrics.jsonl", "metrics.jsonl")))
-        steps, vals = metric_series(history, "rollout/return_mean")
-        ax.plot(steps, vals, label=str(run_dir), linewidth=1.2)
-        curves[str(run_dir)] = (steps, vals)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("episode return (training episodes)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out_path, curves

@@ -168,7 +168,7 @@ def _run(
 
     collector = make_collector(config, normalizer_state, seed % 2**31)
     adapter = collector.adapter
-    local = build_model(algo, adapter.obs_dim, adapter.action)
+    local = build_model(algo, adapter.obs_shape, adapter.action)
     local_parameters, shared_parameters = list(local.parameters()), list(shared.model.parameters())
 
     optimizer = SharedOptimizer(shared_parameters, algo.optimizer, shared.optimizer_states)

@@ -135,7 +135,7 @@ class A3CRunner:
             -1: {"obs": probe.obs_normalizer.stats.state(), "reward": probe.reward_scaler.stats.state()}
         }
         probe.envs.close()
-        self.algo = A3C(self.algo_config, self.adapter.obs_dim, self.adapter.action, config.run.device)
+        self.algo = A3C(self.algo_config, self.adapter.obs_shape, self.adapter.action, config.run.device)
         self.episodes = EpisodeStats.empty(config.run.episode_window)
         self.step = self.updates = 0
         self.failure: str | None = None
@@ -546,7 +546,7 @@ class A3CRunner:
             self.eval_env = build_environment(  # nominal physics, as the on-policy runner's evaluation
                 nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
             )
-            self.eval_model = build_model(self.algo_config, self.adapter.obs_dim, self.adapter.action)
+            self.eval_model = build_model(self.algo_config, self.adapter.obs_shape, self.adapter.action)
         self.eval_model.load_state_dict(state.modules["model"])
         self.eval_env.obs_normalizer.stats.load(state.normalizers["obs"])
         return periodic_evaluation(

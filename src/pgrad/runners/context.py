@@ -46,6 +46,7 @@ from pgrad.checkpoint import CheckpointStore, TrainState, adopt_checkpoint, newe
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError, PgradError
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
+from pgrad.monitor.trackers import check_trackers, tracker_sinks
 
 
 def seed_everything(seed: int) -> None:
@@ -98,6 +99,7 @@ class RunContext:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"run folder {self.run_dir} is a file, not a folder; choose another --run-dir")
         RunLock.probe(self.run_dir)  # a folder in use: say so first (``open`` takes the lock for real)
+        check_trackers(config)  # run.wandb / run.mlflow on but not installed: one line, nothing written
         if not resume:
             self.check_new_folder()  # again under the lock in ``open``: another run may start in between
         self.lock: RunLock | None = None
@@ -176,6 +178,7 @@ class RunContext:
                 if self.resume:
                     board.purge_from(self.last_checkpoint_step + 1)
                 self.sinks.append(board)
+        self.sinks += tracker_sinks(config, self.run_dir)
         for kind, message, data in self.resume_notes:
             if kind == "run.checkpoint_skipped":  # the user should know a newer checkpoint was passed over
                 self.emit(kind, self.last_checkpoint_step, message, show=False, **data)
