@@ -20,7 +20,6 @@ a checkpoint, ``train(stop_at_step=...)`` at a multiple of ``loop.log_every``) i
 
 from __future__ import annotations
 
-import random
 import time
 import traceback
 from collections import defaultdict
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
 from pgrad.builders import (
@@ -44,17 +42,13 @@ from pgrad.builders import (
 )
 from pgrad.checkpoint import (
     TrainState,
-    check_arrays_fit,
-    check_rollback_states,
-    load_modules,
-    load_optimizers,
     read_train_state,
 )
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.randomize import draw_metrics
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
+from pgrad.errors import ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
@@ -66,10 +60,11 @@ from pgrad.monitor.recovery import (
     restore_captured,
     restore_learner,
 )
-from pgrad.monitor.sinks import JsonlSink, read_jsonl
+from pgrad.monitor.sinks import JsonlSink
 from pgrad.registry import get_algorithm
 from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
+from pgrad.runners import loop_state
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
@@ -200,31 +195,10 @@ class OffPolicyRunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:
-        python_state = random.getstate()
-        return TrainState(
-            algo=self.config.algo,
-            step=self.step,
-            updates=self.updates,
-            elapsed_seconds=self.run.elapsed(),
-            config=self.config.to_dict(),
-            modules={name: module.state_dict() for name, module in self.algo.modules().items()},
-            optimizers={name: optimizer.state_dict() for name, optimizer in self.algo.optimizers().items()},
-            collector=self.collector.state_arrays(),
-            normalizers=self.collector.normalizer_state(),
-            rng_torch=torch.get_rng_state(),
-            rng_numpy=dict(self.rng.bit_generator.state),
-            rng_python=[python_state[0], list(python_state[1]), python_state[2]],
-            env_state=None if self.inexact is not None else env_state.capture(self.env.envs),
-            episodes=self.collector.episode_state(),
-            algo_state={**self.algo.extra_state(), "loop": self.loop_state()},
-            guard=self.guard.state.to_dict(),
-            rollback_states=self.healthy_states.slots(),
-            rollback_capture_step=self.healthy_states.last_capture_step,
-            replay=self.buffer.state_arrays() if self.loop.save_buffer else {},
-            pgrad_version=__version__,
-        )
+        replay = self.buffer.state_arrays() if self.loop.save_buffer else {}
+        return loop_state.capture(self, {**self.algo.extra_state(), "loop": self.own_counters()}, replay)
 
-    def loop_state(self) -> dict[str, Any]:
+    def own_counters(self) -> dict[str, Any]:
         """The loop's own counters (JSON, under ``algo_state["loop"]``)."""
         return {"rows": self.rows, "refill_target": self.refill_target, "reward_abs_max": self.reward_abs_max}
 
@@ -233,47 +207,8 @@ class OffPolicyRunner:
 
     def load(self, state: TrainState, path: Path) -> None:
         """Resume from the run's latest checkpoint: learner, replay buffer, envs, RNG, guard, exactly."""
-        load_modules(self.algo.modules(), state, path)
-        load_optimizers(self.algo.optimizers(), state, path)
-        check_rollback_states(self.algo.modules(), self.algo.optimizers(), state, path)
-        check_arrays_fit(self.collector.state_arrays(), state.collector, "collector", path)
-        self.collector.take_randomize_draws()  # the fresh envs' first draws: the restored episodes replace them
-        try:
-            self.collector.load_state_arrays(state.collector)
-            self.collector.load_normalizer_state(state.normalizers)
-            self.collector.load_episode_state(state.episodes)
-            if state.rng_torch is None or state.rng_numpy is None or state.rng_python is None:
-                raise KeyError("rng state")
-            torch.set_rng_state(state.rng_torch)
-            self.rng.bit_generator.state = state.rng_numpy
-            version, internal, gauss = state.rng_python
-            random.setstate((version, tuple(internal), gauss))
-            loop_state = dict(state.algo_state.get("loop") or {})
-            self.rows = int(loop_state.get("rows", 0))
-            self.reward_abs_max = float(loop_state.get("reward_abs_max", 0.0))
-            self.algo.load_extra_state({k: v for k, v in state.algo_state.items() if k != "loop"})
-            if state.replay:
-                self.buffer.load_state_arrays(state.replay)
-                self.refill_target = int(loop_state.get("refill_target", 1))
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
-        if state.env_state is not None and self.inexact is None:
-            try:
-                env_state.restore(self.env.envs, state.env_state)
-            except (ValueError, AttributeError, TypeError) as exc:
-                raise CheckpointError(
-                    f"checkpoint {path}: its environment state does not fit {self.config.env.id} ({exc})"
-                ) from None
-        else:
-            self.restart_episodes(state.step)
-        logged = read_jsonl(self.run_dir / "metrics.jsonl")
-        try:
-            self.guard.load(state.guard, [m for m in logged if m.get("step", 0) <= state.step])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
-        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
-        self.optimizer_guard.state = self.guard.state
-        self.step, self.updates = state.step, state.updates
+        learner_state = {k: v for k, v in state.algo_state.items() if k != "loop"}
+        loop_state.restore(self, state, path, learner_state, self.restore_own)
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
         if not state.replay:
             self.refill_target = min(max(self.loop.learning_starts, self.loop.batch_size), self.buffer.capacity)
@@ -284,6 +219,15 @@ class OffPolicyRunner:
                 f"policy, no updates until it holds {self.refill_target} transitions; this resume is not exact",
             )
         self.run.note_new_total(state)
+
+    def restore_own(self, state: TrainState) -> None:
+        """This loop's counters and, when the checkpoint holds it, the replay buffer."""
+        own = dict(state.algo_state.get("loop") or {})
+        self.rows = int(own.get("rows", 0))
+        self.reward_abs_max = float(own.get("reward_abs_max", 0.0))
+        if state.replay:
+            self.buffer.load_state_arrays(state.replay)
+            self.refill_target = int(own.get("refill_target", 1))
 
     def restart_episodes(self, step: int) -> None:
         """Resume without the environments' state: fresh episodes, seeded from (run.seed, step)."""
