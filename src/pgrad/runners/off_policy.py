@@ -21,7 +21,6 @@ a checkpoint, ``train(stop_at_step=...)`` at a multiple of ``loop.log_every``) i
 from __future__ import annotations
 
 import time
-import traceback
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -37,34 +36,28 @@ from pgrad.builders import (
     build_environment,
     build_off_policy_algorithm,
     env_label,
-    nominal_physics,
     one_line,
 )
 from pgrad.checkpoint import (
     TrainState,
-    read_train_state,
 )
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
-from pgrad.envs.randomize import draw_metrics
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, PgradError, TrainingHalted
-from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
-from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
+from pgrad.monitor.guard import Action, Checkpoint, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
     HealthyStates,
     OptimizerGuard,
     TrajectoryRecorder,
     parameters_finite,
-    restore_captured,
-    restore_learner,
 )
 from pgrad.monitor.sinks import JsonlSink
 from pgrad.registry import get_algorithm
 from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
-from pgrad.runners import loop_state
+from pgrad.runners import synchronous
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
@@ -196,7 +189,7 @@ class OffPolicyRunner:
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:
         replay = self.buffer.state_arrays() if self.loop.save_buffer else {}
-        return loop_state.capture(self, {**self.algo.extra_state(), "loop": self.own_counters()}, replay)
+        return synchronous.capture(self, {**self.algo.extra_state(), "loop": self.own_counters()}, replay)
 
     def own_counters(self) -> dict[str, Any]:
         """The loop's own counters (JSON, under ``algo_state["loop"]``)."""
@@ -208,7 +201,7 @@ class OffPolicyRunner:
     def load(self, state: TrainState, path: Path) -> None:
         """Resume from the run's latest checkpoint: learner, replay buffer, envs, RNG, guard, exactly."""
         learner_state = {k: v for k, v in state.algo_state.items() if k != "loop"}
-        loop_state.restore(self, state, path, learner_state, self.restore_own)
+        synchronous.restore(self, state, path, learner_state, self.restore_own)
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
         if not state.replay:
             self.refill_target = min(max(self.loop.learning_starts, self.loop.batch_size), self.buffer.capacity)
@@ -229,23 +222,16 @@ class OffPolicyRunner:
             self.buffer.load_state_arrays(state.replay)
             self.refill_target = int(own.get("refill_target", 1))
 
-    def restart_episodes(self, step: int) -> None:
-        """Resume without the environments' state: fresh episodes, seeded from (run.seed, step)."""
-        seed = int(np.random.SeedSequence([self.config.run.seed, step]).generate_state(1)[0])
-        self.collector.reset(seed)
-        self.run.emit(
-            "run.envs_restarted",
-            step,
-            f"environments restarted with seed {seed}: their state could not be saved "
-            f"({self.inexact or 'not captured'}); the episodes in progress at the checkpoint were dropped",
-            seed=seed,
-        )
+    # ---- shared with the other synchronous loop (pgrad.runners.synchronous) ----------------------
+    restart_episodes = synchronous.restart_episodes
+    log_events = synchronous.log_events
+    roll_back = synchronous.roll_back
+    evaluate = synchronous.evaluate
+    env_failed = synchronous.env_failed
+    log_randomize_draws = synchronous.log_randomize_draws
+    close = synchronous.close
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
-    def log_events(self, events: list[Event]) -> None:
-        for event in events:
-            self.run.emit(event.kind, self.step, event.message, show=event.show, **event.data)
-
     def carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Halt):
@@ -256,29 +242,6 @@ class OffPolicyRunner:
                 self.save_checkpoint(action.score, action.healthy)
             elif isinstance(action, Snapshot):
                 self.healthy_states.after_update(action.healthy, self.step, self.algo, self.collector)
-
-    def roll_back(self, action: Rollback) -> None:
-        """Restore the learner the guard chose (networks, targets, optimizers); the replay buffer and the
-        envs stay: a rollback undoes learning, not experience."""
-        self.healthy_states.forget_candidate()
-        path = self.run.checkpoint_path("best") if action.source == "best" else None
-        memory = self.healthy_states.confirmed
-        if path is None and memory is not None:
-            restore_captured(memory, self.algo, self.collector)
-            summary = f"restored the healthy state of step {memory.step} from memory"
-            data: dict[str, Any] = {"checkpoint": None, "restored_step": memory.step, "restored_from": "memory"}
-            self.log_events([self.guard.rollback_event(action.reason, summary, data)])
-            return
-        path = path or self.run.checkpoint_path("last_healthy")
-        data = {"checkpoint": str(path) if path else None, "restored_from": "disk" if path else None}
-        if path is None:
-            summary = "no healthy state yet, kept the current weights"
-        else:
-            restored = read_train_state(path)
-            restore_learner(restored, path, self.algo, self.collector)
-            summary = f"restored {path.name} (step {restored.step})"
-            data.update(restored_step=restored.step, restored_score=restored.score, restored_healthy=restored.healthy)
-        self.log_events([self.guard.rollback_event(action.reason, summary, data)])
 
     def halt(self, action: Halt) -> None:
         message = action.message
@@ -298,45 +261,6 @@ class OffPolicyRunner:
         raise TrainingHalted(message)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
-        guard = self.config.guard
-        if self.eval_env is None:
-            # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
-            self.eval_env = build_environment(
-                nominal_physics(self.config),
-                algo_gamma(self.config),
-                num_envs=eval_num_envs(guard.eval_episodes),
-                env_factory=self.env_factory,
-            )
-        try:
-            return periodic_evaluation(
-                self.algo.acting_policy(),
-                self.eval_env.envs,
-                self.eval_env.adapter,
-                self.collector.obs_normalizer,
-                guard.eval_episodes,
-                self.config.run.seed,
-                metrics,
-                max_episode_steps=episode_step_cap(self.config),
-                should_stop=lambda: self.run.stop_requested,
-            )
-        except PgradError:
-            raise
-        except Exception as exc:
-            raise self.env_failed(exc, "during the evaluation") from None
-
-    def env_failed(self, exc: Exception, where: str) -> TrainingHalted:
-        latest = self.run.checkpoint_path("latest")
-        kept = (
-            f"the last checkpoint {latest.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
-            if latest is not None
-            else "no checkpoint was written yet"
-        )
-        message = f"{env_label(self.config)} raised {one_line(exc)} {where} after env step {self.step}; {kept}"
-        trace = "".join(traceback.format_exception(exc))
-        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__, traceback=trace)
-        return TrainingHalted(message)
-
     # ---- the loop ---------------------------------------------------------------------------
     def row_end(self) -> int:
         """The env step the current log row ends at: the next multiple of ``loop.log_every``, or the total."""
@@ -413,18 +337,6 @@ class OffPolicyRunner:
         }
         return metrics
 
-    def log_randomize_draws(self) -> dict[str, float]:
-        """Domain randomisation's draws of the episodes started in this row: one line per episode in
-        ``randomization.jsonl`` and their ``randomize/*`` summary, as the on-policy loop logs them."""
-        draws = self.collector.take_randomize_draws()
-        if not draws:
-            return {}
-        if self.randomization_log is None:
-            self.randomization_log = JsonlSink(self.run_dir / "randomization.jsonl")
-        for draw in draws:
-            self.randomization_log.write({"step": self.step, **draw})
-        return draw_metrics(draws)
-
     def q_bound(self) -> dict[str, float]:
         """r_max / (1 - gamma): no discounted return of rewards bounded by r_max exceeds it (the guard's
         Q-divergence rule); absent for gamma = 1 or before a reward was stored."""
@@ -470,13 +382,3 @@ class OffPolicyRunner:
             raise
         self.close()
         return result
-
-    def close(self) -> None:
-        self.optimizer_guard.remove()
-        if self.randomization_log is not None:
-            self.randomization_log.close()
-        if self.eval_env is not None:
-            self.eval_env.envs.close()
-            self.eval_env = None
-        self.run.close()
-        self.env.envs.close()

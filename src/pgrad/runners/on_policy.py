@@ -10,7 +10,6 @@ the ``RunContext``; what to do about the metrics (alerts, rollbacks, halts, heal
 from __future__ import annotations
 
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,16 @@ from pgrad.builders import (
     build_algorithm,
     build_environment,
     env_label,
-    nominal_physics,
     one_line,
 )
 from pgrad.checkpoint import (
     TrainState,
-    read_train_state,
 )
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
-from pgrad.envs.randomize import draw_metrics
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, PgradError, TrainingHalted
-from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
-from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
+from pgrad.monitor.guard import Action, Checkpoint, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
     HealthyStates,
@@ -45,15 +40,13 @@ from pgrad.monitor.recovery import (
     TrajectoryRecorder,
     UpdateSizes,
     parameters_finite,
-    restore_captured,
-    restore_learner,
     save_batch,
     update_groups,
 )
 from pgrad.monitor.sinks import JsonlSink
 from pgrad.registry import get_algorithm
 from pgrad.rollout import Batch, RolloutCollector
-from pgrad.runners import loop_state
+from pgrad.runners import synchronous
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
@@ -144,43 +137,27 @@ class OnPolicyRunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:
-        return loop_state.capture(self, self.algo.extra_state())
+        return synchronous.capture(self, self.algo.extra_state())
 
     def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
         return self.run.save_checkpoint(self.train_state(), score, healthy)
 
     def load(self, state: TrainState, path: Path) -> None:
-        """Resume from the run's latest checkpoint: everything, exactly (``pgrad.runners.loop_state``)."""
-        loop_state.restore(self, state, path, state.algo_state)
+        """Resume from the run's latest checkpoint: everything, exactly (``pgrad.runners.synchronous``)."""
+        synchronous.restore(self, state, path, state.algo_state)
         self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
         self.run.note_new_total(state)
 
-    def restart_episodes(self, step: int) -> None:
-        """Resume without the environments' state (Box2D worlds; async runs checkpointed before their
-        workers' envs were captured): start fresh episodes.
-
-        Restoring the saved observations and episode counters onto environments that were only reset
-        would pair each env's first transition with an observation from another episode; instead
-        every env is reset, with a seed drawn from (run.seed, step) so the episodes differ from the
-        run's first ones, and the episodes in progress at the checkpoint are dropped (their partial
-        returns never reach the statistics). The reward scaler's running returns restart with them.
-        """
-        seed = int(np.random.SeedSequence([self.config.run.seed, step]).generate_state(1)[0])
-        self.collector.reset(seed)
-        self.collector.reward_scaler.running_return[:] = 0.0
-        self.run.emit(
-            "run.envs_restarted",
-            step,
-            f"environments restarted with seed {seed}: their state could not be saved "
-            f"({self.inexact or 'not captured'}); the episodes in progress at the checkpoint were dropped",
-            seed=seed,
-        )
+    # ---- shared with the other synchronous loop (pgrad.runners.synchronous) ----------------------
+    restart_episodes = synchronous.restart_episodes
+    log_events = synchronous.log_events
+    roll_back = synchronous.roll_back
+    evaluate = synchronous.evaluate
+    env_failed = synchronous.env_failed
+    log_randomize_draws = synchronous.log_randomize_draws
+    close = synchronous.close
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
-    def log_events(self, events: list[Event]) -> None:
-        for event in events:
-            self.run.emit(event.kind, self.step, event.message, show=event.show, **event.data)
-
     def carry_out(self, actions: list[Action], metrics: dict[str, Any]) -> None:
         for action in actions:
             if isinstance(action, Halt):
@@ -191,32 +168,6 @@ class OnPolicyRunner:
                 self.save_checkpoint(action.score, action.healthy)
             elif isinstance(action, Snapshot):
                 self.healthy_states.after_update(action.healthy, self.step, self.algo, self.collector)
-
-    def roll_back(self, action: Rollback) -> None:
-        """Restore the state the guard chose (it cut the learning rate already).
-
-        ``last_healthy``: the newest confirmed healthy state in memory, else the newest checkpoint
-        marked healthy. ``best``: the best-evaluated checkpoint, else the same as ``last_healthy``.
-        """
-        self.healthy_states.forget_candidate()
-        path = self.run.checkpoint_path("best") if action.source == "best" else None
-        memory = self.healthy_states.confirmed
-        if path is None and memory is not None:
-            restore_captured(memory, self.algo, self.collector)
-            summary = f"restored the healthy state of step {memory.step} from memory"
-            data: dict[str, Any] = {"checkpoint": None, "restored_step": memory.step, "restored_from": "memory"}
-            self.log_events([self.guard.rollback_event(action.reason, summary, data)])
-            return
-        path = path or self.run.checkpoint_path("last_healthy")
-        data = {"checkpoint": str(path) if path else None, "restored_from": "disk" if path else None}
-        if path is None:
-            summary = "no healthy state yet, kept the current weights"
-        else:
-            restored = read_train_state(path)
-            restore_learner(restored, path, self.algo, self.collector)
-            summary = f"restored {path.name} (step {restored.step})"
-            data.update(restored_step=restored.step, restored_score=restored.score, restored_healthy=restored.healthy)
-        self.log_events([self.guard.rollback_event(action.reason, summary, data)])
 
     def halt(self, action: Halt) -> None:
         """Log why, leave the evidence in the run folder (non-finite halts), and stop (exit code 3)."""
@@ -237,53 +188,6 @@ class OnPolicyRunner:
         raise TrainingHalted(message)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
-        """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics
-        and returns the episode returns (the guard weighs a drop against their spread). None when a
-        Ctrl-C or SIGTERM cut it short: the loop then checkpoints and stops as after any update."""
-        guard = self.config.guard
-        if self.eval_env is None:
-            # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
-            self.eval_env = build_environment(
-                nominal_physics(self.config),
-                algo_gamma(self.config),
-                num_envs=eval_num_envs(guard.eval_episodes),
-                env_factory=self.env_factory,
-            )
-        try:
-            return periodic_evaluation(
-                self.algo.acting_policy(),
-                self.eval_env.envs,
-                self.eval_env.adapter,
-                self.collector.obs_normalizer,
-                guard.eval_episodes,
-                self.config.run.seed,
-                metrics,
-                max_episode_steps=episode_step_cap(self.config),
-                should_stop=lambda: self.run.stop_requested,
-            )
-        except PgradError:
-            raise
-        except Exception as exc:
-            raise self.env_failed(exc, "during the evaluation") from None
-
-    def env_failed(self, exc: Exception, where: str) -> TrainingHalted:
-        """An exception from the environment (or anything else in collection): one line naming the env and
-        the step, a ``run.env_failed`` event, and the run stopped with its last checkpoint kept (the state
-        in the middle of a failed rollout is not one to save)."""
-        latest = self.run.checkpoint_path("latest")
-        kept = (
-            f"the last checkpoint {latest.name} is kept ('pgrad resume {self.run_dir}' continues from it)"
-            if latest is not None
-            else "no checkpoint was written yet"
-        )
-        message = f"{env_label(self.config)} raised {one_line(exc)} {where} after env step {self.step}; {kept}"
-        # the full traceback goes to the event (the console gets one line): a bug in a custom env, or in
-        # pgrad's collection code, can still be found
-        trace = "".join(traceback.format_exception(exc))
-        self.run.emit("run.env_failed", self.step, message, error=type(exc).__name__, traceback=trace)
-        return TrainingHalted(message)
-
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -336,19 +240,6 @@ class OnPolicyRunner:
             "perf/rss_mb": resident_memory_mb(),
         }
 
-    def log_randomize_draws(self) -> dict[str, float]:
-        """Domain randomisation's draws of the episodes started in this update: one row per episode in
-        ``randomization.jsonl`` (step = the update's last step, the env's index, its scales, delay, noise std),
-        and their summary as ``randomize/*`` metrics. Nothing when env.randomize is off."""
-        draws = self.collector.take_randomize_draws()
-        if not draws:
-            return {}
-        if self.randomization_log is None:
-            self.randomization_log = JsonlSink(self.run_dir / "randomization.jsonl")
-        for draw in draws:
-            self.randomization_log.write({"step": self.step, **draw})
-        return draw_metrics(draws)
-
     def check_parameters(self) -> float:
         """1.0 while every parameter is finite. Checked every 10th update, and after any update with a
         skipped (non-finite) step: NaN/Inf parameters also make the next losses non-finite, which the
@@ -391,13 +282,3 @@ class OnPolicyRunner:
             raise
         self.close()
         return result
-
-    def close(self) -> None:
-        self.optimizer_guard.remove()
-        if self.randomization_log is not None:
-            self.randomization_log.close()
-        if self.eval_env is not None:
-            self.eval_env.envs.close()
-            self.eval_env = None
-        self.run.close()
-        self.env.envs.close()
