@@ -271,6 +271,29 @@ def test_resume_skips_a_corrupt_latest_for_the_previous_good_one(tmp_path, capsy
     assert [row["step"] for row in rows(run / "metrics.jsonl")] == [256, 512, 768, 1024, 1280]
 
 
+def test_eval_and_export_of_latest_skip_a_corrupt_newest_checkpoint_and_say_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(capsys, *train_args(run, 1024, "--set", "run.checkpoint_every=512"))[0] == 0
+    tensors = run / "checkpoints" / "step_0000001024" / "tensors.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-8:] = b"\xff" * 8
+    tensors.write_bytes(bytes(data))
+    warning = (
+        "pgrad: warning: skipped checkpoint step_0000001024: tensors.safetensors does not match the checksum "
+        "recorded in state.json"
+    )
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == warning and "step_0000000512" in out  # the newest whole one was evaluated
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == warning
+    assert json.loads((run / "export" / "policy.pt.json").read_text())["checkpoint_step"] == 512
+    # An exact name is never replaced by another checkpoint: asking for the damaged one fails, naming it.
+    code, err = cli(capsys, "eval", str(run), "--episodes", "1", "--checkpoint", "step_0000001024")
+    assert code == 2 and "step_0000001024" in err
+
+
 def test_a_whole_latest_checkpoint_that_does_not_load_is_refused_not_skipped(tmp_path, capsys):
     # Damage is skipped; a checkpoint that is whole but does not load (here another format version; also
     # invalid fields or a failed HMAC) was written or edited on purpose, so the user hears of it.

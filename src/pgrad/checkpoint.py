@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,17 +320,24 @@ def remove_partial_writes(root: Path) -> None:
 
 
 def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]]:
-    """The newest whole checkpoint folder under ``root``, whatever ``index.json`` says.
+    """The newest whole checkpoint folder under ``root``, whatever ``index.json`` says, read.
 
     The index can lag the folders (a kill between the atomic rename of a new checkpoint and the index
     update), and the newest checkpoint can be damaged (a disk error, a truncated copy): a resume then
-    takes the newest one that is whole. Damaged means incomplete, an unreadable ``state.json`` or tensors
-    that do not match their checksum (``damage``); those are skipped, and so are symlinks (never
-    followed). A whole checkpoint that does not load (another format version, invalid fields, a failed
-    HMAC) is not skipped: that is no accident, and its error is raised. Folders are
-    ``step_<10 digits>``, so their names sort by step. Returns the state, its folder, and the
-    (name, reason) of every newer folder skipped.
+    takes the newest one that is whole (``newest_whole``). A whole checkpoint that does not load
+    (another format version, invalid fields, a failed HMAC) is not skipped: that is no accident, and
+    its error is raised. Returns the state, its folder, and the (name, reason) of every newer folder
+    skipped.
     """
+    path, skipped = newest_whole(root)
+    return read_train_state(path), path, skipped
+
+
+def newest_whole(root: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """The newest checkpoint folder under ``root`` that is whole, and the (name, reason) of every newer
+    one skipped. Damaged means incomplete, an unreadable ``state.json`` or tensors that do not match
+    their checksum (``damage``); symlinks are skipped too (never followed). Folders are
+    ``step_<10 digits>``, so their names sort by step."""
     skipped: list[tuple[str, str]] = []
     for path in sorted(Path(root).glob("step_*"), reverse=True):
         if path.is_symlink():
@@ -341,7 +349,7 @@ def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]
         if reason is not None:
             skipped.append((path.name, reason))
             continue
-        return read_train_state(path), path, skipped
+        return path, skipped
     detail = f"; skipped: {'; '.join(f'{name}: {reason}' for name, reason in skipped)}" if skipped else ""
     raise CheckpointError(f"no whole checkpoint in {root}{detail}")
 
@@ -886,6 +894,20 @@ class CheckpointStore:
         path = inside_run(self.root, name, f"checkpoint {which!r}")
         if not path.is_dir():
             raise CheckpointError(f"no {which} checkpoint in {self.root}")
+        return path
+
+    def readable(self, which: str = "latest") -> Path:
+        """The checkpoint to read for ``which`` (evaluation, export, ``load``). The index is checked as
+        ``path`` checks it (a folder from someone else: outside-the-run names and symlinks are refused),
+        and a ``latest`` that is damaged (a disk error, a truncated copy) falls back to the newest whole
+        one, as a resume does, with a warning line on stderr per checkpoint skipped. Other names are
+        exact: asking for ``best`` and getting something else would be wrong."""
+        path = self.path(which)
+        if which != "latest" or damage(path) is None:
+            return path
+        path, skipped = newest_whole(self.root)
+        for name, reason in skipped:  # worded as resume words it (pgrad.runners.context)
+            print(f"pgrad: warning: skipped checkpoint {name}: {reason}", file=sys.stderr)
         return path
 
 

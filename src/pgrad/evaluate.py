@@ -50,7 +50,7 @@ def evaluate(
     config = nominal_physics(load_run_config(run_dir, trust_env_code=trust_env_code))
     if physics is not None:
         config = replace(config, env=replace(config.env, randomize=physics))
-    checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).path(which)
+    checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).readable(which)
     state = read_train_state(checkpoint)
     set_threads(config.run.torch_threads)
     num_envs = 1 if video_dir is not None else eval_num_envs(episodes)

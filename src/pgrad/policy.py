@@ -104,7 +104,7 @@ def checkpoint_path(path: Path, which: str = "latest") -> Path:
     if (path / "state.json").is_file():
         return path
     if (path / "config.yaml").is_file():
-        return CheckpointStore(path, keep=1).path(which)
+        return CheckpointStore(path, keep=1).readable(which)
     raise ConfigError(f"{path} is neither a pgrad run folder (config.yaml) nor a saved agent (state.json)")
 
 
