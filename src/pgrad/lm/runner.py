@@ -1,0 +1,304 @@
+"""PPO on a causal language model (``pgrad lm ppo``): rollout -> score -> token rewards -> GAE -> epochs.
+
+One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO"):
+
+1. ``batch_size`` prompts; one response each, sampled with a KV cache at ``temperature``.
+2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
+   values (policy), log pi_ref (the frozen initial weights).
+3. The scorer's score of each response (``lm.reward``); per-token reward
+   r_t = -beta (log pi_old - log pi_ref) + score on the last real token.
+4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens.
+5. ``num_epochs`` passes of minibatch steps on the clipped surrogate + vf_coef x clipped value loss. The
+   first pass takes the minibatches in the order and shapes of step 2, so its first minibatch sees a
+   ratio of exactly 1 (logged as ``lm/first_ratio_deviation``, which must be 0).
+6. The adaptive KL controller moves beta toward ``kl_target`` from the batch's mean KL.
+
+The run folder, logs, checkpoints and Ctrl-C belong to ``RunContext``. A checkpoint (typed
+``TrainState``, safetensors + JSON) holds policy, reference, optimizer, the KL coefficient and the torch
+RNG, so a resume continues bit for bit. No guard rules for language models yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import GPT2LMHeadModel
+
+from pgrad import __version__
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad.config import TrainConfig
+from pgrad.errors import CheckpointError, ConfigError
+from pgrad.lm.config import ALGO, LMPPOConfig
+from pgrad.lm.losses import (
+    AdaptiveKLController,
+    clipped_value_loss,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    token_gae,
+    token_rewards,
+)
+from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
+from pgrad.lm.reward import ResponseScorer, TrueScoreReward
+from pgrad.lm.task import DigitsTask, PromptBatch
+from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.threads import set_threads
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One batch of responses and everything the epochs need, per token [B, R] unless noted."""
+
+    prompts: PromptBatch
+    response: Tensor
+    mask: Tensor  # float: 1 for real response tokens (EOS included)
+    old_logprobs: Tensor
+    old_values: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+    def rows(self, index: Tensor) -> Rollout:
+        prompts = PromptBatch(self.prompts.ids[index], self.prompts.mask[index], self.prompts.last_digit[index])
+        return Rollout(
+            prompts,
+            self.response[index],
+            self.mask[index],
+            self.old_logprobs[index],
+            self.old_values[index],
+            self.advantages[index],
+            self.returns[index],
+        )
+
+
+def build_task(config: LMPPOConfig) -> DigitsTask:
+    return DigitsTask(config.max_new_tokens)
+
+
+def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
+    model_config = tiny_gpt2_config(
+        task.tokenizer.vocab_size,
+        n_positions=task.max_prompt_length + config.max_new_tokens,
+        n_layer=config.n_layer,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+    )
+    return PolicyWithValue(model_config)
+
+
+def build_scorer(config: LMPPOConfig, task: DigitsTask) -> ResponseScorer:
+    return TrueScoreReward(task)
+
+
+class LMPPORunner:
+    """``pgrad lm ppo`` / ``pgrad lm resume``: see the module docstring."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
+        if config.algo != ALGO or not isinstance(config.algo_config, LMPPOConfig):
+            raise ConfigError(f"LMPPORunner runs '{ALGO}' configs; got '{config.algo}'")
+        self.config = config
+        self.ppo: LMPPOConfig = config.algo_config
+        self.device = torch.device(config.run.device)
+        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run_dir = self.run.run_dir
+        set_threads(config.run.torch_threads)
+        seed_everything(config.run.seed)
+        self.task = build_task(self.ppo)
+        self.policy = build_policy(self.ppo, self.task).to(self.device).eval()  # eval: dropout off everywhere
+        # the reference is the initial weights, frozen; it never trains, so it needs no value head
+        self.reference: GPT2LMHeadModel = copy.deepcopy(self.policy.lm)
+        self.reference.requires_grad_(False)
+        self.reference.train(False)
+        self.scorer = build_scorer(self.ppo, self.task)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
+        self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
+        self.step = 0  # responses sampled
+        self.updates = 0
+        resume_from = self.run.latest_state() if resume else None
+        self.run.open(console, f"{ALGO} {self.task.name}")
+        if resume_from is not None:
+            try:
+                self.load(*resume_from)
+            except BaseException:
+                self.run.close()
+                raise
+        else:
+            self.run.started_event()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.run.stop_requested
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy, "reference": self.reference}
+
+    def train_state(self) -> TrainState:
+        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
+        modules = {
+            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+            for name, module in self.modules().items()
+        }
+        return TrainState(
+            algo=ALGO,
+            step=self.step,
+            updates=self.updates,
+            elapsed_seconds=self.run.elapsed(),
+            config=self.config.to_dict(),
+            modules=modules,
+            optimizers={"policy": self.optimizer.state_dict()},
+            rng_torch=torch.get_rng_state(),
+            algo_state={"kl_coef": self.kl.value},
+            pgrad_version=__version__,
+        )
+
+    def load(self, state: TrainState, path: Path) -> None:
+        load_modules(self.modules(), state, path)
+        load_optimizers({"policy": self.optimizer}, state, path)
+        if state.rng_torch is None or "kl_coef" not in state.algo_state:
+            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state or the KL coefficient")
+        torch.set_rng_state(state.rng_torch)
+        self.kl.value = float(state.algo_state["kl_coef"])
+        self.step, self.updates = state.step, state.updates
+        self.run.note_new_total(state)
+
+    # ---- one update -----------------------------------------------------------------------
+    def chunks(self, batch: int) -> list[Tensor]:
+        return list(torch.arange(batch, device=self.device).split(self.ppo.minibatch_size))
+
+    @torch.no_grad()
+    def collect(self) -> tuple[Rollout, dict[str, float]]:
+        """Steps 1-4 of the module docstring: a scored rollout with advantages, and its statistics."""
+        ppo, tok = self.ppo, self.task.tokenizer
+        prompts = self.task.prompts(ppo.batch_size)
+        prompts = PromptBatch(prompts.ids.to(self.device), prompts.mask.to(self.device), prompts.last_digit)
+        samples = sample(
+            self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
+        )
+        mask = samples.mask.float()
+        parts: dict[str, list[Tensor]] = {"logp": [], "values": [], "ref": []}
+        for index in self.chunks(ppo.batch_size):  # the first epoch's minibatches, same order and shapes
+            args = (prompts.ids[index], prompts.mask[index], samples.response[index], samples.mask[index])
+            out = response_outputs(self.policy, *args, temperature=ppo.temperature)
+            assert out.values is not None
+            parts["logp"].append(out.logprobs)
+            parts["values"].append(out.values)
+            parts["ref"].append(response_outputs(self.reference, *args, temperature=ppo.temperature).logprobs)
+        logp, values, ref = (torch.cat(parts[key]) for key in ("logp", "values", "ref"))
+        values = values * mask
+        response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
+        score = self.scorer.score(prompts, response_cpu, mask_cpu).to(self.device)
+        true_score = self.task.true_score(prompts.last_digit, response_cpu, mask_cpu)
+        rewards = token_rewards(score, logp, ref, mask, self.kl.value)
+        advantages, returns = token_gae(rewards, values, mask, ppo.gamma, ppo.gae_lambda)
+        if ppo.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        kl_per_response = kl_k1(logp, ref, mask).sum(1)
+        stats = {
+            "lm/true_score": float(true_score.mean()),
+            "lm/rm_score": float(score.mean()),
+            "lm/kl": float(kl_per_response.mean()),
+            "lm/kl_k3": float(kl_k3(logp, ref, mask).sum(1).mean()),
+            "lm/kl_coef": self.kl.value,
+            "lm/response_length": float(mask.sum(1).mean()),
+            "lm/eos_fraction": float(((samples.response == tok.eos_id) & (samples.mask > 0)).any(1).float().mean()),
+        }
+        return Rollout(prompts, samples.response, mask, logp, values, advantages, returns), stats
+
+    def update(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        ppo = self.ppo
+        rollout, stats = self.collect()
+        sums: dict[str, float] = {}
+        steps = 0
+        first_ratio_deviation = float("nan")
+        for epoch in range(ppo.num_epochs):
+            order = (
+                torch.arange(ppo.batch_size, device=self.device)
+                if epoch == 0
+                else torch.randperm(ppo.batch_size).to(self.device)
+            )
+            for index in order.split(ppo.minibatch_size):
+                batch = rollout.rows(index)
+                out = response_outputs(
+                    self.policy,
+                    batch.prompts.ids,
+                    batch.prompts.mask,
+                    batch.response,
+                    batch.mask.long(),
+                    temperature=ppo.temperature,
+                )
+                assert out.values is not None
+                policy = ppo_policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
+                value_loss, value_clipped = clipped_value_loss(
+                    out.values, batch.old_values, batch.returns, batch.mask, ppo.clip_vf
+                )
+                loss = policy.loss + ppo.vf_coef * value_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), ppo.max_grad_norm)
+                self.optimizer.step()
+                if steps == 0:
+                    ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
+                    first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())
+                steps += 1
+                for key, value in (
+                    ("train/policy_loss", policy.loss),
+                    ("train/value_loss", value_loss),
+                    ("diagnostics/approx_kl", policy.approx_kl),
+                    ("diagnostics/clip_fraction", policy.clip_fraction),
+                    ("diagnostics/value_clip_fraction", value_clipped),
+                    ("diagnostics/entropy", masked_mean(out.entropy.detach(), batch.mask)),
+                    ("diagnostics/grad_norm", grad_norm),
+                ):
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+        self.kl.update(stats["lm/kl"], ppo.batch_size)
+        self.step += ppo.batch_size
+        self.updates += 1
+        seconds = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "update": self.updates,
+            **stats,
+            **{key: value / steps for key, value in sums.items()},
+            "lm/first_ratio_deviation": first_ratio_deviation,
+            "train/learning_rate": ppo.learning_rate,
+            "perf/seconds_per_update": seconds,
+            "perf/responses_per_second": ppo.batch_size / seconds,
+        }
+
+    # ---- the loop -------------------------------------------------------------------------
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Train to ``run.total_steps`` responses (or stop at ``stop_at_step``, as a kill would)."""
+        self.run.started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        total = self.config.run.total_steps
+        try:
+            with self.run.stop_signals():
+                try:
+                    while self.step < total and not self.run.stop_requested:
+                        metrics = self.update()
+                        self.run.log(metrics)
+                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
+                            self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"])
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    checkpoint = self.run.save_checkpoint(self.train_state(), metrics.get("lm/rm_score"))
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        finally:
+            self.run.close()
+        return result
