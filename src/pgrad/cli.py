@@ -1,4 +1,4 @@
-"""The ``pgrad`` command line: train, resume, eval, export, list, doctor, report, compare.
+"""The ``pgrad`` command line: train, resume, eval, export, list, doctor, report, compare, tune, lm.
 
 Every user error (bad config value, unknown key/algorithm/environment, malformed YAML, broken
 checkpoint) is printed as one line ``pgrad: error: ...`` with exit code 2 and no traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -123,7 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
     tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
     tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
+    _lm_parser(sub)
     return parser
+
+
+def _lm_parser(sub: argparse._SubParsersAction) -> None:
+    lm = sub.add_parser("lm", help="language models (RLHF): PPO on a causal LM (needs pgrad[lm])")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
+    ppo = lm_sub.add_parser("ppo", help="PPO with a value head and a per-token KL penalty to the initial weights")
+    ppo.add_argument("--config", type=Path, help="YAML file with run: and lm_ppo: sections")
+    ppo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    ppo.add_argument("--seed", type=int)
+    ppo.add_argument("--total-steps", type=int, help="responses to sample in all (default: 4096)")
+    ppo.add_argument("--run-dir", type=Path)
+    ppo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
+    ppo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    resume = lm_sub.add_parser("resume", help="continue an lm run from its latest checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--total-steps", type=int, help="new total of responses (extends a finished run)")
+    resume.add_argument("--quiet", action="store_true")
 
 
 def _print_summary(result, config, preset_source: str | None) -> None:
@@ -191,6 +210,40 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         _print_summary(result, config, None)
     print(f"run folder: {result.run_dir}")
     return 130 if trainer.stop_requested else 0
+
+
+def _lm_available() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise PgradError("language models need transformers: pip install 'pgrad[lm]'") from None
+
+
+def _cmd_lm(args: argparse.Namespace) -> int:
+    _lm_available()
+    from pgrad.lm.config import load_run_config, resolve_config
+    from pgrad.lm.runner import LMPPORunner
+
+    if args.lm_command == "ppo":
+        config = resolve_config(args.config, args.set, args.seed, args.total_steps)
+        run_dir = (
+            args.run_dir or Path("runs") / f"lm_ppo-{config.env.id}-s{config.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        runner = LMPPORunner(config, run_dir, console=not args.quiet, overwrite=args.overwrite)
+    else:
+        config = load_run_config(args.run_dir, args.total_steps)
+        runner = LMPPORunner(config, args.run_dir, resume=True, console=not args.quiet)
+    result = runner.train()
+    if not args.quiet:
+        metrics = result.last_metrics
+        print(f"lm_ppo on {config.env.id}: {result.steps} responses, {result.updates} updates, {result.seconds:.1f} s")
+        for key in ("eval/true_score", "eval/rm_score", "eval/kl", "eval/response_length"):
+            if key in metrics:
+                print(f"  {key:<22} {metrics[key]:.4g}")
+        if result.interrupted:
+            print(f"stopped early; continue with: pgrad lm resume {result.run_dir}")
+    print(f"run folder: {result.run_dir}")
+    return 130 if runner.stop_requested else 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -348,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _cmd_report,
         "compare": _cmd_compare,
         "tune": _cmd_tune,
+        "lm": _cmd_lm,
     }
     try:
         return handlers[args.command](args)

@@ -48,6 +48,10 @@ class LMPPOConfig(Checked):
         None, "adaptive KL controller (Ziegler et al.): steer the mean per-response KL toward this (None: fixed)"
     )
     kl_horizon: int = param(10_000, "adaptive KL controller horizon, in responses")
+    eval_every: int = param(
+        1024, "evaluate on held-out prompts every this many responses, at the start and at the end (0: off)"
+    )
+    eval_prompts: int = param(256, "held-out prompts per evaluation (the same prompts and noise every time)")
     learning_rate: float = param(1e-3, "Adam learning rate (policy and value head)")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
     n_layer: int = param(2, "GPT-2 blocks of the tiny model")
@@ -70,6 +74,8 @@ class LMPPOConfig(Checked):
         self.check_range("kl_coef", 0)
         self.check_range("kl_target", 0, low_open=True)
         self.check_range("kl_horizon", 1)
+        self.check_range("eval_every", 0)
+        self.check_range("eval_prompts", 1)
         self.check_range("learning_rate", 0, low_open=True)
         self.check_range("max_grad_norm", 0, low_open=True)
         self.check_range("n_layer", 1)

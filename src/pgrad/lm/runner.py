@@ -35,6 +35,7 @@ from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
 from pgrad.lm.config import ALGO, LMPPOConfig
+from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
     AdaptiveKLController,
     clipped_value_loss,
@@ -169,7 +170,7 @@ class LMPPORunner:
         torch.set_rng_state(state.rng_torch)
         self.kl.value = float(state.algo_state["kl_coef"])
         self.step, self.updates = state.step, state.updates
-        self.run.note_new_total(state)
+        # no schedule reads run.total_steps here: after a raised total the learner continues as one run would
 
     # ---- one update -----------------------------------------------------------------------
     def chunks(self, batch: int) -> list[Tensor]:
@@ -179,8 +180,8 @@ class LMPPORunner:
     def collect(self) -> tuple[Rollout, dict[str, float]]:
         """Steps 1-4 of the module docstring: a scored rollout with advantages, and its statistics."""
         ppo, tok = self.ppo, self.task.tokenizer
-        prompts = self.task.prompts(ppo.batch_size)
-        prompts = PromptBatch(prompts.ids.to(self.device), prompts.mask.to(self.device), prompts.last_digit)
+        cpu_prompts = self.task.prompts(ppo.batch_size)
+        prompts = PromptBatch(cpu_prompts.ids.to(self.device), cpu_prompts.mask.to(self.device), cpu_prompts.last_digit)
         samples = sample(
             self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
         )
@@ -196,7 +197,7 @@ class LMPPORunner:
         logp, values, ref = (torch.cat(parts[key]) for key in ("logp", "values", "ref"))
         values = values * mask
         response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
-        score = self.scorer.score(prompts, response_cpu, mask_cpu).to(self.device)
+        score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).to(self.device)
         true_score = self.task.true_score(prompts.last_digit, response_cpu, mask_cpu)
         rewards = token_rewards(score, logp, ref, mask, self.kl.value)
         advantages, returns = token_gae(rewards, values, mask, ppo.gamma, ppo.gae_lambda)
@@ -273,8 +274,24 @@ class LMPPORunner:
             "lm/first_ratio_deviation": first_ratio_deviation,
             "train/learning_rate": ppo.learning_rate,
             "perf/seconds_per_update": seconds,
-            "perf/responses_per_second": ppo.batch_size / seconds,
+            "perf/steps_per_second": ppo.batch_size / seconds,  # steps are responses
         }
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out prompts seeded by ``run.seed + 1``: the same prompts and noise at every evaluation."""
+        return evaluate_policy(
+            self.policy.lm,
+            self.reference,
+            self.task,
+            self.scorer,
+            self.ppo.eval_prompts,
+            self.config.run.seed + 1,
+            self.ppo.temperature,
+        )
+
+    def evaluation_due(self, previous_step: int) -> bool:
+        every = self.ppo.eval_every
+        return every > 0 and (self.step // every > previous_step // every or self.step >= self.config.run.total_steps)
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self, stop_at_step: int | None = None) -> TrainResult:
@@ -285,8 +302,13 @@ class LMPPORunner:
         try:
             with self.run.stop_signals():
                 try:
+                    if self.step == 0 and self.ppo.eval_every > 0:
+                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
                     while self.step < total and not self.run.stop_requested:
+                        previous_step = self.step
                         metrics = self.update()
+                        if self.evaluation_due(previous_step):
+                            metrics.update(self.evaluate())
                         self.run.log(metrics)
                         if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
                             self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"])

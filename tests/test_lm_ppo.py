@@ -1,0 +1,97 @@
+"""PPO on the tiny language model end to end: learning on the hidden true score, exact resume, the CLI."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from pgrad.checkpoint import read_train_state
+from pgrad.cli import main
+from pgrad.errors import ConfigError
+from pgrad.lm.config import LMPPOConfig, resolve_config
+from pgrad.lm.runner import LMPPORunner
+
+TIMING_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second"}
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.jsonl") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def config(total, *sets):
+    return resolve_config(None, ["checkpoint_every=64", *sets], seed=3, total_steps=total)
+
+
+def test_ppo_raises_the_true_score_clearly_while_kl_stays_bounded(tmp_path):
+    started = time.perf_counter()
+    result = LMPPORunner(config(1600, "eval_every=1600"), tmp_path / "run", console=False).train()
+    seconds = time.perf_counter() - started
+    logged = rows(tmp_path / "run")
+    before, after = logged[0], logged[-1]
+    print(
+        f"true score {before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, "
+        f"KL {after['eval/kl']:.2f} nats (k3 {after['eval/kl_k3']:.2f}), "
+        f"length {before['eval/response_length']:.2f} -> {after['eval/response_length']:.2f}, {seconds:.1f} s"
+    )
+    assert result.updates == 25 and before["step"] == 0 and after["step"] == 1600
+    assert after["eval/true_score"] > before["eval/true_score"] + 0.25
+    assert after["eval/kl"] < 8.0
+    assert before["eval/kl"] == 0.0  # the starting model is the reference
+    # every update's first minibatch of its first epoch sees the rollout's own policy: ratio exactly 1
+    assert all(row["lm/first_ratio_deviation"] == 0.0 for row in logged[1:])
+    for key in ("lm/true_score", "lm/rm_score", "lm/kl", "lm/kl_k3", "lm/response_length", "train/policy_loss"):
+        assert key in logged[1], key
+    assert seconds < 60
+
+
+def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
+    straight = LMPPORunner(config(192, "eval_every=0"), tmp_path / "a", console=False)
+    straight.train()
+    halves = LMPPORunner(config(192, "eval_every=0"), tmp_path / "b", console=False)
+    halves.train(stop_at_step=128)
+    LMPPORunner(config(192, "eval_every=0"), tmp_path / "b", resume=True, console=False).train()
+    for name in ("a", "b"):
+        files = sorted(p.name for p in (tmp_path / name / "checkpoints" / "step_0000000192").iterdir())
+        assert files == ["state.json", "tensors.safetensors"]
+    a = read_train_state(tmp_path / "a" / "checkpoints" / "step_0000000192")
+    b = read_train_state(tmp_path / "b" / "checkpoints" / "step_0000000192")
+    assert set(a.modules) == {"policy", "reference"}
+    for module in a.modules:
+        for key, value in a.modules[module].items():
+            assert torch.equal(value, b.modules[module][key]), f"{module}.{key}"
+    assert a.algo_state == b.algo_state and a.updates == b.updates == 3
+    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING_KEYS}  # noqa: E731
+    assert [strip(r) for r in rows(tmp_path / "a")] == [strip(r) for r in rows(tmp_path / "b")]
+
+
+def test_adaptive_kl_coefficient_moves_toward_the_target(tmp_path):
+    # Ziegler et al.: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * 64 / horizon) after each update
+    LMPPORunner(config(192, "eval_every=0", "kl_target=0.01", "kl_horizon=640"), tmp_path / "r", console=False).train()
+    first, second, third = rows(tmp_path / "r")
+    assert first["lm/kl_coef"] == 0.05 and first["lm/kl"] == 0.0  # the first rollout's policy is the reference
+    assert second["lm/kl_coef"] == pytest.approx(0.05 * (1 - 0.2 * 64 / 640))  # KL 0: below target
+    assert second["lm/kl"] > 0.012  # 20% over the target: the step up is clipped at 0.2
+    assert third["lm/kl_coef"] == pytest.approx(second["lm/kl_coef"] * (1 + 0.2 * 64 / 640))
+
+
+def test_config_errors_are_one_line_naming_the_field():
+    with pytest.raises(ConfigError, match=r"lm_ppo.minibatch_size must be a divisor of batch_size \(64\); got 10"):
+        LMPPOConfig(minibatch_size=10)
+    with pytest.raises(ConfigError, match="lm_ppo.temperature must be > 0"):
+        LMPPOConfig(temperature=0.0)
+    with pytest.raises(ConfigError, match="unknown key 'lm_ppo.clip'"):
+        resolve_config(None, ["lm_ppo.clip=0.1"], None, None)
+
+
+def test_cli_trains_and_resumes(tmp_path, capsys):
+    run_dir = tmp_path / "cli"
+    common = ["--quiet"]
+    assert (
+        main(["lm", "ppo", "--total-steps", "64", "--run-dir", str(run_dir), "--set", "eval_prompts=16", *common]) == 0
+    )
+    assert main(["lm", "resume", str(run_dir), "--total-steps", "128", *common]) == 0
+    assert [row["step"] for row in rows(run_dir)] == [0, 64, 128]
+    assert main(["lm", "ppo", "--run-dir", str(tmp_path / "x"), "--set", "batch_size=0", *common]) == 2
+    assert "pgrad: error: lm_ppo.batch_size must be >= 1; got 0" in capsys.readouterr().err
