@@ -10,6 +10,7 @@ from pgrad.checkpoint import read_train_state
 from pgrad.cli import main
 from pgrad.errors import ConfigError
 from pgrad.lm.config import LMPPOConfig, resolve_config
+from pgrad.lm.rm_runner import RewardModelRunner
 from pgrad.lm.runner import LMPPORunner
 
 TIMING_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second"}
@@ -21,29 +22,51 @@ def rows(run_dir):
 
 
 def config(total, *sets):
-    return resolve_config(None, ["checkpoint_every=64", *sets], seed=3, total_steps=total)
+    return resolve_config("lm_ppo", None, ["checkpoint_every=64", *sets], seed=3, total_steps=total)
 
 
-def test_ppo_raises_the_true_score_clearly_while_kl_stays_bounded(tmp_path):
+def test_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_stays_bounded(tmp_path):
+    """The pipeline end to end on the tiny model: a reward model from preference pairs, then PPO on its score.
+    The true score is what the learner never sees; it must rise clearly above the starting model's."""
     started = time.perf_counter()
-    result = LMPPORunner(config(1600, "eval_every=1600"), tmp_path / "run", console=False).train()
+    rm_config = resolve_config("lm_rm", None, ["eval_every=1024", "train_pairs=2048"], seed=3, total_steps=3072)
+    RewardModelRunner(rm_config, tmp_path / "rm", console=False).train()
+    rm_rows = rows(tmp_path / "rm")
+    rm_seconds = time.perf_counter() - started
+    ppo_config = config(1600, "eval_every=1600", "reward=model", f"reward_model={tmp_path / 'rm'}")
+    result = LMPPORunner(ppo_config, tmp_path / "ppo", console=False).train()
     seconds = time.perf_counter() - started
-    logged = rows(tmp_path / "run")
+    logged = rows(tmp_path / "ppo")
     before, after = logged[0], logged[-1]
     print(
-        f"true score {before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, "
-        f"KL {after['eval/kl']:.2f} nats (k3 {after['eval/kl_k3']:.2f}), "
-        f"length {before['eval/response_length']:.2f} -> {after['eval/response_length']:.2f}, {seconds:.1f} s"
+        f"reward model: held-out accuracy {rm_rows[-1]['eval/rm_accuracy']:.3f}, correlation with the true score "
+        f"{rm_rows[-1]['eval/rm_true_correlation']:.3f} ({rm_seconds:.1f} s); PPO: true score "
+        f"{before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, RM score {before['eval/rm_score']:.2f} -> "
+        f"{after['eval/rm_score']:.2f}, KL {after['eval/kl']:.2f} nats (k3 {after['eval/kl_k3']:.2f}), length "
+        f"{before['eval/response_length']:.2f} -> {after['eval/response_length']:.2f}; {seconds:.1f} s in all"
     )
+    assert rm_rows[-1]["eval/rm_accuracy"] > 0.85
     assert result.updates == 25 and before["step"] == 0 and after["step"] == 1600
     assert after["eval/true_score"] > before["eval/true_score"] + 0.25
-    assert after["eval/kl"] < 8.0
+    assert after["eval/rm_score"] > before["eval/rm_score"]
+    assert after["eval/kl"] < 10.0
     assert before["eval/kl"] == 0.0  # the starting model is the reference
     # every update's first minibatch of its first epoch sees the rollout's own policy: ratio exactly 1
     assert all(row["lm/first_ratio_deviation"] == 0.0 for row in logged[1:])
     for key in ("lm/true_score", "lm/rm_score", "lm/kl", "lm/kl_k3", "lm/response_length", "train/policy_loss"):
         assert key in logged[1], key
     assert seconds < 60
+
+
+def test_ppo_refuses_a_reward_model_built_for_shorter_responses(tmp_path):
+    rm_config = resolve_config("lm_rm", None, ["max_new_tokens=4", "eval_every=64"], seed=1, total_steps=64)
+    RewardModelRunner(rm_config, tmp_path / "rm", console=False).train()
+    ppo_config = config(64, "reward=model", f"reward_model={tmp_path / 'rm'}")
+    with pytest.raises(ConfigError, match=r"lm_ppo.max_new_tokens must be <= 4, the longest response .*; got 8"):
+        LMPPORunner(ppo_config, tmp_path / "ppo", console=False)
+    assert not (tmp_path / "ppo").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="lm_ppo.reward_model must be the run folder of 'pgrad lm rm'"):
+        LMPPOConfig(reward="model")
 
 
 def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
@@ -82,7 +105,7 @@ def test_config_errors_are_one_line_naming_the_field():
     with pytest.raises(ConfigError, match="lm_ppo.temperature must be > 0"):
         LMPPOConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="unknown key 'lm_ppo.clip'"):
-        resolve_config(None, ["lm_ppo.clip=0.1"], None, None)
+        resolve_config("lm_ppo", None, ["lm_ppo.clip=0.1"], None, None)
 
 
 def test_cli_trains_and_resumes(tmp_path, capsys):

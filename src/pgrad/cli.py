@@ -139,7 +139,15 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     ppo.add_argument("--run-dir", type=Path)
     ppo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
     ppo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    resume = lm_sub.add_parser("resume", help="continue an lm run from its latest checkpoint")
+    rm = lm_sub.add_parser("rm", help="train a reward model on the task's preference pairs (Bradley-Terry)")
+    rm.add_argument("--config", type=Path, help="YAML file with run: and lm_rm: sections")
+    rm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    rm.add_argument("--seed", type=int)
+    rm.add_argument("--total-steps", type=int, help="preference pairs to train on in all (default: 16384)")
+    rm.add_argument("--run-dir", type=Path)
+    rm.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
+    rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    resume = lm_sub.add_parser("resume", help="continue an lm ppo or lm rm run from its latest checkpoint")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total of responses (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
@@ -221,25 +229,29 @@ def _lm_available() -> None:
 
 def _cmd_lm(args: argparse.Namespace) -> int:
     _lm_available()
-    from pgrad.lm.config import load_run_config, resolve_config
+    from pgrad.lm.config import ALGO, RM_ALGO, load_run_config, resolve_config
+    from pgrad.lm.rm_runner import RewardModelRunner
     from pgrad.lm.runner import LMPPORunner
 
-    if args.lm_command == "ppo":
-        config = resolve_config(args.config, args.set, args.seed, args.total_steps)
-        run_dir = (
-            args.run_dir or Path("runs") / f"lm_ppo-{config.env.id}-s{config.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        runner = LMPPORunner(config, run_dir, console=not args.quiet, overwrite=args.overwrite)
-    else:
+    runners: dict[str, type[LMPPORunner] | type[RewardModelRunner]] = {ALGO: LMPPORunner, RM_ALGO: RewardModelRunner}
+    if args.lm_command == "resume":
         config = load_run_config(args.run_dir, args.total_steps)
-        runner = LMPPORunner(config, args.run_dir, resume=True, console=not args.quiet)
+        runner = runners[config.algo](config, args.run_dir, resume=True, console=not args.quiet)
+    else:
+        algo = ALGO if args.lm_command == "ppo" else RM_ALGO
+        config = resolve_config(algo, args.config, args.set, args.seed, args.total_steps)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = args.run_dir or Path("runs") / f"{algo}-{config.env.id}-s{config.run.seed}-{stamp}"
+        runner = runners[algo](config, run_dir, console=not args.quiet, overwrite=args.overwrite)
     result = runner.train()
     if not args.quiet:
         metrics = result.last_metrics
-        print(f"lm_ppo on {config.env.id}: {result.steps} responses, {result.updates} updates, {result.seconds:.1f} s")
-        for key in ("eval/true_score", "eval/rm_score", "eval/kl", "eval/response_length"):
-            if key in metrics:
-                print(f"  {key:<22} {metrics[key]:.4g}")
+        unit = "responses" if config.algo == ALGO else "pairs"
+        print(
+            f"{config.algo} on {config.env.id}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s"
+        )
+        for key in sorted(k for k in metrics if k.startswith("eval/")):
+            print(f"  {key:<26} {metrics[key]:.4g}")
         if result.interrupted:
             print(f"stopped early; continue with: pgrad lm resume {result.run_dir}")
     print(f"run folder: {result.run_dir}")

@@ -1,9 +1,10 @@
-"""The ``lm_ppo`` config section and how an LM run's config is resolved and read back.
+"""The ``lm_ppo`` and ``lm_rm`` config sections and how an LM run's config is resolved and read back.
 
 An LM run is a ``TrainConfig`` like any other (so ``RunContext`` owns its folder, logs and checkpoints):
-``algo: lm_ppo``, the shared ``run`` section (``run.total_steps`` counts sampled *responses*), the
-``lm_ppo`` section below, and an ``env`` section whose ``id`` names the task (``digits``). Precedence:
-defaults < ``LM_RUN_DEFAULTS`` < ``--config`` file < ``--set`` < flags.
+``algo: lm_ppo`` or ``lm_rm``, the shared ``run`` section (``run.total_steps`` counts sampled responses
+for PPO, trained preference pairs for the reward model), the algorithm's section below, and an ``env``
+section whose ``id`` names the task (``digits``). Precedence: defaults < ``RUN_DEFAULTS`` < ``--config``
+file < ``--set`` < flags.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from pgrad.config import parse_set as parse_set_items
 from pgrad.errors import ConfigError
 
 ALGO = "lm_ppo"
-TASKS = ("digits",)
-# run-section defaults that fit the tiny model on 2 CPU cores (the shared defaults are for env steps)
-LM_RUN_DEFAULTS: dict[str, Any] = {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False}
+RM_ALGO = "lm_rm"
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,12 @@ class LMPPOConfig(Checked):
     SECTION: ClassVar[str] = ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task: prompts and a hidden true score")
-    reward: Literal["true"] = param(
-        "true", "what scores a response: 'true' feeds the task's hidden score through the reward-model interface"
+    reward: Literal["model", "true"] = param(
+        "true",
+        "what scores a response: 'model' the reward model of reward_model; 'true' the task's hidden score behind "
+        "the same interface (a perfect reward model)",
     )
+    reward_model: str | None = param(None, "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint)")
     max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
     batch_size: int = param(64, "prompts (one response each) per rollout")
     minibatch_size: int = param(16, "responses per gradient step; must divide batch_size")
@@ -59,6 +61,8 @@ class LMPPOConfig(Checked):
     n_head: int = param(4, "attention heads; must divide n_embd")
 
     def validate(self) -> None:
+        if self.reward == "model" and not self.reward_model:
+            self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("batch_size", 1)
         self.check_range("minibatch_size", 1, self.batch_size)
@@ -85,24 +89,63 @@ class LMPPOConfig(Checked):
             self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
 
 
-SECTIONS: dict[str, type] = {"run": RunConfig, ALGO: LMPPOConfig}
+@dataclass(frozen=True)
+class LMRewardModelConfig(Checked):
+    """A reward model trained on the task's synthetic preference pairs (Bradley-Terry); ``run.total_steps``
+    counts the pairs trained on (minibatches drawn uniformly, with replacement, from the training pairs)."""
+
+    SECTION: ClassVar[str] = RM_ALGO
+
+    task: Literal["digits"] = param("digits", "the shipped task whose hidden score makes the preferences")
+    max_new_tokens: int = param(8, "longest response scored; PPO's max_new_tokens may not exceed it")
+    train_pairs: int = param(4096, "preference pairs to train on (ties are dropped: slightly fewer)")
+    heldout_pairs: int = param(1024, "fresh pairs, never trained on, for the held-out accuracy (ties dropped)")
+    batch_size: int = param(64, "pairs per gradient step")
+    eval_every: int = param(2048, "held-out accuracy every this many trained pairs, and at the end")
+    learning_rate: float = param(1e-3, "Adam learning rate")
+    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    n_layer: int = param(2, "GPT-2 blocks of the reward model's trunk")
+    n_embd: int = param(64, "GPT-2 width")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("train_pairs", 2)
+        self.check_range("heldout_pairs", 2)
+        self.check_range("batch_size", 1)
+        self.check_range("eval_every", 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """The run's config from its sections (``run``, ``lm_ppo``; ``env`` and ``guard`` as saved)."""
-    allowed = {"algo", "env", "guard", *SECTIONS}
+CONFIG_CLASSES: dict[str, type[Checked]] = {ALGO: LMPPOConfig, RM_ALGO: LMRewardModelConfig}
+# run-section defaults per command, sized for the tiny model on 2 CPU cores (the shared ones count env steps)
+RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    ALGO: {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False},
+    RM_ALGO: {"total_steps": 16384, "checkpoint_every": 4096, "tensorboard": False},
+}
+
+
+def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
+    """The run's config from its sections (``run`` and ``lm_ppo`` or ``lm_rm``; ``env`` and ``guard`` as saved)."""
+    allowed = {"algo", "env", "guard", "run", algo}
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"unknown section '{key}' (allowed: run, {ALGO})")
-    if data.get("algo", ALGO) != ALGO:
-        raise ConfigError(f"config is for algorithm '{data['algo']}', not '{ALGO}'")
-    algo_config = build(LMPPOConfig, data.get(ALGO, {}), ALGO)
+            raise ConfigError(f"unknown section '{key}' (allowed: run, {algo})")
+    if data.get("algo", algo) != algo:
+        raise ConfigError(f"config is for algorithm '{data['algo']}', not '{algo}'")
+    algo_config = build(CONFIG_CLASSES[algo], data.get(algo, {}), algo)
     env = EnvConfig(id=algo_config.task, num_envs=1)
     saved_env = data.get("env")
     if saved_env is not None and saved_env.get("id", env.id) != env.id:
         raise ConfigError(f"env.id of an LM run is its task ('{env.id}'); got {saved_env.get('id')!r}")
     return TrainConfig(
-        algo=ALGO,
+        algo=algo,
         env=env,
         run=build(RunConfig, data.get("run", {}), "run"),
         algo_config=algo_config,
@@ -110,15 +153,18 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     )
 
 
-def resolve_config(config_file: Path | None, sets: list[str], seed: int | None, total_steps: int | None) -> TrainConfig:
+def resolve_config(
+    algo: str, config_file: Path | None, sets: list[str], seed: int | None, total_steps: int | None
+) -> TrainConfig:
     file_layer = load_yaml(config_file) if config_file is not None else {}
     flags: dict[str, Any] = {}
     if seed is not None:
         flags["seed"] = seed
     if total_steps is not None:
         flags["total_steps"] = total_steps
-    layers = merge({"run": LM_RUN_DEFAULTS}, file_layer, parse_set_items(sets, SECTIONS), {"run": flags})
-    return config_from_dict(layers)
+    sections: dict[str, type] = {"run": RunConfig, algo: CONFIG_CLASSES[algo]}
+    layers = merge({"run": RUN_DEFAULTS[algo]}, file_layer, parse_set_items(sets, sections), {"run": flags})
+    return config_from_dict(layers, algo)
 
 
 def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfig:
@@ -127,8 +173,9 @@ def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfi
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a pgrad run folder (no config.yaml)")
     data = load_yaml(path)
-    if data.get("algo") != ALGO:
-        raise ConfigError(f"{run_dir} holds a '{data.get('algo')}' run; 'pgrad lm resume' continues {ALGO} runs")
+    algo = data.get("algo")
+    if algo not in CONFIG_CLASSES:
+        raise ConfigError(f"{run_dir} holds a '{algo}' run, not a language-model run ({', '.join(CONFIG_CLASSES)})")
     if total_steps is not None:
         data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
-    return config_from_dict(data)
+    return config_from_dict(data, str(algo))

@@ -49,6 +49,7 @@ from pgrad.lm.losses import (
 )
 from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
+from pgrad.lm.rm_runner import load_reward_model
 from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
@@ -94,7 +95,10 @@ def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
     return PolicyWithValue(model_config)
 
 
-def build_scorer(config: LMPPOConfig, task: DigitsTask) -> ResponseScorer:
+def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
+    if config.reward == "model":
+        assert config.reward_model is not None  # LMPPOConfig.validate
+        return load_reward_model(Path(config.reward_model), config.max_new_tokens, device)
     return TrueScoreReward(task)
 
 
@@ -119,7 +123,7 @@ class LMPPORunner:
         self.reference: GPT2LMHeadModel = copy.deepcopy(self.policy.lm)
         self.reference.requires_grad_(False)
         self.reference.train(False)
-        self.scorer = build_scorer(self.ppo, self.task)
+        self.scorer = build_scorer(self.ppo, self.task, self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
         self.step = 0  # responses sampled
