@@ -68,7 +68,8 @@ class Rollout:
     returns: Tensor
 
     def rows(self, index: Tensor) -> Rollout:
-        prompts = PromptBatch(self.prompts.ids[index], self.prompts.mask[index], self.prompts.last_digit[index])
+        last_digit = self.prompts.last_digit[index.to(self.prompts.last_digit.device)]  # kept on the CPU
+        prompts = PromptBatch(self.prompts.ids[index], self.prompts.mask[index], last_digit)
         return Rollout(
             prompts,
             self.response[index],

@@ -1,4 +1,5 @@
-"""PPO on the tiny language model end to end: learning on the hidden true score, exact resume, the CLI."""
+"""The language-model pipeline on the tiny GPT-2: reward model, PPO, learning on the hidden true score,
+exact resume, the CLI."""
 
 import json
 import time
@@ -87,6 +88,22 @@ def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
     assert a.algo_state == b.algo_state and a.updates == b.updates == 3
     strip = lambda row: {k: v for k, v in row.items() if k not in TIMING_KEYS}  # noqa: E731
     assert [strip(r) for r in rows(tmp_path / "a")] == [strip(r) for r in rows(tmp_path / "b")]
+
+
+def test_reward_model_resume_is_exact(tmp_path):
+    def rm_config():
+        return resolve_config("lm_rm", None, ["eval_every=64", "checkpoint_every=64", "heldout_pairs=64"], 2, 192)
+
+    RewardModelRunner(rm_config(), tmp_path / "a", console=False).train()
+    RewardModelRunner(rm_config(), tmp_path / "b", console=False).train(stop_at_step=128)
+    RewardModelRunner(rm_config(), tmp_path / "b", resume=True, console=False).train()
+    a = read_train_state(tmp_path / "a" / "checkpoints" / "step_0000000192")
+    b = read_train_state(tmp_path / "b" / "checkpoints" / "step_0000000192")
+    for key, value in a.modules["reward_model"].items():
+        assert torch.equal(value, b.modules["reward_model"][key]), key
+    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING_KEYS}  # noqa: E731
+    assert [strip(r) for r in rows(tmp_path / "a")] == [strip(r) for r in rows(tmp_path / "b")]
+    assert len(rows(tmp_path / "a")) == 3
 
 
 def test_adaptive_kl_coefficient_moves_toward_the_target(tmp_path):
