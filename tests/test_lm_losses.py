@@ -11,6 +11,7 @@ from pgrad.lm.losses import (
     clipped_value_loss,
     combine_ensemble,
     dpo_loss,
+    group_token_advantages,
     grpo_advantages,
     kl_k1,
     kl_k3,
@@ -168,6 +169,23 @@ def test_rloo_and_grpo_advantages_against_hand_values():
     assert grpo_advantages(rewards)[1].tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="at least 2 samples"):
         rloo_advantages(t([[1.0]]))
+
+
+def test_group_token_advantages_put_the_kl_in_the_sequence_reward_by_hand():
+    # groups of 2: R = score - 0.1 * sum k1 = [1 - 0.1, 2 - 0.1, 3, 3] (row 1's padded column is ignored)
+    score = t([1.0, 2.0, 3.0, 3.0])
+    logp = t([[-1.0, -1.0], [-1.0, 9.0], [-2.0, -2.0], [-1.0, -1.0]])
+    ref = t([[-1.5, -1.5], [-2.0, 0.0], [-2.0, -2.0], [-1.0, -1.0]])
+    mask = t([[1, 1], [1, 0], [1, 1], [1, 1]])
+    rloo = group_token_advantages(score, logp, ref, mask, 0.1, 2, "rloo")
+    close(rloo, [[-1.0, -1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    # GRPO: group 1 has mean 1.4 and sample std sqrt(0.5); group 2 no spread: 0
+    grpo = group_token_advantages(score, logp, ref, mask, 0.1, 2, "grpo")
+    a = 0.5 / (math.sqrt(0.5) + 1e-4)
+    close(grpo, [[-a, -a], [a, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    # a group's advantages do not depend on the other groups in the batch
+    alone = group_token_advantages(score[:2], logp[:2], ref[:2], mask[:2], 0.1, 2, "grpo")
+    assert torch.equal(alone, grpo[:2])
 
 
 def test_ensemble_min_never_above_any_member_and_mean_minus_std_by_hand():

@@ -70,6 +70,21 @@ def test_ppo_refuses_a_reward_model_built_for_shorter_responses(tmp_path):
         LMPPOConfig(reward="model")
 
 
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_critic_free_advantages_raise_the_true_score_in_the_same_loop(tmp_path, advantage):
+    sets = ("eval_every=1280", f"advantage={advantage}", "samples_per_prompt=4")
+    LMPPORunner(config(1280, *sets), tmp_path / "run", console=False).train()
+    logged = rows(tmp_path / "run")
+    before, after = logged[0], logged[-1]
+    print(
+        f"{advantage}: true score {before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, KL {after['eval/kl']:.2f}"
+    )
+    assert after["eval/true_score"] > before["eval/true_score"] + 0.2
+    assert after["eval/kl"] < 10.0
+    assert "train/value_loss" not in logged[1]  # no critic
+    assert all(row["lm/first_ratio_deviation"] == 0.0 for row in logged[1:])
+
+
 def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
     straight = LMPPORunner(config(192, "eval_every=0"), tmp_path / "a", console=False)
     straight.train()
@@ -119,6 +134,10 @@ def test_adaptive_kl_coefficient_moves_toward_the_target(tmp_path):
 def test_config_errors_are_one_line_naming_the_field():
     with pytest.raises(ConfigError, match=r"lm_ppo.minibatch_size must be a divisor of batch_size \(64\); got 10"):
         LMPPOConfig(minibatch_size=10)
+    with pytest.raises(ConfigError, match=r"lm_ppo.samples_per_prompt must be in \[2, 64\]; got 1"):
+        LMPPOConfig(advantage="rloo")
+    with pytest.raises(ConfigError, match=r"lm_ppo.samples_per_prompt must be a divisor of batch_size \(64\); got 3"):
+        LMPPOConfig(advantage="grpo", samples_per_prompt=3)
     with pytest.raises(ConfigError, match="lm_ppo.temperature must be > 0"):
         LMPPOConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="unknown key 'lm_ppo.clip'"):

@@ -34,8 +34,15 @@ class LMPPOConfig(Checked):
         "the same interface (a perfect reward model)",
     )
     reward_model: str | None = param(None, "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint)")
+    advantage: Literal["gae", "rloo", "grpo"] = param(
+        "gae",
+        "gae: PPO with the value head (per-token KL in the reward, GAE over tokens); rloo / grpo: no critic, "
+        "samples_per_prompt responses per prompt, one advantage per response from its group (leave-one-out / "
+        "group-normalised) of score - kl_coef x KL, under the same clipped surrogate",
+    )
+    samples_per_prompt: int = param(1, "responses per prompt (at least 2 for rloo and grpo); divides batch_size")
     max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
-    batch_size: int = param(64, "prompts (one response each) per rollout")
+    batch_size: int = param(64, "responses per rollout (batch_size / samples_per_prompt prompts)")
     minibatch_size: int = param(16, "responses per gradient step; must divide batch_size")
     num_epochs: int = param(4, "passes over each rollout (the first in rollout order, later ones shuffled)")
     temperature: float = param(1.0, "sampling temperature; log-probs are taken of the same tempered distribution")
@@ -44,7 +51,7 @@ class LMPPOConfig(Checked):
     clip_eps: float = param(0.2, "surrogate clip range: ratio clipped to [1 - clip_eps, 1 + clip_eps]")
     clip_vf: float = param(0.2, "value clip range around the rollout's values")
     vf_coef: float = param(0.1, "value loss coefficient")
-    whiten_advantages: bool = param(True, "whiten advantages over the rollout's real tokens")
+    whiten_advantages: bool = param(True, "gae: whiten advantages over the rollout's real tokens")
     kl_coef: float = param(0.05, "initial coefficient beta of the per-token KL penalty beta (log pi - log pi_ref)")
     kl_target: float | None = param(
         None, "adaptive KL controller (Ziegler et al.): steer the mean per-response KL toward this (None: fixed)"
@@ -65,6 +72,9 @@ class LMPPOConfig(Checked):
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("batch_size", 1)
+        self.check_range("samples_per_prompt", 2 if self.advantage != "gae" else 1, self.batch_size)
+        if self.batch_size % self.samples_per_prompt:
+            self._fail("samples_per_prompt", f"a divisor of batch_size ({self.batch_size})")
         self.check_range("minibatch_size", 1, self.batch_size)
         if self.batch_size % self.minibatch_size:
             self._fail("minibatch_size", f"a divisor of batch_size ({self.batch_size})")

@@ -232,6 +232,32 @@ def grpo_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
     return (rewards - mean) / (std + eps)
 
 
+GroupRule = Literal["rloo", "grpo"]
+
+
+def group_token_advantages(
+    score: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    samples_per_prompt: int,
+    rule: GroupRule,
+) -> Tensor:
+    """Critic-free advantages for responses in groups of ``samples_per_prompt`` consecutive rows (one prompt):
+
+        R_b = score_b - kl_coef * sum_t (log pi(y_t) - log pi_ref(y_t))     (the KL penalty in the reward)
+        A   = rloo_advantages(R grouped [P, K]) or grpo_advantages(R grouped [P, K])
+        A[b, t] = A_b at every real token of response b, 0 at padding
+
+    Each group's numbers depend on that group alone: the other prompts in the batch change nothing.
+    """
+    sequence = score - kl_coef * kl_k1(logp, ref_logp, mask).sum(1)
+    grouped = sequence.view(-1, samples_per_prompt)
+    advantages = rloo_advantages(grouped) if rule == "rloo" else grpo_advantages(grouped)
+    return advantages.reshape(-1, 1) * mask
+
+
 EnsembleRule = Literal["min", "mean_minus_std"]
 
 

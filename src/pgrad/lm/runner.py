@@ -39,6 +39,7 @@ from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
     AdaptiveKLController,
     clipped_value_loss,
+    group_token_advantages,
     kl_k1,
     kl_k3,
     masked_mean,
@@ -185,7 +186,7 @@ class LMPPORunner:
     def collect(self) -> tuple[Rollout, dict[str, float]]:
         """Steps 1-4 of the module docstring: a scored rollout with advantages, and its statistics."""
         ppo, tok = self.ppo, self.task.tokenizer
-        cpu_prompts = self.task.prompts(ppo.batch_size)
+        cpu_prompts = self.task.prompts(ppo.batch_size // ppo.samples_per_prompt).repeat(ppo.samples_per_prompt)
         prompts = PromptBatch(cpu_prompts.ids.to(self.device), cpu_prompts.mask.to(self.device), cpu_prompts.last_digit)
         samples = sample(
             self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
@@ -204,10 +205,16 @@ class LMPPORunner:
         response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
         score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).to(self.device)
         true_score = self.task.true_score(prompts.last_digit, response_cpu, mask_cpu)
-        rewards = token_rewards(score, logp, ref, mask, self.kl.value)
-        advantages, returns = token_gae(rewards, values, mask, ppo.gamma, ppo.gae_lambda)
-        if ppo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        if ppo.advantage == "gae":
+            rewards = token_rewards(score, logp, ref, mask, self.kl.value)
+            advantages, returns = token_gae(rewards, values, mask, ppo.gamma, ppo.gae_lambda)
+            if ppo.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        else:  # no critic: the value head is neither used nor trained
+            advantages = group_token_advantages(
+                score, logp, ref, mask, self.kl.value, ppo.samples_per_prompt, ppo.advantage
+            )
+            returns = torch.zeros_like(advantages)
         kl_per_response = kl_k1(logp, ref, mask).sum(1)
         stats = {
             "lm/true_score": float(true_score.mean()),
@@ -243,29 +250,32 @@ class LMPPORunner:
                     batch.mask.long(),
                     temperature=ppo.temperature,
                 )
-                assert out.values is not None
                 policy = ppo_policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
-                value_loss, value_clipped = clipped_value_loss(
-                    out.values, batch.old_values, batch.returns, batch.mask, ppo.clip_vf
-                )
-                loss = policy.loss + ppo.vf_coef * value_loss
+                terms = {
+                    "train/policy_loss": policy.loss,
+                    "diagnostics/approx_kl": policy.approx_kl,
+                    "diagnostics/clip_fraction": policy.clip_fraction,
+                    "diagnostics/entropy": masked_mean(out.entropy.detach(), batch.mask),
+                }
+                loss = policy.loss
+                if ppo.advantage == "gae":
+                    assert out.values is not None
+                    value_loss, value_clipped = clipped_value_loss(
+                        out.values, batch.old_values, batch.returns, batch.mask, ppo.clip_vf
+                    )
+                    loss = loss + ppo.vf_coef * value_loss
+                    terms["train/value_loss"], terms["diagnostics/value_clip_fraction"] = value_loss, value_clipped
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), ppo.max_grad_norm)
+                terms["diagnostics/grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                    self.policy.parameters(), ppo.max_grad_norm
+                )
                 self.optimizer.step()
                 if steps == 0:
                     ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
                     first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())
                 steps += 1
-                for key, value in (
-                    ("train/policy_loss", policy.loss),
-                    ("train/value_loss", value_loss),
-                    ("diagnostics/approx_kl", policy.approx_kl),
-                    ("diagnostics/clip_fraction", policy.clip_fraction),
-                    ("diagnostics/value_clip_fraction", value_clipped),
-                    ("diagnostics/entropy", masked_mean(out.entropy.detach(), batch.mask)),
-                    ("diagnostics/grad_norm", grad_norm),
-                ):
+                for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
         self.kl.update(stats["lm/kl"], ppo.batch_size)
         self.step += ppo.batch_size

@@ -73,6 +73,14 @@ class PromptBatch:
     mask: Tensor
     last_digit: Tensor
 
+    def repeat(self, times: int) -> PromptBatch:
+        """Each prompt ``times`` times in consecutive rows (a group of samples per prompt)."""
+        return PromptBatch(
+            self.ids.repeat_interleave(times, 0),
+            self.mask.repeat_interleave(times, 0),
+            self.last_digit.repeat_interleave(times, 0),
+        )
+
 
 class DigitsTask:
     """Prompts, the hidden true score and synthetic preference pairs of the ``digits`` task."""
