@@ -77,7 +77,8 @@ def test_critic_free_advantages_raise_the_true_score_in_the_same_loop(tmp_path, 
     logged = rows(tmp_path / "run")
     before, after = logged[0], logged[-1]
     print(
-        f"{advantage}: true score {before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, KL {after['eval/kl']:.2f}"
+        f"{advantage}: true score {before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, "
+        f"KL {after['eval/kl']:.2f}"
     )
     assert after["eval/true_score"] > before["eval/true_score"] + 0.2
     assert after["eval/kl"] < 10.0
