@@ -221,10 +221,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _lm_available() -> None:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise PgradError("language models need transformers: pip install 'pgrad[lm]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:  # found, not imported: only pgrad.lm imports it
+        raise PgradError("language models need transformers: pip install 'pgrad[lm]'")
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:

@@ -61,6 +61,16 @@ class LMPPOConfig(Checked):
         1024, "evaluate on held-out prompts every this many responses, at the start and at the end (0: off)"
     )
     eval_prompts: int = param(256, "held-out prompts per evaluation (the same prompts and noise every time)")
+    kl_alert: float | None = param(
+        25.0, "critical.lm_kl event when the mean per-response KL to the reference exceeds this (None: off)"
+    )
+    hacking_window: int = param(5, "updates over which the reward-hacking rule compares reward-model and true scores")
+    hacking_drop: float = param(
+        0.05, "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises"
+    )
+    length_collapse: float | None = param(
+        0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
+    )
     learning_rate: float = param(1e-3, "Adam learning rate (policy and value head)")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
     n_layer: int = param(2, "GPT-2 blocks of the tiny model")
@@ -90,6 +100,10 @@ class LMPPOConfig(Checked):
         self.check_range("kl_horizon", 1)
         self.check_range("eval_every", 0)
         self.check_range("eval_prompts", 1)
+        self.check_range("kl_alert", 0, low_open=True)
+        self.check_range("hacking_window", 2)
+        self.check_range("hacking_drop", 0)
+        self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
         self.check_range("learning_rate", 0, low_open=True)
         self.check_range("max_grad_norm", 0, low_open=True)
         self.check_range("n_layer", 1)

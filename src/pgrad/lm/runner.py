@@ -15,7 +15,8 @@ One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO
 
 The run folder, logs, checkpoints and Ctrl-C belong to ``RunContext``. A checkpoint (typed
 ``TrainState``, safetensors + JSON) holds policy, reference, optimizer, the KL coefficient and the torch
-RNG, so a resume continues bit for bit. No guard rules for language models yet.
+RNG, so a resume continues bit for bit. The alert rules of ``pgrad.lm.alerts`` (KL, reward hacking, length
+collapse) write events; the shared guard's rollback and halt do not act on language-model runs yet.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pgrad import __version__
 from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
+from pgrad.lm.alerts import AlertThresholds, new_alerts
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
@@ -52,6 +54,7 @@ from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
 from pgrad.lm.rm_runner import load_reward_model
 from pgrad.lm.task import DigitsTask, PromptBatch
+from pgrad.monitor.sinks import read_jsonl
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
 
@@ -130,6 +133,9 @@ class LMPPORunner:
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
         self.step = 0  # responses sampled
         self.updates = 0
+        ppo = self.ppo
+        self.alert_limits = AlertThresholds(ppo.kl_alert, ppo.hacking_window, ppo.hacking_drop, ppo.length_collapse)
+        self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
         resume_from = self.run.latest_state() if resume else None
         self.run.open(console, f"{ALGO} {self.task.name}")
         if resume_from is not None:
@@ -176,6 +182,9 @@ class LMPPORunner:
         torch.set_rng_state(state.rng_torch)
         self.kl.value = float(state.algo_state["kl_coef"])
         self.step, self.updates = state.step, state.updates
+        # the rows up to the checkpoint (``RunContext.open`` cut the log back to it): the alert rules go on
+        # judging the same history as an uninterrupted run
+        self.history = read_jsonl(self.run_dir / "metrics.jsonl")
         # no schedule reads run.total_steps here: after a raised total the learner continues as one run would
 
     # ---- one update -----------------------------------------------------------------------
@@ -325,6 +334,9 @@ class LMPPORunner:
                         if self.evaluation_due(previous_step):
                             metrics.update(self.evaluate())
                         self.run.log(metrics)
+                        self.history.append(metrics)
+                        for alert in new_alerts(self.history, self.alert_limits):
+                            self.run.emit(alert.kind, self.step, alert.message)
                         if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
                             self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"])
                         if stop_at_step is not None and self.step >= stop_at_step:

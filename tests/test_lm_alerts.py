@@ -1,0 +1,47 @@
+"""The language-model alert rules (pgrad.lm.alerts) on hand-made metric histories."""
+
+from pgrad.lm.alerts import AlertThresholds, lm_alerts, new_alerts
+
+LIMITS = AlertThresholds(kl_alert=10.0, hacking_window=3, hacking_drop=0.05, length_collapse=0.25)
+
+
+def row(kl=1.0, rm=0.0, true=0.5, length=8.0):
+    return {"lm/kl": kl, "lm/rm_score": rm, "lm/true_score": true, "lm/response_length": length}
+
+
+def kinds(history, limits=LIMITS):
+    return [alert.kind for alert in lm_alerts(history, limits)]
+
+
+def test_a_healthy_history_raises_nothing():
+    history = [{"step": 0, "eval/true_score": 0.3}] + [row(kl=k, rm=k, true=0.3 + 0.05 * k) for k in range(6)]
+    assert kinds(history) == []
+
+
+def test_kl_above_its_bound_is_critical_and_names_the_field():
+    alerts = lm_alerts([row(), row(kl=10.5)], LIMITS)
+    assert [a.kind for a in alerts] == ["critical.lm_kl"]
+    assert "lm_ppo.kl_alert 10" in alerts[0].message and "10.50 nats" in alerts[0].message
+    assert kinds([row(kl=10.0)]) == []  # at the bound: not above it
+    assert kinds([row(kl=99.0)], AlertThresholds(None, 3, 0.05, None)) == []
+
+
+def test_reward_hacking_needs_the_rm_score_up_and_the_true_score_down_over_the_window():
+    hacked = [row(rm=1.0, true=0.60), row(rm=1.5, true=0.58), row(rm=2.0, true=0.54)]
+    assert kinds(hacked) == ["warning.lm_reward_hacking"]
+    # true score down by exactly 0.05: not more than hacking_drop
+    assert kinds([row(rm=1.0, true=0.60), row(rm=1.5), row(rm=2.0, true=0.55)]) == []
+    # both falling: a bad policy, not hacking
+    assert kinds([row(rm=2.0, true=0.60), row(rm=1.5), row(rm=1.0, true=0.40)]) == []
+    assert kinds(hacked[1:]) == []  # fewer rows than the window
+
+
+def test_length_collapse_is_relative_to_the_first_row():
+    assert kinds([row(length=8.0), row(length=2.1)]) == []
+    assert kinds([row(length=8.0), row(length=1.9)]) == ["warning.lm_length_collapse"]
+
+
+def test_an_alert_is_new_only_on_the_row_where_it_starts():
+    history = [row(), row(kl=11.0), row(kl=12.0), row(kl=1.0), row(kl=13.0)]
+    started = [i for i in range(1, len(history) + 1) if new_alerts(history[:i], LIMITS)]
+    assert started == [2, 5]
