@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 
-from pgrad.lm.losses import kl_k1, kl_k3
-from pgrad.lm.model import (
+pytest.importorskip("transformers")  # the lm extra
+
+from pgrad.lm.losses import kl_k1, kl_k3  # noqa: E402
+from pgrad.lm.model import (  # noqa: E402
     PolicyWithValue,
     RewardModel,
     filter_top_k,
@@ -15,7 +17,7 @@ from pgrad.lm.model import (
     sample,
     tiny_gpt2_config,
 )
-from pgrad.lm.task import DigitsTask
+from pgrad.lm.task import DigitsTask  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ import time
 import pytest
 import torch
 
-from pgrad.checkpoint import read_train_state
-from pgrad.cli import main
-from pgrad.errors import ConfigError
-from pgrad.lm.config import LMPPOConfig, resolve_config
-from pgrad.lm.rm_runner import RewardModelRunner
-from pgrad.lm.runner import LMPPORunner
+pytest.importorskip("transformers")  # the lm extra
+
+from pgrad.checkpoint import read_train_state  # noqa: E402
+from pgrad.cli import main  # noqa: E402
+from pgrad.errors import ConfigError  # noqa: E402
+from pgrad.lm.config import LMPPOConfig, resolve_config  # noqa: E402
+from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
+from pgrad.lm.runner import LMPPORunner  # noqa: E402
 
 TIMING_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second"}
 
