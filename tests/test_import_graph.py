@@ -33,7 +33,15 @@ LAYERS: list[list[str]] = [
     ["pgrad.registry", "pgrad.checkpoint"],
     ["pgrad.builders", "pgrad.runs", "pgrad.policy"],
     ["pgrad.monitor"],
-    ["pgrad.runners", "pgrad.evaluate", "pgrad.export", "pgrad.tune", "pgrad.lm.runner", "pgrad.lm.rm_runner"],
+    [
+        "pgrad.runners",
+        "pgrad.evaluate",
+        "pgrad.export",
+        "pgrad.tune",
+        "pgrad.lm.runner",
+        "pgrad.lm.rm_runner",
+        "pgrad.lm.sft_runner",
+    ],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],
 ]

@@ -19,6 +19,7 @@ from pgrad.lm.losses import (
     masked_whiten,
     ppo_policy_loss,
     rloo_advantages,
+    sft_loss,
     token_gae,
     token_logprobs,
     token_rewards,
@@ -42,6 +43,11 @@ def test_token_logprobs_are_log_softmax_at_the_token_and_zero_at_padding():
     assert logp[0, 1].item() == 0.0
     full = token_logprobs(logits, tokens, t([[1, 1]]))
     assert full[0, 1].item() == pytest.approx(-math.log(3))
+
+
+def test_sft_loss_is_the_mean_nll_of_real_tokens():
+    logp, mask = t([[-1.0, -2.0, -50.0], [-3.0, -50.0, -50.0]]), t([[1, 1, 0], [1, 0, 0]])
+    assert sft_loss(logp, mask).item() == pytest.approx(2.0)  # (1 + 2 + 3) / 3
 
 
 def test_kl_estimators_against_hand_values_and_zero_when_policy_is_reference():

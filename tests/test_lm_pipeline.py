@@ -15,6 +15,7 @@ from pgrad.errors import ConfigError  # noqa: E402
 from pgrad.lm.config import LMPPOConfig, resolve_config  # noqa: E402
 from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
 from pgrad.lm.runner import LMPPORunner  # noqa: E402
+from pgrad.lm.sft_runner import SFTRunner  # noqa: E402
 
 TIMING_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second"}
 
@@ -28,37 +29,55 @@ def config(total, *sets):
     return resolve_config("lm_ppo", None, ["checkpoint_every=64", *sets], seed=3, total_steps=total)
 
 
-def test_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_stays_bounded(tmp_path):
-    """The pipeline end to end on the tiny model: a reward model from preference pairs, then PPO on its score.
-    The true score is what the learner never sees; it must rise clearly above the starting model's."""
+def test_sft_then_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_stays_bounded(tmp_path):
+    """InstructGPT's pipeline end to end on the tiny model: SFT on demonstrations, a reward model from preference
+    pairs, then PPO from the SFT model (also the reference) on the reward model's score. The true score is
+    what the learner never sees; it must rise clearly above the SFT model's."""
     started = time.perf_counter()
+    sft_config = resolve_config("lm_sft", None, ["eval_every=2048", "demonstrations=2048"], seed=3, total_steps=2048)
+    SFTRunner(sft_config, tmp_path / "sft", console=False).train()
+    sft_rows = rows(tmp_path / "sft")
     rm_config = resolve_config("lm_rm", None, ["eval_every=1024", "train_pairs=2048"], seed=3, total_steps=3072)
     RewardModelRunner(rm_config, tmp_path / "rm", console=False).train()
     rm_rows = rows(tmp_path / "rm")
-    rm_seconds = time.perf_counter() - started
-    ppo_config = config(1600, "eval_every=1600", "reward=model", f"reward_model={tmp_path / 'rm'}")
-    result = LMPPORunner(ppo_config, tmp_path / "ppo", console=False).train()
+    before_ppo = time.perf_counter()
+    sets = ("eval_every=1600", "reward=model", f"reward_model={tmp_path / 'rm'}", f"init_from={tmp_path / 'sft'}")
+    result = LMPPORunner(config(1600, *sets), tmp_path / "ppo", console=False).train()
     seconds = time.perf_counter() - started
     logged = rows(tmp_path / "ppo")
     before, after = logged[0], logged[-1]
     print(
-        f"reward model: held-out accuracy {rm_rows[-1]['eval/rm_accuracy']:.3f}, correlation with the true score "
-        f"{rm_rows[-1]['eval/rm_true_correlation']:.3f} ({rm_seconds:.1f} s); PPO: true score "
-        f"{before['eval/true_score']:.3f} -> {after['eval/true_score']:.3f}, RM score {before['eval/rm_score']:.2f} -> "
-        f"{after['eval/rm_score']:.2f}, KL {after['eval/kl']:.2f} nats (k3 {after['eval/kl_k3']:.2f}), length "
-        f"{before['eval/response_length']:.2f} -> {after['eval/response_length']:.2f}; {seconds:.1f} s in all"
+        f"SFT: held-out NLL {sft_rows[0]['eval/sft_nll']:.3f} -> {sft_rows[-1]['eval/sft_nll']:.3f}, true score "
+        f"{sft_rows[0]['eval/true_score']:.3f} -> {sft_rows[-1]['eval/true_score']:.3f}; reward model: held-out "
+        f"accuracy {rm_rows[-1]['eval/rm_accuracy']:.3f}, correlation with the true score "
+        f"{rm_rows[-1]['eval/rm_true_correlation']:.3f}; PPO: true score {before['eval/true_score']:.3f} -> "
+        f"{after['eval/true_score']:.3f}, RM score {before['eval/rm_score']:.2f} -> {after['eval/rm_score']:.2f}, "
+        f"KL {after['eval/kl']:.2f} nats (k3 {after['eval/kl_k3']:.2f}), length {before['eval/response_length']:.2f}"
+        f" -> {after['eval/response_length']:.2f}; PPO {time.perf_counter() - before_ppo:.1f} s, {seconds:.1f} s in all"
     )
+    assert sft_rows[-1]["eval/sft_nll"] < sft_rows[0]["eval/sft_nll"] - 0.1
     assert rm_rows[-1]["eval/rm_accuracy"] > 0.85
-    assert result.updates == 25 and before["step"] == 0 and after["step"] == 1600
+    # PPO starts from the SFT model: the same weights, prompts and noise give the SFT run's last evaluation
+    assert before["eval/true_score"] == sft_rows[-1]["eval/true_score"] and before["eval/kl"] == 0.0
+    assert result.updates == 25 and after["step"] == 1600
     assert after["eval/true_score"] > before["eval/true_score"] + 0.25
     assert after["eval/rm_score"] > before["eval/rm_score"]
     assert after["eval/kl"] < 10.0
-    assert before["eval/kl"] == 0.0  # the starting model is the reference
     # every update's first minibatch of its first epoch sees the rollout's own policy: ratio exactly 1
     assert all(row["lm/first_ratio_deviation"] == 0.0 for row in logged[1:])
     for key in ("lm/true_score", "lm/rm_score", "lm/kl", "lm/kl_k3", "lm/response_length", "train/policy_loss"):
         assert key in logged[1], key
     assert seconds < 60
+
+
+def test_ppo_refuses_an_sft_model_of_another_shape(tmp_path):
+    sft_config = resolve_config("lm_sft", None, ["n_embd=32", "eval_every=64", "eval_prompts=8"], 1, 64)
+    SFTRunner(sft_config, tmp_path / "sft", console=False).train()
+    with pytest.raises(ConfigError, match=r"lm_ppo.n_embd must be 32, the value of the SFT model in .*; got 64"):
+        LMPPORunner(config(64, f"init_from={tmp_path / 'sft'}"), tmp_path / "ppo", console=False)
+    with pytest.raises(ConfigError, match=r"lm_ppo.init_from: .* is a 'lm_ppo' run, not supervised fine-tuning"):
+        LMPPORunner(config(64, f"init_from={tmp_path / 'sft'}", "n_embd=32"), tmp_path / "p2", console=False).train()
+        LMPPORunner(config(64, f"init_from={tmp_path / 'p2'}"), tmp_path / "p3", console=False)
 
 
 def test_ppo_refuses_a_reward_model_built_for_shorter_responses(tmp_path):

@@ -1,10 +1,10 @@
-"""The ``lm_ppo`` and ``lm_rm`` config sections and how an LM run's config is resolved and read back.
+"""The ``lm_ppo``, ``lm_rm`` and ``lm_sft`` config sections; how an LM run's config is resolved and read back.
 
 An LM run is a ``TrainConfig`` like any other (so ``RunContext`` owns its folder, logs and checkpoints):
-``algo: lm_ppo`` or ``lm_rm``, the shared ``run`` section (``run.total_steps`` counts sampled responses
-for PPO, trained preference pairs for the reward model), the algorithm's section below, and an ``env``
-section whose ``id`` names the task (``digits``). Precedence: defaults < ``RUN_DEFAULTS`` < ``--config``
-file < ``--set`` < flags.
+``algo: lm_ppo``, ``lm_rm`` or ``lm_sft``, the shared ``run`` section (``run.total_steps`` counts sampled
+responses for PPO, trained preference pairs for the reward model, demonstrations for SFT), the
+algorithm's section below, and an ``env`` section whose ``id`` names the task (``digits``).
+Precedence: defaults < ``RUN_DEFAULTS`` < ``--config`` file < ``--set`` < flags.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pgrad.errors import ConfigError
 
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
+SFT_ALGO = "lm_sft"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class LMPPOConfig(Checked):
         "the same interface (a perfect reward model)",
     )
     reward_model: str | None = param(None, "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint)")
+    init_from: str | None = param(
+        None,
+        "the run folder of 'pgrad lm sft': policy and reference start from its best checkpoint (None: the tiny "
+        "GPT-2's random initial weights)",
+    )
     advantage: Literal["gae", "rloo", "grpo"] = param(
         "gae",
         "gae: PPO with the value head (per-token KL in the reward, GAE over tokens); rloo / grpo: no critic, "
@@ -147,16 +153,53 @@ class LMRewardModelConfig(Checked):
             self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
 
 
-CONFIG_CLASSES: dict[str, type[Checked]] = {ALGO: LMPPOConfig, RM_ALGO: LMRewardModelConfig}
+@dataclass(frozen=True)
+class LMSFTConfig(Checked):
+    """Supervised fine-tuning on the task's demonstrations; ``run.total_steps`` counts demonstrations trained
+    on (minibatches drawn uniformly, with replacement). ``lm_ppo.init_from`` starts PPO from the result."""
+
+    SECTION: ClassVar[str] = SFT_ALGO
+
+    task: Literal["digits"] = param("digits", "the shipped task whose hidden score picks the demonstrations")
+    max_new_tokens: int = param(8, "longest demonstration; PPO starting from this model must use the same")
+    demonstrations: int = param(4096, "demonstrations to train on: per prompt the best of 4 random responses")
+    heldout_demonstrations: int = param(512, "fresh demonstrations for the held-out log-likelihood")
+    batch_size: int = param(64, "demonstrations per gradient step")
+    eval_every: int = param(2048, "held-out metrics every this many demonstrations, and at the end")
+    eval_prompts: int = param(256, "held-out prompts for the sampled true score and KL to the initial weights")
+    learning_rate: float = param(1e-3, "Adam learning rate")
+    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
+    n_embd: int = param(64, "GPT-2 width")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("demonstrations", 1)
+        self.check_range("heldout_demonstrations", 1)
+        self.check_range("batch_size", 1)
+        self.check_range("eval_every", 1)
+        self.check_range("eval_prompts", 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+
+
+CONFIG_CLASSES: dict[str, type[Checked]] = {ALGO: LMPPOConfig, RM_ALGO: LMRewardModelConfig, SFT_ALGO: LMSFTConfig}
 # run-section defaults per command, sized for the tiny model on 2 CPU cores (the shared ones count env steps)
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     ALGO: {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False},
     RM_ALGO: {"total_steps": 16384, "checkpoint_every": 4096, "tensorboard": False},
+    SFT_ALGO: {"total_steps": 8192, "checkpoint_every": 4096, "tensorboard": False},
 }
 
 
 def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
-    """The run's config from its sections (``run`` and ``lm_ppo`` or ``lm_rm``; ``env`` and ``guard`` as saved)."""
+    """The run's config from its sections (``run`` and the algorithm's; ``env`` and ``guard`` as saved)."""
     allowed = {"algo", "env", "guard", "run", algo}
     for key in data:
         if key not in allowed:

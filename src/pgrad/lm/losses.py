@@ -69,6 +69,14 @@ def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) * mask
 
 
+def sft_loss(logprobs: Tensor, mask: Tensor) -> Tensor:
+    """Supervised fine-tuning: the mean negative log-likelihood per real response token,
+
+    L = -sum_{b,t} mask[b, t] log pi(y_t | x, y_<t) / sum_{b,t} mask[b, t]
+    """
+    return -masked_mean(logprobs, mask)
+
+
 def kl_k1(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
     """Per-token k1 = log pi(y_t) - log pi_ref(y_t): the sample whose expectation under pi is KL(pi || ref).
     It is what the reward is penalised by; it can be negative token by token."""

@@ -53,6 +53,7 @@ from pgrad.lm.losses import (
 from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
 from pgrad.lm.rm_runner import load_reward_model
+from pgrad.lm.sft_runner import load_sft_state
 from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
@@ -123,8 +124,12 @@ class LMPPORunner:
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
         self.task = build_task(self.ppo)
-        self.policy = build_policy(self.ppo, self.task).to(self.device).eval()  # eval: dropout off everywhere
-        # the reference is the initial weights, frozen; it never trains, so it needs no value head
+        self.policy = build_policy(self.ppo, self.task).eval()  # eval: dropout off everywhere
+        if self.ppo.init_from is not None:  # InstructGPT: PPO starts from the SFT model, which is the reference too
+            sft_state, sft_path = load_sft_state(Path(self.ppo.init_from), self.ppo)
+            load_modules({"lm": self.policy.lm}, sft_state, sft_path)
+        self.policy.to(self.device)
+        # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
         self.reference: GPT2LMHeadModel = copy.deepcopy(self.policy.lm)
         self.reference.requires_grad_(False)
         self.reference.train(False)

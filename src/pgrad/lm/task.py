@@ -134,6 +134,18 @@ class DigitsTask:
         mask = (columns < real.unsqueeze(1)).long()
         return torch.where(mask > 0, ids, tok.pad_id), mask
 
+    def demonstrations(
+        self, count: int, generator: torch.Generator | None = None, candidates: int = 4
+    ) -> tuple[PromptBatch, Tensor, Tensor]:
+        """``count`` prompts, each with the best of ``candidates`` random responses by the true score (the
+        first among ties): what a demonstrator who knows the objective would write, imperfectly.
+        Returns (prompts, responses, masks)."""
+        prompts = self.prompts(count, generator)
+        responses, masks = self.random_responses(count * candidates, generator)
+        scores = self.true_score(prompts.last_digit.repeat_interleave(candidates), responses, masks)
+        best = scores.view(count, candidates).argmax(1) + torch.arange(count) * candidates
+        return prompts, responses[best], masks[best]
+
     def preference_pairs(self, count: int, generator: torch.Generator | None = None) -> PreferencePairs:
         """``count`` prompts, each with two random responses; the chosen one has the higher true score.
         Ties are dropped (they carry no preference), so slightly fewer than ``count`` pairs come back."""
