@@ -2,12 +2,15 @@
 
 One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO"):
 
-1. ``batch_size`` prompts; one response each, sampled with a KV cache at ``temperature``.
+1. ``batch_size / samples_per_prompt`` prompts, ``samples_per_prompt`` responses each (1 by default),
+   sampled with a KV cache at ``temperature``.
 2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
-   values (policy), log pi_ref (the frozen initial weights).
-3. The scorer's score of each response (``lm.reward``); per-token reward
+   values (policy), log pi_ref (the frozen initial weights: the SFT model's with ``init_from``).
+3. The scorer's score of each response (``lm_ppo.reward``); per-token reward
    r_t = -beta (log pi_old - log pi_ref) + score on the last real token.
-4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens.
+4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens. With
+   ``advantage: rloo`` or ``grpo`` instead: no critic, one advantage per response from its prompt's
+   group of score - beta x KL (``losses.group_token_advantages``), and no value loss in step 5.
 5. ``num_epochs`` passes of minibatch steps on the clipped surrogate + vf_coef x clipped value loss. The
    first pass takes the minibatches in the order and shapes of step 2, so its first minibatch sees a
    ratio of exactly 1 (logged as ``lm/first_ratio_deviation``, which must be 0).
@@ -15,8 +18,9 @@ One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO
 
 The run folder, logs, checkpoints and Ctrl-C belong to ``RunContext``. A checkpoint (typed
 ``TrainState``, safetensors + JSON) holds policy, reference, optimizer, the KL coefficient and the torch
-RNG, so a resume continues bit for bit. The alert rules of ``pgrad.lm.alerts`` (KL, reward hacking, length
-collapse) write events; the shared guard's rollback and halt do not act on language-model runs yet.
+RNG, so a resume continues bit for bit (given the same reward-model checkpoint: it is read again on
+resume). The alert rules of ``pgrad.lm.alerts`` (KL, reward hacking, length collapse) write events; the
+shared guard's rollback and halt do not act on language-model runs yet.
 """
 
 from __future__ import annotations
