@@ -45,3 +45,18 @@ def test_an_alert_is_new_only_on_the_row_where_it_starts():
     history = [row(), row(kl=11.0), row(kl=12.0), row(kl=1.0), row(kl=13.0)]
     started = [i for i in range(1, len(history) + 1) if new_alerts(history[:i], LIMITS)]
     assert started == [2, 5]
+
+
+def test_doctor_explains_the_language_model_alerts():
+    from pgrad.monitor.doctor import explain_alerts
+
+    events = [
+        {"step": 640, "kind": "warning.lm_reward_hacking", "message": "over the last 5 updates ..."},
+        {"step": 960, "kind": "critical.lm_kl", "message": "mean KL to the reference 30.00 nats ..."},
+        {"step": 1280, "kind": "critical.lm_kl", "message": "mean KL to the reference 31.00 nats ..."},
+    ]
+    lines = explain_alerts(events)
+    assert lines[0] == "    warning.lm_reward_hacking: 1x, first at step 640: over the last 5 updates ..."
+    assert "exploits the reward model" in lines[1] and "retrain the reward model" in lines[1]
+    assert lines[2].startswith("    critical.lm_kl: 2x, first at step 960")
+    assert "kl_coef" in lines[3]
