@@ -26,14 +26,22 @@ def test_kl_above_its_bound_is_critical_and_names_the_field():
     assert kinds([row(kl=99.0)], AlertThresholds(None, 3, 0.05, None)) == []
 
 
-def test_reward_hacking_needs_the_rm_score_up_and_the_true_score_down_over_the_window():
-    hacked = [row(rm=1.0, true=0.60), row(rm=1.5, true=0.58), row(rm=2.0, true=0.54)]
+def test_reward_hacking_compares_half_window_means():
+    # window 3: the earlier half is row 0, the later half row 2 (the middle row is left out)
+    hacked = [row(rm=1.0, true=0.60), row(rm=1.5, true=0.20), row(rm=2.0, true=0.54)]
     assert kinds(hacked) == ["warning.lm_reward_hacking"]
     # true score down by exactly 0.05: not more than hacking_drop
     assert kinds([row(rm=1.0, true=0.60), row(rm=1.5), row(rm=2.0, true=0.55)]) == []
     # both falling: a bad policy, not hacking
     assert kinds([row(rm=2.0, true=0.60), row(rm=1.5), row(rm=1.0, true=0.40)]) == []
     assert kinds(hacked[1:]) == []  # fewer rows than the window
+    # window 4: means of two rows each: true (0.6 + 0.5) / 2 -> (0.58 + 0.44) / 2 = 0.55 -> 0.51, rm 1 -> 2
+    four = AlertThresholds(None, 4, 0.035, None)
+    history = [row(rm=0.5, true=0.6), row(rm=1.5, true=0.5), row(rm=2.0, true=0.58), row(rm=2.0, true=0.44)]
+    assert kinds(history, four) == ["warning.lm_reward_hacking"]
+    # one noisy row alone does not make it: the later half's mean stays within 0.035
+    history[-1] = row(rm=2.0, true=0.46)
+    assert kinds(history, four) == []
 
 
 def test_length_collapse_is_relative_to_the_first_row():

@@ -6,8 +6,11 @@ it takes no recovery action yet.
 
 - ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy
   has left the region where the reward model was trained, and its scores stop meaning much.
-- ``warning.lm_reward_hacking``: over the last ``hacking_window`` rows the reward model's score rose
-  while the true score fell by more than ``hacking_drop``: the policy exploits the reward model.
+- ``warning.lm_reward_hacking``: over the last ``hacking_window`` rows, the mean of the later half
+  against the mean of the earlier half: the reward model's score rose while the true score fell by
+  more than ``hacking_drop``: the policy exploits the reward model. Half-window means, not two single
+  rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
+  about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance.
 - ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
   value: responses shrink to the EOS (often a KL penalty too strong for the reward).
 """
@@ -53,14 +56,17 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
         )
     window = rows[-limits.hacking_window :]
     if len(window) == limits.hacking_window:
-        rm_gain = window[-1][RM_SCORE] - window[0][RM_SCORE]
-        true_drop = window[0][TRUE_SCORE] - window[-1][TRUE_SCORE]
+        half = len(window) // 2
+        earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
+        rm_gain = _mean(later, RM_SCORE) - _mean(earlier, RM_SCORE)
+        true_drop = _mean(earlier, TRUE_SCORE) - _mean(later, TRUE_SCORE)
         if rm_gain > 0 and true_drop > limits.hacking_drop:
             found.append(
                 LMAlert(
                     "warning.lm_reward_hacking",
-                    f"over the last {len(window)} updates the reward-model score rose by {rm_gain:.3g} while the "
-                    f"true score fell by {true_drop:.3g} (lm_ppo.hacking_drop {limits.hacking_drop:g}): the policy "
+                    f"over the last {len(window)} updates (later half against earlier half) the reward-model score "
+                    f"rose by {rm_gain:.3g} while the true score fell by {true_drop:.3g} (lm_ppo.hacking_drop "
+                    f"{limits.hacking_drop:g}): the policy "
                     "exploits the reward model; raise kl_coef, retrain the reward model on the new responses, or "
                     "stop at the best checkpoint",
                 )
@@ -74,6 +80,10 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
             )
         )
     return found
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(row[key]) for row in rows) / len(rows)
 
 
 def new_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:

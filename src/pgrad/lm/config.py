@@ -70,9 +70,13 @@ class LMPPOConfig(Checked):
     kl_alert: float | None = param(
         25.0, "critical.lm_kl event when the mean per-response KL to the reference exceeds this (None: off)"
     )
-    hacking_window: int = param(5, "updates over which the reward-hacking rule compares reward-model and true scores")
+    hacking_window: int = param(
+        10, "updates of the reward-hacking rule: the mean of their later half against that of their earlier half"
+    )
     hacking_drop: float = param(
-        0.05, "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises"
+        0.08,
+        "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises (digits, "
+        "batch 64: the half-window means of a healthy run differ by up to 0.05)",
     )
     length_collapse: float | None = param(
         0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
