@@ -108,6 +108,23 @@ def test_critic_free_advantages_raise_the_true_score_in_the_same_loop(tmp_path, 
     assert all(row["lm/first_ratio_deviation"] == 0.0 for row in logged[1:])
 
 
+def test_grpo_with_the_kl_in_the_loss_is_held_to_the_reference_by_its_coefficient(tmp_path):
+    results = {}
+    for coef in (0.05, 1.0):
+        sets = ("eval_every=640", "advantage=grpo", "samples_per_prompt=4", "kl_penalty=loss", f"kl_coef={coef}")
+        LMPPORunner(config(640, *sets), tmp_path / f"c{coef}", console=False).train()
+        results[coef] = rows(tmp_path / f"c{coef}")
+    small, large = results[0.05], results[1.0]
+    print(
+        f"GRPO, KL in the loss: coefficient 0.05: true score {small[0]['eval/true_score']:.3f} -> "
+        f"{small[-1]['eval/true_score']:.3f}, KL {small[-1]['eval/kl']:.2f}; coefficient 1.0: true score "
+        f"{large[-1]['eval/true_score']:.3f}, KL {large[-1]['eval/kl']:.2f}"
+    )
+    assert "train/kl_loss" in small[1] and "train/value_loss" not in small[1]
+    assert small[-1]["eval/true_score"] > small[0]["eval/true_score"] + 0.15
+    assert large[-1]["eval/kl"] < 0.5 * small[-1]["eval/kl"]
+
+
 def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
     straight = LMPPORunner(config(192, "eval_every=0"), tmp_path / "a", console=False)
     straight.train()
@@ -170,6 +187,8 @@ def test_config_errors_are_one_line_naming_the_field():
         LMPPOConfig(advantage="rloo")
     with pytest.raises(ConfigError, match=r"lm_ppo.samples_per_prompt must be a divisor of batch_size \(64\); got 3"):
         LMPPOConfig(advantage="grpo", samples_per_prompt=3)
+    with pytest.raises(ConfigError, match="lm_ppo.kl_penalty must be 'reward' with advantage 'gae'"):
+        LMPPOConfig(kl_penalty="loss")
     with pytest.raises(ConfigError, match="lm_ppo.temperature must be > 0"):
         LMPPOConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="unknown key 'lm_ppo.clip'"):

@@ -46,6 +46,11 @@ class LMPPOConfig(Checked):
         "samples_per_prompt responses per prompt, one advantage per response from its group (leave-one-out / "
         "group-normalised) of score - kl_coef x KL, under the same clipped surrogate",
     )
+    kl_penalty: Literal["reward", "loss"] = param(
+        "reward",
+        "reward: -kl_coef x KL in the reward (per token for gae, summed per response for rloo/grpo); loss: "
+        "kl_coef x mean k3(pi, ref) over the tokens added to the loss, GRPO's form (rloo and grpo only)",
+    )
     samples_per_prompt: int = param(1, "responses per prompt (at least 2 for rloo and grpo); divides batch_size")
     max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
     batch_size: int = param(64, "responses per rollout (batch_size / samples_per_prompt prompts)")
@@ -92,6 +97,8 @@ class LMPPOConfig(Checked):
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("batch_size", 1)
+        if self.advantage == "gae" and self.kl_penalty != "reward":
+            self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
         self.check_range("samples_per_prompt", 2 if self.advantage != "gae" else 1, self.batch_size)
         if self.batch_size % self.samples_per_prompt:
             self._fail("samples_per_prompt", f"a divisor of batch_size ({self.batch_size})")

@@ -10,7 +10,8 @@ One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO
    r_t = -beta (log pi_old - log pi_ref) + score on the last real token.
 4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens. With
    ``advantage: rloo`` or ``grpo`` instead: no critic, one advantage per response from its prompt's
-   group of score - beta x KL (``losses.group_token_advantages``), and no value loss in step 5.
+   group of score - beta x KL (``losses.group_token_advantages``), and no value loss in step 5; with
+   ``kl_penalty: loss`` the KL leaves the score and beta x mean k3(pi, ref) joins the loss instead.
 5. ``num_epochs`` passes of minibatch steps on the clipped surrogate + vf_coef x clipped value loss. The
    first pass takes the minibatches in the order and shapes of step 2, so its first minibatch sees a
    ratio of exactly 1 (logged as ``lm/first_ratio_deviation``, which must be 0).
@@ -60,7 +61,7 @@ from pgrad.lm.rm_runner import load_reward_model
 from pgrad.lm.sft_runner import load_sft_state
 from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.monitor.sinks import read_jsonl
-from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
 
@@ -72,6 +73,7 @@ class Rollout:
     response: Tensor
     mask: Tensor  # float: 1 for real response tokens (EOS included)
     old_logprobs: Tensor
+    ref_logprobs: Tensor
     old_values: Tensor
     advantages: Tensor
     returns: Tensor
@@ -84,10 +86,19 @@ class Rollout:
             self.response[index],
             self.mask[index],
             self.old_logprobs[index],
+            self.ref_logprobs[index],
             self.old_values[index],
             self.advantages[index],
             self.returns[index],
         )
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Resident memory of the process and, on a GPU, the peak memory torch allocated there (MiB)."""
+    out = {"perf/memory_mb": resident_memory_mb()}
+    if device.type == "cuda":
+        out["perf/cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 def build_task(config: LMPPOConfig) -> DigitsTask:
@@ -229,8 +240,9 @@ class LMPPORunner:
             if ppo.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
         else:  # no critic: the value head is neither used nor trained
+            reward_kl_coef = self.kl.value if ppo.kl_penalty == "reward" else 0.0  # else in the loss (step 5)
             advantages = group_token_advantages(
-                score, logp, ref, mask, self.kl.value, ppo.samples_per_prompt, ppo.advantage
+                score, logp, ref, mask, reward_kl_coef, ppo.samples_per_prompt, ppo.advantage
             )
             returns = torch.zeros_like(advantages)
         kl_per_response = kl_k1(logp, ref, mask).sum(1)
@@ -243,7 +255,7 @@ class LMPPORunner:
             "lm/response_length": float(mask.sum(1).mean()),
             "lm/eos_fraction": float(((samples.response == tok.eos_id) & (samples.mask > 0)).any(1).float().mean()),
         }
-        return Rollout(prompts, samples.response, mask, logp, values, advantages, returns), stats
+        return Rollout(prompts, samples.response, mask, logp, ref, values, advantages, returns), stats
 
     def update(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -276,6 +288,10 @@ class LMPPORunner:
                     "diagnostics/entropy": masked_mean(out.entropy.detach(), batch.mask),
                 }
                 loss = policy.loss
+                if ppo.kl_penalty == "loss":  # GRPO's form: beta x mean k3(pi, ref) over the tokens, with gradient
+                    kl_term = masked_mean(kl_k3(out.logprobs, batch.ref_logprobs, batch.mask), batch.mask)
+                    loss = loss + self.kl.value * kl_term
+                    terms["train/kl_loss"] = kl_term
                 if ppo.advantage == "gae":
                     assert out.values is not None
                     value_loss, value_clipped = clipped_value_loss(
@@ -308,6 +324,7 @@ class LMPPORunner:
             "train/learning_rate": ppo.learning_rate,
             "perf/seconds_per_update": seconds,
             "perf/steps_per_second": ppo.batch_size / seconds,  # steps are responses
+            **memory_metrics(self.device),
         }
 
     def evaluate(self) -> dict[str, float]:
