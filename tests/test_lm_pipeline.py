@@ -17,7 +17,7 @@ from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
 from pgrad.lm.runner import LMPPORunner  # noqa: E402
 from pgrad.lm.sft_runner import SFTRunner  # noqa: E402
 
-TIMING_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second"}
+MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}  # not the run's own
 
 
 def rows(run_dir):
@@ -141,7 +141,7 @@ def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
         for key, value in a.modules[module].items():
             assert torch.equal(value, b.modules[module][key]), f"{module}.{key}"
     assert a.algo_state == b.algo_state and a.updates == b.updates == 3
-    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING_KEYS}  # noqa: E731
+    strip = lambda row: {k: v for k, v in row.items() if k not in MACHINE_KEYS}  # noqa: E731
     assert [strip(r) for r in rows(tmp_path / "a")] == [strip(r) for r in rows(tmp_path / "b")]
 
 
@@ -156,7 +156,7 @@ def test_reward_model_resume_is_exact(tmp_path):
     b = read_train_state(tmp_path / "b" / "checkpoints" / "step_0000000192")
     for key, value in a.modules["reward_model"].items():
         assert torch.equal(value, b.modules["reward_model"][key]), key
-    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING_KEYS}  # noqa: E731
+    strip = lambda row: {k: v for k, v in row.items() if k not in MACHINE_KEYS}  # noqa: E731
     assert [strip(r) for r in rows(tmp_path / "a")] == [strip(r) for r in rows(tmp_path / "b")]
     assert len(rows(tmp_path / "a")) == 3
 
