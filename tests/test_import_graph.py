@@ -23,16 +23,25 @@ LAYERS: list[list[str]] = [
         "pgrad.distributions",
         "pgrad.presets",
         "pgrad.callbacks",
+        "pgrad.lm.losses",
     ],
     ["pgrad.config"],
     ["pgrad.nets"],
     ["pgrad.envs"],
     ["pgrad.rollout", "pgrad.replay"],
-    ["pgrad.algos"],
+    ["pgrad.algos", "pgrad.lm"],
     ["pgrad.registry", "pgrad.checkpoint"],
     ["pgrad.builders", "pgrad.runs", "pgrad.policy"],
     ["pgrad.monitor"],
-    ["pgrad.runners", "pgrad.evaluate", "pgrad.export", "pgrad.tune"],
+    [
+        "pgrad.runners",
+        "pgrad.evaluate",
+        "pgrad.export",
+        "pgrad.tune",
+        "pgrad.lm.runner",
+        "pgrad.lm.rm_runner",
+        "pgrad.lm.sft_runner",
+    ],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],
 ]
@@ -102,6 +111,27 @@ def test_the_import_graph_has_no_cycle():
         if module not in state:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+def test_only_the_lm_package_imports_transformers_and_its_math_imports_nothing_of_it():
+    """transformers is the optional ``lm`` extra: a module outside ``pgrad.lm`` importing it would break
+    ``import pgrad`` without the extra; ``pgrad.lm.losses`` is pure torch math."""
+    heavy = ("transformers", "tokenizers")
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        name = module_name(path)
+        if name.startswith("pgrad.lm.") and name != "pgrad.lm.losses":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            imported = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{name} imports {m}" for m in imported if m.split(".")[0] in heavy]
+    assert not offenders, "\n".join(offenders)
 
 
 def test_the_layer_check_catches_an_upward_import(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``pgrad`` command line: train, resume, eval, export, list, doctor, report, compare.
+"""The ``pgrad`` command line: train, resume, eval, export, list, doctor, report, compare, tune, lm.
 
 Every user error (bad config value, unknown key/algorithm/environment, malformed YAML, broken
 checkpoint) is printed as one line ``pgrad: error: ...`` with exit code 2 and no traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -123,7 +124,41 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
     tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
     tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
+    _lm_parser(sub)
     return parser
+
+
+def _lm_parser(sub: argparse._SubParsersAction) -> None:
+    lm = sub.add_parser("lm", help="language models (RLHF): PPO on a causal LM (needs pgrad[lm])")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
+    ppo = lm_sub.add_parser("ppo", help="PPO with a value head and a per-token KL penalty to the initial weights")
+    ppo.add_argument("--config", type=Path, help="YAML file with run: and lm_ppo: sections")
+    ppo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    ppo.add_argument("--seed", type=int)
+    ppo.add_argument("--total-steps", type=int, help="responses to sample in all (default: 4096)")
+    ppo.add_argument("--run-dir", type=Path)
+    ppo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
+    ppo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    rm = lm_sub.add_parser("rm", help="train a reward model on the task's preference pairs (Bradley-Terry)")
+    rm.add_argument("--config", type=Path, help="YAML file with run: and lm_rm: sections")
+    rm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    rm.add_argument("--seed", type=int)
+    rm.add_argument("--total-steps", type=int, help="preference pairs to train on in all (default: 16384)")
+    rm.add_argument("--run-dir", type=Path)
+    rm.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
+    rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    sft = lm_sub.add_parser("sft", help="supervised fine-tuning on the task's demonstrations")
+    sft.add_argument("--config", type=Path, help="YAML file with run: and lm_sft: sections")
+    sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    sft.add_argument("--seed", type=int)
+    sft.add_argument("--total-steps", type=int, help="demonstrations to train on in all (default: 8192)")
+    sft.add_argument("--run-dir", type=Path)
+    sft.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
+    sft.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    resume = lm_sub.add_parser("resume", help="continue an lm ppo, rm or sft run from its latest checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--total-steps", type=int, help="new total of responses (extends a finished run)")
+    resume.add_argument("--quiet", action="store_true")
 
 
 def _print_summary(result, config, preset_source: str | None) -> None:
@@ -191,6 +226,49 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         _print_summary(result, config, None)
     print(f"run folder: {result.run_dir}")
     return 130 if trainer.stop_requested else 0
+
+
+def _lm_available() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:  # found, not imported: only pgrad.lm imports it
+        raise PgradError("language models need transformers: pip install 'pgrad[lm]'")
+
+
+def _cmd_lm(args: argparse.Namespace) -> int:
+    _lm_available()
+    from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, load_run_config, resolve_config
+    from pgrad.lm.rm_runner import RewardModelRunner
+    from pgrad.lm.runner import LMPPORunner
+    from pgrad.lm.sft_runner import SFTRunner
+
+    runners: dict[str, type[LMPPORunner] | type[RewardModelRunner] | type[SFTRunner]] = {
+        ALGO: LMPPORunner,
+        RM_ALGO: RewardModelRunner,
+        SFT_ALGO: SFTRunner,
+    }
+    if args.lm_command == "resume":
+        config = load_run_config(args.run_dir, args.total_steps)
+        runner = runners[config.algo](config, args.run_dir, resume=True, console=not args.quiet)
+    else:
+        algo = {"ppo": ALGO, "rm": RM_ALGO, "sft": SFT_ALGO}[args.lm_command]
+        config = resolve_config(algo, args.config, args.set, args.seed, args.total_steps)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = args.run_dir or Path("runs") / f"{algo}-{config.env.id}-s{config.run.seed}-{stamp}"
+        runner = runners[algo](config, run_dir, console=not args.quiet, overwrite=args.overwrite)
+    result = runner.train()
+    if not args.quiet:
+        metrics = result.last_metrics
+        unit = {ALGO: "responses", RM_ALGO: "pairs", SFT_ALGO: "demonstrations"}[config.algo]
+        print(
+            f"{config.algo} on {config.env.id}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s"
+        )
+        for key in sorted(k for k in metrics if k.startswith("eval/")):
+            print(f"  {key:<26} {metrics[key]:.4g}")
+        if result.interrupted:
+            print(f"stopped early; continue with: pgrad lm resume {result.run_dir}")
+    print(f"run folder: {result.run_dir}")
+    return 130 if runner.stop_requested else 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -348,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _cmd_report,
         "compare": _cmd_compare,
         "tune": _cmd_tune,
+        "lm": _cmd_lm,
     }
     try:
         return handlers[args.command](args)

@@ -329,6 +329,22 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "SAC's learned temperature collapsed (exploration gone) or exploded (the reward no longer matters)",
         "set a reachable target_entropy, or fix alpha; an exploding alpha often means a saturated tanh policy",
     ),
+    # language-model runs (pgrad.lm.alerts)
+    "lm_kl": (
+        "the language model drifted far from its reference: the reward model scores text unlike what it was "
+        "trained on, so its scores stop meaning much",
+        "raise lm_ppo.kl_coef or set lm_ppo.kl_target; lower learning_rate; keep the checkpoint before the drift",
+    ),
+    "lm_reward_hacking": (
+        "the reward-model score rose while the true score (or a held-out check) fell: the policy exploits the "
+        "reward model's errors",
+        "stop at the checkpoint before it, raise lm_ppo.kl_coef, or retrain the reward model on pairs of the "
+        "policy's own responses",
+    ),
+    "lm_length_collapse": (
+        "responses shrank toward the EOS: an empty answer avoids the KL penalty when the reward cannot pay for it",
+        "lower lm_ppo.kl_coef, or check that the reward model does not score short responses highest",
+    ),
 }
 
 
@@ -339,7 +355,9 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
     logged = [
         e
         for e in events
-        if str(e.get("kind", "")).startswith(("critical.update_size", "critical.q_divergence", "warning.", "info."))
+        if str(e.get("kind", "")).startswith(
+            ("critical.update_size", "critical.q_divergence", "critical.lm_kl", "warning.", "info.")
+        )
     ]
     for kind in dict.fromkeys(str(e["kind"]) for e in logged):
         same = [e for e in logged if e["kind"] == kind]

@@ -1,0 +1,92 @@
+"""Alert rules for language-model runs: pure functions over the rows of ``metrics.jsonl`` so far.
+
+Each rule judges the newest row (with the rows before it for context) and names the field that set
+its threshold. The runner writes an event when a rule becomes true (not again while it stays true);
+it takes no recovery action yet.
+
+- ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy
+  has left the region where the reward model was trained, and its scores stop meaning much.
+- ``warning.lm_reward_hacking``: over the last ``hacking_window`` rows, the mean of the later half
+  against the mean of the earlier half: the reward model's score rose while the true score fell by
+  more than ``hacking_drop``: the policy exploits the reward model. Half-window means, not two single
+  rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
+  about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance.
+- ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
+  value: responses shrink to the EOS (often a KL penalty too strong for the reward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KL = "lm/kl"
+RM_SCORE = "lm/rm_score"
+TRUE_SCORE = "lm/true_score"
+LENGTH = "lm/response_length"
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    kl_alert: float | None
+    hacking_window: int
+    hacking_drop: float
+    length_collapse: float | None
+
+
+@dataclass(frozen=True)
+class LMAlert:
+    kind: str
+    message: str
+
+
+def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    """The alerts true at the newest update row of ``history`` (rows without ``lm/kl`` are skipped)."""
+    rows = [row for row in history if KL in row]
+    if not rows:
+        return []
+    last, found = rows[-1], []
+    if limits.kl_alert is not None and last[KL] > limits.kl_alert:
+        found.append(
+            LMAlert(
+                "critical.lm_kl",
+                f"mean KL to the reference {last[KL]:.2f} nats per response is above lm_ppo.kl_alert "
+                f"{limits.kl_alert:g}: raise lm_ppo.kl_coef or set lm_ppo.kl_target",
+            )
+        )
+    window = rows[-limits.hacking_window :]
+    if len(window) == limits.hacking_window:
+        half = len(window) // 2
+        earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
+        rm_gain = _mean(later, RM_SCORE) - _mean(earlier, RM_SCORE)
+        true_drop = _mean(earlier, TRUE_SCORE) - _mean(later, TRUE_SCORE)
+        if rm_gain > 0 and true_drop > limits.hacking_drop:
+            found.append(
+                LMAlert(
+                    "warning.lm_reward_hacking",
+                    f"over the last {len(window)} updates (later half against earlier half) the reward-model score "
+                    f"rose by {rm_gain:.3g} while the true score fell by {true_drop:.3g} (lm_ppo.hacking_drop "
+                    f"{limits.hacking_drop:g}): the policy "
+                    "exploits the reward model; raise kl_coef, retrain the reward model on the new responses, or "
+                    "stop at the best checkpoint",
+                )
+            )
+    if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * rows[0][LENGTH]:
+        found.append(
+            LMAlert(
+                "warning.lm_length_collapse",
+                f"mean response length {last[LENGTH]:.2f} is below lm_ppo.length_collapse {limits.length_collapse:g} "
+                f"x its first value {rows[0][LENGTH]:.2f}: responses shrink toward the EOS",
+            )
+        )
+    return found
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(row[key]) for row in rows) / len(rows)
+
+
+def new_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    """The alerts of the newest row that were not raised on the row before it (one event per episode of it)."""
+    before = {alert.kind for alert in lm_alerts(history[:-1], limits)}
+    return [alert for alert in lm_alerts(history, limits) if alert.kind not in before]

@@ -1,0 +1,259 @@
+"""The ``lm_ppo``, ``lm_rm`` and ``lm_sft`` config sections; how an LM run's config is resolved and read back.
+
+An LM run is a ``TrainConfig`` like any other (so ``RunContext`` owns its folder, logs and checkpoints):
+``algo: lm_ppo``, ``lm_rm`` or ``lm_sft``, the shared ``run`` section (``run.total_steps`` counts sampled
+responses for PPO, trained preference pairs for the reward model, demonstrations for SFT), the
+algorithm's section below, and an ``env`` section whose ``id`` names the task (``digits``).
+Precedence: defaults < ``RUN_DEFAULTS`` < ``--config`` file < ``--set`` < flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pgrad.config import Checked, EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, param
+from pgrad.config import parse_set as parse_set_items
+from pgrad.errors import ConfigError
+
+ALGO = "lm_ppo"
+RM_ALGO = "lm_rm"
+SFT_ALGO = "lm_sft"
+
+
+@dataclass(frozen=True)
+class LMPPOConfig(Checked):
+    """PPO on a causal language model with a per-token KL penalty to the frozen initial weights."""
+
+    SECTION: ClassVar[str] = ALGO
+
+    task: Literal["digits"] = param("digits", "the shipped task: prompts and a hidden true score")
+    reward: Literal["model", "true"] = param(
+        "true",
+        "what scores a response: 'model' the reward model of reward_model; 'true' the task's hidden score behind "
+        "the same interface (a perfect reward model)",
+    )
+    reward_model: str | None = param(None, "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint)")
+    init_from: str | None = param(
+        None,
+        "the run folder of 'pgrad lm sft': policy and reference start from its best checkpoint (None: the tiny "
+        "GPT-2's random initial weights)",
+    )
+    advantage: Literal["gae", "rloo", "grpo"] = param(
+        "gae",
+        "gae: PPO with the value head (per-token KL in the reward, GAE over tokens); rloo / grpo: no critic, "
+        "samples_per_prompt responses per prompt, one advantage per response from its group (leave-one-out / "
+        "group-normalised) of score - kl_coef x KL, under the same clipped surrogate",
+    )
+    kl_penalty: Literal["reward", "loss"] = param(
+        "reward",
+        "reward: -kl_coef x KL in the reward (per token for gae, summed per response for rloo/grpo); loss: "
+        "kl_coef x mean k3(pi, ref) over the tokens added to the loss, GRPO's form (rloo and grpo only)",
+    )
+    samples_per_prompt: int = param(1, "responses per prompt (at least 2 for rloo and grpo); divides batch_size")
+    max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
+    batch_size: int = param(64, "responses per rollout (batch_size / samples_per_prompt prompts)")
+    minibatch_size: int = param(16, "responses per gradient step; must divide batch_size")
+    num_epochs: int = param(4, "passes over each rollout (the first in rollout order, later ones shuffled)")
+    temperature: float = param(1.0, "sampling temperature; log-probs are taken of the same tempered distribution")
+    gamma: float = param(1.0, "discount over tokens")
+    gae_lambda: float = param(0.95, "GAE lambda over tokens")
+    clip_eps: float = param(0.2, "surrogate clip range: ratio clipped to [1 - clip_eps, 1 + clip_eps]")
+    clip_vf: float = param(0.2, "value clip range around the rollout's values")
+    vf_coef: float = param(0.1, "value loss coefficient")
+    whiten_advantages: bool = param(True, "gae: whiten advantages over the rollout's real tokens")
+    kl_coef: float = param(0.05, "initial coefficient beta of the per-token KL penalty beta (log pi - log pi_ref)")
+    kl_target: float | None = param(
+        None, "adaptive KL controller (Ziegler et al.): steer the mean per-response KL toward this (None: fixed)"
+    )
+    kl_horizon: int = param(10_000, "adaptive KL controller horizon, in responses")
+    eval_every: int = param(
+        1024, "evaluate on held-out prompts every this many responses, at the start and at the end (0: off)"
+    )
+    eval_prompts: int = param(256, "held-out prompts per evaluation (the same prompts and noise every time)")
+    kl_alert: float | None = param(
+        25.0, "critical.lm_kl event when the mean per-response KL to the reference exceeds this (None: off)"
+    )
+    hacking_window: int = param(
+        10, "updates of the reward-hacking rule: the mean of their later half against that of their earlier half"
+    )
+    hacking_drop: float = param(
+        0.08,
+        "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises (digits, "
+        "batch 64: the half-window means of a healthy run differ by up to 0.05)",
+    )
+    length_collapse: float | None = param(
+        0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
+    )
+    learning_rate: float = param(1e-3, "Adam learning rate (policy and value head)")
+    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
+    n_embd: int = param(64, "GPT-2 width of the tiny model")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        if self.reward == "model" and not self.reward_model:
+            self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("batch_size", 1)
+        if self.advantage == "gae" and self.kl_penalty != "reward":
+            self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
+        self.check_range("samples_per_prompt", 2 if self.advantage != "gae" else 1, self.batch_size)
+        if self.batch_size % self.samples_per_prompt:
+            self._fail("samples_per_prompt", f"a divisor of batch_size ({self.batch_size})")
+        self.check_range("minibatch_size", 1, self.batch_size)
+        if self.batch_size % self.minibatch_size:
+            self._fail("minibatch_size", f"a divisor of batch_size ({self.batch_size})")
+        self.check_range("num_epochs", 1)
+        self.check_range("temperature", 0, low_open=True)
+        self.check_range("gamma", 0, 1)
+        self.check_range("gae_lambda", 0, 1)
+        self.check_range("clip_eps", 0, 1, low_open=True)
+        self.check_range("clip_vf", 0, low_open=True)
+        self.check_range("vf_coef", 0)
+        self.check_range("kl_coef", 0)
+        self.check_range("kl_target", 0, low_open=True)
+        self.check_range("kl_horizon", 1)
+        self.check_range("eval_every", 0)
+        self.check_range("eval_prompts", 1)
+        self.check_range("kl_alert", 0, low_open=True)
+        self.check_range("hacking_window", 2)
+        self.check_range("hacking_drop", 0)
+        self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+
+
+@dataclass(frozen=True)
+class LMRewardModelConfig(Checked):
+    """A reward model trained on the task's synthetic preference pairs (Bradley-Terry); ``run.total_steps``
+    counts the pairs trained on (minibatches drawn uniformly, with replacement, from the training pairs)."""
+
+    SECTION: ClassVar[str] = RM_ALGO
+
+    task: Literal["digits"] = param("digits", "the shipped task whose hidden score makes the preferences")
+    max_new_tokens: int = param(8, "longest response scored; PPO's max_new_tokens may not exceed it")
+    train_pairs: int = param(4096, "preference pairs to train on (ties are dropped: slightly fewer)")
+    heldout_pairs: int = param(1024, "fresh pairs, never trained on, for the held-out accuracy (ties dropped)")
+    batch_size: int = param(64, "pairs per gradient step")
+    eval_every: int = param(2048, "held-out accuracy every this many trained pairs, and at the end")
+    learning_rate: float = param(1e-3, "Adam learning rate")
+    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    n_layer: int = param(2, "GPT-2 blocks of the reward model's trunk")
+    n_embd: int = param(64, "GPT-2 width")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("train_pairs", 2)
+        self.check_range("heldout_pairs", 2)
+        self.check_range("batch_size", 1)
+        self.check_range("eval_every", 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+
+
+@dataclass(frozen=True)
+class LMSFTConfig(Checked):
+    """Supervised fine-tuning on the task's demonstrations; ``run.total_steps`` counts demonstrations trained
+    on (minibatches drawn uniformly, with replacement). ``lm_ppo.init_from`` starts PPO from the result."""
+
+    SECTION: ClassVar[str] = SFT_ALGO
+
+    task: Literal["digits"] = param("digits", "the shipped task whose hidden score picks the demonstrations")
+    max_new_tokens: int = param(8, "longest demonstration; PPO starting from this model must use the same")
+    demonstrations: int = param(4096, "demonstrations to train on: per prompt the best of 4 random responses")
+    heldout_demonstrations: int = param(512, "fresh demonstrations for the held-out log-likelihood")
+    batch_size: int = param(64, "demonstrations per gradient step")
+    eval_every: int = param(2048, "held-out metrics every this many demonstrations, and at the end")
+    eval_prompts: int = param(256, "held-out prompts for the sampled true score and KL to the initial weights")
+    learning_rate: float = param(1e-3, "Adam learning rate")
+    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
+    n_embd: int = param(64, "GPT-2 width")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("demonstrations", 1)
+        self.check_range("heldout_demonstrations", 1)
+        self.check_range("batch_size", 1)
+        self.check_range("eval_every", 1)
+        self.check_range("eval_prompts", 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+
+
+CONFIG_CLASSES: dict[str, type[Checked]] = {ALGO: LMPPOConfig, RM_ALGO: LMRewardModelConfig, SFT_ALGO: LMSFTConfig}
+# run-section defaults per command, sized for the tiny model on 2 CPU cores (the shared ones count env steps)
+RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    ALGO: {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False},
+    RM_ALGO: {"total_steps": 16384, "checkpoint_every": 4096, "tensorboard": False},
+    SFT_ALGO: {"total_steps": 8192, "checkpoint_every": 4096, "tensorboard": False},
+}
+
+
+def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
+    """The run's config from its sections (``run`` and the algorithm's; ``env`` and ``guard`` as saved)."""
+    allowed = {"algo", "env", "guard", "run", algo}
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"unknown section '{key}' (allowed: run, {algo})")
+    if data.get("algo", algo) != algo:
+        raise ConfigError(f"config is for algorithm '{data['algo']}', not '{algo}'")
+    algo_config = build(CONFIG_CLASSES[algo], data.get(algo, {}), algo)
+    env = EnvConfig(id=algo_config.task, num_envs=1)
+    saved_env = data.get("env")
+    if saved_env is not None and saved_env.get("id", env.id) != env.id:
+        raise ConfigError(f"env.id of an LM run is its task ('{env.id}'); got {saved_env.get('id')!r}")
+    return TrainConfig(
+        algo=algo,
+        env=env,
+        run=build(RunConfig, data.get("run", {}), "run"),
+        algo_config=algo_config,
+        guard=build(GuardConfig, data.get("guard", {}), "guard"),
+    )
+
+
+def resolve_config(
+    algo: str, config_file: Path | None, sets: list[str], seed: int | None, total_steps: int | None
+) -> TrainConfig:
+    file_layer = load_yaml(config_file) if config_file is not None else {}
+    flags: dict[str, Any] = {}
+    if seed is not None:
+        flags["seed"] = seed
+    if total_steps is not None:
+        flags["total_steps"] = total_steps
+    sections: dict[str, type] = {"run": RunConfig, algo: CONFIG_CLASSES[algo]}
+    layers = merge({"run": RUN_DEFAULTS[algo]}, file_layer, parse_set_items(sets, sections), {"run": flags})
+    return config_from_dict(layers, algo)
+
+
+def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfig:
+    """The config an LM run folder was started with (optionally with a new total)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a pgrad run folder (no config.yaml)")
+    data = load_yaml(path)
+    algo = data.get("algo")
+    if algo not in CONFIG_CLASSES:
+        raise ConfigError(f"{run_dir} holds a '{algo}' run, not a language-model run ({', '.join(CONFIG_CLASSES)})")
+    if total_steps is not None:
+        data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
+    return config_from_dict(data, str(algo))

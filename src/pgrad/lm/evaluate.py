@@ -1,0 +1,49 @@
+"""Evaluation of a language-model policy on held-out prompts: true score, reward-model score, KL to the
+reference and response length.
+
+The prompts and the sampling noise come from generators seeded by ``seed`` alone, so two evaluations
+with one seed (the starting model and the trained one) answer the same prompts with the same random
+numbers: their difference is the policy's, not the draw's. The training RNG is not touched, so an
+evaluation changes nothing in the run it is part of.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from pgrad.lm.losses import kl_k1, kl_k3
+from pgrad.lm.model import response_outputs, sample
+from pgrad.lm.reward import ResponseScorer
+from pgrad.lm.task import DigitsTask, PromptBatch
+
+
+@torch.no_grad()
+def evaluate_policy(
+    lm: GPT2LMHeadModel,
+    reference: GPT2LMHeadModel,
+    task: DigitsTask,
+    scorer: ResponseScorer,
+    count: int,
+    seed: int,
+    temperature: float,
+) -> dict[str, float]:
+    """Means over ``count`` held-out prompts, one sampled response each (keys ``eval/...``)."""
+    device = next(lm.parameters()).device
+    prompts = task.prompts(count, torch.Generator().manual_seed(seed))
+    ids, mask = prompts.ids.to(device), prompts.mask.to(device)
+    noise = torch.Generator(device=device).manual_seed(seed)
+    tok = task.tokenizer
+    samples = sample(lm, ids, mask, task.max_new_tokens, tok.eos_id, tok.pad_id, temperature, generator=noise)
+    logp = response_outputs(lm, ids, mask, samples.response, samples.mask, temperature).logprobs
+    ref = response_outputs(reference, ids, mask, samples.response, samples.mask, temperature).logprobs
+    response_mask = samples.mask.float()
+    response, response_cpu_mask = samples.response.cpu(), samples.mask.cpu()
+    cpu_prompts = PromptBatch(prompts.ids, prompts.mask, prompts.last_digit)
+    return {
+        "eval/true_score": float(task.true_score(prompts.last_digit, response, response_cpu_mask).mean()),
+        "eval/rm_score": float(scorer.score(cpu_prompts, response, response_cpu_mask).mean()),
+        "eval/kl": float(kl_k1(logp, ref, response_mask).sum(1).mean()),
+        "eval/kl_k3": float(kl_k3(logp, ref, response_mask).sum(1).mean()),
+        "eval/response_length": float(response_mask.sum(1).mean()),
+    }

@@ -1,0 +1,379 @@
+"""PPO on a causal language model (``pgrad lm ppo``): rollout -> score -> token rewards -> GAE -> epochs.
+
+One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO"):
+
+1. ``batch_size / samples_per_prompt`` prompts, ``samples_per_prompt`` responses each (1 by default),
+   sampled with a KV cache at ``temperature``.
+2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
+   values (policy), log pi_ref (the frozen initial weights: the SFT model's with ``init_from``).
+3. The scorer's score of each response (``lm_ppo.reward``); per-token reward
+   r_t = -beta (log pi_old - log pi_ref) + score on the last real token.
+4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens. With
+   ``advantage: rloo`` or ``grpo`` instead: no critic, one advantage per response from its prompt's
+   group of score - beta x KL (``losses.group_token_advantages``), and no value loss in step 5; with
+   ``kl_penalty: loss`` the KL leaves the score and beta x mean k3(pi, ref) joins the loss instead.
+5. ``num_epochs`` passes of minibatch steps on the clipped surrogate + vf_coef x clipped value loss. The
+   first pass takes the minibatches in the order and shapes of step 2, so its first minibatch sees a
+   ratio of exactly 1 (logged as ``lm/first_ratio_deviation``, which must be 0).
+6. The adaptive KL controller moves beta toward ``kl_target`` from the batch's mean KL.
+
+The run folder, logs, checkpoints and Ctrl-C belong to ``RunContext``. A checkpoint (typed
+``TrainState``, safetensors + JSON) holds policy, reference, optimizer, the KL coefficient and the torch
+RNG, so a resume continues bit for bit (given the same reward-model checkpoint: it is read again on
+resume). The alert rules of ``pgrad.lm.alerts`` (KL, reward hacking, length collapse) write events; the
+shared guard's rollback and halt do not act on language-model runs yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import GPT2LMHeadModel
+
+from pgrad import __version__
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad.config import TrainConfig
+from pgrad.errors import CheckpointError, ConfigError
+from pgrad.lm.alerts import AlertThresholds, new_alerts
+from pgrad.lm.config import ALGO, LMPPOConfig
+from pgrad.lm.evaluate import evaluate_policy
+from pgrad.lm.losses import (
+    AdaptiveKLController,
+    clipped_value_loss,
+    group_token_advantages,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    token_gae,
+    token_rewards,
+)
+from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
+from pgrad.lm.reward import ResponseScorer, TrueScoreReward
+from pgrad.lm.rm_runner import load_reward_model
+from pgrad.lm.sft_runner import load_sft_state
+from pgrad.lm.task import DigitsTask, PromptBatch
+from pgrad.monitor.sinks import read_jsonl
+from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
+from pgrad.threads import set_threads
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One batch of responses and everything the epochs need, per token [B, R] unless noted."""
+
+    prompts: PromptBatch
+    response: Tensor
+    mask: Tensor  # float: 1 for real response tokens (EOS included)
+    old_logprobs: Tensor
+    ref_logprobs: Tensor
+    old_values: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+    def rows(self, index: Tensor) -> Rollout:
+        last_digit = self.prompts.last_digit[index.to(self.prompts.last_digit.device)]  # kept on the CPU
+        prompts = PromptBatch(self.prompts.ids[index], self.prompts.mask[index], last_digit)
+        return Rollout(
+            prompts,
+            self.response[index],
+            self.mask[index],
+            self.old_logprobs[index],
+            self.ref_logprobs[index],
+            self.old_values[index],
+            self.advantages[index],
+            self.returns[index],
+        )
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Resident memory of the process and, on a GPU, the peak memory torch allocated there (MiB)."""
+    out = {"perf/memory_mb": resident_memory_mb()}
+    if device.type == "cuda":
+        out["perf/cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def build_task(config: LMPPOConfig) -> DigitsTask:
+    return DigitsTask(config.max_new_tokens)
+
+
+def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
+    model_config = tiny_gpt2_config(
+        task.tokenizer.vocab_size,
+        n_positions=task.max_prompt_length + config.max_new_tokens,
+        n_layer=config.n_layer,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+    )
+    return PolicyWithValue(model_config)
+
+
+def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
+    if config.reward == "model":
+        assert config.reward_model is not None  # LMPPOConfig.validate
+        return load_reward_model(Path(config.reward_model), config.max_new_tokens, device)
+    return TrueScoreReward(task)
+
+
+class LMPPORunner:
+    """``pgrad lm ppo`` / ``pgrad lm resume``: see the module docstring."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
+        if config.algo != ALGO or not isinstance(config.algo_config, LMPPOConfig):
+            raise ConfigError(f"LMPPORunner runs '{ALGO}' configs; got '{config.algo}'")
+        self.config = config
+        self.ppo: LMPPOConfig = config.algo_config
+        self.device = torch.device(config.run.device)
+        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run_dir = self.run.run_dir
+        set_threads(config.run.torch_threads)
+        seed_everything(config.run.seed)
+        self.task = build_task(self.ppo)
+        self.policy = build_policy(self.ppo, self.task).eval()  # eval: dropout off everywhere
+        if self.ppo.init_from is not None:  # InstructGPT: PPO starts from the SFT model, which is the reference too
+            sft_state, sft_path = load_sft_state(Path(self.ppo.init_from), self.ppo)
+            load_modules({"lm": self.policy.lm}, sft_state, sft_path)
+        self.policy.to(self.device)
+        # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
+        self.reference: GPT2LMHeadModel = copy.deepcopy(self.policy.lm)
+        self.reference.requires_grad_(False)
+        self.reference.train(False)
+        self.scorer = build_scorer(self.ppo, self.task, self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
+        self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
+        self.step = 0  # responses sampled
+        self.updates = 0
+        ppo = self.ppo
+        self.alert_limits = AlertThresholds(ppo.kl_alert, ppo.hacking_window, ppo.hacking_drop, ppo.length_collapse)
+        self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
+        resume_from = self.run.latest_state() if resume else None
+        self.run.open(console, f"{ALGO} {self.task.name}")
+        if resume_from is not None:
+            try:
+                self.load(*resume_from)
+            except BaseException:
+                self.run.close()
+                raise
+        else:
+            self.run.started_event()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.run.stop_requested
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy, "reference": self.reference}
+
+    def train_state(self) -> TrainState:
+        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
+        modules = {
+            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+            for name, module in self.modules().items()
+        }
+        return TrainState(
+            algo=ALGO,
+            step=self.step,
+            updates=self.updates,
+            elapsed_seconds=self.run.elapsed(),
+            config=self.config.to_dict(),
+            modules=modules,
+            optimizers={"policy": self.optimizer.state_dict()},
+            rng_torch=torch.get_rng_state(),
+            algo_state={"kl_coef": self.kl.value},
+            pgrad_version=__version__,
+        )
+
+    def load(self, state: TrainState, path: Path) -> None:
+        load_modules(self.modules(), state, path)
+        load_optimizers({"policy": self.optimizer}, state, path)
+        if state.rng_torch is None or "kl_coef" not in state.algo_state:
+            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state or the KL coefficient")
+        torch.set_rng_state(state.rng_torch)
+        self.kl.value = float(state.algo_state["kl_coef"])
+        self.step, self.updates = state.step, state.updates
+        # the rows up to the checkpoint (``RunContext.open`` cut the log back to it): the alert rules go on
+        # judging the same history as an uninterrupted run
+        self.history = read_jsonl(self.run_dir / "metrics.jsonl")
+        # no schedule reads run.total_steps here: after a raised total the learner continues as one run would
+
+    # ---- one update -----------------------------------------------------------------------
+    def chunks(self, batch: int) -> list[Tensor]:
+        return list(torch.arange(batch, device=self.device).split(self.ppo.minibatch_size))
+
+    @torch.no_grad()
+    def collect(self) -> tuple[Rollout, dict[str, float]]:
+        """Steps 1-4 of the module docstring: a scored rollout with advantages, and its statistics."""
+        ppo, tok = self.ppo, self.task.tokenizer
+        cpu_prompts = self.task.prompts(ppo.batch_size // ppo.samples_per_prompt).repeat(ppo.samples_per_prompt)
+        prompts = PromptBatch(cpu_prompts.ids.to(self.device), cpu_prompts.mask.to(self.device), cpu_prompts.last_digit)
+        samples = sample(
+            self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
+        )
+        mask = samples.mask.float()
+        parts: dict[str, list[Tensor]] = {"logp": [], "values": [], "ref": []}
+        for index in self.chunks(ppo.batch_size):  # the first epoch's minibatches, same order and shapes
+            args = (prompts.ids[index], prompts.mask[index], samples.response[index], samples.mask[index])
+            out = response_outputs(self.policy, *args, temperature=ppo.temperature)
+            assert out.values is not None
+            parts["logp"].append(out.logprobs)
+            parts["values"].append(out.values)
+            parts["ref"].append(response_outputs(self.reference, *args, temperature=ppo.temperature).logprobs)
+        logp, values, ref = (torch.cat(parts[key]) for key in ("logp", "values", "ref"))
+        values = values * mask
+        response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
+        score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).to(self.device)
+        true_score = self.task.true_score(prompts.last_digit, response_cpu, mask_cpu)
+        if ppo.advantage == "gae":
+            rewards = token_rewards(score, logp, ref, mask, self.kl.value)
+            advantages, returns = token_gae(rewards, values, mask, ppo.gamma, ppo.gae_lambda)
+            if ppo.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        else:  # no critic: the value head is neither used nor trained
+            reward_kl_coef = self.kl.value if ppo.kl_penalty == "reward" else 0.0  # else in the loss (step 5)
+            advantages = group_token_advantages(
+                score, logp, ref, mask, reward_kl_coef, ppo.samples_per_prompt, ppo.advantage
+            )
+            returns = torch.zeros_like(advantages)
+        kl_per_response = kl_k1(logp, ref, mask).sum(1)
+        stats = {
+            "lm/true_score": float(true_score.mean()),
+            "lm/rm_score": float(score.mean()),
+            "lm/kl": float(kl_per_response.mean()),
+            "lm/kl_k3": float(kl_k3(logp, ref, mask).sum(1).mean()),
+            "lm/kl_coef": self.kl.value,
+            "lm/response_length": float(mask.sum(1).mean()),
+            "lm/eos_fraction": float(((samples.response == tok.eos_id) & (samples.mask > 0)).any(1).float().mean()),
+        }
+        return Rollout(prompts, samples.response, mask, logp, ref, values, advantages, returns), stats
+
+    def update(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        ppo = self.ppo
+        rollout, stats = self.collect()
+        sums: dict[str, float] = {}
+        steps = 0
+        first_ratio_deviation = float("nan")
+        for epoch in range(ppo.num_epochs):
+            order = (
+                torch.arange(ppo.batch_size, device=self.device)
+                if epoch == 0
+                else torch.randperm(ppo.batch_size).to(self.device)
+            )
+            for index in order.split(ppo.minibatch_size):
+                batch = rollout.rows(index)
+                out = response_outputs(
+                    self.policy,
+                    batch.prompts.ids,
+                    batch.prompts.mask,
+                    batch.response,
+                    batch.mask.long(),
+                    temperature=ppo.temperature,
+                )
+                policy = ppo_policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
+                terms = {
+                    "train/policy_loss": policy.loss,
+                    "diagnostics/approx_kl": policy.approx_kl,
+                    "diagnostics/clip_fraction": policy.clip_fraction,
+                    "diagnostics/entropy": masked_mean(out.entropy.detach(), batch.mask),
+                }
+                loss = policy.loss
+                if ppo.kl_penalty == "loss":  # GRPO's form: beta x mean k3(pi, ref) over the tokens, with gradient
+                    kl_term = masked_mean(kl_k3(out.logprobs, batch.ref_logprobs, batch.mask), batch.mask)
+                    loss = loss + self.kl.value * kl_term
+                    terms["train/kl_loss"] = kl_term
+                if ppo.advantage == "gae":
+                    assert out.values is not None
+                    value_loss, value_clipped = clipped_value_loss(
+                        out.values, batch.old_values, batch.returns, batch.mask, ppo.clip_vf
+                    )
+                    loss = loss + ppo.vf_coef * value_loss
+                    terms["train/value_loss"], terms["diagnostics/value_clip_fraction"] = value_loss, value_clipped
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                terms["diagnostics/grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                    self.policy.parameters(), ppo.max_grad_norm
+                )
+                self.optimizer.step()
+                if steps == 0:
+                    ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
+                    first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())
+                steps += 1
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+        self.kl.update(stats["lm/kl"], ppo.batch_size)
+        self.step += ppo.batch_size
+        self.updates += 1
+        seconds = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "update": self.updates,
+            **stats,
+            **{key: value / steps for key, value in sums.items()},
+            "lm/first_ratio_deviation": first_ratio_deviation,
+            "train/learning_rate": ppo.learning_rate,
+            "perf/seconds_per_update": seconds,
+            "perf/steps_per_second": ppo.batch_size / seconds,  # steps are responses
+            **memory_metrics(self.device),
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out prompts seeded by ``run.seed + 1``: the same prompts and noise at every evaluation."""
+        return evaluate_policy(
+            self.policy.lm,
+            self.reference,
+            self.task,
+            self.scorer,
+            self.ppo.eval_prompts,
+            self.config.run.seed + 1,
+            self.ppo.temperature,
+        )
+
+    def evaluation_due(self, previous_step: int) -> bool:
+        every = self.ppo.eval_every
+        return every > 0 and (self.step // every > previous_step // every or self.step >= self.config.run.total_steps)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Train to ``run.total_steps`` responses (or stop at ``stop_at_step``, as a kill would)."""
+        self.run.started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        total = self.config.run.total_steps
+        try:
+            with self.run.stop_signals():
+                try:
+                    if self.step == 0 and self.ppo.eval_every > 0:
+                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
+                    while self.step < total and not self.run.stop_requested:
+                        previous_step = self.step
+                        metrics = self.update()
+                        if self.evaluation_due(previous_step):
+                            metrics.update(self.evaluate())
+                        self.run.log(metrics)
+                        self.history.append(metrics)
+                        for alert in new_alerts(self.history, self.alert_limits):
+                            self.run.emit(alert.kind, self.step, alert.message)
+                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
+                            self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"])
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    checkpoint = self.run.save_checkpoint(self.train_state(), metrics.get("lm/rm_score"))
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        finally:
+            self.run.close()
+        return result

@@ -1,0 +1,222 @@
+"""Supervised fine-tuning on demonstrations (``pgrad lm sft``), and loading its result as PPO's start.
+
+The demonstrations (``DigitsTask.demonstrations``: per prompt the best of 4 random responses by the
+hidden true score) are drawn once from ``run.seed`` (training) and once from another seed (held out).
+Each gradient step takes ``batch_size`` demonstrations uniformly with replacement and descends the mean
+negative log-likelihood of their response tokens (``losses.sft_loss``). Every ``eval_every``
+demonstrations (and at the end) a row: the training loss since the last row, the held-out loss
+(``eval/sft_nll``), and, on held-out prompts, the sampled responses' true score and KL to the initial
+weights (``pgrad.lm.evaluate``).
+
+Checkpoints are scored by minus the held-out loss (the true score is the task's secret; selecting by
+it would leak it), so the ``best`` checkpoint is the one ``lm_ppo.init_from`` loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import GPT2LMHeadModel
+
+from pgrad import __version__
+from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, load_optimizers, read_train_state
+from pgrad.config import TrainConfig
+from pgrad.errors import CheckpointError, ConfigError
+from pgrad.lm.config import SFT_ALGO, LMPPOConfig, LMSFTConfig, load_run_config
+from pgrad.lm.evaluate import evaluate_policy
+from pgrad.lm.losses import sft_loss
+from pgrad.lm.model import response_outputs, tiny_gpt2_config
+from pgrad.lm.reward import TrueScoreReward
+from pgrad.lm.task import DigitsTask
+from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.threads import set_threads
+
+HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the training ones: run.seed)
+ARCHITECTURE = ("max_new_tokens", "n_layer", "n_embd", "n_head")  # what PPO must share to start from an SFT model
+
+
+def build_lm(config: LMSFTConfig | LMPPOConfig, task: DigitsTask) -> GPT2LMHeadModel:
+    model_config = tiny_gpt2_config(
+        task.tokenizer.vocab_size,
+        n_positions=task.max_prompt_length + config.max_new_tokens,
+        n_layer=config.n_layer,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+    )
+    return GPT2LMHeadModel(model_config)
+
+
+class Demonstrations:
+    """Prompts with one demonstrated response each (right-padded, with masks)."""
+
+    def __init__(self, task: DigitsTask, count: int, seed: int) -> None:
+        self.prompts, self.response, self.mask = task.demonstrations(count, torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return int(self.response.shape[0])
+
+    def nll(self, lm: GPT2LMHeadModel, index: Tensor) -> Tensor:
+        prompts = self.prompts
+        out = response_outputs(lm, prompts.ids[index], prompts.mask[index], self.response[index], self.mask[index])
+        return sft_loss(out.logprobs, self.mask[index].float())
+
+
+class SFTRunner:
+    """``pgrad lm sft`` / ``pgrad lm resume`` of an ``lm_sft`` run: see the module docstring."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
+        if config.algo != SFT_ALGO or not isinstance(config.algo_config, LMSFTConfig):
+            raise ConfigError(f"SFTRunner runs '{SFT_ALGO}' configs; got '{config.algo}'")
+        self.config = config
+        self.sft: LMSFTConfig = config.algo_config
+        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run_dir = self.run.run_dir
+        set_threads(config.run.torch_threads)
+        seed_everything(config.run.seed)
+        self.task = DigitsTask(self.sft.max_new_tokens)
+        seed = config.run.seed
+        self.train_demos = Demonstrations(self.task, self.sft.demonstrations, seed)
+        self.heldout = Demonstrations(self.task, self.sft.heldout_demonstrations, seed + HELDOUT_SEED_OFFSET)
+        self.lm = build_lm(self.sft, self.task)
+        self.lm.train(False)  # dropout is off in the config; eval mode says so twice
+        self.initial: GPT2LMHeadModel = copy.deepcopy(self.lm)  # for the KL of the evaluations
+        self.initial.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.sft.learning_rate)
+        self.step = 0  # demonstrations trained on
+        self.updates = 0
+        resume_from = self.run.latest_state() if resume else None
+        self.run.open(console, f"{SFT_ALGO} {self.task.name}")
+        if resume_from is not None:
+            try:
+                self.load(*resume_from)
+            except BaseException:
+                self.run.close()
+                raise
+        else:
+            self.run.started_event(f", {len(self.train_demos)} demonstrations")
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.run.stop_requested
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"lm": self.lm, "initial": self.initial}
+
+    def train_state(self) -> TrainState:
+        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
+        modules = {
+            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+            for name, module in self.modules().items()
+        }
+        return TrainState(
+            algo=SFT_ALGO,
+            step=self.step,
+            updates=self.updates,
+            elapsed_seconds=self.run.elapsed(),
+            config=self.config.to_dict(),
+            modules=modules,
+            optimizers={"lm": self.optimizer.state_dict()},
+            rng_torch=torch.get_rng_state(),
+            pgrad_version=__version__,
+        )
+
+    def load(self, state: TrainState, path: Path) -> None:
+        load_modules(self.modules(), state, path)
+        load_optimizers({"lm": self.optimizer}, state, path)
+        if state.rng_torch is None:
+            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
+        torch.set_rng_state(state.rng_torch)
+        self.step, self.updates = state.step, state.updates
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        heldout_nll = self.heldout.nll(self.lm, torch.arange(len(self.heldout)))
+        sampled = evaluate_policy(
+            self.lm,
+            self.initial,
+            self.task,
+            TrueScoreReward(self.task),
+            self.sft.eval_prompts,
+            self.config.run.seed + 1,
+            1.0,
+        )
+        sampled.pop("eval/rm_score")  # no reward model here: it would repeat the true score
+        return {"eval/sft_nll": float(heldout_nll), **sampled}
+
+    def train_steps(self, until_step: int) -> dict[str, Any]:
+        started, losses = time.perf_counter(), []
+        size = self.sft.batch_size
+        while self.step < until_step and not self.run.stop_requested:
+            loss = self.train_demos.nll(self.lm, torch.randint(0, len(self.train_demos), (size,)))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.lm.parameters(), self.sft.max_grad_norm)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+            self.step += size
+            self.updates += 1
+        seconds = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "update": self.updates,
+            "train/sft_nll": sum(losses) / max(len(losses), 1),
+            **self.evaluate(),
+            "perf/steps_per_second": size * len(losses) / max(seconds, 1e-9),
+        }
+
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        self.run.started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        total = self.config.run.total_steps
+        every = self.sft.eval_every
+        try:
+            with self.run.stop_signals():
+                try:
+                    if self.step == 0:
+                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the initial model
+                    while self.step < total and not self.run.stop_requested:
+                        row_end = min((self.step // every + 1) * every, total)
+                        if stop_at_step is not None:
+                            row_end = min(row_end, stop_at_step)
+                        metrics = self.train_steps(row_end)
+                        self.run.log(metrics)
+                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
+                            self.run.save_checkpoint(self.train_state(), -metrics["eval/sft_nll"])
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    score = -metrics["eval/sft_nll"] if metrics else None
+                    checkpoint = self.run.save_checkpoint(self.train_state(), score)
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        finally:
+            self.run.close()
+        return result
+
+
+def load_sft_state(run_dir: Path, ppo: LMPPOConfig) -> tuple[TrainState, Path]:
+    """The best checkpoint of an ``lm_sft`` run (its ``lm`` module is the model), checked to fit ``ppo``'s."""
+    config = load_run_config(Path(run_dir))
+    sft = config.algo_config
+    if config.algo != SFT_ALGO or not isinstance(sft, LMSFTConfig):
+        raise ConfigError(
+            f"lm_ppo.init_from: {run_dir} is a '{config.algo}' run, not supervised fine-tuning ({SFT_ALGO})"
+        )
+    for name in ARCHITECTURE:
+        if getattr(ppo, name) != getattr(sft, name):
+            raise ConfigError(
+                f"lm_ppo.{name} must be {getattr(sft, name)}, the value of the SFT model in {run_dir}; "
+                f"got {getattr(ppo, name)}"
+            )
+    path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).path("best")
+    return read_train_state(path), path
