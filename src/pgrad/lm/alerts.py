@@ -13,6 +13,12 @@ it takes no recovery action yet.
   about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance.
 - ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
   value: responses shrink to the EOS (often a KL penalty too strong for the reward).
+- ``warning.lm_rm_disagreement`` (reward-model ensembles only: rows with ``lm/rm_disagreement``): the
+  mean disagreement (std across members of the score) of the last ``hacking_window // 2`` rows is above
+  ``disagreement_rise`` x its early level, the mean of the run's first ``hacking_window // 2`` rows. The
+  members were trained on different resamples of the same pairs, so they agree where the pairs were
+  dense and drift apart off that distribution: rising disagreement says the policy is moving its
+  responses where the reward models are guessing, the usual start of reward hacking.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ KL = "lm/kl"
 RM_SCORE = "lm/rm_score"
 TRUE_SCORE = "lm/true_score"
 LENGTH = "lm/response_length"
+RM_DISAGREEMENT = "lm/rm_disagreement"
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class AlertThresholds:
     hacking_window: int
     hacking_drop: float
     length_collapse: float | None
+    disagreement_rise: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,27 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                 f"x its first value {rows[0][LENGTH]:.2f}: responses shrink toward the EOS",
             )
         )
+    found.extend(_disagreement_alert(rows, limits))
     return found
+
+
+def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    ensemble_rows = [row for row in rows if RM_DISAGREEMENT in row]
+    half = limits.hacking_window // 2
+    if limits.disagreement_rise is None or len(ensemble_rows) < 2 * half:
+        return []
+    early, late = _mean(ensemble_rows[:half], RM_DISAGREEMENT), _mean(ensemble_rows[-half:], RM_DISAGREEMENT)
+    if early <= 0 or late <= limits.disagreement_rise * early:
+        return []
+    return [
+        LMAlert(
+            "warning.lm_rm_disagreement",
+            f"the reward-model ensemble's disagreement (std across members) rose from {early:.3g} over the first "
+            f"{half} updates to {late:.3g} over the last {half}, above lm_ppo.disagreement_rise "
+            f"{limits.disagreement_rise:g} x: the policy's responses are where the reward models guess; raise "
+            "kl_coef, combine by min or a larger ensemble_k, or stop at the checkpoint before the rise",
+        )
+    ]
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:

@@ -86,6 +86,17 @@ class LMPPOConfig(Checked):
     length_collapse: float | None = param(
         0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
     )
+    ensemble_combine: Literal["min", "mean_minus_std"] = param(
+        "min",
+        "with reward: model and an ensemble (lm_rm.ensemble_size > 1): min of the members' scores, or their mean "
+        "minus ensemble_k x their std (one member: its own score either way)",
+    )
+    ensemble_k: float = param(1.0, "the k of ensemble_combine: mean_minus_std")
+    disagreement_rise: float | None = param(
+        3.0,
+        "warning.lm_rm_disagreement when the ensemble's mean disagreement (std across members) over the later half "
+        "of hacking_window rises above this x its early level (the first hacking_window // 2 updates; None: off)",
+    )
     learning_rate: float = param(1e-3, "Adam learning rate (policy and value head)")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
     n_layer: int = param(2, "GPT-2 blocks of the tiny model")
@@ -121,6 +132,8 @@ class LMPPOConfig(Checked):
         self.check_range("hacking_window", 2)
         self.check_range("hacking_drop", 0)
         self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
+        self.check_range("ensemble_k", 0)
+        self.check_range("disagreement_rise", 1, low_open=True)
         self.check_range("learning_rate", 0, low_open=True)
         self.check_range("max_grad_norm", 0, low_open=True)
         self.check_range("n_layer", 1)
@@ -148,9 +161,15 @@ class LMRewardModelConfig(Checked):
     n_layer: int = param(2, "GPT-2 blocks of the reward model's trunk")
     n_embd: int = param(64, "GPT-2 width")
     n_head: int = param(4, "attention heads; must divide n_embd")
+    ensemble_size: int = param(
+        1,
+        "reward models trained side by side, each from its own initial weights on its own bootstrap resample of "
+        "the training pairs (1: one model on the pairs themselves)",
+    )
 
     def validate(self) -> None:
         self.check_range("max_new_tokens", 1, 256)
+        self.check_range("ensemble_size", 1, 16)
         self.check_range("train_pairs", 2)
         self.check_range("heldout_pairs", 2)
         self.check_range("batch_size", 1)

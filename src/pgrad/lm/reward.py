@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from pgrad.lm.losses import EnsembleRule, combine_ensemble
 from pgrad.lm.model import RewardModel
 from pgrad.lm.task import DigitsTask, PromptBatch
 
@@ -34,16 +35,28 @@ class TrueScoreReward:
 
 
 class LearnedReward:
-    """A trained ``RewardModel`` as the reward (``lm_ppo.reward: model``), frozen; scores come back on the CPU."""
+    """Trained ``RewardModel``s as the reward (``lm_ppo.reward: model``), frozen: one, or an ensemble whose
+    member scores are combined by ``rule`` (``combine_ensemble``: min, or mean - std_coef x std). Scores come
+    back on the CPU; ``last_disagreement`` is the mean over the batch of the population std across members of
+    the last batch scored (0 for one model), the reward-hacking signal PPO logs."""
 
-    def __init__(self, model: RewardModel) -> None:
-        self.model = model
-        self.device = next(model.parameters()).device
+    def __init__(self, members: list[RewardModel], rule: EnsembleRule = "min", std_coef: float = 1.0) -> None:
+        if not members:
+            raise ValueError("LearnedReward needs at least one reward model")
+        self.members = members
+        self.rule: EnsembleRule = rule
+        self.std_coef = std_coef
+        self.device = next(members[0].parameters()).device
+        self.last_disagreement = 0.0
 
     @torch.no_grad()
-    def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
+    def member_scores(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
+        """Each member's scores [M, B], on the CPU."""
         device = self.device
-        scores: Tensor = self.model(
-            prompts.ids.to(device), prompts.mask.to(device), response.to(device), response_mask.to(device)
-        )
-        return scores.cpu()
+        args = (prompts.ids.to(device), prompts.mask.to(device), response.to(device), response_mask.to(device))
+        return torch.stack([model(*args) for model in self.members]).cpu()
+
+    def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
+        scores = self.member_scores(prompts, response, response_mask)
+        self.last_disagreement = float(scores.std(0, correction=0).mean())
+        return combine_ensemble(scores, self.rule, self.std_coef)

@@ -7,8 +7,20 @@ descends the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected). Every ``eva
 at the end) a row of metrics: training loss and accuracy since the last row, held-out loss and
 accuracy, and the correlation of the score with the true score over the held-out responses.
 
-Checkpoints (safetensors + JSON through ``RunContext``) are scored by the held-out accuracy, so the
-``best`` checkpoint is the one PPO loads (``lm_ppo.reward: model``).
+An ensemble (``ensemble_size`` K > 1) trains K models side by side in the same steps: member m starts
+from its own initial weights (built one after another from the run's seed) and draws its minibatches
+from its own bootstrap resample of the training pairs (``len(train_pairs)`` indices drawn uniformly
+with replacement by a generator seeded ``run.seed + BOOTSTRAP_SEED_OFFSET + m``). K = 1 is one model on
+the pairs themselves, exactly as before ensembles existed. The rows then add each member's held-out
+accuracy (``eval/rm_accuracy_m{m}``); ``eval/rm_accuracy``, ``eval/rm_loss`` and the correlation are
+those of the combination by the minimum (PPO's default ``lm_ppo.ensemble_combine``). Calibration is
+``eval/rm_brier``: the Brier score mean (1 - p)^2 of the ensemble's mean probability
+p = mean_m sigmoid(s_m(chosen) - s_m(rejected)) that the chosen response wins; the chosen response
+always wins on this task (its hidden score is higher), so 0 is perfect and 0.25 is a coin.
+
+Checkpoints (safetensors + JSON through ``RunContext``; member 0 is ``reward_model``, member m > 0
+``reward_model_m{m}``) are scored by the held-out accuracy, so the ``best`` checkpoint is the one PPO
+loads (``lm_ppo.reward: model``).
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, load_opt
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
 from pgrad.lm.config import RM_ALGO, LMRewardModelConfig, load_run_config
-from pgrad.lm.losses import bradley_terry_loss
+from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel, tiny_gpt2_config
 from pgrad.lm.reward import LearnedReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
@@ -33,6 +45,22 @@ from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + this (the training pairs': run.seed)
+BOOTSTRAP_SEED_OFFSET = 2_000_003  # member m's bootstrap resample: run.seed + this + m
+
+
+def member_name(member: int) -> str:
+    """The checkpoint module name of ensemble member ``member`` (member 0 keeps the single model's name)."""
+    return "reward_model" if member == 0 else f"reward_model_m{member}"
+
+
+def bootstrap_indices(pair_count: int, seed: int, member: int, ensemble_size: int) -> Tensor:
+    """Member ``member``'s training pairs as indices into the training pairs: for an ensemble, ``pair_count``
+    drawn uniformly with replacement (a bootstrap resample: about 63% of the pairs, some several times);
+    for one model, every pair once, in order."""
+    if ensemble_size == 1:
+        return torch.arange(pair_count)
+    generator = torch.Generator().manual_seed(seed + BOOTSTRAP_SEED_OFFSET + member)
+    return torch.randint(0, pair_count, (pair_count,), generator=generator)
 
 
 def build_reward_model(config: LMRewardModelConfig, task: DigitsTask) -> RewardModel:
@@ -79,8 +107,11 @@ class RewardModelRunner:
         self.heldout = self.task.preference_pairs(
             self.rm.heldout_pairs, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
         )
-        self.model = build_reward_model(self.rm, self.task).eval()  # dropout is off in the config anyway
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.rm.learning_rate)
+        size = self.rm.ensemble_size
+        self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
+        self.model = self.members[0]
+        self.optimizers = [torch.optim.Adam(m.parameters(), lr=self.rm.learning_rate) for m in self.members]
+        self.resamples = [bootstrap_indices(len(self.train_pairs), seed, m, size) for m in range(size)]
         self.step = 0  # pairs trained on
         self.updates = 0
         resume_from = self.run.latest_state() if resume else None
@@ -105,15 +136,18 @@ class RewardModelRunner:
             updates=self.updates,
             elapsed_seconds=self.run.elapsed(),
             config=self.config.to_dict(),
-            modules={"reward_model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}},
-            optimizers={"reward_model": self.optimizer.state_dict()},
+            modules={
+                member_name(m): {k: v.detach().clone() for k, v in model.state_dict().items()}
+                for m, model in enumerate(self.members)
+            },
+            optimizers={member_name(m): optimizer.state_dict() for m, optimizer in enumerate(self.optimizers)},
             rng_torch=torch.get_rng_state(),
             pgrad_version=__version__,
         )
 
     def load(self, state: TrainState, path: Path) -> None:
-        load_modules({"reward_model": self.model}, state, path)
-        load_optimizers({"reward_model": self.optimizer}, state, path)
+        load_modules({member_name(m): model for m, model in enumerate(self.members)}, state, path)
+        load_optimizers({member_name(m): opt for m, opt in enumerate(self.optimizers)}, state, path)
         if state.rng_torch is None:
             raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
         torch.set_rng_state(state.rng_torch)
@@ -121,11 +155,22 @@ class RewardModelRunner:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out loss and accuracy, and the Pearson correlation of score with true score over the
-        held-out responses (chosen and rejected together)."""
+        """Held-out loss and accuracy of the combination by the minimum (and each member's accuracy for an
+        ensemble), the Brier score of the mean member probability, and the Pearson correlation of the combined
+        score with the true score over the held-out responses (chosen and rejected together)."""
         index = torch.arange(len(self.heldout))
-        chosen, rejected = pair_scores(self.model, self.heldout, index)
+        member_scores = [pair_scores(model, self.heldout, index) for model in self.members]
+        member_chosen = torch.stack([c for c, _ in member_scores])
+        member_rejected = torch.stack([r for _, r in member_scores])
+        chosen, rejected = combine_ensemble(member_chosen, "min"), combine_ensemble(member_rejected, "min")
         loss, accuracy = bradley_terry_loss(chosen, rejected)
+        win_probability = torch.sigmoid(member_chosen - member_rejected).mean(0)
+        per_member: dict[str, float] = {}
+        if len(self.members) > 1:
+            per_member = {
+                f"eval/rm_accuracy_m{m}": float((member_chosen[m] > member_rejected[m]).float().mean())
+                for m in range(len(self.members))
+            }
         pairs = self.heldout
         true = torch.cat(
             [
@@ -138,6 +183,8 @@ class RewardModelRunner:
             "eval/rm_loss": float(loss),
             "eval/rm_accuracy": float(accuracy),
             "eval/rm_true_correlation": float(correlation),
+            "eval/rm_brier": float(((1 - win_probability) ** 2).mean()),
+            **per_member,
         }
 
     def train_steps(self, until_step: int) -> dict[str, Any]:
@@ -145,15 +192,16 @@ class RewardModelRunner:
         started, losses, accuracies = time.perf_counter(), [], []
         size = self.rm.batch_size
         while self.step < until_step and not self.run.stop_requested:
-            index = torch.randint(0, len(self.train_pairs), (size,))
-            chosen, rejected = pair_scores(self.model, self.train_pairs, index)
-            loss, accuracy = bradley_terry_loss(chosen, rejected)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.rm.max_grad_norm)
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
-            accuracies.append(float(accuracy))
+            for model, optimizer, resample in zip(self.members, self.optimizers, self.resamples, strict=True):
+                index = resample[torch.randint(0, len(resample), (size,))]
+                chosen, rejected = pair_scores(model, self.train_pairs, index)
+                loss, accuracy = bradley_terry_loss(chosen, rejected)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.rm.max_grad_norm)
+                optimizer.step()
+                losses.append(float(loss.detach()))  # the training means are over members and steps
+                accuracies.append(float(accuracy))
             self.step += size
             self.updates += 1
         seconds = time.perf_counter() - started
@@ -163,7 +211,7 @@ class RewardModelRunner:
             "train/rm_loss": sum(losses) / max(len(losses), 1),
             "train/rm_accuracy": sum(accuracies) / max(len(accuracies), 1),
             **self.evaluate(),
-            "perf/steps_per_second": size * len(losses) / max(seconds, 1e-9),
+            "perf/steps_per_second": size * len(losses) / len(self.members) / max(seconds, 1e-9),
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
@@ -196,8 +244,11 @@ class RewardModelRunner:
         return result
 
 
-def load_reward_model(run_dir: Path, max_new_tokens: int, device: torch.device) -> LearnedReward:
-    """The best checkpoint (held-out accuracy) of an ``lm_rm`` run folder, frozen, as a PPO scorer."""
+def load_reward_model(
+    run_dir: Path, max_new_tokens: int, device: torch.device, rule: EnsembleRule = "min", std_coef: float = 1.0
+) -> LearnedReward:
+    """The best checkpoint (held-out accuracy) of an ``lm_rm`` run folder, frozen, as a PPO scorer: all its
+    ensemble members, combined by ``rule`` (``combine_ensemble``)."""
     config = load_run_config(Path(run_dir))
     if config.algo != RM_ALGO or not isinstance(config.algo_config, LMRewardModelConfig):
         raise ConfigError(f"lm_ppo.reward_model: {run_dir} is a '{config.algo}' run, not a reward model ({RM_ALGO})")
@@ -207,9 +258,10 @@ def load_reward_model(run_dir: Path, max_new_tokens: int, device: torch.device) 
             f"model in {run_dir} was built for; got {max_new_tokens}"
         )
     task = DigitsTask(config.algo_config.max_new_tokens)
-    model = build_reward_model(config.algo_config, task)
+    members = [build_reward_model(config.algo_config, task) for _ in range(config.algo_config.ensemble_size)]
     path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).path("best")
-    load_modules({"reward_model": model}, read_train_state(path), path)
-    model.requires_grad_(False)
-    model.train(False)
-    return LearnedReward(model.to(device))
+    load_modules({member_name(m): model for m, model in enumerate(members)}, read_train_state(path), path)
+    for model in members:
+        model.requires_grad_(False)
+        model.train(False)
+    return LearnedReward([model.to(device) for model in members], rule, std_coef)

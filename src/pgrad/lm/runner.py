@@ -40,7 +40,7 @@ from pgrad import __version__
 from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
-from pgrad.lm.alerts import AlertThresholds, new_alerts
+from pgrad.lm.alerts import RM_DISAGREEMENT, AlertThresholds, new_alerts
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
@@ -56,7 +56,7 @@ from pgrad.lm.losses import (
     token_rewards,
 )
 from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
-from pgrad.lm.reward import ResponseScorer, TrueScoreReward
+from pgrad.lm.reward import LearnedReward, ResponseScorer, TrueScoreReward
 from pgrad.lm.rm_runner import load_reward_model
 from pgrad.lm.sft_runner import load_sft_state
 from pgrad.lm.task import DigitsTask, PromptBatch
@@ -119,7 +119,9 @@ def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
 def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
     if config.reward == "model":
         assert config.reward_model is not None  # LMPPOConfig.validate
-        return load_reward_model(Path(config.reward_model), config.max_new_tokens, device)
+        return load_reward_model(
+            Path(config.reward_model), config.max_new_tokens, device, config.ensemble_combine, config.ensemble_k
+        )
     return TrueScoreReward(task)
 
 
@@ -154,7 +156,9 @@ class LMPPORunner:
         self.step = 0  # responses sampled
         self.updates = 0
         ppo = self.ppo
-        self.alert_limits = AlertThresholds(ppo.kl_alert, ppo.hacking_window, ppo.hacking_drop, ppo.length_collapse)
+        self.alert_limits = AlertThresholds(
+            ppo.kl_alert, ppo.hacking_window, ppo.hacking_drop, ppo.length_collapse, ppo.disagreement_rise
+        )
         self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
         resume_from = self.run.latest_state() if resume else None
         self.run.open(console, f"{ALGO} {self.task.name}")
@@ -255,6 +259,8 @@ class LMPPORunner:
             "lm/response_length": float(mask.sum(1).mean()),
             "lm/eos_fraction": float(((samples.response == tok.eos_id) & (samples.mask > 0)).any(1).float().mean()),
         }
+        if isinstance(self.scorer, LearnedReward) and len(self.scorer.members) > 1:
+            stats[RM_DISAGREEMENT] = self.scorer.last_disagreement  # std across members, batch mean
         return Rollout(prompts, samples.response, mask, logp, ref, values, advantages, returns), stats
 
     def update(self) -> dict[str, Any]:

@@ -341,6 +341,13 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "stop at the checkpoint before it, raise lm_ppo.kl_coef, or retrain the reward model on pairs of the "
         "policy's own responses",
     ),
+    "lm_rm_disagreement": (
+        "the reward-model ensemble's members disagree more and more on the policy's responses: the policy has "
+        "moved to text the reward models never saw enough of, where their scores are guesses (reward hacking "
+        "starts here, before the true score falls)",
+        "raise lm_ppo.kl_coef or set lm_ppo.kl_target, combine with ensemble_combine: min or a larger ensemble_k, "
+        "or stop at the checkpoint before the rise and retrain the ensemble on the policy's responses",
+    ),
     "lm_length_collapse": (
         "responses shrank toward the EOS: an empty answer avoids the KL penalty when the reward cannot pay for it",
         "lower lm_ppo.kl_coef, or check that the reward model does not score short responses highest",
