@@ -155,7 +155,15 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     sft.add_argument("--run-dir", type=Path)
     sft.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
     sft.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    resume = lm_sub.add_parser("resume", help="continue an lm ppo, rm or sft run from its latest checkpoint")
+    dpo = lm_sub.add_parser("dpo", help="Direct Preference Optimization on the task's preference pairs")
+    dpo.add_argument("--config", type=Path, help="YAML file with run: and lm_dpo: sections")
+    dpo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    dpo.add_argument("--seed", type=int)
+    dpo.add_argument("--total-steps", type=int, help="preference pairs to train on in all (default: 8192)")
+    dpo.add_argument("--run-dir", type=Path)
+    dpo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
+    dpo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    resume = lm_sub.add_parser("resume", help="continue an lm ppo, rm, sft or dpo run from its latest checkpoint")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total of responses (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
@@ -237,21 +245,23 @@ def _lm_available() -> None:
 
 def _cmd_lm(args: argparse.Namespace) -> int:
     _lm_available()
-    from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, load_run_config, resolve_config
+    from pgrad.lm.config import ALGO, DPO_ALGO, RM_ALGO, SFT_ALGO, load_run_config, resolve_config
+    from pgrad.lm.dpo_runner import DPORunner
     from pgrad.lm.rm_runner import RewardModelRunner
     from pgrad.lm.runner import LMPPORunner
     from pgrad.lm.sft_runner import SFTRunner
 
-    runners: dict[str, type[LMPPORunner] | type[RewardModelRunner] | type[SFTRunner]] = {
+    runners: dict[str, type[LMPPORunner] | type[RewardModelRunner] | type[SFTRunner] | type[DPORunner]] = {
         ALGO: LMPPORunner,
         RM_ALGO: RewardModelRunner,
         SFT_ALGO: SFTRunner,
+        DPO_ALGO: DPORunner,
     }
     if args.lm_command == "resume":
         config = load_run_config(args.run_dir, args.total_steps)
         runner = runners[config.algo](config, args.run_dir, resume=True, console=not args.quiet)
     else:
-        algo = {"ppo": ALGO, "rm": RM_ALGO, "sft": SFT_ALGO}[args.lm_command]
+        algo = {"ppo": ALGO, "rm": RM_ALGO, "sft": SFT_ALGO, "dpo": DPO_ALGO}[args.lm_command]
         config = resolve_config(algo, args.config, args.set, args.seed, args.total_steps)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.run_dir or Path("runs") / f"{algo}-{config.env.id}-s{config.run.seed}-{stamp}"
@@ -259,7 +269,7 @@ def _cmd_lm(args: argparse.Namespace) -> int:
     result = runner.train()
     if not args.quiet:
         metrics = result.last_metrics
-        unit = {ALGO: "responses", RM_ALGO: "pairs", SFT_ALGO: "demonstrations"}[config.algo]
+        unit = {ALGO: "responses", RM_ALGO: "pairs", SFT_ALGO: "demonstrations", DPO_ALGO: "pairs"}[config.algo]
         print(
             f"{config.algo} on {config.env.id}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s"
         )

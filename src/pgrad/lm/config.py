@@ -20,6 +20,7 @@ from pgrad.errors import ConfigError
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
 SFT_ALGO = "lm_sft"
+DPO_ALGO = "lm_dpo"
 
 
 @dataclass(frozen=True)
@@ -219,12 +220,61 @@ class LMSFTConfig(Checked):
             self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
 
 
-CONFIG_CLASSES: dict[str, type[Checked]] = {ALGO: LMPPOConfig, RM_ALGO: LMRewardModelConfig, SFT_ALGO: LMSFTConfig}
+@dataclass(frozen=True)
+class LMDPOConfig(Checked):
+    """Direct Preference Optimization on the task's synthetic preference pairs (the reward model's pairs),
+    no reward model and no sampling in the loop; ``run.total_steps`` counts the pairs trained on."""
+
+    SECTION: ClassVar[str] = DPO_ALGO
+
+    task: Literal["digits"] = param("digits", "the shipped task whose hidden score makes the preferences")
+    init_from: str | None = param(
+        None,
+        "the run folder of 'pgrad lm sft': policy and frozen reference start from its best checkpoint (None: the "
+        "tiny GPT-2's random initial weights)",
+    )
+    beta: float = param(0.1, "DPO's beta: the implicit reward is beta x (log pi - log pi_ref) of the response")
+    max_new_tokens: int = param(8, "longest response; must equal the SFT model's with init_from")
+    train_pairs: int = param(4096, "preference pairs to train on (ties are dropped: slightly fewer)")
+    heldout_pairs: int = param(1024, "fresh pairs, never trained on, for the implicit reward's held-out accuracy")
+    batch_size: int = param(64, "pairs per gradient step")
+    eval_every: int = param(2048, "held-out metrics every this many trained pairs, at the start and at the end")
+    eval_prompts: int = param(256, "held-out prompts for the sampled true score, KL to the reference and length")
+    learning_rate: float = param(1e-3, "Adam learning rate")
+    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
+    n_embd: int = param(64, "GPT-2 width")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        self.check_range("beta", 0, low_open=True)
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("train_pairs", 2)
+        self.check_range("heldout_pairs", 2)
+        self.check_range("batch_size", 1)
+        self.check_range("eval_every", 1)
+        self.check_range("eval_prompts", 1)
+        self.check_range("learning_rate", 0, low_open=True)
+        self.check_range("max_grad_norm", 0, low_open=True)
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+
+
+CONFIG_CLASSES: dict[str, type[Checked]] = {
+    ALGO: LMPPOConfig,
+    RM_ALGO: LMRewardModelConfig,
+    SFT_ALGO: LMSFTConfig,
+    DPO_ALGO: LMDPOConfig,
+}
 # run-section defaults per command, sized for the tiny model on 2 CPU cores (the shared ones count env steps)
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     ALGO: {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False},
     RM_ALGO: {"total_steps": 16384, "checkpoint_every": 4096, "tensorboard": False},
     SFT_ALGO: {"total_steps": 8192, "checkpoint_every": 4096, "tensorboard": False},
+    DPO_ALGO: {"total_steps": 8192, "checkpoint_every": 4096, "tensorboard": False},
 }
 
 

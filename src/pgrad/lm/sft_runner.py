@@ -27,7 +27,7 @@ from pgrad import __version__
 from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, load_optimizers, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
-from pgrad.lm.config import SFT_ALGO, LMPPOConfig, LMSFTConfig, load_run_config
+from pgrad.lm.config import SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig, load_run_config
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import response_outputs, tiny_gpt2_config
@@ -40,7 +40,7 @@ HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the
 ARCHITECTURE = ("max_new_tokens", "n_layer", "n_embd", "n_head")  # what PPO must share to start from an SFT model
 
 
-def build_lm(config: LMSFTConfig | LMPPOConfig, task: DigitsTask) -> GPT2LMHeadModel:
+def build_lm(config: LMSFTConfig | LMPPOConfig | LMDPOConfig, task: DigitsTask) -> GPT2LMHeadModel:
     model_config = tiny_gpt2_config(
         task.tokenizer.vocab_size,
         n_positions=task.max_prompt_length + config.max_new_tokens,
@@ -204,19 +204,21 @@ class SFTRunner:
         return result
 
 
-def load_sft_state(run_dir: Path, ppo: LMPPOConfig) -> tuple[TrainState, Path]:
-    """The best checkpoint of an ``lm_sft`` run (its ``lm`` module is the model), checked to fit ``ppo``'s."""
+def load_sft_state(run_dir: Path, starting: LMPPOConfig | LMDPOConfig) -> tuple[TrainState, Path]:
+    """The best checkpoint of an ``lm_sft`` run (its ``lm`` module is the model), checked to fit the
+    architecture of ``starting`` (the PPO or DPO section whose ``init_from`` names it)."""
     config = load_run_config(Path(run_dir))
     sft = config.algo_config
+    section = starting.SECTION
     if config.algo != SFT_ALGO or not isinstance(sft, LMSFTConfig):
         raise ConfigError(
-            f"lm_ppo.init_from: {run_dir} is a '{config.algo}' run, not supervised fine-tuning ({SFT_ALGO})"
+            f"{section}.init_from: {run_dir} is a '{config.algo}' run, not supervised fine-tuning ({SFT_ALGO})"
         )
     for name in ARCHITECTURE:
-        if getattr(ppo, name) != getattr(sft, name):
+        if getattr(starting, name) != getattr(sft, name):
             raise ConfigError(
-                f"lm_ppo.{name} must be {getattr(sft, name)}, the value of the SFT model in {run_dir}; "
-                f"got {getattr(ppo, name)}"
+                f"{section}.{name} must be {getattr(sft, name)}, the value of the SFT model in {run_dir}; "
+                f"got {getattr(starting, name)}"
             )
     path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).path("best")
     return read_train_state(path), path

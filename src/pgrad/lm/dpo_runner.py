@@ -1,0 +1,210 @@
+"""Direct Preference Optimization on preference pairs (``pgrad lm dpo``): no reward model, no sampling loop.
+
+The pairs are the reward model's (``DigitsTask.preference_pairs``, drawn from ``run.seed`` for training
+and from ``run.seed + HELDOUT_SEED_OFFSET`` held out). The policy starts from the SFT model
+(``init_from``) or the tiny GPT-2's random weights; the frozen reference is a copy of those initial
+weights. Each gradient step takes ``batch_size`` training pairs uniformly with replacement and descends
+``losses.dpo_loss`` on whole-response log-probs (sums over the response's real tokens):
+
+    h = beta * ((log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r))),   L = -mean log sigmoid(h)
+
+so while policy == reference h = 0 and L = log 2. ``beta x (log pi - log ref)`` is the implicit reward;
+its held-out accuracy (``eval/dpo_accuracy``: the fraction of held-out pairs with h > 0) and loss
+(``eval/dpo_loss``) come in every row with, sampled on held-out prompts, the true score, the KL to the
+reference and the response length (``pgrad.lm.evaluate``, the keys PPO writes; ``eval/rm_score`` is
+left out: there is no reward model). A row at step 0 is the starting model.
+
+Checkpoints (safetensors + JSON through ``RunContext``: ``lm`` and ``reference``) are scored by the
+held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import GPT2LMHeadModel
+
+from pgrad import __version__
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad.config import TrainConfig
+from pgrad.errors import CheckpointError, ConfigError
+from pgrad.lm.config import DPO_ALGO, LMDPOConfig
+from pgrad.lm.evaluate import evaluate_policy
+from pgrad.lm.losses import dpo_loss, masked_sum
+from pgrad.lm.model import response_outputs
+from pgrad.lm.reward import TrueScoreReward
+from pgrad.lm.rm_runner import HELDOUT_SEED_OFFSET
+from pgrad.lm.sft_runner import build_lm, load_sft_state
+from pgrad.lm.task import DigitsTask, PreferencePairs
+from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.threads import set_threads
+
+EVAL_SEED_OFFSET = 1  # the sampled evaluation's prompts and noise: run.seed + this (as SFT's)
+
+
+def response_logprob(lm: GPT2LMHeadModel, pairs: PreferencePairs, index: Tensor, chosen: bool) -> Tensor:
+    """log pi(y | x) of the chosen (or rejected) responses of the pairs at ``index``: [len(index)]."""
+    prompts = pairs.prompts
+    response = pairs.chosen[index] if chosen else pairs.rejected[index]
+    mask = pairs.chosen_mask[index] if chosen else pairs.rejected_mask[index]
+    out = response_outputs(lm, prompts.ids[index], prompts.mask[index], response, mask)
+    return masked_sum(out.logprobs, mask.float(), dim=1)
+
+
+class DPORunner:
+    """``pgrad lm dpo`` / ``pgrad lm resume`` of an ``lm_dpo`` run: see the module docstring."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+    ) -> None:
+        if config.algo != DPO_ALGO or not isinstance(config.algo_config, LMDPOConfig):
+            raise ConfigError(f"DPORunner runs '{DPO_ALGO}' configs; got '{config.algo}'")
+        self.config = config
+        self.dpo: LMDPOConfig = config.algo_config
+        sft_state = load_sft_state(Path(self.dpo.init_from), self.dpo) if self.dpo.init_from else None
+        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run_dir = self.run.run_dir
+        set_threads(config.run.torch_threads)
+        seed_everything(config.run.seed)
+        self.task = DigitsTask(self.dpo.max_new_tokens)
+        seed = config.run.seed
+        self.train_pairs = self.task.preference_pairs(self.dpo.train_pairs, torch.Generator().manual_seed(seed))
+        self.heldout = self.task.preference_pairs(
+            self.dpo.heldout_pairs, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
+        )
+        self.lm = build_lm(self.dpo, self.task)
+        if sft_state is not None:
+            load_modules({"lm": self.lm}, *sft_state)
+        self.lm.train(False)  # dropout is off in the config; eval mode says so twice
+        self.reference: GPT2LMHeadModel = copy.deepcopy(self.lm)  # the initial weights, frozen
+        self.reference.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.dpo.learning_rate)
+        self.step = 0  # pairs trained on
+        self.updates = 0
+        resume_from = self.run.latest_state() if resume else None
+        self.run.open(console, f"{DPO_ALGO} {self.task.name}")
+        if resume_from is not None:
+            try:
+                self.load(*resume_from)
+            except BaseException:
+                self.run.close()
+                raise
+        else:
+            self.run.started_event(f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs")
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.run.stop_requested
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"lm": self.lm, "reference": self.reference}
+
+    def train_state(self) -> TrainState:
+        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
+        modules = {
+            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+            for name, module in self.modules().items()
+        }
+        return TrainState(
+            algo=DPO_ALGO,
+            step=self.step,
+            updates=self.updates,
+            elapsed_seconds=self.run.elapsed(),
+            config=self.config.to_dict(),
+            modules=modules,
+            optimizers={"lm": self.optimizer.state_dict()},
+            rng_torch=torch.get_rng_state(),
+            pgrad_version=__version__,
+        )
+
+    def load(self, state: TrainState, path: Path) -> None:
+        load_modules(self.modules(), state, path)
+        load_optimizers({"lm": self.optimizer}, state, path)
+        if state.rng_torch is None:
+            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
+        torch.set_rng_state(state.rng_torch)
+        self.step, self.updates = state.step, state.updates
+
+    def pair_loss(self, pairs: PreferencePairs, index: Tensor) -> tuple[Tensor, Tensor]:
+        """(DPO loss, implicit-reward accuracy) of the pairs at ``index``; gradients reach the policy only."""
+        with torch.no_grad():
+            ref_chosen = response_logprob(self.reference, pairs, index, chosen=True)
+            ref_rejected = response_logprob(self.reference, pairs, index, chosen=False)
+        chosen = response_logprob(self.lm, pairs, index, chosen=True)
+        rejected = response_logprob(self.lm, pairs, index, chosen=False)
+        return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.dpo.beta)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        loss, accuracy = self.pair_loss(self.heldout, torch.arange(len(self.heldout)))
+        sampled = evaluate_policy(
+            self.lm,
+            self.reference,
+            self.task,
+            TrueScoreReward(self.task),
+            self.dpo.eval_prompts,
+            self.config.run.seed + EVAL_SEED_OFFSET,
+            1.0,
+        )
+        sampled.pop("eval/rm_score")  # no reward model here: it would repeat the true score
+        return {"eval/dpo_loss": float(loss), "eval/dpo_accuracy": float(accuracy), **sampled}
+
+    def train_steps(self, until_step: int) -> dict[str, Any]:
+        started, losses, accuracies = time.perf_counter(), [], []
+        size = self.dpo.batch_size
+        while self.step < until_step and not self.run.stop_requested:
+            loss, accuracy = self.pair_loss(self.train_pairs, torch.randint(0, len(self.train_pairs), (size,)))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.lm.parameters(), self.dpo.max_grad_norm)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+            accuracies.append(float(accuracy))
+            self.step += size
+            self.updates += 1
+        seconds = time.perf_counter() - started
+        return {
+            "step": self.step,
+            "update": self.updates,
+            "train/dpo_loss": sum(losses) / max(len(losses), 1),
+            "train/dpo_accuracy": sum(accuracies) / max(len(accuracies), 1),
+            "train/dpo_first_loss": losses[0] if losses else float("nan"),
+            **self.evaluate(),
+            "perf/steps_per_second": size * len(losses) / max(seconds, 1e-9),
+        }
+
+    def train(self, stop_at_step: int | None = None) -> TrainResult:
+        self.run.started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        total = self.config.run.total_steps
+        every = self.dpo.eval_every
+        try:
+            with self.run.stop_signals():
+                try:
+                    if self.step == 0:
+                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
+                    while self.step < total and not self.run.stop_requested:
+                        row_end = min((self.step // every + 1) * every, total)
+                        if stop_at_step is not None:
+                            row_end = min(row_end, stop_at_step)
+                        metrics = self.train_steps(row_end)
+                        self.run.log(metrics)
+                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
+                            self.run.save_checkpoint(self.train_state(), metrics["eval/dpo_accuracy"])
+                        if stop_at_step is not None and self.step >= stop_at_step:
+                            break
+                finally:
+                    self.run.flush()
+                self.run.second_interrupts = False
+                checkpoint = None
+                if self.run.needs_final_checkpoint(self.step):
+                    checkpoint = self.run.save_checkpoint(self.train_state(), metrics.get("eval/dpo_accuracy"))
+            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
+        finally:
+            self.run.close()
+        return result
