@@ -41,6 +41,7 @@ LAYERS: list[list[str]] = [
         "pgrad.lm.runner",
         "pgrad.lm.rm_runner",
         "pgrad.lm.sft_runner",
+        "pgrad.lm.dpo_runner",
     ],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],
