@@ -1,8 +1,8 @@
-"""The ``lm_ppo``, ``lm_rm`` and ``lm_sft`` config sections; how an LM run's config is resolved and read back.
+"""The ``lm_ppo``, ``lm_rm``, ``lm_sft`` and ``lm_dpo`` config sections; how an LM run's config is resolved and read.
 
 An LM run is a ``TrainConfig`` like any other (so ``RunContext`` owns its folder, logs and checkpoints):
-``algo: lm_ppo``, ``lm_rm`` or ``lm_sft``, the shared ``run`` section (``run.total_steps`` counts sampled
-responses for PPO, trained preference pairs for the reward model, demonstrations for SFT), the
+``algo: lm_ppo``, ``lm_rm``, ``lm_sft`` or ``lm_dpo``, the shared ``run`` section (``run.total_steps``
+counts sampled responses for PPO, trained preference pairs for the reward model and DPO, demonstrations for SFT), the
 algorithm's section below, and an ``env`` section whose ``id`` names the task (``digits``).
 Precedence: defaults < ``RUN_DEFAULTS`` < ``--config`` file < ``--set`` < flags.
 """
