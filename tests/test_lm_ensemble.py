@@ -49,11 +49,14 @@ def test_an_ensemble_of_one_reproduces_the_single_reward_model(tmp_path):
     got = [(r["eval/rm_loss"], r["eval/rm_accuracy"], r["eval/rm_true_correlation"]) for r in logged]
     weight_sum = float(sum(v.double().sum() for v in runner.model.state_dict().values()))
     print(f"ensemble of 1: rows {got}, weight sum {weight_sum!r}, Brier {logged[-1]['eval/rm_brier']:.4f}")
-    assert got == [
+    # Within 1e-5, not bit for bit: another CPU's BLAS kernels may round differently; a changed RNG draw or
+    # resample (what this guards against) moves these by percents.
+    expected = [
         (0.5517739057540894, 0.8111110925674438, 0.5684015154838562),
         (0.4092467427253723, 0.8666666746139526, 0.6410295367240906),
     ]
-    assert weight_sum == pytest.approx(96.90284405187276, rel=1e-12)
+    assert [value for row in got for value in row] == pytest.approx([v for row in expected for v in row], rel=1e-5)
+    assert weight_sum == pytest.approx(96.90284405187276, rel=1e-6)
     assert set(read_train_state(tmp_path / "rm" / "checkpoints" / "step_0000000256").modules) == {"reward_model"}
     # loaded as a scorer, one member's combination is its own score, for either rule
     prompts = runner.heldout.prompts
