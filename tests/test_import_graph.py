@@ -38,6 +38,7 @@ LAYERS: list[list[str]] = [
         "pgrad.evaluate",
         "pgrad.export",
         "pgrad.tune",
+        "pgrad.lm.rows",
         "pgrad.lm.runner",
         "pgrad.lm.rm_runner",
         "pgrad.lm.sft_runner",

@@ -39,6 +39,7 @@ from pgrad.lm.losses import dpo_loss, masked_sum
 from pgrad.lm.model import response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.rm_runner import HELDOUT_SEED_OFFSET
+from pgrad.lm.rows import train_in_rows
 from pgrad.lm.sft_runner import build_lm, load_sft_state
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
@@ -179,32 +180,4 @@ class DPORunner:
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
-        self.run.started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        total = self.config.run.total_steps
-        every = self.dpo.eval_every
-        try:
-            with self.run.stop_signals():
-                try:
-                    if self.step == 0:
-                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
-                    while self.step < total and not self.run.stop_requested:
-                        row_end = min((self.step // every + 1) * every, total)
-                        if stop_at_step is not None:
-                            row_end = min(row_end, stop_at_step)
-                        metrics = self.train_steps(row_end)
-                        self.run.log(metrics)
-                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
-                            self.run.save_checkpoint(self.train_state(), metrics["eval/dpo_accuracy"])
-                        if stop_at_step is not None and self.step >= stop_at_step:
-                            break
-                finally:
-                    self.run.flush()
-                self.run.second_interrupts = False
-                checkpoint = None
-                if self.run.needs_final_checkpoint(self.step):
-                    checkpoint = self.run.save_checkpoint(self.train_state(), metrics.get("eval/dpo_accuracy"))
-            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
-        finally:
-            self.run.close()
-        return result
+        return train_in_rows(self, self.dpo.eval_every, lambda row: row["eval/dpo_accuracy"], stop_at_step)

@@ -40,6 +40,7 @@ from pgrad.lm.config import RM_ALGO, LMRewardModelConfig, load_run_config
 from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel, tiny_gpt2_config
 from pgrad.lm.reward import LearnedReward
+from pgrad.lm.rows import train_in_rows
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
@@ -215,33 +216,9 @@ class RewardModelRunner:
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
-        self.run.started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        total = self.config.run.total_steps
-        every = self.rm.eval_every
-        try:
-            with self.run.stop_signals():
-                try:
-                    while self.step < total and not self.run.stop_requested:
-                        row_end = min((self.step // every + 1) * every, total)
-                        if stop_at_step is not None:
-                            row_end = min(row_end, stop_at_step)
-                        metrics = self.train_steps(row_end)
-                        self.run.log(metrics)
-                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
-                            self.run.save_checkpoint(self.train_state(), metrics["eval/rm_accuracy"])
-                        if stop_at_step is not None and self.step >= stop_at_step:
-                            break
-                finally:
-                    self.run.flush()
-                self.run.second_interrupts = False
-                checkpoint = None
-                if self.run.needs_final_checkpoint(self.step):
-                    checkpoint = self.run.save_checkpoint(self.train_state(), metrics.get("eval/rm_accuracy"))
-            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
-        finally:
-            self.run.close()
-        return result
+        return train_in_rows(
+            self, self.rm.eval_every, lambda row: row["eval/rm_accuracy"], stop_at_step, log_start=False
+        )
 
 
 def load_reward_model(

@@ -32,6 +32,7 @@ from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import response_outputs, tiny_gpt2_config
 from pgrad.lm.reward import TrueScoreReward
+from pgrad.lm.rows import train_in_rows
 from pgrad.lm.task import DigitsTask
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
@@ -172,36 +173,7 @@ class SFTRunner:
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
-        self.run.started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        total = self.config.run.total_steps
-        every = self.sft.eval_every
-        try:
-            with self.run.stop_signals():
-                try:
-                    if self.step == 0:
-                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the initial model
-                    while self.step < total and not self.run.stop_requested:
-                        row_end = min((self.step // every + 1) * every, total)
-                        if stop_at_step is not None:
-                            row_end = min(row_end, stop_at_step)
-                        metrics = self.train_steps(row_end)
-                        self.run.log(metrics)
-                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
-                            self.run.save_checkpoint(self.train_state(), -metrics["eval/sft_nll"])
-                        if stop_at_step is not None and self.step >= stop_at_step:
-                            break
-                finally:
-                    self.run.flush()
-                self.run.second_interrupts = False
-                checkpoint = None
-                if self.run.needs_final_checkpoint(self.step):
-                    score = -metrics["eval/sft_nll"] if metrics else None
-                    checkpoint = self.run.save_checkpoint(self.train_state(), score)
-            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
-        finally:
-            self.run.close()
-        return result
+        return train_in_rows(self, self.sft.eval_every, lambda row: -row["eval/sft_nll"], stop_at_step)
 
 
 def load_sft_state(run_dir: Path, starting: LMPPOConfig | LMDPOConfig) -> tuple[TrainState, Path]:
