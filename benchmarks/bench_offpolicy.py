@@ -21,7 +21,10 @@ Three groups:
   200k steps, a 10-episode deterministic evaluation every 10k steps and a final one; beside them SB3's
   SAC (its defaults) over the first 50k steps of the same seeds, evaluated every 5k steps (10 episodes,
   ``evaluate_policy``; one torch thread, which changes its speed, not what it learns). Threshold:
-  pgrad's final evaluation >= 4,000.
+  pgrad's final evaluation >= 4,000. ``--preset-algos td3`` runs TD3 from pgrad's HalfCheetah preset
+  (rl-baselines3-zoo: ``learning_starts`` 10,000; its run folder ends in ``-zoo``), and SB3's runs of
+  that algorithm take the same value; SB3's TD3 always gets pgrad's exploration noise, N(0, 0.1^2)
+  (SB3's default is none). ``--sb3-algos sac td3`` and ``--sb3-steps`` choose SB3's runs beside.
 
 Every run is its own process (``spawn``); ``--jobs 2`` runs two at once (the learning groups only: the
 speed group always runs alone). Raw results go to ``benchmarks/data/offpolicy_<group>.json``, the
@@ -69,6 +72,7 @@ class Job:
     total_steps: int
     warmup: int = 0  # speed group: env steps before the timed part
     run_root: str | None = None  # learning groups: keep run folders here, and resume one found there
+    preset: bool = False  # halfcheetah group: pgrad from its preset (rl-baselines3-zoo), SB3 with the same values
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,14 +117,14 @@ def run_pgrad(job: Job) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench_offpolicy_") as tmp:
         root = Path(job.run_root) if job.run_root else Path(tmp)
-        run_dir = root / f"{job.algo}-{job.env}-s{job.seed}"
+        run_dir = root / f"{job.algo}-{job.env}-s{job.seed}{'-zoo' if job.preset else ''}"
         config, preset = resolve_config(
             job.algo,
             job.env,
             sets=pgrad_sets(job),
             seed=job.seed,
             total_steps=job.total_steps,
-            use_preset=job.group == "pendulum",  # HalfCheetah: the defaults, SB3's, as the SB3 runs beside
+            use_preset=job.group == "pendulum" or job.preset,  # HalfCheetah: SB3's defaults unless --preset-algos
         )
         # A run folder left by an earlier, interrupted invocation resumes (bit-exact, buffer included).
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
@@ -170,6 +174,7 @@ def run_pgrad(job: Job) -> dict[str, Any]:
 
 def run_sb3(job: Job) -> dict[str, Any]:
     import gymnasium as gym
+    import numpy as np
     import torch
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -177,7 +182,16 @@ def run_sb3(job: Job) -> dict[str, Any]:
     if job.lib == "sb3-1thread" or job.group != "speed":
         torch.set_num_threads(1)
     env = gym.make(job.env)
-    model = {"sac": SAC, "td3": TD3}[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", verbose=0)
+    options: dict[str, Any] = {}
+    if job.algo == "td3" and job.group != "speed":
+        # pgrad's TD3 explores with N(0, 0.1^2) (the TD3 paper, the zoo); SB3's default is no noise at all
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        size = env.action_space.shape[0]
+        options["action_noise"] = NormalActionNoise(mean=np.zeros(size), sigma=0.1 * np.ones(size))
+    if job.preset:
+        options["learning_starts"] = 10_000  # the zoo's MuJoCo value, as pgrad's preset
+    model = {"sac": SAC, "td3": TD3}[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", verbose=0, **options)
     load_before = load_average()
     if job.group == "speed":
         model.learn(job.warmup)
@@ -340,18 +354,31 @@ def pendulum(args: argparse.Namespace) -> list[str]:
 def halfcheetah(args: argparse.Namespace) -> list[str]:
     total = args.total_steps or 200_000
     jobs = []
+    preset = set(args.preset_algos or [])
     for seed in args.seeds or [1, 2]:
         jobs += [
-            Job("halfcheetah", "pgrad", algo, "HalfCheetah-v5", seed, total, run_root=args.run_root)
+            Job(
+                "halfcheetah",
+                "pgrad",
+                algo,
+                "HalfCheetah-v5",
+                seed,
+                total,
+                run_root=args.run_root,
+                preset=algo in preset,
+            )
             for algo in args.algos or ["sac", "td3"]
         ]
-        if not args.skip_sb3:
-            jobs.append(Job("halfcheetah", "sb3", "sac", "HalfCheetah-v5", seed, min(SB3_CURVE_STEPS, total)))
+        jobs += [
+            Job("halfcheetah", "sb3", algo, "HalfCheetah-v5", seed, min(args.sb3_steps, total), preset=algo in preset)
+            for algo in args.sb3_algos
+        ]
     done = run_all(jobs, args.jobs)
-    save("halfcheetah", done)
+    save("halfcheetah" + args.tag, done)
     plot_curves(done, HERE / "plots" / "offpolicy_halfcheetah.png")
     thresholds = dict.fromkeys(("sac", "td3"), HALFCHEETAH_THRESHOLD)
-    return ["HalfCheetah-v5, defaults (SB3's):", "", *learning_table(done, thresholds)]
+    label = f"presets for {', '.join(sorted(preset))}, " if preset else ""
+    return [f"HalfCheetah-v5, {label}defaults (SB3's) otherwise:", "", *learning_table(done, thresholds)]
 
 
 def save(group: str, jobs: list[Job]) -> None:
@@ -373,7 +400,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="speed group: rounds of the three runs per algo")
     parser.add_argument("--warmup", type=int, default=1000, help="speed group: env steps before timing")
     parser.add_argument("--measure", type=int, default=2000, help="speed group: env steps timed")
-    parser.add_argument("--skip-sb3", action="store_true", help="halfcheetah group: pgrad runs only")
+    parser.add_argument(
+        "--sb3-algos", nargs="*", default=["sac"], choices=["sac", "td3"], help="halfcheetah group: SB3 runs beside"
+    )
+    parser.add_argument("--sb3-steps", type=int, default=SB3_CURVE_STEPS, help="halfcheetah group: SB3's budget")
+    parser.add_argument(
+        "--preset-algos",
+        nargs="*",
+        choices=["sac", "td3"],
+        help="halfcheetah group: these algorithms from pgrad's presets (the zoo's: learning_starts 10000), SB3 alike",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the raw-data file name (offpolicy_<group><tag>.json)")
     parser.add_argument(
         "--run-root", help="halfcheetah group: keep pgrad's run folders here; a folder left by a killed run resumes"
     )
