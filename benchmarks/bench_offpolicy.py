@@ -229,10 +229,21 @@ def run_job(job: Job) -> Job:
     return job
 
 
-def run_all(jobs: list[Job], workers: int) -> list[Job]:
+def run_all(jobs: list[Job], workers: int, save_as: str | None = None) -> list[Job]:
+    """Every job in its own process, ``workers`` at once; with ``save_as`` the raw results are written
+    after each job ends, so a long group stopped half-way keeps what finished."""
     context = multiprocessing.get_context("spawn")
+    finished: dict[int, Job] = {}
     with context.Pool(workers, maxtasksperchild=1) as pool:
-        return pool.map(run_job, jobs, chunksize=1)
+        for index, job in pool.imap_unordered(run_indexed, list(enumerate(jobs)), chunksize=1):
+            finished[index] = job
+            if save_as is not None:
+                save(save_as, [finished[i] for i in sorted(finished)])
+    return [finished[i] for i in sorted(finished)]
+
+
+def run_indexed(item: tuple[int, Job]) -> tuple[int, Job]:
+    return item[0], run_job(item[1])
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -373,8 +384,7 @@ def halfcheetah(args: argparse.Namespace) -> list[str]:
             Job("halfcheetah", "sb3", algo, "HalfCheetah-v5", seed, min(args.sb3_steps, total), preset=algo in preset)
             for algo in args.sb3_algos
         ]
-    done = run_all(jobs, args.jobs)
-    save("halfcheetah" + args.tag, done)
+    done = run_all(jobs, args.jobs, save_as="halfcheetah" + args.tag)
     plot_curves(done, HERE / "plots" / "offpolicy_halfcheetah.png")
     thresholds = dict.fromkeys(("sac", "td3"), HALFCHEETAH_THRESHOLD)
     label = f"presets for {', '.join(sorted(preset))}, " if preset else ""
