@@ -126,3 +126,23 @@ def test_native_cartpole_episode_returns_equal_lengths():
     collector.collect(ActorCritic(4, adapter.action).acting_policy(), np.random.default_rng(0), 200)
     assert collector.episodes.count >= 20
     assert list(collector.episodes.returns) == [float(n) for n in collector.episodes.lengths]
+
+
+def test_gymnasiums_settotalmass_deprecation_is_dropped_and_other_mujoco_warnings_pass_on(capfd):
+    """Building HalfCheetah prints MuJoCo's note on Gymnasium's own XML once per env without pgrad; with
+    it, nothing, while a handler the user installed keeps receiving every other warning and is restored."""
+    mujoco = pytest.importorskip("mujoco")
+    received: list[str] = []
+    handler = received.append
+    mujoco.set_mju_user_warning(handler)
+    try:
+        envs = make_vector_env(EnvConfig(id="HalfCheetah-v5", num_envs=2, vectorization="sync"))
+        envs.close()
+        assert mujoco.get_mju_user_warning() is handler  # put back after the build
+        mujoco.get_mju_user_warning()("another warning")
+    finally:
+        mujoco.set_mju_user_warning(None)
+    assert received == ["another warning"]
+    # without pgrad's filter the same build does print it: the test would see a regression
+    gym.make("HalfCheetah-v5").close()
+    assert "settotalmass" in capfd.readouterr().err

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import gymnasium as gym
@@ -141,6 +143,40 @@ def check_env_id(env_id: str) -> None:
     )
 
 
+# MuJoCo 3.4+ warns, for every model it compiles, that Gymnasium's own XML files (HalfCheetah, Hopper, Walker2d,
+# ...) use the deprecated 'settotalmass' compiler attribute: a note about Gymnasium's assets that a pgrad user can
+# do nothing about, printed again for every env and every evaluation (hundreds of lines in a benchmark log).
+KNOWN_MUJOCO_DEPRECATION = "compiler attribute 'settotalmass' is deprecated"
+
+
+@contextlib.contextmanager
+def _without_known_mujoco_deprecation(spec: gym.envs.registration.EnvSpec) -> Iterator[None]:
+    """While Gymnasium's MuJoCo envs are built in this process: drop that one message, pass every other
+    MuJoCo warning on as before (to the handler in place, or to stderr as MuJoCo prints it), and put the
+    previous handler back after. Async workers build their envs in their own processes and still print it."""
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    if not entry.startswith("gymnasium.envs.mujoco"):
+        yield
+        return
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+
+    def forward(message: str) -> None:
+        if message.startswith(KNOWN_MUJOCO_DEPRECATION):
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(forward)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 def make_vector_env(
     cfg: EnvConfig,
     num_envs: int | None = None,
@@ -204,14 +240,15 @@ def make_vector_env(
     layers = (atari.preprocess if is_atari else None, randomize, StateAccess if mode == "async" else None)
     wrappers = [layer for layer in layers if layer is not None]
     try:
-        envs = gym.make_vec(
-            env_id,
-            num_envs=count,
-            vectorization_mode=mode,
-            vector_kwargs=vector_kwargs,
-            wrappers=wrappers or None,
-            **kwargs,
-        )
+        with _without_known_mujoco_deprecation(spec):
+            envs = gym.make_vec(
+                env_id,
+                num_envs=count,
+                vectorization_mode=mode,
+                vector_kwargs=vector_kwargs,
+                wrappers=wrappers or None,
+                **kwargs,
+            )
     except TypeError as exc:
         raise ConfigError(f"env.kwargs: {cfg.id} rejected its arguments: {exc}") from None
     _mark_async(envs)
