@@ -8,10 +8,16 @@ friction +-50 %, damping +-50 %, actuator gain +-20 % by default). Each policy i
 fixed scales of one parameter at a time (every body's mass x 0.5 ... x 1.5, and so on), through the same
 ``pgrad.evaluate.evaluate(..., physics=...)`` that ``pgrad eval RUN --randomize mass=1.3`` calls.
 
+With several ``--seeds`` each variant trains once per seed; a cell is then the mean over seeds of each
+policy's mean return (+- the spread of those means across seeds), and a verdict line per env counts the
+off-nominal points where the randomised policies' mean is at least the nominal ones', and compares the
+two means over all off-nominal points. ``--jobs 2`` trains two runs at once (one process each).
+
 Writes a markdown table (mean return +- std per scale) to ``--out`` and stdout, and one figure (a
 panel per env and parameter: return against scale, one line per training variant) to ``--plot``.
 
     .venv/bin/python benchmarks/bench_robustness.py                     # 300k steps per run, 4 runs
+    .venv/bin/python benchmarks/bench_robustness.py --envs Hopper-v5 --budget 1000000 --seeds 1 2 3 --jobs 2
     .venv/bin/python benchmarks/bench_robustness.py --budget 5000 --episodes 2 --scales 0.5 1 1.5  # a smoke test
 
 Needs the 'mujoco' and 'plots' extras. The trained runs stay under ``--runs`` (re-evaluate them with
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import statistics
 import time
 from pathlib import Path
 
@@ -48,6 +56,7 @@ SB3_DEFAULTS = [
 QUIET = ["run.progress=false", "run.tensorboard=false", "guard.enabled=false", "guard.eval_every=0"]
 DEFAULT_RANDOMIZE = ["mass=0.2", "friction=0.5", "damping=0.5", "actuator_gain=0.2"]
 PARAMETERS = ("mass", "friction", "damping", "actuator_gain")
+Sweep = dict[str, list[tuple[float, float]]]  # parameter -> (mean, std) of the evaluation return at each scale
 
 
 def train(env_id: str, variant: str, randomize: list[str], budget: int, seed: int, runs: Path) -> Path:
@@ -58,6 +67,37 @@ def train(env_id: str, variant: str, randomize: list[str], budget: int, seed: in
     result = OnPolicyRunner(config, run_dir, console=False, overwrite=True).train()
     print(f"  trained {env_id} {variant}: {result.steps:,} steps in {time.perf_counter() - started:.0f} s", flush=True)
     return run_dir
+
+
+def train_and_sweep(job: tuple[str, str, list[str], int, int, Path, list[float], int]) -> Sweep:
+    env_id, variant, randomize, budget, seed, runs, scales, episodes = job
+    return sweep(train(env_id, variant, randomize, budget, seed, runs), scales, episodes)
+
+
+def over_seeds(per_seed: list[Sweep]) -> Sweep:
+    """One sweep from several seeds' sweeps: the mean of the policies' mean returns, and their spread
+    (the std across seeds; a single seed keeps its own episodes' std)."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    return {
+        name: [
+            (statistics.fmean(means), statistics.stdev(means))
+            for means in zip(*([mean for mean, _ in sweep[name]] for sweep in per_seed), strict=True)
+        ]
+        for name in PARAMETERS
+    }
+
+
+def verdict(variants: dict[str, Sweep], scales: list[float]) -> str:
+    """Off-nominal points where the randomised mean is at least the nominal one, and both means over them."""
+    off = [i for i, scale in enumerate(scales) if scale != 1.0]
+    pairs = [(variants["randomised"][n][i][0], variants["nominal"][n][i][0]) for n in PARAMETERS for i in off]
+    wins = sum(randomised >= nominal for randomised, nominal in pairs)
+    mean_r, mean_n = (statistics.fmean(values) for values in zip(*pairs, strict=True))
+    return (
+        f"randomised >= nominal at {wins} of {len(pairs)} off-nominal points; mean over them: "
+        f"randomised {mean_r:.0f}, nominal {mean_n:.0f}"
+    )
 
 
 def sweep(run_dir: Path, scales: list[float], episodes: int) -> dict[str, list[tuple[float, float]]]:
@@ -118,7 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=300_000, help="env steps per training run")
     parser.add_argument("--envs", nargs="+", default=["Hopper-v5", "HalfCheetah-v5"])
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once, each its own process")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per grid point")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5])
     parser.add_argument(
@@ -130,25 +171,37 @@ def main() -> None:
     args = parser.parse_args()
 
     variants = {"nominal": [], "randomised": args.randomize}
-    results: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {}
-    for env_id in args.envs:
-        results[env_id] = {}
-        for variant, randomize in variants.items():
-            run_dir = train(env_id, variant, randomize, args.budget, args.seed, args.runs)
-            results[env_id][variant] = sweep(run_dir, args.scales, args.episodes)
+    jobs = [
+        (env_id, variant, randomize, args.budget, seed, args.runs, args.scales, args.episodes)
+        for env_id in args.envs
+        for seed in args.seeds
+        for variant, randomize in variants.items()
+    ]
+    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        sweeps = pool.map(train_and_sweep, jobs, chunksize=1)
+    per_seed: dict[str, dict[str, dict[int, Sweep]]] = {}
+    for job, result in zip(jobs, sweeps, strict=True):
+        per_seed.setdefault(job[0], {}).setdefault(job[1], {})[job[4]] = result
+    results = {
+        env_id: {variant: over_seeds(list(by_seed.values())) for variant, by_seed in by_variant.items()}
+        for env_id, by_variant in per_seed.items()
+    }
     header = [
         "## Robustness: PPO with and without domain randomisation",
         "",
-        f"{args.budget:,} steps per run, seed {args.seed}, SB3's PPO defaults (`{' '.join(SB3_DEFAULTS)}`); "
+        f"{args.budget:,} steps per run, seeds {', '.join(map(str, args.seeds))}, "
+        f"SB3's PPO defaults (`{' '.join(SB3_DEFAULTS)}`); "
         f"randomised: `{' '.join(args.randomize)}`. Deterministic evaluation, {args.episodes} episodes per point, "
         "one parameter scaled at a time (every element by the same factor), the others nominal.",
         "",
     ]
     lines = header + markdown(results, args.scales)
+    lines += [f"- {env_id}: {verdict(variants_of_env, args.scales)}" for env_id, variants_of_env in results.items()]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps({"scales": args.scales, "results": results}, indent=1))
+    raw = {"scales": args.scales, "seeds": args.seeds, "results": results, "per_seed": per_seed}
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     plot(results, args.scales, args.plot)
     print(f"table: {args.out}; plot: {args.plot}")
 
