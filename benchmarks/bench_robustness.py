@@ -38,7 +38,7 @@ import numpy as np
 from pgrad.config import RandomizeConfig
 from pgrad.evaluate import evaluate
 from pgrad.runners.on_policy import OnPolicyRunner
-from pgrad.runs import resolve_config
+from pgrad.runs import load_run_config, resolve_config
 
 # SB3's PPO defaults as pgrad settings (run without the env's preset).
 SB3_DEFAULTS = [
@@ -63,9 +63,21 @@ def train(env_id: str, variant: str, randomize: list[str], budget: int, seed: in
     run_dir = runs / f"{env_id}-{variant}-s{seed}"
     sets = [*QUIET, *SB3_DEFAULTS, *(f"randomize.{item}" for item in randomize)]
     config, _ = resolve_config("ppo", env_id, sets=sets, seed=seed, total_steps=budget, use_preset=False)
+    # A folder left by an earlier invocation is reused: finished, it is only evaluated again; killed
+    # part-way, it resumes (bit-exact) from its last checkpoint. Anything else there is started over.
+    index = run_dir / "checkpoints" / "index.json"
+    latest = json.loads(index.read_text()).get("latest") if index.is_file() else None
+    if latest is not None and int(latest.removeprefix("step_")) >= budget:
+        print(f"  {env_id} {variant} seed {seed}: already trained ({latest})", flush=True)
+        return run_dir
+    resume = latest is not None and load_run_config(run_dir).run.total_steps == budget
+    if resume:
+        config = load_run_config(run_dir)
     started = time.perf_counter()
-    result = OnPolicyRunner(config, run_dir, console=False, overwrite=True).train()
-    print(f"  trained {env_id} {variant}: {result.steps:,} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    runner = OnPolicyRunner(config, run_dir, resume=resume, console=False, overwrite=not resume)
+    result = runner.train()
+    took = time.perf_counter() - started
+    print(f"  trained {env_id} {variant} seed {seed}: {result.steps:,} steps in {took:.0f} s", flush=True)
     return run_dir
 
 
