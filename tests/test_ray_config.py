@@ -84,3 +84,12 @@ def test_worker_increments_add_up_to_one_running_statistic():
     assert float(merged["count"]) == pytest.approx(everything.count)
     # one worker, nothing else in between: exactly its own statistics (one worker equals the local run)
     assert add_increment(start, start, ends[0]) is ends[0]
+
+
+def test_impala_needs_the_ray_backend():
+    with pytest.raises(ConfigError, match=r"run.backend must be 'ray' for impala .*got 'local' \(--backend ray\)"):
+        resolve_config("impala", "CartPole-v1", None, ["run.backend=local"])
+    config, _ = resolve_config("impala", "CartPole-v1", None, ["run.backend=ray", "impala.rho_bar=2"])
+    assert config.algo_config.rho_bar == 2.0
+    with pytest.raises(ConfigError, match=r"impala.c_bar must be > 0; got 0"):
+        resolve_config("impala", "CartPole-v1", None, ["run.backend=ray", "impala.c_bar=0"])

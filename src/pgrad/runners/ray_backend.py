@@ -638,7 +638,19 @@ class ImpalaCollector(LearnerSide):
             "impala/learner_wait_seconds": waited - started,
             "ray/worker_restarts": float(group.restarts),
         }
-        return replace(result.rollout, policy_version=version)
+        # copies: Ray hands out read-only views of its object store, and the loop may write a rollout (drills)
+        rollout = result.rollout
+        assert rollout.behaviour_log_probs is not None
+        return Rollout(
+            obs=np.array(rollout.obs),
+            actions=np.array(rollout.actions),
+            rewards=np.array(rollout.rewards),
+            terminated=np.array(rollout.terminated),
+            truncated=np.array(rollout.truncated),
+            valid=np.array(rollout.valid),
+            behaviour_log_probs=np.array(rollout.behaviour_log_probs),
+            policy_version=version,
+        )
 
     def _fill(self, num_steps: int) -> None:
         """Top every worker up to ``queue`` requests with the newest weights."""
