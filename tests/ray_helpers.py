@@ -3,7 +3,7 @@ found through that temp dir (never by name: other engineers' Ray may run here).
 
 Ray reads its auth settings when it is imported, so a test module imports this module before ``ray``: it turns
 token auth on with a token file of this test process (Ray 2.60 turns token auth on by default, and a client
-without it waits 20 s before failing) and usage statistics off."""
+without it waits 20 s before failing), usage statistics off and every node on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -30,7 +30,12 @@ def _configure_process() -> None:
     (folder / "auth_token").write_text(secrets.token_hex(32))
     atexit.register(shutil.rmtree, folder, True)
     os.environ.update(
-        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(folder / "auth_token"), RAY_USAGE_STATS_ENABLED="0"
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(folder / "auth_token"),
+        RAY_USAGE_STATS_ENABLED="0",
+        # Ray on the loopback only: without this a driver joining 127.0.0.1:PORT rewrites it to the machine's
+        # network address, where a test cluster started on 127.0.0.1 does not listen, and waits for ever
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
     )
 
 

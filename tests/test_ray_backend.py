@@ -98,6 +98,7 @@ def test_two_workers_resume_exactly(tmp_path):
     assert rows(tmp_path / "straight")[-1] == rows(tmp_path / "split")[-1]
 
 
+@pytest.mark.slow
 def test_two_workers_differ_from_one_and_are_seeded_apart(tmp_path):
     """Worker 1's envs are seeded run.seed + num_envs, its actions from its own stream: its columns are not
     a copy of worker 0's."""
@@ -147,12 +148,11 @@ def test_past_the_restart_cap_the_run_stops_with_a_checkpoint(tmp_path, hang_gua
             runner.train()
     lost = [e for e in events(tmp_path / "cap") if e["kind"] == "ray.workers_lost"]
     assert len(lost) == 1 and "wrote checkpoint step_" in lost[0]["message"]
-    assert list((tmp_path / "cap" / "checkpoints").glob("step_*"))
-    resumed = make_runner(tmp_path, "cap", workers=2, total=lost[0]["step"] + 128, resume=True)
-    assert resumed.step == lost[0]["step"]
-    resumed.train()
+    (checkpoint,) = (tmp_path / "cap" / "checkpoints").glob("step_*")
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == lost[0]["step"]
 
 
+@pytest.mark.slow
 def test_a_hung_worker_times_out_and_is_replaced(tmp_path, hang_guard):
     """SIGSTOP: the worker neither answers nor dies; the deadline (ray.call_timeout_s) catches it."""
     runner = make_runner(tmp_path, "hung", workers=1, total=512, extra=["ray.call_timeout_s=5"])
