@@ -739,14 +739,18 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "algo": self.algo,
             "env": self.env.to_dict(),
             "run": self.run.to_dict(),
             self.algo: self.algo_config.to_dict(),
             "guard": self.guard.to_dict(),
-            "ray": self.ray.to_dict(),
         }
+        # The ray section only where it is used or set: the config.yaml and checkpoints of local runs stay as they
+        # were (and readers that know only their own sections, the LM runs', read them as before).
+        if self.run.backend == "ray" or self.ray != RayConfig():
+            out["ray"] = self.ray.to_dict()
+        return out
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -245,6 +245,8 @@ class WorkerGroup:
             raise WorkerFailed(f"the worker died during {what} ({type(exc).__name__})") from None
         except self.ray.exceptions.RayTaskError as exc:
             raise WorkerFailed(f"{what} raised {one_line(exc.as_instanceof_cause())}") from None
+        except self.ray.exceptions.RayError as exc:  # the rollout's object lost with its node, its owner gone, ...
+            raise WorkerFailed(f"{what} failed in Ray: {one_line(exc)}") from None
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
         """The same call on every worker, waited for together; a failure is not retried (state transfers)."""
@@ -669,8 +671,13 @@ class ImpalaCollector(LearnerSide):
         self.replace(index, reason)
 
     def _drop_in_flight(self) -> None:
+        # a worker runs its requests in order, so a reset asked after these runs after them whether or not they
+        # are cancelled; cancelling only saves the work
         for ref in list(self.in_flight):
-            self.group.ray.cancel(ref, force=False)
+            try:
+                self.group.ray.cancel(ref, force=False)
+            except Exception:  # already finished, or its worker gone
+                pass
         self.in_flight.clear()
 
     # ---- checkpoints: the workers act asynchronously, so a resume restarts their episodes -------------------------
