@@ -12,12 +12,13 @@ setup: $(STAMP)
 # would pull gigabytes of CUDA packages. The bench extra (Stable-Baselines3) is installed too: the
 # piece-by-piece PPO parity tests (tests/test_sb3_parity.py) compare against it and must run in CI. The export extra
 # (onnx, onnxruntime) and the video extra (moviepy) are installed so the export and eval --video tests run in CI too;
-# tune for tests/test_tune.py (Optuna), atari for the ALE test in tests/test_images.py, lm (transformers) for tests/test_lm_*.py.
+# tune for tests/test_tune.py (Optuna), atari for the ALE test in tests/test_images.py, lm (transformers) for tests/test_lm_*.py,
+# ray for tests/test_ray_*.py and tests/test_impala.py (they skip where Ray is missing).
 # The stamp depends on this Makefile too: a changed extras list below must reinstall.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,export,video,tune,atari,lm]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,export,video,tune,atari,lm,ray]"
 	touch $(STAMP)
 
 demo: setup

@@ -136,6 +136,26 @@ def test_only_the_lm_package_imports_transformers_and_its_math_imports_nothing_o
     assert not offenders, "\n".join(offenders)
 
 
+def test_only_the_ray_backend_imports_ray():
+    """Ray is the optional ``ray`` extra: ``import pgrad`` and every local run work without it, so one module
+    (``pgrad.runners.ray_backend``, imported only when ``run.backend`` is ray) holds every use of it."""
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        name = module_name(path)
+        if name == "pgrad.runners.ray_backend":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            imported = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{name} imports {m}" for m in imported if m.split(".")[0] == "ray"]
+    assert not offenders, "\n".join(offenders)
+
+
 def test_the_layer_check_catches_an_upward_import(tmp_path):
     """The checker itself can fail: a config module importing the guard is upward."""
     assert layer_of("pgrad.monitor.guard") > layer_of("pgrad.config")

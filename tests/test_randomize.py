@@ -355,6 +355,6 @@ def test_list_shows_the_section_and_a_top_level_section_in_a_file_says_where_it_
     config_file = tmp_path / "config.yaml"
     config_file.write_text("randomize:\n  mass: 0.2\n")
     assert main(["train", "ppo", "--env", "Hopper-v5", "--config", str(config_file)]) == 2
-    assert "unknown section 'randomize' (allowed: env, run, ppo, guard); 'randomize' belongs under 'env:'" in (
+    assert "unknown section 'randomize' (allowed: env, run, ppo, guard, ray); 'randomize' belongs under 'env:'" in (
         capsys.readouterr().err
     )

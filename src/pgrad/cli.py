@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     train.add_argument(
+        "--backend", choices=["local", "ray"], help="where rollouts are collected (run.backend; ray needs pgrad[ray])"
+    )
+    train.add_argument("--workers", type=int, help="Ray rollout workers (ray.workers)")
+    train.add_argument("--address", help="HOST:PORT of a Ray cluster to join (ray.address; default: a local Ray)")
+    train.add_argument(
         "--inject",
         action="append",
         default=[],
@@ -209,6 +214,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pgrad.runs import default_run_dir, resolve_config
 
     sets = args.set + ([f"guard.inject={args.inject!r}"] if args.inject else [])
+    # the Ray flags are spellings of config fields: they go through the same validation as --set
+    for flag, key in ((args.backend, "run.backend"), (args.workers, "ray.workers"), (args.address, "ray.address")):
+        if flag is not None:
+            sets.append(f"{key}={flag}")
     config, preset_source = resolve_config(
         args.algo, args.env, args.config, sets, args.seed, args.total_steps, use_preset=not args.no_preset
     )
@@ -326,7 +335,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from pgrad.config import EnvConfig, GuardConfig, RunConfig, field_docs
+    from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig, field_docs
     from pgrad.presets import PATTERN_PRESETS, PRESETS
     from pgrad.registry import ALGORITHMS
 
@@ -343,6 +352,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     section("env", EnvConfig)
     section("run", RunConfig)
     section("guard", GuardConfig)
+    section("ray", RayConfig)
     print("\npresets (applied when --env matches; --no-preset to skip):")
     for (algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
         print(f"  {algo:<6} {env_id:<16} {preset.source}")

@@ -511,6 +511,11 @@ class RunConfig(Checked):
     wandb: bool = param(False, "send metrics to Weights & Biases (needs wandb; project: WANDB_PROJECT or pgrad)")
     mlflow: bool = param(False, "send metrics and the config to MLflow (needs mlflow; MLFLOW_TRACKING_URI)")
     device: str = param("cpu", "torch device of the learner: cpu, cuda or cuda:N (acting stays NumPy on the CPU)")
+    backend: Literal["local", "ray"] = param(
+        "local",
+        "where rollouts are collected: local (this process's vector env) or ray (rollout workers as Ray actors, "
+        "the ray section; needs pgrad[ray])",
+    )
 
     def validate(self) -> None:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -526,6 +531,38 @@ class RunConfig(Checked):
         self.check_range("checkpoint_every", 1)
         self.check_range("keep_checkpoints", 1)
         self.check_range("episode_window", 1)
+
+
+@dataclass(frozen=True)
+class RayConfig(Checked):
+    """Rollout workers on Ray (``run.backend: ray``): how many, where, and how failures are handled.
+
+    Each worker is a Ray actor holding its own vector env of ``env.num_envs`` copies and the acting policy; the
+    learner, the run folder, the checkpoints and the guard stay in the training process."""
+
+    SECTION: ClassVar[str] = "ray"
+
+    workers: int = param(2, "rollout workers (Ray actors), each with env.num_envs environment copies")
+    address: str | None = param(
+        None, "HOST:PORT of a running Ray cluster to join (None: start a local Ray for the run, shut down after)"
+    )
+    num_cpus: int | None = param(None, "CPUs of the local Ray started for the run (None: one per worker)")
+    worker_cpus: float = param(1.0, "CPUs each worker reserves in Ray's scheduler (0: no reservation)")
+    call_timeout_s: float = param(
+        120.0, "seconds a call to a worker (a rollout, its state) may take before the worker counts as failed"
+    )
+    max_worker_restarts: int = param(
+        3, "worker failures replaced per run; one more stops the run with a checkpoint and a ray.workers_lost event"
+    )
+
+    def validate(self) -> None:
+        self.check_range("workers", 1)
+        if self.address is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}|auto", self.address):
+            self._fail("address", "HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or null")
+        self.check_range("num_cpus", 1)
+        self.check_range("worker_cpus", 0)
+        self.check_range("call_timeout_s", 0, low_open=True)
+        self.check_range("max_worker_restarts", 0)
 
 
 @dataclass(frozen=True)
@@ -687,20 +724,33 @@ class TrainConfig:
     run: RunConfig
     algo_config: Any
     guard: GuardConfig = field(default_factory=GuardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         check = getattr(self.algo_config, "check_with_env", None)
         if check is not None:
-            check(self.env)
+            # with Ray rollout workers the learner's batch has ray.workers x env.num_envs columns
+            columns = self.env.num_envs * (self.ray.workers if self.run.backend == "ray" else 1)
+            check(self.env if columns == self.env.num_envs else dataclasses.replace(self.env, num_envs=columns))
+        if getattr(self.algo_config, "needs_ray", False) and self.run.backend != "ray":
+            raise ConfigError(
+                f"run.backend must be 'ray' for {self.algo} (its actors run as Ray actors); got "
+                f"{self.run.backend!r} (--backend ray)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "algo": self.algo,
             "env": self.env.to_dict(),
             "run": self.run.to_dict(),
             self.algo: self.algo_config.to_dict(),
             "guard": self.guard.to_dict(),
         }
+        # The ray section only where it is used or set: the config.yaml and checkpoints of local runs stay as they
+        # were (and readers that know only their own sections, the LM runs', read them as before).
+        if self.run.backend == "ray" or self.ray != RayConfig():
+            out["ray"] = self.ray.to_dict()
+        return out
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -15,3 +15,7 @@ class CheckpointError(PgradError):
 
 class TrainingHalted(PgradError):
     """Training stopped on purpose (e.g. non-finite values); the run folder says why."""
+
+
+class WorkersLost(PgradError):
+    """Rollout workers kept failing past ``ray.max_worker_restarts``; the runner checkpoints and stops."""

@@ -286,6 +286,21 @@ class ActingPolicy:
             return head.argmax(axis=-1).astype(np.int64)
         return self._mean_log_std(head)[0].astype(np.float32)
 
+    def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """log pi(a|s) per row, in float64: the behaviour log-probabilities IMPALA's actors send with a rollout.
+
+        Categorical: log softmax(logits)[a]; diagonal Gaussian: sum_i -(a_i - mu_i)^2 / (2 sigma_i^2)
+        - log sigma_i - log(2 pi) / 2 (the unsquashed Gaussian the learner's ``DiagGaussian`` scores)."""
+        head = self._head(obs).astype(np.float64)
+        if self.action.kind == "discrete":
+            shifted = head - head.max(axis=-1, keepdims=True)
+            log_softmax = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+            return np.take_along_axis(log_softmax, actions.astype(np.int64)[:, None], axis=-1)[:, 0]
+        mean, log_std = self._mean_log_std(head)
+        log_std = np.broadcast_to(np.asarray(log_std, np.float64), mean.shape)
+        z = (actions.astype(np.float64) - mean) * np.exp(-log_std)
+        return (-0.5 * z**2 - log_std - 0.5 * np.log(2.0 * np.pi)).sum(axis=-1)
+
 
 # ---- off-policy networks (DDPG, TD3, SAC) ---------------------------------------------------------
 #

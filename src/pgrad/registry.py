@@ -17,6 +17,7 @@ from pgrad.algos.a3c import A3C, A3CConfig
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.algos.ddpg import DDPG, DDPGConfig
+from pgrad.algos.impala import Impala, ImpalaConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig
@@ -28,8 +29,9 @@ from pgrad.nets import ActionSpec
 
 # on_policy: the synchronous collect -> prepare -> update loop (pgrad.runners.on_policy);
 # asynchronous: Hogwild workers around shared parameters (pgrad.runners.asynchronous);
-# off_policy: act -> replay buffer -> sampled gradient steps (pgrad.runners.off_policy).
-LoopKind = Literal["on_policy", "asynchronous", "off_policy"]
+# off_policy: act -> replay buffer -> sampled gradient steps (pgrad.runners.off_policy);
+# actor_learner: the on-policy loop fed by asynchronous Ray actors, corrected off-policy (IMPALA's V-trace).
+LoopKind = Literal["on_policy", "asynchronous", "off_policy", "actor_learner"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         A3CConfig,
         A3C,
         kind="asynchronous",
+    ),
+    "impala": AlgorithmSpec(
+        "impala",
+        "IMPALA: asynchronous Ray actors with slightly stale weights, V-trace corrected learner (needs pgrad[ray])",
+        ImpalaConfig,
+        Impala,
+        kind="actor_learner",
     ),
     "sac": AlgorithmSpec(
         "sac",

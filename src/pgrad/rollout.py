@@ -36,6 +36,10 @@ class Rollout:
     terminated: np.ndarray  # [T, B] bool
     truncated: np.ndarray  # [T, B] bool
     valid: np.ndarray  # [T, B] bool; False on the step Gymnasium spends on an autoreset
+    # Off-policy correction (IMPALA): log mu(a|s) of the policy that acted, [T, B], and its weights' version
+    # (learner updates before it was sent). None and 0 for a rollout of the learner's own current policy.
+    behaviour_log_probs: np.ndarray | None = None
+    policy_version: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -326,6 +330,10 @@ class RolloutCollector:
     def take_randomize_draws(self) -> list[dict[str, Any]]:
         draws, self.randomize_draws = self.randomize_draws, []
         return draws
+
+    def round_metrics(self) -> dict[str, float]:
+        """Metrics of the last rollout beyond the episodes' (the Ray collectors report workers, lag, queues)."""
+        return {}
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
         # Autoreset steps pay reward 0, so adding the raw reward is exact; only the length needs the mask.

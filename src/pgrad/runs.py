@@ -8,7 +8,18 @@ from typing import Any
 
 from pgrad.algos.upgrade import upgrade_algo_section
 from pgrad.checkpoint import check_run_folder
-from pgrad.config import EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, name_in, parse_set
+from pgrad.config import (
+    EnvConfig,
+    GuardConfig,
+    RayConfig,
+    RunConfig,
+    TrainConfig,
+    build,
+    load_yaml,
+    merge,
+    name_in,
+    parse_set,
+)
 from pgrad.envs.factory import check_env_id, is_entry_point
 from pgrad.errors import ConfigError
 from pgrad.presets import preset_for
@@ -16,7 +27,13 @@ from pgrad.registry import get_algorithm
 
 
 def sections_for(algo: str) -> dict[str, type]:
-    return {"env": EnvConfig, "run": RunConfig, algo: get_algorithm(algo).config_cls, "guard": GuardConfig}
+    return {
+        "env": EnvConfig,
+        "run": RunConfig,
+        algo: get_algorithm(algo).config_cls,
+        "guard": GuardConfig,
+        "ray": RayConfig,
+    }
 
 
 def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
@@ -33,6 +50,7 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
         run=build(RunConfig, data.get("run", {}), "run"),
         algo_config=build(sections[algo], data.get(algo, {}), algo),
         guard=build(GuardConfig, data.get("guard", {}), "guard"),
+        ray=build(RayConfig, data.get("ray", {}), "ray"),
     )
 
 

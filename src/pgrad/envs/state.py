@@ -268,6 +268,8 @@ def inexact_reason(envs: Any) -> str | None:
     Said before training starts, so nobody finds out after a resume: the state that cannot be saved
     without pickle (Box2D bodies and worlds are C++ objects), or async vectorisation.
     """
+    if hasattr(envs, "inexact_remote_reason"):  # envs in other processes (Ray workers) answer for themselves
+        return envs.inexact_remote_reason()
     from gymnasium.vector import AsyncVectorEnv
 
     layers = _chain(envs)
@@ -355,6 +357,8 @@ def _chain(env: Any) -> list[Any]:
 
 def capture(envs: Any) -> dict[str, Any] | None:
     """JSON-able state of a vector env, or None when it cannot be captured (async)."""
+    if hasattr(envs, "capture_remote_state"):
+        return envs.capture_remote_state()
     from gymnasium.vector import AsyncVectorEnv
 
     layers = _chain(envs)
@@ -372,6 +376,9 @@ def capture(envs: Any) -> dict[str, Any] | None:
 
 def restore(envs: Any, state: dict[str, Any]) -> None:
     """Put a freshly made (and reset) vector env back into a captured state."""
+    if hasattr(envs, "restore_remote_state"):
+        envs.restore_remote_state(state)
+        return
     workers = _async_workers(envs)
     if "async_sub_envs" in state or workers is not None:
         if workers is None or "async_sub_envs" not in state:

@@ -2,7 +2,9 @@
 
 - ``on_policy``: the synchronous collect -> prepare -> update loop;
 - ``asynchronous``: A3C's coordinator and its Hogwild workers;
-- ``off_policy``: DDPG, TD3 and SAC: act, store in the replay buffer, sampled gradient steps.
+- ``off_policy``: DDPG, TD3 and SAC: act, store in the replay buffer, sampled gradient steps;
+- ``actor_learner``: IMPALA: the on-policy loop with the asynchronous Ray actors' collector
+  (``pgrad.runners.ray_backend``); ``run.backend: ray`` puts any on-policy algorithm's rollouts on Ray workers.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import ConfigError, PgradError, TrainingHalted
+from pgrad.errors import ConfigError, PgradError, TrainingHalted, WorkersLost
 from pgrad.monitor.guard import Action, Checkpoint, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import (
     GuardState,
@@ -64,7 +64,7 @@ class OnPolicyRunner:
         """``env_factory``: an env handed over as a Python object (``pgrad.api``), used for the training and
         the evaluation envs instead of ``config.env.id``."""
         kind = get_algorithm(config.algo).kind
-        if kind != "on_policy":
+        if kind not in ("on_policy", "actor_learner"):
             raise ConfigError(
                 f"algorithm '{config.algo}' needs the {kind} runner, not the synchronous on-policy loop; "
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
@@ -75,14 +75,25 @@ class OnPolicyRunner:
         set_threads(config.run.torch_threads)
         seed_everything(config.run.seed)
         self.env_factory = env_factory
-        self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
-        self.algo = build_algorithm(config, self.env.adapter)
-        self.collector = RolloutCollector(
-            self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
-        )
+        self.collector: RolloutCollector | Any
+        if config.run.backend == "ray" or kind == "actor_learner":
+            self.env, self.collector, self.algo = self.ray_workers(config, kind)
+        else:
+            self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
+            self.algo = build_algorithm(config, self.env.adapter)
+            self.collector = RolloutCollector(
+                self.env.envs,
+                self.env.adapter,
+                self.env.obs_normalizer,
+                self.env.reward_scaler,
+                config.run.episode_window,
+            )
         self.rng = np.random.default_rng(config.run.seed)
         try:
             self.collector.reset(config.run.seed)
+        except PgradError:
+            self.env.envs.close()
+            raise
         except Exception as exc:  # the env's own reset: nothing is written yet, so a plain one-line error
             self.env.envs.close()
             raise ConfigError(f"{env_label(config)} failed on its first reset: {one_line(exc)}") from None
@@ -113,6 +124,24 @@ class OnPolicyRunner:
             self.run.warn(
                 "warning.resume_inexact", self.step, f"resume will not be exact for {config.env.id}: {self.inexact}"
             )
+
+    def ray_workers(self, config: TrainConfig, kind: str) -> tuple[Environment, Any, Any]:
+        """The learner's env stand-in, the Ray collector (synchronous, or IMPALA's asynchronous one) and the
+        algorithm. The spaces come from one env built here and closed; the envs that step are the workers'."""
+        if self.env_factory is not None:
+            raise ConfigError(
+                "run.backend 'ray' needs env.id (a Gymnasium id or 'module:Class' the workers can build); an env "
+                "handed over as a Python object stays in this process: use run.backend 'local'"
+            )
+        from pgrad.runners.ray_backend import ray_environment
+
+        probe = build_environment(config, algo_gamma(config), num_envs=1)
+        probe.envs.close()
+        algo = build_algorithm(config, probe.adapter)
+        queue = int(getattr(config.algo_config, "actor_queue", 1))
+        env, collector = ray_environment(config, algo_gamma(config), probe.adapter, kind == "actor_learner", queue)
+        collector.group.on_event = lambda event, message, **data: self.run.emit(event, self.step, message, **data)
+        return env, collector, algo
 
     # ---- what tests, benchmarks and the CLI reach through the runner -------------------------
     @property
@@ -199,6 +228,8 @@ class OnPolicyRunner:
                 rollout = self.collector.collect_episodes(self.algo.acting_policy(), self.rng, episodes)
             else:
                 rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
+        except WorkersLost as exc:
+            raise self.workers_lost(exc) from None
         except Exception as exc:
             raise self.env_failed(exc, "while collecting the rollout") from None
         collected = time.perf_counter()
@@ -227,6 +258,7 @@ class OnPolicyRunner:
             names.STEP: self.step,
             names.UPDATE: self.updates,
             **self.collector.episodes.summary(),
+            **self.collector.round_metrics(),
             **self.log_randomize_draws(),
             **batch_stats,
             **update_stats,
@@ -239,6 +271,20 @@ class OnPolicyRunner:
             "perf/wall_seconds": self.run.elapsed_before + finished - self.run.started,
             "perf/rss_mb": resident_memory_mb(),
         }
+
+    def workers_lost(self, exc: WorkersLost) -> TrainingHalted:
+        """Ray workers failed past the cap: a checkpoint of the state before this update (its workers' episodes
+        restart on resume where a worker was replaced), a ``ray.workers_lost`` event, and the run stops."""
+        try:
+            kept = f"wrote checkpoint {self.save_checkpoint(None, healthy=False).name}"
+        except Exception as save_error:  # the workers needed to save their state are gone too
+            latest = self.run.checkpoint_path("latest")
+            kept = f"no new checkpoint ({one_line(save_error)}); " + (
+                f"the last one, {latest.name}, is kept" if latest is not None else "none was written before"
+            )
+        message = f"{exc}; {kept} ('pgrad resume {self.run_dir}' continues from it)"
+        self.run.emit("ray.workers_lost", self.step, message)
+        return TrainingHalted(message)
 
     def check_parameters(self) -> float:
         """1.0 while every parameter is finite. Checked every 10th update, and after any update with a

@@ -1,0 +1,95 @@
+"""The Ray backend's configuration and the learner-side math; none of these needs Ray itself."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+
+from pgrad.cli import main
+from pgrad.envs.normalize import RunningMeanStd
+from pgrad.errors import ConfigError, PgradError
+from pgrad.runs import resolve_config
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["run.backend=spark"], "run.backend must be one of 'local', 'ray'; got 'spark'"),
+        (["ray.workers=0"], "ray.workers must be >= 1; got 0"),
+        (["ray.address=nowhere"], "ray.address must be HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or null"),
+        (["ray.call_timeout_s=0"], "ray.call_timeout_s must be > 0; got 0"),
+        (["ray.max_worker_restarts=-1"], "ray.max_worker_restarts must be >= 0; got -1"),
+        (["ray.wrokers=2"], "unknown key 'ray.wrokers'; did you mean 'workers'?"),
+    ],
+)
+def test_ray_settings_are_checked_naming_the_field(sets, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_config("ppo", "CartPole-v1", None, sets)
+    assert message in str(error.value)
+
+
+def test_the_batch_rule_counts_every_workers_envs():
+    """PPO's minibatch must divide num_steps x num_envs x workers: the learner's batch with Ray workers."""
+    sets = ["env.num_envs=2", "ppo.num_steps=64", "ppo.minibatch_size=256", "run.backend=ray"]
+    resolve_config("ppo", "CartPole-v1", None, [*sets, "ray.workers=2"])  # 64 x 2 x 2 = 256
+    with pytest.raises(ConfigError, match="minibatch_size must divide"):
+        resolve_config("ppo", "CartPole-v1", None, [*sets, "ray.workers=1"])
+
+
+def test_ray_flags_are_config_fields(capsys):
+    code = main(["train", "ppo", "--env", "CartPole-v1", "--backend", "ray", "--workers", "0", "--quiet"])
+    assert code == 2
+    assert "pgrad: error: ray.workers must be >= 1; got 0" in capsys.readouterr().err
+
+
+def test_a_missing_ray_is_one_line(monkeypatch):
+    from pgrad.runners.ray_backend import require_ray
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(PgradError, match=r"run.backend 'ray' needs Ray: pip install 'pgrad\[ray\]'"):
+        require_ray()
+
+
+def test_worker_increments_add_up_to_one_running_statistic():
+    """Two workers start from the learner's statistics, each sees its own rows; adding both increments gives the
+    statistics of all rows, as if one normaliser had seen them."""
+    from pgrad.runners.ray_backend import add_increment
+
+    rng = np.random.default_rng(0)
+    seen, rows_a, rows_b = rng.normal(size=(50, 3)), rng.normal(2, 3, size=(40, 3)), rng.normal(-1, 0.5, size=(7, 3))
+    learner = RunningMeanStd((3,))
+    learner.update(seen)
+    start = learner.state()
+    ends = []
+    for rows in (rows_a, rows_b):
+        worker = RunningMeanStd((3,))
+        worker.load(start)
+        for chunk in np.array_split(rows, 3):  # a worker updates step by step
+            worker.update(chunk)
+        ends.append(worker.state())
+    merged = add_increment(add_increment(start, start, ends[0]), start, ends[1])
+    everything = RunningMeanStd((3,))
+    everything.update(np.concatenate([seen, rows_a, rows_b]))
+    np.testing.assert_allclose(merged["mean"], everything.mean, rtol=1e-10)
+    np.testing.assert_allclose(merged["var"], everything.var, rtol=1e-8)
+    assert float(merged["count"]) == pytest.approx(everything.count)
+    # one worker, nothing else in between: exactly its own statistics (one worker equals the local run)
+    assert add_increment(start, start, ends[0]) is ends[0]
+
+
+def test_impala_needs_the_ray_backend():
+    with pytest.raises(ConfigError, match=r"run.backend must be 'ray' for impala .*got 'local' \(--backend ray\)"):
+        resolve_config("impala", "CartPole-v1", None, ["run.backend=local"])
+    config, _ = resolve_config("impala", "CartPole-v1", None, ["run.backend=ray", "impala.rho_bar=2"])
+    assert config.algo_config.rho_bar == 2.0
+    with pytest.raises(ConfigError, match=r"impala.c_bar must be > 0; got 0"):
+        resolve_config("impala", "CartPole-v1", None, ["run.backend=ray", "impala.c_bar=0"])
