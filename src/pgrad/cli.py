@@ -139,6 +139,13 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     ppo.add_argument("--run-dir", type=Path)
     ppo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
     ppo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    ppo.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND@STEP[:DURATION]",
+        help="fault drill (repeatable; STEP counts responses): lr_spike@512, nan_grad@256, reward_flip@512:256",
+    )
     rm = lm_sub.add_parser("rm", help="train a reward model on the task's preference pairs (Bradley-Terry)")
     rm.add_argument("--config", type=Path, help="YAML file with run: and lm_rm: sections")
     rm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
@@ -262,7 +269,8 @@ def _cmd_lm(args: argparse.Namespace) -> int:
         runner = runners[config.algo](config, args.run_dir, resume=True, console=not args.quiet)
     else:
         algo = {"ppo": ALGO, "rm": RM_ALGO, "sft": SFT_ALGO, "dpo": DPO_ALGO}[args.lm_command]
-        config = resolve_config(algo, args.config, args.set, args.seed, args.total_steps)
+        sets = args.set + ([f"guard.inject={args.inject!r}"] if getattr(args, "inject", None) else [])
+        config = resolve_config(algo, args.config, sets, args.seed, args.total_steps)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.run_dir or Path("runs") / f"{algo}-{config.env.id}-s{config.run.seed}-{stamp}"
         runner = runners[algo](config, run_dir, console=not args.quiet, overwrite=args.overwrite)

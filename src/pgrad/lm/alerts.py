@@ -1,8 +1,10 @@
 """Alert rules for language-model runs: pure functions over the rows of ``metrics.jsonl`` so far.
 
 Each rule judges the newest row (with the rows before it for context) and names the field that set
-its threshold. The runner writes an event when a rule becomes true (not again while it stays true);
-it takes no recovery action yet.
+its threshold. The rules that compare a window of rows (reward hacking, disagreement) read only the rows
+since the guard's last rollback (``diagnostics/recoveries`` unchanged): the rows before it belong to
+weights the rollback threw away. ``guard_alerts`` hands them to the shared guard (``Guard.observe``),
+which logs them and, with ``lm_ppo.rollback_on_alert``, rolls back on the critical ones.
 
 - ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy
   has left the region where the reward model was trained, and its scores stop meaning much.
@@ -12,7 +14,8 @@ it takes no recovery action yet.
   rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
   about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance.
 - ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
-  value: responses shrink to the EOS (often a KL penalty too strong for the reward).
+  value: responses shrink to the EOS (often a KL penalty too strong for the reward); ``length_explosion``
+  (off by default: the digits task rewards long responses) the same for a length above that multiple.
 - ``warning.lm_rm_disagreement`` (reward-model ensembles only: rows with ``lm/rm_disagreement``): the
   mean disagreement (std across members of the score) of the last ``hacking_window // 2`` rows is above
   ``disagreement_rise`` x its early level, the mean of the run's first ``hacking_window // 2`` rows. The
@@ -23,8 +26,11 @@ it takes no recovery action yet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from pgrad import metric_names as names
+from pgrad.monitor.alerts import Alert, Level
 
 KL = "lm/kl"
 RM_SCORE = "lm/rm_score"
@@ -40,12 +46,36 @@ class AlertThresholds:
     hacking_drop: float
     length_collapse: float | None
     disagreement_rise: float | None = None
+    length_explosion: float | None = None
 
 
 @dataclass(frozen=True)
 class LMAlert:
+    """``kind`` is ``level.rule``; ``metric``, ``value``, ``threshold`` and ``evidence`` go to the event."""
+
     kind: str
     message: str
+    metric: str = KL
+    value: float = 0.0
+    threshold: float = 0.0
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> str:
+        return self.kind.split(".", 1)[1]
+
+
+# the rules whose alerts are reward hacking (or its symptoms): critical, and a rollback, when the guard acts
+HACKING_RULES = ("lm_kl", "lm_reward_hacking", "lm_length_collapse", "lm_length_explosion")
+
+
+def since_last_rollback(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows logged since the guard's last rollback (same ``diagnostics/recoveries`` as the newest)."""
+    recoveries = rows[-1].get(names.RECOVERIES, 0.0)
+    start = len(rows)
+    while start > 0 and rows[start - 1].get(names.RECOVERIES, 0.0) == recoveries:
+        start -= 1
+    return rows[start:]
 
 
 def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
@@ -60,9 +90,12 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                 "critical.lm_kl",
                 f"mean KL to the reference {last[KL]:.2f} nats per response is above lm_ppo.kl_alert "
                 f"{limits.kl_alert:g}: raise lm_ppo.kl_coef or set lm_ppo.kl_target",
+                KL,
+                float(last[KL]),
+                limits.kl_alert,
             )
         )
-    window = rows[-limits.hacking_window :]
+    window = since_last_rollback(rows)[-limits.hacking_window :]
     if len(window) == limits.hacking_window:
         half = len(window) // 2
         earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
@@ -77,26 +110,62 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                     f"{limits.hacking_drop:g}): the policy "
                     "exploits the reward model; raise kl_coef, retrain the reward model on the new responses, or "
                     "stop at the best checkpoint",
+                    TRUE_SCORE,
+                    _mean(later, TRUE_SCORE),
+                    _mean(earlier, TRUE_SCORE) - limits.hacking_drop,
+                    {"rm_gain": rm_gain, "true_drop": true_drop, "window": float(len(window))},
                 )
             )
-    if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * rows[0][LENGTH]:
+    first_length = float(rows[0][LENGTH])
+    evidence = {"first_length": first_length}
+    if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * first_length:
         found.append(
             LMAlert(
                 "warning.lm_length_collapse",
                 f"mean response length {last[LENGTH]:.2f} is below lm_ppo.length_collapse {limits.length_collapse:g} "
-                f"x its first value {rows[0][LENGTH]:.2f}: responses shrink toward the EOS",
+                f"x its first value {first_length:.2f}: responses shrink toward the EOS",
+                LENGTH,
+                float(last[LENGTH]),
+                limits.length_collapse * first_length,
+                evidence,
+            )
+        )
+    if limits.length_explosion is not None and last[LENGTH] > limits.length_explosion * first_length:
+        found.append(
+            LMAlert(
+                "warning.lm_length_explosion",
+                f"mean response length {last[LENGTH]:.2f} is above lm_ppo.length_explosion "
+                f"{limits.length_explosion:g} x its first value {first_length:.2f}: responses grow to the limit",
+                LENGTH,
+                float(last[LENGTH]),
+                limits.length_explosion * first_length,
+                evidence,
             )
         )
     found.extend(_disagreement_alert(rows, limits))
     return found
 
 
+def guard_alerts(history: list[dict[str, Any]], limits: AlertThresholds, act: bool) -> list[Alert]:
+    """The alerts of the newest row as the shared guard's ``Alert``s (``Guard.observe(extra_alerts=...)``).
+    With ``act`` the reward-hacking rules (``HACKING_RULES``) are critical: the guard rolls back on them."""
+    out = []
+    for alert in lm_alerts(history, limits):
+        critical = alert.kind.startswith("critical.") or (act and alert.rule in HACKING_RULES)
+        level: Level = "critical" if critical else "warning"  # the rules here raise nothing milder
+        out.append(Alert(level, alert.rule, alert.message, alert.metric, alert.value, alert.threshold, alert.evidence))
+    return out
+
+
 def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    """The early level is the run's first rows (what the members agreed on at the start); the late level
+    only rows since the last rollback."""
     ensemble_rows = [row for row in rows if RM_DISAGREEMENT in row]
+    recent_rows = [row for row in since_last_rollback(rows) if RM_DISAGREEMENT in row]
     half = limits.hacking_window // 2
-    if limits.disagreement_rise is None or len(ensemble_rows) < 2 * half:
+    if limits.disagreement_rise is None or len(ensemble_rows) < 2 * half or len(recent_rows) < half:
         return []
-    early, late = _mean(ensemble_rows[:half], RM_DISAGREEMENT), _mean(ensemble_rows[-half:], RM_DISAGREEMENT)
+    early, late = _mean(ensemble_rows[:half], RM_DISAGREEMENT), _mean(recent_rows[-half:], RM_DISAGREEMENT)
     if early <= 0 or late <= limits.disagreement_rise * early:
         return []
     return [
@@ -106,6 +175,10 @@ def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> 
             f"{half} updates to {late:.3g} over the last {half}, above lm_ppo.disagreement_rise "
             f"{limits.disagreement_rise:g} x: the policy's responses are where the reward models guess; raise "
             "kl_coef, combine by min or a larger ensemble_k, or stop at the checkpoint before the rise",
+            RM_DISAGREEMENT,
+            late,
+            limits.disagreement_rise * early,
+            {"early": early},
         )
     ]
 

@@ -87,6 +87,16 @@ class LMPPOConfig(Checked):
     length_collapse: float | None = param(
         0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
     )
+    length_explosion: float | None = param(
+        None,
+        "warning.lm_length_explosion when the mean response length rises above this x its first value (None: off; "
+        "the digits task rewards long responses)",
+    )
+    rollback_on_alert: bool = param(
+        True,
+        "with guard.enabled: KL past kl_alert, reward hacking and a length collapse or explosion are critical and "
+        "roll back to the last healthy state in memory with a learning-rate cut (guard.lr_cut); False: they report",
+    )
     ensemble_combine: Literal["min", "mean_minus_std"] = param(
         "min",
         "with reward: model and an ensemble (lm_rm.ensemble_size > 1): min of the members' scores, or their mean "
@@ -133,6 +143,7 @@ class LMPPOConfig(Checked):
         self.check_range("hacking_window", 2)
         self.check_range("hacking_drop", 0)
         self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
+        self.check_range("length_explosion", 1, low_open=True)
         self.check_range("ensemble_k", 0)
         self.check_range("disagreement_rise", 1, low_open=True)
         self.check_range("learning_rate", 0, low_open=True)
@@ -269,6 +280,18 @@ CONFIG_CLASSES: dict[str, type[Checked]] = {
     SFT_ALGO: LMSFTConfig,
     DPO_ALGO: LMDPOConfig,
 }
+# The guard section's defaults for PPO on a language model. approx KL (per token, mean over the minibatches): a
+# healthy PPO from the SFT model on the reward model (the CI pipeline, seed 3) peaks at 0.11 (median 0.015); an
+# lr_spike drill (x100) reaches 0.81 (seed 3, from random weights); the RL levels (0.05 / 0.1) would roll a
+# healthy run back. The guard's own evaluations (eval_every) are for environments: lm_ppo.eval_every evaluates
+# the language model. A healthy state is captured every 128 responses (2 updates at batch 64): a capture
+# clones ~0.1M weights and Adam moments.
+LM_GUARD_DEFAULTS: dict[str, Any] = {
+    "kl_warning": 0.2,
+    "kl_critical": 0.4,
+    "eval_every": 0,
+    "snapshot_every": 128,
+}
 # run-section defaults per command, sized for the tiny model on 2 CPU cores (the shared ones count env steps)
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     ALGO: {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False},
@@ -287,6 +310,9 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
     if data.get("algo", algo) != algo:
         raise ConfigError(f"config is for algorithm '{data['algo']}', not '{algo}'")
     algo_config = build(CONFIG_CLASSES[algo], data.get(algo, {}), algo)
+    guard_data = data.get("guard") or {}
+    if algo == ALGO:
+        guard_data = {**LM_GUARD_DEFAULTS, **guard_data}
     env = EnvConfig(id=algo_config.task, num_envs=1)
     saved_env = data.get("env")
     if saved_env is not None and saved_env.get("id", env.id) != env.id:
@@ -296,7 +322,7 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
         env=env,
         run=build(RunConfig, data.get("run", {}), "run"),
         algo_config=algo_config,
-        guard=build(GuardConfig, data.get("guard", {}), "guard"),
+        guard=build(GuardConfig, guard_data, "guard"),
     )
 
 
@@ -310,6 +336,8 @@ def resolve_config(
     if total_steps is not None:
         flags["total_steps"] = total_steps
     sections: dict[str, type] = {"run": RunConfig, algo: CONFIG_CLASSES[algo]}
+    if algo == ALGO:
+        sections["guard"] = GuardConfig  # rollback and halt act on PPO's updates
     layers = merge({"run": RUN_DEFAULTS[algo]}, file_layer, parse_set_items(sets, sections), {"run": flags})
     return config_from_dict(layers, algo)
 

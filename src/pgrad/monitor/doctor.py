@@ -352,7 +352,28 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "responses shrank toward the EOS: an empty answer avoids the KL penalty when the reward cannot pay for it",
         "lower lm_ppo.kl_coef, or check that the reward model does not score short responses highest",
     ),
+    "lm_length_explosion": (
+        "responses grew far beyond their starting length: the reward model pays for length itself, a classic "
+        "reward hack",
+        "raise lm_ppo.kl_coef, retrain the reward model with pairs that do not favour length, or cap max_new_tokens",
+    ),
 }
+# What a run's ``step`` counts, by its config's ``algo`` (the doctor reads no algorithm registry); env steps else.
+STEP_UNITS = {
+    "lm_ppo": "responses",
+    "lm_rm": "preference pairs",
+    "lm_dpo": "preference pairs",
+    "lm_sft": "demonstrations",
+}
+
+
+def step_unit(run_dir: Path) -> str:
+    """What ``step`` counts in this run folder: env steps, or the language-model runs' responses, pairs, ..."""
+    try:
+        algo = load_yaml(Path(run_dir) / "config.yaml").get("algo")
+    except PgradError:
+        return "env steps"
+    return STEP_UNITS.get(algo, "env steps") if isinstance(algo, str) else "env steps"
 
 
 def explain_alerts(events: list[Metrics]) -> list[str]:
@@ -363,7 +384,7 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
         e
         for e in events
         if str(e.get("kind", "")).startswith(
-            ("critical.update_size", "critical.q_divergence", "critical.lm_kl", "warning.", "info.")
+            ("critical.update_size", "critical.q_divergence", "critical.lm_", "warning.", "info.")
         )
     ]
     for kind in dict.fromkeys(str(e["kind"]) for e in logged):
@@ -382,9 +403,12 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
     return lines
 
 
-def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics]) -> str:
+def format_report(
+    run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics], unit: str = "env steps"
+) -> str:
+    """``unit``: what ``step`` counts (``step_unit``)."""
     steps = history[-1].get("step", 0) if history else 0
-    lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} env steps"]
+    lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} {unit}"]
     if not history:
         return lines[0] + "\nno metrics yet (metrics.jsonl is empty)"
     if not findings:
@@ -448,4 +472,4 @@ def well_formed_rows(rows: list[Any]) -> list[Metrics]:
 def doctor(run_dir: Path) -> tuple[list[Finding], str]:
     history, events, config = load_run(run_dir)
     findings = diagnose(history, events, config)
-    return findings, format_report(Path(run_dir), history, findings, events)
+    return findings, format_report(Path(run_dir), history, findings, events, step_unit(Path(run_dir)))
