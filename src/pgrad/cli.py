@@ -82,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
     )
+    evaluate.add_argument(
+        "--prompts", type=int, help="language-model runs: held-out prompts (default: the run's eval_prompts)"
+    )
+    evaluate.add_argument(
+        "--reward-model",
+        type=Path,
+        metavar="RM_RUN_DIR",
+        help="language-model runs: score with this 'pgrad lm rm' run (default: the run's own reward, else the true "
+        "score)",
+    )
 
     export = sub.add_parser(
         "export", help="write a run's policy as one ONNX or TorchScript file (raw observation in, env action out)"
@@ -289,8 +299,39 @@ def _cmd_lm(args: argparse.Namespace) -> int:
     return 130 if runner.stop_requested else 0
 
 
+def _lm_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a language-model run (its config.yaml's algo), read without importing pgrad.lm."""
+    from pgrad.config import load_yaml
+
+    path = run_dir / "config.yaml"
+    return path.is_file() and str(load_yaml(path).get("algo", "")).startswith("lm_")
+
+
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    not_for_lm = [flag for flag, given in (("--video", args.video), ("--randomize", args.randomize)) if given]
+    if not_for_lm:
+        raise ConfigError(f"{' and '.join(not_for_lm)} apply to environments; {args.run_dir} is a language-model run")
+    _lm_available()
+    from pgrad.lm.eval_run import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.checkpoint, args.prompts, args.seed, args.reward_model)
+    print(
+        f"evaluation ({result.prompts} held-out prompts, seed {result.seed}, one sampled response each, "
+        f"{result.checkpoint.name}; rm_score is {result.scorer}):"
+    )
+    for key, value in result.metrics.items():
+        print(f"  {key:<22} {value:.4g}")
+    print(f"run folder: {args.run_dir}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pgrad.evaluate import evaluate
+
+    if _lm_run(args.run_dir):
+        return _cmd_lm_eval(args)
+    if args.prompts is not None or args.reward_model is not None:
+        raise ConfigError("--prompts and --reward-model apply to language-model runs")
 
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
         raise ConfigError(f"--seed must be in [0, 4294967295]; got {args.seed}")

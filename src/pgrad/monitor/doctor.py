@@ -408,7 +408,10 @@ def format_report(
 ) -> str:
     """``unit``: what ``step`` counts (``step_unit``)."""
     steps = history[-1].get("step", 0) if history else 0
-    lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} {unit}"]
+    updates = len(history)
+    if unit != "env steps" and history and isinstance(history[-1].get("update"), int):
+        updates = history[-1]["update"]  # language-model runs log an evaluation row at step 0 (update 0)
+    lines = [f"pgrad doctor {run_dir}: {updates} updates, {steps} {unit}"]
     if not history:
         return lines[0] + "\nno metrics yet (metrics.jsonl is empty)"
     if not findings:
