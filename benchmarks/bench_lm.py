@@ -448,10 +448,12 @@ def bench_trl(args: argparse.Namespace) -> list[str]:
     for seed in args.seeds:
         work = Path(tempfile.mkdtemp(prefix="bench-lm-trl-"))
         pipe = pipeline(work, seed, ensemble=False)
-        start = last_eval(pipe.sft)
-        lines.append(f"| {seed} | SFT start | | | | | | {start['eval/true_score']:.3f} | | 0 |")
         sets = ["reward=model", f"reward_model={pipe.rm}", f"init_from={pipe.sft}", *GRPO_SETS]
         ours, wall, cpu = ppo_run("grpo", work, seed, sets, args.responses)
+        start = evaluations(work / "grpo")[0]  # step 0: the SFT model on the same held-out prompts and noise
+        lines.append(
+            f"| {seed} | SFT start | | | | | | {start['eval/true_score']:.3f} | {start['eval/rm_score']:.2f} | 0 |"
+        )
         count = args.responses // BATCH
         lines.append(
             f"| {seed} | pgrad GRPO | {count} | {wall:.1f} | {cpu:.1f} | {wall / count:.3f} | {cpu / count:.3f} | "
@@ -471,7 +473,8 @@ def bench_trl(args: argparse.Namespace) -> list[str]:
         f"lr {LEARNING_RATE} constant, beta {KL_COEF} x k3 in the loss; evaluation: 256 held-out prompts, seed + 1, "
         "one sample each (pgrad's evaluate_policy for both). TRL computes its own loss normalisation (loss_type "
         "default) and position ids (arange, prompts left-padded) and Adam eps 1e-8; pgrad position ids count real "
-        "tokens and Adam eps is 1e-5."
+        "tokens and Adam eps is 1e-5. pgrad's wall and CPU seconds include its two evaluations (start and end) "
+        "and checkpoints; TRL's are those of trainer.train()."
     )
     return [*lines, "", note]
 
