@@ -13,9 +13,9 @@ from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.cli import main  # noqa: E402
 from pgrad.config import GuardConfig  # noqa: E402
 from pgrad.errors import TrainingHalted  # noqa: E402
-from pgrad.lm.alerts import HACKING_RULES, AlertThresholds, guard_alerts  # noqa: E402
+from pgrad.lm.alerts import HACKING_RULES, AlertThresholds  # noqa: E402
 from pgrad.lm.config import resolve_config  # noqa: E402
-from pgrad.lm.runner import LM_GUARD_RULES, LMPPORunner  # noqa: E402
+from pgrad.lm.runner import LM_GUARD_RULES, LMPPORunner, guard_alerts  # noqa: E402
 from pgrad.monitor.doctor import doctor  # noqa: E402
 from pgrad.monitor.guard import Guard, Rollback, Snapshot  # noqa: E402
 

@@ -3,8 +3,8 @@
 Each rule judges the newest row (with the rows before it for context) and names the field that set
 its threshold. The rules that compare a window of rows (reward hacking, disagreement) read only the rows
 since the guard's last rollback (``diagnostics/recoveries`` unchanged): the rows before it belong to
-weights the rollback threw away. ``guard_alerts`` hands them to the shared guard (``Guard.observe``),
-which logs them and, with ``lm_ppo.rollback_on_alert``, rolls back on the critical ones.
+weights the rollback threw away. ``pgrad.lm.runner.guard_alerts`` hands them to the shared guard
+(``Guard.observe``), which logs them and, with ``lm_ppo.rollback_on_alert``, rolls back on the critical ones.
 
 - ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy
   has left the region where the reward model was trained, and its scores stop meaning much.
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgrad import metric_names as names
-from pgrad.monitor.alerts import Alert, Level
 
 KL = "lm/kl"
 RM_SCORE = "lm/rm_score"
@@ -144,17 +143,6 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
         )
     found.extend(_disagreement_alert(rows, limits))
     return found
-
-
-def guard_alerts(history: list[dict[str, Any]], limits: AlertThresholds, act: bool) -> list[Alert]:
-    """The alerts of the newest row as the shared guard's ``Alert``s (``Guard.observe(extra_alerts=...)``).
-    With ``act`` the reward-hacking rules (``HACKING_RULES``) are critical: the guard rolls back on them."""
-    out = []
-    for alert in lm_alerts(history, limits):
-        critical = alert.kind.startswith("critical.") or (act and alert.rule in HACKING_RULES)
-        level: Level = "critical" if critical else "warning"  # the rules here raise nothing milder
-        out.append(Alert(level, alert.rule, alert.message, alert.metric, alert.value, alert.threshold, alert.evidence))
-    return out
 
 
 def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:

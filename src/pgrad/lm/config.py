@@ -52,6 +52,22 @@ class LMPPOConfig(Checked):
         "reward: -kl_coef x KL in the reward (per token for gae, summed per response for rloo/grpo); loss: "
         "kl_coef x mean k3(pi, ref) over the tokens added to the loss, GRPO's form (rloo and grpo only)",
     )
+    critic: Literal["shared", "separate"] = param(
+        "shared",
+        "gae: the value head on the policy's last hidden layer (shared: one trunk) or on a GPT-2 trunk of its own "
+        "(separate: a second forward pass, and the value loss cannot pull on the policy's weights)",
+    )
+    init_value_from_rm: bool = param(
+        False,
+        "InstructGPT: the separate critic's trunk and value head start as the reward model's (the first member of "
+        "an ensemble); needs critic: separate, reward: model and a reward model of this model's shape",
+    )
+    lora_rank: int = param(
+        0,
+        "train a LoRA adapter of this rank on the attention and MLP projections (needs peft) instead of every "
+        "weight; the reference is the same model with its adapter switched off, not a second copy (0: off)",
+    )
+    lora_alpha: int = param(16, "LoRA scaling alpha (the update is alpha / lora_rank x B A)")
     samples_per_prompt: int = param(1, "responses per prompt (at least 2 for rloo and grpo); divides batch_size")
     max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
     batch_size: int = param(64, "responses per rollout (batch_size / samples_per_prompt prompts)")
@@ -119,6 +135,12 @@ class LMPPOConfig(Checked):
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("batch_size", 1)
+        if self.critic == "separate" and self.advantage != "gae":
+            self._fail("critic", "'shared' with advantage 'rloo' or 'grpo' (they train no critic)")
+        if self.init_value_from_rm and (self.critic != "separate" or self.reward != "model"):
+            self._fail("init_value_from_rm", "false unless critic is 'separate' and reward is 'model'")
+        self.check_range("lora_rank", 0)
+        self.check_range("lora_alpha", 0, low_open=True)
         if self.advantage == "gae" and self.kl_penalty != "reward":
             self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
         self.check_range("samples_per_prompt", 2 if self.advantage != "gae" else 1, self.batch_size)

@@ -21,9 +21,10 @@ from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig, load_run_config
 from pgrad.lm.evaluate import evaluate_policy
+from pgrad.lm.model import AdapterDisabled
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
 from pgrad.lm.rm_runner import load_reward_model
-from pgrad.lm.runner import build_policy, build_scorer, build_task
+from pgrad.lm.runner import add_lora, build_policy, build_scorer, build_task
 from pgrad.lm.sft_runner import build_lm
 from pgrad.lm.task import DigitsTask
 from pgrad.threads import set_threads
@@ -42,22 +43,26 @@ class LMEvalResult:
 
 def _models(
     config: LMPPOConfig | LMSFTConfig | LMDPOConfig, algo: str, task: DigitsTask, path: Path
-) -> tuple[GPT2LMHeadModel, GPT2LMHeadModel]:
+) -> tuple[GPT2LMHeadModel, GPT2LMHeadModel | AdapterDisabled]:
     """(policy, reference) language models of checkpoint ``path``."""
     state = read_train_state(path)
-    reference = build_lm(config, task)
     if algo == ALGO:
         assert isinstance(config, LMPPOConfig)
         policy = build_policy(config, task)
-        load_modules({"policy": policy, "reference": reference}, state, path)
-        lm = policy.lm
-    else:
-        lm = build_lm(config, task)
-        load_modules({"lm": lm, "initial" if algo == SFT_ALGO else "reference": reference}, state, path)
-    for model in (lm, reference):
+        add_lora(policy, config)
+        stored = build_lm(config, task)
+        # with LoRA the reference is the policy with its adapter off, not stored
+        load_modules({"policy": policy} if config.lora_rank else {"policy": policy, "reference": stored}, state, path)
+        for model in (policy, stored):
+            model.requires_grad_(False)
+            model.train(False)
+        return policy.lm, AdapterDisabled(policy.lm) if config.lora_rank else stored
+    lm, initial = build_lm(config, task), build_lm(config, task)
+    load_modules({"lm": lm, "initial" if algo == SFT_ALGO else "reference": initial}, state, path)
+    for model in (lm, initial):
         model.requires_grad_(False)
         model.train(False)
-    return lm, reference
+    return lm, initial
 
 
 def evaluate_run(

@@ -50,7 +50,7 @@ from pgrad import metric_names as names
 from pgrad.checkpoint import TrainState, check_rollback_states, load_modules, load_optimizers, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
-from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, guard_alerts
+from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
@@ -65,12 +65,19 @@ from pgrad.lm.losses import (
     token_gae,
     token_rewards,
 )
-from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
+from pgrad.lm.model import (
+    AdapterDisabled,
+    PolicyWithValue,
+    attach_lora,
+    response_outputs,
+    sample,
+    tiny_gpt2_config,
+)
 from pgrad.lm.reward import LearnedReward, ResponseScorer, TrueScoreReward
 from pgrad.lm.rm_runner import load_reward_model
 from pgrad.lm.sft_runner import load_sft_state
 from pgrad.lm.task import DigitsTask, PromptBatch
-from pgrad.monitor.alerts import grad_norm_rule, kl_rule, nonfinite_rule
+from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinite_rule
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, OptimizerGuard, parameters_finite, restore_captured
 from pgrad.monitor.sinks import read_jsonl
@@ -111,6 +118,17 @@ class Rollout:
 LM_GUARD_RULES = (nonfinite_rule, kl_rule, grad_norm_rule)
 
 
+def guard_alerts(history: list[dict[str, Any]], limits: AlertThresholds, act: bool) -> list[Alert]:
+    """The alerts of the newest row as the shared guard's ``Alert``s (``Guard.observe(extra_alerts=...)``).
+    With ``act`` the reward-hacking rules (``HACKING_RULES``) are critical: the guard rolls back on them."""
+    out = []
+    for alert in lm_alerts(history, limits):
+        critical = alert.kind.startswith("critical.") or (act and alert.rule in HACKING_RULES)
+        level: Level = "critical" if critical else "warning"  # the rules here raise nothing milder
+        out.append(Alert(level, alert.rule, alert.message, alert.metric, alert.value, alert.threshold, alert.evidence))
+    return out
+
+
 class LMLearner:
     """The learner as the guard's recovery helpers see it (``capture_learner``, ``restore_captured``): what a
     rollback restores. The policy with its value head, the optimizer moments and the KL coefficient; not the
@@ -142,8 +160,15 @@ class LMLearner:
 
 
 def memory_metrics(device: torch.device) -> dict[str, float]:
-    """Resident memory of the process and, on a GPU, the peak memory torch allocated there (MiB)."""
+    """Resident memory of the process, its peak so far (max RSS) and, on a GPU, the peak memory torch allocated
+    there (MiB)."""
     out = {"perf/memory_mb": resident_memory_mb()}
+    try:
+        import resource
+
+        out["perf/peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:  # not on Windows
+        pass
     if device.type == "cuda":
         out["perf/cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -161,7 +186,26 @@ def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
         n_embd=config.n_embd,
         n_head=config.n_head,
     )
-    return PolicyWithValue(model_config)
+    return PolicyWithValue(model_config, separate_critic=config.critic == "separate")
+
+
+def add_lora(policy: PolicyWithValue, config: LMPPOConfig) -> None:
+    """With ``lora_rank``: the policy's LM becomes a LoRA model of its (initial) weights."""
+    if config.lora_rank:
+        try:
+            attach_lora(policy, config.lora_rank, config.lora_alpha)
+        except ValueError as exc:
+            raise ConfigError(f"lm_ppo.{exc}") from None
+
+
+def frozen_reference(policy: PolicyWithValue, config: LMPPOConfig) -> GPT2LMHeadModel | AdapterDisabled:
+    """The reference: the policy's LM with its LoRA adapter switched off, else a frozen copy of its weights."""
+    if config.lora_rank:
+        return AdapterDisabled(policy.lm)
+    reference: GPT2LMHeadModel = copy.deepcopy(policy.lm)
+    reference.requires_grad_(False)
+    reference.train(False)
+    return reference
 
 
 def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
@@ -193,13 +237,19 @@ class LMPPORunner:
         if self.ppo.init_from is not None:  # InstructGPT: PPO starts from the SFT model, which is the reference too
             sft_state, sft_path = load_sft_state(Path(self.ppo.init_from), self.ppo)
             load_modules({"lm": self.policy.lm}, sft_state, sft_path)
+        add_lora(self.policy, self.ppo)
         self.policy.to(self.device)
         # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
-        self.reference: GPT2LMHeadModel = copy.deepcopy(self.policy.lm)
-        self.reference.requires_grad_(False)
-        self.reference.train(False)
+        self.reference = frozen_reference(self.policy, self.ppo)
         self.scorer = build_scorer(self.ppo, self.task, self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
+        if self.ppo.init_value_from_rm:  # InstructGPT: the value function starts as the reward model
+            assert isinstance(self.scorer, LearnedReward)  # LMPPOConfig.validate: reward is 'model'
+            try:
+                self.policy.init_value_from(self.scorer.members[0])
+            except ValueError as exc:
+                raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
+        trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
+        self.optimizer = torch.optim.Adam(trained, lr=self.ppo.learning_rate, eps=1e-5)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
         self.learner = LMLearner(self.policy, self.optimizer, self.kl)
         self.step = 0  # responses sampled
@@ -238,6 +288,8 @@ class LMPPORunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        if isinstance(self.reference, AdapterDisabled):  # LoRA: the reference is the policy's base weights
+            return {"policy": self.policy}
         return {"policy": self.policy, "reference": self.reference}
 
     def train_state(self) -> TrainState:
