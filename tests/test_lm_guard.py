@@ -135,6 +135,17 @@ def test_reward_hacking_is_critical_when_the_guard_acts_and_the_guard_rolls_back
     limits = AlertThresholds(10.0, 4, 0.05, 0.25, None, length_explosion=3.0)
     assert [a.rule for a in guard_alerts(exploding, limits, act=True)] == ["lm_length_explosion"]
 
+    # the held-out check: two consecutive evaluations (same prompts, same noise), RM up and true score down
+    start = {"step": 0, "eval/true_score": 0.50, "eval/rm_score": 1.0}
+    steady = [hacking_row(1.0, 0.5) for _ in range(2)]
+    evaluated = {**hacking_row(1.0, 0.5), "step": 128, "eval/true_score": 0.44, "eval/rm_score": 1.5}
+    heldout = guard_alerts([start, *steady, evaluated], LIMITS, act=True)
+    assert [(a.rule, a.metric) for a in heldout] == [("lm_reward_hacking", "eval/true_score")]
+    assert heldout[0].evidence["true_drop"] == pytest.approx(0.06) and "held-out prompts" in heldout[0].message
+    assert guard_alerts([start, *steady, {**evaluated, "eval/true_score": 0.46}], LIMITS, act=True) == []  # 0.04
+    assert guard_alerts([start, *steady, {**evaluated, "eval/rm_score": 0.9}], LIMITS, act=True) == []  # RM fell too
+    assert guard_alerts([start, evaluated, hacking_row(1.0, 0.5)], LIMITS, act=True) == []  # no new evaluation
+
     guard = Guard(GuardConfig(), 10_000, None, rules=LM_GUARD_RULES, rollback_rules=HACKING_RULES)
     metrics = {"step": 256, **hacked[-1]}
     guard.observe(metrics, 4, acting)

@@ -12,7 +12,8 @@ weights the rollback threw away. ``pgrad.lm.runner.guard_alerts`` hands them to 
   against the mean of the earlier half: the reward model's score rose while the true score fell by
   more than ``hacking_drop``: the policy exploits the reward model. Half-window means, not two single
   rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
-  about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance.
+  about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance. The
+  held-out check is the same rule on two consecutive evaluations (same prompts, same noise).
 - ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
   value: responses shrink to the EOS (often a KL penalty too strong for the reward); ``length_explosion``
   (off by default: the digits task rewards long responses) the same for a length above that multiple.
@@ -36,6 +37,8 @@ RM_SCORE = "lm/rm_score"
 TRUE_SCORE = "lm/true_score"
 LENGTH = "lm/response_length"
 RM_DISAGREEMENT = "lm/rm_disagreement"
+EVAL_TRUE_SCORE = "eval/true_score"  # on the held-out prompts (evaluation rows)
+EVAL_RM_SCORE = "eval/rm_score"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                     {"rm_gain": rm_gain, "true_drop": true_drop, "window": float(len(window))},
                 )
             )
+    if not any(alert.kind == "warning.lm_reward_hacking" for alert in found):
+        found.extend(_heldout_hacking(history, limits))
     first_length = float(rows[0][LENGTH])
     evidence = {"first_length": first_length}
     if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * first_length:
@@ -143,6 +148,36 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
         )
     found.extend(_disagreement_alert(rows, limits))
     return found
+
+
+def _heldout_hacking(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    """The held-out check: on the newest row that carries an evaluation, the reward-model score on the held-out
+    prompts rose since the previous evaluation (since the last rollback; the starting model's counts) while the
+    true score fell by more than ``hacking_drop``. Evaluations answer the same prompts with the same noise, so
+    two of them differ by the policy alone, not by a batch's draw."""
+    if EVAL_TRUE_SCORE not in history[-1]:
+        return []
+    evaluations = [row for row in since_last_rollback(history) if EVAL_TRUE_SCORE in row and EVAL_RM_SCORE in row]
+    if len(evaluations) < 2:
+        return []
+    before, now = evaluations[-2], evaluations[-1]
+    rm_gain = float(now[EVAL_RM_SCORE]) - float(before[EVAL_RM_SCORE])
+    true_drop = float(before[EVAL_TRUE_SCORE]) - float(now[EVAL_TRUE_SCORE])
+    if rm_gain <= 0 or true_drop <= limits.hacking_drop:
+        return []
+    return [
+        LMAlert(
+            "warning.lm_reward_hacking",
+            f"on the held-out prompts, since the evaluation at step {before.get('step')}, the reward-model score rose "
+            f"by {rm_gain:.3g} while the true score fell by {true_drop:.3g} (lm_ppo.hacking_drop "
+            f"{limits.hacking_drop:g}): the policy exploits the reward model; raise kl_coef, retrain the reward "
+            "model on the new responses, or stop at the best checkpoint",
+            EVAL_TRUE_SCORE,
+            float(now[EVAL_TRUE_SCORE]),
+            float(before[EVAL_TRUE_SCORE]) - limits.hacking_drop,
+            {"rm_gain": rm_gain, "true_drop": true_drop, "since_step": float(before.get("step", 0))},
+        )
+    ]
 
 
 def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
