@@ -164,3 +164,21 @@ def test_doctor_counts_responses_and_explains_the_rollback(tmp_path):
     assert text.splitlines()[0].endswith("7 updates, 448 responses") and "env steps" not in text
     assert "recovery.rollback" in text and "restored the healthy state of step 192 from memory" in text
     assert "drill.lr_spike" in text
+
+
+def test_doctor_finds_reward_hacking_over_the_whole_run_from_the_held_out_evaluations():
+    from pgrad.monitor.doctor import diagnose
+
+    def evaluation(step, true, rm):
+        return {"step": step, "update": step // 64, "eval/true_score": true, "eval/rm_score": rm}
+
+    hacked = [evaluation(0, 0.40, 1.0), evaluation(1024, 0.62, 5.0), evaluation(2048, 0.55, 6.0)]
+    hacked.append(evaluation(3072, 0.50, 6.5))
+    findings = diagnose(hacked, [])
+    assert [f.symptom for f in findings] == [
+        "reward hacking (held-out true score fell while the reward-model score rose)"
+    ]
+    assert findings[0].step == 3072 and "0.620 at step 1024 -> 0.500" in findings[0].evidence  # 0.07 at 2048: not yet
+    assert diagnose(hacked[:3], []) == []  # 0.07 below the best: within 0.08
+    falling_together = [*hacked[:3], evaluation(3072, 0.50, 4.0)]
+    assert diagnose(falling_together, []) == []  # both scores fell: a worse policy, not an exploited reward model

@@ -237,6 +237,42 @@ def check_return_collapse(history: list[Metrics], events: list[Metrics], config:
     )
 
 
+LM_HACKING_DROP = 0.08  # lm_ppo.hacking_drop's default (the doctor reads the guard section only)
+
+
+def check_lm_reward_hacking(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """Language-model runs, over the whole run: the held-out true score (``eval/true_score``, the same prompts and
+    noise at every evaluation) ended more than 0.08 below its best while the held-out reward-model score ended
+    above its level there: the reward model was exploited. Only the task's hidden score can show it."""
+    evaluations = [
+        row
+        for row in history
+        if number(row, "eval/true_score") is not None and number(row, "eval/rm_score") is not None
+    ]
+    if len(evaluations) < 3:
+        return None
+    true = [float(number(row, "eval/true_score") or 0.0) for row in evaluations]
+    best_index = int(np.argmax(true))
+    best, last = evaluations[best_index], evaluations[-1]
+    rm_best, rm_last = float(number(best, "eval/rm_score") or 0.0), float(number(last, "eval/rm_score") or 0.0)
+    if true[best_index] - true[-1] <= LM_HACKING_DROP or rm_last <= rm_best:
+        return None
+    after_best = next(i for i in range(best_index + 1, len(true)) if true[best_index] - true[i] > LM_HACKING_DROP)
+    row = evaluations[after_best]
+    return Finding(
+        "reward hacking (held-out true score fell while the reward-model score rose)",
+        "critical",
+        int(row.get("update", 0)),
+        int(row.get("step", 0)),
+        f"held-out true score {true[best_index]:.3f} at step {best.get('step')} -> {true[-1]:.3f} at the end, while "
+        f"the held-out reward-model score went {rm_best:.3g} -> {rm_last:.3g}",
+        "the policy found responses the reward model scores highly and the true objective does not",
+        "use the checkpoint of the best held-out true score ('pgrad eval RUN --checkpoint NAME'), raise "
+        "lm_ppo.kl_coef or set kl_target, combine a reward-model ensemble by min, or retrain the reward model on "
+        "the policy's responses",
+    )
+
+
 Check = Callable[[list[Metrics], list[Metrics], GuardConfig], "Finding | None"]
 CHECKS: tuple[Check, ...] = (
     check_nonfinite,
@@ -246,6 +282,7 @@ CHECKS: tuple[Check, ...] = (
     check_plateau,
     check_clip_fraction,
     check_value_lag,
+    check_lm_reward_hacking,
 )
 
 
