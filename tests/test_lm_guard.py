@@ -182,3 +182,23 @@ def test_doctor_finds_reward_hacking_over_the_whole_run_from_the_held_out_evalua
     assert diagnose(hacked[:3], []) == []  # 0.07 below the best: within 0.08
     falling_together = [*hacked[:3], evaluation(3072, 0.50, 4.0)]
     assert diagnose(falling_together, []) == []  # both scores fell: a worse policy, not an exploited reward model
+
+
+def test_resume_across_rollbacks_is_exact(tmp_path):
+    # two drills: one rolled back before the interruption at 256, one after it, which rolls back to a healthy
+    # state the checkpoint carried (``TrainState.rollback_states``); the guard's cut and its lifting resume too
+    from pgrad.lm.config import load_run_config
+
+    sets = ("eval_every=0", "checkpoint_every=64", "guard.inject=['lr_spike@128', 'lr_spike@320']")
+    drilled = resolve_config("lm_ppo", None, list(sets), seed=5, total_steps=448)
+    LMPPORunner(drilled, tmp_path / "a", console=False).train()
+    LMPPORunner(drilled, tmp_path / "b", console=False).train(stop_at_step=256)
+    LMPPORunner(load_run_config(tmp_path / "b"), tmp_path / "b", resume=True, console=False).train()
+
+    def strip(row):
+        return {k: v for k, v in row.items() if not k.startswith("perf/") and k != "time"}
+
+    assert [strip(r) for r in rows(tmp_path / "a")] == [strip(r) for r in rows(tmp_path / "b")]
+    rollbacks = [e for e in events(tmp_path / "b") if e["kind"] == "recovery.rollback"]
+    assert [(e["step"], e["restored_step"]) for e in rollbacks] == [(192, 64), (384, 256)]
+    assert_same_learner(learner_of(tmp_path / "a"), learner_of(tmp_path / "b"))
