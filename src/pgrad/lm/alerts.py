@@ -13,7 +13,9 @@ weights the rollback threw away. ``pgrad.lm.runner.guard_alerts`` hands them to 
   more than ``hacking_drop``: the policy exploits the reward model. Half-window means, not two single
   rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
   about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance. The
-  held-out check is the same rule on two consecutive evaluations (same prompts, same noise).
+  held-out check is the same rule on two consecutive evaluations (same prompts, same noise). With
+  ``hacking_z`` the fall must also exceed that many standard errors of the difference of the half means
+  (from the rows' spread): GRPO's batches of 16 prompts x 4 swing about twice as far as 64 prompts.
 - ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
   value: responses shrink to the EOS (often a KL penalty too strong for the reward); ``length_explosion``
   (off by default: the digits task rewards long responses) the same for a length above that multiple.
@@ -27,6 +29,8 @@ weights the rollback threw away. ``pgrad.lm.runner.guard_alerts`` hands them to 
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +53,7 @@ class AlertThresholds:
     length_collapse: float | None
     disagreement_rise: float | None = None
     length_explosion: float | None = None
+    hacking_z: float = 0.0  # the fall must exceed this many standard errors of the half-window means too (0: off)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,8 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
         earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
         rm_gain = _mean(later, RM_SCORE) - _mean(earlier, RM_SCORE)
         true_drop = _mean(earlier, TRUE_SCORE) - _mean(later, TRUE_SCORE)
-        if rm_gain > 0 and true_drop > limits.hacking_drop:
+        noise = _half_means_se(earlier, later, TRUE_SCORE)
+        if rm_gain > 0 and true_drop > limits.hacking_drop and true_drop > limits.hacking_z * noise:
             found.append(
                 LMAlert(
                     "warning.lm_reward_hacking",
@@ -115,7 +121,7 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                     TRUE_SCORE,
                     _mean(later, TRUE_SCORE),
                     _mean(earlier, TRUE_SCORE) - limits.hacking_drop,
-                    {"rm_gain": rm_gain, "true_drop": true_drop, "window": float(len(window))},
+                    {"rm_gain": rm_gain, "true_drop": true_drop, "se": noise, "window": float(len(window))},
                 )
             )
     if not any(alert.kind == "warning.lm_reward_hacking" for alert in found):
@@ -204,6 +210,16 @@ def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> 
             {"early": early},
         )
     ]
+
+
+def _half_means_se(earlier: list[dict[str, Any]], later: list[dict[str, Any]], key: str) -> float:
+    """Standard error of the difference of the two half-window means, sqrt(s_e^2 / n + s_l^2 / n) from the spread
+    of the rows within each half (0 with one row per half: no spread to measure). Batches of few distinct prompts
+    (GRPO/RLOO: 16 prompts x 4 responses) swing more from row to row than 64 prompts, and this widens with them."""
+    if len(earlier) < 2 or len(later) < 2:
+        return 0.0
+    spread = [statistics.variance([float(row[key]) for row in half]) / len(half) for half in (earlier, later)]
+    return math.sqrt(sum(spread))
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:

@@ -100,6 +100,11 @@ class LMPPOConfig(Checked):
         "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises (digits, "
         "batch 64: the half-window means of a healthy run differ by up to 0.05)",
     )
+    hacking_z: float = param(
+        3.0,
+        "the reward-hacking rule's fall must also exceed this many standard errors of the difference of the two "
+        "half-window means, from their rows' spread (0: off); batches of few prompts (rloo, grpo) swing more",
+    )
     length_collapse: float | None = param(
         0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
     )
@@ -164,6 +169,7 @@ class LMPPOConfig(Checked):
         self.check_range("kl_alert", 0, low_open=True)
         self.check_range("hacking_window", 2)
         self.check_range("hacking_drop", 0)
+        self.check_range("hacking_z", 0)
         self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
         self.check_range("length_explosion", 1, low_open=True)
         self.check_range("ensemble_k", 0)

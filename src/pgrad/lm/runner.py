@@ -262,6 +262,7 @@ class LMPPORunner:
             ppo.length_collapse,
             ppo.disagreement_rise,
             ppo.length_explosion,
+            ppo.hacking_z,
         )
         self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
         guard = config.guard
