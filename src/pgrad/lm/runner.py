@@ -114,7 +114,7 @@ class Rollout:
 
 
 # the shared guard's rules that read this loop's metrics (the rest read environments' returns, critics' explained
-# variance, replay Q values); the language-model rules come in as extra alerts (``lm.alerts.guard_alerts``)
+# variance, replay Q values); the language-model rules come in as extra alerts (``guard_alerts``)
 LM_GUARD_RULES = (nonfinite_rule, kl_rule, grad_norm_rule)
 
 
