@@ -202,3 +202,33 @@ def test_resume_across_rollbacks_is_exact(tmp_path):
     rollbacks = [e for e in events(tmp_path / "b") if e["kind"] == "recovery.rollback"]
     assert [(e["step"], e["restored_step"]) for e in rollbacks] == [(192, 64), (384, 256)]
     assert_same_learner(learner_of(tmp_path / "a"), learner_of(tmp_path / "b"))
+
+
+def test_a_reward_hacking_rollback_goes_back_before_the_window_that_showed_it(tmp_path, monkeypatch):
+    # The windowed rule sees a hack only once its 10 updates are in, when the newest confirmed healthy state
+    # (2 updates back) holds weights from inside the window. A hacking alert raised here by hand at the 14th
+    # update (step 896): its window's rows end at 320 ... 896, so the state to return to is the newest kept one at
+    # or before 896 - 10 x 64 = 256: the one confirmed at 192 (states are captured every 128 responses).
+    import pgrad.lm.runner as runner_module
+    from pgrad.monitor.alerts import Alert
+
+    real = runner_module.guard_alerts
+
+    def with_a_hack(history, limits, act):
+        found = real(history, limits, act)
+        if history[-1]["step"] == 896:
+            evidence = {"rm_gain": 0.5, "true_drop": 0.2, "se": 0.01, "window": 10.0}
+            found.append(
+                Alert("critical", "lm_reward_hacking", "hack by hand: evidence", "lm/true_score", 0.3, 0.4, evidence)
+            )
+        return found
+
+    monkeypatch.setattr(runner_module, "guard_alerts", with_a_hack)
+    hacked = tmp_path / "hacked"
+    LMPPORunner(config(1024), hacked, console=False).train(stop_at_step=896)
+    rollback = next(e for e in events(hacked) if e["kind"] == "recovery.rollback")
+    assert rollback["step"] == 896 and rollback["restored_step"] == 192 and "hack by hand" in rollback["message"]
+    monkeypatch.setattr(runner_module, "guard_alerts", real)
+    clean = tmp_path / "clean"
+    LMPPORunner(config(1024), clean, console=False).train(stop_at_step=192)
+    assert_same_learner(learner_of(hacked), learner_of(clean))

@@ -28,8 +28,9 @@ non-finite values and the per-update approx KL of the RL rules, and the language
 critical with ``rollback_on_alert``). On a critical alert it rolls back to the newest confirmed healthy
 learner state in memory (``HealthyStates``: policy with its value head, optimizer moments, KL
 coefficient; healthy = no critical alert, approx KL under ``guard.kl_warning``, finite steps) with a
-learning-rate cut; a non-finite gradient step is skipped (``OptimizerGuard``) and a sustained run of them
-halts the run (exit code 3). The drills of ``pgrad.faults`` act here too: ``lr_spike`` and ``nan_grad`` on
+learning-rate cut; on reward hacking, to the newest one from before its evidence began (``window_states``).
+A non-finite gradient step is skipped (``OptimizerGuard``) and a sustained run of them halts the run (exit
+code 3). The drills of ``pgrad.faults`` act here too: ``lr_spike`` and ``nan_grad`` on
 the update, ``reward_flip`` on the scores PPO learns from (the logged scores stay the true ones).
 """
 
@@ -47,7 +48,14 @@ from transformers import GPT2LMHeadModel
 
 from pgrad import __version__
 from pgrad import metric_names as names
-from pgrad.checkpoint import TrainState, check_rollback_states, load_modules, load_optimizers, read_train_state
+from pgrad.checkpoint import (
+    LearnerState,
+    TrainState,
+    check_rollback_states,
+    load_modules,
+    load_optimizers,
+    read_train_state,
+)
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
 from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
@@ -116,6 +124,7 @@ class Rollout:
 # the shared guard's rules that read this loop's metrics (the rest read environments' returns, critics' explained
 # variance, replay Q values); the language-model rules come in as extra alerts (``guard_alerts``)
 LM_GUARD_RULES = (nonfinite_rule, kl_rule, grad_norm_rule)
+WINDOW_SLOT = "window_"  # checkpoint slots of the healthy states a reward-hacking window reaches back to
 
 
 def guard_alerts(history: list[dict[str, Any]], limits: AlertThresholds, act: bool) -> list[Alert]:
@@ -272,6 +281,7 @@ class LMPPORunner:
         )
         self.optimizer_guard = OptimizerGuard([self.optimizer], self.guard.state, guard)
         self.healthy_states = HealthyStates(guard.snapshot_every)  # what a rollback returns to
+        self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
         resume_from = self.run.latest_state() if resume else None
         self.run.open(console, f"{ALGO} {self.task.name}")
         if resume_from is not None:
@@ -310,10 +320,20 @@ class LMPPORunner:
             rng_torch=torch.get_rng_state(),
             algo_state=self.learner.extra_state(),
             guard=self.guard.state.to_dict(),
-            rollback_states=self.healthy_states.slots(),
+            rollback_states=self.rollback_slots(),
             rollback_capture_step=self.healthy_states.last_capture_step,
             pgrad_version=__version__,
         )
+
+    def rollback_slots(self) -> dict[str, LearnerState]:
+        """The healthy states for the checkpoint: HealthyStates' slots and the window's. A window state is the
+        confirmed one itself (the same tensors) until a newer one is confirmed: safetensors refuses two names for
+        one tensor, so that one is written as a copy."""
+        slots = self.healthy_states.slots()
+        shared = {id(learner) for learner in slots.values()}
+        for learner in self.window_states:
+            slots[f"{WINDOW_SLOT}{learner.step}"] = copy.deepcopy(learner) if id(learner) in shared else learner
+        return slots
 
     def load(self, state: TrainState, path: Path) -> None:
         load_modules(self.modules(), state, path)
@@ -332,6 +352,8 @@ class LMPPORunner:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
         self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
+        kept = [learner for slot, learner in state.rollback_states.items() if slot.startswith(WINDOW_SLOT)]
+        self.window_states = sorted(kept, key=lambda learner: learner.step)
         self.optimizer_guard.state = self.guard.state
         # no schedule reads run.total_steps here: after a raised total the learner continues as one run would
 
@@ -517,15 +539,45 @@ class LMPPORunner:
                 self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"], action.healthy)
             elif isinstance(action, Snapshot):
                 self.healthy_states.after_update(action.healthy, self.step, self.learner, self.learner)
+                self.keep_window_state()
+
+    def keep_window_state(self) -> None:
+        """Keep each newly confirmed healthy state for as long as a reward-hacking window reaches back (the
+        states of the last ``hacking_window`` + 2 updates and the newest one before them): the windowed rule
+        sees a hack only once its window is full, by which time the newest confirmed state lies inside it."""
+        confirmed = self.healthy_states.confirmed
+        if confirmed is None or (self.window_states and self.window_states[-1].step >= confirmed.step):
+            return
+        self.window_states.append(confirmed)  # shared with HealthyStates, never written: restores copy from it
+        horizon = self.step - (self.ppo.hacking_window + 2) * self.ppo.batch_size
+        while len(self.window_states) > 1 and self.window_states[1].step <= horizon:
+            self.window_states.pop(0)
+
+    def before_the_hack(self) -> LearnerState | None:
+        """For a rollback on reward hacking: the newest kept healthy state from before the evidence began (the
+        window's first update, or the earlier evaluation of the held-out check), else the oldest kept; None for
+        other rollbacks (they take the newest confirmed state)."""
+        hacking = next((a for a in self.guard.alerts if a.level == "critical" and a.rule == "lm_reward_hacking"), None)
+        if hacking is None or not self.window_states:
+            return None
+        if "since_step" in hacking.evidence:  # the held-out check: since the earlier evaluation
+            bound = int(hacking.evidence["since_step"])
+        else:  # the window's rows end at steps step - (window - 1) x batch ... step
+            bound = self.step - int(hacking.evidence["window"]) * self.ppo.batch_size
+        before = [state for state in self.window_states if state.step <= bound]
+        return before[-1] if before else self.window_states[0]
 
     def roll_back(self, action: Rollback) -> None:
         """The newest confirmed healthy state in memory, else the newest checkpoint marked healthy (the guard
         has cut the learning rate already); the step counter, RNG and reference stay."""
         self.healthy_states.forget_candidate()
-        memory = self.healthy_states.confirmed
+        memory = self.before_the_hack() or self.healthy_states.confirmed
         data: dict[str, Any]
         if memory is not None:
             restore_captured(memory, self.learner, self.learner)
+            # the states after it belong to the weights the rollback threw away
+            self.healthy_states.confirmed = memory
+            self.window_states = [state for state in self.window_states if state.step <= memory.step]
             summary = f"restored the healthy state of step {memory.step} from memory"
             data = {"checkpoint": None, "restored_step": memory.step, "restored_from": "memory"}
         else:
