@@ -43,6 +43,7 @@ LAYERS: list[list[str]] = [
         "pgrad.lm.rm_runner",
         "pgrad.lm.sft_runner",
         "pgrad.lm.dpo_runner",
+        "pgrad.lm.eval_run",
     ],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],

@@ -68,3 +68,15 @@ def test_doctor_explains_the_language_model_alerts():
     assert "exploits the reward model" in lines[1] and "retrain the reward model" in lines[1]
     assert lines[2].startswith("    critical.lm_kl: 2x, first at step 960")
     assert "kl_coef" in lines[3]
+
+
+def test_reward_hacking_needs_a_fall_beyond_the_noise_of_the_rows_with_hacking_z():
+    # window 4: halves of two rows; a fall of 0.1 > hacking_drop 0.05 either way
+    noisy = [row(rm=1.0, true=0.7), row(rm=1.0, true=0.5), row(rm=2.0, true=0.6), row(rm=2.0, true=0.4)]
+    steady = [row(rm=1.0, true=0.6), row(rm=1.0, true=0.6), row(rm=2.0, true=0.5), row(rm=2.0, true=0.5)]
+    off, three = AlertThresholds(None, 4, 0.05, None), AlertThresholds(None, 4, 0.05, None, hacking_z=3.0)
+    assert kinds(noisy, off) == ["warning.lm_reward_hacking"]
+    # se = sqrt(0.02 / 2 + 0.02 / 2) = 0.141: a fall of 0.1 is 0.7 standard errors
+    assert kinds(noisy, three) == []
+    alerts = lm_alerts(steady, three)  # rows that do not spread: the fall is beyond any noise
+    assert [a.kind for a in alerts] == ["warning.lm_reward_hacking"] and alerts[0].evidence["se"] == 0.0

@@ -171,13 +171,16 @@ def test_adaptive_kl_coefficient_moves_toward_the_target(tmp_path):
     assert third["lm/kl_coef"] == pytest.approx(second["lm/kl_coef"] * (1 + 0.2 * 64 / 640))
 
 
-def test_an_alert_rule_writes_its_event_once_when_it_starts(tmp_path):
-    LMPPORunner(config(256, "eval_every=0", "kl_alert=0.01"), tmp_path / "r", console=False).train()
+def test_a_reporting_alert_rule_writes_its_critical_event_while_it_lasts(tmp_path):
+    sets = ("eval_every=0", "kl_alert=0.01", "rollback_on_alert=false")
+    LMPPORunner(config(256, *sets), tmp_path / "r", console=False).train()
     events = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
     kl_events = [e for e in events if e["kind"] == "critical.lm_kl"]
-    # update 1 samples from the reference itself (KL 0); from update 2 on the KL is above 0.01, one event
-    assert [e["step"] for e in kl_events] == [128]
-    assert "lm_ppo.kl_alert 0.01" in kl_events[0]["message"]
+    # update 1 samples from the reference itself (KL 0); from update 2 on the KL is above 0.01: a critical alert
+    # is logged on every update it holds (the guard's rule for critical alerts), and nothing rolls back
+    assert [e["step"] for e in kl_events] == [128, 192, 256]
+    assert "lm_ppo.kl_alert 0.01" in kl_events[0]["message"] and kl_events[0]["threshold"] == 0.01
+    assert not [e for e in events if e["kind"].startswith("recovery.")]
 
 
 def test_config_errors_are_one_line_naming_the_field():

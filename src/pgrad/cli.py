@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
     )
+    evaluate.add_argument(
+        "--prompts", type=int, help="language-model runs: held-out prompts (default: the run's eval_prompts)"
+    )
+    evaluate.add_argument(
+        "--reward-model",
+        type=Path,
+        metavar="RM_RUN_DIR",
+        help="language-model runs: score with this 'pgrad lm rm' run (default: the run's own reward, else the true "
+        "score)",
+    )
 
     export = sub.add_parser(
         "export", help="write a run's policy as one ONNX or TorchScript file (raw observation in, env action out)"
@@ -144,6 +154,13 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     ppo.add_argument("--run-dir", type=Path)
     ppo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
     ppo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    ppo.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND@STEP[:DURATION]",
+        help="fault drill (repeatable; STEP counts responses): lr_spike@512, nan_grad@256, reward_flip@512:256",
+    )
     rm = lm_sub.add_parser("rm", help="train a reward model on the task's preference pairs (Bradley-Terry)")
     rm.add_argument("--config", type=Path, help="YAML file with run: and lm_rm: sections")
     rm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
@@ -271,7 +288,8 @@ def _cmd_lm(args: argparse.Namespace) -> int:
         runner = runners[config.algo](config, args.run_dir, resume=True, console=not args.quiet)
     else:
         algo = {"ppo": ALGO, "rm": RM_ALGO, "sft": SFT_ALGO, "dpo": DPO_ALGO}[args.lm_command]
-        config = resolve_config(algo, args.config, args.set, args.seed, args.total_steps)
+        sets = args.set + ([f"guard.inject={args.inject!r}"] if getattr(args, "inject", None) else [])
+        config = resolve_config(algo, args.config, sets, args.seed, args.total_steps)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.run_dir or Path("runs") / f"{algo}-{config.env.id}-s{config.run.seed}-{stamp}"
         runner = runners[algo](config, run_dir, console=not args.quiet, overwrite=args.overwrite)
@@ -290,8 +308,39 @@ def _cmd_lm(args: argparse.Namespace) -> int:
     return 130 if runner.stop_requested else 0
 
 
+def _lm_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a language-model run (its config.yaml's algo), read without importing pgrad.lm."""
+    from pgrad.config import load_yaml
+
+    path = run_dir / "config.yaml"
+    return path.is_file() and str(load_yaml(path).get("algo", "")).startswith("lm_")
+
+
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    not_for_lm = [flag for flag, given in (("--video", args.video), ("--randomize", args.randomize)) if given]
+    if not_for_lm:
+        raise ConfigError(f"{' and '.join(not_for_lm)} apply to environments; {args.run_dir} is a language-model run")
+    _lm_available()
+    from pgrad.lm.eval_run import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.checkpoint, args.prompts, args.seed, args.reward_model)
+    print(
+        f"evaluation ({result.prompts} held-out prompts, seed {result.seed}, one sampled response each, "
+        f"{result.checkpoint.name}; rm_score is {result.scorer}):"
+    )
+    for key, value in result.metrics.items():
+        print(f"  {key:<22} {value:.4g}")
+    print(f"run folder: {args.run_dir}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pgrad.evaluate import evaluate
+
+    if _lm_run(args.run_dir):
+        return _cmd_lm_eval(args)
+    if args.prompts is not None or args.reward_model is not None:
+        raise ConfigError("--prompts and --reward-model apply to language-model runs")
 
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
         raise ConfigError(f"--seed must be in [0, 4294967295]; got {args.seed}")

@@ -1,8 +1,10 @@
 """Alert rules for language-model runs: pure functions over the rows of ``metrics.jsonl`` so far.
 
 Each rule judges the newest row (with the rows before it for context) and names the field that set
-its threshold. The runner writes an event when a rule becomes true (not again while it stays true);
-it takes no recovery action yet.
+its threshold. The rules that compare a window of rows (reward hacking, disagreement) read only the rows
+since the guard's last rollback (``diagnostics/recoveries`` unchanged): the rows before it belong to
+weights the rollback threw away. ``pgrad.lm.runner.guard_alerts`` hands them to the shared guard
+(``Guard.observe``), which logs them and, with ``lm_ppo.rollback_on_alert``, rolls back on the critical ones.
 
 - ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy
   has left the region where the reward model was trained, and its scores stop meaning much.
@@ -10,9 +12,13 @@ it takes no recovery action yet.
   against the mean of the earlier half: the reward model's score rose while the true score fell by
   more than ``hacking_drop``: the policy exploits the reward model. Half-window means, not two single
   rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
-  about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance.
+  about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance. The
+  held-out check is the same rule on two consecutive evaluations (same prompts, same noise). With
+  ``hacking_z`` the fall must also exceed that many standard errors of the difference of the half means
+  (from the rows' spread): GRPO's batches of 16 prompts x 4 swing about twice as far as 64 prompts.
 - ``warning.lm_length_collapse``: the mean response length fell below ``length_collapse`` x its first
-  value: responses shrink to the EOS (often a KL penalty too strong for the reward).
+  value: responses shrink to the EOS (often a KL penalty too strong for the reward); ``length_explosion``
+  (off by default: the digits task rewards long responses) the same for a length above that multiple.
 - ``warning.lm_rm_disagreement`` (reward-model ensembles only: rows with ``lm/rm_disagreement``): the
   mean disagreement (std across members of the score) of the last ``hacking_window // 2`` rows is above
   ``disagreement_rise`` x its early level, the mean of the run's first ``hacking_window // 2`` rows. The
@@ -23,14 +29,20 @@ it takes no recovery action yet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import statistics
+from dataclasses import dataclass, field
 from typing import Any
+
+from pgrad import metric_names as names
 
 KL = "lm/kl"
 RM_SCORE = "lm/rm_score"
 TRUE_SCORE = "lm/true_score"
 LENGTH = "lm/response_length"
 RM_DISAGREEMENT = "lm/rm_disagreement"
+EVAL_TRUE_SCORE = "eval/true_score"  # on the held-out prompts (evaluation rows)
+EVAL_RM_SCORE = "eval/rm_score"
 
 
 @dataclass(frozen=True)
@@ -40,12 +52,37 @@ class AlertThresholds:
     hacking_drop: float
     length_collapse: float | None
     disagreement_rise: float | None = None
+    length_explosion: float | None = None
+    hacking_z: float = 0.0  # the fall must exceed this many standard errors of the half-window means too (0: off)
 
 
 @dataclass(frozen=True)
 class LMAlert:
+    """``kind`` is ``level.rule``; ``metric``, ``value``, ``threshold`` and ``evidence`` go to the event."""
+
     kind: str
     message: str
+    metric: str = KL
+    value: float = 0.0
+    threshold: float = 0.0
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> str:
+        return self.kind.split(".", 1)[1]
+
+
+# the rules whose alerts are reward hacking (or its symptoms): critical, and a rollback, when the guard acts
+HACKING_RULES = ("lm_kl", "lm_reward_hacking", "lm_length_collapse", "lm_length_explosion")
+
+
+def since_last_rollback(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows logged since the guard's last rollback (same ``diagnostics/recoveries`` as the newest)."""
+    recoveries = rows[-1].get(names.RECOVERIES, 0.0)
+    start = len(rows)
+    while start > 0 and rows[start - 1].get(names.RECOVERIES, 0.0) == recoveries:
+        start -= 1
+    return rows[start:]
 
 
 def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
@@ -60,15 +97,19 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                 "critical.lm_kl",
                 f"mean KL to the reference {last[KL]:.2f} nats per response is above lm_ppo.kl_alert "
                 f"{limits.kl_alert:g}: raise lm_ppo.kl_coef or set lm_ppo.kl_target",
+                KL,
+                float(last[KL]),
+                limits.kl_alert,
             )
         )
-    window = rows[-limits.hacking_window :]
+    window = since_last_rollback(rows)[-limits.hacking_window :]
     if len(window) == limits.hacking_window:
         half = len(window) // 2
         earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
         rm_gain = _mean(later, RM_SCORE) - _mean(earlier, RM_SCORE)
         true_drop = _mean(earlier, TRUE_SCORE) - _mean(later, TRUE_SCORE)
-        if rm_gain > 0 and true_drop > limits.hacking_drop:
+        noise = _half_means_se(earlier, later, TRUE_SCORE)
+        if rm_gain > 0 and true_drop > limits.hacking_drop and true_drop > limits.hacking_z * noise:
             found.append(
                 LMAlert(
                     "warning.lm_reward_hacking",
@@ -77,26 +118,83 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
                     f"{limits.hacking_drop:g}): the policy "
                     "exploits the reward model; raise kl_coef, retrain the reward model on the new responses, or "
                     "stop at the best checkpoint",
+                    TRUE_SCORE,
+                    _mean(later, TRUE_SCORE),
+                    _mean(earlier, TRUE_SCORE) - limits.hacking_drop,
+                    {"rm_gain": rm_gain, "true_drop": true_drop, "se": noise, "window": float(len(window))},
                 )
             )
-    if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * rows[0][LENGTH]:
+    if not any(alert.kind == "warning.lm_reward_hacking" for alert in found):
+        found.extend(_heldout_hacking(history, limits))
+    first_length = float(rows[0][LENGTH])
+    evidence = {"first_length": first_length}
+    if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * first_length:
         found.append(
             LMAlert(
                 "warning.lm_length_collapse",
                 f"mean response length {last[LENGTH]:.2f} is below lm_ppo.length_collapse {limits.length_collapse:g} "
-                f"x its first value {rows[0][LENGTH]:.2f}: responses shrink toward the EOS",
+                f"x its first value {first_length:.2f}: responses shrink toward the EOS",
+                LENGTH,
+                float(last[LENGTH]),
+                limits.length_collapse * first_length,
+                evidence,
+            )
+        )
+    if limits.length_explosion is not None and last[LENGTH] > limits.length_explosion * first_length:
+        found.append(
+            LMAlert(
+                "warning.lm_length_explosion",
+                f"mean response length {last[LENGTH]:.2f} is above lm_ppo.length_explosion "
+                f"{limits.length_explosion:g} x its first value {first_length:.2f}: responses grow to the limit",
+                LENGTH,
+                float(last[LENGTH]),
+                limits.length_explosion * first_length,
+                evidence,
             )
         )
     found.extend(_disagreement_alert(rows, limits))
     return found
 
 
-def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
-    ensemble_rows = [row for row in rows if RM_DISAGREEMENT in row]
-    half = limits.hacking_window // 2
-    if limits.disagreement_rise is None or len(ensemble_rows) < 2 * half:
+def _heldout_hacking(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    """The held-out check: on the newest row that carries an evaluation, the reward-model score on the held-out
+    prompts rose since the previous evaluation (since the last rollback; the starting model's counts) while the
+    true score fell by more than ``hacking_drop``. Evaluations answer the same prompts with the same noise, so
+    two of them differ by the policy alone, not by a batch's draw."""
+    if EVAL_TRUE_SCORE not in history[-1]:
         return []
-    early, late = _mean(ensemble_rows[:half], RM_DISAGREEMENT), _mean(ensemble_rows[-half:], RM_DISAGREEMENT)
+    evaluations = [row for row in since_last_rollback(history) if EVAL_TRUE_SCORE in row and EVAL_RM_SCORE in row]
+    if len(evaluations) < 2:
+        return []
+    before, now = evaluations[-2], evaluations[-1]
+    rm_gain = float(now[EVAL_RM_SCORE]) - float(before[EVAL_RM_SCORE])
+    true_drop = float(before[EVAL_TRUE_SCORE]) - float(now[EVAL_TRUE_SCORE])
+    if rm_gain <= 0 or true_drop <= limits.hacking_drop:
+        return []
+    return [
+        LMAlert(
+            "warning.lm_reward_hacking",
+            f"on the held-out prompts, since the evaluation at step {before.get('step')}, the reward-model score rose "
+            f"by {rm_gain:.3g} while the true score fell by {true_drop:.3g} (lm_ppo.hacking_drop "
+            f"{limits.hacking_drop:g}): the policy exploits the reward model; raise kl_coef, retrain the reward "
+            "model on the new responses, or stop at the best checkpoint",
+            EVAL_TRUE_SCORE,
+            float(now[EVAL_TRUE_SCORE]),
+            float(before[EVAL_TRUE_SCORE]) - limits.hacking_drop,
+            {"rm_gain": rm_gain, "true_drop": true_drop, "since_step": float(before.get("step", 0))},
+        )
+    ]
+
+
+def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
+    """The early level is the run's first rows (what the members agreed on at the start); the late level
+    only rows since the last rollback."""
+    ensemble_rows = [row for row in rows if RM_DISAGREEMENT in row]
+    recent_rows = [row for row in since_last_rollback(rows) if RM_DISAGREEMENT in row]
+    half = limits.hacking_window // 2
+    if limits.disagreement_rise is None or len(ensemble_rows) < 2 * half or len(recent_rows) < half:
+        return []
+    early, late = _mean(ensemble_rows[:half], RM_DISAGREEMENT), _mean(recent_rows[-half:], RM_DISAGREEMENT)
     if early <= 0 or late <= limits.disagreement_rise * early:
         return []
     return [
@@ -106,8 +204,22 @@ def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> 
             f"{half} updates to {late:.3g} over the last {half}, above lm_ppo.disagreement_rise "
             f"{limits.disagreement_rise:g} x: the policy's responses are where the reward models guess; raise "
             "kl_coef, combine by min or a larger ensemble_k, or stop at the checkpoint before the rise",
+            RM_DISAGREEMENT,
+            late,
+            limits.disagreement_rise * early,
+            {"early": early},
         )
     ]
+
+
+def _half_means_se(earlier: list[dict[str, Any]], later: list[dict[str, Any]], key: str) -> float:
+    """Standard error of the difference of the two half-window means, sqrt(s_e^2 / n + s_l^2 / n) from the spread
+    of the rows within each half (0 with one row per half: no spread to measure). Batches of few distinct prompts
+    (GRPO/RLOO: 16 prompts x 4 responses) swing more from row to row than 64 prompts, and this widens with them."""
+    if len(earlier) < 2 or len(later) < 2:
+        return 0.0
+    spread = [statistics.variance([float(row[key]) for row in half]) / len(half) for half in (earlier, later)]
+    return math.sqrt(sum(spread))
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:

@@ -52,6 +52,22 @@ class LMPPOConfig(Checked):
         "reward: -kl_coef x KL in the reward (per token for gae, summed per response for rloo/grpo); loss: "
         "kl_coef x mean k3(pi, ref) over the tokens added to the loss, GRPO's form (rloo and grpo only)",
     )
+    critic: Literal["shared", "separate"] = param(
+        "shared",
+        "gae: the value head on the policy's last hidden layer (shared: one trunk) or on a GPT-2 trunk of its own "
+        "(separate: a second forward pass, and the value loss cannot pull on the policy's weights)",
+    )
+    init_value_from_rm: bool = param(
+        False,
+        "InstructGPT: the separate critic's trunk and value head start as the reward model's (the first member of "
+        "an ensemble); needs critic: separate, reward: model and a reward model of this model's shape",
+    )
+    lora_rank: int = param(
+        0,
+        "train a LoRA adapter of this rank on the attention and MLP projections (needs peft) instead of every "
+        "weight; the reference is the same model with its adapter switched off, not a second copy (0: off)",
+    )
+    lora_alpha: int = param(16, "LoRA scaling alpha (the update is alpha / lora_rank x B A)")
     samples_per_prompt: int = param(1, "responses per prompt (at least 2 for rloo and grpo); divides batch_size")
     max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
     batch_size: int = param(64, "responses per rollout (batch_size / samples_per_prompt prompts)")
@@ -84,8 +100,23 @@ class LMPPOConfig(Checked):
         "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises (digits, "
         "batch 64: the half-window means of a healthy run differ by up to 0.05)",
     )
+    hacking_z: float = param(
+        3.0,
+        "the reward-hacking rule's fall must also exceed this many standard errors of the difference of the two "
+        "half-window means, from their rows' spread (0: off); batches of few prompts (rloo, grpo) swing more",
+    )
     length_collapse: float | None = param(
         0.25, "warning.lm_length_collapse when the mean response length falls below this x its first value (None: off)"
+    )
+    length_explosion: float | None = param(
+        None,
+        "warning.lm_length_explosion when the mean response length rises above this x its first value (None: off; "
+        "the digits task rewards long responses)",
+    )
+    rollback_on_alert: bool = param(
+        True,
+        "with guard.enabled: KL past kl_alert, reward hacking and a length collapse or explosion are critical and "
+        "roll back to the last healthy state in memory with a learning-rate cut (guard.lr_cut); False: they report",
     )
     ensemble_combine: Literal["min", "mean_minus_std"] = param(
         "min",
@@ -109,6 +140,12 @@ class LMPPOConfig(Checked):
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("batch_size", 1)
+        if self.critic == "separate" and self.advantage != "gae":
+            self._fail("critic", "'shared' with advantage 'rloo' or 'grpo' (they train no critic)")
+        if self.init_value_from_rm and (self.critic != "separate" or self.reward != "model"):
+            self._fail("init_value_from_rm", "false unless critic is 'separate' and reward is 'model'")
+        self.check_range("lora_rank", 0)
+        self.check_range("lora_alpha", 0, low_open=True)
         if self.advantage == "gae" and self.kl_penalty != "reward":
             self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
         self.check_range("samples_per_prompt", 2 if self.advantage != "gae" else 1, self.batch_size)
@@ -132,7 +169,9 @@ class LMPPOConfig(Checked):
         self.check_range("kl_alert", 0, low_open=True)
         self.check_range("hacking_window", 2)
         self.check_range("hacking_drop", 0)
+        self.check_range("hacking_z", 0)
         self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
+        self.check_range("length_explosion", 1, low_open=True)
         self.check_range("ensemble_k", 0)
         self.check_range("disagreement_rise", 1, low_open=True)
         self.check_range("learning_rate", 0, low_open=True)
@@ -269,6 +308,18 @@ CONFIG_CLASSES: dict[str, type[Checked]] = {
     SFT_ALGO: LMSFTConfig,
     DPO_ALGO: LMDPOConfig,
 }
+# The guard section's defaults for PPO on a language model. approx KL (per token, mean over the minibatches): a
+# healthy PPO from the SFT model on the reward model (the CI pipeline, seed 3) peaks at 0.11 (median 0.015); an
+# lr_spike drill (x100) reaches 0.81 (seed 3, from random weights); the RL levels (0.05 / 0.1) would roll a
+# healthy run back. The guard's own evaluations (eval_every) are for environments: lm_ppo.eval_every evaluates
+# the language model. A healthy state is captured every 128 responses (2 updates at batch 64): a capture
+# clones ~0.1M weights and Adam moments.
+LM_GUARD_DEFAULTS: dict[str, Any] = {
+    "kl_warning": 0.2,
+    "kl_critical": 0.4,
+    "eval_every": 0,
+    "snapshot_every": 128,
+}
 # run-section defaults per command, sized for the tiny model on 2 CPU cores (the shared ones count env steps)
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     ALGO: {"total_steps": 4096, "checkpoint_every": 1024, "tensorboard": False},
@@ -287,6 +338,9 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
     if data.get("algo", algo) != algo:
         raise ConfigError(f"config is for algorithm '{data['algo']}', not '{algo}'")
     algo_config = build(CONFIG_CLASSES[algo], data.get(algo, {}), algo)
+    guard_data = data.get("guard") or {}
+    if algo == ALGO:
+        guard_data = {**LM_GUARD_DEFAULTS, **guard_data}
     env = EnvConfig(id=algo_config.task, num_envs=1)
     saved_env = data.get("env")
     if saved_env is not None and saved_env.get("id", env.id) != env.id:
@@ -296,7 +350,7 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
         env=env,
         run=build(RunConfig, data.get("run", {}), "run"),
         algo_config=algo_config,
-        guard=build(GuardConfig, data.get("guard", {}), "guard"),
+        guard=build(GuardConfig, guard_data, "guard"),
     )
 
 
@@ -310,6 +364,8 @@ def resolve_config(
     if total_steps is not None:
         flags["total_steps"] = total_steps
     sections: dict[str, type] = {"run": RunConfig, algo: CONFIG_CLASSES[algo]}
+    if algo == ALGO:
+        sections["guard"] = GuardConfig  # rollback and halt act on PPO's updates
     layers = merge({"run": RUN_DEFAULTS[algo]}, file_layer, parse_set_items(sets, sections), {"run": flags})
     return config_from_dict(layers, algo)
 

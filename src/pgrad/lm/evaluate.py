@@ -13,7 +13,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from pgrad.lm.losses import kl_k1, kl_k3
-from pgrad.lm.model import response_outputs, sample
+from pgrad.lm.model import AdapterDisabled, response_outputs, sample
 from pgrad.lm.reward import ResponseScorer
 from pgrad.lm.task import DigitsTask, PromptBatch
 
@@ -21,7 +21,7 @@ from pgrad.lm.task import DigitsTask, PromptBatch
 @torch.no_grad()
 def evaluate_policy(
     lm: GPT2LMHeadModel,
-    reference: GPT2LMHeadModel,
+    reference: GPT2LMHeadModel | AdapterDisabled,
     task: DigitsTask,
     scorer: ResponseScorer,
     count: int,

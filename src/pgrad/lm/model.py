@@ -11,7 +11,9 @@ This module imports ``transformers`` (the ``lm`` extra); nothing outside ``pgrad
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,31 +49,88 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 class PolicyWithValue(nn.Module):
-    """The causal LM and a scalar value head on its last hidden layer (one trunk, one model).
+    """The causal LM and a scalar value head: on the LM's last hidden layer (one trunk, one model), or with
+    ``separate_critic`` on a GPT-2 trunk of its own (the critic then shares no weight with the policy, as in
+    InstructGPT, whose value function starts from the reward model: ``init_value_from``).
 
     ``value_head`` reads the hidden state at each position: the value of the response *before* the next
     token, matching the logits there. It is initialised to zero, so the first values are 0 and the first
     value loss is the plain mean squared return.
     """
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, separate_critic: bool = False) -> None:
         super().__init__()
         self.lm = GPT2LMHeadModel(config)
+        self.critic = GPT2Model(config) if separate_critic else None
         self.value_head = nn.Linear(config.n_embd, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(logits [B, L, V], values [B, L])."""
+        positions = position_ids(attention_mask)
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            output_hidden_states=True,
+            position_ids=positions,
+            output_hidden_states=self.critic is None,
             use_cache=False,
         )
-        values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+        if self.critic is None:
+            hidden = out.hidden_states[-1]
+        else:
+            hidden = self.critic(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
+        values = self.value_head(hidden).squeeze(-1)
         return out.logits, values
+
+    def init_value_from(self, reward_model: RewardModel) -> None:
+        """The critic's trunk and the value head from a reward model's (InstructGPT): the first values are the
+        reward model's score of each partial response. Needs ``separate_critic`` and the same architecture;
+        a ``ValueError`` names what does not fit."""
+        if self.critic is None:
+            raise ValueError("the value head shares the policy's trunk: a reward model's trunk cannot go there")
+        try:
+            self.critic.load_state_dict(reward_model.trunk.state_dict())
+            self.value_head.load_state_dict(reward_model.head.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the reward model's weights do not fit the critic: {str(exc).splitlines()[-1].strip()}"
+            ) from None
+
+
+LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]  # GPT-2's attention and MLP projections (Conv1D: fan_in_fan_out)
+
+
+def attach_lora(policy: PolicyWithValue, rank: int, alpha: int) -> None:
+    """Replace ``policy.lm`` by a peft LoRA model of its weights: only the adapters (and the value head, and a
+    separate critic) train. The adapters start at B = 0, so the model is unchanged until the first step."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("lora_rank needs peft: pip install 'pgrad[lm]'") from None
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, fan_in_fan_out=True, lora_dropout=0.0, bias="none"
+    )
+    # the peft model forwards calls and attributes to the GPT-2 it wraps: it stands in for one everywhere. peft
+    # 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` alias: its FutureWarning is theirs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        policy.lm = get_peft_model(policy.lm, config)  # type: ignore[assignment]
+
+
+class AdapterDisabled:
+    """The reference of a LoRA policy: the same model called with its adapter switched off. A plain object, not
+    a module: registering the policy's model under it would let ``requires_grad_(False)`` on the reference
+    freeze the policy's adapters."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        self.peft_model = peft_model
+
+    def __call__(self, **inputs: Tensor | bool) -> Any:
+        with self.peft_model.disable_adapter():  # type: ignore[operator]
+            return self.peft_model(**inputs)
 
 
 class RewardModel(nn.Module):
@@ -108,7 +167,7 @@ class ResponseOutputs:
 
 
 def response_outputs(
-    model: PolicyWithValue | GPT2LMHeadModel,
+    model: PolicyWithValue | GPT2LMHeadModel | AdapterDisabled,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
     response: Tensor,

@@ -18,10 +18,20 @@ One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO
 6. The adaptive KL controller moves beta toward ``kl_target`` from the batch's mean KL.
 
 The run folder, logs, checkpoints and Ctrl-C belong to ``RunContext``. A checkpoint (typed
-``TrainState``, safetensors + JSON) holds policy, reference, optimizer, the KL coefficient and the torch
-RNG, so a resume continues bit for bit (given the same reward-model checkpoint: it is read again on
-resume). The alert rules of ``pgrad.lm.alerts`` (KL, reward hacking, length collapse) write events; the
-shared guard's rollback and halt do not act on language-model runs yet.
+``TrainState``, safetensors + JSON) holds policy, reference, optimizer, the KL coefficient, the torch
+RNG and the guard's state with its healthy states, so a resume continues bit for bit (given the same
+reward-model checkpoint: it is read again on resume).
+
+The guard is the shared one (``pgrad.monitor.guard.Guard``), fed the rules that read this loop's metrics:
+non-finite values and the per-update approx KL of the RL rules, and the language-model rules of
+``pgrad.lm.alerts`` (KL to the reference past ``kl_alert``, reward hacking, length collapse or explosion;
+critical with ``rollback_on_alert``). On a critical alert it rolls back to the newest confirmed healthy
+learner state in memory (``HealthyStates``: policy with its value head, optimizer moments, KL
+coefficient; healthy = no critical alert, approx KL under ``guard.kl_warning``, finite steps) with a
+learning-rate cut; on reward hacking, to the newest one from before its evidence began (``window_states``).
+A non-finite gradient step is skipped (``OptimizerGuard``) and a sustained run of them halts the run (exit
+code 3). The drills of ``pgrad.faults`` act here too: ``lr_spike`` and ``nan_grad`` on
+the update, ``reward_flip`` on the scores PPO learns from (the logged scores stay the true ones).
 """
 
 from __future__ import annotations
@@ -37,10 +47,18 @@ from torch import Tensor
 from transformers import GPT2LMHeadModel
 
 from pgrad import __version__
-from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad import metric_names as names
+from pgrad.checkpoint import (
+    LearnerState,
+    TrainState,
+    check_rollback_states,
+    load_modules,
+    load_optimizers,
+    read_train_state,
+)
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError
-from pgrad.lm.alerts import RM_DISAGREEMENT, AlertThresholds, new_alerts
+from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
+from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
@@ -55,11 +73,21 @@ from pgrad.lm.losses import (
     token_gae,
     token_rewards,
 )
-from pgrad.lm.model import PolicyWithValue, response_outputs, sample, tiny_gpt2_config
+from pgrad.lm.model import (
+    AdapterDisabled,
+    PolicyWithValue,
+    attach_lora,
+    response_outputs,
+    sample,
+    tiny_gpt2_config,
+)
 from pgrad.lm.reward import LearnedReward, ResponseScorer, TrueScoreReward
 from pgrad.lm.rm_runner import load_reward_model
 from pgrad.lm.sft_runner import load_sft_state
 from pgrad.lm.task import DigitsTask, PromptBatch
+from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinite_rule
+from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
+from pgrad.monitor.recovery import HealthyStates, OptimizerGuard, parameters_finite, restore_captured
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
@@ -93,9 +121,63 @@ class Rollout:
         )
 
 
+# the shared guard's rules that read this loop's metrics (the rest read environments' returns, critics' explained
+# variance, replay Q values); the language-model rules come in as extra alerts (``guard_alerts``)
+LM_GUARD_RULES = (nonfinite_rule, kl_rule, grad_norm_rule)
+WINDOW_SLOT = "window_"  # checkpoint slots of the healthy states a reward-hacking window reaches back to
+
+
+def guard_alerts(history: list[dict[str, Any]], limits: AlertThresholds, act: bool) -> list[Alert]:
+    """The alerts of the newest row as the shared guard's ``Alert``s (``Guard.observe(extra_alerts=...)``).
+    With ``act`` the reward-hacking rules (``HACKING_RULES``) are critical: the guard rolls back on them."""
+    out = []
+    for alert in lm_alerts(history, limits):
+        critical = alert.kind.startswith("critical.") or (act and alert.rule in HACKING_RULES)
+        level: Level = "critical" if critical else "warning"  # the rules here raise nothing milder
+        out.append(Alert(level, alert.rule, alert.message, alert.metric, alert.value, alert.threshold, alert.evidence))
+    return out
+
+
+class LMLearner:
+    """The learner as the guard's recovery helpers see it (``capture_learner``, ``restore_captured``): what a
+    rollback restores. The policy with its value head, the optimizer moments and the KL coefficient; not the
+    frozen reference, the step counters, the RNG or the guard's learning-rate scale (a rollback undoes
+    learning, not experience). No normalisers: it is its own empty ``NormalizerOwner``."""
+
+    def __init__(self, policy: PolicyWithValue, optimizer: torch.optim.Optimizer, kl: AdaptiveKLController) -> None:
+        self.policy = policy
+        self.optimizer = optimizer
+        self.kl = kl
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.policy}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optimizer}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl.value}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl.value = float(state["kl_coef"])
+
+    def normalizer_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_normalizer_state(self, state: dict[str, Any]) -> None:
+        return None
+
+
 def memory_metrics(device: torch.device) -> dict[str, float]:
-    """Resident memory of the process and, on a GPU, the peak memory torch allocated there (MiB)."""
+    """Resident memory of the process, its peak so far (max RSS) and, on a GPU, the peak memory torch allocated
+    there (MiB)."""
     out = {"perf/memory_mb": resident_memory_mb()}
+    try:
+        import resource
+
+        out["perf/peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:  # not on Windows
+        pass
     if device.type == "cuda":
         out["perf/cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -113,7 +195,26 @@ def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
         n_embd=config.n_embd,
         n_head=config.n_head,
     )
-    return PolicyWithValue(model_config)
+    return PolicyWithValue(model_config, separate_critic=config.critic == "separate")
+
+
+def add_lora(policy: PolicyWithValue, config: LMPPOConfig) -> None:
+    """With ``lora_rank``: the policy's LM becomes a LoRA model of its (initial) weights."""
+    if config.lora_rank:
+        try:
+            attach_lora(policy, config.lora_rank, config.lora_alpha)
+        except ValueError as exc:
+            raise ConfigError(f"lm_ppo.{exc}") from None
+
+
+def frozen_reference(policy: PolicyWithValue, config: LMPPOConfig) -> GPT2LMHeadModel | AdapterDisabled:
+    """The reference: the policy's LM with its LoRA adapter switched off, else a frozen copy of its weights."""
+    if config.lora_rank:
+        return AdapterDisabled(policy.lm)
+    reference: GPT2LMHeadModel = copy.deepcopy(policy.lm)
+    reference.requires_grad_(False)
+    reference.train(False)
+    return reference
 
 
 def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
@@ -145,21 +246,42 @@ class LMPPORunner:
         if self.ppo.init_from is not None:  # InstructGPT: PPO starts from the SFT model, which is the reference too
             sft_state, sft_path = load_sft_state(Path(self.ppo.init_from), self.ppo)
             load_modules({"lm": self.policy.lm}, sft_state, sft_path)
+        add_lora(self.policy, self.ppo)
         self.policy.to(self.device)
         # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
-        self.reference: GPT2LMHeadModel = copy.deepcopy(self.policy.lm)
-        self.reference.requires_grad_(False)
-        self.reference.train(False)
+        self.reference = frozen_reference(self.policy, self.ppo)
         self.scorer = build_scorer(self.ppo, self.task, self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
+        if self.ppo.init_value_from_rm:  # InstructGPT: the value function starts as the reward model
+            assert isinstance(self.scorer, LearnedReward)  # LMPPOConfig.validate: reward is 'model'
+            try:
+                self.policy.init_value_from(self.scorer.members[0])
+            except ValueError as exc:
+                raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
+        trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
+        self.optimizer = torch.optim.Adam(trained, lr=self.ppo.learning_rate, eps=1e-5)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
+        self.learner = LMLearner(self.policy, self.optimizer, self.kl)
         self.step = 0  # responses sampled
         self.updates = 0
         ppo = self.ppo
         self.alert_limits = AlertThresholds(
-            ppo.kl_alert, ppo.hacking_window, ppo.hacking_drop, ppo.length_collapse, ppo.disagreement_rise
+            ppo.kl_alert,
+            ppo.hacking_window,
+            ppo.hacking_drop,
+            ppo.length_collapse,
+            ppo.disagreement_rise,
+            ppo.length_explosion,
+            ppo.hacking_z,
         )
         self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
+        guard = config.guard
+        rollback_rules = HACKING_RULES if ppo.rollback_on_alert else ()
+        self.guard = Guard(
+            guard, config.run.total_steps, self.run_dir, rules=LM_GUARD_RULES, rollback_rules=rollback_rules
+        )
+        self.optimizer_guard = OptimizerGuard([self.optimizer], self.guard.state, guard)
+        self.healthy_states = HealthyStates(guard.snapshot_every)  # what a rollback returns to
+        self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
         resume_from = self.run.latest_state() if resume else None
         self.run.open(console, f"{ALGO} {self.task.name}")
         if resume_from is not None:
@@ -177,6 +299,8 @@ class LMPPORunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        if isinstance(self.reference, AdapterDisabled):  # LoRA: the reference is the policy's base weights
+            return {"policy": self.policy}
         return {"policy": self.policy, "reference": self.reference}
 
     def train_state(self) -> TrainState:
@@ -194,21 +318,43 @@ class LMPPORunner:
             modules=modules,
             optimizers={"policy": self.optimizer.state_dict()},
             rng_torch=torch.get_rng_state(),
-            algo_state={"kl_coef": self.kl.value},
+            algo_state=self.learner.extra_state(),
+            guard=self.guard.state.to_dict(),
+            rollback_states=self.rollback_slots(),
+            rollback_capture_step=self.healthy_states.last_capture_step,
             pgrad_version=__version__,
         )
+
+    def rollback_slots(self) -> dict[str, LearnerState]:
+        """The healthy states for the checkpoint: HealthyStates' slots and the window's. A window state is the
+        confirmed one itself (the same tensors) until a newer one is confirmed: safetensors refuses two names for
+        one tensor, so that one is written as a copy."""
+        slots = self.healthy_states.slots()
+        shared = {id(learner) for learner in slots.values()}
+        for learner in self.window_states:
+            slots[f"{WINDOW_SLOT}{learner.step}"] = copy.deepcopy(learner) if id(learner) in shared else learner
+        return slots
 
     def load(self, state: TrainState, path: Path) -> None:
         load_modules(self.modules(), state, path)
         load_optimizers({"policy": self.optimizer}, state, path)
+        check_rollback_states(self.learner.modules(), self.learner.optimizers(), state, path)
         if state.rng_torch is None or "kl_coef" not in state.algo_state:
             raise CheckpointError(f"checkpoint {path} lacks the torch RNG state or the KL coefficient")
         torch.set_rng_state(state.rng_torch)
-        self.kl.value = float(state.algo_state["kl_coef"])
+        self.learner.load_extra_state(state.algo_state)
         self.step, self.updates = state.step, state.updates
         # the rows up to the checkpoint (``RunContext.open`` cut the log back to it): the alert rules go on
-        # judging the same history as an uninterrupted run
+        # judging the same history as an uninterrupted run, and the guard decides as it would have
         self.history = read_jsonl(self.run_dir / "metrics.jsonl")
+        try:
+            self.guard.load(state.guard, [row for row in self.history if row.get("step", 0) <= state.step])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
+        self.healthy_states.load(state.rollback_states, state.rollback_capture_step)
+        kept = [learner for slot, learner in state.rollback_states.items() if slot.startswith(WINDOW_SLOT)]
+        self.window_states = sorted(kept, key=lambda learner: learner.step)
+        self.optimizer_guard.state = self.guard.state
         # no schedule reads run.total_steps here: after a raised total the learner continues as one run would
 
     # ---- one update -----------------------------------------------------------------------
@@ -216,8 +362,9 @@ class LMPPORunner:
         return list(torch.arange(batch, device=self.device).split(self.ppo.minibatch_size))
 
     @torch.no_grad()
-    def collect(self) -> tuple[Rollout, dict[str, float]]:
-        """Steps 1-4 of the module docstring: a scored rollout with advantages, and its statistics."""
+    def collect(self, flip_reward: bool = False) -> tuple[Rollout, dict[str, float]]:
+        """Steps 1-4 of the module docstring: a scored rollout with advantages, and its statistics.
+        ``flip_reward`` (the ``reward_flip`` drill): PPO learns from the negated scores; the logged ones stay."""
         ppo, tok = self.ppo, self.task.tokenizer
         cpu_prompts = self.task.prompts(ppo.batch_size // ppo.samples_per_prompt).repeat(ppo.samples_per_prompt)
         prompts = PromptBatch(cpu_prompts.ids.to(self.device), cpu_prompts.mask.to(self.device), cpu_prompts.last_digit)
@@ -238,15 +385,16 @@ class LMPPORunner:
         response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
         score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).to(self.device)
         true_score = self.task.true_score(prompts.last_digit, response_cpu, mask_cpu)
+        learned_score = -score if flip_reward else score
         if ppo.advantage == "gae":
-            rewards = token_rewards(score, logp, ref, mask, self.kl.value)
+            rewards = token_rewards(learned_score, logp, ref, mask, self.kl.value)
             advantages, returns = token_gae(rewards, values, mask, ppo.gamma, ppo.gae_lambda)
             if ppo.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
         else:  # no critic: the value head is neither used nor trained
             reward_kl_coef = self.kl.value if ppo.kl_penalty == "reward" else 0.0  # else in the loss (step 5)
             advantages = group_token_advantages(
-                score, logp, ref, mask, reward_kl_coef, ppo.samples_per_prompt, ppo.advantage
+                learned_score, logp, ref, mask, reward_kl_coef, ppo.samples_per_prompt, ppo.advantage
             )
             returns = torch.zeros_like(advantages)
         kl_per_response = kl_k1(logp, ref, mask).sum(1)
@@ -263,10 +411,14 @@ class LMPPORunner:
             stats[RM_DISAGREEMENT] = self.scorer.last_disagreement  # std across members, batch mean
         return Rollout(prompts, samples.response, mask, logp, ref, values, advantages, returns), stats
 
-    def update(self) -> dict[str, Any]:
+    def update(self, lr_scale: float = 1.0, flip_reward: bool = False) -> dict[str, Any]:
+        """One rollout and its epochs at ``learning_rate`` x ``lr_scale`` (the guard's cuts and drills)."""
         started = time.perf_counter()
         ppo = self.ppo
-        rollout, stats = self.collect()
+        learning_rate = ppo.learning_rate * lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        rollout, stats = self.collect(flip_reward)
         sums: dict[str, float] = {}
         steps = 0
         first_ratio_deviation = float("nan")
@@ -327,7 +479,7 @@ class LMPPORunner:
             **stats,
             **{key: value / steps for key, value in sums.items()},
             "lm/first_ratio_deviation": first_ratio_deviation,
-            "train/learning_rate": ppo.learning_rate,
+            "train/learning_rate": learning_rate,
             "perf/seconds_per_update": seconds,
             "perf/steps_per_second": ppo.batch_size / seconds,  # steps are responses
             **memory_metrics(self.device),
@@ -349,6 +501,99 @@ class LMPPORunner:
         every = self.ppo.eval_every
         return every > 0 and (self.step // every > previous_step // every or self.step >= self.config.run.total_steps)
 
+    # ---- the guard -------------------------------------------------------------------------
+    def guarded_update(self) -> dict[str, Any]:
+        """One update under the guard's drills and optimizer hook, with what its rules read added."""
+        first_step = self.step
+        faults = self.guard.begin_update(first_step, first_step + self.ppo.batch_size)
+        self.optimizer_guard.start_update(faults)
+        metrics = self.update(self.guard.lr_scale(), faults.flip_reward)
+        metrics[names.NONFINITE_STEPS] = float(self.optimizer_guard.skipped)
+        enabled = self.config.guard.enabled
+        metrics[names.PARAMS_FINITE] = float(parameters_finite(self.learner.modules())) if enabled else 1.0
+        return metrics
+
+    def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        """The guard's rules (its own and the language-model ones, over the whole history) and its decision."""
+        extra = []
+        if self.config.guard.enabled:
+            metrics[names.RECOVERIES] = float(self.guard.state.recoveries)  # the LM rules read rows since a rollback
+            extra = guard_alerts(self.history + [metrics], self.alert_limits, self.ppo.rollback_on_alert)
+        self.guard.observe(metrics, self.updates, extra)
+        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
+        return self.guard.decide(metrics, self.step, None, checkpoint_due)
+
+    def log_events(self, events: list[Event]) -> None:
+        for event in events:
+            self.run.emit(event.kind, self.step, event.message, show=event.show, **event.data)
+
+    def carry_out(self, actions: list[Action], metrics: dict[str, Any]) -> None:
+        for action in actions:
+            if isinstance(action, Halt):
+                message = f"{action.message}; see 'pgrad doctor {self.run_dir}'"
+                self.run.emit(action.kind, self.step, message, recoveries=self.guard.state.recoveries)
+                raise TrainingHalted(message)
+            if isinstance(action, Rollback):
+                self.roll_back(action)
+            elif isinstance(action, Checkpoint):
+                self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"], action.healthy)
+            elif isinstance(action, Snapshot):
+                self.healthy_states.after_update(action.healthy, self.step, self.learner, self.learner)
+                self.keep_window_state()
+
+    def keep_window_state(self) -> None:
+        """Keep each newly confirmed healthy state for as long as a reward-hacking window reaches back (the
+        states of the last ``hacking_window`` + 2 updates and the newest one before them): the windowed rule
+        sees a hack only once its window is full, by which time the newest confirmed state lies inside it."""
+        confirmed = self.healthy_states.confirmed
+        if confirmed is None or (self.window_states and self.window_states[-1].step >= confirmed.step):
+            return
+        self.window_states.append(confirmed)  # shared with HealthyStates, never written: restores copy from it
+        horizon = self.step - (self.ppo.hacking_window + 2) * self.ppo.batch_size
+        while len(self.window_states) > 1 and self.window_states[1].step <= horizon:
+            self.window_states.pop(0)
+
+    def before_the_hack(self) -> LearnerState | None:
+        """For a rollback on reward hacking: the newest kept healthy state from before the evidence began (the
+        window's first update, or the earlier evaluation of the held-out check), else the oldest kept; None for
+        other rollbacks (they take the newest confirmed state)."""
+        hacking = next((a for a in self.guard.alerts if a.level == "critical" and a.rule == "lm_reward_hacking"), None)
+        if hacking is None or not self.window_states:
+            return None
+        if "since_step" in hacking.evidence:  # the held-out check: since the earlier evaluation
+            bound = int(hacking.evidence["since_step"])
+        else:  # the window's rows end at steps step - (window - 1) x batch ... step
+            bound = self.step - int(hacking.evidence["window"]) * self.ppo.batch_size
+        before = [state for state in self.window_states if state.step <= bound]
+        return before[-1] if before else self.window_states[0]
+
+    def roll_back(self, action: Rollback) -> None:
+        """The newest confirmed healthy state in memory, else the newest checkpoint marked healthy (the guard
+        has cut the learning rate already); the step counter, RNG and reference stay."""
+        self.healthy_states.forget_candidate()
+        memory = self.before_the_hack() or self.healthy_states.confirmed
+        data: dict[str, Any]
+        if memory is not None:
+            restore_captured(memory, self.learner, self.learner)
+            # the states after it belong to the weights the rollback threw away
+            self.healthy_states.confirmed = memory
+            self.window_states = [state for state in self.window_states if state.step <= memory.step]
+            summary = f"restored the healthy state of step {memory.step} from memory"
+            data = {"checkpoint": None, "restored_step": memory.step, "restored_from": "memory"}
+        else:
+            path = self.run.checkpoint_path("last_healthy")
+            data = {"checkpoint": str(path) if path else None, "restored_from": "disk" if path else None}
+            if path is None:
+                summary = "no healthy state yet, kept the current weights"
+            else:
+                restored = read_train_state(path)
+                load_modules(self.learner.modules(), restored, path)
+                load_optimizers(self.learner.optimizers(), restored, path)
+                self.learner.load_extra_state(restored.algo_state)
+                summary = f"restored {path.name} (step {restored.step})"
+                data["restored_step"] = restored.step
+        self.log_events([self.guard.rollback_event(action.reason, summary, data)])
+
     # ---- the loop -------------------------------------------------------------------------
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` responses (or stop at ``stop_at_step``, as a kill would)."""
@@ -362,15 +607,14 @@ class LMPPORunner:
                         self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
                     while self.step < total and not self.run.stop_requested:
                         previous_step = self.step
-                        metrics = self.update()
+                        metrics = self.guarded_update()
                         if self.evaluation_due(previous_step):
                             metrics.update(self.evaluate())
+                        actions = self.judge(metrics)
                         self.run.log(metrics)
                         self.history.append(metrics)
-                        for alert in new_alerts(self.history, self.alert_limits):
-                            self.run.emit(alert.kind, self.step, alert.message)
-                        if self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every:
-                            self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"])
+                        self.log_events(self.guard.take_events())
+                        self.carry_out(actions, metrics)
                         if stop_at_step is not None and self.step >= stop_at_step:
                             break
                 finally:
@@ -378,8 +622,10 @@ class LMPPORunner:
                 self.run.second_interrupts = False
                 checkpoint = None
                 if self.run.needs_final_checkpoint(self.step):
-                    checkpoint = self.run.save_checkpoint(self.train_state(), metrics.get("lm/rm_score"))
+                    score = metrics.get("lm/rm_score")
+                    checkpoint = self.run.save_checkpoint(self.train_state(), score, self.guard.healthy)
             result = self.run.finish(self.step, self.updates, metrics, checkpoint)
         finally:
+            self.optimizer_guard.remove()
             self.run.close()
         return result

@@ -237,6 +237,42 @@ def check_return_collapse(history: list[Metrics], events: list[Metrics], config:
     )
 
 
+LM_HACKING_DROP = 0.08  # lm_ppo.hacking_drop's default (the doctor reads the guard section only)
+
+
+def check_lm_reward_hacking(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """Language-model runs, over the whole run: the held-out true score (``eval/true_score``, the same prompts and
+    noise at every evaluation) ended more than 0.08 below its best while the held-out reward-model score ended
+    above its level there: the reward model was exploited. Only the task's hidden score can show it."""
+    evaluations = [
+        row
+        for row in history
+        if number(row, "eval/true_score") is not None and number(row, "eval/rm_score") is not None
+    ]
+    if len(evaluations) < 3:
+        return None
+    true = [float(number(row, "eval/true_score") or 0.0) for row in evaluations]
+    best_index = int(np.argmax(true))
+    best, last = evaluations[best_index], evaluations[-1]
+    rm_best, rm_last = float(number(best, "eval/rm_score") or 0.0), float(number(last, "eval/rm_score") or 0.0)
+    if true[best_index] - true[-1] <= LM_HACKING_DROP or rm_last <= rm_best:
+        return None
+    after_best = next(i for i in range(best_index + 1, len(true)) if true[best_index] - true[i] > LM_HACKING_DROP)
+    row = evaluations[after_best]
+    return Finding(
+        "reward hacking (held-out true score fell while the reward-model score rose)",
+        "critical",
+        int(row.get("update", 0)),
+        int(row.get("step", 0)),
+        f"held-out true score {true[best_index]:.3f} at step {best.get('step')} -> {true[-1]:.3f} at the end, while "
+        f"the held-out reward-model score went {rm_best:.3g} -> {rm_last:.3g}",
+        "the policy found responses the reward model scores highly and the true objective does not",
+        "use the checkpoint of the best held-out true score ('pgrad eval RUN --checkpoint NAME'), raise "
+        "lm_ppo.kl_coef or set kl_target, combine a reward-model ensemble by min, or retrain the reward model on "
+        "the policy's responses",
+    )
+
+
 Check = Callable[[list[Metrics], list[Metrics], GuardConfig], "Finding | None"]
 CHECKS: tuple[Check, ...] = (
     check_nonfinite,
@@ -246,6 +282,7 @@ CHECKS: tuple[Check, ...] = (
     check_plateau,
     check_clip_fraction,
     check_value_lag,
+    check_lm_reward_hacking,
 )
 
 
@@ -352,7 +389,28 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "responses shrank toward the EOS: an empty answer avoids the KL penalty when the reward cannot pay for it",
         "lower lm_ppo.kl_coef, or check that the reward model does not score short responses highest",
     ),
+    "lm_length_explosion": (
+        "responses grew far beyond their starting length: the reward model pays for length itself, a classic "
+        "reward hack",
+        "raise lm_ppo.kl_coef, retrain the reward model with pairs that do not favour length, or cap max_new_tokens",
+    ),
 }
+# What a run's ``step`` counts, by its config's ``algo`` (the doctor reads no algorithm registry); env steps else.
+STEP_UNITS = {
+    "lm_ppo": "responses",
+    "lm_rm": "preference pairs",
+    "lm_dpo": "preference pairs",
+    "lm_sft": "demonstrations",
+}
+
+
+def step_unit(run_dir: Path) -> str:
+    """What ``step`` counts in this run folder: env steps, or the language-model runs' responses, pairs, ..."""
+    try:
+        algo = load_yaml(Path(run_dir) / "config.yaml").get("algo")
+    except PgradError:
+        return "env steps"
+    return STEP_UNITS.get(algo, "env steps") if isinstance(algo, str) else "env steps"
 
 
 def explain_alerts(events: list[Metrics]) -> list[str]:
@@ -363,7 +421,7 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
         e
         for e in events
         if str(e.get("kind", "")).startswith(
-            ("critical.update_size", "critical.q_divergence", "critical.lm_kl", "warning.", "info.")
+            ("critical.update_size", "critical.q_divergence", "critical.lm_", "warning.", "info.")
         )
     ]
     for kind in dict.fromkeys(str(e["kind"]) for e in logged):
@@ -382,9 +440,15 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
     return lines
 
 
-def format_report(run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics]) -> str:
+def format_report(
+    run_dir: Path, history: list[Metrics], findings: list[Finding], events: list[Metrics], unit: str = "env steps"
+) -> str:
+    """``unit``: what ``step`` counts (``step_unit``)."""
     steps = history[-1].get("step", 0) if history else 0
-    lines = [f"pgrad doctor {run_dir}: {len(history)} updates, {steps} env steps"]
+    updates = len(history)
+    if unit != "env steps" and history and isinstance(history[-1].get("update"), int):
+        updates = history[-1]["update"]  # language-model runs log an evaluation row at step 0 (update 0)
+    lines = [f"pgrad doctor {run_dir}: {updates} updates, {steps} {unit}"]
     if not history:
         return lines[0] + "\nno metrics yet (metrics.jsonl is empty)"
     if not findings:
@@ -448,4 +512,4 @@ def well_formed_rows(rows: list[Any]) -> list[Metrics]:
 def doctor(run_dir: Path) -> tuple[list[Finding], str]:
     history, events, config = load_run(run_dir)
     findings = diagnose(history, events, config)
-    return findings, format_report(Path(run_dir), history, findings, events)
+    return findings, format_report(Path(run_dir), history, findings, events, step_unit(Path(run_dir)))

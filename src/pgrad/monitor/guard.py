@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pgrad import metric_names as names
 from pgrad.config import GuardConfig
 from pgrad.faults import ActiveFaults, faults_for_update, parse_fault
-from pgrad.monitor.alerts import Alert, bounded_history, check_alerts, number
+from pgrad.monitor.alerts import RULES, Alert, Rule, bounded_history, check_alerts, number
 from pgrad.monitor.recovery import GuardState, eval_collapsed, nonfinite_fraction, should_halt
 
 
@@ -94,8 +94,22 @@ def evaluation_summary(evaluation: float | Sequence[float]) -> tuple[float, floa
 
 
 class Guard:
-    def __init__(self, config: GuardConfig, total_steps: int, run_dir: Path, early_evaluations: bool = True) -> None:
+    def __init__(
+        self,
+        config: GuardConfig,
+        total_steps: int,
+        run_dir: Path,
+        early_evaluations: bool = True,
+        rules: tuple[Rule, ...] = RULES,
+        rollback_rules: Collection[str] = (),
+    ) -> None:
+        """``rules``: the alert rules run on every update (a loop whose metrics are not an env's, the
+        language-model loop, picks the ones that read its metrics); ``rollback_rules``: names of further
+        rules whose critical alerts roll back to the last healthy state with a learning-rate cut, like
+        ``kl`` (a loop's own rules reach ``observe`` as ``extra_alerts``)."""
         self.config = config
+        self.rules = rules
+        self.rollback_rules = frozenset(rollback_rules)
         # Off for A3C: its reports reach the guard after the shared weights have moved on, so the health
         # mark of a checkpoint written between schedule points could belong to weights a late report
         # will show damaged; on schedule, evaluations are few and far from a drill's window.
@@ -138,9 +152,11 @@ class Guard:
         """The multiplier on every learning rate for this update: rollbacks' cuts x drills."""
         return self.state.lr_scale * self.faults.lr_factor
 
-    def observe(self, metrics: dict[str, Any], updates: int) -> list[Alert]:
+    def observe(self, metrics: dict[str, Any], updates: int, extra_alerts: Sequence[Alert] = ()) -> list[Alert]:
         """Add the guard's diagnostics to ``metrics`` (the runner has set ``NONFINITE_STEPS`` and
-        ``PARAMS_FINITE``) and run the alert rules. Alerts to log are queued as events."""
+        ``PARAMS_FINITE``) and run the alert rules. Alerts to log are queued as events. ``extra_alerts``:
+        what the loop's own rules found on this update (they read a history the guard does not keep);
+        they are logged and acted on like the guard's."""
         step = metrics.get(names.STEP)
         if isinstance(step, int | float):
             self._lift_lr_cut(int(step))
@@ -149,7 +165,12 @@ class Guard:
         if isinstance(step, int | float) and self.total_steps > 0:
             metrics[names.PROGRESS] = min(float(step) / self.total_steps, 1.0)
         self.history = bounded_history(self.history + [metrics], self.config)
-        self.alerts = check_alerts(self.history, self.config) if self.config.enabled else []
+        if self.config.enabled:
+            order = {"critical": 0, "warning": 1, "info": 2}
+            found = check_alerts(self.history, self.config, self.rules) + list(extra_alerts)
+            self.alerts = sorted(found, key=lambda a: order[a.level])
+        else:
+            self.alerts = []
         if self.config.enabled:
             metrics[names.ALERTS] = float(sum(a.level != "info" for a in self.alerts))
         for alert in self.alerts:
@@ -280,6 +301,8 @@ class Guard:
                         f"({config.update_spike:g}x its running median {alert.evidence['median']:.3g})"
                     )
                     return self._rollback("last_healthy", reason, step)
+                if alert.rule in self.rollback_rules:
+                    return self._rollback("last_healthy", alert.message.split(":")[0], step)
         summary = evaluation_summary(evaluation) if evaluation is not None else None
         train_return = metrics.get(names.RETURN_MEAN)
         train = float(train_return) if isinstance(train_return, int | float) and math.isfinite(train_return) else None

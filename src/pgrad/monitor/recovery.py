@@ -23,7 +23,7 @@ import typing
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -255,6 +255,15 @@ def restore_learner(state: TrainState, source: Path, algo: Any, collector: Rollo
 # ---- the newest healthy learner state, in memory ----------------------------------------------
 
 
+class NormalizerOwner(Protocol):
+    """What a capture reads besides the learner: the normalisers' statistics (a ``RolloutCollector``;
+    a loop without normalisers, the language-model loop, returns ``{}``)."""
+
+    def normalizer_state(self) -> dict[str, Any]: ...
+
+    def load_normalizer_state(self, state: dict[str, Any]) -> None: ...
+
+
 def _clone(value: Any) -> Any:
     """A deep copy of a state_dict-like tree; tensors are cloned (the copy shares no storage)."""
     if isinstance(value, torch.Tensor):
@@ -268,7 +277,7 @@ def _clone(value: Any) -> Any:
     return value
 
 
-def capture_learner(step: int, algo: Any, collector: RolloutCollector) -> LearnerState:
+def capture_learner(step: int, algo: Any, collector: NormalizerOwner) -> LearnerState:
     """A copy of the learner that shares no storage with it (what ``HealthyStates`` keeps).
 
     Not the environments, RNG streams, step counter or the guard's learning-rate scale: a rollback
@@ -283,7 +292,7 @@ def capture_learner(step: int, algo: Any, collector: RolloutCollector) -> Learne
     )
 
 
-def restore_captured(learner: LearnerState, algo: Any, collector: RolloutCollector) -> None:
+def restore_captured(learner: LearnerState, algo: Any, collector: NormalizerOwner) -> None:
     """Put a captured learner back; the capture stays usable for another rollback."""
     for name, module in algo.modules().items():
         module.load_state_dict(learner.modules[name])  # copies into the module's own tensors
@@ -310,7 +319,7 @@ class HealthyStates:
         self.confirmed: LearnerState | None = None
         self.last_capture_step: int | None = None
 
-    def after_update(self, healthy: bool, step: int, algo: Any, collector: RolloutCollector) -> None:
+    def after_update(self, healthy: bool, step: int, algo: Any, collector: NormalizerOwner) -> None:
         if not healthy:
             self.candidate = None
             return

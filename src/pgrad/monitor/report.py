@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pgrad.checkpoint import inside_run
-from pgrad.monitor.doctor import diagnose, format_report, load_run
+from pgrad.monitor.doctor import diagnose, format_report, load_run, step_unit
 
 # (file name, title, metric keys drawn on the panel)
 PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -46,11 +46,37 @@ OFF_POLICY_PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("entropy", "entropy estimate E[-log pi] (SAC)", ("train/entropy",)),
     ("steps_per_second", "steps per second", ("perf/steps_per_second",)),
 )
+# PPO, RLOO and GRPO on a language model (rows with ``lm/kl``): the scores, the KL to the reference, the length
+LM_PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("true_score", "true score (hidden objective)", ("lm/true_score", "eval/true_score")),
+    ("rm_score", "reward-model score", ("lm/rm_score", "eval/rm_score")),
+    ("kl_reference", "KL to the reference (nats per response)", ("lm/kl", "eval/kl")),
+    ("response_length", "response length (tokens)", ("lm/response_length", "eval/response_length")),
+    ("kl_coef", "KL coefficient beta", ("lm/kl_coef",)),
+    ("approx_kl", "approx KL per update", ("diagnostics/approx_kl",)),
+    ("clip_fraction", "clip fraction", ("diagnostics/clip_fraction",)),
+    ("losses", "losses", ("train/policy_loss", "train/value_loss", "train/kl_loss")),
+    ("grad_norm", "gradient norm (before clipping)", ("diagnostics/grad_norm",)),
+)
+# SFT, reward model and DPO (rows of held-out metrics): what each trains and what its policy samples
+LM_ROW_PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("true_score", "true score (held-out prompts)", ("eval/true_score",)),
+    ("kl_reference", "KL to the reference (nats per response)", ("eval/kl",)),
+    ("response_length", "response length (tokens)", ("eval/response_length",)),
+    ("train_loss", "training loss", ("train/sft_nll", "train/rm_loss", "train/dpo_loss")),
+    ("heldout_loss", "held-out loss", ("eval/sft_nll", "eval/rm_loss", "eval/dpo_loss")),
+    ("heldout_accuracy", "held-out preference accuracy", ("eval/rm_accuracy", "eval/dpo_accuracy")),
+)
 LOG_PANELS = ("approx_kl", "grad_norm", "value_loss", "learning_rate", "td_error", "critic_loss", "alpha")
 
 
-def panels_for(history: list[dict[str, Any]]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
-    """The off-policy panels for a run that logged Q statistics, else the on-policy ones."""
+def panels_for(history: list[dict[str, Any]], unit: str = "env steps") -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """The off-policy panels for a run that logged Q statistics, the language-model ones for an LM run (``unit``
+    not env steps), else the on-policy ones."""
+    if any("lm/kl" in row for row in history):
+        return LM_PANELS
+    if unit != "env steps":
+        return LM_ROW_PANELS
     return OFF_POLICY_PANELS if any("q/mean" in row for row in history) else PANELS
 
 
@@ -87,7 +113,13 @@ def marker_kind(kind: str) -> str | None:
 
 
 def draw_panel(
-    ax: Any, name: str, title: str, keys: tuple[str, ...], history: list[dict], events: list[dict]
+    ax: Any,
+    name: str,
+    title: str,
+    keys: tuple[str, ...],
+    history: list[dict],
+    events: list[dict],
+    unit: str = "env steps",
 ) -> PanelData:
     """Draw one panel; return what was drawn, read back from the axes."""
     for key in keys:
@@ -119,7 +151,7 @@ def draw_panel(
             label="_warnings",
         )
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("env steps", fontsize=8)
+    ax.set_xlabel(unit, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if len(keys) > 1:
@@ -153,9 +185,9 @@ def _figure_png(fig: Any) -> bytes:
 
 
 def plot_run(
-    history: list[dict], events: list[dict], out_dir: Path, label: str
+    history: list[dict], events: list[dict], out_dir: Path, label: str, unit: str = "env steps"
 ) -> tuple[list[PanelData], dict[str, bytes]]:
-    """One PNG per panel plus ``overview.png`` (all panels), written to ``out_dir``."""
+    """One PNG per panel plus ``overview.png`` (all panels), written to ``out_dir``; ``unit``: what a step counts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,11 +196,13 @@ def plot_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
     panels = []
-    overview, axes = plt.subplots(3, 3, figsize=(15, 10))
-    for (name, title, keys), overview_ax in zip(panels_for(history), axes.flat, strict=True):
+    chosen = panels_for(history, unit)
+    grid_rows = (len(chosen) + 2) // 3
+    overview, axes = plt.subplots(grid_rows, 3, figsize=(15, 10 * grid_rows / 3))
+    for (name, title, keys), overview_ax in zip(chosen, axes.flat, strict=True):
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        panels.append(draw_panel(ax, name, title, keys, history, events))
-        draw_panel(overview_ax, name, title, keys, history, events)
+        panels.append(draw_panel(ax, name, title, keys, history, events, unit))
+        draw_panel(overview_ax, name, title, keys, history, events, unit)
         images[name] = _figure_png(fig)
         plt.close(fig)
     overview.suptitle(
@@ -214,9 +248,10 @@ def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Panel
     # The default output folder is inside the run; a 'report' symlink there must not send the
     # files somewhere else (an --out the user gives is theirs to choose).
     out_dir = Path(out_dir) if out_dir is not None else inside_run(run_dir, "report", "the report folder")
-    panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}")
+    unit = step_unit(run_dir)
+    panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}", unit)
     findings = diagnose(history, events, config)
-    doctor_text = format_report(run_dir, history, findings, events)
+    doctor_text = format_report(run_dir, history, findings, events, unit)
     path = out_dir / "report.html"
     path.write_text(render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
     return path, panels

@@ -1,0 +1,106 @@
+"""``pgrad eval RUN_DIR`` on a language-model run folder: the policy of one checkpoint on held-out prompts.
+
+The policy is the checkpoint's (``lm_ppo``: the policy without its value head; ``lm_dpo``, ``lm_sft``: the
+language model), the reference the one stored beside it (the frozen initial weights: the SFT model's when
+the run started from one). ``eval/rm_score`` is what the run was trained on: the reward model of an
+``lm_ppo`` run (or the true score with ``reward: true``); for SFT and DPO, which have no reward model, the
+reward model of ``reward_model`` when given, else the task's true score. By default the prompts and sampling
+noise are the run's own evaluations' (``run.seed + 1``), so ``eval`` of the latest checkpoint repeats the last
+``eval/*`` row of a run that evaluated at its end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
+from pgrad.errors import ConfigError
+from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig, load_run_config
+from pgrad.lm.evaluate import evaluate_policy
+from pgrad.lm.model import AdapterDisabled
+from pgrad.lm.reward import ResponseScorer, TrueScoreReward
+from pgrad.lm.rm_runner import load_reward_model
+from pgrad.lm.runner import add_lora, build_policy, build_scorer, build_task
+from pgrad.lm.sft_runner import build_lm
+from pgrad.lm.task import DigitsTask
+from pgrad.threads import set_threads
+
+EVAL_SEED_OFFSET = 1  # the runs' own evaluations use run.seed + 1 (lm_ppo, lm_sft, lm_dpo)
+
+
+@dataclass(frozen=True)
+class LMEvalResult:
+    metrics: dict[str, float]  # eval/true_score, eval/rm_score, eval/kl, eval/kl_k3, eval/response_length
+    checkpoint: Path
+    prompts: int
+    seed: int
+    scorer: str  # what eval/rm_score is
+
+
+def _models(
+    config: LMPPOConfig | LMSFTConfig | LMDPOConfig, algo: str, task: DigitsTask, path: Path
+) -> tuple[GPT2LMHeadModel, GPT2LMHeadModel | AdapterDisabled]:
+    """(policy, reference) language models of checkpoint ``path``."""
+    state = read_train_state(path)
+    if algo == ALGO:
+        assert isinstance(config, LMPPOConfig)
+        policy = build_policy(config, task)
+        add_lora(policy, config)
+        stored = build_lm(config, task)
+        # with LoRA the reference is the policy with its adapter off, not stored
+        load_modules({"policy": policy} if config.lora_rank else {"policy": policy, "reference": stored}, state, path)
+        for model in (policy, stored):
+            model.requires_grad_(False)
+            model.train(False)
+        return policy.lm, AdapterDisabled(policy.lm) if config.lora_rank else stored
+    lm, initial = build_lm(config, task), build_lm(config, task)
+    load_modules({"lm": lm, "initial" if algo == SFT_ALGO else "reference": initial}, state, path)
+    for model in (lm, initial):
+        model.requires_grad_(False)
+        model.train(False)
+    return lm, initial
+
+
+def evaluate_run(
+    run_dir: Path,
+    which: str = "latest",
+    prompts: int | None = None,
+    seed: int | None = None,
+    reward_model: Path | None = None,
+) -> LMEvalResult:
+    """Evaluate checkpoint ``which`` (latest, best or a name) of an lm_ppo, lm_sft or lm_dpo run folder."""
+    config = load_run_config(Path(run_dir))
+    algo, section = config.algo, config.algo_config
+    if algo == RM_ALGO:
+        raise ConfigError(
+            f"{run_dir} is a reward model ({RM_ALGO}): its held-out accuracy is in metrics.jsonl "
+            "('eval/rm_accuracy'); pgrad eval evaluates a policy (lm_ppo, lm_sft, lm_dpo)"
+        )
+    assert isinstance(section, LMPPOConfig | LMSFTConfig | LMDPOConfig)
+    count = prompts if prompts is not None else section.eval_prompts
+    if count < 1:
+        raise ConfigError(f"--prompts must be >= 1; got {count}")
+    if seed is not None and not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"--seed must be in [0, 4294967295]; got {seed}")
+    set_threads(config.run.torch_threads)
+    device = torch.device("cpu")
+    task = build_task(section) if isinstance(section, LMPPOConfig) else DigitsTask(section.max_new_tokens)
+    path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).readable(which)
+    lm, reference = _models(section, algo, task, path)
+    scorer: ResponseScorer
+    if reward_model is not None:
+        scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device)
+        described = f"the reward model of {reward_model}"
+    elif isinstance(section, LMPPOConfig):
+        scorer = build_scorer(section, task, device)
+        described = f"the reward model of {section.reward_model}" if section.reward == "model" else "the true score"
+    else:
+        scorer, described = TrueScoreReward(task), "the true score (no reward model: give --reward-model)"
+    temperature = section.temperature if isinstance(section, LMPPOConfig) else 1.0
+    used_seed = config.run.seed + EVAL_SEED_OFFSET if seed is None else seed
+    metrics = evaluate_policy(lm, reference, task, scorer, count, used_seed, temperature)
+    return LMEvalResult(metrics, path, count, used_seed, described)
