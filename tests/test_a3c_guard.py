@@ -17,7 +17,6 @@ from pgrad.cli import main
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
 from pgrad.envs.normalize import ObsNormalizer, RewardScaler
 from pgrad.faults import parse_fault
-from pgrad.monitor.guard import Checkpoint, Rollback, Snapshot
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.rollout import RolloutCollector
 from pgrad.runners.a3c_worker import Report, copy_parameters, drills_for_update, gradient_step
@@ -185,47 +184,6 @@ def test_a_rollback_copies_the_healthy_state_into_the_shared_tensors_in_place(tm
     (rollback,) = events(runner.run_dir, "recovery.rollback")
     assert rollback["restored_from"] == source and rollback["restored_step"] == 400
     assert rollback["lr_scale"] == 0.5 and "approx KL 5 > 0.1" in rollback["message"]
-    runner.close()
-
-
-def test_a_checkpoint_is_marked_healthy_only_once_every_worker_reported_healthy_from_its_weights(tmp_path, monkeypatch):
-    """The synchronous rule (mark it healthy when written) let a checkpoint written while a spike's
-    report was in flight become a rollback's target. Here a checkpoint waits for a healthy report from
-    each running worker whose updates started at or after its step; an unhealthy report, or a rollback,
-    leaves it unmarked for good."""
-    config, _ = resolve_config("a3c", "CartPole-v1", sets=QUIET, total_steps=10_000)
-    runner = A3CRunner(config, tmp_path / "run", console=False)
-    runner.share()  # the shared tensors and events a rollback uses (no process is started)
-    monkeypatch.setattr(runner, "running_workers", lambda: {0, 1})
-    store = runner.run.store
-
-    def checkpoint(step: int) -> str:
-        runner.step = step
-        runner.carry_out([Checkpoint(score=None, healthy=True)], 0, {"row_step": step}, None)
-        return f"step_{step:010d}"
-
-    def report(worker: int, synced_step: int, healthy: bool = True) -> None:
-        runner.carry_out([Snapshot(healthy)], worker, {"row_step": runner.step, "synced_step": synced_step}, None)
-
-    first = checkpoint(1000)
-    assert not store.is_healthy(first)
-    report(0, synced_step=900)  # updates from weights older than the checkpoint: they do not vouch for it
-    report(1, synced_step=1000)
-    assert not store.is_healthy(first)
-    report(0, synced_step=1010)
-    assert store.is_healthy(first) and store.path("last_healthy").name == first
-
-    second = checkpoint(2000)
-    report(0, synced_step=2000)
-    report(1, synced_step=2000, healthy=False)  # the damage was in flight: never marked
-    report(1, synced_step=2100)
-    assert not store.is_healthy(second) and store.path("last_healthy").name == first
-
-    third = checkpoint(3000)
-    runner.roll_back(Rollback(source="last_healthy", reason="test"), 3000)
-    report(0, synced_step=3000)
-    report(1, synced_step=3000)
-    assert not store.is_healthy(third) and store.path("last_healthy").name == first
     runner.close()
 
 

@@ -34,7 +34,7 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +110,6 @@ class WorkerConfirmedStates(HealthyStates):
         self.waiting = set()  # filled with the running workers when they start
 
 
-@dataclass
-class PendingHealthMark:
-    """A checkpoint written while the guard judged the run healthy. It is written unmarked and marked
-    healthy in the index (``CheckpointStore.mark_healthy``) by the rule of ``WorkerConfirmedStates``:
-    once every running worker has sent a healthy report whose updates started from weights at or after
-    its step. Marked at writing time, a checkpoint written while a spike's report was still in flight
-    became a rollback's target (a spike at step 3,640 restored a checkpoint of step 5,040)."""
-
-    name: str
-    step: int
-    waiting: set[int] = field(default_factory=set)
-
-
 class A3CRunner:
     """Runs an A3C run: starts the workers, supervises them, guards, logs and checkpoints.
 
@@ -161,7 +148,6 @@ class A3CRunner:
         self.started_workers: set[int] = set()  # workers that have imported everything and begun
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir, early_evaluations=False)
         self.healthy_states = WorkerConfirmedStates(config.guard.snapshot_every)  # a rollback's first choice
-        self.pending_marks: list[PendingHealthMark] = []  # checkpoints waiting for their health mark
         self.eval_env: Environment | None = None
         self.eval_model: Any = None
 
@@ -492,12 +478,8 @@ class A3CRunner:
                         rollback_states=self.healthy_states.slots(),
                         rollback_capture_step=self.healthy_states.last_capture_step,
                     )
-                state = state or self.train_state()
-                path = self.save_checkpoint(action.score, False, state)  # marked healthy once confirmed
-                if action.healthy:
-                    self.pending_marks.append(PendingHealthMark(path.name, state.step, self.running_workers()))
+                self.save_checkpoint(action.score, action.healthy, state)
             elif isinstance(action, Snapshot):
-                self.confirm_health_marks(action.healthy, worker, int(payload.get("synced_step", 0)))
                 self.healthy_states.after_report(
                     action.healthy,
                     worker,
@@ -506,21 +488,6 @@ class A3CRunner:
                     self.running_workers(),
                     lambda: self.capture(step),
                 )
-
-    def confirm_health_marks(self, healthy: bool, worker: int, synced_step: int) -> None:
-        """One report's verdict on the checkpoints waiting for their health mark: an unhealthy report
-        leaves every one of them unmarked; a healthy one from weights at or after a checkpoint's step
-        counts its worker, and the last of the running workers marks the checkpoint healthy."""
-        if not healthy:
-            self.pending_marks.clear()
-            return
-        running = self.running_workers()
-        for mark in list(self.pending_marks):
-            if synced_step >= mark.step:
-                mark.waiting.discard(worker)
-            if not mark.waiting & running:
-                self.run.store.mark_healthy(mark.name)
-                self.pending_marks.remove(mark)
 
     def roll_back(self, action: Rollback, step: int) -> None:
         """Restore the state the guard chose into the shared tensors (it cut the learning rate already).
@@ -531,7 +498,6 @@ class A3CRunner:
         normalisers keep their statistics (they are the workers' own, and no gradient step moves them).
         """
         self.healthy_states.forget_candidate()
-        self.pending_marks.clear()  # written between the damage and now: never marked healthy
         path = self.run.checkpoint_path("best") if action.source == "best" else None
         memory = self.healthy_states.confirmed if path is None else None
         if path is None and memory is None:
@@ -552,7 +518,7 @@ class A3CRunner:
                     restored_from="disk",
                     restored_step=restored.step,
                     restored_score=restored.score,
-                    restored_healthy=self.run.store.is_healthy(path.name),  # the index: marks come later
+                    restored_healthy=restored.healthy,
                 )
             else:
                 summary = "no healthy state yet, kept the current weights"
