@@ -145,19 +145,6 @@ def test_store_last_healthy_skips_unhealthy(tmp_path):
     assert store.path("best").name == "step_0000000001"
 
 
-def test_unmarking_from_a_step_moves_last_healthy_and_best_before_it(tmp_path):
-    store = CheckpointStore(tmp_path, keep=5)
-    for step, score in ((1, 1.0), (2, 3.0), (3, 2.0)):
-        store.save(step, {"w": torch.zeros(1)}, {}, score, healthy=True)
-    assert store.path("best").name == "step_0000000002"
-    assert store.unmark_from(2) == ["step_0000000002", "step_0000000003"]
-    assert store.path("last_healthy").name == store.path("best").name == "step_0000000001"
-    assert not store.is_healthy("step_0000000003") and store.is_healthy("step_0000000001")
-    assert store.unmark_from(1) == ["step_0000000001"]
-    with pytest.raises(CheckpointError, match="no best checkpoint"):
-        store.path("best")
-
-
 def test_new_run_refuses_a_folder_that_holds_a_run(tmp_path):
     from pgrad.errors import ConfigError
 

@@ -866,28 +866,6 @@ class CheckpointStore:
         write_json_atomic(self.root / INDEX, index)
         return self.root / name
 
-    def is_healthy(self, name: str) -> bool:
-        """The index's health mark of checkpoint ``name`` (False for one it does not list)."""
-        return bool(self.index()["entries"].get(name, {}).get("healthy", False))
-
-    def unmark_from(self, step: int) -> list[str]:
-        """Take the health mark off every checkpoint of ``step`` or later (``best`` moves to the best
-        healthy one left, or none): a rollback learned that damage began before ``step``, so no later
-        checkpoint may be restored. Returns the names unmarked."""
-        index = self.index()
-        unmarked = sorted(n for n, e in index["entries"].items() if e["step"] >= step and e.get("healthy"))
-        if not unmarked:
-            return []
-        for name in unmarked:
-            index["entries"][name]["healthy"] = False
-        if index["best"] in unmarked:
-            scored = [
-                (e["score"], n) for n, e in index["entries"].items() if e.get("healthy") and e["score"] is not None
-            ]
-            index["best"], index["best_score"] = (max(scored)[1], max(scored)[0]) if scored else (None, None)
-        write_json_atomic(self.root / INDEX, index)
-        return unmarked
-
     def _prune(self, index: dict[str, Any]) -> None:
         names = sorted(index["entries"])
         protected = {index["best"], index["latest"]}

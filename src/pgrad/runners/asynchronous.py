@@ -467,7 +467,7 @@ class A3CRunner:
                 self.halted = (action, step)
                 return
             if isinstance(action, Rollback):
-                self.roll_back(action, step, payload.get("synced_step"))
+                self.roll_back(action, step)
             elif isinstance(action, Checkpoint):
                 state = None
                 if frozen is not None and action.score is not None:
@@ -489,32 +489,21 @@ class A3CRunner:
                     lambda: self.capture(step),
                 )
 
-    def roll_back(self, action: Rollback, step: int, damaged_from: int | None = None) -> None:
+    def roll_back(self, action: Rollback, step: int) -> None:
         """Restore the state the guard chose into the shared tensors (it cut the learning rate already).
 
         ``last_healthy``: the newest confirmed healthy state in memory, else the newest checkpoint
         marked healthy. ``best``: the best-evaluated checkpoint, else the same as ``last_healthy``.
         The workers are paused for the restore (``pause_workers``); their observation and reward
         normalisers keep their statistics (they are the workers' own, and no gradient step moves them).
-
-        ``damaged_from``: the shared step count at which the report that called for the rollback copied
-        the weights its updates started from (``synced_step``). Every update in it, the damaging one
-        included, landed after that, but a checkpoint is marked healthy when it is written, while that
-        report may still be in flight (a spike at step 3,640 once restored a checkpoint of step 5,040);
-        so checkpoints from that step on lose their health mark before one is chosen. The confirmed
-        state in memory needs a healthy report from the damaging worker from weights at or after its
-        capture, which cannot come before this one: it always predates the damage.
         """
         self.healthy_states.forget_candidate()
-        suspect = []
-        if damaged_from is not None and action.source == "last_healthy":  # a critical alert on this report
-            suspect = self.run.store.unmark_from(int(damaged_from))
         path = self.run.checkpoint_path("best") if action.source == "best" else None
         memory = self.healthy_states.confirmed if path is None else None
         if path is None and memory is None:
             path = self.run.checkpoint_path("last_healthy")
         restored = read_train_state(path) if path is not None else None  # read before the workers wait
-        data: dict[str, Any] = {"checkpoint": str(path) if path else None, "restored_from": None, "unmarked": suspect}
+        data: dict[str, Any] = {"checkpoint": str(path) if path else None, "restored_from": None}
         still_busy = self.pause_workers()
         try:
             if memory is not None:
@@ -529,7 +518,7 @@ class A3CRunner:
                     restored_from="disk",
                     restored_step=restored.step,
                     restored_score=restored.score,
-                    restored_healthy=self.run.store.is_healthy(path.name),  # the index's mark: it may be taken off
+                    restored_healthy=restored.healthy,
                 )
             else:
                 summary = "no healthy state yet, kept the current weights"
