@@ -65,6 +65,25 @@ def ray_environment() -> Iterator[Path]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@contextmanager
+def local_ray() -> Iterator[None]:
+    """A local Ray of 2 CPUs for one test module (``ray_environment``'s settings), shut down afterwards."""
+    import ray
+
+    with ray_environment():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
 def processes_using(folder: Path) -> list[int]:
     """PIDs (not this process) whose command line or open files mention ``folder``: the Ray processes it started."""
     mine, found = os.getpid(), []

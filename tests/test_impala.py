@@ -20,7 +20,7 @@ from pgrad.estimators import vtrace
 from pgrad.rollout import Rollout
 from pgrad.runners import runner_for
 from pgrad.runs import resolve_config
-from ray_helpers import ray_environment  # before ray: it sets Ray's auth variables
+from ray_helpers import local_ray  # before ray: it sets Ray's auth variables
 
 CARTPOLE = SpaceAdapter(gym.spaces.Box(-1.0, 1.0, (4,)), gym.spaces.Discrete(2), True)
 
@@ -124,19 +124,9 @@ def test_a_rollout_without_behaviour_log_probs_is_refused():
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray")
-    with ray_environment():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    pytest.importorskip("ray")
+    with local_ray():
+        yield
 
 
 SETS = ["run.progress=false", "run.tensorboard=false", "run.backend=ray", "ray.workers=2", "env.num_envs=4"]

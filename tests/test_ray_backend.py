@@ -18,7 +18,7 @@ import torch
 from pgrad.errors import TrainingHalted
 from pgrad.runners import runner_for
 from pgrad.runs import resolve_config
-from ray_helpers import ray_environment  # before ray: it sets Ray's auth variables
+from ray_helpers import local_ray  # before ray: it sets Ray's auth variables
 
 ray = pytest.importorskip("ray")
 
@@ -36,18 +36,8 @@ SETS = [
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    with ray_environment():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}},
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    with local_ray():
+        yield
 
 
 def make_runner(tmp_path, name, backend="ray", workers=1, total=1024, extra=(), resume=False):
