@@ -29,17 +29,16 @@ import torch
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
-from pgrad import __version__
-from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad.checkpoint import TrainState, load_modules
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError
+from pgrad.errors import ConfigError
 from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import dpo_loss, masked_sum
 from pgrad.lm.model import response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.rm_runner import HELDOUT_SEED_OFFSET
-from pgrad.lm.rows import train_in_rows
+from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
 from pgrad.lm.sft_runner import build_lm, load_sft_state
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
@@ -106,30 +105,12 @@ class DPORunner:
         return {"lm": self.lm, "reference": self.reference}
 
     def train_state(self) -> TrainState:
-        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
-        modules = {
-            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
-            for name, module in self.modules().items()
-        }
-        return TrainState(
-            algo=DPO_ALGO,
-            step=self.step,
-            updates=self.updates,
-            elapsed_seconds=self.run.elapsed(),
-            config=self.config.to_dict(),
-            modules=modules,
-            optimizers={"lm": self.optimizer.state_dict()},
-            rng_torch=torch.get_rng_state(),
-            pgrad_version=__version__,
+        return row_train_state(
+            DPO_ALGO, self.run, self.config, self.step, self.updates, self.modules(), {"lm": self.optimizer}
         )
 
     def load(self, state: TrainState, path: Path) -> None:
-        load_modules(self.modules(), state, path)
-        load_optimizers({"lm": self.optimizer}, state, path)
-        if state.rng_torch is None:
-            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
-        torch.set_rng_state(state.rng_torch)
-        self.step, self.updates = state.step, state.updates
+        self.step, self.updates = load_row_state(state, path, self.modules(), {"lm": self.optimizer})
 
     def pair_loss(self, pairs: PreferencePairs, index: Tensor) -> tuple[Tensor, Tensor]:
         """(DPO loss, implicit-reward accuracy) of the pairs at ``index``; gradients reach the policy only."""

@@ -32,15 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgrad import __version__
-from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, load_optimizers, read_train_state
+from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError
+from pgrad.errors import ConfigError
 from pgrad.lm.config import RM_ALGO, LMRewardModelConfig, load_run_config
 from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel, tiny_gpt2_config
 from pgrad.lm.reward import LearnedReward
-from pgrad.lm.rows import train_in_rows
+from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
@@ -131,28 +130,23 @@ class RewardModelRunner:
         return self.run.stop_requested
 
     def train_state(self) -> TrainState:
-        return TrainState(
-            algo=RM_ALGO,
-            step=self.step,
-            updates=self.updates,
-            elapsed_seconds=self.run.elapsed(),
-            config=self.config.to_dict(),
-            modules={
-                member_name(m): {k: v.detach().clone() for k, v in model.state_dict().items()}
-                for m, model in enumerate(self.members)
-            },
-            optimizers={member_name(m): optimizer.state_dict() for m, optimizer in enumerate(self.optimizers)},
-            rng_torch=torch.get_rng_state(),
-            pgrad_version=__version__,
+        return row_train_state(
+            RM_ALGO,
+            self.run,
+            self.config,
+            self.step,
+            self.updates,
+            {member_name(m): model for m, model in enumerate(self.members)},
+            {member_name(m): optimizer for m, optimizer in enumerate(self.optimizers)},
         )
 
     def load(self, state: TrainState, path: Path) -> None:
-        load_modules({member_name(m): model for m, model in enumerate(self.members)}, state, path)
-        load_optimizers({member_name(m): opt for m, opt in enumerate(self.optimizers)}, state, path)
-        if state.rng_torch is None:
-            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
-        torch.set_rng_state(state.rng_torch)
-        self.step, self.updates = state.step, state.updates
+        self.step, self.updates = load_row_state(
+            state,
+            path,
+            {member_name(m): model for m, model in enumerate(self.members)},
+            {member_name(m): optimizer for m, optimizer in enumerate(self.optimizers)},
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
-from pgrad.checkpoint import TrainState
+import torch
+
+from pgrad import __version__
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import TrainConfig
+from pgrad.errors import CheckpointError
 from pgrad.runners.context import RunContext, TrainResult
 
 
@@ -68,3 +73,47 @@ def train_in_rows(
     finally:
         run.close()
     return result
+
+
+def row_train_state(
+    algo: str,
+    run: RunContext,
+    config: TrainConfig,
+    step: int,
+    updates: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> TrainState:
+    """The checkpoint of a row-by-row trainer (SFT, reward models, DPO): its modules, optimizers and the torch
+    RNG. The tensors are cloned: GPT-2 ties its input and output embeddings, and safetensors refuses tensors
+    sharing memory."""
+    return TrainState(
+        algo=algo,
+        step=step,
+        updates=updates,
+        elapsed_seconds=run.elapsed(),
+        config=config.to_dict(),
+        modules={
+            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+            for name, module in modules.items()
+        },
+        optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        rng_torch=torch.get_rng_state(),
+        pgrad_version=__version__,
+    )
+
+
+def load_row_state(
+    state: TrainState,
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[int, int]:
+    """Load what ``row_train_state`` saved into ``modules`` and ``optimizers``, restore the torch RNG, and
+    return the (step, updates) to continue from."""
+    load_modules(modules, state, path)
+    load_optimizers(optimizers, state, path)
+    if state.rng_torch is None:
+        raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
+    torch.set_rng_state(state.rng_torch)
+    return state.step, state.updates

@@ -23,16 +23,15 @@ import torch
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
-from pgrad import __version__
-from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, load_optimizers, read_train_state
+from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError
+from pgrad.errors import ConfigError
 from pgrad.lm.config import SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig, load_run_config
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import response_outputs, tiny_gpt2_config
 from pgrad.lm.reward import TrueScoreReward
-from pgrad.lm.rows import train_in_rows
+from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
 from pgrad.lm.task import DigitsTask
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
@@ -111,30 +110,12 @@ class SFTRunner:
         return {"lm": self.lm, "initial": self.initial}
 
     def train_state(self) -> TrainState:
-        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
-        modules = {
-            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
-            for name, module in self.modules().items()
-        }
-        return TrainState(
-            algo=SFT_ALGO,
-            step=self.step,
-            updates=self.updates,
-            elapsed_seconds=self.run.elapsed(),
-            config=self.config.to_dict(),
-            modules=modules,
-            optimizers={"lm": self.optimizer.state_dict()},
-            rng_torch=torch.get_rng_state(),
-            pgrad_version=__version__,
+        return row_train_state(
+            SFT_ALGO, self.run, self.config, self.step, self.updates, self.modules(), {"lm": self.optimizer}
         )
 
     def load(self, state: TrainState, path: Path) -> None:
-        load_modules(self.modules(), state, path)
-        load_optimizers({"lm": self.optimizer}, state, path)
-        if state.rng_torch is None:
-            raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
-        torch.set_rng_state(state.rng_torch)
-        self.step, self.updates = state.step, state.updates
+        self.step, self.updates = load_row_state(state, path, self.modules(), {"lm": self.optimizer})
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
