@@ -178,7 +178,12 @@ def run_sb3(job: Job) -> dict[str, Any]:
         def _on_rollout_end(self) -> None:
             if self.returns:
                 self.curve.append((self.num_timesteps, float(sum(self.returns) / len(self.returns))))
-            if self.num_timesteps in wanted[:-1]:  # the end is evaluated after learn()
+
+        def _on_rollout_start(self) -> None:
+            # Here, not at the rollout's end: SB3 calls train() after on_rollout_end, so the policy
+            # at step N has learned from the rollout ending at N only when the next rollout starts,
+            # which is the policy pgrad's checkpoint at step N holds. The end is evaluated after learn().
+            if self.num_timesteps in wanted[:-1]:
                 self.evaluations[str(self.num_timesteps)] = evaluate_now(self.model, self.training_env)
 
     env = VecNormalize(make_vec_env(job.env, n_envs=1, seed=job.seed), norm_obs=True, norm_reward=True, gamma=0.99)
@@ -267,14 +272,22 @@ def parity_tables(jobs: list[Job]) -> list[str]:
             f"| SB3 / pgrad {cpu_ratio:.2f}x | {wall_ratio:.2f}x | |",
             "",
         ]
-        final = steps[-1]
-        verdict = "at least" if mean(col("pgrad", "", final)) >= mean(col("sb3", "", final)) else "BELOW"
-        lines.append(
-            f"pgrad's mean evaluation at {final // 1000}k is {verdict} SB3's "
-            f"({mean(col('pgrad', '', final)):.0f} vs {mean(col('sb3', '', final)):.0f}, {len(paired)} seeds)."
-        )
+        for step in steps:
+            ours, theirs = col("pgrad", "", step), col("sb3", "", step)
+            verdict = "at least" if mean(ours) >= mean(theirs) else "BELOW"
+            lines.append(
+                f"pgrad's mean evaluation at {step // 1000}k is {verdict} SB3's "
+                f"({mean(ours):.0f} vs {mean(theirs):.0f}, {len(paired)} seeds; Welch t {welch_t(ours, theirs):+.2f})."
+            )
         lines.append("")
     return lines
+
+
+def welch_t(a: list[float], b: list[float]) -> float:
+    """(mean a - mean b) / sqrt(var a / n_a + var b / n_b), sample variances: how many standard errors apart."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    return (mean(a) - mean(b)) / math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
 
 
 def preset_table(jobs: list[Job]) -> list[str]:
@@ -338,7 +351,7 @@ def plot(jobs: list[Job], group: str) -> list[Path]:
 def build_jobs(group: str, envs: list[str], seeds: list[int] | None, total: int | None) -> list[Job]:
     jobs = []
     if group == "parity":
-        for seed in range(1, 6):
+        for seed in sorted(set(seeds) if seeds else {s for env in envs for s in PARITY_SEEDS[env]}):
             for env in envs:
                 if seed in (seeds or PARITY_SEEDS[env]):
                     # pgrad and SB3 of one (env, seed) side by side: the two workers run them together
@@ -349,6 +362,23 @@ def build_jobs(group: str, envs: list[str], seeds: list[int] | None, total: int 
     return jobs
 
 
+def job_key(job: Job) -> tuple[str, str, str, int, int]:
+    return (job.group, job.lib, job.env, job.seed, job.total_steps)
+
+
+def load_jobs(path: Path) -> list[Job]:
+    return [Job(**row) for row in json.loads(path.read_text())] if path.exists() else []
+
+
+def merge_jobs(path: Path, done: list[Job]) -> None:
+    """Add this invocation's runs to the data file; a run of the same (lib, env, seed, steps) replaces the
+    recorded one, so runs split over several invocations add up without duplicates."""
+    merged = {job_key(job): job for job in load_jobs(path)}
+    merged.update({job_key(job): job for job in done})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(job) for job in merged.values()]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", nargs="+", default=["parity"], choices=["parity", "presets"])
@@ -356,16 +386,29 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--total-steps", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (each its own process, one thread)")
+    parser.add_argument(
+        "--redraw", action="store_true", help="run nothing: print the tables and draw the plots from the data file"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=HERE / "data",
+        help="folder of parity_<group>.json (tracked: tables redraw from it)",
+    )
     args = parser.parse_args()
     print(f"# started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, {os.cpu_count()} CPUs", flush=True)
     for group in args.groups:
-        jobs = build_jobs(group, args.envs, args.seeds, args.total_steps)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(args.jobs, maxtasksperchild=1) as pool:
-            done = pool.map(run_job, jobs, chunksize=1)
-        (HERE / "data").mkdir(exist_ok=True)
-        out = HERE / "data" / f"parity_{group}.json"  # tracked: the tables and plots can be redrawn from it
-        out.write_text(json.dumps([asdict(j) for j in done]))
+        out = args.data / f"parity_{group}.json"
+        if args.redraw:
+            done = [
+                job for job in load_jobs(out) if job.env in args.envs and (not args.seeds or job.seed in args.seeds)
+            ]
+        else:
+            jobs = build_jobs(group, args.envs, args.seeds, args.total_steps)
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(args.jobs, maxtasksperchild=1) as pool:
+                done = pool.map(run_job, jobs, chunksize=1)
+            merge_jobs(out, done)
         lines = parity_tables(done) if group == "parity" else preset_table(done)
         print("\n".join(lines))
         for path in plot(done, group):
