@@ -163,6 +163,45 @@ def test_impala_learns_cartpole_with_a_worker_killed(tmp_path, ray_session, hang
     assert rows[-1]["rollout/return_mean"] > 150, rows[-1]["rollout/return_mean"]
 
 
+def test_a_stopped_impala_run_resumes_its_learner_from_the_checkpoint(tmp_path, ray_session, hang_guard):
+    """Stopped as a kill would stop it and resumed: the learner's weights, Adam moments, step and normaliser
+    come back as saved (its actors' episodes restart, which the run says before it trains), and the resumed
+    run goes on from the saved step to the end: no step logged twice, none skipped past the checkpoint."""
+    config, _ = resolve_config("impala", "CartPole-v1", None, [*SETS, "env.norm_obs=true"], 1, 8_000)
+    first = runner_for(config)(config, tmp_path / "impala", console=False)
+    with hang_guard(120):
+        first.train(stop_at_step=4_000)
+    saved_step = first.step
+    saved = {k: v.clone() for k, v in first.algo.modules()["model"].state_dict().items()}
+    saved_moments = {k: s["exp_avg"].clone() for k, s in first.algo.optimizer.state_dict()["state"].items()}
+    saved_obs_stats = first.env.obs_normalizer.stats.state()
+    assert saved_obs_stats["count"] > 1_000  # the actors' observations reached the learner's normaliser
+
+    second = runner_for(config)(config, tmp_path / "impala", resume=True, console=False)
+    try:
+        assert second.step == saved_step >= 4_000
+        restored = second.algo.modules()["model"].state_dict()
+        assert all(torch.equal(saved[k], restored[k]) for k in saved)
+        moments = {k: s["exp_avg"] for k, s in second.algo.optimizer.state_dict()["state"].items()}
+        assert moments.keys() == saved_moments.keys() and len(moments) > 0
+        assert all(torch.equal(saved_moments[k], moments[k]) for k in moments)
+        # the normaliser as saved, plus the first observations of the 2 x 4 episodes the resume restarted
+        restored_obs_stats = second.env.obs_normalizer.stats.state()
+        assert float(restored_obs_stats["count"]) == float(saved_obs_stats["count"]) + 8
+        for key in ("mean", "var"):
+            np.testing.assert_allclose(restored_obs_stats[key], saved_obs_stats[key], rtol=0.05, atol=1e-3)
+        with hang_guard(120):
+            result = second.train()
+    finally:
+        second.close()
+    assert result.steps >= 8_000
+    events = [json.loads(line) for line in (tmp_path / "impala" / "events.jsonl").read_text().splitlines()]
+    assert any(e["kind"] == "warning.resume_inexact" and "restarts their episodes" in e["message"] for e in events)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "impala" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # each update logged once, in order, across the stop
+    assert saved_step in steps and steps[-1] >= 8_000
+
+
 @pytest.mark.slow
 def test_impala_reaches_475_on_cartpole(tmp_path, ray_session):
     runner = impala_runner(tmp_path, 300_000)
