@@ -19,6 +19,7 @@ panel per env and parameter: return against scale, one line per training variant
     .venv/bin/python benchmarks/bench_robustness.py                     # 300k steps per run, 4 runs
     .venv/bin/python benchmarks/bench_robustness.py --envs Hopper-v5 --budget 1000000 --seeds 1 2 3 --jobs 2
     .venv/bin/python benchmarks/bench_robustness.py --budget 5000 --episodes 2 --scales 0.5 1 1.5  # a smoke test
+    .venv/bin/python benchmarks/bench_robustness.py --budget 1000000 --combine a.json b.json  # pool seeds of two runs
 
 Needs the 'mujoco' and 'plots' extras. The trained runs stay under ``--runs`` (re-evaluate them with
 ``pgrad eval RUN --randomize mass=1.3``).
@@ -180,20 +181,39 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/out/robustness"), help="run folders")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/robustness.md"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/plots/robustness.png"))
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: pool the per-seed sweeps of earlier runs' raw files (same scales; a later file's seed "
+        "replaces an earlier one's) into one table, verdict and plot; --budget and --randomize label the header",
+    )
     args = parser.parse_args()
 
-    variants = {"nominal": [], "randomised": args.randomize}
-    jobs = [
-        (env_id, variant, randomize, args.budget, seed, args.runs, args.scales, args.episodes)
-        for env_id in args.envs
-        for seed in args.seeds
-        for variant, randomize in variants.items()
-    ]
-    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        sweeps = pool.map(train_and_sweep, jobs, chunksize=1)
     per_seed: dict[str, dict[str, dict[int, Sweep]]] = {}
-    for job, result in zip(jobs, sweeps, strict=True):
-        per_seed.setdefault(job[0], {}).setdefault(job[1], {})[job[4]] = result
+    if args.combine:
+        for path in args.combine:
+            raw = json.loads(path.read_text())
+            if raw["scales"] != args.scales:
+                raise SystemExit(f"{path}: scales {raw['scales']} differ from --scales {args.scales}")
+            for env_id, by_variant in raw["per_seed"].items():
+                for variant, by_seed in by_variant.items():
+                    for seed, result in by_seed.items():
+                        per_seed.setdefault(env_id, {}).setdefault(variant, {})[int(seed)] = result
+        args.seeds = sorted({seed for by_variant in per_seed.values() for s in by_variant.values() for seed in s})
+    else:
+        variants = {"nominal": [], "randomised": args.randomize}
+        jobs = [
+            (env_id, variant, randomize, args.budget, seed, args.runs, args.scales, args.episodes)
+            for env_id in args.envs
+            for seed in args.seeds
+            for variant, randomize in variants.items()
+        ]
+        with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+            sweeps = pool.map(train_and_sweep, jobs, chunksize=1)
+        for job, result in zip(jobs, sweeps, strict=True):
+            per_seed.setdefault(job[0], {}).setdefault(job[1], {})[job[4]] = result
     results = {
         env_id: {variant: over_seeds(list(by_seed.values())) for variant, by_seed in by_variant.items()}
         for env_id, by_variant in per_seed.items()
