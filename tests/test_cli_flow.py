@@ -131,6 +131,13 @@ def test_list_documents_every_field(capsys):
         "torch_threads",
         "CartPole-v1",
         "rl-baselines3-zoo",
+        "pgrad lm ppo:",
+        "[lm_ppo]",
+        "[lm_sft]",
+        "[lm_rm]",
+        "[lm_dpo]",
+        "kl_coef",
+        "kl_critical 0.4",
     ):
         assert text in out, text
 

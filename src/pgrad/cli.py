@@ -385,8 +385,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig, field_docs
+    from pgrad.lm.config import ALGO, CONFIG_CLASSES, DPO_ALGO, LM_GUARD_DEFAULTS, RM_ALGO, SFT_ALGO
     from pgrad.presets import PATTERN_PRESETS, PRESETS
     from pgrad.registry import ALGORITHMS
+
+    lm_sections = [(name, CONFIG_CLASSES[name]) for name in (SFT_ALGO, RM_ALGO, ALGO, DPO_ALGO)]
 
     def section(title: str, cls: type) -> None:
         print(f"  [{title}]")
@@ -402,6 +405,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     section("run", RunConfig)
     section("guard", GuardConfig)
     section("ray", RayConfig)
+    print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
+    for command, (name, cls) in zip(("sft", "rm", "ppo", "dpo"), lm_sections, strict=True):
+        print(f"\npgrad lm {command}:")
+        section(name, cls)
+    guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
+    print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
     print("\npresets (applied when --env matches; --no-preset to skip):")
     for (algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
         print(f"  {algo:<6} {env_id:<16} {preset.source}")
