@@ -107,9 +107,19 @@ def verdict(variants: dict[str, Sweep], scales: list[float]) -> str:
     pairs = [(variants["randomised"][n][i][0], variants["nominal"][n][i][0]) for n in PARAMETERS for i in off]
     wins = sum(randomised >= nominal for randomised, nominal in pairs)
     mean_r, mean_n = (statistics.fmean(values) for values in zip(*pairs, strict=True))
+    # The same means as a fraction of each variant's own return at nominal physics: how much of its level a
+    # policy keeps away from nominal, whatever that level is (a second reading, not the verdict's).
+    nominal_point = scales.index(1.0) if 1.0 in scales else None
+    kept = ""
+    if nominal_point is not None:
+        at_nominal = {v: statistics.fmean(variants[v][n][nominal_point][0] for n in PARAMETERS) for v in variants}
+        kept = (
+            f"; kept of its own nominal return: randomised {mean_r / at_nominal['randomised']:.0%}, "
+            f"nominal {mean_n / at_nominal['nominal']:.0%}"
+        )
     return (
         f"randomised >= nominal at {wins} of {len(pairs)} off-nominal points; mean over them: "
-        f"randomised {mean_r:.0f}, nominal {mean_n:.0f}"
+        f"randomised {mean_r:.0f}, nominal {mean_n:.0f}{kept}"
     )
 
 
@@ -197,7 +207,13 @@ def main() -> None:
             raw = json.loads(path.read_text())
             if raw["scales"] != args.scales:
                 raise SystemExit(f"{path}: scales {raw['scales']} differ from --scales {args.scales}")
-            for env_id, by_variant in raw["per_seed"].items():
+            # files from before --seeds hold one seed's sweeps under "results" only
+            seed = raw.get("seeds", [1])[0]
+            by_env = raw.get("per_seed") or {
+                env_id: {variant: {seed: sweep} for variant, sweep in by_variant.items()}
+                for env_id, by_variant in raw["results"].items()
+            }
+            for env_id, by_variant in by_env.items():
                 for variant, by_seed in by_variant.items():
                     for seed, result in by_seed.items():
                         per_seed.setdefault(env_id, {}).setdefault(variant, {})[int(seed)] = result
