@@ -112,7 +112,8 @@ def verdict(variants: dict[str, Sweep], scales: list[float]) -> str:
     nominal_point = scales.index(1.0) if 1.0 in scales else None
     kept = ""
     if nominal_point is not None:
-        at_nominal = {v: statistics.fmean(variants[v][n][nominal_point][0] for n in PARAMETERS) for v in variants}
+        # every parameter's sweep has the same x1 point (nominal physics): take the first's
+        at_nominal = {v: variants[v][PARAMETERS[0]][nominal_point][0] for v in variants}
         kept = (
             f"; kept of its own nominal return: randomised {mean_r / at_nominal['randomised']:.0%}, "
             f"nominal {mean_n / at_nominal['nominal']:.0%}"
@@ -177,6 +178,27 @@ def plot(results: dict[str, dict[str, dict[str, list[tuple[float, float]]]]], sc
     plt.close(figure)
 
 
+def read_sweeps(path: Path, scales: list[float]) -> dict[tuple[str, str, int], Sweep]:
+    """The sweeps of a raw file this script wrote, by (env, variant, seed). Files from before ``--seeds``
+    hold one seed's sweeps under "results" only."""
+    raw = json.loads(path.read_text())
+    if raw["scales"] != scales:
+        raise SystemExit(f"{path}: scales {raw['scales']} differ from --scales {scales}")
+    if "per_seed" not in raw:
+        only = raw.get("seeds", [1])[0]
+        return {
+            (env, variant, only): sweep
+            for env, by_variant in raw["results"].items()
+            for variant, sweep in by_variant.items()
+        }
+    return {
+        (env, variant, int(seed)): sweep
+        for env, by_variant in raw["per_seed"].items()
+        for variant, by_seed in by_variant.items()
+        for seed, sweep in by_seed.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=300_000, help="env steps per training run")
@@ -204,19 +226,8 @@ def main() -> None:
     per_seed: dict[str, dict[str, dict[int, Sweep]]] = {}
     if args.combine:
         for path in args.combine:
-            raw = json.loads(path.read_text())
-            if raw["scales"] != args.scales:
-                raise SystemExit(f"{path}: scales {raw['scales']} differ from --scales {args.scales}")
-            # files from before --seeds hold one seed's sweeps under "results" only
-            seed = raw.get("seeds", [1])[0]
-            by_env = raw.get("per_seed") or {
-                env_id: {variant: {seed: sweep} for variant, sweep in by_variant.items()}
-                for env_id, by_variant in raw["results"].items()
-            }
-            for env_id, by_variant in by_env.items():
-                for variant, by_seed in by_variant.items():
-                    for seed, result in by_seed.items():
-                        per_seed.setdefault(env_id, {}).setdefault(variant, {})[int(seed)] = result
+            for (env_id, variant, seed), result in read_sweeps(path, args.scales).items():
+                per_seed.setdefault(env_id, {}).setdefault(variant, {})[seed] = result
         args.seeds = sorted({seed for by_variant in per_seed.values() for s in by_variant.values() for seed in s})
     else:
         variants = {"nominal": [], "randomised": args.randomize}

@@ -17,6 +17,7 @@ import torch
 from pgrad.algos.impala import Impala, ImpalaConfig
 from pgrad.envs.factory import SpaceAdapter
 from pgrad.estimators import vtrace
+from pgrad.monitor.sinks import read_jsonl
 from pgrad.rollout import Rollout
 from pgrad.runners import runner_for
 from pgrad.runs import resolve_config
@@ -195,9 +196,9 @@ def test_a_stopped_impala_run_resumes_its_learner_from_the_checkpoint(tmp_path, 
     finally:
         second.close()
     assert result.steps >= 8_000
-    events = [json.loads(line) for line in (tmp_path / "impala" / "events.jsonl").read_text().splitlines()]
+    events = read_jsonl(tmp_path / "impala" / "events.jsonl")
     assert any(e["kind"] == "warning.resume_inexact" and "restarts their episodes" in e["message"] for e in events)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "impala" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in read_jsonl(tmp_path / "impala" / "metrics.jsonl")]
     assert steps == sorted(set(steps))  # each update logged once, in order, across the stop
     assert saved_step in steps and steps[-1] >= 8_000
 

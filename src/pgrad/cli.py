@@ -389,8 +389,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.presets import PATTERN_PRESETS, PRESETS
     from pgrad.registry import ALGORITHMS
 
-    lm_sections = [(name, CONFIG_CLASSES[name]) for name in (SFT_ALGO, RM_ALGO, ALGO, DPO_ALGO)]
-
     def section(title: str, cls: type) -> None:
         print(f"  [{title}]")
         for name, default, doc in field_docs(cls):
@@ -406,9 +404,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     section("guard", GuardConfig)
     section("ray", RayConfig)
     print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
-    for command, (name, cls) in zip(("sft", "rm", "ppo", "dpo"), lm_sections, strict=True):
+    for command, name in (("sft", SFT_ALGO), ("rm", RM_ALGO), ("ppo", ALGO), ("dpo", DPO_ALGO)):
         print(f"\npgrad lm {command}:")
-        section(name, cls)
+        section(name, CONFIG_CLASSES[name])
     guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
     print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
     print("\npresets (applied when --env matches; --no-preset to skip):")
