@@ -14,6 +14,7 @@ from pgrad.algos.td3 import TD3, TD3Config
 from pgrad.monitor.guard import Rollback
 from pgrad.nets import ActionSpec
 from pgrad.replay import ReplayBuffer
+from pgrad.runners import trunk
 from pgrad.runners.off_policy import OffPolicyRunner
 from pgrad.runs import resolve_config
 
@@ -141,7 +142,7 @@ def test_rollback_restores_the_confirmed_healthy_learner_and_keeps_the_buffer(tm
     buffer_size = runner.buffer.size
     logged = []
     runner.log_events = logged.extend  # train() closed the run folder; keep the rollback's event here
-    runner.carry_out([Rollback("last_healthy", "test")])
+    trunk.carry_out(runner, [Rollback("last_healthy", "test")])
     assert logged[0].kind == "recovery.rollback" and "from memory" in logged[0].message
     for name, module in runner.algo.modules().items():
         for key, value in module.state_dict().items():

@@ -102,12 +102,15 @@ class Guard:
         early_evaluations: bool = True,
         rules: tuple[Rule, ...] = RULES,
         rollback_rules: Collection[str] = (),
+        score_metric: str = names.RETURN_MEAN,
     ) -> None:
         """``rules``: the alert rules run on every update (a loop whose metrics are not an env's, the
         language-model loop, picks the ones that read its metrics); ``rollback_rules``: names of further
         rules whose critical alerts roll back to the last healthy state with a learning-rate cut, like
-        ``kl`` (a loop's own rules reach ``observe`` as ``extra_alerts``)."""
+        ``kl`` (a loop's own rules reach ``observe`` as ``extra_alerts``); ``score_metric``: what ranks
+        a checkpoint written without an evaluation (the training return; the language-model loop's score)."""
         self.config = config
+        self.score_metric = score_metric
         self.rules = rules
         self.rollback_rules = frozenset(rollback_rules)
         # Off for A3C: its reports reach the guard after the shared weights have moved on, so the health
@@ -268,7 +271,7 @@ class Guard:
 
     def checkpoint_score(self, metrics: dict[str, Any]) -> float | None:
         """With evaluation on, only evaluated checkpoints carry a score (best = best evaluation)."""
-        return None if self.config.eval_every else metrics.get(names.RETURN_MEAN)
+        return None if self.config.eval_every else metrics.get(self.score_metric)
 
     def decide(
         self,

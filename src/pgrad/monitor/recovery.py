@@ -31,7 +31,7 @@ import torch
 from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimizers
 from pgrad.config import GuardConfig
 from pgrad.faults import ActiveFaults
-from pgrad.rollout import Batch, Rollout, RolloutCollector
+from pgrad.rollout import Rollout, RolloutCollector
 
 
 @dataclass
@@ -426,7 +426,8 @@ class TrajectoryRecorder:
         return len(episodes)
 
 
-def save_batch(batch: Batch, path: Path) -> None:
-    """The update's batch (flat tensors) as a pickle-free ``.npz``."""
+def save_batch(batch: Any, path: Path) -> None:
+    """An update's batch (a dataclass of tensors: an on-policy ``Batch``, a replay ``TransitionBatch``) as a
+    pickle-free ``.npz``; fields that are not tensors are left out."""
     tensors = {f.name: getattr(batch, f.name) for f in fields(batch)}
-    np.savez(path, **{name: t.detach().numpy() for name, t in tensors.items() if isinstance(t, torch.Tensor)})
+    np.savez(path, **{name: t.detach().cpu().numpy() for name, t in tensors.items() if isinstance(t, torch.Tensor)})

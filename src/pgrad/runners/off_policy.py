@@ -35,8 +35,6 @@ from pgrad.builders import (
     algo_gamma,
     build_environment,
     build_off_policy_algorithm,
-    env_label,
-    one_line,
 )
 from pgrad.checkpoint import (
     TrainState,
@@ -44,12 +42,10 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import ConfigError, PgradError, TrainingHalted
-from pgrad.monitor.guard import Action, Checkpoint, Guard, Halt, Rollback, Snapshot
+from pgrad.errors import ConfigError, PgradError
+from pgrad.monitor.guard import Action
 from pgrad.monitor.recovery import (
     GuardState,
-    HealthyStates,
-    OptimizerGuard,
     TrajectoryRecorder,
     parameters_finite,
 )
@@ -57,9 +53,8 @@ from pgrad.monitor.sinks import JsonlSink
 from pgrad.registry import get_algorithm
 from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
-from pgrad.runners import synchronous
-from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
-from pgrad.threads import set_threads
+from pgrad.runners import synchronous, trunk
+from pgrad.runners.context import TrainResult, resident_memory_mb
 
 
 class UniformActor:
@@ -109,10 +104,8 @@ class OffPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         self.env_factory = env_factory
         self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
         try:
@@ -126,11 +119,7 @@ class OffPolicyRunner:
             self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
         )
         self.rng = np.random.default_rng(config.run.seed)
-        try:
-            self.collector.reset(config.run.seed)
-        except Exception as exc:  # the env's own reset: nothing is written yet, so a plain one-line error
-            self.env.envs.close()
-            raise ConfigError(f"{env_label(config)} failed on its first reset: {one_line(exc)}") from None
+        synchronous.first_reset(self)
         action_dim = self.env.adapter.action.size
         self.buffer = ReplayBuffer(self.loop.buffer_size, self.env.adapter.obs_dim, action_dim)
         self.random_actor = UniformActor(action_dim)
@@ -139,26 +128,17 @@ class OffPolicyRunner:
         self.rows = 0  # log rows: what the guard counts as updates
         self.refill_target = 1  # transitions the buffer must hold before updates (more after a resume without it)
         self.reward_abs_max = 0.0  # largest |reward| stored: r_max of the guard's Q bound r_max / (1 - gamma)
-        self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
-        self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard.state, config.guard)
+        self.guard, self.optimizer_guard, self.healthy_states = trunk.guard_parts(
+            config, self.run_dir, list(self.algo.optimizers().values())
+        )
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
-        self.healthy_states = HealthyStates(config.guard.snapshot_every)
         self.eval_env: Environment | None = None
         self.last_batch: TransitionBatch | None = None
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
-
-        resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
-        self.run.open(console, f"{config.algo} {config.env.id}")
         self.inexact = env_state.inexact_reason(self.env.envs)
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except PgradError:
-                self.close()
-                raise
-        else:
-            self.run.started_event()
+        label = f"{config.algo} {config.env.id}"
+        if not trunk.open_or_resume(self.run, console, label, self.load, self.close):
             self.run.emit("replay.allocated", 0, self.buffer.describe(), bytes=self.buffer.nbytes)
         if self.inexact is not None:
             self.run.warn(
@@ -231,36 +211,19 @@ class OffPolicyRunner:
     log_randomize_draws = synchronous.log_randomize_draws
     close = synchronous.close
 
-    # ---- carrying out the guard's decisions ---------------------------------------------------
-    def carry_out(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Halt):
-                self.halt(action)
-            elif isinstance(action, Rollback):
-                self.roll_back(action)
-            elif isinstance(action, Checkpoint):
-                self.save_checkpoint(action.score, action.healthy)
-            elif isinstance(action, Snapshot):
-                self.healthy_states.after_update(action.healthy, self.step, self.algo, self.collector)
+    # ---- the body the trunk's loop drives (pgrad.runners.trunk) ---------------------------------
+    take_events = synchronous.take_events
+    snapshot = synchronous.snapshot
+    final_score = synchronous.final_score
+    before_loop = synchronous.before_loop
+    halt = synchronous.halt
 
-    def halt(self, action: Halt) -> None:
-        message = action.message
-        if action.dump:
-            trajectories, batch_path = self.run_dir / "halt_trajectories.npz", self.run_dir / "halt_batch.npz"
-            episodes = self.recorder.save(trajectories)
-            if self.last_batch is not None:
-                self.last_batch.save(batch_path)
-            message = (
-                f"{message}; wrote the last {episodes} episodes to {trajectories} and the last sampled batch to "
-                f"{batch_path} (np.load works without pickle). Usual causes: learning rate too high, rewards of a "
-                f"large scale; see 'pgrad doctor {self.run_dir}'"
-            )
-            self.run.emit(action.kind, self.step, message, trajectories=str(trajectories), batch=str(batch_path))
-        else:
-            self.run.emit(action.kind, self.step, message, recoveries=self.guard.state.recoveries)
-        raise TrainingHalted(message)
+    def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        return self.train_one_row(stop_at_step)
 
-    # ---- evaluation ---------------------------------------------------------------------------
+    def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        return synchronous.judge(self, metrics, self.rows)
+
     # ---- the loop ---------------------------------------------------------------------------
     def row_end(self) -> int:
         """The env step the current log row ends at: the next multiple of ``loop.log_every``, or the total."""
@@ -353,32 +316,4 @@ class OffPolicyRunner:
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` (or stop early at ``stop_at_step``, as a kill would)."""
-        self.run.started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        total = self.config.run.total_steps
-        try:
-            with self.run.stop_signals():
-                try:
-                    while self.step < total and not self.run.stop_requested:
-                        metrics = self.train_one_row(stop_at_step)
-                        self.guard.observe(metrics, self.rows)
-                        evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
-                        self.run.log(metrics)
-                        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
-                        actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
-                        self.log_events(self.guard.take_events())
-                        self.carry_out(actions)
-                        if stop_at_step is not None and self.step >= stop_at_step:
-                            break
-                finally:
-                    self.run.flush()
-                self.run.second_interrupts = False
-                checkpoint = None
-                if self.run.needs_final_checkpoint(self.step):
-                    checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
-            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
-        except BaseException:
-            self.close()
-            raise
-        self.close()
-        return result
+        return trunk.train_loop(self, stop_at_step)

@@ -22,7 +22,6 @@ from pgrad.builders import (
     algo_gamma,
     build_algorithm,
     build_environment,
-    env_label,
     one_line,
 )
 from pgrad.checkpoint import (
@@ -31,24 +30,21 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import ConfigError, PgradError, TrainingHalted, WorkersLost
-from pgrad.monitor.guard import Action, Checkpoint, Guard, Halt, Rollback, Snapshot
+from pgrad.errors import ConfigError, TrainingHalted, WorkersLost
+from pgrad.monitor.guard import Action
 from pgrad.monitor.recovery import (
     GuardState,
-    HealthyStates,
-    OptimizerGuard,
     TrajectoryRecorder,
     UpdateSizes,
     parameters_finite,
-    save_batch,
     update_groups,
 )
 from pgrad.monitor.sinks import JsonlSink
 from pgrad.registry import get_algorithm
 from pgrad.rollout import Batch, RolloutCollector
-from pgrad.runners import synchronous
-from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
-from pgrad.threads import set_threads
+from pgrad.runners import synchronous, trunk
+from pgrad.runners.context import TrainResult, resident_memory_mb
+from pgrad.runners.trunk import guard_parts
 
 
 class OnPolicyRunner:
@@ -70,10 +66,8 @@ class OnPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         self.env_factory = env_factory
         self.collector: RolloutCollector | Any
         if config.run.backend == "ray" or kind == "actor_learner":
@@ -89,37 +83,20 @@ class OnPolicyRunner:
                 config.run.episode_window,
             )
         self.rng = np.random.default_rng(config.run.seed)
-        try:
-            self.collector.reset(config.run.seed)
-        except PgradError:
-            self.env.envs.close()
-            raise
-        except Exception as exc:  # the env's own reset: nothing is written yet, so a plain one-line error
-            self.env.envs.close()
-            raise ConfigError(f"{env_label(config)} failed on its first reset: {one_line(exc)}") from None
+        synchronous.first_reset(self)
         self.step = 0
         self.updates = 0
-        self.guard = Guard(config.guard, config.run.total_steps, self.run_dir)
+        self.guard, self.optimizer_guard, self.healthy_states = guard_parts(
+            config, self.run_dir, list(self.algo.optimizers().values())
+        )
         self.update_sizes = UpdateSizes(update_groups(self.algo)) if config.guard.enabled else None
-        self.optimizer_guard = OptimizerGuard(list(self.algo.optimizers().values()), self.guard.state, config.guard)
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
-        self.healthy_states = HealthyStates(config.guard.snapshot_every)  # a rollback's first choice
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
-
-        resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
-        self.run.open(console, f"{config.algo} {config.env.id}")
         self.inexact = env_state.inexact_reason(self.env.envs)
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except PgradError:
-                self.close()  # a refused checkpoint leaves no file or environment open
-                raise
-        else:
-            self.run.started_event()
+        trunk.open_or_resume(self.run, console, f"{config.algo} {config.env.id}", self.load, self.close)
         if self.inexact is not None:  # said before training starts, not discovered after a resume
             self.run.warn(
                 "warning.resume_inexact", self.step, f"resume will not be exact for {config.env.id}: {self.inexact}"
@@ -186,37 +163,19 @@ class OnPolicyRunner:
     log_randomize_draws = synchronous.log_randomize_draws
     close = synchronous.close
 
-    # ---- carrying out the guard's decisions ---------------------------------------------------
-    def carry_out(self, actions: list[Action], metrics: dict[str, Any]) -> None:
-        for action in actions:
-            if isinstance(action, Halt):
-                self.halt(action)
-            elif isinstance(action, Rollback):
-                self.roll_back(action)
-            elif isinstance(action, Checkpoint):
-                self.save_checkpoint(action.score, action.healthy)
-            elif isinstance(action, Snapshot):
-                self.healthy_states.after_update(action.healthy, self.step, self.algo, self.collector)
+    # ---- the body the trunk's loop drives (pgrad.runners.trunk) ---------------------------------
+    take_events = synchronous.take_events
+    snapshot = synchronous.snapshot
+    final_score = synchronous.final_score
+    before_loop = synchronous.before_loop
+    halt = synchronous.halt
 
-    def halt(self, action: Halt) -> None:
-        """Log why, leave the evidence in the run folder (non-finite halts), and stop (exit code 3)."""
-        message = action.message
-        if action.dump:
-            trajectories, batch = self.run_dir / "halt_trajectories.npz", self.run_dir / "halt_batch.npz"
-            episodes = self.recorder.save(trajectories)
-            if self.last_batch is not None:
-                save_batch(self.last_batch, batch)
-            message = (
-                f"{message}; wrote the last {episodes} episodes to {trajectories} and the offending batch to "
-                f"{batch} (np.load works without pickle). Usual causes: learning rate too high, no gradient "
-                f"clipping, unnormalised rewards; see 'pgrad doctor {self.run_dir}'"
-            )
-            self.run.emit(action.kind, self.step, message, trajectories=str(trajectories), batch=str(batch))
-        else:
-            self.run.emit(action.kind, self.step, message, recoveries=self.guard.state.recoveries)
-        raise TrainingHalted(message)
+    def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        return self.train_one_update()
 
-    # ---- evaluation ---------------------------------------------------------------------------
+    def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        return synchronous.judge(self, metrics, self.updates)
+
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -297,34 +256,4 @@ class OnPolicyRunner:
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` (or stop early at ``stop_at_step``, as a kill would)."""
-        self.run.started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        total = self.config.run.total_steps
-        try:
-            with self.run.stop_signals():
-                try:
-                    while self.step < total and not self.run.stop_requested:
-                        metrics = self.train_one_update()
-                        self.guard.observe(metrics, self.updates)
-                        evaluation = self.evaluate(metrics) if self.guard.evaluation_due(self.step) else None
-                        self.run.log(metrics)
-                        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
-                        actions = self.guard.decide(metrics, self.step, evaluation, checkpoint_due)
-                        self.log_events(self.guard.take_events())
-                        self.carry_out(actions, metrics)
-                        if stop_at_step is not None and self.step >= stop_at_step:
-                            break
-                finally:
-                    self.run.flush()  # whatever ends the loop (a second Ctrl-C too), the logged rows are on disk
-                # The final checkpoint takes a moment; a signal now (the second Ctrl-C of an impatient user)
-                # must not cut it short and leave the run without its last state.
-                self.run.second_interrupts = False
-                checkpoint = None
-                if self.run.needs_final_checkpoint(self.step):
-                    checkpoint = self.save_checkpoint(self.guard.checkpoint_score(metrics), self.guard.healthy)
-            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
-        except BaseException:  # a halt, a failed checkpoint write, a second Ctrl-C: files closed, lock released
-            self.close()
-            raise
-        self.close()
-        return result
+        return trunk.train_loop(self, stop_at_step)

@@ -24,7 +24,7 @@ import random
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -43,12 +43,20 @@ from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.randomize import draw_metrics
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import CheckpointError, PgradError, TrainingHalted
+from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
-from pgrad.monitor.guard import Event, Guard, Rollback
-from pgrad.monitor.recovery import HealthyStates, OptimizerGuard, restore_captured, restore_learner
+from pgrad.monitor.guard import Action, Event, Guard, Halt, Rollback
+from pgrad.monitor.recovery import (
+    HealthyStates,
+    OptimizerGuard,
+    TrajectoryRecorder,
+    restore_captured,
+    restore_learner,
+    save_batch,
+)
 from pgrad.monitor.sinks import JsonlSink, read_jsonl
 from pgrad.rollout import RolloutCollector
+from pgrad.runners import trunk
 from pgrad.runners.context import RunContext
 
 
@@ -71,10 +79,14 @@ class SynchronousLoop(Protocol):
     env_factory: VectorEnvFactory | None  # an env handed over as a Python object (pgrad.api), else None
     eval_env: Environment | None  # built at the first evaluation
     randomization_log: JsonlSink | None  # opened at the first domain-randomisation draws
+    recorder: TrajectoryRecorder  # the last episodes, written when a run halts on non-finite values
+    last_batch: Any  # the last batch updated on (a dataclass of tensors), written with them
 
     def restart_episodes(self, step: int) -> None: ...
 
     def log_events(self, events: list[Event]) -> None: ...
+
+    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None: ...
 
 
 def capture(
@@ -160,6 +172,19 @@ def restore(
     loop.step, loop.updates = state.step, state.updates
 
 
+def first_reset(loop: SynchronousLoop) -> None:
+    """The collector's first reset with ``run.seed``. The env's own failure becomes one line (nothing is
+    written yet); the environments are closed either way."""
+    try:
+        loop.collector.reset(loop.config.run.seed)
+    except PgradError:
+        loop.env.envs.close()
+        raise
+    except Exception as exc:
+        loop.env.envs.close()
+        raise ConfigError(f"{env_label(loop.config)} failed on its first reset: {one_line(exc)}") from None
+
+
 def restart_episodes(loop: SynchronousLoop, step: int) -> None:
     """Resume without the environments' state (Box2D worlds; async runs checkpointed before their
     workers' envs were captured): start fresh episodes.
@@ -183,8 +208,46 @@ def restart_episodes(loop: SynchronousLoop, step: int) -> None:
 
 
 def log_events(loop: SynchronousLoop, events: list[Event]) -> None:
-    for event in events:
-        loop.run.emit(event.kind, loop.step, event.message, show=event.show, **event.data)
+    trunk.log_events(loop.run, loop.step, events)
+
+
+def judge(loop: SynchronousLoop, metrics: dict[str, Any], guard_updates: int) -> list[Action]:
+    """The guard's rules over this update's (or log row's) metrics, a deterministic evaluation when one is
+    due, and the guard's decision. ``guard_updates``: what the guard counts as updates (the off-policy loop's
+    log rows)."""
+    loop.guard.observe(metrics, guard_updates)
+    evaluation = loop.evaluate(metrics) if loop.guard.evaluation_due(loop.step) else None
+    checkpoint_due = loop.step - loop.run.last_checkpoint_step >= loop.config.run.checkpoint_every
+    return loop.guard.decide(metrics, loop.step, evaluation, checkpoint_due)
+
+
+def take_events(loop: SynchronousLoop) -> list[Event]:
+    return loop.guard.take_events()
+
+
+def snapshot(loop: SynchronousLoop, healthy: bool) -> None:
+    loop.healthy_states.after_update(healthy, loop.step, loop.algo, loop.collector)
+
+
+def final_score(loop: SynchronousLoop, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+    return loop.guard.checkpoint_score(metrics), loop.guard.healthy
+
+
+def before_loop(loop: SynchronousLoop) -> None:
+    """Nothing to do before the first update (the language-model loops log their starting model here)."""
+
+
+def halt(loop: SynchronousLoop, action: Halt) -> NoReturn:
+    """Stop the run (exit code 3); on non-finite values first leave the evidence in the run folder: the last
+    episodes and the last batch updated on, as pickle-free ``.npz`` files."""
+    evidence: dict[str, tuple[str, Path]] | None = None
+    if action.dump:
+        trajectories, batch = loop.run_dir / "halt_trajectories.npz", loop.run_dir / "halt_batch.npz"
+        evidence = {"trajectories": (f"the last {loop.recorder.save(trajectories)} episodes", trajectories)}
+        if loop.last_batch is not None:
+            save_batch(loop.last_batch, batch)
+            evidence["batch"] = ("the last batch updated on", batch)
+    trunk.halted(loop.run, loop.step, action, loop.guard.state.recoveries, evidence)
 
 
 def roll_back(loop: SynchronousLoop, action: Rollback) -> None:

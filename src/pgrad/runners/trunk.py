@@ -1,0 +1,259 @@
+"""The trunk every training loop shares, written once: the run prologue, the loop skeleton, carrying out
+the guard's decisions, and the common ``TrainState`` fields.
+
+A family (on-policy, off-policy, language-model PPO, the row-by-row language-model trainers) brings a
+*body*: an object that does one step of its own work and says what the guard should hear. The trunk
+calls it; it never inherits from anything::
+
+    run = begin_run(config, run_dir, resume, overwrite)    # folder checked, threads, seeds: nothing written
+    ... the body builds its environments / model / learner (bad input fails here, leaving no folder) ...
+    open_or_resume(run, console, label, body.load, body.close)   # open the folder, then load or log run.started
+    result = train_loop(body, stop_at_step)                 # advance -> judge -> log -> events -> carry out
+
+The loop, in one place::
+
+    while step < run.total_steps and no stop was asked for:
+        metrics = body.advance(stop_at_step)       # one update (on-policy, LM PPO) or one log row (off-policy, rows)
+        actions = body.judge(metrics)              # guard rules, evaluation, decision (Halt, Rollback, ...)
+        run.log(metrics); events; carry_out(body, actions)
+    final checkpoint (unless the last action wrote one), the closing event, close
+
+``carry_out`` is the one place a ``Halt`` stops the run, a ``Rollback`` restores a learner, a ``Checkpoint``
+is written with its score and health mark, and a ``Snapshot`` offers the state to the in-memory healthy states.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+import torch
+
+from pgrad import __version__
+from pgrad import metric_names as names
+from pgrad.checkpoint import LearnerState, TrainState
+from pgrad.config import TrainConfig
+from pgrad.errors import TrainingHalted
+from pgrad.monitor.alerts import RULES, Rule
+from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
+from pgrad.monitor.recovery import HealthyStates, OptimizerGuard
+from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.threads import set_threads
+
+
+# ---- the prologue -------------------------------------------------------------------------------
+def begin_run(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> RunContext:
+    """The first half of every run's prologue: the folder checked (a lock held by another run, a folder
+    holding a run that ``train`` would overwrite: one line, nothing written), threads, and the seeds of
+    Python, NumPy and torch. The body builds its parts after this and before ``open_or_resume``."""
+    run = RunContext(config, run_dir, resume, overwrite)
+    set_threads(config.run.torch_threads)
+    seed_everything(config.run.seed)
+    return run
+
+
+def open_or_resume(
+    run: RunContext,
+    console: bool,
+    label: str,
+    load: Callable[[TrainState, Path], None],
+    close: Callable[[], None],
+    started_detail: str = "",
+) -> bool:
+    """The second half: the checkpoint to resume from is read (and checked) before anything is written,
+    then the folder is opened (lock, config, logs) and the body loads it, or a fresh run logs
+    ``run.started``. A refused checkpoint closes the body (no file or environment left open). Returns
+    whether the run resumed."""
+    resume_from = run.latest_state() if run.resume else None
+    run.open(console, label)
+    if resume_from is None:
+        run.started_event(started_detail)
+        return False
+    try:
+        load(*resume_from)
+    except BaseException:
+        close()
+        raise
+    return True
+
+
+def guard_parts(
+    config: TrainConfig,
+    run_dir: Path,
+    optimizers: list[torch.optim.Optimizer],
+    rules: tuple[Rule, ...] = RULES,
+    rollback_rules: Collection[str] = (),
+    score_metric: str = names.RETURN_MEAN,
+) -> tuple[Guard, OptimizerGuard, HealthyStates]:
+    """The guard (decisions), its optimizer hook (skips a non-finite step, applies the drills) and the
+    in-memory healthy states a rollback returns to: the same three parts for every guarded loop."""
+    guard = Guard(
+        config.guard,
+        config.run.total_steps,
+        run_dir,
+        rules=rules,
+        rollback_rules=rollback_rules,
+        score_metric=score_metric,
+    )
+    return guard, OptimizerGuard(optimizers, guard.state, config.guard), HealthyStates(config.guard.snapshot_every)
+
+
+# ---- the common checkpoint fields ---------------------------------------------------------------
+def module_tensors(modules: dict[str, torch.nn.Module], clone: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """Each module's state dict. ``clone``: copies, for models whose tensors share memory (GPT-2 ties its
+    input and output embeddings, and safetensors refuses two names for one tensor)."""
+    if not clone:
+        return {name: module.state_dict() for name, module in modules.items()}
+    return {
+        name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+        for name, module in modules.items()
+    }
+
+
+def base_state(
+    run: RunContext,
+    step: int,
+    updates: int,
+    modules: dict[str, dict[str, torch.Tensor]],
+    optimizers: dict[str, torch.optim.Optimizer],
+    guard: Guard | None = None,
+    rollback_states: dict[str, LearnerState] | None = None,
+    rollback_capture_step: int = 0,
+) -> TrainState:
+    """The fields every family's checkpoint holds: algorithm, counters, elapsed time, config, weights,
+    optimizer moments, the torch RNG, and (for guarded loops) the guard's state with its healthy states. A
+    family adds its own fields with ``dataclasses.replace`` (collector, NumPy RNG, replay, ...)."""
+    config = run.config
+    return TrainState(
+        algo=config.algo,
+        step=step,
+        updates=updates,
+        elapsed_seconds=run.elapsed(),
+        config=config.to_dict(),
+        modules=modules,
+        optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        rng_torch=torch.get_rng_state(),
+        guard=guard.state.to_dict() if guard is not None else {},
+        rollback_states=rollback_states or {},
+        rollback_capture_step=rollback_capture_step,
+        pgrad_version=__version__,
+    )
+
+
+# ---- the body and the loop ----------------------------------------------------------------------
+class Body(Protocol):
+    """What the loop skeleton calls. ``step`` counts what ``run.total_steps`` counts (env steps, responses,
+    pairs, demonstrations); ``updates`` what the family calls an update."""
+
+    run: RunContext
+    step: int
+    updates: int
+
+    def before_loop(self) -> None:
+        """Once, inside the signal handlers, before the first ``advance`` (e.g. log the starting model)."""
+        ...
+
+    def advance(self, stop_at_step: int | None) -> dict[str, Any]:
+        """One update or one log row of work; its metrics."""
+        ...
+
+    def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        """The guard's rules and decision over ``metrics`` (which it may extend: evaluations, guard state)."""
+        ...
+
+    def take_events(self) -> list[Event]:
+        """What the guard said since the last call (alerts, drills), for ``events.jsonl``."""
+        ...
+
+    def halt(self, action: Halt) -> NoReturn:
+        """Leave the evidence, log why and raise ``TrainingHalted``."""
+        ...
+
+    def roll_back(self, action: Rollback) -> None: ...
+
+    def snapshot(self, healthy: bool) -> None:
+        """Offer the state after this update to the in-memory healthy states (confirmed by the next one)."""
+        ...
+
+    def train_state(self) -> TrainState: ...
+
+    def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+        """The score and health mark of the checkpoint written at the end."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def log_events(run: RunContext, step: int, events: list[Event]) -> None:
+    """The guard's events into ``events.jsonl`` (and on the console where they ask to be shown)."""
+    for event in events:
+        run.emit(event.kind, step, event.message, show=event.show, **event.data)
+
+
+def carry_out(body: Body, actions: list[Action]) -> None:
+    """Do what the guard decided, in its order (``Guard.decide``: halt, roll back, or checkpoint)."""
+    for action in actions:
+        if isinstance(action, Halt):
+            body.halt(action)
+        elif isinstance(action, Rollback):
+            body.roll_back(action)
+        elif isinstance(action, Checkpoint):
+            body.run.save_checkpoint(body.train_state(), action.score, action.healthy)
+        elif isinstance(action, Snapshot):
+            body.snapshot(action.healthy)
+
+
+def halted(
+    run: RunContext, step: int, action: Halt, recoveries: int, evidence: dict[str, tuple[str, Path]] | None = None
+) -> NoReturn:
+    """Log a halt and raise ``TrainingHalted`` (exit code 3). ``evidence``: the files the body wrote for a
+    non-finite halt, as {event field: (what it holds, path)}, named in the message and the event."""
+    if evidence:
+        written = " and ".join(f"{what} to {path}" for what, path in evidence.values())
+        message = (
+            f"{action.message}; wrote {written} (np.load works without pickle). Usual causes: learning rate too "
+            f"high, no gradient clipping, unnormalised rewards; see 'pgrad doctor {run.run_dir}'"
+        )
+        paths: dict[str, Any] = {key: str(path) for key, (_, path) in evidence.items()}
+        run.emit(action.kind, step, message, **paths)
+    else:
+        message = f"{action.message}; see 'pgrad doctor {run.run_dir}'"
+        run.emit(action.kind, step, message, recoveries=recoveries)
+    raise TrainingHalted(message)
+
+
+def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
+    """Train to ``run.total_steps`` (or stop early at ``stop_at_step``, as a kill would): see the module
+    docstring. Whatever ends the loop (a halt, a failed write, a second Ctrl-C), the logged rows are flushed
+    and the body is closed (files closed, lock released)."""
+    run = body.run
+    run.started = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    total = run.config.run.total_steps
+    try:
+        with run.stop_signals():
+            try:
+                body.before_loop()
+                while body.step < total and not run.stop_requested:
+                    metrics = body.advance(stop_at_step)
+                    actions = body.judge(metrics)
+                    run.log(metrics)
+                    log_events(run, body.step, body.take_events())
+                    carry_out(body, actions)
+                    if stop_at_step is not None and body.step >= stop_at_step:
+                        break
+            finally:
+                run.flush()
+            # The final checkpoint takes a moment; a signal now (the second Ctrl-C of an impatient user)
+            # must not cut it short and leave the run without its last state.
+            run.second_interrupts = False
+            checkpoint = None
+            if run.needs_final_checkpoint(body.step):
+                score, healthy = body.final_score(metrics)
+                checkpoint = run.save_checkpoint(body.train_state(), score, healthy)
+        result = run.finish(body.step, body.updates, metrics, checkpoint)
+    finally:
+        body.close()
+    return result
