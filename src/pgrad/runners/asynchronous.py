@@ -56,15 +56,15 @@ from pgrad.checkpoint import (
     read_train_state,
 )
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, PgradError, TrainingHalted
+from pgrad.errors import CheckpointError, TrainingHalted
 from pgrad.faults import parse_fault
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, parameters_finite
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.rollout import EpisodeStats
-from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
-from pgrad.threads import set_threads
+from pgrad.runners import trunk
+from pgrad.runners.context import TrainResult, resident_memory_mb
 
 # ---- the coordinator ------------------------------------------------------------------------
 
@@ -124,10 +124,8 @@ class A3CRunner:
     ) -> None:
         self.config = config
         self.algo_config: A3CConfig = config.algo_config
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         probe = build_environment(config, algo_gamma(config), num_envs=1)  # env errors before any process starts
         self.adapter = probe.adapter
         # Statistics before any data, in case no worker reports before the first checkpoint.
@@ -151,16 +149,8 @@ class A3CRunner:
         self.eval_env: Environment | None = None
         self.eval_model: Any = None
 
-        resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
-        self.run.open(console, f"{config.algo} {config.env.id}")
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except PgradError:
-                self.close()  # a refused checkpoint leaves no file or environment open
-                raise
-        else:
-            self.run.started_event(f", {self.algo_config.num_workers} workers")
+        label, workers = f"{config.algo} {config.env.id}", f", {self.algo_config.num_workers} workers"
+        trunk.open_or_resume(self.run, console, label, self.load, self.close, workers)
 
     @property
     def stop_requested(self) -> bool:
@@ -457,8 +447,7 @@ class A3CRunner:
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
     def log_events(self, events: list[Event], step: int) -> None:
-        for event in events:
-            self.run.emit(event.kind, step, event.message, show=event.show, **event.data)
+        trunk.log_events(self.run, step, events)
 
     def carry_out(self, actions: list[Action], worker: int, payload: dict[str, Any], frozen: TrainState | None) -> None:
         step = int(payload.get("row_step", self.step))

@@ -20,6 +20,7 @@ has its own versions.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import traceback
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 import torch
 
-from pgrad import __version__
 from pgrad.builders import Environment, algo_gamma, build_environment, env_label, nominal_physics, one_line
 from pgrad.checkpoint import (
     TrainState,
@@ -94,27 +94,26 @@ def capture(
 ) -> TrainState:
     """The loop as a ``TrainState``: everything a resume needs to continue bit for bit."""
     python_state = random.getstate()
-    return TrainState(
-        algo=loop.config.algo,
-        step=loop.step,
-        updates=loop.updates,
-        elapsed_seconds=loop.run.elapsed(),
-        config=loop.config.to_dict(),
-        modules={name: module.state_dict() for name, module in loop.algo.modules().items()},
-        optimizers={name: optimizer.state_dict() for name, optimizer in loop.algo.optimizers().items()},
+    common = trunk.base_state(
+        loop.run,
+        loop.step,
+        loop.updates,
+        trunk.module_tensors(loop.algo.modules()),
+        loop.algo.optimizers(),
+        loop.guard,
+        loop.healthy_states.slots(),
+        loop.healthy_states.last_capture_step,
+    )
+    return dataclasses.replace(
+        common,
         collector=loop.collector.state_arrays(),
         normalizers=loop.collector.normalizer_state(),
-        rng_torch=torch.get_rng_state(),
         rng_numpy=dict(loop.rng.bit_generator.state),
         rng_python=[python_state[0], list(python_state[1]), python_state[2]],
         env_state=None if loop.inexact is not None else env_state.capture(loop.env.envs),
         episodes=loop.collector.episode_state(),
         algo_state=algo_state,
-        guard=loop.guard.state.to_dict(),
-        rollback_states=loop.healthy_states.slots(),
-        rollback_capture_step=loop.healthy_states.last_capture_step,
         replay=replay or {},
-        pgrad_version=__version__,
     )
 
 

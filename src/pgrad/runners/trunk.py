@@ -120,7 +120,7 @@ def base_state(
     optimizers: dict[str, torch.optim.Optimizer],
     guard: Guard | None = None,
     rollback_states: dict[str, LearnerState] | None = None,
-    rollback_capture_step: int = 0,
+    rollback_capture_step: int | None = None,
 ) -> TrainState:
     """The fields every family's checkpoint holds: algorithm, counters, elapsed time, config, weights,
     optimizer moments, the torch RNG, and (for guarded loops) the guard's state with its healthy states. A
