@@ -49,15 +49,16 @@ import torch
 from torch import Tensor, nn
 from transformers import GPT2LMHeadModel, GPT2Model
 
-from pgrad.lm.config import resolve_config
-from pgrad.lm.dpo_runner import DPORunner
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.model import RewardModel, sample, tiny_gpt2_config
 from pgrad.lm.reward import LearnedReward
-from pgrad.lm.rm_runner import RewardModelRunner, load_reward_model
-from pgrad.lm.runner import LMPPORunner
-from pgrad.lm.sft_runner import SFTRunner, load_sft_state
 from pgrad.lm.task import DigitsTask
+from pgrad.runners import trunk
+from pgrad.runners.lm_dpo import DPORunner
+from pgrad.runners.lm_ppo import LMPPORunner
+from pgrad.runners.lm_rm import RewardModelRunner, load_reward_model
+from pgrad.runners.lm_sft import SFTRunner, load_sft_state
+from pgrad.runs import resolve_config
 
 BATCH, MINIBATCH, EPOCHS, NEW_TOKENS = 64, 16, 4, 8
 LEARNING_RATE, KL_COEF, CLIP, VF_COEF, GAMMA, LAMBDA = 1e-3, 0.05, 0.2, 0.1, 1.0, 0.95
@@ -189,7 +190,7 @@ def timed(function: Any) -> tuple[float, float]:
 def bench_step(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench-lm-"))
-    config = resolve_config("lm_ppo", None, ["eval_every=0", "checkpoint_every=100000000"], 1, 10**9)
+    config = resolve_config("lm_ppo", None, None, ["eval_every=0", "checkpoint_every=100000000"], 1, 10**9)[0]
     runner = LMPPORunner(config, work / "ppo", console=False)
     task = runner.task
     # the same reward-model architecture on both sides (fresh weights: the cost, not the score, is measured)
@@ -200,7 +201,7 @@ def bench_step(args: argparse.Namespace) -> list[str]:
 
     def pgrad_guarded() -> None:
         metrics = runner.guarded_update()
-        runner.carry_out(runner.judge(metrics), metrics)
+        trunk.carry_out(runner, runner.judge(metrics))
         runner.history.append(metrics)
 
     def pgrad_bare() -> None:
@@ -326,12 +327,14 @@ class Pipeline:
 
 def pipeline(work: Path, seed: int, ensemble: bool) -> Pipeline:
     """SFT (8192 demonstrations) and the reward model (16384 pairs), the README's commands with ``seed``."""
-    SFTRunner(resolve_config("lm_sft", None, [], seed, None), work / "sft", console=False).train()
-    RewardModelRunner(resolve_config("lm_rm", None, [], seed, None), work / "rm", console=False).train()
+    SFTRunner(resolve_config("lm_sft", None, None, [], seed, None)[0], work / "sft", console=False).train()
+    RewardModelRunner(resolve_config("lm_rm", None, None, [], seed, None)[0], work / "rm", console=False).train()
     rm3 = None
     if ensemble:
         rm3 = work / "rm3"
-        RewardModelRunner(resolve_config("lm_rm", None, ["ensemble_size=3"], seed, None), rm3, console=False).train()
+        RewardModelRunner(
+            resolve_config("lm_rm", None, None, ["ensemble_size=3"], seed, None)[0], rm3, console=False
+        ).train()
     return Pipeline(work / "sft", work / "rm", rm3)
 
 
@@ -350,7 +353,7 @@ GRPO_SETS = ["advantage=grpo", "samples_per_prompt=4", "kl_penalty=loss", f"kl_c
 
 
 def ppo_run(name: str, work: Path, seed: int, sets: list[str], responses: int) -> tuple[dict[str, float], float, float]:
-    config = resolve_config("lm_ppo", None, ["eval_every=4096", *sets], seed, responses)
+    config = resolve_config("lm_ppo", None, None, ["eval_every=4096", *sets], seed, responses)[0]
     wall, cpu = time.perf_counter(), time.process_time()
     LMPPORunner(config, work / name, console=False).train()
     return last_eval(work / name), time.perf_counter() - wall, time.process_time() - cpu
@@ -510,7 +513,9 @@ def bench_table(args: argparse.Namespace) -> list[str]:
             if not rows:  # step 0 of the first run: the SFT model on the same held-out prompts and noise
                 rows.append(("SFT start", evaluations(work / name)[0], 0.0))
             rows.append((method, evaluation, wall))
-        dpo_config = resolve_config("lm_dpo", None, [f"init_from={pipe.sft}", "eval_every=4096"], seed, args.responses)
+        dpo_config = resolve_config(
+            "lm_dpo", None, None, [f"init_from={pipe.sft}", "eval_every=4096"], seed, args.responses
+        )[0]
         wall = time.perf_counter()
         DPORunner(dpo_config, work / "dpo", console=False).train()
         rows.append(("DPO", last_eval(work / "dpo"), time.perf_counter() - wall))

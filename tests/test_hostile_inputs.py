@@ -545,3 +545,20 @@ def test_a_checkpoint_too_large_to_read_back_is_refused_before_writing(tmp_path,
     with pytest.raises(CheckpointError, match="'env_state' alone is"):
         save_checkpoint(tmp_path / "step_0000000001", {"w": torch.ones(1)}, {"step": 1, "env_state": "x" * 2000})
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["resume"], ["lm", "resume"]])
+@pytest.mark.parametrize("name", ["metrics.jsonl", "config.yaml"])
+def test_language_model_resume_never_writes_through_a_symlink_out_of_the_run(capsys, tmp_path, command, name):
+    """The LM commands read a run folder through the same checks as 'pgrad resume' (one load_run_config)."""
+    pytest.importorskip("transformers")
+    run = tmp_path / "sft"
+    sets = ["--set", "eval_every=64", "--set", "eval_prompts=4", "--set", "demonstrations=64", "--set", "n_embd=16"]
+    assert main(["lm", "sft", "--total-steps", "64", "--run-dir", str(run), "--quiet", *sets]) == 0
+    target = tmp_path / "bashrc"
+    target.write_text("precious\n")
+    (run / name).unlink()
+    (run / name).symlink_to(target)
+    code, err = run_cli(capsys, *command, str(run), "--total-steps", "128", "--quiet")
+    one_line_error(code, err, f"{name} ('{name}') leads outside")
+    assert target.read_text() == "precious\n"

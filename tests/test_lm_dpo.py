@@ -12,9 +12,9 @@ pytest.importorskip("transformers")  # the lm extra
 from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.cli import main  # noqa: E402
 from pgrad.errors import ConfigError  # noqa: E402
-from pgrad.lm.config import resolve_config  # noqa: E402
-from pgrad.lm.dpo_runner import DPORunner  # noqa: E402
-from pgrad.lm.sft_runner import SFTRunner  # noqa: E402
+from pgrad.runners.lm_dpo import DPORunner  # noqa: E402
+from pgrad.runners.lm_sft import SFTRunner  # noqa: E402
+from pgrad.runs import resolve_config  # noqa: E402
 
 MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}
 SMALL = ["train_pairs=1024", "heldout_pairs=256", "eval_prompts=128"]
@@ -27,14 +27,14 @@ def rows(run_dir):
 
 
 def dpo_config(total, *sets):
-    return resolve_config("lm_dpo", None, [*SMALL, *sets], seed=3, total_steps=total)
+    return resolve_config("lm_dpo", None, None, [*SMALL, *sets], seed=3, total_steps=total)[0]
 
 
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sft") / "sft"
     sets = ["eval_every=1024", "demonstrations=1024", "eval_prompts=64"]
-    SFTRunner(resolve_config("lm_sft", None, sets, seed=3, total_steps=1024), run_dir, console=False).train()
+    SFTRunner(resolve_config("lm_sft", None, None, sets, seed=3, total_steps=1024)[0], run_dir, console=False).train()
     return run_dir
 
 

@@ -10,11 +10,11 @@ pytest.importorskip("transformers")  # the lm extra
 
 from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.lm.alerts import AlertThresholds, lm_alerts  # noqa: E402
-from pgrad.lm.config import resolve_config  # noqa: E402
 from pgrad.lm.losses import combine_ensemble  # noqa: E402
-from pgrad.lm.rm_runner import RewardModelRunner, bootstrap_indices, load_reward_model  # noqa: E402
-from pgrad.lm.runner import LMPPORunner  # noqa: E402
 from pgrad.monitor.doctor import explain_alerts  # noqa: E402
+from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
+from pgrad.runners.lm_rm import RewardModelRunner, bootstrap_indices, load_reward_model  # noqa: E402
+from pgrad.runs import resolve_config  # noqa: E402
 
 MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}
 SMALL = ["eval_every=128", "train_pairs=256", "heldout_pairs=128", "n_embd=32", "n_layer=1"]
@@ -26,7 +26,7 @@ def rows(run_dir):
 
 
 def rm_config(total, *sets, seed=5):
-    return resolve_config("lm_rm", None, [*SMALL, *sets], seed=seed, total_steps=total)
+    return resolve_config("lm_rm", None, None, [*SMALL, *sets], seed=seed, total_steps=total)[0]
 
 
 def test_bootstrap_resamples_differ_per_member_and_are_reproducible_by_seed():
@@ -112,7 +112,9 @@ def test_ppo_on_an_ensemble_logs_the_members_disagreement(tmp_path):
         rm_config(128, "ensemble_size=2", "n_embd=64", "n_layer=2"), tmp_path / "rm", console=False
     ).train()
     sets = ["checkpoint_every=64", "eval_every=0", "reward=model", f"reward_model={tmp_path / 'rm'}", "batch_size=32"]
-    LMPPORunner(resolve_config("lm_ppo", None, sets, seed=3, total_steps=64), tmp_path / "ppo", console=False).train()
+    LMPPORunner(
+        resolve_config("lm_ppo", None, None, sets, seed=3, total_steps=64)[0], tmp_path / "ppo", console=False
+    ).train()
     logged = [r for r in rows(tmp_path / "ppo") if "lm/kl" in r]
     print(f"PPO on an ensemble of 2: disagreement per update {[round(r['lm/rm_disagreement'], 4) for r in logged]}")
     assert len(logged) == 2 and all(r["lm/rm_disagreement"] > 0 for r in logged)

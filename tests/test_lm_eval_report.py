@@ -8,11 +8,11 @@ pytest.importorskip("transformers")  # the lm extra
 
 from pgrad.cli import main  # noqa: E402
 from pgrad.errors import ConfigError  # noqa: E402
-from pgrad.lm.config import resolve_config  # noqa: E402
 from pgrad.lm.eval_run import evaluate_run  # noqa: E402
-from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
-from pgrad.lm.runner import LMPPORunner  # noqa: E402
-from pgrad.lm.sft_runner import SFTRunner  # noqa: E402
+from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
+from pgrad.runners.lm_rm import RewardModelRunner  # noqa: E402
+from pgrad.runners.lm_sft import SFTRunner  # noqa: E402
+from pgrad.runs import resolve_config  # noqa: E402
 
 EVAL_KEYS = ("eval/true_score", "eval/rm_score", "eval/kl", "eval/kl_k3", "eval/response_length")
 
@@ -24,7 +24,7 @@ def rows(run_dir):
 @pytest.fixture(scope="module")
 def ppo_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("lm") / "ppo"
-    config = resolve_config("lm_ppo", None, ["eval_every=256", "eval_prompts=64"], seed=2, total_steps=256)
+    config = resolve_config("lm_ppo", None, None, ["eval_every=256", "eval_prompts=64"], seed=2, total_steps=256)[0]
     LMPPORunner(config, run_dir, console=False).train()
     return run_dir
 
@@ -61,14 +61,18 @@ def test_report_draws_the_language_model_panels_over_responses(ppo_dir):
 
 def test_eval_of_sft_and_the_reward_model_run(tmp_path, capsys):
     sft = tmp_path / "sft"
-    config = resolve_config("lm_sft", None, ["eval_every=128", "eval_prompts=32", "demonstrations=256"], 1, 128)
+    config = resolve_config("lm_sft", None, None, ["eval_every=128", "eval_prompts=32", "demonstrations=256"], 1, 128)[
+        0
+    ]
     SFTRunner(config, sft, console=False).train()
     last = rows(sft)[-1]
     metrics = evaluate_run(sft).metrics
     assert metrics["eval/true_score"] == last["eval/true_score"] and metrics["eval/kl"] == last["eval/kl"]
     assert metrics["eval/rm_score"] == metrics["eval/true_score"]  # no reward model: the true score
     rm = tmp_path / "rm"
-    rm_config = resolve_config("lm_rm", None, ["eval_every=128", "train_pairs=256", "heldout_pairs=64"], 1, 128)
+    rm_config = resolve_config("lm_rm", None, None, ["eval_every=128", "train_pairs=256", "heldout_pairs=64"], 1, 128)[
+        0
+    ]
     RewardModelRunner(rm_config, rm, console=False).train()
     scored = evaluate_run(sft, reward_model=rm)
     assert scored.metrics["eval/true_score"] == metrics["eval/true_score"]  # same samples, another scorer

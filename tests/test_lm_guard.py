@@ -14,15 +14,17 @@ from pgrad.cli import main  # noqa: E402
 from pgrad.config import GuardConfig  # noqa: E402
 from pgrad.errors import TrainingHalted  # noqa: E402
 from pgrad.lm.alerts import HACKING_RULES, AlertThresholds  # noqa: E402
-from pgrad.lm.config import resolve_config  # noqa: E402
-from pgrad.lm.runner import LM_GUARD_RULES, LMPPORunner, guard_alerts  # noqa: E402
 from pgrad.monitor.doctor import doctor  # noqa: E402
 from pgrad.monitor.guard import Guard, Rollback, Snapshot  # noqa: E402
+from pgrad.runners.lm_ppo import LM_GUARD_RULES, LMPPORunner, guard_alerts  # noqa: E402
+from pgrad.runs import resolve_config  # noqa: E402
 
 
 def config(total, *sets):
     # no evaluations, no checkpoints on the way: a rollback can only come from the healthy state in memory
-    return resolve_config("lm_ppo", None, ["eval_every=0", "checkpoint_every=100000", *sets], seed=3, total_steps=total)
+    return resolve_config(
+        "lm_ppo", None, None, ["eval_every=0", "checkpoint_every=100000", *sets], seed=3, total_steps=total
+    )[0]
 
 
 def events(run_dir):
@@ -187,10 +189,10 @@ def test_doctor_finds_reward_hacking_over_the_whole_run_from_the_held_out_evalua
 def test_resume_across_rollbacks_is_exact(tmp_path):
     # two drills: one rolled back before the interruption at 256, one after it, which rolls back to a healthy
     # state the checkpoint carried (``TrainState.rollback_states``); the guard's cut and its lifting resume too
-    from pgrad.lm.config import load_run_config
+    from pgrad.runs import load_run_config
 
     sets = ("eval_every=0", "checkpoint_every=64", "guard.inject=['lr_spike@128', 'lr_spike@320']")
-    drilled = resolve_config("lm_ppo", None, list(sets), seed=5, total_steps=448)
+    drilled = resolve_config("lm_ppo", None, None, list(sets), seed=5, total_steps=448)[0]
     LMPPORunner(drilled, tmp_path / "a", console=False).train()
     LMPPORunner(drilled, tmp_path / "b", console=False).train(stop_at_step=256)
     LMPPORunner(load_run_config(tmp_path / "b"), tmp_path / "b", resume=True, console=False).train()
@@ -209,7 +211,7 @@ def test_a_reward_hacking_rollback_goes_back_before_the_window_that_showed_it(tm
     # (2 updates back) holds weights from inside the window. A hacking alert raised here by hand at the 14th
     # update (step 896): its window's rows end at 320 ... 896, so the state to return to is the newest kept one at
     # or before 896 - 10 x 64 = 256: the one confirmed at 192 (states are captured every 128 responses).
-    import pgrad.lm.runner as runner_module
+    import pgrad.runners.lm_ppo as runner_module
     from pgrad.monitor.alerts import Alert
 
     real = runner_module.guard_alerts

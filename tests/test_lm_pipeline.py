@@ -12,10 +12,11 @@ pytest.importorskip("transformers")  # the lm extra
 from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.cli import main  # noqa: E402
 from pgrad.errors import ConfigError  # noqa: E402
-from pgrad.lm.config import LMPPOConfig, resolve_config  # noqa: E402
-from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
-from pgrad.lm.runner import LMPPORunner  # noqa: E402
-from pgrad.lm.sft_runner import SFTRunner  # noqa: E402
+from pgrad.lm.config import LMPPOConfig  # noqa: E402
+from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
+from pgrad.runners.lm_rm import RewardModelRunner  # noqa: E402
+from pgrad.runners.lm_sft import SFTRunner  # noqa: E402
+from pgrad.runs import resolve_config  # noqa: E402
 
 MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}  # not the run's own
 
@@ -26,7 +27,7 @@ def rows(run_dir):
 
 
 def config(total, *sets):
-    return resolve_config("lm_ppo", None, ["checkpoint_every=64", *sets], seed=3, total_steps=total)
+    return resolve_config("lm_ppo", None, None, ["checkpoint_every=64", *sets], seed=3, total_steps=total)[0]
 
 
 def test_sft_then_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_stays_bounded(tmp_path):
@@ -34,10 +35,14 @@ def test_sft_then_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_sta
     pairs, then PPO from the SFT model (also the reference) on the reward model's score. The true score is
     what the learner never sees; it must rise clearly above the SFT model's."""
     started = time.perf_counter()
-    sft_config = resolve_config("lm_sft", None, ["eval_every=2048", "demonstrations=2048"], seed=3, total_steps=2048)
+    sft_config = resolve_config(
+        "lm_sft", None, None, ["eval_every=2048", "demonstrations=2048"], seed=3, total_steps=2048
+    )[0]
     SFTRunner(sft_config, tmp_path / "sft", console=False).train()
     sft_rows = rows(tmp_path / "sft")
-    rm_config = resolve_config("lm_rm", None, ["eval_every=1024", "train_pairs=2048"], seed=3, total_steps=3072)
+    rm_config = resolve_config("lm_rm", None, None, ["eval_every=1024", "train_pairs=2048"], seed=3, total_steps=3072)[
+        0
+    ]
     RewardModelRunner(rm_config, tmp_path / "rm", console=False).train()
     rm_rows = rows(tmp_path / "rm")
     before_ppo = time.perf_counter()
@@ -72,7 +77,7 @@ def test_sft_then_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_sta
 
 
 def test_ppo_refuses_an_sft_model_of_another_shape(tmp_path):
-    sft_config = resolve_config("lm_sft", None, ["n_embd=32", "eval_every=64", "eval_prompts=8"], 1, 64)
+    sft_config = resolve_config("lm_sft", None, None, ["n_embd=32", "eval_every=64", "eval_prompts=8"], 1, 64)[0]
     SFTRunner(sft_config, tmp_path / "sft", console=False).train()
     with pytest.raises(ConfigError, match=r"lm_ppo.n_embd must be 32, the value of the SFT model in .*; got 64"):
         LMPPORunner(config(64, f"init_from={tmp_path / 'sft'}"), tmp_path / "ppo", console=False)
@@ -82,7 +87,7 @@ def test_ppo_refuses_an_sft_model_of_another_shape(tmp_path):
 
 
 def test_ppo_refuses_a_reward_model_built_for_shorter_responses(tmp_path):
-    rm_config = resolve_config("lm_rm", None, ["max_new_tokens=4", "eval_every=64"], seed=1, total_steps=64)
+    rm_config = resolve_config("lm_rm", None, None, ["max_new_tokens=4", "eval_every=64"], seed=1, total_steps=64)[0]
     RewardModelRunner(rm_config, tmp_path / "rm", console=False).train()
     ppo_config = config(64, "reward=model", f"reward_model={tmp_path / 'rm'}")
     with pytest.raises(ConfigError, match=r"lm_ppo.max_new_tokens must be <= 4, the longest response .*; got 8"):
@@ -147,7 +152,9 @@ def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(tmp_path):
 
 def test_reward_model_resume_is_exact(tmp_path):
     def rm_config():
-        return resolve_config("lm_rm", None, ["eval_every=64", "checkpoint_every=64", "heldout_pairs=64"], 2, 192)
+        return resolve_config(
+            "lm_rm", None, None, ["eval_every=64", "checkpoint_every=64", "heldout_pairs=64"], 2, 192
+        )[0]
 
     RewardModelRunner(rm_config(), tmp_path / "a", console=False).train()
     RewardModelRunner(rm_config(), tmp_path / "b", console=False).train(stop_at_step=128)
@@ -195,7 +202,7 @@ def test_config_errors_are_one_line_naming_the_field():
     with pytest.raises(ConfigError, match="lm_ppo.temperature must be > 0"):
         LMPPOConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="unknown key 'lm_ppo.clip'"):
-        resolve_config("lm_ppo", None, ["lm_ppo.clip=0.1"], None, None)
+        resolve_config("lm_ppo", None, None, ["lm_ppo.clip=0.1"], None, None)[0]
 
 
 def test_cli_trains_and_resumes(tmp_path, capsys):

@@ -10,13 +10,14 @@ pytest.importorskip("transformers")  # the lm extra
 
 from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.errors import ConfigError  # noqa: E402
-from pgrad.lm.config import LMPPOConfig, resolve_config  # noqa: E402
+from pgrad.lm.config import LMPPOConfig  # noqa: E402
 from pgrad.lm.eval_run import evaluate_run  # noqa: E402
 from pgrad.lm.losses import masked_mean  # noqa: E402
 from pgrad.lm.model import PolicyWithValue, join, tiny_gpt2_config  # noqa: E402
-from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
-from pgrad.lm.runner import LMPPORunner  # noqa: E402
 from pgrad.lm.task import DigitsTask  # noqa: E402
+from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
+from pgrad.runners.lm_rm import RewardModelRunner  # noqa: E402
+from pgrad.runs import resolve_config  # noqa: E402
 
 
 def rows(run_dir):
@@ -24,13 +25,17 @@ def rows(run_dir):
 
 
 def config(total, *sets):
-    return resolve_config("lm_ppo", None, ["eval_every=0", "checkpoint_every=100000", *sets], seed=4, total_steps=total)
+    return resolve_config(
+        "lm_ppo", None, None, ["eval_every=0", "checkpoint_every=100000", *sets], seed=4, total_steps=total
+    )[0]
 
 
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("lm") / "rm"
-    rm_config = resolve_config("lm_rm", None, ["eval_every=128", "train_pairs=256", "heldout_pairs=64"], 1, 128)
+    rm_config = resolve_config("lm_rm", None, None, ["eval_every=128", "train_pairs=256", "heldout_pairs=64"], 1, 128)[
+        0
+    ]
     RewardModelRunner(rm_config, run_dir, console=False).train()
     return run_dir
 
@@ -89,8 +94,8 @@ def test_value_head_options_are_checked():
 
 def test_a_reward_model_of_another_shape_cannot_start_the_critic(tmp_path):
     rm_config = resolve_config(
-        "lm_rm", None, ["n_embd=32", "eval_every=64", "train_pairs=64", "heldout_pairs=8"], 1, 64
-    )
+        "lm_rm", None, None, ["n_embd=32", "eval_every=64", "train_pairs=64", "heldout_pairs=8"], 1, 64
+    )[0]
     RewardModelRunner(rm_config, tmp_path / "rm32", console=False).train()
     sets = ("reward=model", f"reward_model={tmp_path / 'rm32'}", "critic=separate", "init_value_from_rm=true")
     with pytest.raises(

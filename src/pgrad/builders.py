@@ -112,6 +112,8 @@ def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorit
     """The algorithm's learner, its model on ``run.device`` (the acting policy stays NumPy on the CPU);
     an action space the algorithm does not support (a discrete env for SAC) is one line naming both."""
     spec = get_algorithm(config.algo)
+    if spec.build is None:  # the runners of pgrad.runners.lm_* build their model themselves
+        raise ConfigError(f"algorithm '{config.algo}' trains a language model, not a policy for an environment")
     if adapter.action.kind not in spec.action_kinds:
         raise ConfigError(
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "

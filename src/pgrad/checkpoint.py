@@ -134,23 +134,26 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-# Everything pgrad reads or writes at the top of a run folder. A received folder may hold any of them
-# as a symlink to a file elsewhere, which a resume would then overwrite or append to.
-RUN_FOLDER_ENTRIES = (
+# Everything pgrad writes at the top of a run folder: the one list. ``--overwrite`` deletes these (and nothing
+# else); a received folder may hold any of them as a symlink to a file elsewhere, which a resume would then
+# overwrite or append to, so ``check_run_folder`` refuses a link out for each.
+RUN_FILES = (
     "config.yaml",
     "metrics.jsonl",
     "events.jsonl",
-    "tb",
+    "randomization.jsonl",  # domain randomisation's draws (pgrad.envs.randomize)
     "checkpoints",
+    "tb",
+    "report",
     "halt_trajectories.npz",
     "halt_batch.npz",
-    "report",
+    "spaces.json",  # written by pgrad.api's learn
 )
 
 
 def check_run_folder(run_dir: Path) -> None:
     """Every entry pgrad uses in ``run_dir`` resolves inside it (see ``inside_run``)."""
-    for name in RUN_FOLDER_ENTRIES:
+    for name in RUN_FILES:
         inside_run(Path(run_dir), name, name)
 
 

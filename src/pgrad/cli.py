@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,33 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an agent")
     train.add_argument("algo", help="algorithm name (see 'pgrad list')")
     train.add_argument("--env", help="Gymnasium id or entry point 'module:Class'")
-    train.add_argument("--config", type=Path, help="YAML file with env:, run: and <algo>: sections")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--total-steps", type=int)
-    train.add_argument("--run-dir", type=Path)
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start in a --run-dir that is not empty: first delete an earlier run's files there "
-        "(config.yaml, metrics.jsonl, events.jsonl, checkpoints/, tb/, report/, halt_*.npz); other files are kept",
-    )
+    _run_flags(train, "YAML file with env:, run: and <algo>: sections", "total env steps (all envs together)")
     train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
-    train.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     train.add_argument(
         "--backend", choices=["local", "ray"], help="where rollouts are collected (run.backend; ray needs pgrad[ray])"
     )
     train.add_argument("--workers", type=int, help="Ray rollout workers (ray.workers)")
     train.add_argument("--address", help="HOST:PORT of a Ray cluster to join (ray.address; default: a local Ray)")
-    train.add_argument(
-        "--inject",
-        action="append",
-        default=[],
-        metavar="KIND@STEP[:DURATION]",
-        help="fault drill (repeatable): lr_spike@20000, nan_grad@15000, reward_flip@10000:5000",
-    )
+    _inject_flag(train, "lr_spike@20000, nan_grad@15000, reward_flip@10000:5000")
 
-    resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume = sub.add_parser(
+        "resume", help="continue a run (any algorithm, language models too) from its latest checkpoint"
+    )
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
@@ -143,51 +127,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lm_parser(sub: argparse._SubParsersAction) -> None:
-    lm = sub.add_parser("lm", help="language models (RLHF): PPO on a causal LM (needs pgrad[lm])")
-    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
-    ppo = lm_sub.add_parser("ppo", help="PPO with a value head and a per-token KL penalty to the initial weights")
-    ppo.add_argument("--config", type=Path, help="YAML file with run: and lm_ppo: sections")
-    ppo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
-    ppo.add_argument("--seed", type=int)
-    ppo.add_argument("--total-steps", type=int, help="responses to sample in all (default: 4096)")
-    ppo.add_argument("--run-dir", type=Path)
-    ppo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
-    ppo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    ppo.add_argument(
+def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: str) -> None:
+    """The flags every command that starts a run takes (train and the language-model commands)."""
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--total-steps", type=int, help=steps_help)
+    parser.add_argument("--run-dir", type=Path)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start in a --run-dir that is not empty: first delete an earlier run's files there "
+        "(config.yaml, metrics.jsonl, events.jsonl, checkpoints/, tb/, report/, halt_*.npz); other files are kept",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _inject_flag(parser: argparse.ArgumentParser, examples: str) -> None:
+    parser.add_argument(
         "--inject",
         action="append",
         default=[],
         metavar="KIND@STEP[:DURATION]",
-        help="fault drill (repeatable; STEP counts responses): lr_spike@512, nan_grad@256, reward_flip@512:256",
+        help=f"fault drill (repeatable): {examples}",
     )
-    rm = lm_sub.add_parser("rm", help="train a reward model on the task's preference pairs (Bradley-Terry)")
-    rm.add_argument("--config", type=Path, help="YAML file with run: and lm_rm: sections")
-    rm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
-    rm.add_argument("--seed", type=int)
-    rm.add_argument("--total-steps", type=int, help="preference pairs to train on in all (default: 16384)")
-    rm.add_argument("--run-dir", type=Path)
-    rm.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
-    rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    sft = lm_sub.add_parser("sft", help="supervised fine-tuning on the task's demonstrations")
-    sft.add_argument("--config", type=Path, help="YAML file with run: and lm_sft: sections")
-    sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
-    sft.add_argument("--seed", type=int)
-    sft.add_argument("--total-steps", type=int, help="demonstrations to train on in all (default: 8192)")
-    sft.add_argument("--run-dir", type=Path)
-    sft.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
-    sft.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    dpo = lm_sub.add_parser("dpo", help="Direct Preference Optimization on the task's preference pairs")
-    dpo.add_argument("--config", type=Path, help="YAML file with run: and lm_dpo: sections")
-    dpo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field")
-    dpo.add_argument("--seed", type=int)
-    dpo.add_argument("--total-steps", type=int, help="preference pairs to train on in all (default: 8192)")
-    dpo.add_argument("--run-dir", type=Path)
-    dpo.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --run-dir")
-    dpo.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    resume = lm_sub.add_parser("resume", help="continue an lm ppo, rm, sft or dpo run from its latest checkpoint")
+
+
+# pgrad lm COMMAND -> (algorithm, help, what run.total_steps counts with its default)
+LM_COMMANDS = {
+    "sft": ("lm_sft", "supervised fine-tuning on the task's demonstrations", "demonstrations (default: 8192)"),
+    "rm": ("lm_rm", "train a reward model on the task's preference pairs (Bradley-Terry)", "pairs (default: 16384)"),
+    "ppo": (
+        "lm_ppo",
+        "PPO with a value head and a per-token KL penalty to the initial weights (or RLOO / GRPO)",
+        "responses (default: 4096)",
+    ),
+    "dpo": ("lm_dpo", "Direct Preference Optimization on the task's preference pairs", "pairs (default: 8192)"),
+}
+
+
+def _lm_parser(sub: argparse._SubParsersAction) -> None:
+    lm = sub.add_parser("lm", help="language models (RLHF): SFT, reward models, PPO, DPO (needs pgrad[lm])")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
+    for command, (algo, summary, counted) in LM_COMMANDS.items():
+        parser = lm_sub.add_parser(command, help=summary)
+        _run_flags(parser, f"YAML file with run: and {algo}: sections", f"{counted} to train on in all")
+        if algo == "lm_ppo":
+            _inject_flag(parser, "lr_spike@512, nan_grad@256, reward_flip@512:256 (STEP counts responses)")
+    resume = lm_sub.add_parser("resume", help="the same as 'pgrad resume' (kept for scripts written before it)")
     resume.add_argument("run_dir", type=Path)
-    resume.add_argument("--total-steps", type=int, help="new total of responses (extends a finished run)")
+    resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
 
 
@@ -226,40 +215,49 @@ def _print_summary(result, config, preset_source: str | None) -> None:
     Console().print(table)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: bool, sets: list[str]) -> int:
+    """Resolve the config of a new run, run it through its algorithm's runner, and print what it did."""
     from pgrad.runners import runner_for
     from pgrad.runs import default_run_dir, resolve_config
 
-    sets = args.set + ([f"guard.inject={args.inject!r}"] if args.inject else [])
-    # the Ray flags are spellings of config fields: they go through the same validation as --set
-    for flag, key in ((args.backend, "run.backend"), (args.workers, "ray.workers"), (args.address, "ray.address")):
-        if flag is not None:
-            sets.append(f"{key}={flag}")
+    sets = sets + ([f"guard.inject={args.inject!r}"] if getattr(args, "inject", None) else [])
     config, preset_source = resolve_config(
-        args.algo, args.env, args.config, sets, args.seed, args.total_steps, use_preset=not args.no_preset
+        algo, env_id, args.config, sets, args.seed, args.total_steps, use_preset=use_preset
     )
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
     trainer = runner_for(config)(config, run_dir, console=not args.quiet, overwrite=args.overwrite)
-    result = trainer.train()
-    if not args.quiet:
-        _print_summary(result, config, preset_source)
+    return _finish(trainer, trainer.train(), config, preset_source, args.quiet)
+
+
+def _finish(trainer, result, config, preset_source: str | None, quiet: bool) -> int:
+    if not quiet:
+        if config.algo.startswith("lm_"):
+            _print_lm_summary(result, config)
+        else:
+            _print_summary(result, config, preset_source)
     print(f"run folder: {result.run_dir}")
     return 130 if trainer.stop_requested else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    sets = list(args.set)
+    # the Ray flags are spellings of config fields: they go through the same validation as --set
+    for flag, key in ((args.backend, "run.backend"), (args.workers, "ray.workers"), (args.address, "ray.address")):
+        if flag is not None:
+            sets.append(f"{key}={flag}")
+    return _start(args, args.algo, args.env, not args.no_preset, sets)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    """Continue any run folder, language models included (``pgrad lm resume`` is the same command)."""
     from pgrad.runners import runner_for
     from pgrad.runs import load_run_config
 
-    config = load_run_config(args.run_dir, args.total_steps, args.trust_env_code)
+    config = load_run_config(args.run_dir, args.total_steps, getattr(args, "trust_env_code", False))
     trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
-    result = trainer.train()
-    if not args.quiet:
-        _print_summary(result, config, None)
-    print(f"run folder: {result.run_dir}")
-    return 130 if trainer.stop_requested else 0
+    return _finish(trainer, trainer.train(), config, None, args.quiet)
 
 
 def _lm_available() -> None:
@@ -270,42 +268,18 @@ def _lm_available() -> None:
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:
-    _lm_available()
-    from pgrad.lm.config import ALGO, DPO_ALGO, RM_ALGO, SFT_ALGO, load_run_config, resolve_config
-    from pgrad.lm.dpo_runner import DPORunner
-    from pgrad.lm.rm_runner import RewardModelRunner
-    from pgrad.lm.runner import LMPPORunner
-    from pgrad.lm.sft_runner import SFTRunner
-
-    runners: dict[str, type[LMPPORunner] | type[RewardModelRunner] | type[SFTRunner] | type[DPORunner]] = {
-        ALGO: LMPPORunner,
-        RM_ALGO: RewardModelRunner,
-        SFT_ALGO: SFTRunner,
-        DPO_ALGO: DPORunner,
-    }
     if args.lm_command == "resume":
-        config = load_run_config(args.run_dir, args.total_steps)
-        runner = runners[config.algo](config, args.run_dir, resume=True, console=not args.quiet)
-    else:
-        algo = {"ppo": ALGO, "rm": RM_ALGO, "sft": SFT_ALGO, "dpo": DPO_ALGO}[args.lm_command]
-        sets = args.set + ([f"guard.inject={args.inject!r}"] if getattr(args, "inject", None) else [])
-        config = resolve_config(algo, args.config, sets, args.seed, args.total_steps)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = args.run_dir or Path("runs") / f"{algo}-{config.env.id}-s{config.run.seed}-{stamp}"
-        runner = runners[algo](config, run_dir, console=not args.quiet, overwrite=args.overwrite)
-    result = runner.train()
-    if not args.quiet:
-        metrics = result.last_metrics
-        unit = {ALGO: "responses", RM_ALGO: "pairs", SFT_ALGO: "demonstrations", DPO_ALGO: "pairs"}[config.algo]
-        print(
-            f"{config.algo} on {config.env.id}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s"
-        )
-        for key in sorted(k for k in metrics if k.startswith("eval/")):
-            print(f"  {key:<26} {metrics[key]:.4g}")
-        if result.interrupted:
-            print(f"stopped early; continue with: pgrad lm resume {result.run_dir}")
-    print(f"run folder: {result.run_dir}")
-    return 130 if runner.stop_requested else 0
+        return _cmd_resume(args)
+    return _start(args, LM_COMMANDS[args.lm_command][0], None, False, list(args.set))
+
+
+def _print_lm_summary(result, config) -> None:
+    unit = {"lm_ppo": "responses", "lm_rm": "pairs", "lm_sft": "demonstrations", "lm_dpo": "pairs"}[config.algo]
+    print(f"{config.algo} on {config.env.id}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s")
+    for key in sorted(k for k in result.last_metrics if k.startswith("eval/")):
+        print(f"  {key:<26} {result.last_metrics[key]:.4g}")
+    if result.interrupted:
+        print(f"stopped early; continue with: pgrad resume {result.run_dir}")
 
 
 def _lm_run(run_dir: Path) -> bool:
@@ -385,7 +359,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig, field_docs
-    from pgrad.lm.config import ALGO, CONFIG_CLASSES, DPO_ALGO, LM_GUARD_DEFAULTS, RM_ALGO, SFT_ALGO
+    from pgrad.lm.config import LM_GUARD_DEFAULTS
     from pgrad.presets import PATTERN_PRESETS, PRESETS
     from pgrad.registry import ALGORITHMS
 
@@ -395,7 +369,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"    {name:<30} {default!s:<14} {doc}")
 
     print("algorithms:")
-    for spec in ALGORITHMS.values():
+    for spec in (spec for spec in ALGORITHMS.values() if not spec.language_model):
         print(f"\n{spec.name}: {spec.summary} (actions: {', '.join(spec.action_kinds)})")
         section(spec.name, spec.config_cls)
     print("\nshared sections:")
@@ -404,9 +378,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     section("guard", GuardConfig)
     section("ray", RayConfig)
     print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
-    for command, name in (("sft", SFT_ALGO), ("rm", RM_ALGO), ("ppo", ALGO), ("dpo", DPO_ALGO)):
-        print(f"\npgrad lm {command}:")
-        section(name, CONFIG_CLASSES[name])
+    for command, (name, _, _) in LM_COMMANDS.items():
+        print(f"\npgrad lm {command}: {ALGORITHMS[name].summary}")
+        section(name, ALGORITHMS[name].config_cls)
     guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
     print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
     print("\npresets (applied when --env matches; --no-preset to skip):")

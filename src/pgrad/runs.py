@@ -25,30 +25,45 @@ from pgrad.errors import ConfigError
 from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
 
+SHARED_SECTIONS: dict[str, type] = {"env": EnvConfig, "run": RunConfig, "guard": GuardConfig, "ray": RayConfig}
+
 
 def sections_for(algo: str) -> dict[str, type]:
-    return {
-        "env": EnvConfig,
-        "run": RunConfig,
-        algo: get_algorithm(algo).config_cls,
-        "guard": GuardConfig,
-        "ray": RayConfig,
-    }
+    """The sections a config file or ``--set`` may hold for ``algo``, in the order a bare ``--set`` key is
+    looked up: every shared one for an environment algorithm; ``run`` and its own (and ``guard`` for lm_ppo)
+    for a language-model one."""
+    spec = get_algorithm(algo)
+    return {name: spec.config_cls if name == algo else SHARED_SECTIONS[name] for name in spec.section_names()}
 
 
 def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
+    """A ``TrainConfig`` from its sections (a saved config.yaml, or the merged layers of ``resolve_config``).
+
+    A language-model run's ``env`` is its task (``env.id`` = the section's ``task``, one copy): a saved one
+    must name the same task. Its ``guard`` section may be read back from a saved config (the default levels
+    are written with it) even where the user may not set one."""
+    spec = get_algorithm(algo)
     sections = sections_for(algo)
+    readable = {*sections, "env", "guard"} if spec.language_model else set(sections)
     for key in data:
-        if key != "algo" and key not in sections:
+        if key != "algo" and key not in readable:
             # a nested section written at the top (randomize: instead of env: {randomize: ...}): say where it goes
             owners = [name for name, cls in sections.items() if name_in(cls, str(key))]
             hint = f"; '{key}' belongs under '{owners[0]}:'" if len(owners) == 1 else ""
             raise ConfigError(f"unknown section '{key}' (allowed: {', '.join(sections)}){hint}")
+    algo_config = build(spec.config_cls, data.get(algo, {}), algo)
+    if spec.language_model:
+        env = EnvConfig(id=algo_config.task, num_envs=1)
+        saved_env = data.get("env") or {}
+        if saved_env.get("id", env.id) != env.id:
+            raise ConfigError(f"env.id of a language-model run is its task ('{env.id}'); got {saved_env.get('id')!r}")
+    else:
+        env = build(EnvConfig, data.get("env", {}), "env")
     return TrainConfig(
         algo=algo,
-        env=build(EnvConfig, data.get("env", {}), "env"),
+        env=env,
         run=build(RunConfig, data.get("run", {}), "run"),
-        algo_config=build(sections[algo], data.get(algo, {}), algo),
+        algo_config=algo_config,
         guard=build(GuardConfig, data.get("guard", {}), "guard"),
         ray=build(RayConfig, data.get("ray", {}), "ray"),
     )
@@ -69,6 +84,8 @@ def resolve_config(
     nested dict) < --set < flags. Returns the config and the preset's source. ``check_env=False``:
     env.id only labels an env handed over as a Python object (``pgrad.envs.sources``), nothing builds it."""
     spec = get_algorithm(algo)
+    if spec.language_model and env_id is not None:
+        raise ConfigError(f"algorithm '{algo}' trains a language model on its task ({algo}.task); it takes no --env")
     file_layer = load_yaml(config_file) if config_file is not None else {}
     if "algo" in file_layer and file_layer["algo"] != algo:
         raise ConfigError(f"config file {config_file} is for algorithm '{file_layer['algo']}', not '{algo}'")
@@ -89,11 +106,11 @@ def resolve_config(
     if total_steps is not None:
         flag_layer["run"]["total_steps"] = total_steps
     chosen_env = merge(file_layer, set_layer, flag_layer).get("env", {}).get("id", EnvConfig().id)
-    preset = preset_for(algo, chosen_env) if use_preset else None
-    algo_layer = {"env": {"num_envs": spec.num_envs}} if spec.num_envs is not None else {}
+    preset = preset_for(algo, chosen_env) if use_preset and not spec.language_model else None
+    algo_layer = {section: dict(values) for section, values in spec.defaults.items()}
     layers = merge(algo_layer, preset.values if preset else {}, file_layer, set_layer, flag_layer)
     config = config_from_dict(layers, algo)
-    if check_env:
+    if check_env and not spec.language_model:
         check_env_id(config.env.id)
     return config, preset.source if preset else None
 
@@ -115,6 +132,7 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
     algo = data.get("algo")
     if not isinstance(algo, str):
         raise ConfigError(f"{path} does not name its algorithm")
+    get_algorithm(algo)  # an unknown name: one line listing the allowed ones
     if total_steps is not None:
         data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
     if algo in data:  # saved before the nested network/optimizer sections

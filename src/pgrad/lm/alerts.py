@@ -3,7 +3,7 @@
 Each rule judges the newest row (with the rows before it for context) and names the field that set
 its threshold. The rules that compare a window of rows (reward hacking, disagreement) read only the rows
 since the guard's last rollback (``diagnostics/recoveries`` unchanged): the rows before it belong to
-weights the rollback threw away. ``pgrad.lm.runner.guard_alerts`` hands them to the shared guard
+weights the rollback threw away. ``pgrad.runners.lm_ppo.guard_alerts`` hands them to the shared guard
 (``Guard.observe``), which logs them and, with ``lm_ppo.rollback_on_alert``, rolls back on the critical ones.
 
 - ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy

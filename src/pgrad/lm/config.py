@@ -1,21 +1,19 @@
-"""The ``lm_ppo``, ``lm_rm``, ``lm_sft`` and ``lm_dpo`` config sections; how an LM run's config is resolved and read.
+"""The ``lm_ppo``, ``lm_rm``, ``lm_sft`` and ``lm_dpo`` config sections and their defaults for the shared ones.
 
-An LM run is a ``TrainConfig`` like any other (so ``RunContext`` owns its folder, logs and checkpoints):
-``algo: lm_ppo``, ``lm_rm``, ``lm_sft`` or ``lm_dpo``, the shared ``run`` section (``run.total_steps``
-counts sampled responses for PPO, trained preference pairs for the reward model and DPO, demonstrations for SFT), the
-algorithm's section below, and an ``env`` section whose ``id`` names the task (``digits``).
-Precedence: defaults < ``RUN_DEFAULTS`` < ``--config`` file < ``--set`` < flags.
+An LM run is a ``TrainConfig`` like any other, resolved and read back by the same ``pgrad.runs`` as every
+algorithm (the registry names these classes): ``algo: lm_ppo``, ``lm_rm``, ``lm_sft`` or ``lm_dpo``, the
+shared ``run`` section (``run.total_steps`` counts sampled responses for PPO, trained preference pairs for
+the reward model and DPO, demonstrations for SFT), the algorithm's section below, and an ``env`` section
+whose ``id`` names the task (``digits``). Precedence: defaults < ``RUN_DEFAULTS`` (and lm_ppo's
+``LM_GUARD_DEFAULTS``) < ``--config`` file < ``--set`` < flags.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pgrad.config import Checked, EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, param
-from pgrad.config import parse_set as parse_set_items
-from pgrad.errors import ConfigError
+from pgrad.config import Checked, param
 
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
@@ -327,58 +325,3 @@ RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     SFT_ALGO: {"total_steps": 8192, "checkpoint_every": 4096, "tensorboard": False},
     DPO_ALGO: {"total_steps": 8192, "checkpoint_every": 4096, "tensorboard": False},
 }
-
-
-def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
-    """The run's config from its sections (``run`` and the algorithm's; ``env`` and ``guard`` as saved)."""
-    allowed = {"algo", "env", "guard", "run", algo}
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"unknown section '{key}' (allowed: run, {algo})")
-    if data.get("algo", algo) != algo:
-        raise ConfigError(f"config is for algorithm '{data['algo']}', not '{algo}'")
-    algo_config = build(CONFIG_CLASSES[algo], data.get(algo, {}), algo)
-    guard_data = data.get("guard") or {}
-    if algo == ALGO:
-        guard_data = {**LM_GUARD_DEFAULTS, **guard_data}
-    env = EnvConfig(id=algo_config.task, num_envs=1)
-    saved_env = data.get("env")
-    if saved_env is not None and saved_env.get("id", env.id) != env.id:
-        raise ConfigError(f"env.id of an LM run is its task ('{env.id}'); got {saved_env.get('id')!r}")
-    return TrainConfig(
-        algo=algo,
-        env=env,
-        run=build(RunConfig, data.get("run", {}), "run"),
-        algo_config=algo_config,
-        guard=build(GuardConfig, guard_data, "guard"),
-    )
-
-
-def resolve_config(
-    algo: str, config_file: Path | None, sets: list[str], seed: int | None, total_steps: int | None
-) -> TrainConfig:
-    file_layer = load_yaml(config_file) if config_file is not None else {}
-    flags: dict[str, Any] = {}
-    if seed is not None:
-        flags["seed"] = seed
-    if total_steps is not None:
-        flags["total_steps"] = total_steps
-    sections: dict[str, type] = {"run": RunConfig, algo: CONFIG_CLASSES[algo]}
-    if algo == ALGO:
-        sections["guard"] = GuardConfig  # rollback and halt act on PPO's updates
-    layers = merge({"run": RUN_DEFAULTS[algo]}, file_layer, parse_set_items(sets, sections), {"run": flags})
-    return config_from_dict(layers, algo)
-
-
-def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfig:
-    """The config an LM run folder was started with (optionally with a new total)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a pgrad run folder (no config.yaml)")
-    data = load_yaml(path)
-    algo = data.get("algo")
-    if algo not in CONFIG_CLASSES:
-        raise ConfigError(f"{run_dir} holds a '{algo}' run, not a language-model run ({', '.join(CONFIG_CLASSES)})")
-    if total_steps is not None:
-        data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
-    return config_from_dict(data, str(algo))

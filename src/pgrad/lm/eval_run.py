@@ -19,14 +19,15 @@ from transformers import GPT2LMHeadModel
 
 from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.errors import ConfigError
-from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig, load_run_config
+from pgrad.lm.build import add_lora, build_lm, build_policy, build_task
+from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.model import AdapterDisabled
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
-from pgrad.lm.rm_runner import load_reward_model
-from pgrad.lm.runner import add_lora, build_policy, build_scorer, build_task
-from pgrad.lm.sft_runner import build_lm
 from pgrad.lm.task import DigitsTask
+from pgrad.runners.lm_ppo import build_scorer
+from pgrad.runners.lm_rm import load_reward_model
+from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
 
 EVAL_SEED_OFFSET = 1  # the runs' own evaluations use run.seed + 1 (lm_ppo, lm_sft, lm_dpo)

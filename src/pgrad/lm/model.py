@@ -21,6 +21,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from pgrad.lm.losses import last_token_index, token_logprobs
 
+# The causal language model a run trains: the name the loops use, so that only pgrad.lm imports transformers.
+CausalLM = GPT2LMHeadModel
+
 
 def tiny_gpt2_config(
     vocab_size: int, n_positions: int, n_layer: int = 2, n_embd: int = 64, n_head: int = 4

@@ -4,7 +4,12 @@
 - ``asynchronous``: A3C's coordinator and its Hogwild workers;
 - ``off_policy``: DDPG, TD3 and SAC: act, store in the replay buffer, sampled gradient steps;
 - ``actor_learner``: IMPALA: the on-policy loop with the asynchronous Ray actors' collector
-  (``pgrad.runners.ray_backend``); ``run.backend: ray`` puts any on-policy algorithm's rollouts on Ray workers.
+  (``pgrad.runners.ray_backend``); ``run.backend: ray`` puts any on-policy algorithm's rollouts on Ray workers;
+- ``lm_ppo``: PPO, RLOO and GRPO on a language model (``pgrad.runners.lm_ppo``);
+- ``lm_rows``: the row-by-row language-model trainers: SFT, reward models, DPO (``pgrad.runners.lm_sft``,
+  ``lm_rm``, ``lm_dpo``; they need pgrad[lm]).
+
+Every loop is a body driven by the trunk's prologue and loop skeleton (``pgrad.runners.trunk``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgrad.config import TrainConfig
+from pgrad.errors import PgradError
 from pgrad.registry import get_algorithm
 
 
@@ -19,6 +25,8 @@ def runner_for(config: TrainConfig) -> Any:
     """The runner class for the config's algorithm, chosen by its kind (imported on demand, so a
     command that runs PPO never imports the multiprocessing machinery of A3C)."""
     kind = get_algorithm(config.algo).kind
+    if kind in ("lm_ppo", "lm_rows"):
+        return _language_model_runner(config.algo)
     if kind == "asynchronous":
         from pgrad.runners.asynchronous import A3CRunner
 
@@ -30,3 +38,23 @@ def runner_for(config: TrainConfig) -> Any:
     from pgrad.runners.on_policy import OnPolicyRunner
 
     return OnPolicyRunner
+
+
+def _language_model_runner(algo: str) -> Any:
+    """The runner of a language-model algorithm; transformers missing is one line naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:  # found, not imported: only the LM modules import it
+        raise PgradError("language models need transformers: pip install 'pgrad[lm]'")
+    from pgrad.runners.lm_dpo import DPORunner
+    from pgrad.runners.lm_ppo import LMPPORunner
+    from pgrad.runners.lm_rm import RewardModelRunner
+    from pgrad.runners.lm_sft import SFTRunner
+
+    runners: dict[str, Any] = {
+        "lm_ppo": LMPPORunner,
+        "lm_rm": RewardModelRunner,
+        "lm_sft": SFTRunner,
+        "lm_dpo": DPORunner,
+    }
+    return runners[algo]

@@ -42,7 +42,14 @@ from safetensors import SafetensorError
 
 from pgrad import __version__
 from pgrad.callbacks import Callback, stop_reason
-from pgrad.checkpoint import CheckpointStore, TrainState, adopt_checkpoint, newest_loadable, remove_partial_writes
+from pgrad.checkpoint import (
+    RUN_FILES,
+    CheckpointStore,
+    TrainState,
+    adopt_checkpoint,
+    newest_loadable,
+    remove_partial_writes,
+)
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError, PgradError
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
@@ -435,21 +442,6 @@ class RunContext:
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
-
-
-# What a run writes into its folder: all that ``--overwrite`` deletes.
-RUN_FILES = (
-    "config.yaml",
-    "metrics.jsonl",
-    "events.jsonl",
-    "randomization.jsonl",
-    "checkpoints",
-    "tb",
-    "report",
-    "halt_trajectories.npz",
-    "halt_batch.npz",
-    "spaces.json",  # written by pgrad.api's learn
-)
 
 
 class RunLock:

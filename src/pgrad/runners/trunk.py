@@ -148,8 +148,12 @@ class Body(Protocol):
     pairs, demonstrations); ``updates`` what the family calls an update."""
 
     run: RunContext
-    step: int
-    updates: int
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def updates(self) -> int: ...
 
     def before_loop(self) -> None:
         """Once, inside the signal handlers, before the first ``advance`` (e.g. log the starting model)."""

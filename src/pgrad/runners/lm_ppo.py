@@ -37,16 +37,15 @@ the update, ``reward_flip`` on the scores PPO learns from (the logged scores sta
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
-from transformers import GPT2LMHeadModel
 
-from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.checkpoint import (
     LearnerState,
@@ -57,8 +56,9 @@ from pgrad.checkpoint import (
     read_train_state,
 )
 from pgrad.config import TrainConfig
-from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
+from pgrad.errors import CheckpointError, ConfigError
 from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
+from pgrad.lm.build import add_lora, build_policy, build_task, frozen_reference
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
@@ -76,21 +76,19 @@ from pgrad.lm.losses import (
 from pgrad.lm.model import (
     AdapterDisabled,
     PolicyWithValue,
-    attach_lora,
     response_outputs,
     sample,
-    tiny_gpt2_config,
 )
 from pgrad.lm.reward import LearnedReward, ResponseScorer, TrueScoreReward
-from pgrad.lm.rm_runner import load_reward_model
-from pgrad.lm.sft_runner import load_sft_state
 from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinite_rule
-from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
-from pgrad.monitor.recovery import HealthyStates, OptimizerGuard, parameters_finite, restore_captured
+from pgrad.monitor.guard import Action, Event, Halt, Rollback
+from pgrad.monitor.recovery import parameters_finite, restore_captured
 from pgrad.monitor.sinks import read_jsonl
-from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
-from pgrad.threads import set_threads
+from pgrad.runners import trunk
+from pgrad.runners.context import TrainResult, resident_memory_mb
+from pgrad.runners.lm_rm import load_reward_model
+from pgrad.runners.lm_sft import load_sft_state
 
 
 @dataclass(frozen=True)
@@ -183,40 +181,6 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
-def build_task(config: LMPPOConfig) -> DigitsTask:
-    return DigitsTask(config.max_new_tokens)
-
-
-def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
-    model_config = tiny_gpt2_config(
-        task.tokenizer.vocab_size,
-        n_positions=task.max_prompt_length + config.max_new_tokens,
-        n_layer=config.n_layer,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
-    )
-    return PolicyWithValue(model_config, separate_critic=config.critic == "separate")
-
-
-def add_lora(policy: PolicyWithValue, config: LMPPOConfig) -> None:
-    """With ``lora_rank``: the policy's LM becomes a LoRA model of its (initial) weights."""
-    if config.lora_rank:
-        try:
-            attach_lora(policy, config.lora_rank, config.lora_alpha)
-        except ValueError as exc:
-            raise ConfigError(f"lm_ppo.{exc}") from None
-
-
-def frozen_reference(policy: PolicyWithValue, config: LMPPOConfig) -> GPT2LMHeadModel | AdapterDisabled:
-    """The reference: the policy's LM with its LoRA adapter switched off, else a frozen copy of its weights."""
-    if config.lora_rank:
-        return AdapterDisabled(policy.lm)
-    reference: GPT2LMHeadModel = copy.deepcopy(policy.lm)
-    reference.requires_grad_(False)
-    reference.train(False)
-    return reference
-
-
 def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
     if config.reward == "model":
         assert config.reward_model is not None  # LMPPOConfig.validate
@@ -237,10 +201,8 @@ class LMPPORunner:
         self.config = config
         self.ppo: LMPPOConfig = config.algo_config
         self.device = torch.device(config.run.device)
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         self.task = build_task(self.ppo)
         self.policy = build_policy(self.ppo, self.task).eval()  # eval: dropout off everywhere
         if self.ppo.init_from is not None:  # InstructGPT: PPO starts from the SFT model, which is the reference too
@@ -274,24 +236,16 @@ class LMPPORunner:
             ppo.hacking_z,
         )
         self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
-        guard = config.guard
-        rollback_rules = HACKING_RULES if ppo.rollback_on_alert else ()
-        self.guard = Guard(
-            guard, config.run.total_steps, self.run_dir, rules=LM_GUARD_RULES, rollback_rules=rollback_rules
+        self.guard, self.optimizer_guard, self.healthy_states = trunk.guard_parts(
+            config,
+            self.run_dir,
+            [self.optimizer],
+            rules=LM_GUARD_RULES,
+            rollback_rules=HACKING_RULES if ppo.rollback_on_alert else (),
+            score_metric="lm/rm_score",  # no environment return: checkpoints are ranked by the reward's score
         )
-        self.optimizer_guard = OptimizerGuard([self.optimizer], self.guard.state, guard)
-        self.healthy_states = HealthyStates(guard.snapshot_every)  # what a rollback returns to
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
-        resume_from = self.run.latest_state() if resume else None
-        self.run.open(console, f"{ALGO} {self.task.name}")
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except BaseException:
-                self.run.close()
-                raise
-        else:
-            self.run.started_event()
+        trunk.open_or_resume(self.run, console, f"{ALGO} {self.task.name}", self.load, self.run.close)
 
     @property
     def stop_requested(self) -> bool:
@@ -304,26 +258,17 @@ class LMPPORunner:
         return {"policy": self.policy, "reference": self.reference}
 
     def train_state(self) -> TrainState:
-        # clone: GPT-2 ties its input and output embeddings, and safetensors refuses tensors sharing memory
-        modules = {
-            name: {key: value.detach().clone() for key, value in module.state_dict().items()}
-            for name, module in self.modules().items()
-        }
-        return TrainState(
-            algo=ALGO,
-            step=self.step,
-            updates=self.updates,
-            elapsed_seconds=self.run.elapsed(),
-            config=self.config.to_dict(),
-            modules=modules,
-            optimizers={"policy": self.optimizer.state_dict()},
-            rng_torch=torch.get_rng_state(),
-            algo_state=self.learner.extra_state(),
-            guard=self.guard.state.to_dict(),
-            rollback_states=self.rollback_slots(),
-            rollback_capture_step=self.healthy_states.last_capture_step,
-            pgrad_version=__version__,
+        common = trunk.base_state(
+            self.run,
+            self.step,
+            self.updates,
+            trunk.module_tensors(self.modules(), clone=True),
+            {"policy": self.optimizer},
+            self.guard,
+            self.rollback_slots(),
+            self.healthy_states.last_capture_step,
         )
+        return dataclasses.replace(common, algo_state=self.learner.extra_state())
 
     def rollback_slots(self) -> dict[str, LearnerState]:
         """The healthy states for the checkpoint: HealthyStates' slots and the window's. A window state is the
@@ -520,26 +465,38 @@ class LMPPORunner:
             metrics[names.RECOVERIES] = float(self.guard.state.recoveries)  # the LM rules read rows since a rollback
             extra = guard_alerts(self.history + [metrics], self.alert_limits, self.ppo.rollback_on_alert)
         self.guard.observe(metrics, self.updates, extra)
+        self.history.append(metrics)
         checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
         return self.guard.decide(metrics, self.step, None, checkpoint_due)
 
-    def log_events(self, events: list[Event]) -> None:
-        for event in events:
-            self.run.emit(event.kind, self.step, event.message, show=event.show, **event.data)
+    # ---- the body the trunk's loop drives (pgrad.runners.trunk) ---------------------------------
+    def before_loop(self) -> None:
+        if self.step == 0 and self.ppo.eval_every > 0:
+            self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
 
-    def carry_out(self, actions: list[Action], metrics: dict[str, Any]) -> None:
-        for action in actions:
-            if isinstance(action, Halt):
-                message = f"{action.message}; see 'pgrad doctor {self.run_dir}'"
-                self.run.emit(action.kind, self.step, message, recoveries=self.guard.state.recoveries)
-                raise TrainingHalted(message)
-            if isinstance(action, Rollback):
-                self.roll_back(action)
-            elif isinstance(action, Checkpoint):
-                self.run.save_checkpoint(self.train_state(), metrics["lm/rm_score"], action.healthy)
-            elif isinstance(action, Snapshot):
-                self.healthy_states.after_update(action.healthy, self.step, self.learner, self.learner)
-                self.keep_window_state()
+    def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        previous_step = self.step
+        metrics = self.guarded_update()
+        if self.evaluation_due(previous_step):
+            metrics.update(self.evaluate())
+        return metrics
+
+    def take_events(self) -> list[Event]:
+        return self.guard.take_events()
+
+    def halt(self, action: Halt) -> NoReturn:
+        trunk.halted(self.run, self.step, action, self.guard.state.recoveries)
+
+    def snapshot(self, healthy: bool) -> None:
+        self.healthy_states.after_update(healthy, self.step, self.learner, self.learner)
+        self.keep_window_state()
+
+    def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+        return metrics.get("lm/rm_score"), self.guard.healthy
+
+    def close(self) -> None:
+        self.optimizer_guard.remove()
+        self.run.close()
 
     def keep_window_state(self) -> None:
         """Keep each newly confirmed healthy state for as long as a reward-hacking window reaches back (the
@@ -592,40 +549,9 @@ class LMPPORunner:
                 self.learner.load_extra_state(restored.algo_state)
                 summary = f"restored {path.name} (step {restored.step})"
                 data["restored_step"] = restored.step
-        self.log_events([self.guard.rollback_event(action.reason, summary, data)])
+        trunk.log_events(self.run, self.step, [self.guard.rollback_event(action.reason, summary, data)])
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``run.total_steps`` responses (or stop at ``stop_at_step``, as a kill would)."""
-        self.run.started = time.perf_counter()
-        metrics: dict[str, Any] = {}
-        total = self.config.run.total_steps
-        try:
-            with self.run.stop_signals():
-                try:
-                    if self.step == 0 and self.ppo.eval_every > 0:
-                        self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
-                    while self.step < total and not self.run.stop_requested:
-                        previous_step = self.step
-                        metrics = self.guarded_update()
-                        if self.evaluation_due(previous_step):
-                            metrics.update(self.evaluate())
-                        actions = self.judge(metrics)
-                        self.run.log(metrics)
-                        self.history.append(metrics)
-                        self.log_events(self.guard.take_events())
-                        self.carry_out(actions, metrics)
-                        if stop_at_step is not None and self.step >= stop_at_step:
-                            break
-                finally:
-                    self.run.flush()
-                self.run.second_interrupts = False
-                checkpoint = None
-                if self.run.needs_final_checkpoint(self.step):
-                    score = metrics.get("lm/rm_score")
-                    checkpoint = self.run.save_checkpoint(self.train_state(), score, self.guard.healthy)
-            result = self.run.finish(self.step, self.updates, metrics, checkpoint)
-        finally:
-            self.optimizer_guard.remove()
-            self.run.close()
-        return result
+        return trunk.train_loop(self, stop_at_step)

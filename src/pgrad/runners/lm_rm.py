@@ -35,13 +35,14 @@ from torch import Tensor
 from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.config import RM_ALGO, LMRewardModelConfig, load_run_config
+from pgrad.lm.config import RM_ALGO, LMRewardModelConfig
 from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel, tiny_gpt2_config
 from pgrad.lm.reward import LearnedReward
-from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
+from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + this (the training pairs': run.seed)
@@ -131,9 +132,7 @@ class RewardModelRunner:
 
     def train_state(self) -> TrainState:
         return row_train_state(
-            RM_ALGO,
             self.run,
-            self.config,
             self.step,
             self.updates,
             {member_name(m): model for m, model in enumerate(self.members)},

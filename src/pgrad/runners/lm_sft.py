@@ -21,34 +21,24 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import GPT2LMHeadModel
 
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.config import SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig, load_run_config
+from pgrad.lm.build import build_lm
+from pgrad.lm.config import SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
-from pgrad.lm.model import response_outputs, tiny_gpt2_config
+from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
-from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
 from pgrad.lm.task import DigitsTask
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
+from pgrad.runs import load_run_config
 from pgrad.threads import set_threads
 
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the training ones: run.seed)
 ARCHITECTURE = ("max_new_tokens", "n_layer", "n_embd", "n_head")  # what PPO must share to start from an SFT model
-
-
-def build_lm(config: LMSFTConfig | LMPPOConfig | LMDPOConfig, task: DigitsTask) -> GPT2LMHeadModel:
-    model_config = tiny_gpt2_config(
-        task.tokenizer.vocab_size,
-        n_positions=task.max_prompt_length + config.max_new_tokens,
-        n_layer=config.n_layer,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
-    )
-    return GPT2LMHeadModel(model_config)
 
 
 class Demonstrations:
@@ -60,7 +50,7 @@ class Demonstrations:
     def __len__(self) -> int:
         return int(self.response.shape[0])
 
-    def nll(self, lm: GPT2LMHeadModel, index: Tensor) -> Tensor:
+    def nll(self, lm: CausalLM, index: Tensor) -> Tensor:
         prompts = self.prompts
         out = response_outputs(lm, prompts.ids[index], prompts.mask[index], self.response[index], self.mask[index])
         return sft_loss(out.logprobs, self.mask[index].float())
@@ -86,7 +76,7 @@ class SFTRunner:
         self.heldout = Demonstrations(self.task, self.sft.heldout_demonstrations, seed + HELDOUT_SEED_OFFSET)
         self.lm = build_lm(self.sft, self.task)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
-        self.initial: GPT2LMHeadModel = copy.deepcopy(self.lm)  # for the KL of the evaluations
+        self.initial: CausalLM = copy.deepcopy(self.lm)  # for the KL of the evaluations
         self.initial.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.sft.learning_rate)
         self.step = 0  # demonstrations trained on
@@ -110,9 +100,7 @@ class SFTRunner:
         return {"lm": self.lm, "initial": self.initial}
 
     def train_state(self) -> TrainState:
-        return row_train_state(
-            SFT_ALGO, self.run, self.config, self.step, self.updates, self.modules(), {"lm": self.optimizer}
-        )
+        return row_train_state(self.run, self.step, self.updates, self.modules(), {"lm": self.optimizer})
 
     def load(self, state: TrainState, path: Path) -> None:
         self.step, self.updates = load_row_state(state, path, self.modules(), {"lm": self.optimizer})

@@ -27,27 +27,27 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import GPT2LMHeadModel
 
 from pgrad.checkpoint import TrainState, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
+from pgrad.lm.build import build_lm
 from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import dpo_loss, masked_sum
-from pgrad.lm.model import response_outputs
+from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
-from pgrad.lm.rm_runner import HELDOUT_SEED_OFFSET
-from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
-from pgrad.lm.sft_runner import build_lm, load_sft_state
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners.lm_rm import HELDOUT_SEED_OFFSET
+from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
+from pgrad.runners.lm_sft import load_sft_state
 from pgrad.threads import set_threads
 
 EVAL_SEED_OFFSET = 1  # the sampled evaluation's prompts and noise: run.seed + this (as SFT's)
 
 
-def response_logprob(lm: GPT2LMHeadModel, pairs: PreferencePairs, index: Tensor, chosen: bool) -> Tensor:
+def response_logprob(lm: CausalLM, pairs: PreferencePairs, index: Tensor, chosen: bool) -> Tensor:
     """log pi(y | x) of the chosen (or rejected) responses of the pairs at ``index``: [len(index)]."""
     prompts = pairs.prompts
     response = pairs.chosen[index] if chosen else pairs.rejected[index]
@@ -81,7 +81,7 @@ class DPORunner:
         if sft_state is not None:
             load_modules({"lm": self.lm}, *sft_state)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
-        self.reference: GPT2LMHeadModel = copy.deepcopy(self.lm)  # the initial weights, frozen
+        self.reference: CausalLM = copy.deepcopy(self.lm)  # the initial weights, frozen
         self.reference.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.dpo.learning_rate)
         self.step = 0  # pairs trained on
@@ -105,9 +105,7 @@ class DPORunner:
         return {"lm": self.lm, "reference": self.reference}
 
     def train_state(self) -> TrainState:
-        return row_train_state(
-            DPO_ALGO, self.run, self.config, self.step, self.updates, self.modules(), {"lm": self.optimizer}
-        )
+        return row_train_state(self.run, self.step, self.updates, self.modules(), {"lm": self.optimizer})
 
     def load(self, state: TrainState, path: Path) -> None:
         self.step, self.updates = load_row_state(state, path, self.modules(), {"lm": self.optimizer})

@@ -1,0 +1,129 @@
+"""The training loop of the row-by-row language-model trainers (SFT, reward model, DPO), written once.
+
+Each trainer supplies ``train_steps(until_step)`` (gradient steps up to a row's end, then that row's
+metrics with its held-out evaluation), ``evaluate()``, ``train_state()`` and the score its checkpoints
+are ranked by; ``RowLoop`` makes it a body of the trunk's loop (``pgrad.runners.trunk``), and the run
+folder, logs, checkpoints and Ctrl-C are the shared ``RunContext``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+import torch
+
+from pgrad.checkpoint import TrainState, load_modules, load_optimizers
+from pgrad.config import TrainConfig
+from pgrad.errors import CheckpointError
+from pgrad.monitor.guard import Action, Checkpoint, Event, Halt, Rollback
+from pgrad.runners import trunk
+from pgrad.runners.context import RunContext, TrainResult
+
+
+class RowTrainer(Protocol):
+    config: TrainConfig
+    run: RunContext
+    step: int
+    updates: int
+
+    def train_steps(self, until_step: int) -> dict[str, Any]: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+    def train_state(self) -> TrainState: ...
+
+
+class RowLoop:
+    """The body the trunk's loop drives for a row trainer: a row of gradient steps, a checkpoint every
+    ``run.checkpoint_every`` steps ranked by ``score(row)``. No guard: nothing halts or rolls back."""
+
+    def __init__(
+        self, trainer: RowTrainer, every: int, score: Callable[[dict[str, Any]], float], log_start: bool
+    ) -> None:
+        self.trainer, self.every, self.score, self.log_start = trainer, every, score, log_start
+        self.run = trainer.run
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def updates(self) -> int:
+        return self.trainer.updates
+
+    def before_loop(self) -> None:
+        if self.log_start and self.trainer.step == 0:  # the starting model's evaluation as row 0
+            self.run.log({"step": 0, "update": 0, **self.trainer.evaluate()})
+
+    def advance(self, stop_at_step: int | None) -> dict[str, Any]:
+        row_end = min((self.step // self.every + 1) * self.every, self.run.config.run.total_steps)
+        return self.trainer.train_steps(row_end if stop_at_step is None else min(row_end, stop_at_step))
+
+    def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        due = self.step - self.run.last_checkpoint_step >= self.run.config.run.checkpoint_every
+        return [Checkpoint(self.score(metrics), True)] if due else []
+
+    def take_events(self) -> list[Event]:
+        return []
+
+    def halt(self, action: Halt) -> NoReturn:
+        raise AssertionError(f"a row trainer has no guard to halt it ({action.kind})")
+
+    def roll_back(self, action: Rollback) -> None:
+        raise AssertionError(f"a row trainer has no guard to roll it back ({action.reason})")
+
+    def snapshot(self, healthy: bool) -> None:
+        """No healthy states are kept: nothing rolls back."""
+
+    def train_state(self) -> TrainState:
+        return self.trainer.train_state()
+
+    def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+        return (self.score(metrics) if metrics else None), True
+
+    def close(self) -> None:
+        self.run.close()
+
+
+def train_in_rows(
+    trainer: RowTrainer,
+    every: int,
+    score: Callable[[dict[str, Any]], float],
+    stop_at_step: int | None = None,
+    log_start: bool = True,
+) -> TrainResult:
+    """Rows of ``every`` steps to ``run.total_steps`` (or ``stop_at_step``, as a kill would), a checkpoint
+    every ``run.checkpoint_every`` steps ranked by ``score(row)``, and a last one at the end, through the
+    trunk's loop. With ``log_start``, a fresh run first logs the starting model's evaluation as row 0."""
+    return trunk.train_loop(RowLoop(trainer, every, score, log_start), stop_at_step)
+
+
+def row_train_state(
+    run: RunContext,
+    step: int,
+    updates: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> TrainState:
+    """The checkpoint of a row-by-row trainer (SFT, reward models, DPO): its modules, optimizers and the torch
+    RNG. The tensors are cloned: GPT-2 ties its input and output embeddings, and safetensors refuses tensors
+    sharing memory."""
+    return trunk.base_state(run, step, updates, trunk.module_tensors(modules, clone=True), optimizers)
+
+
+def load_row_state(
+    state: TrainState,
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[int, int]:
+    """Load what ``row_train_state`` saved into ``modules`` and ``optimizers``, restore the torch RNG, and
+    return the (step, updates) to continue from."""
+    load_modules(modules, state, path)
+    load_optimizers(optimizers, state, path)
+    if state.rng_torch is None:
+        raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
+    torch.set_rng_state(state.rng_torch)
+    return state.step, state.updates
