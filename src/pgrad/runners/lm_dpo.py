@@ -38,11 +38,11 @@ from pgrad.lm.losses import dpo_loss, masked_sum
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
-from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners import trunk
+from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rm import HELDOUT_SEED_OFFSET
 from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
 from pgrad.runners.lm_sft import load_sft_state
-from pgrad.threads import set_threads
 
 EVAL_SEED_OFFSET = 1  # the sampled evaluation's prompts and noise: run.seed + this (as SFT's)
 
@@ -67,10 +67,8 @@ class DPORunner:
         self.config = config
         self.dpo: LMDPOConfig = config.algo_config
         sft_state = load_sft_state(Path(self.dpo.init_from), self.dpo) if self.dpo.init_from else None
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         self.task = DigitsTask(self.dpo.max_new_tokens)
         seed = config.run.seed
         self.train_pairs = self.task.preference_pairs(self.dpo.train_pairs, torch.Generator().manual_seed(seed))
@@ -86,16 +84,14 @@ class DPORunner:
         self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.dpo.learning_rate)
         self.step = 0  # pairs trained on
         self.updates = 0
-        resume_from = self.run.latest_state() if resume else None
-        self.run.open(console, f"{DPO_ALGO} {self.task.name}")
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except BaseException:
-                self.run.close()
-                raise
-        else:
-            self.run.started_event(f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs")
+        trunk.open_or_resume(
+            self.run,
+            console,
+            f"{DPO_ALGO} {self.task.name}",
+            self.load,
+            self.run.close,
+            f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
+        )
 
     @property
     def stop_requested(self) -> bool:

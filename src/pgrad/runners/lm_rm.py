@@ -40,10 +40,10 @@ from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel, tiny_gpt2_config
 from pgrad.lm.reward import LearnedReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
-from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners import trunk
+from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
 from pgrad.runs import load_run_config
-from pgrad.threads import set_threads
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + this (the training pairs': run.seed)
 BOOTSTRAP_SEED_OFFSET = 2_000_003  # member m's bootstrap resample: run.seed + this + m
@@ -98,10 +98,8 @@ class RewardModelRunner:
             raise ConfigError(f"RewardModelRunner runs '{RM_ALGO}' configs; got '{config.algo}'")
         self.config = config
         self.rm: LMRewardModelConfig = config.algo_config
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         self.task = DigitsTask(self.rm.max_new_tokens)
         seed = config.run.seed
         self.train_pairs = self.task.preference_pairs(self.rm.train_pairs, torch.Generator().manual_seed(seed))
@@ -115,16 +113,14 @@ class RewardModelRunner:
         self.resamples = [bootstrap_indices(len(self.train_pairs), seed, m, size) for m in range(size)]
         self.step = 0  # pairs trained on
         self.updates = 0
-        resume_from = self.run.latest_state() if resume else None
-        self.run.open(console, f"{RM_ALGO} {self.task.name}")
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except BaseException:
-                self.run.close()
-                raise
-        else:
-            self.run.started_event(f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs")
+        trunk.open_or_resume(
+            self.run,
+            console,
+            f"{RM_ALGO} {self.task.name}",
+            self.load,
+            self.run.close,
+            f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
+        )
 
     @property
     def stop_requested(self) -> bool:

@@ -32,10 +32,10 @@ from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask
-from pgrad.runners.context import RunContext, TrainResult, seed_everything
+from pgrad.runners import trunk
+from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
 from pgrad.runs import load_run_config
-from pgrad.threads import set_threads
 
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the training ones: run.seed)
 ARCHITECTURE = ("max_new_tokens", "n_layer", "n_embd", "n_head")  # what PPO must share to start from an SFT model
@@ -66,10 +66,8 @@ class SFTRunner:
             raise ConfigError(f"SFTRunner runs '{SFT_ALGO}' configs; got '{config.algo}'")
         self.config = config
         self.sft: LMSFTConfig = config.algo_config
-        self.run = RunContext(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        set_threads(config.run.torch_threads)
-        seed_everything(config.run.seed)
         self.task = DigitsTask(self.sft.max_new_tokens)
         seed = config.run.seed
         self.train_demos = Demonstrations(self.task, self.sft.demonstrations, seed)
@@ -81,16 +79,14 @@ class SFTRunner:
         self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.sft.learning_rate)
         self.step = 0  # demonstrations trained on
         self.updates = 0
-        resume_from = self.run.latest_state() if resume else None
-        self.run.open(console, f"{SFT_ALGO} {self.task.name}")
-        if resume_from is not None:
-            try:
-                self.load(*resume_from)
-            except BaseException:
-                self.run.close()
-                raise
-        else:
-            self.run.started_event(f", {len(self.train_demos)} demonstrations")
+        trunk.open_or_resume(
+            self.run,
+            console,
+            f"{SFT_ALGO} {self.task.name}",
+            self.load,
+            self.run.close,
+            f", {len(self.train_demos)} demonstrations",
+        )
 
     @property
     def stop_requested(self) -> bool:
