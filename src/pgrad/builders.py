@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import torch
 
+from pgrad.algos.a3c import A3C
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
@@ -108,7 +109,7 @@ def algo_gamma(config: TrainConfig) -> float:
     return float(getattr(config.algo_config, "gamma", 0.99))
 
 
-def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm | OffPolicyAlgorithm:
+def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm | OffPolicyAlgorithm | A3C:
     """The algorithm's learner, its model on ``run.device`` (the acting policy stays NumPy on the CPU);
     an action space the algorithm does not support (a discrete env for SAC) is one line naming both."""
     spec = get_algorithm(config.algo)
@@ -117,11 +118,13 @@ def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorit
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "
             f"(it supports: {', '.join(spec.action_kinds)})"
         )
-    if isinstance(adapter.obs_shape, ImageShape) and spec.kind == "off_policy":
-        raise ConfigError(
-            f"algorithm '{config.algo}' has MLP networks only; the image observations of {config.env.id} need an "
-            "on-policy algorithm (ppo, a2c, a3c, trpo, ...) for a CNN"
-        )
+    if spec.kind == "off_policy":  # narrows spec to OffPolicySpec: its builder takes a vector's size
+        if isinstance(adapter.obs_shape, ImageShape):
+            raise ConfigError(
+                f"algorithm '{config.algo}' has MLP networks only; the image observations of {config.env.id} need an "
+                "on-policy algorithm (ppo, a2c, a3c, trpo, ...) for a CNN"
+            )
+        return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
     return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
 
 
