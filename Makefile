@@ -34,13 +34,15 @@ test: setup
 test-slow: setup
 	$(BIN)/pytest -q -m slow
 
-# Format check, lint and type check (mypy reads [tool.mypy] in pyproject.toml). All three run
-# even when one fails, so one run lists every problem; the target fails if any did.
+# Format check, lint, type check (mypy reads [tool.mypy] in pyproject.toml) and the complexity limits against
+# their recorded baseline (tests/test_complexity.py). All four run even when one fails, so one run lists every
+# problem; the target fails if any did.
 lint: setup
 	@status=0; \
 	$(BIN)/ruff format --check src tests benchmarks || status=1; \
 	$(BIN)/ruff check src tests benchmarks || status=1; \
 	$(BIN)/mypy || status=1; \
+	$(BIN)/pytest -q tests/test_complexity.py || status=1; \
 	exit $$status
 
 bench: setup

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import torch
 
+from pgrad.algos.a3c import A3C
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.envs.factory import SpaceAdapter, make_vector_env
@@ -108,22 +109,24 @@ def algo_gamma(config: TrainConfig) -> float:
     return float(getattr(config.algo_config, "gamma", 0.99))
 
 
-def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm | OffPolicyAlgorithm:
+def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorithm | OffPolicyAlgorithm | A3C:
     """The algorithm's learner, its model on ``run.device`` (the acting policy stays NumPy on the CPU);
     an action space the algorithm does not support (a discrete env for SAC) is one line naming both."""
     spec = get_algorithm(config.algo)
-    if spec.build is None:  # the runners of pgrad.runners.lm_* build their model themselves
+    if spec.language_model:  # the runners of pgrad.runners.lm_* build their model themselves
         raise ConfigError(f"algorithm '{config.algo}' trains a language model, not a policy for an environment")
     if adapter.action.kind not in spec.action_kinds:
         raise ConfigError(
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "
             f"(it supports: {', '.join(spec.action_kinds)})"
         )
-    if isinstance(adapter.obs_shape, ImageShape) and spec.kind == "off_policy":
-        raise ConfigError(
-            f"algorithm '{config.algo}' has MLP networks only; the image observations of {config.env.id} need an "
-            "on-policy algorithm (ppo, a2c, a3c, trpo, ...) for a CNN"
-        )
+    if spec.kind == "off_policy":  # narrows spec to OffPolicySpec: its builder takes a vector's size
+        if isinstance(adapter.obs_shape, ImageShape):
+            raise ConfigError(
+                f"algorithm '{config.algo}' has MLP networks only; the image observations of {config.env.id} need an "
+                "on-policy algorithm (ppo, a2c, a3c, trpo, ...) for a CNN"
+            )
+        return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
     return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
 
 

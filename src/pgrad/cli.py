@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
 
+    _compare_and_tune_parsers(sub)
+    _lm_parser(sub)
+    return parser
+
+
+def _compare_and_tune_parsers(sub: argparse._SubParsersAction) -> None:
     compare = sub.add_parser(
         "compare", help="aggregate runs over seeds (mean, IQM, bootstrap intervals): a table and a PNG of the curves"
     )
@@ -123,8 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
     tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
     tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
-    _lm_parser(sub)
-    return parser
 
 
 def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: str) -> None:

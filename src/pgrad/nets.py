@@ -23,6 +23,9 @@ from torch import nn
 from pgrad.config import NetworkConfig
 from pgrad.distributions import Categorical, DiagGaussian, TanhGaussian
 
+# numpy's stub types arithmetic on an ``np.ndarray`` (of unknown dtype) as Any, and torch's ``Module.__call__``
+# returns Any: the annotated locals (``head: np.ndarray = ...``) before some returns are what lets the strict
+# type checker see a declared type come back.
 Activation = Literal["tanh", "relu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 LOG_STD_BOUNDS = (-20.0, 2.0)
@@ -193,7 +196,8 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         torso = self.actor_torso if self.critic_torso is None else self.critic_torso
-        return self.value_head(torso(obs)).squeeze(-1)
+        value: torch.Tensor = self.value_head(torso(obs)).squeeze(-1)
+        return value
 
     def acting_policy(self) -> ActingPolicy:
         return ActingPolicy.from_actor(self)
@@ -258,7 +262,8 @@ class ActingPolicy:
                 x = self.image_torso(torch.from_numpy(np.ascontiguousarray(obs, np.float32))).numpy()
         for weight, bias in self.layers:
             x = self.activation(x @ weight + bias)
-        return x @ self.head[0] + self.head[1]
+        head: np.ndarray = x @ self.head[0] + self.head[1]
+        return head
 
     def _mean_log_std(self, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.state_dependent_std:
@@ -275,15 +280,18 @@ class ActingPolicy:
             probs = np.exp(logits)
             cdf = np.cumsum(probs, axis=-1)
             draws = rng.random(len(head))[:, None] * cdf[:, -1:]
-            return np.minimum((cdf < draws).sum(axis=-1), self.action.size - 1).astype(np.int64)
+            indices: np.ndarray = np.minimum((cdf < draws).sum(axis=-1), self.action.size - 1).astype(np.int64)
+            return indices
         mean, log_std = self._mean_log_std(head)
         noise = rng.standard_normal(mean.shape).astype(np.float32)
-        return (mean + noise * np.exp(log_std)).astype(np.float32)
+        action: np.ndarray = (mean + noise * np.exp(log_std)).astype(np.float32)
+        return action
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
         head = self._head(obs)
         if self.action.kind == "discrete":
-            return head.argmax(axis=-1).astype(np.int64)
+            best: np.ndarray = head.argmax(axis=-1).astype(np.int64)
+            return best
         return self._mean_log_std(head)[0].astype(np.float32)
 
     def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -299,7 +307,8 @@ class ActingPolicy:
         mean, log_std = self._mean_log_std(head)
         log_std = np.broadcast_to(np.asarray(log_std, np.float64), mean.shape)
         z = (actions.astype(np.float64) - mean) * np.exp(-log_std)
-        return (-0.5 * z**2 - log_std - 0.5 * np.log(2.0 * np.pi)).sum(axis=-1)
+        log_probs: np.ndarray = (-0.5 * z**2 - log_std - 0.5 * np.log(2.0 * np.pi)).sum(axis=-1)
+        return log_probs
 
 
 # ---- off-policy networks (DDPG, TD3, SAC) ---------------------------------------------------------
@@ -344,7 +353,8 @@ class QNetworks(nn.Module):
 
     def first(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q_1(s, a) alone (what drives DDPG's and TD3's actor)."""
-        return self.nets[0](torch.cat([obs, actions], dim=-1)).squeeze(-1)
+        q: torch.Tensor = self.nets[0](torch.cat([obs, actions], dim=-1)).squeeze(-1)
+        return q
 
 
 class DeterministicActor(nn.Module):
@@ -421,13 +431,15 @@ class ExplorationNoise:
             return np.zeros(shape, np.float32)
         draw = rng.standard_normal(shape).astype(np.float32)
         if self.kind == "gaussian":
-            return self.sigma * draw
+            scaled: np.ndarray = self.sigma * draw
+            return scaled
         if self.process is None or self.process.shape != shape:
             self.process = np.zeros(shape, np.float32)
-        self.process = (
+        process: np.ndarray = (
             self.process - self.theta * self.process * self.dt + self.sigma * np.sqrt(self.dt) * draw
         ).astype(np.float32)
-        return self.process.copy()
+        self.process = process.copy()  # the caller may change the returned array in place
+        return process
 
     def end_episodes(self, done: np.ndarray) -> None:
         """Restart the OU process of the envs whose episode ended (``done``: [num_envs] bool), as SB3
@@ -471,7 +483,8 @@ class SquashedActingPolicy:
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
         features = self._features(obs)
-        return np.tanh(features @ self.head[0] + self.head[1]).astype(np.float32)
+        action: np.ndarray = np.tanh(features @ self.head[0] + self.head[1]).astype(np.float32)
+        return action
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         features = self._features(obs)
@@ -480,7 +493,9 @@ class SquashedActingPolicy:
             action = np.tanh(mean)
             if self.noise is not None:
                 action = np.clip(action + self.noise(action.shape, rng), -1.0, 1.0)
-            return action.astype(np.float32)
+            noisy: np.ndarray = action.astype(np.float32)
+            return noisy
         log_std = np.clip(features @ self.log_std_head[0] + self.log_std_head[1], *LOG_STD_BOUNDS)
         noise = rng.standard_normal(mean.shape).astype(np.float32)
-        return np.tanh(mean + np.exp(log_std) * noise).astype(np.float32)
+        squashed: np.ndarray = np.tanh(mean + np.exp(log_std) * noise).astype(np.float32)
+        return squashed

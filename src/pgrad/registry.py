@@ -37,33 +37,32 @@ from pgrad.lm.config import (
     LMRewardModelConfig,
     LMSFTConfig,
 )
-from pgrad.nets import ActionSpec
+from pgrad.nets import ActionSpec, ObsShape
 
-# on_policy: the synchronous collect -> prepare -> update loop (pgrad.runners.on_policy);
-# asynchronous: Hogwild workers around shared parameters (pgrad.runners.asynchronous);
-# off_policy: act -> replay buffer -> sampled gradient steps (pgrad.runners.off_policy);
-# actor_learner: the on-policy loop fed by asynchronous Ray actors, corrected off-policy (IMPALA's V-trace);
-# lm_ppo: PPO on a language model (sample -> score -> token GAE -> epochs, pgrad.runners.lm_ppo);
-# lm_rows: the row-by-row language-model trainers (SFT, reward model, DPO: pgrad.runners.lm_rows).
-LoopKind = Literal["on_policy", "asynchronous", "off_policy", "actor_learner", "lm_ppo", "lm_rows"]
-LM_KINDS = ("lm_ppo", "lm_rows")
+# One spec class per kind of loop, each with its own learner type: the on-policy loop calls what
+# OnPolicyAlgorithm lists, the off-policy loop what OffPolicyAlgorithm lists, and A3C's coordinator
+# drives its workers around an A3C. ``kind`` tells the CLI which runner to use (pgrad.runners.runner_for);
+# a check on ``spec.kind`` narrows a spec to its class, so the learner a builder returns has its loop's type.
+# ``build``: (the algorithm's config, observation shape, action space, run.device) -> the learner. The config
+# is an instance of ``config_cls`` (pgrad.runs builds it from that class); its type is Any here because it
+# differs per entry, and Python's types cannot say "the class in this entry's config_cls" (a generic spec
+# would be read as spec[Any] in the registry, so mypy would not check the pair either).
+
+
 # The shared sections a user sets for an environment algorithm, in the order a bare --set key is looked up
 # ("ALGO" stands for the algorithm's own section).
 ENV_SECTIONS = ("env", "run", "ALGO", "guard", "ray")
 
 
-@dataclass(frozen=True)
-class AlgorithmSpec:
+@dataclass(frozen=True, kw_only=True)
+class SpecFields:
+    """What every registry entry holds, whatever its loop: the kind-specific spec classes below add their
+    ``build`` and ``kind`` (one level, a record's fields, no behaviour to override)."""
+
     name: str
     summary: str
     config_cls: type
-    # (the algorithm's config, observation shape, action space, run.device) -> the learner. The shape is
-    # an int (a vector's size), or an ImageShape for on-policy algorithms (builders refuses images for
-    # the off-policy ones, whose networks are MLPs).
-    # None for the language-model algorithms: their runners build the model (pgrad.runners.lm_*).
-    build: Callable[[Any, Any, ActionSpec, torch.device], OnPolicyAlgorithm | OffPolicyAlgorithm] | None
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
-    kind: LoopKind = "on_policy"
     # The algorithm's own layer of defaults, below presets, config files and --set (pgrad.runs.resolve_config):
     # the replay algorithms take SB3's single env; a language-model run its run-section sizes (it counts
     # responses, pairs or demonstrations) and lm_ppo its guard levels.
@@ -71,118 +70,158 @@ class AlgorithmSpec:
     # The sections a config file or --set may hold, in the order a bare --set key is looked up.
     sections: tuple[str, ...] = ENV_SECTIONS
 
-    @property
-    def language_model(self) -> bool:
-        """A language-model algorithm: its env section is its task (``env.id`` = the section's ``task``)."""
-        return self.kind in LM_KINDS
-
     def section_names(self) -> tuple[str, ...]:
         """``sections`` with the algorithm's own name in place of ``ALGO``."""
         return tuple(self.name if name == "ALGO" else name for name in self.sections)
 
 
+@dataclass(frozen=True, kw_only=True)
+class OnPolicySpec(SpecFields):
+    """An algorithm of the synchronous collect -> prepare -> update loop (pgrad.runners.on_policy);
+    ``actor_learner``: the same loop fed by asynchronous Ray actors, corrected off-policy (IMPALA's V-trace)."""
+
+    build: Callable[[Any, ObsShape, ActionSpec, torch.device], OnPolicyAlgorithm]
+    kind: Literal["on_policy", "actor_learner"] = "on_policy"
+    language_model: Literal[False] = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AsynchronousSpec(SpecFields):
+    """An algorithm of Hogwild workers around shared parameters (pgrad.runners.asynchronous): A3C."""
+
+    build: Callable[[Any, ObsShape, ActionSpec, torch.device], A3C]
+    kind: Literal["asynchronous"] = "asynchronous"
+    language_model: Literal[False] = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class OffPolicySpec(SpecFields):
+    """An algorithm of the act -> replay buffer -> sampled gradient steps loop (pgrad.runners.off_policy).
+    Its networks are MLPs, so the observation is a vector's size (builders refuses images first); like SB3
+    it takes continuous actions and a single env by default."""
+
+    build: Callable[[Any, int, ActionSpec, torch.device], OffPolicyAlgorithm]
+    kind: Literal["off_policy"] = "off_policy"
+    language_model: Literal[False] = False
+    action_kinds: tuple[str, ...] = ("continuous",)
+    defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"env": {"num_envs": 1}})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LanguageModelSpec(SpecFields):
+    """A language-model algorithm: ``lm_ppo`` (PPO, RLOO, GRPO: pgrad.runners.lm_ppo) or ``lm_rows`` (the
+    row-by-row trainers SFT, reward model, DPO). Its runner builds the model (no ``build``); its env
+    section is its task (``env.id`` = the section's ``task``)."""
+
+    kind: Literal["lm_ppo", "lm_rows"]
+    language_model: Literal[True] = True
+    action_kinds: tuple[str, ...] = ("tokens",)
+    sections: tuple[str, ...] = ("run", "ALGO")
+
+
+AlgorithmSpec = OnPolicySpec | AsynchronousSpec | OffPolicySpec | LanguageModelSpec
+
+
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "ppo": AlgorithmSpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
-    "reinforce": AlgorithmSpec(
-        "reinforce",
-        "REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
-        ReinforceConfig,
-        Reinforce,
+    "ppo": OnPolicySpec(
+        name="ppo", summary="Proximal Policy Optimization (clipped surrogate)", config_cls=PPOConfig, build=PPO
     ),
-    "actor_critic": AlgorithmSpec(
-        "actor_critic",
-        "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
-        ActorCriticConfig,
-        ActorCriticAlgorithm,
+    "reinforce": OnPolicySpec(
+        name="reinforce",
+        summary="REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
+        config_cls=ReinforceConfig,
+        build=Reinforce,
     ),
-    "a2c": AlgorithmSpec("a2c", "Advantage actor-critic, synchronous (n-step or GAE advantages)", A2CConfig, A2C),
-    "trpo": AlgorithmSpec(
-        "trpo", "Trust Region Policy Optimization (natural step + line search)", TRPOConfig, NaturalGradient
+    "actor_critic": OnPolicySpec(
+        name="actor_critic",
+        summary="Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
+        config_cls=ActorCriticConfig,
+        build=ActorCriticAlgorithm,
     ),
-    "npg": AlgorithmSpec(
-        "npg", "Natural policy gradient (the TRPO step without line search)", NPGConfig, NaturalGradient
+    "a2c": OnPolicySpec(
+        name="a2c",
+        summary="Advantage actor-critic, synchronous (n-step or GAE advantages)",
+        config_cls=A2CConfig,
+        build=A2C,
     ),
-    "ppo_kl": AlgorithmSpec("ppo_kl", "PPO with an adaptive KL penalty (PPO paper, variant 2)", PPOKLConfig, PPOKL),
-    "a3c": AlgorithmSpec(
-        "a3c",
-        "Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)",
-        A3CConfig,
-        A3C,
-        kind="asynchronous",
+    "trpo": OnPolicySpec(
+        name="trpo",
+        summary="Trust Region Policy Optimization (natural step + line search)",
+        config_cls=TRPOConfig,
+        build=NaturalGradient,
     ),
-    "impala": AlgorithmSpec(
-        "impala",
-        "IMPALA: asynchronous Ray actors with slightly stale weights, V-trace corrected learner (needs pgrad[ray])",
-        ImpalaConfig,
-        Impala,
+    "npg": OnPolicySpec(
+        name="npg",
+        summary="Natural policy gradient (the TRPO step without line search)",
+        config_cls=NPGConfig,
+        build=NaturalGradient,
+    ),
+    "ppo_kl": OnPolicySpec(
+        name="ppo_kl",
+        summary="PPO with an adaptive KL penalty (PPO paper, variant 2)",
+        config_cls=PPOKLConfig,
+        build=PPOKL,
+    ),
+    "a3c": AsynchronousSpec(
+        name="a3c",
+        summary="Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)",
+        config_cls=A3CConfig,
+        build=A3C,
+    ),
+    "impala": OnPolicySpec(
+        name="impala",
+        summary="IMPALA: asynchronous Ray actors with slightly stale weights, V-trace corrected learner "
+        "(needs pgrad[ray])",
+        config_cls=ImpalaConfig,
+        build=Impala,
         kind="actor_learner",
     ),
-    "sac": AlgorithmSpec(
-        "sac",
-        "Soft Actor-Critic: squashed Gaussian policy, twin Q, learned entropy temperature (replay)",
-        SACConfig,
-        SAC,
-        action_kinds=("continuous",),
-        kind="off_policy",
-        defaults={"env": {"num_envs": 1}},
+    "sac": OffPolicySpec(
+        name="sac",
+        summary="Soft Actor-Critic: squashed Gaussian policy, twin Q, learned entropy temperature (replay)",
+        config_cls=SACConfig,
+        build=SAC,
     ),
-    "td3": AlgorithmSpec(
-        "td3",
-        "Twin Delayed DDPG: twin Q min target, target policy smoothing, delayed actor updates (replay)",
-        TD3Config,
-        TD3,
-        action_kinds=("continuous",),
-        kind="off_policy",
-        defaults={"env": {"num_envs": 1}},
+    "td3": OffPolicySpec(
+        name="td3",
+        summary="Twin Delayed DDPG: twin Q min target, target policy smoothing, delayed actor updates (replay)",
+        config_cls=TD3Config,
+        build=TD3,
     ),
-    "ddpg": AlgorithmSpec(
-        "ddpg",
-        "Deep Deterministic Policy Gradient: deterministic tanh actor, one critic, target networks (replay)",
-        DDPGConfig,
-        DDPG,
-        action_kinds=("continuous",),
-        kind="off_policy",
-        defaults={"env": {"num_envs": 1}},
+    "ddpg": OffPolicySpec(
+        name="ddpg",
+        summary="Deep Deterministic Policy Gradient: deterministic tanh actor, one critic, target networks (replay)",
+        config_cls=DDPGConfig,
+        build=DDPG,
     ),
-    ALGO: AlgorithmSpec(
-        ALGO,
-        "PPO on a causal language model: value head, per-token KL to the reference, or RLOO / GRPO (pgrad lm ppo)",
-        LMPPOConfig,
-        None,
-        action_kinds=("tokens",),
+    ALGO: LanguageModelSpec(
+        name=ALGO,
+        summary="PPO on a causal language model: value head, per-token KL to the reference, or RLOO / GRPO",
+        config_cls=LMPPOConfig,
         kind="lm_ppo",
         defaults={"run": RUN_DEFAULTS[ALGO], "guard": LM_GUARD_DEFAULTS},
         sections=("run", "ALGO", "guard"),
     ),
-    RM_ALGO: AlgorithmSpec(
-        RM_ALGO,
-        "A reward model (or an ensemble) trained on preference pairs, Bradley-Terry (pgrad lm rm)",
-        LMRewardModelConfig,
-        None,
-        action_kinds=("tokens",),
+    RM_ALGO: LanguageModelSpec(
+        name=RM_ALGO,
+        summary="A reward model (or an ensemble) trained on preference pairs, Bradley-Terry",
+        config_cls=LMRewardModelConfig,
         kind="lm_rows",
         defaults={"run": RUN_DEFAULTS[RM_ALGO]},
-        sections=("run", "ALGO"),
     ),
-    SFT_ALGO: AlgorithmSpec(
-        SFT_ALGO,
-        "Supervised fine-tuning of a causal language model on demonstrations (pgrad lm sft)",
-        LMSFTConfig,
-        None,
-        action_kinds=("tokens",),
+    SFT_ALGO: LanguageModelSpec(
+        name=SFT_ALGO,
+        summary="Supervised fine-tuning of a causal language model on demonstrations",
+        config_cls=LMSFTConfig,
         kind="lm_rows",
         defaults={"run": RUN_DEFAULTS[SFT_ALGO]},
-        sections=("run", "ALGO"),
     ),
-    DPO_ALGO: AlgorithmSpec(
-        DPO_ALGO,
-        "Direct Preference Optimization on preference pairs, no reward model (pgrad lm dpo)",
-        LMDPOConfig,
-        None,
-        action_kinds=("tokens",),
+    DPO_ALGO: LanguageModelSpec(
+        name=DPO_ALGO,
+        summary="Direct Preference Optimization on preference pairs, no reward model",
+        config_cls=LMDPOConfig,
         kind="lm_rows",
         defaults={"run": RUN_DEFAULTS[DPO_ALGO]},
-        sections=("run", "ALGO"),
     ),
 }
 

@@ -31,7 +31,8 @@ import torch
 from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimizers
 from pgrad.config import GuardConfig
 from pgrad.faults import ActiveFaults
-from pgrad.rollout import Rollout, RolloutCollector
+from pgrad.replay import TransitionBatch
+from pgrad.rollout import Batch, Rollout, RolloutCollector
 
 
 @dataclass
@@ -422,12 +423,16 @@ class TrajectoryRecorder:
             for k in TRAJECTORY_FIELDS
         }
         starts = (np.cumsum(lengths) - lengths).astype(np.int64)
-        np.savez(path, episode_start=starts, episode_length=lengths, episode_finished=is_finished, **arrays)
+        columns = {"episode_start": starts, "episode_length": lengths, "episode_finished": is_finished, **arrays}
+        # arg-type: numpy's stub lets a **dict fill savez's keyword-only allow_pickle (a bool), so mypy refuses
+        # any dict of arrays. Naming allow_pickle instead would store it as an array before numpy 2.1.
+        np.savez(path, **columns)  # type: ignore[arg-type]
         return len(episodes)
 
 
-def save_batch(batch: Any, path: Path) -> None:
+def save_batch(batch: Batch | TransitionBatch, path: Path) -> None:
     """An update's batch (a dataclass of tensors: an on-policy ``Batch``, a replay ``TransitionBatch``) as a
     pickle-free ``.npz``; fields that are not tensors are left out."""
     tensors = {f.name: getattr(batch, f.name) for f in fields(batch)}
-    np.savez(path, **{name: t.detach().cpu().numpy() for name, t in tensors.items() if isinstance(t, torch.Tensor)})
+    arrays = {name: t.detach().cpu().numpy() for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub, as in TrajectoryRecorder.save

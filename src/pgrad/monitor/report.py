@@ -117,8 +117,8 @@ def draw_panel(
     name: str,
     title: str,
     keys: tuple[str, ...],
-    history: list[dict],
-    events: list[dict],
+    history: list[dict[str, Any]],
+    events: list[dict[str, Any]],
     unit: str = "env steps",
 ) -> PanelData:
     """Draw one panel; return what was drawn, read back from the axes."""
@@ -185,7 +185,7 @@ def _figure_png(fig: Any) -> bytes:
 
 
 def plot_run(
-    history: list[dict], events: list[dict], out_dir: Path, label: str, unit: str = "env steps"
+    history: list[dict[str, Any]], events: list[dict[str, Any]], out_dir: Path, label: str, unit: str = "env steps"
 ) -> tuple[list[PanelData], dict[str, bytes]]:
     """One PNG per panel plus ``overview.png`` (all panels), written to ``out_dir``; ``unit``: what a step counts."""
     import matplotlib
@@ -216,7 +216,7 @@ def plot_run(
     return panels, images
 
 
-def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict]) -> str:
+def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict[str, Any]]) -> str:
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'

@@ -148,7 +148,7 @@ class EventLog:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a metrics or events file; lines from a killed writer (partial last line) are skipped."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not Path(path).is_file():
         return rows
     for line in Path(path).read_text().splitlines():

@@ -24,7 +24,6 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -69,7 +68,7 @@ class _PositionTables:
         """A^k applied to 32-bit ``values`` (k >= 4): byte t of a state reaches the low byte after t
         shifts, then is a table byte: A^k(x) = XOR_t P[k-1-t][byte_t(x)]."""
         rows = self.rows
-        out = rows[k - 1][values & 0xFF]
+        out: np.ndarray = rows[k - 1][values & 0xFF]  # numpy's stub types fancy indexing as Any
         for t in range(1, 4):
             out ^= rows[k - 1 - t][(values >> (8 * t)) & 0xFF]
         return out
@@ -116,7 +115,7 @@ def crc32c_many(messages: list[bytes]) -> list[int]:
         terms = _TABLES.rows.reshape(-1)[distance * 256 + data]
         state = np.bitwise_xor.reduceat(terms, starts) ^ _TABLES.start[sizes]
         result[chosen] = state ^ np.uint32(0xFFFFFFFF)
-    out = result.tolist()
+    out: list[int] = result.tolist()  # a uint32 array's items are ints
     for i in np.flatnonzero(~fits):
         out[i] = _crc32c_bytewise(messages[i])
     return out
@@ -177,6 +176,10 @@ def records(events: list[bytes]) -> bytes:
 
 _file_counter = itertools.count()
 
+# Per event of one tag list: its struct layout, the pack arguments (tag prefix bytes and float value,
+# alternating; the values are written in place), and the range of tags it holds.
+Plan = list[tuple[struct.Struct, list[bytes | float], int, int]]
+
 
 class ScalarEventFile:
     """An append-only TensorBoard event file of scalars, buffered in memory until ``flush``."""
@@ -191,7 +194,7 @@ class ScalarEventFile:
         self.path = Path(logdir) / name
         self.handle = open(self.path, "wb", buffering=0)
         self.pending: list[bytes] = []  # serialised events not yet on disk
-        self.plans: dict[tuple[str, ...], list[tuple[struct.Struct, list, int, int]]] = {}
+        self.plans: dict[tuple[str, ...], Plan] = {}
         self.pending.append(event_bytes(now, 0, file_version="brain.Event:2"))
         self.flush()
 
@@ -220,18 +223,18 @@ class ScalarEventFile:
         self.pending.append(event_bytes(wall_time, step) + _field_bytes(7, b"\x08\x01"))
 
     @staticmethod
-    def pack(plan: list[tuple[struct.Struct, list, int, int]], values: list[float]) -> list[bytes]:
+    def pack(plan: Plan, values: list[float]) -> list[bytes]:
         bodies = []
         for layout, args, first, last in plan:
             args[1::2] = values[first:last]
             bodies.append(layout.pack(*args))
         return bodies
 
-    def plan(self, tags: list[str]) -> list[tuple[struct.Struct, list, int, int]]:
+    def plan(self, tags: list[str]) -> Plan:
         """Per event: its struct layout, an argument list with the prefixes in place, its tag range."""
-        plan = []
+        plan: Plan = []
         formats: list[str] = []
-        args: list[Any] = []
+        args: list[bytes | float] = []
         start, size = 0, 0
         for index, tag in enumerate(tags):
             prefix = _value_prefix(tag)
