@@ -297,7 +297,7 @@ def gradient_step(
     )
     stats = {key: float(value) for key, value in terms.metrics().items()}
     local_parameters = list(local.parameters())
-    grad_norm, clipped_norm = backward(local_parameters, terms.loss, config.max_grad_norm)  # type: ignore[misc]
+    grad_norm, clipped_norm = backward(local_parameters, terms.loss, config.max_grad_norm)
     gradients = [p.grad for p in local_parameters]
     if nan_grad:
         for grad in gradients:

@@ -148,6 +148,10 @@ class A3CRunner:
         self.healthy_states = WorkerConfirmedStates(config.guard.snapshot_every)  # a rollback's first choice
         self.eval_env: Environment | None = None
         self.eval_model: Any = None
+        # set by train(): the step rate's window (time, step), the rate, and the last logged row
+        self.rate_mark: tuple[float, int] = (0.0, 0)
+        self.steps_per_second: float | None = None
+        self.last_metrics: dict[str, Any] = {}
 
         label, workers = f"{config.algo} {config.env.id}", f", {self.algo_config.num_workers} workers"
         trunk.open_or_resume(self.run, console, label, self.load, self.close, workers)
@@ -638,8 +642,8 @@ class A3CRunner:
         """
         self.run.started = time.perf_counter()
         self.rate_mark = (self.run.started, self.step)
-        self.steps_per_second: float | None = None
-        self.last_metrics: dict[str, Any] = {}
+        self.steps_per_second = None
+        self.last_metrics = {}
         try:
             return self._train(stop_at_step)
         except BaseException:  # a failed checkpoint write, an error while supervising: files closed, lock released

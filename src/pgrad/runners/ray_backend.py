@@ -559,7 +559,8 @@ class RayCollector(LearnerSide):
             group.get(ref, f"loading the state of worker {index}")
 
     def inexact_reason(self) -> str | None:
-        return self.group.call_all("inexact_reason")[0]
+        reason: str | None = self.group.call_all("inexact_reason")[0]  # the workers' envs are alike: the first's
+        return reason
 
     def capture_env_state(self) -> dict[str, Any] | None:
         envs = [state for _, state in self.group.call_all("state")]
