@@ -7,7 +7,7 @@ algorithms never import the loop and the loop never imports a particular algorit
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -54,14 +54,16 @@ from pgrad.nets import ActionSpec, ObsShape
 ENV_SECTIONS = ("env", "run", "ALGO", "guard", "ray")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class SpecFields:
     """What every registry entry holds, whatever its loop: the kind-specific spec classes below add their
-    ``build`` and ``kind`` (one level, a record's fields, no behaviour to override)."""
+    ``build`` and ``kind`` (one level, a record's fields, no behaviour to override). An entry is written
+    ``Spec(name, summary, config class, builder)``; the rest by keyword."""
 
     name: str
     summary: str
     config_cls: type
+    _: KW_ONLY
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
     # The algorithm's own layer of defaults, below presets, config files and --set (pgrad.runs.resolve_config):
     # the replay algorithms take SB3's single env; a language-model run its run-section sizes (it counts
@@ -75,44 +77,48 @@ class SpecFields:
         return tuple(self.name if name == "ALGO" else name for name in self.sections)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class OnPolicySpec(SpecFields):
     """An algorithm of the synchronous collect -> prepare -> update loop (pgrad.runners.on_policy);
     ``actor_learner``: the same loop fed by asynchronous Ray actors, corrected off-policy (IMPALA's V-trace)."""
 
     build: Callable[[Any, ObsShape, ActionSpec, torch.device], OnPolicyAlgorithm]
+    _: KW_ONLY
     kind: Literal["on_policy", "actor_learner"] = "on_policy"
     language_model: Literal[False] = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class AsynchronousSpec(SpecFields):
     """An algorithm of Hogwild workers around shared parameters (pgrad.runners.asynchronous): A3C."""
 
     build: Callable[[Any, ObsShape, ActionSpec, torch.device], A3C]
+    _: KW_ONLY
     kind: Literal["asynchronous"] = "asynchronous"
     language_model: Literal[False] = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class OffPolicySpec(SpecFields):
     """An algorithm of the act -> replay buffer -> sampled gradient steps loop (pgrad.runners.off_policy).
     Its networks are MLPs, so the observation is a vector's size (builders refuses images first); like SB3
     it takes continuous actions and a single env by default."""
 
     build: Callable[[Any, int, ActionSpec, torch.device], OffPolicyAlgorithm]
+    _: KW_ONLY
     kind: Literal["off_policy"] = "off_policy"
     language_model: Literal[False] = False
     action_kinds: tuple[str, ...] = ("continuous",)
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"env": {"num_envs": 1}})
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class LanguageModelSpec(SpecFields):
     """A language-model algorithm: ``lm_ppo`` (PPO, RLOO, GRPO: pgrad.runners.lm_ppo) or ``lm_rows`` (the
     row-by-row trainers SFT, reward model, DPO). Its runner builds the model (no ``build``); its env
     section is its task (``env.id`` = the section's ``task``)."""
 
+    _: KW_ONLY
     kind: Literal["lm_ppo", "lm_rows"]
     language_model: Literal[True] = True
     action_kinds: tuple[str, ...] = ("tokens",)
@@ -123,103 +129,100 @@ AlgorithmSpec = OnPolicySpec | AsynchronousSpec | OffPolicySpec | LanguageModelS
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "ppo": OnPolicySpec(
-        name="ppo", summary="Proximal Policy Optimization (clipped surrogate)", config_cls=PPOConfig, build=PPO
-    ),
+    "ppo": OnPolicySpec("ppo", "Proximal Policy Optimization (clipped surrogate)", PPOConfig, PPO),
     "reinforce": OnPolicySpec(
-        name="reinforce",
-        summary="REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
-        config_cls=ReinforceConfig,
-        build=Reinforce,
+        "reinforce",
+        "REINFORCE: Monte Carlo policy gradient on whole episodes, optional value baseline",
+        ReinforceConfig,
+        Reinforce,
     ),
     "actor_critic": OnPolicySpec(
-        name="actor_critic",
-        summary="Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
-        config_cls=ActorCriticConfig,
-        build=ActorCriticAlgorithm,
+        "actor_critic",
+        "Actor-critic with TD(0)/n-step advantages, separate actor and critic learning rates",
+        ActorCriticConfig,
+        ActorCriticAlgorithm,
     ),
     "a2c": OnPolicySpec(
-        name="a2c",
-        summary="Advantage actor-critic, synchronous (n-step or GAE advantages)",
-        config_cls=A2CConfig,
-        build=A2C,
+        "a2c",
+        "Advantage actor-critic, synchronous (n-step or GAE advantages)",
+        A2CConfig,
+        A2C,
     ),
     "trpo": OnPolicySpec(
-        name="trpo",
-        summary="Trust Region Policy Optimization (natural step + line search)",
-        config_cls=TRPOConfig,
-        build=NaturalGradient,
+        "trpo",
+        "Trust Region Policy Optimization (natural step + line search)",
+        TRPOConfig,
+        NaturalGradient,
     ),
     "npg": OnPolicySpec(
-        name="npg",
-        summary="Natural policy gradient (the TRPO step without line search)",
-        config_cls=NPGConfig,
-        build=NaturalGradient,
+        "npg",
+        "Natural policy gradient (the TRPO step without line search)",
+        NPGConfig,
+        NaturalGradient,
     ),
     "ppo_kl": OnPolicySpec(
-        name="ppo_kl",
-        summary="PPO with an adaptive KL penalty (PPO paper, variant 2)",
-        config_cls=PPOKLConfig,
-        build=PPOKL,
+        "ppo_kl",
+        "PPO with an adaptive KL penalty (PPO paper, variant 2)",
+        PPOKLConfig,
+        PPOKL,
     ),
     "a3c": AsynchronousSpec(
-        name="a3c",
-        summary="Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)",
-        config_cls=A3CConfig,
-        build=A3C,
+        "a3c",
+        "Asynchronous advantage actor-critic (Hogwild workers, shared RMSprop/Adam)",
+        A3CConfig,
+        A3C,
     ),
     "impala": OnPolicySpec(
-        name="impala",
-        summary="IMPALA: asynchronous Ray actors with slightly stale weights, V-trace corrected learner "
-        "(needs pgrad[ray])",
-        config_cls=ImpalaConfig,
-        build=Impala,
+        "impala",
+        "IMPALA: asynchronous Ray actors with slightly stale weights, V-trace corrected learner (needs pgrad[ray])",
+        ImpalaConfig,
+        Impala,
         kind="actor_learner",
     ),
     "sac": OffPolicySpec(
-        name="sac",
-        summary="Soft Actor-Critic: squashed Gaussian policy, twin Q, learned entropy temperature (replay)",
-        config_cls=SACConfig,
-        build=SAC,
+        "sac",
+        "Soft Actor-Critic: squashed Gaussian policy, twin Q, learned entropy temperature (replay)",
+        SACConfig,
+        SAC,
     ),
     "td3": OffPolicySpec(
-        name="td3",
-        summary="Twin Delayed DDPG: twin Q min target, target policy smoothing, delayed actor updates (replay)",
-        config_cls=TD3Config,
-        build=TD3,
+        "td3",
+        "Twin Delayed DDPG: twin Q min target, target policy smoothing, delayed actor updates (replay)",
+        TD3Config,
+        TD3,
     ),
     "ddpg": OffPolicySpec(
-        name="ddpg",
-        summary="Deep Deterministic Policy Gradient: deterministic tanh actor, one critic, target networks (replay)",
-        config_cls=DDPGConfig,
-        build=DDPG,
+        "ddpg",
+        "Deep Deterministic Policy Gradient: deterministic tanh actor, one critic, target networks (replay)",
+        DDPGConfig,
+        DDPG,
     ),
     ALGO: LanguageModelSpec(
-        name=ALGO,
-        summary="PPO on a causal language model: value head, per-token KL to the reference, or RLOO / GRPO",
-        config_cls=LMPPOConfig,
+        ALGO,
+        "PPO on a causal language model: value head, per-token KL to the reference, or RLOO / GRPO",
+        LMPPOConfig,
         kind="lm_ppo",
         defaults={"run": RUN_DEFAULTS[ALGO], "guard": LM_GUARD_DEFAULTS},
         sections=("run", "ALGO", "guard"),
     ),
     RM_ALGO: LanguageModelSpec(
-        name=RM_ALGO,
-        summary="A reward model (or an ensemble) trained on preference pairs, Bradley-Terry",
-        config_cls=LMRewardModelConfig,
+        RM_ALGO,
+        "A reward model (or an ensemble) trained on preference pairs, Bradley-Terry",
+        LMRewardModelConfig,
         kind="lm_rows",
         defaults={"run": RUN_DEFAULTS[RM_ALGO]},
     ),
     SFT_ALGO: LanguageModelSpec(
-        name=SFT_ALGO,
-        summary="Supervised fine-tuning of a causal language model on demonstrations",
-        config_cls=LMSFTConfig,
+        SFT_ALGO,
+        "Supervised fine-tuning of a causal language model on demonstrations",
+        LMSFTConfig,
         kind="lm_rows",
         defaults={"run": RUN_DEFAULTS[SFT_ALGO]},
     ),
     DPO_ALGO: LanguageModelSpec(
-        name=DPO_ALGO,
-        summary="Direct Preference Optimization on preference pairs, no reward model",
-        config_cls=LMDPOConfig,
+        DPO_ALGO,
+        "Direct Preference Optimization on preference pairs, no reward model",
+        LMDPOConfig,
         kind="lm_rows",
         defaults={"run": RUN_DEFAULTS[DPO_ALGO]},
     ),
