@@ -12,11 +12,11 @@ from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.errors import ConfigError  # noqa: E402
 from pgrad.lm.config import LMPPOConfig, resolve_config  # noqa: E402
 from pgrad.lm.eval_run import evaluate_run  # noqa: E402
-from pgrad.lm.losses import masked_mean  # noqa: E402
 from pgrad.lm.model import PolicyWithValue, join, tiny_gpt2_config  # noqa: E402
 from pgrad.lm.rm_runner import RewardModelRunner  # noqa: E402
 from pgrad.lm.runner import LMPPORunner  # noqa: E402
 from pgrad.lm.task import DigitsTask  # noqa: E402
+from pgrad.numerics import masked_mean  # noqa: E402
 
 
 def rows(run_dir):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from pgrad.algos.upgrade import upgrade_algo_section, upgrade_saved_section
 from pgrad.config import Checked, EnvConfig, GuardConfig, RunConfig, TrainConfig, build, load_yaml, merge, param
 from pgrad.config import parse_set as parse_set_items
 from pgrad.errors import ConfigError
@@ -78,7 +79,7 @@ class LMPPOConfig(Checked):
     gae_lambda: float = param(0.95, "GAE lambda over tokens")
     clip_eps: float = param(0.2, "surrogate clip range: ratio clipped to [1 - clip_eps, 1 + clip_eps]")
     clip_vf: float = param(0.2, "value clip range around the rollout's values")
-    vf_coef: float = param(0.1, "value loss coefficient")
+    vf_coef: float = param(0.05, "value loss coefficient; value loss = mean((V - R)^2), as in the RL sections")
     whiten_advantages: bool = param(True, "gae: whiten advantages over the rollout's real tokens")
     kl_coef: float = param(0.05, "initial coefficient beta of the per-token KL penalty beta (log pi - log pi_ref)")
     kl_target: float | None = param(
@@ -134,8 +135,14 @@ class LMPPOConfig(Checked):
     n_layer: int = param(2, "GPT-2 blocks of the tiny model")
     n_embd: int = param(64, "GPT-2 width of the tiny model")
     n_head: int = param(4, "attention heads; must divide n_embd")
+    version: int = param(
+        2,
+        "the conventions this section is written in: 2, vf_coef weighs mean((V - R)^2); 1 (run folders from before "
+        "this field), it weighed 0.5 x mean((V - R)^2) and is halved on reading (pgrad.algos.upgrade)",
+    )
 
     def validate(self) -> None:
+        self.check_range("version", 2, 2)
         if self.reward == "model" and not self.reward_model:
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
@@ -366,6 +373,8 @@ def resolve_config(
     sections: dict[str, type] = {"run": RunConfig, algo: CONFIG_CLASSES[algo]}
     if algo == ALGO:
         sections["guard"] = GuardConfig  # rollback and halt act on PPO's updates
+    if isinstance(file_layer.get(algo), dict):  # a section in an older version (explicit ``version: 1``)
+        file_layer[algo] = upgrade_algo_section(algo, file_layer[algo])
     layers = merge({"run": RUN_DEFAULTS[algo]}, file_layer, parse_set_items(sets, sections), {"run": flags})
     return config_from_dict(layers, algo)
 
@@ -381,4 +390,6 @@ def load_run_config(run_dir: Path, total_steps: int | None = None) -> TrainConfi
         raise ConfigError(f"{run_dir} holds a '{algo}' run, not a language-model run ({', '.join(CONFIG_CLASSES)})")
     if total_steps is not None:
         data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
+    if isinstance(data.get(algo), dict):  # written before a section's version (lm_ppo's vf_coef convention)
+        data[algo] = upgrade_saved_section(str(algo), data[algo])
     return config_from_dict(data, str(algo))

@@ -34,13 +34,14 @@ from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
 from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
-from pgrad.lm.losses import dpo_loss, masked_sum
+from pgrad.lm.losses import dpo_loss
 from pgrad.lm.model import response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.rm_runner import HELDOUT_SEED_OFFSET
 from pgrad.lm.rows import load_row_state, row_train_state, train_in_rows
 from pgrad.lm.sft_runner import build_lm, load_sft_state
 from pgrad.lm.task import DigitsTask, PreferencePairs
+from pgrad.numerics import masked_sum
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
 

@@ -61,18 +61,7 @@ from pgrad.errors import CheckpointError, ConfigError, TrainingHalted
 from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
-from pgrad.lm.losses import (
-    AdaptiveKLController,
-    clipped_value_loss,
-    group_token_advantages,
-    kl_k1,
-    kl_k3,
-    masked_mean,
-    masked_whiten,
-    ppo_policy_loss,
-    token_gae,
-    token_rewards,
-)
+from pgrad.lm.losses import AdaptiveKLController, group_token_advantages, kl_k1, kl_k3, token_gae, token_rewards
 from pgrad.lm.model import (
     AdapterDisabled,
     PolicyWithValue,
@@ -89,6 +78,7 @@ from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinit
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, OptimizerGuard, parameters_finite, restore_captured
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_clip_fraction, value_loss
 from pgrad.runners.context import RunContext, TrainResult, resident_memory_mb, seed_everything
 from pgrad.threads import set_threads
 
@@ -438,7 +428,7 @@ class LMPPORunner:
                     batch.mask.long(),
                     temperature=ppo.temperature,
                 )
-                policy = ppo_policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
+                policy = clipped_surrogate(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
                 terms = {
                     "train/policy_loss": policy.loss,
                     "diagnostics/approx_kl": policy.approx_kl,
@@ -452,11 +442,14 @@ class LMPPORunner:
                     terms["train/kl_loss"] = kl_term
                 if ppo.advantage == "gae":
                     assert out.values is not None
-                    value_loss, value_clipped = clipped_value_loss(
-                        out.values, batch.old_values, batch.returns, batch.mask, ppo.clip_vf
+                    critic_loss = value_loss(
+                        out.values, batch.returns, batch.mask, old_values=batch.old_values, clip_vf=ppo.clip_vf
                     )
-                    loss = loss + ppo.vf_coef * value_loss
-                    terms["train/value_loss"], terms["diagnostics/value_clip_fraction"] = value_loss, value_clipped
+                    loss = loss + ppo.vf_coef * critic_loss  # vf_coef x E[(V - R)^2], no 1/2 (as the RL sections)
+                    terms["train/value_loss"] = critic_loss
+                    terms["diagnostics/value_clip_fraction"] = value_clip_fraction(
+                        out.values, batch.old_values, batch.mask, ppo.clip_vf
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 terms["diagnostics/grad_norm"] = torch.nn.utils.clip_grad_norm_(
