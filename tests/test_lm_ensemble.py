@@ -56,7 +56,9 @@ def test_an_ensemble_of_one_reproduces_the_single_reward_model(tmp_path):
         (0.4092467427253723, 0.8666666746139526, 0.6410295367240906),
     ]
     assert [value for row in got for value in row] == pytest.approx([v for row in expected for v in row], rel=1e-5)
-    assert weight_sum == pytest.approx(96.90284405187276, rel=1e-6)
+    # rel 1e-5 like the rows: the trainer's Adam is the shared fused one (pgrad.algos.common.adam), which rounds
+    # the last bit differently from torch's for-loop Adam it was recorded with (3e-6 here after 4 steps)
+    assert weight_sum == pytest.approx(96.90284405187276, rel=1e-5)
     assert set(read_train_state(tmp_path / "rm" / "checkpoints" / "step_0000000256").modules) == {"reward_model"}
     # loaded as a scorer, one member's combination is its own score, for either rule
     prompts = runner.heldout.prompts

@@ -48,6 +48,7 @@ from transformers import GPT2LMHeadModel
 
 from pgrad import __version__
 from pgrad import metric_names as names
+from pgrad.algos.common import adam, optimizer_step
 from pgrad.checkpoint import (
     LearnerState,
     TrainState,
@@ -248,7 +249,7 @@ class LMPPORunner:
             except ValueError as exc:
                 raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
-        self.optimizer = torch.optim.Adam(trained, lr=self.ppo.learning_rate, eps=1e-5)
+        self.optimizer = adam(trained, self.ppo.learning_rate, eps=1e-5)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
         self.learner = LMLearner(self.policy, self.optimizer, self.kl)
         self.step = 0  # responses sampled
@@ -450,12 +451,8 @@ class LMPPORunner:
                     terms["diagnostics/value_clip_fraction"] = value_clip_fraction(
                         out.values, batch.old_values, batch.mask, ppo.clip_vf
                     )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                terms["diagnostics/grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                    self.policy.parameters(), ppo.max_grad_norm
-                )
-                self.optimizer.step()
+                grad_norm, _ = optimizer_step(self.optimizer, list(self.policy.parameters()), loss, ppo.max_grad_norm)
+                terms["diagnostics/grad_norm"] = torch.tensor(grad_norm)
                 if steps == 0:
                     ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
                     first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())
