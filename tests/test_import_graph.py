@@ -20,6 +20,7 @@ LAYERS: list[list[str]] = [
         "pgrad.metric_names",
         "pgrad.threads",
         "pgrad.estimators",
+        "pgrad.numerics",
         "pgrad.distributions",
         "pgrad.presets",
         "pgrad.callbacks",

@@ -27,6 +27,9 @@ def config(total, *sets):
     )[0]
 
 
+SPIKE, SPIKE_FACTOR = "guard.inject=['lr_spike@320']", "guard.lr_spike_factor=200"
+
+
 def events(run_dir):
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
@@ -53,11 +56,13 @@ def assert_same_learner(a, b):
 
 
 def test_a_learning_rate_spike_is_rolled_back_to_the_healthy_state_in_memory(tmp_path):
-    # The drill multiplies the rate by 100 for the update starting at response 320 (logged at 384): its approx KL
-    # (0.81) passes guard.kl_critical (0.4 for LM runs). Healthy states are captured every 128 responses and
+    # The drill multiplies the rate by 200 for the update starting at response 320 (logged at 384): its approx KL
+    # (3.5) passes guard.kl_critical (0.4 for LM runs). Healthy states are captured every 128 responses and
     # confirmed by the next healthy update: the candidate of 320 is dropped, the confirmed one of 192 restored.
+    # (x100 gave 0.87 with the population-std whitening of token advantages and gives 0.39 with the sample std
+    # shared with env PPO: one update at x100 is on the edge for this seed, x200 is not.)
     drilled = tmp_path / "drilled"
-    LMPPORunner(config(1024, "guard.inject=['lr_spike@320']"), drilled, console=False).train(stop_at_step=384)
+    LMPPORunner(config(1024, SPIKE, SPIKE_FACTOR), drilled, console=False).train(stop_at_step=384)
     kinds = [(e["step"], e["kind"]) for e in events(drilled)]
     assert (384, "drill.lr_spike") in kinds and (384, "critical.kl") in kinds
     rollback = next(e for e in events(drilled) if e["kind"] == "recovery.rollback")
@@ -69,9 +74,7 @@ def test_a_learning_rate_spike_is_rolled_back_to_the_healthy_state_in_memory(tmp
     LMPPORunner(config(1024), clean, console=False).train(stop_at_step=192)
     assert_same_learner(learner_of(drilled), learner_of(clean))
     spiked = tmp_path / "spiked"  # the drill with the guard off keeps the damage: other weights
-    LMPPORunner(config(1024, "guard.inject=['lr_spike@320']", "guard.enabled=false"), spiked, console=False).train(
-        stop_at_step=384
-    )
+    LMPPORunner(config(1024, SPIKE, SPIKE_FACTOR, "guard.enabled=false"), spiked, console=False).train(stop_at_step=384)
     assert not torch.equal(
         learner_of(spiked)[0]["lm.transformer.wte.weight"], learner_of(drilled)[0]["lm.transformer.wte.weight"]
     )
@@ -161,7 +164,7 @@ def test_reward_hacking_is_critical_when_the_guard_acts_and_the_guard_rolls_back
 
 def test_doctor_counts_responses_and_explains_the_rollback(tmp_path):
     run_dir = tmp_path / "r"
-    LMPPORunner(config(448, "guard.inject=['lr_spike@320']"), run_dir, console=False).train()
+    LMPPORunner(config(448, SPIKE, SPIKE_FACTOR), run_dir, console=False).train()
     _, text = doctor(run_dir)
     assert text.splitlines()[0].endswith("7 updates, 448 responses") and "env steps" not in text
     assert "recovery.rollback" in text and "restored the healthy state of step 192 from memory" in text

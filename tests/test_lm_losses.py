@@ -8,22 +8,19 @@ import torch
 from pgrad.lm.losses import (
     AdaptiveKLController,
     bradley_terry_loss,
-    clipped_value_loss,
     combine_ensemble,
     dpo_loss,
     group_token_advantages,
     grpo_advantages,
     kl_k1,
     kl_k3,
-    masked_mean,
-    masked_whiten,
-    ppo_policy_loss,
     rloo_advantages,
     sft_loss,
     token_gae,
     token_logprobs,
     token_rewards,
 )
+from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_clip_fraction, value_loss
 
 
 def t(values):
@@ -108,9 +105,8 @@ def test_token_gae_per_row_is_unchanged_by_padding_and_batch_composition():
 def test_whitened_advantages_use_only_real_tokens():
     x, mask = t([[1.0, 2.0, 100.0], [3.0, -50.0, 0.0]]), t([[1, 1, 0], [1, 0, 0]])
     white = masked_whiten(x, mask)
-    # mean 2, population variance 2/3 over {1, 2, 3}
-    s = math.sqrt(2 / 3)
-    close(white, [[-1 / s, 0.0, 0.0], [1 / s, 0.0, 0.0]], atol=1e-6)
+    # mean 2, sample variance ((1 - 2)^2 + 0 + (3 - 2)^2) / (3 - 1) = 1 over {1, 2, 3} (the shared convention)
+    close(white, [[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], atol=1e-6)
     assert masked_mean(white, mask).item() == pytest.approx(0.0, abs=1e-12)
     shuffled = masked_whiten(x.flip(0), mask.flip(0))
     assert torch.allclose(shuffled.flip(0), white)
@@ -120,12 +116,13 @@ def test_ppo_surrogate_ratio_one_gives_minus_mean_advantage_and_clipping_kills_t
     old = t([[-1.0, -2.0, 0.0]])
     mask = t([[1, 1, 0]])
     advantages = t([[1.0, -3.0, 99.0]])
-    same = ppo_policy_loss(old.clone(), old, advantages, mask, clip_eps=0.2)
+    same = clipped_surrogate(old.clone(), old, advantages, mask, clip_eps=0.2)
     assert same.loss.item() == pytest.approx(1.0)  # -mean([1, -3])
-    assert same.ratio_mean.item() == 1.0 and same.clip_fraction.item() == 0.0 and same.approx_kl.item() == 0.0
+    assert same.ratio.tolist() == [[1.0, 1.0, 1.0]]
+    assert same.clip_fraction.item() == 0.0 and same.approx_kl.item() == 0.0
     # ratio 1.3, eps 0.2: advantage +1 -> clipped branch, zero gradient; advantage -1 -> gradient -A * rho = 1.3
     logp = (old + math.log(1.3)).requires_grad_(True)
-    loss = ppo_policy_loss(logp, old, t([[1.0, -1.0, 0.0]]), mask, clip_eps=0.2)
+    loss = clipped_surrogate(logp, old, t([[1.0, -1.0, 0.0]]), mask, clip_eps=0.2)
     loss.loss.backward()
     assert logp.grad is not None
     assert logp.grad[0, 0].item() == 0.0
@@ -135,12 +132,14 @@ def test_ppo_surrogate_ratio_one_gives_minus_mean_advantage_and_clipping_kills_t
 
 
 def test_clipped_value_loss_against_hand_values():
-    # V = 1, old V = 0, R = 2, clip 0.2: (1 - 2)^2 = 1; V_clip = 0.2 -> (0.2 - 2)^2 = 3.24; 0.5 * max = 1.62
-    loss, fraction = clipped_value_loss(t([[1.0, 5.0]]), t([[0.0, 0.0]]), t([[2.0, 0.0]]), t([[1, 0]]), 0.2)
-    assert loss.item() == pytest.approx(1.62)
-    assert fraction.item() == 1.0
-    inside, _ = clipped_value_loss(t([[0.1]]), t([[0.0]]), t([[2.0]]), t([[1]]), 0.2)
-    assert inside.item() == pytest.approx(0.5 * 1.9**2)
+    # V = 1, old V = 0, R = 2, clip 0.2: (1 - 2)^2 = 1; V_clip = 0.2 -> (0.2 - 2)^2 = 3.24; max = 3.24 (no 1/2:
+    # the loss is vf_coef x E[max(...)], as in the RL sections; lm_ppo's vf_coef default halved to match)
+    values, old, returns, mask = t([[1.0, 5.0]]), t([[0.0, 0.0]]), t([[2.0, 0.0]]), t([[1, 0]])
+    loss = value_loss(values, returns, mask, old_values=old, clip_vf=0.2)
+    assert loss.item() == pytest.approx(3.24)
+    assert value_clip_fraction(values, old, mask, 0.2).item() == 1.0
+    inside = value_loss(t([[0.1]]), t([[2.0]]), t([[1]]), old_values=t([[0.0]]), clip_vf=0.2)
+    assert inside.item() == pytest.approx(1.9**2)
 
 
 def test_bradley_terry_loss_and_gradient():
@@ -228,11 +227,11 @@ def test_losses_are_unchanged_by_padding_and_row_order():
     logp, old = torch.randn(4, 5, dtype=torch.float64) * 0.1 - 1, torch.randn(4, 5, dtype=torch.float64) * 0.1 - 1
     advantages = torch.randn(4, 5, dtype=torch.float64)
     mask = (torch.arange(5) < torch.tensor([5, 2, 4, 1])[:, None]).to(torch.float64)
-    base = ppo_policy_loss(logp, old, advantages, mask, 0.2).loss
+    base = clipped_surrogate(logp, old, advantages, mask, 0.2).loss
     order = torch.tensor([2, 0, 3, 1])
-    assert ppo_policy_loss(logp[order], old[order], advantages[order], mask[order], 0.2).loss.item() == pytest.approx(
+    assert clipped_surrogate(logp[order], old[order], advantages[order], mask[order], 0.2).loss.item() == pytest.approx(
         base.item(), abs=1e-14
     )
     pad = lambda x: torch.cat([x, torch.full((4, 3), 5.0, dtype=x.dtype)], 1)  # noqa: E731
-    padded = ppo_policy_loss(pad(logp), pad(old), pad(advantages), torch.cat([mask, torch.zeros(4, 3)], 1), 0.2)
+    padded = clipped_surrogate(pad(logp), pad(old), pad(advantages), torch.cat([mask, torch.zeros(4, 3)], 1), 0.2)
     assert padded.loss.item() == pytest.approx(base.item(), abs=1e-14)

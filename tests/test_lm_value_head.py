@@ -12,9 +12,9 @@ from pgrad.checkpoint import read_train_state  # noqa: E402
 from pgrad.errors import ConfigError  # noqa: E402
 from pgrad.lm.config import LMPPOConfig  # noqa: E402
 from pgrad.lm.eval_run import evaluate_run  # noqa: E402
-from pgrad.lm.losses import masked_mean  # noqa: E402
 from pgrad.lm.model import PolicyWithValue, join, tiny_gpt2_config  # noqa: E402
 from pgrad.lm.task import DigitsTask  # noqa: E402
+from pgrad.numerics import masked_mean  # noqa: E402
 from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
 from pgrad.runners.lm_rm import RewardModelRunner  # noqa: E402
 from pgrad.runs import resolve_config  # noqa: E402

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgrad.algos.a2c import A2C, A2CConfig, a2c_loss
-from pgrad.algos.actor_critic import actor_critic_loss
-from pgrad.algos.common import LossTerms, optimizer_step
+from pgrad.algos.a2c import A2C, A2CConfig
+from pgrad.algos.common import LossTerms, actor_critic_loss, optimizer_step
 from pgrad.algos.ppo import ppo_loss
 from pgrad.algos.ppo_kl import ppo_kl_loss
 from pgrad.algos.reinforce import reinforce_loss
@@ -77,9 +76,8 @@ def call(name: str, t: dict[str, torch.Tensor]) -> LossTerms | torch.Tensor:
             norm_adv=True,
             **common,
         )
-    if name in ("a2c", "actor_critic"):
-        loss = a2c_loss if name == "a2c" else actor_critic_loss
-        return loss(
+    if name == "actor_critic":  # A2C's, A3C's and n-step actor-critic's one loss
+        return actor_critic_loss(
             log_probs=t["log_probs"],
             advantages=t["advantages"],
             values=t["values"],
@@ -110,7 +108,7 @@ def named_terms(result: LossTerms | torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loss": result.loss, **result.metrics()}
 
 
-LOSSES = ["ppo", "ppo_kl", "a2c", "actor_critic", "reinforce", "trpo"]
+LOSSES = ["ppo", "ppo_kl", "actor_critic", "reinforce", "trpo"]
 DIFFERENTIABLE = ("log_probs", "values", "entropy", "kl")
 
 
@@ -195,10 +193,10 @@ def test_ppo_loss_hand_values():
     assert terms.clip_fraction.item() == 0.0
 
 
-@pytest.mark.parametrize("loss", [a2c_loss, actor_critic_loss])
-def test_policy_gradient_losses_hand_values(loss):
-    # pi uniform over 2 actions: log pi = log 0.5, H = log 2; A = [1, -2]; V - R = [-0.5, 1].
-    terms = loss(
+def test_actor_critic_loss_hand_values():
+    # A2C's, A3C's and actor-critic's one loss. pi uniform over 2 actions: log pi = log 0.5, H = log 2;
+    # A = [1, -2]; V - R = [-0.5, 1].
+    terms = actor_critic_loss(
         log_probs=torch.full((2,), math.log(0.5)),
         advantages=torch.tensor([1.0, -2.0]),
         values=torch.tensor([0.5, 1.0]),
@@ -246,10 +244,24 @@ def test_optimizer_step_clips_over_every_parameter_and_steps_every_optimizer():
     before, after = optimizer_step((first, second), [a, b], loss, max_grad_norm=1.0)
     assert (before, after) == (pytest.approx(5.0), 1.0)
     torch.testing.assert_close(torch.cat([a.detach(), b.detach()]), -torch.tensor([3.0, 0.0, 4.0]) / (5.0 + 1e-6))
-    # loss=None: the gradients already set are clipped and applied (the NumPy backend's path)
-    a.grad, b.grad = torch.tensor([0.1, 0.0]), torch.tensor([0.0])
-    assert optimizer_step(first, [a, b], None, None) is None
-    torch.testing.assert_close(a.detach(), torch.tensor([-3.0 / (5.0 + 1e-6) - 0.1, 0.0]))
+    # loss=None: the gradients already set are applied (the NumPy backend's path); max_grad_norm None:
+    # nothing clipped, the norm comes back as a tensor (the replay learners' step: no host copy)
+    a.grad, b.grad = torch.tensor([0.3, 0.0]), torch.tensor([0.4])
+    norm = optimizer_step(first, [a, b], None, None)
+    assert isinstance(norm, torch.Tensor) and norm.item() == pytest.approx(0.5)
+    torch.testing.assert_close(a.detach(), torch.tensor([-3.0 / (5.0 + 1e-6) - 0.3, 0.0]))
+    torch.testing.assert_close(b.grad, torch.tensor([0.4]))  # not clipped; ``second`` did not step
+    torch.testing.assert_close(b.detach(), torch.tensor([-4.0 / (5.0 + 1e-6)]))
+
+
+def test_optimizer_step_drops_earlier_gradients_before_the_backward():
+    # gradients accumulate in torch; the one step sets them (zero_grad(set_to_none) of the LM loops before)
+    a = torch.nn.Parameter(torch.ones(2))
+    a.grad = torch.tensor([100.0, 100.0])
+    optimizer = torch.optim.SGD([a], lr=0.5)
+    before, after = optimizer_step(optimizer, [a], (a * torch.tensor([1.0, 2.0])).sum(), max_grad_norm=10.0)
+    assert (before, after) == (pytest.approx(5**0.5), pytest.approx(5**0.5))
+    torch.testing.assert_close(a.detach(), torch.tensor([0.5, 0.0]))
 
 
 # ---- batch statistics ignore masked (autoreset) steps ------------------------------------------
@@ -311,13 +323,13 @@ def test_batch_to_the_device_it_is_on_is_the_batch_itself():
 def test_advantage_normalisation_uses_the_sample_std_of_the_valid_entries():
     # SB3 and CleanRL divide by torch's std() (n - 1); the population std made every PPO policy
     # gradient 0.8 % larger than theirs at minibatch 64 (tests/test_sb3_parity.py compares whole updates).
-    from pgrad.algos.common import normalize_advantages
     from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
+    from pgrad.numerics import masked_whiten
 
     advantages = torch.tensor([1.0, -2.0, 0.5, 4.0, 9.0])
     mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
     valid = advantages[:4]
     expected = (valid - valid.mean()) / (valid.std() + 1e-8)
-    torch.testing.assert_close(normalize_advantages(advantages, mask)[:4], expected)
+    torch.testing.assert_close(masked_whiten(advantages, mask)[:4], expected)
     weights = (mask / mask.sum()).numpy()
     np.testing.assert_allclose(normalize_numpy(advantages.numpy(), weights)[:4], expected.numpy(), rtol=1e-6)

@@ -13,11 +13,11 @@ from pgrad.algos.off_policy import (
     polyak_update,
     sac_actor_loss,
     smoothed_target_actions,
-    td_target,
     temperature_loss,
     twin_min_target,
 )
 from pgrad.distributions import TanhGaussian
+from pgrad.estimators import td_targets_torch
 from pgrad.nets import DeterministicActor, ExplorationNoise, SquashedGaussianActor
 from pgrad.replay import ReplayBuffer
 
@@ -57,8 +57,9 @@ def test_twin_min_target_bootstraps_through_truncation_not_termination():
         torch.tensor([1.0]), torch.tensor([0.0]), [five, three], 0.9, torch.tensor([-1.5]), alpha=0.2
     )
     assert soft.item() == pytest.approx(3.97)
-    # DDPG's single critic
-    assert td_target(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([2.0]), 0.5).item() == 2.0
+    # DDPG's single critic: the one-step TD target of pgrad.estimators, r + gamma (1 - terminated) Q'
+    assert twin_min_target(torch.tensor([1.0]), torch.tensor([0.0]), [torch.tensor([2.0])], 0.5).item() == 2.0
+    assert td_targets_torch(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([1.0]), 0.5).item() == 1.0
 
 
 def test_target_smoothing_noise_is_clipped():

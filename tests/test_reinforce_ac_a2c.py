@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pgrad.algos.a2c import A2C, A2CConfig, a2c_batch_loss, a2c_hand_gradients
-from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig, actor_critic_loss
+from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
+from pgrad.algos.common import actor_critic_loss
 from pgrad.algos.numpy_grad import NumpyActorCritic
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig, reinforce_loss
 from pgrad.config import EnvConfig, NetworkConfig

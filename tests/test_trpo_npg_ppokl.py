@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgrad.algos.common import masked_mean
 from pgrad.algos.ppo import ppo_loss
 from pgrad.algos.ppo_kl import adapt_kl_coef, ppo_kl_loss
 from pgrad.algos.trpo import NPGConfig, TRPOConfig, backtracking_line_search, policy_step, trust_region_step
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.nets import ActionSpec, ActorCritic
+from pgrad.numerics import masked_mean
 from pgrad.optim import (
     conjugate_gradient,
     detach_distribution,

@@ -1,11 +1,13 @@
 """Return and advantage estimators: pure functions over time-major ``[T, B]`` arrays.
 
-Each estimator comes twice: over NumPy arrays (``gae``) and over torch tensors (``gae_torch``).
-The twins compute the same recursions and are tested equal to each other; the torch ones stay on the
-tensors' device and dtype (no ``.numpy()``, no host round trip), so a GPU learner need not copy its
-rollout to the CPU to estimate advantages. Separate functions rather than one that dispatches on
+The estimators take NumPy arrays; the two that a learner needs on its own device also come over
+torch tensors: ``gae_torch`` (token PPO's GAE, ``pgrad.lm.losses.token_gae``) and
+``td_targets_torch`` (the replay learners' TD target, ``pgrad.algos.off_policy``). Each twin computes
+the same recursion as its NumPy original, is tested equal to it, and stays on the tensors' device and
+dtype (no ``.numpy()``, no host round trip). Separate functions rather than one that dispatches on
 type: each has one exact signature for the type checker and callers, NumPy float64 keeps its
-precision, and neither pays for a runtime type test.
+precision, and neither pays for a runtime type test. (Torch twins of the other estimators existed
+with no caller but their tests and were removed; write one when a learner needs it.)
 
 Conventions used by every function here:
 - ``rewards[t]`` is the reward for the action taken at step ``t``.
@@ -199,34 +201,13 @@ def vtrace(
 # are cast to the rewards' dtype (or to bool) and nothing moves between devices, so float32 on a GPU
 # stays float32 on that GPU.
 # Rows are gathered in a list and stacked rather than written in place, so a caller that needs
-# gradients through a target (e.g. a learned value in V-trace) gets them.
+# gradients through a target (GAE's returns through a learned value) gets them.
 
 
 def _flags_torch(terminated: Tensor, truncated: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """``(1 - terminated, done)`` with ``1 - terminated`` in ``like``'s dtype and ``done`` boolean."""
     done = torch.logical_or(terminated.bool(), truncated.bool())
     return 1.0 - terminated.to(like.dtype), done
-
-
-def discounted_returns_torch(
-    rewards: Tensor,
-    terminated: Tensor,
-    truncated: Tensor,
-    gamma: float,
-    next_values: Tensor | None = None,
-) -> Tensor:
-    """Torch twin of :func:`discounted_returns`: G_t = r_t + gamma * G_{t+1}, restarting at episode
-    boundaries; bootstraps from ``next_values`` on truncation and past the last row when given."""
-    not_terminated, done = _flags_torch(terminated, truncated, rewards)
-    if next_values is None:
-        next_values = torch.zeros_like(rewards)
-    bootstraps = next_values * not_terminated
-    following = bootstraps[-1]
-    returns: list[Tensor] = []
-    for t in reversed(range(rewards.shape[0])):
-        following = rewards[t] + gamma * torch.where(done[t], bootstraps[t], following)
-        returns.append(following)
-    return torch.stack(returns[::-1])
 
 
 def gae_torch(
@@ -255,87 +236,6 @@ def gae_torch(
     return stacked, stacked + values
 
 
-def explained_variance_torch(predictions: Tensor, targets: Tensor) -> float:
-    """Torch twin of :func:`explained_variance` (population variances, as ``np.var``).
-
-    Returns a Python float, which synchronises with the device once: it is a logged diagnostic.
-    """
-    target_var = float(torch.var(targets, correction=0))
-    if target_var == 0.0:
-        return float("nan")
-    return 1.0 - float(torch.var(targets - predictions, correction=0)) / target_var
-
-
-def nstep_returns_torch(
-    rewards: Tensor,
-    next_values: Tensor,
-    terminated: Tensor,
-    truncated: Tensor,
-    gamma: float,
-    n: int,
-) -> Tensor:
-    """Torch twin of :func:`nstep_returns`: G_t^(n) = sum_{k<m} gamma^k r_{t+k} + gamma^m * bootstrap,
-    the window ending at n steps, the end of the episode or the end of the rollout."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    not_terminated, done = _flags_torch(terminated, truncated, rewards)
-    not_done = (~done).to(rewards.dtype)
-    bootstraps = not_terminated * next_values
-    steps = rewards.shape[0]
-    returns: list[Tensor] = []
-    for t in range(steps):
-        total = torch.zeros_like(rewards[0])
-        discount = 1.0
-        open_window = torch.ones_like(rewards[0])  # 1 while the episode still runs inside the window
-        last = min(t + n, steps) - 1
-        for i in range(t, last + 1):
-            total = total + open_window * discount * rewards[i]
-            discount *= gamma
-            # An episode that ends at i bootstraps from its final observation unless it terminated;
-            # at the window's last row every open episode bootstraps.
-            ends_here = open_window if i == last else open_window * done[i].to(rewards.dtype)
-            total = total + ends_here * discount * bootstraps[i]
-            open_window = open_window * not_done[i]
-        returns.append(total)
-    return torch.stack(returns)
-
-
 def td_targets_torch(rewards: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
     """Torch twin of :func:`td_targets`: y_t = r_t + gamma (1 - terminated_t) V(s_{t+1})."""
     return rewards + gamma * (1.0 - terminated.to(rewards.dtype)) * next_values
-
-
-def vtrace_torch(
-    log_rhos: Tensor,
-    rewards: Tensor,
-    values: Tensor,
-    next_values: Tensor,
-    terminated: Tensor,
-    truncated: Tensor,
-    gamma: float,
-    rho_bar: float = 1.0,
-    c_bar: float = 1.0,
-    lam: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """Torch twin of :func:`vtrace` (IMPALA V-trace targets); returns ``(vs, pg_advantages)``.
-
-    rho_t = min(rho_bar, pi/mu),  c_t = lam min(c_bar, pi/mu)
-    v_t - V(s_t) = rho_t delta_t + gamma c_t (1 - done_t) (v_{t+1} - V(s_{t+1}))
-    """
-    rhos = torch.exp(log_rhos)
-    clipped_rhos = torch.clamp(rhos, max=rho_bar)
-    cs = lam * torch.clamp(rhos, max=c_bar)
-    not_terminated, done = _flags_torch(terminated, truncated, rewards)
-    not_done = (~done).to(rewards.dtype)
-    deltas = clipped_rhos * (rewards + gamma * not_terminated * next_values - values)
-    running = torch.zeros_like(rewards[0])
-    corrections: list[Tensor] = []
-    for t in reversed(range(rewards.shape[0])):
-        running = deltas[t] + gamma * cs[t] * not_done[t] * running
-        corrections.append(running)
-    vs = values + torch.stack(corrections[::-1])
-    # v_{t+1}: the next row's target inside an episode; V(final observation) where it ended; V(s_T)
-    # past the last row.
-    next_vs = torch.where(done, next_values, torch.cat([vs[1:], next_values[-1:]]))
-    pg_advantages = clipped_rhos * (rewards + gamma * not_terminated * next_vs - values)
-    return vs, pg_advantages

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgrad.algos.upgrade import upgrade_algo_section
+from pgrad.algos.upgrade import upgrade_algo_section, upgrade_saved_section
 from pgrad.checkpoint import check_run_folder
 from pgrad.config import (
     EnvConfig,
@@ -135,8 +135,8 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
     get_algorithm(algo)  # an unknown name: one line listing the allowed ones
     if total_steps is not None:
         data["run"] = {**(data.get("run") or {}), "total_steps": total_steps}
-    if algo in data:  # saved before the nested network/optimizer sections
-        data[algo] = upgrade_algo_section(algo, data[algo])
+    if algo in data:  # saved before the nested network/optimizer sections or a section's version
+        data[algo] = upgrade_saved_section(algo, data[algo])
     config = config_from_dict(data, algo)
     if is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(

@@ -10,7 +10,7 @@ V(s_T)) or from n-step returns. Defaults are Stable-Baselines3's: RMSprop (alpha
 lr 7e-4, n_steps 5, gamma 0.99, gae_lambda 1.0, ent_coef 0.0, vf_coef 0.5, max_grad_norm 0.5.
 
 Per update there is one forward over the T + 1 observations: its values give the targets and its
-log-probabilities and values the loss. On the CPU the gradient of ``a2c_loss`` is computed by
+log-probabilities and values the loss. On the CPU the gradient of ``actor_critic_loss`` is computed by
 hand in NumPy (``a2c_hand_gradients``, checked against autograd in the tests; ``gradient_backend``
 chooses): at 40 samples per update autograd's per-op overhead, not arithmetic, is the cost.
 """
@@ -25,9 +25,9 @@ import torch
 
 from pgrad.algos.common import (
     LossTerms,
+    actor_critic_loss,
     make_optimizer,
     mean_metrics,
-    normalize_advantages,
     optimizer_step,
     scheduled_learning_rate,
 )
@@ -81,39 +81,6 @@ class A2CConfig(Checked):
         choose_gradient_backend(self.gradient_backend, self.SECTION, self.network)
 
 
-def a2c_loss(
-    *,
-    log_probs: torch.Tensor,
-    advantages: torch.Tensor,
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    entropy: torch.Tensor,
-    mask: torch.Tensor,
-    vf_coef: float,
-    ent_coef: float,
-    norm_adv: bool,
-) -> LossTerms:
-    """L = -E[log pi(a|s) A] + vf_coef E[(V(s) - R)^2] - ent_coef E[H(pi(.|s))].
-
-    Every tensor has the shape of ``mask``; E[.] is the mean over entries with mask = 1, written as
-    one weighted sum with w = mask / #valid (fewer autograd nodes than three masked means: at 40
-    samples per update the op count, not the arithmetic, is the cost). A and R are constants (from
-    detached values in ``prepare``), so the critic regresses on a detached bootstrapped target.
-    With ``ent_coef`` 0 the entropy is a diagnostic only and stays out of the backward pass.
-    A3C uses this loss too.
-    """
-    weights = mask / mask.sum().clamp(min=1.0)
-    if norm_adv:
-        advantages = normalize_advantages(advantages, mask)
-    policy_loss = -(log_probs * advantages * weights).sum()
-    critic_loss = ((values - returns).pow(2) * weights).sum()
-    mean_entropy = (entropy * weights).sum()
-    loss = policy_loss + vf_coef * critic_loss
-    if ent_coef > 0.0:
-        loss = loss - ent_coef * mean_entropy
-    return LossTerms(loss=loss, policy_loss=policy_loss, value_loss=critic_loss, entropy=mean_entropy)
-
-
 def a2c_batch_loss(
     dist: Categorical | DiagGaussian,
     values: torch.Tensor,
@@ -123,14 +90,14 @@ def a2c_batch_loss(
     ent_coef: float,
     norm_adv: bool,
 ) -> LossTerms:
-    """``a2c_loss`` of a policy and values on a ``Batch`` (A2C and the A3C workers). The entropy
+    """``common.actor_critic_loss`` of a policy and values on a ``Batch`` (A2C and the A3C workers). The entropy
     is computed without a graph when ``ent_coef`` is 0 (it is then only reported)."""
     if ent_coef > 0.0:
         entropy = dist.entropy()
     else:
         with torch.no_grad():
             entropy = dist.entropy()
-    return a2c_loss(
+    return actor_critic_loss(
         log_probs=dist.log_prob(batch.actions),
         advantages=batch.advantages,
         values=values,
@@ -169,11 +136,11 @@ def a2c_targets(values_tm: np.ndarray, rollout: Rollout, config: A2CConfig) -> t
 def a2c_hand_gradients(
     net: NumpyActorCritic, forward: Forward, batch: Batch, *, vf_coef: float, ent_coef: float, norm_adv: bool
 ) -> dict[str, float]:
-    """The NumPy backend: set every ``.grad`` to dL/dparameter of ``a2c_loss`` (same L, same terms).
+    """The NumPy backend: set every ``.grad`` to dL/dparameter of ``actor_critic_loss`` (same L, same terms).
 
     With w = mask / #valid: dL/dlog pi_i = -w_i A_i and dL/dV_i = 2 vf_coef w_i (V_i - R_i);
     ``numpy_grad`` carries them through the heads and torsos. ``tests/test_reinforce_ac_a2c.py``
-    checks value and gradient against autograd of ``a2c_loss``. Every coefficient is implemented.
+    checks value and gradient against autograd of ``actor_critic_loss``. Every coefficient is implemented.
     """
     n = len(batch)
     mask, advantages, actions = batch.mask.numpy(), batch.advantages.numpy(), batch.actions.numpy()

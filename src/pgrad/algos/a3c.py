@@ -5,7 +5,7 @@ and a local copy of the network. A worker repeatedly copies the shared parameter
 network, collects a short ``num_steps`` rollout, computes the A2C loss gradient on its local
 network, and applies that gradient to the shared parameters with a shared optimizer, without
 waiting for the other workers (Hogwild-style: Recht et al., 2011). The loss is A2C's
-(``pgrad.algos.a2c.a2c_loss``: policy gradient with n-step/GAE advantages, value regression on
+(``pgrad.algos.common.actor_critic_loss``: policy gradient with n-step/GAE advantages, value regression on
 the detached n-step return, entropy bonus), then global gradient clipping. Parameters and optimizer
 statistics live in shared memory, so every worker's step moves the same model; that memory is the
 CPU's, so A3C runs on ``run.device: cpu`` only. Rollouts come from ``pgrad.rollout.RolloutCollector``

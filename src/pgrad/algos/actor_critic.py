@@ -21,15 +21,12 @@ import torch
 from torch import nn
 
 from pgrad.algos.common import (
-    LossTerms,
+    actor_critic_loss,
     evaluate_rollout,
     make_optimizer,
-    masked_mean,
     mean_metrics,
-    normalize_advantages,
     optimizer_step,
     scheduled_learning_rate,
-    value_loss,
 )
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
@@ -67,35 +64,6 @@ class ActorCriticConfig(Checked):
         self.check_range("ent_coef", 0)
         self.check_range("vf_coef", 0, low_open=True)
         self.check_range("max_grad_norm", 0, low_open=True)
-
-
-def actor_critic_loss(
-    *,
-    log_probs: torch.Tensor,
-    advantages: torch.Tensor,
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    entropy: torch.Tensor,
-    mask: torch.Tensor,
-    vf_coef: float,
-    ent_coef: float,
-    norm_adv: bool,
-) -> LossTerms:
-    """L = -E[log pi(a|s) A] + vf_coef E[(V_w(s) - sg(y))^2] - ent_coef E[H(pi(.|s))].
-
-    sg = stop-gradient: y (``returns``) and A are detached here, so a caller that built them with
-    gradients still gets the semi-gradient TD update. Every tensor has the shape of ``mask``;
-    E[.] is the mean over entries with mask = 1 (the same equation as ``a2c_loss``, written with
-    masked means).
-    """
-    advantages = advantages.detach()
-    if norm_adv:
-        advantages = normalize_advantages(advantages, mask)
-    policy_loss = -masked_mean(log_probs * advantages, mask)
-    critic_loss = value_loss(values, returns.detach(), mask)
-    mean_entropy = masked_mean(entropy, mask)
-    loss = policy_loss + vf_coef * critic_loss - ent_coef * mean_entropy
-    return LossTerms(loss=loss, policy_loss=policy_loss, value_loss=critic_loss, entropy=mean_entropy)
 
 
 def actor_and_critic_parameters(model: ActorCritic) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -166,7 +134,7 @@ class ActorCriticAlgorithm:
         norms = optimizer_step(
             (self.actor_optimizer, self.critic_optimizer), self.parameters, terms.loss, config.max_grad_norm
         )
-        if norms is not None:
+        if isinstance(norms, tuple):  # with max_grad_norm None: not clipped, not logged
             metrics[GRAD_NORM], metrics[GRAD_NORM_CLIPPED] = norms
         metrics["train/actor_learning_rate"] = actor_rate
         metrics["train/critic_learning_rate"] = critic_rate

@@ -1,10 +1,10 @@
-"""Pieces several algorithms share, as plain functions (no base class): masked statistics, the
-named loss terms, the optimizer (built from an ``OptimizerConfig``, scheduled, stepped) and the
+"""Pieces several algorithms share, as plain functions (no base class): the named loss terms, the
+actor-critic loss of A2C, A3C and n-step actor-critic, the optimizer (built from an ``OptimizerConfig``,
+scheduled, stepped: the one optimizer step of every family, language models included) and the
 learner's gradient-free pass over a rollout.
 
-Every function here works on tensors of any shape with a mask of the same shape (1 valid, 0 not),
-on any device: the same code serves ``[N]`` environment steps on the CPU and ``[B, T]`` tokens
-on a GPU.
+The masked statistics, whitening, clipped surrogate and value loss are in ``pgrad.numerics`` (shared
+with ``pgrad.lm``); the losses here work on tensors of any shape with a mask of the same shape.
 """
 
 from __future__ import annotations
@@ -22,41 +22,8 @@ from pgrad.algos.contract import UpdateContext
 from pgrad.config import OptimizerConfig
 from pgrad.estimators import gae
 from pgrad.nets import ActorCritic
+from pgrad.numerics import masked_whiten
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the entries where ``mask`` is 1 (autoreset steps, padding tokens carry mask 0)."""
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(A - mean) / (std + eps), mean and std over the n valid entries; the std is the sample one,
-    sum (A - mean)^2 / (n - 1), as SB3 and CleanRL compute it (torch's ``std()``), so that the same
-    minibatch gives the same step (the population std made the policy gradient 0.8 % larger at n 64)."""
-    count = mask.sum()
-    mean = (advantages * mask).sum() / count.clamp(min=1.0)
-    var = ((advantages - mean).pow(2) * mask).sum() / (count - 1.0).clamp(min=1.0)
-    return (advantages - mean) / (var.sqrt() + eps)
-
-
-def value_loss(
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    old_values: torch.Tensor | None = None,
-    clip_vf: float | None = None,
-) -> torch.Tensor:
-    """E[(V - R)^2] over valid entries; with ``clip_vf`` = c (PPO's clipped value loss)
-    E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)]."""
-    error = (values - returns).pow(2)
-    if clip_vf is not None:
-        if old_values is None:
-            raise ValueError("clip_vf needs old_values")
-        clipped = old_values + (values - old_values).clamp(-clip_vf, clip_vf)
-        error = torch.max(error, (clipped - returns).pow(2))
-    return masked_mean(error, mask)
 
 
 @dataclass(frozen=True)
@@ -104,6 +71,42 @@ def mean_metrics(history: Sequence[Mapping[str, torch.Tensor | float]]) -> dict[
     return out
 
 
+def actor_critic_loss(
+    *,
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    vf_coef: float,
+    ent_coef: float,
+    norm_adv: bool,
+) -> LossTerms:
+    """The loss of A2C, the A3C workers and n-step actor-critic:
+
+        L = -E[log pi(a|s) sg(A)] + vf_coef E[(V(s) - sg(R))^2] - ent_coef E[H(pi(.|s))]
+
+    sg = stop-gradient: A and R (``returns``, the bootstrapped target) are detached here, so a caller
+    that built them with gradients still gets the semi-gradient TD update. Every tensor has the shape
+    of ``mask``; E[.] is the mean over entries with mask = 1, written as one weighted sum with
+    w = mask / #valid (fewer autograd nodes than three masked means: at 40 samples per update the op
+    count, not the arithmetic, is the cost). With ``norm_adv`` A is whitened first (``masked_whiten``).
+    With ``ent_coef`` 0 the entropy is a diagnostic only and stays out of the backward pass.
+    """
+    advantages, returns = advantages.detach(), returns.detach()
+    weights = mask / mask.sum().clamp(min=1.0)
+    if norm_adv:
+        advantages = masked_whiten(advantages, mask)
+    policy_loss = -(log_probs * advantages * weights).sum()
+    critic_loss = ((values - returns).pow(2) * weights).sum()
+    mean_entropy = (entropy * weights).sum()
+    loss = policy_loss + vf_coef * critic_loss
+    if ent_coef > 0.0:
+        loss = loss - ent_coef * mean_entropy
+    return LossTerms(loss=loss, policy_loss=policy_loss, value_loss=critic_loss, entropy=mean_entropy)
+
+
 # ---- optimizers -------------------------------------------------------------------------------
 
 
@@ -139,6 +142,15 @@ def scheduled_learning_rate(optimizer: torch.optim.Optimizer, config: OptimizerC
     return rate
 
 
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """||g||_2 over every gradient that is set (a tensor, on the gradients' device: no host copy)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    return norm
+
+
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> tuple[float, float]:
     """Global L2 gradient clipping, g <- g * min(max_norm / (||g|| + 1e-6), 1), as
     ``torch.nn.utils.clip_grad_norm_``. Returns the norm before and after clipping.
@@ -151,7 +163,7 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> tuple[flo
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
             return 0.0, 0.0
-        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        total_norm = gradient_norm(parameters)
         before = float(total_norm)
         if not before < 0.999 * max_norm:  # near or above the limit, or NaN: the library's exact float32 path
             torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
@@ -183,40 +195,39 @@ def backward(
     return None if max_grad_norm is None else clip_gradients(parameters, max_grad_norm)
 
 
+Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+
+
 @overload
 def optimizer_step(
-    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-    parameters: list[nn.Parameter],
-    loss: torch.Tensor | None,
-    max_grad_norm: float,
+    optimizer: Optimizers, parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float
 ) -> tuple[float, float]: ...
 @overload
 def optimizer_step(
-    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-    parameters: list[nn.Parameter],
-    loss: torch.Tensor | None,
-    max_grad_norm: None,
-) -> None: ...
+    optimizer: Optimizers, parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: None
+) -> torch.Tensor: ...
 @overload
 def optimizer_step(
-    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-    parameters: list[nn.Parameter],
-    loss: torch.Tensor | None,
-    max_grad_norm: float | None,
-) -> tuple[float, float] | None: ...
+    optimizer: Optimizers, parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float | None
+) -> tuple[float, float] | torch.Tensor: ...
 def optimizer_step(
-    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-    parameters: list[nn.Parameter],
-    loss: torch.Tensor | None,
-    max_grad_norm: float | None,
-) -> tuple[float, float] | None:
-    """One step: gradients of ``loss`` (or those already set, ``loss=None``), global-norm clipping
-    over ``parameters``, then every optimizer steps (actor-critic has one for the actor and one
-    for the critic, clipped together). Returns ``backward``'s (norm before, norm after) or None."""
+    optimizer: Optimizers, parameters: list[nn.Parameter], loss: torch.Tensor | None, max_grad_norm: float | None
+) -> tuple[float, float] | torch.Tensor:
+    """The one optimizer step of every family (env learners, replay learners, language models):
+    gradients of ``loss`` over ``parameters`` (earlier ones dropped; ``loss=None``: those already set,
+    as the NumPy backend writes them), global-norm clipping, then every optimizer steps (actor-critic
+    has one for the actor and one for the critic, clipped together).
+
+    Returns (norm before, norm after) clipping as floats; with ``max_grad_norm`` None nothing is
+    clipped and the norm comes back as a tensor, not copied to the host (the replay learners take
+    thousands of steps and log a row now and then). The norm is measured before the optimizer's
+    step hooks run (the guard's may drop non-finite gradients).
+    """
     norms = backward(parameters, loss, max_grad_norm)
+    norm = gradient_norm(parameters) if norms is None else norms
     for each in (optimizer,) if isinstance(optimizer, torch.optim.Optimizer) else optimizer:
         each.step()
-    return norms
+    return norm
 
 
 # ---- the learner's pass over a rollout --------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad.algos.common import optimizer_step
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
     QNetworkConfig,
@@ -26,7 +27,6 @@ from pgrad.algos.off_policy import (
     polyak_update,
     q_statistics,
     schedule_learning_rates,
-    step,
     twin_min_target,
 )
 from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
@@ -119,11 +119,11 @@ class DDPG:
             target = twin_min_target(batch.rewards, batch.terminated, next_q, config.gamma)
         q_values = self.critic(batch.obs, batch.actions)
         loss_q = critic_loss(q_values, target)
-        critic_norm = step(self.critic_optimizer, self.critic_parameters, loss_q)
+        critic_norm = optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None)
 
         self.critic.requires_grad_(False)
         loss_mu = deterministic_actor_loss(self.critic.first(batch.obs, self.actor(batch.obs)))
-        actor_norm = step(self.actor_optimizer, self.actor_parameters, loss_mu)
+        actor_norm = optimizer_step(self.actor_optimizer, self.actor_parameters, loss_mu, None)
         self.critic.requires_grad_(True)
 
         polyak_update(self.critic, self.target_critic, config.tau)

@@ -9,7 +9,7 @@ learner's pi (the policy lag). Each rollout carries log mu(a_t|s_t); the learner
     v_s = V(s) + sum_t gamma^(t-s) (prod_{i<t} c_i) rho_t (r_t + gamma V(s_{t+1}) - V(s_t))
     L = -E[rho_s (r_s + gamma v_{s+1} - V(s_s)) log pi(a_s|s_s)] + vf_coef E[(V(s_s) - v_s)^2] - ent_coef E[H]
 
-which is A2C's loss (``a2c_loss``) with the V-trace policy-gradient advantage and target. rho_bar bounds the
+which is A2C's loss (``actor_critic_loss``) with V-trace's policy-gradient advantage and target. rho_bar bounds the
 variance of the policy gradient and where the value function converges (to V^pi at rho_bar = inf, towards V^mu
 below); c_bar bounds how far the trace reaches. With on-policy data (pi = mu) every rho is 1 and, at
 rho_bar = c_bar = lambda = 1, v_s is the bootstrapped Monte Carlo return. Terminated and truncated are apart: a

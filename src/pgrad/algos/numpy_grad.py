@@ -1,6 +1,6 @@
 """The NumPy gradient backend: hand-derived gradients of the PPO and A2C losses.
 
-Autograd of the loss functions (``ppo_loss``, ``a2c_loss``) is the reference; this backend computes
+Autograd of the loss functions (``ppo_loss``, ``actor_critic_loss``) is the reference; this backend computes
 the same gradients by hand where it measurably wins, and says exactly what it implements
 (``numpy_backend_refusal``): anything else is refused with a ConfigError, never ignored.
 ``gradient_backend: auto`` picks it only when it implements everything in use.
@@ -8,7 +8,7 @@ the same gradients by hand where it measurably wins, and says exactly what it im
 Why: a minibatch step on a 64x64 MLP needs ~0.15 ms of arithmetic, but autograd spends ~1.4 ms on
 it here (dozens of small ops, each with dispatch and graph overhead; torch's CPU ``tanh`` alone is
 ~7x slower than NumPy's). The same numbers from ~30 NumPy calls take a fraction of that. Each
-algorithm keeps its readable loss (``ppo_loss``, ``a2c_loss``) and, next to it, the derivative of
+algorithm keeps its readable loss (``ppo_loss``, ``actor_critic_loss``) and, next to it, the derivative of
 that loss with respect to log pi and V; this module turns those into parameter gradients. Tests
 check every algorithm's hand gradient against autograd of its loss.
 
@@ -94,7 +94,7 @@ def set_grad(parameter: torch.Tensor, grad: np.ndarray | None) -> None:
 
 def normalize_advantages(advantages: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(A - mean) / (std + 1e-8) with the masked weights (w = mask / n), sample std as
-    ``algos.common.normalize_advantages``: sum_i w_i (A_i - mean)^2 x n / (n - 1)."""
+    ``pgrad.numerics.masked_whiten``: sum_i w_i (A_i - mean)^2 x n / (n - 1)."""
     mean = float(weights @ advantages)
     count = np.count_nonzero(weights)
     correction = count / (count - 1) if count > 1 else 1.0

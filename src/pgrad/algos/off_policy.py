@@ -3,7 +3,8 @@
 - ``QNetworkConfig``: their ``network`` section (``pgrad.config.OffPolicyLoopConfig`` is their ``loop``
   section: the replay buffer and the schedule of ``pgrad.runners.off_policy``);
 - the targets and losses, pure functions of tensors with the equation in each docstring;
-- Polyak averaging of target networks, gradient norms, the learning-rate scale.
+- Polyak averaging of target networks, the learning-rate scale (their optimizer step is
+  ``pgrad.algos.common.optimizer_step``, without clipping).
 
 Targets are written with ``terminated`` only: a transition cut by a time limit (truncated) still
 bootstraps from Q(s', .), s' being its true final observation (see ``pgrad.replay``).
@@ -23,6 +24,7 @@ from pgrad.algos.common import make_optimizer, scheduled_learning_rate
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
+from pgrad.estimators import td_targets_torch
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,6 @@ def check_off_policy_env(section: str, env: EnvConfig) -> None:
 # ---- targets and losses ----------------------------------------------------------------------
 
 
-def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
-    """y = r + gamma (1 - terminated) Q'(s', a'): bootstraps through truncation, not termination."""
-    return rewards + gamma * (1.0 - terminated) * next_q
-
-
 def twin_min_target(
     rewards: torch.Tensor,
     terminated: torch.Tensor,
@@ -75,7 +72,7 @@ def twin_min_target(
     next_q = torch.stack(next_qs).min(dim=0).values if len(next_qs) > 1 else next_qs[0]
     if next_log_prob is not None:
         next_q = next_q - alpha * next_log_prob
-    return td_target(rewards, terminated, next_q, gamma)
+    return td_targets_torch(rewards, next_q, terminated, gamma)
 
 
 def smoothed_target_actions(
@@ -114,7 +111,7 @@ def deterministic_actor_loss(q_value: torch.Tensor) -> torch.Tensor:
     return -torch.mean(q_value)
 
 
-# ---- target networks, gradients, learning rates ------------------------------------------------
+# ---- target networks, learning rates ------------------------------------------------
 
 
 def polyak_update(source: nn.Module, target: nn.Module, tau: float) -> None:
@@ -130,15 +127,6 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
-def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
-    """||g||_2 over all gradients (a tensor: copied to the host once per log row, not per step)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norm: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-    return norm
-
-
 def make_optimizers(config: OptimizerConfig, *parameter_groups: list[nn.Parameter]) -> list[torch.optim.Optimizer]:
     """One optimizer per parameter group (actor, critics, temperature), all from the ``optimizer`` section."""
     return [make_optimizer(parameters, config) for parameters in parameter_groups]
@@ -152,17 +140,6 @@ def schedule_learning_rates(
     for optimizer in optimizers:
         rate = scheduled_learning_rate(optimizer, config, context)
     return rate
-
-
-def step(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
-    """Gradients of ``loss`` (earlier ones dropped), one optimizer step; returns the gradient norm
-    (measured before the step; the guard's hook may have dropped non-finite gradients)."""
-    for parameter in parameters:
-        parameter.grad = None
-    loss.backward()
-    norm = gradient_norm(parameters)
-    optimizer.step()
-    return norm
 
 
 def q_statistics(q_values: list[torch.Tensor], target: torch.Tensor) -> dict[str, Any]:

@@ -19,12 +19,9 @@ from pgrad.algos.common import (
     actor_critic_batch,
     linear_schedule,
     make_optimizer,
-    masked_mean,
     mean_metrics,
-    normalize_advantages,
     optimizer_step,
     scheduled_learning_rate,
-    value_loss,
 )
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import GradientBackend, NumpyActorCritic, choose_gradient_backend
@@ -43,6 +40,7 @@ from pgrad.metric_names import (
     VALUE_LOSS,
 )
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ImageShape, ObsShape
+from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_loss
 from pgrad.rollout import Batch, Rollout
 
 
@@ -123,30 +121,25 @@ def ppo_loss(
 
     r = exp(log pi(a|s) - log pi_old(a|s)). Every tensor has the shape of ``mask`` ([N] steps or
     [B, T] tokens), and every E[.] is a mean over the entries where mask = 1. With ``norm_adv``,
-    A is normalised to mean 0, std 1 over those entries first. With ``clip_vf`` = c, the value
-    term is E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)] (needs ``old_values``).
-    ``entropy`` is H(pi(.|s)) per entry. Diagnostics: approx KL = E[(r - 1) - log r] (unbiased, low
-    variance; Schulman 2020) and the fraction of entries whose ratio left [1 - eps, 1 + eps].
+    A is whitened to mean 0, sample std 1 over those entries first (``numerics.masked_whiten``).
+    With ``clip_vf`` = c, the value term is E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)]
+    (needs ``old_values``). ``entropy`` is H(pi(.|s)) per entry. The surrogate and its diagnostics
+    (approx KL = E[(r - 1) - log r], the fraction of entries whose ratio left [1 - eps, 1 + eps]) are
+    ``numerics.clipped_surrogate``, the value term ``numerics.value_loss``: token PPO uses the same two.
     """
-    log_ratio = log_probs - old_log_probs
-    ratio = log_ratio.exp()
     if norm_adv:
-        advantages = normalize_advantages(advantages, mask)
-    surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages)
-    policy_loss = -masked_mean(surrogate, mask)
+        advantages = masked_whiten(advantages, mask)
+    surrogate = clipped_surrogate(log_probs, old_log_probs, advantages, mask, clip_eps)
     critic_loss = value_loss(values, returns, mask, old_values=old_values, clip_vf=clip_vf)
     mean_entropy = masked_mean(entropy, mask)
-    loss = policy_loss + vf_coef * critic_loss - ent_coef * mean_entropy
-    with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
-        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask)
+    loss = surrogate.loss + vf_coef * critic_loss - ent_coef * mean_entropy
     return LossTerms(
         loss=loss,
-        policy_loss=policy_loss,
+        policy_loss=surrogate.loss,
         value_loss=critic_loss,
         entropy=mean_entropy,
-        approx_kl=approx_kl,
-        clip_fraction=clip_fraction,
+        approx_kl=surrogate.approx_kl,
+        clip_fraction=surrogate.clip_fraction,
     )
 
 

@@ -20,11 +20,8 @@ from pgrad.algos.common import (
     LossTerms,
     actor_critic_batch,
     make_optimizer,
-    masked_mean,
-    normalize_advantages,
     optimizer_step,
     scheduled_learning_rate,
-    value_loss,
 )
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
@@ -32,6 +29,7 @@ from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
 from pgrad.metric_names import GRAD_NORM, LEARNING_RATE, LOG_STD
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
+from pgrad.numerics import masked_mean, masked_whiten, value_loss
 from pgrad.optim import detach_distribution
 from pgrad.rollout import Batch, Rollout
 
@@ -116,7 +114,7 @@ def ppo_kl_loss(
     log_ratio = log_probs - old_log_probs
     ratio = log_ratio.exp()
     if norm_adv:
-        advantages = normalize_advantages(advantages, mask)
+        advantages = masked_whiten(advantages, mask)
     surrogate = masked_mean(ratio * advantages, mask)
     mean_kl = masked_mean(kl, mask)
     policy_loss = -surrogate + kl_coef * mean_kl

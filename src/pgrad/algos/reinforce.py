@@ -23,12 +23,9 @@ from pgrad.algos.common import (
     LossTerms,
     evaluate_rollout,
     make_optimizer,
-    masked_mean,
     mean_metrics,
-    normalize_advantages,
     optimizer_step,
     scheduled_learning_rate,
-    value_loss,
 )
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
@@ -36,6 +33,7 @@ from pgrad.errors import ConfigError
 from pgrad.estimators import discounted_returns
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, VALUE_LOSS
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
+from pgrad.numerics import masked_mean, masked_whiten, value_loss
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
@@ -98,7 +96,7 @@ def reinforce_loss(
     """
     weights = weights.detach()
     if norm_adv:
-        weights = normalize_advantages(weights, mask)
+        weights = masked_whiten(weights, mask)
     policy_loss = -masked_mean(log_probs * weights, mask)
     mean_entropy = masked_mean(entropy, mask)
     loss = policy_loss - ent_coef * mean_entropy
@@ -166,7 +164,7 @@ class Reinforce:
         )
         metrics = mean_metrics([terms.metrics()])
         norms = optimizer_step(self.optimizer, self.policy_parameters, terms.loss, config.max_grad_norm)
-        if norms is not None:
+        if isinstance(norms, tuple):  # with max_grad_norm None: not clipped, not logged
             metrics[GRAD_NORM], metrics[GRAD_NORM_CLIPPED] = norms
         if config.baseline:
             for _ in range(config.value_epochs):

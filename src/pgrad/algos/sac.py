@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad.algos.common import optimizer_step
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
     QNetworkConfig,
@@ -30,7 +31,6 @@ from pgrad.algos.off_policy import (
     q_statistics,
     sac_actor_loss,
     schedule_learning_rates,
-    step,
     temperature_loss,
     twin_min_target,
 )
@@ -134,7 +134,7 @@ class SAC:
             alpha_loss = temperature_loss(log_alpha, log_prob_pi, self.target_entropy)
             metrics[ALPHA_LOSS] = alpha_loss.detach()
             alpha = log_alpha.detach().exp()  # this step's alpha: the one before its own update, as SB3
-            step(self.alpha_optimizer, [log_alpha], alpha_loss)
+            optimizer_step(self.alpha_optimizer, [log_alpha], alpha_loss, None)
         else:
             alpha = self.alpha()
 
@@ -144,12 +144,16 @@ class SAC:
             target = twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma, next_log_prob, alpha)
         q_values = self.critics(batch.obs, batch.actions)
         loss_q = 0.5 * critic_loss(q_values, target)
-        metrics["diagnostics/critic_grad_norm"] = step(self.critic_optimizer, self.critic_parameters, loss_q)
+        metrics["diagnostics/critic_grad_norm"] = optimizer_step(
+            self.critic_optimizer, self.critic_parameters, loss_q, None
+        )
 
         # the critics stay fixed in the actor's step: no gradient for their weights (a third of the backward pass)
         self.critics.requires_grad_(False)
         loss_pi = sac_actor_loss(self.critics(batch.obs, actions_pi), log_prob_pi, alpha)
-        metrics["diagnostics/actor_grad_norm"] = step(self.actor_optimizer, self.actor_parameters, loss_pi)
+        metrics["diagnostics/actor_grad_norm"] = optimizer_step(
+            self.actor_optimizer, self.actor_parameters, loss_pi, None
+        )
         self.critics.requires_grad_(True)
 
         self.gradient_steps += 1

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad.algos.common import optimizer_step
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
     QNetworkConfig,
@@ -28,7 +29,6 @@ from pgrad.algos.off_policy import (
     q_statistics,
     schedule_learning_rates,
     smoothed_target_actions,
-    step,
     twin_min_target,
 )
 from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
@@ -129,7 +129,7 @@ class TD3:
         q_values = self.critics(batch.obs, batch.actions)
         loss_q = critic_loss(q_values, target)
         metrics: dict[str, Any] = {
-            "diagnostics/critic_grad_norm": step(self.critic_optimizer, self.critic_parameters, loss_q),
+            "diagnostics/critic_grad_norm": optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None),
             "train/critic_loss": loss_q.detach(),
             **q_statistics(q_values, target),
         }
@@ -137,7 +137,9 @@ class TD3:
         if self.gradient_steps % config.policy_delay == 0:
             self.critics.requires_grad_(False)
             loss_mu = deterministic_actor_loss(self.critics.first(batch.obs, self.actor(batch.obs)))
-            metrics["diagnostics/actor_grad_norm"] = step(self.actor_optimizer, self.actor_parameters, loss_mu)
+            metrics["diagnostics/actor_grad_norm"] = optimizer_step(
+                self.actor_optimizer, self.actor_parameters, loss_mu, None
+            )
             self.critics.requires_grad_(True)
             metrics["train/actor_loss"] = loss_mu.detach()
             polyak_update(self.critics, self.target_critics, config.tau)

@@ -30,11 +30,8 @@ import torch
 from pgrad.algos.common import (
     actor_critic_batch,
     make_optimizer,
-    masked_mean,
-    normalize_advantages,
     optimizer_step,
     scheduled_learning_rate,
-    value_loss,
 )
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
@@ -50,6 +47,7 @@ from pgrad.metric_names import (
     VALUE_LOSS,
 )
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
+from pgrad.numerics import masked_mean, masked_whiten, value_loss
 from pgrad.optim import (
     conjugate_gradient,
     detach_distribution,
@@ -227,7 +225,7 @@ def policy_step(
     """
     max_kl = config.max_kl if max_kl is None else max_kl
     mask = batch.mask
-    advantages = normalize_advantages(batch.advantages, mask) if config.norm_adv else batch.advantages
+    advantages = masked_whiten(batch.advantages, mask) if config.norm_adv else batch.advantages
     dist = model.distribution(batch.obs)
     old_dist = detach_distribution(dist)
     surrogate = trpo_surrogate(

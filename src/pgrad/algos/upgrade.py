@@ -6,6 +6,12 @@ Saved ``config.yaml`` files (and hand-written ``--config`` files) from before ha
 (``ppo: {network: {hidden_sizes: ...}, optimizer: {learning_rate: ..., eps: ...}, gradient_backend: auto}``);
 a section already in the new layout comes back unchanged. Unknown keys are left alone, so the
 usual "unknown key" error still names them.
+
+Values whose meaning changed are converted by the section's ``version`` (``SECTION_VERSIONS``): the
+``lm_ppo`` value loss lost its 1/2 in version 2 (one value loss, E[(V - R)^2], for environments and
+tokens), so a version-1 ``vf_coef`` is halved and the run's loss stays what it was. A run folder's
+``config.yaml`` holds every field, so a section read from one without ``version`` predates it
+(``upgrade_saved_section``); a hand-written config file without it is in the current version.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ MOVED: dict[str, dict[str, tuple[str, ...]]] = {
 }
 MOVED["npg"] = MOVED["trpo"]
 
+# the current version of the sections that have one (the ``version`` field of their config class)
+SECTION_VERSIONS: dict[str, int] = {"lm_ppo": 2}
+
 
 def upgrade_algo_section(algo: str, data: dict[str, Any]) -> dict[str, Any]:
     """The algorithm section ``data`` (of algorithm ``algo``) in the current nested layout.
@@ -70,7 +79,26 @@ def upgrade_algo_section(algo: str, data: dict[str, Any]) -> dict[str, Any]:
     if "hand_gradients" in out:
         value = out.pop("hand_gradients")
         out["gradient_backend"] = ("auto" if value else "autograd") if isinstance(value, bool) else value
+    if algo == "lm_ppo" and out.get("version") == 1:
+        # version 1: L = ... + vf_coef x 0.5 E[(V - R)^2]; version 2: vf_coef x E[(V - R)^2] (the RL sections').
+        # Halving is exact in binary floating point, so the loss is bit for bit the same.
+        if isinstance(out.get("vf_coef"), (int, float)) and not isinstance(out["vf_coef"], bool):
+            out["vf_coef"] = out["vf_coef"] / 2
+        out["version"] = 2
     return out
+
+
+def upgrade_saved_section(algo: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``upgrade_algo_section`` for a section read from a run folder's ``config.yaml``.
+
+    Every run writes all its fields there, so a versioned section (``SECTION_VERSIONS``) saved
+    without ``version`` was written before the field existed: it is read as version 1 (an ``lm_ppo``
+    run started before the shared value loss has its ``vf_coef`` halved). A missing ``vf_coef``
+    is left missing: the old default (0.1 of the half loss) and the new one (0.05) are the same loss.
+    """
+    if isinstance(data, dict) and algo in SECTION_VERSIONS and "version" not in data:
+        data = {**data, "version": 1}
+    return upgrade_algo_section(algo, data)
 
 
 def _put(data: dict[str, Any], path: str, value: Any) -> None:

@@ -76,7 +76,7 @@ class LMPPOConfig(Checked):
     gae_lambda: float = param(0.95, "GAE lambda over tokens")
     clip_eps: float = param(0.2, "surrogate clip range: ratio clipped to [1 - clip_eps, 1 + clip_eps]")
     clip_vf: float = param(0.2, "value clip range around the rollout's values")
-    vf_coef: float = param(0.1, "value loss coefficient")
+    vf_coef: float = param(0.05, "value loss coefficient; value loss = mean((V - R)^2), as in the RL sections")
     whiten_advantages: bool = param(True, "gae: whiten advantages over the rollout's real tokens")
     kl_coef: float = param(0.05, "initial coefficient beta of the per-token KL penalty beta (log pi - log pi_ref)")
     kl_target: float | None = param(
@@ -132,8 +132,14 @@ class LMPPOConfig(Checked):
     n_layer: int = param(2, "GPT-2 blocks of the tiny model")
     n_embd: int = param(64, "GPT-2 width of the tiny model")
     n_head: int = param(4, "attention heads; must divide n_embd")
+    version: int = param(
+        2,
+        "the conventions this section is written in: 2, vf_coef weighs mean((V - R)^2); 1 (run folders from before "
+        "this field), it weighed 0.5 x mean((V - R)^2) and is halved on reading (pgrad.algos.upgrade)",
+    )
 
     def validate(self) -> None:
+        self.check_range("version", 2, 2)
         if self.reward == "model" and not self.reward_model:
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)

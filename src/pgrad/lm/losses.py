@@ -13,6 +13,9 @@ Conventions shared by every function here:
   group) do not depend on the other rows in the batch; batch means are over all masked tokens, so they
   do not depend on the order of the rows or on how far the batch is padded.
 
+The PPO numerics (masked mean and whitening, clipped surrogate, clipped value loss) are the
+environments' own, in ``pgrad.numerics``; token GAE is ``pgrad.estimators.gae_torch`` over the tokens.
+
 Sources: InstructGPT (Ouyang et al., 2022); Ziegler et al., "Fine-tuning language models from human
 preferences" (2019) for the per-token KL penalty and the adaptive KL controller; Huang et al., "The N
 implementation details of RLHF with PPO" (2024); Schulman, "Approximating KL divergence" (2020) for k3;
@@ -22,40 +25,13 @@ Rafailov et al. (2023) for DPO; Ahmadian et al. (2024) for RLOO; Shao et al. (20
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-
-def masked_sum(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """sum(values * mask) over ``dim`` (all when None)."""
-    return (values * mask).sum() if dim is None else (values * mask).sum(dim)
-
-
-def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """sum(values * mask) / sum(mask): the mean over real tokens only."""
-    if dim is None:
-        return masked_sum(values, mask) / mask.sum().clamp(min=1)
-    return masked_sum(values, mask, dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(values: Tensor, mask: Tensor) -> Tensor:
-    """Population variance over real tokens: mean(mask * (x - mean)^2) (the biased estimator; with the
-    thousands of tokens of a batch the n/(n-1) correction is noise)."""
-    mean = masked_mean(values, mask)
-    return masked_mean((values - mean) ** 2, mask)
-
-
-def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / sqrt(var + eps) with mean and variance over real tokens; 0 at padding.
-
-    Whitened advantages (InstructGPT; the N implementation details, #6): the statistics are over the
-    whole batch of tokens, so padding columns added to the batch change nothing.
-    """
-    mean = masked_mean(values, mask)
-    return (values - mean) * torch.rsqrt(masked_var(values, mask) + eps) * mask
+from pgrad.estimators import gae_torch
+from pgrad.numerics import masked_mean
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -109,73 +85,30 @@ def token_rewards(score: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, k
 
 
 def token_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
-    """GAE over the tokens of each response, right to left; returns (advantages, returns), 0 at padding.
+    """GAE over the tokens of each response; returns (advantages, returns), 0 at padding.
 
-        delta_t = r_t + gamma * V_{t+1} - V_t      (V_{t+1} = 0 after the last real token: the episode ends)
-        A_t     = delta_t + gamma * lambda * A_{t+1}
-        R_t     = A_t + V_t                         (the value target)
+    Each response is an episode that terminates after its last real token, so this is
+    ``estimators.gae_torch`` (the environments' GAE) over the time-major ``[T, B]`` transpose with
+
+        V(s_{t+1}) = V_{t+1} (0 past the last real token),   terminated_t = [t is the row's last real token]
+
+    and nothing truncated:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lambda * A_{t+1},   R_t = A_t + V_t
 
     The value at column t is the critic's estimate before token t is emitted. With gamma 1 (the RLHF
-    default) the return is the undiscounted sum of the rest of the response's rewards.
+    default) the return is the undiscounted sum of the rest of the response's rewards. Rewards and
+    values are masked first, so whatever sits in the padding never reaches a real token.
     """
-    batch, length = rewards.shape
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros(batch, dtype=rewards.dtype, device=rewards.device)
-    next_value = torch.zeros(batch, dtype=rewards.dtype, device=rewards.device)
-    for t in reversed(range(length)):
-        live = mask[:, t].to(rewards.dtype)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * gae_lambda * running) * live
-        advantages[:, t] = running
-        next_value = values[:, t] * live  # past the last token (live = 0) the next value stays 0
-    return advantages, (advantages + values) * mask
-
-
-@dataclass(frozen=True)
-class PolicyLoss:
-    """The clipped surrogate and its diagnostics (scalars; ``loss`` carries the gradient)."""
-
-    loss: Tensor
-    clip_fraction: Tensor
-    approx_kl: Tensor  # k3 of the new policy against the one that sampled, over the minibatch's tokens
-    ratio_mean: Tensor
-    ratio_max: Tensor
-
-
-def ppo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float) -> PolicyLoss:
-    """PPO's clipped surrogate, per token, averaged over real tokens:
-
-        rho_t = exp(log pi(y_t) - log pi_old(y_t))
-        L     = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
-
-    On the first minibatch of the first epoch pi = pi_old, rho = 1 exactly and L = -mean(A).
-    """
-    log_ratio = (logp - old_logp) * mask
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_eps).to(ratio.dtype), mask)
-        approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
-        ratio_mean = masked_mean(ratio, mask)
-        ratio_max = (ratio * mask).max()
-    return PolicyLoss(loss, clip_fraction, approx_kl, ratio_mean, ratio_max)
-
-
-def clipped_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float
-) -> tuple[Tensor, Tensor]:
-    """PPO's clipped value loss (the N details, #10); returns (loss, fraction of tokens clipped):
-
-    V_clip = old_V + clip(V - old_V, -c, c)
-    L_V    = 0.5 * mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)
-    """
-    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
-    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-    with torch.no_grad():
-        fraction = masked_mean(((values - old_values).abs() > clip_range).to(values.dtype), mask)
-    return loss, fraction
+    rewards, values = rewards * mask, values * mask
+    live = mask.bool()
+    next_live = torch.nn.functional.pad(live[:, 1:], (0, 1))  # the next column holds a real token
+    next_values = torch.nn.functional.pad(values[:, 1:], (0, 1))
+    advantages, returns = gae_torch(
+        rewards.T, values.T, next_values.T, (live & ~next_live).T, torch.zeros_like(live).T, gamma, gae_lambda
+    )
+    # back to [B, T] in row-major memory: later reductions (whitening's sums) then add in the same order as ever
+    return advantages.T.contiguous() * mask, returns.T.contiguous() * mask
 
 
 def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:

@@ -28,16 +28,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgrad.algos.common import adam, optimizer_step
 from pgrad.checkpoint import TrainState, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
 from pgrad.lm.build import build_lm
 from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
-from pgrad.lm.losses import dpo_loss, masked_sum
+from pgrad.lm.losses import dpo_loss
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
+from pgrad.numerics import masked_sum
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rm import HELDOUT_SEED_OFFSET
@@ -81,7 +83,7 @@ class DPORunner:
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
         self.reference: CausalLM = copy.deepcopy(self.lm)  # the initial weights, frozen
         self.reference.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.dpo.learning_rate)
+        self.optimizer = adam(list(self.lm.parameters()), self.dpo.learning_rate, eps=1e-8)  # torch's eps
         self.step = 0  # pairs trained on
         self.updates = 0
         trunk.open_or_resume(
@@ -135,10 +137,7 @@ class DPORunner:
         size = self.dpo.batch_size
         while self.step < until_step and not self.run.stop_requested:
             loss, accuracy = self.pair_loss(self.train_pairs, torch.randint(0, len(self.train_pairs), (size,)))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.lm.parameters(), self.dpo.max_grad_norm)
-            self.optimizer.step()
+            optimizer_step(self.optimizer, list(self.lm.parameters()), loss, self.dpo.max_grad_norm)
             losses.append(float(loss.detach()))
             accuracies.append(float(accuracy))
             self.step += size

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from pgrad import metric_names as names
+from pgrad.algos.common import adam, optimizer_step
 from pgrad.checkpoint import (
     LearnerState,
     TrainState,
@@ -61,18 +62,7 @@ from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_
 from pgrad.lm.build import add_lora, build_policy, build_task, frozen_reference
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
-from pgrad.lm.losses import (
-    AdaptiveKLController,
-    clipped_value_loss,
-    group_token_advantages,
-    kl_k1,
-    kl_k3,
-    masked_mean,
-    masked_whiten,
-    ppo_policy_loss,
-    token_gae,
-    token_rewards,
-)
+from pgrad.lm.losses import AdaptiveKLController, group_token_advantages, kl_k1, kl_k3, token_gae, token_rewards
 from pgrad.lm.model import (
     AdapterDisabled,
     PolicyWithValue,
@@ -85,6 +75,7 @@ from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinit
 from pgrad.monitor.guard import Action, Event, Halt, Rollback
 from pgrad.monitor.recovery import parameters_finite, restore_captured
 from pgrad.monitor.sinks import read_jsonl
+from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_clip_fraction, value_loss
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
 from pgrad.runners.lm_rm import load_reward_model
@@ -220,7 +211,7 @@ class LMPPORunner:
             except ValueError as exc:
                 raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
-        self.optimizer = torch.optim.Adam(trained, lr=self.ppo.learning_rate, eps=1e-5)
+        self.optimizer = adam(trained, self.ppo.learning_rate, eps=1e-5)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
         self.learner = LMLearner(self.policy, self.optimizer, self.kl)
         self.step = 0  # responses sampled
@@ -383,7 +374,7 @@ class LMPPORunner:
                     batch.mask.long(),
                     temperature=ppo.temperature,
                 )
-                policy = ppo_policy_loss(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
+                policy = clipped_surrogate(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
                 terms = {
                     "train/policy_loss": policy.loss,
                     "diagnostics/approx_kl": policy.approx_kl,
@@ -397,17 +388,16 @@ class LMPPORunner:
                     terms["train/kl_loss"] = kl_term
                 if ppo.advantage == "gae":
                     assert out.values is not None
-                    value_loss, value_clipped = clipped_value_loss(
-                        out.values, batch.old_values, batch.returns, batch.mask, ppo.clip_vf
+                    critic_loss = value_loss(
+                        out.values, batch.returns, batch.mask, old_values=batch.old_values, clip_vf=ppo.clip_vf
                     )
-                    loss = loss + ppo.vf_coef * value_loss
-                    terms["train/value_loss"], terms["diagnostics/value_clip_fraction"] = value_loss, value_clipped
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                terms["diagnostics/grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                    self.policy.parameters(), ppo.max_grad_norm
-                )
-                self.optimizer.step()
+                    loss = loss + ppo.vf_coef * critic_loss  # vf_coef x E[(V - R)^2], no 1/2 (as the RL sections)
+                    terms["train/value_loss"] = critic_loss
+                    terms["diagnostics/value_clip_fraction"] = value_clip_fraction(
+                        out.values, batch.old_values, batch.mask, ppo.clip_vf
+                    )
+                grad_norm, _ = optimizer_step(self.optimizer, list(self.policy.parameters()), loss, ppo.max_grad_norm)
+                terms["diagnostics/grad_norm"] = torch.tensor(grad_norm)
                 if steps == 0:
                     ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
                     first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())

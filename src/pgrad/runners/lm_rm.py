@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgrad.algos.common import adam, optimizer_step
 from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -109,7 +110,7 @@ class RewardModelRunner:
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
         self.model = self.members[0]
-        self.optimizers = [torch.optim.Adam(m.parameters(), lr=self.rm.learning_rate) for m in self.members]
+        self.optimizers = [adam(list(m.parameters()), self.rm.learning_rate, eps=1e-8) for m in self.members]
         self.resamples = [bootstrap_indices(len(self.train_pairs), seed, m, size) for m in range(size)]
         self.step = 0  # pairs trained on
         self.updates = 0
@@ -186,10 +187,7 @@ class RewardModelRunner:
                 index = resample[torch.randint(0, len(resample), (size,))]
                 chosen, rejected = pair_scores(model, self.train_pairs, index)
                 loss, accuracy = bradley_terry_loss(chosen, rejected)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.rm.max_grad_norm)
-                optimizer.step()
+                optimizer_step(optimizer, list(model.parameters()), loss, self.rm.max_grad_norm)
                 losses.append(float(loss.detach()))  # the training means are over members and steps
                 accuracies.append(float(accuracy))
             self.step += size

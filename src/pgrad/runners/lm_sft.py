@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgrad.algos.common import adam, optimizer_step
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -76,7 +77,7 @@ class SFTRunner:
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
         self.initial: CausalLM = copy.deepcopy(self.lm)  # for the KL of the evaluations
         self.initial.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.lm.parameters(), lr=self.sft.learning_rate)
+        self.optimizer = adam(list(self.lm.parameters()), self.sft.learning_rate, eps=1e-8)  # torch's eps
         self.step = 0  # demonstrations trained on
         self.updates = 0
         trunk.open_or_resume(
@@ -121,10 +122,7 @@ class SFTRunner:
         size = self.sft.batch_size
         while self.step < until_step and not self.run.stop_requested:
             loss = self.train_demos.nll(self.lm, torch.randint(0, len(self.train_demos), (size,)))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.lm.parameters(), self.sft.max_grad_norm)
-            self.optimizer.step()
+            optimizer_step(self.optimizer, list(self.lm.parameters()), loss, self.sft.max_grad_norm)
             losses.append(float(loss.detach()))
             self.step += size
             self.updates += 1
