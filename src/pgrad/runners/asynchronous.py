@@ -45,6 +45,7 @@ import torch.multiprocessing as mp
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.a3c import A3C, A3CConfig, build_model
+from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import (
     LearnerState,
@@ -151,6 +152,7 @@ class A3CRunner:
         self.eval_env: Environment | None = None
         self.eval_model: Any = None
 
+        self.run.resolved = resolved_record(self.algo)
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
         if resume_from is not None:

@@ -30,6 +30,7 @@ import torch
 
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
+from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import (
     Environment,
     algo_gamma,
@@ -148,6 +149,7 @@ class OffPolicyRunner:
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
 
+        self.run.resolved = resolved_record(self.algo)
         resume_from = self.run.latest_state() if resume else None  # read (and checked) before anything is written
         self.run.open(console, f"{config.algo} {config.env.id}")
         self.inexact = env_state.inexact_reason(self.env.envs)
