@@ -756,6 +756,19 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+# config.yaml's record of what the run resolved when it was built (``pgrad.algos.numpy_grad.resolved_record``:
+# the gradient backend that ``auto`` picked). A record, not an input: reading a config ignores it, so a resume
+# or a new run from this file resolves again from the sections above it, exactly as before.
+RESOLVED_SECTION = "resolved"
+
+
+def append_resolved(path: Path, resolved: dict[str, str]) -> None:
+    """Append the ``resolved:`` record under a saved config (see ``RESOLVED_SECTION``)."""
+    with open(path, "a") as handle:
+        handle.write("# resolved when the run was built; a record, not an input (loading ignores it)\n")
+        handle.write(yaml.safe_dump({RESOLVED_SECTION: resolved}, sort_keys=False))
+
+
 class _PlainLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` without aliases: ``*name`` repeats a node by reference, so a few hundred
     bytes of nested aliases (an "alias bomb") stand for gigabytes once written out as JSON in every

@@ -9,6 +9,7 @@ from typing import Any
 from pgrad.algos.upgrade import upgrade_algo_section, upgrade_saved_section
 from pgrad.checkpoint import check_run_folder
 from pgrad.config import (
+    RESOLVED_SECTION,
     EnvConfig,
     GuardConfig,
     RayConfig,
@@ -46,7 +47,7 @@ def config_from_dict(data: dict[str, Any], algo: str) -> TrainConfig:
     sections = sections_for(algo)
     readable = {*sections, "env", "guard"} if spec.language_model else set(sections)
     for key in data:
-        if key != "algo" and key not in readable:
+        if key not in ("algo", RESOLVED_SECTION) and key not in readable:
             # a nested section written at the top (randomize: instead of env: {randomize: ...}): say where it goes
             owners = [name for name, cls in sections.items() if name_in(cls, str(key))]
             hint = f"; '{key}' belongs under '{owners[0]}:'" if len(owners) == 1 else ""

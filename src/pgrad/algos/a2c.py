@@ -170,7 +170,7 @@ class A2C:
         self.config = config
         self.device = torch.device(device)
         image = isinstance(obs_shape, ImageShape)
-        backend = choose_gradient_backend(
+        backend, self.gradient_backend_reason = choose_gradient_backend(
             config.gradient_backend, config.SECTION, config.network, action, str(device), image
         )
         self.gradient_backend = backend

@@ -65,17 +65,33 @@ def choose_gradient_backend(
     action: ActionSpec | None = None,
     device: str = "cpu",
     image: bool = False,
-) -> Literal["autograd", "numpy"]:
-    """``auto``: numpy when it implements everything in use, else autograd. ``numpy`` where it
-    does not: a ConfigError naming the field, the reason and the allowed values."""
+) -> tuple[Literal["autograd", "numpy"], str]:
+    """The backend a learner uses and why (the why is recorded: ``resolved_record``). ``auto``: numpy
+    when it implements everything in use, else autograd. ``numpy`` where it does not: a ConfigError
+    naming the field, the reason and the allowed values."""
     if requested == "autograd":
-        return "autograd"
+        return "autograd", f"{section}.gradient_backend is 'autograd'"
     refusal = numpy_backend_refusal(network, action, device, image)
     if refusal is None:
-        return "numpy"
+        return "numpy", f"{section}.gradient_backend is {requested!r} and the NumPy backend implements this setting"
     if requested == "auto":
-        return "autograd"
+        return "autograd", f"{section}.gradient_backend is 'auto' and {refusal}"
     raise ConfigError(f"{section}.gradient_backend must be 'auto' or 'autograd' when {refusal}; got 'numpy'")
+
+
+def resolved_record(algorithm: object) -> dict[str, str]:
+    """What a learner resolved when it was built, for the run's record (``run.started`` and
+    ``config.yaml``): the gradient backend that really computes its gradients, and why.
+
+    PPO and A2C choose (``gradient_backend``: ``auto`` picks numpy on the CPU where it can, so the
+    config alone does not say which path ran); every other algorithm differentiates with autograd.
+    """
+    backend = getattr(algorithm, "gradient_backend", None)
+    reason = getattr(algorithm, "gradient_backend_reason", None)
+    if backend is None or reason is None:
+        name = getattr(algorithm, "name", "this algorithm")
+        return {"gradient_backend": "autograd", "gradient_backend_reason": f"{name} has no NumPy backend"}
+    return {"gradient_backend": str(backend), "gradient_backend_reason": str(reason)}
 
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)  # a Python float: keeps float32 arrays float32

@@ -206,7 +206,7 @@ class PPO:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.gradient_backend = choose_gradient_backend(
+        self.gradient_backend, self.gradient_backend_reason = choose_gradient_backend(
             config.gradient_backend,
             config.SECTION,
             config.network,

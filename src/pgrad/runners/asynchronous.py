@@ -45,6 +45,7 @@ import torch.multiprocessing as mp
 from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.a3c import A3C, A3CConfig, build_model
+from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import (
     LearnerState,
@@ -153,6 +154,7 @@ class A3CRunner:
         self.steps_per_second: float | None = None
         self.last_metrics: dict[str, Any] = {}
 
+        self.run.resolved = resolved_record(self.algo)
         label, workers = f"{config.algo} {config.env.id}", f", {self.algo_config.num_workers} workers"
         trunk.open_or_resume(self.run, console, label, self.load, self.close, workers)
 

@@ -50,7 +50,7 @@ from pgrad.checkpoint import (
     newest_loadable,
     remove_partial_writes,
 )
-from pgrad.config import TrainConfig
+from pgrad.config import TrainConfig, append_resolved
 from pgrad.errors import CheckpointError, ConfigError, PgradError
 from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
 from pgrad.monitor.trackers import check_trackers, tracker_sinks
@@ -123,6 +123,9 @@ class RunContext:
         self.broken_sinks: list[MetricSink] = []  # sinks whose write failed (disk full), closed by ``close``
         self.console: ConsoleDisplay | None = None
         self.events: EventLog | None = None
+        # what the learner resolved at build time (``resolved_record``), set by the runner before ``open``:
+        # recorded in config.yaml and at run.started
+        self.resolved: dict[str, str] = {}
 
     # ---- the folder and its logs ----------------------------------------------------------
     def check_new_folder(self) -> None:
@@ -176,6 +179,8 @@ class RunContext:
             self.lock.release()
             raise
         config.save(self.run_dir / "config.yaml")
+        if self.resolved:
+            append_resolved(self.run_dir / "config.yaml", self.resolved)
         self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label)
         self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
         self.sinks = [JsonlSink(self.run_dir / "metrics.jsonl")]
@@ -260,7 +265,8 @@ class RunContext:
     def started_event(self, detail: str = "") -> None:
         config = self.config
         text = f"{config.algo} on {config.env.id}, seed {config.run.seed}{detail}"
-        self.emit("run.started", 0, text, version=__version__)
+        data: dict[str, Any] = {"resolved": self.resolved} if self.resolved else {}
+        self.emit("run.started", 0, text, version=__version__, **data)
 
     def log(self, metrics: dict[str, Any]) -> None:
         """One row of metrics to every sink and the progress bar."""

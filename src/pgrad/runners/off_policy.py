@@ -30,6 +30,7 @@ import torch
 
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
+from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import (
     Environment,
     algo_gamma,
@@ -136,6 +137,7 @@ class OffPolicyRunner:
         self.last_batch: TransitionBatch | None = None
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
+        self.run.resolved = resolved_record(self.algo)
         self.inexact = env_state.inexact_reason(self.env.envs)
         label = f"{config.algo} {config.env.id}"
         if not trunk.open_or_resume(self.run, console, label, self.load, self.close):

@@ -17,6 +17,7 @@ import numpy as np
 
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
+from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import (
     Environment,
     algo_gamma,
@@ -95,6 +96,7 @@ class OnPolicyRunner:
         self.last_batch: Batch | None = None
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
+        self.run.resolved = resolved_record(self.algo)
         self.inexact = env_state.inexact_reason(self.env.envs)
         trunk.open_or_resume(self.run, console, f"{config.algo} {config.env.id}", self.load, self.close)
         if self.inexact is not None:  # said before training starts, not discovered after a resume
