@@ -145,6 +145,21 @@ def test_store_last_healthy_skips_unhealthy(tmp_path):
     assert store.path("best").name == "step_0000000001"
 
 
+def test_a_checkpoint_marked_healthy_later_becomes_last_healthy_and_best(tmp_path):
+    store = CheckpointStore(tmp_path, keep=5)
+    store.save(1, {"w": torch.zeros(1)}, {}, 1.0, healthy=True)
+    store.save(2, {"w": torch.zeros(1)}, {}, 2.0, healthy=False)  # written unmarked, awaiting confirmation (A3C)
+    store.save(3, {"w": torch.zeros(1)}, {}, 0.5, healthy=False)
+    assert not store.is_healthy("step_0000000002") and store.path("best").name == "step_0000000001"
+    store.mark_healthy("step_0000000002")
+    assert store.is_healthy("step_0000000002") and not store.is_healthy("step_0000000003")
+    assert store.path("last_healthy").name == store.path("best").name == "step_0000000002"
+    store.mark_healthy("step_0000000003")  # newer, so last_healthy; a lower score, so not best
+    assert store.path("last_healthy").name == "step_0000000003" and store.path("best").name == "step_0000000002"
+    store.mark_healthy("step_0000000099")  # pruned or never written: nothing to mark, no error
+    assert not store.is_healthy("step_0000000099")
+
+
 def test_new_run_refuses_a_folder_that_holds_a_run(tmp_path):
     from pgrad.errors import ConfigError
 

@@ -869,6 +869,23 @@ class CheckpointStore:
         write_json_atomic(self.root / INDEX, index)
         return self.root / name
 
+    def mark_healthy(self, name: str) -> None:
+        """Mark checkpoint ``name`` healthy after it was written (the A3C coordinator confirms marks from
+        later reports); it may then become ``best``. One pruned in the meantime is left out."""
+        index = self.index()
+        entry = index["entries"].get(name)
+        if entry is None or entry.get("healthy"):
+            return
+        entry["healthy"] = True
+        score = entry.get("score")
+        if score is not None and (index["best_score"] is None or score >= index["best_score"]):
+            index["best"], index["best_score"] = name, score
+        write_json_atomic(self.root / INDEX, index)
+
+    def is_healthy(self, name: str) -> bool:
+        """The index's health mark of checkpoint ``name`` (False for one it does not list)."""
+        return bool(self.index()["entries"].get(name, {}).get("healthy", False))
+
     def _prune(self, index: dict[str, Any]) -> None:
         names = sorted(index["entries"])
         protected = {index["best"], index["latest"]}

@@ -22,8 +22,8 @@ traceback or exit code is reported, the others are stopped, stragglers are termi
 ``shutdown_timeout``, a checkpoint is written and the run ends with ``TrainingHalted``, exit code 3).
 
 The guard (``guard`` section) runs on every worker report, as on every update of the synchronous
-loop: alert rules, periodic evaluation, health-marked checkpoints, halts on sustained non-finite
-gradients (a worker skips a non-finite step: the shared parameters and statistics stay as they
+loop: alert rules, periodic evaluation, checkpoints whose health mark later reports confirm, halts
+on sustained non-finite gradients (a worker skips a non-finite step: the shared parameters and statistics stay as they
 were), rollbacks that copy the last healthy state back into the shared tensors while the workers
 are paused, and the drills of ``guard.inject``. A2C's loss has no probability ratio, so each worker
 measures the KL of its own update (the shared policy just before vs just after its step, on its

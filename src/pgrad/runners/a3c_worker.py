@@ -29,7 +29,12 @@ Messages to the coordinator (a ``multiprocessing`` queue), each a tuple:
 - ``("started", worker, pid)`` once everything is imported;
 - ``("drill", worker, {"drill": text, "kind": kind, "step": step})`` when a drill fires here first;
 - ``("report", worker, payload)`` every ``report_every`` updates, once at the end, and early when
-  the coordinator restored the shared model (the report then holds only pre-restore updates);
+  the coordinator restored the shared model (the report then holds only pre-restore updates). Besides
+  the means, it lists per update the shared step count when that update copied the shared weights
+  (``synced_steps``), the count once its rollout was added, just before its gradient landed
+  (``landed_steps``), and its own KL (``kls``; NaN for a skipped step): the coordinator needs them to
+  tell which of a report's updates may be inside a state it captured and which started from it
+  (``pgrad.runners.asynchronous.report_verdict``);
 - ``("error", worker, traceback_text)`` if anything raises (the worker then exits with code 1);
 - ``("done", worker, None)`` after a clean stop.
 """
@@ -223,7 +228,7 @@ def _run(
                     stats[STALENESS] = float(shared.update_counter.value - updates_at_sync - 1)
             finally:
                 shared.busy[worker] = 0
-            report.add(stats, time.perf_counter() - started, synced_step)
+            report.add(stats, time.perf_counter() - started, synced_step, step)
             if report.updates >= algo.report_every:
                 shared.messages.put(("report", worker, report.payload(step, collector, reported_episodes)))
                 reported_episodes = collector.episodes.count
@@ -329,7 +334,8 @@ def gradient_step(
 
 class Report:
     """Per-update statistics between two messages to the coordinator: means (and maxima for
-    ``REPORTED_MAX``), and which updates were skipped as non-finite, in order.
+    ``REPORTED_MAX``), and per update, in order: whether it was skipped as non-finite, when it
+    copied the shared weights and when it landed (by the shared step count), and its own KL.
 
     A skipped update counts in ``NONFINITE_STEPS`` (a count, not a mean) and in ``nonfinite``; its
     other statistics (a NaN loss, the norm of a NaN gradient) are left out of the means.
@@ -343,14 +349,19 @@ class Report:
         self.counts: dict[str, int] = {}
         self.maxima: dict[str, float] = {}
         self.nonfinite: list[int] = []  # per update: 1 = its gradient was non-finite
-        self.synced_step: int | None = None  # the shared step count when its first update copied the shared model
+        self.synced_steps: list[int] = []  # per update: the shared step count when it copied the shared model
+        self.landed_steps: list[int] = []  # per update: the shared step count just before its gradient landed
+        self.kls: list[float] = []  # per update: its own KL (NaN when skipped or not measured)
         self.seconds = 0.0
         self.env_seconds = 0.0
 
-    def add(self, stats: dict[str, float], seconds: float, synced_step: int = 0) -> None:
-        """One update's ``stats``; ``synced_step``: the shared step count when it copied the shared model."""
-        if self.synced_step is None:
-            self.synced_step = synced_step
+    def add(self, stats: dict[str, float], seconds: float, synced_step: int, landed_step: int) -> None:
+        """One update's ``stats``. ``synced_step``: the shared step count when it copied the shared model;
+        ``landed_step``: the count after its rollout was added (its gradient lands after that, so a state
+        copied while the count was below it does not hold this update)."""
+        self.synced_steps.append(synced_step)
+        self.landed_steps.append(landed_step)
+        self.kls.append(stats.get(names.APPROX_KL, float("nan")))
         self.updates += 1
         self.seconds += seconds
         skipped = bool(stats.get(names.NONFINITE_STEPS, 0.0))
@@ -376,8 +387,10 @@ class Report:
             "step": step,
             "updates": self.updates,
             "generation": self.generation,
-            "synced_step": self.synced_step if self.synced_step is not None else step,
             "nonfinite": list(self.nonfinite),
+            "synced_steps": list(self.synced_steps),
+            "landed_steps": list(self.landed_steps),
+            "kls": list(self.kls),
             "metrics": metrics,
             "seconds": self.seconds,
             "env_seconds": self.env_seconds,

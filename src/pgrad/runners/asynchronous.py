@@ -14,13 +14,20 @@ report (one worker's ``report_every`` updates) is one row of metrics, one ``Guar
 
 - alerts are logged as events; evaluations (deterministic episodes, frozen normaliser) run on the
   coordinator's own envs every ``guard.eval_every`` steps, on a copy of the weights taken with the
-  checkpoint they score; checkpoints carry the guard's health mark;
+  checkpoint they score;
+- health marks: a report lists, per update, when the update copied the shared weights, when it landed
+  and its own KL, so the coordinator knows which updates may be inside a state it copied and which
+  started from it (``report_verdict``). A state, the candidate a rollback may return to in memory or a
+  checkpoint written while the guard judged the run healthy, is confirmed once every running worker has
+  reported healthy updates that started from it, with the updates that may be inside it healthy too;
+  until then a checkpoint stays unmarked in the index (``PendingState``). This is the synchronous rule
+  ("the next update is healthy too") for updates that overlap;
 - non-finite gradients are skipped in the workers and counted in their reports; the counts feed
   ``GuardState.recent_steps``, and too many halt the run: the workers are stopped cleanly, then
   ``TrainingHalted`` (exit code 3). No checkpoint is written after a halt;
 - a rollback pauses the workers between two updates (see ``A3CRunner.pause_workers``), copies the
-  newest confirmed healthy state (in memory, else the newest healthy checkpoint) into the shared
-  parameters and shared optimizer statistics in place, writes the guard's learning-rate scale to
+  newest confirmed healthy state (in memory or on disk; without one, the state the run started from)
+  into the shared parameters and shared optimizer statistics in place, writes the guard's learning-rate scale to
   the shared ``lr_scale`` the workers multiply their rate by, and lets the workers go on: each
   copies the restored weights at the start of its next update. Reports that hold updates from
   before the restore (``generation``) are logged but not judged;
@@ -33,8 +40,10 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import statistics
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +84,66 @@ STARTUP_SECONDS = 300.0
 PAUSE_POLL_SECONDS = 0.001
 
 
+def update_metrics(payload: dict[str, Any], indices: list[int]) -> dict[str, float]:
+    """What the guard's health rule reads (``Guard.healthy_for_rollback``) for some of a report's updates:
+    their skipped (non-finite) steps and the mean of the others' own KL. A KL that is NaN or infinite
+    on an applied step stays in the mean, so the rule reads it as unhealthy."""
+    applied = [i for i in indices if not payload["nonfinite"][i]]
+    metrics = {names.NONFINITE_STEPS: float(len(indices) - len(applied))}
+    if applied:
+        metrics[names.APPROX_KL] = statistics.fmean(payload["kls"][i] for i in applied)
+    return metrics
+
+
+def report_verdict(fence: int, payload: dict[str, Any], healthy: Callable[[list[int]], bool]) -> bool | None:
+    """One worker report's verdict on a state copied from the shared tensors before the shared step count
+    was read as ``fence`` (read just after the copy).
+
+    A worker's updates run one after another, each copying the shared weights (``synced_steps``) after
+    the previous one landed (``landed_steps``: the count just before its gradient is applied), so its
+    updates fall in three runs, in order: those that landed at or before ``fence`` (their gradients may
+    be inside the state), those that copied before and landed after it (neither in the state nor from
+    it), and those that copied after it (they started from weights that hold the state). So once a
+    worker has an update of the last kind, every one of its updates that may be inside the state has
+    been reported, in this report or an earlier one.
+
+    False when the updates of this report that may be inside the state, or those that started from it,
+    are not healthy by ``healthy(indices)`` (the guard's rule on their mean KL and skipped steps); True
+    when some started from it and they are healthy (this worker vouches for it); None when none did yet.
+    """
+    inside = [i for i, landed in enumerate(payload["landed_steps"]) if landed <= fence]
+    after = [i for i, synced in enumerate(payload["synced_steps"]) if synced > fence]
+    if (inside and not healthy(inside)) or (after and not healthy(after)):
+        return False
+    return True if after else None
+
+
+@dataclass
+class PendingState:
+    """A state waiting for the reports that confirm it: the rollback candidate in memory, or a checkpoint
+    (``name``) written while the guard judged the run healthy, unmarked in the index until confirmed."""
+
+    fence: int  # the shared step count read just after the state was copied (see report_verdict)
+    waiting: set[int]  # workers that have not vouched for it yet
+    name: str = ""
+
+    def hear(self, worker: int, verdict: bool | None, running: set[int]) -> bool | None:
+        """Take one report's ``report_verdict``: False (refuted), True (confirmed: with this report every
+        running worker has vouched), None (still waiting). A worker that vouched already is not heard
+        again: its later updates started from later weights, which later states answer for. Only a
+        report that vouches confirms (a last report read after the other workers stopped does not)."""
+        if worker not in self.waiting or verdict is None:
+            return None
+        if verdict is False:
+            return False
+        self.waiting.discard(worker)
+        return None if self.waiting & running else True
+
+
 class WorkerConfirmedStates(HealthyStates):
     """``HealthyStates`` for asynchronous reports: a candidate is confirmed only once *every* running
-    worker has sent a healthy report whose updates all started from weights copied at or after the
-    capture (by the shared step count), with no unhealthy report in between.
+    worker has reported healthy updates that started from weights copied after the capture, and the
+    updates that may be inside it were reported healthy (``report_verdict``, ``PendingState``).
 
     A report lags its updates by up to ``report_every`` of them, and the next report after a capture
     may come from another worker whose updates mostly predate it; "the next report is healthy", the
@@ -88,27 +153,42 @@ class WorkerConfirmedStates(HealthyStates):
 
     def __init__(self, every: int) -> None:
         super().__init__(every)
-        self.waiting: set[int] = set()  # workers whose healthy report the candidate still needs
+        self.pending: PendingState | None = None  # the candidate's fence and the workers it waits for
 
     def after_report(
-        self, healthy: bool, worker: int, synced_step: int, step: int, running: set[int], capture: Any
+        self,
+        healthy: bool,
+        worker: int,
+        verdict: Callable[[int], bool | None],
+        step: int,
+        running: set[int],
+        capture: Callable[[], tuple[LearnerState, int]],
     ) -> None:
-        """``capture()`` returns the ``LearnerState`` to hold (called only when one is taken)."""
-        if not healthy:
-            self.candidate = None
-            return
-        if self.candidate is not None and synced_step >= self.candidate.step:
-            self.waiting.discard(worker)
-            if not self.waiting & running:
-                self.confirmed, self.candidate = self.candidate, None
-        if self.candidate is None and (self.last_capture_step is None or step - self.last_capture_step >= self.every):
-            self.candidate = capture()
+        """``healthy``: the guard's mark for the whole report (a new candidate is taken only after a healthy
+        one); ``verdict(fence)``: this report's ``report_verdict`` on a state of that fence; ``capture()``:
+        the ``LearnerState`` to hold and its fence (called only when one is taken)."""
+        if self.candidate is not None and self.pending is not None:
+            outcome = self.pending.hear(worker, verdict(self.pending.fence), running)
+            if outcome is not None:
+                self.confirmed = self.candidate if outcome else self.confirmed
+                self.candidate, self.pending = None, None
+        if (
+            healthy
+            and self.candidate is None
+            and (self.last_capture_step is None or step - self.last_capture_step >= self.every)
+        ):
+            self.candidate, fence = capture()
+            self.pending = PendingState(fence, set(running))
             self.last_capture_step = step
-            self.waiting = set(running)
+
+    def forget_candidate(self) -> None:
+        self.candidate, self.pending = None, None
 
     def load(self, slots: dict[str, Any], capture_step: int | None) -> None:
         super().load(slots, capture_step)
-        self.waiting = set()  # filled with the running workers when they start
+        # Every update of the resumed run copies weights past the candidate's step; the running workers
+        # are filled in when they start.
+        self.pending = PendingState(self.candidate.step, set()) if self.candidate is not None else None
 
 
 class A3CRunner:
@@ -147,6 +227,8 @@ class A3CRunner:
         self.started_workers: set[int] = set()  # workers that have imported everything and begun
         self.guard = Guard(config.guard, config.run.total_steps, self.run_dir, early_evaluations=False)
         self.healthy_states = WorkerConfirmedStates(config.guard.snapshot_every)  # a rollback's first choice
+        self.pending_marks: list[PendingState] = []  # checkpoints waiting for their health mark
+        self.start_state: LearnerState | None = None  # a rollback's last resort (see roll_back)
         self.eval_env: Environment | None = None
         self.eval_model: Any = None
         # set by train(): the step rate's window (time, step), the rate, and the last logged row
@@ -283,6 +365,7 @@ class A3CRunner:
         drills = [parse_fault(text).text for text in self.config.guard.inject]
         self.fired = context.Array("b", [int(text in self.guard.state.fired) for text in drills])
         optimizer_states = self.algo.share_memory()
+        self.start_state = self.capture(self.step)
         return SharedHandles(
             self.algo.model,
             optimizer_states,
@@ -302,8 +385,8 @@ class A3CRunner:
 
         shared = self.share()
         context, workers = self.context, self.algo_config.num_workers
-        if self.healthy_states.candidate is not None:
-            self.healthy_states.waiting = set(range(workers))
+        if self.healthy_states.pending is not None:
+            self.healthy_states.pending.waiting = set(range(workers))
         # Started with SIGINT ignored, which survives exec: Ctrl-C in a terminal reaches the whole
         # process group, and only the coordinator may act on it (it then stops the workers).
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -464,7 +547,7 @@ class A3CRunner:
             if isinstance(action, Rollback):
                 self.roll_back(action, step)
             elif isinstance(action, Checkpoint):
-                state = None
+                state, fence = None, None
                 if frozen is not None and action.score is not None:
                     # The evaluated weights, with the guard's state as decide left it (the evaluation counted).
                     state = replace(
@@ -473,38 +556,87 @@ class A3CRunner:
                         rollback_states=self.healthy_states.slots(),
                         rollback_capture_step=self.healthy_states.last_capture_step,
                     )
-                self.save_checkpoint(action.score, action.healthy, state)
+                    fence = payload.get("frozen_fence")
+                # Healthy by this report, the checkpoint waits unmarked for the reports of updates from its
+                # weights (with the guard off nothing rolls back, and the mark is the report's).
+                confirm = action.healthy and self.config.guard.enabled
+                path = self.save_checkpoint(action.score, action.healthy and not confirm, state)
+                if confirm:  # fenced when its weights were copied (a live checkpoint reads them as it writes)
+                    fence = self.step_counter.value if fence is None else fence
+                    self.pending_marks.append(PendingState(fence, self.running_workers(), path.name))
             elif isinstance(action, Snapshot):
-                self.healthy_states.after_report(
-                    action.healthy,
-                    worker,
-                    int(payload.get("synced_step", 0)),
-                    step,
-                    self.running_workers(),
-                    lambda: self.capture(step),
-                )
+                self.after_report(action.healthy, worker, payload, step)
+
+    def after_report(self, healthy: bool, worker: int, payload: dict[str, Any], step: int) -> None:
+        """One judged report's verdict on the states waiting for confirmation: the checkpoints written
+        unmarked (a confirmed one is marked healthy in the index) and the rollback candidate in memory.
+        Each is judged on the report's updates that may be inside it and those that started from it, by
+        the guard's health rule (``report_verdict``)."""
+
+        def verdict(fence: int) -> bool | None:
+            return report_verdict(
+                fence, payload, lambda indices: self.guard.healthy_for_rollback(update_metrics(payload, indices))
+            )
+
+        running = self.running_workers()
+        for mark in list(self.pending_marks):
+            outcome = mark.hear(worker, verdict(mark.fence), running)
+            if outcome is None:
+                continue
+            self.pending_marks.remove(mark)
+            if outcome:
+                self.run.store.mark_healthy(mark.name)
+            self.run.emit(
+                "checkpoint.confirmed" if outcome else "checkpoint.refuted",
+                step,
+                f"{mark.name} {'marked healthy' if outcome else 'stays unmarked'} after worker {worker}'s report",
+                show=False,
+                checkpoint=mark.name,
+                fence=mark.fence,
+                worker=worker,
+            )
+        self.healthy_states.after_report(
+            healthy, worker, verdict, step, running, lambda: (self.capture(step), self.step_counter.value)
+        )
 
     def roll_back(self, action: Rollback, step: int) -> None:
         """Restore the state the guard chose into the shared tensors (it cut the learning rate already).
 
-        ``last_healthy``: the newest confirmed healthy state in memory, else the newest checkpoint
-        marked healthy. ``best``: the best-evaluated checkpoint, else the same as ``last_healthy``.
+        ``last_healthy``: the newest confirmed healthy state, in memory (``healthy_states``) or on disk
+        (the newest checkpoint marked healthy: marks are confirmed as the states in memory are).
+        ``best``: the best-evaluated checkpoint (only a confirmed one can be best), else as
+        ``last_healthy``. With neither, the state this process started from (``start_state``: a new
+        run's initial weights, or the checkpoint a resume began from), so that a rollback never keeps
+        the weights the guard has just judged damaged. The candidate in memory and the checkpoints
+        still waiting for their mark are dropped (the damage may be in them).
         The workers are paused for the restore (``pause_workers``); their observation and reward
         normalisers keep their statistics (they are the workers' own, and no gradient step moves them).
         """
         self.healthy_states.forget_candidate()
-        path = self.run.checkpoint_path("best") if action.source == "best" else None
-        memory = self.healthy_states.confirmed if path is None else None
-        if path is None and memory is None:
-            path = self.run.checkpoint_path("last_healthy")
+        self.pending_marks.clear()
+        best = self.run.checkpoint_path("best") if action.source == "best" else None
+        path = best or self.run.checkpoint_path("last_healthy")
         restored = read_train_state(path) if path is not None else None  # read before the workers wait
+        memory = self.healthy_states.confirmed if best is None else None
+        if memory is not None and restored is not None:  # the newer of the two (memory needs no file)
+            if memory.step >= restored.step:
+                path = restored = None
+            else:
+                memory = None
+        start = memory is None and restored is None
+        if start:
+            memory = self.start_state
         data: dict[str, Any] = {"checkpoint": str(path) if path else None, "restored_from": None}
         still_busy = self.pause_workers()
         try:
             if memory is not None:
                 self.algo.restore_in_place(memory.modules["model"], memory.optimizers["optimizer"])
                 summary = f"restored the healthy state of step {memory.step} from memory"
-                data.update(restored_from="memory", restored_step=memory.step)
+                if start:
+                    summary = (
+                        f"no confirmed healthy state yet, restored the state of step {memory.step} the run started from"
+                    )
+                data.update(restored_from="start" if start else "memory", restored_step=memory.step)
             elif restored is not None and path is not None:
                 load_modules({"model": self.algo.model}, restored, path)  # copies into the shared tensors
                 load_optimizers({"optimizer": self.algo.optimizer}, restored, path)
@@ -513,7 +645,7 @@ class A3CRunner:
                     restored_from="disk",
                     restored_step=restored.step,
                     restored_score=restored.score,
-                    restored_healthy=restored.healthy,
+                    restored_healthy=self.run.store.is_healthy(path.name),  # the index: marks come later
                 )
             else:
                 summary = "no healthy state yet, kept the current weights"
@@ -598,6 +730,7 @@ class A3CRunner:
         # The evaluation at run.total_steps is the final checkpoint's (every worker's last report is past it).
         if step < self.config.run.total_steps and self.guard.evaluation_due(step):
             frozen = self.train_state(frozen=True)
+            payload["frozen_fence"] = self.step_counter.value  # its health mark's fence (see PendingState)
             evaluation = self.evaluate(metrics, frozen)
         self.run.log(metrics)
         self.last_metrics = metrics
