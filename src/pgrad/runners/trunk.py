@@ -64,8 +64,8 @@ def open_or_resume(
 ) -> bool:
     """The second half: the checkpoint to resume from is read (and checked) before anything is written,
     then the folder is opened (lock, config with the learner's ``resolved`` record, logs) and the body loads
-    it, or a fresh run logs ``run.started``. A refused checkpoint closes the body (no file or environment left open). Returns
-    whether the run resumed."""
+    it, or a fresh run logs ``run.started``. A refused checkpoint closes the body (no file or environment
+    left open). Returns whether the run resumed."""
     resume_from = run.latest_state() if run.resume else None
     if not run.resolved:  # the learner chose nothing (the language models): its gradients are autograd's
         reason = f"{run.config.algo} has no NumPy backend"
