@@ -99,7 +99,7 @@ def test_dpo_resume_is_exact(tmp_path):
 
 
 def test_dpo_refuses_an_sft_model_of_another_shape_and_runs_from_the_cli(sft_dir, tmp_path, capsys):
-    with pytest.raises(ConfigError, match=r"lm_dpo.n_embd must be 64, the value of the SFT model in .*; got 32"):
+    with pytest.raises(ConfigError, match=r"lm_dpo.model.n_embd must be 64, the value of the SFT model in .*; got 32"):
         DPORunner(dpo_config(64, f"init_from={sft_dir}", "n_embd=32"), tmp_path / "x", console=False)
     assert not (tmp_path / "x").exists()  # refused before anything was written
     run_dir = tmp_path / "cli"

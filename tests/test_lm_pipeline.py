@@ -82,7 +82,7 @@ def test_sft_then_reward_model_then_ppo_raise_the_hidden_true_score_while_kl_sta
 def test_ppo_refuses_an_sft_model_of_another_shape(tmp_path):
     sft_config = resolve_config("lm_sft", None, None, ["n_embd=32", "eval_every=64", "eval_prompts=8"], 1, 64)[0]
     SFTRunner(sft_config, tmp_path / "sft", console=False).train()
-    with pytest.raises(ConfigError, match=r"lm_ppo.n_embd must be 32, the value of the SFT model in .*; got 64"):
+    with pytest.raises(ConfigError, match=r"lm_ppo.model.n_embd must be 32, the value of the SFT model in .*; got 64"):
         LMPPORunner(config(64, f"init_from={tmp_path / 'sft'}"), tmp_path / "ppo", console=False)
     with pytest.raises(ConfigError, match=r"lm_ppo.init_from: .* is a 'lm_ppo' run, not supervised fine-tuning"):
         LMPPORunner(config(64, f"init_from={tmp_path / 'sft'}", "n_embd=32"), tmp_path / "p2", console=False).train()

@@ -51,6 +51,15 @@ MOVED: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 MOVED["npg"] = MOVED["trpo"]
+# the language-model sections before their optimizer: and model: sections (issue 21)
+_LM_MOVES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("optimizer.learning_rate",),
+    "n_layer": ("model.n_layer",),
+    "n_embd": ("model.n_embd",),
+    "n_head": ("model.n_head",),
+}
+for _lm in ("lm_ppo", "lm_rm", "lm_sft", "lm_dpo"):
+    MOVED[_lm] = _LM_MOVES
 
 # the current version of the sections that have one (the ``version`` field of their config class)
 SECTION_VERSIONS: dict[str, int] = {"lm_ppo": 2}

@@ -6,24 +6,29 @@ from __future__ import annotations
 
 import copy
 
-from transformers import GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from pgrad.errors import ConfigError
-from pgrad.lm.config import LMDPOConfig, LMPPOConfig, LMSFTConfig
-from pgrad.lm.model import AdapterDisabled, PolicyWithValue, attach_lora, tiny_gpt2_config
+from pgrad.lm.config import LMDPOConfig, LMModelConfig, LMPPOConfig, LMRewardModelConfig, LMSFTConfig
+from pgrad.lm.model import AdapterDisabled, PolicyWithValue, RewardModel, attach_lora, tiny_gpt2_config
 from pgrad.lm.task import DigitsTask
 
 
-def build_lm(config: LMSFTConfig | LMPPOConfig | LMDPOConfig, task: DigitsTask) -> GPT2LMHeadModel:
-    """The tiny GPT-2 of a section's ``n_layer``, ``n_embd`` and ``n_head``, sized for the task's prompts."""
-    model_config = tiny_gpt2_config(
+def model_config(section: LMModelConfig, task: DigitsTask, max_new_tokens: int) -> GPT2Config:
+    """The GPT-2 config of a section's ``model:`` (blocks, width, heads), positions for the task's longest
+    prompt and ``max_new_tokens`` response tokens, every dropout off."""
+    return tiny_gpt2_config(
         task.tokenizer.vocab_size,
-        n_positions=task.max_prompt_length + config.max_new_tokens,
-        n_layer=config.n_layer,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
+        n_positions=task.max_prompt_length + max_new_tokens,
+        n_layer=section.n_layer,
+        n_embd=section.n_embd,
+        n_head=section.n_head,
     )
-    return GPT2LMHeadModel(model_config)
+
+
+def build_lm(config: LMSFTConfig | LMPPOConfig | LMDPOConfig, task: DigitsTask) -> GPT2LMHeadModel:
+    """The tiny GPT-2 language model of a section."""
+    return GPT2LMHeadModel(model_config(config.model, task, config.max_new_tokens))
 
 
 def build_task(config: LMPPOConfig) -> DigitsTask:
@@ -33,14 +38,13 @@ def build_task(config: LMPPOConfig) -> DigitsTask:
 
 def build_policy(config: LMPPOConfig, task: DigitsTask) -> PolicyWithValue:
     """PPO's policy: the tiny GPT-2 with a value head (on its own trunk with ``critic: separate``)."""
-    model_config = tiny_gpt2_config(
-        task.tokenizer.vocab_size,
-        n_positions=task.max_prompt_length + config.max_new_tokens,
-        n_layer=config.n_layer,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
-    )
-    return PolicyWithValue(model_config, separate_critic=config.critic == "separate")
+    gpt2 = model_config(config.model, task, config.max_new_tokens)
+    return PolicyWithValue(gpt2, separate_critic=config.critic == "separate")
+
+
+def build_reward_model(config: LMRewardModelConfig, task: DigitsTask) -> RewardModel:
+    """A reward model: the section's GPT-2 trunk with a scalar head on the response's last real token."""
+    return RewardModel(model_config(config.model, task, config.max_new_tokens))
 
 
 def add_lora(policy: PolicyWithValue, config: LMPPOConfig) -> None:

@@ -13,12 +13,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pgrad.config import Checked, param
+from pgrad.config import Checked, OptimizerConfig, param
 
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
 SFT_ALGO = "lm_sft"
 DPO_ALGO = "lm_dpo"
+
+
+@dataclass(frozen=True)
+class LMModelConfig(Checked):
+    """The tiny GPT-2 a language-model section builds (its ``model:`` section): blocks, width, heads. PPO and
+    DPO starting from an SFT model (``init_from``) must name the same one."""
+
+    SECTION: ClassVar[str] = "model"
+
+    n_layer: int = param(2, "GPT-2 blocks")
+    n_embd: int = param(64, "GPT-2 width")
+    n_head: int = param(4, "attention heads; must divide n_embd")
+
+    def validate(self) -> None:
+        self.check_range("n_layer", 1)
+        self.check_range("n_embd", 1)
+        self.check_range("n_head", 1)
+        if self.n_embd % self.n_head:
+            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+
+
+def lm_optimizer(eps: float, what: str) -> Any:
+    """The ``optimizer:`` field of a language-model section: the shared ``OptimizerConfig`` (Adam at 1e-3; the
+    ``eps`` each trainer has always used), with a constant learning rate (``anneal_lr`` is refused)."""
+    return param(OptimizerConfig(learning_rate=1e-3, eps=eps), f"{what}: Adam, lr 1e-3, eps {eps:g}")
+
+
+def check_shared_sections(section: Checked, optimizer: OptimizerConfig) -> None:
+    """The checks every language-model section shares (its model is checked by ``LMModelConfig``)."""
+    section.check_range("max_grad_norm", 0, low_open=True)
+    if optimizer.anneal_lr:
+        section._fail("optimizer", "a constant learning rate (optimizer.anneal_lr: false); LM runs do not anneal it")
 
 
 @dataclass(frozen=True)
@@ -127,11 +159,9 @@ class LMPPOConfig(Checked):
         "warning.lm_rm_disagreement when the ensemble's mean disagreement (std across members) over the later half "
         "of hacking_window rises above this x its early level (the first hacking_window // 2 updates; None: off)",
     )
-    learning_rate: float = param(1e-3, "Adam learning rate (policy and value head)")
+    optimizer: OptimizerConfig = lm_optimizer(1e-5, "policy and value head")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
-    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
-    n_embd: int = param(64, "GPT-2 width of the tiny model")
-    n_head: int = param(4, "attention heads; must divide n_embd")
+    model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2 of the policy (and of a separate critic)")
     version: int = param(
         2,
         "the conventions this section is written in: 2, vf_coef weighs mean((V - R)^2); 1 (run folders from before "
@@ -178,13 +208,7 @@ class LMPPOConfig(Checked):
         self.check_range("length_explosion", 1, low_open=True)
         self.check_range("ensemble_k", 0)
         self.check_range("disagreement_rise", 1, low_open=True)
-        self.check_range("learning_rate", 0, low_open=True)
-        self.check_range("max_grad_norm", 0, low_open=True)
-        self.check_range("n_layer", 1)
-        self.check_range("n_embd", 1)
-        self.check_range("n_head", 1)
-        if self.n_embd % self.n_head:
-            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+        check_shared_sections(self, self.optimizer)
 
 
 @dataclass(frozen=True)
@@ -200,11 +224,9 @@ class LMRewardModelConfig(Checked):
     heldout_pairs: int = param(1024, "fresh pairs, never trained on, for the held-out accuracy (ties dropped)")
     batch_size: int = param(64, "pairs per gradient step")
     eval_every: int = param(2048, "held-out accuracy every this many trained pairs, and at the end")
-    learning_rate: float = param(1e-3, "Adam learning rate")
+    optimizer: OptimizerConfig = lm_optimizer(1e-8, "each member's")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
-    n_layer: int = param(2, "GPT-2 blocks of the reward model's trunk")
-    n_embd: int = param(64, "GPT-2 width")
-    n_head: int = param(4, "attention heads; must divide n_embd")
+    model: LMModelConfig = param(LMModelConfig(), "the reward model's GPT-2 trunk")
     ensemble_size: int = param(
         1,
         "reward models trained side by side, each from its own initial weights on its own bootstrap resample of "
@@ -218,13 +240,7 @@ class LMRewardModelConfig(Checked):
         self.check_range("heldout_pairs", 2)
         self.check_range("batch_size", 1)
         self.check_range("eval_every", 1)
-        self.check_range("learning_rate", 0, low_open=True)
-        self.check_range("max_grad_norm", 0, low_open=True)
-        self.check_range("n_layer", 1)
-        self.check_range("n_embd", 1)
-        self.check_range("n_head", 1)
-        if self.n_embd % self.n_head:
-            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+        check_shared_sections(self, self.optimizer)
 
 
 @dataclass(frozen=True)
@@ -241,11 +257,9 @@ class LMSFTConfig(Checked):
     batch_size: int = param(64, "demonstrations per gradient step")
     eval_every: int = param(2048, "held-out metrics every this many demonstrations, and at the end")
     eval_prompts: int = param(256, "held-out prompts for the sampled true score and KL to the initial weights")
-    learning_rate: float = param(1e-3, "Adam learning rate")
+    optimizer: OptimizerConfig = lm_optimizer(1e-8, "the model's")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
-    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
-    n_embd: int = param(64, "GPT-2 width")
-    n_head: int = param(4, "attention heads; must divide n_embd")
+    model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2")
 
     def validate(self) -> None:
         self.check_range("max_new_tokens", 1, 256)
@@ -254,13 +268,7 @@ class LMSFTConfig(Checked):
         self.check_range("batch_size", 1)
         self.check_range("eval_every", 1)
         self.check_range("eval_prompts", 1)
-        self.check_range("learning_rate", 0, low_open=True)
-        self.check_range("max_grad_norm", 0, low_open=True)
-        self.check_range("n_layer", 1)
-        self.check_range("n_embd", 1)
-        self.check_range("n_head", 1)
-        if self.n_embd % self.n_head:
-            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+        check_shared_sections(self, self.optimizer)
 
 
 @dataclass(frozen=True)
@@ -283,11 +291,9 @@ class LMDPOConfig(Checked):
     batch_size: int = param(64, "pairs per gradient step")
     eval_every: int = param(2048, "held-out metrics every this many trained pairs, at the start and at the end")
     eval_prompts: int = param(256, "held-out prompts for the sampled true score, KL to the reference and length")
-    learning_rate: float = param(1e-3, "Adam learning rate")
+    optimizer: OptimizerConfig = lm_optimizer(1e-8, "the model's")
     max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
-    n_layer: int = param(2, "GPT-2 blocks of the tiny model")
-    n_embd: int = param(64, "GPT-2 width")
-    n_head: int = param(4, "attention heads; must divide n_embd")
+    model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2")
 
     def validate(self) -> None:
         self.check_range("beta", 0, low_open=True)
@@ -297,13 +303,7 @@ class LMDPOConfig(Checked):
         self.check_range("batch_size", 1)
         self.check_range("eval_every", 1)
         self.check_range("eval_prompts", 1)
-        self.check_range("learning_rate", 0, low_open=True)
-        self.check_range("max_grad_norm", 0, low_open=True)
-        self.check_range("n_layer", 1)
-        self.check_range("n_embd", 1)
-        self.check_range("n_head", 1)
-        if self.n_embd % self.n_head:
-            self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+        check_shared_sections(self, self.optimizer)
 
 
 CONFIG_CLASSES: dict[str, type[Checked]] = {

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgrad.algos.common import adam, optimizer_step
+from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import TrainState, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -83,7 +83,7 @@ class DPORunner:
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
         self.reference: CausalLM = copy.deepcopy(self.lm)  # the initial weights, frozen
         self.reference.requires_grad_(False)
-        self.optimizer = adam(list(self.lm.parameters()), self.dpo.learning_rate, eps=1e-8)  # torch's eps
+        self.optimizer = make_optimizer(list(self.lm.parameters()), self.dpo.optimizer)
         self.step = 0  # pairs trained on
         self.updates = 0
         trunk.open_or_resume(

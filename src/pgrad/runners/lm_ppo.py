@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from pgrad import metric_names as names
-from pgrad.algos.common import adam, optimizer_step
+from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import (
     LearnerState,
     TrainState,
@@ -211,7 +211,7 @@ class LMPPORunner:
             except ValueError as exc:
                 raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
-        self.optimizer = adam(trained, self.ppo.learning_rate, eps=1e-5)
+        self.optimizer = make_optimizer(trained, self.ppo.optimizer)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
         self.learner = LMLearner(self.policy, self.optimizer, self.kl)
         self.step = 0  # responses sampled
@@ -351,7 +351,7 @@ class LMPPORunner:
         """One rollout and its epochs at ``learning_rate`` x ``lr_scale`` (the guard's cuts and drills)."""
         started = time.perf_counter()
         ppo = self.ppo
-        learning_rate = ppo.learning_rate * lr_scale
+        learning_rate = ppo.optimizer.learning_rate * lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         rollout, stats = self.collect(flip_reward)

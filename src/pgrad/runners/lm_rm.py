@@ -32,13 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgrad.algos.common import adam, optimizer_step
+from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
+from pgrad.lm.build import build_reward_model
 from pgrad.lm.config import RM_ALGO, LMRewardModelConfig
 from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
-from pgrad.lm.model import RewardModel, tiny_gpt2_config
+from pgrad.lm.model import RewardModel
 from pgrad.lm.reward import LearnedReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.runners import trunk
@@ -63,17 +64,6 @@ def bootstrap_indices(pair_count: int, seed: int, member: int, ensemble_size: in
         return torch.arange(pair_count)
     generator = torch.Generator().manual_seed(seed + BOOTSTRAP_SEED_OFFSET + member)
     return torch.randint(0, pair_count, (pair_count,), generator=generator)
-
-
-def build_reward_model(config: LMRewardModelConfig, task: DigitsTask) -> RewardModel:
-    model_config = tiny_gpt2_config(
-        task.tokenizer.vocab_size,
-        n_positions=task.max_prompt_length + config.max_new_tokens,
-        n_layer=config.n_layer,
-        n_embd=config.n_embd,
-        n_head=config.n_head,
-    )
-    return RewardModel(model_config)
 
 
 def pair_scores(model: RewardModel, pairs: PreferencePairs, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,7 +100,7 @@ class RewardModelRunner:
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
         self.model = self.members[0]
-        self.optimizers = [adam(list(m.parameters()), self.rm.learning_rate, eps=1e-8) for m in self.members]
+        self.optimizers = [make_optimizer(list(m.parameters()), self.rm.optimizer) for m in self.members]
         self.resamples = [bootstrap_indices(len(self.train_pairs), seed, m, size) for m in range(size)]
         self.step = 0  # pairs trained on
         self.updates = 0

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import time
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pgrad.algos.common import adam, optimizer_step
+from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -39,7 +40,8 @@ from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
 from pgrad.runs import load_run_config
 
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the training ones: run.seed)
-ARCHITECTURE = ("max_new_tokens", "n_layer", "n_embd", "n_head")  # what PPO must share to start from an SFT model
+# what PPO and DPO must share to start from an SFT model
+ARCHITECTURE = ("max_new_tokens", "model.n_layer", "model.n_embd", "model.n_head")
 
 
 class Demonstrations:
@@ -77,7 +79,7 @@ class SFTRunner:
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
         self.initial: CausalLM = copy.deepcopy(self.lm)  # for the KL of the evaluations
         self.initial.requires_grad_(False)
-        self.optimizer = adam(list(self.lm.parameters()), self.sft.learning_rate, eps=1e-8)  # torch's eps
+        self.optimizer = make_optimizer(list(self.lm.parameters()), self.sft.optimizer)
         self.step = 0  # demonstrations trained on
         self.updates = 0
         trunk.open_or_resume(
@@ -150,10 +152,8 @@ def load_sft_state(run_dir: Path, starting: LMPPOConfig | LMDPOConfig) -> tuple[
             f"{section}.init_from: {run_dir} is a '{config.algo}' run, not supervised fine-tuning ({SFT_ALGO})"
         )
     for name in ARCHITECTURE:
-        if getattr(starting, name) != getattr(sft, name):
-            raise ConfigError(
-                f"{section}.{name} must be {getattr(sft, name)}, the value of the SFT model in {run_dir}; "
-                f"got {getattr(starting, name)}"
-            )
+        wanted, got = attrgetter(name)(sft), attrgetter(name)(starting)
+        if got != wanted:
+            raise ConfigError(f"{section}.{name} must be {wanted}, the value of the SFT model in {run_dir}; got {got}")
     path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).path("best")
     return read_train_state(path), path
