@@ -491,4 +491,4 @@ def test_reward_flip_on_a3c_collapses_evaluation_and_reloads_the_best_checkpoint
     assert rollback["restored_score"] == max(r for s, r in evaluations if s < rollback["step"])
     assert rollback["lr_scale"] == 1.0 and events(run, "run.finished")
     assert all(e["step"] > drill["fired_at"] for e in events(run, "info.eval_collapse"))
-    assert runner.guard_state.recoveries == len(rollbacks)
+    assert runner.guard.state.recoveries == len(rollbacks)

@@ -56,7 +56,7 @@ def test_lr_spike_triggers_kl_alert_rollback_and_halved_lr_then_recovers(tmp_pat
     # Training went on at half the rate for lr_cut_duration x 40k steps, then at the full rate again.
     (restored,) = events(run, "recovery.lr_restored")
     assert restored["step"] >= rollback["step"] + 4_000 and restored["before"] == 0.5
-    assert trainer.step >= 40_000 and trainer.guard_state.lr_scale == 1.0
+    assert trainer.step >= 40_000 and trainer.guard.state.lr_scale == 1.0
     before = [r for s, r in evaluations(run) if s < drill["step"]]
     final = evaluations(run)[-1][1]
     assert final >= 0.9 * max(before), (final, before)
@@ -117,7 +117,7 @@ def test_reward_flip_collapses_evaluation_and_reloads_the_best_checkpoint(tmp_pa
     best_before = max(r for s, r in evaluations(run) if s < 10_000)
     assert rollback["restored_healthy"] and rollback["restored_score"] == best_before
     assert max(r for s, r in evaluations(run) if s < rollback["step"]) == best_before
-    assert trainer.guard_state.recoveries == 1
+    assert trainer.guard.state.recoveries == 1
 
 
 def test_recovery_cap_stops_a_run_that_keeps_failing(tmp_path):
@@ -143,7 +143,7 @@ def test_resume_is_exact_across_a_rollback(tmp_path):
     train(tmp_path / "b", 6144, *sets, stop_at=3072)
     resumed = train(tmp_path / "b", 6144, *sets, resume=True)
     assert len(events(tmp_path / "a", "recovery.rollback")) == len(events(tmp_path / "b", "recovery.rollback")) == 1
-    assert resumed.guard_state == whole.guard_state
+    assert resumed.guard.state == whole.guard.state
     for name, tensor in whole.algo.model.state_dict().items():
         assert torch.equal(tensor, resumed.algo.model.state_dict()[name]), name
 
@@ -238,4 +238,4 @@ def test_lr_spike_drill_end_to_end_restores_the_weights_and_the_return_recovers(
     assert rollback["restored_step"] < drill["step"]  # the weights were restored, not kept
     before = max(r for s, r in evaluations(run) if s < drill["step"])
     assert evaluations(run)[-1][1] >= 0.8 * before, (evaluations(run), before)
-    assert trainer.guard_state.recoveries == 1
+    assert trainer.guard.state.recoveries == 1

@@ -57,6 +57,7 @@ from pgrad.algos.a3c import A3C, A3CConfig, build_model
 from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import (
+    CheckpointStore,
     LearnerState,
     TrainState,
     check_arrays_fit,
@@ -71,7 +72,7 @@ from pgrad.faults import parse_fault
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, parameters_finite
-from pgrad.monitor.sinks import read_jsonl
+from pgrad.monitor.sinks import MetricSink, read_jsonl
 from pgrad.rollout import EpisodeStats
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
@@ -240,25 +241,10 @@ class A3CRunner:
         label, workers = f"{config.algo} {config.env.id}", f", {self.algo_config.num_workers} workers"
         trunk.open_or_resume(self.run, console, label, self.load, self.close, workers)
 
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
-
-    @stop_requested.setter
-    def stop_requested(self, value: bool) -> None:
-        self.run.stop_requested = value
-
-    @property
-    def sinks(self) -> list[Any]:
-        return self.run.sinks
-
-    @property
-    def store(self) -> Any:
-        return self.run.store
-
-    @property
-    def guard_state(self) -> Any:
-        return self.guard.state
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     # ---- checkpoints ----------------------------------------------------------------------
     def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from pgrad.algos.common import make_optimizer, optimizer_step
-from pgrad.checkpoint import TrainState, load_modules
+from pgrad.checkpoint import CheckpointStore, TrainState, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
 from pgrad.lm.build import build_lm
@@ -39,6 +39,7 @@ from pgrad.lm.losses import dpo_loss
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
+from pgrad.monitor.sinks import MetricSink
 from pgrad.numerics import masked_sum
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
@@ -95,9 +96,10 @@ class DPORunner:
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
         )
 
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.lm, "reference": self.reference}

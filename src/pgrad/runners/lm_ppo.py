@@ -49,6 +49,7 @@ from torch import Tensor
 from pgrad import metric_names as names
 from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import (
+    CheckpointStore,
     LearnerState,
     TrainState,
     check_rollback_states,
@@ -74,7 +75,7 @@ from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinite_rule
 from pgrad.monitor.guard import Action, Event, Halt, Rollback
 from pgrad.monitor.recovery import parameters_finite, restore_captured
-from pgrad.monitor.sinks import read_jsonl
+from pgrad.monitor.sinks import MetricSink, read_jsonl
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_clip_fraction, value_loss
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
@@ -238,9 +239,10 @@ class LMPPORunner:
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
         trunk.open_or_resume(self.run, console, f"{ALGO} {self.task.name}", self.load, self.run.close)
 
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     # ---- checkpoints ----------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -42,6 +42,7 @@ from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel
 from pgrad.lm.reward import LearnedReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
+from pgrad.monitor.sinks import MetricSink
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
@@ -113,9 +114,10 @@ class RewardModelRunner:
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
         )
 
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     def train_state(self) -> TrainState:
         return row_train_state(

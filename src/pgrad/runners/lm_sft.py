@@ -34,6 +34,7 @@ from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask
+from pgrad.monitor.sinks import MetricSink
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
@@ -91,9 +92,10 @@ class SFTRunner:
             f", {len(self.train_demos)} demonstrations",
         )
 
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.lm, "initial": self.initial}

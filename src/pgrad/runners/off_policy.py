@@ -38,6 +38,7 @@ from pgrad.builders import (
     build_off_policy_algorithm,
 )
 from pgrad.checkpoint import (
+    CheckpointStore,
     TrainState,
 )
 from pgrad.config import TrainConfig
@@ -46,11 +47,10 @@ from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, PgradError
 from pgrad.monitor.guard import Action
 from pgrad.monitor.recovery import (
-    GuardState,
     TrajectoryRecorder,
     parameters_finite,
 )
-from pgrad.monitor.sinks import JsonlSink
+from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.registry import get_algorithm
 from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
@@ -148,25 +148,10 @@ class OffPolicyRunner:
             )
 
     # ---- what tests, benchmarks and the CLI reach through the runner -------------------------
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
-
-    @stop_requested.setter
-    def stop_requested(self, value: bool) -> None:
-        self.run.stop_requested = value
-
-    @property
-    def sinks(self) -> list[Any]:
-        return self.run.sinks
-
-    @property
-    def store(self) -> Any:
-        return self.run.store
-
-    @property
-    def guard_state(self) -> GuardState:
-        return self.guard.state
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:

@@ -26,6 +26,7 @@ from pgrad.builders import (
     one_line,
 )
 from pgrad.checkpoint import (
+    CheckpointStore,
     TrainState,
 )
 from pgrad.config import TrainConfig
@@ -34,13 +35,12 @@ from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, TrainingHalted, WorkersLost
 from pgrad.monitor.guard import Action
 from pgrad.monitor.recovery import (
-    GuardState,
     TrajectoryRecorder,
     UpdateSizes,
     parameters_finite,
     update_groups,
 )
-from pgrad.monitor.sinks import JsonlSink
+from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.registry import get_algorithm
 from pgrad.rollout import Batch, RolloutCollector
 from pgrad.runners import synchronous, trunk
@@ -123,25 +123,10 @@ class OnPolicyRunner:
         return env, collector, algo
 
     # ---- what tests, benchmarks and the CLI reach through the runner -------------------------
-    @property
-    def stop_requested(self) -> bool:
-        return self.run.stop_requested
-
-    @stop_requested.setter
-    def stop_requested(self, value: bool) -> None:
-        self.run.stop_requested = value
-
-    @property
-    def sinks(self) -> list[Any]:
-        return self.run.sinks
-
-    @property
-    def store(self) -> Any:
-        return self.run.store
-
-    @property
-    def guard_state(self) -> GuardState:
-        return self.guard.state
+    # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
+    stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+    sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
+    store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import torch
 
@@ -41,6 +41,23 @@ from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback
 from pgrad.monitor.recovery import HealthyStates, OptimizerGuard
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
+
+T = TypeVar("T")
+
+
+class RunAttribute(Generic[T]):
+    """A runner attribute that is its run context's: ``runner.stop_requested`` reads and sets
+    ``runner.run.stop_requested`` (what the CLI, callbacks, tests and benchmarks reach through a runner)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, runner: Any, owner: type | None = None) -> T:
+        value: T = getattr(runner.run, self.name)
+        return value
+
+    def __set__(self, runner: Any, value: T) -> None:
+        setattr(runner.run, self.name, value)
 
 
 # ---- the prologue -------------------------------------------------------------------------------
