@@ -60,7 +60,13 @@ def frozen_reference(policy: PolicyWithValue, config: LMPPOConfig) -> GPT2LMHead
     """The reference: the policy's LM with its LoRA adapter switched off, else a frozen copy of its weights."""
     if config.lora_rank:
         return AdapterDisabled(policy.lm)
-    reference: GPT2LMHeadModel = copy.deepcopy(policy.lm)
-    reference.requires_grad_(False)
-    reference.train(False)
-    return reference
+    return frozen_copy(policy.lm)
+
+
+def frozen_copy(lm: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    """A copy of ``lm``'s weights that no gradient reaches, in eval mode: a reference (PPO, DPO) or the
+    initial weights an evaluation measures the KL to (SFT)."""
+    copied: GPT2LMHeadModel = copy.deepcopy(lm)
+    copied.requires_grad_(False)
+    copied.train(False)
+    return copied

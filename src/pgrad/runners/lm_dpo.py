@@ -20,7 +20,6 @@ held-out accuracy.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ import torch
 from torch import Tensor
 
 from pgrad.algos.common import make_optimizer, optimizer_step
-from pgrad.checkpoint import CheckpointStore, TrainState, load_modules
+from pgrad.checkpoint import CheckpointStore, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.build import build_lm
+from pgrad.lm.build import build_lm, frozen_copy
 from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import dpo_loss
@@ -44,7 +43,7 @@ from pgrad.numerics import masked_sum
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rm import HELDOUT_SEED_OFFSET
-from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
+from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, train_in_rows
 from pgrad.runners.lm_sft import load_sft_state
 
 EVAL_SEED_OFFSET = 1  # the sampled evaluation's prompts and noise: run.seed + this (as SFT's)
@@ -82,17 +81,14 @@ class DPORunner:
         if sft_state is not None:
             load_modules({"lm": self.lm}, *sft_state)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
-        self.reference: CausalLM = copy.deepcopy(self.lm)  # the initial weights, frozen
-        self.reference.requires_grad_(False)
+        self.reference = frozen_copy(self.lm)  # the initial weights, frozen
         self.optimizer = make_optimizer(list(self.lm.parameters()), self.dpo.optimizer)
         self.step = 0  # pairs trained on
         self.updates = 0
-        trunk.open_or_resume(
-            self.run,
+        open_rows(
+            self,
             console,
             f"{DPO_ALGO} {self.task.name}",
-            self.load,
-            self.run.close,
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
         )
 
@@ -104,11 +100,11 @@ class DPORunner:
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.lm, "reference": self.reference}
 
-    def train_state(self) -> TrainState:
-        return row_train_state(self.run, self.step, self.updates, self.modules(), {"lm": self.optimizer})
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"lm": self.optimizer}
 
-    def load(self, state: TrainState, path: Path) -> None:
-        self.step, self.updates = load_row_state(state, path, self.modules(), {"lm": self.optimizer})
+    train_state = row_train_state
+    load = load_row_state
 
     def pair_loss(self, pairs: PreferencePairs, index: Tensor) -> tuple[Tensor, Tensor]:
         """(DPO loss, implicit-reward accuracy) of the pairs at ``index``; gradients reach the policy only."""

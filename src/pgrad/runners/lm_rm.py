@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from pgrad.algos.common import make_optimizer, optimizer_step
-from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
+from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
 from pgrad.lm.build import build_reward_model
@@ -45,7 +45,7 @@ from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.monitor.sinks import MetricSink
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
-from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
+from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, train_in_rows
 from pgrad.runs import load_run_config
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + this (the training pairs': run.seed)
@@ -101,16 +101,14 @@ class RewardModelRunner:
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
         self.model = self.members[0]
-        self.optimizers = [make_optimizer(list(m.parameters()), self.rm.optimizer) for m in self.members]
+        self.member_optimizers = [make_optimizer(list(m.parameters()), self.rm.optimizer) for m in self.members]
         self.resamples = [bootstrap_indices(len(self.train_pairs), seed, m, size) for m in range(size)]
         self.step = 0  # pairs trained on
         self.updates = 0
-        trunk.open_or_resume(
-            self.run,
+        open_rows(
+            self,
             console,
             f"{RM_ALGO} {self.task.name}",
-            self.load,
-            self.run.close,
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
         )
 
@@ -119,22 +117,14 @@ class RewardModelRunner:
     sinks: trunk.RunAttribute[list[MetricSink]] = trunk.RunAttribute("sinks")
     store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
-    def train_state(self) -> TrainState:
-        return row_train_state(
-            self.run,
-            self.step,
-            self.updates,
-            {member_name(m): model for m, model in enumerate(self.members)},
-            {member_name(m): optimizer for m, optimizer in enumerate(self.optimizers)},
-        )
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {member_name(m): model for m, model in enumerate(self.members)}
 
-    def load(self, state: TrainState, path: Path) -> None:
-        self.step, self.updates = load_row_state(
-            state,
-            path,
-            {member_name(m): model for m, model in enumerate(self.members)},
-            {member_name(m): optimizer for m, optimizer in enumerate(self.optimizers)},
-        )
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {member_name(m): optimizer for m, optimizer in enumerate(self.member_optimizers)}
+
+    train_state = row_train_state
+    load = load_row_state
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -175,7 +165,7 @@ class RewardModelRunner:
         started, losses, accuracies = time.perf_counter(), [], []
         size = self.rm.batch_size
         while self.step < until_step and not self.run.stop_requested:
-            for model, optimizer, resample in zip(self.members, self.optimizers, self.resamples, strict=True):
+            for model, optimizer, resample in zip(self.members, self.member_optimizers, self.resamples, strict=True):
                 index = resample[torch.randint(0, len(resample), (size,))]
                 chosen, rejected = pair_scores(model, self.train_pairs, index)
                 loss, accuracy = bradley_terry_loss(chosen, rejected)

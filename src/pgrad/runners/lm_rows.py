@@ -23,6 +23,9 @@ from pgrad.runners.context import RunContext, TrainResult
 
 
 class RowTrainer(Protocol):
+    """What a row trainer gives the loop: its rows of gradient steps, its evaluation, and the modules and
+    optimizers its checkpoints hold (``row_train_state`` / ``load_row_state`` do the rest)."""
+
     config: TrainConfig
     run: RunContext
     step: int
@@ -32,7 +35,9 @@ class RowTrainer(Protocol):
 
     def evaluate(self) -> dict[str, float]: ...
 
-    def train_state(self) -> TrainState: ...
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
 
 
 class RowLoop:
@@ -78,7 +83,7 @@ class RowLoop:
         """No healthy states are kept: nothing rolls back."""
 
     def train_state(self) -> TrainState:
-        return self.trainer.train_state()
+        return row_train_state(self.trainer)
 
     def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
         return (self.score(metrics) if metrics else None), True
@@ -100,30 +105,30 @@ def train_in_rows(
     return trunk.train_loop(RowLoop(trainer, every, score, log_start), stop_at_step)
 
 
-def row_train_state(
-    run: RunContext,
-    step: int,
-    updates: int,
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-) -> TrainState:
+def row_train_state(trainer: RowTrainer) -> TrainState:
     """The checkpoint of a row-by-row trainer (SFT, reward models, DPO): its modules, optimizers and the torch
     RNG. The tensors are cloned: GPT-2 ties its input and output embeddings, and safetensors refuses tensors
-    sharing memory."""
-    return trunk.base_state(run, step, updates, trunk.module_tensors(modules, clone=True), optimizers)
+    sharing memory. A trainer binds it as its ``train_state`` method."""
+    modules = trunk.module_tensors(trainer.modules(), clone=True)
+    return trunk.base_state(trainer.run, trainer.step, trainer.updates, modules, trainer.optimizers())
 
 
-def load_row_state(
-    state: TrainState,
-    path: Path,
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-) -> tuple[int, int]:
-    """Load what ``row_train_state`` saved into ``modules`` and ``optimizers``, restore the torch RNG, and
-    return the (step, updates) to continue from."""
-    load_modules(modules, state, path)
-    load_optimizers(optimizers, state, path)
+def load_row_state(trainer: RowTrainer, state: TrainState, path: Path) -> None:
+    """Load what ``row_train_state`` saved into the trainer's modules and optimizers, restore the torch RNG,
+    and continue its counters from the checkpoint's. A trainer binds it as its ``load`` method."""
+    load_modules(trainer.modules(), state, path)
+    load_optimizers(trainer.optimizers(), state, path)
     if state.rng_torch is None:
         raise CheckpointError(f"checkpoint {path} lacks the torch RNG state")
     torch.set_rng_state(state.rng_torch)
-    return state.step, state.updates
+    trainer.step, trainer.updates = state.step, state.updates
+
+
+def open_rows(trainer: RowTrainer, console: bool, label: str, detail: str) -> None:
+    """The prologue's second half for a row trainer (``trunk.open_or_resume``), resuming through
+    ``load_row_state``."""
+
+    def load(state: TrainState, path: Path) -> None:
+        load_row_state(trainer, state, path)
+
+    trunk.open_or_resume(trainer.run, console, label, load, trainer.run.close, detail)

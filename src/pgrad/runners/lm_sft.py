@@ -14,7 +14,6 @@ it would leak it), so the ``best`` checkpoint is the one ``lm_ppo.init_from`` lo
 
 from __future__ import annotations
 
-import copy
 import time
 from operator import attrgetter
 from pathlib import Path
@@ -27,7 +26,7 @@ from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.build import build_lm
+from pgrad.lm.build import build_lm, frozen_copy
 from pgrad.lm.config import SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
@@ -37,7 +36,7 @@ from pgrad.lm.task import DigitsTask
 from pgrad.monitor.sinks import MetricSink
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
-from pgrad.runners.lm_rows import load_row_state, row_train_state, train_in_rows
+from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, train_in_rows
 from pgrad.runs import load_run_config
 
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the training ones: run.seed)
@@ -78,19 +77,11 @@ class SFTRunner:
         self.heldout = Demonstrations(self.task, self.sft.heldout_demonstrations, seed + HELDOUT_SEED_OFFSET)
         self.lm = build_lm(self.sft, self.task)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
-        self.initial: CausalLM = copy.deepcopy(self.lm)  # for the KL of the evaluations
-        self.initial.requires_grad_(False)
+        self.initial = frozen_copy(self.lm)  # for the KL of the evaluations
         self.optimizer = make_optimizer(list(self.lm.parameters()), self.sft.optimizer)
         self.step = 0  # demonstrations trained on
         self.updates = 0
-        trunk.open_or_resume(
-            self.run,
-            console,
-            f"{SFT_ALGO} {self.task.name}",
-            self.load,
-            self.run.close,
-            f", {len(self.train_demos)} demonstrations",
-        )
+        open_rows(self, console, f"{SFT_ALGO} {self.task.name}", f", {len(self.train_demos)} demonstrations")
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
@@ -100,11 +91,11 @@ class SFTRunner:
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"lm": self.lm, "initial": self.initial}
 
-    def train_state(self) -> TrainState:
-        return row_train_state(self.run, self.step, self.updates, self.modules(), {"lm": self.optimizer})
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"lm": self.optimizer}
 
-    def load(self, state: TrainState, path: Path) -> None:
-        self.step, self.updates = load_row_state(state, path, self.modules(), {"lm": self.optimizer})
+    train_state = row_train_state
+    load = load_row_state
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
