@@ -26,7 +26,7 @@ LAYERS: list[list[str]] = [
         "pgrad.callbacks",
         "pgrad.lm.losses",
     ],
-    ["pgrad.config"],
+    ["pgrad.config", "pgrad.glossary"],
     ["pgrad.nets"],
     ["pgrad.envs"],
     ["pgrad.rollout", "pgrad.replay"],

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import (
     LossTerms,
     actor_critic_loss,
@@ -53,12 +54,12 @@ class A2CConfig(Checked):
         "gae", "gae: GAE(gamma, gae_lambda); nstep: n-step returns with n = nstep_horizon, A = G - V(s)"
     )
     nstep_horizon: int | None = param(None, "n of the n-step return (None: num_steps, bootstrap from V(s_T))")
-    gamma: float = param(0.99, "discount factor")
-    gae_lambda: float = param(1.0, "GAE lambda (1.0: the classic A2C return)")
-    ent_coef: float = param(0.0, "entropy bonus coefficient")
-    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
-    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip")
-    norm_adv: bool = param(False, "normalise advantages over the batch")
+    gamma: float = glossary.gamma(0.99)
+    gae_lambda: float = glossary.gae_lambda(1.0, "1.0: the classic A2C return")
+    ent_coef: float = glossary.ent_coef(0.0)
+    vf_coef: float = glossary.vf_coef(0.5)
+    max_grad_norm: float = glossary.max_grad_norm(0.5)
+    norm_adv: bool = glossary.norm_adv(False, "over the batch")
     network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
     optimizer: OptimizerConfig = param(
         OptimizerConfig(kind="rmsprop", learning_rate=7e-4, eps=1e-5, rms_alpha=0.99),

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from pgrad import glossary
 from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
@@ -56,12 +57,12 @@ class A3CConfig(Checked):
 
     num_workers: int = param(2, "asynchronous worker processes (each with its own env copy and local network)")
     num_steps: int = param(5, "steps per environment per worker update (t_max of the paper)")
-    gamma: float = param(0.99, "discount factor")
-    gae_lambda: float = param(1.0, "GAE lambda; 1.0 gives the paper's n-step returns bootstrapped from V(s_T)")
-    ent_coef: float = param(0.01, "entropy bonus coefficient")
-    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
-    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip, applied to each worker's gradient")
-    norm_adv: bool = param(False, "normalise advantages within each worker's batch")
+    gamma: float = glossary.gamma(0.99)
+    gae_lambda: float = glossary.gae_lambda(1.0, "1.0: the paper's n-step returns bootstrapped from V(s_T)")
+    ent_coef: float = glossary.ent_coef(0.01)
+    vf_coef: float = glossary.vf_coef(0.5)
+    max_grad_norm: float = glossary.max_grad_norm(0.5, "applied to each worker's gradient")
+    norm_adv: bool = glossary.norm_adv(False, "within each worker's batch")
     network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
     optimizer: OptimizerConfig = param(
         OptimizerConfig(kind="rmsprop", learning_rate=7e-4, eps=1e-5, rms_alpha=0.99),

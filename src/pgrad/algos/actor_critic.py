@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pgrad import glossary
 from pgrad.algos.common import (
     actor_critic_loss,
     evaluate_rollout,
@@ -44,11 +45,11 @@ class ActorCriticConfig(Checked):
 
     num_steps: int = param(8, "steps per environment per update (batch = num_steps x env.num_envs)")
     nstep_horizon: int = param(1, "n of the n-step target: 1 is TD(0); windows are cut at the rollout end")
-    gamma: float = param(0.99, "discount factor")
-    ent_coef: float = param(0.0, "entropy bonus coefficient")
-    vf_coef: float = param(0.5, "value loss weight (matters for a shared torso; with separate nets Adam rescales it)")
-    max_grad_norm: float | None = param(0.5, "global L2 gradient-norm clip over actor and critic (None: off)")
-    norm_adv: bool = param(False, "normalise advantages over the batch")
+    gamma: float = glossary.gamma(0.99)
+    ent_coef: float = glossary.ent_coef(0.0)
+    vf_coef: float = glossary.vf_coef(0.5, "matters for a shared torso; with separate nets Adam rescales it")
+    max_grad_norm: float | None = glossary.max_grad_norm(0.5, "over actor and critic; None: off")
+    norm_adv: bool = glossary.norm_adv(False, "over the batch")
     network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
     optimizer: OptimizerConfig = param(
         OptimizerConfig(learning_rate=1e-3, eps=1e-5), "the actor's optimizer (a shared torso's too): Adam, lr 1e-3"

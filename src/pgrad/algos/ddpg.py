@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import optimizer_step
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
@@ -43,8 +44,8 @@ class DDPGConfig(Checked):
 
     SECTION: ClassVar[str] = "ddpg"
 
-    gamma: float = param(0.99, "discount factor (SB3: 0.99)")
-    tau: float = param(0.005, "Polyak coefficient of the targets (SB3: 0.005)")
+    gamma: float = glossary.gamma(0.99, "SB3: 0.99")
+    tau: float = glossary.tau(0.005, "SB3: 0.005")
     exploration_noise: Literal["gaussian", "ornstein_uhlenbeck", "none"] = param(
         "gaussian", "noise on the actor's action while training (SB3: none; its zoo: gaussian 0.1; DDPG paper: OU)"
     )

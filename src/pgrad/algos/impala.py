@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.a2c import a2c_batch_loss
 from pgrad.algos.common import evaluate_rollout, make_optimizer, mean_metrics, optimizer_step, scheduled_learning_rate
 from pgrad.algos.contract import UpdateContext
@@ -44,13 +45,13 @@ class ImpalaConfig(Checked):
     needs_ray: ClassVar[bool] = True  # TrainConfig refuses run.backend local
 
     num_steps: int = param(32, "steps per env per rollout; the learner updates on one actor's rollout at a time")
-    gamma: float = param(0.99, "discount factor")
+    gamma: float = glossary.gamma(0.99)
     rho_bar: float = param(1.0, "V-trace importance-weight clip of the targets and the policy gradient (rho-bar)")
     c_bar: float = param(1.0, "V-trace trace-cutting clip (c-bar), <= rho_bar in the paper")
     vtrace_lambda: float = param(1.0, "V-trace lambda: c_t = lambda min(c_bar, pi/mu)")
-    ent_coef: float = param(0.01, "entropy bonus coefficient")
-    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - v_s)^2)")
-    max_grad_norm: float = param(40.0, "global L2 gradient-norm clip (the paper's 40)")
+    ent_coef: float = glossary.ent_coef(0.01)
+    vf_coef: float = glossary.vf_coef(0.5, "R is the V-trace target v_s")
+    max_grad_norm: float = glossary.max_grad_norm(40.0, "the paper's 40")
     actor_queue: int = param(
         2,
         "rollouts requested from each actor at a time: >1 keeps an actor busy while the learner works, at the "

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import (
     LossTerms,
     actor_critic_batch,
@@ -51,22 +52,22 @@ class PPOConfig(Checked):
     SECTION: ClassVar[str] = "ppo"
 
     num_steps: int = param(128, "steps per environment per rollout (batch = num_steps x env.num_envs)")
-    num_epochs: int = param(10, "passes over each batch")
+    num_epochs: int = glossary.num_epochs(10)
     minibatch_size: int = param(64, "samples per gradient step; must divide the batch")
-    gamma: float = param(0.99, "discount factor")
-    gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
-    clip_eps: float = param(0.2, "surrogate clip range: ratio clipped to [1 - clip_eps, 1 + clip_eps]")
+    gamma: float = glossary.gamma(0.99)
+    gae_lambda: float = glossary.gae_lambda(0.95)
+    clip_eps: float = glossary.clip_eps(0.2)
     anneal_clip: bool = param(False, "anneal clip_eps linearly to 0 over run.total_steps")
     clip_vf: float | None = param(None, "clip the value update to +-clip_vf around the old value (None: off)")
-    ent_coef: float = param(0.0, "entropy bonus coefficient")
-    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
-    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip")
+    ent_coef: float = glossary.ent_coef(0.0)
+    vf_coef: float = glossary.vf_coef(0.5)
+    max_grad_norm: float = glossary.max_grad_norm(0.5)
     target_kl: float | None = param(
         None,
         "early stop: before each minibatch step, if that minibatch's approx KL > 1.5 x target_kl, "
         "the step is skipped and the update ends (None: off)",
     )
-    norm_adv: bool = param(True, "normalise advantages per minibatch")
+    norm_adv: bool = glossary.norm_adv(True, "per minibatch")
     network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
     optimizer: OptimizerConfig = param(
         OptimizerConfig(learning_rate=3e-4, anneal_lr=True, eps=1e-5),

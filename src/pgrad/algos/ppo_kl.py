@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import (
     LossTerms,
     actor_critic_batch,
@@ -41,20 +42,20 @@ class PPOKLConfig(Checked):
     SECTION: ClassVar[str] = "ppo_kl"
 
     num_steps: int = param(128, "steps per environment per rollout (batch = num_steps x env.num_envs)")
-    num_epochs: int = param(10, "passes over each batch")
+    num_epochs: int = glossary.num_epochs(10)
     minibatch_size: int = param(64, "samples per gradient step; must divide the batch")
-    gamma: float = param(0.99, "discount factor")
-    gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
+    gamma: float = glossary.gamma(0.99)
+    gae_lambda: float = glossary.gae_lambda(0.95)
     target_kl: float = param(
         0.01,
         "after each update the batch KL(pi_old || pi) is measured: beta doubles if it is > 1.5 x target_kl, "
         "halves if it is < target_kl / 1.5",
     )
     kl_coef_init: float = param(1.0, "initial KL penalty coefficient beta")
-    ent_coef: float = param(0.0, "entropy bonus coefficient")
-    vf_coef: float = param(0.5, "value loss coefficient; value loss = mean((V - R)^2)")
-    max_grad_norm: float = param(0.5, "global L2 gradient-norm clip")
-    norm_adv: bool = param(True, "normalise advantages per minibatch")
+    ent_coef: float = glossary.ent_coef(0.0)
+    vf_coef: float = glossary.vf_coef(0.5)
+    max_grad_norm: float = glossary.max_grad_norm(0.5)
+    norm_adv: bool = glossary.norm_adv(True, "per minibatch")
     network: NetworkConfig = param(NetworkConfig(), "the actor-critic MLP")
     optimizer: OptimizerConfig = param(
         OptimizerConfig(learning_rate=3e-4, anneal_lr=True, eps=1e-5), "Adam, lr 3e-4 annealed to 0, eps 1e-5"

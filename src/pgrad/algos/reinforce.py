@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from pgrad import glossary
 from pgrad.algos.actor_critic import actor_and_critic_parameters
 from pgrad.algos.common import (
     LossTerms,
@@ -44,14 +45,14 @@ class ReinforceConfig(Checked):
     SECTION: ClassVar[str] = "reinforce"
 
     num_episodes: int = param(16, "complete episodes per update; at least env.num_envs (each env runs its share)")
-    gamma: float = param(0.99, "discount factor of the reward-to-go")
+    gamma: float = glossary.gamma(0.99, "of the reward-to-go")
     baseline: bool = param(True, "subtract a learned state-value baseline V(s) from the reward-to-go")
     value_epochs: int = param(5, "full-batch regression steps of the baseline on the returns per update")
     normalize_returns: bool = param(
         True, "normalise the policy-gradient weights (G_t, or G_t - V(s_t) with a baseline) to mean 0, std 1"
     )
-    ent_coef: float = param(0.0, "entropy bonus coefficient")
-    max_grad_norm: float | None = param(None, "global L2 gradient-norm clip of the policy step (None: off)")
+    ent_coef: float = glossary.ent_coef(0.0)
+    max_grad_norm: float | None = glossary.max_grad_norm(None, "of the policy step; None: off")
     network: NetworkConfig = param(NetworkConfig(), "the policy and baseline MLPs (separate torsos)")
     optimizer: OptimizerConfig = param(OptimizerConfig(learning_rate=1e-3, eps=1e-5), "the policy's: Adam, lr 1e-3")
     value_optimizer: OptimizerConfig = param(

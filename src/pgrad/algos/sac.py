@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import optimizer_step
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
@@ -46,8 +47,8 @@ class SACConfig(Checked):
 
     SECTION: ClassVar[str] = "sac"
 
-    gamma: float = param(0.99, "discount factor (SB3: 0.99)")
-    tau: float = param(0.005, "Polyak coefficient of the target critics: theta' <- tau theta + (1 - tau) theta' (SB3)")
+    gamma: float = glossary.gamma(0.99, "SB3: 0.99")
+    tau: float = glossary.tau(0.005, "SB3: 0.005")
     alpha: float | Literal["auto"] = param(
         "auto", "entropy temperature: 'auto' learns log alpha toward target_entropy; a number fixes it (SB3: auto)"
     )

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import optimizer_step
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import (
@@ -45,8 +46,8 @@ class TD3Config(Checked):
 
     SECTION: ClassVar[str] = "td3"
 
-    gamma: float = param(0.99, "discount factor (SB3: 0.99)")
-    tau: float = param(0.005, "Polyak coefficient of the targets (SB3: 0.005)")
+    gamma: float = glossary.gamma(0.99, "SB3: 0.99")
+    tau: float = glossary.tau(0.005, "SB3: 0.005")
     policy_delay: int = param(2, "critic steps per actor and target update (SB3, TD3 paper: 2)")
     target_policy_noise: float = param(0.2, "std of the target smoothing noise, in [-1, 1] action units (SB3: 0.2)")
     target_noise_clip: float = param(0.5, "the smoothing noise is clipped to +-this (SB3: 0.5)")

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pgrad import glossary
 from pgrad.algos.common import (
     actor_critic_batch,
     make_optimizer,
@@ -66,9 +67,9 @@ class NaturalGradientConfig(Checked):
     SECTION: ClassVar[str] = "trpo"
 
     num_steps: int = param(256, "steps per environment per rollout (8 envs x 256 = SB3-contrib's 2048)")
-    gamma: float = param(0.99, "discount factor")
-    gae_lambda: float = param(0.95, "GAE lambda: 0 is one-step TD, 1 is Monte Carlo")
-    norm_adv: bool = param(True, "normalise advantages over the whole batch before the policy step")
+    gamma: float = glossary.gamma(0.99)
+    gae_lambda: float = glossary.gae_lambda(0.95)
+    norm_adv: bool = glossary.norm_adv(True, "over the whole batch before the policy step")
     max_kl: float = param(
         0.01,
         "mean KL(pi_old || pi_new) per policy step: the trust-region bound (line search), and the KL of the "

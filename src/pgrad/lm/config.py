@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from pgrad import glossary
 from pgrad.config import Checked, OptimizerConfig, param
 
 ALGO = "lm_ppo"
@@ -104,11 +105,11 @@ class LMPPOConfig(Checked):
     minibatch_size: int = param(16, "responses per gradient step; must divide batch_size")
     num_epochs: int = param(4, "passes over each rollout (the first in rollout order, later ones shuffled)")
     temperature: float = param(1.0, "sampling temperature; log-probs are taken of the same tempered distribution")
-    gamma: float = param(1.0, "discount over tokens")
-    gae_lambda: float = param(0.95, "GAE lambda over tokens")
-    clip_eps: float = param(0.2, "surrogate clip range: ratio clipped to [1 - clip_eps, 1 + clip_eps]")
+    gamma: float = glossary.gamma(1.0, "over tokens")
+    gae_lambda: float = glossary.gae_lambda(0.95, "over tokens")
+    clip_eps: float = glossary.clip_eps(0.2)
     clip_vf: float = param(0.2, "value clip range around the rollout's values")
-    vf_coef: float = param(0.05, "value loss coefficient; value loss = mean((V - R)^2), as in the RL sections")
+    vf_coef: float = glossary.vf_coef(0.05, "as in the RL sections")
     whiten_advantages: bool = param(True, "gae: whiten advantages over the rollout's real tokens")
     kl_coef: float = param(0.05, "initial coefficient beta of the per-token KL penalty beta (log pi - log pi_ref)")
     kl_target: float | None = param(
@@ -160,7 +161,7 @@ class LMPPOConfig(Checked):
         "of hacking_window rises above this x its early level (the first hacking_window // 2 updates; None: off)",
     )
     optimizer: OptimizerConfig = lm_optimizer(1e-5, "policy and value head")
-    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    max_grad_norm: float = glossary.max_grad_norm(1.0)
     model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2 of the policy (and of a separate critic)")
     version: int = param(
         2,
@@ -225,7 +226,7 @@ class LMRewardModelConfig(Checked):
     batch_size: int = param(64, "pairs per gradient step")
     eval_every: int = param(2048, "held-out accuracy every this many trained pairs, and at the end")
     optimizer: OptimizerConfig = lm_optimizer(1e-8, "each member's")
-    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    max_grad_norm: float = glossary.max_grad_norm(1.0)
     model: LMModelConfig = param(LMModelConfig(), "the reward model's GPT-2 trunk")
     ensemble_size: int = param(
         1,
@@ -258,7 +259,7 @@ class LMSFTConfig(Checked):
     eval_every: int = param(2048, "held-out metrics every this many demonstrations, and at the end")
     eval_prompts: int = param(256, "held-out prompts for the sampled true score and KL to the initial weights")
     optimizer: OptimizerConfig = lm_optimizer(1e-8, "the model's")
-    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    max_grad_norm: float = glossary.max_grad_norm(1.0)
     model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2")
 
     def validate(self) -> None:
@@ -292,7 +293,7 @@ class LMDPOConfig(Checked):
     eval_every: int = param(2048, "held-out metrics every this many trained pairs, at the start and at the end")
     eval_prompts: int = param(256, "held-out prompts for the sampled true score, KL to the reference and length")
     optimizer: OptimizerConfig = lm_optimizer(1e-8, "the model's")
-    max_grad_norm: float = param(1.0, "global L2 gradient-norm clip")
+    max_grad_norm: float = glossary.max_grad_norm(1.0)
     model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2")
 
     def validate(self) -> None:
