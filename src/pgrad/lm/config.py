@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pgrad import glossary
 from pgrad.config import Checked, OptimizerConfig, param
+from pgrad.errors import ConfigError
 
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
@@ -50,8 +51,10 @@ def lm_optimizer(eps: float, what: str) -> Any:
 def check_shared_sections(section: Checked, optimizer: OptimizerConfig) -> None:
     """The checks every language-model section shares (its model is checked by ``LMModelConfig``)."""
     section.check_range("max_grad_norm", 0, low_open=True)
-    if optimizer.anneal_lr:
-        section._fail("optimizer", "a constant learning rate (optimizer.anneal_lr: false); LM runs do not anneal it")
+    if optimizer.anneal_lr:  # the LM loops set one rate (times the guard's cut) for the whole run
+        raise ConfigError(
+            f"{section.SECTION}.optimizer.anneal_lr must be false (LM runs keep a constant rate); got True"
+        )
 
 
 @dataclass(frozen=True)
