@@ -1,7 +1,7 @@
 """The run context: one owner of a run folder and of everything that writes into it.
 
-Every runner (the on-policy loop, A3C's coordinator, and the off-policy, language-model and Ray
-loops to come) uses it instead of opening files itself:
+Every runner (the on-policy, off-policy and language-model loops, A3C's coordinator; opened through
+``pgrad.runners.trunk``'s prologue) uses it instead of opening files itself:
 
 - the folder and its saved ``config.yaml`` (a second ``train`` into a folder that holds a run, or into
   any non-empty folder without ``--overwrite``, is refused);
