@@ -56,3 +56,20 @@ def test_bad_lm_input_is_one_line_naming_the_field(algo, sets, env, message):
 def test_a_saved_lm_config_naming_another_task_is_refused():
     with pytest.raises(ConfigError, match="env.id of a language-model run is its task"):
         config_from_dict({"algo": "lm_sft", "env": {"id": "CartPole-v1"}}, "lm_sft")
+
+
+@pytest.mark.parametrize("command", [["resume"], ["lm", "resume"]])
+def test_pgrad_resume_continues_a_language_model_run(tmp_path, command):
+    """'pgrad resume' takes any run folder (it said "unknown algorithm 'lm_ppo'" before); 'lm resume' is its alias."""
+    pytest.importorskip("transformers")
+    from pgrad.cli import main
+    from pgrad.monitor.sinks import read_jsonl
+
+    run = tmp_path / "sft"
+    sets = ["--set", "eval_every=64", "--set", "eval_prompts=4", "--set", "demonstrations=64", "--set", "n_embd=16"]
+    assert main(["lm", "sft", "--total-steps", "64", "--run-dir", str(run), "--quiet", *sets]) == 0
+    assert main([*command, str(run), "--total-steps", "128", "--quiet"]) == 0
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [0, 64, 128]  # row 0: the starting model; a batch is 64
+    kinds = [event["kind"] for event in read_jsonl(run / "events.jsonl")]
+    assert kinds.count("run.started") == 1 and "run.resumed" in kinds and kinds[-1] == "run.finished"
