@@ -239,7 +239,9 @@ class A3CRunner:
 
         self.run.resolved = resolved_record(self.algo)
         label, workers = f"{config.algo} {config.env.id}", f", {self.algo_config.num_workers} workers"
-        trunk.open_or_resume(self.run, console, label, self.load, self.close, workers)
+        trunk.open_or_resume(
+            self.run, console, label, self.load, self.close, workers, " (A3C resumes are not bit-exact)"
+        )
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
@@ -326,10 +328,6 @@ class A3CRunner:
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this configuration: {exc}") from None
         self.step, self.updates = state.step, state.updates
-        self.run.emit(
-            "run.resumed", self.step, f"resumed from {path.name} (A3C resumes are not bit-exact)", path=str(path)
-        )
-        self.run.note_new_total(state)
 
     # ---- workers ----------------------------------------------------------------------------
     def share(self) -> Any:

@@ -169,7 +169,6 @@ class OffPolicyRunner:
         """Resume from the run's latest checkpoint: learner, replay buffer, envs, RNG, guard, exactly."""
         learner_state = {k: v for k, v in state.algo_state.items() if k != "loop"}
         synchronous.restore(self, state, path, learner_state, self.restore_own)
-        self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
         if not state.replay:
             self.refill_target = min(max(self.loop.learning_starts, self.loop.batch_size), self.buffer.capacity)
             self.run.warn(
@@ -178,7 +177,6 @@ class OffPolicyRunner:
                 f"{path.name} holds no replay buffer (loop.save_buffer was false): refilling it with the current "
                 f"policy, no updates until it holds {self.refill_target} transitions; this resume is not exact",
             )
-        self.run.note_new_total(state)
 
     def restore_own(self, state: TrainState) -> None:
         """This loop's counters and, when the checkpoint holds it, the replay buffer."""

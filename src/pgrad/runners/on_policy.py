@@ -138,8 +138,6 @@ class OnPolicyRunner:
     def load(self, state: TrainState, path: Path) -> None:
         """Resume from the run's latest checkpoint: everything, exactly (``pgrad.runners.synchronous``)."""
         synchronous.restore(self, state, path, state.algo_state)
-        self.run.emit("run.resumed", self.step, f"resumed from {path.name}", path=str(path))
-        self.run.note_new_total(state)
 
     # ---- shared with the other synchronous loop (pgrad.runners.synchronous) ----------------------
     restart_episodes = synchronous.restart_episodes

@@ -78,11 +78,13 @@ def open_or_resume(
     load: Callable[[TrainState, Path], None],
     close: Callable[[], None],
     started_detail: str = "",
+    resumed_note: str = "",
 ) -> bool:
     """The second half: the checkpoint to resume from is read (and checked) before anything is written,
     then the folder is opened (lock, config with the learner's ``resolved`` record, logs) and the body loads
-    it, or a fresh run logs ``run.started``. A refused checkpoint closes the body (no file or environment
-    left open). Returns whether the run resumed."""
+    it and logs ``run.resumed`` (and ``run.extended`` for a larger total), or a fresh run logs
+    ``run.started``. A refused checkpoint closes the body (no file or environment left open). Returns
+    whether the run resumed."""
     resume_from = run.latest_state() if run.resume else None
     if not run.resolved:  # the learner chose nothing (the language models): its gradients are autograd's
         reason = f"{run.config.algo} has no NumPy backend"
@@ -91,11 +93,14 @@ def open_or_resume(
     if resume_from is None:
         run.started_event(started_detail)
         return False
+    state, path = resume_from
     try:
-        load(*resume_from)
+        load(state, path)
     except BaseException:
         close()
         raise
+    run.emit("run.resumed", state.step, f"resumed from {path.name}{resumed_note}", path=str(path))
+    run.note_new_total(state)
     return True
 
 
