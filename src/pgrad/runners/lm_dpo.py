@@ -42,7 +42,7 @@ from pgrad.monitor.sinks import MetricSink
 from pgrad.numerics import masked_sum
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
-from pgrad.runners.lm_rm import HELDOUT_SEED_OFFSET
+from pgrad.runners.lm_rm import pair_sets
 from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, train_in_rows
 from pgrad.runners.lm_sft import load_sft_state
 
@@ -73,10 +73,7 @@ class DPORunner:
         self.run_dir = self.run.run_dir
         self.task = DigitsTask(self.dpo.max_new_tokens)
         seed = config.run.seed
-        self.train_pairs = self.task.preference_pairs(self.dpo.train_pairs, torch.Generator().manual_seed(seed))
-        self.heldout = self.task.preference_pairs(
-            self.dpo.heldout_pairs, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
-        )
+        self.train_pairs, self.heldout = pair_sets(self.task, self.dpo.train_pairs, self.dpo.heldout_pairs, seed)
         self.lm = build_lm(self.dpo, self.task)
         if sft_state is not None:
             load_modules({"lm": self.lm}, *sft_state)

@@ -49,6 +49,16 @@ from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, tr
 from pgrad.runs import load_run_config
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + this (the training pairs': run.seed)
+
+
+def pair_sets(task: DigitsTask, train: int, heldout: int, seed: int) -> tuple[PreferencePairs, PreferencePairs]:
+    """The training pairs (drawn from ``seed``) and the held-out ones (from ``seed + HELDOUT_SEED_OFFSET``) that
+    the reward model and DPO both learn from: the same pairs for the same seed and counts."""
+    training = task.preference_pairs(train, torch.Generator().manual_seed(seed))
+    held_out = task.preference_pairs(heldout, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET))
+    return training, held_out
+
+
 BOOTSTRAP_SEED_OFFSET = 2_000_003  # member m's bootstrap resample: run.seed + this + m
 
 
@@ -94,10 +104,7 @@ class RewardModelRunner:
         self.run_dir = self.run.run_dir
         self.task = DigitsTask(self.rm.max_new_tokens)
         seed = config.run.seed
-        self.train_pairs = self.task.preference_pairs(self.rm.train_pairs, torch.Generator().manual_seed(seed))
-        self.heldout = self.task.preference_pairs(
-            self.rm.heldout_pairs, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
-        )
+        self.train_pairs, self.heldout = pair_sets(self.task, self.rm.train_pairs, self.rm.heldout_pairs, seed)
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
         self.model = self.members[0]
