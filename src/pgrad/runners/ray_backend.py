@@ -398,16 +398,6 @@ class LearnerSide:
         draws, self.randomize_draws = self.randomize_draws, []
         return draws
 
-    def episode_state(self) -> dict[str, Any]:
-        episodes = self.episodes
-        return {"returns": list(episodes.returns), "lengths": list(episodes.lengths), "count": episodes.count}
-
-    def load_episode_state(self, state: dict[str, Any]) -> None:
-        self.episodes.returns.extend(state["returns"])
-        self.episodes.lengths.extend(state["lengths"])
-        self.episodes.count = state["count"]
-        self.episodes.cached = None
-
     def reset_workers(self, seed: int) -> None:
         """Every worker's envs reset; worker i with seed + i x num_envs (one local vector env's seeds)."""
         group, num_envs = self.group, self.config.env.num_envs

@@ -33,12 +33,17 @@ import torch
 
 from pgrad import __version__
 from pgrad import metric_names as names
+from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import LearnerState, TrainState
 from pgrad.config import TrainConfig
+from pgrad.envs.normalize import ObsNormalizer
+from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import TrainingHalted
 from pgrad.monitor.alerts import RULES, Rule
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, OptimizerGuard
+from pgrad.nets import Actor
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
 
@@ -286,3 +291,39 @@ def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
     finally:
         body.close()
     return result
+
+
+# ---- the guard's evaluation -----------------------------------------------------------------------
+
+
+def evaluation_environment(config: TrainConfig, env_factory: VectorEnvFactory | None = None) -> Environment:
+    """The envs the guard evaluates on, built once per run: nominal physics (a fixed yardstick while
+    domain randomisation's ranges widen) and enough copies for ``guard.eval_episodes``."""
+    episodes = config.guard.eval_episodes
+    return build_environment(
+        nominal_physics(config), algo_gamma(config), num_envs=eval_num_envs(episodes), env_factory=env_factory
+    )
+
+
+def evaluate_on(
+    run: RunContext,
+    eval_env: Environment,
+    policy: Actor,
+    obs_normalizer: ObsNormalizer,
+    metrics: dict[str, Any],
+) -> list[float] | None:
+    """``guard.eval_episodes`` deterministic episodes of ``policy`` on ``eval_env``, the observations
+    normalised by ``obs_normalizer`` (frozen); adds ``eval/*`` to ``metrics`` and returns the episode
+    returns, or None when a Ctrl-C or SIGTERM cut it short."""
+    config = run.config
+    return periodic_evaluation(
+        policy,
+        eval_env.envs,
+        eval_env.adapter,
+        obs_normalizer,
+        config.guard.eval_episodes,
+        config.run.seed,
+        metrics,
+        max_episode_steps=episode_step_cap(config),
+        should_stop=lambda: run.stop_requested,
+    )
