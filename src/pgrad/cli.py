@@ -7,6 +7,7 @@ checkpoint) is printed as one line ``pgrad: error: ...`` with exit code 2 and no
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -185,8 +186,9 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_summary(result, config, preset_source: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from pgrad.terminal import console
 
     metrics = result.last_metrics
     table = Table(title=f"pgrad {config.algo} on {config.env.id}", show_header=False)
@@ -216,7 +218,7 @@ def _print_summary(result, config, preset_source: str | None) -> None:
         rows.append(("stopped early", f"continue with: pgrad resume {result.run_dir}"))
     for label, value in rows:
         table.add_row(label, value)
-    Console().print(table)
+    console().print(table)
 
 
 def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: bool, sets: list[str]) -> int:
@@ -490,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     except PgradError as exc:
         print(f"pgrad: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pgrad doctor RUN | head`: the reader has gone, so there is nobody to tell
+        # Python flushes stdout once more at exit and would print a second error: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one before a run started
         run_dir = getattr(args, "run_dir", None)
         where = f"; 'pgrad resume {run_dir}' continues from its last checkpoint" if run_dir else ""

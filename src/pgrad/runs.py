@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,13 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
 
 
 def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/ALGO-ENV-sSEED-YYYYmmdd-HHMMSS-ID``: readable, sorted by start time, and unique. ``ID`` is six
+    random hex digits from the OS (never from the run's seeded RNG): runs of the same algorithm, env and
+    seed started in the same second (a sweep's jobs, a shell loop with ``&``) get different folders
+    instead of two processes sharing one, and a name already on disk is never returned."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe_env = config.env.id.replace(":", "_").replace("/", "_")
-    return Path("runs") / f"{config.algo}-{safe_env}-s{config.run.seed}-{stamp}"
+    while True:
+        path = Path("runs") / f"{config.algo}-{safe_env}-s{config.run.seed}-{stamp}-{secrets.token_hex(3)}"
+        if not path.exists():
+            return path

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pgrad.monitor.tfevents import ScalarEventFile
+from pgrad.terminal import console
 
 FLUSH_SECONDS = 1.0  # the longest a written row stays in memory while training runs (tail -f shows it then)
 
@@ -206,9 +207,7 @@ class ConsoleDisplay:
     LINE_SECONDS = 5.0
 
     def __init__(self, total_steps: int, start_step: int, enabled: bool, label: str) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
+        self.console = console(stderr=True)
         self.total = total_steps
         self.interactive = enabled and self.console.is_terminal
         self.enabled = enabled

@@ -1,0 +1,70 @@
+"""Paper cuts of daily use (issue 25): each test failed before its fix."""
+
+from __future__ import annotations
+
+import time
+
+from pgrad.runs import default_run_dir, resolve_config
+
+
+def test_runs_started_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
+    # a sweep's jobs or a shell loop with & start several runs of the same algo, env and seed at once: before,
+    # the folder name was ALGO-ENV-sSEED-TIMESTAMP and two processes shared (and overwrote) one folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261207-120000")
+    config, _ = resolve_config("ppo", "CartPole-v1", seed=1)
+    names = {default_run_dir(config) for _ in range(50)}
+    assert len(names) == 50
+    assert all(name.name.startswith("ppo-CartPole-v1-s1-20261207-120000-") for name in names)
+    # a name already on disk is never handed out again: the next draw is taken
+    taken = default_run_dir(config)
+    taken.mkdir(parents=True)
+    draws = iter([taken.name.rsplit("-", 1)[1], "abcdef"])
+    monkeypatch.setattr("secrets.token_hex", lambda nbytes: next(draws))
+    assert default_run_dir(config).name == "ppo-CartPole-v1-s1-20261207-120000-abcdef"
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `pgrad list | head -1`: before, Python printed a BrokenPipeError traceback when the reader went away
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "pgrad", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.readline()
+    reader.stdout.close()  # the reader goes away after one line, as head does
+    stderr = reader.stderr.read()
+    reader.stderr.close()
+    assert reader.wait(timeout=60) in (0, 141)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_event_lines_and_the_summary_neither_wrap_nor_cut_in_a_log(tmp_path, capsys):
+    # a CI log is not a terminal: before, rich assumed 80 columns, broke an event line in two (a grep found
+    # half of it) and cut the summary's checkpoint path with an ellipsis
+    from types import SimpleNamespace
+
+    from pgrad.cli import _print_summary
+    from pgrad.monitor.sinks import ConsoleDisplay
+
+    display = ConsoleDisplay(total_steps=1000, start_step=0, enabled=True, label="ppo")
+    text = "restored checkpoints/step-000000000512 (step 512), learning rate x0.5 for 10% of the run; " * 3
+    display.message("recovery.rollback", 1024, text)
+    deep = tmp_path / ("a-long-folder-name-" * 8) / "checkpoints" / "step-000000001024"
+    result = SimpleNamespace(
+        last_metrics={"rollout/return_mean": 500.0},
+        run_dir=deep.parent.parent,
+        steps=1024,
+        updates=2,
+        seconds=1.0,
+        checkpoint=deep,
+        interrupted=False,
+    )
+    config = SimpleNamespace(algo="ppo", env=SimpleNamespace(id="CartPole-v1"))
+    _print_summary(result, config, None)
+    out, err = capsys.readouterr()
+    event_lines = [line for line in err.splitlines() if line.strip()]
+    assert [line.rstrip() for line in event_lines] == [f"recovery.rollback @ 1024: {text}".rstrip()]
+    assert str(deep) in out and "…" not in out
