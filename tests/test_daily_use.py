@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from pgrad.runs import default_run_dir, resolve_config
 
 
@@ -68,3 +70,47 @@ def test_event_lines_and_the_summary_neither_wrap_nor_cut_in_a_log(tmp_path, cap
     event_lines = [line for line in err.splitlines() if line.strip()]
     assert [line.rstrip() for line in event_lines] == [f"recovery.rollback @ 1024: {text}".rstrip()]
     assert str(deep) in out and "…" not in out
+
+
+def test_eval_acts_deterministically_unless_told_otherwise():
+    # training's evaluations, predict() and pgrad.evaluate act with the mode; before, `pgrad eval` sampled
+    # unless --deterministic was given, so the same policy scored differently from the CLI
+    from pgrad.cli import _parser
+
+    parse = _parser().parse_args
+    assert parse(["eval", "runs/x"]).deterministic is True
+    assert parse(["eval", "runs/x", "--deterministic"]).deterministic is True  # old scripts keep working
+    assert parse(["eval", "runs/x", "--stochastic"]).deterministic is False
+
+
+def test_list_takes_one_algorithm_or_section_and_names_the_allowed_ones(capsys):
+    # before, `pgrad list` printed 500+ lines with no way to ask for one algorithm
+    from pgrad.cli import main
+
+    assert main(["list", "sac"]) == 0
+    out = capsys.readouterr().out
+    assert "sac:" in out and "loop.buffer_size" in out and "sac    " in out  # its fields and its presets
+    assert "ppo:" not in out and "clip_eps" not in out and "[guard]" not in out
+    assert main(["list", "guard"]) == 0
+    out = capsys.readouterr().out
+    assert "[guard]" in out and "eval_every" in out and "sac:" not in out
+    assert main(["list", "ppx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pgrad: error: list: unknown 'ppx'; did you mean 'ppo'? (allowed: ppo, ")
+    assert "\n" not in err
+
+
+def test_a_mistyped_metric_is_named_with_the_nearest_logged_one(tmp_path, capsys):
+    # before, `compare --metric rollout/return_maen` printed "no rollout/return_maen logged yet" for every run
+    # and failed with "has logged its metric yet", as if the runs had only to go on
+    pytest.importorskip("matplotlib")
+    from pgrad.cli import main
+    from test_compare import fake_run
+
+    runs = [fake_run(tmp_path, f"s{seed}", seed, 3e-4, [1.0, 2.0]) for seed in (1, 2)]
+    assert main(["compare", *map(str, runs), "--metric", "rollout/return_maen", "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "pgrad: error: --metric 'rollout/return_maen' is not logged by any of these runs; "
+        "did you mean 'rollout/return_mean'?"
+    )

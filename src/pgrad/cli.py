@@ -54,7 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a run's policy")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--deterministic", action="store_true", help="act with the mode, not a sample")
+    # One default everywhere: training's evaluations, predict() and pgrad.evaluate act with the mode; so does this
+    acting = evaluate.add_mutually_exclusive_group()
+    acting.add_argument(
+        "--deterministic", dest="deterministic", action="store_true", default=True, help="act with the mode (default)"
+    )
+    acting.add_argument(
+        "--stochastic", dest="deterministic", action="store_false", help="act with a sample of the policy"
+    )
     evaluate.add_argument("--checkpoint", default="latest", help="latest, best or a checkpoint name")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="record episodes as MP4 (needs pgrad[video])")
     evaluate.add_argument("--seed", type=int)
@@ -96,7 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (built to read its spaces)",
     )
 
-    sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
+    listing = sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
+    listing.add_argument(
+        "what",
+        nargs="?",
+        help="only this: an algorithm (ppo, sac, lm_ppo, ...), a section (env, run, guard, ray) or presets",
+    )
 
     doctor = sub.add_parser("doctor", help="diagnose a run: symptoms, where they started, likely causes, fixes")
     doctor.add_argument("run_dir", type=Path)
@@ -363,35 +375,78 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig, field_docs
-    from pgrad.lm.config import LM_GUARD_DEFAULTS
-    from pgrad.presets import PATTERN_PRESETS, PRESETS
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``"; did you mean 'ppo'?"`` when ``name`` is close to one of ``known`` (a typo), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _list_section(title: str, cls: type) -> None:
+    from pgrad.config import field_docs
+
+    print(f"  [{title}]")
+    for name, default, doc in field_docs(cls):
+        print(f"    {name:<30} {default!s:<14} {doc}")
+
+
+def _list_algorithm(name: str) -> None:
     from pgrad.registry import ALGORITHMS
 
-    def section(title: str, cls: type) -> None:
-        print(f"  [{title}]")
-        for name, default, doc in field_docs(cls):
-            print(f"    {name:<30} {default!s:<14} {doc}")
-
-    print("algorithms:")
-    for spec in (spec for spec in ALGORITHMS.values() if not spec.language_model):
+    spec = ALGORITHMS[name]
+    if spec.language_model:
+        command = next(command for command, (algo, _, _) in LM_COMMANDS.items() if algo == name)
+        print(f"\npgrad lm {command}: {spec.summary}")
+    else:
         print(f"\n{spec.name}: {spec.summary} (actions: {', '.join(spec.action_kinds)})")
-        section(spec.name, spec.config_cls)
-    print("\nshared sections:")
-    section("env", EnvConfig)
-    section("run", RunConfig)
-    section("guard", GuardConfig)
-    section("ray", RayConfig)
-    print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
-    for command, (name, _, _) in LM_COMMANDS.items():
-        print(f"\npgrad lm {command}: {ALGORITHMS[name].summary}")
-        section(name, ALGORITHMS[name].config_cls)
-    guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
-    print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
+    _list_section(name, spec.config_cls)
+    if name == "lm_ppo":
+        from pgrad.lm.config import LM_GUARD_DEFAULTS
+
+        guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
+        print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
+
+
+def _list_presets(algo: str | None) -> None:
+    from pgrad.presets import PATTERN_PRESETS, PRESETS
+
     print("\npresets (applied when --env matches; --no-preset to skip):")
-    for (algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
-        print(f"  {algo:<6} {env_id:<16} {preset.source}")
+    for (preset_algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
+        if algo in (None, preset_algo):
+            print(f"  {preset_algo:<6} {env_id:<16} {preset.source}")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig
+    from pgrad.registry import ALGORITHMS
+
+    shared: dict[str, type] = {"env": EnvConfig, "run": RunConfig, "guard": GuardConfig, "ray": RayConfig}
+    rl = [name for name, spec in ALGORITHMS.items() if not spec.language_model]
+    lm = [name for name, _, _ in LM_COMMANDS.values()]
+    what = args.what
+    allowed = [*rl, *sorted(lm), *shared, "presets"]
+    if what is not None and what not in allowed:
+        raise ConfigError(f"list: unknown {what!r}{did_you_mean(what, allowed)} (allowed: {', '.join(allowed)})")
+    if what is None:  # everything, in this order
+        print("algorithms:")
+        for name in rl:
+            _list_algorithm(name)
+        print("\nshared sections:")
+        for title, cls in shared.items():
+            _list_section(title, cls)
+        print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
+        for name in lm:
+            _list_algorithm(name)
+        _list_presets(None)
+    elif what in shared:
+        _list_section(what, shared[what])
+    elif what == "presets":
+        _list_presets(None)
+    else:
+        _list_algorithm(what)
+        if what in rl:
+            _list_presets(what)
     return 0
 
 
@@ -422,11 +477,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     _plots_available()
-    from pgrad.monitor.compare import group_runs, plot_groups, read_curve, summarize, table_lines
+    from pgrad.monitor.compare import check_metric, group_runs, plot_groups, read_curve, summarize, table_lines
 
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1); got {args.confidence}")
     curves = [read_curve(run_dir, args.metric) for run_dir in args.run_dirs]
+    check_metric(curves, args.metric)
     for curve in curves:
         if curve.values.size:
             print(

@@ -10,6 +10,7 @@ the runs' curves interpolated onto the env steps they all reached.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class RunCurve:
     config: dict[str, Any] | None  # the run's config.yaml without run.seed; None when it has none
     steps: np.ndarray
     values: np.ndarray
+    logged: frozenset[str] = frozenset()  # every metric name in the run's metrics.jsonl
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,19 @@ def read_curve(run_dir: Path, metric: str) -> RunCurve:
         run_section = dict(config.get("run") or {})
         seed = run_section.pop("seed", None)
         config = {**config, "run": run_section}
-    return RunCurve(Path(run_dir), seed, config, steps, values)
+    logged = frozenset(key for row in rows for key in row)
+    return RunCurve(Path(run_dir), seed, config, steps, values, logged)
+
+
+def check_metric(curves: list[RunCurve], metric: str) -> None:
+    """A metric no run has ever logged is a typo, not a metric "not logged yet": say so, with the nearest
+    name the runs do log."""
+    logged = sorted(set().union(*(curve.logged for curve in curves)) - {"step", "time"})
+    if metric in logged or not logged:
+        return
+    close = difflib.get_close_matches(metric, logged, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(name) for name in close)}?" if close else ""
+    raise ConfigError(f"--metric {metric!r} is not logged by any of these runs{hint}")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
