@@ -364,6 +364,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
     )
     print(f"run folder: {args.run_dir}")
+    for video in result.videos:
+        print(f"video: {video}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ class EvalResult:
     lengths: list[int]
     checkpoint: Path
     physics: RandomizeConfig  # what the episodes ran on (defaults: nominal)
+    videos: list[Path] = field(default_factory=list)  # with a video folder: one MP4 per episode, in order
 
     @property
     def mean(self) -> float:
@@ -81,7 +82,7 @@ def evaluate(
     policy = build_policy(config, state, checkpoint, env.envs.single_observation_space, env.envs.single_action_space)
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
     frames: list[np.ndarray] = []
-    videos_saved: list[int] = []
+    videos: list[Path] = []
 
     def record(finished: np.ndarray) -> None:
         # One sub-env when recording: a finished episode closes the current video. (Only passed
@@ -95,8 +96,7 @@ def evaluate(
             )
         frames.append(frame)
         if finished.size and video_dir is not None:
-            _save_video(frames, Path(video_dir), len(videos_saved), env.envs.metadata.get("render_fps", 30))
-            videos_saved.append(1)
+            videos.append(_save_video(frames, Path(video_dir), len(videos), env.envs.metadata.get("render_fps", 30)))
             frames.clear()
 
     returns, lengths = run_episodes(
@@ -111,11 +111,15 @@ def evaluate(
         max_episode_steps=episode_step_cap(config),
     )
     env.envs.close()
-    return EvalResult(returns, lengths, checkpoint, config.env.randomize)
+    return EvalResult(returns, lengths, checkpoint, config.env.randomize, videos)
 
 
-def _save_video(frames: list[np.ndarray], folder: Path, index: int, fps: int) -> None:
-    from gymnasium.utils.save_video import save_video
+def _save_video(frames: list[np.ndarray], folder: Path, index: int, fps: int) -> Path:
+    """``folder/episode-INDEX.mp4``, every episode. (Gymnasium's ``save_video`` keeps only episodes 0, 1, 8,
+    27, ... by default and appends its own ``-episode-N`` to the name.)"""
+    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_video(frames, str(folder), fps=fps, name_prefix=f"episode-{index:03d}", episode_index=index)
+    path = folder / f"episode-{index:03d}.mp4"
+    ImageSequenceClip(frames, fps=fps).write_videofile(str(path), logger=None)
+    return path
