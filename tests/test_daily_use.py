@@ -114,3 +114,33 @@ def test_a_mistyped_metric_is_named_with_the_nearest_logged_one(tmp_path, capsys
         "pgrad: error: --metric 'rollout/return_maen' is not logged by any of these runs; "
         "did you mean 'rollout/return_mean'?"
     )
+
+
+def test_an_off_policy_warm_up_is_announced_and_not_counted_as_the_learning_rate(tmp_path):
+    # before, nothing said that the first loop.learning_starts steps are random actions without updates, and
+    # their rows logged perf/steps_per_second about 30x the learning rate (the console's steps/s and time left)
+    import json
+
+    from pgrad.monitor.sinks import ConsoleDisplay
+    from pgrad.runners.off_policy import OffPolicyRunner
+
+    sets = [
+        "run.progress=false",
+        "run.tensorboard=false",
+        "env.num_envs=1",
+        "sac.network.hidden_sizes=[16, 16]",
+        "sac.loop.batch_size=16",
+        "sac.loop.learning_starts=400",
+        "sac.loop.log_every=100",
+    ]
+    config, _ = resolve_config("sac", "Pendulum-v1", sets=sets, total_steps=500)
+    OffPolicyRunner(config, tmp_path / "run", console=False).train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    warm = [row["step"] for row in rows if "perf/warmup_steps_per_second" in row]
+    learning = [row["step"] for row in rows if "perf/steps_per_second" in row]
+    assert warm == [100, 200, 300, 400] and learning == [500]
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    warmup = [event for event in events if event["kind"] == "run.warmup"]
+    assert len(warmup) == 1 and "random actions until step 400 (loop.learning_starts)" in warmup[0]["message"]
+    display = ConsoleDisplay(total_steps=500, start_step=0, enabled=False, label="sac")
+    assert display.fields(rows[0])[1] == "warm-up" and display.fields(rows[-1])[1].endswith(" steps/s")

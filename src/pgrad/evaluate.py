@@ -117,7 +117,7 @@ def evaluate(
 def _save_video(frames: list[np.ndarray], folder: Path, index: int, fps: int) -> Path:
     """``folder/episode-INDEX.mp4``, every episode. (Gymnasium's ``save_video`` keeps only episodes 0, 1, 8,
     27, ... by default and appends its own ``-episode-N`` to the name.)"""
-    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
+    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip  # type: ignore[import-untyped]
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"episode-{index:03d}.mp4"

@@ -29,6 +29,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Protocol
 
+from pgrad import metric_names as names
 from pgrad.monitor.tfevents import ScalarEventFile
 from pgrad.terminal import console
 
@@ -222,13 +223,13 @@ class ConsoleDisplay:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[sps]:>6} steps/s"),
+                TextColumn("{task.fields[sps]:>14}"),
                 TextColumn("return {task.fields[ret]}"),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )
-            self.task = self.progress.add_task(label, total=total_steps, completed=start_step, sps="-", ret="-")
+            self.task = self.progress.add_task(label, total=total_steps, completed=start_step, sps="- steps/s", ret="-")
             self.progress.start()
 
     def update(self, metrics: dict[str, Any]) -> None:
@@ -242,12 +243,14 @@ class ConsoleDisplay:
         elif self.enabled and now - self.last_line > self.LINE_SECONDS:
             self.last_line = now
             step, sps, ret = self.fields(metrics)
-            print(f"step {step:>9}/{self.total}  {sps:>6} steps/s  return {ret}", file=sys.stderr, flush=True)
+            print(f"step {step:>9}/{self.total}  {sps:>14}  return {ret}", file=sys.stderr, flush=True)
 
     def fields(self, metrics: dict[str, Any]) -> tuple[int, str, str]:
         ret = metrics.get("rollout/return_mean")
         ret_text = f"{ret:8.1f}" if isinstance(ret, float) else "       -"
-        return int(metrics["step"]), f"{metrics.get('perf/steps_per_second', 0.0):.0f}", ret_text
+        if names.WARMUP_STEPS_PER_SECOND in metrics:  # off-policy warm-up: random actions, no updates
+            return int(metrics["step"]), "warm-up", ret_text
+        return int(metrics["step"]), f"{metrics.get(names.STEPS_PER_SECOND, 0.0):.0f} steps/s", ret_text
 
     def show_bar(self) -> None:
         if self.progress is not None and self.unshown is not None:
