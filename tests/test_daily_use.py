@@ -144,3 +144,30 @@ def test_an_off_policy_warm_up_is_announced_and_not_counted_as_the_learning_rate
     assert len(warmup) == 1 and "random actions until step 400 (loop.learning_starts)" in warmup[0]["message"]
     display = ConsoleDisplay(total_steps=500, start_step=0, enabled=False, label="sac")
     assert display.fields(rows[0])[1] == "warm-up" and display.fields(rows[-1])[1].endswith(" steps/s")
+
+
+def test_language_model_progress_is_in_their_own_units(tmp_path):
+    # before, an LM run's progress line said "steps/s" and "return -" (no LM run has an episode return)
+    pytest.importorskip("transformers")
+    from pgrad.monitor.sinks import ConsoleDisplay
+    from pgrad.runners.lm_dpo import DPO_UNITS
+    from pgrad.runners.lm_ppo import PPO_UNITS
+    from pgrad.runners.lm_rm import RM_UNITS
+    from pgrad.runners.lm_sft import SFT_UNITS, SFTRunner
+
+    row = {"step": 64, "perf/steps_per_second": 12.4, "train/sft_nll": 1.23456, "lm/rm_score": 0.5}
+    row.update({"train/rm_accuracy": 0.75, "train/dpo_loss": 0.6931})
+    shown = {
+        units.step: ConsoleDisplay(100, 0, False, "lm", units).fields(row)[1:]
+        for units in (SFT_UNITS, RM_UNITS, DPO_UNITS, PPO_UNITS)
+    }
+    assert shown == {
+        "demonstrations": ("12 demonstrations/s", "nll   1.2346"),
+        "pairs": ("12 pairs/s", "loss   0.6931"),  # RM_UNITS' entry is overwritten by DPO's, checked next
+        "responses": ("12 responses/s", "score    0.500"),
+    }
+    assert ConsoleDisplay(100, 0, False, "lm", RM_UNITS).fields(row)[2] == "accuracy    0.750"
+    config, _ = resolve_config("lm_sft", None, None, ["demonstrations=64", "eval_prompts=8"], total_steps=64)
+    runner = SFTRunner(config, tmp_path / "sft", console=False)
+    assert runner.run.console.units == SFT_UNITS  # the runner hands its units to the run's display
+    runner.run.close()

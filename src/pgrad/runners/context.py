@@ -52,7 +52,16 @@ from pgrad.checkpoint import (
 )
 from pgrad.config import TrainConfig, append_resolved
 from pgrad.errors import CheckpointError, ConfigError, PgradError
-from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
+from pgrad.monitor.sinks import (
+    ENV_UNITS,
+    ConsoleDisplay,
+    EventLog,
+    JsonlSink,
+    MetricSink,
+    ProgressUnits,
+    tensorboard_sink,
+    truncate_jsonl,
+)
 from pgrad.monitor.trackers import check_trackers, tracker_sinks
 
 
@@ -167,7 +176,7 @@ class RunContext:
             elif path.is_dir():
                 shutil.rmtree(path)
 
-    def open(self, console: bool, label: str) -> None:
+    def open(self, console: bool, label: str, units: ProgressUnits = ENV_UNITS) -> None:
         """Create and lock the folder, save the config, open console, events and sinks; on resume first
         cut the logs back to the checkpoint's step."""
         config = self.config
@@ -181,7 +190,7 @@ class RunContext:
         config.save(self.run_dir / "config.yaml")
         if self.resolved:
             append_resolved(self.run_dir / "config.yaml", self.resolved)
-        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label)
+        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label, units)
         self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
         self.sinks = [JsonlSink(self.run_dir / "metrics.jsonl")]
         if config.run.tensorboard:

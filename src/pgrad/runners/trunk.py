@@ -43,6 +43,7 @@ from pgrad.monitor.alerts import RULES, Rule
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, OptimizerGuard
+from pgrad.monitor.sinks import ENV_UNITS, ProgressUnits
 from pgrad.nets import Actor
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
@@ -84,6 +85,7 @@ def open_or_resume(
     close: Callable[[], None],
     started_detail: str = "",
     resumed_note: str = "",
+    units: ProgressUnits = ENV_UNITS,
 ) -> bool:
     """The second half: the checkpoint to resume from is read (and checked) before anything is written,
     then the folder is opened (lock, config with the learner's ``resolved`` record, logs) and the body loads
@@ -94,7 +96,7 @@ def open_or_resume(
     if not run.resolved:  # the learner chose nothing (the language models): its gradients are autograd's
         reason = f"{run.config.algo} has no NumPy backend"
         run.resolved = {"gradient_backend": "autograd", "gradient_backend_reason": reason}
-    run.open(console, label)
+    run.open(console, label, units)
     if resume_from is None:
         run.started_event(started_detail)
         return False
