@@ -148,6 +148,7 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
 
 
 def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<algo>-<env>-s<seed>-<time>``: the run folder when none is named."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe_env = config.env.id.replace(":", "_").replace("/", "_")
     return Path("runs") / f"{config.algo}-{safe_env}-s{config.run.seed}-{stamp}"
