@@ -90,6 +90,7 @@ def _fsync_write(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a synced temporary file and a rename: never half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     _fsync_write(tmp, json.dumps(data, indent=1))
     os.replace(tmp, path)
@@ -172,6 +173,7 @@ MAX_STATE_BYTES = 64 * 2**20
 
 
 def integrity_key() -> bytes | None:
+    """The secret of ``PGRAD_CHECKPOINT_KEY`` as bytes (checkpoints then carry an HMAC), or None when unset."""
     key = os.environ.get(KEY_VARIABLE)
     return key.encode() if key else None
 
@@ -291,18 +293,22 @@ def _optimizer_state_from_parts(prefix: str, tensors: dict[str, torch.Tensor], p
 
 
 def optimizer_to_parts(prefix: str, optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as (tensors named ``prefix.*``, the JSON-able rest) for a checkpoint."""
     return _optimizer_state_to_parts(prefix, optimizer.state_dict())
 
 
 def optimizer_from_parts(prefix: str, optimizer: Any, tensors: dict[str, torch.Tensor], parts: dict[str, Any]) -> None:
+    """Load an optimizer's state from the tensors and JSON parts ``optimizer_to_parts`` wrote under ``prefix``."""
     optimizer.load_state_dict(_optimizer_state_from_parts(prefix, tensors, parts))
 
 
 def numpy_to_tensors(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """NumPy arrays as contiguous tensors named ``prefix.name``, for safetensors."""
     return {f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
 
 
 def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The tensors named ``prefix.*`` back as NumPy arrays, keyed by the name after the prefix."""
     head = f"{prefix}."
     return {key[len(head) :]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
 
@@ -614,6 +620,7 @@ def load_modules(modules: dict[str, torch.nn.Module], state: TrainState | Learne
 
 
 def load_optimizers(optimizers: dict[str, Any], state: TrainState | LearnerState, source: Path) -> None:
+    """Fill each optimizer from ``state``, after checking its tensors' names, shapes and dtypes against it."""
     for name, optimizer in optimizers.items():
         if name not in state.optimizers:
             raise CheckpointError(f"checkpoint {source} has no state for optimizer '{name}'")

@@ -529,6 +529,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``pgrad`` command: parse ``argv``, run the command, return its exit code (errors are one line, exit 2)."""
     args = _parser().parse_args(argv)
     handlers = {
         "train": _cmd_train,

@@ -873,6 +873,7 @@ def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str
 
 
 def name_in(cls: type, name: str) -> bool:
+    """Whether the config class ``cls`` has a field called ``name``."""
     return any(f.name == name for f in dataclasses.fields(cls))
 
 

@@ -19,6 +19,8 @@ from pgrad.threads import set_threads
 
 @dataclass
 class EvalResult:
+    """The returns and lengths of evaluation episodes, the checkpoint evaluated and the physics they ran on."""
+
     returns: list[float]
     lengths: list[int]
     checkpoint: Path

@@ -44,6 +44,8 @@ SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a ru
 
 @dataclass
 class Policy:
+    """A trained policy that only acts: spaces, observation adapter, frozen normaliser and actor."""
+
     observation_space: gym.Space[Any]
     action_space: gym.Space[Any]
     adapter: SpaceAdapter
@@ -109,6 +111,7 @@ def checkpoint_path(path: Path, which: str = "latest") -> Path:
 
 
 def config_of(state: TrainState) -> TrainConfig:
+    """The training config recorded in a checkpoint's state."""
     from pgrad.runs import config_from_dict
 
     return config_from_dict(dict(state.config), state.algo)
@@ -166,6 +169,7 @@ def write_spaces(folder: Path, observation_space: gym.Space[Any], action_space: 
 
 # ---- spaces as JSON (Box and Discrete: what the adapter supports) -------------------------------------------
 def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
+    """A Box or Discrete space as plain JSON data (``spaces.json``)."""
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
@@ -180,6 +184,7 @@ def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
 
 
 def space_from_dict(data: dict[str, Any]) -> gym.Space[Any]:
+    """The space ``space_to_dict`` wrote; anything else is refused."""
     kind = data.get("type")
     if kind == "Box":
         dtype = np.dtype(data["dtype"])

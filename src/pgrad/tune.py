@@ -104,6 +104,7 @@ def set_keys(algo: str, sets: list[str]) -> set[str]:
 
 
 def suggest(trial: Any, space: tuple[Param, ...]) -> dict[str, Any]:
+    """Draw one value per parameter of the search space from an Optuna trial."""
     values: dict[str, Any] = {}
     for param in space:
         if param.choices:
@@ -155,6 +156,8 @@ class PrunerReport:
 
 @dataclass(frozen=True)
 class TuneResult:
+    """A finished search: the best trial's number, value and parameters, the best.yaml written, every trial."""
+
     best_number: int
     best_value: float
     best_params: dict[str, Any]

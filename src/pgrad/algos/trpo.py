@@ -157,6 +157,8 @@ def trpo_surrogate(
 
 @dataclass(frozen=True)
 class LineSearchResult:
+    """What the backtracking line search kept: accepted or not, candidates rejected, surrogate and KL there."""
+
     accepted: bool
     backtracks: int  # candidates rejected before the accepted one (all of them when none is accepted)
     surrogate: float  # surrogate at the parameters kept

@@ -35,6 +35,8 @@ EVAL_SEED_OFFSET = 1  # the runs' own evaluations use run.seed + 1 (lm_ppo, lm_s
 
 @dataclass(frozen=True)
 class LMEvalResult:
+    """``pgrad eval`` of a language-model run: its eval metrics, the checkpoint, prompts, seed and scorer."""
+
     metrics: dict[str, float]  # eval/true_score, eval/rm_score, eval/kl, eval/kl_k3, eval/response_length
     checkpoint: Path
     prompts: int

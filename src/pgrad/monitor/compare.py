@@ -29,6 +29,8 @@ from pgrad.monitor.sinks import read_jsonl
 
 @dataclass(frozen=True)
 class RunCurve:
+    """One run's curve of a metric over env steps, with its seed and its config without the seed."""
+
     run_dir: Path
     seed: int | None
     config: dict[str, Any] | None  # the run's config.yaml without run.seed; None when it has none
@@ -39,6 +41,8 @@ class RunCurve:
 
 @dataclass(frozen=True)
 class GroupSummary:
+    """A group of runs that differ only in their seed: final scores, mean and IQM with intervals."""
+
     label: str
     runs: list[RunCurve]
     scores: np.ndarray  # each run's last value of the metric
@@ -47,6 +51,7 @@ class GroupSummary:
 
 
 def read_curve(run_dir: Path, metric: str) -> RunCurve:
+    """A run folder's ``metric`` over env steps, its seed and its config (read as data, inside the folder)."""
     rows = well_formed_rows(read_jsonl(inside_run(Path(run_dir), "metrics.jsonl", "metrics.jsonl")))
     steps, values = metric_series(rows, metric)
     config_path = Path(run_dir) / "config.yaml"
@@ -111,6 +116,7 @@ def group_runs(curves: list[RunCurve]) -> dict[str, list[RunCurve]]:
 def summarize(
     groups: dict[str, list[RunCurve]], confidence: float = 0.95, reps: int = 2000, seed: int = 0
 ) -> list[GroupSummary]:
+    """Per group, the runs' last values with the mean and IQM and their bootstrap intervals."""
     summaries = []
     for label, runs in groups.items():
         scores = np.array([run.values[-1] for run in runs if run.values.size], np.float64)
@@ -129,6 +135,7 @@ def summarize(
 
 
 def table_lines(summaries: list[GroupSummary], metric: str, confidence: float = 0.95) -> list[str]:
+    """The summaries as an aligned text table, one line per group."""
     band = f"{confidence:.0%} CI"
     header = ["group", "runs", "seeds", f"scores ({metric}, last)", f"mean [{band}]", f"IQM [{band}]"]
     rows = [header]

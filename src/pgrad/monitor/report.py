@@ -89,6 +89,8 @@ MARKER_STYLES = {  # event kind prefix -> (colour, line style)
 
 @dataclass
 class PanelData:
+    """What one report panel draws: its series, its event markers and its warning ticks (for tests)."""
+
     name: str
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # label -> (steps, values)
     markers: list[tuple[float, str]] = field(default_factory=list)  # (step, event kind) drawn as vertical lines
@@ -109,6 +111,7 @@ def metric_series(history: list[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 
 def marker_kind(kind: str) -> str | None:
+    """The marker style an event kind is drawn with (critical, recovery, drill), or None for none."""
     return next((prefix for prefix in MARKER_STYLES if kind.startswith(prefix)), None)
 
 
@@ -166,6 +169,7 @@ def draw_panel(
 
 
 def read_panel(ax: Any, name: str) -> PanelData:
+    """Read back what a drawn panel holds (series, markers, warnings): the report tests' view of a plot."""
     data = PanelData(name)
     for line in ax.lines:
         label = str(line.get_label())
@@ -217,6 +221,8 @@ def plot_run(
 
 
 def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict[str, Any]]) -> str:
+    """The self-contained report page: embedded PNGs, the doctor's text and the events, every value escaped."""
+
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'

@@ -66,6 +66,7 @@ from pgrad.monitor.trackers import check_trackers, tracker_sinks
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -94,6 +95,8 @@ def resident_memory_mb() -> float:
 
 @dataclass
 class TrainResult:
+    """What a finished (or interrupted) run reports: folder, steps, updates, time, last metrics, final checkpoint."""
+
     run_dir: Path
     steps: int
     updates: int

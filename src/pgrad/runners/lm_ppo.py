@@ -174,6 +174,7 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
+    """The response scorer of a PPO run: its reward model (or ensemble), or the task's true score."""
     if config.reward == "model":
         assert config.reward_model is not None  # LMPPOConfig.validate
         return load_reward_model(

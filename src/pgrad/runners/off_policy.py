@@ -87,6 +87,8 @@ def aggregate(history: dict[str, list[Any]]) -> dict[str, float]:
 
 
 class OffPolicyRunner:
+    """The off-policy loop (DDPG, TD3, SAC): act, store in the replay buffer, sampled gradient steps."""
+
     def __init__(
         self,
         config: TrainConfig,

@@ -49,6 +49,8 @@ from pgrad.runners.trunk import guard_parts
 
 
 class OnPolicyRunner:
+    """The on-policy loop: collect, prepare, update, judged by the guard after each update."""
+
     def __init__(
         self,
         config: TrainConfig,

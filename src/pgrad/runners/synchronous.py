@@ -206,6 +206,7 @@ def restart_episodes(loop: SynchronousLoop, step: int) -> None:
 
 
 def log_events(loop: SynchronousLoop, events: list[Event]) -> None:
+    """Write events to the run's log at the loop's current step."""
     trunk.log_events(loop.run, loop.step, events)
 
 
@@ -220,14 +221,17 @@ def judge(loop: SynchronousLoop, metrics: dict[str, Any], guard_updates: int) ->
 
 
 def take_events(loop: SynchronousLoop) -> list[Event]:
+    """The events the guard has queued since the last call."""
     return loop.guard.take_events()
 
 
 def snapshot(loop: SynchronousLoop, healthy: bool) -> None:
+    """Offer the state after an update to the healthy-state keeper (kept only if healthy, and confirmed later)."""
     loop.healthy_states.after_update(healthy, loop.step, loop.algo, loop.collector)
 
 
 def final_score(loop: SynchronousLoop, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+    """The final checkpoint's score and health mark, as the guard judges them."""
     return loop.guard.checkpoint_score(metrics), loop.guard.healthy
 
 
@@ -325,6 +329,7 @@ def log_randomize_draws(loop: SynchronousLoop) -> dict[str, float]:
 
 
 def close(loop: SynchronousLoop) -> None:
+    """Release the loop's resources: the optimizer hooks, the randomisation log, the evaluation envs."""
     loop.optimizer_guard.remove()
     if loop.randomization_log is not None:
         loop.randomization_log.close()
