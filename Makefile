@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	rm -rf runs/demo-cartpole
 	$(BIN)/pgrad train ppo --env CartPole-v1 --seed 1 --run-dir runs/demo-cartpole
-	$(BIN)/pgrad eval runs/demo-cartpole --episodes 10 --deterministic
+	$(BIN)/pgrad eval runs/demo-cartpole --episodes 10
 
 # The fast suite (pyproject's addopts deselect the slow marker); about a minute and a half on 2 cores.
 test: setup
