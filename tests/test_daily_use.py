@@ -171,3 +171,61 @@ def test_language_model_progress_is_in_their_own_units(tmp_path):
     runner = SFTRunner(config, tmp_path / "sft", console=False)
     assert runner.run.console.units == SFT_UNITS  # the runner hands its units to the run's display
     runner.run.close()
+
+
+ENV_MODULE = """
+import gymnasium as gym
+import numpy as np
+
+
+class Still(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 1.0, True, False, {}
+"""
+
+
+def test_an_entry_point_in_the_current_folder_imports_as_python_would(tmp_path, monkeypatch):
+    # `pgrad train ppo --env mymod:MyEnv` next to mymod.py: the pgrad console script (unlike `python train.py`)
+    # does not put the current folder on sys.path, and the import failed with "No module named 'mymod'"
+    import sys
+
+    from pgrad.envs.factory import load_entry_point
+
+    (tmp_path / "pgrad_test_cwd_env.py").write_text(ENV_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "pgrad_test_cwd_env", raising=False)
+    make = load_entry_point("pgrad_test_cwd_env:Still")
+    assert make is not None and make.__name__ == "Still"
+    assert sys.path[-1] == str(tmp_path)  # searched last: it shadows nothing installed
+    sys.modules.pop("pgrad_test_cwd_env", None)
+
+
+def test_a_run_trained_on_an_env_object_says_how_to_resume_it(tmp_path, capsys):
+    # before: `pgrad resume` rebuilt CartPole-v1 from the recorded id and failed inside the checkpoint with
+    # "its environment state does not fit CartPole-v1 (zip() argument 2 is longer than argument 1)"
+    import gymnasium as gym
+
+    from pgrad.api import PPO
+    from pgrad.cli import main
+
+    class Wrapped(gym.Wrapper):
+        pass
+
+    run = tmp_path / "run"
+    model = PPO(Wrapped(gym.make("CartPole-v1")), run_dir=run, sets=["run.progress=false", "ppo.num_steps=64"])
+    model.learn(128)
+    assert main(["resume", str(run), "--total-steps", "256"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pgrad: error: {run} trained on an env passed to pgrad.api as a Python object")
+    assert f"Agent.load('{run}', env=ENV).learn(STEPS)" in err and "\n" not in err
+    resumed = PPO.load(run, env=Wrapped(gym.make("CartPole-v1")))
+    resumed.learn(256)  # the way the line says works: 256 more steps
+    assert resumed.num_timesteps == 384

@@ -138,6 +138,7 @@ class RunContext:
         # what the learner resolved at build time (``resolved_record``), set by the runner before ``open``:
         # recorded in config.yaml and at run.started
         self.resolved: dict[str, str] = {}
+        self.env_object = False  # the envs come from a Python object (pgrad.api): recorded under resolved
 
     # ---- the folder and its logs ----------------------------------------------------------
     def check_new_folder(self) -> None:

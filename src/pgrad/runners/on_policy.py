@@ -69,7 +69,7 @@ class OnPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite, env_object=env_factory is not None)
         self.run_dir = self.run.run_dir
         self.env_factory = env_factory
         self.collector: RolloutCollector | Any

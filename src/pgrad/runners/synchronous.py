@@ -156,7 +156,8 @@ def restore(
             env_state.restore(loop.env.envs, state.env_state)
         except (ValueError, AttributeError, TypeError) as exc:
             raise CheckpointError(
-                f"checkpoint {path}: its environment state does not fit {loop.config.env.id} ({exc})"
+                f"checkpoint {path}: its environment state does not fit {loop.config.env.id} ({exc}); a run "
+                "trained on an env passed to pgrad.api as a Python object resumes only in Python, with that env"
             ) from None
     else:
         loop.restart_episodes(state.step)

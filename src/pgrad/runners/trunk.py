@@ -35,10 +35,10 @@ from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import LearnerState, TrainState
-from pgrad.config import TrainConfig
+from pgrad.config import RESOLVED_SECTION, TrainConfig, load_yaml
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import TrainingHalted
+from pgrad.errors import ConfigError, TrainingHalted
 from pgrad.monitor.alerts import RULES, Rule
 from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
@@ -67,14 +67,42 @@ class RunAttribute(Generic[T]):
 
 
 # ---- the prologue -------------------------------------------------------------------------------
-def begin_run(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> RunContext:
+# config.yaml's ``resolved:`` entry of a run whose envs were a Python object handed to pgrad.api
+ENV_OBJECT = "env_object"
+ENV_OBJECT_NOTE = "passed to pgrad.api as a Python object; config.yaml's env.id cannot rebuild it"
+
+
+def begin_run(
+    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, env_object: bool = False
+) -> RunContext:
     """The first half of every run's prologue: the folder checked (a lock held by another run, a folder
     holding a run that ``train`` would overwrite: one line, nothing written), threads, and the seeds of
-    Python, NumPy and torch. The body builds its parts after this and before ``open_or_resume``."""
+    Python, NumPy and torch. The body builds its parts after this and before ``open_or_resume``.
+    ``env_object``: the envs come from a Python object (``pgrad.api``), which the run folder records."""
     run = RunContext(config, run_dir, resume, overwrite)
+    run.env_object = env_object
+    if resume and not env_object:
+        check_env_rebuildable(run.run_dir)
     set_threads(config.run.torch_threads)
     seed_everything(config.run.seed)
     return run
+
+
+def check_env_rebuildable(run_dir: Path) -> None:
+    """A run trained on an env passed as a Python object cannot be resumed from its config.yaml alone (the
+    recorded env.id names the object's class or spec, not the object): one line saying how to resume it,
+    before any env is built."""
+    path = run_dir / "config.yaml"
+    try:
+        saved = load_yaml(path) if path.is_file() else {}
+    except ConfigError:
+        return  # the config's own checks report it
+    resolved = saved.get(RESOLVED_SECTION) if isinstance(saved, dict) else None
+    if isinstance(resolved, dict) and ENV_OBJECT in resolved:
+        raise ConfigError(
+            f"{run_dir} trained on an env passed to pgrad.api as a Python object, which config.yaml cannot "
+            f"rebuild: resume it in Python with the same env, pgrad.api.Agent.load('{run_dir}', env=ENV).learn(STEPS)"
+        )
 
 
 def open_or_resume(
@@ -96,6 +124,8 @@ def open_or_resume(
     if not run.resolved:  # the learner chose nothing (the language models): its gradients are autograd's
         reason = f"{run.config.algo} has no NumPy backend"
         run.resolved = {"gradient_backend": "autograd", "gradient_backend_reason": reason}
+    if run.env_object:
+        run.resolved[ENV_OBJECT] = ENV_OBJECT_NOTE
     run.open(console, label, units)
     if resume_from is None:
         run.started_event(started_detail)
