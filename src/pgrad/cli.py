@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -142,6 +143,14 @@ def _compare_and_tune_parsers(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
     tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
     tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
+    tune.add_argument(
+        "--storage", help="keep the study in a database: sqlite:///tune.db or a URL (resume it, share it between jobs)"
+    )
+    tune.add_argument("--study-name", help="the study's name in --storage (default: the tune folder's name)")
+    tune.add_argument(
+        "--n-jobs", type=int, default=1, help="trials at once, each in its own process (needs --storage; default: 1)"
+    )
+    tune.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)  # a worker's index (--n-jobs)
 
 
 def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: str) -> None:
@@ -503,9 +512,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from pgrad.runs import default_run_dir, resolve_config
-    from pgrad.tune import DEFAULT_TRIAL_STEPS, trial_sets, tune
+    from pgrad.tune import DEFAULT_TRIAL_STEPS, open_study, run_trials, summarize_study, trial_sets
 
+    started = time.perf_counter()
     total = args.total_steps or DEFAULT_TRIAL_STEPS
+    if args.n_jobs < 1:
+        raise ConfigError(f"--n-jobs must be at least 1; got {args.n_jobs}")
+    if args.n_jobs > 1 and args.storage is None:
+        raise ConfigError(
+            "--n-jobs needs --storage (the jobs share the study through it), e.g. --storage sqlite:///tune.db"
+        )
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {args.trials}")
 
     def config_for(extra: list[str]):
         sets = [*trial_sets(total), *extra]
@@ -515,10 +533,18 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     first = config_for(args.set)  # a bad --set or env fails here, in one line, before any trial
     tune_dir = args.tune_dir or default_run_dir(first).with_name("tune-" + default_run_dir(first).name)
-    result = tune(args.algo, config_for, args.set, args.trials, tune_dir, first.run.seed, args.pruner)
+    # each job its own sampler seed: the same seed would draw the same first parameters in every job
+    study = open_study(tune_dir, args.storage, args.study_name, first.run.seed + args.job, args.pruner)
+    if args.n_jobs > 1:
+        _tune_jobs(args, tune_dir)
+    else:
+        run_trials(study, args.algo, config_for, args.set, args.trials, tune_dir)
+    if args.job:  # a worker of --n-jobs: the parent sums up
+        return 0
+    result = summarize_study(study, args.algo, config_for, args.set, tune_dir)
     states = [row["state"] for row in result.trials]
     print(
-        f"{len(states)} trials in {result.seconds:.0f} s ({states.count('complete')} complete, "
+        f"{len(states)} trials in {time.perf_counter() - started:.0f} s ({states.count('complete')} complete, "
         f"{states.count('pruned')} pruned, {states.count('invalid')} invalid, {states.count('halted')} halted)"
     )
     print(f"best: trial {result.best_number}, evaluation return {result.best_value:.1f}")
@@ -528,9 +554,53 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_jobs(args: argparse.Namespace, tune_dir: Path) -> None:
+    """``--n-jobs K``: K processes run ``pgrad tune`` on the same stored study and folder, the trials shared out;
+    their lines interleave on this terminal. (Threads would share torch's global seed and threads.)"""
+    import subprocess
+
+    argv = list(args.argv)
+    for flag in ("--n-jobs", "--trials", "--tune-dir", "--job"):  # replaced below
+        while flag in argv:
+            at = argv.index(flag)
+            del argv[at : at + 2]
+    argv = [item for item in argv if not item.startswith(("--n-jobs=", "--trials=", "--tune-dir=", "--job="))]
+    shares = [args.trials // args.n_jobs + (job < args.trials % args.n_jobs) for job in range(args.n_jobs)]
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgrad",
+                *argv,
+                "--tune-dir",
+                str(tune_dir),
+                "--trials",
+                str(share),
+                "--job",
+                str(job + 1),
+            ]
+        )
+        for job, share in enumerate(shares)
+        if share
+    ]
+    try:
+        codes = [job.wait() for job in jobs]
+    except KeyboardInterrupt:  # Ctrl-C reached every job too: each stops its trial with a checkpoint
+        for job in jobs:
+            job.wait()
+        raise
+    failed = [code for code in codes if code not in (0,)]
+    if failed:
+        raise PgradError(
+            f"{len(failed)} of {len(jobs)} tuning jobs failed (exit codes {failed}); see their lines above"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``pgrad`` command: parse ``argv``, run the command, return its exit code (errors are one line, exit 2)."""
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # tune --n-jobs starts its jobs with the same command
     handlers = {
         "train": _cmd_train,
         "resume": _cmd_resume,
