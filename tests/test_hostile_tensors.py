@@ -222,3 +222,91 @@ def test_the_first_update_after_a_resume_checks_the_parameters(tmp_path):
         assert resumed.check_parameters() == 0.0  # not re-checked: the hot path pays for one check only
     finally:
         resumed.close()
+
+
+# ---- spaces.json: bounded and checked against a schema (finding 10) ------------------------------------
+
+
+def cartpole_spaces() -> dict:
+    import gymnasium as gym
+
+    from pgrad.policy import space_to_dict
+
+    env = gym.make("CartPole-v1")
+    spaces = {"observation": space_to_dict(env.observation_space), "action": space_to_dict(env.action_space)}
+    env.close()
+    return spaces
+
+
+def spaces_with(change: Callable[[dict], object]) -> str:
+    data = cartpole_spaces()
+    result = change(data)
+    return result if isinstance(result, str) else json.dumps(result if result is not None else data)
+
+
+SPACES_CASES = [
+    (lambda d: d["observation"].update(dtype="U200000000"), "observation.dtype must be one of float16, float32"),
+    (lambda d: "{", "is not valid JSON"),
+    (lambda d: "[" * 100_000 + "]" * 100_000, "is not valid JSON"),
+    (lambda d: [], "must be a mapping with exactly 'observation' and 'action'; got list"),
+    (
+        lambda d: d.pop("action") and None,
+        "must be a mapping with exactly 'observation' and 'action'; got ['observation']",
+    ),
+    (lambda d: d.update(action=5), "action must be a mapping with a 'type'"),
+    (lambda d: d["action"].update(type="Tuple"), "action.type must be 'Box' or 'Discrete'; got 'Tuple'"),
+    (lambda d: d["observation"].update(shape="4"), "observation.shape must be a list of at most 8 sizes >= 1"),
+    (lambda d: d["observation"].update(shape=[4, -1]), "observation.shape must be a list"),
+    (lambda d: d["observation"].update(shape=[100_000, 100_000]), "with at most 1048576 elements in all"),
+    (lambda d: d["observation"].update(low="abc"), "observation.low must be a number or nested lists of shape [4]"),
+    (
+        lambda d: d["observation"].update(low=[0, 0]),
+        "observation.low must be a number or nested lists of shape [4]; got",
+    ),
+    (lambda d: d["observation"].update(low=[[1, 2], [3]]), "observation.low must be a number or nested lists"),
+    (lambda d: d["observation"].update(high=[1, 1, float("nan"), 1]), "observation.high holds NaN"),
+    (lambda d: d["observation"].update(low=[5, 5, 5, 5], high=[1, 1, 1, 1]), "low must be <= high everywhere"),
+    (lambda d: d["observation"].update(bogus=1), "unknown: bogus"),
+    (lambda d: d["observation"].update(dtype="int32", low=1.5, high=3), "must hold whole numbers for dtype int32"),
+    (lambda d: d["observation"].update(dtype="uint8", low=-1, high=3), "must lie in [0, 255] for dtype uint8"),
+    (lambda d: d["action"].update(n=-1), "action.n must be an integer in [1, 1048576]; got -1"),
+    (lambda d: d["action"].update(n="2"), "action.n must be an integer in [1, 1048576]; got '2'"),
+    (lambda d: d["action"].update(n=10**12), "action.n must be an integer in [1, 1048576]"),
+    (lambda d: d["action"].update(start=2**70), "action.start must be an integer in [-2**62, 2**62]"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), SPACES_CASES)
+def test_malformed_spaces_json_is_one_line_for_export(capsys, run, tmp_path, change, expected):
+    (run / "spaces.json").write_text(spaces_with(change))
+    out = tmp_path / "policy.pt"
+    code = main(["export", str(run), "--format", "torchscript", "--out", str(out)])
+    one_line_error(code, capsys.readouterr().err.strip(), "spaces.json", expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("change", "expected"), SPACES_CASES[:1] + SPACES_CASES[7:12])
+def test_malformed_spaces_json_is_a_config_error_for_the_python_api(run, change, expected):
+    from pgrad.api import PPO
+    from pgrad.errors import ConfigError
+
+    (run / "spaces.json").write_text(spaces_with(change))
+    with pytest.raises(ConfigError, match="spaces.json") as caught:
+        PPO.load(run)
+    assert expected in str(caught.value)
+
+
+def test_an_oversized_spaces_json_is_refused_before_parsing(capsys, run, tmp_path, monkeypatch):
+    monkeypatch.setattr("pgrad.envs.space_schema.MAX_SPACES_BYTES", 100)
+    (run / "spaces.json").write_text(spaces_with(lambda d: None))
+    code = main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "p.pt")])
+    one_line_error(code, capsys.readouterr().err.strip(), "spaces.json is", "bytes; pgrad reads at most 100")
+
+
+def test_a_valid_spaces_json_still_loads_and_exports(capsys, run, tmp_path):
+    from pgrad.api import PPO
+
+    (run / "spaces.json").write_text(spaces_with(lambda d: None))  # CartPole's bounds include +-Infinity
+    agent = PPO.load(run)
+    assert agent.observation_space.shape == (4,) and agent.action_space.n == 2
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "p.pt")]) == 0
