@@ -431,7 +431,7 @@ class OffPolicyLoopConfig(Checked):
         self.check_range("learning_starts", 0)
         self.check_range("train_freq", 1, MAX_WINDOW)
         if self.gradient_steps != -1 and not 1 <= self.gradient_steps <= MAX_WINDOW:
-            self._fail("gradient_steps", f"-1 (one per env step of the round) or an integer in [1, {MAX_WINDOW}]")
+            self._fail("gradient_steps", f"-1 (one per env step of the round) or an integer >= 1, at most {MAX_WINDOW}")
         self.check_range("log_every", 1)
 
 

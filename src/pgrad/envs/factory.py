@@ -208,11 +208,10 @@ def make_vector_env(
                 env = randomize(env)
             return StateAccess(env) if mode == "async" else env
 
+        vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
         if mode == "native":
             raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
-        if mode == "async":  # workers that die with this process (pgrad.envs.workers)
-            return _mark_async(gym.vector.AsyncVectorEnv([make_one] * count, **_async_kwargs()))
-        return gym.vector.SyncVectorEnv([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP)
+        return _mark_async(vector_cls([make_one] * count, **_vector_kwargs(mode)))
 
     spec = _registered_spec(env_id)
     assert spec is not None, "check_env_id found it registered"
@@ -236,9 +235,7 @@ def make_vector_env(
             f"env.randomize.{cfg.randomize.active[0]}: domain randomisation needs a MuJoCo environment (built by "
             f"sync or async vectorisation); {cfg.id} is not one"
         )
-    vector_kwargs: dict[str, Any] = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
-    if mode == "async":
-        vector_kwargs = _async_kwargs()
+    vector_kwargs = {} if mode == "vector_entry_point" else _vector_kwargs(mode)
     # Each env's layers, innermost first: Atari preprocessing, domain randomisation, then (each async worker's
     # env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
     layers = (atari.preprocess if is_atari else None, randomize, StateAccess if mode == "async" else None)
@@ -262,9 +259,12 @@ def make_vector_env(
     return envs
 
 
-def _async_kwargs() -> dict[str, Any]:
-    """``AsyncVectorEnv``'s arguments: next-step autoreset, and workers that die with this process."""
-    return {"autoreset_mode": AutoresetMode.NEXT_STEP, "worker": async_worker}
+def _vector_kwargs(mode: str) -> dict[str, Any]:
+    """A sync or async vector env's arguments: next-step autoreset; async workers that die with this process
+    (``pgrad.envs.workers``)."""
+    if mode == "async":
+        return {"autoreset_mode": AutoresetMode.NEXT_STEP, "worker": async_worker}
+    return {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
 
 def _randomizer(cfg: EnvConfig, num_envs: int) -> Callable[[gym.Env], gym.Wrapper] | None:
