@@ -598,9 +598,118 @@ def _check_episodes(episodes: Any) -> None:
 
 
 def read_train_state(directory: Path) -> TrainState:
-    """Load and verify one checkpoint folder into a ``TrainState``."""
+    """Load and verify one checkpoint folder into a ``TrainState``: its files (``load_checkpoint``), its
+    layout (``TrainState.from_parts``) and its values (``check_values``)."""
     tensors, state = load_checkpoint(directory)
-    return TrainState.from_parts(tensors, state, Path(directory))
+    train_state = TrainState.from_parts(tensors, state, Path(directory))
+    check_values(train_state, Path(directory))
+    return train_state
+
+
+# ---- values: what the numbers in a checkpoint may be -------------------------------------------------
+#
+# A checkpoint whose shapes fit can still hold numbers no training run writes: NaN or Inf weights (then
+# every action is NaN, or one constant), a negative or NaN normaliser variance (sqrt of it: NaN
+# observations), a NaN or negative Adam step or a negative second moment (sqrt: NaN updates, which the
+# guard would then blame on the learning rate). Evaluation, export and resume would carry them on in
+# silence, so loading refuses each, naming the tensor. One pass over each tensor, once per load.
+
+# Optimizer slots that are running averages of squares (>= 0 by construction), per torch's names.
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg"})
+
+
+def value_problem(values: torch.Tensor | np.ndarray, non_negative: bool = False) -> str | None:
+    """What is wrong with the numbers of one tensor (``"holds NaN"``, ``"holds Inf"``, ``"holds a negative
+    value (-1.0)"``), or None. Integer and boolean tensors are finite by construction."""
+    tensor = torch.as_tensor(values).detach()
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "holds NaN" if bool(torch.isnan(tensor).any()) else "holds Inf"
+    if non_negative and tensor.numel() and tensor.dtype != torch.bool:
+        smallest = tensor.min()
+        if smallest < 0:
+            return f"holds a negative value ({smallest.item():.6g})"
+    return None
+
+
+def _step_problem(value: Any) -> str | None:
+    """An optimizer's step count (a number or a 0-d tensor) must be a whole number >= 0."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        return None  # not a single number: check_optimizer_state refuses it, naming its shape
+    number = value.item() if isinstance(value, torch.Tensor) else value
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        return None  # its type is check_optimizer_state's to refuse, when the optimizer is filled
+    if not math.isfinite(number) or number < 0 or not float(number).is_integer():
+        return f"must be a whole number >= 0; got {number!r}"
+    return None
+
+
+def learner_problem(learner: LearnerState) -> str | None:
+    """The first tensor of a learner (weights, optimizer state, normaliser statistics) whose values are
+    invalid, named as the checkpoint names it, with what is wrong; None when all are valid."""
+    return _modules_problem(learner) or _optimizers_problem(learner) or _normalizers_problem(learner)
+
+
+def _modules_problem(learner: LearnerState) -> str | None:
+    for name, tensors in learner.modules.items():
+        for key, tensor in tensors.items():
+            problem = value_problem(tensor) if isinstance(tensor, torch.Tensor) else None
+            if problem is not None:
+                return f"module '{name}' tensor '{key}' {problem} (a trained network holds finite weights only)"
+    return None
+
+
+def _optimizers_problem(learner: LearnerState) -> str | None:
+    for name, saved in learner.optimizers.items():
+        slots = saved.get("state") if isinstance(saved, dict) else None
+        for param_id, values in (slots or {}).items():
+            for slot, value in (values if isinstance(values, dict) else {}).items():
+                problem = _slot_problem(slot, value)
+                if problem is not None:
+                    return f"optimizer '{name}' state.{param_id}.{slot} {problem}"
+    return None
+
+
+def _slot_problem(slot: str, value: Any) -> str | None:
+    """One optimizer slot: the step a whole number >= 0, every moment finite, second moments >= 0."""
+    if slot == "step":
+        return _step_problem(value)
+    if not isinstance(value, torch.Tensor):
+        return None
+    moment = slot in SECOND_MOMENTS
+    problem = value_problem(value, non_negative=moment)
+    return f"{problem} (a second moment is finite and >= 0)" if problem is not None and moment else problem
+
+
+def _normalizers_problem(learner: LearnerState) -> str | None:
+    for name, stats in learner.normalizers.items():
+        for key, array in stats.items():
+            counted = key in ("var", "count")
+            problem = value_problem(array, non_negative=counted)
+            if problem is not None:
+                need = " (a variance and a count are finite and >= 0)" if counted else ""
+                return f"normalizers.{name}.{key} {problem}{need}"
+    return None
+
+
+def check_values(state: TrainState, source: Path) -> None:
+    """Refuse a checkpoint holding invalid values (``learner_problem``), in its own state or in a guard
+    rollback state (restored later, mid-run), in one line naming the tensor."""
+    learners = {"": state.learner(), **{f" (rollback slot {s})": ls for s, ls in state.rollback_states.items()}}
+    for where, learner in learners.items():
+        problem = learner_problem(learner)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {source}{where}: {problem}; refusing to load it")
+
+
+def weights_finite(modules: dict[str, dict[str, torch.Tensor]]) -> bool:
+    """Whether every floating-point tensor of these state dicts is finite: what a checkpoint must hold to be
+    marked healthy (a rollback returns to the newest healthy one)."""
+    return all(
+        value_problem(tensor) is None
+        for tensors in modules.values()
+        for tensor in tensors.values()
+        if isinstance(tensor, torch.Tensor)
+    )
 
 
 def load_modules(modules: dict[str, torch.nn.Module], state: TrainState | LearnerState, source: Path) -> None:

@@ -14,7 +14,6 @@ that module: refused unless ``trust_env_code``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, is_entry_point
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.envs.sources import VectorEnvFactory
+from pgrad.envs.space_schema import read_spaces, space_from_json
 from pgrad.errors import ConfigError
 from pgrad.nets import Actor
 
@@ -129,8 +129,7 @@ def spaces_of(
     # (RUN_DIR/checkpoints/step_N -> RUN_DIR/spaces.json)
     saved = checkpoint / SPACES if (checkpoint / SPACES).is_file() else checkpoint.parent.parent / SPACES
     if saved.is_file():
-        data = json.loads(saved.read_text())
-        return space_from_dict(data["observation"]), space_from_dict(data["action"])
+        return read_spaces(saved)  # bounded and checked against a schema: the folder may come from anyone
     if env_factory is None and is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(
             f"env.id '{config.env.id}' is an entry point: reading its spaces imports module "
@@ -184,13 +183,5 @@ def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
 
 
 def space_from_dict(data: dict[str, Any]) -> gym.Space[Any]:
-    """The space ``space_to_dict`` wrote; anything else is refused."""
-    kind = data.get("type")
-    if kind == "Box":
-        dtype = np.dtype(data["dtype"])
-        low = np.asarray(data["low"], dtype=dtype).reshape(data["shape"])
-        high = np.asarray(data["high"], dtype=dtype).reshape(data["shape"])
-        return gym.spaces.Box(low, high, dtype=dtype.type)
-    if kind == "Discrete":
-        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
-    raise ConfigError(f"{SPACES}: space type {kind!r} is not supported (allowed: Box, Discrete)")
+    """The inverse of ``space_to_dict``, checked against ``spaces.json``'s schema (``pgrad.envs.space_schema``)."""
+    return space_from_json(data, SPACES)

@@ -20,6 +20,7 @@ from gymnasium.vector import AutoresetMode
 from pgrad.config import EnvConfig
 from pgrad.envs import atari
 from pgrad.envs.state import StateAccess
+from pgrad.envs.workers import async_worker
 from pgrad.errors import ConfigError
 from pgrad.nets import NATURE_CNN_MIN_SIZE, ActionSpec, ImageShape, ObsShape
 
@@ -234,7 +235,7 @@ def make_vector_env(
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
         if mode == "native":
             raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
-        return _mark_async(vector_cls([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP))
+        return _mark_async(vector_cls([make_one] * count, **_vector_kwargs(mode)))
 
     spec = _registered_spec(env_id)
     assert spec is not None, "check_env_id found it registered"
@@ -258,7 +259,7 @@ def make_vector_env(
             f"env.randomize.{cfg.randomize.active[0]}: domain randomisation needs a MuJoCo environment (built by "
             f"sync or async vectorisation); {cfg.id} is not one"
         )
-    vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    vector_kwargs = {} if mode == "vector_entry_point" else _vector_kwargs(mode)
     # Each env's layers, innermost first: Atari preprocessing, domain randomisation, then (each async worker's
     # env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
     layers = (atari.preprocess if is_atari else None, randomize, StateAccess if mode == "async" else None)
@@ -280,6 +281,14 @@ def make_vector_env(
     if autoreset != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: '{cfg.id}' uses autoreset mode {autoreset}; pgrad needs next-step autoreset")
     return envs
+
+
+def _vector_kwargs(mode: str) -> dict[str, Any]:
+    """A sync or async vector env's arguments: next-step autoreset; async workers that die with this process
+    (``pgrad.envs.workers``)."""
+    if mode == "async":
+        return {"autoreset_mode": AutoresetMode.NEXT_STEP, "worker": async_worker}
+    return {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
 
 def _randomizer(cfg: EnvConfig, num_envs: int) -> Callable[[gym.Env], gym.Wrapper] | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.checkpoint import inside_run
+from pgrad.checkpoint import CheckpointStore, inside_run, read_train_state
 from pgrad.config import GuardConfig, build, load_yaml
 from pgrad.errors import PgradError
 from pgrad.monitor.alerts import CLIP_FRACTION, ENTROPY, EXPLAINED_VARIANCE, GRAD_NORM, KL, NONFINITE_STEPS, number
@@ -518,8 +518,44 @@ def well_formed_rows(rows: list[Any]) -> list[Metrics]:
     ]
 
 
+def check_checkpoints(run_dir: Path, history: list[Metrics]) -> list[Finding]:
+    """The checkpoints that resume, eval and export would read (latest and best), loaded and checked as they
+    would load them: one they would refuse (NaN/Inf weights, a negative variance, an invalid optimizer
+    state, damage) is a finding, since the metrics alone can look healthy (an edited or corrupted file)."""
+    store = CheckpointStore(Path(run_dir), keep=1)
+    findings, seen = [], set()
+    for which in ("latest", "best"):
+        try:
+            path = store.path(which)
+        except PgradError:  # none yet, or an index the commands refuse with their own line
+            continue
+        if path.name in seen:
+            continue
+        seen.add(path.name)
+        try:
+            read_train_state(path)
+        except PgradError as exc:
+            step = int(path.name.removeprefix("step_"))
+            before = [i for i, m in enumerate(history) if int(m.get("step", 0)) <= step]
+            update = _at(history, before[-1])[0] if before else 0
+            findings.append(
+                Finding(
+                    f"{which} checkpoint refused",
+                    "critical",
+                    update,
+                    step,
+                    str(exc),
+                    "values no training run writes (NaN/Inf weights, a negative variance, an invalid optimizer "
+                    "state), or a damaged or edited file: resume, eval and export refuse it",
+                    "use an earlier checkpoint ('pgrad eval RUN --checkpoint NAME'); if this run wrote it, its "
+                    "weights diverged: keep the guard on (guard.enabled) and lower the learning rate",
+                )
+            )
+    return findings
+
+
 def doctor(run_dir: Path) -> tuple[list[Finding], str]:
     """Read a run folder and diagnose it: the findings and the report ``pgrad doctor`` prints."""
     history, events, config = load_run(run_dir)
-    findings = diagnose(history, events, config)
+    findings = diagnose(history, events, config) + check_checkpoints(Path(run_dir), history)
     return findings, format_report(Path(run_dir), history, findings, events, step_unit(Path(run_dir)))

@@ -49,6 +49,7 @@ from pgrad.checkpoint import (
     adopt_checkpoint,
     newest_loadable,
     remove_partial_writes,
+    weights_finite,
 )
 from pgrad.config import TrainConfig, append_resolved
 from pgrad.errors import CheckpointError, ConfigError, PgradError
@@ -319,6 +320,9 @@ class RunContext:
         the logs on disk reach at least as far as the newest checkpoint. A write error (disk full) is a
         ``run.checkpoint_failed`` event and one line naming the checkpoint that is kept."""
         self.flush()
+        # A healthy mark is what a rollback trusts: never on NaN/Inf weights, whatever the guard last saw (it may
+        # check the parameters only every few updates). One pass over the weights per checkpoint.
+        healthy = healthy and weights_finite(state.modules)
         try:
             path = self.store.save_state(state, score, healthy)
         except (OSError, SafetensorError) as exc:

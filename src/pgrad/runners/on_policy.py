@@ -97,6 +97,7 @@ class OnPolicyRunner:
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
         self.params_finite = 1.0
+        self.params_checked = False  # the first update of this process checks them (after a resume, too)
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
         self.run.resolved = resolved_record(self.algo)
         self.inexact = env_state.inexact_reason(self.env.envs)
@@ -233,12 +234,14 @@ class OnPolicyRunner:
         return TrainingHalted(message)
 
     def check_parameters(self) -> float:
-        """1.0 while every parameter is finite. Checked every 10th update, and after any update with a
-        skipped (non-finite) step: NaN/Inf parameters also make the next losses non-finite, which the
-        guard's rules read every update, so this is insurance, not the first line. Only the guard reads
-        it; a bare run (guard off) does not pay for it."""
-        if self.config.guard.enabled and (self.updates % 10 == 0 or self.optimizer_guard.skipped):
+        """1.0 while every parameter is finite. Checked on the first update of this process (a resumed run's
+        weights came from a file), every 10th update, and after any update with a skipped (non-finite) step:
+        NaN/Inf parameters also make the next losses non-finite, which the guard's rules read every update, so
+        this is insurance, not the first line. Only the guard reads it; a bare run (guard off) does not pay for it."""
+        due = self.updates % 10 == 0 or self.optimizer_guard.skipped or not self.params_checked
+        if self.config.guard.enabled and due:
             self.params_finite = float(parameters_finite(self.algo.modules()))
+            self.params_checked = True
         return self.params_finite
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
