@@ -176,3 +176,43 @@ def test_async_env_workers_die_with_their_parent():
         for pid in workers:  # the processes this test started, if the assertion above failed
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("algo", "field", "high"),
+    [
+        ("ppo", "num_steps", 2**20),
+        ("ppo", "num_epochs", 2**20),
+        ("ppo", "minibatch_size", 2**20),
+        ("a2c", "num_steps", 2**20),
+        ("a2c", "nstep_horizon", 2**20),
+        ("actor_critic", "num_steps", 2**20),
+        ("ppo_kl", "num_epochs", 2**20),
+        ("trpo", "cg_iterations", 2**20),
+        ("trpo", "backtrack_iters", 2**20),
+        ("trpo", "value_epochs", 2**20),
+        ("reinforce", "num_episodes", 2**20),
+        ("a3c", "num_workers", 256),
+        ("a3c", "report_every", 2**20),
+        ("impala", "actor_queue", 2**20),
+        ("sac", "target_update_interval", 2**20),
+        ("td3", "policy_delay", 2**20),
+    ],
+)
+def test_the_algorithms_sizes_are_bounded(algo, field, high):
+    # a3c.num_workers forks that many processes; the others size arrays or loops (issue 22, finding 11)
+    env = "Pendulum-v1" if algo in ("sac", "td3") else "CartPole-v1"
+    with pytest.raises(ConfigError) as caught:
+        resolve_config(algo, env, sets=[f"{algo}.{field}={high + 1}"], use_preset=False)
+    assert str(caught.value) == f"{algo}.{field} must be in [1, {high}]; got {high + 1}"
+
+
+def test_a_rollout_is_measured_against_this_machines_memory(capsys, tmp_path, monkeypatch):
+    # num_steps x env.num_envs may each be within bounds and together need more memory than the machine has
+    monkeypatch.setattr("pgrad.config.available_memory", lambda: 2**30)  # a 1 GiB machine
+    sets = ["ppo.num_steps=1000000", "env.num_envs=64", "env.vectorization=sync", "run.progress=false"]
+    args = ["train", "ppo", "--env", "CartPole-v1", "--no-preset", "--run-dir", str(tmp_path / "r")]
+    assert main([*args, *(item for s in sets for item in ("--set", s))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pgrad: error: ppo.num_steps: a rollout of num_steps x env.num_envs and its batch needs ")
+    assert "this machine has 1.0 GiB available" in err and "\n" not in err

@@ -184,6 +184,18 @@ class EpisodeStats:
         return dict(summary)
 
 
+# a rollout's arrays, the batch built from them and the tensors of one update hold about this many copies
+ROLLOUT_COPIES = 3
+
+
+def rollout_bytes(num_steps: int, num_envs: int, obs_dim: int, action_size: int) -> int:
+    """Bytes of one rollout of ``num_steps`` x ``num_envs`` steps and what an update builds from it
+    (``ROLLOUT_COPIES``): observations and actions in float32, and per step a reward, log-probability, value,
+    advantage, return (float32) and three flags."""
+    per_step = 4 * (obs_dim + action_size) + 5 * 4 + 3
+    return ROLLOUT_COPIES * (num_steps + 1) * num_envs * per_step
+
+
 class RolloutCollector:
     """Steps a vector env with an acting policy and records a ``Rollout``.
 

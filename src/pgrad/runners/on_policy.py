@@ -29,7 +29,7 @@ from pgrad.checkpoint import (
     CheckpointStore,
     TrainState,
 )
-from pgrad.config import TrainConfig
+from pgrad.config import TrainConfig, check_memory
 from pgrad.envs import state as env_state
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, TrainingHalted, WorkersLost
@@ -42,7 +42,7 @@ from pgrad.monitor.recovery import (
 )
 from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.registry import get_algorithm
-from pgrad.rollout import Batch, RolloutCollector
+from pgrad.rollout import Batch, RolloutCollector, rollout_bytes
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
 from pgrad.runners.trunk import guard_parts
@@ -78,6 +78,9 @@ class OnPolicyRunner:
         else:
             self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
             self.algo = build_algorithm(config, self.env.adapter)
+            adapter, steps = self.env.adapter, max(self.algo.rollout_length, 1)
+            needed = rollout_bytes(steps, self.env.envs.num_envs, adapter.obs_dim, adapter.action.size)
+            check_memory(needed, f"{config.algo}.num_steps", "a rollout of num_steps x env.num_envs and its batch")
             self.collector = RolloutCollector(
                 self.env.envs,
                 self.env.adapter,
