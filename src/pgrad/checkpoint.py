@@ -163,7 +163,10 @@ def check_run_folder(run_dir: Path) -> None:
 # recompute it. It detects accidents (a truncated copy, a flipped bit), not an adversary. With a
 # secret key in this environment variable, every checkpoint written carries an HMAC-SHA256 over
 # state.json (which holds that SHA-256, so it covers the tensors too), and every checkpoint read
-# must carry a valid one: tamper evidence for whoever holds the key.
+# must carry a valid one: tamper evidence for whoever holds the key. What the signature covers is then
+# held to what is used: the step against the folder's name (``check_step_name``), the config against
+# config.yaml (``pgrad.runs.check_config_recorded``), and spaces.json carries its own HMAC bound to the
+# run (``pgrad.policy.spaces_signature``).
 KEY_VARIABLE = "PGRAD_CHECKPOINT_KEY"
 HMAC_FIELD = "hmac_sha256"
 # state.json holds counters, config, RNG and environment state: kilobytes for every built-in env.
