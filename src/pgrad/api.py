@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from pgrad.callbacks import Callback
 from pgrad.checkpoint import STATE, TENSORS, read_train_state
+from pgrad.config import TrainConfig
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
 from pgrad.errors import ConfigError
 from pgrad.policy import Policy, checkpoint_path, load_policy, write_spaces
@@ -139,6 +140,10 @@ class Agent:
         self.policy: Policy | None = None
         self.last_result: TrainResult | None = None
         self.trainable = True  # False for a saved agent: it has no run folder to continue
+        # Where the config came from when it is not the caller's own (a loaded run folder), and what the caller
+        # trusts of it: learn() builds envs and may start Ray from it (see refuse_untrusted_folder).
+        self._received: Path | None = None
+        self._trust_env_code = self._trust_ray = False
         self._resume = False  # a learn() wrote the run folder (or it was loaded): the next learn resumes it
         self._rng = np.random.default_rng(self.config.run.seed)  # stochastic predict only; never the global RNG
 
@@ -210,6 +215,7 @@ class Agent:
             raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
         factory = self.source.factory()
+        self._refuse_untrusted_folder(config, built_from_id=factory is None)
         with kept_global_state():
             runner = runner_for(config)(
                 config,
@@ -222,11 +228,24 @@ class Agent:
             runner.run.callbacks = list(callbacks)
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
-            write_spaces(self.run_dir, self.observation_space, self.action_space)  # export/load need no env then
+            write_spaces(self.run_dir, self.observation_space, self.action_space, config)  # export/load need no env
             self.policy, _, _ = load_policy(
                 result.checkpoint or self.run_dir, spaces=(self.observation_space, self.action_space)
             )
         return self
+
+    def _refuse_untrusted_folder(self, config: TrainConfig, built_from_id: bool) -> None:
+        """A loaded agent's config is the run folder's: training it must pass the checks ``pgrad resume``
+        makes (an entry-point env imports its module; a Ray backend starts Ray or joins its address) unless
+        ``load`` was told to trust them. An env passed to ``load`` as a Python object builds nothing from the
+        folder's env.id."""
+        from pgrad.runs import refuse_untrusted_env_code, refuse_untrusted_ray
+
+        if self._received is None:
+            return  # the caller's own config (Agent(...)): they chose its env and backend
+        if built_from_id:
+            refuse_untrusted_env_code(config, self._received, self._trust_env_code)
+        refuse_untrusted_ray(config, self._received, self._trust_ray)
 
     # ---- acting ----------------------------------------------------------------------------------
     def predict(self, observation: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
@@ -252,7 +271,7 @@ class Agent:
         if target.resolve() != self.last_result.checkpoint.resolve():
             for name in (TENSORS, STATE):
                 shutil.copyfile(self.last_result.checkpoint / name, target / name)
-        write_spaces(target, self.observation_space, self.action_space)
+        write_spaces(target, self.observation_space, self.action_space, self.config)
         return target
 
     @classmethod
@@ -263,12 +282,18 @@ class Agent:
         *,
         checkpoint: str = "latest",
         trust_env_code: bool = False,
+        trust_ray: bool = False,
         verbose: bool = False,
     ) -> Agent:
         """A saved agent (``save``) or a run folder's ``checkpoint`` (latest, best or a name), ready to
         ``predict``. ``env`` is needed only where the spaces are not saved and the env cannot be rebuilt
         from its id. A run folder loaded at its latest checkpoint can be trained further (``learn`` resumes it,
-        with ``env`` if it was trained on a Python object); a saved agent cannot."""
+        with ``env`` if it was trained on a Python object); a saved agent cannot.
+
+        The folder is data, as for ``pgrad resume``: ``trust_env_code`` (``--trust-env-code``) allows its
+        entry-point env ('module:attr', importing that module runs its code) to be built, here or by
+        ``learn``; ``trust_ray`` (``--trust-ray``) allows ``learn`` to use its ``run.backend: ray`` (a Ray
+        started here, or the cluster at its ``ray.address``)."""
         path = Path(path)
         source = env_source(env, {}) if env is not None else None
         with kept_global_state():
@@ -288,6 +313,7 @@ class Agent:
         agent.last_result = TrainResult(path, agent.num_timesteps, 0, 0.0, False, {}, found)
         # learn resumes the run folder's latest checkpoint (as pgrad resume): only an agent loaded from it can
         agent.trainable = agent._resume = (path / "config.yaml").is_file() and checkpoint == "latest"
+        agent._received, agent._trust_env_code, agent._trust_ray = found / "state.json", trust_env_code, trust_ray
         agent._rng = np.random.default_rng(config.run.seed)
         return agent
 

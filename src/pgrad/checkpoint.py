@@ -164,7 +164,10 @@ def check_run_folder(run_dir: Path) -> None:
 # recompute it. It detects accidents (a truncated copy, a flipped bit), not an adversary. With a
 # secret key in this environment variable, every checkpoint written carries an HMAC-SHA256 over
 # state.json (which holds that SHA-256, so it covers the tensors too), and every checkpoint read
-# must carry a valid one: tamper evidence for whoever holds the key.
+# must carry a valid one: tamper evidence for whoever holds the key. What the signature covers is then
+# held to what is used: the step against the folder's name (``check_step_name``), the config against
+# config.yaml (``pgrad.runs.check_config_recorded``), and spaces.json carries its own HMAC bound to the
+# run (``pgrad.policy.spaces_signature``).
 KEY_VARIABLE = "PGRAD_CHECKPOINT_KEY"
 HMAC_FIELD = "hmac_sha256"
 # state.json holds counters, config, RNG and environment state: kilobytes for every built-in env.
@@ -178,11 +181,30 @@ def integrity_key() -> bytes | None:
     return key.encode() if key else None
 
 
-def _hmac(key: bytes, state: dict[str, Any]) -> str:
-    # Through JSON once, so that the writer (int keys, tuples) and the reader (what JSON gave back)
-    # sign the same canonical text.
-    body = json.loads(json.dumps({k: v for k, v in state.items() if k != HMAC_FIELD}))
+def signature(key: bytes, document: Any) -> str:
+    """HMAC-SHA256 under ``key`` of ``document``'s canonical JSON. Through JSON once, so that the writer (int
+    keys, tuples) and the reader (what JSON gave back) sign the same text."""
+    body = json.loads(json.dumps(document))
     return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def _hmac(key: bytes, state: dict[str, Any]) -> str:
+    return signature(key, {k: v for k, v in state.items() if k != HMAC_FIELD})
+
+
+def check_step_name(directory: Path, state: dict[str, Any]) -> None:
+    """A folder named ``step_<N>`` must hold step N. ``latest``, ``best`` and a resume choose checkpoints by
+    their names, and the step inside state.json is signed (``PGRAD_CHECKPOINT_KEY``): so a signed checkpoint
+    renamed from another step (of this run or another) is refused, not taken for the step its name says.
+    A saved agent's folder (``pgrad.api``'s ``save``) has a name of the user's choosing and is not checked."""
+    step = state.get("step")
+    if not CHECKPOINT_NAME.fullmatch(directory.name) or isinstance(step, bool) or not isinstance(step, int):
+        return
+    if directory.name != f"step_{step:010d}":
+        raise CheckpointError(
+            f"checkpoint {directory} holds step {step}, not the step its name says (renamed from another "
+            "checkpoint?); refusing to load it"
+        )
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -215,6 +237,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
                 f"checkpoint {directory} {what} under {KEY_VARIABLE} (written without this key, or tampered "
                 "with); refusing to load it"
             )
+    check_step_name(directory, state)
     if _sha256(tensor_path) != state.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint {directory}: {TENSORS} does not match the checksum recorded in {STATE} "

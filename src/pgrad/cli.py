@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
     )
+    _trust_ray_flag(resume)
 
     evaluate = sub.add_parser("eval", help="evaluate a run's policy")
     evaluate.add_argument("run_dir", type=Path)
@@ -169,6 +170,15 @@ def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: st
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _trust_ray_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-ray",
+        action="store_true",
+        help="allow run.backend 'ray' from the run folder's config.yaml (it starts Ray here, or joins the cluster at "
+        "its ray.address)",
+    )
+
+
 def _inject_flag(parser: argparse.ArgumentParser, examples: str) -> None:
     parser.add_argument(
         "--inject",
@@ -204,6 +214,7 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
+    _trust_ray_flag(resume)
 
 
 def _print_summary(result, config, preset_source: str | None) -> None:
@@ -280,9 +291,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     """Continue any run folder, language models included (``pgrad lm resume`` is the same command)."""
     from pgrad.runners import runner_for
-    from pgrad.runs import load_run_config
+    from pgrad.runs import load_run_config, refuse_untrusted_ray
 
     config = load_run_config(args.run_dir, args.total_steps, getattr(args, "trust_env_code", False))
+    refuse_untrusted_ray(config, args.run_dir / "config.yaml", args.trust_ray)
     trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
     return _finish(trainer, trainer.train(), config, None, args.quiet)
 

@@ -598,6 +598,11 @@ class RayConfig(Checked):
     )
     num_cpus: int | None = param(None, "CPUs of the local Ray started for the run (None: one per worker)")
     worker_cpus: float = param(1.0, "CPUs each worker reserves in Ray's scheduler (0: no reservation)")
+    connect_timeout_s: float = param(
+        60.0,
+        "seconds to join ray.address (or start the local Ray) before the run stops with one line; Ctrl-C works "
+        "while it waits",
+    )
     call_timeout_s: float = param(
         120.0, "seconds a call to a worker (a rollout, its state) may take before the worker counts as failed"
     )
@@ -611,6 +616,7 @@ class RayConfig(Checked):
             self._fail("address", "HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or null")
         self.check_range("num_cpus", 1, 64 * MAX_RAY_WORKERS)
         self.check_range("worker_cpus", 0, 1024)
+        self.check_range("connect_timeout_s", 0, low_open=True)
         self.check_range("call_timeout_s", 0, low_open=True)
         self.check_range("max_worker_restarts", 0)
 

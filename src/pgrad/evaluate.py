@@ -13,7 +13,7 @@ from pgrad.config import RandomizeConfig
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
 from pgrad.policy import build_policy
-from pgrad.runs import load_run_config
+from pgrad.runs import check_config_recorded, load_run_config, warn
 from pgrad.threads import set_threads
 
 
@@ -50,11 +50,13 @@ def evaluate(
     sweeps); None evaluates on the env's nominal physics, whatever the run trained on."""
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1; got {episodes}")
-    config = nominal_physics(load_run_config(run_dir, trust_env_code=trust_env_code))
-    if physics is not None:
-        config = replace(config, env=replace(config.env, randomize=physics))
+    config = load_run_config(run_dir, trust_env_code=trust_env_code)
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).readable(which)
     state = read_train_state(checkpoint)
+    changed = check_config_recorded(config, state, checkpoint, Path(run_dir) / "config.yaml")
+    config = nominal_physics(config)
+    if physics is not None:
+        config = replace(config, env=replace(config.env, randomize=physics))
     set_threads(config.run.torch_threads)
     num_envs = 1 if video_dir is not None else eval_num_envs(episodes)
     render = "rgb_array" if video_dir is not None else None
@@ -80,6 +82,7 @@ def evaluate(
         if video_dir is None:
             raise
         raise ConfigError(f"--video needs an env that renders with render_mode='rgb_array'; {exc}") from None
+    warn(changed)  # config.yaml built an env: the warning line is not followed by an error line
     # the deployed chain (pgrad.policy): the same weights, frozen normaliser and action mapping as predict and export
     policy = build_policy(config, state, checkpoint, env.envs.single_observation_space, env.envs.single_action_space)
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)

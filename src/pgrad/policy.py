@@ -14,6 +14,7 @@ that module: refused unless ``trust_env_code``.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,19 +25,23 @@ import torch
 
 from pgrad.builders import algo_gamma, build_environment, build_learner
 from pgrad.checkpoint import (
+    HMAC_FIELD,
+    KEY_VARIABLE,
     CheckpointStore,
     TrainState,
     check_arrays_fit,
+    integrity_key,
     load_modules,
     read_train_state,
+    signature,
     write_json_atomic,
 )
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, is_entry_point
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.envs.space_schema import read_spaces, space_from_json
-from pgrad.errors import ConfigError
+from pgrad.envs.space_schema import read_spaces_document, space_from_json
+from pgrad.errors import CheckpointError, ConfigError
 from pgrad.nets import Actor
 
 SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a run folder trained by pgrad.api
@@ -129,7 +134,12 @@ def spaces_of(
     # (RUN_DIR/checkpoints/step_N -> RUN_DIR/spaces.json)
     saved = checkpoint / SPACES if (checkpoint / SPACES).is_file() else checkpoint.parent.parent / SPACES
     if saved.is_file():
-        return read_spaces(saved)  # bounded and checked against a schema: the folder may come from anyone
+        # bounded and checked against a schema, and under a key its HMAC: the folder may come from anyone
+        data = read_spaces_document(saved)
+        check_spaces_signature(data, config, saved)
+        return space_from_json(data["observation"], f"{saved}: observation"), space_from_json(
+            data["action"], f"{saved}: action"
+        )
     if env_factory is None and is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(
             f"env.id '{config.env.id}' is an entry point: reading its spaces imports module "
@@ -159,11 +169,47 @@ def load_policy(
     return build_policy(config, state, checkpoint, observation_space, action_space), config, checkpoint
 
 
-def write_spaces(folder: Path, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
-    """``folder/spaces.json``: what ``predict`` and ``pgrad export`` need of the env, so they need no env."""
-    write_json_atomic(
-        Path(folder) / SPACES, {"observation": space_to_dict(observation_space), "action": space_to_dict(action_space)}
-    )
+def write_spaces(
+    folder: Path, observation_space: gym.Space[Any], action_space: gym.Space[Any], config: TrainConfig
+) -> None:
+    """``folder/spaces.json``: what ``predict`` and ``pgrad export`` need of the env, so they need no env.
+    Signed under ``PGRAD_CHECKPOINT_KEY`` (``spaces_signature``) for the run of ``config``."""
+    data: dict[str, Any] = {"observation": space_to_dict(observation_space), "action": space_to_dict(action_space)}
+    key = integrity_key()
+    if key is not None:
+        data[HMAC_FIELD] = spaces_signature(key, data, config)
+    write_json_atomic(Path(folder) / SPACES, data)
+
+
+def spaces_signature(key: bytes, data: dict[str, Any], config: TrainConfig) -> str:
+    """The HMAC of a ``spaces.json``. The action bounds decide every action ``predict`` and ``export`` give
+    (a = low + (u + 1)(high - low)/2), so the key signs them, bound to the run (``run_identity``: its config
+    but the step count): spaces.json from another run, even one signed with the same key, does not pass."""
+    from pgrad.runs import run_identity
+
+    document = {
+        "signs": SPACES,
+        "observation": data.get("observation"),
+        "action": data.get("action"),
+        "run": run_identity(config),
+    }
+    return signature(key, document)
+
+
+def check_spaces_signature(data: Any, config: TrainConfig, path: Path) -> None:
+    """Under ``PGRAD_CHECKPOINT_KEY``, ``spaces.json`` must carry its HMAC for this run (``spaces_signature``).
+    One written without the key, by a pgrad before spaces.json was signed, edited or taken from another run is
+    refused: delete it to read the spaces from the env instead (``env=`` for an env that is a Python object)."""
+    key = integrity_key()
+    if key is None:
+        return
+    recorded = data.get(HMAC_FIELD) if isinstance(data, dict) else None
+    if not isinstance(recorded, str) or not hmac.compare_digest(recorded, spaces_signature(key, data, config)):
+        what = "carries no HMAC" if recorded is None else "has an HMAC that does not match this run"
+        raise CheckpointError(
+            f"{path} {what} under {KEY_VARIABLE} (written without this key or before pgrad signed it, edited, or "
+            "from another run); refusing to use it (delete it to read the spaces from the env)"
+        )
 
 
 # ---- spaces as JSON (Box and Discrete: what the adapter supports) -------------------------------------------

@@ -28,6 +28,8 @@ from pgrad.errors import ConfigError
 
 # Box spaces written by pgrad.policy.space_to_dict hold two full bound arrays: ~25 bytes per float64 element each,
 # so a file this large holds the largest space allowed (MAX_SPACE_ELEMENTS) with room to spare.
+# the HMAC a spaces.json written under PGRAD_CHECKPOINT_KEY carries (pgrad.checkpoint.HMAC_FIELD)
+SIGNATURE_FIELD = "hmac_sha256"
 MAX_SPACES_BYTES = 64 * 2**20
 # One observation or action of at most 2**20 numbers: an Atari frame stack (4x84x84) is 28,224, a raw
 # 210x160x3 frame 100,800. A Discrete space one-hot encodes (observations) or has one logit per value (actions).
@@ -40,9 +42,10 @@ DISCRETE_KEYS = frozenset({"type", "n", "start"})
 MAX_START = 2**62
 
 
-def read_spaces(path: Path) -> tuple[gym.Space[Any], gym.Space[Any]]:
-    """The (observation, action) spaces of a ``spaces.json`` file, checked against the schema (see the
-    module docstring); a ``ConfigError`` naming the file and the first violation otherwise."""
+def read_spaces_document(path: Path) -> dict[str, Any]:
+    """A ``spaces.json`` file as JSON, bounded in size and shape: a mapping with 'observation' and 'action' (and,
+    when the file was written under ``PGRAD_CHECKPOINT_KEY``, its HMAC); the spaces themselves are checked by
+    ``space_from_json``."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -53,9 +56,18 @@ def read_spaces(path: Path) -> tuple[gym.Space[Any], gym.Space[Any]]:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path} is not valid JSON ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or set(data) != {"observation", "action"}:
+    required = {"observation", "action"}
+    if not isinstance(data, dict) or not required <= set(data) or not set(data) <= required | {SIGNATURE_FIELD}:
         got = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        # (a file written under a key also carries its HMAC, SIGNATURE_FIELD)
         raise ConfigError(f"{path} must be a mapping with exactly 'observation' and 'action'; got {got}")
+    return data
+
+
+def read_spaces(path: Path) -> tuple[gym.Space[Any], gym.Space[Any]]:
+    """The (observation, action) spaces of a ``spaces.json`` file, checked against the schema (see the
+    module docstring); a ``ConfigError`` naming the file and the first violation otherwise."""
+    data = read_spaces_document(path)
     return space_from_json(data["observation"], f"{path}: observation"), space_from_json(
         data["action"], f"{path}: action"
     )

@@ -64,6 +64,7 @@ from pgrad.monitor.sinks import (
     truncate_jsonl,
 )
 from pgrad.monitor.trackers import check_trackers, tracker_sinks
+from pgrad.runs import check_config_recorded
 
 
 def seed_everything(seed: int) -> None:
@@ -206,7 +207,7 @@ class RunContext:
                 self.sinks.append(board)
         self.sinks += tracker_sinks(config, self.run_dir)
         for kind, message, data in self.resume_notes:
-            if kind == "run.checkpoint_skipped":  # the user should know a newer checkpoint was passed over
+            if kind in ("run.checkpoint_skipped", "run.config_changed"):  # the user should know: one line each
                 self.emit(kind, self.last_checkpoint_step, message, show=False, **data)
                 print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
             else:
@@ -364,6 +365,9 @@ class RunContext:
             self.index_repair = (path.name, state.step, state.healthy, state.score)
         if state.algo != self.config.algo:
             raise CheckpointError(f"checkpoint {path} is for algorithm {state.algo!r}, not {self.config.algo!r}")
+        changed = check_config_recorded(self.config, state, path, self.run_dir / "config.yaml")
+        if changed is not None:
+            self.resume_notes.append(("run.config_changed", changed, {"checkpoint": path.name}))
         self.check_total(state)
         self.elapsed_before = state.elapsed_seconds
         self.last_checkpoint_step = state.step
