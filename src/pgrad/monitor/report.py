@@ -184,6 +184,12 @@ def _figure_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` pair is mathtext to matplotlib, and a run folder's name
+    or a received config's values with ``$\\frac{`` in them would stop the plot with a parse error."""
+    return text.replace("$", r"\$")
+
+
 def plot_run(
     history: list[dict[str, Any]], events: list[dict[str, Any]], out_dir: Path, label: str, unit: str = "env steps"
 ) -> tuple[list[PanelData], dict[str, bytes]]:
@@ -206,7 +212,8 @@ def plot_run(
         images[name] = _figure_png(fig)
         plt.close(fig)
     overview.suptitle(
-        f"{label}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)", fontsize=10
+        f"{plain_text(label)}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)",
+        fontsize=10,
     )
     overview.tight_layout()
     images["overview"] = _figure_png(overview)
