@@ -8,6 +8,7 @@ sweeps the same inputs and many more through the whole command line.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -157,9 +158,22 @@ def test_doctor_and_report_read_a_run_whose_config_yaml_is_nested_hundreds_deep(
     assert code in (0, 1) and not err
 
 
-def test_config_dev_zero_is_read_with_a_bound(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", "ppo", "--config", "/dev/zero", "--run-dir", tmp_path / "r", *QUIET)
-    one_line_error(code, err, "config file /dev/zero is larger than", "bytes, the most pgrad reads")
+def test_config_dev_zero_is_read_with_a_bound(tmp_path):
+    # a subprocess with its address space capped: an unbounded read of /dev/zero (stat says 0 bytes) would
+    # otherwise fill this machine's memory before failing
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pgrad", "train", "ppo", "--config", "/dev/zero", "--run-dir", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=cap,
+    )
+    one_line_error(
+        result.returncode, result.stderr.strip(), "config file /dev/zero is larger than", "pgrad reads at most"
+    )
 
 
 @pytest.mark.parametrize("command", ["doctor", "report", "compare"])
