@@ -248,7 +248,9 @@ def export(
     else:
         # through Python's file writing: TorchScript's own writer aborts the process on a write error (ENOSPC)
         buffer = io.BytesIO()
-        torch.jit.save(torchscript_module(chain), buffer)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")  # as above
+            torch.jit.save(torchscript_module(chain), buffer)
         target.write_bytes(buffer.getvalue())
     manifest = target.with_name(target.name + ".json")
     action_dtype = "int64" if chain.output == "argmax" else "float32"
