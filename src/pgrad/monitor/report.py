@@ -154,7 +154,7 @@ def draw_panel(
     ax.set_xlabel(unit, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    if len(keys) > 1:
+    if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # no lines (no rows logged): no legend, no warning
         ax.legend(fontsize=7)
     data = read_panel(ax, name)
     if name in LOG_PANELS and data.series:
