@@ -14,7 +14,9 @@ puts all of it back when it returns, even when it fails; ``predict`` and ``load`
 
 from __future__ import annotations
 
+import os
 import random
+import reprlib
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -60,6 +62,45 @@ def kept_global_state() -> Iterator[None]:
         blas.restore_original_limits()
 
 
+def _short(value: Any) -> str:
+    return reprlib.repr(value)  # a huge list or mapping in an error line: its start, then "..."
+
+
+def check_arguments(config: Any, sets: Any, env_kwargs: Any, run_dir: Any, flags: Mapping[str, Any]) -> None:
+    """The constructor's arguments by type, before anything is built: one ConfigError naming the argument
+    (a list passed as ``config`` would otherwise end in an AttributeError deep inside)."""
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(
+            f"config must be a mapping of sections, like {{'ppo': {{'num_steps': 256}}}}; got {_short(config)}"
+        )
+    if isinstance(sets, (str, bytes)) or not isinstance(sets, Sequence) or not all(isinstance(s, str) for s in sets):
+        raise ConfigError(f"sets must be a list of 'key=value' texts, like ['ppo.num_epochs=4']; got {_short(sets)}")
+    if env_kwargs is not None and not isinstance(env_kwargs, Mapping):
+        raise ConfigError(f"env_kwargs must be a mapping of keyword: value; got {_short(env_kwargs)}")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"run_dir must be a path (str or pathlib.Path); got {_short(run_dir)}")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False; got {_short(value)}")
+
+
+CALLBACK_HOOKS = ("on_update", "on_evaluation", "on_checkpoint")
+
+
+def checked_callbacks(callbacks: Any) -> list[Callback]:
+    """``learn``'s callbacks as a list, each with every hook the loop calls; anything else is one ConfigError."""
+    if isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(callbacks, Sequence):
+        hint = " (put it in a list: [callback])" if isinstance(callbacks, Callback) else ""
+        raise ConfigError(f"learn: callbacks must be a list of pgrad.Callback; got {_short(callbacks)}{hint}")
+    for number, callback in enumerate(callbacks):
+        missing = [hook for hook in CALLBACK_HOOKS if not callable(getattr(callback, hook, None))]
+        if missing:
+            raise ConfigError(
+                f"learn: callbacks[{number}] is {_short(callback)}, not a pgrad.Callback (no {', '.join(missing)})"
+            )
+    return list(callbacks)
+
+
 class Agent:
     """An algorithm, its environment, its run folder and (after ``learn`` or ``load``) its policy.
 
@@ -91,6 +132,8 @@ class Agent:
     ) -> None:
         from pgrad.runs import default_run_dir, resolve_config
 
+        flags = {"overwrite": overwrite, "use_preset": use_preset, "verbose": verbose}
+        check_arguments(config, sets, env_kwargs, run_dir, flags)
         algo = self._algorithm(algo)
         layer: dict[str, Any] = {}
         for section, values in (config or {}).items():
@@ -213,6 +256,7 @@ class Agent:
             )
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
+        callbacks = checked_callbacks(callbacks)  # before the runner opens (and locks) the run folder
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
         factory = self.source.factory()
         self._refuse_untrusted_folder(config, built_from_id=factory is None)
@@ -225,7 +269,7 @@ class Agent:
                 overwrite=self.overwrite and not self._resume,
                 **({"env_factory": factory} if factory is not None else {}),
             )
-            runner.run.callbacks = list(callbacks)
+            runner.run.callbacks = callbacks
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
             write_spaces(self.run_dir, self.observation_space, self.action_space, config)  # export/load need no env

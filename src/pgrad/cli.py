@@ -19,7 +19,7 @@ from pgrad.errors import ConfigError, PgradError, TrainingHalted
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        print(f"pgrad: error: {message} (see 'pgrad {self.prog.split()[-1]} --help')", file=sys.stderr)
+        print(f"pgrad: error: {message} (see '{self.prog} --help')", file=sys.stderr)  # prog: 'pgrad lm sft'...
         raise SystemExit(2)
 
 
@@ -262,11 +262,26 @@ def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: 
     config, preset_source = resolve_config(
         algo, env_id, args.config, sets, args.seed, args.total_steps, use_preset=use_preset
     )
+    _check_ray_flags(args, config.run.backend)
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
     trainer = runner_for(config)(config, run_dir, console=not args.quiet, overwrite=args.overwrite)
     return _finish(trainer, trainer.train(), config, preset_source, args.quiet)
+
+
+def _check_ray_flags(args: argparse.Namespace, backend: str) -> None:
+    """``--workers`` and ``--address`` configure Ray's collectors: with the local backend they would do nothing."""
+    given = [
+        flag
+        for flag, value in (
+            ("--workers", getattr(args, "workers", None)),
+            ("--address", getattr(args, "address", None)),
+        )
+        if value is not None
+    ]
+    if given and backend != "ray":
+        raise ConfigError(f"{' and '.join(given)} apply to --backend ray (run.backend is {backend!r})")
 
 
 def _finish(trainer, result, config, preset_source: str | None, quiet: bool) -> int:
@@ -517,8 +532,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     groups = group_runs(curves)
     print()
     print("\n".join(table_lines(summarize(groups, args.confidence), args.metric, args.confidence)))
-    plot_groups(groups, args.out, args.metric, args.statistic, args.confidence)
-    print(f"plot: {args.out}")
+    out = args.out / "compare.png" if args.out.is_dir() else args.out  # a folder: the default name inside it
+    plot_groups(groups, out, args.metric, args.statistic, args.confidence)
+    print(f"plot: {out}")
     return 0
 
 
@@ -527,7 +543,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from pgrad.tune import DEFAULT_TRIAL_STEPS, open_study, run_trials, summarize_study, trial_sets
 
     started = time.perf_counter()
-    total = args.total_steps or DEFAULT_TRIAL_STEPS
+    total = DEFAULT_TRIAL_STEPS if args.total_steps is None else args.total_steps  # 0 is refused, not the default
     if args.n_jobs < 1:
         raise ConfigError(f"--n-jobs must be at least 1; got {args.n_jobs}")
     if args.n_jobs > 1 and args.storage is None:
@@ -609,9 +625,20 @@ def _tune_jobs(args: argparse.Namespace, tune_dir: Path) -> None:
         )
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; an unknown flag is named with the help of the command it was given to (argparse's
+    own message would send ``pgrad lm sft --bogus`` to the top level's help)."""
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        prog = " ".join(["pgrad", args.command, *([args.lm_command] if args.command == "lm" else [])])
+        print(f"pgrad: error: unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``pgrad`` command: parse ``argv``, run the command, return its exit code (errors are one line, exit 2)."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # tune --n-jobs starts its jobs with the same command
     handlers = {
         "train": _cmd_train,
@@ -638,7 +665,26 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one before a run started
-        run_dir = getattr(args, "run_dir", None)
-        where = f"; 'pgrad resume {run_dir}' continues from its last checkpoint" if run_dir else ""
-        print(f"pgrad: interrupted: stopped at once without a final checkpoint{where}", file=sys.stderr)
+        print(f"pgrad: interrupted: stopped at once without a final checkpoint{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except OSError as exc:  # an output path that cannot be written (a read-only place, a full disk, /proc)
+        print(f"pgrad: error: {_os_error_line(exc, args)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
+    """The file an OSError names, else the command's output (a full disk names no file), and why."""
+    if exc.filename is not None:
+        return f"cannot write or read {exc.filename}: {exc.strerror or exc}"
+    target = next((getattr(args, name) for name in ("out", "video", "run_dir") if getattr(args, name, None)), None)
+    return f"{exc.strerror or exc}" + (f" (writing {target})" if target is not None else "")
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What continues an interrupted run: 'pgrad resume' only where a checkpoint was written to resume from."""
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is None or args.command not in ("train", "resume", "lm"):
+        return ""
+    if any(Path(run_dir, "checkpoints").glob("step_*")):
+        return f"; 'pgrad resume {run_dir}' continues from its last checkpoint"
+    return f"; no checkpoint was written yet, so there is nothing to resume in {run_dir} (start over with --overwrite)"

@@ -825,10 +825,19 @@ def append_resolved(path: Path, resolved: dict[str, str]) -> None:
         handle.write(yaml.safe_dump({RESOLVED_SECTION: resolved}, sort_keys=False))
 
 
+# A resolved config is a few kilobytes; the bound keeps a received config.yaml from being a memory bomb.
+MAX_CONFIG_BYTES = 4 * 2**20
+# Sections, then fields, then a list or mapping in env.kwargs: a few levels. YAML nested hundreds deep
+# (a received config.yaml, a --set value) would exhaust Python's recursion limit inside PyYAML.
+MAX_CONFIG_DEPTH = 32
+
+
 class _PlainLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` without aliases: ``*name`` repeats a node by reference, so a few hundred
     bytes of nested aliases (an "alias bomb") stand for gigabytes once written out as JSON in every
     checkpoint. A config file has no need for them; each is refused with its line and column."""
+
+    depth = 0  # of the node being composed: PyYAML composes nested nodes by recursion
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -836,11 +845,19 @@ class _PlainLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"alias '*{event.anchor}' (aliases are not allowed in pgrad configs)", event.start_mark
             )
-        return super().compose_node(parent, index)
-
-
-# A resolved config is a few kilobytes; the bound keeps a received config.yaml from being a memory bomb.
-MAX_CONFIG_BYTES = 4 * 2**20
+        if self.depth >= MAX_CONFIG_DEPTH:  # refused before Python's recursion limit turns it into a traceback
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_CONFIG_DEPTH} levels (a pgrad config needs a few)",
+                event.start_mark,
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def parse_yaml(text: str) -> Any:
@@ -851,12 +868,15 @@ def parse_yaml(text: str) -> Any:
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file; a missing or malformed file is a ConfigError naming the problem."""
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is {size} bytes; pgrad reads at most {MAX_CONFIG_BYTES}")
-        raw = Path(path).read_bytes()
+        # read at most one byte past the bound: a size from stat() says nothing of /dev/zero or a pipe
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; pgrad reads at most {MAX_CONFIG_BYTES}"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -9,7 +9,7 @@ import numpy as np
 
 from pgrad.builders import algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import CheckpointStore, read_train_state
-from pgrad.config import RandomizeConfig
+from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
 from pgrad.policy import build_policy
@@ -34,6 +34,28 @@ class EvalResult:
     @property
     def std(self) -> float:
         return float(np.std(self.returns))
+
+
+def _video_ready(config: TrainConfig, video_dir: Path) -> TrainConfig:
+    """``--video``'s checks, before any episode: moviepy installed, the folder writable, an env that renders
+    rgb_array frames; returns the config with a sync vector env (frames are read from this process)."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
+    try:  # an unwritable folder fails first, in one line (not after the episodes, in a traceback)
+        video_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--video {video_dir}: cannot create the folder ({exc.strerror})") from None
+    if config.env.vectorization != "sync":
+        # frames are read from the one sub-env in this process: an async worker's env cannot render here
+        config = replace(config, env=replace(config.env, vectorization="sync"))
+    probe = build_environment(config, algo_gamma(config), num_envs=1)
+    modes = list(probe.envs.metadata.get("render_modes") or [])
+    probe.envs.close()
+    if "rgb_array" not in modes:
+        raise ConfigError(f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})")
+    return config
 
 
 def evaluate(
@@ -61,21 +83,7 @@ def evaluate(
     num_envs = 1 if video_dir is not None else eval_num_envs(episodes)
     render = "rgb_array" if video_dir is not None else None
     if video_dir is not None:
-        try:
-            import moviepy  # noqa: F401
-        except ImportError:
-            raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
-    if video_dir is not None:
-        if config.env.vectorization != "sync":
-            # frames are read from the one sub-env in this process: an async worker's env cannot render here
-            config = replace(config, env=replace(config.env, vectorization="sync"))
-        probe = build_environment(config, algo_gamma(config), num_envs=1)
-        modes = list(probe.envs.metadata.get("render_modes") or [])
-        probe.envs.close()
-        if "rgb_array" not in modes:
-            raise ConfigError(
-                f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})"
-            )
+        config = _video_ready(config, Path(video_dir))
     try:
         env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
     except ConfigError as exc:

@@ -19,6 +19,7 @@ manifest names the spaces, the pgrad version and the source checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -248,7 +249,12 @@ def export(
 
         onnx.save(model, str(target))
     else:
-        torchscript_module(chain).save(str(target))
+        # through Python's file writing: TorchScript's own writer aborts the process on a write error (ENOSPC)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")  # as above
+            torch.jit.save(torchscript_module(chain), buffer)
+        target.write_bytes(buffer.getvalue())
     manifest = target.with_name(target.name + ".json")
     action_dtype = "int64" if chain.output == "argmax" else "float32"
     manifest.write_text(

@@ -41,7 +41,7 @@ from pgrad.envs.factory import SpaceAdapter, is_entry_point
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.envs.space_schema import read_spaces_document, space_from_json
-from pgrad.errors import CheckpointError, ConfigError
+from pgrad.errors import CheckpointError, ConfigError, ObservationError
 from pgrad.nets import Actor
 
 SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a run folder trained by pgrad.api
@@ -60,8 +60,11 @@ class Policy:
     def predict(self, obs: Any, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
         """The env action for one observation (shaped like the observation space) or for a batch of them
         (one more leading axis); stochastic actions (``deterministic=False``) draw from ``rng``."""
+        if not isinstance(deterministic, (bool, np.bool_)):  # "no" is truthy: it would act deterministically
+            raise ConfigError(f"predict: deterministic must be True or False; got {deterministic!r}")
         raw = np.asarray(obs)
         single = self._is_single(raw)
+        check_finite_observation(raw, single)
         batch = raw[None] if single else raw
         features = self.obs_normalizer(self.adapter.observations(batch), update=False)
         if deterministic:
@@ -83,6 +86,23 @@ class Policy:
             f"predict: observation of shape {obs.shape} is neither one observation {shape} "
             f"nor a batch (N, {', '.join(map(str, shape))}) of {self.observation_space}"
         )
+
+
+def check_finite_observation(raw: np.ndarray, single: bool) -> None:
+    """Refuse an observation with NaN or infinite values: the network would turn it into a NaN action, or
+    (through clipping and argmax) into an arbitrary one, and nothing downstream would notice."""
+    if raw.dtype.kind not in "fc" or np.isfinite(raw).all():
+        return
+    where = tuple(int(i) for i in np.argwhere(~np.isfinite(raw))[0])
+    value = raw[where]
+    if single:
+        shown = np.array2string(raw, threshold=12, precision=4)
+        raise ObservationError(
+            f"predict: the observation {shown} holds {value} at index {where}; actions need finite values"
+        )
+    raise ObservationError(
+        f"predict: observation {where[0]} of the batch holds {value} at index {where[1:]}; actions need finite values"
+    )
 
 
 def build_policy(

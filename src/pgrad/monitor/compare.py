@@ -11,6 +11,7 @@ the runs' curves interpolated onto the env steps they all reached.
 from __future__ import annotations
 
 import difflib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pgrad.config import load_yaml
 from pgrad.errors import ConfigError
 from pgrad.monitor.aggregate import Interval, Statistic, bootstrap_band, bootstrap_interval, common_grid
 from pgrad.monitor.doctor import well_formed_rows
-from pgrad.monitor.report import metric_series
+from pgrad.monitor.report import metric_series, plain_text
 from pgrad.monitor.sinks import read_jsonl
 
 
@@ -178,16 +179,18 @@ def plot_groups(
             continue
         grid, values = common_grid(curves)
         value, low, high = bootstrap_band(values, statistic, confidence, reps)
-        line = ax.plot(grid, value, label=f"{label} ({len(curves)} runs)", linewidth=1.4)[0]
+        line = ax.plot(grid, value, label=plain_text(f"{label} ({len(curves)} runs)"), linewidth=1.4)[0]
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         drawn[label] = (grid, value, low, high)
     ax.set_xlabel("env steps")
-    ax.set_ylabel(f"{metric} ({statistic.upper() if statistic == 'iqm' else statistic} over runs)")
+    ax.set_ylabel(plain_text(f"{metric} ({statistic.upper() if statistic == 'iqm' else statistic} over runs)"))
     ax.set_title(f"{statistic.upper() if statistic == 'iqm' else statistic} with {confidence:.0%} bootstrap band")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100, bbox_inches="tight")
+    buffer = io.BytesIO()  # drawn first, then written by Python: a write error (/dev/full) is an OSError, not lost
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+    out_path.write_bytes(buffer.getvalue())
     return drawn

@@ -157,7 +157,7 @@ def draw_panel(
     ax.set_xlabel(unit, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    if len(keys) > 1:
+    if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # no lines (no rows logged): no legend, no warning
         ax.legend(fontsize=7)
     data = read_panel(ax, name)
     if name in LOG_PANELS and data.series:
@@ -188,6 +188,12 @@ def _figure_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` pair is mathtext to matplotlib, and a run folder's name
+    or a received config's values with ``$\\frac{`` in them would stop the plot with a parse error."""
+    return text.replace("$", r"\$")
+
+
 def plot_run(
     history: list[dict[str, Any]], events: list[dict[str, Any]], out_dir: Path, label: str, unit: str = "env steps"
 ) -> tuple[list[PanelData], dict[str, bytes]]:
@@ -210,7 +216,8 @@ def plot_run(
         images[name] = _figure_png(fig)
         plt.close(fig)
     overview.suptitle(
-        f"{label}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)", fontsize=10
+        f"{plain_text(label)}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)",
+        fontsize=10,
     )
     overview.tight_layout()
     images["overview"] = _figure_png(overview)

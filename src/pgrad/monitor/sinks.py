@@ -154,10 +154,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if not Path(path).is_file():
         return rows
-    for line in Path(path).read_text().splitlines():
+    # A received file may hold anything: bytes that are not UTF-8 become U+FFFD (that line then fails to
+    # parse and is skipped), and a line nested past the JSON decoder's recursion limit is skipped too.
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
     return rows
 
@@ -183,7 +185,7 @@ def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             unreadable += 1
             continue
         step = row.get("step") if isinstance(row, dict) else None
