@@ -129,8 +129,19 @@ def test_report_escapes_every_value_and_skips_malformed_events(capsys, run):
     pytest.importorskip("matplotlib")
     from pgrad.monitor.report import render_html
 
-    page = render_html("t", {"overview": b""}, "", [{"step": "<script>1</script>", "kind": "critical.kl"}])
-    assert "<script>" not in page and "&lt;script&gt;1&lt;/script&gt;" in page
+    summary, config = [("<script>2</script>", "<b>")], [("ppo.x", "<script>3</script>")]
+    page = render_html(
+        "t", {"overview": b""}, "", [{"step": "<script>1</script>", "kind": "critical.kl"}], summary, config
+    )
+    # the page's own panel check is its only script; every value read from the run folder is escaped
+    assert page.count("<script>") == 1 and "<script>addEventListener(" in page
+    for payload in (
+        "&lt;script&gt;1&lt;/script&gt;",
+        "&lt;script&gt;2&lt;/script&gt;",
+        "&lt;script&gt;3&lt;/script&gt;",
+    ):
+        assert payload in page
+    assert "<b>" not in page
 
     with open(run / "events.jsonl", "a") as events:
         events.write(json.dumps({"step": "<script>alert(1)</script>", "kind": "critical.kl", "message": "x"}) + "\n")
@@ -139,7 +150,7 @@ def test_report_escapes_every_value_and_skips_malformed_events(capsys, run):
     code, _ = run_cli(capsys, "report", str(run))
     assert code == 0
     page = (run / "report" / "report.html").read_text()
-    assert "<script>" not in page and "<img src=x" not in page
+    assert page.count("<script>") == 1 and "<img src=x" not in page  # only the page's own panel check
     assert "&lt;img src=x onerror=alert(2)&gt;" in page  # a well-formed event is shown, escaped
     code, _ = run_cli(capsys, "doctor", str(run))
     assert code in (0, 1)  # a diagnosis, not a traceback

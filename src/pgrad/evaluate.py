@@ -43,10 +43,6 @@ def _video_ready(config: TrainConfig, video_dir: Path) -> TrainConfig:
         import moviepy  # noqa: F401
     except ImportError:
         raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
-    try:  # an unwritable folder fails first, in one line (not after the episodes, in a traceback)
-        video_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--video {video_dir}: cannot create the folder ({exc.strerror})") from None
     if config.env.vectorization != "sync":
         # frames are read from the one sub-env in this process: an async worker's env cannot render here
         config = replace(config, env=replace(config.env, vectorization="sync"))
@@ -55,6 +51,10 @@ def _video_ready(config: TrainConfig, video_dir: Path) -> TrainConfig:
     probe.envs.close()
     if "rgb_array" not in modes:
         raise ConfigError(f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})")
+    try:  # an unwritable folder fails before any episode, in one line (not after them, in a traceback)
+        video_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--video {video_dir}: cannot create the folder ({exc.strerror})") from None
     return config
 
 

@@ -160,8 +160,8 @@ def onnx_model(chain: Chain) -> Any:
         opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
         producer_name="pgrad",
         producer_version=__version__,
+        ir_version=ONNX_IR_VERSION,
     )
-    model.ir_version = ONNX_IR_VERSION
     onnx.checker.check_model(model)
     return model
 
