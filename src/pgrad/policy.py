@@ -23,11 +23,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from pgrad import safe_io
 from pgrad.builders import algo_gamma, build_environment, build_learner
 from pgrad.checkpoint import (
     CheckpointStore,
     TrainState,
     check_arrays_fit,
+    check_run_folder,
     load_modules,
     read_train_state,
     write_json_atomic,
@@ -104,6 +106,7 @@ def checkpoint_path(path: Path, which: str = "latest") -> Path:
     if (path / "state.json").is_file():
         return path
     if (path / "config.yaml").is_file():
+        check_run_folder(path)  # links planted in a received folder: one line, nothing read through them
         return CheckpointStore(path, keep=1).readable(which)
     raise ConfigError(f"{path} is neither a pgrad run folder (config.yaml) nor a saved agent (state.json)")
 
@@ -126,8 +129,11 @@ def spaces_of(
     # (RUN_DIR/checkpoints/step_N -> RUN_DIR/spaces.json)
     saved = checkpoint / SPACES if (checkpoint / SPACES).is_file() else checkpoint.parent.parent / SPACES
     if saved.is_file():
-        data = json.loads(saved.read_text())
-        return space_from_dict(data["observation"]), space_from_dict(data["action"])
+        try:
+            data = json.loads(safe_io.read_bytes(saved))  # never through a link
+            return space_from_dict(data["observation"]), space_from_dict(data["action"])
+        except (ValueError, KeyError, TypeError) as exc:  # JSON and Unicode errors are ValueErrors
+            raise ConfigError(f"{saved} is not a spaces file pgrad wrote ({type(exc).__name__}: {exc})") from None
     if env_factory is None and is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(
             f"env.id '{config.env.id}' is an entry point: reading its spaces imports module "

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pgrad import safe_io
 from pgrad.checkpoint import inside_run
 from pgrad.monitor.doctor import diagnose, format_report, load_run, step_unit
 
@@ -154,7 +155,7 @@ def draw_panel(
     ax.set_xlabel(unit, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    if len(keys) > 1:
+    if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # a run that logged none of them has no legend
         ax.legend(fontsize=7)
     data = read_panel(ax, name)
     if name in LOG_PANELS and data.series:
@@ -193,10 +194,12 @@ def plot_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chosen = panels_for(history, unit)
+    for name in ("overview", *(name for name, _, _ in chosen)):  # a planted link: refused before anything is drawn
+        safe_io.refuse_link(out_dir / f"{name}.png")
     out_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
     panels = []
-    chosen = panels_for(history, unit)
     grid_rows = (len(chosen) + 2) // 3
     overview, axes = plt.subplots(grid_rows, 3, figsize=(15, 10 * grid_rows / 3))
     for (name, title, keys), overview_ax in zip(chosen, axes.flat, strict=True):
@@ -212,7 +215,7 @@ def plot_run(
     images["overview"] = _figure_png(overview)
     plt.close(overview)
     for name, png in images.items():
-        (out_dir / f"{name}.png").write_bytes(png)
+        safe_io.write_atomic(out_dir / f"{name}.png", png)
     return panels, images
 
 
@@ -244,14 +247,15 @@ def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: 
 def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[PanelData]]:
     """Write ``report.html`` and the PNGs (default: ``RUN_DIR/report``); returns the HTML path and panels."""
     run_dir = Path(run_dir)
-    history, events, config = load_run(run_dir)
     # The default output folder is inside the run; a 'report' symlink there must not send the
     # files somewhere else (an --out the user gives is theirs to choose).
     out_dir = Path(out_dir) if out_dir is not None else inside_run(run_dir, "report", "the report folder")
+    history, events, config = load_run(run_dir)  # checks every entry of the folder (check_run_folder)
     unit = step_unit(run_dir)
+    path = out_dir / "report.html"
+    safe_io.refuse_link(path)  # before any PNG is written
     panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}", unit)
     findings = diagnose(history, events, config)
     doctor_text = format_report(run_dir, history, findings, events, unit)
-    path = out_dir / "report.html"
-    path.write_text(render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
+    safe_io.write_atomic(path, render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
     return path, panels
