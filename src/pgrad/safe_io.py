@@ -35,7 +35,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pgrad.errors import PgradError
 
@@ -58,8 +58,8 @@ def link_refusal(path: Path, writing: bool = True) -> str | None:
 def _refusal(path: Path, info: os.stat_result, writing: bool) -> str | None:
     if stat.S_ISLNK(info.st_mode):
         return (
-            f"{path} is a symbolic link; pgrad never writes or reads through a link in a run folder (a folder "
-            "from elsewhere can point one at any file): remove the link"
+            f"{path} is a symbolic link; pgrad reads and writes no file through a link (in a run folder from "
+            "elsewhere one can point at any file): remove the link, or choose another path"
         )
     if stat.S_ISDIR(info.st_mode):
         return None
@@ -169,8 +169,3 @@ def remove_temporaries(folder: Path, name: str) -> None:
         with contextlib.suppress(OSError):
             if not path.is_dir() or path.is_symlink():
                 path.unlink()
-
-
-def describe(exc: Any) -> str:
-    """An OSError's reason in words (``strerror``), else its text."""
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

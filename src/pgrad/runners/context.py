@@ -107,7 +107,7 @@ class RunContext:
         self.store = CheckpointStore(self.run_dir, config.run.keep_checkpoints)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"run folder {self.run_dir} is a file, not a folder; choose another --run-dir")
-        if resume or not overwrite:  # --overwrite removes the links among RUN_FILES (never following them)
+        if resume:  # a new run takes an empty folder (a link makes it not empty), or --overwrite unlinks them
             check_run_folder(self.run_dir, writing=True)  # links planted in a received folder: one line, first
         RunLock.probe(self.run_dir)  # a folder in use: say so first (``open`` takes the lock for real)
         check_trackers(config)  # run.wandb / run.mlflow on but not installed: one line, nothing written
