@@ -91,7 +91,7 @@ def test_optimizer_state_round_trips_through_checkpoint_parts_into_shared_memory
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match=r"a3c.num_workers must be >= 1; got 0"):
+    with pytest.raises(ConfigError, match=r"a3c.num_workers must be in \[1, 256\]; got 0"):
         resolve_config("a3c", "CartPole-v1", sets=["num_workers=0"])
     with pytest.raises(ConfigError, match=r"env.vectorization must be auto, sync or native for a3c"):
         resolve_config("a3c", "CartPole-v1", sets=["env.vectorization=async"])

@@ -66,6 +66,11 @@ def test_eval_video_records_one_mp4_per_episode(tmp_path, capsys):
     if importlib.util.find_spec("moviepy") is None:
         pytest.skip("the video extra (moviepy) is not installed")
     assert train(tmp_path, "CartPole-v1") == 0
-    assert main(["eval", str(tmp_path / "run"), "--video", str(tmp_path / "v"), "--episodes", "2"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--video", str(tmp_path / "v"), "--episodes", "3"]) == 0
     videos = sorted(p.name for p in (tmp_path / "v").glob("*.mp4"))
-    assert len(videos) == 2 and all((tmp_path / "v" / name).stat().st_size > 1000 for name in videos)
+    # every episode, named once (before: Gymnasium's schedule kept episodes 0, 1, 8, 27, ... only, and the
+    # names were episode-000-episode-0.mp4; nothing said where they went)
+    assert videos == ["episode-000.mp4", "episode-001.mp4", "episode-002.mp4"]
+    assert all((tmp_path / "v" / name).stat().st_size > 1000 for name in videos)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("video: ")]
+    assert printed == [f"video: {tmp_path / 'v' / name}" for name in videos]

@@ -20,6 +20,7 @@ LAYERS: list[list[str]] = [
         "pgrad.faults",
         "pgrad.metric_names",
         "pgrad.threads",
+        "pgrad.terminal",
         "pgrad.estimators",
         "pgrad.numerics",
         "pgrad.distributions",

@@ -217,4 +217,4 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert main(["lm", "resume", str(run_dir), "--total-steps", "128", *common]) == 0
     assert [row["step"] for row in rows(run_dir)] == [0, 64, 128]
     assert main(["lm", "ppo", "--run-dir", str(tmp_path / "x"), "--set", "batch_size=0", *common]) == 2
-    assert "pgrad: error: lm_ppo.batch_size must be >= 1; got 0" in capsys.readouterr().err
+    assert "pgrad: error: lm_ppo.batch_size must be in [1, 1048576]; got 0" in capsys.readouterr().err

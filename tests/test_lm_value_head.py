@@ -88,7 +88,7 @@ def test_value_head_options_are_checked():
         LMPPOConfig(reward="model", reward_model="x", init_value_from_rm=True)
     with pytest.raises(ConfigError, match="lm_ppo.critic must be 'shared' with advantage 'rloo' or 'grpo'"):
         LMPPOConfig(advantage="grpo", samples_per_prompt=4, critic="separate")
-    with pytest.raises(ConfigError, match="lm_ppo.lora_rank must be >= 0"):
+    with pytest.raises(ConfigError, match=r"lm_ppo.lora_rank must be in \[0, 64\]"):
         LMPPOConfig(lora_rank=-1)
 
 

@@ -198,8 +198,8 @@ def run_cli(capsys, *args):
         ("sac", ["sac.tau=0"], "sac.tau must be in (0, 1]; got 0.0"),
         ("sac", ["sac.alpha=-1"], "sac.alpha must be >= 0; got -1.0"),
         ("sac", ["sac.alpha=big"], "sac.alpha must be a number or one of 'auto'; got 'big'"),
-        ("sac", ["loop.batch_size=0"], "sac.loop.batch_size must be >= 1; got 0"),
-        ("td3", ["td3.policy_delay=0"], "td3.policy_delay must be >= 1; got 0"),
+        ("sac", ["loop.batch_size=0"], "sac.loop.batch_size must be in [1, 1048576]; got 0"),
+        ("td3", ["td3.policy_delay=0"], "td3.policy_delay must be in [1, 1048576]; got 0"),
         (
             "td3",
             ["td3.exploration_noise=pink"],

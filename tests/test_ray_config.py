@@ -17,7 +17,7 @@ from pgrad.runs import resolve_config
     ("sets", "message"),
     [
         (["run.backend=spark"], "run.backend must be one of 'local', 'ray'; got 'spark'"),
-        (["ray.workers=0"], "ray.workers must be >= 1; got 0"),
+        (["ray.workers=0"], "ray.workers must be in [1, 1024]; got 0"),
         (["ray.address=nowhere"], "ray.address must be HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or null"),
         (["ray.call_timeout_s=0"], "ray.call_timeout_s must be > 0; got 0"),
         (["ray.max_worker_restarts=-1"], "ray.max_worker_restarts must be >= 0; got -1"),
@@ -41,7 +41,7 @@ def test_the_batch_rule_counts_every_workers_envs():
 def test_ray_flags_are_config_fields(capsys):
     code = main(["train", "ppo", "--env", "CartPole-v1", "--backend", "ray", "--workers", "0", "--quiet"])
     assert code == 2
-    assert "pgrad: error: ray.workers must be >= 1; got 0" in capsys.readouterr().err
+    assert "pgrad: error: ray.workers must be in [1, 1024]; got 0" in capsys.readouterr().err
 
 
 def test_a_missing_ray_is_one_line(monkeypatch):

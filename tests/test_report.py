@@ -94,3 +94,55 @@ def test_compare_reads_and_draws_the_return_curves(drilled_run, tmp_path, capsys
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", str(drilled_run), str(other), "--out", str(tmp_path / "c2.png")]) == 0
     assert f"final rollout/return_mean {2 * returns[-1]:.1f}" in capsys.readouterr().out
+
+
+def test_report_has_the_summary_and_the_config(drilled_run):
+    # issue 25: the page gains the run's numbers at a glance and its config, every value escaped
+    import re
+
+    path, _ = report(drilled_run)
+    page = path.read_text()
+    summary = dict(
+        re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", page.split("class='summary'>")[1].split("</table>")[0])
+    )
+    assert summary["env steps"] == "6,144" and summary["updates"] == "24"  # 6,144 / (8 envs x 32 steps)
+    kinds = [event["kind"].split(".")[0] for event in read_jsonl(drilled_run / "events.jsonl")]
+    counts = {kind: kinds.count(kind) for kind in ("critical", "warning", "recovery", "drill")}
+    assert counts["drill"] == 1 and counts["recovery"] >= 1  # the lr spike, and the guard's answer
+    assert summary["guard"] == ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    config = page.split("class='config'>")[1]
+    assert "<tr><td>ppo.clip_eps</td><td>0.2</td></tr>" in config and "<td>env.id</td><td>CartPole-v1</td>" in config
+
+
+def chromium() -> str | None:
+    import shutil
+
+    return next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+
+
+def rendered_body(page: Path) -> dict[str, str]:
+    """The report opened in headless Chromium: the data-* attributes its own script set on <body> after load."""
+    import re
+    import subprocess
+
+    browser = chromium()
+    assert browser is not None
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom"]
+    dom = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body is not None, dom[:500]
+    return dict(re.findall(r'data-([a-z]+)="([^"]*)"', body.group(1)))
+
+
+def test_the_report_renders_every_panel_in_a_real_browser_with_no_network_request(drilled_run, tmp_path):
+    if chromium() is None:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    path, panels = report(drilled_run)
+    shown = len(panels) + 1  # and the overview
+    assert rendered_body(path) == {"panels": f"{shown}/{shown}", "blocked": "0"}
+    # the check can fail: a panel that does not decode, and a request to the network, which the page's
+    # content policy refuses (so it is never made) and counts
+    tampered = tmp_path / "report.html"
+    extra = '<img src="data:image/png;base64,AAAA"><img src="https://example.invalid/x.png"></body>'
+    tampered.write_text(path.read_text().replace("</body>", extra))
+    assert rendered_body(tampered) == {"panels": f"{shown}/{shown + 2}", "blocked": "1"}

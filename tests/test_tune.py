@@ -120,3 +120,45 @@ def test_tune_refuses_a_folder_in_use(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_unknown_algorithm_space_is_one_line() -> None:
     with pytest.raises(ConfigError, match="unknown algorithm"):
         search_space("nope")
+
+
+def quick_tune(tune_dir: Path, *extra: str) -> list[str]:
+    sets: list[str] = []
+    for item in [*QUICK, "ppo.num_epochs=1"]:
+        sets += ["--set", item]
+    return ["tune", "ppo", "--env", "CartPole-v1", "--total-steps", "256", "--tune-dir", str(tune_dir), *sets, *extra]
+
+
+def test_a_stored_study_resumes_and_every_trial_says_what_it_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # before: no --storage, no --study-name, no resume (a second call refused the folder), and nothing was
+    # printed while a trial ran
+    tune_dir, storage = tmp_path / "tune", f"sqlite:///{tmp_path / 'tune.db'}"
+    assert main([*quick_tune(tune_dir, "--storage", storage, "--study-name", "s"), "--trials", "1"]) == 0
+    out = capsys.readouterr().out
+    started = next(line for line in out.splitlines() if line.startswith("trial 0: started, 256 steps, "))
+    assert "learning_rate=" in started and str(tune_dir / "trial_000") in started
+    assert "trial 0: step 256, evaluation return " in out  # each evaluation, while the trial runs
+    assert main([*quick_tune(tune_dir, "--storage", storage, "--study-name", "s"), "--trials", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "trial 1: started" in out and "2 trials in " in out  # the study went on where it stopped
+    numbers = [json.loads(line)["number"] for line in (tune_dir / "trials.jsonl").read_text().splitlines()]
+    assert numbers == [0, 1] and (tune_dir / "trial_001" / "metrics.jsonl").is_file()
+    # without the storage the folder is another study's: refused, and the line says how to resume
+    assert main([*quick_tune(tune_dir), "--trials", "1"]) == 2
+    assert "give the --storage and --study-name it was started with" in capsys.readouterr().err
+
+
+def test_n_jobs_share_the_trials_of_one_stored_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tune_dir = tmp_path / "tune"
+    assert main([*quick_tune(tune_dir, "--n-jobs", "2"), "--trials", "2"]) == 2
+    assert "--n-jobs needs --storage" in capsys.readouterr().err
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    assert main([*quick_tune(tune_dir, "--n-jobs", "2", "--storage", storage), "--trials", "2"]) == 0
+    assert "2 trials in " in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tune_dir / "trials.jsonl").read_text().splitlines()]
+    assert sorted(row["number"] for row in rows) == [0, 1]
+    # the two jobs drew with different sampler seeds: their first trials did not repeat one another
+    params = [json.dumps(row["params"], sort_keys=True) for row in rows]
+    assert len(set(params)) == 2

@@ -14,7 +14,9 @@ puts all of it back when it returns, even when it fails; ``predict`` and ``load`
 
 from __future__ import annotations
 
+import os
 import random
+import reprlib
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from pgrad import safe_io
 from pgrad.callbacks import Callback
 from pgrad.checkpoint import STATE, TENSORS, read_train_state
+from pgrad.config import TrainConfig
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
 from pgrad.errors import ConfigError
 from pgrad.policy import Policy, checkpoint_path, load_policy, write_spaces
@@ -58,6 +61,45 @@ def kept_global_state() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_rng)
         torch.set_num_threads(torch_threads)
         blas.restore_original_limits()
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)  # a huge list or mapping in an error line: its start, then "..."
+
+
+def check_arguments(config: Any, sets: Any, env_kwargs: Any, run_dir: Any, flags: Mapping[str, Any]) -> None:
+    """The constructor's arguments by type, before anything is built: one ConfigError naming the argument
+    (a list passed as ``config`` would otherwise end in an AttributeError deep inside)."""
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(
+            f"config must be a mapping of sections, like {{'ppo': {{'num_steps': 256}}}}; got {_short(config)}"
+        )
+    if isinstance(sets, (str, bytes)) or not isinstance(sets, Sequence) or not all(isinstance(s, str) for s in sets):
+        raise ConfigError(f"sets must be a list of 'key=value' texts, like ['ppo.num_epochs=4']; got {_short(sets)}")
+    if env_kwargs is not None and not isinstance(env_kwargs, Mapping):
+        raise ConfigError(f"env_kwargs must be a mapping of keyword: value; got {_short(env_kwargs)}")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"run_dir must be a path (str or pathlib.Path); got {_short(run_dir)}")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False; got {_short(value)}")
+
+
+CALLBACK_HOOKS = ("on_update", "on_evaluation", "on_checkpoint")
+
+
+def checked_callbacks(callbacks: Any) -> list[Callback]:
+    """``learn``'s callbacks as a list, each with every hook the loop calls; anything else is one ConfigError."""
+    if isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(callbacks, Sequence):
+        hint = " (put it in a list: [callback])" if isinstance(callbacks, Callback) else ""
+        raise ConfigError(f"learn: callbacks must be a list of pgrad.Callback; got {_short(callbacks)}{hint}")
+    for number, callback in enumerate(callbacks):
+        missing = [hook for hook in CALLBACK_HOOKS if not callable(getattr(callback, hook, None))]
+        if missing:
+            raise ConfigError(
+                f"learn: callbacks[{number}] is {_short(callback)}, not a pgrad.Callback (no {', '.join(missing)})"
+            )
+    return list(callbacks)
 
 
 class Agent:
@@ -91,6 +133,8 @@ class Agent:
     ) -> None:
         from pgrad.runs import default_run_dir, resolve_config
 
+        flags = {"overwrite": overwrite, "use_preset": use_preset, "verbose": verbose}
+        check_arguments(config, sets, env_kwargs, run_dir, flags)
         algo = self._algorithm(algo)
         layer: dict[str, Any] = {}
         for section, values in (config or {}).items():
@@ -140,6 +184,10 @@ class Agent:
         self.policy: Policy | None = None
         self.last_result: TrainResult | None = None
         self.trainable = True  # False for a saved agent: it has no run folder to continue
+        # Where the config came from when it is not the caller's own (a loaded run folder), and what the caller
+        # trusts of it: learn() builds envs and may start Ray from it (see refuse_untrusted_folder).
+        self._received: Path | None = None
+        self._trust_env_code = self._trust_ray = False
         self._resume = False  # a learn() wrote the run folder (or it was loaded): the next learn resumes it
         self._rng = np.random.default_rng(self.config.run.seed)  # stochastic predict only; never the global RNG
 
@@ -209,8 +257,10 @@ class Agent:
             )
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
+        callbacks = checked_callbacks(callbacks)  # before the runner opens (and locks) the run folder
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
         factory = self.source.factory()
+        self._refuse_untrusted_folder(config, built_from_id=factory is None)
         with kept_global_state():
             runner = runner_for(config)(
                 config,
@@ -220,14 +270,27 @@ class Agent:
                 overwrite=self.overwrite and not self._resume,
                 **({"env_factory": factory} if factory is not None else {}),
             )
-            runner.run.callbacks = list(callbacks)
+            runner.run.callbacks = callbacks
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
-            write_spaces(self.run_dir, self.observation_space, self.action_space)  # export/load need no env then
+            write_spaces(self.run_dir, self.observation_space, self.action_space, config)  # export/load need no env
             self.policy, _, _ = load_policy(
                 result.checkpoint or self.run_dir, spaces=(self.observation_space, self.action_space)
             )
         return self
+
+    def _refuse_untrusted_folder(self, config: TrainConfig, built_from_id: bool) -> None:
+        """A loaded agent's config is the run folder's: training it must pass the checks ``pgrad resume``
+        makes (an entry-point env imports its module; a Ray backend starts Ray or joins its address) unless
+        ``load`` was told to trust them. An env passed to ``load`` as a Python object builds nothing from the
+        folder's env.id."""
+        from pgrad.runs import refuse_untrusted_env_code, refuse_untrusted_ray
+
+        if self._received is None:
+            return  # the caller's own config (Agent(...)): they chose its env and backend
+        if built_from_id:
+            refuse_untrusted_env_code(config, self._received, self._trust_env_code)
+        refuse_untrusted_ray(config, self._received, self._trust_ray)
 
     # ---- acting ----------------------------------------------------------------------------------
     def predict(self, observation: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
@@ -257,7 +320,7 @@ class Agent:
                     safe_io.atomic_file(target / name) as copy,
                 ):
                     shutil.copyfileobj(source, copy)
-        write_spaces(target, self.observation_space, self.action_space)
+        write_spaces(target, self.observation_space, self.action_space, self.config)
         return target
 
     @classmethod
@@ -268,12 +331,18 @@ class Agent:
         *,
         checkpoint: str = "latest",
         trust_env_code: bool = False,
+        trust_ray: bool = False,
         verbose: bool = False,
     ) -> Agent:
         """A saved agent (``save``) or a run folder's ``checkpoint`` (latest, best or a name), ready to
         ``predict``. ``env`` is needed only where the spaces are not saved and the env cannot be rebuilt
         from its id. A run folder loaded at its latest checkpoint can be trained further (``learn`` resumes it,
-        with ``env`` if it was trained on a Python object); a saved agent cannot."""
+        with ``env`` if it was trained on a Python object); a saved agent cannot.
+
+        The folder is data, as for ``pgrad resume``: ``trust_env_code`` (``--trust-env-code``) allows its
+        entry-point env ('module:attr', importing that module runs its code) to be built, here or by
+        ``learn``; ``trust_ray`` (``--trust-ray``) allows ``learn`` to use its ``run.backend: ray`` (a Ray
+        started here, or the cluster at its ``ray.address``)."""
         path = Path(path)
         source = env_source(env, {}) if env is not None else None
         with kept_global_state():
@@ -293,6 +362,7 @@ class Agent:
         agent.last_result = TrainResult(path, agent.num_timesteps, 0, 0.0, False, {}, found)
         # learn resumes the run folder's latest checkpoint (as pgrad resume): only an agent loaded from it can
         agent.trainable = agent._resume = (path / "config.yaml").is_file() and checkpoint == "latest"
+        agent._received, agent._trust_env_code, agent._trust_ray = found / "state.json", trust_env_code, trust_ray
         agent._rng = np.random.default_rng(config.run.seed)
         return agent
 

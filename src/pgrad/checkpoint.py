@@ -203,7 +203,10 @@ def _refuse_link(path: Path, writing: bool) -> None:
 # recompute it. It detects accidents (a truncated copy, a flipped bit), not an adversary. With a
 # secret key in this environment variable, every checkpoint written carries an HMAC-SHA256 over
 # state.json (which holds that SHA-256, so it covers the tensors too), and every checkpoint read
-# must carry a valid one: tamper evidence for whoever holds the key.
+# must carry a valid one: tamper evidence for whoever holds the key. What the signature covers is then
+# held to what is used: the step against the folder's name (``check_step_name``), the config against
+# config.yaml (``pgrad.runs.check_config_recorded``), and spaces.json carries its own HMAC bound to the
+# run (``pgrad.policy.spaces_signature``).
 KEY_VARIABLE = "PGRAD_CHECKPOINT_KEY"
 HMAC_FIELD = "hmac_sha256"
 # state.json holds counters, config, RNG and environment state: kilobytes for every built-in env.
@@ -212,15 +215,35 @@ MAX_STATE_BYTES = 64 * 2**20
 
 
 def integrity_key() -> bytes | None:
+    """The secret of ``PGRAD_CHECKPOINT_KEY`` as bytes (checkpoints then carry an HMAC), or None when unset."""
     key = os.environ.get(KEY_VARIABLE)
     return key.encode() if key else None
 
 
-def _hmac(key: bytes, state: dict[str, Any]) -> str:
-    # Through JSON once, so that the writer (int keys, tuples) and the reader (what JSON gave back)
-    # sign the same canonical text.
-    body = json.loads(json.dumps({k: v for k, v in state.items() if k != HMAC_FIELD}))
+def signature(key: bytes, document: Any) -> str:
+    """HMAC-SHA256 under ``key`` of ``document``'s canonical JSON. Through JSON once, so that the writer (int
+    keys, tuples) and the reader (what JSON gave back) sign the same text."""
+    body = json.loads(json.dumps(document))
     return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def _hmac(key: bytes, state: dict[str, Any]) -> str:
+    return signature(key, {k: v for k, v in state.items() if k != HMAC_FIELD})
+
+
+def check_step_name(directory: Path, state: dict[str, Any]) -> None:
+    """A folder named ``step_<N>`` must hold step N. ``latest``, ``best`` and a resume choose checkpoints by
+    their names, and the step inside state.json is signed (``PGRAD_CHECKPOINT_KEY``): so a signed checkpoint
+    renamed from another step (of this run or another) is refused, not taken for the step its name says.
+    A saved agent's folder (``pgrad.api``'s ``save``) has a name of the user's choosing and is not checked."""
+    step = state.get("step")
+    if not CHECKPOINT_NAME.fullmatch(directory.name) or isinstance(step, bool) or not isinstance(step, int):
+        return
+    if directory.name != f"step_{step:010d}":
+        raise CheckpointError(
+            f"checkpoint {directory} holds step {step}, not the step its name says (renamed from another "
+            "checkpoint?); refusing to load it"
+        )
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -258,6 +281,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
                 f"checkpoint {directory} {what} under {KEY_VARIABLE} (written without this key, or tampered "
                 "with); refusing to load it"
             )
+    check_step_name(directory, state)
     if _checksum(tensor_path) != state.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint {directory}: {TENSORS} does not match the checksum recorded in {STATE} "
@@ -352,18 +376,22 @@ def _optimizer_state_from_parts(prefix: str, tensors: dict[str, torch.Tensor], p
 
 
 def optimizer_to_parts(prefix: str, optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as (tensors named ``prefix.*``, the JSON-able rest) for a checkpoint."""
     return _optimizer_state_to_parts(prefix, optimizer.state_dict())
 
 
 def optimizer_from_parts(prefix: str, optimizer: Any, tensors: dict[str, torch.Tensor], parts: dict[str, Any]) -> None:
+    """Load an optimizer's state from the tensors and JSON parts ``optimizer_to_parts`` wrote under ``prefix``."""
     optimizer.load_state_dict(_optimizer_state_from_parts(prefix, tensors, parts))
 
 
 def numpy_to_tensors(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """NumPy arrays as contiguous tensors named ``prefix.name``, for safetensors."""
     return {f"{prefix}.{name}": torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
 
 
 def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The tensors named ``prefix.*`` back as NumPy arrays, keyed by the name after the prefix."""
     head = f"{prefix}."
     return {key[len(head) :]: value.numpy() for key, value in tensors.items() if key.startswith(head)}
 
@@ -666,9 +694,118 @@ def _check_episodes(episodes: Any) -> None:
 
 
 def read_train_state(directory: Path) -> TrainState:
-    """Load and verify one checkpoint folder into a ``TrainState``."""
+    """Load and verify one checkpoint folder into a ``TrainState``: its files (``load_checkpoint``), its
+    layout (``TrainState.from_parts``) and its values (``check_values``)."""
     tensors, state = load_checkpoint(directory)
-    return TrainState.from_parts(tensors, state, Path(directory))
+    train_state = TrainState.from_parts(tensors, state, Path(directory))
+    check_values(train_state, Path(directory))
+    return train_state
+
+
+# ---- values: what the numbers in a checkpoint may be -------------------------------------------------
+#
+# A checkpoint whose shapes fit can still hold numbers no training run writes: NaN or Inf weights (then
+# every action is NaN, or one constant), a negative or NaN normaliser variance (sqrt of it: NaN
+# observations), a NaN or negative Adam step or a negative second moment (sqrt: NaN updates, which the
+# guard would then blame on the learning rate). Evaluation, export and resume would carry them on in
+# silence, so loading refuses each, naming the tensor. One pass over each tensor, once per load.
+
+# Optimizer slots that are running averages of squares (>= 0 by construction), per torch's names.
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg"})
+
+
+def value_problem(values: torch.Tensor | np.ndarray, non_negative: bool = False) -> str | None:
+    """What is wrong with the numbers of one tensor (``"holds NaN"``, ``"holds Inf"``, ``"holds a negative
+    value (-1.0)"``), or None. Integer and boolean tensors are finite by construction."""
+    tensor = torch.as_tensor(values).detach()
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "holds NaN" if bool(torch.isnan(tensor).any()) else "holds Inf"
+    if non_negative and tensor.numel() and tensor.dtype != torch.bool:
+        smallest = tensor.min()
+        if smallest < 0:
+            return f"holds a negative value ({smallest.item():.6g})"
+    return None
+
+
+def _step_problem(value: Any) -> str | None:
+    """An optimizer's step count (a number or a 0-d tensor) must be a whole number >= 0."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        return None  # not a single number: check_optimizer_state refuses it, naming its shape
+    number = value.item() if isinstance(value, torch.Tensor) else value
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        return None  # its type is check_optimizer_state's to refuse, when the optimizer is filled
+    if not math.isfinite(number) or number < 0 or not float(number).is_integer():
+        return f"must be a whole number >= 0; got {number!r}"
+    return None
+
+
+def learner_problem(learner: LearnerState) -> str | None:
+    """The first tensor of a learner (weights, optimizer state, normaliser statistics) whose values are
+    invalid, named as the checkpoint names it, with what is wrong; None when all are valid."""
+    return _modules_problem(learner) or _optimizers_problem(learner) or _normalizers_problem(learner)
+
+
+def _modules_problem(learner: LearnerState) -> str | None:
+    for name, tensors in learner.modules.items():
+        for key, tensor in tensors.items():
+            problem = value_problem(tensor) if isinstance(tensor, torch.Tensor) else None
+            if problem is not None:
+                return f"module '{name}' tensor '{key}' {problem} (a trained network holds finite weights only)"
+    return None
+
+
+def _optimizers_problem(learner: LearnerState) -> str | None:
+    for name, saved in learner.optimizers.items():
+        slots = saved.get("state") if isinstance(saved, dict) else None
+        for param_id, values in (slots or {}).items():
+            for slot, value in (values if isinstance(values, dict) else {}).items():
+                problem = _slot_problem(slot, value)
+                if problem is not None:
+                    return f"optimizer '{name}' state.{param_id}.{slot} {problem}"
+    return None
+
+
+def _slot_problem(slot: str, value: Any) -> str | None:
+    """One optimizer slot: the step a whole number >= 0, every moment finite, second moments >= 0."""
+    if slot == "step":
+        return _step_problem(value)
+    if not isinstance(value, torch.Tensor):
+        return None
+    moment = slot in SECOND_MOMENTS
+    problem = value_problem(value, non_negative=moment)
+    return f"{problem} (a second moment is finite and >= 0)" if problem is not None and moment else problem
+
+
+def _normalizers_problem(learner: LearnerState) -> str | None:
+    for name, stats in learner.normalizers.items():
+        for key, array in stats.items():
+            counted = key in ("var", "count")
+            problem = value_problem(array, non_negative=counted)
+            if problem is not None:
+                need = " (a variance and a count are finite and >= 0)" if counted else ""
+                return f"normalizers.{name}.{key} {problem}{need}"
+    return None
+
+
+def check_values(state: TrainState, source: Path) -> None:
+    """Refuse a checkpoint holding invalid values (``learner_problem``), in its own state or in a guard
+    rollback state (restored later, mid-run), in one line naming the tensor."""
+    learners = {"": state.learner(), **{f" (rollback slot {s})": ls for s, ls in state.rollback_states.items()}}
+    for where, learner in learners.items():
+        problem = learner_problem(learner)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {source}{where}: {problem}; refusing to load it")
+
+
+def weights_finite(modules: dict[str, dict[str, torch.Tensor]]) -> bool:
+    """Whether every floating-point tensor of these state dicts is finite: what a checkpoint must hold to be
+    marked healthy (a rollback returns to the newest healthy one)."""
+    return all(
+        value_problem(tensor) is None
+        for tensors in modules.values()
+        for tensor in tensors.values()
+        if isinstance(tensor, torch.Tensor)
+    )
 
 
 def load_modules(modules: dict[str, torch.nn.Module], state: TrainState | LearnerState, source: Path) -> None:
@@ -688,6 +825,7 @@ def load_modules(modules: dict[str, torch.nn.Module], state: TrainState | Learne
 
 
 def load_optimizers(optimizers: dict[str, Any], state: TrainState | LearnerState, source: Path) -> None:
+    """Fill each optimizer from ``state``, after checking its tensors' names, shapes and dtypes against it."""
     for name, optimizer in optimizers.items():
         if name not in state.optimizers:
             raise CheckpointError(f"checkpoint {source} has no state for optimizer '{name}'")

@@ -7,7 +7,9 @@ checkpoint) is printed as one line ``pgrad: error: ...`` with exit code 2 and no
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -17,7 +19,7 @@ from pgrad.errors import ConfigError, PgradError, TrainingHalted
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        print(f"pgrad: error: {message} (see 'pgrad {self.prog.split()[-1]} --help')", file=sys.stderr)
+        print(f"pgrad: error: {message} (see '{self.prog} --help')", file=sys.stderr)  # prog: 'pgrad lm sft'...
         raise SystemExit(2)
 
 
@@ -49,11 +51,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
     )
+    _trust_ray_flag(resume)
 
     evaluate = sub.add_parser("eval", help="evaluate a run's policy")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--deterministic", action="store_true", help="act with the mode, not a sample")
+    # One default everywhere: training's evaluations, predict() and pgrad.evaluate act with the mode; so does this
+    acting = evaluate.add_mutually_exclusive_group()
+    acting.add_argument(
+        "--deterministic", dest="deterministic", action="store_true", default=True, help="act with the mode (default)"
+    )
+    acting.add_argument(
+        "--stochastic", dest="deterministic", action="store_false", help="act with a sample of the policy"
+    )
     evaluate.add_argument("--checkpoint", default="latest", help="latest, best or a checkpoint name")
     evaluate.add_argument("--video", type=Path, metavar="DIR", help="record episodes as MP4 (needs pgrad[video])")
     evaluate.add_argument("--seed", type=int)
@@ -95,7 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (built to read its spaces)",
     )
 
-    sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
+    listing = sub.add_parser("list", help="algorithms, their config fields, defaults and docs, and presets")
+    listing.add_argument(
+        "what",
+        nargs="?",
+        help="only this: an algorithm (ppo, sac, lm_ppo, ...), a section (env, run, guard, ray) or presets",
+    )
 
     doctor = sub.add_parser("doctor", help="diagnose a run: symptoms, where they started, likely causes, fixes")
     doctor.add_argument("run_dir", type=Path)
@@ -129,6 +144,14 @@ def _compare_and_tune_parsers(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--tune-dir", type=Path, help="folder of the trials (default: runs/tune-ALGO-ENV-TIME)")
     tune.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trailing trials early")
     tune.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
+    tune.add_argument(
+        "--storage", help="keep the study in a database: sqlite:///tune.db or a URL (resume it, share it between jobs)"
+    )
+    tune.add_argument("--study-name", help="the study's name in --storage (default: the tune folder's name)")
+    tune.add_argument(
+        "--n-jobs", type=int, default=1, help="trials at once, each in its own process (needs --storage; default: 1)"
+    )
+    tune.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)  # a worker's index (--n-jobs)
 
 
 def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: str) -> None:
@@ -145,6 +168,15 @@ def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: st
         "metrics.jsonl, events.jsonl, checkpoints/, tb/, report/, export/, halt_*.npz); other files are kept",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _trust_ray_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-ray",
+        action="store_true",
+        help="allow run.backend 'ray' from the run folder's config.yaml (it starts Ray here, or joins the cluster at "
+        "its ray.address)",
+    )
 
 
 def _inject_flag(parser: argparse.ArgumentParser, examples: str) -> None:
@@ -182,11 +214,13 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
+    _trust_ray_flag(resume)
 
 
 def _print_summary(result, config, preset_source: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from pgrad.terminal import console
 
     metrics = result.last_metrics
     table = Table(title=f"pgrad {config.algo} on {config.env.id}", show_header=False)
@@ -216,7 +250,7 @@ def _print_summary(result, config, preset_source: str | None) -> None:
         rows.append(("stopped early", f"continue with: pgrad resume {result.run_dir}"))
     for label, value in rows:
         table.add_row(label, value)
-    Console().print(table)
+    console().print(table)
 
 
 def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: bool, sets: list[str]) -> int:
@@ -228,11 +262,26 @@ def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: 
     config, preset_source = resolve_config(
         algo, env_id, args.config, sets, args.seed, args.total_steps, use_preset=use_preset
     )
+    _check_ray_flags(args, config.run.backend)
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
     trainer = runner_for(config)(config, run_dir, console=not args.quiet, overwrite=args.overwrite)
     return _finish(trainer, trainer.train(), config, preset_source, args.quiet)
+
+
+def _check_ray_flags(args: argparse.Namespace, backend: str) -> None:
+    """``--workers`` and ``--address`` configure Ray's collectors: with the local backend they would do nothing."""
+    given = [
+        flag
+        for flag, value in (
+            ("--workers", getattr(args, "workers", None)),
+            ("--address", getattr(args, "address", None)),
+        )
+        if value is not None
+    ]
+    if given and backend != "ray":
+        raise ConfigError(f"{' and '.join(given)} apply to --backend ray (run.backend is {backend!r})")
 
 
 def _finish(trainer, result, config, preset_source: str | None, quiet: bool) -> int:
@@ -257,9 +306,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     """Continue any run folder, language models included (``pgrad lm resume`` is the same command)."""
     from pgrad.runners import runner_for
-    from pgrad.runs import load_run_config
+    from pgrad.runs import load_run_config, refuse_untrusted_ray
 
     config = load_run_config(args.run_dir, args.total_steps, getattr(args, "trust_env_code", False))
+    refuse_untrusted_ray(config, args.run_dir / "config.yaml", args.trust_ray)
     trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
     return _finish(trainer, trainer.train(), config, None, args.quiet)
 
@@ -350,6 +400,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
     )
     print(f"run folder: {args.run_dir}")
+    for video in result.videos:
+        print(f"video: {video}")
     return 0
 
 
@@ -361,35 +413,78 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig, field_docs
-    from pgrad.lm.config import LM_GUARD_DEFAULTS
-    from pgrad.presets import PATTERN_PRESETS, PRESETS
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``"; did you mean 'ppo'?"`` when ``name`` is close to one of ``known`` (a typo), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _list_section(title: str, cls: type) -> None:
+    from pgrad.config import field_docs
+
+    print(f"  [{title}]")
+    for name, default, doc in field_docs(cls):
+        print(f"    {name:<30} {default!s:<14} {doc}")
+
+
+def _list_algorithm(name: str) -> None:
     from pgrad.registry import ALGORITHMS
 
-    def section(title: str, cls: type) -> None:
-        print(f"  [{title}]")
-        for name, default, doc in field_docs(cls):
-            print(f"    {name:<30} {default!s:<14} {doc}")
-
-    print("algorithms:")
-    for spec in (spec for spec in ALGORITHMS.values() if not spec.language_model):
+    spec = ALGORITHMS[name]
+    if spec.language_model:
+        command = next(command for command, (algo, _, _) in LM_COMMANDS.items() if algo == name)
+        print(f"\npgrad lm {command}: {spec.summary}")
+    else:
         print(f"\n{spec.name}: {spec.summary} (actions: {', '.join(spec.action_kinds)})")
-        section(spec.name, spec.config_cls)
-    print("\nshared sections:")
-    section("env", EnvConfig)
-    section("run", RunConfig)
-    section("guard", GuardConfig)
-    section("ray", RayConfig)
-    print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
-    for command, (name, _, _) in LM_COMMANDS.items():
-        print(f"\npgrad lm {command}: {ALGORITHMS[name].summary}")
-        section(name, ALGORITHMS[name].config_cls)
-    guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
-    print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
+    _list_section(name, spec.config_cls)
+    if name == "lm_ppo":
+        from pgrad.lm.config import LM_GUARD_DEFAULTS
+
+        guard_levels = ", ".join(f"{key} {value}" for key, value in LM_GUARD_DEFAULTS.items())
+        print(f"  [guard] as above, except for lm ppo: {guard_levels} (per-token KL levels)")
+
+
+def _list_presets(algo: str | None) -> None:
+    from pgrad.presets import PATTERN_PRESETS, PRESETS
+
     print("\npresets (applied when --env matches; --no-preset to skip):")
-    for (algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
-        print(f"  {algo:<6} {env_id:<16} {preset.source}")
+    for (preset_algo, env_id), preset in {**PRESETS, **PATTERN_PRESETS}.items():
+        if algo in (None, preset_algo):
+            print(f"  {preset_algo:<6} {env_id:<16} {preset.source}")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from pgrad.config import EnvConfig, GuardConfig, RayConfig, RunConfig
+    from pgrad.registry import ALGORITHMS
+
+    shared: dict[str, type] = {"env": EnvConfig, "run": RunConfig, "guard": GuardConfig, "ray": RayConfig}
+    rl = [name for name, spec in ALGORITHMS.items() if not spec.language_model]
+    lm = [name for name, _, _ in LM_COMMANDS.values()]
+    what = args.what
+    allowed = [*rl, *sorted(lm), *shared, "presets"]
+    if what is not None and what not in allowed:
+        raise ConfigError(f"list: unknown {what!r}{did_you_mean(what, allowed)} (allowed: {', '.join(allowed)})")
+    if what is None:  # everything, in this order
+        print("algorithms:")
+        for name in rl:
+            _list_algorithm(name)
+        print("\nshared sections:")
+        for title, cls in shared.items():
+            _list_section(title, cls)
+        print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
+        for name in lm:
+            _list_algorithm(name)
+        _list_presets(None)
+    elif what in shared:
+        _list_section(what, shared[what])
+    elif what == "presets":
+        _list_presets(None)
+    else:
+        _list_algorithm(what)
+        if what in rl:
+            _list_presets(what)
     return 0
 
 
@@ -420,11 +515,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     _plots_available()
-    from pgrad.monitor.compare import group_runs, plot_groups, read_curve, summarize, table_lines
+    from pgrad.monitor.compare import check_metric, group_runs, plot_groups, read_curve, summarize, table_lines
 
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1); got {args.confidence}")
     curves = [read_curve(run_dir, args.metric) for run_dir in args.run_dirs]
+    check_metric(curves, args.metric)
     for curve in curves:
         if curve.values.size:
             print(
@@ -436,16 +532,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     groups = group_runs(curves)
     print()
     print("\n".join(table_lines(summarize(groups, args.confidence), args.metric, args.confidence)))
-    plot_groups(groups, args.out, args.metric, args.statistic, args.confidence)
-    print(f"plot: {args.out}")
+    out = args.out / "compare.png" if args.out.is_dir() else args.out  # a folder: the default name inside it
+    plot_groups(groups, out, args.metric, args.statistic, args.confidence)
+    print(f"plot: {out}")
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from pgrad.runs import default_run_dir, resolve_config
-    from pgrad.tune import DEFAULT_TRIAL_STEPS, trial_sets, tune
+    from pgrad.tune import DEFAULT_TRIAL_STEPS, open_study, run_trials, summarize_study, trial_sets
 
-    total = args.total_steps or DEFAULT_TRIAL_STEPS
+    started = time.perf_counter()
+    total = DEFAULT_TRIAL_STEPS if args.total_steps is None else args.total_steps  # 0 is refused, not the default
+    if args.n_jobs < 1:
+        raise ConfigError(f"--n-jobs must be at least 1; got {args.n_jobs}")
+    if args.n_jobs > 1 and args.storage is None:
+        raise ConfigError(
+            "--n-jobs needs --storage (the jobs share the study through it), e.g. --storage sqlite:///tune.db"
+        )
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {args.trials}")
 
     def config_for(extra: list[str]):
         sets = [*trial_sets(total), *extra]
@@ -455,10 +561,18 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     first = config_for(args.set)  # a bad --set or env fails here, in one line, before any trial
     tune_dir = args.tune_dir or default_run_dir(first).with_name("tune-" + default_run_dir(first).name)
-    result = tune(args.algo, config_for, args.set, args.trials, tune_dir, first.run.seed, args.pruner)
+    # each job its own sampler seed: the same seed would draw the same first parameters in every job
+    study = open_study(tune_dir, args.storage, args.study_name, first.run.seed + args.job, args.pruner)
+    if args.n_jobs > 1:
+        _tune_jobs(args, tune_dir)
+    else:
+        run_trials(study, args.algo, config_for, args.set, args.trials, tune_dir)
+    if args.job:  # a worker of --n-jobs: the parent sums up
+        return 0
+    result = summarize_study(study, args.algo, config_for, args.set, tune_dir)
     states = [row["state"] for row in result.trials]
     print(
-        f"{len(states)} trials in {result.seconds:.0f} s ({states.count('complete')} complete, "
+        f"{len(states)} trials in {time.perf_counter() - started:.0f} s ({states.count('complete')} complete, "
         f"{states.count('pruned')} pruned, {states.count('invalid')} invalid, {states.count('halted')} halted)"
     )
     print(f"best: trial {result.best_number}, evaluation return {result.best_value:.1f}")
@@ -468,8 +582,64 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_jobs(args: argparse.Namespace, tune_dir: Path) -> None:
+    """``--n-jobs K``: K processes run ``pgrad tune`` on the same stored study and folder, the trials shared out;
+    their lines interleave on this terminal. (Threads would share torch's global seed and threads.)"""
+    import subprocess
+
+    argv = list(args.argv)
+    for flag in ("--n-jobs", "--trials", "--tune-dir", "--job"):  # replaced below
+        while flag in argv:
+            at = argv.index(flag)
+            del argv[at : at + 2]
+    argv = [item for item in argv if not item.startswith(("--n-jobs=", "--trials=", "--tune-dir=", "--job="))]
+    shares = [args.trials // args.n_jobs + (job < args.trials % args.n_jobs) for job in range(args.n_jobs)]
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgrad",
+                *argv,
+                "--tune-dir",
+                str(tune_dir),
+                "--trials",
+                str(share),
+                "--job",
+                str(job + 1),
+            ]
+        )
+        for job, share in enumerate(shares)
+        if share
+    ]
+    try:
+        codes = [job.wait() for job in jobs]
+    except KeyboardInterrupt:  # Ctrl-C reached every job too: each stops its trial with a checkpoint
+        for job in jobs:
+            job.wait()
+        raise
+    failed = [code for code in codes if code not in (0,)]
+    if failed:
+        raise PgradError(
+            f"{len(failed)} of {len(jobs)} tuning jobs failed (exit codes {failed}); see their lines above"
+        )
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; an unknown flag is named with the help of the command it was given to (argparse's
+    own message would send ``pgrad lm sft --bogus`` to the top level's help)."""
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        prog = " ".join(["pgrad", args.command, *([args.lm_command] if args.command == "lm" else [])])
+        print(f"pgrad: error: unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """The ``pgrad`` command: parse ``argv``, run the command, return its exit code (errors are one line, exit 2)."""
+    args = _parse(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # tune --n-jobs starts its jobs with the same command
     handlers = {
         "train": _cmd_train,
         "resume": _cmd_resume,
@@ -490,8 +660,31 @@ def main(argv: list[str] | None = None) -> int:
     except PgradError as exc:
         print(f"pgrad: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pgrad doctor RUN | head`: the reader has gone, so there is nobody to tell
+        # Python flushes stdout once more at exit and would print a second error: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one before a run started
-        run_dir = getattr(args, "run_dir", None)
-        where = f"; 'pgrad resume {run_dir}' continues from its last checkpoint" if run_dir else ""
-        print(f"pgrad: interrupted: stopped at once without a final checkpoint{where}", file=sys.stderr)
+        print(f"pgrad: interrupted: stopped at once without a final checkpoint{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except OSError as exc:  # an output path that cannot be written (a read-only place, a full disk, /proc)
+        print(f"pgrad: error: {_os_error_line(exc, args)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
+    """The file an OSError names, else the command's output (a full disk names no file), and why."""
+    if exc.filename is not None:
+        return f"cannot write or read {exc.filename}: {exc.strerror or exc}"
+    target = next((getattr(args, name) for name in ("out", "video", "run_dir") if getattr(args, name, None)), None)
+    return f"{exc.strerror or exc}" + (f" (writing {target})" if target is not None else "")
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What continues an interrupted run: 'pgrad resume' only where a checkpoint was written to resume from."""
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is None or args.command not in ("train", "resume", "lm"):
+        return ""
+    if any(Path(run_dir, "checkpoints").glob("step_*")):
+        return f"; 'pgrad resume {run_dir}' continues from its last checkpoint"
+    return f"; no checkpoint was written yet, so there is nothing to resume in {run_dir} (start over with --overwrite)"

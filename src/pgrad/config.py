@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -119,6 +120,51 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
 
 # Integers go on to NumPy and torch as int64 (seeds as uint32, checked where they are declared).
 INT64_LIMIT = 2**63
+
+# Upper bounds of the size fields. A config may come from someone else's run folder (a resume reads its
+# config.yaml), and a size with no bound became a fork bomb (env.num_envs: 5000 async workers), an abort in
+# libgomp (run.torch_threads: 100000) or memory growth until the machine gave out (loop.buffer_size: 1e15,
+# network.hidden_sizes: [1e8, 1e5]). Each bound is far above any setting that trains on one machine; the
+# replay buffer is also checked against this machine's memory when it is allocated (pgrad.replay).
+MAX_NUM_ENVS = 4096  # environment copies in one process (sync or a native vector env)
+MAX_ASYNC_ENVS = 256  # async: one worker process per copy
+MAX_THREADS = 1024  # torch and BLAS threads
+MAX_LAYER_WIDTH = 2**15  # units in one hidden layer
+MAX_LAYERS = 64  # hidden layers
+MAX_HIDDEN_WEIGHTS = 2**28  # weights between consecutive hidden layers, all together (1 GiB in float32)
+MAX_BUFFER_SIZE = 2**31  # replay transitions (the memory check against this machine usually binds first)
+MAX_BATCH = 2**20  # samples in one gradient step or one sampled batch
+MAX_RAY_WORKERS = 1024
+MAX_WINDOW = 2**20  # rows, episodes or steps kept in memory for a statistic
+MAX_ACTION_DELAY = 10_000  # env steps (domain randomisation keeps that many past actions per env)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still hand out: Linux's ``MemAvailable``, else the physical memory
+    (``sysconf``), else None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(needed: int, field_name: str, what: str) -> None:
+    """Refuse, before allocating, ``needed`` bytes (``what``, sized by the field ``field_name``) that this machine
+    does not have: NumPy's pages come on first write, so an oversized buffer would otherwise fail (or swap the
+    machine to a halt) hours into a run instead of at its start."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"{field_name}: {what} needs {needed / 2**30:,.1f} GiB when full; this machine has "
+            f"{available / 2**30:,.1f} GiB available (lower {field_name})"
+        )
 
 
 def _unbounded_number(value: Any) -> str | None:
@@ -326,8 +372,11 @@ class NetworkConfig(Checked):
     )
 
     def validate(self) -> None:
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            self._fail("hidden_sizes", "a non-empty list of positive integers")
+        sizes = self.hidden_sizes
+        if not sizes or len(sizes) > MAX_LAYERS or min(sizes) < 1 or max(sizes) > MAX_LAYER_WIDTH:
+            self._fail("hidden_sizes", f"a list of 1 to {MAX_LAYERS} integers in [1, {MAX_LAYER_WIDTH}]")
+        if sum(a * b for a, b in zip(sizes, sizes[1:], strict=False)) > MAX_HIDDEN_WEIGHTS:
+            self._fail("hidden_sizes", f"layers with at most {MAX_HIDDEN_WEIGHTS} weights between them in all")
 
 
 @dataclass(frozen=True)
@@ -378,12 +427,12 @@ class OffPolicyLoopConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("buffer_size", 1)
-        self.check_range("batch_size", 1)
+        self.check_range("buffer_size", 1, MAX_BUFFER_SIZE)
+        self.check_range("batch_size", 1, MAX_BATCH)
         self.check_range("learning_starts", 0)
-        self.check_range("train_freq", 1)
-        if self.gradient_steps != -1 and self.gradient_steps < 1:
-            self._fail("gradient_steps", "-1 (one per env step of the round) or an integer >= 1")
+        self.check_range("train_freq", 1, MAX_WINDOW)
+        if self.gradient_steps != -1 and not 1 <= self.gradient_steps <= MAX_WINDOW:
+            self._fail("gradient_steps", f"-1 (one per env step of the round) or an integer >= 1, at most {MAX_WINDOW}")
         self.check_range("log_every", 1)
 
 
@@ -434,9 +483,10 @@ class RandomizeConfig(Checked):
             if not fits:  # a scale of 0 or below would zero a mass or flip a friction
                 self._fail(name, "a half-width in [0, 1) or a range [low, high] with 0 < low <= high")
         self.check_range("obs_noise", 0)
-        delay = self.action_delay
-        if not (len(delay) == 2 and 0 <= delay[0] <= delay[1] if isinstance(delay, tuple) else delay >= 0):
-            self._fail("action_delay", "a step count >= 0 or a range [low, high] with 0 <= low <= high")
+        low, high = self.delay_range() if isinstance(self.action_delay, int) or len(self.action_delay) == 2 else (1, 0)
+        if not 0 <= low <= high <= MAX_ACTION_DELAY:  # every env keeps the last `high` actions
+            allowed = "a step count >= 0 or a range [low, high] with 0 <= low <= high"
+            self._fail("action_delay", f"{allowed}, at most {MAX_ACTION_DELAY}")
         self.check_range("curriculum_steps", 0)
         self.check_range("curriculum_start", 0, 1)
 
@@ -488,7 +538,7 @@ class EnvConfig(Checked):
     def validate(self) -> None:
         if not self.id.strip():
             self._fail("id", "a Gymnasium id or 'module:Class'")
-        self.check_range("num_envs", 1)
+        self.check_range("num_envs", 1, MAX_ASYNC_ENVS if self.vectorization == "async" else MAX_NUM_ENVS)
         self.check_range("clip_obs", 0, low_open=True)
         self.check_range("clip_reward", 0, low_open=True)
         self.check_range("max_episode_steps", 1)
@@ -528,10 +578,10 @@ class RunConfig(Checked):
                 self._fail("device", "'cpu' here (torch.cuda.is_available() is false: no GPU or a CPU-only torch)")
         self.check_range("total_steps", 1)
         self.check_range("seed", 0, 2**32 - 1)  # NumPy's seed range
-        self.check_range("torch_threads", 1)
+        self.check_range("torch_threads", 1, MAX_THREADS)
         self.check_range("checkpoint_every", 1)
-        self.check_range("keep_checkpoints", 1)
-        self.check_range("episode_window", 1)
+        self.check_range("keep_checkpoints", 1, 10_000)
+        self.check_range("episode_window", 1, MAX_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -549,6 +599,11 @@ class RayConfig(Checked):
     )
     num_cpus: int | None = param(None, "CPUs of the local Ray started for the run (None: one per worker)")
     worker_cpus: float = param(1.0, "CPUs each worker reserves in Ray's scheduler (0: no reservation)")
+    connect_timeout_s: float = param(
+        60.0,
+        "seconds to join ray.address (or start the local Ray) before the run stops with one line; Ctrl-C works "
+        "while it waits",
+    )
     call_timeout_s: float = param(
         120.0, "seconds a call to a worker (a rollout, its state) may take before the worker counts as failed"
     )
@@ -557,11 +612,12 @@ class RayConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("workers", 1)
+        self.check_range("workers", 1, MAX_RAY_WORKERS)
         if self.address is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}|auto", self.address):
             self._fail("address", "HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or null")
-        self.check_range("num_cpus", 1)
-        self.check_range("worker_cpus", 0)
+        self.check_range("num_cpus", 1, 64 * MAX_RAY_WORKERS)
+        self.check_range("worker_cpus", 0, 1024)
+        self.check_range("connect_timeout_s", 0, low_open=True)
         self.check_range("call_timeout_s", 0, low_open=True)
         self.check_range("max_worker_restarts", 0)
 
@@ -671,7 +727,7 @@ class GuardConfig(Checked):
     def validate(self) -> None:
         self.check_range("warmup_updates", 0)
         self.check_range("warmup_fraction", 0, 1)
-        self.check_range("history_window", 5)
+        self.check_range("history_window", 5, MAX_WINDOW)
         self.check_range("kl_warning", 0, low_open=True)
         self.check_range("kl_critical", self.kl_warning, low_open=True)
         self.check_range("clip_fraction_high", 0, 1)
@@ -680,27 +736,27 @@ class GuardConfig(Checked):
         self.check_range("grad_norm_spike", 1, low_open=True)
         self.check_range("update_spike", 1, low_open=True)
         self.check_range("sps_drop", 0, 1, low_open=True, high_open=True)
-        self.check_range("sps_sustain", 1)
+        self.check_range("sps_sustain", 1, MAX_WINDOW)
         self.check_range("flat_return_cv", 0)
         self.check_range("eval_noise_z", 0)
         self.check_range("lr_cut", 0, 1, low_open=True)
         self.check_range("lr_cut_duration", 0, 1)
         self.check_range("snapshot_every", 1)
         self.check_range("max_recoveries", 0)
-        self.check_range("nonfinite_window", 1)
+        self.check_range("nonfinite_window", 1, MAX_WINDOW)
         self.check_range("nonfinite_halt", 0, 1)
-        self.check_range("dump_episodes", 0)
+        self.check_range("dump_episodes", 0, 10_000)  # whole trajectories, kept in memory
         self.check_range("eval_every", 0)
-        self.check_range("eval_episodes", 1)
+        self.check_range("eval_episodes", 1, MAX_WINDOW)
         self.check_range("eval_max_steps", 1)
         self.check_range("eval_max_drop", 0, 1, low_open=True)
-        self.check_range("eval_patience", 1)
+        self.check_range("eval_patience", 1, MAX_WINDOW)
         self.check_range("eval_recheck", 0, 1)
         self.check_range("eval_collapse_span", 0)
         self.check_range("lr_spike_factor", 0, low_open=True)
         self.check_range("q_bound_factor", 1, low_open=True)
         self.check_range("q_growth", 1, low_open=True)
-        self.check_range("q_growth_rows", 1)
+        self.check_range("q_growth_rows", 1, MAX_WINDOW)
         self.check_range("td_error_spike", 1, low_open=True)
         self.check_range("alpha_min", 0)
         self.check_range("alpha_max", self.alpha_min, low_open=True)
@@ -771,10 +827,19 @@ def append_resolved(path: Path, resolved: dict[str, str]) -> None:
         handle.write(yaml.safe_dump({RESOLVED_SECTION: resolved}, sort_keys=False))
 
 
+# A resolved config is a few kilobytes; the bound keeps a received config.yaml from being a memory bomb.
+MAX_CONFIG_BYTES = 4 * 2**20
+# Sections, then fields, then a list or mapping in env.kwargs: a few levels. YAML nested hundreds deep
+# (a received config.yaml, a --set value) would exhaust Python's recursion limit inside PyYAML.
+MAX_CONFIG_DEPTH = 32
+
+
 class _PlainLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` without aliases: ``*name`` repeats a node by reference, so a few hundred
     bytes of nested aliases (an "alias bomb") stand for gigabytes once written out as JSON in every
     checkpoint. A config file has no need for them; each is refused with its line and column."""
+
+    depth = 0  # of the node being composed: PyYAML composes nested nodes by recursion
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -782,11 +847,19 @@ class _PlainLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"alias '*{event.anchor}' (aliases are not allowed in pgrad configs)", event.start_mark
             )
-        return super().compose_node(parent, index)
-
-
-# A resolved config is a few kilobytes; the bound keeps a received config.yaml from being a memory bomb.
-MAX_CONFIG_BYTES = 4 * 2**20
+        if self.depth >= MAX_CONFIG_DEPTH:  # refused before Python's recursion limit turns it into a traceback
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_CONFIG_DEPTH} levels (a pgrad config needs a few)",
+                event.start_mark,
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def parse_yaml(text: str) -> Any:
@@ -797,12 +870,15 @@ def parse_yaml(text: str) -> Any:
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config file; a missing or malformed file is a ConfigError naming the problem."""
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {path} is {size} bytes; pgrad reads at most {MAX_CONFIG_BYTES}")
-        raw = Path(path).read_bytes()
+        # read at most one byte past the bound: a size from stat() says nothing of /dev/zero or a pipe
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; pgrad reads at most {MAX_CONFIG_BYTES}"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -875,6 +951,7 @@ def parse_set(items: list[str], sections: dict[str, type]) -> dict[str, dict[str
 
 
 def name_in(cls: type, name: str) -> bool:
+    """Whether the config class ``cls`` has a field called ``name``."""
     return any(f.name == name for f in dataclasses.fields(cls))
 
 

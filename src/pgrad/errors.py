@@ -19,3 +19,7 @@ class TrainingHalted(PgradError):
 
 class WorkersLost(PgradError):
     """Rollout workers kept failing past ``ray.max_worker_restarts``; the runner checkpoints and stops."""
+
+
+class ObservationError(PgradError, ValueError):
+    """An observation no policy can act on (NaN or infinite values): refused by ``predict``, never acted on."""

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from pgrad.builders import algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import CheckpointStore, read_train_state
-from pgrad.config import RandomizeConfig
+from pgrad.config import RandomizeConfig, TrainConfig
 from pgrad.errors import ConfigError
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, episode_step_cap, eval_num_envs, run_episodes
 from pgrad.policy import build_policy
-from pgrad.runs import load_run_config
+from pgrad.runs import check_config_recorded, load_run_config, warn
 from pgrad.threads import set_threads
 
 
 @dataclass
 class EvalResult:
+    """The returns and lengths of evaluation episodes, the checkpoint evaluated and the physics they ran on."""
+
     returns: list[float]
     lengths: list[int]
     checkpoint: Path
     physics: RandomizeConfig  # what the episodes ran on (defaults: nominal)
+    videos: list[Path] = field(default_factory=list)  # with a video folder: one MP4 per episode, in order
 
     @property
     def mean(self) -> float:
@@ -31,6 +34,28 @@ class EvalResult:
     @property
     def std(self) -> float:
         return float(np.std(self.returns))
+
+
+def _video_ready(config: TrainConfig, video_dir: Path) -> TrainConfig:
+    """``--video``'s checks, before any episode: moviepy installed, the folder writable, an env that renders
+    rgb_array frames; returns the config with a sync vector env (frames are read from this process)."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
+    try:  # an unwritable folder fails first, in one line (not after the episodes, in a traceback)
+        video_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--video {video_dir}: cannot create the folder ({exc.strerror})") from None
+    if config.env.vectorization != "sync":
+        # frames are read from the one sub-env in this process: an async worker's env cannot render here
+        config = replace(config, env=replace(config.env, vectorization="sync"))
+    probe = build_environment(config, algo_gamma(config), num_envs=1)
+    modes = list(probe.envs.metadata.get("render_modes") or [])
+    probe.envs.close()
+    if "rgb_array" not in modes:
+        raise ConfigError(f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})")
+    return config
 
 
 def evaluate(
@@ -47,41 +72,30 @@ def evaluate(
     sweeps); None evaluates on the env's nominal physics, whatever the run trained on."""
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1; got {episodes}")
-    config = nominal_physics(load_run_config(run_dir, trust_env_code=trust_env_code))
-    if physics is not None:
-        config = replace(config, env=replace(config.env, randomize=physics))
+    config = load_run_config(run_dir, trust_env_code=trust_env_code)
     checkpoint = CheckpointStore(run_dir, config.run.keep_checkpoints).readable(which)
     state = read_train_state(checkpoint)
+    changed = check_config_recorded(config, state, checkpoint, Path(run_dir) / "config.yaml")
+    config = nominal_physics(config)
+    if physics is not None:
+        config = replace(config, env=replace(config.env, randomize=physics))
     set_threads(config.run.torch_threads)
     num_envs = 1 if video_dir is not None else eval_num_envs(episodes)
     render = "rgb_array" if video_dir is not None else None
     if video_dir is not None:
-        try:
-            import moviepy  # noqa: F401
-        except ImportError:
-            raise ConfigError("--video needs moviepy: pip install 'pgrad[video]'") from None
-    if video_dir is not None:
-        if config.env.vectorization != "sync":
-            # frames are read from the one sub-env in this process: an async worker's env cannot render here
-            config = replace(config, env=replace(config.env, vectorization="sync"))
-        probe = build_environment(config, algo_gamma(config), num_envs=1)
-        modes = list(probe.envs.metadata.get("render_modes") or [])
-        probe.envs.close()
-        if "rgb_array" not in modes:
-            raise ConfigError(
-                f"--video: env {config.env.id} cannot render rgb_array frames (its render_modes: {modes})"
-            )
+        config = _video_ready(config, Path(video_dir))
     try:
         env = build_environment(config, algo_gamma(config), num_envs=num_envs, render_mode=render)
     except ConfigError as exc:
         if video_dir is None:
             raise
         raise ConfigError(f"--video needs an env that renders with render_mode='rgb_array'; {exc}") from None
+    warn(changed)  # config.yaml built an env: the warning line is not followed by an error line
     # the deployed chain (pgrad.policy): the same weights, frozen normaliser and action mapping as predict and export
     policy = build_policy(config, state, checkpoint, env.envs.single_observation_space, env.envs.single_action_space)
     eval_seed = EVAL_SEED_OFFSET + (config.run.seed if seed is None else seed)
     frames: list[np.ndarray] = []
-    videos_saved: list[int] = []
+    videos: list[Path] = []
 
     def record(finished: np.ndarray) -> None:
         # One sub-env when recording: a finished episode closes the current video. (Only passed
@@ -95,8 +109,7 @@ def evaluate(
             )
         frames.append(frame)
         if finished.size and video_dir is not None:
-            _save_video(frames, Path(video_dir), len(videos_saved), env.envs.metadata.get("render_fps", 30))
-            videos_saved.append(1)
+            videos.append(_save_video(frames, Path(video_dir), len(videos), env.envs.metadata.get("render_fps", 30)))
             frames.clear()
 
     returns, lengths = run_episodes(
@@ -111,11 +124,15 @@ def evaluate(
         max_episode_steps=episode_step_cap(config),
     )
     env.envs.close()
-    return EvalResult(returns, lengths, checkpoint, config.env.randomize)
+    return EvalResult(returns, lengths, checkpoint, config.env.randomize, videos)
 
 
-def _save_video(frames: list[np.ndarray], folder: Path, index: int, fps: int) -> None:
-    from gymnasium.utils.save_video import save_video
+def _save_video(frames: list[np.ndarray], folder: Path, index: int, fps: int) -> Path:
+    """``folder/episode-INDEX.mp4``, every episode. (Gymnasium's ``save_video`` keeps only episodes 0, 1, 8,
+    27, ... by default and appends its own ``-episode-N`` to the name.)"""
+    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip  # type: ignore[import-untyped]
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_video(frames, str(folder), fps=fps, name_prefix=f"episode-{index:03d}", episode_index=index)
+    path = folder / f"episode-{index:03d}.mp4"
+    ImageSequenceClip(frames, fps=fps).write_videofile(str(path), logger=None)
+    return path

@@ -57,6 +57,7 @@ class Chain:
 
 
 def chain_of(policy: Policy) -> Chain:
+    """The export chain of a policy: flattening or one-hot, frozen normaliser, actor, deterministic action, bounds."""
     actor: Any = policy.actor
     adapter = policy.adapter
     normalizer = policy.obs_normalizer
@@ -88,6 +89,7 @@ def chain_of(policy: Policy) -> Chain:
 
 # ---- ONNX ----------------------------------------------------------------------------------------------
 def onnx_model(chain: Chain) -> Any:
+    """The chain as an ONNX model (opset 17, IR 8), written operator by operator (needs onnx)."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -213,6 +215,7 @@ class ExportedPolicy(torch.nn.Module):
 
 
 def torchscript_module(chain: Chain) -> Any:
+    """The chain as a traced TorchScript module (what libtorch loads)."""
     example = torch.zeros((2,), dtype=torch.int64) if chain.one_hot else torch.zeros((2, *chain.obs_shape))
     with warnings.catch_warnings():
         # torch 2.10+ marks TorchScript deprecated; the format is still what C++ (libtorch) deployments load

@@ -24,6 +24,8 @@ DEFAULT_DURATION = {"lr_spike": 1, "nan_grad": 1, "reward_flip": 5000}
 
 @dataclass(frozen=True)
 class FaultSpec:
+    """One drill from ``--inject KIND@STEP[:DURATION]``: its kind, the step it starts at and how long it lasts."""
+
     kind: str
     step: int
     duration: int
@@ -64,6 +66,7 @@ class ActiveFaults:
 
 
 def is_one_shot(spec: FaultSpec) -> bool:
+    """Whether the drill acts on one update only (every kind but ``reward_flip``, with duration 1)."""
     return spec.kind != "reward_flip" and spec.duration == 1
 
 

@@ -66,6 +66,7 @@ def obs_size(obs_shape: ObsShape) -> int:
 
 
 def orthogonal_init(layer: nn.Linear, gain: float) -> nn.Linear:
+    """Orthogonal weights with ``gain`` and zero bias (the baselines' initialisation); returns the layer."""
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer

@@ -14,7 +14,7 @@ that module: refused unless ``trust_env_code``.
 
 from __future__ import annotations
 
-import json
+import hmac
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,22 +23,26 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pgrad import safe_io
 from pgrad.builders import algo_gamma, build_environment, build_learner
 from pgrad.checkpoint import (
+    HMAC_FIELD,
+    KEY_VARIABLE,
     CheckpointStore,
     TrainState,
     check_arrays_fit,
     check_run_folder,
+    integrity_key,
     load_modules,
     read_train_state,
+    signature,
     write_json_atomic,
 )
 from pgrad.config import TrainConfig
 from pgrad.envs.factory import SpaceAdapter, is_entry_point
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.envs.sources import VectorEnvFactory
-from pgrad.errors import ConfigError
+from pgrad.envs.space_schema import read_spaces_document, space_from_json
+from pgrad.errors import CheckpointError, ConfigError, ObservationError
 from pgrad.nets import Actor
 
 SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a run folder trained by pgrad.api
@@ -46,6 +50,8 @@ SPACES = "spaces.json"  # beside state.json in a saved agent, at the top of a ru
 
 @dataclass
 class Policy:
+    """A trained policy that only acts: spaces, observation adapter, frozen normaliser and actor."""
+
     observation_space: gym.Space[Any]
     action_space: gym.Space[Any]
     adapter: SpaceAdapter
@@ -55,8 +61,11 @@ class Policy:
     def predict(self, obs: Any, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
         """The env action for one observation (shaped like the observation space) or for a batch of them
         (one more leading axis); stochastic actions (``deterministic=False``) draw from ``rng``."""
+        if not isinstance(deterministic, (bool, np.bool_)):  # "no" is truthy: it would act deterministically
+            raise ConfigError(f"predict: deterministic must be True or False; got {deterministic!r}")
         raw = np.asarray(obs)
         single = self._is_single(raw)
+        check_finite_observation(raw, single)
         batch = raw[None] if single else raw
         features = self.obs_normalizer(self.adapter.observations(batch), update=False)
         if deterministic:
@@ -78,6 +87,23 @@ class Policy:
             f"predict: observation of shape {obs.shape} is neither one observation {shape} "
             f"nor a batch (N, {', '.join(map(str, shape))}) of {self.observation_space}"
         )
+
+
+def check_finite_observation(raw: np.ndarray, single: bool) -> None:
+    """Refuse an observation with NaN or infinite values: the network would turn it into a NaN action, or
+    (through clipping and argmax) into an arbitrary one, and nothing downstream would notice."""
+    if raw.dtype.kind not in "fc" or np.isfinite(raw).all():
+        return
+    where = tuple(int(i) for i in np.argwhere(~np.isfinite(raw))[0])
+    value = raw[where]
+    if single:
+        shown = np.array2string(raw, threshold=12, precision=4)
+        raise ObservationError(
+            f"predict: the observation {shown} holds {value} at index {where}; actions need finite values"
+        )
+    raise ObservationError(
+        f"predict: observation {where[0]} of the batch holds {value} at index {where[1:]}; actions need finite values"
+    )
 
 
 def build_policy(
@@ -112,6 +138,7 @@ def checkpoint_path(path: Path, which: str = "latest") -> Path:
 
 
 def config_of(state: TrainState) -> TrainConfig:
+    """The training config recorded in a checkpoint's state."""
     from pgrad.runs import config_from_dict
 
     return config_from_dict(dict(state.config), state.algo)
@@ -129,11 +156,12 @@ def spaces_of(
     # (RUN_DIR/checkpoints/step_N -> RUN_DIR/spaces.json)
     saved = checkpoint / SPACES if (checkpoint / SPACES).is_file() else checkpoint.parent.parent / SPACES
     if saved.is_file():
-        try:
-            data = json.loads(safe_io.read_bytes(saved))  # never through a link
-            return space_from_dict(data["observation"]), space_from_dict(data["action"])
-        except (ValueError, KeyError, TypeError) as exc:  # JSON and Unicode errors are ValueErrors
-            raise ConfigError(f"{saved} is not a spaces file pgrad wrote ({type(exc).__name__}: {exc})") from None
+        # bounded and checked against a schema, and under a key its HMAC: the folder may come from anyone
+        data = read_spaces_document(saved)
+        check_spaces_signature(data, config, saved)
+        return space_from_json(data["observation"], f"{saved}: observation"), space_from_json(
+            data["action"], f"{saved}: action"
+        )
     if env_factory is None and is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(
             f"env.id '{config.env.id}' is an entry point: reading its spaces imports module "
@@ -163,15 +191,52 @@ def load_policy(
     return build_policy(config, state, checkpoint, observation_space, action_space), config, checkpoint
 
 
-def write_spaces(folder: Path, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
-    """``folder/spaces.json``: what ``predict`` and ``pgrad export`` need of the env, so they need no env."""
-    write_json_atomic(
-        Path(folder) / SPACES, {"observation": space_to_dict(observation_space), "action": space_to_dict(action_space)}
-    )
+def write_spaces(
+    folder: Path, observation_space: gym.Space[Any], action_space: gym.Space[Any], config: TrainConfig
+) -> None:
+    """``folder/spaces.json``: what ``predict`` and ``pgrad export`` need of the env, so they need no env.
+    Signed under ``PGRAD_CHECKPOINT_KEY`` (``spaces_signature``) for the run of ``config``."""
+    data: dict[str, Any] = {"observation": space_to_dict(observation_space), "action": space_to_dict(action_space)}
+    key = integrity_key()
+    if key is not None:
+        data[HMAC_FIELD] = spaces_signature(key, data, config)
+    write_json_atomic(Path(folder) / SPACES, data)
+
+
+def spaces_signature(key: bytes, data: dict[str, Any], config: TrainConfig) -> str:
+    """The HMAC of a ``spaces.json``. The action bounds decide every action ``predict`` and ``export`` give
+    (a = low + (u + 1)(high - low)/2), so the key signs them, bound to the run (``run_identity``: its config
+    but the step count): spaces.json from another run, even one signed with the same key, does not pass."""
+    from pgrad.runs import run_identity
+
+    document = {
+        "signs": SPACES,
+        "observation": data.get("observation"),
+        "action": data.get("action"),
+        "run": run_identity(config),
+    }
+    return signature(key, document)
+
+
+def check_spaces_signature(data: Any, config: TrainConfig, path: Path) -> None:
+    """Under ``PGRAD_CHECKPOINT_KEY``, ``spaces.json`` must carry its HMAC for this run (``spaces_signature``).
+    One written without the key, by a pgrad before spaces.json was signed, edited or taken from another run is
+    refused: delete it to read the spaces from the env instead (``env=`` for an env that is a Python object)."""
+    key = integrity_key()
+    if key is None:
+        return
+    recorded = data.get(HMAC_FIELD) if isinstance(data, dict) else None
+    if not isinstance(recorded, str) or not hmac.compare_digest(recorded, spaces_signature(key, data, config)):
+        what = "carries no HMAC" if recorded is None else "has an HMAC that does not match this run"
+        raise CheckpointError(
+            f"{path} {what} under {KEY_VARIABLE} (written without this key or before pgrad signed it, edited, or "
+            "from another run); refusing to use it (delete it to read the spaces from the env)"
+        )
 
 
 # ---- spaces as JSON (Box and Discrete: what the adapter supports) -------------------------------------------
 def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
+    """A Box or Discrete space as plain JSON data (``spaces.json``)."""
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
@@ -186,12 +251,5 @@ def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
 
 
 def space_from_dict(data: dict[str, Any]) -> gym.Space[Any]:
-    kind = data.get("type")
-    if kind == "Box":
-        dtype = np.dtype(data["dtype"])
-        low = np.asarray(data["low"], dtype=dtype).reshape(data["shape"])
-        high = np.asarray(data["high"], dtype=dtype).reshape(data["shape"])
-        return gym.spaces.Box(low, high, dtype=dtype.type)
-    if kind == "Discrete":
-        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
-    raise ConfigError(f"{SPACES}: space type {kind!r} is not supported (allowed: Box, Discrete)")
+    """The inverse of ``space_to_dict``, checked against ``spaces.json``'s schema (``pgrad.envs.space_schema``)."""
+    return space_from_json(data, SPACES)

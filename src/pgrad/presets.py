@@ -13,6 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Preset:
+    """A tuned starting point: the config layer it applies and where its values come from."""
+
     source: str
     values: dict[str, dict[str, Any]]
 
@@ -389,6 +391,7 @@ PATTERN_PRESETS: dict[tuple[str, str], Preset] = {
 
 
 def preset_for(algo: str, env_id: str) -> Preset | None:
+    """The preset for ``algo`` on ``env_id`` (an exact id first, then a pattern such as ``ALE/*``), or None."""
     if (algo, env_id) in PRESETS:
         return PRESETS[(algo, env_id)]
     if not isinstance(env_id, str):  # a config file's `id: 5`: the config check then names the field

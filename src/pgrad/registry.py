@@ -230,6 +230,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:
+    """The registry entry of an algorithm name; an unknown name is a ConfigError listing the allowed ones."""
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm '{name}' (allowed: {', '.join(sorted(ALGORITHMS))})")
     return ALGORITHMS[name]

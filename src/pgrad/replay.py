@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pgrad import safe_io
+from pgrad.config import check_memory
 from pgrad.rollout import Rollout
 
 # the arrays a checkpoint holds (``TrainState.replay``), besides ``position`` and ``size``
@@ -60,6 +61,8 @@ class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, action_dim: int) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1; got {capacity}")
+        # 4 bytes per float (observation, next observation, action, reward) and one per flag
+        check_memory(capacity * (4 * (2 * obs_dim + action_dim + 1) + 2), "loop.buffer_size", "the replay buffer")
         self.capacity = capacity
         self.obs = np.empty((capacity, obs_dim), np.float32)
         self.next_obs = np.empty((capacity, obs_dim), np.float32)

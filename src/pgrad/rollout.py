@@ -154,6 +154,17 @@ class EpisodeStats:
         self.lengths.append(length)
         self.count += 1
 
+    def state(self) -> dict[str, Any]:
+        """The window, for ``TrainState.episodes`` (a resumed run reports the same running statistics)."""
+        return {"returns": list(self.returns), "lengths": list(self.lengths), "count": self.count}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Refill the window from ``state()``'s output."""
+        self.returns.extend(state["returns"])
+        self.lengths.extend(state["lengths"])
+        self.count = state["count"]
+        self.cached = None
+
     def summary(self) -> dict[str, float]:
         if self.cached is not None and self.cached[0] == self.count:
             return dict(self.cached[1])
@@ -171,6 +182,18 @@ class EpisodeStats:
         }
         self.cached = (self.count, summary)
         return dict(summary)
+
+
+# a rollout's arrays, the batch built from them and the tensors of one update hold about this many copies
+ROLLOUT_COPIES = 3
+
+
+def rollout_bytes(num_steps: int, num_envs: int, obs_dim: int, action_size: int) -> int:
+    """Bytes of one rollout of ``num_steps`` x ``num_envs`` steps and what an update builds from it
+    (``ROLLOUT_COPIES``): observations and actions in float32, and per step a reward, log-probability, value,
+    advantage, return (float32) and three flags."""
+    per_step = 4 * (obs_dim + action_size) + 5 * 4 + 3
+    return ROLLOUT_COPIES * (num_steps + 1) * num_envs * per_step
 
 
 class RolloutCollector:
@@ -371,13 +394,3 @@ class RolloutCollector:
     def load_normalizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         self.obs_normalizer.stats.load(state["obs"])
         self.reward_scaler.stats.load(state["reward"])
-
-    def episode_state(self) -> dict[str, Any]:
-        episodes = self.episodes
-        return {"returns": list(episodes.returns), "lengths": list(episodes.lengths), "count": episodes.count}
-
-    def load_episode_state(self, state: dict[str, Any]) -> None:
-        self.episodes.returns.extend(state["returns"])
-        self.episodes.lengths.extend(state["lengths"])
-        self.episodes.count = state["count"]
-        self.episodes.cached = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pgrad.algos.upgrade import upgrade_algo_section, upgrade_saved_section
-from pgrad.checkpoint import check_run_folder
+from pgrad.checkpoint import KEY_VARIABLE, TrainState, check_run_folder, integrity_key
 from pgrad.config import (
     RESOLVED_SECTION,
     EnvConfig,
@@ -22,7 +25,7 @@ from pgrad.config import (
     parse_set,
 )
 from pgrad.envs.factory import check_env_id, is_entry_point
-from pgrad.errors import ConfigError
+from pgrad.errors import CheckpointError, ConfigError
 from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
 
@@ -139,15 +142,106 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
     if algo in data:  # saved before the nested network/optimizer sections or a section's version
         data[algo] = upgrade_saved_section(algo, data[algo])
     config = config_from_dict(data, algo)
-    if is_entry_point(config.env.id) and not trust_env_code:
-        raise ConfigError(
-            f"{path}: env.id '{config.env.id}' is an entry point: loading it imports module "
-            f"'{config.env.id.split(':')[0]}' and runs its code; if you trust this run folder, pass --trust-env-code"
-        )
+    refuse_untrusted_env_code(config, path, trust_env_code)
     return config
 
 
+def refuse_untrusted_env_code(config: TrainConfig, source: Path, trust_env_code: bool) -> None:
+    """Refuse a config read from a run folder (``source``: its config.yaml or checkpoint) whose env is an
+    entry point ('module:attr'), unless ``trust_env_code`` (``--trust-env-code``): building that env
+    imports the module, which runs its code."""
+    if is_entry_point(config.env.id) and not trust_env_code:
+        raise ConfigError(
+            f"{source}: env.id '{config.env.id}' is an entry point: loading it imports module "
+            f"'{config.env.id.split(':')[0]}' and runs its code; if you trust this run folder, pass --trust-env-code "
+            "(trust_env_code=True in pgrad.api)"
+        )
+
+
+def run_identity(config: TrainConfig) -> dict[str, Any]:
+    """What makes a run this run: its whole config as JSON gives it back, except ``run.total_steps``
+    (``pgrad resume --total-steps`` extends a run without making it another). ``spaces.json`` is signed
+    bound to it, and a checkpoint's recorded config is compared with config.yaml through it."""
+    identity: dict[str, Any] = json.loads(json.dumps(config.to_dict()))
+    identity["run"].pop("total_steps", None)
+    return identity
+
+
+def recorded_config(state: TrainState) -> TrainConfig:
+    """The config recorded in a checkpoint (signed with it under ``PGRAD_CHECKPOINT_KEY``), read as
+    config.yaml is read (older sections upgraded)."""
+    data = dict(state.config)
+    if state.algo in data:
+        data[state.algo] = upgrade_saved_section(state.algo, data[state.algo])
+    return config_from_dict(data, state.algo)
+
+
+def first_difference(ours: Any, theirs: Any, where: str = "") -> str | None:
+    """The first dotted field where two JSON values differ, with both values, or None."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs), key=str):
+            found = first_difference(ours.get(key), theirs.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if ours == theirs else f"{where or 'config'}: {ours!r} here, {theirs!r} in the checkpoint"
+
+
+def check_config_recorded(config: TrainConfig, state: TrainState, checkpoint: Path, source: Path) -> str | None:
+    """``config`` (read from ``source``, a run folder's config.yaml) is the config recorded in ``checkpoint``,
+    but for ``run.total_steps``. A config.yaml is not signed and decides everything a resume or an evaluation
+    does (learning rate, guard, env): under ``PGRAD_CHECKPOINT_KEY`` one that differs from the signed config is
+    refused; without a key config.yaml is used, and the returned line says how it differs (None: it does not).
+    The caller prints it once the command is past its own one-line errors (``warn``)."""
+    try:
+        change = first_difference(run_identity(config), run_identity(recorded_config(state)))
+    except ConfigError as exc:  # the recorded config no longer builds (a pgrad too old or too new for it)
+        change = f"the recorded config does not build: {exc}"
+    if change is None:
+        return None
+    if integrity_key() is not None:
+        raise CheckpointError(
+            f"{source} differs from the config signed in checkpoint {checkpoint.name} ({change}); refusing it under "
+            f"{KEY_VARIABLE}"
+        )
+    return f"{source} differs from the config recorded in checkpoint {checkpoint.name} ({change}); using config.yaml"
+
+
+def warn(message: str | None) -> None:
+    """One ``pgrad: warning:`` line on stderr (nothing for None)."""
+    if message is not None:
+        print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
+
+
+def refuse_untrusted_ray(config: TrainConfig, source: Path, trust_ray: bool) -> None:
+    """Refuse to train a config read from a run folder (``source``: its config.yaml or checkpoint) on Ray
+    unless ``trust_ray`` (``--trust-ray``) says the user chose it.
+
+    A received folder's ``run.backend: ray`` starts a Ray instance on this machine, and its ``ray.address``
+    joins a cluster somebody else may run: Ray drivers and workers exchange pickled objects (code, in
+    effect), so reaching the network is the user's decision, made on their own command line, never the
+    folder's."""
+    if config.run.backend != "ray" or trust_ray or get_algorithm(config.algo).language_model:
+        return  # (the language-model runners collect nothing on Ray: they ignore run.backend)
+    where = (
+        f"joins the Ray cluster at ray.address {config.ray.address}"
+        if config.ray.address is not None
+        else "starts a Ray instance on this machine"
+    )
+    raise ConfigError(
+        f"{source}: run.backend is 'ray': training this run {where}, which exchanges pickled objects (code) "
+        "with this process; if you trust this run folder, pass --trust-ray (trust_ray=True in pgrad.api)"
+    )
+
+
 def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/ALGO-ENV-sSEED-YYYYmmdd-HHMMSS-ID``: readable, sorted by start time, and unique. ``ID`` is six
+    random hex digits from the OS (never from the run's seeded RNG): runs of the same algorithm, env and
+    seed started in the same second (a sweep's jobs, a shell loop with ``&``) get different folders
+    instead of two processes sharing one, and a name already on disk is never returned."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe_env = config.env.id.replace(":", "_").replace("/", "_")
-    return Path("runs") / f"{config.algo}-{safe_env}-s{config.run.seed}-{stamp}"
+    while True:
+        path = Path("runs") / f"{config.algo}-{safe_env}-s{config.run.seed}-{stamp}-{secrets.token_hex(3)}"
+        if not path.exists():
+            return path

@@ -12,5 +12,6 @@ from threadpoolctl import threadpool_limits
 
 
 def set_threads(count: int) -> None:
+    """Use ``count`` threads in torch and in NumPy's BLAS, process-wide."""
     torch.set_num_threads(count)
     threadpool_limits(count, user_api="blas")  # applies process-wide until changed again

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pgrad import safe_io
 from pgrad.config import TrainConfig, merge, parse_set
 from pgrad.errors import ConfigError, PgradError, TrainingHalted
 from pgrad.registry import get_algorithm
@@ -104,6 +105,7 @@ def set_keys(algo: str, sets: list[str]) -> set[str]:
 
 
 def suggest(trial: Any, space: tuple[Param, ...]) -> dict[str, Any]:
+    """Draw one value per parameter of the search space from an Optuna trial."""
     values: dict[str, Any] = {}
     for param in space:
         if param.choices:
@@ -127,12 +129,17 @@ def nested(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class PrunerReport:
-    """A metrics sink that reports each evaluation to the Optuna trial and, when the pruner says so,
-    asks the runner to stop (at the end of this update, with a checkpoint, as Ctrl-C does)."""
+def trial_sets(total_steps: int) -> list[str]:
+    """What tuning sets before the user's --set: evaluations the pruner can read, no progress bars."""
+    return [f"guard.eval_every={max(total_steps // EVALUATIONS_PER_TRIAL, 1)}", "run.progress=false"]
 
-    def __init__(self, trial: Any, runner: Any) -> None:
-        self.trial, self.runner = trial, runner
+
+class PrunerReport:
+    """A metrics sink that reports each evaluation to the Optuna trial (and a line to ``echo``) and, when the
+    pruner says so, asks the runner to stop (at the end of this update, with a checkpoint, as Ctrl-C does)."""
+
+    def __init__(self, trial: Any, runner: Any, echo: Callable[[str], None] | None = None) -> None:
+        self.trial, self.runner, self.echo = trial, runner, echo
         self.last_evaluation: float | None = None
         self.pruned = False
 
@@ -141,7 +148,10 @@ class PrunerReport:
         if value is None:
             return
         self.last_evaluation = float(value)
-        self.trial.report(self.last_evaluation, int(metrics["step"]))
+        step = int(metrics["step"])
+        self.trial.report(self.last_evaluation, step)
+        if self.echo is not None:  # progress during a trial, not only at its end
+            self.echo(f"trial {self.trial.number}: step {step:,}, evaluation return {self.last_evaluation:.1f}")
         if self.trial.should_prune():
             self.pruned = True
             self.runner.stop_requested = True
@@ -155,6 +165,9 @@ class PrunerReport:
 
 @dataclass(frozen=True)
 class TuneResult:
+    """A search's state after it ran: the best trial's number, value and parameters, the best.yaml written,
+    every trial of the study that trials.jsonl holds (every process and every resumed invocation)."""
+
     best_number: int
     best_value: float
     best_params: dict[str, Any]
@@ -164,47 +177,73 @@ class TuneResult:
 
 
 ConfigFor = Callable[[list[str]], TrainConfig]  # extra --set items -> the trial's resolved config
+TRIALS_FILE = "trials.jsonl"
 
 
-def tune(
-    algo: str,
-    config_for: ConfigFor,
-    user_sets: list[str],
-    trials: int,
-    tune_dir: Path,
-    seed: int = 1,
-    pruner: Literal["median", "none"] = "median",
-    echo: Callable[[str], None] = print,
-) -> TuneResult:
-    """Run ``trials`` trials in ``tune_dir`` (new or empty); see the module docstring."""
+def _optuna() -> Any:
     try:
         import optuna
     except ImportError:
         raise PgradError("pgrad tune needs Optuna: pip install 'pgrad[tune]'") from None
-    from pgrad.runners import runner_for
-
-    if trials < 1:
-        raise ConfigError(f"--trials must be at least 1; got {trials}")
-    tune_dir = Path(tune_dir)
-    if tune_dir.exists() and (not tune_dir.is_dir() or any(tune_dir.iterdir())):
-        raise ConfigError(f"--tune-dir {tune_dir} must be a new or empty folder")
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    fixed = set_keys(algo, user_sets)
-    space = tuple(param for param in search_space(algo) if param.key not in fixed)  # what --set fixes stays fixed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    return optuna
+
+
+def open_study(
+    tune_dir: Path,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 1,
+    pruner: Literal["median", "none"] = "median",
+) -> Any:
+    """The Optuna study of ``tune_dir``: in memory, or in ``storage`` (an SQLite file ``sqlite:///tune.db`` or a
+    database URL) under ``study_name`` (default: the folder's name), created or, when it exists, resumed; several
+    processes may share it. The folder must be new or empty unless it is the folder of the study resumed."""
+    optuna = _optuna()
+    tune_dir = Path(tune_dir)
+    name = study_name or tune_dir.name
+    existing = optuna.study.get_all_study_names(storage) if storage is not None else []
+    if tune_dir.exists() and (not tune_dir.is_dir() or any(tune_dir.iterdir())):
+        ours = tune_dir.is_dir() and (tune_dir / TRIALS_FILE).is_file()
+        if not (ours and name in existing):
+            hint = " (to resume a study, give the --storage and --study-name it was started with)" if ours else ""
+            raise ConfigError(f"--tune-dir {tune_dir} must be a new or empty folder{hint}")
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        storage=storage,
+        study_name=name if storage is not None else None,
+        load_if_exists=True,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS)
         if pruner == "median"
         else optuna.pruners.NopPruner(),
     )
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
+
+
+def run_trials(
+    study: Any,
+    algo: str,
+    config_for: ConfigFor,
+    user_sets: list[str],
+    trials: int,
+    tune_dir: Path,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run ``trials`` more trials of ``study``, each a run folder ``tune_dir/trial_NNN`` (N: the study's trial
+    number, unique across processes), with a line when a trial starts, at each evaluation and when it ends."""
+    optuna = _optuna()
+    from pgrad.runners import runner_for
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {trials}")
+    fixed = set_keys(algo, user_sets)
+    space = tuple(param for param in search_space(algo) if param.key not in fixed)  # what --set fixes stays fixed
 
     def log_row(row: dict[str, Any]) -> None:
-        rows.append(row)
-        with open(tune_dir / "trials.jsonl", "a") as log:
+        with safe_io.open_append(
+            tune_dir / TRIALS_FILE
+        ) as log:  # one short line per write: processes may share the file
             log.write(json.dumps(row) + "\n")
 
     def objective(trial: Any) -> float:
@@ -216,8 +255,13 @@ def tune(
             log_row({"number": trial.number, "state": "invalid", "reason": str(exc), "params": values})
             echo(f"trial {trial.number}: invalid combination, skipped: {exc}")
             raise optuna.TrialPruned() from None
+        shown = ", ".join(
+            f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+            for key, value in values.items()
+        )
+        echo(f"trial {trial.number}: started, {config.run.total_steps:,} steps, {shown}, {run_dir}")
         runner = runner_for(config)(config, run_dir, console=False)
-        report = PrunerReport(trial, runner)
+        report = PrunerReport(trial, runner, echo)
         runner.sinks.append(report)
         trial_started = time.perf_counter()
         try:
@@ -245,8 +289,14 @@ def tune(
         return report.last_evaluation
 
     study.optimize(objective, n_trials=trials, catch=(TrainingHalted,))
+
+
+def summarize_study(study: Any, algo: str, config_for: ConfigFor, user_sets: list[str], tune_dir: Path) -> TuneResult:
+    """The study's best trial (over every process and invocation) as ``tune_dir/best.yaml``, and its trial rows."""
+    path = tune_dir / TRIALS_FILE
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     if not any(row["state"] == "complete" for row in rows):
-        raise PgradError(f"no trial of {tune_dir} completed (see trials.jsonl)")
+        raise PgradError(f"no trial of {tune_dir} completed (see {TRIALS_FILE})")
     best = study.best_trial
     first_config = config_for([])
     best_file = tune_dir / "best.yaml"
@@ -254,11 +304,36 @@ def tune(
     # the env, what --set fixed and the best values: what the trial trained with, less tuning's own settings
     # (its step budget and evaluation schedule) and the --config file, which the user passes again
     layers = merge({"env": {"id": first_config.env.id}}, parse_set(user_sets, sections_for(algo)), nested(best_values))
-    best_file.write_text(yaml.safe_dump({"algo": algo, **layers}, sort_keys=True))
+    safe_io.write_atomic(best_file, yaml.safe_dump({"algo": algo, **layers}, sort_keys=True))
     assert best.value is not None  # a complete trial
-    return TuneResult(best.number, float(best.value), best_values, best_file, rows, time.perf_counter() - started)
+    return TuneResult(best.number, float(best.value), best_values, best_file, rows, 0.0)
 
 
-def trial_sets(total_steps: int) -> list[str]:
-    """What tuning sets before the user's --set: evaluations the pruner can read, no progress bars."""
-    return [f"guard.eval_every={max(total_steps // EVALUATIONS_PER_TRIAL, 1)}", "run.progress=false"]
+def tune(
+    algo: str,
+    config_for: ConfigFor,
+    user_sets: list[str],
+    trials: int,
+    tune_dir: Path,
+    seed: int = 1,
+    pruner: Literal["median", "none"] = "median",
+    echo: Callable[[str], None] = print,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> TuneResult:
+    """Run ``trials`` trials in ``tune_dir`` (new or empty, or the folder of a stored study resumed); see the
+    module docstring."""
+    started = time.perf_counter()
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1; got {trials}")
+    study = open_study(Path(tune_dir), storage, study_name, seed, pruner)
+    run_trials(study, algo, config_for, user_sets, trials, Path(tune_dir), echo)
+    result = summarize_study(study, algo, config_for, user_sets, Path(tune_dir))
+    return TuneResult(
+        result.best_number,
+        result.best_value,
+        result.best_params,
+        result.best_file,
+        result.trials,
+        time.perf_counter() - started,
+    )

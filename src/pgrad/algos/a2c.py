@@ -35,7 +35,7 @@ from pgrad.algos.common import (
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import Forward, GradientBackend, NumpyActorCritic, choose_gradient_backend
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
-from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import gae, nstep_returns
 from pgrad.metric_names import ENTROPY, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
@@ -72,8 +72,8 @@ class A2CConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("num_steps", 1)
-        self.check_range("nstep_horizon", 1)
+        self.check_range("num_steps", 1, MAX_WINDOW)
+        self.check_range("nstep_horizon", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("ent_coef", 0)

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 
 from pgrad import glossary
-from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_ASYNC_ENVS, MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 
@@ -78,14 +78,14 @@ class A3CConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("num_workers", 1)
-        self.check_range("num_steps", 1)
+        self.check_range("num_workers", 1, MAX_ASYNC_ENVS)
+        self.check_range("num_steps", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("ent_coef", 0)
         self.check_range("vf_coef", 0)
         self.check_range("max_grad_norm", 0, low_open=True)
-        self.check_range("report_every", 1)
+        self.check_range("report_every", 1, MAX_WINDOW)
         self.check_range("shutdown_timeout", 0, low_open=True)
         self.check_range("stall_timeout", 0, low_open=True)
         self.check_range("fail_worker_at_step", 0)

@@ -30,7 +30,7 @@ from pgrad.algos.common import (
     scheduled_learning_rate,
 )
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, param
 from pgrad.estimators import nstep_returns
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LOG_STD
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
@@ -59,8 +59,8 @@ class ActorCriticConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("num_steps", 1)
-        self.check_range("nstep_horizon", 1)
+        self.check_range("num_steps", 1, MAX_WINDOW)
+        self.check_range("nstep_horizon", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("ent_coef", 0)
         self.check_range("vf_coef", 0, low_open=True)

@@ -28,7 +28,7 @@ from pgrad import glossary
 from pgrad.algos.a2c import a2c_batch_loss
 from pgrad.algos.common import evaluate_rollout, make_optimizer, mean_metrics, optimizer_step, scheduled_learning_rate
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, param
 from pgrad.estimators import vtrace
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD
 from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
@@ -64,7 +64,7 @@ class ImpalaConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("num_steps", 1)
+        self.check_range("num_steps", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("rho_bar", 0, low_open=True)
         self.check_range("c_bar", 0, low_open=True)
@@ -72,7 +72,7 @@ class ImpalaConfig(Checked):
         self.check_range("ent_coef", 0)
         self.check_range("vf_coef", 0)
         self.check_range("max_grad_norm", 0, low_open=True)
-        self.check_range("actor_queue", 1)
+        self.check_range("actor_queue", 1, MAX_WINDOW)
 
 
 def vtrace_targets(

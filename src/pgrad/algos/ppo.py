@@ -27,7 +27,7 @@ from pgrad.algos.common import (
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import GradientBackend, NumpyActorCritic, choose_gradient_backend
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
-from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.metric_names import (
     APPROX_KL,
@@ -80,9 +80,9 @@ class PPOConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("num_steps", 1)
-        self.check_range("num_epochs", 1)
-        self.check_range("minibatch_size", 1)
+        self.check_range("num_steps", 1, MAX_WINDOW)
+        self.check_range("num_epochs", 1, MAX_WINDOW)
+        self.check_range("minibatch_size", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("clip_eps", 0, 1, low_open=True, high_open=True)

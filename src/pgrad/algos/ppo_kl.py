@@ -25,7 +25,7 @@ from pgrad.algos.common import (
     scheduled_learning_rate,
 )
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.errors import ConfigError
 from pgrad.metric_names import GRAD_NORM, LEARNING_RATE, LOG_STD
@@ -63,7 +63,7 @@ class PPOKLConfig(Checked):
 
     def validate(self) -> None:
         for name in ("num_steps", "num_epochs", "minibatch_size"):
-            self.check_range(name, 1)
+            self.check_range(name, 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("target_kl", 0, low_open=True)

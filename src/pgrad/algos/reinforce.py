@@ -29,7 +29,7 @@ from pgrad.algos.common import (
     scheduled_learning_rate,
 )
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.estimators import discounted_returns
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, VALUE_LOSS
@@ -60,9 +60,9 @@ class ReinforceConfig(Checked):
     )
 
     def validate(self) -> None:
-        self.check_range("num_episodes", 1)
+        self.check_range("num_episodes", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
-        self.check_range("value_epochs", 1)
+        self.check_range("value_epochs", 1, MAX_WINDOW)
         self.check_range("ent_coef", 0)
         self.check_range("max_grad_norm", 0, low_open=True)
         if self.network.shared_network:

@@ -35,7 +35,7 @@ from pgrad.algos.off_policy import (
     temperature_loss,
     twin_min_target,
 )
-from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import ALPHA, ALPHA_LOSS, LEARNING_RATE
 from pgrad.nets import ActionSpec, QNetworks, SquashedActingPolicy, SquashedGaussianActor
 from pgrad.replay import TransitionBatch
@@ -70,7 +70,7 @@ class SACConfig(Checked):
         if not isinstance(self.alpha, str):
             self.check_range("alpha", 0)
         self.check_range("alpha_init", 0, low_open=True)
-        self.check_range("target_update_interval", 1)
+        self.check_range("target_update_interval", 1, MAX_WINDOW)
 
     def check_with_env(self, env: EnvConfig) -> None:
         check_off_policy_env(self.SECTION, env)

@@ -32,7 +32,7 @@ from pgrad.algos.off_policy import (
     smoothed_target_actions,
     twin_min_target,
 )
-from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import LEARNING_RATE
 from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, QNetworks, SquashedActingPolicy
 from pgrad.replay import TransitionBatch
@@ -70,7 +70,7 @@ class TD3Config(Checked):
     def validate(self) -> None:
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
-        self.check_range("policy_delay", 1)
+        self.check_range("policy_delay", 1, MAX_WINDOW)
         self.check_range("target_policy_noise", 0)
         self.check_range("target_noise_clip", 0)
         self.check_range("exploration_std", 0)

@@ -35,7 +35,7 @@ from pgrad.algos.common import (
     scheduled_learning_rate,
 )
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
+from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.metric_names import (
     APPROX_KL,
@@ -95,7 +95,7 @@ class NaturalGradientConfig(Checked):
 
     def validate(self) -> None:
         for name in ("num_steps", "backtrack_iters", "cg_iterations", "value_epochs", "minibatch_size"):
-            self.check_range(name, 1)
+            self.check_range(name, 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
         self.check_range("max_kl", 0, low_open=True)
@@ -157,6 +157,8 @@ def trpo_surrogate(
 
 @dataclass(frozen=True)
 class LineSearchResult:
+    """What the backtracking line search kept: accepted or not, candidates rejected, surrogate and KL there."""
+
     accepted: bool
     backtracks: int  # candidates rejected before the accepted one (all of them when none is accepted)
     surrogate: float  # surrogate at the parameters kept

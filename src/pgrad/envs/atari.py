@@ -32,6 +32,7 @@ EMULATOR_KWARGS = {"frameskip": 1, "repeat_action_probability": 0.0}
 
 
 def is_ale_id(env_id: str) -> bool:
+    """Whether ``env_id`` is an ALE game (``ALE/...``), which gets the Atari preprocessing."""
     return env_id.startswith("ALE/")
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import gymnasium as gym
@@ -17,6 +20,7 @@ from gymnasium.vector import AutoresetMode
 from pgrad.config import EnvConfig
 from pgrad.envs import atari
 from pgrad.envs.state import StateAccess
+from pgrad.envs.workers import async_worker
 from pgrad.errors import ConfigError
 from pgrad.nets import NATURE_CNN_MIN_SIZE, ActionSpec, ImageShape, ObsShape
 
@@ -46,10 +50,11 @@ def load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
         raise ConfigError(f"env.id: entry point {entry_point!r} must be {_ENTRY_POINT_FORMS}")
     module_name, attr = match["module"], match["attr"]
     try:
-        module = importlib.import_module(module_name)
+        module = _import_entry_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc}"
+            f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc} (pgrad searches "
+            f"the installed packages, PYTHONPATH and then the current folder {os.getcwd()})"
         ) from None
     except Exception as exc:  # the module's own code failed while importing
         raise ConfigError(f"env.id: importing module '{module_name}' failed: {type(exc).__name__}: {exc}") from None
@@ -65,6 +70,26 @@ def load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
     raise ConfigError(
         f"env.id: '{entry_point}' is a {type(factory).__name__}, not an environment; it must be {_ENTRY_POINT_FORMS}"
     )
+
+
+def _import_entry_module(module_name: str) -> ModuleType:
+    """Import an entry point's module; the current folder is searched last when nothing else has it.
+
+    ``python train.py`` puts the script's folder on ``sys.path``, but the ``pgrad`` console script does not,
+    so ``pgrad train ppo --env mymod:MyEnv`` next to ``mymod.py`` failed with "No module named 'mymod'". The
+    folder is appended, never prepended: a file there cannot shadow an installed module. (Trust is decided
+    before this is reached: an entry point read from a received run folder needs ``--trust-env-code``.)
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top, here = module_name.split(".")[0], os.getcwd()
+        if exc.name != top or here in sys.path or "" in sys.path:
+            raise
+        if not (Path(here, f"{top}.py").is_file() or Path(here, top).is_dir()):
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
 
 
 def check_env_kwargs(make: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
@@ -210,7 +235,7 @@ def make_vector_env(
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
         if mode == "native":
             raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
-        return _mark_async(vector_cls([make_one] * count, autoreset_mode=AutoresetMode.NEXT_STEP))
+        return _mark_async(vector_cls([make_one] * count, **_vector_kwargs(mode)))
 
     spec = _registered_spec(env_id)
     assert spec is not None, "check_env_id found it registered"
@@ -234,7 +259,7 @@ def make_vector_env(
             f"env.randomize.{cfg.randomize.active[0]}: domain randomisation needs a MuJoCo environment (built by "
             f"sync or async vectorisation); {cfg.id} is not one"
         )
-    vector_kwargs = {} if mode == "vector_entry_point" else {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    vector_kwargs = {} if mode == "vector_entry_point" else _vector_kwargs(mode)
     # Each env's layers, innermost first: Atari preprocessing, domain randomisation, then (each async worker's
     # env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
     layers = (atari.preprocess if is_atari else None, randomize, StateAccess if mode == "async" else None)
@@ -256,6 +281,14 @@ def make_vector_env(
     if autoreset != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: '{cfg.id}' uses autoreset mode {autoreset}; pgrad needs next-step autoreset")
     return envs
+
+
+def _vector_kwargs(mode: str) -> dict[str, Any]:
+    """A sync or async vector env's arguments: next-step autoreset; async workers that die with this process
+    (``pgrad.envs.workers``)."""
+    if mode == "async":
+        return {"autoreset_mode": AutoresetMode.NEXT_STEP, "worker": async_worker}
+    return {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
 
 def _randomizer(cfg: EnvConfig, num_envs: int) -> Callable[[gym.Env], gym.Wrapper] | None:

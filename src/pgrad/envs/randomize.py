@@ -40,6 +40,7 @@ SALT = 0x52414E44  # "RAND": the randomiser's stream is not the env's own np_ran
 
 
 def is_mujoco(env: gym.Env) -> bool:
+    """Whether the env underneath its wrappers is a MuJoCo env (a model with body masses and a data object)."""
     base = env.unwrapped
     return hasattr(getattr(base, "model", None), "body_mass") and hasattr(getattr(base, "data", None), "qpos")
 

@@ -31,6 +31,8 @@ class VectorEnvFactory(Protocol):
 
 @dataclass(frozen=True)
 class EnvSource:
+    """Where a run's envs come from: the id recorded in the config, and a factory when an env object was passed."""
+
     env_id: str  # what config.env.id records
     # A new factory per run (an instance is the training env of each run in turn); None: env_id rebuilds the env.
     new_factory: Callable[[], VectorEnvFactory] | None

@@ -17,6 +17,8 @@ import numpy as np
 
 
 class ScriptedEnv(gym.Env):
+    """A deterministic env whose rewards, terminations and truncations follow a script (for tests)."""
+
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(

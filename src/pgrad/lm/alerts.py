@@ -47,6 +47,8 @@ EVAL_RM_SCORE = "eval/rm_score"
 
 @dataclass(frozen=True)
 class AlertThresholds:
+    """The levels of the language-model alert rules (KL, reward hacking, length collapse, RM disagreement)."""
+
     kl_alert: float | None
     hacking_window: int
     hacking_drop: float

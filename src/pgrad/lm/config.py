@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pgrad import glossary
-from pgrad.config import Checked, OptimizerConfig, param
+from pgrad.config import MAX_BATCH, MAX_HIDDEN_WEIGHTS, MAX_WINDOW, Checked, OptimizerConfig, param
 from pgrad.errors import ConfigError
 
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
 SFT_ALGO = "lm_sft"
 DPO_ALGO = "lm_dpo"
+
+# Bounds of the LM size fields (see pgrad.config's MAX_* for why a config needs them): the model, and the data
+# sets each command generates up front (demonstrations, preference pairs) and holds in memory.
+MAX_LM_LAYERS = 64
+MAX_LM_WIDTH = 4096
+MAX_LM_DATA = 2**20  # demonstrations or preference pairs generated and held in memory
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,14 @@ class LMModelConfig(Checked):
     n_head: int = param(4, "attention heads; must divide n_embd")
 
     def validate(self) -> None:
-        self.check_range("n_layer", 1)
-        self.check_range("n_embd", 1)
-        self.check_range("n_head", 1)
+        self.check_range("n_layer", 1, MAX_LM_LAYERS)
+        self.check_range("n_embd", 1, MAX_LM_WIDTH)
+        self.check_range("n_head", 1, self.n_embd)
         if self.n_embd % self.n_head:
             self._fail("n_head", f"a divisor of n_embd ({self.n_embd})")
+        # a GPT-2 block holds 12 x n_embd^2 weights (attention 4, MLP 8)
+        if 12 * self.n_layer * self.n_embd**2 > MAX_HIDDEN_WEIGHTS:
+            self._fail("n_embd", f"small enough for 12 x n_layer x n_embd^2 <= {MAX_HIDDEN_WEIGHTS} block weights")
 
 
 def lm_optimizer(eps: float, what: str) -> Any:
@@ -177,12 +186,12 @@ class LMPPOConfig(Checked):
         if self.reward == "model" and not self.reward_model:
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
-        self.check_range("batch_size", 1)
+        self.check_range("batch_size", 1, MAX_BATCH)
         if self.critic == "separate" and self.advantage != "gae":
             self._fail("critic", "'shared' with advantage 'rloo' or 'grpo' (they train no critic)")
         if self.init_value_from_rm and (self.critic != "separate" or self.reward != "model"):
             self._fail("init_value_from_rm", "false unless critic is 'separate' and reward is 'model'")
-        self.check_range("lora_rank", 0)
+        self.check_range("lora_rank", 0, self.model.n_embd)
         self.check_range("lora_alpha", 0, low_open=True)
         if self.advantage == "gae" and self.kl_penalty != "reward":
             self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
@@ -192,7 +201,7 @@ class LMPPOConfig(Checked):
         self.check_range("minibatch_size", 1, self.batch_size)
         if self.batch_size % self.minibatch_size:
             self._fail("minibatch_size", f"a divisor of batch_size ({self.batch_size})")
-        self.check_range("num_epochs", 1)
+        self.check_range("num_epochs", 1, 1000)
         self.check_range("temperature", 0, low_open=True)
         self.check_range("gamma", 0, 1)
         self.check_range("gae_lambda", 0, 1)
@@ -203,9 +212,9 @@ class LMPPOConfig(Checked):
         self.check_range("kl_target", 0, low_open=True)
         self.check_range("kl_horizon", 1)
         self.check_range("eval_every", 0)
-        self.check_range("eval_prompts", 1)
+        self.check_range("eval_prompts", 1, MAX_BATCH)
         self.check_range("kl_alert", 0, low_open=True)
-        self.check_range("hacking_window", 2)
+        self.check_range("hacking_window", 2, MAX_WINDOW)
         self.check_range("hacking_drop", 0)
         self.check_range("hacking_z", 0)
         self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
@@ -240,9 +249,9 @@ class LMRewardModelConfig(Checked):
     def validate(self) -> None:
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("ensemble_size", 1, 16)
-        self.check_range("train_pairs", 2)
-        self.check_range("heldout_pairs", 2)
-        self.check_range("batch_size", 1)
+        self.check_range("train_pairs", 2, MAX_LM_DATA)
+        self.check_range("heldout_pairs", 2, MAX_LM_DATA)
+        self.check_range("batch_size", 1, MAX_BATCH)
         self.check_range("eval_every", 1)
         check_shared_sections(self, self.optimizer)
 
@@ -267,11 +276,11 @@ class LMSFTConfig(Checked):
 
     def validate(self) -> None:
         self.check_range("max_new_tokens", 1, 256)
-        self.check_range("demonstrations", 1)
-        self.check_range("heldout_demonstrations", 1)
-        self.check_range("batch_size", 1)
+        self.check_range("demonstrations", 1, MAX_LM_DATA)
+        self.check_range("heldout_demonstrations", 1, MAX_LM_DATA)
+        self.check_range("batch_size", 1, MAX_BATCH)
         self.check_range("eval_every", 1)
-        self.check_range("eval_prompts", 1)
+        self.check_range("eval_prompts", 1, MAX_BATCH)
         check_shared_sections(self, self.optimizer)
 
 
@@ -302,11 +311,11 @@ class LMDPOConfig(Checked):
     def validate(self) -> None:
         self.check_range("beta", 0, low_open=True)
         self.check_range("max_new_tokens", 1, 256)
-        self.check_range("train_pairs", 2)
-        self.check_range("heldout_pairs", 2)
-        self.check_range("batch_size", 1)
+        self.check_range("train_pairs", 2, MAX_LM_DATA)
+        self.check_range("heldout_pairs", 2, MAX_LM_DATA)
+        self.check_range("batch_size", 1, MAX_BATCH)
         self.check_range("eval_every", 1)
-        self.check_range("eval_prompts", 1)
+        self.check_range("eval_prompts", 1, MAX_BATCH)
         check_shared_sections(self, self.optimizer)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel
 
-from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
+from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.lm.build import add_lora, build_lm, build_policy, build_task
 from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
@@ -27,7 +27,7 @@ from pgrad.lm.reward import ResponseScorer, TrueScoreReward
 from pgrad.lm.task import DigitsTask
 from pgrad.runners.lm_ppo import build_scorer
 from pgrad.runners.lm_rm import load_reward_model
-from pgrad.runs import load_run_config
+from pgrad.runs import check_config_recorded, load_run_config, warn
 from pgrad.threads import set_threads
 
 EVAL_SEED_OFFSET = 1  # the runs' own evaluations use run.seed + 1 (lm_ppo, lm_sft, lm_dpo)
@@ -35,6 +35,8 @@ EVAL_SEED_OFFSET = 1  # the runs' own evaluations use run.seed + 1 (lm_ppo, lm_s
 
 @dataclass(frozen=True)
 class LMEvalResult:
+    """``pgrad eval`` of a language-model run: its eval metrics, the checkpoint, prompts, seed and scorer."""
+
     metrics: dict[str, float]  # eval/true_score, eval/rm_score, eval/kl, eval/kl_k3, eval/response_length
     checkpoint: Path
     prompts: int
@@ -43,10 +45,9 @@ class LMEvalResult:
 
 
 def _models(
-    config: LMPPOConfig | LMSFTConfig | LMDPOConfig, algo: str, task: DigitsTask, path: Path
+    config: LMPPOConfig | LMSFTConfig | LMDPOConfig, algo: str, task: DigitsTask, state: TrainState, path: Path
 ) -> tuple[GPT2LMHeadModel, GPT2LMHeadModel | AdapterDisabled]:
-    """(policy, reference) language models of checkpoint ``path``."""
-    state = read_train_state(path)
+    """(policy, reference) language models of checkpoint ``path`` (read: ``state``)."""
     if algo == ALGO:
         assert isinstance(config, LMPPOConfig)
         policy = build_policy(config, task)
@@ -91,7 +92,10 @@ def evaluate_run(
     device = torch.device("cpu")
     task = build_task(section) if isinstance(section, LMPPOConfig) else DigitsTask(section.max_new_tokens)
     path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).readable(which)
-    lm, reference = _models(section, algo, task, path)
+    state = read_train_state(path)
+    changed = check_config_recorded(config, state, path, Path(run_dir) / "config.yaml")
+    lm, reference = _models(section, algo, task, state, path)
+    warn(changed)
     scorer: ResponseScorer
     if reward_model is not None:
         scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device)

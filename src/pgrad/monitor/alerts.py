@@ -51,6 +51,8 @@ GROUP_GRAD_NORM = names.GROUP_GRAD_NORM
 
 @dataclass(frozen=True)
 class Alert:
+    """One alert: level, rule, message, and the metric and value that raised it."""
+
     level: Level
     rule: str
     message: str
@@ -78,6 +80,7 @@ def number(metrics: Metrics, key: str) -> float | None:
 
 
 def series(history: list[Metrics], key: str) -> list[float]:
+    """The finite values of metric ``key`` over the history, oldest first (missing ones skipped)."""
     return [v for m in history if (v := number(m, key)) is not None]
 
 
@@ -304,6 +307,7 @@ def entropy_collapse_rule(history: list[Metrics], config: GuardConfig) -> Alert 
 
 
 def log_std_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """Warn when a Gaussian policy's mean log-std is below ``guard.log_std_min`` (exploration collapsing)."""
     log_std = number(history[-1], LOG_STD)
     if log_std is None or not math.isfinite(log_std) or log_std >= config.log_std_min:
         return None

@@ -10,6 +10,8 @@ the runs' curves interpolated onto the env steps they all reached.
 
 from __future__ import annotations
 
+import difflib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,21 +24,26 @@ from pgrad.config import load_yaml
 from pgrad.errors import ConfigError
 from pgrad.monitor.aggregate import Interval, Statistic, bootstrap_band, bootstrap_interval, common_grid
 from pgrad.monitor.doctor import well_formed_rows
-from pgrad.monitor.report import metric_series
+from pgrad.monitor.report import metric_series, plain_text
 from pgrad.monitor.sinks import read_jsonl
 
 
 @dataclass(frozen=True)
 class RunCurve:
+    """One run's curve of a metric over env steps, with its seed and its config without the seed."""
+
     run_dir: Path
     seed: int | None
     config: dict[str, Any] | None  # the run's config.yaml without run.seed; None when it has none
     steps: np.ndarray
     values: np.ndarray
+    logged: frozenset[str] = frozenset()  # every metric name in the run's metrics.jsonl
 
 
 @dataclass(frozen=True)
 class GroupSummary:
+    """A group of runs that differ only in their seed: final scores, mean and IQM with intervals."""
+
     label: str
     runs: list[RunCurve]
     scores: np.ndarray  # each run's last value of the metric
@@ -45,6 +52,7 @@ class GroupSummary:
 
 
 def read_curve(run_dir: Path, metric: str) -> RunCurve:
+    """A run folder's ``metric`` over env steps, its seed and its config (read as data, inside the folder)."""
     check_run_folder(Path(run_dir))  # links planted in a received folder: one line, nothing read through them
     rows = well_formed_rows(read_jsonl(inside_run(Path(run_dir), "metrics.jsonl", "metrics.jsonl")))
     steps, values = metric_series(rows, metric)
@@ -55,7 +63,19 @@ def read_curve(run_dir: Path, metric: str) -> RunCurve:
         run_section = dict(config.get("run") or {})
         seed = run_section.pop("seed", None)
         config = {**config, "run": run_section}
-    return RunCurve(Path(run_dir), seed, config, steps, values)
+    logged = frozenset(key for row in rows for key in row)
+    return RunCurve(Path(run_dir), seed, config, steps, values, logged)
+
+
+def check_metric(curves: list[RunCurve], metric: str) -> None:
+    """A metric no run has ever logged is a typo, not a metric "not logged yet": say so, with the nearest
+    name the runs do log."""
+    logged = sorted(set().union(*(curve.logged for curve in curves)) - {"step", "time"})
+    if metric in logged or not logged:
+        return
+    close = difflib.get_close_matches(metric, logged, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(name) for name in close)}?" if close else ""
+    raise ConfigError(f"--metric {metric!r} is not logged by any of these runs{hint}")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -98,6 +118,7 @@ def group_runs(curves: list[RunCurve]) -> dict[str, list[RunCurve]]:
 def summarize(
     groups: dict[str, list[RunCurve]], confidence: float = 0.95, reps: int = 2000, seed: int = 0
 ) -> list[GroupSummary]:
+    """Per group, the runs' last values with the mean and IQM and their bootstrap intervals."""
     summaries = []
     for label, runs in groups.items():
         scores = np.array([run.values[-1] for run in runs if run.values.size], np.float64)
@@ -116,6 +137,7 @@ def summarize(
 
 
 def table_lines(summaries: list[GroupSummary], metric: str, confidence: float = 0.95) -> list[str]:
+    """The summaries as an aligned text table, one line per group."""
     band = f"{confidence:.0%} CI"
     header = ["group", "runs", "seeds", f"scores ({metric}, last)", f"mean [{band}]", f"IQM [{band}]"]
     rows = [header]
@@ -158,16 +180,18 @@ def plot_groups(
             continue
         grid, values = common_grid(curves)
         value, low, high = bootstrap_band(values, statistic, confidence, reps)
-        line = ax.plot(grid, value, label=f"{label} ({len(curves)} runs)", linewidth=1.4)[0]
+        line = ax.plot(grid, value, label=plain_text(f"{label} ({len(curves)} runs)"), linewidth=1.4)[0]
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         drawn[label] = (grid, value, low, high)
     ax.set_xlabel("env steps")
-    ax.set_ylabel(f"{metric} ({statistic.upper() if statistic == 'iqm' else statistic} over runs)")
+    ax.set_ylabel(plain_text(f"{metric} ({statistic.upper() if statistic == 'iqm' else statistic} over runs)"))
     ax.set_title(f"{statistic.upper() if statistic == 'iqm' else statistic} with {confidence:.0%} bootstrap band")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100, bbox_inches="tight")
+    buffer = io.BytesIO()  # drawn first, then written by Python: a write error (/dev/full) is an OSError, not lost
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+    out_path.write_bytes(buffer.getvalue())
     return drawn

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.checkpoint import check_run_folder
+from pgrad.checkpoint import CheckpointStore, check_run_folder, read_train_state
 from pgrad.config import GuardConfig, build, load_yaml
 from pgrad.errors import PgradError
 from pgrad.monitor.alerts import CLIP_FRACTION, ENTROPY, EXPLAINED_VARIANCE, GRAD_NORM, KL, NONFINITE_STEPS, number
@@ -31,6 +31,8 @@ MIN_UPDATES = 12  # whole-run checks need this many updates to say anything
 
 @dataclass(frozen=True)
 class Finding:
+    """One problem ``pgrad doctor`` found: symptom, severity, where it started, evidence, cause and fix."""
+
     symptom: str
     severity: str  # "critical" or "warning"
     update: int  # the update where it started
@@ -70,6 +72,7 @@ def _at(history: list[Metrics], index: int) -> tuple[int, int]:
 
 
 def check_nonfinite(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """NaN or Inf in a loss or the gradient norm: the first update where one appeared."""
     for i, m in enumerate(history):
         bad = [k for k in m if k.startswith("train/") and k.endswith("loss") and not math.isfinite(number(m, k) or 0.0)]
         grad = number(m, GRAD_NORM)
@@ -95,6 +98,7 @@ def check_nonfinite(history: list[Metrics], events: list[Metrics], config: Guard
 
 
 def check_kl(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """Approx KL above ``guard.kl_warning`` in many updates, or once above the critical level."""
     kl = values(history, KL)
     high = np.flatnonzero(kl > config.kl_warning)
     if not high.size or (high.size < max(3, 0.1 * len(kl)) and not (kl > config.kl_critical).any()):
@@ -112,6 +116,7 @@ def check_kl(history: list[Metrics], events: list[Metrics], config: GuardConfig)
 
 
 def check_clip_fraction(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """The clip fraction stuck near 0 (steps too small) or near 1 (too large) after the warm-up."""
     clip = values(history, CLIP_FRACTION)[config.warmup_updates :]
     if np.isfinite(clip).sum() < MIN_UPDATES:
         return None
@@ -139,6 +144,7 @@ def check_clip_fraction(history: list[Metrics], events: list[Metrics], config: G
 
 
 def check_value_lag(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """Explained variance low over the second half of the run: the value function lags the returns."""
     ev = values(history, EXPLAINED_VARIANCE)
     half = ev[len(ev) // 2 :]
     if len(ev) < MIN_UPDATES or not np.isfinite(half).any():
@@ -161,6 +167,7 @@ def check_value_lag(history: list[Metrics], events: list[Metrics], config: Guard
 
 
 def check_entropy_collapse(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """Entropy fallen below ``guard.entropy_collapse`` of its start without the return improving."""
     entropy, ret = values(history, ENTROPY), smoothed(values(history, RETURN))
     if len(entropy) < MIN_UPDATES or not np.isfinite(entropy[0]) or entropy[0] <= 0:
         return None
@@ -188,6 +195,7 @@ def check_entropy_collapse(history: list[Metrics], events: list[Metrics], config
 
 
 def check_plateau(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """The return flat while the value loss keeps falling: learning the critic, not the policy."""
     ret, loss = smoothed(values(history, RETURN)), values(history, VALUE_LOSS)
     n = len(ret)
     if n < MIN_UPDATES or not np.isfinite(ret).any() or not np.isfinite(loss).any():
@@ -213,6 +221,7 @@ def check_plateau(history: list[Metrics], events: list[Metrics], config: GuardCo
 
 
 def check_return_collapse(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """The return fallen well below its peak and not recovered by the end."""
     ret = smoothed(values(history, RETURN))
     if len(ret) < MIN_UPDATES or not np.isfinite(ret).any():
         return None
@@ -508,7 +517,44 @@ def well_formed_rows(rows: list[Any]) -> list[Metrics]:
     ]
 
 
+def check_checkpoints(run_dir: Path, history: list[Metrics]) -> list[Finding]:
+    """The checkpoints that resume, eval and export would read (latest and best), loaded and checked as they
+    would load them: one they would refuse (NaN/Inf weights, a negative variance, an invalid optimizer
+    state, damage) is a finding, since the metrics alone can look healthy (an edited or corrupted file)."""
+    store = CheckpointStore(Path(run_dir), keep=1)
+    findings, seen = [], set()
+    for which in ("latest", "best"):
+        try:
+            path = store.path(which)
+        except PgradError:  # none yet, or an index the commands refuse with their own line
+            continue
+        if path.name in seen:
+            continue
+        seen.add(path.name)
+        try:
+            read_train_state(path)
+        except PgradError as exc:
+            step = int(path.name.removeprefix("step_"))
+            before = [i for i, m in enumerate(history) if int(m.get("step", 0)) <= step]
+            update = _at(history, before[-1])[0] if before else 0
+            findings.append(
+                Finding(
+                    f"{which} checkpoint refused",
+                    "critical",
+                    update,
+                    step,
+                    str(exc),
+                    "values no training run writes (NaN/Inf weights, a negative variance, an invalid optimizer "
+                    "state), or a damaged or edited file: resume, eval and export refuse it",
+                    "use an earlier checkpoint ('pgrad eval RUN --checkpoint NAME'); if this run wrote it, its "
+                    "weights diverged: keep the guard on (guard.enabled) and lower the learning rate",
+                )
+            )
+    return findings
+
+
 def doctor(run_dir: Path) -> tuple[list[Finding], str]:
+    """Read a run folder and diagnose it: the findings and the report ``pgrad doctor`` prints."""
     history, events, config = load_run(run_dir)
-    findings = diagnose(history, events, config)
+    findings = diagnose(history, events, config) + check_checkpoints(Path(run_dir), history)
     return findings, format_report(Path(run_dir), history, findings, events, step_unit(Path(run_dir)))

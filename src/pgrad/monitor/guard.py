@@ -48,6 +48,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """How the guard marks a checkpoint: its score (for the best one) and whether the state was healthy."""
+
     score: float | None
     healthy: bool
 
@@ -94,6 +96,8 @@ def evaluation_summary(evaluation: float | Sequence[float]) -> tuple[float, floa
 
 
 class Guard:
+    """The guard as a decision object: reads each update's metrics and evaluations, returns what to do."""
+
     def __init__(
         self,
         config: GuardConfig,

@@ -103,6 +103,7 @@ def nonfinite_fraction(state: GuardState, config: GuardConfig) -> float:
 
 
 def should_halt(state: GuardState, config: GuardConfig) -> bool:
+    """Whether non-finite optimizer steps passed ``guard.nonfinite_halt`` of the recent window."""
     return nonfinite_fraction(state, config) > config.nonfinite_halt
 
 
@@ -122,6 +123,7 @@ def eval_collapsed(
 
 
 def gradients_finite(parameters: list[torch.Tensor]) -> bool:
+    """Whether every gradient entry is finite (a sum per tensor: cheap, and NaN or Inf when any entry is)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return True

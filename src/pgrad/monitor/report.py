@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ import numpy as np
 
 from pgrad import safe_io
 from pgrad.checkpoint import inside_run
+from pgrad.config import load_yaml
+from pgrad.errors import PgradError
 from pgrad.monitor.doctor import diagnose, format_report, load_run, step_unit
 
 # (file name, title, metric keys drawn on the panel)
@@ -90,6 +94,8 @@ MARKER_STYLES = {  # event kind prefix -> (colour, line style)
 
 @dataclass
 class PanelData:
+    """What one report panel draws: its series, its event markers and its warning ticks (for tests)."""
+
     name: str
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # label -> (steps, values)
     markers: list[tuple[float, str]] = field(default_factory=list)  # (step, event kind) drawn as vertical lines
@@ -110,6 +116,7 @@ def metric_series(history: list[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 
 def marker_kind(kind: str) -> str | None:
+    """The marker style an event kind is drawn with (critical, recovery, drill), or None for none."""
     return next((prefix for prefix in MARKER_STYLES if kind.startswith(prefix)), None)
 
 
@@ -155,7 +162,7 @@ def draw_panel(
     ax.set_xlabel(unit, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # a run that logged none of them has no legend
+    if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # no lines (no rows logged): no legend, no warning
         ax.legend(fontsize=7)
     data = read_panel(ax, name)
     if name in LOG_PANELS and data.series:
@@ -167,6 +174,7 @@ def draw_panel(
 
 
 def read_panel(ax: Any, name: str) -> PanelData:
+    """Read back what a drawn panel holds (series, markers, warnings): the report tests' view of a plot."""
     data = PanelData(name)
     for line in ax.lines:
         label = str(line.get_label())
@@ -183,6 +191,12 @@ def _figure_png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` pair is mathtext to matplotlib, and a run folder's name
+    or a received config's values with ``$\\frac{`` in them would stop the plot with a parse error."""
+    return text.replace("$", r"\$")
 
 
 def plot_run(
@@ -209,7 +223,8 @@ def plot_run(
         images[name] = _figure_png(fig)
         plt.close(fig)
     overview.suptitle(
-        f"{label}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)", fontsize=10
+        f"{plain_text(label)}  (red: critical alert, magenta: recovery, blue dashed: drill, orange ticks: warnings)",
+        fontsize=10,
     )
     overview.tight_layout()
     images["overview"] = _figure_png(overview)
@@ -219,7 +234,63 @@ def plot_run(
     return panels, images
 
 
-def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: list[dict[str, Any]]) -> str:
+# The page may make no network request at all: everything it shows is inline (PNGs as data: URIs), and the
+# policy tells the browser to refuse anything else. Its one script checks that every panel decoded.
+CONTENT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+PANEL_CHECK = (
+    "addEventListener('securitypolicyviolation',()=>{document.body.dataset.blocked=+(document.body.dataset.blocked||0)+1});"
+    "addEventListener('load',()=>{const all=[...document.images];"
+    "const bad=all.filter(i=>!(i.complete&&i.naturalWidth>0));"
+    "bad.forEach(i=>i.insertAdjacentText('afterend',' (this panel could not be shown)'));"
+    "document.body.dataset.panels=(all.length-bad.length)+'/'+all.length;"
+    "document.body.dataset.blocked=document.body.dataset.blocked||'0'})"
+)
+
+
+def table(rows: Sequence[tuple[str, str]]) -> str:
+    """Two-column HTML rows, every value escaped."""
+    return "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>" for key, value in rows)
+
+
+def summary_rows(history: list[dict[str, Any]], events: list[dict[str, Any]], unit: str) -> list[tuple[str, str]]:
+    """The run's numbers at a glance: how far it got, how long it took, how it scored, what the guard did."""
+    last = history[-1] if history else {}
+    rows = [(unit, f"{int(last.get('step', 0)):,}"), ("updates", f"{len(history):,}")]
+    numbers = [
+        ("perf/wall_seconds", "wall time (s)", "{:,.1f}"),
+        ("rollout/return_mean", "return (last episodes, mean)", "{:.4g}"),
+        ("lm/rm_score", "reward score (last update)", "{:.4g}"),
+    ]
+    rows += [(label, form.format(last[key])) for key, label, form in numbers if isinstance(last.get(key), int | float)]
+    evaluations = [row["eval/return_mean"] for row in history if isinstance(row.get("eval/return_mean"), int | float)]
+    if evaluations:
+        rows += [("evaluation return (last, best)", f"{evaluations[-1]:.4g}, {max(evaluations):.4g}")]
+    kinds = [str(event.get("kind", "")).split(".")[0] for event in events]
+    rows.append(("guard", ", ".join(f"{kinds.count(k)} {k}" for k in ("critical", "warning", "recovery", "drill"))))
+    return rows
+
+
+def config_rows(config: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """config.yaml flattened to ``section.field`` rows (the run's record of what it trained with)."""
+    if not isinstance(config, dict):
+        return [(prefix.rstrip(".") or "config", json.dumps(config, default=str))]
+    rows: list[tuple[str, str]] = []
+    for key, value in config.items():
+        rows += config_rows(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", str(value))]
+    return rows
+
+
+def render_html(
+    title: str,
+    images: dict[str, bytes],
+    doctor_text: str,
+    events: list[dict[str, Any]],
+    summary: Sequence[tuple[str, str]] = (),
+    config: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The self-contained report page: summary numbers, embedded PNGs, the doctor's text, the events and the
+    config, every value escaped; no network request (``CONTENT_POLICY``)."""
+
     def img(name: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
@@ -234,13 +305,15 @@ def render_html(title: str, images: dict[str, bytes], doctor_text: str, events: 
     panels = "".join(f"<h3>{html.escape(name)}</h3>{img(name)}" for name in images if name != "overview")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_POLICY}">'
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
         "img{max-width:100%}td{padding:2px 8px;vertical-align:top;font-size:90%}pre{background:#f4f4f4;padding:1em}"
-        "</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{img('overview')}"
+        f"</style><script>{PANEL_CHECK}</script></head><body>"
+        f"<h1>{html.escape(title)}</h1><table class='summary'>{table(summary)}</table>{img('overview')}"
         f"<h2>doctor</h2><pre>{html.escape(doctor_text)}</pre>"
         f"<h2>guard events</h2><table><tr><th>step</th><th>kind</th><th>message</th></tr>{rows}</table>"
-        f"<h2>panels</h2>{panels}</body></html>"
+        f"<h2>panels</h2>{panels}"
+        f"<h2>config</h2><table class='config'>{table(config)}</table></body></html>"
     )
 
 
@@ -257,5 +330,12 @@ def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Panel
     panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}", unit)
     findings = diagnose(history, events, config)
     doctor_text = format_report(run_dir, history, findings, events, unit)
-    safe_io.write_atomic(path, render_html(f"pgrad report: {run_dir}", images, doctor_text, events))
+    try:
+        saved = config_rows(load_yaml(run_dir / "config.yaml"))
+    except PgradError as exc:
+        saved = [("config.yaml", f"unreadable: {exc}")]
+    page = render_html(
+        f"pgrad report: {run_dir}", images, doctor_text, events, summary_rows(history, events, unit), saved
+    )
+    safe_io.write_atomic(path, page)
     return path, panels

@@ -25,11 +25,14 @@ import math
 import sys
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pgrad import metric_names as names
 from pgrad import safe_io
 from pgrad.monitor.tfevents import ScalarEventFile
+from pgrad.terminal import console
 
 FLUSH_SECONDS = 1.0  # the longest a written row stays in memory while training runs (tail -f shows it then)
 
@@ -151,10 +154,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if not Path(path).is_file():
         return rows
-    for line in Path(path).read_text().splitlines():
+    # A received file may hold anything: bytes that are not UTF-8 become U+FFFD (that line then fails to
+    # parse and is skipped), and a line nested past the JSON decoder's recursion limit is skipped too.
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
     return rows
 
@@ -180,7 +185,7 @@ def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             unreadable += 1
             continue
         step = row.get("step") if isinstance(row, dict) else None
@@ -193,6 +198,21 @@ def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:
     return after, unreadable
 
 
+@dataclass(frozen=True)
+class ProgressUnits:
+    """What a run's progress line counts (``run.total_steps`` is in these units) and the number it shows
+    beside the rate: an env run counts env steps and shows the episode return; a language-model run counts
+    responses, demonstrations or pairs and shows its own score."""
+
+    step: str = "steps"
+    score_key: str = names.RETURN_MEAN
+    score_label: str = "return"
+    score_format: str = "8.1f"
+
+
+ENV_UNITS = ProgressUnits()
+
+
 class ConsoleDisplay:
     """A rich progress bar on a terminal (steps, steps/s, recent return, time left); plain
     periodic lines when output is not a terminal (CI logs, files)."""
@@ -200,10 +220,11 @@ class ConsoleDisplay:
     BAR_SECONDS = 0.1
     LINE_SECONDS = 5.0
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool, label: str) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
+    def __init__(
+        self, total_steps: int, start_step: int, enabled: bool, label: str, units: ProgressUnits = ENV_UNITS
+    ) -> None:
+        self.units = units
+        self.console = console(stderr=True)
         self.total = total_steps
         self.interactive = enabled and self.console.is_terminal
         self.enabled = enabled
@@ -218,13 +239,15 @@ class ConsoleDisplay:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[sps]:>6} steps/s"),
-                TextColumn("return {task.fields[ret]}"),
+                TextColumn("{task.fields[sps]:>14}"),
+                TextColumn("{task.fields[ret]}"),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )
-            self.task = self.progress.add_task(label, total=total_steps, completed=start_step, sps="-", ret="-")
+            self.task = self.progress.add_task(
+                label, total=total_steps, completed=start_step, sps=f"- {units.step}/s", ret=f"{units.score_label} -"
+            )
             self.progress.start()
 
     def update(self, metrics: dict[str, Any]) -> None:
@@ -238,12 +261,18 @@ class ConsoleDisplay:
         elif self.enabled and now - self.last_line > self.LINE_SECONDS:
             self.last_line = now
             step, sps, ret = self.fields(metrics)
-            print(f"step {step:>9}/{self.total}  {sps:>6} steps/s  return {ret}", file=sys.stderr, flush=True)
+            print(f"{self.units.step} {step:>9}/{self.total}  {sps:>14}  {ret}", file=sys.stderr, flush=True)
 
     def fields(self, metrics: dict[str, Any]) -> tuple[int, str, str]:
-        ret = metrics.get("rollout/return_mean")
-        ret_text = f"{ret:8.1f}" if isinstance(ret, float) else "       -"
-        return int(metrics["step"]), f"{metrics.get('perf/steps_per_second', 0.0):.0f}", ret_text
+        """(step, rate, score) as the progress line shows them."""
+        units = self.units
+        score = metrics.get(units.score_key)
+        score_text = f"{units.score_label} " + (
+            format(score, units.score_format) if isinstance(score, float) else "-".rjust(8)
+        )
+        if names.WARMUP_STEPS_PER_SECOND in metrics:  # off-policy warm-up: random actions, no updates
+            return int(metrics["step"]), "warm-up", score_text
+        return int(metrics["step"]), f"{metrics.get(names.STEPS_PER_SECOND, 0.0):.0f} {units.step}/s", score_text
 
     def show_bar(self) -> None:
         if self.progress is not None and self.unshown is not None:

@@ -158,6 +158,7 @@ def _value_prefix(tag: str) -> bytes:
 
 def event_bytes(wall_time: float, step: int, summary: bytes | None = None, file_version: str | None = None) -> bytes:
     # proto3 leaves out fields at their default (step 0), as protobuf's own serialiser does
+    """One TensorBoard ``Event`` protobuf, serialised by hand (wall time, step, summary or file version)."""
     data = b"\x09" + struct.pack("<d", wall_time) + (b"\x10" + _varint(step) if step else b"")
     if file_version is not None:
         data += _field_bytes(3, file_version.encode())

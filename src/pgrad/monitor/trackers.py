@@ -51,6 +51,8 @@ def _import(field: str, module: str) -> Any:
 
 
 class WandbSink:
+    """Send each update's metrics and the config to Weights & Biases (``run.wandb``)."""
+
     def __init__(self, config: TrainConfig, run_dir: Path) -> None:
         wandb = _import("run.wandb", "wandb")
         self.run = wandb.init(
@@ -71,6 +73,8 @@ class WandbSink:
 
 
 class MlflowSink:
+    """Send each update's metrics and the flattened config to MLflow (``run.mlflow``)."""
+
     def __init__(self, config: TrainConfig, run_dir: Path) -> None:
         self.mlflow = _import("run.mlflow", "mlflow")
         self.mlflow.start_run(run_name=run_dir.name)

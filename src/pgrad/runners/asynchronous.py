@@ -55,7 +55,7 @@ from pgrad import __version__
 from pgrad import metric_names as names
 from pgrad.algos.a3c import A3C, A3CConfig, build_model
 from pgrad.algos.numpy_grad import resolved_record
-from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
+from pgrad.builders import Environment, algo_gamma, build_environment
 from pgrad.checkpoint import (
     CheckpointStore,
     LearnerState,
@@ -69,7 +69,6 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, TrainingHalted
 from pgrad.faults import parse_fault
-from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, parameters_finite
 from pgrad.monitor.sinks import MetricSink, read_jsonl
@@ -652,24 +651,13 @@ class A3CRunner:
         """Deterministic episodes on the coordinator's own envs, with the weights and observation
         statistics of ``state`` (frozen); adds ``eval/*`` metrics and returns the episode returns
         (the guard weighs a drop against their spread)."""
-        guard = self.config.guard
         if self.eval_env is None:
-            self.eval_env = build_environment(  # nominal physics, as the on-policy runner's evaluation
-                nominal_physics(self.config), algo_gamma(self.config), num_envs=eval_num_envs(guard.eval_episodes)
-            )
+            self.eval_env = trunk.evaluation_environment(self.config)
             self.eval_model = build_model(self.algo_config, self.adapter.obs_shape, self.adapter.action)
         self.eval_model.load_state_dict(state.modules["model"])
         self.eval_env.obs_normalizer.stats.load(state.normalizers["obs"])
-        return periodic_evaluation(
-            self.eval_model.acting_policy(),
-            self.eval_env.envs,
-            self.eval_env.adapter,
-            self.eval_env.obs_normalizer,
-            guard.eval_episodes,
-            self.config.run.seed,
-            metrics,
-            max_episode_steps=episode_step_cap(self.config),
-            should_stop=lambda: self.run.stop_requested,
+        return trunk.evaluate_on(
+            self.run, self.eval_env, self.eval_model.acting_policy(), self.eval_env.obs_normalizer, metrics
         )
 
     # ---- reports --------------------------------------------------------------------------------

@@ -51,14 +51,26 @@ from pgrad.checkpoint import (
     check_run_folder,
     newest_loadable,
     remove_partial_writes,
+    weights_finite,
 )
 from pgrad.config import TrainConfig, append_resolved
 from pgrad.errors import CheckpointError, ConfigError, PgradError
-from pgrad.monitor.sinks import ConsoleDisplay, EventLog, JsonlSink, MetricSink, tensorboard_sink, truncate_jsonl
+from pgrad.monitor.sinks import (
+    ENV_UNITS,
+    ConsoleDisplay,
+    EventLog,
+    JsonlSink,
+    MetricSink,
+    ProgressUnits,
+    tensorboard_sink,
+    truncate_jsonl,
+)
 from pgrad.monitor.trackers import check_trackers, tracker_sinks
+from pgrad.runs import check_config_recorded
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -87,6 +99,8 @@ def resident_memory_mb() -> float:
 
 @dataclass
 class TrainResult:
+    """What a finished (or interrupted) run reports: folder, steps, updates, time, last metrics, final checkpoint."""
+
     run_dir: Path
     steps: int
     updates: int
@@ -130,6 +144,7 @@ class RunContext:
         # what the learner resolved at build time (``resolved_record``), set by the runner before ``open``:
         # recorded in config.yaml and at run.started
         self.resolved: dict[str, str] = {}
+        self.env_object = False  # the envs come from a Python object (pgrad.api): recorded under resolved
 
     # ---- the folder and its logs ----------------------------------------------------------
     def check_new_folder(self) -> None:
@@ -172,7 +187,7 @@ class RunContext:
             elif path.is_dir():
                 shutil.rmtree(path)
 
-    def open(self, console: bool, label: str) -> None:
+    def open(self, console: bool, label: str, units: ProgressUnits = ENV_UNITS) -> None:
         """Create and lock the folder, save the config, open console, events and sinks; on resume first
         cut the logs back to the checkpoint's step."""
         config = self.config
@@ -186,7 +201,7 @@ class RunContext:
         config.save(self.run_dir / "config.yaml")
         if self.resolved:
             append_resolved(self.run_dir / "config.yaml", self.resolved)
-        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label)
+        self.console = ConsoleDisplay(config.run.total_steps, 0, config.run.progress and console, label, units)
         self.events = EventLog(self.run_dir / "events.jsonl", echo=self.console.message if console else None)
         self.sinks = [JsonlSink(self.run_dir / "metrics.jsonl")]
         if config.run.tensorboard:
@@ -197,7 +212,7 @@ class RunContext:
                 self.sinks.append(board)
         self.sinks += tracker_sinks(config, self.run_dir)
         for kind, message, data in self.resume_notes:
-            if kind == "run.checkpoint_skipped":  # the user should know a newer checkpoint was passed over
+            if kind in ("run.checkpoint_skipped", "run.config_changed"):  # the user should know: one line each
                 self.emit(kind, self.last_checkpoint_step, message, show=False, **data)
                 print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
             else:
@@ -313,6 +328,9 @@ class RunContext:
         the logs on disk reach at least as far as the newest checkpoint. A write error (disk full) is a
         ``run.checkpoint_failed`` event and one line naming the checkpoint that is kept."""
         self.flush()
+        # A healthy mark is what a rollback trusts: never on NaN/Inf weights, whatever the guard last saw (it may
+        # check the parameters only every few updates). One pass over the weights per checkpoint.
+        healthy = healthy and weights_finite(state.modules)
         try:
             path = self.store.save_state(state, score, healthy)
         except (OSError, SafetensorError) as exc:
@@ -354,6 +372,9 @@ class RunContext:
             self.index_repair = (path.name, state.step, state.healthy, state.score)
         if state.algo != self.config.algo:
             raise CheckpointError(f"checkpoint {path} is for algorithm {state.algo!r}, not {self.config.algo!r}")
+        changed = check_config_recorded(self.config, state, path, self.run_dir / "config.yaml")
+        if changed is not None:
+            self.resume_notes.append(("run.config_changed", changed, {"checkpoint": path.name}))
         self.check_total(state)
         self.elapsed_before = state.elapsed_seconds
         self.last_checkpoint_step = state.step

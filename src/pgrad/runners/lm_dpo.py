@@ -38,7 +38,7 @@ from pgrad.lm.losses import dpo_loss
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
-from pgrad.monitor.sinks import MetricSink
+from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.numerics import masked_sum
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
@@ -56,6 +56,10 @@ def response_logprob(lm: CausalLM, pairs: PreferencePairs, index: Tensor, chosen
     mask = pairs.chosen_mask[index] if chosen else pairs.rejected_mask[index]
     out = response_outputs(lm, prompts.ids[index], prompts.mask[index], response, mask)
     return masked_sum(out.logprobs, mask.float(), dim=1)
+
+
+# run.total_steps counts preference pairs
+DPO_UNITS = ProgressUnits("pairs", "train/dpo_loss", "loss", "8.4f")
 
 
 class DPORunner:
@@ -87,6 +91,7 @@ class DPORunner:
             console,
             f"{DPO_ALGO} {self.task.name}",
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
+            DPO_UNITS,
         )
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's

@@ -75,7 +75,7 @@ from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinite_rule
 from pgrad.monitor.guard import Action, Event, Halt, Rollback
 from pgrad.monitor.recovery import parameters_finite, restore_captured
-from pgrad.monitor.sinks import MetricSink, read_jsonl
+from pgrad.monitor.sinks import MetricSink, ProgressUnits, read_jsonl
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_clip_fraction, value_loss
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
@@ -174,12 +174,17 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
+    """The response scorer of a PPO run: its reward model (or ensemble), or the task's true score."""
     if config.reward == "model":
         assert config.reward_model is not None  # LMPPOConfig.validate
         return load_reward_model(
             Path(config.reward_model), config.max_new_tokens, device, config.ensemble_combine, config.ensemble_k
         )
     return TrueScoreReward(task)
+
+
+# run.total_steps counts sampled responses; the progress line shows the reward's mean score of the last update
+PPO_UNITS = ProgressUnits("responses", "lm/rm_score", "score", "8.3f")
 
 
 class LMPPORunner:
@@ -237,7 +242,7 @@ class LMPPORunner:
             score_metric="lm/rm_score",  # no environment return: checkpoints are ranked by the reward's score
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
-        trunk.open_or_resume(self.run, console, f"{ALGO} {self.task.name}", self.load, self.run.close)
+        trunk.open_or_resume(self.run, console, f"{ALGO} {self.task.name}", self.load, self.run.close, units=PPO_UNITS)
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")

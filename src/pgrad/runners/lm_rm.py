@@ -42,7 +42,7 @@ from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel
 from pgrad.lm.reward import LearnedReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
-from pgrad.monitor.sinks import MetricSink
+from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, train_in_rows
@@ -90,6 +90,10 @@ def pair_scores(model: RewardModel, pairs: PreferencePairs, index: Tensor) -> tu
     return both[: len(index)], both[len(index) :]
 
 
+# run.total_steps counts preference pairs
+RM_UNITS = ProgressUnits("pairs", "train/rm_accuracy", "accuracy", "8.3f")
+
+
 class RewardModelRunner:
     """``pgrad lm rm`` / ``pgrad lm resume`` of an ``lm_rm`` run: see the module docstring."""
 
@@ -117,6 +121,7 @@ class RewardModelRunner:
             console,
             f"{RM_ALGO} {self.task.name}",
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
+            RM_UNITS,
         )
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's

@@ -18,6 +18,7 @@ from pgrad.checkpoint import TrainState, load_modules, load_optimizers
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError
 from pgrad.monitor.guard import Action, Checkpoint, Event, Halt, Rollback
+from pgrad.monitor.sinks import ProgressUnits
 from pgrad.runners import trunk
 from pgrad.runners.context import RunContext, TrainResult
 
@@ -124,11 +125,11 @@ def load_row_state(trainer: RowTrainer, state: TrainState, path: Path) -> None:
     trainer.step, trainer.updates = state.step, state.updates
 
 
-def open_rows(trainer: RowTrainer, console: bool, label: str, detail: str) -> None:
+def open_rows(trainer: RowTrainer, console: bool, label: str, detail: str, units: ProgressUnits) -> None:
     """The prologue's second half for a row trainer (``trunk.open_or_resume``), resuming through
     ``load_row_state``."""
 
     def load(state: TrainState, path: Path) -> None:
         load_row_state(trainer, state, path)
 
-    trunk.open_or_resume(trainer.run, console, label, load, trainer.run.close, detail)
+    trunk.open_or_resume(trainer.run, console, label, load, trainer.run.close, detail, units=units)

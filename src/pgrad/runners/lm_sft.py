@@ -33,7 +33,7 @@ from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import CausalLM, response_outputs
 from pgrad.lm.reward import TrueScoreReward
 from pgrad.lm.task import DigitsTask
-from pgrad.monitor.sinks import MetricSink
+from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
 from pgrad.runners.lm_rows import load_row_state, open_rows, row_train_state, train_in_rows
@@ -59,6 +59,10 @@ class Demonstrations:
         return sft_loss(out.logprobs, self.mask[index].float())
 
 
+# run.total_steps counts demonstrations; the progress line shows the training NLL of the last row
+SFT_UNITS = ProgressUnits("demonstrations", "train/sft_nll", "nll", "8.4f")
+
+
 class SFTRunner:
     """``pgrad lm sft`` / ``pgrad lm resume`` of an ``lm_sft`` run: see the module docstring."""
 
@@ -81,7 +85,8 @@ class SFTRunner:
         self.optimizer = make_optimizer(list(self.lm.parameters()), self.sft.optimizer)
         self.step = 0  # demonstrations trained on
         self.updates = 0
-        open_rows(self, console, f"{SFT_ALGO} {self.task.name}", f", {len(self.train_demos)} demonstrations")
+        detail = f", {len(self.train_demos)} demonstrations"
+        open_rows(self, console, f"{SFT_ALGO} {self.task.name}", detail, SFT_UNITS)
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")

@@ -45,7 +45,7 @@ from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, PgradError
-from pgrad.monitor.guard import Action
+from pgrad.monitor.guard import Action, Event
 from pgrad.monitor.recovery import (
     TrajectoryRecorder,
     parameters_finite,
@@ -87,6 +87,8 @@ def aggregate(history: dict[str, list[Any]]) -> dict[str, float]:
 
 
 class OffPolicyRunner:
+    """The off-policy loop (DDPG, TD3, SAC): act, store in the replay buffer, sampled gradient steps."""
+
     def __init__(
         self,
         config: TrainConfig,
@@ -105,7 +107,7 @@ class OffPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite, env_object=env_factory is not None)
         self.run_dir = self.run.run_dir
         self.env_factory = env_factory
         self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
@@ -200,8 +202,17 @@ class OffPolicyRunner:
     take_events = synchronous.take_events
     snapshot = synchronous.snapshot
     final_score = synchronous.final_score
-    before_loop = synchronous.before_loop
     halt = synchronous.halt
+
+    def before_loop(self) -> None:
+        """Say that the first steps are a warm-up: random actions, no updates, several times faster than
+        learning, so the steps/s and the time left of those rows say nothing about the rest of the run."""
+        starts = self.loop.learning_starts
+        if self.step < starts:
+            message = (
+                f"random actions until step {starts:,} (loop.learning_starts), then learning; steps/s shows warm-up"
+            )
+            self.log_events([Event("run.warmup", message, data={"learning_starts": starts})])
 
     def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
         return self.train_one_row(stop_at_step)
@@ -277,7 +288,10 @@ class OffPolicyRunner:
             **self.q_bound(),
             names.NONFINITE_STEPS: float(self.optimizer_guard.skipped),
             names.PARAMS_FINITE: self.check_parameters(),
-            names.STEPS_PER_SECOND: env_steps / max(finished - started, 1e-9),
+            # a row without an update (the warm-up, a refill after resume) is a different, faster rate: it gets its
+            # own name so that neither the console nor the guard's slow-down rule compares learning against it
+            (names.STEPS_PER_SECOND if gradient_steps else names.WARMUP_STEPS_PER_SECOND): env_steps
+            / max(finished - started, 1e-9),
             "perf/env_seconds": self.collector.env_seconds - env_seconds_before,
             "perf/update_seconds": update_seconds,
             "perf/wall_seconds": self.run.elapsed_before + finished - self.run.started,

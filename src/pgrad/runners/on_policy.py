@@ -29,7 +29,7 @@ from pgrad.checkpoint import (
     CheckpointStore,
     TrainState,
 )
-from pgrad.config import TrainConfig
+from pgrad.config import TrainConfig, check_memory
 from pgrad.envs import state as env_state
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import ConfigError, TrainingHalted, WorkersLost
@@ -42,13 +42,15 @@ from pgrad.monitor.recovery import (
 )
 from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.registry import get_algorithm
-from pgrad.rollout import Batch, RolloutCollector
+from pgrad.rollout import Batch, RolloutCollector, rollout_bytes
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
 from pgrad.runners.trunk import guard_parts
 
 
 class OnPolicyRunner:
+    """The on-policy loop: collect, prepare, update, judged by the guard after each update."""
+
     def __init__(
         self,
         config: TrainConfig,
@@ -67,7 +69,7 @@ class OnPolicyRunner:
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
         self.config = config
-        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite, env_object=env_factory is not None)
         self.run_dir = self.run.run_dir
         self.env_factory = env_factory
         self.collector: RolloutCollector | Any
@@ -76,6 +78,9 @@ class OnPolicyRunner:
         else:
             self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
             self.algo = build_algorithm(config, self.env.adapter)
+            adapter, steps = self.env.adapter, max(self.algo.rollout_length, 1)
+            needed = rollout_bytes(steps, self.env.envs.num_envs, adapter.obs_dim, adapter.action.size)
+            check_memory(needed, f"{config.algo}.num_steps", "a rollout of num_steps x env.num_envs and its batch")
             self.collector = RolloutCollector(
                 self.env.envs,
                 self.env.adapter,
@@ -95,6 +100,7 @@ class OnPolicyRunner:
         self.eval_env: Environment | None = None
         self.last_batch: Batch | None = None
         self.params_finite = 1.0
+        self.params_checked = False  # the first update of this process checks them (after a resume, too)
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
         self.run.resolved = resolved_record(self.algo)
         self.inexact = env_state.inexact_reason(self.env.envs)
@@ -231,12 +237,14 @@ class OnPolicyRunner:
         return TrainingHalted(message)
 
     def check_parameters(self) -> float:
-        """1.0 while every parameter is finite. Checked every 10th update, and after any update with a
-        skipped (non-finite) step: NaN/Inf parameters also make the next losses non-finite, which the
-        guard's rules read every update, so this is insurance, not the first line. Only the guard reads
-        it; a bare run (guard off) does not pay for it."""
-        if self.config.guard.enabled and (self.updates % 10 == 0 or self.optimizer_guard.skipped):
+        """1.0 while every parameter is finite. Checked on the first update of this process (a resumed run's
+        weights came from a file), every 10th update, and after any update with a skipped (non-finite) step:
+        NaN/Inf parameters also make the next losses non-finite, which the guard's rules read every update, so
+        this is insurance, not the first line. Only the guard reads it; a bare run (guard off) does not pay for it."""
+        due = self.updates % 10 == 0 or self.optimizer_guard.skipped or not self.params_checked
+        if self.config.guard.enabled and due:
             self.params_finite = float(parameters_finite(self.algo.modules()))
+            self.params_checked = True
         return self.params_finite
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +168,48 @@ class RolloutWorker:
 # ---- starting Ray and the group of workers ----------------------------------------------------------------
 
 
+class _NotMainThreadNote(logging.Filter):
+    """Drops Ray's warning that ``init`` outside the main thread sets no SIGTERM handler: pgrad handles SIGTERM
+    itself while it trains (``RunContext.stop_signals``), so that is intended, not news for the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+def init_within(ray: Any, seconds: float, options: dict[str, Any]) -> None:
+    """``ray.init(**options)``, waited for at most ``seconds``: ``TimeoutError`` after that, and Ctrl-C
+    (``KeyboardInterrupt``) at any time; whatever ``ray.init`` raises is raised here.
+
+    Joining an address where nothing answers blocks inside Ray's C++ client for minutes, and Python code
+    (its Ctrl-C handler included) does not run in that thread until it returns. So ``init`` runs in a
+    daemon thread and this one waits in short slices, where signals arrive as usual. A timed-out ``init``
+    is left behind in its thread (Ray offers no way to cancel it); the CLI exits, and a Python session that
+    wants Ray again is best restarted."""
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # handed to the waiting thread, raised there
+            failure.append(exc)
+
+    note = _NotMainThreadNote()
+    worker_logger = logging.getLogger("ray._private.worker")
+    worker_logger.addFilter(note)
+    thread = threading.Thread(target=start, name="pgrad-ray-init", daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + seconds
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(0.1)
+    finally:
+        worker_logger.removeFilter(note)
+    if thread.is_alive():
+        raise TimeoutError(f"ray.init did not return within {seconds:g} s")
+    if failure:
+        raise failure[0]
+
+
 class RaySession:
     """Ray for one run: join ``ray.address``, or start a local Ray sized for the workers (no dashboard), or use the
     Ray this process already runs (a notebook, a test); ``close`` undoes only what ``open`` did."""
@@ -182,14 +225,20 @@ class RaySession:
         pythonpath = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "runtime_env": runtime_env}
+        if settings.address is not None:
+            options["address"] = settings.address
+        else:
+            options["num_cpus"] = settings.num_cpus or max(1, int(np.ceil(settings.workers * settings.worker_cpus)))
+            options["include_dashboard"] = False
+        where = f"join the Ray cluster at ray.address {settings.address}" if settings.address else "start Ray"
         try:
-            if settings.address is not None:
-                self.ray.init(address=settings.address, **options)
-            else:
-                cpus = settings.num_cpus or max(1, int(np.ceil(settings.workers * settings.worker_cpus)))
-                self.ray.init(num_cpus=cpus, include_dashboard=False, **options)
+            init_within(self.ray, settings.connect_timeout_s, options)
+        except TimeoutError:
+            raise ConfigError(
+                f"could not {where} within ray.connect_timeout_s={settings.connect_timeout_s:g} s (nothing "
+                "answered); check the address, or raise ray.connect_timeout_s"
+            ) from None
         except Exception as exc:
-            where = f"join the Ray cluster at ray.address {settings.address}" if settings.address else "start Ray"
             raise ConfigError(f"could not {where}: {one_line(exc)}") from None
         self.started = True
 
@@ -397,16 +446,6 @@ class LearnerSide:
     def take_randomize_draws(self) -> list[dict[str, Any]]:
         draws, self.randomize_draws = self.randomize_draws, []
         return draws
-
-    def episode_state(self) -> dict[str, Any]:
-        episodes = self.episodes
-        return {"returns": list(episodes.returns), "lengths": list(episodes.lengths), "count": episodes.count}
-
-    def load_episode_state(self, state: dict[str, Any]) -> None:
-        self.episodes.returns.extend(state["returns"])
-        self.episodes.lengths.extend(state["lengths"])
-        self.episodes.count = state["count"]
-        self.episodes.cached = None
 
     def reset_workers(self, seed: int) -> None:
         """Every worker's envs reset; worker i with seed + i x num_envs (one local vector env's seeds)."""

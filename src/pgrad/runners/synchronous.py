@@ -30,7 +30,7 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 import torch
 
-from pgrad.builders import Environment, algo_gamma, build_environment, env_label, nominal_physics, one_line
+from pgrad.builders import Environment, env_label, one_line
 from pgrad.checkpoint import (
     TrainState,
     check_arrays_fit,
@@ -44,7 +44,6 @@ from pgrad.envs import state as env_state
 from pgrad.envs.randomize import draw_metrics
 from pgrad.envs.sources import VectorEnvFactory
 from pgrad.errors import CheckpointError, ConfigError, PgradError, TrainingHalted
-from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Event, Guard, Halt, Rollback
 from pgrad.monitor.recovery import (
     HealthyStates,
@@ -111,7 +110,7 @@ def capture(
         rng_numpy=dict(loop.rng.bit_generator.state),
         rng_python=[python_state[0], list(python_state[1]), python_state[2]],
         env_state=None if loop.inexact is not None else env_state.capture(loop.env.envs),
-        episodes=loop.collector.episode_state(),
+        episodes=loop.collector.episodes.state(),
         algo_state=algo_state,
         replay=replay or {},
     )
@@ -140,7 +139,7 @@ def restore(
     try:
         loop.collector.load_state_arrays(state.collector)
         loop.collector.load_normalizer_state(state.normalizers)
-        loop.collector.load_episode_state(state.episodes)
+        loop.collector.episodes.load(state.episodes)
         if state.rng_torch is None or state.rng_numpy is None or state.rng_python is None:
             raise KeyError("rng state")
         torch.set_rng_state(state.rng_torch)
@@ -157,7 +156,8 @@ def restore(
             env_state.restore(loop.env.envs, state.env_state)
         except (ValueError, AttributeError, TypeError) as exc:
             raise CheckpointError(
-                f"checkpoint {path}: its environment state does not fit {loop.config.env.id} ({exc})"
+                f"checkpoint {path}: its environment state does not fit {loop.config.env.id} ({exc}); a run "
+                "trained on an env passed to pgrad.api as a Python object resumes only in Python, with that env"
             ) from None
     else:
         loop.restart_episodes(state.step)
@@ -207,6 +207,7 @@ def restart_episodes(loop: SynchronousLoop, step: int) -> None:
 
 
 def log_events(loop: SynchronousLoop, events: list[Event]) -> None:
+    """Write events to the run's log at the loop's current step."""
     trunk.log_events(loop.run, loop.step, events)
 
 
@@ -221,14 +222,17 @@ def judge(loop: SynchronousLoop, metrics: dict[str, Any], guard_updates: int) ->
 
 
 def take_events(loop: SynchronousLoop) -> list[Event]:
+    """The events the guard has queued since the last call."""
     return loop.guard.take_events()
 
 
 def snapshot(loop: SynchronousLoop, healthy: bool) -> None:
+    """Offer the state after an update to the healthy-state keeper (kept only if healthy, and confirmed later)."""
     loop.healthy_states.after_update(healthy, loop.step, loop.algo, loop.collector)
 
 
 def final_score(loop: SynchronousLoop, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+    """The final checkpoint's score and health mark, as the guard judges them."""
     return loop.guard.checkpoint_score(metrics), loop.guard.healthy
 
 
@@ -281,26 +285,11 @@ def evaluate(loop: SynchronousLoop, metrics: dict[str, Any]) -> list[float] | No
     """Deterministic episodes on separate envs with the normaliser frozen; adds ``eval/*`` metrics
     and returns the episode returns (the guard weighs a drop against their spread). None when a
     Ctrl-C or SIGTERM cut it short: the loop then checkpoints and stops as after any update."""
-    guard = loop.config.guard
     if loop.eval_env is None:
-        # Nominal physics: a fixed yardstick while domain randomisation's ranges widen.
-        loop.eval_env = build_environment(
-            nominal_physics(loop.config),
-            algo_gamma(loop.config),
-            num_envs=eval_num_envs(guard.eval_episodes),
-            env_factory=loop.env_factory,
-        )
+        loop.eval_env = trunk.evaluation_environment(loop.config, loop.env_factory)
     try:
-        return periodic_evaluation(
-            loop.algo.acting_policy(),
-            loop.eval_env.envs,
-            loop.eval_env.adapter,
-            loop.collector.obs_normalizer,
-            guard.eval_episodes,
-            loop.config.run.seed,
-            metrics,
-            max_episode_steps=episode_step_cap(loop.config),
-            should_stop=lambda: loop.run.stop_requested,
+        return trunk.evaluate_on(
+            loop.run, loop.eval_env, loop.algo.acting_policy(), loop.collector.obs_normalizer, metrics
         )
     except PgradError:
         raise
@@ -341,6 +330,7 @@ def log_randomize_draws(loop: SynchronousLoop) -> dict[str, float]:
 
 
 def close(loop: SynchronousLoop) -> None:
+    """Release the loop's resources: the optimizer hooks, the randomisation log, the evaluation envs."""
     loop.optimizer_guard.remove()
     if loop.randomization_log is not None:
         loop.randomization_log.close()

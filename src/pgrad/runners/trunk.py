@@ -33,12 +33,18 @@ import torch
 
 from pgrad import __version__
 from pgrad import metric_names as names
+from pgrad.builders import Environment, algo_gamma, build_environment, nominal_physics
 from pgrad.checkpoint import LearnerState, TrainState
-from pgrad.config import TrainConfig
-from pgrad.errors import TrainingHalted
+from pgrad.config import RESOLVED_SECTION, TrainConfig, load_yaml
+from pgrad.envs.normalize import ObsNormalizer
+from pgrad.envs.sources import VectorEnvFactory
+from pgrad.errors import ConfigError, TrainingHalted
 from pgrad.monitor.alerts import RULES, Rule
+from pgrad.monitor.evaluation import episode_step_cap, eval_num_envs, periodic_evaluation
 from pgrad.monitor.guard import Action, Checkpoint, Event, Guard, Halt, Rollback, Snapshot
 from pgrad.monitor.recovery import HealthyStates, OptimizerGuard
+from pgrad.monitor.sinks import ENV_UNITS, ProgressUnits
+from pgrad.nets import Actor
 from pgrad.runners.context import RunContext, TrainResult, seed_everything
 from pgrad.threads import set_threads
 
@@ -61,14 +67,42 @@ class RunAttribute(Generic[T]):
 
 
 # ---- the prologue -------------------------------------------------------------------------------
-def begin_run(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> RunContext:
+# config.yaml's ``resolved:`` entry of a run whose envs were a Python object handed to pgrad.api
+ENV_OBJECT = "env_object"
+ENV_OBJECT_NOTE = "passed to pgrad.api as a Python object; config.yaml's env.id cannot rebuild it"
+
+
+def begin_run(
+    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, env_object: bool = False
+) -> RunContext:
     """The first half of every run's prologue: the folder checked (a lock held by another run, a folder
     holding a run that ``train`` would overwrite: one line, nothing written), threads, and the seeds of
-    Python, NumPy and torch. The body builds its parts after this and before ``open_or_resume``."""
+    Python, NumPy and torch. The body builds its parts after this and before ``open_or_resume``.
+    ``env_object``: the envs come from a Python object (``pgrad.api``), which the run folder records."""
     run = RunContext(config, run_dir, resume, overwrite)
+    run.env_object = env_object
+    if resume and not env_object:
+        check_env_rebuildable(run.run_dir)
     set_threads(config.run.torch_threads)
     seed_everything(config.run.seed)
     return run
+
+
+def check_env_rebuildable(run_dir: Path) -> None:
+    """A run trained on an env passed as a Python object cannot be resumed from its config.yaml alone (the
+    recorded env.id names the object's class or spec, not the object): one line saying how to resume it,
+    before any env is built."""
+    path = run_dir / "config.yaml"
+    try:
+        saved = load_yaml(path) if path.is_file() else {}
+    except ConfigError:
+        return  # the config's own checks report it
+    resolved = saved.get(RESOLVED_SECTION) if isinstance(saved, dict) else None
+    if isinstance(resolved, dict) and ENV_OBJECT in resolved:
+        raise ConfigError(
+            f"{run_dir} trained on an env passed to pgrad.api as a Python object, which config.yaml cannot "
+            f"rebuild: resume it in Python with the same env, pgrad.api.Agent.load('{run_dir}', env=ENV).learn(STEPS)"
+        )
 
 
 def open_or_resume(
@@ -79,6 +113,7 @@ def open_or_resume(
     close: Callable[[], None],
     started_detail: str = "",
     resumed_note: str = "",
+    units: ProgressUnits = ENV_UNITS,
 ) -> bool:
     """The second half: the checkpoint to resume from is read (and checked) before anything is written,
     then the folder is opened (lock, config with the learner's ``resolved`` record, logs) and the body loads
@@ -89,7 +124,9 @@ def open_or_resume(
     if not run.resolved:  # the learner chose nothing (the language models): its gradients are autograd's
         reason = f"{run.config.algo} has no NumPy backend"
         run.resolved = {"gradient_backend": "autograd", "gradient_backend_reason": reason}
-    run.open(console, label)
+    if run.env_object:
+        run.resolved[ENV_OBJECT] = ENV_OBJECT_NOTE
+    run.open(console, label, units)
     if resume_from is None:
         run.started_event(started_detail)
         return False
@@ -286,3 +323,39 @@ def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
     finally:
         body.close()
     return result
+
+
+# ---- the guard's evaluation -----------------------------------------------------------------------
+
+
+def evaluation_environment(config: TrainConfig, env_factory: VectorEnvFactory | None = None) -> Environment:
+    """The envs the guard evaluates on, built once per run: nominal physics (a fixed yardstick while
+    domain randomisation's ranges widen) and enough copies for ``guard.eval_episodes``."""
+    episodes = config.guard.eval_episodes
+    return build_environment(
+        nominal_physics(config), algo_gamma(config), num_envs=eval_num_envs(episodes), env_factory=env_factory
+    )
+
+
+def evaluate_on(
+    run: RunContext,
+    eval_env: Environment,
+    policy: Actor,
+    obs_normalizer: ObsNormalizer,
+    metrics: dict[str, Any],
+) -> list[float] | None:
+    """``guard.eval_episodes`` deterministic episodes of ``policy`` on ``eval_env``, the observations
+    normalised by ``obs_normalizer`` (frozen); adds ``eval/*`` to ``metrics`` and returns the episode
+    returns, or None when a Ctrl-C or SIGTERM cut it short."""
+    config = run.config
+    return periodic_evaluation(
+        policy,
+        eval_env.envs,
+        eval_env.adapter,
+        obs_normalizer,
+        config.guard.eval_episodes,
+        config.run.seed,
+        metrics,
+        max_episode_steps=episode_step_cap(config),
+        should_stop=lambda: run.stop_requested,
+    )
