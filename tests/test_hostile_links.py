@@ -329,6 +329,20 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
 
 
+def test_a_full_disk_during_an_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "index.json"
+    path.write_text("old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        safe_io.write_atomic(path, "new")
+    assert raised.value.filename == str(path)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
 @pytest.mark.parametrize("name", ["events.jsonl", "metrics.jsonl"])
 @pytest.mark.parametrize("link", ["dangling", "hardlink"])
 def test_language_model_resume_checks_its_folder(capsys, trained_lm, tmp_path, name, link):

@@ -143,16 +143,21 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     path = Path(path)
     refuse_link(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    handle = open(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, writing=True), "wb")
+    try:
+        handle = open(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, writing=True), "wb")
+    except OSError as exc:  # a missing or unwritable folder: named by the file the caller asked for
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):  # a read-only or full disk: the temporary may be gone or stay
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):  # a full disk: name the target
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
