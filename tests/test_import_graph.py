@@ -16,6 +16,7 @@ LAYERS: list[list[str]] = [
     [
         "pgrad",
         "pgrad.errors",
+        "pgrad.safe_io",
         "pgrad.faults",
         "pgrad.metric_names",
         "pgrad.threads",

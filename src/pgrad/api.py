@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from pgrad import safe_io
 from pgrad.callbacks import Callback
 from pgrad.checkpoint import STATE, TENSORS, read_train_state
 from pgrad.config import TrainConfig
@@ -313,8 +314,12 @@ class Agent:
             raise ConfigError(f"save: {target} exists and is not a saved pgrad agent; choose another path")
         target.mkdir(parents=True, exist_ok=True)
         if target.resolve() != self.last_result.checkpoint.resolve():
-            for name in (TENSORS, STATE):
-                shutil.copyfile(self.last_result.checkpoint / name, target / name)
+            for name in (TENSORS, STATE):  # never through a link at the destination (a saved agent from elsewhere)
+                with (
+                    safe_io.open_read(self.last_result.checkpoint / name) as source,
+                    safe_io.atomic_file(target / name) as copy,
+                ):
+                    shutil.copyfileobj(source, copy)
         write_spaces(target, self.observation_space, self.action_space, self.config)
         return target
 

@@ -26,6 +26,7 @@ and the guard's rollback states under ``rollback.<slot>.`` with the same learner
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -44,7 +45,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pgrad.errors import CheckpointError
+from pgrad import safe_io
+from pgrad.errors import CheckpointError, PgradError
 
 FORMAT_VERSION = 1
 TENSORS = "tensors.safetensors"
@@ -75,25 +77,18 @@ def inside_run(root: Path, name: str, what: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    """The file's SHA-256, read through ``safe_io.open_read``: a symbolic link is refused, never hashed (its
+    target could be any file, however large)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with safe_io.open_read(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _fsync_write(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a synced temporary file and a rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    _fsync_write(tmp, json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data`` as JSON, atomically and never through a link (``safe_io.write_atomic``)."""
+    safe_io.write_atomic(path, json.dumps(data, indent=1))
 
 
 def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
@@ -107,7 +102,7 @@ def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], state: di
     key = integrity_key()
     if key is not None:
         full_state[HMAC_FIELD] = _hmac(key, full_state)
-    _fsync_write(tmp / STATE, json.dumps(full_state))
+    safe_io.write_atomic(tmp / STATE, json.dumps(full_state))
     _remove(directory)
     os.replace(tmp, directory)
     return directory
@@ -135,9 +130,7 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-# Everything pgrad writes at the top of a run folder: the one list. ``--overwrite`` deletes these (and nothing
-# else); a received folder may hold any of them as a symlink to a file elsewhere, which a resume would then
-# overwrite or append to, so ``check_run_folder`` refuses a link out for each.
+# Everything pgrad writes at the top of a run folder: ``--overwrite`` deletes these (and nothing else).
 RUN_FILES = (
     "config.yaml",
     "metrics.jsonl",
@@ -146,16 +139,62 @@ RUN_FILES = (
     "checkpoints",
     "tb",
     "report",
+    "export",  # pgrad export's default output folder
     "halt_trajectories.npz",
     "halt_batch.npz",
     "spaces.json",  # written by pgrad.api's learn
 )
+# The folders among them (the rest are files).
+RUN_FOLDERS = ("checkpoints", "tb", "report", "export")
+LOCK_FILE = ".pgrad.lock"  # the run's lock (pgrad.runners.context.RunLock); never deleted while a run may hold it
+# Files pgrad writes by a fixed name inside those folders (a checkpoint's own files are checked when it is read,
+# ``load_checkpoint``; the report's PNGs, one per panel, when the report is written).
+NESTED_FILES = (
+    "checkpoints/index.json",
+    "report/report.html",
+    "export/policy.onnx",
+    "export/policy.onnx.json",
+    "export/policy.pt",
+    "export/policy.pt.json",
+)
+# Temporaries: pgrad's own have fresh random names (``safe_io.atomic_file``), so no link can wait for one; these
+# fixed names are the ones older versions used, where a received folder may still hold a planted link.
+TEMPORARY_FILES = (
+    ".config.yaml.tmp",
+    ".metrics.jsonl.tmp",
+    ".events.jsonl.tmp",
+    ".randomization.jsonl.tmp",
+    ".spaces.json.tmp",
+    "checkpoints/.index.json.tmp",
+)
+# The one list of a run folder's entries that every command checks before it reads or writes any of them
+# (``check_run_folder``); tests/test_hostile_links.py plants a link at each name, for every command.
+RUN_ENTRIES = (*RUN_FILES, LOCK_FILE, *NESTED_FILES, *TEMPORARY_FILES)
+# Folders that hold only pgrad's outputs (the report's PNGs, one per panel; the exported files): no link in them.
+OUTPUT_FOLDERS = ("report", "export")
 
 
-def check_run_folder(run_dir: Path) -> None:
-    """Every entry pgrad uses in ``run_dir`` resolves inside it (see ``inside_run``)."""
-    for name in RUN_FILES:
-        inside_run(Path(run_dir), name, name)
+def check_run_folder(run_dir: Path, writing: bool = False) -> None:
+    """No entry of ``RUN_ENTRIES`` in ``run_dir``, and no file in its ``OUTPUT_FOLDERS``, is a link: each stays
+    inside the folder (``inside_run``), is not a symbolic link at all and, when the command will be ``writing``
+    into the folder, is no file with other hard links (a write through one name changes all of them). One
+    ``CheckpointError`` line names the first that is. A received folder is data: pgrad never reads or writes
+    through a link planted in it."""
+    run_dir = Path(run_dir)
+    for name in RUN_ENTRIES:
+        inside_run(run_dir, name, name)
+    for path in (run_dir / name for name in RUN_ENTRIES):
+        _refuse_link(path, writing)
+    for folder in OUTPUT_FOLDERS:  # the entries above include these folders: neither is a link here
+        if (run_dir / folder).is_dir():
+            for path in sorted((run_dir / folder).iterdir()):
+                _refuse_link(path, writing)
+
+
+def _refuse_link(path: Path, writing: bool) -> None:
+    reason = safe_io.link_refusal(path, writing)
+    if reason is not None:
+        raise CheckpointError(reason)
 
 
 # ---- integrity: SHA-256 detects corruption; an HMAC key detects tampering ------------------------
@@ -212,6 +251,11 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
     directory = Path(directory)
     state_path = inside_run(directory, STATE, f"checkpoint file {STATE}")
     tensor_path = inside_run(directory, TENSORS, f"checkpoint file {TENSORS}")
+    for path in (state_path, tensor_path):  # a link inside the folder is refused too: nothing is read through one
+        if path.is_symlink():
+            raise CheckpointError(
+                f"checkpoint {directory}: {path.name} is a symbolic link; refusing to read through it"
+            )
     if not state_path.is_file() or not tensor_path.is_file():
         raise CheckpointError(f"checkpoint {directory} is incomplete: it needs {STATE} and {TENSORS}")
     size = state_path.stat().st_size
@@ -220,7 +264,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
             f"checkpoint {directory}: {STATE} is {size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads"
         )
     try:
-        state = json.loads(state_path.read_bytes().decode("utf-8"))
+        state = json.loads(_read_checkpoint_file(state_path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint {directory}: {STATE} is corrupted ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
@@ -238,7 +282,7 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
                 "with); refusing to load it"
             )
     check_step_name(directory, state)
-    if _sha256(tensor_path) != state.get("tensors_sha256"):
+    if _checksum(tensor_path) != state.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint {directory}: {TENSORS} does not match the checksum recorded in {STATE} "
             "(corrupted); refusing to load it"
@@ -249,6 +293,22 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise CheckpointError(f"checkpoint {directory}: {TENSORS} is not a valid safetensors file ({exc})") from None
     check_plain_arrays(state.get("env_state"), f"checkpoint {directory}: {STATE} env_state")
     return tensors, state
+
+
+def _read_checkpoint_file(path: Path) -> bytes:
+    """A checkpoint file's bytes (``safe_io.read_bytes``: no link followed); refusals as ``CheckpointError``."""
+    try:
+        return safe_io.read_bytes(path)
+    except PgradError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _checksum(path: Path) -> str:
+    """``_sha256`` with its refusals as ``CheckpointError``."""
+    try:
+        return _sha256(path)
+    except PgradError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 # A NumPy array in JSON (pgrad.envs.state) is rebuilt with its recorded dtype; a dtype like U10000000
@@ -341,14 +401,20 @@ def tensors_to_numpy(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str,
 
 def remove_partial_writes(root: Path) -> None:
     """Delete what an interrupted write left in ``checkpoints/``: ``.tmp-step_*`` folders and the index's
-    temporary file. Only the run holding the folder's lock calls this, so none of them is being written."""
+    temporary files. Only the run holding the folder's lock calls this, so none of them is being written. Best
+    effort: it runs after a failed write too, where the disk may be read-only or gone, and then leaves them."""
     root = Path(root)
-    for path in root.glob(".tmp-step_*"):
+    try:
+        partial = list(root.glob(".tmp-step_*"))
+    except OSError:
+        partial = []
+    for path in partial:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
-    (root / f".{INDEX}.tmp").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    safe_io.remove_temporaries(root, INDEX)
 
 
 def newest_loadable(root: Path) -> tuple[TrainState, Path, list[tuple[str, str]]]:
@@ -393,16 +459,23 @@ _DAMAGE_CHECK_BYTES = 64 * 2**20
 def damage(directory: Path) -> str | None:
     """Why a checkpoint folder is damaged (what a disk error or an interrupted copy leaves), or None."""
     state_path, tensor_path = directory / STATE, directory / TENSORS
+    for path in (state_path, tensor_path):  # never followed: its target could be any file, however large
+        if path.is_symlink():
+            return f"{path.name} is a symbolic link (never followed)"
     if not state_path.is_file() or not tensor_path.is_file():
         return f"incomplete (it needs {STATE} and {TENSORS})"
     if state_path.stat().st_size > _DAMAGE_CHECK_BYTES:
         return None
     try:
-        state = json.loads(state_path.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        state = json.loads(safe_io.read_bytes(state_path).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, PgradError):
         return f"{STATE} is not readable JSON"
     recorded = state.get("tensors_sha256") if isinstance(state, dict) else None
-    if isinstance(recorded, str) and _sha256(tensor_path) != recorded:
+    try:
+        actual = _sha256(tensor_path) if isinstance(recorded, str) else None
+    except PgradError as exc:  # not a regular file
+        return str(exc)
+    if actual is not None and actual != recorded:
         return f"{TENSORS} does not match the checksum recorded in {STATE}"
     return None
 
@@ -970,6 +1043,9 @@ class CheckpointStore:
     def index(self) -> dict[str, Any]:
         self._check_root()
         path = self.root / INDEX
+        reason = safe_io.link_refusal(path, writing=False)
+        if reason is not None:
+            raise CheckpointError(reason)
         if not path.is_file():
             return {"latest": None, "best": None, "best_score": None, "entries": {}}
         if path.stat().st_size > MAX_STATE_BYTES:
@@ -977,7 +1053,7 @@ class CheckpointStore:
                 f"{path} is {path.stat().st_size} bytes, over the {MAX_STATE_BYTES} bytes pgrad reads"
             )
         try:
-            index = json.loads(path.read_text())
+            index = json.loads(_read_checkpoint_file(path).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path} is corrupted ({exc})") from None
         return _checked_index(index, path)

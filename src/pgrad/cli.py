@@ -164,8 +164,8 @@ def _run_flags(parser: argparse.ArgumentParser, config_help: str, steps_help: st
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start in a --run-dir that is not empty: first delete an earlier run's files there "
-        "(config.yaml, metrics.jsonl, events.jsonl, checkpoints/, tb/, report/, halt_*.npz); other files are kept",
+        help="start in a --run-dir that is not empty: first delete an earlier run's files there (config.yaml, "
+        "metrics.jsonl, events.jsonl, checkpoints/, tb/, report/, export/, halt_*.npz); other files are kept",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 

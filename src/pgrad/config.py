@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from pgrad import safe_io
 from pgrad.errors import ConfigError
 from pgrad.faults import parse_fault
 
@@ -809,7 +810,8 @@ class TrainConfig:
         return out
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML to ``path``, atomically and never through a link (``pgrad.safe_io``)."""
+        safe_io.write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # config.yaml's record of what the run resolved when it was built (``pgrad.algos.numpy_grad.resolved_record``:
@@ -820,7 +822,7 @@ RESOLVED_SECTION = "resolved"
 
 def append_resolved(path: Path, resolved: dict[str, str]) -> None:
     """Append the ``resolved:`` record under a saved config (see ``RESOLVED_SECTION``)."""
-    with open(path, "a") as handle:
+    with safe_io.open_append(path) as handle:
         handle.write("# resolved when the run was built; a record, not an input (loading ignores it)\n")
         handle.write(yaml.safe_dump({RESOLVED_SECTION: resolved}, sort_keys=False))
 

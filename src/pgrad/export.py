@@ -19,7 +19,6 @@ manifest names the spaces, the pgrad version and the source checkpoint.
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pgrad import __version__
-from pgrad.checkpoint import read_train_state
+from pgrad import __version__, safe_io
+from pgrad.checkpoint import inside_run, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.policy import Policy, load_policy, space_to_dict
 
@@ -239,25 +238,26 @@ def export(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     policy, config, checkpoint = load_policy(Path(path), which, trust_env_code=trust_env_code)
     chain = chain_of(policy)
-    target = Path(out) if out is not None else Path(path) / "export" / f"policy{FORMATS[fmt]}"
+    # the default folder is the run's (or the saved agent's) own: a link there must not send the files elsewhere
+    target = (
+        Path(out)
+        if out is not None
+        else inside_run(Path(path), "export", "the export folder") / f"policy{FORMATS[fmt]}"
+    )
     if target.is_dir():
         raise ConfigError(f"--out {target} is a folder; name the file to write")
+    manifest = target.with_name(target.name + ".json")
+    for file in (target, manifest):  # both checked before either is written
+        safe_io.refuse_link(file)
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         model = onnx_model(chain)  # first: without onnx installed, this is the one-line error
-        import onnx
-
-        onnx.save(model, str(target))
+        safe_io.write_atomic(target, model.SerializeToString())
     else:
-        # through Python's file writing: TorchScript's own writer aborts the process on a write error (ENOSPC)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")  # as above
-            torch.jit.save(torchscript_module(chain), buffer)
-        target.write_bytes(buffer.getvalue())
-    manifest = target.with_name(target.name + ".json")
+        safe_io.write_atomic(target, torchscript_module(chain).save_to_buffer())
     action_dtype = "int64" if chain.output == "argmax" else "float32"
-    manifest.write_text(
+    safe_io.write_atomic(
+        manifest,
         json.dumps(
             {
                 "format": fmt,
@@ -284,6 +284,6 @@ def export(
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     return target, manifest

@@ -30,6 +30,7 @@ from pgrad.checkpoint import (
     CheckpointStore,
     TrainState,
     check_arrays_fit,
+    check_run_folder,
     integrity_key,
     load_modules,
     read_train_state,
@@ -131,6 +132,7 @@ def checkpoint_path(path: Path, which: str = "latest") -> Path:
     if (path / "state.json").is_file():
         return path
     if (path / "config.yaml").is_file():
+        check_run_folder(path)  # links planted in a received folder: one line, nothing read through them
         return CheckpointStore(path, keep=1).readable(which)
     raise ConfigError(f"{path} is neither a pgrad run folder (config.yaml) nor a saved agent (state.json)")
 

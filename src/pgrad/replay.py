@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgrad import safe_io
 from pgrad.config import check_memory
 from pgrad.rollout import Rollout
 
@@ -50,7 +51,8 @@ class TransitionBatch:
     def save(self, path: Path) -> None:
         """The batch as a pickle-free ``.npz`` (what a halted run leaves behind)."""
         arrays = {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)}
-        np.savez(path, **arrays)
+        with safe_io.atomic_file(path) as handle:  # a run folder's file: never through a link
+            np.savez(handle, **arrays)
 
 
 class ReplayBuffer:

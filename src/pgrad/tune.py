@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pgrad import safe_io
 from pgrad.config import TrainConfig, merge, parse_set
 from pgrad.errors import ConfigError, PgradError, TrainingHalted
 from pgrad.registry import get_algorithm
@@ -240,7 +241,9 @@ def run_trials(
     space = tuple(param for param in search_space(algo) if param.key not in fixed)  # what --set fixes stays fixed
 
     def log_row(row: dict[str, Any]) -> None:
-        with open(tune_dir / TRIALS_FILE, "a") as log:  # one short line per write: processes may share the file
+        with safe_io.open_append(
+            tune_dir / TRIALS_FILE
+        ) as log:  # one short line per write: processes may share the file
             log.write(json.dumps(row) + "\n")
 
     def objective(trial: Any) -> float:
@@ -301,7 +304,7 @@ def summarize_study(study: Any, algo: str, config_for: ConfigFor, user_sets: lis
     # the env, what --set fixed and the best values: what the trial trained with, less tuning's own settings
     # (its step budget and evaluation schedule) and the --config file, which the user passes again
     layers = merge({"env": {"id": first_config.env.id}}, parse_set(user_sets, sections_for(algo)), nested(best_values))
-    best_file.write_text(yaml.safe_dump({"algo": algo, **layers}, sort_keys=True))
+    safe_io.write_atomic(best_file, yaml.safe_dump({"algo": algo, **layers}, sort_keys=True))
     assert best.value is not None  # a complete trial
     return TuneResult(best.number, float(best.value), best_values, best_file, rows, 0.0)
 

@@ -24,6 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from pgrad import safe_io
 from pgrad.errors import ConfigError
 
 # Box spaces written by pgrad.policy.space_to_dict hold two full bound arrays: ~25 bytes per float64 element each,
@@ -51,7 +52,7 @@ def read_spaces_document(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_SPACES_BYTES:
             raise ConfigError(f"{path} is {size} bytes; pgrad reads at most {MAX_SPACES_BYTES}")
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(safe_io.read_bytes(path).decode("utf-8"))  # never through a link (pgrad.safe_io)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:

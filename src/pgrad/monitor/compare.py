@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.checkpoint import inside_run
+from pgrad.checkpoint import check_run_folder, inside_run
 from pgrad.config import load_yaml
 from pgrad.errors import ConfigError
 from pgrad.monitor.aggregate import Interval, Statistic, bootstrap_band, bootstrap_interval, common_grid
@@ -53,6 +53,7 @@ class GroupSummary:
 
 def read_curve(run_dir: Path, metric: str) -> RunCurve:
     """A run folder's ``metric`` over env steps, its seed and its config (read as data, inside the folder)."""
+    check_run_folder(Path(run_dir))  # links planted in a received folder: one line, nothing read through them
     rows = well_formed_rows(read_jsonl(inside_run(Path(run_dir), "metrics.jsonl", "metrics.jsonl")))
     steps, values = metric_series(rows, metric)
     config_path = Path(run_dir) / "config.yaml"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pgrad.checkpoint import CheckpointStore, inside_run, read_train_state
+from pgrad.checkpoint import CheckpointStore, check_run_folder, read_train_state
 from pgrad.config import GuardConfig, build, load_yaml
 from pgrad.errors import PgradError
 from pgrad.monitor.alerts import CLIP_FRACTION, ENTROPY, EXPLAINED_VARIANCE, GRAD_NORM, KL, NONFINITE_STEPS, number
@@ -487,10 +487,9 @@ def format_report(
 def load_run(run_dir: Path) -> tuple[list[Metrics], list[Metrics], GuardConfig]:
     """A run folder's metric history, its events and its guard thresholds (defaults if unreadable)."""
     run_dir = Path(run_dir)
+    check_run_folder(run_dir)  # links planted in a received folder: one line, nothing read through them
     if not (run_dir / "metrics.jsonl").is_file():
         raise PgradError(f"{run_dir} is not a pgrad run folder (no metrics.jsonl)")
-    for name in ("metrics.jsonl", "events.jsonl", "config.yaml"):  # symlinks out of a received folder
-        inside_run(run_dir, name, name)
     # Only the guard section is read (no algorithm registry, no environment): the doctor works on
     # any run folder, whatever algorithm wrote it.
     try:

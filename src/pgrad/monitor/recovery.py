@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from pgrad import safe_io
 from pgrad.checkpoint import LearnerState, TrainState, load_modules, load_optimizers
 from pgrad.config import GuardConfig
 from pgrad.faults import ActiveFaults
@@ -428,7 +429,8 @@ class TrajectoryRecorder:
         columns = {"episode_start": starts, "episode_length": lengths, "episode_finished": is_finished, **arrays}
         # arg-type: numpy's stub lets a **dict fill savez's keyword-only allow_pickle (a bool), so mypy refuses
         # any dict of arrays. Naming allow_pickle instead would store it as an array before numpy 2.1.
-        np.savez(path, **columns)  # type: ignore[arg-type]
+        with safe_io.atomic_file(path) as handle:  # a run folder's file: never through a link
+            np.savez(handle, **columns)  # type: ignore[arg-type]
         return len(episodes)
 
 
@@ -437,4 +439,5 @@ def save_batch(batch: Batch | TransitionBatch, path: Path) -> None:
     pickle-free ``.npz``; fields that are not tensors are left out."""
     tensors = {f.name: getattr(batch, f.name) for f in fields(batch)}
     arrays = {name: t.detach().cpu().numpy() for name, t in tensors.items() if isinstance(t, torch.Tensor)}
-    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub, as in TrajectoryRecorder.save
+    with safe_io.atomic_file(path) as handle:  # a run folder's file: never through a link
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub, as in TrajectoryRecorder.save

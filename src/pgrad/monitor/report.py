@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pgrad import safe_io
 from pgrad.checkpoint import inside_run
 from pgrad.config import load_yaml
 from pgrad.errors import PgradError
@@ -207,10 +208,12 @@ def plot_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chosen = panels_for(history, unit)
+    for name in ("overview", *(name for name, _, _ in chosen)):  # a planted link: refused before anything is drawn
+        safe_io.refuse_link(out_dir / f"{name}.png")
     out_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
     panels = []
-    chosen = panels_for(history, unit)
     grid_rows = (len(chosen) + 2) // 3
     overview, axes = plt.subplots(grid_rows, 3, figsize=(15, 10 * grid_rows / 3))
     for (name, title, keys), overview_ax in zip(chosen, axes.flat, strict=True):
@@ -227,7 +230,7 @@ def plot_run(
     images["overview"] = _figure_png(overview)
     plt.close(overview)
     for name, png in images.items():
-        (out_dir / f"{name}.png").write_bytes(png)
+        safe_io.write_atomic(out_dir / f"{name}.png", png)
     return panels, images
 
 
@@ -317,15 +320,16 @@ def render_html(
 def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[PanelData]]:
     """Write ``report.html`` and the PNGs (default: ``RUN_DIR/report``); returns the HTML path and panels."""
     run_dir = Path(run_dir)
-    history, events, config = load_run(run_dir)
     # The default output folder is inside the run; a 'report' symlink there must not send the
     # files somewhere else (an --out the user gives is theirs to choose).
     out_dir = Path(out_dir) if out_dir is not None else inside_run(run_dir, "report", "the report folder")
+    history, events, config = load_run(run_dir)  # checks every entry of the folder (check_run_folder)
     unit = step_unit(run_dir)
+    path = out_dir / "report.html"
+    safe_io.refuse_link(path)  # before any PNG is written
     panels, images = plot_run(history, events, out_dir, f"pgrad run {run_dir.name}", unit)
     findings = diagnose(history, events, config)
     doctor_text = format_report(run_dir, history, findings, events, unit)
-    path = out_dir / "report.html"
     try:
         saved = config_rows(load_yaml(run_dir / "config.yaml"))
     except PgradError as exc:
@@ -333,5 +337,5 @@ def report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, list[Panel
     page = render_html(
         f"pgrad report: {run_dir}", images, doctor_text, events, summary_rows(history, events, unit), saved
     )
-    path.write_text(page)
+    safe_io.write_atomic(path, page)
     return path, panels

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 import weakref
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pgrad import metric_names as names
+from pgrad import safe_io
 from pgrad.monitor.tfevents import ScalarEventFile
 from pgrad.terminal import console
 
@@ -68,7 +68,7 @@ class JsonlSink:
     ``flush``/``close``)."""
 
     def __init__(self, path: Path, flush_seconds: float = FLUSH_SECONDS) -> None:
-        self.handle = open(path, "a", buffering=1 << 16)
+        self.handle = safe_io.open_append(path, buffering=1 << 16)  # checked once here; rows are plain writes
         self.flush_seconds = flush_seconds
         self.next_flush = time.monotonic() + flush_seconds
         self._finalizer = weakref.finalize(self, self.handle.close)  # at exit: the buffer is not lost
@@ -134,7 +134,7 @@ class EventLog:
     """``events.jsonl``: typed events (run started, checkpoint, interrupted, alerts, recoveries)."""
 
     def __init__(self, path: Path, echo: Any | None = None) -> None:
-        self.handle = open(path, "a", buffering=1)
+        self.handle = safe_io.open_append(path, buffering=1)
         self.echo = echo
 
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> dict[str, Any]:
@@ -175,9 +175,9 @@ def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:
     is dropped. Returns (rows after ``last_step``, unreadable lines) dropped.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return 0, 0
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = safe_io.read_bytes(path).decode("utf-8", errors="replace")
     kept: list[str] = []
     after = unreadable = 0
     for line in text.splitlines():
@@ -194,12 +194,7 @@ def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:
             continue
         kept.append(line)
     if after or unreadable or (text and not text.endswith("\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as handle:
-            handle.write("".join(f"{line}\n" for line in kept))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        safe_io.write_atomic(path, "".join(f"{line}\n" for line in kept))
     return after, unreadable
 
 

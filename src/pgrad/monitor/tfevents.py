@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pgrad import safe_io
+
 # ---- CRC-32C (Castagnoli), vectorised over many messages ----------------------------------------
 #
 # Byte-wise, CRC-32C updates its state s with s <- A(s) ^ T[b], where T is the usual 256-entry table
@@ -193,7 +195,7 @@ class ScalarEventFile:
         # The name TensorBoard's own writer uses: events.out.tfevents.<time>.<host>.<pid>.<counter>
         name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_counter)}"
         self.path = Path(logdir) / name
-        self.handle = open(self.path, "wb", buffering=0)
+        self.handle = safe_io.open_new(self.path)  # a fresh name: a link planted there is refused
         self.pending: list[bytes] = []  # serialised events not yet on disk
         self.plans: dict[tuple[str, ...], Plan] = {}
         self.pending.append(event_bytes(now, 0, file_version="brain.Event:2"))

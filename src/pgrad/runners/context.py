@@ -40,13 +40,15 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from pgrad import __version__
+from pgrad import __version__, safe_io
 from pgrad.callbacks import Callback, stop_reason
 from pgrad.checkpoint import (
+    LOCK_FILE,
     RUN_FILES,
     CheckpointStore,
     TrainState,
     adopt_checkpoint,
+    check_run_folder,
     newest_loadable,
     remove_partial_writes,
     weights_finite,
@@ -119,6 +121,8 @@ class RunContext:
         self.store = CheckpointStore(self.run_dir, config.run.keep_checkpoints)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"run folder {self.run_dir} is a file, not a folder; choose another --run-dir")
+        if resume:  # a new run takes an empty folder (a link makes it not empty), or --overwrite unlinks them
+            check_run_folder(self.run_dir, writing=True)  # links planted in a received folder: one line, first
         RunLock.probe(self.run_dir)  # a folder in use: say so first (``open`` takes the lock for real)
         check_trackers(config)  # run.wandb / run.mlflow on but not installed: one line, nothing written
         if not resume:
@@ -163,7 +167,8 @@ class RunContext:
                 f"run folder {self.run_dir} already holds a run; continue it with 'pgrad resume {self.run_dir}', "
                 "choose another --run-dir, or pass --overwrite to replace it"
             )
-        present = sorted(p.name for p in self.run_dir.iterdir() if p.name != RunLock.NAME)
+        # the lock file is this run's own (``open`` checks again under it); a link by its name is not
+        present = sorted(p.name for p in self.run_dir.iterdir() if p.name != RunLock.NAME or p.is_symlink())
         if present:
             shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
             raise ConfigError(
@@ -238,6 +243,8 @@ class RunContext:
             adopt_checkpoint(self.store, *self.index_repair)
         # randomization.jsonl: only runs with domain randomisation have one (pgrad.envs.randomize)
         logs = ["metrics.jsonl", "events.jsonl", "randomization.jsonl"]
+        for name in logs:  # what a kill during an earlier truncation left
+            safe_io.remove_temporaries(self.run_dir, name)
         return {
             name: truncate_jsonl(self.run_dir / name, self.last_checkpoint_step)
             for name in logs
@@ -478,7 +485,7 @@ class RunLock:
     crash never leaves a stale lock. The holder writes its pid into the file for the refusal message.
     """
 
-    NAME = ".pgrad.lock"
+    NAME = LOCK_FILE
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -486,7 +493,10 @@ class RunLock:
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
-        handle = open(Path(run_dir) / cls.NAME, "a+")
+        """Create (or open) and lock the file, never through a link (``safe_io.open_lock``): the pid is written
+        only into a plain file of the folder's own."""
+        handle = safe_io.open_lock(Path(run_dir) / cls.NAME, create=True)
+        assert handle is not None
         cls._lock_or_refuse(handle, run_dir)
         handle.seek(0)
         handle.truncate()
@@ -498,8 +508,10 @@ class RunLock:
     def probe(cls, run_dir: Path) -> None:
         """Refuse a folder whose lock is held, creating nothing (a refused run leaves no file behind)."""
         try:
-            handle = open(Path(run_dir) / cls.NAME)
-        except OSError:  # no lock file (or no folder): nobody holds it
+            handle = safe_io.open_lock(Path(run_dir) / cls.NAME, create=False)
+        except OSError:  # no folder: nobody holds it (a link is a PgradError: refused)
+            return
+        if handle is None:  # no lock file: nobody holds it
             return
         cls._lock_or_refuse(handle, run_dir)
         handle.close()
