@@ -78,6 +78,7 @@ class A3CConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range, timeouts included."""
         self.check_range("num_workers", 1, MAX_ASYNC_ENVS)
         self.check_range("num_steps", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
@@ -91,6 +92,7 @@ class A3CConfig(Checked):
         self.check_range("fail_worker_at_step", 0)
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Refuses ``env.vectorization: async``: A3C's workers are already processes."""
         if env.vectorization == "async":
             raise ConfigError(
                 "env.vectorization must be auto, sync or native for a3c (its workers are already processes); "
@@ -172,6 +174,8 @@ class SharedOptimizer:
                 parameter.addcdiv_(state["exp_avg"], denom, value=-learning_rate / (1.0 - beta1**step))
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state in torch's ``state_dict`` layout (per-parameter statistics and one param group), for
+        checkpoints."""
         group = {**self.hyper, "params": list(range(len(self.parameters)))}
         return {"state": dict(enumerate(self.states)), "param_groups": [group]}
 
@@ -211,13 +215,16 @@ class A3C:
 
     @property
     def rollout_length(self) -> int:
+        """Steps per env per rollout: ``num_steps``."""
         return self.config.num_steps
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def share_memory(self) -> list[dict[str, torch.Tensor]]:
@@ -240,15 +247,19 @@ class A3C:
         self.optimizer.load_state_dict(optimizer_state)  # copies into the existing statistics
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, Any]:
+        """The checkpoint contract: the shared optimizer (it duck-types torch's ``state_dict``/``load_state_dict``)."""
         return {"optimizer": self.optimizer}  # duck-types torch's state_dict()/load_state_dict()
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: nothing beyond the networks and optimizers."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
         pass
 
 

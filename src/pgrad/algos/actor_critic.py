@@ -59,6 +59,7 @@ class ActorCriticConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range."""
         self.check_range("num_steps", 1, MAX_WINDOW)
         self.check_range("nstep_horizon", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
@@ -96,13 +97,16 @@ class ActorCriticAlgorithm:
 
     @property
     def rollout_length(self) -> int:
+        """Steps per env per rollout: ``num_steps``."""
         return self.config.num_steps
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -146,13 +150,17 @@ class ActorCriticAlgorithm:
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the actor's and the critic's optimizers."""
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: nothing beyond the networks and optimizers."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
         pass

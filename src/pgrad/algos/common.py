@@ -44,6 +44,7 @@ class LossTerms:
     surrogate: torch.Tensor | None = None  # E[r A] (PPO-KL, TRPO)
 
     def metrics(self) -> dict[str, torch.Tensor]:
+        """The terms this loss has (not None), detached and keyed by their metric names."""
         named = {
             names.POLICY_LOSS: self.policy_loss,
             "train/surrogate": self.surrogate,

@@ -41,24 +41,33 @@ class OnPolicyAlgorithm(Protocol):
     name: str
 
     @property
-    def rollout_length(self) -> int: ...  # steps per env per rollout
+    def rollout_length(self) -> int:
+        """Steps per env per rollout (0 for an algorithm that collects whole episodes)."""
 
     @property
-    def gamma(self) -> float: ...  # for reward scaling
+    def gamma(self) -> float:
+        """The discount factor; the loop's reward scaling uses it."""
 
-    def acting_policy(self) -> ActingPolicy: ...
+    def acting_policy(self) -> ActingPolicy:
+        """The policy the loop acts with while collecting rollouts."""
 
-    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]: ...
+    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
+        """Turns a rollout into the batch ``update`` learns from (returns, advantages), with metrics."""
 
-    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]: ...
+    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
+        """Learns from one prepared batch; returns the update's metrics."""
 
-    def modules(self) -> dict[str, torch.nn.Module]: ...
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored, by name."""
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the optimizers saved and restored, by name."""
 
-    def extra_state(self) -> dict[str, Any]: ...
+    def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: any other state to save (JSON-serialisable)."""
 
-    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores what ``extra_state`` returned."""
 
 
 class OffPolicyAlgorithm(Protocol):
@@ -75,23 +84,33 @@ class OffPolicyAlgorithm(Protocol):
     name: str
 
     @property
-    def loop(self) -> OffPolicyLoopConfig: ...
+    def loop(self) -> OffPolicyLoopConfig:
+        """The loop's schedule: buffer size, batch size, learning starts, train frequency, gradient steps."""
 
     @property
-    def gamma(self) -> float: ...
+    def gamma(self) -> float:
+        """The discount factor."""
 
-    def acting_policy(self) -> Actor: ...
+    def acting_policy(self) -> Actor:
+        """The policy the loop acts with after ``learning_starts`` (with its exploration noise)."""
 
-    def end_episodes(self, done: np.ndarray) -> None: ...  # [num_envs] bool: reset per-episode exploration state
+    def end_episodes(self, done: np.ndarray) -> None:
+        """Resets per-episode exploration state for the envs whose ``done`` ([num_envs] bool) is set."""
 
-    def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]: ...
+    def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
+        """One gradient step on a replay batch; returns its metrics."""
 
-    def learning_rate_metrics(self) -> dict[str, float]: ...
+    def learning_rate_metrics(self) -> dict[str, float]:
+        """The current learning rate(s), for the logs."""
 
-    def modules(self) -> dict[str, torch.nn.Module]: ...
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored, by name."""
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the optimizers saved and restored, by name."""
 
-    def extra_state(self) -> dict[str, Any]: ...
+    def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: any other state to save (JSON-serialisable)."""
 
-    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores what ``extra_state`` returned."""

@@ -64,12 +64,14 @@ class DDPGConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range."""
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
         self.check_range("exploration_std", 0)
         self.check_range("ou_theta", 0)
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks the env suits an off-policy algorithm (``check_off_policy_env``)."""
         check_off_policy_env(self.SECTION, env)
 
 
@@ -98,19 +100,25 @@ class DDPG:
 
     @property
     def loop(self) -> OffPolicyLoopConfig:
+        """The off-policy loop's schedule, from the config."""
         return self.config.loop
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> SquashedActingPolicy:
+        """The actor's deterministic policy plus the exploration noise."""
         return self.actor.acting_policy(self.noise)
 
     def end_episodes(self, done: np.ndarray) -> None:
+        """Resets the exploration noise (OU state) of the envs whose episodes ended."""
         self.noise.end_episodes(done)
 
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
+        """One DDPG gradient step: the critic toward r + gamma (1 - terminated) Q'(s', mu'(s')), the actor up Q(s,
+        mu(s)), then Polyak-averaged targets (tau)."""
         config = self.config
         self.learning_rate = schedule_learning_rates(
             [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
@@ -138,10 +146,12 @@ class DDPG:
         }
 
     def learning_rate_metrics(self) -> dict[str, float]:
+        """The learning rate of the last ``update`` (after the schedule), for the logs."""
         return {LEARNING_RATE: self.learning_rate}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored, targets included."""
         return {
             "actor": self.actor,
             "critic": self.critic,
@@ -150,10 +160,13 @@ class DDPG:
         }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the actor's and the critic's optimizers."""
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: the exploration noise's state."""
         return {"noise": self.noise.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores the exploration noise's state."""
         self.noise.load(state.get("noise"))

@@ -64,6 +64,7 @@ class ImpalaConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range."""
         self.check_range("num_steps", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("rho_bar", 0, low_open=True)
@@ -124,13 +125,16 @@ class Impala:
 
     @property
     def rollout_length(self) -> int:
+        """Steps per env per rollout: ``num_steps``."""
         return self.config.num_steps
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -159,13 +163,17 @@ class Impala:
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the optimizers saved and restored."""
         return {"optimizer": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: nothing beyond the networks and optimizers."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
         pass

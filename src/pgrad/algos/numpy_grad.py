@@ -172,6 +172,8 @@ class NumpyActorCritic:
         return Forward(actor, critic, head, critic[-1] @ value_w[0] + value_b[0])
 
     def policy_terms(self, head: np.ndarray, actions: np.ndarray) -> PolicyTerms:
+        """log pi(a|s) and the entropy per sample from the policy head: softmax logits when discrete, a diagonal
+        Gaussian with the learned log-std otherwise."""
         if self.discrete:
             shifted = head - head.max(axis=1, keepdims=True)
             log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

@@ -38,6 +38,7 @@ class QNetworkConfig(Checked):
     activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
 
     def validate(self) -> None:
+        """Checks hidden_sizes is a non-empty list of positive integers."""
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             self._fail("hidden_sizes", "a non-empty list of positive integers")
 

@@ -80,6 +80,7 @@ class PPOConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range and that the gradient backend fits the network."""
         self.check_range("num_steps", 1, MAX_WINDOW)
         self.check_range("num_epochs", 1, MAX_WINDOW)
         self.check_range("minibatch_size", 1, MAX_WINDOW)
@@ -94,6 +95,7 @@ class PPOConfig(Checked):
         choose_gradient_backend(self.gradient_backend, self.SECTION, self.network)
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks that ``minibatch_size`` divides the batch, ``num_steps x env.num_envs``."""
         batch = self.num_steps * env.num_envs
         if self.minibatch_size > batch or batch % self.minibatch_size:
             raise ConfigError(
@@ -222,13 +224,16 @@ class PPO:
 
     @property
     def rollout_length(self) -> int:
+        """Steps per env per rollout: ``num_steps``."""
         return self.config.num_steps
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -311,13 +316,17 @@ class PPO:
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the optimizers saved and restored."""
         return {"optimizer": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: nothing beyond the networks and optimizers."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
         pass

@@ -62,6 +62,7 @@ class PPOKLConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range."""
         for name in ("num_steps", "num_epochs", "minibatch_size"):
             self.check_range(name, 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
@@ -73,6 +74,7 @@ class PPOKLConfig(Checked):
         self.check_range("max_grad_norm", 0, low_open=True)
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks that ``minibatch_size`` divides the batch, ``num_steps x env.num_envs``."""
         batch = self.num_steps * env.num_envs
         if self.minibatch_size > batch or batch % self.minibatch_size:
             raise ConfigError(
@@ -159,13 +161,16 @@ class PPOKL:
 
     @property
     def rollout_length(self) -> int:
+        """Steps per env per rollout: ``num_steps``."""
         return self.config.num_steps
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -227,14 +232,18 @@ class PPOKL:
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the optimizers saved and restored."""
         return {"optimizer": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: the KL penalty coefficient beta (a float; JSON keeps a double exactly)."""
         # beta is a float updated by doubling/halving; JSON keeps a double exactly (repr round-trips).
         return {"kl_coef": self.kl_coef}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores the KL penalty coefficient beta."""
         self.kl_coef = float(state["kl_coef"])

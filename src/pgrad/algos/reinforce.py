@@ -60,6 +60,8 @@ class ReinforceConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range, and that the network is not shared (the baseline's regression must not
+        move the policy)."""
         self.check_range("num_episodes", 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
         self.check_range("value_epochs", 1, MAX_WINDOW)
@@ -72,6 +74,7 @@ class ReinforceConfig(Checked):
             )
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks ``num_episodes >= env.num_envs``: every env runs whole episodes."""
         if self.num_episodes < env.num_envs:
             raise ConfigError(
                 f"reinforce.num_episodes must be >= env.num_envs = {env.num_envs} (every env runs whole "
@@ -127,13 +130,16 @@ class Reinforce:
 
     @property
     def rollout_length(self) -> int:
+        """0: REINFORCE collects ``num_episodes`` whole episodes, as long as they take."""
         return 0  # variable: as long as the episodes take
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -181,13 +187,17 @@ class Reinforce:
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the policy's and the value baseline's optimizers."""
         return {"policy": self.optimizer, "value": self.value_optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: nothing beyond the networks and optimizers."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
         pass

@@ -65,6 +65,7 @@ class SACConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range."""
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
         if not isinstance(self.alpha, str):
@@ -73,6 +74,7 @@ class SACConfig(Checked):
         self.check_range("target_update_interval", 1, MAX_WINDOW)
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks the env suits an off-policy algorithm (``check_off_policy_env``)."""
         check_off_policy_env(self.SECTION, env)
 
 
@@ -106,19 +108,24 @@ class SAC:
 
     @property
     def loop(self) -> OffPolicyLoopConfig:
+        """The off-policy loop's schedule, from the config."""
         return self.config.loop
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> SquashedActingPolicy:
+        """The actor's squashed Gaussian policy (it samples, so no added noise)."""
         return self.actor.acting_policy()
 
     def end_episodes(self, done: np.ndarray) -> None:
+        """Nothing: SAC's exploration (a fresh Gaussian draw per step) carries nothing across steps."""
         pass  # SAC's exploration (a fresh Gaussian draw per step) carries nothing across steps
 
     def alpha(self) -> torch.Tensor:
+        """The temperature: exp(log_alpha) when learned, else the fixed ``alpha``."""
         return (
             self.temperature["log_alpha"].detach().exp() if self.learn_alpha else torch.tensor(float(self.config.alpha))
         )
@@ -172,10 +179,12 @@ class SAC:
         return metrics
 
     def learning_rate_metrics(self) -> dict[str, float]:
+        """The learning rate of the last ``update`` (after the schedule), for the logs."""
         return {LEARNING_RATE: self.learning_rate}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored, targets included."""
         return {
             "actor": self.actor,
             "critics": self.critics,
@@ -184,10 +193,13 @@ class SAC:
         }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the actor's, the critics' and the temperature's optimizers."""
         return {"actor": self.actor_optimizer, "critics": self.critic_optimizer, "alpha": self.alpha_optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: the gradient step count (for ``target_update_interval``)."""
         return {"gradient_steps": self.gradient_steps}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores the gradient step count."""
         self.gradient_steps = int(state.get("gradient_steps", 0))

@@ -68,6 +68,7 @@ class TD3Config(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range."""
         self.check_range("gamma", 0, 1)
         self.check_range("tau", 0, 1, low_open=True)
         self.check_range("policy_delay", 1, MAX_WINDOW)
@@ -76,6 +77,7 @@ class TD3Config(Checked):
         self.check_range("exploration_std", 0)
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks the env suits an off-policy algorithm (``check_off_policy_env``)."""
         check_off_policy_env(self.SECTION, env)
 
 
@@ -103,19 +105,25 @@ class TD3:
 
     @property
     def loop(self) -> OffPolicyLoopConfig:
+        """The off-policy loop's schedule, from the config."""
         return self.config.loop
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> SquashedActingPolicy:
+        """The actor's deterministic policy plus the exploration noise."""
         return self.actor.acting_policy(self.noise)
 
     def end_episodes(self, done: np.ndarray) -> None:
+        """Resets the exploration noise (OU state) of the envs whose episodes ended."""
         self.noise.end_episodes(done)
 
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
+        """One TD3 gradient step: the twin critics toward r + gamma (1 - terminated) min Q'(s', smoothed mu'(s')); every
+        ``policy_delay`` steps the actor up Q1(s, mu(s)) and the targets Polyak-averaged."""
         config = self.config
         self.learning_rate = schedule_learning_rates(
             [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
@@ -148,10 +156,12 @@ class TD3:
         return metrics
 
     def learning_rate_metrics(self) -> dict[str, float]:
+        """The learning rate of the last ``update`` (after the schedule), for the logs."""
         return {LEARNING_RATE: self.learning_rate}
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored, targets included."""
         return {
             "actor": self.actor,
             "critics": self.critics,
@@ -160,11 +170,14 @@ class TD3:
         }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the actor's and the critics' optimizers."""
         return {"actor": self.actor_optimizer, "critics": self.critic_optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: the gradient step count (for ``policy_delay``) and the exploration noise's state."""
         return {"gradient_steps": self.gradient_steps, "noise": self.noise.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores the gradient step count and the exploration noise's state."""
         self.gradient_steps = int(state.get("gradient_steps", 0))
         self.noise.load(state.get("noise"))

@@ -94,6 +94,8 @@ class NaturalGradientConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each hyper-parameter's range, and that the network is not shared (the natural step moves the policy
+        network alone)."""
         for name in ("num_steps", "backtrack_iters", "cg_iterations", "value_epochs", "minibatch_size"):
             self.check_range(name, 1, MAX_WINDOW)
         self.check_range("gamma", 0, 1)
@@ -109,6 +111,7 @@ class NaturalGradientConfig(Checked):
             )
 
     def check_with_env(self, env: EnvConfig) -> None:
+        """Checks that ``minibatch_size`` divides the batch, ``num_steps x env.num_envs``."""
         batch = self.num_steps * env.num_envs
         if self.minibatch_size > batch or batch % self.minibatch_size:
             raise ConfigError(
@@ -320,13 +323,16 @@ class NaturalGradient:
 
     @property
     def rollout_length(self) -> int:
+        """Steps per env per rollout: ``num_steps``."""
         return self.config.num_steps
 
     @property
     def gamma(self) -> float:
+        """The discount factor, from the config."""
         return self.config.gamma
 
     def acting_policy(self) -> ActingPolicy:
+        """The model's acting policy (the loop samples actions from it)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -350,13 +356,18 @@ class NaturalGradient:
 
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the value net's optimizer (the policy is stepped by natural gradients, no
+        optimizer)."""
         return {"value_optimizer": self.value_optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: nothing beyond the networks and optimizers."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
         pass
