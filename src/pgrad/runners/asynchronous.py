@@ -182,9 +182,12 @@ class WorkerConfirmedStates(HealthyStates):
             self.last_capture_step = step
 
     def forget_candidate(self) -> None:
+        """Drops the candidate and the reports it was waiting for."""
         self.candidate, self.pending = None, None
 
     def load(self, slots: dict[str, Any], capture_step: int | None) -> None:
+        """Restores the slots from a checkpoint; a restored candidate waits again for reports, the workers filled in as
+        they start."""
         super().load(slots, capture_step)
         # Every update of the resumed run copies weights past the candidate's step; the running workers
         # are filled in when they start.
@@ -305,9 +308,13 @@ class A3CRunner:
         return LearnerState(step, {"model": model_state}, {"optimizer": optimizer_state}, normalizers)
 
     def save_checkpoint(self, score: float | None, healthy: bool = True, state: TrainState | None = None) -> Path:
+        """Writes ``state`` (by default the learner's state now) as a checkpoint with its score and health mark; returns
+        its path."""
         return self.run.save_checkpoint(state or self.train_state(), score, healthy)
 
     def load(self, state: TrainState, path: Path) -> None:
+        """Restores a checkpoint into the runner: model, shared optimizer, normaliser statistics, episode history, torch
+        RNG and healthy states; refuses one that does not fit."""
         load_modules({"model": self.algo.model}, state, path)
         load_optimizers({"optimizer": self.algo.optimizer}, state, path)
         check_rollback_states({"model": self.algo.model}, {"optimizer": self.algo.optimizer}, state, path)
@@ -492,6 +499,7 @@ class A3CRunner:
         self.messages.cancel_join_thread()
 
     def running_workers(self) -> set[int]:
+        """The indices of the workers still alive and not finished."""
         return {w for w, process in enumerate(self.workers) if w not in self.finished and process.is_alive()}
 
     # ---- pausing the workers (rollbacks) -------------------------------------------------------
@@ -515,13 +523,17 @@ class A3CRunner:
             time.sleep(PAUSE_POLL_SECONDS)
 
     def resume_workers(self) -> None:
+        """Lets the paused workers run again (sets the shared ``running`` event)."""
         self.running.set()
 
     # ---- carrying out the guard's decisions ---------------------------------------------------
     def log_events(self, events: list[Event], step: int) -> None:
+        """The guard's events into ``events.jsonl`` at ``step``."""
         trunk.log_events(self.run, step, events)
 
     def carry_out(self, actions: list[Action], worker: int, payload: dict[str, Any], frozen: TrainState | None) -> None:
+        """Carries out the guard's decision on one worker's report: halt, roll back, checkpoint (healthy ones wait
+        unmarked for confirming reports when the guard is on) or snapshot."""
         step = int(payload.get("row_step", self.step))
         for action in actions:
             if isinstance(action, Halt):
@@ -812,6 +824,7 @@ class A3CRunner:
         raise TrainingHalted(message)
 
     def close(self) -> None:
+        """Closes the evaluation envs, if built, and the run context."""
         if self.eval_env is not None:
             self.eval_env.envs.close()
             self.eval_env = None

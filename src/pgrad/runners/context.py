@@ -252,6 +252,8 @@ class RunContext:
         }
 
     def emit(self, kind: str, step: int, message: str, show: bool = True, **data: Any) -> None:
+        """Appends an event to ``events.jsonl`` (and the console when ``show``); a write error becomes
+        ``write_failed``'s error."""
         assert self.events is not None, "RunContext.open first"
         try:
             self.events.emit(kind, step, message, show=show, **data)
@@ -285,6 +287,7 @@ class RunContext:
         print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
 
     def started_event(self, detail: str = "") -> None:
+        """Emits ``run.started``: algorithm, env id, seed, version and any resolved settings."""
         config = self.config
         text = f"{config.algo} on {config.env.id}, seed {config.run.seed}{detail}"
         data: dict[str, Any] = {"resolved": self.resolved} if self.resolved else {}
@@ -313,6 +316,7 @@ class RunContext:
             self.stop_requested = True
 
     def flush(self) -> None:
+        """Flushes every metric sink; a write error becomes ``write_failed``'s error."""
         try:
             for sink in self.sinks:
                 sink.flush()
@@ -320,6 +324,7 @@ class RunContext:
             raise self.write_failed(exc, self.last_checkpoint_step) from None
 
     def elapsed(self) -> float:
+        """Training seconds: those before a resume plus those since this process started."""
         return self.elapsed_before + time.perf_counter() - self.started
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -381,6 +386,7 @@ class RunContext:
         return state, path
 
     def check_total(self, state: TrainState) -> None:
+        """Refuses a resume whose ``--total-steps`` is below the steps the run has already taken."""
         total = self.config.run.total_steps
         if total < state.step:
             saved = state.config.get("run", {}).get("total_steps")
@@ -420,6 +426,7 @@ class RunContext:
             return None
 
     def needs_final_checkpoint(self, step: int) -> bool:
+        """True unless a checkpoint of ``step`` was written last and the index has a latest one."""
         return self.last_checkpoint_step != step or self.store.index()["latest"] is None
 
     # ---- signals ----------------------------------------------------------------------------
@@ -531,4 +538,5 @@ class RunLock:
             ) from None
 
     def release(self) -> None:
+        """Releases the flock (by closing the lock file)."""
         self._finalizer()  # closing the file releases the flock

@@ -100,9 +100,11 @@ class DPORunner:
     store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The RowTrainer protocol: the networks the checkpoints hold, the trained LM and its frozen reference."""
         return {"lm": self.lm, "reference": self.reference}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The RowTrainer protocol: the LM's optimizer, for the checkpoints."""
         return {"lm": self.optimizer}
 
     train_state = row_train_state
@@ -119,6 +121,8 @@ class DPORunner:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """The DPO loss and accuracy on the held-out pairs, and sampled responses' true scores and KL to the reference
+        (no reward model, so no ``eval/rm_score``)."""
         loss, accuracy = self.pair_loss(self.heldout, torch.arange(len(self.heldout)))
         sampled = evaluate_policy(
             self.lm,
@@ -133,6 +137,8 @@ class DPORunner:
         return {"eval/dpo_loss": float(loss), "eval/dpo_accuracy": float(accuracy), **sampled}
 
     def train_steps(self, until_step: int) -> dict[str, Any]:
+        """The RowTrainer protocol: DPO gradient steps on random batches of training pairs until ``until_step`` pairs
+        (or a stop request); the row's metrics with an evaluation."""
         started, losses, accuracies = time.perf_counter(), [], []
         size = self.dpo.batch_size
         while self.step < until_step and not self.run.stop_requested:
@@ -154,4 +160,6 @@ class DPORunner:
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Trains in rows of ``eval_every`` pairs to ``run.total_steps``; checkpoints ranked by held-out DPO
+        accuracy."""
         return train_in_rows(self, self.dpo.eval_every, lambda row: row["eval/dpo_accuracy"], stop_at_step)

@@ -97,6 +97,7 @@ class Rollout:
     returns: Tensor
 
     def rows(self, index: Tensor) -> Rollout:
+        """The rollout restricted to the responses ``index`` selects (a minibatch)."""
         last_digit = self.prompts.last_digit[index.to(self.prompts.last_digit.device)]  # kept on the CPU
         prompts = PromptBatch(self.prompts.ids[index], self.prompts.mask[index], last_digit)
         return Rollout(
@@ -140,21 +141,27 @@ class LMLearner:
         self.kl = kl
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The checkpoint contract: the policy (with its value head)."""
         return {"policy": self.policy}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The checkpoint contract: the policy's optimizer."""
         return {"policy": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
+        """The checkpoint contract: the KL coefficient's current value."""
         return {"kl_coef": self.kl.value}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint contract: restores the KL coefficient's value."""
         self.kl.value = float(state["kl_coef"])
 
     def normalizer_state(self) -> dict[str, Any]:
+        """Empty: an LM run has no observation or reward normalisers."""
         return {}
 
     def load_normalizer_state(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: an LM run has no normalisers."""
         return None
 
 
@@ -251,11 +258,15 @@ class LMPPORunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks the checkpoints hold: the policy, and the reference unless it is the policy's LoRA base
+        weights."""
         if isinstance(self.reference, AdapterDisabled):  # LoRA: the reference is the policy's base weights
             return {"policy": self.policy}
         return {"policy": self.policy, "reference": self.reference}
 
     def train_state(self) -> TrainState:
+        """The Body protocol: the run as a ``TrainState``, with cloned weights, the optimizer, the guard, the rollback
+        slots and the KL coefficient."""
         common = trunk.base_state(
             self.run,
             self.step,
@@ -279,6 +290,8 @@ class LMPPORunner:
         return slots
 
     def load(self, state: TrainState, path: Path) -> None:
+        """Restores a checkpoint: weights, optimizer, torch RNG, KL coefficient, counters, the metrics history the guard
+        re-reads, its state and the healthy (and window) states; refuses one that does not fit."""
         load_modules(self.modules(), state, path)
         load_optimizers({"policy": self.optimizer}, state, path)
         check_rollback_states(self.learner.modules(), self.learner.optimizers(), state, path)
@@ -302,6 +315,7 @@ class LMPPORunner:
 
     # ---- one update -----------------------------------------------------------------------
     def chunks(self, batch: int) -> list[Tensor]:
+        """The response indices 0..batch-1 split into minibatches of ``minibatch_size``."""
         return list(torch.arange(batch, device=self.device).split(self.ppo.minibatch_size))
 
     @torch.no_grad()
@@ -440,6 +454,7 @@ class LMPPORunner:
         )
 
     def evaluation_due(self, previous_step: int) -> bool:
+        """True when this update crossed a multiple of ``eval_every`` steps or reached ``run.total_steps``."""
         every = self.ppo.eval_every
         return every > 0 and (self.step // every > previous_step // every or self.step >= self.config.run.total_steps)
 
@@ -468,10 +483,12 @@ class LMPPORunner:
 
     # ---- the body the trunk's loop drives (pgrad.runners.trunk) ---------------------------------
     def before_loop(self) -> None:
+        """The Body protocol: a fresh run logs the starting model's evaluation as row 0."""
         if self.step == 0 and self.ppo.eval_every > 0:
             self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
 
     def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """The Body protocol: one guarded update, with an evaluation when one is due; its metrics."""
         previous_step = self.step
         metrics = self.guarded_update()
         if self.evaluation_due(previous_step):
@@ -479,19 +496,25 @@ class LMPPORunner:
         return metrics
 
     def take_events(self) -> list[Event]:
+        """The Body protocol: the guard's events since the last call."""
         return self.guard.take_events()
 
     def halt(self, action: Halt) -> NoReturn:
+        """The Body protocol: leaves the evidence, logs why and raises ``TrainingHalted``."""
         trunk.halted(self.run, self.step, action, self.guard.state.recoveries)
 
     def snapshot(self, healthy: bool) -> None:
+        """The Body protocol: offers the learner after this update to the healthy states, and keeps it for the
+        reward-hacking window."""
         self.healthy_states.after_update(healthy, self.step, self.learner, self.learner)
         self.keep_window_state()
 
     def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+        """The Body protocol: the last reward-model score, and whether the guard judges the run healthy."""
         return metrics.get("lm/rm_score"), self.guard.healthy
 
     def close(self) -> None:
+        """The Body protocol: removes the optimizer guard's hooks and closes the run context."""
         self.optimizer_guard.remove()
         self.run.close()
 

@@ -130,9 +130,11 @@ class RewardModelRunner:
     store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The RowTrainer protocol: the ensemble's reward models, by member name."""
         return {member_name(m): model for m, model in enumerate(self.members)}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The RowTrainer protocol: each member's optimizer, by member name."""
         return {member_name(m): optimizer for m, optimizer in enumerate(self.member_optimizers)}
 
     train_state = row_train_state
@@ -197,6 +199,8 @@ class RewardModelRunner:
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Trains in rows of ``eval_every`` pairs to ``run.total_steps``; checkpoints ranked by held-out accuracy, no
+        row 0."""
         return train_in_rows(
             self, self.rm.eval_every, lambda row: row["eval/rm_accuracy"], stop_at_step, log_start=False
         )

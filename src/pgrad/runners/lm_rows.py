@@ -32,13 +32,17 @@ class RowTrainer(Protocol):
     step: int
     updates: int
 
-    def train_steps(self, until_step: int) -> dict[str, Any]: ...
+    def train_steps(self, until_step: int) -> dict[str, Any]:
+        """Gradient steps until ``until_step`` (or a stop request); the row's metrics."""
 
-    def evaluate(self) -> dict[str, float]: ...
+    def evaluate(self) -> dict[str, float]:
+        """The trainer's evaluation metrics."""
 
-    def modules(self) -> dict[str, torch.nn.Module]: ...
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks its checkpoints hold, by name."""
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers its checkpoints hold, by name."""
 
 
 class RowLoop:
@@ -53,43 +57,56 @@ class RowLoop:
 
     @property
     def step(self) -> int:
+        """The Body protocol: the trainer's step count."""
         return self.trainer.step
 
     @property
     def updates(self) -> int:
+        """The Body protocol: the trainer's gradient-step count."""
         return self.trainer.updates
 
     def before_loop(self) -> None:
+        """The Body protocol: with ``log_start``, a fresh run logs the starting model's evaluation as row 0."""
         if self.log_start and self.trainer.step == 0:  # the starting model's evaluation as row 0
             self.run.log({"step": 0, "update": 0, **self.trainer.evaluate()})
 
     def advance(self, stop_at_step: int | None) -> dict[str, Any]:
+        """The Body protocol: gradient steps to the end of this row (the next multiple of ``every``, capped by the total
+        and ``stop_at_step``)."""
         row_end = min((self.step // self.every + 1) * self.every, self.run.config.run.total_steps)
         return self.trainer.train_steps(row_end if stop_at_step is None else min(row_end, stop_at_step))
 
     def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        """The Body protocol: a healthy checkpoint scored by ``score(row)`` once ``run.checkpoint_every`` steps have
+        passed since the last; nothing else."""
         due = self.step - self.run.last_checkpoint_step >= self.run.config.run.checkpoint_every
         return [Checkpoint(self.score(metrics), True)] if due else []
 
     def take_events(self) -> list[Event]:
+        """The Body protocol: none; there is no guard."""
         return []
 
     def halt(self, action: Halt) -> NoReturn:
+        """The Body protocol: never called; there is no guard (an AssertionError)."""
         raise AssertionError(f"a row trainer has no guard to halt it ({action.kind})")
 
     def roll_back(self, action: Rollback) -> None:
+        """The Body protocol: never called; there is no guard (an AssertionError)."""
         raise AssertionError(f"a row trainer has no guard to roll it back ({action.reason})")
 
     def snapshot(self, healthy: bool) -> None:
         """No healthy states are kept: nothing rolls back."""
 
     def train_state(self) -> TrainState:
+        """The Body protocol: the trainer's ``row_train_state``."""
         return row_train_state(self.trainer)
 
     def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
+        """The Body protocol: the last row's score (None without a row), always healthy."""
         return (self.score(metrics) if metrics else None), True
 
     def close(self) -> None:
+        """The Body protocol: closes the run context."""
         self.run.close()
 
 

@@ -54,6 +54,7 @@ class Demonstrations:
         return int(self.response.shape[0])
 
     def nll(self, lm: CausalLM, index: Tensor) -> Tensor:
+        """The mean per-token negative log-likelihood of the demonstrated responses ``index`` selects under ``lm``."""
         prompts = self.prompts
         out = response_outputs(lm, prompts.ids[index], prompts.mask[index], self.response[index], self.mask[index])
         return sft_loss(out.logprobs, self.mask[index].float())
@@ -94,9 +95,11 @@ class SFTRunner:
     store: trunk.RunAttribute[CheckpointStore] = trunk.RunAttribute("store")
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The RowTrainer protocol: the trained LM and the initial model (for the evaluation's KL)."""
         return {"lm": self.lm, "initial": self.initial}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The RowTrainer protocol: the LM's optimizer."""
         return {"lm": self.optimizer}
 
     train_state = row_train_state
@@ -104,6 +107,8 @@ class SFTRunner:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """The held-out demonstrations' NLL, and sampled responses' true scores and KL to the initial model (no
+        ``eval/rm_score``)."""
         heldout_nll = self.heldout.nll(self.lm, torch.arange(len(self.heldout)))
         sampled = evaluate_policy(
             self.lm,
@@ -118,6 +123,8 @@ class SFTRunner:
         return {"eval/sft_nll": float(heldout_nll), **sampled}
 
     def train_steps(self, until_step: int) -> dict[str, Any]:
+        """The RowTrainer protocol: SFT gradient steps on random demonstration batches until ``until_step`` (or a stop
+        request); the row's metrics with an evaluation."""
         started, losses = time.perf_counter(), []
         size = self.sft.batch_size
         while self.step < until_step and not self.run.stop_requested:
@@ -136,6 +143,8 @@ class SFTRunner:
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:
+        """Trains in rows of ``eval_every`` demonstrations to ``run.total_steps``; checkpoints ranked by held-out NLL
+        (lower is better)."""
         return train_in_rows(self, self.sft.eval_every, lambda row: -row["eval/sft_nll"], stop_at_step)
 
 

@@ -65,9 +65,11 @@ class UniformActor:
         self.action_dim = action_dim
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Uniform actions in [-1, 1], one row per observation."""
         return rng.uniform(-1.0, 1.0, (obs.shape[0], self.action_dim)).astype(np.float32)
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
+        """Zeros, the centre of the action box (the uniform distribution has no mode)."""
         return np.zeros((obs.shape[0], self.action_dim), np.float32)
 
 
@@ -157,6 +159,8 @@ class OffPolicyRunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:
+        """The loop as a ``TrainState``: the algorithm's extra state, the loop's counters, and the replay buffer when
+        ``save_buffer`` is set."""
         replay = self.buffer.state_arrays() if self.loop.save_buffer else {}
         return synchronous.capture(self, {**self.algo.extra_state(), "loop": self.own_counters()}, replay)
 
@@ -165,6 +169,7 @@ class OffPolicyRunner:
         return {"rows": self.rows, "refill_target": self.refill_target, "reward_abs_max": self.reward_abs_max}
 
     def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
+        """Writes the current ``train_state`` as a checkpoint with its score and health mark; returns its path."""
         return self.run.save_checkpoint(self.train_state(), score, healthy)
 
     def load(self, state: TrainState, path: Path) -> None:
@@ -215,9 +220,11 @@ class OffPolicyRunner:
             self.log_events([Event("run.warmup", message, data={"learning_starts": starts})])
 
     def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """The Body protocol: one log row of env steps and gradient steps; its metrics."""
         return self.train_one_row(stop_at_step)
 
     def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        """The Body protocol: the guard's rules and decision over this log row (the guard counts rows as updates)."""
         return synchronous.judge(self, metrics, self.rows)
 
     # ---- the loop ---------------------------------------------------------------------------

@@ -136,9 +136,11 @@ class OnPolicyRunner:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def train_state(self) -> TrainState:
+        """The loop as a ``TrainState``, with the algorithm's extra state."""
         return synchronous.capture(self, self.algo.extra_state())
 
     def save_checkpoint(self, score: float | None, healthy: bool = True) -> Path:
+        """Writes the current ``train_state`` as a checkpoint with its score and health mark; returns its path."""
         return self.run.save_checkpoint(self.train_state(), score, healthy)
 
     def load(self, state: TrainState, path: Path) -> None:
@@ -162,13 +164,17 @@ class OnPolicyRunner:
     halt = synchronous.halt
 
     def advance(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """The Body protocol: one update (``train_one_update``); its metrics."""
         return self.train_one_update()
 
     def judge(self, metrics: dict[str, Any]) -> list[Action]:
+        """The Body protocol: the guard's rules and decision over this update's metrics."""
         return synchronous.judge(self, metrics, self.updates)
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_one_update(self) -> dict[str, Any]:
+        """Collects a rollout (or whole episodes), applies any drilled faults, prepares and updates; returns the
+        update's metrics with timings and update sizes."""
         started = time.perf_counter()
         env_seconds_before = self.collector.env_seconds
         # Monte Carlo algorithms (REINFORCE) ask for whole episodes instead of a fixed rollout length.

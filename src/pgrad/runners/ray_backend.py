@@ -96,14 +96,17 @@ class RolloutWorker:
         self.rng = np.random.default_rng(seed)  # replaced by the learner's state when it sends one
 
     def pid(self) -> int:
+        """The worker process's id."""
         return os.getpid()
 
     def node_id(self) -> str:
+        """The id of the Ray node this worker runs on."""
         import ray
 
         return str(ray.get_runtime_context().get_node_id())
 
     def inexact_reason(self) -> str | None:
+        """Why this worker's envs' state cannot be saved, or None when it can."""
         return env_state.inexact_reason(self.env.envs)
 
     def reset(self, seed: int, normalizers: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
@@ -159,6 +162,7 @@ class RolloutWorker:
         return arrays, None if reason is not None else env_state.capture(self.env.envs)
 
     def load_state(self, arrays: dict[str, np.ndarray] | None, envs: dict[str, Any] | None) -> None:
+        """Restores the collector's env-side arrays and/or the envs' state, whichever is given."""
         if arrays is not None:
             self.collector.load_state_arrays(arrays)
         if envs is not None:
@@ -243,6 +247,7 @@ class RaySession:
         self.started = True
 
     def close(self) -> None:
+        """Shuts Ray down if ``open`` started it; a Ray it joined or found stays up."""
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
         self.started = False
@@ -266,6 +271,7 @@ class WorkerGroup:
 
     @property
     def size(self) -> int:
+        """The number of worker actors."""
         return len(self.handles)
 
     def seed_for(self, index: int) -> int:
@@ -328,12 +334,15 @@ class WorkerGroup:
         return None
 
     def pids(self) -> list[int]:
+        """Each worker's process id."""
         return [int(pid) for pid in self.call_all("pid")]
 
     def node_ids(self) -> list[str]:
+        """Each worker's Ray node id."""
         return [str(node) for node in self.call_all("node_id")]
 
     def close(self) -> None:
+        """Kills every worker actor (ignoring ones already gone) and closes the Ray session."""
         for handle in self.handles:
             try:
                 self.ray.kill(handle, no_restart=True)
@@ -394,15 +403,19 @@ class RemoteEnvs:
         self.num_envs = num_envs
 
     def inexact_remote_reason(self) -> str | None:
+        """Why the workers' envs' state cannot be saved, or None; asked by ``pgrad.envs.state``."""
         return self.collector.inexact_reason()
 
     def capture_remote_state(self) -> dict[str, Any] | None:
+        """The workers' envs' state for a checkpoint, or None when it cannot be saved."""
         return self.collector.capture_env_state()
 
     def restore_remote_state(self, state: dict[str, Any]) -> None:
+        """Restores the workers' envs from a checkpoint's state."""
         self.collector.restore_env_state(state)
 
     def close(self) -> None:
+        """Closes the collector (and with it the workers)."""
         self.collector.close()
 
 
@@ -423,15 +436,18 @@ class LearnerSide:
         self.last_metrics: dict[str, float] = {}
 
     def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """The observation normaliser's and the reward scaler's running statistics."""
         return {"obs": self.obs_normalizer.stats.state(), "reward": self.reward_scaler.stats.state()}
 
     def load_normalizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restores the observation normaliser's and the reward scaler's running statistics."""
         self.obs_normalizer.stats.load(state["obs"])
         self.reward_scaler.stats.load(state["reward"])
 
     def add_normalizer_increment(
         self, start: dict[str, dict[str, np.ndarray]], end: dict[str, dict[str, np.ndarray]]
     ) -> None:
+        """Adds what a worker's statistics gained from ``start`` to ``end`` to the learner's (``add_increment``)."""
         current = self.normalizer_state()
         self.load_normalizer_state({name: add_increment(current[name], start[name], end[name]) for name in current})
 
@@ -444,6 +460,7 @@ class LearnerSide:
         self.env_seconds += result.env_seconds
 
     def take_randomize_draws(self) -> list[dict[str, Any]]:
+        """The domain-randomisation draws since the last call; clears them."""
         draws, self.randomize_draws = self.randomize_draws, []
         return draws
 
@@ -476,15 +493,19 @@ class LearnerSide:
             return
 
     def round_metrics(self) -> dict[str, float]:
+        """A copy of the last round's collector metrics."""
         return dict(self.last_metrics)
 
     def worker_pids(self) -> list[int]:
+        """Each worker's process id."""
         return self.group.pids()
 
     def worker_node_ids(self) -> list[str]:
+        """Each worker's Ray node id."""
         return self.group.node_ids()
 
     def close(self) -> None:
+        """Kills the workers and closes the Ray session."""
         self.group.close()
 
 
@@ -522,12 +543,15 @@ class RayCollector(LearnerSide):
         ]
 
     def reset(self, seed: int) -> None:
+        """Resets every worker's envs with seeds derived from ``seed``."""
         self.reset_workers(seed)
 
     def collect(self, policy: ActingPolicy, rng: np.random.Generator, num_steps: int) -> Rollout:
+        """One round: a ``num_steps`` rollout from every worker, concatenated along the env axis."""
         return self._round(policy, rng, num_steps, None)
 
     def collect_episodes(self, policy: ActingPolicy, rng: np.random.Generator, num_episodes: int) -> Rollout:
+        """One round: ``num_episodes`` whole episodes across the workers, concatenated along the env axis."""
         return self._round(policy, rng, 0, num_episodes)
 
     def _round(
@@ -585,10 +609,12 @@ class RayCollector(LearnerSide):
 
     # ---- checkpoint support (the same arrays as a local run of workers x num_envs copies) ----------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
+        """The workers' env-side arrays, concatenated along the env axis."""
         parts = [arrays for arrays, _ in self.group.call_all("state")]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Splits the env-side arrays by worker (``env.num_envs`` each) and loads each worker's part."""
         num_envs, group = self.config.env.num_envs, self.group
         refs = []
         for index, handle in enumerate(group.handles):
@@ -598,10 +624,12 @@ class RayCollector(LearnerSide):
             group.get(ref, f"loading the state of worker {index}")
 
     def inexact_reason(self) -> str | None:
+        """Why the envs' state cannot be saved (the first worker's answer: the workers' envs are alike), or None."""
         reason: str | None = self.group.call_all("inexact_reason")[0]  # the workers' envs are alike: the first's
         return reason
 
     def capture_env_state(self) -> dict[str, Any] | None:
+        """Every worker's envs' state and sampling generator's state, or None when any worker's cannot be saved."""
         envs = [state for _, state in self.group.call_all("state")]
         if any(state is None for state in envs):
             return None
@@ -609,6 +637,8 @@ class RayCollector(LearnerSide):
         return {"ray_workers": envs, "ray_worker_rngs": rngs}
 
     def restore_env_state(self, state: dict[str, Any]) -> None:
+        """Restores every worker's envs and sampling generator; refuses a checkpoint from a local env or another worker
+        count."""
         envs = state.get("ray_workers")
         if envs is None or len(envs) != self.group.size:
             saved = "a local vector env" if envs is None else f"{len(envs)} Ray workers"
@@ -637,10 +667,12 @@ class ImpalaCollector(LearnerSide):
         self.policy_ref: Any = None
 
     def reset(self, seed: int) -> None:
+        """Drops the rollouts in flight and resets every worker's envs with seeds derived from ``seed``."""
         self._drop_in_flight()
         self.reset_workers(seed)
 
     def collect_episodes(self, policy: ActingPolicy, rng: np.random.Generator, num_episodes: int) -> Rollout:
+        """Refused (a ``ConfigError``): IMPALA collects fixed-length rollouts, not whole episodes."""
         raise ConfigError("impala collects fixed-length rollouts, not whole episodes")
 
     def collect(self, policy: ActingPolicy, rng: np.random.Generator, num_steps: int) -> Rollout:
@@ -722,18 +754,23 @@ class ImpalaCollector(LearnerSide):
 
     # ---- checkpoints: the workers act asynchronously, so a resume restarts their episodes -------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
+        """Empty: IMPALA's actors run asynchronously, so no env-side state is saved."""
         return {}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Nothing to load: IMPALA saves no env-side arrays."""
         pass
 
     def inexact_reason(self) -> str | None:
+        """Always a reason: the actors run asynchronously, so a resume restarts their episodes."""
         return "impala's actors run asynchronously: a resume restarts their episodes"
 
     def capture_env_state(self) -> dict[str, Any] | None:
+        """None: IMPALA saves no environment state."""
         return None
 
     def restore_env_state(self, state: dict[str, Any]) -> None:
+        """Refused (a ``ValueError``): IMPALA saves no environment state."""
         raise ValueError("impala saves no environment state")
 
 

@@ -81,11 +81,14 @@ class SynchronousLoop(Protocol):
     recorder: TrajectoryRecorder  # the last episodes, written when a run halts on non-finite values
     last_batch: Any  # the last batch updated on (a dataclass of tensors), written with them
 
-    def restart_episodes(self, step: int) -> None: ...
+    def restart_episodes(self, step: int) -> None:
+        """Starts fresh episodes, for a resume without the environments' state."""
 
-    def log_events(self, events: list[Event]) -> None: ...
+    def log_events(self, events: list[Event]) -> None:
+        """Writes the guard's events into ``events.jsonl``."""
 
-    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None: ...
+    def evaluate(self, metrics: dict[str, Any]) -> list[float] | None:
+        """Deterministic evaluation episodes; their returns, or None when cut short."""
 
 
 def capture(

@@ -212,10 +212,12 @@ class Body(Protocol):
     run: RunContext
 
     @property
-    def step(self) -> int: ...
+    def step(self) -> int:
+        """What ``run.total_steps`` counts so far (env steps, responses, pairs, demonstrations)."""
 
     @property
-    def updates(self) -> int: ...
+    def updates(self) -> int:
+        """The updates so far, as the family counts them."""
 
     def before_loop(self) -> None:
         """Once, inside the signal handlers, before the first ``advance`` (e.g. log the starting model)."""
@@ -237,19 +239,22 @@ class Body(Protocol):
         """Leave the evidence, log why and raise ``TrainingHalted``."""
         ...
 
-    def roll_back(self, action: Rollback) -> None: ...
+    def roll_back(self, action: Rollback) -> None:
+        """Restores the learner the guard's ``Rollback`` chose: a healthy state in memory or a checkpoint."""
 
     def snapshot(self, healthy: bool) -> None:
         """Offer the state after this update to the in-memory healthy states (confirmed by the next one)."""
         ...
 
-    def train_state(self) -> TrainState: ...
+    def train_state(self) -> TrainState:
+        """Everything a checkpoint saves, as a ``TrainState``."""
 
     def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
         """The score and health mark of the checkpoint written at the end."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """At the end of the run: releases what the body holds (envs, workers, the run's logs)."""
 
 
 def log_events(run: RunContext, step: int, events: list[Event]) -> None:
