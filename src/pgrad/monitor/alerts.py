@@ -62,6 +62,7 @@ class Alert:
     evidence: dict[str, float] = field(default_factory=dict)  # what else the rule looked at
 
     def to_dict(self) -> dict[str, Any]:
+        """The alert's fields as a dict (for JSON)."""
         return asdict(self)
 
 

@@ -142,6 +142,7 @@ class Guard:
         self.history = bounded_history(history, self.config)
 
     def take_events(self) -> list[Event]:
+        """The events the guard produced since the last call; clears them."""
         events, self.pending = self.pending, []
         return events
 

@@ -59,6 +59,7 @@ class GuardState:
     recovery_log: list[str] = field(default_factory=list)  # "step N: reason" per recovery, for the final report
 
     def to_dict(self) -> dict[str, Any]:
+        """The state's fields as a dict, for the checkpoint."""
         return asdict(self)
 
     @classmethod
@@ -174,10 +175,12 @@ class UpdateSizes:
                 self.after[name] = torch.empty_like(self.before[name])
 
     def start(self) -> None:
+        """Copies every parameter group's current values, before the update."""
         for name, views in self.views.items():
             self._concatenate(views, self.before[name])
 
     def finish(self) -> dict[str, float]:
+        """After the update: ||theta_after - theta_before|| for each parameter group, by name."""
         sizes = {}
         for name, views in self.views.items():
             after, before = self.after[name], self.before[name]
@@ -219,11 +222,14 @@ class OptimizerGuard:
             self.handles.append(optimizer.register_step_pre_hook(self.before_step))
 
     def start_update(self, faults: ActiveFaults) -> None:
+        """Arms the update's drilled faults (NaN-gradient steps) and zeroes the step counters."""
         self.faults = faults
         self.nan_steps_left = faults.nan_grad_steps
         self.steps = self.skipped = 0
 
     def before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """The pre-step hook: fills gradients with NaN while a drill asks, records whether they are finite, and with
+        ``skip_nonfinite`` drops non-finite ones so the optimizer skips the step."""
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.nan_steps_left:
             for p in parameters:
@@ -239,6 +245,7 @@ class OptimizerGuard:
                     p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
 
     def remove(self) -> None:
+        """Removes the step hooks from the optimizers."""
         for handle in self.handles:
             handle.remove()
 
@@ -263,9 +270,11 @@ class NormalizerOwner(Protocol):
     """What a capture reads besides the learner: the normalisers' statistics (a ``RolloutCollector``;
     a loop without normalisers, the language-model loop, returns ``{}``)."""
 
-    def normalizer_state(self) -> dict[str, Any]: ...
+    def normalizer_state(self) -> dict[str, Any]:
+        """The normalisers' statistics (``{}`` without normalisers)."""
 
-    def load_normalizer_state(self, state: dict[str, Any]) -> None: ...
+    def load_normalizer_state(self, state: dict[str, Any]) -> None:
+        """Restores what ``normalizer_state`` returned."""
 
 
 def _clone(value: Any) -> Any:
@@ -324,6 +333,8 @@ class HealthyStates:
         self.last_capture_step: int | None = None
 
     def after_update(self, healthy: bool, step: int, algo: Any, collector: NormalizerOwner) -> None:
+        """After an update: unhealthy drops the candidate; healthy confirms it, and captures a new candidate at most
+        once every ``every`` steps."""
         if not healthy:
             self.candidate = None
             return
@@ -334,6 +345,7 @@ class HealthyStates:
             self.last_capture_step = step
 
     def forget_candidate(self) -> None:
+        """Drops the candidate waiting for confirmation."""
         self.candidate = None
 
     def slots(self) -> dict[str, LearnerState]:
@@ -342,6 +354,7 @@ class HealthyStates:
         return {slot: learner for slot, learner in held.items() if learner is not None}
 
     def load(self, slots: dict[str, LearnerState], capture_step: int | None) -> None:
+        """Restores the confirmed and candidate states and the last capture step from a checkpoint."""
         self.confirmed = slots.get("confirmed")
         self.candidate = slots.get("candidate")
         self.last_capture_step = capture_step
@@ -373,6 +386,8 @@ class TrajectoryRecorder:
         self.dropped = False
 
     def add(self, rollout: Rollout) -> None:
+        """Keeps a reference to ``rollout`` (when enabled), dropping the oldest ones past ``capacity`` finished
+        episodes or ``MAX_OPEN_STEPS`` steps."""
         if not self.enabled:
             return
         finished = int(np.count_nonzero((rollout.terminated | rollout.truncated) & rollout.valid))

@@ -40,11 +40,14 @@ FLUSH_SECONDS = 1.0  # the longest a written row stays in memory while training 
 class MetricSink(Protocol):
     """What the runners call on every sink (their ``sinks`` list)."""
 
-    def write(self, metrics: dict[str, Any]) -> None: ...
+    def write(self, metrics: dict[str, Any]) -> None:
+        """Records one update's (or log row's) metrics."""
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Puts what was written on disk (or sends it)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flushes and releases the sink, at the end of the run."""
 
 
 def _clean(value: Any) -> Any:
@@ -74,16 +77,19 @@ class JsonlSink:
         self._finalizer = weakref.finalize(self, self.handle.close)  # at exit: the buffer is not lost
 
     def write(self, metrics: dict[str, Any]) -> None:
+        """The MetricSink protocol: one JSON line; flushes when ``flush_seconds`` have passed."""
         self.handle.write(json_line(metrics))
         if time.monotonic() >= self.next_flush:
             self.flush()
 
     def flush(self) -> None:
+        """The MetricSink protocol: flushes the file (unless closed) and restarts the ``flush_seconds`` timer."""
         if not self.handle.closed:
             self.handle.flush()
         self.next_flush = time.monotonic() + self.flush_seconds
 
     def close(self) -> None:
+        """The MetricSink protocol: closes (and so flushes) the file, once."""
         self._finalizer()  # closes (and so flushes) the file, once
 
 
@@ -99,6 +105,8 @@ class TensorBoardSink:
         self._finalizer = weakref.finalize(self, self.file.close)
 
     def write(self, metrics: dict[str, Any]) -> None:
+        """The MetricSink protocol: the numeric metrics with a group in their name as scalars at ``step``; flushes
+        when ``flush_seconds`` have passed."""
         tags, values = [], []
         for key, value in metrics.items():
             if "/" in key and isinstance(value, (int, float)):
@@ -109,10 +117,12 @@ class TensorBoardSink:
             self.flush()
 
     def flush(self) -> None:
+        """The MetricSink protocol: writes the buffered events and restarts the ``flush_seconds`` timer."""
         self.file.flush()
         self.next_flush = time.monotonic() + self.flush_seconds
 
     def close(self) -> None:
+        """The MetricSink protocol: flushes and closes the event file, once."""
         self._finalizer()
 
     def purge_from(self, step: int) -> None:
@@ -146,6 +156,7 @@ class EventLog:
         return event
 
     def close(self) -> None:
+        """Closes the file (which flushes it)."""
         self.handle.close()
 
 
@@ -275,6 +286,7 @@ class ConsoleDisplay:
         return int(metrics["step"]), f"{metrics.get(names.STEPS_PER_SECOND, 0.0):.0f} {units.step}/s", score_text
 
     def show_bar(self) -> None:
+        """Updates the progress bar with the newest metrics it does not show yet, if any."""
         if self.progress is not None and self.unshown is not None:
             step, sps, ret = self.fields(self.unshown)
             self.progress.update(self.task, completed=min(step, self.total), sps=sps, ret=ret)
@@ -282,10 +294,12 @@ class ConsoleDisplay:
             self.last_bar = time.monotonic()
 
     def message(self, kind: str, step: int, text: str) -> None:
+        """Prints an event line, styled by its kind (critical, warning, recovery, else dim)."""
         style = {"critical": "bold red", "warning": "yellow", "recovery": "bold magenta"}.get(kind.split(".")[0], "dim")
         self.console.print(f"[{style}]{kind}[/] @ {step}: {text}")
 
     def close(self) -> None:
+        """Shows the last metrics and stops the progress bar, if any."""
         if self.progress is not None:
             self.show_bar()
             self.progress.stop()

@@ -227,6 +227,7 @@ class ScalarEventFile:
 
     @staticmethod
     def pack(plan: Plan, values: list[float]) -> list[bytes]:
+        """The event bodies of one update: the ``values`` put into each event's layout in ``plan``."""
         bodies = []
         for layout, args, first, last in plan:
             args[1::2] = values[first:last]
@@ -252,11 +253,13 @@ class ScalarEventFile:
         return plan
 
     def flush(self) -> None:
+        """Writes the buffered events as records (unless the file is closed)."""
         if self.pending and not self.handle.closed:
             events, self.pending[:] = list(self.pending), []
             self.handle.write(records(events))
 
     def close(self) -> None:
+        """Flushes and closes the file, once."""
         if not self.handle.closed:
             self.flush()
             self.handle.close()

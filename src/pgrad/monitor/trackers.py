@@ -63,12 +63,15 @@ class WandbSink:
         )
 
     def write(self, metrics: dict[str, Any]) -> None:
+        """The MetricSink protocol: logs the numeric metrics to W&B at ``step``."""
         self.run.log(numeric_metrics(metrics), step=int(metrics["step"]))
 
     def flush(self) -> None:
+        """The MetricSink protocol: nothing; the W&B client sends from its own process."""
         pass  # the W&B client sends from its own process
 
     def close(self) -> None:
+        """The MetricSink protocol: finishes the W&B run."""
         self.run.finish()
 
 
@@ -82,12 +85,15 @@ class MlflowSink:
         self.mlflow.set_tag("pgrad.run_dir", str(run_dir.resolve()))
 
     def write(self, metrics: dict[str, Any]) -> None:
+        """The MetricSink protocol: logs the numeric metrics to MLflow at ``step``."""
         self.mlflow.log_metrics(numeric_metrics(metrics), step=int(metrics["step"]))
 
     def flush(self) -> None:
+        """The MetricSink protocol: nothing; this sink keeps no buffer of its own."""
         pass
 
     def close(self) -> None:
+        """The MetricSink protocol: ends the MLflow run."""
         self.mlflow.end_run()
 
 
