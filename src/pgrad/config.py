@@ -209,6 +209,7 @@ class Checked:
         self.validate()
 
     def validate(self) -> None:  # pragma: no cover - overridden
+        """The section's own checks, run after the type checks; a subclass overrides it (here: none)."""
         pass
 
     def _nested(self, f: dataclasses.Field[Any], cls: type[Checked], data: dict[str, Any]) -> Any:
@@ -239,6 +240,8 @@ class Checked:
         low_open: bool = False,
         high_open: bool = False,
     ) -> None:
+        """Fails with a ``ConfigError`` naming the field and the allowed range unless ``name``'s value lies in [low,
+        high] (ends open where asked; None bounds and a None value pass)."""
         value = getattr(self, name)
         if value is None:
             return
@@ -254,6 +257,7 @@ class Checked:
             self._fail(name, allowed)
 
     def to_dict(self) -> dict[str, Any]:
+        """The section as plain data: nested sections as dicts, tuples as lists."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -372,6 +376,8 @@ class NetworkConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks hidden_sizes: 1 to ``MAX_LAYERS`` layers of 1 to ``MAX_LAYER_WIDTH`` units, at most
+        ``MAX_HIDDEN_WEIGHTS`` weights between them."""
         sizes = self.hidden_sizes
         if not sizes or len(sizes) > MAX_LAYERS or min(sizes) < 1 or max(sizes) > MAX_LAYER_WIDTH:
             self._fail("hidden_sizes", f"a list of 1 to {MAX_LAYERS} integers in [1, {MAX_LAYER_WIDTH}]")
@@ -393,6 +399,7 @@ class OptimizerConfig(Checked):
     rms_alpha: float = param(0.99, "RMSprop smoothing constant (kind rmsprop only)")
 
     def validate(self) -> None:
+        """Checks the learning rate and eps are positive and rms_alpha lies in (0, 1)."""
         self.check_range("learning_rate", 0, low_open=True)
         self.check_range("eps", 0, low_open=True)
         self.check_range("rms_alpha", 0, 1, low_open=True, high_open=True)
@@ -427,6 +434,8 @@ class OffPolicyLoopConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks the buffer, batch and schedule ranges; gradient_steps is -1 (one per env step of the round) or at
+        least 1."""
         self.check_range("buffer_size", 1, MAX_BUFFER_SIZE)
         self.check_range("batch_size", 1, MAX_BATCH)
         self.check_range("learning_starts", 0)
@@ -477,6 +486,8 @@ class RandomizeConfig(Checked):
     SCALES: ClassVar[tuple[str, ...]] = ("mass", "friction", "damping", "actuator_gain")
 
     def validate(self) -> None:
+        """Checks each physical scale is a half-width in [0, 1) or a range 0 < low <= high, the observation noise,
+        the action delay range and the curriculum."""
         for name in self.SCALES:
             value = getattr(self, name)
             fits = len(value) == 2 and 0 < value[0] <= value[1] if isinstance(value, tuple) else 0 <= value < 1
@@ -498,6 +509,7 @@ class RandomizeConfig(Checked):
         return 1.0 - value, 1.0 + value
 
     def delay_range(self) -> tuple[int, int]:
+        """The action delay as (low, high) steps: a range as given, a single count n as (0, n)."""
         if isinstance(self.action_delay, tuple):
             return int(self.action_delay[0]), int(self.action_delay[1])
         return 0, int(self.action_delay)
@@ -536,6 +548,8 @@ class EnvConfig(Checked):
     randomize: RandomizeConfig = param(RandomizeConfig(), "domain randomisation (MuJoCo envs only)")
 
     def validate(self) -> None:
+        """Checks the env id is not blank, the env count (async allows fewer), the clip ranges, the episode cap and
+        that kwargs are plain data."""
         if not self.id.strip():
             self._fail("id", "a Gymnasium id or 'module:Class'")
         self.check_range("num_envs", 1, MAX_ASYNC_ENVS if self.vectorization == "async" else MAX_NUM_ENVS)
@@ -569,6 +583,8 @@ class RunConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks the device (CUDA only where torch sees one), the step total, seed, threads, checkpoint and
+        episode-window ranges."""
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             self._fail("device", "'cpu', 'cuda' or 'cuda:N'")
         if self.device != "cpu":
@@ -612,6 +628,8 @@ class RayConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks the worker count, the address (HOST:PORT, 'auto' or null), the CPUs, the timeouts and the restart
+        cap."""
         self.check_range("workers", 1, MAX_RAY_WORKERS)
         if self.address is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}|auto", self.address):
             self._fail("address", "HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or null")
@@ -725,6 +743,8 @@ class GuardConfig(Checked):
     lr_spike_factor: float = param(100.0, "learning-rate multiplier of the lr_spike drill")
 
     def validate(self) -> None:
+        """Checks every threshold's range (critical levels above warning ones, lows below highs) and that each
+        ``inject`` drill parses."""
         self.check_range("warmup_updates", 0)
         self.check_range("warmup_fraction", 0, 1)
         self.check_range("history_window", 5, MAX_WINDOW)
@@ -796,6 +816,7 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The whole config as plain data; the ray section only when the Ray backend is used or the section was set."""
         out = {
             "algo": self.algo,
             "env": self.env.to_dict(),

@@ -71,6 +71,7 @@ class LMAlert:
 
     @property
     def rule(self) -> str:
+        """The rule's name: ``kind`` without its level."""
         return self.kind.split(".", 1)[1]
 
 

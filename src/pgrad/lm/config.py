@@ -41,6 +41,8 @@ class LMModelConfig(Checked):
     n_head: int = param(4, "attention heads; must divide n_embd")
 
     def validate(self) -> None:
+        """Checks the model size: n_head divides n_embd, and 12 x n_layer x n_embd^2 block weights stay within
+        ``MAX_HIDDEN_WEIGHTS``."""
         self.check_range("n_layer", 1, MAX_LM_LAYERS)
         self.check_range("n_embd", 1, MAX_LM_WIDTH)
         self.check_range("n_head", 1, self.n_embd)
@@ -182,6 +184,8 @@ class LMPPOConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks each field's range and the combinations allowed: the reward model for reward 'model', the critic
+        and KL penalty per advantage, LoRA sizes, and batch divisors."""
         self.check_range("version", 2, 2)
         if self.reward == "model" and not self.reward_model:
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
@@ -247,6 +251,7 @@ class LMRewardModelConfig(Checked):
     )
 
     def validate(self) -> None:
+        """Checks the ranges of the pairs, ensemble, batch and evaluation, and the checks every LM section shares."""
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("ensemble_size", 1, 16)
         self.check_range("train_pairs", 2, MAX_LM_DATA)
@@ -275,6 +280,7 @@ class LMSFTConfig(Checked):
     model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2")
 
     def validate(self) -> None:
+        """Checks the ranges of the demonstrations, batch and evaluation, and the checks every LM section shares."""
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("demonstrations", 1, MAX_LM_DATA)
         self.check_range("heldout_demonstrations", 1, MAX_LM_DATA)
@@ -309,6 +315,7 @@ class LMDPOConfig(Checked):
     model: LMModelConfig = param(LMModelConfig(), "the tiny GPT-2")
 
     def validate(self) -> None:
+        """Checks beta and the ranges of the pairs, batch and evaluation, and the checks every LM section shares."""
         self.check_range("beta", 0, low_open=True)
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("train_pairs", 2, MAX_LM_DATA)

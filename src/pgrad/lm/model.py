@@ -145,6 +145,8 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(config.n_embd, 1)
 
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, response: Tensor, response_mask: Tensor) -> Tensor:
+        """The score [B] of each (prompt, response): the head on the trunk's last hidden state at the response's last
+        real token."""
         ids, mask = join(prompt_ids, prompt_mask, response, response_mask)
         hidden = self.trunk(
             input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False

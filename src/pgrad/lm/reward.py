@@ -21,7 +21,8 @@ from pgrad.lm.task import DigitsTask, PromptBatch
 class ResponseScorer(Protocol):
     """Scores [B] of responses (CPU tensors in, a CPU tensor out)."""
 
-    def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor: ...
+    def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
+        """The score [B] of each response to its prompt."""
 
 
 class TrueScoreReward:
@@ -31,6 +32,7 @@ class TrueScoreReward:
         self.task = task
 
     def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
+        """The task's hidden true score [B] of each response."""
         return self.task.true_score(prompts.last_digit, response, response_mask)
 
 
@@ -57,6 +59,8 @@ class LearnedReward:
         return torch.stack([model(*args) for model in self.members]).cpu()
 
     def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
+        """The members' scores combined by ``rule``; records their mean disagreement (std across members) in
+        ``last_disagreement``."""
         scores = self.member_scores(prompts, response, response_mask)
         self.last_disagreement = float(scores.std(0, correction=0).mean())
         return combine_ensemble(scores, self.rule, self.std_coef)

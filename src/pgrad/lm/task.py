@@ -41,6 +41,7 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The number of symbols."""
         return len(self.symbols)
 
     def encode(self, text: str) -> list[int]:
@@ -57,6 +58,7 @@ class CharTokenizer:
         return out
 
     def decode(self, ids: list[int]) -> str:
+        """The ids as text, one symbol each (special symbols included)."""
         return "".join(self.symbols[i] for i in ids)
 
     def digit_values(self, ids: Tensor) -> Tensor:
@@ -96,6 +98,7 @@ class DigitsTask:
 
     @property
     def max_prompt_length(self) -> int:
+        """The longest prompt in tokens: ``<bos>``, up to ``max_prompt_digits`` digits and ``:``."""
         return self.max_prompt_digits + 2  # <bos> digits :
 
     def prompts(self, count: int, generator: torch.Generator | None = None) -> PromptBatch:
@@ -105,6 +108,7 @@ class DigitsTask:
         return self.prompts_from_digits([row[:n].tolist() for row, n in zip(digits, lengths.tolist(), strict=True)])
 
     def prompts_from_digits(self, rows: list[list[int]]) -> PromptBatch:
+        """Left-padded prompts (``<bos>`` digits ``:``) from rows of digits, with their masks and last digits."""
         tok = self.tokenizer
         sequences = [[tok.bos_id, *(tok.ids[str(d)] for d in row), tok.separator_id] for row in rows]
         width = max(len(s) for s in sequences)
