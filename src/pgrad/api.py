@@ -226,6 +226,7 @@ class Agent:
 
     @property
     def algo(self) -> str:
+        """The algorithm's name (``ppo``, ``sac``, ...), from the config."""
         return self.config.algo
 
     def _spaces(self, env: EnvLike) -> tuple[gym.Space[Any], gym.Space[Any]]:

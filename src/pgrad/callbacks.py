@@ -39,6 +39,7 @@ class StopOnReturn(Callback):
         self.metric = metric
 
     def on_update(self, metrics: Mapping[str, Any]) -> bool | None:
+        """False (stop) once the row's ``metric`` reaches ``threshold``; None while it is below or absent."""
         value = metrics.get(self.metric)
         return None if value is None or value < self.threshold else False
 

@@ -596,6 +596,8 @@ class TrainState:
     healthy: bool = True
 
     def learner(self) -> LearnerState:
+        """The learner part of the state (step, modules, optimizers, normalisers, algorithm state): what a rollback
+        restores."""
         return LearnerState(self.step, self.modules, self.optimizers, self.normalizers, self.algo_state)
 
     def to_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -1041,6 +1043,8 @@ class CheckpointStore:
         inside_run(self.run_dir, "checkpoints", "the checkpoints folder")
 
     def index(self) -> dict[str, Any]:
+        """The index of the checkpoints (latest, best, best score, entries); an empty one when there is no index file
+        yet; refuses a link, an oversized or a malformed index."""
         self._check_root()
         path = self.root / INDEX
         reason = safe_io.link_refusal(path, writing=False)
@@ -1071,6 +1075,8 @@ class CheckpointStore:
         score: float | None,
         healthy: bool = True,
     ) -> Path:
+        """Writes checkpoint ``step_<step>`` with its health mark and score, makes it the latest (and the best when
+        healthy and scored at least as high), prunes to ``keep`` and rewrites the index; returns its path."""
         self._check_root()
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:010d}"

@@ -29,10 +29,12 @@ class EvalResult:
 
     @property
     def mean(self) -> float:
+        """The mean episode return."""
         return float(np.mean(self.returns))
 
     @property
     def std(self) -> float:
+        """The standard deviation of the episode returns (population, ddof 0)."""
         return float(np.std(self.returns))
 
 

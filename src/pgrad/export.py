@@ -189,6 +189,9 @@ class ExportedPolicy(torch.nn.Module):
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value)))
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        """The deterministic action for a batch of observations, as the exported graph computes it: one-hot or
+        flatten, normalise and clip, the MLP, then the argmax, the mean half of the head, tanh, rescaling and
+        clipping as the policy needs."""
         chain = self.chain
         buffers = dict(self.named_buffers())
         if chain.one_hot:

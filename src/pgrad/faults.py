@@ -32,9 +32,11 @@ class FaultSpec:
 
     @property
     def text(self) -> str:
+        """The drill as ``--inject`` spells it: ``KIND@STEP:DURATION``."""
         return f"{self.kind}@{self.step}:{self.duration}"
 
     def window_contains(self, step: int) -> bool:
+        """True when ``step`` lies in [step, step + duration): the drill is active then."""
         return self.step <= step < self.step + self.duration
 
 

@@ -193,14 +193,17 @@ class ActorCritic(nn.Module):
         return self._distribution(self.policy_head(features)), self.value_head(critic_features).squeeze(-1)
 
     def distribution(self, obs: torch.Tensor) -> Categorical | DiagGaussian:
+        """pi(.|s) for a batch of observations: Categorical logits or a diagonal Gaussian from the policy head."""
         return self._distribution(self.policy_head(self.actor_torso(obs)))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) [B], from the critic's torso, or the shared one when there is none."""
         torso = self.actor_torso if self.critic_torso is None else self.critic_torso
         value: torch.Tensor = self.value_head(torso(obs)).squeeze(-1)
         return value
 
     def acting_policy(self) -> ActingPolicy:
+        """The actor as NumPy arrays, for acting in the envs."""
         return ActingPolicy.from_actor(self)
 
 
@@ -274,6 +277,8 @@ class ActingPolicy:
         return head, self.log_std
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Training actions: inverse-CDF draws from softmax(logits) when discrete, mean + sigma x N(0, 1) otherwise,
+        from ``rng``."""
         head = self._head(obs)
         if self.action.kind == "discrete":
             # Inverse-CDF sampling from softmax(logits), one uniform draw per row.
@@ -289,6 +294,7 @@ class ActingPolicy:
         return action
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
+        """Evaluation actions: the argmax logit when discrete, the mean otherwise."""
         head = self._head(obs)
         if self.action.kind == "discrete":
             best: np.ndarray = head.argmax(axis=-1).astype(np.int64)
@@ -323,9 +329,11 @@ class Actor(Protocol):
     """What environments query: ``sample`` while training (exploring), ``mode`` for evaluation.
     ``ActingPolicy`` (on-policy) and ``SquashedActingPolicy`` (off-policy) both are one."""
 
-    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Exploring actions for a batch of observations, drawn from ``rng``."""
 
-    def mode(self, obs: np.ndarray) -> np.ndarray: ...
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic actions for a batch of observations, for evaluation."""
 
 
 def plain_mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, activation: Activation) -> nn.Sequential:
@@ -367,9 +375,11 @@ class DeterministicActor(nn.Module):
         self.net = plain_mlp(obs_dim, hidden_sizes, action_dim, activation)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """mu(s) = tanh(MLP(s))."""
         return torch.tanh(self.net(obs))
 
     def acting_policy(self, noise: ExplorationNoise) -> SquashedActingPolicy:
+        """The actor as NumPy arrays, with ``noise`` added when sampling."""
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         return SquashedActingPolicy(
             [_numpy_layer(layer) for layer in linears[:-1]], _numpy_layer(linears[-1]), self.activation, noise=noise
@@ -389,10 +399,12 @@ class SquashedGaussianActor(nn.Module):
         self.log_std = nn.Linear(hidden_sizes[-1], action_dim)
 
     def forward(self, obs: torch.Tensor) -> TanhGaussian:
+        """The action distribution tanh(N(mean(s), std(s)^2)), its log-std clamped to ``LOG_STD_BOUNDS``."""
         features = self.torso(obs)
         return TanhGaussian(self.mean(features), self.log_std(features).clamp(*LOG_STD_BOUNDS))
 
     def acting_policy(self) -> SquashedActingPolicy:
+        """The actor as NumPy arrays (torso, mean head and log-std head)."""
         linears = [m for m in self.torso if isinstance(m, nn.Linear)]
         return SquashedActingPolicy(
             [_numpy_layer(layer) for layer in linears],
@@ -449,9 +461,11 @@ class ExplorationNoise:
             self.process[done] = 0.0
 
     def state(self) -> list[list[float]] | None:
+        """The Ornstein-Uhlenbeck process's current values, for the checkpoint (None when there are none)."""
         return None if self.process is None else self.process.tolist()
 
     def load(self, state: list[list[float]] | None) -> None:
+        """Restores what ``state`` returned."""
         self.process = None if state is None else np.asarray(state, np.float32)
 
 
@@ -483,11 +497,14 @@ class SquashedActingPolicy:
         return x
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
+        """tanh(head(s)): the deterministic action."""
         features = self._features(obs)
         action: np.ndarray = np.tanh(features @ self.head[0] + self.head[1]).astype(np.float32)
         return action
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Without a log-std head, clip(tanh(head(s)) + noise, -1, 1) (no noise: the mode); with one, tanh(mean + std
+        x N(0, 1))."""
         features = self._features(obs)
         mean = features @ self.head[0] + self.head[1]
         if self.log_std_head is None:

@@ -79,6 +79,7 @@ class ReplayBuffer:
         return sum(getattr(self, name).nbytes for name in FIELDS)
 
     def describe(self) -> str:
+        """One line with the buffer's capacity, the fields of a transition and its size in MiB when full."""
         obs_dim, action_dim = self.obs.shape[1], self.actions.shape[1]
         return (
             f"replay buffer: {self.capacity:,} transitions x (obs {obs_dim}, next obs {obs_dim}, action {action_dim}, "

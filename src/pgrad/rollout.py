@@ -43,10 +43,12 @@ class Rollout:
 
     @property
     def num_steps(self) -> int:
+        """T, the steps per env."""
         return int(self.rewards.shape[0])
 
     @property
     def num_envs(self) -> int:
+        """B, the number of envs."""
         return int(self.rewards.shape[1])
 
 
@@ -67,6 +69,7 @@ class Batch:
         return int(self.obs.shape[0])
 
     def select(self, index: torch.Tensor | slice) -> Batch:
+        """The rows ``index`` selects, in every field (a minibatch)."""
         return Batch(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def to(self, device: torch.device | str) -> Batch:
@@ -86,6 +89,7 @@ class Batch:
             yield shuffled.select(slice(start, start + size))
 
     def with_advantages(self, advantages: torch.Tensor) -> Batch:
+        """A copy with ``advantages`` replaced (e.g. normalised per minibatch)."""
         return replace(self, advantages=advantages)
 
 
@@ -147,9 +151,11 @@ class EpisodeStats:
 
     @classmethod
     def empty(cls, window: int) -> EpisodeStats:
+        """No episodes yet, keeping the last ``window`` returns and lengths."""
         return cls(window, deque(maxlen=window), deque(maxlen=window))
 
     def add(self, episode_return: float, length: int) -> None:
+        """Records one finished episode's return and length."""
         self.returns.append(episode_return)
         self.lengths.append(length)
         self.count += 1
@@ -166,6 +172,8 @@ class EpisodeStats:
         self.cached = None
 
     def summary(self) -> dict[str, float]:
+        """``rollout/*`` metrics over the window: return mean, median, min, max and std, mean length, and the episode
+        count (cached until a new episode)."""
         if self.cached is not None and self.cached[0] == self.count:
             return dict(self.cached[1])
         if not self.returns:
@@ -227,6 +235,8 @@ class RolloutCollector:
         self.randomize_draws: list[dict[str, Any]] = []
 
     def reset(self, seed: int) -> None:
+        """Resets the envs (and seeds their action space) with ``seed``, counts the first observations in the
+        normaliser and zeroes the running episodes."""
         obs, infos = self.envs.reset(seed=seed)
         self._record_draws(infos)
         self.envs.action_space.seed(seed)
@@ -237,6 +247,8 @@ class RolloutCollector:
         self.episode_length[:] = 0
 
     def collect(self, policy: Actor, rng: np.random.Generator, num_steps: int) -> Rollout:
+        """``num_steps`` steps of every env with ``policy``: a Rollout of fresh arrays, observations normalised and
+        rewards scaled where enabled (T + 1 observations, the last for bootstrapping)."""
         assert self.raw_obs is not None, "call reset() first"
         num_envs, obs_dim = self.num_envs, self.adapter.obs_dim
         obs = np.empty((num_steps + 1, num_envs, obs_dim), np.float32)
@@ -351,6 +363,7 @@ class RolloutCollector:
             self.randomize_draws.append({"env": int(index), **values})
 
     def take_randomize_draws(self) -> list[dict[str, Any]]:
+        """The domain-randomisation draws since the last call; clears them."""
         draws, self.randomize_draws = self.randomize_draws, []
         return draws
 
@@ -381,6 +394,8 @@ class RolloutCollector:
         }
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restores what ``state_arrays`` returned: raw observations, pending autoresets, running episodes and the
+        reward scaler's running return."""
         self.raw_obs = arrays["raw_obs"].astype(np.float32)
         self.autoreset_pending = arrays["autoreset_pending"].astype(bool)
         self.episode_return = arrays["episode_return"].astype(np.float64)
@@ -392,5 +407,6 @@ class RolloutCollector:
         return {"obs": self.obs_normalizer.stats.state(), "reward": self.reward_scaler.stats.state()}
 
     def load_normalizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Restores the observation normaliser's and the reward scaler's running statistics."""
         self.obs_normalizer.stats.load(state["obs"])
         self.reward_scaler.stats.load(state["reward"])

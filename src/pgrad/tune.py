@@ -144,6 +144,8 @@ class PrunerReport:
         self.pruned = False
 
     def write(self, metrics: dict[str, Any]) -> None:
+        """The MetricSink protocol: reports an evaluation return to the trial (and ``echo``) and, when the pruner
+        says so, marks the trial pruned and asks the runner to stop; rows without one are ignored."""
         value = metrics.get("eval/return_mean")
         if value is None:
             return
@@ -157,9 +159,11 @@ class PrunerReport:
             self.runner.stop_requested = True
 
     def flush(self) -> None:
+        """The MetricSink protocol: nothing to flush."""
         pass
 
     def close(self) -> None:
+        """The MetricSink protocol: nothing to close."""
         pass
 
 

@@ -381,6 +381,8 @@ class SpaceAdapter:
             raise ConfigError(f"env.id: action space {action_space} is not supported (allowed: Discrete, Box)")
 
     def observations(self, obs: np.ndarray) -> np.ndarray:
+        """The env's observations as float32 rows [B, obs_dim]: one-hot for discrete ones, images transposed channels
+        first."""
         if self.one_hot:
             return np.eye(self.one_hot, dtype=np.float32)[np.asarray(obs, dtype=np.int64)]
         if self.image_axes is not None:  # [B, H, W, C] -> [B, C, H, W]
@@ -388,6 +390,8 @@ class SpaceAdapter:
         return np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], self.obs_dim)
 
     def env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Policy actions as env actions: for a box, rescaled from [-1, 1] where ``rescale`` is set, clipped to the
+        bounds and reshaped; others unchanged."""
         if self.low is None or self.high is None:
             return actions
         if self.rescale:

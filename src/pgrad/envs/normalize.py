@@ -18,6 +18,8 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, batch: np.ndarray) -> None:
+        """Merges a batch's mean and variance into the running ones (Chan et al.'s parallel update); an empty batch
+        changes nothing."""
         if batch.shape[0] == 0:
             return
         batch_mean = batch.mean(axis=0)
@@ -31,9 +33,11 @@ class RunningMeanStd:
         self.count = total
 
     def state(self) -> dict[str, np.ndarray]:
+        """Mean, variance and count as arrays, for the checkpoint."""
         return {"mean": self.mean, "var": self.var, "count": np.array(self.count, np.float64)}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
+        """Restores what ``state`` returned."""
         self.mean = np.array(state["mean"], np.float64)
         self.var = np.array(state["var"], np.float64)
         self.count = float(np.asarray(state["count"]).reshape(-1)[0])

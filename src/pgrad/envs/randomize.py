@@ -150,6 +150,8 @@ class DomainRandomization(gym.Wrapper):
 
     # ---- the env interface ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        """Reseeds when given a seed, redraws and applies the physics before the env's reset, clears the action
+        history; the observation is noised and the info carries the draws."""
         if seed is not None:
             self.rng = np.random.default_rng([seed, SALT])
         self.draw()
@@ -159,6 +161,7 @@ class DomainRandomization(gym.Wrapper):
         return self.noisy(observation), {**info, "randomize": self.drawn()}
 
     def step(self, action: Any) -> Any:
+        """Steps the env with the delayed action; the observation is noised."""
         self.env_steps += 1
         observation, reward, terminated, truncated, info = self.env.step(self.delayed(action))
         return self.noisy(observation), reward, terminated, truncated, info
@@ -174,6 +177,7 @@ class DomainRandomization(gym.Wrapper):
         return applied
 
     def noisy(self, observation: Any) -> Any:
+        """The observation plus N(0, obs_noise^2) noise per entry, in its dtype (unchanged when obs_noise is 0)."""
         if self.obs_noise == 0:
             return observation
         noise = self.rng.normal(0.0, self.obs_noise, np.shape(observation))

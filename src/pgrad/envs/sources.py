@@ -39,6 +39,7 @@ class EnvSource:
     num_envs: int | None = None  # fixed by the object (an instance: 1; a vector env: its num_envs)
 
     def factory(self) -> VectorEnvFactory | None:
+        """A new vector-env factory when an env object was passed, else None."""
         return None if self.new_factory is None else self.new_factory()
 
 

@@ -224,10 +224,13 @@ class StateAccess(gym.Wrapper):
         self.pgrad_incoming: dict[str, Any] | None = None
 
     def reset(self, **kwargs: Any) -> Any:
+        """Resets the env and clears the episode-end flags."""
         self.ended_last_step = self.reset_on_next_step = False
         return self.env.reset(**kwargs)
 
     def step(self, action: Any) -> Any:
+        """Steps the env and notes whether the episode ended; after a restore that ended an episode, the first step
+        resets instead (reward 0)."""
         if self.reset_on_next_step:
             self.ended_last_step = self.reset_on_next_step = False
             observation, info = self.env.reset()
@@ -237,9 +240,12 @@ class StateAccess(gym.Wrapper):
         return observation, reward, terminated, truncated, info
 
     def pgrad_capture(self) -> dict[str, Any]:
+        """The state of every wrapper layer below, and whether the last step ended an episode."""
         return {"ended_last_step": self.ended_last_step, "layers": [_layer_state(layer) for layer in _chain(self.env)]}
 
     def pgrad_apply(self) -> None:
+        """Restores the state put in ``pgrad_incoming`` into every wrapper layer; refuses a missing state or a
+        different wrapper chain."""
         state, self.pgrad_incoming = self.pgrad_incoming, None
         if state is None:
             raise ValueError("no state to restore")
@@ -251,6 +257,7 @@ class StateAccess(gym.Wrapper):
         self.ended_last_step = self.reset_on_next_step = bool(state["ended_last_step"])
 
     def pgrad_missed(self) -> list[str]:
+        """The state a capture cannot keep, per wrapper layer, as ``Layer: name (type)``."""
         return [f"{type(layer).__name__}: {name}" for layer in _chain(self.env) for name in _missed(layer)]
 
 

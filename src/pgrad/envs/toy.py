@@ -41,11 +41,14 @@ class ScriptedEnv(gym.Env):
         self.t = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Restarts the script: observation [0]."""
         super().reset(seed=seed)
         self.t = 0
         return np.array([0.0], np.float32), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Observation [t] and the scripted reward; the episode ends (terminated or truncated, as scripted) at
+        ``episode_length`` steps."""
         self.t += 1
         end = self.t >= self.episode_length
         terminated = end and self.ending == "terminated"
@@ -80,11 +83,14 @@ class BrightQuadrantEnv(gym.Env):
         return image
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Restarts the episode with a fresh image."""
         super().reset(seed=seed)
         self.t = 0
         return self._image(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Pays 1 when the action names the bright quadrant, else 0; a fresh image; truncated after
+        ``episode_length`` steps."""
         reward = float(int(action) == self.quadrant)
         self.t += 1
         return self._image(), reward, False, self.t >= self.episode_length, {}
