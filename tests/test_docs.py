@@ -180,9 +180,21 @@ def _is_overload(node: ast.AST) -> bool:
     return any(getattr(d, "id", getattr(d, "attr", None)) == "overload" for d in decorators)
 
 
+def _public_methods(cls: ast.ClassDef) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The public methods (properties included; not dunders, not ``_private``) of a public class and of the
+    public classes nested in it."""
+    methods: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith("_"):
+            methods.append(node)
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            methods.extend(_public_methods(node))
+    return methods
+
+
 def test_every_public_module_function_and_class_has_a_docstring():
-    """The API reference is generated from docstrings: a public module-level function or class without one
-    would be missing from it."""
+    """The API reference is generated from docstrings: a public module-level function or class, or a public
+    method of a public class, without one would be missing from it (an overload stub excepted)."""
     missing = []
     for path in sorted((ROOT / "src" / "pgrad").rglob("*.py")):
         tree = ast.parse(path.read_text())
@@ -192,4 +204,8 @@ def test_every_public_module_function_and_class_has_a_docstring():
             ) and not node.name.startswith("_")
             if public and ast.get_docstring(node) is None and not _is_overload(node):
                 missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+            if public and isinstance(node, ast.ClassDef):
+                for method in _public_methods(node):
+                    if ast.get_docstring(method) is None and not _is_overload(method):
+                        missing.append(f"{path.relative_to(ROOT)}:{method.lineno} {node.name}.{method.name}")
     assert not missing, "no docstring:\n" + "\n".join(missing)
