@@ -262,3 +262,19 @@ def test_learn_from_another_thread(tmp_path):
     thread.start()
     thread.join(60)
     assert not failures and agent.num_timesteps == 256
+
+
+def test_the_agents_import_from_the_package_and_the_package_alone_imports_no_torch():
+    # an SB3 script's first line is `from stable_baselines3 import PPO`; before, `from pgrad import PPO` failed
+    import subprocess
+    import sys
+
+    import pgrad
+    from pgrad import PPO, SAC, Agent, api
+
+    assert PPO is api.PPO and SAC is api.SAC and Agent is api.Agent
+    with pytest.raises(AttributeError, match="module 'pgrad' has no attribute 'PPX'"):
+        pgrad.PPX  # noqa: B018
+    probe = "import sys, pgrad; print('torch' in sys.modules, pgrad.__version__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.split()
+    assert out == ["False", pgrad.__version__]
