@@ -16,7 +16,7 @@ from pgrad.runners.lm_dpo import DPORunner  # noqa: E402
 from pgrad.runners.lm_sft import SFTRunner  # noqa: E402
 from pgrad.runs import resolve_config  # noqa: E402
 
-MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}
+MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb", "perf/peak_memory_mb"}
 SMALL = ["train_pairs=1024", "heldout_pairs=256", "eval_prompts=128"]
 LOG_2 = float(torch.tensor(2.0).log())  # float32, the dtype of the loss
 

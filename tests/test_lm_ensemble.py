@@ -16,7 +16,7 @@ from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
 from pgrad.runners.lm_rm import RewardModelRunner, bootstrap_indices, load_reward_model  # noqa: E402
 from pgrad.runs import resolve_config  # noqa: E402
 
-MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}
+MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb", "perf/peak_memory_mb"}
 SMALL = ["eval_every=128", "train_pairs=256", "heldout_pairs=128", "n_embd=32", "n_layer=1"]
 
 

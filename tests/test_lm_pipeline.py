@@ -18,7 +18,13 @@ from pgrad.runners.lm_rm import RewardModelRunner  # noqa: E402
 from pgrad.runners.lm_sft import SFTRunner  # noqa: E402
 from pgrad.runs import resolve_config  # noqa: E402
 
-MACHINE_KEYS = {"time", "perf/seconds_per_update", "perf/steps_per_second", "perf/memory_mb"}  # not the run's own
+MACHINE_KEYS = {
+    "time",
+    "perf/seconds_per_update",
+    "perf/steps_per_second",
+    "perf/memory_mb",
+    "perf/peak_memory_mb",
+}  # not the run's own
 
 
 def rows(run_dir):
