@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hostile import one_line_error
 from pgrad.api import PPO, Callback
 from pgrad.cli import main
 from pgrad.errors import ConfigError
@@ -40,14 +41,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
         code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err.strip()
-
-
-def one_line_error(code: int, err: str, *expected: str) -> None:
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("pgrad: error: "), err
-    for text in expected:
-        assert text in err, err
 
 
 @pytest.fixture(autouse=True)

@@ -14,23 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hostile import QUIET, one_line_error, run_cli, train_ppo
 from pgrad.cli import main
 from pgrad.errors import CheckpointError
-
-QUIET = ["--set", "run.progress=false", "--set", "run.tensorboard=false", "--set", "guard.eval_every=0"]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err.strip()
-
-
-def one_line_error(code: int, err: str, *expected: str) -> None:
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("pgrad: error: "), err
-    for text in expected:
-        assert text in err, err
 
 
 @pytest.fixture(autouse=True)
@@ -43,15 +29,7 @@ def no_integrity_key(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1024-step PPO CartPole run with three checkpoints (512, 768, 1024), trained once per module."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("PGRAD_CHECKPOINT_KEY", raising=False)
-        code = main(
-            ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "1024", "--run-dir", str(run), "--quiet"]
-            + [*QUIET, "--set", "run.checkpoint_every=256"]
-        )
-    assert code == 0
-    return run
+    return train_ppo(tmp_path_factory.mktemp("trained") / "run", 1024, "--set", "run.checkpoint_every=256")
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hostile import one_line_error, train_ppo
 from pgrad.cli import main
 from pgrad.errors import CheckpointError
 
-QUIET = ["--set", "run.progress=false", "--set", "run.tensorboard=false", "--set", "guard.eval_every=0"]
 LATEST = "step_0000001024"
 
 
@@ -34,15 +34,8 @@ def no_integrity_key(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1024-step PPO CartPole run with an observation normaliser, checkpoints every 256 steps."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("PGRAD_CHECKPOINT_KEY", raising=False)
-        code = main(
-            ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "1024", "--run-dir", str(run), "--quiet"]
-            + [*QUIET, "--set", "run.checkpoint_every=256", "--set", "env.norm_obs=true"]
-        )
-    assert code == 0
-    return run
+    sets = ["--set", "run.checkpoint_every=256", "--set", "env.norm_obs=true"]
+    return train_ppo(tmp_path_factory.mktemp("trained") / "run", 1024, *sets)
 
 
 @pytest.fixture
@@ -106,14 +99,6 @@ CASES = [
         "",
     ),
 ]
-
-
-def one_line_error(code: int, err: str, *expected: str) -> None:
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("pgrad: error: "), err
-    for text in expected:
-        assert text in err, err
 
 
 @pytest.mark.parametrize(("change", "expected", "more"), CASES)

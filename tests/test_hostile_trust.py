@@ -33,25 +33,13 @@ import pytest
 import yaml
 
 import pgrad
+from hostile import one_line_error, run_cli
 from pgrad.api import PPO, Agent
 from pgrad.cli import main
 from pgrad.errors import CheckpointError, ConfigError
 
 KEY = "PGRAD_CHECKPOINT_KEY"
 QUIET = ["--quiet", "--set", "run.tensorboard=false", "--set", "guard.eval_every=0"]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err.strip()
-
-
-def one_line_error(code: int, err: str, *expected: str) -> None:
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("pgrad: error: "), err
-    for text in expected:
-        assert text in err, err
 
 
 def train(run: Path, seed: int = 1) -> None:
