@@ -560,7 +560,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         ]
 
     first = config_for(args.set)  # a bad --set or env fails here, in one line, before any trial
-    tune_dir = args.tune_dir or default_run_dir(first).with_name("tune-" + default_run_dir(first).name)
+    default = default_run_dir(first)
+    tune_dir = args.tune_dir or default.with_name(f"tune-{default.name}")
     # each job its own sampler seed: the same seed would draw the same first parameters in every job
     study = open_study(tune_dir, args.storage, args.study_name, first.run.seed + args.job, args.pruner)
     if args.n_jobs > 1:

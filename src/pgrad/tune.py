@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -310,7 +310,7 @@ def summarize_study(study: Any, algo: str, config_for: ConfigFor, user_sets: lis
     layers = merge({"env": {"id": first_config.env.id}}, parse_set(user_sets, sections_for(algo)), nested(best_values))
     safe_io.write_atomic(best_file, yaml.safe_dump({"algo": algo, **layers}, sort_keys=True))
     assert best.value is not None  # a complete trial
-    return TuneResult(best.number, float(best.value), best_values, best_file, rows, 0.0)
+    return TuneResult(best.number, float(best.value), best_values, best_file, rows, seconds=0.0)  # tune() times it
 
 
 def tune(
@@ -333,11 +333,4 @@ def tune(
     study = open_study(Path(tune_dir), storage, study_name, seed, pruner)
     run_trials(study, algo, config_for, user_sets, trials, Path(tune_dir), echo)
     result = summarize_study(study, algo, config_for, user_sets, Path(tune_dir))
-    return TuneResult(
-        result.best_number,
-        result.best_value,
-        result.best_params,
-        result.best_file,
-        result.trials,
-        time.perf_counter() - started,
-    )
+    return replace(result, seconds=time.perf_counter() - started)
