@@ -189,6 +189,63 @@ def _heldout_hacking(history: list[dict[str, Any]], limits: AlertThresholds) -> 
     ]
 
 
+def level_hacking(
+    rows: list[dict[str, Any]], optimised: str, check: str, drop: float, source: str = "the check reward"
+) -> list[LMAlert]:
+    """The level test: the newest row's ``check`` score is more than ``drop`` below the best ``check`` score of
+    the rows before it while its ``optimised`` reward is at least the optimised reward of that best row.
+
+    The rate tests (half windows, consecutive evaluations) see a fall while it happens; once a hack has set in
+    and stays, or when the check falls too slowly for any window, they go quiet. This one compares with the
+    best the run has reached, so it holds, and is raised again at every row that carries both scores, for as
+    long as the policy stays below that level while its optimised reward does not. Only rows with both keys
+    count (the held-out evaluations); the best row is searched over all of them, before a rollback too: the
+    rollback returns to weights at least as good as that level, and falling below it again is the same hack."""
+    scored = [row for row in rows if check in row and optimised in row]
+    if len(scored) < 2:
+        return []
+    now, before = scored[-1], scored[:-1]
+    best = max(before, key=lambda row: float(row[check]))
+    fall = float(best[check]) - float(now[check])
+    if fall <= drop or float(now[optimised]) < float(best[optimised]):
+        return []
+    return [
+        LMAlert(
+            "warning.lm_reward_hacking",
+            f"{source} ({check}) is {float(now[check]):.3g}, {fall:.3g} below its best {float(best[check]):.3g} "
+            f"(step {best.get('step')}), while the optimised reward ({optimised}) is {float(now[optimised]):.3g}, "
+            f"not below its {float(best[optimised]):.3g} there (more than the allowed drop {drop:g}): the policy "
+            "gains reward the check does not confirm; raise kl_coef, or keep the best checkpoint",
+            check,
+            float(now[check]),
+            float(best[check]) - drop,
+            {"best_step": float(best.get("step", 0)), "best_check": float(best[check]), "fall": fall, "level": 1.0},
+        )
+    ]
+
+
+def degeneration_alert(rows: list[dict[str, Any]], key: str, floor: float | None) -> list[LMAlert]:
+    """``warning.lm_degeneration``: the newest row's ``key`` (a distinct-n, ``pgrad.lm.degeneration``) is below
+    ``floor`` x its value in the first row that has it: the batch's responses repeat the same n-grams."""
+    measured = [row for row in rows if key in row and not math.isnan(float(row[key]))]
+    if floor is None or len(measured) < 2 or measured[-1] is not rows[-1]:
+        return []
+    first, now = float(measured[0][key]), float(measured[-1][key])
+    if now >= floor * first:
+        return []
+    return [
+        LMAlert(
+            "warning.lm_degeneration",
+            f"{key} (distinct n-grams / n-grams over the batch) fell to {now:.3g}, below lm_ppo.degeneration_floor "
+            f"{floor:g} x its first value {first:.3g}: the responses repeat the same few tokens",
+            key,
+            now,
+            floor * first,
+            {"first": first},
+        )
+    ]
+
+
 def _disagreement_alert(rows: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
     """The early level is the run's first rows (what the members agreed on at the start); the late level
     only rows since the last rollback."""
