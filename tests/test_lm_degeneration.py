@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from pgrad.config import GuardConfig
 from pgrad.lm.alerts import degeneration_alert, level_hacking
 from pgrad.lm.degeneration import degeneration_metrics, distinct_n, ngrams, repetition_rate, response_tokens
+from pgrad.monitor.doctor import check_lm_degeneration, check_lm_reward_hacking
 
 
 def test_ngrams_in_order_and_none_when_shorter() -> None:
@@ -92,3 +94,43 @@ def test_degeneration_alert_against_the_first_value() -> None:
     assert alert.kind == "warning.lm_degeneration" and alert.threshold == pytest.approx(0.4)
     assert degeneration_alert(rows, key, None) == []
     assert degeneration_alert([*rows, {"other": 1.0}], key, 0.5) == []  # judged only on rows that measure it
+
+
+# ---- pgrad doctor's language-model checks ------------------------------------------------------------------
+
+
+def evaluation_rows(check_key: str, pairs: list[tuple[float, float]]) -> list[dict[str, float]]:
+    return [
+        {"step": 64.0 * i, "update": float(i), "eval/rm_score": rm, check_key: c} for i, (rm, c) in enumerate(pairs)
+    ]
+
+
+@pytest.mark.parametrize(("key", "label"), [("eval/check_score", "check reward"), ("eval/true_score", "true score")])
+def test_doctor_reads_the_users_check_reward_or_the_true_score(key: str, label: str) -> None:
+    rows = evaluation_rows(key, [(0.1, 0.6), (0.3, 0.65), (0.6, 0.5), (0.9, 0.4)])
+    finding = check_lm_reward_hacking(rows, [], GuardConfig())
+    assert finding is not None and label in finding.symptom
+    assert finding.step == 128  # the first evaluation more than 0.08 below the best (0.65 at step 64)
+    assert (
+        check_lm_reward_hacking(evaluation_rows(key, [(0.1, 0.6), (0.3, 0.65), (0.6, 0.6)]), [], GuardConfig()) is None
+    )
+
+
+def test_doctor_prefers_the_check_reward_over_the_true_score() -> None:
+    # the check reward holds while the true score falls: the user's own check is what the doctor judges by
+    rows = [
+        {**a, **b}
+        for a, b in zip(
+            evaluation_rows("eval/check_score", [(0.1, 0.6), (0.5, 0.6), (0.9, 0.61)]),
+            evaluation_rows("eval/true_score", [(0.1, 0.6), (0.5, 0.3), (0.9, 0.1)]),
+            strict=True,
+        )
+    ]
+    assert check_lm_reward_hacking(rows, [], GuardConfig()) is None
+
+
+def test_doctor_finds_degenerate_responses() -> None:
+    rows = [{"step": float(i), "update": float(i), "lm/distinct_2": v} for i, v in enumerate([0.8, 0.7, 0.35, 0.3])]
+    finding = check_lm_degeneration(rows, [], GuardConfig())
+    assert finding is not None and finding.step == 2 and finding.severity == "warning"
+    assert check_lm_degeneration(rows[:2], [], GuardConfig()) is None

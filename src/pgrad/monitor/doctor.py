@@ -249,36 +249,69 @@ def check_return_collapse(history: list[Metrics], events: list[Metrics], config:
 LM_HACKING_DROP = 0.08  # lm_ppo.hacking_drop's default (the doctor reads the guard section only)
 
 
+# The held-out check the doctor reads: the user's check reward where the run has one (lm_ppo.check_reward), else
+# the digits task's hidden true score (the test bench of the hacking rules).
+LM_CHECK_SCORES = (("eval/check_score", "check reward"), ("eval/true_score", "true score"))
+
+
 def check_lm_reward_hacking(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
-    """Language-model runs, over the whole run: the held-out true score (``eval/true_score``, the same prompts and
-    noise at every evaluation) ended more than 0.08 below its best while the held-out reward-model score ended
-    above its level there: the reward model was exploited. Only the task's hidden score can show it."""
-    evaluations = [
-        row
-        for row in history
-        if number(row, "eval/true_score") is not None and number(row, "eval/rm_score") is not None
-    ]
-    if len(evaluations) < 3:
-        return None
-    true = [float(number(row, "eval/true_score") or 0.0) for row in evaluations]
-    best_index = int(np.argmax(true))
+    """Language-model runs, over the whole run: the held-out check (``eval/check_score``, the user's check reward,
+    else the digits task's ``eval/true_score``; the same prompts and noise at every evaluation) ended more than 0.08
+    below its best while the held-out reward-model score ended above its level there: the reward was exploited."""
+    for key, label in LM_CHECK_SCORES:
+        evaluations = [
+            row for row in history if number(row, key) is not None and number(row, "eval/rm_score") is not None
+        ]
+        if len(evaluations) >= 3:
+            return _held_out_fall(evaluations, key, label)
+    return None
+
+
+def _held_out_fall(evaluations: list[Metrics], key: str, label: str) -> Finding | None:
+    check = [float(number(row, key) or 0.0) for row in evaluations]
+    best_index = int(np.argmax(check))
     best, last = evaluations[best_index], evaluations[-1]
     rm_best, rm_last = float(number(best, "eval/rm_score") or 0.0), float(number(last, "eval/rm_score") or 0.0)
-    if true[best_index] - true[-1] <= LM_HACKING_DROP or rm_last <= rm_best:
+    if check[best_index] - check[-1] <= LM_HACKING_DROP or rm_last <= rm_best:
         return None
-    after_best = next(i for i in range(best_index + 1, len(true)) if true[best_index] - true[i] > LM_HACKING_DROP)
+    after_best = next(i for i in range(best_index + 1, len(check)) if check[best_index] - check[i] > LM_HACKING_DROP)
     row = evaluations[after_best]
     return Finding(
-        "reward hacking (held-out true score fell while the reward-model score rose)",
+        f"reward hacking (held-out {label} fell while the reward-model score rose)",
         "critical",
         int(row.get("update", 0)),
         int(row.get("step", 0)),
-        f"held-out true score {true[best_index]:.3f} at step {best.get('step')} -> {true[-1]:.3f} at the end, while "
+        f"held-out {label} {check[best_index]:.3f} at step {best.get('step')} -> {check[-1]:.3f} at the end, while "
         f"the held-out reward-model score went {rm_best:.3g} -> {rm_last:.3g}",
-        "the policy found responses the reward model scores highly and the true objective does not",
-        "use the checkpoint of the best held-out true score ('pgrad eval RUN --checkpoint NAME'), raise "
+        f"the policy found responses the reward model scores highly and the {label} does not",
+        f"use the checkpoint of the best held-out {label} ('pgrad eval RUN --checkpoint NAME'), raise "
         "lm_ppo.kl_coef or set kl_target, combine a reward-model ensemble by min, or retrain the reward model on "
         "the policy's responses",
+    )
+
+
+LM_DEGENERATION_FLOOR = 0.5  # lm_ppo.degeneration_floor's default
+
+
+def check_lm_degeneration(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
+    """Language-model runs: the batch's distinct bigrams per bigram (``lm/distinct_2``) ended below half its first
+    value: the responses repeat a few tokens (``pgrad.lm.degeneration``)."""
+    rows = [row for row in history if number(row, "lm/distinct_2") is not None]
+    measured = [(row, float(number(row, "lm/distinct_2") or 0.0)) for row in rows]
+    measured = [(row, value) for row, value in measured if not math.isnan(value)]
+    if len(measured) < 2 or measured[-1][1] >= LM_DEGENERATION_FLOOR * measured[0][1]:
+        return None
+    first = measured[0][1]
+    row = next(row for row, value in measured if value < LM_DEGENERATION_FLOOR * first)
+    return Finding(
+        "degenerate responses (distinct bigrams fell)",
+        "warning",
+        int(row.get("update", 0)),
+        int(row.get("step", 0)),
+        f"distinct bigrams per bigram in the batch {first:.3f} at the start -> {measured[-1][1]:.3f} at the end",
+        "the policy repeats a few tokens the reward scores; the text stops carrying anything",
+        "read the samples of the last evaluations, raise lm_ppo.kl_coef, or add a repetition or format check to the "
+        "reward",
     )
 
 
@@ -292,6 +325,7 @@ CHECKS: tuple[Check, ...] = (
     check_clip_fraction,
     check_value_lag,
     check_lm_reward_hacking,
+    check_lm_degeneration,
 )
 
 
@@ -393,6 +427,12 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "starts here, before the true score falls)",
         "raise lm_ppo.kl_coef or set lm_ppo.kl_target, combine with ensemble_combine: min or a larger ensemble_k, "
         "or stop at the checkpoint before the rise and retrain the ensemble on the policy's responses",
+    ),
+    "lm_degeneration": (
+        "the batch's responses repeat the same few n-grams (distinct bigrams per bigram fell below its floor x its "
+        "first value): a reward paid for a pattern, not for content",
+        "read the sampled generations in the run folder, raise lm_ppo.kl_coef, or add a repetition or format check "
+        "to the reward",
     ),
     "lm_length_collapse": (
         "responses shrank toward the EOS: an empty answer avoids the KL penalty when the reward cannot pay for it",
