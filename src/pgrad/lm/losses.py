@@ -19,7 +19,8 @@ environments' own, in ``pgrad.numerics``; token GAE is ``pgrad.estimators.gae_to
 Sources: InstructGPT (Ouyang et al., 2022); Ziegler et al., "Fine-tuning language models from human
 preferences" (2019) for the per-token KL penalty and the adaptive KL controller; Huang et al., "The N
 implementation details of RLHF with PPO" (2024); Schulman, "Approximating KL divergence" (2020) for k3;
-Rafailov et al. (2023) for DPO; Ahmadian et al. (2024) for RLOO; Shao et al. (2024) for GRPO.
+Rafailov et al. (2023) for DPO; Ahmadian et al. (2024) for RLOO; Shao et al. (2024) for GRPO; Yu et al.
+(2025, DAPO) for the token-mean loss and Liu et al. (2025, Dr. GRPO) for the constant normaliser.
 """
 
 from __future__ import annotations

@@ -6,12 +6,15 @@ One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO
    sampled with a KV cache at ``temperature``.
 2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
    values (policy), log pi_ref (the frozen initial weights: the SFT model's with ``init_from``).
-3. The scorer's score of each response (``lm_ppo.reward``); per-token reward
+3. The reward of each response (``lm_ppo.reward``: the weighted sum of its terms, ``CombinedReward``, each
+   term's mean logged as ``reward/<name>``); per-token reward
    r_t = -beta (log pi_old - log pi_ref) + score on the last real token.
 4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens. With
    ``advantage: rloo`` or ``grpo`` instead: no critic, one advantage per response from its prompt's
-   group of score - beta x KL (``losses.group_token_advantages``), and no value loss in step 5; with
-   ``kl_penalty: loss`` the KL leaves the score and beta x mean k3(pi, ref) joins the loss instead.
+   group of score - beta x KL (``losses.group_token_advantages``; Dr. GRPO's without the std division),
+   and no value loss in step 5; with ``kl_penalty: loss`` (GRPO's default) the KL leaves the score and
+   beta x k3(pi, ref) joins the per-token loss instead, aggregated as ``loss_type`` says
+   (``losses.aggregate_token_loss``: token mean, GRPO's per-response mean, or Dr. GRPO's constant).
 5. ``num_epochs`` passes of minibatch steps on the clipped surrogate + vf_coef x clipped value loss. The
    first pass takes the minibatches in the order and shapes of step 2, so its first minibatch sees a
    ratio of exactly 1 (logged as ``lm/first_ratio_deviation``, which must be 0).
