@@ -108,6 +108,9 @@ def test_a_reward_list_reads_into_weighted_named_terms_with_their_options():
     assert terms[0].option("answer_column") == "answer"
     assert terms[2].options == (("length_scale", 0.25), ("length_target", 2))  # the section's scale, its target
     assert section.to_dict()["reward"][3] == {"reward": "true_score", "weight": 0}  # saved canonical
+    # one term may be a mapping of its own: --set "reward={reward: verifier:regex, pattern: '[0-9]'}"
+    (term,) = LMPPOConfig(reward={"reward": "verifier:regex", "pattern": "[0-9]"}).reward_terms
+    assert (term.name, term.option("pattern")) == ("regex", "[0-9]")
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ class LMPPOConfig(Checked):
     SECTION: ClassVar[str] = ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task: prompts and a hidden true score")
-    reward: str | bool | tuple[str | bool | dict[str, Any], ...] = param(
+    reward: str | bool | dict[str, Any] | tuple[str | bool | dict[str, Any], ...] = param(
         "true_score",
         "what scores a response (docs/lm-rewards.md): 'model' the reward model of reward_model; 'true_score' (or "
         "true) the task's hidden score (a perfect reward model); 'verifier:exact_answer' | regex | format | length; "
