@@ -252,23 +252,16 @@ class LMPPOConfig(Checked):
         """Fills the fields whose default depends on ``advantage`` (``samples_per_prompt``, ``kl_penalty``,
         ``loss_type``: GRPO's are the paper's) and reads ``reward`` into its canonical form and terms: the config
         keeps and saves the resolved values, so a run folder says what ran."""
-        group = self.advantage != "gae"
-        resolved = {
-            "samples_per_prompt": self.samples_per_prompt or (GROUP_SIZE if group else 1),
-            "kl_penalty": self.kl_penalty
-            if self.kl_penalty != "auto"
-            else "loss"
-            if self.advantage == "grpo"
-            else "reward",
-            "loss_type": self.loss_type
-            if self.loss_type != "auto"
-            else "sequence_mean"
-            if self.advantage == "grpo"
-            else "token_mean",
-            "reward": canonical_reward(self.reward),
+        grpo = self.advantage == "grpo"
+        defaults = {  # what "auto" (0 for samples_per_prompt) stands for
+            "samples_per_prompt": 1 if self.advantage == "gae" else GROUP_SIZE,
+            "kl_penalty": "loss" if grpo else "reward",
+            "loss_type": "sequence_mean" if grpo else "token_mean",
         }
-        for key, value in resolved.items():
-            object.__setattr__(self, key, value)
+        for key, default in defaults.items():
+            if getattr(self, key) in ("auto", 0):
+                object.__setattr__(self, key, default)
+        object.__setattr__(self, "reward", canonical_reward(self.reward))
         object.__setattr__(self, "_terms", read_reward_terms(self.reward, self.verifier, self._name("reward")))
 
     @property
