@@ -51,7 +51,8 @@ from transformers import GPT2LMHeadModel, GPT2Model
 
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.model import RewardModel, sample, tiny_gpt2_config
-from pgrad.lm.reward import LearnedReward
+from pgrad.lm.reward import CombinedReward, LearnedReward
+from pgrad.lm.reward_spec import RewardTerm
 from pgrad.lm.task import DigitsTask
 from pgrad.runners import trunk
 from pgrad.runners.lm_dpo import DPORunner
@@ -195,7 +196,8 @@ def bench_step(args: argparse.Namespace) -> list[str]:
     task = runner.task
     # the same reward-model architecture on both sides (fresh weights: the cost, not the score, is measured)
     model_config = tiny_gpt2_config(task.tokenizer.vocab_size, task.max_prompt_length + NEW_TOKENS)
-    runner.scorer = LearnedReward([RewardModel(model_config).eval()])
+    learned = LearnedReward([RewardModel(model_config).eval()])
+    runner.scorer = CombinedReward([(RewardTerm("model", name="model"), learned)], task)  # reward: model
     hand = HandPPO(task.tokenizer.vocab_size, task.max_prompt_length + NEW_TOKENS, task.tokenizer.eos_id, 1)
     prompt_gen = torch.Generator().manual_seed(7)
 
@@ -349,7 +351,8 @@ def last_eval(run_dir: Path) -> dict[str, float]:
     return evaluations(run_dir)[-1]
 
 
-GRPO_SETS = ["advantage=grpo", "samples_per_prompt=4", "kl_penalty=loss", f"kl_coef={KL_COEF}"]
+# token_mean: the loss this comparison was recorded with (GRPO's default became the per-response mean since)
+GRPO_SETS = ["advantage=grpo", "samples_per_prompt=4", "kl_penalty=loss", f"kl_coef={KL_COEF}", "loss_type=token_mean"]
 
 
 def ppo_run(name: str, work: Path, seed: int, sets: list[str], responses: int) -> tuple[dict[str, float], float, float]:

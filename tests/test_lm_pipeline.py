@@ -203,7 +203,7 @@ def test_config_errors_are_one_line_naming_the_field():
     with pytest.raises(ConfigError, match=r"lm_ppo.minibatch_size must be a divisor of batch_size \(64\); got 10"):
         LMPPOConfig(minibatch_size=10)
     with pytest.raises(ConfigError, match=r"lm_ppo.samples_per_prompt must be in \[2, 64\]; got 1"):
-        LMPPOConfig(advantage="rloo")
+        LMPPOConfig(advantage="rloo", samples_per_prompt=1)  # 0 (the default) is 8 for rloo and grpo
     with pytest.raises(ConfigError, match=r"lm_ppo.samples_per_prompt must be a divisor of batch_size \(64\); got 3"):
         LMPPOConfig(advantage="grpo", samples_per_prompt=3)
     with pytest.raises(ConfigError, match="lm_ppo.kl_penalty must be 'reward' with advantage 'gae'"):

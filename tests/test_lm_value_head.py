@@ -64,7 +64,7 @@ def test_the_critic_initialised_from_the_reward_model_values_a_response_as_its_s
         tmp_path / "ppo",
         console=False,
     )
-    reward_model = runner.scorer.members[0]
+    reward_model = runner.scorer.learned.members[0]
     prompts = runner.task.prompts(8, torch.Generator().manual_seed(3))
     response, mask = runner.task.random_responses(8, torch.Generator().manual_seed(4))
     ids, full_mask = join(prompts.ids, prompts.mask, response, mask)

@@ -112,9 +112,11 @@ def test_halving_vf_coef_gives_the_old_loss_bit_for_bit():
 
 def test_an_old_lm_ppo_section_is_converted_and_a_current_one_is_not():
     old = {"vf_coef": 0.3, "clip_vf": 0.2}
-    assert upgrade_saved_section("lm_ppo", old) == {"vf_coef": 0.15, "clip_vf": 0.2, "version": 2}
+    # (a folder saved before loss_type ran the token mean: it reads as that, not as GRPO's new default)
+    expected = {"vf_coef": 0.15, "clip_vf": 0.2, "version": 2, "loss_type": "token_mean"}
+    assert upgrade_saved_section("lm_ppo", old) == expected
     assert old == {"vf_coef": 0.3, "clip_vf": 0.2}  # the input is not modified
-    current = {"vf_coef": 0.3, "version": 2}
+    current = {"vf_coef": 0.3, "version": 2, "loss_type": "sequence_mean"}
     assert upgrade_saved_section("lm_ppo", current) == current
     assert upgrade_algo_section("lm_ppo", {"vf_coef": 0.3}) == {"vf_coef": 0.3}  # a config file: current
     assert upgrade_algo_section("lm_ppo", {"vf_coef": 0.3, "version": 1}) == {"vf_coef": 0.15, "version": 2}

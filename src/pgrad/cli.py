@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         help="allow an entry-point env ('module:attr') from the run folder's config.yaml (it runs that module's code)",
     )
     _trust_ray_flag(resume)
+    _trust_reward_flag(resume)
 
     evaluate = sub.add_parser("eval", help="evaluate a run's policy")
     evaluate.add_argument("run_dir", type=Path)
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         help="language-model runs: score with this 'pgrad lm rm' run (default: the run's own reward, else the true "
         "score)",
     )
+    _trust_reward_flag(evaluate)
 
     export = sub.add_parser(
         "export", help="write a run's policy as one ONNX or TorchScript file (raw observation in, env action out)"
@@ -179,6 +181,15 @@ def _trust_ray_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _trust_reward_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-reward-code",
+        action="store_true",
+        help="allow lm_ppo.reward to name a Python function ('module:function'): computing it imports that module "
+        "and runs its code",
+    )
+
+
 def _inject_flag(parser: argparse.ArgumentParser, examples: str) -> None:
     parser.add_argument(
         "--inject",
@@ -198,8 +209,15 @@ LM_COMMANDS = {
         "PPO with a value head and a per-token KL penalty to the initial weights (or RLOO / GRPO)",
         "responses (default: 4096)",
     ),
+    "grpo": (
+        "lm_ppo",
+        "GRPO: 'pgrad lm ppo --set advantage=grpo' (groups of 8 responses per prompt, KL in the loss)",
+        "responses (default: 4096)",
+    ),
     "dpo": ("lm_dpo", "Direct Preference Optimization on the task's preference pairs", "pairs (default: 8192)"),
 }
+# what a command sets before the user's own --set (pgrad lm grpo is lm ppo with advantage grpo)
+LM_COMMAND_SETS = {"grpo": ["advantage=grpo"]}
 
 
 def _lm_parser(sub: argparse._SubParsersAction) -> None:
@@ -210,11 +228,13 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
         _run_flags(parser, f"YAML file with run: and {algo}: sections", f"{counted} to train on in all")
         if algo == "lm_ppo":
             _inject_flag(parser, "lr_spike@512, nan_grad@256, reward_flip@512:256 (STEP counts responses)")
+            _trust_reward_flag(parser)
     resume = lm_sub.add_parser("resume", help="the same as 'pgrad resume' (kept for scripts written before it)")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
     resume.add_argument("--quiet", action="store_true")
     _trust_ray_flag(resume)
+    _trust_reward_flag(resume)
 
 
 def _print_summary(result, config, preset_source: str | None) -> None:
@@ -263,6 +283,7 @@ def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: 
         algo, env_id, args.config, sets, args.seed, args.total_steps, use_preset=use_preset
     )
     _check_ray_flags(args, config.run.backend)
+    _refuse_untrusted_reward(config, "the command line", getattr(args, "trust_reward_code", False))
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")
@@ -310,6 +331,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     config = load_run_config(args.run_dir, args.total_steps, getattr(args, "trust_env_code", False))
     refuse_untrusted_ray(config, args.run_dir / "config.yaml", args.trust_ray)
+    _refuse_untrusted_reward(config, str(args.run_dir / "config.yaml"), args.trust_reward_code)
     trainer = runner_for(config)(config, args.run_dir, resume=True, console=not args.quiet)
     return _finish(trainer, trainer.train(), config, None, args.quiet)
 
@@ -321,10 +343,25 @@ def _lm_available() -> None:
         raise PgradError("language models need transformers: pip install 'pgrad[lm]'")
 
 
+def _refuse_untrusted_reward(config, source: str, trust_reward_code: bool) -> None:
+    """An ``lm_ppo`` reward naming a Python function runs only with ``--trust-reward-code``."""
+    from pgrad.lm.config import LMPPOConfig
+
+    if isinstance(config.algo_config, LMPPOConfig):
+        from pgrad.lm.reward_spec import refuse_untrusted_reward_code
+
+        refuse_untrusted_reward_code(config.algo_config.reward_terms, source, trust_reward_code)
+
+
 def _cmd_lm(args: argparse.Namespace) -> int:
     if args.lm_command == "resume":
         return _cmd_resume(args)
-    return _start(args, LM_COMMANDS[args.lm_command][0], None, False, list(args.set))
+    command_sets = LM_COMMAND_SETS.get(args.lm_command, [])
+    for item in args.set if command_sets else []:  # pgrad lm grpo --set advantage=rloo: another algorithm
+        key, _, value = item.partition("=")
+        if key.strip() in ("advantage", "lm_ppo.advantage") and f"advantage={value.strip()}" not in command_sets:
+            raise ConfigError(f"pgrad lm {args.lm_command} sets advantage; use 'pgrad lm ppo --set {item.strip()}'")
+    return _start(args, LM_COMMANDS[args.lm_command][0], None, False, command_sets + list(args.set))
 
 
 def _print_lm_summary(result, config) -> None:
@@ -351,7 +388,9 @@ def _cmd_lm_eval(args: argparse.Namespace) -> int:
     _lm_available()
     from pgrad.lm.eval_run import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.checkpoint, args.prompts, args.seed, args.reward_model)
+    result = evaluate_run(
+        args.run_dir, args.checkpoint, args.prompts, args.seed, args.reward_model, args.trust_reward_code
+    )
     print(
         f"evaluation ({result.prompts} held-out prompts, seed {result.seed}, one sampled response each, "
         f"{result.checkpoint.name}; rm_score is {result.scorer}):"
@@ -461,7 +500,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     shared: dict[str, type] = {"env": EnvConfig, "run": RunConfig, "guard": GuardConfig, "ray": RayConfig}
     rl = [name for name, spec in ALGORITHMS.items() if not spec.language_model]
-    lm = [name for name, _, _ in LM_COMMANDS.values()]
+    lm = list(dict.fromkeys(name for name, _, _ in LM_COMMANDS.values()))  # grpo is lm_ppo
     what = args.what
     allowed = [*rl, *sorted(lm), *shared, "presets"]
     if what is not None and what not in allowed:
@@ -473,7 +512,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("\nshared sections:")
         for title, cls in shared.items():
             _list_section(title, cls)
-        print("\nlanguage models (pgrad lm sft | rm | ppo | dpo; each takes its section and [run]):")
+        print("\nlanguage models (pgrad lm sft | rm | ppo | grpo | dpo; each takes its section and [run]):")
         for name in lm:
             _list_algorithm(name)
         _list_presets(None)

@@ -107,6 +107,8 @@ def upgrade_saved_section(algo: str, data: dict[str, Any]) -> dict[str, Any]:
     """
     if isinstance(data, dict) and algo in SECTION_VERSIONS and "version" not in data:
         data = {**data, "version": 1}
+    if isinstance(data, dict) and algo == "lm_ppo" and "loss_type" not in data:
+        data = {**data, "loss_type": "token_mean"}  # saved before the field: every loss was a token mean then
     return upgrade_algo_section(algo, data)
 
 

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal
 from pgrad import glossary
 from pgrad.config import MAX_BATCH, MAX_HIDDEN_WEIGHTS, MAX_WINDOW, Checked, OptimizerConfig, param
 from pgrad.errors import ConfigError
+from pgrad.lm.reward_spec import RewardTerm, VerifierConfig, canonical_reward
+from pgrad.lm.reward_spec import reward_terms as read_reward_terms
 
 ALGO = "lm_ppo"
 RM_ALGO = "lm_rm"
@@ -27,6 +29,7 @@ DPO_ALGO = "lm_dpo"
 MAX_LM_LAYERS = 64
 MAX_LM_WIDTH = 4096
 MAX_LM_DATA = 2**20  # demonstrations or preference pairs generated and held in memory
+GROUP_SIZE = 8  # rloo and grpo: responses per prompt unless samples_per_prompt says (TRL's num_generations)
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,15 @@ class LMPPOConfig(Checked):
     SECTION: ClassVar[str] = ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task: prompts and a hidden true score")
-    reward: Literal["model", "true"] = param(
-        "true",
-        "what scores a response: 'model' the reward model of reward_model; 'true' the task's hidden score behind "
-        "the same interface (a perfect reward model)",
+    reward: str | bool | dict[str, Any] | tuple[str | bool | dict[str, Any], ...] = param(
+        "true_score",
+        "what scores a response (docs/lm-rewards.md): 'model' the reward model of reward_model; 'true_score' (or "
+        "true) the task's hidden score (a perfect reward model); 'verifier:exact_answer' | regex | format | length; "
+        "'module:function' a Python function (needs --trust-reward-code); or a list of them, each a string or "
+        "{reward: ..., weight: W, name: N}, summed with their weights and each logged as reward/<name>",
+    )
+    verifier: VerifierConfig = param(
+        VerifierConfig(), "the built-in verifiers' options (a reward list's term may override)"
     )
     reward_model: str | None = param(None, "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint)")
     init_from: str | None = param(
@@ -90,12 +98,20 @@ class LMPPOConfig(Checked):
         "gae",
         "gae: PPO with the value head (per-token KL in the reward, GAE over tokens); rloo / grpo: no critic, "
         "samples_per_prompt responses per prompt, one advantage per response from its group (leave-one-out / "
-        "group-normalised) of score - kl_coef x KL, under the same clipped surrogate",
+        "group-normalised) under the same clipped surrogate ('pgrad lm grpo' is this with advantage grpo)",
     )
-    kl_penalty: Literal["reward", "loss"] = param(
-        "reward",
-        "reward: -kl_coef x KL in the reward (per token for gae, summed per response for rloo/grpo); loss: "
-        "kl_coef x mean k3(pi, ref) over the tokens added to the loss, GRPO's form (rloo and grpo only)",
+    kl_penalty: Literal["auto", "reward", "loss"] = param(
+        "auto",
+        "reward: -kl_coef x KL in the reward (per token for gae, summed per response for rloo/grpo, where grpo then "
+        "divides it by the group's std with the score); loss: kl_coef x k3(pi, ref) per token in the loss, "
+        "aggregated as loss_type says, GRPO's form (rloo and grpo only); auto: loss for grpo, reward otherwise",
+    )
+    loss_type: Literal["auto", "token_mean", "sequence_mean", "dr_grpo"] = param(
+        "auto",
+        "how per-token losses become one (pgrad.lm.losses.aggregate_token_loss): token_mean (DAPO: over all "
+        "tokens), sequence_mean (GRPO paper: per response, then over responses), dr_grpo (Dr. GRPO: summed, over "
+        "rows x max_new_tokens, and grpo's advantages not divided by the group std); auto: sequence_mean for "
+        "grpo, token_mean otherwise",
     )
     critic: Literal["shared", "separate"] = param(
         "shared",
@@ -113,7 +129,9 @@ class LMPPOConfig(Checked):
         "weight; the reference is the same model with its adapter switched off, not a second copy (0: off)",
     )
     lora_alpha: int = param(16, "LoRA scaling alpha (the update is alpha / lora_rank x B A)")
-    samples_per_prompt: int = param(1, "responses per prompt (at least 2 for rloo and grpo); divides batch_size")
+    samples_per_prompt: int = param(
+        0, "responses per prompt, a divisor of batch_size (at least 2 for rloo and grpo; 0: 1 for gae, 8 otherwise)"
+    )
     max_new_tokens: int = param(8, "longest response in tokens (a response ends earlier at its EOS)")
     batch_size: int = param(64, "responses per rollout (batch_size / samples_per_prompt prompts)")
     minibatch_size: int = param(16, "responses per gradient step; must divide batch_size")
@@ -187,18 +205,21 @@ class LMPPOConfig(Checked):
         """Checks each field's range and the combinations allowed: the reward model for reward 'model', the critic
         and KL penalty per advantage, LoRA sizes, and batch divisors."""
         self.check_range("version", 2, 2)
-        if self.reward == "model" and not self.reward_model:
+        self.resolve_auto()
+        if self.uses_reward_model and not self.reward_model:
             self._fail("reward_model", "the run folder of 'pgrad lm rm' when reward is 'model'")
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("batch_size", 1, MAX_BATCH)
         if self.critic == "separate" and self.advantage != "gae":
             self._fail("critic", "'shared' with advantage 'rloo' or 'grpo' (they train no critic)")
-        if self.init_value_from_rm and (self.critic != "separate" or self.reward != "model"):
+        if self.init_value_from_rm and (self.critic != "separate" or not self.uses_reward_model):
             self._fail("init_value_from_rm", "false unless critic is 'separate' and reward is 'model'")
         self.check_range("lora_rank", 0, self.model.n_embd)
         self.check_range("lora_alpha", 0, low_open=True)
         if self.advantage == "gae" and self.kl_penalty != "reward":
             self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
+        if self.loss_type == "dr_grpo" and self.advantage != "grpo":
+            self._fail("loss_type", "'token_mean' or 'sequence_mean' unless advantage is 'grpo'")
         self.check_range("samples_per_prompt", 2 if self.advantage != "gae" else 1, self.batch_size)
         if self.batch_size % self.samples_per_prompt:
             self._fail("samples_per_prompt", f"a divisor of batch_size ({self.batch_size})")
@@ -226,6 +247,33 @@ class LMPPOConfig(Checked):
         self.check_range("ensemble_k", 0)
         self.check_range("disagreement_rise", 1, low_open=True)
         check_shared_sections(self, self.optimizer)
+
+    def resolve_auto(self) -> None:
+        """Fills the fields whose default depends on ``advantage`` (``samples_per_prompt``, ``kl_penalty``,
+        ``loss_type``: GRPO's are the paper's) and reads ``reward`` into its canonical form and terms: the config
+        keeps and saves the resolved values, so a run folder says what ran."""
+        grpo = self.advantage == "grpo"
+        defaults = {  # what "auto" (0 for samples_per_prompt) stands for
+            "samples_per_prompt": 1 if self.advantage == "gae" else GROUP_SIZE,
+            "kl_penalty": "loss" if grpo else "reward",
+            "loss_type": "sequence_mean" if grpo else "token_mean",
+        }
+        for key, default in defaults.items():
+            if getattr(self, key) in ("auto", 0):
+                object.__setattr__(self, key, default)
+        object.__setattr__(self, "reward", canonical_reward(self.reward))
+        object.__setattr__(self, "_terms", read_reward_terms(self.reward, self.verifier, self._name("reward")))
+
+    @property
+    def reward_terms(self) -> tuple[RewardTerm, ...]:
+        """The terms of ``reward`` (``pgrad.lm.reward_spec``), checked when the config was built."""
+        terms: tuple[RewardTerm, ...] = self.__dict__["_terms"]
+        return terms
+
+    @property
+    def uses_reward_model(self) -> bool:
+        """Whether a term of ``reward`` is the reward model of ``reward_model``."""
+        return any(term.kind == "model" for term in self.reward_terms)
 
 
 @dataclass(frozen=True)

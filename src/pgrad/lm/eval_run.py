@@ -24,6 +24,7 @@ from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, L
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.model import AdapterDisabled
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
+from pgrad.lm.reward_spec import refuse_untrusted_reward_code
 from pgrad.lm.task import DigitsTask
 from pgrad.runners.lm_ppo import build_scorer
 from pgrad.runners.lm_rm import load_reward_model
@@ -67,14 +68,27 @@ def _models(
     return lm, initial
 
 
+def describe_reward(section: LMPPOConfig) -> str:
+    """What an lm_ppo run's ``eval/rm_score`` is: its reward's terms with their weights."""
+    parts = []
+    for term in section.reward_terms:
+        what = f"the reward model of {section.reward_model}" if term.kind == "model" else term.source
+        what = "the true score" if term.kind == "true_score" else what
+        parts.append(what if term.weight == 1 else f"{term.weight:g} x {what}")
+    return " + ".join(parts)
+
+
 def evaluate_run(
     run_dir: Path,
     which: str = "latest",
     prompts: int | None = None,
     seed: int | None = None,
     reward_model: Path | None = None,
+    trust_reward_code: bool = False,
 ) -> LMEvalResult:
-    """Evaluate checkpoint ``which`` (latest, best or a name) of an lm_ppo, lm_sft or lm_dpo run folder."""
+    """Evaluate checkpoint ``which`` (latest, best or a name) of an lm_ppo, lm_sft or lm_dpo run folder. A run
+    whose reward names a Python function is refused unless ``trust_reward_code`` (scoring imports it) or
+    ``reward_model`` scores instead."""
     config = load_run_config(Path(run_dir))
     algo, section = config.algo, config.algo_config
     if algo == RM_ALGO:
@@ -101,8 +115,9 @@ def evaluate_run(
         scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device)
         described = f"the reward model of {reward_model}"
     elif isinstance(section, LMPPOConfig):
+        refuse_untrusted_reward_code(section.reward_terms, str(Path(run_dir) / "config.yaml"), trust_reward_code)
         scorer = build_scorer(section, task, device)
-        described = f"the reward model of {section.reward_model}" if section.reward == "model" else "the true score"
+        described = describe_reward(section)
     else:
         scorer, described = TrueScoreReward(task), "the true score (no reward model: give --reward-model)"
     temperature = section.temperature if isinstance(section, LMPPOConfig) else 1.0

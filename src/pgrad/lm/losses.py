@@ -19,7 +19,8 @@ environments' own, in ``pgrad.numerics``; token GAE is ``pgrad.estimators.gae_to
 Sources: InstructGPT (Ouyang et al., 2022); Ziegler et al., "Fine-tuning language models from human
 preferences" (2019) for the per-token KL penalty and the adaptive KL controller; Huang et al., "The N
 implementation details of RLHF with PPO" (2024); Schulman, "Approximating KL divergence" (2020) for k3;
-Rafailov et al. (2023) for DPO; Ahmadian et al. (2024) for RLOO; Shao et al. (2024) for GRPO.
+Rafailov et al. (2023) for DPO; Ahmadian et al. (2024) for RLOO; Shao et al. (2024) for GRPO; Yu et al.
+(2025, DAPO) for the token-mean loss and Liu et al. (2025, Dr. GRPO) for the constant normaliser.
 """
 
 from __future__ import annotations
@@ -157,23 +158,80 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
     return rewards - others
 
 
-def grpo_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
+def grpo_advantages(rewards: Tensor, eps: float = 1e-4, scale: bool = True) -> Tensor:
     """Group-normalised advantages of GRPO (Shao et al., 2024) over ``rewards`` [P, K]:
 
         A_i = (r_i - mean_j r_j) / (std_j r_j + eps)
 
     with the sample standard deviation (n - 1 in the denominator, as in the paper's reference code); a
-    group whose samples all scored the same gets advantage 0.
+    group whose samples all scored the same gets advantage 0. With ``scale`` False, Dr. GRPO's (Liu et al.,
+    2025) A_i = r_i - mean_j r_j: no division by the std, which up-weights the groups whose rewards barely
+    differ (too easy or too hard questions).
     """
     samples = rewards.shape[-1]
     if samples < 2:
         raise ValueError(f"GRPO needs at least 2 samples per prompt; got {samples}")
     mean = rewards.mean(-1, keepdim=True)
+    if not scale:
+        return rewards - mean
     std = rewards.std(-1, keepdim=True, correction=1)
     return (rewards - mean) / (std + eps)
 
 
-GroupRule = Literal["rloo", "grpo"]
+LossType = Literal["token_mean", "sequence_mean", "dr_grpo"]
+
+
+def aggregate_token_loss(per_token: Tensor, mask: Tensor, loss_type: LossType, max_length: int) -> Tensor:
+    """One loss from per-token losses ``l[b, t]`` of B responses (``lm_ppo.loss_type``), m the mask:
+
+        token_mean    (DAPO, Yu et al. 2025):  L = sum_{b,t} m l / sum_{b,t} m
+        sequence_mean (GRPO, Shao et al. 2024): L = (1 / B) sum_b (sum_t m l / sum_t m)
+        dr_grpo       (Liu et al. 2025):        L = sum_{b,t} m l / (B * max_length)
+
+    token_mean weighs every token alike, so long responses weigh more; sequence_mean weighs every response
+    alike, so a token of a short response weighs more (the length bias Dr. GRPO names); dr_grpo divides by a
+    constant (``max_length`` = max_new_tokens), so neither the response's length nor the batch's changes a
+    token's weight.
+    """
+    masked = per_token * mask
+    if loss_type == "token_mean":
+        return masked.sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "sequence_mean":
+        return (masked.sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+    if loss_type == "dr_grpo":
+        return masked.sum() / (per_token.shape[0] * max_length)
+    raise ValueError(f"loss_type must be 'token_mean', 'sequence_mean' or 'dr_grpo'; got {loss_type!r}")
+
+
+def group_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    kl_coef: float,
+    loss_type: LossType,
+    max_length: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GRPO's objective as a loss (Shao et al., 2024, eq. 3), with the KL in the loss; returns (loss, the
+    policy term, the KL term), each aggregated by ``aggregate_token_loss``:
+
+        r_t = pi(y_t) / pi_old(y_t)
+        l_t = -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) + kl_coef * k3_t,  k3_t = (ref/pi - 1) - log(ref/pi)
+        L   = aggregate(l, mask, loss_type)
+
+    The aggregation is linear, so L = aggregate(policy part) + kl_coef * aggregate(k3). With kl_coef 0 the KL
+    term is still returned (for the logs) but adds nothing.
+    """
+    ratio = ((logp - old_logp) * mask).exp()
+    surrogate = -torch.min(ratio * advantages, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages)
+    policy = aggregate_token_loss(surrogate, mask, loss_type, max_length)
+    kl = aggregate_token_loss(kl_k3(logp, ref_logp, mask), mask, loss_type, max_length)
+    return policy + kl_coef * kl, policy, kl
+
+
+GroupRule = Literal["rloo", "grpo", "dr_grpo"]
 
 
 def group_token_advantages(
@@ -188,14 +246,18 @@ def group_token_advantages(
     """Critic-free advantages for responses in groups of ``samples_per_prompt`` consecutive rows (one prompt):
 
         R_b = score_b - kl_coef * sum_t (log pi(y_t) - log pi_ref(y_t))     (the KL penalty in the reward)
-        A   = rloo_advantages(R grouped [P, K]) or grpo_advantages(R grouped [P, K])
+        A   = rloo_advantages(R grouped [P, K]), grpo_advantages(R grouped [P, K]) or, for dr_grpo,
+              grpo_advantages(..., scale=False)
         A[b, t] = A_b at every real token of response b, 0 at padding
 
     Each group's numbers depend on that group alone: the other prompts in the batch change nothing.
     """
     sequence = score - kl_coef * kl_k1(logp, ref_logp, mask).sum(1)
     grouped = sequence.view(-1, samples_per_prompt)
-    advantages = rloo_advantages(grouped) if rule == "rloo" else grpo_advantages(grouped)
+    if rule == "rloo":
+        advantages = rloo_advantages(grouped)
+    else:
+        advantages = grpo_advantages(grouped, scale=rule == "grpo")
     return advantages.reshape(-1, 1) * mask
 
 

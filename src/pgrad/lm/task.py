@@ -17,6 +17,7 @@ No file is downloaded and none is shipped: the vocabulary is built here, in-proc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,10 +85,25 @@ class PromptBatch:
         )
 
 
+@dataclass(frozen=True)
+class TextBatch:
+    """What a text reward reads of a batch (``pgrad.lm.reward``): the prompts and completions as text, and the
+    prompt rows' other columns, each a list aligned with the batch (passed as ``fn(prompts, completions,
+    **columns)``)."""
+
+    prompts: list[str]
+    completions: list[str]
+    columns: dict[str, list[Any]]
+
+
 class DigitsTask:
     """Prompts, the hidden true score and synthetic preference pairs of the ``digits`` task."""
 
     name = "digits"
+    # the columns a text reward receives: ``answer`` is the prompt's last digit as text (with
+    # ``verifier:exact_answer``, a verifiable echo task: answer with that digit alone), ``last_digit`` the same digit
+    # as an int (what the hidden true score compares with)
+    column_names = ("answer", "last_digit")
 
     def __init__(self, max_new_tokens: int, max_prompt_digits: int = 4) -> None:
         if max_new_tokens < 1:
@@ -124,6 +140,29 @@ class DigitsTask:
         values = self.tokenizer.digit_values(response)
         large = (values > last_digit.unsqueeze(1)) & (response_mask > 0)
         return large.sum(1).to(torch.float32) / self.max_new_tokens
+
+    def completion_text(self, response: Tensor, response_mask: Tensor) -> list[str]:
+        """Each response's tokens as text, up to its EOS (not included): ``"7345"``."""
+        tok = self.tokenizer
+        texts = []
+        for row, mask in zip(response.tolist(), response_mask.tolist(), strict=True):
+            ids = [token for token, real in zip(row, mask, strict=True) if real]
+            texts.append(tok.decode(ids[: ids.index(tok.eos_id)] if tok.eos_id in ids else ids))
+        return texts
+
+    def prompt_text(self, prompts: PromptBatch) -> list[str]:
+        """Each prompt as text without ``<bos>`` or padding: ``"123:"``."""
+        tok = self.tokenizer
+        return [
+            tok.decode([token for token, real in zip(row, mask, strict=True) if real and token != tok.bos_id])
+            for row, mask in zip(prompts.ids.tolist(), prompts.mask.tolist(), strict=True)
+        ]
+
+    def texts(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> TextBatch:
+        """The batch as a text reward reads it: prompt and completion texts and the columns ``column_names``."""
+        last = prompts.last_digit.tolist()
+        columns: dict[str, list[Any]] = {"answer": [str(d) for d in last], "last_digit": [int(d) for d in last]}
+        return TextBatch(self.prompt_text(prompts), self.completion_text(response, response_mask), columns)
 
     def random_responses(self, count: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Random digit strings of random length 1..max_new_tokens (the last token an EOS when shorter):

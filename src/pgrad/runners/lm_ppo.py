@@ -6,12 +6,15 @@ One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO
    sampled with a KV cache at ``temperature``.
 2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
    values (policy), log pi_ref (the frozen initial weights: the SFT model's with ``init_from``).
-3. The scorer's score of each response (``lm_ppo.reward``); per-token reward
+3. The reward of each response (``lm_ppo.reward``: the weighted sum of its terms, ``CombinedReward``, each
+   term's mean logged as ``reward/<name>``); per-token reward
    r_t = -beta (log pi_old - log pi_ref) + score on the last real token.
 4. GAE over tokens (gamma, lambda), returns = A + V, advantages whitened over the real tokens. With
    ``advantage: rloo`` or ``grpo`` instead: no critic, one advantage per response from its prompt's
-   group of score - beta x KL (``losses.group_token_advantages``), and no value loss in step 5; with
-   ``kl_penalty: loss`` the KL leaves the score and beta x mean k3(pi, ref) joins the loss instead.
+   group of score - beta x KL (``losses.group_token_advantages``; Dr. GRPO's without the std division),
+   and no value loss in step 5; with ``kl_penalty: loss`` (GRPO's default) the KL leaves the score and
+   beta x k3(pi, ref) joins the per-token loss instead, aggregated as ``loss_type`` says
+   (``losses.aggregate_token_loss``: token mean, GRPO's per-response mean, or Dr. GRPO's constant).
 5. ``num_epochs`` passes of minibatch steps on the clipped surrogate + vf_coef x clipped value loss. The
    first pass takes the minibatches in the order and shapes of step 2, so its first minibatch sees a
    ratio of exactly 1 (logged as ``lm/first_ratio_deviation``, which must be 0).
@@ -63,14 +66,30 @@ from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_
 from pgrad.lm.build import add_lora, build_policy, build_task, frozen_reference
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.evaluate import evaluate_policy
-from pgrad.lm.losses import AdaptiveKLController, group_token_advantages, kl_k1, kl_k3, token_gae, token_rewards
+from pgrad.lm.losses import (
+    AdaptiveKLController,
+    group_policy_loss,
+    group_token_advantages,
+    kl_k1,
+    kl_k3,
+    token_gae,
+    token_rewards,
+)
 from pgrad.lm.model import (
     AdapterDisabled,
     PolicyWithValue,
     response_outputs,
     sample,
 )
-from pgrad.lm.reward import LearnedReward, ResponseScorer, TrueScoreReward
+from pgrad.lm.reward import (
+    CombinedReward,
+    FunctionReward,
+    LearnedReward,
+    ResponseScorer,
+    TrueScoreReward,
+    VerifierReward,
+)
+from pgrad.lm.reward_spec import RewardTerm
 from pgrad.lm.task import DigitsTask, PromptBatch
 from pgrad.monitor.alerts import Alert, Level, grad_norm_rule, kl_rule, nonfinite_rule
 from pgrad.monitor.guard import Action, Event, Halt, Rollback
@@ -180,14 +199,26 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
-def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> ResponseScorer:
-    """The response scorer of a PPO run: its reward model (or ensemble), or the task's true score."""
-    if config.reward == "model":
+def build_term(
+    term: RewardTerm, config: LMPPOConfig, task: DigitsTask, device: torch.device
+) -> ResponseScorer | VerifierReward | FunctionReward:
+    """What computes one term of ``lm_ppo.reward``: the reward model (or ensemble), the true score, a verifier or
+    a Python function (imported here: trust is decided before a runner is built, ``refuse_untrusted_reward_code``)."""
+    if term.kind == "model":
         assert config.reward_model is not None  # LMPPOConfig.validate
         return load_reward_model(
             Path(config.reward_model), config.max_new_tokens, device, config.ensemble_combine, config.ensemble_k
         )
-    return TrueScoreReward(task)
+    if term.kind == "true_score":
+        return TrueScoreReward(task)
+    if term.kind == "verifier":
+        return VerifierReward(term, task.column_names)
+    return FunctionReward(term.source)
+
+
+def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> CombinedReward:
+    """The reward of a PPO run: the weighted sum of the terms of ``lm_ppo.reward`` (one term: its scores)."""
+    return CombinedReward([(term, build_term(term, config, task, device)) for term in config.reward_terms], task)
 
 
 # run.total_steps counts sampled responses; the progress line shows the reward's mean score of the last update
@@ -218,9 +249,10 @@ class LMPPORunner:
         self.reference = frozen_reference(self.policy, self.ppo)
         self.scorer = build_scorer(self.ppo, self.task, self.device)
         if self.ppo.init_value_from_rm:  # InstructGPT: the value function starts as the reward model
-            assert isinstance(self.scorer, LearnedReward)  # LMPPOConfig.validate: reward is 'model'
+            learned = self.scorer.learned
+            assert isinstance(learned, LearnedReward)  # LMPPOConfig.validate: a term is 'model'
             try:
-                self.policy.init_value_from(self.scorer.members[0])
+                self.policy.init_value_from(learned.members[0])
             except ValueError as exc:
                 raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
@@ -350,8 +382,9 @@ class LMPPORunner:
                 advantages = masked_whiten(advantages, mask)
         else:  # no critic: the value head is neither used nor trained
             reward_kl_coef = self.kl.value if ppo.kl_penalty == "reward" else 0.0  # else in the loss (step 5)
+            rule = "dr_grpo" if ppo.loss_type == "dr_grpo" else ppo.advantage  # Dr. GRPO: no std division
             advantages = group_token_advantages(
-                learned_score, logp, ref, mask, reward_kl_coef, ppo.samples_per_prompt, ppo.advantage
+                learned_score, logp, ref, mask, reward_kl_coef, ppo.samples_per_prompt, rule
             )
             returns = torch.zeros_like(advantages)
         kl_per_response = kl_k1(logp, ref, mask).sum(1)
@@ -363,10 +396,43 @@ class LMPPORunner:
             "lm/kl_coef": self.kl.value,
             "lm/response_length": float(mask.sum(1).mean()),
             "lm/eos_fraction": float(((samples.response == tok.eos_id) & (samples.mask > 0)).any(1).float().mean()),
+            **{f"reward/{name}": value for name, value in self.scorer.last_terms.items()},  # each term's batch mean
         }
-        if isinstance(self.scorer, LearnedReward) and len(self.scorer.members) > 1:
-            stats[RM_DISAGREEMENT] = self.scorer.last_disagreement  # std across members, batch mean
+        learned = self.scorer.learned
+        if learned is not None and len(learned.members) > 1:
+            stats[RM_DISAGREEMENT] = learned.last_disagreement  # std across members, batch mean
         return Rollout(prompts, samples.response, mask, logp, ref, values, advantages, returns), stats
+
+    def policy_loss(self, logprobs: Tensor, batch: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """The policy's part of the loss on a minibatch and its logged terms: PPO's clipped surrogate as a token
+        mean, plus kl_coef x mean k3 with ``kl_penalty: loss``; for another ``loss_type``, GRPO's per-token
+        objective aggregated that way (``losses.group_policy_loss``)."""
+        ppo = self.ppo
+        policy = clipped_surrogate(logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
+        terms = {"diagnostics/approx_kl": policy.approx_kl, "diagnostics/clip_fraction": policy.clip_fraction}
+        in_loss = ppo.kl_penalty == "loss"
+        if ppo.loss_type != "token_mean":  # GRPO's aggregations (sequence_mean, dr_grpo)
+            assert ppo.loss_type != "auto"  # resolved by LMPPOConfig.validate
+            loss, terms["train/policy_loss"], kl_term = group_policy_loss(
+                logprobs,
+                batch.old_logprobs,
+                batch.ref_logprobs,
+                batch.advantages,
+                batch.mask,
+                ppo.clip_eps,
+                self.kl.value if in_loss else 0.0,
+                ppo.loss_type,
+                ppo.max_new_tokens,
+            )
+            if in_loss:
+                terms["train/kl_loss"] = kl_term
+            return loss, terms
+        terms["train/policy_loss"] = loss = policy.loss
+        if in_loss:  # GRPO's KL in the loss: beta x mean k3(pi, ref) over the tokens, with gradient
+            kl_term = masked_mean(kl_k3(logprobs, batch.ref_logprobs, batch.mask), batch.mask)
+            loss = loss + self.kl.value * kl_term
+            terms["train/kl_loss"] = kl_term
+        return loss, terms
 
     def update(self, lr_scale: float = 1.0, flip_reward: bool = False) -> dict[str, Any]:
         """One rollout and its epochs at ``learning_rate`` x ``lr_scale`` (the guard's cuts and drills)."""
@@ -395,18 +461,8 @@ class LMPPORunner:
                     batch.mask.long(),
                     temperature=ppo.temperature,
                 )
-                policy = clipped_surrogate(out.logprobs, batch.old_logprobs, batch.advantages, batch.mask, ppo.clip_eps)
-                terms = {
-                    "train/policy_loss": policy.loss,
-                    "diagnostics/approx_kl": policy.approx_kl,
-                    "diagnostics/clip_fraction": policy.clip_fraction,
-                    "diagnostics/entropy": masked_mean(out.entropy.detach(), batch.mask),
-                }
-                loss = policy.loss
-                if ppo.kl_penalty == "loss":  # GRPO's form: beta x mean k3(pi, ref) over the tokens, with gradient
-                    kl_term = masked_mean(kl_k3(out.logprobs, batch.ref_logprobs, batch.mask), batch.mask)
-                    loss = loss + self.kl.value * kl_term
-                    terms["train/kl_loss"] = kl_term
+                loss, terms = self.policy_loss(out.logprobs, batch)
+                terms["diagnostics/entropy"] = masked_mean(out.entropy.detach(), batch.mask)
                 if ppo.advantage == "gae":
                     assert out.values is not None
                     critic_loss = value_loss(
