@@ -559,9 +559,9 @@ def split_policy_and_env(positional: tuple[Any, ...], env: Any, policy: Any, cls
     if policy is None and isinstance(env, str) and env in POLICIES:
         raise ConfigError(f"{cls_name}({env!r}): name the env too: {cls_name}({env!r}, env)")
     if policy is not None and not (isinstance(policy, str) and policy in POLICIES):
-        kind = "a policy class" if isinstance(policy, type) else repr(policy)
+        shown = "a policy class" if isinstance(policy, type) else _short(policy)
         raise ConfigError(
-            f"policy: {_short(kind)} is not offered; pgrad builds its own network: pass "
+            f"policy: {shown} is not offered; pgrad builds its own network: pass "
             f"{', '.join(repr(p) for p in POLICIES)}, and change it through policy_kwargs (net_arch, activation_fn, "
             "features_extractor_class)"
         )
