@@ -8,6 +8,7 @@ import inspect
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -20,6 +21,7 @@ from pgrad.config import NetworkConfig
 from pgrad.errors import ConfigError
 from pgrad.sb3_compat import POLICY_KWARGS, SB3_ALGOS, SB3_ARGUMENTS, check_policy, schedule
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG}
 QUIET = {"run": {"tensorboard": False, "progress": False}}
 
@@ -539,3 +541,18 @@ def test_sb3s_evaluate_policy_drives_a_pgrad_model(trained):
 def test_import_pgrad_and_evaluate_policy_load_no_torch():
     code = "import sys, pgrad; from pgrad import evaluate_policy; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_docs_page_is_generated_from_the_tables():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    page = hooks.expand((ROOT / "docs" / "sb3.md").read_text())
+    for algo in SB3_ALGOS:
+        section = page.split(f"## {algo.upper()}\n", 1)[1].split("\n## ", 1)[0]
+        for name in [*SB3_ARGUMENTS[algo], *POLICY_KWARGS[algo]]:
+            assert f"| `{name}` |" in section, (algo, name)
+    assert "| `n_steps` | `ppo.num_steps` | mapped; per env, as SB3 |" in page
+    assert "| `use_sde` | gSDE is not offered" in page and "only `False` (any other: one line)" in page

@@ -342,7 +342,7 @@ def _features_extractor_kwargs(value: Any, algo: str) -> dict[str, Any]:
 
 # ---- the tables ---------------------------------------------------------------------------------------------
 
-SDE = "gSDE is not offered: pgrad's Gaussian policies have a state-independent log std ({algo}.network)"
+SDE = "gSDE is not offered; pgrad explores with its policy's own Gaussian (or {algo}'s exploration noise)"
 CONSTRUCTOR = {
     "policy": Sb3Argument(
         OWN + ": 'MlpPolicy', 'CnnPolicy' or 'MultiInputPolicy', checked against the observation space",
@@ -490,14 +490,14 @@ FEATURES = {
     "activation_fn": Sb3Argument(
         "{algo}.network.activation", _activation, note="a torch.nn class by name: nn.ReLU -> relu, nn.ELU -> ELU"
     ),
+}
+ON_POLICY_KWARGS = {
+    **FEATURES,
     "share_features_extractor": Sb3Argument(
         "no effect on an MLP (SB3's extractor for vectors has no weights); {algo}.network.shared_network shares "
         "the hidden layers too",
         allowed=(True, False),
     ),
-}
-ON_POLICY_KWARGS = {
-    **FEATURES,
     "net_arch": Sb3Argument(
         "{algo}.network.hidden_sizes", _net_arch(("pi", "vf")), note="a list, or dict(pi=, vf=) with pi == vf"
     ),
@@ -514,6 +514,10 @@ ON_POLICY_KWARGS = {
 }
 Q_NETWORK = {
     **FEATURES,
+    "share_features_extractor": Sb3Argument(
+        "no effect: pgrad's actor and critics are MLPs on the flat observation (SB3's extractor has no weights)",
+        allowed=(True, False),
+    ),
     "net_arch": Sb3Argument(
         "{algo}.network.hidden_sizes", _net_arch(("pi", "qf")), note="a list, or dict(pi=, qf=) with pi == qf"
     ),
