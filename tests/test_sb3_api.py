@@ -432,6 +432,13 @@ def test_learn_in_sb3s_spelling(tmp_path):
             model.learn(**options)
 
 
+def test_tensorboard_log_numbers_runs_when_they_start(tmp_path):
+    first, second = (PPO("MlpPolicy", gym.make("CartPole-v1"), tensorboard_log=tmp_path, **SMALL) for _ in range(2))
+    second.learn(total_timesteps=64)
+    first.learn(total_timesteps=64)
+    assert (second.run_dir, first.run_dir) == (tmp_path / "PPO_1", tmp_path / "PPO_2")
+
+
 def test_predict_in_sb3s_order(trained):
     model, _ = trained
     observations = np.stack([gym.make("CartPole-v1").reset(seed=s)[0] for s in range(3)])

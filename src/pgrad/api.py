@@ -172,6 +172,11 @@ class Agent:
     constructor's keyword arguments (``env.kwargs``). ``run_dir``: the run folder (default
     ``runs/<algo>-<env>-s<seed>-<time>``, as the CLI); ``overwrite``: as ``--overwrite``. ``verbose``: the
     progress bar and event lines of the CLI.
+
+    SB3's form works beside it: ``PPO("MlpPolicy", env, n_steps=256, policy_kwargs=dict(net_arch=[64, 64]))`` or
+    ``PPO(policy="MlpPolicy", env=env)``. ``policy`` is checked against the observation space; every other keyword
+    is one of SB3's constructor arguments, read through ``pgrad.sb3_compat.SB3_ARGUMENTS`` (mapped onto the config,
+    or refused with one line naming the pgrad way; the table is docs/sb3.md). ``verbose`` takes SB3's 0, 1, 2.
     """
 
     algo_name: ClassVar[str | None] = None  # PPO, A2C, ... set it
@@ -371,8 +376,8 @@ class Agent:
                 raise ConfigError("learn: give callbacks= or callback=, not both")
             callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback]
         callbacks = checked_callbacks(callbacks)  # before the runner opens (and locks) the run folder
-        if self._tensorboard_log is not None and not self._resume and tb_log_name is not None:
-            self.run_dir = tensorboard_run_dir(self._tensorboard_log, tb_log_name)
+        if self._tensorboard_log is not None and not self._resume:  # SB3's DIR/NAME_<n>, numbered when it starts
+            self.run_dir = tensorboard_run_dir(self._tensorboard_log, tb_log_name or type(self).__name__)
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
         factory = self.source.factory()
         self._refuse_untrusted_folder(config, built_from_id=factory is None)
@@ -507,11 +512,11 @@ class Agent:
         cls,
         path: str | Path,
         env: EnvLike | None = None,
-        *,
         device: Any = "auto",
         custom_objects: Mapping[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        *,
         checkpoint: str = "latest",
         trust_env_code: bool = False,
         trust_ray: bool = False,
