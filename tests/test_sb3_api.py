@@ -313,6 +313,47 @@ def test_policy_kwargs(tmp_path):
         assert "\n" not in str(error.value)
 
 
+POLICY_MAPPED = {
+    "net_arch": ([8, 8], {"{algo}.network.hidden_sizes": [8, 8]}),
+    "activation_fn": (nn.Tanh, {"{algo}.network.activation": "tanh"}),
+    "optimizer_class": (torch.optim.RMSprop, {"{algo}.optimizer.kind": "rmsprop"}),
+    "optimizer_kwargs": ({"eps": 1e-6}, {"{algo}.optimizer.eps": 1e-6}),
+    "log_std_init": (-1.0, {"{algo}.network.log_std_init": -1.0}),
+}
+TORSO_KEYS = ("features_extractor_class", "features_extractor_kwargs")
+
+
+@pytest.mark.parametrize(
+    ("algo", "key"), [(a, k) for a, table in POLICY_KWARGS.items() for k, e in table.items() if e.mapped]
+)
+def test_every_mapped_policy_kwarg_lands_in_its_field(tmp_path, algo, key):
+    if key in TORSO_KEYS:
+        return  # test_features_extractor_class_becomes_network_torso (network.torso comes with the nets branch)
+    value, expected = POLICY_MAPPED[key]
+    agent = build(algo, tmp_path, policy_kwargs={key: value})
+    for path, wanted in expected.items():
+        assert field_value(agent, path.replace("{algo}", algo)) == wanted
+
+
+@pytest.mark.parametrize(
+    ("algo", "key", "value"),
+    [(a, k, v) for a, table in POLICY_KWARGS.items() for k, e in table.items() if not e.mapped for v in e.allowed],
+)
+def test_policy_kwargs_pgrad_does_as_sb3_are_accepted_and_others_refused(tmp_path, algo, key, value):
+    build(algo, tmp_path, policy_kwargs={key: value})
+    with pytest.raises(ConfigError) as error:
+        build(algo, tmp_path, policy_kwargs={key: "something else"})
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"policy_kwargs[{key!r}]='something else' is not offered")
+    assert POLICY_KWARGS[algo][key].spelling(algo) in message
+
+
+def test_sb3s_default_features_extractor_changes_nothing(tmp_path):
+    torch_layers = pytest.importorskip("stable_baselines3.common.torch_layers")
+    kwargs = {"features_extractor_class": torch_layers.FlattenExtractor, "features_extractor_kwargs": {}}
+    assert build("ppo", tmp_path, policy_kwargs=kwargs).config == build("ppo", tmp_path).config
+
+
 def test_activation_by_any_torch_name_where_the_network_takes_it(tmp_path):
     try:
         NetworkConfig(activation="ELU")
