@@ -405,11 +405,22 @@ def test_sb3_and_pgrad_constructor_forms(tmp_path):
         (lambda env: PPO("CnnPolicy", env), r"policy: 'CnnPolicy' does not fit .* use 'MlpPolicy'$"),
         (lambda env: PPO("MultiInputPolicy", env), r"policy: 'MultiInputPolicy' does not fit .* use 'MlpPolicy'$"),
         (lambda env: PPO("MlpPolicy", env, n_step=64), r"PPO: 'n_step' is not an argument .*did you mean 'n_steps'"),
-        (lambda env: PPO("MlpPolicy", env, clip_range=0.1, n_epochs=0), r"ppo.num_epochs must be in \[1, .*\]; got 0"),
+        (
+            lambda env: PPO("MlpPolicy", env, clip_range=0.1, n_epochs=0),
+            r"ppo.num_epochs must be in \[1, .*\]; got 0 \(from SB3's n_epochs=0\)$",
+        ),
         (lambda env: TRPO("MlpPolicy", env, n_steps=64), r"SB3's keyword arguments \(n_steps\) are mapped for PPO"),
         (lambda env: PPO("MlpPolicy", env, tensorboard_log="tb", run_dir="r"), r"give tensorboard_log or run_dir"),
         (lambda env: PPO("MlpPolicy", env, env=env), r"PPO: env given twice"),
         (lambda env: PPO(env, verbose=3), r"verbose must be True or False; got 3"),
+        (
+            lambda env: PPO("MlpPolicy", env, n_steps=96, batch_size=64),
+            r"ppo.minibatch_size must divide .* = 96 x 1 = 96; got 64 \(from SB3's batch_size=64\)$",
+        ),
+        (
+            lambda env: PPO("MlpPolicy", env, policy_kwargs={"net_arch": [0]}),
+            r"^ppo.network.hidden_sizes must be .* \(from SB3's policy_kwargs=\{'net_arch': \[0\]\}\)$",
+        ),
     ],
 )
 def test_constructor_refusals_are_one_line(call, message):

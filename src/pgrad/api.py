@@ -39,7 +39,14 @@ from pgrad.policy import Policy, build_policy, checkpoint_path, load_policy, wri
 from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
 from pgrad.runners.context import TrainResult
-from pgrad.sb3_compat import check_policy, sb3_layer, sb3_verbose, split_policy_and_env, tensorboard_run_dir
+from pgrad.sb3_compat import (
+    check_policy,
+    sb3_layer,
+    sb3_names,
+    sb3_verbose,
+    split_policy_and_env,
+    tensorboard_run_dir,
+)
 
 
 @contextmanager
@@ -233,7 +240,7 @@ class Agent:
                 self.source.num_envs
             ):
                 use_preset = False
-        with kept_global_state():
+        with kept_global_state(), sb3_names(algo, sb3_arguments):  # a bad value names SB3's argument too
             self.config, self.preset_source = resolve_config(
                 algo,
                 self.source.env_id,

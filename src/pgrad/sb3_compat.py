@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -615,6 +616,22 @@ def sb3_layer(algo: str, arguments: dict[str, Any], cls_name: str) -> dict[str, 
                 target = target.setdefault(section, {})
             target[leaf] = item
     return layer
+
+
+@contextmanager
+def sb3_names(algo: str, arguments: dict[str, Any]) -> Iterator[None]:
+    """A ConfigError about a field that an SB3 argument set names that argument too:
+    ``ppo.num_epochs must be in [1, ...]; got 0 (from SB3's n_epochs=0)``."""
+    try:
+        yield
+    except ConfigError as exc:
+        message = str(exc)
+        for name, value in arguments.items():
+            entry = SB3_ARGUMENTS.get(algo, {}).get(name)
+            paths = entry.apply(name, value, algo) if entry is not None else {}
+            if any(message.startswith(f"{path} ") for path in paths):
+                raise ConfigError(f"{message} (from SB3's {name}={_short(value)})") from None
+        raise
 
 
 def sb3_verbose(verbose: Any) -> Any:
