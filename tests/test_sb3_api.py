@@ -429,6 +429,23 @@ def test_constructor_refusals_are_one_line(call, message):
     assert "\n" not in str(error.value)
 
 
+def test_make_vec_env_and_sb3s_own_loop(tmp_path):
+    env_util = pytest.importorskip("stable_baselines3.common.env_util")
+    vec_env = env_util.make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = PPO("MlpPolicy", vec_env, n_steps=32, batch_size=64, n_epochs=1, run_dir=tmp_path / "run", config=QUIET)
+    assert model.config.env.num_envs == 2 and model.get_env() is vec_env
+    model.learn(total_timesteps=128)
+    assert model.num_timesteps == 128
+    obs = model.get_env().reset()  # SB3's documented loop, on SB3's VecEnv
+    for _ in range(5):
+        action, _states = model.predict(obs, deterministic=True)
+        obs, rewards, dones, info = vec_env.step(action)
+    assert action.shape == (2,)
+    vec_normalize = pytest.importorskip("stable_baselines3.common.vec_env").VecNormalize(vec_env)
+    with pytest.raises(ConfigError, match=r"^env: SB3's VecNormalize is not taken; pass the env id with pgrad's own"):
+        PPO("MlpPolicy", vec_normalize)
+
+
 def test_policy_strings_against_observation_spaces():
     image = gym.spaces.Box(0, 255, (84, 84, 3), np.uint8)
     check_policy("CnnPolicy", image)

@@ -43,6 +43,7 @@ from pgrad.sb3_compat import (
     check_policy,
     sb3_layer,
     sb3_names,
+    sb3_vec_env,
     sb3_verbose,
     split_policy_and_env,
     tensorboard_run_dir,
@@ -208,7 +209,8 @@ class Agent:
 
         # SB3's PPO("MlpPolicy", env, n_steps=...) beside pgrad's PPO(env, config=...): the keywords beyond pgrad's
         # own are SB3's, each read through its table (pgrad.sb3_compat.SB3_ARGUMENTS), never passed on blindly.
-        policy, env = split_policy_and_env(positional, env, policy, type(self).__name__)
+        policy, passed = split_policy_and_env(positional, env, policy, type(self).__name__)
+        env = sb3_vec_env(passed)  # make_vec_env's DummyVecEnv: a Gymnasium vector env over the same envs
         verbose = sb3_verbose(verbose)
         flags = {"overwrite": overwrite, "use_preset": use_preset, "verbose": verbose}
         check_arguments(config, sets, env_kwargs, run_dir, flags)
@@ -258,7 +260,7 @@ class Agent:
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(self.config)
         if self._tensorboard_log is not None:
             self.run_dir = tensorboard_run_dir(self._tensorboard_log, type(self).__name__)
-        self.env: Any = env if isinstance(env, (gym.Env, gym.vector.VectorEnv)) else None  # SB3's model.env
+        self.env: Any = passed if isinstance(passed, (gym.Env, gym.vector.VectorEnv)) or env is not passed else None
         self._parameters_set = False  # set_parameters changed the acting policy only (see there)
         self.overwrite = overwrite
         self.verbose = verbose
@@ -440,9 +442,10 @@ class Agent:
 
     # ---- SB3's model accessors ------------------------------------------------------------------------
     def get_env(self) -> Any:
-        """The env object given to the constructor (or to ``load``), unchanged: a ``gymnasium.Env`` or a Gymnasium
-        vector env, not wrapped in SB3's ``VecEnv``; None when the env was an id, class or factory (pgrad builds
-        its envs inside ``learn``). Also ``model.env``."""
+        """The env object given to the constructor (or to ``load``), unchanged: a ``gymnasium.Env``, a Gymnasium
+        vector env or SB3's ``DummyVecEnv`` (``make_vec_env``'s, trained on as a Gymnasium vector env over its envs);
+        a ``gymnasium.Env`` is not wrapped in SB3's ``VecEnv``. None when the env was an id, class or factory (pgrad
+        builds its envs inside ``learn``). Also ``model.env``."""
         return self.env
 
     def get_parameters(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -573,6 +573,33 @@ def split_policy_and_env(positional: tuple[Any, ...], env: Any, policy: Any, cls
     return policy, env
 
 
+def _returning(env: Any) -> Callable[[], Any]:
+    return lambda: env
+
+
+def sb3_vec_env(env: Any) -> Any:
+    """An SB3 ``DummyVecEnv`` (``make_vec_env``'s) as a Gymnasium ``SyncVectorEnv`` over the same env instances,
+    which pgrad trains on; any other SB3 VecEnv (subprocesses, VecNormalize, frame stacks) is one line naming
+    pgrad's own settings for it; anything else is returned unchanged."""
+    if not hasattr(env, "step_async"):
+        return env
+    envs = getattr(env, "envs", None)
+    if type(env).__name__ == "DummyVecEnv" and isinstance(envs, list):
+        import gymnasium as gym
+
+        # SB3's Monitor only counts episodes (pgrad counts its own) and holds state pgrad cannot save without pickle
+        inner = [one.env if type(one).__name__ == "Monitor" else one for one in envs]
+        vector = gym.vector.SyncVectorEnv([_returning(one) for one in inner])
+        # evaluation builds more of the same env from the registered id (the innermost spec: a wrapper's property
+        # caches a copy on itself, which pgrad would find in the env's state)
+        vector.spec = inner[0].unwrapped.spec
+        return vector
+    raise ConfigError(
+        f"env: SB3's {type(env).__name__} is not taken; pass the env id with pgrad's own settings: "
+        "config={'env': {'num_envs': N, 'vectorization': 'async', 'norm_obs': True, 'norm_reward': True}}"
+    )
+
+
 def check_policy(policy: str | None, observation_space: Any) -> None:
     """The policy string against the observation space: a Dict needs ``MultiInputPolicy``, an image (pgrad's
     Nature CNN reads it) ``CnnPolicy``, anything else ``MlpPolicy``; a mismatch is one line naming the right one."""
