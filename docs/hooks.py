@@ -5,7 +5,9 @@ A page writes a marker and the build replaces it:
 - ``<!-- pgrad-defaults: ALGO -->``: every field of the algorithm's config section (``pgrad list``'s rows);
 - ``<!-- pgrad-section: env|run|guard|ray -->``: a shared section's fields;
 - ``<!-- pgrad-presets: ALGO -->``: the algorithm's presets, each with its source and values;
-- ``<!-- pgrad-cli -->``: ``--help`` of every command and subcommand of ``pgrad``.
+- ``<!-- pgrad-cli -->``: ``--help`` of every command and subcommand of ``pgrad``;
+- ``<!-- pgrad-sb3: ALGO -->`` / ``<!-- pgrad-sb3-policy: ALGO -->``: SB3's constructor arguments / ``policy_kwargs``
+  keys and what each is in pgrad (``pgrad.sb3_compat``'s tables, the ones the constructors read).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import re
 from typing import Any
 
-MARKER = re.compile(r"<!-- pgrad-(summary|defaults|section|presets|cli)(?::\s*([\w.-]+))?\s*-->")
+MARKER = re.compile(r"<!-- pgrad-(summary|defaults|section|presets|cli|sb3-policy|sb3)(?::\s*([\w.-]+))?\s*-->")
 
 
 def _cell(value: Any) -> str:
@@ -63,6 +65,37 @@ def _presets(algo: str) -> str:
         values = "; ".join(f"`{key}={_cell(value)}`" for key, value in _flat(preset.values))
         parts.append(f"- **`{env}`**: {_cell(preset.source)}.  \n  Values: {values}")
     return "\n".join(parts)
+
+
+FIELDS = re.compile(r"[\w.]+(, [\w.]+)*")
+
+
+def _sb3_rows(table: dict[str, Any], algo: str, what: str) -> str:
+    rows = [f"| {what} | in pgrad | accepted |", "|---|---|---|"]
+    for name, entry in table.items():
+        if entry.mapped:
+            accepted = "mapped" + (f"; {entry.note}" if entry.note else "")
+        elif entry.allowed:
+            accepted = "only " + " or ".join(f"`{a!r}`" for a in entry.allowed) + " (any other: one line)"
+        else:
+            accepted = "yes" + (f"; {entry.note}" if entry.note else "")
+        spelling = entry.spelling(algo)
+        if FIELDS.fullmatch(spelling):  # field paths as code: ``ppo.num_steps``, ``sac.alpha, sac.alpha_init``
+            spelling = ", ".join(f"`{path}`" for path in spelling.split(", "))
+        rows.append(f"| `{name}` | {_cell(spelling)} | {_cell(accepted)} |")
+    return "\n".join(rows)
+
+
+def _sb3(algo: str) -> str:
+    from pgrad.sb3_compat import SB3_ARGUMENTS
+
+    return _sb3_rows(SB3_ARGUMENTS[algo], algo, f"SB3 `{algo.upper()}(...)`")
+
+
+def _sb3_policy(algo: str) -> str:
+    from pgrad.sb3_compat import POLICY_KWARGS
+
+    return _sb3_rows(POLICY_KWARGS[algo], algo, "`policy_kwargs` key")
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -111,7 +144,8 @@ def expand(markdown: str) -> str:
         kind, arg = match.group(1), match.group(2)
         if kind == "cli":
             return cli_reference()
-        return {"summary": _summary, "defaults": _defaults, "section": _section, "presets": _presets}[kind](arg)
+        makers = {"summary": _summary, "defaults": _defaults, "section": _section, "presets": _presets}
+        return {**makers, "sb3": _sb3, "sb3-policy": _sb3_policy}[kind](arg)
 
     return MARKER.sub(replace, markdown)
 

@@ -31,14 +31,23 @@ from threadpoolctl import threadpool_limits
 
 from pgrad import safe_io
 from pgrad.callbacks import Callback
-from pgrad.checkpoint import STATE, TENSORS, read_train_state
-from pgrad.config import TrainConfig
+from pgrad.checkpoint import STATE, TENSORS, read_train_state, save_checkpoint
+from pgrad.config import TrainConfig, merge
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
 from pgrad.errors import ConfigError
-from pgrad.policy import Policy, checkpoint_path, load_policy, write_spaces
+from pgrad.policy import Policy, build_policy, checkpoint_path, load_policy, write_spaces
 from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
 from pgrad.runners.context import TrainResult
+from pgrad.sb3_compat import (
+    check_policy,
+    sb3_layer,
+    sb3_names,
+    sb3_vec_env,
+    sb3_verbose,
+    split_policy_and_env,
+    tensorboard_run_dir,
+)
 
 
 @contextmanager
@@ -102,6 +111,64 @@ def checked_callbacks(callbacks: Any) -> list[Callback]:
     return list(callbacks)
 
 
+def parameters_from(source: Any) -> dict[str, Any]:
+    """``set_parameters``' argument as ``{"<module>.<name>": tensor}``: SB3's ``{"policy": {...}}`` dict (from
+    ``get_parameters``), or the path of a saved agent or run folder (its latest checkpoint's weights)."""
+    if isinstance(source, (str, os.PathLike)):
+        modules = read_train_state(checkpoint_path(sb3_path(source))).modules
+        return {f"{module}.{key}": value for module, state in modules.items() for key, value in state.items()}
+    if not isinstance(source, Mapping) or not isinstance(source.get("policy"), Mapping):
+        raise ConfigError(
+            f"set_parameters: pass get_parameters()'s dict {{'policy': {{name: tensor}}}} or a saved agent's path; "
+            f"got {_short(source)}"
+        )
+    return dict(source["policy"])
+
+
+def sb3_total_steps(total_steps: Any, total_timesteps: Any) -> int:
+    """learn's step count from pgrad's ``total_steps`` or SB3's ``total_timesteps`` (one of them, a positive int)."""
+    if total_steps is not None and total_timesteps is not None:
+        raise ConfigError("learn: give total_steps or total_timesteps (SB3's name), not both")
+    steps = total_steps if total_steps is not None else total_timesteps
+    name = "total_steps" if total_steps is not None else "total_timesteps"
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"learn: {name} must be a positive int; got {steps!r}")
+    return steps
+
+
+def check_learn_options(log_interval: Any, tb_log_name: Any, reset_num_timesteps: Any, progress_bar: Any) -> None:
+    """SB3's other ``learn`` arguments by type: one ConfigError naming the argument."""
+    if log_interval is not None and (isinstance(log_interval, bool) or not isinstance(log_interval, int)):
+        raise ConfigError(f"learn: log_interval must be an int; got {_short(log_interval)}")
+    if tb_log_name is not None and (not isinstance(tb_log_name, str) or not tb_log_name or "/" in tb_log_name):
+        raise ConfigError(f"learn: tb_log_name must be a folder name; got {_short(tb_log_name)}")
+    for name, value in (("reset_num_timesteps", reset_num_timesteps), ("progress_bar", progress_bar)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"learn: {name} must be True or False; got {_short(value)}")
+
+
+def check_load_options(custom_objects: Any, print_system_info: Any, force_reset: Any) -> None:
+    """SB3's ``load`` options pgrad has no use for, refused where they would change something."""
+    if custom_objects:
+        raise ConfigError("load: custom_objects is not offered; pgrad's saved agents hold no pickled objects")
+    if print_system_info is not False:
+        raise ConfigError("load: print_system_info is not offered; `pgrad doctor RUN_DIR` reports the system")
+    if not isinstance(force_reset, bool):
+        raise ConfigError(f"load: force_reset must be True or False; got {_short(force_reset)}")
+
+
+def sb3_path(path: str | os.PathLike[str]) -> Path:
+    """A saved agent's folder for SB3's habit of ``save("agent")`` / ``load("agent.zip")``: a path ending in
+    ``.zip`` names the folder without the suffix (pgrad writes a folder of safetensors and JSON, never a zip).
+    An existing ``.zip`` file (SB3's pickled model) is refused with one line."""
+    path = Path(path)
+    if path.suffix != ".zip":
+        return path
+    if path.is_file():
+        raise ConfigError(f"{path} is an SB3 zip (pickled objects); pgrad cannot load it: retrain with pgrad")
+    return path.with_suffix("")
+
+
 class Agent:
     """An algorithm, its environment, its run folder and (after ``learn`` or ``load``) its policy.
 
@@ -113,14 +180,20 @@ class Agent:
     constructor's keyword arguments (``env.kwargs``). ``run_dir``: the run folder (default
     ``runs/<algo>-<env>-s<seed>-<time>``, as the CLI); ``overwrite``: as ``--overwrite``. ``verbose``: the
     progress bar and event lines of the CLI.
+
+    SB3's form works beside it: ``PPO("MlpPolicy", env, n_steps=256, policy_kwargs=dict(net_arch=[64, 64]))`` or
+    ``PPO(policy="MlpPolicy", env=env)``. ``policy`` is checked against the observation space; every other keyword
+    is one of SB3's constructor arguments, read through ``pgrad.sb3_compat.SB3_ARGUMENTS`` (mapped onto the config,
+    or refused with one line naming the pgrad way; the table is docs/sb3.md). ``verbose`` takes SB3's 0, 1, 2.
     """
 
     algo_name: ClassVar[str | None] = None  # PPO, A2C, ... set it
 
     def __init__(
         self,
-        env: EnvLike,
-        *,
+        *positional: Any,
+        env: EnvLike | None = None,
+        policy: str | None = None,
         algo: str | None = None,
         config: Mapping[str, Any] | None = None,
         sets: Sequence[str] = (),
@@ -129,20 +202,25 @@ class Agent:
         run_dir: str | Path | None = None,
         overwrite: bool = False,
         use_preset: bool = True,
-        verbose: bool = False,
+        verbose: bool | int = False,
+        **sb3_arguments: Any,
     ) -> None:
         from pgrad.runs import default_run_dir, resolve_config
 
+        # SB3's PPO("MlpPolicy", env, n_steps=...) beside pgrad's PPO(env, config=...): the keywords beyond pgrad's
+        # own are SB3's, each read through its table (pgrad.sb3_compat.SB3_ARGUMENTS), never passed on blindly.
+        policy, passed = split_policy_and_env(positional, env, policy, type(self).__name__)
+        env = sb3_vec_env(passed)  # make_vec_env's DummyVecEnv: a Gymnasium vector env over the same envs
+        verbose = sb3_verbose(verbose)
         flags = {"overwrite": overwrite, "use_preset": use_preset, "verbose": verbose}
         check_arguments(config, sets, env_kwargs, run_dir, flags)
         algo = self._algorithm(algo)
-        layer: dict[str, Any] = {}
-        for section, values in (config or {}).items():
-            if not isinstance(values, Mapping):
-                raise ConfigError(f"config['{section}'] must be a mapping of key: value; got {values!r}")
-            layer[section] = dict(values)
-        if env_kwargs is not None:
-            layer.setdefault("env", {})["kwargs"] = dict(env_kwargs)
+        layer = self._config_layer(algo, config, env_kwargs, sb3_arguments)
+        tensorboard_log = sb3_arguments.get("tensorboard_log")
+        if tensorboard_log is not None and run_dir is not None:
+            raise ConfigError(
+                "tensorboard_log: the run folder goes under it; give tensorboard_log or run_dir, not both"
+            )
         self.source: EnvSource = env_source(env, dict(layer.get("env", {}).get("kwargs") or {}))
         if self.source.new_factory is not None and get_algorithm(algo).kind == "asynchronous":
             raise ConfigError(
@@ -164,7 +242,7 @@ class Agent:
                 self.source.num_envs
             ):
                 use_preset = False
-        with kept_global_state():
+        with kept_global_state(), sb3_names(algo, sb3_arguments):  # a bad value names SB3's argument too
             self.config, self.preset_source = resolve_config(
                 algo,
                 self.source.env_id,
@@ -177,7 +255,13 @@ class Agent:
             if self.source.new_factory is not None:
                 self._check_builder_settings()
             self.observation_space, self.action_space = self._spaces(env)
+        check_policy(policy, self.observation_space)
+        self._tensorboard_log = Path(tensorboard_log) if tensorboard_log is not None else None
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(self.config)
+        if self._tensorboard_log is not None:
+            self.run_dir = tensorboard_run_dir(self._tensorboard_log, type(self).__name__)
+        self.env: Any = passed if isinstance(passed, (gym.Env, gym.vector.VectorEnv)) or env is not passed else None
+        self._parameters_set = False  # set_parameters changed the acting policy only (see there)
         self.overwrite = overwrite
         self.verbose = verbose
         self.num_timesteps = 0
@@ -190,6 +274,21 @@ class Agent:
         self._trust_env_code = self._trust_ray = False
         self._resume = False  # a learn() wrote the run folder (or it was loaded): the next learn resumes it
         self._rng = np.random.default_rng(self.config.run.seed)  # stochastic predict only; never the global RNG
+
+    @staticmethod
+    def _config_layer(
+        algo: str, config: Mapping[str, Any] | None, env_kwargs: Mapping[str, Any] | None, sb3: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The caller's config layer: ``config``'s sections, ``env_kwargs`` as ``env.kwargs``, then SB3's keywords
+        (``pgrad.sb3_compat.sb3_layer``), which win over ``config`` field by field."""
+        layer: dict[str, Any] = {}
+        for section, values in (config or {}).items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"config['{section}'] must be a mapping of key: value; got {values!r}")
+            layer[section] = dict(values)
+        if env_kwargs is not None:
+            layer.setdefault("env", {})["kwargs"] = dict(env_kwargs)
+        return merge(layer, sb3_layer(algo, sb3, algo.upper()))
 
     @classmethod
     def _algorithm(cls, algo: str | None) -> str:
@@ -245,10 +344,28 @@ class Agent:
             probe.envs.close()
 
     # ---- training -------------------------------------------------------------------------------
-    def learn(self, total_steps: int, callbacks: Sequence[Callback] = ()) -> Agent:
+    def learn(
+        self,
+        total_steps: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        *,
+        total_timesteps: int | None = None,
+        callback: Any = None,
+        log_interval: int | None = None,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> Agent:
         """Train ``total_steps`` more env steps (all envs together) in the run folder; a second call continues
         the same run exactly as ``pgrad resume --total-steps`` would. ``callbacks`` (``pgrad.Callback``) hear
-        of updates, evaluations and checkpoints, and stop the run by returning False. Returns ``self``."""
+        of updates, evaluations and checkpoints, and stop the run by returning False. Returns ``self``.
+
+        SB3's spelling works too: ``learn(total_timesteps=n, callback=cb, progress_bar=True)``. ``callback`` is
+        one callback or a list; ``progress_bar`` shows the progress bar and event lines for this call;
+        ``tb_log_name`` names the run folder under the constructor's ``tensorboard_log`` (``NAME_<n>``) before the
+        first call; ``log_interval`` changes nothing (pgrad writes a row every update, ``loop.log_every`` off-policy).
+        ``reset_num_timesteps``: either value trains ``n`` more steps and continues the run folder, its step counter
+        and its learning-rate schedule (SB3's False); SB3's True would restart its counter and schedules at 0."""
         from pgrad.runners import runner_for
 
         if not self.trainable:
@@ -256,9 +373,20 @@ class Agent:
                 "learn: a saved agent, or a run folder's non-latest checkpoint, is for acting (predict, export); "
                 "to train further, load the run folder with checkpoint='latest'"
             )
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
+        if self._parameters_set:
+            raise ConfigError(
+                "learn: set_parameters changed the acting policy only (predict, save); the run folder trains from "
+                "its own checkpoint: load the saved agent's weights into a new run instead"
+            )
+        total_steps = sb3_total_steps(total_steps, total_timesteps)
+        check_learn_options(log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        if callback is not None:  # SB3's callback: one or a list, into the same check as callbacks=
+            if callbacks:
+                raise ConfigError("learn: give callbacks= or callback=, not both")
+            callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback]
         callbacks = checked_callbacks(callbacks)  # before the runner opens (and locks) the run folder
+        if self._tensorboard_log is not None and not self._resume:  # SB3's DIR/NAME_<n>, numbered when it starts
+            self.run_dir = tensorboard_run_dir(self._tensorboard_log, tb_log_name or type(self).__name__)
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
         factory = self.source.factory()
         self._refuse_untrusted_folder(config, built_from_id=factory is None)
@@ -267,7 +395,7 @@ class Agent:
                 config,
                 self.run_dir,
                 resume=self._resume,
-                console=self.verbose,
+                console=self.verbose or progress_bar,
                 overwrite=self.overwrite and not self._resume,
                 **({"env_factory": factory} if factory is not None else {}),
             )
@@ -294,27 +422,92 @@ class Agent:
         refuse_untrusted_ray(config, self._received, self._trust_ray)
 
     # ---- acting ----------------------------------------------------------------------------------
-    def predict(self, observation: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
-        """The env action for one observation, or actions for a batch (one more leading axis), with the
-        normaliser and the action rescaling applied: what ``env.step`` takes. Returns ``(action, None)``
-        as SB3 does (the second item is its recurrent state; pgrad's policies have none), so
-        ``action, _ = model.predict(obs)`` ports unchanged. Unlike SB3 the default is deterministic."""
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, Any]:
+        """The env action for one observation, or actions for a batch (one more leading axis: a VecEnv's
+        observations), with the normaliser and the action rescaling applied: what ``env.step`` takes.
+
+        SB3's signature and return: ``(actions, state)``. pgrad's policies are feed-forward: ``state`` comes back
+        as given (None) and ``episode_start`` is not needed, as for SB3's own MLP policies, so
+        ``action, _ = model.predict(obs)`` and SB3's ``evaluate_policy`` port unchanged. Unlike SB3 the default
+        is deterministic (``deterministic=False`` samples from the agent's own generator)."""
+        if isinstance(state, (bool, np.bool_)):
+            raise ConfigError(
+                f"predict: the second argument is SB3's recurrent state; pass deterministic={bool(state)} by keyword"
+            )
         if self.policy is None:
             raise ConfigError("predict: this agent has no trained policy yet; call learn() or load a saved one")
-        return self.policy.predict(observation, deterministic, self._rng), None
+        return self.policy.predict(observation, deterministic, self._rng), state
+
+    # ---- SB3's model accessors ------------------------------------------------------------------------
+    def get_env(self) -> Any:
+        """The env object given to the constructor (or to ``load``), unchanged: a ``gymnasium.Env``, a Gymnasium
+        vector env or SB3's ``DummyVecEnv`` (``make_vec_env``'s, trained on as a Gymnasium vector env over its envs);
+        a ``gymnasium.Env`` is not wrapped in SB3's ``VecEnv``. None when the env was an id, class or factory (pgrad
+        builds its envs inside ``learn``). Also ``model.env``."""
+        return self.env
+
+    def get_parameters(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The weights in SB3's shape: ``{"policy": {"<module>.<name>": tensor}}`` (modules as in the checkpoint:
+        ``model`` for the actor-critic; ``actor``, ``critic``... off-policy). Optimiser moments are not included
+        (the checkpoint holds them for exact resume)."""
+        return {
+            "policy": {
+                f"{module}.{key}": value
+                for module, state in self._state().modules.items()
+                for key, value in state.items()
+            }
+        }
+
+    def set_parameters(
+        self, load_path_or_dict: str | Path | Mapping[str, Any], exact_match: bool = True, device: Any = "auto"
+    ) -> None:
+        """Replace the acting policy's weights: a ``get_parameters()`` dict, or a saved agent or run folder's
+        path. ``exact_match``: every weight present, no unknown one; False: the ones given, the rest kept.
+        ``device`` is accepted for SB3's signature (acting runs on the CPU). The run folder is not changed:
+        ``predict``, ``evaluate_policy`` and ``save`` use the new weights; ``learn`` refuses (one line)."""
+        state = self._state()
+        given = parameters_from(load_path_or_dict)
+        modules = {module: dict(values) for module, values in state.modules.items()}
+        known = {f"{module}.{key}" for module, values in modules.items() for key in values}
+        unknown, missing = sorted(set(given) - known), sorted(known - set(given))
+        if unknown or (exact_match and missing):
+            what = f"unknown {unknown[:3]}" if unknown else f"missing {missing[:3]}"
+            raise ConfigError(f"set_parameters: the weights do not match this {self.algo} agent ({what})")
+        for name, value in given.items():
+            module, key = name.split(".", 1)
+            modules[module][key] = torch.as_tensor(value)
+        assert self.last_result is not None and self.last_result.checkpoint is not None  # _state checked it
+        self._modified = replace(state, modules=modules)
+        self.policy = build_policy(
+            self.config, self._modified, self.last_result.checkpoint, self.observation_space, self.action_space
+        )
+        self._parameters_set = True
+
+    def _state(self) -> Any:
+        """The latest checkpoint's train state (after ``set_parameters``, with its weights)."""
+        if self._parameters_set:
+            return self._modified
+        if self.last_result is None or self.last_result.checkpoint is None:
+            raise ConfigError("this agent has no weights yet; call learn() first, or load a saved one")
+        return read_train_state(self.last_result.checkpoint)
 
     # ---- saving and loading ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the latest checkpoint to the folder ``path``: ``tensors.safetensors`` (weights, optimiser
         moments, normaliser statistics), ``state.json`` (config, counters, RNG states) and ``spaces.json``:
-        the run folder's checkpoint format, no pickle. Returns the folder."""
+        the run folder's checkpoint format, no pickle. Returns the folder. ``"agent.zip"`` (SB3's habit) names the
+        folder ``agent``, the one ``load("agent")`` and ``load("agent.zip")`` read."""
         if self.last_result is None or self.last_result.checkpoint is None:
             raise ConfigError("save: nothing to save yet; call learn() first")
-        target = Path(path)
+        target = sb3_path(path)
         if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / STATE).is_file())):
             raise ConfigError(f"save: {target} exists and is not a saved pgrad agent; choose another path")
         target.mkdir(parents=True, exist_ok=True)
-        if target.resolve() != self.last_result.checkpoint.resolve():
+        if self._parameters_set:  # the weights set_parameters gave, with the rest of the latest checkpoint
+            save_checkpoint(target, *self._modified.to_parts())
+        elif target.resolve() != self.last_result.checkpoint.resolve():
             for name in (TENSORS, STATE):  # never through a link at the destination (a saved agent from elsewhere)
                 with (
                     safe_io.open_read(self.last_result.checkpoint / name) as source,
@@ -329,11 +522,15 @@ class Agent:
         cls,
         path: str | Path,
         env: EnvLike | None = None,
+        device: Any = "auto",
+        custom_objects: Mapping[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
         *,
         checkpoint: str = "latest",
         trust_env_code: bool = False,
         trust_ray: bool = False,
-        verbose: bool = False,
+        verbose: bool | int = False,
     ) -> Agent:
         """A saved agent (``save``) or a run folder's ``checkpoint`` (latest, best or a name), ready to
         ``predict``. ``env`` is needed only where the spaces are not saved and the env cannot be rebuilt
@@ -343,8 +540,14 @@ class Agent:
         The folder is data, as for ``pgrad resume``: ``trust_env_code`` (``--trust-env-code``) allows its
         entry-point env ('module:attr', importing that module runs its code) to be built, here or by
         ``learn``; ``trust_ray`` (``--trust-ray``) allows ``learn`` to use its ``run.backend: ray`` (a Ray
-        started here, or the cluster at its ``ray.address``)."""
-        path = Path(path)
+        started here, or the cluster at its ``ray.address``).
+
+        SB3's arguments: ``path`` may end in ``.zip`` (see ``save``); ``device`` changes nothing (acting runs on
+        the CPU; a further ``learn`` keeps the run's ``run.device``); ``custom_objects`` must be None or empty
+        (nothing is unpickled); ``print_system_info`` must be False (``pgrad doctor`` reports the
+        system); ``force_reset`` changes nothing (a resumed run continues its envs exactly)."""
+        check_load_options(custom_objects, print_system_info, force_reset)
+        path = sb3_path(path)
         source = env_source(env, {}) if env is not None else None
         with kept_global_state():
             found = checkpoint_path(path, checkpoint)
@@ -357,7 +560,9 @@ class Agent:
         agent.config, agent.preset_source = config, None
         agent.source = source or EnvSource(config.env.id, None)
         agent.observation_space, agent.action_space = policy.observation_space, policy.action_space
-        agent.run_dir, agent.overwrite, agent.verbose = path, False, verbose
+        agent.run_dir, agent.overwrite, agent.verbose = path, False, bool(sb3_verbose(verbose))
+        agent.env = env if isinstance(env, (gym.Env, gym.vector.VectorEnv)) else None
+        agent._tensorboard_log, agent._parameters_set = None, False
         agent.num_timesteps = read_train_state(found).step
         agent.policy = policy
         agent.last_result = TrainResult(path, agent.num_timesteps, 0, 0.0, False, {}, found)
