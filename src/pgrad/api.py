@@ -30,7 +30,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from pgrad import safe_io
-from pgrad.callbacks import Callback
+from pgrad.callbacks import BaseCallback, Callback, Logger, as_callbacks
 from pgrad.checkpoint import STATE, TENSORS, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
@@ -85,21 +85,15 @@ def check_arguments(config: Any, sets: Any, env_kwargs: Any, run_dir: Any, flags
             raise ConfigError(f"{name} must be True or False; got {_short(value)}")
 
 
-CALLBACK_HOOKS = ("on_update", "on_evaluation", "on_checkpoint")
-
-
-def checked_callbacks(callbacks: Any) -> list[Callback]:
-    """``learn``'s callbacks as a list, each with every hook the loop calls; anything else is one ConfigError."""
-    if isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(callbacks, Sequence):
-        hint = " (put it in a list: [callback])" if isinstance(callbacks, Callback) else ""
-        raise ConfigError(f"learn: callbacks must be a list of pgrad.Callback; got {_short(callbacks)}{hint}")
-    for number, callback in enumerate(callbacks):
-        missing = [hook for hook in CALLBACK_HOOKS if not callable(getattr(callback, hook, None))]
-        if missing:
-            raise ConfigError(
-                f"learn: callbacks[{number}] is {_short(callback)}, not a pgrad.Callback (no {', '.join(missing)})"
-            )
-    return list(callbacks)
+def checked_callbacks(callbacks: Any, agent: Any = None) -> list[BaseCallback]:
+    """``learn``'s callbacks as a list of ``BaseCallback``: None, one callback, a list or ``CallbackList``, SB3-shaped
+    ``BaseCallback`` subclasses, pgrad ``Callback``s, functions of the update's row
+    (``pgrad.callbacks.as_callbacks``); anything else is one ConfigError. Each is bound to ``agent``
+    (``init_callback``), before the run folder is opened."""
+    checked = as_callbacks(callbacks, "learn: callbacks")
+    for callback in checked:
+        callback.init_callback(agent)
+    return checked
 
 
 class Agent:
@@ -225,6 +219,15 @@ class Agent:
             )
 
     @property
+    def logger(self) -> Logger:
+        """The run's logger (SB3's ``model.logger``): ``record(key, value)`` adds a custom scalar to the row of the
+        update in progress in ``metrics.jsonl``, TensorBoard and the trackers (``pgrad.callbacks.Logger``)."""
+        if "_logger" not in self.__dict__:  # load() builds agents without __init__
+            self.__dict__["_logger"] = Logger()
+        logger: Logger = self.__dict__["_logger"]
+        return logger
+
+    @property
     def algo(self) -> str:
         """The algorithm's name (``ppo``, ``sac``, ...), from the config."""
         return self.config.algo
@@ -258,7 +261,7 @@ class Agent:
             )
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ConfigError(f"learn: total_steps must be a positive int; got {total_steps!r}")
-        callbacks = checked_callbacks(callbacks)  # before the runner opens (and locks) the run folder
+        bound = checked_callbacks(callbacks, self)  # before the runner opens (and locks) the run folder
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
         factory = self.source.factory()
         self._refuse_untrusted_folder(config, built_from_id=factory is None)
@@ -271,7 +274,7 @@ class Agent:
                 overwrite=self.overwrite and not self._resume,
                 **({"env_factory": factory} if factory is not None else {}),
             )
-            runner.run.callbacks = callbacks
+            runner.run.callbacks, runner.run.logger = bound, self.logger
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
             write_spaces(self.run_dir, self.observation_space, self.action_space, config)  # export/load need no env

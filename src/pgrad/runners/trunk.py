@@ -306,6 +306,7 @@ def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
     try:
         with run.stop_signals():
             try:
+                run.start_callbacks(body)  # nothing without callbacks
                 body.before_loop()
                 while body.step < total and not run.stop_requested:
                     metrics = body.advance(stop_at_step)
@@ -324,6 +325,7 @@ def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
             if run.needs_final_checkpoint(body.step):
                 score, healthy = body.final_score(metrics)
                 checkpoint = run.save_checkpoint(body.train_state(), score, healthy)
+            run.end_callbacks()
         result = run.finish(body.step, body.updates, metrics, checkpoint)
     finally:
         body.close()
