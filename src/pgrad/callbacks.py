@@ -76,6 +76,8 @@ class CallbackError(PgradError):
     @classmethod
     def wrapping(cls, exc: Exception, hook: str, step: int) -> CallbackError:
         """The error for ``exc`` raised in ``hook``: a pgrad error keeps its one line; anything else is named."""
+        if isinstance(exc, ConfigError):
+            return CallbackConfigError(str(exc))  # still a ConfigError to whoever catches those
         if isinstance(exc, PgradError):
             return cls(str(exc))
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -163,6 +165,10 @@ def merge_recorded(metrics: dict[str, Any], recorded: Mapping[str, float]) -> No
             f"{metrics.get('step')} has it); choose another name"
         )
     metrics.update(recorded)
+
+
+class CallbackConfigError(CallbackError, ConfigError):
+    """A callback's ``ConfigError`` (a bad argument found once the run is going: an eval env of other spaces)."""
 
 
 # ---- the running loop, as callbacks see it ----------------------------------------------------
