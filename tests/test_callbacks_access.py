@@ -243,8 +243,9 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def test_returning_false_stops_at_the_update_boundary_and_learn_resumes_exactly(tmp_path: Path) -> None:
-    straight = small_ppo(tmp_path, "straight").learn(512)
-    stopped = small_ppo(tmp_path, "stopped")
+    guard = {"eval_every": 256, "eval_episodes": 2}  # the guard's evaluation at 256 is part of the stopped update
+    straight = small_ppo(tmp_path, "straight", guard=guard).learn(512)
+    stopped = small_ppo(tmp_path, "stopped", guard=guard)
     watcher = Watcher(stop_at=200)  # asked at step 200, inside the second update: it is finished first
     stopped.learn(512, callbacks=[watcher])
     assert stopped.num_timesteps == 256 and watcher.step_counts[-1] == 256
@@ -252,6 +253,10 @@ def test_returning_false_stops_at_the_update_boundary_and_learn_resumes_exactly(
     assert "run.stopped_by_callback" in kinds and "run.interrupted" not in kinds
     stopped.learn(256)  # the rest of the 512 steps: the same schedules, the same run
     assert stopped.num_timesteps == 512
+    evaluated = [r["step"] for r in rows(tmp_path / "stopped") if "eval/return_mean" in r]
+    assert evaluated[0] == 256 and evaluated == [
+        r["step"] for r in rows(tmp_path / "straight") if "eval/return_mean" in r
+    ]
     clean = [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows(tmp_path / "stopped")]
     expected = [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows(tmp_path / "straight")]
     assert clean == expected
@@ -396,7 +401,16 @@ def test_refusals_are_one_line_before_the_run_folder_opens(tmp_path: Path) -> No
     assert not (tmp_path / "run").exists()
 
 
-def test_an_eval_env_of_other_spaces_is_one_line(tmp_path: Path) -> None:
+def test_an_eval_env_of_other_spaces_or_the_training_env_itself_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval_env's spaces .* differ from the training env's") as error:
         small_ppo(tmp_path).learn(128, callbacks=EvalCallback(gym.make("Pendulum-v1"), eval_freq=8, verbose=0))
     one_line(error)
+    env = gym.make("CartPole-v1")
+    agent = PPO(env, config={**SMALL, "env": {}}, run_dir=tmp_path / "instance", use_preset=False)
+    with pytest.raises(ConfigError, match="eval_env is the training env itself") as error:
+        agent.learn(64, callbacks=EvalCallback(env, eval_freq=8, verbose=0))
+    one_line(error)
+    agent = PPO(env, config={**SMALL, "env": {}}, run_dir=tmp_path / "copy", use_preset=False)
+    evaluation = EvalCallback(gym.make("CartPole-v1"), n_eval_episodes=1, eval_freq=32, verbose=0)
+    agent.learn(64, callbacks=evaluation)  # another instance of the same env is fine
+    assert evaluation.evaluations_timesteps == [32, 64]

@@ -274,9 +274,9 @@ class BaseCallback:
 
     def update_event(self, metrics: dict[str, Any]) -> bool | None:
         """A logged update: ``self.metrics`` becomes its row, then ``on_update``."""
-        self.metrics = metrics
+        self.metrics = row = dict(metrics)  # a copy: what a callback changes in it is not written
         self._sync()
-        return self.on_update(dict(metrics))
+        return self.on_update(row)
 
     def evaluation_event(self, metrics: dict[str, Any]) -> bool | None:
         """A guard evaluation in the row: ``on_evaluation``."""

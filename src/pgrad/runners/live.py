@@ -115,7 +115,7 @@ class LiveTraining:
             deterministic,
             EVAL_SEED_OFFSET + config.run.seed,
             max_episode_steps=episode_step_cap(config),
-            should_stop=lambda: self.run.stop_requested,
+            should_stop=lambda: self.run.stop_requested and self.run.stopped_by is None,  # Ctrl-C, not a callback
         )
         return None if len(returns) < episodes else (returns, lengths)
 
@@ -126,6 +126,12 @@ class LiveTraining:
         found = self._eval_envs.get(id(spec))
         if found is not None:
             return found[1]
+        training = self.body.env.envs
+        if spec is not None and any(spec is env for env in getattr(training, "envs", ())):
+            raise ConfigError(
+                "EvalCallback: eval_env is the training env itself (evaluating would step its episodes); pass "
+                "another instance, its id or class, or None"
+            )
         config = nominal_physics(self.run.config)
         if spec is None:
             factory, count, owned = getattr(self.body, "env_factory", None), eval_num_envs(episodes), True
@@ -139,7 +145,6 @@ class LiveTraining:
             if factory is None:
                 config = replace(config, env=replace(config.env, id=source.env_id))
         environment = build_environment(config, algo_gamma(config), num_envs=count, env_factory=factory)
-        training = self.body.env.envs
         if (environment.envs.single_observation_space, environment.envs.single_action_space) != (
             training.single_observation_space,
             training.single_action_space,

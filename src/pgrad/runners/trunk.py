@@ -353,7 +353,7 @@ def evaluate_on(
 ) -> list[float] | None:
     """``guard.eval_episodes`` deterministic episodes of ``policy`` on ``eval_env``, the observations
     normalised by ``obs_normalizer`` (frozen); adds ``eval/*`` to ``metrics`` and returns the episode
-    returns, or None when a Ctrl-C or SIGTERM cut it short."""
+    returns, or None when a Ctrl-C or SIGTERM cut it short (a callback's stop does not)."""
     config = run.config
     return periodic_evaluation(
         policy,
@@ -364,5 +364,6 @@ def evaluate_on(
         config.run.seed,
         metrics,
         max_episode_steps=episode_step_cap(config),
-        should_stop=lambda: run.stop_requested,
+        # a Ctrl-C cuts it short; a callback's stop lets the update in progress finish, its evaluation included
+        should_stop=lambda: run.stop_requested and run.stopped_by is None,
     )
