@@ -137,6 +137,20 @@ def test_off_policy_on_step_fires_every_env_step_too(tmp_path: Path) -> None:
     ]
 
 
+def test_whole_episode_collection_calls_on_step_every_vector_step(tmp_path: Path) -> None:
+    from pgrad.api import REINFORCE
+
+    config = {"env": {"num_envs": 2}, "run": {"tensorboard": False}, "reinforce": {"num_episodes": 2}}
+    agent = REINFORCE(
+        "CartPole-v1", config=config, run_dir=tmp_path / "run", use_preset=False, sets=["guard.eval_every=0"]
+    )
+    watcher = Watcher()
+    agent.learn(100, callbacks=[watcher])  # updates of whole episodes: as many steps as they take
+    steps = [r["step"] for r in rows(tmp_path / "run")]
+    assert watcher.step_counts == list(range(2, steps[-1] + 1, 2))  # every vector step, 2 env steps each
+    assert [s for kind, s in watcher.seen if kind == "rollout_start"] == [0, *steps[:-1]]
+
+
 # ---- the logger ----------------------------------------------------------------------------------------------
 
 
