@@ -2,8 +2,8 @@
 
 ``SCRIPT`` is held once and run three ways: with SB3's classes (the reference, skipped without SB3), with pgrad's
 classes and SB3's ``evaluate_policy`` (skipped without SB3), and with pgrad's classes and ``pgrad.evaluate_policy``.
-The harness gives the script a working folder and a callback factory (a pgrad ``Callback`` for pgrad, an SB3
-``BaseCallback`` for SB3: the two shapes differ until pgrad takes SB3-shaped callbacks).
+The harness gives the script only a working folder; the script's callback is SB3-shaped (``BaseCallback`` with
+``_on_step``), imported by the same import line.
 """
 
 from __future__ import annotations
@@ -12,16 +12,33 @@ import gymnasium as gym
 import pytest
 import torch
 
-SB3_IMPORT = "from stable_baselines3 import PPO, SAC; from stable_baselines3.common.evaluation import evaluate_policy"
-PGRAD_WITH_SB3_EVALUATION = (
-    "from pgrad import PPO, SAC; from stable_baselines3.common.evaluation import evaluate_policy"
+SB3_IMPORT = (
+    "from stable_baselines3 import PPO, SAC; from stable_baselines3.common.callbacks import BaseCallback; "
+    "from stable_baselines3.common.evaluation import evaluate_policy"
 )
-PGRAD_IMPORT = "from pgrad import PPO, SAC, evaluate_policy"
+PGRAD_WITH_SB3_EVALUATION = (
+    "from pgrad import PPO, SAC; from pgrad.callbacks import BaseCallback; "
+    "from stable_baselines3.common.evaluation import evaluate_policy"
+)
+PGRAD_IMPORT = "from pgrad import PPO, SAC, evaluate_policy; from pgrad.callbacks import BaseCallback"
 
 SCRIPT = """
 import gymnasium as gym
 import numpy as np
 import torch.nn as nn
+
+
+class CountSteps(BaseCallback):
+    # counts the env steps it hears of, and sees the model it trains
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _on_step(self):
+        self.calls += 1
+        assert self.model is not None and self.num_timesteps > 0
+        return True
 
 # PPO on CartPole: hyper-parameters and policy_kwargs as in an SB3 script
 env = gym.make("CartPole-v1")
@@ -40,7 +57,7 @@ model = PPO(
     seed=0,
     verbose=0,
 )
-ppo_callback = make_callback()
+ppo_callback = CountSteps()
 model.learn(total_timesteps=512, callback=ppo_callback)
 model.save(f"{workdir}/ppo_cartpole")
 del model
@@ -74,7 +91,7 @@ model = SAC(
     seed=0,
     verbose=0,
 )
-sac_callback = make_callback()
+sac_callback = CountSteps()
 model.learn(total_timesteps=150, callback=sac_callback)
 model.save(f"{workdir}/sac_pendulum")
 model = SAC.load(f"{workdir}/sac_pendulum")
@@ -85,38 +102,9 @@ sac_rewards, sac_lengths = evaluate_policy(model, env, n_eval_episodes=1, return
 """
 
 
-def pgrad_callback():
-    from pgrad import Callback
-
-    class Count(Callback):
-        """Counts the updates it hears of."""
-
-        calls = 0
-
-        def on_update(self, metrics):
-            self.calls += 1
-
-    return Count()
-
-
-def sb3_callback():
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class Count(BaseCallback):
-        """Counts the env steps it hears of."""
-
-        calls = 0
-
-        def _on_step(self):
-            self.calls += 1
-            return True
-
-    return Count()
-
-
-def run_script(import_line, make_callback, tmp_path, monkeypatch):
+def run_script(import_line, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # pgrad's run folders (runs/...) and SB3's files land in the test's folder
-    namespace = {"workdir": str(tmp_path), "make_callback": make_callback}
+    namespace = {"workdir": str(tmp_path)}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # SB3 leaves torch's threads as they are (pgrad sets 1 while it learns): small nets
     try:
@@ -127,26 +115,27 @@ def run_script(import_line, make_callback, tmp_path, monkeypatch):
 
 
 def check(namespace):
-    assert namespace["ppo_callback"].calls > 0 and namespace["sac_callback"].calls > 0
+    # _on_step once per vector step on both libraries (one env each here: one call per env step)
+    assert namespace["ppo_callback"].calls >= 512 and namespace["sac_callback"].calls == 150
     assert 1 <= namespace["ppo_mean"] <= 500 and namespace["ppo_std"] >= 0
     assert namespace["sac_lengths"] == [200] and -2000 < namespace["sac_rewards"][0] <= 0  # Pendulum's range
 
 
 def test_the_script_on_sb3(tmp_path, monkeypatch):
     pytest.importorskip("stable_baselines3")
-    check(run_script(SB3_IMPORT, sb3_callback, tmp_path, monkeypatch))
+    check(run_script(SB3_IMPORT, tmp_path, monkeypatch))
 
 
 def test_the_script_on_pgrad_with_sb3s_evaluate_policy(tmp_path, monkeypatch):
     pytest.importorskip("stable_baselines3")
-    namespace = run_script(PGRAD_WITH_SB3_EVALUATION, pgrad_callback, tmp_path, monkeypatch)
+    namespace = run_script(PGRAD_WITH_SB3_EVALUATION, tmp_path, monkeypatch)
     check(namespace)
     assert namespace["model"].num_timesteps == 150
     assert any((tmp_path / "tb" / "PPO_1" / "tb").iterdir())  # tensorboard_log: the run folder under it
 
 
 def test_the_script_on_pgrad_alone(tmp_path, monkeypatch):
-    namespace = run_script(PGRAD_IMPORT, pgrad_callback, tmp_path, monkeypatch)
+    namespace = run_script(PGRAD_IMPORT, tmp_path, monkeypatch)
     check(namespace)
     assert (tmp_path / "ppo_cartpole" / "state.json").is_file()  # save("name") writes a folder, never a pickle
     assert isinstance(namespace["env"], gym.Env)

@@ -30,7 +30,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from pgrad import safe_io
-from pgrad.callbacks import Callback
+from pgrad.callbacks import BaseCallback, Callback, Logger, as_callbacks
 from pgrad.checkpoint import STATE, TENSORS, read_train_state, save_checkpoint
 from pgrad.config import TrainConfig, merge
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
@@ -94,21 +94,15 @@ def check_arguments(config: Any, sets: Any, env_kwargs: Any, run_dir: Any, flags
             raise ConfigError(f"{name} must be True or False; got {_short(value)}")
 
 
-CALLBACK_HOOKS = ("on_update", "on_evaluation", "on_checkpoint")
-
-
-def checked_callbacks(callbacks: Any) -> list[Callback]:
-    """``learn``'s callbacks as a list, each with every hook the loop calls; anything else is one ConfigError."""
-    if isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(callbacks, Sequence):
-        hint = " (put it in a list: [callback])" if isinstance(callbacks, Callback) else ""
-        raise ConfigError(f"learn: callbacks must be a list of pgrad.Callback; got {_short(callbacks)}{hint}")
-    for number, callback in enumerate(callbacks):
-        missing = [hook for hook in CALLBACK_HOOKS if not callable(getattr(callback, hook, None))]
-        if missing:
-            raise ConfigError(
-                f"learn: callbacks[{number}] is {_short(callback)}, not a pgrad.Callback (no {', '.join(missing)})"
-            )
-    return list(callbacks)
+def checked_callbacks(callbacks: Any, agent: Any = None) -> list[BaseCallback]:
+    """``learn``'s callbacks as a list of ``BaseCallback``: None, one callback, a list or ``CallbackList``, SB3-shaped
+    ``BaseCallback`` subclasses, pgrad ``Callback``s, functions of the update's row
+    (``pgrad.callbacks.as_callbacks``); anything else is one ConfigError. Each is bound to ``agent``
+    (``init_callback``), before the run folder is opened."""
+    checked = as_callbacks(callbacks, "learn: callbacks")
+    for callback in checked:
+        callback.init_callback(agent)
+    return checked
 
 
 def parameters_from(source: Any) -> dict[str, Any]:
@@ -324,6 +318,15 @@ class Agent:
             )
 
     @property
+    def logger(self) -> Logger:
+        """The run's logger (SB3's ``model.logger``): ``record(key, value)`` adds a custom scalar to the row of the
+        update in progress in ``metrics.jsonl``, TensorBoard and the trackers (``pgrad.callbacks.Logger``)."""
+        if "_logger" not in self.__dict__:  # load() builds agents without __init__
+            self.__dict__["_logger"] = Logger()
+        logger: Logger = self.__dict__["_logger"]
+        return logger
+
+    @property
     def algo(self) -> str:
         """The algorithm's name (``ppo``, ``sac``, ...), from the config."""
         return self.config.algo
@@ -347,7 +350,7 @@ class Agent:
     def learn(
         self,
         total_steps: int | None = None,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Any = (),
         *,
         total_timesteps: int | None = None,
         callback: Any = None,
@@ -383,8 +386,8 @@ class Agent:
         if callback is not None:  # SB3's callback: one or a list, into the same check as callbacks=
             if callbacks:
                 raise ConfigError("learn: give callbacks= or callback=, not both")
-            callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback]
-        callbacks = checked_callbacks(callbacks)  # before the runner opens (and locks) the run folder
+            callbacks = callback
+        bound = checked_callbacks(callbacks, self)  # before the runner opens (and locks) the run folder
         if self._tensorboard_log is not None and not self._resume:  # SB3's DIR/NAME_<n>, numbered when it starts
             self.run_dir = tensorboard_run_dir(self._tensorboard_log, tb_log_name or type(self).__name__)
         config = replace(self.config, run=replace(self.config.run, total_steps=self.num_timesteps + total_steps))
@@ -399,7 +402,7 @@ class Agent:
                 overwrite=self.overwrite and not self._resume,
                 **({"env_factory": factory} if factory is not None else {}),
             )
-            runner.run.callbacks = callbacks
+            runner.run.callbacks, runner.run.logger = bound, self.logger
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
             write_spaces(self.run_dir, self.observation_space, self.action_space, config)  # export/load need no env

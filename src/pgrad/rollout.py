@@ -233,6 +233,9 @@ class RolloutCollector:
         # Domain randomisation's draws of the episodes started since the runner last took them
         # (``take_randomize_draws``): one {"env": i, parameter: value(s)} per episode.
         self.randomize_draws: list[dict[str, Any]] = []
+        # Callbacks' per-step hooks (``pgrad.runners.live.LiveTraining``: rollout_start, step, rollout_end), set only
+        # while a run has callbacks; None costs one test per vector step and no call.
+        self.hooks: Any = None
 
     def reset(self, seed: int) -> None:
         """Resets the envs (and seeds their action space) with ``seed``, counts the first observations in the
@@ -261,8 +264,10 @@ class RolloutCollector:
         # Fresh arrays per rollout (a Rollout may still be read after the next collect starts).
         # The loop runs once per vector step, so it does no work a disabled normaliser would undo.
         normalize_obs, scale_rewards = self.obs_normalizer.enabled, self.reward_scaler.enabled
-        envs, adapter, clock = self.envs, self.adapter, time.perf_counter
+        envs, adapter, clock, hooks = self.envs, self.adapter, time.perf_counter, self.hooks
         env_seconds = 0.0
+        if hooks is not None:
+            hooks.rollout_start()
 
         for t in range(num_steps):
             obs[t] = self.obs_normalizer(self.raw_obs, update=False) if normalize_obs else self.raw_obs
@@ -285,9 +290,13 @@ class RolloutCollector:
             self.raw_obs = adapter.observations(next_obs)
             if normalize_obs:  # counted on arrival, final observations never (see ObsNormalizer)
                 self.obs_normalizer.observe(self.raw_obs, ~done)
+            if hooks is not None:
+                hooks.step()
 
         obs[num_steps] = self.obs_normalizer(self.raw_obs, update=False) if normalize_obs else self.raw_obs
         self.env_seconds += env_seconds
+        if hooks is not None:
+            hooks.rollout_end()
         return Rollout(obs, actions, rewards, terminated, truncated, valid)
 
     def collect_episodes(
@@ -316,7 +325,9 @@ class RolloutCollector:
         finished = np.zeros(self.num_envs, np.int64)
         columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated")}
         valid: list[np.ndarray] = []
-        env_seconds = 0.0
+        env_seconds, hooks = 0.0, self.hooks
+        if hooks is not None:
+            hooks.rollout_start()
         while (finished < quota).any():
             if len(valid) >= max_steps:
                 raise RuntimeError(f"episodes did not end within {max_steps} steps; set env.max_episode_steps")
@@ -339,9 +350,13 @@ class RolloutCollector:
             self.autoreset_pending = done
             self.raw_obs = self.adapter.observations(next_obs)
             self.obs_normalizer.observe(self.raw_obs, ~done)
+            if hooks is not None:
+                hooks.step()
 
         columns["obs"].append(self.obs_normalizer(self.raw_obs, update=False))
         self.env_seconds += env_seconds
+        if hooks is not None:
+            hooks.rollout_end()
         arrays = {name: np.stack(values) for name, values in columns.items()}
         return Rollout(
             arrays["obs"].astype(np.float32),

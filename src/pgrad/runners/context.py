@@ -41,7 +41,7 @@ import torch
 from safetensors import SafetensorError
 
 from pgrad import __version__, safe_io
-from pgrad.callbacks import Callback, stop_reason
+from pgrad.callbacks import BaseCallback, Logger, as_callbacks, leaves, merge_recorded, stop_reason
 from pgrad.checkpoint import (
     LOCK_FILE,
     RUN_FILES,
@@ -66,6 +66,7 @@ from pgrad.monitor.sinks import (
     truncate_jsonl,
 )
 from pgrad.monitor.trackers import check_trackers, tracker_sinks
+from pgrad.runners.live import LiveTraining
 from pgrad.runs import check_config_recorded
 
 
@@ -131,7 +132,10 @@ class RunContext:
         self.resume_notes: list[tuple[str, str, dict[str, Any]]] = []  # events for ``open`` to write
         self.index_repair: tuple[str, int, bool, float | None] | None = None  # a checkpoint for the index
         self.stop_requested = False
-        self.callbacks: list[Callback] = []  # library use (pgrad.api): told of updates, evaluations, checkpoints
+        # library use (pgrad.api, pgrad.callbacks): told of steps, updates, evaluations, checkpoints
+        self.callbacks: list[Any] = []
+        self.logger = Logger()  # custom scalars (pgrad.api hands over the agent's): joined to the next row
+        self.training: LiveTraining | None = None  # what the callbacks see of the loop, from start_callbacks
         self.stopped_by: str | None = None  # the callback hook that asked to stop
         self.second_interrupts = True
         self.last_checkpoint_step = 0
@@ -294,7 +298,12 @@ class RunContext:
         self.emit("run.started", 0, text, version=__version__, **data)
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """One row of metrics to every sink and the progress bar."""
+        """One row of metrics to every sink and the progress bar; callbacks hear of it first, and the scalars
+        they (or anyone) recorded on the logger join it."""
+        if self.callbacks:
+            self.hear_update(metrics)
+        if self.logger.values or self.logger.means:  # attribute reads: no call on the hot path
+            merge_recorded(metrics, self.logger.take())
         try:
             for sink in self.sinks:
                 sink.write(metrics)
@@ -302,15 +311,46 @@ class RunContext:
             raise self.write_failed(exc, int(metrics.get("step", 0))) from None
         if self.console is not None:
             self.console.update(metrics)
-        if self.callbacks:
-            self.ask_callbacks("on_update", dict(metrics))
-            if "eval/return_mean" in metrics:
-                self.ask_callbacks("on_evaluation", dict(metrics))
+
+    # ---- callbacks ----------------------------------------------------------------------------
+    def start_callbacks(self, body: Any) -> LiveTraining | None:
+        """When the loop starts: the callbacks (opened into a flat list, see ``pgrad.callbacks.leaves``) are
+        bound to the running loop and hear ``on_training_start``; the collector's per-step hooks are routed to
+        them. Nothing without callbacks."""
+        if not self.callbacks or self.training is not None:
+            return self.training
+        self.callbacks = leaves(as_callbacks(self.callbacks, "callbacks"))
+        self.training = LiveTraining(self, body, self.callbacks)
+        for callback in self.callbacks:
+            callback.on_training_start(self.training)
+        self.training.attach()
+        return self.training
+
+    def hear_update(self, metrics: dict[str, Any]) -> None:
+        """A logged row: where no collector calls ``on_step`` per vector step, it is called once here; then
+        ``on_update`` and, when the row holds a guard evaluation, ``on_evaluation``."""
+        training = self.start_callbacks(None)  # A3C's coordinator logs without the trunk's loop
+        assert training is not None
+        training.num_timesteps = int(metrics.get("step", training.num_timesteps))
+        training.last_row = metrics
+        if not training.per_step:
+            self.ask_callbacks("on_step")
+        self.ask_callbacks("update_event", metrics)
+        if "eval/return_mean" in metrics:
+            self.ask_callbacks("evaluation_event", metrics)
+
+    def end_callbacks(self) -> None:
+        """After the final checkpoint: ``on_training_end``."""
+        if self.training is not None:
+            for callback in self.callbacks:
+                callback.on_training_end()
 
     def ask_callbacks(self, hook: str, *args: Any) -> None:
-        """A hook that returns False stops the run as a Ctrl-C would (the loop ends after this update, with
-        its final checkpoint), but is recorded as ``run.stopped_by_callback``."""
-        reason = stop_reason(self.callbacks, hook, *args)
+        """Call the driver ``hook`` of every callback (``pgrad.callbacks.stop_reason``). One that returns False
+        stops the run as a Ctrl-C would (the loop ends after this update, with its final checkpoint), but is
+        recorded as ``run.stopped_by_callback``."""
+        callbacks: list[BaseCallback] = self.callbacks
+        reason = stop_reason(callbacks, hook, *args)
         if reason is not None and self.stopped_by is None:
             self.stopped_by = reason
             self.stop_requested = True
@@ -352,7 +392,8 @@ class RunContext:
         self.last_checkpoint_step = state.step
         self.emit("checkpoint", state.step, f"saved {path.name}", path=str(path), score=score, healthy=healthy)
         if self.callbacks:
-            self.ask_callbacks("on_checkpoint", path, state.step)
+            self.start_callbacks(None)
+            self.ask_callbacks("checkpoint_event", path, state.step)
         return path
 
     def latest_state(self) -> tuple[TrainState, Path]:
@@ -470,6 +511,8 @@ class RunContext:
         """Close everything, even after a write error (closing flushes, and a full disk fails that flush
         again: what could not be written is lost either way, and the error was reported already)."""
         try:
+            if self.training is not None:
+                self.training.close()
             if self.console is not None:
                 self.console.close()
             for sink in [*self.sinks, *self.broken_sinks, self.events]:

@@ -37,6 +37,7 @@ from pgrad.builders import (
     build_environment,
     build_off_policy_algorithm,
 )
+from pgrad.callbacks import CallbackError
 from pgrad.checkpoint import (
     CheckpointStore,
     TrainState,
@@ -250,6 +251,8 @@ class OffPolicyRunner:
             policy = self.random_actor if self.step < loop.learning_starts else self.algo.acting_policy()
             try:
                 rollout = self.collector.collect(policy, self.rng, loop.train_freq)
+            except CallbackError:
+                raise  # a callback's failure during the steps, not the env's
             except Exception as exc:
                 raise self.env_failed(exc, "while collecting") from None
             if faults.flip_reward:

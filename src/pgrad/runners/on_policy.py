@@ -25,6 +25,7 @@ from pgrad.builders import (
     build_environment,
     one_line,
 )
+from pgrad.callbacks import CallbackError
 from pgrad.checkpoint import (
     CheckpointStore,
     TrainState,
@@ -186,6 +187,8 @@ class OnPolicyRunner:
                 rollout = self.collector.collect(self.algo.acting_policy(), self.rng, self.algo.rollout_length)
         except WorkersLost as exc:
             raise self.workers_lost(exc) from None
+        except CallbackError:
+            raise  # a callback's failure during the steps, not the env's
         except Exception as exc:
             raise self.env_failed(exc, "while collecting the rollout") from None
         collected = time.perf_counter()

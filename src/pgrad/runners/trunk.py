@@ -306,6 +306,7 @@ def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
     try:
         with run.stop_signals():
             try:
+                run.start_callbacks(body)  # nothing without callbacks
                 body.before_loop()
                 while body.step < total and not run.stop_requested:
                     metrics = body.advance(stop_at_step)
@@ -324,6 +325,7 @@ def train_loop(body: Body, stop_at_step: int | None = None) -> TrainResult:
             if run.needs_final_checkpoint(body.step):
                 score, healthy = body.final_score(metrics)
                 checkpoint = run.save_checkpoint(body.train_state(), score, healthy)
+            run.end_callbacks()
         result = run.finish(body.step, body.updates, metrics, checkpoint)
     finally:
         body.close()
@@ -351,7 +353,7 @@ def evaluate_on(
 ) -> list[float] | None:
     """``guard.eval_episodes`` deterministic episodes of ``policy`` on ``eval_env``, the observations
     normalised by ``obs_normalizer`` (frozen); adds ``eval/*`` to ``metrics`` and returns the episode
-    returns, or None when a Ctrl-C or SIGTERM cut it short."""
+    returns, or None when a Ctrl-C or SIGTERM cut it short (a callback's stop does not)."""
     config = run.config
     return periodic_evaluation(
         policy,
@@ -362,5 +364,6 @@ def evaluate_on(
         config.run.seed,
         metrics,
         max_episode_steps=episode_step_cap(config),
-        should_stop=lambda: run.stop_requested,
+        # a Ctrl-C cuts it short; a callback's stop lets the update in progress finish, its evaluation included
+        should_stop=lambda: run.stop_requested and run.stopped_by is None,
     )
