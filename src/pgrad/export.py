@@ -20,6 +20,7 @@ manifest names the spaces, the pgrad version and the source checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ Format = Literal["onnx", "torchscript"]
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # readable by onnxruntime 1.14 and later, not only the newest
+# The activations the graph writes as one ONNX operator after each NumPy layer (NumPy computes exactly these:
+# pgrad.nets.NUMPY_ACTIVATIONS); any other activation sits in the exported torch torso.
+ONNX_ACTIVATIONS = {"tanh": "Tanh", "Tanh": "Tanh", "relu": "Relu", "ReLU": "Relu"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ class Chain:
     rescale: tuple[np.ndarray, np.ndarray] | None  # scale, offset
     bounds: tuple[np.ndarray, np.ndarray] | None  # low, high (Box actions)
     action_shape: tuple[int, ...]
+    # A Dict observation: one graph input per key (named by the key), packed in the graph as training packed it
+    # (pgrad.envs.factory.SpaceAdapter.pack): (key, shape, transpose axes, one-hot n, start).
+    keys: tuple[tuple[str, tuple[int, ...], tuple[int, ...] | None, int, int], ...] = ()
+    norm_mask: np.ndarray | None = None  # [obs_dim] bool: entries normalised (a Dict's image pixels are not)
+    torso: torch.nn.Module | None = None  # the actor's torch part (CNN, Dict encoders, custom torso) on the row
 
 
 def chain_of(policy: Policy) -> Chain:
@@ -72,6 +81,7 @@ def chain_of(policy: Policy) -> Chain:
     else:  # SquashedActingPolicy
         output = "tanh"
     bounds = None if adapter.low is None or adapter.high is None else (adapter.low, adapter.high)
+    keys = tuple((str(p.part.key), p.raw_shape, p.axes, p.one_hot, p.start) for p in adapter.packings or ())
     return Chain(
         obs_shape=tuple(policy.observation_space.shape or ()),
         one_hot=adapter.one_hot,
@@ -84,7 +94,43 @@ def chain_of(policy: Policy) -> Chain:
         rescale=(adapter.scale, adapter.offset) if adapter.rescale else None,
         bounds=bounds,
         action_shape=tuple(policy.action_space.shape or ()),
+        keys=keys,
+        norm_mask=normalizer.mask if normalizer.enabled else None,
+        torso=getattr(actor, "torch_torso", None),
     )
+
+
+def masked_norm(chain: Chain) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, clip low, clip high) in float64 that normalise the entries of ``norm_mask`` and leave the others
+    exactly as they are: (x - 0) / 1 = x, clipped to [-inf, inf]."""
+    assert chain.norm is not None
+    mean, std, clip = chain.norm
+    mask = np.ones(mean.shape, bool) if chain.norm_mask is None else chain.norm_mask
+    low = np.where(mask, -clip, -np.inf)
+    return np.where(mask, mean, 0.0), np.where(mask, std, 1.0), low, -low
+
+
+def torso_onnx(torso: torch.nn.Module, obs_dim: int) -> Any:
+    """The actor's torch part as an ONNX model (input ``x`` [batch, obs_dim], output ``features``), by torch's
+    TorchScript-based exporter: a user's torso is arbitrary torch code that pgrad cannot write op by op."""
+    import io
+
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.9+ calls this exporter legacy; it needs no onnxscript
+        torch.onnx.export(
+            torso,
+            (torch.zeros(2, obs_dim),),
+            buffer,  # type: ignore[arg-type]  # (typed as a path; the exporter writes to any binary file)
+            dynamo=False,
+            input_names=["x"],
+            output_names=["features"],
+            dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------------
@@ -106,21 +152,44 @@ def onnx_model(chain: Chain) -> Any:
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
-    if chain.one_hot:
-        obs = helper.make_tensor_value_info("observation", TensorProto.INT64, ["batch"])
+    inputs: list[Any] = []
+    if chain.keys:
+        parts = []
+        for i, (key, shape, axes, one_hot, start) in enumerate(chain.keys):
+            if one_hot:
+                inputs.append(helper.make_tensor_value_info(key, TensorProto.INT64, ["batch"]))
+                index = node("Sub", [key, const(f"pack/start{i}", np.array(start, np.int64))], f"pack/index{i}")
+                eye = const(f"pack/one_hot{i}", np.eye(one_hot, dtype=np.float32))
+                parts.append(node("Gather", [eye, index], f"pack/part{i}", axis=0))
+                continue
+            inputs.append(helper.make_tensor_value_info(key, TensorProto.FLOAT, ["batch", *shape]))
+            value = (
+                key if axes is None else node("Transpose", [key], f"pack/moved{i}", perm=[0, *(a + 1 for a in axes)])
+            )
+            flat = const(f"pack/flat{i}", np.array([-1, math.prod(shape)], np.int64))
+            parts.append(node("Reshape", [value, flat], f"pack/part{i}"))
+        x = node("Concat", parts, "x", axis=1)
+    elif chain.one_hot:
+        inputs.append(helper.make_tensor_value_info("observation", TensorProto.INT64, ["batch"]))
         x = node("Gather", [const("one_hot", np.eye(chain.one_hot, dtype=np.float32)), "observation"], "x", axis=0)
     else:
-        obs = helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", *chain.obs_shape])
+        inputs.append(helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", *chain.obs_shape]))
         x = node("Reshape", ["observation", const("flat_shape", np.array([-1, chain.obs_dim], np.int64))], "x")
     if chain.norm is not None:
-        mean, std, clip = chain.norm
+        mean, std, low, high = masked_norm(chain)
         x = node("Cast", [x], "x64", to=TensorProto.DOUBLE)
         x = node("Sub", [x, const("obs_mean", mean)], "centred")
         x = node("Div", [x, const("obs_std", std)], "scaled")
-        x = node("Max", [x, const("clip_low", np.array(-clip, np.float64))], "clipped_low")
-        x = node("Min", [x, const("clip_high", np.array(clip, np.float64))], "clipped")
+        x = node("Max", [x, const("clip_low", low if chain.norm_mask is not None else np.array(low[0]))], "clipped_low")
+        x = node("Min", [x, const("clip_high", high if chain.norm_mask is not None else np.array(high[0]))], "clipped")
         x = node("Cast", [x], "normalised", to=TensorProto.FLOAT)
-    activation = {"tanh": "Tanh", "relu": "Relu"}[chain.activation]
+    if chain.torso is not None:  # spliced in under the prefix torso/, fed the normalised row
+        torso = onnx.compose.add_prefix(torso_onnx(chain.torso, chain.obs_dim), "torso/")
+        node("Identity", [x], "torso/x")
+        nodes.extend(torso.graph.node)
+        constants.extend(torso.graph.initializer)
+        x = "torso/features"
+    activation = ONNX_ACTIVATIONS.get(chain.activation, "Relu")  # (unused when the torso holds every layer)
     for i, (weight, bias) in enumerate(chain.layers):
         x = node("MatMul", [x, const(f"W{i}", weight)], f"mm{i}")
         x = node("Add", [x, const(f"b{i}", bias)], f"pre{i}")
@@ -153,7 +222,7 @@ def onnx_model(chain: Chain) -> Any:
             x = node("Min", [x, const("action_high", chain.bounds[1])], "clipped_action")
         node("Reshape", [x, const("action_shape", np.array([-1, *chain.action_shape], np.int64))], "action")
         action = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", *chain.action_shape])
-    graph = helper.make_graph(nodes, "pgrad_policy", [obs], [action], initializer=constants)
+    graph = helper.make_graph(nodes, "pgrad_policy", inputs, [action], initializer=constants)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
@@ -172,7 +241,8 @@ class ExportedPolicy(torch.nn.Module):
     def __init__(self, chain: Chain) -> None:
         super().__init__()
         self.chain = chain
-        self.act = torch.tanh if chain.activation == "tanh" else torch.relu
+        self.act = torch.tanh if chain.activation in ("tanh", "Tanh") else torch.relu
+        self.torso = chain.torso
         tensors: dict[str, np.ndarray] = {}
         for i, (weight, bias) in enumerate(chain.layers):
             tensors[f"W{i}"], tensors[f"b{i}"] = weight, bias
@@ -180,7 +250,7 @@ class ExportedPolicy(torch.nn.Module):
         if chain.one_hot:
             tensors["one_hot"] = np.eye(chain.one_hot, dtype=np.float32)
         if chain.norm is not None:
-            tensors["obs_mean"], tensors["obs_std"] = chain.norm[0], chain.norm[1]
+            tensors["obs_mean"], tensors["obs_std"], tensors["clip_low"], tensors["clip_high"] = masked_norm(chain)
         if chain.rescale is not None:
             tensors["action_scale"], tensors["action_offset"] = chain.rescale
         if chain.bounds is not None:
@@ -200,7 +270,9 @@ class ExportedPolicy(torch.nn.Module):
             x = observation.reshape(-1, chain.obs_dim)
         if chain.norm is not None:
             scaled = (x.double() - buffers["obs_mean"]) / buffers["obs_std"]
-            x = scaled.clamp(-chain.norm[2], chain.norm[2]).float()
+            x = torch.minimum(torch.maximum(scaled, buffers["clip_low"]), buffers["clip_high"]).float()
+        if self.torso is not None:
+            x = self.torso(x)
         for i in range(len(chain.layers)):
             x = self.act(x @ buffers[f"W{i}"] + buffers[f"b{i}"])
         x = x @ buffers["W_head"] + buffers["b_head"]
@@ -219,6 +291,10 @@ class ExportedPolicy(torch.nn.Module):
 
 def torchscript_module(chain: Chain) -> Any:
     """The chain as a traced TorchScript module (what libtorch loads)."""
+    if chain.keys:
+        raise ConfigError(
+            "--format torchscript: a Dict observation exports to onnx only (one graph input per key); use --format onnx"
+        )
     example = torch.zeros((2,), dtype=torch.int64) if chain.one_hot else torch.zeros((2, *chain.obs_shape))
     with warnings.catch_warnings():
         # torch 2.10+ marks TorchScript deprecated; the format is still what C++ (libtorch) deployments load
