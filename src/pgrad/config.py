@@ -394,13 +394,14 @@ _CLASS_ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[
 
 def class_entry_point(cls: type) -> str:
     """``'module:QualName'`` for a class that can be imported back by that name (what ``network.torso``
-    records); a class defined inside a function (``<locals>`` in its name) or in ``__main__`` of another
-    process cannot be, and is one line."""
+    records); a class defined inside a function (``<locals>`` in its name) cannot be, and is one line. A class
+    of the script being run (``__main__:Class``) is found while that script runs, as SB3 scripts define their
+    extractors; ``pgrad resume``/``eval``/``export`` from the command line need it in an importable module."""
     name = f"{cls.__module__}:{cls.__qualname__}"
-    if not _CLASS_ENTRY_POINT.fullmatch(name) or cls.__module__ == "__main__":
+    if not _CLASS_ENTRY_POINT.fullmatch(name):
         raise ConfigError(
             f"network.torso: class {cls.__qualname__} of module {cls.__module__} cannot be imported back by name "
-            "(define it at the top level of an importable module, not inside a function or in __main__)"
+            "(define it at the top level of a module, not inside a function)"
         )
     return name
 

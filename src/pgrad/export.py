@@ -134,95 +134,145 @@ def torso_onnx(torso: torch.nn.Module, obs_dim: int) -> Any:
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------------
+class _Graph:
+    """The ONNX nodes and constants of a graph being written, with one helper for each."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list[Any] = []
+        self.constants: list[Any] = []
+        self.inputs: list[Any] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        """A constant tensor (an initializer) named ``name``; returns the name."""
+        self.constants.append(self.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        """One operator writing ``output``; returns the output's name."""
+        self.nodes.append(self.helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    def input(self, name: str, elem_type: int, shape: list[Any]) -> str:
+        """A graph input; returns its name."""
+        self.inputs.append(self.helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+
+def _observation_row(g: _Graph, chain: Chain) -> str:
+    """The graph's inputs, as the float32 row [batch, obs_dim] the network takes: a Dict observation's keys packed
+    (one input per key, as ``SpaceAdapter.pack``), a Discrete one one-hot, a Box flattened."""
+    from onnx import TensorProto
+
+    if not chain.keys:
+        if chain.one_hot:
+            observation = g.input("observation", TensorProto.INT64, ["batch"])
+            return g.node(
+                "Gather", [g.const("one_hot", np.eye(chain.one_hot, dtype=np.float32)), observation], "x", axis=0
+            )
+        observation = g.input("observation", TensorProto.FLOAT, ["batch", *chain.obs_shape])
+        return g.node("Reshape", [observation, g.const("flat_shape", np.array([-1, chain.obs_dim], np.int64))], "x")
+    parts = []
+    for i, (key, shape, axes, one_hot, start) in enumerate(chain.keys):
+        if one_hot:
+            index = g.node(
+                "Sub",
+                [g.input(key, TensorProto.INT64, ["batch"]), g.const(f"pack/start{i}", np.array(start, np.int64))],
+                f"pack/index{i}",
+            )
+            parts.append(
+                g.node(
+                    "Gather",
+                    [g.const(f"pack/one_hot{i}", np.eye(one_hot, dtype=np.float32)), index],
+                    f"pack/part{i}",
+                    axis=0,
+                )
+            )
+            continue
+        value = g.input(key, TensorProto.FLOAT, ["batch", *shape])
+        if axes is not None:
+            value = g.node("Transpose", [value], f"pack/moved{i}", perm=[0, *(a + 1 for a in axes)])
+        flat = g.const(f"pack/flat{i}", np.array([-1, math.prod(shape)], np.int64))
+        parts.append(g.node("Reshape", [value, flat], f"pack/part{i}"))
+    return g.node("Concat", parts, "x", axis=1)
+
+
+def _normalised(g: _Graph, chain: Chain, x: str) -> str:
+    """clip((x - mean) / std) in float64 on the normalised entries (``masked_norm``), back to float32."""
+    if chain.norm is None:
+        return x
+    from onnx import TensorProto
+
+    mean, std, low, high = masked_norm(chain)
+    if chain.norm_mask is None:  # one clip bound for every entry, as before Dict observations
+        low, high = np.array(low[0]), np.array(high[0])
+    x = g.node("Cast", [x], "x64", to=TensorProto.DOUBLE)
+    x = g.node("Sub", [x, g.const("obs_mean", mean)], "centred")
+    x = g.node("Div", [x, g.const("obs_std", std)], "scaled")
+    x = g.node("Max", [x, g.const("clip_low", low)], "clipped_low")
+    x = g.node("Min", [x, g.const("clip_high", high)], "clipped")
+    return g.node("Cast", [x], "normalised", to=TensorProto.FLOAT)
+
+
+def _torso(g: _Graph, chain: Chain, x: str) -> str:
+    """The actor's torch part spliced in under the prefix ``torso/``, fed ``x``; returns its features."""
+    if chain.torso is None:
+        return x
+    import onnx
+
+    torso = onnx.compose.add_prefix(torso_onnx(chain.torso, chain.obs_dim), "torso/")
+    g.node("Identity", [x], "torso/x")
+    g.nodes.extend(torso.graph.node)
+    g.constants.extend(torso.graph.initializer)
+    return "torso/features"
+
+
+def _action(g: _Graph, chain: Chain, x: str) -> Any:
+    """The head's output as the env's action (argmax, mean, tanh, rescaled and clipped); returns the output's info."""
+    from onnx import TensorProto
+
+    if chain.output == "argmax":
+        g.node("ArgMax", [x], "action", axis=-1, keepdims=0)
+        return g.helper.make_tensor_value_info("action", TensorProto.INT64, ["batch"])
+    if chain.output == "first_half":
+        half = chain.head[1].shape[0] // 2
+        bounds = [
+            g.const(name, np.array([value], np.int64))
+            for name, value in (("half_start", 0), ("half_end", half), ("half_axis", 1))
+        ]
+        x = g.node("Slice", [x, *bounds], "mean")
+    elif chain.output == "tanh":
+        x = g.node("Tanh", [x], "squashed")
+    if chain.rescale is not None:
+        x = g.node("Mul", [x, g.const("action_scale", chain.rescale[0])], "scaled_action")
+        x = g.node("Add", [x, g.const("action_offset", chain.rescale[1])], "rescaled")
+    if chain.bounds is not None:
+        x = g.node("Max", [x, g.const("action_low", chain.bounds[0])], "above_low")
+        x = g.node("Min", [x, g.const("action_high", chain.bounds[1])], "clipped_action")
+    g.node("Reshape", [x, g.const("action_shape", np.array([-1, *chain.action_shape], np.int64))], "action")
+    return g.helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", *chain.action_shape])
+
+
 def onnx_model(chain: Chain) -> Any:
     """The chain as an ONNX model (opset 17, IR 8), written operator by operator (needs onnx)."""
     try:
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import helper
     except ImportError:
         raise ConfigError("--format onnx needs onnx: pip install 'pgrad[export]'") from None
-    nodes: list[Any] = []
-    constants: list[Any] = []
-
-    def const(name: str, value: np.ndarray) -> str:
-        constants.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
-        return output
-
-    inputs: list[Any] = []
-    if chain.keys:
-        parts = []
-        for i, (key, shape, axes, one_hot, start) in enumerate(chain.keys):
-            if one_hot:
-                inputs.append(helper.make_tensor_value_info(key, TensorProto.INT64, ["batch"]))
-                index = node("Sub", [key, const(f"pack/start{i}", np.array(start, np.int64))], f"pack/index{i}")
-                eye = const(f"pack/one_hot{i}", np.eye(one_hot, dtype=np.float32))
-                parts.append(node("Gather", [eye, index], f"pack/part{i}", axis=0))
-                continue
-            inputs.append(helper.make_tensor_value_info(key, TensorProto.FLOAT, ["batch", *shape]))
-            value = (
-                key if axes is None else node("Transpose", [key], f"pack/moved{i}", perm=[0, *(a + 1 for a in axes)])
-            )
-            flat = const(f"pack/flat{i}", np.array([-1, math.prod(shape)], np.int64))
-            parts.append(node("Reshape", [value, flat], f"pack/part{i}"))
-        x = node("Concat", parts, "x", axis=1)
-    elif chain.one_hot:
-        inputs.append(helper.make_tensor_value_info("observation", TensorProto.INT64, ["batch"]))
-        x = node("Gather", [const("one_hot", np.eye(chain.one_hot, dtype=np.float32)), "observation"], "x", axis=0)
-    else:
-        inputs.append(helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", *chain.obs_shape]))
-        x = node("Reshape", ["observation", const("flat_shape", np.array([-1, chain.obs_dim], np.int64))], "x")
-    if chain.norm is not None:
-        mean, std, low, high = masked_norm(chain)
-        x = node("Cast", [x], "x64", to=TensorProto.DOUBLE)
-        x = node("Sub", [x, const("obs_mean", mean)], "centred")
-        x = node("Div", [x, const("obs_std", std)], "scaled")
-        x = node("Max", [x, const("clip_low", low if chain.norm_mask is not None else np.array(low[0]))], "clipped_low")
-        x = node("Min", [x, const("clip_high", high if chain.norm_mask is not None else np.array(high[0]))], "clipped")
-        x = node("Cast", [x], "normalised", to=TensorProto.FLOAT)
-    if chain.torso is not None:  # spliced in under the prefix torso/, fed the normalised row
-        torso = onnx.compose.add_prefix(torso_onnx(chain.torso, chain.obs_dim), "torso/")
-        node("Identity", [x], "torso/x")
-        nodes.extend(torso.graph.node)
-        constants.extend(torso.graph.initializer)
-        x = "torso/features"
+    g = _Graph()
+    x = _torso(g, chain, _normalised(g, chain, _observation_row(g, chain)))
     activation = ONNX_ACTIVATIONS.get(chain.activation, "Relu")  # (unused when the torso holds every layer)
     for i, (weight, bias) in enumerate(chain.layers):
-        x = node("MatMul", [x, const(f"W{i}", weight)], f"mm{i}")
-        x = node("Add", [x, const(f"b{i}", bias)], f"pre{i}")
-        x = node(activation, [x], f"h{i}")
-    x = node("MatMul", [x, const("W_head", chain.head[0])], "mm_head")
-    x = node("Add", [x, const("b_head", chain.head[1])], "head")
-    if chain.output == "argmax":
-        node("ArgMax", [x], "action", axis=-1, keepdims=0)
-        action = helper.make_tensor_value_info("action", TensorProto.INT64, ["batch"])
-    else:
-        if chain.output == "first_half":
-            half = chain.head[1].shape[0] // 2
-            x = node(
-                "Slice",
-                [
-                    x,
-                    const("half_start", np.array([0], np.int64)),
-                    const("half_end", np.array([half], np.int64)),
-                    const("half_axis", np.array([1], np.int64)),
-                ],
-                "mean",
-            )
-        elif chain.output == "tanh":
-            x = node("Tanh", [x], "squashed")
-        if chain.rescale is not None:
-            x = node("Mul", [x, const("action_scale", chain.rescale[0])], "scaled_action")
-            x = node("Add", [x, const("action_offset", chain.rescale[1])], "rescaled")
-        if chain.bounds is not None:
-            x = node("Max", [x, const("action_low", chain.bounds[0])], "above_low")
-            x = node("Min", [x, const("action_high", chain.bounds[1])], "clipped_action")
-        node("Reshape", [x, const("action_shape", np.array([-1, *chain.action_shape], np.int64))], "action")
-        action = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", *chain.action_shape])
-    graph = helper.make_graph(nodes, "pgrad_policy", inputs, [action], initializer=constants)
+        x = g.node("MatMul", [x, g.const(f"W{i}", weight)], f"mm{i}")
+        x = g.node("Add", [x, g.const(f"b{i}", bias)], f"pre{i}")
+        x = g.node(activation, [x], f"h{i}")
+    x = g.node("MatMul", [x, g.const("W_head", chain.head[0])], "mm_head")
+    x = g.node("Add", [x, g.const("b_head", chain.head[1])], "head")
+    action = _action(g, chain, x)
+    graph = helper.make_graph(g.nodes, "pgrad_policy", g.inputs, [action], initializer=g.constants)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", ONNX_OPSET)],

@@ -14,8 +14,11 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
@@ -257,17 +260,37 @@ def load_torso_class(entry_point: str) -> type[nn.Module]:
     trust: ``pgrad.runs.refuse_untrusted_env_code``). Anything else is one line."""
     module_name, _, qualname = entry_point.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
+        found: Any = _import_torso_module(module_name)
     except Exception as exc:  # ImportError, or the module's own code failing
         raise ConfigError(f"network.torso: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
     for name in qualname.split("."):
         found = getattr(found, name, None)
+    if found is None:
+        hint = " (a class of the script that trained the run: move it into a module to load it here)"
+        hint = hint if module_name == "__main__" else ""
+        raise ConfigError(f"network.torso: module '{module_name}' has no class '{qualname}'{hint}")
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
         raise ConfigError(
             f"network.torso: '{entry_point}' is {type(found).__name__}, not a torch.nn.Module class "
             "(SB3's BaseFeaturesExtractor contract: Class(observation_space, **torso_kwargs) with features_dim)"
         )
     return found
+
+
+def _import_torso_module(module_name: str) -> Any:
+    """Import a torso's module; the current folder is searched last, as for entry-point envs
+    (``pgrad.envs.factory._import_entry_module``): ``pgrad train --set network.torso=my_torso:Torso`` next to
+    ``my_torso.py`` finds it, and a file there never shadows an installed module."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top, here = module_name.split(".")[0], os.getcwd()
+        if exc.name != top or here in sys.path or "" in sys.path:
+            raise
+        if not (Path(here, f"{top}.py").is_file() or Path(here, top).is_dir()):
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
 
 
 def _build_extractor(
