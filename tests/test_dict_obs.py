@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from net_runs import onnx_matches_predict, resumed_equals_uninterrupted
+from pgrad.cli import main
 from pgrad.envs.factory import SpaceAdapter
 from pgrad.envs.normalize import ObsNormalizer
 from pgrad.envs.space_schema import space_from_json
@@ -100,6 +101,11 @@ def test_spaces_json_keeps_a_dict_and_its_key_order() -> None:
     assert [key for key, _ in data["spaces"]] == ["b", "a", "c"]
     back = space_from_json(data, "spaces.json: observation")
     assert isinstance(back, gym.spaces.Dict) and list(back.spaces) == ["b", "a", "c"] and back == hand_space()
+    duplicated = {"type": "Dict", "spaces": [["b", data["spaces"][0][1]], ["b", data["spaces"][1][1]]]}
+    with pytest.raises(
+        ConfigError, match=r"^spaces\.json: observation\.spaces must be a list of 1 to 64 \[key, space\] pairs"
+    ):
+        space_from_json(duplicated, "spaces.json: observation")
     nested = {"type": "Dict", "spaces": [["x", data]]}
     with pytest.raises(ConfigError, match=r"must be 'Box', 'Discrete' or \(not nested\) 'Dict'"):
         space_from_json(nested, "spaces.json: observation")
@@ -134,6 +140,9 @@ def test_a_vector_dict_env_trains_resumes_exactly_and_exports(algo: str, tmp_pat
         ConfigError, match=r"^predict: a Dict observation must be a dict with the keys position, target"
     ):
         policy.predict({"target": obs["target"]})
+    if algo == "ppo":  # pgrad eval drives the Dict env through the same packing
+        assert main(["eval", str(run), "--episodes", "1", "--trust-env-code"]) == 0
+        assert main(["export", str(run), "--format", "torchscript", "--trust-env-code"]) == 2  # ONNX only
 
 
 def test_an_image_and_vector_dict_env_trains_resumes_exactly_and_exports(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ refusal one line. The torsos live in tests/dict_envs.py (importable as ``dict_en
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -155,6 +156,12 @@ def test_a_custom_torso_trains_resumes_exactly_evaluates_and_exports(
         err = capsys.readouterr().err.strip()
         assert f"network.torso '{TORSO}' is an entry point" in err and "--trust-env-code" in err and "\n" not in err
     assert main(["eval", str(run), "--episodes", "1", "--trust-env-code"]) == 0
+    script = tmp_path / "policy.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(script), "--trust-env-code"]) == 0
+    with warnings.catch_warnings():  # torch.jit.load is deprecated in torch 2.10+, still what libtorch loads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(script))
+    np.testing.assert_array_equal(module(torch.from_numpy(obs)).numpy(), actions)
 
 
 @pytest.mark.parametrize(
