@@ -162,3 +162,26 @@ def test_sac_takes_a_vector_dict_and_an_image_dict(tmp_path: Path) -> None:
     run = resumed_equals_uninterrupted("sac", IMAGE_ENV, ["sac.loop.buffer_size=1000"], 64, tmp_path / "image")
     obs, feed = image_batch()
     onnx_matches_predict(run, obs, feed)
+
+
+def test_a_dict_key_named_like_a_node_of_the_graph_is_refused_in_one_line() -> None:
+    from pgrad.export import Chain, onnx_model
+
+    pytest.importorskip("onnx")
+    chain = Chain(
+        obs_shape=(),
+        one_hot=0,
+        obs_dim=3,
+        norm=None,
+        layers=[],
+        activation="tanh",
+        head=(np.ones((3, 2), np.float32), np.zeros(2, np.float32)),
+        output="argmax",
+        rescale=None,
+        bounds=None,
+        action_shape=(),
+        keys=(("head", (2,), None, 0, 0), ("v", (1,), None, 0, 0)),
+    )
+    with pytest.raises(ConfigError, match=r"^--format onnx: Dict observation key 'head' is also a name inside"):
+        onnx_model(chain)
+    onnx_model(Chain(**{**chain.__dict__, "keys": (("position", (2,), None, 0, 0), ("v", (1,), None, 0, 0))}))

@@ -255,6 +255,18 @@ def _action(g: _Graph, chain: Chain, x: str) -> Any:
     return g.helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", *chain.action_shape])
 
 
+def _check_key_names(g: _Graph, chain: Chain) -> None:
+    """A Dict key is a graph input's name: one that is also a name inside the graph would wire the graph wrongly,
+    so it is refused (one line) instead."""
+    inside = {output for node in g.nodes for output in node.output} | {tensor.name for tensor in g.constants}
+    clash = sorted({key for key, *_ in chain.keys} & inside)
+    if clash:
+        raise ConfigError(
+            f"--format onnx: Dict observation key {clash[0]!r} is also a name inside the exported graph (its inputs "
+            "are named by the keys); rename that key in the env to export"
+        )
+
+
 def onnx_model(chain: Chain) -> Any:
     """The chain as an ONNX model (opset 17, IR 8), written operator by operator (needs onnx)."""
     try:
@@ -272,6 +284,7 @@ def onnx_model(chain: Chain) -> Any:
     x = g.node("MatMul", [x, g.const("W_head", chain.head[0])], "mm_head")
     x = g.node("Add", [x, g.const("b_head", chain.head[1])], "head")
     action = _action(g, chain, x)
+    _check_key_names(g, chain)
     graph = helper.make_graph(g.nodes, "pgrad_policy", g.inputs, [action], initializer=g.constants)
     model = helper.make_model(
         graph,
