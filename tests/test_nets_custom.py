@@ -180,3 +180,19 @@ def test_other_families_take_a_custom_torso(algo: str, env: str, tmp_path: Path)
         }
         feed = obs
     onnx_matches_predict(run, obs, feed)
+
+
+def test_a_saved_agent_with_a_torso_loads_only_when_trusted(tmp_path: Path) -> None:
+    from pgrad.api import PPO
+
+    config = {
+        "env": {"num_envs": 2},
+        "run": {"tensorboard": False, "progress": False},
+        "ppo": {"num_steps": 16, "minibatch_size": 16, "network": {"torso": TinyExtractor}},
+    }
+    agent = PPO("CartPole-v1", config=config, run_dir=tmp_path / "run", use_preset=False).learn(32)
+    saved = agent.save(tmp_path / "agent")
+    with pytest.raises(ConfigError, match=rf"network\.torso '{TORSO}' is an entry point: .* pass --trust-env-code"):
+        PPO.load(saved)
+    obs = _obs().numpy()
+    np.testing.assert_array_equal(PPO.load(saved, trust_env_code=True).predict(obs)[0], agent.predict(obs)[0])
