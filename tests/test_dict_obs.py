@@ -155,12 +155,16 @@ def test_an_image_and_vector_dict_env_trains_resumes_exactly_and_exports(tmp_pat
     assert manifest["observation_space"]["type"] == "Dict"
 
 
-def test_sac_takes_a_vector_dict_and_an_image_dict(tmp_path: Path) -> None:
-    run = resumed_equals_uninterrupted("sac", "dict_envs:VectorBoxDict", [], 96, tmp_path / "vector")
-    obs, feed = vector_batch()
-    onnx_matches_predict(run, obs, feed)
-    run = resumed_equals_uninterrupted("sac", IMAGE_ENV, ["sac.loop.buffer_size=1000"], 64, tmp_path / "image")
-    obs, feed = image_batch()
+@pytest.mark.parametrize("image", [False, True], ids=["vector", "image"])
+def test_sac_takes_a_vector_dict_and_an_image_dict(image: bool, tmp_path: Path) -> None:
+    """(An image key gets the Dict encoder's CNN in the actor and in the critics' shared extractor.)"""
+    if image:
+        sets = ["sac.loop.buffer_size=1000", "sac.loop.gradient_steps=1", "sac.loop.learning_starts=16"]
+        run = resumed_equals_uninterrupted("sac", IMAGE_ENV, sets, 48, tmp_path)
+        obs, feed = image_batch()
+    else:
+        run = resumed_equals_uninterrupted("sac", "dict_envs:VectorBoxDict", [], 96, tmp_path)
+        obs, feed = vector_batch()
     onnx_matches_predict(run, obs, feed)
 
 
