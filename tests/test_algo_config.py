@@ -39,7 +39,7 @@ def test_setting_one_optimizer_field_keeps_the_presets_others():
 @pytest.mark.parametrize(
     ("algo", "sets", "message"),
     [
-        ("ppo", ["activation=sigmoid"], "ppo.network.activation must be one of 'tanh', 'relu'; got 'sigmoid'"),
+        ("ppo", ["activation=sigmoid"], "ppo.network.activation must be one of 'tanh', 'relu', 'Tanh', 'ReLU'"),
         ("ppo", ["learning_rate=-0.001"], "ppo.optimizer.learning_rate must be > 0; got -0.001"),
         ("reinforce", ["value_optimizer.eps=0"], "reinforce.value_optimizer.eps must be > 0; got 0.0"),
         ("a2c", ["optimizer.kind=sgd"], "a2c.optimizer.kind must be one of 'adam', 'rmsprop'; got 'sgd'"),

@@ -25,7 +25,7 @@ def run_cli(capsys, *args):
         (["--set", "num_epochs=abc"], "ppo.num_epochs must be an integer; got 'abc'"),
         (["--set", "num_epochs=2.5"], "ppo.num_epochs must be an integer; got 2.5"),
         (["--set", "anneal_lr=3"], "ppo.optimizer.anneal_lr must be true/false; got 3"),
-        (["--set", "activation=sigmoid"], "ppo.network.activation must be one of 'tanh', 'relu'; got 'sigmoid'"),
+        (["--set", "activation=sigmoid"], "ppo.network.activation must be one of 'tanh', 'relu', 'Tanh', 'ReLU'"),
         (["--set", "env.num_envs=0"], "env.num_envs must be in [1, 4096]; got 0"),
         (
             ["--set", "minibatch_size=100"],

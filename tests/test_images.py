@@ -74,10 +74,13 @@ def test_adapter_flattens_hwc_images_channels_first() -> None:
     np.testing.assert_array_equal(flat.reshape(2, 3, 36, 38), batch.transpose(0, 3, 1, 2))
 
 
-def test_dict_observations_are_refused_naming_the_space() -> None:
+def test_a_dict_observation_with_an_image_key_packs_it_for_the_cnn() -> None:
+    """(Dict observations are supported since issue 24: tests/test_dict_obs.py; a key of another kind is not.)"""
     space = gym.spaces.Dict({"image": box((84, 84, 3)), "speed": gym.spaces.Box(-1, 1, (1,))})
-    with pytest.raises(ConfigError, match=r"^env\.id: Dict observation space with keys image, speed is not supported"):
-        SpaceAdapter(space, gym.spaces.Discrete(2), rescale=True)
+    assert SpaceAdapter(space, gym.spaces.Discrete(2), rescale=True).obs_dim == 3 * 84 * 84 + 1
+    tupled = gym.spaces.Dict({"pair": gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(2)))})
+    with pytest.raises(ConfigError, match=r"^env\.id: Dict observation key 'pair' is Tuple"):
+        SpaceAdapter(tupled, gym.spaces.Discrete(2), rescale=True)
 
 
 def test_nature_cnn_shape_and_pixel_scaling() -> None:

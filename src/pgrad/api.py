@@ -406,8 +406,10 @@ class Agent:
             result = runner.train()
             self.config, self._resume, self.last_result, self.num_timesteps = config, True, result, result.steps
             write_spaces(self.run_dir, self.observation_space, self.action_space, config)  # export/load need no env
-            self.policy, _, _ = load_policy(
-                result.checkpoint or self.run_dir, spaces=(self.observation_space, self.action_space)
+            self.policy, _, _ = load_policy(  # trusted: this run's own network (a received one was checked above)
+                result.checkpoint or self.run_dir,
+                spaces=(self.observation_space, self.action_space),
+                trust_env_code=True,
             )
         return self
 

@@ -81,9 +81,19 @@ def build_environment(
             f"env.norm_obs must be false for the image observations of {config.env.id} "
             "(the CNN scales pixels to [0, 1])"
         )
-    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
+    if network_torso(config) is not None:
+        adapter.use_torso()
+    obs_normalizer = ObsNormalizer(
+        (adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs, mask=adapter.normalized()
+    )
     reward_scaler = RewardScaler(envs.num_envs, gamma, config.env.clip_reward, config.env.norm_reward)
     return Environment(envs, adapter, obs_normalizer, reward_scaler)
+
+
+def network_torso(config: TrainConfig) -> str | None:
+    """The custom torso ('module:Class') the algorithm's network section names, or None."""
+    torso = getattr(getattr(config.algo_config, "network", None), "torso", None)
+    return torso if isinstance(torso, str) else None
 
 
 def nominal_physics(config: TrainConfig) -> TrainConfig:
@@ -120,12 +130,13 @@ def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorit
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "
             f"(it supports: {', '.join(spec.action_kinds)})"
         )
-    if spec.kind == "off_policy":  # narrows spec to OffPolicySpec: its builder takes a vector's size
-        if isinstance(adapter.obs_shape, ImageShape):
+    if spec.kind == "off_policy":  # narrows spec to OffPolicySpec: its builder takes a vector's size or a layout
+        if isinstance(adapter.obs_shape, ImageShape):  # a Dict observation's images have the Dict encoder's CNN
             raise ConfigError(
                 f"algorithm '{config.algo}' has MLP networks only; the image observations of {config.env.id} need an "
                 "on-policy algorithm (ppo, a2c, a3c, trpo, ...) for a CNN"
             )
+        assert not isinstance(adapter.obs_shape, ImageShape)
         return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
     return spec.build(config.algo_config, adapter.obs_shape, adapter.action, torch.device(config.run.device))
 

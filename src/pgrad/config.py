@@ -361,6 +361,51 @@ def check_plain_data(value: Any, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# The hidden activations a network section takes: torch.nn class names (``nn.GELU``), and the lower-case
+# ``tanh``/``relu`` spellings configs have always used. A fixed list, so this module needs no torch
+# (tests/test_nets_custom.py holds every name to a class of torch.nn that builds).
+Activation = Literal[
+    "tanh",
+    "relu",
+    "Tanh",
+    "ReLU",
+    "ReLU6",
+    "LeakyReLU",
+    "ELU",
+    "SELU",
+    "CELU",
+    "GELU",
+    "SiLU",
+    "Mish",
+    "Softplus",
+    "Softsign",
+    "Sigmoid",
+    "Hardtanh",
+    "Hardswish",
+    "Hardsigmoid",
+    "Tanhshrink",
+    "LogSigmoid",
+]
+ACTIVATIONS: tuple[str, ...] = typing.get_args(Activation)
+
+# 'package.module:Class' (the Class may be nested: 'package.module:Outer.Inner'), as env entry points.
+_CLASS_ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def class_entry_point(cls: type) -> str:
+    """``'module:QualName'`` for a class that can be imported back by that name (what ``network.torso``
+    records); a class defined inside a function (``<locals>`` in its name) cannot be, and is one line. A class
+    of the script being run (``__main__:Class``) is found while that script runs, as SB3 scripts define their
+    extractors; ``pgrad resume``/``eval``/``export`` from the command line need it in an importable module."""
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    if not _CLASS_ENTRY_POINT.fullmatch(name):
+        raise ConfigError(
+            f"network.torso: class {cls.__qualname__} of module {cls.__module__} cannot be imported back by name "
+            "(define it at the top level of a module, not inside a function)"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class NetworkConfig(Checked):
     """The actor-critic MLP: every algorithm's ``network`` section (``--set network.hidden_sizes=[128,128]``)."""
@@ -368,21 +413,46 @@ class NetworkConfig(Checked):
     SECTION: ClassVar[str] = "network"
 
     hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
-    activation: Literal["tanh", "relu"] = param("tanh", "hidden activation")
+    activation: Activation = param("tanh", "hidden activation: a torch.nn class name (GELU, SiLU, ...) or tanh/relu")
     shared_network: bool = param(False, "share the MLP torso between actor and critic")
     log_std_init: float = param(0.0, "initial log std of Gaussian policies")
     state_dependent_std: bool = param(
         False, "Gaussian log std from the policy head (clamped) instead of a free parameter"
     )
+    torso: str | None = param(
+        None,
+        "custom feature extractor 'package.module:Class': Class(observation_space, **torso_kwargs) with features_dim "
+        "(SB3's BaseFeaturesExtractor); hidden_sizes and the heads go on top (imported: --trust-env-code for a "
+        "received run)",
+    )
+    torso_kwargs: dict[str, Any] = param({}, "keyword arguments of network.torso's class")
+
+    def __post_init__(self) -> None:
+        """A class given as ``torso`` (Python API) is recorded as its 'module:Class' name, then every field is
+        checked."""
+        if isinstance(self.torso, type):
+            object.__setattr__(self, "torso", class_entry_point(self.torso))
+        super().__post_init__()
 
     def validate(self) -> None:
         """Checks hidden_sizes: 1 to ``MAX_LAYERS`` layers of 1 to ``MAX_LAYER_WIDTH`` units, at most
-        ``MAX_HIDDEN_WEIGHTS`` weights between them."""
+        ``MAX_HIDDEN_WEIGHTS`` weights between them; torso is 'module:Class' and torso_kwargs plain data."""
         sizes = self.hidden_sizes
         if not sizes or len(sizes) > MAX_LAYERS or min(sizes) < 1 or max(sizes) > MAX_LAYER_WIDTH:
             self._fail("hidden_sizes", f"a list of 1 to {MAX_LAYERS} integers in [1, {MAX_LAYER_WIDTH}]")
         if sum(a * b for a, b in zip(sizes, sizes[1:], strict=False)) > MAX_HIDDEN_WEIGHTS:
             self._fail("hidden_sizes", f"layers with at most {MAX_HIDDEN_WEIGHTS} weights between them in all")
+        check_torso(self.torso, self.torso_kwargs)
+
+
+def check_torso(torso: str | None, torso_kwargs: dict[str, Any]) -> None:
+    """``network.torso`` is None or 'package.module:Class'; ``network.torso_kwargs`` plain data, and only with a
+    torso (they would be ignored)."""
+    if torso is not None and not _CLASS_ENTRY_POINT.fullmatch(torso):
+        raise ConfigError(f"network.torso must be null or 'package.module:Class'; got {torso!r}")
+    if torso is None and torso_kwargs:
+        raise ConfigError(f"network.torso_kwargs: set network.torso too (these would be unused); got {torso_kwargs!r}")
+    check_plain_data(torso_kwargs, "network.torso_kwargs")
 
 
 @dataclass(frozen=True)

@@ -12,23 +12,57 @@ in one batched call after the rollout.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
-from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from pgrad.config import NetworkConfig
+from pgrad.config import Activation, NetworkConfig, class_entry_point
 from pgrad.distributions import Categorical, DiagGaussian, TanhGaussian
+from pgrad.errors import ConfigError
 
 # numpy's stub types arithmetic on an ``np.ndarray`` (of unknown dtype) as Any, and torch's ``Module.__call__``
 # returns Any: the annotated locals (``head: np.ndarray = ...``) before some returns are what lets the strict
 # type checker see a declared type come back.
-Activation = Literal["tanh", "relu"]
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 LOG_STD_BOUNDS = (-20.0, 2.0)
+# config's lower-case spellings of torch.nn class names; every other name in config.ACTIVATIONS is one
+_TORCH_NAMES = {"tanh": "Tanh", "relu": "ReLU"}
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.maximum(x, 0.0)
+    return out
+
+
+# The activations the NumPy acting copy computes itself (the hot path of nearly every run). With any other,
+# the actor's torso acts through a frozen torch copy instead (``ActingPolicy.torch_torso``).
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tanh": np.tanh,
+    "Tanh": np.tanh,
+    "relu": _relu,
+    "ReLU": _relu,
+}
+
+
+def activation_layer(name: Activation) -> nn.Module:
+    """A new ``torch.nn`` activation module for a config name (``tanh``/``relu`` or a class name: ``GELU``)."""
+    layer: nn.Module = getattr(nn, _TORCH_NAMES.get(name, name))()
+    return layer
+
+
+def torso_entry_point(cls: type) -> str:
+    """``'module:QualName'`` of a feature-extractor class, what ``network.torso`` takes (SB3's
+    ``features_extractor_class``); a class that cannot be imported back by that name (defined inside a
+    function, or in ``__main__``) is one line."""
+    return class_entry_point(cls)
 
 
 @dataclass(frozen=True)
@@ -47,9 +81,68 @@ class ImageShape(NamedTuple):
     width: int
 
 
-# What an on-policy learner is built for: a flat float32 vector of this size, or an image (flattened
-# to C*H*W floats in the rollout, reshaped by the CNN torso).
-ObsShape = int | ImageShape
+@dataclass(frozen=True)
+class ObsPart:
+    """One key of a Dict observation (``key`` None: the whole observation) as a slice of the packed row."""
+
+    key: str | None
+    shape: tuple[int, ...]  # as the torso sees it: images channels first, a Discrete key as its one-hot (n,)
+    offset: int  # where the slice starts in the packed float32 row
+    image: bool  # raw 0-255 pixels: the Nature CNN's input, scaled by /255 in the torso, never normalised
+
+    @property
+    def size(self) -> int:
+        """How many floats the part is in the packed row."""
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class ObsLayout:
+    """How an observation sits in the flat float32 row the rollout, the replay buffer, the normaliser and the
+    checkpoint all keep: the parts one after another, in the space's key order.
+
+    The env boundary (``pgrad.envs.factory.SpaceAdapter``) packs a Dict observation into the row; the torso
+    unpacks it by slicing (``unpack``). Built for a Dict observation space, and for any space when a custom
+    torso (``network.torso``) needs the observation as its space shapes it. ``space`` is the space that torso
+    is built with (images channels first, as SB3's ``VecTransposeImage`` gives them)."""
+
+    parts: tuple[ObsPart, ...]
+    space: Any = field(default=None, compare=False)
+
+    @property
+    def size(self) -> int:
+        """Floats in one packed row."""
+        return sum(part.size for part in self.parts)
+
+    @property
+    def has_images(self) -> bool:
+        """Whether a part is an image (the Nature CNN's input)."""
+        return any(part.image for part in self.parts)
+
+    def normalized(self) -> np.ndarray:
+        """[size] bool: the entries ``env.norm_obs`` normalises (all but image pixels)."""
+        mask = np.ones(self.size, bool)
+        for part in self.parts:
+            if part.image:
+                mask[part.offset : part.offset + part.size] = False
+        return mask
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """[B, size] packed rows -> what a custom torso takes: one tensor [B, *shape] (not a Dict space) or a dict
+        of them by key; image parts scaled to [0, 1] (SB3's ``preprocess_obs``)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for part in self.parts:
+            value = packed[:, part.offset : part.offset + part.size].reshape(-1, *part.shape)
+            tensors[str(part.key)] = value * (1.0 / 255.0) if part.image else value
+        if self.parts[0].key is None:
+            return tensors["None"]
+        return tensors
+
+
+# What an on-policy learner is built for: a flat float32 vector of this size, an image (flattened to C*H*W
+# floats in the rollout, reshaped by the CNN torso), or a layout of parts (a Dict observation with an image,
+# or any observation for a custom torso).
+ObsShape = int | ImageShape | ObsLayout
 
 NATURE_CNN_FEATURES = 512
 # Nature-DQN (Mnih et al., 2015) layers (out channels, kernel, stride); an image needs at least
@@ -62,6 +155,8 @@ def obs_size(obs_shape: ObsShape) -> int:
     """How many floats one observation is in the rollout."""
     if isinstance(obs_shape, ImageShape):
         return obs_shape.channels * obs_shape.height * obs_shape.width
+    if isinstance(obs_shape, ObsLayout):
+        return obs_shape.size
     return obs_shape
 
 
@@ -76,7 +171,7 @@ def mlp_torso(in_dim: int, hidden_sizes: tuple[int, ...], activation: Activation
     """Linear + activation layers, orthogonal init with gain sqrt(2) (Engstrom et al., 2020)."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
-        layers += [orthogonal_init(nn.Linear(in_dim, size), math.sqrt(2)), _ACTIVATIONS[activation]()]
+        layers += [orthogonal_init(nn.Linear(in_dim, size), math.sqrt(2)), activation_layer(activation)]
         in_dim = size
     return nn.Sequential(*layers)
 
@@ -115,12 +210,135 @@ class NatureCNN(nn.Module):
         return torch.relu(self.linear(self.convs(pixels))).reshape(*leading, NATURE_CNN_FEATURES)
 
 
-def make_torso(obs_shape: ObsShape, hidden_sizes: tuple[int, ...], activation: Activation) -> nn.Module:
+class DictEncoder(nn.Module):
+    """One encoder per key of a Dict observation, the outputs concatenated in key order: the Nature CNN for an
+    image key, the key's own values for a vector key (the ``hidden_sizes`` MLP on top encodes them together:
+    SB3's ``CombinedExtractor``, which flattens vector keys the same way)."""
+
+    def __init__(self, layout: ObsLayout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.encoders = nn.ModuleList(
+            NatureCNN(ImageShape(*part.shape)) if part.image else nn.Identity() for part in layout.parts
+        )
+        self.features_dim = sum(NATURE_CNN_FEATURES if part.image else part.size for part in layout.parts)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        """[B, size] packed rows -> [B, features_dim]: each key's slice through its encoder, concatenated."""
+        slices = (packed[:, part.offset : part.offset + part.size] for part in self.layout.parts)
+        return torch.cat([encoder(x) for encoder, x in zip(self.encoders, slices, strict=True)], dim=-1)
+
+
+class CustomTorso(nn.Module):
+    """A user's feature extractor (``network.torso``) on the packed rows: it receives the observation as its
+    space shapes it (``ObsLayout.unpack``: a tensor, or a dict of tensors for a Dict space) and returns
+    [B, features_dim]."""
+
+    def __init__(self, layout: ObsLayout, entry_point: str, kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.layout = layout
+        self.extractor, self.features_dim = _build_extractor(
+            load_torso_class(entry_point), layout.space, kwargs, entry_point
+        )
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # a probe draws nothing from the run's RNG
+            out = self(torch.zeros(2, layout.size))
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, self.features_dim):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"network.torso: {entry_point} returned {got} for a batch of 2; it must return (batch, features_dim) "
+                f"= (2, {self.features_dim})"
+            )
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        """[B, size] packed rows -> the extractor's [B, features_dim]."""
+        features: torch.Tensor = self.extractor(self.layout.unpack(packed))
+        return features
+
+
+def load_torso_class(entry_point: str) -> type[nn.Module]:
+    """The ``nn.Module`` class 'package.module:Class' names; importing the module runs its code (the caller decides
+    trust: ``pgrad.runs.refuse_untrusted_env_code``). Anything else is one line."""
+    module_name, _, qualname = entry_point.partition(":")
+    try:
+        found: Any = _import_torso_module(module_name)
+    except Exception as exc:  # ImportError, or the module's own code failing
+        raise ConfigError(f"network.torso: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
+    for name in qualname.split("."):
+        found = getattr(found, name, None)
+    if found is None:
+        hint = " (a class of the script that trained the run: move it into a module to load it here)"
+        hint = hint if module_name == "__main__" else ""
+        raise ConfigError(f"network.torso: module '{module_name}' has no class '{qualname}'{hint}")
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ConfigError(
+            f"network.torso: '{entry_point}' is {type(found).__name__}, not a torch.nn.Module class "
+            "(SB3's BaseFeaturesExtractor contract: Class(observation_space, **torso_kwargs) with features_dim)"
+        )
+    return found
+
+
+def _import_torso_module(module_name: str) -> Any:
+    """Import a torso's module; the current folder is searched last, as for entry-point envs
+    (``pgrad.envs.factory._import_entry_module``): ``pgrad train --set network.torso=my_torso:Torso`` next to
+    ``my_torso.py`` finds it, and a file there never shadows an installed module."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top, here = module_name.split(".")[0], os.getcwd()
+        if exc.name != top or here in sys.path or "" in sys.path:
+            raise
+        if not (Path(here, f"{top}.py").is_file() or Path(here, top).is_dir()):
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
+def _build_extractor(
+    cls: type[nn.Module], space: Any, kwargs: dict[str, Any], entry_point: str
+) -> tuple[nn.Module, int]:
+    try:
+        extractor = cls(space, **kwargs)
+    except Exception as exc:  # the user's constructor: wrong kwargs, a space it does not handle
+        raise ConfigError(f"network.torso: {entry_point}(observation_space, **torso_kwargs) failed: {exc}") from None
+    dim = getattr(extractor, "features_dim", None)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigError(
+            f"network.torso: {entry_point} has features_dim {dim!r}; it must set an integer features_dim >= 1 "
+            "(the width of what forward returns)"
+        )
+    return extractor, dim
+
+
+def make_torso(
+    obs_shape: ObsShape,
+    hidden_sizes: tuple[int, ...],
+    activation: Activation,
+    torso: str | None = None,
+    torso_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
     """The Nature CNN for images (``hidden_sizes`` and ``activation`` are for vector observations:
-    the heads sit on the CNN's 512 features, as in SB3's ``CnnPolicy``), else an MLP."""
+    the heads sit on the CNN's 512 features, as in SB3's ``CnnPolicy``), else an MLP. For a layout (a Dict
+    observation with an image, or a custom ``torso``): the feature extractor, then the MLP on its features
+    (SB3's ``MultiInputPolicy``: extractor, then ``net_arch``)."""
+    if isinstance(obs_shape, ObsLayout):
+        extractor: DictEncoder | CustomTorso
+        extractor = DictEncoder(obs_shape) if torso is None else CustomTorso(obs_shape, torso, torso_kwargs or {})
+        return nn.Sequential(extractor, mlp_torso(extractor.features_dim, hidden_sizes, activation))
     if isinstance(obs_shape, ImageShape):
         return NatureCNN(obs_shape)
     return mlp_torso(obs_shape, hidden_sizes, activation)
+
+
+def split_torso(torso: nn.Module) -> tuple[nn.Module | None, nn.Sequential | None]:
+    """(feature extractor or None, the MLP of Linear + activation layers or None) of a ``make_torso`` result."""
+    if isinstance(torso, NatureCNN):
+        return torso, None
+    if isinstance(torso, nn.Sequential) and len(torso) == 2 and isinstance(torso[0], (DictEncoder, CustomTorso)):
+        extractor, mlp = torso
+        assert isinstance(mlp, nn.Sequential)
+        return extractor, mlp
+    assert isinstance(torso, nn.Sequential)
+    return None, torso
 
 
 class ActorCritic(nn.Module):
@@ -140,6 +358,8 @@ class ActorCritic(nn.Module):
         shared: bool = False,
         log_std_init: float = 0.0,
         state_dependent_std: bool = False,
+        torso: str | None = None,
+        torso_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.action = action
@@ -149,9 +369,9 @@ class ActorCritic(nn.Module):
         if isinstance(obs_shape, ImageShape):
             width = NATURE_CNN_FEATURES
         else:
-            width = hidden_sizes[-1] if hidden_sizes else obs_shape
-        self.actor_torso = make_torso(obs_shape, hidden_sizes, activation)
-        self.critic_torso = None if shared else make_torso(obs_shape, hidden_sizes, activation)
+            width = hidden_sizes[-1] if hidden_sizes else obs_size(obs_shape)
+        self.actor_torso = make_torso(obs_shape, hidden_sizes, activation, torso, torso_kwargs)
+        self.critic_torso = None if shared else make_torso(obs_shape, hidden_sizes, activation, torso, torso_kwargs)
         head_size = action.size * (2 if self.state_dependent_std else 1)
         self.policy_head = orthogonal_init(nn.Linear(width, head_size), 0.01)
         self.value_head = orthogonal_init(nn.Linear(width, 1), 1.0)
@@ -175,6 +395,8 @@ class ActorCritic(nn.Module):
             network.shared_network,
             network.log_std_init,
             network.state_dependent_std,
+            network.torso,
+            network.torso_kwargs,
         )
 
     def _distribution(self, head: torch.Tensor) -> Categorical | DiagGaussian:
@@ -211,8 +433,10 @@ class ActingPolicy:
     """The actor as NumPy arrays: ``sample`` for training rollouts, ``mode`` for evaluation.
 
     Sampling uses a NumPy ``Generator`` whose state is checkpointed, so a resumed run draws the
-    same actions as an uninterrupted one. An image policy keeps its CNN torso in torch (a frozen
-    CPU copy, ``image_torso``): convolutions are what torch is fast at; the head stays NumPy.
+    same actions as an uninterrupted one. A policy with a feature extractor (the CNN for images, a Dict
+    observation's encoders, a custom torso) keeps it in torch (a frozen CPU copy, ``torch_torso``):
+    convolutions are what torch is fast at; the MLP and the head stay NumPy. With an activation NumPy does
+    not compute (``NUMPY_ACTIVATIONS``: tanh and relu), the whole torso acts through torch.
     """
 
     def __init__(
@@ -223,13 +447,13 @@ class ActingPolicy:
         action: ActionSpec,
         log_std: np.ndarray | None,
         state_dependent_std: bool,
-        image_torso: nn.Module | None = None,
+        torch_torso: nn.Module | None = None,
     ) -> None:
-        self.image_torso = image_torso
+        self.torch_torso = torch_torso
         self.layers = layers
         self.head = head
         self.activation_name = activation  # what pgrad.export writes into the graph
-        self.activation = np.tanh if activation == "tanh" else (lambda x: np.maximum(x, 0.0))
+        self.activation = NUMPY_ACTIVATIONS.get(activation, _relu)  # (unused without NumPy layers)
         self.action = action
         self.log_std = log_std
         self.state_dependent_std = state_dependent_std
@@ -242,12 +466,7 @@ class ActingPolicy:
             # Stored transposed so a batch [B, in] multiplies as obs @ W.
             return (layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy().copy())
 
-        image_torso = None
-        linears: list[nn.Linear] = []
-        if isinstance(model.actor_torso, NatureCNN):
-            image_torso = copy.deepcopy(model.actor_torso).cpu().requires_grad_(False)
-        else:
-            linears = [m for m in model.actor_torso.children() if isinstance(m, nn.Linear)]
+        torch_torso, linears = acting_parts(model.actor_torso, model.activation)
         log_std = None if model.log_std is None else model.log_std.detach().cpu().numpy().copy()
         return cls(
             [arrays(layer) for layer in linears],
@@ -256,14 +475,14 @@ class ActingPolicy:
             model.action,
             log_std,
             model.state_dependent_std,
-            image_torso,
+            torch_torso,
         )
 
     def _head(self, obs: np.ndarray) -> np.ndarray:
         x = obs
-        if self.image_torso is not None:
+        if self.torch_torso is not None:
             with torch.no_grad():
-                x = self.image_torso(torch.from_numpy(np.ascontiguousarray(obs, np.float32))).numpy()
+                x = self.torch_torso(torch.from_numpy(np.ascontiguousarray(obs, np.float32))).numpy()
         for weight, bias in self.layers:
             x = self.activation(x @ weight + bias)
         head: np.ndarray = x @ self.head[0] + self.head[1]
@@ -318,6 +537,22 @@ class ActingPolicy:
         return log_probs
 
 
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A CPU copy of ``module`` for acting: no gradients, evaluation mode (dropout off, batch-norm statistics
+    frozen), whatever happens to the learner's."""
+    return copy.deepcopy(module).cpu().requires_grad_(False).eval()
+
+
+def acting_parts(torso: nn.Module, activation: Activation) -> tuple[nn.Module | None, list[nn.Linear]]:
+    """(frozen torch part, the Linear layers NumPy computes) of an actor's torso: the feature extractor in torch
+    and its MLP in NumPy; all of it in torch when NumPy does not compute ``activation``."""
+    if activation not in NUMPY_ACTIVATIONS:
+        return frozen_copy(torso), []
+    extractor, mlp = split_torso(torso)
+    linears = [] if mlp is None else [m for m in mlp.children() if isinstance(m, nn.Linear)]
+    return (None if extractor is None else frozen_copy(extractor)), linears
+
+
 # ---- off-policy networks (DDPG, TD3, SAC) ---------------------------------------------------------
 #
 # Plain MLPs with torch's default initialisation, as SB3 and CleanRL build them for these algorithms
@@ -340,77 +575,143 @@ def plain_mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, activati
     """Linear + activation layers, then a linear output layer; torch's default initialisation."""
     layers: list[nn.Module] = []
     for size in hidden_sizes:
-        layers += [nn.Linear(in_dim, size), _ACTIVATIONS[activation]()]
+        layers += [nn.Linear(in_dim, size), activation_layer(activation)]
         in_dim = size
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
 
 
+def off_policy_extractor(
+    obs_shape: int | ObsLayout, torso: str | None, torso_kwargs: dict[str, Any]
+) -> tuple[nn.Module | None, int]:
+    """(feature extractor, its width) before an off-policy MLP: none for a vector (the MLP takes it whole), the
+    Dict encoders or the custom ``torso`` for a layout."""
+    if isinstance(obs_shape, int):
+        return None, obs_shape
+    extractor = DictEncoder(obs_shape) if torso is None else CustomTorso(obs_shape, torso, torso_kwargs)
+    return extractor, extractor.features_dim
+
+
+def _features(extractor: nn.Module | None, obs: torch.Tensor) -> torch.Tensor:
+    return obs if extractor is None else extractor(obs)
+
+
 class QNetworks(nn.Module):
-    """``count`` independent critics Q_i(s, a) = MLP_i([s, a]) (1 for DDPG, 2 for TD3 and SAC)."""
+    """``count`` independent critics Q_i(s, a) = MLP_i([f(s), a]) (1 for DDPG, 2 for TD3 and SAC); f is the
+    identity for a vector observation, else one feature extractor the critics share (SB3's critic: one
+    extractor, ``n_critics`` heads)."""
 
     def __init__(
-        self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...], activation: Activation, count: int
+        self,
+        obs_shape: int | ObsLayout,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        count: int,
+        torso: str | None = None,
+        torso_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.nets = nn.ModuleList(plain_mlp(obs_dim + action_dim, hidden_sizes, 1, activation) for _ in range(count))
+        self.extractor, width = off_policy_extractor(obs_shape, torso, torso_kwargs or {})
+        self.nets = nn.ModuleList(plain_mlp(width + action_dim, hidden_sizes, 1, activation) for _ in range(count))
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> list[torch.Tensor]:
         """[Q_1(s, a), ..., Q_count(s, a)], each of shape [N]."""
-        joint = torch.cat([obs, actions], dim=-1)
+        joint = torch.cat([_features(self.extractor, obs), actions], dim=-1)
         return [net(joint).squeeze(-1) for net in self.nets]
 
     def first(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q_1(s, a) alone (what drives DDPG's and TD3's actor)."""
-        q: torch.Tensor = self.nets[0](torch.cat([obs, actions], dim=-1)).squeeze(-1)
+        q: torch.Tensor = self.nets[0](torch.cat([_features(self.extractor, obs), actions], dim=-1)).squeeze(-1)
         return q
 
 
 class DeterministicActor(nn.Module):
-    """mu(s) = tanh(MLP(s)) in [-1, 1] (DDPG, TD3)."""
+    """mu(s) = tanh(MLP(f(s))) in [-1, 1] (DDPG, TD3); f: ``off_policy_extractor``."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...], activation: Activation) -> None:
+    def __init__(
+        self,
+        obs_shape: int | ObsLayout,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        torso: str | None = None,
+        torso_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.activation = activation
-        self.net = plain_mlp(obs_dim, hidden_sizes, action_dim, activation)
+        self.extractor, width = off_policy_extractor(obs_shape, torso, torso_kwargs or {})
+        self.net = plain_mlp(width, hidden_sizes, action_dim, activation)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """mu(s) = tanh(MLP(s))."""
-        return torch.tanh(self.net(obs))
+        """mu(s) = tanh(MLP(f(s)))."""
+        return torch.tanh(self.net(_features(self.extractor, obs)))
 
     def acting_policy(self, noise: ExplorationNoise) -> SquashedActingPolicy:
-        """The actor as NumPy arrays, with ``noise`` added when sampling."""
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        """The actor as NumPy arrays (its extractor, or all but the last layer for an activation NumPy does not
+        compute, as a frozen torch copy), with ``noise`` added when sampling."""
+        *hidden, last = list(self.net)
+        assert isinstance(last, nn.Linear)
+        body = nn.Sequential(*hidden)
+        torso = body if self.extractor is None else nn.Sequential(self.extractor, *hidden)
+        torch_torso, linears = _squashed_parts(self.extractor, body, torso, self.activation)
         return SquashedActingPolicy(
-            [_numpy_layer(layer) for layer in linears[:-1]], _numpy_layer(linears[-1]), self.activation, noise=noise
+            [_numpy_layer(layer) for layer in linears],
+            _numpy_layer(last),
+            self.activation,
+            noise=noise,
+            torch_torso=torch_torso,
         )
+
+
+def _squashed_parts(
+    extractor: nn.Module | None, mlp: nn.Sequential, whole: nn.Module, activation: Activation
+) -> tuple[nn.Module | None, list[nn.Linear]]:
+    """(frozen torch part, NumPy Linear layers) of an off-policy actor's torso (see ``acting_parts``)."""
+    if activation not in NUMPY_ACTIVATIONS:
+        return frozen_copy(whole), []
+    linears = [m for m in mlp if isinstance(m, nn.Linear)]
+    return (None if extractor is None else frozen_copy(extractor)), linears
 
 
 class SquashedGaussianActor(nn.Module):
     """a = tanh(u), u ~ N(mean(s), std(s)^2) (SAC): one torso, a mean head and a log-std head, the
-    log-std clamped to ``LOG_STD_BOUNDS`` (SB3's [-20, 2]). Deterministic action: tanh(mean(s))."""
+    log-std clamped to ``LOG_STD_BOUNDS`` (SB3's [-20, 2]). Deterministic action: tanh(mean(s)). The torso
+    starts with the feature extractor f of ``off_policy_extractor`` where there is one."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...], activation: Activation) -> None:
+    def __init__(
+        self,
+        obs_shape: int | ObsLayout,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        torso: str | None = None,
+        torso_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.activation = activation
-        self.torso = plain_mlp(obs_dim, hidden_sizes[:-1], hidden_sizes[-1], activation)
-        self.torso.append(_ACTIVATIONS[activation]())
+        self.extractor, width = off_policy_extractor(obs_shape, torso, torso_kwargs or {})
+        self.torso = plain_mlp(width, hidden_sizes[:-1], hidden_sizes[-1], activation)
+        self.torso.append(activation_layer(activation))
         self.mean = nn.Linear(hidden_sizes[-1], action_dim)
         self.log_std = nn.Linear(hidden_sizes[-1], action_dim)
 
     def forward(self, obs: torch.Tensor) -> TanhGaussian:
         """The action distribution tanh(N(mean(s), std(s)^2)), its log-std clamped to ``LOG_STD_BOUNDS``."""
-        features = self.torso(obs)
+        features = self.torso(_features(self.extractor, obs))
         return TanhGaussian(self.mean(features), self.log_std(features).clamp(*LOG_STD_BOUNDS))
 
     def acting_policy(self) -> SquashedActingPolicy:
-        """The actor as NumPy arrays (torso, mean head and log-std head)."""
-        linears = [m for m in self.torso if isinstance(m, nn.Linear)]
+        """The actor as NumPy arrays (torso, mean head and log-std head; the extractor, or the whole torso for an
+        activation NumPy does not compute, as a frozen torch copy)."""
+        whole = self.torso if self.extractor is None else nn.Sequential(self.extractor, *self.torso)
+        torch_torso, linears = _squashed_parts(self.extractor, self.torso, whole, self.activation)
         return SquashedActingPolicy(
             [_numpy_layer(layer) for layer in linears],
             _numpy_layer(self.mean),
             self.activation,
             log_std_head=_numpy_layer(self.log_std),
+            torch_torso=torch_torso,
         )
 
 
@@ -482,16 +783,21 @@ class SquashedActingPolicy:
         activation: Activation,
         log_std_head: tuple[np.ndarray, np.ndarray] | None = None,
         noise: ExplorationNoise | None = None,
+        torch_torso: nn.Module | None = None,
     ) -> None:
         self.layers = layers
         self.head = head
         self.log_std_head = log_std_head
         self.activation_name = activation  # what pgrad.export writes into the graph
-        self.activation = np.tanh if activation == "tanh" else (lambda x: np.maximum(x, 0.0))
+        self.activation = NUMPY_ACTIVATIONS.get(activation, _relu)  # (unused without NumPy layers)
         self.noise = noise
+        self.torch_torso = torch_torso
 
     def _features(self, obs: np.ndarray) -> np.ndarray:
         x = obs
+        if self.torch_torso is not None:
+            with torch.no_grad():
+                x = self.torch_torso(torch.from_numpy(np.ascontiguousarray(obs, np.float32))).numpy()
         for weight, bias in self.layers:
             x = self.activation(x @ weight + bias)
         return x

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pgrad.builders import algo_gamma, build_environment, build_learner
+from pgrad.builders import algo_gamma, build_environment, build_learner, network_torso
 from pgrad.checkpoint import (
     HMAC_FIELD,
     KEY_VARIABLE,
@@ -63,10 +63,14 @@ class Policy:
         (one more leading axis); stochastic actions (``deterministic=False``) draw from ``rng``."""
         if not isinstance(deterministic, (bool, np.bool_)):  # "no" is truthy: it would act deterministically
             raise ConfigError(f"predict: deterministic must be True or False; got {deterministic!r}")
-        raw = np.asarray(obs)
-        single = self._is_single(raw)
-        check_finite_observation(raw, single)
-        batch = raw[None] if single else raw
+        batch: Any
+        if self.adapter.packings is not None:
+            batch, single = self._dict_batch(obs)
+        else:
+            raw = np.asarray(obs)
+            single = self._is_single(raw)
+            check_finite_observation(raw, single)
+            batch = raw[None] if single else raw
         features = self.obs_normalizer(self.adapter.observations(batch), update=False)
         if deterministic:
             actions = self.actor.mode(features)
@@ -77,12 +81,43 @@ class Policy:
         env_actions = self.adapter.env_actions(actions)
         return env_actions[0] if single else env_actions
 
-    def _is_single(self, obs: np.ndarray) -> bool:
-        shape = self.observation_space.shape or ()
+    def _dict_batch(self, obs: Any) -> tuple[dict[str, np.ndarray], bool]:
+        """A Dict observation (a mapping with the space's keys) or a batch of them (each value with one more
+        leading axis) as a batch, and whether it was one observation."""
+        space = self.observation_space
+        assert isinstance(space, gym.spaces.Dict)
+        keys = list(space.spaces)
+        if not isinstance(obs, dict) or sorted(map(str, obs)) != sorted(keys):
+            got = sorted(map(str, obs)) if isinstance(obs, dict) else type(obs).__name__
+            raise ConfigError(f"predict: a Dict observation must be a dict with the keys {', '.join(keys)}; got {got}")
+        arrays = {key: np.asarray(obs[key]) for key in keys}
+        singles = {key: self._is_single(arrays[key], space.spaces[key], key) for key in keys}
+        single = singles[keys[0]]
+        sizes = {len(value) for value in arrays.values()} if not single else {1}
+        if any(flag != single for flag in singles.values()) or len(sizes) != 1:
+            raise ConfigError("predict: the keys of a Dict observation must all be one observation or one batch of N")
+        for value in arrays.values():
+            check_finite_observation(value, single)
+        return ({key: value[None] for key, value in arrays.items()} if single else arrays), single
+
+    def _is_single(self, obs: np.ndarray, space: gym.Space[Any] | None = None, key: str | None = None) -> bool:
+        if space is None:
+            space = self.observation_space
+        shape = space.shape or ()
         if obs.shape == shape:
             return True
         if obs.ndim == len(shape) + 1 and obs.shape[1:] == shape:
             return False
+        if key is not None:
+            raise ConfigError(
+                f"predict: key {key!r} of shape {obs.shape} is neither one observation {shape} "
+                f"nor a batch (N, {', '.join(map(str, shape))}) of {space}"
+            )
+        return self._shape_error(obs)
+
+    def _shape_error(self, obs: np.ndarray) -> bool:
+        shape = self.observation_space.shape or ()
+        shape = self.observation_space.shape or ()
         raise ConfigError(
             f"predict: observation of shape {obs.shape} is neither one observation {shape} "
             f"nor a batch (N, {', '.join(map(str, shape))}) of {self.observation_space}"
@@ -116,10 +151,14 @@ def build_policy(
     """The deployed chain from a checkpoint's weights and normaliser statistics. The learner built to hold
     the weights draws its initial parameters from a forked torch RNG: loading touches no global state."""
     adapter = SpaceAdapter(observation_space, action_space, config.env.rescale_actions)
+    if network_torso(config) is not None:
+        adapter.use_torso()
     with torch.random.fork_rng(devices=[]):
         learner = build_learner(replace(config, run=replace(config.run, device="cpu")), adapter)
     load_modules(learner.modules(), state, source)
-    obs_normalizer = ObsNormalizer((adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs)
+    obs_normalizer = ObsNormalizer(
+        (adapter.obs_dim,), config.env.clip_obs, config.env.norm_obs, mask=adapter.normalized()
+    )
     if "obs" in state.normalizers:
         check_arrays_fit(obs_normalizer.stats.state(), state.normalizers["obs"], "normalizers.obs", source)
         obs_normalizer.stats.load(state.normalizers["obs"])
@@ -187,6 +226,10 @@ def load_policy(
     checkpoint = checkpoint_path(path, which)
     state = read_train_state(checkpoint)
     config = config_of(state)
+    if network_torso(config) is not None:  # building its network imports the torso's module
+        from pgrad.runs import refuse_untrusted_torso
+
+        refuse_untrusted_torso(config, checkpoint, trust_env_code)
     observation_space, action_space = spaces or spaces_of(checkpoint, config, env_factory, trust_env_code)
     return build_policy(config, state, checkpoint, observation_space, action_space), config, checkpoint
 
@@ -234,9 +277,9 @@ def check_spaces_signature(data: Any, config: TrainConfig, path: Path) -> None:
         )
 
 
-# ---- spaces as JSON (Box and Discrete: what the adapter supports) -------------------------------------------
+# ---- spaces as JSON (Box, Discrete and a Dict of them: what the adapter supports) ----------------------------
 def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
-    """A Box or Discrete space as plain JSON data (``spaces.json``)."""
+    """A Box, Discrete or Dict space as plain JSON data (``spaces.json``)."""
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
@@ -247,7 +290,9 @@ def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
         }
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    raise ConfigError(f"space {space} is not supported (allowed: Box, Discrete)")
+    if isinstance(space, gym.spaces.Dict):  # a list of [key, space] pairs: JSON keeps the key order explicit
+        return {"type": "Dict", "spaces": [[str(key), space_to_dict(sub)] for key, sub in space.spaces.items()]}
+    raise ConfigError(f"space {space} is not supported (allowed: Box, Discrete, Dict)")
 
 
 def space_from_dict(data: dict[str, Any]) -> gym.Space[Any]:

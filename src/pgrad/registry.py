@@ -37,7 +37,7 @@ from pgrad.lm.config import (
     LMRewardModelConfig,
     LMSFTConfig,
 )
-from pgrad.nets import ActionSpec, ObsShape
+from pgrad.nets import ActionSpec, ObsLayout, ObsShape
 
 # One spec class per kind of loop, each with its own learner type: the on-policy loop calls what
 # OnPolicyAlgorithm lists, the off-policy loop what OffPolicyAlgorithm lists, and A3C's coordinator
@@ -101,10 +101,11 @@ class AsynchronousSpec(SpecFields):
 @dataclass(frozen=True)
 class OffPolicySpec(SpecFields):
     """An algorithm of the act -> replay buffer -> sampled gradient steps loop (pgrad.runners.off_policy).
-    Its networks are MLPs, so the observation is a vector's size (builders refuses images first); like SB3
+    Its networks are MLPs on a vector's size, or on a layout's feature extractor (a Dict observation with an image,
+    a custom torso); builders refuses a plain image first. Like SB3
     it takes continuous actions and a single env by default."""
 
-    build: Callable[[Any, int, ActionSpec, torch.device], OffPolicyAlgorithm]
+    build: Callable[[Any, int | ObsLayout, ActionSpec, torch.device], OffPolicyAlgorithm]
     _: KW_ONLY
     kind: Literal["off_policy"] = "off_policy"
     language_model: Literal[False] = False

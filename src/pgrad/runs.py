@@ -148,12 +148,25 @@ def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_cod
 
 def refuse_untrusted_env_code(config: TrainConfig, source: Path, trust_env_code: bool) -> None:
     """Refuse a config read from a run folder (``source``: its config.yaml or checkpoint) whose env is an
-    entry point ('module:attr'), unless ``trust_env_code`` (``--trust-env-code``): building that env
-    imports the module, which runs its code."""
+    entry point ('module:attr'), or whose network has a custom torso ('module:Class'), unless ``trust_env_code``
+    (``--trust-env-code``): building that env or network imports the module, which runs its code."""
     if is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(
             f"{source}: env.id '{config.env.id}' is an entry point: loading it imports module "
             f"'{config.env.id.split(':')[0]}' and runs its code; if you trust this run folder, pass --trust-env-code "
+            "(trust_env_code=True in pgrad.api)"
+        )
+    refuse_untrusted_torso(config, source, trust_env_code)
+
+
+def refuse_untrusted_torso(config: TrainConfig, source: Path, trust_env_code: bool) -> None:
+    """Refuse a config read from a run folder whose network has a custom torso ('module:Class', a feature
+    extractor) unless ``trust_env_code``: building the network imports that module, as an entry-point env."""
+    torso = getattr(getattr(config.algo_config, "network", None), "torso", None)
+    if isinstance(torso, str) and not trust_env_code:
+        raise ConfigError(
+            f"{source}: network.torso '{torso}' is an entry point: building the network imports module "
+            f"'{torso.split(':')[0]}' and runs its code; if you trust this run folder, pass --trust-env-code "
             "(trust_env_code=True in pgrad.api)"
         )
 

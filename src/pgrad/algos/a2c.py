@@ -39,7 +39,7 @@ from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, pa
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import gae, nstep_returns
 from pgrad.metric_names import ENTROPY, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ImageShape, ObsShape
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
@@ -171,7 +171,7 @@ class A2C:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        image = isinstance(obs_shape, ImageShape)
+        image = not isinstance(obs_shape, int)  # an image, or a Dict observation with one
         backend, self.gradient_backend_reason = choose_gradient_backend(
             config.gradient_backend, config.SECTION, config.network, action, str(device), image
         )

@@ -32,7 +32,7 @@ from pgrad.algos.off_policy import (
 )
 from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import LEARNING_RATE
-from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, QNetworks, SquashedActingPolicy
+from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, ObsLayout, QNetworks, SquashedActingPolicy
 from pgrad.replay import TransitionBatch
 
 
@@ -81,13 +81,14 @@ class DDPG:
     name = "ddpg"
 
     def __init__(
-        self, config: DDPGConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu"
+        self, config: DDPGConfig, obs_shape: int | ObsLayout, action: ActionSpec, device: torch.device | str = "cpu"
     ) -> None:
         self.config = config
         self.device = torch.device(device)
         hidden, activation = config.network.hidden_sizes, config.network.activation
-        self.actor = DeterministicActor(obs_dim, action.size, hidden, activation).to(self.device)
-        self.critic = QNetworks(obs_dim, action.size, hidden, activation, 1).to(self.device)
+        torso = (config.network.torso, config.network.torso_kwargs)
+        self.actor = DeterministicActor(obs_shape, action.size, hidden, activation, *torso).to(self.device)
+        self.critic = QNetworks(obs_shape, action.size, hidden, activation, 1, *torso).to(self.device)
         self.target_actor = frozen_copy(self.actor)
         self.target_critic = frozen_copy(self.critic)
         self.actor_parameters = list(self.actor.parameters())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from torch import nn
 from pgrad import metric_names as names
 from pgrad.algos.common import make_optimizer, scheduled_learning_rate
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Checked, EnvConfig, OptimizerConfig, param
+from pgrad.config import Activation, Checked, EnvConfig, OptimizerConfig, check_torso, class_entry_point, param
 from pgrad.errors import ConfigError
 from pgrad.estimators import td_targets_torch
 
@@ -35,12 +35,26 @@ class QNetworkConfig(Checked):
     SECTION: ClassVar[str] = "network"
 
     hidden_sizes: tuple[int, ...] = param((256, 256), "hidden layers of the actor and of each critic")
-    activation: Literal["tanh", "relu"] = param("relu", "hidden activation (SB3: ReLU)")
+    activation: Activation = param("relu", "hidden activation: a torch.nn class name or tanh/relu (SB3: ReLU)")
+    torso: str | None = param(
+        None,
+        "custom feature extractor 'package.module:Class' (SB3's BaseFeaturesExtractor) before the actor's and the "
+        "critics' MLPs (one for the actor, one the critics share)",
+    )
+    torso_kwargs: dict[str, Any] = param({}, "keyword arguments of network.torso's class")
+
+    def __post_init__(self) -> None:
+        """A class given as ``torso`` (Python API) is recorded as its 'module:Class' name, then every field is
+        checked."""
+        if isinstance(self.torso, type):
+            object.__setattr__(self, "torso", class_entry_point(self.torso))
+        super().__post_init__()
 
     def validate(self) -> None:
-        """Checks hidden_sizes is a non-empty list of positive integers."""
+        """Checks hidden_sizes is a non-empty list of positive integers, and the torso (``check_torso``)."""
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             self._fail("hidden_sizes", "a non-empty list of positive integers")
+        check_torso(self.torso, self.torso_kwargs)
 
 
 def check_off_policy_env(section: str, env: EnvConfig) -> None:

@@ -40,7 +40,7 @@ from pgrad.metric_names import (
     POLICY_LOSS,
     VALUE_LOSS,
 )
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ImageShape, ObsShape
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_loss
 from pgrad.rollout import Batch, Rollout
 
@@ -215,7 +215,7 @@ class PPO:
             config.network,
             action,
             str(self.device),
-            isinstance(obs_shape, ImageShape),
+            not isinstance(obs_shape, int),  # an image, or a Dict observation with one
         )
         self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())

@@ -37,7 +37,7 @@ from pgrad.algos.off_policy import (
 )
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import ALPHA, ALPHA_LOSS, LEARNING_RATE
-from pgrad.nets import ActionSpec, QNetworks, SquashedActingPolicy, SquashedGaussianActor
+from pgrad.nets import ActionSpec, ObsLayout, QNetworks, SquashedActingPolicy, SquashedGaussianActor
 from pgrad.replay import TransitionBatch
 
 
@@ -83,12 +83,15 @@ class SAC:
 
     name = "sac"
 
-    def __init__(self, config: SACConfig, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: SACConfig, obs_shape: int | ObsLayout, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
         self.device = torch.device(device)
         size, hidden, activation = action.size, config.network.hidden_sizes, config.network.activation
-        self.actor = SquashedGaussianActor(obs_dim, size, hidden, activation).to(self.device)
-        self.critics = QNetworks(obs_dim, size, hidden, activation, 2).to(self.device)
+        torso = (config.network.torso, config.network.torso_kwargs)
+        self.actor = SquashedGaussianActor(obs_shape, size, hidden, activation, *torso).to(self.device)
+        self.critics = QNetworks(obs_shape, size, hidden, activation, 2, *torso).to(self.device)
         self.target_critics = frozen_copy(self.critics)
         self.actor_parameters = list(self.actor.parameters())
         self.critic_parameters = list(self.critics.parameters())

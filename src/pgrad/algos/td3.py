@@ -34,7 +34,7 @@ from pgrad.algos.off_policy import (
 )
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import LEARNING_RATE
-from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, QNetworks, SquashedActingPolicy
+from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, ObsLayout, QNetworks, SquashedActingPolicy
 from pgrad.replay import TransitionBatch
 
 
@@ -86,12 +86,15 @@ class TD3:
 
     name = "td3"
 
-    def __init__(self, config: TD3Config, obs_dim: int, action: ActionSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: TD3Config, obs_shape: int | ObsLayout, action: ActionSpec, device: torch.device | str = "cpu"
+    ) -> None:
         self.config = config
         self.device = torch.device(device)
         hidden, activation = config.network.hidden_sizes, config.network.activation
-        self.actor = DeterministicActor(obs_dim, action.size, hidden, activation).to(self.device)
-        self.critics = QNetworks(obs_dim, action.size, hidden, activation, 2).to(self.device)
+        torso = (config.network.torso, config.network.torso_kwargs)
+        self.actor = DeterministicActor(obs_shape, action.size, hidden, activation, *torso).to(self.device)
+        self.critics = QNetworks(obs_shape, action.size, hidden, activation, 2, *torso).to(self.device)
         self.target_actor = frozen_copy(self.actor)
         self.target_critics = frozen_copy(self.critics)
         self.actor_parameters = list(self.actor.parameters())

@@ -8,10 +8,11 @@ import inspect
 import os
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -22,7 +23,7 @@ from pgrad.envs import atari
 from pgrad.envs.state import StateAccess
 from pgrad.envs.workers import async_worker
 from pgrad.errors import ConfigError
-from pgrad.nets import NATURE_CNN_MIN_SIZE, ActionSpec, ImageShape, ObsShape
+from pgrad.nets import NATURE_CNN_MIN_SIZE, ActionSpec, ImageShape, ObsLayout, ObsPart, ObsShape
 
 # 'package.module:Class', 'package.module:make_env' or Gymnasium's own 'package.module:EnvId' (the
 # module registers EnvId when imported). Anything else is refused before anything is imported.
@@ -328,11 +329,75 @@ def image_layout(space: gym.spaces.Box) -> tuple[ImageShape, tuple[int, ...]] | 
     return (image, axes) if min(image.height, image.width) >= NATURE_CNN_MIN_SIZE else None
 
 
+# A Dict observation's keys, each a Box or a Discrete space (one-hot), packed one after another.
+MAX_DICT_KEYS = 64
+
+
+class _Packing(NamedTuple):
+    """How one part of an observation goes into the packed row: its place, its transpose (images) and one-hot."""
+
+    part: ObsPart
+    axes: tuple[int, ...] | None  # per-observation transpose to channels first (an HxWxC image)
+    one_hot: int  # n of a Discrete space (its value minus ``start`` is the index), else 0
+    start: int
+    space: gym.Space[Any]  # the part as a custom torso sees it (an image channels first)
+    raw_shape: tuple[int, ...]  # one observation's shape as the env gives it
+
+
+def _packing(key: str | None, space: gym.Space[Any], offset: int) -> _Packing:
+    """One key's (or the whole observation's) place in the packed row; a space that is neither Box nor Discrete
+    is one line."""
+    where = "observation" if key is None else f"Dict observation key {key!r}"
+    if isinstance(space, gym.spaces.Discrete):
+        n = int(space.n)
+        return _Packing(ObsPart(key, (n,), offset, False), None, n, int(space.start), space, ())
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"env.id: {where} is {space} (allowed: Box, Discrete)")
+    layout = image_layout(space)
+    if layout is None:
+        shape = tuple(int(n) for n in space.shape) or (1,)
+        return _Packing(ObsPart(key, shape, offset, False), None, 0, 0, space, tuple(space.shape))
+    image, axes = layout
+    channels_first = gym.spaces.Box(
+        space.low.reshape(space.shape[: len(axes)]).transpose(axes).reshape(image),
+        space.high.reshape(space.shape[: len(axes)]).transpose(axes).reshape(image),
+        dtype=np.uint8,
+    )
+    moved = None if axes == tuple(range(len(axes))) else axes
+    return _Packing(ObsPart(key, tuple(image), offset, True), moved, 0, 0, channels_first, tuple(space.shape))
+
+
+def observation_layout(space: gym.Space[Any]) -> tuple[ObsLayout, list[_Packing]]:
+    """The packed row of an observation space (``pgrad.nets.ObsLayout``) and how to fill it: a Dict space key by
+    key in its own order, any other space as one part."""
+    if not isinstance(space, gym.spaces.Dict):
+        packing = _packing(None, space, 0)
+        return ObsLayout((packing.part,), packing.space), [packing]
+    if not space.spaces or len(space.spaces) > MAX_DICT_KEYS:
+        raise ConfigError(f"env.id: a Dict observation space needs 1 to {MAX_DICT_KEYS} keys; got {len(space.spaces)}")
+    packings, offset = [], 0
+    for key, sub in space.spaces.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"env.id: Dict observation keys must be strings; got {key!r}")
+        packing = _packing(key, sub, offset)
+        packings.append(packing)
+        offset += packing.part.size
+    # an OrderedDict keeps the env's key order (Gymnasium sorts the keys of a plain dict)
+    torso_space = gym.spaces.Dict(OrderedDict((str(p.part.key), p.space) for p in packings))
+    return ObsLayout(tuple(p.part for p in packings), torso_space), packings
+
+
 class SpaceAdapter:
     """Flattens observations to float32 vectors and turns policy actions into env actions.
 
     Image observations (``image_layout``) are flattened channels first and keep their raw 0-255
     values: the policy's CNN torso scales them (``obs_shape`` tells the learner the image's shape).
+
+    A Dict observation is packed into one float32 row, key after key in the space's order (``layout``: each
+    key's offset and shape; images channels first, Discrete keys one-hot), so the rollout, the replay buffer,
+    the normaliser and checkpoints keep flat rows; the torso slices the row back into keys. Vector keys only:
+    the row is exactly the concatenation an MLP takes (``obs_shape`` is its size); with an image key the
+    learner gets the layout (the Nature CNN on the image's slice).
 
     Box actions: with ``rescale`` the policy acts in [-1, 1] and a = low + (u + 1)(high - low)/2;
     either way the result is clipped to the bounds (the unclipped action is what is learned from).
@@ -341,13 +406,13 @@ class SpaceAdapter:
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, rescale: bool) -> None:
         self.image_axes: tuple[int, ...] | None = None  # per-observation transpose to channels first
         self.obs_shape: ObsShape
+        self.packings: list[_Packing] | None = None  # how a Dict observation is packed; None for others
+        self.layout, packings = observation_layout(observation_space)
         if isinstance(observation_space, gym.spaces.Dict):
-            raise ConfigError(
-                f"env.id: Dict observation space with keys {', '.join(map(str, observation_space.spaces))} is not "
-                "supported (allowed: Box, Discrete); wrap the env in gymnasium.wrappers.FlattenObservation "
-                "or keep one key"
-            )
-        if isinstance(observation_space, gym.spaces.Box):
+            self.packings = packings
+            self.obs_dim, self.one_hot = self.layout.size, 0
+            self.obs_shape = self.layout if self.layout.has_images else self.obs_dim
+        elif isinstance(observation_space, gym.spaces.Box):
             self.obs_dim = int(np.prod(observation_space.shape))
             self.one_hot = 0
             layout = image_layout(observation_space)
@@ -380,9 +445,33 @@ class SpaceAdapter:
         else:
             raise ConfigError(f"env.id: action space {action_space} is not supported (allowed: Discrete, Box)")
 
+    def use_torso(self) -> None:
+        """A custom torso takes the observation as its space shapes it: the learner gets the layout (for any
+        space), which the torso unpacks."""
+        self.obs_shape = self.layout
+
+    def normalized(self) -> np.ndarray | None:
+        """[obs_dim] bool: the entries ``env.norm_obs`` normalises; None when that is all of them (no image part)."""
+        return self.layout.normalized() if self.packings is not None and self.layout.has_images else None
+
+    def pack(self, obs: Any) -> np.ndarray:
+        """A batch of Dict observations (a mapping of key -> [B, ...]) as packed float32 rows [B, obs_dim]."""
+        assert self.packings is not None
+        rows = []
+        for part, axes, one_hot, start, _, _ in self.packings:
+            value = np.asarray(obs[part.key])
+            if one_hot:
+                value = np.eye(one_hot, dtype=np.float32)[value.astype(np.int64).reshape(-1) - start]
+            elif axes is not None:
+                value = value.transpose(0, *(axis + 1 for axis in axes))
+            rows.append(np.asarray(value, np.float32).reshape(value.shape[0], part.size))
+        return np.concatenate(rows, axis=1)
+
     def observations(self, obs: np.ndarray) -> np.ndarray:
         """The env's observations as float32 rows [B, obs_dim]: one-hot for discrete ones, images transposed channels
-        first."""
+        first, a Dict observation packed (``pack``)."""
+        if self.packings is not None:
+            return self.pack(obs)
         if self.one_hot:
             return np.eye(self.one_hot, dtype=np.float32)[np.asarray(obs, dtype=np.int64)]
         if self.image_axes is not None:  # [B, H, W, C] -> [B, C, H, W]

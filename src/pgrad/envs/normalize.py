@@ -54,11 +54,16 @@ class ObsNormalizer:
     +10 % std on some dimensions of a young Hopper policy).
     """
 
-    def __init__(self, shape: tuple[int, ...], clip: float, enabled: bool, epsilon: float = 1e-8) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], clip: float, enabled: bool, epsilon: float = 1e-8, mask: np.ndarray | None = None
+    ) -> None:
         self.stats = RunningMeanStd(shape)
         self.clip = clip
         self.enabled = enabled
         self.epsilon = epsilon
+        # [obs_dim] bool: the entries normalised; the others (a Dict observation's image pixels, which the CNN
+        # scales by /255) pass through unchanged. None: all of them.
+        self.mask = mask
 
     def observe(self, obs: np.ndarray, counted: np.ndarray | None = None) -> None:
         """Add the rows of ``obs`` to the statistics (only those where ``counted`` is True, if given)."""
@@ -70,8 +75,10 @@ class ObsNormalizer:
             return obs.astype(np.float32, copy=False)
         if update:
             self.stats.update(obs)
-        scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        scaled = np.clip((obs - self.stats.mean) / np.sqrt(self.stats.var + self.epsilon), -self.clip, self.clip)
+        if self.mask is not None:
+            scaled = np.where(self.mask, scaled, obs)
+        return scaled.astype(np.float32)
 
 
 class RewardScaler:

@@ -10,7 +10,9 @@ one line naming the field and what it may be. The schema is what ``pgrad.policy.
 - ``Box``: ``type``, ``shape`` (at most ``MAX_DIMS`` sizes >= 1, at most ``MAX_SPACE_ELEMENTS`` elements),
   ``dtype`` (one of ``BOX_DTYPES``), ``low`` and ``high`` (a number or nested lists of that shape; no NaN;
   infinite only for float dtypes; whole numbers in the dtype's range for integer ones; low <= high);
-- ``Discrete``: ``type``, ``n`` (1 to ``MAX_SPACE_ELEMENTS``) and an optional ``start`` (an integer).
+- ``Discrete``: ``type``, ``n`` (1 to ``MAX_SPACE_ELEMENTS``) and an optional ``start`` (an integer);
+- ``Dict`` (observations): ``type`` and ``spaces``, a list of 1 to ``MAX_DICT_KEYS`` ``[key, space]`` pairs in the
+  space's key order, each space a Box or a Discrete (no nesting), ``MAX_SPACE_ELEMENTS`` elements in all.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ MAX_DIMS = 8
 BOX_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 BOX_KEYS = frozenset({"type", "shape", "dtype", "low", "high"})
 DISCRETE_KEYS = frozenset({"type", "n", "start"})
+DICT_KEYS = frozenset({"type", "spaces"})
+MAX_DICT_KEYS = 64  # as pgrad.envs.factory.MAX_DICT_KEYS
 # Discrete's start is added to an int64 action: bounded so that start + n stays inside int64.
 MAX_START = 2**62
 
@@ -83,7 +88,28 @@ def space_from_json(data: Any, where: str) -> gym.Space[Any]:
         return _box(data, where)
     if kind == "Discrete":
         return _discrete(data, where)
-    raise ConfigError(f"{where}.type must be 'Box' or 'Discrete'; got {_short(kind)}")
+    if kind == "Dict" and not where.endswith("]"):  # one level: a Dict's keys are Box or Discrete
+        return _dict(data, where)
+    raise ConfigError(f"{where}.type must be 'Box', 'Discrete' or (not nested) 'Dict'; got {_short(kind)}")
+
+
+def _dict(data: dict[str, Any], where: str) -> gym.spaces.Dict:
+    _keys(data, DICT_KEYS, set(DICT_KEYS), where)
+    pairs = data["spaces"]
+    if (
+        not isinstance(pairs, list)
+        or not 1 <= len(pairs) <= MAX_DICT_KEYS
+        or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs)
+        or len({p[0] for p in pairs}) != len(pairs)
+    ):
+        raise ConfigError(
+            f"{where}.spaces must be a list of 1 to {MAX_DICT_KEYS} [key, space] pairs with distinct text keys; "
+            f"got {_short(pairs)}"
+        )
+    spaces = {key: space_from_json(sub, f"{where}.spaces[{key!r}]") for key, sub in pairs}
+    if sum(math.prod(space.shape or (1,)) for space in spaces.values()) > MAX_SPACE_ELEMENTS:
+        raise ConfigError(f"{where}: the keys hold more than {MAX_SPACE_ELEMENTS} elements in all")
+    return gym.spaces.Dict(OrderedDict(spaces.items()))  # a plain dict would be sorted by key
 
 
 def _keys(data: dict[str, Any], allowed: frozenset[str], required: set[str], where: str) -> None:

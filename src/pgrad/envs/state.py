@@ -57,9 +57,16 @@ def _encode(value: Any) -> Any:
         return {"__complex__": [value.real, value.imag]}
     if isinstance(value, _SCALARS):
         return value
+    return _encode_container(value)
+
+
+def _encode_container(value: Any) -> Any:
+    """A tuple, a list or a mapping with text keys (a Dict observation, by key) of plain values, encoded."""
     if isinstance(value, (tuple, list)):
         items = [_encode(v) for v in value]
         return {"__tuple__": items} if isinstance(value, tuple) else {"__list__": items}
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {"__dict__": [[key, _encode(v)] for key, v in value.items()]}
     raise TypeError(type(value).__name__)
 
 
@@ -99,6 +106,8 @@ def _decode(value: Any, current: Any) -> Any:
             return tuple(_decode(v, None) for v in value["__tuple__"])
         if "__list__" in value:
             return [_decode(v, None) for v in value["__list__"]]
+        if "__dict__" in value:
+            return {key: _decode(v, None) for key, v in value["__dict__"]}
     return value
 
 

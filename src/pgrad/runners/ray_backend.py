@@ -427,7 +427,7 @@ class LearnerSide:
         self.adapter = adapter
         self.group = group
         env = config.env
-        self.obs_normalizer = ObsNormalizer((adapter.obs_dim,), env.clip_obs, env.norm_obs)
+        self.obs_normalizer = ObsNormalizer((adapter.obs_dim,), env.clip_obs, env.norm_obs, mask=adapter.normalized())
         # the running discounted returns live in the workers; this one holds the shared statistics
         self.reward_scaler = RewardScaler(env.num_envs * group.size, gamma, env.clip_reward, env.norm_reward)
         self.episodes = EpisodeStats.empty(config.run.episode_window)
