@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from pgrad import A2C, DDPG, PPO, SAC, TD3, TRPO, Agent, Callback, evaluate_policy
-from pgrad.config import NetworkConfig
 from pgrad.errors import ConfigError
 from pgrad.sb3_compat import POLICY_KWARGS, SB3_ALGOS, SB3_ARGUMENTS, check_policy, schedule
 
@@ -355,10 +354,6 @@ def test_sb3s_default_features_extractor_changes_nothing(tmp_path):
 
 
 def test_activation_by_any_torch_name_where_the_network_takes_it(tmp_path):
-    try:
-        NetworkConfig(activation="ELU")
-    except ConfigError:
-        pytest.skip("network.activation takes tanh/relu only on this branch (the nets branch widens it)")
     assert (
         build("ppo", tmp_path, policy_kwargs={"activation_fn": nn.ELU}).config.algo_config.network.activation == "ELU"
     )
@@ -369,8 +364,6 @@ class Torso(nn.Module):
 
 
 def test_features_extractor_class_becomes_network_torso(tmp_path):
-    if "torso" not in NetworkConfig.__dataclass_fields__:
-        pytest.skip("network.torso arrives with the nets branch; the lead removes this skip after merging")
     network = build(
         "ppo", tmp_path, policy_kwargs={"features_extractor_class": Torso, "features_extractor_kwargs": {"width": 8}}
     ).config.algo_config.network

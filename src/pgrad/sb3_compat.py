@@ -314,17 +314,13 @@ def _optimizer_kwargs(value: Any, algo: str) -> dict[str, Any]:
 
 
 def torso_entry_point(cls: Any) -> str:
-    """``module:Qualname`` of a class, the text ``network.torso`` takes (``pgrad.nets.torso_entry_point`` where
-    present checks it is importable)."""
+    """``module:Qualname`` of a class, the text ``network.torso`` takes (``pgrad.nets.torso_entry_point`` checks
+    that it can be imported again by that name)."""
     if not isinstance(cls, type):
         raise ConfigError(f"policy_kwargs['features_extractor_class'] must be a class; got {_short(cls)}")
-    try:
-        from pgrad import nets
+    from pgrad.nets import torso_entry_point as checked  # torch: only when a torso is named
 
-        checked = getattr(nets, "torso_entry_point", None)
-    except ImportError:  # pragma: no cover - nets imports torch, present wherever a model is built
-        checked = None
-    return str(checked(cls)) if checked is not None else f"{cls.__module__}:{cls.__qualname__}"
+    return checked(cls)
 
 
 def _features_extractor(value: Any, algo: str) -> dict[str, Any]:
