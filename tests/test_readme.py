@@ -1,4 +1,5 @@
-"""The README's Python example runs as written (train, a callback that stops early, save, load, predict)."""
+"""The README's Python example runs as written: an SB3-shaped script (constructor, policy_kwargs, EvalCallback with a
+stop, save, load, predict with state, evaluate_policy) on pgrad."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     exec(compile(readme_block("python-api"), "README.md", "exec"), namespace)
     model = namespace["model"]
-    # the callback stopped it well before the 100,000 steps asked for, once the return reached 100
-    assert 0 < model.num_timesteps < 20_000
+    # the callback stopped it well before the 100,000 steps asked for, once an evaluation reached 200
+    assert 0 < model.num_timesteps < 50_000
+    assert model.config.algo_config.network.hidden_sizes == (64, 64) and model.config.algo_config.num_epochs == 20
     run = tmp_path / "runs" / "api-cartpole"
     assert "run.stopped_by_callback" in (run / "events.jsonl").read_text()
     assert sorted(p.name for p in (tmp_path / "cartpole-agent").iterdir()) == [
@@ -29,5 +31,5 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
         "state.json",
         "tensors.safetensors",
     ]
-    assert namespace["action"] in (0, 1) and namespace["reward"] == 1.0
+    assert namespace["action"] in (0, 1) and namespace["mean_return"] >= 200
     assert f"stopped at {model.num_timesteps} steps" in capsys.readouterr().out
