@@ -199,7 +199,7 @@ def spaces_of(
         data = read_spaces_document(saved)
         check_spaces_signature(data, config, saved)
         return space_from_json(data["observation"], f"{saved}: observation"), space_from_json(
-            data["action"], f"{saved}: action"
+            data["action"], f"{saved}: action", allow_dict=False
         )
     if env_factory is None and is_entry_point(config.env.id) and not trust_env_code:
         raise ConfigError(

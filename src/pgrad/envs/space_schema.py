@@ -75,12 +75,13 @@ def read_spaces(path: Path) -> tuple[gym.Space[Any], gym.Space[Any]]:
     module docstring); a ``ConfigError`` naming the file and the first violation otherwise."""
     data = read_spaces_document(path)
     return space_from_json(data["observation"], f"{path}: observation"), space_from_json(
-        data["action"], f"{path}: action"
+        data["action"], f"{path}: action", allow_dict=False
     )
 
 
-def space_from_json(data: Any, where: str) -> gym.Space[Any]:
-    """One space from its JSON form, checked first (``where`` names it in errors: ``FILE: observation``)."""
+def space_from_json(data: Any, where: str, allow_dict: bool = True) -> gym.Space[Any]:
+    """One space from its JSON form, checked first (``where`` names it in errors: ``FILE: observation``).
+    ``allow_dict``: a Dict of Box/Discrete keys (observations); actions are Box or Discrete only."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping with a 'type' (Box or Discrete); got {_short(data)}")
     kind = data.get("type")
@@ -88,9 +89,10 @@ def space_from_json(data: Any, where: str) -> gym.Space[Any]:
         return _box(data, where)
     if kind == "Discrete":
         return _discrete(data, where)
-    if kind == "Dict" and not where.endswith("]"):  # one level: a Dict's keys are Box or Discrete
+    if allow_dict and kind == "Dict" and not where.endswith("]"):  # one level: a Dict's keys are Box or Discrete
         return _dict(data, where)
-    raise ConfigError(f"{where}.type must be 'Box', 'Discrete' or (not nested) 'Dict'; got {_short(kind)}")
+    allowed = "'Box', 'Discrete' or (not nested) 'Dict'" if allow_dict else "'Box' or 'Discrete'"
+    raise ConfigError(f"{where}.type must be {allowed}; got {_short(kind)}")
 
 
 def _dict(data: dict[str, Any], where: str) -> gym.spaces.Dict:
