@@ -36,6 +36,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
+VOCAB_SIZE = 320  # the models' embedding rows: the tokenizer's 300 tokens and spares
 _CACHE: dict[tuple[Any, ...], Path] = {}
 
 
@@ -118,11 +119,11 @@ def tiny_model_folder(
 
     def build(out: Path) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         tiny_tokenizer(out, chat=chat, bos=arch != "gpt2")
-        tokenizer = AutoTokenizer.from_pretrained(out)
-        config = model_config(arch, len(tokenizer))
+        # a few spare embedding rows, as real models have (transformers' Qwen2 tokenizer adds a pad token too)
+        config = model_config(arch, VOCAB_SIZE)
         torch.manual_seed(seed)
         if head == "sequence-classification":
             config.num_labels = 1

@@ -69,11 +69,14 @@ class CharTokenizer:
 
 @dataclass(frozen=True)
 class PromptBatch:
-    """Left-padded prompts: ``ids`` [B, P], ``mask`` [B, P] (1 for real tokens), ``last_digit`` [B]."""
+    """Left-padded prompts: ``ids`` [B, P], ``mask`` [B, P] (1 for real tokens), ``last_digit`` [B] (digits; -1
+    for a data set's prompts), and for a data set's prompts ``row_index`` [B] (CPU): the row of
+    ``DatasetTask.rows`` each came from, where a reward finds its text and extra columns."""
 
     ids: Tensor
     mask: Tensor
     last_digit: Tensor
+    row_index: Tensor | None = None
 
     def repeat(self, times: int) -> PromptBatch:
         """Each prompt ``times`` times in consecutive rows (a group of samples per prompt)."""
@@ -81,13 +84,25 @@ class PromptBatch:
             self.ids.repeat_interleave(times, 0),
             self.mask.repeat_interleave(times, 0),
             self.last_digit.repeat_interleave(times, 0),
+            None if self.row_index is None else self.row_index.repeat_interleave(times, 0),
         )
+
+    def select(self, index: Tensor) -> PromptBatch:
+        """The prompts ``index`` selects (a minibatch); ``last_digit`` and ``row_index`` stay on the CPU."""
+        cpu = index.cpu()
+        rows = None if self.row_index is None else self.row_index[cpu]
+        return PromptBatch(self.ids[index], self.mask[index], self.last_digit[cpu], rows)
+
+    def to(self, device: torch.device) -> PromptBatch:
+        """The ids and mask on ``device`` (``last_digit`` and ``row_index`` stay where they are)."""
+        return PromptBatch(self.ids.to(device), self.mask.to(device), self.last_digit, self.row_index)
 
 
 class DigitsTask:
     """Prompts, the hidden true score and synthetic preference pairs of the ``digits`` task."""
 
     name = "digits"
+    has_true_score = True  # a data set's task has none (pgrad.lm.dataset.DatasetTask)
 
     def __init__(self, max_new_tokens: int, max_prompt_digits: int = 4) -> None:
         if max_new_tokens < 1:
