@@ -105,7 +105,7 @@ def digits_tokenizer() -> Any:
     backend = Tokenizer(models.WordLevel({symbol: i for i, symbol in enumerate(char.symbols)}, unk_token="<eos>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("<bos>|<eos>|."), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", bos_token="<bos>", pad_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", bos_token="<bos>", pad_token="<eos>")  # type: ignore[no-untyped-call]
 
 
 def export_policy(run_dir: Path, out: Path, which: str = "best") -> ExportResult:
