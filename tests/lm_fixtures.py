@@ -1,7 +1,7 @@
 """Tiny Hugging Face model folders and data files for the language-model tests, built locally (nothing downloaded).
 
 ``tiny_tokenizer(folder)`` trains a byte-level BPE of about 300 tokens with ``tokenizers`` on the small corpus
-below and saves it as a ``PreTrainedTokenizerFast`` (``<eos>`` end of text, ``<bos>`` for the Llama-style ones;
+below and saves it as a ``PreTrainedTokenizerFast`` (``<eos>`` end of text; ``<bos>`` first in every encoded text for the Llama-style ones;
 no pad token, so pgrad's pad = eos rule is exercised; ``chat=True`` adds a chat template).
 ``tiny_model_folder(folder, arch)`` saves a model of a few thousand weights of that architecture
 (``gpt2``, ``llama``, ``qwen2``, ``mistral``) with ``save_pretrained`` (safetensors) and its tokenizer beside it;
@@ -63,7 +63,7 @@ def tiny_tokenizer(folder: Path, chat: bool = False, bos: bool = False) -> Path:
     """A byte-level BPE tokenizer trained on ``CORPUS`` saved in ``folder`` (tokenizer.json and its config)."""
 
     def build(out: Path) -> None:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
         from transformers import PreTrainedTokenizerFast
 
         special = ["<eos>", "<bos>", "<unk>"]
@@ -74,6 +74,10 @@ def tiny_tokenizer(folder: Path, chat: bool = False, bos: bool = False) -> Path:
             vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         )
         tokenizer.train_from_iterator(CORPUS, trainer)
+        if bos:  # as Llama's tokenizer does: a BOS before every text encoded with its special tokens
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", special.index("<bos>"))]
+            )
         fast = PreTrainedTokenizerFast(
             tokenizer_object=tokenizer, eos_token="<eos>", bos_token="<bos>" if bos else None, unk_token="<unk>"
         )
