@@ -1,8 +1,9 @@
 """Tiny Hugging Face model folders and data files for the language-model tests, built locally (nothing downloaded).
 
 ``tiny_tokenizer(folder)`` trains a byte-level BPE of about 300 tokens with ``tokenizers`` on the small corpus
-below and saves it as a ``PreTrainedTokenizerFast`` (``<eos>`` end of text; ``<bos>`` first in every encoded text for the Llama-style ones;
-no pad token, so pgrad's pad = eos rule is exercised; ``chat=True`` adds a chat template).
+below and saves it as a ``PreTrainedTokenizerFast`` (``<eos>`` ends a text; the Llama-style ones put ``<bos>``
+first in every text encoded; no pad token, so pgrad's pad = eos rule is exercised; ``chat=True`` adds a chat
+template). The models have ``VOCAB_SIZE`` embedding rows: the 300 tokens and spares.
 ``tiny_model_folder(folder, arch)`` saves a model of a few thousand weights of that architecture
 (``gpt2``, ``llama``, ``qwen2``, ``mistral``) with ``save_pretrained`` (safetensors) and its tokenizer beside it;
 ``head="sequence-classification"`` saves a one-label ``AutoModelForSequenceClassification`` instead (a reward
