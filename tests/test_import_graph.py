@@ -42,6 +42,7 @@ LAYERS: list[list[str]] = [
         "pgrad.export",
         "pgrad.tune",
         "pgrad.lm.eval_run",
+        "pgrad.lm.export",
     ],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],
