@@ -141,10 +141,12 @@ def test_text_rows_tokenize_with_bos_and_end_with_eos(tmp_path, tokenizers):
     assert pairs.prompts.ids[0, width - short :].tolist() == task.prompt_ids[0]
     assert pairs.rejected_mask.sum(1).tolist() == [len(ids) for ids in task.responses["rejected"]]
     batch = task.prompts(5, torch.Generator().manual_seed(0)).repeat(2)
-    assert batch.row_index is not None and batch.row_index.shape == (10,)
-    assert [task.rows[i].columns["answer"] for i in batch.row_index.tolist()][:2] == [
-        rows[batch.row_index[0]].columns["answer"]
-    ] * 2
+    assert batch.rows is not None and len(batch.rows) == 10 and batch.rows[0] is batch.rows[1]
+    for row, ids, mask in zip(batch.rows, batch.ids, batch.mask, strict=True):  # each row's prompt is its ids
+        assert ids[mask > 0].tolist() == task.prompt_ids[rows.index(row)]
+    assert {row.columns["answer"] for row in batch.rows} <= {"2", "5"}
+    picked = batch.select(torch.tensor([3, 0]))
+    assert picked.rows == (batch.rows[3], batch.rows[0]) and picked.ids.shape[0] == 2
 
 
 def test_chat_rows_go_through_the_chat_template(tmp_path, tokenizers):

@@ -31,8 +31,8 @@ from pgrad.lm.task import PreferencePairs, PromptBatch
 
 
 class DatasetTask:
-    """The rows of a data set, tokenized (module docstring); ``rows[i]`` is the ``PromptRow`` behind the prompt of
-    ``row_index`` i in a ``PromptBatch``."""
+    """The rows of a data set, tokenized (module docstring); each ``PromptBatch`` it makes carries the
+    ``PromptRow`` of every prompt in its ``rows``."""
 
     name = "dataset"
     has_true_score = False
@@ -104,7 +104,7 @@ class DatasetTask:
 
     # ---- batches -------------------------------------------------------------------------
     def batch(self, index: Tensor) -> PromptBatch:
-        """The prompts of rows ``index``, left-padded, with their row indices."""
+        """The prompts of rows ``index``, left-padded, with their ``PromptRow``s."""
         sequences = [self.prompt_ids[i] for i in index.tolist()]
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.tokenizer.pad_id, dtype=torch.long)
@@ -112,7 +112,7 @@ class DatasetTask:
         for row, sequence in enumerate(sequences):
             ids[row, width - len(sequence) :] = torch.tensor(sequence)
             mask[row, width - len(sequence) :] = 1
-        return PromptBatch(ids, mask, torch.full((len(sequences),), -1), index.clone())
+        return PromptBatch(ids, mask, torch.full((len(sequences),), -1), tuple(self.rows[i] for i in index.tolist()))
 
     def prompts(self, count: int, generator: torch.Generator | None = None) -> PromptBatch:
         """``count`` prompts drawn uniformly with replacement (``generator``, else torch's global RNG)."""

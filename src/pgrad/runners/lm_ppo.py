@@ -108,7 +108,7 @@ class Rollout:
     def rows(self, index: Tensor) -> Rollout:
         """The rollout restricted to the responses ``index`` selects (a minibatch)."""
         return Rollout(
-            self.prompts.select(index),  # last_digit and row_index kept on the CPU
+            self.prompts.select(index),  # last_digit kept on the CPU
             self.response[index],
             self.mask[index],
             self.old_logprobs[index],
