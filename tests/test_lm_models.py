@@ -261,3 +261,15 @@ def test_folder_refusals_of_reward_and_reference(folders, tmp_path, capsys):
     line = one_line_error(capsys, ["lm", "ppo", "--set", f"model={gpt2}", "--set", f"dataset={prompts}"])
     assert "lm_ppo.reward must be a reward other than 'true' with a data set" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_alert_rules_read_rows_without_a_true_score():
+    """A data set's PPO rows have no lm/true_score: a full reward-hacking window of them raises nothing (and no
+    KeyError), while the KL rule still reads them."""
+    from pgrad.lm.alerts import AlertThresholds, lm_alerts
+
+    limits = AlertThresholds(kl_alert=1.0, hacking_window=4, hacking_drop=0.01, length_collapse=None)
+    rows = [{"lm/kl": 0.1, "lm/rm_score": float(i), "lm/response_length": 8.0} for i in range(4)]
+    assert lm_alerts(rows, limits) == []
+    rows[-1]["lm/kl"] = 2.0
+    assert [alert.kind for alert in lm_alerts(rows, limits)] == ["critical.lm_kl"]

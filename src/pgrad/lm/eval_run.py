@@ -137,7 +137,7 @@ def evaluate_run(
     elif isinstance(task, DigitsTask):
         scorer, described = TrueScoreReward(task), "the true score (no reward model: give --reward-model)"
     else:
-        scorer, described = None, "nothing (a data set has no true score: give --reward-model)"
+        scorer, described = None, "absent (a data set has no true score: give --reward-model)"
     temperature = section.temperature if isinstance(section, LMPPOConfig) else 1.0
     used_seed = config.run.seed + EVAL_SEED_OFFSET if seed is None else seed
     metrics = evaluate_policy(lm, reference, task, scorer, count, used_seed, temperature)

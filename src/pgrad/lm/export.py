@@ -29,7 +29,7 @@ from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.errors import CheckpointError, ConfigError
 from pgrad.lm.build import model_config
 from pgrad.lm.config import ALGO, DPO_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
-from pgrad.lm.folders import FolderTokenizer, load_causal_lm
+from pgrad.lm.folders import FolderTokenizer, load_causal_lm, quiet_transformers
 from pgrad.lm.model import CausalLM, PolicyWithValue, attach_lora
 from pgrad.lm.task import CharTokenizer, DigitsTask
 from pgrad.runs import load_run_config
@@ -128,6 +128,7 @@ def export_policy(run_dir: Path, out: Path, which: str = "best") -> ExportResult
         else digits_tokenizer()
     )
     out.parent.mkdir(parents=True, exist_ok=True)
+    quiet_transformers()  # no progress bar from save_pretrained
     staging = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
     try:
         model.save_pretrained(staging)

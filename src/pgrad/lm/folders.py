@@ -134,7 +134,7 @@ def _check_architecture(path: Path, config: dict[str, Any], field: str) -> None:
 _QUIET: list[bool] = []
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No progress bars or info lines from transformers' loading (the run's own lines say what loads)."""
     if not _QUIET:
         from transformers.utils import logging
@@ -155,7 +155,7 @@ SAFE_LOADING: dict[str, Any] = {
 def _load(loader: Any, folder: str | Path, field: str, **extra: Any) -> Any:
     """``loader.from_pretrained`` with ``SAFE_LOADING`` (a tokenizer: no code, no network); transformers' own
     errors become one line."""
-    _quiet_transformers()
+    quiet_transformers()
     options = (
         SAFE_LOADING if loader.__name__ != "AutoTokenizer" else {"trust_remote_code": False, "local_files_only": True}
     )
