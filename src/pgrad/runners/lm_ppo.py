@@ -2,8 +2,9 @@
 
 One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO"):
 
-1. ``batch_size / samples_per_prompt`` prompts, ``samples_per_prompt`` responses each (1 by default),
-   sampled with a KV cache at ``temperature``.
+1. ``batch_size / samples_per_prompt`` prompts (the digits task's, or a data set's rows drawn uniformly with
+   replacement, each batch carrying its ``PromptRow``s for the reward), ``samples_per_prompt`` responses each
+   (1 by default), sampled with a KV cache at ``temperature``.
 2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
    values (policy), log pi_ref (the frozen initial weights: the SFT model's with ``init_from``).
 3. The scorer's score of each response (``lm_ppo.reward``); per-token reward

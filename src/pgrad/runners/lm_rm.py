@@ -7,6 +7,10 @@ descends the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected). Every ``eva
 at the end) a row of metrics: training loss and accuracy since the last row, held-out loss and
 accuracy, and the correlation of the score with the true score over the held-out responses.
 
+On a data set (``dataset``, with ``model`` a model folder: its base model is the trunk) the pairs are its
+rows (``prompt``, ``chosen``, ``rejected``) and the held-out ones its held-out rows; there is no true score to
+correlate with.
+
 An ensemble (``ensemble_size`` K > 1) trains K models side by side in the same steps: member m starts
 from its own initial weights (built one after another from the run's seed) and draws its minibatches
 from its own bootstrap resample of the training pairs (``len(train_pairs)`` indices drawn uniformly

@@ -8,6 +8,10 @@ demonstrations (and at the end) a row: the training loss since the last row, the
 (``eval/sft_nll``), and, on held-out prompts, the sampled responses' true score and KL to the initial
 weights (``pgrad.lm.evaluate``).
 
+On a data set (``dataset``, with ``model`` a model folder: ``pgrad.lm.data``, ``pgrad.lm.build.build_tasks``)
+the demonstrations are its rows (``prompt``, ``completion``) and the held-out ones its held-out rows, and the
+sampled evaluation has no true score.
+
 Checkpoints are scored by minus the held-out loss (the true score is the task's secret; selecting by
 it would leak it), so the ``best`` checkpoint is the one ``lm_ppo.init_from`` loads.
 """
