@@ -4,8 +4,8 @@ The pairs are the reward model's (``DigitsTask.preference_pairs``, drawn from ``
 and from ``run.seed + HELDOUT_SEED_OFFSET`` held out), or a data set's rows and held-out rows (``dataset``
 with ``model`` a model folder). The policy starts from the SFT model (``init_from``), the model folder's
 weights or the tiny GPT-2's random weights; the frozen reference is a copy of those initial weights (or
-``reference_model``'s folder). Each gradient step takes ``batch_size`` training pairs uniformly with replacement and descends
-``losses.dpo_loss`` on whole-response log-probs (sums over the response's real tokens):
+``reference_model``'s folder). Each gradient step takes ``batch_size`` training pairs uniformly with
+replacement and descends ``losses.dpo_loss`` on whole-response log-probs (sums over the response's real tokens):
 
     h = beta * ((log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r))),   L = -mean log sigmoid(h)
 
