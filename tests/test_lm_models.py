@@ -273,3 +273,47 @@ def test_alert_rules_read_rows_without_a_true_score():
     assert lm_alerts(rows, limits) == []
     rows[-1]["lm/kl"] = 2.0
     assert [alert.kind for alert in lm_alerts(rows, limits)] == ["critical.lm_kl"]
+
+
+def test_cli_reward_model_run_on_a_folder_scores_ppo(folders, tmp_path, capsys):
+    """pgrad lm rm on a folder's pairs (its base model the trunk; no true score to correlate with), then PPO
+    scored by that run's reward model (built from the same folder, then filled from its checkpoint)."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"what is {i}?", "chosen": " yes", "rejected": " no"}
+                                                   for i in range(6)])  # fmt: skip
+    rm = ["lm", "rm", "--set", f"model={folders['gpt2']}", "--set", f"dataset={pairs}", "--set", "batch_size=4",
+          "--set", "eval_every=8", "--total-steps", "8", "--run-dir", str(tmp_path / "rm"), *QUIET]  # fmt: skip
+    assert main(rm) == 0
+    last = json.loads((tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= last["eval/rm_accuracy"] <= 1.0 and "eval/rm_true_correlation" not in last
+    run = tmp_path / "ppo"
+    assert main(ppo_argv(folders["gpt2"], folders["prompts"], run, f"reward_model={tmp_path / 'rm'}")) == 0
+
+
+def test_cli_reward_model_run_of_the_builtin_gpt2_is_refused_for_a_folder_policy(folders, tmp_path, capsys):
+    """A 'pgrad lm rm' run of the digits task reads the built-in vocabulary: refused for a folder's policy."""
+    digits_rm = ["lm", "rm", "--set", "train_pairs=8", "--set", "heldout_pairs=4", "--set", "batch_size=4",
+                 "--set", "eval_every=8", "--total-steps", "8", "--run-dir", str(tmp_path / "digits-rm"),
+                 *QUIET]  # fmt: skip
+    assert main(digits_rm) == 0
+    line = one_line_error(capsys, ppo_argv(folders["gpt2"], folders["prompts"], tmp_path / "x",
+                                           f"reward_model={tmp_path / 'digits-rm'}"))  # fmt: skip
+    assert "reads the built-in GPT-2's digits tokens, and the policy does not" in line
+
+
+def test_cli_sft_then_dpo_from_it_on_a_folder(folders, tmp_path, capsys):
+    """init_from an SFT run of a folder's model: DPO starts from its weights (its reference too), and must name
+    the same model folder."""
+    assert main(sft_argv(folders["llama"], folders["demos"], tmp_path / "sft")) == 0
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"what is {i}?", "chosen": " yes", "rejected": " no"}
+                                                   for i in range(6)])  # fmt: skip
+
+    def dpo(model: Path, run: Path) -> list[str]:
+        return ["lm", "dpo", "--set", f"model={model}", "--set", f"dataset={pairs}", "--set", "batch_size=2",
+                "--set", f"init_from={tmp_path / 'sft'}", "--set", "eval_prompts=2", "--set", "eval_every=4",
+                "--total-steps", "4", "--run-dir", str(run), *QUIET]  # fmt: skip
+
+    assert main(dpo(folders["llama"], tmp_path / "dpo")) == 0
+    first = json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["eval/kl"] == 0.0  # the reference is the SFT model the policy starts as
+    line = one_line_error(capsys, dpo(folders["gpt2"], tmp_path / "y"))
+    assert f"lm_dpo.model.path must be {folders['llama']}, the value of the SFT model" in line
