@@ -42,17 +42,21 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_each_architecture_loads_samples_and_pads_on_the_left(folders, arch, capsys):
+def test_each_architecture_loads_samples_and_pads_on_the_left(folders, arch, capsys, monkeypatch):
     """AutoModelForCausalLM from the folder (no remote code, safetensors); the tokenizer without a pad token pads
-    with its EOS and says so; a prompt's left padding changes none of its logits (position ids count real
-    tokens), and sampling with the KV cache runs on the architecture's own cache."""
+    with its EOS and says so (once per folder); a prompt's left padding changes none of its logits (position ids
+    count real tokens), and sampling with the KV cache runs on the architecture's own cache."""
+    import pgrad.lm.folders
+
+    monkeypatch.setattr(pgrad.lm.folders, "_NOTED", set())
     lm = load_causal_lm(folders[arch], "lm_ppo.model")
     tok = FolderTokenizer(folders[arch], "lm_ppo.model")
+    FolderTokenizer(folders[arch], "lm_ppo.model")  # read again: no second note
     if arch == "qwen2":  # transformers' Qwen2 tokenizer brings its own pad token, <|endoftext|>
         assert (tok.pad_id, tok.eos_id) == (300, 0) and "no pad token" not in capsys.readouterr().err
     else:
         assert tok.pad_id == tok.eos_id == 0
-        assert "no pad token; padding with its EOS" in capsys.readouterr().err
+        assert capsys.readouterr().err.count("no pad token; padding with its EOS") == 1
     ids = torch.tensor([tok.encode("what is one plus one?", special=True)])
     padded = torch.cat([torch.full((1, 3), tok.pad_id), ids], 1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)

@@ -206,6 +206,9 @@ def load_sequence_classifier(folder: str | Path, field: str) -> tuple[nn.Module,
     return model.base_model.eval(), head
 
 
+_NOTED: set[Path] = set()  # the folders whose missing pad token was told
+
+
 class FolderTokenizer:
     """A model folder's tokenizer for the loops: ``eos_id`` (ends a response), ``pad_id`` (the EOS when the
     folder sets no pad token), ``vocab_size``, ``decode``; ``hf`` is the transformers tokenizer."""
@@ -220,11 +223,13 @@ class FolderTokenizer:
             raise _refuse(field, f"the tokenizer of {folder} has no EOS token; pgrad ends every response with one")
         self.eos_id: int = int(self.hf.eos_token_id)
         if self.hf.pad_token_id is None:
-            print(
-                f"pgrad: note: the tokenizer of {folder} has no pad token; padding with its EOS "
-                f"({self.hf.eos_token!r}), told apart by the masks",
-                file=sys.stderr,
-            )
+            if self.folder.resolve() not in _NOTED:  # once per folder and process, however often it is read
+                _NOTED.add(self.folder.resolve())
+                print(
+                    f"pgrad: note: the tokenizer of {folder} has no pad token; padding with its EOS "
+                    f"({self.hf.eos_token!r}), told apart by the masks",
+                    file=sys.stderr,
+                )
             self.pad_id = self.eos_id
         else:
             self.pad_id = int(self.hf.pad_token_id)
