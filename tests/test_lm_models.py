@@ -321,3 +321,24 @@ def test_cli_sft_then_dpo_from_it_on_a_folder(folders, tmp_path, capsys):
     assert first["step"] == 0 and first["eval/kl"] == 0.0  # the reference is the SFT model the policy starts as
     line = one_line_error(capsys, dpo(folders["gpt2"], tmp_path / "y"))
     assert f"lm_dpo.model.path must be {folders['llama']}, the value of the SFT model" in line
+
+
+def test_a_folder_ppo_run_resumes_exactly(folders, tmp_path):
+    """Stopped after its first update and resumed, a PPO run on a Llama folder (tied embeddings, a reward folder)
+    logs the same second update as an uninterrupted one: the checkpoint holds the folder model's weights, and
+    the prompts are drawn from the restored RNG."""
+    from pgrad.runners.lm_ppo import LMPPORunner
+    from pgrad.runs import resolve_config
+
+    argv = ppo_argv(folders["llama"], folders["prompts"], tmp_path, f"reward_model={folders['rm_llama']}")
+    sets = [argv[i + 1] for i, item in enumerate(argv) if item == "--set"] + ["run.checkpoint_every=4"]
+    config, _ = resolve_config("lm_ppo", sets=sets, total_steps=8)
+    LMPPORunner(config, tmp_path / "whole", console=False).train()
+    LMPPORunner(config, tmp_path / "split", console=False).train(stop_at_step=4)
+    LMPPORunner(config, tmp_path / "split", resume=True, console=False).train()
+
+    def last(run: str) -> dict[str, float]:
+        row = json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
+        return {k: v for k, v in row.items() if k.startswith(("lm/", "train/", "eval/"))}
+
+    assert last("whole")["lm/kl"] != 0.0 and last("split") == last("whole")
