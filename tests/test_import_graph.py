@@ -43,6 +43,7 @@ LAYERS: list[list[str]] = [
         "pgrad.tune",
         "pgrad.lm.eval_run",
         "pgrad.sb3_compat",
+        "pgrad.lm.export",
     ],
     ["pgrad.api"],
     ["pgrad.cli", "pgrad.__main__"],

@@ -229,6 +229,12 @@ def _lm_parser(sub: argparse._SubParsersAction) -> None:
         if algo == "lm_ppo":
             _inject_flag(parser, "lr_spike@512, nan_grad@256, reward_flip@512:256 (STEP counts responses)")
             _trust_reward_flag(parser)
+    export = lm_sub.add_parser(
+        "export", help="write a run's policy (LoRA merged) as a Hugging Face model folder that transformers loads"
+    )
+    export.add_argument("run_dir", type=Path, help="an lm_ppo, lm_sft or lm_dpo run folder")
+    export.add_argument("--out", type=Path, required=True, help="a new folder (or a previous export, replaced)")
+    export.add_argument("--checkpoint", default="best", help="best (default), latest or a checkpoint name")
     resume = lm_sub.add_parser("resume", help="the same as 'pgrad resume' (kept for scripts written before it)")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--total-steps", type=int, help="new total (extends a finished run)")
@@ -356,6 +362,13 @@ def _refuse_untrusted_reward(config, source: str, trust_reward_code: bool) -> No
 def _cmd_lm(args: argparse.Namespace) -> int:
     if args.lm_command == "resume":
         return _cmd_resume(args)
+    if args.lm_command == "export":
+        _lm_available()
+        from pgrad.lm.export import export_policy
+
+        result = export_policy(args.run_dir, args.out, args.checkpoint)
+        print(f"exported {result.checkpoint.name} (step {result.step}) of {args.run_dir}: {result.folder}")
+        return 0
     command_sets = LM_COMMAND_SETS.get(args.lm_command, [])
     for item in args.set if command_sets else []:  # pgrad lm grpo --set advantage=rloo: another algorithm
         key, _, value = item.partition("=")

@@ -106,7 +106,8 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
             )
         )
     window = since_last_rollback(rows)[-limits.hacking_window :]
-    if len(window) == limits.hacking_window:
+    # the true score is the digits task's: a data set's rows have none to compare the reward with
+    if len(window) == limits.hacking_window and all(TRUE_SCORE in row for row in window):
         half = len(window) // 2
         earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
         rm_gain = _mean(later, RM_SCORE) - _mean(earlier, RM_SCORE)

@@ -34,18 +34,27 @@ GROUP_SIZE = 8  # rloo and grpo: responses per prompt unless samples_per_prompt 
 
 @dataclass(frozen=True)
 class LMModelConfig(Checked):
-    """The tiny GPT-2 a language-model section builds (its ``model:`` section): blocks, width, heads. PPO and
-    DPO starting from an SFT model (``init_from``) must name the same one."""
+    """The model a language-model section trains (its ``model:`` section): a Hugging Face model folder
+    (``path``; ``--set model=DIR`` is short for ``model.path=DIR``, see ``pgrad.lm.folders``), else the
+    built-in tiny GPT-2 of ``n_layer`` blocks, ``n_embd`` wide, ``n_head`` heads. PPO and DPO starting from an
+    SFT model (``init_from``) must name the same one."""
 
     SECTION: ClassVar[str] = "model"
 
-    n_layer: int = param(2, "GPT-2 blocks")
-    n_embd: int = param(64, "GPT-2 width")
-    n_head: int = param(4, "attention heads; must divide n_embd")
+    path: str | None = param(
+        None,
+        "a Hugging Face model folder (config.json, model.safetensors, tokenizer; no remote code, no pickle "
+        "weights); None: the built-in tiny GPT-2 below, on the digits task",
+    )
+    n_layer: int = param(2, "GPT-2 blocks (the built-in model)")
+    n_embd: int = param(64, "GPT-2 width (the built-in model)")
+    n_head: int = param(4, "attention heads; must divide n_embd (the built-in model)")
 
     def validate(self) -> None:
         """Checks the model size: n_head divides n_embd, and 12 x n_layer x n_embd^2 block weights stay within
-        ``MAX_HIDDEN_WEIGHTS``."""
+        ``MAX_HIDDEN_WEIGHTS``. A model folder's size is its own."""
+        if self.path is not None and not self.path:
+            self._fail("path", "a model folder, or null for the built-in GPT-2")
         self.check_range("n_layer", 1, MAX_LM_LAYERS)
         self.check_range("n_embd", 1, MAX_LM_WIDTH)
         self.check_range("n_head", 1, self.n_embd)
@@ -62,9 +71,49 @@ def lm_optimizer(eps: float, what: str) -> Any:
     return param(OptimizerConfig(learning_rate=1e-3, eps=eps), f"{what}: Adam, lr 1e-3, eps {eps:g}")
 
 
+class FolderShorthand:
+    """``model: DIR`` (``--set model=DIR``) is short for ``model: {path: DIR}``: a language-model section's
+    ``model`` given as text is a model folder (the issue's surface name; ``model.path`` is the field)."""
+
+    def __post_init__(self) -> None:
+        model = getattr(self, "model", None)
+        if isinstance(model, str):
+            object.__setattr__(self, "model", {"path": model})
+        super().__post_init__()  # type: ignore[misc]
+
+
+def data_fields(kind: str) -> Any:
+    """The ``dataset`` field of a language-model section: a file or folder of ``kind`` rows (``pgrad.lm.data``)."""
+    return param(
+        None,
+        f"a data set of {kind} (.jsonl, .csv, .parquet or a datasets save_to_disk folder; needs model: a model "
+        "folder); None: the digits task's own",
+    )
+
+
+EVAL_DATASET_DOC = "the held-out data set for the evaluations (same format); None: eval_fraction of dataset"
+EVAL_FRACTION_DOC = (
+    "without eval_dataset: this fraction of dataset's rows (at least 1) is held out by a shuffle seeded by "
+    "run.seed, never trained on (0: evaluate on the training rows)"
+)
+
+
 def check_shared_sections(section: Checked, optimizer: OptimizerConfig) -> None:
-    """The checks every language-model section shares (its model is checked by ``LMModelConfig``)."""
+    """The checks every language-model section shares (its model is checked by ``LMModelConfig``): the model
+    folder and the data set go together (the built-in GPT-2 reads the digits task, a folder's model a data set)."""
     section.check_range("max_grad_norm", 0, low_open=True)
+    section.check_range("eval_fraction", 0, 1, high_open=True)
+    model: LMModelConfig = getattr(section, "model")  # noqa: B009 - every LM section has one
+    dataset = getattr(section, "dataset")  # noqa: B009
+    if dataset is not None and model.path is None:
+        section._fail("dataset", "null with the built-in GPT-2 (it knows only the digits vocabulary); set model=DIR")
+    if model.path is not None and dataset is None:
+        raise ConfigError(
+            f"{section.SECTION}.dataset must be a data set when model is a folder (the digits task is for the "
+            "built-in GPT-2); got None"
+        )
+    if getattr(section, "eval_dataset") is not None and dataset is None:  # noqa: B009
+        section._fail("eval_dataset", "null without dataset")
     if optimizer.anneal_lr:  # the LM loops set one rate (times the guard's cut) for the whole run
         raise ConfigError(
             f"{section.SECTION}.optimizer.anneal_lr must be false (LM runs keep a constant rate); got True"
@@ -72,12 +121,15 @@ def check_shared_sections(section: Checked, optimizer: OptimizerConfig) -> None:
 
 
 @dataclass(frozen=True)
-class LMPPOConfig(Checked):
+class LMPPOConfig(FolderShorthand, Checked):
     """PPO on a causal language model with a per-token KL penalty to the frozen initial weights."""
 
     SECTION: ClassVar[str] = ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task: prompts and a hidden true score")
+    dataset: str | None = data_fields("prompts (a 'prompt' column; the other columns go to the reward)")
+    eval_dataset: str | None = param(None, EVAL_DATASET_DOC)
+    eval_fraction: float = param(0.1, EVAL_FRACTION_DOC)
     reward: str | bool | dict[str, Any] | tuple[str | bool | dict[str, Any], ...] = param(
         "true_score",
         "what scores a response (docs/lm-rewards.md): 'model' the reward model of reward_model; 'true_score' (or "
@@ -88,7 +140,22 @@ class LMPPOConfig(Checked):
     verifier: VerifierConfig = param(
         VerifierConfig(), "the built-in verifiers' options (a reward list's term may override)"
     )
-    reward_model: str | None = param(None, "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint)")
+    reward_model: str | None = param(
+        None,
+        "with reward: model, the run folder of 'pgrad lm rm' (its best checkpoint), or a Hugging Face "
+        "sequence-classification model folder (num_labels 1) with the policy's tokenizer",
+    )
+    reference_model: str | None = param(
+        None,
+        "the frozen reference: a causal LM model folder with the policy's tokenizer (None: a frozen copy of the "
+        "policy's start; under LoRA the policy with its adapter switched off)",
+    )
+    value_model: str | None = param(
+        None,
+        "advantage gae: the critic; None: the value head on the policy (critic: shared or separate); a model "
+        "folder: a separate critic on that folder's trunk; 'reward_model': a separate critic initialised from the "
+        "reward model (as init_value_from_rm)",
+    )
     init_from: str | None = param(
         None,
         "the run folder of 'pgrad lm sft': policy and reference start from its best checkpoint (None: the tiny "
@@ -214,7 +281,8 @@ class LMPPOConfig(Checked):
             self._fail("critic", "'shared' with advantage 'rloo' or 'grpo' (they train no critic)")
         if self.init_value_from_rm and (self.critic != "separate" or not self.uses_reward_model):
             self._fail("init_value_from_rm", "false unless critic is 'separate' and reward is 'model'")
-        self.check_range("lora_rank", 0, self.model.n_embd)
+        self.check_folder_fields()
+        self.check_range("lora_rank", 0, self.model.n_embd if self.model.path is None else MAX_LM_WIDTH)
         self.check_range("lora_alpha", 0, low_open=True)
         if self.advantage == "gae" and self.kl_penalty != "reward":
             self._fail("kl_penalty", "'reward' with advantage 'gae' (the per-token KL is part of the reward GAE sums)")
@@ -275,15 +343,35 @@ class LMPPOConfig(Checked):
         """Whether a term of ``reward`` is the reward model of ``reward_model``."""
         return any(term.kind == "model" for term in self.reward_terms)
 
+    def check_folder_fields(self) -> None:
+        """The model-folder fields: a data set's prompts have no true score, and a reference or value model
+        from a folder reads the policy's token ids, so it needs a policy from a folder too."""
+        if self.dataset is not None and any(term.kind == "true_score" for term in self.reward_terms):
+            self._fail(
+                "reward", "a reward other than 'true_score' with a data set (it is the digits task's hidden score)"
+            )
+        for name in ("reference_model", "value_model"):
+            if getattr(self, name) is not None and self.model.path is None:
+                self._fail(name, "null with the built-in GPT-2 (a folder's model reads a folder's tokens)")
+        if self.value_model is not None and self.advantage != "gae":
+            self._fail("value_model", "null with advantage 'rloo' or 'grpo' (they train no critic)")
+        if self.value_model == "reward_model" and not self.uses_reward_model:
+            self._fail("value_model", "a model folder or null unless reward is 'model'")
+        if self.value_model is not None and self.init_value_from_rm:
+            self._fail("init_value_from_rm", "false with value_model (value_model: reward_model says the same)")
+
 
 @dataclass(frozen=True)
-class LMRewardModelConfig(Checked):
+class LMRewardModelConfig(FolderShorthand, Checked):
     """A reward model trained on the task's synthetic preference pairs (Bradley-Terry); ``run.total_steps``
     counts the pairs trained on (minibatches drawn uniformly, with replacement, from the training pairs)."""
 
     SECTION: ClassVar[str] = RM_ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task whose hidden score makes the preferences")
+    dataset: str | None = data_fields("preference pairs ('prompt', 'chosen', 'rejected' columns)")
+    eval_dataset: str | None = param(None, EVAL_DATASET_DOC)
+    eval_fraction: float = param(0.1, EVAL_FRACTION_DOC)
     max_new_tokens: int = param(8, "longest response scored; PPO's max_new_tokens may not exceed it")
     train_pairs: int = param(4096, "preference pairs to train on (ties are dropped: slightly fewer)")
     heldout_pairs: int = param(1024, "fresh pairs, never trained on, for the held-out accuracy (ties dropped)")
@@ -310,13 +398,16 @@ class LMRewardModelConfig(Checked):
 
 
 @dataclass(frozen=True)
-class LMSFTConfig(Checked):
+class LMSFTConfig(FolderShorthand, Checked):
     """Supervised fine-tuning on the task's demonstrations; ``run.total_steps`` counts demonstrations trained
     on (minibatches drawn uniformly, with replacement). ``lm_ppo.init_from`` starts PPO from the result."""
 
     SECTION: ClassVar[str] = SFT_ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task whose hidden score picks the demonstrations")
+    dataset: str | None = data_fields("demonstrations ('prompt' and 'completion' columns)")
+    eval_dataset: str | None = param(None, EVAL_DATASET_DOC)
+    eval_fraction: float = param(0.1, EVAL_FRACTION_DOC)
     max_new_tokens: int = param(8, "longest demonstration; PPO starting from this model must use the same")
     demonstrations: int = param(4096, "demonstrations to train on: per prompt the best of 4 random responses")
     heldout_demonstrations: int = param(512, "fresh demonstrations for the held-out log-likelihood")
@@ -339,13 +430,19 @@ class LMSFTConfig(Checked):
 
 
 @dataclass(frozen=True)
-class LMDPOConfig(Checked):
+class LMDPOConfig(FolderShorthand, Checked):
     """Direct Preference Optimization on the task's synthetic preference pairs (the reward model's pairs),
     no reward model and no sampling in the loop; ``run.total_steps`` counts the pairs trained on."""
 
     SECTION: ClassVar[str] = DPO_ALGO
 
     task: Literal["digits"] = param("digits", "the shipped task whose hidden score makes the preferences")
+    dataset: str | None = data_fields("preference pairs ('prompt', 'chosen', 'rejected' columns)")
+    eval_dataset: str | None = param(None, EVAL_DATASET_DOC)
+    eval_fraction: float = param(0.1, EVAL_FRACTION_DOC)
+    reference_model: str | None = param(
+        None, "the frozen reference: a causal LM model folder with the policy's tokenizer (None: the policy's start)"
+    )
     init_from: str | None = param(
         None,
         "the run folder of 'pgrad lm sft': policy and frozen reference start from its best checkpoint (None: the "

@@ -15,14 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GPT2LMHeadModel
 
 from pgrad.checkpoint import CheckpointStore, TrainState, load_modules, read_train_state
 from pgrad.errors import ConfigError
-from pgrad.lm.build import add_lora, build_lm, build_policy, build_task
+from pgrad.lm.build import (
+    Task,
+    add_lora,
+    build_lm,
+    build_policy,
+    build_tasks,
+    critic_from_reward_model,
+    frozen_reference,
+)
 from pgrad.lm.config import ALGO, RM_ALGO, SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
+from pgrad.lm.dataset import DatasetTask
 from pgrad.lm.evaluate import evaluate_policy
-from pgrad.lm.model import AdapterDisabled
+from pgrad.lm.model import AdapterDisabled, CausalLM, PolicyWithValue
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
 from pgrad.lm.reward_spec import refuse_untrusted_reward_code
 from pgrad.lm.task import DigitsTask
@@ -46,21 +54,22 @@ class LMEvalResult:
 
 
 def _models(
-    config: LMPPOConfig | LMSFTConfig | LMDPOConfig, algo: str, task: DigitsTask, state: TrainState, path: Path
-) -> tuple[GPT2LMHeadModel, GPT2LMHeadModel | AdapterDisabled]:
+    config: LMPPOConfig | LMSFTConfig | LMDPOConfig, algo: str, task: Task, state: TrainState, path: Path
+) -> tuple[CausalLM, CausalLM | AdapterDisabled]:
     """(policy, reference) language models of checkpoint ``path`` (read: ``state``)."""
     if algo == ALGO:
         assert isinstance(config, LMPPOConfig)
-        policy = build_policy(config, task)
-        add_lora(policy, config)
-        stored = build_lm(config, task)
-        # with LoRA the reference is the policy with its adapter off, not stored
-        load_modules({"policy": policy} if config.lora_rank else {"policy": policy, "reference": stored}, state, path)
+        policy = checkpoint_policy(config, task)
+        stored = reference_structure(policy.lm, config, task)
+        # with LoRA (and no reference_model) the reference is the policy with its adapter off, not stored
+        adapter_off = bool(config.lora_rank) and config.reference_model is None
+        load_modules({"policy": policy} if adapter_off else {"policy": policy, "reference": stored}, state, path)
         for model in (policy, stored):
             model.requires_grad_(False)
             model.train(False)
-        return policy.lm, AdapterDisabled(policy.lm) if config.lora_rank else stored
-    lm, initial = build_lm(config, task), build_lm(config, task)
+        return policy.lm, AdapterDisabled(policy.lm) if adapter_off else stored
+    lm = build_lm(config, task)
+    initial = reference_structure(lm, config, task) if isinstance(config, LMDPOConfig) else build_lm(config, task)
     load_modules({"lm": lm, "initial" if algo == SFT_ALGO else "reference": initial}, state, path)
     for model in (lm, initial):
         model.requires_grad_(False)
@@ -76,6 +85,27 @@ def describe_reward(section: LMPPOConfig) -> str:
         what = "the true score" if term.kind == "true_score" else what
         parts.append(what if term.weight == 1 else f"{term.weight:g} x {what}")
     return " + ".join(parts)
+
+
+def reference_structure(lm: CausalLM, config: LMPPOConfig | LMDPOConfig, task: Task) -> CausalLM:
+    """A model of the run's reference's shape for its checkpoint to fill: ``reference_model``'s, else the policy's."""
+    if config.reference_model is None:
+        return build_lm(config, task)
+    reference = frozen_reference(lm, config)
+    assert not isinstance(reference, AdapterDisabled)
+    return reference
+
+
+def checkpoint_policy(config: LMPPOConfig, task: Task) -> PolicyWithValue:
+    """An ``lm_ppo`` run's policy built as its runner builds it (the weights its checkpoints fill): the model, its
+    critic (a copy of the reward model's trunk with ``value_model: reward_model``) and its LoRA adapter."""
+    policy = build_policy(config, task)
+    if config.value_model == "reward_model":
+        scorer = build_scorer(config, task, torch.device("cpu"))
+        assert scorer.learned is not None
+        critic_from_reward_model(policy, scorer.learned.members[0])
+    add_lora(policy, config)
+    return policy
 
 
 def evaluate_run(
@@ -104,22 +134,25 @@ def evaluate_run(
         raise ConfigError(f"--seed must be in [0, 4294967295]; got {seed}")
     set_threads(config.run.torch_threads)
     device = torch.device("cpu")
-    task = build_task(section) if isinstance(section, LMPPOConfig) else DigitsTask(section.max_new_tokens)
+    task = build_tasks(section, config.run.seed)[1]  # the held-out prompts (the digits task: its own)
     path = CheckpointStore(Path(run_dir), config.run.keep_checkpoints).readable(which)
     state = read_train_state(path)
     changed = check_config_recorded(config, state, path, Path(run_dir) / "config.yaml")
     lm, reference = _models(section, algo, task, state, path)
     warn(changed)
-    scorer: ResponseScorer
+    scorer: ResponseScorer | None
     if reward_model is not None:
-        scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device)
+        tokenizer = task.tokenizer if isinstance(task, DatasetTask) else None
+        scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device, tokenizer=tokenizer)
         described = f"the reward model of {reward_model}"
     elif isinstance(section, LMPPOConfig):
         refuse_untrusted_reward_code(section.reward_terms, str(Path(run_dir) / "config.yaml"), trust_reward_code)
         scorer = build_scorer(section, task, device)
         described = describe_reward(section)
-    else:
+    elif isinstance(task, DigitsTask):
         scorer, described = TrueScoreReward(task), "the true score (no reward model: give --reward-model)"
+    else:
+        scorer, described = None, "absent (a data set has no true score: give --reward-model)"
     temperature = section.temperature if isinstance(section, LMPPOConfig) else 1.0
     used_seed = config.run.seed + EVAL_SEED_OFFSET if seed is None else seed
     metrics = evaluate_policy(lm, reference, task, scorer, count, used_seed, temperature)

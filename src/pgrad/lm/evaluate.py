@@ -10,25 +10,27 @@ evaluation changes nothing in the run it is part of.
 from __future__ import annotations
 
 import torch
-from transformers import GPT2LMHeadModel
 
+from pgrad.lm.dataset import DatasetTask
 from pgrad.lm.losses import kl_k1, kl_k3
-from pgrad.lm.model import AdapterDisabled, response_outputs, sample
+from pgrad.lm.model import AdapterDisabled, CausalLM, response_outputs, sample
 from pgrad.lm.reward import ResponseScorer
-from pgrad.lm.task import DigitsTask, PromptBatch
+from pgrad.lm.task import DigitsTask
 
 
 @torch.no_grad()
 def evaluate_policy(
-    lm: GPT2LMHeadModel,
-    reference: GPT2LMHeadModel | AdapterDisabled,
-    task: DigitsTask,
-    scorer: ResponseScorer,
+    lm: CausalLM,
+    reference: CausalLM | AdapterDisabled,
+    task: DigitsTask | DatasetTask,
+    scorer: ResponseScorer | None,
     count: int,
     seed: int,
     temperature: float,
 ) -> dict[str, float]:
-    """Means over ``count`` held-out prompts, one sampled response each (keys ``eval/...``)."""
+    """Means over ``count`` held-out prompts, one sampled response each (keys ``eval/...``): the true score where
+    the task has one (digits), the scorer's score where there is a scorer, the KL to the reference and the
+    length."""
     device = next(lm.parameters()).device
     prompts = task.prompts(count, torch.Generator().manual_seed(seed))
     ids, mask = prompts.ids.to(device), prompts.mask.to(device)
@@ -39,11 +41,16 @@ def evaluate_policy(
     ref = response_outputs(reference, ids, mask, samples.response, samples.mask, temperature).logprobs
     response_mask = samples.mask.float()
     response, response_cpu_mask = samples.response.cpu(), samples.mask.cpu()
-    cpu_prompts = PromptBatch(prompts.ids, prompts.mask, prompts.last_digit)
-    return {
-        "eval/true_score": float(task.true_score(prompts.last_digit, response, response_cpu_mask).mean()),
-        "eval/rm_score": float(scorer.score(cpu_prompts, response, response_cpu_mask).mean()),
-        "eval/kl": float(kl_k1(logp, ref, response_mask).sum(1).mean()),
-        "eval/kl_k3": float(kl_k3(logp, ref, response_mask).sum(1).mean()),
-        "eval/response_length": float(response_mask.sum(1).mean()),
-    }
+    out: dict[str, float] = {}
+    if isinstance(task, DigitsTask):
+        out["eval/true_score"] = float(task.true_score(prompts.last_digit, response, response_cpu_mask).mean())
+    if scorer is not None:
+        out["eval/rm_score"] = float(scorer.score(prompts, response, response_cpu_mask).mean())
+    out.update(
+        {
+            "eval/kl": float(kl_k1(logp, ref, response_mask).sum(1).mean()),
+            "eval/kl_k3": float(kl_k3(logp, ref, response_mask).sum(1).mean()),
+            "eval/response_length": float(response_mask.sum(1).mean()),
+        }
+    )
+    return out

@@ -21,7 +21,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from pgrad.lm.losses import last_token_index, token_logprobs
 
-# The causal language model a run trains: the name the loops use, so that only pgrad.lm imports transformers.
+# The causal language model a run trains: the name the loops use, so that only pgrad.lm imports transformers. The
+# built-in GPT-2's class; a model folder's (pgrad.lm.folders) is whatever transformers builds, with the same calls.
 CausalLM = GPT2LMHeadModel
 
 
@@ -46,6 +47,12 @@ def tiny_gpt2_config(
     )
 
 
+def hidden_size(model: nn.Module) -> int:
+    """The width of a transformers model's hidden states (its config's ``hidden_size``; GPT-2's ``n_embd``)."""
+    config: Any = getattr(model, "config")  # noqa: B009 - every transformers model has one
+    return int(config.hidden_size)
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """0, 1, 2, ... over the real tokens of each row (left padding gets 0 and is masked anyway)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -61,11 +68,25 @@ class PolicyWithValue(nn.Module):
     value loss is the plain mean squared return.
     """
 
-    def __init__(self, config: GPT2Config, separate_critic: bool = False) -> None:
+    def __init__(
+        self,
+        config: GPT2Config | None = None,
+        separate_critic: bool = False,
+        lm: CausalLM | None = None,
+        critic: nn.Module | None = None,
+    ) -> None:
+        """The tiny GPT-2 of ``config`` (with a GPT-2 critic trunk of its own with ``separate_critic``), or the
+        given modules: ``lm`` a transformers causal LM, ``critic`` None (the value head on ``lm``) or a
+        transformers base model (``pgrad.lm.folders``)."""
         super().__init__()
-        self.lm = GPT2LMHeadModel(config)
-        self.critic = GPT2Model(config) if separate_critic else None
-        self.value_head = nn.Linear(config.n_embd, 1)
+        if lm is None:
+            if config is None:
+                raise ValueError("PolicyWithValue needs a GPT2Config or a language model")
+            lm = GPT2LMHeadModel(config)
+            critic = GPT2Model(config) if separate_critic else None
+        self.lm: CausalLM = lm
+        self.critic = critic
+        self.value_head = nn.Linear(hidden_size(critic or lm), 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
@@ -96,7 +117,8 @@ class PolicyWithValue(nn.Module):
             raise ValueError("the value head shares the policy's trunk: a reward model's trunk cannot go there")
         try:
             self.critic.load_state_dict(reward_model.trunk.state_dict())
-            self.value_head.load_state_dict(reward_model.head.state_dict())
+            # strict=False: a sequence-classification head has no bias (the value head's stays 0)
+            self.value_head.load_state_dict(reward_model.head.state_dict(), strict=False)
         except RuntimeError as exc:
             raise ValueError(
                 f"the reward model's weights do not fit the critic: {str(exc).splitlines()[-1].strip()}"
@@ -113,8 +135,12 @@ def attach_lora(policy: PolicyWithValue, rank: int, alpha: int) -> None:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ValueError("lora_rank needs peft: pip install 'pgrad[lm]'") from None
+    gpt2 = getattr(policy.lm.config, "model_type", "gpt2") == "gpt2"
+    # GPT-2's projections are Conv1D (weights stored transposed); other architectures' (a model folder's Llama,
+    # Qwen2, Mistral) are nn.Linear: peft's "all-linear" takes every one but the output layer
+    targets: list[str] | str = LORA_TARGETS if gpt2 else "all-linear"
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, fan_in_fan_out=True, lora_dropout=0.0, bias="none"
+        r=rank, lora_alpha=alpha, target_modules=targets, fan_in_fan_out=gpt2, lora_dropout=0.0, bias="none"
     )
     # the peft model forwards calls and attributes to the GPT-2 it wraps: it stands in for one everywhere. peft
     # 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` alias: its FutureWarning is theirs
@@ -139,10 +165,18 @@ class AdapterDisabled:
 class RewardModel(nn.Module):
     """A GPT-2 trunk and a scalar head read at the response's last real token: score(prompt, response)."""
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(
+        self, config: GPT2Config | None = None, trunk: nn.Module | None = None, head: nn.Module | None = None
+    ) -> None:
+        """A GPT-2 trunk of ``config`` and a fresh head, or the given ``trunk`` (a transformers base model) with
+        ``head`` (a one-output linear layer; None: a fresh one)."""
         super().__init__()
-        self.trunk = GPT2Model(config)
-        self.head = nn.Linear(config.n_embd, 1)
+        if trunk is None:
+            if config is None:
+                raise ValueError("RewardModel needs a GPT2Config or a trunk")
+            trunk = GPT2Model(config)
+        self.trunk = trunk
+        self.head = head if head is not None else nn.Linear(hidden_size(trunk), 1)
 
     def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, response: Tensor, response_mask: Tensor) -> Tensor:
         """The score [B] of each (prompt, response): the head on the trunk's last hidden state at the response's last

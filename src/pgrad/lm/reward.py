@@ -85,6 +85,15 @@ class LearnedReward:
         return combine_ensemble(scores, self.rule, self.std_coef)
 
 
+class TextTask(Protocol):
+    """What a combined reward needs of its task: the batch decoded to texts and the rows' columns (the digits task
+    and a data set's task, ``pgrad.lm.dataset.DatasetTask``, both)."""
+
+    def texts(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> TextBatch:
+        """Prompt and completion texts and the columns, aligned with the batch."""
+        ...
+
+
 class TextScorer(Protocol):
     """Scores a batch given as text (prompts, completions, columns): one float per completion."""
 
@@ -201,7 +210,7 @@ class CombinedReward:
     score) or a ``TextScorer`` (verifier, function), whose batch is decoded once per call by the task."""
 
     def __init__(
-        self, terms: list[tuple[RewardTerm, ResponseScorer | VerifierReward | FunctionReward]], task: DigitsTask
+        self, terms: list[tuple[RewardTerm, ResponseScorer | VerifierReward | FunctionReward]], task: TextTask
     ) -> None:
         if not terms:
             raise ValueError("CombinedReward needs at least one term")

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgrad.lm.data import PromptRow
+
 EOS = "<eos>"  # also the padding token, as in GPT-2: padding is told apart by the masks, never by its id
 BOS = "<bos>"
 SEPARATOR = ":"
@@ -70,19 +72,34 @@ class CharTokenizer:
 
 @dataclass(frozen=True)
 class PromptBatch:
-    """Left-padded prompts: ``ids`` [B, P], ``mask`` [B, P] (1 for real tokens), ``last_digit`` [B]."""
+    """Left-padded prompts: ``ids`` [B, P], ``mask`` [B, P] (1 for real tokens), ``last_digit`` [B] (the digits
+    task's; -1 for a data set's prompts), and for a data set's prompts ``rows``: the ``PromptRow`` each prompt
+    came from (its text, and the extra columns a reward reads), one per row of ``ids``."""
 
     ids: Tensor
     mask: Tensor
     last_digit: Tensor
+    rows: tuple[PromptRow, ...] | None = None
 
     def repeat(self, times: int) -> PromptBatch:
         """Each prompt ``times`` times in consecutive rows (a group of samples per prompt)."""
+        rows = None if self.rows is None else tuple(row for row in self.rows for _ in range(times))
         return PromptBatch(
             self.ids.repeat_interleave(times, 0),
             self.mask.repeat_interleave(times, 0),
             self.last_digit.repeat_interleave(times, 0),
+            rows,
         )
+
+    def select(self, index: Tensor) -> PromptBatch:
+        """The prompts ``index`` selects (a minibatch); ``last_digit`` stays on the CPU."""
+        cpu = index.cpu()
+        rows = None if self.rows is None else tuple(self.rows[i] for i in cpu.tolist())
+        return PromptBatch(self.ids[index], self.mask[index], self.last_digit[cpu], rows)
+
+    def to(self, device: torch.device) -> PromptBatch:
+        """The ids and mask on ``device`` (``last_digit`` stays on the CPU)."""
+        return PromptBatch(self.ids.to(device), self.mask.to(device), self.last_digit, self.rows)
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class DigitsTask:
     # ``verifier:exact_answer``, a verifiable echo task: answer with that digit alone), ``last_digit`` the same digit
     # as an int (what the hidden true score compares with)
     column_names = ("answer", "last_digit")
+    has_true_score = True  # a data set's task has none (pgrad.lm.dataset.DatasetTask)
 
     def __init__(self, max_new_tokens: int, max_prompt_digits: int = 4) -> None:
         if max_new_tokens < 1:

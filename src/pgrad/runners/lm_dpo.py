@@ -1,10 +1,11 @@
 """Direct Preference Optimization on preference pairs (``pgrad lm dpo``): no reward model, no sampling loop.
 
 The pairs are the reward model's (``DigitsTask.preference_pairs``, drawn from ``run.seed`` for training
-and from ``run.seed + HELDOUT_SEED_OFFSET`` held out). The policy starts from the SFT model
-(``init_from``) or the tiny GPT-2's random weights; the frozen reference is a copy of those initial
-weights. Each gradient step takes ``batch_size`` training pairs uniformly with replacement and descends
-``losses.dpo_loss`` on whole-response log-probs (sums over the response's real tokens):
+and from ``run.seed + HELDOUT_SEED_OFFSET`` held out), or a data set's rows and held-out rows (``dataset``
+with ``model`` a model folder). The policy starts from the SFT model (``init_from``), the model folder's
+weights or the tiny GPT-2's random weights; the frozen reference is a copy of those initial weights (or
+``reference_model``'s folder). Each gradient step takes ``batch_size`` training pairs uniformly with
+replacement and descends ``losses.dpo_loss`` on whole-response log-probs (sums over the response's real tokens):
 
     h = beta * ((log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r))),   L = -mean log sigmoid(h)
 
@@ -31,13 +32,12 @@ from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import CheckpointStore, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.build import build_lm, frozen_copy
+from pgrad.lm.build import build_lm, build_tasks, frozen_reference, model_label
 from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import dpo_loss
-from pgrad.lm.model import CausalLM, response_outputs
-from pgrad.lm.reward import TrueScoreReward
-from pgrad.lm.task import DigitsTask, PreferencePairs
+from pgrad.lm.model import AdapterDisabled, CausalLM, response_outputs
+from pgrad.lm.task import PreferencePairs
 from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.numerics import masked_sum
 from pgrad.runners import trunk
@@ -75,21 +75,26 @@ class DPORunner:
         sft_state = load_sft_state(Path(self.dpo.init_from), self.dpo) if self.dpo.init_from else None
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        self.task = DigitsTask(self.dpo.max_new_tokens)
         seed = config.run.seed
-        self.train_pairs, self.heldout = pair_sets(self.task, self.dpo.train_pairs, self.dpo.heldout_pairs, seed)
+        self.task, self.eval_task = build_tasks(self.dpo, seed)
+        self.train_pairs, self.heldout = pair_sets(
+            self.task, self.dpo.train_pairs, self.dpo.heldout_pairs, seed, self.eval_task
+        )
         self.lm = build_lm(self.dpo, self.task)
         if sft_state is not None:
             load_modules({"lm": self.lm}, *sft_state)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
-        self.reference = frozen_copy(self.lm)  # the initial weights, frozen
+        # the initial weights, frozen (or reference_model's folder)
+        reference = frozen_reference(self.lm, self.dpo, self.task)
+        assert not isinstance(reference, AdapterDisabled)  # DPO trains no LoRA adapter
+        self.reference = reference
         self.optimizer = make_optimizer(list(self.lm.parameters()), self.dpo.optimizer)
         self.step = 0  # pairs trained on
         self.updates = 0
         open_rows(
             self,
             console,
-            f"{DPO_ALGO} {self.task.name}",
+            f"{DPO_ALGO} {model_label(self.dpo, self.task)}",
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
             DPO_UNITS,
         )
@@ -124,16 +129,15 @@ class DPORunner:
         """The DPO loss and accuracy on the held-out pairs, and sampled responses' true scores and KL to the reference
         (no reward model, so no ``eval/rm_score``)."""
         loss, accuracy = self.pair_loss(self.heldout, torch.arange(len(self.heldout)))
-        sampled = evaluate_policy(
+        sampled = evaluate_policy(  # no reward model, so no eval/rm_score
             self.lm,
             self.reference,
-            self.task,
-            TrueScoreReward(self.task),
+            self.eval_task,
+            None,
             self.dpo.eval_prompts,
             self.config.run.seed + EVAL_SEED_OFFSET,
             1.0,
         )
-        sampled.pop("eval/rm_score")  # no reward model here: it would repeat the true score
         return {"eval/dpo_loss": float(loss), "eval/dpo_accuracy": float(accuracy), **sampled}
 
     def train_steps(self, until_step: int) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 One update (InstructGPT's recipe; "The N implementation details of RLHF with PPO"):
 
-1. ``batch_size / samples_per_prompt`` prompts, ``samples_per_prompt`` responses each (1 by default),
-   sampled with a KV cache at ``temperature``.
+1. ``batch_size / samples_per_prompt`` prompts (the digits task's, or a data set's rows drawn uniformly with
+   replacement, each batch carrying its ``PromptRow``s for the reward), ``samples_per_prompt`` responses each
+   (1 by default), sampled with a KV cache at ``temperature``.
 2. Per response token, in ``minibatch_size`` chunks in rollout order, no gradient: log pi_old and the
    values (policy), log pi_ref (the frozen initial weights: the SFT model's with ``init_from``).
 3. The reward of each response (``lm_ppo.reward``: the weighted sum of its terms, ``CombinedReward``, each
@@ -63,8 +64,17 @@ from pgrad.checkpoint import (
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
 from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
-from pgrad.lm.build import add_lora, build_policy, build_task, frozen_reference
+from pgrad.lm.build import (
+    Task,
+    add_lora,
+    build_policy,
+    build_tasks,
+    critic_from_reward_model,
+    frozen_reference,
+    model_label,
+)
 from pgrad.lm.config import ALGO, LMPPOConfig
+from pgrad.lm.dataset import DatasetTask
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import (
     AdaptiveKLController,
@@ -117,10 +127,8 @@ class Rollout:
 
     def rows(self, index: Tensor) -> Rollout:
         """The rollout restricted to the responses ``index`` selects (a minibatch)."""
-        last_digit = self.prompts.last_digit[index.to(self.prompts.last_digit.device)]  # kept on the CPU
-        prompts = PromptBatch(self.prompts.ids[index], self.prompts.mask[index], last_digit)
         return Rollout(
-            prompts,
+            self.prompts.select(index),  # last_digit kept on the CPU
             self.response[index],
             self.mask[index],
             self.old_logprobs[index],
@@ -200,23 +208,31 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 def build_term(
-    term: RewardTerm, config: LMPPOConfig, task: DigitsTask, device: torch.device
+    term: RewardTerm, config: LMPPOConfig, task: Task, device: torch.device
 ) -> ResponseScorer | VerifierReward | FunctionReward:
-    """What computes one term of ``lm_ppo.reward``: the reward model (or ensemble), the true score, a verifier or
-    a Python function (imported here: trust is decided before a runner is built, ``refuse_untrusted_reward_code``)."""
+    """What computes one term of ``lm_ppo.reward``: the reward model (or ensemble; a 'pgrad lm rm' run or a
+    sequence-classification model folder), the true score, a verifier or a Python function (imported here: trust
+    is decided before a runner is built, ``refuse_untrusted_reward_code``)."""
     if term.kind == "model":
         assert config.reward_model is not None  # LMPPOConfig.validate
+        tokenizer = task.tokenizer if isinstance(task, DatasetTask) else None
         return load_reward_model(
-            Path(config.reward_model), config.max_new_tokens, device, config.ensemble_combine, config.ensemble_k
+            Path(config.reward_model),
+            config.max_new_tokens,
+            device,
+            config.ensemble_combine,
+            config.ensemble_k,
+            tokenizer,
         )
     if term.kind == "true_score":
+        assert isinstance(task, DigitsTask)  # LMPPOConfig.validate: the true score only on the digits task
         return TrueScoreReward(task)
     if term.kind == "verifier":
         return VerifierReward(term, task.column_names)
     return FunctionReward(term.source)
 
 
-def build_scorer(config: LMPPOConfig, task: DigitsTask, device: torch.device) -> CombinedReward:
+def build_scorer(config: LMPPOConfig, task: Task, device: torch.device) -> CombinedReward:
     """The reward of a PPO run: the weighted sum of the terms of ``lm_ppo.reward`` (one term: its scores)."""
     return CombinedReward([(term, build_term(term, config, task, device)) for term in config.reward_terms], task)
 
@@ -238,7 +254,7 @@ class LMPPORunner:
         self.device = torch.device(config.run.device)
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        self.task = build_task(self.ppo)
+        self.task, self.eval_task = build_tasks(self.ppo, config.run.seed)
         self.policy = build_policy(self.ppo, self.task).eval()  # eval: dropout off everywhere
         if self.ppo.init_from is not None:  # InstructGPT: PPO starts from the SFT model, which is the reference too
             sft_state, sft_path = load_sft_state(Path(self.ppo.init_from), self.ppo)
@@ -246,13 +262,17 @@ class LMPPORunner:
         add_lora(self.policy, self.ppo)
         self.policy.to(self.device)
         # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
-        self.reference = frozen_reference(self.policy, self.ppo)
+        self.reference = frozen_reference(self.policy.lm, self.ppo, self.task)
         self.scorer = build_scorer(self.ppo, self.task, self.device)
-        if self.ppo.init_value_from_rm:  # InstructGPT: the value function starts as the reward model
+        from_rm = self.ppo.value_model == "reward_model"
+        if self.ppo.init_value_from_rm or from_rm:  # InstructGPT: the value function starts as the reward model
             learned = self.scorer.learned
             assert isinstance(learned, LearnedReward)  # LMPPOConfig.validate: a term is 'model'
             try:
-                self.policy.init_value_from(learned.members[0])
+                if from_rm:
+                    critic_from_reward_model(self.policy, learned.members[0])
+                else:
+                    self.policy.init_value_from(learned.members[0])
             except ValueError as exc:
                 raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
@@ -281,7 +301,8 @@ class LMPPORunner:
             score_metric="lm/rm_score",  # no environment return: checkpoints are ranked by the reward's score
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
-        trunk.open_or_resume(self.run, console, f"{ALGO} {self.task.name}", self.load, self.run.close, units=PPO_UNITS)
+        label = f"{ALGO} {model_label(self.ppo, self.task)}"
+        trunk.open_or_resume(self.run, console, label, self.load, self.run.close, units=PPO_UNITS)
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
@@ -356,7 +377,7 @@ class LMPPORunner:
         ``flip_reward`` (the ``reward_flip`` drill): PPO learns from the negated scores; the logged ones stay."""
         ppo, tok = self.ppo, self.task.tokenizer
         cpu_prompts = self.task.prompts(ppo.batch_size // ppo.samples_per_prompt).repeat(ppo.samples_per_prompt)
-        prompts = PromptBatch(cpu_prompts.ids.to(self.device), cpu_prompts.mask.to(self.device), cpu_prompts.last_digit)
+        prompts = cpu_prompts.to(self.device)
         samples = sample(
             self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
         )
@@ -373,7 +394,6 @@ class LMPPORunner:
         values = values * mask
         response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
         score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).to(self.device)
-        true_score = self.task.true_score(prompts.last_digit, response_cpu, mask_cpu)
         learned_score = -score if flip_reward else score
         if ppo.advantage == "gae":
             rewards = token_rewards(learned_score, logp, ref, mask, self.kl.value)
@@ -388,8 +408,8 @@ class LMPPORunner:
             )
             returns = torch.zeros_like(advantages)
         kl_per_response = kl_k1(logp, ref, mask).sum(1)
-        stats = {
-            "lm/true_score": float(true_score.mean()),
+        stats = {"lm/true_score": self.true_score(prompts, response_cpu, mask_cpu)} if self.task.has_true_score else {}
+        stats |= {
             "lm/rm_score": float(score.mean()),
             "lm/kl": float(kl_per_response.mean()),
             "lm/kl_k3": float(kl_k3(logp, ref, mask).sum(1).mean()),
@@ -433,6 +453,11 @@ class LMPPORunner:
             loss = loss + self.kl.value * kl_term
             terms["train/kl_loss"] = kl_term
         return loss, terms
+
+    def true_score(self, prompts: PromptBatch, response: Tensor, mask: Tensor) -> float:
+        """The digits task's hidden true score of the responses, batch mean (a data set has none)."""
+        assert isinstance(self.task, DigitsTask)
+        return float(self.task.true_score(prompts.last_digit, response, mask).mean())
 
     def update(self, lr_scale: float = 1.0, flip_reward: bool = False) -> dict[str, Any]:
         """One rollout and its epochs at ``learning_rate`` x ``lr_scale`` (the guard's cuts and drills)."""
@@ -502,7 +527,7 @@ class LMPPORunner:
         return evaluate_policy(
             self.policy.lm,
             self.reference,
-            self.task,
+            self.eval_task,
             self.scorer,
             self.ppo.eval_prompts,
             self.config.run.seed + 1,

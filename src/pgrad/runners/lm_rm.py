@@ -7,6 +7,10 @@ descends the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected). Every ``eva
 at the end) a row of metrics: training loss and accuracy since the last row, held-out loss and
 accuracy, and the correlation of the score with the true score over the held-out responses.
 
+On a data set (``dataset``, with ``model`` a model folder: its base model is the trunk) the pairs are its
+rows (``prompt``, ``chosen``, ``rejected``) and the held-out ones its held-out rows; there is no true score to
+correlate with.
+
 An ensemble (``ensemble_size`` K > 1) trains K models side by side in the same steps: member m starts
 from its own initial weights (built one after another from the run's seed) and draws its minibatches
 from its own bootstrap resample of the training pairs (``len(train_pairs)`` indices drawn uniformly
@@ -36,8 +40,18 @@ from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.build import build_reward_model
+from pgrad.lm.build import (
+    Task,
+    build_reward_model,
+    build_tasks,
+    check_reward_tokens,
+    folder_reward_model,
+    is_model_folder,
+    model_label,
+)
 from pgrad.lm.config import RM_ALGO, LMRewardModelConfig
+from pgrad.lm.dataset import DatasetTask
+from pgrad.lm.folders import FolderTokenizer
 from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel
 from pgrad.lm.reward import LearnedReward
@@ -51,9 +65,15 @@ from pgrad.runs import load_run_config
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + this (the training pairs': run.seed)
 
 
-def pair_sets(task: DigitsTask, train: int, heldout: int, seed: int) -> tuple[PreferencePairs, PreferencePairs]:
+def pair_sets(
+    task: Task, train: int, heldout: int, seed: int, eval_task: Task | None = None
+) -> tuple[PreferencePairs, PreferencePairs]:
     """The training pairs (drawn from ``seed``) and the held-out ones (from ``seed + HELDOUT_SEED_OFFSET``) that
-    the reward model and DPO both learn from: the same pairs for the same seed and counts."""
+    the reward model and DPO both learn from: the same pairs for the same seed and counts. A data set's: every
+    row of ``task`` and of ``eval_task`` (the counts do not apply)."""
+    if isinstance(task, DatasetTask):
+        assert isinstance(eval_task, DatasetTask)
+        return task.preference_pairs(), eval_task.preference_pairs()
     training = task.preference_pairs(train, torch.Generator().manual_seed(seed))
     held_out = task.preference_pairs(heldout, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET))
     return training, held_out
@@ -106,9 +126,11 @@ class RewardModelRunner:
         self.rm: LMRewardModelConfig = config.algo_config
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        self.task = DigitsTask(self.rm.max_new_tokens)
         seed = config.run.seed
-        self.train_pairs, self.heldout = pair_sets(self.task, self.rm.train_pairs, self.rm.heldout_pairs, seed)
+        self.task, eval_task = build_tasks(self.rm, seed)
+        self.train_pairs, self.heldout = pair_sets(
+            self.task, self.rm.train_pairs, self.rm.heldout_pairs, seed, eval_task
+        )
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
         self.model = self.members[0]
@@ -119,7 +141,7 @@ class RewardModelRunner:
         open_rows(
             self,
             console,
-            f"{RM_ALGO} {self.task.name}",
+            f"{RM_ALGO} {model_label(self.rm, self.task)}",
             f", {len(self.train_pairs)} training and {len(self.heldout)} held-out pairs",
             RM_UNITS,
         )
@@ -159,17 +181,20 @@ class RewardModelRunner:
                 for m in range(len(self.members))
             }
         pairs = self.heldout
-        true = torch.cat(
-            [
-                self.task.true_score(pairs.prompts.last_digit, pairs.chosen, pairs.chosen_mask),
-                self.task.true_score(pairs.prompts.last_digit, pairs.rejected, pairs.rejected_mask),
-            ]
-        )
-        correlation = torch.corrcoef(torch.stack([torch.cat([chosen, rejected]), true]))[0, 1]
+        correlation: dict[str, float] = {}
+        if isinstance(self.task, DigitsTask):  # a data set has no true score
+            true = torch.cat(
+                [
+                    self.task.true_score(pairs.prompts.last_digit, pairs.chosen, pairs.chosen_mask),
+                    self.task.true_score(pairs.prompts.last_digit, pairs.rejected, pairs.rejected_mask),
+                ]
+            )
+            scores = torch.cat([chosen, rejected])
+            correlation["eval/rm_true_correlation"] = float(torch.corrcoef(torch.stack([scores, true]))[0, 1])
         return {
             "eval/rm_loss": float(loss),
             "eval/rm_accuracy": float(accuracy),
-            "eval/rm_true_correlation": float(correlation),
+            **correlation,
             "eval/rm_brier": float(((1 - win_probability) ** 2).mean()),
             **per_member,
         }
@@ -207,14 +232,24 @@ class RewardModelRunner:
 
 
 def load_reward_model(
-    run_dir: Path, max_new_tokens: int, device: torch.device, rule: EnsembleRule = "min", std_coef: float = 1.0
+    run_dir: Path,
+    max_new_tokens: int,
+    device: torch.device,
+    rule: EnsembleRule = "min",
+    std_coef: float = 1.0,
+    tokenizer: FolderTokenizer | None = None,
 ) -> LearnedReward:
     """The best checkpoint (held-out accuracy) of an ``lm_rm`` run folder, frozen, as a PPO scorer: all its
-    ensemble members, combined by ``rule`` (``combine_ensemble``)."""
+    ensemble members, combined by ``rule`` (``combine_ensemble``); or a sequence-classification model folder
+    (``folder_reward_model``). ``tokenizer``: the policy's, when it comes from a model folder (the reward model
+    must read the same ids)."""
+    if is_model_folder(Path(run_dir)):
+        return folder_reward_model(Path(run_dir), device, "lm_ppo.reward_model", tokenizer)
     config = load_run_config(Path(run_dir))
     if config.algo != RM_ALGO or not isinstance(config.algo_config, LMRewardModelConfig):
         raise ConfigError(f"lm_ppo.reward_model: {run_dir} is a '{config.algo}' run, not a reward model ({RM_ALGO})")
-    if max_new_tokens > config.algo_config.max_new_tokens:
+    check_reward_tokens(config.algo_config, run_dir, tokenizer)
+    if config.algo_config.model.path is None and max_new_tokens > config.algo_config.max_new_tokens:
         raise ConfigError(
             f"lm_ppo.max_new_tokens must be <= {config.algo_config.max_new_tokens}, the longest response the reward "
             f"model in {run_dir} was built for; got {max_new_tokens}"

@@ -8,6 +8,10 @@ demonstrations (and at the end) a row: the training loss since the last row, the
 (``eval/sft_nll``), and, on held-out prompts, the sampled responses' true score and KL to the initial
 weights (``pgrad.lm.evaluate``).
 
+On a data set (``dataset``, with ``model`` a model folder: ``pgrad.lm.data``, ``pgrad.lm.build.build_tasks``)
+the demonstrations are its rows (``prompt``, ``completion``) and the held-out ones its held-out rows, and the
+sampled evaluation has no true score.
+
 Checkpoints are scored by minus the held-out loss (the true score is the task's secret; selecting by
 it would leak it), so the ``best`` checkpoint is the one ``lm_ppo.init_from`` loads.
 """
@@ -26,13 +30,12 @@ from pgrad.algos.common import make_optimizer, optimizer_step
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
-from pgrad.lm.build import build_lm, frozen_copy
+from pgrad.lm.build import Task, build_lm, build_tasks, frozen_copy, model_label
 from pgrad.lm.config import SFT_ALGO, LMDPOConfig, LMPPOConfig, LMSFTConfig
+from pgrad.lm.dataset import DatasetTask
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import CausalLM, response_outputs
-from pgrad.lm.reward import TrueScoreReward
-from pgrad.lm.task import DigitsTask
 from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
@@ -41,14 +44,18 @@ from pgrad.runs import load_run_config
 
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out demonstrations: run.seed + this (the training ones: run.seed)
 # what PPO and DPO must share to start from an SFT model
-ARCHITECTURE = ("max_new_tokens", "model.n_layer", "model.n_embd", "model.n_head")
+ARCHITECTURE = ("max_new_tokens", "model.path", "model.n_layer", "model.n_embd", "model.n_head")
 
 
 class Demonstrations:
-    """Prompts with one demonstrated response each (right-padded, with masks)."""
+    """Prompts with one demonstrated response each (right-padded, with masks): ``count`` of the digits task's
+    drawn from ``seed``, or every row of a data set."""
 
-    def __init__(self, task: DigitsTask, count: int, seed: int) -> None:
-        self.prompts, self.response, self.mask = task.demonstrations(count, torch.Generator().manual_seed(seed))
+    def __init__(self, task: Task, count: int, seed: int) -> None:
+        if isinstance(task, DatasetTask):
+            self.prompts, self.response, self.mask = task.demonstrations()
+        else:
+            self.prompts, self.response, self.mask = task.demonstrations(count, torch.Generator().manual_seed(seed))
 
     def __len__(self) -> int:
         return int(self.response.shape[0])
@@ -76,10 +83,10 @@ class SFTRunner:
         self.sft: LMSFTConfig = config.algo_config
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
-        self.task = DigitsTask(self.sft.max_new_tokens)
         seed = config.run.seed
+        self.task, self.eval_task = build_tasks(self.sft, seed)
         self.train_demos = Demonstrations(self.task, self.sft.demonstrations, seed)
-        self.heldout = Demonstrations(self.task, self.sft.heldout_demonstrations, seed + HELDOUT_SEED_OFFSET)
+        self.heldout = Demonstrations(self.eval_task, self.sft.heldout_demonstrations, seed + HELDOUT_SEED_OFFSET)
         self.lm = build_lm(self.sft, self.task)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
         self.initial = frozen_copy(self.lm)  # for the KL of the evaluations
@@ -87,7 +94,7 @@ class SFTRunner:
         self.step = 0  # demonstrations trained on
         self.updates = 0
         detail = f", {len(self.train_demos)} demonstrations"
-        open_rows(self, console, f"{SFT_ALGO} {self.task.name}", detail, SFT_UNITS)
+        open_rows(self, console, f"{SFT_ALGO} {model_label(self.sft, self.task)}", detail, SFT_UNITS)
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
@@ -107,19 +114,12 @@ class SFTRunner:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The held-out demonstrations' NLL, and sampled responses' true scores and KL to the initial model (no
-        ``eval/rm_score``)."""
+        """The held-out demonstrations' NLL, and sampled responses' true scores (the digits task) and KL to the
+        initial model (no ``eval/rm_score``: there is no reward model)."""
         heldout_nll = self.heldout.nll(self.lm, torch.arange(len(self.heldout)))
         sampled = evaluate_policy(
-            self.lm,
-            self.initial,
-            self.task,
-            TrueScoreReward(self.task),
-            self.sft.eval_prompts,
-            self.config.run.seed + 1,
-            1.0,
+            self.lm, self.initial, self.eval_task, None, self.sft.eval_prompts, self.config.run.seed + 1, 1.0
         )
-        sampled.pop("eval/rm_score")  # no reward model here: it would repeat the true score
         return {"eval/sft_nll": float(heldout_nll), **sampled}
 
     def train_steps(self, until_step: int) -> dict[str, Any]:
