@@ -235,7 +235,8 @@ def test_critic_initialised_from_the_reward_folder(folders, tmp_path):
     sets = [argv[i + 1] for i, item in enumerate(argv) if item == "--set"] + ["value_model=reward_model"]
     config, _ = resolve_config("lm_ppo", sets=sets, total_steps=4)
     runner = LMPPORunner(config, tmp_path / "b", console=False)
-    reward_model = runner.scorer.members[0]
+    assert runner.scorer.learned is not None
+    reward_model = runner.scorer.learned.members[0]
     assert runner.policy.critic is not reward_model.trunk
     torch.testing.assert_close(runner.policy.value_head.weight, reward_model.head.weight, atol=0, rtol=0)
     for ours, theirs in zip(runner.policy.critic.parameters(), reward_model.trunk.parameters(), strict=True):
@@ -342,3 +343,30 @@ def test_a_folder_ppo_run_resumes_exactly(folders, tmp_path):
         return {k: v for k, v in row.items() if k.startswith(("lm/", "train/", "eval/"))}
 
     assert last("whole")["lm/kl"] != 0.0 and last("split") == last("whole")
+
+
+def test_a_data_sets_columns_reach_the_verifiers_and_functions(folders, tmp_path, monkeypatch):
+    """GRPO on a model folder and a prompts file with an 'answer' column: verifier:exact_answer compares each
+    completion with its own row's answer, and a user function receives the prompts as given and the columns
+    aligned with the batch (each term logged as reward/<name>)."""
+    rows = [{"prompt": f"what is {i} plus one?", "answer": str(i + 1), "topic": "sums"} for i in range(8)]
+    data = write_jsonl(tmp_path / "sums.jsonl", rows)
+    module = tmp_path / "user_rewards.py"
+    module.write_text(
+        "import json, os\n"
+        "def seen(prompts, completions, answer, topic):\n"
+        "    with open(os.environ['SEEN'], 'a') as out:\n"
+        "        for p, a, t in zip(prompts, answer, topic, strict=True):\n"
+        "            out.write(json.dumps([p, a, t]) + '\\n')\n"
+        "    return [0.0] * len(prompts)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SEEN", str(tmp_path / "seen.jsonl"))
+    run = tmp_path / "grpo"
+    argv = ppo_argv(folders["llama"], data, run, "advantage=grpo", "samples_per_prompt=2")
+    argv[argv.index("reward=model")] = "reward=[verifier:exact_answer, user_rewards:seen]"
+    assert main([*argv, "--trust-reward-code"]) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "reward/exact_answer" in last and "reward/seen" in last
+    seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    assert seen and all(p == f"what is {int(a) - 1} plus one?" and t == "sums" for p, a, t in seen)
