@@ -6,7 +6,7 @@ LIMITS = AlertThresholds(kl_alert=10.0, hacking_window=3, hacking_drop=0.05, len
 
 
 def row(kl=1.0, rm=0.0, true=0.5, length=8.0):
-    return {"lm/kl": kl, "lm/rm_score": rm, "lm/true_score": true, "lm/response_length": length}
+    return {"lm/kl": kl, "lm/rm_score": rm, "lm/check_score": true, "lm/response_length": length}
 
 
 def kinds(history, limits=LIMITS):
@@ -14,7 +14,7 @@ def kinds(history, limits=LIMITS):
 
 
 def test_a_healthy_history_raises_nothing():
-    history = [{"step": 0, "eval/true_score": 0.3}] + [row(kl=k, rm=k, true=0.3 + 0.05 * k) for k in range(6)]
+    history = [{"step": 0, "eval/check_score": 0.3}] + [row(kl=k, rm=k, true=0.3 + 0.05 * k) for k in range(6)]
     assert kinds(history) == []
 
 

@@ -134,3 +134,9 @@ def test_doctor_finds_degenerate_responses() -> None:
     finding = check_lm_degeneration(rows, [], GuardConfig())
     assert finding is not None and finding.step == 2 and finding.severity == "warning"
     assert check_lm_degeneration(rows[:2], [], GuardConfig()) is None
+
+
+def test_doctor_leaves_digits_runs_alone() -> None:
+    # on the digits task a response of one large digit repeated is the optimum: not degeneration
+    rows = [{"step": float(i), "lm/distinct_2": v, "lm/true_score": 0.5} for i, v in enumerate([0.8, 0.3])]
+    assert check_lm_degeneration(rows, [], GuardConfig()) is None

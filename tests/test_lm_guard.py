@@ -113,7 +113,7 @@ def hacking_row(rm, true, recoveries=0.0, length=8.0):
     return {
         "lm/kl": 1.0,
         "lm/rm_score": rm,
-        "lm/true_score": true,
+        "lm/check_score": true,
         "lm/response_length": length,
         "diagnostics/recoveries": recoveries,
     }
@@ -126,8 +126,10 @@ def test_reward_hacking_is_critical_when_the_guard_acts_and_the_guard_rolls_back
     hacked = [hacking_row(1.0, 0.6), hacking_row(1.2, 0.6), hacking_row(2.0, 0.4), hacking_row(2.2, 0.4)]
     acting = guard_alerts(hacked, LIMITS, act=True)
     assert [(a.level, a.rule) for a in acting] == [("critical", "lm_reward_hacking")]
-    assert acting[0].metric == "lm/true_score" and acting[0].value == pytest.approx(0.4)
-    assert acting[0].evidence["rm_gain"] == pytest.approx(1.0) and acting[0].evidence["true_drop"] == pytest.approx(0.2)
+    assert acting[0].metric == "lm/check_score" and acting[0].value == pytest.approx(0.4)
+    assert acting[0].evidence["rm_gain"] == pytest.approx(1.0) and acting[0].evidence["check_drop"] == pytest.approx(
+        0.2
+    )
     assert [(a.level, a.rule) for a in guard_alerts(hacked, LIMITS, act=False)] == [("warning", "lm_reward_hacking")]
     # the rows before a rollback belong to discarded weights: the window restarts after it
     after = hacked[:3] + [hacking_row(2.2, 0.4, recoveries=1.0)]
@@ -141,15 +143,19 @@ def test_reward_hacking_is_critical_when_the_guard_acts_and_the_guard_rolls_back
     assert [a.rule for a in guard_alerts(exploding, limits, act=True)] == ["lm_length_explosion"]
 
     # the held-out check: two consecutive evaluations (same prompts, same noise), RM up and true score down
-    start = {"step": 0, "eval/true_score": 0.50, "eval/rm_score": 1.0}
+    start = {"step": 0, "eval/check_score": 0.50, "eval/rm_score": 1.0}
     steady = [hacking_row(1.0, 0.5) for _ in range(2)]
-    evaluated = {**hacking_row(1.0, 0.5), "step": 128, "eval/true_score": 0.44, "eval/rm_score": 1.5}
+    evaluated = {**hacking_row(1.0, 0.5), "step": 128, "eval/check_score": 0.44, "eval/rm_score": 1.5}
     heldout = guard_alerts([start, *steady, evaluated], LIMITS, act=True)
-    assert [(a.rule, a.metric) for a in heldout] == [("lm_reward_hacking", "eval/true_score")]
-    assert heldout[0].evidence["true_drop"] == pytest.approx(0.06) and "held-out prompts" in heldout[0].message
-    assert guard_alerts([start, *steady, {**evaluated, "eval/true_score": 0.46}], LIMITS, act=True) == []  # 0.04
+    assert [(a.rule, a.metric) for a in heldout] == [("lm_reward_hacking", "eval/check_score")]
+    assert heldout[0].evidence["check_drop"] == pytest.approx(0.06) and "held-out prompts" in heldout[0].message
+    assert guard_alerts([start, *steady, {**evaluated, "eval/check_score": 0.46}], LIMITS, act=True) == []  # 0.04
     assert guard_alerts([start, *steady, {**evaluated, "eval/rm_score": 0.9}], LIMITS, act=True) == []  # RM fell too
     assert guard_alerts([start, evaluated, hacking_row(1.0, 0.5)], LIMITS, act=True) == []  # no new evaluation
+    # the rules never read the digits task's true score: without a check, a fall of it alone raises nothing
+    hidden = [{k: v for k, v in row.items() if k != "lm/check_score"} | {"lm/true_score": row["lm/check_score"]}
+              for row in hacked]  # fmt: skip
+    assert guard_alerts(hidden, LIMITS, act=True) == []
 
     guard = Guard(GuardConfig(), 10_000, None, rules=LM_GUARD_RULES, rollback_rules=HACKING_RULES)
     metrics = {"step": 256, **hacked[-1]}
@@ -175,13 +181,13 @@ def test_doctor_finds_reward_hacking_over_the_whole_run_from_the_held_out_evalua
     from pgrad.monitor.doctor import diagnose
 
     def evaluation(step, true, rm):
-        return {"step": step, "update": step // 64, "eval/true_score": true, "eval/rm_score": rm}
+        return {"step": step, "update": step // 64, "eval/check_score": true, "eval/rm_score": rm}
 
     hacked = [evaluation(0, 0.40, 1.0), evaluation(1024, 0.62, 5.0), evaluation(2048, 0.55, 6.0)]
     hacked.append(evaluation(3072, 0.50, 6.5))
     findings = diagnose(hacked, [])
     assert [f.symptom for f in findings] == [
-        "reward hacking (held-out true score fell while the reward-model score rose)"
+        "reward hacking (held-out check reward fell while the reward-model score rose)"
     ]
     assert findings[0].step == 3072 and "0.620 at step 1024 -> 0.500" in findings[0].evidence  # 0.07 at 2048: not yet
     assert diagnose(hacked[:3], []) == []  # 0.07 below the best: within 0.08
@@ -224,7 +230,7 @@ def test_a_reward_hacking_rollback_goes_back_before_the_window_that_showed_it(tm
         if history[-1]["step"] == 896:
             evidence = {"rm_gain": 0.5, "true_drop": 0.2, "se": 0.01, "window": 10.0}
             found.append(
-                Alert("critical", "lm_reward_hacking", "hack by hand: evidence", "lm/true_score", 0.3, 0.4, evidence)
+                Alert("critical", "lm_reward_hacking", "hack by hand: evidence", "lm/check_score", 0.3, 0.4, evidence)
             )
         return found
 
@@ -236,4 +242,9 @@ def test_a_reward_hacking_rollback_goes_back_before_the_window_that_showed_it(tm
     monkeypatch.setattr(runner_module, "guard_alerts", real)
     clean = tmp_path / "clean"
     LMPPORunner(config(1024), clean, console=False).train(stop_at_step=192)
-    assert_same_learner(learner_of(hacked), learner_of(clean))
+    (policy, optim, kl), clean_learner = learner_of(hacked), learner_of(clean)
+    # the restored learner is step 192's, except its KL coefficient: lm_ppo.hacking_kl_boost (2) raised it, so the
+    # policy does not walk back into the same hack at the same price
+    assert_same_learner((policy, optim, clean_learner[2]), clean_learner)
+    assert kl == 2 * clean_learner[2] and rollback["kl_coef"] == [clean_learner[2], kl]
+    assert "kl_coef 0.05 -> 0.1 (lm_ppo.hacking_kl_boost)" in rollback["message"]

@@ -264,7 +264,7 @@ def test_folder_refusals_of_reward_and_reference(folders, tmp_path, capsys):
     line = one_line_error(capsys, ["lm", "sft", "--set", f"dataset={folders['demos']}"])
     assert "lm_sft.dataset must be null with the built-in GPT-2" in line
     line = one_line_error(capsys, ["lm", "ppo", "--set", f"model={gpt2}", "--set", f"dataset={prompts}"])
-    assert "lm_ppo.reward must be a reward other than 'true' with a data set" in line
+    assert "lm_ppo.reward must be a reward other than 'true_score' with a data set" in line
     assert not (tmp_path / "r").exists()
 
 

@@ -143,9 +143,10 @@ RUN_FILES = (
     "halt_trajectories.npz",
     "halt_batch.npz",
     "spaces.json",  # written by pgrad.api's learn
+    "samples",  # a language-model run's sampled evaluation responses (pgrad.lm.evaluate.write_samples)
 )
 # The folders among them (the rest are files).
-RUN_FOLDERS = ("checkpoints", "tb", "report", "export")
+RUN_FOLDERS = ("checkpoints", "tb", "report", "export", "samples")
 LOCK_FILE = ".pgrad.lock"  # the run's lock (pgrad.runners.context.RunLock); never deleted while a run may hold it
 # Files pgrad writes by a fixed name inside those folders (a checkpoint's own files are checked when it is read,
 # ``load_checkpoint``; the report's PNGs, one per panel, when the report is written).
@@ -171,7 +172,7 @@ TEMPORARY_FILES = (
 # (``check_run_folder``); tests/test_hostile_links.py plants a link at each name, for every command.
 RUN_ENTRIES = (*RUN_FILES, LOCK_FILE, *NESTED_FILES, *TEMPORARY_FILES)
 # Folders that hold only pgrad's outputs (the report's PNGs, one per panel; the exported files): no link in them.
-OUTPUT_FOLDERS = ("report", "export")
+OUTPUT_FOLDERS = ("report", "export", "samples")
 
 
 def check_run_folder(run_dir: Path, writing: bool = False) -> None:

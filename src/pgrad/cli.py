@@ -356,7 +356,7 @@ def _refuse_untrusted_reward(config, source: str, trust_reward_code: bool) -> No
     if isinstance(config.algo_config, LMPPOConfig):
         from pgrad.lm.reward_spec import refuse_untrusted_reward_code
 
-        refuse_untrusted_reward_code(config.algo_config.reward_terms, source, trust_reward_code)
+        refuse_untrusted_reward_code(config.algo_config.code_terms, source, trust_reward_code)
 
 
 def _cmd_lm(args: argparse.Namespace) -> int:

@@ -9,9 +9,10 @@ weights the rollback threw away. ``pgrad.runners.lm_ppo.guard_alerts`` hands the
 - ``critical.lm_kl``: the mean per-response KL to the reference is above ``kl_alert`` nats: the policy
   has left the region where the reward model was trained, and its scores stop meaning much.
 - ``warning.lm_reward_hacking``: over the last ``hacking_window`` rows, the mean of the later half
-  against the mean of the earlier half: the reward model's score rose while the true score fell by
+  against the mean of the earlier half: the optimised reward rose while the check score (``lm_ppo.check_reward``;
+  never the digits task's true score unless the user names it there) fell by
   more than ``hacking_drop``: the policy exploits the reward model. Half-window means, not two single
-  rows: one row's true score is the mean of one batch (64 responses; on the digits task it swings by
+  rows: one row's check score is the mean of one batch (64 responses; on the digits task it swings by
   about 0.04 from update to update in a healthy run), so two single rows differ by 0.1 by chance. The
   held-out check is the same rule on two consecutive evaluations (same prompts, same noise). With
   ``hacking_z`` the fall must also exceed that many standard errors of the difference of the half means
@@ -25,6 +26,12 @@ weights the rollback threw away. ``pgrad.runners.lm_ppo.guard_alerts`` hands the
   members were trained on different resamples of the same pairs, so they agree where the pairs were
   dense and drift apart off that distribution: rising disagreement says the policy is moving its
   responses where the reward models are guessing, the usual start of reward hacking.
+- the level test (``level_hacking``, on evaluation rows with a check): the held-out check is more than
+  ``hacking_drop`` below its best while the optimised reward is not below its value there. The rate tests
+  above see a fall while it happens; this one holds for as long as a hack persists, and catches a drift too
+  slow for any window.
+- ``warning.lm_degeneration`` (``degeneration_floor``, off by default): the batch's distinct bigrams per
+  bigram fell below that multiple of their first value: the responses repeat a few tokens.
 """
 
 from __future__ import annotations
@@ -38,11 +45,15 @@ from pgrad import metric_names as names
 
 KL = "lm/kl"
 RM_SCORE = "lm/rm_score"
-TRUE_SCORE = "lm/true_score"
+# The held-out check the hacking rules compare with the optimised reward: lm_ppo.check_reward's score (a verifier,
+# a function, a second reward model; the digits task's hidden true score only when the user names it there). The
+# rules never read lm/true_score itself: a real user has no true score.
+CHECK_SCORE = "lm/check_score"
 LENGTH = "lm/response_length"
 RM_DISAGREEMENT = "lm/rm_disagreement"
-EVAL_TRUE_SCORE = "eval/true_score"  # on the held-out prompts (evaluation rows)
+EVAL_CHECK_SCORE = "eval/check_score"  # on the held-out prompts (evaluation rows)
 EVAL_RM_SCORE = "eval/rm_score"
+DISTINCT = "lm/distinct_2"  # pgrad.lm.degeneration
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class AlertThresholds:
     disagreement_rise: float | None = None
     length_explosion: float | None = None
     hacking_z: float = 0.0  # the fall must exceed this many standard errors of the half-window means too (0: off)
+    degeneration_floor: float | None = None  # warning.lm_degeneration below this x the first distinct-2 (None: off)
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ class LMAlert:
 
 
 # the rules whose alerts are reward hacking (or its symptoms): critical, and a rollback, when the guard acts
-HACKING_RULES = ("lm_kl", "lm_reward_hacking", "lm_length_collapse", "lm_length_explosion")
+HACKING_RULES = ("lm_kl", "lm_reward_hacking", "lm_length_collapse", "lm_length_explosion", "lm_degeneration")
 
 
 def since_last_rollback(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,30 +118,32 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
             )
         )
     window = since_last_rollback(rows)[-limits.hacking_window :]
-    # the true score is the digits task's: a data set's rows have none to compare the reward with
-    if len(window) == limits.hacking_window and all(TRUE_SCORE in row for row in window):
+    # only with a check (lm_ppo.check_reward): without one the rows have nothing to compare the reward with
+    if len(window) == limits.hacking_window and all(CHECK_SCORE in row for row in window):
         half = len(window) // 2
         earlier, later = window[:half], window[-half:]  # an odd window leaves its middle row out
         rm_gain = _mean(later, RM_SCORE) - _mean(earlier, RM_SCORE)
-        true_drop = _mean(earlier, TRUE_SCORE) - _mean(later, TRUE_SCORE)
-        noise = _half_means_se(earlier, later, TRUE_SCORE)
-        if rm_gain > 0 and true_drop > limits.hacking_drop and true_drop > limits.hacking_z * noise:
+        check_drop = _mean(earlier, CHECK_SCORE) - _mean(later, CHECK_SCORE)
+        noise = _half_means_se(earlier, later, CHECK_SCORE)
+        if rm_gain > 0 and check_drop > limits.hacking_drop and check_drop > limits.hacking_z * noise:
             found.append(
                 LMAlert(
                     "warning.lm_reward_hacking",
                     f"over the last {len(window)} updates (later half against earlier half) the reward-model score "
-                    f"rose by {rm_gain:.3g} while the true score fell by {true_drop:.3g} (lm_ppo.hacking_drop "
+                    f"rose by {rm_gain:.3g} while the check score fell by {check_drop:.3g} (lm_ppo.hacking_drop "
                     f"{limits.hacking_drop:g}): the policy "
                     "exploits the reward model; raise kl_coef, retrain the reward model on the new responses, or "
                     "stop at the best checkpoint",
-                    TRUE_SCORE,
-                    _mean(later, TRUE_SCORE),
-                    _mean(earlier, TRUE_SCORE) - limits.hacking_drop,
-                    {"rm_gain": rm_gain, "true_drop": true_drop, "se": noise, "window": float(len(window))},
+                    CHECK_SCORE,
+                    _mean(later, CHECK_SCORE),
+                    _mean(earlier, CHECK_SCORE) - limits.hacking_drop,
+                    {"rm_gain": rm_gain, "check_drop": check_drop, "se": noise, "window": float(len(window))},
                 )
             )
     if not any(alert.kind == "warning.lm_reward_hacking" for alert in found):
         found.extend(_heldout_hacking(history, limits))
+    if not any(alert.kind == "warning.lm_reward_hacking" for alert in found) and EVAL_CHECK_SCORE in history[-1]:
+        found.extend(level_hacking(history, EVAL_RM_SCORE, EVAL_CHECK_SCORE, limits.hacking_drop, "the held-out check"))
     first_length = float(rows[0][LENGTH])
     evidence = {"first_length": first_length}
     if limits.length_collapse is not None and last[LENGTH] < limits.length_collapse * first_length:
@@ -157,35 +171,36 @@ def lm_alerts(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LM
             )
         )
     found.extend(_disagreement_alert(rows, limits))
+    found.extend(degeneration_alert(rows, DISTINCT, limits.degeneration_floor))
     return found
 
 
 def _heldout_hacking(history: list[dict[str, Any]], limits: AlertThresholds) -> list[LMAlert]:
     """The held-out check: on the newest row that carries an evaluation, the reward-model score on the held-out
     prompts rose since the previous evaluation (since the last rollback; the starting model's counts) while the
-    true score fell by more than ``hacking_drop``. Evaluations answer the same prompts with the same noise, so
+    check score fell by more than ``hacking_drop``. Evaluations answer the same prompts with the same noise, so
     two of them differ by the policy alone, not by a batch's draw."""
-    if EVAL_TRUE_SCORE not in history[-1]:
+    if EVAL_CHECK_SCORE not in history[-1]:
         return []
-    evaluations = [row for row in since_last_rollback(history) if EVAL_TRUE_SCORE in row and EVAL_RM_SCORE in row]
+    evaluations = [row for row in since_last_rollback(history) if EVAL_CHECK_SCORE in row and EVAL_RM_SCORE in row]
     if len(evaluations) < 2:
         return []
     before, now = evaluations[-2], evaluations[-1]
     rm_gain = float(now[EVAL_RM_SCORE]) - float(before[EVAL_RM_SCORE])
-    true_drop = float(before[EVAL_TRUE_SCORE]) - float(now[EVAL_TRUE_SCORE])
-    if rm_gain <= 0 or true_drop <= limits.hacking_drop:
+    check_drop = float(before[EVAL_CHECK_SCORE]) - float(now[EVAL_CHECK_SCORE])
+    if rm_gain <= 0 or check_drop <= limits.hacking_drop:
         return []
     return [
         LMAlert(
             "warning.lm_reward_hacking",
             f"on the held-out prompts, since the evaluation at step {before.get('step')}, the reward-model score rose "
-            f"by {rm_gain:.3g} while the true score fell by {true_drop:.3g} (lm_ppo.hacking_drop "
+            f"by {rm_gain:.3g} while the check score fell by {check_drop:.3g} (lm_ppo.hacking_drop "
             f"{limits.hacking_drop:g}): the policy exploits the reward model; raise kl_coef, retrain the reward "
             "model on the new responses, or stop at the best checkpoint",
-            EVAL_TRUE_SCORE,
-            float(now[EVAL_TRUE_SCORE]),
-            float(before[EVAL_TRUE_SCORE]) - limits.hacking_drop,
-            {"rm_gain": rm_gain, "true_drop": true_drop, "since_step": float(before.get("step", 0))},
+            EVAL_CHECK_SCORE,
+            float(now[EVAL_CHECK_SCORE]),
+            float(before[EVAL_CHECK_SCORE]) - limits.hacking_drop,
+            {"rm_gain": rm_gain, "check_drop": check_drop, "since_step": float(before.get("step", 0))},
         )
     ]
 

@@ -230,6 +230,26 @@ class LMPPOConfig(FolderShorthand, Checked):
         "warning.lm_reward_hacking when the true score falls by more than this while the RM score rises (digits, "
         "batch 64: the half-window means of a healthy run differ by up to 0.05)",
     )
+    check_reward: str | bool | dict[str, Any] | tuple[str | bool | dict[str, Any], ...] | None = param(
+        None,
+        "a held-out check of the optimised reward (docs/lm-rewards.md): the same forms as reward ('model' here is "
+        "check_reward_model), never optimised, logged as lm/check_score and eval/check_score; the hacking rules "
+        "compare it with the optimised reward and it ranks the best checkpoint. None: no check (the guard reads KL, "
+        "ensemble disagreement, length and degeneration; the digits task's true score only when named here)",
+    )
+    check_reward_model: str | None = param(
+        None, "with a 'model' term in check_reward: a second reward model (a 'pgrad lm rm' run or a model folder)"
+    )
+    degeneration_floor: float | None = param(
+        None,
+        "warning.lm_degeneration when lm/distinct_2 (distinct bigrams per bigram in the batch) falls below this x "
+        "its first value (None: off; on the digits task repeating a large digit is the optimum, not a hack)",
+    )
+    hacking_kl_boost: float = param(
+        2.0,
+        "after a rollback on reward hacking the KL coefficient is multiplied by this (1: unchanged), so the restored "
+        "policy does not walk back into the same hack; guard.max_recoveries rollbacks later the run stops",
+    )
     hacking_z: float = param(
         3.0,
         "the reward-hacking rule's fall must also exceed this many standard errors of the difference of the two "
@@ -282,6 +302,7 @@ class LMPPOConfig(FolderShorthand, Checked):
         if self.init_value_from_rm and (self.critic != "separate" or not self.uses_reward_model):
             self._fail("init_value_from_rm", "false unless critic is 'separate' and reward is 'model'")
         self.check_folder_fields()
+        self.check_check_reward()
         self.check_range("lora_rank", 0, self.model.n_embd if self.model.path is None else MAX_LM_WIDTH)
         self.check_range("lora_alpha", 0, low_open=True)
         if self.advantage == "gae" and self.kl_penalty != "reward":
@@ -310,6 +331,8 @@ class LMPPOConfig(FolderShorthand, Checked):
         self.check_range("hacking_window", 2, MAX_WINDOW)
         self.check_range("hacking_drop", 0)
         self.check_range("hacking_z", 0)
+        self.check_range("degeneration_floor", 0, 1, low_open=True, high_open=True)
+        self.check_range("hacking_kl_boost", 1, 100)
         self.check_range("length_collapse", 0, 1, low_open=True, high_open=True)
         self.check_range("length_explosion", 1, low_open=True)
         self.check_range("ensemble_k", 0)
@@ -331,6 +354,11 @@ class LMPPOConfig(FolderShorthand, Checked):
                 object.__setattr__(self, key, default)
         object.__setattr__(self, "reward", canonical_reward(self.reward))
         object.__setattr__(self, "_terms", read_reward_terms(self.reward, self.verifier, self._name("reward")))
+        check: tuple[RewardTerm, ...] = ()
+        if self.check_reward is not None:
+            object.__setattr__(self, "check_reward", canonical_reward(self.check_reward))
+            check = read_reward_terms(self.check_reward, self.verifier, self._name("check_reward"))
+        object.__setattr__(self, "_check_terms", check)
 
     @property
     def reward_terms(self) -> tuple[RewardTerm, ...]:
@@ -339,9 +367,30 @@ class LMPPOConfig(FolderShorthand, Checked):
         return terms
 
     @property
+    def check_terms(self) -> tuple[RewardTerm, ...]:
+        """The terms of ``check_reward`` (none without one), checked when the config was built."""
+        terms: tuple[RewardTerm, ...] = self.__dict__["_check_terms"]
+        return terms
+
+    @property
+    def code_terms(self) -> tuple[RewardTerm, ...]:
+        """Every term that may name code to import (``reward`` and ``check_reward``): the trust check reads these."""
+        return self.reward_terms + self.check_terms
+
+    @property
     def uses_reward_model(self) -> bool:
         """Whether a term of ``reward`` is the reward model of ``reward_model``."""
         return any(term.kind == "model" for term in self.reward_terms)
+
+    def check_check_reward(self) -> None:
+        """``check_reward``: a 'model' term needs ``check_reward_model`` (a second one: the optimised reward model
+        cannot check itself), and a data set has no true score to check with."""
+        if any(term.kind == "model" for term in self.check_terms) and not self.check_reward_model:
+            self._fail("check_reward_model", "a second reward model's folder when check_reward has a 'model' term")
+        if self.check_reward_model is not None and not any(term.kind == "model" for term in self.check_terms):
+            self._fail("check_reward_model", "null unless check_reward has a 'model' term")
+        if self.dataset is not None and any(term.kind == "true_score" for term in self.check_terms):
+            self._fail("check_reward", "a check other than 'true_score' with a data set (the digits task's score)")
 
     def check_folder_fields(self) -> None:
         """The model-folder fields: a data set's prompts have no true score, and a reference or value model

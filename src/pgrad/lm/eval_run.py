@@ -146,7 +146,7 @@ def evaluate_run(
         scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device, tokenizer=tokenizer)
         described = f"the reward model of {reward_model}"
     elif isinstance(section, LMPPOConfig):
-        refuse_untrusted_reward_code(section.reward_terms, str(Path(run_dir) / "config.yaml"), trust_reward_code)
+        refuse_untrusted_reward_code(section.code_terms, str(Path(run_dir) / "config.yaml"), trust_reward_code)
         scorer = build_scorer(section, task, device)
         described = describe_reward(section)
     elif isinstance(task, DigitsTask):

@@ -295,7 +295,10 @@ LM_DEGENERATION_FLOOR = 0.5  # lm_ppo.degeneration_floor's default
 
 def check_lm_degeneration(history: list[Metrics], events: list[Metrics], config: GuardConfig) -> Finding | None:
     """Language-model runs: the batch's distinct bigrams per bigram (``lm/distinct_2``) ended below half its first
-    value: the responses repeat a few tokens (``pgrad.lm.degeneration``)."""
+    value: the responses repeat a few tokens (``pgrad.lm.degeneration``). Not on the digits task (rows with its
+    ``lm/true_score``), where a response of one large digit repeated is the optimum, not a hack."""
+    if any("lm/true_score" in row for row in history):
+        return None
     rows = [row for row in history if number(row, "lm/distinct_2") is not None]
     measured = [(row, float(number(row, "lm/distinct_2") or 0.0)) for row in rows]
     measured = [(row, value) for row, value in measured if not math.isnan(value)]

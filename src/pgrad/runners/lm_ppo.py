@@ -63,7 +63,7 @@ from pgrad.checkpoint import (
 )
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
-from pgrad.lm.alerts import HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
+from pgrad.lm.alerts import CHECK_SCORE, HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
 from pgrad.lm.build import (
     Task,
     add_lora,
@@ -75,7 +75,8 @@ from pgrad.lm.build import (
 )
 from pgrad.lm.config import ALGO, LMPPOConfig
 from pgrad.lm.dataset import DatasetTask
-from pgrad.lm.evaluate import evaluate_policy
+from pgrad.lm.degeneration import degeneration_metrics
+from pgrad.lm.evaluate import evaluate_policy, write_samples
 from pgrad.lm.losses import (
     AdaptiveKLController,
     group_policy_loss,
@@ -208,16 +209,18 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
 
 
 def build_term(
-    term: RewardTerm, config: LMPPOConfig, task: Task, device: torch.device
+    term: RewardTerm, config: LMPPOConfig, task: Task, device: torch.device, reward_model: str | None = None
 ) -> ResponseScorer | VerifierReward | FunctionReward:
     """What computes one term of ``lm_ppo.reward``: the reward model (or ensemble; a 'pgrad lm rm' run or a
     sequence-classification model folder), the true score, a verifier or a Python function (imported here: trust
-    is decided before a runner is built, ``refuse_untrusted_reward_code``)."""
+    is decided before a runner is built, ``refuse_untrusted_reward_code``). ``reward_model``: the folder a 'model'
+    term loads (``lm_ppo.reward_model`` by default; ``check_reward_model`` for the check)."""
     if term.kind == "model":
-        assert config.reward_model is not None  # LMPPOConfig.validate
+        folder = reward_model or config.reward_model
+        assert folder is not None  # LMPPOConfig.validate
         tokenizer = task.tokenizer if isinstance(task, DatasetTask) else None
         return load_reward_model(
-            Path(config.reward_model),
+            Path(folder),
             config.max_new_tokens,
             device,
             config.ensemble_combine,
@@ -235,6 +238,15 @@ def build_term(
 def build_scorer(config: LMPPOConfig, task: Task, device: torch.device) -> CombinedReward:
     """The reward of a PPO run: the weighted sum of the terms of ``lm_ppo.reward`` (one term: its scores)."""
     return CombinedReward([(term, build_term(term, config, task, device)) for term in config.reward_terms], task)
+
+
+def build_check(config: LMPPOConfig, task: Task, device: torch.device) -> CombinedReward | None:
+    """The held-out check of a PPO run (``lm_ppo.check_reward``): scored beside the reward, never optimised; None
+    without one."""
+    if not config.check_terms:
+        return None
+    folder = config.check_reward_model
+    return CombinedReward([(term, build_term(term, config, task, device, folder)) for term in config.check_terms], task)
 
 
 # run.total_steps counts sampled responses; the progress line shows the reward's mean score of the last update
@@ -264,6 +276,7 @@ class LMPPORunner:
         # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
         self.reference = frozen_reference(self.policy.lm, self.ppo, self.task)
         self.scorer = build_scorer(self.ppo, self.task, self.device)
+        self.check = build_check(self.ppo, self.task, self.device)
         from_rm = self.ppo.value_model == "reward_model"
         if self.ppo.init_value_from_rm or from_rm:  # InstructGPT: the value function starts as the reward model
             learned = self.scorer.learned
@@ -290,6 +303,7 @@ class LMPPORunner:
             ppo.disagreement_rise,
             ppo.length_explosion,
             ppo.hacking_z,
+            ppo.degeneration_floor,
         )
         self.history: list[dict[str, Any]] = []  # the run's metric rows, for the alert rules
         self.guard, self.optimizer_guard, self.healthy_states = trunk.guard_parts(
@@ -298,7 +312,9 @@ class LMPPORunner:
             [self.optimizer],
             rules=LM_GUARD_RULES,
             rollback_rules=HACKING_RULES if ppo.rollback_on_alert else (),
-            score_metric="lm/rm_score",  # no environment return: checkpoints are ranked by the reward's score
+            # no environment return: checkpoints are ranked by the held-out check where there is one (after a hack
+            # the optimised reward is highest on the most hacked weights), else by the optimised reward (said once)
+            score_metric=CHECK_SCORE if self.check is not None else "lm/rm_score",
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
         label = f"{ALGO} {model_label(self.ppo, self.task)}"
@@ -417,7 +433,10 @@ class LMPPORunner:
             "lm/response_length": float(mask.sum(1).mean()),
             "lm/eos_fraction": float(((samples.response == tok.eos_id) & (samples.mask > 0)).any(1).float().mean()),
             **{f"reward/{name}": value for name, value in self.scorer.last_terms.items()},  # each term's batch mean
+            **degeneration_metrics(response_cpu, mask_cpu),
         }
+        if self.check is not None:  # the held-out check on the same responses (never in the learned reward)
+            stats[CHECK_SCORE] = float(self.check.score(cpu_prompts, response_cpu, mask_cpu).mean())
         learned = self.scorer.learned
         if learned is not None and len(learned.members) > 1:
             stats[RM_DISAGREEMENT] = learned.last_disagreement  # std across members, batch mean
@@ -523,8 +542,10 @@ class LMPPORunner:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out prompts seeded by ``run.seed + 1``: the same prompts and noise at every evaluation."""
-        return evaluate_policy(
+        """Held-out prompts seeded by ``run.seed + 1``: the same prompts and noise at every evaluation; the
+        responses are written to ``samples/step_<step>.jsonl`` for a person to read."""
+        samples: list[dict[str, Any]] = []
+        metrics = evaluate_policy(
             self.policy.lm,
             self.reference,
             self.eval_task,
@@ -532,7 +553,11 @@ class LMPPORunner:
             self.ppo.eval_prompts,
             self.config.run.seed + 1,
             self.ppo.temperature,
+            check=self.check,
+            samples_out=samples,
         )
+        write_samples(self.run_dir, self.step, samples)
+        return metrics
 
     def evaluation_due(self, previous_step: int) -> bool:
         """True when this update crossed a multiple of ``eval_every`` steps or reached ``run.total_steps``."""
@@ -564,7 +589,16 @@ class LMPPORunner:
 
     # ---- the body the trunk's loop drives (pgrad.runners.trunk) ---------------------------------
     def before_loop(self) -> None:
-        """The Body protocol: a fresh run logs the starting model's evaluation as row 0."""
+        """The Body protocol: a fresh run says what ranks its best checkpoint, and logs the starting model's
+        evaluation as row 0."""
+        if self.step == 0 and self.check is None:
+            self.run.emit(
+                "run.best_by_reward",
+                0,
+                "no lm_ppo.check_reward: the best checkpoint is ranked by the optimised reward (lm/rm_score), which "
+                "is highest on hacked weights after a hack; give a check (a verifier, a function, a second reward "
+                "model) to rank by it and let the hacking rules compare with it",
+            )
         if self.step == 0 and self.ppo.eval_every > 0:
             self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
 
@@ -591,8 +625,9 @@ class LMPPORunner:
         self.keep_window_state()
 
     def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
-        """The Body protocol: the last reward-model score, and whether the guard judges the run healthy."""
-        return metrics.get("lm/rm_score"), self.guard.healthy
+        """The Body protocol: the last check score (else the optimised reward's), and whether the guard judges the
+        run healthy."""
+        return metrics.get(self.guard.score_metric), self.guard.healthy
 
     def close(self) -> None:
         """The Body protocol: removes the optimizer guard's hooks and closes the run context."""
@@ -620,6 +655,8 @@ class LMPPORunner:
             return None
         if "since_step" in hacking.evidence:  # the held-out check: since the earlier evaluation
             bound = int(hacking.evidence["since_step"])
+        elif "best_step" in hacking.evidence:  # the level test: back to the check's best evaluation
+            bound = int(hacking.evidence["best_step"])
         else:  # the window's rows end at steps step - (window - 1) x batch ... step
             bound = self.step - int(hacking.evidence["window"]) * self.ppo.batch_size
         before = [state for state in self.window_states if state.step <= bound]
@@ -650,6 +687,12 @@ class LMPPORunner:
                 self.learner.load_extra_state(restored.algo_state)
                 summary = f"restored {path.name} (step {restored.step})"
                 data["restored_step"] = restored.step
+        if any(alert.level == "critical" and alert.rule in HACKING_RULES for alert in self.guard.alerts):
+            # the restored policy would walk back into the same hack at the same KL price: raise it
+            before = self.kl.value
+            self.kl.value = before * self.ppo.hacking_kl_boost
+            summary += f"; kl_coef {before:.4g} -> {self.kl.value:.4g} (lm_ppo.hacking_kl_boost)"
+            data["kl_coef"] = [before, self.kl.value]
         trunk.log_events(self.run, self.step, [self.guard.rollback_event(action.reason, summary, data)])
 
     # ---- the loop -------------------------------------------------------------------------
