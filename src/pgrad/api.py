@@ -3,9 +3,10 @@
 ``from pgrad.api import PPO, Callback`` (the package root stays light: ``import pgrad`` loads no torch).
 
 A thin layer over what the command line runs: the config is resolved by ``pgrad.runs.resolve_config``
-(defaults < the env kind's defaults or a preset < ``config`` < ``sets``, every field validated with the CLI's one-line errors), training
-is the CLI's runner for the algorithm's kind (``pgrad.runners.runner_for``) with its run folder, guard and
-checkpoints, and ``predict`` is the deployed chain of ``pgrad.policy``. Nothing here is a second loop.
+(defaults < the env kind's defaults or a preset < ``config`` < ``sets``, every field validated with the
+CLI's one-line errors), training is the CLI's runner for the algorithm's kind (``pgrad.runners.runner_for``)
+with its run folder, guard and checkpoints, and ``predict`` is the deployed chain of ``pgrad.policy``.
+Nothing here is a second loop.
 
 Global state: a run seeds Python's ``random``, NumPy's and torch's global RNGs and sets torch's and BLAS's
 thread counts, as the CLI does (its exact resume depends on it). ``learn`` does that for the run only and
