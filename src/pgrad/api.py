@@ -3,9 +3,10 @@
 ``from pgrad.api import PPO, Callback`` (the package root stays light: ``import pgrad`` loads no torch).
 
 A thin layer over what the command line runs: the config is resolved by ``pgrad.runs.resolve_config``
-(defaults < preset < ``config`` < ``sets``, every field validated with the CLI's one-line errors), training
-is the CLI's runner for the algorithm's kind (``pgrad.runners.runner_for``) with its run folder, guard and
-checkpoints, and ``predict`` is the deployed chain of ``pgrad.policy``. Nothing here is a second loop.
+(defaults < the env kind's defaults or a preset < ``config`` < ``sets``, every field validated with the
+CLI's one-line errors), training is the CLI's runner for the algorithm's kind (``pgrad.runners.runner_for``)
+with its run folder, guard and checkpoints, and ``predict`` is the deployed chain of ``pgrad.policy``.
+Nothing here is a second loop.
 
 Global state: a run seeds Python's ``random``, NumPy's and torch's global RNGs and sets torch's and BLAS's
 thread counts, as the CLI does (its exact resume depends on it). ``learn`` does that for the run only and
@@ -34,7 +35,7 @@ from pgrad.callbacks import BaseCallback, Callback, Logger, as_callbacks
 from pgrad.checkpoint import STATE, TENSORS, read_train_state, save_checkpoint
 from pgrad.config import TrainConfig, merge
 from pgrad.envs.sources import EnvLike, EnvSource, env_source
-from pgrad.errors import ConfigError
+from pgrad.errors import ConfigError, PgradError
 from pgrad.policy import Policy, build_policy, checkpoint_path, load_policy, write_spaces
 from pgrad.presets import preset_for
 from pgrad.registry import get_algorithm
@@ -163,6 +164,29 @@ def sb3_path(path: str | os.PathLike[str]) -> Path:
     return path.with_suffix("")
 
 
+def _given_spaces(env: EnvLike, source: EnvSource) -> tuple[gym.Space[Any], gym.Space[Any]]:
+    """The (observation, action) spaces of an env handed over as a Python object: an instance or a vector env
+    has them; a class or factory builds one env, closed again."""
+    if isinstance(env, gym.vector.VectorEnv):
+        return env.single_observation_space, env.single_action_space
+    if isinstance(env, gym.Env):
+        return env.observation_space, env.action_space
+    factory = source.factory()
+    assert factory is not None, "an env object has a factory"
+    from pgrad.builders import one_line
+
+    try:
+        probe = factory(1, None)
+    except PgradError:
+        raise
+    except Exception as exc:  # the env's own constructor, as build_environment reports it
+        raise ConfigError(f"env {source.env_id} could not be created: {one_line(exc)}") from None
+    try:
+        return probe.single_observation_space, probe.single_action_space
+    finally:
+        probe.close()
+
+
 class Agent:
     """An algorithm, its environment, its run folder and (after ``learn`` or ``load``) its policy.
 
@@ -207,6 +231,7 @@ class Agent:
         env = sb3_vec_env(passed)  # make_vec_env's DummyVecEnv: a Gymnasium vector env over the same envs
         verbose = sb3_verbose(verbose)
         flags = {"overwrite": overwrite, "use_preset": use_preset, "verbose": verbose}
+        use_kind_defaults = use_preset
         check_arguments(config, sets, env_kwargs, run_dir, flags)
         algo = self._algorithm(algo)
         layer = self._config_layer(algo, config, env_kwargs, sb3_arguments)
@@ -235,8 +260,10 @@ class Agent:
             if preset is not None and preset.values.get("env", {}).get("num_envs", self.source.num_envs) != (
                 self.source.num_envs
             ):
-                use_preset = False
+                use_preset, use_kind_defaults = False, True
         with kept_global_state(), sb3_names(algo, sb3_arguments):  # a bad value names SB3's argument too
+            # the defaults for the env's kind (where no preset applies) read its spaces: an env object has them
+            given = _given_spaces(env, self.source) if self.source.new_factory is not None else None
             self.config, self.preset_source = resolve_config(
                 algo,
                 self.source.env_id,
@@ -245,6 +272,8 @@ class Agent:
                 use_preset=use_preset,
                 config_layer=layer,
                 check_env=self.source.new_factory is None,
+                spaces=given,
+                use_kind_defaults=use_kind_defaults,
             )
             if self.source.new_factory is not None:
                 self._check_builder_settings()

@@ -271,12 +271,22 @@ def _print_summary(result, config, preset_source: str | None) -> None:
         rows.append(("guard", f"{metrics['diagnostics/recoveries']:.0f} recoveries, lr x{metrics['train/lr_scale']:g}"))
     rows.append(("checkpoint", str(result.checkpoint)))
     if preset_source:
-        rows.append(("preset", preset_source))
+        rows.append(("defaults" if preset_source.startswith("generic defaults") else "preset", preset_source))
     if result.interrupted:
         rows.append(("stopped early", f"continue with: pgrad resume {result.run_dir}"))
     for label, value in rows:
         table.add_row(label, value)
     console().print(table)
+
+
+def applied_defaults_line(algo: str, env_id: str, source: str | None, use_preset: bool) -> str:
+    """The line ``pgrad train`` prints first: the preset or the defaults for the env's kind it applied, or that
+    the algorithm's field defaults apply as they are (``--no-preset``, or an algorithm with no kind defaults)."""
+    if source is None:
+        why = "--no-preset" if not use_preset else f"no preset for {algo} on {env_id}"
+        return f"defaults: pgrad's {algo} field defaults ({why}; pgrad list {algo} shows them)"
+    kind = "defaults" if source.startswith("generic defaults") else "preset"
+    return f"{kind}: {source}" if kind == "preset" else f"defaults: {source} (no preset for {algo} on {env_id})"
 
 
 def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: bool, sets: list[str]) -> int:
@@ -290,6 +300,8 @@ def _start(args: argparse.Namespace, algo: str, env_id: str | None, use_preset: 
     )
     _check_ray_flags(args, config.run.backend)
     _refuse_untrusted_reward(config, "the command line", getattr(args, "trust_reward_code", False))
+    if not args.quiet and not config.algo.startswith("lm_"):  # a language-model run has its task, no env
+        print(applied_defaults_line(algo, config.env.id, preset_source, use_preset))
     run_dir = args.run_dir or default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} is a file; a run folder must be a directory (new or a run's own)")

@@ -5,7 +5,8 @@ Values are type-checked and range-checked on construction, so a bad value fails 
 environment is built or any file is written. The same classes drive ``pgrad list`` and the
 YAML/``--set`` parsing, and the resolved config is saved to every run folder.
 
-Precedence when a run is built: field defaults < environment preset < ``--config`` file <
+Precedence when a run is built: field defaults < the env kind's defaults (where no preset exists,
+``pgrad.presets.generic_defaults_for``) < environment preset < ``--config`` file <
 ``--set key=value`` < explicit flags (``--seed``, ``--total-steps``).
 """
 

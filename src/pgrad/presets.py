@@ -1,7 +1,10 @@
 """Tuned starting points per (algorithm, environment), each with where its values come from.
 
 A preset is applied automatically when ``pgrad train`` is given a matching ``--env`` (turn it
-off with ``--no-preset``); config files and ``--set`` override it key by key.
+off with ``--no-preset``); config files and ``--set`` override it key by key. Where no preset
+exists, ``generic_defaults_for`` picks the defaults for the env's kind of spaces (discrete or
+continuous actions, vector or image observations), measured against SB3's defaults in
+benchmarks/RESULTS.md ("Defaults on envs without a preset").
 """
 
 from __future__ import annotations
@@ -21,27 +24,27 @@ class Preset:
 
 # CleanRL's ppo_continuous_action.py uses one set of values for every MuJoCo task (Huang et al. 2022,
 # "The 37 implementation details of PPO"); its published 1M-step returns are the bar in benchmarks/.
-_CLEANRL_MUJOCO = Preset(
+_CLEANRL_CONTINUOUS_SOURCE = (
     "CleanRL ppo_continuous_action.py defaults (Huang et al. 2022): 1 env, 2048 steps, 32 minibatches, "
-    "10 epochs, lr 3e-4 annealed, clipped value loss, normalised obs and reward",
-    {
-        "env": {"num_envs": 1, "norm_obs": True, "norm_reward": True},
-        "run": {"total_steps": 1_000_000},
-        "ppo": {
-            "num_steps": 2048,
-            "minibatch_size": 64,
-            "num_epochs": 10,
-            "gamma": 0.99,
-            "gae_lambda": 0.95,
-            "clip_eps": 0.2,
-            "clip_vf": 0.2,
-            "ent_coef": 0.0,
-            "vf_coef": 0.5,
-            "max_grad_norm": 0.5,
-            "optimizer": {"learning_rate": 3e-4, "anneal_lr": True},
-        },
-    },
+    "10 epochs, lr 3e-4 annealed, clipped value loss, normalised obs and reward"
 )
+_CLEANRL_CONTINUOUS: dict[str, dict[str, Any]] = {
+    "env": {"num_envs": 1, "norm_obs": True, "norm_reward": True},
+    "ppo": {
+        "num_steps": 2048,
+        "minibatch_size": 64,
+        "num_epochs": 10,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_eps": 0.2,
+        "clip_vf": 0.2,
+        "ent_coef": 0.0,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "optimizer": {"learning_rate": 3e-4, "anneal_lr": True},
+    },
+}
+_CLEANRL_MUJOCO = Preset(_CLEANRL_CONTINUOUS_SOURCE, {**_CLEANRL_CONTINUOUS, "run": {"total_steps": 1_000_000}})
 
 PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo", "CartPole-v1"): Preset(
@@ -363,29 +366,32 @@ PRESETS: dict[tuple[str, str], Preset] = {
 }
 
 
+_CLEANRL_ATARI_SOURCE = (
+    "CleanRL ppo_atari.py (Huang et al. 2022): 8 envs, 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 "
+    "annealed, clip 0.1 (policy and value), ent 0.01, one CNN shared by actor and critic"
+)
+_CLEANRL_ATARI: dict[str, dict[str, Any]] = {
+    "env": {"num_envs": 8},
+    "ppo": {
+        "num_steps": 128,
+        "minibatch_size": 256,
+        "num_epochs": 4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip_eps": 0.1,
+        "clip_vf": 0.1,
+        "ent_coef": 0.01,
+        "vf_coef": 0.5,
+        "max_grad_norm": 0.5,
+        "network": {"shared_network": True},
+        "optimizer": {"learning_rate": 2.5e-4, "anneal_lr": True},
+    },
+}
+
 # Presets for a family of envs, by shell pattern (fnmatch); an exact entry in PRESETS wins.
 PATTERN_PRESETS: dict[tuple[str, str], Preset] = {
     ("ppo", "ALE/*"): Preset(
-        "CleanRL ppo_atari.py (Huang et al. 2022): 8 envs, 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 "
-        "annealed, clip 0.1 (policy and value), ent 0.01, one CNN shared by actor and critic, 10M steps",
-        {
-            "env": {"num_envs": 8},
-            "run": {"total_steps": 10_000_000},
-            "ppo": {
-                "num_steps": 128,
-                "minibatch_size": 256,
-                "num_epochs": 4,
-                "gamma": 0.99,
-                "gae_lambda": 0.95,
-                "clip_eps": 0.1,
-                "clip_vf": 0.1,
-                "ent_coef": 0.01,
-                "vf_coef": 0.5,
-                "max_grad_norm": 0.5,
-                "network": {"shared_network": True},
-                "optimizer": {"learning_rate": 2.5e-4, "anneal_lr": True},
-            },
-        },
+        _CLEANRL_ATARI_SOURCE + ", 10M steps", {**_CLEANRL_ATARI, "run": {"total_steps": 10_000_000}}
     ),
 }
 
@@ -400,3 +406,46 @@ def preset_for(algo: str, env_id: str) -> Preset | None:
         preset for (name, pattern), preset in PATTERN_PRESETS.items() if name == algo and fnmatchcase(env_id, pattern)
     ]
     return matches[0] if matches else None
+
+
+# The defaults for a kind of env where no preset exists, per (algorithm, action kind, observation kind): the
+# layer between the algorithm's field defaults and a preset (pgrad.runs.resolve_config). Chosen by measuring
+# pgrad's defaults against SB3's at equal env steps on envs without a preset (benchmarks/bench_defaults.py,
+# RESULTS.md "Defaults on envs without a preset"). Each keeps run.total_steps (100k) as it is.
+ACTION_KINDS = ("discrete", "continuous")
+OBSERVATION_KINDS = ("vector", "image")
+KIND_DEFAULTS: dict[tuple[str, str, str], Preset] = {
+    # 8 envs x 128 steps, 16 minibatches of 64, 10 epochs, lr 3e-4 annealed: PPOConfig's own fields.
+    ("ppo", "discrete", "vector"): Preset(
+        "8 envs x 128 steps, minibatch 64, 10 epochs, lr 3e-4 annealed, no normalisation (pgrad's PPO fields)", {}
+    ),
+    # Normalised observations and rewards carry PPO on control tasks whose scales nobody tuned for.
+    ("ppo", "continuous", "vector"): Preset(_CLEANRL_CONTINUOUS_SOURCE, _CLEANRL_CONTINUOUS),
+    # Pixels: PPO's fields with one CNN shared by actor and critic, as CleanRL's ppo_atari.py (half the CNN work
+    # per step). Not measured here on a non-Atari image env; the Atari preset's batch shape (minibatch 256) is
+    # left out, since it would refuse any env count or rollout length but its own.
+    **{
+        ("ppo", action, "image"): Preset(
+            "8 envs x 128 steps, minibatch 64, 10 epochs, lr 3e-4 annealed (pgrad's PPO fields), one CNN shared by "
+            "actor and critic (CleanRL ppo_atari.py)",
+            {"ppo": {"network": {"shared_network": True}}},
+        )
+        for action in ACTION_KINDS
+    },
+}
+
+
+def generic_defaults_for(algo: str, action_kind: str, observation_kind: str) -> Preset | None:
+    """The defaults ``algo`` takes on an env of this kind when no preset exists: ``action_kind`` 'discrete' or
+    'continuous', ``observation_kind`` 'vector' or 'image'. The source names the kind, e.g. "generic defaults
+    for continuous-action vector envs: CleanRL ...". None where the algorithm has none of its own (its field
+    defaults apply as they are)."""
+    chosen = KIND_DEFAULTS.get((algo, action_kind, observation_kind))
+    if chosen is None:
+        return None
+    return Preset(f"generic defaults for {action_kind}-action {observation_kind} envs: {chosen.source}", chosen.values)
+
+
+def has_generic_defaults(algo: str) -> bool:
+    """Whether ``generic_defaults_for`` has anything for ``algo`` (so the env's spaces are worth reading)."""
+    return any(name == algo for name, _, _ in KIND_DEFAULTS)

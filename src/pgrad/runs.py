@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+
 from pgrad.algos.upgrade import upgrade_algo_section, upgrade_saved_section
 from pgrad.checkpoint import KEY_VARIABLE, TrainState, check_run_folder, integrity_key
 from pgrad.config import (
@@ -24,9 +26,9 @@ from pgrad.config import (
     name_in,
     parse_set,
 )
-from pgrad.envs.factory import check_env_id, is_entry_point
-from pgrad.errors import CheckpointError, ConfigError
-from pgrad.presets import preset_for
+from pgrad.envs.factory import check_env_id, image_layout, is_entry_point, make_vector_env
+from pgrad.errors import CheckpointError, ConfigError, PgradError
+from pgrad.presets import Preset, generic_defaults_for, has_generic_defaults, preset_for
 from pgrad.registry import get_algorithm
 
 SHARED_SECTIONS: dict[str, type] = {"env": EnvConfig, "run": RunConfig, "guard": GuardConfig, "ray": RayConfig}
@@ -83,10 +85,16 @@ def resolve_config(
     use_preset: bool = True,
     config_layer: dict[str, Any] | None = None,
     check_env: bool = True,
+    spaces: tuple[gym.Space[Any], gym.Space[Any]] | None = None,
+    use_kind_defaults: bool | None = None,
 ) -> tuple[TrainConfig, str | None]:
-    """defaults < the algorithm's env defaults < preset < config file < ``config_layer`` (the library's
-    nested dict) < --set < flags. Returns the config and the preset's source. ``check_env=False``:
-    env.id only labels an env handed over as a Python object (``pgrad.envs.sources``), nothing builds it."""
+    """defaults < the algorithm's env defaults < the defaults for the env's kind (``generic_defaults_for``,
+    only where no preset applies) < preset < config file < ``config_layer`` (the library's nested dict) < --set
+    < flags. Returns the config and the source of the preset or kind defaults applied (None: the field defaults
+    alone). ``check_env=False``: env.id only labels an env handed over as a Python object
+    (``pgrad.envs.sources``), nothing builds it; ``spaces`` (observation, action) are then its spaces, else
+    the kind is read from one env built from the env section. ``use_kind_defaults`` (default: ``use_preset``)
+    turns the kind layer off: ``--no-preset`` starts from the field defaults alone."""
     spec = get_algorithm(algo)
     if spec.language_model and env_id is not None:
         raise ConfigError(f"algorithm '{algo}' trains a language model on its task ({algo}.task); it takes no --env")
@@ -112,11 +120,70 @@ def resolve_config(
     chosen_env = merge(file_layer, set_layer, flag_layer).get("env", {}).get("id", EnvConfig().id)
     preset = preset_for(algo, chosen_env) if use_preset and not spec.language_model else None
     algo_layer = {section: dict(values) for section, values in spec.defaults.items()}
-    layers = merge(algo_layer, preset.values if preset else {}, file_layer, set_layer, flag_layer)
+    kind = None
+    if preset is None and (use_preset if use_kind_defaults is None else use_kind_defaults):
+        below = merge(algo_layer, file_layer, set_layer, flag_layer).get("env", {})
+        kind = kind_defaults(algo, below, spaces if spaces is not None or not check_env else None, check_env)
+    layers = merge(
+        algo_layer, kind.values if kind else {}, preset.values if preset else {}, file_layer, set_layer, flag_layer
+    )
     config = config_from_dict(layers, algo)
     if check_env and not spec.language_model:
         check_env_id(config.env.id)
-    return config, preset.source if preset else None
+    applied = preset or kind
+    return config, applied.source if applied else None
+
+
+def space_kinds(observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> tuple[str, str] | None:
+    """(action kind, observation kind) of an env's spaces, as ``generic_defaults_for`` names them: 'discrete'
+    or 'continuous' (a Box), and 'image' (an image the CNN reads, ``image_layout``) or 'vector' (anything
+    flattened into the MLP). None for actions of another space."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        action = "discrete"
+    elif isinstance(action_space, gym.spaces.Box):
+        action = "continuous"
+    else:
+        return None
+    image = isinstance(observation_space, gym.spaces.Box) and image_layout(observation_space) is not None
+    return action, "image" if image else "vector"
+
+
+def probe_spaces(env: EnvConfig) -> tuple[gym.Space[Any], gym.Space[Any]]:
+    """The (observation, action) spaces of one env built from ``env`` (synchronously, whatever its
+    vectorisation), closed again."""
+    from pgrad.builders import one_line
+
+    try:
+        envs = make_vector_env(env, num_envs=1, vectorization="sync")
+    except PgradError:
+        raise
+    except Exception as exc:  # the env's own constructor, as pgrad.builders.build_environment reports it
+        raise ConfigError(f"env '{env.id}' could not be created: {one_line(exc)}") from None
+    try:
+        return envs.single_observation_space, envs.single_action_space
+    finally:
+        envs.close()
+
+
+def kind_defaults(
+    algo: str,
+    env_layer: dict[str, Any],
+    spaces: tuple[gym.Space[Any], gym.Space[Any]] | None,
+    build_env: bool,
+) -> Preset | None:
+    """The defaults for the kind of env ``env_layer`` (the merged env section) names, read from ``spaces`` or,
+    with ``build_env``, from one env built for the purpose; None where the algorithm has none or the kind
+    cannot be read (an env object without spaces given)."""
+    if not has_generic_defaults(algo):
+        return None
+    if spaces is None:
+        if not build_env:
+            return None
+        env = build(EnvConfig, env_layer, "env")
+        check_env_id(env.id)  # an unknown id: the one-line error, before anything is built
+        spaces = probe_spaces(env)
+    kinds = space_kinds(*spaces)
+    return generic_defaults_for(algo, *kinds) if kinds is not None else None
 
 
 def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_code: bool = False) -> TrainConfig:
