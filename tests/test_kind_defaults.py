@@ -4,6 +4,8 @@ action and observation spaces; presets, config files and --set still win over th
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -179,3 +181,21 @@ def test_api_records_the_kind_defaults_for_ids_and_env_objects(tmp_path):
     assert agent.preset_source is not None and agent.preset_source.startswith("generic defaults for discrete-action")
     agent = PPO("MountainCarContinuous-v0", run_dir=tmp_path / "e", use_preset=False)
     assert agent.preset_source is None and not agent.config.env.norm_obs
+
+
+def test_exploration_std_is_one_in_the_envs_action_units() -> None:
+    """A Gaussian in [-1, 1] rescaled to [-h, h] explores with std h in the env's units; SB3's unscaled one with 1.
+    The continuous kind layer starts at std 1 in env units (log std -log h), never wider than [-1, 1]."""
+    from pgrad.presets import exploration_log_std
+    from pgrad.runs import resolve_config
+
+    assert exploration_log_std([3.0]) == pytest.approx(-math.log(3.0), abs=1e-4)
+    assert exploration_log_std([2.0, 2.0, 0.5]) == pytest.approx(-2 * math.log(2.0) / 3, abs=1e-4)  # 0.5 -> 1
+    assert exploration_log_std([1.0]) == 0.0 and exploration_log_std([math.inf]) == 0.0
+    config, source = resolve_config("ppo", "InvertedPendulum-v5")  # Box [-3, 3]
+    assert config.algo_config.network.log_std_init == pytest.approx(-math.log(3.0), abs=1e-4)
+    assert source is not None and "initial std 1 in the env's action units" in source
+    swimmer, _ = resolve_config("ppo", "Swimmer-v5")  # Box [-1, 1]: unchanged
+    assert swimmer.algo_config.network.log_std_init == 0.0
+    explicit, _ = resolve_config("ppo", "InvertedPendulum-v5", sets=["network.log_std_init=0.5"])
+    assert explicit.algo_config.network.log_std_init == 0.5  # --set beats the kind layer

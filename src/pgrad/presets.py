@@ -9,6 +9,8 @@ benchmarks/RESULTS.md ("Defaults on envs without a preset").
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -444,6 +446,17 @@ def generic_defaults_for(algo: str, action_kind: str, observation_kind: str) -> 
     if chosen is None:
         return None
     return Preset(f"generic defaults for {action_kind}-action {observation_kind} envs: {chosen.source}", chosen.values)
+
+
+def exploration_log_std(half_ranges: Sequence[float]) -> float:
+    """``network.log_std_init`` for a Gaussian policy whose actions in [-1, 1] are rescaled to a Box of these
+    half-ranges ((high - low) / 2 per dimension): an initial std of 1 in the env's own action units, as SB3's
+    unscaled Gaussian has, instead of 1 in the rescaled units (3 units on InvertedPendulum's [-3, 3]). The
+    geometric mean over dimensions, each half-range clipped at 1 below (a narrower Box keeps std 1 in [-1, 1]:
+    exploring past the bounds would only clip): log std = -mean_i log max(h_i, 1). 0.0 for infinite bounds."""
+    if not half_ranges or not all(math.isfinite(h) and h > 0 for h in half_ranges):
+        return 0.0
+    return round(-sum(math.log(max(h, 1.0)) for h in half_ranges) / len(half_ranges), 4)
 
 
 def has_generic_defaults(algo: str) -> bool:

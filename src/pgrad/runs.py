@@ -28,7 +28,7 @@ from pgrad.config import (
 )
 from pgrad.envs.factory import check_env_id, image_layout, is_entry_point, make_vector_env
 from pgrad.errors import CheckpointError, ConfigError, PgradError
-from pgrad.presets import Preset, generic_defaults_for, has_generic_defaults, preset_for
+from pgrad.presets import Preset, exploration_log_std, generic_defaults_for, has_generic_defaults, preset_for
 from pgrad.registry import get_algorithm
 
 SHARED_SECTIONS: dict[str, type] = {"env": EnvConfig, "run": RunConfig, "guard": GuardConfig, "ray": RayConfig}
@@ -183,7 +183,15 @@ def kind_defaults(
         check_env_id(env.id)  # an unknown id: the one-line error, before anything is built
         spaces = probe_spaces(env)
     kinds = space_kinds(*spaces)
-    return generic_defaults_for(algo, *kinds) if kinds is not None else None
+    chosen = generic_defaults_for(algo, *kinds) if kinds is not None else None
+    action_space = spaces[1]
+    if chosen is None or not isinstance(action_space, gym.spaces.Box):
+        return chosen
+    log_std = exploration_log_std([float(h) for h in ((action_space.high - action_space.low) / 2).ravel()])
+    if log_std == 0.0:
+        return chosen
+    values = merge(chosen.values, {algo: {"network": {"log_std_init": log_std}}})
+    return Preset(f"{chosen.source}; initial std 1 in the env's action units (log_std_init {log_std:g})", values)
 
 
 def load_run_config(run_dir: Path, total_steps: int | None = None, trust_env_code: bool = False) -> TrainConfig:
