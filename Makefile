@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,export,video,tune,atari,lm,ray,docs]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,export,video,tune,atari,lm,lm-data,ray,docs]"
 	touch $(STAMP)
 
 demo: setup
