@@ -15,6 +15,7 @@ from pgrad.runners.lm_sft import SFTRunner  # noqa: E402
 from pgrad.runs import resolve_config  # noqa: E402
 
 EVAL_KEYS = ("eval/true_score", "eval/rm_score", "eval/kl", "eval/kl_k3", "eval/response_length")
+EVAL_KEYS += ("eval/distinct_2", "eval/repetition_2")  # the degeneration measures (pgrad.lm.degeneration)
 
 
 def rows(run_dir):

@@ -158,7 +158,8 @@ def probe_spaces(env: EnvConfig) -> tuple[gym.Space[Any], gym.Space[Any]]:
     except PgradError:
         raise
     except Exception as exc:  # the env's own constructor, as pgrad.builders.build_environment reports it
-        raise ConfigError(f"env '{env.id}' could not be created: {one_line(exc)}") from None
+        kwargs = f" with env.kwargs {dict(env.kwargs)}" if env.kwargs else ""  # builders.env_label's wording
+        raise ConfigError(f"env {env.id}{kwargs} could not be created: {one_line(exc)}") from None
     try:
         return envs.single_observation_space, envs.single_action_space
     finally:
