@@ -17,6 +17,7 @@ LAYERS: list[list[str]] = [
         "pgrad",
         "pgrad.errors",
         "pgrad.safe_io",
+        "pgrad.entry_points",
         "pgrad.faults",
         "pgrad.metric_names",
         "pgrad.threads",

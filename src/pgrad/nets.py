@@ -12,13 +12,9 @@ in one batched call after the rollout.
 from __future__ import annotations
 
 import copy
-import importlib
 import math
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
@@ -27,6 +23,7 @@ from torch import nn
 
 from pgrad.config import Activation, NetworkConfig, class_entry_point
 from pgrad.distributions import Categorical, DiagGaussian, TanhGaussian
+from pgrad.entry_points import import_entry_module
 from pgrad.errors import ConfigError
 
 # numpy's stub types arithmetic on an ``np.ndarray`` (of unknown dtype) as Any, and torch's ``Module.__call__``
@@ -260,7 +257,7 @@ def load_torso_class(entry_point: str) -> type[nn.Module]:
     trust: ``pgrad.runs.refuse_untrusted_env_code``). Anything else is one line."""
     module_name, _, qualname = entry_point.partition(":")
     try:
-        found: Any = _import_torso_module(module_name)
+        found: Any = import_entry_module(module_name)
     except Exception as exc:  # ImportError, or the module's own code failing
         raise ConfigError(f"network.torso: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
     for name in qualname.split("."):
@@ -275,22 +272,6 @@ def load_torso_class(entry_point: str) -> type[nn.Module]:
             "(SB3's BaseFeaturesExtractor contract: Class(observation_space, **torso_kwargs) with features_dim)"
         )
     return found
-
-
-def _import_torso_module(module_name: str) -> Any:
-    """Import a torso's module; the current folder is searched last, as for entry-point envs
-    (``pgrad.envs.factory._import_entry_module``): ``pgrad train --set network.torso=my_torso:Torso`` next to
-    ``my_torso.py`` finds it, and a file there never shadows an installed module."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        top, here = module_name.split(".")[0], os.getcwd()
-        if exc.name != top or here in sys.path or "" in sys.path:
-            raise
-        if not (Path(here, f"{top}.py").is_file() or Path(here, top).is_dir()):
-            raise
-        sys.path.append(here)
-        return importlib.import_module(module_name)
 
 
 def _build_extractor(

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import os
 import re
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple, cast
 
 import gymnasium as gym
@@ -19,6 +16,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from pgrad.config import EnvConfig
+from pgrad.entry_points import import_entry_module
 from pgrad.envs import atari
 from pgrad.envs.state import StateAccess
 from pgrad.envs.workers import async_worker
@@ -51,7 +49,7 @@ def load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
         raise ConfigError(f"env.id: entry point {entry_point!r} must be {_ENTRY_POINT_FORMS}")
     module_name, attr = match["module"], match["attr"]
     try:
-        module = _import_entry_module(module_name)
+        module = import_entry_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"env.id: cannot import module '{module_name}' of entry point '{entry_point}': {exc} (pgrad searches "
@@ -71,26 +69,6 @@ def load_entry_point(entry_point: str) -> Callable[..., gym.Env] | None:
     raise ConfigError(
         f"env.id: '{entry_point}' is a {type(factory).__name__}, not an environment; it must be {_ENTRY_POINT_FORMS}"
     )
-
-
-def _import_entry_module(module_name: str) -> ModuleType:
-    """Import an entry point's module; the current folder is searched last when nothing else has it.
-
-    ``python train.py`` puts the script's folder on ``sys.path``, but the ``pgrad`` console script does not,
-    so ``pgrad train ppo --env mymod:MyEnv`` next to ``mymod.py`` failed with "No module named 'mymod'". The
-    folder is appended, never prepended: a file there cannot shadow an installed module. (Trust is decided
-    before this is reached: an entry point read from a received run folder needs ``--trust-env-code``.)
-    """
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        top, here = module_name.split(".")[0], os.getcwd()
-        if exc.name != top or here in sys.path or "" in sys.path:
-            raise
-        if not (Path(here, f"{top}.py").is_file() or Path(here, top).is_dir()):
-            raise
-        sys.path.append(here)
-        return importlib.import_module(module_name)
 
 
 def check_env_kwargs(make: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:

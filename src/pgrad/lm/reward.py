@@ -12,19 +12,16 @@ sum of the terms of ``lm_ppo.reward`` (``pgrad.lm.reward_spec``), each term's ba
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from pgrad.entry_points import import_entry_module
 from pgrad.errors import ConfigError, PgradError
 from pgrad.lm import verifiers
 from pgrad.lm.losses import EnsembleRule, combine_ensemble
@@ -124,27 +121,12 @@ class VerifierReward:
         return verifiers.length_penalty(completions, term.option("length_target"), term.option("length_scale"))
 
 
-def _import_reward_module(module_name: str) -> ModuleType:
-    """Import a reward function's module; the current folder is searched last, as for env entry points
-    (``pgrad.envs.factory``): the ``pgrad`` console script does not put it on ``sys.path`` by itself."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        top, here = module_name.split(".")[0], os.getcwd()
-        if exc.name != top or here in sys.path or "" in sys.path:
-            raise
-        if not (Path(here, f"{top}.py").is_file() or Path(here, top).is_dir()):
-            raise
-        sys.path.append(here)
-        return importlib.import_module(module_name)
-
-
 def load_reward_function(source: str) -> Callable[..., Any]:
     """The function ``module:function`` names (trust is decided before: ``refuse_untrusted_reward_code``).
     An import that fails, a missing name or something not callable is one line naming ``source``."""
     module_name, attr = source.split(":", 1)
     try:
-        found: Any = _import_reward_module(module_name)
+        found: Any = import_entry_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"lm_ppo.reward: cannot import module '{module_name}' of '{source}': {exc} (pgrad searches the "
