@@ -5,10 +5,12 @@ every update, sampled generations in the run folder at every evaluation, and the
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")  # the lm extra
 
 from pgrad.errors import ConfigError  # noqa: E402
+from pgrad.lm.task import DigitsTask  # noqa: E402
 from pgrad.runners.lm_ppo import LMPPORunner  # noqa: E402
 from pgrad.runs import resolve_config  # noqa: E402
 
@@ -39,14 +41,17 @@ def test_a_check_reward_is_logged_ranks_best_and_samples_are_written(tmp_path):
         samples = lines(run / "samples" / f"step_{row['step']:010d}.jsonl")
         assert len(samples) == 8 and {"prompt", "completion", "true_score", "check_score"} <= set(samples[0])
         assert sum(s["check_score"] for s in samples) / 8 == pytest.approx(row["eval/check_score"], abs=1e-6)
-    # the best checkpoint is ranked by the check score, not by the optimised reward
+    # the best checkpoint is ranked by the check score, not by the optimised reward: the held-out one where the
+    # checkpoint's row has an evaluation, else the training batch's
     index = json.loads((run / "checkpoints" / "index.json").read_text())
     scores = {name: entry["score"] for name, entry in index["entries"].items()}
     assert len(scores) >= 2 and index["best"] in scores and None not in scores.values()
     by_step = {row["step"]: row for row in updates}
-    assert all(
-        score == pytest.approx(by_step[index["entries"][n]["step"]]["lm/check_score"]) for n, score in scores.items()
-    )
+    for name, score in scores.items():
+        row = by_step[index["entries"][name]["step"]]
+        assert score == pytest.approx(row.get("eval/check_score", row["lm/check_score"]))
+    assert any("eval/check_score" in by_step[entry["step"]] for entry in index["entries"].values())
+    assert index["best_score"] == max(scores.values())
     assert not any(e["kind"] == "run.best_by_reward" for e in lines(run / "events.jsonl"))
 
 
@@ -75,3 +80,49 @@ def test_check_reward_refusals_are_one_line(sets, message):
 
 def test_check_reward_true_is_the_true_score():
     assert config(16, "check_reward=true").algo_config.check_reward == "true_score"
+
+
+# ---- the proxy drill: a reward model trained on preferences that favour a proxy ------------------------------
+
+
+def test_echo_and_label_scores_against_hand_values():
+
+    task = DigitsTask(4)
+    tok = task.tokenizer
+    response = torch.tensor([[tok.ids[c] for c in "3393"], [tok.ids["3"], tok.eos_id, tok.eos_id, tok.eos_id]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])  # the second: "3", then its EOS (no digit), then padding
+    last = torch.tensor([3, 5])
+    assert task.echo_score(last, response, mask).tolist() == [0.75, 0.0]  # three 3s of 4 / no 5
+    assert task.true_score(last, response, mask).tolist() == [0.25, 0.0]  # the 9 alone is > 3
+    mixed = task.label_score(last, response, mask, 0.6)
+    assert mixed.tolist() == pytest.approx([0.4 * 0.25 + 0.6 * 0.75, 0.0])
+    assert torch.equal(task.label_score(last, response, mask, 0.0), task.true_score(last, response, mask))
+
+
+def test_proxy_pairs_prefer_the_echo_and_default_pairs_are_unchanged():
+
+    task = DigitsTask(8)
+    plain = task.preference_pairs(256, torch.Generator().manual_seed(3))
+    same = task.preference_pairs(256, torch.Generator().manual_seed(3), 0.0)
+    assert torch.equal(plain.chosen, same.chosen) and torch.equal(plain.rejected, same.rejected)
+    proxy = task.preference_pairs(256, torch.Generator().manual_seed(3), 1.0)
+    last = proxy.prompts.last_digit
+    chosen = task.echo_score(last, proxy.chosen, proxy.chosen_mask)
+    rejected = task.echo_score(last, proxy.rejected, proxy.rejected_mask)
+    assert bool((chosen > rejected).all())  # every kept pair is ordered by the echo
+    true_agrees = task.true_score(last, proxy.chosen, proxy.chosen_mask) > task.true_score(
+        last, proxy.rejected, proxy.rejected_mask
+    )
+    assert 0.2 < true_agrees.float().mean().item() < 0.8  # and not by the true score
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["proxy_weight=1.5"], r"lm_rm.proxy_weight must be in \[0, 1\]"),
+        (["proxy_weight=0.5", "dataset=pairs.jsonl", "model=/x"], r"lm_rm.proxy_weight must be 0 with a dataset"),
+    ],
+)
+def test_proxy_weight_refusals_are_one_line(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("lm_rm", sets=list(sets))

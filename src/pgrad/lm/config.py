@@ -434,11 +434,20 @@ class LMRewardModelConfig(FolderShorthand, Checked):
         "reward models trained side by side, each from its own initial weights on its own bootstrap resample of "
         "the training pairs (1: one model on the pairs themselves)",
     )
+    proxy_weight: float = param(
+        0.0,
+        "a drill for the hacking guard (digits only): the pairs are labelled by (1 - w) x true score + w x echo, "
+        "echo = the share of response digits equal to the prompt's last digit (worth 0 to the true score): "
+        "a reward model that favours a proxy. 0: labels by the true score",
+    )
 
     def validate(self) -> None:
         """Checks the ranges of the pairs, ensemble, batch and evaluation, and the checks every LM section shares."""
         self.check_range("max_new_tokens", 1, 256)
         self.check_range("ensemble_size", 1, 16)
+        self.check_range("proxy_weight", 0, 1)
+        if self.proxy_weight > 0 and self.dataset is not None:
+            self._fail("proxy_weight", "0 with a dataset (the drill relabels the digits task's own pairs)")
         self.check_range("train_pairs", 2, MAX_LM_DATA)
         self.check_range("heldout_pairs", 2, MAX_LM_DATA)
         self.check_range("batch_size", 1, MAX_BATCH)

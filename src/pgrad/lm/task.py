@@ -159,6 +159,14 @@ class DigitsTask:
         large = (values > last_digit.unsqueeze(1)) & (response_mask > 0)
         return large.sum(1).to(torch.float32) / self.max_new_tokens
 
+    def echo_score(self, last_digit: Tensor, response: Tensor, response_mask: Tensor) -> Tensor:
+        """A proxy for drills, [B] in [0, 1]: the share of the response's digits equal to the prompt's last digit,
+        echo = #{response digits d with d = last prompt digit} / max_new_tokens.
+        The true score counts those digits as 0, so a policy optimised for the echo loses true score."""
+        values = self.tokenizer.digit_values(response)
+        echoed = (values == last_digit.unsqueeze(1)) & (response_mask > 0)
+        return echoed.sum(1).to(torch.float32) / self.max_new_tokens
+
     def completion_text(self, response: Tensor, response_mask: Tensor) -> list[str]:
         """Each response's tokens as text, up to its EOS (not included): ``"7345"``."""
         tok = self.tokenizer
@@ -207,14 +215,25 @@ class DigitsTask:
         best = scores.view(count, candidates).argmax(1) + torch.arange(count) * candidates
         return prompts, responses[best], masks[best]
 
-    def preference_pairs(self, count: int, generator: torch.Generator | None = None) -> PreferencePairs:
-        """``count`` prompts, each with two random responses; the chosen one has the higher true score.
-        Ties are dropped (they carry no preference), so slightly fewer than ``count`` pairs come back."""
+    def label_score(self, last_digit: Tensor, response: Tensor, response_mask: Tensor, proxy_weight: float) -> Tensor:
+        """The score a pair's label follows: (1 - w) x true + w x echo with w = ``proxy_weight`` (0: the true
+        score itself, the same tensor; above 0, labels that favour the proxy ``echo_score``: a drill)."""
+        true = self.true_score(last_digit, response, response_mask)
+        if proxy_weight == 0.0:
+            return true
+        return (1.0 - proxy_weight) * true + proxy_weight * self.echo_score(last_digit, response, response_mask)
+
+    def preference_pairs(
+        self, count: int, generator: torch.Generator | None = None, proxy_weight: float = 0.0
+    ) -> PreferencePairs:
+        """``count`` prompts, each with two random responses; the chosen one has the higher ``label_score``
+        (the true score unless ``proxy_weight``). Ties are dropped (they carry no preference), so slightly
+        fewer than ``count`` pairs come back."""
         prompts = self.prompts(count, generator)
         first, first_mask = self.random_responses(count, generator)
         second, second_mask = self.random_responses(count, generator)
-        first_score = self.true_score(prompts.last_digit, first, first_mask)
-        second_score = self.true_score(prompts.last_digit, second, second_mask)
+        first_score = self.label_score(prompts.last_digit, first, first_mask, proxy_weight)
+        second_score = self.label_score(prompts.last_digit, second, second_mask, proxy_weight)
         keep = first_score != second_score
         first_wins = (first_score > second_score).unsqueeze(1)
         chosen = torch.where(first_wins, first, second)

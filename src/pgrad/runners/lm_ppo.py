@@ -63,7 +63,7 @@ from pgrad.checkpoint import (
 )
 from pgrad.config import TrainConfig
 from pgrad.errors import CheckpointError, ConfigError
-from pgrad.lm.alerts import CHECK_SCORE, HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
+from pgrad.lm.alerts import CHECK_SCORE, EVAL_CHECK_SCORE, HACKING_RULES, RM_DISAGREEMENT, AlertThresholds, lm_alerts
 from pgrad.lm.build import (
     Task,
     add_lora,
@@ -312,9 +312,13 @@ class LMPPORunner:
             [self.optimizer],
             rules=LM_GUARD_RULES,
             rollback_rules=HACKING_RULES if ppo.rollback_on_alert else (),
-            # no environment return: checkpoints are ranked by the held-out check where there is one (after a hack
-            # the optimised reward is highest on the most hacked weights), else by the optimised reward (said once)
-            score_metric=CHECK_SCORE if self.check is not None else "lm/rm_score",
+            # no environment return: checkpoints are ranked by the check where there is one (after a hack the
+            # optimised reward is highest on the most hacked weights), else by the optimised reward (said once);
+            # on the held-out prompts where the row has an evaluation (same prompts and noise each time: one
+            # training batch's mean swings with its prompts), else on the training batch
+            score_metric=(EVAL_CHECK_SCORE, CHECK_SCORE)
+            if self.check is not None
+            else ("eval/rm_score", "lm/rm_score"),
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
         label = f"{ALGO} {model_label(self.ppo, self.task)}"
@@ -625,9 +629,9 @@ class LMPPORunner:
         self.keep_window_state()
 
     def final_score(self, metrics: dict[str, Any]) -> tuple[float | None, bool]:
-        """The Body protocol: the last check score (else the optimised reward's), and whether the guard judges the
-        run healthy."""
-        return metrics.get(self.guard.score_metric), self.guard.healthy
+        """The Body protocol: the last check score (else the optimised reward's; held-out where evaluated), and
+        whether the guard judges the run healthy."""
+        return self.guard.score(metrics), self.guard.healthy
 
     def close(self) -> None:
         """The Body protocol: removes the optimizer guard's hooks and closes the run context."""

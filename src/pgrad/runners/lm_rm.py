@@ -66,16 +66,17 @@ HELDOUT_SEED_OFFSET = 1_000_003  # the held-out pairs' generator: run.seed + thi
 
 
 def pair_sets(
-    task: Task, train: int, heldout: int, seed: int, eval_task: Task | None = None
+    task: Task, train: int, heldout: int, seed: int, eval_task: Task | None = None, proxy_weight: float = 0.0
 ) -> tuple[PreferencePairs, PreferencePairs]:
     """The training pairs (drawn from ``seed``) and the held-out ones (from ``seed + HELDOUT_SEED_OFFSET``) that
-    the reward model and DPO both learn from: the same pairs for the same seed and counts. A data set's: every
-    row of ``task`` and of ``eval_task`` (the counts do not apply)."""
+    the reward model and DPO both learn from: the same pairs for the same seed and counts, both labelled by
+    ``DigitsTask.label_score`` with ``proxy_weight`` (``lm_rm.proxy_weight``). A data set's: every row of
+    ``task`` and of ``eval_task`` (the counts do not apply)."""
     if isinstance(task, DatasetTask):
         assert isinstance(eval_task, DatasetTask)
         return task.preference_pairs(), eval_task.preference_pairs()
-    training = task.preference_pairs(train, torch.Generator().manual_seed(seed))
-    held_out = task.preference_pairs(heldout, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET))
+    training = task.preference_pairs(train, torch.Generator().manual_seed(seed), proxy_weight)
+    held_out = task.preference_pairs(heldout, torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET), proxy_weight)
     return training, held_out
 
 
@@ -129,7 +130,7 @@ class RewardModelRunner:
         seed = config.run.seed
         self.task, eval_task = build_tasks(self.rm, seed)
         self.train_pairs, self.heldout = pair_sets(
-            self.task, self.rm.train_pairs, self.rm.heldout_pairs, seed, eval_task
+            self.task, self.rm.train_pairs, self.rm.heldout_pairs, seed, eval_task, self.rm.proxy_weight
         )
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
