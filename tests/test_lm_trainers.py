@@ -288,3 +288,20 @@ def test_the_docs_table_is_the_codes_table():
 def test_importing_pgrad_lm_loads_no_torch():
     code = "import sys, pgrad, pgrad.lm; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(ROOT / "src")})
+
+
+def test_a_datasets_dataset_and_a_peft_config_are_read_without_training(gpt2, tmp_path):
+    """A datasets.Dataset is written row for row to RUN_DIR.data/train.jsonl; a peft LoraConfig gives lora_rank and
+    lora_alpha; rows that are not JSON data are one line naming the row."""
+    datasets = pytest.importorskip("datasets")
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=2, lora_alpha=8)
+    data = datasets.Dataset.from_list(PROMPTS)
+    trainer = GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", args=GRPOConfig(**GRPO_TINY),
+                          train_dataset=data, peft_config=lora, run_dir=tmp_path / "d")  # fmt: skip
+    written = [json.loads(line) for line in (tmp_path / "d.data" / "train.jsonl").read_text().splitlines()]
+    assert written == PROMPTS and trainer.args.dataset == str(tmp_path / "d.data" / "train.jsonl")
+    assert (trainer.args.lora_rank, trainer.args.lora_alpha) == (2, 8)
+    with pytest.raises(ConfigError, match=r"train_dataset\[1\] is not plain JSON data"):
+        GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", train_dataset=[PROMPTS[0], {"prompt": object()}],
+                    run_dir=tmp_path / "e")  # fmt: skip
