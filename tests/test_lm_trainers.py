@@ -96,6 +96,29 @@ def test_trl_arguments_map_onto_pgrad_fields_by_value(gpt2, tmp_path):
     assert (sft.args.batch_size, sft.config.run.total_steps) == (3, 12)  # one optimizer step per batch of rows
 
 
+def test_num_train_epochs_counts_the_training_rows_in_whole_updates(gpt2, tmp_path):
+    """8 rows, 1 held out by eval_fraction 0.1: 7 train. SFT, 2 epochs at batch 4: ceil(14 / 4) = 4 updates = 16
+    demonstrations; GRPO, 1 epoch of 7 prompts x 2 generations at batch 4: 16 responses; with an eval_dataset all
+    8 rows train (3 epochs: 48); max_steps wins over num_train_epochs, as in TRL."""
+    sft = SFTTrainer(model=gpt2, args=SFTConfig(per_device_train_batch_size=4, num_train_epochs=2),
+                     train_dataset=DEMOS, run_dir=tmp_path / "s")  # fmt: skip
+    assert sft.config.run.total_steps == 16
+    args = {**GRPO_TINY, "num_train_epochs": 1}
+    del args["max_steps"]
+    grpo = GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", args=GRPOConfig(**args),
+                       train_dataset=PROMPTS, run_dir=tmp_path / "g")  # fmt: skip
+    assert grpo.config.run.total_steps == 16
+    three = GRPOConfig(**{**args, "num_train_epochs": 3})
+    grpo = GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", args=three, train_dataset=PROMPTS,
+                       eval_dataset=PROMPTS[:2], run_dir=tmp_path / "h")  # fmt: skip
+    assert grpo.config.run.total_steps == 48
+    both = SFTTrainer(model=gpt2, args=SFTConfig(per_device_train_batch_size=4, num_train_epochs=2, max_steps=1),
+                      train_dataset=DEMOS, run_dir=tmp_path / "b")  # fmt: skip
+    assert both.config.run.total_steps == 4
+    with pytest.raises(ConfigError, match="num_train_epochs must be a positive number"):
+        SFTTrainer(model=gpt2, args=SFTConfig(num_train_epochs=0), train_dataset=DEMOS, run_dir=tmp_path / "z")
+
+
 def test_grpo_from_the_api_and_from_the_cli_gives_the_same_weights(gpt2, tmp_path):
     """The same settings through GRPOTrainer and 'pgrad lm grpo --set ...' give the same config and, bit for bit,
     the same final weights and metrics (timings aside)."""

@@ -153,6 +153,18 @@ def write_rows(rows: list[Any], path: Path, what: str, overwrite: bool) -> str:
     return str(path)
 
 
+def training_rows(section: Any, seed: int) -> int:
+    """How many rows of the section's data set train: all of them with an ``eval_dataset``, else those the
+    ``eval_fraction`` split (``pgrad.lm.data.split_rows``, as the runners split) leaves."""
+    from pgrad.lm.build import DATA_KINDS
+    from pgrad.lm.data import read_rows, split_rows
+
+    rows = read_rows(section.dataset, DATA_KINDS[type(section)])
+    if section.eval_dataset is not None:
+        return len(rows)
+    return len(split_rows(rows, section.eval_fraction, seed, section.dataset)[0])
+
+
 class LMTrainer:
     """One trainer of ``pgrad.lm`` (see the module docstring); ``GRPOTrainer``, ``PPOTrainer``... fix ``TRAINER``."""
 
@@ -310,7 +322,9 @@ class LMTrainer:
         from pgrad.runs import resolve_config
 
         config, _ = resolve_config(self.section_name, None, None, sets, use_preset=False, config_layer=layer)
-        steps = step_fields(self.TRAINER, held, config.algo_config)
+        section = config.algo_config
+        counted = (lambda: training_rows(section, config.run.seed)) if getattr(section, "dataset", None) else None
+        steps = step_fields(self.TRAINER, held, section, counted)
         if not steps:
             return config
         extra: dict[str, Any] = {}

@@ -7,8 +7,9 @@ only at the values in ``allowed`` (where pgrad does what TRL does: ``packing=Fal
 ``ConfigError`` line naming the pgrad way. The thin configs below (``GRPOConfig(learning_rate=1e-5, ...)``) read
 their keywords through it; ``docs/lm-python-api.md`` holds ``markdown_table()``'s output (a test keeps them equal).
 
-Three arguments count in TRL's units and are converted with the resolved section (``step_fields``):
-``max_steps``, ``save_steps`` and ``eval_steps`` count optimizer steps, pgrad's ``run.total_steps``,
+Four arguments count in TRL's units and are converted with the resolved section (``step_fields``):
+``num_train_epochs`` counts passes (epochs x training rows, whole updates); ``max_steps``, ``save_steps`` and
+``eval_steps`` count optimizer steps, pgrad's ``run.total_steps``,
 ``run.checkpoint_every`` and ``eval_every`` count rows (responses for PPO, RLOO and GRPO; pairs or demonstrations
 otherwise). An update of PPO, RLOO or GRPO takes ``num_epochs x batch_size / minibatch_size`` optimizer steps on
 ``batch_size`` responses, so n optimizer steps are ``ceil(n / steps_per_update) x batch_size`` responses; a row
@@ -206,8 +207,10 @@ TRL_ARGUMENTS: dict[str, TrlArgument] = {
         "no setting: pgrad writes one metrics.jsonl row per update", convert=lambda value, section: {}
     ),
     "num_train_epochs": TrlArgument(
-        "give max_steps (optimizer steps) or sets=['run.total_steps=N'] (rows): pgrad counts rows, not passes"
-    ),
+        "run.total_steps",
+        convert=held("num_train_epochs"),
+        note="epochs x the training rows (x num_generations for prompts), in whole updates; max_steps wins",
+    ),  # fmt: skip
     "lr_scheduler_type": TrlArgument(
         "language-model runs keep a constant learning rate (the guard may cut it)", allowed=("constant",)
     ),
@@ -436,12 +439,30 @@ def rows_per_optimizer_steps(steps: Any, name: str, section: Any, sampling: bool
     return math.ceil(steps / per_update) * batch
 
 
-def step_fields(trainer: str, held_values: Mapping[str, Any], section: Any) -> dict[str, Any]:
+def epoch_rows(epochs: Any, training_rows: int, section: Any, sampling: bool) -> int:
+    """``num_train_epochs`` as ``run.total_steps``: epochs x the training rows (each prompt sampled
+    ``samples_per_prompt`` times), rounded up to whole updates of ``batch_size``. pgrad draws rows uniformly with
+    replacement, so an epoch is a count of rows, not a pass over each one."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < 1e6:
+        raise ConfigError(f"num_train_epochs must be a positive number; got {_short(epochs)}")
+    per_row = section.samples_per_prompt if sampling else 1
+    batch = int(section.batch_size)
+    return max(1, math.ceil(epochs * training_rows * per_row / batch)) * batch
+
+
+def step_fields(
+    trainer: str, held_values: Mapping[str, Any], section: Any, training_rows: Callable[[], int] | None = None
+) -> dict[str, Any]:
     """``max_steps``, ``save_steps``, ``eval_steps`` (optimizer steps) as pgrad's row counts, from the section
-    resolved with every other argument (its batch and epochs)."""
+    resolved with every other argument (its batch and epochs); ``num_train_epochs`` (without ``max_steps``) from
+    ``training_rows()``, the count of training rows."""
     sampling = trainer in SAMPLING
-    paths = {"max_steps": "run.total_steps", "save_steps": "run.checkpoint_every", "eval_steps": None}
     out: dict[str, Any] = {}
+    if "num_train_epochs" in held_values and "max_steps" not in held_values:
+        if training_rows is None:
+            raise ConfigError("num_train_epochs needs a data set (train_dataset); give max_steps instead")
+        out["run.total_steps"] = epoch_rows(held_values["num_train_epochs"], training_rows(), section, sampling)
+    paths = {"max_steps": "run.total_steps", "save_steps": "run.checkpoint_every", "eval_steps": None}
     for name, path in paths.items():
         if name in held_values:
             rows = rows_per_optimizer_steps(held_values[name], name, section, sampling)
