@@ -297,6 +297,17 @@ def test_unknown_and_other_trainers_arguments_are_one_line():
         GRPOTrainer(args=GRPOConfig(max_steps=0))
 
 
+def test_a_field_error_names_the_trl_argument_that_set_it(gpt2, tmp_path):
+    """The section's own check says what is wrong in pgrad's words, and which TRL argument put the value there."""
+    args = GRPOConfig(num_generations=3, per_device_train_batch_size=4)
+    with pytest.raises(ConfigError, match=r"^lm_ppo.samples_per_prompt .*\(from TRL's num_generations=3\)$"):
+        GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", args=args, train_dataset=PROMPTS,
+                    run_dir=tmp_path / "g")  # fmt: skip
+    assert TRL_ARGUMENTS["beta"].apply("beta", 0.3, "lm_dpo") == {"lm_dpo.beta": 0.3}
+    with pytest.raises(ConfigError, match=r"^lm_dpo.beta .*\(from TRL's beta=-1\)$"):
+        DPOTrainer(model=gpt2, args=DPOConfig(beta=-1), train_dataset=PAIRS, run_dir=tmp_path / "d")
+
+
 def test_every_trainer_has_its_config_and_section():
     assert set(CONFIG_NAMES) == set(TRAINERS)
     assert all(name in TRL_ARGUMENTS for name in ("learning_rate", "num_generations", "beta", "max_steps"))

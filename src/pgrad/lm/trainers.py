@@ -54,6 +54,7 @@ from pgrad.lm.trl_compat import (
     TrlConfig,
     batch_fields,
     step_fields,
+    trl_names,
 )
 from pgrad.monitor.sinks import read_jsonl
 
@@ -208,7 +209,8 @@ class LMTrainer:
         self.run_dir = Path(run_dir or held.get("output_dir") or self._default_run_dir())
         own.update(self._datasets(train_dataset, eval_dataset))
         layer = merge(layer, {self.section_name: own})
-        self.config = self._resolve(layer, held, list(sets))
+        with trl_names(self.TRAINER, args.values if isinstance(args, TrlConfig) else {}):
+            self.config = self._resolve(layer, held, list(sets))
         self._refuse_untrusted()
         self._logger = Logger()
         self.last_output: TrainOutput | None = None

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -125,6 +126,11 @@ def _scale_rewards(value: Any, section: str) -> dict[str, Any]:
     if value in (False, "none"):
         return {"_trl.scale_rewards": False}
     raise ConfigError(f"scale_rewards={_short(value)} is not offered (True/'group', or False with loss_type='dr_grpo')")
+
+
+def _beta(value: Any, section: str) -> dict[str, Any]:
+    """TRL's ``beta``: the KL coefficient of GRPO and RLOO, DPO's own ``beta``."""
+    return {f"{section}.beta" if section == DPO_ALGO else f"{section}.kl_coef": value}
 
 
 def _report_to(value: Any, section: str) -> dict[str, Any]:
@@ -248,8 +254,11 @@ TRL_ARGUMENTS: dict[str, TrlArgument] = {
         "prompts are kept whole (up to the model's context)", trainers=SAMPLING + ("dpo",), allowed=(None,)
     ),
     "beta": TrlArgument(
-        "{section}.kl_coef (KL coefficient)", trainers=("grpo", "rloo"), convert=field("{section}.kl_coef")
-    ),
+        "lm_ppo.kl_coef (GRPO, RLOO), lm_dpo.beta (DPO)",
+        trainers=("grpo", "rloo", "dpo"),
+        convert=_beta,
+        note="GRPO's KL coefficient; DPO's temperature of the implicit reward",
+    ),  # fmt: skip
     "kl_coef": TrlArgument("{section}.kl_coef", trainers=("ppo", "rloo"), convert=field("{section}.kl_coef")),
     "num_iterations": TrlArgument(
         "{section}.num_epochs", trainers=("grpo", "rloo"), convert=field("{section}.num_epochs")
@@ -468,6 +477,39 @@ def step_fields(
             rows = rows_per_optimizer_steps(held_values[name], name, section, sampling)
             out[path or f"{section.SECTION}.eval_every"] = rows
     return out
+
+
+# the fields the held arguments end in (for the origin of an error about one)
+HELD_PATHS: dict[str, tuple[str, ...]] = {
+    "per_device_train_batch_size": ("{section}.batch_size", "{section}.minibatch_size"),
+    "gradient_accumulation_steps": ("{section}.batch_size", "{section}.minibatch_size"),
+    "num_mini_batches": ("{section}.batch_size", "{section}.minibatch_size"),
+    "max_steps": ("run.total_steps",),
+    "num_train_epochs": ("run.total_steps",),
+    "save_steps": ("run.checkpoint_every",),
+    "eval_steps": ("{section}.eval_every",),
+}
+
+
+@contextmanager
+def trl_names(trainer: str, arguments: Mapping[str, Any]) -> Iterator[None]:
+    """A ConfigError about a field that a TRL argument set names that argument too:
+    ``lm_ppo.samples_per_prompt must be a divisor of batch_size (4); got 3 (from TRL's num_generations=3)``."""
+    try:
+        yield
+    except ConfigError as exc:
+        message, section = str(exc), TRAINERS[trainer][0]
+        for name, value in arguments.items():
+            entry = TRL_ARGUMENTS.get(name)
+            if entry is None or trainer not in entry.trainers:
+                paths = [f"{section}.{name}"]  # pgrad's own spelling
+            elif name in HELD_PATHS:
+                paths = [path.replace("{section}", section) for path in HELD_PATHS[name]]
+            else:
+                paths = list(entry.apply(name, value, section))
+            if any(message.startswith(f"{path} ") for path in paths):
+                raise ConfigError(f"{message} (from TRL's {name}={_short(value)})") from None
+        raise
 
 
 # ---- the thin configs: TRL's names, read through the table -----------------------------------------------------
