@@ -35,6 +35,7 @@ from pgrad.lm import (  # noqa: E402
 )
 from pgrad.lm.config import LMPPOConfig  # noqa: E402
 from pgrad.lm.trl_compat import CONFIG_NAMES, TRAINERS, TRL_ARGUMENTS, markdown_table  # noqa: E402
+from pgrad.runs import load_run_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [{"prompt": f"what is {i} plus one?", "answer": str(i + 1)} for i in range(8)]
@@ -123,15 +124,16 @@ def test_grpo_from_the_api_and_from_the_cli_gives_the_same_weights(gpt2, tmp_pat
     """The same settings through GRPOTrainer and 'pgrad lm grpo --set ...' give the same config and, bit for bit,
     the same final weights and metrics (timings aside)."""
     data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
-    trainer = GRPOTrainer(model=gpt2, reward_funcs=["verifier:exact_answer"], args=GRPOConfig(**GRPO_TINY),
+    trainer = GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", args=GRPOConfig(**GRPO_TINY),
                           train_dataset=data, run_dir=tmp_path / "api")  # fmt: skip
     out = trainer.train()
     sets = ["samples_per_prompt=2", "batch_size=4", "minibatch_size=4", "num_epochs=1", "max_new_tokens=4",
             "optimizer.learning_rate=0.001", "eval_prompts=4", "eval_every=8", f"model={gpt2}", f"dataset={data}",
-            "reward=[verifier:exact_answer]"]  # fmt: skip
+            "reward=verifier:exact_answer"]  # fmt: skip
     argv = ["lm", "grpo", "--seed", "3", "--total-steps", "8", "--run-dir", str(tmp_path / "cli"), "--quiet"]
     assert main(argv + [item for value in sets for item in ("--set", value)]) == 0
     assert (out.steps, out.global_step) == (8, 2)
+    assert trainer.config.to_dict() == load_run_config(tmp_path / "cli").to_dict()
     api_rows, cli_rows = rows(tmp_path / "api"), rows(tmp_path / "cli")
     assert len(api_rows) == len(cli_rows) == 3  # the start's evaluation and two updates
     for api_row, cli_row in zip(api_rows, cli_rows, strict=True):
@@ -248,7 +250,7 @@ def test_dpo_and_reward_trainers_train_on_rows_in_memory(gpt2, tmp_path):
     assert rm.evaluate() == {k: v for k, v in out.metrics.items() if k.startswith("eval/")}
     grpo = GRPOTrainer(model=gpt2, reward_funcs=[tmp_path / "rm"], args=GRPOConfig(**GRPO_TINY),
                        train_dataset=PROMPTS, run_dir=tmp_path / "g")  # fmt: skip
-    assert (grpo.args.reward, grpo.args.reward_model) == (({"reward": "model"},), str(tmp_path / "rm"))
+    assert (grpo.args.reward, grpo.args.reward_model) == ("model", str(tmp_path / "rm"))
     with pytest.raises(ConfigError, match="reward_model='"):
         rm.save_model(tmp_path / "x")
 
@@ -289,6 +291,9 @@ def test_unknown_and_other_trainers_arguments_are_one_line():
         GRPOConfig(num_generatons=4)
     with pytest.raises(ConfigError, match=r"DPOConfig: 'num_generations' is an argument of TRL's grpo, rloo"):
         DPOConfig(num_generations=4)
+    assert GRPOConfig(learning_rate=0.5).learning_rate == 0.5
+    with pytest.raises(AttributeError, match="was not given 'beta'"):
+        getattr(GRPOConfig(), "beta")  # noqa: B009
     with pytest.raises(ConfigError, match="scale_rewards=False: .* only with loss_type='dr_grpo'"):
         GRPOConfig(scale_rewards=False)
     with pytest.raises(ConfigError, match="loss_type='ipo' is not offered by pgrad's DPO"):

@@ -167,19 +167,20 @@ def training_rows(section: Any, seed: int) -> int:
 
 
 class LMTrainer:
-    """One trainer of ``pgrad.lm`` (see the module docstring); ``GRPOTrainer``, ``PPOTrainer``... fix ``TRAINER``."""
+    """One trainer of ``pgrad.lm`` (see the module docstring); ``GRPOTrainer``, ``PPOTrainer``... fix ``TRAINER``.
+    Every argument after ``model`` is a keyword (TRL's trainers order their positional arguments differently)."""
 
     TRAINER: ClassVar[str] = ""
 
     def __init__(
         self,
         model: str | Path | None = None,
+        *,
         reward_funcs: Any = None,
         args: TrlConfig | Checked | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
         callbacks: Any = None,
-        *,
         reward_model: str | Path | None = None,
         ref_model: str | Path | None = None,
         value_model: str | Path | None = None,
@@ -287,7 +288,9 @@ class LMTrainer:
         if self.section_name != ALGO:
             raise ConfigError(f"{self.name} takes no reward_funcs (it learns from its data set)")
         terms, self.functions, folder = reward_layer(funcs, weights, self.name)
-        out: dict[str, Any] = {"reward": terms}
+        # one plain term is written as the CLI's --set reward=X would write it (config.yaml reads the same)
+        single = len(terms) == 1 and terms[0].keys() == {"reward"}
+        out: dict[str, Any] = {"reward": terms[0]["reward"] if single else terms}
         if folder is not None:
             if own.get("reward_model") not in (None, folder):
                 raise ConfigError(f"{self.name}: a reward-model folder in reward_funcs and another reward_model")

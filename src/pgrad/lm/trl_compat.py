@@ -530,6 +530,13 @@ class TrlConfig:
                 "scale_rewards=False: pgrad drops the group std division only with loss_type='dr_grpo' (Dr. GRPO)"
             )
 
+    def __getattr__(self, name: str) -> Any:
+        """A given argument by its name (``args.learning_rate``), as TRL's config objects offer it."""
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__} was not given {name!r} (pgrad's value: trainer.args)")
+
     def __repr__(self) -> str:
         given = ", ".join(f"{key}={value!r}" for key, value in self.values.items())
         return f"{type(self).__name__}({given})"
