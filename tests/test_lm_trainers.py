@@ -172,10 +172,17 @@ def test_a_callable_reward_gets_the_extra_columns_and_is_logged_by_its_name(gpt2
 
 
 def test_a_module_function_named_as_text_needs_trust(gpt2, tmp_path):
+    """A 'module:function' given as text is imported: refused without trust_reward_code=True, before anything runs;
+    the rows in memory it had written are removed again."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     with pytest.raises(ConfigError, match=r"pass trust_reward_code=True$") as caught:
-        GRPOTrainer(model=gpt2, reward_funcs="os.path:getsize", args=GRPOConfig(**GRPO_TINY), train_dataset=PROMPTS,
+        GRPOTrainer(model=gpt2, reward_funcs="os.path:getsize", args=GRPOConfig(**GRPO_TINY), train_dataset=data,
                     run_dir=tmp_path / "t")  # fmt: skip
     assert "\n" not in str(caught.value) and not (tmp_path / "t").exists()
+    with pytest.raises(ConfigError, match=r"pass trust_reward_code=True$"):
+        GRPOTrainer(model=gpt2, reward_funcs="os.path:getsize", args=GRPOConfig(**GRPO_TINY), train_dataset=PROMPTS,
+                    run_dir=tmp_path / "t")  # fmt: skip
+    assert not (tmp_path / "t.data").exists()
 
 
 class StepRecorder(BaseCallback):

@@ -208,11 +208,16 @@ class LMTrainer:
         elif "reward_weights" in held:
             raise ConfigError(f"{self.name}: reward_weights needs reward_funcs")
         self.run_dir = Path(run_dir or held.get("output_dir") or self._default_run_dir())
-        own.update(self._datasets(train_dataset, eval_dataset))
-        layer = merge(layer, {self.section_name: own})
-        with trl_names(self.TRAINER, args.values if isinstance(args, TrlConfig) else {}):
-            self.config = self._resolve(layer, held, list(sets))
-        self._refuse_untrusted()
+        self._written: list[Path] = []  # data files this constructor created: removed again if it refuses
+        try:
+            own.update(self._datasets(train_dataset, eval_dataset))
+            layer = merge(layer, {self.section_name: own})
+            with trl_names(self.TRAINER, args.values if isinstance(args, TrlConfig) else {}):
+                self.config = self._resolve(layer, held, list(sets))
+            self._refuse_untrusted()
+        except BaseException:
+            self._remove_written()
+            raise
         self._logger = Logger()
         self.last_output: TrainOutput | None = None
 
@@ -315,11 +320,21 @@ class LMTrainer:
                 continue
             what = "train_dataset" if field_name == "dataset" else "eval_dataset"
             rows = rows_of(data, f"{self.name}: {what}")
-            folder = self.run_dir.with_name(self.run_dir.name + ".data")
-            out[field_name] = (
-                str(data) if rows is None else write_rows(rows, folder / f"{file}.jsonl", what, self.overwrite)
-            )
+            if rows is None:
+                out[field_name] = str(data)
+                continue
+            path = self.run_dir.with_name(self.run_dir.name + ".data") / f"{file}.jsonl"
+            created = not path.exists()
+            out[field_name] = write_rows(rows, path, what, self.overwrite)
+            self._written += [path] if created else []
         return out
+
+    def _remove_written(self) -> None:
+        """Remove the data files this constructor created (and their folder when it is left empty)."""
+        for path in self._written:
+            path.unlink(missing_ok=True)
+            if path.parent.is_dir() and not any(path.parent.iterdir()):
+                path.parent.rmdir()
 
     def _resolve(self, layer: dict[str, Any], held: Mapping[str, Any], sets: list[str]) -> TrainConfig:
         """The config: pgrad's defaults < ``layer`` < ``sets``; TRL's step counts converted with the resolved
