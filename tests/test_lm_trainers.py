@@ -276,6 +276,24 @@ def test_pgrads_own_section_is_accepted_and_its_advantage_must_be_the_trainers(g
         SFTTrainer(model=object(), train_dataset=DEMOS)
 
 
+def test_ppo_with_a_reward_model_folder_and_rloo_from_pgrads_section_train(gpt2, tmp_path):
+    """PPOTrainer (value head, GAE) scored by a sequence-classification folder given as reward_model, and
+    RLOOTrainer from pgrad's own LMPPOConfig, each one update of 4 responses; the first minibatch's ratio is 1."""
+    rm = tiny_model_folder(tmp_path / "rm", "gpt2", head="sequence-classification")
+    args = PPOConfig(per_device_train_batch_size=2, num_mini_batches=2, num_ppo_epochs=1, max_steps=2,
+                     response_length=4, eval_every=0)  # fmt: skip
+    ppo = PPOTrainer(model=gpt2, reward_model=rm, args=args, train_dataset=PROMPTS, run_dir=tmp_path / "p")
+    out = ppo.train()
+    assert (ppo.args.reward, ppo.args.reward_model, out.steps) == ("model", str(rm), 4)
+    assert out.metrics["lm/first_ratio_deviation"] == 0.0 and out.metrics["train/value_loss"] > 0
+    section = LMPPOConfig(advantage="rloo", batch_size=4, minibatch_size=4, samples_per_prompt=2, num_epochs=1,
+                          max_new_tokens=4, eval_every=0, reward="verifier:exact_answer")  # fmt: skip
+    rloo = RLOOTrainer(model=gpt2, args=section, train_dataset=PROMPTS, sets=["run.total_steps=4"],
+                       run_dir=tmp_path / "r")  # fmt: skip
+    out = rloo.train()
+    assert (out.steps, out.global_step, out.metrics["lm/first_ratio_deviation"]) == (4, 1, 0.0)
+
+
 REFUSED = [(name, entry) for name, entry in TRL_ARGUMENTS.items() if entry.convert is None]
 
 
