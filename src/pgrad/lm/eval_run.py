@@ -34,7 +34,7 @@ from pgrad.lm.model import AdapterDisabled, CausalLM, PolicyWithValue
 from pgrad.lm.reward import ResponseScorer, TrueScoreReward
 from pgrad.lm.reward_spec import refuse_untrusted_reward_code
 from pgrad.lm.task import DigitsTask
-from pgrad.runners.lm_ppo import build_scorer
+from pgrad.runners.lm_ppo import RewardFunctions, build_scorer
 from pgrad.runners.lm_rm import load_reward_model
 from pgrad.runs import check_config_recorded, load_run_config, warn
 from pgrad.threads import set_threads
@@ -115,10 +115,12 @@ def evaluate_run(
     seed: int | None = None,
     reward_model: Path | None = None,
     trust_reward_code: bool = False,
+    reward_functions: RewardFunctions | None = None,
 ) -> LMEvalResult:
     """Evaluate checkpoint ``which`` (latest, best or a name) of an lm_ppo, lm_sft or lm_dpo run folder. A run
     whose reward names a Python function is refused unless ``trust_reward_code`` (scoring imports it) or
-    ``reward_model`` scores instead."""
+    ``reward_model`` scores instead; ``reward_functions`` gives function terms as objects (``pgrad.lm.trainers``),
+    which need no trust."""
     config = load_run_config(Path(run_dir))
     algo, section = config.algo, config.algo_config
     if algo == RM_ALGO:
@@ -146,8 +148,9 @@ def evaluate_run(
         scorer = load_reward_model(Path(reward_model), section.max_new_tokens, device, tokenizer=tokenizer)
         described = f"the reward model of {reward_model}"
     elif isinstance(section, LMPPOConfig):
-        refuse_untrusted_reward_code(section.code_terms, str(Path(run_dir) / "config.yaml"), trust_reward_code)
-        scorer = build_scorer(section, task, device)
+        imported = tuple(term for term in section.code_terms if term.source not in (reward_functions or {}))
+        refuse_untrusted_reward_code(imported, str(Path(run_dir) / "config.yaml"), trust_reward_code)
+        scorer = build_scorer(section, task, device, reward_functions)
         described = describe_reward(section)
     elif isinstance(task, DigitsTask):
         scorer, described = TrueScoreReward(task), "the true score (no reward model: give --reward-model)"

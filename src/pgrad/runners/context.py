@@ -336,7 +336,7 @@ class RunContext:
         if not training.per_step:
             self.ask_callbacks("on_step")
         self.ask_callbacks("update_event", metrics)
-        if "eval/return_mean" in metrics:
+        if any(key.startswith("eval/") for key in metrics):  # a guard's evaluation, or a language model's
             self.ask_callbacks("evaluation_event", metrics)
 
     def end_callbacks(self) -> None:

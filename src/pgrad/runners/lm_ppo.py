@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -208,13 +209,23 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
+# a function term's source -> the Python object itself, given in-process (pgrad.lm.trainers): not imported
+RewardFunctions = Mapping[str, Callable[..., Any]]
+
+
 def build_term(
-    term: RewardTerm, config: LMPPOConfig, task: Task, device: torch.device, reward_model: str | None = None
+    term: RewardTerm,
+    config: LMPPOConfig,
+    task: Task,
+    device: torch.device,
+    reward_model: str | None = None,
+    functions: RewardFunctions | None = None,
 ) -> ResponseScorer | VerifierReward | FunctionReward:
     """What computes one term of ``lm_ppo.reward``: the reward model (or ensemble; a 'pgrad lm rm' run or a
     sequence-classification model folder), the true score, a verifier or a Python function (imported here: trust
-    is decided before a runner is built, ``refuse_untrusted_reward_code``). ``reward_model``: the folder a 'model'
-    term loads (``lm_ppo.reward_model`` by default; ``check_reward_model`` for the check)."""
+    is decided before a runner is built, ``refuse_untrusted_reward_code``; one in ``functions``, passed as an
+    object, is used as it is). ``reward_model``: the folder a 'model' term loads (``lm_ppo.reward_model`` by
+    default; ``check_reward_model`` for the check)."""
     if term.kind == "model":
         folder = reward_model or config.reward_model
         assert folder is not None  # LMPPOConfig.validate
@@ -232,21 +243,27 @@ def build_term(
         return TrueScoreReward(task)
     if term.kind == "verifier":
         return VerifierReward(term, task.column_names)
-    return FunctionReward(term.source)
+    return FunctionReward(term.source, (functions or {}).get(term.source))
 
 
-def build_scorer(config: LMPPOConfig, task: Task, device: torch.device) -> CombinedReward:
+def build_scorer(
+    config: LMPPOConfig, task: Task, device: torch.device, functions: RewardFunctions | None = None
+) -> CombinedReward:
     """The reward of a PPO run: the weighted sum of the terms of ``lm_ppo.reward`` (one term: its scores)."""
-    return CombinedReward([(term, build_term(term, config, task, device)) for term in config.reward_terms], task)
+    terms = config.reward_terms
+    return CombinedReward([(term, build_term(term, config, task, device, None, functions)) for term in terms], task)
 
 
-def build_check(config: LMPPOConfig, task: Task, device: torch.device) -> CombinedReward | None:
+def build_check(
+    config: LMPPOConfig, task: Task, device: torch.device, functions: RewardFunctions | None = None
+) -> CombinedReward | None:
     """The held-out check of a PPO run (``lm_ppo.check_reward``): scored beside the reward, never optimised; None
     without one."""
     if not config.check_terms:
         return None
     folder = config.check_reward_model
-    return CombinedReward([(term, build_term(term, config, task, device, folder)) for term in config.check_terms], task)
+    terms = config.check_terms
+    return CombinedReward([(term, build_term(term, config, task, device, folder, functions)) for term in terms], task)
 
 
 # run.total_steps counts sampled responses; the progress line shows the reward's mean score of the last update
@@ -257,7 +274,13 @@ class LMPPORunner:
     """``pgrad lm ppo`` / ``pgrad lm resume``: see the module docstring."""
 
     def __init__(
-        self, config: TrainConfig, run_dir: Path, resume: bool = False, console: bool = True, overwrite: bool = False
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        resume: bool = False,
+        console: bool = True,
+        overwrite: bool = False,
+        reward_functions: RewardFunctions | None = None,
     ) -> None:
         if config.algo != ALGO or not isinstance(config.algo_config, LMPPOConfig):
             raise ConfigError(f"LMPPORunner runs '{ALGO}' configs; got '{config.algo}'")
@@ -275,8 +298,9 @@ class LMPPORunner:
         self.policy.to(self.device)
         # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
         self.reference = frozen_reference(self.policy.lm, self.ppo, self.task)
-        self.scorer = build_scorer(self.ppo, self.task, self.device)
-        self.check = build_check(self.ppo, self.task, self.device)
+        # reward_functions: Python objects a library caller passed for function terms (pgrad.lm.trainers)
+        self.scorer = build_scorer(self.ppo, self.task, self.device, reward_functions)
+        self.check = build_check(self.ppo, self.task, self.device, reward_functions)
         from_rm = self.ppo.value_model == "reward_model"
         if self.ppo.init_value_from_rm or from_rm:  # InstructGPT: the value function starts as the reward model
             learned = self.scorer.learned
