@@ -8,6 +8,7 @@ linear annealing of the learning rate and clip range, and target-KL early stoppi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from pgrad.algos.common import (
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import GradientBackend, NumpyActorCritic, choose_gradient_backend
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
+from pgrad.algos.rnd import RND, RNDConfig, RNDTargets, paired_minibatches
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.metric_names import (
@@ -40,7 +42,7 @@ from pgrad.metric_names import (
     POLICY_LOSS,
     VALUE_LOSS,
 )
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
+from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsLayout, ObsShape
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_loss
 from pgrad.rollout import Batch, Rollout
 
@@ -78,6 +80,7 @@ class PPOConfig(Checked):
         "autograd (the reference), numpy (hand-derived gradients, equal to autograd, ~2x faster per CPU step; "
         "refuses what it does not implement) or auto (numpy when it implements the setting)",
     )
+    rnd: RNDConfig = param(RNDConfig(), "Random Network Distillation exploration (pgrad.algos.rnd); off by default")
 
     def validate(self) -> None:
         """Checks each hyper-parameter's range and that the gradient backend fits the network."""
@@ -93,6 +96,8 @@ class PPOConfig(Checked):
         self.check_range("max_grad_norm", 0, low_open=True)
         self.check_range("target_kl", 0, low_open=True)
         choose_gradient_backend(self.gradient_backend, self.SECTION, self.network)
+        if self.rnd.enabled and self.gradient_backend == "numpy":
+            raise ConfigError("ppo.gradient_backend must be 'auto' or 'autograd' with rnd.enabled; got 'numpy'")
 
     def check_with_env(self, env: EnvConfig) -> None:
         """Checks that ``minibatch_size`` divides the batch, ``num_steps x env.num_envs``."""
@@ -219,6 +224,11 @@ class PPO:
         )
         self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
+        self.rnd = rnd_for(config, obs_shape, self.device)
+        if self.rnd is not None:  # the NumPy backend has no RND terms; the predictor and V_int train in this loss
+            self.gradient_backend, self.gradient_backend_reason = "autograd", "ppo.rnd.enabled (RND needs autograd)"
+            self.parameters += self.rnd.trainable()
+        self._rnd_targets: RNDTargets | None = None  # set by prepare, read by the update that follows it
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.numpy_net = NumpyActorCritic(self.model) if self.gradient_backend == "numpy" else None
 
@@ -238,7 +248,14 @@ class PPO:
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         """log pi_old and V from one gradient-free pass; GAE advantages and returns."""
-        return actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda, self.device)
+        batch, stats = actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda, self.device)
+        if self.rnd is None:
+            return batch, stats
+        # RND: A = ext_coef A_ext + int_coef A_int replaces the advantages; the PPO loss reads them as before.
+        advantages, self._rnd_targets, rnd_stats = self.rnd.prepare(
+            rollout, batch.advantages, self.config.gae_lambda, self.device
+        )
+        return batch.with_advantages(advantages), {**stats, **rnd_stats}
 
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """``num_epochs`` passes of minibatch steps; ``context.progress`` in [0, 1] drives the annealing."""
@@ -250,9 +267,9 @@ class PPO:
         grad_norms: list[float] = []
         stopped_early = False
         for _ in range(config.num_epochs):
-            for minibatch in batch.minibatches(config.minibatch_size, context.rng):
+            for minibatch, extra in self._minibatches(batch, context.rng):
                 # The loss (autograd) or the loss's terms with every .grad already set (NumPy).
-                loss, stats = self._loss(minibatch, clip_eps)
+                loss, stats = self._loss(minibatch, clip_eps, extra, context.rng)
                 if config.target_kl is not None and float(stats[APPROX_KL]) > 1.5 * config.target_kl:
                     stopped_early = True
                     break
@@ -278,7 +295,16 @@ class PPO:
             metrics[LOG_STD] = float(self.model.log_std.detach().mean())
         return metrics
 
-    def _loss(self, minibatch: Batch, clip_eps: float) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    def _minibatches(self, batch: Batch, rng: np.random.Generator) -> Iterator[tuple[Batch, RNDTargets | None]]:
+        """The update's minibatches, each with its RND rows (None without RND)."""
+        if self._rnd_targets is None:
+            yield from ((minibatch, None) for minibatch in batch.minibatches(self.config.minibatch_size, rng))
+            return
+        yield from paired_minibatches(batch, self._rnd_targets, self.config.minibatch_size, rng)
+
+    def _loss(
+        self, minibatch: Batch, clip_eps: float, extra: RNDTargets | None, rng: np.random.Generator
+    ) -> tuple[torch.Tensor | None, dict[str, Any]]:
         config = self.config
         if self.numpy_net is not None:
             stats = ppo_hand_gradients(
@@ -292,7 +318,11 @@ class PPO:
             )
             return None, stats
         terms = self.loss_terms(minibatch, clip_eps)
-        return terms.loss, terms.metrics()
+        if extra is None or self.rnd is None:
+            return terms.loss, terms.metrics()
+        # RND: the predictor's loss and vf_coef x the intrinsic value loss join the same step.
+        rnd_loss, rnd_stats = self.rnd.loss(minibatch.obs, extra, minibatch.mask, config.vf_coef, rng)
+        return terms.loss + rnd_loss, {**terms.metrics(), **rnd_stats}
 
     def loss_terms(self, minibatch: Batch, clip_eps: float) -> LossTerms:
         """``ppo_loss`` of the current model on ``minibatch`` (autograd)."""
@@ -317,16 +347,27 @@ class PPO:
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
         """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
-        return {"model": self.model}
+        return {"model": self.model} if self.rnd is None else {"model": self.model, "rnd": self.rnd}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The checkpoint contract: the optimizers saved and restored."""
         return {"optimizer": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
-        """The checkpoint contract: nothing beyond the networks and optimizers."""
-        return {}
+        """The checkpoint contract: RND's forward-filter state, else nothing beyond the networks and optimizers."""
+        return {} if self.rnd is None else self.rnd.extra_state()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
-        pass
+        """The checkpoint contract: restores RND's forward-filter state (nothing else to restore)."""
+        if self.rnd is not None:
+            self.rnd.load_extra_state(state)
+
+
+def rnd_for(config: PPOConfig, obs_shape: ObsShape, device: torch.device) -> RND | None:
+    """The RND module when ``rnd.enabled`` (vector and image observations), else None."""
+    if not config.rnd.enabled:
+        return None
+    if isinstance(obs_shape, ObsLayout):
+        raise ConfigError("ppo.rnd.enabled takes vector or image observations; got a Dict observation")
+    network = config.network
+    return RND(config.rnd, obs_shape, network.hidden_sizes, network.activation).to(device)
