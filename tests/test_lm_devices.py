@@ -7,6 +7,7 @@ scaler's skipped steps are the guard's non-finite steps. ``benchmarks/gpu_lm_che
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -244,3 +245,69 @@ def test_steps_the_scaler_skips_are_the_guards_nonfinite_steps(tmp_path):
     assert row["train/loss_scale"] == 2.0**16 / 2**8
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert "critical.nonfinite" in kinds
+
+
+def test_a_bf16_checkpoint_resumes_in_fp32(tmp_path):
+    # the checkpoint holds float32 CPU tensors whatever the precision or device: a run resumes in another one (on a
+    # GPU machine's run: run.device cpu in its config.yaml); pgrad warns that config.yaml differs from the checkpoint
+    bf16 = config("lm_ppo", "model.precision=bf16", "checkpoint_every=16")
+    LMPPORunner(bf16, tmp_path / "run", console=False).train(stop_at_step=16)
+    model = dataclasses.replace(bf16.algo_config.model, precision="fp32")
+    fp32 = dataclasses.replace(bf16, algo_config=dataclasses.replace(bf16.algo_config, model=model))
+    resumed = LMPPORunner(fp32, tmp_path / "run", resume=True, console=False)
+    assert resumed.step == 16 and resumed.setup.precision == "fp32"
+    resumed.train()
+    assert [row["step"] for row in rows(tmp_path / "run")] == [16, 32]
+    assert torch.isfinite(torch.tensor(rows(tmp_path / "run")[-1]["train/policy_loss"]))
+
+
+# ---- on a GPU (skipped in CI; benchmarks/gpu_lm_check.sh runs them with -s and prints what they saw) ------------
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_lm_check.sh)")
+LOSS = {
+    "lm_ppo": "train/policy_loss",
+    "lm_ppo_grpo": "train/policy_loss",
+    "lm_sft": "train/sft_nll",
+    "lm_rm": "train/rm_loss",
+    "lm_dpo": "train/dpo_loss",
+}
+
+
+@CUDA
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_runs_place_everything_on_the_gpu_and_write_float32_cpu_checkpoints(tmp_path, case, precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this card has no bfloat16")
+    sets = ["run.device=cuda", f"model.precision={precision}", "model.gradient_checkpointing=true"]
+    runner = CASES[case][0](config(case, *sets), tmp_path / "run", console=False)
+    placed = {device for devices in devices_of(runner.modules()).values() for device in devices}
+    assert placed == {"cuda:0"}
+    torch.cuda.reset_peak_memory_stats()
+    runner.train()
+    last = rows(tmp_path / "run")[-1]
+    assert torch.isfinite(torch.tensor(last[LOSS[case]])), last
+    if precision == "fp16":
+        assert "train/loss_scale" in last
+    state = read_train_state(sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1])
+    tensors = [t for module in state.modules.values() for t in module.values() if t.is_floating_point()]
+    assert {(t.dtype, t.device.type) for t in tensors} == {(torch.float32, "cpu")}
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    scale = (
+        f" scale {last['train/loss_scale']:g} skipped {last['train/fp16_skipped_steps']:g}"
+        if "fp16" == precision
+        else ""
+    )
+    print(
+        f"\nGPU {case} {precision}: {LOSS[case]} {last[LOSS[case]]:.4f} step {last['step']}{scale} peak {peak:.1f} MiB"
+    )
+
+
+@CUDA
+def test_a_cuda_checkpoint_resumes_on_the_cpu(tmp_path):
+    on_gpu = config("lm_ppo", "run.device=cuda", "checkpoint_every=16")
+    LMPPORunner(on_gpu, tmp_path / "run", console=False).train(stop_at_step=16)
+    on_cpu = dataclasses.replace(on_gpu, run=dataclasses.replace(on_gpu.run, device="cpu"))
+    resumed = LMPPORunner(on_cpu, tmp_path / "run", resume=True, console=False)
+    assert devices_of(resumed.modules())["policy"] == {"cpu"} and resumed.step == 16
+    resumed.train()
+    assert [row["step"] for row in rows(tmp_path / "run")] == [16, 32]
