@@ -124,12 +124,18 @@ def test_bf16_row_trainers_on_the_cpu(tmp_path, case, loss, model_of):
 
 @pytest.mark.parametrize("case", ["lm_ppo", "lm_sft", "lm_rm", "lm_dpo"])
 def test_fp16_off_cuda_is_refused_before_the_run_folder_exists(tmp_path, case):
-    algo = case
-    with pytest.raises(ConfigError, match=rf"^{algo}.model.precision: fp16 needs run.device cuda .* use bf16 or fp32$"):
+    with pytest.raises(ConfigError, match=rf"^{case}.model.precision: fp16 needs run.device cuda .* use bf16 or fp32$"):
         CASES[case][0](config(case, "model.precision=fp16"), tmp_path / "run", console=False)
     assert not (tmp_path / "run").exists()
-    with pytest.raises(ConfigError, match=rf"^{algo}.model.precision must be one of .*; got 'fp8'$"):
+    with pytest.raises(ConfigError, match=rf"^{case}.model.precision must be one of .*; got 'fp8'$"):
         config(case, "model.precision=fp8")
+
+
+def test_bf16_on_a_card_without_bfloat16_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a card before Ampere
+    with pytest.raises(ConfigError, match=r"^lm_sft.model.precision: this CUDA card has no bfloat16 .*; use fp16 or"):
+        precision.check_precision("bf16", torch.device("cuda"), "lm_sft.model.precision")
+    precision.check_precision("fp16", torch.device("cuda"))  # fp16 is its way
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -311,3 +317,12 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu(tmp_path):
     assert devices_of(resumed.modules())["policy"] == {"cpu"} and resumed.step == 16
     resumed.train()
     assert [row["step"] for row in rows(tmp_path / "run")] == [16, 32]
+
+
+@pytest.mark.parametrize("algo", ["lm_ppo", "lm_sft", "lm_rm", "lm_dpo"])
+def test_the_fields_are_the_model_sections_with_a_short_form(algo):
+    default = resolve_config(algo, None, None, [], seed=1, total_steps=8)[0].algo_config.model
+    assert (default.precision, default.gradient_checkpointing) == ("fp32", False)
+    short = resolve_config(algo, None, None, ["precision=bf16", "gradient_checkpointing=true"], seed=1, total_steps=8)
+    model = short[0].algo_config.model
+    assert (model.precision, model.gradient_checkpointing) == ("bf16", True)
