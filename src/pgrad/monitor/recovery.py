@@ -236,13 +236,21 @@ class OptimizerGuard:
                 p.grad.fill_(float("nan"))
             self.nan_steps_left -= 1 if self.nan_steps_left > 0 else 0
         finite = gradients_finite(parameters)
+        self.count_step(finite)
+        if not finite and self.config.skip_nonfinite:
+            for p in parameters:
+                p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
+
+    def count_step(self, finite: bool) -> None:
+        """Counts one optimizer step, and whether its gradients were finite, for the non-finite rules."""
         self.steps += 1
         self.state.recent_steps = self.state.recent_steps[-(self.config.nonfinite_window - 1) :] + [int(not finite)]
-        if not finite:
-            self.skipped += 1
-            if self.config.skip_nonfinite:
-                for p in parameters:
-                    p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
+        self.skipped += int(not finite)
+
+    def count_skipped_step(self) -> None:
+        """A step skipped before the optimizer ran (fp16 loss scaling found an inf or nan gradient): a non-finite
+        step like those this hook skips."""
+        self.count_step(False)
 
     def remove(self) -> None:
         """Removes the step hooks from the optimizers."""
