@@ -238,19 +238,21 @@ def test_the_fp16_scaler_unscales_and_skips_a_step_with_an_inf_gradient():
     assert setup.metrics() == {"train/loss_scale": 512.0, "train/fp16_skipped_steps": 1.0}
 
 
-def test_steps_the_scaler_skips_are_the_guards_nonfinite_steps(tmp_path):
-    # the scaler on the CPU (fp32 autocast: the same scaler code as fp16 on CUDA), every gradient overflowing; the
-    # guard halts on more than 1% non-finite steps of its window, so that limit is lifted to see the count
+@pytest.mark.parametrize(("init_scale", "nonfinite"), [(2.0**16, 0.0), (2.0**4, 4.0)])
+def test_scaler_skips_are_nonfinite_steps_only_below_the_scale_floor(tmp_path, init_scale, nonfinite):
+    # the scaler on the CPU (fp32 autocast: the same scaler code as fp16 on CUDA), every gradient overflowing:
+    # 4 epochs x 2 minibatches skipped, the scale halved each time. From 2^16 it ends at 256: calibration, nothing
+    # for the guard. From 16 it passes 8, 4, 2, 1 and then 0.5, 0.25, 0.125, 0.0625: 4 skips below the floor (1),
+    # each a non-finite step (the guard's halt limit lifted to see the count)
     runner = LMPPORunner(config("lm_ppo", "guard.nonfinite_halt=1", total=16), tmp_path / "run", console=False)
-    runner.setup = DeviceSetup(torch.device("cpu"), "fp32", scaler=torch.amp.GradScaler("cpu"))
+    runner.setup = DeviceSetup(torch.device("cpu"), "fp32", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))
     runner.policy.value_head.weight.register_hook(lambda grad: grad * float("inf"))
     runner.train()
     row = rows(tmp_path / "run")[-1]
-    # 4 epochs x 2 minibatches, each skipped once and counted once; the scale halved each time
-    assert row[names.NONFINITE_STEPS] == 8.0 and row["train/fp16_skipped_steps"] == 8.0
-    assert row["train/loss_scale"] == 2.0**16 / 2**8
+    assert row[names.NONFINITE_STEPS] == nonfinite and row["train/fp16_skipped_steps"] == 8.0
+    assert row["train/loss_scale"] == init_scale / 2**8
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
-    assert "critical.nonfinite" in kinds
+    assert ("critical.nonfinite" in kinds) == (nonfinite > 0)
 
 
 def test_a_bf16_checkpoint_resumes_in_fp32(tmp_path):

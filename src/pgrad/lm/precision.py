@@ -33,6 +33,11 @@ Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+# A skipped fp16 step is the loss scaler's calibration while its scale S is at or above this (it halves S and tries
+# again: from 2^16, 16 skips in a row reach 1); below it no scale gives finite gradients, and each skip is a
+# non-finite step for the guard's rules (a halt past guard.nonfinite_halt)
+FP16_SCALE_FLOOR = 1.0
+
 
 def check_precision(precision: str, device: torch.device, field: str = "lm_ppo.precision") -> None:
     """One ConfigError line for a precision the device cannot run: an unknown name, fp16 off CUDA (no loss
@@ -158,6 +163,11 @@ class DeviceSetup:
         skipped = self.scaler.get_scale() < scale  # update() halves the scale after a skipped step, only then
         self.skipped_steps += int(skipped)
         return norm, skipped
+
+    def overflow_persists(self) -> bool:
+        """Whether the fp16 loss scale has fallen below ``FP16_SCALE_FLOOR``: the gradients stay inf or nan at any
+        scale, which is damage, not the scaler's calibration (False without a scaler)."""
+        return self.scaler is not None and self.scaler.get_scale() < FP16_SCALE_FLOOR
 
     def metrics(self) -> dict[str, float]:
         """What a row reports of the setup: with fp16, the loss scale and the steps skipped so far; else nothing."""

@@ -229,7 +229,12 @@ class OptimizerGuard:
 
     def before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """The pre-step hook: fills gradients with NaN while a drill asks, records whether they are finite, and with
-        ``skip_nonfinite`` drops non-finite ones so the optimizer skips the step."""
+        ``skip_nonfinite`` drops non-finite ones so the optimizer skips the step. A step a loss scaler hands to an
+        optimizer that does its own scaling (fused Adam: ``optimizer.found_inf`` set, the gradients still scaled)
+        is the scaler's to judge: it is neither drilled nor counted here (its caller counts it:
+        ``pgrad.runners.lm_ppo``)."""
+        if getattr(optimizer, "found_inf", None) is not None:
+            return
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.nan_steps_left:
             for p in parameters:
@@ -246,11 +251,6 @@ class OptimizerGuard:
         self.steps += 1
         self.state.recent_steps = self.state.recent_steps[-(self.config.nonfinite_window - 1) :] + [int(not finite)]
         self.skipped += int(not finite)
-
-    def count_skipped_step(self) -> None:
-        """A step skipped before the optimizer ran (fp16 loss scaling found an inf or nan gradient): a non-finite
-        step like those this hook skips."""
-        self.count_step(False)
 
     def remove(self) -> None:
         """Removes the step hooks from the optimizers."""

@@ -521,6 +521,7 @@ class LMPPORunner:
         rollout, stats = self.collect(flip_reward)
         sums: dict[str, float] = {}
         steps = 0
+        norms: list[float] = []  # gradient norms of the steps taken (and of skips past the fp16 scale floor)
         first_ratio_deviation = float("nan")
         for epoch in range(ppo.num_epochs):
             order = (
@@ -555,11 +556,13 @@ class LMPPORunner:
                 grad_norm, skipped = self.setup.step(
                     self.optimizer, list(self.policy.parameters()), loss, ppo.max_grad_norm
                 )
-                if skipped and self.optimizer_guard.steps == counted:
-                    # fp16: the loss scaler skipped the step (an inf/nan gradient) without calling the optimizer,
-                    # so its step hook never saw it (an optimizer that takes the scaler itself calls it)
-                    self.optimizer_guard.count_skipped_step()
-                terms["diagnostics/grad_norm"] = torch.tensor(grad_norm)
+                if self.optimizer_guard.steps == counted:
+                    # fp16: the loss scaler skipped the step, or handed it to an optimizer that scales itself, and the
+                    # step hook left it alone. A skip is non-finite for the guard only once the scale is below the
+                    # floor (pgrad.lm.precision.FP16_SCALE_FLOOR): above it, skip and halve is the scaler's remedy
+                    self.optimizer_guard.count_step(finite=not (skipped and self.setup.overflow_persists()))
+                if not skipped or self.setup.overflow_persists():  # a calibration skip's norm is inf by design
+                    norms.append(grad_norm)
                 if steps == 0:
                     ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
                     first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())
@@ -575,6 +578,7 @@ class LMPPORunner:
             "update": self.updates,
             **stats,
             **{key: value / steps for key, value in sums.items()},
+            **({"diagnostics/grad_norm": sum(norms) / len(norms)} if norms else {}),
             "lm/first_ratio_deviation": first_ratio_deviation,
             "train/learning_rate": learning_rate,
             "perf/seconds_per_update": seconds,
