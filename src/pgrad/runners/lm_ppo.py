@@ -348,8 +348,10 @@ class LMPPORunner:
             else ("eval/rm_score", "lm/rm_score"),
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
-        label = f"{ALGO} {model_label(self.ppo, self.task)}"
-        trunk.open_or_resume(self.run, console, label, self.load, self.run.close, units=PPO_UNITS)
+        subject = model_label(self.ppo, self.task)
+        trunk.open_or_resume(
+            self.run, console, f"{ALGO} {subject}", self.load, self.run.close, units=PPO_UNITS, subject=subject
+        )
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
