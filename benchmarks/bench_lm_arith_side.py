@@ -8,12 +8,12 @@ peak memory are its own: ``python bench_lm_arith_side.py pgrad|trl SETTINGS.json
   then ``trainer.save_model(FINAL)``.
 
 RESULT.json: wall and CPU seconds of the whole training call (the libraries imported before it; model loading,
-set-up and pgrad's two held-out evaluations included), ``ticks``: (wall, CPU) clock readings at each rollout's reward call (the same point of the
-loop on both sides: after generation, before the update; the steady cost of a rollout is the mean interval between
-them), the tokens generated per rollout (real tokens, the EOS included), the mean training reward per rollout and
-``ru_maxrss`` of this process in MiB. On the pgrad side the clock is read by wrapping
-``pgrad.lm.verifiers.exact_answer`` (which ``verifier:exact_answer`` calls), an observation that changes nothing it
-computes. Nothing is downloaded (HF_HUB_OFFLINE=1).
+set-up and pgrad's two held-out evaluations included), ``ticks``: (wall, CPU) clock readings at each rollout's
+reward call (the same point of the loop on both sides: after generation, before the update; the steady cost of a
+rollout is the mean interval between them), the tokens generated per rollout (real tokens, the EOS included), the
+mean training reward per rollout and ``ru_maxrss`` of this process in MiB. On the pgrad side the clock is read by
+wrapping ``pgrad.lm.verifiers.exact_answer`` (which ``verifier:exact_answer`` calls), an observation that changes
+nothing it computes. Nothing is downloaded (HF_HUB_OFFLINE=1).
 """
 
 from __future__ import annotations
