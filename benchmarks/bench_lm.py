@@ -605,7 +605,9 @@ def pgrad_cli(*argv: str) -> float:
 
 def greedy_accuracy(folder: Path, rows_file: Path, new_tokens: int) -> float:
     """Exact-answer accuracy of greedy decoding (``verifier:exact_answer``'s check) on every row of ``rows_file``,
-    the model and tokenizer loaded from ``folder`` with transformers' Auto classes."""
+    the model and tokenizer loaded from ``folder`` with transformers' Auto classes. Prompts are batched by their
+    length in tokens, so no batch is padded: position ids are 0, 1, 2... in every convention (pgrad counts real
+    tokens, TRL and ``generate`` count from the first column, padding included)."""
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -615,12 +617,21 @@ def greedy_accuracy(folder: Path, rows_file: Path, new_tokens: int) -> float:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
-    tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
-    batch = tokenizer([row["prompt"] for row in rows], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return statistics.fmean(exact_answer(texts, [row["answer"] for row in rows]))
+    by_length: dict[int, list[tuple[list[int], str]]] = {}
+    for row in rows:
+        ids = tokenizer(row["prompt"])["input_ids"]
+        by_length.setdefault(len(ids), []).append((ids, row["answer"]))
+    scores: list[float] = []
+    for group in by_length.values():
+        ids = torch.tensor([ids for ids, _ in group])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        scores += exact_answer(texts, [answer for _, answer in group])
+    return statistics.fmean(scores)
 
 
 def arith_data(work: Path, args: argparse.Namespace) -> tuple[dict[str, Path], float]:
@@ -655,9 +666,40 @@ def run_side(python: Path, side: str, settings: Path, work: Path) -> dict[str, A
     return {**json.loads(result.read_text()), "load": (before, os.getloadavg()[0])}
 
 
-def bench_arith(args: argparse.Namespace) -> list[str]:
+def grpo_sides(
+    python: Path, work: Path, start: Path, files: dict[str, Path], args: argparse.Namespace, seed: int
+) -> list[str]:
+    """pgrad's GRPO, then TRL's, from ``start`` with ``seed``, each in its own process: one table row each."""
     import json
 
+    work.mkdir()
+    settings = {
+        "work": str(work), "start": str(start), "train": str(files["train"]), "heldout": str(files["heldout"]),
+        "group": args.group, "batch": args.batch, "minibatch": args.minibatch, "epochs": args.epochs,
+        "beta": args.beta, "lr": args.lr, "new_tokens": args.new_tokens, "temperature": 1.0,
+        "rollouts": args.rollouts, "seed": seed,
+        "final_pgrad": str(work / "final-pgrad"), "final_trl": str(work / "final-trl"),
+    }  # fmt: skip
+    settings_file = work / "settings.json"
+    settings_file.write_text(json.dumps(settings))
+    lines = []
+    for name, key, side_python in (("pgrad", "pgrad", Path(sys.executable)), ("TRL GRPOTrainer", "trl", python)):
+        r = run_side(side_python, key, settings_file, work)
+        accuracy = greedy_accuracy(work / f"final-{key}", files["heldout"], args.new_tokens)
+        ticks, n = r["ticks"], len(r["ticks"])
+        wall_each = (ticks[-1][0] - ticks[0][0]) / (n - 1)  # steady: between the first and the last rollout
+        cpu_each = (ticks[-1][1] - ticks[0][1]) / (n - 1)
+        rate = sum(r["tokens"][1:]) / (ticks[-1][0] - ticks[0][0])
+        quarter = r["rewards"][-max(1, n // 4) :]
+        lines.append(
+            f"| {seed} | {name} | {n} | {wall_each:.3f} | {cpu_each:.3f} | {rate:,.0f} | {r['wall']:.1f} | "
+            f"{r['cpu']:.1f} | {r['maxrss_mib']:,.0f} | {statistics.fmean(r['rewards']):.3f} | "
+            f"{statistics.fmean(quarter):.3f} | {accuracy:.3f} | {r['load'][0]:.2f} / {r['load'][1]:.2f} |"
+        )
+    return lines
+
+
+def bench_arith(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(1)
     os.environ["HF_HUB_OFFLINE"] = "1"
     python = trl_python()
@@ -670,44 +712,19 @@ def bench_arith(args: argparse.Namespace) -> list[str]:
         "lm", "sft", "--set", f"model={files['model']}", "--set", f"dataset={files['demos']}",
         "--set", f"eval_dataset={files['demos_heldout']}", "--set", f"max_new_tokens={args.new_tokens}",
         "--set", "eval_every=4096", "--set", "eval_prompts=64", "--total-steps", str(args.sft_demonstrations),
-        "--seed", str(args.seed), "--run-dir", str(work / "sft"), "--quiet",
+        "--seed", str(args.seeds[0]), "--run-dir", str(work / "sft"), "--quiet",
     )  # fmt: skip
     start = work / "start"
     export_seconds = pgrad_cli("lm", "export", str(work / "sft"), "--checkpoint", "latest", "--out", str(start))
-    settings = {
-        "work": str(work), "start": str(start), "train": str(files["train"]), "heldout": str(files["heldout"]),
-        "group": args.group, "batch": args.batch, "minibatch": args.minibatch, "epochs": args.epochs,
-        "beta": args.beta, "lr": args.lr, "new_tokens": args.new_tokens, "temperature": 1.0,
-        "rollouts": args.rollouts, "seed": args.seed,
-        "final_pgrad": str(work / "final-pgrad"), "final_trl": str(work / "final-trl"),
-    }  # fmt: skip
-    settings_file = work / "settings.json"
-    settings_file.write_text(json.dumps(settings))
-    results = {
-        "pgrad": run_side(Path(sys.executable), "pgrad", settings_file, work),
-        "TRL GRPOTrainer": run_side(python, "trl", settings_file, work),
-    }
-    accuracy = {name: greedy_accuracy(work / f"final-{key}", files["heldout"], args.new_tokens)
-                for name, key in (("pgrad", "pgrad"), ("TRL GRPOTrainer", "trl"))}  # fmt: skip
-    start_accuracy = greedy_accuracy(start, files["heldout"], args.new_tokens)
     lines = [
-        "| library | rollouts | wall s / rollout | CPU s / rollout | generated tokens/s (wall) | whole call: wall s "
-        "| CPU s | peak RSS (MiB) | mean reward (all) | (last quarter) | held-out accuracy (greedy) "
+        "| seed | library | rollouts | wall s / rollout | CPU s / rollout | generated tokens/s (wall) | whole call: "
+        "wall s | CPU s | peak RSS (MiB) | mean reward (all) | (last quarter) | held-out accuracy (greedy) "
         "| load before / after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| SFT start | | | | | | | | | | {start_accuracy:.3f} | |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| | SFT start | | | | | | | | | | {greedy_accuracy(start, files['heldout'], args.new_tokens):.3f} | |",
     ]
-    for name, r in results.items():
-        ticks, n = r["ticks"], len(r["ticks"])
-        wall_each = (ticks[-1][0] - ticks[0][0]) / (n - 1)  # steady: between the first and the last rollout
-        cpu_each = (ticks[-1][1] - ticks[0][1]) / (n - 1)
-        rate = sum(r["tokens"][1:]) / (ticks[-1][0] - ticks[0][0])
-        quarter = r["rewards"][-max(1, n // 4) :]
-        lines.append(
-            f"| {name} | {n} | {wall_each:.3f} | {cpu_each:.3f} | {rate:,.0f} | {r['wall']:.1f} | {r['cpu']:.1f} | "
-            f"{r['maxrss_mib']:,.0f} | {statistics.fmean(r['rewards']):.3f} | {statistics.fmean(quarter):.3f} | "
-            f"{accuracy[name]:.3f} | {r['load'][0]:.2f} / {r['load'][1]:.2f} |"
-        )
+    for seed in args.seeds:
+        lines += grpo_sides(python, work / f"seed-{seed}", start, files, args, seed)
     note = (
         f"Model: Llama architecture, 4 layers, width 256, 4 heads, MLP 512, 259-token character-level BPE "
         f"({weights / 1e6:.2f} M weights, tied embeddings), built by pgrad.lm.toy in {build_seconds:.0f} s with "
@@ -717,8 +734,10 @@ def bench_arith(args: argparse.Namespace) -> list[str]:
         f"export {export_seconds:.0f} s). GRPO from the exported start, both sides: {args.rollouts} rollouts of "
         f"{args.batch} responses ({args.batch // args.group} prompts x {args.group}), minibatch {args.minibatch}, "
         f"{args.epochs} epoch(s), beta {args.beta} (k3 in the loss), per-response loss mean (pgrad sequence_mean, "
-        f"TRL loss_type grpo), clip 0.2, lr {args.lr} constant, max {args.new_tokens} new tokens, temperature 1, "
-        f"grad-norm clip 1, one torch thread, seed {args.seed}; reward: exact answer (pgrad verifier:exact_answer; "
+        f"TRL loss_type grpo), clip 0.2, Adam lr {args.lr} constant, eps 1e-8, no weight decay, no gradient "
+        f"checkpointing, max {args.new_tokens} new tokens, temperature 1, "
+        f"grad-norm clip 1, one torch thread, seeds {args.seeds} (SFT: seed {args.seeds[0]}); "
+        "reward: exact answer (pgrad verifier:exact_answer; "
         "TRL: a function calling the same check). Per rollout: the mean interval between consecutive rollouts' reward "
         "calls (generation, scoring and the update; set-up excluded), wall and CPU (time.process_time of that "
         "side's own process); tokens/s: real generated tokens (EOS included) over the same interval; whole call: "
@@ -745,7 +764,7 @@ def main() -> None:
     table.add_argument("--seeds", type=int, nargs="+", default=[1])
     table.add_argument("--responses", type=int, default=4096)
     arith = sub.add_parser("arith", help="e: GRPO vs TRL on a local Llama model, arithmetic data and a verifier")
-    arith.add_argument("--seed", type=int, default=1)
+    arith.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="GRPO seeds (the SFT: the first)")
     arith.add_argument("--rollouts", type=int, default=120)
     arith.add_argument("--group", type=int, default=4)
     arith.add_argument("--batch", type=int, default=32)
@@ -757,7 +776,7 @@ def main() -> None:
     arith.add_argument("--max-operand", type=int, default=30)
     arith.add_argument("--train", type=int, default=800)
     arith.add_argument("--heldout", type=int, default=161)
-    arith.add_argument("--sft-demonstrations", type=int, default=16384)
+    arith.add_argument("--sft-demonstrations", type=int, default=32768)
     args = parser.parse_args()
     titles = {
         "step": "a. One PPO step: pgrad against a minimal hand-written loop",

@@ -63,6 +63,7 @@ def pgrad_side(s: dict[str, Any]) -> dict[str, Any]:
         "kl_coef": s["beta"],
         "loss_type": "sequence_mean",
         "optimizer.learning_rate": s["lr"],
+        "optimizer.eps": 1e-8,  # TRL's (transformers' AdamW, weight decay 0); lm_ppo's own default is 1e-5
         "max_new_tokens": s["new_tokens"],
         "temperature": s["temperature"],
         "max_grad_norm": 1.0,
