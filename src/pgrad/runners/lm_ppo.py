@@ -341,11 +341,9 @@ class LMPPORunner:
             rollback_rules=HACKING_RULES if ppo.rollback_on_alert else (),
             # no environment return: checkpoints are ranked by the check where there is one (after a hack the
             # optimised reward is highest on the most hacked weights), else by the optimised reward (said once);
-            # on the held-out prompts where the row has an evaluation (same prompts and noise each time: one
-            # training batch's mean swings with its prompts), else on the training batch
-            score_metric=(EVAL_CHECK_SCORE, CHECK_SCORE)
-            if self.check is not None
-            else ("eval/rm_score", "lm/rm_score"),
+            # with evaluations on, by the held-out score alone (the same prompts and noise each time; a training
+            # batch's mean swings with its prompts, and a checkpoint between evaluations carries no score)
+            score_metric=self.score_metric(),
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
         subject = model_label(self.ppo, self.task)
@@ -624,6 +622,12 @@ class LMPPORunner:
         enabled = self.config.guard.enabled
         metrics[names.PARAMS_FINITE] = float(parameters_finite(self.learner.modules())) if enabled else 1.0
         return metrics
+
+    def score_metric(self) -> str:
+        """What ranks checkpoints: the check (else the optimised reward), held out when evaluations are on."""
+        if self.check is not None:
+            return EVAL_CHECK_SCORE if self.ppo.eval_every > 0 else CHECK_SCORE
+        return "eval/rm_score" if self.ppo.eval_every > 0 else "lm/rm_score"
 
     def judge(self, metrics: dict[str, Any]) -> list[Action]:
         """The guard's rules (its own and the language-model ones, over the whole history) and its decision."""

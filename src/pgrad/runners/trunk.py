@@ -148,7 +148,7 @@ def guard_parts(
     optimizers: list[torch.optim.Optimizer],
     rules: tuple[Rule, ...] = RULES,
     rollback_rules: Collection[str] = (),
-    score_metric: str | tuple[str, ...] = names.RETURN_MEAN,
+    score_metric: str = names.RETURN_MEAN,
 ) -> tuple[Guard, OptimizerGuard, HealthyStates]:
     """The guard (decisions), its optimizer hook (skips a non-finite step, applies the drills) and the
     in-memory healthy states a rollback returns to: the same three parts for every guarded loop."""
