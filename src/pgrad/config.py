@@ -617,6 +617,13 @@ class EnvConfig(Checked):
     max_episode_steps: int | None = param(None, "override the env's time limit (truncation)")
     kwargs: dict[str, Any] = param({}, "keyword arguments passed to the environment constructor")
     randomize: RandomizeConfig = param(RandomizeConfig(), "domain randomisation (MuJoCo envs only)")
+    mask_velocity: bool = param(
+        False,
+        "hide the velocities (set them to 0): a partially observed env for recurrent policies (pgrad.envs.partial)",
+    )
+    mask_indices: tuple[int, ...] | None = param(
+        None, "with mask_velocity: the flat observation entries to hide (None: pgrad's table for known envs)"
+    )
 
     def validate(self) -> None:
         """Checks the env id is not blank, the env count (async allows fewer), the clip ranges, the episode cap and
@@ -628,6 +635,8 @@ class EnvConfig(Checked):
         self.check_range("clip_reward", 0, low_open=True)
         self.check_range("max_episode_steps", 1)
         check_plain_data(self.kwargs, "env.kwargs")
+        if self.mask_indices is not None and (not self.mask_velocity or min(self.mask_indices, default=-1) < 0):
+            self._fail("mask_indices", "null, or indices >= 0 with env.mask_velocity true")
 
 
 @dataclass(frozen=True)
