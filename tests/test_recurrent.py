@@ -1,0 +1,215 @@
+"""Recurrent PPO (network.recurrent): chunking and masks by hand, the reset at episode starts, replay of a stored
+sequence reproducing the acting log-probabilities, the refusals, and exact resume mid-episode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pgrad.algos.ppo import PPO, PPOConfig
+from pgrad.config import EnvConfig, NetworkConfig
+from pgrad.envs import ObsNormalizer, RewardScaler, SpaceAdapter, make_vector_env
+from pgrad.errors import ConfigError
+from pgrad.nets import ActionSpec
+from pgrad.recurrent import RecurrentActorCritic
+from pgrad.rollout import Rollout, RolloutCollector
+from pgrad.runners.on_policy import OnPolicyRunner
+from pgrad.runs import resolve_config
+from pgrad.sequences import SequenceBatch, chunk, replay
+
+
+def network(kind: str = "lstm", shared: bool = False, length: int = 2) -> NetworkConfig:
+    return NetworkConfig(
+        hidden_sizes=(8,), recurrent=kind, recurrent_size=4, recurrent_shared=shared, sequence_length=length
+    )
+
+
+def test_chunk_by_hand() -> None:
+    # x[t, b] = 10 t + b, T = 4, B = 2, L = 2: row k B + b holds env b's steps 2k, 2k + 1
+    x = 10 * np.arange(4)[:, None] + np.arange(2)[None, :]
+    np.testing.assert_array_equal(chunk(x, 2), [[0, 10], [1, 11], [20, 30], [21, 31]])
+    np.testing.assert_array_equal(chunk(torch.from_numpy(x), 4), [[0, 10, 20, 30], [1, 11, 21, 31]])
+
+
+def hand_rollout() -> Rollout:
+    """T = 4, B = 2. Env 0's episode terminates at t = 1; t = 2 is its autoreset step (invalid); its next episode
+    begins with the observation of t = 3 (a start inside the second sequence). Env 1 runs on."""
+    steps, envs = 4, 2
+    obs = np.arange((steps + 1) * envs * 3, dtype=np.float32).reshape(steps + 1, envs, 3) / 10
+    terminated = np.zeros((steps, envs), bool)
+    terminated[1, 0] = True
+    valid = np.ones((steps, envs), bool)
+    valid[2, 0] = False
+    starts = np.zeros((steps + 1, envs), bool)
+    starts[0] = True
+    starts[3, 0] = True
+    states = np.arange(steps * envs * 16, dtype=np.float32).reshape(steps, envs, 16) / 100
+    return Rollout(
+        obs=obs,
+        actions=np.array([[0, 1], [1, 1], [0, 0], [1, 0]]),
+        rewards=np.ones((steps, envs), np.float32),
+        terminated=terminated,
+        truncated=np.zeros((steps, envs), bool),
+        valid=valid,
+        states=states,
+        episode_starts=starts,
+    )
+
+
+def test_sequences_and_masks_of_a_hand_made_rollout() -> None:
+    rollout = hand_rollout()
+    model = RecurrentActorCritic(3, ActionSpec("discrete", 2), network())
+    ppo = PPO(PPOConfig(num_steps=4, minibatch_size=4, network=network()), 3, ActionSpec("discrete", 2))
+    ppo.model = model
+    batch, stats = ppo.prepare(rollout)
+    assert isinstance(batch, SequenceBatch) and len(batch) == 4 and batch.length == 2
+    # rows: (k=0, env 0), (k=0, env 1), (k=1, env 0), (k=1, env 1)
+    np.testing.assert_array_equal(batch.mask.numpy(), [[1, 1], [1, 1], [0, 1], [1, 1]])
+    np.testing.assert_array_equal(batch.starts.numpy(), [[1, 0], [1, 0], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(batch.actions.numpy(), [[0, 1], [1, 1], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(batch.obs[2, 1].numpy(), rollout.obs[3, 0])
+    # each sequence keeps the state stored at its first step: t = 0 and t = 2 of its env
+    rows = [rollout.states[0, 0], rollout.states[0, 1], rollout.states[2, 0], rollout.states[2, 1]]
+    np.testing.assert_array_equal(batch.states.numpy(), np.stack(rows))
+    assert batch.advantages[2, 0] == 0.0  # the autoreset step's advantage is zeroed, as in the flat batch
+    assert stats["diagnostics/valid_fraction"] == 7 / 8
+    # minibatches are whole sequences: 4 steps of L = 2 -> 2 sequences each
+    pieces = list(batch.minibatches(4, np.random.default_rng(0)))
+    assert [len(piece) for piece in pieces] == [2, 2]
+    assert sorted(torch.cat([p.states[:, 0] for p in pieces]).tolist()) == sorted(batch.states[:, 0].tolist())
+
+
+@pytest.mark.parametrize(("kind", "shared"), [("lstm", False), ("gru", True), ("lstm", True), ("gru", False)])
+def test_state_resets_at_episode_starts(kind: str, shared: bool) -> None:
+    torch.manual_seed(0)
+    model = RecurrentActorCritic(3, ActionSpec("continuous", 2), network(kind, shared))
+    assert model.state_size == (8 if kind == "lstm" else 4) * (1 if shared else 2)
+    obs = torch.randn(5, 2, 3)
+    state = torch.randn(2, model.state_size)
+    starts = torch.zeros(5, 2, dtype=torch.bool)
+    starts[3, 0] = True
+    head, values, _ = model.sequence(obs, state, starts)
+    # from step 3 on, env 0 is exactly a fresh run from the zero state on obs[3:]
+    _, _, carried = model.sequence(obs[:3], state, starts[:3])
+    fresh_state = carried.clone()
+    fresh_state[0] = 0.0
+    fresh_head, fresh_values, _ = model.sequence(obs[3:], fresh_state, torch.zeros(2, 2, dtype=torch.bool))
+    assert torch.equal(head[3:], fresh_head) and torch.equal(values[3:], fresh_values)
+    # without the reset the memory of steps 0-2 changes step 3's output
+    no_reset, _, _ = model.sequence(obs, state, torch.zeros(5, 2, dtype=torch.bool))
+    assert not torch.equal(no_reset[3, 0], head[3, 0])
+    assert torch.equal(no_reset[:, 1], head[:, 1])  # env 1 had no start
+
+
+class Recording:
+    """The acting policy, recording log pi(a|h) of the actions it draws."""
+
+    recurrent = True
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.log_probs: list[np.ndarray] = []
+
+    def step(self, obs, state, starts, rng):
+        head, next_state = self.policy.head(obs, state, starts)
+        actions = self.policy.choose(head, rng)
+        log_softmax = torch.log_softmax(torch.from_numpy(head), dim=-1)
+        self.log_probs.append(log_softmax.gather(-1, torch.from_numpy(actions)[:, None])[:, 0].numpy())
+        return actions, next_state
+
+
+def test_replaying_stored_sequences_reproduces_the_acting_log_probs_exactly() -> None:
+    torch.manual_seed(1)
+    envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=4, mask_velocity=True))
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
+    config = PPOConfig(num_steps=32, minibatch_size=32, network=network("lstm", False, 8))
+    ppo = PPO(config, adapter.obs_shape, adapter.action)
+    collector = RolloutCollector(
+        envs, adapter, ObsNormalizer((4,), 10.0, False), RewardScaler(4, 0.99, 10.0, False), 10, 16
+    )
+    collector.reset(seed=3)
+    rng = np.random.default_rng(0)
+    collector.collect(ppo.acting_policy(), rng, 32)  # a second rollout starts from a carried, non-zero state
+    recording = Recording(ppo.acting_policy())
+    rollout = collector.collect(recording, rng, 32)
+    envs.close()
+    assert rollout.states is not None and rollout.episode_starts is not None
+    assert np.abs(rollout.states[0]).sum() > 0
+    assert rollout.episode_starts[1:32].any() and (~rollout.valid).any()  # episodes end inside the rollout
+    batch = ppo.prepare(rollout)[0]
+    acting = torch.as_tensor(chunk(np.stack(recording.log_probs), 8))
+    assert torch.equal(batch.log_probs, acting)  # log pi_old, from the learner's pass over the whole rollout
+    with torch.no_grad():
+        for k in range(4):  # chunk k of every env, replayed from its stored start state alone
+            rows = batch.select(slice(4 * k, 4 * k + 4))
+            dist, _ = replay(ppo.model, rows)
+            assert torch.equal(dist.log_prob(rows.actions), acting[4 * k : 4 * k + 4]), k
+        dist, _ = replay(ppo.model, batch)  # all 16 at once: other matrix shapes, equal to float rounding
+        torch.testing.assert_close(dist.log_prob(batch.actions), acting, rtol=0, atol=1e-6)
+
+
+def test_loss_is_ppo_loss_over_the_masked_sequences() -> None:
+    rollout = hand_rollout()
+    ppo = PPO(PPOConfig(num_steps=4, minibatch_size=4, network=network()), 3, ActionSpec("discrete", 2))
+    batch, _ = ppo.prepare(rollout)
+    terms = ppo.loss_terms(batch, 0.2)
+    # the same loss on the valid steps alone, flattened: masked means over [S, L] are means over valid steps
+    dist, values = replay(ppo.model, batch)
+    valid = batch.mask.bool()
+    log_probs = dist.log_prob(batch.actions)
+    advantages = batch.advantages[valid]
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    ratio = torch.exp(log_probs[valid] - batch.log_probs[valid])
+    surrogate = -torch.min(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages).mean()
+    assert torch.allclose(terms.policy_loss, surrogate, atol=1e-6)
+    assert torch.allclose(terms.value_loss, ((values[valid] - batch.returns[valid]) ** 2).mean(), atol=1e-6)
+
+
+def test_refusals() -> None:
+    with pytest.raises(ConfigError, match=r"ppo.network.sequence_length must divide ppo.num_steps \(30\)"):
+        PPOConfig(num_steps=30, network=network(length=16))
+    with pytest.raises(ConfigError, match=r"ppo.gradient_backend must be 'auto' or 'autograd' when network.recurrent"):
+        PPOConfig(gradient_backend="numpy", network=network())
+    with pytest.raises(ConfigError, match=r"a2c.network.recurrent must be null for a2c"):
+        resolve_config("a2c", "CartPole-v1", sets=["a2c.network.recurrent=lstm"])
+    with pytest.raises(ConfigError, match=r"network.recurrent must be one of"):
+        NetworkConfig(recurrent="rnn")
+
+
+def runner_config(total: int):
+    sets = [
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.checkpoint_every=1000000",
+        "env.mask_velocity=true",
+        "env.num_envs=2",
+        "ppo.network.recurrent=gru",
+        "ppo.network.recurrent_size=8",
+        "ppo.network.hidden_sizes=[16]",
+        "ppo.num_steps=32",
+        "ppo.minibatch_size=32",
+        "ppo.num_epochs=2",
+        "ppo.network.sequence_length=8",
+    ]
+    config, _ = resolve_config("ppo", "CartPole-v1", sets=sets, total_steps=total, use_preset=False)
+    return config
+
+
+def test_resume_mid_episode_is_bit_exact(tmp_path) -> None:
+    config = runner_config(640)
+    uninterrupted = OnPolicyRunner(config, tmp_path / "a", console=False)
+    uninterrupted.train()
+
+    first = OnPolicyRunner(config, tmp_path / "b", console=False)
+    first.train(stop_at_step=320)
+    assert first.step < 640
+    assert not first.collector.episode_start.all() and np.abs(first.collector.hidden).sum() > 0  # mid-episode
+    resumed = OnPolicyRunner(config, tmp_path / "b", resume=True, console=False)
+    np.testing.assert_array_equal(resumed.collector.hidden, first.collector.hidden)
+    resumed.train()
+
+    assert resumed.step == uninterrupted.step
+    for name, tensor in uninterrupted.algo.model.state_dict().items():
+        assert torch.equal(tensor, resumed.algo.model.state_dict()[name]), name
+    np.testing.assert_array_equal(uninterrupted.collector.hidden, resumed.collector.hidden)
