@@ -213,3 +213,84 @@ def test_resume_mid_episode_is_bit_exact(tmp_path) -> None:
     for name, tensor in uninterrupted.algo.model.state_dict().items():
         assert torch.equal(tensor, resumed.algo.model.state_dict()[name]), name
     np.testing.assert_array_equal(uninterrupted.collector.hidden, resumed.collector.hidden)
+
+
+def test_predict_carries_the_state_like_recurrent_ppo(tmp_path) -> None:
+    from pgrad.api import PPO as AgentPPO
+    from pgrad.evaluate import evaluate
+
+    agent = AgentPPO(
+        "CartPole-v1",
+        config={"run": {"tensorboard": False, "progress": False}, "env": {"mask_velocity": True, "num_envs": 2}},
+        sets=[
+            "ppo.network.recurrent=lstm",
+            "ppo.network.recurrent_size=8",
+            "ppo.num_steps=16",
+            "ppo.minibatch_size=16",
+            "ppo.network.sequence_length=8",
+        ],
+        run_dir=tmp_path / "agent",
+        use_preset=False,
+    )
+    agent.learn(64)
+    policy = agent.policy
+    assert policy is not None and policy.recurrent
+    envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=2, mask_velocity=True))
+    obs, _ = envs.reset(seed=0)
+    action, state = agent.predict(obs, episode_start=np.ones(2, bool))
+    assert action.shape == (2,) and state.shape == (2, 32)  # (h, c) of 8 units, actor and critic cores
+    # step by step, predict equals the acting policy handed the same state and starts
+    acting = agent.policy.actor
+    features = policy.obs_normalizer(policy.adapter.observations(obs), update=False)
+    expected_actions, expected_state = acting.step(features, np.zeros((2, 32), np.float32), np.ones(2, bool), None)
+    np.testing.assert_array_equal(action, expected_actions)
+    np.testing.assert_array_equal(state, expected_state)
+    obs, *_ = envs.step(action)
+    second, state2 = agent.predict(obs, state=state, episode_start=np.zeros(2, bool))
+    _, fresh_state = agent.predict(obs, state=None, episode_start=np.zeros(2, bool))
+    assert not np.array_equal(state2, fresh_state)  # the state carried the first step
+    single, single_state = agent.predict(obs[0], state=state[:1], episode_start=[False])
+    assert single == second[0]  # one observation: a batch of one (other matrix shapes: equal to rounding)
+    np.testing.assert_allclose(single_state, state2[:1], rtol=0, atol=1e-6)
+    envs.close()
+    with pytest.raises(ConfigError, match=r"predict: state must have shape \(2, 32\)"):
+        agent.predict(obs, state=np.zeros((2, 3)))
+    # pgrad eval on the run folder carries the state across steps
+    report = evaluate(tmp_path / "agent", episodes=2)
+    assert report is not None
+
+
+class CountingPolicy:
+    """A recurrent stand-in: its state counts the steps since the last reset; it records the starts it is given."""
+
+    recurrent = True
+    state_size = 1
+
+    def __init__(self) -> None:
+        self.starts: list[bool] = []
+        self.states: list[float] = []
+
+    def initial_state(self, num_envs: int) -> np.ndarray:
+        return np.zeros((num_envs, 1), np.float32)
+
+    def step(self, obs, state, starts, rng):
+        self.starts.append(bool(starts[0]))
+        state = state * ~starts[:, None]
+        self.states.append(float(state[0, 0]))
+        return np.zeros(len(obs), np.int64), state + 1
+
+
+def test_evaluation_resets_the_state_on_each_new_episode() -> None:
+    from pgrad.monitor.evaluation import run_episodes
+
+    envs = make_vector_env(EnvConfig(id="CartPole-v1", num_envs=1))
+    adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
+    policy = CountingPolicy()
+    returns, lengths = run_episodes(policy, envs, adapter, ObsNormalizer((4,), 10.0, False), 2, True, seed=5)
+    envs.close()
+    first = lengths[0]
+    # steps 0 .. first - 1 play episode 1, step `first` is the autoreset step (its final observation), and
+    # step first + 1 acts on episode 2's first observation: the only other start
+    assert [i for i, start in enumerate(policy.starts) if start] == [0, first + 1]
+    assert policy.states[: first + 1] == list(map(float, range(first + 1)))
+    assert policy.states[first + 1] == 0.0 and len(returns) == 2
