@@ -41,6 +41,7 @@ LAYERS: list[list[str]] = [
         "pgrad.runners",
         "pgrad.evaluate",
         "pgrad.export",
+        "pgrad.export_recurrent",
         "pgrad.tune",
         "pgrad.lm.eval_run",
         "pgrad.sb3_compat",

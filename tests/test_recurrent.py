@@ -3,6 +3,9 @@ sequence reproducing the acting log-probabilities, the refusals, and exact resum
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -294,3 +297,54 @@ def test_evaluation_resets_the_state_on_each_new_episode() -> None:
     assert [i for i, start in enumerate(policy.starts) if start] == [0, first + 1]
     assert policy.states[: first + 1] == list(map(float, range(first + 1)))
     assert policy.states[first + 1] == 0.0 and len(returns) == 2
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_exports_equal_predict_step_by_step(tmp_path, env_id: str) -> None:
+    import onnxruntime
+
+    from pgrad.api import PPO as AgentPPO
+    from pgrad.export import export
+
+    agent = AgentPPO(
+        env_id,
+        config={
+            "run": {"tensorboard": False, "progress": False},
+            "env": {"mask_velocity": True, "num_envs": 2, "norm_obs": True},
+        },
+        sets=["ppo.network.recurrent=lstm", "ppo.network.recurrent_size=8", "ppo.num_steps=16"]
+        + ["ppo.minibatch_size=16", "ppo.network.sequence_length=8"],
+        run_dir=tmp_path / "agent",
+        use_preset=False,
+    )
+    agent.learn(64)
+    onnx_file, manifest = export(tmp_path / "agent", "onnx")
+    script_file, _ = export(tmp_path / "agent", "torchscript")
+    assert [i["name"] for i in json.loads(manifest.read_text())["inputs"]] == [
+        "observation",
+        "state",
+        "episode_start",
+    ]
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    with warnings.catch_warnings():  # torch 2.10+ marks TorchScript deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        script = torch.jit.load(str(script_file))
+    envs = make_vector_env(EnvConfig(id=env_id, num_envs=2, mask_velocity=True))
+    obs, _ = envs.reset(seed=0)
+    state, onnx_state, script_state = None, np.zeros((2, agent.policy.actor.state_size), np.float32), None
+    starts = np.ones(2, bool)
+    script_state = torch.from_numpy(onnx_state)
+    for _ in range(12):
+        action, state = agent.predict(obs, state=state, episode_start=starts)
+        inputs = {"observation": obs.astype(np.float32), "state": onnx_state, "episode_start": starts}
+        onnx_action, onnx_state = session.run(None, inputs)
+        script_action, script_state = script(
+            torch.from_numpy(obs.astype(np.float32)), script_state, torch.from_numpy(starts)
+        )
+        np.testing.assert_allclose(onnx_action, action, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(script_action.numpy(), action, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(onnx_state, state, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(script_state.numpy(), state, rtol=0, atol=1e-5)
+        obs, _, terminated, truncated, _ = envs.step(action)
+        starts = terminated | truncated  # (the autoreset step's start: any flags do, all three get the same)
+    envs.close()
