@@ -200,13 +200,13 @@ def runner_config(total: int):
 
 
 def test_resume_mid_episode_is_bit_exact(tmp_path) -> None:
-    config = runner_config(640)
+    config = runner_config(384)
     uninterrupted = OnPolicyRunner(config, tmp_path / "a", console=False)
     uninterrupted.train()
 
     first = OnPolicyRunner(config, tmp_path / "b", console=False)
-    first.train(stop_at_step=320)
-    assert first.step < 640
+    first.train(stop_at_step=192)
+    assert first.step < 384
     assert not first.collector.episode_start.all() and np.abs(first.collector.hidden).sum() > 0  # mid-episode
     resumed = OnPolicyRunner(config, tmp_path / "b", resume=True, console=False)
     np.testing.assert_array_equal(resumed.collector.hidden, first.collector.hidden)
