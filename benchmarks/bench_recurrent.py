@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     lines = [
-        f"CartPole-v1, velocities masked, {args.steps} steps, torch {torch.__version__}, Python {sys.version.split()[0]}",
+        f"CartPole-v1, velocities masked, {args.steps} steps, torch {torch.__version__}, "
+        f"Python {sys.version.split()[0]}",
         "",
         "| variant | seed | best train mean | final train mean | first step >= 475 | final eval (20 ep) | seconds |",
         "|---|---|---|---|---|---|---|",
