@@ -174,13 +174,22 @@ def test_refusals() -> None:
         PPOConfig(num_steps=30, network=network(length=16))
     with pytest.raises(ConfigError, match=r"ppo.gradient_backend must be 'auto' or 'autograd' when network.recurrent"):
         PPOConfig(gradient_backend="numpy", network=network())
-    with pytest.raises(ConfigError, match=r"a2c.network.recurrent must be null for a2c"):
-        resolve_config("a2c", "CartPole-v1", sets=["a2c.network.recurrent=lstm"])
+    with pytest.raises(
+        ConfigError, match=r"trpo.network.recurrent must be null for trpo \(recurrent policies: ppo, a2c\)"
+    ):
+        resolve_config("trpo", "CartPole-v1", sets=["trpo.network.recurrent=lstm"])
+    with pytest.raises(ConfigError, match=r"run.backend must be 'local' with network.recurrent"):
+        resolve_config("ppo", "CartPole-v1", sets=["ppo.network.recurrent=gru", "run.backend=ray"])
     with pytest.raises(ConfigError, match=r"network.recurrent must be one of"):
         NetworkConfig(recurrent="rnn")
 
 
-def runner_config(total: int):
+def runner_config(total: int, algo: str = "ppo"):
+    if algo == "a2c":
+        sets = ["run.progress=false", "run.tensorboard=false", "run.checkpoint_every=1000000"]
+        sets += ["env.mask_velocity=true", "env.num_envs=2", "a2c.network.recurrent=lstm", "a2c.num_steps=16"]
+        sets += ["a2c.network.recurrent_size=8", "a2c.network.hidden_sizes=[16]"]
+        return resolve_config("a2c", "CartPole-v1", sets=sets, total_steps=total, use_preset=False)[0]
     sets = [
         "run.progress=false",
         "run.tensorboard=false",
@@ -199,8 +208,9 @@ def runner_config(total: int):
     return config
 
 
-def test_resume_mid_episode_is_bit_exact(tmp_path) -> None:
-    config = runner_config(384)
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_resume_mid_episode_is_bit_exact(tmp_path, algo: str) -> None:
+    config = runner_config(384, algo)
     uninterrupted = OnPolicyRunner(config, tmp_path / "a", console=False)
     uninterrupted.train()
 

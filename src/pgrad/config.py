@@ -428,7 +428,7 @@ class NetworkConfig(Checked):
     )
     torso_kwargs: dict[str, Any] = param({}, "keyword arguments of network.torso's class")
     recurrent: Literal["lstm", "gru"] | None = param(
-        None, "a recurrent core after the torso: lstm or gru (None: feed-forward); PPO only (pgrad.recurrent)"
+        None, "a recurrent core after the torso: lstm or gru (None: feed-forward); PPO and A2C (pgrad.recurrent)"
     )
     recurrent_size: int = param(64, "units of the recurrent core (network.recurrent)")
     recurrent_shared: bool = param(False, "actor and critic share one torso and recurrent core (else one each)")
@@ -883,11 +883,11 @@ class GuardConfig(Checked):
 
 
 # Algorithms whose learner and loop carry a recurrent state (network.recurrent), on the local backend.
-RECURRENT_ALGOS = ("ppo",)
+RECURRENT_ALGOS = ("ppo", "a2c")
 
 
 def check_recurrent(config: TrainConfig) -> None:
-    """``network.recurrent`` only where it is implemented: PPO, collected locally."""
+    """``network.recurrent`` only where it is implemented: PPO and A2C, collected locally."""
     network = getattr(config.algo_config, "network", None)
     if not isinstance(network, NetworkConfig) or network.recurrent is None:
         return

@@ -25,7 +25,7 @@ from torch import nn
 
 from pgrad.config import NetworkConfig
 from pgrad.distributions import Categorical, DiagGaussian
-from pgrad.nets import ActionSpec, ObsShape, make_torso, obs_size, orthogonal_init
+from pgrad.nets import ActionSpec, ActorCritic, ObsShape, make_torso, obs_size, orthogonal_init
 
 CellKind = Literal["lstm", "gru"]
 
@@ -196,3 +196,12 @@ class RecurrentActingPolicy:
         noise = rng.standard_normal(mean.shape).astype(np.float32)
         action: np.ndarray = (mean + noise * np.exp(log_std)).astype(np.float32)
         return action
+
+
+def make_actor_critic(
+    obs_shape: ObsShape, action: ActionSpec, network: NetworkConfig
+) -> ActorCritic | RecurrentActorCritic:
+    """The actor-critic a ``network`` section describes: recurrent when ``network.recurrent`` is set."""
+    if network.recurrent is None:
+        return ActorCritic.from_config(obs_shape, action, network)
+    return RecurrentActorCritic(obs_shape, action, network)

@@ -43,7 +43,7 @@ from pgrad.metric_names import (
 )
 from pgrad.nets import ActionSpec, ActorCritic, ObsShape
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_loss
-from pgrad.recurrent import RecurrentActorCritic
+from pgrad.recurrent import RecurrentActorCritic, make_actor_critic
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 from pgrad.sequences import SequenceBatch, evaluate_sequences, replay, to_sequences
 
@@ -226,11 +226,8 @@ class PPO:
             str(self.device),
             not isinstance(obs_shape, int),  # an image, or a Dict observation with one
         )
-        self.model: ActorCritic | RecurrentActorCritic
-        if config.network.recurrent is None:
-            self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
-        else:  # pgrad.recurrent: the rollout carries its state, minibatches are sequences (pgrad.sequences)
-            self.model = RecurrentActorCritic(obs_shape, action, config.network).to(self.device)
+        # recurrent (pgrad.recurrent): the rollout carries its state, minibatches are sequences (pgrad.sequences)
+        self.model = make_actor_critic(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.numpy_net = None
