@@ -271,6 +271,15 @@ def test_predict_carries_the_state_like_recurrent_ppo(tmp_path) -> None:
     # pgrad eval on the run folder carries the state across steps
     report = evaluate(tmp_path / "agent", episodes=2)
     assert report is not None
+    # SB3's evaluate_policy hands predict's state back with the episode starts
+    import gymnasium as gym
+
+    from pgrad.envs.partial import MaskVelocity, velocity_indices
+    from pgrad.sb3_compat import evaluate_policy
+
+    single = MaskVelocity(gym.make("CartPole-v1"), *velocity_indices("CartPole-v1", None))
+    returns, lengths = evaluate_policy(agent, single, n_eval_episodes=2, return_episode_rewards=True)
+    assert len(returns) == 2 and returns == [float(n) for n in lengths]
 
 
 class CountingPolicy:
