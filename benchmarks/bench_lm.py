@@ -5,6 +5,7 @@ GRPOTrainer side by side, and PPO / ensemble / RLOO / GRPO / DPO on the digits t
     .venv/bin/python benchmarks/bench_lm.py generate                 # b: tokens/s of pgrad's sampler and HF generate
     .venv/bin/python benchmarks/bench_lm.py trl --seeds 1            # c: pgrad GRPO vs TRL GRPOTrainer (trl 1.16)
     .venv/bin/python benchmarks/bench_lm.py table --seeds 1 2 3      # d: true score and KL per method
+    .venv/bin/python benchmarks/bench_lm.py arith                    # e: GRPO vs TRL on your own model/data/reward
 
 Everything runs on the CPU with one torch thread and the tiny GPT-2 (2 layers, width 64) of ``pgrad.lm``; nothing
 is downloaded (TRL gets the model and tokenizer as a local folder written here, and HF_HUB_OFFLINE=1). Every
@@ -29,6 +30,14 @@ c. ``trl``: from the same SFT model, on the same reward model, GRPO with 4 respo
 d. ``table``: SFT then (same SFT start, 4096 responses or pairs each) PPO on one reward model, PPO on the
    minimum of an ensemble of 3, RLOO and GRPO (4 per prompt, on the single reward model) and DPO: held-out
    true score and KL to the SFT model at the end.
+e. ``arith`` (issue 23): a Llama-architecture model of 2.7 million weights built here (``pgrad.lm.toy``) and the
+   arithmetic task (``a+b=`` with an ``answer`` column, train and held-out JSONL): SFT on the demonstrations with
+   ``pgrad lm sft --set model=DIR --set dataset=FILE``, ``pgrad lm export``, then from that same start folder GRPO
+   with ``pgrad lm grpo --set reward=verifier:exact_answer`` and with TRL's ``GRPOTrainer`` (reward function: the
+   same check), same data and settings, each side in a process of its own (``bench_lm_arith_side.py``), one after
+   the other. TRL runs in its own venv, ``benchmarks/.venv-trl`` (made here on first use: torch==2.13.0 first, then
+   trl 1.16 and this venv's transformers, pip held to that torch). Held-out accuracy: greedy decoding of both final
+   folders, loaded with transformers here.
 """
 
 from __future__ import annotations
@@ -545,6 +554,201 @@ def bench_table(args: argparse.Namespace) -> list[str]:
     return [*lines, "", note]
 
 
+# ---- e. GRPO against TRL on a model, data and reward of your own (issue 23) -----------------------------------
+
+BENCH_DIR = Path(__file__).resolve().parent
+TRL_VENV = BENCH_DIR / ".venv-trl"
+
+
+def trl_python() -> Path:
+    """The TRL venv's python, made on first use: torch==2.13.0 first (the CPU wheel; an unpinned torch pulls CUDA
+    gigabytes), then trl 1.16, datasets and this venv's transformers with pip held to that torch (a constraint:
+    pip stops rather than change it)."""
+    import transformers
+
+    python = TRL_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
+        pin = TRL_VENV / "torch-pin.txt"
+        pin.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+        subprocess.run([*pip, "-c", str(pin), "trl==1.16.*", f"transformers=={transformers.__version__}", "datasets"])
+    versions = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import torch, trl, transformers as t; print(torch.__version__, trl.__version__, t.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if versions[:1] != [torch.__version__] or not versions[1].startswith("1.16"):
+        raise SystemExit(f"{TRL_VENV}: torch/trl/transformers are {versions}; expected {torch.__version__}, 1.16.*")
+    return python
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the children: this pgrad first on the path, nothing downloaded, one OpenMP thread."""
+    import pgrad
+
+    source = str(Path(pgrad.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": source, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def pgrad_cli(*argv: str) -> float:
+    """``python -m pgrad ARGV`` in a process of its own; its wall seconds."""
+    wall = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pgrad", *argv], env=child_env(), check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - wall
+
+
+def greedy_accuracy(folder: Path, rows_file: Path, new_tokens: int) -> float:
+    """Exact-answer accuracy of greedy decoding (``verifier:exact_answer``'s check) on every row of ``rows_file``,
+    the model and tokenizer loaded from ``folder`` with transformers' Auto classes. Prompts are batched by their
+    length in tokens, so no batch is padded: position ids are 0, 1, 2... in every convention (pgrad counts real
+    tokens, TRL and ``generate`` count from the first column, padding included)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pgrad.lm.verifiers import exact_answer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    by_length: dict[int, list[tuple[list[int], str]]] = {}
+    for row in rows:
+        ids = tokenizer(row["prompt"])["input_ids"]
+        by_length.setdefault(len(ids), []).append((ids, row["answer"]))
+    scores: list[float] = []
+    for group in by_length.values():
+        ids = torch.tensor([ids for ids, _ in group])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        scores += exact_answer(texts, [answer for _, answer in group])
+    return statistics.fmean(scores)
+
+
+def arith_data(work: Path, args: argparse.Namespace) -> tuple[dict[str, Path], float]:
+    """The model folder and the JSONL files (``pgrad.lm.toy``), and the seconds they took."""
+    from pgrad.lm import toy
+
+    wall = time.perf_counter()
+    rows = toy.arithmetic_rows(args.train + args.heldout, seed=0, max_operand=args.max_operand)
+    train, heldout = rows[: args.train], rows[args.train :]
+    size = toy.ModelSize(layers=4, width=256, heads=4, kv_heads=4, intermediate=512, positions=32)
+    files = {
+        "model": toy.build_model_folder(work / "model", "llama", size, toy.arithmetic_corpus(rows), vocab_size=259),
+        "train": toy.write_jsonl(work / "train.jsonl", train),
+        "heldout": toy.write_jsonl(work / "heldout.jsonl", heldout),
+        "demos": toy.write_jsonl(work / "demos.jsonl", toy.demonstrations(train)),
+        "demos_heldout": toy.write_jsonl(work / "demos-heldout.jsonl", toy.demonstrations(heldout)),
+    }
+    return files, time.perf_counter() - wall
+
+
+def run_side(python: Path, side: str, settings: Path, work: Path) -> dict[str, Any]:
+    """One side in a process of its own, with the 1-minute load before and after."""
+    import json
+
+    result = work / f"{side}.json"
+    before = os.getloadavg()[0]
+    subprocess.run(
+        [str(python), str(BENCH_DIR / "bench_lm_arith_side.py"), side, str(settings), str(result)],
+        env=child_env(),
+        check=True,
+    )
+    return {**json.loads(result.read_text()), "load": (before, os.getloadavg()[0])}
+
+
+def grpo_sides(
+    python: Path, work: Path, start: Path, files: dict[str, Path], args: argparse.Namespace, seed: int
+) -> list[str]:
+    """pgrad's GRPO, then TRL's, from ``start`` with ``seed``, each in its own process: one table row each."""
+    import json
+
+    work.mkdir()
+    settings = {
+        "work": str(work), "start": str(start), "train": str(files["train"]), "heldout": str(files["heldout"]),
+        "group": args.group, "batch": args.batch, "minibatch": args.minibatch, "epochs": args.epochs,
+        "beta": args.beta, "lr": args.lr, "new_tokens": args.new_tokens, "temperature": 1.0,
+        "rollouts": args.rollouts, "seed": seed,
+        "final_pgrad": str(work / "final-pgrad"), "final_trl": str(work / "final-trl"),
+    }  # fmt: skip
+    settings_file = work / "settings.json"
+    settings_file.write_text(json.dumps(settings))
+    lines = []
+    for name, key, side_python in (("pgrad", "pgrad", Path(sys.executable)), ("TRL GRPOTrainer", "trl", python)):
+        r = run_side(side_python, key, settings_file, work)
+        accuracy = greedy_accuracy(work / f"final-{key}", files["heldout"], args.new_tokens)
+        ticks, n = r["ticks"], len(r["ticks"])
+        wall_each = (ticks[-1][0] - ticks[0][0]) / (n - 1)  # steady: between the first and the last rollout
+        cpu_each = (ticks[-1][1] - ticks[0][1]) / (n - 1)
+        rate = sum(r["tokens"][1:]) / (ticks[-1][0] - ticks[0][0])
+        quarter = r["rewards"][-max(1, n // 4) :]
+        lines.append(
+            f"| {seed} | {name} | {n} | {wall_each:.3f} | {cpu_each:.3f} | {rate:,.0f} | {r['wall']:.1f} | "
+            f"{r['cpu']:.1f} | {r['maxrss_mib']:,.0f} | {statistics.fmean(r['rewards']):.3f} | "
+            f"{statistics.fmean(quarter):.3f} | {accuracy:.3f} | {r['load'][0]:.2f} / {r['load'][1]:.2f} |"
+        )
+    return lines
+
+
+def bench_arith(args: argparse.Namespace) -> list[str]:
+    torch.set_num_threads(1)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    python = trl_python()
+    work = Path(tempfile.mkdtemp(prefix="bench-lm-arith-"))
+    files, build_seconds = arith_data(work, args)
+    from safetensors.torch import load_file
+
+    weights = sum(t.numel() for t in load_file(files["model"] / "model.safetensors").values())
+    sft_seconds = pgrad_cli(
+        "lm", "sft", "--set", f"model={files['model']}", "--set", f"dataset={files['demos']}",
+        "--set", f"eval_dataset={files['demos_heldout']}", "--set", f"max_new_tokens={args.new_tokens}",
+        "--set", "eval_every=4096", "--set", "eval_prompts=64", "--total-steps", str(args.sft_demonstrations),
+        "--seed", str(args.seeds[0]), "--run-dir", str(work / "sft"), "--quiet",
+    )  # fmt: skip
+    start = work / "start"
+    export_seconds = pgrad_cli("lm", "export", str(work / "sft"), "--checkpoint", "latest", "--out", str(start))
+    lines = [
+        "| seed | library | rollouts | wall s / rollout | CPU s / rollout | generated tokens/s (wall) | whole call: "
+        "wall s | CPU s | peak RSS (MiB) | mean reward (all) | (last quarter) | held-out accuracy (greedy) "
+        "| load before / after |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| | SFT start | | | | | | | | | | {greedy_accuracy(start, files['heldout'], args.new_tokens):.3f} | |",
+    ]
+    for seed in args.seeds:
+        lines += grpo_sides(python, work / f"seed-{seed}", start, files, args, seed)
+    note = (
+        f"Model: Llama architecture, 4 layers, width 256, 4 heads, MLP 512, 259-token character-level BPE "
+        f"({weights / 1e6:.2f} M weights, tied embeddings), built by pgrad.lm.toy in {build_seconds:.0f} s with "
+        "the data: "
+        f"a+b= with operands 0-{args.max_operand}, {args.train} training and {args.heldout} held-out problems "
+        f"(disjoint). SFT: {args.sft_demonstrations} demonstrations, batch 64, lr 1e-3 ({sft_seconds:.0f} s wall, "
+        f"export {export_seconds:.0f} s). GRPO from the exported start, both sides: {args.rollouts} rollouts of "
+        f"{args.batch} responses ({args.batch // args.group} prompts x {args.group}), minibatch {args.minibatch}, "
+        f"{args.epochs} epoch(s), beta {args.beta} (k3 in the loss), per-response loss mean (pgrad sequence_mean, "
+        f"TRL loss_type grpo), clip 0.2, Adam lr {args.lr} constant, eps 1e-8, no weight decay, no gradient "
+        f"checkpointing, max {args.new_tokens} new tokens, temperature 1, "
+        f"grad-norm clip 1, one torch thread, seeds {args.seeds} (SFT: seed {args.seeds[0]}); "
+        "reward: exact answer (pgrad verifier:exact_answer; "
+        "TRL: a function calling the same check). Per rollout: the mean interval between consecutive rollouts' reward "
+        "calls (generation, scoring and the update; set-up excluded), wall and CPU (time.process_time of that "
+        "side's own process); tokens/s: real generated tokens (EOS included) over the same interval; whole call: "
+        "pgrad's main() / TRL's GRPOTrainer(...) + train(), model loading and set-up included (pgrad's also its "
+        "held-out evaluations at the start and the end, 64 prompts each); peak RSS: ru_maxrss of that process. "
+        "Held-out accuracy: greedy decoding of each final model folder (pgrad: pgrad lm export --checkpoint latest; "
+        "TRL: save_model) loaded with transformers in the parent, every held-out problem."
+    )
+    return [*lines, "", note]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -559,16 +763,37 @@ def main() -> None:
     table = sub.add_parser("table", help="d: PPO, ensemble, RLOO, GRPO, DPO on the digits task")
     table.add_argument("--seeds", type=int, nargs="+", default=[1])
     table.add_argument("--responses", type=int, default=4096)
+    arith = sub.add_parser("arith", help="e: GRPO vs TRL on a local Llama model, arithmetic data and a verifier")
+    arith.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="GRPO seeds (the SFT: the first)")
+    arith.add_argument("--rollouts", type=int, default=120)
+    arith.add_argument("--group", type=int, default=4)
+    arith.add_argument("--batch", type=int, default=32)
+    arith.add_argument("--minibatch", type=int, default=16)
+    arith.add_argument("--epochs", type=int, default=1)
+    arith.add_argument("--beta", type=float, default=0.04)
+    arith.add_argument("--lr", type=float, default=2e-4)
+    arith.add_argument("--new-tokens", type=int, default=4)
+    arith.add_argument("--max-operand", type=int, default=30)
+    arith.add_argument("--train", type=int, default=800)
+    arith.add_argument("--heldout", type=int, default=161)
+    arith.add_argument("--sft-demonstrations", type=int, default=32768)
     args = parser.parse_args()
     titles = {
         "step": "a. One PPO step: pgrad against a minimal hand-written loop",
         "generate": "b. Generation speed",
         "trl": "c. GRPO: pgrad against TRL's GRPOTrainer",
         "table": "d. The digits task: PPO, ensemble, RLOO, GRPO, DPO from one SFT model",
+        "arith": "e. GRPO against TRL on your own model, data and reward (issue 23)",
     }
     lines = header(titles[args.what])
     wall, cpu = time.perf_counter(), time.process_time()
-    body = {"step": bench_step, "generate": bench_generate, "trl": bench_trl, "table": bench_table}[args.what](args)
+    body = {
+        "step": bench_step,
+        "generate": bench_generate,
+        "trl": bench_trl,
+        "table": bench_table,
+        "arith": bench_arith,
+    }[args.what](args)
     print("\n".join(lines + body + footer(wall, cpu)))
 
 

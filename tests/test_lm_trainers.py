@@ -369,3 +369,18 @@ def test_a_datasets_dataset_and_a_peft_config_are_read_without_training(gpt2, tm
     with pytest.raises(ConfigError, match=r"train_dataset\[1\] is not plain JSON data"):
         GRPOTrainer(model=gpt2, reward_funcs="verifier:exact_answer", train_dataset=[PROMPTS[0], {"prompt": object()}],
                     run_dir=tmp_path / "e")  # fmt: skip
+
+
+def test_trl_precision_flags_map_onto_the_model_section(gpt2, tmp_path):
+    """bf16 and gradient_checkpointing land in the section's model (pgrad.lm.precision); fp16 off CUDA is refused
+    in one line when the run starts, as from the CLI, before its folder is made."""
+    args = SFTConfig(bf16=True, gradient_checkpointing=True, max_steps=2)
+    sft = SFTTrainer(model=gpt2, args=args, train_dataset=DEMOS, run_dir=tmp_path / "s")
+    assert (sft.args.model.precision, sft.args.model.gradient_checkpointing) == ("bf16", True)
+    trainer = SFTTrainer(
+        model=gpt2, args=SFTConfig(fp16=True, max_steps=2), train_dataset=DEMOS, run_dir=tmp_path / "f"
+    )
+    assert trainer.args.model.precision == "fp16"
+    with pytest.raises(ConfigError, match=r"fp16 needs run.device cuda"):
+        trainer.train()
+    assert not (tmp_path / "f").exists()

@@ -230,3 +230,8 @@ def test_rnd_refuses_dict_observations() -> None:
     layout = ObsLayout((ObsPart("a", (3,), 0, False),))
     with pytest.raises(ConfigError, match=r"^ppo\.rnd\.enabled takes vector or image observations"):
         PPO(dataclasses.replace(PPOConfig(), rnd=RNDConfig(enabled=True)), layout, ActionSpec("discrete", 2))
+
+
+def test_rnd_with_a_recurrent_network_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^ppo\.rnd\.enabled takes a feed-forward network"):
+        PPOConfig(rnd={"enabled": True}, network={"recurrent": "lstm"}, num_steps=128, minibatch_size=64)

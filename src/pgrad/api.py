@@ -462,16 +462,20 @@ class Agent:
         """The env action for one observation, or actions for a batch (one more leading axis: a VecEnv's
         observations), with the normaliser and the action rescaling applied: what ``env.step`` takes.
 
-        SB3's signature and return: ``(actions, state)``. pgrad's policies are feed-forward: ``state`` comes back
-        as given (None) and ``episode_start`` is not needed, as for SB3's own MLP policies, so
-        ``action, _ = model.predict(obs)`` and SB3's ``evaluate_policy`` port unchanged. Unlike SB3 the default
-        is deterministic (``deterministic=False`` samples from the agent's own generator)."""
+        SB3's signature and return: ``(actions, state)``. For a feed-forward policy ``state`` comes back as given
+        (None) and ``episode_start`` is not needed, as for SB3's own MLP policies, so
+        ``action, _ = model.predict(obs)`` and SB3's ``evaluate_policy`` port unchanged. A recurrent policy
+        (``network.recurrent``) works as sb3-contrib's RecurrentPPO: pass back the state it returned (a [N,
+        state_size] array; None at the start) and ``episode_start`` [N] (true where an episode begins). Unlike SB3
+        the default is deterministic (``deterministic=False`` samples from the agent's own generator)."""
         if isinstance(state, (bool, np.bool_)):
             raise ConfigError(
                 f"predict: the second argument is SB3's recurrent state; pass deterministic={bool(state)} by keyword"
             )
         if self.policy is None:
             raise ConfigError("predict: this agent has no trained policy yet; call learn() or load a saved one")
+        if self.policy.recurrent:
+            return self.policy.predict_recurrent(observation, state, episode_start, deterministic, self._rng)
         return self.policy.predict(observation, deterministic, self._rng), state
 
     # ---- SB3's model accessors ------------------------------------------------------------------------

@@ -391,7 +391,11 @@ def _cmd_lm(args: argparse.Namespace) -> int:
 
 def _print_lm_summary(result, config) -> None:
     unit = {"lm_ppo": "responses", "lm_rm": "pairs", "lm_sft": "demonstrations", "lm_dpo": "pairs"}[config.algo]
-    print(f"{config.algo} on {config.env.id}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s")
+    section = config.algo_config
+    subject = config.env.id  # the digits task; a data set's run names its file and model folder
+    if section.dataset is not None and section.model.path is not None:
+        subject = f"{Path(str(section.dataset)).name} ({Path(section.model.path).name})"
+    print(f"{config.algo} on {subject}: {result.steps} {unit}, {result.updates} updates, {result.seconds:.1f} s")
     for key in sorted(k for k in result.last_metrics if k.startswith("eval/")):
         print(f"  {key:<26} {result.last_metrics[key]:.4g}")
     if result.interrupted:

@@ -427,6 +427,14 @@ class NetworkConfig(Checked):
         "received run)",
     )
     torso_kwargs: dict[str, Any] = param({}, "keyword arguments of network.torso's class")
+    recurrent: Literal["lstm", "gru"] | None = param(
+        None, "a recurrent core after the torso: lstm or gru (None: feed-forward); PPO and A2C (pgrad.recurrent)"
+    )
+    recurrent_size: int = param(64, "units of the recurrent core (network.recurrent)")
+    recurrent_shared: bool = param(False, "actor and critic share one torso and recurrent core (else one each)")
+    sequence_length: int = param(
+        16, "recurrent training sequences: steps per chunk (divides num_steps; minibatch_size is whole chunks)"
+    )
 
     def __post_init__(self) -> None:
         """A class given as ``torso`` (Python API) is recorded as its 'module:Class' name, then every field is
@@ -444,6 +452,8 @@ class NetworkConfig(Checked):
         if sum(a * b for a, b in zip(sizes, sizes[1:], strict=False)) > MAX_HIDDEN_WEIGHTS:
             self._fail("hidden_sizes", f"layers with at most {MAX_HIDDEN_WEIGHTS} weights between them in all")
         check_torso(self.torso, self.torso_kwargs)
+        self.check_range("recurrent_size", 1, MAX_LAYER_WIDTH)
+        self.check_range("sequence_length", 1, MAX_LAYER_WIDTH)
 
 
 def check_torso(torso: str | None, torso_kwargs: dict[str, Any]) -> None:
@@ -617,6 +627,13 @@ class EnvConfig(Checked):
     max_episode_steps: int | None = param(None, "override the env's time limit (truncation)")
     kwargs: dict[str, Any] = param({}, "keyword arguments passed to the environment constructor")
     randomize: RandomizeConfig = param(RandomizeConfig(), "domain randomisation (MuJoCo envs only)")
+    mask_velocity: bool = param(
+        False,
+        "hide the velocities (set them to 0): a partially observed env for recurrent policies (pgrad.envs.partial)",
+    )
+    mask_indices: tuple[int, ...] | None = param(
+        None, "with mask_velocity: the flat observation entries to hide (None: pgrad's table for known envs)"
+    )
 
     def validate(self) -> None:
         """Checks the env id is not blank, the env count (async allows fewer), the clip ranges, the episode cap and
@@ -628,6 +645,8 @@ class EnvConfig(Checked):
         self.check_range("clip_reward", 0, low_open=True)
         self.check_range("max_episode_steps", 1)
         check_plain_data(self.kwargs, "env.kwargs")
+        if self.mask_indices is not None and (not self.mask_velocity or min(self.mask_indices, default=-1) < 0):
+            self._fail("mask_indices", "null, or indices >= 0 with env.mask_velocity true")
 
 
 @dataclass(frozen=True)
@@ -863,6 +882,24 @@ class GuardConfig(Checked):
 # --------------------------------------------------------------------------------------------
 
 
+# Algorithms whose learner and loop carry a recurrent state (network.recurrent), on the local backend.
+RECURRENT_ALGOS = ("ppo", "a2c")
+
+
+def check_recurrent(config: TrainConfig) -> None:
+    """``network.recurrent`` only where it is implemented: PPO and A2C, collected locally."""
+    network = getattr(config.algo_config, "network", None)
+    if not isinstance(network, NetworkConfig) or network.recurrent is None:
+        return
+    if config.algo not in RECURRENT_ALGOS:
+        raise ConfigError(
+            f"{config.algo}.network.recurrent must be null for {config.algo} (recurrent policies: "
+            f"{', '.join(RECURRENT_ALGOS)}); got {network.recurrent!r}"
+        )
+    if config.run.backend != "local":
+        raise ConfigError(f"run.backend must be 'local' with network.recurrent; got {config.run.backend!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """An algorithm name plus its sections (env, run, the algorithm's, guard). Cross-section rules are checked here."""
@@ -880,6 +917,7 @@ class TrainConfig:
             # with Ray rollout workers the learner's batch has ray.workers x env.num_envs columns
             columns = self.env.num_envs * (self.ray.workers if self.run.backend == "ray" else 1)
             check(self.env if columns == self.env.num_envs else dataclasses.replace(self.env, num_envs=columns))
+        check_recurrent(self)
         if getattr(self.algo_config, "needs_ray", False) and self.run.backend != "ray":
             raise ConfigError(
                 f"run.backend must be 'ray' for {self.algo} (its actors run as Ray actors); got "

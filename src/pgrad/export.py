@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pgrad import __version__, safe_io
+from pgrad import __version__, export_recurrent, safe_io
 from pgrad.checkpoint import inside_run, read_train_state
 from pgrad.errors import ConfigError
 from pgrad.policy import Policy, load_policy, space_to_dict
@@ -379,7 +379,7 @@ def export(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     policy, config, checkpoint = load_policy(Path(path), which, trust_env_code=trust_env_code)
-    chain = chain_of(policy)
+    chain = None if policy.recurrent else chain_of(policy)  # a recurrent one: pgrad.export_recurrent
     # the default folder is the run's (or the saved agent's) own: a link there must not send the files elsewhere
     target = (
         Path(out)
@@ -392,6 +392,11 @@ def export(
     for file in (target, manifest):  # both checked before either is written
         safe_io.refuse_link(file)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if chain is None:
+        record: dict[str, Any] = {"pgrad_version": __version__, "algo": config.algo, "env_id": config.env.id}
+        record |= {"source_checkpoint": str(checkpoint), "checkpoint_step": read_train_state(checkpoint).step}
+        export_recurrent.write(policy, fmt, target, manifest, record)
+        return target, manifest
     if fmt == "onnx":
         model = onnx_model(chain)  # first: without onnx installed, this is the one-line error
         safe_io.write_atomic(target, model.SerializeToString())

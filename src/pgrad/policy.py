@@ -63,15 +63,7 @@ class Policy:
         (one more leading axis); stochastic actions (``deterministic=False``) draw from ``rng``."""
         if not isinstance(deterministic, (bool, np.bool_)):  # "no" is truthy: it would act deterministically
             raise ConfigError(f"predict: deterministic must be True or False; got {deterministic!r}")
-        batch: Any
-        if self.adapter.packings is not None:
-            batch, single = self._dict_batch(obs)
-        else:
-            raw = np.asarray(obs)
-            single = self._is_single(raw)
-            check_finite_observation(raw, single)
-            batch = raw[None] if single else raw
-        features = self.obs_normalizer(self.adapter.observations(batch), update=False)
+        features, single = self._features(obs)
         if deterministic:
             actions = self.actor.mode(features)
         else:
@@ -80,6 +72,56 @@ class Policy:
             actions = self.actor.sample(features, rng)
         env_actions = self.adapter.env_actions(actions)
         return env_actions[0] if single else env_actions
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the actor carries a hidden state (``network.recurrent``: use ``predict_recurrent``)."""
+        return bool(getattr(self.actor, "recurrent", False))
+
+    def predict_recurrent(
+        self,
+        obs: Any,
+        state: np.ndarray | None,
+        episode_start: Any,
+        deterministic: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(env actions, next state) of a recurrent policy, as sb3-contrib's RecurrentPPO: ``state`` [N, state_size]
+        (None: zeros, an episode's start), ``episode_start`` [N] true where the observation begins an episode (the
+        state is zeroed before acting on it; None: no starts). One observation is a batch of N = 1 for the state."""
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise ConfigError(f"predict: deterministic must be True or False; got {deterministic!r}")
+        if not deterministic and rng is None:
+            raise ConfigError("predict: deterministic=False needs an rng (numpy.random.Generator) to sample with")
+        features, single = self._features(obs)
+        count = len(features)
+        actor: Any = self.actor
+        if state is None:
+            state = actor.initial_state(count)
+        state = np.asarray(state, np.float32)
+        if state.shape != (count, actor.state_size):
+            raise ConfigError(
+                f"predict: state must have shape ({count}, {actor.state_size}) (None at an episode's start); "
+                f"got {state.shape}"
+            )
+        starts = np.zeros(count, bool) if episode_start is None else np.asarray(episode_start, bool).reshape(-1)
+        if starts.shape != (count,):
+            raise ConfigError(f"predict: episode_start must hold {count} flags; got {np.shape(episode_start)}")
+        actions, next_state = actor.step(features, state, starts, None if deterministic else rng)
+        env_actions = self.adapter.env_actions(actions)
+        return (env_actions[0] if single else env_actions), next_state
+
+    def _features(self, obs: Any) -> tuple[np.ndarray, bool]:
+        """(normalised float32 rows [N, obs_dim], whether ``obs`` was one observation)."""
+        batch: Any
+        if self.adapter.packings is not None:
+            batch, single = self._dict_batch(obs)
+        else:
+            raw = np.asarray(obs)
+            single = self._is_single(raw)
+            check_finite_observation(raw, single)
+            batch = raw[None] if single else raw
+        return self.obs_normalizer(self.adapter.observations(batch), update=False), single
 
     def _dict_batch(self, obs: Any) -> tuple[dict[str, np.ndarray], bool]:
         """A Dict observation (a mapping with the space's keys) or a batch of them (each value with one more

@@ -40,6 +40,11 @@ class Rollout:
     # (learner updates before it was sent). None and 0 for a rollout of the learner's own current policy.
     behaviour_log_probs: np.ndarray | None = None
     policy_version: int = 0
+    # Recurrent policies (pgrad.recurrent): the hidden state carried into each step, before that step's reset,
+    # [T, B, state_size]; and which observations begin an episode (s <- 0 before their step), [T + 1, B].
+    # None for feed-forward policies.
+    states: np.ndarray | None = None
+    episode_starts: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -218,7 +223,10 @@ class RolloutCollector:
         obs_normalizer: ObsNormalizer,
         reward_scaler: RewardScaler,
         episode_window: int,
+        state_size: int = 0,
     ) -> None:
+        """``state_size``: the width of a recurrent policy's hidden state per env (0: feed-forward); the collector
+        carries that state across rollouts and resets it at episode starts."""
         self.envs = envs
         self.adapter = adapter
         self.obs_normalizer = obs_normalizer
@@ -236,6 +244,10 @@ class RolloutCollector:
         # Callbacks' per-step hooks (``pgrad.runners.live.LiveTraining``: rollout_start, step, rollout_end), set only
         # while a run has callbacks; None costs one test per vector step and no call.
         self.hooks: Any = None
+        # A recurrent policy's state between steps and rollouts (None: feed-forward), and which envs' current
+        # observation begins an episode (the state is zeroed before acting on it).
+        self.hidden = np.zeros((self.num_envs, state_size), np.float32) if state_size else None
+        self.episode_start = np.ones(self.num_envs, bool)
 
     def reset(self, seed: int) -> None:
         """Resets the envs (and seeds their action space) with ``seed``, counts the first observations in the
@@ -248,6 +260,7 @@ class RolloutCollector:
         self.autoreset_pending[:] = False
         self.episode_return[:] = 0.0
         self.episode_length[:] = 0
+        self.episode_start[:] = True
 
     def collect(self, policy: Actor, rng: np.random.Generator, num_steps: int) -> Rollout:
         """``num_steps`` steps of every env with ``policy``: a Rollout of fresh arrays, observations normalised and
@@ -261,6 +274,9 @@ class RolloutCollector:
         terminated = np.empty((num_steps, num_envs), bool)
         truncated = np.empty((num_steps, num_envs), bool)
         valid = np.empty((num_steps, num_envs), bool)
+        hidden = self.hidden
+        states = None if hidden is None else np.empty((num_steps, *hidden.shape), np.float32)
+        starts = None if hidden is None else np.empty((num_steps + 1, num_envs), bool)
         # Fresh arrays per rollout (a Rollout may still be read after the next collect starts).
         # The loop runs once per vector step, so it does no work a disabled normaliser would undo.
         normalize_obs, scale_rewards = self.obs_normalizer.enabled, self.reward_scaler.enabled
@@ -271,7 +287,10 @@ class RolloutCollector:
 
         for t in range(num_steps):
             obs[t] = self.obs_normalizer(self.raw_obs, update=False) if normalize_obs else self.raw_obs
-            step_actions = policy.sample(obs[t], rng)
+            if states is None or starts is None:
+                step_actions = policy.sample(obs[t], rng)
+            else:
+                step_actions = self._recurrent_step(policy, obs[t], t, states, starts, rng)
             actions[t] = step_actions
             started = clock()
             next_obs, reward, term, trunc, infos = envs.step(adapter.env_actions(step_actions))
@@ -297,7 +316,27 @@ class RolloutCollector:
         self.env_seconds += env_seconds
         if hooks is not None:
             hooks.rollout_end()
-        return Rollout(obs, actions, rewards, terminated, truncated, valid)
+        if starts is not None:
+            starts[num_steps] = self.episode_start
+        return Rollout(obs, actions, rewards, terminated, truncated, valid, states=states, episode_starts=starts)
+
+    def _recurrent_step(
+        self,
+        policy: Any,
+        obs: np.ndarray,
+        t: int,
+        states: np.ndarray,
+        starts: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """A recurrent policy's step: records the state it is handed and the episode starts, carries the state on.
+        The step after an autoreset step acts on a new episode's first observation: its state starts at zero."""
+        assert self.hidden is not None
+        states[t] = self.hidden
+        starts[t] = self.episode_start
+        actions, self.hidden = policy.step(obs, self.hidden, self.episode_start, rng)
+        self.episode_start = self.autoreset_pending.copy()
+        return np.asarray(actions)
 
     def collect_episodes(
         self, policy: Actor, rng: np.random.Generator, num_episodes: int, max_steps: int = 100_000
@@ -400,13 +439,17 @@ class RolloutCollector:
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The environment-side arrays (not the normaliser statistics: see ``normalizer_state``)."""
         assert self.raw_obs is not None, "call reset() first"
-        return {
+        arrays = {
             "raw_obs": self.raw_obs,
             "autoreset_pending": self.autoreset_pending,
             "episode_return": self.episode_return,
             "episode_length": self.episode_length,
             "reward_running_return": self.reward_scaler.running_return,
         }
+        if self.hidden is not None:  # a recurrent policy's state mid-episode: resume continues it exactly
+            arrays["hidden"] = self.hidden
+            arrays["episode_start"] = self.episode_start
+        return arrays
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restores what ``state_arrays`` returned: raw observations, pending autoresets, running episodes and the
@@ -416,6 +459,9 @@ class RolloutCollector:
         self.episode_return = arrays["episode_return"].astype(np.float64)
         self.episode_length = arrays["episode_length"].astype(np.int64)
         self.reward_scaler.running_return = arrays["reward_running_return"].astype(np.float64)
+        if self.hidden is not None:
+            self.hidden = arrays["hidden"].astype(np.float32)
+            self.episode_start = arrays["episode_start"].astype(bool)
 
     def normalizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         """Running statistics of the observation and reward normalisers (``TrainState.normalizers``)."""

@@ -39,7 +39,8 @@ from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, pa
 from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import gae, nstep_returns
 from pgrad.metric_names import ENTROPY, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
+from pgrad.nets import ActionSpec, ActorCritic, ObsShape
+from pgrad.recurrent import RecurrentActorCritic, make_actor_critic
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
 
 
@@ -161,6 +162,22 @@ def a2c_hand_gradients(
     }
 
 
+def recurrent_forward(
+    model: RecurrentActorCritic, rollout: Rollout, device: torch.device
+) -> tuple[tuple[Categorical | DiagGaussian, torch.Tensor], np.ndarray]:
+    """((pi over the T B steps, V [T B] with the graph), V [T + 1, B] flat as NumPy): the model over each env's
+    rollout as one sequence from the stored state it began with, reset at episode starts."""
+    assert rollout.states is not None and rollout.episode_starts is not None, "a recurrent policy's rollout"
+    steps, envs = rollout.num_steps, rollout.num_envs
+    head, values, _ = model.sequence(
+        torch.from_numpy(rollout.obs).to(device),
+        torch.from_numpy(rollout.states[0]).to(device),
+        torch.from_numpy(rollout.episode_starts).to(device),
+    )
+    dist = model.distribution(head[:steps].reshape(steps * envs, -1))
+    return (dist, values[:steps].reshape(-1)), values.detach().cpu().numpy().reshape(-1)
+
+
 class A2C:
     """The A2C learner: an actor-critic, RMSprop or Adam, ``prepare`` and a one-step ``update``."""
 
@@ -176,10 +193,13 @@ class A2C:
             config.gradient_backend, config.SECTION, config.network, action, str(device), image
         )
         self.gradient_backend = backend
-        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
+        # recurrent (pgrad.recurrent): each env's rollout is one sequence from the state it started with
+        self.model = make_actor_critic(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
-        self.numpy_net = NumpyActorCritic(self.model) if backend == "numpy" else None
+        self.numpy_net = None
+        if backend == "numpy" and isinstance(self.model, ActorCritic):
+            self.numpy_net = NumpyActorCritic(self.model)
         # prepare's forward, kept for the update of the batch it built: (batch, NumPy activations)
         # for the NumPy backend, else (batch, (pi, V) with their autograd graph).
         self.pending: tuple[Batch, Any] | None = None
@@ -194,8 +214,13 @@ class A2C:
         """The discount factor, from the config."""
         return self.config.gamma
 
-    def acting_policy(self) -> ActingPolicy:
-        """The model's acting policy (the loop samples actions from it)."""
+    @property
+    def state_size(self) -> int:
+        """Width of the hidden state the loop carries per env: 0 for a feed-forward network."""
+        return self.model.state_size if isinstance(self.model, RecurrentActorCritic) else 0
+
+    def acting_policy(self) -> Any:
+        """The model's acting policy: an ``ActingPolicy``, or a ``RecurrentActingPolicy`` (typed Any, as PPO's)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
@@ -212,6 +237,8 @@ class A2C:
         if self.numpy_net is not None:
             forward: Any = self.numpy_net.forward(obs, steps * envs)
             values = forward.values
+        elif isinstance(self.model, RecurrentActorCritic):
+            forward, values = recurrent_forward(self.model, rollout, self.device)
         else:
             obs_tensor = torch.from_numpy(obs).to(self.device)
             values_with_graph = self.model.value(obs_tensor)
@@ -238,6 +265,8 @@ class A2C:
                 self.numpy_net, forward, batch, vf_coef=vf_coef, ent_coef=ent_coef, norm_adv=norm_adv
             )
         else:
+            if forward is None and isinstance(self.model, RecurrentActorCritic):
+                raise ValueError("a recurrent A2C updates only on the batch its prepare built (the sequence pass)")
             dist, values = forward if forward is not None else self.model(batch.obs)
             terms = a2c_batch_loss(dist, values, batch, vf_coef=vf_coef, ent_coef=ent_coef, norm_adv=norm_adv)
             loss, metrics = terms.loss, mean_metrics([terms.metrics()])

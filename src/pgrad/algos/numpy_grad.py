@@ -45,6 +45,8 @@ def numpy_backend_refusal(
     network: NetworkConfig, action: ActionSpec | None = None, device: str = "cpu", image: bool = False
 ) -> str | None:
     """Why the NumPy backend cannot run this setting (``field is value``), or None when it can."""
+    if network.recurrent is not None:
+        return f"network.recurrent is {network.recurrent!r} (the backend has feed-forward MLPs only)"
     if network.torso is not None:
         return f"network.torso is {network.torso!r} (the backend has MLP torsos only)"
     if image:

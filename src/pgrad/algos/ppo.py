@@ -31,6 +31,7 @@ from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
 from pgrad.algos.rnd import RND, RNDConfig, RNDTargets, paired_minibatches
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
+from pgrad.estimators import gae
 from pgrad.metric_names import (
     APPROX_KL,
     CLIP_FRACTION,
@@ -42,9 +43,11 @@ from pgrad.metric_names import (
     POLICY_LOSS,
     VALUE_LOSS,
 )
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsLayout, ObsShape
+from pgrad.nets import ActionSpec, ActorCritic, ObsLayout, ObsShape
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_loss
-from pgrad.rollout import Batch, Rollout
+from pgrad.recurrent import RecurrentActorCritic, make_actor_critic
+from pgrad.rollout import Batch, Rollout, rollout_to_batch
+from pgrad.sequences import SequenceBatch, evaluate_sequences, replay, to_sequences
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,19 @@ class PPOConfig(Checked):
         self.check_range("max_grad_norm", 0, low_open=True)
         self.check_range("target_kl", 0, low_open=True)
         choose_gradient_backend(self.gradient_backend, self.SECTION, self.network)
+        length = self.network.sequence_length
+        if self.network.recurrent is not None and (self.num_steps % length or self.minibatch_size % length):
+            raise ConfigError(
+                f"ppo.network.sequence_length must divide ppo.num_steps ({self.num_steps}) and ppo.minibatch_size "
+                f"({self.minibatch_size}): minibatches are whole sequences; got {length}"
+            )
         if self.rnd.enabled and self.gradient_backend == "numpy":
             raise ConfigError("ppo.gradient_backend must be 'auto' or 'autograd' with rnd.enabled; got 'numpy'")
+        if self.rnd.enabled and self.network.recurrent is not None:
+            raise ConfigError(
+                f"ppo.rnd.enabled takes a feed-forward network (network.recurrent=none) for now; "
+                f"got network.recurrent={self.network.recurrent!r}"
+            )
 
     def check_with_env(self, env: EnvConfig) -> None:
         """Checks that ``minibatch_size`` divides the batch, ``num_steps x env.num_envs``."""
@@ -222,7 +236,8 @@ class PPO:
             str(self.device),
             not isinstance(obs_shape, int),  # an image, or a Dict observation with one
         )
-        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
+        # recurrent (pgrad.recurrent): the rollout carries its state, minibatches are sequences (pgrad.sequences)
+        self.model = make_actor_critic(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.rnd = rnd_for(config, obs_shape, self.device)
         if self.rnd is not None:  # the NumPy backend has no RND terms; the predictor and V_int train in this loss
@@ -230,7 +245,14 @@ class PPO:
             self.parameters += self.rnd.trainable()
         self._rnd_targets: RNDTargets | None = None  # set by prepare, read by the update that follows it
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
-        self.numpy_net = NumpyActorCritic(self.model) if self.gradient_backend == "numpy" else None
+        self.numpy_net = None
+        if self.gradient_backend == "numpy" and isinstance(self.model, ActorCritic):
+            self.numpy_net = NumpyActorCritic(self.model)
+
+    @property
+    def state_size(self) -> int:
+        """Width of the hidden state the loop carries per env: 0 for a feed-forward network."""
+        return self.model.state_size if isinstance(self.model, RecurrentActorCritic) else 0
 
     @property
     def rollout_length(self) -> int:
@@ -242,22 +264,44 @@ class PPO:
         """The discount factor, from the config."""
         return self.config.gamma
 
-    def acting_policy(self) -> ActingPolicy:
-        """The model's acting policy (the loop samples actions from it)."""
+    def acting_policy(self) -> Any:
+        """The model's acting policy (the loop samples actions from it): an ``ActingPolicy``, or a
+        ``RecurrentActingPolicy`` whose ``step`` takes and returns the state (typed Any: the loop's contract names
+        the feed-forward one)."""
         return self.model.acting_policy()
 
-    def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        """log pi_old and V from one gradient-free pass; GAE advantages and returns."""
+    def prepare(self, rollout: Rollout) -> tuple[Any, dict[str, float]]:
+        """log pi_old and V from one gradient-free pass; GAE advantages and returns. A recurrent model's pass runs
+        over the whole rollout from its start state, and the batch is cut into sequences."""
+        config = self.config
+        if not isinstance(self.model, RecurrentActorCritic):
+            return self._feed_forward_batch(rollout)
+        values, log_probs = evaluate_sequences(self.model, rollout, self.device)
+        advantages, returns = gae(
+            rollout.rewards,
+            values[:-1],
+            values[1:],
+            rollout.terminated,
+            rollout.truncated,
+            config.gamma,
+            config.gae_lambda,
+        )
+        flat, stats = rollout_to_batch(rollout, values, advantages, returns, log_probs)
+        return to_sequences(flat, rollout, config.network.sequence_length).to(self.device), stats
+
+    def _feed_forward_batch(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
+        """The feed-forward GAE batch; with RND, A = ext_coef A_ext + int_coef A_int replaces its advantages (the PPO
+        loss reads them as before)."""
+        assert isinstance(self.model, ActorCritic)  # the recurrent model takes the sequence path
         batch, stats = actor_critic_batch(self.model, rollout, self.config.gamma, self.config.gae_lambda, self.device)
         if self.rnd is None:
             return batch, stats
-        # RND: A = ext_coef A_ext + int_coef A_int replaces the advantages; the PPO loss reads them as before.
         advantages, self._rnd_targets, rnd_stats = self.rnd.prepare(
             rollout, batch.advantages, self.config.gae_lambda, self.device
         )
         return batch.with_advantages(advantages), {**stats, **rnd_stats}
 
-    def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
+    def update(self, batch: Batch | SequenceBatch, context: UpdateContext) -> dict[str, float]:
         """``num_epochs`` passes of minibatch steps; ``context.progress`` in [0, 1] drives the annealing."""
         config = self.config
         learning_rate = scheduled_learning_rate(self.optimizer, config.optimizer, context)
@@ -295,18 +339,20 @@ class PPO:
             metrics[LOG_STD] = float(self.model.log_std.detach().mean())
         return metrics
 
-    def _minibatches(self, batch: Batch, rng: np.random.Generator) -> Iterator[tuple[Batch, RNDTargets | None]]:
+    def _minibatches(
+        self, batch: Batch | SequenceBatch, rng: np.random.Generator
+    ) -> Iterator[tuple[Batch | SequenceBatch, RNDTargets | None]]:
         """The update's minibatches, each with its RND rows (None without RND)."""
-        if self._rnd_targets is None:
+        if self._rnd_targets is None or not isinstance(batch, Batch):
             yield from ((minibatch, None) for minibatch in batch.minibatches(self.config.minibatch_size, rng))
             return
         yield from paired_minibatches(batch, self._rnd_targets, self.config.minibatch_size, rng)
 
     def _loss(
-        self, minibatch: Batch, clip_eps: float, extra: RNDTargets | None, rng: np.random.Generator
+        self, minibatch: Batch | SequenceBatch, clip_eps: float, extra: RNDTargets | None, rng: np.random.Generator
     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
         config = self.config
-        if self.numpy_net is not None:
+        if self.numpy_net is not None and isinstance(minibatch, Batch):
             stats = ppo_hand_gradients(
                 self.numpy_net,
                 minibatch,
@@ -324,10 +370,15 @@ class PPO:
         rnd_loss, rnd_stats = self.rnd.loss(minibatch.obs, extra, minibatch.mask, config.vf_coef, rng)
         return terms.loss + rnd_loss, {**terms.metrics(), **rnd_stats}
 
-    def loss_terms(self, minibatch: Batch, clip_eps: float) -> LossTerms:
-        """``ppo_loss`` of the current model on ``minibatch`` (autograd)."""
+    def loss_terms(self, minibatch: Batch | SequenceBatch, clip_eps: float) -> LossTerms:
+        """``ppo_loss`` of the current model on ``minibatch`` (autograd): flat steps, or sequences replayed from their
+        stored start states (every tensor [S, L] and the same loss over the mask)."""
         config = self.config
-        dist, values = self.model(minibatch.obs)
+        if isinstance(self.model, RecurrentActorCritic):
+            assert isinstance(minibatch, SequenceBatch)
+            dist, values = replay(self.model, minibatch)
+        else:
+            dist, values = self.model(minibatch.obs)
         return ppo_loss(
             log_probs=dist.log_prob(minibatch.actions),
             old_log_probs=minibatch.log_probs,

@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode
 
 from pgrad.config import EnvConfig
 from pgrad.entry_points import import_entry_module
-from pgrad.envs import atari
+from pgrad.envs import atari, partial
 from pgrad.envs.state import StateAccess
 from pgrad.envs.workers import async_worker
 from pgrad.errors import ConfigError
@@ -200,6 +200,7 @@ def make_vector_env(
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     randomize = _randomizer(cfg, count)
+    mask = partial.masker(cfg.id, cfg.mask_velocity, cfg.mask_indices)
     if factory is not None:  # an entry point 'module:Class' or 'module:make_env'
         check_env_kwargs(factory, dict(cfg.kwargs), cfg.id)
 
@@ -207,8 +208,8 @@ def make_vector_env(
             env = factory(**kwargs)
             if cfg.max_episode_steps is not None:
                 env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
-            if randomize is not None:
-                env = randomize(env)
+            for layer in (randomize, mask):
+                env = env if layer is None else layer(env)
             return StateAccess(env) if mode == "async" else env
 
         vector_cls = gym.vector.AsyncVectorEnv if mode == "async" else gym.vector.SyncVectorEnv
@@ -227,21 +228,11 @@ def make_vector_env(
     if is_atari:  # ALE's own vector env has its own preprocessing: the standard layers need sync or async
         kwargs = atari.emulator_kwargs(kwargs)
         mode = "sync" if mode == "auto" else mode
-    if mode == "native" and spec.vector_entry_point is None:
-        raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
-    if mode == "auto":
-        mode = "vector_entry_point" if spec.vector_entry_point is not None and render_mode is None else "sync"
-    elif mode == "native":
-        mode = "vector_entry_point"
-    if mode == "vector_entry_point" and randomize is not None:  # MuJoCo envs have no native vector version
-        raise ConfigError(
-            f"env.randomize.{cfg.randomize.active[0]}: domain randomisation needs a MuJoCo environment (built by "
-            f"sync or async vectorisation); {cfg.id} is not one"
-        )
+    mode = _registered_mode(cfg, spec, mode, render_mode is not None, randomize is not None, mask is not None)
     vector_kwargs = {} if mode == "vector_entry_point" else _vector_kwargs(mode)
-    # Each env's layers, innermost first: Atari preprocessing, domain randomisation, then (each async worker's
-    # env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
-    layers = (atari.preprocess if is_atari else None, randomize, StateAccess if mode == "async" else None)
+    # Each env's layers, innermost first: Atari preprocessing, domain randomisation, velocity masking, then (each
+    # async worker's env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
+    layers = (atari.preprocess if is_atari else None, randomize, mask, StateAccess if mode == "async" else None)
     wrappers = [layer for layer in layers if layer is not None]
     try:
         with _without_known_mujoco_deprecation(spec):
@@ -260,6 +251,28 @@ def make_vector_env(
     if autoreset != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: '{cfg.id}' uses autoreset mode {autoreset}; pgrad needs next-step autoreset")
     return envs
+
+
+def _registered_mode(
+    cfg: EnvConfig, spec: gym.envs.registration.EnvSpec, mode: str, rendering: bool, randomize: bool, mask: bool
+) -> str:
+    """The vectorisation ``gym.make_vec`` is asked for: the env's native vector version where auto finds one and
+    nothing wraps each env (rendering, domain randomisation and velocity masking need sync or async)."""
+    if mode == "native" and spec.vector_entry_point is None:
+        raise ConfigError(f"env.vectorization: '{cfg.id}' has no native vector version; use auto, sync or async")
+    if mode == "native" and mask:
+        raise ConfigError("env.vectorization: env.mask_velocity wraps each env; use auto, sync or async")
+    if mode == "auto":
+        native = spec.vector_entry_point is not None and not rendering and not mask
+        mode = "vector_entry_point" if native else "sync"
+    elif mode == "native":
+        mode = "vector_entry_point"
+    if mode == "vector_entry_point" and randomize:  # MuJoCo envs have no native vector version
+        raise ConfigError(
+            f"env.randomize.{cfg.randomize.active[0]}: domain randomisation needs a MuJoCo environment (built by "
+            f"sync or async vectorisation); {cfg.id} is not one"
+        )
+    return mode
 
 
 def _vector_kwargs(mode: str) -> dict[str, Any]:

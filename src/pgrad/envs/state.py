@@ -178,6 +178,8 @@ _NOT_STATE = frozenset(
         "observation_space",
         "single_action_space",
         "single_observation_space",
+        "_action_space",  # a wrapper's own spaces (pgrad.envs.partial's masked bounds)
+        "_observation_space",
         "autoreset_mode",
         "env_fns",
         "_saved_kwargs",

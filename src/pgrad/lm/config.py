@@ -37,7 +37,8 @@ class LMModelConfig(Checked):
     """The model a language-model section trains (its ``model:`` section): a Hugging Face model folder
     (``path``; ``--set model=DIR`` is short for ``model.path=DIR``, see ``pgrad.lm.folders``), else the
     built-in tiny GPT-2 of ``n_layer`` blocks, ``n_embd`` wide, ``n_head`` heads. PPO and DPO starting from an
-    SFT model (``init_from``) must name the same one."""
+    SFT model (``init_from``) must name the same one. ``precision`` and ``gradient_checkpointing`` say how the run
+    computes on ``run.device`` (``pgrad.lm.precision.DeviceSetup``; one declaration for every LM section)."""
 
     SECTION: ClassVar[str] = "model"
 
@@ -49,6 +50,15 @@ class LMModelConfig(Checked):
     n_layer: int = param(2, "GPT-2 blocks (the built-in model)")
     n_embd: int = param(64, "GPT-2 width (the built-in model)")
     n_head: int = param(4, "attention heads; must divide n_embd (the built-in model)")
+    precision: Literal["fp32", "bf16", "fp16"] = param(
+        "fp32",
+        "the run's forward passes (policy, reference, value and reward models; docs/lm-devices.md): fp32; bf16 "
+        "autocast (CPU, or CUDA from Ampere on); fp16 autocast with loss scaling (run.device cuda only). Weights, "
+        "optimizer moments and checkpoints stay float32",
+    )
+    gradient_checkpointing: bool = param(
+        False, "recompute the trained models' activations in backward (less memory, about one more forward pass)"
+    )
 
     def validate(self) -> None:
         """Checks the model size: n_head divides n_embd, and 12 x n_layer x n_embd^2 block weights stay within

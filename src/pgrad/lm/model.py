@@ -224,7 +224,7 @@ def response_outputs(
     values = None
     if isinstance(model, PolicyWithValue):
         logits, all_values = model(ids, mask)
-        values = all_values[:, start : start + length]
+        values = all_values[:, start : start + length].float()  # float32 under autocast too
     else:
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
     logits = logits[:, start : start + length].float() / temperature

@@ -19,15 +19,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
+from pgrad.algos.common import clip_gradients, optimizer_step
+from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# A skipped fp16 step is the loss scaler's calibration while its scale S is at or above this (it halves S and tries
+# again: from 2^16, 16 skips in a row reach 1); below it no scale gives finite gradients, and each skip is a
+# non-finite step for the guard's rules (a halt past guard.nonfinite_halt)
+FP16_SCALE_FLOOR = 1.0
 
 
 def check_precision(precision: str, device: torch.device, field: str = "lm_ppo.precision") -> None:
@@ -67,6 +76,15 @@ def enable_gradient_checkpointing(model: torch.nn.Module, field: str = "lm_ppo.g
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "use_cache"):
         config.use_cache = False
+    # A layer recomputes only while its own ``training`` flag is set (and gradients are on); pgrad's runners keep
+    # their models in eval mode so that no dropout runs. Set that flag on the checkpointed layers alone: the
+    # dropouts and attention modules below them keep theirs, so the forward pass computes what it did before
+    # (the model's own flag stays off too: GPT-2's would drop the key/value cache that sampling uses).
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+            module.training = True
 
 
 def place(modules: dict[str, torch.nn.Module], device: torch.device) -> dict[str, torch.nn.Module]:
@@ -80,3 +98,79 @@ def devices_of(modules: dict[str, torch.nn.Module]) -> dict[str, set[str]]:
     return {
         name: {str(t.device) for t in (*module.parameters(), *module.buffers())} for name, module in modules.items()
     }
+
+
+@dataclass
+class DeviceSetup:
+    """Where and in what precision one language-model run computes, decided once in its prologue
+    (``DeviceSetup.of(config)``) from ``run.device`` and the section's ``model.precision`` and
+    ``model.gradient_checkpointing``; the runners ask it, never ``torch.cuda`` themselves.
+
+    The weights and optimizer moments stay float32 in every precision (autocast casts per operation), so a
+    checkpoint is float32 and, written through safetensors, on the CPU: a run resumes on another device. The
+    fp16 loss scaler is not in the checkpoint: a resumed fp16 run starts its scale again at 2^16."""
+
+    device: torch.device
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
+    field: str = "lm_ppo.model"  # the section's model field, for the refusals
+    scaler: torch.amp.GradScaler | None = None
+    skipped_steps: int = 0  # fp16 steps the scaler skipped (an inf/nan gradient), whole run
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> DeviceSetup:
+        """The run's setup; one ConfigError line, before anything is built or written, for a precision the device
+        cannot run (``run.device`` itself, cuda without CUDA included, ``RunConfig`` has refused already)."""
+        section = config.algo_config
+        model = section.model
+        device = torch.device(config.run.device)
+        prefix = f"{section.SECTION}.model"
+        check_precision(model.precision, device, f"{prefix}.precision")
+        return cls(device, model.precision, model.gradient_checkpointing, prefix, grad_scaler(device, model.precision))
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The context of every forward pass: autocast to bf16 or fp16, nothing for fp32."""
+        return autocast(self.device, self.precision)
+
+    def place(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Every module on the run's device (in place: ``Module.to`` moves parameters and buffers)."""
+        place(modules, self.device)
+
+    def prepare_trained(self, *models: torch.nn.Module | None) -> None:
+        """Gradient checkpointing on the models the run trains (the frozen ones run without gradients and store
+        no activations), when ``model.gradient_checkpointing`` asks for it."""
+        if self.gradient_checkpointing:
+            for model in models:
+                if model is not None:
+                    enable_gradient_checkpointing(model, f"{self.field}.gradient_checkpointing")
+
+    def step(
+        self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], loss: Tensor, max_grad_norm: float
+    ) -> tuple[float, bool]:
+        """One optimizer step on ``loss``: (gradient norm before clipping, whether it was skipped). fp32 and bf16:
+        ``optimizer_step``. fp16: backward of S x loss, gradients divided by S (``unscale_``), clipped, and the step
+        skipped with S halved when a gradient is inf or nan (S doubles after 2000 clean steps: ``GradScaler``)."""
+        if self.scaler is None:
+            return optimizer_step(optimizer, parameters, loss, max_grad_norm)[0], False
+        for parameter in parameters:
+            parameter.grad = None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        norm, _ = clip_gradients(parameters, max_grad_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)  # skips optimizer.step() when unscale_ found an inf or nan
+        self.scaler.update()
+        skipped = self.scaler.get_scale() < scale  # update() halves the scale after a skipped step, only then
+        self.skipped_steps += int(skipped)
+        return norm, skipped
+
+    def overflow_persists(self) -> bool:
+        """Whether the fp16 loss scale has fallen below ``FP16_SCALE_FLOOR``: the gradients stay inf or nan at any
+        scale, which is damage, not the scaler's calibration (False without a scaler)."""
+        return self.scaler is not None and self.scaler.get_scale() < FP16_SCALE_FLOOR
+
+    def metrics(self) -> dict[str, float]:
+        """What a row reports of the setup: with fp16, the loss scale and the steps skipped so far; else nothing."""
+        if self.scaler is None:
+            return {}
+        return {"train/loss_scale": self.scaler.get_scale(), "train/fp16_skipped_steps": float(self.skipped_steps)}

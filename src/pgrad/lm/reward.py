@@ -72,7 +72,7 @@ class LearnedReward:
         """Each member's scores [M, B], on the CPU."""
         device = self.device
         args = (prompts.ids.to(device), prompts.mask.to(device), response.to(device), response_mask.to(device))
-        return torch.stack([model(*args) for model in self.members]).cpu()
+        return torch.stack([model(*args) for model in self.members]).float().cpu()  # float32 under autocast too
 
     def score(self, prompts: PromptBatch, response: Tensor, response_mask: Tensor) -> Tensor:
         """The members' scores combined by ``rule``; records their mean disagreement (std across members) in

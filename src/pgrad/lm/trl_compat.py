@@ -152,27 +152,27 @@ def _use_cpu(value: Any, section: str) -> dict[str, Any]:
 
 
 def _precision(name: str) -> Convert:
-    """TRL's bf16 / fp16 flags as the section's ``precision`` field, where this pgrad has one."""
+    """TRL's bf16 / fp16 flags as the section's ``model.precision`` (pgrad.lm.precision: fp16 needs CUDA)."""
 
     def convert(value: Any, section: str) -> dict[str, Any]:
         if value is False or value is None:
             return {}
-        if "precision" not in CONFIG_CLASSES[section].__dataclass_fields__:
-            raise ConfigError(f"{name}=True is not offered for {section} in this pgrad (it computes in float32)")
-        return {f"{section}.precision": name}
+        if value is not True:
+            raise ConfigError(f"{name} must be True or False; got {_short(value)}")
+        return {f"{section}.model.precision": name}
 
     return convert
 
 
-def _section_flag(name: str) -> Convert:
-    """A boolean TRL argument with a pgrad field of the same name, where this pgrad's section has it."""
+def _model_flag(name: str) -> Convert:
+    """A boolean TRL argument with a pgrad field of the same name in the section's ``model``."""
 
     def convert(value: Any, section: str) -> dict[str, Any]:
         if value is False:
             return {}
-        if name not in CONFIG_CLASSES[section].__dataclass_fields__:
-            raise ConfigError(f"{name}={_short(value)} is not offered for {section} in this pgrad")
-        return {f"{section}.{name}": value}
+        if value is not True:
+            raise ConfigError(f"{name} must be True or False; got {_short(value)}")
+        return {f"{section}.model.{name}": True}
 
     return convert
 
@@ -204,10 +204,10 @@ TRL_ARGUMENTS: dict[str, TrlArgument] = {
     ),
     "report_to": TrlArgument("run.tensorboard, run.wandb, run.mlflow", convert=_report_to),
     "use_cpu": TrlArgument("run.device: cpu", convert=_use_cpu),
-    "bf16": TrlArgument("{section}.precision: bf16", convert=_precision("bf16")),
-    "fp16": TrlArgument("{section}.precision: fp16", convert=_precision("fp16")),
+    "bf16": TrlArgument("{section}.model.precision: bf16", convert=_precision("bf16")),
+    "fp16": TrlArgument("{section}.model.precision: fp16 (CUDA only)", convert=_precision("fp16")),
     "gradient_checkpointing": TrlArgument(
-        "{section}.gradient_checkpointing", convert=_section_flag("gradient_checkpointing")
+        "{section}.model.gradient_checkpointing", convert=_model_flag("gradient_checkpointing")
     ),
     "logging_steps": TrlArgument(
         "no setting: pgrad writes one metrics.jsonl row per update", convert=lambda value, section: {}

@@ -22,6 +22,65 @@ from pgrad.nets import Actor
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never reuse training seeds
 
 
+class Memory:
+    """A recurrent policy's state across an evaluation's steps (``pgrad.recurrent``), reset at episode starts.
+
+    With next-step autoreset the step after an episode's end acts on its final observation (ignored by the env);
+    the step after that acts on the new episode's first observation, and there the state starts at zero."""
+
+    def __init__(self, policy: Any, num_envs: int) -> None:
+        self.policy = policy
+        self.state: np.ndarray = policy.initial_state(num_envs)
+        self.starts = np.ones(num_envs, bool)
+        self.pending = np.zeros(num_envs, bool)
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Actions for one step (the mode where ``rng`` is None), carrying the state on."""
+        actions, self.state = self.policy.step(obs, self.state, self.starts, rng)
+        return np.asarray(actions)
+
+    def after_step(self, done: np.ndarray) -> np.ndarray:
+        """Marks the episode starts the next step acts on; returns ``done``."""
+        self.starts, self.pending = self.pending, np.asarray(done, bool).copy()
+        return done
+
+    def after_reset(self, reset: np.ndarray) -> None:
+        """Sub-envs reset by hand (the step cap) begin an episode on the next step."""
+        self.starts = self.starts | reset
+        self.pending = self.pending & ~reset
+
+
+class NoMemory:
+    """A feed-forward policy's actions, with ``Memory``'s methods (nothing to carry)."""
+
+    def __init__(self, policy: Actor) -> None:
+        self.policy = policy
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """The mode where ``rng`` is None, else a sample."""
+        return self.policy.mode(obs) if rng is None else self.policy.sample(obs, rng)
+
+    def after_step(self, done: np.ndarray) -> np.ndarray:
+        """Nothing to carry; returns ``done``."""
+        return done
+
+    def after_reset(self, reset: np.ndarray) -> None:
+        """Nothing to carry."""
+
+
+def record_episodes(
+    indices: np.ndarray,
+    episode_return: np.ndarray,
+    episode_length: np.ndarray,
+    returns: list[float],
+    lengths: list[int],
+) -> None:
+    """Appends the return and length of the episodes of sub-envs ``indices``."""
+    for index in indices:
+        returns.append(float(episode_return[index]))
+        lengths.append(int(episode_length[index]))
+
+
 def run_episodes(
     policy: Actor,
     envs: Any,
@@ -47,7 +106,6 @@ def run_episodes(
     says yes (a Ctrl-C or SIGTERM during the evaluation) the episodes finished so far are returned.
     """
     num_envs = envs.num_envs
-    rng = np.random.default_rng(seed)
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
     done_count = np.zeros(num_envs, int)
     returns: list[float] = []
@@ -61,21 +119,21 @@ def run_episodes(
     resetting = False
     remaining = episodes
     nothing = np.zeros(0, dtype=np.int64)
+    memory = Memory(policy, num_envs) if getattr(policy, "recurrent", False) else NoMemory(policy)
+    rng = None if deterministic else np.random.default_rng(seed)  # None: the mode
     raw, _ = envs.reset(seed=seed)
     while remaining > 0:
         obs = obs_normalizer(adapter.observations(raw), update=False)
-        actions = policy.mode(obs) if deterministic else policy.sample(obs, rng)
+        actions = memory.act(obs, rng)
         raw, reward, terminated, truncated, _ = envs.step(adapter.env_actions(actions))
         np.add(episode_return, reward, out=episode_return, where=active)
         episode_length += active
-        done = terminated | truncated
+        done = memory.after_step(terminated | truncated)
         finished = nothing
         if done.any():
             finished = np.flatnonzero(done & active)
-            for index in finished:
-                returns.append(float(episode_return[index]))
-                lengths.append(int(episode_length[index]))
-                done_count[index] += 1
+            record_episodes(finished, episode_return, episode_length, returns, lengths)
+            done_count[finished] += 1
             remaining -= len(finished)
             episode_return[done] = 0.0
             episode_length[done] = 0
@@ -86,10 +144,8 @@ def run_episodes(
             resetting = False
         if max_episode_steps is not None and (episode_length >= max_episode_steps).any():
             capped = (episode_length >= max_episode_steps) & active
-            for index in np.flatnonzero(capped):
-                returns.append(float(episode_return[index]))
-                lengths.append(int(episode_length[index]))
-                done_count[index] += 1
+            record_episodes(np.flatnonzero(capped), episode_return, episode_length, returns, lengths)
+            done_count[capped] += 1
             remaining -= int(capped.sum())
             finished = np.union1d(finished, np.flatnonzero(capped))
             reset = episode_length >= max_episode_steps
@@ -97,6 +153,7 @@ def run_episodes(
             episode_length[reset] = 0
             # a fresh episode on those sub-envs (unseeded: their generators carry on from the evaluation's seed)
             raw, _ = envs.reset(options={"reset_mask": reset})
+            memory.after_reset(reset)
             active = (done_count < quota) & ~done  # reset sub-envs were not done: they play on
         if on_step is not None:
             on_step(finished)

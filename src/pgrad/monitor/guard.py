@@ -106,16 +106,15 @@ class Guard:
         early_evaluations: bool = True,
         rules: tuple[Rule, ...] = RULES,
         rollback_rules: Collection[str] = (),
-        score_metric: str | tuple[str, ...] = names.RETURN_MEAN,
+        score_metric: str = names.RETURN_MEAN,
     ) -> None:
         """``rules``: the alert rules run on every update (a loop whose metrics are not an env's, the
         language-model loop, picks the ones that read its metrics); ``rollback_rules``: names of further
         rules whose critical alerts roll back to the last healthy state with a learning-rate cut, like
         ``kl`` (a loop's own rules reach ``observe`` as ``extra_alerts``); ``score_metric``: what ranks
-        a checkpoint written without an evaluation (the training return; the language-model loop's score),
-        or several, the first one a row has (the language-model loop: its held-out check, else the batch's)."""
+        a checkpoint written without an evaluation (the training return; the language-model loop's score)."""
         self.config = config
-        self.score_metrics = (score_metric,) if isinstance(score_metric, str) else score_metric
+        self.score_metric = score_metric
         self.rules = rules
         self.rollback_rules = frozenset(rollback_rules)
         # Off for A3C: its reports reach the guard after the shared weights have moved on, so the health
@@ -276,8 +275,8 @@ class Guard:
         return "train_drop" if train < reference - config.eval_max_drop * abs(reference) else None
 
     def score(self, metrics: dict[str, Any]) -> float | None:
-        """The row's score: the first of ``score_metrics`` it has (None: none)."""
-        return next((metrics[name] for name in self.score_metrics if name in metrics), None)
+        """The row's ``score_metric`` (None when the row has none)."""
+        return metrics.get(self.score_metric)
 
     def checkpoint_score(self, metrics: dict[str, Any]) -> float | None:
         """With evaluation on, only evaluated checkpoints carry a score (best = best evaluation)."""

@@ -229,20 +229,28 @@ class OptimizerGuard:
 
     def before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """The pre-step hook: fills gradients with NaN while a drill asks, records whether they are finite, and with
-        ``skip_nonfinite`` drops non-finite ones so the optimizer skips the step."""
+        ``skip_nonfinite`` drops non-finite ones so the optimizer skips the step. A step a loss scaler hands to an
+        optimizer that does its own scaling (fused Adam: ``optimizer.found_inf`` set, the gradients still scaled)
+        is the scaler's to judge: it is neither drilled nor counted here (its caller counts it:
+        ``pgrad.runners.lm_ppo``)."""
+        if getattr(optimizer, "found_inf", None) is not None:
+            return
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.nan_steps_left:
             for p in parameters:
                 p.grad.fill_(float("nan"))
             self.nan_steps_left -= 1 if self.nan_steps_left > 0 else 0
         finite = gradients_finite(parameters)
+        self.count_step(finite)
+        if not finite and self.config.skip_nonfinite:
+            for p in parameters:
+                p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
+
+    def count_step(self, finite: bool) -> None:
+        """Counts one optimizer step, and whether its gradients were finite, for the non-finite rules."""
         self.steps += 1
         self.state.recent_steps = self.state.recent_steps[-(self.config.nonfinite_window - 1) :] + [int(not finite)]
-        if not finite:
-            self.skipped += 1
-            if self.config.skip_nonfinite:
-                for p in parameters:
-                    p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
+        self.skipped += int(not finite)
 
     def remove(self) -> None:
         """Removes the step hooks from the optimizers."""

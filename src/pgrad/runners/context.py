@@ -290,10 +290,11 @@ class RunContext:
         self.emit(kind, step, message, show=False)
         print(f"pgrad: warning: {message}", file=sys.stderr, flush=True)
 
-    def started_event(self, detail: str = "") -> None:
-        """Emits ``run.started``: algorithm, env id, seed, version and any resolved settings."""
+    def started_event(self, detail: str = "", subject: str | None = None) -> None:
+        """Emits ``run.started``: algorithm, env id (or ``subject``: a language-model run's model and data), seed,
+        version and any resolved settings."""
         config = self.config
-        text = f"{config.algo} on {config.env.id}, seed {config.run.seed}{detail}"
+        text = f"{config.algo} on {subject or config.env.id}, seed {config.run.seed}{detail}"
         data: dict[str, Any] = {"resolved": self.resolved} if self.resolved else {}
         self.emit("run.started", 0, text, version=__version__, **data)
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgrad.algos.common import make_optimizer, optimizer_step
+from pgrad.algos.common import make_optimizer
 from pgrad.checkpoint import CheckpointStore, load_modules
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -37,6 +37,7 @@ from pgrad.lm.config import DPO_ALGO, LMDPOConfig
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import dpo_loss
 from pgrad.lm.model import AdapterDisabled, CausalLM, response_outputs
+from pgrad.lm.precision import DeviceSetup
 from pgrad.lm.task import PreferencePairs
 from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.numerics import masked_sum
@@ -51,10 +52,10 @@ EVAL_SEED_OFFSET = 1  # the sampled evaluation's prompts and noise: run.seed + t
 
 def response_logprob(lm: CausalLM, pairs: PreferencePairs, index: Tensor, chosen: bool) -> Tensor:
     """log pi(y | x) of the chosen (or rejected) responses of the pairs at ``index``: [len(index)]."""
-    prompts = pairs.prompts
-    response = pairs.chosen[index] if chosen else pairs.rejected[index]
-    mask = pairs.chosen_mask[index] if chosen else pairs.rejected_mask[index]
-    out = response_outputs(lm, prompts.ids[index], prompts.mask[index], response, mask)
+    prompts, device = pairs.prompts, next(lm.parameters()).device  # the rows go where the model is
+    response = (pairs.chosen[index] if chosen else pairs.rejected[index]).to(device)
+    mask = (pairs.chosen_mask[index] if chosen else pairs.rejected_mask[index]).to(device)
+    out = response_outputs(lm, prompts.ids[index].to(device), prompts.mask[index].to(device), response, mask)
     return masked_sum(out.logprobs, mask.float(), dim=1)
 
 
@@ -72,6 +73,7 @@ class DPORunner:
             raise ConfigError(f"DPORunner runs '{DPO_ALGO}' configs; got '{config.algo}'")
         self.config = config
         self.dpo: LMDPOConfig = config.algo_config
+        self.setup = DeviceSetup.of(config)  # device and precision, refused here before the run folder is touched
         sft_state = load_sft_state(Path(self.dpo.init_from), self.dpo) if self.dpo.init_from else None
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
@@ -88,6 +90,8 @@ class DPORunner:
         reference = frozen_reference(self.lm, self.dpo, self.task)
         assert not isinstance(reference, AdapterDisabled)  # DPO trains no LoRA adapter
         self.reference = reference
+        self.setup.place(self.modules())
+        self.setup.prepare_trained(self.lm)
         self.optimizer = make_optimizer(list(self.lm.parameters()), self.dpo.optimizer)
         self.step = 0  # pairs trained on
         self.updates = 0
@@ -117,11 +121,12 @@ class DPORunner:
 
     def pair_loss(self, pairs: PreferencePairs, index: Tensor) -> tuple[Tensor, Tensor]:
         """(DPO loss, implicit-reward accuracy) of the pairs at ``index``; gradients reach the policy only."""
-        with torch.no_grad():
+        with torch.no_grad(), self.setup.autocast():
             ref_chosen = response_logprob(self.reference, pairs, index, chosen=True)
             ref_rejected = response_logprob(self.reference, pairs, index, chosen=False)
-        chosen = response_logprob(self.lm, pairs, index, chosen=True)
-        rejected = response_logprob(self.lm, pairs, index, chosen=False)
+        with self.setup.autocast():  # the forward passes; the loss below is float32
+            chosen = response_logprob(self.lm, pairs, index, chosen=True)
+            rejected = response_logprob(self.lm, pairs, index, chosen=False)
         return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.dpo.beta)
 
     @torch.no_grad()
@@ -129,15 +134,16 @@ class DPORunner:
         """The DPO loss and accuracy on the held-out pairs, and sampled responses' true scores and KL to the reference
         (no reward model, so no ``eval/rm_score``)."""
         loss, accuracy = self.pair_loss(self.heldout, torch.arange(len(self.heldout)))
-        sampled = evaluate_policy(  # no reward model, so no eval/rm_score
-            self.lm,
-            self.reference,
-            self.eval_task,
-            None,
-            self.dpo.eval_prompts,
-            self.config.run.seed + EVAL_SEED_OFFSET,
-            1.0,
-        )
+        with self.setup.autocast():
+            sampled = evaluate_policy(  # no reward model, so no eval/rm_score
+                self.lm,
+                self.reference,
+                self.eval_task,
+                None,
+                self.dpo.eval_prompts,
+                self.config.run.seed + EVAL_SEED_OFFSET,
+                1.0,
+            )
         return {"eval/dpo_loss": float(loss), "eval/dpo_accuracy": float(accuracy), **sampled}
 
     def train_steps(self, until_step: int) -> dict[str, Any]:
@@ -147,7 +153,7 @@ class DPORunner:
         size = self.dpo.batch_size
         while self.step < until_step and not self.run.stop_requested:
             loss, accuracy = self.pair_loss(self.train_pairs, torch.randint(0, len(self.train_pairs), (size,)))
-            optimizer_step(self.optimizer, list(self.lm.parameters()), loss, self.dpo.max_grad_norm)
+            self.setup.step(self.optimizer, list(self.lm.parameters()), loss, self.dpo.max_grad_norm)
             losses.append(float(loss.detach()))
             accuracies.append(float(accuracy))
             self.step += size
@@ -161,6 +167,7 @@ class DPORunner:
             "train/dpo_first_loss": losses[0] if losses else float("nan"),
             **self.evaluate(),
             "perf/steps_per_second": size * len(losses) / max(seconds, 1e-9),
+            **self.setup.metrics(),
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:

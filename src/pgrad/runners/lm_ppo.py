@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from pgrad import metric_names as names
-from pgrad.algos.common import make_optimizer, optimizer_step
+from pgrad.algos.common import make_optimizer
 from pgrad.checkpoint import (
     CheckpointStore,
     LearnerState,
@@ -93,6 +93,7 @@ from pgrad.lm.model import (
     response_outputs,
     sample,
 )
+from pgrad.lm.precision import DeviceSetup
 from pgrad.lm.reward import (
     CombinedReward,
     FunctionReward,
@@ -286,7 +287,8 @@ class LMPPORunner:
             raise ConfigError(f"LMPPORunner runs '{ALGO}' configs; got '{config.algo}'")
         self.config = config
         self.ppo: LMPPOConfig = config.algo_config
-        self.device = torch.device(config.run.device)
+        self.setup = DeviceSetup.of(config)  # device and precision, refused here before the run folder is touched
+        self.device = self.setup.device
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         self.task, self.eval_task = build_tasks(self.ppo, config.run.seed)
@@ -295,9 +297,9 @@ class LMPPORunner:
             sft_state, sft_path = load_sft_state(Path(self.ppo.init_from), self.ppo)
             load_modules({"lm": self.policy.lm}, sft_state, sft_path)
         add_lora(self.policy, self.ppo)
-        self.policy.to(self.device)
         # the reference is the initial weights (the SFT model's with init_from), frozen; it needs no value head
         self.reference = frozen_reference(self.policy.lm, self.ppo, self.task)
+        self.setup.place(self.modules())  # policy (value head, critic) and reference; reward models load there
         # reward_functions: Python objects a library caller passed for function terms (pgrad.lm.trainers)
         self.scorer = build_scorer(self.ppo, self.task, self.device, reward_functions)
         self.check = build_check(self.ppo, self.task, self.device, reward_functions)
@@ -312,6 +314,7 @@ class LMPPORunner:
                     self.policy.init_value_from(learned.members[0])
             except ValueError as exc:
                 raise ConfigError(f"lm_ppo.init_value_from_rm: {exc}") from None
+        self.setup.prepare_trained(self.policy.lm, self.policy.critic)  # with gradient_checkpointing
         trained = [p for p in self.policy.parameters() if p.requires_grad]  # with LoRA: adapters and value head
         self.optimizer = make_optimizer(trained, self.ppo.optimizer)
         self.kl = AdaptiveKLController(self.ppo.kl_coef, self.ppo.kl_target, self.ppo.kl_horizon)
@@ -338,15 +341,15 @@ class LMPPORunner:
             rollback_rules=HACKING_RULES if ppo.rollback_on_alert else (),
             # no environment return: checkpoints are ranked by the check where there is one (after a hack the
             # optimised reward is highest on the most hacked weights), else by the optimised reward (said once);
-            # on the held-out prompts where the row has an evaluation (same prompts and noise each time: one
-            # training batch's mean swings with its prompts), else on the training batch
-            score_metric=(EVAL_CHECK_SCORE, CHECK_SCORE)
-            if self.check is not None
-            else ("eval/rm_score", "lm/rm_score"),
+            # with evaluations on, by the held-out score alone (the same prompts and noise each time; a training
+            # batch's mean swings with its prompts, and a checkpoint between evaluations carries no score)
+            score_metric=self.score_metric(),
         )
         self.window_states: list[LearnerState] = []  # confirmed healthy states a hacking window reaches back to
-        label = f"{ALGO} {model_label(self.ppo, self.task)}"
-        trunk.open_or_resume(self.run, console, label, self.load, self.run.close, units=PPO_UNITS)
+        subject = model_label(self.ppo, self.task)
+        trunk.open_or_resume(
+            self.run, console, f"{ALGO} {subject}", self.load, self.run.close, units=PPO_UNITS, subject=subject
+        )
 
     # what the CLI, callbacks, tests and benchmarks reach through the runner: the run context's
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
@@ -422,22 +425,23 @@ class LMPPORunner:
         ppo, tok = self.ppo, self.task.tokenizer
         cpu_prompts = self.task.prompts(ppo.batch_size // ppo.samples_per_prompt).repeat(ppo.samples_per_prompt)
         prompts = cpu_prompts.to(self.device)
-        samples = sample(
-            self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
-        )
-        mask = samples.mask.float()
         parts: dict[str, list[Tensor]] = {"logp": [], "values": [], "ref": []}
-        for index in self.chunks(ppo.batch_size):  # the first epoch's minibatches, same order and shapes
-            args = (prompts.ids[index], prompts.mask[index], samples.response[index], samples.mask[index])
-            out = response_outputs(self.policy, *args, temperature=ppo.temperature)
-            assert out.values is not None
-            parts["logp"].append(out.logprobs)
-            parts["values"].append(out.values)
-            parts["ref"].append(response_outputs(self.reference, *args, temperature=ppo.temperature).logprobs)
+        with self.setup.autocast():  # the forward passes; what they return is float32 (response_outputs)
+            samples = sample(
+                self.policy.lm, prompts.ids, prompts.mask, ppo.max_new_tokens, tok.eos_id, tok.pad_id, ppo.temperature
+            )
+            for index in self.chunks(ppo.batch_size):  # the first epoch's minibatches, same order and shapes
+                args = (prompts.ids[index], prompts.mask[index], samples.response[index], samples.mask[index])
+                out = response_outputs(self.policy, *args, temperature=ppo.temperature)
+                assert out.values is not None
+                parts["logp"].append(out.logprobs)
+                parts["values"].append(out.values)
+                parts["ref"].append(response_outputs(self.reference, *args, temperature=ppo.temperature).logprobs)
+            response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
+            score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).float().to(self.device)
+        mask = samples.mask.float()
         logp, values, ref = (torch.cat(parts[key]) for key in ("logp", "values", "ref"))
         values = values * mask
-        response_cpu, mask_cpu = samples.response.cpu(), samples.mask.cpu()
-        score = self.scorer.score(cpu_prompts, response_cpu, mask_cpu).to(self.device)
         learned_score = -score if flip_reward else score
         if ppo.advantage == "gae":
             rewards = token_rewards(learned_score, logp, ref, mask, self.kl.value)
@@ -464,7 +468,8 @@ class LMPPORunner:
             **degeneration_metrics(response_cpu, mask_cpu),
         }
         if self.check is not None:  # the held-out check on the same responses (never in the learned reward)
-            stats[CHECK_SCORE] = float(self.check.score(cpu_prompts, response_cpu, mask_cpu).mean())
+            with self.setup.autocast():
+                stats[CHECK_SCORE] = float(self.check.score(cpu_prompts, response_cpu, mask_cpu).float().mean())
         learned = self.scorer.learned
         if learned is not None and len(learned.members) > 1:
             stats[RM_DISAGREEMENT] = learned.last_disagreement  # std across members, batch mean
@@ -516,6 +521,7 @@ class LMPPORunner:
         rollout, stats = self.collect(flip_reward)
         sums: dict[str, float] = {}
         steps = 0
+        norms: list[float] = []  # gradient norms of the steps taken (and of skips past the fp16 scale floor)
         first_ratio_deviation = float("nan")
         for epoch in range(ppo.num_epochs):
             order = (
@@ -525,14 +531,15 @@ class LMPPORunner:
             )
             for index in order.split(ppo.minibatch_size):
                 batch = rollout.rows(index)
-                out = response_outputs(
-                    self.policy,
-                    batch.prompts.ids,
-                    batch.prompts.mask,
-                    batch.response,
-                    batch.mask.long(),
-                    temperature=ppo.temperature,
-                )
+                with self.setup.autocast():  # the forward pass only: the losses below are float32
+                    out = response_outputs(
+                        self.policy,
+                        batch.prompts.ids,
+                        batch.prompts.mask,
+                        batch.response,
+                        batch.mask.long(),
+                        temperature=ppo.temperature,
+                    )
                 loss, terms = self.policy_loss(out.logprobs, batch)
                 terms["diagnostics/entropy"] = masked_mean(out.entropy.detach(), batch.mask)
                 if ppo.advantage == "gae":
@@ -545,8 +552,17 @@ class LMPPORunner:
                     terms["diagnostics/value_clip_fraction"] = value_clip_fraction(
                         out.values, batch.old_values, batch.mask, ppo.clip_vf
                     )
-                grad_norm, _ = optimizer_step(self.optimizer, list(self.policy.parameters()), loss, ppo.max_grad_norm)
-                terms["diagnostics/grad_norm"] = torch.tensor(grad_norm)
+                counted = self.optimizer_guard.steps
+                grad_norm, skipped = self.setup.step(
+                    self.optimizer, list(self.policy.parameters()), loss, ppo.max_grad_norm
+                )
+                if self.optimizer_guard.steps == counted:
+                    # fp16: the loss scaler skipped the step, or handed it to an optimizer that scales itself, and the
+                    # step hook left it alone. A skip is non-finite for the guard only once the scale is below the
+                    # floor (pgrad.lm.precision.FP16_SCALE_FLOOR): above it, skip and halve is the scaler's remedy
+                    self.optimizer_guard.count_step(finite=not (skipped and self.setup.overflow_persists()))
+                if not skipped or self.setup.overflow_persists():  # a calibration skip's norm is inf by design
+                    norms.append(grad_norm)
                 if steps == 0:
                     ratio = torch.exp(out.logprobs.detach() - batch.old_logprobs) * batch.mask
                     first_ratio_deviation = float(((ratio - 1.0) * batch.mask).abs().max())
@@ -562,28 +578,31 @@ class LMPPORunner:
             "update": self.updates,
             **stats,
             **{key: value / steps for key, value in sums.items()},
+            **({"diagnostics/grad_norm": sum(norms) / len(norms)} if norms else {}),
             "lm/first_ratio_deviation": first_ratio_deviation,
             "train/learning_rate": learning_rate,
             "perf/seconds_per_update": seconds,
             "perf/steps_per_second": ppo.batch_size / seconds,  # steps are responses
             **memory_metrics(self.device),
+            **self.setup.metrics(),
         }
 
     def evaluate(self) -> dict[str, float]:
         """Held-out prompts seeded by ``run.seed + 1``: the same prompts and noise at every evaluation; the
         responses are written to ``samples/step_<step>.jsonl`` for a person to read."""
         samples: list[dict[str, Any]] = []
-        metrics = evaluate_policy(
-            self.policy.lm,
-            self.reference,
-            self.eval_task,
-            self.scorer,
-            self.ppo.eval_prompts,
-            self.config.run.seed + 1,
-            self.ppo.temperature,
-            check=self.check,
-            samples_out=samples,
-        )
+        with self.setup.autocast():
+            metrics = evaluate_policy(
+                self.policy.lm,
+                self.reference,
+                self.eval_task,
+                self.scorer,
+                self.ppo.eval_prompts,
+                self.config.run.seed + 1,
+                self.ppo.temperature,
+                check=self.check,
+                samples_out=samples,
+            )
         write_samples(self.run_dir, self.step, samples)
         return metrics
 
@@ -603,6 +622,12 @@ class LMPPORunner:
         enabled = self.config.guard.enabled
         metrics[names.PARAMS_FINITE] = float(parameters_finite(self.learner.modules())) if enabled else 1.0
         return metrics
+
+    def score_metric(self) -> str:
+        """What ranks checkpoints: the check (else the optimised reward), held out when evaluations are on."""
+        if self.check is not None:
+            return EVAL_CHECK_SCORE if self.ppo.eval_every > 0 else CHECK_SCORE
+        return "eval/rm_score" if self.ppo.eval_every > 0 else "lm/rm_score"
 
     def judge(self, metrics: dict[str, Any]) -> list[Action]:
         """The guard's rules (its own and the language-model ones, over the whole history) and its decision."""

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgrad.algos.common import make_optimizer, optimizer_step
+from pgrad.algos.common import make_optimizer
 from pgrad.checkpoint import CheckpointStore, load_modules, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -54,6 +54,7 @@ from pgrad.lm.dataset import DatasetTask
 from pgrad.lm.folders import FolderTokenizer
 from pgrad.lm.losses import EnsembleRule, bradley_terry_loss, combine_ensemble
 from pgrad.lm.model import RewardModel
+from pgrad.lm.precision import DeviceSetup
 from pgrad.lm.reward import LearnedReward
 from pgrad.lm.task import DigitsTask, PreferencePairs
 from pgrad.monitor.sinks import MetricSink, ProgressUnits
@@ -100,14 +101,14 @@ def bootstrap_indices(pair_count: int, seed: int, member: int, ensemble_size: in
 
 def pair_scores(model: RewardModel, pairs: PreferencePairs, index: Tensor) -> tuple[Tensor, Tensor]:
     """(chosen scores, rejected scores) of the pairs at ``index``, in one forward pass of both."""
-    prompts = pairs.prompts
+    prompts, device = pairs.prompts, next(model.parameters()).device  # the rows go where the model is
     ids, mask = prompts.ids[index], prompts.mask[index]
     both = model(
-        torch.cat([ids, ids]),
-        torch.cat([mask, mask]),
-        torch.cat([pairs.chosen[index], pairs.rejected[index]]),
-        torch.cat([pairs.chosen_mask[index], pairs.rejected_mask[index]]),
-    )
+        torch.cat([ids, ids]).to(device),
+        torch.cat([mask, mask]).to(device),
+        torch.cat([pairs.chosen[index], pairs.rejected[index]]).to(device),
+        torch.cat([pairs.chosen_mask[index], pairs.rejected_mask[index]]).to(device),
+    ).float()  # float32 under autocast too
     return both[: len(index)], both[len(index) :]
 
 
@@ -125,6 +126,7 @@ class RewardModelRunner:
             raise ConfigError(f"RewardModelRunner runs '{RM_ALGO}' configs; got '{config.algo}'")
         self.config = config
         self.rm: LMRewardModelConfig = config.algo_config
+        self.setup = DeviceSetup.of(config)  # device and precision, refused here before the run folder is touched
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         seed = config.run.seed
@@ -135,6 +137,8 @@ class RewardModelRunner:
         size = self.rm.ensemble_size
         self.members = [build_reward_model(self.rm, self.task).eval() for _ in range(size)]  # no dropout anyway
         self.model = self.members[0]
+        self.setup.place(self.modules())
+        self.setup.prepare_trained(*(member.trunk for member in self.members))
         self.member_optimizers = [make_optimizer(list(m.parameters()), self.rm.optimizer) for m in self.members]
         self.resamples = [bootstrap_indices(len(self.train_pairs), seed, m, size) for m in range(size)]
         self.step = 0  # pairs trained on
@@ -169,7 +173,8 @@ class RewardModelRunner:
         ensemble), the Brier score of the mean member probability, and the Pearson correlation of the combined
         score with the true score over the held-out responses (chosen and rejected together)."""
         index = torch.arange(len(self.heldout))
-        member_scores = [pair_scores(model, self.heldout, index) for model in self.members]
+        with self.setup.autocast():
+            member_scores = [pair_scores(model, self.heldout, index) for model in self.members]
         member_chosen = torch.stack([c for c, _ in member_scores])
         member_rejected = torch.stack([r for _, r in member_scores])
         chosen, rejected = combine_ensemble(member_chosen, "min"), combine_ensemble(member_rejected, "min")
@@ -190,7 +195,7 @@ class RewardModelRunner:
                     self.task.true_score(pairs.prompts.last_digit, pairs.rejected, pairs.rejected_mask),
                 ]
             )
-            scores = torch.cat([chosen, rejected])
+            scores = torch.cat([chosen, rejected]).cpu()
             correlation["eval/rm_true_correlation"] = float(torch.corrcoef(torch.stack([scores, true]))[0, 1])
         return {
             "eval/rm_loss": float(loss),
@@ -207,9 +212,10 @@ class RewardModelRunner:
         while self.step < until_step and not self.run.stop_requested:
             for model, optimizer, resample in zip(self.members, self.member_optimizers, self.resamples, strict=True):
                 index = resample[torch.randint(0, len(resample), (size,))]
-                chosen, rejected = pair_scores(model, self.train_pairs, index)
+                with self.setup.autocast():
+                    chosen, rejected = pair_scores(model, self.train_pairs, index)
                 loss, accuracy = bradley_terry_loss(chosen, rejected)
-                optimizer_step(optimizer, list(model.parameters()), loss, self.rm.max_grad_norm)
+                self.setup.step(optimizer, list(model.parameters()), loss, self.rm.max_grad_norm)
                 losses.append(float(loss.detach()))  # the training means are over members and steps
                 accuracies.append(float(accuracy))
             self.step += size
@@ -222,6 +228,7 @@ class RewardModelRunner:
             "train/rm_accuracy": sum(accuracies) / max(len(accuracies), 1),
             **self.evaluate(),
             "perf/steps_per_second": size * len(losses) / len(self.members) / max(seconds, 1e-9),
+            **self.setup.metrics(),
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:

@@ -144,9 +144,10 @@ def load_row_state(trainer: RowTrainer, state: TrainState, path: Path) -> None:
 
 def open_rows(trainer: RowTrainer, console: bool, label: str, detail: str, units: ProgressUnits) -> None:
     """The prologue's second half for a row trainer (``trunk.open_or_resume``), resuming through
-    ``load_row_state``."""
+    ``load_row_state``; ``label`` is ``"ALGO SUBJECT"`` (the model and data, which ``run.started`` names)."""
 
     def load(state: TrainState, path: Path) -> None:
         load_row_state(trainer, state, path)
 
-    trunk.open_or_resume(trainer.run, console, label, load, trainer.run.close, detail, units=units)
+    subject = label.partition(" ")[2] or None
+    trunk.open_or_resume(trainer.run, console, label, load, trainer.run.close, detail, units=units, subject=subject)

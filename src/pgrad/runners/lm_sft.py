@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgrad.algos.common import make_optimizer, optimizer_step
+from pgrad.algos.common import make_optimizer
 from pgrad.checkpoint import CheckpointStore, TrainState, read_train_state
 from pgrad.config import TrainConfig
 from pgrad.errors import ConfigError
@@ -36,6 +36,7 @@ from pgrad.lm.dataset import DatasetTask
 from pgrad.lm.evaluate import evaluate_policy
 from pgrad.lm.losses import sft_loss
 from pgrad.lm.model import CausalLM, response_outputs
+from pgrad.lm.precision import DeviceSetup
 from pgrad.monitor.sinks import MetricSink, ProgressUnits
 from pgrad.runners import trunk
 from pgrad.runners.context import TrainResult
@@ -60,6 +61,11 @@ class Demonstrations:
     def __len__(self) -> int:
         return int(self.response.shape[0])
 
+    def to(self, device: torch.device) -> Demonstrations:
+        """The demonstrations moved to ``device``, once (``last_digit`` stays on the CPU); returns itself."""
+        self.prompts, self.response, self.mask = self.prompts.to(device), self.response.to(device), self.mask.to(device)
+        return self
+
     def nll(self, lm: CausalLM, index: Tensor) -> Tensor:
         """The mean per-token negative log-likelihood of the demonstrated responses ``index`` selects under ``lm``."""
         prompts = self.prompts
@@ -81,15 +87,20 @@ class SFTRunner:
             raise ConfigError(f"SFTRunner runs '{SFT_ALGO}' configs; got '{config.algo}'")
         self.config = config
         self.sft: LMSFTConfig = config.algo_config
+        self.setup = DeviceSetup.of(config)  # device and precision, refused here before the run folder is touched
         self.run = trunk.begin_run(config, run_dir, resume, overwrite)
         self.run_dir = self.run.run_dir
         seed = config.run.seed
         self.task, self.eval_task = build_tasks(self.sft, seed)
-        self.train_demos = Demonstrations(self.task, self.sft.demonstrations, seed)
+        device = self.setup.device
+        self.train_demos = Demonstrations(self.task, self.sft.demonstrations, seed).to(device)
         self.heldout = Demonstrations(self.eval_task, self.sft.heldout_demonstrations, seed + HELDOUT_SEED_OFFSET)
+        self.heldout.to(device)
         self.lm = build_lm(self.sft, self.task)
         self.lm.train(False)  # dropout is off in the config; eval mode says so twice
         self.initial = frozen_copy(self.lm)  # for the KL of the evaluations
+        self.setup.place(self.modules())
+        self.setup.prepare_trained(self.lm)
         self.optimizer = make_optimizer(list(self.lm.parameters()), self.sft.optimizer)
         self.step = 0  # demonstrations trained on
         self.updates = 0
@@ -116,10 +127,11 @@ class SFTRunner:
     def evaluate(self) -> dict[str, float]:
         """The held-out demonstrations' NLL, and sampled responses' true scores (the digits task) and KL to the
         initial model (no ``eval/rm_score``: there is no reward model)."""
-        heldout_nll = self.heldout.nll(self.lm, torch.arange(len(self.heldout)))
-        sampled = evaluate_policy(
-            self.lm, self.initial, self.eval_task, None, self.sft.eval_prompts, self.config.run.seed + 1, 1.0
-        )
+        with self.setup.autocast():
+            heldout_nll = self.heldout.nll(self.lm, torch.arange(len(self.heldout)))
+            sampled = evaluate_policy(
+                self.lm, self.initial, self.eval_task, None, self.sft.eval_prompts, self.config.run.seed + 1, 1.0
+            )
         return {"eval/sft_nll": float(heldout_nll), **sampled}
 
     def train_steps(self, until_step: int) -> dict[str, Any]:
@@ -128,8 +140,9 @@ class SFTRunner:
         started, losses = time.perf_counter(), []
         size = self.sft.batch_size
         while self.step < until_step and not self.run.stop_requested:
-            loss = self.train_demos.nll(self.lm, torch.randint(0, len(self.train_demos), (size,)))
-            optimizer_step(self.optimizer, list(self.lm.parameters()), loss, self.sft.max_grad_norm)
+            with self.setup.autocast():
+                loss = self.train_demos.nll(self.lm, torch.randint(0, len(self.train_demos), (size,)))
+            self.setup.step(self.optimizer, list(self.lm.parameters()), loss, self.sft.max_grad_norm)
             losses.append(float(loss.detach()))
             self.step += size
             self.updates += 1
@@ -140,6 +153,7 @@ class SFTRunner:
             "train/sft_nll": sum(losses) / max(len(losses), 1),
             **self.evaluate(),
             "perf/steps_per_second": size * len(losses) / max(seconds, 1e-9),
+            **self.setup.metrics(),
         }
 
     def train(self, stop_at_step: int | None = None) -> TrainResult:

@@ -88,6 +88,7 @@ class OnPolicyRunner:
                 self.env.obs_normalizer,
                 self.env.reward_scaler,
                 config.run.episode_window,
+                getattr(self.algo, "state_size", 0),  # a recurrent policy's state, carried by the collector
             )
         self.rng = np.random.default_rng(config.run.seed)
         synchronous.first_reset(self)

@@ -114,12 +114,13 @@ def open_or_resume(
     started_detail: str = "",
     resumed_note: str = "",
     units: ProgressUnits = ENV_UNITS,
+    subject: str | None = None,
 ) -> bool:
     """The second half: the checkpoint to resume from is read (and checked) before anything is written,
     then the folder is opened (lock, config with the learner's ``resolved`` record, logs) and the body loads
     it and logs ``run.resumed`` (and ``run.extended`` for a larger total), or a fresh run logs
-    ``run.started``. A refused checkpoint closes the body (no file or environment left open). Returns
-    whether the run resumed."""
+    ``run.started`` (on ``subject``, else the env id). A refused checkpoint closes the body (no file or
+    environment left open). Returns whether the run resumed."""
     resume_from = run.latest_state() if run.resume else None
     if not run.resolved:  # the learner chose nothing (the language models): its gradients are autograd's
         reason = f"{run.config.algo} has no NumPy backend"
@@ -128,7 +129,7 @@ def open_or_resume(
         run.resolved[ENV_OBJECT] = ENV_OBJECT_NOTE
     run.open(console, label, units)
     if resume_from is None:
-        run.started_event(started_detail)
+        run.started_event(started_detail, subject)
         return False
     state, path = resume_from
     try:
@@ -147,7 +148,7 @@ def guard_parts(
     optimizers: list[torch.optim.Optimizer],
     rules: tuple[Rule, ...] = RULES,
     rollback_rules: Collection[str] = (),
-    score_metric: str | tuple[str, ...] = names.RETURN_MEAN,
+    score_metric: str = names.RETURN_MEAN,
 ) -> tuple[Guard, OptimizerGuard, HealthyStates]:
     """The guard (decisions), its optimizer hook (skips a non-finite step, applies the drills) and the
     in-memory healthy states a rollback returns to: the same three parts for every guarded loop."""

@@ -1,0 +1,207 @@
+"""Recurrent actor-critics (``network.recurrent``: lstm or gru) and the acting policy that carries their state.
+
+The network is torso -> recurrent core -> heads: the MLP torso (``network.hidden_sizes``) embeds each
+observation, an ``LSTMCell`` or ``GRUCell`` of ``network.recurrent_size`` units carries the memory, and the
+policy and value heads read its output. With ``network.recurrent_shared`` the actor and the critic share one
+torso and core; otherwise each has its own.
+
+The hidden state is one flat float32 row per env, ``[B, state_size]``: the actor core's (h, c) for an LSTM
+(h for a GRU), then the critic core's when it has its own. A flat row is what the rollout stores, the
+checkpoint saves and ``predict`` hands back, whatever the cell.
+
+Episode starts reset the state: before the step on the first observation of an episode, s <- 0. With
+Gymnasium's next-step autoreset that is the step after the autoreset step (``pgrad.rollout``), so the final
+observation of an episode (whose value bootstraps a truncation) is still seen with the episode's memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pgrad.config import NetworkConfig
+from pgrad.distributions import Categorical, DiagGaussian
+from pgrad.nets import ActionSpec, ActorCritic, ObsShape, make_torso, obs_size, orthogonal_init
+
+CellKind = Literal["lstm", "gru"]
+
+
+class Core(nn.Module):
+    """One recurrent cell over a flat state: ``(h, c)`` side by side for an LSTM, ``h`` for a GRU."""
+
+    def __init__(self, kind: CellKind, in_dim: int, size: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.size = size
+        self.cell: nn.LSTMCell | nn.GRUCell = nn.LSTMCell(in_dim, size) if kind == "lstm" else nn.GRUCell(in_dim, size)
+        for name, weight in self.cell.named_parameters():  # orthogonal weights, zero biases (CleanRL's LSTM init)
+            if name.startswith("weight"):
+                nn.init.orthogonal_(weight, 1.0)
+            else:
+                nn.init.zeros_(weight)
+
+    @property
+    def state_size(self) -> int:
+        """Width of this core's flat state: 2 x size for an LSTM (h and c), size for a GRU."""
+        return 2 * self.size if self.kind == "lstm" else self.size
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output h [N, size], next flat state [N, state_size]) for one step of inputs ``x`` [N, in_dim]."""
+        if isinstance(self.cell, nn.LSTMCell):
+            h, c = self.cell(x, (state[:, : self.size], state[:, self.size :]))
+            return h, torch.cat((h, c), dim=1)
+        h = self.cell(x, state)
+        return h, h
+
+
+class RecurrentActorCritic(nn.Module):
+    """Policy and value over sequences: torso -> LSTM/GRU core -> heads, shared or separate for the critic."""
+
+    def __init__(
+        self,
+        obs_shape: ObsShape,
+        action: ActionSpec,
+        network: NetworkConfig,
+    ) -> None:
+        super().__init__()
+        assert network.recurrent is not None, "a recurrent network needs network.recurrent"
+        self.action = action
+        self.shared = network.recurrent_shared
+        width = network.hidden_sizes[-1] if network.hidden_sizes else obs_size(obs_shape)
+        size = network.recurrent_size
+
+        def branch() -> tuple[nn.Module, Core]:
+            torso = make_torso(obs_shape, network.hidden_sizes, network.activation, network.torso, network.torso_kwargs)
+            return torso, Core(network.recurrent or "lstm", width, size)
+
+        self.actor_torso, self.actor_core = branch()
+        self.critic_torso: nn.Module | None = None
+        self.critic_core: Core | None = None
+        if not self.shared:
+            self.critic_torso, self.critic_core = branch()
+        self.policy_head = orthogonal_init(nn.Linear(size, action.size), 0.01)
+        self.value_head = orthogonal_init(nn.Linear(size, 1), 1.0)
+        self.log_std = (
+            nn.Parameter(torch.full((action.size,), float(network.log_std_init)))
+            if action.kind == "continuous"
+            else None
+        )
+
+    @property
+    def state_size(self) -> int:
+        """Width of the flat hidden state of one env: the actor core's, plus the critic core's when separate."""
+        critic = 0 if self.critic_core is None else self.critic_core.state_size
+        return self.actor_core.state_size + critic
+
+    def initial_state(self, num_envs: int) -> np.ndarray:
+        """Zeros [num_envs, state_size]: the state at an episode's start."""
+        return np.zeros((num_envs, self.state_size), np.float32)
+
+    def distribution(self, head: torch.Tensor) -> Categorical | DiagGaussian:
+        """pi(.|history) from the policy head's output (any leading shape)."""
+        if self.action.kind == "discrete":
+            return Categorical(head)
+        assert self.log_std is not None
+        return DiagGaussian(head, self.log_std)
+
+    def sequence(
+        self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy head [L, N, head], values [L, N], state after the last step [N, state_size]) of ``L`` steps of
+        ``N`` sequences. ``obs`` [L, N, obs_dim] time-major; ``state`` [N, state_size] the state carried into the
+        first step; ``starts`` [L, N] true where the step's observation begins an episode: there
+        s <- 0 before the step (h_t = cell(x_t, (1 - start_t) s_{t-1}))."""
+        keep = 1.0 - starts.to(state.dtype).unsqueeze(-1)
+        split = self.actor_core.state_size
+        actor_outputs, critic_outputs = [], []
+        # Step by step, the torso too: each step is the same [N, .] computation acting did, so a replay from a
+        # stored state with the same rows gives the acting log-probabilities bit for bit.
+        for t in range(obs.shape[0]):
+            state = state * keep[t]
+            actor_h, actor_state = self.actor_core(self.actor_torso(obs[t]), state[:, :split])
+            actor_outputs.append(actor_h)
+            if self.critic_core is not None and self.critic_torso is not None:
+                critic_h, critic_state = self.critic_core(self.critic_torso(obs[t]), state[:, split:])
+                critic_outputs.append(critic_h)
+                state = torch.cat((actor_state, critic_state), dim=1)
+            else:
+                state = actor_state
+        actor_out = torch.stack(actor_outputs)
+        critic_out = actor_out if not critic_outputs else torch.stack(critic_outputs)
+        return self.policy_head(actor_out), self.value_head(critic_out).squeeze(-1), state
+
+    def acting_policy(self) -> RecurrentActingPolicy:
+        """A frozen CPU copy for acting in the envs (the learner keeps training its own)."""
+        frozen = copy.deepcopy(self).cpu().requires_grad_(False).eval()
+        return RecurrentActingPolicy(frozen)
+
+
+class RecurrentActingPolicy:
+    """Acting with a recurrent actor-critic: one step at a time, the state handed in and back.
+
+    ``step`` is what the collector calls; it also steps the critic's core (when separate) so that the state it
+    returns is the whole state the learner replays from. Draws use the same NumPy ``Generator`` rules as the
+    feed-forward ``ActingPolicy`` (inverse-CDF for categorical, mean + sigma x N(0, 1) for Gaussian), so a
+    resumed run draws the same actions.
+    """
+
+    recurrent = True
+
+    def __init__(self, model: RecurrentActorCritic) -> None:
+        self.model = model
+        self.action = model.action
+        self.state_size = model.state_size
+
+    def initial_state(self, num_envs: int) -> np.ndarray:
+        """Zeros [num_envs, state_size]."""
+        return self.model.initial_state(num_envs)
+
+    def head(self, obs: np.ndarray, state: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(policy head [B, head], next state [B, state_size]) for one step of ``B`` envs."""
+        with torch.no_grad():
+            head, _, next_state = self.model.sequence(
+                torch.from_numpy(np.ascontiguousarray(obs, np.float32))[None],
+                torch.from_numpy(np.ascontiguousarray(state, np.float32)),
+                torch.from_numpy(np.asarray(starts, bool))[None],
+            )
+        return head[0].numpy(), next_state.numpy()
+
+    def step(
+        self, obs: np.ndarray, state: np.ndarray, starts: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(actions, next state): sampled from ``rng``, or the mode (argmax, mean) when ``rng`` is None."""
+        head, next_state = self.head(obs, state, starts)
+        return self.choose(head, rng), next_state
+
+    def choose(self, head: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Actions from the policy head's output: sampled from ``rng``, or the mode when it is None."""
+        if self.action.kind == "discrete":
+            if rng is None:
+                best: np.ndarray = head.argmax(axis=-1).astype(np.int64)
+                return best
+            logits = head - head.max(axis=-1, keepdims=True)
+            cdf = np.cumsum(np.exp(logits), axis=-1)
+            draws = rng.random(len(head))[:, None] * cdf[:, -1:]
+            indices: np.ndarray = np.minimum((cdf < draws).sum(axis=-1), self.action.size - 1).astype(np.int64)
+            return indices
+        mean = head.astype(np.float32)
+        if rng is None:
+            return mean
+        assert self.model.log_std is not None
+        log_std = self.model.log_std.numpy()
+        noise = rng.standard_normal(mean.shape).astype(np.float32)
+        action: np.ndarray = (mean + noise * np.exp(log_std)).astype(np.float32)
+        return action
+
+
+def make_actor_critic(
+    obs_shape: ObsShape, action: ActionSpec, network: NetworkConfig
+) -> ActorCritic | RecurrentActorCritic:
+    """The actor-critic a ``network`` section describes: recurrent when ``network.recurrent`` is set."""
+    if network.recurrent is None:
+        return ActorCritic.from_config(obs_shape, action, network)
+    return RecurrentActorCritic(obs_shape, action, network)
