@@ -648,9 +648,10 @@ class LMPPORunner:
             self.run.emit(
                 "run.best_by_reward",
                 0,
-                "no lm_ppo.check_reward: the best checkpoint is ranked by the optimised reward (lm/rm_score), which "
-                "is highest on hacked weights after a hack; give a check (a verifier, a function, a second reward "
-                "model) to rank by it and let the hacking rules compare with it",
+                f"no lm_ppo.check_reward: the best checkpoint is ranked by the optimised reward "
+                f"({self.score_metric()}), which is highest on hacked weights after a hack unless the reward is a "
+                "verifier; give a check (a verifier, a function, a second reward model) to rank by it and let the "
+                "hacking rules compare with it",
             )
         if self.step == 0 and self.ppo.eval_every > 0:
             self.run.log({"step": 0, "update": 0, **self.evaluate()})  # the starting model
