@@ -123,3 +123,18 @@ def test_proxy_pairs_prefer_the_echo_and_default_pairs_are_unchanged():
 def test_proxy_weight_refusals_are_one_line(sets, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config("lm_rm", sets=list(sets))
+
+
+def test_every_evaluation_is_checkpointed_with_its_score(tmp_path):
+    # checkpoint_every 48 falls on no evaluation step (32, 64, 96): only evaluated checkpoints carry the held-out
+    # score that ranks best, so each evaluation writes one (after a rollback the schedule drifts off them too)
+    run = tmp_path / "run"
+    sets = ("check_reward=verifier:length", "verifier.length_target=4", "checkpoint_every=48")
+    LMPPORunner(config(96, *sets), run, console=False).train()
+    evaluated = {
+        row["step"]: row["eval/check_score"] for row in lines(run / "metrics.jsonl") if "eval/check_score" in row
+    }
+    assert sorted(evaluated) == [0, 32, 64, 96]
+    saved = {e["step"]: e["score"] for e in lines(run / "events.jsonl") if e["kind"] == "checkpoint"}
+    assert {step: saved[step] for step in (32, 64, 96)} == pytest.approx({s: evaluated[s] for s in (32, 64, 96)})
+    assert all(score is None for step, score in saved.items() if step not in evaluated)  # between evaluations

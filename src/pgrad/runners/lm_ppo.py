@@ -637,7 +637,10 @@ class LMPPORunner:
             extra = guard_alerts(self.history + [metrics], self.alert_limits, self.ppo.rollback_on_alert)
         self.guard.observe(metrics, self.updates, extra)
         self.history.append(metrics)
-        checkpoint_due = self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
+        # an evaluated row is checkpointed too: only evaluated checkpoints carry the score that ranks best, and after
+        # a rollback the checkpoint_every schedule no longer falls on evaluation steps
+        evaluated = self.ppo.eval_every > 0 and self.score_metric() in metrics
+        checkpoint_due = evaluated or self.step - self.run.last_checkpoint_step >= self.config.run.checkpoint_every
         return self.guard.decide(metrics, self.step, None, checkpoint_due)
 
     # ---- the body the trunk's loop drives (pgrad.runners.trunk) ---------------------------------
