@@ -14,12 +14,13 @@ setup: $(STAMP)
 # (onnx, onnxruntime) and the video extra (moviepy) are installed so the export and eval --video tests run in CI too;
 # tune for tests/test_tune.py (Optuna), atari for the ALE test in tests/test_images.py, lm (transformers) for tests/test_lm_*.py,
 # ray for tests/test_ray_*.py and tests/test_impala.py (they skip where Ray is missing), docs for the site's strict
-# build in tests/test_docs.py (mkdocs-material, mkdocstrings).
+# build in tests/test_docs.py (mkdocs-material, mkdocstrings), marl (PettingZoo, MPE2) and memory (popgym, MiniGrid) for
+# the multi-agent and memory-task tests.
 # The stamp depends on this Makefile too: a changed extras list below must reinstall.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,export,video,tune,atari,lm,lm-data,ray,docs]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,plots,mujoco,box2d,bench,export,video,tune,atari,lm,lm-data,ray,docs,marl,memory]"
 	touch $(STAMP)
 
 demo: setup
