@@ -4,6 +4,7 @@ a callable reward gets the extra columns; callbacks log and stop; save_model loa
 argument pgrad lacks is refused in one line; the docs' table is the code's."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -384,3 +385,25 @@ def test_trl_precision_flags_map_onto_the_model_section(gpt2, tmp_path):
     with pytest.raises(ConfigError, match=r"fp16 needs run.device cuda"):
         trainer.train()
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("planted", ["file_link", "folder_link", "hard_link"])
+def test_rows_in_memory_are_not_written_through_a_planted_link(tmp_path, planted):
+    """The data folder beside the run folder may come from elsewhere: a symbolic link at the file or at the folder,
+    or a file with a second hard link, is refused in one line and the file it points at is left as it was."""
+    from pgrad.lm.trainers import write_rows
+
+    victim = tmp_path / "elsewhere" / "train.jsonl"
+    victim.parent.mkdir()
+    victim.write_text("precious\n")
+    data = tmp_path / "r.data"
+    if planted == "folder_link":
+        data.symlink_to(victim.parent, target_is_directory=True)
+    else:
+        data.mkdir()
+        link = data / "train.jsonl"
+        link.symlink_to(victim) if planted == "file_link" else os.link(victim, link)
+    with pytest.raises(ConfigError) as caught:
+        write_rows(PROMPTS, data / "train.jsonl", "train_dataset", overwrite=True)
+    assert "\n" not in str(caught.value) and ("link" in str(caught.value))
+    assert victim.read_text() == "precious\n"

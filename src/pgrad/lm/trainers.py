@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pgrad import safe_io
 from pgrad.api import check_arguments, kept_global_state
 from pgrad.callbacks import Logger, as_callbacks
 from pgrad.config import Checked, TrainConfig, merge
@@ -147,10 +148,16 @@ def write_rows(rows: list[Any], path: Path, what: str, overwrite: bool) -> str:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{what}[{index}] is not plain JSON data (str, number, list, dict): {exc}") from None
     text = "".join(line + "\n" for line in lines)
-    if path.is_file() and path.read_text(encoding="utf-8") != text and not overwrite:
+    # The data folder sits beside the run folder and may come from elsewhere: neither it nor the file may be a
+    # link (a planted one would redirect the write), and the file is replaced atomically (pgrad.safe_io).
+    for place in (path.parent, path):
+        reason = safe_io.link_refusal(place)
+        if reason is not None:
+            raise ConfigError(reason)
+    if path.is_file() and safe_io.read_bytes(path).decode("utf-8") != text and not overwrite:
         raise ConfigError(f"{path} holds other rows (an earlier run's data?); choose another run_dir or overwrite=True")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    safe_io.write_atomic(path, text)
     return str(path)
 
 
