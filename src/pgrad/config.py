@@ -886,6 +886,27 @@ class GuardConfig(Checked):
 # whose Ray actors carry it too (IMPALA's asynchronous actors store it with each rollout).
 RECURRENT_ALGOS = ("ppo", "a2c", "impala")
 RECURRENT_ON_RAY = ("impala",)
+# The network's recurrent fields and the algorithms that read each (``pgrad list`` shows a field only under those):
+# every recurrent algorithm reads the core's; only PPO cuts rollouts into sequence_length chunks (A2C and IMPALA
+# unroll each env's whole rollout as one sequence).
+RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "recurrent": RECURRENT_ALGOS,
+    "recurrent_size": RECURRENT_ALGOS,
+    "recurrent_shared": RECURRENT_ALGOS,
+    "sequence_length": ("ppo",),
+}
+
+
+def listed_fields(algo: str, cls: type) -> list[tuple[str, Any, str]]:
+    """``field_docs`` of algorithm ``algo``'s section as ``pgrad list`` and the docs show it: the network's recurrent
+    fields only for the algorithms that read them (``RECURRENT_FIELDS``)."""
+    rows = []
+    for name, default, doc in field_docs(cls):
+        section, _, field_name = name.rpartition(".")
+        if section == "network" and algo not in RECURRENT_FIELDS.get(field_name, (algo,)):
+            continue
+        rows.append((name, default, doc))
+    return rows
 
 
 def check_recurrent(config: TrainConfig) -> None:
