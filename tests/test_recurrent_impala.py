@@ -165,6 +165,18 @@ def test_local_recurrent_impala_resumes_bit_exactly_mid_episode(tmp_path) -> Non
     assert all(row["impala/rho_mean"] == 1.0 for row in rows)  # local actors: lag 0, exact replay
 
 
+def test_feed_forward_impala_runs_on_the_local_backend(tmp_path) -> None:
+    sets = [*QUIET, "env.num_envs=2", "impala.num_steps=16", "impala.network.hidden_sizes=[16]"]
+    config, _ = resolve_config("impala", "CartPole-v1", sets=sets, seed=1, total_steps=128, use_preset=False)
+    runner = runner_for(config)(config, tmp_path / "ff", console=False)
+    runner.train()
+    rows = [json.loads(line) for line in (tmp_path / "ff" / "metrics.jsonl").read_text().splitlines()]
+    assert isinstance(runner.collector, LocalActorCollector) and runner.step == 128
+    # log mu from the NumPy acting policy, log pi from torch: equal to float rounding (lag 0)
+    assert all(row["impala/rho_mean"] == pytest.approx(1.0, abs=1e-5) for row in rows)
+    assert all(row["impala/rho_clipped_fraction"] == 0.0 for row in rows)
+
+
 def test_recurrent_refusals_name_the_backends() -> None:
     with pytest.raises(
         ConfigError, match=r"^run.backend must be 'local' with network.recurrent for ppo \(recurrent on"
