@@ -26,18 +26,19 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _fields_table(cls: type) -> str:
-    from pgrad.config import field_docs
+def _fields_table(cls: type, algo: str | None = None) -> str:
+    from pgrad.config import field_docs, listed_fields
 
+    fields = field_docs(cls) if algo is None else listed_fields(algo, cls)  # an algorithm's: the fields it reads
     rows = ["| field | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{name}` | `{_cell(default)}` | {_cell(doc)} |" for name, default, doc in field_docs(cls)]
+    rows += [f"| `{name}` | `{_cell(default)}` | {_cell(doc)} |" for name, default, doc in fields]
     return "\n".join(rows)
 
 
 def _defaults(algo: str) -> str:
     from pgrad.registry import get_algorithm
 
-    return _fields_table(get_algorithm(algo).config_cls)
+    return _fields_table(get_algorithm(algo).config_cls, algo)
 
 
 def _summary(algo: str) -> str:

@@ -489,11 +489,12 @@ def did_you_mean(name: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _list_section(title: str, cls: type) -> None:
-    from pgrad.config import field_docs
+def _list_section(title: str, cls: type, algo: str | None = None) -> None:
+    from pgrad.config import field_docs, listed_fields
 
     print(f"  [{title}]")
-    for name, default, doc in field_docs(cls):
+    # an algorithm's section: only the fields it reads (the network's recurrent ones where it is recurrent)
+    for name, default, doc in field_docs(cls) if algo is None else listed_fields(algo, cls):
         print(f"    {name:<30} {default!s:<14} {doc}")
 
 
@@ -506,7 +507,7 @@ def _list_algorithm(name: str) -> None:
         print(f"\npgrad lm {command}: {spec.summary}")
     else:
         print(f"\n{spec.name}: {spec.summary} (actions: {', '.join(spec.action_kinds)})")
-    _list_section(name, spec.config_cls)
+    _list_section(name, spec.config_cls, name)
     if name == "lm_ppo":
         from pgrad.lm.config import LM_GUARD_DEFAULTS
 

@@ -428,7 +428,7 @@ class NetworkConfig(Checked):
     )
     torso_kwargs: dict[str, Any] = param({}, "keyword arguments of network.torso's class")
     recurrent: Literal["lstm", "gru"] | None = param(
-        None, "a recurrent core after the torso: lstm or gru (None: feed-forward); PPO and A2C (pgrad.recurrent)"
+        None, "a recurrent core after the torso: lstm or gru (None: feed-forward); PPO, A2C, IMPALA (pgrad.recurrent)"
     )
     recurrent_size: int = param(64, "units of the recurrent core (network.recurrent)")
     recurrent_shared: bool = param(False, "actor and critic share one torso and recurrent core (else one each)")
@@ -882,12 +882,35 @@ class GuardConfig(Checked):
 # --------------------------------------------------------------------------------------------
 
 
-# Algorithms whose learner and loop carry a recurrent state (network.recurrent), on the local backend.
-RECURRENT_ALGOS = ("ppo", "a2c")
+# Algorithms whose learner and loop carry a recurrent state (network.recurrent), on the local backend; and those
+# whose Ray actors carry it too (IMPALA's asynchronous actors store it with each rollout).
+RECURRENT_ALGOS = ("ppo", "a2c", "impala")
+RECURRENT_ON_RAY = ("impala",)
+# The network's recurrent fields and the algorithms that read each (``pgrad list`` shows a field only under those):
+# every recurrent algorithm reads the core's; only PPO cuts rollouts into sequence_length chunks (A2C and IMPALA
+# unroll each env's whole rollout as one sequence).
+RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "recurrent": RECURRENT_ALGOS,
+    "recurrent_size": RECURRENT_ALGOS,
+    "recurrent_shared": RECURRENT_ALGOS,
+    "sequence_length": ("ppo",),
+}
+
+
+def listed_fields(algo: str, cls: type) -> list[tuple[str, Any, str]]:
+    """``field_docs`` of algorithm ``algo``'s section as ``pgrad list`` and the docs show it: the network's recurrent
+    fields only for the algorithms that read them (``RECURRENT_FIELDS``)."""
+    rows = []
+    for name, default, doc in field_docs(cls):
+        section, _, field_name = name.rpartition(".")
+        if section == "network" and algo not in RECURRENT_FIELDS.get(field_name, (algo,)):
+            continue
+        rows.append((name, default, doc))
+    return rows
 
 
 def check_recurrent(config: TrainConfig) -> None:
-    """``network.recurrent`` only where it is implemented: PPO and A2C, collected locally."""
+    """``network.recurrent`` only where it is implemented: PPO and A2C collected locally, IMPALA local or on Ray."""
     network = getattr(config.algo_config, "network", None)
     if not isinstance(network, NetworkConfig) or network.recurrent is None:
         return
@@ -896,8 +919,11 @@ def check_recurrent(config: TrainConfig) -> None:
             f"{config.algo}.network.recurrent must be null for {config.algo} (recurrent policies: "
             f"{', '.join(RECURRENT_ALGOS)}); got {network.recurrent!r}"
         )
-    if config.run.backend != "local":
-        raise ConfigError(f"run.backend must be 'local' with network.recurrent; got {config.run.backend!r}")
+    if config.run.backend != "local" and config.algo not in RECURRENT_ON_RAY:
+        raise ConfigError(
+            f"run.backend must be 'local' with network.recurrent for {config.algo} (recurrent on Ray: "
+            f"{', '.join(RECURRENT_ON_RAY)}); got {config.run.backend!r}"
+        )
 
 
 @dataclass(frozen=True)

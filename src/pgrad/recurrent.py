@@ -170,6 +170,22 @@ class RecurrentActingPolicy:
             )
         return head[0].numpy(), next_state.numpy()
 
+    def sequence_log_probs(
+        self, obs: np.ndarray, state: np.ndarray, starts: np.ndarray, actions: np.ndarray
+    ) -> np.ndarray:
+        """log pi(a_t|h_t) [T, B] of ``T`` steps acted from ``state`` [B, state_size] (the state carried into the
+        first step, before its reset), ``obs`` [T, B, obs_dim] and ``starts`` [T, B]: the same step-by-step pass
+        ``step`` made, so these are the acting log-probabilities bit for bit (IMPALA's log mu)."""
+        with torch.no_grad():
+            head, _, _ = self.model.sequence(
+                torch.from_numpy(np.ascontiguousarray(obs, np.float32)),
+                torch.from_numpy(np.ascontiguousarray(state, np.float32)),
+                torch.from_numpy(np.asarray(starts, bool)),
+            )
+            log_probs = self.model.distribution(head).log_prob(torch.from_numpy(np.asarray(actions)))
+        out: np.ndarray = log_probs.numpy()
+        return out
+
     def step(
         self, obs: np.ndarray, state: np.ndarray, starts: np.ndarray, rng: np.random.Generator | None
     ) -> tuple[np.ndarray, np.ndarray]:

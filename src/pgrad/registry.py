@@ -175,7 +175,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     ),
     "impala": OnPolicySpec(
         "impala",
-        "IMPALA: asynchronous Ray actors with slightly stale weights, V-trace corrected learner (needs pgrad[ray])",
+        "IMPALA: V-trace corrected learner; asynchronous Ray actors with slightly stale weights (--backend ray, "
+        "pgrad[ray]) or the local envs",
         ImpalaConfig,
         Impala,
         kind="actor_learner",

@@ -13,6 +13,10 @@ Per update there is one forward over the T + 1 observations: its values give the
 log-probabilities and values the loss. On the CPU the gradient of ``actor_critic_loss`` is computed by
 hand in NumPy (``a2c_hand_gradients``, checked against autograd in the tests; ``gradient_backend``
 chooses): at 40 samples per update autograd's per-op overhead, not arithmetic, is the cost.
+
+With ``rnd.enabled`` (``pgrad.algos.rnd``, PPO's module and code): A = ext_coef A_ext + int_coef A_int, the
+intrinsic advantage from RND's non-episodic GAE(int_gamma, gae_lambda), and the predictor's and intrinsic critic's
+losses join the one gradient step (autograd).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from pgrad.algos.common import (
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import Forward, GradientBackend, NumpyActorCritic, choose_gradient_backend
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
+from pgrad.algos.rnd import RNDConfig, RNDTargets, make_rnd
 from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, param
 from pgrad.distributions import Categorical, DiagGaussian
+from pgrad.errors import ConfigError
 from pgrad.estimators import gae, nstep_returns
 from pgrad.metric_names import ENTROPY, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD, POLICY_LOSS, VALUE_LOSS
 from pgrad.nets import ActionSpec, ActorCritic, ObsShape
@@ -71,6 +77,7 @@ class A2CConfig(Checked):
         "autograd (the reference), numpy (hand-derived gradients, equal to autograd, faster on the CPU; refuses "
         "what it does not implement) or auto (numpy when it implements the setting)",
     )
+    rnd: RNDConfig = param(RNDConfig(), "Random Network Distillation exploration (pgrad.algos.rnd); off by default")
 
     def validate(self) -> None:
         """Checks each hyper-parameter's range and that the gradient backend fits the network."""
@@ -82,6 +89,8 @@ class A2CConfig(Checked):
         self.check_range("vf_coef", 0)
         self.check_range("max_grad_norm", 0, low_open=True)
         choose_gradient_backend(self.gradient_backend, self.SECTION, self.network)
+        if self.rnd.enabled and self.gradient_backend == "numpy":
+            raise ConfigError("a2c.gradient_backend must be 'auto' or 'autograd' with rnd.enabled; got 'numpy'")
 
 
 def a2c_batch_loss(
@@ -192,17 +201,22 @@ class A2C:
         backend, self.gradient_backend_reason = choose_gradient_backend(
             config.gradient_backend, config.SECTION, config.network, action, str(device), image
         )
-        self.gradient_backend = backend
         # recurrent (pgrad.recurrent): each env's rollout is one sequence from the state it started with
         self.model = make_actor_critic(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
+        self.rnd = make_rnd(config.SECTION, config.rnd, config.network, obs_shape, self.device)
+        if self.rnd is not None:  # the NumPy backend has no RND terms; the predictor and V_int train in this loss
+            backend, self.gradient_backend_reason = "autograd", "a2c.rnd.enabled (RND needs autograd)"
+            self.parameters += self.rnd.trainable()
+        self.gradient_backend = backend
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
         self.numpy_net = None
         if backend == "numpy" and isinstance(self.model, ActorCritic):
             self.numpy_net = NumpyActorCritic(self.model)
         # prepare's forward, kept for the update of the batch it built: (batch, NumPy activations)
-        # for the NumPy backend, else (batch, (pi, V) with their autograd graph).
+        # for the NumPy backend, else (batch, (pi, V) with their autograd graph); and RND's rows of that batch.
         self.pending: tuple[Batch, Any] | None = None
+        self.rnd_targets: tuple[Batch, RNDTargets] | None = None
 
     @property
     def rollout_length(self) -> int:
@@ -247,6 +261,12 @@ class A2C:
         values_tm = values.reshape(steps + 1, envs)
         advantages, returns = a2c_targets(values_tm, rollout, self.config)
         batch, stats = rollout_to_batch(rollout, values_tm, advantages, returns, None, self.device)
+        if self.rnd is not None:  # A = ext_coef A_ext + int_coef A_int (pgrad.algos.rnd)
+            combined, targets, rnd_stats = self.rnd.prepare(
+                rollout, batch.advantages, self.config.gae_lambda, self.device
+            )
+            batch, stats = batch.with_advantages(combined), {**stats, **rnd_stats}
+            self.rnd_targets = (batch, targets)
         self.pending = (batch, forward)
         return batch, stats
 
@@ -270,6 +290,7 @@ class A2C:
             dist, values = forward if forward is not None else self.model(batch.obs)
             terms = a2c_batch_loss(dist, values, batch, vf_coef=vf_coef, ent_coef=ent_coef, norm_adv=norm_adv)
             loss, metrics = terms.loss, mean_metrics([terms.metrics()])
+            loss, metrics = self._with_rnd(loss, metrics, batch, context.rng)
         grad_norm, clipped = optimizer_step(self.optimizer, self.parameters, loss, config.max_grad_norm)
         metrics.update(
             {
@@ -283,19 +304,32 @@ class A2C:
             metrics[LOG_STD] = float(self.model.log_std.detach().mean())
         return metrics
 
+    def _with_rnd(
+        self, loss: torch.Tensor, metrics: dict[str, float], batch: Batch, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss plus RND's predictor and vf_coef x intrinsic value losses on ``batch`` (unchanged without RND)."""
+        pending, self.rnd_targets = self.rnd_targets, None
+        if self.rnd is None:
+            return loss, metrics
+        if pending is None or pending[0] is not batch:
+            raise ValueError("a2c with rnd.enabled updates only on the batch its prepare built (RND's rows)")
+        rnd_loss, rnd_stats = self.rnd.loss(batch.obs, pending[1], batch.mask, self.config.vf_coef, rng)
+        return loss + rnd_loss, {**metrics, **{name: float(value) for name, value in rnd_stats.items()}}
+
     # ---- checkpoint contract ------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The checkpoint contract: the networks saved and restored (the actor-critic model)."""
-        return {"model": self.model}
+        """The checkpoint contract: the networks saved and restored (the actor-critic model, and RND's)."""
+        return {"model": self.model} if self.rnd is None else {"model": self.model, "rnd": self.rnd}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The checkpoint contract: the optimizers saved and restored."""
         return {"optimizer": self.optimizer}
 
     def extra_state(self) -> dict[str, Any]:
-        """The checkpoint contract: nothing beyond the networks and optimizers."""
-        return {}
+        """The checkpoint contract: RND's forward-filter state, else nothing beyond the networks and optimizers."""
+        return {} if self.rnd is None else self.rnd.extra_state()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """The checkpoint contract: nothing to restore beyond the networks and optimizers."""
-        pass
+        """The checkpoint contract: restores RND's forward-filter state (nothing else to restore)."""
+        if self.rnd is not None:
+            self.rnd.load_extra_state(state)

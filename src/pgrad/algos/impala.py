@@ -14,35 +14,47 @@ variance of the policy gradient and where the value function converges (to V^pi 
 below); c_bar bounds how far the trace reaches. With on-policy data (pi = mu) every rho is 1 and, at
 rho_bar = c_bar = lambda = 1, v_s is the bootstrapped Monte Carlo return. Terminated and truncated are apart: a
 truncated step bootstraps from V(final observation), and the Gymnasium autoreset step is masked out.
+
+Where the actors run: on Ray (``run.backend ray``), asynchronously as above; or locally (``run.backend local``), the
+learner's own vector env acting with its newest weights (``LocalActorCollector``: lag 0, every rho = 1, exact resume),
+which is the same learner on the same rollouts, for small runs, tests and machines without Ray.
+
+A recurrent network (``network.recurrent``, ``pgrad.recurrent``): the actor stores the state it carried into each
+rollout's first step (``Rollout.states``) and sends it with the rollout; log mu is replayed from it
+(``RecurrentActingPolicy.sequence_log_probs``, the acting pass bit for bit). The learner unrolls each env's rollout
+as one sequence from that state, reset at episode starts (``a2c.recurrent_forward``), and V-trace runs over it with
+the autoreset steps masked: the same ``vtrace_targets`` and the same loss as the feed-forward learner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from pgrad import glossary
-from pgrad.algos.a2c import a2c_batch_loss
+from pgrad.algos.a2c import a2c_batch_loss, recurrent_forward
 from pgrad.algos.common import evaluate_rollout, make_optimizer, mean_metrics, optimizer_step, scheduled_learning_rate
 from pgrad.algos.contract import UpdateContext
 from pgrad.config import MAX_WINDOW, Checked, NetworkConfig, OptimizerConfig, param
+from pgrad.distributions import Categorical, DiagGaussian
 from pgrad.estimators import vtrace
 from pgrad.metric_names import GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOG_STD
-from pgrad.nets import ActingPolicy, ActionSpec, ActorCritic, ObsShape
-from pgrad.rollout import Batch, Rollout, rollout_to_batch
+from pgrad.nets import ActionSpec, ObsShape
+from pgrad.recurrent import RecurrentActorCritic, make_actor_critic
+from pgrad.rollout import Batch, Rollout, RolloutCollector, rollout_to_batch
 
 RHO_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
 class ImpalaConfig(Checked):
-    """IMPALA hyper-parameters. The actors are ``ray.workers`` Ray workers of ``env.num_envs`` envs each."""
+    """IMPALA hyper-parameters. The actors are ``ray.workers`` Ray workers of ``env.num_envs`` envs each (``run.backend
+    ray``), or the learner's own ``env.num_envs`` envs (``run.backend local``)."""
 
     SECTION: ClassVar[str] = "impala"
-    needs_ray: ClassVar[bool] = True  # TrainConfig refuses run.backend local
 
     num_steps: int = param(32, "steps per env per rollout; the learner updates on one actor's rollout at a time")
     gamma: float = glossary.gamma(0.99)
@@ -109,6 +121,33 @@ def vtrace_targets(
     return pg_advantages, vs, stats
 
 
+def behaviour_log_probs(policy: Any, rollout: Rollout) -> np.ndarray:
+    """log mu(a_t|s_t) [T, B] of the acting ``policy`` on the rollout it collected: per step for a feed-forward
+    ``ActingPolicy``; for a recurrent one, replayed from the state stored at the rollout's first step with its
+    episode starts (the acting pass bit for bit)."""
+    steps, envs = rollout.num_steps, rollout.num_envs
+    if getattr(policy, "recurrent", False):
+        assert rollout.states is not None and rollout.episode_starts is not None, "a recurrent policy's rollout"
+        log_mu: np.ndarray = policy.sequence_log_probs(
+            rollout.obs[:steps], rollout.states[0], rollout.episode_starts[:steps], rollout.actions
+        )
+    else:
+        flat_obs = rollout.obs[:steps].reshape(steps * envs, -1)
+        flat_actions = rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:])
+        log_mu = policy.log_prob(flat_obs, flat_actions).reshape(steps, envs)
+    return log_mu.astype(np.float32)
+
+
+class LocalActorCollector(RolloutCollector):
+    """IMPALA's actors on the local backend: the learner's own vector env, acting with the newest weights (policy
+    lag 0); each rollout carries its behaviour log-probabilities as a Ray actor's does."""
+
+    def collect(self, policy: Any, rng: np.random.Generator, num_steps: int) -> Rollout:
+        """``RolloutCollector.collect`` with ``behaviour_log_probs`` attached."""
+        rollout = super().collect(policy, rng, num_steps)
+        return replace(rollout, behaviour_log_probs=behaviour_log_probs(policy, rollout))
+
+
 class Impala:
     """The IMPALA learner: an actor-critic, V-trace targets in ``prepare``, one gradient step per rollout."""
 
@@ -119,9 +158,12 @@ class Impala:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.model = ActorCritic.from_config(obs_shape, action, config.network).to(self.device)
+        # recurrent (pgrad.recurrent): each env's rollout is one sequence from the state its actor stored
+        self.model = make_actor_critic(obs_shape, action, config.network).to(self.device)
         self.parameters = list(self.model.parameters())
         self.optimizer = make_optimizer(self.parameters, config.optimizer)
+        # a recurrent prepare's forward (pi and V with their graph), kept for the update of the batch it built
+        self.pending: tuple[Batch, tuple[Categorical | DiagGaussian, torch.Tensor]] | None = None
 
     @property
     def rollout_length(self) -> int:
@@ -133,26 +175,46 @@ class Impala:
         """The discount factor, from the config."""
         return self.config.gamma
 
-    def acting_policy(self) -> ActingPolicy:
-        """The model's acting policy (the loop samples actions from it)."""
+    @property
+    def state_size(self) -> int:
+        """Width of the hidden state the actors carry per env: 0 for a feed-forward network."""
+        return self.model.state_size if isinstance(self.model, RecurrentActorCritic) else 0
+
+    def acting_policy(self) -> Any:
+        """The model's acting policy: an ``ActingPolicy``, or a ``RecurrentActingPolicy`` (typed Any, as PPO's)."""
         return self.model.acting_policy()
 
     def prepare(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
-        """V-trace targets under the learner's current weights (one gradient-free pass)."""
-        values_tm, log_pi = evaluate_rollout(self.model, rollout, self.device)
-        assert log_pi is not None
-        log_pi_tm = log_pi.cpu().numpy().astype(np.float64).reshape(rollout.num_steps, rollout.num_envs)
+        """V-trace targets under the learner's current weights: one gradient-free pass, or for a recurrent model the
+        sequence pass from the stored state, whose graph ``update`` then differentiates (as recurrent A2C)."""
+        steps, envs = rollout.num_steps, rollout.num_envs
+        forward = None
+        if isinstance(self.model, RecurrentActorCritic):
+            forward, values = recurrent_forward(self.model, rollout, self.device)
+            values_tm = values.reshape(steps + 1, envs)
+            actions = torch.from_numpy(rollout.actions.reshape(steps * envs, *rollout.actions.shape[2:]))
+            log_pi = forward[0].log_prob(actions.to(self.device)).detach()
+        else:
+            values_tm, evaluated = evaluate_rollout(self.model, rollout, self.device)
+            assert evaluated is not None
+            log_pi = evaluated
+        log_pi_tm = log_pi.cpu().numpy().astype(np.float64).reshape(steps, envs)
         pg_advantages, vs, stats = vtrace_targets(values_tm, log_pi_tm, rollout, self.config)
         assert rollout.behaviour_log_probs is not None
         behaviour = torch.from_numpy(rollout.behaviour_log_probs.reshape(-1).astype(np.float32))
         batch, batch_stats = rollout_to_batch(rollout, values_tm, pg_advantages, vs, behaviour, self.device)
+        self.pending = None if forward is None else (batch, forward)
         return batch, {**batch_stats, **stats}
 
     def update(self, batch: Batch, context: UpdateContext) -> dict[str, float]:
         """One gradient step of A2C's loss on the V-trace advantages and targets."""
         config = self.config
         learning_rate = scheduled_learning_rate(self.optimizer, config.optimizer, context)
-        dist, values = self.model(batch.obs)
+        forward = self.pending[1] if self.pending is not None and self.pending[0] is batch else None
+        self.pending = None
+        if forward is None and isinstance(self.model, RecurrentActorCritic):
+            raise ValueError("a recurrent IMPALA updates only on the batch its prepare built (the sequence pass)")
+        dist, values = forward if forward is not None else self.model(batch.obs)
         terms = a2c_batch_loss(dist, values, batch, vf_coef=config.vf_coef, ent_coef=config.ent_coef, norm_adv=False)
         metrics = mean_metrics([terms.metrics()])
         grad_norm, clipped = optimizer_step(self.optimizer, self.parameters, terms.loss, config.max_grad_norm)

@@ -28,7 +28,7 @@ from pgrad.algos.common import (
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.numpy_grad import GradientBackend, NumpyActorCritic, choose_gradient_backend
 from pgrad.algos.numpy_grad import normalize_advantages as normalize_numpy
-from pgrad.algos.rnd import RND, RNDConfig, RNDTargets, paired_minibatches
+from pgrad.algos.rnd import RND, RNDConfig, RNDTargets, make_rnd, paired_minibatches
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, NetworkConfig, OptimizerConfig, param
 from pgrad.errors import ConfigError
 from pgrad.estimators import gae
@@ -43,7 +43,7 @@ from pgrad.metric_names import (
     POLICY_LOSS,
     VALUE_LOSS,
 )
-from pgrad.nets import ActionSpec, ActorCritic, ObsLayout, ObsShape
+from pgrad.nets import ActionSpec, ActorCritic, ObsShape
 from pgrad.numerics import clipped_surrogate, masked_mean, masked_whiten, value_loss
 from pgrad.recurrent import RecurrentActorCritic, make_actor_critic
 from pgrad.rollout import Batch, Rollout, rollout_to_batch
@@ -107,11 +107,6 @@ class PPOConfig(Checked):
             )
         if self.rnd.enabled and self.gradient_backend == "numpy":
             raise ConfigError("ppo.gradient_backend must be 'auto' or 'autograd' with rnd.enabled; got 'numpy'")
-        if self.rnd.enabled and self.network.recurrent is not None:
-            raise ConfigError(
-                f"ppo.rnd.enabled takes a feed-forward network (network.recurrent=none) for now; "
-                f"got network.recurrent={self.network.recurrent!r}"
-            )
 
     def check_with_env(self, env: EnvConfig) -> None:
         """Checks that ``minibatch_size`` divides the batch, ``num_steps x env.num_envs``."""
@@ -287,7 +282,12 @@ class PPO:
             config.gae_lambda,
         )
         flat, stats = rollout_to_batch(rollout, values, advantages, returns, log_probs)
-        return to_sequences(flat, rollout, config.network.sequence_length).to(self.device), stats
+        length = config.network.sequence_length
+        if self.rnd is not None:  # RND's rows cut into the same sequences as the batch
+            combined, targets, rnd_stats = self.rnd.prepare(rollout, flat.advantages, config.gae_lambda, self.device)
+            flat, stats = flat.with_advantages(combined), {**stats, **rnd_stats}
+            self._rnd_targets = targets.sequences(rollout.num_steps, rollout.num_envs, length)
+        return to_sequences(flat, rollout, length).to(self.device), stats
 
     def _feed_forward_batch(self, rollout: Rollout) -> tuple[Batch, dict[str, float]]:
         """The feed-forward GAE batch; with RND, A = ext_coef A_ext + int_coef A_int replaces its advantages (the PPO
@@ -343,7 +343,7 @@ class PPO:
         self, batch: Batch | SequenceBatch, rng: np.random.Generator
     ) -> Iterator[tuple[Batch | SequenceBatch, RNDTargets | None]]:
         """The update's minibatches, each with its RND rows (None without RND)."""
-        if self._rnd_targets is None or not isinstance(batch, Batch):
+        if self._rnd_targets is None:
             yield from ((minibatch, None) for minibatch in batch.minibatches(self.config.minibatch_size, rng))
             return
         yield from paired_minibatches(batch, self._rnd_targets, self.config.minibatch_size, rng)
@@ -415,10 +415,5 @@ class PPO:
 
 
 def rnd_for(config: PPOConfig, obs_shape: ObsShape, device: torch.device) -> RND | None:
-    """The RND module when ``rnd.enabled`` (vector and image observations), else None."""
-    if not config.rnd.enabled:
-        return None
-    if isinstance(obs_shape, ObsLayout):
-        raise ConfigError("ppo.rnd.enabled takes vector or image observations; got a Dict observation")
-    network = config.network
-    return RND(config.rnd, obs_shape, network.hidden_sizes, network.activation).to(device)
+    """The RND module when ``rnd.enabled`` (vector and image observations), else None (``rnd.make_rnd``)."""
+    return make_rnd(config.SECTION, config.rnd, config.network, obs_shape, device)

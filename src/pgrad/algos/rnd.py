@@ -1,4 +1,4 @@
-"""Random Network Distillation (Burda et al., "Exploration by Random Network Distillation", 2018) for PPO.
+"""Random Network Distillation (Burda et al., "Exploration by Random Network Distillation", 2018) for PPO and A2C.
 
 A fixed, randomly initialised *target* network f maps a (normalised) next observation to features; a
 *predictor* f^ is trained to match it. Observations seen often are predicted well, novel ones are not, so
@@ -16,7 +16,16 @@ is an exploration bonus. The paper's details, all here:
   the bonus away faster than the policy can use it when many envs run.
 
 The intrinsic value head is its own small network (a torso like the actor-critic's plus one output),
-trained in the same loss with ``vf_coef``; the PPO actor-critic itself is unchanged.
+trained in the same loss with ``vf_coef``; the actor-critic itself is unchanged.
+
+The same module serves every torso and learner: vector observations (MLPs) and images (the Nature-CNN layers);
+PPO and A2C (``make_rnd``, ``RND.prepare`` and ``RND.loss`` are theirs alike); and recurrent actor-critics
+(``network.recurrent``), where PPO's batch is cut into sequences and ``RNDTargets.sequences`` cuts the RND rows the
+same way. With a recurrent actor-critic the intrinsic critic stays feed-forward on the observation, by choice: the
+intrinsic return measures how novel the states ahead are to the predictor, a property of the states and of the
+predictor's training so far, not of what the agent remembers of its episode (and it is non-episodic, so the
+episode's memory, reset at each start, is the wrong scope for it). Keeping it apart also leaves the recurrent
+model, its state layout, its export and its checkpoints exactly as without RND.
 """
 
 from __future__ import annotations
@@ -30,10 +39,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgrad.config import Activation, Checked, param
+from pgrad.config import Activation, Checked, NetworkConfig, param
+from pgrad.errors import ConfigError
 from pgrad.estimators import gae
-from pgrad.nets import NATURE_CNN_FEATURES, NATURE_CNN_LAYERS, ImageShape, make_torso, orthogonal_init
+from pgrad.nets import (
+    NATURE_CNN_FEATURES,
+    NATURE_CNN_LAYERS,
+    ImageShape,
+    ObsLayout,
+    ObsShape,
+    make_torso,
+    orthogonal_init,
+)
 from pgrad.rollout import Batch, Rollout
+from pgrad.sequences import SequenceBatch, chunk
 
 INTRINSIC_REWARD = "rnd/intrinsic_reward"
 PREDICTOR_LOSS = "rnd/predictor_loss"
@@ -43,7 +62,7 @@ INT_VALUE_LOSS = "rnd/int_value_loss"
 
 @dataclass(frozen=True)
 class RNDConfig(Checked):
-    """RND exploration for PPO (``--set rnd.enabled=true``); the defaults are the paper's."""
+    """RND exploration for PPO and A2C (``--set rnd.enabled=true``); the defaults are the paper's."""
 
     SECTION: ClassVar[str] = "rnd"
 
@@ -174,16 +193,39 @@ class RNDTargets:
         """The rows ``index`` selects."""
         return RNDTargets(self.next_obs[index], self.int_returns[index])
 
+    def sequences(self, steps: int, envs: int, length: int) -> RNDTargets:
+        """The flat time-major rows (row ``t B + b``) as ``[S, L, ...]`` sequences, cut as ``sequences.to_sequences``
+        cuts the PPO batch, so sequence ``i`` of both holds the same steps."""
+
+        def cut(rows: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(chunk(rows.reshape(steps, envs, *rows.shape[1:]), length))
+
+        return RNDTargets(cut(self.next_obs), cut(self.int_returns))
+
 
 def paired_minibatches(
-    batch: Batch, targets: RNDTargets, size: int, rng: np.random.Generator
-) -> Iterator[tuple[Batch, RNDTargets]]:
-    """``Batch.minibatches`` with the RND rows shuffled by the same permutation."""
+    batch: Batch | SequenceBatch, targets: RNDTargets, size: int, rng: np.random.Generator
+) -> Iterator[tuple[Batch | SequenceBatch, RNDTargets]]:
+    """``batch.minibatches(size, rng)`` with the RND rows shuffled by the same permutation: ``size`` samples per
+    minibatch, i.e. ``size / L`` whole sequences of a ``SequenceBatch``."""
+    per_minibatch = max(size // batch.length, 1) if isinstance(batch, SequenceBatch) else size
     order = torch.from_numpy(rng.permutation(len(batch))).to(batch.obs.device)
     shuffled, extra = batch.select(order), targets.select(order)
-    for start in range(0, len(batch) - size + 1, size):
-        rows = slice(start, start + size)
+    for start in range(0, len(batch) - per_minibatch + 1, per_minibatch):
+        rows = slice(start, start + per_minibatch)
         yield shuffled.select(rows), extra.select(rows)
+
+
+def make_rnd(
+    section: str, config: RNDConfig, network: NetworkConfig, obs_shape: ObsShape, device: torch.device
+) -> RND | None:
+    """The RND module of an algorithm's ``section`` when ``rnd.enabled`` (vector and image observations), else
+    None; its intrinsic critic's torso follows the section's ``network`` (hidden sizes, activation)."""
+    if not config.enabled:
+        return None
+    if isinstance(obs_shape, ObsLayout):
+        raise ConfigError(f"{section}.rnd.enabled takes vector or image observations; got a Dict observation")
+    return RND(config, obs_shape, network.hidden_sizes, network.activation).to(device)
 
 
 class RND(nn.Module):
@@ -277,7 +319,10 @@ class RND(nn.Module):
     def loss(
         self, obs: torch.Tensor, targets: RNDTargets, mask: torch.Tensor, vf_coef: float, rng: np.random.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """predictor loss on a random ``update_proportion`` of the rows + vf_coef E[(V_int - R_int)^2]."""
+        """predictor loss on a random ``update_proportion`` of the rows + vf_coef E[(V_int - R_int)^2]. Rows may come
+        as ``[N]`` steps or ``[S, L]`` sequences (flattened here: both terms are per step)."""
+        obs, mask = obs.reshape(-1, obs.shape[-1]), mask.reshape(-1)
+        targets = RNDTargets(targets.next_obs.reshape(-1, targets.next_obs.shape[-1]), targets.int_returns.reshape(-1))
         keep = torch.from_numpy(rng.random(len(mask)) < self.config.update_proportion).to(mask)
         forward = predictor_loss(self.errors(targets.next_obs), keep)
         error = (self.int_values(obs) - targets.int_returns).pow(2)

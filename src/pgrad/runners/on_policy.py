@@ -17,6 +17,7 @@ import numpy as np
 
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
+from pgrad.algos.impala import LocalActorCollector
 from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import (
     Environment,
@@ -74,7 +75,7 @@ class OnPolicyRunner:
         self.run_dir = self.run.run_dir
         self.env_factory = env_factory
         self.collector: RolloutCollector | Any
-        if config.run.backend == "ray" or kind == "actor_learner":
+        if config.run.backend == "ray":
             self.env, self.collector, self.algo = self.ray_workers(config, kind)
         else:
             self.env = build_environment(config, algo_gamma(config), env_factory=env_factory)
@@ -82,7 +83,9 @@ class OnPolicyRunner:
             adapter, steps = self.env.adapter, max(self.algo.rollout_length, 1)
             needed = rollout_bytes(steps, self.env.envs.num_envs, adapter.obs_dim, adapter.action.size)
             check_memory(needed, f"{config.algo}.num_steps", "a rollout of num_steps x env.num_envs and its batch")
-            self.collector = RolloutCollector(
+            # IMPALA's actors here are the learner's own envs: rollouts carry log mu (impala.LocalActorCollector)
+            collector_class = LocalActorCollector if kind == "actor_learner" else RolloutCollector
+            self.collector = collector_class(
                 self.env.envs,
                 self.env.adapter,
                 self.env.obs_normalizer,
@@ -126,7 +129,10 @@ class OnPolicyRunner:
         probe.envs.close()
         algo = build_algorithm(config, probe.adapter)
         queue = int(getattr(config.algo_config, "actor_queue", 1))
-        env, collector = ray_environment(config, algo_gamma(config), probe.adapter, kind == "actor_learner", queue)
+        state_size = getattr(algo, "state_size", 0)  # a recurrent policy's state, carried by each worker's collector
+        env, collector = ray_environment(
+            config, algo_gamma(config), probe.adapter, kind == "actor_learner", queue, state_size
+        )
         collector.group.on_event = lambda event, message, **data: self.run.emit(event, self.step, message, **data)
         return env, collector, algo
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 import pgrad
+from pgrad.algos.impala import behaviour_log_probs
 from pgrad.builders import Environment, build_environment, one_line
 from pgrad.config import TrainConfig
 from pgrad.envs import state as env_state
@@ -86,12 +87,19 @@ class WorkerResult:
 class RolloutWorker:
     """A vector env, a collector and a sampling generator, in a Ray actor (``ray.remote`` is applied at start)."""
 
-    def __init__(self, config: TrainConfig, gamma: float, seed: int) -> None:
+    def __init__(self, config: TrainConfig, gamma: float, seed: int, state_size: int = 0) -> None:
+        """``state_size``: the width of a recurrent policy's state per env (0: feed-forward); the worker's collector
+        carries it across rollouts and stores it with each one."""
         set_threads(1)
         logging.getLogger("ray").setLevel(logging.WARNING)
         self.env = build_environment(config, gamma)
         self.collector = RolloutCollector(
-            self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, _UNBOUNDED_WINDOW
+            self.env.envs,
+            self.env.adapter,
+            self.env.obs_normalizer,
+            self.env.reward_scaler,
+            _UNBOUNDED_WINDOW,
+            state_size,
         )
         self.rng = np.random.default_rng(seed)  # replaced by the learner's state when it sends one
 
@@ -136,12 +144,8 @@ class RolloutWorker:
             rollout = collector.collect_episodes(policy, self.rng, episodes)
         else:
             rollout = collector.collect(policy, self.rng, num_steps)
-        if behaviour:
-            steps = rollout.num_steps
-            flat_obs = rollout.obs[:steps].reshape(steps * rollout.num_envs, -1)
-            flat_actions = rollout.actions.reshape(steps * rollout.num_envs, *rollout.actions.shape[2:])
-            log_mu = policy.log_prob(flat_obs, flat_actions).reshape(steps, rollout.num_envs)
-            rollout = replace(rollout, behaviour_log_probs=log_mu.astype(np.float32))
+        if behaviour:  # log mu(a|s), replayed from the stored state for a recurrent policy
+            rollout = replace(rollout, behaviour_log_probs=behaviour_log_probs(policy, rollout))
         finished = list(zip(collector.episodes.returns, collector.episodes.lengths, strict=True))
         collector.episodes.returns.clear()
         collector.episodes.lengths.clear()
@@ -256,9 +260,13 @@ class RaySession:
 class WorkerGroup:
     """``ray.workers`` rollout actors, their deadlines and their replacement."""
 
-    def __init__(self, config: TrainConfig, gamma: float, session: RaySession, on_event: Any = None) -> None:
+    def __init__(
+        self, config: TrainConfig, gamma: float, session: RaySession, on_event: Any = None, state_size: int = 0
+    ) -> None:
+        """``state_size``: a recurrent policy's state width, handed to every worker's collector (0: feed-forward)."""
         self.config = config
         self.gamma = gamma
+        self.state_size = state_size
         self.ray = session.ray
         self.session = session
         self.timeout = config.ray.call_timeout_s
@@ -284,7 +292,7 @@ class WorkerGroup:
         return int(sequence.generate_state(1)[0])
 
     def _spawn(self, index: int) -> Any:
-        return self.actor_class.remote(self.config, self.gamma, self.seed_for(index))
+        return self.actor_class.remote(self.config, self.gamma, self.seed_for(index), self.state_size)
 
     def get(self, ref: Any, what: str, starting: bool = False) -> Any:
         """``ray.get`` with the deadline; any failure is a ``WorkerFailed`` naming what was asked. ``starting``: the
@@ -724,6 +732,9 @@ class ImpalaCollector(LearnerSide):
             valid=np.array(rollout.valid),
             behaviour_log_probs=np.array(rollout.behaviour_log_probs),
             policy_version=version,
+            # a recurrent actor's state at each step (the learner unrolls from the first) and its episode starts
+            states=None if rollout.states is None else np.array(rollout.states),
+            episode_starts=None if rollout.episode_starts is None else np.array(rollout.episode_starts),
         )
 
     def _fill(self, num_steps: int) -> None:
@@ -775,12 +786,13 @@ class ImpalaCollector(LearnerSide):
 
 
 def ray_environment(
-    config: TrainConfig, gamma: float, adapter: SpaceAdapter, asynchronous: bool, queue: int = 2
+    config: TrainConfig, gamma: float, adapter: SpaceAdapter, asynchronous: bool, queue: int = 2, state_size: int = 0
 ) -> tuple[Environment, RayCollector | ImpalaCollector]:
-    """The learner's ``Environment`` (``envs`` stands for the workers) and the collector for a Ray run."""
+    """The learner's ``Environment`` (``envs`` stands for the workers) and the collector for a Ray run; ``state_size``
+    is a recurrent policy's state width (0: feed-forward)."""
     session = RaySession(config)
     try:
-        group = WorkerGroup(config, gamma, session)
+        group = WorkerGroup(config, gamma, session, state_size=state_size)
         collector: RayCollector | ImpalaCollector
         if asynchronous:
             collector = ImpalaCollector(config, adapter, gamma, group, queue)
