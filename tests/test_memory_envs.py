@@ -39,6 +39,8 @@ def _quiet() -> None:
         ("popgym-PositionOnlyCartPoleEasy-v0", 2, 2),  # a Box, as it is
         ("MiniGrid-DoorKey-5x5-v0", 7 * 7 * 3 + 4, 7),  # image entries and direction one-hot; mission dropped
         ("MiniGrid-MemoryS7-v0", 151, 7),
+        ("minigrid:MiniGrid-DoorKey-5x5-v0", 151, 7),  # Gymnasium's module:EnvId form gets the same layer
+        ("popgym:popgym-CountRecallEasy-v0", 4, 27),
     ],
 )
 def test_ids_resolve_with_the_shapes_the_torsos_take(env_id: str, obs_dim: int, actions: int) -> None:
