@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pgrad.envs import make_vector_env
+from pgrad.errors import TrainingHalted
 from pgrad.monitor.evaluation import EVAL_SEED_OFFSET, run_episodes
 from pgrad.runners.on_policy import OnPolicyRunner
 from pgrad.runs import resolve_config
@@ -101,7 +102,11 @@ def one_run(task: Task, arm: str, seed: int, steps: int, root: Path) -> dict[str
     load_before = load()
     runner = OnPolicyRunner(config, folder, console=False)
     started = time.perf_counter()
-    runner.train()
+    halted = None
+    try:
+        runner.train()
+    except TrainingHalted:  # the guard's recoveries ran out: the run as far as it got, and where it stopped
+        halted = runner.step
     seconds = time.perf_counter() - started
     load_after = load()
     envs = make_vector_env(config.env, num_envs=4)
@@ -127,12 +132,15 @@ def one_run(task: Task, arm: str, seed: int, steps: int, root: Path) -> dict[str
         "seconds": seconds,
         "load_before": load_before,
         "load_after": load_after,
+        "halted": halted,
     }
 
 
 def row(arm: str, seed: int, r: dict[str, float | None]) -> str:
     """One Markdown table row."""
     first = "never" if r["first"] is None else f"{int(r['first']):,}"
+    if r["halted"] is not None:
+        arm = f"{arm} (guard halted it at {int(r['halted']):,})"
     return (
         f"| {arm} | {seed} | {r['final']:.3f} | {r['best']:.3f} | {first} | {r['eval']:.3f} | {r['seconds']:.0f} "
         f"| {r['load_before']:.1f} / {r['load_after']:.1f} |"
@@ -145,6 +153,7 @@ def main() -> None:
     parser.add_argument("task", choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, help="env steps per run (default: the task's budget)")
+    parser.add_argument("--arms", nargs="+", help="only these arms (default: all of the task's)")
     parser.add_argument("--env", help="another env id for the task's arms (e.g. popgym-RepeatPreviousEasy-v0)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # popgym's and MiniGrid's own deprecation notes, once per env
@@ -152,7 +161,7 @@ def main() -> None:
     if args.env:
         task = dataclasses.replace(task, env_id=args.env)
     steps = args.steps or task.steps
-    arms = list(task.arms)
+    arms = args.arms or list(task.arms)
     for arm in arms:
         print(f"{arm}: {command(task, arm, args.seeds[0], steps)}")
     lines = [
