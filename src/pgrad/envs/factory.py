@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode
 
 from pgrad.config import EnvConfig
 from pgrad.entry_points import import_entry_module
-from pgrad.envs import atari, partial
+from pgrad.envs import atari, memory, partial
 from pgrad.envs.state import StateAccess
 from pgrad.envs.workers import async_worker
 from pgrad.errors import ConfigError
@@ -124,6 +124,7 @@ def _returns_env(function: Callable[..., Any]) -> bool:
 
 def _registered_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
     atari.ensure_registered(env_id)
+    memory.ensure_registered(env_id)
     try:
         return gym.spec(env_id)
     except Exception:  # gymnasium raises several error types (and ImportError for 'module:id')
@@ -230,9 +231,11 @@ def make_vector_env(
         mode = "sync" if mode == "auto" else mode
     mode = _registered_mode(cfg, spec, mode, render_mode is not None, randomize is not None, mask is not None)
     vector_kwargs = {} if mode == "vector_entry_point" else _vector_kwargs(mode)
-    # Each env's layers, innermost first: Atari preprocessing, domain randomisation, velocity masking, then (each
-    # async worker's env) the layer that saves and restores it (pgrad.envs.state), which must be outermost.
-    layers = (atari.preprocess if is_atari else None, randomize, mask, StateAccess if mode == "async" else None)
+    # Each env's layers, innermost first: Atari preprocessing or popgym/MiniGrid's spaces, domain randomisation,
+    # velocity masking, then (each async worker's env) the layer that saves and restores it (pgrad.envs.state),
+    # which must be outermost.
+    first = atari.preprocess if is_atari else memory.adapt if memory.suite(spec) else None
+    layers = (first, randomize, mask, StateAccess if mode == "async" else None)
     wrappers = [layer for layer in layers if layer is not None]
     try:
         with _without_known_mujoco_deprecation(spec):
