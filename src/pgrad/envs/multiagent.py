@@ -270,9 +270,9 @@ class TeamEnvs:
                     out.terminated[i, j] = bool(terminations.get(agent, False))
                     out.truncated[i, j] = bool(truncations.get(agent, False))
             self._write(i, observations, out.final_obs, out.final_state)
-            if env.agents:
-                obs[i], state[i] = out.final_obs[i], out.final_state[i]
+            if env.agents:  # the agents still playing: a finished one's row is zero (in the state's concatenation too)
                 remaining = set(env.agents)
+                self._write(i, {k: v for k, v in observations.items() if k in remaining}, obs, state)
                 active[i] = [agent in remaining for agent in self.spaces.agents]
             else:  # the whole team finished: a new episode starts now, from the env's own generator
                 out.team_done[i] = True
