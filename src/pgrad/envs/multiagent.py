@@ -272,7 +272,10 @@ class TeamEnvs:
             self._write(i, observations, out.final_obs, out.final_state)
             if env.agents:  # the agents still playing: a finished one's row is zero (in the state's concatenation too)
                 remaining = set(env.agents)
-                self._write(i, {k: v for k, v in observations.items() if k in remaining}, obs, state)
+                if remaining == set(observations):  # nobody left: the rows just written (state() is not cheap)
+                    obs[i], state[i] = out.final_obs[i], out.final_state[i]
+                else:
+                    self._write(i, {k: v for k, v in observations.items() if k in remaining}, obs, state)
                 active[i] = [agent in remaining for agent in self.spaces.agents]
             else:  # the whole team finished: a new episode starts now, from the env's own generator
                 out.team_done[i] = True
