@@ -19,7 +19,7 @@ from pgrad.errors import ConfigError
 from pgrad.monitor.sinks import read_jsonl
 from pgrad.runners.multi_agent import MultiAgentRunner
 from pgrad.runs import resolve_config
-from pgrad.team_runs import TeamPolicy, export_team, load_team
+from pgrad.team_runs import TeamPolicy, export_team, load_team, train_team
 
 pytest.importorskip("mpe2")
 SPREAD = "mpe2:simple_spread_v3"
@@ -255,3 +255,24 @@ def test_each_agents_onnx_file_equals_predict_and_the_trained_policy(algo, sets,
             low, high = learner.spaces.lows[j], learner.spaces.highs[j]
             mapped = np.clip(low + (np.clip(acted[:, j], -1, 1) + 1) * 0.5 * (high - low), low, high)
             np.testing.assert_allclose(predicted[agent], mapped, atol=1e-5)
+
+
+# ---- the Python API --------------------------------------------------------------------------------------
+def test_the_python_api_takes_a_task_module_a_class_or_an_instance(tmp_path):
+    from mpe2 import simple_spread_v3
+
+    from marl_envs import Relay
+
+    sets = [*TINY, "num_epochs=1"]
+    spread = train_team("mappo", simple_spread_v3, 50, tmp_path / "module", [*sets, "env.kwargs={max_cycles: 5}"])
+    assert spread.config.env.id == SPREAD and spread.step == 50  # an id: eval, export and resume work from the folder
+    by_class = train_team("ippo", Relay, 50, tmp_path / "class", sets)
+    assert by_class.config.env.id == "marl_envs:Relay"
+    instance = Relay(widths=(3, 2), finish=(1, 3))
+    by_instance = train_team("ippo", instance, 50, tmp_path / "instance", [*sets, "marl.share_parameters=false"])
+    assert by_instance.learner.spaces.obs_dims == (3, 2)
+    assert read_jsonl(tmp_path / "instance" / "metrics.jsonl")[-1]["agent/a/rollout/return_mean"] == 1.0
+    with pytest.raises(ConfigError, match="trained on an env passed to pgrad.api as a Python object"):
+        runner("ippo", tmp_path / "instance", 100, env=RELAY, resume=True)
+    with pytest.raises(ConfigError, match="expected a PettingZoo parallel env"):
+        train_team("mappo", 3, 50, tmp_path / "bad")

@@ -11,9 +11,12 @@ the exported files equal it.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -22,12 +25,66 @@ from pgrad import safe_io
 from pgrad.algos.mappo import TeamLearner
 from pgrad.checkpoint import CheckpointStore, inside_run, load_modules, read_train_state
 from pgrad.config import TrainConfig, load_yaml
+from pgrad.envs.multiagent import load_parallel_env, parallel_base
 from pgrad.errors import ConfigError
 from pgrad.export import FORMATS, Chain, onnx_model, torchscript_module
 from pgrad.nets import NUMPY_ACTIVATIONS
 from pgrad.registry import get_algorithm
-from pgrad.runners.multi_agent import build_team, team_episodes
-from pgrad.runs import load_run_config
+from pgrad.runners.multi_agent import MultiAgentRunner, build_team, team_episodes
+from pgrad.runs import load_run_config, resolve_config
+
+
+def team_source(env: Any) -> tuple[str, Callable[..., Any] | None]:
+    """What ``env.id`` records for a team env passed to ``train_team``, and the constructor to use for this process
+    only (None: the id rebuilds it, so eval, export and resume work from the run folder).
+
+    An id string, a PettingZoo task module (``from mpe2 import simple_spread_v3``: 'mpe2:simple_spread_v3'), or a
+    ParallelEnv subclass or annotated function importable by name become ids; an instance (each copy a deep copy
+    of it) or another callable is used as an object."""
+    if isinstance(env, str):
+        return env, None
+    if isinstance(env, ModuleType) and "." in env.__name__:
+        package, _, task = env.__name__.rpartition(".")
+        load_parallel_env(f"{package}:{task}")
+        return f"{package}:{task}", None
+    if callable(env) and "<locals>" not in getattr(env, "__qualname__", "<locals>"):
+        entry = f"{env.__module__}:{env.__qualname__}"
+        try:
+            load_parallel_env(entry)
+            return entry, None
+        except ConfigError:
+            pass
+    if isinstance(env, parallel_base()):
+        instance = env
+        return f"{type(env).__module__}:{type(env).__qualname__}", lambda **_: copy.deepcopy(instance)
+    if callable(env):
+        return f"{getattr(env, '__module__', '?')}:{getattr(env, '__qualname__', type(env).__name__)}", env
+    raise ConfigError(
+        f"env: expected a PettingZoo parallel env (an id, a task module, a class, a factory or an "
+        f"instance); got {type(env).__name__}"
+    )
+
+
+def train_team(
+    algo: str,
+    env: Any,
+    total_steps: int,
+    run_dir: Path,
+    sets: list[str] | None = None,
+    seed: int | None = None,
+    console: bool = False,
+) -> MultiAgentRunner:
+    """The Python API of a team run: ``train_team("mappo", simple_spread_v3, 100_000, Path("runs/spread"))`` trains
+    on a PettingZoo env given as an id, a task module, a class, a factory or an instance; ``sets`` are ``--set``'s
+    ``key=value`` items. Returns the runner (``runner.learner``, ``runner.step``); ``TeamPolicy.from_learner``
+    gives the deployed policies."""
+    if get_algorithm(algo).kind != "multi_agent":
+        raise ConfigError(f"train_team trains a multi-agent algorithm (mappo, ippo); got '{algo}'")
+    env_id, make = team_source(env)
+    config, _ = resolve_config(algo, env_id, sets=sets, seed=seed, total_steps=total_steps, check_env=make is None)
+    runner = MultiAgentRunner(config, Path(run_dir), console=console, env_factory=make)
+    runner.train()
+    return runner
 
 
 def is_team_run(run_dir: Path) -> bool:

@@ -45,7 +45,8 @@ PARALLEL_FORMS = (
 )
 
 
-def _parallel_base() -> type:
+def parallel_base() -> type:
+    """PettingZoo's ``ParallelEnv`` class; PettingZoo missing is one line naming the extra."""
     try:
         from pettingzoo.utils.env import ParallelEnv
     except ImportError:
@@ -70,7 +71,7 @@ def _pettingzoo_wrapper(function: Any) -> bool:
 def load_parallel_env(entry_point: str) -> Callable[..., Any]:
     """The constructor an entry point names, checked before it is ever called (see the module docstring);
     anything else is one line naming the allowed forms."""
-    base = _parallel_base()
+    base = parallel_base()
     match = _ENTRY_POINT.fullmatch(entry_point)
     if match is None:
         raise ConfigError(f"env.id: a multi-agent env must be {PARALLEL_FORMS}; got {entry_point!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -79,10 +80,10 @@ def team_rules(agents: tuple[str, ...]) -> tuple[Rule, ...]:
     return RULES + tuple(per_agent_rule(rule, agent) for agent in agents for rule in AGENT_RULES)
 
 
-def build_team(config: TrainConfig, num_envs: int) -> TeamEnvs:
-    """``num_envs`` copies of the team env ``config.env.id`` names (the trust rule: ``load_parallel_env``); the
-    env's own failure is one line."""
-    make = load_parallel_env(config.env.id)
+def build_team(config: TrainConfig, num_envs: int, make: Callable[..., Any] | None = None) -> TeamEnvs:
+    """``num_envs`` copies of the team env ``config.env.id`` names (the trust rule: ``load_parallel_env``), or
+    of ``make``'s (an env handed over as a Python object); the env's own failure is one line."""
+    make = make or load_parallel_env(config.env.id)
     kwargs = dict(config.env.kwargs)
     try:
         return TeamEnvs(lambda: make(**kwargs), num_envs)
@@ -197,15 +198,15 @@ class MultiAgentRunner:
         resume: bool = False,
         console: bool = True,
         overwrite: bool = False,
-        env_factory: Any = None,
+        env_factory: Callable[..., Any] | None = None,
     ) -> None:
-        """``env_factory`` is not taken (a team env is named by ``env.id``)."""
-        if env_factory is not None:
-            raise ConfigError(f"{config.algo}: pass the team env as env.id ('package:task_vN' or 'module:Class')")
+        """``env_factory``: a team env handed over as a Python object (``pgrad.team_runs.train_team``): called with
+        ``env.kwargs`` for each copy, instead of building what ``config.env.id`` names."""
         self.config = config
-        self.run = trunk.begin_run(config, run_dir, resume, overwrite)
+        self.make = env_factory
+        self.run = trunk.begin_run(config, run_dir, resume, overwrite, env_object=env_factory is not None)
         self.run_dir = self.run.run_dir
-        self.envs = build_team(config, config.env.num_envs)
+        self.envs = build_team(config, config.env.num_envs, env_factory)
         try:
             self.learner = TeamLearner(config.algo_config, self.envs.spaces)
         except BaseException:
@@ -302,7 +303,7 @@ class MultiAgentRunner:
         """``guard.eval_episodes`` deterministic episodes on separate copies: ``eval/*`` for the team and each
         agent; returns the team returns."""
         if self.eval_envs is None:
-            self.eval_envs = build_team(self.config, 1)
+            self.eval_envs = build_team(self.config, 1, self.make)
         returns, per_agent = team_episodes(
             self.learner, self.eval_envs, self.config.guard.eval_episodes, self.config.run.seed + 10_000
         )
