@@ -53,3 +53,34 @@ class Relay(ParallelEnv):
         obs = {a: self._obs(a) for a in live}
         self.agents = [a for a in live if not (terminated[a] or truncated[a])]
         return obs, rewards, terminated, truncated, {a: {} for a in live}
+
+
+class TeamBandit(ParallelEnv):
+    """Two agents with identical (zero) observations, each rewarded 1 per step for its own target action (``x``: 1,
+    ``y``: 2), 10 steps per episode: a shared policy can only tell them apart by the one-hot id."""
+
+    metadata = {"name": "team_bandit_v0"}
+
+    def __init__(self) -> None:
+        self.possible_agents = ["x", "y"]
+        self.agents: list[str] = []
+        self.t = 0
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return spaces.Discrete(3)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        self.t = 0
+        self.agents = list(self.possible_agents)
+        return {a: np.zeros(2, np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions: dict) -> tuple[dict, dict, dict, dict, dict]:
+        self.t += 1
+        rewards = {a: float(actions[a] == i + 1) for i, a in enumerate(self.possible_agents) if a in actions}
+        done = self.t >= 10
+        self.agents = [] if done else list(self.agents)
+        obs = {a: np.zeros(2, np.float32) for a in actions}
+        return obs, rewards, dict.fromkeys(actions, False), dict.fromkeys(actions, done), {a: {} for a in actions}

@@ -276,3 +276,11 @@ def test_the_python_api_takes_a_task_module_a_class_or_an_instance(tmp_path):
         runner("ippo", tmp_path / "instance", 100, env=RELAY, resume=True)
     with pytest.raises(ConfigError, match="expected a PettingZoo parallel env"):
         train_team("mappo", 3, 50, tmp_path / "bad")
+
+
+@pytest.mark.slow  # ~20 updates; benchmarks/RESULTS.md cites it
+def test_a_shared_policy_learns_each_agents_own_target_action_by_its_id(tmp_path):
+    sets = [*QUIET, "env.num_envs=4", "num_steps=50", "eval_every=0"]
+    train_team("mappo", "marl_envs:TeamBandit", 4000, tmp_path / "bandit", sets, seed=1)
+    returns = [r["rollout/return_mean"] for r in read_jsonl(tmp_path / "bandit" / "metrics.jsonl")]
+    assert returns[0] < 4.0 and returns[-1] > 9.0, returns
