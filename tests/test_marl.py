@@ -284,3 +284,10 @@ def test_a_shared_policy_learns_each_agents_own_target_action_by_its_id(tmp_path
     train_team("mappo", "marl_envs:TeamBandit", 4000, tmp_path / "bandit", sets, seed=1)
     returns = [r["rollout/return_mean"] for r in read_jsonl(tmp_path / "bandit" / "metrics.jsonl")]
     assert returns[0] < 4.0 and returns[-1] > 9.0, returns
+
+
+def test_a_network_setting_the_team_learner_cannot_honour_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^mappo\.network\.shared_network must be false"):
+        resolve_config("mappo", SPREAD, sets=["shared_network=true"])
+    with pytest.raises(ConfigError, match=r"^ippo\.network takes an MLP"):
+        resolve_config("ippo", SPREAD, sets=["network.recurrent=lstm"])

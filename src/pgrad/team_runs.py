@@ -90,12 +90,12 @@ def train_team(
 def is_team_run(run_dir: Path) -> bool:
     """Whether ``run_dir``'s config.yaml names a multi-agent algorithm (MAPPO, IPPO)."""
     path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():  # the single-agent path's checks say what is wrong with it
         return False
-    algo = load_yaml(path).get("algo")
     try:
+        algo = load_yaml(path).get("algo")
         return isinstance(algo, str) and get_algorithm(algo).kind == "multi_agent"
-    except ConfigError:
+    except (ConfigError, OSError, AttributeError):
         return False
 
 

@@ -93,6 +93,10 @@ class MAPPOConfig(Checked):
         self.check_range("max_grad_norm", 0, low_open=True)
         if self.network.recurrent is not None or self.network.torso is not None:
             raise ConfigError(f"{self.SECTION}.network takes an MLP (recurrent and torso must be null)")
+        if self.network.shared_network:  # the actor reads the agent's observation, the critic the global state
+            raise ConfigError(
+                f"{self.SECTION}.network.shared_network must be false: actor and critic read different inputs"
+            )
 
     def check_with_env(self, env: Any) -> None:
         """``num_minibatches`` must not exceed the rollout's steps x copies (each minibatch holds whole steps)."""
@@ -242,7 +246,13 @@ class TeamLearner:
         net = config.network
         self.actors = nn.ModuleList(
             ActorCritic(
-                spaces.obs_dims[g] + extra, spaces.actions[g], net.hidden_sizes, net.activation, True, net.log_std_init
+                spaces.obs_dims[g] + extra,
+                spaces.actions[g],
+                net.hidden_sizes,
+                net.activation,
+                True,  # one torso: only its policy head is used (the critics below are separate networks)
+                net.log_std_init,
+                net.state_dependent_std,
             )
             for g in range(groups)
         )
