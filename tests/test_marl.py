@@ -4,6 +4,7 @@ the whole team, per-agent metrics, export equal to predict, and bad inputs refus
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -246,6 +247,9 @@ def test_each_agents_onnx_file_equals_predict_and_the_trained_policy(algo, sets,
     predicted = policy.predict({agent: obs[:, j] for j, agent in enumerate(learner.spaces.agents)})
     for j, (agent, file) in enumerate(zip(learner.spaces.agents, files, strict=True)):
         assert file.name == f"{agent}.onnx"
+        manifest = json.loads(file.with_name(file.name + ".json").read_text())
+        assert manifest["agent"] == agent and manifest["input"]["shape"] == ["batch", 18]
+        assert manifest["inside"]["agent_id_folded"] is (algo == "mappo")
         (onnx_action,) = ort.InferenceSession(str(file)).run(None, {"observation": obs[:, j]})
         if learner.spaces.actions[j].kind == "discrete":
             np.testing.assert_array_equal(onnx_action, predicted[agent])

@@ -12,6 +12,7 @@ the exported files equal it.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pgrad import safe_io
+from pgrad import __version__, safe_io
 from pgrad.algos.mappo import TeamLearner
 from pgrad.checkpoint import CheckpointStore, inside_run, load_modules, read_train_state
 from pgrad.config import TrainConfig, load_yaml
@@ -206,12 +207,36 @@ def evaluate_team(
     return TeamEvalResult(learner.spaces.agents, returns, per_agent, checkpoint)
 
 
+def agent_manifest(
+    chain: Chain, fmt: str, target: Path, agent: str, config: TrainConfig, checkpoint: Path, folded_id: bool
+) -> dict[str, Any]:
+    """What an agent's exported file takes and gives, beside it as ``<file>.json`` (as a single-agent export's);
+    ``folded_id``: the shared actor's one-hot id input is folded into the first layer's bias."""
+    discrete = chain.output == "argmax"
+    return {
+        "format": fmt,
+        "file": target.name,
+        "agent": agent,
+        "pgrad_version": __version__,
+        "algo": config.algo,
+        "env_id": config.env.id,
+        "source_checkpoint": str(checkpoint),
+        "input": {"name": "observation", "dtype": "float32", "shape": ["batch", chain.obs_dim]},
+        "output": {
+            "name": "action",
+            "dtype": "int64" if discrete else "float32",
+            "shape": ["batch", *chain.action_shape],
+        },
+        "inside": {"agent_id_folded": folded_id, "action_rescaling": chain.rescale is not None, "deterministic": True},
+    }
+
+
 def export_team(run_dir: Path, fmt: str, out: Path | None, which: str, trust_env_code: bool) -> list[Path]:
     """One file per agent (``<out or RUN/export>/<agent>.onnx`` or ``.pt``): that agent's observation in, its
     env action out. Returns the files written."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    _, learner, _ = load_team(run_dir, which, trust_env_code)
+    config, learner, checkpoint = load_team(run_dir, which, trust_env_code)
     folder = Path(out) if out is not None else inside_run(Path(run_dir), "export", "the export folder")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder}: a team run exports one file per agent; name a folder")
@@ -222,5 +247,11 @@ def export_team(run_dir: Path, fmt: str, out: Path | None, which: str, trust_env
         safe_io.refuse_link(target)
         model = onnx_model(chain).SerializeToString() if fmt == "onnx" else torchscript_module(chain).save_to_buffer()
         safe_io.write_atomic(target, model)
+        manifest = target.with_name(target.name + ".json")
+        safe_io.refuse_link(manifest)
+        safe_io.write_atomic(
+            manifest,
+            json.dumps(agent_manifest(chain, fmt, target, agent, config, checkpoint, learner.agent_id), indent=2),
+        )
         written.append(target)
     return written
