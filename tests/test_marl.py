@@ -295,3 +295,17 @@ def test_a_network_setting_the_team_learner_cannot_honour_is_refused_in_one_line
         resolve_config("mappo", SPREAD, sets=["shared_network=true"])
     with pytest.raises(ConfigError, match=r"^ippo\.network takes an MLP"):
         resolve_config("ippo", SPREAD, sets=["network.recurrent=lstm"])
+
+
+def test_an_agents_own_kl_spike_is_a_critical_alert_naming_it_while_the_team_kl_is_quiet():
+    from pgrad.config import GuardConfig
+    from pgrad.monitor.alerts import check_alerts
+    from pgrad.runners.multi_agent import team_rules
+
+    row = {"step": 100, "diagnostics/approx_kl": 0.01, "agent/a/diagnostics/approx_kl": 0.01}
+    spiked = {**row, "agent/b/diagnostics/approx_kl": 0.5}
+    rules = team_rules(("a", "b"))
+    assert [x for x in check_alerts([row], GuardConfig(), rules) if x.rule == "kl"] == []
+    (alert,) = [x for x in check_alerts([row, spiked], GuardConfig(), rules) if x.rule == "kl"]
+    assert alert.level == "critical" and alert.message.startswith("agent b: approx KL 0.5 > 0.1")
+    assert alert.metric == "agent/b/diagnostics/approx_kl" and alert.value == 0.5
