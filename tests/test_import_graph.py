@@ -42,6 +42,7 @@ LAYERS: list[list[str]] = [
         "pgrad.evaluate",
         "pgrad.export",
         "pgrad.export_recurrent",
+        "pgrad.team_runs",
         "pgrad.tune",
         "pgrad.lm.eval_run",
         "pgrad.sb3_compat",

@@ -125,6 +125,8 @@ def build_learner(config: TrainConfig, adapter: SpaceAdapter) -> OnPolicyAlgorit
     spec = get_algorithm(config.algo)
     if spec.language_model:  # the runners of pgrad.runners.lm_* build their model themselves
         raise ConfigError(f"algorithm '{config.algo}' trains a language model, not a policy for an environment")
+    if spec.kind == "multi_agent":  # pgrad.runners.multi_agent builds the team's learner from the team's spaces
+        raise ConfigError(f"algorithm '{config.algo}' trains a team on a PettingZoo env (pgrad.runners.multi_agent)")
     if adapter.action.kind not in spec.action_kinds:
         raise ConfigError(
             f"algorithm '{config.algo}' does not support {adapter.action.kind} actions of {config.env.id} "

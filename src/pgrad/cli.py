@@ -435,6 +435,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if _lm_run(args.run_dir):
         return _cmd_lm_eval(args)
+    if _team_run(args.run_dir):
+        return _cmd_team_eval(args)
     if args.prompts is not None or args.reward_model is not None:
         raise ConfigError("--prompts and --reward-model apply to language-model runs")
 
@@ -473,9 +475,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _team_run(run_dir: Path) -> bool:
+    from pgrad.team_runs import is_team_run
+
+    return is_team_run(run_dir)
+
+
+def _cmd_team_eval(args: argparse.Namespace) -> int:
+    """``pgrad eval`` of a multi-agent run: the team's return and each agent's."""
+    import numpy as np
+
+    from pgrad.team_runs import evaluate_team
+
+    result = evaluate_team(
+        args.run_dir, args.episodes, args.deterministic, args.checkpoint, args.seed, args.trust_env_code
+    )
+    mode = "deterministic" if args.deterministic else "stochastic"
+    print(
+        f"evaluation ({mode}, {len(result.returns)} episodes, {result.checkpoint.name}): team mean return "
+        f"{np.mean(result.returns):.2f} +- {np.std(result.returns):.2f}"
+    )
+    for j, agent in enumerate(result.agents):
+        print(f"  {agent}: mean return {result.per_agent[:, j].mean():.2f} +- {result.per_agent[:, j].std():.2f}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pgrad.export import export
 
+    if _team_run(args.run_dir):
+        from pgrad.team_runs import export_team
+
+        files = export_team(args.run_dir, args.format, args.out, args.checkpoint, args.trust_env_code)
+        print(f"exported {args.format}, one file per agent: {', '.join(str(f) for f in files)}")
+        return 0
     path, manifest = export(args.run_dir, args.format, args.out, args.checkpoint, args.trust_env_code)
     print(f"exported {args.format}: {path} (manifest {manifest.name})")
     return 0

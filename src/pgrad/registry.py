@@ -18,6 +18,7 @@ from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.algos.ddpg import DDPG, DDPGConfig
 from pgrad.algos.impala import Impala, ImpalaConfig
+from pgrad.algos.mappo import IPPOConfig, MAPPOConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig
@@ -126,7 +127,17 @@ class LanguageModelSpec(SpecFields):
     sections: tuple[str, ...] = ("run", "ALGO")
 
 
-AlgorithmSpec = OnPolicySpec | AsynchronousSpec | OffPolicySpec | LanguageModelSpec
+@dataclass(frozen=True)
+class MultiAgentSpec(SpecFields):
+    """A team algorithm on a PettingZoo parallel env (pgrad.runners.multi_agent): its runner builds the team's
+    learner from the env's spaces (no ``build``); ``env.id`` names the team env ('mpe2:simple_spread_v3')."""
+
+    _: KW_ONLY
+    kind: Literal["multi_agent"] = "multi_agent"
+    language_model: Literal[False] = False
+
+
+AlgorithmSpec = OnPolicySpec | AsynchronousSpec | OffPolicySpec | LanguageModelSpec | MultiAgentSpec
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -198,6 +209,16 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         "Deep Deterministic Policy Gradient: deterministic tanh actor, one critic, target networks (replay)",
         DDPGConfig,
         DDPG,
+    ),
+    "mappo": MultiAgentSpec(
+        "mappo",
+        "Multi-agent PPO: decentralised actors, a centralised critic on the global state (PettingZoo teams)",
+        MAPPOConfig,
+    ),
+    "ippo": MultiAgentSpec(
+        "ippo",
+        "Independent PPO: decentralised actors, each agent's critic on its own observation (PettingZoo teams)",
+        IPPOConfig,
     ),
     ALGO: LanguageModelSpec(
         ALGO,

@@ -27,6 +27,7 @@ from pgrad.config import (
     parse_set,
 )
 from pgrad.envs.factory import check_env_id, image_layout, is_entry_point, make_vector_env
+from pgrad.envs.multiagent import load_parallel_env
 from pgrad.errors import CheckpointError, ConfigError, PgradError
 from pgrad.presets import Preset, exploration_log_std, generic_defaults_for, has_generic_defaults, preset_for
 from pgrad.registry import get_algorithm
@@ -129,9 +130,18 @@ def resolve_config(
     )
     config = config_from_dict(layers, algo)
     if check_env and not spec.language_model:
-        check_env_id(config.env.id)
+        check_env_for(spec.kind, config.env.id)
     applied = preset or kind
     return config, applied.source if applied else None
+
+
+def check_env_for(kind: str, env_id: str) -> None:
+    """An env id that cannot be built is one line before anything else: a team env (multi-agent algorithms) by
+    PettingZoo's trust rule (``pgrad.envs.multiagent``), any other by Gymnasium's."""
+    if kind == "multi_agent":
+        load_parallel_env(env_id)
+    else:
+        check_env_id(env_id)
 
 
 def space_kinds(observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> tuple[str, str] | None:

@@ -5,6 +5,7 @@
 - ``off_policy``: DDPG, TD3 and SAC: act, store in the replay buffer, sampled gradient steps;
 - ``actor_learner``: IMPALA: the on-policy loop with the asynchronous Ray actors' collector
   (``pgrad.runners.ray_backend``); ``run.backend: ray`` puts any on-policy algorithm's rollouts on Ray workers;
+- ``multi_agent``: MAPPO and IPPO on a PettingZoo parallel env (``pgrad.runners.multi_agent``);
 - ``lm_ppo``: PPO, RLOO and GRPO on a language model (``pgrad.runners.lm_ppo``);
 - ``lm_rows``: the row-by-row language-model trainers: SFT, reward models, DPO (``pgrad.runners.lm_sft``,
   ``lm_rm``, ``lm_dpo``; they need pgrad[lm]).
@@ -31,6 +32,10 @@ def runner_for(config: TrainConfig) -> Any:
         from pgrad.runners.asynchronous import A3CRunner
 
         return A3CRunner
+    if kind == "multi_agent":
+        from pgrad.runners.multi_agent import MultiAgentRunner
+
+        return MultiAgentRunner
     if kind == "off_policy":
         from pgrad.runners.off_policy import OffPolicyRunner
 
