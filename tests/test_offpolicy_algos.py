@@ -72,7 +72,7 @@ def test_ddpg_moves_everything_every_step():
     metrics = algo.update(batch(), CONTEXT)
     for old, module in zip(before, (algo.actor, algo.critic, algo.target_actor, algo.target_critic), strict=True):
         assert moved(old, module)
-    assert len(algo.critic.nets) == 1 and metrics["q/min"] <= metrics["q/mean"] <= metrics["q/max"]
+    assert algo.critic.count == 1 and metrics["q/min"] <= metrics["q/mean"] <= metrics["q/max"]
 
 
 def test_sac_fixed_alpha_stays_and_learned_alpha_moves_toward_the_target():

@@ -30,7 +30,7 @@ from pgrad.algos.contract import UpdateContext  # noqa: E402
 from pgrad.algos.sac import SAC, SACConfig  # noqa: E402
 from pgrad.algos.td3 import TD3, TD3Config  # noqa: E402
 from pgrad.distributions import TanhGaussian  # noqa: E402
-from pgrad.nets import ActionSpec  # noqa: E402
+from pgrad.nets import ActionSpec, QNetworks  # noqa: E402
 from pgrad.replay import TransitionBatch  # noqa: E402
 
 OBS_DIM, ACTION_DIM, BATCH, STEPS = 17, 6, 256, 6  # HalfCheetah's shapes, SB3's batch
@@ -77,23 +77,29 @@ def feed_sb3(model: SB3TD3 | SB3SAC, replay: list[TransitionBatch]) -> None:
     model.set_logger(configure(None, [""]))
 
 
-def linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
-    return [layer for layer in module.modules() if isinstance(layer, torch.nn.Linear)]
+def linears(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight [out, in], bias [out]) of every linear layer, critic after critic. pgrad's critics are stacked
+    (``QNetworks``: layer j of critic i is ``weights[j][i]``, [in, out]): their pairs are views into the
+    stacked tensors, so copying into them writes the module."""
+    if isinstance(module, QNetworks):
+        depth = len(module.weights)
+        return [(module.weights[j][i].T, module.biases[j][i, 0]) for i in range(module.count) for j in range(depth)]
+    return [(layer.weight, layer.bias) for layer in module.modules() if isinstance(layer, torch.nn.Linear)]
 
 
 def copy_linears(source: torch.nn.Module, target: torch.nn.Module) -> None:
     pairs = list(zip(linears(source), linears(target), strict=True))
     with torch.no_grad():
-        for theirs, ours in pairs:
-            assert theirs.weight.shape == ours.weight.shape
-            ours.weight.copy_(theirs.weight)
-            ours.bias.copy_(theirs.bias)
+        for (their_weight, their_bias), (our_weight, our_bias) in pairs:
+            assert their_weight.shape == our_weight.shape and their_bias.shape == our_bias.shape
+            our_weight.copy_(their_weight)
+            our_bias.copy_(their_bias)
 
 
 def largest_difference(source: torch.nn.Module, target: torch.nn.Module) -> float:
     return max(
-        max((a.weight - b.weight).abs().max().item(), (a.bias - b.bias).abs().max().item())
-        for a, b in zip(linears(source), linears(target), strict=True)
+        max((wa - wb).abs().max().item(), (ba - bb).abs().max().item())
+        for (wa, ba), (wb, bb) in zip(linears(source), linears(target), strict=True)
     )
 
 

@@ -32,7 +32,15 @@ from pgrad.algos.off_policy import (
 )
 from pgrad.config import Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import LEARNING_RATE
-from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, ObsLayout, QNetworks, SquashedActingPolicy
+from pgrad.nets import (
+    ActionSpec,
+    DeterministicActor,
+    ExplorationNoise,
+    ObsLayout,
+    QNetworks,
+    SquashedActingPolicy,
+    live_squashed_policy,
+)
 from pgrad.replay import TransitionBatch
 
 
@@ -113,6 +121,11 @@ class DDPG:
         """The actor's deterministic policy plus the exploration noise."""
         return self.actor.acting_policy(self.noise)
 
+    def live_acting_policy(self) -> SquashedActingPolicy | None:
+        """The exploring policy on views of the actor's parameters, for the off-policy loop (``live_squashed_policy``;
+        None where it cannot be live)."""
+        return live_squashed_policy(self.actor, self.noise)
+
     def end_episodes(self, done: np.ndarray) -> None:
         """Resets the exploration noise (OU state) of the envs whose episodes ended."""
         self.noise.end_episodes(done)
@@ -125,16 +138,15 @@ class DDPG:
             [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
         )
         with torch.no_grad():
-            next_q = self.target_critic(batch.next_obs, self.target_actor(batch.next_obs))
+            next_q = self.target_critic.stacked(batch.next_obs, self.target_actor(batch.next_obs))
             target = twin_min_target(batch.rewards, batch.terminated, next_q, config.gamma)
-        q_values = self.critic(batch.obs, batch.actions)
+        q_values = self.critic.stacked(batch.obs, batch.actions)
         loss_q = critic_loss(q_values, target)
         critic_norm = optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None)
 
-        self.critic.requires_grad_(False)
-        loss_mu = deterministic_actor_loss(self.critic.first(batch.obs, self.actor(batch.obs)))
+        # the critic's weights detached: the gradient flows only through mu(s) into the actor
+        loss_mu = deterministic_actor_loss(self.critic.first(batch.obs, self.actor(batch.obs), detach_weights=True))
         actor_norm = optimizer_step(self.actor_optimizer, self.actor_parameters, loss_mu, None)
-        self.critic.requires_grad_(True)
 
         polyak_update(self.critic, self.target_critic, config.tau)
         polyak_update(self.actor, self.target_actor, config.tau)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -74,17 +74,26 @@ def check_off_policy_env(section: str, env: EnvConfig) -> None:
 # ---- targets and losses ----------------------------------------------------------------------
 
 
+def twin_min(q_values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """min_i Q_i over the critics: of a list of ``[N]`` tensors, or of one stacked ``[count, N]`` tensor
+    (``QNetworks.stacked``); one critic is its own minimum."""
+    if isinstance(q_values, torch.Tensor):
+        return q_values.min(dim=0).values if q_values.shape[0] > 1 else q_values[0]
+    return torch.stack(q_values).min(dim=0).values if len(q_values) > 1 else q_values[0]
+
+
 def twin_min_target(
     rewards: torch.Tensor,
     terminated: torch.Tensor,
-    next_qs: list[torch.Tensor],
+    next_qs: list[torch.Tensor] | torch.Tensor,
     gamma: float,
     next_log_prob: torch.Tensor | None = None,
     alpha: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min_i Q'_i(s', a') - alpha log pi(a'|s')) (TD3; SAC with the
-    entropy term). With one critic, min_i is that critic (DDPG)."""
-    next_q = torch.stack(next_qs).min(dim=0).values if len(next_qs) > 1 else next_qs[0]
+    entropy term). With one critic, min_i is that critic (DDPG). ``next_qs``: a list of ``[N]`` tensors or
+    one stacked ``[count, N]`` tensor."""
+    next_q = twin_min(next_qs)
     if next_log_prob is not None:
         next_q = next_q - alpha * next_log_prob
     return td_targets_torch(rewards, next_q, terminated, gamma)
@@ -101,15 +110,20 @@ def smoothed_target_actions(
     return (target_actions + noise).clamp(-1.0, 1.0)
 
 
-def critic_loss(q_values: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """L_Q = sum_i E[(Q_i(s, a) - y)^2] (y carries no gradient)."""
+def critic_loss(q_values: list[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_Q = sum_i E[(Q_i(s, a) - y)^2] (y carries no gradient); ``q_values`` a list of ``[N]`` tensors or one
+    stacked ``[count, N]`` tensor (then one mean per row, summed: the same sum)."""
+    if isinstance(q_values, torch.Tensor):
+        return torch.mean((q_values - target) ** 2, dim=-1).sum()
     return sum((torch.mean((q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
 
 
-def sac_actor_loss(q_values: list[torch.Tensor], log_prob: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """L_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)], a~ = tanh(mean + std eps) reparameterised."""
-    q_min = torch.stack(q_values).min(dim=0).values
-    return torch.mean(alpha * log_prob - q_min)
+def sac_actor_loss(
+    q_values: list[torch.Tensor] | torch.Tensor, log_prob: torch.Tensor, alpha: float | torch.Tensor
+) -> torch.Tensor:
+    """L_pi = E[alpha log pi(a~|s) - min_i Q_i(s, a~)], a~ = tanh(mean + std eps) reparameterised; ``q_values`` a
+    list of ``[N]`` tensors or one stacked ``[count, N]`` tensor."""
+    return torch.mean(alpha * log_prob - twin_min(q_values))
 
 
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
@@ -135,7 +149,10 @@ def polyak_update(source: nn.Module, target: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def frozen_copy(module: ModuleT) -> ModuleT:
     """A target network: a copy of ``module`` that no optimizer owns and autograd ignores."""
     target = copy.deepcopy(module)
     target.requires_grad_(False)
@@ -157,7 +174,7 @@ def schedule_learning_rates(
     return rate
 
 
-def q_statistics(q_values: list[torch.Tensor], target: torch.Tensor) -> dict[str, Any]:
+def q_statistics(q_values: list[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
     """Q mean/min/max over the batch (first critic) and the mean absolute TD error |Q_1 - y|."""
     q = q_values[0].detach()
     return {

@@ -37,7 +37,14 @@ from pgrad.algos.off_policy import (
 )
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import ALPHA, ALPHA_LOSS, LEARNING_RATE
-from pgrad.nets import ActionSpec, ObsLayout, QNetworks, SquashedActingPolicy, SquashedGaussianActor
+from pgrad.nets import (
+    ActionSpec,
+    ObsLayout,
+    QNetworks,
+    SquashedActingPolicy,
+    SquashedGaussianActor,
+    live_squashed_policy,
+)
 from pgrad.replay import TransitionBatch
 
 
@@ -123,6 +130,11 @@ class SAC:
         """The actor's squashed Gaussian policy (it samples, so no added noise)."""
         return self.actor.acting_policy()
 
+    def live_acting_policy(self) -> SquashedActingPolicy | None:
+        """The exploring policy on views of the actor's parameters, for the off-policy loop (``live_squashed_policy``;
+        None where it cannot be live)."""
+        return live_squashed_policy(self.actor)
+
     def end_episodes(self, done: np.ndarray) -> None:
         """Nothing: SAC's exploration (a fresh Gaussian draw per step) carries nothing across steps."""
         pass  # SAC's exploration (a fresh Gaussian draw per step) carries nothing across steps
@@ -151,21 +163,21 @@ class SAC:
 
         with torch.no_grad():
             next_actions, next_log_prob = self.actor(batch.next_obs).rsample_with_log_prob()
-            next_qs = self.target_critics(batch.next_obs, next_actions)
+            next_qs = self.target_critics.stacked(batch.next_obs, next_actions)  # [2, N]: both critics at once
             target = twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma, next_log_prob, alpha)
-        q_values = self.critics(batch.obs, batch.actions)
+        q_values = self.critics.stacked(batch.obs, batch.actions)
         loss_q = 0.5 * critic_loss(q_values, target)
         metrics["diagnostics/critic_grad_norm"] = optimizer_step(
             self.critic_optimizer, self.critic_parameters, loss_q, None
         )
 
-        # the critics stay fixed in the actor's step: no gradient for their weights (a third of the backward pass)
-        self.critics.requires_grad_(False)
-        loss_pi = sac_actor_loss(self.critics(batch.obs, actions_pi), log_prob_pi, alpha)
+        # the critics stay fixed in the actor's step: their weights detached, so no gradient is computed for them
+        # (a third of the backward pass), only through their input a~
+        q_pi = self.critics.stacked(batch.obs, actions_pi, detach_weights=True)
+        loss_pi = sac_actor_loss(q_pi, log_prob_pi, alpha)
         metrics["diagnostics/actor_grad_norm"] = optimizer_step(
             self.actor_optimizer, self.actor_parameters, loss_pi, None
         )
-        self.critics.requires_grad_(True)
 
         self.gradient_steps += 1
         if self.gradient_steps % config.target_update_interval == 0:

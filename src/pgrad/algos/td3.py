@@ -34,7 +34,15 @@ from pgrad.algos.off_policy import (
 )
 from pgrad.config import MAX_WINDOW, Checked, EnvConfig, OffPolicyLoopConfig, OptimizerConfig, param
 from pgrad.metric_names import LEARNING_RATE
-from pgrad.nets import ActionSpec, DeterministicActor, ExplorationNoise, ObsLayout, QNetworks, SquashedActingPolicy
+from pgrad.nets import (
+    ActionSpec,
+    DeterministicActor,
+    ExplorationNoise,
+    ObsLayout,
+    QNetworks,
+    SquashedActingPolicy,
+    live_squashed_policy,
+)
 from pgrad.replay import TransitionBatch
 
 
@@ -120,6 +128,11 @@ class TD3:
         """The actor's deterministic policy plus the exploration noise."""
         return self.actor.acting_policy(self.noise)
 
+    def live_acting_policy(self) -> SquashedActingPolicy | None:
+        """The exploring policy on views of the actor's parameters, for the off-policy loop (``live_squashed_policy``;
+        None where it cannot be live)."""
+        return live_squashed_policy(self.actor, self.noise)
+
     def end_episodes(self, done: np.ndarray) -> None:
         """Resets the exploration noise (OU state) of the envs whose episodes ended."""
         self.noise.end_episodes(done)
@@ -135,10 +148,9 @@ class TD3:
             next_actions = smoothed_target_actions(
                 self.target_actor(batch.next_obs), config.target_policy_noise, config.target_noise_clip
             )
-            target = twin_min_target(
-                batch.rewards, batch.terminated, self.target_critics(batch.next_obs, next_actions), config.gamma
-            )
-        q_values = self.critics(batch.obs, batch.actions)
+            next_qs = self.target_critics.stacked(batch.next_obs, next_actions)  # [2, N]: both critics at once
+            target = twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma)
+        q_values = self.critics.stacked(batch.obs, batch.actions)
         loss_q = critic_loss(q_values, target)
         metrics: dict[str, Any] = {
             "diagnostics/critic_grad_norm": optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None),
@@ -147,12 +159,13 @@ class TD3:
         }
         self.gradient_steps += 1
         if self.gradient_steps % config.policy_delay == 0:
-            self.critics.requires_grad_(False)
-            loss_mu = deterministic_actor_loss(self.critics.first(batch.obs, self.actor(batch.obs)))
+            # the critic's weights detached: the gradient flows only through mu(s) into the actor
+            loss_mu = deterministic_actor_loss(
+                self.critics.first(batch.obs, self.actor(batch.obs), detach_weights=True)
+            )
             metrics["diagnostics/actor_grad_norm"] = optimizer_step(
                 self.actor_optimizer, self.actor_parameters, loss_mu, None
             )
-            self.critics.requires_grad_(True)
             metrics["train/actor_loss"] = loss_mu.detach()
             polyak_update(self.critics, self.target_critics, config.tau)
             polyak_update(self.actor, self.target_actor, config.tau)

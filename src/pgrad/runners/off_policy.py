@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,11 +52,20 @@ from pgrad.monitor.recovery import (
     parameters_finite,
 )
 from pgrad.monitor.sinks import JsonlSink, MetricSink
+from pgrad.nets import Actor
 from pgrad.registry import get_algorithm
 from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
+
+
+@runtime_checkable
+class LiveActing(Protocol):
+    """An algorithm whose exploring policy can act on views of its live parameters (SAC, TD3, DDPG on the CPU)."""
+
+    def live_acting_policy(self) -> Actor | None:
+        """The exploring policy on views of the current parameters, or None where it cannot be live."""
 
 
 class UniformActor:
@@ -247,8 +256,14 @@ class OffPolicyRunner:
         update_seconds = 0.0
         history: dict[str, list[Any]] = defaultdict(list)
         steps_before = self.updates
+        # built once per row: a policy on views of the actor's weights needs no copy per env step (None: rebuilt
+        # each round); nothing swaps the learner's parameters within a row (rollback and resume fall between rows)
+        live = self.algo.live_acting_policy() if isinstance(self.algo, LiveActing) else None
         while self.step < end and not self.run.stop_requested:
-            policy = self.random_actor if self.step < loop.learning_starts else self.algo.acting_policy()
+            if self.step < loop.learning_starts:
+                policy: Actor = self.random_actor
+            else:
+                policy = live if live is not None else self.algo.acting_policy()
             try:
                 rollout = self.collector.collect(policy, self.rng, loop.train_freq)
             except CallbackError:
