@@ -27,6 +27,7 @@ from pgrad.algos.off_policy import (
     make_optimizers,
     polyak_update,
     q_statistics,
+    replay_priorities,
     schedule_learning_rates,
     twin_min_target,
 )
@@ -128,7 +129,7 @@ class DDPG:
             next_q = self.target_critic(batch.next_obs, self.target_actor(batch.next_obs))
             target = twin_min_target(batch.rewards, batch.terminated, next_q, config.gamma)
         q_values = self.critic(batch.obs, batch.actions)
-        loss_q = critic_loss(q_values, target)
+        loss_q = critic_loss(q_values, target, batch.weights)
         critic_norm = optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None)
 
         self.critic.requires_grad_(False)
@@ -144,6 +145,7 @@ class DDPG:
             "diagnostics/critic_grad_norm": critic_norm,
             "diagnostics/actor_grad_norm": actor_norm,
             **q_statistics(q_values, target),
+            **replay_priorities(batch, q_values, target),
         }
 
     def learning_rate_metrics(self) -> dict[str, float]:

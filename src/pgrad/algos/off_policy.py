@@ -25,6 +25,7 @@ from pgrad.algos.contract import UpdateContext
 from pgrad.config import Activation, Checked, EnvConfig, OptimizerConfig, check_torso, class_entry_point, param
 from pgrad.errors import ConfigError
 from pgrad.estimators import td_targets_torch
+from pgrad.replay import PRIORITY_KEY, TransitionBatch
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,23 @@ def smoothed_target_actions(
     return (target_actions + noise).clamp(-1.0, 1.0)
 
 
-def critic_loss(q_values: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """L_Q = sum_i E[(Q_i(s, a) - y)^2] (y carries no gradient)."""
-    return sum((torch.mean((q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+def critic_loss(
+    q_values: list[torch.Tensor], target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_Q = sum_i E[(Q_i(s, a) - y)^2] (y carries no gradient); with prioritised replay's importance weights
+    L_Q = sum_i E[w (Q_i(s, a) - y)^2], which undoes the bias of the non-uniform draw (fully at beta = 1)."""
+    if weights is None:
+        return sum((torch.mean((q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+    return sum((torch.mean(weights * (q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+
+
+def replay_priorities(batch: TransitionBatch, q_values: list[torch.Tensor], target: torch.Tensor) -> dict[str, Any]:
+    """For a prioritised batch, ``{PRIORITY_KEY: max_i |Q_i(s, a) - y|}`` (the larger of the twin critics' TD
+    errors, as Fujimoto et al.'s LAP), which the loop turns into the rows' new priorities; nothing otherwise."""
+    if batch.indices is None:
+        return {}
+    errors = torch.stack([(q.detach() - target).abs() for q in q_values]).max(dim=0).values
+    return {PRIORITY_KEY: errors}
 
 
 def sac_actor_loss(q_values: list[torch.Tensor], log_prob: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
