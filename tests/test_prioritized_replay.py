@@ -156,6 +156,7 @@ def test_nstep_windows_cut_at_episode_ends_and_at_the_newest_row_and_match_the_e
     """Rewards [1, 1, 1, 1, 1] with row 2 terminated, gamma 0.5, n 3: windows from row 0: 1 + .5 + .25 (ends at
     the terminal row 2, gamma^3); row 1: 1 + .5 (ends at row 2); row 3: 1 + .5, then the newest row ends it."""
     buffer = ReplayBuffer(8, 2, 1)
+    buffer.rewards[:] = np.nan  # unwritten rows hold whatever np.empty gave: none of it may leak in
     filled(buffer, 5, rewards=np.ones(5, np.float32), done=np.array([0, 0, 1, 0, 0], bool))
     window = nstep_windows(np.array([0, 1, 2, 3, 4]), buffer, 3, 0.5)
     np.testing.assert_allclose(window.returns, [1.75, 1.5, 1.0, 1.5, 1.0])

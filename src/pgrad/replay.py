@@ -227,7 +227,8 @@ def nstep_windows(rows: np.ndarray, buffer: ReplayBuffer, n_step: int, gamma: fl
     inside = available & open_before
     length = inside.sum(axis=1)
     powers = gamma ** offsets.astype(np.float64)
-    returns = (inside * powers * buffer.rewards[window].astype(np.float64)).sum(axis=1)
+    # where, not a product: rows past the newest may be unwritten (np.empty), and 0 x NaN is NaN
+    returns = np.where(inside, powers * buffer.rewards[window].astype(np.float64), 0.0).sum(axis=1)
     last = (rows + length - 1) % buffer.capacity
     discounts = gamma ** length.astype(np.float64)
     return NStepWindows(returns.astype(np.float32), last, discounts.astype(np.float32))
