@@ -833,7 +833,9 @@ class GuardConfig(Checked):
         "critic (rollback when rollback_on_q_divergence); the margin covers SAC's entropy bonus",
     )
     rollback_on_q_divergence: bool = param(
-        True, "off-policy: on a critical Q divergence, restore the last healthy state and cut the lr"
+        True,
+        "off-policy: on a critical Q divergence (or a D4PG critic's cross-entropy divergence), restore the last "
+        "healthy state and cut the lr",
     )
     q_growth: float = param(2.0, "off-policy: |Q mean| growing this many times per row for q_growth_rows rows: warning")
     q_growth_rows: int = param(4, "off-policy: consecutive rows of q_growth that make the geometric-growth warning")
