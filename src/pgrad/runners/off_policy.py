@@ -1,13 +1,14 @@
-"""The one off-policy training loop (DDPG, TD3, SAC): act -> replay buffer -> sampled gradient steps.
+"""The one off-policy training loop (DDPG, TD3, SAC, D4PG): act -> replay buffer -> sampled gradient steps.
 
 Per round: ``loop.train_freq`` steps of every env (uniformly random actions in [-1, 1] until
-``loop.learning_starts`` env steps, then the algorithm's exploring policy), their valid transitions
-into the ``ReplayBuffer``, then ``loop.gradient_steps`` calls of ``algorithm.update`` on uniform
-samples (-1, the default: one per env step of the round, as SB3's -1). Every ``loop.log_every`` env
-steps the rounds so far become one row of metrics, and that row is what the ``Guard`` judges:
-alerts, evaluation, rollback, halt, checkpoint, exactly as the on-policy loop does once per update
-(the guard does not know which loop runs it). Non-finite gradients are dropped at each optimizer
-step by the ``OptimizerGuard`` hook, as on-policy.
+``loop.learning_starts`` env steps, then the algorithm's exploring policy), their valid transitions into the
+replay buffer, then ``loop.gradient_steps`` calls of ``algorithm.update`` on sampled batches (-1, the default:
+one per env step of the round, as SB3's -1), uniform or, with ``loop.replay=prioritized``, prioritised (the
+learner's TD errors come back as the rows' priorities, ``replay_feedback``). Every ``loop.log_every`` env
+steps the rounds so far become one row of metrics, and that row is what the ``Guard`` judges: alerts,
+evaluation, rollback, halt, checkpoint, exactly as the on-policy loop does once per update (the guard does not
+know which loop runs it). Non-finite gradients are dropped at each optimizer step by the ``OptimizerGuard``
+hook, as on-policy.
 
 The run folder, logs, checkpoints and Ctrl-C belong to the ``RunContext``; checkpoints are the typed
 ``TrainState``, with the replay buffer in the safetensors file (``loop.save_buffer``), so a resume
