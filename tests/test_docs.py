@@ -156,7 +156,20 @@ def test_mkdocs_build_strict(tmp_path):
                 continue
             for flag in action.option_strings:
                 assert flag in cli, f"the CLI reference lacks pgrad {name} {flag}"
-    for algo in ("reinforce", "actor_critic", "a2c", "a3c", "trpo", "npg", "ppo", "ppo_kl", "ddpg", "td3", "sac"):
+    for algo in (
+        "reinforce",
+        "actor_critic",
+        "a2c",
+        "a3c",
+        "trpo",
+        "npg",
+        "ppo",
+        "ppo_kl",
+        "ddpg",
+        "td3",
+        "sac",
+        "d4pg",
+    ):
         page = (site / "algorithms" / algo / "index.html").read_text()
         assert "<table>" in page and "Presets" in page, f"algorithms/{algo}: no generated defaults table"
 

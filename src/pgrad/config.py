@@ -513,10 +513,19 @@ class OffPolicyLoopConfig(Checked):
     log_every: int = param(
         1000, "env steps between two rows of metrics; the guard judges each row (alerts, rollback, evaluation)"
     )
+    replay: Literal["uniform", "prioritized"] = param(
+        "uniform", "uniform sampling (SB3), or prioritized: P(i) ~ (|TD error| + eps)^alpha (Schaul et al., 2016)"
+    )
+    priority_alpha: float = param(0.6, "prioritized replay: exponent alpha of the priorities (0: uniform; PER: 0.6)")
+    priority_beta: float = param(
+        0.4, "prioritized replay: importance-weight exponent beta at the start, annealed linearly to 1 (PER: 0.4)"
+    )
+    priority_beta_end: float = param(1.0, "prioritized replay: fraction of run.total_steps at which beta reaches 1")
+    priority_eps: float = param(1e-6, "prioritized replay: p_i = |TD error| + eps, so no row becomes undrawable")
 
     def validate(self) -> None:
         """Checks the buffer, batch and schedule ranges; gradient_steps is -1 (one per env step of the round) or at
-        least 1."""
+        least 1; the priority exponents in [0, 1], eps > 0."""
         self.check_range("buffer_size", 1, MAX_BUFFER_SIZE)
         self.check_range("batch_size", 1, MAX_BATCH)
         self.check_range("learning_starts", 0)
@@ -524,6 +533,10 @@ class OffPolicyLoopConfig(Checked):
         if self.gradient_steps != -1 and not 1 <= self.gradient_steps <= MAX_WINDOW:
             self._fail("gradient_steps", f"-1 (one per env step of the round) or an integer >= 1, at most {MAX_WINDOW}")
         self.check_range("log_every", 1)
+        self.check_range("priority_alpha", 0, 1)
+        self.check_range("priority_beta", 0, 1)
+        self.check_range("priority_beta_end", 0, 1)
+        self.check_range("priority_eps", 0, 1, low_open=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -820,7 +833,9 @@ class GuardConfig(Checked):
         "critic (rollback when rollback_on_q_divergence); the margin covers SAC's entropy bonus",
     )
     rollback_on_q_divergence: bool = param(
-        True, "off-policy: on a critical Q divergence, restore the last healthy state and cut the lr"
+        True,
+        "off-policy: on a critical Q divergence (or a D4PG critic's cross-entropy divergence), restore the last "
+        "healthy state and cut the lr",
     )
     q_growth: float = param(2.0, "off-policy: |Q mean| growing this many times per row for q_growth_rows rows: warning")
     q_growth_rows: int = param(4, "off-policy: consecutive rows of q_growth that make the geometric-growth warning")

@@ -196,6 +196,40 @@ def vtrace(
     return vs, pg_advantages
 
 
+def retrace(
+    log_rhos: np.ndarray,
+    rewards: np.ndarray,
+    q_values: np.ndarray,
+    next_expected_q: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    gamma: float,
+    lam: float = 1.0,
+) -> np.ndarray:
+    """Retrace(lambda) Q targets (Munos et al., 2016), the action-value sibling of V-trace.
+
+        c_t = lam * min(1, pi(a_t|s_t) / mu(a_t|s_t)),  log_rhos = log pi - log mu
+        Q^ret_t = r_t + gamma (1 - terminated_t) [E_pi Q(s_{t+1}, .) + c_{t+1} (Q^ret_{t+1} - Q(s_{t+1}, a_{t+1}))]
+
+    ``q_values[t]`` is Q(s_t, a_t), ``next_expected_q[t]`` is E_{a~pi} Q(s_{t+1}, a) (of the final observation
+    after a truncation). The correction term stops at an episode's end and at the last row, which bootstrap from
+    ``next_expected_q`` alone. Equivalently Q^ret_t = Q(s_t, a_t) + sum_{k>=t} gamma^(k-t) (c_{t+1}...c_k) delta_k
+    with delta_k = r_k + gamma (1 - terminated_k) E_pi Q(s_{k+1}, .) - Q(s_k, a_k). lam = 0 gives the one-step
+    expected target r_t + gamma E_pi Q(s_{t+1}, .); with pi = mu and lam = 1 every trace is 1; Q^pi is a fixed
+    point (every delta has mean 0). Truncated traces (min(1, .)) keep the variance bounded for any mu.
+    """
+    cs = lam * np.minimum(1.0, np.exp(log_rhos))
+    not_terminated = 1.0 - np.asarray(terminated, dtype=rewards.dtype)
+    not_done = 1.0 - _as_done(terminated, truncated).astype(rewards.dtype)
+    one_step = rewards + gamma * not_terminated * next_expected_q
+    targets = np.zeros_like(rewards)
+    targets[-1] = one_step[-1]
+    for t in reversed(range(rewards.shape[0] - 1)):
+        correction = cs[t + 1] * (targets[t + 1] - q_values[t + 1])
+        targets[t] = one_step[t] + gamma * not_done[t] * correction  # not_done: terminated implies done
+    return targets
+
+
 # ---- torch twins ---------------------------------------------------------------------------------
 # The same equations as above, over tensors on one device. Flags may be bool or 0/1 floats; they
 # are cast to the rewards' dtype (or to bool) and nothing moves between devices, so float32 on a GPU

@@ -298,6 +298,25 @@ PRESETS: dict[tuple[str, str], Preset] = {
             },
         },
     ),
+    ("d4pg", "Pendulum-v1"): Preset(
+        "the td3 Pendulum preset's values (gamma 0.98, lr 1e-3, Gaussian noise 0.1, 64x64 networks, learning_starts "
+        "1000, 20k steps); support [-800, 0]: Pendulum's rewards lie in [-16.3, 0], its discounted returns in "
+        "[-815, 0] (benchmarks/bench_d4pg.py)",
+        {
+            "env": {"num_envs": 1},
+            "run": {"total_steps": 20_000},
+            "d4pg": {
+                "gamma": 0.98,
+                "v_min": -800.0,
+                "v_max": 0.0,
+                "optimizer": {"learning_rate": 1e-3},
+                "exploration_noise": "gaussian",
+                "exploration_std": 0.1,
+                "network": {"hidden_sizes": [64, 64]},
+                "loop": {"learning_starts": 1000},
+            },
+        },
+    ),
     ("ddpg", "Pendulum-v1"): Preset(
         "rl-baselines3-zoo hyperparams/ddpg.yml, Pendulum (gamma 0.98, buffer 2e5, Gaussian noise 0.1, lr 1e-3, "
         "20k steps); pgrad: 1 env, 64x64 networks, learning_starts 1000 and one gradient step per env step "

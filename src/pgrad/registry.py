@@ -16,6 +16,7 @@ from pgrad.algos.a2c import A2C, A2CConfig
 from pgrad.algos.a3c import A3C, A3CConfig
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
+from pgrad.algos.d4pg import D4PG, D4PGConfig
 from pgrad.algos.ddpg import DDPG, DDPGConfig
 from pgrad.algos.impala import Impala, ImpalaConfig
 from pgrad.algos.mappo import IPPOConfig, MAPPOConfig
@@ -219,6 +220,12 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         "ippo",
         "Independent PPO: decentralised actors, each agent's critic on its own observation (PettingZoo teams)",
         IPPOConfig,
+    ),
+    "d4pg": OffPolicySpec(
+        "d4pg",
+        "D4PG: deterministic actor, categorical distributional critic, n-step returns, prioritized replay",
+        D4PGConfig,
+        D4PG,
     ),
     ALGO: LanguageModelSpec(
         ALGO,

@@ -27,6 +27,7 @@ from pgrad.algos.off_policy import (
     make_optimizers,
     polyak_update,
     q_statistics,
+    replay_priorities,
     schedule_learning_rates,
     twin_min_target,
 )
@@ -141,7 +142,7 @@ class DDPG:
             next_q = self.target_critic.stacked(batch.next_obs, self.target_actor(batch.next_obs))
             target = twin_min_target(batch.rewards, batch.terminated, next_q, config.gamma)
         q_values = self.critic.stacked(batch.obs, batch.actions)
-        loss_q = critic_loss(q_values, target)
+        loss_q = critic_loss(q_values, target, batch.weights)
         critic_norm = optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None)
 
         # the critic's weights detached: the gradient flows only through mu(s) into the actor
@@ -156,6 +157,7 @@ class DDPG:
             "diagnostics/critic_grad_norm": critic_norm,
             "diagnostics/actor_grad_norm": actor_norm,
             **q_statistics(q_values, target),
+            **replay_priorities(batch, q_values, target),
         }
 
     def learning_rate_metrics(self) -> dict[str, float]:

@@ -25,6 +25,7 @@ from pgrad.algos.contract import UpdateContext
 from pgrad.config import Activation, Checked, EnvConfig, OptimizerConfig, check_torso, class_entry_point, param
 from pgrad.errors import ConfigError
 from pgrad.estimators import td_targets_torch
+from pgrad.replay import PRIORITY_KEY, TransitionBatch
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,30 @@ def smoothed_target_actions(
     return (target_actions + noise).clamp(-1.0, 1.0)
 
 
-def critic_loss(q_values: list[torch.Tensor] | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def critic_loss(
+    q_values: list[torch.Tensor] | torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """L_Q = sum_i E[(Q_i(s, a) - y)^2] (y carries no gradient); ``q_values`` a list of ``[N]`` tensors or one
-    stacked ``[count, N]`` tensor (then one mean per row, summed: the same sum)."""
+    stacked ``[count, N]`` tensor (then one mean per row, summed: the same sum). With prioritised replay's
+    importance weights L_Q = sum_i E[w (Q_i(s, a) - y)^2], which undoes the bias of the non-uniform draw (fully at
+    beta = 1)."""
     if isinstance(q_values, torch.Tensor):
-        return torch.mean((q_values - target) ** 2, dim=-1).sum()
-    return sum((torch.mean((q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+        squared = (q_values - target) ** 2
+        return torch.mean(squared if weights is None else weights * squared, dim=-1).sum()
+    if weights is None:
+        return sum((torch.mean((q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+    return sum((torch.mean(weights * (q - target) ** 2) for q in q_values), torch.zeros((), device=target.device))
+
+
+def replay_priorities(
+    batch: TransitionBatch, q_values: list[torch.Tensor] | torch.Tensor, target: torch.Tensor
+) -> dict[str, Any]:
+    """For a prioritised batch, ``{PRIORITY_KEY: max_i |Q_i(s, a) - y|}`` (the larger of the twin critics' TD
+    errors, as Fujimoto et al.'s LAP), which the loop turns into the rows' new priorities; nothing otherwise."""
+    if batch.indices is None:
+        return {}
+    stacked = q_values if isinstance(q_values, torch.Tensor) else torch.stack(list(q_values))
+    return {PRIORITY_KEY: (stacked.detach() - target).abs().max(dim=0).values}
 
 
 def sac_actor_loss(

@@ -30,6 +30,7 @@ from pgrad.algos.off_policy import (
     make_optimizers,
     polyak_update,
     q_statistics,
+    replay_priorities,
     sac_actor_loss,
     schedule_learning_rates,
     temperature_loss,
@@ -166,7 +167,7 @@ class SAC:
             next_qs = self.target_critics.stacked(batch.next_obs, next_actions)  # [2, N]: both critics at once
             target = twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma, next_log_prob, alpha)
         q_values = self.critics.stacked(batch.obs, batch.actions)
-        loss_q = 0.5 * critic_loss(q_values, target)
+        loss_q = 0.5 * critic_loss(q_values, target, batch.weights)
         metrics["diagnostics/critic_grad_norm"] = optimizer_step(
             self.critic_optimizer, self.critic_parameters, loss_q, None
         )
@@ -183,6 +184,7 @@ class SAC:
         if self.gradient_steps % config.target_update_interval == 0:
             polyak_update(self.critics, self.target_critics, config.tau)
         metrics.update(q_statistics(q_values, target))
+        metrics.update(replay_priorities(batch, q_values, target))
         metrics.update(
             {
                 "train/critic_loss": loss_q.detach(),

@@ -28,6 +28,7 @@ from pgrad.algos.off_policy import (
     make_optimizers,
     polyak_update,
     q_statistics,
+    replay_priorities,
     schedule_learning_rates,
     smoothed_target_actions,
     twin_min_target,
@@ -151,11 +152,12 @@ class TD3:
             next_qs = self.target_critics.stacked(batch.next_obs, next_actions)  # [2, N]: both critics at once
             target = twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma)
         q_values = self.critics.stacked(batch.obs, batch.actions)
-        loss_q = critic_loss(q_values, target)
+        loss_q = critic_loss(q_values, target, batch.weights)
         metrics: dict[str, Any] = {
             "diagnostics/critic_grad_norm": optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None),
             "train/critic_loss": loss_q.detach(),
             **q_statistics(q_values, target),
+            **replay_priorities(batch, q_values, target),
         }
         self.gradient_steps += 1
         if self.gradient_steps % config.policy_delay == 0:

@@ -490,6 +490,7 @@ def nonfinite_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
 
 Q_MEAN, Q_MIN, Q_MAX, Q_BOUND = names.Q_MEAN, names.Q_MIN, names.Q_MAX, names.Q_BOUND
 TD_ERROR, ALPHA, ALPHA_LOSS = names.TD_ERROR, names.ALPHA, names.ALPHA_LOSS
+CRITIC_LOSS, CRITIC_LOSS_SCALE = names.CRITIC_LOSS, names.CRITIC_LOSS_SCALE
 
 
 def q_divergence_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
@@ -530,6 +531,30 @@ def q_divergence_rule(history: list[Metrics], config: GuardConfig) -> Alert | No
             {"first": means[0]},
         )
     return None
+
+
+def critic_divergence_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
+    """Critical: a distributional critic's cross-entropy above ``q_bound_factor`` x 10 x its scale
+    (``q/critic_loss_scale`` = log(num_atoms), the loss of a uniform prediction). A categorical critic's Q
+    cannot leave its support, so the Q-divergence rule never sees it diverge; its loss does: logits pushed to
+    extremes put near-zero probability where the target's mass lands, and the cross-entropy explodes."""
+    scale = number(history[-1], CRITIC_LOSS_SCALE)
+    loss = number(history[-1], CRITIC_LOSS)
+    if scale is None or loss is None or not scale > 0:
+        return None
+    threshold = 10.0 * config.q_bound_factor * scale
+    if loss <= threshold:  # NaN passes here: the nonfinite rule names it
+        return None
+    return Alert(
+        "critical",
+        "critic_divergence",
+        f"critic cross-entropy {loss:.4g} > {threshold:.4g} (10 x {config.q_bound_factor:g} x log(num_atoms)): the "
+        "distributional critic is diverging",
+        CRITIC_LOSS,
+        loss,
+        threshold,
+        {"scale": scale},
+    )
 
 
 def td_error_rule(history: list[Metrics], config: GuardConfig) -> Alert | None:
@@ -597,6 +622,7 @@ RULES: tuple[Rule, ...] = (
     update_size_rule,
     steps_per_second_rule,
     q_divergence_rule,
+    critic_divergence_rule,
     td_error_rule,
     alpha_rule,
 )

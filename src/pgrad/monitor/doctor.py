@@ -400,6 +400,12 @@ ALERT_HELP: dict[str, tuple[str, str]] = {
         "critic bootstraps from its own over-estimates; the guard restored the last healthy state",
         "lower the learning rate or tau, scale the rewards down; TD3's twin critics over-estimate less than DDPG",
     ),
+    "critic_divergence": (
+        "a distributional critic's cross-entropy far above log(num_atoms), a uniform guess's: its logits went to "
+        "extremes (its Q cannot leave the support, so the Q bound never fires); the guard restored the last healthy "
+        "state",
+        "lower the learning rate; widen d4pg.v_min/v_max if the returns leave the support",
+    ),
     "q_growth": (
         "|Q mean| multiplied by guard.q_growth or more row after row: geometric growth, divergence under way",
         "lower the learning rate or tau; check the reward scale",
@@ -473,7 +479,14 @@ def explain_alerts(events: list[Metrics]) -> list[str]:
         e
         for e in events
         if str(e.get("kind", "")).startswith(
-            ("critical.update_size", "critical.q_divergence", "critical.lm_", "warning.", "info.")
+            (
+                "critical.update_size",
+                "critical.q_divergence",
+                "critical.critic_divergence",
+                "critical.lm_",
+                "warning.",
+                "info.",
+            )
         )
     ]
     for kind in dict.fromkeys(str(e["kind"]) for e in logged):

@@ -305,7 +305,7 @@ class Guard:
                     continue
                 if alert.rule == "kl" and config.rollback_on_kl:
                     return self._rollback("last_healthy", f"approx KL {alert.value:.3g} > {config.kl_critical}", step)
-                if alert.rule == "q_divergence" and config.rollback_on_q_divergence:
+                if alert.rule in ("q_divergence", "critic_divergence") and config.rollback_on_q_divergence:
                     return self._rollback("last_healthy", alert.message.split(":")[0], step)
                 if alert.rule == "update_size" and config.rollback_on_update_spike:
                     reason = (

@@ -1,13 +1,14 @@
-"""The one off-policy training loop (DDPG, TD3, SAC): act -> replay buffer -> sampled gradient steps.
+"""The one off-policy training loop (DDPG, TD3, SAC, D4PG): act -> replay buffer -> sampled gradient steps.
 
 Per round: ``loop.train_freq`` steps of every env (uniformly random actions in [-1, 1] until
-``loop.learning_starts`` env steps, then the algorithm's exploring policy), their valid transitions
-into the ``ReplayBuffer``, then ``loop.gradient_steps`` calls of ``algorithm.update`` on uniform
-samples (-1, the default: one per env step of the round, as SB3's -1). Every ``loop.log_every`` env
-steps the rounds so far become one row of metrics, and that row is what the ``Guard`` judges:
-alerts, evaluation, rollback, halt, checkpoint, exactly as the on-policy loop does once per update
-(the guard does not know which loop runs it). Non-finite gradients are dropped at each optimizer
-step by the ``OptimizerGuard`` hook, as on-policy.
+``loop.learning_starts`` env steps, then the algorithm's exploring policy), their valid transitions into the
+replay buffer, then ``loop.gradient_steps`` calls of ``algorithm.update`` on sampled batches (-1, the default:
+one per env step of the round, as SB3's -1), uniform or, with ``loop.replay=prioritized``, prioritised (the
+learner's TD errors come back as the rows' priorities, ``replay_feedback``). Every ``loop.log_every`` env
+steps the rounds so far become one row of metrics, and that row is what the ``Guard`` judges: alerts,
+evaluation, rollback, halt, checkpoint, exactly as the on-policy loop does once per update (the guard does not
+know which loop runs it). Non-finite gradients are dropped at each optimizer step by the ``OptimizerGuard``
+hook, as on-policy.
 
 The run folder, logs, checkpoints and Ctrl-C belong to the ``RunContext``; checkpoints are the typed
 ``TrainState``, with the replay buffer in the safetensors file (``loop.save_buffer``), so a resume
@@ -54,7 +55,7 @@ from pgrad.monitor.recovery import (
 from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.nets import Actor
 from pgrad.registry import get_algorithm
-from pgrad.replay import ReplayBuffer, TransitionBatch
+from pgrad.replay import PRIORITY_KEY, PrioritizedReplayBuffer, TransitionBatch, make_replay_buffer
 from pgrad.rollout import RolloutCollector
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
@@ -136,7 +137,9 @@ class OffPolicyRunner:
         self.rng = np.random.default_rng(config.run.seed)
         synchronous.first_reset(self)
         action_dim = self.env.adapter.action.size
-        self.buffer = ReplayBuffer(self.loop.buffer_size, self.env.adapter.obs_dim, action_dim)
+        # a learner with an ``n_step`` (D4PG) samples n-step windows; the rest one-step transitions
+        n_step = int(getattr(self.algo, "n_step", 1))
+        self.buffer = make_replay_buffer(self.loop, self.env.adapter.obs_dim, action_dim, n_step, self.algo.gamma)
         self.random_actor = UniformActor(action_dim)
         self.step = 0
         self.updates = 0  # gradient steps
@@ -287,10 +290,12 @@ class OffPolicyRunner:
             context = UpdateContext(
                 progress=min(self.step / self.config.run.total_steps, 1.0), lr_scale=self.guard.lr_scale(), rng=self.rng
             )
+            if isinstance(self.buffer, PrioritizedReplayBuffer):
+                self.buffer.set_progress(context.progress)  # beta annealed toward 1
             round_updates = loop.gradient_steps if loop.gradient_steps > 0 else rollout.num_steps * num_envs
             for _ in range(round_updates):
                 batch = self.buffer.sample(loop.batch_size, self.rng, self.device)
-                for key, value in self.algo.update(batch, context).items():
+                for key, value in self.replay_feedback(batch, self.algo.update(batch, context)).items():
                     history[key].append(value)
                 self.updates += 1
                 self.last_batch = batch
@@ -323,6 +328,16 @@ class OffPolicyRunner:
             "perf/rss_mb": resident_memory_mb(),
         }
         return metrics
+
+    def replay_feedback(self, batch: TransitionBatch, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Prioritised replay: the learner's new |TD errors| of ``batch`` become its rows' priorities; the
+        metrics without them, plus beta and the batch's smallest importance weight."""
+        errors = metrics.pop(PRIORITY_KEY, None)
+        if errors is None or batch.indices is None or not isinstance(self.buffer, PrioritizedReplayBuffer):
+            return metrics
+        self.buffer.update_priorities(batch.indices, torch.as_tensor(errors).detach().cpu().numpy())
+        assert batch.weights is not None
+        return {**metrics, "replay/beta": self.buffer.beta, "replay/weight/min": batch.weights.min()}
 
     def q_bound(self) -> dict[str, float]:
         """r_max / (1 - gamma): no discounted return of rewards bounded by r_max exceeds it (the guard's
