@@ -513,6 +513,16 @@ class OffPolicyLoopConfig(Checked):
     log_every: int = param(
         1000, "env steps between two rows of metrics; the guard judges each row (alerts, rollback, evaluation)"
     )
+    # recurrent SAC (network.recurrent, pgrad.sequence_replay): R2D2's sequences of burn_in + sequence_length steps
+    burn_in: int = param(
+        8, "recurrent: steps at a replayed sequence's start that only unroll the networks (no loss), as R2D2"
+    )
+    sequence_stride: int = param(
+        8, "recurrent: env steps between two stored sequences' starts (< burn_in + sequence_length: they overlap)"
+    )
+    recurrent_state: Literal["stored", "zero"] = param(
+        "stored", "recurrent: a replayed sequence starts from the state the actor had (stored) or from zeros (zero)"
+    )
 
     def validate(self) -> None:
         """Checks the buffer, batch and schedule ranges; gradient_steps is -1 (one per env step of the round) or at
@@ -524,6 +534,8 @@ class OffPolicyLoopConfig(Checked):
         if self.gradient_steps != -1 and not 1 <= self.gradient_steps <= MAX_WINDOW:
             self._fail("gradient_steps", f"-1 (one per env step of the round) or an integer >= 1, at most {MAX_WINDOW}")
         self.check_range("log_every", 1)
+        self.check_range("burn_in", 0, MAX_WINDOW)
+        self.check_range("sequence_stride", 1, MAX_WINDOW)
 
 
 # --------------------------------------------------------------------------------------------
@@ -883,14 +895,18 @@ class GuardConfig(Checked):
 
 
 # Algorithms whose learner and loop carry a recurrent state (network.recurrent), on the local backend.
-RECURRENT_ALGOS = ("ppo", "a2c")
+RECURRENT_ALGOS = ("ppo", "a2c", "sac")
 
 
 def check_recurrent(config: TrainConfig) -> None:
-    """``network.recurrent`` only where it is implemented: PPO and A2C, collected locally."""
+    """``network.recurrent`` only where it is implemented: PPO, A2C and SAC, collected locally."""
     network = getattr(config.algo_config, "network", None)
-    if not isinstance(network, NetworkConfig) or network.recurrent is None:
+    loop = getattr(config.algo_config, "loop", None)
+    if isinstance(loop, OffPolicyLoopConfig):
+        check_sequence_loop(config.algo, loop, network, config.env.num_envs)
+    if getattr(network, "recurrent", None) is None:
         return
+    assert network is not None
     if config.algo not in RECURRENT_ALGOS:
         raise ConfigError(
             f"{config.algo}.network.recurrent must be null for {config.algo} (recurrent policies: "
@@ -898,6 +914,32 @@ def check_recurrent(config: TrainConfig) -> None:
         )
     if config.run.backend != "local":
         raise ConfigError(f"run.backend must be 'local' with network.recurrent; got {config.run.backend!r}")
+
+
+def check_sequence_loop(algo: str, loop: OffPolicyLoopConfig, network: Any, num_envs: int) -> None:
+    """The sequence replay's fields (``loop.burn_in``, ``sequence_stride``, ``recurrent_state``) only with
+    ``network.recurrent`` (else they would be ignored); with it, sequences that overlap or touch, and a buffer
+    that holds at least one sequence per env."""
+    recurrent = getattr(network, "recurrent", None)
+    if recurrent is None:
+        for name in ("burn_in", "sequence_stride", "recurrent_state"):
+            if getattr(loop, name) != getattr(OffPolicyLoopConfig, name):
+                raise ConfigError(
+                    f"{algo}.loop.{name} needs {algo}.network.recurrent (lstm or gru; it would be unused); "
+                    f"got {getattr(loop, name)!r}"
+                )
+        return
+    length = loop.burn_in + int(network.sequence_length)
+    if loop.sequence_stride > length:
+        raise ConfigError(
+            f"{algo}.loop.sequence_stride must be at most burn_in + sequence_length = {length} (longer strides "
+            f"would skip steps); got {loop.sequence_stride}"
+        )
+    if loop.buffer_size // num_envs < length + loop.sequence_stride + 1:
+        raise ConfigError(
+            f"{algo}.loop.buffer_size must hold at least burn_in + sequence_length + sequence_stride + 1 = "
+            f"{length + loop.sequence_stride + 1} steps per env ({num_envs} envs); got {loop.buffer_size}"
+        )
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from pgrad.replay import ReplayBuffer, TransitionBatch
 from pgrad.rollout import RolloutCollector
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
+from pgrad.sequence_replay import SequenceBatch, SequenceReplay
 
 
 class UniformActor:
@@ -122,12 +123,23 @@ class OffPolicyRunner:
         self.loop = self.algo.loop
         self.device = torch.device(config.run.device)
         self.collector = RolloutCollector(
-            self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
+            self.env.envs,
+            self.env.adapter,
+            self.env.obs_normalizer,
+            self.env.reward_scaler,
+            config.run.episode_window,
+            getattr(self.algo, "state_size", 0),  # a recurrent policy's state, carried by the collector
         )
         self.rng = np.random.default_rng(config.run.seed)
         synchronous.first_reset(self)
         action_dim = self.env.adapter.action.size
-        self.buffer = ReplayBuffer(self.loop.buffer_size, self.env.adapter.obs_dim, action_dim)
+        # recurrent SAC replays sequences with their stored states (pgrad.sequence_replay)
+        make_replay = getattr(self.algo, "make_replay", None)
+        self.buffer: ReplayBuffer | SequenceReplay = (
+            ReplayBuffer(self.loop.buffer_size, self.env.adapter.obs_dim, action_dim)
+            if make_replay is None
+            else make_replay(self.env.envs.num_envs, self.env.adapter.obs_dim)
+        )
         self.random_actor = UniformActor(action_dim)
         self.step = 0
         self.updates = 0  # gradient steps
@@ -139,7 +151,7 @@ class OffPolicyRunner:
         )
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
         self.eval_env: Environment | None = None
-        self.last_batch: TransitionBatch | None = None
+        self.last_batch: TransitionBatch | SequenceBatch | None = None
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
         self.run.resolved = resolved_record(self.algo)
@@ -229,6 +241,11 @@ class OffPolicyRunner:
         return synchronous.judge(self, metrics, self.rows)
 
     # ---- the loop ---------------------------------------------------------------------------
+    def warmup_policy(self) -> Any:
+        """Uniform actions before ``learning_starts``; a recurrent learner's carries its hidden state on."""
+        warmup = getattr(self.algo, "warmup_policy", None)
+        return self.random_actor if warmup is None else warmup()
+
     def row_end(self) -> int:
         """The env step the current log row ends at: the next multiple of ``loop.log_every``, or the total."""
         every = self.loop.log_every
@@ -248,7 +265,7 @@ class OffPolicyRunner:
         history: dict[str, list[Any]] = defaultdict(list)
         steps_before = self.updates
         while self.step < end and not self.run.stop_requested:
-            policy = self.random_actor if self.step < loop.learning_starts else self.algo.acting_policy()
+            policy = self.warmup_policy() if self.step < loop.learning_starts else self.algo.acting_policy()
             try:
                 rollout = self.collector.collect(policy, self.rng, loop.train_freq)
             except CallbackError:
