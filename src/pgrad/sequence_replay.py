@@ -109,7 +109,8 @@ class SequenceReplay:
         """One line: steps per env, sequence length and stride, size in MiB."""
         return (
             f"sequence replay: {self.steps:,} steps x {self.num_envs} envs, sequences of {self.length} steps "
-            f"({self.burn_in} burn-in) every {self.stride} steps, states stored = {self.nbytes / 2**20:,.1f} MiB"
+            f"({self.burn_in} burn-in) every {self.stride} steps, with their start states = {self.nbytes / 2**20:,.1f} "
+            "MiB when full"
         )
 
     def start_range(self) -> tuple[int, int]:
