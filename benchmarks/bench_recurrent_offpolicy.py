@@ -10,7 +10,10 @@ and start each replayed sequence from the stored state (``stored``) or from zero
 and final mean return of the last training episodes, a final deterministic evaluation of 10 episodes on separate
 envs, and the wall-clock seconds (one torch thread).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_recurrent_offpolicy.py --seeds 1 2 --steps 8000
+    nice -n 10 .venv/bin/python benchmarks/bench_recurrent_offpolicy.py --seeds 1 2 3 --steps 20000
+    nice -n 10 .venv/bin/python benchmarks/bench_recurrent_offpolicy.py --seeds 1 --steps 3000 --variants zero
+
+(one variant per process runs the variants side by side; each prints its table rows as they finish)
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def main() -> None:
     """Runs the variants over the seeds, seeds interleaved; prints (and with --out writes) a markdown table."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--train-freq", type=int, default=2)
     parser.add_argument("--gradient-steps", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
