@@ -32,7 +32,7 @@ LAYERS: list[list[str]] = [
     ["pgrad.config", "pgrad.glossary"],
     ["pgrad.nets", "pgrad.recurrent"],
     ["pgrad.envs"],
-    ["pgrad.rollout", "pgrad.replay", "pgrad.sequences"],
+    ["pgrad.rollout", "pgrad.replay", "pgrad.sequences", "pgrad.sequence_replay"],
     ["pgrad.algos", "pgrad.lm"],
     ["pgrad.registry", "pgrad.checkpoint"],
     ["pgrad.builders", "pgrad.runs", "pgrad.policy"],

@@ -175,7 +175,7 @@ def test_refusals() -> None:
     with pytest.raises(ConfigError, match=r"ppo.gradient_backend must be 'auto' or 'autograd' when network.recurrent"):
         PPOConfig(gradient_backend="numpy", network=network())
     with pytest.raises(
-        ConfigError, match=r"trpo.network.recurrent must be null for trpo \(recurrent policies: ppo, a2c, impala\)"
+        ConfigError, match=r"trpo.network.recurrent must be null for trpo \(recurrent policies: ppo, a2c, impala, sac\)"
     ):
         resolve_config("trpo", "CartPole-v1", sets=["trpo.network.recurrent=lstm"])
     with pytest.raises(ConfigError, match=r"run.backend must be 'local' with network.recurrent"):

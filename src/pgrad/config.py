@@ -522,6 +522,16 @@ class OffPolicyLoopConfig(Checked):
     )
     priority_beta_end: float = param(1.0, "prioritized replay: fraction of run.total_steps at which beta reaches 1")
     priority_eps: float = param(1e-6, "prioritized replay: p_i = |TD error| + eps, so no row becomes undrawable")
+    # recurrent SAC (network.recurrent, pgrad.sequence_replay): R2D2's sequences of burn_in + sequence_length steps
+    burn_in: int = param(
+        8, "recurrent: steps at a replayed sequence's start that only unroll the networks (no loss), as R2D2"
+    )
+    sequence_stride: int = param(
+        8, "recurrent: env steps between two stored sequences' starts (< burn_in + sequence_length: they overlap)"
+    )
+    recurrent_state: Literal["stored", "zero"] = param(
+        "stored", "recurrent: a replayed sequence starts from the state the actor had (stored) or from zeros (zero)"
+    )
 
     def validate(self) -> None:
         """Checks the buffer, batch and schedule ranges; gradient_steps is -1 (one per env step of the round) or at
@@ -537,6 +547,8 @@ class OffPolicyLoopConfig(Checked):
         self.check_range("priority_beta", 0, 1)
         self.check_range("priority_beta_end", 0, 1)
         self.check_range("priority_eps", 0, 1, low_open=True)
+        self.check_range("burn_in", 0, MAX_WINDOW)
+        self.check_range("sequence_stride", 1, MAX_WINDOW)
 
 
 # --------------------------------------------------------------------------------------------
@@ -899,16 +911,17 @@ class GuardConfig(Checked):
 
 # Algorithms whose learner and loop carry a recurrent state (network.recurrent), on the local backend; and those
 # whose Ray actors carry it too (IMPALA's asynchronous actors store it with each rollout).
-RECURRENT_ALGOS = ("ppo", "a2c", "impala")
+RECURRENT_ALGOS = ("ppo", "a2c", "impala", "sac")
 RECURRENT_ON_RAY = ("impala",)
 # The network's recurrent fields and the algorithms that read each (``pgrad list`` shows a field only under those):
-# every recurrent algorithm reads the core's; only PPO cuts rollouts into sequence_length chunks (A2C and IMPALA
-# unroll each env's whole rollout as one sequence).
+# every recurrent algorithm reads the core's; PPO cuts rollouts into sequence_length chunks and SAC replays
+# sequences of that many loss steps (A2C and IMPALA unroll each env's whole rollout as one sequence); SAC's actor and
+# critics always have cores of their own (no recurrent_shared).
 RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
     "recurrent": RECURRENT_ALGOS,
     "recurrent_size": RECURRENT_ALGOS,
-    "recurrent_shared": RECURRENT_ALGOS,
-    "sequence_length": ("ppo",),
+    "recurrent_shared": ("ppo", "a2c", "impala"),
+    "sequence_length": ("ppo", "sac"),
 }
 
 
@@ -925,10 +938,15 @@ def listed_fields(algo: str, cls: type) -> list[tuple[str, Any, str]]:
 
 
 def check_recurrent(config: TrainConfig) -> None:
-    """``network.recurrent`` only where it is implemented: PPO and A2C collected locally, IMPALA local or on Ray."""
+    """``network.recurrent`` only where it is implemented: PPO, A2C and SAC collected locally; IMPALA local or on
+    Ray."""
     network = getattr(config.algo_config, "network", None)
-    if not isinstance(network, NetworkConfig) or network.recurrent is None:
+    loop = getattr(config.algo_config, "loop", None)
+    if isinstance(loop, OffPolicyLoopConfig):
+        check_sequence_loop(config.algo, loop, network, config.env.num_envs)
+    if getattr(network, "recurrent", None) is None:
         return
+    assert network is not None
     if config.algo not in RECURRENT_ALGOS:
         raise ConfigError(
             f"{config.algo}.network.recurrent must be null for {config.algo} (recurrent policies: "
@@ -938,6 +956,37 @@ def check_recurrent(config: TrainConfig) -> None:
         raise ConfigError(
             f"run.backend must be 'local' with network.recurrent for {config.algo} (recurrent on Ray: "
             f"{', '.join(RECURRENT_ON_RAY)}); got {config.run.backend!r}"
+        )
+
+
+def check_sequence_loop(algo: str, loop: OffPolicyLoopConfig, network: Any, num_envs: int) -> None:
+    """The sequence replay's fields (``loop.burn_in``, ``sequence_stride``, ``recurrent_state``) only with
+    ``network.recurrent`` (else they would be ignored); with it, sequences that overlap or touch, and a buffer
+    that holds at least one sequence per env."""
+    recurrent = getattr(network, "recurrent", None)
+    if recurrent is None:
+        for name in ("burn_in", "sequence_stride", "recurrent_state"):
+            if getattr(loop, name) != getattr(OffPolicyLoopConfig, name):
+                raise ConfigError(
+                    f"{algo}.loop.{name} needs {algo}.network.recurrent (lstm or gru; it would be unused); "
+                    f"got {getattr(loop, name)!r}"
+                )
+        return
+    if loop.replay != "uniform":
+        raise ConfigError(
+            f"{algo}.loop.replay must be 'uniform' with network.recurrent (the sequence replay draws sequences "
+            f"uniformly; prioritized sequences are not built); got {loop.replay!r}"
+        )
+    length = loop.burn_in + int(network.sequence_length)
+    if loop.sequence_stride > length:
+        raise ConfigError(
+            f"{algo}.loop.sequence_stride must be at most burn_in + sequence_length = {length} (longer strides "
+            f"would skip steps); got {loop.sequence_stride}"
+        )
+    if loop.buffer_size // num_envs < length + loop.sequence_stride + 1:
+        raise ConfigError(
+            f"{algo}.loop.buffer_size must hold at least burn_in + sequence_length + sequence_stride + 1 = "
+            f"{length + loop.sequence_stride + 1} steps per env ({num_envs} envs); got {loop.buffer_size}"
         )
 
 

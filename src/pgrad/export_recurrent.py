@@ -9,6 +9,7 @@ passes it back with the next observation, as with sb3-contrib's RecurrentPPO.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -22,7 +23,7 @@ from torch import nn
 from pgrad import safe_io
 from pgrad.errors import ConfigError
 from pgrad.policy import Policy, space_to_dict
-from pgrad.recurrent import RecurrentActingPolicy, RecurrentActorCritic
+from pgrad.recurrent import RecurrentActorCritic
 
 
 class RecurrentStep(nn.Module):
@@ -37,12 +38,14 @@ class RecurrentStep(nn.Module):
 
     def __init__(self, policy: Policy) -> None:
         super().__init__()
-        actor = policy.actor
-        assert isinstance(actor, RecurrentActingPolicy)
+        actor: Any = policy.actor
+        assert getattr(actor, "recurrent", False), "a recurrent policy"
         adapter, normalizer = policy.adapter, policy.obs_normalizer
         if adapter.packings is not None or adapter.one_hot or adapter.image_axes is not None:
             raise ConfigError("export: a recurrent policy exports for flat Box observations only (no Dict, Discrete)")
-        self.model: RecurrentActorCritic = actor.model
+        # or recurrent SAC's ActingModel (the same sequence()), which may be the learner's own modules: a frozen copy
+        self.model: RecurrentActorCritic = copy.deepcopy(actor.model).requires_grad_(False).eval()
+        self.squashed = bool(getattr(actor, "squashed", False))  # SAC's mode: tanh(mean)
         self.obs_dim = adapter.obs_dim
         self.discrete = adapter.action.kind == "discrete"
         self.normalize = normalizer.enabled
@@ -68,7 +71,7 @@ class RecurrentStep(nn.Module):
         head, _, next_state = self.model.sequence(x[None], state, episode_start.bool()[None])
         if self.discrete:
             return head[0].argmax(dim=-1), next_state
-        action = head[0]
+        action = torch.tanh(head[0]) if self.squashed else head[0]
         if self.rescale:
             action = action * self.scale + self.offset
         if self.bounded:

@@ -22,8 +22,9 @@ from pgrad.algos.impala import Impala, ImpalaConfig
 from pgrad.algos.mappo import IPPOConfig, MAPPOConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
+from pgrad.algos.recurrent_sac import build_sac
 from pgrad.algos.reinforce import Reinforce, ReinforceConfig
-from pgrad.algos.sac import SAC, SACConfig
+from pgrad.algos.sac import SACConfig
 from pgrad.algos.td3 import TD3, TD3Config
 from pgrad.algos.trpo import NaturalGradient, NPGConfig, TRPOConfig
 from pgrad.errors import ConfigError
@@ -197,7 +198,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         "sac",
         "Soft Actor-Critic: squashed Gaussian policy, twin Q, learned entropy temperature (replay)",
         SACConfig,
-        SAC,
+        build_sac,  # SAC, or recurrent SAC with network.recurrent (pgrad.algos.recurrent_sac)
     ),
     "td3": OffPolicySpec(
         "td3",

@@ -16,7 +16,6 @@ import torch
 
 from pgrad.config import OffPolicyLoopConfig
 from pgrad.nets import ActingPolicy, Actor
-from pgrad.replay import TransitionBatch
 from pgrad.rollout import Batch, Rollout
 
 
@@ -97,8 +96,9 @@ class OffPolicyAlgorithm(Protocol):
     def end_episodes(self, done: np.ndarray) -> None:
         """Resets per-episode exploration state for the envs whose ``done`` ([num_envs] bool) is set."""
 
-    def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
-        """One gradient step on a replay batch; returns its metrics."""
+    def update(self, batch: Any, context: UpdateContext) -> dict[str, Any]:
+        """One gradient step on a replay batch (a ``TransitionBatch``; recurrent SAC's: a ``SequenceBatch``);
+        returns its metrics."""
 
     def learning_rate_metrics(self) -> dict[str, float]:
         """The current learning rate(s), for the logs."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -22,7 +22,16 @@ from torch import nn
 from pgrad import metric_names as names
 from pgrad.algos.common import make_optimizer, scheduled_learning_rate
 from pgrad.algos.contract import UpdateContext
-from pgrad.config import Activation, Checked, EnvConfig, OptimizerConfig, check_torso, class_entry_point, param
+from pgrad.config import (
+    MAX_LAYER_WIDTH,
+    Activation,
+    Checked,
+    EnvConfig,
+    OptimizerConfig,
+    check_torso,
+    class_entry_point,
+    param,
+)
 from pgrad.errors import ConfigError
 from pgrad.estimators import td_targets_torch
 from pgrad.replay import PRIORITY_KEY, TransitionBatch
@@ -43,6 +52,13 @@ class QNetworkConfig(Checked):
         "critics' MLPs (one for the actor, one the critics share)",
     )
     torso_kwargs: dict[str, Any] = param({}, "keyword arguments of network.torso's class")
+    recurrent: Literal["lstm", "gru"] | None = param(
+        None,
+        "SAC: a recurrent core on the observations before the actor's and the critics' MLPs, trained on "
+        "replayed sequences with stored states and burn-in (pgrad.algos.recurrent_sac); None: feed-forward",
+    )
+    recurrent_size: int = param(64, "units of each recurrent core (network.recurrent)")
+    sequence_length: int = param(16, "recurrent: steps with a loss per replayed sequence, after loop.burn_in")
 
     def __post_init__(self) -> None:
         """A class given as ``torso`` (Python API) is recorded as its 'module:Class' name, then every field is
@@ -56,6 +72,10 @@ class QNetworkConfig(Checked):
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             self._fail("hidden_sizes", "a non-empty list of positive integers")
         check_torso(self.torso, self.torso_kwargs)
+        self.check_range("recurrent_size", 1, MAX_LAYER_WIDTH)
+        self.check_range("sequence_length", 1, MAX_LAYER_WIDTH)
+        if self.recurrent is not None and self.torso is not None:
+            self._fail("torso", "null with network.recurrent (the recurrent core reads the flat observation)")
 
 
 def check_off_policy_env(section: str, env: EnvConfig) -> None:

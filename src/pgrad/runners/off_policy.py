@@ -55,10 +55,11 @@ from pgrad.monitor.recovery import (
 from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.nets import Actor
 from pgrad.registry import get_algorithm
-from pgrad.replay import PRIORITY_KEY, PrioritizedReplayBuffer, TransitionBatch, make_replay_buffer
+from pgrad.replay import PRIORITY_KEY, PrioritizedReplayBuffer, ReplayBuffer, TransitionBatch, make_replay_buffer
 from pgrad.rollout import RolloutCollector
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
+from pgrad.sequence_replay import SequenceBatch, SequenceReplay
 
 
 @runtime_checkable
@@ -132,14 +133,25 @@ class OffPolicyRunner:
         self.loop = self.algo.loop
         self.device = torch.device(config.run.device)
         self.collector = RolloutCollector(
-            self.env.envs, self.env.adapter, self.env.obs_normalizer, self.env.reward_scaler, config.run.episode_window
+            self.env.envs,
+            self.env.adapter,
+            self.env.obs_normalizer,
+            self.env.reward_scaler,
+            config.run.episode_window,
+            getattr(self.algo, "state_size", 0),  # a recurrent policy's state, carried by the collector
         )
         self.rng = np.random.default_rng(config.run.seed)
         synchronous.first_reset(self)
         action_dim = self.env.adapter.action.size
-        # a learner with an ``n_step`` (D4PG) samples n-step windows; the rest one-step transitions
+        # recurrent SAC replays sequences with their stored states (pgrad.sequence_replay); a learner with an
+        # ``n_step`` (D4PG) samples n-step windows; the rest one-step transitions (uniform or prioritized)
+        make_replay = getattr(self.algo, "make_replay", None)
         n_step = int(getattr(self.algo, "n_step", 1))
-        self.buffer = make_replay_buffer(self.loop, self.env.adapter.obs_dim, action_dim, n_step, self.algo.gamma)
+        self.buffer: ReplayBuffer | SequenceReplay = (
+            make_replay_buffer(self.loop, self.env.adapter.obs_dim, action_dim, n_step, self.algo.gamma)
+            if make_replay is None
+            else make_replay(self.env.envs.num_envs, self.env.adapter.obs_dim)
+        )
         self.random_actor = UniformActor(action_dim)
         self.step = 0
         self.updates = 0  # gradient steps
@@ -151,7 +163,7 @@ class OffPolicyRunner:
         )
         self.recorder = TrajectoryRecorder(self.env.envs.num_envs, config.guard.dump_episodes)
         self.eval_env: Environment | None = None
-        self.last_batch: TransitionBatch | None = None
+        self.last_batch: TransitionBatch | SequenceBatch | None = None
         self.params_finite = 1.0
         self.randomization_log: JsonlSink | None = None  # opened at the first draws (env.randomize on)
         self.run.resolved = resolved_record(self.algo)
@@ -241,6 +253,11 @@ class OffPolicyRunner:
         return synchronous.judge(self, metrics, self.rows)
 
     # ---- the loop ---------------------------------------------------------------------------
+    def warmup_policy(self) -> Any:
+        """Uniform actions before ``learning_starts``; a recurrent learner's carries its hidden state on."""
+        warmup = getattr(self.algo, "warmup_policy", None)
+        return self.random_actor if warmup is None else warmup()
+
     def row_end(self) -> int:
         """The env step the current log row ends at: the next multiple of ``loop.log_every``, or the total."""
         every = self.loop.log_every
@@ -264,7 +281,7 @@ class OffPolicyRunner:
         live = self.algo.live_acting_policy() if isinstance(self.algo, LiveActing) else None
         while self.step < end and not self.run.stop_requested:
             if self.step < loop.learning_starts:
-                policy: Actor = self.random_actor
+                policy: Actor = self.warmup_policy()
             else:
                 policy = live if live is not None else self.algo.acting_policy()
             try:
@@ -329,11 +346,13 @@ class OffPolicyRunner:
         }
         return metrics
 
-    def replay_feedback(self, batch: TransitionBatch, metrics: dict[str, Any]) -> dict[str, Any]:
+    def replay_feedback(self, batch: TransitionBatch | SequenceBatch, metrics: dict[str, Any]) -> dict[str, Any]:
         """Prioritised replay: the learner's new |TD errors| of ``batch`` become its rows' priorities; the
         metrics without them, plus beta and the batch's smallest importance weight."""
         errors = metrics.pop(PRIORITY_KEY, None)
-        if errors is None or batch.indices is None or not isinstance(self.buffer, PrioritizedReplayBuffer):
+        if not isinstance(batch, TransitionBatch) or not isinstance(self.buffer, PrioritizedReplayBuffer):
+            return metrics
+        if errors is None or batch.indices is None:
             return metrics
         self.buffer.update_priorities(batch.indices, torch.as_tensor(errors).detach().cpu().numpy())
         assert batch.weights is not None
