@@ -36,7 +36,10 @@ def test_pgrad_list_shows_recurrent_and_rnd_fields_only_where_they_are_read(caps
     assert ppo["network.sequence_length"][0] == "16" and "steps per chunk" in ppo["network.sequence_length"][1]
     for section in (a2c, impala):  # whole-rollout sequences: no sequence_length
         assert all(name in section for name in RECURRENT) and "network.sequence_length" not in section
-    for name in ("trpo", "npg", "ppo_kl", "reinforce", "actor_critic", "a3c", "sac", "td3", "ddpg"):
+    sac = sections["sac"]  # recurrent SAC: its own cores (no recurrent_shared), R2D2's sequence replay in loop.
+    assert sac["network.sequence_length"][0] == "16" and "network.recurrent_shared" not in sac
+    assert sac["loop.burn_in"][0] == "8" and sac["loop.recurrent_state"][0] == "stored"
+    for name in ("trpo", "npg", "ppo_kl", "reinforce", "actor_critic", "a3c", "td3", "ddpg", "d4pg"):
         assert not any("recurrent" in field or "sequence_length" in field for field in sections[name]), name
     for section in (ppo, a2c):
         assert section["rnd.enabled"][0] == "False" and "Burda" in section["rnd.enabled"][1]

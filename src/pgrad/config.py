@@ -918,10 +918,14 @@ RECURRENT_ON_RAY = ("impala",)
 # sequences of that many loss steps (A2C and IMPALA unroll each env's whole rollout as one sequence); SAC's actor and
 # critics always have cores of their own (no recurrent_shared).
 RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
-    "recurrent": RECURRENT_ALGOS,
-    "recurrent_size": RECURRENT_ALGOS,
-    "recurrent_shared": ("ppo", "a2c", "impala"),
-    "sequence_length": ("ppo", "sac"),
+    "network.recurrent": RECURRENT_ALGOS,
+    "network.recurrent_size": RECURRENT_ALGOS,
+    "network.recurrent_shared": ("ppo", "a2c", "impala"),
+    "network.sequence_length": ("ppo", "sac"),
+    # recurrent SAC's sequence replay (the off-policy loop section is shared by sac, td3, ddpg and d4pg)
+    "loop.burn_in": ("sac",),
+    "loop.sequence_stride": ("sac",),
+    "loop.recurrent_state": ("sac",),
 }
 
 
@@ -930,8 +934,7 @@ def listed_fields(algo: str, cls: type) -> list[tuple[str, Any, str]]:
     fields only for the algorithms that read them (``RECURRENT_FIELDS``)."""
     rows = []
     for name, default, doc in field_docs(cls):
-        section, _, field_name = name.rpartition(".")
-        if section == "network" and algo not in RECURRENT_FIELDS.get(field_name, (algo,)):
+        if algo not in RECURRENT_FIELDS.get(name, (algo,)):
             continue
         rows.append((name, default, doc))
     return rows
