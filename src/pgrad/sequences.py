@@ -102,7 +102,7 @@ def to_sequences(flat: Batch, rollout: Rollout, length: int) -> SequenceBatch:
 
 def replay(model: RecurrentActorCritic, batch: SequenceBatch) -> tuple[Categorical | DiagGaussian, torch.Tensor]:
     """(pi(.|history) [S, L], V [S, L]): the model run over each sequence from its stored start state."""
-    head, values, _ = model.sequence(batch.obs.transpose(0, 1), batch.states, batch.starts.transpose(0, 1))
+    head, values = model.outputs(batch.obs.transpose(0, 1), batch.states, batch.starts.transpose(0, 1))
     return model.distribution(head.transpose(0, 1)), values.transpose(0, 1)
 
 
@@ -118,6 +118,7 @@ def evaluate_sequences(
             torch.from_numpy(rollout.obs).to(device),
             torch.from_numpy(rollout.states[0]).to(device),
             torch.from_numpy(rollout.episode_starts).to(device),
+            stepwise=True,  # step by step as acting did: log pi_old is the acting policy's, bit for bit
         )
         actions = torch.from_numpy(rollout.actions).to(device)
         log_probs = model.distribution(head[:steps]).log_prob(actions).reshape(steps * envs)
