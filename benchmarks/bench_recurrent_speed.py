@@ -36,8 +36,12 @@ def per_thousand(sets: list[str], rollouts: int) -> tuple[float, float]:
     adapter = SpaceAdapter(envs.single_observation_space, envs.single_action_space, True)
     ppo = PPO(ppo_config, adapter.obs_shape, adapter.action)
     collector = RolloutCollector(
-        envs, adapter, ObsNormalizer(adapter.obs_dim, 10.0, False), RewardScaler(envs.num_envs, 0.99, 10.0, False),
-        20, ppo.state_size,
+        envs,
+        adapter,
+        ObsNormalizer(adapter.obs_dim, 10.0, False),
+        RewardScaler(envs.num_envs, 0.99, 10.0, False),
+        20,
+        ppo.state_size,
     )
     collector.reset(seed=1)
     rng = np.random.default_rng(1)
