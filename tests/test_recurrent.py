@@ -144,12 +144,16 @@ def test_replaying_stored_sequences_reproduces_the_acting_log_probs_exactly() ->
     acting = torch.as_tensor(chunk(np.stack(recording.log_probs), 8))
     assert torch.equal(batch.log_probs, acting)  # log pi_old, from the learner's pass over the whole rollout
     with torch.no_grad():
-        for k in range(4):  # chunk k of every env, replayed from its stored start state alone
+        for k in range(4):  # chunk k of every env, replayed step by step from its stored start state alone
             rows = batch.select(slice(4 * k, 4 * k + 4))
-            dist, _ = replay(ppo.model, rows)
-            assert torch.equal(dist.log_prob(rows.actions), acting[4 * k : 4 * k + 4]), k
-        dist, _ = replay(ppo.model, batch)  # all 16 at once: other matrix shapes, equal to float rounding
+            head, _, _ = ppo.model.sequence(rows.obs.transpose(0, 1), rows.states, rows.starts.T, stepwise=True)
+            log_probs = ppo.model.distribution(head.transpose(0, 1)).log_prob(rows.actions)
+            assert torch.equal(log_probs, acting[4 * k : 4 * k + 4]), k
+        # the learner's replay: all 16 at once, packed fused calls (other kernels): equal to float rounding
+        dist, _, _ = replay(ppo.model, batch)
         torch.testing.assert_close(dist.log_prob(batch.actions), acting, rtol=0, atol=1e-6)
+        dist, _, _ = replay(ppo.model, batch.with_states(torch.zeros_like(batch.states)))  # not the stored state
+        assert (dist.log_prob(batch.actions) - acting).abs().max() > 2e-5  # 20x the tolerance above
 
 
 def test_loss_is_ppo_loss_over_the_masked_sequences() -> None:
@@ -158,7 +162,7 @@ def test_loss_is_ppo_loss_over_the_masked_sequences() -> None:
     batch, _ = ppo.prepare(rollout)
     terms = ppo.loss_terms(batch, 0.2)
     # the same loss on the valid steps alone, flattened: masked means over [S, L] are means over valid steps
-    dist, values = replay(ppo.model, batch)
+    dist, values, _ = replay(ppo.model, batch)
     valid = batch.mask.bool()
     log_probs = dist.log_prob(batch.actions)
     advantages = batch.advantages[valid]

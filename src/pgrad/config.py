@@ -435,6 +435,9 @@ class NetworkConfig(Checked):
     sequence_length: int = param(
         16, "recurrent training sequences: steps per chunk (divides num_steps; minibatch_size is whole chunks)"
     )
+    burn_in: int = param(
+        0, "recurrent PPO: the first burn_in steps of each chunk only warm the state (no loss, no gradient)"
+    )
 
     def __post_init__(self) -> None:
         """A class given as ``torso`` (Python API) is recorded as its 'module:Class' name, then every field is
@@ -454,6 +457,7 @@ class NetworkConfig(Checked):
         check_torso(self.torso, self.torso_kwargs)
         self.check_range("recurrent_size", 1, MAX_LAYER_WIDTH)
         self.check_range("sequence_length", 1, MAX_LAYER_WIDTH)
+        self.check_range("burn_in", 0, self.sequence_length, high_open=True)
 
 
 def check_torso(torso: str | None, torso_kwargs: dict[str, Any]) -> None:

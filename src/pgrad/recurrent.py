@@ -50,12 +50,58 @@ class Core(nn.Module):
         return 2 * self.size if self.kind == "lstm" else self.size
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output h [N, size], next flat state [N, state_size]) for one step of inputs ``x`` [N, in_dim]."""
-        if isinstance(self.cell, nn.LSTMCell):
-            h, c = self.cell(x, (state[:, : self.size], state[:, self.size :]))
-            return h, torch.cat((h, c), dim=1)
-        h = self.cell(x, state)
-        return h, h
+        """(outputs h [L, N, size], flat state after the last step [N, state_size]) for ``L`` steps of inputs
+        ``x`` [L, N, in_dim] with no episode start after the first step: one fused call (``torch.lstm`` or
+        ``torch.gru`` over the whole span, oneDNN's kernel on the CPU, cuDNN's on a GPU) on the cell's own weights,
+        the same function as ``L`` calls of the cell (equal to float rounding, not bit for bit)."""
+        weights = [self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh]
+        train = self.training and torch.is_grad_enabled()  # the training variant keeps what backward needs
+        if self.kind == "lstm":
+            h0, c0 = state[None, :, : self.size].contiguous(), state[None, :, self.size :].contiguous()
+            out, h, c = torch.lstm(x, (h0, c0), weights, True, 1, 0.0, train, False, False)
+            return out, torch.cat((h[0], c[0]), dim=1)
+        out, h = torch.gru(x, state[None].contiguous(), weights, True, 1, 0.0, train, False, False)
+        return out, h[0]
+
+    def packed(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """The outputs [L, N, size] of ``run`` (not the final state) as ONE fused call, cuDNN-style packing: every
+        episode piece of a row (its steps up to the next start) becomes a row of its own, from the row's state
+        (times 1 - start_0) for its first piece and from zeros for a piece that begins at a start. Pieces are
+        left-aligned and zero-padded to L steps; the padding's outputs are never read. The same recurrence as
+        ``run``: a reset is exactly a fresh row from the zero state."""
+        begins = starts.clone()
+        begins[0] = True  # every row's first piece begins at t = 0
+        if bool(begins.all(dim=1)[0]) and not bool(begins[1:].any()):
+            return self(x, state * (1.0 - starts[0].to(state.dtype)).unsqueeze(-1))[0]
+        steps, rows = starts.shape
+        counts = begins.sum(dim=0)  # pieces per row [N]
+        first = torch.cumsum(counts, 0) - counts  # the index of each row's first piece
+        piece = first[None, :] + torch.cumsum(begins.long(), dim=0) - 1  # [L, N] the piece of each step
+        times = torch.arange(steps, device=x.device)[:, None].expand(steps, rows)
+        piece_begin = torch.zeros(int(counts.sum()), dtype=torch.long, device=x.device)
+        piece_begin[piece[begins]] = times[begins]
+        position = times - piece_begin[piece]  # [L, N] the step's place inside its piece
+        packed = x.new_zeros(steps, len(piece_begin), x.shape[-1]).index_put((position, piece), x)
+        first_state = state * (1.0 - starts[0].to(state.dtype)).unsqueeze(-1)
+        initial = state.new_zeros(len(piece_begin), state.shape[-1]).index_put((first,), first_state)
+        out, _ = self(packed, initial)
+        return out[position, piece]
+
+    def run(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs [L, N, size], state after the last step) over ``L`` steps with episode starts ``starts`` [L, N].
+
+        s <- (1 - start_t) s before step t. A start resets only its own row, so the span is cut only at the steps
+        where some row starts an episode: each piece is one fused call, the reset a multiplication by 0 or 1
+        between pieces (exact: inside a piece every factor would be 1)."""
+        keep = 1.0 - starts.to(state.dtype).unsqueeze(-1)
+        if x.shape[0] == 1:  # one step (acting, export): no cut to look for, nothing data-dependent to trace
+            return self(x, state * keep[0])
+        cuts = [0, *(torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist(), x.shape[0]]
+        outputs = []
+        for begin, end in zip(cuts[:-1], cuts[1:], strict=True):
+            out, state = self(x[begin:end], state * keep[begin])
+            outputs.append(out)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs), state
 
 
 class RecurrentActorCritic(nn.Module):
@@ -109,30 +155,52 @@ class RecurrentActorCritic(nn.Module):
         return DiagGaussian(head, self.log_std)
 
     def sequence(
-        self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
+        self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor, stepwise: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(policy head [L, N, head], values [L, N], state after the last step [N, state_size]) of ``L`` steps of
-        ``N`` sequences. ``obs`` [L, N, obs_dim] time-major; ``state`` [N, state_size] the state carried into the
+        ``N`` sequences. ``obs`` [L, N, ...] time-major; ``state`` [N, state_size] the state carried into the
         first step; ``starts`` [L, N] true where the step's observation begins an episode: there
-        s <- 0 before the step (h_t = cell(x_t, (1 - start_t) s_{t-1}))."""
-        keep = 1.0 - starts.to(state.dtype).unsqueeze(-1)
+        s <- 0 before the step (h_t = cell(x_t, (1 - start_t) s_{t-1})).
+
+        The torso runs once over all ``L N`` observations and each core as fused calls over the spans between
+        episode starts (``Core.run``). ``stepwise`` instead computes one step at a time, each step the same
+        [N, .] computation a one-step call (acting) does: the learner's pass over a rollout takes it, so that
+        log pi_old is the acting policy's log-probability bit for bit."""
+        if stepwise and obs.shape[0] > 1:
+            pieces = []
+            for t in range(obs.shape[0]):
+                head, values, state = self.sequence(obs[t : t + 1], state, starts[t : t + 1])
+                pieces.append((head, values))
+            return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]), state
         split = self.actor_core.state_size
-        actor_outputs, critic_outputs = [], []
-        # Step by step, the torso too: each step is the same [N, .] computation acting did, so a replay from a
-        # stored state with the same rows gives the acting log-probabilities bit for bit.
-        for t in range(obs.shape[0]):
-            state = state * keep[t]
-            actor_h, actor_state = self.actor_core(self.actor_torso(obs[t]), state[:, :split])
-            actor_outputs.append(actor_h)
-            if self.critic_core is not None and self.critic_torso is not None:
-                critic_h, critic_state = self.critic_core(self.critic_torso(obs[t]), state[:, split:])
-                critic_outputs.append(critic_h)
-                state = torch.cat((actor_state, critic_state), dim=1)
-            else:
-                state = actor_state
-        actor_out = torch.stack(actor_outputs)
-        critic_out = actor_out if not critic_outputs else torch.stack(critic_outputs)
+        actor_out, actor_state = self.actor_core.run(self._features(self.actor_torso, obs), state[:, :split], starts)
+        critic_out = actor_out
+        if self.critic_core is not None and self.critic_torso is not None:
+            critic_out, critic_state = self.critic_core.run(
+                self._features(self.critic_torso, obs), state[:, split:], starts
+            )
+            state = torch.cat((actor_state, critic_state), dim=1)
+        else:
+            state = actor_state
         return self.policy_head(actor_out), self.value_head(critic_out).squeeze(-1), state
+
+    def outputs(
+        self, obs: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(policy head [L, N, head], values [L, N]) of ``sequence`` without the final state, each core as one
+        packed fused call (``Core.packed``): what the learner's replay takes."""
+        split = self.actor_core.state_size
+        actor_out = self.actor_core.packed(self._features(self.actor_torso, obs), state[:, :split], starts)
+        critic_out = actor_out
+        if self.critic_core is not None and self.critic_torso is not None:
+            critic_out = self.critic_core.packed(self._features(self.critic_torso, obs), state[:, split:], starts)
+        return self.policy_head(actor_out), self.value_head(critic_out).squeeze(-1)
+
+    @staticmethod
+    def _features(torso: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        """The torso over every step at once: [L, N, ...] observations -> [L, N, width]."""
+        features: torch.Tensor = torso(obs.flatten(0, 1))
+        return features.reshape(obs.shape[0], obs.shape[1], -1)
 
     def acting_policy(self) -> RecurrentActingPolicy:
         """A frozen CPU copy for acting in the envs (the learner keeps training its own)."""

@@ -72,6 +72,16 @@ class SequenceBatch:
         for start in range(0, len(self) - per_minibatch + 1, per_minibatch):
             yield shuffled.select(slice(start, start + per_minibatch))
 
+    def after(self, steps: int) -> SequenceBatch:
+        """Every ``[S, L]`` field without its first ``steps`` steps (``states`` unchanged: the caller warms it)."""
+        return SequenceBatch(
+            *(getattr(self, f.name) if f.name == "states" else getattr(self, f.name)[:, steps:] for f in fields(self))
+        )
+
+    def with_states(self, states: torch.Tensor) -> SequenceBatch:
+        """A copy with the start states replaced."""
+        return replace(self, states=states)
+
     def with_advantages(self, advantages: torch.Tensor) -> SequenceBatch:
         """A copy with ``advantages`` replaced."""
         return replace(self, advantages=advantages)
@@ -100,10 +110,21 @@ def to_sequences(flat: Batch, rollout: Rollout, length: int) -> SequenceBatch:
     )
 
 
-def replay(model: RecurrentActorCritic, batch: SequenceBatch) -> tuple[Categorical | DiagGaussian, torch.Tensor]:
-    """(pi(.|history) [S, L], V [S, L]): the model run over each sequence from its stored start state."""
-    head, values, _ = model.sequence(batch.obs.transpose(0, 1), batch.states, batch.starts.transpose(0, 1))
-    return model.distribution(head.transpose(0, 1)), values.transpose(0, 1)
+def replay(
+    model: RecurrentActorCritic, batch: SequenceBatch, burn_in: int = 0
+) -> tuple[Categorical | DiagGaussian, torch.Tensor, SequenceBatch]:
+    """(pi(.|history) [S, L - burn_in], V [S, L - burn_in], the batch those steps are): the model run over each
+    sequence from its stored start state. With ``burn_in`` b the first b steps only warm the state (R2D2's burn-in):
+    they run without gradient and the loss sees steps b .. L - 1 alone, from the state the warm-up reached."""
+    states = batch.states
+    if burn_in:
+        with torch.no_grad():
+            _, _, states = model.sequence(
+                batch.obs[:, :burn_in].transpose(0, 1), states, batch.starts[:, :burn_in].transpose(0, 1)
+            )
+        batch = batch.after(burn_in).with_states(states)
+    head, values = model.outputs(batch.obs.transpose(0, 1), states, batch.starts.transpose(0, 1))
+    return model.distribution(head.transpose(0, 1)), values.transpose(0, 1), batch
 
 
 def evaluate_sequences(
@@ -118,6 +139,7 @@ def evaluate_sequences(
             torch.from_numpy(rollout.obs).to(device),
             torch.from_numpy(rollout.states[0]).to(device),
             torch.from_numpy(rollout.episode_starts).to(device),
+            stepwise=True,  # step by step as acting did: log pi_old is the acting policy's, bit for bit
         )
         actions = torch.from_numpy(rollout.actions).to(device)
         log_probs = model.distribution(head[:steps]).log_prob(actions).reshape(steps * envs)

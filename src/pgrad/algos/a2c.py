@@ -178,7 +178,7 @@ def recurrent_forward(
     rollout as one sequence from the stored state it began with, reset at episode starts."""
     assert rollout.states is not None and rollout.episode_starts is not None, "a recurrent policy's rollout"
     steps, envs = rollout.num_steps, rollout.num_envs
-    head, values, _ = model.sequence(
+    head, values = model.outputs(
         torch.from_numpy(rollout.obs).to(device),
         torch.from_numpy(rollout.states[0]).to(device),
         torch.from_numpy(rollout.episode_starts).to(device),

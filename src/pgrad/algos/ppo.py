@@ -376,7 +376,7 @@ class PPO:
         config = self.config
         if isinstance(self.model, RecurrentActorCritic):
             assert isinstance(minibatch, SequenceBatch)
-            dist, values = replay(self.model, minibatch)
+            dist, values, minibatch = replay(self.model, minibatch, config.network.burn_in)
         else:
             dist, values = self.model(minibatch.obs)
         return ppo_loss(
