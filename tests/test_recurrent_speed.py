@@ -160,3 +160,17 @@ def test_burn_in_zero_is_the_plain_loss_and_refusals() -> None:
     with pytest.raises(ConfigError, match=r"network.burn_in must be in \[0, 4\); got -1"):
         network(burn_in=-1)
     np.testing.assert_array_equal(batch.after(3).mask.shape, (3, 1))
+
+
+@pytest.mark.parametrize(
+    ("algo", "sets"),
+    [("ppo", []), ("a2c", ["a2c.network.recurrent=lstm"]), ("impala", ["impala.network.recurrent=gru"])],
+)
+def test_burn_in_without_recurrent_ppo_is_refused_in_one_line(algo, sets):
+    """network.burn_in warms recurrent PPO's chunks; elsewhere it would be silently unused, so it is refused."""
+    from pgrad.errors import ConfigError
+    from pgrad.runs import resolve_config
+
+    with pytest.raises(ConfigError, match=rf"{algo}.network.burn_in must be 0 unless ppo.network.recurrent") as caught:
+        resolve_config(algo, "CartPole-v1", sets=[*sets, f"{algo}.network.burn_in=2"])
+    assert "\n" not in str(caught.value)

@@ -926,6 +926,7 @@ RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
     "network.recurrent_size": RECURRENT_ALGOS,
     "network.recurrent_shared": ("ppo", "a2c", "impala"),
     "network.sequence_length": ("ppo", "sac"),
+    "network.burn_in": ("ppo",),
     # recurrent SAC's sequence replay (the off-policy loop section is shared by sac, td3, ddpg and d4pg)
     "loop.burn_in": ("sac",),
     "loop.sequence_stride": ("sac",),
@@ -951,6 +952,12 @@ def check_recurrent(config: TrainConfig) -> None:
     loop = getattr(config.algo_config, "loop", None)
     if isinstance(loop, OffPolicyLoopConfig):
         check_sequence_loop(config.algo, loop, network, config.env.num_envs)
+    burn_in = getattr(network, "burn_in", 0)
+    if burn_in and (config.algo != "ppo" or getattr(network, "recurrent", None) is None):
+        raise ConfigError(
+            f"{config.algo}.network.burn_in must be 0 unless ppo.network.recurrent is set (recurrent PPO's chunks; "
+            f"A2C and IMPALA unroll whole rollouts, SAC's is loop.burn_in); got {burn_in}"
+        )
     if getattr(network, "recurrent", None) is None:
         return
     assert network is not None
