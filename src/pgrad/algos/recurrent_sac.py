@@ -58,8 +58,8 @@ def unroll(
     grad = torch.is_grad_enabled()
     for t in range(obs.shape[0]):  # step by step, [N, .] at a time: the computation acting did, bit for bit
         with torch.set_grad_enabled(grad and t >= burn_in):
-            h, state = core(obs[t], state * keep[t])
-        outputs.append(h)
+            h, state = core(obs[t : t + 1], state * keep[t])  # the core's fused call over a span of one step
+        outputs.append(h[0])
     return torch.stack(outputs), state
 
 
