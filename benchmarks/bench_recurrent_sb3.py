@@ -3,10 +3,10 @@
 Both libraries see the same env: pgrad's ``MaskVelocity`` wrapper (``env.mask_velocity=true``; the zoo's
 CartPoleNoVel-v1 and PendulumNoVel-v1 are the same idea). Both use rl-baselines3-zoo's ``ppo_lstm`` values for
 those tasks (hyperparams/ppo_lstm.yml), mapped onto pgrad's fields in ``PGRAD`` and written out for sb3-contrib
-in ``SB3``. Differences that remain: sb3-contrib runs the LSTM first and its MLP after it (net_arch pi/vf [64]),
-pgrad its MLP torso first (hidden_sizes [64]) and the LSTM after; sb3-contrib cuts sequences at episode ends
-and pads them, pgrad trains fixed chunks of ``sequence_length`` that carry the state across episode starts
-(reset inside); the zoo's Pendulum uses gSDE (``use_sde``), which pgrad has not: pgrad samples plain Gaussian
+in ``SB3``. The networks are the same shape: the LSTM reads the observation and one [64] ReLU layer per head
+follows it (pgrad: ``hidden_sizes=[]``, ``recurrent_head_sizes=[64]``; same parameter shapes, checked in
+tests/test_recurrent_heads.py). Differences that remain: sb3-contrib cuts sequences at episode ends and pads
+them, pgrad trains fixed chunks of ``sequence_length`` that carry the state across episode starts (reset inside); the zoo's Pendulum uses gSDE (``use_sde``), which pgrad has not: pgrad samples plain Gaussian
 noise. Per run: the final evaluation (20 deterministic episodes on fresh envs, observation statistics frozen),
 wall-clock and process CPU seconds, one torch thread. Seeds are interleaved (seed s of every variant, then s+1).
 
@@ -73,9 +73,17 @@ PGRAD: dict[str, list[str]] = {
         "ppo.network.activation=relu",
     ],
 }
+# sb3-contrib's MlpLstmPolicy: the LSTM reads the observation, then net_arch pi/vf [64] -> heads; pgrad the same with
+# no torso layers and recurrent_head_sizes [64] (the feed-forward variant keeps hidden_sizes [64]).
+LSTM_LIKE_SB3 = [
+    "ppo.network.recurrent=lstm",
+    "ppo.network.recurrent_size=64",
+    "ppo.network.hidden_sizes=[]",
+    "ppo.network.recurrent_head_sizes=[64]",
+]
 RECURRENT = {
-    "cartpole": ["ppo.network.recurrent=lstm", "ppo.network.recurrent_size=64", "ppo.network.sequence_length=32"],
-    "pendulum": ["ppo.network.recurrent=lstm", "ppo.network.recurrent_size=64", "ppo.network.sequence_length=32"],
+    "cartpole": [*LSTM_LIKE_SB3, "ppo.network.sequence_length=32"],
+    "pendulum": [*LSTM_LIKE_SB3, "ppo.network.sequence_length=32"],
 }
 SB3: dict[str, dict[str, Any]] = {
     "cartpole": {

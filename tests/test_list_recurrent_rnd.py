@@ -12,7 +12,7 @@ from pgrad.config import RECURRENT_ALGOS, listed_fields
 from pgrad.registry import ALGORITHMS
 from pgrad.runs import resolve_config
 
-RECURRENT = ("network.recurrent", "network.recurrent_size", "network.recurrent_shared")
+RECURRENT = ("network.recurrent", "network.recurrent_size", "network.recurrent_shared", "network.recurrent_head_sizes")
 
 
 def listing(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, dict[str, tuple[str, str]]]:

@@ -413,7 +413,9 @@ class NetworkConfig(Checked):
 
     SECTION: ClassVar[str] = "network"
 
-    hidden_sizes: tuple[int, ...] = param((64, 64), "MLP hidden layer sizes")
+    hidden_sizes: tuple[int, ...] = param(
+        (64, 64), "MLP hidden layer sizes (may be [] with network.recurrent: the core reads the observation itself)"
+    )
     activation: Activation = param("tanh", "hidden activation: a torch.nn class name (GELU, SiLU, ...) or tanh/relu")
     shared_network: bool = param(False, "share the MLP torso between actor and critic")
     log_std_init: float = param(0.0, "initial log std of Gaussian policies")
@@ -432,6 +434,11 @@ class NetworkConfig(Checked):
     )
     recurrent_size: int = param(64, "units of the recurrent core (network.recurrent)")
     recurrent_shared: bool = param(False, "actor and critic share one torso and recurrent core (else one each)")
+    recurrent_head_sizes: tuple[int, ...] = param(
+        (),
+        "hidden layers between the recurrent core and each head, one MLP for the policy and one for the value "
+        "(sb3-contrib's net_arch after its LSTM; [] : the heads read the core directly)",
+    )
     sequence_length: int = param(
         16, "recurrent training sequences: steps per chunk (divides num_steps; minibatch_size is whole chunks)"
     )
@@ -450,8 +457,19 @@ class NetworkConfig(Checked):
         """Checks hidden_sizes: 1 to ``MAX_LAYERS`` layers of 1 to ``MAX_LAYER_WIDTH`` units, at most
         ``MAX_HIDDEN_WEIGHTS`` weights between them; torso is 'module:Class' and torso_kwargs plain data."""
         sizes = self.hidden_sizes
-        if not sizes or len(sizes) > MAX_LAYERS or min(sizes) < 1 or max(sizes) > MAX_LAYER_WIDTH:
-            self._fail("hidden_sizes", f"a list of 1 to {MAX_LAYERS} integers in [1, {MAX_LAYER_WIDTH}]")
+        fewest = 0 if self.recurrent is not None else 1  # a recurrent core can read the observation itself
+        if (
+            len(sizes) < fewest
+            or len(sizes) > MAX_LAYERS
+            or min(sizes, default=1) < 1
+            or max(sizes, default=1) > MAX_LAYER_WIDTH
+        ):
+            self._fail("hidden_sizes", f"a list of {fewest} to {MAX_LAYERS} integers in [1, {MAX_LAYER_WIDTH}]")
+        heads = self.recurrent_head_sizes
+        if len(heads) > MAX_LAYERS or min(heads, default=1) < 1 or max(heads, default=1) > MAX_LAYER_WIDTH:
+            self._fail("recurrent_head_sizes", f"a list of 0 to {MAX_LAYERS} integers in [1, {MAX_LAYER_WIDTH}]")
+        if heads and self.recurrent is None:
+            self._fail("recurrent_head_sizes", "[] unless network.recurrent is set (the layers would be unused)")
         if sum(a * b for a, b in zip(sizes, sizes[1:], strict=False)) > MAX_HIDDEN_WEIGHTS:
             self._fail("hidden_sizes", f"layers with at most {MAX_HIDDEN_WEIGHTS} weights between them in all")
         check_torso(self.torso, self.torso_kwargs)
@@ -925,6 +943,7 @@ RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
     "network.recurrent": RECURRENT_ALGOS,
     "network.recurrent_size": RECURRENT_ALGOS,
     "network.recurrent_shared": ("ppo", "a2c", "impala"),
+    "network.recurrent_head_sizes": ("ppo", "a2c", "impala"),
     "network.sequence_length": ("ppo", "sac"),
     "network.burn_in": ("ppo",),
     # recurrent SAC's sequence replay (the off-policy loop section is shared by sac, td3, ddpg and d4pg)

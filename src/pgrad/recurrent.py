@@ -1,9 +1,10 @@
 """Recurrent actor-critics (``network.recurrent``: lstm or gru) and the acting policy that carries their state.
 
-The network is torso -> recurrent core -> heads: the MLP torso (``network.hidden_sizes``) embeds each
-observation, an ``LSTMCell`` or ``GRUCell`` of ``network.recurrent_size`` units carries the memory, and the
-policy and value heads read its output. With ``network.recurrent_shared`` the actor and the critic share one
-torso and core; otherwise each has its own.
+The network is torso -> recurrent core -> heads: the MLP torso (``network.hidden_sizes``, possibly empty) embeds
+each observation, an ``LSTMCell`` or ``GRUCell`` of ``network.recurrent_size`` units carries the memory, and the
+policy and value heads read its output, each through its own ``network.recurrent_head_sizes`` hidden layers
+(sb3-contrib's ``MlpLstmPolicy`` is ``hidden_sizes=[]``, ``recurrent_head_sizes=[64]``). With
+``network.recurrent_shared`` the actor and the critic share one torso and core; otherwise each has its own.
 
 The hidden state is one flat float32 row per env, ``[B, state_size]``: the actor core's (h, c) for an LSTM
 (h for a GRU), then the critic core's when it has its own. A flat row is what the rollout stores, the
@@ -25,7 +26,7 @@ from torch import nn
 
 from pgrad.config import NetworkConfig
 from pgrad.distributions import Categorical, DiagGaussian
-from pgrad.nets import ActionSpec, ActorCritic, ObsShape, make_torso, obs_size, orthogonal_init
+from pgrad.nets import ActionSpec, ActorCritic, ObsShape, make_torso, mlp_torso, obs_size, orthogonal_init
 
 CellKind = Literal["lstm", "gru"]
 
@@ -104,6 +105,15 @@ class Core(nn.Module):
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs), state
 
 
+def _head(size: int, network: NetworkConfig, out_dim: int, gain: float) -> nn.Module:
+    """A head on the core's output: ``network.recurrent_head_sizes`` hidden layers (sqrt 2 init, the torso's
+    activation), then a linear layer with ``gain``; the bare linear layer when there are none (the default, whose
+    parameter names a checkpoint already holds)."""
+    sizes = network.recurrent_head_sizes
+    last = orthogonal_init(nn.Linear(sizes[-1] if sizes else size, out_dim), gain)
+    return nn.Sequential(*mlp_torso(size, sizes, network.activation), last) if sizes else last
+
+
 class RecurrentActorCritic(nn.Module):
     """Policy and value over sequences: torso -> LSTM/GRU core -> heads, shared or separate for the critic."""
 
@@ -129,8 +139,8 @@ class RecurrentActorCritic(nn.Module):
         self.critic_core: Core | None = None
         if not self.shared:
             self.critic_torso, self.critic_core = branch()
-        self.policy_head = orthogonal_init(nn.Linear(size, action.size), 0.01)
-        self.value_head = orthogonal_init(nn.Linear(size, 1), 1.0)
+        self.policy_head = _head(size, network, action.size, 0.01)
+        self.value_head = _head(size, network, 1, 1.0)
         self.log_std = (
             nn.Parameter(torch.full((action.size,), float(network.log_std_init)))
             if action.kind == "continuous"
