@@ -1,14 +1,15 @@
 """pgrad's recurrent PPO against sb3-contrib's RecurrentPPO on masked-velocity CartPole-v1 and Pendulum-v1 (issue 26).
 
 Both libraries see the same env: pgrad's ``MaskVelocity`` wrapper (``env.mask_velocity=true``; the zoo's
-CartPoleNoVel-v1 and PendulumNoVel-v1 are the same idea). Both use rl-baselines3-zoo's ``ppo_lstm`` values for
-those tasks (hyperparams/ppo_lstm.yml), mapped onto pgrad's fields in ``PGRAD`` and written out for sb3-contrib
-in ``SB3``. The networks are the same shape: the LSTM reads the observation and one [64] ReLU layer per head
-follows it (pgrad: ``hidden_sizes=[]``, ``recurrent_head_sizes=[64]``; same parameter shapes, checked in
-tests/test_recurrent_heads.py). Differences that remain: sb3-contrib cuts sequences at episode ends and pads
-them, pgrad trains fixed chunks of ``sequence_length`` that carry the state across episode starts (reset inside);
-the zoo's Pendulum uses gSDE (``use_sde``), which pgrad has not: pgrad samples plain Gaussian noise. Per run: the final evaluation (20 deterministic episodes on fresh envs, observation statistics frozen),
-wall-clock and process CPU seconds, one torch thread. Seeds are interleaved (seed s of every variant, then s+1).
+CartPoleNoVel-v1 and PendulumNoVel-v1 are the same idea). Both use rl-baselines3-zoo's ``ppo_lstm`` values for those
+tasks (hyperparams/ppo_lstm.yml), mapped onto pgrad's fields in ``PGRAD`` and written out for sb3-contrib in
+``SB3``. The networks are the same shape: the LSTM reads the observation and one [64] ReLU layer per head follows it
+(pgrad: ``hidden_sizes=[]``, ``recurrent_head_sizes=[64]``; same parameter shapes, checked in
+tests/test_recurrent_heads.py). Differences that remain: sb3-contrib cuts sequences at episode ends and pads them,
+pgrad trains fixed chunks of ``sequence_length`` that carry the state across episode starts (reset inside); the
+zoo's Pendulum uses gSDE (``use_sde``), which pgrad has not: pgrad samples plain Gaussian noise. Per run: the final
+evaluation (20 deterministic episodes on fresh envs, observation statistics frozen), wall-clock and process CPU
+seconds, one torch thread. Seeds are interleaved (seed s of every variant, then s+1).
 
     .venv/bin/python benchmarks/bench_recurrent_sb3.py --task cartpole --seeds 1 2 3 4 5
     .venv/bin/python benchmarks/bench_recurrent_sb3.py --task pendulum --seeds 1 2 --steps 50000
