@@ -119,12 +119,22 @@ SB3: dict[str, dict[str, Any]] = {
 }
 
 
+# pgrad as shipped: its preset for the unmasked task (pgrad-*-preset variants), plus the recurrent core (64 LSTM
+# units, sequences of 32); the feed-forward preset variant is the same run without the core.
+PRESET_RECURRENT = ["ppo.network.recurrent=lstm", "ppo.network.recurrent_size=64", "ppo.network.sequence_length=32"]
+
+
 def pgrad_run(task: str, variant: str, seed: int, steps: int) -> dict[str, float]:
-    """pgrad PPO (``variant``: lstm or feed-forward) on the masked task; final evaluation and seconds."""
+    """pgrad PPO on the masked task; final evaluation and seconds. ``variant``: pgrad-lstm / pgrad-ff (the zoo's
+    ``ppo_lstm`` values), pgrad-lstm-preset / pgrad-ff-preset (pgrad's preset for the task)."""
     sets = ["env.mask_velocity=true", "run.progress=false", "run.tensorboard=false", "guard.eval_every=0"]
-    sets += PGRAD[task] + (RECURRENT[task] if variant == "pgrad-lstm" else [])
+    preset = variant.endswith("-preset")
+    if preset:
+        sets += PRESET_RECURRENT if variant.startswith("pgrad-lstm") else []
+    else:
+        sets += PGRAD[task] + (RECURRENT[task] if variant == "pgrad-lstm" else [])
     env_id = TASKS[task]["env_id"]
-    config, _ = resolve_config("ppo", env_id, sets=sets, seed=seed, total_steps=steps, use_preset=False)
+    config, _ = resolve_config("ppo", env_id, sets=sets, seed=seed, total_steps=steps, use_preset=preset)
     with tempfile.TemporaryDirectory() as folder:
         runner = OnPolicyRunner(config, Path(folder) / "run", console=False)
         wall, cpu = time.perf_counter(), time.process_time()
