@@ -7,12 +7,14 @@ run equals the uninterrupted one, and every refusal is one line."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
 from pgrad.algos.off_policy import twin_min, twin_min_target
 from pgrad.algos.retrace_sac import BehaviourReplay, RetraceBatch, RetraceSAC
@@ -298,6 +300,24 @@ def test_a_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path) -> None
     assert uninterrupted.buffer.terminated.any() or uninterrupted.buffer.truncated.any()
     for runner in (uninterrupted, first, resumed):
         runner.close()
+
+
+def test_the_guard_sees_a_drill_and_the_run_evaluates_from_the_cli(tmp_path, capsys) -> None:
+    """NaN gradients injected at step 50 are dropped and counted, the parameters stay finite, the off-policy rules'
+    metrics are logged (with the traces' mean), and ``pgrad eval`` reads the run folder."""
+    from pgrad.cli import main
+
+    extra = ("sac.loop.learning_starts=20", "guard.inject=[nan_grad@50]")
+    runner = OffPolicyRunner(small_config(80, extra), tmp_path / "run", console=False)
+    runner.train()
+    runner.close()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(row[names.NONFINITE_STEPS] for row in rows) > 0
+    assert all(row[names.PARAMS_FINITE] == 1.0 for row in rows)
+    assert {"q/mean", "q/td_error", "train/alpha", "retrace/trace_mean"} <= set(rows[-1])
+    assert 0.0 < rows[-1]["retrace/trace_mean"] <= 1.0
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "1"]) == 0
+    assert "return" in capsys.readouterr().out.lower()
 
 
 @pytest.mark.parametrize(
