@@ -554,6 +554,16 @@ class OffPolicyLoopConfig(Checked):
     recurrent_state: Literal["stored", "zero"] = param(
         "stored", "recurrent: a replayed sequence starts from the state the actor had (stored) or from zeros (zero)"
     )
+    # SAC's Retrace(lambda) critic target (pgrad.algos.retrace_sac): replayed sequences with behaviour log-probs
+    q_target: Literal["one_step", "retrace"] = param(
+        "one_step",
+        "sac: the critic's target: SAC's one-step soft TD target, or retrace: Retrace(lambda) over loop.retrace_steps "
+        "replayed steps with the behaviour policy's stored log-probabilities (Munos et al., 2016)",
+    )
+    retrace_lambda: float = param(1.0, "retrace: lambda of the traces c_t = lambda min(1, pi/mu), in [0, 1]")
+    retrace_steps: int = param(
+        5, "retrace: steps n of each replayed sequence: Q(s_0, a_0)'s target reads r_0 .. r_(n-1), bootstraps at s_n"
+    )
 
     def validate(self) -> None:
         """Checks the buffer, batch and schedule ranges; gradient_steps is -1 (one per env step of the round) or at
@@ -571,6 +581,8 @@ class OffPolicyLoopConfig(Checked):
         self.check_range("priority_eps", 0, 1, low_open=True)
         self.check_range("burn_in", 0, MAX_WINDOW)
         self.check_range("sequence_stride", 1, MAX_WINDOW)
+        self.check_range("retrace_lambda", 0, 1)
+        self.check_range("retrace_steps", 1, MAX_WINDOW)
 
 
 # --------------------------------------------------------------------------------------------
@@ -950,6 +962,10 @@ RECURRENT_FIELDS: dict[str, tuple[str, ...]] = {
     "loop.burn_in": ("sac",),
     "loop.sequence_stride": ("sac",),
     "loop.recurrent_state": ("sac",),
+    # SAC's Retrace target (the deterministic actors have no log-probabilities to correct with)
+    "loop.q_target": ("sac",),
+    "loop.retrace_lambda": ("sac",),
+    "loop.retrace_steps": ("sac",),
 }
 
 
@@ -971,6 +987,7 @@ def check_recurrent(config: TrainConfig) -> None:
     loop = getattr(config.algo_config, "loop", None)
     if isinstance(loop, OffPolicyLoopConfig):
         check_sequence_loop(config.algo, loop, network, config.env.num_envs)
+        check_retrace_loop(config.algo, loop, network, config.env.num_envs)
     burn_in = getattr(network, "burn_in", 0)
     if burn_in and (config.algo != "ppo" or getattr(network, "recurrent", None) is None):
         raise ConfigError(
@@ -1020,6 +1037,33 @@ def check_sequence_loop(algo: str, loop: OffPolicyLoopConfig, network: Any, num_
         raise ConfigError(
             f"{algo}.loop.buffer_size must hold at least burn_in + sequence_length + sequence_stride + 1 = "
             f"{length + loop.sequence_stride + 1} steps per env ({num_envs} envs); got {loop.buffer_size}"
+        )
+
+
+def check_retrace_loop(algo: str, loop: OffPolicyLoopConfig, network: Any, num_envs: int) -> None:
+    """``loop.q_target=retrace`` only for feed-forward SAC with uniform replay (pgrad.algos.retrace_sac), its
+    ``retrace_*`` fields only with it (else unused), and a buffer that holds a sequence per env."""
+    if loop.q_target == "one_step":
+        for name in ("retrace_lambda", "retrace_steps"):
+            if getattr(loop, name) != getattr(OffPolicyLoopConfig, name):
+                raise ConfigError(
+                    f"{algo}.loop.{name} needs {algo}.loop.q_target=retrace (it would be unused); "
+                    f"got {getattr(loop, name)!r}"
+                )
+        return
+    problem = None
+    if algo != "sac":
+        problem = f"'one_step' for {algo} (retrace needs a stochastic policy's log-probabilities: sac)"
+    elif getattr(network, "recurrent", None) is not None:
+        problem = "'one_step' with network.recurrent (recurrent SAC's sequence replay has no Retrace target)"
+    elif loop.replay != "uniform":
+        problem = f"'one_step' with loop.replay={loop.replay} (retrace samples sequences uniformly)"
+    if problem is not None:
+        raise ConfigError(f"{algo}.loop.q_target must be {problem}; got 'retrace'")
+    if loop.buffer_size // num_envs < loop.retrace_steps + 1:
+        raise ConfigError(
+            f"{algo}.loop.buffer_size must hold at least retrace_steps + 1 = {loop.retrace_steps + 1} steps per env "
+            f"({num_envs} envs); got {loop.buffer_size}"
         )
 
 

@@ -1,8 +1,9 @@
 """Return and advantage estimators: pure functions over time-major ``[T, B]`` arrays.
 
-The estimators take NumPy arrays; the two that a learner needs on its own device also come over
-torch tensors: ``gae_torch`` (token PPO's GAE, ``pgrad.lm.losses.token_gae``) and
-``td_targets_torch`` (the replay learners' TD target, ``pgrad.algos.off_policy``). Each twin computes
+The estimators take NumPy arrays; the three that a learner needs on its own device also come over
+torch tensors: ``gae_torch`` (token PPO's GAE, ``pgrad.lm.losses.token_gae``),
+``td_targets_torch`` (the replay learners' TD target, ``pgrad.algos.off_policy``) and ``retrace_torch``
+(SAC's Retrace target, ``pgrad.algos.retrace_sac``). Each twin computes
 the same recursion as its NumPy original, is tested equal to it, and stays on the tensors' device and
 dtype (no ``.numpy()``, no host round trip). Separate functions rather than one that dispatches on
 type: each has one exact signature for the type checker and callers, NumPy float64 keeps its
@@ -273,3 +274,30 @@ def gae_torch(
 def td_targets_torch(rewards: Tensor, next_values: Tensor, terminated: Tensor, gamma: float) -> Tensor:
     """Torch twin of :func:`td_targets`: y_t = r_t + gamma (1 - terminated_t) V(s_{t+1})."""
     return rewards + gamma * (1.0 - terminated.to(rewards.dtype)) * next_values
+
+
+def retrace_torch(
+    log_rhos: Tensor,
+    rewards: Tensor,
+    q_values: Tensor,
+    next_expected_q: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    lam: float = 1.0,
+) -> Tensor:
+    """Torch twin of :func:`retrace` (SAC's Retrace critic target, ``pgrad.algos.retrace_sac``).
+
+    c_t = lam min(1, pi/mu);  Q^ret_t = r_t + gamma (1 - terminated_t) E_pi Q(s_{t+1}, .)
+                                        + gamma (1 - done_t) c_{t+1} (Q^ret_{t+1} - Q(s_{t+1}, a_{t+1}))
+    """
+    cs = lam * torch.exp(log_rhos).clamp(max=1.0)
+    not_terminated, done = _flags_torch(terminated, truncated, rewards)
+    not_done = (~done).to(rewards.dtype)
+    one_step = rewards + gamma * not_terminated * next_expected_q
+    target = one_step[-1]
+    rows = [target]
+    for t in reversed(range(rewards.shape[0] - 1)):
+        target = one_step[t] + gamma * not_done[t] * cs[t + 1] * (target - q_values[t + 1])
+        rows.append(target)
+    return torch.stack(rows[::-1])

@@ -895,3 +895,19 @@ class SquashedActingPolicy:
         noise = rng.standard_normal(mean.shape).astype(np.float32)
         squashed: np.ndarray = np.tanh(mean + np.exp(log_std) * noise).astype(np.float32)
         return squashed
+
+    def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """log pi(a|s) per row, in float64, of squashed actions a = tanh(u) (SAC's actor; the behaviour
+        log-probabilities of SAC's Retrace target): the learner's ``TanhGaussian.log_prob`` on the same actions,
+        u = atanh(a clamped to [-1 + 1e-6, 1 - 1e-6]), log N(u; mean, std^2) - sum_i log(1 - tanh(u_i)^2)."""
+        if self.log_std_head is None:
+            raise ValueError("a deterministic actor's noisy actions have no log-probability")
+        features = self._features(obs)
+        mean = (features @ self.head[0] + self.head[1]).astype(np.float64)
+        log_std = np.clip(features @ self.log_std_head[0] + self.log_std_head[1], *LOG_STD_BOUNDS).astype(np.float64)
+        pre_tanh = np.arctanh(np.clip(np.asarray(actions, np.float32), -1.0 + 1e-6, 1.0 - 1e-6).astype(np.float64))
+        z = (pre_tanh - mean) * np.exp(-log_std)
+        gaussian = -0.5 * z**2 - log_std - 0.5 * np.log(2.0 * np.pi)
+        log_det = 2.0 * (np.log(2.0) - pre_tanh - np.logaddexp(0.0, -2.0 * pre_tanh))  # log(1 - tanh(u)^2), stable
+        log_probs: np.ndarray = (gaussian - log_det).sum(axis=-1)
+        return log_probs

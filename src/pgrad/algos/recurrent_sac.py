@@ -38,6 +38,7 @@ from pgrad.algos.off_policy import (
     temperature_loss,
     twin_min_target,
 )
+from pgrad.algos.retrace_sac import RetraceSAC
 from pgrad.algos.sac import SAC, SACConfig
 from pgrad.config import Activation, OffPolicyLoopConfig
 from pgrad.errors import ConfigError
@@ -341,8 +342,11 @@ class RecurrentSAC:
 
 def build_sac(
     config: SACConfig, obs_shape: int | ObsLayout, action: ActionSpec, device: torch.device | str = "cpu"
-) -> SAC | RecurrentSAC:
-    """The registry's builder of ``sac``: recurrent SAC when ``network.recurrent`` is set, else SAC."""
+) -> SAC | RecurrentSAC | RetraceSAC:
+    """The registry's builder of ``sac``: recurrent SAC when ``network.recurrent`` is set, SAC with Retrace
+    targets with ``loop.q_target=retrace`` (pgrad.algos.retrace_sac), else SAC."""
     if config.network.recurrent is not None:
         return RecurrentSAC(config, obs_shape, action, device)
+    if config.loop.q_target == "retrace":
+        return RetraceSAC(config, obs_shape, action, device)
     return SAC(config, obs_shape, action, device)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +32,7 @@ import torch
 
 from pgrad import metric_names as names
 from pgrad.algos.contract import UpdateContext
+from pgrad.algos.impala import behaviour_log_probs
 from pgrad.algos.numpy_grad import resolved_record
 from pgrad.builders import (
     Environment,
@@ -56,7 +58,7 @@ from pgrad.monitor.sinks import JsonlSink, MetricSink
 from pgrad.nets import Actor
 from pgrad.registry import get_algorithm
 from pgrad.replay import PRIORITY_KEY, PrioritizedReplayBuffer, ReplayBuffer, TransitionBatch, make_replay_buffer
-from pgrad.rollout import RolloutCollector
+from pgrad.rollout import Rollout, RolloutCollector
 from pgrad.runners import synchronous, trunk
 from pgrad.runners.context import TrainResult, resident_memory_mb
 from pgrad.sequence_replay import SequenceBatch, SequenceReplay
@@ -83,6 +85,11 @@ class UniformActor:
     def mode(self, obs: np.ndarray) -> np.ndarray:
         """Zeros, the centre of the action box (the uniform distribution has no mode)."""
         return np.zeros((obs.shape[0], self.action_dim), np.float32)
+
+    def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """log mu(a|s) = -|A| log 2 per row, the density of the uniform draw on [-1, 1]^|A| (a Retrace learner's
+        behaviour log-probabilities during the warm-up)."""
+        return np.full(obs.shape[0], -self.action_dim * np.log(2.0))
 
 
 def aggregate(history: dict[str, list[Any]]) -> dict[str, float]:
@@ -263,6 +270,20 @@ class OffPolicyRunner:
         every = self.loop.log_every
         return min((self.step // every + 1) * every, self.config.run.total_steps)
 
+    def collect(self, policy: Actor) -> Rollout:
+        """``loop.train_freq`` steps of every env with ``policy``; for a learner that replays behaviour
+        log-probabilities (SAC's Retrace target) with log mu(a_t|s_t) attached, computed by the policy that acted
+        right after it acted (no update falls inside a collect, so these are the acting weights)."""
+        try:
+            rollout = self.collector.collect(policy, self.rng, self.loop.train_freq)
+        except CallbackError:
+            raise  # a callback's failure during the steps, not the env's
+        except Exception as exc:
+            raise self.env_failed(exc, "while collecting") from None
+        if getattr(self.algo, "replays_behaviour", False):
+            rollout = replace(rollout, behaviour_log_probs=behaviour_log_probs(policy, rollout))
+        return rollout
+
     def train_one_row(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Rounds of collect -> store -> update up to the end of this log row; its metrics."""
         loop, num_envs = self.loop, self.env.envs.num_envs
@@ -284,12 +305,7 @@ class OffPolicyRunner:
                 policy: Actor = self.warmup_policy()
             else:
                 policy = live if live is not None else self.algo.acting_policy()
-            try:
-                rollout = self.collector.collect(policy, self.rng, loop.train_freq)
-            except CallbackError:
-                raise  # a callback's failure during the steps, not the env's
-            except Exception as exc:
-                raise self.env_failed(exc, "while collecting") from None
+            rollout = self.collect(policy)
             if faults.flip_reward:
                 np.negative(rollout.rewards, out=rollout.rewards)
             self.step += rollout.num_steps * num_envs
