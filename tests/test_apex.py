@@ -23,6 +23,7 @@ from pgrad.replay import PRIORITY_KEY, PrioritizedReplayBuffer, PrioritySettings
 from pgrad.runners.apex import ApexActor, ApexCollector, LocalActors, block_transitions
 from pgrad.runners.off_policy import OffPolicyRunner, UniformActor
 from pgrad.runs import resolve_config
+from ray_helpers import local_ray  # before ray: it sets Ray's auth variables
 
 SETS = [
     "run.progress=false",
@@ -211,8 +212,6 @@ def test_ray_without_apex_and_n_step_with_several_envs_are_refused(tmp_path):
 @pytest.mark.slow
 def test_apex_td3_on_ray_replaces_a_killed_actor(tmp_path, hang_guard):
     pytest.importorskip("ray")
-    from ray_helpers import local_ray
-
     config = apex_config("apex_td3", ["run.backend=ray", "apex.actors=2"], total=600)
     with local_ray():
         runner = OffPolicyRunner(config, tmp_path / "ray", console=False)
