@@ -89,17 +89,35 @@ def main() -> None:
             RAY_AUTH_TOKEN_PATH=str(temp / "token"),
             RAY_USAGE_STATS_ENABLED="0",
         )
+        import ray
+
+        # Ray started here, as bench_ray.py does: a Ray that the run's RaySession starts itself lost its GCS within
+        # seconds on this machine (the driver aborts: "Failed to connect to GCS within 60 seconds")
+        source = str(Path(__file__).resolve().parents[1] / "src")
+        ray.init(
+            num_cpus=max(args.actors),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"PYTHONPATH": source}},
+        )
     print(f"## bench_apex_scale.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
     print(f"apex_td3 Pendulum-v1, backend {args.backend}, {args.gradient_steps} gradient steps per 50-step block\n")
     print("| actors | env steps/s | learner updates/s | weight lag (mean) | measured s | load before | load after |")
     print("|---:|---:|---:|---:|---:|---|---|")
-    for actors in args.actors:
-        r = run_once(actors, args.backend, args.seconds, args.gradient_steps, temp)
-        print(
-            f"| {actors} | {r['env_steps_per_s']:.0f} | {r['updates_per_s']:.0f} | {r['weight_lag_mean']:.0f} | "
-            f"{r['measured_s']:.0f} | {r['load_before']} | {r['load_after']} |",
-            flush=True,
-        )
+    try:
+        for actors in args.actors:
+            r = run_once(actors, args.backend, args.seconds, args.gradient_steps, temp)
+            print(
+                f"| {actors} | {r['env_steps_per_s']:.0f} | {r['updates_per_s']:.0f} | {r['weight_lag_mean']:.0f} | "
+                f"{r['measured_s']:.0f} | {r['load_before']} | {r['load_after']} |",
+                flush=True,
+            )
+    finally:
+        if args.backend == "ray":
+            import ray
+
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -176,6 +176,23 @@ def test_local_backend_is_deterministic_and_resumes_bit_exactly(tmp_path):
         resumed.close()
 
 
+def test_apex_d4pg_blocks_end_in_a_cut_so_n_step_windows_stay_in_one_actors_steps(tmp_path):
+    """Blocks of 10 steps from 2 actors alternate in the replay: every 10th row is marked truncated (the block's end),
+    so no n-step window of the learner runs from one actor's steps into the other's."""
+    config = apex_config("apex_d4pg", ["apex_d4pg.n_step=3", "apex_d4pg.v_min=-800", "apex_d4pg.v_max=0"], total=200)
+    runner = OffPolicyRunner(config, tmp_path / "d4pg", console=False)
+    try:
+        runner.train()
+        buffer = runner.buffer
+        assert buffer.size == 200 and buffer.n_step == 3
+        assert buffer.truncated[9:200:10].all() and not buffer.terminated[:200].any()
+        # Pendulum's time limit (200) falls on no row here: only the block ends are cut
+        assert buffer.truncated[:200].sum() == 20
+        assert runner.updates > 0
+    finally:
+        runner.close()
+
+
 # ---- refusals: one line each ---------------------------------------------------------------------------------------
 
 

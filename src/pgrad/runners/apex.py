@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -375,8 +375,6 @@ class RayActors:
     one block requested, and ``next_block`` hands over whichever is done first."""
 
     def __init__(self, config: TrainConfig, gamma: float, on_event: Callable[..., None]) -> None:
-        from dataclasses import replace
-
         from pgrad.runners.ray_backend import RaySession, WorkerGroup
 
         actors = config.algo_config.apex.actors
@@ -440,6 +438,17 @@ class RayActors:
                 self.replace(index, str(exc))
                 continue
             self.request(index, weights_for, steps, warmup)
+            # copies: Ray hands out read-only views of its object store, and the loop may write a rollout (drills)
+            rollout = block.rollout
+            block.rollout = replace(
+                rollout,
+                obs=np.array(rollout.obs),
+                actions=np.array(rollout.actions),
+                rewards=np.array(rollout.rewards),
+                terminated=np.array(rollout.terminated),
+                truncated=np.array(rollout.truncated),
+                valid=np.array(rollout.valid),
+            )
             return block
 
     def replace(self, index: int, reason: str) -> None:
@@ -493,6 +502,7 @@ class RayActors:
             except Exception:  # already finished, or its actor gone
                 pass
         self.in_flight.clear()
+        self.weights_ref = None  # no object reference may outlive the session
         self.group.close()
 
 
