@@ -15,6 +15,7 @@ import torch
 from pgrad.algos.a2c import A2C, A2CConfig
 from pgrad.algos.a3c import A3C, A3CConfig
 from pgrad.algos.actor_critic import ActorCriticAlgorithm, ActorCriticConfig
+from pgrad.algos.apex import ApexD4PGConfig, ApexDDPGConfig, ApexTD3Config
 from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.algos.d4pg import D4PG, D4PGConfig
 from pgrad.algos.ddpg import DDPG, DDPGConfig
@@ -226,6 +227,26 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         "d4pg",
         "D4PG: deterministic actor, categorical distributional critic, n-step returns, prioritized replay",
         D4PGConfig,
+        D4PG,
+    ),
+    # APE-X: the learner above unchanged, fed by actors with their own noise scales and stale weights
+    # (pgrad.runners.apex; in-process and deterministic by default, on Ray with --backend ray)
+    "apex_td3": OffPolicySpec(
+        "apex_td3",
+        "APE-X TD3: actors with per-actor noise scales send prioritised blocks to the TD3 learner (--backend ray)",
+        ApexTD3Config,
+        TD3,
+    ),
+    "apex_ddpg": OffPolicySpec(
+        "apex_ddpg",
+        "APE-X DDPG: actors with per-actor noise scales send prioritised blocks to the DDPG learner (--backend ray)",
+        ApexDDPGConfig,
+        DDPG,
+    ),
+    "apex_d4pg": OffPolicySpec(
+        "apex_d4pg",
+        "APE-X D4PG (distributed D4PG): actors send n-step prioritised blocks to the D4PG learner (--backend ray)",
+        ApexD4PGConfig,
         D4PG,
     ),
     ALGO: LanguageModelSpec(

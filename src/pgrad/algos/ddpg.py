@@ -131,6 +131,13 @@ class DDPG:
         """Resets the exploration noise (OU state) of the envs whose episodes ended."""
         self.noise.end_episodes(done)
 
+    def critic_target(self, batch: TransitionBatch) -> torch.Tensor:
+        """y = r + gamma (1 - terminated) Q'(s', mu'(s')), no gradient (also what an APE-X actor prioritises with,
+        ``pgrad.algos.apex``)."""
+        with torch.no_grad():
+            next_q = self.target_critic.stacked(batch.next_obs, self.target_actor(batch.next_obs))
+            return twin_min_target(batch.rewards, batch.terminated, next_q, self.config.gamma)
+
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
         """One DDPG gradient step: the critic toward r + gamma (1 - terminated) Q'(s', mu'(s')), the actor up Q(s,
         mu(s)), then Polyak-averaged targets (tau)."""
@@ -138,9 +145,7 @@ class DDPG:
         self.learning_rate = schedule_learning_rates(
             [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
         )
-        with torch.no_grad():
-            next_q = self.target_critic.stacked(batch.next_obs, self.target_actor(batch.next_obs))
-            target = twin_min_target(batch.rewards, batch.terminated, next_q, config.gamma)
+        target = self.critic_target(batch)
         q_values = self.critic.stacked(batch.obs, batch.actions)
         loss_q = critic_loss(q_values, target, batch.weights)
         critic_norm = optimizer_step(self.critic_optimizer, self.critic_parameters, loss_q, None)

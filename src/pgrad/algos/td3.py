@@ -138,6 +138,17 @@ class TD3:
         """Resets the exploration noise (OU state) of the envs whose episodes ended."""
         self.noise.end_episodes(done)
 
+    def critic_target(self, batch: TransitionBatch) -> torch.Tensor:
+        """y = r + gamma (1 - terminated) min_i Q'_i(s', clip(mu'(s') + clip(eps, -c, c), -1, 1)), no gradient (also
+        what an APE-X actor prioritises with, ``pgrad.algos.apex``)."""
+        config = self.config
+        with torch.no_grad():
+            next_actions = smoothed_target_actions(
+                self.target_actor(batch.next_obs), config.target_policy_noise, config.target_noise_clip
+            )
+            next_qs = self.target_critics.stacked(batch.next_obs, next_actions)  # [2, N]: both critics at once
+            return twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma)
+
     def update(self, batch: TransitionBatch, context: UpdateContext) -> dict[str, Any]:
         """One TD3 gradient step: the twin critics toward r + gamma (1 - terminated) min Q'(s', smoothed mu'(s')); every
         ``policy_delay`` steps the actor up Q1(s, mu(s)) and the targets Polyak-averaged."""
@@ -145,12 +156,7 @@ class TD3:
         self.learning_rate = schedule_learning_rates(
             [self.actor_optimizer, self.critic_optimizer], config.optimizer, context
         )
-        with torch.no_grad():
-            next_actions = smoothed_target_actions(
-                self.target_actor(batch.next_obs), config.target_policy_noise, config.target_noise_clip
-            )
-            next_qs = self.target_critics.stacked(batch.next_obs, next_actions)  # [2, N]: both critics at once
-            target = twin_min_target(batch.rewards, batch.terminated, next_qs, config.gamma)
+        target = self.critic_target(batch)
         q_values = self.critics.stacked(batch.obs, batch.actions)
         loss_q = critic_loss(q_values, target, batch.weights)
         metrics: dict[str, Any] = {

@@ -75,6 +75,8 @@ class LiveActing(Protocol):
 class UniformActor:
     """Actions drawn uniformly from [-1, 1] (the rescaled action box) before ``learning_starts``."""
 
+    warmup = True  # APE-X's actors act with it, not their own policy, while the loop warms up (pgrad.runners.apex)
+
     def __init__(self, action_dim: int) -> None:
         self.action_dim = action_dim
 
@@ -127,6 +129,12 @@ class OffPolicyRunner:
                 f"algorithm '{config.algo}' needs the {kind} runner, not the off-policy loop; "
                 f"'pgrad train {config.algo}' picks it (pgrad.runners.runner_for)"
             )
+        apex = getattr(config.algo_config, "apex", None)  # APE-X's actors (pgrad.runners.apex), or None
+        if config.run.backend == "ray" and apex is None:
+            raise ConfigError(
+                f"run.backend 'ray' runs off-policy learners as APE-X: 'pgrad train apex_{config.algo} --backend ray' "
+                f"(apex_td3, apex_ddpg, apex_d4pg); {config.algo} collects in this process (run.backend 'local')"
+            )
         self.config = config
         self.run = trunk.begin_run(config, run_dir, resume, overwrite, env_object=env_factory is not None)
         self.run_dir = self.run.run_dir
@@ -139,14 +147,27 @@ class OffPolicyRunner:
             raise
         self.loop = self.algo.loop
         self.device = torch.device(config.run.device)
-        self.collector = RolloutCollector(
-            self.env.envs,
-            self.env.adapter,
-            self.env.obs_normalizer,
-            self.env.reward_scaler,
-            config.run.episode_window,
-            getattr(self.algo, "state_size", 0),  # a recurrent policy's state, carried by the collector
-        )
+        self.collector: RolloutCollector | Any
+        if apex is not None:  # the actors' blocks, with their priorities, instead of this process's env
+            from pgrad.runners.apex import apex_environment
+
+            self.env, self.collector = apex_environment(
+                config,
+                self.env,
+                self.algo,  # type: ignore[arg-type]
+                self.learner_version,
+                self.emit_event,
+                env_factory is not None,
+            )
+        else:
+            self.collector = RolloutCollector(
+                self.env.envs,
+                self.env.adapter,
+                self.env.obs_normalizer,
+                self.env.reward_scaler,
+                config.run.episode_window,
+                getattr(self.algo, "state_size", 0),  # a recurrent policy's state, carried by the collector
+            )
         self.rng = np.random.default_rng(config.run.seed)
         synchronous.first_reset(self)
         action_dim = self.env.adapter.action.size
@@ -309,12 +330,7 @@ class OffPolicyRunner:
             if faults.flip_reward:
                 np.negative(rollout.rewards, out=rollout.rewards)
             self.step += rollout.num_steps * num_envs
-            self.algo.end_episodes(((rollout.terminated | rollout.truncated) & rollout.valid).any(axis=0))
-            self.buffer.add_rollout(rollout)
-            self.reward_abs_max = max(
-                self.reward_abs_max, float(np.abs(rollout.rewards[rollout.valid]).max(initial=0.0))
-            )
-            self.recorder.add(rollout)
+            self.store_round(rollout)
             # as SB3: random actions while step < learning_starts, updates once step > learning_starts
             if self.step <= loop.learning_starts or self.buffer.size < self.refill_target:
                 continue
@@ -359,8 +375,34 @@ class OffPolicyRunner:
             "perf/update_seconds": update_seconds,
             "perf/wall_seconds": self.run.elapsed_before + finished - self.run.started,
             "perf/rss_mb": resident_memory_mb(),
+            **self.collector_metrics(gradient_steps, finished - started),
         }
         return metrics
+
+    def store_round(self, rollout: Rollout) -> None:
+        """A round's valid steps into the replay (APE-X: the actor's block at the priorities it computed), the
+        largest |reward| so far, and the trajectory recorder."""
+        self.algo.end_episodes(((rollout.terminated | rollout.truncated) & rollout.valid).any(axis=0))
+        add_to_replay = getattr(self.collector, "add_to_replay", None)
+        if add_to_replay is None:
+            self.buffer.add_rollout(rollout)
+        else:
+            add_to_replay(self.buffer, rollout)
+        self.reward_abs_max = max(self.reward_abs_max, float(np.abs(rollout.rewards[rollout.valid]).max(initial=0.0)))
+        self.recorder.add(rollout)
+
+    def learner_version(self) -> int:
+        """The learner's gradient steps so far: the version of the weights an APE-X actor copies now."""
+        return self.updates
+
+    def emit_event(self, kind: str, message: str, **data: Any) -> None:
+        """An event in the run's log at the current step (what the APE-X actors' group reports)."""
+        self.run.emit(kind, self.step, message, **data)
+
+    def collector_metrics(self, gradient_steps: int, seconds: float) -> dict[str, float]:
+        """The collector's own metrics of this row (APE-X: actor and learner throughput, weight lag, priorities)."""
+        row_metrics = getattr(self.collector, "row_metrics", None)
+        return {} if row_metrics is None else dict(row_metrics(self.buffer, gradient_steps, seconds))
 
     def replay_feedback(self, batch: TransitionBatch | SequenceBatch, metrics: dict[str, Any]) -> dict[str, Any]:
         """Prioritised replay: the learner's new |TD errors| of ``batch`` become its rows' priorities; the

@@ -261,16 +261,23 @@ class WorkerGroup:
     """``ray.workers`` rollout actors, their deadlines and their replacement."""
 
     def __init__(
-        self, config: TrainConfig, gamma: float, session: RaySession, on_event: Any = None, state_size: int = 0
+        self,
+        config: TrainConfig,
+        gamma: float,
+        session: RaySession,
+        on_event: Any = None,
+        state_size: int = 0,
+        worker_class: type = RolloutWorker,
     ) -> None:
-        """``state_size``: a recurrent policy's state width, handed to every worker's collector (0: feed-forward)."""
+        """``state_size``: a recurrent policy's state width, handed to every worker's collector (0: feed-forward);
+        ``worker_class``: the actor class, built as (config, gamma, seed, state_size) (APE-X's ``ApexActor``)."""
         self.config = config
         self.gamma = gamma
         self.state_size = state_size
         self.ray = session.ray
         self.session = session
         self.timeout = config.ray.call_timeout_s
-        self.actor_class = self.ray.remote(num_cpus=config.ray.worker_cpus, max_restarts=0)(RolloutWorker)
+        self.actor_class = self.ray.remote(num_cpus=config.ray.worker_cpus, max_restarts=0)(worker_class)
         self.generations = [0] * config.ray.workers
         self.restarts = 0
         # the runner points this at its event log: (kind, message, data) -> None
