@@ -20,6 +20,7 @@ from pgrad.algos.contract import OffPolicyAlgorithm, OnPolicyAlgorithm
 from pgrad.algos.d4pg import D4PG, D4PGConfig
 from pgrad.algos.ddpg import DDPG, DDPGConfig
 from pgrad.algos.impala import Impala, ImpalaConfig
+from pgrad.algos.maddpg import MADDPGConfig
 from pgrad.algos.mappo import IPPOConfig, MAPPOConfig
 from pgrad.algos.ppo import PPO, PPOConfig
 from pgrad.algos.ppo_kl import PPOKL, PPOKLConfig
@@ -222,6 +223,12 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         "ippo",
         "Independent PPO: decentralised actors, each agent's critic on its own observation (PettingZoo teams)",
         IPPOConfig,
+    ),
+    "maddpg": MultiAgentSpec(
+        "maddpg",
+        "Multi-agent DDPG: deterministic actors, centralised critics on every agent's observation and action, "
+        "Gumbel-softmax for discrete actions, joint replay (PettingZoo teams)",
+        MADDPGConfig,
     ),
     "d4pg": OffPolicySpec(
         "d4pg",

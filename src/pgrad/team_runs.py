@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from pgrad import __version__, safe_io
+from pgrad.algos.maddpg import MADDPGConfig, MADDPGLearner
 from pgrad.algos.mappo import TeamLearner
 from pgrad.checkpoint import CheckpointStore, inside_run, load_modules, read_train_state
 from pgrad.config import TrainConfig, load_yaml
@@ -31,6 +32,7 @@ from pgrad.errors import ConfigError
 from pgrad.export import FORMATS, Chain, onnx_model, torchscript_module
 from pgrad.nets import NUMPY_ACTIVATIONS
 from pgrad.registry import get_algorithm
+from pgrad.runners import runner_for
 from pgrad.runners.multi_agent import MultiAgentRunner, build_team, team_episodes
 from pgrad.runs import load_run_config, resolve_config
 
@@ -80,16 +82,16 @@ def train_team(
     ``key=value`` items. Returns the runner (``runner.learner``, ``runner.step``); ``TeamPolicy.from_learner``
     gives the deployed policies."""
     if get_algorithm(algo).kind != "multi_agent":
-        raise ConfigError(f"train_team trains a multi-agent algorithm (mappo, ippo); got '{algo}'")
+        raise ConfigError(f"train_team trains a multi-agent algorithm (mappo, ippo, maddpg); got '{algo}'")
     env_id, make = team_source(env)
     config, _ = resolve_config(algo, env_id, sets=sets, seed=seed, total_steps=total_steps, check_env=make is None)
-    runner = MultiAgentRunner(config, Path(run_dir), console=console, env_factory=make)
+    runner: MultiAgentRunner = runner_for(config)(config, Path(run_dir), console=console, env_factory=make)
     runner.train()
     return runner
 
 
 def is_team_run(run_dir: Path) -> bool:
-    """Whether ``run_dir``'s config.yaml names a multi-agent algorithm (MAPPO, IPPO)."""
+    """Whether ``run_dir``'s config.yaml names a multi-agent algorithm (MAPPO, IPPO, MADDPG)."""
     path = Path(run_dir) / "config.yaml"
     if path.is_symlink() or not path.is_file():  # the single-agent path's checks say what is wrong with it
         return False
@@ -100,7 +102,10 @@ def is_team_run(run_dir: Path) -> bool:
         return False
 
 
-def load_team(run_dir: Path, which: str, trust_env_code: bool) -> tuple[TrainConfig, TeamLearner, Path]:
+TeamLearners = TeamLearner | MADDPGLearner
+
+
+def load_team(run_dir: Path, which: str, trust_env_code: bool) -> tuple[TrainConfig, TeamLearners, Path]:
     """The run's config, its learner with the ``which`` checkpoint's weights and value statistics, and that
     checkpoint's path. The env named in config.yaml is an entry point: ``trust_env_code`` as for any run."""
     config = load_run_config(run_dir, trust_env_code=trust_env_code)
@@ -108,17 +113,30 @@ def load_team(run_dir: Path, which: str, trust_env_code: bool) -> tuple[TrainCon
     state = read_train_state(checkpoint)
     envs = build_team(config, 1)
     envs.close()
-    learner = TeamLearner(config.algo_config, envs.spaces)
+    algo_config = config.algo_config
+    learner: TeamLearners = (
+        MADDPGLearner(algo_config, envs.spaces)
+        if isinstance(algo_config, MADDPGConfig)
+        else TeamLearner(algo_config, envs.spaces)
+    )
     load_modules(learner.modules(), state, checkpoint)
     learner.load_extra_state(state.algo_state)
     return config, learner, checkpoint
 
 
-def agent_chain(learner: TeamLearner, j: int) -> Chain:
-    """Agent ``j``'s deterministic policy as an export chain (its one-hot id folded into the first bias)."""
+def agent_chain(learner: TeamLearners, j: int) -> Chain:
+    """Agent ``j``'s deterministic policy as an export chain (its one-hot id folded into the first bias). MAPPO's:
+    the argmax or the Gaussian's mean; MADDPG's: the argmax of the logits or tanh of the actor's output."""
     spaces = learner.spaces
-    policy = learner.acting_policies()[j]
-    layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in policy.layers]
+    continuous: Literal["tanh", "mean"]
+    if isinstance(learner, MADDPGLearner):
+        hidden, head = learner.export_parts(j)
+        activation, continuous = str(learner.config.network.activation), "tanh"
+    else:  # MAPPO, IPPO
+        policy = learner.acting_policies()[j]
+        hidden, head = policy.layers, policy.head
+        activation, continuous = str(policy.activation_name), "mean"
+    layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in hidden]
     width = spaces.obs_dims[j]
     if learner.agent_id:  # x W[:d] + (b + W[d + j]) = [x, e_j] W + b
         weight, bias = layers[0]
@@ -132,9 +150,9 @@ def agent_chain(learner: TeamLearner, j: int) -> Chain:
         obs_dim=width,
         norm=None,
         layers=layers,
-        activation=str(policy.activation_name),
-        head=(policy.head[0].astype(np.float32), policy.head[1].astype(np.float32)),
-        output="argmax" if spec.kind == "discrete" else "mean",
+        activation=activation,
+        head=(head[0].astype(np.float32), head[1].astype(np.float32)),
+        output="argmax" if spec.kind == "discrete" else continuous,
         rescale=((high - low) / 2, (high + low) / 2) if box else None,  # type: ignore[operator]
         bounds=(low, high) if box else None,  # type: ignore[arg-type]
         action_shape=() if spec.kind == "discrete" else (spec.size,),
@@ -150,7 +168,7 @@ def chain_action(chain: Chain, obs: np.ndarray) -> np.ndarray:
     head = x @ chain.head[0] + chain.head[1]
     if chain.output == "argmax":
         return np.argmax(head, axis=-1).astype(np.int64)
-    action = head
+    action = np.tanh(head) if chain.output == "tanh" else head
     if chain.rescale is not None:
         action = action * chain.rescale[0] + chain.rescale[1]
     if chain.bounds is not None:
@@ -166,7 +184,7 @@ class TeamPolicy:
     chains: list[Chain]
 
     @classmethod
-    def from_learner(cls, learner: TeamLearner) -> TeamPolicy:
+    def from_learner(cls, learner: TeamLearners) -> TeamPolicy:
         """Every agent's chain from a learner."""
         return cls(learner.spaces.agents, [agent_chain(learner, j) for j in range(learner.spaces.num_agents)])
 

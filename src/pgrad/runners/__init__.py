@@ -5,7 +5,8 @@
 - ``off_policy``: DDPG, TD3 and SAC: act, store in the replay buffer, sampled gradient steps;
 - ``actor_learner``: IMPALA: the on-policy loop with the asynchronous Ray actors' collector
   (``pgrad.runners.ray_backend``); ``run.backend: ray`` puts any on-policy algorithm's rollouts on Ray workers;
-- ``multi_agent``: MAPPO and IPPO on a PettingZoo parallel env (``pgrad.runners.multi_agent``);
+- ``multi_agent``: MAPPO and IPPO on a PettingZoo parallel env (``pgrad.runners.multi_agent``), MADDPG with its
+  joint replay (``pgrad.runners.team_replay``);
 - ``lm_ppo``: PPO, RLOO and GRPO on a language model (``pgrad.runners.lm_ppo``);
 - ``lm_rows``: the row-by-row language-model trainers: SFT, reward models, DPO (``pgrad.runners.lm_sft``,
   ``lm_rm``, ``lm_dpo``; they need pgrad[lm]).
@@ -32,6 +33,10 @@ def runner_for(config: TrainConfig) -> Any:
         from pgrad.runners.asynchronous import A3CRunner
 
         return A3CRunner
+    if kind == "multi_agent" and config.algo == "maddpg":
+        from pgrad.runners.team_replay import MADDPGRunner
+
+        return MADDPGRunner
     if kind == "multi_agent":
         from pgrad.runners.multi_agent import MultiAgentRunner
 

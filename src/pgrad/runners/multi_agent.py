@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, Protocol, cast
 
 import numpy as np
 import torch
@@ -173,8 +173,15 @@ def collect(
     )
 
 
+class TeamActor(Protocol):
+    """What evaluation needs of a team learner (MAPPO's or MADDPG's): actions in the team env's form."""
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False) -> np.ndarray:
+        """Actions [N, A, max_action] for observations [N, A, max_obs]."""
+
+
 def team_episodes(
-    learner: TeamLearner, envs: TeamEnvs, episodes: int, seed: int, deterministic: bool = True
+    learner: TeamActor, envs: TeamEnvs, episodes: int, seed: int, deterministic: bool = True
 ) -> tuple[list[float], np.ndarray]:
     """``episodes`` whole episodes on ``envs`` (reset with ``seed``): the team returns (mean over agents) and the
     per-agent returns [episodes, A]."""
@@ -208,7 +215,7 @@ class MultiAgentRunner:
         self.run_dir = self.run.run_dir
         self.envs = build_team(config, config.env.num_envs, env_factory)
         try:
-            self.learner = TeamLearner(config.algo_config, self.envs.spaces)
+            self.learner: TeamLearner = self.build_learner()
         except BaseException:
             self.envs.close()
             raise
@@ -228,6 +235,10 @@ class MultiAgentRunner:
         trunk.open_or_resume(self.run, console, f"{config.algo} {config.env.id}", self.load, self.close)
 
     stop_requested: trunk.RunAttribute[bool] = trunk.RunAttribute("stop_requested")
+
+    def build_learner(self) -> Any:
+        """The team's learner on the envs' spaces (MADDPG's runner builds its own, and its replay, here)."""
+        return TeamLearner(self.config.algo_config, self.envs.spaces)
 
     # ---- the body the trunk drives --------------------------------------------------------------------
     def before_loop(self) -> None:
