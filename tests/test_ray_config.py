@@ -93,3 +93,58 @@ def test_impala_runs_on_either_backend():
     assert config.algo_config.rho_bar == 2.0
     with pytest.raises(ConfigError, match=r"impala.c_bar must be > 0; got 0"):
         resolve_config("impala", "CartPole-v1", None, ["run.backend=ray", "impala.c_bar=0"])
+
+
+def test_a_ray_the_run_starts_listens_on_the_loopback_only(monkeypatch):
+    """``pgrad train --backend ray`` without ``ray.address`` starts Ray on 127.0.0.1 (its GCS was unreachable on
+    the machine's network address here: the driver aborted after 60 s); joining an address passes it unchanged."""
+    import types
+
+    from pgrad.runners import ray_backend
+
+    calls: list[dict] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **options: calls.append(options))
+    monkeypatch.setattr(ray_backend, "require_ray", lambda: fake)
+    config, _ = resolve_config("ppo", "CartPole-v1", None, ["run.backend=ray", "ray.workers=2"])
+    ray_backend.RaySession(config)
+    assert calls[-1]["_node_ip_address"] == "127.0.0.1" and calls[-1]["include_dashboard"] is False
+    config, _ = resolve_config("ppo", "CartPole-v1", None, ["run.backend=ray", "ray.address=10.0.0.5:6379"])
+    ray_backend.RaySession(config)
+    assert calls[-1]["address"] == "10.0.0.5:6379" and "_node_ip_address" not in calls[-1]
+
+
+def test_the_thread_that_started_ray_stays_alive_until_the_session_closes():
+    """Ray starts its GCS and raylet with PR_SET_PDEATHSIG, which fires when the *thread* that started them ends:
+    ``init_within``'s thread must outlive ``ray.init`` until the session closes (else the driver aborts after 60 s
+    with "Failed to connect to GCS"), and end once released."""
+    import threading
+    import types
+
+    from pgrad.runners.ray_backend import init_within
+
+    threads: list[threading.Thread] = []
+    fake = types.SimpleNamespace(init=lambda **options: threads.append(threading.current_thread()))
+    release = init_within(fake, 5.0, {})
+    assert threads and threads[0] is not threading.current_thread()
+    threads[0].join(0.3)
+    assert threads[0].is_alive()  # parked: Ray's processes keep their parent thread
+    release.set()
+    threads[0].join(5.0)
+    assert not threads[0].is_alive()
+
+
+def test_a_failing_ray_init_is_raised_and_a_silent_one_times_out():
+    import threading
+    import types
+
+    from pgrad.runners.ray_backend import init_within
+
+    def refuse(**options):
+        raise RuntimeError("no Ray here")
+
+    with pytest.raises(RuntimeError, match="no Ray here"):
+        init_within(types.SimpleNamespace(init=refuse), 5.0, {})
+    hang = threading.Event()
+    with pytest.raises(TimeoutError, match=r"ray.init did not return within 0.3 s"):
+        init_within(types.SimpleNamespace(init=lambda **options: hang.wait(10)), 0.3, {})
+    hang.set()

@@ -184,22 +184,32 @@ class _NotMainThreadNote(logging.Filter):
         return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
-def init_within(ray: Any, seconds: float, options: dict[str, Any]) -> None:
+def init_within(ray: Any, seconds: float, options: dict[str, Any]) -> threading.Event:
     """``ray.init(**options)``, waited for at most ``seconds``: ``TimeoutError`` after that, and Ctrl-C
-    (``KeyboardInterrupt``) at any time; whatever ``ray.init`` raises is raised here.
+    (``KeyboardInterrupt``) at any time; whatever ``ray.init`` raises is raised here. Returns the event that
+    lets the init thread end: set it after ``ray.shutdown()``.
 
     Joining an address where nothing answers blocks inside Ray's C++ client for minutes, and Python code
     (its Ctrl-C handler included) does not run in that thread until it returns. So ``init`` runs in a
     daemon thread and this one waits in short slices, where signals arrive as usual. A timed-out ``init``
     is left behind in its thread (Ray offers no way to cancel it); the CLI exits, and a Python session that
-    wants Ray again is best restarted."""
+    wants Ray again is best restarted.
+
+    The thread then stays parked until the event is set: a local Ray's GCS and raylet are started from it with
+    ``PR_SET_PDEATHSIG``, which Linux fires when the *thread* that started a child ends, not the process, so an
+    init thread that returned would take the Ray it just started down with it (the driver then aborted after 60 s
+    with "Failed to connect to GCS")."""
     failure: list[BaseException] = []
+    started, release = threading.Event(), threading.Event()
 
     def start() -> None:
         try:
             ray.init(**options)
         except BaseException as exc:  # handed to the waiting thread, raised there
             failure.append(exc)
+            return
+        started.set()
+        release.wait()  # keep Ray's child processes' parent thread alive until the session closes
 
     note = _NotMainThreadNote()
     worker_logger = logging.getLogger("ray._private.worker")
@@ -208,14 +218,15 @@ def init_within(ray: Any, seconds: float, options: dict[str, Any]) -> None:
     try:
         thread.start()
         deadline = time.monotonic() + seconds
-        while thread.is_alive() and time.monotonic() < deadline:
+        while thread.is_alive() and not started.is_set() and time.monotonic() < deadline:
             thread.join(0.1)
     finally:
         worker_logger.removeFilter(note)
-    if thread.is_alive():
-        raise TimeoutError(f"ray.init did not return within {seconds:g} s")
     if failure:
         raise failure[0]
+    if not started.is_set():
+        raise TimeoutError(f"ray.init did not return within {seconds:g} s")
+    return release
 
 
 class RaySession:
@@ -225,6 +236,7 @@ class RaySession:
     def __init__(self, config: TrainConfig) -> None:
         self.ray = require_ray()
         self.started = False
+        self.release: threading.Event | None = None
         if self.ray.is_initialized():
             return
         settings = config.ray
@@ -238,9 +250,13 @@ class RaySession:
         else:
             options["num_cpus"] = settings.num_cpus or max(1, int(np.ceil(settings.workers * settings.worker_cpus)))
             options["include_dashboard"] = False
+            # A Ray this run starts serves this machine only: its processes listen on the loopback, not on the
+            # machine's network address (where a firewalled or sandboxed host drops the driver's own connection
+            # to its GCS, and which would expose the ports to the network)
+            options["_node_ip_address"] = "127.0.0.1"
         where = f"join the Ray cluster at ray.address {settings.address}" if settings.address else "start Ray"
         try:
-            init_within(self.ray, settings.connect_timeout_s, options)
+            self.release = init_within(self.ray, settings.connect_timeout_s, options)
         except TimeoutError:
             raise ConfigError(
                 f"could not {where} within ray.connect_timeout_s={settings.connect_timeout_s:g} s (nothing "
@@ -254,6 +270,8 @@ class RaySession:
         """Shuts Ray down if ``open`` started it; a Ray it joined or found stays up."""
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+        if self.release is not None:
+            self.release.set()  # the init thread may end now (pgrad.runners.ray_backend.init_within)
         self.started = False
 
 
